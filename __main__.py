@@ -1,0 +1,3 @@
+from lightswe.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""lightswe.agent"""

@@ -1,0 +1,42 @@
+"""The ``lightswe`` command: one dispatcher, each part adds its own subcommands.
+
+Each part owns a ``cli.py`` with ``register(subparsers)``; a subcommand sets ``func`` (a callable taking the
+parsed args and returning an exit code). Parts are imported lazily so that ``lightswe doctor`` works even
+when an optional extra is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Parts that contribute subcommands, in help order.
+_PARTS = ("lightswe.envs.cli", "lightswe.tasks.cli", "lightswe.agent.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lightswe", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _PARTS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # the part has no CLI yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""lightswe.tasks"""
