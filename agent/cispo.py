@@ -1,0 +1,175 @@
+"""Policy-gradient losses for the learner: CISPO (MiniMax-M1, section 3.1) and, for comparison, DAPO and GRPO.
+
+CISPO clips the importance-sampling *weight* instead of the update: every generated token keeps its gradient,
+which flows only through the new log-prob::
+
+    r_t   = exp(logp_new_t - logp_behaviour_t)
+    w_t   = sg(clip(r_t, 1 - eps_low, 1 + eps_high))          # eps_low=None: no lower bound (the paper)
+    loss  = - sum_it  mask_it * w_t * A_i * logp_new_t / sum_it mask_it
+
+PPO-style losses (DAPO, GRPO) put the ratio inside ``min(r A, clip(r) A)``, so a token whose ratio is clipped
+gets no gradient. The paper's general form multiplies by a token mask ``M_t`` that drops tokens the trust
+region would drop (``A > 0 and r > 1 + eps_high`` or ``A < 0 and r < 1 - eps_low``); ``token_mask=True``
+turns that on.
+
+Normalisation is decided on the whole batch, before micro-batching: ``token_weights(mask)`` returns the
+weight of each token in the batch loss (CISPO and DAPO: 1 / all policy tokens; GRPO: 1 / (tokens of its
+sequence * sequences)), and a micro-batch's loss is a plain weighted sum. Summing micro-batch losses
+therefore gives exactly the loss and gradient of one big batch. No KL term.
+
+Example::
+
+    loss_fn = CISPOLoss(LossConfig(eps_high=2.0))
+    weights = loss_fn.token_weights(mask)                         # whole batch
+    out = loss_fn(new_logprobs, behaviour_logprobs, advantages, weights)  # any slice of rows
+    out.loss.backward(); print(out.metrics["clip_fraction"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass(kw_only=True, slots=True)
+class LossConfig:
+    # Upper clip of the IS weight. Implementations differ (0.28 as DAPO, 2, 4, or an absolute cap of 5 ->
+    # eps_high=4): CISPO keeps the gradient of clipped tokens either way, so a loose bound only limits how
+    # much one stale token can weigh. 2.0 (a weight of at most 3) is our default.
+    eps_high: float = 2.0
+    # Lower clip; None = no lower bound, as the paper sets for CISPO (PPO-style losses need one).
+    eps_low: float | None = None
+    # The paper's generalised objective: drop tokens the PPO trust region would drop.
+    token_mask: bool = False
+
+
+@dataclass(kw_only=True, slots=True)
+class LossOutput:
+    loss: Tensor  # scalar; this slice's share of the whole-batch loss
+    metrics: dict[str, float] = field(default_factory=dict)  # means over this slice's policy tokens
+    num_tokens: int = 0  # policy tokens in this slice (weights for averaging metrics across slices)
+
+
+class PolicyLoss:
+    """Base: shared clipping, normalisation and metrics; subclasses define the per-token objective."""
+
+    default_eps_low: float | None = None
+
+    def __init__(self, config: LossConfig | None = None) -> None:
+        self.config = config or LossConfig()
+        if self.config.eps_high <= 0:
+            raise ValueError(f"eps_high must be > 0, got {self.config.eps_high}")
+        eps_low = self.eps_low
+        if eps_low is not None and not 0 <= eps_low < 1:
+            raise ValueError(f"eps_low must be in [0, 1) or None, got {eps_low}")
+
+    @property
+    def eps_low(self) -> float | None:
+        return self.config.eps_low if self.config.eps_low is not None else self.default_eps_low
+
+    def clip_bounds(self) -> tuple[float, float]:
+        low = 1.0 - self.eps_low if self.eps_low is not None else 0.0
+        return low, 1.0 + self.config.eps_high
+
+    def token_weights(self, mask: Tensor) -> Tensor:
+        """Weight of each token in the batch loss: token-level, 1 / (policy tokens in the whole batch)."""
+        mask = mask.float()
+        return mask / mask.sum().clamp_min(1.0)
+
+    def objective(self, logp: Tensor, ratio: Tensor, adv: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-token objective to maximise and the boolean 'clipped' mask (clipped = gets no IS-weight change)."""
+        raise NotImplementedError
+
+    def __call__(self, logp: Tensor, behaviour_logp: Tensor, advantages: Tensor, weights: Tensor,
+                 *, sampler_logp: Tensor | None = None, entropy: Tensor | None = None) -> LossOutput:
+        """Loss of a slice of rows.
+
+        logp: [N, T] fp32 log-probs of the taken tokens under the current weights (requires grad).
+        behaviour_logp: [N, T] log-probs the ratio is taken against (sampler's or learner's pre-update ones).
+        advantages: [N] one advantage per sequence. weights: [N, T] from ``token_weights`` of the whole batch
+        (zero off the policy tokens). sampler_logp, entropy: optional [N, T], only for metrics.
+        """
+        if logp.shape != behaviour_logp.shape or logp.shape != weights.shape:
+            raise ValueError(f"logp, behaviour_logp and weights must share a shape [N, T], got "
+                             f"{tuple(logp.shape)}, {tuple(behaviour_logp.shape)}, {tuple(weights.shape)}")
+        if advantages.shape != logp.shape[:1]:
+            raise ValueError(f"advantages must be [N]={tuple(logp.shape[:1])}, got {tuple(advantages.shape)}")
+        mask = weights != 0
+        log_ratio = (logp - behaviour_logp.detach()).masked_fill(~mask, 0.0)
+        ratio = torch.exp(log_ratio)
+        adv = advantages.detach().to(logp.dtype)[:, None].expand_as(logp)
+        obj, clipped = self.objective(logp, ratio, adv)
+        loss = -(obj * weights).masked_fill(~mask, 0.0).sum()
+        return LossOutput(loss=loss, metrics=self._metrics(logp, ratio, clipped, mask, sampler_logp, entropy),
+                          num_tokens=int(mask.sum()))
+
+    @torch.no_grad()
+    def _metrics(self, logp: Tensor, ratio: Tensor, clipped: Tensor, mask: Tensor,
+                 sampler_logp: Tensor | None, entropy: Tensor | None) -> dict[str, float]:
+        n = int(mask.sum())
+        if n == 0:
+            return {}
+        r = ratio[mask]
+        out = {"clip_fraction": clipped[mask].float().mean().item(), "ratio_mean": r.mean().item(),
+               "ratio_min": r.min().item(), "ratio_max": r.max().item(),
+               # -log p of the taken tokens: an estimate of the policy entropy when no exact one is given
+               "entropy": (entropy[mask].mean() if entropy is not None else -logp.detach()[mask].mean()).item()}
+        if sampler_logp is not None:
+            diff = logp.detach()[mask] - sampler_logp[mask]
+            out["logprob_mismatch_abs"] = diff.abs().mean().item()  # train vs sampler, same weights at step 0
+            if n > 1:
+                out["prob_corr"] = torch.corrcoef(torch.stack([logp.detach()[mask].exp(),
+                                                               sampler_logp[mask].exp()]))[0, 1].item()
+        return out
+
+
+class CISPOLoss(PolicyLoss):
+    """CISPO: sg(clipped IS weight) * A * logp; clipped tokens keep their gradient."""
+
+    def objective(self, logp: Tensor, ratio: Tensor, adv: Tensor) -> tuple[Tensor, Tensor]:
+        low, high = self.clip_bounds()
+        weight = ratio.clamp(low, high).detach()
+        clipped = (ratio > high) | (ratio < low)
+        obj = weight * adv * logp
+        if self.config.token_mask:  # the paper's M_t: drop what the PPO trust region would drop
+            low_bound = low if self.eps_low is not None else float("-inf")
+            drop = ((adv > 0) & (ratio > high)) | ((adv < 0) & (ratio < low_bound))
+            obj = obj.masked_fill(drop, 0.0)
+        return obj, clipped
+
+
+class DAPOLoss(PolicyLoss):
+    """DAPO: PPO clipped surrogate with clip-higher (0.2 / 0.28) and token-level normalisation.
+
+    ``min(r A, clip(r) A)``: a token on the clipped side of the min has zero gradient.
+    """
+
+    default_eps_low = 0.2
+
+    def __init__(self, config: LossConfig | None = None) -> None:
+        super().__init__(config or LossConfig(eps_high=0.28))
+
+    def objective(self, logp: Tensor, ratio: Tensor, adv: Tensor) -> tuple[Tensor, Tensor]:
+        low, high = self.clip_bounds()
+        unclipped, clipped_obj = ratio * adv, ratio.clamp(low, high) * adv
+        obj = torch.minimum(unclipped, clipped_obj)
+        dropped = clipped_obj < unclipped  # the min picked the constant branch: no gradient
+        return obj, dropped
+
+
+class GRPOLoss(DAPOLoss):
+    """GRPO (without KL): PPO surrogate, symmetric clip 0.2, each sequence's mean then the mean over sequences."""
+
+    def __init__(self, config: LossConfig | None = None) -> None:
+        PolicyLoss.__init__(self, config or LossConfig(eps_high=0.2))
+
+    def token_weights(self, mask: Tensor) -> Tensor:
+        mask = mask.float()
+        per_seq = mask.sum(dim=1, keepdim=True)
+        n_seq = (per_seq > 0).sum().clamp_min(1)
+        return mask / per_seq.clamp_min(1.0) / n_seq
+
+
+LOSSES: dict[str, type[PolicyLoss]] = {"cispo": CISPOLoss, "dapo": DAPOLoss, "grpo": GRPOLoss}
