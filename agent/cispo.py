@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -73,10 +74,13 @@ class PolicyLoss:
         low = 1.0 - self.eps_low if self.eps_low is not None else 0.0
         return low, 1.0 + self.config.eps_high
 
-    def token_weights(self, mask: Tensor) -> Tensor:
-        """Weight of each token in the batch loss: token-level, 1 / (policy tokens in the whole batch)."""
+    def token_weights(self, mask: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Weight of each token in the batch loss: token-level, 1 / (policy tokens in the whole batch).
+
+        ``reduce`` sums the denominator across data-parallel ranks (the batch is then all ranks' rows)."""
         mask = mask.float()
-        return mask / mask.sum().clamp_min(1.0)
+        den = mask.sum()
+        return mask / (reduce(den) if reduce else den).clamp_min(1.0)
 
     def objective(self, logp: Tensor, ratio: Tensor, adv: Tensor) -> tuple[Tensor, Tensor]:
         """Per-token objective to maximise and the boolean 'clipped' mask (clipped = gets no IS-weight change)."""
@@ -165,11 +169,11 @@ class GRPOLoss(DAPOLoss):
     def __init__(self, config: LossConfig | None = None) -> None:
         PolicyLoss.__init__(self, config or LossConfig(eps_high=0.2))
 
-    def token_weights(self, mask: Tensor) -> Tensor:
+    def token_weights(self, mask: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         mask = mask.float()
         per_seq = mask.sum(dim=1, keepdim=True)
-        n_seq = (per_seq > 0).sum().clamp_min(1)
-        return mask / per_seq.clamp_min(1.0) / n_seq
+        n_seq = (per_seq > 0).sum().float()
+        return mask / per_seq.clamp_min(1.0) / (reduce(n_seq) if reduce else n_seq).clamp_min(1.0)
 
 
 LOSSES: dict[str, type[PolicyLoss]] = {"cispo": CISPOLoss, "dapo": DAPOLoss, "grpo": GRPOLoss}

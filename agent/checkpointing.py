@@ -1,0 +1,141 @@
+"""Checkpoints that resume exactly and never leave a half-written directory behind.
+
+A checkpoint is a directory ``step-000042/`` holding ``model.pt`` (weights), ``optim.pt`` (AdamW moments and
+step counts), ``state.json`` (step, data cursor, anything the loop adds) and ``rng.pt`` (torch, CUDA, Python
+and NumPy generator states). It is written under a temporary name, fsynced, then renamed in one
+``os.replace``; ``latest`` (a one-line file, itself replaced atomically) names the newest complete one. A crash
+mid-write leaves only a ``.tmp-*`` directory that loading ignores and the next save removes.
+
+With torch.distributed (FSDP2) the full state dict is gathered to rank 0, which writes; every rank loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+LATEST = "latest"
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save(obj: Any, path: Path) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    if _distributed():
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return model.state_dict(), optimizer.state_dict()
+
+
+def save_checkpoint(root: str | Path, *, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any] | None = None, keep: int = 2) -> Path:
+    """Write ``root/step-{step}`` atomically, point ``latest`` at it and keep the newest ``keep``."""
+    root = Path(root)
+    model_sd, optim_sd = _state_dicts(model, optimizer)  # collective under FSDP: every rank calls it
+    final = root / f"step-{step:06d}"
+    if _distributed() and dist.get_rank() != 0:
+        dist.barrier()
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
+    tmp.mkdir()
+    _save(model_sd, tmp / "model.pt")
+    _save(optim_sd, tmp / "optim.pt")
+    _save(rng_state(), tmp / "rng.pt")
+    with open(tmp / "state.json", "w") as f:
+        json.dump({"step": step, **(state or {})}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer = root / f".tmp-{LATEST}"
+    pointer.write_text(final.name + "\n")
+    os.replace(pointer, root / LATEST)
+    _fsync_dir(root)
+    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    if _distributed():
+        dist.barrier()
+    return final
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``root`` (or ``root`` itself if it is one), else None."""
+    root = Path(root)
+    if (root / "state.json").exists():
+        return root
+    pointer = root / LATEST
+    if pointer.exists():
+        path = root / pointer.read_text().strip()
+        if (path / "state.json").exists():
+            return path
+    done = [p for p in sorted(root.glob("step-*")) if (p / "state.json").exists()]
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    restore_rng: bool = True) -> dict[str, Any]:
+    """Load weights, optimiser and RNG from a checkpoint (or the latest under a root); returns state.json."""
+    found = latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"no complete checkpoint under {path} (expected step-*/state.json); "
+                                f"start without --resume or point at a checkpoint directory")
+    model_sd = torch.load(found / "model.pt", map_location="cpu", weights_only=True)
+    optim_sd = torch.load(found / "optim.pt", map_location="cpu", weights_only=False) if optimizer else None
+    if _distributed():
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd or {},
+                       options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+    else:
+        model.load_state_dict(model_sd)
+        if optimizer is not None:
+            optimizer.load_state_dict(optim_sd)
+    if restore_rng:
+        set_rng_state(torch.load(found / "rng.pt", weights_only=False))
+    return json.loads((found / "state.json").read_text())
