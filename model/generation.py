@@ -1,0 +1,117 @@
+"""Batched sampling with the hybrid cache: packed prefill of all prompts, then one token per step for each.
+
+Prompts of different lengths are prefilled together as one packed sequence (no padding reaches the
+lightning states); finished sequences leave the batch (their cache rows are dropped). Every sampled token
+comes with its fp32 log-prob under the sampling distribution (softmax of logits / temperature, before top-p
+truncation; temperature 0 = greedy, log-prob under the plain softmax), which the learner uses as the
+behaviour log-prob.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from lightswe.model.model import MiniMaxForCausalLM
+
+
+@dataclass(kw_only=True, slots=True)
+class SamplingConfig:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()  # the stop token is kept in the output (the policy must learn it)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"expected max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1; got "
+                             f"{self.max_new_tokens}, {self.temperature}, {self.top_p}")
+        self.stop_token_ids = tuple(self.stop_token_ids)
+
+
+@dataclass(kw_only=True, slots=True)
+class Generation:
+    token_ids: list[int]  # the new tokens only (a final stop token included)
+    logprobs: list[float]  # fp32 log-prob of each new token under the sampling distribution
+    finish_reason: str  # "stop" (a stop token was sampled) or "length" (max_new_tokens reached)
+    prompt_tokens: int = 0
+    cache_bytes: int = 0  # cache memory this sequence held when it finished (lightning state + its KV)
+    metadata: dict[str, float] = field(default_factory=dict)
+
+
+def sample(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row of fp32 ``logits`` [B, vocab]; return (tokens [B], log-probs [B] fp32)."""
+    if sampling.temperature == 0:
+        logprobs = torch.log_softmax(logits, dim=-1)
+        tokens = logits.argmax(-1)
+        return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+    logprobs = torch.log_softmax(logits / sampling.temperature, dim=-1)
+    probs = logprobs.exp()
+    if sampling.top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p  # keep the smallest set reaching top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
+    """Sample a continuation of every prompt. Returns one ``Generation`` per prompt, in order.
+
+    Example::
+
+        gens = generate(model, [[1, 2, 3], [4, 5]], SamplingConfig(max_new_tokens=8, stop_token_ids=(256,)))
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("expected a non-empty list of non-empty prompts (token id lists)")
+    vocab = model.config.vocab_size
+    if any(not 0 <= t < vocab for p in prompts for t in p):
+        raise ValueError(f"prompt token ids must be in [0, vocab_size={vocab})")
+    device = model.lm_head.weight.device
+    generator = None
+    if sampling.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    was_training = model.training
+    model.eval()
+    cache = model.new_cache(len(prompts), reserve=sampling.max_new_tokens)
+    lengths = torch.tensor([len(p) for p in prompts])
+    cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to(device)
+    flat = torch.tensor([t for p in prompts for t in p], device=device)[None]
+    hidden, _ = model.hidden_states(flat, cu_seqlens, cache)
+    logits = model.logits(hidden[0, cu_seqlens[1:] - 1])  # last position of each prompt
+
+    out_tokens: list[list[int]] = [[] for _ in prompts]
+    out_logprobs: list[list[float]] = [[] for _ in prompts]
+    results: list[Generation | None] = [None] * len(prompts)
+    rows = list(range(len(prompts)))  # cache row -> prompt index
+    stop = set(sampling.stop_token_ids)
+    for step in range(sampling.max_new_tokens):
+        tokens, logprobs = sample(logits, sampling, generator)
+        keep = []
+        row_bytes = cache.bytes_per_sequence()
+        for row, (i, token, logprob) in enumerate(zip(rows, tokens.tolist(), logprobs.tolist())):
+            out_tokens[i].append(token)
+            out_logprobs[i].append(logprob)
+            reason = "stop" if token in stop else "length" if step + 1 == sampling.max_new_tokens else None
+            if reason is None:
+                keep.append(row)
+            else:
+                results[i] = Generation(token_ids=out_tokens[i], logprobs=out_logprobs[i], finish_reason=reason,
+                                        prompt_tokens=len(prompts[i]), cache_bytes=row_bytes[row])
+        if not keep:
+            break
+        if len(keep) < len(rows):
+            cache.select(keep)
+            rows = [rows[r] for r in keep]
+            tokens = tokens[keep]
+        hidden, _ = model.hidden_states(tokens[:, None], cache=cache)
+        logits = model.logits(hidden[:, -1])
+    model.train(was_training)
+    return [r for r in results if r is not None]

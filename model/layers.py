@@ -1,0 +1,211 @@
+"""The layers of a MiniMax decoder: RMSNorm, lightning attention, softmax attention, MoE, the decoder layer.
+
+Module and parameter names are those of the released checkpoints, so state dicts load without renaming.
+Every attention layer takes ``positions`` [B, T] (RoPE; restarts per packed sequence), optional
+``cu_seqlens`` (packed [1, T] input) and an optional ``HybridCache`` (decode / continued prefill).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
+from lightswe.model.cache import HybridCache
+from lightswe.model.config import SOFTMAX, MiniMaxConfig
+
+LIGHTNING_NORM_EPS = 1e-6  # the released code builds the lightning output norm with RMSNorm's default eps
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32, cast back, then scaled (the Llama / MiniMax convention)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def lightning_slope(num_heads: int, layer_idx: int, num_layers: int) -> torch.Tensor:
+    """Per-head decay rate of lightning layer ``layer_idx``: 2^(-8(h+1)/H) * (1 - l/(L-1) + 1e-5), fp32 [H].
+
+    As in the released MiniMax code (vLLM's port); note that transformers' port divides by (L-1+1e-5).
+    """
+    base = torch.tensor([2.0 ** (-8.0 * (h + 1) / num_heads) for h in range(num_heads)], dtype=torch.float64)
+    factor = 1 + 1e-5 if num_layers <= 1 else 1 - layer_idx / (num_layers - 1) + 1e-5
+    return (base * factor).float()
+
+
+class LightningAttention(nn.Module):
+    """Linear attention with a per-head exponential decay (MiniMax "lightning attention").
+
+    qkv = silu(W_qkv x) laid out per head as [q_h | k_h | v_h]; S_t = exp(-s_h) S_{t-1} + k_t^T v_t (fp32);
+    o_t = q_t S_t (no 1/sqrt(d), no RoPE); y = W_out(sigmoid(W_gate x) * RMSNorm(o over all heads)).
+    """
+
+    def __init__(self, config: MiniMaxConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
+        inner = self.num_heads * self.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * inner, bias=False)
+        self.output_gate = nn.Linear(config.hidden_size, inner, bias=False)
+        self.norm = RMSNorm(inner, LIGHTNING_NORM_EPS)
+        self.out_proj = nn.Linear(inner, config.hidden_size, bias=False)
+        # Derived from the config, never saved; kept off the module's buffers so meta-device builds stay exact.
+        self._slope_cpu = lightning_slope(self.num_heads, layer_idx, config.num_hidden_layers)
+        self._slope: dict[torch.device, torch.Tensor] = {}
+
+    def slope(self, device: torch.device) -> torch.Tensor:
+        """The per-head decay rates [H] fp32 on ``device`` (copied once per device)."""
+        if device not in self._slope:
+            self._slope[device] = self._slope_cpu.to(device)
+        return self._slope[device]
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+                cache: HybridCache | None = None) -> torch.Tensor:
+        batch, length, _ = x.shape
+        qkv = F.silu(self.qkv_proj(x)).view(batch, length, self.num_heads, 3 * self.head_dim)
+        q, k, v = qkv.split(self.head_dim, dim=-1)
+        slope = self.slope(x.device)
+        if cache is not None and cache.started and length == 1:
+            state = cache.lightning_state(self.layer_idx)
+            o = lightning_attn_decode(q[:, 0], k[:, 0], v[:, 0], slope, state).unsqueeze(1)
+        else:
+            initial = cache.lightning_state(self.layer_idx) if cache is not None and cache.started else None
+            o, final = lightning_attn(q, k, v, slope, initial_state=initial, cu_seqlens=cu_seqlens)
+            if cache is not None:
+                cache.set_lightning_state(self.layer_idx, final)
+        y = self.norm(o.reshape(batch, length, -1).to(x.dtype))
+        return self.out_proj(torch.sigmoid(self.output_gate(x)) * y)
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, theta: float) -> torch.Tensor:
+    """NeoX (rotate-half) RoPE on the first ``rotary_dim`` channels of x [B, T, H, D]; the rest pass through."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, device=x.device, dtype=torch.float32) / rotary_dim))
+    freqs = positions.float()[..., None] * inv_freq  # [B, T, rotary_dim / 2]
+    cos, sin = (f.repeat(1, 1, 2)[:, :, None, :] for f in (freqs.cos(), freqs.sin()))
+    rot, rest = x[..., :rotary_dim].float(), x[..., rotary_dim:]
+    half = rotary_dim // 2
+    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    return torch.cat(((rot * cos + rotated * sin).to(x.dtype), rest), dim=-1)
+
+
+class SoftmaxAttention(nn.Module):
+    """Causal softmax attention with GQA, partial NeoX RoPE and scale 1/sqrt(head_dim); no biases."""
+
+    def __init__(self, config: MiniMaxConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim, self.rotary_dim, self.theta = config.head_dim, config.rotary_dim, config.rope_theta
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+                cache: HybridCache | None = None) -> torch.Tensor:
+        batch, length, _ = x.shape
+        q = rotary(self.q_proj(x).view(batch, length, self.num_heads, self.head_dim), positions,
+                   self.rotary_dim, self.theta).transpose(1, 2)
+        k = rotary(self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim), positions,
+                   self.rotary_dim, self.theta).transpose(1, 2)
+        v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if cache is not None and cache.started:  # continue every row after its own cached prefix
+            keys, values, mask = cache.append_kv(self.layer_idx, k, v)
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
+        elif cu_seqlens is not None:  # packed: attend within each sequence only
+            bounds = cu_seqlens.tolist()
+            o = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
+                                                          scale=scale, enable_gqa=True)
+                           for s, e in zip(bounds[:-1], bounds[1:])], dim=2)
+            if cache is not None:
+                cache.store_packed_kv(self.layer_idx, k, v, bounds)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+            if cache is not None:
+                cache.store_packed_kv(self.layer_idx, k, v, None)
+        return self.o_proj(o.transpose(1, 2).reshape(batch, length, -1))
+
+
+class Expert(nn.Module):
+    """SwiGLU feed-forward: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, hidden: int, inner: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(hidden, inner, bias=False)
+        self.w2 = nn.Linear(inner, hidden, bias=False)
+        self.w3 = nn.Linear(hidden, inner, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class SparseMoE(nn.Module):
+    """Top-k softmax router (fp32, weights renormalised to sum 1) over dropless SwiGLU experts.
+
+    Returns (output, load-balancing loss). The loss is Switch-Transformer style: E * sum_e f_e * P_e with f_e the
+    fraction of the top-k assignments going to expert e and P_e its mean router probability (1 * k when balanced).
+    """
+
+    def __init__(self, config: MiniMaxConfig) -> None:
+        super().__init__()
+        self.top_k, self.num_experts = config.num_experts_per_tok, config.num_local_experts
+        self.gate = nn.Linear(config.hidden_size, self.num_experts, bias=False)
+        self.experts = nn.ModuleList(Expert(config.hidden_size, config.intermediate_size)
+                                     for _ in range(self.num_experts))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        probs = torch.softmax(self.gate(x).float(), dim=-1)  # [N, E]
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        out = torch.zeros_like(x)
+        counts = torch.bincount(chosen.flatten(), minlength=self.num_experts)
+        for e in counts.nonzero().flatten().tolist():  # only experts that received tokens
+            rows, slot = torch.where(chosen == e)
+            y = self.experts[e](x[rows]) * weights[rows, slot, None].to(x.dtype)
+            out.index_add_(0, rows, y)
+        fraction = counts.float() / max(x.shape[0], 1)
+        aux = self.num_experts * (fraction * probs.mean(0)).sum()
+        return out.view(shape), aux
+
+
+class DecoderLayer(nn.Module):
+    """Post-norm (DeepNorm-style) block: h = norm(x); x = alpha h + beta attn(h); same again for the MoE.
+
+    With ``postnorm`` false the residual is the un-normalised input instead (x = alpha x + beta attn(norm(x))).
+    """
+
+    def __init__(self, config: MiniMaxConfig, layer_idx: int) -> None:
+        super().__init__()
+        softmax = config.attn_type_list[layer_idx] == SOFTMAX
+        self.self_attn = SoftmaxAttention(config, layer_idx) if softmax else LightningAttention(config, layer_idx)
+        kind = "full_attention" if softmax else "linear_attention"
+        self.attn_alpha = getattr(config, f"layernorm_{kind}_alpha")
+        self.attn_beta = getattr(config, f"layernorm_{kind}_beta")
+        self.mlp_alpha, self.mlp_beta = config.layernorm_mlp_alpha, config.layernorm_mlp_beta
+        self.postnorm = config.postnorm
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.block_sparse_moe = SparseMoE(config)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+                cache: HybridCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.input_layernorm(x)
+        x = self.attn_alpha * (h if self.postnorm else x) + self.attn_beta * self.self_attn(h, positions, cu_seqlens,
+                                                                                             cache)
+        h = self.post_attention_layernorm(x)
+        moe, aux = self.block_sparse_moe(h)
+        return self.mlp_alpha * (h if self.postnorm else x) + self.mlp_beta * moe, aux
