@@ -1,0 +1,120 @@
+"""The chat template as token glue: the conversation is built in token space, never re-tokenised.
+
+A turn is ``<|im_start|>{role}\\n{content}<|im_end|>\\n``. Environment turns (system, user, tool) are encoded
+from text with loss mask 0. An assistant turn is the glue ``<|im_start|>assistant\\n`` (mask 0), then the
+policy's tokens exactly as sampled (mask 1, with their sampler log-probs), including the ``<|im_end|>`` that
+ended the turn; if generation stopped without it (length or early stop), the glue ``<|im_end|>`` is added
+with mask 0. So ``tokenizer.decode(conversation.token_ids)`` equals ``conversation.render()`` and the mask is 1
+on exactly the generated tokens.
+
+Example::
+
+    conv = Conversation(tokenizer)
+    conv.add("system", "You are ...")
+    conv.add("user", "Fix the bug ...")
+    prompt = conv.start_assistant()          # token ids to hand to Policy.generate
+    msg = conv.add_generated(tokens, logprobs)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from lightswe.agent.trajectory import Message
+
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class Tokenizer(Protocol):
+    """What the agent needs from a tokenizer (``lightswe.model`` provides one; HF tokenizers can be wrapped)."""
+
+    eos_token_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def token_id(self, special: str) -> int: ...
+
+
+class Conversation:
+    """Token ids, loss mask, log-probs and messages of one episode, grown turn by turn."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.im_start, self.im_end = tokenizer.token_id(IM_START), tokenizer.token_id(IM_END)
+        self._newline = tokenizer.encode("\n")
+        self.token_ids: list[int] = []
+        self.loss_mask: list[int] = []
+        self.logprobs: list[float] = []
+        self.messages: list[Message] = []
+        self._open: int | None = None  # start of an assistant turn awaiting its tokens
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Tokens that end an assistant turn."""
+        return sorted({self.im_end, self.tokenizer.eos_token_id})
+
+    def _glue(self, ids: Sequence[int]) -> None:
+        self.token_ids.extend(ids)
+        self.loss_mask.extend([0] * len(ids))
+        self.logprobs.extend([0.0] * len(ids))
+
+    def _header(self, role: str) -> list[int]:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        return [self.im_start, *self.tokenizer.encode(role + "\n")]
+
+    def add(self, role: str, content: str, **fields) -> Message:
+        """Append an environment-side turn (mask 0)."""
+        if self._open is not None:
+            raise RuntimeError("an assistant turn is open: call add_generated() before adding another turn")
+        start = len(self.token_ids)
+        self._glue([*self._header(role), *self.tokenizer.encode(content), self.im_end, *self._newline])
+        message = Message(role=role, content=content, start=start, end=len(self.token_ids), **fields)
+        self.messages.append(message)
+        return message
+
+    def start_assistant(self) -> list[int]:
+        """Append the assistant header and return the full prompt for the policy."""
+        if self._open is None:
+            self._open = len(self.token_ids)
+            self._glue(self._header("assistant"))
+        return list(self.token_ids)
+
+    def add_generated(self, tokens: Sequence[int], logprobs: Sequence[float], *,
+                      finish_reason: str | None = None) -> Message:
+        """Append the policy's tokens as sampled (mask 1); close the turn with glue if it did not stop."""
+        if self._open is None:
+            raise RuntimeError("call start_assistant() before add_generated()")
+        if len(tokens) != len(logprobs):
+            raise ValueError(f"one log-prob per token expected, got {len(tokens)} tokens, {len(logprobs)} log-probs")
+        self.token_ids.extend(int(t) for t in tokens)
+        self.loss_mask.extend([1] * len(tokens))
+        self.logprobs.extend(float(x) for x in logprobs)
+        stopped = bool(tokens) and tokens[-1] in self.stop_token_ids
+        body = list(tokens[:-1]) if stopped else list(tokens)
+        if not stopped:
+            self._glue([self.im_end])
+        self._glue(self._newline)
+        if finish_reason is None:
+            finish_reason = "stop" if stopped else "length"
+        message = Message(role="assistant", content=self.tokenizer.decode(body), start=self._open,
+                          end=len(self.token_ids), finish_reason=finish_reason)
+        self._open = None
+        self.messages.append(message)
+        return message
+
+    def render(self) -> str:
+        """The conversation as text; equals ``tokenizer.decode(self.token_ids)``."""
+        return "".join(self.render_message(m) for m in self.messages)
+
+    def render_message(self, message: Message) -> str:
+        """One turn as text. An assistant turn ended by eos shows eos where ``<|im_end|>`` would be."""
+        ids = self.token_ids[message.start:message.end]
+        closer = IM_END
+        if message.role == "assistant" and len(ids) >= 2 and ids[-2] == self.tokenizer.eos_token_id != self.im_end:
+            closer = self.tokenizer.decode([self.tokenizer.eos_token_id])
+        return f"{IM_START}{message.role}\n{message.content}{closer}\n"

@@ -1,0 +1,66 @@
+"""The policy interface: token ids in, sampled token ids and their log-probs out.
+
+Every backend (scripted, built-in model, OpenAI-compatible server, vLLM in-process) implements
+``generate``; ``generate_batch`` has a sequential default that batching backends override.
+
+Example::
+
+    class Echo:
+        name = "echo"
+        def generate(self, token_ids, sampling):
+            return [sampling.stop_token_ids[0]], [0.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from lightswe.agent.early_stop import EarlyStopConfig
+
+
+@dataclass(kw_only=True, slots=True)
+class SamplingParams:
+    max_new_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop_token_ids: list[int] = field(default_factory=list)  # the stop token is kept in the output
+    seed: int | None = None
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)  # backends that stream may stop sooner
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+
+
+Sample = tuple[list[int], list[float]]  # (generated token ids, sampler log-prob of each)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    name: str
+
+    def generate(self, token_ids: Sequence[int], sampling: SamplingParams) -> Sample: ...
+
+
+def generate_batch(policy: Policy, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Sample]:
+    """Use the backend's batched path when it has one."""
+    batched = getattr(policy, "generate_batch", None)
+    if batched is not None:
+        return batched(prompts, sampling)
+    return [policy.generate(p, sampling) for p in prompts]
+
+
+def check_sample(sample: Sample, sampling: SamplingParams) -> Sample:
+    """Backends' shared post-condition: equal lengths, within budget, cut at the first stop token."""
+    tokens, logprobs = list(sample[0]), list(sample[1])
+    if len(tokens) != len(logprobs):
+        raise ValueError(f"backend returned {len(tokens)} tokens but {len(logprobs)} log-probs")
+    for i, token in enumerate(tokens):
+        if token in sampling.stop_token_ids:
+            tokens, logprobs = tokens[: i + 1], logprobs[: i + 1]
+            break
+    return tokens[: sampling.max_new_tokens], logprobs[: sampling.max_new_tokens]

@@ -1,0 +1,102 @@
+"""The built-in model (``lightswe.model``) as a policy, with dynamic batching across episode threads.
+
+Concurrent episodes call ``generate`` from their own threads; the first caller to get the model takes every
+waiting request with the same sampling settings (up to ``max_batch``) into one ``model.generate`` call, so
+episodes share forward passes without a scheduler thread.
+
+Example::
+
+    policy = ModelPolicy.from_spec("tiny")          # random tiny weights (tests), or a checkpoint directory
+    tokens, logprobs = policy.generate(prompt_ids, SamplingParams(max_new_tokens=32, stop_token_ids=[258]))
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lightswe.agent.policies.base import Sample, SamplingParams, check_sample
+
+
+@dataclass(kw_only=True, slots=True)
+class _Request:
+    prompt: list[int]
+    sampling: SamplingParams
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Sample | None = None
+    error: BaseException | None = None
+
+
+class ModelPolicy:
+    def __init__(self, model, *, name: str = "model", max_batch: int = 16, batch_wait_s: float = 0.005,
+                 version: int = 0) -> None:
+        self.model, self.name, self.version = model, name, version
+        self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
+        self._pending: list[_Request] = []
+        self._pending_lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self.batch_sizes: list[int] = []  # observed batch sizes (benchmarks, tests)
+
+    @classmethod
+    def from_spec(cls, spec: str, *, device: str = "cpu", seed: int = 0, **kwargs) -> ModelPolicy:
+        """``spec``: a preset name (random weights from ``seed``) or a checkpoint directory."""
+        from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
+
+        if Path(spec).is_dir():
+            model = MiniMaxForCausalLM.from_pretrained(spec, device=device)
+        else:
+            model = MiniMaxForCausalLM(MiniMaxConfig.preset(spec)).to(device)
+            model.init_weights(seed=seed)
+        return cls(model, name=f"model:{spec}", **kwargs)
+
+    def generate(self, token_ids: Sequence[int], sampling: SamplingParams) -> Sample:
+        request = _Request(prompt=list(token_ids), sampling=sampling)
+        with self._pending_lock:
+            self._pending.append(request)
+        while not request.done.is_set():
+            with self._model_lock:
+                if request.done.is_set():
+                    break
+                time.sleep(self.batch_wait_s)  # let concurrent episodes join this batch
+                with self._pending_lock:
+                    batch = [r for r in self._pending if r.sampling == request.sampling][: self.max_batch]
+                    if request not in batch:
+                        batch = [request, *batch[: self.max_batch - 1]]
+                    for r in batch:
+                        self._pending.remove(r)
+                self._run(batch)
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Sample]:
+        with self._model_lock:
+            requests = [_Request(prompt=list(p), sampling=sampling) for p in prompts]
+            for start in range(0, len(requests), self.max_batch):
+                self._run(requests[start:start + self.max_batch])
+        for r in requests:
+            if r.error is not None:
+                raise r.error
+        return [r.result for r in requests]
+
+    def _run(self, batch: list[_Request]) -> None:
+        from lightswe.model import SamplingConfig
+
+        s = batch[0].sampling
+        config = SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                                stop_token_ids=tuple(s.stop_token_ids), seed=s.seed)
+        self.batch_sizes.append(len(batch))
+        try:
+            generations = self.model.generate([r.prompt for r in batch], config)
+            for r, g in zip(batch, generations, strict=True):
+                r.result = check_sample((g.token_ids, g.logprobs), s)
+        except BaseException as err:  # noqa: BLE001 - handed to every waiting caller, re-raised there
+            for r in batch:
+                r.error = err
+        finally:
+            for r in batch:
+                r.done.set()

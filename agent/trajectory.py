@@ -1,0 +1,307 @@
+"""The trajectory record RL needs, and its append-only store.
+
+A ``Trajectory`` is one episode in token space: ``token_ids`` exactly as the policy saw and produced them,
+``loss_mask`` 1 only on tokens the policy generated, ``logprobs`` the sampler's log-probability of each
+generated token (0.0 where the mask is 0), plus reward, status and what the viewer shows (``messages``, each
+with its token span).
+
+Storage (``TrajectoryWriter``): whole JSON lines appended to a segment ``part-<writer>-<n>.jsonl`` and fsynced
+one by one, so a crash loses at most the episode in flight (a torn last line is skipped on read). A full
+segment becomes ``part-<writer>-<n>.parquet`` through a temporary file and an atomic rename; the JSONL segment
+is deleted after. ``read_trajectories`` reads both (a Parquet shard wins over a JSONL segment of the same
+name) and validates every record.
+
+Example::
+
+    with TrajectoryWriter("runs/r1") as writer:
+        writer.write(trajectory)
+    done = {t.episode_id for t in read_trajectories("runs/r1")}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+class EpisodeStatus(str, Enum):
+    """How an episode ended. Only ``SUBMITTED`` episodes were graded by the task's tests."""
+
+    SUBMITTED = "submitted"
+    STEP_LIMIT = "step_limit"
+    CONTEXT_LIMIT = "context_limit"
+    FORMAT_ERRORS_EXCEEDED = "format_errors_exceeded"
+    SANDBOX_ERROR = "sandbox_error"  # infrastructure failure: the learner excludes the run, never scores it 0
+    REPETITION_STOP = "repetition_stop"  # early stop: N consecutive tokens each with probability > p
+
+
+class TrajectoryFormatError(ValueError):
+    """A stored record that does not match the schema: names the file, the record and the field."""
+
+
+@dataclass(kw_only=True, slots=True)
+class Message:
+    """One chat turn; ``[start, end)`` is its token span including the template glue."""
+
+    role: str  # "system" | "user" | "assistant" | "tool"
+    content: str
+    start: int
+    end: int
+    tool_call: dict | None = None  # {"name": ..., "arguments": {...}} for a parsed assistant call
+    format_error: str | None = None  # what was wrong with the assistant's output, if anything
+    finish_reason: str | None = None  # assistant turns: "stop" | "length" | "early_stop"
+
+
+@dataclass(kw_only=True, slots=True)
+class Trajectory:
+    episode_id: str  # "<task_id>/<group_id>/<sample_index>": stable, used to resume
+    task_id: str
+    group_id: str  # samples of one task in one rollout share it (group-relative advantages)
+    sample_index: int
+    token_ids: list[int]
+    loss_mask: list[int]  # 1 on policy-generated tokens only
+    logprobs: list[float]  # sampler log-probs aligned to token_ids; 0.0 where loss_mask is 0
+    reward: float | None  # None: not graded (sandbox error)
+    status: EpisodeStatus
+    messages: list[Message] = field(default_factory=list)
+    tests: dict[str, str] = field(default_factory=dict)  # test id -> outcome ("passed", "failed", ...)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: generate, env, grade, total
+    num_steps: int = 0
+    num_format_errors: int = 0
+    policy: str = ""  # the policy spec that produced it
+    policy_version: int = 0  # weights version, for off-policy bookkeeping
+    error: str = ""  # the exception text when status is sandbox_error
+    created_at: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+    @property
+    def resolved(self) -> bool:
+        return self.reward is not None and self.reward >= 1.0
+
+    def to_dict(self) -> dict:
+        record = dataclasses.asdict(self)
+        record["status"] = self.status.value
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict, *, where: str = "record") -> Trajectory:
+        """Validate and build; raises ``TrajectoryFormatError`` saying which field is wrong."""
+        return cls(**_validated(record, where))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Trajectory)}
+_REQUIRED = [n for n, f in _FIELDS.items()
+             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+_PARQUET_JSON_FIELDS = ("messages", "tests", "timings")  # nested or free-form: stored as JSON text columns
+_TYPES = {"episode_id": str, "task_id": str, "group_id": str, "sample_index": int, "num_steps": int,
+          "num_format_errors": int, "policy": str, "policy_version": int, "error": str, "schema_version": int}
+
+
+def _validated(record: dict, where: str) -> dict:
+    def bad(msg: str) -> TrajectoryFormatError:
+        return TrajectoryFormatError(f"{where}: {msg}")
+
+    if not isinstance(record, dict):
+        raise bad(f"expected a JSON object, got {type(record).__name__}")
+    missing = [n for n in _REQUIRED if n not in record]
+    if missing:
+        raise bad(f"missing field(s) {missing}; a trajectory needs {_REQUIRED}")
+    if record.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise bad(f"schema_version {record['schema_version']} is not {SCHEMA_VERSION}; re-run the rollout")
+    values = {k: v for k, v in record.items() if k in _FIELDS}
+    for name, kind in _TYPES.items():
+        if name in values and not isinstance(values[name], kind):
+            raise bad(f"field {name!r} must be {kind.__name__}, got {type(values[name]).__name__}")
+    ids, mask, lps = values["token_ids"], values["loss_mask"], values["logprobs"]
+    if not (len(ids) == len(mask) == len(lps)):
+        raise bad(f"token_ids, loss_mask, logprobs lengths differ: {len(ids)}, {len(mask)}, {len(lps)}")
+    if any(m not in (0, 1) for m in mask):
+        raise bad("loss_mask must hold only 0 and 1")
+    if any(not isinstance(t, int) or t < 0 for t in ids):
+        raise bad("token_ids must be non-negative integers")
+    lps = [float(x) for x in lps]
+    if any(math.isnan(x) or x > 1e-6 for x in lps):
+        raise bad("logprobs must be <= 0 and not NaN")
+    values["logprobs"] = lps
+    try:
+        values["status"] = EpisodeStatus(values["status"])
+    except ValueError:
+        raise bad(f"status {values['status']!r} is not one of {[s.value for s in EpisodeStatus]}") from None
+    reward = values["reward"]
+    if reward is not None and not isinstance(reward, (int, float)):
+        raise bad(f"reward must be a number or null, got {reward!r}")
+    values["reward"] = None if reward is None or math.isnan(reward) else float(reward)
+    for key in _PARQUET_JSON_FIELDS:  # Parquet stores these as JSON text
+        if isinstance(values.get(key), str):
+            values[key] = json.loads(values[key])
+    messages = []
+    for i, m in enumerate(values.get("messages") or []):
+        try:
+            msg = m if isinstance(m, Message) else Message(**m)
+        except TypeError as err:
+            raise bad(f"message {i} does not match the Message fields ({err})") from None
+        if not 0 <= msg.start <= msg.end <= len(ids):
+            raise bad(f"message {i} span [{msg.start}, {msg.end}) is outside the {len(ids)} tokens")
+        messages.append(msg)
+    values["messages"] = messages
+    return values
+
+
+# --------------------------------------------------------------------------------------------- storage
+
+
+def _parquet_table(records: list[dict]):
+    import pyarrow as pa
+
+    rows = [{k: (json.dumps(v, ensure_ascii=False) if k in _PARQUET_JSON_FIELDS else v) for k, v in r.items()}
+            for r in records]
+    schema = pa.schema([
+        ("episode_id", pa.string()), ("task_id", pa.string()), ("group_id", pa.string()),
+        ("sample_index", pa.int64()), ("token_ids", pa.list_(pa.int32())), ("loss_mask", pa.list_(pa.int8())),
+        ("logprobs", pa.list_(pa.float32())), ("reward", pa.float64()), ("status", pa.string()),
+        ("messages", pa.string()), ("tests", pa.string()), ("timings", pa.string()), ("num_steps", pa.int64()),
+        ("num_format_errors", pa.int64()), ("policy", pa.string()), ("policy_version", pa.int64()),
+        ("error", pa.string()), ("created_at", pa.float64()), ("schema_version", pa.int64()),
+    ])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class TrajectoryWriter:
+    """Append-only, thread-safe; every ``write`` is on disk (fsynced) before it returns.
+
+    ``shard_size`` records per segment; ``parquet=False`` keeps JSONL segments only (no pyarrow needed).
+    A new writer never appends to an old segment, so a torn line can only be a segment's last.
+    """
+
+    def __init__(self, out_dir: str | Path, *, shard_size: int = 64, parquet: bool = True) -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.shard_size, self.parquet = shard_size, parquet
+        self._name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self._seq, self._records, self._handle = 0, [], None
+        self._lock = threading.Lock()
+        if parquet:
+            import pyarrow  # noqa: F401 - fail now, not at the first full shard
+        self.written = 0
+
+    def _segment(self, suffix: str) -> Path:
+        return self.out_dir / f"part-{self._name}-{self._seq:05d}{suffix}"
+
+    def write(self, trajectory: Trajectory) -> None:
+        record = trajectory.to_dict()
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            if self._handle is None:
+                self._handle = self._segment(".jsonl").open("a", encoding="utf-8")
+                _fsync_dir(self.out_dir)
+            self._handle.write(line)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._records.append(record)
+            self.written += 1
+            if len(self._records) >= self.shard_size:
+                self._seal()
+
+    def _seal(self) -> None:
+        """Turn the current JSONL segment into a Parquet shard (atomic rename), then drop the JSONL."""
+        if self._handle is None:
+            return
+        self._handle.close()
+        self._handle = None
+        if self.parquet and self._records:
+            import pyarrow.parquet as pq
+
+            final, tmp = self._segment(".parquet"), self._segment(".parquet.tmp")
+            with tmp.open("wb") as handle:
+                pq.write_table(_parquet_table(self._records), handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(final)
+            _fsync_dir(self.out_dir)
+            self._segment(".jsonl").unlink()
+        self._records = []
+        self._seq += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._seal()
+
+    def __enter__(self) -> TrajectoryWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _iter_jsonl(path: Path) -> Iterator[dict]:
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            if number >= len(lines) - 1:  # the last line: an episode torn by a crash mid-write
+                log.warning("%s:%d: skipping a torn last record (crash while writing)", path, number)
+                continue
+            raise TrajectoryFormatError(f"{path}:{number}: not valid JSON in the middle of a segment") from None
+
+
+def _iter_parquet(path: Path) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    yield from pq.read_table(path).to_pylist()
+
+
+def read_trajectories(out_dir: str | Path) -> Iterator[Trajectory]:
+    """Every stored trajectory of a rollout directory, validated; duplicates (same episode id) read once."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"rollout directory {out_dir} does not exist; make one with `lightswe rollout`")
+    parquet = {p.name[: -len(".parquet")] for p in out_dir.glob("part-*.parquet")}
+    paths = sorted(out_dir.glob("part-*.parquet")) + sorted(
+        p for p in out_dir.glob("part-*.jsonl") if p.stem not in parquet)
+    seen: set[str] = set()
+    for path in paths:
+        records = _iter_parquet(path) if path.suffix == ".parquet" else _iter_jsonl(path)
+        for i, record in enumerate(records):
+            trajectory = Trajectory.from_dict(record, where=f"{path} record {i}")
+            if trajectory.episode_id not in seen:
+                seen.add(trajectory.episode_id)
+                yield trajectory
+
+
+def finished_episode_ids(out_dir: str | Path) -> set[str]:
+    """Episode ids already on disk (what a resumed rollout skips)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return set()
+    return {t.episode_id for t in read_trajectories(out_dir)}

@@ -1,0 +1,89 @@
+"""Policy backends: the built-in tiny model (batched across threads) and the OpenAI-compatible client."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+
+import pytest
+
+from lightswe.agent.policies.base import SamplingParams
+from lightswe.agent.policies.model import ModelPolicy
+from lightswe.agent.policies.openai_server import OpenAIPolicy, ServerError
+from lightswe.model import ByteTokenizer
+
+from .completions_server import CompletionsServer
+
+TOK = ByteTokenizer()
+STOP = [TOK.token_id("<|im_end|>"), TOK.eos_token_id]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> ModelPolicy:
+    return ModelPolicy.from_spec("tiny", seed=0)
+
+
+def test_model_policy_samples_within_budget(tiny):
+    sampling = SamplingParams(max_new_tokens=12, stop_token_ids=STOP, seed=1)
+    tokens, logprobs = tiny.generate(TOK.encode("<|im_start|>user\nhi<|im_end|>\n"), sampling)
+    assert 1 <= len(tokens) == len(logprobs) <= 12
+    assert all(lp <= 0.0 for lp in logprobs)
+    assert all(t not in STOP for t in tokens[:-1])
+    again = tiny.generate(TOK.encode("<|im_start|>user\nhi<|im_end|>\n"), sampling)
+    assert again == (tokens, logprobs)  # seeded sampling is reproducible
+
+
+def test_concurrent_episodes_share_batches(tiny):
+    sampling = SamplingParams(max_new_tokens=4, temperature=0.0)
+    prompts = [TOK.encode(f"prompt {i}") for i in range(6)]
+    expected = [tiny.generate_batch([p], sampling)[0] for p in prompts]
+    tiny.batch_sizes.clear()
+    results = [None] * len(prompts)
+
+    def run(i):
+        results[i] = tiny.generate(prompts[i], sampling)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for (tokens, logprobs), (want_tokens, want_logprobs) in zip(results, expected):
+        assert tokens == want_tokens  # greedy: batching does not change what each prompt gets
+        assert logprobs == pytest.approx(want_logprobs, abs=1e-5)
+    assert sum(tiny.batch_sizes) == 6 and max(tiny.batch_sizes) > 1
+
+
+def test_openai_client_against_local_server(tiny):
+    sampling = SamplingParams(max_new_tokens=10, stop_token_ids=STOP, temperature=0.0)
+    prompt = TOK.encode("<|im_start|>user\nfix it<|im_end|>\n<|im_start|>assistant\n")
+    with CompletionsServer(tiny, decode=TOK.decode) as server:
+        client = OpenAIPolicy(server.url, model="tiny")
+        tokens, logprobs = client.generate(prompt, sampling)
+        body = server.requests[-1]
+    assert (tokens, logprobs) == tiny.generate(prompt, sampling)
+    assert body["prompt"] == prompt and body["return_tokens_as_token_ids"] is True and body["logprobs"] == 1
+    assert body["stop_token_ids"] == STOP and body["max_tokens"] == 10
+
+
+def test_openai_client_reports_server_errors():
+    class Plain:  # a server that ignores return_tokens_as_token_ids
+        def generate(self, token_ids, sampling):
+            return [65], [-0.1]
+
+    with CompletionsServer(Plain()) as server:
+        client = OpenAIPolicy(server.url, retries=0)
+        original = client.request_body
+        client.request_body = lambda ids, s: {**original(ids, s), "return_tokens_as_token_ids": False}
+        with pytest.raises(ServerError, match="return_tokens_as_token_ids"):
+            client.generate([1, 2], SamplingParams(max_new_tokens=2))
+    with pytest.raises(ServerError, match="unreachable"):
+        OpenAIPolicy(server.url, retries=0, timeout_s=2).generate([1], SamplingParams(max_new_tokens=1))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm not installed (pip install 'lightswe[vllm]')")
+def test_vllm_in_process(tmp_path):
+    from lightswe.agent.policies.vllm_engine import VLLMPolicy
+
+    policy = VLLMPolicy("facebook/opt-125m", gpu_memory_utilization=0.3)
+    tokens, logprobs = policy.generate([2, 100, 200], SamplingParams(max_new_tokens=8, temperature=0.0))
+    assert 1 <= len(tokens) == len(logprobs) <= 8 and all(lp <= 0 for lp in logprobs)

@@ -1,0 +1,77 @@
+"""Trajectory records: round trip through JSONL and Parquet, crash tolerance, schema validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lightswe.agent.trajectory import (EpisodeStatus, Message, Trajectory, TrajectoryFormatError,
+                                       TrajectoryWriter, finished_episode_ids, read_trajectories)
+
+
+def make(i: int, reward: float | None = 1.0) -> Trajectory:
+    return Trajectory(
+        episode_id=f"t{i}/g/0", task_id=f"t{i}", group_id="g", sample_index=0, token_ids=[257, 104, 105, 258, 10],
+        loss_mask=[0, 1, 1, 1, 0], logprobs=[0.0, -0.25, -1.5, -0.125, 0.0], reward=reward,
+        status=EpisodeStatus.SUBMITTED,
+        messages=[Message(role="assistant", content="hi", start=0, end=5, tool_call={"name": "submit", "arguments": {}},
+                          finish_reason="stop")],
+        tests={"tests/test_x.py::test_a": "passed"}, timings={"total": 1.5}, num_steps=1, created_at=1.0)
+
+
+@pytest.mark.parametrize("parquet", [True, False], ids=["parquet", "jsonl"])
+def test_round_trip(tmp_path, parquet):
+    with TrajectoryWriter(tmp_path, shard_size=2, parquet=parquet) as writer:
+        for i in range(5):
+            writer.write(make(i, reward=None if i == 4 else 1.0))
+    suffixes = sorted(p.suffix for p in tmp_path.iterdir())
+    assert suffixes == ([".parquet"] * 3 if parquet else [".jsonl"] * 3)  # close() seals the partial shard too
+    got = sorted(read_trajectories(tmp_path), key=lambda t: t.episode_id)
+    assert got == [make(i, reward=None if i == 4 else 1.0) for i in range(5)]
+    assert finished_episode_ids(tmp_path) == {f"t{i}/g/0" for i in range(5)}
+
+
+def test_each_write_is_durable_before_close(tmp_path):
+    writer = TrajectoryWriter(tmp_path, shard_size=100)
+    writer.write(make(0))
+    writer.write(make(1))
+    assert finished_episode_ids(tmp_path) == {"t0/g/0", "t1/g/0"}  # readable while the writer is open
+
+
+def test_torn_last_line_loses_only_that_episode(tmp_path):
+    writer = TrajectoryWriter(tmp_path, shard_size=100)
+    writer.write(make(0))
+    segment = next(tmp_path.glob("*.jsonl"))
+    with segment.open("a") as handle:  # what a kill -9 in the middle of write() leaves
+        handle.write(json.dumps(make(1).to_dict())[:40])
+    assert finished_episode_ids(tmp_path) == {"t0/g/0"}
+
+
+def test_parquet_shard_wins_over_leftover_segment(tmp_path):
+    with TrajectoryWriter(tmp_path, shard_size=1) as writer:
+        writer.write(make(0))
+    shard = next(tmp_path.glob("*.parquet"))
+    shard.with_suffix(".jsonl").write_text(json.dumps(make(0).to_dict()) + "\n")  # crash between rename and unlink
+    assert [t.episode_id for t in read_trajectories(tmp_path)] == ["t0/g/0"]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("loss_mask", [0, 1, 2, 1, 0], "only 0 and 1"),
+    ("logprobs", [0.0, -1.0], "lengths differ"),
+    ("status", "won", "not one of"),
+    ("logprobs", [0.0, 0.5, -1.0, -1.0, 0.0], "<= 0"),
+    ("messages", [{"role": "user", "content": "x", "start": 0, "end": 99}], "outside"),
+    ("task_id", 3, "must be str"),
+], ids=["mask", "lengths", "status", "positive-logprob", "span", "type"])
+def test_reader_rejects_bad_records(tmp_path, field, value, message):
+    record = make(0).to_dict()
+    record[field] = value
+    (tmp_path / "part-x-00000.jsonl").write_text(json.dumps(record) + "\n" + json.dumps(make(1).to_dict()) + "\n")
+    with pytest.raises(TrajectoryFormatError, match=message):
+        list(read_trajectories(tmp_path))
+
+
+def test_missing_directory_says_how_to_make_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="lightswe rollout"):
+        list(read_trajectories(tmp_path / "nope"))
