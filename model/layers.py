@@ -39,7 +39,8 @@ def lightning_slope(num_heads: int, layer_idx: int, num_layers: int) -> torch.Te
 
     As in the released MiniMax code (vLLM's port); note that transformers' port divides by (L-1+1e-5).
     """
-    base = torch.tensor([2.0 ** (-8.0 * (h + 1) / num_heads) for h in range(num_heads)], dtype=torch.float64)
+    base = torch.tensor([2.0 ** (-8.0 * (h + 1) / num_heads) for h in range(num_heads)], dtype=torch.float64,
+                        device="cpu")  # real values even when the model is built under torch.device("meta")
     factor = 1 + 1e-5 if num_layers <= 1 else 1 - layer_idx / (num_layers - 1) + 1e-5
     return (base * factor).float()
 

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightswe.model import HybridCache, SamplingConfig
+
+
+def _greedy_reference(model, prompt: list[int], steps: int) -> list[int]:
+    ids = list(prompt)
+    for _ in range(steps):
+        ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_greedy_batch_of_different_lengths_equals_full_forward(tiny_model):
+    prompts = [[1, 2, 3], list(range(40, 77)), [200]]
+    gens = tiny_model.generate(prompts, SamplingConfig(max_new_tokens=12, temperature=0))
+    for prompt, gen in zip(prompts, gens):
+        assert gen.token_ids == _greedy_reference(tiny_model, prompt, 12)
+        assert gen.finish_reason == "length" and gen.prompt_tokens == len(prompt)
+
+
+def test_sampled_logprobs_equal_the_model_logprobs(tiny_model):
+    prompts = [[5, 6, 7, 8], [9] * 17]
+    gens = tiny_model.generate(prompts, SamplingConfig(max_new_tokens=10, temperature=0.7, seed=3))
+    for prompt, gen in zip(prompts, gens):
+        ids = torch.tensor([prompt + gen.token_ids])
+        expected = tiny_model.token_logprobs(ids, temperature=0.7).logprobs[0, len(prompt):]
+        torch.testing.assert_close(torch.tensor(gen.logprobs), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_seed_makes_sampling_reproducible(tiny_model):
+    sampling = SamplingConfig(max_new_tokens=15, temperature=1.0, top_p=0.9, seed=11)
+    a = tiny_model.generate([[1, 2], [3, 4, 5]], sampling)
+    b = tiny_model.generate([[1, 2], [3, 4, 5]], sampling)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+
+
+def test_tiny_top_p_is_greedy(tiny_model):
+    prompt = [10, 20, 30]
+    gen = tiny_model.generate([prompt], SamplingConfig(max_new_tokens=6, temperature=1.0, top_p=1e-6, seed=0))[0]
+    assert gen.token_ids == _greedy_reference(tiny_model, prompt, 6)
+
+
+def test_stop_tokens_end_each_sequence_and_are_kept(tiny_model):
+    prompts = [[1, 2, 3], [4, 5]]
+    free = tiny_model.generate(prompts, SamplingConfig(max_new_tokens=8, temperature=0))
+    stop = free[0].token_ids[2]  # stops the first sequence at its third token
+    gens = tiny_model.generate(prompts, SamplingConfig(max_new_tokens=8, temperature=0, stop_token_ids=(stop,)))
+    first = free[0].token_ids.index(stop)
+    assert gens[0].token_ids == free[0].token_ids[:first + 1] and gens[0].finish_reason == "stop"
+    if stop in free[1].token_ids:
+        assert gens[1].finish_reason == "stop"
+    else:
+        assert gens[1].token_ids == free[1].token_ids and gens[1].finish_reason == "length"
+
+
+def test_cache_memory_lightning_state_flat_kv_grows(tiny_config):
+    cache = HybridCache(tiny_config, 1)
+    state = cache.state_bytes_per_sequence()
+    assert state == 3 * tiny_config.num_attention_heads * tiny_config.head_dim ** 2 * 4  # 3 lightning layers, fp32
+    assert cache.kv_bytes_per_token() == 1 * 2 * tiny_config.num_key_value_heads * tiny_config.head_dim * 4
+
+
+def test_generation_reports_cache_bytes(tiny_model):
+    gens = tiny_model.generate([[1] * 5, [2] * 50], SamplingConfig(max_new_tokens=4, temperature=0))
+    cache = tiny_model.new_cache(1)
+    for gen in gens:  # the last sampled token is not in the cache yet
+        expected = cache.state_bytes_per_sequence() + (gen.prompt_tokens + 3) * cache.kv_bytes_per_token()
+        assert gen.cache_bytes == expected
+
+
+def test_bad_requests(tiny_model):
+    with pytest.raises(ValueError, match="non-empty"):
+        tiny_model.generate([[]], SamplingConfig())
+    with pytest.raises(ValueError, match="vocab_size"):
+        tiny_model.generate([[10_000]], SamplingConfig())
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(top_p=0)
