@@ -9,7 +9,8 @@ Notable choices:
 - The LM head runs in fp32 (MiniMax-M1: train/inference probability agreement); ``token_logprobs`` applies it
   chunk by chunk under activation checkpointing, so [T, vocab] fp32 logits never exist whole, in forward
   or backward.
-- The MoE load-balancing loss (mean over layers) comes with every forward; the learner adds
+- The MoE load-balancing loss (mean over layers) comes with every forward (``CausalLMOutput.aux_loss``,
+  ``TokenLogprobs.aux_loss``, and ``model.aux_loss`` for the latest forward); the learner adds
   ``config.router_aux_loss_coef`` times it if it wants it.
 """
 
@@ -83,8 +84,9 @@ class MiniMaxForCausalLM(nn.Module):
     Example::
 
         model = MiniMaxForCausalLM(MiniMaxConfig.preset("tiny"))
-        out = model(torch.tensor([[1, 2, 3]]))              # out.logits [1, 3, vocab] fp32
-        lp = model.token_logprobs(torch.tensor([[1, 2, 3]]))  # lp.logprobs [1, 3], lp.logprobs[:, 0] == 0
+        out = model(torch.tensor([[1, 2, 3]]))                # out.logits [1, 3, vocab] fp32
+        lp = model.token_logprobs(torch.tensor([[1, 2, 3]]))  # [1, 3] fp32, lp[:, 0] == 0
+        st = model.score(torch.tensor([[1, 2, 3]]))           # st.logprobs, st.entropy, st.aux_loss
     """
 
     def __init__(self, config: MiniMaxConfig) -> None:
@@ -95,6 +97,7 @@ class MiniMaxForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.gradient_checkpointing = False
+        self.aux_loss = torch.zeros(())  # load-balancing loss of the latest forward (mean over layers)
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
 
@@ -134,10 +137,11 @@ class MiniMaxForCausalLM(nn.Module):
             else:
                 x, aux = layer(x, positions, cu_seqlens, cache)
             aux_total = aux_total + aux
+        self.aux_loss = aux_total / len(self.model.layers)
         if cache is not None:
             cache.advance(cu_seqlens.diff().to(cache.lengths.device) if cu_seqlens is not None
                           and not cache.started else input_ids.shape[1])
-        return self.model.norm(x), aux_total / len(self.model.layers)
+        return self.model.norm(x), self.aux_loss
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The fp32 LM head."""
@@ -150,13 +154,22 @@ class MiniMaxForCausalLM(nn.Module):
         return CausalLMOutput(logits=self.logits(hidden), aux_loss=aux)
 
     def token_logprobs(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None, *,
-                       chunk_size: int = 1024, with_entropy: bool = False, temperature: float = 1.0
-                       ) -> TokenLogprobs:
-        """fp32 log-prob of every token given the previous ones, from an fp32 LM head applied in chunks.
+                       chunk_size: int = 1024, temperature: float = 1.0) -> torch.Tensor:
+        """fp32 log p(x_t | x_<t) [B, T], aligned with ``input_ids`` (first token of each sequence: 0).
 
-        Input as in ``hidden_states``. Output [B, T] aligned with ``input_ids`` (first token of each sequence:
-        0). ``temperature`` divides the logits (use the sampler's temperature to get the behaviour policy).
-        Differentiable; each chunk's [chunk_size, vocab] logits are recomputed in backward, not stored.
+        The fp32 LM head runs chunk by chunk (see ``score``); differentiable. The load-balancing loss of this
+        forward is in ``self.aux_loss``.
+        """
+        return self.score(input_ids, cu_seqlens, chunk_size=chunk_size, temperature=temperature,
+                          with_entropy=False).logprobs
+
+    def score(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None, *, chunk_size: int = 1024,
+              with_entropy: bool = True, temperature: float = 1.0) -> TokenLogprobs:
+        """Log-probs (and entropies) of every token given the previous ones, from an fp32 LM head in chunks.
+
+        Input as in ``hidden_states``. Outputs [B, T] aligned with ``input_ids``. ``temperature`` divides the
+        logits (pass the sampler's temperature to get the behaviour policy). Differentiable; each chunk's
+        [chunk_size, vocab] fp32 logits are recomputed in backward, never stored.
         """
         if chunk_size < 1 or temperature <= 0:
             raise ValueError(f"chunk_size must be >= 1 and temperature > 0, got {chunk_size} and {temperature}")

@@ -26,7 +26,7 @@ def test_sampled_logprobs_equal_the_model_logprobs(tiny_model):
     gens = tiny_model.generate(prompts, SamplingConfig(max_new_tokens=10, temperature=0.7, seed=3))
     for prompt, gen in zip(prompts, gens):
         ids = torch.tensor([prompt + gen.token_ids])
-        expected = tiny_model.token_logprobs(ids, temperature=0.7).logprobs[0, len(prompt):]
+        expected = tiny_model.token_logprobs(ids, temperature=0.7)[0, len(prompt):]
         torch.testing.assert_close(torch.tensor(gen.logprobs), expected, rtol=1e-4, atol=1e-4)
 
 

@@ -33,8 +33,8 @@ def test_packed_varlen_equals_separate_sequences(tiny_model):
     packed = tiny_model(torch.cat(seqs)[None], cu_seqlens=cu).logits[0]
     separate = torch.cat([tiny_model(s[None]).logits[0] for s in seqs])
     torch.testing.assert_close(packed, separate, rtol=1e-4, atol=1e-5)
-    lp_packed = tiny_model.token_logprobs(torch.cat(seqs)[None], cu_seqlens=cu).logprobs[0]
-    lp_separate = torch.cat([tiny_model.token_logprobs(s[None]).logprobs[0] for s in seqs])
+    lp_packed = tiny_model.token_logprobs(torch.cat(seqs)[None], cu_seqlens=cu)[0]
+    lp_separate = torch.cat([tiny_model.token_logprobs(s[None])[0] for s in seqs])
     torch.testing.assert_close(lp_packed, lp_separate, rtol=1e-4, atol=1e-5)
     assert lp_packed[cu[:-1]].eq(0).all()
 
@@ -43,7 +43,8 @@ def test_packed_varlen_equals_separate_sequences(tiny_model):
 def test_token_logprobs_equal_full_log_softmax(tiny_model, chunk_size):
     ids = torch.randint(0, 263, (2, 30))
     logits = tiny_model(ids).logits
-    out = tiny_model.token_logprobs(ids, chunk_size=chunk_size, with_entropy=True)
+    out = tiny_model.score(ids, chunk_size=chunk_size)
+    torch.testing.assert_close(tiny_model.token_logprobs(ids, chunk_size=chunk_size), out.logprobs)
     assert out.logprobs.dtype == torch.float32 and out.logprobs.shape == (2, 30)
     log_probs = torch.log_softmax(logits, dim=-1)
     expected = log_probs[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
@@ -57,7 +58,7 @@ def test_token_logprobs_gradient_matches_full_logits(tiny_model):
     ids = torch.randint(0, 263, (1, 25))
     weights = torch.randn(1, 25)
     tiny_model.zero_grad()
-    (tiny_model.token_logprobs(ids, chunk_size=4).logprobs * weights).sum().backward()
+    (tiny_model.token_logprobs(ids, chunk_size=4) * weights).sum().backward()
     chunked = {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
     tiny_model.zero_grad()
     log_probs = torch.log_softmax(tiny_model(ids).logits, dim=-1)[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
@@ -73,8 +74,9 @@ def test_one_optimizer_step_changes_every_parameter(tiny_model):
     optimizer = torch.optim.AdamW(tiny_model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-15)
     ids = torch.randint(0, 263, (1, 120))
     cu = torch.tensor([0, 50, 120])
-    out = tiny_model.token_logprobs(ids, cu_seqlens=cu)
-    loss = -out.logprobs.mean() + tiny_model.config.router_aux_loss_coef * out.aux_loss
+    logprobs = tiny_model.token_logprobs(ids, cu_seqlens=cu)
+    assert tiny_model.aux_loss.requires_grad
+    loss = -logprobs.mean() + tiny_model.config.router_aux_loss_coef * tiny_model.aux_loss
     loss.backward()
     optimizer.step()
     unchanged = [n for n, p in tiny_model.named_parameters() if torch.equal(p.detach(), before[n])]
@@ -83,11 +85,11 @@ def test_one_optimizer_step_changes_every_parameter(tiny_model):
 
 def test_gradient_checkpointing_gives_same_gradients(tiny_model):
     ids = torch.randint(0, 263, (1, 20))
-    tiny_model.token_logprobs(ids).logprobs.sum().backward()
+    tiny_model.token_logprobs(ids).sum().backward()
     plain = [p.grad.clone() for p in tiny_model.parameters() if p.grad is not None]
     tiny_model.zero_grad()
     tiny_model.gradient_checkpointing = True
-    tiny_model.token_logprobs(ids).logprobs.sum().backward()
+    tiny_model.token_logprobs(ids).sum().backward()
     for a, b in zip(plain, [p.grad for p in tiny_model.parameters() if p.grad is not None]):
         torch.testing.assert_close(a, b)
 
