@@ -1,22 +1,75 @@
-"""Public entry points; dispatch to Triton on CUDA, the PyTorch reference elsewhere.
+"""Public entry points: input checks, then Triton on CUDA or the PyTorch reference elsewhere.
 
-The kernels issue replaces the CUDA branch with Triton kernels; the signatures here are the contract the
-model relies on.
+Backend choice (``LIGHTSWE_LIGHTNING_BACKEND``): ``auto`` (default) runs the Triton kernels when the
+tensors are on a CUDA device, Triton imports and the head dims are powers of two in [16, 256], and the
+reference in naive.py otherwise (CPU machines, CI); ``triton`` insists on the kernels (an error says why
+they cannot run); ``reference`` always runs the reference. Rollout and training go through these same two
+functions, so sampler and learner see the same numerics.
 """
 
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 
 from lightswe.kernels.lightning_attn.naive import lightning_attn_chunked, lightning_attn_decode_naive
 
+_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_BACKENDS = ("auto", "triton", "reference")
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor) -> None:
-    if q.dim() != 4 or q.shape != k.shape or q.shape[:3] != v.shape[:3]:
-        raise ValueError(f"expected q, k [B, T, H, D] and v [B, T, H, Dv] with equal B, T, H; "
+
+@functools.cache
+def _triton_import_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        return f"Triton is not importable ({err}); install it with `pip install triton` on a CUDA machine"
+    return None
+
+
+def _triton_unusable(q: torch.Tensor, head_dims: tuple[int, ...]) -> str | None:
+    """None when the Triton kernels can run on these tensors, else the reason."""
+    if not q.is_cuda:
+        return f"tensors are on {q.device}, the Triton kernels need a CUDA device"
+    if any(d < 16 or d > 256 or d & (d - 1) for d in head_dims):
+        return f"head dims {head_dims} must be powers of two in [16, 256] for the Triton kernels"
+    return _triton_import_error()
+
+
+def _use_triton(q: torch.Tensor, head_dims: tuple[int, ...]) -> bool:
+    backend = os.environ.get("LIGHTSWE_LIGHTNING_BACKEND", "auto")
+    if backend not in _BACKENDS:
+        raise ValueError(f"LIGHTSWE_LIGHTNING_BACKEND must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return False
+    reason = _triton_unusable(q, head_dims)
+    if backend == "triton" and reason:
+        raise RuntimeError(f"LIGHTSWE_LIGHTNING_BACKEND=triton but {reason}; unset it to use the reference")
+    return reason is None
+
+
+def _check_common(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, rank: int) -> None:
+    names = "[B, T, H, D]" if rank == 4 else "[B, H, D]"
+    if q.dim() != rank or q.shape != k.shape or v.dim() != rank or q.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"expected q, k {names} and v with the same leading dims and its own last dim; "
                          f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if slope.shape != (q.shape[2],):
-        raise ValueError(f"expected slope of shape [H]={q.shape[2]}, got {tuple(slope.shape)}")
+    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"expected q, k, v all of one dtype among {_DTYPES}; got {q.dtype}, {k.dtype}, "
+                        f"{v.dtype}: cast them with .to(torch.bfloat16)")
+    if not (q.device == k.device == v.device == slope.device):
+        raise ValueError(f"expected q, k, v, slope on one device; got {q.device}, {k.device}, {v.device}, "
+                         f"{slope.device}")
+    heads = q.shape[-2]
+    if slope.shape != (heads,) or not slope.is_floating_point():
+        raise ValueError(f"expected a float slope of shape [H]=({heads},), got {slope.dtype} "
+                         f"{tuple(slope.shape)}")
+
+
+def _check_state(state: torch.Tensor, expected: tuple[int, ...], name: str) -> None:
+    if tuple(state.shape) != expected:
+        raise ValueError(f"expected {name} of shape [N, H, D, Dv]={expected}, got {tuple(state.shape)}")
 
 
 def lightning_attn(
@@ -27,23 +80,44 @@ def lightning_attn(
     initial_state: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal lightning attention over whole sequences.
+    """Causal lightning attention over whole sequences, differentiable in q, k, v and initial_state.
 
     Args:
-        q, k, v: [B, T, H, D] (bf16, fp16 or fp32). With ``cu_seqlens``, B must be 1 and the sequences are
-            packed along T.
-        slope: [H] fp32, decay per step is exp(-slope).
-        initial_state: [N, H, D, Dv] fp32 or None (N = B, or the number of packed sequences).
-        cu_seqlens: [N + 1] int32/int64 cumulative sequence lengths of packed sequences, or None.
+        q, k: [B, T, H, D]; v: [B, T, H, Dv] (bf16, fp16 or fp32, one dtype). With ``cu_seqlens``, B must
+            be 1 and the N sequences are packed along T.
+        slope: [H] (fp32 used), decay per step exp(-slope); gets no gradient (the slopes are fixed).
+        initial_state: [N, H, D, Dv] (fp32 used) or None (N = B, or the number of packed sequences).
+        cu_seqlens: [N + 1] int32/int64 cumulative lengths (0, ..., T) of the packed sequences, or None.
     Returns:
-        o [B, T, H, Dv] in q's dtype and the final state [N, H, D, Dv] fp32.
+        o [B, T, H, Dv] in q's dtype, and the final state [N, H, D, Dv] fp32.
     """
-    _check(q, k, v, slope)
+    _check_common(q, k, v, slope, rank=4)
+    batch, length, heads, dim = q.shape
+    n_seqs = batch
+    if cu_seqlens is not None:
+        if batch != 1:
+            raise ValueError(f"packed input (cu_seqlens) needs batch size 1, got {batch}: "
+                             f"concatenate the sequences along T")
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.is_floating_point():
+            raise ValueError(f"expected integer cu_seqlens of shape [N + 1] with N >= 1, got "
+                             f"{cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")
+        n_seqs = cu_seqlens.numel() - 1
+    if initial_state is not None:
+        _check_state(initial_state, (n_seqs, heads, dim, v.shape[-1]), "initial_state")
+    slope = slope.float()
+    initial_state = None if initial_state is None else initial_state.float()
+    if _use_triton(q, (dim, v.shape[-1])):
+        from lightswe.kernels.lightning_attn.chunk import chunk_lightning_attn
+
+        if cu_seqlens is not None:
+            cu_seqlens = cu_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+        return chunk_lightning_attn(q.contiguous(), k.contiguous(), v.contiguous(), slope.contiguous(),
+                                    None if initial_state is None else initial_state.contiguous(), cu_seqlens)
     if cu_seqlens is None:
         return lightning_attn_chunked(q, k, v, slope, initial_state)
-    if q.shape[0] != 1:
-        raise ValueError(f"packed input (cu_seqlens) needs batch size 1, got {q.shape[0]}")
     bounds = cu_seqlens.tolist()
+    if bounds[0] != 0 or bounds[-1] != length or any(a > b for a, b in zip(bounds[:-1], bounds[1:])):
+        raise ValueError(f"cu_seqlens must rise from 0 to T={length}, got {bounds}")
     outs, states = [], []
     for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         init = None if initial_state is None else initial_state[i : i + 1]
@@ -56,8 +130,24 @@ def lightning_attn(
 def lightning_attn_decode(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, state: torch.Tensor
 ) -> torch.Tensor:
-    """One decoding step for every sequence: q, k, v [B, H, D]; state [B, H, D, Dv] fp32 updated in place.
+    """One decoding step for every sequence.
 
-    Returns o [B, H, Dv] in q's dtype.
+    Args:
+        q, k: [B, H, D]; v: [B, H, Dv] (one dtype among bf16, fp16, fp32).
+        slope: [H], decay per step exp(-slope).
+        state: [B, H, D, Dv] fp32, contiguous; updated in place to lambda * state + k^T v.
+    Returns:
+        o [B, H, Dv] = q state (after the update), in q's dtype.
     """
+    _check_common(q, k, v, slope, rank=3)
+    _check_state(state, (*q.shape, v.shape[-1]), "state")
+    if state.dtype != torch.float32 or not state.is_contiguous():
+        raise TypeError(f"expected a contiguous fp32 state (it is updated in place), got {state.dtype}, "
+                        f"contiguous={state.is_contiguous()}: allocate it with torch.zeros(..., "
+                        f"dtype=torch.float32)")
+    if _use_triton(q, (q.shape[-1], v.shape[-1])):
+        from lightswe.kernels.lightning_attn.decode import lightning_attn_decode_triton
+
+        return lightning_attn_decode_triton(q.contiguous(), k.contiguous(), v.contiguous(),
+                                            slope.float().contiguous(), state)
     return lightning_attn_decode_naive(q, k, v, slope, state)

@@ -1,0 +1,326 @@
+"""Triton prefill/training kernels for MiniMax lightning attention, and their autograd Function.
+
+Scheme (one program per (sequence, head, slice of the state), looping over chunks of BT=64 tokens):
+  forward   S [K, BV] in fp32 registers; per chunk o = (q k^T * M) v + lambda^(i+1) q S, then
+            S = lambda^L S + (k * lambda^(L-1-j))^T v. No per-chunk states go through memory.
+  backward  one launch, three program kinds per (sequence, head):
+              dq  (per BK rows of S, forward sweep):  dq = (dO v^T * M) k + lambda^(i+1) dO S^T
+              dk  (per BK rows of dS, reverse sweep): dk = (dO v^T * M)^T q + lambda^(L-1-j) v dS^T
+              dv  (per BV cols of dS, reverse sweep): dv = (q k^T * M)^T dO + lambda^(L-1-j) k dS
+            with dS = lambda^L dS + (q * lambda^(i+1))^T dO; the dk programs also write d initial_state.
+  M[i, j] = lambda^(i-j) for i >= j (0 above the diagonal), L = tokens in the chunk (the last may be short).
+The state goes into the matrix products in the inputs' dtype (bf16/fp16; tf32 for fp32 inputs); every
+product accumulates in fp32. Importing this module needs Triton; api.py imports it only on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+BT = 64  # tokens per chunk
+LOG2E = 1.4426950408889634
+
+
+def _prune_bv(configs, nargs, **kwargs):
+    """Keep the value-slice widths that fit V (BV=16 only where V < 32)."""
+    V = kwargs.get("V", nargs.get("V"))
+    return [c for c in configs if c.kwargs["BV"] <= V and c.kwargs["BV"] >= min(32, V)]
+
+
+def _launch(kernel, grid, *args, **kwargs):
+    """Launch an autotuned kernel. Its first valid config runs instead of tuning under
+    LIGHTSWE_LIGHTNING_AUTOTUNE=0 (tests: fewer compiles) and TRITON_INTERPRET=1 (CPU checks)."""
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if interpret or os.environ.get("LIGHTSWE_LIGHTNING_AUTOTUNE", "1") == "0":
+        configs = kernel.configs
+        if kernel.early_config_prune:
+            configs = kernel.early_config_prune(configs, {}, **kwargs)
+        config = configs[0]
+        meta = {**kwargs, **config.kwargs}
+        grid = grid(meta) if callable(grid) else grid
+        if not interpret:
+            meta.update(num_warps=config.num_warps, num_stages=config.num_stages)
+        return kernel.fn[grid](*args, **meta)
+    return kernel[grid](*args, **kwargs)
+
+
+@triton.jit
+def _decay_masks(b, BT: tl.constexpr):
+    """b = log2 of the per-step decay (negative). Returns M [BT, BT] and lambda^(i+1) [BT]."""
+    o_t = tl.arange(0, BT)
+    diff = (o_t[:, None] - o_t[None, :]).to(tl.float32)
+    m = tl.where(o_t[:, None] >= o_t[None, :], tl.exp2(b * tl.maximum(diff, 0.0)), 0.0)
+    q_decay = tl.exp2(b * (o_t + 1).to(tl.float32))
+    return m, q_decay
+
+
+@triton.jit
+def _k_decay(b, L, BT: tl.constexpr):
+    """lambda^(L-1-j) for j < L, 0 for the padding rows of a short chunk."""
+    o_t = tl.arange(0, BT)
+    return tl.where(o_t < L, tl.exp2(b * tl.maximum(L - 1 - o_t, 0).to(tl.float32)), 0.0)
+
+
+@triton.jit
+def _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        T = (eos - bos).to(tl.int32)
+    else:
+        bos = i_n.to(tl.int64) * T
+    return bos, T
+
+
+@triton.autotune(
+    configs=[
+        triton.Config({"BV": 64}, num_warps=4, num_stages=2),
+        triton.Config({"BV": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BV": 32}, num_warps=4, num_stages=2),
+        triton.Config({"BV": 16}, num_warps=4, num_stages=2),
+    ],
+    key=["H", "K", "V", "NB", "IS_VARLEN"],
+    prune_configs_by={"early_config_prune": _prune_bv},
+)
+@triton.jit
+def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+                USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    b = -tl.load(slope + i_h).to(tl.float32) * 1.4426950408889634
+    m, q_decay = _decay_masks(b, BT)
+
+    o_k = tl.arange(0, K)
+    o_v = i_v * BV + tl.arange(0, BV)
+    p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+    if USE_H0:
+        state = tl.load(h0 + p_state).to(tl.float32)
+    else:
+        state = tl.zeros([K, BV], dtype=tl.float32)
+
+    q += (bos * H + i_h) * K
+    k += (bos * H + i_h) * K
+    v += (bos * H + i_h) * V
+    o += (bos * H + i_h) * V
+    for i_t in range(0, tl.cdiv(T, BT)):
+        p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
+        p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
+        p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_o = tl.make_block_ptr(o, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
+        b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
+        b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
+        b_o = tl.dot((b_q * q_decay[:, None]).to(b_q.dtype), state.to(b_q.dtype))
+        a = tl.dot(b_q, tl.trans(b_k)) * m
+        b_o = tl.dot(a.to(b_v.dtype), b_v, acc=b_o)
+        tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0,))
+        L = tl.minimum(T - i_t * BT, BT)
+        b_kd = (b_k * _k_decay(b, L, BT)[:, None]).to(b_k.dtype)
+        state = tl.dot(tl.trans(b_kd), b_v, acc=state * tl.exp2(b * L.to(tl.float32)))
+    if STORE_HT:
+        tl.store(ht + p_state, state)
+
+
+@triton.jit
+def _bwd_dq(q, k, v, do, dq, h0, i_nh, i_k, bos, T, b,
+            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+            USE_H0: tl.constexpr):
+    m, q_decay = _decay_masks(b, BT)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = tl.arange(0, V)
+    if USE_H0:
+        state = tl.load(h0 + i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]).to(tl.float32)
+    else:
+        state = tl.zeros([BK, V], dtype=tl.float32)
+    k += (bos * H + (i_nh % H)) * K
+    v += (bos * H + (i_nh % H)) * V
+    do += (bos * H + (i_nh % H)) * V
+    dq += (bos * H + (i_nh % H)) * K
+    for i_t in range(0, tl.cdiv(T, BT)):
+        p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
+        p_do = tl.make_block_ptr(do, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
+        p_dq = tl.make_block_ptr(dq, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
+        b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
+        b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
+        b_dq = tl.dot((b_do * q_decay[:, None]).to(b_do.dtype), tl.trans(state.to(b_do.dtype)))
+        a = tl.dot(b_do, tl.trans(b_v)) * m
+        b_dq = tl.dot(a.to(b_k.dtype), b_k, acc=b_dq)
+        tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), boundary_check=(0,))
+        L = tl.minimum(T - i_t * BT, BT)
+        b_kd = (b_k * _k_decay(b, L, BT)[:, None]).to(b_k.dtype)
+        state = tl.dot(tl.trans(b_kd), b_v, acc=state * tl.exp2(b * L.to(tl.float32)))
+
+
+@triton.jit
+def _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_k, bos, T, b,
+            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+            USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr):
+    m, q_decay = _decay_masks(b, BT)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = tl.arange(0, V)
+    p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+    if USE_DHT:
+        dstate = tl.load(dht + p_state).to(tl.float32)
+    else:
+        dstate = tl.zeros([BK, V], dtype=tl.float32)
+    q += (bos * H + (i_nh % H)) * K
+    v += (bos * H + (i_nh % H)) * V
+    do += (bos * H + (i_nh % H)) * V
+    dk += (bos * H + (i_nh % H)) * K
+    NT = tl.cdiv(T, BT)
+    for i in range(0, NT):
+        i_t = NT - 1 - i
+        p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
+        p_do = tl.make_block_ptr(do, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
+        p_dk = tl.make_block_ptr(dk, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
+        b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
+        b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
+        L = tl.minimum(T - i_t * BT, BT)
+        b_vd = (b_v * _k_decay(b, L, BT)[:, None]).to(b_v.dtype)
+        b_dk = tl.dot(b_vd, tl.trans(dstate.to(b_v.dtype)))
+        a = tl.dot(b_do, tl.trans(b_v)) * m
+        b_dk = tl.dot(tl.trans(a.to(b_q.dtype)), b_q, acc=b_dk)
+        tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), boundary_check=(0,))
+        b_qd = (b_q * q_decay[:, None]).to(b_q.dtype)
+        dstate = tl.dot(tl.trans(b_qd), b_do, acc=dstate * tl.exp2(b * L.to(tl.float32)))
+    if STORE_DH0:
+        tl.store(dh0 + p_state, dstate)
+
+
+@triton.jit
+def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
+            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+            USE_DHT: tl.constexpr):
+    m, q_decay = _decay_masks(b, BT)
+    o_k = tl.arange(0, K)
+    o_v = i_v * BV + tl.arange(0, BV)
+    if USE_DHT:
+        dstate = tl.load(dht + i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]).to(tl.float32)
+    else:
+        dstate = tl.zeros([K, BV], dtype=tl.float32)
+    q += (bos * H + (i_nh % H)) * K
+    k += (bos * H + (i_nh % H)) * K
+    do += (bos * H + (i_nh % H)) * V
+    dv += (bos * H + (i_nh % H)) * V
+    NT = tl.cdiv(T, BT)
+    for i in range(0, NT):
+        i_t = NT - 1 - i
+        p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
+        p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
+        p_do = tl.make_block_ptr(do, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_dv = tl.make_block_ptr(dv, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
+        b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
+        b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
+        L = tl.minimum(T - i_t * BT, BT)
+        b_kd = (b_k * _k_decay(b, L, BT)[:, None]).to(b_k.dtype)
+        b_dv = tl.dot(b_kd, dstate.to(b_k.dtype))
+        a = tl.dot(b_q, tl.trans(b_k)) * m
+        b_dv = tl.dot(tl.trans(a.to(b_do.dtype)), b_do, acc=b_dv)
+        tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), boundary_check=(0,))
+        b_qd = (b_q * q_decay[:, None]).to(b_q.dtype)
+        dstate = tl.dot(tl.trans(b_qd), b_do, acc=dstate * tl.exp2(b * L.to(tl.float32)))
+
+
+@triton.autotune(
+    configs=[
+        triton.Config({}, num_warps=4, num_stages=2),
+        triton.Config({}, num_warps=8, num_stages=2),
+    ],
+    key=["H", "K", "V", "NB", "IS_VARLEN"],
+)
+@triton.jit
+def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, T, NB,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr,
+                STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Grid (2 * K/BK + V/BV, N * H): program kinds dq | dk | dv side by side, so that the programs of
+    one head run together and share their loads of q, k, v, dO through L2."""
+    i_p, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    b = -tl.load(slope + i_h).to(tl.float32) * 1.4426950408889634
+    NK: tl.constexpr = K // BK
+    if i_p < NK:
+        _bwd_dq(q, k, v, do, dq, h0, i_nh, i_p, bos, T, b, H, K, V, BT, BK, USE_H0)
+    elif i_p < 2 * NK:
+        _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_p - NK, bos, T, b, H, K, V, BT, BK, USE_DHT, STORE_DH0)
+    else:
+        _bwd_dv(q, k, do, dv, dht, i_nh, i_p - 2 * NK, bos, T, b, H, K, V, BT, BV, USE_DHT)
+
+
+def _num_seqs(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
+    return q.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+
+
+def lightning_attn_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor,
+    initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None, store_final_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch the forward kernel on contiguous [B, T, H, K/V] inputs. Returns (o, final state or None)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    N = _num_seqs(q, cu_seqlens)
+    o = torch.empty_like(v)
+    ht = q.new_empty(N, H, K, V, dtype=torch.float32) if store_final_state else None
+    grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
+    _launch(_fwd_kernel, grid, q, k, v, o, slope, initial_state, ht, cu_seqlens, T, N * H,
+                      H=H, K=K, V=V, BT=BT, USE_H0=initial_state is not None, STORE_HT=store_final_state,
+                      IS_VARLEN=cu_seqlens is not None)
+    return o, ht
+
+
+def lightning_attn_bwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor,
+    initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+    do: torch.Tensor, dht: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Launch the backward kernel. Returns (dq, dk, dv, d initial_state or None)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    N = _num_seqs(q, cu_seqlens)
+    BK, BV = min(64, K), min(64, V)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dh0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else None
+    grid = (2 * triton.cdiv(K, BK) + triton.cdiv(V, BV), N * H)
+    _launch(_bwd_kernel, grid, q, k, v, do, dq, dk, dv, slope, initial_state, dht, dh0, cu_seqlens, T, N * H,
+                      H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_H0=initial_state is not None,
+                      USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=cu_seqlens is not None)
+    return dq, dk, dv, dh0
+
+
+class LightningAttnFunction(torch.autograd.Function):
+    """Autograd wrapper: saves only q, k, v (and the initial state); the backward recomputes the states."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, slope, initial_state, cu_seqlens):
+        o, ht = lightning_attn_fwd(q, k, v, slope, initial_state, cu_seqlens)
+        ctx.save_for_backward(q, k, v, slope, initial_state, cu_seqlens)
+        ctx.set_materialize_grads(False)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, slope, initial_state, cu_seqlens = ctx.saved_tensors
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        dht = None if dht is None else dht.contiguous().float()
+        dq, dk, dv, dh0 = lightning_attn_bwd(q, k, v, slope, initial_state, cu_seqlens, do, dht)
+        return dq, dk, dv, None, dh0, None
+
+
+def chunk_lightning_attn(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor,
+    initial_state: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton lightning attention on checked, contiguous CUDA tensors (see api.lightning_attn for shapes)."""
+    return LightningAttnFunction.apply(q, k, v, slope, initial_state, cu_seqlens)

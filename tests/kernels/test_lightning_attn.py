@@ -1,0 +1,169 @@
+"""Triton lightning attention against the PyTorch reference, forward and backward (GPU only).
+
+Errors are ||kernel - reference|| / ||reference|| per tensor, the reference computed in fp32 from the same
+(rounded) inputs. Tolerances are named per dtype and tensor: bf16 products round the chunk scores and the
+state to 8 mantissa bits; fp32 inputs go through tf32 matrix products.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
+from lightswe.kernels.lightning_attn.naive import lightning_attn_chunked, lightning_attn_decode_naive
+
+pytestmark = pytest.mark.gpu
+
+TOL = {
+    torch.bfloat16: {"o": 1e-2, "ht": 1e-2, "dq": 1.5e-2, "dk": 1.5e-2, "dv": 1.5e-2, "dh0": 1e-2},
+    torch.float32: {"o": 3e-3, "ht": 3e-3, "dq": 3e-3, "dk": 3e-3, "dv": 3e-3, "dh0": 3e-3},
+}
+HEADS, DIM = 4, 128
+
+
+@pytest.fixture(autouse=True)
+def _fixed_config(monkeypatch):
+    """One kernel config per variant: the tests check numerics, tuning only costs compile time."""
+    monkeypatch.setenv("LIGHTSWE_LIGHTNING_AUTOTUNE", "0")
+    monkeypatch.setenv("LIGHTSWE_LIGHTNING_BACKEND", "triton")
+
+
+def minimax_slopes(heads: int, layer: int, layers: int) -> torch.Tensor:
+    """s_h = 2^(-8(h+1)/H) * (1 - l/(L-1) + 1e-5), as in DESIGN.md."""
+    base = torch.tensor([2.0 ** (-8.0 * (h + 1) / heads) for h in range(heads)])
+    return (base * (1 - layer / (layers - 1) + 1e-5)).float().cuda()
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    assert torch.isfinite(got).all(), "non-finite values in kernel output"
+    return ((got.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def inputs(batch: int, length: int, dtype: torch.dtype, seed: int):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    # silu outputs, as the model feeds them: mostly positive, magnitude ~0.5
+    make = lambda: torch.nn.functional.silu(  # noqa: E731
+        torch.randn(batch, length, HEADS, DIM, device="cuda", generator=gen)).to(dtype)
+    return make(), make(), make(), gen
+
+
+def reference(q, k, v, slope, h0, bounds):
+    """fp32 reference with autograd; per packed sequence when bounds is given."""
+    leaves = [x.detach().float().requires_grad_() for x in (q, k, v)]
+    h0r = None if h0 is None else h0.detach().clone().requires_grad_()
+    if bounds is None:
+        o, ht = lightning_attn_chunked(*leaves, slope, h0r)
+    else:
+        outs, states = [], []
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            init = None if h0r is None else h0r[i : i + 1]
+            o_i, s_i = lightning_attn_chunked(*(x[:, a:b] for x in leaves), slope, init)
+            outs.append(o_i)
+            states.append(s_i)
+        o, ht = torch.cat(outs, 1), torch.cat(states, 0)
+    return o, ht, leaves, h0r
+
+
+def check_against_reference(q, k, v, slope, h0, cu_seqlens, use_final_state: bool):
+    dtype = q.dtype
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    h0k = None if h0 is None else h0.detach().clone().requires_grad_()
+    o, ht = lightning_attn(*leaves, slope, h0k, cu_seqlens)
+    bounds = None if cu_seqlens is None else cu_seqlens.tolist()
+    o_ref, ht_ref, ref_leaves, h0r = reference(q, k, v, slope, h0, bounds)
+    do = torch.randn_like(o_ref)
+    dht = torch.randn_like(ht_ref) if use_final_state else None
+    loss = (o.float() * do).sum() + ((ht * dht).sum() if use_final_state else 0)
+    loss_ref = (o_ref * do).sum() + ((ht_ref * dht).sum() if use_final_state else 0)
+    loss.backward()
+    loss_ref.backward()
+    assert o.dtype == dtype and ht.dtype == torch.float32
+    got = {"o": o, "ht": ht, "dq": leaves[0].grad, "dk": leaves[1].grad, "dv": leaves[2].grad}
+    ref = {"o": o_ref, "ht": ht_ref, "dq": ref_leaves[0].grad, "dk": ref_leaves[1].grad,
+           "dv": ref_leaves[2].grad}
+    if h0 is not None:
+        got["dh0"], ref["dh0"] = h0k.grad, h0r.grad
+    errors = {name: rel_err(got[name], ref[name]) for name in got}
+    bad = {n: e for n, e in errors.items() if not e <= TOL[dtype][n]}
+    assert not bad, f"over tolerance {TOL[dtype]}: {bad} (all errors {errors})"
+
+
+@pytest.mark.parametrize("length", [63, 500, 1000], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("with_states", [False, True], ids=["no_state", "states"])
+def test_bf16_forward_backward(length, with_states):
+    q, k, v, gen = inputs(2, length, torch.bfloat16, seed=length)
+    slope = minimax_slopes(HEADS, layer=0, layers=80)
+    h0 = torch.randn(2, HEADS, DIM, DIM, device="cuda", generator=gen) if with_states else None
+    check_against_reference(q, k, v, slope, h0, None, use_final_state=with_states)
+
+
+@pytest.mark.parametrize("layer", [0, 40, 79], ids=lambda l: f"layer{l}")
+def test_fp32_forward_backward(layer):
+    q, k, v, gen = inputs(2, 500, torch.float32, seed=layer)
+    slope = minimax_slopes(HEADS, layer=layer, layers=80)
+    h0 = torch.randn(2, HEADS, DIM, DIM, device="cuda", generator=gen)
+    check_against_reference(q, k, v, slope, h0, None, use_final_state=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_varlen_matches_per_sequence(dtype):
+    bounds = [0, 1, 64, 127, 627, 1000, 1063]
+    q, k, v, gen = inputs(1, bounds[-1], dtype, seed=7)
+    slope = minimax_slopes(HEADS, layer=10, layers=80)
+    h0 = torch.randn(len(bounds) - 1, HEADS, DIM, DIM, device="cuda", generator=gen)
+    cu = torch.tensor(bounds, device="cuda", dtype=torch.int32)
+    check_against_reference(q, k, v, slope, h0, cu, use_final_state=True)
+
+
+def test_packed_equals_padded_batch():
+    """Two equal-length sequences packed with cu_seqlens give the batched kernel's results."""
+    q, k, v, _ = inputs(2, 300, torch.bfloat16, seed=3)
+    slope = minimax_slopes(HEADS, layer=5, layers=80)
+    o_b, ht_b = lightning_attn(q, k, v, slope)
+    cu = torch.tensor([0, 300, 600], device="cuda", dtype=torch.int64)
+    o_p, ht_p = lightning_attn(*(x.reshape(1, 600, HEADS, DIM) for x in (q, k, v)), slope, cu_seqlens=cu)
+    torch.testing.assert_close(o_p.reshape(2, 300, HEADS, DIM), o_b, rtol=0, atol=0)
+    torch.testing.assert_close(ht_p, ht_b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_decode_matches_reference_and_updates_in_place(dtype):
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    slope = minimax_slopes(HEADS, layer=0, layers=80)
+    state = torch.randn(3, HEADS, DIM, DIM, device="cuda", generator=gen)
+    state_ref = state.clone()
+    for _ in range(4):
+        q, k, v = (torch.randn(3, HEADS, DIM, device="cuda", generator=gen).to(dtype) for _ in range(3))
+        o = lightning_attn_decode(q, k, v, slope, state)
+        o_ref = lightning_attn_decode_naive(q, k, v, slope, state_ref)
+        assert o.dtype == dtype
+        assert rel_err(o, o_ref) <= TOL[dtype]["o"]
+        assert rel_err(state, state_ref) <= 1e-6
+
+
+def test_decode_continues_prefill():
+    """Prefill of T tokens, then one decode step, equals the output at T+1 of a full prefill."""
+    q, k, v, _ = inputs(2, 257, torch.bfloat16, seed=5)
+    slope = minimax_slopes(HEADS, layer=20, layers=80)
+    o_full, ht_full = lightning_attn(q, k, v, slope)
+    _, state = lightning_attn(q[:, :256], k[:, :256], v[:, :256], slope)
+    o_step = lightning_attn_decode(q[:, 256], k[:, 256], v[:, 256], slope, state)
+    assert rel_err(o_step, o_full[:, 256]) <= TOL[torch.bfloat16]["o"]
+    assert rel_err(state, ht_full) <= TOL[torch.bfloat16]["ht"]
+
+
+def test_cuda_dispatch_uses_triton(monkeypatch):
+    """On CUDA the API runs the Triton kernels (not the reference) and agrees with it."""
+    import lightswe.kernels.lightning_attn.chunk as chunk
+
+    calls = []
+    real = chunk.lightning_attn_fwd
+    monkeypatch.setattr(chunk, "lightning_attn_fwd", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k, v, _ = inputs(1, 128, torch.bfloat16, seed=9)
+    slope = minimax_slopes(HEADS, layer=0, layers=80)
+    o, _ = lightning_attn(q, k, v, slope)
+    assert calls, "lightning_attn on CUDA did not reach the Triton forward"
+    monkeypatch.setenv("LIGHTSWE_LIGHTNING_BACKEND", "reference")
+    o_ref, _ = lightning_attn(q, k, v, slope)
+    assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
