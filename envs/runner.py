@@ -4,7 +4,7 @@ Why: each ``docker exec`` costs a runc exec (about 50 ms on a loaded 2-core mach
 per container turns every later command into a fork/exec inside the container (a few ms).
 
 This file runs *inside* the container under the image's python3 (standard library only); the host side is
-:class:`lightswe.envs.sandbox.Sandbox`. Request: ``{"cmd", "timeout", "user", "cwd", "cap"}``; response: one
+:class:`lightswe.envs.sandbox.Sandbox`. Request: ``{"cmd", "timeout", "user", "cwd", "cap", "env"}``; response: one
 line ``{"exit", "out" (base64), "truncated", "timed_out"}`` on stdout. Each command runs as ``bash -c`` in a
 new session (its own process group) as the requested user; on timeout the group gets SIGKILL and so do all
 leftover processes of a non-root user. Output (stdout and stderr merged) past ``cap`` bytes is not read: the
@@ -44,7 +44,7 @@ def _kill_user(uid: int) -> None:
 
 def run(req: dict) -> dict:
     entry = pwd.getpwnam(req.get("user") or "root")
-    env = dict(os.environ, HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+    env = {**os.environ, "HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name, **req.get("env", {})}
     cap, timeout = int(req["cap"]), float(req["timeout"])
     try:
         proc = subprocess.Popen(

@@ -63,7 +63,8 @@ class SandboxConfig:
     mem_limit: str = "2g"  # also the swap limit: no swap
     cpus: float = 1.0
     pids_limit: int = 256
-    network: bool = False  # True only for image building, never for the agent
+    network: str = "none"  # "host" only while building images, never for the agent
+    read_only_binds: dict[str, str] = field(default_factory=dict)  # host path -> container path (image builds)
     max_output_bytes: int = 16_384
     default_timeout: float = 60.0
     env: dict[str, str] = field(default_factory=dict)
@@ -134,13 +135,14 @@ class Sandbox:
                   "lightswe.owner_start": _start_time(os.getpid()), "lightswe.boot_id": _boot_id(),
                   "lightswe.hostname": socket.gethostname(), "lightswe.created": f"{time.time():.3f}", **c.labels}
         host_config = self.api.create_host_config(
-            network_mode="bridge" if c.network else "none", mem_limit=c.mem_limit, memswap_limit=c.mem_limit,
+            network_mode=c.network, mem_limit=c.mem_limit, memswap_limit=c.mem_limit,
             nano_cpus=int(c.cpus * 1e9), pids_limit=c.pids_limit, init=True,
+            binds={host: {"bind": inside, "mode": "ro"} for host, inside in c.read_only_binds.items()},
         )
         try:
             created = self.api.create_container(
                 c.image, command=["sleep", "infinity"], labels=labels, host_config=host_config,
-                working_dir=c.workdir, environment={**_BASE_ENV, **c.env}, network_disabled=not c.network,
+                working_dir=c.workdir, environment={**_BASE_ENV, **c.env}, network_disabled=c.network == "none",
             )
         except Exception as err:
             raise SandboxError(f"cannot create a container from {c.image!r}: {err}; fix: build it first "
@@ -246,7 +248,8 @@ class Sandbox:
                     pass
 
     def exec(self, cmd: str, timeout: float | None = None, *, user: str | None = None,
-             workdir: str | None = None, max_output_bytes: int | None = None) -> ExecResult:
+             workdir: str | None = None, max_output_bytes: int | None = None,
+             env: dict[str, str] | None = None) -> ExecResult:
         """Run ``cmd`` with bash; see the module docstring for timeout and output-cap behaviour."""
         self._require()
         timeout = self.config.default_timeout if timeout is None else float(timeout)
@@ -254,7 +257,7 @@ class Sandbox:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         cap = self.config.max_output_bytes if max_output_bytes is None else max_output_bytes
         request = {"cmd": cmd, "timeout": timeout, "user": user or self.config.user,
-                   "cwd": workdir or self.config.workdir, "cap": cap}
+                   "cwd": workdir or self.config.workdir, "cap": cap, "env": env or {}}
         start = time.perf_counter()
         with self._lock:
             if self._runner is None:

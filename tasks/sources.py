@@ -1,0 +1,216 @@
+"""Where a task's code comes from: a PyPI source distribution or a git repository, as a local git repository.
+
+A PyPI source distribution (``source="pypi:toolz==1.0.0"``) is downloaded once with
+``pip download --no-deps --no-binary :all:`` into ``~/.cache/lightswe/sdists`` (sha256 checked when given),
+unpacked, and committed as the single root commit of a git repository with a fixed author, committer, date
+and message: the same sdist gives the same commit hash on every machine. Every file the sdist ships is
+committed (``git add -f``), including what its ``.gitignore`` would hide (``*.egg-info``).
+
+A git URL or local path (``source="https://..."``, ``"/path/to/repo"``; empty means
+``https://github.com/{repo}``) is cloned once into ``~/.cache/lightswe/git`` and the commit is fetched.
+
+Public API (used by ``tasks/images.py`` and the synthesizer)::
+
+    repo = sdist_repo("toolz", "1.0.0")             # SourceRepo(path, commit): the sdist's root commit
+    repo = git_repo("https://github.com/x/y", sha)  # SourceRepo(path, sha)
+    repo = source_repo(instance)                    # either, from instance.source / instance.repo
+    bug = commit_patch(repo, fix_patch, reverse=True, message="task base")  # deterministic child commit
+    base = base_repo(instance)                      # SourceRepo at instance.base_commit (see below)
+    data = archive(base)                            # tar bytes of the tree (for docker put_archive)
+
+``base_repo`` finds ``instance.base_commit`` in the source repository; for a PyPI source where it is absent
+(a fresh cache) it replays how the synthesizer makes a base: the sdist commit plus ``metadata["bug_patch"]``
+when given, else plus the *reverse* of the fix ``patch`` (a synthesized bug is the fix undone), committed
+deterministically, and checks that the hash matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightswe.tasks.instance import TaskInstance
+
+CACHE_DIR = Path(os.environ.get("LIGHTSWE_CACHE", Path.home() / ".cache" / "lightswe"))
+# Fixed identity and date: the same tree and parent give the same commit hash everywhere.
+_IDENTITY = {
+    "GIT_AUTHOR_NAME": "lightswe", "GIT_AUTHOR_EMAIL": "lightswe@localhost",
+    "GIT_COMMITTER_NAME": "lightswe", "GIT_COMMITTER_EMAIL": "lightswe@localhost",
+    "GIT_AUTHOR_DATE": "2000-01-01T00:00:00+0000", "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000",
+}
+
+
+class SourceError(RuntimeError):
+    """A source cannot be fetched or does not hold the commit asked for; says which and the fix."""
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class SourceRepo:
+    path: Path  # a local git repository (cache; do not edit its working tree)
+    commit: str  # the commit of interest, present in that repository
+
+
+def _git(path: Path, *args: str, input: bytes | None = None) -> str:
+    env = {**os.environ, **_IDENTITY, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(CACHE_DIR)}
+    done = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(path), *args], input=input, capture_output=True, env=env)
+    if done.returncode != 0:
+        raise SourceError(f"git {' '.join(args[:3])} failed in {path}: {done.stderr.decode(errors='replace')[-600:]}")
+    return done.stdout.decode(errors="replace").strip()
+
+
+def parse_pypi(source: str) -> tuple[str, str] | None:
+    """``"pypi:toolz==1.0.0"`` -> ``("toolz", "1.0.0")``; None for other sources."""
+    match = re.fullmatch(r"pypi:([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.+!\-]+)", source.strip())
+    return (match.group(1), match.group(2)) if match else None
+
+
+def download_sdist(name: str, version: str, sha256: str | None = None) -> Path:
+    """The sdist archive of ``name==version`` in the cache (downloaded once)."""
+    folder = CACHE_DIR / "sdists" / f"{name.lower()}-{version}"
+    found = [p for p in folder.glob("*") if p.name.endswith((".tar.gz", ".zip", ".tar.bz2", ".tgz"))] \
+        if folder.is_dir() else []
+    if not found:
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="dl-", dir=CACHE_DIR))
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", str(tmp),
+               f"{name}=={version}"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SourceError(f"pip download of the {name}=={version} sdist failed: {done.stderr[-800:]}; fix: check "
+                              "the name and version on PyPI and that PyPI is reachable")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        found = list(folder.glob("*"))
+    archive_path = found[0]
+    if sha256:
+        digest = hashlib.sha256(archive_path.read_bytes()).hexdigest()
+        if digest != sha256.lower():
+            raise SourceError(f"{archive_path.name}: sha256 {digest} != expected {sha256}; the cache or the "
+                              f"index is not serving the expected file; fix: delete {folder} and retry")
+    return archive_path
+
+
+def sdist_repo(name: str, version: str, sha256: str | None = None) -> SourceRepo:
+    """A git repository whose single root commit is the sdist of ``name==version`` (deterministic hash)."""
+    path = CACHE_DIR / "repos" / f"pypi-{name.lower()}-{version}"
+    if (path / ".git").is_dir():
+        try:
+            return SourceRepo(path=path, commit=_git(path, "rev-list", "--max-parents=0", "-n1", "sdist"))
+        except SourceError:
+            shutil.rmtree(path)
+    archive_path = download_sdist(name, version, sha256)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="unpack-", dir=CACHE_DIR))
+    try:
+        shutil.unpack_archive(str(archive_path), str(tmp))
+        entries = list(tmp.iterdir())
+        top = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
+        _git(top, "init", "-q", "-b", "sdist")
+        _git(top, "add", "-A", "-f")
+        _git(top, "commit", "-q", "--no-verify", "-m", f"{name} {version} (PyPI source distribution)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
+        top.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return SourceRepo(path=path, commit=_git(path, "rev-parse", "HEAD"))
+
+
+def git_repo(url: str, commit: str) -> SourceRepo:
+    """A cached clone of ``url`` (URL or local path) that holds ``commit``."""
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    path = CACHE_DIR / "git" / f"{Path(url.rstrip('/')).name.removesuffix('.git')}-{key}"
+    if not (path / ".git").is_dir() and not (path / "HEAD").is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["git", "clone", "-q", "--no-checkout", url, str(path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SourceError(f"git clone {url} failed: {done.stderr[-600:]}; fix: check the URL and network")
+    try:
+        return SourceRepo(path=path, commit=_git(path, "rev-parse", "--verify", f"{commit}^{{commit}}"))
+    except SourceError:
+        pass
+    _git(path, "fetch", "-q", "origin", commit)
+    return SourceRepo(path=path, commit=_git(path, "rev-parse", "--verify", f"{commit}^{{commit}}"))
+
+
+def source_repo(instance: TaskInstance, commit: str | None = None) -> SourceRepo:
+    """The instance's source: the sdist root commit, or the git repository at ``commit`` (default base)."""
+    pypi = parse_pypi(instance.source)
+    if pypi:
+        return sdist_repo(*pypi, sha256=instance.metadata.get("sdist_sha256"))
+    url = instance.source or f"https://github.com/{instance.repo}"
+    return git_repo(url, commit or instance.environment_setup_commit or instance.base_commit)
+
+
+def commit_patch(repo: SourceRepo, patch: str, *, reverse: bool = False, message: str = "lightswe task base") -> SourceRepo:
+    """Apply ``patch`` (unified diff) on ``repo.commit`` and commit it deterministically; the child commit."""
+    work = Path(tempfile.mkdtemp(prefix="wt-", dir=CACHE_DIR))
+    try:
+        _git(repo.path, "worktree", "add", "-q", "--detach", str(work), repo.commit)
+        args = ["apply", "--whitespace=nowarn"] + (["-R"] if reverse else [])
+        try:
+            _git(work, *args, "-", input=patch.encode())
+        except SourceError as err:
+            raise SourceError(f"the patch does not apply {'in reverse ' if reverse else ''}on {repo.commit[:12]}: "
+                              f"{err}") from None
+        _git(work, "add", "-A", "-f")
+        _git(work, "commit", "-q", "--no-verify", "-m", message)
+        return SourceRepo(path=repo.path, commit=_git(work, "rev-parse", "HEAD"))
+    finally:
+        _git(repo.path, "worktree", "remove", "--force", str(work))
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def has_commit(repo: SourceRepo, commit: str) -> bool:
+    try:
+        _git(repo.path, "cat-file", "-e", f"{commit}^{{commit}}")
+    except SourceError:
+        return False
+    return True
+
+
+def base_repo(instance: TaskInstance) -> SourceRepo:
+    """The source repository positioned at ``instance.base_commit`` (replayed for PyPI sources, see above)."""
+    root = source_repo(instance)
+    if has_commit(root, instance.base_commit):
+        return SourceRepo(path=root.path, commit=_git(root.path, "rev-parse", instance.base_commit))
+    if parse_pypi(instance.source):
+        bug = instance.metadata.get("bug_patch")
+        made = commit_patch(root, bug, reverse=False) if bug else commit_patch(root, instance.patch, reverse=True)
+        if made.commit == instance.base_commit or not re.fullmatch(r"[0-9a-f]{40}", instance.base_commit):
+            return made
+        raise SourceError(f"{instance.instance_id}: replaying the base gave {made.commit}, but the task says "
+                          f"base_commit {instance.base_commit}; fix: rebuild the task (its patch or sdist changed)")
+    raise SourceError(f"{instance.instance_id}: commit {instance.base_commit} is not in {root.path}")
+
+
+def archive(repo: SourceRepo, commit: str | None = None) -> bytes:
+    """A tar archive of the tree at ``commit`` (default ``repo.commit``), paths relative to the repo root."""
+    done = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(repo.path), "archive", "--format=tar", commit or repo.commit],
+                          capture_output=True)
+    if done.returncode != 0:
+        raise SourceError(f"git archive failed: {done.stderr.decode(errors='replace')[-400:]}")
+    return done.stdout
+
+
+def tree_files(repo: SourceRepo, commit: str | None = None) -> list[str]:
+    """Paths of the files tracked at ``commit``."""
+    out = _git(repo.path, "ls-tree", "-r", "--name-only", "-z", commit or repo.commit)
+    return [p for p in out.split("\0") if p]
+
+
+def read_blob(repo: SourceRepo, path: str, commit: str | None = None) -> bytes:
+    """The bytes of ``path`` at ``commit``."""
+    done = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(repo.path), "show", f"{commit or repo.commit}:{path}"], capture_output=True)
+    if done.returncode != 0:
+        raise SourceError(f"{path} is not in {commit or repo.commit}: {done.stderr.decode(errors='replace')[-200:]}")
+    return done.stdout
