@@ -68,9 +68,9 @@ class Message:
 
 @dataclass(kw_only=True, slots=True)
 class Trajectory:
-    episode_id: str  # "<task_id>/<group_id>/<sample_index>": stable, used to resume
+    episode_id: str  # "<group_id>/<sample_index>": stable, used to resume
     task_id: str
-    group_id: str  # samples of one task in one rollout share it (group-relative advantages)
+    group_id: str  # "<task_id>@<round>": the G samples of one task in one round share it (advantages)
     sample_index: int
     token_ids: list[int]
     loss_mask: list[int]  # 1 on policy-generated tokens only

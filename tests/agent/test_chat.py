@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from lightswe.agent.chat import IM_END, Conversation
 from lightswe.model import ByteTokenizer
 

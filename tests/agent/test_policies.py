@@ -6,7 +6,6 @@ import importlib.util
 import threading
 
 import pytest
-
 from lightswe.agent.policies.base import SamplingParams
 from lightswe.agent.policies.model import ModelPolicy
 from lightswe.agent.policies.openai_server import OpenAIPolicy, ServerError

@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from lightswe.agent.trajectory import (EpisodeStatus, Message, Trajectory, TrajectoryFormatError,
-                                       TrajectoryWriter, finished_episode_ids, read_trajectories)
+from lightswe.agent.trajectory import (
+    EpisodeStatus,
+    Message,
+    Trajectory,
+    TrajectoryFormatError,
+    TrajectoryWriter,
+    finished_episode_ids,
+    read_trajectories,
+)
 
 
 def make(i: int, reward: float | None = 1.0) -> Trajectory:

@@ -7,7 +7,6 @@ import subprocess
 from html.parser import HTMLParser
 
 import pytest
-
 from lightswe.agent.trajectory import EpisodeStatus, Message, Trajectory, TrajectoryWriter
 from lightswe.agent.viewer import write_viewer
 
@@ -50,7 +49,7 @@ def test_viewer_renders_in_headless_chromium(tmp_path):
     page = write_viewer(tmp_path)
     run = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                           "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     dom = Collect()
     dom.feed(run.stdout)
@@ -66,5 +65,5 @@ def test_viewer_renders_in_headless_chromium(tmp_path):
     assert {a.get("class") for _, a in dom.tags} >= {"ok", "bad", "turn assistant", "turn tool", "call", "error"}
     shot = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                            f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={tmp_path / 'shot.png'}",
-                           "--window-size=1200,900", page.as_uri()], capture_output=True, timeout=120)
+                           "--window-size=1200,900", page.as_uri()], capture_output=True, timeout=120, check=False)
     assert shot.returncode == 0 and (tmp_path / "shot.png").stat().st_size > 5000

@@ -1,0 +1,176 @@
+"""The agent loop: observation -> policy -> one tool call -> ``env.step`` -> ... until the episode ends.
+
+The whole episode is built in token space (``Conversation``): the policy sees token ids and its sampled tokens
+are kept as they came, so the ``Trajectory`` is exactly what the learner trains on. How an episode ends is
+control flow through a few named exceptions (as in mini-swe-agent), each carrying an ``EpisodeStatus``.
+
+The environment parses the model's text (``lightswe.envs.tool_calls``): a malformed call comes back as an
+observation saying what is wrong; ``max_format_errors`` consecutive ones end the episode.
+
+Example::
+
+    env = gymnasium.make("lightswe/SWE-v0", task=task)
+    trajectory = run_episode(env, ScriptedPolicy.from_tasks([task], tok), tok, task_id=task.instance_id)
+    trajectory.reward, trajectory.status   # 1.0, EpisodeStatus.SUBMITTED
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+
+from lightswe.agent.chat import Conversation, Tokenizer
+from lightswe.agent.early_stop import EarlyStopConfig, first_stop
+from lightswe.agent.policies.base import Policy, SamplingParams
+from lightswe.agent.trajectory import EpisodeStatus, Trajectory
+
+SYSTEM_PROMPT = """You are an expert software engineer working in a repository at /testbed. Fix the issue the \
+user describes by inspecting and editing the code with the tools below; run the tests you need; call \
+`submit` when you are done. Think inside <think></think> if you like, then make exactly ONE tool call per \
+turn in this format:
+{example}
+The tool's output comes back in the next message.
+
+Tools (JSON schemas):
+<tools>
+{tools}
+</tools>"""
+
+
+@dataclass(kw_only=True, slots=True)
+class AgentConfig:
+    max_steps: int = 30  # tool calls, format errors included
+    max_context_tokens: int = 32_768  # prompt + every turn
+    max_new_tokens: int = 2_048  # per assistant turn
+    max_format_errors: int = 3  # consecutive
+    temperature: float = 1.0
+    top_p: float = 1.0
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    system_prompt: str = SYSTEM_PROMPT
+
+
+class EpisodeEnd(Exception):
+    """Raised inside the loop to end an episode; ``status`` says how it ended."""
+
+    status: EpisodeStatus
+
+
+class Submitted(EpisodeEnd):
+    status = EpisodeStatus.SUBMITTED
+
+
+class StepLimitExceeded(EpisodeEnd):
+    status = EpisodeStatus.STEP_LIMIT
+
+
+class ContextLimitExceeded(EpisodeEnd):
+    status = EpisodeStatus.CONTEXT_LIMIT
+
+
+class FormatErrorsExceeded(EpisodeEnd):
+    status = EpisodeStatus.FORMAT_ERRORS_EXCEEDED
+
+
+class RepetitionStopped(EpisodeEnd):
+    status = EpisodeStatus.REPETITION_STOP
+
+
+class SandboxFailed(EpisodeEnd):
+    status = EpisodeStatus.SANDBOX_ERROR
+
+
+def system_prompt(config: AgentConfig) -> str:
+    from lightswe.envs.tool_calls import ToolCall, format_minimax
+    from lightswe.envs.tools import TOOL_SCHEMAS
+
+    example = format_minimax([ToolCall(name="bash", arguments={"command": "ls"})])
+    tools = "\n".join(json.dumps(schema, ensure_ascii=False) for schema in TOOL_SCHEMAS)
+    return config.system_prompt.format(example=example, tools=tools)
+
+
+def _infra_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the sandbox, not the policy, failed."""
+    from docker.errors import DockerException
+    from lightswe.envs.sandbox import SandboxError
+
+    return SandboxError, DockerException, ConnectionError, TimeoutError
+
+
+@dataclass(kw_only=True, slots=True)
+class _Clock:
+    generate: float = 0.0
+    env: float = 0.0
+    grade: float = 0.0
+
+
+def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, config: AgentConfig | None = None,
+                group_id: str = "", sample_index: int = 0, seed: int | None = None,
+                reset_options: dict | None = None) -> Trajectory:
+    """Run one episode to its end and return its trajectory (never raises for policy or sandbox failures)."""
+    cfg = config or AgentConfig()
+    group_id = group_id or f"{task_id}@0"
+    conv, clock, started = Conversation(tokenizer), _Clock(), time.perf_counter()
+    steps = format_errors = consecutive_errors = 0
+    reward, tests, error = 0.0, {}, ""
+    try:
+        try:
+            t0 = time.perf_counter()
+            observation, _ = env.reset(seed=seed, options=reset_options)
+            clock.env += time.perf_counter() - t0
+            conv.add("system", system_prompt(cfg))
+            conv.add("user", observation)
+            while True:
+                if steps >= cfg.max_steps:
+                    raise StepLimitExceeded(f"{steps} steps")
+                budget = cfg.max_context_tokens - len(conv.token_ids) - 8  # room for the header and glue
+                if budget < 1:
+                    raise ContextLimitExceeded(f"{len(conv.token_ids)} tokens")
+                sampling = SamplingParams(max_new_tokens=min(cfg.max_new_tokens, budget), temperature=cfg.temperature,
+                                          top_p=cfg.top_p, stop_token_ids=conv.stop_token_ids, early_stop=cfg.early_stop,
+                                          seed=None if seed is None else seed * 1_000 + steps)
+                t0 = time.perf_counter()
+                tokens, logprobs = policy.generate(conv.start_assistant(), sampling)
+                clock.generate += time.perf_counter() - t0
+                cut = first_stop(logprobs, cfg.early_stop)
+                if cut is not None:
+                    conv.add_generated(tokens[:cut], logprobs[:cut], finish_reason="early_stop")
+                    raise RepetitionStopped(f"{cfg.early_stop.window} tokens above p={cfg.early_stop.min_prob}")
+                message = conv.add_generated(tokens, logprobs)
+                steps += 1
+                t0 = time.perf_counter()
+                observation, step_reward, terminated, truncated, info = env.step(message.content)
+                clock.env += time.perf_counter() - t0
+                call = info.get("tool_call")
+                message.tool_call = dataclasses.asdict(call) if dataclasses.is_dataclass(call) else call
+                message.format_error = info.get("format_error") or None
+                if terminated:
+                    clock.grade = float(info.get("grade_seconds", 0.0))
+                    reward, tests = float(step_reward), dict(info.get("tests") or {})
+                    raise Submitted()
+                conv.add("tool", observation)
+                if message.format_error:
+                    format_errors, consecutive_errors = format_errors + 1, consecutive_errors + 1
+                    if consecutive_errors >= cfg.max_format_errors:
+                        raise FormatErrorsExceeded(message.format_error)
+                else:
+                    consecutive_errors = 0
+                if truncated:
+                    raise StepLimitExceeded("the environment truncated the episode")
+                if message.finish_reason == "length" and budget <= cfg.max_new_tokens:
+                    raise ContextLimitExceeded(f"{len(conv.token_ids)} tokens")
+        except _infra_errors() as err:
+            raise SandboxFailed(f"{type(err).__name__}: {err}") from err
+    except EpisodeEnd as end:
+        status = end.status
+        if status is EpisodeStatus.SANDBOX_ERROR:
+            reward, error = None, str(end)
+    return Trajectory(
+        episode_id=f"{group_id}/{sample_index}", task_id=task_id, group_id=group_id,
+        sample_index=sample_index, token_ids=conv.token_ids, loss_mask=conv.loss_mask, logprobs=conv.logprobs,
+        reward=reward, status=status, messages=conv.messages, tests=tests, num_steps=steps,
+        num_format_errors=format_errors, policy=getattr(policy, "name", type(policy).__name__),
+        policy_version=getattr(policy, "version", 0), error=error, created_at=time.time(),
+        timings={"generate": clock.generate, "env": clock.env, "grade": clock.grade,
+                 "total": time.perf_counter() - started})

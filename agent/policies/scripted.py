@@ -1,0 +1,99 @@
+"""A deterministic policy shipped for tests and demos: it replays a per-task script of tool calls.
+
+The default script comes from the task's gold patch: view each changed file, apply every hunk with
+``str_replace`` (``create`` for new files), run the FAIL_TO_PASS tests, then ``submit``. Output is MiniMax's
+tool-call format (``format_minimax``), so the run exercises the same parser a real model's text goes through.
+
+The policy is stateless: the task is the one whose problem statement appears in the prompt, and the step is
+the number of assistant turns already in it. So one instance serves any number of concurrent episodes.
+Log-probs are 0.0 (probability 1): the script is certain.
+
+Example::
+
+    policy = ScriptedPolicy.from_tasks(tasks, tokenizer)
+    trajectory = run_episode(env, policy, tokenizer, task_id=tasks[0].instance_id)   # reward 1.0
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+
+from lightswe.agent.chat import IM_END, IM_START, Tokenizer
+from lightswe.agent.policies.base import Sample, SamplingParams, check_sample
+
+_DIFF_FILE = re.compile(r"^diff --git a/(\S+) b/(\S+)$", re.MULTILINE)
+_HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@.*$")
+
+
+def script_from_patch(patch: str, *, test_ids: Sequence[str] = ()) -> list:
+    """Tool calls that apply a unified diff through the agent's tools, then submit."""
+    from lightswe.envs.tool_calls import ToolCall
+
+    calls = []
+    sections = _DIFF_FILE.split(patch)
+    # split() gives [preamble, a_path, b_path, body, a_path, b_path, body, ...]
+    for a_path, b_path, body in zip(sections[1::3], sections[2::3], sections[3::3]):
+        lines = body.split("\n")
+        if any(line.startswith("deleted file mode") for line in lines[:4]):
+            calls.append(ToolCall(name="bash", arguments={"command": f"rm {shlex.quote(a_path)}"}))
+            continue
+        hunks, current = [], None
+        for line in lines:
+            if _HUNK.match(line):
+                current = ([], [])
+                hunks.append(current)
+            elif current is not None and line[:1] in (" ", "-", "+"):
+                if line[:1] in (" ", "-"):
+                    current[0].append(line[1:])
+                if line[:1] in (" ", "+"):
+                    current[1].append(line[1:])
+            elif current is not None and line == "":
+                continue  # the body's trailing newline
+        if any(line.startswith("new file mode") for line in lines[:4]) or lines[:3].count("--- /dev/null"):
+            content = "\n".join(hunks[0][1]) + "\n" if hunks else ""
+            calls.append(ToolCall(name="create", arguments={"path": b_path, "file_text": content}))
+            continue
+        calls.append(ToolCall(name="view", arguments={"path": b_path}))
+        for old, new in hunks:
+            calls.append(ToolCall(name="str_replace", arguments={
+                "path": b_path, "old_str": "\n".join(old) + "\n", "new_str": "\n".join(new) + "\n"}))
+    if test_ids:
+        command = "python -m pytest -q -p no:cacheprovider " + " ".join(shlex.quote(t) for t in test_ids[:5])
+        calls.append(ToolCall(name="bash", arguments={"command": command}))
+    calls.append(ToolCall(name="submit", arguments={}))
+    return calls
+
+
+class ScriptedPolicy:
+    name = "scripted"
+
+    def __init__(self, scripts: Mapping[str, Sequence], tokenizer: Tokenizer, *, version: int = 0) -> None:
+        """``scripts`` maps a problem statement to its tool calls (``ToolCall`` records)."""
+        self.scripts, self.tokenizer, self.version = dict(scripts), tokenizer, version
+        self._im_end = tokenizer.token_id(IM_END)
+
+    @classmethod
+    def from_tasks(cls, tasks: Sequence, tokenizer: Tokenizer) -> ScriptedPolicy:
+        """Gold-patch scripts for ``TaskInstance``s (the patch is the fix; tests are not edited)."""
+        return cls({t.problem_statement.strip(): script_from_patch(t.patch, test_ids=t.FAIL_TO_PASS)
+                    for t in tasks}, tokenizer)
+
+    def _script_for(self, prompt: str) -> Sequence:
+        for statement, script in self.scripts.items():
+            if statement in prompt:
+                return script
+        raise ValueError("ScriptedPolicy: no script's problem statement appears in the prompt; build the policy "
+                         "from the same tasks the rollout runs (ScriptedPolicy.from_tasks(tasks, tokenizer))")
+
+    def generate(self, token_ids: Sequence[int], sampling: SamplingParams) -> Sample:
+        from lightswe.envs.tool_calls import format_minimax
+
+        prompt = self.tokenizer.decode(list(token_ids))
+        script = self._script_for(prompt)
+        step = prompt.count(f"{IM_START}assistant\n") - 1  # the open turn is the last header
+        call = script[min(step, len(script) - 1)]
+        text = f"<think>\nStep {step + 1} of {len(script)}: {call.name}.\n</think>\n{format_minimax([call])}"
+        tokens = [*self.tokenizer.encode(text), self._im_end]
+        return check_sample((tokens, [0.0] * len(tokens)), sampling)

@@ -1,0 +1,59 @@
+"""Policies from command-line specs, so that ``lightswe rollout --policy SPEC`` and Ray workers build the same one.
+
+    scripted                               gold-patch scripts of the rollout's tasks (tests, demos)
+    model:tiny | model:/path/to/ckpt       the built-in model; options ?device=cuda&seed=0&max_batch=16
+    openai:http://host:8000/v1             an OpenAI-compatible server; options ?model=NAME&api_key=KEY
+    vllm:MODEL                             vLLM in-process; options become vllm.LLM keyword arguments
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import parse_qsl
+
+from lightswe.agent.chat import Tokenizer
+from lightswe.agent.policies.base import Policy
+
+KINDS = ("scripted", "model", "openai", "vllm")
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def split_spec(spec: str) -> tuple[str, str, dict]:
+    """``"kind:target?k=v&..."`` -> (kind, target, options)."""
+    kind, _, rest = spec.partition(":")
+    if kind not in KINDS:
+        raise ValueError(f"policy spec {spec!r}: expected one of {[k + ':...' for k in KINDS]}, e.g. "
+                         "'scripted', 'model:tiny', 'openai:http://localhost:8000/v1?model=NAME'")
+    target, _, query = rest.rpartition("?") if "?" in rest else (rest, "", "")
+    return kind, target, {k: _value(v) for k, v in parse_qsl(query)}
+
+
+def make_policy(spec: str, *, tokenizer: Tokenizer, tasks: Sequence = ()) -> Policy:
+    kind, target, options = split_spec(spec)
+    if kind == "scripted":
+        from lightswe.agent.policies.scripted import ScriptedPolicy
+
+        if not tasks:
+            raise ValueError("the scripted policy needs the rollout's tasks (it replays their gold patches)")
+        return ScriptedPolicy.from_tasks(tasks, tokenizer)
+    if not target:
+        raise ValueError(f"policy spec {spec!r} names no {kind} target; e.g. '{kind}:...' as in the module docs")
+    if kind == "model":
+        from lightswe.agent.policies.model import ModelPolicy
+
+        return ModelPolicy.from_spec(target, **options)
+    if kind == "openai":
+        from lightswe.agent.policies.openai_server import OpenAIPolicy
+
+        return OpenAIPolicy(target, **options)
+    from lightswe.agent.policies.vllm_engine import VLLMPolicy
+
+    return VLLMPolicy(target, **options)

@@ -1,0 +1,89 @@
+"""The rollout runner's executor on Ray: each actor is one sandbox worker with its own policy client.
+
+Actors run where a Docker engine is (give nodes a custom resource, e.g. ``ray start --resources
+'{"docker": 8}'`` and pass ``actor_options={"resources": {"docker": 1}}``); the driver keeps the writer, so
+storage, resume and the progress bar are the same as on one machine. Policies are built in each actor from
+their spec: use ``openai:`` (a vLLM server) for a shared model, or ``model:`` for one per actor.
+
+Needs the ``ray`` extra (``pip install 'lightswe[ray]'``).
+
+Example::
+
+    with RayExecutor(policy="scripted", tasks=tasks, num_workers=2) as executor:
+        summary = run_rollout(tasks, executor, out_dir="runs/r1")
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Sequence
+from concurrent.futures import Future
+
+from lightswe.agent.loop import AgentConfig
+from lightswe.agent.rollout import EpisodeJob, default_env_factory, run_job
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError("the Ray executor needs ray: pip install 'lightswe[ray]'") from err
+    return ray
+
+
+class EpisodeWorker:
+    """A Ray actor (one episode at a time): builds its policy and tokenizer once, then runs jobs."""
+
+    def __init__(self, policy: str, tokenizer: str | None, tasks: Sequence, agent: AgentConfig,
+                 env_kwargs: dict) -> None:
+        from lightswe.agent.policies.spec import make_policy
+        from lightswe.model import load_tokenizer
+
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.policy = make_policy(policy, tokenizer=self.tokenizer, tasks=tasks)
+        self.env_factory = default_env_factory(**env_kwargs)
+        self.agent = agent
+
+    def run(self, job: EpisodeJob):
+        return run_job(job, self.policy, self.tokenizer, self.env_factory, self.agent)
+
+    def node(self) -> str:
+        import socket
+
+        return socket.gethostname()
+
+
+class RayExecutor:
+    def __init__(self, *, policy: str, tasks: Sequence, num_workers: int = 2, tokenizer: str | None = None,
+                 agent: AgentConfig | None = None, env_kwargs: dict | None = None, actor_options: dict | None = None,
+                 address: str | None = None) -> None:
+        ray = _ray()
+        if not ray.is_initialized():
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        options = {"num_cpus": 0.5, **(actor_options or {})}  # episodes mostly wait on Docker and the model
+        worker = ray.remote(**options)(EpisodeWorker)
+        self.concurrency = num_workers
+        self.actors = [worker.remote(policy, tokenizer, list(tasks), agent or AgentConfig(), env_kwargs or {})
+                       for _ in range(num_workers)]
+        self._idle: queue.Queue = queue.Queue()
+        for actor in self.actors:
+            self._idle.put(actor)
+
+    def submit(self, job: EpisodeJob) -> Future:
+        actor = self._idle.get()  # the runner keeps at most ``concurrency`` jobs in flight
+        future = actor.run.remote(job).future()
+        future.add_done_callback(lambda _: self._idle.put(actor))
+        return future
+
+    def shutdown(self) -> None:
+        """Kill the actors: their Sandbox finalisers and the reaper remove what they held."""
+        ray = _ray()
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

@@ -1,0 +1,228 @@
+"""Many episodes at once: G samples per task, written as they finish, resumable, on threads or on Ray.
+
+The runner keeps ``concurrency`` episodes in flight (each holds one sandbox; the built-in model batches their
+generations), writes every finished trajectory before counting it, and skips episode ids already in the output
+directory, so a killed run resumes where it stopped and loses at most the episodes in flight. Containers
+left by a killed run are removed by the sandbox reaper when the next run starts.
+
+Executors run one ``EpisodeJob`` and return a future of its ``Trajectory``: ``LocalExecutor`` on threads,
+``lightswe.agent.ray_executor.RayExecutor`` on Ray actors (one sandbox worker per actor, on any node with a
+Docker engine). The runner itself is the same.
+
+Example::
+
+    policy = ScriptedPolicy.from_tasks(tasks, tokenizer)
+    with LocalExecutor(policy, tokenizer, concurrency=4) as executor:
+        summary = run_rollout(tasks, executor, out_dir="runs/r1", config=RolloutConfig(group_size=4))
+    summary.resolve_rate
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from lightswe.agent.chat import Tokenizer
+from lightswe.agent.loop import AgentConfig, run_episode
+from lightswe.agent.policies.base import Policy
+from lightswe.agent.trajectory import Trajectory, TrajectoryWriter, finished_episode_ids
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, slots=True)
+class RolloutConfig:
+    group_size: int = 1  # G samples per task (group-relative advantages)
+    round: int = 0  # the learner's iteration; part of every group id so rounds never collide
+    seed: int = 0
+    shard_size: int = 64
+    parquet: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+
+
+@dataclass(kw_only=True, slots=True)
+class EpisodeJob:
+    task: object  # a lightswe.tasks.TaskInstance
+    group_id: str
+    sample_index: int
+    seed: int
+
+    @property
+    def episode_id(self) -> str:
+        return f"{self.group_id}/{self.sample_index}"
+
+
+@dataclass(kw_only=True, slots=True)
+class RolloutSummary:
+    episodes: int = 0  # finished in this run
+    skipped: int = 0  # already on disk (resume)
+    resolved: int = 0
+    failed: int = 0  # episodes whose worker raised (not written; a resume retries them)
+    statuses: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    tool_calls: int = 0
+    trajectories: list[Trajectory] = field(default_factory=list)
+
+    @property
+    def resolve_rate(self) -> float:
+        return self.resolved / self.episodes if self.episodes else 0.0
+
+
+class Executor(Protocol):
+    concurrency: int
+
+    def submit(self, job: EpisodeJob) -> Future: ...
+
+    def shutdown(self) -> None: ...
+
+
+def plan_jobs(tasks: Sequence, config: RolloutConfig) -> list[EpisodeJob]:
+    """Every (task, sample) of a round; group id ``<task id>@<round>`` is shared by the G samples of a task."""
+    return [EpisodeJob(task=task, group_id=f"{task.instance_id}@{config.round}", sample_index=i,
+                       seed=config.seed + 1_000 * t + i)
+            for t, task in enumerate(tasks) for i in range(config.group_size)]
+
+
+def default_env_factory(**env_kwargs) -> Callable:
+    """``task -> env``: the registered SWE environment (step budget via the agent config, not TimeLimit)."""
+
+    def make(task):
+        import gymnasium
+        import lightswe.envs.registration  # noqa: F401 - registers the ids
+
+        return gymnasium.make("lightswe/SWE-v0", task=task, max_episode_steps=None, **env_kwargs).unwrapped
+
+    return make
+
+
+def run_job(job: EpisodeJob, policy: Policy, tokenizer: Tokenizer, env_factory: Callable,
+            agent: AgentConfig, on_env: Callable | None = None) -> Trajectory:
+    """One episode in a fresh environment, always closed (its container removed) afterwards."""
+    t0 = time.perf_counter()
+    env = env_factory(job.task)
+    make_s = time.perf_counter() - t0
+    if on_env is not None:
+        on_env(env, True)
+    try:
+        trajectory = run_episode(env, policy, tokenizer, task_id=job.task.instance_id, config=agent,
+                                 group_id=job.group_id, sample_index=job.sample_index, seed=job.seed)
+    finally:
+        t0 = time.perf_counter()
+        env.close()
+        if on_env is not None:
+            on_env(env, False)
+    trajectory.timings.update(make_env=make_s, close=time.perf_counter() - t0)
+    return trajectory
+
+
+class LocalExecutor:
+    """Episodes on threads of this process; ``concurrency`` bounds the sandboxes alive at once."""
+
+    def __init__(self, policy: Policy, tokenizer: Tokenizer, *, concurrency: int = 4,
+                 env_factory: Callable | None = None, agent: AgentConfig | None = None) -> None:
+        self.policy, self.tokenizer, self.concurrency = policy, tokenizer, concurrency
+        self.env_factory = env_factory or default_env_factory()
+        self.agent = agent or AgentConfig()
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="episode")
+        self._live: set = set()
+        self._lock = threading.Lock()
+
+    def _track(self, env, alive: bool) -> None:
+        with self._lock:
+            (self._live.add if alive else self._live.discard)(env)
+
+    def submit(self, job: EpisodeJob) -> Future:
+        return self._pool.submit(run_job, job, self.policy, self.tokenizer, self.env_factory, self.agent, self._track)
+
+    def shutdown(self) -> None:
+        """Cancel queued episodes and close live environments, so in-flight episodes end now."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            live = list(self._live)
+        for env in live:
+            try:
+                env.close()
+            except Exception as err:  # noqa: BLE001 - best effort while shutting down
+                log.warning("closing an environment failed: %s", err)
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def _reap() -> None:
+    try:
+        from lightswe.envs.sandbox import reap_orphans
+
+        removed = reap_orphans()
+        if removed:
+            log.warning("removed %d container(s) left by a killed run", len(removed))
+    except Exception as err:  # noqa: BLE001 - no engine: the episodes will say so
+        log.debug("reaper skipped: %s", err)
+
+
+def run_rollout(tasks: Sequence, executor: Executor, *, out_dir: str | Path,
+                config: RolloutConfig | None = None, keep: bool = False) -> RolloutSummary:
+    """Run every planned episode not yet in ``out_dir``; return counts (and the trajectories if ``keep``)."""
+    cfg = config or RolloutConfig()
+    jobs = plan_jobs(tasks, cfg)
+    done = finished_episode_ids(out_dir)
+    todo = [job for job in jobs if job.episode_id not in done]
+    summary = RolloutSummary(skipped=len(jobs) - len(todo))
+    _reap()
+    started = time.perf_counter()
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), initial=summary.skipped, unit="episode", dynamic_ncols=True)
+    queue, in_flight = iter(todo), {}
+    with TrajectoryWriter(out_dir, shard_size=cfg.shard_size, parquet=cfg.parquet) as writer:
+        try:
+            while True:
+                while len(in_flight) < executor.concurrency and (job := next(queue, None)) is not None:
+                    in_flight[executor.submit(job)] = job
+                if not in_flight:
+                    break
+                finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    job = in_flight.pop(future)
+                    try:
+                        trajectory = future.result()
+                    except Exception as err:  # noqa: BLE001 - a bug in one episode must not stop the rest
+                        log.error("episode %s failed: %r (not written; a resume retries it)", job.episode_id, err)
+                        summary.failed += 1
+                        continue
+                    writer.write(trajectory)
+                    summary.episodes += 1
+                    summary.resolved += trajectory.resolved
+                    summary.statuses[trajectory.status.value] += 1
+                    summary.tool_calls += trajectory.num_steps
+                    if keep:
+                        summary.trajectories.append(trajectory)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix_str(f"resolved {summary.resolved}/{summary.episodes} "
+                                            f"({summary.resolve_rate:.0%})")
+        except BaseException:
+            executor.shutdown()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+    summary.seconds = time.perf_counter() - started
+    return summary

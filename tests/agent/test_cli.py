@@ -1,0 +1,52 @@
+"""CLI pieces that need no sandbox: the Wilson interval, policy specs, eval over a stored run."""
+
+from __future__ import annotations
+
+import pytest
+from lightswe.agent.cli import wilson_interval
+from lightswe.agent.policies.model import ModelPolicy
+from lightswe.agent.policies.openai_server import OpenAIPolicy
+from lightswe.agent.policies.spec import make_policy, split_spec
+from lightswe.cli import main
+from lightswe.model import ByteTokenizer
+
+from .test_viewer import episode
+
+
+@pytest.mark.parametrize("k,n,low,high", [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0)])
+def test_wilson_interval_matches_published_values(k, n, low, high):
+    assert wilson_interval(k, n) == pytest.approx((low, high), abs=1e-4)
+
+
+@pytest.mark.parametrize("k,n", [(81, 263), (1, 7), (30, 31)])
+def test_wilson_bounds_solve_the_score_equation(k, n):
+    z, p_hat = 1.959964, k / n
+    for p in wilson_interval(k, n):  # the bounds are where the score test is exactly at z
+        assert (p_hat - p) ** 2 == pytest.approx(z * z * p * (1 - p) / n, rel=1e-9)
+
+
+def test_policy_specs():
+    assert split_spec("openai:http://h:8000/v1?model=m&timeout_s=5") == ("openai", "http://h:8000/v1",
+                                                                          {"model": "m", "timeout_s": 5})
+    assert split_spec("model:tiny") == ("model", "tiny", {})
+    tok = ByteTokenizer()
+    assert isinstance(make_policy("model:tiny?seed=3&max_batch=2", tokenizer=tok), ModelPolicy)
+    assert make_policy("openai:http://h:1/v1?model=x", tokenizer=tok).model == "x"
+    assert isinstance(make_policy("openai:http://h:1", tokenizer=tok), OpenAIPolicy)
+    with pytest.raises(ValueError, match="expected one of"):
+        make_policy("gpt5", tokenizer=tok)
+    with pytest.raises(ValueError, match="needs the rollout's tasks"):
+        make_policy("scripted", tokenizer=tok)
+
+
+def test_eval_summarises_a_stored_run(tmp_path, capsys):
+    from lightswe.agent.trajectory import TrajectoryWriter
+
+    with TrajectoryWriter(tmp_path / "run") as writer:
+        for i in range(4):
+            writer.write(episode(i, resolved=i == 0))
+    assert main(["eval", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "resolve rate 25.0% (1/4), 95% CI [4.6%, 69.9%]" in out
+    assert main(["view", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "index.html").stat().st_size > 1000
