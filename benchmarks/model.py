@@ -6,7 +6,7 @@ models: the ``small`` preset (~98M) with its layer pattern replaced.
 
 Prefill: one sequence of T tokens, no cache, last-position logits (tokens/s = T / time).
 Decode: ``--batch`` sequences prefilled to T tokens, then ``--steps`` greedy steps through the hybrid cache
-(tokens/s = batch * steps / time). Memory: cache bytes per sequence (lightning state + softmax KV), and on
+(tokens/s = batch / median step time). Memory: cache bytes per sequence (lightning state + softmax KV), and on
 CUDA the peak allocated during the decode steps. Timing: CUDA events / perf_counter, after one warm-up.
 """
 
@@ -73,7 +73,7 @@ def prefill(model: MiniMaxForCausalLM, length: int, device: torch.device, repeat
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats):  # best of ``repeats``
         with Timer(device) as t:
             model.logits(model.hidden_states(ids)[0][:, -1])
         times.append(t.seconds)
@@ -93,11 +93,14 @@ def decode(model: MiniMaxForCausalLM, length: int, batch: int, steps: int, devic
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    with Timer(device) as t:
-        for _ in range(steps):
+    times = []
+    for _ in range(steps):
+        with Timer(device) as t:
             token = model.logits(model.hidden_states(token[:, None], cache=cache)[0][:, -1]).argmax(-1)
+        times.append(t.seconds)
+    step = sorted(times)[len(times) // 2]  # median step: robust to other processes on a shared CPU
     per_seq = cache.bytes_per_sequence()[0]
-    out = {"decode_tok_s": batch * steps / t.seconds, "decode_step_ms": 1e3 * t.seconds / steps,
+    out = {"decode_tok_s": batch / step, "decode_step_ms": 1e3 * step,
            "cache_mib_per_seq": per_seq / 2**20,
            "state_mib_per_seq": cache.state_bytes_per_sequence() / 2**20,
            "kv_mib_per_seq": (per_seq - cache.state_bytes_per_sequence()) / 2**20,
@@ -117,9 +120,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--models", default="hybrid,softmax,lightning")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     contexts = [int(c) for c in args.contexts.split(",")]
     head = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
