@@ -4,7 +4,7 @@ Why: each ``docker exec`` costs a runc exec (about 50 ms on a loaded 2-core mach
 per container turns every later command into a fork/exec inside the container (a few ms).
 
 This file runs *inside* the container under the image's python3 (standard library only); the host side is
-:class:`lightswe.envs.sandbox.Sandbox`. Request: ``{"cmd", "timeout", "user", "cwd", "cap", "env"}``; response: one
+:class:`lightswe.envs.sandbox.Sandbox`. Request: ``{"cmd", "timeout", "user", "cwd", "cap", "env", "stdin" (base64)}``; response: one
 line ``{"exit", "out" (base64), "truncated", "timed_out"}`` on stdout. Each command runs as ``bash -c`` in a
 new session (its own process group) as the requested user; on timeout the group gets SIGKILL and so do all
 leftover processes of a non-root user. Output (stdout and stderr merged) past ``cap`` bytes is not read: the
@@ -48,7 +48,7 @@ def run(req: dict) -> dict:
     cap, timeout = int(req["cap"]), float(req["timeout"])
     try:
         proc = subprocess.Popen(
-            ["bash", "-c", req["cmd"]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            ["bash", "-c", req["cmd"]], stdin=subprocess.PIPE if req.get("stdin") else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             cwd=req.get("cwd") or entry.pw_dir, env=env, start_new_session=True,
             user=entry.pw_uid, group=entry.pw_gid, extra_groups=[] if entry.pw_uid else None,
         )
@@ -56,6 +56,16 @@ def run(req: dict) -> dict:
         return {"exit": 126, "out": base64.b64encode(f"cannot start the command: {err}".encode()).decode(),
                 "truncated": False, "timed_out": False}
     _raise_oom_score(proc.pid)
+    if req.get("stdin"):  # small payloads (file contents for the edit tools): written before output is read
+        try:
+            proc.stdin.write(base64.b64decode(req["stdin"]))
+        except BrokenPipeError:
+            pass
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
     deadline = time.monotonic() + timeout
     fd = proc.stdout.fileno()
     chunks, size, truncated, timed_out, exited_at = [], 0, False, False, None

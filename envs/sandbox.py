@@ -249,7 +249,7 @@ class Sandbox:
 
     def exec(self, cmd: str, timeout: float | None = None, *, user: str | None = None,
              workdir: str | None = None, max_output_bytes: int | None = None,
-             env: dict[str, str] | None = None) -> ExecResult:
+             env: dict[str, str] | None = None, stdin: bytes | None = None) -> ExecResult:
         """Run ``cmd`` with bash; see the module docstring for timeout and output-cap behaviour."""
         self._require()
         timeout = self.config.default_timeout if timeout is None else float(timeout)
@@ -257,7 +257,8 @@ class Sandbox:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         cap = self.config.max_output_bytes if max_output_bytes is None else max_output_bytes
         request = {"cmd": cmd, "timeout": timeout, "user": user or self.config.user,
-                   "cwd": workdir or self.config.workdir, "cap": cap, "env": env or {}}
+                   "cwd": workdir or self.config.workdir, "cap": cap, "env": env or {},
+                   "stdin": base64.b64encode(stdin).decode() if stdin else ""}
         start = time.perf_counter()
         with self._lock:
             if self._runner is None:

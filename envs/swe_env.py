@@ -1,0 +1,179 @@
+"""``lightswe/SWE-v0``: a Gymnasium environment in which an agent fixes a real repository inside Docker.
+
+- ``reset(seed, options={"task_id": ...})`` picks a task (``self.np_random`` unless named), starts a sandbox
+  from the task's instance image or warm-resets the running one (git, tens of ms), and returns the problem
+  statement as the observation.
+- ``step(action)``: the action is the model's text holding exactly one tool call (MiniMax-M1
+  ``<tool_calls>`` format by default, ``tool_format="hermes"`` for ``<tool_call>``) or a parsed
+  :class:`~lightswe.envs.tool_calls.ToolCall`. Tools: bash, view, str_replace, create, search, submit. A
+  malformed action gives an observation saying what is wrong and the expected form (reward 0, not terminated).
+- ``submit`` grades: the task's tests run in the sandbox (see :mod:`lightswe.envs.grading`); reward 1.0 iff
+  every FAIL_TO_PASS and PASS_TO_PASS test passes; ``terminated=True``; ``info["tests"]`` maps each test to
+  its outcome. ``truncated`` comes from ``TimeLimit`` (``max_episode_steps`` at registration).
+- Spaces: ``spaces.Text`` over :data:`CHARSET` (tab, newline and every printable character of the Basic
+  Multilingual Plane); observations are sanitised into it (anything else becomes U+FFFD) and clipped to
+  ``observation_space.max_length`` characters, which is the sandbox's output cap plus room for notes.
+
+Example::
+
+    import gymnasium as gym, lightswe
+    env = gym.make("lightswe/SWE-v0")          # the embedded demo task (a real PyPI sdist with one bug)
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(
+        '<tool_calls>\\n{"name": "bash", "arguments": {"command": "git log --oneline"}}\\n</tool_calls>')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+from gymnasium import spaces
+
+from lightswe.envs.grading import Grade, grade
+from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError
+from lightswe.envs.tool_calls import EXAMPLES, PARSERS, ToolCall, ToolCallFormatError
+from lightswe.envs.tools import TOOL_NAMES, ToolError, run_tool
+from lightswe.tasks.instance import TaskInstance, read_jsonl
+
+CHARSET = "\t\n" + "".join(chr(i) for i in range(0x20, 0x10000) if chr(i).isprintable())
+_ALLOWED = frozenset(CHARSET)
+REPLACEMENT = "\ufffd"
+_NOTE_ROOM = 2048  # characters for notes after capped output
+
+
+def sanitize(text: str, max_length: int) -> str:
+    """Map ``text`` into the observation space: unknown characters to U+FFFD, clipped with a note."""
+    clean = text if _ALLOWED.issuperset(text) else "".join(c if c in _ALLOWED else REPLACEMENT for c in text)
+    if len(clean) > max_length:
+        note = f"\n[observation clipped to {max_length} characters; view a smaller range or filter the output]"
+        clean = clean[: max_length - len(note)] + note
+    return clean
+
+
+def default_tasks_path() -> Path:
+    return Path(str(resources.files("lightswe.tasks").joinpath("data/demo.jsonl")))
+
+
+class SWEEnv(gym.Env[str, str]):
+    metadata = {"render_modes": []}
+
+    def __init__(self, tasks: str | Path | list[TaskInstance] | None = None, *, tool_format: str = "minimax",
+                 sandbox_config: SandboxConfig | None = None, max_output_bytes: int = 16_384,
+                 command_timeout: float = 60.0, test_timeout: float = 900.0, max_action_chars: int = 65_536,
+                 image_for: Callable[[TaskInstance], str] | None = None, client=None) -> None:
+        if tool_format not in PARSERS:
+            raise ValueError(f"tool_format must be one of {sorted(PARSERS)}, got {tool_format!r}")
+        if tasks is None:
+            tasks = default_tasks_path()
+        self.tasks: list[TaskInstance] = read_jsonl(tasks) if isinstance(tasks, (str, Path)) else list(tasks)
+        if not self.tasks or not all(isinstance(t, TaskInstance) for t in self.tasks):
+            raise TypeError(f"tasks must be a JSONL path or a non-empty list of TaskInstance, got {tasks!r:.200}")
+        self._by_id = {t.instance_id: t for t in self.tasks}
+        self.tool_format = tool_format
+        self._parse = PARSERS[tool_format]
+        base = sandbox_config or SandboxConfig()
+        self.sandbox_config = base
+        self.max_output_bytes = max_output_bytes
+        self.command_timeout, self.test_timeout = command_timeout, test_timeout
+        self._image_for = image_for
+        self._client = client
+        self._images: dict[str, str] = {}
+        self.observation_space = spaces.Text(max_length=max_output_bytes + _NOTE_ROOM, min_length=0, charset=CHARSET)
+        self.action_space = spaces.Text(max_length=max_action_chars, min_length=0, charset=CHARSET)
+        self.sandbox: Sandbox | None = None
+        self.task: TaskInstance | None = None
+        self.last_grade: Grade | None = None
+
+    # --------------------------------------------------------------------------------------------- gym API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = options or {}
+        task_id = options.get("task_id")
+        if task_id is not None:
+            if task_id not in self._by_id:
+                raise ValueError(f"unknown task_id {task_id!r}; this env has {len(self.tasks)} tasks, e.g. "
+                                 f"{list(self._by_id)[:5]}")
+            self.task = self._by_id[task_id]
+        else:
+            self.task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
+        self._start_sandbox(self.task)
+        self.last_grade = None
+        return self._observe(self._statement(self.task)), {"task_id": self.task.instance_id,
+                                                            "tools": list(TOOL_NAMES)}
+
+    def step(self, action: str | ToolCall) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        if self.sandbox is None or self.task is None:
+            raise gym.error.ResetNeeded("call reset() before step()")
+        if isinstance(action, ToolCall):
+            calls = [action]
+        elif isinstance(action, str):
+            try:
+                calls = self._parse(action)
+            except ToolCallFormatError as err:
+                return self._malformed(str(err))
+        else:
+            raise TypeError(f"action must be str (model text) or ToolCall, got {type(action).__name__}")
+        if len(calls) != 1:
+            found = "no tool call" if not calls else f"{len(calls)} tool calls"
+            return self._malformed(f"found {found} in the action; call exactly one tool per step, e.g.:\n"
+                                   f"{EXAMPLES[self.tool_format]}")
+        call = calls[0]
+        info: dict[str, Any] = {"tool": call.name}
+        if call.name == "submit" and not set(call.arguments):
+            result = grade(self.sandbox, self.task, timeout=self.test_timeout)
+            self.last_grade = result
+            info.update(tests=dict(result.tests), reason=result.reason, grade_s=result.duration_s)
+            text = f"Submitted. Tests: {result.reason}. Reward {result.reward:.1f}."
+            return self._observe(text), result.reward, True, False, info
+        try:
+            output = run_tool(self.sandbox, call).output
+        except ToolError as err:
+            info["error"] = "tool"
+            output = str(err)
+        except SandboxError as err:  # the container died: start over from the base commit
+            self._start_sandbox(self.task, fresh=True)
+            info["error"] = "sandbox"
+            output = f"[the sandbox failed ({err}) and was restarted from the base commit; earlier edits are lost]"
+        return self._observe(output), 0.0, False, False, info
+
+    def close(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.close()
+            self.sandbox = None
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def image(self, task: TaskInstance) -> str:
+        """The image a task's sandbox starts from (built and cached on first use)."""
+        if task.instance_id not in self._images:
+            if self._image_for is not None:
+                self._images[task.instance_id] = self._image_for(task)
+            else:
+                from lightswe.tasks.images import ensure_instance_image
+
+                self._images[task.instance_id] = ensure_instance_image(task, client=self._client)
+        return self._images[task.instance_id]
+
+    def _start_sandbox(self, task: TaskInstance, fresh: bool = False) -> None:
+        image = self.image(task)
+        if not fresh and self.sandbox is not None and self.sandbox.config.image == image:
+            self.sandbox.reset()
+            return
+        self.close()
+        config = replace(self.sandbox_config, image=image, max_output_bytes=self.max_output_bytes,
+                         default_timeout=self.command_timeout, workdir="/testbed")
+        self.sandbox = Sandbox(config, client=self._client)
+
+    def _statement(self, task: TaskInstance) -> str:
+        return (f"{task.problem_statement.strip()}\n\nThe repository is checked out at /testbed. Find and fix the "
+                "cause of this problem in the source code (not in the tests), then call submit.")
+
+    def _observe(self, text: str) -> str:
+        return sanitize(text, self.observation_space.max_length)
+
+    def _malformed(self, message: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        return self._observe(f"[invalid action] {message}"), 0.0, False, False, {"error": "format"}
