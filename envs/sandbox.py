@@ -183,7 +183,7 @@ class Sandbox:
         """Restore the workdir to the start commit; returns seconds taken. Falls back to a fresh container."""
         start = time.perf_counter()
         if self.base_commit:
-            script = (f"pkill -9 -u agent; rm -rf /tmp/* /tmp/.[!.]* 2>/dev/null; cd {self.config.workdir} && "
+            script = (f"pkill -9 -u agent; find /tmp -mindepth 1 -delete; cd {self.config.workdir} && "
                       f"runuser -u agent -- git reset --hard -q {self.base_commit} && "
                       "runuser -u agent -- git clean -ffdxq")
             try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _THINK = re.compile(r"<think>.*?(</think>|\Z)", re.S)
-_MINIMAX_BLOCK = re.compile(r"<tool_calls>(.*?)(</tool_calls>|\Z)", re.S)
+_OPEN, _CLOSE = "<tool_calls>", "</tool_calls>"
 _HERMES_BLOCK = re.compile(r"<tool_call>(.*?)(</tool_call>|\Z)", re.S)
 
 MINIMAX_EXAMPLE = '<tool_calls>\n{"name": "bash", "arguments": {"command": "ls"}}\n</tool_calls>'
@@ -46,6 +46,10 @@ def _call_from_json(text: str, example: str) -> ToolCall:
     except json.JSONDecodeError as err:
         raise ToolCallFormatError(f"tool call is not valid JSON ({err.msg} at column {err.colno}): {text[:200]!r}; "
                                   f"expected, e.g.:\n{example}") from None
+    return _call_from_obj(obj, text, example)
+
+
+def _call_from_obj(obj: Any, text: str, example: str) -> ToolCall:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         raise ToolCallFormatError(f'a tool call must be a JSON object with a string "name", got {text[:200]!r}; '
                                   f"expected, e.g.:\n{example}")
@@ -66,28 +70,39 @@ def _outside_think(text: str) -> str:
 
 
 def parse_minimax(text: str) -> list[ToolCall]:
-    """Every call in ``<tool_calls>`` blocks outside ``<think>``; one JSON object per non-empty line."""
-    calls = []
-    for match in _MINIMAX_BLOCK.finditer(_outside_think(text)):
-        if not match.group(2):
-            raise ToolCallFormatError(f"<tool_calls> is not closed with </tool_calls>; expected:\n{MINIMAX_EXAMPLE}")
-        body = match.group(1).strip()
-        if not body:
-            raise ToolCallFormatError(f"the <tool_calls> block is empty; expected:\n{MINIMAX_EXAMPLE}")
-        decoder = json.JSONDecoder()
-        position = 0
-        while position < len(body):  # objects one per line; a pretty-printed object spanning lines also works
-            while position < len(body) and body[position].isspace():
+    """Every call in ``<tool_calls>`` blocks outside ``<think>``: JSON objects, one per line.
+
+    Objects are decoded one after another, so a string argument may itself contain ``</tool_calls>``; a block
+    cut off after complete objects (a sampler that stops at ``</tool_calls>`` drops it) is accepted.
+    """
+    text, calls, position = _outside_think(text), [], 0
+    decoder = json.JSONDecoder()
+    while (start := text.find(_OPEN, position)) >= 0:
+        position, found = start + len(_OPEN), 0
+        while True:
+            while position < len(text) and text[position].isspace():
                 position += 1
-            if position >= len(body):
+            if text.startswith(_CLOSE, position):
+                position += len(_CLOSE)
                 break
+            if position >= len(text):
+                if not found:
+                    raise ToolCallFormatError(f"<tool_calls> holds no call and is not closed; expected:\n{MINIMAX_EXAMPLE}")
+                break
+            if text[position] != "{":
+                line = text[position:].split("\n", 1)[0]
+                raise ToolCallFormatError(f"inside <tool_calls> expected one JSON object per line, got {line[:120]!r}; "
+                                          f"expected:\n{MINIMAX_EXAMPLE}")
             try:
-                _, end = decoder.raw_decode(body, position)
+                obj, position = decoder.raw_decode(text, position)
             except json.JSONDecodeError:
-                end = body.find("\n", position)
-                end = len(body) if end < 0 else end
-            calls.append(_call_from_json(body[position:end], MINIMAX_EXAMPLE))
-            position = end
+                line = text[position:].split("\n", 1)[0]
+                _call_from_json(line, MINIMAX_EXAMPLE)  # raises with the decoder's message
+                raise ToolCallFormatError(f"tool call is not valid JSON: {line[:200]!r}; expected:\n{MINIMAX_EXAMPLE}") from None
+            calls.append(_call_from_obj(obj, json.dumps(obj)[:200], MINIMAX_EXAMPLE))
+            found += 1
+        if not found:
+            raise ToolCallFormatError(f"the <tool_calls> block is empty; expected:\n{MINIMAX_EXAMPLE}")
     return calls
 
 

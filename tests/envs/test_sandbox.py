@@ -1,0 +1,163 @@
+"""The Docker sandbox against the real engine: limits, timeouts, output cap, files, reset, cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def box():
+    from lightswe.envs.engine import ensure_base_image
+    from lightswe.envs.sandbox import Sandbox, SandboxConfig
+
+    ensure_base_image()
+    sandbox = Sandbox(SandboxConfig(workdir="/home/agent", mem_limit="256m", pids_limit=64, max_output_bytes=4096))
+    yield sandbox
+    sandbox.close()
+
+
+def _exists(container_id: str) -> bool:
+    import docker
+
+    try:
+        docker.from_env().containers.get(container_id)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
+def test_exec_exit_code_output_and_user(box):
+    result = box.exec("echo out; echo err >&2; whoami; exit 3", timeout=10)
+    assert (result.exit_code, result.output, result.timed_out, result.truncated) == (3, "out\nerr\nagent\n", False, False)
+    assert box.exec("whoami", user="root").output == "root\n"
+
+
+def test_no_network(box):
+    result = box.exec("cat /sys/class/net/*/operstate 2>/dev/null | sort | tr '\\n' ' '; ls /sys/class/net", timeout=10)
+    assert result.output.split()[-1] == "lo" and "eth0" not in result.output
+
+
+def test_timeout_kills_the_group_and_sandbox_stays_usable(box):
+    start = time.perf_counter()
+    result = box.exec("sleep 1000 & sleep 1000; echo never", timeout=1)
+    assert time.perf_counter() - start < 5
+    assert result.timed_out and result.exit_code == 137 and "timed out after 1 s" in result.output
+    assert "never" not in result.output
+    after = box.exec("pgrep -c -u agent sleep || true", timeout=10)
+    assert after.exit_code == 0 and after.output.strip() == "0"  # the background sleep died too
+
+
+def test_output_is_capped_and_says_so(box):
+    start = time.perf_counter()
+    result = box.exec("yes", timeout=30)
+    assert time.perf_counter() - start < 10  # past the cap the writer gets SIGPIPE, no waiting for the timeout
+    assert result.truncated and not result.timed_out
+    assert result.output.startswith("y\ny\n") and "more than 4096 bytes" in result.output
+    assert len(result.output.encode()) < 4096 + 400
+
+
+def test_non_utf8_output_is_replaced(box):
+    result = box.exec("printf 'ok \\xff\\xfe\\x80 end'", timeout=10)
+    assert result.output == "ok \ufffd\ufffd\ufffd end"
+
+
+def test_fork_bomb_is_contained(box):
+    start = time.perf_counter()
+    box.exec(":(){ :|:& };:", timeout=5)
+    assert time.perf_counter() - start < 15
+    assert box.exec("echo alive", timeout=10).output == "alive\n"
+    assert int(box.exec("ps -e --no-headers | wc -l", timeout=10).output) < 10  # nothing of the bomb is left
+
+
+def test_memory_hog_is_contained(box):
+    result = box.exec("python3 -c \"x = b'x' * (1024 ** 3); print(len(x))\"", timeout=30)
+    assert result.exit_code == 137 and "memory limit of 256m" in result.output
+    assert box.exec("echo alive", timeout=10).output == "alive\n"
+
+
+def test_agent_cannot_write_outside_its_files(box):
+    result = box.exec("echo x > /usr/lib/evil", timeout=10)
+    assert result.exit_code != 0 and "Permission denied" in result.output
+
+
+def test_files_round_trip_through_the_container(box):
+    data = "línea 1\n\x00binary\n".encode()
+    box.write_file("sub/dir/f.bin", data)
+    assert box.read_file("sub/dir/f.bin") == data
+    assert box.exec("stat -c %U sub/dir/f.bin", timeout=10).output == "agent\n"
+    box.exec("ln -sf sub/dir/f.bin link", timeout=10)
+    assert box.read_file("/home/agent/link") == data
+    with pytest.raises(FileNotFoundError):
+        box.read_file("missing.txt")
+
+
+def test_exec_overhead_is_small(box):
+    durations = sorted(box.exec("true", timeout=10).duration_s for _ in range(20))
+    assert durations[10] < 0.030, f"median exec of `true` {durations[10] * 1000:.1f} ms"
+
+
+def test_warm_reset_restores_the_repository():
+    from lightswe.envs.sandbox import Sandbox, SandboxConfig
+
+    with Sandbox(SandboxConfig(workdir="/home/agent")) as sandbox:
+        made = sandbox.exec("mkdir repo && cd repo && git init -q . && echo one > a.txt && git add a.txt && "
+                            "git commit -qm one", timeout=30)
+        assert made.exit_code == 0, made.output
+        sandbox.config.workdir = "/home/agent/repo"
+        sandbox.close_id = sandbox.container_id
+        head = sandbox.exec("git rev-parse HEAD", timeout=10).output.strip()
+        sandbox.base_commit = head  # as if the image had been built with this commit
+        sandbox.exec("echo two > a.txt; echo new > b.txt; mkdir -p d && touch d/x; git commit -qam two;"
+                     " (setsid sleep 100 > /dev/null 2>&1 &); echo t > /tmp/t", timeout=30)
+        took = sandbox.reset()
+        assert sandbox.container_id == sandbox.close_id  # warm, not a new container
+        state = sandbox.exec("cat a.txt; ls; git rev-parse HEAD; git status --short; ls /tmp; pgrep -c -u agent sleep || true",
+                             timeout=10).output.split()
+        assert state == ["one", "a.txt", head, "0"], state
+        assert took < 1.0
+
+
+def test_close_removes_the_container():
+    from lightswe.envs.sandbox import Sandbox, SandboxConfig
+
+    with Sandbox(SandboxConfig(workdir="/")) as sandbox:
+        container_id = sandbox.container_id
+        assert _exists(container_id)
+    assert not _exists(container_id)
+    sandbox.close()  # idempotent
+
+
+_OWNER = """
+import sys, time
+from lightswe.envs.sandbox import Sandbox, SandboxConfig
+box = Sandbox(SandboxConfig(workdir="/"))
+print(box.container_id, flush=True)
+time.sleep(600)
+"""
+
+
+def test_reaper_removes_containers_of_killed_processes_only():
+    from lightswe.envs.sandbox import Sandbox, SandboxConfig, reap_orphans
+
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER], stdout=subprocess.PIPE, text=True)
+    try:
+        orphan = owner.stdout.readline().strip()
+        assert orphan and _exists(orphan)
+        with Sandbox(SandboxConfig(workdir="/")) as live:
+            os.kill(owner.pid, signal.SIGKILL)
+            owner.wait(timeout=30)
+            assert _exists(orphan)  # killed -9: nothing cleaned up by the owner
+            removed = reap_orphans()
+            assert orphan in removed and not _exists(orphan)
+            assert live.container_id not in removed and _exists(live.container_id)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
