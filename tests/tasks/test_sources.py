@@ -1,0 +1,60 @@
+"""Sources: a PyPI sdist becomes a git repository with a reproducible root commit; git sources at a commit."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from lightswe.tasks import sources
+from lightswe.tasks.instance import read_jsonl
+
+# toolz 1.0.0's sdist committed with lightswe's fixed identity and date: the same hash on every machine.
+TOOLZ_SDIST_COMMIT = "eedacdae239f1170ef04054d0c4f57862045c279"
+
+
+@pytest.fixture(scope="module")
+def toolz():
+    return sources.sdist_repo("toolz", "1.0.0")
+
+
+def test_sdist_commit_is_reproducible(toolz):
+    assert toolz.commit == TOOLZ_SDIST_COMMIT
+    log = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(toolz.path), "log", "--format=%an %ad %s",
+                          "--date=iso", toolz.commit], capture_output=True, text=True, check=True).stdout
+    assert log.strip() == "lightswe 2000-01-01 00:00:00 +0000 toolz 1.0.0 (PyPI source distribution)"
+    files = sources.tree_files(toolz)
+    assert "toolz/tests/test_itertoolz.py" in files and "toolz.egg-info/PKG-INFO" in files  # ignored files kept
+
+
+def test_sha256_is_checked():
+    with pytest.raises(sources.SourceError, match="sha256"):
+        sources.download_sdist("toolz", "1.0.0", sha256="0" * 64)
+
+
+def test_demo_base_is_replayed_from_the_fix(toolz):
+    from lightswe.envs.swe_env import default_tasks_path
+
+    demo = read_jsonl(default_tasks_path())[0]
+    base = sources.base_repo(demo)
+    assert base.commit == demo.base_commit
+    assert b"islice(seq, n + 1, None)" in sources.read_blob(base, "toolz/itertoolz.py")
+    again = sources.commit_patch(toolz, demo.patch, reverse=True)
+    assert again.commit == demo.base_commit  # deterministic
+
+
+def test_git_source_at_a_commit(tmp_path):
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    run = lambda *a: subprocess.run(["git", "-C", str(origin), *a], check=True, capture_output=True, text=True).stdout  # noqa: E731
+    run("init", "-q")
+    (origin / "a.py").write_text("x = 1\n")
+    run("add", "a.py")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    first = run("rev-parse", "HEAD").strip()
+    (origin / "a.py").write_text("x = 2\n")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "two")
+    repo = sources.git_repo(str(origin), first)
+    assert repo.commit == first and sources.read_blob(repo, "a.py") == b"x = 1\n"
+    with pytest.raises(sources.SourceError):
+        sources.git_repo(str(origin), "f" * 40)
