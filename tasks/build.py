@@ -1,0 +1,197 @@
+"""``lightswe tasks build``: pool repositories -> synthesized, validated instances on disk, resumable.
+
+Output folder (default ``tasks_out/``):
+
+- ``instances.jsonl``: validated instances, one per line, appended (and flushed) as each passes validation;
+- ``progress.jsonl``: one event per line (``accepted``, ``rejected`` with the reason, ``repo_done``,
+  ``repo_error``): what resume skips and what ``tasks prune`` reads;
+- ``report.json`` / ``report.md``: counts per repository and mutation kind, rates, rejections;
+- ``train.jsonl``, ``test.jsonl``: the splits (see :mod:`lightswe.tasks.splits`).
+
+Resume: a second run reads both files, keeps every instance already there, does not retry ids already
+rejected, and only makes what is missing per repository. A repository that fails (its suite needs the network,
+its sdist hash changed) is recorded as ``repo_error`` and the others go on; built instances are never rewritten
+(the files are only appended to, and a torn last line from a killed run is ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lightswe.tasks import pool as pool_mod
+from lightswe.tasks import splits
+from lightswe.tasks.instance import TaskFormatError, TaskInstance, write_jsonl
+
+INSTANCES, PROGRESS = "instances.jsonl", "progress.jsonl"
+
+
+@dataclass(kw_only=True, slots=True)
+class BuildConfig:
+    out: Path = Path("tasks_out")
+    repos: list[str] = field(default_factory=list)  # empty: the whole pool
+    per_repo: int = 30
+    workers: int = 1
+    seed: int = 0
+    pool_file: Path | None = None
+    max_fail: int = 25
+    gold_runs: int = 2
+
+
+def _say(message: str) -> None:
+    print(f"[tasks] {message}", file=sys.stderr, flush=True)
+
+
+def read_built(out: Path) -> tuple[list[TaskInstance], list[dict]]:
+    """(instances, progress events) already on disk; a torn last line (killed run) is skipped."""
+    instances, events = [], []
+    path = out / INSTANCES
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                instances.append(TaskInstance.from_dict(json.loads(line), where=f"{path}:{number}"))
+            except (json.JSONDecodeError, TaskFormatError):
+                if number == len(lines):
+                    continue  # torn write of a killed run
+                raise
+    path = out / PROGRESS
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return instances, events
+
+
+class _Store:
+    """Append-only writers shared by the worker threads."""
+
+    def __init__(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self.out = out
+        for name in (INSTANCES, PROGRESS):  # a torn last line must not glue onto the next record
+            path = out / name
+            if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+                with path.open("a") as handle:
+                    handle.write("\n")
+
+    def _append(self, name: str, record: dict) -> None:
+        with self.lock, (self.out / name).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+
+    def instance(self, instance: TaskInstance) -> None:
+        self._append(INSTANCES, instance.to_dict())
+
+    def event(self, **record) -> None:
+        self._append(PROGRESS, {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record})
+
+
+def build(config: BuildConfig, progress=_say) -> dict:
+    """Build (or resume) the task set; returns the report (also written to ``report.json``)."""
+    from lightswe.tasks.synth import RepoSynthesizer, SynthConfig
+    from lightswe.tasks.validate import Validator
+
+    the_pool = pool_mod.load_pool(config.pool_file)
+    specs = pool_mod.select(the_pool, config.repos)  # unknown names raise before any work
+    built, events = read_built(config.out)
+    store = _Store(config.out)
+    done_ids = {i.instance_id for i in built} | {e["instance_id"] for e in events if e.get("instance_id")}
+    per_repo = Counter(i.repo for i in built)
+    test_repos = splits.held_out_repos(s.repo for s in the_pool.values())
+    validator = Validator(gold_runs=config.gold_runs)
+    started = time.perf_counter()
+
+    def one_repo(spec: pool_mod.RepoSpec) -> None:
+        have = per_repo[spec.repo]
+        if have >= config.per_repo:
+            progress(f"{spec.name}: {have} instances already built, nothing to do")
+            return
+        progress(f"{spec.name}=={spec.version}: {have} built, making {config.per_repo - have} more")
+
+        def emit(candidate: TaskInstance) -> bool:
+            result = validator.validate(candidate)
+            if not result.ok:
+                store.event(event="rejected", repo=spec.repo, instance_id=candidate.instance_id,
+                            reason=result.reason, image=result.image, seconds=round(result.seconds, 2))
+                progress(f"{spec.name}: rejected {candidate.instance_id}: {result.reason[:200]}")
+                return False
+            candidate.metadata["split"] = splits.split_of(candidate, test_repos)
+            candidate.metadata["validation"] = {"rewards": result.rewards, "seconds": round(result.seconds, 2)}
+            store.instance(candidate)
+            store.event(event="accepted", repo=spec.repo, instance_id=candidate.instance_id, image=result.image,
+                        kind=candidate.metadata.get("mutation"), seconds=round(result.seconds, 2))
+            return True
+
+        try:
+            synth = RepoSynthesizer(spec, SynthConfig(per_repo=config.per_repo, seed=config.seed,
+                                                      max_fail=config.max_fail), progress=progress)
+            stats = synth.run(emit, skip=done_ids, existing=have)
+        except Exception as err:  # noqa: BLE001 - one repository's failure must not stop the others
+            store.event(event="repo_error", repo=spec.repo, error=f"{type(err).__name__}: {err}"[:3000])
+            progress(f"{spec.name}: FAILED: {type(err).__name__}: {str(err)[:400]}")
+            return
+        store.event(event="repo_done", repo=spec.repo, tried=stats.tried, kept=stats.kept,
+                    rejected=dict(stats.rejected), flaky=stats.flaky, stable_tests=stats.stable_tests,
+                    baseline_s=round(stats.baseline_s, 2), seconds=round(stats.seconds, 1))
+        progress(f"{spec.name}: +{stats.kept} instances ({stats.tried} mutants tried, "
+                 f"rejected {dict(stats.rejected)}) in {stats.seconds:.0f} s")
+
+    with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
+        list(pool.map(one_repo, specs))
+    report = write_report(config.out, wall_s=time.perf_counter() - started)
+    progress(f"{report['total']} validated instances from {len(report['per_repo'])} repositories in {config.out}")
+    return report
+
+
+def write_report(out: Path, wall_s: float | None = None) -> dict:
+    """Counts per repository and mutation kind, rejection reasons, splits; ``report.json`` + ``report.md``."""
+    instances, events = read_built(out)
+    pool_repos = {s.repo for s in pool_mod.load_pool().values()}
+    test_repos = splits.held_out_repos(pool_repos | {i.repo for i in instances})
+    by_split = splits.assign(instances, test_repos)
+    write_jsonl(by_split[splits.TRAIN], out / "train.jsonl")
+    write_jsonl(by_split[splits.TEST_REPO] + by_split[splits.TEST_FUNCTION], out / "test.jsonl")
+    per_repo = Counter(i.repo for i in instances)
+    per_kind = Counter(i.metadata.get("mutation", "?") for i in instances)
+    table: dict[str, Counter] = defaultdict(Counter)
+    for i in instances:
+        table[i.repo][i.metadata.get("mutation", "?")] += 1
+    rejected = Counter(e["reason"].split(":")[0][:60] for e in events if e.get("event") == "rejected")
+    errors = {e["repo"]: e["error"][:300] for e in events if e.get("event") == "repo_error"}
+    accepted = [e for e in events if e.get("event") == "accepted"]
+    report = {
+        "total": len(instances), "repositories": len(per_repo), "per_repo": dict(sorted(per_repo.items())),
+        "per_kind": dict(per_kind.most_common()), "per_repo_kind": {r: dict(c) for r, c in sorted(table.items())},
+        "splits": {k: len(v) for k, v in by_split.items()}, "held_out_repos": sorted(test_repos),
+        "rejected_validation": dict(rejected), "repo_errors": errors,
+        "validation_s_mean": round(sum(e.get("seconds", 0) for e in accepted) / max(1, len(accepted)), 2),
+    }
+    if wall_s is not None:
+        report["last_run_wall_s"] = round(wall_s, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    kinds = sorted(per_kind)
+    lines = [f"# Task build report: {len(instances)} validated instances from {len(per_repo)} repositories", "",
+             "| repository | " + " | ".join(kinds) + " | total |", "|---" * (len(kinds) + 2) + "|"]
+    for repo in sorted(table):
+        lines.append(f"| {repo} | " + " | ".join(str(table[repo].get(k, 0)) for k in kinds)
+                     + f" | {per_repo[repo]} |")
+    lines.append("| **total** | " + " | ".join(str(per_kind[k]) for k in kinds) + f" | {len(instances)} |")
+    lines += ["", f"Splits: {report['splits']} (held-out repositories: {', '.join(sorted(test_repos))})"]
+    if errors:
+        lines += ["", "Repository errors:"] + [f"- {r}: {e}" for r, e in errors.items()]
+    if rejected:
+        lines += ["", "Rejected at validation: " + ", ".join(f"{k} ({v})" for k, v in rejected.items())]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return report

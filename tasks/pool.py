@@ -1,0 +1,109 @@
+"""The curated pool: real pure-Python libraries whose PyPI source distributions carry a green test suite.
+
+``tasks/data/pool.json`` pins each library by version *and* sha256 of its sdist (metadata only, never code)
+and says how to install and test it offline in the base image: extra test dependencies, test paths, ignored
+files, environment variables. :meth:`RepoSpec.instance_fields` turns that into the install and test commands a
+:class:`~lightswe.tasks.instance.TaskInstance` carries, so the image builder and the grader need nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+POOL_FILE = "pool.json"
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class RepoSpec:
+    name: str  # PyPI project name
+    version: str
+    sha256: str  # of the sdist, checked after download
+    python: str = "3.11"
+    tests: tuple[str, ...] = ("tests",)  # test paths given to pytest
+    ignore: tuple[str, ...] = ()  # test files pytest must not collect (network, benchmarks, slow)
+    deselect: tuple[str, ...] = ()  # single tests to leave out (time- or locale-dependent)
+    test_deps: tuple[str, ...] = ()  # installed next to pytest
+    env: tuple[tuple[str, str], ...] = ()  # e.g. disable C speedups
+    src: tuple[str, ...] = ()  # files/folders whose functions may be mutated (tests excluded)
+    notes: str = ""
+
+    @property
+    def repo(self) -> str:
+        return f"pypi/{self.name}"
+
+    @property
+    def source(self) -> str:
+        return f"pypi:{self.name}=={self.version}"
+
+    @property
+    def test_command(self) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env)
+        # Test paths go in ``testpaths`` (not as arguments) so that a grader appending node ids runs only those.
+        args = ["python", "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=",
+                "-o", "testpaths=" + " ".join(self.tests), "-q", "-rN",
+                *(f"--ignore={p}" for p in self.ignore), *(f"--deselect={t}" for t in self.deselect)]
+        return (f"env {env} " if env else "") + " ".join(shlex.quote(a) for a in args)
+
+    @property
+    def install_command(self) -> str:
+        deps = " ".join(shlex.quote(d) for d in ("pytest", *self.test_deps))
+        return f"python -m pip install -q {deps} && python -m pip install -q -e ."
+
+    def instance_fields(self) -> dict:
+        """The TaskInstance fields this repository fixes (repo, source, python, install and test commands)."""
+        return {"repo": self.repo, "source": self.source, "python_version": self.python,
+                "install_command": self.install_command, "test_command": self.test_command,
+                "version": self.version}
+
+    def is_source_file(self, path: str) -> bool:
+        """True for a module the synthesizer may mutate: under ``src``, not a test or conftest."""
+        parts = path.split("/")
+        if not path.endswith(".py") or any(p.startswith("test") or p in ("tests", "testing") for p in parts):
+            return False
+        if parts[-1] in ("conftest.py", "setup.py", "__main__.py", "_version.py", "version.py"):
+            return False
+        return any(path == s or path.startswith(s.rstrip("/") + "/") for s in self.src)
+
+
+def _spec(record: dict, where: str) -> RepoSpec:
+    known = set(RepoSpec.__dataclass_fields__)
+    unknown = set(record) - known
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}")
+    for key in ("name", "version", "sha256"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            raise ValueError(f"{where}: field {key!r} must be a non-empty string, got {record.get(key)!r}")
+    values = dict(record)
+    for key in ("tests", "ignore", "deselect", "test_deps", "src"):
+        if key in values:
+            values[key] = tuple(values[key])
+    if "env" in values:
+        values["env"] = tuple(sorted(values["env"].items()))
+    return RepoSpec(**values)
+
+
+def load_pool(path: str | Path | None = None) -> dict[str, RepoSpec]:
+    """Name -> spec, from ``path`` or the packaged ``tasks/data/pool.json``."""
+    if path is None:
+        text = resources.files("lightswe.tasks").joinpath("data", POOL_FILE).read_text(encoding="utf-8")
+        where = f"lightswe/tasks/data/{POOL_FILE}"
+    else:
+        text, where = Path(path).read_text(encoding="utf-8"), str(path)
+    data = json.loads(text)
+    specs = [_spec(r, f"{where} repository {i}") for i, r in enumerate(data["repositories"])]
+    return {s.name: s for s in specs}
+
+
+def select(pool: dict[str, RepoSpec], names: list[str] | None) -> list[RepoSpec]:
+    """The specs named (all when ``names`` is empty); an unknown name raises with the known ones."""
+    if not names:
+        return list(pool.values())
+    unknown = [n for n in names if n not in pool]
+    if unknown:
+        raise ValueError(f"unknown repository {unknown}; the pool has {sorted(pool)} "
+                         "(add one to tasks/data/pool.json with its version and sdist sha256)")
+    return [pool[n] for n in names]
