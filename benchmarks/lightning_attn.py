@@ -121,6 +121,10 @@ def main() -> int:
             err_h = ((h1 - h2.float()).norm() / h2.float().norm()).item()
             print(f"T={length}: ours vs fla relative difference: o {err_o:.2e}, final state {err_h:.2e}")
         del results
+        from lightswe.kernels.lightning_attn import chunk
+
+        print(f"T={length}: tuned forward {chunk._fwd_kernel.best_config}; "
+              f"backward {chunk._bwd_kernel.best_config}")
         if not args.no_sdpa:
             qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
             sdpa = lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)  # noqa: E731
@@ -134,33 +138,41 @@ def main() -> int:
         del q, k, v, do
         torch.cuda.empty_cache()
 
+    # Decode: rotate over 4 states (4 x 67 MB at B=8) so that the state comes from HBM, not from L2.
     batch = args.decode_batch
-    q, k, v = (F.silu(torch.randn(batch, H, D, device="cuda")).to(torch.bfloat16) for _ in range(3))
-    state = torch.randn(batch, H, D, D, device="cuda")
-    nbytes = 2 * state.numel() * 4 + 4 * batch * H * D * 2
+    n_sets = 4
+    sets = [[F.silu(torch.randn(batch, H, D, device="cuda")).to(torch.bfloat16) for _ in range(3)]
+            + [torch.randn(batch, H, D, D, device="cuda")] for _ in range(n_sets)]
+    nbytes = 2 * batch * H * D * D * 4 + 4 * batch * H * D * 2
     fl = batch * H * 4 * D * D
-    s_ours = state.clone()
-    lines.append(row("ours decode (Triton)", batch, "decode", cuda_time(
-        lambda: lightning_attn_decode(q, k, v, slope, s_ours)), fl, nbytes, bw))
+
+    def rotating(step):
+        def run():
+            for q, k, v, state in sets:
+                step(q, k, v, state)
+        return run
+
+    ours = rotating(lambda q, k, v, s: lightning_attn_decode(q, k, v, slope, s))
+    lines.append(row("ours decode (Triton)", batch, "decode", cuda_time(ours) / n_sets, fl, nbytes, bw))
     if fla:
-        s_fla = state.clone()
-        q1, k1, v1 = q[:, None], k[:, None], v[:, None]
-        lines.append(row("fla fused_recurrent_simple_gla", batch, "decode", cuda_time(
-            lambda: fla[1](q1, k1, v1, g_gamma=-slope, scale=1.0, initial_state=s_fla,
-                           output_final_state=True)), fl, nbytes, bw))
+        step = lambda q, k, v, s: fla[1](q[:, None], k[:, None], v[:, None], g_gamma=-slope,  # noqa: E731
+                                         scale=1.0, initial_state=s, output_final_state=True)
+        lines.append(row("fla fused_recurrent_simple_gla", batch, "decode",
+                         cuda_time(rotating(step)) / n_sets, fl, nbytes, bw))
+        q, k, v, state = sets[0]
         s_a, s_b = state.clone(), state.clone()
         o_a = lightning_attn_decode(q, k, v, slope, s_a)
-        o_b, s_b = fla[1](q1, k1, v1, g_gamma=-slope, scale=1.0, initial_state=s_b, output_final_state=True)
+        o_b, s_b = step(q, k, v, s_b)
         err = ((o_a.float() - o_b[:, 0].float()).norm() / o_b.float().norm()).item()
         print(f"decode: ours vs fla relative difference: o {err:.2e}, "
               f"state {((s_a - s_b).norm() / s_b.norm()).item():.2e}")
-    graph_state = state.clone()
-    lightning_attn_decode(q, k, v, slope, graph_state)
+    ours()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        lightning_attn_decode(q, k, v, slope, graph_state)
-    lines.append(row("ours decode, CUDA graph", batch, "decode", cuda_time(graph.replay), fl, nbytes, bw))
+        ours()
+    lines.append(row("ours decode, CUDA graph", batch, "decode", cuda_time(graph.replay) / n_sets, fl,
+                     nbytes, bw))
     print(f"\nH={H}, D={D}, {args.tokens} tokens per call (B = tokens / T), bf16 inputs; decode B={batch}:")
     print("\n".join(lines))
     return 0

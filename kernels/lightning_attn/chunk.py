@@ -25,10 +25,24 @@ BT = 64  # tokens per chunk
 LOG2E = 1.4426950408889634
 
 
-def _prune_bv(configs, nargs, **kwargs):
-    """Keep the value-slice widths that fit V (BV=16 only where V < 32)."""
-    V = kwargs.get("V", nargs.get("V"))
-    return [c for c in configs if c.kwargs["BV"] <= V and c.kwargs["BV"] >= min(32, V)]
+FEW_PROGRAMS = 264  # 2 per multiprocessor on an H100/H200: below this, narrower state slices are tried
+
+
+def _prune_slices(configs, nargs, **kwargs):
+    """Keep the state-slice widths that fit K and V. Slices narrower than the widest fitting one (64 or
+    less) are kept only when the grid would otherwise have few programs (one long sequence, few heads):
+    more programs per head then pay for re-reading q, k (through L2) and recomputing q k^T."""
+    K, V, NB = (kwargs.get(n, nargs.get(n)) for n in ("K", "V", "NB"))
+    few = NB * max(1, V // 64) < FEW_PROGRAMS
+    kept = []
+    for c in configs:
+        bk, bv = c.kwargs.get("BK", min(64, K)), c.kwargs["BV"]
+        if bk > K or bv > V:
+            continue
+        if (bk < min(64, K) or bv < min(64, V)) and not few:
+            continue
+        kept.append(c)
+    return kept
 
 
 def _launch(kernel, grid, *args, **kwargs):
@@ -82,9 +96,10 @@ def _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
         triton.Config({"BV": 64}, num_warps=8, num_stages=2),
         triton.Config({"BV": 32}, num_warps=4, num_stages=2),
         triton.Config({"BV": 16}, num_warps=4, num_stages=2),
+        triton.Config({"BV": 32}, num_warps=4, num_stages=3),
     ],
     key=["H", "K", "V", "NB", "IS_VARLEN"],
-    prune_configs_by={"early_config_prune": _prune_bv},
+    prune_configs_by={"early_config_prune": _prune_slices},
 )
 @triton.jit
 def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
@@ -234,10 +249,15 @@ def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
 
 @triton.autotune(
     configs=[
-        triton.Config({}, num_warps=4, num_stages=2),
-        triton.Config({}, num_warps=8, num_stages=2),
+        triton.Config({"BK": 64, "BV": 64}, num_warps=4, num_stages=2),
+        triton.Config({"BK": 64, "BV": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BK": 32, "BV": 32}, num_warps=4, num_stages=2),
+        triton.Config({"BK": 32, "BV": 64}, num_warps=4, num_stages=2),
+        triton.Config({"BK": 16, "BV": 16}, num_warps=4, num_stages=2),
+        triton.Config({"BK": 32, "BV": 32}, num_warps=4, num_stages=3),
     ],
     key=["H", "K", "V", "NB", "IS_VARLEN"],
+    prune_configs_by={"early_config_prune": _prune_slices},
 )
 @triton.jit
 def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, T, NB,
@@ -274,7 +294,7 @@ def lightning_attn_fwd(
     o = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if store_final_state else None
     grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
-    _launch(_fwd_kernel, grid, q, k, v, o, slope, initial_state, ht, cu_seqlens, T, N * H,
+    _launch(_fwd_kernel, grid, q, k, v, o, slope, initial_state, ht, cu_seqlens, T=T, NB=N * H,
                       H=H, K=K, V=V, BT=BT, USE_H0=initial_state is not None, STORE_HT=store_final_state,
                       IS_VARLEN=cu_seqlens is not None)
     return o, ht
@@ -289,13 +309,12 @@ def lightning_attn_bwd(
     B, T, H, K = q.shape
     V = v.shape[-1]
     N = _num_seqs(q, cu_seqlens)
-    BK, BV = min(64, K), min(64, V)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dh0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else None
-    grid = (2 * triton.cdiv(K, BK) + triton.cdiv(V, BV), N * H)
-    _launch(_bwd_kernel, grid, q, k, v, do, dq, dk, dv, slope, initial_state, dht, dh0, cu_seqlens, T, N * H,
-                      H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_H0=initial_state is not None,
-                      USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=cu_seqlens is not None)
+    grid = lambda meta: (2 * triton.cdiv(K, meta["BK"]) + triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
+    _launch(_bwd_kernel, grid, q, k, v, do, dq, dk, dv, slope, initial_state, dht, dh0, cu_seqlens,
+            T=T, NB=N * H, H=H, K=K, V=V, BT=BT, USE_H0=initial_state is not None,
+            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=cu_seqlens is not None)
     return dq, dk, dv, dh0
 
 
