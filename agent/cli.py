@@ -60,7 +60,7 @@ def _agent_config(args):
 
 def _run(args):
     from lightswe.agent.policies.spec import make_policy
-    from lightswe.agent.rollout import LocalExecutor, RolloutConfig, run_rollout
+    from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
     from lightswe.model import load_tokenizer
     from lightswe.tasks.instance import read_jsonl
 
@@ -77,7 +77,7 @@ def _run(args):
     else:
         tokenizer = load_tokenizer(args.tokenizer)
         executor = LocalExecutor(make_policy(args.policy, tokenizer=tokenizer, tasks=tasks), tokenizer,
-                                 concurrency=args.concurrency, agent=agent)
+                                 env_factory=default_env_factory(tasks), concurrency=args.concurrency, agent=agent)
     with executor:
         summary = run_rollout(tasks, executor, out_dir=args.out, config=config)
     print(f"{summary.episodes} episodes in {summary.seconds:.1f}s ({summary.skipped} already done, "

@@ -5,18 +5,18 @@ are kept as they came, so the ``Trajectory`` is exactly what the learner trains 
 control flow through a few named exceptions (as in mini-swe-agent), each carrying an ``EpisodeStatus``.
 
 The environment parses the model's text (``lightswe.envs.tool_calls``): a malformed call comes back as an
-observation saying what is wrong; ``max_format_errors`` consecutive ones end the episode.
+observation saying what is wrong (``info["error"] == "format"``); ``max_format_errors`` consecutive ones end
+the episode. The step budget is the loop's (``max_steps``), so use the unwrapped env (no ``TimeLimit``).
 
 Example::
 
-    env = gymnasium.make("lightswe/SWE-v0", task=task)
+    env = gymnasium.make("lightswe/SWE-v0", tasks=[task]).unwrapped
     trajectory = run_episode(env, ScriptedPolicy.from_tasks([task], tok), tok, task_id=task.instance_id)
     trajectory.reward, trajectory.status   # 1.0, EpisodeStatus.SUBMITTED
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -82,10 +82,10 @@ class SandboxFailed(EpisodeEnd):
 
 
 def system_prompt(config: AgentConfig) -> str:
-    from lightswe.envs.tool_calls import ToolCall, format_minimax
+    from lightswe.envs.tool_calls import MINIMAX_EXAMPLE
     from lightswe.envs.tools import TOOL_SCHEMAS
 
-    example = format_minimax([ToolCall(name="bash", arguments={"command": "ls"})])
+    example = MINIMAX_EXAMPLE
     tools = "\n".join(json.dumps(schema, ensure_ascii=False) for schema in TOOL_SCHEMAS)
     return config.system_prompt.format(example=example, tools=tools)
 
@@ -96,6 +96,14 @@ def _infra_errors() -> tuple[type[BaseException], ...]:
     from lightswe.envs.sandbox import SandboxError
 
     return SandboxError, DockerException, ConnectionError, TimeoutError
+
+
+def _recorded_call(env, text: str) -> dict | None:
+    """The call the env ran, for the viewer (parsed with the env's own parser)."""
+    from lightswe.envs.tool_calls import PARSERS
+
+    calls = PARSERS[getattr(env, "tool_format", "minimax")](text)
+    return {"name": calls[0].name, "arguments": calls[0].arguments} if calls else None
 
 
 @dataclass(kw_only=True, slots=True)
@@ -117,7 +125,7 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
     try:
         try:
             t0 = time.perf_counter()
-            observation, _ = env.reset(seed=seed, options=reset_options)
+            observation, _ = env.reset(seed=seed, options={"task_id": task_id, **(reset_options or {})})
             clock.env += time.perf_counter() - t0
             conv.add("system", system_prompt(cfg))
             conv.add("user", observation)
@@ -142,11 +150,12 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
                 t0 = time.perf_counter()
                 observation, step_reward, terminated, truncated, info = env.step(message.content)
                 clock.env += time.perf_counter() - t0
-                call = info.get("tool_call")
-                message.tool_call = dataclasses.asdict(call) if dataclasses.is_dataclass(call) else call
-                message.format_error = info.get("format_error") or None
+                if info.get("error") == "format":
+                    message.format_error = observation
+                else:
+                    message.tool_call = _recorded_call(env, message.content)
                 if terminated:
-                    clock.grade = float(info.get("grade_seconds", 0.0))
+                    clock.grade = float(info.get("grade_s", 0.0))
                     reward, tests = float(step_reward), dict(info.get("tests") or {})
                     raise Submitted()
                 conv.add("tool", observation)

@@ -41,11 +41,14 @@ class EpisodeWorker:
 
         self.tokenizer = load_tokenizer(tokenizer)
         self.policy = make_policy(policy, tokenizer=self.tokenizer, tasks=tasks)
-        self.env_factory = default_env_factory(**env_kwargs)
+        self.env = default_env_factory(tasks, **env_kwargs)()
         self.agent = agent
 
     def run(self, job: EpisodeJob):
-        return run_job(job, self.policy, self.tokenizer, self.env_factory, self.agent)
+        return run_job(job, self.policy, self.tokenizer, self.env, self.agent)
+
+    def close(self) -> None:
+        self.env.close()
 
     def node(self) -> str:
         import socket
@@ -76,11 +79,14 @@ class RayExecutor:
         return future
 
     def shutdown(self) -> None:
-        """Kill the actors: their Sandbox finalisers and the reaper remove what they held."""
+        """Close every actor's environment (removing its container), then end the actors."""
         ray = _ray()
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
+        try:
+            ray.get([actor.close.remote() for actor in self.actors], timeout=60)
+        finally:
+            for actor in self.actors:
+                ray.kill(actor)
+            self.actors = []
 
     def __enter__(self) -> RayExecutor:
         return self

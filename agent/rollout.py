@@ -12,7 +12,7 @@ Docker engine). The runner itself is the same.
 Example::
 
     policy = ScriptedPolicy.from_tasks(tasks, tokenizer)
-    with LocalExecutor(policy, tokenizer, concurrency=4) as executor:
+    with LocalExecutor(policy, tokenizer, env_factory=default_env_factory(tasks), concurrency=4) as executor:
         summary = run_rollout(tasks, executor, out_dir="runs/r1", config=RolloutConfig(group_size=4))
     summary.resolve_rate
 """
@@ -94,68 +94,67 @@ def plan_jobs(tasks: Sequence, config: RolloutConfig) -> list[EpisodeJob]:
             for t, task in enumerate(tasks) for i in range(config.group_size)]
 
 
-def default_env_factory(**env_kwargs) -> Callable:
-    """``task -> env``: the registered SWE environment (step budget via the agent config, not TimeLimit)."""
+def default_env_factory(tasks: Sequence, **env_kwargs) -> Callable:
+    """``() -> env`` over the rollout's tasks: the registered SWE environment, unwrapped (the loop owns the
+    step budget). One env per worker: consecutive episodes of a task reuse its sandbox (warm git reset)."""
 
-    def make(task):
+    def make():
         import gymnasium
         import lightswe.envs.registration  # noqa: F401 - registers the ids
 
-        return gymnasium.make("lightswe/SWE-v0", task=task, max_episode_steps=None, **env_kwargs).unwrapped
+        return gymnasium.make("lightswe/SWE-v0", tasks=list(tasks), **env_kwargs).unwrapped
 
     return make
 
 
-def run_job(job: EpisodeJob, policy: Policy, tokenizer: Tokenizer, env_factory: Callable,
-            agent: AgentConfig, on_env: Callable | None = None) -> Trajectory:
-    """One episode in a fresh environment, always closed (its container removed) afterwards."""
-    t0 = time.perf_counter()
-    env = env_factory(job.task)
-    make_s = time.perf_counter() - t0
-    if on_env is not None:
-        on_env(env, True)
-    try:
-        trajectory = run_episode(env, policy, tokenizer, task_id=job.task.instance_id, config=agent,
-                                 group_id=job.group_id, sample_index=job.sample_index, seed=job.seed)
-    finally:
-        t0 = time.perf_counter()
-        env.close()
-        if on_env is not None:
-            on_env(env, False)
-    trajectory.timings.update(make_env=make_s, close=time.perf_counter() - t0)
-    return trajectory
+def run_job(job: EpisodeJob, policy: Policy, tokenizer: Tokenizer, env, agent: AgentConfig) -> Trajectory:
+    """One episode in ``env`` (reset to the job's task)."""
+    return run_episode(env, policy, tokenizer, task_id=job.task.instance_id, config=agent, group_id=job.group_id,
+                       sample_index=job.sample_index, seed=job.seed)
 
 
 class LocalExecutor:
-    """Episodes on threads of this process; ``concurrency`` bounds the sandboxes alive at once."""
+    """Episodes on threads of this process, one environment (one sandbox) per thread: ``concurrency`` bounds
+    the sandboxes alive at once. ``shutdown`` closes them (removes the containers)."""
 
-    def __init__(self, policy: Policy, tokenizer: Tokenizer, *, concurrency: int = 4,
-                 env_factory: Callable | None = None, agent: AgentConfig | None = None) -> None:
+    def __init__(self, policy: Policy, tokenizer: Tokenizer, *, env_factory: Callable, concurrency: int = 4,
+                 agent: AgentConfig | None = None) -> None:
         self.policy, self.tokenizer, self.concurrency = policy, tokenizer, concurrency
-        self.env_factory = env_factory or default_env_factory()
-        self.agent = agent or AgentConfig()
+        self.env_factory, self.agent = env_factory, agent or AgentConfig()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="episode")
-        self._live: set = set()
+        self._local = threading.local()
+        self._envs: list = []
         self._lock = threading.Lock()
 
-    def _track(self, env, alive: bool) -> None:
-        with self._lock:
-            (self._live.add if alive else self._live.discard)(env)
+    def _env(self):
+        env = getattr(self._local, "env", None)
+        if env is None:
+            env = self._local.env = self.env_factory()
+            with self._lock:
+                self._envs.append(env)
+        return env
+
+    def _run(self, job: EpisodeJob) -> Trajectory:
+        return run_job(job, self.policy, self.tokenizer, self._env(), self.agent)
 
     def submit(self, job: EpisodeJob) -> Future:
-        return self._pool.submit(run_job, job, self.policy, self.tokenizer, self.env_factory, self.agent, self._track)
+        return self._pool.submit(self._run, job)
 
     def shutdown(self) -> None:
-        """Cancel queued episodes and close live environments, so in-flight episodes end now."""
+        """Cancel queued episodes, close every environment (in-flight episodes end with a sandbox error)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._close_envs()
+        self._pool.shutdown(wait=True)
+        self._close_envs()  # again: an episode that was running may have restarted its sandbox
+
+    def _close_envs(self) -> None:
         with self._lock:
-            live = list(self._live)
-        for env in live:
+            envs = list(self._envs)
+        for env in envs:
             try:
                 env.close()
             except Exception as err:  # noqa: BLE001 - best effort while shutting down
                 log.warning("closing an environment failed: %s", err)
-        self._pool.shutdown(wait=True)
 
     def __enter__(self) -> LocalExecutor:
         return self

@@ -6,8 +6,8 @@ concurrent episodes on this machine, and where an episode's time goes.
 
 Every episode is real: a Docker sandbox per episode, the gold patch applied through the MiniMax tool-call
 format, the task's tests run at submit. Time split (summed over episodes, shown per episode):
-make_env (environment construction: container start), generate (policy), env (reset and tool calls), grade
-(tests at submit, part of env), close (container removal), as the rollout runner measures them.
+generate (policy), env (reset and tool calls: one container per worker, started at its first episode, warm
+git reset after), grade (tests at submit, part of env), as the loop measures them.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ def load_tasks(path: str | None) -> list:
         from lightswe.tasks.instance import read_jsonl
 
         return read_jsonl(path)
-    from lightswe.envs.demo import demo_tasks
+    from lightswe.envs.swe_env import default_tasks_path
+    from lightswe.tasks.instance import read_jsonl
 
-    return demo_tasks()
+    return read_jsonl(default_tasks_path())
 
 
 def measure(tasks: list, concurrency: int, episodes: int) -> dict:
     from lightswe.agent.policies.scripted import ScriptedPolicy
-    from lightswe.agent.rollout import LocalExecutor, RolloutConfig, run_rollout
+    from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
     from lightswe.model import ByteTokenizer
 
     tokenizer = ByteTokenizer()
@@ -39,7 +40,7 @@ def measure(tasks: list, concurrency: int, episodes: int) -> dict:
     out = tempfile.mkdtemp(prefix="lightswe-bench-")
     try:
         started = time.perf_counter()
-        with LocalExecutor(policy, tokenizer, concurrency=concurrency) as executor:
+        with LocalExecutor(policy, tokenizer, env_factory=default_env_factory(tasks), concurrency=concurrency) as executor:
             summary = run_rollout(tasks, executor, out_dir=out, keep=True,
                                   config=RolloutConfig(group_size=group, progress=False, parquet=False))
         wall = time.perf_counter() - started
@@ -47,7 +48,7 @@ def measure(tasks: list, concurrency: int, episodes: int) -> dict:
         shutil.rmtree(out, ignore_errors=True)
     trajectories = summary.trajectories
     n = len(trajectories)
-    keys = ("generate", "env", "grade", "total", "make_env", "close")
+    keys = ("generate", "env", "grade", "total")
     split = {k: sum(t.timings.get(k, 0.0) for t in trajectories) / max(n, 1) for k in keys}
     return {"concurrency": concurrency, "episodes": n, "resolved": summary.resolved, "failed": summary.failed,
             "wall_s": wall, "episodes_per_min": 60 * n / wall, "tool_calls_per_s": summary.tool_calls / wall,
@@ -63,13 +64,13 @@ def main() -> None:
     tasks = load_tasks(args.tasks)
     rows = [measure(tasks, c, args.episodes) for c in args.concurrency]
     header = ("concurrency", "episodes", "resolved", "wall_s", "episodes_per_min", "tool_calls_per_s",
-              "make_env_s", "total_s", "generate_s", "env_s", "grade_s", "close_s")
+              "total_s", "generate_s", "env_s", "grade_s")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(f"{row[h]:.3g}" if isinstance(row[h], float) else str(row[h]) for h in header) + " |")
-    print("columns *_s after wall_s are mean seconds per episode: make_env (container start) + total (the loop: "
-          "generate + env, env includes reset and grade) + close (container removal)")
+    print("columns *_s after wall_s are mean seconds per episode: total = generate + env (+ glue); env includes "
+          "reset (container start for a worker's first episode, warm git reset after) and grade (tests at submit)")
 
 
 if __name__ == "__main__":

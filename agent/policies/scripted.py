@@ -1,7 +1,8 @@
 """A deterministic policy shipped for tests and demos: it replays a per-task script of tool calls.
 
-The default script comes from the task's gold patch: view each changed file, apply every hunk with
-``str_replace`` (``create`` for new files), run the FAIL_TO_PASS tests, then ``submit``. Output is MiniMax's
+The default script comes from the task's gold patch (hunks split by ``lightswe.envs.demo.patch_edits``): view
+the lines of each hunk, apply it with ``str_replace`` (``create`` for a new file), run the FAIL_TO_PASS tests,
+then ``submit``. Output is MiniMax's
 tool-call format (``format_minimax``), so the run exercises the same parser a real model's text goes through.
 
 The policy is stateless: the task is the one whose problem statement appears in the prompt, and the step is
@@ -16,51 +17,28 @@ Example::
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Mapping, Sequence
 
 from lightswe.agent.chat import IM_END, IM_START, Tokenizer
 from lightswe.agent.policies.base import Sample, SamplingParams, check_sample
 
-_DIFF_FILE = re.compile(r"^diff --git a/(\S+) b/(\S+)$", re.MULTILINE)
-_HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@.*$")
-
 
 def script_from_patch(patch: str, *, test_ids: Sequence[str] = ()) -> list:
-    """Tool calls that apply a unified diff through the agent's tools, then submit."""
+    """Tool calls that apply a unified diff through the agent's tools, run the failing tests, then submit."""
+    from lightswe.envs.demo import patch_edits
     from lightswe.envs.tool_calls import ToolCall
 
     calls = []
-    sections = _DIFF_FILE.split(patch)
-    # split() gives [preamble, a_path, b_path, body, a_path, b_path, body, ...]
-    for a_path, b_path, body in zip(sections[1::3], sections[2::3], sections[3::3]):
-        lines = body.split("\n")
-        if any(line.startswith("deleted file mode") for line in lines[:4]):
-            calls.append(ToolCall(name="bash", arguments={"command": f"rm {shlex.quote(a_path)}"}))
+    for path, first, old, new in patch_edits(patch):
+        if old.strip() == "" and first == 0:  # a new file
+            calls.append(ToolCall(name="create", arguments={"path": path, "content": new}))
             continue
-        hunks, current = [], None
-        for line in lines:
-            if _HUNK.match(line):
-                current = ([], [])
-                hunks.append(current)
-            elif current is not None and line[:1] in (" ", "-", "+"):
-                if line[:1] in (" ", "-"):
-                    current[0].append(line[1:])
-                if line[:1] in (" ", "+"):
-                    current[1].append(line[1:])
-            elif current is not None and line == "":
-                continue  # the body's trailing newline
-        if any(line.startswith("new file mode") for line in lines[:4]) or lines[:3].count("--- /dev/null"):
-            content = "\n".join(hunks[0][1]) + "\n" if hunks else ""
-            calls.append(ToolCall(name="create", arguments={"path": b_path, "file_text": content}))
-            continue
-        calls.append(ToolCall(name="view", arguments={"path": b_path}))
-        for old, new in hunks:
-            calls.append(ToolCall(name="str_replace", arguments={
-                "path": b_path, "old_str": "\n".join(old) + "\n", "new_str": "\n".join(new) + "\n"}))
+        calls.append(ToolCall(name="view", arguments={"path": path, "start_line": max(1, first - 3),
+                                                      "end_line": first + old.count("\n") + 3}))
+        calls.append(ToolCall(name="str_replace", arguments={"path": path, "old_str": old, "new_str": new}))
     if test_ids:
-        command = "python -m pytest -q -p no:cacheprovider " + " ".join(shlex.quote(t) for t in test_ids[:5])
+        command = "python -m pytest -q -p no:cacheprovider -o addopts= " + " ".join(shlex.quote(t) for t in test_ids[:5])
         calls.append(ToolCall(name="bash", arguments={"command": command}))
     calls.append(ToolCall(name="submit", arguments={}))
     return calls
