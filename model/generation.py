@@ -9,7 +9,7 @@ behaviour log-prob.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,7 +40,6 @@ class Generation:
     finish_reason: str  # "stop" (a stop token was sampled) or "length" (max_new_tokens reached)
     prompt_tokens: int = 0
     cache_bytes: int = 0  # cache memory this sequence held when it finished (lightning state + its KV)
-    metadata: dict[str, float] = field(default_factory=dict)
 
 
 def sample(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None
