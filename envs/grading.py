@@ -92,7 +92,7 @@ def run_tests(box: Sandbox, instance: TaskInstance, test_ids: list[str] | None =
 def restore_for_grading(box: Sandbox, instance: TaskInstance) -> str:
     """Put the task's tests and test configuration back as the task defines them; '' or what failed."""
     base = box.base_commit or "HEAD"
-    listed = box.exec(f"pkill -9 -u agent; git ls-tree -r --name-only {base}", timeout=60, user="root",
+    listed = box.exec(f"git ls-tree -r --name-only {base}", timeout=60, user="root", kill_first="agent",
                       max_output_bytes=16 * 1024 * 1024)
     if listed.exit_code != 0 or listed.truncated:
         return f"listing the base commit's files failed: {listed.output[-500:]}"

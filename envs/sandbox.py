@@ -183,11 +183,10 @@ class Sandbox:
         """Restore the workdir to the start commit; returns seconds taken. Falls back to a fresh container."""
         start = time.perf_counter()
         if self.base_commit:
-            script = (f"pkill -9 -u agent; find /tmp -mindepth 1 -delete; cd {self.config.workdir} && "
-                      f"runuser -u agent -- git reset --hard -q {self.base_commit} && "
-                      "runuser -u agent -- git clean -ffdxq")
+            script = (f"find /tmp -mindepth 1 -delete 2>/dev/null; git reset --hard -q {self.base_commit} && "
+                      "git clean -ffdxq")
             try:
-                result = self.exec(script, timeout=60, user="root")
+                result = self.exec(script, timeout=60, user="agent", kill_first="agent")
                 if result.exit_code == 0:
                     return time.perf_counter() - start
             except Exception:  # noqa: BLE001 - any failure: fresh container below
@@ -249,8 +248,12 @@ class Sandbox:
 
     def exec(self, cmd: str, timeout: float | None = None, *, user: str | None = None,
              workdir: str | None = None, max_output_bytes: int | None = None,
-             env: dict[str, str] | None = None, stdin: bytes | None = None) -> ExecResult:
-        """Run ``cmd`` with bash; see the module docstring for timeout and output-cap behaviour."""
+             env: dict[str, str] | None = None, stdin: bytes | None = None,
+             kill_first: str | None = None) -> ExecResult:
+        """Run ``cmd`` with bash; see the module docstring for timeout and output-cap behaviour.
+
+        ``kill_first`` names a (non-root) user whose processes are all killed before ``cmd`` starts.
+        """
         self._require()
         timeout = self.config.default_timeout if timeout is None else float(timeout)
         if timeout <= 0:
@@ -258,7 +261,7 @@ class Sandbox:
         cap = self.config.max_output_bytes if max_output_bytes is None else max_output_bytes
         request = {"cmd": cmd, "timeout": timeout, "user": user or self.config.user,
                    "cwd": workdir or self.config.workdir, "cap": cap, "env": env or {},
-                   "stdin": base64.b64encode(stdin).decode() if stdin else ""}
+                   "stdin": base64.b64encode(stdin).decode() if stdin else "", "kill_first": kill_first or ""}
         start = time.perf_counter()
         with self._lock:
             if self._runner is None:
