@@ -50,10 +50,12 @@ class EpisodeWorker:
     def close(self) -> None:
         self.env.close()
 
-    def node(self) -> str:
+    def where(self) -> tuple[str, int]:
+        """(host name, process id) of this worker."""
+        import os
         import socket
 
-        return socket.gethostname()
+        return socket.gethostname(), os.getpid()
 
 
 class RayExecutor:
