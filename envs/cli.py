@@ -13,6 +13,8 @@ def register(subparsers) -> None:
     setup.set_defaults(func=_setup)
     doctor = subparsers.add_parser("doctor", help="report Docker engine, base image, torch, GPU and extras")
     doctor.set_defaults(func=_doctor)
+    reap = subparsers.add_parser("reap", help="remove sandboxes left by dead processes on this host")
+    reap.set_defaults(func=_reap)
     demo = subparsers.add_parser("demo", help="a few episodes of lightswe/SWE-v0 driven by a scripted agent")
     demo.add_argument("--episodes", type=int, default=3, help="episodes to run (alternating fix / no fix)")
     demo.add_argument("--tasks", default=None, help="task JSONL (default: the embedded demo task)")
@@ -66,6 +68,14 @@ def _doctor(args: argparse.Namespace) -> int:
     for name, ok, detail in rows:
         print(f"{'ok ' if ok else '-- '} {name:<{width}}  {detail}")
     return 0 if rows[0][1] and rows[1][1] else 1
+
+
+def _reap(args: argparse.Namespace) -> int:
+    from lightswe.envs.sandbox import reap_orphans
+
+    removed = reap_orphans()
+    print(f"removed {len(removed)} orphaned sandbox container(s)")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

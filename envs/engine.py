@@ -182,12 +182,34 @@ def ensure_base_image(client=None, progress: Progress = _say, force: bool = Fals
             image = client.images.get(named)
         except Exception:  # noqa: BLE001 - not local: pull it
             image = client.images.pull(named)
-        image.tag(BASE_IMAGE)
+        _adopt(client, image, named)
         return BASE_IMAGE
     if not force and base_image_problem(client) is None:
         return BASE_IMAGE
     _build_base_image(client, progress)
     return BASE_IMAGE
+
+
+def _adopt(client, image, named: str) -> None:
+    """Tag a registry image as the base, adding the ``agent`` user and git settings if it lacks them."""
+    check = "command -v python3 >/dev/null && command -v git >/dev/null && echo tools; id -u agent 2>/dev/null || true"
+    found = client.containers.run(image.id, ["sh", "-c", check], remove=True, network_mode="none").decode().split()
+    if "tools" not in found:
+        raise EngineError(f"the image {named} (LIGHTSWE_BASE_IMAGE) lacks python3 or git; fix: name an image with "
+                          "both (Debian bookworm with python3, python3-venv, python3-pip, git)")
+    if str(AGENT_UID) in found:
+        image.tag(BASE_IMAGE)
+        return
+    script = _POST_INSTALL.replace("apt-get clean\n", "")
+    container = client.containers.run(image.id, ["sh", "-c", script], detach=True, network_mode="none",
+                                      labels={"lightswe.build": "1"})
+    try:
+        if container.wait().get("StatusCode") != 0:
+            raise EngineError(f"adding the agent user to {named} failed: {container.logs()[-500:]!r}")
+        repository, tag = BASE_IMAGE.split(":")
+        container.commit(repository=repository, tag=tag, changes=[f"LABEL {RECIPE_LABEL}=adopted:{named}"])
+    finally:
+        container.remove(force=True)
 
 
 def _build_base_image(client, progress: Progress) -> None:

@@ -112,6 +112,10 @@ def default_client():
     if _CLIENT is None:
         _CLIENT = ensure_engine()
         _CLIENT.api.timeout = 24 * 3600  # exec_start blocks for the command; timeouts are enforced in-container
+        try:  # leftovers of processes killed before they could close() their sandboxes
+            reap_orphans(_CLIENT)
+        except Exception:  # noqa: BLE001 - reaping is best effort; never block starting a sandbox
+            pass
     return _CLIENT
 
 
