@@ -269,7 +269,12 @@ class Sandbox:
         start = time.perf_counter()
         with self._lock:
             if self._runner is None:
-                self._start_runner()
+                try:
+                    self._start_runner()
+                except SandboxError:
+                    raise
+                except Exception as err:  # the container is gone or stopped
+                    raise SandboxError(f"cannot run commands in container {self.container_id[:12]}: {err}") from err
             try:
                 sock = self._runner[0]
                 sock.settimeout(timeout + 30)

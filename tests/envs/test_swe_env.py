@@ -124,14 +124,19 @@ def test_view_and_search(env):
     assert "toolz/itertoolz.py" in obs
 
 
-def test_truncation_by_time_limit():
+def test_truncation_by_time_limit_and_close_removes_the_container():
+    import docker
+
     environment = gym.make("lightswe/SWE-v0", max_episode_steps=2)
     try:
         environment.reset(seed=0)
+        container_id = environment.unwrapped.sandbox.container_id
         assert environment.step(call("bash", command="true"))[3] is False
         assert environment.step(call("bash", command="true"))[3] is True
     finally:
         environment.close()
+    with pytest.raises(docker.errors.NotFound):
+        docker.from_env().containers.get(container_id)
 
 
 def test_demo_task_file_is_valid():
