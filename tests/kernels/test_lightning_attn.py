@@ -167,3 +167,15 @@ def test_cuda_dispatch_uses_triton(monkeypatch):
     monkeypatch.setenv("LIGHTSWE_LIGHTNING_BACKEND", "reference")
     o_ref, _ = lightning_attn(q, k, v, slope)
     assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
+
+
+def test_segmented_forward_for_few_long_sequences(monkeypatch):
+    """One long sequence with few heads is cut into segments (state pass, scan, packed forward)."""
+    import lightswe.kernels.lightning_attn.chunk as chunk
+
+    monkeypatch.setattr(chunk, "SEGMENT_MIN_T", 256)
+    assert chunk._segment_count(1000, HEADS, DIM, varlen=False) > 1
+    q, k, v, gen = inputs(1, 1000, torch.bfloat16, seed=13)
+    slope = minimax_slopes(HEADS, layer=60, layers=80)
+    h0 = torch.randn(1, HEADS, DIM, DIM, device="cuda", generator=gen)
+    check_against_reference(q, k, v, slope, h0, None, use_final_state=True)
