@@ -57,6 +57,10 @@ class Conversation:
         """Tokens that end an assistant turn."""
         return sorted({self.im_end, self.tokenizer.eos_token_id})
 
+    def room(self, limit: int) -> int:
+        """Tokens an assistant turn may generate so that the whole turn, glue included, fits in ``limit``."""
+        return limit - len(self.token_ids) - len(self._header("assistant")) - 1 - len(self._newline)
+
     def _glue(self, ids: Sequence[int]) -> None:
         self.token_ids.extend(ids)
         self.loss_mask.extend([0] * len(ids))
@@ -105,6 +109,14 @@ class Conversation:
                           end=len(self.token_ids), finish_reason=finish_reason)
         self._open = None
         self.messages.append(message)
+        return message
+
+    def drop_last(self) -> Message:
+        """Remove the last (environment) turn, e.g. a tool output that does not fit in the context."""
+        if self._open is not None or not self.messages:
+            raise RuntimeError("no closed turn to drop")
+        message = self.messages.pop()
+        del self.token_ids[message.start:], self.loss_mask[message.start:], self.logprobs[message.start:]
         return message
 
     def render(self) -> str:

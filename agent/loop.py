@@ -132,7 +132,7 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
             while True:
                 if steps >= cfg.max_steps:
                     raise StepLimitExceeded(f"{steps} steps")
-                budget = cfg.max_context_tokens - len(conv.token_ids) - 8  # room for the header and glue
+                budget = conv.room(cfg.max_context_tokens)
                 if budget < 1:
                     raise ContextLimitExceeded(f"{len(conv.token_ids)} tokens")
                 sampling = SamplingParams(max_new_tokens=min(cfg.max_new_tokens, budget), temperature=cfg.temperature,
@@ -147,6 +147,8 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
                     raise RepetitionStopped(f"{cfg.early_stop.window} tokens above p={cfg.early_stop.min_prob}")
                 message = conv.add_generated(tokens, logprobs)
                 steps += 1
+                if message.finish_reason == "length" and budget < cfg.max_new_tokens:
+                    raise ContextLimitExceeded(f"the turn filled the context ({len(conv.token_ids)} tokens)")
                 t0 = time.perf_counter()
                 observation, step_reward, terminated, truncated, info = env.step(message.content)
                 clock.env += time.perf_counter() - t0
@@ -159,6 +161,9 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
                     reward, tests = float(step_reward), dict(info.get("tests") or {})
                     raise Submitted()
                 conv.add("tool", observation)
+                if len(conv.token_ids) >= cfg.max_context_tokens:
+                    conv.drop_last()  # keep the trajectory within the budget the learner trains on
+                    raise ContextLimitExceeded(f"the tool output does not fit in {cfg.max_context_tokens} tokens")
                 if message.format_error:
                     format_errors, consecutive_errors = format_errors + 1, consecutive_errors + 1
                     if consecutive_errors >= cfg.max_format_errors:
@@ -167,8 +172,6 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
                     consecutive_errors = 0
                 if truncated:
                     raise StepLimitExceeded("the environment truncated the episode")
-                if message.finish_reason == "length" and budget <= cfg.max_new_tokens:
-                    raise ContextLimitExceeded(f"{len(conv.token_ids)} tokens")
         except _infra_errors() as err:
             raise SandboxFailed(f"{type(err).__name__}: {err}") from err
     except EpisodeEnd as end:

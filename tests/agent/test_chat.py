@@ -58,3 +58,18 @@ def test_turn_order_is_enforced(tok):
         conv.add("tool", "x")
     with pytest.raises(ValueError, match="role"):
         Conversation(tok).add("robot", "x")
+
+
+def test_room_is_exact_and_drop_last_restores(tok):
+    conv = Conversation(tok)
+    conv.add("user", "go")
+    limit = len(conv.token_ids) + 30
+    room = conv.room(limit)
+    conv.start_assistant()
+    conv.add_generated([65] * room, [-1.0] * room)  # hit the length limit: glue closes the turn
+    assert len(conv.token_ids) == limit
+    size = len(conv.token_ids)
+    conv.add("tool", "a long output")
+    assert conv.drop_last().role == "tool"
+    assert len(conv.token_ids) == len(conv.loss_mask) == len(conv.logprobs) == size
+    assert tok.decode(conv.token_ids) == conv.render()

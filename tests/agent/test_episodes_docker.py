@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from lightswe.agent.early_stop import EarlyStopConfig
 from lightswe.agent.loop import AgentConfig, run_episode
 from lightswe.agent.policies.model import ModelPolicy
 from lightswe.agent.policies.openai_server import OpenAIPolicy
@@ -118,3 +119,25 @@ def test_tiny_model_runs_full_episodes(tmp_path, tasks):
         assert len(policy.of(t)) == t.num_steps
         assert_token_exact(t, policy.of(t))
     assert sum(t.num_steps for t in stored) == len(policy.samples)
+
+
+@pytest.mark.parametrize("limits,status", [
+    ({"early_stop": EarlyStopConfig(window=20, min_prob=0.99)}, EpisodeStatus.REPETITION_STOP),
+    ({"max_steps": 2}, EpisodeStatus.STEP_LIMIT),
+    ({"max_context_tokens": 0}, EpisodeStatus.CONTEXT_LIMIT),  # set below to "prompt + 40 tokens"
+], ids=["early-stop", "step-limit", "context-limit"])
+def test_episode_ends_at_its_limits(env, tasks, limits, status):
+    policy = ScriptedPolicy.from_tasks(tasks, TOK)  # log-prob 0 on every token: probability 1 > p
+    if "max_context_tokens" in limits:
+        prompt = run_episode(env, policy, TOK, task_id=tasks[0].instance_id, config=AgentConfig(max_steps=0))
+        limits = {"max_context_tokens": len(prompt.token_ids) + 40}
+    t = run_episode(env, policy, TOK, task_id=tasks[0].instance_id, config=AgentConfig(**limits))
+    assert t.status is status and t.reward == 0.0 and not t.tests
+    assert_token_exact(t)
+    last = t.messages[-1]
+    if status is EpisodeStatus.REPETITION_STOP:
+        assert last.role == "assistant" and last.finish_reason == "early_stop" and sum(t.loss_mask) == 20
+    if status is EpisodeStatus.STEP_LIMIT:
+        assert t.num_steps == 2 and [m.role for m in t.messages[-2:]] == ["assistant", "tool"]
+    if status is EpisodeStatus.CONTEXT_LIMIT:
+        assert last.finish_reason == "length" and len(t.token_ids) <= limits["max_context_tokens"]
