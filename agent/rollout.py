@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -119,6 +120,12 @@ class LocalExecutor:
 
     def __init__(self, policy: Policy, tokenizer: Tokenizer, *, env_factory: Callable, concurrency: int = 4,
                  agent: AgentConfig | None = None) -> None:
+        required = [p for p in inspect.signature(env_factory).parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if required:
+            raise TypeError(f"env_factory must take no arguments and return an env over all the rollout's tasks "
+                            f"(episodes reset it with options={{'task_id': ...}}); got one taking {required[0].name!r}. "
+                            "Use default_env_factory(tasks).")
         self.policy, self.tokenizer, self.concurrency = policy, tokenizer, concurrency
         self.env_factory, self.agent = env_factory, agent or AgentConfig()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="episode")

@@ -1,7 +1,6 @@
 import math
 
 import pytest
-
 from lightswe.agent.early_stop import EarlyStop, EarlyStopConfig, first_stop
 
 HIGH, LOW = math.log(0.995), math.log(0.5)
