@@ -119,15 +119,20 @@ def view(box: Sandbox, call: ToolCall) -> ToolResult:
     path = _arg(call, "path", str)
     start = _arg(call, "start_line", int, required=False, default=None)
     end = _arg(call, "end_line", int, required=False, default=None)
-    kind = box.exec(f"if [ -d {shlex.quote(path)} ]; then echo dir; elif [ -e {shlex.quote(path)} ]; then echo file; "
-                    "else echo none; fi", timeout=10).output.strip()
-    if kind == "none":
+    quoted = shlex.quote(path)
+    result = box.exec(f"if [ -d {quoted} ]; then echo D; find {quoted} -maxdepth 2 -not -path '*/.git*' "
+                      f"-not -name '__pycache__' | sort | head -n 500; elif [ -e {quoted} ]; then echo F; cat -- {quoted};"
+                      " else echo N; fi", timeout=30, max_output_bytes=MAX_FILE_BYTES)
+    kind, _, body = result.output.partition("\n")
+    if kind == "N":
         raise ToolError(f"view: {path} does not exist; list a directory with view path='.' or search for a name")
-    if kind == "dir":
-        listing = box.exec(f"find {shlex.quote(path)} -maxdepth 2 -not -path '*/.git*' -not -name '__pycache__' | sort"
-                           f" | head -n 500", timeout=30)
-        return ToolResult(output=listing.output)
-    lines = _read(box, path).split("\n")
+    if kind == "D":
+        return ToolResult(output=body)
+    if result.exit_code != 0:
+        raise ToolError(f"cannot read {path}: {body.strip()[:300]}")
+    if result.truncated:
+        raise ToolError(f"{path} is larger than {MAX_FILE_BYTES} bytes; use search, or bash with sed -n 'A,Bp'")
+    lines = body.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     total = len(lines)

@@ -118,8 +118,11 @@ def sdist_repo(name: str, version: str, sha256: str | None = None) -> SourceRepo
         _git(top, "add", "-A", "-f")
         _git(top, "commit", "-q", "--no-verify", "-m", f"{name} {version} (PyPI source distribution)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(path, ignore_errors=True)
-        top.rename(path)
+        try:
+            top.rename(path)
+        except OSError:  # another process finished the same repository first: same commit, use theirs
+            if not (path / ".git").is_dir():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return SourceRepo(path=path, commit=_git(path, "rev-parse", "HEAD"))
