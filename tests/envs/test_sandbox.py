@@ -100,8 +100,19 @@ def test_files_round_trip_through_the_container(box):
 
 
 def test_exec_overhead_is_small(box):
-    durations = sorted(box.exec("true", timeout=10).duration_s for _ in range(20))
-    assert durations[10] < 0.030, f"median exec of `true` {durations[10] * 1000:.1f} ms"
+    # Interleaved with plain Engine-API execs (the floor of any exec-per-command design, mini-swe-agent's
+    # included) so that the comparison holds on a loaded machine; the absolute target (< 30 ms) is checked by
+    # benchmarks/sandbox.py.
+    api, ours, plain = box.api, [], []
+    for _ in range(10):
+        ours.append(box.exec("true", timeout=10).duration_s)
+        start = time.perf_counter()
+        exec_id = api.exec_create(box.container_id, ["true"], user="agent")["Id"]
+        api.exec_start(exec_id)
+        api.exec_inspect(exec_id)
+        plain.append(time.perf_counter() - start)
+    ours_ms, plain_ms = sorted(ours)[5] * 1000, sorted(plain)[5] * 1000
+    assert ours_ms < plain_ms / 2, f"median exec of `true`: runner {ours_ms:.1f} ms, plain exec {plain_ms:.1f} ms"
 
 
 def test_warm_reset_restores_the_repository():
