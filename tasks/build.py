@@ -80,11 +80,12 @@ class _Store:
         out.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         self.out = out
-        for name in (INSTANCES, PROGRESS):  # a torn last line must not glue onto the next record
+        for name in (INSTANCES, PROGRESS):  # a torn last line (killed mid-write) is cut, never glued onto
             path = out / name
-            if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-                with path.open("a") as handle:
-                    handle.write("\n")
+            data = path.read_bytes() if path.is_file() else b""
+            if data and not data.endswith(b"\n"):
+                with path.open("r+b") as handle:
+                    handle.truncate(data.rfind(b"\n") + 1)
 
     def _append(self, name: str, record: dict) -> None:
         with self.lock, (self.out / name).open("a", encoding="utf-8") as handle:

@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     b.add_argument("--workers", type=int, default=1, help="repositories processed in parallel (default 1)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--pool", type=Path, default=None, help="a pool JSON file (default: the packaged one)")
+    b.add_argument("--gold-runs", type=int, default=2, help="gold-patch runs per instance in validation (default 2)")
     b.set_defaults(func=_build)
 
     r = sub.add_parser("report", help="counts per repository and mutation kind of a build folder")
@@ -47,7 +48,8 @@ def _build(args) -> int:
         raise SystemExit(f"--per-repo and --workers must be >= 1, got {args.per_repo} and {args.workers}")
     try:
         report = build(BuildConfig(out=args.out, repos=args.repos, per_repo=args.per_repo, workers=args.workers,
-                                   seed=args.seed, pool_file=args.pool))
+                                   seed=args.seed, pool_file=args.pool,
+                                   gold_runs=args.gold_runs))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
