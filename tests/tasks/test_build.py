@@ -34,9 +34,9 @@ def test_build_makes_a_validated_instance_from_a_real_sdist(first_build):
     assert instance.metadata["validation"]["rewards"] == {"no_patch": [0.0], "gold": [1.0]}
     assert instance.metadata["split"] in ("train", "test_repo", "test_function")
     # the gold patch is a real git diff of one or two lines, and the statement never shows it
-    changed = [l for l in instance.patch.splitlines() if l[:1] in "+-" and l[:3] not in ("+++", "---")]
+    changed = [line for line in instance.patch.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
     assert 1 <= len(changed) <= 4 and instance.patch.startswith("diff --git a/")
-    assert all(l[1:].strip() not in instance.problem_statement for l in changed if len(l[1:].strip()) > 12)
+    assert all(c[1:].strip() not in instance.problem_statement for c in changed if len(c[1:].strip()) > 12)
     assert instance.FAIL_TO_PASS[0] in instance.problem_statement
     assert (out / "report.md").read_text().startswith("# Task build report: 1 validated instances")
 
@@ -52,7 +52,7 @@ def test_resume_keeps_built_instances_and_adds_missing_ones(first_build):
     assert text.startswith(before)  # append-only: the first instance is byte-for-byte intact
     ids = [i.instance_id for i in read_built(out)[0]]
     assert len(ids) == len(set(ids)) == 2
-    events = [json.loads(l) for l in (out / "progress.jsonl").read_text().splitlines()]
+    events = [json.loads(e) for e in (out / "progress.jsonl").read_text().splitlines()]
     assert sum(e["event"] == "accepted" for e in events) == 2
 
 
