@@ -81,11 +81,12 @@ class SandboxFailed(EpisodeEnd):
     status = EpisodeStatus.SANDBOX_ERROR
 
 
-def system_prompt(config: AgentConfig) -> str:
-    from lightswe.envs.tool_calls import MINIMAX_EXAMPLE
+def system_prompt(config: AgentConfig, tool_format: str = "minimax") -> str:
+    """The system turn: instructions, the call format the env parses, and the tool schemas."""
+    from lightswe.envs.tool_calls import EXAMPLES
     from lightswe.envs.tools import TOOL_SCHEMAS
 
-    example = MINIMAX_EXAMPLE
+    example = EXAMPLES[tool_format]
     tools = "\n".join(json.dumps(schema, ensure_ascii=False) for schema in TOOL_SCHEMAS)
     return config.system_prompt.format(example=example, tools=tools)
 
@@ -108,6 +109,7 @@ def _recorded_call(env, text: str) -> dict | None:
 
 @dataclass(kw_only=True, slots=True)
 class _Clock:
+    reset: float = 0.0
     generate: float = 0.0
     env: float = 0.0
     grade: float = 0.0
@@ -126,8 +128,8 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
         try:
             t0 = time.perf_counter()
             observation, _ = env.reset(seed=seed, options={"task_id": task_id, **(reset_options or {})})
-            clock.env += time.perf_counter() - t0
-            conv.add("system", system_prompt(cfg))
+            clock.reset = time.perf_counter() - t0
+            conv.add("system", system_prompt(cfg, getattr(env, "tool_format", "minimax")))
             conv.add("user", observation)
             while True:
                 if steps >= cfg.max_steps:
@@ -184,5 +186,5 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
         reward=reward, status=status, messages=conv.messages, tests=tests, num_steps=steps,
         num_format_errors=format_errors, policy=getattr(policy, "name", type(policy).__name__),
         policy_version=getattr(policy, "version", 0), error=error, created_at=time.time(),
-        timings={"generate": clock.generate, "env": clock.env, "grade": clock.grade,
+        timings={"reset": clock.reset, "generate": clock.generate, "env": clock.env, "grade": clock.grade,
                  "total": time.perf_counter() - started})

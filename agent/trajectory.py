@@ -79,7 +79,7 @@ class Trajectory:
     status: EpisodeStatus
     messages: list[Message] = field(default_factory=list)
     tests: dict[str, str] = field(default_factory=dict)  # test id -> outcome ("passed", "failed", ...)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: generate, env, grade, total
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: reset, generate, env (steps), grade, total
     num_steps: int = 0
     num_format_errors: int = 0
     policy: str = ""  # the policy spec that produced it

@@ -6,8 +6,8 @@ concurrent episodes on this machine, and where an episode's time goes.
 
 Every episode is real: a Docker sandbox per episode, the gold patch applied through the MiniMax tool-call
 format, the task's tests run at submit. Time split (summed over episodes, shown per episode):
-generate (policy), env (reset and tool calls: one container per worker, started at its first episode, warm
-git reset after), grade (tests at submit, part of env), as the loop measures them.
+reset (one container per worker, started at its first episode, warm git reset after), generate (policy), tools
+(the tool calls before submit), grade (the task's tests at submit), as the loop measures them.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def measure(tasks: list, concurrency: int, episodes: int) -> dict:
         shutil.rmtree(out, ignore_errors=True)
     trajectories = summary.trajectories
     n = len(trajectories)
-    keys = ("generate", "env", "grade", "total")
+    keys = ("reset", "generate", "env", "grade", "total")
     split = {k: sum(t.timings.get(k, 0.0) for t in trajectories) / max(n, 1) for k in keys}
+    split["tools"] = split["env"] - split["grade"]  # tool calls other than submit
     return {"concurrency": concurrency, "episodes": n, "resolved": summary.resolved, "failed": summary.failed,
             "wall_s": wall, "episodes_per_min": 60 * n / wall, "tool_calls_per_s": summary.tool_calls / wall,
             "tool_calls": summary.tool_calls, **{f"{k}_s": v for k, v in split.items()}}
@@ -64,13 +65,13 @@ def main() -> None:
     tasks = load_tasks(args.tasks)
     rows = [measure(tasks, c, args.episodes) for c in args.concurrency]
     header = ("concurrency", "episodes", "resolved", "wall_s", "episodes_per_min", "tool_calls_per_s",
-              "total_s", "generate_s", "env_s", "grade_s")
+              "total_s", "reset_s", "generate_s", "tools_s", "grade_s")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(f"{row[h]:.3g}" if isinstance(row[h], float) else str(row[h]) for h in header) + " |")
-    print("columns *_s after wall_s are mean seconds per episode: total = generate + env (+ glue); env includes "
-          "reset (container start for a worker's first episode, warm git reset after) and grade (tests at submit)")
+    print("columns *_s after wall_s are mean seconds per episode: total = reset + generate + tools + grade (+ glue); "
+          "reset starts a container for a worker's first episode and warm-resets (git) after; grade runs the tests")
 
 
 if __name__ == "__main__":
