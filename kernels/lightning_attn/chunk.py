@@ -1,6 +1,6 @@
 """Triton prefill/training kernels for MiniMax lightning attention, and their autograd Function.
 
-Scheme (one program per (sequence, head, slice of the state), looping over chunks of BT=64 tokens):
+Scheme (one program per (sequence, head, slice of the state), looping over chunks of BT tokens):
   forward   S [K, BV] in fp32 registers; per chunk o = (q k^T * M) v + lambda^(i+1) q S, then
             S = lambda^L S + (k * lambda^(L-1-j))^T v. No per-chunk states go through memory.
   backward  one launch, three program kinds per (sequence, head):
@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-BT = 64  # tokens per chunk
+# Chunk length BT (64 or 128 tokens) and state-slice widths BK/BV are tuned per shape (configs below).
 LOG2E = 1.4426950408889634
 
 
@@ -92,11 +92,15 @@ def _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
 
 @triton.autotune(
     configs=[
-        triton.Config({"BV": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BV": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BV": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BV": 16}, num_warps=4, num_stages=2),
-        triton.Config({"BV": 32}, num_warps=4, num_stages=3),
+        triton.Config({"BT": 64, "BV": 64}, num_warps=4, num_stages=2),
+        triton.Config({"BT": 64, "BV": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BT": 64, "BV": 128}, num_warps=8, num_stages=2),
+        triton.Config({"BT": 128, "BV": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BT": 128, "BV": 128}, num_warps=8, num_stages=2),
+        triton.Config({"BT": 64, "BV": 32}, num_warps=4, num_stages=2),
+        triton.Config({"BT": 64, "BV": 32}, num_warps=4, num_stages=3),
+        triton.Config({"BT": 128, "BV": 32}, num_warps=8, num_stages=2),
+        triton.Config({"BT": 64, "BV": 16}, num_warps=4, num_stages=2),
     ],
     key=["H", "K", "V", "NB", "IS_VARLEN"],
     prune_configs_by={"early_config_prune": _prune_slices},
@@ -104,9 +108,7 @@ def _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
 @triton.jit
 def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-                USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
-                STORE_O: tl.constexpr = True):
-    """STORE_O=False: only the final states (the segment pass of lightning_attn_fwd)."""
+                USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
@@ -124,21 +126,19 @@ def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
     q += (bos * H + i_h) * K
     k += (bos * H + i_h) * K
     v += (bos * H + i_h) * V
-    if STORE_O:
-        o += (bos * H + i_h) * V
+    o += (bos * H + i_h) * V
     for i_t in range(0, tl.cdiv(T, BT)):
+        p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
         p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
         p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_o = tl.make_block_ptr(o, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
         b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
         b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
-        if STORE_O:
-            p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
-            p_o = tl.make_block_ptr(o, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-            b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
-            b_o = tl.dot((b_q * q_decay[:, None]).to(b_q.dtype), state.to(b_q.dtype))
-            a = tl.dot(b_q, tl.trans(b_k)) * m
-            b_o = tl.dot(a.to(b_v.dtype), b_v, acc=b_o)
-            tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0,))
+        b_o = tl.dot((b_q * q_decay[:, None]).to(b_q.dtype), state.to(b_q.dtype))
+        a = tl.dot(b_q, tl.trans(b_k)) * m
+        b_o = tl.dot(a.to(b_v.dtype), b_v, acc=b_o)
+        tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0,))
         L = tl.minimum(T - i_t * BT, BT)
         b_kd = (b_k * _k_decay(b, L, BT)[:, None]).to(b_k.dtype)
         state = tl.dot(tl.trans(b_kd), b_v, acc=state * tl.exp2(b * L.to(tl.float32)))
@@ -253,12 +253,13 @@ def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
 
 @triton.autotune(
     configs=[
-        triton.Config({"BK": 64, "BV": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BK": 64, "BV": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BK": 32, "BV": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BK": 32, "BV": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BK": 16, "BV": 16}, num_warps=4, num_stages=2),
-        triton.Config({"BK": 32, "BV": 32}, num_warps=4, num_stages=3),
+        triton.Config({"BT": 64, "BK": 64, "BV": 64}, num_warps=4, num_stages=2),
+        triton.Config({"BT": 64, "BK": 64, "BV": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BT": 128, "BK": 32, "BV": 32}, num_warps=8, num_stages=2),
+        triton.Config({"BT": 128, "BK": 64, "BV": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BT": 64, "BK": 32, "BV": 32}, num_warps=4, num_stages=2),
+        triton.Config({"BT": 64, "BK": 32, "BV": 64}, num_warps=4, num_stages=2),
+        triton.Config({"BT": 64, "BK": 16, "BV": 16}, num_warps=4, num_stages=2),
     ],
     key=["H", "K", "V", "NB", "IS_VARLEN"],
     prune_configs_by={"early_config_prune": _prune_slices},
@@ -287,62 +288,21 @@ def _num_seqs(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
     return q.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
 
 
-SEGMENT_MIN_T = 16384  # sequences at least this long, in a grid with few programs, are cut into segments
-
-
-def _segment_count(T: int, n_heads: int, V: int, varlen: bool) -> int:
-    """How many segments to cut each sequence into so that the forward grid fills the GPU (1: none)."""
-    programs = n_heads * max(1, V // 64)
-    if varlen or T < SEGMENT_MIN_T or programs >= FEW_PROGRAMS:
-        return 1
-    segments = 1
-    while programs * segments < 2 * FEW_PROGRAMS and T // (2 * segments) >= 4 * BT:
-        segments *= 2
-    return segments
-
-
-def _fwd_launch(q, k, v, slope, initial_state, cu_seqlens, T, N, store_o=True):
-    B, _, H, K = q.shape
-    V = v.shape[-1]
-    o = torch.empty_like(v) if store_o else None
-    ht = q.new_empty(N, H, K, V, dtype=torch.float32)
-    grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
-    _launch(_fwd_kernel, grid, q, k, v, o, slope, initial_state, ht, cu_seqlens, T=T, NB=N * H,
-            H=H, K=K, V=V, BT=BT, USE_H0=initial_state is not None, STORE_HT=True,
-            IS_VARLEN=cu_seqlens is not None, STORE_O=store_o)
-    return o, ht
-
-
 def lightning_attn_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor,
-    initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward on contiguous [B, T, H, K/V] inputs. Returns (o, final state [N, H, K, V] fp32).
-
-    Few long sequences (B*H small) leave most of the GPU idle when each program walks a whole sequence.
-    Then each sequence is cut into P segments: a first pass computes every segment's own state (k, v
-    only), a scan over the P states gives each segment its initial state, and the forward runs over
-    the segments as packed sequences with those initial states.
-    """
+    initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None, store_final_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch the forward kernel on contiguous [B, T, H, K/V] inputs. Returns (o, final state or None)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     N = _num_seqs(q, cu_seqlens)
-    P = _segment_count(T, N * H, V, cu_seqlens is not None)
-    if P == 1:
-        return _fwd_launch(q, k, v, slope, initial_state, cu_seqlens, T, N)
-    seg = triton.cdiv(triton.cdiv(T, P), BT) * BT
-    starts = [b * T + s for b in range(B) for s in range(0, T, seg)]
-    P = len(starts) // B
-    cu = torch.tensor(starts + [B * T], device=q.device, dtype=torch.int32)
-    packed = [x.view(1, B * T, H, x.shape[-1]) for x in (q, k, v)]
-    _, local = _fwd_launch(*packed, slope, None, cu, B * T, B * P, store_o=False)
-    local = local.view(B, P, H, K, V)
-    seg_decay = torch.exp(-slope * seg).view(H, 1, 1)
-    states = [torch.zeros_like(local[:, 0]) if initial_state is None else initial_state]
-    for p in range(1, P):
-        states.append(states[-1] * seg_decay + local[:, p - 1])
-    o, ht = _fwd_launch(*packed, slope, torch.stack(states, 1).view(B * P, H, K, V), cu, B * T, B * P)
-    return o.view(B, T, H, V), ht.view(B, P, H, K, V)[:, -1].contiguous()
+    o = torch.empty_like(v)
+    ht = q.new_empty(N, H, K, V, dtype=torch.float32) if store_final_state else None
+    grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
+    _launch(_fwd_kernel, grid, q, k, v, o, slope, initial_state, ht, cu_seqlens, T=T, NB=N * H,
+                      H=H, K=K, V=V, USE_H0=initial_state is not None, STORE_HT=store_final_state,
+                      IS_VARLEN=cu_seqlens is not None)
+    return o, ht
 
 
 def lightning_attn_bwd(
@@ -358,7 +318,7 @@ def lightning_attn_bwd(
     dh0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else None
     grid = lambda meta: (2 * triton.cdiv(K, meta["BK"]) + triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
     _launch(_bwd_kernel, grid, q, k, v, do, dq, dk, dv, slope, initial_state, dht, dh0, cu_seqlens,
-            T=T, NB=N * H, H=H, K=K, V=V, BT=BT, USE_H0=initial_state is not None,
+            T=T, NB=N * H, H=H, K=K, V=V, USE_H0=initial_state is not None,
             USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=cu_seqlens is not None)
     return dq, dk, dv, dh0
 

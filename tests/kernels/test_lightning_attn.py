@@ -169,13 +169,17 @@ def test_cuda_dispatch_uses_triton(monkeypatch):
     assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
 
 
-def test_segmented_forward_for_few_long_sequences(monkeypatch):
-    """One long sequence with few heads is cut into segments (state pass, scan, packed forward)."""
+@pytest.mark.parametrize("index", range(9), ids=lambda i: f"config{i}")
+def test_every_tuned_config(index, monkeypatch):
+    """Each autotuning config (chunk length, slice widths, warps) computes the same function."""
     import lightswe.kernels.lightning_attn.chunk as chunk
 
-    monkeypatch.setattr(chunk, "SEGMENT_MIN_T", 256)
-    assert chunk._segment_count(1000, HEADS, DIM, varlen=False) > 1
-    q, k, v, gen = inputs(1, 1000, torch.bfloat16, seed=13)
-    slope = minimax_slopes(HEADS, layer=60, layers=80)
+    fwd, bwd = chunk._fwd_kernel.configs, chunk._bwd_kernel.configs
+    if index >= max(len(fwd), len(bwd)):
+        pytest.skip(f"only {max(len(fwd), len(bwd))} configs")
+    monkeypatch.setattr(chunk._fwd_kernel, "configs", [fwd[index % len(fwd)]])
+    monkeypatch.setattr(chunk._bwd_kernel, "configs", [bwd[index % len(bwd)]])
+    q, k, v, gen = inputs(1, 500, torch.bfloat16, seed=100 + index)
+    slope = minimax_slopes(HEADS, layer=30, layers=80)
     h0 = torch.randn(1, HEADS, DIM, DIM, device="cuda", generator=gen)
     check_against_reference(q, k, v, slope, h0, None, use_final_state=True)
