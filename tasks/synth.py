@@ -10,7 +10,8 @@ For one pool repository (SWE-smith style, everything measured in the real sandbo
    interleaves mutation kinds and functions; each mutant is written into the same container, the whole suite
    runs, and ``git checkout`` restores the file (about one suite run per mutant, no container start);
 4. a mutant is kept when 1..``max_fail`` stable tests fail and every other stable test still passes, no
-   collection error and no timeout: FAIL_TO_PASS are the failing ones, PASS_TO_PASS the rest of the stable set;
+   collection error and no timeout: FAIL_TO_PASS are the failing ones, PASS_TO_PASS the other stable tests of
+   the test files that hold a failing one (SWE-bench's scope: grading runs those files, not the whole suite);
 5. ``patch`` (the fix) is ``git diff -R`` of the mutant in the container; ``base_commit`` is the sdist commit
    plus the reverse of that patch, committed deterministically on the host (``sources.commit_patch``, which
    also proves the patch applies with real git), so anyone with the sdist can rebuild the base.
@@ -154,6 +155,8 @@ class RepoSynthesizer:
         with Sandbox(box_config, client=self.client) as box:
             runs = [run_tests(box, spec.test_command, timeout=600) for _ in range(cfg.baseline_runs)]
             stable, flaky = stable_baseline(runs)
+            unaddressable = set().union(*(r.unaddressable for r in runs))
+            stable -= unaddressable  # inherited test methods: their JUnit file is the base class's
             stats.flaky, stats.stable_tests = flaky, len(stable)
             stats.baseline_s = sum(r.duration_s for r in runs) / len(runs)
             if not stable or any(r.collection_errors for r in runs):
@@ -162,7 +165,8 @@ class RepoSynthesizer:
                                  f"{[r.collection_errors for r in runs]}); tests that need the network or a missing "
                                  f"dependency are the usual cause; fix 'ignore'/'test_deps' in tasks/data/pool.json."
                                  f"\nLast output:\n{runs[-1].output_tail[-1500:]}")
-            self.progress(f"{spec.name}: {len(stable)} stable tests ({len(flaky)} flaky), suite "
+            self.progress(f"{spec.name}: {len(stable)} stable tests ({len(flaky)} flaky, {len(unaddressable)} "
+                          "inherited from another file, unused), suite "
                           f"{stats.baseline_s:.1f} s, {len(candidates)} mutation sites in {len(files)} files")
             timeout = max(30.0, 10 * stats.baseline_s)
             per_function: dict[str, int] = defaultdict(int)
@@ -216,7 +220,10 @@ class RepoSynthesizer:
         except sources.SourceError:
             stats.rejected["patch_does_not_apply"] += 1
             return None
-        passing = sorted(stable & run.passed)
+        # SWE-bench's scope: PASS_TO_PASS are the stable tests of the files that hold a failing test (the
+        # grader then runs a few files, not the whole suite; a break elsewhere is in FAIL_TO_PASS anyway).
+        files = {t.split("::")[0] for t in failing}
+        passing = sorted(t for t in stable & run.passed if t.split("::")[0] in files)
         first = failing[0]
         statement = write_statement(package=spec.name, call=public_name(mutation.function), failing=failing,
                                     failure_text=run.messages.get(first, ""), message=run.messages.get(first, ""),
@@ -228,6 +235,7 @@ class RepoSynthesizer:
             test_files=test_files, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             metadata={"sdist_sha256": spec.sha256, "synthesized": True, "mutation": mutation.kind,
                       "file": mutation.path, "function": mutation.function, "line": mutation.line,
-                      "edit": mutation.describe(), "flaky_excluded": flaky, "mutant_test_s": round(run.duration_s, 2)},
+                      "edit": mutation.describe(), "flaky_excluded": flaky, "mutant_test_s": round(run.duration_s, 2),
+                      "p2p_scope": "failing_files"},
             **spec.instance_fields(),
         )
