@@ -76,3 +76,24 @@ def test_cli_errors_and_report(first_build, capsys):
     assert "unknown repository ['nosuchlib']" in capsys.readouterr().err
     assert main(["tasks", "report", "--out", str(out)]) == 0
     assert "pypi/toolz" in capsys.readouterr().out
+
+
+def test_prune_finds_images_of_deleted_tasks_only(first_build):
+    from lightswe.tasks.prune import prune
+
+    out, _ = first_build
+    assert prune(out, dry_run=True) == []  # every recorded task is still there
+    lines = (out / "instances.jsonl").read_text().splitlines(keepends=True)
+    (out / "instances.jsonl").write_text("".join(lines[1:]))  # the user deletes the first task
+    try:
+        stale = prune(out, dry_run=True)
+        assert len(stale) == 1 and stale[0].startswith("lightswe/instance:")
+    finally:
+        (out / "instances.jsonl").write_text("".join(lines))
+
+
+@pytest.mark.slow
+def test_full_build(tmp_path):
+    """The whole pool: at least 300 validated instances from at least 10 repositories (about an hour on 2 cores)."""
+    report = build(BuildConfig(out=tmp_path, per_repo=25, workers=2, gold_runs=1))
+    assert report["total"] >= 300 and report["repositories"] >= 10, report
