@@ -21,6 +21,13 @@ from pathlib import Path
 from lightswe.agent.policies.base import Sample, SamplingParams, check_sample
 
 
+def _batch_key(s: SamplingParams) -> tuple:
+    """Requests that may share a forward pass: same distribution and stops. Budgets may differ (each result is
+    cut to its own); the batch samples with its first request's seed, so a seed reproduces a request only
+    when it runs alone."""
+    return s.temperature, s.top_p, tuple(s.stop_token_ids)
+
+
 @dataclass(kw_only=True, slots=True)
 class _Request:
     prompt: list[int]
@@ -62,7 +69,8 @@ class ModelPolicy:
                     break
                 time.sleep(self.batch_wait_s)  # let concurrent episodes join this batch
                 with self._pending_lock:
-                    batch = [r for r in self._pending if r.sampling == request.sampling][: self.max_batch]
+                    key = _batch_key(request.sampling)
+                    batch = [r for r in self._pending if _batch_key(r.sampling) == key][: self.max_batch]
                     if request not in batch:
                         batch = [request, *batch[: self.max_batch - 1]]
                     for r in batch:
@@ -87,13 +95,13 @@ class ModelPolicy:
         from lightswe.model import SamplingConfig
 
         s = batch[0].sampling
-        config = SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                                stop_token_ids=tuple(s.stop_token_ids), seed=s.seed)
+        config = SamplingConfig(max_new_tokens=max(r.sampling.max_new_tokens for r in batch), temperature=s.temperature,
+                                top_p=s.top_p, stop_token_ids=tuple(s.stop_token_ids), seed=s.seed)
         self.batch_sizes.append(len(batch))
         try:
             generations = self.model.generate([r.prompt for r in batch], config)
             for r, g in zip(batch, generations, strict=True):
-                r.result = check_sample((g.token_ids, g.logprobs), s)
+                r.result = check_sample((g.token_ids, g.logprobs), r.sampling)  # each request's own budget
         except BaseException as err:  # noqa: BLE001 - handed to every waiting caller, re-raised there
             for r in batch:
                 r.error = err
