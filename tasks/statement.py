@@ -18,6 +18,8 @@ _LOCATION = re.compile(r"^\S.*:\d+: \w*")  # "tests/test_x.py:12: AssertionError
 def test_excerpt(failure_text: str, test_file: str, max_lines: int = 14) -> str:
     """The failing test's code (its traceback entry), up to and including the ``>`` line; no library code."""
     lines = failure_text.splitlines()
+    if lines and lines[0][:1] not in (" ", ">", "E", "") and not _LOCATION.match(lines[0]):
+        lines[0] = "    " + lines[0]  # JUnit text is stripped: the first source line lost its 4-space margin
     entry: list[str] = []
     for line in lines:
         if _LOCATION.match(line):

@@ -35,7 +35,7 @@ def test_assertion_failure_gives_expected_vs_actual(tmp_path):
     ''')
     statement = write_statement(package="lib", call="last", failing=[test_id], failure_text=text, message=text)
     assert "`last`" in statement and "test_lib.py::test_last" in statement
-    assert "assert last(data) == 3" in statement  # the test's own failing line
+    assert "def test_last():\n    data = [1, 2, 3]\n    assert last(data) == 3\n```" in statement  # the test, as written
     assert "I expected `3` but got `2`." in statement
     assert "secret_marker" not in statement  # library code (where the bug is) never shown
 
