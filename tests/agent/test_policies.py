@@ -42,7 +42,7 @@ def test_concurrent_episodes_share_batches(tiny):
     def run(i):  # episodes ask with their own seeds and budgets; they still share forward passes
         own = SamplingParams(max_new_tokens=4 + i, temperature=0.0, seed=i)
         tokens, logprobs = tiny.generate(prompts[i], own)
-        lengths[i] = len(tokens)  # greedy never stops early here; checked below
+        lengths[i] = len(tokens)
         results[i] = tokens[:4], logprobs[:4]
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
@@ -52,7 +52,7 @@ def test_concurrent_episodes_share_batches(tiny):
         assert tokens == want_tokens  # greedy: batching does not change what each prompt gets
         assert logprobs == pytest.approx(want_logprobs, abs=1e-5)
     assert sum(tiny.batch_sizes) == 6 and max(tiny.batch_sizes) > 1
-    assert lengths == [4 + i for i in range(6)] or any(t in STOP for r in results for t in r[0])
+    assert lengths == [4 + i for i in range(6)]  # no stop tokens: each ran to its own budget
 
 
 def test_openai_client_against_local_server(tiny):
