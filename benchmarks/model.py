@@ -84,8 +84,8 @@ def prefill(model: MiniMaxForCausalLM, length: int, device: torch.device, repeat
 
 
 @torch.no_grad()
-def decode(model: MiniMaxForCausalLM, length: int, batch: int, steps: int, device: torch.device
-           ) -> dict[str, float]:
+def decode(model: MiniMaxForCausalLM, length: int, batch: int, steps: int, device: torch.device,
+           profile: bool = False) -> dict[str, float]:
     ids = torch.randint(0, 256, (batch, length), device=device)
     cache = model.new_cache(batch, reserve=steps + 2)
     token = model.logits(model.hidden_states(ids, cache=cache)[0][:, -1]).argmax(-1)
@@ -99,6 +99,19 @@ def decode(model: MiniMaxForCausalLM, length: int, batch: int, steps: int, devic
             token = model.logits(model.hidden_states(token[:, None], cache=cache)[0][:, -1]).argmax(-1)
         times.append(t.seconds)
     step = sorted(times)[len(times) // 2]  # median step: robust to other processes on a shared CPU
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch_profile(activities=activities) as prof:
+            for _ in range(3):
+                token = model.logits(model.hidden_states(token[:, None], cache=cache)[0][:, -1]).argmax(-1)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        events = prof.key_averages()
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"decode profile, 3 steps, context {length}:\n" + events.table(sort_by=sort, row_limit=12), flush=True)
     per_seq = cache.bytes_per_sequence()[0]
     out = {"decode_tok_s": batch / step, "decode_step_ms": 1e3 * step,
            "cache_mib_per_seq": per_seq / 2**20,
@@ -121,6 +134,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--models", default="hybrid,softmax,lightning")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--profile", action="store_true", help="print a profile of 3 decode steps")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -141,7 +155,7 @@ def main() -> None:
         for length in contexts:
             row = {"model": kind, "params_m": params / 1e6, "context": length}
             row.update(prefill(model, length, device, args.repeats))
-            row.update(decode(model, length, args.batch, args.steps, device))
+            row.update(decode(model, length, args.batch, args.steps, device, args.profile))
             rows.append(row)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         del model

@@ -173,11 +173,17 @@ class SparseMoE(nn.Module):
         weights, chosen = probs.topk(self.top_k, dim=-1)
         weights = weights / weights.sum(-1, keepdim=True)
         out = torch.zeros_like(x)
-        counts = torch.bincount(chosen.flatten(), minlength=self.num_experts)
-        for e in counts.nonzero().flatten().tolist():  # only experts that received tokens
-            rows, slot = torch.where(chosen == e)
-            y = self.experts[e](x[rows]) * weights[rows, slot, None].to(x.dtype)
-            out.index_add_(0, rows, y)
+        flat = chosen.flatten()
+        counts = torch.bincount(flat, minlength=self.num_experts)
+        order = flat.argsort(stable=True)  # assignments grouped by expert: one host sync per layer, not per expert
+        rows_sorted = order // self.top_k
+        weights_sorted = weights.flatten()[order, None].to(x.dtype)
+        start = 0
+        for e, n in enumerate(counts.tolist()):
+            if n:
+                rows = rows_sorted[start:start + n]
+                out.index_add_(0, rows, self.experts[e](x[rows]) * weights_sorted[start:start + n])
+            start += n
         fraction = counts.float() / max(x.shape[0], 1)
         aux = self.num_experts * (fraction * probs.mean(0)).sum()
         return out.view(shape), aux
