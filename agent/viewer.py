@@ -61,18 +61,30 @@ def _turn(t: Trajectory, i: int) -> str:
     return "".join(parts)
 
 
+def _tests(t: Trajectory) -> str:
+    """Failing tests in full; passing ones folded (a suite has hundreds)."""
+    if not t.tests:
+        return ""
+
+    def table(items) -> str:
+        rows = "".join(f'<tr><td><code>{_e(name)}</code></td><td class="{"ok" if o == "passed" else "bad"}">'
+                       f"{_e(o)}</td></tr>" for name, o in items)
+        return f'<table class="tests"><tr><th>test</th><th>outcome</th></tr>{rows}</table>'
+
+    failing = sorted((n, o) for n, o in t.tests.items() if o != "passed")
+    passing = sorted((n, o) for n, o in t.tests.items() if o == "passed")
+    return (f"<p>tests: {len(passing)} passed, {len(failing)} not passing</p>" + (table(failing) if failing else "")
+            + (f"<details><summary>{len(passing)} passing tests</summary>{table(passing)}</details>" if passing else ""))
+
+
 def _episode(t: Trajectory) -> str:
-    tests = "".join(
-        f'<tr><td><code>{_e(name)}</code></td><td class="{"ok" if outcome == "passed" else "bad"}">{_e(outcome)}</td></tr>'
-        for name, outcome in sorted(t.tests.items()))
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in t.timings.items())
     return (f'<details id="{_anchor(t)}"><summary><b>{_e(t.episode_id)}</b> - {_outcome(t)} - '
             f"{_e(t.status.value)} - {t.num_steps} steps, {t.num_generated_tokens}/{len(t.token_ids)} tokens generated"
             f"</summary><p>task <code>{_e(t.task_id)}</code>, group <code>{_e(t.group_id)}</code>, policy "
             f"<code>{_e(t.policy)}</code>, format errors {t.num_format_errors}; {_e(timings)}"
             + (f'</p><p class="error">{_e(t.error)}' if t.error else "") + "</p>"
-            + (f'<table class="tests"><tr><th>test</th><th>outcome</th></tr>{tests}</table>' if tests else "")
-            + "".join(_turn(t, i) for i in range(len(t.messages))) + "</details>")
+            + "".join(_turn(t, i) for i in range(len(t.messages))) + _tests(t) + "</details>")
 
 
 def render_html(trajectories: Iterable[Trajectory], *, title: str = "lightswe rollout") -> str:

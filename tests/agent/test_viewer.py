@@ -57,7 +57,8 @@ def test_viewer_renders_in_headless_chromium(tmp_path):
     assert "2 episodes, 1 resolved (50%)" in text
     ids = {a.get("id") for _, a in dom.tags}
     assert {"ep-pkg-0-g0-0", "ep-pkg-1-g0-0", "ep-pkg-0-g0-0-turn-3"} <= ids
-    assert sum(tag == "details" for tag, _ in dom.tags) == 2
+    assert sum(tag == "details" for tag, _ in dom.tags) == 3  # two episodes + the folded passing tests of one
+    assert "tests: 0 passed, 1 not passing" in text and "1 passing tests" in text
     assert "tests/test_a.py::test_parse" in text and '{"command": "pytest -x"}' in text
     assert "format error: no <tool_calls> block found" in text
     assert "<script>alert(1)</script>" in text  # shown as text ...
