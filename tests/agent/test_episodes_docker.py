@@ -141,3 +141,15 @@ def test_episode_ends_at_its_limits(env, tasks, limits, status):
         assert t.num_steps == 2 and [m.role for m in t.messages[-2:]] == ["assistant", "tool"]
     if status is EpisodeStatus.CONTEXT_LIMIT:
         assert last.finish_reason == "length" and len(t.token_ids) <= limits["max_context_tokens"]
+
+
+def test_unreachable_engine_is_a_sandbox_error_not_a_crash(tasks):
+    import docker
+
+    from lightswe.envs.swe_env import SWEEnv
+
+    dead = docker.DockerClient(base_url="unix:///nonexistent/docker.sock", version="1.41", timeout=5)
+    env = SWEEnv(tasks, client=dead, image_for=lambda task: "lightswe/never-built:0")
+    t = run_episode(env, ScriptedPolicy.from_tasks(tasks, TOK), TOK, task_id=tasks[0].instance_id)
+    assert t.status is EpisodeStatus.SANDBOX_ERROR and t.reward is None  # the learner excludes it, never scores 0
+    assert "Connection aborted" in t.error and t.num_steps == 0 and t.token_ids == []
