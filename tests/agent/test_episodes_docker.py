@@ -145,7 +145,6 @@ def test_episode_ends_at_its_limits(env, tasks, limits, status):
 
 def test_unreachable_engine_is_a_sandbox_error_not_a_crash(tasks):
     import docker
-
     from lightswe.envs.swe_env import SWEEnv
 
     dead = docker.DockerClient(base_url="unix:///nonexistent/docker.sock", version="1.41", timeout=5)
