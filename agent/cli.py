@@ -39,6 +39,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, tasks_required: bool) -> Non
     p.add_argument("--max-context", type=int, default=32_768, help="tokens per episode")
     p.add_argument("--max-new-tokens", type=int, default=2_048, help="tokens per assistant turn")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--tool-format", default="minimax", choices=("minimax", "hermes"), help="tool-call format")
     p.add_argument("--early-stop", default="3000,0.99", help="N,p: stop after N tokens each with prob > p; 'off'")
     p.add_argument("--ray", nargs="?", const="local", default=None,
                    help="run episodes on Ray actors (address, or 'local' for a local cluster)")
@@ -72,12 +73,12 @@ def _run(args):
         from lightswe.agent.ray_executor import RayExecutor
 
         executor = RayExecutor(policy=args.policy, tasks=tasks, num_workers=args.concurrency,
-                               tokenizer=args.tokenizer, agent=agent,
+                               tokenizer=args.tokenizer, agent=agent, env_kwargs={"tool_format": args.tool_format},
                                address=None if args.ray == "local" else args.ray)
     else:
         tokenizer = load_tokenizer(args.tokenizer)
         executor = LocalExecutor(make_policy(args.policy, tokenizer=tokenizer, tasks=tasks), tokenizer,
-                                 env_factory=default_env_factory(tasks), concurrency=args.concurrency, agent=agent)
+                                 env_factory=default_env_factory(tasks, tool_format=args.tool_format), concurrency=args.concurrency, agent=agent)
     with executor:
         summary = run_rollout(tasks, executor, out_dir=args.out, config=config)
     print(f"{summary.episodes} episodes in {summary.seconds:.1f}s ({summary.skipped} already done, "

@@ -3,7 +3,8 @@
 The default script comes from the task's gold patch (hunks split by ``lightswe.envs.demo.patch_edits``): view
 the lines of each hunk, apply it with ``str_replace`` (``create`` for a new file), run the FAIL_TO_PASS tests,
 then ``submit``. Output is MiniMax's
-tool-call format (``format_minimax``), so the run exercises the same parser a real model's text goes through.
+tool-call format (``format_minimax``; ``tool_format="hermes"`` for Hermes), so the run exercises the same
+parser a real model's text goes through.
 
 The policy is stateless: the task is the one whose problem statement appears in the prompt, and the step is
 the number of assistant turns already in it. So one instance serves any number of concurrent episodes.
@@ -47,16 +48,22 @@ def script_from_patch(patch: str, *, test_ids: Sequence[str] = ()) -> list:
 class ScriptedPolicy:
     name = "scripted"
 
-    def __init__(self, scripts: Mapping[str, Sequence], tokenizer: Tokenizer, *, version: int = 0) -> None:
+    def __init__(self, scripts: Mapping[str, Sequence], tokenizer: Tokenizer, *, tool_format: str = "minimax",
+                 version: int = 0) -> None:
         """``scripts`` maps a problem statement to its tool calls (``ToolCall`` records)."""
+        from lightswe.envs import tool_calls
+
+        if tool_format not in tool_calls.PARSERS:
+            raise ValueError(f"tool_format must be one of {sorted(tool_calls.PARSERS)}, got {tool_format!r}")
+        self._format = getattr(tool_calls, f"format_{tool_format}")
         self.scripts, self.tokenizer, self.version = dict(scripts), tokenizer, version
         self._im_end = tokenizer.token_id(IM_END)
 
     @classmethod
-    def from_tasks(cls, tasks: Sequence, tokenizer: Tokenizer) -> ScriptedPolicy:
+    def from_tasks(cls, tasks: Sequence, tokenizer: Tokenizer, **kwargs) -> ScriptedPolicy:
         """Gold-patch scripts for ``TaskInstance``s (the patch is the fix; tests are not edited)."""
         return cls({t.problem_statement.strip(): script_from_patch(t.patch, test_ids=t.FAIL_TO_PASS)
-                    for t in tasks}, tokenizer)
+                    for t in tasks}, tokenizer, **kwargs)
 
     def _script_for(self, prompt: str) -> Sequence:
         for statement, script in self.scripts.items():
@@ -66,12 +73,10 @@ class ScriptedPolicy:
                          "from the same tasks the rollout runs (ScriptedPolicy.from_tasks(tasks, tokenizer))")
 
     def generate(self, token_ids: Sequence[int], sampling: SamplingParams) -> Sample:
-        from lightswe.envs.tool_calls import format_minimax
-
         prompt = self.tokenizer.decode(list(token_ids))
         script = self._script_for(prompt)
         step = prompt.count(f"{IM_START}assistant\n") - 1  # the open turn is the last header
         call = script[min(step, len(script) - 1)]
-        text = f"<think>\nStep {step + 1} of {len(script)}: {call.name}.\n</think>\n{format_minimax([call])}"
+        text = f"<think>\nStep {step + 1} of {len(script)}: {call.name}.\n</think>\n{self._format([call])}"
         tokens = [*self.tokenizer.encode(text), self._im_end]
         return check_sample((tokens, [0.0] * len(tokens)), sampling)

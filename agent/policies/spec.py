@@ -1,6 +1,6 @@
 """Policies from command-line specs, so that ``lightswe rollout --policy SPEC`` and Ray workers build the same one.
 
-    scripted                               gold-patch scripts of the rollout's tasks (tests, demos)
+    scripted                               gold-patch scripts of the rollout's tasks; ?tool_format=hermes
     model:tiny | model:/path/to/ckpt       the built-in model; options ?device=cuda&seed=0&max_batch=16
     openai:http://host:8000/v1             an OpenAI-compatible server; options ?model=NAME&api_key=KEY
     vllm:MODEL                             vLLM in-process; options become vllm.LLM keyword arguments
@@ -28,11 +28,11 @@ def _value(text: str):
 
 def split_spec(spec: str) -> tuple[str, str, dict]:
     """``"kind:target?k=v&..."`` -> (kind, target, options)."""
-    kind, _, rest = spec.partition(":")
-    if kind not in KINDS:
+    kind = next((k for k in KINDS if spec == k or spec.startswith((k + ":", k + "?"))), None)
+    if kind is None:
         raise ValueError(f"policy spec {spec!r}: expected one of {[k + ':...' for k in KINDS]}, e.g. "
                          "'scripted', 'model:tiny', 'openai:http://localhost:8000/v1?model=NAME'")
-    target, _, query = rest.rpartition("?") if "?" in rest else (rest, "", "")
+    target, _, query = spec[len(kind):].removeprefix(":").partition("?")
     return kind, target, {k: _value(v) for k, v in parse_qsl(query)}
 
 
@@ -43,7 +43,7 @@ def make_policy(spec: str, *, tokenizer: Tokenizer, tasks: Sequence = ()) -> Pol
 
         if not tasks:
             raise ValueError("the scripted policy needs the rollout's tasks (it replays their gold patches)")
-        return ScriptedPolicy.from_tasks(tasks, tokenizer)
+        return ScriptedPolicy.from_tasks(tasks, tokenizer, **options)
     if not target:
         raise ValueError(f"policy spec {spec!r} names no {kind} target; e.g. '{kind}:...' as in the module docs")
     if kind == "model":

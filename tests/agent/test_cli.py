@@ -29,6 +29,8 @@ def test_policy_specs():
     assert split_spec("openai:http://h:8000/v1?model=m&timeout_s=5") == ("openai", "http://h:8000/v1",
                                                                           {"model": "m", "timeout_s": 5})
     assert split_spec("model:tiny") == ("model", "tiny", {})
+    assert split_spec("scripted?tool_format=hermes") == ("scripted", "", {"tool_format": "hermes"})
+    assert split_spec("scripted") == ("scripted", "", {})
     tok = ByteTokenizer()
     assert isinstance(make_policy("model:tiny?seed=3&max_batch=2", tokenizer=tok), ModelPolicy)
     assert make_policy("openai:http://h:1/v1?model=x", tokenizer=tok).model == "x"

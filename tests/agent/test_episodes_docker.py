@@ -152,3 +152,17 @@ def test_unreachable_engine_is_a_sandbox_error_not_a_crash(tasks):
     t = run_episode(env, ScriptedPolicy.from_tasks(tasks, TOK), TOK, task_id=tasks[0].instance_id)
     assert t.status is EpisodeStatus.SANDBOX_ERROR and t.reward is None  # the learner excludes it, never scores 0
     assert "Connection aborted" in t.error and t.num_steps == 0 and t.token_ids == []
+
+
+def test_hermes_format_end_to_end(tasks):
+    from lightswe.envs.swe_env import SWEEnv
+
+    env = SWEEnv(tasks, tool_format="hermes")
+    try:
+        policy = ScriptedPolicy.from_tasks(tasks, TOK, tool_format="hermes")
+        t = run_episode(env, policy, TOK, task_id=tasks[0].instance_id)
+    finally:
+        env.close()
+    assert (t.status, t.reward) == (EpisodeStatus.SUBMITTED, 1.0)
+    assert '<tool_call>{"name": "bash"' in t.messages[0].content  # the system prompt teaches the env's format
+    assert all("<tool_call>" in m.content for m in t.messages if m.role == "assistant")
