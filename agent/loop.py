@@ -92,11 +92,13 @@ def system_prompt(config: AgentConfig, tool_format: str = "minimax") -> str:
 
 
 def _infra_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean the sandbox, not the policy, failed."""
+    """Exceptions that mean the sandbox (engine, image, container), not the policy, failed."""
     from docker.errors import DockerException
     from lightswe.envs.sandbox import SandboxError
+    from lightswe.tasks.images import ImageBuildError
+    from requests.exceptions import RequestException
 
-    return SandboxError, DockerException, ConnectionError, TimeoutError
+    return SandboxError, ImageBuildError, DockerException, RequestException, ConnectionError, TimeoutError
 
 
 def _recorded_call(env, text: str) -> dict | None:
