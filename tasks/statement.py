@@ -51,12 +51,32 @@ def error_lines(failure_text: str, message: str, max_lines: int = 12) -> str:
     return "\n".join(lines)
 
 
-def _expected_actual(error: str) -> str:
+def _sides(line: str) -> tuple[str, str] | None:
+    """``assert left == right`` (a failing test line) -> (left, right) source text, else None."""
+    match = re.match(r"\s*assert (.+?) == (.+?)(?:,.*)?$", line)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def expected_actual(error: str, failing_line: str, call: str) -> str:
+    """"I expected X but got Y" when it is clear which side of the failing ``==`` calls ``call``, else ''.
+
+    Tests write both ``assert f(x) == expected`` and ``assert expected == f(x)``: the side holding the call is
+    the actual value. When the call is on neither or both sides, nothing is claimed.
+    """
     lines = error.splitlines()
+    values = None
     for line in lines[:3]:
         match = re.match(r"(?:AssertionError: )?assert (.+?) == (.+)$", line)
         if match and len(line) < 300:
-            return f"I expected `{match.group(2).strip()}` but got `{match.group(1).strip()}`."
+            values = (match.group(1).strip(), match.group(2).strip())
+            break
+    if values:
+        sides = _sides(failing_line)
+        name = call.split(".")[-1]
+        if sides and (name in sides[0]) != (name in sides[1]):
+            actual, expected = values if name in sides[0] else values[::-1]
+            return f"I expected `{expected}` but got `{actual}`."
+        return ""
     first = lines[0] if lines else ""
     if first.startswith("AssertionError") or first.startswith("assert "):
         return ""
@@ -85,7 +105,7 @@ def write_statement(*, package: str, call: str, failing: list[str], failure_text
         parts += ["", "The failing test does:", "", "```python", excerpt, "```"]
     if error:
         parts += ["", "and fails with:", "", "```", error, "```"]
-    expected = _expected_actual(error)
+    expected = expected_actual(error, excerpt.splitlines()[-1] if excerpt else "", call)
     if expected:
         parts += ["", expected]
     if others:

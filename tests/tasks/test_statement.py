@@ -55,3 +55,17 @@ def test_exception_in_library_names_the_exception_not_the_line(tmp_path):
                                 failure_text=text, message=text)
     assert "ValueError" in statement and "hidden_line" not in statement
     assert "and 1 other test" in statement and "`test_lib.py::test_other`" in statement
+
+
+def test_expected_and_actual_follow_the_side_that_calls(tmp_path):
+    test_id, text = failure_of_real_run(tmp_path, '''
+        def ordinal(n):
+            return "th"
+    ''', '''
+        from lib import ordinal
+
+        def test_ordinal():
+            assert "1st" == "1" + ordinal(1)
+    ''')
+    statement = write_statement(package="lib", call="ordinal", failing=[test_id], failure_text=text, message=text)
+    assert "I expected `'1st'` but got `'1th'`." in statement
