@@ -77,8 +77,9 @@ def _run(args):
                                address=None if args.ray == "local" else args.ray)
     else:
         tokenizer = load_tokenizer(args.tokenizer)
-        executor = LocalExecutor(make_policy(args.policy, tokenizer=tokenizer, tasks=tasks), tokenizer,
-                                 env_factory=default_env_factory(tasks, tool_format=args.tool_format), concurrency=args.concurrency, agent=agent)
+        policy = make_policy(args.policy, tokenizer=tokenizer, tasks=tasks)
+        executor = LocalExecutor(policy, tokenizer, env_factory=default_env_factory(tasks, tool_format=args.tool_format),
+                                 concurrency=args.concurrency, agent=agent)
     with executor:
         summary = run_rollout(tasks, executor, out_dir=args.out, config=config)
     print(f"{summary.episodes} episodes in {summary.seconds:.1f}s ({summary.skipped} already done, "
