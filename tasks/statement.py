@@ -72,9 +72,9 @@ def expected_actual(error: str, failing_line: str, call: str) -> str:
             break
     if values:
         sides = _sides(failing_line)
-        name = call.split(".")[-1]
-        if sides and (name in sides[0]) != (name in sides[1]):
-            actual, expected = values if name in sides[0] else values[::-1]
+        calls = re.compile(rf"\b{re.escape(call.split('.')[-1])}\s*\(")
+        if sides and bool(calls.search(sides[0])) != bool(calls.search(sides[1])):
+            actual, expected = values if calls.search(sides[0]) else values[::-1]
             return f"I expected `{expected}` but got `{actual}`."
         return ""
     first = lines[0] if lines else ""

@@ -65,7 +65,8 @@ def test_expected_and_actual_follow_the_side_that_calls(tmp_path):
         from lib import ordinal
 
         def test_ordinal():
-            assert "1st" == "1" + ordinal(1)
+            ordinalized = "1st"
+            assert ordinalized == "1" + ordinal(1)
     ''')
     statement = write_statement(package="lib", call="ordinal", failing=[test_id], failure_text=text, message=text)
     assert "I expected `'1st'` but got `'1th'`." in statement
