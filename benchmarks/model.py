@@ -20,7 +20,6 @@ import platform
 import time
 
 import torch
-
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
 
 PATTERNS = {"hybrid": "LLLLLLLS", "softmax": "SSSSSSSS", "lightning": "LLLLLLLL"}
@@ -53,7 +52,7 @@ class Timer:
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
 
-    def __enter__(self) -> Timer:
+    def __enter__(self) -> Timer:  # noqa: PYI034
         if self.cuda:
             torch.cuda.synchronize()
         self.start = time.perf_counter()

@@ -15,7 +15,17 @@ from lightswe.model.model import CausalLMOutput, MiniMaxForCausalLM, TokenLogpro
 from lightswe.model.tokenizer import SPECIAL_TOKENS, ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 
 __all__ = [
-    "ByteTokenizer", "CausalLMOutput", "Generation", "HFTokenizer", "HybridCache", "MiniMaxConfig",
-    "MiniMaxForCausalLM", "SPECIAL_TOKENS", "SamplingConfig", "TokenLogprobs", "Tokenizer", "generate",
+    "SPECIAL_TOKENS",
+    "ByteTokenizer",
+    "CausalLMOutput",
+    "Generation",
+    "HFTokenizer",
+    "HybridCache",
+    "MiniMaxConfig",
+    "MiniMaxForCausalLM",
+    "SamplingConfig",
+    "TokenLogprobs",
+    "Tokenizer",
+    "generate",
     "load_tokenizer",
 ]

@@ -8,8 +8,9 @@ keys and values grow (one layer in eight for MiniMax).
 
 from __future__ import annotations
 
-import torch
+from itertools import pairwise
 
+import torch
 from lightswe.model.config import LIGHTNING, MiniMaxConfig
 
 
@@ -21,6 +22,7 @@ class HybridCache:
         """``reserve``: extra KV slots to allocate beyond the prompt (e.g. max_new_tokens), to avoid regrowth."""
         self.config, self.batch_size, self.device, self.dtype, self.reserve = config, batch_size, device, dtype, reserve
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self._max_length = 0  # host copy of lengths.max(): sizing the KV views needs no device sync
         self.started = False
         self._states: dict[int, torch.Tensor] = {}
         self._keys: dict[int, torch.Tensor] = {}
@@ -46,8 +48,8 @@ class HybridCache:
             lengths = [k.shape[2]] * k.shape[0]
             pieces = [(i, 0, k.shape[2]) for i in range(k.shape[0])]
         else:
-            lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
-            pieces = [(0, s, e) for s, e in zip(bounds[:-1], bounds[1:])]
+            lengths = [e - s for s, e in pairwise(bounds)]
+            pieces = [(0, s, e) for s, e in pairwise(bounds)]
         if len(lengths) != self.batch_size:
             raise ValueError(f"cache has {self.batch_size} rows, the prefill holds {len(lengths)} sequences")
         self._allocate(layer, max(lengths) + self.reserve)
@@ -60,7 +62,7 @@ class HybridCache:
         """Write k, v [B, KVH, T, D] after each row's tokens; return keys, values [B, KVH, S, D] and the
         boolean mask [B, 1, T, S] (True = attend) that gives every row causal attention over its own prefix."""
         steps = k.shape[2]
-        needed = int(self.lengths.max()) + steps
+        needed = self._max_length + steps
         if needed > self._keys[layer].shape[2]:
             old_k, old_v = self._keys[layer], self._values[layer]
             self._allocate(layer, max(needed, 2 * old_k.shape[2]))
@@ -78,12 +80,14 @@ class HybridCache:
     def advance(self, lengths: torch.Tensor | int) -> None:
         """Called by the model after a forward: each row now holds ``lengths`` more tokens."""
         self.lengths = self.lengths + lengths
+        self._max_length += int(lengths) if isinstance(lengths, int) else int(lengths.max())
         self.started = True
 
     def select(self, rows: torch.Tensor | list[int]) -> None:
         """Keep only ``rows`` (e.g. drop finished sequences), in that order."""
         index = torch.as_tensor(rows, dtype=torch.long, device=self.lengths.device)
         self.lengths = self.lengths[index]
+        self._max_length = int(self.lengths.max()) if len(index) else 0
         for store in (self._states, self._keys, self._values):
             for layer in store:
                 store[layer] = store[layer][index]

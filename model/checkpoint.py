@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-
 from lightswe.model.config import MiniMaxConfig
 from lightswe.model.model import MiniMaxForCausalLM
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 INDEX = "model.safetensors.index.json"
 _DERIVED = re.compile(r"\.self_attn\.(slope_rate|query_decay|key_decay|diagonal_decay)$")
@@ -67,7 +66,7 @@ def _released_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor under its released name (transformers 5.x fused experts split back into w1/w2/w3)."""
     for file in _files(path):
         with safe_open(file, framework="pt") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 - safe_open has keys(), not __contains__/__iter__
                 if _DERIVED.search(name):
                     continue
                 tensor = f.get_tensor(name)

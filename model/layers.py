@@ -8,14 +8,14 @@ Every attention layer takes ``positions`` [B, T] (RoPE; restarts per packed sequ
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
 from lightswe.model.cache import HybridCache
 from lightswe.model.config import SOFTMAX, MiniMaxConfig
+from torch import nn
 
 LIGHTNING_NORM_EPS = 1e-6  # the released code builds the lightning output norm with RMSNorm's default eps
 
@@ -129,7 +129,7 @@ class SoftmaxAttention(nn.Module):
             bounds = cu_seqlens.tolist()
             o = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
                                                           scale=scale, enable_gqa=True)
-                           for s, e in zip(bounds[:-1], bounds[1:])], dim=2)
+                           for s, e in pairwise(bounds)], dim=2)
             if cache is not None:
                 cache.store_packed_kv(self.layer_idx, k, v, bounds)
         else:

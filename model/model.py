@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.checkpoint import checkpoint
-
 from lightswe.model.cache import HybridCache
 from lightswe.model.config import MiniMaxConfig
 from lightswe.model.layers import DecoderLayer, RMSNorm
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(kw_only=True, slots=True)
@@ -206,7 +205,7 @@ class MiniMaxForCausalLM(nn.Module):
         weight = self.lm_head.weight
         return HybridCache(self.config, batch_size, device=weight.device, dtype=weight.dtype, reserve=reserve)
 
-    def generate(self, prompts: list[list[int]], sampling: "SamplingConfig") -> list["Generation"]:
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
         """Batched sampling; see ``lightswe.model.generation.generate``."""
         from lightswe.model.generation import generate
 
@@ -243,4 +242,4 @@ class MiniMaxForCausalLM(nn.Module):
         return int(total)
 
 
-from lightswe.model.generation import Generation, SamplingConfig  # noqa: E402  (type names for the API)
+from lightswe.model.generation import Generation, SamplingConfig

@@ -6,9 +6,8 @@ import warnings
 
 import pytest
 import torch
-from safetensors import safe_open
-
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
+from safetensors import safe_open
 
 from .conftest import random_model
 
@@ -86,7 +85,7 @@ def test_our_model_reads_a_transformers_checkpoint(tmp_path):
                 param.uniform_(0.5, 1.5)
     hf.save_pretrained(tmp_path)
     with safe_open(tmp_path / "model.safetensors", "pt") as f:  # written with the released names
-        assert "model.layers.0.block_sparse_moe.experts.1.w3.weight" in f.keys()
+        assert "model.layers.0.block_sparse_moe.experts.1.w3.weight" in f.keys()  # noqa: SIM118
     ours = MiniMaxForCausalLM.from_pretrained(tmp_path)
     assert ours.config.layer_pattern == "LSLS" and ours.config.layernorm_mlp_beta == 0.9
     ids = torch.randint(0, 272, (2, 37))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from lightswe.model import SamplingConfig
 
 from .conftest import random_model

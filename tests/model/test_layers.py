@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from lightswe.kernels.lightning_attn.naive import lightning_attn_recurrent
 from lightswe.model.layers import LightningAttention, SparseMoE, lightning_slope, rotary
 

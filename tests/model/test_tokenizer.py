@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from lightswe.model import SPECIAL_TOKENS, ByteTokenizer, MiniMaxConfig, load_tokenizer
 
 
@@ -26,7 +25,7 @@ def test_byte_tokenizer_decodes_partial_utf8_without_error():
 
 def test_hf_tokenizer_json(tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import models, pre_tokenizers, trainers, decoders
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     hf = tokenizers.Tokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
