@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from lightswe.model.cache import HybridCache
 from lightswe.model.config import MiniMaxConfig
+from lightswe.model.generation import Generation, SamplingConfig, generate
 from lightswe.model.layers import DecoderLayer, RMSNorm
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -207,8 +208,6 @@ class MiniMaxForCausalLM(nn.Module):
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
         """Batched sampling; see ``lightswe.model.generation.generate``."""
-        from lightswe.model.generation import generate
-
         return generate(self, prompts, sampling)
 
     # ------------------------------------------------------------------------------- checkpoints
@@ -241,5 +240,3 @@ class MiniMaxForCausalLM(nn.Module):
             total += n
         return int(total)
 
-
-from lightswe.model.generation import Generation, SamplingConfig
