@@ -176,4 +176,11 @@ class GRPOLoss(DAPOLoss):
         return mask / per_seq.clamp_min(1.0) / (reduce(n_seq) if reduce else n_seq).clamp_min(1.0)
 
 
+class SFTLoss(PolicyLoss):
+    """Behaviour cloning (the warm start): mean negative log-likelihood of the policy tokens; advantages 1."""
+
+    def objective(self, logp: Tensor, ratio: Tensor, adv: Tensor) -> tuple[Tensor, Tensor]:
+        return adv * logp, torch.zeros_like(logp, dtype=torch.bool)
+
+
 LOSSES: dict[str, type[PolicyLoss]] = {"cispo": CISPOLoss, "dapo": DAPOLoss, "grpo": GRPOLoss}

@@ -133,3 +133,5 @@ def register(subparsers) -> None:
     p.add_argument("dir", help="rollout output directory")
     p.add_argument("--output", default=None, help="HTML file (default DIR/index.html)")
     p.set_defaults(func=view)
+
+    __import__("lightswe.agent.train", fromlist=["register_train"]).register_train(subparsers)  # learner's `train`

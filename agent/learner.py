@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -40,6 +41,11 @@ class LearnerConfig:
     # MoE load-balancing loss weight. 0 for RL from a trained model: the loss depends on how rows are grouped,
     # so with it on, accumulation is no longer exactly one big batch (MiniMax pre-training uses 0.001).
     aux_loss_coef: float = 0.0
+    # The sampler's temperature: the policy being trained is softmax(logits / T), the distribution the tokens
+    # were drawn from, so ratios compare like with like (set from the rollout's temperature).
+    temperature: float = 1.0
+    # Mixed precision for the forward ("bfloat16" on GPUs); weights, AdamW state and the LM head stay fp32.
+    autocast_dtype: str | None = None
 
 
 @dataclass(kw_only=True, slots=True)
@@ -82,15 +88,15 @@ class TrainBatch:
         return self.input_ids.shape[0]
 
 
-def sequence_logprobs(model: nn.Module, input_ids: Tensor, *, with_entropy: bool = False
+def sequence_logprobs(model: nn.Module, input_ids: Tensor, *, with_entropy: bool = False, temperature: float = 1.0
                       ) -> tuple[Tensor, Tensor | None]:
     """[N, T] fp32 log p(token t | < t) (position 0: 0) and, if asked and the model can, the entropies."""
     entropy = None
     if hasattr(model, "score"):  # lightswe's model; under FSDP2 ``score`` is registered as a forward method
-        scored = model.score(input_ids, with_entropy=with_entropy)
+        scored = model.score(input_ids, with_entropy=with_entropy, temperature=temperature)
         out, entropy = scored.logprobs.float(), scored.entropy
     else:
-        out = model.token_logprobs(input_ids).float()
+        out = model.token_logprobs(input_ids, temperature=temperature).float()
     if out.shape[1] == input_ids.shape[1] - 1:  # model returns the T-1 next-token log-probs
         out = torch.cat([out.new_zeros(out.shape[0], 1), out], dim=1)
     if out.shape != input_ids.shape:
@@ -118,11 +124,19 @@ class Learner:
                                            betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
         self.updates = 0
 
+    def _autocast(self):
+        if not self.config.autocast_dtype:
+            return contextlib.nullcontext()
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device, dtype=getattr(torch, self.config.autocast_dtype))
+
     @torch.no_grad()
     def _recompute(self, batch: TrainBatch) -> Tensor:
         out = []
         for start in range(0, len(batch), self.config.micro_batch_size):
-            out.append(sequence_logprobs(self.model, batch.input_ids[start:start + self.config.micro_batch_size])[0])
+            rows = batch.input_ids[start:start + self.config.micro_batch_size]
+            with self._autocast():
+                out.append(sequence_logprobs(self.model, rows, temperature=self.config.temperature)[0])
         return torch.cat(out) if out else batch.sampler_logp
 
     def _weights(self, mask: Tensor) -> Tensor:
@@ -157,7 +171,9 @@ class Learner:
                 for micro in mb.split(c.micro_batch_size):
                     local = micro - mb[0]
                     rows = batch.rows(micro)
-                    logp, entropy = sequence_logprobs(self.model, rows.input_ids, with_entropy=True)
+                    with self._autocast():
+                        logp, entropy = sequence_logprobs(self.model, rows.input_ids, with_entropy=True,
+                                                          temperature=c.temperature)
                     out = self.loss(logp, behaviour[micro], rows.advantages, weights[local],
                                     sampler_logp=rows.sampler_logp, entropy=entropy)
                     loss = out.loss

@@ -1,0 +1,330 @@
+"""``lightswe train``: rollouts with the current weights -> trajectories on disk -> CISPO updates -> repeat.
+
+Each step: take the next ``tasks_per_step`` tasks (a seeded permutation per epoch; the cursor is checkpointed),
+run ``group_size`` episodes per task in real Docker sandboxes with the built-in model (the same module the
+learner trains, so weights are in sync by construction; with Ray, workers load the weights the step saved),
+write the trajectories under ``out_dir/rollouts/step-N`` (a crash mid-rollout resumes the finished episodes),
+compute group-relative advantages (failed runs excluded, equal-reward groups filtered), and run the learner.
+Metrics go to ``metrics.jsonl`` + TensorBoard, curves to ``curves.png``; checkpoints resume exactly.
+
+Embedded defaults train the ``tiny`` model on the arithmetic bug family (``lightswe.agent.train_tasks``) and
+finish in minutes on a CPU. A random tiny model cannot write tool calls, so by default it is first warm-started
+by behaviour cloning of scripted trajectories of the family's ``warm`` split, whose operator choice is random
+and balanced: the warm start teaches the format, the reward teaches the answer.
+
+Example::
+
+    cfg = TrainConfig(out_dir="runs/t1", steps=4)
+    summary = train(cfg)      # {"success_rate_first": ..., "success_rate_last": ..., ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lightswe.agent.advantages import AdvantageConfig, group_advantages
+from lightswe.agent.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from lightswe.agent.cispo import LOSSES, LossConfig, SFTLoss
+from lightswe.agent.early_stop import EarlyStopConfig
+from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch
+from lightswe.agent.loop import AgentConfig
+from lightswe.agent.metrics import MetricsLog, plot_curves
+from lightswe.agent.trajectory import EpisodeStatus, Trajectory, read_trajectories
+
+log = logging.getLogger(__name__)
+
+# Short on purpose: a byte-level tiny model reads every character of it at every step.
+SHORT_PROMPT = "One tool call per turn, e.g.\n{example}"
+
+
+@dataclass(kw_only=True, slots=True)
+class WarmStartConfig:
+    enabled: bool = True
+    steps: int = 100  # behaviour-cloning updates on the scripted trajectories
+    batch_size: int = 4
+    lr: float = 1e-2
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    out_dir: str = "runs/train"
+    model: str = "tiny"  # preset name (random init from ``seed``) or a checkpoint directory
+    tasks: str = "arith:rl"  # "arith:<split>" (built-in family) or a JSONL file of task instances
+    eval_tasks: str = "arith:eval"  # "" to skip evaluation
+    steps: int = 10
+    tasks_per_step: int = 4
+    group_size: int = 8
+    eval_group_size: int = 4
+    eval_every: int = 0  # 0: evaluate before the first and after the last step only
+    concurrency: int = 4  # episodes (sandboxes) in flight
+    seed: int = 0
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 2
+    loss: str = "cispo"  # cispo | dapo | grpo
+    loss_config: LossConfig = field(default_factory=LossConfig)
+    advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=2e-3, minibatches=2, micro_batch_size=8))
+    agent: AgentConfig = field(default_factory=lambda: AgentConfig(
+        max_steps=2, max_context_tokens=1024, max_new_tokens=160, max_format_errors=1, temperature=0.5,
+        system_prompt=SHORT_PROMPT, early_stop=EarlyStopConfig(enabled=False)))
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    ray: str | None = None  # Ray address ('local' for a local cluster): episodes on Ray actors
+    device: str = "cpu"
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+def load_tasks(spec: str) -> list:
+    if spec.startswith("arith:"):
+        from lightswe.agent.train_tasks import arithmetic_tasks
+
+        return arithmetic_tasks(spec.split(":", 1)[1])
+    from lightswe.tasks.instance import read_jsonl
+
+    if not Path(spec).is_file():
+        raise ValueError(f"tasks {spec!r}: expected 'arith:rl|eval|warm' or a JSONL file of task instances")
+    return read_jsonl(spec)
+
+
+def tasks_at(tasks: list, cursor: int, count: int, seed: int) -> list:
+    """``count`` tasks from position ``cursor`` of an endless stream of seeded per-epoch permutations."""
+    out, n = [], len(tasks)
+    for pos in range(cursor, cursor + count):
+        order = list(range(n))
+        random.Random(seed * 1_000_003 + pos // n).shuffle(order)
+        out.append(tasks[order[pos % n]])
+    return out
+
+
+def batch_from(trajectories: list[Trajectory], advantages: list[float]) -> TrainBatch:
+    return TrainBatch.from_sequences([t.token_ids for t in trajectories], [t.loss_mask for t in trajectories],
+                                     [t.logprobs for t in trajectories], advantages)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Rollouts:
+    """Runs episodes with the current weights (threads in this process, or Ray actors) and reads them back."""
+
+    def __init__(self, cfg: TrainConfig, model, tokenizer) -> None:
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self._images: set[str] = set()
+
+    def prepare(self, tasks: list) -> None:
+        """Build (or find) each task's image once, one at a time, before episodes race for it."""
+        from lightswe.tasks.images import ensure_instance_image
+
+        for task in tasks:
+            if task.instance_id not in self._images:
+                ensure_instance_image(task)
+                self._images.add(task.instance_id)
+
+    def run(self, tasks: list, out_dir: Path, *, group_size: int, round_: int, seed: int, policy=None,
+            version: int = 0) -> list[Trajectory]:
+        from lightswe.agent.policies.model import ModelPolicy
+        from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
+
+        self.prepare(tasks)
+        rcfg = RolloutConfig(group_size=group_size, round=round_, seed=seed, progress=False, parquet=False)
+        if self.cfg.ray and policy is None:
+            from lightswe.agent.ray_executor import RayExecutor
+
+            weights = out_dir.parent / f"weights-{round_}"
+            self.model.save_pretrained(weights)
+            executor = RayExecutor(policy=f"model:{weights}", tasks=tasks, num_workers=self.cfg.concurrency,
+                                   agent=self.cfg.agent, address=None if self.cfg.ray == "local" else self.cfg.ray)
+        else:
+            policy = policy or ModelPolicy(self.model, name=f"model:{self.cfg.model}", version=version,
+                                           max_batch=self.cfg.concurrency)
+            executor = LocalExecutor(policy, self.tokenizer, concurrency=self.cfg.concurrency, agent=self.cfg.agent,
+                                     env_factory=default_env_factory(tasks))
+        try:
+            run_rollout(tasks, executor, out_dir=out_dir, config=rcfg)
+        finally:
+            executor.shutdown()
+        return sorted(read_trajectories(out_dir), key=lambda t: t.episode_id)
+
+
+def _failed(t: Trajectory) -> bool:
+    return t.status is EpisodeStatus.SANDBOX_ERROR or t.reward is None
+
+
+def rollout_metrics(trajectories: list[Trajectory], prefix: str = "") -> dict[str, float]:
+    graded = [t for t in trajectories if not _failed(t)]
+    n = max(len(graded), 1)
+    return {f"{prefix}success_rate": sum(t.resolved for t in graded) / n,
+            f"{prefix}reward_mean": sum(t.reward for t in graded) / n,
+            f"{prefix}submitted": sum(t.status is EpisodeStatus.SUBMITTED for t in graded) / n,
+            f"{prefix}episodes": float(len(trajectories)), f"{prefix}runs_failed": float(len(trajectories) - len(graded)),
+            f"{prefix}generated_tokens": float(sum(t.num_generated_tokens for t in trajectories))}
+
+
+# ----------------------------------------------------------------------------------------- warm start
+def warm_start(cfg: TrainConfig, model, tokenizer, rollouts: Rollouts) -> dict[str, float]:
+    """Behaviour cloning of scripted trajectories on the family's ``warm`` split (see module docstring)."""
+    from lightswe.agent.policies.scripted import ScriptedPolicy
+    from lightswe.agent.train_tasks import arithmetic_tasks, warm_start_scripts
+
+    wcfg = cfg.warm_start
+    tasks = arithmetic_tasks("warm")
+    out = Path(cfg.out_dir) / "warm_start"
+    trajs = []
+    for shift in range(4):  # every statement with every operator once: the answer cannot be cloned
+        policy = ScriptedPolicy(warm_start_scripts(tasks, shift), tokenizer)
+        trajs += [t for t in rollouts.run(tasks, out / f"rollouts-{shift}", group_size=1, round_=0, seed=cfg.seed,
+                                          policy=policy) if t.status is EpisodeStatus.SUBMITTED]
+    if not trajs:
+        raise RuntimeError(f"no scripted episode submitted under {out}; check the Docker sandbox (lightswe doctor)")
+    learner = Learner(model, SFTLoss(), LearnerConfig(lr=wcfg.lr, minibatches=1, micro_batch_size=wcfg.batch_size,
+                                                      grad_clip=1.0))
+    rng = random.Random(cfg.seed)
+    losses = []
+    for _ in range(wcfg.steps):
+        pick = [trajs[rng.randrange(len(trajs))] for _ in range(wcfg.batch_size)]
+        losses.append(learner.step(batch_from(pick, [1.0] * len(pick)))["loss"])
+    return {"warm_start_loss_first": losses[0], "warm_start_loss_last": losses[-1],
+            "warm_start_episodes": float(len(trajs)), "warm_start_scripted_success": rollout_metrics(trajs)["success_rate"]}
+
+
+# ------------------------------------------------------------------------------------------- the loop
+def train(cfg: TrainConfig) -> dict[str, float]:
+    from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM, load_tokenizer
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1, default=str))
+    _seed_everything(cfg.seed)
+    tokenizer = load_tokenizer(None)
+    if Path(cfg.model).is_dir():
+        model = MiniMaxForCausalLM.from_pretrained(cfg.model, device=cfg.device)
+    else:
+        model = MiniMaxForCausalLM(MiniMaxConfig.preset(cfg.model)).to(cfg.device)
+        model.init_weights(seed=cfg.seed)
+    cfg.learner.temperature = cfg.agent.temperature  # train the distribution the sampler draws from
+    learner = Learner(model, LOSSES[cfg.loss](cfg.loss_config), cfg.learner)
+    rollouts = Rollouts(cfg, model, tokenizer)
+    tasks = load_tasks(cfg.tasks)
+    eval_tasks = load_tasks(cfg.eval_tasks) if cfg.eval_tasks else []
+    metrics_log = MetricsLog(out)
+    ckpt_dir = out / "checkpoints"
+    summary: dict[str, float] = {}
+
+    start, cursor = 0, 0
+    if latest_checkpoint(ckpt_dir) is not None:
+        state = load_checkpoint(ckpt_dir, model=model, optimizer=learner.optimizer)
+        start, cursor, learner.updates = state["step"], state["cursor"], state["updates"]
+        summary.update(state.get("summary", {}))
+        for stale in (out / "rollouts").glob("step-*"):  # made by weights after the checkpoint: redo them
+            if int(stale.name.split("-")[1]) > start + 1:
+                shutil.rmtree(stale)
+        print(f"resumed from step {start} (cursor {cursor})")
+    elif cfg.warm_start.enabled and cfg.tasks.startswith("arith:"):
+        t0 = time.perf_counter()
+        ws = warm_start(cfg, model, tokenizer, rollouts)
+        ws["warm_start_seconds"] = time.perf_counter() - t0
+        summary.update(ws)
+        print(f"warm start: {ws}")
+
+    def evaluate(step: int) -> None:
+        if not eval_tasks:
+            return
+        trajs = rollouts.run(eval_tasks, out / "eval" / f"step-{step:04d}", group_size=cfg.eval_group_size,
+                             round_=step, seed=10_000 + cfg.seed, version=step)
+        m = rollout_metrics(trajs, prefix="eval_")
+        metrics_log.write(step=step, metrics=m)
+        summary.setdefault("eval_success_rate_first", m["eval_success_rate"])
+        summary["eval_success_rate_last"] = m["eval_success_rate"]
+        print(f"eval step {step}: success {m['eval_success_rate']:.3f} on {int(m['eval_episodes'])} episodes")
+
+    if start == 0:
+        evaluate(0)
+    for step in range(start + 1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        step_tasks = tasks_at(tasks, cursor, cfg.tasks_per_step, cfg.seed)
+        trajs = rollouts.run(step_tasks, out / "rollouts" / f"step-{step:04d}", group_size=cfg.group_size,
+                             round_=step, seed=cfg.seed * 7919 + step, version=step - 1)
+        t_roll = time.perf_counter() - t0
+        adv = group_advantages([t.group_id for t in trajs], [t.reward for t in trajs],
+                               [_failed(t) for t in trajs], cfg.advantages)
+        kept = [i for i, k in enumerate(adv.keep) if k]
+        m = rollout_metrics(trajs)
+        m.update(filtered_share=adv.filtered_share, rollout_seconds=t_roll)
+        if kept:
+            t1 = time.perf_counter()
+            m.update(learner.step(batch_from([trajs[i] for i in kept], [adv.values[i] for i in kept])))
+            m["update_seconds"] = time.perf_counter() - t1
+        cursor += cfg.tasks_per_step
+        metrics_log.write(step=step, metrics=m)
+        summary.setdefault("success_rate_first", m["success_rate"])
+        summary["success_rate_last"] = m["success_rate"]
+        print(f"step {step}/{cfg.steps}: success {m['success_rate']:.3f} reward {m['reward_mean']:.3f} "
+              f"filtered {adv.filtered_share:.2f} loss {m.get('loss', float('nan')):.4f} "
+              f"clip {m.get('clip_fraction', float('nan')):.3f} ({t_roll:.0f}s rollout)")
+        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+            evaluate(step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint(ckpt_dir, step=step, model=model, optimizer=learner.optimizer, keep=cfg.keep_checkpoints,
+                            state={"cursor": cursor, "updates": learner.updates, "summary": summary})
+    if start < cfg.steps:
+        evaluate(cfg.steps)
+        save_checkpoint(ckpt_dir, step=cfg.steps, model=model, optimizer=learner.optimizer, keep=cfg.keep_checkpoints,
+                        state={"cursor": cursor, "updates": learner.updates, "summary": summary})
+    metrics_log.close()
+    model.save_pretrained(out / "final")
+    keys = ("success_rate", "eval_success_rate", "reward_mean", "loss", "clip_fraction", "entropy", "grad_norm",
+            "filtered_share", "logprob_mismatch_abs")
+    plot_curves(out / "metrics.jsonl", out / "curves.png", keys=keys, title=f"lightswe train ({cfg.loss}, {cfg.model})")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def register_train(subparsers) -> None:
+    p = subparsers.add_parser("train", help="RL: rollouts with the built-in model, CISPO updates, repeat "
+                                            "(embedded defaults: minutes on a CPU)")
+    d = TrainConfig()
+    p.add_argument("--out", default=d.out_dir, help="run directory (resumes from its checkpoints)")
+    p.add_argument("--model", default=d.model, help="preset (tiny, small) or checkpoint directory")
+    p.add_argument("--tasks", default=d.tasks, help="'arith:rl' (built-in family) or a JSONL of task instances")
+    p.add_argument("--eval-tasks", default=d.eval_tasks, help="held-out tasks ('' skips evaluation)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--tasks-per-step", type=int, default=d.tasks_per_step)
+    p.add_argument("--group-size", type=int, default=d.group_size, help="G samples per task")
+    p.add_argument("--concurrency", type=int, default=d.concurrency)
+    p.add_argument("--loss", default=d.loss, choices=sorted(LOSSES))
+    p.add_argument("--eps-high", type=float, default=d.loss_config.eps_high, help="upper clip of the IS weight")
+    p.add_argument("--lr", type=float, default=d.learner.lr)
+    p.add_argument("--behaviour", default=d.learner.behaviour, choices=["sampler", "recompute"])
+    p.add_argument("--warm-start-steps", type=int, default=d.warm_start.steps, help="0 disables the warm start")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--ray", nargs="?", const="local", default=None, help="episodes on Ray actors")
+    p.add_argument("--device", default=d.device)
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = TrainConfig(out_dir=args.out, model=args.model, tasks=args.tasks, eval_tasks=args.eval_tasks,
+                      steps=args.steps, tasks_per_step=args.tasks_per_step, group_size=args.group_size,
+                      concurrency=args.concurrency, loss=args.loss, seed=args.seed, ray=args.ray, device=args.device)
+    cfg.loss_config.eps_high = args.eps_high
+    cfg.learner.lr, cfg.learner.behaviour = args.lr, args.behaviour
+    cfg.warm_start.steps = args.warm_start_steps
+    cfg.warm_start.enabled = args.warm_start_steps > 0
+    summary = train(cfg)
+    print(json.dumps(summary, indent=1))
+    print(f"curves: {Path(cfg.out_dir) / 'curves.png'}")
+    return 0
