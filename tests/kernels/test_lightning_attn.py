@@ -169,7 +169,7 @@ def test_cuda_dispatch_uses_triton(monkeypatch):
     assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
 
 
-@pytest.mark.parametrize("index", range(12), ids=lambda i: f"config{i}")
+@pytest.mark.parametrize("index", range(11), ids=lambda i: f"config{i}")
 def test_every_tuned_config(index, monkeypatch):
     """Each autotuning config (chunk length, slice widths, warps) computes the same function."""
     import lightswe.kernels.lightning_attn.chunk as chunk
