@@ -17,7 +17,6 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-
 from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
 
 CHUNK = 64
@@ -104,11 +103,11 @@ def main() -> int:
         for name, fn in cand.items():
             o, ht = fn(q, k, v)
             results[name] = (o, ht)
-            ms = cuda_time(lambda: fn(q, k, v))
+            ms = cuda_time(lambda fn=fn, q=q, k=k, v=v: fn(q, k, v))
             lines.append(row(name, length, "fwd", ms, fl_fwd, 4 * act + ht.numel() * 4, bw))
             leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
 
-            def fwd_bwd():
+            def fwd_bwd(fn=fn, leaves=leaves, do=do):
                 o, _ = fn(*leaves)
                 o.backward(do)
 
@@ -127,12 +126,15 @@ def main() -> int:
               f"backward {chunk._bwd_kernel.best_config}")
         if not args.no_sdpa:
             qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-            sdpa = lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)  # noqa: E731
+            def sdpa(qt=qt, kt=kt, vt=vt):
+                return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
+
             fl = 2 * th * length * D  # causal: half of 4*T*D per token-head
             lines.append(row("PyTorch SDPA causal", length, "fwd", cuda_time(sdpa), fl, 4 * act, bw))
             leaves = [x.detach().clone().requires_grad_() for x in (qt, kt, vt)]
             dot = do.transpose(1, 2)
-            ms = cuda_time(lambda: F.scaled_dot_product_attention(*leaves, is_causal=True).backward(dot))
+            ms = cuda_time(lambda leaves=leaves, dot=dot: F.scaled_dot_product_attention(
+                *leaves, is_causal=True).backward(dot))
             lines.append(row("PyTorch SDPA causal", length, "fwd+bwd", ms, 3.5 * fl, 11 * act, bw))
             del leaves
         del q, k, v, do
@@ -155,7 +157,7 @@ def main() -> int:
     ours = rotating(lambda q, k, v, s: lightning_attn_decode(q, k, v, slope, s))
     lines.append(row("ours decode (Triton)", batch, "decode", cuda_time(ours) / n_sets, fl, nbytes, bw))
     if fla:
-        step = lambda q, k, v, s: fla[1](q[:, None], k[:, None], v[:, None], g_gamma=-slope,  # noqa: E731
+        step = lambda q, k, v, s: fla[1](q[:, None], k[:, None], v[:, None], g_gamma=-slope,
                                          scale=1.0, initial_state=s, output_final_state=True)
         lines.append(row("fla fused_recurrent_simple_gla", batch, "decode",
                          cuda_time(rotating(step)) / n_sets, fl, nbytes, bw))

@@ -10,10 +10,10 @@ functions, so sampler and learner see the same numerics.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 
 import torch
-
 from lightswe.kernels.lightning_attn.naive import lightning_attn_chunked, lightning_attn_decode_naive
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -116,10 +116,10 @@ def lightning_attn(
     if cu_seqlens is None:
         return lightning_attn_chunked(q, k, v, slope, initial_state)
     bounds = cu_seqlens.tolist()
-    if bounds[0] != 0 or bounds[-1] != length or any(a > b for a, b in zip(bounds[:-1], bounds[1:])):
+    if bounds[0] != 0 or bounds[-1] != length or any(a > b for a, b in itertools.pairwise(bounds)):
         raise ValueError(f"cu_seqlens must rise from 0 to T={length}, got {bounds}")
     outs, states = [], []
-    for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for i, (start, end) in enumerate(itertools.pairwise(bounds)):
         init = None if initial_state is None else initial_state[i : i + 1]
         o, s = lightning_attn_chunked(q[:, start:end], k[:, start:end], v[:, start:end], slope, init)
         outs.append(o)

@@ -129,7 +129,7 @@ def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
     k += (bos * H + i_h) * K
     v += (bos * H + i_h) * V
     o += (bos * H + i_h) * V
-    for i_t in range(0, tl.cdiv(T, BT)):
+    for i_t in range(tl.cdiv(T, BT)):
         p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
         p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
         p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
@@ -163,7 +163,7 @@ def _bwd_dq(q, k, v, do, dq, h0, i_nh, i_k, bos, T, b,
     v += (bos * H + (i_nh % H)) * V
     do += (bos * H + (i_nh % H)) * V
     dq += (bos * H + (i_nh % H)) * K
-    for i_t in range(0, tl.cdiv(T, BT)):
+    for i_t in range(tl.cdiv(T, BT)):
         p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
         p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
         p_do = tl.make_block_ptr(do, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
@@ -197,7 +197,7 @@ def _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_k, bos, T, b,
     do += (bos * H + (i_nh % H)) * V
     dk += (bos * H + (i_nh % H)) * K
     NT = tl.cdiv(T, BT)
-    for i in range(0, NT):
+    for i in range(NT):
         i_t = NT - 1 - i
         p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
         p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
@@ -234,7 +234,7 @@ def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
     do += (bos * H + (i_nh % H)) * V
     dv += (bos * H + (i_nh % H)) * V
     NT = tl.cdiv(T, BT)
-    for i in range(0, NT):
+    for i in range(NT):
         i_t = NT - 1 - i
         p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
         p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
@@ -296,12 +296,12 @@ def lightning_attn_fwd(
     initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None, store_final_state: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Launch the forward kernel on contiguous [B, T, H, K/V] inputs. Returns (o, final state or None)."""
-    B, T, H, K = q.shape
+    _, T, H, K = q.shape
     V = v.shape[-1]
     N = _num_seqs(q, cu_seqlens)
     o = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if store_final_state else None
-    grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)
     _launch(_fwd_kernel, grid, q, k, v, o, slope, initial_state, ht, cu_seqlens, T=T, NB=N * H,
                       H=H, K=K, V=V, USE_H0=initial_state is not None, STORE_HT=store_final_state,
                       IS_VARLEN=cu_seqlens is not None)
@@ -314,12 +314,12 @@ def lightning_attn_bwd(
     do: torch.Tensor, dht: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launch the backward kernel. Returns (dq, dk, dv, d initial_state or None)."""
-    B, T, H, K = q.shape
+    _, T, H, K = q.shape
     V = v.shape[-1]
     N = _num_seqs(q, cu_seqlens)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dh0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else None
-    grid = lambda meta: (2 * triton.cdiv(K, meta["BK"]) + triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
+    grid = lambda meta: (2 * triton.cdiv(K, meta["BK"]) + triton.cdiv(V, meta["BV"]), N * H)
     _launch(_bwd_kernel, grid, q, k, v, do, dq, dk, dv, slope, initial_state, dht, dh0, cu_seqlens,
             T=T, NB=N * H, H=H, K=K, V=V, USE_H0=initial_state is not None,
             USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=cu_seqlens is not None)

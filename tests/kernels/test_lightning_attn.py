@@ -7,9 +7,10 @@ state to 8 mantissa bits; fp32 inputs go through tf32 matrix products.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
-
 from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
 from lightswe.kernels.lightning_attn.naive import lightning_attn_chunked, lightning_attn_decode_naive
 
@@ -43,7 +44,7 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 def inputs(batch: int, length: int, dtype: torch.dtype, seed: int):
     gen = torch.Generator(device="cuda").manual_seed(seed)
     # silu outputs, as the model feeds them: mostly positive, magnitude ~0.5
-    make = lambda: torch.nn.functional.silu(  # noqa: E731
+    make = lambda: torch.nn.functional.silu(
         torch.randn(batch, length, HEADS, DIM, device="cuda", generator=gen)).to(dtype)
     return make(), make(), make(), gen
 
@@ -56,7 +57,7 @@ def reference(q, k, v, slope, h0, bounds):
         o, ht = lightning_attn_chunked(*leaves, slope, h0r)
     else:
         outs, states = [], []
-        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(bounds)):
             init = None if h0r is None else h0r[i : i + 1]
             o_i, s_i = lightning_attn_chunked(*(x[:, a:b] for x in leaves), slope, init)
             outs.append(o_i)
@@ -155,7 +156,7 @@ def test_decode_continues_prefill():
 
 def test_cuda_dispatch_uses_triton(monkeypatch):
     """On CUDA the API runs the Triton kernels (not the reference) and agrees with it."""
-    import lightswe.kernels.lightning_attn.chunk as chunk
+    from lightswe.kernels.lightning_attn import chunk
 
     calls = []
     real = chunk.lightning_attn_fwd
@@ -172,7 +173,7 @@ def test_cuda_dispatch_uses_triton(monkeypatch):
 @pytest.mark.parametrize("index", range(11), ids=lambda i: f"config{i}")
 def test_every_tuned_config(index, monkeypatch):
     """Each autotuning config (chunk length, slice widths, warps) computes the same function."""
-    import lightswe.kernels.lightning_attn.chunk as chunk
+    from lightswe.kernels.lightning_attn import chunk
 
     fwd, bwd = chunk._fwd_kernel.configs, chunk._bwd_kernel.configs
     if index >= max(len(fwd), len(bwd)):

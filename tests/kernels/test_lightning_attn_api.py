@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
-
 from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
 from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive, lightning_attn_recurrent
 
@@ -36,7 +37,7 @@ def test_cpu_varlen_equals_each_sequence():
     q, k, v = (make(1, bounds[-1], H, D, seed=i) for i in range(3))
     h0 = make(3, H, D, D, seed=4)
     o, ht = lightning_attn(q, k, v, slopes(), h0, torch.tensor(bounds))
-    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
         o_i, s_i = lightning_attn_recurrent(q[:, a:b], k[:, a:b], v[:, a:b], slopes(), h0[i : i + 1])
         torch.testing.assert_close(o[:, a:b], o_i, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(ht[i : i + 1], s_i, rtol=1e-4, atol=1e-4)
