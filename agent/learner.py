@@ -22,9 +22,8 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
-
 from lightswe.agent.cispo import PolicyLoss
+from torch import Tensor, nn
 
 
 @dataclass(kw_only=True, slots=True)

@@ -26,7 +26,7 @@ class MetricsLog:
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
-        self._file = open(self.path, "a")
+        self._file = open(self.path, "a")  # noqa: SIM115 - appended to at every step until close()
         self._tb = None
         if tensorboard:
             try:

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from lightswe.agent.advantages import AdvantageConfig, group_advantages
 from lightswe.agent.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from lightswe.agent.cispo import LOSSES, LossConfig, SFTLoss
@@ -51,7 +50,7 @@ SHORT_PROMPT = "One tool call per turn, e.g.\n{example}"
 @dataclass(kw_only=True, slots=True)
 class WarmStartConfig:
     enabled: bool = True
-    steps: int = 100  # behaviour-cloning updates on the scripted trajectories
+    steps: int = 150  # behaviour-cloning updates on the scripted trajectories
     batch_size: int = 4
     lr: float = 1e-2
 
@@ -62,7 +61,7 @@ class TrainConfig:
     model: str = "tiny"  # preset name (random init from ``seed``) or a checkpoint directory
     tasks: str = "arith:rl"  # "arith:<split>" (built-in family) or a JSONL file of task instances
     eval_tasks: str = "arith:eval"  # "" to skip evaluation
-    steps: int = 10
+    steps: int = 14
     tasks_per_step: int = 4
     group_size: int = 8
     eval_group_size: int = 4
@@ -231,13 +230,13 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         for stale in (out / "rollouts").glob("step-*"):  # made by weights after the checkpoint: redo them
             if int(stale.name.split("-")[1]) > start + 1:
                 shutil.rmtree(stale)
-        print(f"resumed from step {start} (cursor {cursor})")
+        print(f"resumed from step {start} (cursor {cursor})", flush=True)
     elif cfg.warm_start.enabled and cfg.tasks.startswith("arith:"):
         t0 = time.perf_counter()
         ws = warm_start(cfg, model, tokenizer, rollouts)
         ws["warm_start_seconds"] = time.perf_counter() - t0
         summary.update(ws)
-        print(f"warm start: {ws}")
+        print(f"warm start: {ws}", flush=True)
 
     def evaluate(step: int) -> None:
         if not eval_tasks:
@@ -248,7 +247,8 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         metrics_log.write(step=step, metrics=m)
         summary.setdefault("eval_success_rate_first", m["eval_success_rate"])
         summary["eval_success_rate_last"] = m["eval_success_rate"]
-        print(f"eval step {step}: success {m['eval_success_rate']:.3f} on {int(m['eval_episodes'])} episodes")
+        print(f"eval step {step}: success {m['eval_success_rate']:.3f} on {int(m['eval_episodes'])} episodes",
+              flush=True)
 
     if start == 0:
         evaluate(0)
@@ -273,7 +273,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         summary["success_rate_last"] = m["success_rate"]
         print(f"step {step}/{cfg.steps}: success {m['success_rate']:.3f} reward {m['reward_mean']:.3f} "
               f"filtered {adv.filtered_share:.2f} loss {m.get('loss', float('nan')):.4f} "
-              f"clip {m.get('clip_fraction', float('nan')):.3f} ({t_roll:.0f}s rollout)")
+              f"clip {m.get('clip_fraction', float('nan')):.3f} ({t_roll:.0f}s rollout)", flush=True)
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
             evaluate(step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:

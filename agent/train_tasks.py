@@ -34,7 +34,7 @@ _ENV = {"GIT_AUTHOR_NAME": "lightswe", "GIT_AUTHOR_EMAIL": "lightswe@localhost",
 
 def _distinct(a: int, b: int) -> bool:
     """Every operator and the bug give different results, so only the asked-for operator passes."""
-    values = [eval(f"{a} {op} {b}") for op in [*OPS.values(), "//"]]  # noqa: S307
+    values = [eval(f"{a} {op} {b}") for op in [*OPS.values(), "//"]]
     return len(set(values)) == len(values)
 
 
@@ -46,7 +46,7 @@ def _calc(expr: str) -> str:
 
 
 def _test(word: str, a: int, b: int) -> str:
-    expected = eval(f"{a} {OPS[word]} {b}")  # noqa: S307 - our own constant expression
+    expected = eval(f"{a} {OPS[word]} {b}")
     return (f"from calc import f\n\n\ndef test_f():\n    assert f({a}, {b}) == {expected}  # the {word}\n\n\n"
             f"def test_returns_int():\n    assert isinstance(f(6, 2), int)\n")
 

@@ -8,6 +8,18 @@ One step = one ``Learner.step`` on a batch of ``tokens / T`` random rows of T to
 as policy tokens), one optimiser step, micro-batches of ``--micro`` rows, bf16 autocast on CUDA (fp32 weights,
 AdamW state and LM head). Throughput = all tokens forwarded / median step time after one warm-up step; memory =
 peak CUDA memory allocated during the timed steps.
+
+Measured (one run, NVIDIA H200 assigned when no H100 was free, torch 2.11+cu130, Triton 3.6; small model 98.6M
+parameters, 32,768 tokens per step, 2 rows per micro-batch, bf16 autocast, no activation checkpointing):
+
+| T | lightning backend | tokens/s | step s | peak GiB |
+|---|---|---|---|---|
+| 2,048 | Triton kernels | 30,207 | 1.085 | 3.76 |
+| 2,048 | PyTorch reference | 8,140 | 4.026 | 4.01 |
+| 8,192 | Triton kernels | 63,819 | 0.513 | 9.59 |
+| 8,192 | PyTorch reference | 11,324 | 2.894 | 10.58 |
+
+(At T=2,048 the step runs 8 micro-batches instead of 2, so per-call overheads weigh more.)
 """
 
 from __future__ import annotations
@@ -20,7 +32,6 @@ import statistics
 import time
 
 import torch
-
 from lightswe.agent.cispo import CISPOLoss
 from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from lightswe.agent.advantages import AdvantageConfig, fill_batch, group_advantages
 
 

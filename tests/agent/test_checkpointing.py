@@ -9,10 +9,9 @@ import random
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from lightswe.agent.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from lightswe.agent.metrics import MetricsLog, plot_curves, read_metrics
+from torch import nn
 
 
 def _setup(seed=0):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from lightswe.agent.advantages import group_advantages
 from lightswe.agent.cispo import CISPOLoss, DAPOLoss, GRPOLoss, LossConfig
 
@@ -136,3 +135,12 @@ def test_bad_shapes_and_settings_raise():
     fn = CISPOLoss()
     with pytest.raises(ValueError, match="advantages"):
         fn(logp, behaviour, adv[:2], fn.token_weights(mask))
+
+
+def test_sft_loss_is_mean_token_nll():
+    from lightswe.agent.cispo import SFTLoss
+
+    logp, _, mask, _ = _batch()
+    fn = SFTLoss()
+    out = fn(logp, logp.detach(), torch.ones(logp.shape[0], dtype=torch.float64), fn.token_weights(mask))
+    torch.testing.assert_close(out.loss, -(logp[mask]).mean())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from lightswe.agent.checkpointing import load_checkpoint, save_checkpoint
 from lightswe.agent.cispo import CISPOLoss, GRPOLoss
 from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch, sequence_logprobs

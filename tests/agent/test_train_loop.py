@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from lightswe.agent.metrics import read_metrics
 from lightswe.agent.train import TrainConfig, WarmStartConfig, tasks_at, train
 from lightswe.agent.train_tasks import OPS, arithmetic_tasks, warm_start_scripts
