@@ -73,7 +73,9 @@ class TrainConfig:
     loss: str = "cispo"  # cispo | dapo | grpo
     loss_config: LossConfig = field(default_factory=LossConfig)
     advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=2e-3, minibatches=2, micro_batch_size=8))
+    # lr: with AdamW eps 1e-15 every parameter moves ~lr per update however small its gradient; on the tiny model
+    # 2e-3 destroyed the warm-started format in one step, 1e-4 moved nothing in 9 steps, 5e-4 is what the demo used.
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=5e-4, minibatches=2, micro_batch_size=8))
     agent: AgentConfig = field(default_factory=lambda: AgentConfig(
         max_steps=2, max_context_tokens=1024, max_new_tokens=160, max_format_errors=1, temperature=0.5,
         system_prompt=SHORT_PROMPT, early_stop=EarlyStopConfig(enabled=False)))
