@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightswe.agent.durable import fsync_dir
 from torch import nn
 
 LATEST = "latest"
@@ -28,14 +29,6 @@ LATEST = "latest"
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -89,14 +82,14 @@ def save_checkpoint(root: str | Path, *, step: int, model: nn.Module, optimizer:
         json.dump({"step": step, **(state or {})}, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     pointer = root / f".tmp-{LATEST}"
     pointer.write_text(final.name + "\n")
     os.replace(pointer, root / LATEST)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     if _distributed():

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from lightswe.agent.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -184,14 +186,6 @@ def _parquet_table(records: list[dict]):
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class TrajectoryWriter:
     """Append-only, thread-safe; every ``write`` is on disk (fsynced) before it returns.
 
@@ -221,7 +215,7 @@ class TrajectoryWriter:
         with self._lock:
             if self._handle is None:
                 self._handle = self._segment(".jsonl").open("a", encoding="utf-8")
-                _fsync_dir(self.out_dir)
+                fsync_dir(self.out_dir)
             self._handle.write(line)
             self._handle.flush()
             os.fsync(self._handle.fileno())
@@ -245,7 +239,7 @@ class TrajectoryWriter:
                 handle.flush()
                 os.fsync(handle.fileno())
             tmp.replace(final)
-            _fsync_dir(self.out_dir)
+            fsync_dir(self.out_dir)
             self._segment(".jsonl").unlink()
         self._records = []
         self._seq += 1
