@@ -14,6 +14,7 @@ from __future__ import annotations
 import shlex
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from lightswe.envs.sandbox import Sandbox
@@ -21,15 +22,36 @@ from lightswe.tasks.instance import TaskInstance
 
 JUNIT_PATH = "/tmp/lightswe-junit.xml"
 _CONFIG_FILES = ("pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml", "conftest.py")
+PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
+
+
+@dataclass(kw_only=True, slots=True)
+class JUnitReport:
+    """What pytest's JUnit XML says: the one record of a test run's results (grading and task synthesis)."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)  # node id -> passed/failed/error/skipped
+    messages: dict[str, str] = field(default_factory=dict)  # node id -> failure text (failed/error only)
+    collection_errors: int = 0  # errors not attached to a test (a module that failed to import)
+    unaddressable: set[str] = field(default_factory=set)  # ids whose file could not be found (see nodeid)
 
 
 @dataclass(kw_only=True, slots=True)
 class TestRun:
-    outcomes: dict[str, str]  # pytest node id -> "passed" | "failed" | "error" | "skipped"
-    exit_code: int
-    output: str  # the runner's output (capped)
-    timed_out: bool
-    duration_s: float
+    outcomes: dict[str, str] = field(default_factory=dict)  # pytest node id -> passed/failed/error/skipped
+    messages: dict[str, str] = field(default_factory=dict)  # node id -> failure text (failed/error only)
+    collection_errors: int = 0
+    unaddressable: set[str] = field(default_factory=set)
+    exit_code: int = 0
+    output: str = ""  # the runner's output (capped)
+    timed_out: bool = False
+    duration_s: float = 0.0
+
+    def ids(self, outcome: str) -> set[str]:
+        return {k for k, v in self.outcomes.items() if v == outcome}
+
+    @property
+    def passed(self) -> set[str]:
+        return self.ids(PASSED)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -43,28 +65,96 @@ class Grade:
     duration_s: float = 0.0
 
 
-def nodeid(case: ET.Element) -> str:
-    """pytest node id of a JUnit ``testcase`` written with ``junit_family=xunit1`` (has ``file``)."""
+def _case_path(case: ET.Element, files: Collection[str] | None) -> tuple[str, list[str]] | None:
+    """(file, classes) of a JUnit xunit1 ``testcase``; None when its file cannot be determined.
+
+    ``classname`` is pytest's node id with ``/`` -> ``.`` and ``.py`` dropped, but ``file`` is where the test
+    function is *defined*: for a method inherited from a base class in another file (``tests/__init__.py``)
+    the two disagree, and the file is then the longest dotted prefix of ``classname`` that names a file in
+    ``files`` (the repository's files).
+    """
+    classname, path = case.get("classname", ""), case.get("file") or ""
+    module = path[:-3].replace("/", ".") if path.endswith(".py") else path
+    if not classname or classname == module:
+        return path, []
+    if classname.startswith(module + "."):
+        return path, classname[len(module) + 1:].split(".")
+    parts = classname.split(".")
+    for cut in range(len(parts), 0, -1):
+        candidate = "/".join(parts[:cut]) + ".py"
+        if files is not None and candidate in files:
+            return candidate, parts[cut:]
+    return None
+
+
+def nodeid(case: ET.Element, files: Collection[str] | None = None) -> str:
+    """pytest node id of a JUnit ``testcase`` written with ``junit_family=xunit1`` (has ``file``).
+
+    ``files``: the repository's files, needed for tests inherited from a class in another file (see
+    ``_case_path``); without a match the id is built from ``file`` and may not select the test.
+    """
     name, classname, path = case.get("name", ""), case.get("classname", ""), case.get("file")
     if not path:  # xunit2: best effort from the dotted class name
         return f"{classname.replace('.', '/')}.py::{name}"
-    module = path[:-3].replace("/", ".") if path.endswith(".py") else path
-    classes = classname[len(module) + 1:].split(".") if classname.startswith(module + ".") else []
-    return "::".join([path, *[c for c in classes if c], name])
+    found = _case_path(case, files)
+    file, classes = found if found is not None else (path, [])
+    return "::".join([file, *[c for c in classes if c], name])
 
 
-def parse_junit(xml: bytes) -> dict[str, str]:
-    """Node id -> outcome for every test case in a JUnit XML report."""
-    outcomes: dict[str, str] = {}
+def parse_junit(xml: bytes | str, files: Collection[str] | None = None) -> JUnitReport:
+    """Outcomes, failure messages and collection errors of every test case in a JUnit XML report.
+
+    ``files``: the repository's files, to rebuild the ids of inherited tests (see ``nodeid``).
+    """
+    report = JUnitReport()
     for case in ET.fromstring(xml).iter("testcase"):
         tags = {child.tag for child in case}
-        outcome = ("error" if "error" in tags else "failed" if "failure" in tags
-                   else "skipped" if "skipped" in tags else "passed")
-        key = nodeid(case)
-        if outcomes.get(key) in ("failed", "error") and outcome == "passed":
+        outcome = (ERROR if "error" in tags else FAILED if "failure" in tags
+                   else SKIPPED if "skipped" in tags else PASSED)
+        if not case.get("classname") and outcome == ERROR:  # a module that failed to import (collection)
+            report.collection_errors += 1
+            continue
+        key = nodeid(case, files)
+        if case.get("file") and _case_path(case, files) is None:
+            report.unaddressable.add(key)
+        for child in case:
+            if child.tag in ("failure", "error") and key not in report.messages:
+                report.messages[key] = (child.text or child.get("message") or "").strip("\n")  # with E lines
+                break
+        if report.outcomes.get(key) in (FAILED, ERROR) and outcome == PASSED:
             continue  # a teardown error reported after a pass keeps the failure
-        outcomes[key] = outcome
-    return outcomes
+        report.outcomes[key] = outcome
+    return report
+
+
+def pytest_command(test_command: str, test_ids: list[str] | None = None, junit: str = JUNIT_PATH) -> str:
+    """``test_command`` plus JUnit output (xunit1, so ``file`` is recorded) and optional node ids."""
+    ids = " ".join(shlex.quote(t) for t in (test_ids or []))
+    return f"{test_command} -o junit_family=xunit1 --junitxml={junit} {ids}".strip()
+
+
+def run_pytest(box: Sandbox, test_command: str, test_ids: list[str] | None = None, *, timeout: float = 900.0,
+               user: str = "agent", max_output_bytes: int = 64 * 1024) -> TestRun:
+    """Run ``test_command`` on ``test_ids`` (default: what the command selects) and parse its JUnit report."""
+    ids = list(test_ids or [])
+    files = {t.split("::", 1)[0] for t in ids}
+    if not ids or any("::" not in t for t in ids):  # folders or the whole suite: the ids' files are unknown
+        listed = box.exec("git ls-files -co --exclude-standard", timeout=60, user="root",
+                          max_output_bytes=16 * 1024 * 1024)
+        if listed.exit_code == 0:
+            files.update(listed.output.splitlines())
+    box.exec(f"rm -f {JUNIT_PATH}", timeout=10, user="root")
+    result = box.exec(pytest_command(test_command, ids), timeout=timeout, user=user,
+                      max_output_bytes=max_output_bytes)
+    run = TestRun(exit_code=result.exit_code, output=result.output, timed_out=result.timed_out,
+                  duration_s=result.duration_s)
+    try:
+        report = parse_junit(box.read_file(JUNIT_PATH, max_bytes=64 * 1024 * 1024), files)
+    except (FileNotFoundError, ET.ParseError):
+        return run  # pytest did not start (import error in conftest, timeout): no outcomes
+    run.outcomes, run.messages = report.outcomes, report.messages
+    run.collection_errors, run.unaddressable = report.collection_errors, report.unaddressable
+    return run
 
 
 def test_files_of(instance: TaskInstance) -> list[str]:
@@ -75,18 +165,9 @@ def test_files_of(instance: TaskInstance) -> list[str]:
 
 def run_tests(box: Sandbox, instance: TaskInstance, test_ids: list[str] | None = None, *,
               timeout: float = 900.0) -> TestRun:
-    """Run ``instance.test_command`` on ``test_ids`` (default all of the task's) with a JUnit report."""
+    """Run ``instance.test_command`` on ``test_ids`` (default all of the task's) as the agent user."""
     ids = test_ids if test_ids is not None else [*instance.FAIL_TO_PASS, *instance.PASS_TO_PASS]
-    box.exec(f"rm -f {JUNIT_PATH}", timeout=10, user="root")
-    cmd = (f"{instance.test_command} --junitxml={JUNIT_PATH} -o junit_family=xunit1 "
-           + " ".join(shlex.quote(t) for t in ids))
-    result = box.exec(cmd, timeout=timeout, user="agent", max_output_bytes=64 * 1024)
-    try:
-        outcomes = parse_junit(box.read_file(JUNIT_PATH))
-    except (FileNotFoundError, ET.ParseError):
-        outcomes = {}
-    return TestRun(outcomes=outcomes, exit_code=result.exit_code, output=result.output,
-                   timed_out=result.timed_out, duration_s=result.duration_s)
+    return run_pytest(box, instance.test_command, ids, timeout=timeout, user="agent")
 
 
 def restore_for_grading(box: Sandbox, instance: TaskInstance) -> str:
@@ -127,7 +208,7 @@ def grade(box: Sandbox, instance: TaskInstance, *, timeout: float = 900.0) -> Gr
     all_pass = all(f2p.values()) and all(p2p.values())
     if run.timed_out:
         reason = f"the test run timed out after {timeout:g} s"
-    elif not run.outcomes:
+    elif not run.outcomes and not run.collection_errors:
         reason = f"no JUnit report (pytest exit code {run.exit_code}): {run.output[-300:]}"
     elif all_pass != (run.exit_code == 0):
         reason = f"pytest exit code {run.exit_code} disagrees with the JUnit report"

@@ -156,7 +156,7 @@ class RepoSynthesizer:
             runs = [run_tests(box, spec.test_command, timeout=600) for _ in range(cfg.baseline_runs)]
             stable, flaky = stable_baseline(runs)
             unaddressable = set().union(*(r.unaddressable for r in runs))
-            stable -= unaddressable  # inherited test methods: their JUnit file is the base class's
+            stable -= unaddressable  # ids whose test file could not be found: a grader could not select them
             stats.flaky, stats.stable_tests = flaky, len(stable)
             stats.baseline_s = sum(r.duration_s for r in runs) / len(runs)
             if not stable or any(r.collection_errors for r in runs):
@@ -164,9 +164,9 @@ class RepoSynthesizer:
                                  f"({len(stable)} stable passing tests, collection errors "
                                  f"{[r.collection_errors for r in runs]}); tests that need the network or a missing "
                                  f"dependency are the usual cause; fix 'ignore'/'test_deps' in tasks/data/pool.json."
-                                 f"\nLast output:\n{runs[-1].output_tail[-1500:]}")
+                                 f"\nLast output:\n{runs[-1].output[-1500:]}")
             self.progress(f"{spec.name}: {len(stable)} stable tests ({len(flaky)} flaky, {len(unaddressable)} "
-                          "inherited from another file, unused), suite "
+                          "without a known file, unused), suite "
                           f"{stats.baseline_s:.1f} s, {len(candidates)} mutation sites in {len(files)} files")
             timeout = max(30.0, 10 * stats.baseline_s)
             per_function: dict[str, int] = defaultdict(int)

@@ -38,7 +38,8 @@ def test_parse_junit_of_a_real_run(tmp_path):
     subprocess.run(run_pytest, cwd=tmp_path, capture_output=True)
     collected = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
                                 "pkg/tests/test_a.py"], cwd=tmp_path, capture_output=True, text=True).stdout
-    outcomes, messages, collection_errors = parse_junit(junit.read_text())
+    report = parse_junit(junit.read_text())
+    outcomes, messages, collection_errors = report.outcomes, report.messages, report.collection_errors
     assert set(outcomes) == {line for line in collected.splitlines() if "::" in line} and not collection_errors
     prefix = "pkg/tests/test_a.py::"
     assert outcomes[prefix + "test_pass"] == "passed"
@@ -50,5 +51,6 @@ def test_parse_junit_of_a_real_run(tmp_path):
     # a module that cannot be imported stops pytest at collection: counted, never mistaken for a test
     (tests / "test_broken.py").write_text("import no_such_module_here\n")
     subprocess.run(run_pytest, cwd=tmp_path, capture_output=True)
-    outcomes, messages, collection_errors = parse_junit(junit.read_text())
+    report = parse_junit(junit.read_text())
+    outcomes, messages, collection_errors = report.outcomes, report.messages, report.collection_errors
     assert collection_errors == 1 and not outcomes
