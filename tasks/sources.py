@@ -18,6 +18,10 @@ Public API (used by ``tasks/images.py`` and the synthesizer)::
     base = base_repo(instance)                      # SourceRepo at instance.base_commit (see below)
     data = archive(base)                            # tar bytes of the tree (for docker put_archive)
 
+Concurrency: threads and processes that build the same task at once share the cache safely: every cache entry
+is made under a per-entry ``fcntl.flock`` lock (``~/.cache/lightswe/locks``), built in a temporary folder and
+moved into place with one atomic rename, so nobody ever sees (or clones into) a half-made repository.
+
 ``base_repo`` finds ``instance.base_commit`` in the source repository; for a PyPI source where it is absent
 (a fresh cache) it replays how the synthesizer makes a base: the sdist commit plus ``metadata["bug_patch"]``
 when given, else plus the *reverse* of the fix ``patch`` (a synthesized bug is the fix undone), committed
@@ -26,6 +30,8 @@ deterministically, and checks that the hash matches.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -33,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +64,19 @@ class SourceRepo:
     commit: str  # the commit of interest, present in that repository
 
 
+@contextlib.contextmanager
+def _locked(entry: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the cache entry ``entry`` (threads and processes alike; not re-entrant)."""
+    locks = CACHE_DIR / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{entry.parent.name}-{entry.name}.lock", "a") as handle:  # one open file per holder
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _git(path: Path, *args: str, input: bytes | None = None) -> str:
     env = {**os.environ, **_IDENTITY, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(CACHE_DIR)}
     done = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(path), *args], input=input, capture_output=True, env=env)
@@ -74,6 +94,17 @@ def parse_pypi(source: str) -> tuple[str, str] | None:
 def download_sdist(name: str, version: str, sha256: str | None = None) -> Path:
     """The sdist archive of ``name==version`` in the cache (downloaded once)."""
     folder = CACHE_DIR / "sdists" / f"{name.lower()}-{version}"
+    with _locked(folder):
+        archive_path = _download_locked(folder, name, version)
+    if sha256:
+        digest = hashlib.sha256(archive_path.read_bytes()).hexdigest()
+        if digest != sha256.lower():
+            raise SourceError(f"{archive_path.name}: sha256 {digest} != expected {sha256}; the cache or the "
+                              f"index is not serving the expected file; fix: delete {folder} and retry")
+    return archive_path
+
+
+def _download_locked(folder: Path, name: str, version: str) -> Path:
     found = [p for p in folder.glob("*") if p.name.endswith((".tar.gz", ".zip", ".tar.bz2", ".tgz"))] \
         if folder.is_dir() else []
     if not found:
@@ -90,59 +121,57 @@ def download_sdist(name: str, version: str, sha256: str | None = None) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
         found = list(folder.glob("*"))
-    archive_path = found[0]
-    if sha256:
-        digest = hashlib.sha256(archive_path.read_bytes()).hexdigest()
-        if digest != sha256.lower():
-            raise SourceError(f"{archive_path.name}: sha256 {digest} != expected {sha256}; the cache or the "
-                              f"index is not serving the expected file; fix: delete {folder} and retry")
-    return archive_path
+    return found[0]
 
 
 def sdist_repo(name: str, version: str, sha256: str | None = None) -> SourceRepo:
     """A git repository whose single root commit is the sdist of ``name==version`` (deterministic hash)."""
     path = CACHE_DIR / "repos" / f"pypi-{name.lower()}-{version}"
-    if (path / ".git").is_dir():
+    with _locked(path):
+        if (path / ".git").is_dir():
+            try:
+                return SourceRepo(path=path, commit=_git(path, "rev-list", "--max-parents=0", "-n1", "sdist"))
+            except SourceError:
+                shutil.rmtree(path)  # a broken entry (made before the lock existed): rebuild it
+        archive_path = download_sdist(name, version, sha256)
+        tmp = Path(tempfile.mkdtemp(prefix="unpack-", dir=CACHE_DIR))
         try:
-            return SourceRepo(path=path, commit=_git(path, "rev-list", "--max-parents=0", "-n1", "sdist"))
-        except SourceError:
-            shutil.rmtree(path)
-    archive_path = download_sdist(name, version, sha256)
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="unpack-", dir=CACHE_DIR))
-    try:
-        shutil.unpack_archive(str(archive_path), str(tmp))
-        entries = list(tmp.iterdir())
-        top = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
-        _git(top, "init", "-q", "-b", "sdist")
-        _git(top, "add", "-A", "-f")
-        _git(top, "commit", "-q", "--no-verify", "-m", f"{name} {version} (PyPI source distribution)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            top.rename(path)
-        except OSError:  # another process finished the same repository first: same commit, use theirs
-            if not (path / ".git").is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return SourceRepo(path=path, commit=_git(path, "rev-parse", "HEAD"))
+            shutil.unpack_archive(str(archive_path), str(tmp))
+            entries = list(tmp.iterdir())
+            top = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
+            _git(top, "init", "-q", "-b", "sdist")
+            _git(top, "add", "-A", "-f")
+            _git(top, "commit", "-q", "--no-verify", "-m", f"{name} {version} (PyPI source distribution)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            top.rename(path)  # atomic: the entry appears complete or not at all
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return SourceRepo(path=path, commit=_git(path, "rev-parse", "HEAD"))
 
 
 def git_repo(url: str, commit: str) -> SourceRepo:
     """A cached clone of ``url`` (URL or local path) that holds ``commit``."""
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
     path = CACHE_DIR / "git" / f"{Path(url.rstrip('/')).name.removesuffix('.git')}-{key}"
-    if not (path / ".git").is_dir() and not (path / "HEAD").is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["git", "clone", "-q", "--no-checkout", url, str(path)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SourceError(f"git clone {url} failed: {done.stderr[-600:]}; fix: check the URL and network")
-    try:
+    with _locked(path):
+        if not (path / ".git").is_dir() and not (path / "HEAD").is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix="clone-", dir=path.parent))
+            try:
+                done = subprocess.run(["git", "clone", "-q", "--no-checkout", url, str(tmp / "repo")],
+                                      check=False, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SourceError(f"git clone {url} failed: {done.stderr[-600:]}; fix: check the URL and network")
+                shutil.rmtree(path, ignore_errors=True)  # a partial clone left by a crash before the lock existed
+                (tmp / "repo").rename(path)  # atomic: the clone appears complete or not at all
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            return SourceRepo(path=path, commit=_git(path, "rev-parse", "--verify", f"{commit}^{{commit}}"))
+        except SourceError:
+            pass
+        _git(path, "fetch", "-q", "origin", commit)
         return SourceRepo(path=path, commit=_git(path, "rev-parse", "--verify", f"{commit}^{{commit}}"))
-    except SourceError:
-        pass
-    _git(path, "fetch", "-q", "origin", commit)
-    return SourceRepo(path=path, commit=_git(path, "rev-parse", "--verify", f"{commit}^{{commit}}"))
 
 
 def source_repo(instance: TaskInstance, commit: str | None = None) -> SourceRepo:
@@ -156,6 +185,11 @@ def source_repo(instance: TaskInstance, commit: str | None = None) -> SourceRepo
 
 def commit_patch(repo: SourceRepo, patch: str, *, reverse: bool = False, message: str = "lightswe task base") -> SourceRepo:
     """Apply ``patch`` (unified diff) on ``repo.commit`` and commit it deterministically; the child commit."""
+    with _locked(repo.path):  # one writer of the cached repository's worktrees and objects at a time
+        return _commit_patch_locked(repo, patch, reverse=reverse, message=message)
+
+
+def _commit_patch_locked(repo: SourceRepo, patch: str, *, reverse: bool, message: str) -> SourceRepo:
     work = Path(tempfile.mkdtemp(prefix="wt-", dir=CACHE_DIR))
     try:
         _git(repo.path, "worktree", "add", "-q", "--detach", str(work), repo.commit)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import sys
 
 import pytest
-
 from lightswe.tasks import sources
 from lightswe.tasks.instance import read_jsonl
 
@@ -46,7 +48,7 @@ def test_demo_base_is_replayed_from_the_fix(toolz):
 def test_git_source_at_a_commit(tmp_path):
     origin = tmp_path / "origin"
     origin.mkdir()
-    run = lambda *a: subprocess.run(["git", "-C", str(origin), *a], check=True, capture_output=True, text=True).stdout  # noqa: E731
+    run = lambda *a: subprocess.run(["git", "-C", str(origin), *a], check=True, capture_output=True, text=True).stdout
     run("init", "-q")
     (origin / "a.py").write_text("x = 1\n")
     run("add", "a.py")
@@ -58,3 +60,54 @@ def test_git_source_at_a_commit(tmp_path):
     assert repo.commit == first and sources.read_blob(repo, "a.py") == b"x = 1\n"
     with pytest.raises(sources.SourceError):
         sources.git_repo(str(origin), "f" * 40)
+
+
+_BUILD_CONCURRENTLY = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from lightswe.tasks import sources
+kind, arg = sys.argv[1], sys.argv[2]
+build = (lambda _: sources.sdist_repo("toolz", "1.0.0")) if kind == "sdist" else \\
+    (lambda _: sources.git_repo(arg, sys.argv[3]))
+with ThreadPoolExecutor(3) as pool:
+    print(" ".join(sorted({f"{r.path}@{r.commit}" for r in pool.map(build, range(3))})))
+"""
+
+
+def _race(tmp_path, *args: str) -> set[str]:
+    """Two processes of three threads each build the same cache entry at once in an empty cache."""
+    env = {**os.environ, "LIGHTSWE_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILD_CONCURRENTLY, *args], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=240) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in results]
+    return {out.strip() for out, _ in results}
+
+
+def test_concurrent_sdist_builds_share_one_cache_entry(tmp_path, toolz):
+    # seed the new cache with the already downloaded archive: the race is about unpacking and committing
+    archive = sources.download_sdist("toolz", "1.0.0")
+    seeded = tmp_path / "cache" / "sdists" / archive.parent.name
+    seeded.mkdir(parents=True)
+    shutil.copy(archive, seeded / archive.name)
+    made = _race(tmp_path, "sdist", "-")
+    path = tmp_path / "cache" / "repos" / "pypi-toolz-1.0.0"
+    assert made == {f"{path}@{TOOLZ_SDIST_COMMIT}"}
+    assert sorted(p.name for p in (tmp_path / "cache" / "repos").iterdir()) == ["pypi-toolz-1.0.0"]
+    assert not list((tmp_path / "cache").glob("unpack-*"))  # no half-made entry left behind
+
+
+def test_concurrent_clones_share_one_cache_entry(tmp_path):
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    run = lambda *a: subprocess.run(["git", "-C", str(origin), *a], check=True, capture_output=True, text=True).stdout
+    run("init", "-q")
+    (origin / "a.py").write_text("x = 1\n")
+    run("add", "a.py")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    sha = run("rev-parse", "HEAD").strip()
+    [made] = _race(tmp_path, "git", str(origin), sha)
+    assert made.endswith(f"@{sha}") and " " not in made
+    assert [p.name for p in (tmp_path / "cache" / "git").iterdir() if not p.name.startswith("clone-")] == \
+        [made.split("@")[0].rsplit("/", 1)[-1]]
+    assert not list((tmp_path / "cache" / "git").glob("clone-*"))
