@@ -24,6 +24,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
+import os
 import random
 import shutil
 import time
@@ -124,6 +126,7 @@ class Rollouts:
     def __init__(self, cfg: TrainConfig, model, tokenizer) -> None:
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
         self._images: set[str] = set()
+        self._ray_started = False
 
     def prepare(self, tasks: list) -> None:
         """Build (or find) each task's image once, one at a time, before episodes race for it."""
@@ -141,13 +144,15 @@ class Rollouts:
 
         self.prepare(tasks)
         rcfg = RolloutConfig(group_size=group_size, round=round_, seed=seed, progress=False, parquet=False)
+        weights = None
         if self.cfg.ray and policy is None:
             from lightswe.agent.ray_executor import RayExecutor
 
-            weights = out_dir.parent / f"weights-{round_}"
+            self._init_ray()
+            weights = out_dir.parent / f"weights-{round_}"  # new actors load the step's weights from here
             self.model.save_pretrained(weights)
-            executor = RayExecutor(policy=f"model:{weights}", tasks=tasks, num_workers=self.cfg.concurrency,
-                                   agent=self.cfg.agent, address=None if self.cfg.ray == "local" else self.cfg.ray)
+            executor = RayExecutor(policy=f"model:{weights}?version={version}", tasks=tasks,
+                                   num_workers=self.cfg.concurrency, agent=self.cfg.agent)
         else:
             policy = policy or ModelPolicy(self.model, name=f"model:{self.cfg.model}", version=version,
                                            max_batch=self.cfg.concurrency)
@@ -157,7 +162,31 @@ class Rollouts:
             run_rollout(tasks, executor, out_dir=out_dir, config=rcfg)
         finally:
             executor.shutdown()
+            if weights is not None:  # the checkpoints keep the weights; this copy was only for the actors
+                shutil.rmtree(weights, ignore_errors=True)
         return sorted(read_trajectories(out_dir), key=lambda t: t.episode_id)
+
+    def _init_ray(self) -> None:
+        """'local' starts a fresh cluster in this process (never joins one started by someone else), sized so that
+        every actor (0.5 CPU each, see RayExecutor) gets a slot; anything else is the address of a cluster."""
+        import ray
+
+        if ray.is_initialized():
+            return
+        if self.cfg.ray == "local":
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(self.cfg.concurrency / 2)),
+                     include_dashboard=False, log_to_driver=False)
+            self._ray_started = True
+        else:
+            ray.init(address=self.cfg.ray, log_to_driver=False)
+
+    def close(self) -> None:
+        """Stop the local Ray cluster this run started (an external cluster is left running)."""
+        if self._ray_started:
+            import ray
+
+            ray.shutdown()
+            self._ray_started = False
 
 
 def _failed(t: Trajectory) -> bool:
@@ -286,6 +315,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         save_checkpoint(ckpt_dir, step=cfg.steps, model=model, optimizer=learner.optimizer, keep=cfg.keep_checkpoints,
                         state={"cursor": cursor, "updates": learner.updates, "summary": summary})
     metrics_log.close()
+    rollouts.close()
     model.save_pretrained(out / "final")
     keys = ("success_rate", "eval_success_rate", "reward_mean", "loss", "clip_fraction", "entropy", "grad_norm",
             "filtered_share", "logprob_mismatch_abs")
