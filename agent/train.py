@@ -308,9 +308,10 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         metrics_log.write(step=step, metrics=m)
         summary.setdefault("success_rate_first", m["success_rate"])
         summary["success_rate_last"] = m["success_rate"]
+        update = (f"loss {m['loss']:.4f} clip {m.get('clip_fraction', 0.0):.3f}" if kept
+                  else "no update (every group had equal rewards)")
         print(f"step {step}/{cfg.steps}: success {m['success_rate']:.3f} reward {m['reward_mean']:.3f} "
-              f"filtered {adv.filtered_share:.2f} loss {m.get('loss', float('nan')):.4f} "
-              f"clip {m.get('clip_fraction', float('nan')):.3f} ({t_roll:.0f}s rollout)", flush=True)
+              f"filtered {adv.filtered_share:.2f} {update} ({t_roll:.0f}s rollout)", flush=True)
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
             evaluate(step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
