@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from lightswe.tasks import sources
@@ -45,7 +46,8 @@ def test_demo_base_is_replayed_from_the_fix(toolz):
     assert again.commit == demo.base_commit  # deterministic
 
 
-def test_git_source_at_a_commit(tmp_path):
+def _origin_repo(tmp_path) -> tuple[Path, str, str]:
+    """A real git repository with two commits of ``a.py`` (x = 1, then x = 2): (path, first, second)."""
     origin = tmp_path / "origin"
     origin.mkdir()
     run = lambda *a: subprocess.run(["git", "-C", str(origin), *a], check=True, capture_output=True, text=True).stdout
@@ -56,6 +58,11 @@ def test_git_source_at_a_commit(tmp_path):
     first = run("rev-parse", "HEAD").strip()
     (origin / "a.py").write_text("x = 2\n")
     run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "two")
+    return origin, first, run("rev-parse", "HEAD").strip()
+
+
+def test_git_source_at_a_commit(tmp_path):
+    origin, first, _ = _origin_repo(tmp_path)
     repo = sources.git_repo(str(origin), first)
     assert repo.commit == first and sources.read_blob(repo, "a.py") == b"x = 1\n"
     with pytest.raises(sources.SourceError):
@@ -64,6 +71,7 @@ def test_git_source_at_a_commit(tmp_path):
 
 _BUILD_CONCURRENTLY = """
 import sys
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from lightswe.tasks import sources
 kind, arg = sys.argv[1], sys.argv[2]
@@ -98,14 +106,7 @@ def test_concurrent_sdist_builds_share_one_cache_entry(tmp_path, toolz):
 
 
 def test_concurrent_clones_share_one_cache_entry(tmp_path):
-    origin = tmp_path / "origin"
-    origin.mkdir()
-    run = lambda *a: subprocess.run(["git", "-C", str(origin), *a], check=True, capture_output=True, text=True).stdout
-    run("init", "-q")
-    (origin / "a.py").write_text("x = 1\n")
-    run("add", "a.py")
-    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
-    sha = run("rev-parse", "HEAD").strip()
+    origin, sha, _ = _origin_repo(tmp_path)
     [made] = _race(tmp_path, "git", str(origin), sha)
     assert made.endswith(f"@{sha}") and " " not in made
     assert [p.name for p in (tmp_path / "cache" / "git").iterdir() if not p.name.startswith("clone-")] == \
