@@ -71,7 +71,6 @@ def test_git_source_at_a_commit(tmp_path):
 
 _BUILD_CONCURRENTLY = """
 import sys
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from lightswe.tasks import sources
 kind, arg = sys.argv[1], sys.argv[2]
