@@ -6,7 +6,8 @@ and NumPy generator states). It is written under a temporary name, fsynced, then
 ``os.replace``; ``latest`` (a one-line file, itself replaced atomically) names the newest complete one. A crash
 mid-write leaves only a ``.tmp-*`` directory that loading ignores and the next save removes.
 
-With torch.distributed (FSDP2) the full state dict is gathered to rank 0, which writes; every rank loads.
+With torch.distributed (FSDP2) the full state dict (model and AdamW state, keyed by parameter name) is gathered
+to rank 0, which writes it with every rank's RNG states (``rng-rank<r>.pt``); every rank loads.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def save_checkpoint(root: str | Path, *, step: int, model: nn.Module, optimizer:
     """Write ``root/step-{step}`` atomically, point ``latest`` at it and keep the newest ``keep``."""
     root = Path(root)
     model_sd, optim_sd = _state_dicts(model, optimizer)  # collective under FSDP: every rank calls it
+    rngs = [rng_state()]
+    if _distributed():  # each rank's generators (rank 0's in rng.pt, rank r's in rng-rank<r>.pt)
+        rngs = [None] * dist.get_world_size()
+        dist.all_gather_object(rngs, rng_state())
     final = root / f"step-{step:06d}"
     if _distributed() and dist.get_rank() != 0:
         dist.barrier()
@@ -77,7 +82,8 @@ def save_checkpoint(root: str | Path, *, step: int, model: nn.Module, optimizer:
     tmp.mkdir()
     _save(model_sd, tmp / "model.pt")
     _save(optim_sd, tmp / "optim.pt")
-    _save(rng_state(), tmp / "rng.pt")
+    for rank, rng in enumerate(rngs):
+        _save(rng, tmp / ("rng.pt" if rank == 0 else f"rng-rank{rank}.pt"))
     with open(tmp / "state.json", "w") as f:
         json.dump({"step": step, **(state or {})}, f, indent=1)
         f.flush()
@@ -130,5 +136,6 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
         if optimizer is not None:
             optimizer.load_state_dict(optim_sd)
     if restore_rng:
-        set_rng_state(torch.load(found / "rng.pt", weights_only=False))
+        own = found / f"rng-rank{dist.get_rank()}.pt" if _distributed() else found / "rng.pt"
+        set_rng_state(torch.load(own if own.exists() else found / "rng.pt", weights_only=False))
     return json.loads((found / "state.json").read_text())

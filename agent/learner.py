@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -75,13 +76,26 @@ class TrainBatch:
             ids[i, :len(tok)] = torch.tensor(tok, dtype=torch.long)
             mask[i, :len(m)] = torch.tensor([bool(x) for x in m])
             logp[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
-        mask[:, 0] = False  # the first token has no conditional log-prob
+        if t:
+            mask[:, 0] = False  # the first token has no conditional log-prob
         return cls(input_ids=ids, mask=mask, sampler_logp=logp,
                    advantages=torch.tensor(list(advantages), dtype=torch.float32))
 
     def rows(self, index: slice | Tensor) -> TrainBatch:
         return TrainBatch(input_ids=self.input_ids[index], mask=self.mask[index],
                           sampler_logp=self.sampler_logp[index], advantages=self.advantages[index])
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        return TrainBatch(input_ids=self.input_ids.to(device), mask=self.mask.to(device),
+                          sampler_logp=self.sampler_logp.to(device), advantages=self.advantages.to(device))
+
+    @classmethod
+    def placeholder(cls, device: torch.device | str = "cpu") -> TrainBatch:
+        """One two-token row with no policy token: a rank with no rows of its own runs it so that it joins
+        every FSDP all-gather / reduce-scatter of the step while contributing exactly zero gradient."""
+        return cls(input_ids=torch.zeros(1, 2, dtype=torch.long, device=device),
+                   mask=torch.zeros(1, 2, dtype=torch.bool, device=device),
+                   sampler_logp=torch.zeros(1, 2, device=device), advantages=torch.zeros(1, device=device))
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -104,10 +118,20 @@ def sequence_logprobs(model: nn.Module, input_ids: Tensor, *, with_entropy: bool
     return out, entropy
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+def data_parallel_world(model: nn.Module) -> int:
+    """Ranks the model's gradients are averaged over: the world size for an FSDP2-sharded model, else 1 (an
+    unsharded model trains locally even inside a process group, e.g. the warm start on rank 0 only)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule) and dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _all_reduce(values: list[float], device: torch.device, op=None) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.tolist()
 
 
 class Learner:
@@ -122,6 +146,8 @@ class Learner:
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.lr,
                                            betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
         self.updates = 0
+        self.world = data_parallel_world(model)
+        self.device = next(model.parameters()).device
 
     def _autocast(self):
         if not self.config.autocast_dtype:
@@ -129,19 +155,31 @@ class Learner:
         device = next(self.model.parameters()).device.type
         return torch.autocast(device, dtype=getattr(torch, self.config.autocast_dtype))
 
+    def _passes(self, counts: list[int]) -> list[int]:
+        """Forward/backward passes per slot: the most any rank needs (FSDP runs collectives in every pass, so
+        all ranks must run the same number; one with fewer rows pads with placeholder passes)."""
+        if self.world == 1:
+            return counts
+        return [int(x) for x in _all_reduce([float(c) for c in counts], self.device, dist.ReduceOp.MAX)]
+
     @torch.no_grad()
     def _recompute(self, batch: TrainBatch) -> Tensor:
         out = []
-        for start in range(0, len(batch), self.config.micro_batch_size):
-            rows = batch.input_ids[start:start + self.config.micro_batch_size]
+        micro = self.config.micro_batch_size
+        (passes,) = self._passes([math.ceil(len(batch) / micro)])
+        for i in range(passes):
+            rows = batch.input_ids[i * micro:(i + 1) * micro]
             with self._autocast():
-                out.append(sequence_logprobs(self.model, rows, temperature=self.config.temperature)[0])
+                logp = sequence_logprobs(self.model, rows if len(rows) else TrainBatch.placeholder(
+                    self.device).input_ids, temperature=self.config.temperature)[0]
+            if len(rows):
+                out.append(logp)
         return torch.cat(out) if out else batch.sampler_logp
 
     def _weights(self, mask: Tensor) -> Tensor:
         """Whole-mini-batch token weights. Across ranks the denominator is summed and FSDP's gradient mean is
         undone (x world size), so N ranks give the gradient of their concatenated rows."""
-        _, world = _world()
+        world = self.world
         if world == 1:
             return self.loss.token_weights(mask)
 
@@ -153,21 +191,31 @@ class Learner:
         return self.loss.token_weights(mask, reduce=all_sum) * world
 
     def step(self, batch: TrainBatch) -> dict[str, float]:
+        """One generation batch. Under FSDP every rank must call it, also with no rows of its own (it then
+        adds zero gradient but joins every collective); the returned metrics are then over all ranks' rows."""
         c = self.config
         self.model.train()
+        batch = batch.to(self.device)
         behaviour = self._recompute(batch) if c.behaviour == "recompute" else batch.sampler_logp
         sums: dict[str, float] = {}
         tokens = 0
         grad_norms, losses = [], []
-        n = len(batch)
+        minibatches = [mb.split(c.micro_batch_size) if len(mb) else () for mb in
+                       torch.arange(len(batch), device=self.device).tensor_split(c.minibatches)]
+        passes = self._passes([len(micros) for micros in minibatches])
         for _ in range(c.epochs):
-            for mb in torch.arange(n).tensor_split(c.minibatches):
-                if len(mb) == 0:  # under FSDP every rank must run the same passes: give ranks equal rows
+            for micros, n_passes in zip(minibatches, passes):
+                if n_passes == 0:  # no rank has rows for this mini-batch: skipped alike everywhere
                     continue
+                mb = torch.cat(micros) if micros else torch.zeros(0, dtype=torch.long, device=self.device)
                 weights = self._weights(batch.mask[mb])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss_total = 0.0
-                for micro in mb.split(c.micro_batch_size):
+                for i in range(n_passes):
+                    if i >= len(micros):
+                        self._placeholder_pass()
+                        continue
+                    micro = micros[i]
                     local = micro - mb[0]
                     rows = batch.rows(micro)
                     with self._autocast():
@@ -190,12 +238,37 @@ class Learner:
                 self.optimizer.step()
                 self.updates += 1
                 losses.append(loss_total)
+        if self.world > 1:
+            sums, tokens, losses = self._reduce_metrics(sums, tokens, losses)
         metrics = {k: v / tokens for k, v in sums.items()} if tokens else {}
         metrics.update(loss=sum(losses) / max(len(losses), 1), policy_tokens=float(tokens),
                        optimizer_steps=float(len(losses)))
         if grad_norms:
             metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
         return metrics
+
+    def _placeholder_pass(self) -> None:
+        """A forward/backward of zero loss: this rank joins the pass's all-gathers and reduce-scatters."""
+        rows = TrainBatch.placeholder(self.device)
+        with self._autocast():
+            logp, _ = sequence_logprobs(self.model, rows.input_ids, temperature=self.config.temperature)
+        loss = logp.sum() * 0.0
+        if self.config.aux_loss_coef and hasattr(self.model, "aux_loss"):
+            loss = loss + self.model.aux_loss * 0.0
+        loss.backward()
+
+    def _reduce_metrics(self, sums: dict[str, float], tokens: int, losses: list[float]
+                        ) -> tuple[dict[str, float], int, list[float]]:
+        """Token-weighted sums and policy tokens over ranks; each rank's loss is its share x world (see
+        ``_weights``), so the mini-batch loss is the ranks' mean."""
+        parts: list = [None] * self.world
+        dist.all_gather_object(parts, (sums, tokens))
+        merged: dict[str, float] = {}
+        for part_sums, _ in parts:
+            for k, v in part_sums.items():
+                merged[k] = merged.get(k, 0.0) + v
+        total = _all_reduce(losses, self.device) if losses else []
+        return merged, sum(n for _, n in parts), [x / self.world for x in total]
 
 
 def shard_model(model: nn.Module) -> nn.Module:
@@ -206,6 +279,9 @@ def shard_model(model: nn.Module) -> nn.Module:
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("shard_model needs torch.distributed initialised (launch with torchrun)")
     layers = getattr(getattr(model, "model", model), "layers", [])
+    for module in model.modules():
+        if isinstance(getattr(module, "experts", None), nn.ModuleList):
+            module.register_forward_hook(_touch_every_expert)
     for layer in layers:
         fully_shard(layer)
     fully_shard(model)
@@ -214,6 +290,19 @@ def shard_model(model: nn.Module) -> nn.Module:
 
         register_fsdp_forward_method(model, "score")
     return model
+
+
+def _touch_every_expert(module: nn.Module, args: tuple, output):
+    """Forward hook for MoE blocks under FSDP: puts every expert in the autograd graph (zero input, zero
+    gradient). Without it an expert that got no token on one rank has no gradient there, and FSDP2's
+    reduce-scatter of the layer then differs in size across ranks (a hang or a wrong gradient)."""
+    if not torch.is_grad_enabled():
+        return output
+    x = args[0].reshape(-1, args[0].shape[-1])[:0]
+    zero = sum(expert(x).sum() for expert in module.experts)
+    if isinstance(output, tuple):
+        return (output[0] + zero, *output[1:])
+    return output + zero
 
 
 def sync_vllm_weights(llm, model: nn.Module) -> None:

@@ -6,6 +6,8 @@ learner trains, so weights are in sync by construction; with Ray, workers load t
 write the trajectories under ``out_dir/rollouts/step-N`` (a crash mid-rollout resumes the finished episodes),
 compute group-relative advantages (failed runs excluded, equal-reward groups filtered), and run the learner.
 Metrics go to ``metrics.jsonl`` + TensorBoard, curves to ``curves.png``; checkpoints resume exactly.
+Under ``torchrun --nproc-per-node N`` the learner is sharded with FSDP2 and each rank runs whole task groups of
+every step (``lightswe.agent.distributed``); rank 0 alone warm-starts and writes the run's files.
 
 Embedded defaults train the ``tiny`` model on the arithmetic bug family (``lightswe.agent.train_tasks``) and
 finish in minutes on a CPU. A random tiny model cannot write tool calls, so by default it is first warm-started
@@ -37,8 +39,9 @@ import torch
 from lightswe.agent.advantages import AdvantageConfig, group_advantages
 from lightswe.agent.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from lightswe.agent.cispo import LOSSES, LossConfig, SFTLoss
+from lightswe.agent.distributed import DistContext, refresh_sampler
 from lightswe.agent.early_stop import EarlyStopConfig
-from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch
+from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch, shard_model
 from lightswe.agent.loop import AgentConfig
 from lightswe.agent.metrics import MetricsLog, plot_curves
 from lightswe.agent.trajectory import EpisodeStatus, Trajectory, read_trajectories
@@ -194,14 +197,18 @@ def _failed(t: Trajectory) -> bool:
     return t.status is EpisodeStatus.SANDBOX_ERROR or t.reward is None
 
 
-def rollout_metrics(trajectories: list[Trajectory], prefix: str = "") -> dict[str, float]:
+def rollout_metrics(trajectories: list[Trajectory], prefix: str = "", reduce=None) -> dict[str, float]:
+    """Success, reward and counts of a rollout; ``reduce`` (e.g. ``DistContext.sum``) sums the counts over
+    ranks first, so every rank gets the metrics of all ranks' episodes."""
     graded = [t for t in trajectories if not _failed(t)]
-    n = max(len(graded), 1)
-    return {f"{prefix}success_rate": sum(t.resolved for t in graded) / n,
-            f"{prefix}reward_mean": sum(t.reward for t in graded) / n,
-            f"{prefix}submitted": sum(t.status is EpisodeStatus.SUBMITTED for t in graded) / n,
-            f"{prefix}episodes": float(len(trajectories)), f"{prefix}runs_failed": float(len(trajectories) - len(graded)),
-            f"{prefix}generated_tokens": float(sum(t.num_generated_tokens for t in trajectories))}
+    counts = [len(graded), sum(t.resolved for t in graded), sum(t.reward for t in graded),
+              sum(t.status is EpisodeStatus.SUBMITTED for t in graded), len(trajectories),
+              sum(t.num_generated_tokens for t in trajectories)]
+    graded_n, resolved, reward, submitted, episodes, tokens = reduce(counts) if reduce else counts
+    n = max(graded_n, 1)
+    return {f"{prefix}success_rate": resolved / n, f"{prefix}reward_mean": reward / n,
+            f"{prefix}submitted": submitted / n, f"{prefix}episodes": float(episodes),
+            f"{prefix}runs_failed": float(episodes - graded_n), f"{prefix}generated_tokens": float(tokens)}
 
 
 # ----------------------------------------------------------------------------------------- warm start
@@ -237,81 +244,141 @@ def warm_start(cfg: TrainConfig, model, tokenizer, rollouts: Rollouts) -> dict[s
 
 
 # ------------------------------------------------------------------------------------------- the loop
+def check_distributed(cfg: TrainConfig, world: int) -> None:
+    """Refuse settings that cannot work with ``world`` torchrun ranks, naming the fix."""
+    if world <= 1:
+        return
+    if cfg.ray:
+        raise ValueError(f"--ray under torchrun (WORLD_SIZE={world}) is not supported: each rank already runs its "
+                         "share of the episodes in local sandboxes. Drop --ray, or run one process (no torchrun) "
+                         "with --ray to put the episodes on Ray actors.")
+    if cfg.tasks_per_step < world:
+        raise ValueError(f"tasks_per_step={cfg.tasks_per_step} < {world} ranks: every rank runs whole task groups, "
+                         f"so some rank would have none; use --tasks-per-step >= {world} (a multiple of {world} "
+                         f"balances the ranks) or fewer ranks")
+
+
 def train(cfg: TrainConfig) -> dict[str, float]:
+    """Single process, or every rank of a torchrun job (see ``lightswe.agent.distributed``)."""
+    check_distributed(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    ctx = DistContext.from_env(cfg.device)
+    cfg.device = ctx.device
+    summary = _train(cfg, ctx)
+    ctx.close()
+    return summary
+
+
+def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM, load_tokenizer
 
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1, default=str))
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1, default=str))
     _seed_everything(cfg.seed)
     tokenizer = load_tokenizer(None)
     if Path(cfg.model).is_dir():
         model = MiniMaxForCausalLM.from_pretrained(cfg.model, device=cfg.device)
     else:
         model = MiniMaxForCausalLM(MiniMaxConfig.preset(cfg.model)).to(cfg.device)
-        model.init_weights(seed=cfg.seed)
+        model.init_weights(seed=cfg.seed)  # the same weights on every rank
     cfg.learner.temperature = cfg.agent.temperature  # train the distribution the sampler draws from
-    learner = Learner(model, LOSSES[cfg.loss](cfg.loss_config), cfg.learner)
     rollouts = Rollouts(cfg, model, tokenizer)
-    tasks = load_tasks(cfg.tasks)
-    eval_tasks = load_tasks(cfg.eval_tasks) if cfg.eval_tasks else []
-    metrics_log = MetricsLog(out)
+    tasks, eval_tasks = [], []
+    for turn in (True, False):  # rank 0 first: the arithmetic family builds its git repository once
+        if ctx.main is turn:
+            tasks, eval_tasks = load_tasks(cfg.tasks), (load_tasks(cfg.eval_tasks) if cfg.eval_tasks else [])
+        ctx.barrier()
     ckpt_dir = out / "checkpoints"
     summary: dict[str, float] = {}
+    resuming = ctx.broadcast_object(latest_checkpoint(ckpt_dir) is not None)
+
+    if not resuming and cfg.warm_start.enabled and cfg.tasks.startswith("arith:"):
+        ws = None
+        if ctx.main:  # unsharded, on rank 0 only (its scripted episodes run once); then copied to every rank
+            t0 = time.perf_counter()
+            ws = warm_start(cfg, model, tokenizer, rollouts)
+            ws["warm_start_seconds"] = time.perf_counter() - t0
+            print(f"warm start: {ws}", flush=True)
+        summary.update(ctx.broadcast_object(ws))
+        ctx.broadcast_module(model)
+
+    sampler = model  # one process: the sampler is the learner's model, in sync by construction
+    if ctx.distributed:  # the learner's copy is sharded; each rank samples from a full copy refreshed per update
+        sampler = MiniMaxForCausalLM(model.config).to(cfg.device).requires_grad_(False)
+        sampler.load_state_dict(model.state_dict())  # (deepcopy fails on tensors the last forward left behind)
+        shard_model(model)
+        rollouts.model = sampler
+    learner = Learner(model, LOSSES[cfg.loss](cfg.loss_config), cfg.learner)
+    metrics_log = MetricsLog(out) if ctx.main else None
+
+    def rank_dir(path: Path) -> Path:  # each rank writes (and reads back) only its own episodes
+        return path / f"rank-{ctx.rank}" if ctx.distributed else path
 
     start, cursor = 0, 0
-    if latest_checkpoint(ckpt_dir) is not None:
+    if resuming:
         state = load_checkpoint(ckpt_dir, model=model, optimizer=learner.optimizer)
         start, cursor, learner.updates = state["step"], state["cursor"], state["updates"]
         summary.update(state.get("summary", {}))
-        for stale in (out / "rollouts").glob("step-*"):  # made by weights after the checkpoint: redo them
-            if int(stale.name.split("-")[1]) > start + 1:
-                shutil.rmtree(stale)
-        print(f"resumed from step {start} (cursor {cursor})", flush=True)
-    elif cfg.warm_start.enabled and cfg.tasks.startswith("arith:"):
-        t0 = time.perf_counter()
-        ws = warm_start(cfg, model, tokenizer, rollouts)
-        ws["warm_start_seconds"] = time.perf_counter() - t0
-        summary.update(ws)
-        print(f"warm start: {ws}", flush=True)
+        if ctx.distributed:
+            refresh_sampler(sampler, model)
+        if ctx.main:
+            for stale in (out / "rollouts").glob("step-*"):  # made by weights after the checkpoint: redo them
+                if int(stale.name.split("-")[1]) > start + 1:
+                    shutil.rmtree(stale)
+            print(f"resumed from step {start} (cursor {cursor})", flush=True)
+        ctx.barrier()
+    if ctx.distributed:  # images built once, by rank 0, before ranks race for them
+        if ctx.main:
+            upcoming = tasks_at(tasks, cursor, max(cfg.steps - start, 0) * cfg.tasks_per_step, cfg.seed)
+            rollouts.prepare(list({t.instance_id: t for t in upcoming + eval_tasks}.values()))
+        ctx.barrier()
 
     def evaluate(step: int) -> None:
         if not eval_tasks:
             return
-        trajs = rollouts.run(eval_tasks, out / "eval" / f"step-{step:04d}", group_size=cfg.eval_group_size,
-                             round_=step, seed=10_000 + cfg.seed, version=step)
-        m = rollout_metrics(trajs, prefix="eval_")
-        metrics_log.write(step=step, metrics=m)
+        mine, first = ctx.share(eval_tasks)
+        trajs = rollouts.run(mine, rank_dir(out / "eval" / f"step-{step:04d}"), group_size=cfg.eval_group_size,
+                             round_=step, seed=10_000 + cfg.seed + 1_000 * first, version=step) if mine else []
+        m = rollout_metrics(trajs, prefix="eval_", reduce=ctx.sum)
         summary.setdefault("eval_success_rate_first", m["eval_success_rate"])
         summary["eval_success_rate_last"] = m["eval_success_rate"]
-        print(f"eval step {step}: success {m['eval_success_rate']:.3f} on {int(m['eval_episodes'])} episodes",
-              flush=True)
+        if ctx.main:
+            metrics_log.write(step=step, metrics=m)
+            print(f"eval step {step}: success {m['eval_success_rate']:.3f} on {int(m['eval_episodes'])} episodes",
+                  flush=True)
 
     if start == 0:
         evaluate(0)
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
-        step_tasks = tasks_at(tasks, cursor, cfg.tasks_per_step, cfg.seed)
-        trajs = rollouts.run(step_tasks, out / "rollouts" / f"step-{step:04d}", group_size=cfg.group_size,
-                             round_=step, seed=cfg.seed * 7919 + step, version=step - 1)
+        mine, first = ctx.share(tasks_at(tasks, cursor, cfg.tasks_per_step, cfg.seed))
+        # job seeds as in one process: plan_jobs adds 1000 x the task's index in the list it is given
+        trajs = rollouts.run(mine, rank_dir(out / "rollouts" / f"step-{step:04d}"), group_size=cfg.group_size,
+                             round_=step, seed=cfg.seed * 7919 + step + 1_000 * first, version=step - 1)
         t_roll = time.perf_counter() - t0
         adv = group_advantages([t.group_id for t in trajs], [t.reward for t in trajs],
                                [_failed(t) for t in trajs], cfg.advantages)
         kept = [i for i, k in enumerate(adv.keep) if k]
-        m = rollout_metrics(trajs)
-        m.update(filtered_share=adv.filtered_share, rollout_seconds=t_roll)
-        if kept:
+        m = rollout_metrics(trajs, reduce=ctx.sum)
+        groups, filtered, kept_total = ctx.sum([adv.groups, adv.groups_filtered, len(kept)])
+        (t_roll,) = ctx.max([t_roll])
+        m.update(filtered_share=filtered / groups if groups else 0.0, rollout_seconds=t_roll)
+        if kept_total:  # decided alike on every rank; a rank with no kept rows still joins the update
             t1 = time.perf_counter()
             m.update(learner.step(batch_from([trajs[i] for i in kept], [adv.values[i] for i in kept])))
+            if ctx.distributed:
+                refresh_sampler(sampler, model)
             m["update_seconds"] = time.perf_counter() - t1
         cursor += cfg.tasks_per_step
-        metrics_log.write(step=step, metrics=m)
         summary.setdefault("success_rate_first", m["success_rate"])
         summary["success_rate_last"] = m["success_rate"]
-        update = (f"loss {m['loss']:.4f} clip {m.get('clip_fraction', 0.0):.3f}" if kept
-                  else "no update (every group had equal rewards)")
-        print(f"step {step}/{cfg.steps}: success {m['success_rate']:.3f} reward {m['reward_mean']:.3f} "
-              f"filtered {adv.filtered_share:.2f} {update} ({t_roll:.0f}s rollout)", flush=True)
+        if ctx.main:
+            metrics_log.write(step=step, metrics=m)
+            update = (f"loss {m['loss']:.4f} clip {m.get('clip_fraction', 0.0):.3f}" if kept_total
+                      else "no update (every group had equal rewards)")
+            print(f"step {step}/{cfg.steps}: success {m['success_rate']:.3f} reward {m['reward_mean']:.3f} "
+                  f"filtered {m['filtered_share']:.2f} {update} ({t_roll:.0f}s rollout)", flush=True)
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
             evaluate(step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -321,20 +388,26 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         evaluate(cfg.steps)
         save_checkpoint(ckpt_dir, step=cfg.steps, model=model, optimizer=learner.optimizer, keep=cfg.keep_checkpoints,
                         state={"cursor": cursor, "updates": learner.updates, "summary": summary})
-    metrics_log.close()
     rollouts.close()
-    model.save_pretrained(out / "final")
-    keys = ("success_rate", "eval_success_rate", "reward_mean", "loss", "clip_fraction", "entropy", "grad_norm",
-            "filtered_share", "logprob_mismatch_abs")
-    plot_curves(out / "metrics.jsonl", out / "curves.png", keys=keys, title=f"lightswe train ({cfg.loss}, {cfg.model})")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if ctx.main:
+        metrics_log.close()
+        sampler.save_pretrained(out / "final")  # full weights (under FSDP: the refreshed sampler copy)
+        keys = ("success_rate", "eval_success_rate", "reward_mean", "loss", "clip_fraction", "entropy", "grad_norm",
+                "filtered_share", "logprob_mismatch_abs")
+        plot_curves(out / "metrics.jsonl", out / "curves.png", keys=keys,
+                    title=f"lightswe train ({cfg.loss}, {cfg.model})")
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    ctx.barrier()
     return summary
 
 
 # ---------------------------------------------------------------------------------------------- CLI
 def register_train(subparsers) -> None:
     p = subparsers.add_parser("train", help="RL: rollouts with the built-in model, CISPO updates, repeat "
-                                            "(embedded defaults: minutes on a CPU)")
+                                            "(embedded defaults: minutes on a CPU)",
+                              epilog="Several GPUs: torchrun --nproc-per-node N -m lightswe train --device cuda ... "
+                                     "(FSDP2 learner; each rank runs its share of the tasks; --concurrency is per "
+                                     "rank).")
     d = TrainConfig()
     p.add_argument("--out", default=d.out_dir, help="run directory (resumes from its checkpoints)")
     p.add_argument("--model", default=d.model, help="preset (tiny, small) or checkpoint directory")
@@ -364,6 +437,7 @@ def _main(args: argparse.Namespace) -> int:
     cfg.warm_start.steps = args.warm_start_steps
     cfg.warm_start.enabled = args.warm_start_steps > 0
     summary = train(cfg)
-    print(json.dumps(summary, indent=1))
-    print(f"curves: {Path(cfg.out_dir) / 'curves.png'}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the same summary
+        print(json.dumps(summary, indent=1))
+        print(f"curves: {Path(cfg.out_dir) / 'curves.png'}")
     return 0
