@@ -100,6 +100,24 @@ for name, rows, behaviour in (("empty", [slice(0, 3), slice(3, 3)], "sampler"),
     assert all(torch.equal(sampler.state_dict()[k], v) for k, v in full.items()), "sampler != learner"
     assert any(not torch.equal(before[k], v) for k, v in full.items()), "no update"
     results[name] = {"sampler": sampler.state_dict(), "metrics": metrics}
+
+# exact resume of a sharded model + AdamW state: step, save, step == step, save, load into fresh shards, step
+from lightswe.agent.checkpointing import load_checkpoint, save_checkpoint
+
+runs = []
+for resume in (False, True):
+    model = shard_model(make_model())
+    learner = Learner(model, CISPOLoss(), CONFIG)
+    learner.step(make_batch().rows(slice(2 * rank, 2 * rank + 2)))
+    if resume:
+        model = shard_model(make_model())
+        learner = Learner(model, CISPOLoss(), CONFIG)
+        load_checkpoint(sys.argv[2], model=model, optimizer=learner.optimizer)
+    else:
+        save_checkpoint(sys.argv[2], step=1, model=model, optimizer=learner.optimizer)
+    learner.step(make_batch().rows(slice(2 * (1 - rank), 2 * (1 - rank) + 2)))
+    runs.append({k: v.full_tensor() for k, v in model.state_dict().items()})
+assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0]), "resume differs"
 torch.save(results, sys.argv[1].replace("RANK", str(rank)))
 dist.destroy_process_group()
 '''
@@ -107,11 +125,13 @@ dist.destroy_process_group()
 
 def test_rank_with_fewer_or_no_rows_joins_the_step_and_samplers_get_the_update(tmp_path):
     """No deadlock when one rank has no rows (or fewer micro-batches); the update equals one process on the
-    union of the rows; after the refresh both ranks' samplers hold the gathered learner weights."""
+    union of the rows; after the refresh both ranks' samplers hold the gathered learner weights; a checkpoint of
+    the shards and their AdamW state resumes to the same next step."""
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(UNEVEN))
-    proc = torchrun(str(script), str(tmp_path / "out-RANK.pt"))
+    proc = torchrun(str(script), str(tmp_path / "out-RANK.pt"), str(tmp_path / "ckpt"))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ckpt" / "step-000001" / "rng-rank1.pt").exists()
     ranks = [torch.load(tmp_path / f"out-{r}.pt", weights_only=False) for r in (0, 1)]
 
     namespace: dict = {}
