@@ -3,6 +3,11 @@ attention kernels (``LIGHTSWE_LIGHTNING_BACKEND=triton`` vs ``reference``, the P
 
     python benchmarks/train.py                                  # CPU smoke: tiny model, short rows
     python benchmarks/train.py --device cuda --model small --seq-lens 2048,8192 --tokens 32768 --json out.json
+    torchrun --nproc-per-node 2 benchmarks/train.py --fsdp --device cuda --model small --tokens 32768  # FSDP2
+
+With ``--fsdp`` (under torchrun) the model is sharded with FSDP2 over the ranks (NCCL on CUDA, gloo on CPU) and
+``--tokens`` is the step's total: each rank gets ``tokens / world`` of it, throughput counts all ranks' tokens and
+memory is reported per GPU.
 
 One step = one ``Learner.step`` on a batch of ``tokens / T`` random rows of T tokens (half of each row marked
 as policy tokens), one optimiser step, micro-batches of ``--micro`` rows, bf16 autocast on CUDA (fp32 weights,
@@ -20,6 +25,25 @@ parameters, 32,768 tokens per step, 2 rows per micro-batch, bf16 autocast, no ac
 | 8,192 | PyTorch reference | 11,324 | 2.894 | 10.58 |
 
 (At T=2,048 the step runs 8 micro-batches instead of 2, so per-call overheads weigh more.)
+
+FSDP2 on two GPUs (one run, nvidia-h200-x2, torch 2.11+cu130, Triton kernels, NCCL with NVLS off, default
+``--micro 4``, same machine for the one-GPU baseline): ``python3 benchmarks/train.py --device cuda --model small
+--seq-lens 2048,8192 --tokens 32768 --backends triton`` and ``torchrun --standalone --nproc-per-node 2
+benchmarks/train.py --fsdp`` with the same options and ``--tokens`` 32768 or 65536 (the step's total):
+
+| GPUs | T | tokens/step | tokens/s | step s | peak GiB per GPU |
+|---|---|---|---|---|---|
+| 1 | 2,048 | 32,768 | 55,678 | 0.589 | 5.70 |
+| 2 (FSDP2) | 2,048 | 32,768 | 77,263 | 0.424 | 4.96 |
+| 2 (FSDP2) | 2,048 | 65,536 | 74,185 | 0.883 | 4.96 |
+| 1 | 8,192 | 32,768 | 122,220 | 0.268 | 16.92 |
+| 2 (FSDP2) | 8,192 | 32,768 | 127,591 | 0.257 | 8.99 |
+| 2 (FSDP2) | 8,192 | 65,536 | 219,549 | 0.299 | 16.73 |
+
+At the same work per GPU two GPUs give 1.80x at T=8,192 but 1.33x at T=2,048 (0.88 s against 0.59 s per step
+for 4 micro-batches per GPU): every micro-batch all-gathers and reduce-scatters each layer, and short rows leave
+less compute to hide that behind (not profiled). Memory per GPU is set by activations; sharding the weights and
+AdamW state (~1.6 GB in all for this model) saves little at this size.
 """
 
 from __future__ import annotations
@@ -33,7 +57,8 @@ import time
 
 import torch
 from lightswe.agent.cispo import CISPOLoss
-from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch
+from lightswe.agent.distributed import DistContext
+from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch, shard_model
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
 
 
@@ -52,15 +77,19 @@ def to_device(batch: TrainBatch, device: torch.device) -> TrainBatch:
 
 
 def run(model_name: str, device: torch.device, length: int, tokens: int, micro: int, steps: int, backend: str,
-        checkpointing: bool) -> dict:
+        checkpointing: bool, ctx: DistContext | None = None) -> dict:
     os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
+    ctx = ctx or DistContext()
     torch.manual_seed(0)
     model = MiniMaxForCausalLM(MiniMaxConfig.preset(model_name)).to(device)
     model.gradient_checkpointing = checkpointing
+    if ctx.distributed:
+        shard_model(model)
     cfg = LearnerConfig(lr=1e-5, minibatches=1, micro_batch_size=micro,
                         autocast_dtype="bfloat16" if device.type == "cuda" else None)
     learner = Learner(model, CISPOLoss(), cfg)
-    batch = to_device(make_batch(max(tokens // length, 1), length, model.config.vocab_size), device)
+    rows = max(tokens // length // ctx.world, 1)  # per rank
+    batch = to_device(make_batch(rows, length, model.config.vocab_size, seed=ctx.rank), device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     learner.step(batch)  # warm-up (Triton compilation, allocator)
     sync()
@@ -72,13 +101,19 @@ def run(model_name: str, device: torch.device, length: int, tokens: int, micro: 
         learner.step(batch)
         sync()
         times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
-    out = {"model": model_name, "backend": backend, "seq_len": length, "rows": len(batch),
-           "tokens_per_step": len(batch) * length, "micro_batch_rows": micro, "step_s": step_s,
-           "tokens_per_s": len(batch) * length / step_s, "gradient_checkpointing": checkpointing,
-           "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
+    (step_s,) = ctx.max([statistics.median(times)])  # the slowest rank sets the pace
+    step_tokens = len(batch) * length * ctx.world
+    out = {"model": model_name, "backend": backend, "seq_len": length, "rows": len(batch) * ctx.world,
+           "tokens_per_step": step_tokens, "micro_batch_rows": micro, "step_s": step_s,
+           "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": checkpointing, "ranks": ctx.world,
+           "params_M": sum(p.numel() for p in model.parameters()) / 1e6}  # DTensor numel: the full size
     if device.type == "cuda":
-        out["peak_mem_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
+        peaks = [0.0] * ctx.world
+        peaks[ctx.rank] = torch.cuda.max_memory_allocated(device) / 2**30
+        peaks = ctx.sum(peaks)
+        out["peak_mem_GiB"] = max(peaks)  # per GPU (the largest)
+        if ctx.distributed:
+            out["peak_mem_GiB_per_rank"] = peaks
     return out
 
 
@@ -92,30 +127,38 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--backends", default=None, help="comma list; default triton,reference on CUDA, reference on CPU")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per layer")
+    p.add_argument("--fsdp", action="store_true", help="FSDP2 over the torchrun ranks; --tokens is the total")
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    device = torch.device(args.device)
+    ctx = DistContext.from_env(args.device) if args.fsdp else DistContext(device=args.device)
+    if args.fsdp and not ctx.distributed:
+        raise SystemExit("--fsdp needs several ranks: torchrun --nproc-per-node N benchmarks/train.py --fsdp ...")
+    device = torch.device(ctx.device)
+    say = print if ctx.main else (lambda *a, **k: None)
     backends = (args.backends or ("triton,reference" if device.type == "cuda" else "reference")).split(",")
     results = []
     for length in [int(x) for x in args.seq_lens.split(",")]:
         for backend in backends:
             try:
-                r = run(args.model, device, length, args.tokens, args.micro, args.steps, backend, args.checkpointing)
+                r = run(args.model, device, length, args.tokens, args.micro, args.steps, backend, args.checkpointing,
+                        ctx)
             except torch.OutOfMemoryError as err:
                 r = {"model": args.model, "backend": backend, "seq_len": length, "error": f"OOM: {err}"[:300]}
                 torch.cuda.empty_cache()
             results.append(r)
-            print(json.dumps(r), flush=True)
+            say(json.dumps(r), flush=True)
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else platform.processor() or platform.machine()}
-    print(f"\n| T | backend | tokens/s | step s | peak GiB |  ({env['device']}, torch {env['torch']})")
+    env["ranks"] = ctx.world
+    say(f"\n| T | backend | tokens/s | step s | peak GiB per GPU |  ({env['device']} x{ctx.world}, torch {env['torch']})")
     for r in results:
         if "error" in r:
-            print(f"| {r['seq_len']} | {r['backend']} | {r['error'][:60]} | | |")
+            say(f"| {r['seq_len']} | {r['backend']} | {r['error'][:60]} | | |")
         else:
-            print(f"| {r['seq_len']} | {r['backend']} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | "
-                  f"{r.get('peak_mem_GiB', float('nan')):.2f} |")
-    if args.json:
+            say(f"| {r['seq_len']} | {r['backend']} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | "
+                f"{r.get('peak_mem_GiB', float('nan')):.2f} |")
+    ctx.close()
+    if args.json and ctx.main:
         with open(args.json, "w") as f:
             json.dump({"env": env, "results": results}, f, indent=1)
 
