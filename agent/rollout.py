@@ -89,10 +89,18 @@ class Executor(Protocol):
 
 
 def plan_jobs(tasks: Sequence, config: RolloutConfig) -> list[EpisodeJob]:
-    """Every (task, sample) of a round; group id ``<task id>@<round>`` is shared by the G samples of a task."""
-    return [EpisodeJob(task=task, group_id=f"{task.instance_id}@{config.round}", sample_index=i,
-                       seed=config.seed + 1_000 * t + i)
-            for t, task in enumerate(tasks) for i in range(config.group_size)]
+    """Every (task, sample) of a round; group id ``<task id>@<round>`` is shared by the G samples of a task.
+
+    A task listed twice (a step that crosses an epoch boundary) gets a second group ``<task id>@<round>.1``:
+    its episodes must not share ids with the first copy's (resume would skip them as done)."""
+    seen: dict[str, int] = {}
+    jobs = []
+    for t, task in enumerate(tasks):
+        copy = seen[task.instance_id] = seen.get(task.instance_id, -1) + 1
+        group_id = f"{task.instance_id}@{config.round}" + (f".{copy}" if copy else "")
+        jobs += [EpisodeJob(task=task, group_id=group_id, sample_index=i, seed=config.seed + 1_000 * t + i)
+                 for i in range(config.group_size)]
+    return jobs
 
 
 def default_env_factory(tasks: Sequence, **env_kwargs) -> Callable:
