@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Parts that contribute subcommands, in help order.
@@ -35,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, ImportError, FileNotFoundError) as err:  # bad input or a missing extra: say it, no trace
+        if os.environ.get("LIGHTSWE_DEBUG"):
+            raise
+        print(f"lightswe {args.command}: error: {err} (LIGHTSWE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

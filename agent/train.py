@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
@@ -87,6 +88,10 @@ class TrainConfig:
         system_prompt=SHORT_PROMPT, early_stop=EarlyStopConfig(enabled=False)))
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     ray: str | None = None  # Ray address ('local' for a local cluster): episodes on Ray actors
+    # Sampling engine: "model" (the built-in module, in this process) or "vllm" (an in-process vllm.LLM loaded
+    # from the starting weights; the learner's weights are pushed into it after every update).
+    engine: str = "model"
+    vllm_args: dict = field(default_factory=dict)  # vllm.LLM keyword arguments (tensor_parallel_size, ...)
     device: str = "cpu"
 
 
@@ -131,6 +136,7 @@ class Rollouts:
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
         self._images: set[str] = set()
         self._ray_started = False
+        self._vllm = None  # VLLMPolicy, made on first use
 
     def prepare(self, tasks: list) -> None:
         """Build (or find) each task's image once, one at a time, before episodes race for it."""
@@ -158,6 +164,8 @@ class Rollouts:
             executor = RayExecutor(policy=f"model:{weights}?version={version}", tasks=tasks,
                                    num_workers=self.cfg.concurrency, agent=self.cfg.agent)
         else:
+            if policy is None and self.cfg.engine == "vllm":
+                policy = self._vllm_policy(out_dir)
             policy = policy or ModelPolicy(self.model, name=f"model:{self.cfg.model}", version=version,
                                            max_batch=self.cfg.concurrency)
             executor = LocalExecutor(policy, self.tokenizer, concurrency=self.cfg.concurrency, agent=self.cfg.agent,
@@ -183,6 +191,24 @@ class Rollouts:
             self._ray_started = True
         else:
             ray.init(address=self.cfg.ray, log_to_driver=False)
+
+    def _vllm_policy(self, out_dir: Path):
+        """The vLLM engine, started once from the current weights (saved where vLLM can load them)."""
+        if self._vllm is None:
+            from lightswe.agent.policies.vllm_engine import VLLMPolicy
+
+            weights = Path(self.cfg.out_dir) / "vllm-start"
+            self.model.save_pretrained(weights)
+            self._vllm = VLLMPolicy(str(weights), **self.cfg.vllm_args)
+        return self._vllm
+
+    def sync(self, model) -> None:
+        """After an update: push the learner's weights into the vLLM engine (the built-in engine samples from the
+        learner's own module, or from the sampler copy the distributed loop refreshes)."""
+        if self._vllm is not None:
+            from lightswe.agent.learner import sync_vllm_weights
+
+            sync_vllm_weights(self._vllm.llm, model)
 
     def close(self) -> None:
         """Stop the local Ray cluster this run started (an external cluster is left running)."""
@@ -244,6 +270,20 @@ def warm_start(cfg: TrainConfig, model, tokenizer, rollouts: Rollouts) -> dict[s
 
 
 # ------------------------------------------------------------------------------------------- the loop
+def check_engine(cfg: TrainConfig, world: int) -> None:
+    """Refuse a sampling engine that cannot run with these settings, before any work starts."""
+    if cfg.engine not in ("model", "vllm"):
+        raise ValueError(f"engine {cfg.engine!r}: expected 'model' (built-in) or 'vllm'")
+    if cfg.engine == "model":
+        return
+    if importlib.util.find_spec("vllm") is None:
+        raise ImportError("--engine vllm needs vLLM: pip install 'lightswe[vllm]' (a CUDA machine), or use the "
+                          "built-in engine (--engine model)")
+    if cfg.ray or world > 1:
+        raise ValueError("--engine vllm runs one in-process vllm.LLM; it does not combine with --ray or torchrun. "
+                         "Spread it over GPUs with --vllm-arg tensor_parallel_size=N instead")
+
+
 def check_distributed(cfg: TrainConfig, world: int) -> None:
     """Refuse settings that cannot work with ``world`` torchrun ranks, naming the fix."""
     if world <= 1:
@@ -260,7 +300,9 @@ def check_distributed(cfg: TrainConfig, world: int) -> None:
 
 def train(cfg: TrainConfig) -> dict[str, float]:
     """Single process, or every rank of a torchrun job (see ``lightswe.agent.distributed``)."""
-    check_distributed(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    check_engine(cfg, world)
+    check_distributed(cfg, world)
     ctx = DistContext.from_env(cfg.device)
     cfg.device = ctx.device
     summary = _train(cfg, ctx)
@@ -369,6 +411,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
             m.update(learner.step(batch_from([trajs[i] for i in kept], [adv.values[i] for i in kept])))
             if ctx.distributed:
                 refresh_sampler(sampler, model)
+            rollouts.sync(model)
             m["update_seconds"] = time.perf_counter() - t1
         cursor += cfg.tasks_per_step
         summary.setdefault("success_rate_first", m["success_rate"])
@@ -424,14 +467,33 @@ def register_train(subparsers) -> None:
     p.add_argument("--warm-start-steps", type=int, default=d.warm_start.steps, help="0 disables the warm start")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--ray", nargs="?", const="local", default=None, help="episodes on Ray actors")
+    p.add_argument("--engine", default=d.engine, choices=["model", "vllm"],
+                   help="sampling engine: the built-in model, or in-process vLLM with weights pushed every update")
+    p.add_argument("--vllm-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="vllm.LLM keyword argument (repeatable; VALUE parsed as JSON when it can be)")
     p.add_argument("--device", default=d.device)
     p.set_defaults(func=_main)
+
+
+def parse_kwargs(items: list[str]) -> dict:
+    """``["tensor_parallel_size=2", "enforce_eager=true"]`` -> ``{"tensor_parallel_size": 2, "enforce_eager": True}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--vllm-arg {item!r}: expected KEY=VALUE, e.g. gpu_memory_utilization=0.5")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _main(args: argparse.Namespace) -> int:
     cfg = TrainConfig(out_dir=args.out, model=args.model, tasks=args.tasks, eval_tasks=args.eval_tasks,
                       steps=args.steps, tasks_per_step=args.tasks_per_step, group_size=args.group_size,
-                      concurrency=args.concurrency, loss=args.loss, seed=args.seed, ray=args.ray, device=args.device)
+                      concurrency=args.concurrency, loss=args.loss, seed=args.seed, ray=args.ray, device=args.device,
+                      engine=args.engine, vllm_args=parse_kwargs(args.vllm_arg))
     cfg.loss_config.eps_high = args.eps_high
     cfg.learner.lr, cfg.learner.behaviour = args.lr, args.behaviour
     cfg.warm_start.steps = args.warm_start_steps

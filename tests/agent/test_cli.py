@@ -52,3 +52,18 @@ def test_eval_summarises_a_stored_run(tmp_path, capsys):
     assert "resolve rate 25.0% (1/4), 95% CI [4.6%, 69.9%]" in out
     assert main(["view", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "index.html").stat().st_size > 1000
+
+
+def test_train_refuses_bad_engine_settings_before_any_work(tmp_path, capsys):
+    import importlib.util
+
+    from lightswe.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--vllm-arg", "gpu_memory_utilization"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    if importlib.util.find_spec("vllm") is None:
+        assert main(["train", "--out", str(out), "--engine", "vllm"]) == 2
+        assert "pip install 'lightswe[vllm]'" in capsys.readouterr().err
+    assert main(["train", "--out", str(out), "--engine", "vllm", "--ray"]) == 2
+    assert not out.exists(), "nothing may be written before the settings are checked"
