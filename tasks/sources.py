@@ -218,6 +218,11 @@ def has_commit(repo: SourceRepo, commit: str) -> bool:
 def base_repo(instance: TaskInstance) -> SourceRepo:
     """The source repository positioned at ``instance.base_commit`` (replayed for PyPI sources, see above)."""
     root = source_repo(instance)
+    if not has_commit(root, instance.base_commit) and not parse_pypi(instance.source):
+        try:  # a cached clone made before the base commit existed upstream: fetch it
+            root = source_repo(instance, commit=instance.base_commit)
+        except SourceError:
+            pass
     if has_commit(root, instance.base_commit):
         return SourceRepo(path=root.path, commit=_git(root.path, "rev-parse", instance.base_commit))
     if parse_pypi(instance.source):

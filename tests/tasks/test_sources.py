@@ -111,3 +111,18 @@ def test_concurrent_clones_share_one_cache_entry(tmp_path):
     assert [p.name for p in (tmp_path / "cache" / "git").iterdir() if not p.name.startswith("clone-")] == \
         [made.split("@")[0].rsplit("/", 1)[-1]]
     assert not list((tmp_path / "cache" / "git").glob("clone-*"))
+
+
+def test_base_commit_made_after_the_clone_was_cached_is_fetched(tmp_path):
+    from lightswe.tasks.instance import TaskInstance
+
+    origin, first, second = _origin_repo(tmp_path)
+    sources.git_repo(str(origin), first)  # cached before the third commit exists
+    subprocess.run(["git", "-C", str(origin), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "three"], check=True)
+    third = subprocess.run(["git", "-C", str(origin), "rev-parse", "HEAD"], check=True, capture_output=True,
+                           text=True).stdout.strip()
+    task = TaskInstance(instance_id="o__r-1", repo="o/r", source=str(origin), base_commit=third,
+                        environment_setup_commit=first, patch="", problem_statement="s", FAIL_TO_PASS=["t::a"],
+                        PASS_TO_PASS=[])
+    assert sources.base_repo(task).commit == third and second != third
