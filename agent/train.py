@@ -66,13 +66,14 @@ class WarmStartConfig:
 class TrainConfig:
     out_dir: str = "runs/train"
     model: str = "tiny"  # preset name (random init from ``seed``) or a checkpoint directory
-    tasks: str = "arith:rl"  # "arith:<split>" (built-in family) or a JSONL file of task instances
-    eval_tasks: str = "arith:eval"  # "" to skip evaluation
-    steps: int = 14
+    # "arith:<split>[:<op words>]" (built-in family, see lightswe.agent.train_tasks) or a JSONL of task instances
+    tasks: str = "arith:rl:sum"
+    eval_tasks: str = "arith:eval:sum"  # "" to skip evaluation
+    steps: int = 10
     tasks_per_step: int = 4
     group_size: int = 8
-    eval_group_size: int = 4
-    eval_every: int = 0  # 0: evaluate before the first and after the last step only
+    eval_group_size: int = 8
+    eval_every: int = 5  # also evaluate every N steps (0: before the first and after the last step only)
     concurrency: int = 4  # episodes (sandboxes) in flight
     seed: int = 0
     checkpoint_every: int = 1
@@ -80,9 +81,13 @@ class TrainConfig:
     loss: str = "cispo"  # cispo | dapo | grpo
     loss_config: LossConfig = field(default_factory=LossConfig)
     advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
-    # lr: with AdamW eps 1e-15 every parameter moves ~lr per update however small its gradient; on the tiny model
-    # 2e-3 destroyed the warm-started format in one step, 1e-4 moved nothing in 9 steps, 5e-4 is what the demo used.
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=5e-4, minibatches=2, micro_batch_size=8))
+    # AdamW eps: the paper's 1e-15 (LearnerConfig's default) is for large models. On the tiny model it turns the
+    # small but consistent gradients of format tokens (pushed down in the few failed samples of a mostly solved
+    # group, barely pushed up where they are already certain) into lr-sized steps, and the tool-call format
+    # collapsed within 7-14 steps at every lr tried (5e-4 to 2e-3, also with eps 1e-4). With eps 1e-3 small
+    # gradients take small steps: the same runs kept the format and learned the operator (see the README).
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=3e-3, eps=1e-3, minibatches=2,
+                                                                         micro_batch_size=8))
     agent: AgentConfig = field(default_factory=lambda: AgentConfig(
         max_steps=2, max_context_tokens=1024, max_new_tokens=160, max_format_errors=1, temperature=0.5,
         system_prompt=SHORT_PROMPT, early_stop=EarlyStopConfig(enabled=False)))
@@ -96,15 +101,25 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- pieces
+def arith_spec(spec: str) -> tuple[str, list[str] | None]:
+    """``arith:<split>[:<word>,<word>...]`` -> (split, words or None for all four operations)."""
+    _, split, *rest = spec.split(":")
+    if len(rest) > 1:
+        raise ValueError(f"tasks {spec!r}: expected arith:<split>[:<op word>,...], e.g. arith:rl:sum")
+    return split, (rest[0].split(",") if rest else None)
+
+
 def load_tasks(spec: str) -> list:
     if spec.startswith("arith:"):
         from lightswe.agent.train_tasks import arithmetic_tasks
 
-        return arithmetic_tasks(spec.split(":", 1)[1])
+        split, words = arith_spec(spec)
+        return arithmetic_tasks(split, words=words)
     from lightswe.tasks.instance import read_jsonl
 
     if not Path(spec).is_file():
-        raise ValueError(f"tasks {spec!r}: expected 'arith:rl|eval|warm' or a JSONL file of task instances")
+        raise ValueError(f"tasks {spec!r}: expected 'arith:<split>[:<op words>]' (e.g. arith:rl:sum) or a JSONL "
+                         f"file of task instances")
     return read_jsonl(spec)
 
 
@@ -244,7 +259,7 @@ def warm_start(cfg: TrainConfig, model, tokenizer, rollouts: Rollouts) -> dict[s
     from lightswe.agent.train_tasks import arithmetic_tasks, warm_start_scripts
 
     wcfg = cfg.warm_start
-    tasks = arithmetic_tasks("warm")
+    tasks = arithmetic_tasks("warm", words=arith_spec(cfg.tasks)[1])  # the operations trained on
     out = Path(cfg.out_dir) / "warm_start"
     trajs = []
     for shift in range(4):  # every statement with every operator once: the answer cannot be cloned
@@ -260,9 +275,12 @@ def warm_start(cfg: TrainConfig, model, tokenizer, rollouts: Rollouts) -> dict[s
     schedule = torch.optim.lr_scheduler.LambdaLR(
         learner.optimizer, lambda i: 1.0 - (1.0 - wcfg.final_lr_ratio) * min(i / max(wcfg.steps - 1, 1), 1.0))
     rng = random.Random(cfg.seed)
+    order: list[int] = []
     losses = []
     for _ in range(wcfg.steps):
-        pick = [trajs[rng.randrange(len(trajs))] for _ in range(wcfg.batch_size)]
+        while len(order) < wcfg.batch_size:  # shuffled epochs: every operator is cloned equally often
+            order += rng.sample(range(len(trajs)), len(trajs))
+        pick, order = [trajs[i] for i in order[:wcfg.batch_size]], order[wcfg.batch_size:]
         losses.append(learner.step(batch_from(pick, [1.0] * len(pick)))["loss"])
         schedule.step()
     return {"warm_start_loss_first": losses[0], "warm_start_loss_last": losses[-1],
@@ -463,6 +481,8 @@ def register_train(subparsers) -> None:
     p.add_argument("--loss", default=d.loss, choices=sorted(LOSSES))
     p.add_argument("--eps-high", type=float, default=d.loss_config.eps_high, help="upper clip of the IS weight")
     p.add_argument("--lr", type=float, default=d.learner.lr)
+    p.add_argument("--adam-eps", type=float, default=d.learner.eps,
+                   help="AdamW eps (the paper's 1e-15 suits large models; see TrainConfig for the tiny model's)")
     p.add_argument("--behaviour", default=d.learner.behaviour, choices=["sampler", "recompute"])
     p.add_argument("--warm-start-steps", type=int, default=d.warm_start.steps, help="0 disables the warm start")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -495,7 +515,7 @@ def _main(args: argparse.Namespace) -> int:
                       concurrency=args.concurrency, loss=args.loss, seed=args.seed, ray=args.ray, device=args.device,
                       engine=args.engine, vllm_args=parse_kwargs(args.vllm_arg))
     cfg.loss_config.eps_high = args.eps_high
-    cfg.learner.lr, cfg.learner.behaviour = args.lr, args.behaviour
+    cfg.learner.lr, cfg.learner.eps, cfg.learner.behaviour = args.lr, args.adam_eps, args.behaviour
     cfg.warm_start.steps = args.warm_start_steps
     cfg.warm_start.enabled = args.warm_start_steps > 0
     summary = train(cfg)

@@ -1,19 +1,24 @@
-"""A task family small enough for the tiny model to learn from reward: one real one-line bug, four right answers.
+"""A task family small enough for the tiny model to learn from reward: one real one-line bug, four candidate fixes.
 
 Every instance is a commit of a small local git repository (``calc.py`` + ``tests/test_calc.py``) whose
 ``f(a, b)`` wrongly returns ``a // b``. The problem statement names the intended operation (sum, difference,
 product, remainder); the task's test checks it on the statement's numbers, run by pytest in the Docker
 sandbox. A fix is one ``str_replace`` of ``a // b`` by ``a <op> b``, then ``submit``: the format is the same for
-every instance, so success depends only on the policy choosing the operator the statement asks for.
+every instance, so success depends only on the operator the policy writes.
 
-Splits use disjoint number pairs: ``warm`` (behaviour cloning of a scripted policy that picks the operator
-every operator for every statement, so that the statement carries no information about the pick: the warm
-start teaches the tool-call format, not the answer), ``rl`` (the tasks trained on with reward) and ``eval`` (held out).
+Splits use disjoint number pairs: ``warm`` (behaviour cloning of a scripted policy that pairs every statement
+with every operator equally often, so the warm start teaches the tool-call format, not the answer), ``rl`` (the
+tasks trained on with reward) and ``eval`` (held out). A spec such as ``arith:rl:sum`` keeps the instances of
+some operations only: the embedded training run uses the sum instances (the model starts choosing among the four
+operators at random and learns from the tests which one fixes the bug; learning the statement-word -> operator
+mapping for all four operations from reward alone is beyond the byte-level tiny model in CPU minutes, see the
+README).
 
 Example::
 
-    tasks = arithmetic_tasks("rl")          # 8 TaskInstances, repository built under ~/.cache/lightswe
-    scripts = warm_start_scripts(arithmetic_tasks("warm"))
+    tasks = arithmetic_tasks("rl")                  # 16 TaskInstances, repository built under ~/.cache/lightswe
+    sums = arithmetic_tasks("eval", words=["sum"])  # 4 held-out instances of one operation
+    scripts = warm_start_scripts(arithmetic_tasks("warm", words=["sum"]))
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from lightswe.tasks.instance import TaskInstance
 from lightswe.tasks.sources import CACHE_DIR
 
 OPS = {"sum": "+", "difference": "-", "product": "*", "remainder": "%"}
-PAIRS = {"warm": [(7, 3), (9, 4), (9, 2), (11, 4)], "rl": [(13, 5), (10, 3)], "eval": [(17, 5), (14, 4)]}
+PAIRS = {"warm": [(7, 3), (9, 4), (9, 2), (11, 4)], "rl": [(13, 5), (10, 3), (19, 4), (22, 5)],
+         "eval": [(17, 5), (14, 4), (23, 7), (16, 3)]}
 BUG = "a // b"
 _ENV = {"GIT_AUTHOR_NAME": "lightswe", "GIT_AUTHOR_EMAIL": "lightswe@localhost", "GIT_COMMITTER_NAME": "lightswe",
         "GIT_COMMITTER_EMAIL": "lightswe@localhost", "GIT_AUTHOR_DATE": "2000-01-01T00:00:00+0000",
@@ -72,7 +78,7 @@ def _commit(repo: Path, files: dict[str, str], branch: str, parent: str | None) 
 def family_repo(root: Path | None = None) -> tuple[Path, dict[str, str]]:
     """Build (once, deterministically) the repository; returns its path and branch -> commit."""
     repo = (root or CACHE_DIR / "train-family") / "calc"
-    marker = repo / ".git" / "lightswe-family-v1"
+    marker = repo / ".git" / "lightswe-family-v2"
     if not marker.exists():
         repo.mkdir(parents=True, exist_ok=True)
         _git(repo, "init", "-q", "-b", "main")
@@ -89,14 +95,20 @@ def family_repo(root: Path | None = None) -> tuple[Path, dict[str, str]]:
     return repo, branches
 
 
-def arithmetic_tasks(split: str, root: Path | None = None) -> list[TaskInstance]:
-    """The instances of one split (``warm``, ``rl`` or ``eval``): 4 operations x its number pairs."""
+def arithmetic_tasks(split: str, root: Path | None = None, words: list[str] | None = None) -> list[TaskInstance]:
+    """The instances of one split (``warm``, ``rl`` or ``eval``): its number pairs x the operations ``words``
+    (default: all four)."""
     if split not in PAIRS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(PAIRS)}")
+    unknown = sorted(set(words or []) - set(OPS))
+    if unknown or words == []:
+        raise ValueError(f"operations {unknown or words}: expected a non-empty subset of {list(OPS)}")
     repo, branches = family_repo(root)
     tasks = []
     for a, b in PAIRS[split]:
         for word, op in OPS.items():
+            if words and word not in words:
+                continue
             fix = (f"diff --git a/calc.py b/calc.py\n--- a/calc.py\n+++ b/calc.py\n@@ -1,2 +1,2 @@\n def f(a, b):\n"
                    f"-    return {BUG}\n+    return a {op} b\n")
             statement = (f"calc.f(a, b) must return the {word} of a and b, but f({a}, {b}) returns {a // b}. "
@@ -112,16 +124,15 @@ def arithmetic_tasks(split: str, root: Path | None = None) -> list[TaskInstance]
 
 
 def warm_start_scripts(tasks: list[TaskInstance], shift: int = 0) -> dict:
-    """Scripted-policy scripts for behaviour cloning: ``str_replace`` with an operator chosen so that each
-    statement word is paired with each operator equally often (no answer leaks), then ``submit``. The four
-    ``shift`` values together pair every statement with every operator once."""
+    """Scripted-policy scripts for behaviour cloning: ``str_replace`` with an operator, then ``submit``. The four
+    ``shift`` values together pair every statement with every operator once (no answer leaks), and within one
+    shift consecutive tasks get different operators."""
     from lightswe.envs.tool_calls import ToolCall
 
     ops, words = list(OPS.values()), list(OPS)
     scripts = {}
     for i, task in enumerate(tasks):
-        pair_index = i // len(words)
-        op = ops[(words.index(task.metadata["word"]) + pair_index + shift) % len(ops)]
+        op = ops[(words.index(task.metadata["word"]) + i + shift) % len(ops)]
         scripts[task.problem_statement.strip()] = [
             ToolCall(name="str_replace", arguments={"path": "calc.py", "old_str": BUG, "new_str": f"a {op} b"}),
             ToolCall(name="submit", arguments={})]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from lightswe.agent.metrics import read_metrics
-from lightswe.agent.train import TrainConfig, WarmStartConfig, tasks_at, train
+from lightswe.agent.train import TrainConfig, WarmStartConfig, arith_spec, load_tasks, tasks_at, train
 from lightswe.agent.train_tasks import OPS, arithmetic_tasks, warm_start_scripts
 
 
@@ -22,6 +22,19 @@ def test_family_splits_are_disjoint_and_warm_start_leaks_no_answer(tmp_path):
             assert edit.name == "str_replace" and submit.name == "submit"
             pairs.add((task.instance_id, edit.arguments["new_str"]))
     assert len(pairs) == len(warm) * len(OPS)  # every statement with every operator: nothing to clone
+
+
+def test_family_specs_select_operations_and_reject_unknown_ones(tmp_path):
+    assert arith_spec("arith:rl:sum,product") == ("rl", ["sum", "product"]) and arith_spec("arith:eval") == ("eval", None)
+    sums = load_tasks("arith:rl:sum")
+    assert len(sums) == 4 and {t.metadata["op"] for t in sums} == {"+"}
+    assert len(arithmetic_tasks("rl", root=tmp_path)) == 16
+    with pytest.raises(ValueError, match="subset of"):
+        arithmetic_tasks("rl", root=tmp_path, words=["quotient"])
+    with pytest.raises(ValueError, match="expected arith:<split>"):
+        load_tasks("arith:rl:sum:x")
+    with pytest.raises(ValueError, match="unknown split"):
+        load_tasks("arith:test")
 
 
 def test_task_stream_is_a_seeded_permutation_per_epoch():
@@ -48,3 +61,12 @@ def test_train_runs_writes_metrics_checkpoints_and_resumes(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     state = json.loads((run / "checkpoints" / "step-000002" / "state.json").read_text())
     assert state["cursor"] == 4 and state["step"] == 2
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_the_embedded_default_run_learns(tmp_path):
+    """The README's main job, as is: held-out success must rise well above the warm start's (about 5 minutes)."""
+    summary = train(TrainConfig(out_dir=str(tmp_path / "run")))
+    assert summary["eval_success_rate_last"] >= summary["eval_success_rate_first"] + 0.3, summary
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 0
