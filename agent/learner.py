@@ -3,7 +3,10 @@
 One generation batch -> ``LearnerConfig.minibatches`` optimiser steps (all after the first are off-policy, as
 in the paper), each accumulated over micro-batches of ``micro_batch_size`` rows. The loss's token weights are
 fixed per mini-batch *before* micro-batching (and summed across ranks when distributed), so accumulation gives
-the gradient of one big batch. Behaviour log-probs are the sampler's (``behaviour="sampler"``) or the
+the gradient of one big batch. When the batch names each row's group, mini-batches are cut at group boundaries:
+a group's advantages sum to zero, so the tokens its samples share (the prompt, the common format) cancel only
+when the whole group is in one update; a split group pushes them all one way (on the tiny model one such update
+destroyed the tool-call format). Behaviour log-probs are the sampler's (``behaviour="sampler"``) or the
 learner's own recomputation under the pre-update weights (``behaviour="recompute"``; removes the
 train/inference mismatch from the ratio). The model must provide ``token_logprobs(input_ids)`` in fp32.
 
@@ -57,11 +60,12 @@ class TrainBatch:
     mask: Tensor  # [N, T] bool
     sampler_logp: Tensor  # [N, T] fp32
     advantages: Tensor  # [N] fp32
+    groups: Tensor | None = None  # [N] long: rows of a group are contiguous; mini-batches never split one
 
     @classmethod
     def from_sequences(cls, tokens: Sequence[Sequence[int]], masks: Sequence[Sequence[int | bool]],
                        sampler_logps: Sequence[Sequence[float]], advantages: Sequence[float],
-                       pad_id: int = 0) -> TrainBatch:
+                       pad_id: int = 0, group_ids: Sequence | None = None) -> TrainBatch:
         if not (len(tokens) == len(masks) == len(sampler_logps) == len(advantages)):
             raise ValueError(f"need one mask, logprob list and advantage per sequence, got {len(tokens)}, "
                              f"{len(masks)}, {len(sampler_logps)}, {len(advantages)}")
@@ -78,16 +82,40 @@ class TrainBatch:
             logp[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
         if t:
             mask[:, 0] = False  # the first token has no conditional log-prob
+        groups = None
+        if group_ids is not None:
+            if len(group_ids) != n:
+                raise ValueError(f"need one group id per sequence, got {len(group_ids)} for {n}")
+            index: dict = {}
+            groups = torch.tensor([index.setdefault(g, len(index)) for g in group_ids], dtype=torch.long)
+            if n > 1 and bool((groups.diff() < 0).any()):  # ids number groups by first appearance
+                raise ValueError("the rows of a group must be contiguous; sort the sequences by group id")
         return cls(input_ids=ids, mask=mask, sampler_logp=logp,
-                   advantages=torch.tensor(list(advantages), dtype=torch.float32))
+                   advantages=torch.tensor(list(advantages), dtype=torch.float32), groups=groups)
 
     def rows(self, index: slice | Tensor) -> TrainBatch:
         return TrainBatch(input_ids=self.input_ids[index], mask=self.mask[index],
-                          sampler_logp=self.sampler_logp[index], advantages=self.advantages[index])
+                          sampler_logp=self.sampler_logp[index], advantages=self.advantages[index],
+                          groups=None if self.groups is None else self.groups[index])
 
     def to(self, device: torch.device | str) -> TrainBatch:
         return TrainBatch(input_ids=self.input_ids.to(device), mask=self.mask.to(device),
-                          sampler_logp=self.sampler_logp.to(device), advantages=self.advantages.to(device))
+                          sampler_logp=self.sampler_logp.to(device), advantages=self.advantages.to(device),
+                          groups=None if self.groups is None else self.groups.to(device))
+
+    def minibatch_bounds(self, count: int) -> list[tuple[int, int]]:
+        """``count`` contiguous row ranges of about equal size; with groups, every cut is at a group boundary
+        (the one nearest the even cut), so a range may be empty when there are fewer groups than ranges."""
+        n = len(self)
+        if self.groups is None:
+            return [(int(r[0]), int(r[-1]) + 1) if len(r) else (0, 0) for r in torch.arange(n).tensor_split(count)]
+        starts = [0] + [i for i in range(1, n) if self.groups[i] != self.groups[i - 1]] + [n]
+        cuts = [0]
+        for k in range(1, count):
+            ideal = k * n / count
+            cuts.append(max(cuts[-1], min(starts, key=lambda b: (abs(b - ideal), b))))
+        cuts.append(n)
+        return list(zip(cuts[:-1], cuts[1:]))
 
     @classmethod
     def placeholder(cls, device: torch.device | str = "cpu") -> TrainBatch:
@@ -200,8 +228,8 @@ class Learner:
         sums: dict[str, float] = {}
         tokens = 0
         grad_norms, losses = [], []
-        minibatches = [mb.split(c.micro_batch_size) if len(mb) else () for mb in
-                       torch.arange(len(batch), device=self.device).tensor_split(c.minibatches)]
+        minibatches = [torch.arange(start, end, device=self.device).split(c.micro_batch_size) if end > start else ()
+                       for start, end in batch.minibatch_bounds(c.minibatches)]
         passes = self._passes([len(micros) for micros in minibatches])
         for _ in range(c.epochs):
             for micros, n_passes in zip(minibatches, passes):

@@ -134,8 +134,12 @@ def tasks_at(tasks: list, cursor: int, count: int, seed: int) -> list:
 
 
 def batch_from(trajectories: list[Trajectory], advantages: list[float]) -> TrainBatch:
-    return TrainBatch.from_sequences([t.token_ids for t in trajectories], [t.loss_mask for t in trajectories],
-                                     [t.logprobs for t in trajectories], advantages)
+    """Rows in group order, tagged with their group: the learner never splits a group across updates."""
+    order = sorted(range(len(trajectories)), key=lambda i: trajectories[i].group_id)  # stable within a group
+    rows = [trajectories[i] for i in order]
+    return TrainBatch.from_sequences([t.token_ids for t in rows], [t.loss_mask for t in rows],
+                                     [t.logprobs for t in rows], [advantages[i] for i in order],
+                                     group_ids=[t.group_id for t in rows])
 
 
 def _seed_everything(seed: int) -> None:

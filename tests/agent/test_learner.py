@@ -100,3 +100,36 @@ def test_learner_resume_reproduces_next_step_exactly(tmp_path):
 def test_mismatched_rows_raise():
     with pytest.raises(ValueError, match="differ in length"):
         TrainBatch.from_sequences([[1, 2, 3]], [[0, 1]], [[0.0, -1.0, -1.0]], [1.0])
+
+
+def test_minibatches_are_cut_at_group_boundaries():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        sizes = torch.randint(1, 9, (int(torch.randint(1, 7, (1,), generator=gen)),), generator=gen).tolist()
+        ids = [g for g, size in enumerate(sizes) for _ in range(size)]
+        batch = TrainBatch.from_sequences([[1, 2]] * len(ids), [[1, 1]] * len(ids), [[0.0, 0.0]] * len(ids),
+                                          [0.0] * len(ids), group_ids=ids)
+        for count in (1, 2, 3, 4):
+            bounds = batch.minibatch_bounds(count)
+            assert len(bounds) == count and bounds[0][0] == 0 and bounds[-1][1] == len(ids)
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            for start, end in bounds:  # no group has rows on both sides of a cut
+                assert start in (0, len(ids)) or ids[start] != ids[start - 1]
+    with pytest.raises(ValueError, match="contiguous"):
+        TrainBatch.from_sequences([[1, 2]] * 3, [[1, 1]] * 3, [[0.0, 0.0]] * 3, [0.0] * 3, group_ids=["a", "b", "a"])
+
+
+def test_a_whole_group_cancels_on_its_shared_tokens_and_a_split_one_does_not():
+    """Eight identical samples with zero-sum advantages: kept whole, the update has no gradient; cut in two
+    mini-batches (no group ids), each half pushes the shared tokens one way."""
+    seq = torch.randint(1, 200, (20,), generator=torch.Generator().manual_seed(1)).tolist()
+    rows, advantages = [seq] * 8, [1.0] * 4 + [-1.0] * 4
+
+    def grad_norm(group_ids):
+        model = _model()
+        cfg = LearnerConfig(lr=0.0, minibatches=2, micro_batch_size=8, grad_clip=1e9)
+        batch = TrainBatch.from_sequences(rows, [[1] * 20] * 8, [[0.0] * 20] * 8, advantages, group_ids=group_ids)
+        return Learner(model, CISPOLoss(), cfg).step(batch)["grad_norm"]
+
+    assert grad_norm(["g"] * 8) < 1e-6
+    assert grad_norm(None) > 1e-3
