@@ -55,11 +55,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    if _distributed():
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    """Full state dicts with the optimiser state keyed by parameter name (not position), the same with one
+    process or N FSDP ranks: a run saved on one world size resumes on another."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-        return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return model.state_dict(), optimizer.state_dict()
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                     cpu_offload=_distributed()))
 
 
 def save_checkpoint(root: str | Path, *, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -126,15 +127,21 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
                                 f"start without --resume or point at a checkpoint directory")
     model_sd = torch.load(found / "model.pt", map_location="cpu", weights_only=True)
     optim_sd = torch.load(found / "optim.pt", map_location="cpu", weights_only=False) if optimizer else None
-    if _distributed():
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-        set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd or {},
-                       options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
-    else:
+    by_position = optim_sd is not None and any(isinstance(k, int) for k in optim_sd.get("state", {}))
+    if by_position and not _distributed():  # written before the state was keyed by name, by one process
         model.load_state_dict(model_sd)
-        if optimizer is not None:
-            optimizer.load_state_dict(optim_sd)
+        optimizer.load_state_dict(optim_sd)
+    elif by_position:
+        raise ValueError(f"{found}: its optimiser state is keyed by position (an older one-process checkpoint); "
+                         f"resume it once without torchrun so that the next checkpoint is keyed by name")
+    else:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
+
+        if optimizer is None:
+            set_model_state_dict(model, model_sd, options=StateDictOptions(full_state_dict=True))
+        else:
+            set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
+                           options=StateDictOptions(full_state_dict=True))
     if restore_rng:
         own = found / f"rng-rank{dist.get_rank()}.pt" if _distributed() else found / "rng.pt"
         set_rng_state(torch.load(own if own.exists() else found / "rng.pt", weights_only=False))

@@ -118,6 +118,14 @@ for resume in (False, True):
     learner.step(make_batch().rows(slice(2 * (1 - rank), 2 * (1 - rank) + 2)))
     runs.append({k: v.full_tensor() for k, v in model.state_dict().items()})
 assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0]), "resume differs"
+
+# a checkpoint written by one process resumes on two ranks (optimiser state keyed by parameter name)
+model = shard_model(make_model())
+learner = Learner(model, CISPOLoss(), CONFIG)
+load_checkpoint(sys.argv[3], model=model, optimizer=learner.optimizer)
+single = torch.load(sys.argv[3] + "/step-000001/model.pt", weights_only=True)
+assert all(torch.equal(v.full_tensor(), single[k]) for k, v in model.state_dict().items()), "1 -> 2 ranks"
+assert len(learner.optimizer.state) == len(list(model.parameters())), "AdamW state not restored on 2 ranks"
 torch.save(results, sys.argv[1].replace("RANK", str(rank)))
 dist.destroy_process_group()
 '''
@@ -127,15 +135,29 @@ def test_rank_with_fewer_or_no_rows_joins_the_step_and_samplers_get_the_update(t
     """No deadlock when one rank has no rows (or fewer micro-batches); the update equals one process on the
     union of the rows; after the refresh both ranks' samplers hold the gathered learner weights; a checkpoint of
     the shards and their AdamW state resumes to the same next step."""
+    from lightswe.agent.checkpointing import load_checkpoint, save_checkpoint
+
+    namespace: dict = {}
+    exec(COMMON, namespace)  # noqa: S102
+    one = namespace["make_model"]()  # a one-process checkpoint for the ranks to resume
+    one_learner = Learner(one, CISPOLoss(), namespace["CONFIG"])
+    one_learner.step(namespace["make_batch"]())
+    save_checkpoint(tmp_path / "ckpt1", step=1, model=one, optimizer=one_learner.optimizer)
+
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(UNEVEN))
-    proc = torchrun(str(script), str(tmp_path / "out-RANK.pt"), str(tmp_path / "ckpt"))
+    proc = torchrun(str(script), str(tmp_path / "out-RANK.pt"), str(tmp_path / "ckpt"), str(tmp_path / "ckpt1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ckpt" / "step-000001" / "rng-rank1.pt").exists()
     ranks = [torch.load(tmp_path / f"out-{r}.pt", weights_only=False) for r in (0, 1)]
 
-    namespace: dict = {}
-    exec(COMMON, namespace)  # noqa: S102
+    # ... and the two ranks' checkpoint resumes in one process, AdamW state included
+    fresh = namespace["make_model"]()
+    fresh_learner = Learner(fresh, CISPOLoss(), namespace["CONFIG"])
+    load_checkpoint(tmp_path / "ckpt", model=fresh, optimizer=fresh_learner.optimizer)
+    saved = torch.load(tmp_path / "ckpt" / "step-000001" / "model.pt", weights_only=True)
+    assert all(torch.equal(v, saved[k]) for k, v in fresh.state_dict().items())
+    assert len(fresh_learner.optimizer.state) == len(list(fresh.parameters()))
     for name, rows, behaviour in (("empty", 3, "sampler"), ("uneven", 4, "recompute")):
         model = namespace["make_model"]()
         config = LearnerConfig(lr=1e-3, minibatches=1, micro_batch_size=1, grad_clip=1.0, behaviour=behaviour)
