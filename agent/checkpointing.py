@@ -135,7 +135,11 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
         raise ValueError(f"{found}: its optimiser state is keyed by position (an older one-process checkpoint); "
                          f"resume it once without torchrun so that the next checkpoint is keyed by name")
     else:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_state_dict,
+        )
 
         if optimizer is None:
             set_model_state_dict(model, model_sd, options=StateDictOptions(full_state_dict=True))

@@ -36,11 +36,12 @@ from torch import Tensor
 
 @dataclass(kw_only=True, slots=True)
 class LossConfig:
-    # Upper clip of the IS weight. Implementations differ (0.28 as DAPO, 2, 4, or an absolute cap of 5 ->
-    # eps_high=4): CISPO keeps the gradient of clipped tokens either way, so a loose bound only limits how
-    # much one stale token can weigh. 2.0 (a weight of at most 3) is our default.
-    eps_high: float = 2.0
-    # Lower clip; None = no lower bound, as the paper sets for CISPO (PPO-style losses need one).
+    # Upper clip of the IS weight; None = the loss's own default (CISPO 2.0, DAPO 0.28, GRPO 0.2).
+    # CISPO implementations differ (0.28 as DAPO, 2, 4, or an absolute cap of 5 -> eps_high=4): CISPO keeps the
+    # gradient of clipped tokens either way, so a loose bound only limits how much one stale token can weigh.
+    # 2.0 (a weight of at most 3) is our CISPO default.
+    eps_high: float | None = None
+    # Lower clip; None = the loss's default: no lower bound for CISPO, as the paper sets (PPO-style losses: 0.2).
     eps_low: float | None = None
     # The paper's generalised objective: drop tokens the PPO trust region would drop.
     token_mask: bool = False
@@ -56,15 +57,20 @@ class LossOutput:
 class PolicyLoss:
     """Base: shared clipping, normalisation and metrics; subclasses define the per-token objective."""
 
+    default_eps_high: float = 2.0
     default_eps_low: float | None = None
 
     def __init__(self, config: LossConfig | None = None) -> None:
         self.config = config or LossConfig()
-        if self.config.eps_high <= 0:
-            raise ValueError(f"eps_high must be > 0, got {self.config.eps_high}")
+        if self.eps_high <= 0:
+            raise ValueError(f"eps_high must be > 0, got {self.eps_high}")
         eps_low = self.eps_low
         if eps_low is not None and not 0 <= eps_low < 1:
             raise ValueError(f"eps_low must be in [0, 1) or None, got {eps_low}")
+
+    @property
+    def eps_high(self) -> float:
+        return self.config.eps_high if self.config.eps_high is not None else self.default_eps_high
 
     @property
     def eps_low(self) -> float | None:
@@ -72,7 +78,7 @@ class PolicyLoss:
 
     def clip_bounds(self) -> tuple[float, float]:
         low = 1.0 - self.eps_low if self.eps_low is not None else 0.0
-        return low, 1.0 + self.config.eps_high
+        return low, 1.0 + self.eps_high
 
     def token_weights(self, mask: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Weight of each token in the batch loss: token-level, 1 / (policy tokens in the whole batch).
@@ -150,10 +156,8 @@ class DAPOLoss(PolicyLoss):
     ``min(r A, clip(r) A)``: a token on the clipped side of the min has zero gradient.
     """
 
+    default_eps_high = 0.28
     default_eps_low = 0.2
-
-    def __init__(self, config: LossConfig | None = None) -> None:
-        super().__init__(config or LossConfig(eps_high=0.28))
 
     def objective(self, logp: Tensor, ratio: Tensor, adv: Tensor) -> tuple[Tensor, Tensor]:
         low, high = self.clip_bounds()
@@ -166,8 +170,7 @@ class DAPOLoss(PolicyLoss):
 class GRPOLoss(DAPOLoss):
     """GRPO (without KL): PPO surrogate, symmetric clip 0.2, each sequence's mean then the mean over sequences."""
 
-    def __init__(self, config: LossConfig | None = None) -> None:
-        PolicyLoss.__init__(self, config or LossConfig(eps_high=0.2))
+    default_eps_high = 0.2
 
     def token_weights(self, mask: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         mask = mask.float()

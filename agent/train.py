@@ -483,7 +483,8 @@ def register_train(subparsers) -> None:
     p.add_argument("--group-size", type=int, default=d.group_size, help="G samples per task")
     p.add_argument("--concurrency", type=int, default=d.concurrency)
     p.add_argument("--loss", default=d.loss, choices=sorted(LOSSES))
-    p.add_argument("--eps-high", type=float, default=d.loss_config.eps_high, help="upper clip of the IS weight")
+    p.add_argument("--eps-high", type=float, default=d.loss_config.eps_high,
+                   help="upper clip of the IS weight (default: the loss's own, cispo 2.0, dapo 0.28, grpo 0.2)")
     p.add_argument("--lr", type=float, default=d.learner.lr)
     p.add_argument("--adam-eps", type=float, default=d.learner.eps,
                    help="AdamW eps (the paper's 1e-15 suits large models; see TrainConfig for the tiny model's)")

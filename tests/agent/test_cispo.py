@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lightswe.agent.advantages import group_advantages
-from lightswe.agent.cispo import CISPOLoss, DAPOLoss, GRPOLoss, LossConfig
+from lightswe.agent.cispo import LOSSES, CISPOLoss, DAPOLoss, GRPOLoss, LossConfig
 
 
 def _batch(n=6, t=9, seed=0, empty_rows=()):
@@ -116,6 +116,14 @@ def test_grpo_normalises_per_sequence_and_dapo_per_token():
     torch.testing.assert_close(DAPOLoss().token_weights(mask)[1, 0], torch.tensor(1 / 5))
     torch.testing.assert_close(GRPOLoss().token_weights(mask)[1, 0], torch.tensor(1 / 2))
     torch.testing.assert_close(GRPOLoss().token_weights(mask)[0, 0], torch.tensor(1 / 8))
+
+
+def test_each_loss_keeps_its_own_clip_range_unless_one_is_set():
+    """``lightswe train --loss grpo`` builds the loss from the run's one LossConfig: an unset bound must give
+    each loss its published range, not CISPO's."""
+    bounds = {name: LOSSES[name](LossConfig()).clip_bounds() for name in LOSSES}
+    assert bounds == {"cispo": (0.0, 3.0), "dapo": (0.8, 1.28), "grpo": (0.8, 1.2)}
+    assert GRPOLoss(LossConfig(eps_high=0.5, eps_low=0.1)).clip_bounds() == (0.9, 1.5)
 
 
 def test_on_policy_ratio_is_one_and_metrics_report_mismatch():
