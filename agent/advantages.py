@@ -86,16 +86,18 @@ G = TypeVar("G")
 
 
 def fill_batch(sample_groups: Callable[[int], list[G]], has_signal: Callable[[G], bool], target: int,
-               *, max_rounds: int = 4) -> tuple[list[G], int]:
+               *, max_rounds: int = 4, total: Callable[[int], int] | None = None) -> tuple[list[G], int]:
     """DAPO dynamic sampling: draw groups until ``target`` carry signal or ``max_rounds`` draws are spent.
 
     ``sample_groups(n)`` returns n new groups (e.g. runs G rollouts for n tasks). Returns the groups with signal
-    (at most ``target``) and how many groups were drawn in total.
+    (at most ``target``) and how many groups were drawn in total. With data-parallel ranks, ``total`` sums a
+    count over the ranks (each rank's ``sample_groups`` then returns its share of the n groups): every rank
+    decides on the same global count, so all draw the same number of times.
     """
     kept: list[G] = []
     drawn = 0
     for _ in range(max_rounds):
-        need = target - len(kept)
+        need = target - (total(len(kept)) if total else len(kept))
         if need <= 0:
             break
         groups = sample_groups(need)

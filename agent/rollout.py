@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 class RolloutConfig:
     group_size: int = 1  # G samples per task (group-relative advantages)
     round: int = 0  # the learner's iteration; part of every group id so rounds never collide
+    draw: int = 0  # dynamic sampling's extra draws within a round (group ids ``<task>@<round>~<draw>``)
     seed: int = 0
     shard_size: int = 64
     parquet: bool = True
@@ -89,7 +90,8 @@ class Executor(Protocol):
 
 
 def plan_jobs(tasks: Sequence, config: RolloutConfig) -> list[EpisodeJob]:
-    """Every (task, sample) of a round; group id ``<task id>@<round>`` is shared by the G samples of a task.
+    """Every (task, sample) of a round; group id ``<task id>@<round>`` is shared by the G samples of a task
+    (``<task id>@<round>~<draw>`` in a later draw of the round, which may hold the same task again).
 
     A task listed twice (a step that crosses an epoch boundary) gets a second group ``<task id>@<round>.1``:
     its episodes must not share ids with the first copy's (resume would skip them as done)."""
@@ -97,7 +99,8 @@ def plan_jobs(tasks: Sequence, config: RolloutConfig) -> list[EpisodeJob]:
     jobs = []
     for t, task in enumerate(tasks):
         copy = seen[task.instance_id] = seen.get(task.instance_id, -1) + 1
-        group_id = f"{task.instance_id}@{config.round}" + (f".{copy}" if copy else "")
+        group_id = (f"{task.instance_id}@{config.round}" + (f"~{config.draw}" if config.draw else "")
+                    + (f".{copy}" if copy else ""))
         jobs += [EpisodeJob(task=task, group_id=group_id, sample_index=i, seed=config.seed + 1_000 * t + i)
                  for i in range(config.group_size)]
     return jobs

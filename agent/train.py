@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import json
 import logging
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightswe.agent.advantages import AdvantageConfig, group_advantages
+from lightswe.agent.advantages import AdvantageConfig, fill_batch, group_advantages
 from lightswe.agent.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from lightswe.agent.cispo import LOSSES, LossConfig, SFTLoss
 from lightswe.agent.distributed import DistContext, refresh_sampler
@@ -81,6 +82,10 @@ class TrainConfig:
     loss: str = "cispo"  # cispo | dapo | grpo
     loss_config: LossConfig = field(default_factory=LossConfig)
     advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
+    # DAPO dynamic sampling: while fewer than ``tasks_per_step`` groups of a step carry signal (rewards not all
+    # equal), draw up to this many more rounds of new tasks from the stream (the data cursor moves on). 0: off,
+    # equal-reward groups are only filtered (the MiniMax-M1 practice).
+    resample_rounds: int = 0
     # AdamW eps: the paper's 1e-15 (LearnerConfig's default) is for large models. On the tiny model it turns the
     # small but consistent gradients of format tokens (pushed down in the few failed samples of a mostly solved
     # group, barely pushed up where they are already certain) into lr-sized steps, and the tool-call format
@@ -167,12 +172,13 @@ class Rollouts:
                 self._images.add(task.instance_id)
 
     def run(self, tasks: list, out_dir: Path, *, group_size: int, round_: int, seed: int, policy=None,
-            version: int = 0) -> list[Trajectory]:
+            version: int = 0, draw: int = 0) -> list[Trajectory]:
         from lightswe.agent.policies.model import ModelPolicy
         from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
 
         self.prepare(tasks)
-        rcfg = RolloutConfig(group_size=group_size, round=round_, seed=seed, progress=False, parquet=False)
+        rcfg = RolloutConfig(group_size=group_size, round=round_, draw=draw, seed=seed, progress=False,
+                             parquet=False)
         weights = None
         if self.cfg.ray and policy is None:
             from lightswe.agent.ray_executor import RayExecutor
@@ -323,6 +329,8 @@ def check_distributed(cfg: TrainConfig, world: int) -> None:
 def train(cfg: TrainConfig) -> dict[str, float]:
     """Single process, or every rank of a torchrun job (see ``lightswe.agent.distributed``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.resample_rounds < 0:
+        raise ValueError(f"resample_rounds must be >= 0 (0 turns dynamic sampling off), got {cfg.resample_rounds}")
     check_engine(cfg, world)
     check_distributed(cfg, world)
     ctx = DistContext.from_env(cfg.device)
@@ -394,7 +402,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
         ctx.barrier()
     if ctx.distributed:  # images built once, by rank 0, before ranks race for them
         if ctx.main:
-            upcoming = tasks_at(tasks, cursor, max(cfg.steps - start, 0) * cfg.tasks_per_step, cfg.seed)
+            most = max(cfg.steps - start, 0) * cfg.tasks_per_step * (1 + cfg.resample_rounds)  # every draw
+            upcoming = tasks_at(tasks, cursor, most, cfg.seed)
             rollouts.prepare(list({t.instance_id: t for t in upcoming + eval_tasks}.values()))
         ctx.barrier()
 
@@ -412,22 +421,49 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
             print(f"eval step {step}: success {m['eval_success_rate']:.3f} on {int(m['eval_episodes'])} episodes",
                   flush=True)
 
+    def advantages(trajs: list[Trajectory]):
+        return group_advantages([t.group_id for t in trajs], [t.reward for t in trajs], [_failed(t) for t in trajs],
+                                cfg.advantages)
+
+    def has_signal(group: list[Trajectory]) -> bool:
+        return advantages(group).groups_filtered == 0
+
     if start == 0:
         evaluate(0)
+
+    def draw_groups(step: int, draws: list[list[Trajectory]], count: int) -> list[list[Trajectory]]:
+        """``count`` more tasks from the stream, G episodes each, as the step's next draw; this rank's groups."""
+        nonlocal cursor
+        k = len(draws)
+        mine, first = ctx.share(tasks_at(tasks, cursor, count, cfg.seed))
+        cursor += count
+        step_dir = out / "rollouts" / f"step-{step:04d}"
+        # job seeds as in one process: plan_jobs adds 1000 x the task's index in the list it is given
+        trajs = rollouts.run(mine, rank_dir(step_dir / f"draw-{k}" if k else step_dir), group_size=cfg.group_size,
+                             round_=step, draw=k, seed=cfg.seed * 7919 + step + 1_000 * first + 100_003 * k,
+                             version=step - 1) if mine else []
+        draws.append(trajs)
+        by_group: dict[str, list[Trajectory]] = {}
+        for t in trajs:
+            by_group.setdefault(t.group_id, []).append(t)
+        return list(by_group.values())
+
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
-        mine, first = ctx.share(tasks_at(tasks, cursor, cfg.tasks_per_step, cfg.seed))
-        # job seeds as in one process: plan_jobs adds 1000 x the task's index in the list it is given
-        trajs = rollouts.run(mine, rank_dir(out / "rollouts" / f"step-{step:04d}"), group_size=cfg.group_size,
-                             round_=step, seed=cfg.seed * 7919 + step + 1_000 * first, version=step - 1)
+        draws: list[list[Trajectory]] = []  # this rank's episodes of each draw of the step
+        signal, _ = fill_batch(functools.partial(draw_groups, step, draws), has_signal, cfg.tasks_per_step,
+                               max_rounds=1 + cfg.resample_rounds, total=lambda n: int(ctx.sum([n])[0]))
+        trajs = [t for group in signal for t in group]  # groups with signal (all of them without resampling)
         t_roll = time.perf_counter() - t0
-        adv = group_advantages([t.group_id for t in trajs], [t.reward for t in trajs],
-                               [_failed(t) for t in trajs], cfg.advantages)
+        adv = advantages(trajs)
         kept = [i for i, k in enumerate(adv.keep) if k]
-        m = rollout_metrics(trajs, reduce=ctx.sum)
-        groups, filtered, kept_total = ctx.sum([adv.groups, adv.groups_filtered, len(kept)])
+        drawn = [t for trajs_k in draws for t in trajs_k]
+        m = rollout_metrics(drawn, reduce=ctx.sum)
+        groups = len({t.group_id for t in drawn})
+        groups, filtered, kept_total = ctx.sum([groups, groups - len(signal), len(kept)])
         (t_roll,) = ctx.max([t_roll])
-        m.update(filtered_share=filtered / groups if groups else 0.0, rollout_seconds=t_roll)
+        m.update(filtered_share=filtered / groups if groups else 0.0, rollout_seconds=t_roll,
+                 draws=float(len(draws)))
         if kept_total:  # decided alike on every rank; a rank with no kept rows still joins the update
             t1 = time.perf_counter()
             m.update(learner.step(batch_from([trajs[i] for i in kept], [adv.values[i] for i in kept])))
@@ -435,7 +471,6 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
                 refresh_sampler(sampler, model)
             rollouts.sync(model)
             m["update_seconds"] = time.perf_counter() - t1
-        cursor += cfg.tasks_per_step
         summary.setdefault("success_rate_first", m["success_rate"])
         summary["success_rate_last"] = m["success_rate"]
         if ctx.main:
@@ -482,6 +517,9 @@ def register_train(subparsers) -> None:
     p.add_argument("--tasks-per-step", type=int, default=d.tasks_per_step)
     p.add_argument("--group-size", type=int, default=d.group_size, help="G samples per task")
     p.add_argument("--concurrency", type=int, default=d.concurrency)
+    p.add_argument("--resample-rounds", type=int, default=d.resample_rounds,
+                   help="DAPO dynamic sampling: up to N more draws of tasks while fewer than --tasks-per-step groups "
+                        "have unequal rewards (0: only filter them)")
     p.add_argument("--loss", default=d.loss, choices=sorted(LOSSES))
     p.add_argument("--eps-high", type=float, default=d.loss_config.eps_high,
                    help="upper clip of the IS weight (default: the loss's own, cispo 2.0, dapo 0.28, grpo 0.2)")
@@ -517,8 +555,9 @@ def parse_kwargs(items: list[str]) -> dict:
 def _main(args: argparse.Namespace) -> int:
     cfg = TrainConfig(out_dir=args.out, model=args.model, tasks=args.tasks, eval_tasks=args.eval_tasks,
                       steps=args.steps, tasks_per_step=args.tasks_per_step, group_size=args.group_size,
-                      concurrency=args.concurrency, loss=args.loss, seed=args.seed, ray=args.ray, device=args.device,
-                      engine=args.engine, vllm_args=parse_kwargs(args.vllm_arg))
+                      concurrency=args.concurrency, resample_rounds=args.resample_rounds, loss=args.loss,
+                      seed=args.seed, ray=args.ray, device=args.device, engine=args.engine,
+                      vllm_args=parse_kwargs(args.vllm_arg))
     cfg.loss_config.eps_high = args.eps_high
     cfg.learner.lr, cfg.learner.eps, cfg.learner.behaviour = args.lr, args.adam_eps, args.behaviour
     cfg.warm_start.steps = args.warm_start_steps

@@ -38,6 +38,14 @@ def test_dynamic_sampling_fills_batch_with_signal_groups():
     assert kept == [1, 1, 1] and drawn == 5
 
 
+def test_dynamic_sampling_decides_on_the_count_over_all_ranks():
+    """With ``total`` (an all-reduce over ranks) the stop is decided on every rank's kept groups."""
+    alone = iter([[0, 1], [0], [1]])
+    assert fill_batch(lambda n: next(alone), lambda g: g == 1, target=2) == ([1, 1], 4)
+    beside = iter([[0, 1], [0], [1]])  # another rank also kept one group in the first draw: no second draw
+    assert fill_batch(lambda n: next(beside), lambda g: g == 1, target=2, total=lambda n: 2 * n) == ([1], 2)
+
+
 def test_length_mismatch_raises():
     with pytest.raises(ValueError, match="equal lengths"):
         group_advantages(["a"], [1.0, 0.0])

@@ -21,3 +21,10 @@ def test_a_task_listed_twice_gets_its_own_group_and_episode_ids():
     assert len(set(groups)) == 3 and all(groups.count(g) == 2 for g in groups)
     first = [j.group_id for j in jobs if j.task.instance_id == tasks[0].instance_id]
     assert first[0] == f"{tasks[0].instance_id}@5"
+
+
+def test_a_later_draw_of_the_same_round_gets_its_own_group_ids():
+    """Dynamic sampling may draw a task again in the same round: its groups must not merge with the first's."""
+    first = plan_jobs([task("a")], RolloutConfig(group_size=2, round=3))
+    again = plan_jobs([task("a"), task("a")], RolloutConfig(group_size=2, round=3, draw=1))
+    assert {j.group_id for j in first} == {"a@3"} and {j.group_id for j in again} == {"a@3~1", "a@3~1.1"}

@@ -8,6 +8,7 @@ import pytest
 from lightswe.agent.metrics import read_metrics
 from lightswe.agent.train import TrainConfig, WarmStartConfig, arith_spec, load_tasks, tasks_at, train
 from lightswe.agent.train_tasks import OPS, arithmetic_tasks, warm_start_scripts
+from lightswe.agent.trajectory import read_trajectories
 
 
 def test_family_splits_are_disjoint_and_warm_start_leaks_no_answer(tmp_path):
@@ -61,6 +62,25 @@ def test_train_runs_writes_metrics_checkpoints_and_resumes(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     state = json.loads((run / "checkpoints" / "step-000002" / "state.json").read_text())
     assert state["cursor"] == 4 and state["step"] == 2
+
+
+@pytest.mark.docker
+def test_dynamic_sampling_draws_new_tasks_while_groups_carry_no_signal(tmp_path):
+    """A random model never solves a task: every group has equal rewards (0.0 from the real tests), so each
+    extra round draws new tasks from the stream, and the step makes no update."""
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=1, tasks_per_step=2, group_size=2, concurrency=2,
+                      resample_rounds=1, eval_tasks="", warm_start=WarmStartConfig(enabled=False))
+    train(cfg)
+    run = tmp_path / "run"
+    (row,) = read_metrics(run / "metrics.jsonl")
+    assert row["draws"] == 2 and row["episodes"] == 8 and row["filtered_share"] == 1.0 and "loss" not in row
+    steps = run / "rollouts" / "step-0001"
+    groups = {t.group_id for t in read_trajectories(steps)} | {t.group_id for t in read_trajectories(steps / "draw-1")}
+    assert len(groups) == 4 and sum("~1" in g for g in groups) == 2
+    state = json.loads((run / "checkpoints" / "step-000001" / "state.json").read_text())
+    assert state["cursor"] == 4  # both draws moved the data cursor
+    with pytest.raises(ValueError, match="resample_rounds must be >= 0"):
+        train(TrainConfig(out_dir=str(tmp_path / "bad"), resample_rounds=-1))
 
 
 @pytest.mark.docker
