@@ -451,16 +451,16 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         draws: list[list[Trajectory]] = []  # this rank's episodes of each draw of the step
-        signal, _ = fill_batch(functools.partial(draw_groups, step, draws), has_signal, cfg.tasks_per_step,
-                               max_rounds=1 + cfg.resample_rounds, total=lambda n: int(ctx.sum([n])[0]))
-        trajs = [t for group in signal for t in group]  # groups with signal (all of them without resampling)
+        # one draw, or (dynamic sampling) more until enough groups carry signal; every draw's groups go to the
+        # advantages, which filter the equal-reward ones as usual
+        fill_batch(functools.partial(draw_groups, step, draws), has_signal, cfg.tasks_per_step,
+                   max_rounds=1 + cfg.resample_rounds, total=lambda n: int(ctx.sum([n])[0]))
+        trajs = [t for trajs_k in draws for t in trajs_k]
         t_roll = time.perf_counter() - t0
         adv = advantages(trajs)
         kept = [i for i, k in enumerate(adv.keep) if k]
-        drawn = [t for trajs_k in draws for t in trajs_k]
-        m = rollout_metrics(drawn, reduce=ctx.sum)
-        groups = len({t.group_id for t in drawn})
-        groups, filtered, kept_total = ctx.sum([groups, groups - len(signal), len(kept)])
+        m = rollout_metrics(trajs, reduce=ctx.sum)
+        groups, filtered, kept_total = ctx.sum([adv.groups, adv.groups_filtered, len(kept)])
         (t_roll,) = ctx.max([t_roll])
         m.update(filtered_share=filtered / groups if groups else 0.0, rollout_seconds=t_roll,
                  draws=float(len(draws)))
