@@ -86,6 +86,11 @@ class TrainConfig:
     # equal), draw up to this many more rounds of new tasks from the stream (the data cursor moves on). 0: off,
     # equal-reward groups are only filtered (the MiniMax-M1 practice).
     resample_rounds: int = 0
+    # DAPO's overlong filtering: an episode with a turn cut at the token budget (or out of context) is left out of
+    # its group's advantages and the loss. Its 0 says the budget ran out, not which tokens were wrong, and on the
+    # tiny model one such rambling sample (160 tokens at advantage -2.6 in a 7-of-8 group) made the update that
+    # destroyed the tool-call format in a default run. Still counted as a failure in the success metrics.
+    overlong_filter: bool = True
     # AdamW eps: the paper's 1e-15 (LearnerConfig's default) is for large models. On the tiny model it turns the
     # small but consistent gradients of format tokens (pushed down in the few failed samples of a mostly solved
     # group, barely pushed up where they are already certain) into lr-sized steps, and the tool-call format
@@ -248,17 +253,23 @@ def _failed(t: Trajectory) -> bool:
     return t.status is EpisodeStatus.SANDBOX_ERROR or t.reward is None
 
 
+def _excluded(t: Trajectory, cfg: TrainConfig) -> bool:
+    """Runs that carry no reward signal for the learner: failed ones, and (overlong filtering) truncated ones."""
+    return _failed(t) or (cfg.overlong_filter and t.truncated)
+
+
 def rollout_metrics(trajectories: list[Trajectory], prefix: str = "", reduce=None) -> dict[str, float]:
     """Success, reward and counts of a rollout; ``reduce`` (e.g. ``DistContext.sum``) sums the counts over
     ranks first, so every rank gets the metrics of all ranks' episodes."""
     graded = [t for t in trajectories if not _failed(t)]
     counts = [len(graded), sum(t.resolved for t in graded), sum(t.reward for t in graded),
               sum(t.status is EpisodeStatus.SUBMITTED for t in graded), len(trajectories),
-              sum(t.num_generated_tokens for t in trajectories)]
-    graded_n, resolved, reward, submitted, episodes, tokens = reduce(counts) if reduce else counts
+              sum(t.num_generated_tokens for t in trajectories), sum(t.truncated for t in graded)]
+    graded_n, resolved, reward, submitted, episodes, tokens, truncated = reduce(counts) if reduce else counts
     n = max(graded_n, 1)
     return {f"{prefix}success_rate": resolved / n, f"{prefix}reward_mean": reward / n,
-            f"{prefix}submitted": submitted / n, f"{prefix}episodes": float(episodes),
+            f"{prefix}submitted": submitted / n, f"{prefix}truncated": truncated / n,
+            f"{prefix}episodes": float(episodes),
             f"{prefix}runs_failed": float(episodes - graded_n), f"{prefix}generated_tokens": float(tokens)}
 
 
@@ -422,8 +433,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
                   flush=True)
 
     def advantages(trajs: list[Trajectory]):
-        return group_advantages([t.group_id for t in trajs], [t.reward for t in trajs], [_failed(t) for t in trajs],
-                                cfg.advantages)
+        return group_advantages([t.group_id for t in trajs], [t.reward for t in trajs],
+                                [_excluded(t, cfg) for t in trajs], cfg.advantages)
 
     def has_signal(group: list[Trajectory]) -> bool:
         return advantages(group).groups_filtered == 0
@@ -526,6 +537,9 @@ def register_train(subparsers) -> None:
     p.add_argument("--lr", type=float, default=d.learner.lr)
     p.add_argument("--adam-eps", type=float, default=d.learner.eps,
                    help="AdamW eps (the paper's 1e-15 suits large models; see TrainConfig for the tiny model's)")
+    p.add_argument("--no-overlong-filter", dest="overlong_filter", action="store_false",
+                   help="keep episodes cut at the token budget in the advantages (default: left out, as in DAPO)")
+    p.add_argument("--grad-clip", type=float, default=d.learner.grad_clip, help="max global gradient norm (0: off)")
     p.add_argument("--behaviour", default=d.learner.behaviour, choices=["sampler", "recompute"])
     p.add_argument("--warm-start-steps", type=int, default=d.warm_start.steps, help="0 disables the warm start")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -555,11 +569,13 @@ def parse_kwargs(items: list[str]) -> dict:
 def _main(args: argparse.Namespace) -> int:
     cfg = TrainConfig(out_dir=args.out, model=args.model, tasks=args.tasks, eval_tasks=args.eval_tasks,
                       steps=args.steps, tasks_per_step=args.tasks_per_step, group_size=args.group_size,
-                      concurrency=args.concurrency, resample_rounds=args.resample_rounds, loss=args.loss,
+                      concurrency=args.concurrency, resample_rounds=args.resample_rounds,
+                      overlong_filter=args.overlong_filter, loss=args.loss,
                       seed=args.seed, ray=args.ray, device=args.device, engine=args.engine,
                       vllm_args=parse_kwargs(args.vllm_arg))
     cfg.loss_config.eps_high = args.eps_high
     cfg.learner.lr, cfg.learner.eps, cfg.learner.behaviour = args.lr, args.adam_eps, args.behaviour
+    cfg.learner.grad_clip = args.grad_clip
     cfg.warm_start.steps = args.warm_start_steps
     cfg.warm_start.enabled = args.warm_start_steps > 0
     summary = train(cfg)

@@ -98,6 +98,12 @@ class Trajectory:
     def resolved(self) -> bool:
         return self.reward is not None and self.reward >= 1.0
 
+    @property
+    def truncated(self) -> bool:
+        """A turn was cut by the token budget, or the context ran out (DAPO's "overlong" samples)."""
+        return self.status is EpisodeStatus.CONTEXT_LIMIT or any(
+            m.role == "assistant" and m.finish_reason == "length" for m in self.messages)
+
     def to_dict(self) -> dict:
         record = dataclasses.asdict(self)
         record["status"] = self.status.value
