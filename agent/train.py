@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightswe.agent.advantages import AdvantageConfig, fill_batch, group_advantages
+from lightswe.agent.advantages import AdvantageConfig, Advantages, fill_batch, group_advantages
 from lightswe.agent.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from lightswe.agent.cispo import LOSSES, LossConfig, SFTLoss
 from lightswe.agent.distributed import DistContext, refresh_sampler
@@ -253,9 +253,12 @@ def _failed(t: Trajectory) -> bool:
     return t.status is EpisodeStatus.SANDBOX_ERROR or t.reward is None
 
 
-def _excluded(t: Trajectory, cfg: TrainConfig) -> bool:
-    """Runs that carry no reward signal for the learner: failed ones, and (overlong filtering) truncated ones."""
-    return _failed(t) or (cfg.overlong_filter and t.truncated)
+def step_advantages(trajectories: list[Trajectory], cfg: TrainConfig) -> Advantages:
+    """Group-relative advantages of a step's episodes. Left out (no advantage, no loss): failed runs, and with
+    overlong filtering the truncated ones."""
+    return group_advantages([t.group_id for t in trajectories], [t.reward for t in trajectories],
+                            [_failed(t) or (cfg.overlong_filter and t.truncated) for t in trajectories],
+                            cfg.advantages)
 
 
 def rollout_metrics(trajectories: list[Trajectory], prefix: str = "", reduce=None) -> dict[str, float]:
@@ -432,12 +435,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
             print(f"eval step {step}: success {m['eval_success_rate']:.3f} on {int(m['eval_episodes'])} episodes",
                   flush=True)
 
-    def advantages(trajs: list[Trajectory]):
-        return group_advantages([t.group_id for t in trajs], [t.reward for t in trajs],
-                                [_excluded(t, cfg) for t in trajs], cfg.advantages)
-
     def has_signal(group: list[Trajectory]) -> bool:
-        return advantages(group).groups_filtered == 0
+        return step_advantages(group, cfg).groups_filtered == 0
 
     if start == 0:
         evaluate(0)
@@ -468,7 +467,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
                    max_rounds=1 + cfg.resample_rounds, total=lambda n: int(ctx.sum([n])[0]))
         trajs = [t for trajs_k in draws for t in trajs_k]
         t_roll = time.perf_counter() - t0
-        adv = advantages(trajs)
+        adv = step_advantages(trajs, cfg)
         kept = [i for i, k in enumerate(adv.keep) if k]
         m = rollout_metrics(trajs, reduce=ctx.sum)
         groups, filtered, kept_total = ctx.sum([adv.groups, adv.groups_filtered, len(kept)])

@@ -6,9 +6,17 @@ import json
 
 import pytest
 from lightswe.agent.metrics import read_metrics
-from lightswe.agent.train import TrainConfig, WarmStartConfig, arith_spec, load_tasks, tasks_at, train
+from lightswe.agent.train import (
+    TrainConfig,
+    WarmStartConfig,
+    arith_spec,
+    load_tasks,
+    step_advantages,
+    tasks_at,
+    train,
+)
 from lightswe.agent.train_tasks import OPS, arithmetic_tasks, warm_start_scripts
-from lightswe.agent.trajectory import read_trajectories
+from lightswe.agent.trajectory import EpisodeStatus, Message, Trajectory, read_trajectories
 
 
 def test_family_splits_are_disjoint_and_warm_start_leaks_no_answer(tmp_path):
@@ -36,6 +44,22 @@ def test_family_specs_select_operations_and_reject_unknown_ones(tmp_path):
         load_tasks("arith:rl:sum:x")
     with pytest.raises(ValueError, match="unknown split"):
         load_tasks("arith:test")
+
+
+def test_overlong_filtering_leaves_truncated_episodes_out_of_the_advantages():
+    def episode(i: int, reward: float, finish: str) -> Trajectory:
+        return Trajectory(episode_id=f"g/{i}", task_id="t", group_id="g", sample_index=i, token_ids=[1, 2],
+                          loss_mask=[0, 1], logprobs=[0.0, -0.5], reward=reward, status=EpisodeStatus.SUBMITTED,
+                          messages=[Message(role="assistant", content="x", start=1, end=2, finish_reason=finish)])
+
+    group = [episode(0, 1.0, "stop"), episode(1, 1.0, "stop"), episode(2, 0.0, "length")]
+    assert [t.truncated for t in group] == [False, False, True]
+    filtered = step_advantages(group, TrainConfig())  # the cut run is out: the rest have equal rewards
+    assert filtered.keep == [False, False, False] and filtered.groups_filtered == 1
+    kept = step_advantages(group, TrainConfig(overlong_filter=False))
+    assert kept.keep == [True, True, True] and kept.values[2] < 0 < kept.values[0]
+    group.append(episode(3, 0.0, "stop"))  # a run that failed on its own merits still counts
+    assert step_advantages(group, TrainConfig()).keep == [True, True, False, True]
 
 
 def test_task_stream_is_a_seeded_permutation_per_epoch():
