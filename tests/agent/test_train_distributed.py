@@ -210,12 +210,21 @@ def test_lightswe_train_under_torchrun_two_ranks_then_resume(tmp_path):
     for k, v in learner.items():  # rank 0's sampler copy == the learner after the (possible) update
         assert torch.equal(final[k], v), k
 
-    second = torchrun(*args, "--steps", "2", timeout=900)
+    # resumed with dynamic sampling: a second draw of two tasks (one per rank) when neither group had signal
+    second = torchrun(*args, "--steps", "2", "--resample-rounds", "1", timeout=900)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "resumed from step 1" in second.stdout and "warm start:" not in second.stdout
-    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    last = rows[-1]
+    extra = int(last["episodes"] - 4) // 2  # tasks of the second draw (2 episodes each), summed over ranks
     state = json.loads((run / "checkpoints" / "step-000002" / "state.json").read_text())
-    assert state["cursor"] == 4 and state["step"] == 2
+    assert state["cursor"] == 4 + extra and state["step"] == 2
+    if last["draws"] == 1:  # both groups of the first draw had signal
+        assert last["filtered_share"] == 0.0 and extra == 0
+    else:  # one task per group without signal, on rank 0 first
+        assert last["draws"] == 2 and extra in (1, 2) and last["filtered_share"] > 0
+        assert (run / "rollouts" / "step-0002" / "draw-1" / "rank-0").is_dir()
     # step 2 started from the step-1 checkpoint's weights; it changed them iff some rank kept a group (a random
     # tiny model usually fails every episode, so every group is filtered: then no rank may step, and none did)
     after = torch.load(run / "checkpoints" / "step-000002" / "model.pt", weights_only=True)
