@@ -81,7 +81,14 @@ class TrainConfig:
     keep_checkpoints: int = 2
     loss: str = "cispo"  # cispo | dapo | grpo
     loss_config: LossConfig = field(default_factory=LossConfig)
-    advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
+    # Equal-reward groups stay in the batch with advantage 0 (no gradient) so that the token-level normaliser is
+    # the whole generation batch: filtered, a lone group with signal in a mostly solved step got 4x the weight per
+    # token, and one such update (7 successes, one wrong operator) destroyed the tiny model's tool-call format at
+    # step 7 of a default run (seed 1). Costs the forward/backward of those rows; filter_equal=True skips them.
+    advantages: AdvantageConfig = field(default_factory=lambda: AdvantageConfig(filter_equal=False))
+    # Linear decay of the RL learning rate to lr * final_lr_ratio at the last step (1.0: constant); derived from
+    # the step number, so a resumed run continues the same schedule.
+    final_lr_ratio: float = 0.1
     # DAPO dynamic sampling: while fewer than ``tasks_per_step`` groups of a step carry signal (rewards not all
     # equal), draw up to this many more rounds of new tasks from the stream (the data cursor moves on). 0: off,
     # equal-reward groups are only filtered (the MiniMax-M1 practice).
@@ -253,6 +260,12 @@ def _failed(t: Trajectory) -> bool:
     return t.status is EpisodeStatus.SANDBOX_ERROR or t.reward is None
 
 
+def step_lr(cfg: TrainConfig, step: int) -> float:
+    """The RL learning rate of ``step`` (1-based): linear from ``lr`` to ``lr * final_lr_ratio`` at the last."""
+    done = (step - 1) / max(cfg.steps - 1, 1)
+    return cfg.learner.lr * (1.0 - (1.0 - cfg.final_lr_ratio) * min(done, 1.0))
+
+
 def step_advantages(trajectories: list[Trajectory], cfg: TrainConfig) -> Advantages:
     """Group-relative advantages of a step's episodes. Left out (no advantage, no loss): failed runs, and with
     overlong filtering the truncated ones."""
@@ -345,6 +358,8 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.resample_rounds < 0:
         raise ValueError(f"resample_rounds must be >= 0 (0 turns dynamic sampling off), got {cfg.resample_rounds}")
+    if not 0.0 <= cfg.final_lr_ratio <= 1.0:
+        raise ValueError(f"final_lr_ratio must be in [0, 1] (1.0: constant lr), got {cfg.final_lr_ratio}")
     check_engine(cfg, world)
     check_distributed(cfg, world)
     ctx = DistContext.from_env(cfg.device)
@@ -476,6 +491,9 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
                  draws=float(len(draws)))
         if kept_total:  # decided alike on every rank; a rank with no kept rows still joins the update
             t1 = time.perf_counter()
+            m["lr"] = step_lr(cfg, step)
+            for group in learner.optimizer.param_groups:
+                group["lr"] = m["lr"]
             m.update(learner.step(batch_from([trajs[i] for i in kept], [adv.values[i] for i in kept])))
             if ctx.distributed:
                 refresh_sampler(sampler, model)
@@ -534,6 +552,8 @@ def register_train(subparsers) -> None:
     p.add_argument("--eps-high", type=float, default=d.loss_config.eps_high,
                    help="upper clip of the IS weight (default: the loss's own, cispo 2.0, dapo 0.28, grpo 0.2)")
     p.add_argument("--lr", type=float, default=d.learner.lr)
+    p.add_argument("--final-lr-ratio", type=float, default=d.final_lr_ratio,
+                   help="linear decay of the RL lr to lr * this at the last step (1: constant)")
     p.add_argument("--adam-eps", type=float, default=d.learner.eps,
                    help="AdamW eps (the paper's 1e-15 suits large models; see TrainConfig for the tiny model's)")
     p.add_argument("--no-overlong-filter", dest="overlong_filter", action="store_false",
@@ -574,7 +594,7 @@ def _main(args: argparse.Namespace) -> int:
                       vllm_args=parse_kwargs(args.vllm_arg))
     cfg.loss_config.eps_high = args.eps_high
     cfg.learner.lr, cfg.learner.eps, cfg.learner.behaviour = args.lr, args.adam_eps, args.behaviour
-    cfg.learner.grad_clip = args.grad_clip
+    cfg.learner.grad_clip, cfg.final_lr_ratio = args.grad_clip, args.final_lr_ratio
     cfg.warm_start.steps = args.warm_start_steps
     cfg.warm_start.enabled = args.warm_start_steps > 0
     summary = train(cfg)

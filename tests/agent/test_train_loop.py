@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from lightswe.agent.advantages import AdvantageConfig
 from lightswe.agent.metrics import read_metrics
 from lightswe.agent.train import (
     TrainConfig,
@@ -12,6 +13,7 @@ from lightswe.agent.train import (
     arith_spec,
     load_tasks,
     step_advantages,
+    step_lr,
     tasks_at,
     train,
 )
@@ -55,11 +57,19 @@ def test_overlong_filtering_leaves_truncated_episodes_out_of_the_advantages():
     group = [episode(0, 1.0, "stop"), episode(1, 1.0, "stop"), episode(2, 0.0, "length")]
     assert [t.truncated for t in group] == [False, False, True]
     filtered = step_advantages(group, TrainConfig())  # the cut run is out: the rest have equal rewards
-    assert filtered.keep == [False, False, False] and filtered.groups_filtered == 1
+    assert filtered.keep == [True, True, False] and filtered.values == [0.0, 0.0, 0.0]
+    assert filtered.groups_filtered == 1  # no signal (its rows stay, with advantage 0, in the normaliser)
     kept = step_advantages(group, TrainConfig(overlong_filter=False))
     assert kept.keep == [True, True, True] and kept.values[2] < 0 < kept.values[0]
     group.append(episode(3, 0.0, "stop"))  # a run that failed on its own merits still counts
     assert step_advantages(group, TrainConfig()).keep == [True, True, False, True]
+
+
+def test_rl_learning_rate_decays_linearly_to_its_final_ratio():
+    cfg = TrainConfig(steps=5, final_lr_ratio=0.2)
+    assert [round(step_lr(cfg, s) / cfg.learner.lr, 6) for s in range(1, 6)] == [1.0, 0.8, 0.6, 0.4, 0.2]
+    assert step_lr(TrainConfig(steps=1), 1) == TrainConfig().learner.lr  # a one-step run keeps its lr
+    assert step_lr(TrainConfig(final_lr_ratio=1.0), 7) == TrainConfig().learner.lr
 
 
 def test_task_stream_is_a_seeded_permutation_per_epoch():
@@ -93,7 +103,8 @@ def test_dynamic_sampling_draws_new_tasks_while_groups_carry_no_signal(tmp_path)
     """A random model never solves a task: every group has equal rewards (0.0 from the real tests), so each
     extra round draws new tasks from the stream, and the step makes no update."""
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=1, tasks_per_step=2, group_size=2, concurrency=2,
-                      resample_rounds=1, eval_tasks="", warm_start=WarmStartConfig(enabled=False))
+                      resample_rounds=1, eval_tasks="", warm_start=WarmStartConfig(enabled=False),
+                      advantages=AdvantageConfig(filter_equal=True))  # DAPO: equal-reward groups filtered
     train(cfg)
     run = tmp_path / "run"
     (row,) = read_metrics(run / "metrics.jsonl")
