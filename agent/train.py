@@ -485,11 +485,14 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
         adv = step_advantages(trajs, cfg)
         kept = [i for i, k in enumerate(adv.keep) if k]
         m = rollout_metrics(trajs, reduce=ctx.sum)
-        groups, filtered, kept_total = ctx.sum([adv.groups, adv.groups_filtered, len(kept)])
+        groups, filtered = ctx.sum([adv.groups, adv.groups_filtered])
         (t_roll,) = ctx.max([t_roll])
         m.update(filtered_share=filtered / groups if groups else 0.0, rollout_seconds=t_roll,
                  draws=float(len(draws)))
-        if kept_total:  # decided alike on every rank; a rank with no kept rows still joins the update
+        # No group with signal, no optimiser step: the policy gradient is zero, and an AdamW step would only replay
+        # stale momentum (with kept equal-reward groups, such steps drifted a solved tiny model into collapse).
+        # Decided alike on every rank; a rank with no kept rows still joins the update.
+        if groups > filtered:
             t1 = time.perf_counter()
             m["lr"] = step_lr(cfg, step)
             for group in learner.optimizer.param_groups:
@@ -503,7 +506,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
         summary["success_rate_last"] = m["success_rate"]
         if ctx.main:
             metrics_log.write(step=step, metrics=m)
-            update = (f"loss {m['loss']:.4f} clip {m.get('clip_fraction', 0.0):.3f}" if kept_total
+            update = (f"loss {m['loss']:.4f} clip {m.get('clip_fraction', 0.0):.3f}" if groups > filtered
                       else "no update (every group had equal rewards)")
             print(f"step {step}/{cfg.steps}: success {m['success_rate']:.3f} reward {m['reward_mean']:.3f} "
                   f"filtered {m['filtered_share']:.2f} {update} ({t_roll:.0f}s rollout)", flush=True)
