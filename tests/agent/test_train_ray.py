@@ -9,8 +9,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from lightswe.agent.advantages import AdvantageConfig
-from lightswe.agent.learner import LearnerConfig
+import torch
 from lightswe.agent.loop import AgentConfig
 from lightswe.agent.metrics import read_metrics
 from lightswe.agent.train import SHORT_PROMPT, TrainConfig, WarmStartConfig, train
@@ -57,19 +56,27 @@ class SandboxWatch(threading.Thread):
 
 def test_train_on_local_ray_actors_syncs_weights_and_leaves_no_container(tmp_path):
     import ray
+    from lightswe.model import MiniMaxForCausalLM
 
     run = tmp_path / "run"
-    # A random tiny model earns reward 0 everywhere, so equal-reward groups are kept (advantage 0) for the CISPO
-    # update to run, and weight decay makes that update move the weights: step 2's actors must load the new ones.
-    cfg = TrainConfig(out_dir=str(run), steps=2, tasks_per_step=1, group_size=2, concurrency=2, eval_tasks="",
+    # A random tiny model earns reward 0 everywhere: no group carries signal and no update runs. To see that each
+    # step's actors sample with the learner's current weights, step 1's checkpoint is edited (every weight moved)
+    # before the run resumes for step 2: step 2's sampler log-probs must be those of the edited weights.
+    cfg = TrainConfig(out_dir=str(run), steps=1, tasks_per_step=1, group_size=2, concurrency=2, eval_tasks="",
                       warm_start=WarmStartConfig(enabled=False), ray="local",
-                      advantages=AdvantageConfig(filter_equal=False),
-                      learner=LearnerConfig(lr=0.05, weight_decay=1.0, minibatches=1, micro_batch_size=2),
                       agent=AgentConfig(max_steps=1, max_context_tokens=1024, max_new_tokens=24, max_format_errors=1,
                                         temperature=0.5, system_prompt=SHORT_PROMPT))
     watch = SandboxWatch()
     watch.start()
     try:
+        train(cfg)
+        ckpt = run / "checkpoints" / "step-000001" / "model.pt"
+        start = torch.load(ckpt, weights_only=True)
+        generator = torch.Generator().manual_seed(0)
+        edited = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+                  for k, v in start.items()}
+        torch.save(edited, ckpt)
+        cfg.steps = 2
         train(cfg)
     finally:
         watch.stop.set()
@@ -77,16 +84,27 @@ def test_train_on_local_ray_actors_syncs_weights_and_leaves_no_container(tmp_pat
         ray.shutdown()
     assert not ray.is_initialized()  # the run stopped the cluster it started
     rows = read_metrics(run / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1, 2] and all("loss" not in r for r in rows)  # nothing to learn from
     for step, row in zip((1, 2), rows):
         trajs = list(read_trajectories(run / "rollouts" / f"step-{step:04d}"))
         assert len(trajs) == 2 and row["episodes"] == 2
         # sampled by actors that loaded this step's weights (the local path names the policy 'model:tiny')
         assert {t.policy for t in trajs} == {f"model:{run / 'rollouts' / f'weights-{step}'}"}
         assert {t.policy_version for t in trajs} == {step - 1}
-        assert "loss" in row and row["optimizer_steps"] == 1  # the CISPO update ran
-        # sampler (actor) vs learner log-probs of the same tokens: equal only if the actor had the learner's weights
-        assert row["logprob_mismatch_abs"] < 1e-3, row
+
+    def mismatch(weights: dict, trajs: list) -> float:  # sampler vs recomputed log-probs of the sampled tokens
+        model = MiniMaxForCausalLM(MiniMaxForCausalLM.from_pretrained(run / "final").config)
+        model.load_state_dict(weights)
+        worst = 0.0
+        for t in trajs:
+            with torch.no_grad():
+                logp = model.token_logprobs(torch.tensor([t.token_ids]), temperature=0.5)[0]
+            mask = torch.tensor(t.loss_mask, dtype=torch.bool)
+            worst = max(worst, (logp[mask] - torch.tensor(t.logprobs)[mask]).abs().max().item())
+        return worst
+
+    step2 = list(read_trajectories(run / "rollouts" / "step-0002"))
+    assert mismatch(edited, step2) < 1e-3 and mismatch(start, step2) > 1e-2  # the actors had the learner's weights
     assert (run / "checkpoints" / "step-000002").is_dir() and not list((run / "rollouts").glob("weights-*"))
     # episodes ran in actor processes (not this one), and every sandbox they made is gone
     assert watch.seen and os.getpid() not in set(watch.seen.values())
