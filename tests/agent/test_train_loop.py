@@ -121,7 +121,7 @@ def test_dynamic_sampling_draws_new_tasks_while_groups_carry_no_signal(tmp_path)
 @pytest.mark.docker
 @pytest.mark.slow
 def test_the_embedded_default_run_learns(tmp_path):
-    """The README's main job, as is: held-out success must rise well above the warm start's (about 5 minutes)."""
+    """The README's main job, as is: held-out success must rise well above the warm start's (about 10 minutes)."""
     summary = train(TrainConfig(out_dir=str(tmp_path / "run")))
     assert summary["eval_success_rate_last"] >= summary["eval_success_rate_first"] + 0.3, summary
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0
