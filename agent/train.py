@@ -91,7 +91,7 @@ class TrainConfig:
     final_lr_ratio: float = 0.1
     # DAPO dynamic sampling: while fewer than ``tasks_per_step`` groups of a step carry signal (rewards not all
     # equal), draw up to this many more rounds of new tasks from the stream (the data cursor moves on). 0: off,
-    # equal-reward groups are only filtered (the MiniMax-M1 practice).
+    # one draw per step (the MiniMax-M1 practice).
     resample_rounds: int = 0
     # DAPO's overlong filtering: an episode with a turn cut at the token budget (or out of context) is left out of
     # its group's advantages and the loss. Its 0 says the budget ran out, not which tokens were wrong, and on the
