@@ -56,7 +56,7 @@ class SandboxWatch(threading.Thread):
 
 def test_train_on_local_ray_actors_syncs_weights_and_leaves_no_container(tmp_path):
     import ray
-    from lightswe.model import MiniMaxForCausalLM
+    from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
 
     run = tmp_path / "run"
     # A random tiny model earns reward 0 everywhere: no group carries signal and no update runs. To see that each
@@ -93,7 +93,7 @@ def test_train_on_local_ray_actors_syncs_weights_and_leaves_no_container(tmp_pat
         assert {t.policy_version for t in trajs} == {step - 1}
 
     def mismatch(weights: dict, trajs: list) -> float:  # sampler vs recomputed log-probs of the sampled tokens
-        model = MiniMaxForCausalLM(MiniMaxForCausalLM.from_pretrained(run / "final").config)
+        model = MiniMaxForCausalLM(MiniMaxConfig.load(run / "final"))
         model.load_state_dict(weights)
         worst = 0.0
         for t in trajs:
