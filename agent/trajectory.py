@@ -34,6 +34,7 @@ from enum import Enum
 from pathlib import Path
 
 from lightswe.agent.durable import fsync_dir
+from lightswe.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class EpisodeStatus(str, Enum):
     REPETITION_STOP = "repetition_stop"  # early stop: N consecutive tokens each with probability > p
 
 
-class TrajectoryFormatError(ValueError):
+class TrajectoryFormatError(UserInputError):
     """A stored record that does not match the schema: names the file, the record and the field."""
 
 

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lightswe.errors import InfrastructureError
+
 BASE_IMAGE = "lightswe/base:bookworm"
 RECIPE_LABEL = "lightswe.recipe"
 CACHE_DIR = Path(os.environ.get("LIGHTSWE_CACHE", Path.home() / ".cache" / "lightswe"))
@@ -58,7 +60,7 @@ _CHANGES = (
 Progress = Callable[[str], None]
 
 
-class EngineError(RuntimeError):
+class EngineError(InfrastructureError):
     """The Docker engine or the base image cannot be had; the message says what is missing and the fix."""
 
 

@@ -46,12 +46,13 @@ from pathlib import PurePosixPath
 
 from lightswe.envs import runner as _runner_module
 from lightswe.envs.engine import BASE_IMAGE, ensure_engine
+from lightswe.errors import InfrastructureError
 
 LABEL = "lightswe.sandbox"
 _RUNNER_SOURCE = open(_runner_module.__file__, encoding="utf-8").read()  # noqa: SIM115 - runs in-container
 
 
-class SandboxError(RuntimeError):
+class SandboxError(InfrastructureError):
     """The sandbox could not do what was asked (container gone, engine error); says what and the fix."""
 
 

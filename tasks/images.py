@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 from lightswe.envs.engine import BASE_IMAGE, ensure_base_image, recipe_hash
 from lightswe.envs.sandbox import Sandbox, SandboxConfig, default_client
+from lightswe.errors import InfrastructureError
 from lightswe.tasks import sources
 from lightswe.tasks.instance import TaskInstance
 
@@ -49,7 +50,7 @@ _COMMIT_ENV = {"GIT_AUTHOR_NAME": "lightswe", "GIT_AUTHOR_EMAIL": "lightswe@loca
 Progress = Callable[[str], None]
 
 
-class ImageBuildError(RuntimeError):
+class ImageBuildError(InfrastructureError):
     """An image step failed; carries the command's output tail and what to check."""
 
 

@@ -13,8 +13,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightswe.errors import UserInputError
 
-class TaskFormatError(ValueError):
+
+class TaskFormatError(UserInputError):
     """A task record that cannot be used: names the file, line and field, and the fix."""
 
 

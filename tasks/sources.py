@@ -43,6 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lightswe.errors import InfrastructureError
 from lightswe.tasks.instance import TaskInstance
 
 CACHE_DIR = Path(os.environ.get("LIGHTSWE_CACHE", Path.home() / ".cache" / "lightswe"))
@@ -54,7 +55,7 @@ _IDENTITY = {
 }
 
 
-class SourceError(RuntimeError):
+class SourceError(InfrastructureError):
     """A source cannot be fetched or does not hold the commit asked for; says which and the fix."""
 
 

@@ -20,9 +20,10 @@ import urllib.request
 from collections.abc import Sequence
 
 from lightswe.agent.policies.base import Sample, SamplingParams, check_sample
+from lightswe.errors import InfrastructureError
 
 
-class ServerError(RuntimeError):
+class ServerError(InfrastructureError):
     """The server answered with an error or a response without token ids / log-probs."""
 
 

@@ -1,0 +1,31 @@
+"""One exception family for lightswe: a base, an infrastructure branch and a user-input branch.
+
+Why two branches: a policy is trained on what the environment pays, so a failure of the machine (engine,
+container, image build, source download, model server) must never be scored as a failure of the policy. The
+agent loop catches :class:`InfrastructureError` once and records the episode as ``sandbox_error`` with
+reward ``None``; :class:`UserInputError` is what the CLI prints as one line (what was wrong, the fix), without
+a traceback. Messages follow Gymnasium's ``error.py``: what was expected, what came, and the fix.
+
+Example::
+
+    from lightswe.errors import InfrastructureError, LightSWEError, UserInputError
+
+    try:
+        env.reset()
+    except InfrastructureError as err:   # engine down, image missing, container died: not the policy's fault
+        ...
+"""
+
+from __future__ import annotations
+
+
+class LightSWEError(Exception):
+    """Base of every error lightswe raises on purpose."""
+
+
+class InfrastructureError(LightSWEError, RuntimeError):
+    """The machine failed (engine, container, image, source, server): never a policy failure."""
+
+
+class UserInputError(LightSWEError, ValueError):
+    """Bad input from the user (a config value, a task file, a CLI option); the message names the fix."""
