@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 
+from lightswe.errors import LightSWEError
+
 # Parts that contribute subcommands, in help order.
 _PARTS = ("lightswe.envs.cli", "lightswe.tasks.cli", "lightswe.agent.cli")
 
@@ -38,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, ImportError, FileNotFoundError) as err:  # bad input or a missing extra: say it, no trace
+    except KeyboardInterrupt:  # the command cleaned up on its way out (executors close their sandboxes)
+        print(f"lightswe {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, ImportError, FileNotFoundError, LightSWEError) as err:  # bad input, no engine, missing extra
         if os.environ.get("LIGHTSWE_DEBUG"):
             raise
         print(f"lightswe {args.command}: error: {err} (LIGHTSWE_DEBUG=1 shows the traceback)", file=sys.stderr)

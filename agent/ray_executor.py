@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 
 from lightswe.agent.loop import AgentConfig
-from lightswe.agent.rollout import EpisodeJob, default_env_factory, run_job
+from lightswe.agent.rollout import EpisodeJob, _sigint_deferred, _Stoppable, default_env_factory, run_job
 
 
 def _ray():
@@ -32,23 +32,35 @@ def _ray():
 
 
 class EpisodeWorker:
-    """A Ray actor (one episode at a time): builds its policy and tokenizer once, then runs jobs."""
+    """A Ray actor (one episode at a time, plus a second thread for ``close``): builds its policy and tokenizer
+    once, then runs jobs. ``close`` stops the running episode within seconds (its sandbox is closed; a
+    command blocked on it returns) and removes the container."""
 
     def __init__(self, policy: str, tokenizer: str | None, tasks: Sequence, agent: AgentConfig,
                  env_kwargs: dict) -> None:
+        import threading
+
         from lightswe.agent.policies.spec import make_policy
         from lightswe.model import load_tokenizer
 
+        self.stop = threading.Event()
         self.tokenizer = load_tokenizer(tokenizer)
         self.policy = make_policy(policy, tokenizer=self.tokenizer, tasks=tasks)
-        self.env = default_env_factory(tasks, **env_kwargs)()
+        self.env = _Stoppable(default_env_factory(tasks, **env_kwargs)(), self.stop)
         self.agent = agent
 
     def run(self, job: EpisodeJob):
-        return run_job(job, self.policy, self.tokenizer, self.env, self.agent)
+        from lightswe.envs.sandbox import stop_scope
+
+        with stop_scope(self.stop):
+            return run_job(job, self.policy, self.tokenizer, self.env, self.agent)
 
     def close(self) -> None:
+        from lightswe.envs.sandbox import close_sandboxes
+
+        self.stop.set()
         self.env.close()
+        close_sandboxes()
 
     def where(self) -> tuple[str, int]:
         """(host name, process id) of this worker."""
@@ -59,15 +71,21 @@ class EpisodeWorker:
 
 
 class RayExecutor:
+    """Episodes on ``num_workers`` Ray actors. ``shutdown`` (also on Ctrl-C inside ``run_rollout``) asks every
+    actor to close (in-flight episodes end at once, containers removed), waits at most ``shutdown_timeout_s``,
+    then kills the actors."""
+
     def __init__(self, *, policy: str, tasks: Sequence, num_workers: int = 2, tokenizer: str | None = None,
                  agent: AgentConfig | None = None, env_kwargs: dict | None = None, actor_options: dict | None = None,
-                 address: str | None = None) -> None:
+                 address: str | None = None, shutdown_timeout_s: float = 10.0) -> None:
         ray = _ray()
         if not ray.is_initialized():
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        options = {"num_cpus": 0.5, **(actor_options or {})}  # episodes mostly wait on Docker and the model
+        # episodes mostly wait on Docker and the model; a second actor thread serves close() during run()
+        options = {"num_cpus": 0.5, "max_concurrency": 2, **(actor_options or {})}
         worker = ray.remote(**options)(EpisodeWorker)
         self.concurrency = num_workers
+        self.shutdown_timeout_s = shutdown_timeout_s
         self.actors = [worker.remote(policy, tokenizer, list(tasks), agent or AgentConfig(), env_kwargs or {})
                        for _ in range(num_workers)]
         self._idle: queue.Queue = queue.Queue()
@@ -81,14 +99,18 @@ class RayExecutor:
         return future
 
     def shutdown(self) -> None:
-        """Close every actor's environment (removing its container), then end the actors."""
+        """Close every actor's environment (ending its episode, removing its container), then end the actors."""
+        if not self.actors:
+            return
         ray = _ray()
-        try:
-            ray.get([actor.close.remote() for actor in self.actors], timeout=60)
-        finally:
-            for actor in self.actors:
-                ray.kill(actor)
-            self.actors = []
+        with _sigint_deferred():
+            try:
+                ray.wait([actor.close.remote() for actor in self.actors], num_returns=len(self.actors),
+                         timeout=self.shutdown_timeout_s)
+            finally:
+                for actor in self.actors:
+                    ray.kill(actor)
+                self.actors = []
 
     def __enter__(self) -> RayExecutor:
         return self

@@ -19,13 +19,16 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+import queue
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -108,7 +111,14 @@ def plan_jobs(tasks: Sequence, config: RolloutConfig) -> list[EpisodeJob]:
 
 def default_env_factory(tasks: Sequence, **env_kwargs) -> Callable:
     """``() -> env`` over the rollout's tasks: the registered SWE environment, unwrapped (the loop owns the
-    step budget). One env per worker: consecutive episodes of a task reuse its sandbox (warm git reset)."""
+    step budget). One env per worker: consecutive episodes of a task reuse its sandbox (warm git reset).
+
+    Raises :class:`~lightswe.envs.engine.EngineError` at once when no Docker engine answers."""
+
+    if "client" not in env_kwargs:  # fail here, in one line, when no engine answers (not once per episode)
+        from lightswe.envs.sandbox import default_client
+
+        default_client()
 
     def make():
         import gymnasium
@@ -125,60 +135,163 @@ def run_job(job: EpisodeJob, policy: Policy, tokenizer: Tokenizer, env, agent: A
                        sample_index=job.sample_index, seed=job.seed)
 
 
+class _Stoppable:
+    """An env seen through the executor's stop event: once it is set, ``reset``/``step`` raise
+    ``SandboxError`` (the loop ends the episode as a sandbox error, which nobody writes) and a sandbox the env
+    restarted meanwhile is closed. Attributes (``tool_format``...) are the env's."""
+
+    def __init__(self, env, stop: threading.Event) -> None:
+        self.env, self._stop = env, stop
+
+    def __getattr__(self, name: str):
+        return getattr(self.env, name)
+
+    def _check(self) -> None:
+        if self._stop.is_set():
+            from lightswe.envs.sandbox import SandboxError
+
+            self.env.close()
+            raise SandboxError("the rollout was stopped (interrupted or shut down)")
+
+    def reset(self, **kwargs):
+        self._check()
+        out = self.env.reset(**kwargs)
+        self._check()
+        return out
+
+    def step(self, action):
+        self._check()
+        out = self.env.step(action)
+        self._check()
+        return out
+
+    def close(self) -> None:
+        self.env.close()
+
+
 class LocalExecutor:
-    """Episodes on threads of this process, one environment (one sandbox) per thread: ``concurrency`` bounds
-    the sandboxes alive at once. ``shutdown`` closes them (removes the containers)."""
+    """Episodes on daemon threads of this process, one environment (one sandbox) per thread: ``concurrency``
+    bounds the sandboxes alive at once.
+
+    ``shutdown`` (also on leaving ``with``, and on Ctrl-C inside :func:`run_rollout`) stops within seconds: it
+    sets a stop event that the threads' envs and sandboxes check, cancels queued episodes, closes every sandbox
+    the threads made (removing the containers; a command blocked on a sandbox socket, e.g. a 15-minute test
+    run at submit, returns at once), and waits at most ``shutdown_timeout_s`` for the threads. A thread still
+    inside ``policy.generate`` then is left to end by itself (daemon: it never keeps the process alive, and
+    its next env call raises). In-flight episodes end unwritten; a resume reruns them."""
 
     def __init__(self, policy: Policy, tokenizer: Tokenizer, *, env_factory: Callable, concurrency: int = 4,
-                 agent: AgentConfig | None = None) -> None:
+                 agent: AgentConfig | None = None, shutdown_timeout_s: float = 5.0) -> None:
         required = [p for p in inspect.signature(env_factory).parameters.values()
                     if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         if required:
             raise TypeError(f"env_factory must take no arguments and return an env over all the rollout's tasks "
                             f"(episodes reset it with options={{'task_id': ...}}); got one taking {required[0].name!r}. "
                             "Use default_env_factory(tasks).")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1 (episodes in flight), got {concurrency}")
         self.policy, self.tokenizer, self.concurrency = policy, tokenizer, concurrency
         self.env_factory, self.agent = env_factory, agent or AgentConfig()
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="episode")
-        self._local = threading.local()
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.stop = threading.Event()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._envs: list = []
         self._lock = threading.Lock()
 
-    def _env(self):
-        env = getattr(self._local, "env", None)
-        if env is None:
-            env = self._local.env = self.env_factory()
-            with self._lock:
-                self._envs.append(env)
-        return env
-
-    def _run(self, job: EpisodeJob) -> Trajectory:
-        return run_job(job, self.policy, self.tokenizer, self._env(), self.agent)
-
     def submit(self, job: EpisodeJob) -> Future:
-        return self._pool.submit(self._run, job)
+        if self.stop.is_set():
+            raise RuntimeError("this executor was shut down; make a new one")
+        future: Future = Future()
+        self._jobs.put((future, job))
+        with self._lock:
+            if len(self._threads) < self.concurrency:
+                thread = threading.Thread(target=self._work, name=f"episode-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def _work(self) -> None:
+        from lightswe.envs.sandbox import stop_scope
+
+        env = None
+        with stop_scope(self.stop):
+            while not self.stop.is_set():
+                item = self._jobs.get()
+                if item is None:
+                    return
+                future, job = item
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    if env is None:
+                        env = _Stoppable(self.env_factory(), self.stop)
+                        with self._lock:
+                            self._envs.append(env)
+                        if self.stop.is_set():
+                            env.close()
+                    future.set_result(run_job(job, self.policy, self.tokenizer, env, self.agent))
+                except BaseException as err:  # noqa: BLE001 - handed to the runner through the future
+                    future.set_exception(err)
 
     def shutdown(self) -> None:
-        """Cancel queued episodes, close every environment (in-flight episodes end with a sandbox error)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._close_envs()
-        self._pool.shutdown(wait=True)
-        self._close_envs()  # again: an episode that was running may have restarted its sandbox
+        """Stop: cancel queued episodes, close every sandbox of this executor, wait up to
+        ``shutdown_timeout_s`` for the threads (idempotent)."""
+        from lightswe.envs.sandbox import close_sandboxes
 
-    def _close_envs(self) -> None:
-        with self._lock:
-            envs = list(self._envs)
-        for env in envs:
-            try:
-                env.close()
-            except Exception as err:  # noqa: BLE001 - best effort while shutting down
-                log.warning("closing an environment failed: %s", err)
+        with _sigint_deferred():
+            self.stop.set()
+            while True:
+                try:
+                    item = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+            with self._lock:
+                threads, envs = list(self._threads), list(self._envs)
+            for _ in threads:
+                self._jobs.put(None)
+            for env in envs:
+                try:
+                    env.close()
+                except Exception as err:  # noqa: BLE001 - best effort while shutting down
+                    log.warning("closing an environment failed: %s", err)
+            close_sandboxes(self.stop)
+            deadline = time.monotonic() + self.shutdown_timeout_s
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            close_sandboxes(self.stop)  # again: one a thread was creating while we closed the others
+            busy = [t.name for t in threads if t.is_alive()]
+            if busy:
+                log.warning("%d episode thread(s) still busy (generating) after %.0f s; they end by themselves",
+                            len(busy), self.shutdown_timeout_s)
 
     def __enter__(self) -> LocalExecutor:
         return self
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Within the block a second Ctrl-C does not interrupt the (bounded) clean-up; it is raised after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: pressed.append(1))
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def _reap() -> None:

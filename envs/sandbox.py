@@ -32,7 +32,9 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import base64
+import contextlib
 import io
 import json
 import os
@@ -41,6 +43,7 @@ import struct
 import tarfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -120,6 +123,40 @@ def default_client():
     return _CLIENT
 
 
+# Every open sandbox of this process, so that an interrupt can close them from the main thread (weak: a
+# sandbox nobody holds is closed by __del__). A thread that runs under ``stop_scope(event)`` gives its sandboxes
+# that event: once it is set, they refuse new containers and commands (SandboxError) and ``close_sandboxes``
+# closes them, waking commands blocked on their sockets.
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+_OPEN_LOCK = threading.Lock()
+_SCOPE = threading.local()
+
+
+@contextlib.contextmanager
+def stop_scope(stop: threading.Event):
+    """Sandboxes created in this thread inside the block belong to ``stop`` (see :func:`close_sandboxes`)."""
+    previous = getattr(_SCOPE, "stop", None)
+    _SCOPE.stop = stop
+    try:
+        yield stop
+    finally:
+        _SCOPE.stop = previous
+
+
+def close_sandboxes(stop: threading.Event | None = None) -> int:
+    """Close the open sandboxes of this process that belong to ``stop`` (all of them when None), from any
+    thread: their containers are removed and commands blocked in other threads return at once with
+    :class:`SandboxError`. Returns how many were closed."""
+    with _OPEN_LOCK:
+        boxes = [box for box in _OPEN if stop is None or box.stop is stop]
+    for box in boxes:
+        box.close()
+    return len(boxes)
+
+
+atexit.register(close_sandboxes)  # an interrupted command's daemon threads may still hold sandboxes
+
+
 class Sandbox:
     """A running container; see the module docstring for what it guarantees."""
 
@@ -131,11 +168,13 @@ class Sandbox:
         self.base_commit: str | None = None  # HEAD of the workdir's repository at start, target of reset()
         self._runner = None
         self._lock = threading.Lock()
+        self.stop: threading.Event | None = getattr(_SCOPE, "stop", None)  # set: stopped (see stop_scope)
         self._start()
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def _start(self) -> None:
         c = self.config
+        self._check_stop()
         labels = {LABEL: "1", "lightswe.owner_pid": str(os.getpid()),
                   "lightswe.owner_start": _start_time(os.getpid()), "lightswe.boot_id": _boot_id(),
                   "lightswe.hostname": socket.gethostname(), "lightswe.created": f"{time.time():.3f}", **c.labels}
@@ -153,19 +192,31 @@ class Sandbox:
             raise SandboxError(f"cannot create a container from {c.image!r}: {err}; fix: build it first "
                                "(`python -m lightswe setup` for the base image)") from err
         self.container_id = created["Id"]
+        with _OPEN_LOCK:
+            _OPEN.add(self)
+        if self.stop is not None and self.stop.is_set():  # stopped while the container was being created
+            self.close()
+            self._check_stop()
         self.api.start(self.container_id)
         head = self.exec("git rev-parse HEAD 2>/dev/null", timeout=10, user="root")
         self.base_commit = head.output.strip() if head.exit_code == 0 else None
 
     def close(self) -> None:
-        """Remove the container (idempotent)."""
-        self._stop_runner()
-        if self.container_id is not None:
+        """Remove the container (idempotent; safe from another thread: a command blocked on the runner's
+        socket returns at once with :class:`SandboxError`)."""
+        container_id, self.container_id = self.container_id, None
+        self._stop_runner(owner=False)
+        if container_id is not None:
             try:
-                self.api.remove_container(self.container_id, force=True)
+                self.api.remove_container(container_id, force=True)
             except Exception:  # noqa: BLE001 - already gone is fine; the reaper catches the rest
                 pass
-            self.container_id = None
+        with _OPEN_LOCK:
+            _OPEN.discard(self)
+
+    def _check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise SandboxError("the sandbox was stopped (the run was interrupted or shut down)")
 
     def __enter__(self) -> Sandbox:
         return self
@@ -215,9 +266,12 @@ class Sandbox:
             raise SandboxError(f"the command runner did not start in {cid[:12]}: {ready[:300]!r}; is python3 in "
                                f"the image {self.config.image!r}?")
 
-    def _read_line(self) -> bytes:
+    def _read_line(self, runner: tuple | None = None) -> bytes:
         """Next stdout line from the runner, unpacking the engine's 8-byte stream frames."""
-        sock, buffer, _ = self._runner
+        runner = runner or self._runner
+        if runner is None:  # closed from another thread
+            raise SandboxError("the sandbox was closed")
+        sock, buffer, _ = runner
         while True:
             newline = buffer.find(b"\n")
             if newline >= 0:
@@ -241,15 +295,32 @@ class Sandbox:
             data.extend(chunk)
         return bytes(data)
 
-    def _stop_runner(self) -> None:
+    def _stop_runner(self, *, owner: bool = True) -> None:
+        """Stop talking to the runner. ``owner=False`` (from another thread, e.g. ``close`` on an interrupt):
+        only shut the socket down, which wakes a command blocked on it; the thread running that command closes
+        it (closing an fd another thread polls can leave that thread waiting out its timeout)."""
         if self._runner is not None:
             sock, _, response = self._runner
             self._runner = None
-            for thing in (sock, response):
-                try:
-                    thing.close()
-                except Exception:  # noqa: BLE001
-                    pass
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
+                pass
+            if not owner and not self._lock.acquire(blocking=False):
+                return  # a command is running: its thread closes the socket when its read fails
+            try:
+                self._close_quietly(sock, response)
+            finally:
+                if not owner:
+                    self._lock.release()
+
+    @staticmethod
+    def _close_quietly(*things) -> None:
+        for thing in things:
+            try:
+                thing.close()
+            except Exception:  # noqa: BLE001
+                pass
 
     def exec(self, cmd: str, timeout: float | None = None, *, user: str | None = None,
              workdir: str | None = None, max_output_bytes: int | None = None,
@@ -259,6 +330,7 @@ class Sandbox:
 
         ``kill_first`` names a (non-root) user whose processes are all killed before ``cmd`` starts.
         """
+        self._check_stop()
         self._require()
         timeout = self.config.default_timeout if timeout is None else float(timeout)
         if timeout <= 0:
@@ -275,13 +347,19 @@ class Sandbox:
                 except SandboxError:
                     raise
                 except Exception as err:  # the container is gone or stopped
-                    raise SandboxError(f"cannot run commands in container {self.container_id[:12]}: {err}") from err
+                    raise SandboxError(f"cannot run commands in container {str(self.container_id)[:12]}: {err}") from err
+            runner = self._runner
             try:
-                sock = self._runner[0]
-                sock.settimeout(timeout + 30)
-                sock.sendall(json.dumps(request).encode() + b"\n")
-                reply = json.loads(self._read_line())
+                if runner is None:
+                    raise SandboxError("the sandbox was closed")
+                runner[0].settimeout(timeout + 30)
+                runner[0].sendall(json.dumps(request).encode() + b"\n")
+                reply = json.loads(self._read_line(runner))
             except (OSError, SandboxError, ValueError) as err:
+                if self.container_id is None:  # closed from another thread (interrupt): not the command's doing
+                    if runner is not None:
+                        self._close_quietly(runner[0], runner[2])
+                    raise SandboxError("the sandbox was closed while the command ran") from err
                 # The command killed the runner (or the OOM killer did): report it, restart on the next call.
                 self._stop_runner()
                 return ExecResult(exit_code=137, output=f"[the sandbox's command runner died while running this "

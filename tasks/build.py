@@ -106,6 +106,9 @@ def build(config: BuildConfig, progress=_say) -> dict:
 
     the_pool = pool_mod.load_pool(config.pool_file)
     specs = pool_mod.select(the_pool, config.repos)  # unknown names raise before any work
+    from lightswe.envs.sandbox import default_client
+
+    default_client()  # no engine: EngineError at once, not one per repository after each download
     built, events = read_built(config.out)
     store = _Store(config.out)
     done_ids = {i.instance_id for i in built} | {e["instance_id"] for e in events if e.get("instance_id")}

@@ -1,0 +1,128 @@
+"""One Ctrl-C (SIGINT) stops a real ``python -m lightswe rollout`` within seconds: exit code 130, no container
+left, finished episodes kept, the out folder resumable. Real engine, real task image, scripted policy.
+
+The episode is caught where the hang was reported: at submit, with the grader blocked on the sandbox socket
+(the task's test command sleeps 600 s, so without the fix the run would wait ~10 minutes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import docker
+import pytest
+from lightswe.agent.trajectory import finished_episode_ids
+from lightswe.envs.swe_env import default_tasks_path
+from lightswe.tasks.instance import read_jsonl, write_jsonl
+
+pytestmark = pytest.mark.docker
+
+STOP_WITHIN_S = 10.0  # from SIGINT to exit, process start-up excluded (it was ~930 s before)
+
+
+def containers_of(pid: int) -> list[dict]:
+    client = docker.from_env()
+    return client.api.containers(all=True, filters={"label": f"lightswe.owner_pid={pid}"})
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before {what}: {proc.stderr.read()[-2000:]}")
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def grading_blocked(pid: int) -> bool:
+    """A container of ``pid`` runs the task's (sleeping) test command."""
+    client = docker.from_env()
+    for info in containers_of(pid):
+        try:
+            processes = client.api.top(info["Id"])["Processes"] or []
+        except docker.errors.APIError:
+            continue
+        if any("sleep 600" in " ".join(row) for row in processes):
+            return True
+    return False
+
+
+def rollout(tasks, out, *extra) -> list[str]:
+    return [sys.executable, "-m", "lightswe", "rollout", "--tasks", str(tasks), "--policy", "scripted",
+            "--out", str(out), "--concurrency", "2", "--no-progress", *extra]
+
+
+def test_one_sigint_during_grading_stops_rollout_cleanly_and_resumes(tmp_path):
+    demo = read_jsonl(default_tasks_path())[0]
+    slow = dataclasses.replace(demo, instance_id=demo.instance_id + "-slowtests",
+                               test_command="sleep 600; " + demo.test_command)
+    tasks = tmp_path / "tasks.jsonl"
+    write_jsonl([demo, slow], tasks)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(rollout(tasks, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_for(lambda: out.is_dir() and finished_episode_ids(out), 300, "the normal episode to be written", proc)
+        wait_for(lambda: grading_blocked(proc.pid), 300, "the slow task's grading", proc)
+        time.sleep(1.0)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = containers_of(proc.pid)
+    assert took < STOP_WITHIN_S, f"stopping took {took:.1f} s"
+    assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert left == [], f"containers left behind: {[c['Id'][:12] for c in left]}"
+    assert finished_episode_ids(out) == {f"{demo.instance_id}@0/0"}  # the finished one kept, the cut one not
+
+    # Resume: the same folder, the slow task's tests back to normal; only the cut episode runs again.
+    write_jsonl([demo, dataclasses.replace(slow, test_command=demo.test_command)], tasks)
+    done = subprocess.run(rollout(tasks, out), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 episodes" in done.stderr and "1 already done" in done.stderr, done.stderr[-1000:]
+    assert finished_episode_ids(out) == {f"{demo.instance_id}@0/0", f"{slow.instance_id}@0/0"}
+
+
+def test_sigint_while_the_sandbox_starts_leaves_no_container(tmp_path):
+    """Ctrl-C right after the first container appears (reset / warm start, not grading)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(rollout(default_tasks_path(), out, "--group-size", "2"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: containers_of(proc.pid), 300, "a sandbox container", proc)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert took < STOP_WITHIN_S, f"stopping took {took:.1f} s"
+    assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert containers_of(proc.pid) == []
+
+
+def test_no_engine_fails_in_one_line_within_seconds(tmp_path):
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    started = time.monotonic()
+    done = subprocess.run(rollout(default_tasks_path(), tmp_path / "run"), capture_output=True, text=True,
+                          env=env, timeout=60)
+    took = time.monotonic() - started
+    assert done.returncode != 0
+    assert "no engine at unix:///nonexistent/docker.sock" in done.stderr and "fix:" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "dockerd" not in done.stderr.lower().replace("start dockerd", "")
+    assert took < 15, took  # interpreter and CLI start-up included; the engine check itself is one failed connect
