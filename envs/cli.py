@@ -40,7 +40,7 @@ def _doctor(args: argparse.Namespace) -> int:
     rows: list[tuple[str, bool, str]] = []
     problem = engine.engine_problem()
     rows.append(("Docker engine", problem is None,
-                 "answers" if problem is None else f"{problem}; fix: python -m lightswe setup (as root)"))
+                 "answers" if problem is None else problem))  # "no engine at X (...); fix: ..."
     if problem is None:
         image_problem = engine.base_image_problem()
         rows.append(("base image", image_problem is None,

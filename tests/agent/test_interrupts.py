@@ -8,7 +8,6 @@ The episode is caught where the hang was reported: at submit, with the grader bl
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import subprocess
 import sys
@@ -114,15 +113,3 @@ def test_sigint_while_the_sandbox_starts_leaves_no_container(tmp_path):
     assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
     assert "Traceback" not in stderr, stderr[-3000:]
     assert containers_of(proc.pid) == []
-
-
-def test_no_engine_fails_in_one_line_within_seconds(tmp_path):
-    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
-    started = time.monotonic()
-    done = subprocess.run(rollout(default_tasks_path(), tmp_path / "run"), capture_output=True, text=True,
-                          env=env, timeout=60)
-    took = time.monotonic() - started
-    assert done.returncode != 0
-    assert "no engine at unix:///nonexistent/docker.sock" in done.stderr and "fix:" in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr and "dockerd" not in done.stderr.lower().replace("start dockerd", "")
-    assert took < 15, took  # interpreter and CLI start-up included; the engine check itself is one failed connect
