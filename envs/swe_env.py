@@ -10,9 +10,12 @@
 - ``submit`` grades: the task's tests run in the sandbox (see :mod:`lightswe.envs.grading`); reward 1.0 iff
   every FAIL_TO_PASS and PASS_TO_PASS test passes; ``terminated=True``; ``info["tests"]`` maps each test to
   its outcome. ``truncated`` comes from ``TimeLimit`` (``max_episode_steps`` at registration).
-- Spaces: ``spaces.Text`` over :data:`CHARSET` (tab, newline and every printable character of the Basic
-  Multilingual Plane); observations are sanitised into it (anything else becomes U+FFFD) and clipped to
-  ``observation_space.max_length`` characters, which is the sandbox's output cap plus room for notes.
+- Spaces: :class:`~lightswe.envs.spaces.UnicodeText` (``spaces.Text`` with a short ``repr`` and values that
+  survive ``AsyncVectorEnv``'s shared memory) over :data:`CHARSET` (tab, newline and every printable
+  character of the Basic Multilingual Plane); observations are sanitised into it (anything else becomes
+  U+FFFD) and clipped to ``observation_space.max_length`` characters, the sandbox's output cap plus room for
+  notes.
+- ``render_mode="ansi"``: ``render()`` gives the task, the sandbox, the last grade and the agent's diff.
 
 Example::
 
@@ -32,15 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-from gymnasium import spaces
 
 from lightswe.envs.grading import Grade, grade
 from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError
+from lightswe.envs.spaces import UnicodeText
 from lightswe.envs.tool_calls import EXAMPLES, PARSERS, ToolCall, ToolCallFormatError
 from lightswe.envs.tools import TOOL_NAMES, ToolError, run_tool
 from lightswe.tasks.instance import TaskInstance, read_jsonl
 
 CHARSET = "\t\n" + "".join(chr(i) for i in range(0x20, 0x10000) if chr(i).isprintable())
+CHARSET_DESCRIPTION = "tab, newline and the printable characters of the Basic Multilingual Plane"
 _ALLOWED = frozenset(CHARSET)
 REPLACEMENT = "\ufffd"
 _NOTE_ROOM = 2048  # characters for notes after capped output
@@ -60,12 +64,20 @@ def default_tasks_path() -> Path:
 
 
 class SWEEnv(gym.Env[str, str]):
-    metadata = {"render_modes": []}
+    # "ansi" only: the state is a repository, rendered as text (task, sandbox, the agent's diff, the last grade).
+    # No "human" (Gymnasium's is a window refreshed on every step) and no "rgb_array" (a picture of this text
+    # adds nothing); `lightswe view` is the human-facing view of whole episodes.
+    metadata = {"render_modes": ["ansi"]}
 
     def __init__(self, tasks: str | Path | list[TaskInstance] | None = None, *, tool_format: str = "minimax",
                  sandbox_config: SandboxConfig | None = None, max_output_bytes: int = 16_384,
                  command_timeout: float = 60.0, test_timeout: float = 900.0, max_action_chars: int = 65_536,
-                 image_for: Callable[[TaskInstance], str] | None = None, client=None) -> None:
+                 image_for: Callable[[TaskInstance], str] | None = None, client=None,
+                 render_mode: str | None = None) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got "
+                             f"{render_mode!r} (the state is a repository: render_mode='ansi' gives it as text)")
+        self.render_mode = render_mode
         if tool_format not in PARSERS:
             raise ValueError(f"tool_format must be one of {sorted(PARSERS)}, got {tool_format!r}")
         if tasks is None:
@@ -83,8 +95,10 @@ class SWEEnv(gym.Env[str, str]):
         self._image_for = image_for
         self._client = client
         self._images: dict[str, str] = {}
-        self.observation_space = spaces.Text(max_length=max_output_bytes + _NOTE_ROOM, min_length=0, charset=CHARSET)
-        self.action_space = spaces.Text(max_length=max_action_chars, min_length=0, charset=CHARSET)
+        self.observation_space = UnicodeText(max_output_bytes + _NOTE_ROOM, min_length=0, charset=CHARSET,
+                                             description=CHARSET_DESCRIPTION)
+        self.action_space = UnicodeText(max_action_chars, min_length=0, charset=CHARSET,
+                                        description=CHARSET_DESCRIPTION)
         self.sandbox: Sandbox | None = None
         self.task: TaskInstance | None = None
         self.last_grade: Grade | None = None
@@ -140,6 +154,22 @@ class SWEEnv(gym.Env[str, str]):
             info["error"] = "sandbox"
             output = f"[the sandbox failed ({err}) and was restarted from the base commit; earlier edits are lost]"
         return self._observe(output), 0.0, False, False, info
+
+    def render(self) -> str | None:
+        """``render_mode="ansi"``: the task, the sandbox, the last grade and the agent's changes so far
+        (``git status`` and ``git diff`` against the base commit, capped like any observation); None otherwise."""
+        if self.render_mode != "ansi":
+            return None
+        if self.task is None or self.sandbox is None:
+            return "lightswe/SWE-v0: not reset yet (call reset())"
+        head = [f"task {self.task.instance_id} ({self.task.repo}); sandbox {str(self.sandbox.container_id)[:12]} "
+                f"from {self.sandbox.config.image}"]
+        if self.last_grade is not None:
+            head.append(f"submitted: reward {self.last_grade.reward:.1f} ({self.last_grade.reason})")
+        base = self.sandbox.base_commit or "HEAD"
+        changes = self.sandbox.exec(f"git status --short && git diff {base}", timeout=30, user="root")
+        body = changes.output.strip() or "(no changes yet)"
+        return self._observe("\n".join(head) + "\n--- the agent's changes (git status, git diff) ---\n" + body)
 
     def close(self) -> None:
         if self.sandbox is not None:
