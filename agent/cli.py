@@ -27,7 +27,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 
 
 def _add_run_options(p: argparse.ArgumentParser, *, tasks_required: bool) -> None:
-    p.add_argument("--tasks", required=tasks_required, help="task instances (JSONL)")
+    p.add_argument("--tasks", required=tasks_required,
+                   help="task instances: a JSONL file, or a shipped set: demo, pool, pool:train, pool:test")
     p.add_argument("--policy", default="scripted", help="scripted | model:PRESET_OR_DIR | openai:URL | vllm:MODEL")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json path (default: the built-in byte tokenizer)")
     p.add_argument("--out", required=True, help="output directory (resumes if it holds episodes)")
@@ -63,9 +64,9 @@ def _run(args):
     from lightswe.agent.policies.spec import make_policy
     from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
     from lightswe.model import load_tokenizer
-    from lightswe.tasks.instance import read_jsonl
+    from lightswe.tasks import load_tasks
 
-    tasks = read_jsonl(args.tasks)
+    tasks = load_tasks(args.tasks)
     config = RolloutConfig(group_size=args.group_size, round=args.round, seed=args.seed,
                            progress=not args.no_progress)
     agent = _agent_config(args)

@@ -8,6 +8,7 @@ pytest project needs.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -79,7 +80,7 @@ class TaskInstance:
 
 
 def read_jsonl(path: str | Path) -> list[TaskInstance]:
-    """Load instances from JSONL (lightswe's own or SWE-bench's as published)."""
+    """Load instances from JSONL, plain or gzipped (``.gz``): lightswe's own or SWE-bench's as published."""
     return list(iter_jsonl(path))
 
 
@@ -87,7 +88,8 @@ def iter_jsonl(path: str | Path) -> Iterator[TaskInstance]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"task file {path} does not exist; build one with `lightswe tasks build`")
-    with path.open(encoding="utf-8") as handle:
+    opener = gzip.open if path.suffix == ".gz" else open  # a shipped or downloaded file may be gzipped
+    with opener(path, "rt", encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

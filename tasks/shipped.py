@@ -1,0 +1,87 @@
+"""Task sets shipped in the package, by name, so that no one has to build for an hour before a first run.
+
+``load_tasks(spec)`` is what ``--tasks`` and ``gym.make("lightswe/SWE-v0", tasks=...)`` accept:
+
+- ``demo``: the embedded task (toolz 1.0.0 with a one-line bug in ``nth``), ``data/demo.jsonl``;
+- ``pool`` or ``pool:<split>``: the synthesized pool (``data/pool_instances.jsonl.gz``), validated instances
+  of the curated PyPI libraries (``data/pool.json``) made by ``lightswe tasks build``; splits
+  (:mod:`lightswe.tasks.splits`): ``train``, ``test`` (= ``test_repo`` + ``test_function``), ``test_repo``
+  (whole held-out repositories), ``test_function`` (held-out functions of the other repositories);
+- anything else: a JSONL file of instances (lightswe's or SWE-bench's format, optionally ``.gz``).
+
+Only instance records are shipped: the Docker images are built on first use from the pinned sdists (version
+and sha256 in ``pool.json``), a few seconds per repository environment and per instance. Each record keeps
+its build metadata (mutation, file, function, split, the validation rewards: no patch 0.0, gold 1.0).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from lightswe.tasks import splits
+from lightswe.tasks.instance import TaskInstance, read_jsonl
+
+DEMO_FILE, POOL_FILE = "demo.jsonl", "pool_instances.jsonl.gz"
+POOL_SPLITS = {
+    "train": (splits.TRAIN,),
+    "test": (splits.TEST_REPO, splits.TEST_FUNCTION),
+    "test_repo": (splits.TEST_REPO,),
+    "test_function": (splits.TEST_FUNCTION,),
+}
+NAMES = ("demo", "pool", *(f"pool:{name}" for name in POOL_SPLITS))
+SPLIT_NAMES = (splits.TRAIN, splits.TEST_REPO, splits.TEST_FUNCTION)
+
+
+def data_path(name: str) -> Path:
+    """Path of a file in ``lightswe/tasks/data`` (package data)."""
+    return Path(str(resources.files("lightswe.tasks").joinpath("data", name)))
+
+
+def load_tasks(spec: str | Path) -> list[TaskInstance]:
+    """Instances named by ``spec`` (see the module docstring); raises ``ValueError`` for an unknown pool split
+    and ``FileNotFoundError`` (naming the shipped sets) for a path that does not exist."""
+    text = str(spec)
+    if text == "demo":
+        return read_jsonl(data_path(DEMO_FILE))
+    if text == "pool" or text.startswith("pool:"):
+        split = text.partition(":")[2]
+        if split and split not in POOL_SPLITS:
+            raise ValueError(f"tasks {text!r}: unknown split {split!r}; expected one of "
+                             f"{', '.join(f'pool:{name}' for name in POOL_SPLITS)} or pool (all)")
+        instances = read_jsonl(data_path(POOL_FILE))
+        if split:
+            wanted = POOL_SPLITS[split]
+            instances = [i for i in instances if i.metadata.get("split") in wanted]
+        return instances
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"tasks {text!r}: no such file; name a JSONL file of task instances or a shipped "
+                                f"set ({', '.join(NAMES)}), or build one with `lightswe tasks build`")
+    return read_jsonl(path)
+
+
+def export_pool(build_out: str | Path, path: str | Path | None = None) -> dict[str, int]:
+    """Write the validated instances of a ``lightswe tasks build`` folder as the shipped pool file (sorted by
+    id, gzip without a timestamp, so the same build gives the same bytes); returns counts per split.
+
+    Raises ``ValueError`` when an instance lacks the validation the build records (no patch 0.0, gold 1.0)."""
+    import gzip
+    import json
+
+    instances = sorted(read_jsonl(Path(build_out) / "instances.jsonl"), key=lambda i: i.instance_id)
+    for instance in instances:
+        rewards = instance.metadata.get("validation", {}).get("rewards", {})
+        if rewards.get("no_patch") != [0.0] * len(rewards.get("no_patch", [])) or not rewards.get("gold") or \
+                set(rewards["gold"]) != {1.0} or instance.metadata.get("split") not in SPLIT_NAMES:
+            raise ValueError(f"{instance.instance_id}: not a validated instance with a split ({rewards})")
+    target = Path(path) if path is not None else data_path(POOL_FILE)
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as handle:
+        for instance in instances:
+            handle.write((json.dumps(instance.to_dict(), ensure_ascii=False) + "\n").encode())
+    tmp.replace(target)
+    counts: dict[str, int] = {}
+    for instance in instances:
+        counts[instance.metadata["split"]] = counts.get(instance.metadata["split"], 0) + 1
+    return counts
