@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:  # the command cleaned up on its way out (executors close their sandboxes)
         print(f"lightswe {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        if argv is None:  # as the program: leave now, not after threads stuck in C code (a model's forward pass)
+            from lightswe.envs.sandbox import close_sandboxes
+
+            close_sandboxes()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     except (ValueError, ImportError, FileNotFoundError, LightSWEError) as err:  # bad input, no engine, missing extra
         if os.environ.get("LIGHTSWE_DEBUG"):

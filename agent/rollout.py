@@ -181,7 +181,7 @@ class LocalExecutor:
     its next env call raises). In-flight episodes end unwritten; a resume reruns them."""
 
     def __init__(self, policy: Policy, tokenizer: Tokenizer, *, env_factory: Callable, concurrency: int = 4,
-                 agent: AgentConfig | None = None, shutdown_timeout_s: float = 5.0) -> None:
+                 agent: AgentConfig | None = None, shutdown_timeout_s: float = 2.0) -> None:
         required = [p for p in inspect.signature(env_factory).parameters.values()
                     if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         if required:
@@ -239,6 +239,9 @@ class LocalExecutor:
         ``shutdown_timeout_s`` for the threads (idempotent)."""
         from lightswe.envs.sandbox import close_sandboxes
 
+        if self.stop.is_set():  # shut down already (run_rollout on Ctrl-C, then the caller's `with`/finally)
+            close_sandboxes(self.stop)
+            return
         with _sigint_deferred():
             self.stop.set()
             while True:

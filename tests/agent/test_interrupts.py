@@ -95,13 +95,23 @@ def test_one_sigint_during_grading_stops_rollout_cleanly_and_resumes(tmp_path):
     assert finished_episode_ids(out) == {f"{demo.instance_id}@0/0", f"{slow.instance_id}@0/0"}
 
 
-def test_sigint_while_the_sandbox_starts_leaves_no_container(tmp_path):
-    """Ctrl-C right after the first container appears (reset / warm start, not grading)."""
-    out = tmp_path / "run"
-    proc = subprocess.Popen(rollout(default_tasks_path(), out, "--group-size", "2"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+COMMANDS = {
+    "rollout": ["rollout", "--tasks", "demo", "--group-size", "2", "--concurrency", "2", "--no-progress"],
+    "eval": ["eval", "--tasks", "demo", "--group-size", "2", "--concurrency", "2", "--no-progress"],
+    # no warm start: the first rollout (the built-in model generating in 4 threads) starts at once
+    "train": ["train", "--warm-start-steps", "0"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_sigint_mid_episode_stops_each_command(tmp_path, command):
+    """Ctrl-C once the first sandbox runs: the episode threads may be starting containers, running tools or
+    (train) generating with the model on the CPU."""
+    argv = [sys.executable, "-m", "lightswe", *COMMANDS[command], "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         wait_for(lambda: containers_of(proc.pid), 300, "a sandbox container", proc)
+        time.sleep(1.0)
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
