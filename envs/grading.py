@@ -66,8 +66,8 @@ from lightswe.envs.pytest_run import (  # noqa: F401 - re-exported: the one runn
     pytest_command,
     run_pytest,
 )
-from lightswe.envs.sandbox import Sandbox, SandboxConfig
-from lightswe.errors import InfrastructureError, UserInputError
+from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError
+from lightswe.errors import UserInputError
 from lightswe.tasks.instance import TaskInstance
 
 HACK_POLICIES = ("keep", "zero")
@@ -75,8 +75,11 @@ AGENT_UID = 1000
 MAX_PATCH_CHARS = 1024 * 1024
 
 
-class GradingError(InfrastructureError):
+class GradingError(SandboxError):
     """Grading could not be done for a reason of the machine or the task, never of the policy.
+
+    An :class:`~lightswe.errors.InfrastructureError` (through ``SandboxError``, which agent loops already treat
+    as a sandbox failure): the episode has no reward.
 
     ``stage`` names the step that failed (``start``, ``snapshot``, ``apply``, ``test_patch``, ``tests``);
     ``known`` holds what was learnt before (e.g. ``left_out``, ``patch``, ``container``).
@@ -132,8 +135,13 @@ def _base_of(grader: Sandbox) -> dict[str, Entry]:
 
 
 def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] | None = None,
-          timeout: float = 900.0, hack_policy: str = "keep") -> Grade:
-    """Grade the change in ``box``'s ``/testbed`` (module docstring); ``fresh()`` gives the grading container.
+          release: Callable[[Sandbox], None] | None = None, timeout: float = 900.0,
+          hack_policy: str = "keep") -> Grade:
+    """Grade the change in ``box``'s ``/testbed`` (module docstring).
+
+    ``fresh()`` gives the grading container: a pristine running sandbox of ``box``'s instance image (default:
+    :func:`default_fresh`, a new container); grading owns it and hands it to ``release`` when done (default
+    ``Sandbox.close``; a pool's background removal fits). It has run the agent's code: never reuse it.
 
     Raises :class:`GradingError` when the machine fails (see module docstring) and
     :class:`~lightswe.errors.UserInputError` for an unknown ``hack_policy``.
@@ -149,7 +157,7 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
             tree = _snapshot(box, _BASES[image]) if image in _BASES else None
         except BaseException:
             try:
-                pending.result().close()
+                (release or Sandbox.close)(pending.result())
             except Exception:  # noqa: BLE001 - the start failed too: nothing to close
                 pass
             raise
@@ -170,7 +178,7 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
         return _grade_in(grader, tree, base, facts, instance, timeout=timeout, hack_policy=hack_policy,
                          start=start)
     finally:
-        grader.close()
+        (release or Sandbox.close)(grader)
 
 
 def _snapshot(box: Sandbox, base: dict[str, Entry]) -> dict[str, Entry]:

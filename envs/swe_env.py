@@ -9,7 +9,7 @@
   malformed action gives an observation saying what is wrong and the expected form (reward 0, not terminated).
 - ``submit`` grades out of the agent's reach (:mod:`lightswe.envs.grading`): the agent's change is read
   without running anything in its container, applied to a fresh container of the instance image
-  (:meth:`SWEEnv.grading_sandbox`), and the task's tests run there; reward 1.0 iff every FAIL_TO_PASS and
+  (:meth:`SWEEnv.fresh_sandbox`), and the task's tests run there; reward 1.0 iff every FAIL_TO_PASS and
   PASS_TO_PASS test passes; ``terminated=True``. ``info["grade"]`` is the typed
   :class:`~lightswe.envs.grading.Grade`; ``info["tests"]`` maps each test to its outcome, ``info["left_out"]``
   lists the paths of the change grading did not apply (with reasons), ``info["timed_out"]`` says the test run
@@ -140,7 +140,7 @@ class SWEEnv(gym.Env[str, str]):
         info: dict[str, Any] = {"tool": call.name}
         if call.name == "submit" and not set(call.arguments):
             # GradingError (the machine failed) propagates: an episode without a reward, never 0.0
-            result = grade(self.sandbox, self.task, fresh=self.grading_sandbox, timeout=self.test_timeout,
+            result = grade(self.sandbox, self.task, fresh=self.fresh_sandbox, timeout=self.test_timeout,
                            hack_policy=self.hack_policy)
             self.last_grade = result
             info.update(grade=result, tests=dict(result.tests), reason=result.reason, grade_s=result.duration_s,
@@ -162,13 +162,13 @@ class SWEEnv(gym.Env[str, str]):
             output = f"[the sandbox failed ({err}) and was restarted from the base commit; earlier edits are lost]"
         return self._observe(output), 0.0, False, False, info
 
-    def grading_sandbox(self) -> Sandbox:
-        """A fresh sandbox of the current task's instance image for grading (the grader closes it).
+    def fresh_sandbox(self) -> Sandbox:
+        """An untouched running container of the current task's image (for grading); the caller owns it.
 
-        The seam for a warm pool: override or replace to hand out a pre-started pristine container.
+        The seam for a warm pool (hand out a pre-started pristine container instead of starting one).
         """
         if self.sandbox is None:
-            raise gym.error.ResetNeeded("call reset() before grading")
+            raise gym.error.ResetNeeded("call reset() before fresh_sandbox()")
         return default_fresh(self.sandbox)()
 
     def close(self) -> None:
