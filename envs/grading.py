@@ -139,7 +139,7 @@ def run_pytest(box: Sandbox, test_command: str, test_ids: list[str] | None = Non
     ids = list(test_ids or [])
     files = {t.split("::", 1)[0] for t in ids}
     if not ids or any("::" not in t for t in ids):  # folders or the whole suite: the ids' files are unknown
-        listed = box.exec("git ls-files -co --exclude-standard", timeout=60, user="root",
+        listed = box.exec("git ls-files -co --exclude-standard", timeout=60, user="agent",
                           max_output_bytes=16 * 1024 * 1024)
         if listed.exit_code == 0:
             files.update(listed.output.splitlines())
@@ -173,7 +173,7 @@ def run_tests(box: Sandbox, instance: TaskInstance, test_ids: list[str] | None =
 def restore_for_grading(box: Sandbox, instance: TaskInstance) -> str:
     """Put the task's tests and test configuration back as the task defines them; '' or what failed."""
     base = box.base_commit or "HEAD"
-    listed = box.exec(f"git ls-tree -r --name-only {base}", timeout=60, user="root", kill_first="agent",
+    listed = box.exec(f"git ls-tree -r --name-only {base}", timeout=60, user="agent", kill_first="agent",
                       max_output_bytes=16 * 1024 * 1024)
     if listed.exit_code != 0 or listed.truncated:
         return f"listing the base commit's files failed: {listed.output[-500:]}"
