@@ -148,10 +148,12 @@ def run(req: dict) -> dict:
             pass
         _kill_user(entry.pw_uid)
         code = proc.wait()
-    try:  # what the command left running in its group dies with it (fork bombs, forgotten `cmd &`)
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    for _ in range(20):  # what the command left in its group dies with it (fork bombs, forgotten `cmd &`);
+        try:  # repeated: a process forking while the group is signalled can leave a child behind
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            break
+        time.sleep(0.01)
     code = 128 - code if code < 0 else code
     disk_full = disk_full or _disk_full(disk_path)
     out = b"".join(chunks)[: cap + 1]
