@@ -188,8 +188,8 @@ def _seconds(call: ToolCall, name: str, default: float) -> tuple[float, str]:
         raise ToolError(f"{call.name}: argument {name!r} must be a number of seconds, got {_kind(value)}")
     try:
         number = float(number)
-    except OverflowError:  # an integer too large for a float
-        number = math.inf
+    except OverflowError:  # an integer too large for a float: capped like any huge number
+        number = MAX_TIMEOUT_S + 1
     if not math.isfinite(number) or number <= 0:
         raise ToolError(f"{call.name}: argument {name!r} must be a finite number of seconds > 0 (at most "
                         f"{MAX_TIMEOUT_S:g}), got {_kind(value)}")
