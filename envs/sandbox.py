@@ -153,7 +153,12 @@ class Sandbox:
             raise SandboxError(f"cannot create a container from {c.image!r}: {err}; fix: build it first "
                                "(`python -m lightswe setup` for the base image)") from err
         self.container_id = created["Id"]
-        self.api.start(self.container_id)
+        try:
+            self.api.start(self.container_id)
+        except Exception as err:  # docker/requests errors become the infrastructure branch; no leaked container
+            self.close()
+            raise SandboxError(f"cannot start a container from {c.image!r}: {err}; fix: check the engine "
+                               "(`docker info`) and the image's resource settings, then retry") from err
         head = self.exec("git rev-parse HEAD 2>/dev/null", timeout=10, user="root")
         self.base_commit = head.output.strip() if head.exit_code == 0 else None
 
@@ -316,8 +321,11 @@ class Sandbox:
         for _ in range(8):  # follow at most 8 symlinks
             try:
                 stream, stat = self.api.get_archive(cid, str(target))
-            except Exception as err:  # docker.errors.NotFound
-                raise FileNotFoundError(f"{target}: no such file in the sandbox") from err
+            except Exception as err:  # noqa: BLE001 - only NotFound means the file is absent
+                if getattr(getattr(err, "response", None), "status_code", None) == 404:
+                    raise FileNotFoundError(f"{target}: no such file in the sandbox") from err
+                raise SandboxError(f"reading {target} from container {cid[:12]} failed: {err}; fix: check that "
+                                   "the container still runs (`docker ps`) and the engine answers") from err
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
                 member = archive.next()
                 if member is None:
@@ -354,7 +362,11 @@ class Sandbox:
             made = self.exec(f"mkdir -p -- '{parent}'", timeout=10, user=owner or self.config.user)
             if made.exit_code != 0:
                 raise PermissionError(f"cannot create directory {parent}: {made.output.strip()}")
-            if not self.api.put_archive(cid, parent, buffer.getvalue()):
+            try:
+                ok = self.api.put_archive(cid, parent, buffer.getvalue())
+            except Exception as err:  # noqa: BLE001 - docker/requests errors: the infrastructure branch
+                raise SandboxError(f"writing {target} into container {cid[:12]} failed: {err}") from err
+            if not ok:
                 raise SandboxError(f"writing {target} into the sandbox failed")
 
 

@@ -192,18 +192,19 @@ def _send(scan, position: int) -> int | None:
         return None
 
 
-def _json(call: ToolCall) -> str:
+def call_json(call: ToolCall) -> str:
+    """The one JSON object a formatter writes for ``call`` (non-ASCII characters as they are)."""
     return json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)
 
 
 def format_minimax(calls: list[ToolCall]) -> str:
     """The MiniMax-M1 text for ``calls`` (what the model is trained to emit); ``parse_minimax`` inverts it."""
-    return "<tool_calls>\n" + "\n".join(_json(c) for c in calls) + "\n</tool_calls>"
+    return "<tool_calls>\n" + "\n".join(call_json(c) for c in calls) + "\n</tool_calls>"
 
 
 def format_hermes(calls: list[ToolCall]) -> str:
     """The Hermes text for ``calls``, one ``<tool_call>`` per call; ``parse_hermes`` inverts it."""
-    return "\n".join(_HERMES_OPEN + _json(c) + _HERMES_CLOSE for c in calls)
+    return "\n".join(_HERMES_OPEN + call_json(c) + _HERMES_CLOSE for c in calls)
 
 
 PARSERS = {"minimax": parse_minimax, "hermes": parse_hermes}

@@ -25,6 +25,7 @@ is visible through git.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -34,7 +35,7 @@ from collections.abc import Callable
 
 from lightswe.envs.engine import BASE_IMAGE, ensure_base_image, recipe_hash
 from lightswe.envs.sandbox import Sandbox, SandboxConfig, default_client
-from lightswe.errors import InfrastructureError
+from lightswe.errors import InfrastructureError, LightSWEError, UserInputError
 from lightswe.tasks import sources
 from lightswe.tasks.instance import TaskInstance
 
@@ -64,7 +65,7 @@ def _hash(*parts: str) -> str:
 
 def _check_python(instance: TaskInstance) -> None:
     if not instance.python_version.startswith("3.11"):
-        raise ValueError(f"{instance.instance_id}: python_version {instance.python_version!r} is not available; the "
+        raise UserInputError(f"{instance.instance_id}: python_version {instance.python_version!r} is not available; the "
                          "Debian bookworm base image has Python 3.11; fix: set python_version to '3.11' or name a "
                          "base image with that Python in LIGHTSWE_BASE_IMAGE")
 
@@ -81,17 +82,36 @@ def env_image_key(instance: TaskInstance) -> str:
                  instance.install_command, instance.python_version, _PYTEST)
 
 
+def _engine_step(what: str):
+    """Docker SDK/HTTP errors of one engine call become :class:`ImageBuildError` (the infrastructure branch)."""
+    def wrap(function):
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except LightSWEError:
+                raise
+            except Exception as err:  # noqa: BLE001 - docker.errors.*, requests.*, ConnectionError
+                raise ImageBuildError(f"{what} failed in the Docker engine: {err}; fix: check that the engine "
+                                      "answers (`docker info`) and has disk space, then retry") from err
+        return call
+    return wrap
+
+
+@_engine_step("looking up a cached image")
 def _find(client, label: str, key: str) -> str | None:
     images = client.api.images(filters={"label": f"{label}={key}"})
     return images[0]["Id"] if images else None
 
 
+@_engine_step("committing the build container to an image")
 def _commit(box: Sandbox, repository: str, tag: str, labels: dict[str, str]) -> str:
     changes = [f"LABEL {k}={v}" for k, v in labels.items()] + [f"WORKDIR {WORKDIR}", 'CMD ["/bin/bash"]']
     box.api.commit(box.container_id, repository=repository, tag=tag, changes=changes)
     return f"{repository}:{tag}"
 
 
+@_engine_step("copying the source tree into the build container")
 def _put_tree(box: Sandbox, tar_bytes: bytes) -> None:
     box.exec(f"mkdir -p {WORKDIR}", timeout=30, user="root")
     if not box.api.put_archive(box.container_id, WORKDIR, tar_bytes):
