@@ -54,7 +54,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from lightswe.envs import disk as _disk
 from lightswe.envs import runner as _runner_module
@@ -198,7 +198,8 @@ class Sandbox:
             self.api.start(self.container_id)
         except Exception as err:
             self.close()
-            raise SandboxError(f"cannot start a container from {c.image!r}: {err}") from err
+            raise SandboxError(f"cannot start a container from {c.image!r}: {err}; fix: check the engine "
+                               "(`docker info`) and the image's resource settings, then retry") from err
         self.base_commit = _image_label(self.client, c.image, BASE_COMMIT_LABEL)
         if self.base_commit is None and c.workdir not in ("/", ""):
             # images without the label (not instance images): asked before any agent step, as the agent user
@@ -381,8 +382,11 @@ class Sandbox:
         for _ in range(8):  # follow at most 8 symlinks
             try:
                 stream, stat = self.api.get_archive(cid, str(target))
-            except Exception as err:  # docker.errors.NotFound
-                raise FileNotFoundError(f"{target}: no such file in the sandbox") from err
+            except Exception as err:  # noqa: BLE001 - only NotFound means the file is absent
+                if getattr(getattr(err, "response", None), "status_code", None) == 404:
+                    raise FileNotFoundError(f"{target}: no such file in the sandbox") from err
+                raise SandboxError(f"reading {target} from container {cid[:12]} failed: {err}; fix: check that "
+                                   "the container still runs (`docker ps`) and the engine answers") from err
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
                 member = archive.next()
                 if member is None:
@@ -419,7 +423,11 @@ class Sandbox:
             made = self.exec(f"mkdir -p -- '{parent}'", timeout=10, user=owner or self.config.user)
             if made.exit_code != 0:
                 raise PermissionError(f"cannot create directory {parent}: {made.output.strip()}")
-            if not self.api.put_archive(cid, parent, buffer.getvalue()):
+            try:
+                ok = self.api.put_archive(cid, parent, buffer.getvalue())
+            except Exception as err:  # noqa: BLE001 - docker/requests errors: the infrastructure branch
+                raise SandboxError(f"writing {target} into container {cid[:12]} failed: {err}") from err
+            if not ok:
                 raise SandboxError(f"writing {target} into the sandbox failed")
 
 
