@@ -255,13 +255,13 @@ class LocalExecutor:
                 threads, envs = list(self._threads), list(self._envs)
             for _ in threads:
                 self._jobs.put(None)
-            for env in envs:
-                try:
-                    env.close()
-                except Exception as err:  # noqa: BLE001 - best effort while shutting down
-                    log.warning("closing an environment failed: %s", err)
-            close_sandboxes(self.stop)
+            close_sandboxes(self.stop)  # first: wakes every command blocked on a container
+            closers = [threading.Thread(target=_close_quietly, args=(env,), daemon=True) for env in envs]
+            for closer in closers:  # in parallel: each env also removes its pool's pre-started containers
+                closer.start()
             deadline = time.monotonic() + self.shutdown_timeout_s
+            for closer in closers:
+                closer.join(max(0.0, deadline - time.monotonic()))
             for thread in threads:
                 thread.join(max(0.0, deadline - time.monotonic()))
             close_sandboxes(self.stop)  # again: one a thread was creating while we closed the others
@@ -275,6 +275,13 @@ class LocalExecutor:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def _close_quietly(env) -> None:
+    try:
+        env.close()
+    except Exception as err:  # noqa: BLE001 - best effort while shutting down
+        log.warning("closing an environment failed: %s", err)
 
 
 @contextlib.contextmanager

@@ -63,7 +63,7 @@ def rollout(tasks, out, *extra) -> list[str]:
 def test_one_sigint_during_grading_stops_rollout_cleanly_and_resumes(tmp_path):
     demo = read_jsonl(default_tasks_path())[0]
     slow = dataclasses.replace(demo, instance_id=demo.instance_id + "-slowtests",
-                               test_command="sleep 600; " + demo.test_command)
+                               test_command="sleep 600 && " + demo.test_command)
     tasks = tmp_path / "tasks.jsonl"
     write_jsonl([demo, slow], tasks)
     out = tmp_path / "run"
