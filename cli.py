@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
             from lightswe.envs.sandbox import close_sandboxes
 
             close_sandboxes()
+            ray = sys.modules.get("ray")
+            if ray is not None and ray.is_initialized():  # a local Ray cluster started by this command
+                ray.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(130)

@@ -105,15 +105,33 @@ class RayExecutor:
         ray = _ray()
         with _sigint_deferred():
             try:
-                ray.wait([actor.close.remote() for actor in self.actors], num_returns=len(self.actors),
-                         timeout=self.shutdown_timeout_s)
+                closes = [actor.close.remote() for actor in self.actors]
+                _, pending = ray.wait(closes, num_returns=len(closes), timeout=self.shutdown_timeout_s)
             finally:
                 for actor in self.actors:
                     ray.kill(actor)
                 self.actors = []
+            if pending:  # an actor did not answer in time: its containers on this host go with it
+                _reap_after_kill()
 
     def __enter__(self) -> RayExecutor:
         return self
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def _reap_after_kill(wait_s: float = 3.0) -> None:
+    """Remove this host's lightswe containers whose owner process is gone (killed actors), for up to
+    ``wait_s`` while the killed processes exit; other hosts' leftovers go with their next run's reaper."""
+    import time
+
+    from lightswe.envs.sandbox import reap_orphans
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            reap_orphans()
+        except Exception:  # noqa: BLE001 - best effort while shutting down
+            return
+        time.sleep(0.5)

@@ -8,6 +8,7 @@ The episode is caught where the hang was reported: at submit, with the grader bl
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import subprocess
 import sys
@@ -123,3 +124,56 @@ def test_sigint_mid_episode_stops_each_command(tmp_path, command):
     assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
     assert "Traceback" not in stderr, stderr[-3000:]
     assert containers_of(proc.pid) == []
+
+
+def descendants(pid: int) -> set[int]:
+    """Process ids under ``pid`` (from /proc), the Ray cluster and its actor workers for a local cluster."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+def test_sigint_stops_a_rollout_on_ray(tmp_path):
+    """The same on a local Ray cluster: actors close their sandboxes (containers owned by the actor processes)."""
+    pytest.importorskip("ray")
+    argv = [sys.executable, "-m", "lightswe", *COMMANDS["rollout"], "--ray", "local", "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    client = docker.from_env()
+    owners: set[str] = set()
+
+    def ours() -> list[dict]:  # containers owned by a process of this run (the actors)
+        owners.update(str(p) for p in descendants(proc.pid))
+        return [c for c in client.api.containers(all=True, filters={"label": "lightswe.sandbox=1"})
+                if (c.get("Labels") or {}).get("lightswe.owner_pid") in owners]
+
+    try:
+        wait_for(ours, 300, "an actor's sandbox container", proc)
+        time.sleep(1.0)
+        ours()
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
+    assert took < 20, f"stopping took {took:.1f} s"  # Ray's own shutdown included
+    left = [c for c in client.api.containers(all=True, filters={"label": "lightswe.sandbox=1"})
+            if (c.get("Labels") or {}).get("lightswe.owner_pid") in owners]
+    assert left == [], [c["Id"][:12] for c in left]
+    print(f"ray: stopped in {took:.1f} s")
