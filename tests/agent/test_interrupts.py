@@ -82,6 +82,7 @@ def test_one_sigint_during_grading_stops_rollout_cleanly_and_resumes(tmp_path):
         if proc.poll() is None:
             proc.kill()
     left = containers_of(proc.pid)
+    print(f"grading blocked: stopped in {took:.1f} s")
     assert took < STOP_WITHIN_S, f"stopping took {took:.1f} s"
     assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
     assert "Traceback" not in stderr, stderr[-3000:]
@@ -120,6 +121,7 @@ def test_sigint_mid_episode_stops_each_command(tmp_path, command):
     finally:
         if proc.poll() is None:
             proc.kill()
+    print(f"{command}: stopped in {took:.1f} s")
     assert took < STOP_WITHIN_S, f"stopping took {took:.1f} s"
     assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
     assert "Traceback" not in stderr, stderr[-3000:]

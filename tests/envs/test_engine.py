@@ -149,7 +149,8 @@ def test_a_context_pointing_at_the_running_engine_works(clean_env):
     ["demo", "--episodes", "1"],
     ["tasks", "build", "--out", "{tmp}/tasks", "--repos", "toolz", "--per-repo", "1"],
     ["reap"],
-], ids=["rollout", "demo", "tasks-build", "reap"])
+    ["train", "--out", "{tmp}/train"],
+], ids=["rollout", "demo", "tasks-build", "reap", "train"])
 def test_commands_say_no_engine_in_one_line(tmp_path, command):
     env = {**os.environ, "DOCKER_HOST": NO_ENGINE}
     argv = [sys.executable, "-m", "lightswe", *(part.format(tmp=tmp_path) for part in command)]
