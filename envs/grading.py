@@ -244,7 +244,8 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     except Exception as err:  # noqa: BLE001 - the grading container or the engine failed
         raise GradingError(f"the test run in grading container {_short(grader)} failed: {type(err).__name__}: "
                            f"{err}", stage="tests", known=known) from err
-    _require_alive(grader, "while the tests ran", known)
+    _require_alive(grader, "while the tests ran", known,
+                   runner_died=run.exit_code == 137 and "command runner died" in run.output)
     tests = {t: run.outcomes.get(t, "missing") for t in wanted}
     f2p = {t: tests[t] == PASSED for t in instance.FAIL_TO_PASS}
     p2p = {t: tests[t] == PASSED for t in instance.PASS_TO_PASS}
@@ -274,12 +275,20 @@ def _short(box: Sandbox) -> str:
     return (box.container_id or "closed")[:12]
 
 
-def _require_alive(grader: Sandbox, when: str, known: dict) -> None:
-    try:
-        state = grader.api.inspect_container(grader.container_id)["State"]
-    except Exception as err:  # noqa: BLE001 - gone (NotFound) or the engine does not answer
-        raise GradingError(f"the grading container {_short(grader)} vanished {when}: {type(err).__name__}: {err}",
-                           stage="tests", known=known) from err
+def _require_alive(grader: Sandbox, when: str, known: dict, *, runner_died: bool = False) -> None:
+    """Raise GradingError unless the container runs. ``runner_died``: the command stream just ended, so a
+    "running" state is re-read for up to 2 s (the engine can report a killed container as running for a
+    moment after its exec streams close)."""
+    deadline = time.monotonic() + (2.0 if runner_died else 0.0)
+    while True:
+        try:
+            state = grader.api.inspect_container(grader.container_id)["State"]
+        except Exception as err:  # noqa: BLE001 - gone (NotFound) or the engine does not answer
+            raise GradingError(f"the grading container {_short(grader)} vanished {when}: {type(err).__name__}: "
+                               f"{err}", stage="tests", known=known) from err
+        if not state.get("Running") or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
     if not state.get("Running") or state.get("Paused") or state.get("Restarting"):
         raise GradingError(f"the grading container {_short(grader)} stopped {when} (status {state.get('Status')}, "
                            f"exit {state.get('ExitCode')}, OOM-killed {state.get('OOMKilled')})", stage="tests",
@@ -294,7 +303,7 @@ def _exec(grader: Sandbox, cmd: str, stage: str, known: dict, **kw):
         raise GradingError(f"a grading step ({stage}) failed in {_short(grader)}: {type(err).__name__}: {err}",
                            stage=stage, known=known) from err
     if result.exit_code == 137 and "command runner died" in result.output:
-        _require_alive(grader, f"during {stage}", known)
+        _require_alive(grader, f"during {stage}", known, runner_died=True)
     return result
 
 
