@@ -36,16 +36,16 @@ ENGINES = ("model", "vllm")
 class SamplerConfig:
     """Who runs the episodes of a run."""
 
+    # Sampling engine: 'model' (the built-in module, in this process) or 'vllm' (an in-process vllm.LLM loaded
+    # from the starting weights; the learner's weights are pushed into it after every update).
     engine: str = "model"
-    """Sampling engine: 'model' (the built-in module, in this process) or 'vllm' (an in-process vllm.LLM loaded
-    from the starting weights; the learner's weights are pushed into it after every update)."""
+    # Run episodes on Ray actors: a cluster address, or 'local' to start a local cluster.
     ray: str | None = None
-    """Run episodes on Ray actors: a cluster address, or 'local' to start a local cluster."""
+    # Episodes (sandboxes) in flight (per rank under torchrun).
     concurrency: int = 4
-    """Episodes (sandboxes) in flight (per rank under torchrun)."""
+    # vllm.LLM keyword arguments as KEY=VALUE (VALUE parsed as JSON when it can be), e.g.
+    # tensor_parallel_size=2.
     vllm_args: tuple[str, ...] = ()
-    """vllm.LLM keyword arguments as KEY=VALUE (VALUE parsed as JSON when it can be), e.g.
-    tensor_parallel_size=2."""
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:

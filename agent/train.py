@@ -39,12 +39,14 @@ from lightswe.agent.learner import Learner, shard_model
 from lightswe.agent.metrics import MetricsLog, plot_curves
 from lightswe.agent.sampling import Rollouts
 from lightswe.agent.task_stream import TaskStream, arith_spec, load_tasks, tasks_at
+from lightswe.agent.train_cli import FREE_ON_RESUME, SHORTCUTS
 from lightswe.agent.train_config import SHORT_PROMPT, TrainConfig
 from lightswe.agent.train_model import build_model, check_model_spec, sampler_copy
 from lightswe.agent.train_step import batch_from, rollout_metrics, step_advantages, step_lr
 from lightswe.agent.trajectory import Trajectory
 from lightswe.agent.warm_start import WarmStartConfig, warm_start
 from lightswe.errors import UserInputError
+from lightswe.settings import check_out_dir, check_resume, write_config
 
 __all__ = ["SHORT_PROMPT", "TrainConfig", "WarmStartConfig", "check_distributed", "tasks_at", "train"]
 
@@ -66,22 +68,27 @@ def check_distributed(cfg: TrainConfig, world: int) -> None:
                              f"of {world} balances the ranks) or fewer ranks")
 
 
-def train(cfg: TrainConfig) -> dict[str, float]:
+def train(cfg: TrainConfig, *, allow_change: tuple[str, ...] = ()) -> dict[str, float]:
     """Single process, or every rank of a torchrun job (see ``lightswe.agent.distributed``).
 
-    Returns the run's summary (first/last success rates, warm-start statistics).
+    A run folder that already holds a run (its ``config.json``) is resumed; settings other than that run's are
+    refused unless named in ``allow_change`` (dotted names, e.g. ``("steps", "learner.lr")``; where and how fast
+    it runs may always change: ``FREE_ON_RESUME``). Returns the run's summary (first/last success rates,
+    warm-start statistics).
 
     Raises:
-        UserInputError: settings that cannot run here (checked before any work).
+        UserInputError: settings that cannot run here, or changed on resume (checked before any work).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cfg.__post_init__()  # fields may have been set after construction
+    check_out_dir(cfg.out_dir)
+    check_resume(Path(cfg.out_dir), cfg, allow=allow_change, free=FREE_ON_RESUME, shortcuts=SHORTCUTS,
+                 command="train")
     check_model_spec(cfg.model)
     cfg.sampler.check(world)
     check_distributed(cfg, world)
     ctx = DistContext.from_env(cfg.device)
-    cfg.device = ctx.device
-    summary = _train(cfg, ctx)
+    summary = _train(dataclasses.replace(cfg, device=ctx.device), ctx)
     ctx.close()
     return summary
 
@@ -97,10 +104,9 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     ckpt_dir = out / "checkpoints"
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1, default=str))
+        write_config(out, cfg, command="train")
     seed_everything(cfg.seed)
     model, tokenizer = build_model(cfg.model, device=cfg.device, seed=cfg.seed)
-    cfg.learner.temperature = cfg.agent.temperature  # train the distribution the sampler draws from
     rollouts = Rollouts(cfg.sampler, agent=cfg.agent, model=model, tokenizer=tokenizer, name=f"model:{cfg.model}",
                         work_dir=out)
     tasks, eval_tasks = [], []
@@ -128,7 +134,9 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
         sampler = sampler_copy(model, device=cfg.device)
         shard_model(model)
         rollouts.model = sampler
-    learner = Learner(model, LOSSES[cfg.loss](cfg.loss_config), cfg.learner)
+    # train the distribution the sampler draws from: softmax(logits / T) at the agent's temperature
+    learner = Learner(model, LOSSES[cfg.loss](cfg.loss_config),
+                      dataclasses.replace(cfg.learner, temperature=cfg.agent.temperature))
     metrics_log = MetricsLog(out) if ctx.main else None
     stream = TaskStream(tasks, seed=cfg.seed)
 

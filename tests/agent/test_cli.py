@@ -65,5 +65,5 @@ def test_train_refuses_bad_engine_settings_before_any_work(tmp_path, capsys):
     if importlib.util.find_spec("vllm") is None:
         assert main(["train", "--out", str(out), "--engine", "vllm"]) == 2
         assert "pip install 'lightswe[vllm]'" in capsys.readouterr().err
-    assert main(["train", "--out", str(out), "--engine", "vllm", "--ray"]) == 2
+    assert main(["train", "--out", str(out), "--engine", "vllm", "--ray"]) == 2  # a bare --ray: a local cluster
     assert not out.exists(), "nothing may be written before the settings are checked"
