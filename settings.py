@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import io
 import json
 import os
@@ -105,13 +106,15 @@ def from_dict(cls: type[T], data: dict, *, where: str = "") -> T:
         if name == "command" and not where and "command" not in names:
             continue  # written by write_config: which subcommand made the file
         if name not in names:
-            close = [n for n in names if n.split("_")[0] == name.split("_")[0]]
+            close = difflib.get_close_matches(name, sorted(names), n=1)
             hint = f"; did you mean {where}{close[0]}?" if close else ""
-            raise UserInputError(f"--config: unknown setting {where}{key!r}{hint} (settings: "
+            raise UserInputError(f"--config: unknown setting {where + key!r}{hint} (settings here: "
                                  f"{', '.join(sorted(names))})")
         tp = _strip_optional(hints[name])
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            kwargs[name] = from_dict(tp, value, where=f"{where}{name}.")
+            base = _default_of(cls, name)  # a partial section keeps the parent's defaults for the rest
+            merged = _merge(to_dict(base), value) if dataclasses.is_dataclass(base) else value
+            kwargs[name] = from_dict(tp, merged, where=f"{where}{name}.")
         elif typing.get_origin(tp) is tuple and isinstance(value, list):
             kwargs[name] = tuple(value)
         elif tp is Path and isinstance(value, str):
@@ -122,6 +125,21 @@ def from_dict(cls: type[T], data: dict, *, where: str = "") -> T:
         return cls(**kwargs)
     except TypeError as err:
         raise UserInputError(f"--config: settings of {where or 'the command'} do not fit: {err}") from err
+
+
+def _default_of(cls, name: str):
+    found = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if found.default_factory is not dataclasses.MISSING:
+        return found.default_factory()
+    return None if found.default is dataclasses.MISSING else found.default
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        key = key.replace("-", "_")
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def to_dict(cfg) -> dict:

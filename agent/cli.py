@@ -25,7 +25,7 @@ from typing import Literal
 from lightswe.errors import UserInputError
 
 # Settings a resumed rollout may change without --allow-change: how fast it runs, not what it samples.
-FREE_ON_RESUME = frozenset({"concurrency", "ray", "progress"})
+FREE_ON_RESUME = frozenset({"out", "concurrency", "ray", "progress"})
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -100,7 +100,10 @@ class _RunArgs:
         early_stop_config(self.early_stop)
         from lightswe.agent.policies.spec import KINDS, split_spec
 
-        kind = split_spec(self.policy)[0]
+        try:
+            kind = split_spec(self.policy)[0]
+        except ValueError as err:
+            raise UserInputError(f"--policy {err}") from None
         _need(kind in KINDS, "--policy", self.policy, f"unknown kind {kind!r}",
               "scripted | model:PRESET_OR_DIR | openai:URL | vllm:MODEL")
         self.check_tasks()

@@ -26,6 +26,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -46,7 +47,8 @@ from lightswe.agent.train_step import batch_from, rollout_metrics, step_advantag
 from lightswe.agent.trajectory import Trajectory
 from lightswe.agent.warm_start import WarmStartConfig, warm_start
 from lightswe.errors import UserInputError
-from lightswe.settings import check_out_dir, check_resume, write_config
+from lightswe.settings import check_out_dir, check_resume, flatten, to_dict, write_config
+from tqdm import tqdm
 
 __all__ = ["SHORT_PROMPT", "TrainConfig", "WarmStartConfig", "check_distributed", "tasks_at", "train"]
 
@@ -137,7 +139,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     # train the distribution the sampler draws from: softmax(logits / T) at the agent's temperature
     learner = Learner(model, LOSSES[cfg.loss](cfg.loss_config),
                       dataclasses.replace(cfg.learner, temperature=cfg.agent.temperature))
-    metrics_log = MetricsLog(out) if ctx.main else None
+    metrics_log = MetricsLog(out, hparams=flatten(to_dict(cfg)), logger=cfg.log) if ctx.main else None
     stream = TaskStream(tasks, seed=cfg.seed)
 
     start = 0
@@ -173,6 +175,9 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
 
     if start == 0:
         evaluate(0)
+    # overall progress with an ETA on stderr (rank 0); the step lines go to stdout above it
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True,
+               disable=not (ctx.main and cfg.progress))
     for step in range(start + 1, cfg.steps + 1):
         # 1. rollouts: one draw, or (dynamic sampling) more until enough groups carry signal
         t0 = time.perf_counter()
@@ -202,11 +207,15 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
         summary["success_rate_last"] = m["success_rate"]
         if ctx.main:
             metrics_log.write(step=step, metrics=m)
-            print(step_line(step, cfg.steps, m, updated=groups > filtered), flush=True)
+            bar.write(step_line(step, cfg.steps, m, updated=groups > filtered), file=sys.stdout)
+            sys.stdout.flush()
+            bar.set_postfix(success=f"{m['success_rate']:.2f}", loss=f"{m.get('loss', float('nan')):.3f}")
+            bar.update(1)
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
             evaluate(step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save(step)
+    bar.close()
     if start < cfg.steps:
         evaluate(cfg.steps)
         save(cfg.steps)

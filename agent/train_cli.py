@@ -18,11 +18,12 @@ SHORTCUTS = {
     "--vllm-arg": "--sampler.vllm-args", "--lr": "--learner.lr", "--adam-eps": "--learner.eps",
     "--grad-clip": "--learner.grad-clip", "--behaviour": "--learner.behaviour",
     "--eps-high": "--loss-config.eps-high", "--warm-start-steps": "--warm-start.steps",
-    "--temperature": "--agent.temperature", "--max-steps": "--agent.max-steps",
+    "--temperature": "--agent.temperature", "--max-steps": "--agent.max-steps", "--wandb": "--log.wandb",
 }
 # Settings a resumed run may change without --allow-change: where and how fast it runs, not what it learns.
-FREE_ON_RESUME = frozenset({"sampler.concurrency", "sampler.ray", "sampler.vllm_args", "device", "keep_checkpoints",
-                            "checkpoint_every"})
+FREE_ON_RESUME = frozenset({"out_dir", "sampler.concurrency", "sampler.ray", "sampler.vllm_args", "device",
+                            "keep_checkpoints", "checkpoint_every", "progress", "log.tensorboard", "log.wandb",
+                            "log.wandb_project", "log.wandb_name"})
 HELP = "RL: rollouts with the built-in model, CISPO updates, repeat (embedded defaults: minutes on a CPU)"
 DESCRIPTION = (HELP + ". Several GPUs: torchrun --nproc-per-node N -m lightswe train --device cuda ... (FSDP2 "
                "learner; each rank runs its share of the tasks; --concurrency is per rank). A rerun into the same "

@@ -10,6 +10,7 @@ was wrong and the fix, so a bad value fails before any work. The parts take only
 ``warm_start``            :class:`~lightswe.agent.warm_start.WarmStartConfig` (behaviour cloning)
 ``agent``                 :class:`~lightswe.agent.loop.AgentConfig` (one episode)
 ``learner`` / ``loss_config`` / ``advantages``  the update (``lightswe.agent.learner_config``, ``advantages``)
+``log``                   :class:`~lightswe.agent.metrics.LogConfig` (TensorBoard, W&B)
 ========================  ===================================================
 
 Example::
@@ -26,6 +27,7 @@ from lightswe.agent.advantages import AdvantageConfig
 from lightswe.agent.early_stop import EarlyStopConfig
 from lightswe.agent.learner_config import LearnerConfig, LossConfig
 from lightswe.agent.loop import AgentConfig
+from lightswe.agent.metrics import LogConfig
 from lightswe.agent.sampling import SamplerConfig
 from lightswe.agent.task_stream import TaskStreamConfig
 from lightswe.agent.warm_start import WarmStartConfig
@@ -103,6 +105,8 @@ class TrainConfig:
     overlong_filter: bool = True
     # Torch device of the learner (and the built-in sampler): cpu, cuda, cuda:1.
     device: str = "cpu"
+    # Progress bar with an ETA on stderr.
+    progress: bool = True
     data: TaskStreamConfig = field(default_factory=TaskStreamConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
@@ -110,6 +114,7 @@ class TrainConfig:
     learner: LearnerConfig = field(default_factory=_learner_default)
     loss_config: LossConfig = field(default_factory=LossConfig)
     advantages: AdvantageConfig = field(default_factory=_advantages_default)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
         need(self.steps >= 1, "--steps", self.steps, "must be >= 1", "e.g. --steps 10 (a rerun with more steps "

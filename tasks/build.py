@@ -136,6 +136,16 @@ class _Store:
         self._append(PROGRESS, {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record})
 
 
+def shortfall(*, have: int, asked: int, tried: int, attempts: int) -> str | None:
+    """Why a repository ended with ``have < asked`` instances after ``tried`` mutants (cap ``attempts``); None
+    when it has them all."""
+    if have >= asked:
+        return None
+    if tried >= attempts:
+        return f"stopped at the attempt cap ({tried} mutants tried; raise --max-attempts)"
+    return f"every mutation site was tried ({tried} new mutants; the repository offers no more)"
+
+
 def build(config: BuildConfig, progress=_say, bar: bool = False) -> dict:
     """Build (or resume) the task set; returns the report (also written to ``report.json``), whose ``short``
     maps each repository that ended with fewer than ``per_repo`` instances to what it has and why.
@@ -203,10 +213,8 @@ def build(config: BuildConfig, progress=_say, bar: bool = False) -> dict:
             short[spec.repo] = {"have": have, "asked": config.per_repo,
                                 "reason": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"}
             return
-        if have + stats.kept < config.per_repo:
-            why = (f"stopped at the attempt cap ({stats.tried} mutants tried; raise --max-attempts)"
-                   if stats.tried >= config.attempts else
-                   f"every mutation site was tried ({stats.tried} new mutants; the repository has no more)")
+        why = shortfall(have=have + stats.kept, asked=config.per_repo, tried=stats.tried, attempts=config.attempts)
+        if why:
             short[spec.repo] = {"have": have + stats.kept, "asked": config.per_repo, "reason": why}
         store.event(event="repo_done", repo=spec.repo, tried=stats.tried, kept=stats.kept,
                     rejected=dict(stats.rejected), flaky=stats.flaky, stable_tests=stats.stable_tests,
