@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def _start_wandb(out: Path, logger: LogConfig, hparams: dict):
         raise ImportError("--log.wandb needs the wandb package: pip install 'lightswe[wandb]' (or drop "
                           "--log.wandb)") from err
     id_file = out / "wandb_id"
-    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
     id_file.write_text(run_id + "\n")
     return wandb.init(project=logger.wandb_project, name=logger.wandb_name or out.resolve().name, id=run_id,
                       resume="allow", dir=str(out), config=hparams)

@@ -178,44 +178,47 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     # overall progress with an ETA on stderr (rank 0); the step lines go to stdout above it
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True,
                disable=not (ctx.main and cfg.progress))
-    for step in range(start + 1, cfg.steps + 1):
-        # 1. rollouts: one draw, or (dynamic sampling) more until enough groups carry signal
-        t0 = time.perf_counter()
-        trajs, draws = collect_step(cfg, ctx, rollouts, stream, out, step)
-        (t_roll,) = ctx.max([time.perf_counter() - t0])
-        # 2. advantages and metrics over every rank's episodes
-        adv = step_advantages(trajs, cfg.advantages, overlong_filter=cfg.overlong_filter)
-        groups, filtered = ctx.sum([adv.groups, adv.groups_filtered])
-        m = rollout_metrics(trajs, reduce=ctx.sum)
-        m.update(filtered_share=filtered / groups if groups else 0.0, rollout_seconds=t_roll, draws=float(draws))
-        # 3. the update. No group with signal, no optimiser step: the policy gradient is zero, and an AdamW step
-        # would only replay stale momentum (with kept equal-reward groups, such steps drifted a solved tiny model
-        # into collapse). Decided alike on every rank; a rank with no kept rows still joins the update.
-        if groups > filtered:
-            t1 = time.perf_counter()
-            m["lr"] = step_lr(cfg.learner.lr, step, steps=cfg.steps, final_lr_ratio=cfg.final_lr_ratio)
-            for group in learner.optimizer.param_groups:
-                group["lr"] = m["lr"]
-            kept = [i for i, k in enumerate(adv.keep) if k]
-            m.update(learner.step(batch_from([trajs[i] for i in kept], [adv.values[i] for i in kept])))
-            if ctx.distributed:
-                refresh_sampler(sampler, model)
-            rollouts.sync(model)
-            m["update_seconds"] = time.perf_counter() - t1
-        # 4. log, evaluate, checkpoint
-        summary.setdefault("success_rate_first", m["success_rate"])
-        summary["success_rate_last"] = m["success_rate"]
-        if ctx.main:
-            metrics_log.write(step=step, metrics=m)
-            bar.write(step_line(step, cfg.steps, m, updated=groups > filtered), file=sys.stdout)
-            sys.stdout.flush()
-            bar.set_postfix(success=f"{m['success_rate']:.2f}", loss=f"{m.get('loss', float('nan')):.3f}")
-            bar.update(1)
-        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-            evaluate(step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save(step)
-    bar.close()
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            # 1. rollouts: one draw, or (dynamic sampling) more until enough groups carry signal
+            t0 = time.perf_counter()
+            trajs, draws = collect_step(cfg, ctx, rollouts, stream, out, step)
+            (t_roll,) = ctx.max([time.perf_counter() - t0])
+            # 2. advantages and metrics over every rank's episodes
+            adv = step_advantages(trajs, cfg.advantages, overlong_filter=cfg.overlong_filter)
+            groups, filtered = ctx.sum([adv.groups, adv.groups_filtered])
+            m = rollout_metrics(trajs, reduce=ctx.sum)
+            m.update(filtered_share=filtered / groups if groups else 0.0, rollout_seconds=t_roll,
+                     draws=float(draws))
+            # 3. the update. No group with signal, no optimiser step: the policy gradient is zero, and an AdamW
+            # step would only replay stale momentum (with kept equal-reward groups, such steps drifted a solved
+            # tiny model into collapse). Decided alike on every rank; a rank with no kept rows still joins.
+            if groups > filtered:
+                t1 = time.perf_counter()
+                m["lr"] = step_lr(cfg.learner.lr, step, steps=cfg.steps, final_lr_ratio=cfg.final_lr_ratio)
+                for group in learner.optimizer.param_groups:
+                    group["lr"] = m["lr"]
+                kept = [i for i, k in enumerate(adv.keep) if k]
+                m.update(learner.step(batch_from([trajs[i] for i in kept], [adv.values[i] for i in kept])))
+                if ctx.distributed:
+                    refresh_sampler(sampler, model)
+                rollouts.sync(model)
+                m["update_seconds"] = time.perf_counter() - t1
+            # 4. log, evaluate, checkpoint
+            summary.setdefault("success_rate_first", m["success_rate"])
+            summary["success_rate_last"] = m["success_rate"]
+            if ctx.main:
+                metrics_log.write(step=step, metrics=m)
+                bar.write(step_line(step, cfg.steps, m, updated=groups > filtered), file=sys.stdout)
+                sys.stdout.flush()
+                bar.set_postfix(success=f"{m['success_rate']:.2f}", loss=f"{m.get('loss', float('nan')):.3f}")
+                bar.update(1)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+                evaluate(step)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save(step)
+    finally:  # also on Ctrl-C: the bar's last line must not follow the interrupt message
+        bar.close()
     if start < cfg.steps:
         evaluate(cfg.steps)
         save(cfg.steps)
