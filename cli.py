@@ -31,8 +31,15 @@ def _version() -> str:
     return __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``lightswe view: error: ...; see lightswe view --help``), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lightswe", description=__doc__.splitlines()[0],
+    parser = _Parser(prog="lightswe", description=__doc__.splitlines()[0],
                                      epilog="`lightswe COMMAND --help` lists each command's options.")
     parser.add_argument("--version", action="version", version=f"lightswe {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -96,7 +103,12 @@ def _dispatch(argv: list[str]) -> int:
         from lightswe.settings import TYPED
 
         return int(TYPED[words](rest) or 0)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        from lightswe.errors import UserInputError
+
+        command = _command_words(argv)
+        raise UserInputError(f"unrecognized arguments: {' '.join(extra)}; see lightswe {command} --help")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -77,6 +77,9 @@ BAD_NUMBERS = [
     (("tasks", "build", "--per-repo", "0"), "--per-repo 0", "fix:"),
     (("tasks", "build", "--workers", "0"), "--workers 0", "fix:"),
     (("tasks", "build", "--per-repo", "5", "--max-attempts", "3"), "--max-attempts 3 < --per-repo 5", "fix:"),
+    (("demo", "--episodes", "0"), "--episodes 0", "fix:"),
+    (("view",), "required: dir", "see lightswe view --help"),
+    (("tasks", "report", "--outt", "x"), "unrecognized arguments: --outt", "see lightswe tasks report --help"),
 ]
 
 
@@ -84,7 +87,7 @@ BAD_NUMBERS = [
 def test_bad_numbers_end_in_one_line_before_any_work(tmp_path, args, option, fix):
     out = tmp_path / "out"
     extra = (["--tasks", str(tmp_path / "t.jsonl"), "--out", str(out)] if args[0] == "rollout"
-             else ["--out", str(out)])
+             else ["--out", str(out)] if args[0] in ("train", "tasks") and args[1] != "report" else [])
     (tmp_path / "t.jsonl").write_text("{}\n")
     command = " ".join(args[:2]) if args[0] == "tasks" else args[0]
     one_line(lightswe(*args, *extra), command, option, fix)
