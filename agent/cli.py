@@ -75,6 +75,8 @@ class _RunArgs:
     early_stop: str = "3000,0.99"
     # Run episodes on Ray actors: a cluster address, or 'local' for a local cluster (a bare --ray means local).
     ray: str | None = None
+    # Suspected reward hacks (code that reacts to the test runner): keep (flagged) or zero (reward 0.0).
+    hack_policy: Literal["keep", "zero"] = "keep"
     # Progress bar on stderr.
     progress: bool = True
 
@@ -173,13 +175,14 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
         from lightswe.agent.ray_executor import RayExecutor
 
         executor = RayExecutor(policy=args.policy, tasks=tasks, num_workers=args.concurrency,
-                               tokenizer=args.tokenizer, agent=agent, env_kwargs={"tool_format": args.tool_format},
+                               tokenizer=args.tokenizer, agent=agent,
+                               env_kwargs={"tool_format": args.tool_format, "hack_policy": args.hack_policy},
                                address=None if args.ray == "local" else args.ray)
     else:
         tokenizer = load_tokenizer(args.tokenizer)
         policy = make_policy(args.policy, tokenizer=tokenizer, tasks=tasks)
-        executor = LocalExecutor(policy, tokenizer, env_factory=default_env_factory(tasks, tool_format=args.tool_format),
-                                 concurrency=args.concurrency, agent=agent)
+        env_factory = default_env_factory(tasks, tool_format=args.tool_format, hack_policy=args.hack_policy)
+        executor = LocalExecutor(policy, tokenizer, env_factory=env_factory, concurrency=args.concurrency, agent=agent)
     write_config(out, args, command="rollout")
     with executor:
         summary = run_rollout(tasks, executor, out_dir=out, config=config)

@@ -110,7 +110,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     seed_everything(cfg.seed)
     model, tokenizer = build_model(cfg.model, device=cfg.device, seed=cfg.seed)
     rollouts = Rollouts(cfg.sampler, agent=cfg.agent, model=model, tokenizer=tokenizer, name=f"model:{cfg.model}",
-                        work_dir=out)
+                        work_dir=out, env_kwargs={"hack_policy": cfg.hack_policy})
     tasks, eval_tasks = [], []
     for turn in (True, False):  # rank 0 first: the arithmetic family builds its git repository once
         if ctx.main is turn:

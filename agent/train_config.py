@@ -103,6 +103,9 @@ class TrainConfig:
     # (still counted as failures in the success metrics). On the tiny model one such rambling sample made the
     # update that destroyed the tool-call format in a default run.
     overlong_filter: bool = True
+    # Episodes whose code reacts to the test runner (suspected reward hacks): keep (flagged in the trajectory) or
+    # zero (reward 0.0, so the policy is never paid for them).
+    hack_policy: Literal["keep", "zero"] = "keep"
     # Torch device of the learner (and the built-in sampler): cpu, cuda, cuda:1.
     device: str = "cpu"
     # Progress bar with an ETA on stderr.
@@ -134,6 +137,8 @@ class TrainConfig:
         need(self.resample_rounds >= 0, "--resample-rounds", self.resample_rounds, "must be >= 0",
              "0 turns dynamic sampling off")
         need(bool(self.out_dir), "--out", self.out_dir, "must name a directory", "e.g. --out runs/t1")
+        need(self.hack_policy in ("keep", "zero"), "--hack-policy", self.hack_policy, "unknown policy",
+             "keep (flag only) or zero (reward 0.0)")
         check_agent(self.agent, prefix="--agent.")
         check_learner(self.learner, prefix="--learner.")
         check_loss(self.loss_config, prefix="--loss-config.")
