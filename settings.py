@@ -179,8 +179,9 @@ def check_resume(folder: Path, cfg, *, allow: tuple[str, ...] = (), free: frozen
     """Refuse to continue a run in ``folder`` with settings other than those in its ``config.json``.
 
     ``free``: dotted settings that may always change (how many workers, which device); ``allow``: the user's
-    ``--allow-change`` names (dotted, a last part such as ``lr``, or a shortcut such as ``warm-start-steps``).
-    A folder without ``config.json`` is a new run; one made by another ``command`` is refused. Settings only one side knows (an older version) are skipped.
+    ``--allow-change`` names (dotted, a last part such as ``lr`` for every setting of that name, or a shortcut
+    such as ``warm-start-steps``). A folder without ``config.json`` is a new run; one made by another
+    ``command`` is refused. Settings only one side knows (an older version) are skipped.
 
     Raises:
         UserInputError: one line naming every changed setting (old -> new) and the three ways out.
@@ -219,13 +220,10 @@ def _expand(argv: list[str], shortcuts: dict[str, str]) -> list[str]:
     out: list[str] = []
     for i, arg in enumerate(argv):
         name, eq, value = arg.partition("=")
-        if name in shortcuts:
-            target = shortcuts[name]
-            out.append(f"{target}={value}" if eq else target)
-            if name == "--ray" and not eq and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
-                out.append("local")
-        else:
-            out.append(arg)
+        target = shortcuts.get(name, name)
+        out.append(f"{target}={value}" if eq else target)
+        if name == "--ray" and not eq and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("local")
     return out
 
 

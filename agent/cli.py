@@ -194,8 +194,7 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
 def rollout(argv: list[str]) -> int:
     from lightswe.settings import parse
 
-    args, allow = parse(RolloutArgs, argv, prog="lightswe rollout", description=RolloutArgs.__doc__,
-                        shortcuts={"--ray": "--ray"})
+    args, allow = parse(RolloutArgs, argv, prog="lightswe rollout", description=RolloutArgs.__doc__)
     summary = _run(args, allow)
     return 1 if summary.failed else 0
 
@@ -237,8 +236,7 @@ def _line(name: str, r: dict) -> str:
 def evaluate(argv: list[str]) -> int:
     from lightswe.settings import parse
 
-    args, allow = parse(EvalArgs, argv, prog="lightswe eval", description=EvalArgs.__doc__,
-                        shortcuts={"--ray": "--ray"})
+    args, allow = parse(EvalArgs, argv, prog="lightswe eval", description=EvalArgs.__doc__)
     out = Path(args.out)
     if args.tasks:
         _run(args, allow)
