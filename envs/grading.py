@@ -244,6 +244,10 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     except Exception as err:  # noqa: BLE001 - the grading container or the engine failed
         raise GradingError(f"the test run in grading container {_short(grader)} failed: {type(err).__name__}: "
                            f"{err}", stage="tests", known=known) from err
+    if _runner_died(run.exit_code, run.output):
+        _require_alive(grader, "while the tests ran", known, settle_s=10.0)
+        raise GradingError(f"the command runner of grading container {_short(grader)} died while the tests ran "
+                           "(the agent's code runs as another user and cannot kill it)", stage="tests", known=known)
     _require_alive(grader, "while the tests ran", known)
     tests = {t: run.outcomes.get(t, "missing") for t in wanted}
     f2p = {t: tests[t] == PASSED for t in instance.FAIL_TO_PASS}
@@ -274,13 +278,25 @@ def _short(box: Sandbox) -> str:
     return (box.container_id or "closed")[:12]
 
 
-def _require_alive(grader: Sandbox, when: str, known: dict) -> None:
-    try:
-        state = grader.api.inspect_container(grader.container_id)["State"]
-    except Exception as err:  # noqa: BLE001 - gone (NotFound) or the engine does not answer
-        raise GradingError(f"the grading container {_short(grader)} vanished {when}: {type(err).__name__}: {err}",
-                           stage="tests", known=known) from err
-    if not state.get("Running") or state.get("Paused") or state.get("Restarting"):
+def _runner_died(exit_code: int, output: str) -> bool:
+    return exit_code == 137 and "command runner died" in output
+
+
+def _require_alive(grader: Sandbox, when: str, known: dict, settle_s: float = 0.0) -> None:
+    """Raise :class:`GradingError` unless the grading container runs (waiting up to ``settle_s`` for the engine
+    to report a stop that is under way: a killed container's exec stream ends before its state changes)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            state = grader.api.inspect_container(grader.container_id)["State"]
+        except Exception as err:  # noqa: BLE001 - gone (NotFound) or the engine does not answer
+            raise GradingError(f"the grading container {_short(grader)} vanished {when}: {type(err).__name__}: "
+                               f"{err}", stage="tests", known=known) from err
+        running = state.get("Running") and not state.get("Paused") and not state.get("Restarting")
+        if not running or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    if not running:
         raise GradingError(f"the grading container {_short(grader)} stopped {when} (status {state.get('Status')}, "
                            f"exit {state.get('ExitCode')}, OOM-killed {state.get('OOMKilled')})", stage="tests",
                            known=known)
@@ -293,8 +309,10 @@ def _exec(grader: Sandbox, cmd: str, stage: str, known: dict, **kw):
     except Exception as err:  # noqa: BLE001
         raise GradingError(f"a grading step ({stage}) failed in {_short(grader)}: {type(err).__name__}: {err}",
                            stage=stage, known=known) from err
-    if result.exit_code == 137 and "command runner died" in result.output:
-        _require_alive(grader, f"during {stage}", known)
+    if _runner_died(result.exit_code, result.output):
+        _require_alive(grader, f"during {stage}", known, settle_s=10.0)
+        raise GradingError(f"the command runner of grading container {_short(grader)} died during {stage}",
+                           stage=stage, known=known)
     return result
 
 

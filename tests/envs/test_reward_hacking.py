@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import textwrap
 import threading
-import time
 from dataclasses import replace
 
 import pytest
@@ -328,43 +327,37 @@ def test_grading_image_that_cannot_start_raises(env, task):
 
 
 def kill_when_tests_run(make):
-    """A ``fresh`` that kills the grading container once pytest is running in it."""
+    """A ``fresh`` whose container is killed half a second into the test run (grading's pytest command)."""
 
     def fresh():
         box = make()
+        run = box.exec
 
-        def killer():
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    processes = box.api.top(box.container_id)["Processes"] or []
-                except Exception:  # noqa: BLE001 - gone already
-                    return
-                if any("pytest" in " ".join(p) and "--junitxml" in " ".join(p) for p in processes):
-                    box.api.kill(box.container_id)
-                    return
-                time.sleep(0.05)
+        def exec_and_kill(cmd, *args, **kwargs):
+            if "--junitxml" in cmd:
+                threading.Timer(0.5, box.api.kill, args=(box.container_id,)).start()
+            return run(cmd, *args, **kwargs)
 
-        threading.Thread(target=killer, daemon=True).start()
+        box.exec = exec_and_kill
         return box
 
     return fresh
 
 
-def test_grading_container_killed_during_the_tests_is_a_sandbox_error(env, task):
+def test_grading_container_killed_during_the_tests_is_a_sandbox_error():
     from lightswe.model import ByteTokenizer
     from lightswe.agent.loop import run_episode
     from lightswe.agent.policies.scripted import ScriptedPolicy
     from lightswe.agent.trajectory import EpisodeStatus
 
-    env.close()
-    original = env.fresh_sandbox
-    env.fresh_sandbox = kill_when_tests_run(original)
+    demo = read_jsonl(default_tasks_path())[0]  # all 180 tests: the run lasts seconds, the kill lands in it
+    environment = SWEEnv([demo])
+    environment.fresh_sandbox = kill_when_tests_run(environment.fresh_sandbox)
     try:
         tokenizer = ByteTokenizer()
-        policy = ScriptedPolicy.from_tasks([task], tokenizer)
-        trajectory = run_episode(env, policy, tokenizer, task_id=task.instance_id)
+        policy = ScriptedPolicy.from_tasks([demo], tokenizer)
+        trajectory = run_episode(environment, policy, tokenizer, task_id=demo.instance_id)
     finally:
-        env.fresh_sandbox = original
+        environment.close()
     assert trajectory.status is EpisodeStatus.SANDBOX_ERROR and trajectory.reward is None
     assert "grading container" in trajectory.error and ("stopped" in trajectory.error or "vanished" in trajectory.error)
