@@ -217,7 +217,9 @@ def _reason(change: Change, scope: Scope, tree_paths: Collection[str], max_file_
     if new is not None and new.mode == SPECIAL:
         return "not a regular file or symbolic link"
     if new is not None and new.data is None:
-        return f"{new.size} bytes, over the {max_file_bytes}-byte cap for a changed file"
+        if new.size > max_file_bytes:
+            return f"{new.size} bytes, over the {max_file_bytes}-byte cap for a changed file"
+        return "past the cap on the bytes of changed files grading reads"
     if change.old is None:
         shadowed = _shadowed(path, scope.outside_modules, tree_paths)
         if shadowed:

@@ -62,6 +62,7 @@ from lightswe.envs.pytest_run import (  # noqa: F401 - re-exported: the one runn
     TestRun,
     nodeid,
     parse_junit,
+    _FACTS,
     probe_image,
     pytest_command,
     run_pytest,
@@ -122,16 +123,22 @@ def default_fresh(box: Sandbox) -> Callable[[], Sandbox]:
     return make
 
 
-_BASES: dict[str, dict[str, Entry]] = {}
+_BASES: dict[str, tuple[str, dict[str, Entry]]] = {}  # image name -> (image id, base listing)
+
+
+def _image_id(grader: Sandbox) -> str:
+    return grader.api.inspect_container(grader.container_id)["Image"]
 
 
 def _base_of(grader: Sandbox) -> dict[str, Entry]:
-    key = grader.config.image
-    if key not in _BASES:
+    """The base listing of the grading container's image, cached per image name and checked against its id."""
+    key, image_id = grader.config.image, _image_id(grader)
+    if key not in _BASES or _BASES[key][0] != image_id:
         if len(_BASES) > 64:
             _BASES.pop(next(iter(_BASES)))
-        _BASES[key] = base_listing(grader)
-    return _BASES[key]
+        _BASES[key] = (image_id, base_listing(grader))
+        _FACTS.pop(f"{key}\0{WORKDIR}", None)
+    return _BASES[key][1]
 
 
 def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] | None = None,
@@ -154,7 +161,8 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
     with ThreadPoolExecutor(1, thread_name_prefix="lightswe-grading-start") as pool:
         pending = pool.submit(make)  # the container starts while the agent's tree is read (base listing cached)
         try:
-            tree = _snapshot(box, _BASES[image]) if image in _BASES else None
+            cached = _BASES.get(image)
+            tree = _snapshot(box, cached[1]) if cached else None
         except BaseException:
             try:
                 (release or Sandbox.close)(pending.result())
@@ -173,7 +181,7 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
         except Exception as err:  # noqa: BLE001
             raise GradingError(f"reading the base tree in the grading container of {grader.config.image} failed: "
                                f"{err}", stage="start") from err
-        if tree is None:
+        if tree is None or _BASES[grader.config.image][1] is not cached[1]:  # none read, or read against stale
             tree = _snapshot(box, base)
         return _grade_in(grader, tree, base, facts, instance, timeout=timeout, hack_policy=hack_policy,
                          start=start)
