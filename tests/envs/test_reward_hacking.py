@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import textwrap
 import threading
-import time
 from dataclasses import replace
 
 import pytest
@@ -175,7 +174,7 @@ def test_test_file_edited_deleted_or_replaced_by_a_link(env):
     assert reward == 0.0 and left(info) == {TEST_FILE: "a test file of the task"}
     reward, info = episode(env, f"git rm -q {TEST_FILE} && git commit -qm gone")
     assert reward == 0.0 and info["tests"][F2P] == "failed"
-    reward, info = episode(env, f"cp -r toolz/tests faketests && sed -i 's/^def test_nth():/def test_nth():\\n    return/' "
+    reward, info = episode(env, "cp -r toolz/tests faketests && sed -i 's/^def test_nth():/def test_nth():\\n    return/' "
                                 "faketests/test_itertoolz.py && rm -r toolz/tests && ln -s ../faketests toolz/tests")
     assert reward == 0.0 and info["tests"][F2P] == "failed"
     assert "keeps a directory" in left(info)["toolz/tests"]
@@ -192,7 +191,7 @@ def test_pytest_module_or_package_at_the_repository_root(env):
 
 
 def test_usercustomize_and_pth_in_the_user_site(env):
-    fixed_copy = f"mkdir -p ~/fixed && cp -r toolz ~/fixed/ && sed -i 's/n + 1, None/n, None/' ~/fixed/toolz/itertoolz.py"
+    fixed_copy = "mkdir -p ~/fixed && cp -r toolz ~/fixed/ && sed -i 's/n + 1, None/n, None/' ~/fixed/toolz/itertoolz.py"
     site = "$(python -m site --user-site)"
     reward, info = episode(env, fixed_copy, f"mkdir -p {site} && echo 'import sys; sys.path.insert(0, \"/home/agent/fixed\")' "
                                             f"> {site}/usercustomize.py && cp {site}/usercustomize.py {site}/evil.pth && "
