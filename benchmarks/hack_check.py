@@ -64,7 +64,7 @@ def main() -> None:
             own = _own_modules(base)
             scope = task_scope(instance, outside - own)
             kept, left = select_changes(found, scope, base=base, tree_paths=set(base) | {c.path for c in found},
-                                        read_base=lambda p: old.get(p, b""))
+                                        read_base=lambda p, old=old: old.get(p, b""))
             flags = suspicious_code([(c.path, old.get(c.path), c.new.data if c.new else None) for c in kept],
                                     own_modules=own)
             left_n += bool(left)

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import configparser
 import re
-import tomllib
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
+import tomllib
 from lightswe.envs.agent_diff import SPECIAL, SYMLINK, Change, Entry, blob_id
 
 TEST_DIR_NAMES = frozenset({"test", "tests", "testing"})
@@ -72,10 +72,10 @@ class Scope:
 def patch_paths(patch: str) -> set[str]:
     """Every path a unified (git) diff reads or writes."""
     found = set()
-    for match in re.finditer(r"^(?:---|\+\+\+) (?:[ab]/)?(.+?)\t?$", patch, re.M):
+    for match in re.finditer(r"^(?:---|\+\+\+) (?:[ab]/)?(.+?)\t?$", patch, re.MULTILINE):
         if match.group(1) != "/dev/null":
             found.add(match.group(1).strip())
-    for match in re.finditer(r"^(?:rename|copy) (?:from|to) (.+)$", patch, re.M):
+    for match in re.finditer(r"^(?:rename|copy) (?:from|to) (.+)$", patch, re.MULTILINE):
         found.add(match.group(1).strip())
     return found
 
@@ -97,8 +97,8 @@ def task_scope(instance, outside_modules: Iterable[str] = ()) -> Scope:
 
 
 # ------------------------------------------------------------------------ test-runner sections of config files
-_INI_HEADER = re.compile(rb"^\[([^\]\r\n]*)\]", re.M)
-_TOML_HEADER = re.compile(rb"^[ \t]*\[\[?([^\]\r\n]*)\]\]?[ \t]*(?:#[^\r\n]*)?\r?$", re.M)
+_INI_HEADER = re.compile(rb"^\[([^\]\r\n]*)\]", re.MULTILINE)
+_TOML_HEADER = re.compile(rb"^[ \t]*\[\[?([^\]\r\n]*)\]\]?[ \t]*(?:#[^\r\n]*)?\r?$", re.MULTILINE)
 
 
 def _sections(data: bytes, header: re.Pattern) -> list[tuple[str | None, bytes]]:

@@ -53,6 +53,7 @@ from lightswe.envs.agent_diff import (
 from lightswe.envs.graded_files import LeftOut, select_changes, task_scope
 from lightswe.envs.hack_check import suspicious_code
 from lightswe.envs.pytest_run import (  # noqa: F401 - re-exported: the one runner and parser
+    _FACTS,
     ERROR,
     FAILED,
     JUNIT_PATH,
@@ -62,7 +63,6 @@ from lightswe.envs.pytest_run import (  # noqa: F401 - re-exported: the one runn
     TestRun,
     nodeid,
     parse_junit,
-    _FACTS,
     probe_image,
     pytest_command,
     run_pytest,
@@ -166,19 +166,19 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
         except BaseException:
             try:
                 (release or Sandbox.close)(pending.result())
-            except Exception:  # noqa: BLE001 - the start failed too: nothing to close
+            except Exception:  # noqa: BLE001, S110 - the start failed too: nothing to close
                 pass
             raise
         try:
             grader = pending.result()
-        except Exception as err:  # noqa: BLE001 - whatever the pool or the engine raised
+        except Exception as err:
             raise GradingError(f"cannot start a grading container of {image}: {type(err).__name__}: {err}",
                                stage="start") from err
     try:
         try:
             base = _base_of(grader)
             facts = probe_image(grader)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise GradingError(f"reading the base tree in the grading container of {grader.config.image} failed: "
                                f"{err}", stage="start") from err
         if tree is None or _BASES[grader.config.image][1] is not cached[1]:  # none read, or read against stale
@@ -223,7 +223,7 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
             return grader.read_file(f"{WORKDIR}/{path}", max_bytes=64 * 1024 * 1024)
         except (FileNotFoundError, IsADirectoryError):
             return b""
-        except Exception as err:  # noqa: BLE001 - the grading container or engine
+        except Exception as err:
             raise GradingError(f"reading {path} from the grading container failed: {err}", stage="apply") from err
 
     kept, left_out = select_changes(changes(base, tree), scope, base=base, tree_paths=tree.keys(),
@@ -249,14 +249,13 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
                          plugins=facts.plugins)
     except UserInputError as err:
         raise GradingError(f"{instance.instance_id}: {err}", stage="tests", known=known) from err
-    except Exception as err:  # noqa: BLE001 - the grading container or the engine failed
+    except Exception as err:
         raise GradingError(f"the test run in grading container {_short(grader)} failed: {type(err).__name__}: "
                            f"{err}", stage="tests", known=known) from err
-    if _runner_died(run.exit_code, run.output):
-        _require_alive(grader, "while the tests ran", known, settle_s=10.0)
-        raise GradingError(f"the command runner of grading container {_short(grader)} died while the tests ran "
-                           "(the agent's code runs as another user and cannot kill it)", stage="tests", known=known)
-    _require_alive(grader, "while the tests ran", known)
+    _require_alive(grader, "while the tests ran", known, settle_s=5.0 if run.runner_died else 0.0)
+    if run.runner_died:  # the container outlived its runner: still the machine's failure, never a test verdict
+        raise GradingError(f"the command runner of grading container {_short(grader)} died while the tests ran",
+                           stage="tests", known=known)
     tests = {t: run.outcomes.get(t, "missing") for t in wanted}
     f2p = {t: tests[t] == PASSED for t in instance.FAIL_TO_PASS}
     p2p = {t: tests[t] == PASSED for t in instance.PASS_TO_PASS}
@@ -286,25 +285,20 @@ def _short(box: Sandbox) -> str:
     return (box.container_id or "closed")[:12]
 
 
-def _runner_died(exit_code: int, output: str) -> bool:
-    return exit_code == 137 and "command runner died" in output
-
-
 def _require_alive(grader: Sandbox, when: str, known: dict, settle_s: float = 0.0) -> None:
-    """Raise :class:`GradingError` unless the grading container runs (waiting up to ``settle_s`` for the engine
-    to report a stop that is under way: a killed container's exec stream ends before its state changes)."""
+    """Raise GradingError unless the grading container still runs. ``settle_s``: how long to wait for the
+    engine to report a container whose runner just died as stopped (its socket closes before its state changes)."""
     deadline = time.monotonic() + settle_s
     while True:
         try:
             state = grader.api.inspect_container(grader.container_id)["State"]
-        except Exception as err:  # noqa: BLE001 - gone (NotFound) or the engine does not answer
+        except Exception as err:
             raise GradingError(f"the grading container {_short(grader)} vanished {when}: {type(err).__name__}: "
                                f"{err}", stage="tests", known=known) from err
-        running = state.get("Running") and not state.get("Paused") and not state.get("Restarting")
-        if not running or time.monotonic() >= deadline:
+        if not state.get("Running") or time.monotonic() >= deadline:
             break
         time.sleep(0.1)
-    if not running:
+    if not state.get("Running") or state.get("Paused") or state.get("Restarting"):
         raise GradingError(f"the grading container {_short(grader)} stopped {when} (status {state.get('Status')}, "
                            f"exit {state.get('ExitCode')}, OOM-killed {state.get('OOMKilled')})", stage="tests",
                            known=known)
@@ -314,11 +308,11 @@ def _exec(grader: Sandbox, cmd: str, stage: str, known: dict, **kw):
     try:
         result = grader.exec(cmd, timeout=kw.pop("timeout", 120), user="agent", workdir=WORKDIR,
                              env=dict(PRISTINE_GIT_ENV), **kw)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise GradingError(f"a grading step ({stage}) failed in {_short(grader)}: {type(err).__name__}: {err}",
                            stage=stage, known=known) from err
-    if _runner_died(result.exit_code, result.output):
-        _require_alive(grader, f"during {stage}", known, settle_s=10.0)
+    if result.runner_died:
+        _require_alive(grader, f"during {stage}", known, settle_s=5.0)
         raise GradingError(f"the command runner of grading container {_short(grader)} died during {stage}",
                            stage=stage, known=known)
     return result
@@ -376,7 +370,7 @@ def _apply(grader: Sandbox, kept: list[Change], known: dict) -> None:
                 archive.addfile(info, io.BytesIO(entry.data))
     try:
         ok = grader.api.put_archive(grader.container_id, WORKDIR, buffer.getvalue())
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise GradingError(f"writing the change into grading container {_short(grader)} failed: {err}",
                            stage="apply", known=known) from err
     if not ok:
@@ -406,7 +400,7 @@ def _graded_patch(grader: Sandbox, kept: list[Change], known: dict) -> str:
                            stage="apply", known=known)
     try:
         raw = grader.read_file("/tmp/lightswe-graded.diff", max_bytes=256 * 1024 * 1024)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise GradingError(f"reading the graded diff failed: {err}", stage="apply", known=known) from err
     text = raw.decode("utf-8", "replace")
     if len(text) > MAX_PATCH_CHARS:

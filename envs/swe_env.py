@@ -1,8 +1,10 @@
 """``lightswe/SWE-v0``: a Gymnasium environment in which an agent fixes a real repository inside Docker.
 
-- ``reset(seed, options={"task_id": ...})`` picks a task (``self.np_random`` unless named), starts a sandbox
-  from the task's instance image or warm-resets the running one (git, tens of ms), and returns the problem
-  statement as the observation.
+- ``reset(seed, options={"task_id": ...})`` picks a task (``self.np_random`` unless named), takes a fresh
+  container of the task's instance image from a warm :class:`~lightswe.envs.pool.SandboxPool` (no episode has
+  touched it: nothing of an earlier episode survives, by construction), hands the used one to the pool for
+  removal in the background, and returns the problem statement as the observation. ``fresh_sandbox()`` hands
+  out another untouched container of the current task's image (for grading; the caller closes it).
 - ``step(action)``: the action is the model's text holding exactly one tool call (MiniMax-M1
   ``<tool_calls>`` format by default, ``tool_format="hermes"`` for ``<tool_call>``) or a parsed
   :class:`~lightswe.envs.tool_calls.ToolCall`. Tools: bash, view, str_replace, create, search, submit. A
@@ -41,8 +43,8 @@ from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces
-
-from lightswe.envs.grading import HACK_POLICIES, Grade, default_fresh, grade
+from lightswe.envs.grading import HACK_POLICIES, Grade, grade
+from lightswe.envs.pool import PoolConfig, SandboxPool
 from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError
 from lightswe.envs.tool_calls import EXAMPLES, PARSERS, ToolCall, ToolCallFormatError
 from lightswe.envs.tools import TOOL_NAMES, ToolError, run_tool
@@ -75,6 +77,7 @@ class SWEEnv(gym.Env[str, str]):
                  sandbox_config: SandboxConfig | None = None, max_output_bytes: int = 16_384,
                  command_timeout: float = 60.0, test_timeout: float = 900.0, max_action_chars: int = 65_536,
                  image_for: Callable[[TaskInstance], str] | None = None, client=None,
+                 pool: SandboxPool | None = None, pool_config: PoolConfig | None = None,
                  hack_policy: str = "keep") -> None:
         if tool_format not in PARSERS:
             raise ValueError(f"tool_format must be one of {sorted(PARSERS)}, got {tool_format!r}")
@@ -90,8 +93,7 @@ class SWEEnv(gym.Env[str, str]):
         self._by_id = {t.instance_id: t for t in self.tasks}
         self.tool_format = tool_format
         self._parse = PARSERS[tool_format]
-        base = sandbox_config or SandboxConfig()
-        self.sandbox_config = base
+        self.sandbox_config_base = sandbox_config or SandboxConfig()
         self.max_output_bytes = max_output_bytes
         self.command_timeout, self.test_timeout = command_timeout, test_timeout
         self._image_for = image_for
@@ -99,6 +101,9 @@ class SWEEnv(gym.Env[str, str]):
         self._images: dict[str, str] = {}
         self.observation_space = spaces.Text(max_length=max_output_bytes + _NOTE_ROOM, min_length=0, charset=CHARSET)
         self.action_space = spaces.Text(max_length=max_action_chars, min_length=0, charset=CHARSET)
+        # an env owns its pool unless one is passed in (then the caller closes it)
+        self._own_pool = pool is None
+        self.pool = pool if pool is not None else SandboxPool(pool_config, client=client)
         self.sandbox: Sandbox | None = None
         self.task: TaskInstance | None = None
         self.last_grade: Grade | None = None
@@ -140,7 +145,8 @@ class SWEEnv(gym.Env[str, str]):
         info: dict[str, Any] = {"tool": call.name}
         if call.name == "submit" and not set(call.arguments):
             # GradingError (the machine failed) propagates: an episode without a reward, never 0.0
-            result = grade(self.sandbox, self.task, fresh=self.fresh_sandbox, timeout=self.test_timeout,
+            result = grade(self.sandbox, self.task, fresh=self.fresh_sandbox, release=self.pool.discard,
+                           timeout=self.test_timeout,
                            hack_policy=self.hack_policy)
             self.last_grade = result
             info.update(grade=result, tests=dict(result.tests), reason=result.reason, grade_s=result.duration_s,
@@ -162,19 +168,26 @@ class SWEEnv(gym.Env[str, str]):
             output = f"[the sandbox failed ({err}) and was restarted from the base commit; earlier edits are lost]"
         return self._observe(output), 0.0, False, False, info
 
-    def fresh_sandbox(self) -> Sandbox:
-        """An untouched running container of the current task's image (for grading); the caller owns it.
-
-        The seam for a warm pool (hand out a pre-started pristine container instead of starting one).
-        """
-        if self.sandbox is None:
-            raise gym.error.ResetNeeded("call reset() before fresh_sandbox()")
-        return default_fresh(self.sandbox)()
-
     def close(self) -> None:
+        """Remove the episode's container and, when the env owns its pool, the pool's idle ones (waits)."""
         if self.sandbox is not None:
             self.sandbox.close()
             self.sandbox = None
+        if self._own_pool:
+            self.pool.close()
+            self.pool = SandboxPool(self.pool.config, client=self._client)  # a later reset() still works
+
+    def sandbox_config(self, task: TaskInstance) -> SandboxConfig:
+        """The configuration of ``task``'s sandboxes (its instance image, this env's limits)."""
+        return replace(self.sandbox_config_base, image=self.image(task), max_output_bytes=self.max_output_bytes,
+                       default_timeout=self.command_timeout, workdir="/testbed")
+
+    def fresh_sandbox(self) -> Sandbox:
+        """An untouched running container of the current task's image (e.g. for grading); the caller owns it:
+        ``close()`` it (or ``env.pool.discard(box)`` to remove it in the background)."""
+        if self.task is None:
+            raise gym.error.ResetNeeded("call reset() before fresh_sandbox()")
+        return self.pool.acquire(self.sandbox_config(self.task))
 
     # ------------------------------------------------------------------------------------------- helpers
     def image(self, task: TaskInstance) -> str:
@@ -189,14 +202,12 @@ class SWEEnv(gym.Env[str, str]):
         return self._images[task.instance_id]
 
     def _start_sandbox(self, task: TaskInstance, fresh: bool = False) -> None:
-        image = self.image(task)
-        if not fresh and self.sandbox is not None and self.sandbox.config.image == image:
-            self.sandbox.reset()
-            return
-        self.close()
-        config = replace(self.sandbox_config, image=image, max_output_bytes=self.max_output_bytes,
-                         default_timeout=self.command_timeout, workdir="/testbed")
-        self.sandbox = Sandbox(config, client=self._client)
+        """Swap the episode's container for an untouched one (``fresh`` is kept for callers; always fresh)."""
+        config = self.sandbox_config(task)
+        used, self.sandbox = self.sandbox, None
+        if used is not None:
+            self.pool.discard(used)
+        self.sandbox = self.pool.acquire(config)
 
     def _statement(self, task: TaskInstance) -> str:
         return (f"{task.problem_statement.strip()}\n\nThe repository is checked out at /testbed. Find and fix the "

@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 import pytest
-
 from lightswe.envs.agent_diff import REGULAR, SYMLINK, Change, Entry, blob_id, changes
 from lightswe.envs.graded_files import Scope, keep_outside_runner_sections, select_changes
 from lightswe.envs.hack_check import findings, suspicious_code
@@ -22,7 +21,7 @@ def entry(data: bytes, mode: str = REGULAR) -> Entry:
 
 def test_blob_id_is_gits(tmp_path):
     (tmp_path / "f").write_bytes(b"\x00\xffbinary\n")
-    expected = subprocess.run(["git", "hash-object", str(tmp_path / "f")], capture_output=True, text=True).stdout.strip()
+    expected = subprocess.run(["git", "hash-object", str(tmp_path / "f")], capture_output=True, text=True, check=True).stdout.strip()
     assert blob_id(b"\x00\xffbinary\n") == expected
 
 
@@ -100,7 +99,7 @@ def test_pyproject_runner_tables_are_put_back():
 
 
 def test_link_replacing_the_test_directory_is_left_out():
-    kept, left = select({"pkg/tests/test_a.py": None, "pkg/tests": b"../fake"})
+    _, left = select({"pkg/tests/test_a.py": None, "pkg/tests": b"../fake"})
     assert "keeps a directory" in left["pkg/tests"] and "pkg/tests/test_a.py" in left
 
 
@@ -119,7 +118,7 @@ def test_isolated_pytest_ignores_a_shadowing_pytest_module(tmp_path):
     (tmp_path / "pytest.py").write_text("raise SystemExit('shadowed')\n")
     (tmp_path / "test_x.py").write_text("def test_x():\n    assert True\n")
     command = pytest_command(f"{sys.executable} -m pytest -q", ["test_x.py"], str(tmp_path / "j.xml"))
-    done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True,
+    done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, check=False,
                           env={"PATH": "/usr/bin:/bin", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
 

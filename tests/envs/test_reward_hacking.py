@@ -14,7 +14,6 @@ import threading
 from dataclasses import replace
 
 import pytest
-
 from lightswe.envs.grading import GradingError
 from lightswe.envs.sandbox import Sandbox, SandboxConfig
 from lightswe.envs.swe_env import SWEEnv, default_tasks_path
@@ -95,7 +94,7 @@ def test_honest_fix_by_str_replace(env, task):
     env.close()
     env.reset(seed=0)
     old = "        return next(itertools.islice(seq, n + 1, None))\n"
-    obs, *_ = env.step(ToolCall(name="str_replace", arguments={"path": "toolz/itertoolz.py", "old_str": old,
+    env.step(ToolCall(name="str_replace", arguments={"path": "toolz/itertoolz.py", "old_str": old,
                                                                "new_str": old.replace("n + 1", "n")}))
     _, reward, _, _, info = env.step(ToolCall(name="submit"))
     assert reward == 1.0, info["reason"]
@@ -150,14 +149,14 @@ def test_post_checkout_hook(env):
 
 def test_hooks_path_in_global_gitconfig(env):
     hook = f"#!/bin/sh\n{MARK}\n{FAKE_TEST}\n"
-    reward, info = episode(env, f"mkdir -p ~/hooks && for h in post-checkout pre-commit post-merge reference-transaction; "
+    reward, _ = episode(env, f"mkdir -p ~/hooks && for h in post-checkout pre-commit post-merge reference-transaction; "
                                 f"do printf '%s' '{hook}' > ~/hooks/$h; chmod +x ~/hooks/$h; done && "
                                 "git config --global core.hooksPath ~/hooks")
     assert reward == 0.0 and not planted_ran(env)
 
 
 def test_smudge_filter_in_info_attributes(env):
-    reward, info = episode(env, "echo '*.py filter=evil diff=evil' > .git/info/attributes && "
+    reward, _ = episode(env, "echo '*.py filter=evil diff=evil' > .git/info/attributes && "
                                 f"git config filter.evil.smudge \"sh -c '{MARK}; cat'\" && "
                                 f"git config filter.evil.clean \"sh -c '{MARK}; cat'\" && "
                                 f"git config diff.evil.textconv \"sh -c '{MARK}; cat'\"")
@@ -172,7 +171,7 @@ def test_git_replace_of_the_test_blob(env):
 
 
 def test_fsmonitor_never_runs_as_root(env):
-    reward, info = episode(env, f"git config core.fsmonitor \"sh -c '{MARK}; echo /'\" && "
+    reward, _ = episode(env, f"git config core.fsmonitor \"sh -c '{MARK}; echo /'\" && "
                                 "git config core.untrackedCache true")
     assert reward == 0.0 and not planted_ran(env)
 
@@ -182,7 +181,7 @@ def test_test_file_edited_deleted_or_replaced_by_a_link(env):
     assert reward == 0.0 and left(info) == {TEST_FILE: "a test file of the task"}
     reward, info = episode(env, f"git rm -q {TEST_FILE} && git commit -qm gone")
     assert reward == 0.0 and info["tests"][F2P] == "failed"
-    reward, info = episode(env, f"cp -r toolz/tests faketests && sed -i 's/^def test_nth():/def test_nth():\\n    return/' "
+    reward, info = episode(env, "cp -r toolz/tests faketests && sed -i 's/^def test_nth():/def test_nth():\\n    return/' "
                                 "faketests/test_itertoolz.py && rm -r toolz/tests && ln -s ../faketests toolz/tests")
     assert reward == 0.0 and info["tests"][F2P] == "failed"
     assert "keeps a directory" in left(info)["toolz/tests"]
@@ -351,28 +350,29 @@ def test_grading_image_that_cannot_start_raises(env, task):
 
 
 def kill_when_tests_run(make):
-    """A ``fresh`` whose container is killed half a second into the test run (grading's pytest command)."""
+    """A ``fresh`` whose container is killed 0.3 s after the test command starts (pytest is then importing or
+    collecting: under load a poll of ``docker top`` could miss a short run, so the kill is tied to the command)."""
 
     def fresh():
         box = make()
         run = box.exec
 
-        def exec_and_kill(cmd, *args, **kwargs):
+        def exec_(cmd, *args, **kwargs):
             if "--junitxml" in cmd:
-                threading.Timer(0.5, box.api.kill, args=(box.container_id,)).start()
+                threading.Timer(0.3, box.api.kill, args=(box.container_id,)).start()
             return run(cmd, *args, **kwargs)
 
-        box.exec = exec_and_kill
+        box.exec = exec_
         return box
 
     return fresh
 
 
 def test_grading_container_killed_during_the_tests_is_a_sandbox_error():
-    from lightswe.model import ByteTokenizer
     from lightswe.agent.loop import run_episode
     from lightswe.agent.policies.scripted import ScriptedPolicy
     from lightswe.agent.trajectory import EpisodeStatus
+    from lightswe.model import ByteTokenizer
 
     demo = read_jsonl(default_tasks_path())[0]  # all 180 tests: the run lasts seconds, the kill lands in it
     environment = SWEEnv([demo])
