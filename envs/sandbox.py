@@ -168,7 +168,12 @@ class Sandbox:
         binds = {host: {"bind": inside, "mode": "ro"} for host, inside in c.read_only_binds.items()}
         extra: dict = {}
         if mode == "loop":
-            self._volume = _disk.LoopVolume(self.client, c.image, size, owner)
+            try:
+                self._volume = _disk.LoopVolume(self.client, c.image, size, owner)
+            except Exception as err:
+                raise SandboxError(f"cannot make the disk volume of a sandbox from {c.image!r}: {err}; fix: check "
+                                   "free space under ~/.cache/lightswe, or set LIGHTSWE_DISK_MODE=none to run "
+                                   "without a hard disk limit") from err
             binds.update(self._volume.binds())
             extra["read_only"] = True
             self._disk_path = "/tmp"
