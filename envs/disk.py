@@ -92,18 +92,22 @@ def _driver_quota(client) -> bool:
     return driver in ("overlay2", "overlay") and status.get("Backing Filesystem", "").lower() == "xfs"
 
 
-def disk_mode(client) -> str:
-    """``"storage-opt"``, ``"loop"`` or ``"none"`` for this engine (see the module docstring); cached."""
+def disk_mode(client, *, no_quota: bool = False) -> str:
+    """``"storage-opt"``, ``"loop"`` or ``"none"`` for this engine (see the module docstring); cached.
+
+    ``no_quota=True`` decides again without Docker's quota (the engine refused ``--storage-opt size=``, e.g.
+    xfs mounted without ``pquota``).
+    """
     key = str(getattr(client.api, "base_url", ""))
     with _MODE_LOCK:
-        if key in _MODE:
+        if key in _MODE and not (no_quota and _MODE[key] == "storage-opt"):
             return _MODE[key]
         forced = os.environ.get("LIGHTSWE_DISK_MODE", "")
-        if forced:
+        if forced and not no_quota:
             if forced not in ("storage-opt", "loop", "none"):
                 raise UserInputError(f"LIGHTSWE_DISK_MODE={forced!r}; fix: one of storage-opt, loop, none")
             mode = forced
-        elif _driver_quota(client):
+        elif not no_quota and _driver_quota(client):
             mode = "storage-opt"
         elif os.geteuid() == 0 and shutil.which("mkfs.ext4") and shutil.which("mount") and _same_host_mounts(client):
             mode = "loop"

@@ -196,6 +196,9 @@ class Sandbox:
             )
         except Exception as err:
             self._drop_volume()
+            if "storage_opt" in extra and "storage-opt" in str(err).lower():  # no quota after all: the fallback
+                _disk.disk_mode(self.client, no_quota=True)
+                return self._start()
             raise SandboxError(f"cannot create a container from {c.image!r}: {err}; fix: build it first "
                                "(`python -m lightswe setup` for the base image)") from err
         self.container_id = created["Id"]
