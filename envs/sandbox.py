@@ -54,12 +54,12 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from lightswe.envs import disk as _disk
 from lightswe.envs import runner as _runner_module
 from lightswe.envs.engine import BASE_IMAGE, ensure_engine
-from lightswe.errors import InfrastructureError
+from lightswe.errors import InfrastructureError, LightSWEError
 
 LABEL = "lightswe.sandbox"
 NAME_LABEL = "lightswe.name"  # the container's own name: only containers Sandbox._start made match it
@@ -102,6 +102,7 @@ class ExecResult:
     truncated: bool
     duration_s: float
     disk_full: bool = False  # the command was stopped because the sandbox's disk limit was reached
+    runner_died: bool = False  # the in-container runner died mid-command (container stopped or killed, OOM)
 
 
 _BASE_ENV = {
@@ -163,17 +164,23 @@ class Sandbox:
         c = self.config
         owner = f"{os.getpid()}-{_start_time(os.getpid())}"
         name = f"lightswe-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        mode = _disk.disk_mode(self.client) if c.disk_limit and not c.build else "none"
         size = _disk.parse_size(c.disk_limit) if c.disk_limit else 0
         binds = {host: {"bind": inside, "mode": "ro"} for host, inside in c.read_only_binds.items()}
         extra: dict = {}
-        if mode == "loop":
-            try:
+        try:  # both ask the engine: an unreachable one is the infrastructure branch, like create/start below
+            mode = _disk.disk_mode(self.client) if c.disk_limit and not c.build else "none"
+            if mode == "loop":
                 self._volume = _disk.LoopVolume(self.client, c.image, size, owner)
-            except Exception as err:
-                raise SandboxError(f"cannot make the disk volume of a sandbox from {c.image!r}: {err}; fix: check "
-                                   "free space under ~/.cache/lightswe, or set LIGHTSWE_DISK_MODE=none to run "
-                                   "without a hard disk limit") from err
+        except _disk.DiskError as err:
+            raise SandboxError(f"cannot make the disk volume of a sandbox from {c.image!r}: {err}; fix: check "
+                               "free space under ~/.cache/lightswe, or set LIGHTSWE_DISK_MODE=none to run "
+                               "without a hard disk limit") from err
+        except LightSWEError:
+            raise
+        except Exception as err:
+            raise SandboxError(f"cannot prepare a sandbox of {c.image!r}: {err}; fix: check the engine "
+                               "(`docker info`) and that the image exists, then retry") from err
+        if mode == "loop":
             binds.update(self._volume.binds())
             extra["read_only"] = True
             self._disk_path = "/tmp"
@@ -206,7 +213,8 @@ class Sandbox:
             self.api.start(self.container_id)
         except Exception as err:
             self.close()
-            raise SandboxError(f"cannot start a container from {c.image!r}: {err}") from err
+            raise SandboxError(f"cannot start a container from {c.image!r}: {err}; fix: check the engine "
+                               "(`docker info`) and the image's resource settings, then retry") from err
         self.base_commit = _image_label(self.client, c.image, BASE_COMMIT_LABEL)
         if self.base_commit is None and c.workdir not in ("/", ""):
             # images without the label (not instance images): asked before any agent step, as the agent user
@@ -346,7 +354,7 @@ class Sandbox:
                 self._stop_runner()
                 return ExecResult(exit_code=137, output=f"[the sandbox's command runner died while running this "
                                   f"command ({err}); it restarts with the next command]", timed_out=False,
-                                  truncated=False, duration_s=time.perf_counter() - start)
+                                  truncated=False, duration_s=time.perf_counter() - start, runner_died=True)
         duration = time.perf_counter() - start
         raw = base64.b64decode(reply["out"])
         truncated, timed_out = bool(reply["truncated"]), bool(reply["timed_out"])
@@ -389,8 +397,11 @@ class Sandbox:
         for _ in range(8):  # follow at most 8 symlinks
             try:
                 stream, stat = self.api.get_archive(cid, str(target))
-            except Exception as err:  # docker.errors.NotFound
-                raise FileNotFoundError(f"{target}: no such file in the sandbox") from err
+            except Exception as err:  # noqa: BLE001 - only NotFound means the file is absent
+                if getattr(getattr(err, "response", None), "status_code", None) == 404:
+                    raise FileNotFoundError(f"{target}: no such file in the sandbox") from err
+                raise SandboxError(f"reading {target} from container {cid[:12]} failed: {err}; fix: check that "
+                                   "the container still runs (`docker ps`) and the engine answers") from err
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
                 member = archive.next()
                 if member is None:
@@ -427,7 +438,11 @@ class Sandbox:
             made = self.exec(f"mkdir -p -- '{parent}'", timeout=10, user=owner or self.config.user)
             if made.exit_code != 0:
                 raise PermissionError(f"cannot create directory {parent}: {made.output.strip()}")
-            if not self.api.put_archive(cid, parent, buffer.getvalue()):
+            try:
+                ok = self.api.put_archive(cid, parent, buffer.getvalue())
+            except Exception as err:  # noqa: BLE001 - docker/requests errors: the infrastructure branch
+                raise SandboxError(f"writing {target} into container {cid[:12]} failed: {err}") from err
+            if not ok:
                 raise SandboxError(f"writing {target} into the sandbox failed")
 
 

@@ -9,9 +9,17 @@
   ``<tool_calls>`` format by default, ``tool_format="hermes"`` for ``<tool_call>``) or a parsed
   :class:`~lightswe.envs.tool_calls.ToolCall`. Tools: bash, view, str_replace, create, search, submit. A
   malformed action gives an observation saying what is wrong and the expected form (reward 0, not terminated).
-- ``submit`` grades: the task's tests run in the sandbox (see :mod:`lightswe.envs.grading`); reward 1.0 iff
-  every FAIL_TO_PASS and PASS_TO_PASS test passes; ``terminated=True``; ``info["tests"]`` maps each test to
-  its outcome. ``truncated`` comes from ``TimeLimit`` (``max_episode_steps`` at registration).
+- ``submit`` grades out of the agent's reach (:mod:`lightswe.envs.grading`): the agent's change is read
+  without running anything in its container, applied to a fresh container of the instance image
+  (:meth:`SWEEnv.fresh_sandbox`), and the task's tests run there; reward 1.0 iff every FAIL_TO_PASS and
+  PASS_TO_PASS test passes; ``terminated=True``. ``info["grade"]`` is the typed
+  :class:`~lightswe.envs.grading.Grade`; ``info["tests"]`` maps each test to its outcome, ``info["left_out"]``
+  lists the paths of the change grading did not apply (with reasons), ``info["timed_out"]`` says the test run
+  hit ``test_timeout`` (reward 0.0), ``info["reward_hack_suspected"]`` lists code that reacts to the test
+  runner; with ``hack_policy="zero"`` such an episode's reward is 0.0 (``info["reward_zeroed"]``). When the
+  machine fails while grading, ``step`` raises :class:`~lightswe.envs.grading.GradingError` (an
+  ``InfrastructureError``: the episode has no reward; the agent loop records ``sandbox_error``).
+  ``truncated`` comes from ``TimeLimit`` (``max_episode_steps`` at registration).
 - Spaces: ``spaces.Text`` over :data:`CHARSET` (tab, newline and every printable character of the Basic
   Multilingual Plane); observations are sanitised into it (anything else becomes U+FFFD) and clipped to
   ``observation_space.max_length`` characters, which is the sandbox's output cap plus room for notes.
@@ -36,11 +44,12 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
-from lightswe.envs.grading import Grade, grade
+from lightswe.envs.grading import HACK_POLICIES, Grade, grade
 from lightswe.envs.pool import PoolConfig, SandboxPool
 from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError
 from lightswe.envs.tool_calls import EXAMPLES, PARSERS, ToolCall, ToolCallFormatError
 from lightswe.envs.tools import TOOL_NAMES, ToolError, run_tool
+from lightswe.errors import UserInputError
 from lightswe.tasks.instance import TaskInstance, read_jsonl
 
 CHARSET = "\t\n" + "".join(chr(i) for i in range(0x20, 0x10000) if chr(i).isprintable())
@@ -69,9 +78,14 @@ class SWEEnv(gym.Env[str, str]):
                  sandbox_config: SandboxConfig | None = None, max_output_bytes: int = 16_384,
                  command_timeout: float = 60.0, test_timeout: float = 900.0, max_action_chars: int = 65_536,
                  image_for: Callable[[TaskInstance], str] | None = None, client=None,
-                 pool: SandboxPool | None = None, pool_config: PoolConfig | None = None) -> None:
+                 pool: SandboxPool | None = None, pool_config: PoolConfig | None = None,
+                 hack_policy: str = "keep") -> None:
         if tool_format not in PARSERS:
             raise ValueError(f"tool_format must be one of {sorted(PARSERS)}, got {tool_format!r}")
+        if hack_policy not in HACK_POLICIES:
+            raise UserInputError(f"hack_policy must be one of {HACK_POLICIES} (keep: flag only; zero: reward 0.0 "
+                                 f"for code that reacts to the test runner), got {hack_policy!r}")
+        self.hack_policy = hack_policy
         if tasks is None:
             tasks = default_tasks_path()
         self.tasks: list[TaskInstance] = read_jsonl(tasks) if isinstance(tasks, (str, Path)) else list(tasks)
@@ -131,10 +145,18 @@ class SWEEnv(gym.Env[str, str]):
         call = calls[0]
         info: dict[str, Any] = {"tool": call.name}
         if call.name == "submit" and not set(call.arguments):
-            result = grade(self.sandbox, self.task, timeout=self.test_timeout)
+            # GradingError (the machine failed) propagates: an episode without a reward, never 0.0
+            result = grade(self.sandbox, self.task, fresh=self.fresh_sandbox, release=self.pool.discard,
+                           timeout=self.test_timeout,
+                           hack_policy=self.hack_policy)
             self.last_grade = result
-            info.update(tests=dict(result.tests), reason=result.reason, grade_s=result.duration_s)
+            info.update(grade=result, tests=dict(result.tests), reason=result.reason, grade_s=result.duration_s,
+                        timed_out=result.timed_out, left_out=list(result.left_out),
+                        reward_hack_suspected=list(result.reward_hack_suspected), reward_zeroed=result.reward_zeroed)
             text = f"Submitted. Tests: {result.reason}. Reward {result.reward:.1f}."
+            if result.left_out:
+                shown = ", ".join(f"{x.path} ({x.reason})" for x in result.left_out[:5])
+                text += f"\nNot graded ({len(result.left_out)}): {shown}"
             return self._observe(text), result.reward, True, False, info
         try:
             output = run_tool(self.sandbox, call).output

@@ -31,6 +31,7 @@ lightswe sandboxes (issue: the orphan reaper removed them).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -40,7 +41,7 @@ from collections.abc import Callable
 
 from lightswe.envs.engine import BASE_IMAGE, ensure_base_image, recipe_hash
 from lightswe.envs.sandbox import BASE_COMMIT_LABEL, RUNTIME_LABELS, Sandbox, SandboxConfig, default_client
-from lightswe.errors import InfrastructureError
+from lightswe.errors import InfrastructureError, LightSWEError, UserInputError
 from lightswe.tasks import sources
 from lightswe.tasks.instance import TaskInstance
 
@@ -71,7 +72,7 @@ def _hash(*parts: str) -> str:
 
 def _check_python(instance: TaskInstance) -> None:
     if not instance.python_version.startswith("3.11"):
-        raise ValueError(f"{instance.instance_id}: python_version {instance.python_version!r} is not available; the "
+        raise UserInputError(f"{instance.instance_id}: python_version {instance.python_version!r} is not available; the "
                          "Debian bookworm base image has Python 3.11; fix: set python_version to '3.11' or name a "
                          "base image with that Python in LIGHTSWE_BASE_IMAGE")
 
@@ -88,11 +89,29 @@ def env_image_key(instance: TaskInstance) -> str:
                  instance.install_command, instance.python_version, _PYTEST)
 
 
+def _engine_step(what: str):
+    """Docker SDK/HTTP errors of one engine call become :class:`ImageBuildError` (the infrastructure branch)."""
+    def wrap(function):
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except LightSWEError:
+                raise
+            except Exception as err:  # noqa: BLE001 - docker.errors.*, requests.*, ConnectionError
+                raise ImageBuildError(f"{what} failed in the Docker engine: {err}; fix: check that the engine "
+                                      "answers (`docker info`) and has disk space, then retry") from err
+        return call
+    return wrap
+
+
+@_engine_step("looking up a cached image")
 def _find(client, label: str, key: str) -> str | None:
     images = client.api.images(filters={"label": f"{label}={key}"})
     return images[0]["Id"] if images else None
 
 
+@_engine_step("committing the build container to an image")
 def _commit(box: Sandbox, repository: str, tag: str, labels: dict[str, str]) -> str:
     """``docker commit`` of a build container with ``labels``; the sandbox's runtime labels are cleared."""
     cleared = {k: "" for k in RUNTIME_LABELS}
@@ -102,6 +121,7 @@ def _commit(box: Sandbox, repository: str, tag: str, labels: dict[str, str]) -> 
     return f"{repository}:{tag}"
 
 
+@_engine_step("copying the source tree into the build container")
 def _put_tree(box: Sandbox, tar_bytes: bytes) -> None:
     box.exec(f"mkdir -p {WORKDIR}", timeout=30, user="root")
     if not box.api.put_archive(box.container_id, WORKDIR, tar_bytes):

@@ -28,6 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lightswe.errors import UserInputError
 from lightswe.tasks import sources
 from lightswe.tasks.instance import TaskInstance
 from lightswe.tasks.mutate import Mutation, find_mutations, public_name
@@ -38,8 +39,8 @@ from lightswe.tasks.testrun import TestRun, run_tests
 Progress = Callable[[str], None]
 
 
-class SuiteError(RuntimeError):
-    """The repository's own suite does not run green offline (network needed, missing dependency)."""
+class SuiteError(UserInputError):
+    """The repository's own suite does not run green offline (network needed, missing dependency): a pool entry to fix."""
 
 
 @dataclass(kw_only=True, slots=True)
