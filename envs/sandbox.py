@@ -171,6 +171,10 @@ class Sandbox:
             mode = _disk.disk_mode(self.client) if c.disk_limit and not c.build else "none"
             if mode == "loop":
                 self._volume = _disk.LoopVolume(self.client, c.image, size, owner)
+        except _disk.DiskError as err:
+            raise SandboxError(f"cannot make the disk volume of a sandbox from {c.image!r}: {err}; fix: check "
+                               "free space under ~/.cache/lightswe, or set LIGHTSWE_DISK_MODE=none to run "
+                               "without a hard disk limit") from err
         except LightSWEError:
             raise
         except Exception as err:
@@ -199,6 +203,9 @@ class Sandbox:
             )
         except Exception as err:
             self._drop_volume()
+            if "storage_opt" in extra and "storage-opt" in str(err).lower():  # no quota after all: the fallback
+                _disk.disk_mode(self.client, no_quota=True)
+                return self._start()
             raise SandboxError(f"cannot create a container from {c.image!r}: {err}; fix: build it first "
                                "(`python -m lightswe setup` for the base image)") from err
         self.container_id = created["Id"]
