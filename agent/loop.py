@@ -46,10 +46,10 @@ class AgentConfig:
     max_context_tokens: int = 32_768  # prompt + every turn
     max_new_tokens: int = 2_048  # per assistant turn
     max_format_errors: int = 3  # consecutive
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float = 1.0  # sampling temperature (> 0)
+    top_p: float = 1.0  # nucleus sampling: smallest token set with this much probability (1.0: off)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
-    system_prompt: str = SYSTEM_PROMPT
+    system_prompt: str = SYSTEM_PROMPT  # the system message ({example} becomes a sample tool call)
 
 
 class EpisodeEnd(Exception):
