@@ -64,6 +64,9 @@ def sample(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Gene
 def generate(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
     """Sample a continuation of every prompt. Returns one ``Generation`` per prompt, in order.
 
+    On CUDA this runs ``lightswe.model.engine.SamplerEngine`` (static cache, CUDA graphs, continuous batching;
+    see ``engine_for``); elsewhere the plain loop below (packed prefill, then one batched step per token).
+
     Example::
 
         gens = generate(model, [[1, 2, 3], [4, 5]], SamplingConfig(max_new_tokens=8, stop_token_ids=(256,)))
@@ -74,6 +77,9 @@ def generate(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: Samp
     if any(not 0 <= t < vocab for p in prompts for t in p):
         raise ValueError(f"prompt token ids must be in [0, vocab_size={vocab})")
     device = model.lm_head.weight.device
+    if device.type == "cuda":
+        return engine_for(model, len(prompts), max(len(p) for p in prompts) + sampling.max_new_tokens
+                          ).generate(prompts, sampling)
     generator = None
     if sampling.seed is not None:
         generator = torch.Generator(device=device).manual_seed(sampling.seed)
@@ -114,3 +120,23 @@ def generate(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: Samp
         logits = model.logits(hidden[:, -1])
     model.train(was_training)
     return [r for r in results if r is not None]
+
+
+def engine_for(model: MiniMaxForCausalLM, rows: int, seq_len: int, *, max_slots: int = 256):
+    """The model's cached ``SamplerEngine`` for ``rows`` concurrent rows of up to ``seq_len`` tokens.
+
+    Slots are ``rows`` rounded up to a power of two (at most ``max_slots``; more prompts queue and join as
+    rows finish); the length capacity is rounded up to a multiple of 1,024. The engine (and its captured CUDA
+    graphs) is reused while both fit, and replaced otherwise.
+    """
+    from lightswe.model.engine import SamplerEngine
+
+    slots = min(1 << max(rows - 1, 0).bit_length(), max_slots)
+    capacity = -(-seq_len // 1024) * 1024
+    engine = getattr(model, "_sampler_engine", None)
+    if engine is None or engine.slots != slots or engine.max_seq_len < capacity or engine.dtype != \
+            model.lm_head.weight.dtype or engine.device != model.lm_head.weight.device:
+        model._sampler_engine = None  # free the old cache before allocating the new one
+        engine = SamplerEngine(model, max_slots=slots, max_seq_len=capacity)
+        model._sampler_engine = engine
+    return engine
