@@ -62,6 +62,19 @@ from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch, shard_mod
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
 
 
+PEAK_BF16_FLOPS = 989e12  # H100/H200 SXM dense bf16, datasheet (a matrix product reached ~790e12 on the H200 here)
+
+
+def flops_per_token(model: MiniMaxForCausalLM, length: int) -> float:
+    """Training FLOPs per token (forward + backward): 6 x active parameters (the top-k experts, the LM head;
+    not the input embedding) + 6 x T x H x D per softmax layer (causal QK^T and PV, halved). The lightning
+    layers' own state work (a few x H x D^2 per token) is left out, so this slightly understates MFU."""
+    c = model.config
+    active = model.num_parameters(active=True) - c.vocab_size * c.hidden_size * (not c.tie_word_embeddings)
+    softmax_layers = c.attn_type_list.count(1)
+    return 6 * active + 6 * softmax_layers * length * c.num_attention_heads * c.head_dim
+
+
 def make_batch(rows: int, length: int, vocab: int, seed: int = 0) -> TrainBatch:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, min(vocab, 256), (rows, length), generator=g)
@@ -107,6 +120,8 @@ def run(model_name: str, device: torch.device, length: int, tokens: int, micro: 
            "tokens_per_step": step_tokens, "micro_batch_rows": micro, "step_s": step_s,
            "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": checkpointing, "ranks": ctx.world,
            "params_M": sum(p.numel() for p in model.parameters()) / 1e6}  # DTensor numel: the full size
+    flops = flops_per_token(model, length)
+    out.update(flops_per_token=flops, mfu=out["tokens_per_s"] * flops / (PEAK_BF16_FLOPS * ctx.world))
     if device.type == "cuda":
         peaks = [0.0] * ctx.world
         peaks[ctx.rank] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -150,13 +165,14 @@ def main() -> None:
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else platform.processor() or platform.machine()}
     env["ranks"] = ctx.world
-    say(f"\n| T | backend | tokens/s | step s | peak GiB per GPU |  ({env['device']} x{ctx.world}, torch {env['torch']})")
+    say(f"\n| model | T | backend | tokens/s | step s | MFU (of 989 TFLOP/s) | peak GiB per GPU |  "
+        f"({env['device']} x{ctx.world}, torch {env['torch']})")
     for r in results:
         if "error" in r:
-            say(f"| {r['seq_len']} | {r['backend']} | {r['error'][:60]} | | |")
+            say(f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r['error'][:60]} | | | |")
         else:
-            say(f"| {r['seq_len']} | {r['backend']} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | "
-                f"{r.get('peak_mem_GiB', float('nan')):.2f} |")
+            say(f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | "
+                f"{r['mfu']:.1%} | {r.get('peak_mem_GiB', float('nan')):.2f} |")
     ctx.close()
     if args.json and ctx.main:
         with open(args.json, "w") as f:

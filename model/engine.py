@@ -71,7 +71,7 @@ class StaticCache:
         self.keys = torch.zeros(kv_shape, device=dev, dtype=weight.dtype)
         self.values = torch.zeros(kv_shape, device=dev, dtype=weight.dtype)
         self.lengths = torch.zeros(slots, device=dev, dtype=torch.int32)
-        self.state_bytes_per_row = self.states[0, 0].numel() * 4 * len(self.lightning_layers)
+        self.state_bytes_per_row = c.num_attention_heads * c.head_dim * c.head_dim * 4 * len(self.lightning_layers)
         self.kv_bytes_per_token = 2 * len(self.softmax_layers) * c.num_key_value_heads * c.head_dim * \
             self.keys.element_size()
 

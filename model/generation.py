@@ -65,7 +65,7 @@ def generate(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: Samp
     """Sample a continuation of every prompt. Returns one ``Generation`` per prompt, in order.
 
     On CUDA this runs ``lightswe.model.engine.SamplerEngine`` (static cache, CUDA graphs, continuous batching;
-    see ``engine_for``); elsewhere the plain loop below (packed prefill, then one batched step per token).
+    see ``engine_for``); elsewhere the plain loop below (``generate_loop``).
 
     Example::
 
@@ -76,10 +76,17 @@ def generate(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: Samp
     vocab = model.config.vocab_size
     if any(not 0 <= t < vocab for p in prompts for t in p):
         raise ValueError(f"prompt token ids must be in [0, vocab_size={vocab})")
-    device = model.lm_head.weight.device
-    if device.type == "cuda":
+    if model.lm_head.weight.device.type == "cuda":
         return engine_for(model, len(prompts), max(len(p) for p in prompts) + sampling.max_new_tokens
                           ).generate(prompts, sampling)
+    return generate_loop(model, prompts, sampling)
+
+
+@torch.no_grad()
+def generate_loop(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
+    """The plain loop (any device; ``generate`` uses it off CUDA): packed prefill through a ``HybridCache``, then
+    one eager batched forward per token, finished rows dropped; the host reads every step's tokens."""
+    device = model.lm_head.weight.device
     generator = None
     if sampling.seed is not None:
         generator = torch.Generator(device=device).manual_seed(sampling.seed)
