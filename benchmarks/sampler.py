@@ -99,8 +99,10 @@ def generate_row(model, batch: int, args, bandwidth: float | None) -> dict:
     prompts = torch.randint(0, vocab, (batch, args.prompt)).tolist()
     sampling = SamplingConfig(max_new_tokens=args.new, temperature=args.temperature, seed=0)
     engine = SamplerEngine(model, max_slots=batch, max_seq_len=args.prompt + args.new)
+    start = time.perf_counter()
     engine.generate(prompts, dataclasses.replace(sampling, max_new_tokens=args.new))  # warm-up: compile, capture
     sync(device)
+    warmup = time.perf_counter() - start
     start = time.perf_counter()
     gens = engine.generate(prompts, sampling)
     sync(device)
@@ -112,7 +114,8 @@ def generate_row(model, batch: int, args, bandwidth: float | None) -> dict:
     engine.count.zero_()
     engine.max_new.fill_(2**30)
     step = time_steps(engine, 50)
-    row = {"model": "hybrid", "rows": batch, "tokens_s": new_tokens / seconds, "wall_s": seconds,
+    row = {"model": "hybrid" + (" (compiled step)" if engine.compile else ""), "rows": batch,
+           "tokens_s": new_tokens / seconds, "wall_s": seconds, "warmup_s": warmup,
            "step_ms": 1e3 * step, "decode_tokens_s": batch / step}
     if bandwidth:
         bound = step_bytes(model, engine, batch, args.prompt + args.new / 2) / bandwidth
@@ -153,9 +156,9 @@ def loop_row(model, batch: int, args) -> dict:
 
 
 @torch.no_grad()
-def context_row(model, kind: str, context: int, rows: int, bandwidth: float | None) -> dict:
+def context_row(model, kind: str, context: int, rows: int, bandwidth: float | None, compile_step: bool) -> dict:
     """Decode steps with every row's cache filled to ``context`` tokens (random contents)."""
-    engine = SamplerEngine(model, max_slots=rows, max_seq_len=context + 64)
+    engine = SamplerEngine(model, max_slots=rows, max_seq_len=context + 64, compile=compile_step)
     cache = engine.cache
     cache.states.normal_(0, 0.01)
     cache.keys.normal_()
@@ -178,13 +181,61 @@ def context_row(model, kind: str, context: int, rows: int, bandwidth: float | No
     return row
 
 
+@torch.no_grad()
+def logprob_rows(preset: str, device: torch.device) -> list[dict]:
+    """Mean / max |sampler log-prob - learner log-prob| over 16 prompts x 128 tokens (T=1), for several ways of
+    running the learner's ``score`` on the same weights; the first new token (from the packed prefill) apart."""
+    import copy
+    import os
+
+    torch.manual_seed(0)
+    fp32 = MiniMaxForCausalLM(MiniMaxConfig.preset(preset)).to(device).eval()
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 256, (int(n),), generator=g).tolist() for n in torch.randint(64, 512, (16,), generator=g)]
+    sampling = SamplingConfig(max_new_tokens=128, temperature=1.0, seed=0)
+
+    def scored(model, prompt, gen, backend=None, autocast=False):
+        ids = torch.tensor([prompt + gen.token_ids], device=device)
+        old = os.environ.get("LIGHTSWE_LIGHTNING_BACKEND")
+        if backend:
+            os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                return model.score(ids).logprobs[0, len(prompt):].float().cpu()
+        finally:
+            if backend:
+                os.environ.pop("LIGHTSWE_LIGHTNING_BACKEND")
+                if old is not None:
+                    os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = old
+
+    rows = []
+    for sampler_name, sampler in (("bf16", bf16), ("fp32", fp32)):
+        gens = SamplerEngine(sampler, max_slots=8, max_seq_len=1024).generate(prompts, sampling)
+        learners = [("score, same weights", sampler, None, False)]
+        if sampler is bf16:
+            learners += [("score, same weights, reference lightning attention", bf16, "reference", False),
+                         ("score, fp32 weights + bf16 autocast (the Learner)", fp32, None, True),
+                         ("score, fp32 weights, fp32", fp32, None, False)]
+        for name, model, backend, autocast in learners:
+            diffs = [scored(model, p, gen, backend, autocast) - torch.tensor(gen.logprobs) for p, gen in zip(prompts, gens)]
+            first = torch.stack([d[0] for d in diffs]).abs()
+            rest = torch.cat([d[1:] for d in diffs]).abs()
+            rows.append({"sampler": sampler_name, "learner": name, "mean_abs": torch.cat([first, rest]).mean().item(),
+                         "max_abs": torch.cat([first, rest]).max().item(), "first_token_mean": first.mean().item(),
+                         "later_tokens_mean": rest.mean().item()})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = []
         for c in cols:
             v = r.get(c, "")
-            cells.append(f"{v:.1%}" if c == "of_bound" and v != "" else f"{v:,.3f}" if isinstance(v, float) and v < 100
+            cells.append(f"{v:.1%}" if c == "of_bound" and v != "" else f"{v:.2e}" if c.endswith(("_abs", "_mean"))
+                         else f"{v:,.3f}" if isinstance(v, float) and v < 100
                          else f"{v:,.0f}" if isinstance(v, float) else str(v))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
@@ -203,7 +254,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile the plain loop (torch.profiler)")
     parser.add_argument("--contexts", default="4096,131072")
     parser.add_argument("--context-batches", default="1,32")
+    parser.add_argument("--context-compile", action="store_true",
+                        help="torch.compile the context rows' step too (one compile per row: slow)")
     parser.add_argument("--softmax-pattern", default="SSSSSSSS", help="layer pattern of the softmax-only model")
+    parser.add_argument("--logprobs", action="store_true", help="print the sampler/learner log-prob agreement table")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -229,19 +283,24 @@ def main() -> None:
         for context in (int(c) for c in args.contexts.split(",") if c):
             for kind, m in (("hybrid", model), ("softmax-only", softmax)):
                 try:
-                    ctx_rows.append(context_row(m, kind, context, rows, bandwidth))
+                    ctx_rows.append(context_row(m, kind, context, rows, bandwidth, args.context_compile))
                 except torch.OutOfMemoryError as err:
                     ctx_rows.append({"model": kind, "rows": rows, "context": context, "step_ms": f"OOM ({err})"[:40]})
                 print(json.dumps(ctx_rows[-1]), flush=True)
     print(f"\n## generate: {args.model}, {dtype}, prompt {args.prompt}, {args.new} new tokens, T={args.temperature}\n")
-    print(table(gen_rows, ["model", "rows", "tokens_s", "wall_s", "step_ms", "decode_tokens_s", "bound_ms",
+    print(table(gen_rows, ["model", "rows", "tokens_s", "wall_s", "warmup_s", "step_ms", "decode_tokens_s", "bound_ms",
                            "bound_tokens_s", "of_bound", "prefill_s"]))
-    print("\n## decode at context (one step, every row at that context)\n")
+    print(f"\n## decode at context (one step, every row at that context; "
+          f"{'compiled' if args.context_compile else 'eager'} step in a CUDA graph)\n")
     print(table(ctx_rows, ["model", "rows", "context", "step_ms", "decode_tokens_s", "bound_ms", "bound_tokens_s",
                            "of_bound", "cache_gib"]))
+    lp_rows = logprob_rows(args.model, device) if args.logprobs else []
+    if lp_rows:
+        print(f"\n## log-prob agreement: {args.model}, sampler vs learner on the sampled tokens\n")
+        print(table(lp_rows, ["sampler", "learner", "mean_abs", "max_abs", "first_token_mean", "later_tokens_mean"]))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"setup": head, "generate": gen_rows, "context": ctx_rows}, f, indent=2)
+            json.dump({"setup": head, "generate": gen_rows, "context": ctx_rows, "logprobs": lp_rows}, f, indent=2)
 
 
 if __name__ == "__main__":
