@@ -9,7 +9,7 @@ has() { [[ " $what " == *" $1 "* || " $what " == *" all "* ]]; }
 nvidia-smi --query-gpu=name,memory.used,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 if has tests; then
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/model/test_engine_gpu.py tests/model/test_gpu.py \
-    tests/kernels/test_decode_attn.py -s 2>&1 | tee "$OUT/tests.txt" | grep -E "passed|failed|mean \||Error|error" | tail -20
+    tests/kernels/test_decode_attn.py -s 2>&1 | tee "$OUT/tests.txt" | grep -E "passed|failed|mean \||Error|error|Warning" | tail -20
 fi
 if has sampler; then
   timeout 300 python3 benchmarks/sampler.py --device cuda --loop-steps 8 --logprobs --json "$OUT/sampler.json" \

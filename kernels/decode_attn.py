@@ -63,7 +63,7 @@ if triton is not None:
                               + offs_d[None, :], mask=valid[:, None], other=0.0)
                 b_v = tl.load(v + s.to(tl.int64) * stride_vs + kvh * stride_vh + offs_n[:, None] * stride_vn
                               + offs_d[None, :], mask=valid[:, None], other=0.0)
-                scores = tl.dot(b_q, tl.trans(b_k)) * scale
+                scores = (tl.dot(b_q, tl.trans(b_k)) * scale).to(tl.float32)  # fp32 also if scale came as fp64
                 scores = tl.where(valid[None, :], scores, float("-inf"))
                 m_new = tl.maximum(m, tl.max(scores, 1))
                 p = tl.exp(scores - m_new[:, None])

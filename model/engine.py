@@ -145,6 +145,10 @@ class SamplerEngine:
             compile = self.device.type == "cuda" and os.environ.get("LIGHTSWE_SAMPLER_COMPILE", "1") != "0"
         self._step_fn = {}
         self.compile = compile
+        if compile:  # one compiled graph per region and shape; layers and engines of other sizes add entries
+            config = torch._dynamo.config
+            name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+            setattr(config, name, max(getattr(config, name), 64))
         self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
         self.generator = torch.Generator(device=dev)
         self.generator.seed()
@@ -345,96 +349,62 @@ class SamplerEngine:
     # ----------------------------------------------------------------------------------------- decode
     def _record(self, rows: torch.Tensor | slice, tokens: torch.Tensor, logprobs: torch.Tensor) -> None:
         """Write each active row's sampled token, check stops and lengths, advance (all on the device)."""
-        active = self.active[rows]
-        count = self.count[rows]
-        col = count.clamp(max=self.out_tokens.shape[1] - 1).long()[:, None]
-        out_tokens, out_logprobs = self.out_tokens[rows], self.out_logprobs[rows]
-        keep_tokens = torch.where(active, tokens, out_tokens.gather(1, col)[:, 0])  # inactive rows: unchanged
-        keep_logprobs = torch.where(active, logprobs, out_logprobs.gather(1, col)[:, 0])
-        self.out_tokens[rows] = out_tokens.scatter(1, col, keep_tokens[:, None])
-        self.out_logprobs[rows] = out_logprobs.scatter(1, col, keep_logprobs[:, None])
-        count = count + active.int()
-        stop = (tokens[:, None] == self.stops[rows]).any(-1)
-        done = active & (stop | (count >= self.max_new[rows]))
-        self.count[rows] = count
-        self.finished[rows] = self.finished[rows] | done
-        self.active[rows] = active & ~done
-        self.tokens[rows] = tokens
+        out = _record_values(self.active[rows], self.count[rows], self.out_tokens[rows], self.out_logprobs[rows],
+                             self.stops[rows], self.max_new[rows], self.finished[rows], tokens, logprobs)
+        for buffer, value in zip((self.out_tokens, self.out_logprobs, self.count, self.finished, self.active,
+                                  self.tokens), out):
+            buffer[rows] = value
 
     def _step(self, use_top_p: bool) -> None:
-        """The decode step, compiled on first use when ``self.compile`` (eager if compiling fails)."""
-        if not self.compile:
-            return self._decode(use_top_p)
-        if use_top_p not in self._step_fn:
+        """The decode step; with ``self.compile`` its pure-tensor regions go through torch.compile (the Triton
+        kernels and the cache writes stay outside them), set up on first use; eager if compiling fails."""
+        if self.compile and not self._step_fn:
             saved = [t.clone() for t in self._step_state()]
-            fn = torch.compile(functools.partial(self._decode, use_top_p), dynamic=False)
+            self._step_fn = {name: torch.compile(fn, dynamic=False) for name, fn in _REGIONS.items()}
             try:
-                fn()
+                self._decode(use_top_p)
             except Exception as err:  # noqa: BLE001 - an optimisation only: fall back to the eager step
                 warnings.warn(f"torch.compile of the decode step failed ({type(err).__name__}: {err}); "
                               f"running it eagerly", stacklevel=2)
-                fn = functools.partial(self._decode, use_top_p)
+                self.compile = False
+                self._step_fn = {}
             for t, s in zip(self._step_state(), saved):
                 t.copy_(s)
-            self._step_fn[use_top_p] = fn
-        return self._step_fn[use_top_p]()
+        self._decode(use_top_p)
+
+    def _region(self, name: str):
+        return self._step_fn.get(name, _REGIONS[name])
 
     def _decode(self, use_top_p: bool) -> None:
         """One token for every slot (inactive slots compute and are ignored); no host reads."""
-        model, cache, c = self.model, self.cache, self.config
+        model, cache = self.model, self.cache
         positions = cache.lengths.long()  # the new token's position = tokens already cached
         x = model.model.embed_tokens(self.tokens)[:, None]  # [S, 1, hidden]
         write = positions.clamp(max=cache.max_seq_len - 1)
         rows = torch.arange(self.slots, device=self.device)
         for i, layer in enumerate(model.model.layers):
-            h = layer.input_layernorm(x)
             attn = layer.self_attn
             if isinstance(attn, LightningAttention):
-                qkv = F.silu(attn.qkv_proj(h)).view(self.slots, attn.num_heads, 3 * attn.head_dim)
-                q, k, v = qkv.split(attn.head_dim, dim=-1)
+                h, q, k, v = self._region("lightning_in")(layer, x)
                 o = lightning_attn_decode(q, k, v, attn.slope(self.device), cache.states[cache.index[i]])
-                y = attn.norm(o.reshape(self.slots, 1, -1).to(h.dtype))
-                a = attn.out_proj(torch.sigmoid(attn.output_gate(h)) * y)
+                a = self._region("lightning_out")(attn, h, o)
             else:
                 assert isinstance(attn, SoftmaxAttention)
-                pos = positions[:, None]
-                q = rotary(attn.q_proj(h).view(self.slots, 1, attn.num_heads, attn.head_dim), pos,
-                           attn.rotary_dim, attn.theta)[:, 0]
-                k = rotary(attn.k_proj(h).view(self.slots, 1, attn.num_kv_heads, attn.head_dim), pos,
-                           attn.rotary_dim, attn.theta)[:, 0]
-                v = attn.v_proj(h).view(self.slots, attn.num_kv_heads, attn.head_dim)
+                h, q, k, v = self._region("softmax_in")(layer, x, positions, cache.keys.dtype)
                 j = cache.index[i]
-                cache.keys[j, rows, :, write] = k.to(cache.keys.dtype)
-                cache.values[j, rows, :, write] = v.to(cache.values.dtype)
+                cache.keys[j, rows, :, write] = k
+                cache.values[j, rows, :, write] = v
                 o = decode_attention(q, cache.keys[j], cache.values[j], write + 1, 1.0 / math.sqrt(attn.head_dim))
                 a = attn.o_proj(o.reshape(self.slots, 1, -1))
-            x = layer.attn_alpha * (h if layer.postnorm else x) + layer.attn_beta * a
-            h = layer.post_attention_layernorm(x)
-            moe = self._moe(layer.block_sparse_moe, h[:, 0], i)[:, None]
-            x = layer.mlp_alpha * (h if layer.postnorm else x) + layer.mlp_beta * moe
-        logits = fp32_head(model.model.norm(x)[:, 0], model.lm_head.weight)
-        tokens, logprobs = _sample(logits, self.temperature, self.top_p, self.noise, use_top_p)
+            x = self._region("block_tail")(layer, x, h, a, self._w13[i], self._w2[i])
+        tokens, logprobs = self._region("head_sample")(model.model.norm, model.lm_head.weight, x, self.temperature,
+                                                       self.top_p, self.noise, use_top_p)
         cache.lengths.add_(self.active.int())
-        self._record(slice(None), tokens, logprobs)
-
-    def _moe(self, moe, x: torch.Tensor, layer: int) -> torch.Tensor:
-        """The layer's SparseMoE on x [N, hidden] with every expert run on every row (three batched matrix
-        products, no host sync); each row adds its top-k experts' weighted outputs in ascending expert order,
-        in x's dtype, as SparseMoE's index_add_ does."""
-        probs = torch.softmax(moe.gate(x).float(), dim=-1)
-        weights, chosen = probs.topk(moe.top_k, dim=-1)
-        weights = weights / weights.sum(-1, keepdim=True)
-        chosen, order = chosen.sort(-1)
-        weights = weights.gather(-1, order).to(x.dtype)
-        w13, w2 = self._w13[layer], self._w2[layer]
-        inner = w2.shape[2]
-        h = torch.matmul(x[None], w13.transpose(1, 2))  # [E, N, 2 * inner]
-        y = torch.matmul(F.silu(h[..., :inner]) * h[..., inner:], w2.transpose(1, 2))  # [E, N, hidden]
-        rows = torch.arange(x.shape[0], device=x.device)
-        out = torch.zeros_like(x)
-        for j in range(moe.top_k):
-            out = out + y[chosen[:, j], rows] * weights[:, j, None]
-        return out
+        out = self._region("record")(self.active, self.count, self.out_tokens, self.out_logprobs, self.stops,
+                                     self.max_new, self.finished, tokens, logprobs)
+        for buffer, value in zip((self.out_tokens, self.out_logprobs, self.count, self.finished, self.active,
+                                  self.tokens), out):
+            buffer.copy_(value)
 
     def _graph(self, use_top_p: bool) -> torch.cuda.CUDAGraph:
         """The decode step captured once per top-p mode (after a warm-up run on a side stream)."""
@@ -476,3 +446,79 @@ def _sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor
     sampled = (probs / noise[: probs.shape[0]]).argmax(-1)
     tokens = torch.where(greedy, logits.argmax(-1), sampled)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+# ------------------------------------------------------------------ the decode step's pure-tensor regions
+def _lightning_in(layer, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """input norm and the lightning q, k, v [S, H, D] (contiguous) of a decode step; x [S, 1, hidden]."""
+    attn = layer.self_attn
+    h = layer.input_layernorm(x)
+    qkv = F.silu(attn.qkv_proj(h)).view(x.shape[0], attn.num_heads, 3 * attn.head_dim)
+    q, k, v = qkv.split(attn.head_dim, dim=-1)
+    return h, q.contiguous(), k.contiguous(), v.contiguous()
+
+
+def _lightning_out(attn, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    y = attn.norm(o.reshape(o.shape[0], 1, -1).to(h.dtype))
+    return attn.out_proj(torch.sigmoid(attn.output_gate(h)) * y)
+
+
+def _softmax_in(layer, x: torch.Tensor, positions: torch.Tensor, kv_dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """input norm, RoPE'd q [S, H, D] and k, v [S, KVH, D] (in the cache's dtype) of a decode step."""
+    attn = layer.self_attn
+    h = layer.input_layernorm(x)
+    rows, pos = x.shape[0], positions[:, None]
+    q = rotary(attn.q_proj(h).view(rows, 1, attn.num_heads, attn.head_dim), pos, attn.rotary_dim, attn.theta)
+    k = rotary(attn.k_proj(h).view(rows, 1, attn.num_kv_heads, attn.head_dim), pos, attn.rotary_dim, attn.theta)
+    v = attn.v_proj(h).view(rows, attn.num_kv_heads, attn.head_dim)
+    return h, q[:, 0].contiguous(), k[:, 0].to(kv_dtype), v.to(kv_dtype)
+
+
+def _moe(moe, x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """The layer's SparseMoE on x [N, hidden] with every expert run on every row (three batched matrix
+    products over the stacked weights w13 [E, 2 inner, hidden], w2 [E, hidden, inner], no host sync); each row
+    adds its top-k experts' weighted outputs in ascending expert order, in x's dtype, as SparseMoE's
+    index_add_ does."""
+    probs = torch.softmax(moe.gate(x).float(), dim=-1)
+    weights, chosen = probs.topk(moe.top_k, dim=-1)
+    weights = weights / weights.sum(-1, keepdim=True)
+    chosen, order = chosen.sort(-1)
+    weights = weights.gather(-1, order).to(x.dtype)
+    inner = w2.shape[2]
+    h = torch.matmul(x[None], w13.transpose(1, 2))  # [E, N, 2 * inner]
+    y = torch.matmul(F.silu(h[..., :inner]) * h[..., inner:], w2.transpose(1, 2))  # [E, N, hidden]
+    rows = torch.arange(x.shape[0], device=x.device)
+    out = torch.zeros_like(x)
+    for j in range(moe.top_k):
+        out = out + y[chosen[:, j], rows] * weights[:, j, None]
+    return out
+
+
+def _block_tail(layer, x: torch.Tensor, h: torch.Tensor, a: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor
+                ) -> torch.Tensor:
+    """The decoder layer after its attention: residual, post-attention norm, MoE, residual (DecoderLayer)."""
+    x = layer.attn_alpha * (h if layer.postnorm else x) + layer.attn_beta * a
+    h = layer.post_attention_layernorm(x)
+    moe = _moe(layer.block_sparse_moe, h[:, 0], w13, w2)[:, None]
+    return layer.mlp_alpha * (h if layer.postnorm else x) + layer.mlp_beta * moe
+
+
+def _head_sample(norm, weight: torch.Tensor, x: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                 noise: torch.Tensor, use_top_p: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _sample(fp32_head(norm(x)[:, 0], weight), temperature, top_p, noise, use_top_p)
+
+
+def _record_values(active, count, out_tokens, out_logprobs, stops, max_new, finished, tokens, logprobs):
+    """New (out_tokens, out_logprobs, count, finished, active, tokens) after sampling ``tokens``: active rows
+    write their token and log-prob at column ``count`` and stop on a stop token or at max_new tokens."""
+    col = count.clamp(max=out_tokens.shape[1] - 1).long()[:, None]
+    keep_tokens = torch.where(active, tokens, out_tokens.gather(1, col)[:, 0])  # inactive rows: unchanged
+    keep_logprobs = torch.where(active, logprobs, out_logprobs.gather(1, col)[:, 0])
+    count = count + active.int()
+    done = active & ((tokens[:, None] == stops).any(-1) | (count >= max_new))
+    return (out_tokens.scatter(1, col, keep_tokens[:, None]), out_logprobs.scatter(1, col, keep_logprobs[:, None]),
+            count, finished | done, active & ~done, tokens)
+
+
+_REGIONS = {"lightning_in": _lightning_in, "lightning_out": _lightning_out, "softmax_in": _softmax_in,
+            "block_tail": _block_tail, "head_sample": _head_sample, "record": _record_values}
