@@ -12,7 +12,7 @@ if has tests; then
     tests/kernels/test_decode_attn.py -s 2>&1 | tee "$OUT/tests.txt" | grep -E "passed|failed|mean \||Error|error|Warning" | tail -20
 fi
 if has sampler; then
-  timeout 300 python3 benchmarks/sampler.py --device cuda --loop-steps 8 --logprobs --json "$OUT/sampler.json" \
+  timeout 300 python3 benchmarks/sampler.py --device cuda --loop-steps 8 --logprobs ${SAMPLER_ARGS:-} --json "$OUT/sampler.json" \
     2>&1 | tee "$OUT/sampler.txt" | grep -v "^ " | grep -v "^{" | tail -40
 fi
 if has train; then
