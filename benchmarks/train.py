@@ -71,7 +71,6 @@ from lightswe.agent.distributed import DistContext
 from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch, shard_model
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
 
-
 PEAK_BF16_FLOPS = 989e12  # H100/H200 SXM dense bf16, datasheet (a matrix product reached ~790e12 on the H200 here)
 
 

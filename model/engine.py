@@ -27,7 +27,6 @@ engine runs on CPU too (no graphs; reference attention), which is how its tests 
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import warnings
