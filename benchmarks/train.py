@@ -98,8 +98,24 @@ def to_device(batch: TrainBatch, device: torch.device) -> TrainBatch:
                       sampler_logp=batch.sampler_logp.to(device), advantages=batch.advantages.to(device))
 
 
+def profile_step(learner: Learner, batch: TrainBatch, device: torch.device, title: str) -> None:
+    """Print where one learner step's host and device time go (torch.profiler, top ops by each)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        learner.step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    for sort in ("self_cpu_time_total", "self_cuda_time_total" if device.type == "cuda" else None):
+        if sort:
+            print(f"\nlearner step profile, {title}, by {sort}:\n" + events.table(sort_by=sort, row_limit=20),
+                  flush=True)
+
+
 def run(model_name: str, device: torch.device, length: int, tokens: int, micro: int, steps: int, backend: str,
-        checkpointing: bool, ctx: DistContext | None = None) -> dict:
+        checkpointing: bool, ctx: DistContext | None = None, profile: bool = False) -> dict:
     os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
     ctx = ctx or DistContext()
     torch.manual_seed(0)
@@ -124,6 +140,8 @@ def run(model_name: str, device: torch.device, length: int, tokens: int, micro: 
         sync()
         times.append(time.perf_counter() - t0)
     (step_s,) = ctx.max([statistics.median(times)])  # the slowest rank sets the pace
+    if profile and ctx.main:
+        profile_step(learner, batch, device, f"{model_name}, T={length}")
     step_tokens = len(batch) * length * ctx.world
     out = {"model": model_name, "backend": backend, "seq_len": length, "rows": len(batch) * ctx.world,
            "tokens_per_step": step_tokens, "micro_batch_rows": micro, "step_s": step_s,
@@ -152,6 +170,7 @@ def main() -> None:
     p.add_argument("--backends", default=None, help="comma list; default triton,reference on CUDA, reference on CPU")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per layer")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 over the torchrun ranks; --tokens is the total")
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     ctx = DistContext.from_env(args.device) if args.fsdp else DistContext(device=args.device)
@@ -165,7 +184,7 @@ def main() -> None:
         for backend in backends:
             try:
                 r = run(args.model, device, length, args.tokens, args.micro, args.steps, backend, args.checkpointing,
-                        ctx)
+                        ctx, args.profile)
             except torch.OutOfMemoryError as err:
                 r = {"model": args.model, "backend": backend, "seq_len": length, "error": f"OOM: {err}"[:300]}
                 torch.cuda.empty_cache()
