@@ -110,7 +110,9 @@ class SamplerEngine:
         rid = engine.add(prompt, sampling); done = engine.step()   # [(rid, Generation), ...]
 
     Weights are read at every step (the MoE's stacked copies are refreshed when an idle engine starts a run,
-    and by ``refresh_weights()``): update the model between runs, not during one.
+    and by ``refresh_weights()``): update the model between runs, not during one. Parameters updated in place
+    (optimiser steps, ``load_state_dict``) need nothing more; replaced parameter tensors are noticed when the
+    next run starts (the CUDA graphs are captured again).
     """
 
     def __init__(self, model: MiniMaxForCausalLM, *, max_slots: int = 32, max_seq_len: int = 4096,
@@ -139,6 +141,7 @@ class SamplerEngine:
         self.out_logprobs = torch.zeros(s, 1, device=dev, dtype=torch.float32)
         self.noise = torch.empty(s, self.config.vocab_size, device=dev, dtype=torch.float32)
         self._stack_experts()
+        self._pointers = self._weight_pointers()  # a captured graph reads these addresses
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         if compile is None:
             compile = self.device.type == "cuda" and os.environ.get("LIGHTSWE_SAMPLER_COMPILE", "1") != "0"
@@ -171,6 +174,9 @@ class SamplerEngine:
             self._w13.append(torch.stack([torch.cat([e.w1.weight, e.w3.weight]) for e in experts]))
             self._w2.append(torch.stack([e.w2.weight for e in experts]))
 
+    def _weight_pointers(self) -> tuple[int, ...]:
+        return tuple(p.data_ptr() for p in self.model.parameters())
+
     @torch.no_grad()
     def refresh_weights(self) -> None:
         """Copy the experts' current weights into the stacked buffers (in place: graphs stay valid)."""
@@ -198,6 +204,10 @@ class SamplerEngine:
         if not self.has_work():
             if sampling.seed is not None:
                 self.generator.manual_seed(sampling.seed)
+            if self._weight_pointers() != self._pointers:  # parameters replaced, not updated in place
+                self._graphs.clear()
+                self._stack_experts()
+                self._pointers = self._weight_pointers()
             self.refresh_weights()
         rid = self._next_rid
         self._next_rid += 1

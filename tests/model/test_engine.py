@@ -98,3 +98,21 @@ def test_exponential_race_sampling_draws_from_the_tempered_distribution():
     torch.testing.assert_close(logprobs, torch.log(expected)[tokens])
     greedy, _ = _sample(rows[:3], torch.zeros(3), torch.ones(3), torch.empty(3, 6).exponential_(), False)
     assert (greedy == logits.argmax()).all()
+
+
+def test_engine_follows_weight_updates_between_runs(tiny_config):
+    """In-place updates (load_state_dict) and replaced parameter tensors (assign=True) both reach the next run,
+    the MoE's stacked expert copies included."""
+    first, second = random_model(tiny_config, seed=0), random_model(tiny_config, seed=1)
+    sampling = SamplingConfig(max_new_tokens=4, temperature=0)
+    expected = generate(second, PROMPTS[:2], sampling)
+    for assign in (False, True):
+        model = random_model(tiny_config, seed=0)
+        engine = SamplerEngine(model, max_slots=2, max_seq_len=64)
+        before = engine.generate(PROMPTS[:2], sampling)
+        assert [g.token_ids for g in before] == [g.token_ids for g in generate(first, PROMPTS[:2], sampling)]
+        model.load_state_dict({k: v.clone() for k, v in second.state_dict().items()}, assign=assign)
+        after = engine.generate(PROMPTS[:2], sampling)
+        for a, e in zip(after, expected):
+            assert a.token_ids == e.token_ids
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(e.logprobs), rtol=0, atol=1e-4)
