@@ -44,8 +44,10 @@ class _Request:
 
 class ModelPolicy:
     def __init__(self, model, *, name: str = "model", max_batch: int = 16, batch_wait_s: float = 0.005,
-                 version: int = 0) -> None:
+                 version: int = 0, continuous: bool | None = None) -> None:
+        """``continuous``: batch continuously through ``SamplerEngine`` (default: when the model is on CUDA)."""
         self.model, self.name, self.version = model, name, version
+        self.continuous = continuous
         self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
         self._pending: list[_Request] = []
         self._pending_lock = threading.Lock()
@@ -105,57 +107,64 @@ class ModelPolicy:
         return [r.result for r in requests]
 
     def _continuous(self) -> bool:
+        if self.continuous is not None:
+            return self.continuous
         return next(self.model.parameters()).device.type == "cuda"
 
     def _generate_continuous(self, request: _Request) -> Sample:
         """Drive the shared engine one step at a time until this request is done (see the module docstring)."""
-        from lightswe.model import SamplingConfig
-        from lightswe.model.generation import engine_for
-
         while not request.done.is_set():
             with self._model_lock:
                 if request.done.is_set():
                     break
-                engine = getattr(self.model, "_sampler_engine", None)
                 with self._pending_lock:
                     waiting, self._pending = self._pending, []
-                need = max((len(r.prompt) + r.sampling.max_new_tokens for r in waiting), default=0)
-                if engine is None or not engine.has_work():  # idle: (re)size it for what is waiting
-                    engine = engine_for(self.model, self.max_batch, max(need, 1), max_slots=self.max_batch)
-                for r in waiting:
-                    if len(r.prompt) + r.sampling.max_new_tokens > engine.max_seq_len:
-                        with self._pending_lock:  # longer than this engine holds: next time it is idle
-                            self._pending.append(r)
-                        continue
-                    s = r.sampling
-                    try:
-                        rid = engine.add(r.prompt, SamplingConfig(
-                            max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                            stop_token_ids=tuple(s.stop_token_ids), seed=s.seed))
-                    except ValueError as err:
-                        r.error = err
-                        r.done.set()
-                        continue
-                    self._inflight[rid] = r
                 try:
-                    if engine.has_work():
-                        finished = engine.step()
-                        if engine.stats.occupancy:
-                            self.batch_sizes.append(engine.stats.occupancy[-1])
-                        for rid, generation in finished:
-                            r = self._inflight.pop(rid)
-                            r.result = check_sample((generation.token_ids, generation.logprobs), r.sampling)
-                            r.done.set()
-                except BaseException as err:  # noqa: BLE001 - handed to every request in flight, re-raised there
+                    self._continuous_step(waiting)
+                except BaseException as err:  # noqa: BLE001 - handed to every request taken, re-raised there
                     self.model._sampler_engine = None
-                    for r in self._inflight.values():
-                        r.error = err
-                        r.done.set()
+                    for r in [*self._inflight.values(), *waiting]:
+                        if not r.done.is_set() and r not in self._pending:
+                            r.error = err
+                            r.done.set()
                     self._inflight.clear()
         if request.error is not None:
             raise request.error
         assert request.result is not None
         return request.result
+
+    def _continuous_step(self, waiting: list[_Request]) -> None:
+        """Add the waiting requests to the engine (sized for them when idle), run one step, hand out results."""
+        from lightswe.model import SamplingConfig
+        from lightswe.model.generation import engine_for
+
+        engine = getattr(self.model, "_sampler_engine", None)
+        need = max((len(r.prompt) + r.sampling.max_new_tokens for r in waiting), default=0)
+        if engine is None or not engine.has_work():  # idle: (re)size it for what is waiting
+            engine = engine_for(self.model, self.max_batch, max(need, 1), max_slots=self.max_batch)
+        for r in waiting:
+            if len(r.prompt) + r.sampling.max_new_tokens > engine.max_seq_len:
+                with self._pending_lock:  # longer than this engine holds: taken once it is idle again
+                    self._pending.append(r)
+                continue
+            s = r.sampling
+            try:
+                rid = engine.add(r.prompt, SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                                          top_p=s.top_p, stop_token_ids=tuple(s.stop_token_ids),
+                                                          seed=s.seed))
+            except ValueError as err:  # this request's own fault (e.g. a token id outside the vocabulary)
+                r.error = err
+                r.done.set()
+                continue
+            self._inflight[rid] = r
+        if engine.has_work():
+            finished = engine.step()
+            if engine.stats.occupancy:
+                self.batch_sizes.append(engine.stats.occupancy[-1])
+            for rid, generation in finished:
+                r = self._inflight.pop(rid)
+                r.result = check_sample((generation.token_ids, generation.logprobs), r.sampling)
+                r.done.set()
 
     def _run(self, batch: list[_Request]) -> None:
         from lightswe.model import SamplingConfig

@@ -116,3 +116,36 @@ def test_engine_follows_weight_updates_between_runs(tiny_config):
         for a, e in zip(after, expected):
             assert a.token_ids == e.token_ids
             torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(e.logprobs), rtol=0, atol=1e-4)
+
+
+def test_model_policy_batches_continuously_across_threads(tiny_config):
+    """ModelPolicy on the engine (continuous=True; the default on CUDA): 5 concurrent episodes with their own
+    budgets and settings through 2 slots; greedy results equal the plain loop's, a bad request fails alone."""
+    import threading
+
+    from lightswe.agent.policies.base import SamplingParams
+    from lightswe.agent.policies.model import ModelPolicy
+
+    model = random_model(tiny_config)
+    policy = ModelPolicy(model, max_batch=2, continuous=True)
+    expected = [generate(model, [p], SamplingConfig(max_new_tokens=3 + i, temperature=0))[0]
+                for i, p in enumerate(PROMPTS)]
+    results, errors = [None] * len(PROMPTS), []
+
+    def run(i):
+        results[i] = policy.generate(PROMPTS[i], SamplingParams(max_new_tokens=3 + i, temperature=0.0, seed=i))
+
+    def bad():
+        try:
+            policy.generate([10**6], SamplingParams(max_new_tokens=2))
+        except ValueError as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))] + [threading.Thread(target=bad)]
+    [t.start() for t in threads]
+    [t.join(timeout=300) for t in threads]
+    for (tokens, logprobs), want in zip(results, expected, strict=True):
+        assert tokens == want.token_ids
+        assert logprobs == pytest.approx(want.logprobs, abs=1e-4)
+    assert len(errors) == 1 and "vocab_size" in str(errors[0])
+    assert max(policy.batch_sizes) == 2 and not policy._inflight and not policy._pending

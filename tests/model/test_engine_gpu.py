@@ -71,3 +71,29 @@ def test_sampled_logprobs_equal_the_learners(dtype, learner, bound):
     print(f"{dtype} sampler, learner {learner}: mean |sampler - learner| log-prob = {mean:.2e}, "
           f"max {torch.cat(diffs).max().item():.2e}")
     assert mean <= bound
+
+
+def test_model_policy_on_cuda_batches_continuously(tiny_config):
+    """The built-in policy on CUDA (engine, compiled step, CUDA graphs): concurrent episodes with their own budgets
+    get the plain loop's greedy tokens, and share steps."""
+    import threading
+
+    from lightswe.agent.policies.base import SamplingParams
+    from lightswe.agent.policies.model import ModelPolicy
+
+    model = random_model(tiny_config).to("cuda")
+    policy = ModelPolicy(model, max_batch=4)
+    batch = prompts(8, 256, seed=2)
+    expected = [generate_loop(model, [p], SamplingConfig(max_new_tokens=5 + i, temperature=0))[0]
+                for i, p in enumerate(batch)]
+    results = [None] * len(batch)
+
+    def run(i):
+        results[i] = policy.generate(batch[i], SamplingParams(max_new_tokens=5 + i, temperature=0.0))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(batch))]
+    [t.start() for t in threads]
+    [t.join(timeout=300) for t in threads]
+    agree = sum(r[0] == e.token_ids for r, e in zip(results, expected, strict=True))
+    assert agree >= 7 and all(len(r[0]) == 5 + i for i, r in enumerate(results))
+    assert max(policy.batch_sizes) > 1 and model._sampler_engine.use_graphs
