@@ -244,7 +244,10 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     except Exception as err:  # noqa: BLE001 - the grading container or the engine failed
         raise GradingError(f"the test run in grading container {_short(grader)} failed: {type(err).__name__}: "
                            f"{err}", stage="tests", known=known) from err
-    _require_alive(grader, "while the tests ran", known)
+    _require_alive(grader, "while the tests ran", known, settle_s=5.0 if run.runner_died else 0.0)
+    if run.runner_died:  # the container outlived its runner: still the machine's failure, never a test verdict
+        raise GradingError(f"the command runner of grading container {_short(grader)} died while the tests ran",
+                           stage="tests", known=known)
     tests = {t: run.outcomes.get(t, "missing") for t in wanted}
     f2p = {t: tests[t] == PASSED for t in instance.FAIL_TO_PASS}
     p2p = {t: tests[t] == PASSED for t in instance.PASS_TO_PASS}
@@ -274,12 +277,19 @@ def _short(box: Sandbox) -> str:
     return (box.container_id or "closed")[:12]
 
 
-def _require_alive(grader: Sandbox, when: str, known: dict) -> None:
-    try:
-        state = grader.api.inspect_container(grader.container_id)["State"]
-    except Exception as err:  # noqa: BLE001 - gone (NotFound) or the engine does not answer
-        raise GradingError(f"the grading container {_short(grader)} vanished {when}: {type(err).__name__}: {err}",
-                           stage="tests", known=known) from err
+def _require_alive(grader: Sandbox, when: str, known: dict, settle_s: float = 0.0) -> None:
+    """Raise GradingError unless the grading container still runs. ``settle_s``: how long to wait for the
+    engine to report a container whose runner just died as stopped (its socket closes before its state changes)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            state = grader.api.inspect_container(grader.container_id)["State"]
+        except Exception as err:  # noqa: BLE001 - gone (NotFound) or the engine does not answer
+            raise GradingError(f"the grading container {_short(grader)} vanished {when}: {type(err).__name__}: "
+                               f"{err}", stage="tests", known=known) from err
+        if not state.get("Running") or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
     if not state.get("Running") or state.get("Paused") or state.get("Restarting"):
         raise GradingError(f"the grading container {_short(grader)} stopped {when} (status {state.get('Status')}, "
                            f"exit {state.get('ExitCode')}, OOM-killed {state.get('OOMKilled')})", stage="tests",
@@ -293,8 +303,10 @@ def _exec(grader: Sandbox, cmd: str, stage: str, known: dict, **kw):
     except Exception as err:  # noqa: BLE001
         raise GradingError(f"a grading step ({stage}) failed in {_short(grader)}: {type(err).__name__}: {err}",
                            stage=stage, known=known) from err
-    if result.exit_code == 137 and "command runner died" in result.output:
-        _require_alive(grader, f"during {stage}", known)
+    if result.runner_died:
+        _require_alive(grader, f"during {stage}", known, settle_s=5.0)
+        raise GradingError(f"the command runner of grading container {_short(grader)} died during {stage}",
+                           stage=stage, known=known)
     return result
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import textwrap
 import threading
-import time
 from dataclasses import replace
 
 import pytest
@@ -175,7 +174,7 @@ def test_test_file_edited_deleted_or_replaced_by_a_link(env):
     assert reward == 0.0 and left(info) == {TEST_FILE: "a test file of the task"}
     reward, info = episode(env, f"git rm -q {TEST_FILE} && git commit -qm gone")
     assert reward == 0.0 and info["tests"][F2P] == "failed"
-    reward, info = episode(env, f"cp -r toolz/tests faketests && sed -i 's/^def test_nth():/def test_nth():\\n    return/' "
+    reward, info = episode(env, "cp -r toolz/tests faketests && sed -i 's/^def test_nth():/def test_nth():\\n    return/' "
                                 "faketests/test_itertoolz.py && rm -r toolz/tests && ln -s ../faketests toolz/tests")
     assert reward == 0.0 and info["tests"][F2P] == "failed"
     assert "keeps a directory" in left(info)["toolz/tests"]
@@ -192,7 +191,7 @@ def test_pytest_module_or_package_at_the_repository_root(env):
 
 
 def test_usercustomize_and_pth_in_the_user_site(env):
-    fixed_copy = f"mkdir -p ~/fixed && cp -r toolz ~/fixed/ && sed -i 's/n + 1, None/n, None/' ~/fixed/toolz/itertoolz.py"
+    fixed_copy = "mkdir -p ~/fixed && cp -r toolz ~/fixed/ && sed -i 's/n + 1, None/n, None/' ~/fixed/toolz/itertoolz.py"
     site = "$(python -m site --user-site)"
     reward, info = episode(env, fixed_copy, f"mkdir -p {site} && echo 'import sys; sys.path.insert(0, \"/home/agent/fixed\")' "
                                             f"> {site}/usercustomize.py && cp {site}/usercustomize.py {site}/evil.pth && "
@@ -328,24 +327,19 @@ def test_grading_image_that_cannot_start_raises(env, task):
 
 
 def kill_when_tests_run(make):
-    """A ``fresh`` that kills the grading container once pytest is running in it."""
+    """A ``fresh`` whose container is killed 0.3 s after the test command starts (pytest is then importing or
+    collecting: under load a poll of ``docker top`` could miss a short run, so the kill is tied to the command)."""
 
     def fresh():
         box = make()
+        run = box.exec
 
-        def killer():
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    processes = box.api.top(box.container_id)["Processes"] or []
-                except Exception:  # noqa: BLE001 - gone already
-                    return
-                if any("pytest" in " ".join(p) and "--junitxml" in " ".join(p) for p in processes):
-                    box.api.kill(box.container_id)
-                    return
-                time.sleep(0.05)
+        def exec_(cmd, *args, **kwargs):
+            if "--junitxml" in cmd:
+                threading.Timer(0.3, box.api.kill, args=(box.container_id,)).start()
+            return run(cmd, *args, **kwargs)
 
-        threading.Thread(target=killer, daemon=True).start()
+        box.exec = exec_
         return box
 
     return fresh
