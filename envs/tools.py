@@ -130,8 +130,8 @@ def _value(call: ToolCall, name: str, required: bool) -> Any:
     value = call.arguments.get(name, _MISSING)
     if value is _MISSING or value is None:
         if required:
-            what = "missing" if value is _MISSING else "null"
-            raise ToolError(f"{call.name}: argument {name!r} is {what}; it takes "
+            what = f"missing argument {name!r}" if value is _MISSING else f"argument {name!r} is null"
+            raise ToolError(f"{call.name}: {what}; it takes "
                             f"{list(_schema(call.name)['parameters']['properties'])} (required: "
                             f"{_schema(call.name)['parameters']['required']})")
         return _MISSING
@@ -433,13 +433,20 @@ def _read(box: Sandbox, tool: str, path: str, target: str, *, directory_ok: bool
         raise ToolError(f"{tool}: {path} is not a regular file (a device, socket or pipe); use bash to inspect it")
     if kind == "R":
         raise ToolError(f"{tool}: {path} is not readable by the agent user (permission denied)")
-    if not kind.startswith("F ") or result.exit_code != 0 or result.truncated:
+    if not re.fullmatch(r"F \d+", kind) or result.exit_code != 0 or result.truncated:
         raise _failed(tool, "read", path, result.output)
     size = int(kind[2:])
     if size > MAX_FILE_BYTES:
         raise ToolError(f"{tool}: {path} has {size} bytes, more than the {MAX_FILE_BYTES} this tool reads; use "
                         "search, or bash with sed -n 'A,Bp' (and sed -i or python for edits)")
-    return base64.b64decode(body.strip())
+    return _decode64(tool, "read", path, body)
+
+
+def _decode64(tool: str, what: str, path: str, text: str) -> bytes:
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except ValueError:  # binascii.Error: the command printed something else (e.g. it was killed)
+        raise _failed(tool, what, path, text) from None
 
 
 def _write(box: Sandbox, tool: str, path: str, target: str, data: bytes, *, new: bool) -> None:
@@ -483,8 +490,9 @@ def _listing(box: Sandbox, path: str, target: str) -> str:
         raise ToolError(f"view: the directory {path} is not readable by the agent user (permission denied)")
     if kind != "L":
         raise _failed("view", "list", path, result.output)
-    names = [show(n.decode("utf-8", "surrogateescape")).replace("\n", "\\n")
-             for n in base64.b64decode(body.strip()).split(b"\0") if n]
+    prefix = "" if posixpath.normpath(path) == "." else posixpath.normpath(path) + "/"
+    names = [prefix + show(n.decode("utf-8", "surrogateescape")).replace("\n", "\\n")
+             for n in _decode64("view", "list", path, body).split(b"\0") if n]
     more = f"\n[more than {DIR_MAX_ENTRIES} entries; view a subdirectory]" if len(names) > DIR_MAX_ENTRIES else ""
     head = f"[{path}: two levels deep; .git and __pycache__ are not listed]"
     return "\n".join([head, *names[:DIR_MAX_ENTRIES]]) + more if names else f"[{path} is an empty directory]"
@@ -535,7 +543,7 @@ def search(box: Sandbox, call: ToolCall) -> ToolResult:
     encoded, _, status = body.partition("\n")
     if kind != "S":
         raise _failed("search", "search", path, result.output)
-    found = base64.b64decode(encoded).decode("utf-8", "surrogateescape").split("\n")
+    found = _decode64("search", "search", path, encoded).decode("utf-8", "surrogateescape").split("\n")
     if found[-1] == "":
         found.pop()
     if status.strip() == "2" and found and found[0].startswith("grep: "):

@@ -8,6 +8,7 @@ back as observations, never as an exception or a fake runner death.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -109,3 +110,5 @@ def test_values_python_chokes_on_are_observations():
     assert len(observations) == len(CHOKING)
     for observation, (_, expected) in zip(observations, CHOKING):
         assert expected in observation and "runner died" not in observation
+    # the trajectory stays storable as strict UTF-8 JSON (the recorded calls held a lone surrogate and NaN)
+    json.dumps(trajectory.to_dict(), ensure_ascii=False, allow_nan=False).encode("utf-8")
