@@ -202,10 +202,10 @@ class RepoSynthesizer:
         box.write_file(f"/testbed/{mutation.path}", mutation.apply(original), owner="root")
         try:
             run = run_tests(box, spec.test_command, timeout=timeout)
-            diff = box.exec(f"git diff -R --no-color --no-ext-diff --src-prefix=b/ --dst-prefix=a/ -- '{mutation.path}'", timeout=30, user="root",
+            diff = box.exec(f"git diff -R --no-color --no-ext-diff --src-prefix=b/ --dst-prefix=a/ -- '{mutation.path}'", timeout=30, user="agent",
                             max_output_bytes=1_000_000)
         finally:
-            box.exec(f"git checkout -q -- '{mutation.path}'", timeout=30, user="root")
+            box.exec(f"git checkout -q -- '{mutation.path}'", timeout=30, user="agent")
         failing = sorted(stable - run.passed)
         reason = ("timeout" if run.timed_out else "collection_error" if run.collection_errors
                   else "no_test_fails" if not failing else "too_many_fail" if len(failing) > cfg.max_fail else "")
