@@ -168,7 +168,13 @@ class Sandbox:
         binds = {host: {"bind": inside, "mode": "ro"} for host, inside in c.read_only_binds.items()}
         extra: dict = {}
         if mode == "loop":
-            self._volume = _disk.LoopVolume(self.client, c.image, size, owner)
+            try:
+                self._volume = _disk.LoopVolume(self.client, c.image, size, owner)
+            except InfrastructureError:
+                raise
+            except Exception as err:  # docker/requests errors (e.g. the image is missing): the infrastructure branch
+                raise SandboxError(f"cannot prepare the disk volume of a container from {c.image!r}: {err}; fix: "
+                                   "build the image first (`python -m lightswe setup` for the base image)") from err
             binds.update(self._volume.binds())
             extra["read_only"] = True
             self._disk_path = "/tmp"
