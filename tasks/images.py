@@ -98,7 +98,7 @@ def _engine_step(what: str):
                 return function(*args, **kwargs)
             except LightSWEError:
                 raise
-            except Exception as err:  # noqa: BLE001 - docker.errors.*, requests.*, ConnectionError
+            except Exception as err:
                 raise ImageBuildError(f"{what} failed in the Docker engine: {err}; fix: check that the engine "
                                       "answers (`docker info`) and has disk space, then retry") from err
         return call

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from lightswe.envs.sandbox import Sandbox, SandboxConfig
 from lightswe.envs.swe_env import CHARSET
 from lightswe.envs.tool_calls import ToolCall

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from lightswe.envs.swe_env import CHARSET
 from lightswe.envs.tools import ToolError, render, replace_once, show, unescape
 
