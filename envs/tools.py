@@ -36,6 +36,7 @@ import base64
 import math
 import posixpath
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -399,9 +400,28 @@ _WRITE = """p=$LIGHTSWE_PATH
 if [ "$LIGHTSWE_NEW" = 1 ]; then
   if [ -e "$p" ] || [ -L "$p" ]; then echo EXISTS; exit 3; fi
   mkdir -p -- "$(dirname -- "$p")" || exit 1
-  set -C
+  mode=$(printf '%04o' $(( 0666 & ~0$(umask) )))
 fi
-cat > "$p\""""
+t=$(readlink -f -- "$p") || exit 1
+[ "$LIGHTSWE_NEW" = 1 ] || mode=$(stat -c %a -- "$t") || exit 1
+# the bytes go to a temporary file beside the target, which then takes the target's place in one rename
+# (create: one hard link, which fails if the name exists): a failed write leaves the old file whole
+tmp=$t.lightswe-$LIGHTSWE_SUFFIX
+if (set -C; : > "$tmp") 2>/dev/null; then
+  { cat > "$tmp" && chmod "$mode" -- "$tmp"; } || { status=$?; rm -f -- "$tmp"; exit "$status"; }
+  if [ "$LIGHTSWE_NEW" = 1 ]; then
+    ln -T -- "$tmp" "$t" 2>/dev/null || { rm -f -- "$tmp"; echo EXISTS; exit 3; }
+    rm -f -- "$tmp"
+  else
+    mv -f -T -- "$tmp" "$t" || { status=$?; rm -f -- "$tmp"; exit "$status"; }
+  fi
+  exit 0
+fi
+# a directory the agent may not add files to, holding a file it may write: in place
+if [ "$LIGHTSWE_NEW" = 1 ]; then set -C; fi
+cat > "$t"
+"""
+_CLEAN = 'rm -f -- "$(readlink -f -- "$LIGHTSWE_PATH").lightswe-$LIGHTSWE_SUFFIX"'
 _SEARCH = f"""p=$LIGHTSWE_PATH
 if [ ! -e "$p" ]; then echo N; exit 0; fi
 echo S
@@ -439,21 +459,31 @@ def _read(box: Sandbox, tool: str, path: str, target: str, *, directory_ok: bool
     if size > MAX_FILE_BYTES:
         raise ToolError(f"{tool}: {path} has {size} bytes, more than the {MAX_FILE_BYTES} this tool reads; use "
                         "search, or bash with sed -n 'A,Bp' (and sed -i or python for edits)")
-    return _decode64(tool, "read", path, body)
+    data = _decode64(tool, "read", path, body)
+    if len(data) != size:
+        raise ToolError(f"{tool}: {path} changed while it was read ({size} bytes, then {len(data)}); try again")
+    return data
 
 
 def _decode64(tool: str, what: str, path: str, text: str) -> bytes:
+    """The bytes of the one base64 line at the start of ``text`` (the sandbox may append a note after it)."""
     try:
-        return base64.b64decode(text.strip(), validate=True)
+        return base64.b64decode(text.lstrip("\n").split("\n", 1)[0], validate=True)
     except ValueError:  # binascii.Error: the command printed something else (e.g. it was killed)
         raise _failed(tool, what, path, text) from None
 
 
 def _write(box: Sandbox, tool: str, path: str, target: str, data: bytes, *, new: bool) -> None:
-    result = _exec(box, _WRITE, {"LIGHTSWE_PATH": target, "LIGHTSWE_NEW": "1" if new else "0"}, stdin=data)
+    """Replace (or, ``new``, create) the file atomically: on any failure the old file is whole."""
+    env = {"LIGHTSWE_PATH": target, "LIGHTSWE_NEW": "1" if new else "0", "LIGHTSWE_SUFFIX": uuid.uuid4().hex[:12]}
+    result = _exec(box, _WRITE, env, stdin=data)
     if result.exit_code == 3 and result.output.startswith("EXISTS"):
         raise ToolError(f"create: {path} already exists; edit it with str_replace (or remove it with bash first)")
     if result.exit_code != 0:
+        box.exec(_CLEAN, timeout=30, env=env)  # a write stopped from outside (disk limit) leaves no temporary
+        if getattr(result, "disk_full", False):
+            raise ToolError(f"{tool}: the sandbox's disk is full, so {path} was left as it was; free space with "
+                            "bash (rm large files you made) and retry")
         raise _failed(tool, "write", path, result.output)
 
 
