@@ -203,6 +203,13 @@ def test_numbers_in_other_spellings_are_accepted(box, arguments, expected):
     assert expected in tool(box, "view", path="f.py", **arguments)
 
 
+def test_the_sandbox_refuses_a_nan_timeout_instead_of_reporting_a_runner_death(box):
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="finite number of seconds"):
+            box.exec("true", timeout=bad)
+    assert box.exec("echo alive", timeout=5).output == "alive\n"
+
+
 def test_huge_timeouts_are_capped_with_a_note(box):
     assert tool(box, "bash", command="echo ok", timeout=1e308).startswith("[timeout capped at 600 s]\nok")
     assert tool(box, "bash", command="echo ok", timeout=10**400).startswith("[timeout capped at 600 s]")
