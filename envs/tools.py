@@ -11,6 +11,8 @@ Guarantees (tests in ``tests/envs/test_tools*.py``, against the real engine):
 - **Byte-exact edits.** Files are read as bytes and decoded as UTF-8 with ``surrogateescape``: ``str_replace``
   rewrites exactly the matched span and every other byte of the file (non-UTF-8 bytes, a BOM, NUL bytes, a
   missing final newline) is written back as it was; ``create`` writes the content's UTF-8 bytes as given.
+  A write goes to a temporary file beside the target that replaces it in one rename (``create``: one hard
+  link, so an existing name is never overwritten): a full disk or a file-size limit leaves the old file whole.
 - **Honest view.** What the observation cannot carry is shown as an escape: a byte that is not UTF-8 as
   ``\\xNN`` (80-ff), a control character as ``\\xNN`` (00-1f, 7f) or ``\\r``, any other non-printable
   character (BOM, NBSP, zero-width, C1) as ``\\uXXXX`` and one outside the Basic Multilingual Plane as
