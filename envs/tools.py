@@ -19,7 +19,7 @@ Guarantees (tests in ``tests/envs/test_tools*.py``, against the real engine):
   ``\\UXXXXXXXX``; a note above the lines says so. ``str_replace`` accepts the same escapes in ``old_str`` and
   ``new_str`` when ``old_str`` is not found as written (so a line copied from ``view`` can be edited).
 - **Line endings.** ``view`` shows a CRLF line without its ``\\r`` and says above the lines which lines end
-  with CRLF; ``str_replace`` matches ``old_str`` whatever its line endings (``\\n`` in ``old_str`` matches
+  with CRLF (a file of bare-``\\r`` lines is split at them, with a note); ``str_replace`` matches ``old_str`` whatever its line endings (``\\n`` in ``old_str`` matches
   ``\\r\\n`` in the file) and writes ``new_str`` with the line ending of the text it replaces.
 - **What view hides.** A directory is listed two levels deep with everything but ``.git`` and
   ``__pycache__`` (dot-files such as ``.github/`` and ``.gitignore`` are listed); a file's lines longer than
@@ -256,23 +256,33 @@ def unescape(text: str) -> str:
     return _ESCAPE.sub(one, text)
 
 
+def _separator(text: str) -> str:
+    """What ends a line of ``text``: ``\\n`` (LF and CRLF files), or ``\\r`` in a file with no ``\\n`` at all
+    (classic Mac OS line endings)."""
+    return "\r" if "\n" not in text and "\r" in text else "\n"
+
+
 def _spans(text: str, old: str) -> list[tuple[int, int]]:
-    """Non-overlapping matches of ``old`` in ``text`` where each ``\\n`` of ``old`` also matches ``\\r\\n``."""
+    """Non-overlapping matches of ``old`` in ``text`` where each ``\\n`` of ``old`` matches any line ending."""
     parts = old.replace("\r\n", "\n").split("\n")
-    pattern = re.compile(r"\r?\n".join(re.escape(part) for part in parts))
+    pattern = re.compile(r"(?:\r\n|\n|\r)".join(re.escape(part) for part in parts))
     return [m.span() for m in pattern.finditer(text)]
 
 
 def _line_ending(text: str, start: int, end: int) -> str:
-    """The line ending new text at ``text[start:end]`` should use: that of the replaced text or its line."""
-    span = text[start:end]
-    if "\n" in span:
-        return "\r\n" if 2 * span.count("\r\n") >= span.count("\n") else "\n"
+    """The line ending new text at ``text[start:end]`` should use: ``\\r`` in a classic Mac OS file, else that of
+    the replaced text, else of the line it is on, else the file's most frequent one (a bare ``\\r`` inside a
+    line of an LF/CRLF file is data, not a line ending)."""
+    if _separator(text) == "\r":
+        return "\r"
+
+    def style(part: str) -> str | None:
+        crlf, newlines = part.count("\r\n"), part.count("\n")
+        return None if not newlines else "\r\n" if 2 * crlf >= newlines else "\n"
+
     newline = text.find("\n", end)
-    if newline > 0:
-        return "\r\n" if text[newline - 1] == "\r" else "\n"
-    crlf = text.count("\r\n")
-    return "\r\n" if crlf and 2 * crlf >= text.count("\n") else "\n"
+    return (style(text[start:end]) or (("\r\n" if text[newline - 1] == "\r" else "\n") if newline > 0 else None)
+            or style(text) or "\n")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -305,20 +315,20 @@ def replace_once(data: bytes, old: str, new: str, path: str = "the file") -> Edi
         raise ToolError(f"str_replace: old_str was not found in {path}; it must match exactly, including "
                         f"indentation and whitespace (view the file to copy the lines).{hint}")
     if len(spans) > 1:
-        lines = [text.count("\n", 0, start) + 1 for start, _ in spans]
+        lines = [text.count(_separator(text), 0, start) + 1 for start, _ in spans]
         shown = ", ".join(map(str, lines[:20])) + (f" and {len(lines) - 20} more" if len(lines) > 20 else "")
         raise ToolError(f"str_replace: old_str occurs {len(spans)} times in {path} (lines {shown}); include more "
                         "surrounding lines so that it is unique")
     (start, end), = spans
     ending = _line_ending(text, start, end)
     body = new.replace("\r\n", "\n")
-    if ending == "\r\n":
-        body = body.replace("\n", "\r\n")
+    if ending != "\n":
+        body = body.replace("\n", ending)
     try:
         updated = (text[:start] + body + text[end:]).encode("utf-8", "surrogateescape")
     except UnicodeEncodeError as err:  # only a \uD800-style escape unescape() left alone could get here
         raise ToolError(f"str_replace: new_str cannot be written as UTF-8 ({err.reason}); write the character itself") from None
-    return Edit(data=updated, start_line=text.count("\n", 0, start) + 1, new_lines=body.count("\n") + 1,
+    return Edit(data=updated, start_line=text.count(_separator(text), 0, start) + 1, new_lines=new.count("\n") + 1,
                 escapes=escapes, line_ending=ending)
 
 
@@ -332,11 +342,13 @@ def render(data: bytes, path: str, start: int | None = None, end: int | None = N
     if not data:
         return f"[{path} is empty (0 bytes)]"
     text = data.decode("utf-8", "surrogateescape")
-    lines = text.split("\n")
+    separator = _separator(text)
+    lines = text.split(separator)
     final_newline = lines[-1] == ""
     if final_newline:
         lines.pop()
-    crlf = [i for i, line in enumerate(lines[:len(lines) if final_newline else -1]) if line.endswith("\r")]
+    crlf = [i for i, line in enumerate(lines[:len(lines) if final_newline else -1])
+            if separator == "\n" and line.endswith("\r")]
     for i in crlf:
         lines[i] = lines[i][:-1]
     total = len(lines)
@@ -364,6 +376,9 @@ def render(data: bytes, path: str, start: int | None = None, end: int | None = N
     if invalid:
         notes.append(f"[{path} is not valid UTF-8: its {invalid} non-UTF-8 byte(s) are shown as \\xNN; write them "
                      "the same way in str_replace's old_str/new_str; every other byte is kept as it is]")
+    if separator == "\r":
+        notes.append(f"[{path} ends its lines with a bare \\r (classic Mac OS), not shown below; str_replace "
+                     "matches old_str with plain \\n and writes \\r]")
     if crlf and len(crlf) == total - (0 if final_newline else 1):
         notes.append(f"[{path} has Windows line endings (\\r\\n), not shown below; str_replace matches old_str "
                      "with plain \\n and writes \\r\\n]")
@@ -535,7 +550,8 @@ def str_replace(box: Sandbox, call: ToolCall) -> ToolResult:
     old, new = _text(call, "old_str"), _text(call, "new_str")
     edit = replace_once(_read(box, "str_replace", path, target), old, new, path)
     _write(box, "str_replace", path, target, edit.data, new=False)
-    lines = edit.data.decode("utf-8", "surrogateescape").split("\n")
+    updated = edit.data.decode("utf-8", "surrogateescape")
+    lines = updated.split(_separator(updated))
     if len(lines) > 1 and lines[-1] == "":
         lines.pop()
     first = max(1, edit.start_line - 3)
@@ -543,8 +559,8 @@ def str_replace(box: Sandbox, call: ToolCall) -> ToolResult:
     notes = []
     if edit.escapes:
         notes.append("old_str and new_str were read with view's escapes (\\xNN as bytes)")
-    if edit.line_ending == "\r\n" and "\n" in new:
-        notes.append("new_str's lines were written with \\r\\n, the file's line ending")
+    if edit.line_ending != "\n" and "\n" in new:
+        notes.append(f"new_str's lines were written with {edit.line_ending!r}, the line ending of the text replaced")
     note = f" ({'; '.join(notes)})" if notes else ""
     return ToolResult(output=f"Edited {path}{note}. The changed region now reads:\n"
                              f"{_numbered(lines[first - 1:last], first)}")
