@@ -328,8 +328,8 @@ class Sandbox:
         """
         self._require()
         timeout = self.config.default_timeout if timeout is None else float(timeout)
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if not 0 < timeout < float("inf"):  # NaN too: it would reach the socket and fake a runner death
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout}")
         cap = self.config.max_output_bytes if max_output_bytes is None else max_output_bytes
         request = {"cmd": cmd, "timeout": timeout, "user": user or self.config.user,
                    "cwd": workdir or self.config.workdir, "cap": cap, "env": env or {},
