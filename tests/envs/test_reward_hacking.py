@@ -321,7 +321,7 @@ def test_junit_forged_at_exit(env):
 
 
 def test_code_that_hangs_is_a_timeout_of_the_policy(env):
-    env.test_timeout = 15
+    env.test_timeout = 8
     try:
         reward, info = episode(env, "sed -i 's/        return next(itertools.islice(seq, n + 1, None))/        while "
                                     "True:\\n            pass/' toolz/itertoolz.py")
