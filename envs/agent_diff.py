@@ -33,6 +33,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from lightswe.errors import InfrastructureError
+
 WORKDIR = "/testbed"
 REGULAR, EXECUTABLE, SYMLINK, SPECIAL = "100644", "100755", "120000", "special"
 # git run by the harness: no system/global config, no home, no replace objects, no hooks, no fsmonitor,
@@ -47,7 +49,7 @@ PRISTINE_GIT = ("git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c core
                 "-c core.attributesFile=/dev/null -c core.excludesFile=/dev/null")
 
 
-class SnapshotError(Exception):
+class SnapshotError(InfrastructureError):
     """Reading a tree failed for a reason of the machine (engine, container, truncated listing)."""
 
 

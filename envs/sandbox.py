@@ -171,6 +171,10 @@ class Sandbox:
             mode = _disk.disk_mode(self.client) if c.disk_limit and not c.build else "none"
             if mode == "loop":
                 self._volume = _disk.LoopVolume(self.client, c.image, size, owner)
+        except _disk.DiskError as err:
+            raise SandboxError(f"cannot make the disk volume of a sandbox from {c.image!r}: {err}; fix: check "
+                               "free space under ~/.cache/lightswe, or set LIGHTSWE_DISK_MODE=none to run "
+                               "without a hard disk limit") from err
         except LightSWEError:
             raise
         except Exception as err:
@@ -199,6 +203,9 @@ class Sandbox:
             )
         except Exception as err:
             self._drop_volume()
+            if "storage_opt" in extra and "storage-opt" in str(err).lower():  # no quota after all: the fallback
+                _disk.disk_mode(self.client, no_quota=True)
+                return self._start()
             raise SandboxError(f"cannot create a container from {c.image!r}: {err}; fix: build it first "
                                "(`python -m lightswe setup` for the base image)") from err
         self.container_id = created["Id"]
@@ -321,8 +328,8 @@ class Sandbox:
         """
         self._require()
         timeout = self.config.default_timeout if timeout is None else float(timeout)
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if not 0 < timeout < float("inf"):  # NaN too: it would reach the socket and fake a runner death
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout}")
         cap = self.config.max_output_bytes if max_output_bytes is None else max_output_bytes
         request = {"cmd": cmd, "timeout": timeout, "user": user or self.config.user,
                    "cwd": workdir or self.config.workdir, "cap": cap, "env": env or {},

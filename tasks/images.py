@@ -98,7 +98,7 @@ def _engine_step(what: str):
                 return function(*args, **kwargs)
             except LightSWEError:
                 raise
-            except Exception as err:  # noqa: BLE001 - docker.errors.*, requests.*, ConnectionError
+            except Exception as err:
                 raise ImageBuildError(f"{what} failed in the Docker engine: {err}; fix: check that the engine "
                                       "answers (`docker info`) and has disk space, then retry") from err
         return call
@@ -125,13 +125,16 @@ def _commit(box: Sandbox, repository: str, tag: str, labels: dict[str, str]) -> 
 def _put_tree(box: Sandbox, tar_bytes: bytes) -> None:
     box.exec(f"mkdir -p {WORKDIR}", timeout=30, user="root")
     if not box.api.put_archive(box.container_id, WORKDIR, tar_bytes):
-        raise ImageBuildError("copying the source tree into the build container failed")
+        raise ImageBuildError("copying the source tree into the build container failed (the engine refused the "
+                              "archive); fix: check the engine's disk space (`docker system df`) and retry")
 
 
 def _run(box: Sandbox, cmd: str, what: str, timeout: float, **kw) -> str:
     result = box.exec(cmd, timeout=timeout, user="root", max_output_bytes=200_000, **kw)
     if result.exit_code != 0:
-        raise ImageBuildError(f"{what} failed (exit {result.exit_code}) running `{cmd}`:\n{result.output[-3000:]}")
+        raise ImageBuildError(f"{what} failed (exit {result.exit_code}) running `{cmd}`; fix: the output below says "
+                              f"why (a missing dependency or a network error: check the task's install_command):\n"
+                              f"{result.output[-3000:]}")
     return result.output
 
 
