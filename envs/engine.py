@@ -36,6 +36,8 @@ CACHE_DIR = Path(os.environ.get("LIGHTSWE_CACHE", Path.home() / ".cache" / "ligh
 AGENT_UID = 1000
 
 _SUITE = "bookworm"
+# Python of each Debian release the mirror serves (buster, Python 3.7, is archived: not on the mirror).
+PYTHON_SUITES = {"3.9": "bullseye", "3.11": "bookworm", "3.13": "trixie"}
 _PACKAGES = ("python3", "python3-venv", "python3-pip", "git", "ca-certificates", "procps")
 # Run inside the unpacked root file system (chroot) after debootstrap; part of the recipe hash.
 _POST_INSTALL = f"""set -e
@@ -68,9 +70,9 @@ def _say(message: str) -> None:
     print(f"[lightswe] {message}", file=sys.stderr, flush=True)
 
 
-def recipe_hash() -> str:
+def recipe_hash(suite: str = _SUITE) -> str:
     """Content hash of the base-image recipe: suite, packages, post-install script and image settings."""
-    text = "\n".join([_SUITE, *_PACKAGES, _POST_INSTALL, *_CHANGES])
+    text = "\n".join([suite, *_PACKAGES, _POST_INSTALL, *_CHANGES])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -157,26 +159,49 @@ def debian_mirror() -> str:
                       "to a mirror URL, or name a ready image in LIGHTSWE_BASE_IMAGE")
 
 
-def base_image_problem(client=None) -> str | None:
+def base_image_for(python_version: str) -> str:
+    """The base image tag with Python ``python_version`` ("3.9", "3.11", "3.13"; see ``PYTHON_SUITES``).
+
+    Raises ValueError naming the versions the Debian mirror offers when there is none for that version.
+    """
+    short = ".".join(python_version.strip().split(".")[:2])
+    suite = PYTHON_SUITES.get(short)
+    if suite is None:
+        offered = ", ".join(f"{v} ({s})" for v, s in PYTHON_SUITES.items())
+        raise ValueError(f"no base image has Python {python_version!r}: this machine's Debian mirror offers "
+                         f"Python {offered}")
+    return f"lightswe/base:{suite}"
+
+
+def base_image_problem(client=None, suite: str = _SUITE) -> str | None:
     """None when the base image is present and current, else what is wrong (for ``lightswe doctor``)."""
     import docker
 
     client = client or _ping()
+    tag = f"lightswe/base:{suite}"
     try:
-        image = client.images.get(BASE_IMAGE)
+        image = client.images.get(tag)
     except docker.errors.ImageNotFound:
-        return f"{BASE_IMAGE} is missing"
-    if os.environ.get("LIGHTSWE_BASE_IMAGE"):
+        return f"{tag} is missing"
+    if os.environ.get("LIGHTSWE_BASE_IMAGE") and suite == _SUITE:
         return None
     found = (image.labels or {}).get(RECIPE_LABEL)
-    if found != recipe_hash():
-        return f"{BASE_IMAGE} was built from another recipe ({found} != {recipe_hash()})"
+    if found != recipe_hash(suite):
+        return f"{tag} was built from another recipe ({found} != {recipe_hash(suite)})"
     return None
 
 
-def ensure_base_image(client=None, progress: Progress = _say, force: bool = False) -> str:
-    """Return ``BASE_IMAGE``, pulling ``LIGHTSWE_BASE_IMAGE`` or building it with debootstrap when absent."""
+def ensure_base_image(client=None, progress: Progress = _say, force: bool = False, suite: str = _SUITE) -> str:
+    """Return ``BASE_IMAGE``, pulling ``LIGHTSWE_BASE_IMAGE`` or building it with debootstrap when absent.
+
+    ``suite``: another Debian release of ``PYTHON_SUITES`` builds ``lightswe/base:<suite>`` the same way
+    (debootstrap once, cached by recipe hash; a few minutes).
+    """
     client = client or ensure_engine(progress)
+    if suite != _SUITE:
+        if force or base_image_problem(client, suite) is not None:
+            _build_base_image(client, progress, suite)
+        return f"lightswe/base:{suite}"
     named = os.environ.get("LIGHTSWE_BASE_IMAGE")
     if named:
         progress(f"using the base image named in LIGHTSWE_BASE_IMAGE: {named}")
@@ -214,9 +239,10 @@ def _adopt(client, image, named: str) -> None:
         container.remove(force=True)
 
 
-def _build_base_image(client, progress: Progress) -> None:
+def _build_base_image(client, progress: Progress, suite: str = _SUITE) -> None:
+    target = f"lightswe/base:{suite}"
     if os.geteuid() != 0:
-        raise EngineError(f"{BASE_IMAGE} is missing and building it with debootstrap needs root; fix: run "
+        raise EngineError(f"{target} is missing and building it with debootstrap needs root; fix: run "
                           "`sudo python -m lightswe setup` once, or set LIGHTSWE_BASE_IMAGE to a registry image")
     if not shutil.which("debootstrap"):
         progress("debootstrap is missing: apt-get install -y debootstrap")
@@ -225,12 +251,12 @@ def _build_base_image(client, progress: Progress) -> None:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="base-", dir=CACHE_DIR))
     root = work / "rootfs"
-    log = CACHE_DIR / "debootstrap.log"
+    log = CACHE_DIR / f"debootstrap-{suite}.log"
     try:
-        progress(f"building {BASE_IMAGE}: debootstrap {_SUITE} from {mirror} (a few minutes; log: {log})")
+        progress(f"building {target}: debootstrap {suite} from {mirror} (a few minutes; log: {log})")
         with open(log, "wb") as handle:
             done = subprocess.run(
-                ["debootstrap", "--variant=minbase", f"--include={','.join(_PACKAGES)}", _SUITE, str(root), mirror],
+                ["debootstrap", "--variant=minbase", f"--include={','.join(_PACKAGES)}", suite, str(root), mirror],
                 stdout=handle, stderr=subprocess.STDOUT)
         if done.returncode != 0:
             raise EngineError(f"debootstrap failed (exit {done.returncode}); see {log}: "
@@ -239,9 +265,9 @@ def _build_base_image(client, progress: Progress) -> None:
         progress("importing the root file system into Docker")
         tarball = work / "rootfs.tar"
         subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(tarball), "."], check=True)
-        changes = [*_CHANGES, f"LABEL {RECIPE_LABEL}={recipe_hash()}"]
-        repository, tag = BASE_IMAGE.split(":")
+        changes = [*_CHANGES, f"LABEL {RECIPE_LABEL}={recipe_hash(suite)}"]
+        repository, tag = target.split(":")
         client.api.import_image_from_file(str(tarball), repository=repository, tag=tag, changes=changes)
-        progress(f"{BASE_IMAGE} ready")
+        progress(f"{target} ready")
     finally:
         shutil.rmtree(work, ignore_errors=True)
