@@ -63,9 +63,9 @@ def _run(args):
     from lightswe.agent.policies.spec import make_policy
     from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
     from lightswe.model import load_tokenizer
-    from lightswe.tasks.instance import read_jsonl
+    from lightswe.tasks.datasets import load_tasks
 
-    tasks = read_jsonl(args.tasks)
+    tasks = load_tasks(args.tasks)
     config = RolloutConfig(group_size=args.group_size, round=args.round, seed=args.seed,
                            progress=not args.no_progress)
     agent = _agent_config(args)

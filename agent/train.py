@@ -132,12 +132,13 @@ def load_tasks(spec: str) -> list:
 
         split, words = arith_spec(spec)
         return arithmetic_tasks(split, words=words)
-    from lightswe.tasks.instance import read_jsonl
+    from lightswe.tasks.datasets import load_tasks
 
-    if not Path(spec).is_file():
-        raise ValueError(f"tasks {spec!r}: expected 'arith:<split>[:<op words>]' (e.g. arith:rl:sum) or a JSONL "
-                         f"file of task instances")
-    return read_jsonl(spec)
+    try:
+        return load_tasks(spec)
+    except FileNotFoundError:
+        raise ValueError(f"tasks {spec!r}: expected 'arith:<split>[:<op words>]' (e.g. arith:rl:sum), a task file "
+                         "(.jsonl/.json/.parquet), a dataset directory or a cached dataset name") from None
 
 
 def tasks_at(tasks: list, cursor: int, count: int, seed: int) -> list:

@@ -38,7 +38,8 @@ from lightswe.envs.grading import Grade, grade
 from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError
 from lightswe.envs.tool_calls import EXAMPLES, PARSERS, ToolCall, ToolCallFormatError
 from lightswe.envs.tools import TOOL_NAMES, ToolError, run_tool
-from lightswe.tasks.instance import TaskInstance, read_jsonl
+from lightswe.tasks.datasets import load_tasks
+from lightswe.tasks.instance import TaskInstance
 
 CHARSET = "\t\n" + "".join(chr(i) for i in range(0x20, 0x10000) if chr(i).isprintable())
 _ALLOWED = frozenset(CHARSET)
@@ -70,7 +71,7 @@ class SWEEnv(gym.Env[str, str]):
             raise ValueError(f"tool_format must be one of {sorted(PARSERS)}, got {tool_format!r}")
         if tasks is None:
             tasks = default_tasks_path()
-        self.tasks: list[TaskInstance] = read_jsonl(tasks) if isinstance(tasks, (str, Path)) else list(tasks)
+        self.tasks: list[TaskInstance] = load_tasks(tasks) if isinstance(tasks, (str, Path)) else list(tasks)
         if not self.tasks or not all(isinstance(t, TaskInstance) for t in self.tasks):
             raise TypeError(f"tasks must be a JSONL path or a non-empty list of TaskInstance, got {tasks!r:.200}")
         self._by_id = {t.instance_id: t for t in self.tasks}

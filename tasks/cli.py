@@ -27,10 +27,15 @@ def register(subparsers) -> None:
     r.add_argument("--out", type=Path, default=Path("tasks_out"))
     r.set_defaults(func=_report)
 
-    v = sub.add_parser("validate", help="check instances of a JSONL file (SWE-bench format) in the environment")
-    v.add_argument("file", type=Path)
+    v = sub.add_parser("validate", help="check task instances in the environment: no patch 0.0, gold patch 1.0")
+    v.add_argument("file", help="tasks: .jsonl, .json, .parquet, a Hugging Face dataset directory, or a dataset "
+                   "name from the local cache (owner/name:split[0:50])")
     v.add_argument("--gold-runs", type=int, default=2)
     v.set_defaults(func=_validate)
+
+    s = sub.add_parser("show", help="load task instances (any supported form) and print one line per instance")
+    s.add_argument("file", help="same forms as `tasks validate`")
+    s.set_defaults(func=_show)
 
     p = sub.add_parser("prune", help="remove instance images of tasks no longer in a build folder")
     p.add_argument("--out", type=Path, default=Path("tasks_out"))
@@ -70,11 +75,12 @@ def _report(args) -> int:
 
 
 def _validate(args) -> int:
-    from lightswe.tasks.instance import TaskFormatError, read_jsonl
+    from lightswe.tasks.datasets import load_tasks
+    from lightswe.tasks.instance import TaskFormatError
     from lightswe.tasks.validate import Validator
 
     try:
-        instances = read_jsonl(args.file)
+        instances = load_tasks(args.file)
     except (TaskFormatError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -87,6 +93,25 @@ def _validate(args) -> int:
                           "rewards": result.rewards, "seconds": round(result.seconds, 1)}), flush=True)
     print(f"{len(instances) - failed}/{len(instances)} instances valid", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _show(args) -> int:
+    from lightswe.tasks.datasets import load_tasks
+    from lightswe.tasks.instance import TaskFormatError
+
+    try:
+        instances = load_tasks(args.file)
+    except (TaskFormatError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for t in instances:
+        print(json.dumps({"instance_id": t.instance_id, "repo": t.repo, "version": t.version,
+                          "python_version": t.python_version, "image_name": t.image_name,
+                          "install_command": t.install_command, "test_command": t.test_command,
+                          "log_parser": t.log_parser, "FAIL_TO_PASS": len(t.FAIL_TO_PASS),
+                          "PASS_TO_PASS": len(t.PASS_TO_PASS)}))
+    print(f"{len(instances)} instance(s)", file=sys.stderr)
+    return 0
 
 
 def _prune(args) -> int:
