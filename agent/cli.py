@@ -109,6 +109,12 @@ def evaluate(args) -> int:
     print(f"resolve rate {report['resolve_rate']:.1%} ({resolved}/{len(episodes)}), 95% CI "
           f"[{low:.1%}, {high:.1%}]; statuses {report['statuses']}")
     print(json.dumps(report))
+    if args.predictions:
+        from lightswe.agent.predictions import write_predictions
+
+        model = args.model_name or (episodes[0].policy if episodes else "") or "lightswe"
+        count = write_predictions(episodes, args.predictions, model=model)
+        print(f"wrote {count} SWE-bench prediction(s) to {args.predictions}", file=sys.stderr)
     return 0
 
 
@@ -127,6 +133,9 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("eval", help="resolve rate with a 95%% Wilson interval (runs the tasks if given)")
     _add_run_options(p, tasks_required=False)
+    p.add_argument("--predictions", default=None, help="also write SWE-bench predictions JSONL (instance_id, "
+                   "model_name_or_path, model_patch) to this file, for the official harness")
+    p.add_argument("--model-name", default=None, help="model_name_or_path of the predictions (default: the policy)")
     p.set_defaults(func=evaluate)
 
     p = subparsers.add_parser("view", help="write a static HTML viewer of a rollout directory")

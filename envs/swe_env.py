@@ -128,7 +128,10 @@ class SWEEnv(gym.Env[str, str]):
         if call.name == "submit" and not set(call.arguments):
             result = grade(self.sandbox, self.task, timeout=self.test_timeout)
             self.last_grade = result
-            info.update(tests=dict(result.tests), reason=result.reason, grade_s=result.duration_s)
+            info.update(tests=dict(result.tests), reason=result.reason, grade_s=result.duration_s,
+                        model_patch=result.model_patch)
+            if result.unmatched:
+                info["unmatched"] = dict(result.unmatched)
             text = f"Submitted. Tests: {result.reason}. Reward {result.reward:.1f}."
             return self._observe(text), result.reward, True, False, info
         try:
