@@ -217,7 +217,42 @@ def ensure_base_image(client=None, progress: Progress = _say, force: bool = Fals
     return BASE_IMAGE
 
 
-def _adopt(client, image, named: str) -> None:
+def ensure_python_base(python_version: str, client=None, progress: Progress = _say) -> str:
+    """A base image tag with Python ``python_version``: the one Debian release of it, or a named image.
+
+    Order: ``LIGHTSWE_PYTHON_IMAGE_<major>_<minor>`` (any image with that python3 and git, e.g. from a
+    registry; the ``agent`` user is added) -> the Debian release with that Python (``PYTHON_SUITES``, built
+    once with debootstrap) -> ValueError listing the real options.
+    """
+    short = ".".join(python_version.strip().split(".")[:2])
+    variable = "LIGHTSWE_PYTHON_IMAGE_" + short.replace(".", "_")
+    named = os.environ.get(variable)
+    client = client or ensure_engine(progress)
+    if named:
+        target = f"lightswe/base:python{short}-named"
+        try:
+            image = client.images.get(named)
+        except Exception:  # noqa: BLE001 - not local: pull it
+            image = client.images.pull(named)
+        found = client.containers.run(image.id, ["sh", "-c", "python3 -c 'import sys; print(\"%d.%d\" % "
+                                                 "sys.version_info[:2])'"], remove=True,
+                                      network_mode="none").decode().strip()
+        if found != short:
+            raise ValueError(f"{variable}={named} has Python {found or 'none'}, not {short}; fix: name an image "
+                             f"whose python3 is {short}")
+        _adopt(client, image, named, target=target)
+        return target
+    suite = PYTHON_SUITES.get(short)
+    if suite is None:
+        offered = ", ".join(f"{v} (Debian {s})" for v, s in PYTHON_SUITES.items())
+        raise ValueError(f"no base image has Python {python_version}: this machine's Debian mirror offers Python "
+                         f"{offered}; fix: set python_version to one of those, or name an image with Python {short}, "
+                         f"python3 and git in {variable} (e.g. a registry's python:{short} image), or give the row "
+                         "an image_name of a prebuilt environment")
+    return ensure_base_image(client, progress, suite=suite)
+
+
+def _adopt(client, image, named: str, target: str = BASE_IMAGE) -> None:
     """Tag a registry image as the base, adding the ``agent`` user and git settings if it lacks them."""
     check = "command -v python3 >/dev/null && command -v git >/dev/null && echo tools; id -u agent 2>/dev/null || true"
     found = client.containers.run(image.id, ["sh", "-c", check], remove=True, network_mode="none").decode().split()
@@ -225,7 +260,7 @@ def _adopt(client, image, named: str) -> None:
         raise EngineError(f"the image {named} (LIGHTSWE_BASE_IMAGE) lacks python3 or git; fix: name an image with "
                           "both (Debian bookworm with python3, python3-venv, python3-pip, git)")
     if str(AGENT_UID) in found:
-        image.tag(BASE_IMAGE)
+        image.tag(target)
         return
     script = _POST_INSTALL.replace("apt-get clean\n", "")
     container = client.containers.run(image.id, ["sh", "-c", script], detach=True, network_mode="none",
@@ -233,7 +268,7 @@ def _adopt(client, image, named: str) -> None:
     try:
         if container.wait().get("StatusCode") != 0:
             raise EngineError(f"adding the agent user to {named} failed: {container.logs()[-500:]!r}")
-        repository, tag = BASE_IMAGE.split(":")
+        repository, tag = target.split(":")
         container.commit(repository=repository, tag=tag, changes=[f"LABEL {RECIPE_LABEL}=adopted:{named}"])
     finally:
         container.remove(force=True)

@@ -89,8 +89,11 @@ def _validate(args) -> int:
     for instance in instances:
         result = validator.validate(instance)
         failed += not result.ok
-        print(json.dumps({"instance_id": result.instance_id, "ok": result.ok, "reason": result.reason,
-                          "rewards": result.rewards, "seconds": round(result.seconds, 1)}), flush=True)
+        record = {"instance_id": result.instance_id, "ok": result.ok, "reason": result.reason,
+                  "rewards": result.rewards, "seconds": round(result.seconds, 1)}
+        if result.unmatched:
+            record["unmatched"] = result.unmatched
+        print(json.dumps(record), flush=True)
     print(f"{len(instances) - failed}/{len(instances)} instances valid", file=sys.stderr)
     return 1 if failed else 0
 
