@@ -178,7 +178,7 @@ def from_record(record: dict, *, where: str = "record") -> TaskInstance:
     """One published row -> TaskInstance (SWE-smith and spec-derived commands normalised, see module doc)."""
     if not isinstance(record, dict):
         raise TaskFormatError(f"{where}: expected a row (JSON object), got {type(record).__name__}")
-    record = dict(record)
+    record = {k: v for k, v in record.items() if v is not None}  # a table's null cell is an absent field
     if is_swesmith(record):
         record = _from_swesmith(record, where)
     record.setdefault("problem_statement", "")
