@@ -119,10 +119,17 @@ def _run(box: Sandbox, cmd: str, what: str, timeout: float, **kw) -> str:
     return result.output
 
 
+_CAUSE = re.compile(r"^\s*(?:ERROR:|error:|E\s{2,}|(?:\w+\.)*\w*(?:Error|Exception|Exit)\b:?)")
+
+
 def _last_lines(text: str, lines: int = 15, width: int = 2500) -> str:
-    """The last non-empty lines of a command's output: where an install says why it failed."""
-    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
-    return "\n".join(kept)[-width:]
+    """A failed command's cause first (its error lines, e.g. pip's ``ERROR:`` or an exception line), then the
+    last non-empty lines of its output."""
+    all_lines = [line for line in text.strip().splitlines() if line.strip()]
+    causes = [line.strip() for line in all_lines if _CAUSE.match(line)]
+    head = "\n".join(dict.fromkeys(causes[:2] + causes[-2:]))  # first and last error lines, once each
+    tail = "\n".join(all_lines[-lines:])
+    return (f"{head[:1000]}\n--- last lines ---\n{tail[-width:]}" if head else tail[-width:])
 
 
 def ensure_env_image(instance: TaskInstance, client=None, progress: Progress = _quiet,
@@ -146,6 +153,9 @@ def ensure_env_image(instance: TaskInstance, client=None, progress: Progress = _
                  "SETUPTOOLS_SCM_PRETEND_VERSION": pretend_version(instance)}
     with Sandbox(config, client=client) as box:
         _put_tree(box, sources.archive(repo))
+        # Debian's pip of older releases (20.3 in bullseye) cannot drive today's setuptools: bring pip up first.
+        _run(box, "python -c 'import pip, sys; sys.exit(int(pip.__version__.split(\".\")[0]) < 23)' || "
+             f"python -m pip install -q 'pip>=23.1'", "updating pip", install_timeout, env=build_env)
         _run(box, instance.install_command, "the install command", install_timeout, workdir=WORKDIR, env=build_env)
         _run(box, f"python -c 'import pytest' 2>/dev/null || python -m pip install -q '{_PYTEST}'",
              "installing pytest", install_timeout, workdir=WORKDIR, env=build_env)
