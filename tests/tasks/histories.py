@@ -16,7 +16,9 @@ from lightswe.tasks import sources
 SHA = {("toolz", "1.1.0"): "27a5c770d068c110d9ed9323f24f1543e83b2f300a687b7891c1a6d56b697b5b",
        ("toolz", "1.2.0"): "9667a038e9d6ecba37995e26cb2f59ec6420b6ad8dd9677de59db9b956b08490",
        ("pytest", "5.4.1"): "84dde37075b8805f3d1f392cc47e38a0e59518fb46a431cfdaf7cf1ce805f970",
-       ("pytest", "5.4.2"): "eb2b5e935f6a019317e455b6da83dd8650ac9ffd2ee73a7b657a30873d67a698"}
+       ("pytest", "5.4.2"): "eb2b5e935f6a019317e455b6da83dd8650ac9ffd2ee73a7b657a30873d67a698",
+       ("django", "5.0.1"): "8c8659665bc6e3a44fefe1ab0a291e5a3fb3979f9a8230be29de975e57e8f854",
+       ("django", "5.0.2"): "b5bb1d11b2518a5f91372a282f24662f58f66749666b0a286ab057029f728080"}
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "toolz", "GIT_AUTHOR_EMAIL": "toolz@localhost",
            "GIT_COMMITTER_NAME": "toolz", "GIT_COMMITTER_EMAIL": "toolz@localhost",
            "GIT_AUTHOR_DATE": "2025-10-17T00:00:00+0000", "GIT_COMMITTER_DATE": "2025-10-17T00:00:00+0000"}
@@ -32,7 +34,8 @@ def git(repo, *args: str) -> str:
 def unpack(name: str, version: str, into):
     with tarfile.open(sources.download_sdist(name, version, SHA[(name, version)])) as archive:
         archive.extractall(into, filter="data")
-    return into / f"{name}-{version}"
+    found = [p for p in into.iterdir() if p.name.lower() == f"{name}-{version}".lower()]
+    return found[0]
 
 
 def toolz_history():
@@ -103,3 +106,34 @@ def pytest_history():
         shutil.rmtree(work, ignore_errors=True)
     base, fix, tests, env = (git(repo, "rev-parse", f"HEAD~{n}").strip() for n in (3, 2, 1, 0))
     return repo, base, fix, tests, env
+
+
+DJANGO_FIX = "django/core/management/commands/dumpdata.py"
+
+
+def django_history():
+    """(path, base, fix, tests) of Django 5.0.1 + the upstream fix of ticket #35159 shipped in 5.0.2 (dumpdata
+    crashed when a base queryset used prefetch_related()) and its test (tests/fixtures)."""
+    repo = sources.CACHE_DIR / "test-repos" / "django-35159"
+    if not (repo / ".git").is_dir():
+        work = sources.CACHE_DIR / "test-repos" / "unpack-django"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        old, new = unpack("django", "5.0.1", work), unpack("django", "5.0.2", work)
+        for tree in (old, new):
+            (tree / "PKG-INFO").unlink(missing_ok=True)
+            for info in tree.rglob("*.egg-info"):
+                shutil.rmtree(info)
+        shutil.rmtree(repo, ignore_errors=True)
+        shutil.copytree(old, repo)
+        git(repo, "init", "-q", "-b", "main")
+        git(repo, "add", "-A", "-f")
+        git(repo, "commit", "-q", "-m", "Django 5.0.1")
+        shutil.copy(new / DJANGO_FIX, repo / DJANGO_FIX)
+        git(repo, "commit", "-q", "-am", "Fixed #35159 -- Fixed dumpdata crash when base querysets use prefetch_related().")
+        for path in ("tests/fixtures/tests.py", "tests/fixtures/models.py"):
+            shutil.copy(new / path, repo / path)
+        git(repo, "commit", "-q", "-am", "Refs #35159 -- Test dumpdata with prefetch_related() in a base manager.")
+        shutil.rmtree(work, ignore_errors=True)
+    base, fix, tests = (git(repo, "rev-parse", f"HEAD~{n}").strip() for n in (2, 1, 0))
+    return repo, base, fix, tests

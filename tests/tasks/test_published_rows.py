@@ -22,7 +22,7 @@ from lightswe.tasks import sources
 from lightswe.tasks.datasets import load_tasks
 from lightswe.tasks.validate import Validator
 
-from .histories import PYTEST_TEST, TEST, git, pytest_history, toolz_history
+from .histories import PYTEST_TEST, TEST, django_history, git, pytest_history, toolz_history
 
 pytestmark = pytest.mark.docker
 EXTRA_TEST = '''
@@ -218,3 +218,30 @@ def test_a_python_39_row_with_commands_from_the_swebench_specs(tmp_path):
     names = set(listed.output.split())
     assert not later & names, sorted(later & names)[:5]  # nothing of the later commit in the agent's tree
     assert "Python 3.9" in listed.output and "5.4.2" not in listed.output
+
+
+@pytest.mark.slow
+def test_a_django_row_graded_through_the_swebench_django_parser(tmp_path):
+    """Django 5.0 as SWE-bench publishes it: runtests.py from the specs, ids ``test_x (module.Class.test_x)``
+    (Python 3.11's unittest) and one in the older ``test_x (module.Class)`` form, graded by swebench's parser."""
+    pytest.importorskip("swebench.harness.constants")
+    from lightswe.tasks import specs
+
+    if not specs.available():
+        pytest.skip("needs swebench>=3,<5 (specs)")
+    repo, base, fix, tests = django_history()
+    cls = "fixtures.tests.FixtureLoadingTests"
+    row = {"repo": "django/django", "instance_id": "django__django-35159-local", "base_commit": base,
+           "patch": git(repo, "diff", base, fix), "test_patch": git(repo, "diff", fix, tests),
+           "problem_statement": "dumpdata crashes when a base queryset uses prefetch_related()", "hints_text": "",
+           "created_at": "2024-01-30T00:00:00Z", "version": "5.0", "environment_setup_commit": base,
+           "FAIL_TO_PASS": json.dumps([f"test_dumpdata_objects_with_prefetch_related ({cls}."
+                                       "test_dumpdata_objects_with_prefetch_related)"]),
+           "PASS_TO_PASS": json.dumps([f"test_loading_and_dumping ({cls}.test_loading_and_dumping)",
+                                       f"test_dumpdata_with_excludes ({cls})"]),
+           "source": str(repo)}
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    [task] = load_tasks(tmp_path / "rows.jsonl")
+    assert task.log_parser == "django/django" and "runtests.py" in task.test_command
+    [line] = validate(tmp_path / "rows.jsonl")
+    assert line["ok"], line
