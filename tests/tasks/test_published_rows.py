@@ -245,3 +245,26 @@ def test_a_django_row_graded_through_the_swebench_django_parser(tmp_path):
     assert task.log_parser == "django/django" and "runtests.py" in task.test_command
     [line] = validate(tmp_path / "rows.jsonl")
     assert line["ok"], line
+
+
+def test_eval_writes_predictions_whose_patches_apply_at_the_base(toolz_row, tmp_path):
+    """An episode's final diff is stored in its trajectory and written as a SWE-bench prediction."""
+    from lightswe.agent.predictions import check_predictions
+
+    (tmp_path / "rows.json").write_text(json.dumps([toolz_row]))
+    done = subprocess.run([sys.executable, "-m", "lightswe", "eval", "--tasks", str(tmp_path / "rows.json"),
+                           "--policy", "scripted", "--out", str(tmp_path / "run"), "--no-progress",
+                           "--predictions", str(tmp_path / "preds.jsonl")], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert check_predictions(tmp_path / "preds.jsonl") == 1
+    [row] = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    assert row["instance_id"] == toolz_row["instance_id"] and row["model_name_or_path"] == "scripted"
+    repo, base, *_ = toolz_history()
+    work = tmp_path / "check"
+    subprocess.run(["git", "clone", "-q", str(repo), str(work)], check=True)
+    git(work, "checkout", "-q", base)
+    apply = subprocess.run(["git", "-C", str(work), "apply", "-"], input=row["model_patch"], text=True,
+                           capture_output=True)
+    assert apply.returncode == 0, apply.stderr
+    assert git(work, "diff") == toolz_row["patch"]  # the scripted policy applies the gold fix: same diff
