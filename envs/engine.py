@@ -159,20 +159,6 @@ def debian_mirror() -> str:
                       "to a mirror URL, or name a ready image in LIGHTSWE_BASE_IMAGE")
 
 
-def base_image_for(python_version: str) -> str:
-    """The base image tag with Python ``python_version`` ("3.9", "3.11", "3.13"; see ``PYTHON_SUITES``).
-
-    Raises ValueError naming the versions the Debian mirror offers when there is none for that version.
-    """
-    short = ".".join(python_version.strip().split(".")[:2])
-    suite = PYTHON_SUITES.get(short)
-    if suite is None:
-        offered = ", ".join(f"{v} ({s})" for v, s in PYTHON_SUITES.items())
-        raise ValueError(f"no base image has Python {python_version!r}: this machine's Debian mirror offers "
-                         f"Python {offered}")
-    return f"lightswe/base:{suite}"
-
-
 def base_image_problem(client=None, suite: str = _SUITE) -> str | None:
     """None when the base image is present and current, else what is wrong (for ``lightswe doctor``)."""
     import docker
@@ -227,6 +213,13 @@ def ensure_python_base(python_version: str, client=None, progress: Progress = _s
     short = ".".join(python_version.strip().split(".")[:2])
     variable = "LIGHTSWE_PYTHON_IMAGE_" + short.replace(".", "_")
     named = os.environ.get(variable)
+    suite = PYTHON_SUITES.get(short)
+    if suite is None and not named:
+        offered = ", ".join(f"{v} (Debian {s})" for v, s in PYTHON_SUITES.items())
+        raise ValueError(f"no base image has Python {python_version}: this machine's Debian mirror offers Python "
+                         f"{offered}; fix: set python_version to one of those, or name an image with Python {short}, "
+                         f"python3 and git in {variable} (e.g. a registry's python:{short} image), or give the row "
+                         "an image_name of a prebuilt environment")
     client = client or ensure_engine(progress)
     if named:
         target = f"lightswe/base:python{short}-named"
@@ -242,13 +235,6 @@ def ensure_python_base(python_version: str, client=None, progress: Progress = _s
                              f"whose python3 is {short}")
         _adopt(client, image, named, target=target)
         return target
-    suite = PYTHON_SUITES.get(short)
-    if suite is None:
-        offered = ", ".join(f"{v} (Debian {s})" for v, s in PYTHON_SUITES.items())
-        raise ValueError(f"no base image has Python {python_version}: this machine's Debian mirror offers Python "
-                         f"{offered}; fix: set python_version to one of those, or name an image with Python {short}, "
-                         f"python3 and git in {variable} (e.g. a registry's python:{short} image), or give the row "
-                         "an image_name of a prebuilt environment")
     return ensure_base_image(client, progress, suite=suite)
 
 
