@@ -109,6 +109,32 @@ def load_tasks_from(row: dict):
     return [from_record(row)]
 
 
+HOME_TEST = '''
+
+def test_data_fetched_at_install_time():
+    import pathlib
+
+    assert (pathlib.Path.home() / ".cache" / "toolz-data" / "answer").read_text() == "42\\n"
+'''
+
+
+def test_tests_see_the_home_the_install_wrote_to(toolz_row, tmp_path):
+    """An install step that fetches data into ~ (nltk, model caches...): the tests run with that same HOME."""
+    repo, base, fix, tests = toolz_history()
+    work = tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", str(repo), str(work)], check=True)
+    git(work, "checkout", "-q", tests)
+    (work / TEST).write_text((work / TEST).read_text() + HOME_TEST)
+    row = dict(toolz_row, instance_id="pytoolz__toolz-home", test_patch=git(work, "diff", fix),
+               install_command="python -m pip install -q -e . && mkdir -p ~/.cache/toolz-data && "
+                               "echo 42 > ~/.cache/toolz-data/answer",
+               FAIL_TO_PASS=json.dumps([f"{TEST}::test_interpose_empty"]),
+               PASS_TO_PASS=json.dumps([f"{TEST}::test_data_fetched_at_install_time"]))
+    [task] = load_tasks_from(row)
+    result = Validator(gold_runs=1).validate(task)
+    assert result.ok, result.reason
+
+
 # --------------------------------------------------------------------------------- prebuilt, foreign layout
 FOREIGN = """set -e
 sed -i '/^agent:/d' /etc/passwd /etc/group /etc/shadow && rm -rf /home/agent
