@@ -94,6 +94,14 @@ def _rows(text: str) -> Iterable[tuple[str, dict]]:
                             "'owner/name[:split]'; fix: check the path")
 
 
+def looks_like_dataset(spec: str) -> bool:
+    """Whether ``spec`` (not a file) names a dataset directory or a Hub name ``owner/name[:split][slice]``."""
+    text = _SLICE.sub(r"\1", str(spec)) if _SLICE.match(str(spec)) else str(spec)
+    base = text.rpartition(":")[0] if ":" in text else text
+    return Path(text).is_dir() or Path(base).is_dir() or bool(
+        re.fullmatch(r"[\w.\-]+/[\w.\-]+(:[\w.\-]+)?", text))
+
+
 def _jsonl_rows(path: Path) -> Iterable[tuple[str, dict]]:
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):

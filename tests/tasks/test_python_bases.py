@@ -39,4 +39,4 @@ def test_a_django_30_row_asks_for_python_36_and_validation_says_so():
     assert task.python_version == "3.6"
     with pytest.raises(ValueError) as caught:
         ensure_python_base(task.python_version)
-    assert error_reason(caught.value).startswith("ValueError: no base image has Python 3.6")
+    assert error_reason(caught.value).startswith("UserInputError: no base image has Python 3.6")
