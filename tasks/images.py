@@ -49,6 +49,7 @@ from lightswe.tasks.instance import TaskInstance
 ENV_REPO, INSTANCE_REPO = "lightswe/env", "lightswe/instance"
 WORKDIR = "/testbed"
 AGENT_HOME = "/home/agent"
+_PIP_CACHE = "/tmp/lightswe-pip-cache"
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 _RECIPE_VERSION = "2"  # bump when the environment build steps below change (rebuilds every image)
 _INSTANCE_RECIPE = "2"  # bump when only the instance build steps change (2: base commit label, hardening)
@@ -142,6 +143,11 @@ def _put_tree(box: Sandbox, tar_bytes: bytes) -> None:
 
 def _run(box: Sandbox, cmd: str, what: str, timeout: float, **kw) -> str:
     result = box.exec(cmd, timeout=timeout, user="root", max_output_bytes=200_000, **kw)
+    if result.timed_out:
+        shown = cmd if len(cmd) <= 300 else cmd[:300] + " ..."
+        raise ImageBuildError(f"{what} timed out after {timeout:g} s; fix: raise the install timeout "
+                              f"(install_timeout) or trim the install; its last lines:\n"
+                              f"{_last_lines(result.output)}\n(command: `{shown}`)")
     if result.exit_code != 0:
         shown = cmd if len(cmd) <= 300 else cmd[:300] + " ..."
         raise ImageBuildError(f"{what} failed (exit {result.exit_code}); its last lines:\n{_last_lines(result.output)}"
@@ -163,7 +169,7 @@ def _last_lines(text: str, lines: int = 15, width: int = 2500) -> str:
 
 
 def ensure_env_image(instance: TaskInstance, client=None, progress: Progress = _quiet,
-                     install_timeout: float = 900.0) -> str:
+                     install_timeout: float = 1800.0) -> str:
     """The environment image of ``instance`` (built and cached by content hash); returns its tag."""
     client = client or default_client()
     key = env_image_key(instance)
@@ -178,8 +184,10 @@ def ensure_env_image(instance: TaskInstance, client=None, progress: Progress = _
                            cpus=2.0, pids_limit=1024, user="root", workdir="/", build=True)
     # HOME is the agent's: what the install fetches into ~ (data, caches) is where the tests look for it.
     # The tree has no .git: setuptools-scm gets the row's version instead of failing.
+    # pip's cache lives in /tmp for this build only (a retry of a failed requirement set reuses the downloads
+    # and built wheels) and is removed before the commit.
     build_env = {"PIP_CERT": HOST_CA, "REQUESTS_CA_BUNDLE": HOST_CA, "SSL_CERT_FILE": HOST_CA,
-                 "PIP_NO_CACHE_DIR": "1", "PIP_ROOT_USER_ACTION": "ignore", "HOME": AGENT_HOME,
+                 "PIP_CACHE_DIR": _PIP_CACHE, "PIP_ROOT_USER_ACTION": "ignore", "HOME": AGENT_HOME,
                  "SETUPTOOLS_SCM_PRETEND_VERSION": pretend_version(instance)}
     with Sandbox(config, client=client) as box:
         _put_tree(box, sources.archive(repo))
@@ -189,7 +197,8 @@ def ensure_env_image(instance: TaskInstance, client=None, progress: Progress = _
         _run(box, instance.install_command, "the install command", install_timeout, workdir=WORKDIR, env=build_env)
         _run(box, f"python -c 'import pytest' 2>/dev/null || python -m pip install -q '{_PYTEST}'",
              "installing pytest", install_timeout, workdir=WORKDIR, env=build_env)
-        _run(box, f"mkdir -p {AGENT_HOME} && chown -R agent:agent {AGENT_HOME}", "giving the agent its home", 120)
+        _run(box, f"rm -rf {_PIP_CACHE} && mkdir -p {AGENT_HOME} && chown -R agent:agent {AGENT_HOME}",
+             "giving the agent its home", 120)
         labels = {"lightswe.env_key": key, "lightswe.kind": "env", "lightswe.source": instance.source or instance.repo}
         _commit(box, ENV_REPO, key, labels)
     progress(f"{tag} built in {time.perf_counter() - start:.1f} s")
