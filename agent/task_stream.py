@@ -23,11 +23,11 @@ from lightswe.errors import UserInputError
 class TaskStreamConfig:
     """The tasks trained on and the held-out ones."""
 
+    # Training tasks: 'arith:<split>[:<op words>]' (built-in family, e.g. arith:rl:sum) or a JSONL file of
+    # task instances.
     tasks: str = "arith:rl:sum"
-    """Training tasks: 'arith:<split>[:<op words>]' (built-in family, e.g. arith:rl:sum) or a JSONL file of task
-    instances."""
+    # Held-out tasks, same forms as tasks; '' skips evaluation.
     eval_tasks: str = "arith:eval:sum"
-    """Held-out tasks, same forms as tasks; '' skips evaluation."""
 
     def __post_init__(self) -> None:
         for name in ("tasks", "eval_tasks"):

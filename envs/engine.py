@@ -14,7 +14,10 @@ second run finds it and returns in well under a second; changing the recipe rebu
 
 Inside the image: a non-root user ``agent`` (uid 1000) for the agent's commands, ``python`` on PATH, pip
 allowed to install into the system Python (PEP 668 marker removed: the image is single-purpose), and git's
-``safe.directory = *`` (sdist files belong to another uid).
+``safe.directory = *`` (sdist files belong to another uid; root runs git while images are *built*). The images
+agents run in (instance images, ``tasks/images.py``) drop that setting and every setuid/setgid bit: there
+root never trusts the agent's repository. (Dropping it here would change the recipe hash and so rebuild every
+environment image; the instance layer is where it matters.)
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ class TestRun:
     output: str = ""  # the runner's output (capped)
     timed_out: bool = False
     duration_s: float = 0.0
+    runner_died: bool = False  # the sandbox's command runner died mid-run: the machine failed, not the tests
 
     def ids(self, outcome: str) -> set[str]:
         return {k for k, v in self.outcomes.items() if v == outcome}
@@ -242,7 +243,7 @@ def run_pytest(box, test_command: str, test_ids: Sequence[str] | None = None, *,
     result = box.exec(pytest_command(test_command, ids, plugins=plugins), timeout=timeout, user=user,
                       max_output_bytes=max_output_bytes, env=dict(RUNNER_ENV))
     run = TestRun(exit_code=result.exit_code, output=result.output, timed_out=result.timed_out,
-                  duration_s=result.duration_s)
+                  duration_s=result.duration_s, runner_died=result.runner_died)
     try:
         report = parse_junit(box.read_file(JUNIT_PATH, max_bytes=64 * 1024 * 1024), files)
     except (FileNotFoundError, IsADirectoryError, ValueError, ET.ParseError):

@@ -43,7 +43,6 @@ from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces
-
 from lightswe.envs.grading import HACK_POLICIES, Grade, grade
 from lightswe.envs.pool import PoolConfig, SandboxPool
 from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError

@@ -111,7 +111,7 @@ def _engine_step(what: str):
                 return function(*args, **kwargs)
             except LightSWEError:
                 raise
-            except Exception as err:  # noqa: BLE001 - docker.errors.*, requests.*, ConnectionError
+            except Exception as err:
                 raise ImageBuildError(f"{what} failed in the Docker engine: {err}; fix: check that the engine "
                                       "answers (`docker info`) and has disk space, then retry") from err
         return call
@@ -138,7 +138,8 @@ def _commit(box: Sandbox, repository: str, tag: str, labels: dict[str, str]) -> 
 def _put_tree(box: Sandbox, tar_bytes: bytes) -> None:
     box.exec(f"mkdir -p {WORKDIR}", timeout=30, user="root")
     if not box.api.put_archive(box.container_id, WORKDIR, tar_bytes):
-        raise ImageBuildError("copying the source tree into the build container failed")
+        raise ImageBuildError("copying the source tree into the build container failed (the engine refused the "
+                              "archive); fix: check the engine's disk space (`docker system df`) and retry")
 
 
 def _run(box: Sandbox, cmd: str, what: str, timeout: float, **kw) -> str:
@@ -151,7 +152,8 @@ def _run(box: Sandbox, cmd: str, what: str, timeout: float, **kw) -> str:
     if result.exit_code != 0:
         shown = cmd if len(cmd) <= 300 else cmd[:300] + " ..."
         raise ImageBuildError(f"{what} failed (exit {result.exit_code}); its last lines:\n{_last_lines(result.output)}"
-                              f"\n(command: `{shown}`)")
+                              f"\n(command: `{shown}`; fix: the lines above say why, e.g. a missing dependency or "
+                              "a network error: check the task's install_command)")
     return result.output
 
 

@@ -85,8 +85,11 @@ def test_train_runs_writes_metrics_checkpoints_and_resumes(tmp_path):
     assert [r["step"] for r in rows] == [1] and rows[0]["episodes"] == 4
     assert len(list((run / "rollouts" / "step-0001").glob("part-*"))) >= 1
 
+    cfg.steps = 3  # another schedule: refused by name before any work, unless allowed
+    with pytest.raises(UserInputError, match=r"steps 1 -> 3.*--allow-change steps"):
+        train(cfg)
     cfg.steps = 2  # resume: continues at step 2 with the data cursor and weights of step 1
-    train(cfg)
+    train(cfg, allow_change=("steps",))
     rows = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     state = json.loads((run / "checkpoints" / "step-000002" / "state.json").read_text())
