@@ -113,16 +113,19 @@ class _RunArgs:
     def check_tasks(self) -> None:
         tasks = getattr(self, "tasks", None)
         if tasks is not None:
+            from lightswe.tasks.datasets import looks_like_dataset
+
             path = Path(tasks)
-            _need(path.is_file(), "--tasks", tasks, "is a directory" if path.is_dir() else "does not exist",
-                  "pass a JSONL file of task instances (e.g. tasks_out/train.jsonl from `lightswe tasks build`)")
+            _need(path.is_file() or looks_like_dataset(tasks), "--tasks", tasks, "does not exist",
+                  "pass a task file (.jsonl/.json/.parquet, e.g. tasks_out/train.jsonl from `lightswe tasks build`), "
+                  "a dataset directory, or a cached dataset name owner/name:split")
 
 
 @dataclass(kw_only=True, slots=True)
 class RolloutArgs(_RunArgs):
     """Run agent episodes over a task set and write their trajectories."""
 
-    # Task instances (JSONL, SWE-bench format).
+    # Task instances: .jsonl/.json/.parquet, a dataset directory[:split], or owner/name:split[a:b] (cached).
     tasks: str
 
 
@@ -130,7 +133,7 @@ class RolloutArgs(_RunArgs):
 class EvalArgs(_RunArgs):
     """Resolve rate with a 95% Wilson interval; runs the tasks first when --tasks is given."""
 
-    # Task instances (JSONL) to run first; without it, summarise the episodes already in --out.
+    # Task instances (any --tasks form of rollout) to run first; without it, summarise the episodes in --out.
     tasks: str | None = None
     # Also write SWE-bench predictions JSONL (instance_id, model_name_or_path, model_patch) here, for the
     # official harness: one per task, the first sample of the first round.
