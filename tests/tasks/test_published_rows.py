@@ -36,7 +36,7 @@ def test_interpose_empty_separators(sep):
 '''
 
 
-def test_patch_with_spaces(repo, fix, tests, tmp_path) -> str:
+def spaced_test_patch(repo, fix, tests, tmp_path) -> str:
     """The upstream test commit plus a parametrized test whose ids hold spaces (``[a b]``), as a diff."""
     work = tmp_path / "work"
     subprocess.run(["git", "clone", "-q", str(repo), str(work)], check=True)
@@ -59,7 +59,7 @@ def toolz_row(tmp_path_factory):
     return {  # published shape: JSON-text lists, no lightswe fields except where the row needs a local source
         "repo": "pytoolz/toolz", "instance_id": "pytoolz__toolz-published", "base_commit": base,
         "patch": git(repo, "diff", base, fix),
-        "test_patch": test_patch_with_spaces(repo, fix, tests, tmp_path_factory.mktemp("tp")),
+        "test_patch": spaced_test_patch(repo, fix, tests, tmp_path_factory.mktemp("tp")),
         "problem_statement": "interpose raises StopIteration on an empty sequence instead of yielding nothing",
         "hints_text": "", "created_at": "2025-10-17T00:00:00Z", "version": "1.1",
         "FAIL_TO_PASS": json.dumps([f"{TEST}::test_interpose_empty",
