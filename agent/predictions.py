@@ -41,8 +41,8 @@ def predictions(trajectories: Iterable, model: str) -> list[dict]:
         best = chosen.get(trajectory.task_id)
         if best is None or _order(trajectory) < _order(best):
             chosen[trajectory.task_id] = trajectory
-    return [{"instance_id": task, "model_name_or_path": model, "model_patch": chosen[task].model_patch or ""}
-            for task in sorted(chosen)]
+    return [{"instance_id": task, "model_name_or_path": model,
+             "model_patch": chosen[task].model_patch or ""} for task in sorted(chosen)]
 
 
 def write_predictions(trajectories: Iterable, path: str | Path, *, model: str) -> int:
@@ -83,7 +83,8 @@ def check_predictions(path: str | Path) -> int:
         if bad or not row["instance_id"]:
             raise PredictionsFormatError(f"{where}: {bad or ['instance_id']} must be non-empty strings")
         if row["model_patch"] and not row["model_patch"].startswith("diff --git "):
-            raise PredictionsFormatError(f"{where}: model_patch is not a git diff (it must start with 'diff --git')")
+            raise PredictionsFormatError(f"{where}: model_patch is not a git diff (it must start with "
+                                         "'diff --git')")
         if row["instance_id"] in seen:
             raise PredictionsFormatError(f"{where}: instance_id {row['instance_id']!r} appears twice")
         seen.add(row["instance_id"])

@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-from lightswe.errors import UserInputError
 
 
 def register(subparsers) -> None:
