@@ -78,6 +78,10 @@ def test_a_published_row_with_cut_short_and_foreign_ids_validates(toolz_row, tmp
     [line] = validate(tmp_path / "rows.json")
     assert line["ok"], line
     assert line["rewards"] == {"no_patch": [0.0], "gold": [1.0]} and "unmatched" not in line
+    datasets = pytest.importorskip("datasets")  # the same row from a Hugging Face dataset directory, by split
+    datasets.DatasetDict({"test": datasets.Dataset.from_list([toolz_row])}).save_to_disk(tmp_path / "ds")
+    [line] = validate(f"{tmp_path / 'ds'}:test")
+    assert line["ok"] and line["rewards"] == {"no_patch": [0.0], "gold": [1.0]}, line
 
 
 def test_an_id_that_matches_nothing_counts_against_itself_only(toolz_row):
