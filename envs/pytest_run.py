@@ -185,7 +185,9 @@ class ImageFacts:
 _PROBE = r"""
 import importlib.metadata as m, json, pkgutil, sys
 root = sys.argv[1].rstrip("/")
-plugins = sorted({ep.value.split(":")[0].strip() for ep in m.entry_points(group="pytest11")})
+eps = m.entry_points()  # Python < 3.10: a dict of groups, no select()
+eps = eps.select(group="pytest11") if hasattr(eps, "select") else eps.get("pytest11", [])
+plugins = sorted({ep.value.split(":")[0].strip() for ep in eps})
 paths = [p for p in sys.path if p and not (p == root or p.startswith(root + "/"))]
 names = set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names)  # the former: 3.10+
 names |= {mod.name for mod in pkgutil.iter_modules(paths)}
