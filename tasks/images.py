@@ -237,7 +237,7 @@ def ensure_instance_image(instance: TaskInstance, client=None, progress: Progres
         _put_tree(box, sources.archive(base))
         if env_repo.commit != base.commit and not sources.parse_pypi(instance.source):
             _refresh_metadata(box, instance, set(sources.tree_files(base)))
-        _run(box, "rm -rf .git && git init -q -b main && git add -A -f && git commit -q --no-verify -m base && "
+        _run(box, "rm -rf .git && git init -q -b main && git config gc.auto 0 && git add -A -f && git commit -q --no-verify -m base && "
              "git reflog expire --expire=all --all && git gc -q --prune=now && chown -R agent:agent /testbed",
              "making the base commit", 300, env=_COMMIT_ENV)
         commit = _run(box, "git rev-parse HEAD", "reading the base commit", 30).strip()
@@ -251,6 +251,8 @@ def ensure_instance_image(instance: TaskInstance, client=None, progress: Progres
     return tag
 
 
+# The base commit's repository sets gc.auto 0: committing a large tree (Django: 6000 files) would otherwise start a
+# background gc that collides with the explicit `git gc --prune=now` ("gc is already running").
 _METADATA_DIRS = "find . -path ./.git -prune -o -type d -name '*.egg-info' -print"
 
 
@@ -334,7 +336,7 @@ def _adopt_prebuilt(instance: TaskInstance, client, key: str, progress: Progress
             box.write_file("/tmp/lightswe-bug.diff", bug, owner="root")
             _run(box, "git apply --whitespace=nowarn /tmp/lightswe-bug.diff && rm /tmp/lightswe-bug.diff",
                  "applying the SWE-smith bug patch", 120, workdir=WORKDIR)
-        _run(box, "rm -rf .git && git init -q -b main && git add -A -f && git commit -q --no-verify -m base && "
+        _run(box, "rm -rf .git && git init -q -b main && git config gc.auto 0 && git add -A -f && git commit -q --no-verify -m base && "
              "git reflog expire --expire=all --all && git gc -q --prune=now && chown -R 1000:1000 /testbed",
              "making the base commit", 600, workdir=WORKDIR, env=_COMMIT_ENV)
         check = box.exec("python -c 'import pytest' 2>&1 || python3 -c 'import pytest' 2>&1", timeout=60,
