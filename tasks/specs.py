@@ -93,7 +93,7 @@ def install_steps(instance: TaskInstance, spec: dict) -> list[str]:
     packages = spec.get("packages", "")
     if packages == "requirements.txt":
         candidates = " ".join(shlex.quote(p) for p in reqs_paths) or "requirements.txt"
-        # All at once; if that fails (one package cannot build here, e.g. pylibmc without libmemcached), one by
+        # All at once; if that fails (one package cannot build here, e.g. pywatchman for Django 5.0), one by
         # one, skipping and naming those that do not install: the tests that need them fail visibly later.
         steps.append(f'for f in {candidates}; do if [ -f "$f" ]; then sed -e "/^-e \\./d" -e "/^\\.\\[test/d" "$f" '
                      '> /tmp/lightswe-reqs.txt && (cd "$(dirname "$f")" && (python -m pip install -r '
