@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-
 from lightswe.envs.grading import HACK_POLICIES, Grade, grade
 from lightswe.envs.pool import PoolConfig, SandboxPool
 from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError
@@ -53,8 +52,8 @@ from lightswe.envs.spaces import UnicodeText
 from lightswe.envs.tool_calls import EXAMPLES, PARSERS, ToolCall, ToolCallFormatError
 from lightswe.envs.tools import TOOL_NAMES, ToolError, run_tool
 from lightswe.errors import UserInputError
+from lightswe.tasks.datasets import load_tasks
 from lightswe.tasks.instance import TaskInstance
-from lightswe.tasks.shipped import load_tasks
 
 CHARSET = "\t\n" + "".join(chr(i) for i in range(0x20, 0x10000) if chr(i).isprintable())
 CHARSET_DESCRIPTION = "tab, newline and the printable characters of the Basic Multilingual Plane"
@@ -166,7 +165,10 @@ class SWEEnv(gym.Env[str, str]):
             self.last_grade = result
             info.update(grade=result, tests=dict(result.tests), reason=result.reason, grade_s=result.duration_s,
                         timed_out=result.timed_out, left_out=list(result.left_out),
-                        reward_hack_suspected=list(result.reward_hack_suspected), reward_zeroed=result.reward_zeroed)
+                        reward_hack_suspected=list(result.reward_hack_suspected), reward_zeroed=result.reward_zeroed,
+                        model_patch=result.patch)
+            if result.unmatched:
+                info["unmatched"] = dict(result.unmatched)
             text = f"Submitted. Tests: {result.reason}. Reward {result.reward:.1f}."
             if result.left_out:
                 shown = ", ".join(f"{x.path} ({x.reason})" for x in result.left_out[:5])

@@ -7,9 +7,10 @@
   suites run in the sandbox with JUnit XML, symptom-only problem statements);
 - ``validate``: every instance through ``lightswe/SWE-v0`` (no patch 0.0, gold patch 1.0);
 - ``splits``, ``build``, ``prune``, ``cli``: ``lightswe tasks build|report|validate|prune|pool``;
-- ``shipped``: the task sets in the package by name (``demo``, ``pool:train``, ``pool:test``): ``load_tasks``.
+- ``datasets``: ``load_tasks``, the one loader of every ``--tasks`` form; ``shipped``: the task sets in the
+  package by name (``demo``, ``pool``, ``pool:train``, ``pool:test``).
 """
 
-from lightswe.tasks.shipped import load_tasks
+from lightswe.tasks.datasets import load_tasks
 
 __all__ = ["load_tasks"]

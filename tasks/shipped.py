@@ -1,13 +1,13 @@
 """Task sets shipped in the package, by name, so that no one has to build for an hour before a first run.
 
-``load_tasks(spec)`` is what ``--tasks`` and ``gym.make("lightswe/SWE-v0", tasks=...)`` accept:
+These names are accepted wherever tasks are (``--tasks``, ``gym.make("lightswe/SWE-v0", tasks=...)``,
+:func:`lightswe.tasks.datasets.load_tasks`, the one loader), beside files and datasets:
 
 - ``demo``: the embedded task (toolz 1.0.0 with a one-line bug in ``nth``), ``data/demo.jsonl``;
 - ``pool`` or ``pool:<split>``: the synthesized pool (``data/pool_instances.jsonl.gz``), validated instances
   of the curated PyPI libraries (``data/pool.json``) made by ``lightswe tasks build``; splits
   (:mod:`lightswe.tasks.splits`): ``train``, ``test`` (= ``test_repo`` + ``test_function``), ``test_repo``
   (whole held-out repositories), ``test_function`` (held-out functions of the other repositories);
-- anything else: a JSONL file of instances (lightswe's or SWE-bench's format, optionally ``.gz``).
 
 Only instance records are shipped: the Docker images are built on first use from the pinned sdists (version
 and sha256 in ``pool.json``), a few seconds per repository environment and per instance. Each record keeps
@@ -16,11 +16,14 @@ its build metadata (mutation, file, function, split, the validation rewards: no 
 
 from __future__ import annotations
 
+import gzip
+import json
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 from lightswe.tasks import splits
-from lightswe.tasks.instance import TaskInstance, read_jsonl
+from lightswe.tasks.instance import TaskFormatError, TaskInstance, read_jsonl
 
 DEMO_FILE, POOL_FILE = "demo.jsonl", "pool_instances.jsonl.gz"
 POOL_SPLITS = {
@@ -38,27 +41,41 @@ def data_path(name: str) -> Path:
     return Path(str(resources.files("lightswe.tasks").joinpath("data", name)))
 
 
-def load_tasks(spec: str | Path) -> list[TaskInstance]:
-    """Instances named by ``spec`` (see the module docstring); raises ``ValueError`` for an unknown pool split
-    and ``FileNotFoundError`` (naming the shipped sets) for a path that does not exist."""
+def is_name(spec: str | Path) -> bool:
+    """Whether ``spec`` names a shipped set (``demo``, ``pool``, ``pool:<anything>``)."""
     text = str(spec)
-    if text == "demo":
-        return read_jsonl(data_path(DEMO_FILE))
-    if text == "pool" or text.startswith("pool:"):
-        split = text.partition(":")[2]
-        if split and split not in POOL_SPLITS:
-            raise ValueError(f"tasks {text!r}: unknown split {split!r}; expected one of "
-                             f"{', '.join(f'pool:{name}' for name in POOL_SPLITS)} or pool (all)")
-        instances = read_jsonl(data_path(POOL_FILE))
-        if split:
-            wanted = POOL_SPLITS[split]
-            instances = [i for i in instances if i.metadata.get("split") in wanted]
-        return instances
-    path = Path(text)
-    if not path.is_file():
-        raise FileNotFoundError(f"tasks {text!r}: no such file; name a JSONL file of task instances or a shipped "
-                                f"set ({', '.join(NAMES)}), or build one with `lightswe tasks build`")
-    return read_jsonl(path)
+    return text in ("demo", "pool") or text.startswith("pool:")
+
+
+def rows(spec: str) -> Iterator[tuple[str, dict]]:
+    """``(where, record)`` of a shipped set, for :func:`lightswe.tasks.datasets.load_tasks`; raises
+    TaskFormatError (a UserInputError) for an unknown pool split."""
+    if spec == "demo":
+        yield from _records(data_path(DEMO_FILE))
+        return
+    split = spec.partition(":")[2]
+    if split and split not in POOL_SPLITS:
+        raise TaskFormatError(f"--tasks {spec!r}: unknown split {split!r}; expected one of "
+                              f"{', '.join(f'pool:{name}' for name in POOL_SPLITS)} or pool (all)")
+    wanted = POOL_SPLITS.get(split)
+    for where, record in _records(data_path(POOL_FILE)):
+        if wanted is None or (record.get("metadata") or {}).get("split") in wanted:
+            yield where, record
+
+
+def _records(path: Path) -> Iterator[tuple[str, dict]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield f"{path.name}:{number}", json.loads(line)
+
+
+def load_tasks(spec: str | Path) -> list[TaskInstance]:
+    """Instances of any ``--tasks`` form, shipped names included: :func:`lightswe.tasks.datasets.load_tasks`."""
+    from lightswe.tasks.datasets import load_tasks as load
+
+    return load(spec)
 
 
 def export_pool(build_out: str | Path, path: str | Path | None = None) -> dict[str, int]:
@@ -66,9 +83,6 @@ def export_pool(build_out: str | Path, path: str | Path | None = None) -> dict[s
     id, gzip without a timestamp, so the same build gives the same bytes); returns counts per split.
 
     Raises ``ValueError`` when an instance lacks the validation the build records (no patch 0.0, gold 1.0)."""
-    import gzip
-    import json
-
     instances = sorted(read_jsonl(Path(build_out) / "instances.jsonl"), key=lambda i: i.instance_id)
     for instance in instances:
         rewards = instance.metadata.get("validation", {}).get("rewards", {})
