@@ -197,7 +197,8 @@ class SWEEnv(gym.Env[str, str]):
         if self.last_grade is not None:
             head.append(f"submitted: reward {self.last_grade.reward:.1f} ({self.last_grade.reason})")
         base = self.sandbox.base_commit or "HEAD"
-        changes = self.sandbox.exec(f"git status --short && git diff {base}", timeout=30, user="root")
+        # as the agent (the tree is theirs; never root in a repository whose .git/config the agent wrote)
+        changes = self.sandbox.exec(f"git status --short && git diff {base}", timeout=30, user="agent")
         body = changes.output.strip() or "(no changes yet)"
         return self._observe("\n".join(head) + "\n--- the agent's changes (git status, git diff) ---\n" + body)
 

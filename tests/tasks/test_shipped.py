@@ -45,7 +45,7 @@ def test_held_out_splits_share_no_repository_or_function_with_train():
 def test_unknown_names_say_what_exists(tmp_path):
     with pytest.raises(ValueError, match=r"unknown split 'dev'; expected one of pool:train, pool:test"):
         load_tasks("pool:dev")
-    with pytest.raises(FileNotFoundError, match=r"no such file; .*shipped set \(demo, pool, pool:train"):
+    with pytest.raises(FileNotFoundError, match=r"nor a shipped set \(demo, pool, pool:train"):
         load_tasks(tmp_path / "nope.jsonl")
 
 
