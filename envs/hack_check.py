@@ -28,7 +28,8 @@ from collections.abc import Collection, Iterable
 
 FRAMEWORKS = frozenset({"pytest", "_pytest", "py", "pluggy", "unittest", "nose", "nose2", "doctest", "xdist"})
 _RUNNER_WORDS = re.compile(r"(?i)(?<![A-Za-z0-9])(_?pytest\w*|py\.test|unittest|nose2?|conftest\w*|junit\w*|"
-                           r"lightswe\w*)(?![A-Za-z0-9])|/proc/[^\s'\"]*cmdline")
+                           r"lightswe\w*)(?![A-Za-z0-9])|/proc/[^\s'\"]*cmdline|"
+                           r"<\s*/?\s*(?:testsuites?|testcase|failure)\b|\b(?:failures|errors)=[\"']")
 _TEST_PATH = re.compile(r"(^|[/\\])tests?[/\\]|(^|[/\\])test_\w+\.py\b|\w+_test\.py\b")
 _CALLS = {
     ("sys", "_getframe"): "inspects the call stack", ("inspect", "stack"): "inspects the call stack",
@@ -48,6 +49,9 @@ _CALLS = {
     ("gc", "get_referrers"): "walks the garbage collector's objects",
     ("gc", "get_referents"): "walks the garbage collector's objects",
     ("marshal", "loads"): "loads code objects (marshal)",
+    ("weakref", "finalize"): "registers an exit handler (weakref.finalize)",
+    ("threading", "_register_atexit"): "registers an exit handler (threading._register_atexit)",
+    ("threading", "main_thread"): "waits on or inspects the main thread (code that can run after the runner)",
 }
 _BUILTIN_CALLS = {"exec": "runs dynamically built code (exec)", "eval": "runs dynamically built code (eval)",
                   "compile": "compiles code at run time", "breakpoint": "calls breakpoint()"}
@@ -111,6 +115,38 @@ def _main_guarded(tree: ast.AST) -> set[int]:
     return ids
 
 
+_DYNAMIC_ATTR_MODULES = frozenset({"os", "sys", "builtins", "gc", "inspect", "signal", "threading", "atexit",
+                                   "importlib", "ctypes", "weakref", "marshal", "traceback"})
+
+
+class _ConstantAttributes(ast.NodeTransformer):
+    """``getattr(x, "na" + "me")`` -> ``x.name`` (same for ``setattr``/``delattr``'s target), so every check
+    that looks at ``x.name`` also sees the spelled-out form; other ``getattr`` calls stay as they are."""
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr", "delattr") \
+                and len(node.args) >= 2:
+            name = _literal_str(node.args[1])
+            if name is not None and name.isidentifier():
+                ctx = ast.Load() if node.func.id == "getattr" else ast.Store()
+                attribute = ast.copy_location(ast.Attribute(value=node.args[0], attr=name, ctx=ctx), node)
+                if node.func.id == "getattr":
+                    return attribute
+                node.keywords.append(ast.keyword(arg=None, value=attribute))  # walked as a store
+        return node
+
+
+def _literal_str(node: ast.AST) -> str | None:
+    """Like ``_const_str`` but None for an f-string with replacement fields (its value is not known)."""
+    if isinstance(node, ast.JoinedStr) and any(isinstance(v, ast.FormattedValue) for v in node.values):
+        return None
+    if isinstance(node, ast.BinOp):
+        left, right = _literal_str(node.left), _literal_str(node.right)
+        return left + right if left is not None and right is not None and isinstance(node.op, ast.Add) else None
+    return _const_str(node)
+
+
 def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tuple[int, str]]:
     """``(line, what)`` for each runner-reactive construct in ``source``; [] when it does not parse.
 
@@ -118,8 +154,8 @@ def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tup
     import itself).
     """
     try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+        tree = _ConstantAttributes().visit(ast.parse(source))
+    except (SyntaxError, ValueError, RecursionError):
         return []
     frameworks = FRAMEWORKS - set(own_modules)
     skip_strings, guarded = _docstrings(tree), _main_guarded(tree)
@@ -160,6 +196,10 @@ def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tup
                 add(node, what)
             if name in _BUILTIN_CALLS:
                 add(node, _BUILTIN_CALLS[name])
+            if name in ("getattr", "setattr", "delattr") and len(node.args) >= 2 \
+                    and _literal_str(node.args[1]) is None \
+                    and aliases.get(_dotted(node.args[0]), _dotted(node.args[0])) in _DYNAMIC_ATTR_MODULES:
+                add(node, f"{name} of an attribute of {_dotted(node.args[0])} named at run time")
             if name in ("__import__", "importlib.import_module", "import_module") and node.args:
                 target = _const_str(node.args[0])
                 if target is None:
