@@ -21,6 +21,8 @@ lost. Left out:
 - a new module or package named like a module the test run imports from outside the repository (the
   standard library, pytest, site-packages) in a directory that can be on ``sys.path`` (one that is not a
   package): it would shadow it;
+- a path git refuses to record (a component that git reads as ``.git``: any case, trailing dots or spaces,
+  ``git~1``; git's ``verify_path``): no honest fix has one, and it would fail recording the graded diff;
 - a changed file over ``max_file_bytes``; changes past ``max_files``/``max_total_bytes`` (edits of the base's
   files first, then new files, smallest first);
 - a file or symbolic link where grading keeps a directory (e.g. ``tests`` replaced by a link), or a path
@@ -182,10 +184,22 @@ def keep_outside_runner_sections(name: str, old: bytes, new: bytes) -> bytes | N
 
 
 # ------------------------------------------------------------------------------------------------ selection
+_GIT_DIR_ALIASES = re.compile(r"(?i)^(?:\.git[. ]*|git~1|\.git:.*)$")
+
+
+def git_refuses(path: str) -> bool:
+    """True when git will not record ``path``: a component it treats as ``.git`` (git's ``verify_path`` with
+    ``core.protectNTFS``, on by default: any case, trailing dots/spaces, the 8.3 name ``git~1``, an NTFS
+    stream), an empty, ``.`` or ``..`` component."""
+    return any(not part or part in (".", "..") or _GIT_DIR_ALIASES.match(part) for part in path.split("/"))
+
+
 def _reason(change: Change, scope: Scope, tree_paths: Collection[str], max_file_bytes: int) -> str:
     path = change.path
     parts = path.split("/")
     name = parts[-1]
+    if git_refuses(path):
+        return "a path git refuses to record (a component git reads as .git)"
     if path in scope.test_paths:
         return "a test file of the task"
     for folder in scope.test_dirs:
