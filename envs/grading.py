@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import json
+import secrets
 import tarfile
 import time
 from collections.abc import Callable
@@ -244,9 +245,10 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
                                f"(a broken task, not the policy): {applied.output[-500:]}", stage="test_patch",
                                known=known)
     files = (set(base) - {c.path for c in kept if c.new is None}) | {c.path for c in kept if c.new is not None}
+    junit = _private_junit_path(grader, known)
     try:
         run = run_pytest(grader, instance.test_command, wanted, timeout=timeout, user="agent", files=files,
-                         plugins=facts.plugins)
+                         plugins=facts.plugins, junit=junit)
     except UserInputError as err:
         raise GradingError(f"{instance.instance_id}: {err}", stage="tests", known=known) from err
     except Exception as err:
@@ -279,6 +281,27 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
                  exit_code=run.exit_code, duration_s=time.perf_counter() - start, tests_s=run.duration_s,
                  timed_out=run.timed_out, graded_paths=known["graded_paths"], left_out=left_out, patch=patch,
                  reward_hack_suspected=suspected, reward_zeroed=zeroed)
+
+
+def _private_junit_path(grader: Sandbox, known: dict) -> str:
+    """A JUnit report path the test process can write but not find: a random name in a fresh directory owned
+    by root with mode 0733 (no listing), made through the archive API (nothing runs as root). Code of the
+    change that wants to rewrite the report after the tests ran must read the runner's argv (flagged)."""
+    folder = f"/tmp/lightswe-{secrets.token_hex(8)}"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo(folder.rsplit("/", 1)[1])
+        info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o733, 0, 0, int(time.time())
+        archive.addfile(info)
+    try:
+        ok = grader.api.put_archive(grader.container_id, "/tmp", buffer.getvalue())
+    except Exception as err:
+        raise GradingError(f"making the report folder in grading container {_short(grader)} failed: {err}",
+                           stage="tests", known=known) from err
+    if not ok:
+        raise GradingError(f"the engine refused the report folder of grading container {_short(grader)}",
+                           stage="tests", known=known)
+    return f"{folder}/{secrets.token_hex(16)}.xml"
 
 
 def _short(box: Sandbox) -> str:
