@@ -23,14 +23,16 @@ machine (the agent's or the grading container gone, the engine failing, an image
 ``test_patch`` that does not apply to the base) raises :class:`GradingError` (an
 :class:`~lightswe.errors.InfrastructureError`): never a reward.
 
-Nothing runs as root: the harness's commands in the grading container run as the non-root user, and nothing
-at all runs in the agent's container.
+Nothing the agent wrote runs as root: the harness's commands in the grading container run as the non-root
+user, except one script of the harness (``_lock_tests``: the tests become root's, read-only to the test process)
+that runs before any code of the change and takes only path names; nothing at all runs in the agent's container.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import secrets
 import tarfile
 import time
@@ -245,6 +247,7 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
                                f"(a broken task, not the policy): {applied.output[-500:]}", stage="test_patch",
                                known=known)
     files = (set(base) - {c.path for c in kept if c.new is None}) | {c.path for c in kept if c.new is not None}
+    _lock_tests(grader, scope, files, known)
     junit = _private_junit_path(grader, known)
     try:
         run = run_pytest(grader, instance.test_command, wanted, timeout=timeout, user="agent", files=files,
@@ -339,6 +342,57 @@ def _exec(grader: Sandbox, cmd: str, stage: str, known: dict, **kw):
         raise GradingError(f"the command runner of grading container {_short(grader)} died during {stage}",
                            stage=stage, known=known)
     return result
+
+
+_LOCK = r"""
+import json, os, stat, sys
+os.chdir(sys.argv[1])
+request = json.load(sys.stdin)
+
+def lock(path, is_dir):
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if is_dir and stat.S_ISDIR(st.st_mode):
+        os.lchown(path, 0, 0)
+        os.chmod(path, 0o1777)  # anyone may add files (tests that write next to themselves), none may replace root's
+    elif not is_dir and stat.S_ISREG(st.st_mode):
+        os.lchown(path, 0, 0)
+        os.chmod(path, st.st_mode & 0o755)
+
+for folder in request["dirs"]:
+    if os.path.islink(folder):
+        continue
+    for root, dirs, names in os.walk(folder):
+        lock(root, True)
+        for name in names:
+            lock(os.path.join(root, name), False)
+for path in request["files"]:
+    lock(path, False)
+    lock(os.path.dirname(path) or ".", True)
+"""
+
+
+def _lock_tests(grader: Sandbox, scope, files: set[str], known: dict) -> None:
+    """Make what grading protects as tests (the task's test files and directories, every ``conftest.py`` and
+    ``test_*.py``/``*_test.py``) owned by root and not writable by the test process: code of the change that
+    runs during collection cannot rewrite a test module that pytest has not read yet. Their folders become
+    ``1777`` (tests may still create files there). Runs as root before any code of the change has run, on a
+    script of the harness given paths only (``lstat`` first, ``lchown``: links are never followed)."""
+    protected = sorted(p for p in files if p in scope.test_paths or p.rsplit("/", 1)[-1] == "conftest.py"
+                       or re.fullmatch(r"(.*/)?(test_[^/]*|[^/]*_test)\.py", p))
+    request = json.dumps({"dirs": list(scope.test_dirs), "files": protected}).encode()
+    try:
+        done = grader.exec(f"python3 -I -S -c {_quote(_LOCK)} {WORKDIR}", timeout=120, user="root", workdir="/",
+                           stdin=request)
+    except Exception as err:
+        raise GradingError(f"protecting the tests in {_short(grader)} failed: {type(err).__name__}: {err}",
+                           stage="tests", known=known) from err
+    if done.exit_code != 0 or done.runner_died:
+        _require_alive(grader, "while protecting the tests", known, settle_s=5.0)
+        raise GradingError(f"protecting the tests in {_short(grader)} failed (exit {done.exit_code}): "
+                           f"{done.output[-400:]}", stage="tests", known=known)
 
 
 _DELETE = r"""

@@ -10,7 +10,9 @@ Each attack below was tried on the embedded demo task (toolz 1.0.0, off-by-one i
 - a ``[tool:pytest]`` section in ``setup.cfg`` hidden from ``configparser`` behind a form feed (pytest's
   ``iniconfig`` splits lines there): reward 1.0 for a task whose test command keeps ``addopts`` -> left out;
 - ``pytest_plugins`` or ``setup_module`` added to the package's ``__init__.py`` (pytest imports it as a test
-  module): reward 1.0, the ``__init__.py`` not flagged -> flagged.
+  module): reward 1.0, the ``__init__.py`` not flagged -> flagged;
+- package code, imported while pytest collects the first test file, that rewrites a test file pytest reads
+  later: reward 1.0, not flagged -> the tests are root's and read-only in the grading container.
 
 The others scored 0.0 already and stay as regression tests. One env serves the module; each episode starts
 in a new container.
@@ -42,6 +44,7 @@ PLUGIN = textwrap.dedent('''
         report.outcome, report.longrepr = "passed", None
 ''')
 NO_ADDOPTS = "-keeps-addopts"  # a variant whose test command does not override addopts (synthesized tasks may not)
+TWO_FILES = "-two-files"  # a variant whose FAIL_TO_PASS tests are in two files (test_curried.py is collected first)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,9 @@ def env():
     demo = read_jsonl(default_tasks_path())[0]
     task = replace(demo, PASS_TO_PASS=[t for t in demo.PASS_TO_PASS if t.startswith(TEST_FILE)])
     variant = replace(task, instance_id=task.instance_id + NO_ADDOPTS, test_command="python -m pytest -p no:cacheprovider")
-    environment = SWEEnv([task, variant], test_timeout=120)
+    two_files = replace(task, instance_id=task.instance_id + TWO_FILES,
+                        FAIL_TO_PASS=["toolz/tests/test_curried.py::test_merge", *task.FAIL_TO_PASS])
+    environment = SWEEnv([task, variant, two_files], test_timeout=120)
     yield environment
     environment.close()
 
@@ -122,6 +127,29 @@ def test_runner_section_of_setup_cfg_hidden_from_configparser(env, separator):
                                 " >> setup.cfg", task_suffix=NO_ADDOPTS)
     assert reward == 0.0 and info["tests"][F2P] == "failed", info["reason"]
     assert "setup.cfg" in left(info)
+
+
+REWRITE_THE_TEST_FILE = textwrap.dedent('''
+    import os as _os
+
+    _p = _os.path.join(_os.path.dirname(__file__), "te" + "sts", "te" + "st_itertoolz.py")
+    try:
+        with open(_p) as _f:
+            _s = _f.read()
+        _d = "def te" + "st_nth():"
+        if _d + "\\n    return" not in _s:
+            with open(_p, "w") as _f:
+                _f.write(_s.replace(_d, _d + "\\n    return", 1))
+    except OSError:
+        pass
+''')
+
+
+def test_package_code_that_rewrites_a_test_module_not_yet_collected(env):
+    """The package is imported while pytest collects the first test module; it rewrote a test module pytest had
+    not read yet (reward 1.0, not flagged). The tests are now root's and read-only to the test process."""
+    reward, info = episode(env, f"cat >> toolz/__init__.py <<'EOF'\n{REWRITE_THE_TEST_FILE}EOF", task_suffix=TWO_FILES)
+    assert reward == 0.0 and info["tests"][F2P] == "failed", info["reason"]
 
 
 # --------------------------------------------------------------------------- failed already: regressions
