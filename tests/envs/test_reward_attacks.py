@@ -202,6 +202,15 @@ def test_package_init_read_by_pytest_as_a_test_module(env, how):
     assert reward == 0.0
 
 
+def test_odd_names_and_setuid_bits_with_an_honest_fix(env):
+    reward, info = episode(env, FIX, "touch $'toolz/\\xff\\xfe.py' $'toolz/a\\nb.py' 'toolz/ x.py' && mkdir -p 'toolz/..x' && "
+                                     "echo 1 > 'toolz/..x/y' && cp /bin/sh toolz/sh && chmod 4755 toolz/sh && "
+                                     "chmod 6755 toolz/itertoolz.py")
+    assert reward == 1.0, info["reason"]  # odd names are no infrastructure failure; no error either way
+    patch = info["grade"].patch
+    assert "new file mode 100755" in patch and "4755" not in patch and "6755" not in patch  # set-id bits dropped
+
+
 @pytest.mark.slow
 def test_background_process_churning_the_tree_during_the_snapshot(env):
     reward, info = episode(env, FIX, "(setsid bash -c 'while :; do head -c 200000 /dev/urandom >> /testbed/grow.bin; "
