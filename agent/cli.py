@@ -113,16 +113,19 @@ class _RunArgs:
     def check_tasks(self) -> None:
         tasks = getattr(self, "tasks", None)
         if tasks is not None:
+            from lightswe.tasks.datasets import looks_like_dataset
+
             path = Path(tasks)
-            _need(path.is_file(), "--tasks", tasks, "is a directory" if path.is_dir() else "does not exist",
-                  "pass a JSONL file of task instances (e.g. tasks_out/train.jsonl from `lightswe tasks build`)")
+            _need(path.is_file() or looks_like_dataset(tasks), "--tasks", tasks, "does not exist",
+                  "pass a task file (.jsonl/.json/.parquet, e.g. tasks_out/train.jsonl from `lightswe tasks build`), "
+                  "a dataset directory, or a cached dataset name owner/name:split")
 
 
 @dataclass(kw_only=True, slots=True)
 class RolloutArgs(_RunArgs):
     """Run agent episodes over a task set and write their trajectories."""
 
-    # Task instances (JSONL, SWE-bench format).
+    # Task instances: .jsonl/.json/.parquet, a dataset directory[:split], or owner/name:split[a:b] (cached).
     tasks: str
 
 
@@ -130,8 +133,13 @@ class RolloutArgs(_RunArgs):
 class EvalArgs(_RunArgs):
     """Resolve rate with a 95% Wilson interval; runs the tasks first when --tasks is given."""
 
-    # Task instances (JSONL) to run first; without it, summarise the episodes already in --out.
+    # Task instances (any --tasks form of rollout) to run first; without it, summarise the episodes in --out.
     tasks: str | None = None
+    # Also write SWE-bench predictions JSONL (instance_id, model_name_or_path, model_patch) here, for the
+    # official harness: one per task, the first sample of the first round.
+    predictions: str | None = None
+    # model_name_or_path of the predictions (default: the policy that produced the episodes).
+    model_name: str | None = None
 
 
 def early_stop_config(spec: str):
@@ -163,9 +171,9 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
     from lightswe.agent.policies.spec import make_policy
     from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
     from lightswe.model import load_tokenizer
-    from lightswe.tasks.instance import read_jsonl
+    from lightswe.tasks.datasets import load_tasks
 
-    tasks = read_jsonl(args.tasks)
+    tasks = load_tasks(args.tasks)
     if not tasks:
         raise UserInputError(f"--tasks {args.tasks}: no task instances in the file; fix: pass a JSONL with one "
                              f"instance per line")
@@ -251,6 +259,15 @@ def evaluate(argv: list[str]) -> int:
     (out / "eval_report.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(json.dumps(report))
+    if args.predictions:
+        from lightswe.agent.predictions import write_predictions
+        from lightswe.agent.trajectory import read_trajectories
+        from lightswe.agent.viewer import episode_folders
+
+        episodes = [t for folder in episode_folders(out) for t in read_trajectories(folder)]
+        model = args.model_name or (episodes[0].policy if episodes else "") or "lightswe"
+        count = write_predictions(episodes, args.predictions, model=model)
+        print(f"wrote {count} SWE-bench prediction(s) to {args.predictions}", file=sys.stderr)
     return 0
 
 

@@ -145,7 +145,7 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
     group_id = group_id or f"{task_id}@0"
     conv, clock, started = Conversation(tokenizer), _Clock(), time.perf_counter()
     steps = format_errors = consecutive_errors = 0
-    reward, tests, error = 0.0, {}, ""
+    reward, tests, error, model_patch = 0.0, {}, "", ""
     try:
         try:
             t0 = time.perf_counter()
@@ -183,6 +183,7 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
                 if terminated:
                     clock.grade = float(info.get("grade_s", 0.0))
                     reward, tests = float(step_reward), dict(info.get("tests") or {})
+                    model_patch = str(info.get("model_patch") or "")
                     raise Submitted()
                 conv.add("tool", observation)
                 if len(conv.token_ids) >= cfg.max_context_tokens:
@@ -207,6 +208,6 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
         sample_index=sample_index, token_ids=conv.token_ids, loss_mask=conv.loss_mask, logprobs=conv.logprobs,
         reward=reward, status=status, messages=conv.messages, tests=tests, num_steps=steps,
         num_format_errors=format_errors, policy=getattr(policy, "name", type(policy).__name__),
-        policy_version=getattr(policy, "version", 0), error=error, created_at=time.time(),
+        policy_version=getattr(policy, "version", 0), error=error, created_at=time.time(), model_patch=model_patch,
         timings={"reset": clock.reset, "generate": clock.generate, "env": clock.env, "grade": clock.grade,
                  "total": time.perf_counter() - started})

@@ -39,6 +39,7 @@ class JUnitReport:
     outcomes: dict[str, str] = field(default_factory=dict)  # node id -> passed/failed/error/skipped
     messages: dict[str, str] = field(default_factory=dict)  # node id -> failure text (failed/error only)
     collection_errors: int = 0  # errors not attached to a test (a module that failed to import)
+    collection_error: str = ""  # the first collection error's text (its cause, for messages)
     unaddressable: set[str] = field(default_factory=set)  # ids whose file could not be found (see nodeid)
 
 
@@ -47,6 +48,7 @@ class TestRun:
     outcomes: dict[str, str] = field(default_factory=dict)  # pytest node id -> passed/failed/error/skipped
     messages: dict[str, str] = field(default_factory=dict)  # node id -> failure text (failed/error only)
     collection_errors: int = 0
+    collection_error: str = ""
     unaddressable: set[str] = field(default_factory=set)
     exit_code: int = 0
     output: str = ""  # the runner's output (capped)
@@ -110,6 +112,9 @@ def parse_junit(xml: bytes | str, files: Collection[str] | None = None) -> JUnit
                    else SKIPPED if "skipped" in tags else PASSED)
         if not case.get("classname") and outcome == ERROR:  # a module that failed to import (collection)
             report.collection_errors += 1
+            if not report.collection_error:
+                report.collection_error = "\n".join(
+                    (child.text or child.get("message") or "").strip() for child in case if child.tag == "error")
             continue
         key = nodeid(case, files)
         if case.get("file") and _case_path(case, files) is None:
@@ -180,9 +185,11 @@ class ImageFacts:
 _PROBE = r"""
 import importlib.metadata as m, json, pkgutil, sys
 root = sys.argv[1].rstrip("/")
-plugins = sorted({ep.value.split(":")[0].strip() for ep in m.entry_points(group="pytest11")})
+eps = m.entry_points()  # Python < 3.10: a dict of groups, no select()
+eps = eps.select(group="pytest11") if hasattr(eps, "select") else eps.get("pytest11", [])
+plugins = sorted({ep.value.split(":")[0].strip() for ep in eps})
 paths = [p for p in sys.path if p and not (p == root or p.startswith(root + "/"))]
-names = set(sys.stdlib_module_names) | set(sys.builtin_module_names)
+names = set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names)  # the former: 3.10+
 names |= {mod.name for mod in pkgutil.iter_modules(paths)}
 print(json.dumps({"plugins": plugins, "outside": sorted(names)}))
 """
@@ -245,4 +252,5 @@ def run_pytest(box, test_command: str, test_ids: Sequence[str] | None = None, *,
         return run  # pytest did not start (import error in conftest, timeout): no outcomes
     run.outcomes, run.messages = report.outcomes, report.messages
     run.collection_errors, run.unaddressable = report.collection_errors, report.unaddressable
+    run.collection_error = report.collection_error
     return run

@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-from lightswe.errors import UserInputError
 
 
 def register(subparsers) -> None:
@@ -25,7 +24,11 @@ def register(subparsers) -> None:
     r.set_defaults(func=_report)
 
     typed_command(sub, ("tasks", "validate"), run=_validate,
-                  help="check instances of a JSONL file (SWE-bench format) in the environment")
+                  help="check task instances in the environment: no patch 0.0, gold patch 1.0 (any supported form)")
+
+    s = sub.add_parser("show", help="load task instances (any supported form) and print one line per instance")
+    s.add_argument("file", help="same forms as `tasks validate`")
+    s.set_defaults(func=_show)
 
     p = sub.add_parser("prune", help="remove instance images of tasks no longer in a build folder")
     p.add_argument("--out", type=Path, default=Path("tasks_out"))
@@ -73,32 +76,56 @@ def _validate(argv: list[str]) -> int:
     from lightswe.settings import parse
     from lightswe.tasks.validate_args import ValidateArgs
 
-    args, _ = parse(ValidateArgs, argv, prog="lightswe tasks validate",
-                    description="check instances of a JSONL file (SWE-bench format) in the environment")
+    args, _ = parse(ValidateArgs, argv, prog="lightswe tasks validate", description=ValidateArgs.__doc__)
+    from lightswe.tasks.datasets import load_tasks
     from lightswe.tasks.images import ensure_instance_image
-    from lightswe.tasks.instance import read_jsonl
-    from lightswe.tasks.validate import Validator
+    from lightswe.tasks.validate import Validation, Validator, error_reason
     from tqdm import tqdm
 
-    instances = read_jsonl(args.file)
-    if not instances:
-        raise UserInputError(f"FILE {args.file}: no task instances in it; fix: one JSON instance per line")
+    instances = load_tasks(args.file)  # TaskFormatError (a UserInputError) names the row and the fix
     validator = Validator(gold_runs=args.gold_runs)
     failed = 0
     with tqdm(total=len(instances), desc="tasks validate", unit="instance", file=sys.stderr, dynamic_ncols=True,
               disable=not args.progress) as bar:
         for instance in instances:
             bar.set_postfix_str(instance.instance_id[:40], refresh=True)
-            # images first, with their steps above the bar (building one can take minutes)
-            ensure_instance_image(instance, progress=lambda message: bar.write(f"[tasks] {message}",
-                                                                               file=sys.stderr))
-            result = validator.validate(instance)
+            # images first, with their steps above the bar (building one can take minutes); a build that fails
+            # rejects this instance with its cause, never the whole run
+            try:
+                ensure_instance_image(instance, progress=lambda message: bar.write(f"[tasks] {message}",
+                                                                                   file=sys.stderr))
+            except Exception as err:  # noqa: BLE001 - reported per instance below
+                result = Validation(instance_id=instance.instance_id, ok=False, reason=error_reason(err))
+            else:
+                result = validator.validate(instance)
             failed += not result.ok
-            bar.write(json.dumps({"instance_id": result.instance_id, "ok": result.ok, "reason": result.reason,
-                                  "rewards": result.rewards, "seconds": round(result.seconds, 1)}), file=sys.stdout)
+            record = {"instance_id": result.instance_id, "ok": result.ok, "reason": result.reason,
+                      "rewards": result.rewards, "seconds": round(result.seconds, 1)}
+            if result.unmatched:
+                record["unmatched"] = result.unmatched
+            bar.write(json.dumps(record), file=sys.stdout)
             bar.update(1)
     print(f"{len(instances) - failed}/{len(instances)} instances valid", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _show(args) -> int:
+    from lightswe.tasks.datasets import load_tasks
+    from lightswe.tasks.instance import TaskFormatError
+
+    try:
+        instances = load_tasks(args.file)
+    except (TaskFormatError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for t in instances:
+        print(json.dumps({"instance_id": t.instance_id, "repo": t.repo, "version": t.version,
+                          "python_version": t.python_version, "image_name": t.image_name,
+                          "install_command": t.install_command, "test_command": t.test_command,
+                          "log_parser": t.log_parser, "FAIL_TO_PASS": len(t.FAIL_TO_PASS),
+                          "PASS_TO_PASS": len(t.PASS_TO_PASS)}))
+    print(f"{len(instances)} instance(s)", file=sys.stderr)
+    return 0
 
 
 def _prune(args) -> int:

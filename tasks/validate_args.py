@@ -11,19 +11,22 @@ from lightswe.errors import UserInputError
 
 @dataclass(kw_only=True, slots=True)
 class ValidateArgs:
-    """Check each instance of a JSONL file (SWE-bench format) in the environment: the tests fail without the
-    patch and pass with the gold patch."""
+    """Check each task instance in the environment: the tests fail without the patch and pass with the gold
+    patch. Tasks: .jsonl, .json (an array), .parquet, a Hugging Face dataset directory[:split], or a dataset
+    name from the local cache (owner/name:split[0:50])."""
 
-    # JSONL file of task instances.
-    file: tyro.conf.Positional[Path]
+    # Task instances: a file (.jsonl/.json/.parquet), a dataset directory[:split], or owner/name:split[a:b].
+    file: tyro.conf.Positional[str]
     # Gold-patch runs per instance (all must pass).
     gold_runs: int = 2
     # Progress bar on stderr (instances done, ETA, the image being built).
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not self.file.is_file():
-            why = "is a directory" if self.file.is_dir() else "does not exist"
-            raise UserInputError(f"{self.file}: {why}; fix: pass a JSONL file of task instances")
+        from lightswe.tasks.datasets import looks_like_dataset
+
+        if not Path(self.file).is_file() and not looks_like_dataset(self.file):
+            raise UserInputError(f"{self.file}: does not exist; fix: pass a task file (.jsonl/.json/.parquet), a "
+                                 "dataset directory, or a cached dataset name owner/name:split")
         if self.gold_runs < 1:
             raise UserInputError(f"--gold-runs {self.gold_runs}: must be >= 1; fix: e.g. --gold-runs 2")
