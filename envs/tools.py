@@ -133,8 +133,8 @@ def _value(call: ToolCall, name: str, required: bool) -> Any:
     value = call.arguments.get(name, _MISSING)
     if value is _MISSING or value is None:
         if required:
-            what = f"missing argument {name!r}" if value is _MISSING else f"argument {name!r} is null"
-            raise ToolError(f"{call.name}: {what}; it takes "
+            what = "missing" if value is _MISSING else "null"
+            raise ToolError(f"{call.name}: argument {name!r} is {what}; it takes "
                             f"{list(_schema(call.name)['parameters']['properties'])} (required: "
                             f"{_schema(call.name)['parameters']['required']})")
         return _MISSING
@@ -538,11 +538,10 @@ def _listing(box: Sandbox, path: str, target: str) -> str:
         raise ToolError(f"view: the directory {path} is not readable by the agent user (permission denied)")
     if kind != "L":
         raise _failed("view", "list", path, result.output)
-    prefix = "" if posixpath.normpath(path) == "." else posixpath.normpath(path) + "/"
-    names = [prefix + show(n.decode("utf-8", "surrogateescape")).replace("\n", "\\n")
+    names = [show(n.decode("utf-8", "surrogateescape")).replace("\n", "\\n")
              for n in _decode64("view", "list", path, body).split(b"\0") if n]
     more = f"\n[more than {DIR_MAX_ENTRIES} entries; view a subdirectory]" if len(names) > DIR_MAX_ENTRIES else ""
-    head = f"[{path}: two levels deep; .git and __pycache__ are not listed]"
+    head = f"[{path}: two levels deep, names relative to it; .git and __pycache__ are not listed]"
     return "\n".join([head, *names[:DIR_MAX_ENTRIES]]) + more if names else f"[{path} is an empty directory]"
 
 

@@ -168,7 +168,7 @@ BAD = [
     ("bash", {"command": "echo a\x00b"}, "NUL character"),
     ("bash", {"command": ["ls"]}, "must be a string, got an array"),
     ("bash", {"command": None}, "'command' is null"),
-    ("bash", {}, "missing argument 'command'"),
+    ("bash", {}, "'command' is missing"),
     ("view", {"path": None}, "'path' is null"),
     ("view", {"path": 3}, "must be a string, got number 3"),
     ("view", {"path": {"p": "a"}}, "got an object"),
