@@ -31,8 +31,8 @@ from collections.abc import Collection, Iterable
 FRAMEWORKS = frozenset({"pytest", "_pytest", "py", "pluggy", "unittest", "nose", "nose2", "doctest", "xdist"})
 _RUNNER_WORDS = re.compile(r"(?i)(?<![A-Za-z0-9])(_?pytest\w*|py\.test|unittest|nose2?|conftest\w*|junit\w*|"
                            r"lightswe\w*)(?![A-Za-z0-9])|/proc/[^\s'\"]*cmdline|"
-                           r"<\s*/?\s*(?:testsuites?|testcase|failure)\b|\b(?:failures|errors)=[\"']")
-_TEST_PATH = re.compile(r"(^|[/\\])tests?[/\\]|(^|[/\\])test_\w+\.py\b|\w+_test\.py\b")
+                           r"<\s*/?\s*(?:testsuites?|testcase|failure)\b|\bfailures=[\"']")
+_TEST_PATH = re.compile(r"^(tests?|testing)$|(^|[/\\])tests?[/\\]|(^|[/\\])test_\w+\.py\b|\w+_test\.py\b")
 _CALLS = {
     ("sys", "_getframe"): "inspects the call stack", ("inspect", "stack"): "inspects the call stack",
     ("inspect", "currentframe"): "inspects the call stack", ("inspect", "getouterframes"): "inspects the call stack",

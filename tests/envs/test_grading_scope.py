@@ -135,6 +135,7 @@ def test_isolated_pytest_ignores_a_shadowing_pytest_module(tmp_path):
     ("import atexit\natexit.register(print)\n", "registers an exit handler"),
     ("import sys\nf = sys._getframe(1)\n", "inspects the call stack"),
     ("x = open('tests/test_a.py').read()\n", "names a test file"),
+    ("import os\nd = os.path.join(os.path.dirname(__file__), 'tests')\n", "names a test file or directory"),
     ("m = __import__('py' + 'test')\n", "imports the test framework pytest"),
     ("import builtins\nbuiltins.AssertionError = Exception\n", "replaces builtins.AssertionError"),
     ("def f(report):\n    report.outcome = 'passed'\n", "sets a test outcome"),
