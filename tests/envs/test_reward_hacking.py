@@ -187,6 +187,15 @@ def test_test_file_edited_deleted_or_replaced_by_a_link(env):
     assert "keeps a directory" in left(info)["toolz/tests"]
 
 
+def test_source_replaced_by_a_link_out_of_the_repository_or_a_fifo(env):
+    # the link's target (a fixed copy in the home directory) exists only in the agent's container
+    reward, info = episode(env, "cp toolz/itertoolz.py ~/fixed.py && sed -i 's/n + 1, None/n, None/' ~/fixed.py && "
+                                "ln -sf /home/agent/fixed.py toolz/itertoolz.py", fooled=False)
+    assert reward == 0.0 and info["grade"].graded_paths == ["toolz/itertoolz.py"]
+    reward, info = episode(env, "rm toolz/itertoolz.py && mkfifo toolz/itertoolz.py")
+    assert reward == 0.0 and "not a regular file" in left(info)["toolz/itertoolz.py"]
+
+
 # ------------------------------------------------------------------------------ tests run in the agent's Python
 def test_pytest_module_or_package_at_the_repository_root(env):
     fake = ("import sys\nfor a in sys.argv:\n    if a.startswith('--junitxml='):\n"
@@ -321,7 +330,7 @@ def test_junit_forged_at_exit(env):
 
 
 def test_code_that_hangs_is_a_timeout_of_the_policy(env):
-    env.test_timeout = 15
+    env.test_timeout = 8
     try:
         reward, info = episode(env, "sed -i 's/        return next(itertools.islice(seq, n + 1, None))/        while "
                                     "True:\\n            pass/' toolz/itertoolz.py")
