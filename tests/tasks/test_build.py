@@ -86,8 +86,13 @@ def test_prune_finds_images_of_deleted_tasks_only(first_build):
     lines = (out / "instances.jsonl").read_text().splitlines(keepends=True)
     (out / "instances.jsonl").write_text("".join(lines[1:]))  # the user deletes the first task
     try:
-        stale = prune(out, dry_run=True)
-        assert len(stale) == 1 and stale[0].startswith("lightswe/instance:")
+        stale = prune(out, dry_run=True)  # every image of that task: one per instance recipe this engine holds
+        assert stale and all(tag.startswith("lightswe/instance:") for tag in stale), stale
+        from lightswe.tasks.images import instance_image_key
+        from lightswe.tasks.instance import TaskInstance
+
+        deleted = TaskInstance.from_dict(json.loads(lines[0]))
+        assert f"lightswe/instance:{instance_image_key(deleted)}" in stale
     finally:
         (out / "instances.jsonl").write_text("".join(lines))
 
