@@ -28,8 +28,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 
 def _add_run_options(p: argparse.ArgumentParser, *, tasks_required: bool) -> None:
     p.add_argument("--tasks", required=tasks_required, help="task instances (JSONL)")
-    p.add_argument("--policy", default="scripted", help="scripted | model:PRESET_OR_DIR | openai:URL | vllm:MODEL")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.json path (default: the built-in byte tokenizer)")
+    p.add_argument("--policy", default="scripted", help="scripted | model:PRESET_OR_DIR | hf:DIR | openai:URL | vllm:MODEL | vllm:hf:DIR")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json path (default: the hf: checkpoint's own, else "
+                                                     "the built-in byte tokenizer)")
     p.add_argument("--out", required=True, help="output directory (resumes if it holds episodes)")
     p.add_argument("--group-size", type=int, default=1, help="samples per task (G)")
     p.add_argument("--concurrency", type=int, default=4, help="episodes (sandboxes) in flight")
@@ -60,7 +61,7 @@ def _agent_config(args):
 
 
 def _run(args):
-    from lightswe.agent.policies.spec import make_policy
+    from lightswe.agent.policies.spec import make_policy, tokenizer_path
     from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
     from lightswe.model import load_tokenizer
     from lightswe.tasks.instance import read_jsonl
@@ -69,6 +70,7 @@ def _run(args):
     config = RolloutConfig(group_size=args.group_size, round=args.round, seed=args.seed,
                            progress=not args.no_progress)
     agent = _agent_config(args)
+    args.tokenizer = args.tokenizer or tokenizer_path(args.policy)
     if args.ray:
         from lightswe.agent.ray_executor import RayExecutor
 
