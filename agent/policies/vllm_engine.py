@@ -58,20 +58,52 @@ def engine_kwargs(model: str, **kwargs) -> dict:
     return kwargs
 
 
-class VLLMPolicy:
-    """``vllm.LLM(model, **engine_kwargs)`` behind the policy interface; ``push_weights`` updates it in place."""
+def tool_call_grammar(tool_format: str) -> str:
+    """A Lark grammar (llguidance's dialect: ``%json`` embeds a JSON schema) for exactly one tool call in
+    ``tool_format`` ("minimax": ``<tool_calls>\\n{json}\\n</tool_calls>``, "hermes": ``<tool_call>{json}</tool_call>``,
+    as ``lightswe.envs.tool_calls.format_*`` write them) whose JSON is ``{"name", "arguments"}`` of one of the
+    environment's tools (``lightswe.envs.tools.TOOL_SCHEMAS``)."""
+    import json
 
-    def __init__(self, model: str, *, version: int = 0, **engine_kw) -> None:
+    from lightswe.envs.tools import TOOL_SCHEMAS
+
+    calls = [{"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]},
+              "required": ["name", "arguments"], "additionalProperties": False}
+             for f in (schema["function"] for schema in TOOL_SCHEMAS)]
+    tags = {"minimax": (r'"<tool_calls>\n"', r'"\n</tool_calls>"'), "hermes": ('"<tool_call>"', '"</tool_call>"')}
+    if tool_format not in tags:
+        raise ValueError(f"tool_format must be one of {sorted(tags)}, got {tool_format!r}")
+    begin, end = tags[tool_format]
+    return f"start: {begin} call {end}\ncall: %json {json.dumps({'anyOf': calls})}\n"
+
+
+class VLLMPolicy:
+    """``vllm.LLM(model, **engine_kwargs)`` behind the policy interface; ``push_weights`` updates it in place.
+
+    ``tool_format`` ("minimax" | "hermes"): every turn is held to one well-formed tool call by vLLM's structured
+    outputs (``tool_call_grammar``, llguidance backend); the sampler log-probs are then those of the constrained
+    distribution. For evaluating models that do not write the format on their own, not for RL.
+    """
+
+    def __init__(self, model: str, *, version: int = 0, tool_format: str | None = None, **engine_kw) -> None:
         vllm = import_vllm()
         self._vllm = vllm
+        self.grammar = tool_call_grammar(tool_format) if tool_format else None
+        if self.grammar:
+            engine_kw.setdefault("structured_outputs_config", {"backend": "guidance"})
         self.llm = vllm.LLM(**engine_kwargs(model, **engine_kw))
         self.name, self.version = f"vllm:{model}", version
 
     def _params(self, sampling: SamplingParams):
+        extra = {}
+        if self.grammar:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            extra["structured_outputs"] = StructuredOutputsParams(grammar=self.grammar)
         return self._vllm.SamplingParams(
             max_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
             stop_token_ids=list(sampling.stop_token_ids), seed=sampling.seed, logprobs=0, detokenize=False,
-            skip_special_tokens=False)
+            skip_special_tokens=False, **extra)
 
     def generate(self, token_ids: Sequence[int], sampling: SamplingParams) -> Sample:
         return self.generate_batch([token_ids], sampling)[0]
