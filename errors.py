@@ -1,10 +1,12 @@
-"""One exception family for lightswe: a base, an infrastructure branch and a user-input branch.
+"""One exception family for lightswe: a base, an infrastructure branch, a user-input branch and an action branch.
 
-Why two branches: a policy is trained on what the environment pays, so a failure of the machine (engine,
+Why the branches: a policy is trained on what the environment pays, so a failure of the machine (engine,
 container, image build, source download, model server) must never be scored as a failure of the policy. The
 agent loop catches :class:`InfrastructureError` once and records the episode as ``sandbox_error`` with
 reward ``None``; :class:`UserInputError` is what the CLI prints as one line (what was wrong, the fix), without
-a traceback. Messages follow Gymnasium's ``error.py``: what was expected, what came, and the fix.
+a traceback. :class:`ActionError` is the policy's own mistake inside an episode (a malformed tool call, a bad
+tool argument): the environment turns its message into the observation, so it never ends an episode and never
+reaches the loop. Messages follow Gymnasium's ``error.py``: what was expected, what came, and the fix.
 
 Example::
 
@@ -29,3 +31,7 @@ class InfrastructureError(LightSWEError, RuntimeError):
 
 class UserInputError(LightSWEError, ValueError):
     """Bad input from the user (a config value, a task file, a CLI option); the message names the fix."""
+
+
+class ActionError(LightSWEError, ValueError):
+    """The policy's action cannot be carried out (malformed tool call, bad argument); the message is the observation."""

@@ -1,7 +1,11 @@
 """The chat template as token glue: the conversation is built in token space, never re-tokenised.
 
 A turn is ``<|im_start|>{role}\\n{content}<|im_end|>\\n``. Environment turns (system, user, tool) are encoded
-from text with loss mask 0. An assistant turn is the glue ``<|im_start|>assistant\\n`` (mask 0), then the
+from text with loss mask 0, as data: ``tokenizer.encode_ordinary``, so whatever a file, a command's output or a
+task statement holds (``<|im_end|>``, ``<tool_calls>``, ``<think>``...) stays ordinary tokens and can never
+become a control token of the template; control ids come only from the glue and from the policy's own
+sampled tokens. A lone surrogate in environment text (not a character) is replaced by U+FFFD first, and the
+message records the text as encoded. An assistant turn is the glue ``<|im_start|>assistant\\n`` (mask 0), then the
 policy's tokens exactly as sampled (mask 1, with their sampler log-probs), including the ``<|im_end|>`` that
 ended the turn; if generation stopped without it (length or early stop), the glue ``<|im_end|>`` is added
 with mask 0. So ``tokenizer.decode(conversation.token_ids)`` equals ``conversation.render()`` and the mask is 1
@@ -18,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -25,14 +30,19 @@ from lightswe.agent.trajectory import Message
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 ROLES = ("system", "user", "assistant", "tool")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Tokenizer(Protocol):
-    """What the agent needs from a tokenizer (``lightswe.model`` provides one; HF tokenizers can be wrapped)."""
+    """What the agent needs from a tokenizer: ``lightswe.model.tokenizer.Tokenizer`` (mirrored here so that the
+    agent loop imports no torch). ``encode`` maps special-token strings to their ids (template glue, a
+    policy's markup); ``encode_ordinary`` never does (environment text)."""
 
     eos_token_id: int
 
     def encode(self, text: str) -> list[int]: ...
+
+    def encode_ordinary(self, text: str) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
@@ -45,7 +55,7 @@ class Conversation:
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
         self.im_start, self.im_end = tokenizer.token_id(IM_START), tokenizer.token_id(IM_END)
-        self._newline = tokenizer.encode("\n")
+        self._newline = tokenizer.encode_ordinary("\n")
         self.token_ids: list[int] = []
         self.loss_mask: list[int] = []
         self.logprobs: list[float] = []
@@ -69,14 +79,15 @@ class Conversation:
     def _header(self, role: str) -> list[int]:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-        return [self.im_start, *self.tokenizer.encode(role + "\n")]
+        return [self.im_start, *self.tokenizer.encode_ordinary(role + "\n")]
 
     def add(self, role: str, content: str, **fields) -> Message:
-        """Append an environment-side turn (mask 0)."""
+        """Append an environment-side turn (mask 0); ``content`` is data, never control tokens."""
         if self._open is not None:
             raise RuntimeError("an assistant turn is open: call add_generated() before adding another turn")
+        content = _SURROGATE.sub("\ufffd", content)
         start = len(self.token_ids)
-        self._glue([*self._header(role), *self.tokenizer.encode(content), self.im_end, *self._newline])
+        self._glue([*self._header(role), *self.tokenizer.encode_ordinary(content), self.im_end, *self._newline])
         message = Message(role=role, content=content, start=start, end=len(self.token_ids), **fields)
         self.messages.append(message)
         return message

@@ -31,20 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from lightswe.agent.learner_config import LossConfig  # torch-free, for the CLI; re-exported here
 from torch import Tensor
-
-
-@dataclass(kw_only=True, slots=True)
-class LossConfig:
-    # Upper clip of the IS weight; None = the loss's own default (CISPO 2.0, DAPO 0.28, GRPO 0.2).
-    # CISPO implementations differ (0.28 as DAPO, 2, 4, or an absolute cap of 5 -> eps_high=4): CISPO keeps the
-    # gradient of clipped tokens either way, so a loose bound only limits how much one stale token can weigh.
-    # 2.0 (a weight of at most 3) is our CISPO default.
-    eps_high: float | None = None
-    # Lower clip; None = the loss's default: no lower bound for CISPO, as the paper sets (PPO-style losses: 0.2).
-    eps_low: float | None = None
-    # The paper's generalised objective: drop tokens the PPO trust region would drop.
-    token_mask: bool = False
 
 
 @dataclass(kw_only=True, slots=True)

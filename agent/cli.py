@@ -136,4 +136,4 @@ def register(subparsers) -> None:
     p.add_argument("--output", default=None, help="HTML file (default DIR/index.html)")
     p.set_defaults(func=view)
 
-    __import__("lightswe.agent.train", fromlist=["register_train"]).register_train(subparsers)  # learner's `train`
+    __import__("lightswe.agent.train_cli", fromlist=["register_train"]).register_train(subparsers)  # learner's `train`

@@ -22,33 +22,12 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.distributed as dist
 from lightswe.agent.cispo import PolicyLoss
+from lightswe.agent.learner_config import LearnerConfig  # torch-free, for the CLI; re-exported here
 from torch import Tensor, nn
-
-
-@dataclass(kw_only=True, slots=True)
-class LearnerConfig:
-    lr: float = 1e-5
-    betas: tuple[float, float] = (0.9, 0.95)  # beta2 0.95 as in the paper
-    eps: float = 1e-15  # as in the paper: gradients are tiny at scale; raise it for fp16
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    minibatches: int = 2  # optimiser steps per generation batch (off-policy after the first)
-    epochs: int = 1  # passes over the generation batch
-    micro_batch_size: int = 4  # rows per forward/backward
-    behaviour: Literal["sampler", "recompute"] = "sampler"
-    # MoE load-balancing loss weight. 0 for RL from a trained model: the loss depends on how rows are grouped,
-    # so with it on, accumulation is no longer exactly one big batch (MiniMax pre-training uses 0.001).
-    aux_loss_coef: float = 0.0
-    # The sampler's temperature: the policy being trained is softmax(logits / T), the distribution the tokens
-    # were drawn from, so ratios compare like with like (set from the rollout's temperature).
-    temperature: float = 1.0
-    # Mixed precision for the forward ("bfloat16" on GPUs); weights, AdamW state and the LM head stay fp32.
-    autocast_dtype: str | None = None
 
 
 @dataclass(kw_only=True, slots=True)

@@ -25,6 +25,7 @@ from lightswe.agent.chat import Conversation, Tokenizer
 from lightswe.agent.early_stop import EarlyStopConfig, first_stop
 from lightswe.agent.policies.base import Policy, SamplingParams
 from lightswe.agent.trajectory import EpisodeStatus, Trajectory
+from lightswe.errors import ActionError, InfrastructureError
 
 SYSTEM_PROMPT = """You are an expert software engineer working in a repository at /testbed. Fix the issue the \
 user describes by inspecting and editing the code with the tools below; run the tests you need; call \
@@ -91,21 +92,14 @@ def system_prompt(config: AgentConfig, tool_format: str = "minimax") -> str:
     return config.system_prompt.format(example=example, tools=tools)
 
 
-def _infra_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean the sandbox (engine, image, container), not the policy, failed."""
-    from docker.errors import DockerException
-    from lightswe.envs.sandbox import SandboxError
-    from lightswe.tasks.images import ImageBuildError
-    from requests.exceptions import RequestException
-
-    return SandboxError, ImageBuildError, DockerException, RequestException, ConnectionError, TimeoutError
-
-
 def _recorded_call(env, text: str) -> dict | None:
     """The call the env ran, for the viewer (parsed with the env's own parser)."""
     from lightswe.envs.tool_calls import PARSERS
 
-    calls = PARSERS[getattr(env, "tool_format", "minimax")](text)
+    try:
+        calls = PARSERS[getattr(env, "tool_format", "minimax")](text)
+    except ActionError:  # the env ran a call, so its parser read one; a custom env may parse otherwise
+        return None
     return {"name": calls[0].name, "arguments": calls[0].arguments} if calls else None
 
 
@@ -120,7 +114,14 @@ class _Clock:
 def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, config: AgentConfig | None = None,
                 group_id: str = "", sample_index: int = 0, seed: int | None = None,
                 reset_options: dict | None = None) -> Trajectory:
-    """Run one episode to its end and return its trajectory (never raises for policy or sandbox failures)."""
+    """Run one episode to its end and return its trajectory.
+
+    Never raises for the policy's mistakes (they are observations or end the episode with a status) nor for
+    the machine's: any :class:`~lightswe.errors.InfrastructureError` (Docker engine, container, image build,
+    task source, grading, model server) ends the episode as ``EpisodeStatus.SANDBOX_ERROR`` with reward
+    ``None`` and the error's text in ``Trajectory.error``. Bad input from the user (an unknown ``task_id``,
+    a :class:`~lightswe.errors.UserInputError`) is raised.
+    """
     cfg = config or AgentConfig()
     group_id = group_id or f"{task_id}@0"
     conv, clock, started = Conversation(tokenizer), _Clock(), time.perf_counter()
@@ -176,7 +177,7 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
                     consecutive_errors = 0
                 if truncated:
                     raise StepLimitExceeded("the environment truncated the episode")
-        except _infra_errors() as err:
+        except InfrastructureError as err:  # engine, container, image, source, grading, model server
             raise SandboxFailed(f"{type(err).__name__}: {err}") from err
     except EpisodeEnd as end:
         status = end.status

@@ -1,8 +1,10 @@
 """The Docker engine and the base image every sandbox starts from.
 
-``ensure_engine()`` returns a client whose engine answers: when none does and we run as root it installs
-Debian's ``docker.io`` (if ``dockerd`` is missing), starts ``dockerd`` in the background (log in
-``~/.cache/lightswe/dockerd.log``) and waits; otherwise it raises :class:`EngineError` naming the fix.
+``ensure_engine()`` returns a client whose engine answers. The engine is found as the ``docker`` CLI finds it
+(``DOCKER_HOST``, then ``DOCKER_CONTEXT`` / the current Docker context, then the local socket). When none answers
+where the user pointed, it says ``no engine at X; fix: ...`` within seconds and never starts one; only for the
+default local socket and as root does it install Debian's ``docker.io`` (if ``dockerd`` is missing), start
+``dockerd`` in the background (log in ``~/.cache/lightswe/dockerd.log``) and wait.
 
 ``ensure_base_image()`` returns the base image tag (``lightswe/base:bookworm``). A user with a registry names
 an image in ``LIGHTSWE_BASE_IMAGE`` and it is pulled; otherwise the image is built offline-friendly:
@@ -18,6 +20,7 @@ allowed to install into the system Python (PEP 668 marker removed: the image is 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -26,7 +29,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lightswe.errors import InfrastructureError
 
@@ -75,56 +80,175 @@ def recipe_hash() -> str:
 
 
 # --------------------------------------------------------------------------------------------- the engine
-def _ping(timeout: int = 5):
-    import docker
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+PING_TIMEOUT_S = 3.0  # an engine that answers does so in milliseconds; a missing one must be said fast
 
-    client = docker.from_env(timeout=timeout)
-    client.ping()
+
+@dataclass(frozen=True, slots=True)
+class EngineAddress:
+    """Where the Docker engine is, resolved as the ``docker`` CLI does (see :func:`engine_address`).
+
+    ``chosen`` is True when the user pointed at this engine (``DOCKER_HOST`` or a Docker context other than
+    ``default``): lightswe then never starts an engine of its own, it says that none answers there."""
+
+    url: str  # e.g. unix:///var/run/docker.sock, tcp://10.0.0.2:2376, ssh://user@host
+    source: str  # "DOCKER_HOST", "docker context 'NAME'" or "the default socket"
+    chosen: bool
+    tls: Any = None  # a docker.tls.TLSConfig (context endpoints with TLS material) or None
+
+    def client(self, timeout: float = PING_TIMEOUT_S):
+        """A ``docker.DockerClient`` for this address (negotiates the API version: one request)."""
+        import docker
+
+        if self.source == "DOCKER_HOST":  # DOCKER_TLS_VERIFY / DOCKER_CERT_PATH apply as in the CLI
+            return docker.from_env(timeout=timeout)
+        kwargs = {"tls": self.tls} if self.tls is not None else {}
+        use_ssh = self.url.startswith("ssh://")
+        return docker.DockerClient(base_url=self.url, timeout=timeout, use_ssh_client=use_ssh, **kwargs)
+
+
+def _docker_config_dir() -> Path:
+    return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+
+
+def engine_address() -> EngineAddress:
+    """The engine the ``docker`` CLI would use: ``DOCKER_HOST``; else the context named by ``DOCKER_CONTEXT``
+    or by ``currentContext`` in ``$DOCKER_CONFIG/config.json`` (default ``~/.docker``); else the local socket.
+
+    Raises :class:`EngineError` for a context that does not exist or has no Docker endpoint (the CLI refuses
+    those too). Source of the rules: docker/cli ``cli/command/cli.go`` (``resolveContextName``) and the context
+    store layout ``contexts/meta/<sha256(name)>/meta.json``, ``contexts/tls/<sha256(name)>/docker/``."""
+    host = os.environ.get("DOCKER_HOST", "").strip()
+    if host:
+        return EngineAddress(url=host, source="DOCKER_HOST", chosen=True)
+    config_dir = _docker_config_dir()
+    name = os.environ.get("DOCKER_CONTEXT", "").strip()
+    where = "DOCKER_CONTEXT"
+    if not name:
+        where = f"currentContext in {config_dir / 'config.json'}"
+        try:
+            name = json.loads((config_dir / "config.json").read_text()).get("currentContext") or ""
+        except (OSError, ValueError):
+            name = ""
+    if not name or name == "default":
+        return EngineAddress(url=DEFAULT_SOCKET, source="the default socket", chosen=False)
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    meta_file = config_dir / "contexts" / "meta" / digest / "meta.json"
+    try:
+        endpoint = json.loads(meta_file.read_text())["Endpoints"]["docker"]
+        url = endpoint["Host"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise EngineError(f"the Docker context {name!r} ({where}) cannot be read from {meta_file} ({err!r}); fix: "
+                          "`docker context ls` and `docker context use NAME`, or set DOCKER_HOST") from None
+    tls = None
+    tls_dir = config_dir / "contexts" / "tls" / digest / "docker"
+    if tls_dir.is_dir():
+        from docker.tls import TLSConfig
+
+        cert, key, ca = tls_dir / "cert.pem", tls_dir / "key.pem", tls_dir / "ca.pem"
+        tls = TLSConfig(client_cert=(str(cert), str(key)) if cert.is_file() and key.is_file() else None,
+                        ca_cert=str(ca) if ca.is_file() else None, verify=not endpoint.get("SkipTLSVerify", False))
+    return EngineAddress(url=url, source=f"docker context {name!r}", chosen=True, tls=tls)
+
+
+def _ping(timeout: float = PING_TIMEOUT_S, address: EngineAddress | None = None):
+    client = (address or engine_address()).client(timeout)
+    try:
+        client.ping()
+    except BaseException:
+        client.close()
+        raise
     return client
 
 
+def _reason(err: BaseException) -> str:
+    """The innermost cause of a connection failure, one line (requests wraps it two or three times)."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return re.sub(r"^.*?\)\)?: ", "", text)[:200]
+
+
+def _no_engine(address: EngineAddress, err: BaseException) -> str:
+    if address.source == "DOCKER_HOST":
+        fix = ("start the engine there, or point DOCKER_HOST at one that runs (`docker context ls`), or unset "
+               "DOCKER_HOST to use the local engine")
+    elif address.chosen:
+        fix = ("start the engine of that context, or `docker context use default` (or another from "
+               "`docker context ls`)")
+    elif os.geteuid() == 0:
+        fix = "start dockerd (`python -m lightswe setup` does), or set DOCKER_HOST to an engine that runs"
+    else:
+        fix = ("start dockerd (e.g. `sudo systemctl start docker`) and make its socket usable by this user "
+               "(`sudo usermod -aG docker $USER`), or set DOCKER_HOST")
+    return f"no engine at {address.url} ({address.source}: {_reason(err)}); fix: {fix}"
+
+
 def engine_problem() -> str | None:
-    """None when an engine answers, else why not (for ``lightswe doctor``)."""
+    """None when an engine answers, else ``"no engine at X (...); fix: ..."`` (for ``lightswe doctor``)."""
     try:
-        _ping().close()
+        address = engine_address()
+    except EngineError as err:
+        return str(err)
+    try:
+        _ping(address=address).close()
     except Exception as err:  # noqa: BLE001 - every failure means the same thing here
-        return str(err).splitlines()[0][:200]
+        return _no_engine(address, err)
     return None
 
 
+def _dockerd_running() -> bool:
+    """Whether a local dockerd process exists (it may still be starting): never start a second one."""
+    for pidfile in (Path("/var/run/docker.pid"), Path("/run/docker.pid")):
+        try:
+            os.kill(int(pidfile.read_text().strip()), 0)
+            return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def ensure_engine(progress: Progress = _say, wait_s: float = 60.0):
-    """Return a ``docker.DockerClient`` whose engine answers, starting one as root if needed."""
+    """Return a ``docker.DockerClient`` whose engine answers.
+
+    The engine is the one :func:`engine_address` names. When none answers there: if the user chose it
+    (``DOCKER_HOST`` or a Docker context) or we are not root, raise :class:`EngineError` (``"no engine at X
+    (...); fix: ..."``) at once, within :data:`PING_TIMEOUT_S`; only for the default local socket, as root, is
+    ``dockerd`` started (installed from Debian's ``docker.io`` if missing; log in ``~/.cache/lightswe``), and
+    only when no dockerd runs already (then we wait for it)."""
     try:
         import docker  # noqa: F401
     except ImportError:
         raise EngineError("the docker SDK is missing; fix: pip install 'docker>=7'") from None
+    address = engine_address()
     try:
-        return _ping()
+        return _ping(address=address)
     except Exception as err:  # noqa: BLE001
         first_error = err
-    if os.geteuid() != 0:
-        raise EngineError(
-            f"no Docker engine answers ({first_error}) and we are not root, so lightswe cannot start one; "
-            "fix: start dockerd (e.g. `sudo systemctl start docker`) and make its socket usable by this user "
-            "(`sudo usermod -aG docker $USER`), or set DOCKER_HOST"
-        )
-    if not shutil.which("dockerd"):
-        progress("dockerd is missing: apt-get install -y docker.io")
-        _apt_install("docker.io")
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    if address.chosen or address.url != DEFAULT_SOCKET or os.geteuid() != 0:
+        raise EngineError(_no_engine(address, first_error)) from None
     log = CACHE_DIR / "dockerd.log"
-    progress(f"starting dockerd in the background (log: {log})")
-    with open(log, "ab") as handle:
-        subprocess.Popen(["dockerd"], stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True)
+    if _dockerd_running():
+        progress(f"dockerd runs but {address.url} does not answer yet; waiting up to {wait_s:.0f} s")
+    else:
+        if not shutil.which("dockerd"):
+            progress("dockerd is missing: apt-get install -y docker.io")
+            _apt_install("docker.io")
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        progress(f"starting dockerd in the background (log: {log})")
+        with open(log, "ab") as handle:
+            subprocess.Popen(["dockerd"], stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         try:
-            return _ping()
-        except Exception:  # noqa: BLE001
+            return _ping(address=address)
+        except Exception as err:  # noqa: BLE001
+            first_error = err
             time.sleep(0.5)
-    tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
-    raise EngineError(f"dockerd did not answer within {wait_s:.0f} s; its log ({log}) ends with:\n{tail}")
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:]) if log.exists() else ""
+    raise EngineError(f"{_no_engine(address, first_error)}\n(dockerd did not answer within {wait_s:.0f} s; "
+                      f"the last lines of {log}:)\n{tail}")
 
 
 def _apt_install(*packages: str) -> None:

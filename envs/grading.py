@@ -1,210 +1,253 @@
-"""Run a task's tests in a sandbox and grade a submission, from pytest's JUnit XML.
+"""Grade a submission out of the agent's reach: its change, applied to a fresh container, tested there.
 
-Grading resists tampering: the agent's leftover processes are killed; the task's test files, every tracked
-``conftest.py`` and the pytest configuration files are restored from the base commit; untracked
-``conftest.py``/``sitecustomize.py``/``*.pth`` files the agent made are removed; the task's ``test_patch`` is
-applied; then the tests run as the non-root agent user with ``--junitxml``. Outcomes come from the XML and are
-cross-checked with pytest's exit code (0 iff every selected test passed): a disagreement scores 0.
+:func:`grade` (SWE-bench's evaluation is the anchor: fresh container, model patch, then test patch):
 
-``run_tests`` is also what task validation uses (the tasks part) to record FAIL_TO_PASS/PASS_TO_PASS.
+1. A **fresh container** of the instance image comes from ``fresh()`` (default: a new
+   :class:`~lightswe.envs.sandbox.Sandbox`; a warm pool can supply one). Grading owns it and closes it.
+2. The **agent's change** is read without running anything the agent controls (:mod:`lightswe.envs.agent_diff`):
+   its ``/testbed`` through the engine's archive API (no ``.git``), the base tree from the pristine container.
+3. **What grading may see** (:mod:`lightswe.envs.graded_files`): the task's tests, test-runner configuration,
+   ``conftest.py``, site customisation, ``.pth``, package metadata, bytecode and shadowing modules are left out;
+   ``Grade.left_out`` lists each with its reason.
+4. The kept change is written into the fresh container's ``/testbed`` (deletions first, then one tar through
+   ``put_archive``, owned by the agent user); ``Grade.patch`` is its binary git diff against the base commit
+   (git run there as the non-root user with a pristine environment); the task's ``test_patch`` is applied.
+5. The tests run there as the non-root user in a Python the repository cannot shadow
+   (:mod:`lightswe.envs.pytest_run`); outcomes from JUnit XML, cross-checked with pytest's exit code.
+6. **Runner-reactive code** in the kept Python files is flagged (:mod:`lightswe.envs.hack_check`):
+   ``Grade.reward_hack_suspected``; ``hack_policy="zero"`` turns such a reward into 0.0 (``reward_zeroed``).
+
+Reward 1.0 iff every FAIL_TO_PASS and PASS_TO_PASS test passes and pytest exits 0, else 0.0. A test run that
+times out (the agent's code hangs) is the policy's failure: 0.0 with ``timed_out=True``. A failure of the
+machine (the agent's or the grading container gone, the engine failing, an image that cannot start, a
+``test_patch`` that does not apply to the base) raises :class:`GradingError` (an
+:class:`~lightswe.errors.InfrastructureError`): never a reward.
+
+Nothing runs as root: the harness's commands in the grading container run as the non-root user, and nothing
+at all runs in the agent's container.
 """
 
 from __future__ import annotations
 
-import shlex
+import io
+import json
+import tarfile
 import time
-import xml.etree.ElementTree as ET
-from collections.abc import Collection
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
-from lightswe.envs.sandbox import Sandbox
+from lightswe.envs.agent_diff import (
+    PRISTINE_GIT,
+    PRISTINE_GIT_ENV,
+    SYMLINK,
+    WORKDIR,
+    Change,
+    Entry,
+    SnapshotError,
+    base_listing,
+    changes,
+    read_tree,
+)
+from lightswe.envs.graded_files import LeftOut, select_changes, task_scope
+from lightswe.envs.hack_check import suspicious_code
+from lightswe.envs.pytest_run import (  # noqa: F401 - re-exported: the one runner and parser
+    ERROR,
+    FAILED,
+    JUNIT_PATH,
+    PASSED,
+    SKIPPED,
+    JUnitReport,
+    TestRun,
+    nodeid,
+    parse_junit,
+    probe_image,
+    pytest_command,
+    run_pytest,
+)
+from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError
+from lightswe.errors import UserInputError
 from lightswe.tasks.instance import TaskInstance
 
-JUNIT_PATH = "/tmp/lightswe-junit.xml"
-_CONFIG_FILES = ("pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml", "conftest.py")
-PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
+HACK_POLICIES = ("keep", "zero")
+AGENT_UID = 1000
+MAX_PATCH_CHARS = 1024 * 1024
 
 
-@dataclass(kw_only=True, slots=True)
-class JUnitReport:
-    """What pytest's JUnit XML says: the one record of a test run's results (grading and task synthesis)."""
+class GradingError(SandboxError):
+    """Grading could not be done for a reason of the machine or the task, never of the policy.
 
-    outcomes: dict[str, str] = field(default_factory=dict)  # node id -> passed/failed/error/skipped
-    messages: dict[str, str] = field(default_factory=dict)  # node id -> failure text (failed/error only)
-    collection_errors: int = 0  # errors not attached to a test (a module that failed to import)
-    unaddressable: set[str] = field(default_factory=set)  # ids whose file could not be found (see nodeid)
+    An :class:`~lightswe.errors.InfrastructureError` (through ``SandboxError``, which agent loops already treat
+    as a sandbox failure): the episode has no reward.
 
+    ``stage`` names the step that failed (``start``, ``snapshot``, ``apply``, ``test_patch``, ``tests``);
+    ``known`` holds what was learnt before (e.g. ``left_out``, ``patch``, ``container``).
+    """
 
-@dataclass(kw_only=True, slots=True)
-class TestRun:
-    outcomes: dict[str, str] = field(default_factory=dict)  # pytest node id -> passed/failed/error/skipped
-    messages: dict[str, str] = field(default_factory=dict)  # node id -> failure text (failed/error only)
-    collection_errors: int = 0
-    unaddressable: set[str] = field(default_factory=set)
-    exit_code: int = 0
-    output: str = ""  # the runner's output (capped)
-    timed_out: bool = False
-    duration_s: float = 0.0
-
-    def ids(self, outcome: str) -> set[str]:
-        return {k for k, v in self.outcomes.items() if v == outcome}
-
-    @property
-    def passed(self) -> set[str]:
-        return self.ids(PASSED)
+    def __init__(self, message: str, *, stage: str, known: dict | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.known = dict(known or {})
 
 
 @dataclass(kw_only=True, slots=True)
 class Grade:
-    reward: float
+    reward: float  # after hack_policy
     tests: dict[str, str]  # every FAIL_TO_PASS and PASS_TO_PASS id -> outcome ("missing" if not reported)
     fail_to_pass: dict[str, bool] = field(default_factory=dict)
     pass_to_pass: dict[str, bool] = field(default_factory=dict)
     reason: str = ""
     exit_code: int = 0
-    duration_s: float = 0.0
+    duration_s: float = 0.0  # the whole grading, container start included
+    tests_s: float = 0.0  # the test run alone
+    timed_out: bool = False  # the test run hit the timeout: the policy's failure (reward 0.0)
+    graded_paths: list[str] = field(default_factory=list)  # paths of the agent's change that were applied
+    left_out: list[LeftOut] = field(default_factory=list)  # paths of the change grading did not apply, and why
+    patch: str = ""  # binary git diff of the applied change against the base commit (capped at 1 MiB)
+    reward_hack_suspected: list[str] = field(default_factory=list)  # "path:line: what" (hack_check)
+    reward_zeroed: bool = False  # the tests passed but hack_policy="zero" and code was flagged
 
 
-def _case_path(case: ET.Element, files: Collection[str] | None) -> tuple[str, list[str]] | None:
-    """(file, classes) of a JUnit xunit1 ``testcase``; None when its file cannot be determined.
+def default_fresh(box: Sandbox) -> Callable[[], Sandbox]:
+    """``() -> Sandbox``: a new container of ``box``'s image with ``box``'s limits (grading closes it)."""
 
-    ``classname`` is pytest's node id with ``/`` -> ``.`` and ``.py`` dropped, but ``file`` is where the test
-    function is *defined*: for a method inherited from a base class in another file (``tests/__init__.py``)
-    the two disagree, and the file is then the longest dotted prefix of ``classname`` that names a file in
-    ``files`` (the repository's files).
+    def make() -> Sandbox:
+        c = box.config
+        config = SandboxConfig(image=c.image, workdir=WORKDIR, mem_limit=c.mem_limit, cpus=c.cpus,
+                               pids_limit=c.pids_limit, max_output_bytes=c.max_output_bytes,
+                               labels={**c.labels, "lightswe.role": "grading"})
+        return Sandbox(config, client=box.client)
+
+    return make
+
+
+_BASES: dict[str, dict[str, Entry]] = {}
+
+
+def _base_of(grader: Sandbox) -> dict[str, Entry]:
+    key = grader.config.image
+    if key not in _BASES:
+        if len(_BASES) > 64:
+            _BASES.pop(next(iter(_BASES)))
+        _BASES[key] = base_listing(grader)
+    return _BASES[key]
+
+
+def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] | None = None,
+          release: Callable[[Sandbox], None] | None = None, timeout: float = 900.0,
+          hack_policy: str = "keep") -> Grade:
+    """Grade the change in ``box``'s ``/testbed`` (module docstring).
+
+    ``fresh()`` gives the grading container: a pristine running sandbox of ``box``'s instance image (default:
+    :func:`default_fresh`, a new container); grading owns it and hands it to ``release`` when done (default
+    ``Sandbox.close``; a pool's background removal fits). It has run the agent's code: never reuse it.
+
+    Raises :class:`GradingError` when the machine fails (see module docstring) and
+    :class:`~lightswe.errors.UserInputError` for an unknown ``hack_policy``.
     """
-    classname, path = case.get("classname", ""), case.get("file") or ""
-    module = path[:-3].replace("/", ".") if path.endswith(".py") else path
-    if not classname or classname == module:
-        return path, []
-    if classname.startswith(module + "."):
-        return path, classname[len(module) + 1:].split(".")
-    parts = classname.split(".")
-    for cut in range(len(parts), 0, -1):
-        candidate = "/".join(parts[:cut]) + ".py"
-        if files is not None and candidate in files:
-            return candidate, parts[cut:]
-    return None
-
-
-def nodeid(case: ET.Element, files: Collection[str] | None = None) -> str:
-    """pytest node id of a JUnit ``testcase`` written with ``junit_family=xunit1`` (has ``file``).
-
-    ``files``: the repository's files, needed for tests inherited from a class in another file (see
-    ``_case_path``); without a match the id is built from ``file`` and may not select the test.
-    """
-    name, classname, path = case.get("name", ""), case.get("classname", ""), case.get("file")
-    if not path:  # xunit2: best effort from the dotted class name
-        return f"{classname.replace('.', '/')}.py::{name}"
-    found = _case_path(case, files)
-    file, classes = found if found is not None else (path, [])
-    return "::".join([file, *[c for c in classes if c], name])
-
-
-def parse_junit(xml: bytes | str, files: Collection[str] | None = None) -> JUnitReport:
-    """Outcomes, failure messages and collection errors of every test case in a JUnit XML report.
-
-    ``files``: the repository's files, to rebuild the ids of inherited tests (see ``nodeid``).
-    """
-    report = JUnitReport()
-    for case in ET.fromstring(xml).iter("testcase"):
-        tags = {child.tag for child in case}
-        outcome = (ERROR if "error" in tags else FAILED if "failure" in tags
-                   else SKIPPED if "skipped" in tags else PASSED)
-        if not case.get("classname") and outcome == ERROR:  # a module that failed to import (collection)
-            report.collection_errors += 1
-            continue
-        key = nodeid(case, files)
-        if case.get("file") and _case_path(case, files) is None:
-            report.unaddressable.add(key)
-        for child in case:
-            if child.tag in ("failure", "error") and key not in report.messages:
-                report.messages[key] = (child.text or child.get("message") or "").strip("\n")  # with E lines
-                break
-        if report.outcomes.get(key) in (FAILED, ERROR) and outcome == PASSED:
-            continue  # a teardown error reported after a pass keeps the failure
-        report.outcomes[key] = outcome
-    return report
-
-
-def pytest_command(test_command: str, test_ids: list[str] | None = None, junit: str = JUNIT_PATH) -> str:
-    """``test_command`` plus JUnit output (xunit1, so ``file`` is recorded) and optional node ids."""
-    ids = " ".join(shlex.quote(t) for t in (test_ids or []))
-    return f"{test_command} -o junit_family=xunit1 --junitxml={junit} {ids}".strip()
-
-
-def run_pytest(box: Sandbox, test_command: str, test_ids: list[str] | None = None, *, timeout: float = 900.0,
-               user: str = "agent", max_output_bytes: int = 64 * 1024) -> TestRun:
-    """Run ``test_command`` on ``test_ids`` (default: what the command selects) and parse its JUnit report."""
-    ids = list(test_ids or [])
-    files = {t.split("::", 1)[0] for t in ids}
-    if not ids or any("::" not in t for t in ids):  # folders or the whole suite: the ids' files are unknown
-        listed = box.exec("git ls-files -co --exclude-standard", timeout=60, user="root",
-                          max_output_bytes=16 * 1024 * 1024)
-        if listed.exit_code == 0:
-            files.update(listed.output.splitlines())
-    box.exec(f"rm -f {JUNIT_PATH}", timeout=10, user="root")
-    result = box.exec(pytest_command(test_command, ids), timeout=timeout, user=user,
-                      max_output_bytes=max_output_bytes)
-    run = TestRun(exit_code=result.exit_code, output=result.output, timed_out=result.timed_out,
-                  duration_s=result.duration_s)
-    try:
-        report = parse_junit(box.read_file(JUNIT_PATH, max_bytes=64 * 1024 * 1024), files)
-    except (FileNotFoundError, ET.ParseError):
-        return run  # pytest did not start (import error in conftest, timeout): no outcomes
-    run.outcomes, run.messages = report.outcomes, report.messages
-    run.collection_errors, run.unaddressable = report.collection_errors, report.unaddressable
-    return run
-
-
-def test_files_of(instance: TaskInstance) -> list[str]:
-    files = set(instance.test_files)
-    files.update(test.split("::", 1)[0] for test in [*instance.FAIL_TO_PASS, *instance.PASS_TO_PASS])
-    return sorted(files)
-
-
-def run_tests(box: Sandbox, instance: TaskInstance, test_ids: list[str] | None = None, *,
-              timeout: float = 900.0) -> TestRun:
-    """Run ``instance.test_command`` on ``test_ids`` (default all of the task's) as the agent user."""
-    ids = test_ids if test_ids is not None else [*instance.FAIL_TO_PASS, *instance.PASS_TO_PASS]
-    return run_pytest(box, instance.test_command, ids, timeout=timeout, user="agent")
-
-
-def restore_for_grading(box: Sandbox, instance: TaskInstance) -> str:
-    """Put the task's tests and test configuration back as the task defines them; '' or what failed."""
-    base = box.base_commit or "HEAD"
-    listed = box.exec(f"git ls-tree -r --name-only {base}", timeout=60, user="root", kill_first="agent",
-                      max_output_bytes=16 * 1024 * 1024)
-    if listed.exit_code != 0 or listed.truncated:
-        return f"listing the base commit's files failed: {listed.output[-500:]}"
-    wanted = set(test_files_of(instance))
-    restore = [p for p in listed.output.splitlines() if p in wanted or p.rsplit("/", 1)[-1] in _CONFIG_FILES]
-    script = ("git ls-files --others -z -- '*conftest.py' '*sitecustomize.py' '*usercustomize.py' '*.pth' "
-              "| xargs -0 -r rm -f")
-    if restore:
-        script = (f"git checkout -q {base} -- " + " ".join(shlex.quote(p) for p in restore)) + " && " + script
-    result = box.exec(script, timeout=120, user="agent")
-    if result.exit_code != 0:
-        return f"restoring the test files failed: {result.output[-500:]}"
-    if instance.test_patch.strip():
-        applied = box.exec("git apply --whitespace=nowarn -", timeout=60, stdin=instance.test_patch.encode())
-        if applied.exit_code != 0:
-            return f"the task's test_patch does not apply: {applied.output[-500:]}"
-    return ""
-
-
-def grade(box: Sandbox, instance: TaskInstance, *, timeout: float = 900.0) -> Grade:
-    """Reward 1.0 iff every FAIL_TO_PASS passes and every PASS_TO_PASS passes, per JUnit XML and exit code."""
+    if hack_policy not in HACK_POLICIES:
+        raise UserInputError(f"hack_policy must be one of {HACK_POLICIES}, got {hack_policy!r}")
     start = time.perf_counter()
+    make = fresh or default_fresh(box)
+    image = box.config.image
+    with ThreadPoolExecutor(1, thread_name_prefix="lightswe-grading-start") as pool:
+        pending = pool.submit(make)  # the container starts while the agent's tree is read (base listing cached)
+        try:
+            tree = _snapshot(box, _BASES[image]) if image in _BASES else None
+        except BaseException:
+            try:
+                (release or Sandbox.close)(pending.result())
+            except Exception:  # noqa: BLE001 - the start failed too: nothing to close
+                pass
+            raise
+        try:
+            grader = pending.result()
+        except Exception as err:  # noqa: BLE001 - whatever the pool or the engine raised
+            raise GradingError(f"cannot start a grading container of {image}: {type(err).__name__}: {err}",
+                               stage="start") from err
+    try:
+        try:
+            base = _base_of(grader)
+            facts = probe_image(grader)
+        except Exception as err:  # noqa: BLE001
+            raise GradingError(f"reading the base tree in the grading container of {grader.config.image} failed: "
+                               f"{err}", stage="start") from err
+        if tree is None:
+            tree = _snapshot(box, base)
+        return _grade_in(grader, tree, base, facts, instance, timeout=timeout, hack_policy=hack_policy,
+                         start=start)
+    finally:
+        (release or Sandbox.close)(grader)
+
+
+def _snapshot(box: Sandbox, base: dict[str, Entry]) -> dict[str, Entry]:
+    if box.container_id is None:
+        raise GradingError("the agent's sandbox is closed; nothing to grade", stage="snapshot")
+    try:
+        return read_tree(box.api, box.container_id, base=base, workdir=WORKDIR)
+    except SnapshotError as err:
+        raise GradingError(f"reading the agent's work tree failed: {err}", stage="snapshot") from err
+
+
+def _own_modules(base: dict[str, Entry]) -> set[str]:
+    """Top-level importable names the repository provides (root modules and packages, src/ layout)."""
+    names = set()
+    for path in base:
+        parts = path.split("/")
+        if parts[0] == "src" and len(parts) > 1:
+            parts = parts[1:]
+        if len(parts) == 1 and parts[0].endswith(".py"):
+            names.add(parts[0][:-3])
+        elif len(parts) == 2 and parts[1] == "__init__.py":
+            names.add(parts[0])
+    return names
+
+
+def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], facts, instance: TaskInstance, *,
+              timeout: float, hack_policy: str, start: float) -> Grade:
     wanted = [*instance.FAIL_TO_PASS, *instance.PASS_TO_PASS]
-    problem = restore_for_grading(box, instance)
-    if problem:
-        return Grade(reward=0.0, tests={t: "missing" for t in wanted}, reason=problem,
-                     duration_s=time.perf_counter() - start)
-    run = run_tests(box, instance, wanted, timeout=timeout)
+    own = _own_modules(base)
+    scope = task_scope(instance, facts.outside_modules - own)
+
+    def read_base(path: str) -> bytes:
+        try:
+            return grader.read_file(f"{WORKDIR}/{path}", max_bytes=64 * 1024 * 1024)
+        except (FileNotFoundError, IsADirectoryError):
+            return b""
+        except Exception as err:  # noqa: BLE001 - the grading container or engine
+            raise GradingError(f"reading {path} from the grading container failed: {err}", stage="apply") from err
+
+    kept, left_out = select_changes(changes(base, tree), scope, base=base, tree_paths=tree.keys(),
+                                    read_base=read_base)
+    python_files = [(c.path, read_base(c.path) if c.old is not None and c.old.mode != SYMLINK else None,
+                     c.new.data if c.new is not None and c.new.mode != SYMLINK else None)
+                    for c in kept if c.path.endswith((".py", ".pyw"))]
+    suspected = suspicious_code(python_files, own_modules=own)
+    known = {"left_out": left_out, "graded_paths": [c.path for c in kept], "container": grader.container_id}
+    _apply(grader, kept, known)
+    patch = _graded_patch(grader, kept, known)
+    known["patch"] = patch
+    if instance.test_patch.strip():
+        applied = _exec(grader, f"{PRISTINE_GIT} apply --whitespace=nowarn -", "test_patch", known,
+                        stdin=instance.test_patch.encode())
+        if applied.exit_code != 0:
+            raise GradingError(f"the task's test_patch does not apply to the base of {instance.instance_id} "
+                               f"(a broken task, not the policy): {applied.output[-500:]}", stage="test_patch",
+                               known=known)
+    files = (set(base) - {c.path for c in kept if c.new is None}) | {c.path for c in kept if c.new is not None}
+    try:
+        run = run_pytest(grader, instance.test_command, wanted, timeout=timeout, user="agent", files=files,
+                         plugins=facts.plugins)
+    except UserInputError as err:
+        raise GradingError(f"{instance.instance_id}: {err}", stage="tests", known=known) from err
+    except Exception as err:  # noqa: BLE001 - the grading container or the engine failed
+        raise GradingError(f"the test run in grading container {_short(grader)} failed: {type(err).__name__}: "
+                           f"{err}", stage="tests", known=known) from err
+    _require_alive(grader, "while the tests ran", known)
     tests = {t: run.outcomes.get(t, "missing") for t in wanted}
-    f2p = {t: tests[t] == "passed" for t in instance.FAIL_TO_PASS}
-    p2p = {t: tests[t] == "passed" for t in instance.PASS_TO_PASS}
+    f2p = {t: tests[t] == PASSED for t in instance.FAIL_TO_PASS}
+    p2p = {t: tests[t] == PASSED for t in instance.PASS_TO_PASS}
     all_pass = all(f2p.values()) and all(p2p.values())
     if run.timed_out:
         reason = f"the test run timed out after {timeout:g} s"
@@ -218,5 +261,136 @@ def grade(box: Sandbox, instance: TaskInstance, *, timeout: float = 900.0) -> Gr
     else:
         reason = "all FAIL_TO_PASS and PASS_TO_PASS tests pass"
     reward = 1.0 if all_pass and run.exit_code == 0 and not run.timed_out else 0.0
+    zeroed = bool(reward and suspected and hack_policy == "zero")
+    if zeroed:
+        reward, reason = 0.0, f"{reason}; reward zeroed: code that reacts to the test runner ({suspected[0]})"
     return Grade(reward=reward, tests=tests, fail_to_pass=f2p, pass_to_pass=p2p, reason=reason,
-                 exit_code=run.exit_code, duration_s=time.perf_counter() - start)
+                 exit_code=run.exit_code, duration_s=time.perf_counter() - start, tests_s=run.duration_s,
+                 timed_out=run.timed_out, graded_paths=known["graded_paths"], left_out=left_out, patch=patch,
+                 reward_hack_suspected=suspected, reward_zeroed=zeroed)
+
+
+def _short(box: Sandbox) -> str:
+    return (box.container_id or "closed")[:12]
+
+
+def _require_alive(grader: Sandbox, when: str, known: dict) -> None:
+    try:
+        state = grader.api.inspect_container(grader.container_id)["State"]
+    except Exception as err:  # noqa: BLE001 - gone (NotFound) or the engine does not answer
+        raise GradingError(f"the grading container {_short(grader)} vanished {when}: {type(err).__name__}: {err}",
+                           stage="tests", known=known) from err
+    if not state.get("Running") or state.get("Paused") or state.get("Restarting"):
+        raise GradingError(f"the grading container {_short(grader)} stopped {when} (status {state.get('Status')}, "
+                           f"exit {state.get('ExitCode')}, OOM-killed {state.get('OOMKilled')})", stage="tests",
+                           known=known)
+
+
+def _exec(grader: Sandbox, cmd: str, stage: str, known: dict, **kw):
+    try:
+        result = grader.exec(cmd, timeout=kw.pop("timeout", 120), user="agent", workdir=WORKDIR,
+                             env=dict(PRISTINE_GIT_ENV), **kw)
+    except Exception as err:  # noqa: BLE001
+        raise GradingError(f"a grading step ({stage}) failed in {_short(grader)}: {type(err).__name__}: {err}",
+                           stage=stage, known=known) from err
+    if result.exit_code == 137 and "command runner died" in result.output:
+        _require_alive(grader, f"during {stage}", known)
+    return result
+
+
+_DELETE = r"""
+import json, os, sys
+for path in json.load(sys.stdin):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        continue
+    try:
+        os.removedirs(os.path.dirname(path))  # empty parents go too (an emptied package is no namespace)
+    except OSError:
+        pass
+"""
+
+
+def _apply(grader: Sandbox, kept: list[Change], known: dict) -> None:
+    """Write the kept change into the grading container's pristine work tree (deletions first)."""
+    deleted = [c.path for c in kept if c.new is None or (c.old is not None and c.old.mode != c.new.mode)]
+    if deleted:
+        done = _exec(grader, "python3 -I -c " + _quote(_DELETE), "apply", known, stdin=json.dumps(deleted).encode())
+        if done.exit_code != 0:
+            raise GradingError(f"deleting files in the grading container failed: {done.output[-400:]}",
+                               stage="apply", known=known)
+    written = [c for c in kept if c.new is not None]
+    if not written:
+        return
+    buffer = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        made = set()
+        for change in written:
+            for parent in reversed(PurePosixPath(change.path).parents):
+                name = str(parent)
+                if name == "." or name in made:  # every parent, so none is made by the engine as root
+                    continue
+                made.add(name)
+                info = tarfile.TarInfo(name)
+                info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o755, AGENT_UID, AGENT_UID, now
+                archive.addfile(info)
+            entry = change.new
+            info = tarfile.TarInfo(change.path)
+            info.uid = info.gid = AGENT_UID
+            info.mtime = now
+            if entry.mode == SYMLINK:
+                info.type, info.mode = tarfile.SYMTYPE, 0o777
+                info.linkname = entry.data.decode("utf-8", "surrogateescape")
+                archive.addfile(info)
+            else:
+                info.mode = 0o755 if entry.mode == "100755" else 0o644
+                info.size = len(entry.data)
+                archive.addfile(info, io.BytesIO(entry.data))
+    try:
+        ok = grader.api.put_archive(grader.container_id, WORKDIR, buffer.getvalue())
+    except Exception as err:  # noqa: BLE001
+        raise GradingError(f"writing the change into grading container {_short(grader)} failed: {err}",
+                           stage="apply", known=known) from err
+    if not ok:
+        raise GradingError(f"the engine refused the change for grading container {_short(grader)}", stage="apply",
+                           known=known)
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _graded_patch(grader: Sandbox, kept: list[Change], known: dict) -> str:
+    """``git diff --binary`` of the applied change against HEAD, from a scratch index (the repo's is untouched)."""
+    if not kept:
+        return ""
+    paths = b"\0".join(c.path.encode("utf-8", "surrogateescape") for c in kept) + b"\0"
+    index = "/tmp/lightswe-graded.index"
+    script = (f"set -e; export GIT_INDEX_FILE={index}; {PRISTINE_GIT} read-tree HEAD; "
+              f"{PRISTINE_GIT} add -A -f --pathspec-from-file=- --pathspec-file-nul; "
+              f"{PRISTINE_GIT} diff --cached --binary --full-index --no-color --no-ext-diff --no-textconv --no-renames "
+              f"HEAD > /tmp/lightswe-graded.diff; rm -f {index}")
+    done = _exec(grader, script, "apply", known, stdin=paths, timeout=300)
+    if done.exit_code != 0:
+        raise GradingError(f"recording the graded diff failed in {_short(grader)}: {done.output[-400:]}",
+                           stage="apply", known=known)
+    try:
+        raw = grader.read_file("/tmp/lightswe-graded.diff", max_bytes=256 * 1024 * 1024)
+    except Exception as err:  # noqa: BLE001
+        raise GradingError(f"reading the graded diff failed: {err}", stage="apply", known=known) from err
+    text = raw.decode("utf-8", "replace")
+    if len(text) > MAX_PATCH_CHARS:
+        text = text[:MAX_PATCH_CHARS] + f"\n[graded diff truncated: {len(raw)} bytes in all]\n"
+    return text
+
+
+def run_tests(box: Sandbox, instance: TaskInstance, test_ids: list[str] | None = None, *,
+              timeout: float = 900.0) -> TestRun:
+    """Run ``instance.test_command`` on ``test_ids`` (default all of the task's) as the agent user in ``box``
+    (a harness-owned sandbox, e.g. when a task is made; grading itself is :func:`grade`)."""
+    ids = test_ids if test_ids is not None else [*instance.FAIL_TO_PASS, *instance.PASS_TO_PASS]
+    return run_pytest(box, instance.test_command, ids, timeout=timeout, user="agent")

@@ -3,9 +3,12 @@
 Why: each ``docker exec`` costs a runc exec (about 50 ms on a loaded 2-core machine); a runner started once
 per container turns every later command into a fork/exec inside the container (a few ms).
 
-This file runs *inside* the container under the image's python3 (standard library only); the host side is
-:class:`lightswe.envs.sandbox.Sandbox`. Request: ``{"cmd", "timeout", "user", "cwd", "cap", "env", "stdin" (base64), "kill_first" (a user)}``; response: one
-line ``{"exit", "out" (base64), "truncated", "timed_out"}`` on stdout. Each command runs as ``bash -c`` in a
+This file runs *inside* the container under the image's python3 (standard library only, started with
+``-I -S``); the host side is :class:`lightswe.envs.sandbox.Sandbox`. Request: ``{"cmd", "timeout", "user",
+"cwd", "cap", "env", "stdin" (base64), "kill_first" (a user), "disk_path", "fsize"}``; response: one line
+``{"exit", "out" (base64), "truncated", "timed_out", "disk_full"}`` on stdout. ``fsize`` (bytes, 0: none) is
+the command's ``RLIMIT_FSIZE``; when ``disk_path`` is set, the file system holding it is watched while the
+command runs and the command is stopped (like a timeout) once it has less than 1 MiB or 64 inodes left. Each command runs as ``bash -c`` in a
 new session (its own process group) as the requested user; on timeout the group gets SIGKILL and so do all
 leftover processes of a non-root user. Output (stdout and stderr merged) past ``cap`` bytes is not read: the
 pipe is closed, so a command that keeps printing gets SIGPIPE. Once the command's shell exits, output still
@@ -17,6 +20,7 @@ import base64
 import json
 import os
 import pwd
+import resource
 import select
 import signal
 import subprocess
@@ -49,6 +53,26 @@ def _kill_user(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
+_LOW_BYTES, _LOW_INODES = 1 << 20, 64
+
+
+def _disk_full(path: str) -> bool:
+    if not path:
+        return False
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _LOW_BYTES or (st.f_files > 0 and st.f_favail < _LOW_INODES)
+
+
+def _limits(fsize: int):
+    def apply() -> None:
+        if fsize > 0:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    return apply
+
+
 def run(req: dict) -> dict:
     entry = pwd.getpwnam(req.get("user") or "root")
     env = {**os.environ, "HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name, **req.get("env", {})}
@@ -60,6 +84,7 @@ def run(req: dict) -> dict:
             ["bash", "-c", req["cmd"]], stdin=subprocess.PIPE if req.get("stdin") else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             cwd=req.get("cwd") or entry.pw_dir, env=env, start_new_session=True,
             user=entry.pw_uid, group=entry.pw_gid, extra_groups=[] if entry.pw_uid else None,
+            preexec_fn=_limits(int(req.get("fsize") or 0)),
         )
     except OSError as err:  # e.g. EAGAIN when the pid limit is reached
         return {"exit": 126, "out": base64.b64encode(f"cannot start the command: {err}".encode()).decode(),
@@ -78,14 +103,21 @@ def run(req: dict) -> dict:
     deadline = time.monotonic() + timeout
     fd = proc.stdout.fileno()
     chunks, size, truncated, timed_out, exited_at = [], 0, False, False, None
+    disk_path, disk_full, next_check = req.get("disk_path") or "", False, 0.0
+    watch = bool(disk_path) and not _disk_full(disk_path)  # when full already, let `rm` free space
     while True:
         now = time.monotonic()
         if now >= deadline:
             timed_out = True
             break
+        if watch and now >= next_check:
+            next_check = now + 0.2
+            if _disk_full(disk_path):
+                disk_full = True
+                break
         if exited_at is None and proc.poll() is not None:
             exited_at = now
-        wait = min(deadline - now, 0.05 if exited_at is not None else 1.0)
+        wait = min(deadline - now, 0.05 if exited_at is not None else 0.2 if watch else 1.0)
         ready, _, _ = select.select([fd], [], [], wait)
         if not ready:
             if exited_at is not None:
@@ -100,7 +132,7 @@ def run(req: dict) -> dict:
             truncated = True
             break
     proc.stdout.close()  # past the cap: the writer gets SIGPIPE on its next write
-    if timed_out:
+    if timed_out or disk_full:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -116,13 +148,17 @@ def run(req: dict) -> dict:
             pass
         _kill_user(entry.pw_uid)
         code = proc.wait()
-    try:  # what the command left running in its group dies with it (fork bombs, forgotten `cmd &`)
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    for _ in range(20):  # what the command left in its group dies with it (fork bombs, forgotten `cmd &`);
+        try:  # repeated: a process forking while the group is signalled can leave a child behind
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            break
+        time.sleep(0.01)
     code = 128 - code if code < 0 else code
+    disk_full = disk_full or _disk_full(disk_path)
     out = b"".join(chunks)[: cap + 1]
-    return {"exit": code, "out": base64.b64encode(out).decode(), "truncated": truncated, "timed_out": timed_out}
+    return {"exit": code, "out": base64.b64encode(out).decode(), "truncated": truncated, "timed_out": timed_out,
+            "disk_full": disk_full}
 
 
 def main() -> None:

@@ -8,7 +8,14 @@ If the runner dies (the agent killed it, OOM) that command reports it and the ne
 Guarantees (the Sandbox contract in DESIGN.md):
 - no network (``network_mode=none``), memory (no swap), CPU and process-count limits; ``docker-init`` as PID 1
   reaps orphans;
-- the agent's commands run as the non-root user ``agent``; ``exec(..., user="root")`` is for the harness;
+- the agent's commands run as the non-root user ``agent``; ``exec(..., user="root")`` is for the harness. The
+  container runs with ``no-new-privileges`` and only the capabilities the harness's root runner needs (switch
+  user, kill, own files), so a setuid binary cannot give the agent root; instance images have none
+  (``tasks/images.py``). The runner is started with ``python3 -I -S`` and ``HOME=/root``: no file the agent
+  can write (user site, ``PYTHON*`` variables, the working directory) is read by the root process;
+- a disk write limit (``disk_limit``, default 4 GiB; see :mod:`lightswe.envs.disk` for which mechanism
+  applies): a command that fills it is stopped and its output says so; every command also gets
+  ``RLIMIT_FSIZE`` = the limit;
 - ``exec`` runs ``cmd`` under ``bash -c`` in a new session: on timeout the whole process group (and every
   leftover process of the agent user) gets SIGKILL, ``timed_out=True``, and the container stays usable;
   output is stdout and stderr merged, capped at ``max_output_bytes`` (the cap is said in the text; output past
@@ -17,11 +24,15 @@ Guarantees (the Sandbox contract in DESIGN.md):
   ends (a fork bomb cannot outlive its command; ``setsid cmd &`` keeps a server running);
 - files are read and written through the container file system (``get_archive``/``put_archive``), never a
   host path;
-- containers carry labels (``lightswe.sandbox=1``, owner pid, host boot id, hostname, creation time) so that
-  :func:`reap_orphans` removes exactly the containers whose owner process on this host is gone;
-- :meth:`Sandbox.reset` brings ``/testbed`` back to the commit it had at start (``git reset --hard`` and
-  ``git clean -ffdxq``: instance images commit their install artefacts, so ``-x`` only removes what the agent
-  made), kills the agent's leftover processes and empties ``/tmp``; if that fails it starts a fresh container.
+- containers are named ``lightswe-<pid>-<random>`` and carry labels (``lightswe.sandbox=1``, their own name,
+  owner pid and start time, host boot id, hostname, creation time, volume folder) so that
+  :func:`reap_orphans` removes exactly the containers this code started whose owner process on this host is
+  gone: a container another tool starts from a lightswe image (which may carry stale labels) has another name
+  and is never touched;
+- the base commit comes from the image's ``lightswe.base_commit`` label (instance images), not from running
+  git in the container; :meth:`Sandbox.reset` replaces the container with a fresh one from the image
+  (pristine by construction); for a fast reset take containers from a warm
+  :class:`lightswe.envs.pool.SandboxPool`.
 
 Example::
 
@@ -41,14 +52,23 @@ import struct
 import tarfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from lightswe.envs import disk as _disk
 from lightswe.envs import runner as _runner_module
 from lightswe.envs.engine import BASE_IMAGE, ensure_engine
 from lightswe.errors import InfrastructureError
 
 LABEL = "lightswe.sandbox"
+NAME_LABEL = "lightswe.name"  # the container's own name: only containers Sandbox._start made match it
+BASE_COMMIT_LABEL = "lightswe.base_commit"  # set on instance images by tasks/images.py
+# labels Sandbox._start sets on its containers; images committed from a sandbox clear them (tasks/images.py)
+RUNTIME_LABELS = (LABEL, NAME_LABEL, "lightswe.owner_pid", "lightswe.owner_start", "lightswe.boot_id",
+                  "lightswe.hostname", "lightswe.created", "lightswe.volume")
+# what the harness's root runner needs: switch to the agent user, kill its processes, write/chown its files
+_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL"]
 _RUNNER_SOURCE = open(_runner_module.__file__, encoding="utf-8").read()  # noqa: SIM115 - runs in-container
 
 
@@ -70,6 +90,8 @@ class SandboxConfig:
     default_timeout: float = 60.0
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    disk_limit: str | None = "4g"  # bytes the sandbox may write (Docker size: "4g", "512m"); None: no limit
+    build: bool = False  # image builds only: writable root file system, Docker's default capabilities, no limit
 
 
 @dataclass(kw_only=True, slots=True)
@@ -79,6 +101,7 @@ class ExecResult:
     timed_out: bool
     truncated: bool
     duration_s: float
+    disk_full: bool = False  # the command was stopped because the sandbox's disk limit was reached
 
 
 _BASE_ENV = {
@@ -128,37 +151,68 @@ class Sandbox:
         self.client = client or default_client()
         self.api = self.client.api
         self.container_id: str | None = None
-        self.base_commit: str | None = None  # HEAD of the workdir's repository at start, target of reset()
+        self.base_commit: str | None = None  # the repository's commit in the image (``lightswe.base_commit``)
         self._runner = None
+        self._volume: _disk.LoopVolume | None = None
+        self._disk_path = ""  # where the runner watches free space ("" when no hard limit applies)
         self._lock = threading.Lock()
         self._start()
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def _start(self) -> None:
         c = self.config
-        labels = {LABEL: "1", "lightswe.owner_pid": str(os.getpid()),
+        owner = f"{os.getpid()}-{_start_time(os.getpid())}"
+        name = f"lightswe-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        mode = _disk.disk_mode(self.client) if c.disk_limit and not c.build else "none"
+        size = _disk.parse_size(c.disk_limit) if c.disk_limit else 0
+        binds = {host: {"bind": inside, "mode": "ro"} for host, inside in c.read_only_binds.items()}
+        extra: dict = {}
+        if mode == "loop":
+            self._volume = _disk.LoopVolume(self.client, c.image, size, owner)
+            binds.update(self._volume.binds())
+            extra["read_only"] = True
+            self._disk_path = "/tmp"
+        elif mode == "storage-opt":
+            extra["storage_opt"] = {"size": str(size)}
+            self._disk_path = "/"
+        if not c.build:
+            extra.update(security_opt=["no-new-privileges"], cap_drop=["ALL"], cap_add=list(_CAPABILITIES))
+        labels = {**c.labels, LABEL: "1", NAME_LABEL: name, "lightswe.owner_pid": str(os.getpid()),
                   "lightswe.owner_start": _start_time(os.getpid()), "lightswe.boot_id": _boot_id(),
-                  "lightswe.hostname": socket.gethostname(), "lightswe.created": f"{time.time():.3f}", **c.labels}
-        host_config = self.api.create_host_config(
-            network_mode=c.network, mem_limit=c.mem_limit, memswap_limit=c.mem_limit,
-            nano_cpus=int(c.cpus * 1e9), pids_limit=c.pids_limit, init=True,
-            binds={host: {"bind": inside, "mode": "ro"} for host, inside in c.read_only_binds.items()},
-        )
+                  "lightswe.hostname": socket.gethostname(), "lightswe.created": f"{time.time():.3f}",
+                  "lightswe.volume": str(self._volume.dir) if self._volume else ""}
         try:
+            host_config = self.api.create_host_config(
+                network_mode=c.network, mem_limit=c.mem_limit, memswap_limit=c.mem_limit,
+                nano_cpus=int(c.cpus * 1e9), pids_limit=c.pids_limit, init=True, binds=binds, **extra)
             created = self.api.create_container(
-                c.image, command=["sleep", "infinity"], labels=labels, host_config=host_config,
+                c.image, command=["sleep", "infinity"], labels=labels, host_config=host_config, name=name,
                 working_dir=c.workdir, environment={**_BASE_ENV, **c.env}, network_disabled=c.network == "none",
             )
         except Exception as err:
+            self._drop_volume()
             raise SandboxError(f"cannot create a container from {c.image!r}: {err}; fix: build it first "
                                "(`python -m lightswe setup` for the base image)") from err
         self.container_id = created["Id"]
-        self.api.start(self.container_id)
-        head = self.exec("git rev-parse HEAD 2>/dev/null", timeout=10, user="root")
-        self.base_commit = head.output.strip() if head.exit_code == 0 else None
+        try:
+            self.api.start(self.container_id)
+        except Exception as err:
+            self.close()
+            raise SandboxError(f"cannot start a container from {c.image!r}: {err}; fix: check the engine "
+                               "(`docker info`) and the image's resource settings, then retry") from err
+        self.base_commit = _image_label(self.client, c.image, BASE_COMMIT_LABEL)
+        if self.base_commit is None and c.workdir not in ("/", ""):
+            # images without the label (not instance images): asked before any agent step, as the agent user
+            head = self.exec("git rev-parse HEAD 2>/dev/null", timeout=10, user="agent")
+            self.base_commit = head.output.strip() if head.exit_code == 0 and head.output.strip() else None
+
+    def _drop_volume(self) -> None:
+        if self._volume is not None:
+            volume, self._volume = self._volume, None
+            volume.destroy()
 
     def close(self) -> None:
-        """Remove the container (idempotent)."""
+        """Remove the container and its disk volume (idempotent); the host's disk space is back."""
         self._stop_runner()
         if self.container_id is not None:
             try:
@@ -166,6 +220,7 @@ class Sandbox:
             except Exception:  # noqa: BLE001 - already gone is fine; the reaper catches the rest
                 pass
             self.container_id = None
+        self._drop_volume()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -185,17 +240,11 @@ class Sandbox:
         return self.container_id
 
     def reset(self) -> float:
-        """Restore the workdir to the start commit; returns seconds taken. Falls back to a fresh container."""
+        """Replace the container with a fresh one from the image (nothing of the old one survives); seconds.
+
+        This is a cold start; :class:`lightswe.envs.pool.SandboxPool` hands out pre-started containers instead.
+        """
         start = time.perf_counter()
-        if self.base_commit:
-            script = (f"find /tmp -mindepth 1 -delete 2>/dev/null; git reset --hard -q {self.base_commit} && "
-                      "git clean -ffdxq")
-            try:
-                result = self.exec(script, timeout=60, user="agent", kill_first="agent")
-                if result.exit_code == 0:
-                    return time.perf_counter() - start
-            except Exception:  # noqa: BLE001 - any failure: fresh container below
-                pass
         self.close()
         self._start()
         return time.perf_counter() - start
@@ -204,8 +253,11 @@ class Sandbox:
     def _start_runner(self) -> None:
         """Start the in-container runner (envs/runner.py) on an attached exec socket."""
         cid = self._require()
-        exec_id = self.api.exec_create(cid, ["python3", "-u", "-c", _RUNNER_SOURCE], stdin=True, stdout=True,
-                                       stderr=True, user="root", workdir="/")["Id"]
+        # -I -S: no user site, no PYTHON* variables, no working-directory imports; HOME is root's: the root
+        # runner reads nothing the agent can write
+        exec_id = self.api.exec_create(cid, ["python3", "-I", "-S", "-u", "-c", _RUNNER_SOURCE], stdin=True,
+                                       stdout=True, stderr=True, user="root", workdir="/",
+                                       environment={"HOME": "/root"})["Id"]
         response = self.api.exec_start(exec_id, socket=True)
         sock = getattr(response, "_sock", response)
         sock.settimeout(60)
@@ -266,7 +318,8 @@ class Sandbox:
         cap = self.config.max_output_bytes if max_output_bytes is None else max_output_bytes
         request = {"cmd": cmd, "timeout": timeout, "user": user or self.config.user,
                    "cwd": workdir or self.config.workdir, "cap": cap, "env": env or {},
-                   "stdin": base64.b64encode(stdin).decode() if stdin else "", "kill_first": kill_first or ""}
+                   "stdin": base64.b64encode(stdin).decode() if stdin else "", "kill_first": kill_first or "",
+                   "disk_path": self._disk_path, "fsize": self._fsize()}
         start = time.perf_counter()
         with self._lock:
             if self._runner is None:
@@ -298,11 +351,24 @@ class Sandbox:
         if timed_out:
             output += (f"\n[command timed out after {timeout:g} s and its whole process group was killed; "
                        "run long jobs with a smaller input or in the background with output to a file.]")
-        if reply["exit"] == 137 and not timed_out:
+        disk_full = bool(reply.get("disk_full"))
+        if disk_full:
+            output += (f"\n[the sandbox's disk limit of {self.config.disk_limit} is reached (a command still "
+                       "writing is stopped); delete files you made (build outputs, files in /tmp) to free space]")
+        elif reply["exit"] == 128 + 25:  # SIGXFSZ
+            output += (f"\n[a file reached the sandbox's disk limit of {self.config.disk_limit} (SIGXFSZ) and the "
+                       "command was stopped; write smaller files]")
+        elif reply["exit"] == 137 and not timed_out:
             output += (f"\n[the command was killed by SIGKILL, most likely for exceeding the sandbox's memory "
                        f"limit of {self.config.mem_limit}]")
         return ExecResult(exit_code=int(reply["exit"]), output=output, timed_out=timed_out, truncated=truncated,
-                          duration_s=duration)
+                          duration_s=duration, disk_full=disk_full)
+
+    def _fsize(self) -> int:
+        """RLIMIT_FSIZE for commands, bytes (0: unlimited)."""
+        if not self.config.disk_limit or self.config.build:
+            return 0
+        return _disk.parse_size(self.config.disk_limit)
 
     # ---------------------------------------------------------------------------------------------- files
     def _abs(self, path: str) -> PurePosixPath:
@@ -316,8 +382,11 @@ class Sandbox:
         for _ in range(8):  # follow at most 8 symlinks
             try:
                 stream, stat = self.api.get_archive(cid, str(target))
-            except Exception as err:  # docker.errors.NotFound
-                raise FileNotFoundError(f"{target}: no such file in the sandbox") from err
+            except Exception as err:  # noqa: BLE001 - only NotFound means the file is absent
+                if getattr(getattr(err, "response", None), "status_code", None) == 404:
+                    raise FileNotFoundError(f"{target}: no such file in the sandbox") from err
+                raise SandboxError(f"reading {target} from container {cid[:12]} failed: {err}; fix: check that "
+                                   "the container still runs (`docker ps`) and the engine answers") from err
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
                 member = archive.next()
                 if member is None:
@@ -354,35 +423,68 @@ class Sandbox:
             made = self.exec(f"mkdir -p -- '{parent}'", timeout=10, user=owner or self.config.user)
             if made.exit_code != 0:
                 raise PermissionError(f"cannot create directory {parent}: {made.output.strip()}")
-            if not self.api.put_archive(cid, parent, buffer.getvalue()):
+            try:
+                ok = self.api.put_archive(cid, parent, buffer.getvalue())
+            except Exception as err:  # noqa: BLE001 - docker/requests errors: the infrastructure branch
+                raise SandboxError(f"writing {target} into container {cid[:12]} failed: {err}") from err
+            if not ok:
                 raise SandboxError(f"writing {target} into the sandbox failed")
 
 
 def reap_orphans(client=None) -> list[str]:
-    """Remove lightswe sandboxes whose owner process on this host is dead; returns their ids.
+    """Remove the sandboxes lightswe started whose owner process on this host is dead; returns their ids.
 
-    Containers made by other hosts (another boot id or hostname) or by live processes are never touched, so
-    concurrent users of one engine are safe.
+    Only containers whose ``lightswe.name`` label equals their own name are considered: ``Sandbox._start``
+    names each container and records that name, so a container another tool starts from an image committed
+    from a sandbox (labels are inherited) never matches. Containers of other hosts (another boot id or
+    hostname) or of live processes are never touched, so concurrent users of one engine are safe. Disk volumes
+    (:mod:`lightswe.envs.disk`) of dead owners are unmounted and deleted too.
     """
     client = client or default_client()
     boot, host = _boot_id(), socket.gethostname()
     removed = []
     for info in client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
         labels = info.get("Labels") or {}
+        names = [n.lstrip("/") for n in info.get("Names") or []]
+        if not labels.get(NAME_LABEL) or labels.get(NAME_LABEL) not in names:
+            continue  # not started by Sandbox._start (e.g. `docker run` of a committed lightswe image)
         if labels.get("lightswe.boot_id") != boot or labels.get("lightswe.hostname") != host:
             continue
         try:
             pid = int(labels.get("lightswe.owner_pid", ""))
         except ValueError:
             continue
-        if _alive(pid) and _start_time(pid) == labels.get("lightswe.owner_start", _start_time(pid)):
+        if _owner_alive(pid, labels.get("lightswe.owner_start", "")):
             continue
         try:
             client.api.remove_container(info["Id"], force=True)
             removed.append(info["Id"])
         except Exception:  # noqa: BLE001 - raced with another reaper
             pass
+    try:
+        _disk.reap_volumes(_owner_alive)
+    except Exception:  # noqa: BLE001 - volumes are best effort here; a later reaper retries
+        pass
     return removed
+
+
+def _owner_alive(pid: int, start: str) -> bool:
+    return _alive(pid) and (not start or _start_time(pid) == start)
+
+
+_IMAGE_LABELS: dict[tuple[str, str], str | None] = {}
+
+
+def _image_label(client, image: str, label: str) -> str | None:
+    """A label of ``image`` (cached per image id; one inspect per image and process)."""
+    try:
+        info = client.api.inspect_image(image)
+    except Exception:  # noqa: BLE001 - the container started, so the image exists; be lenient
+        return None
+    key = (info["Id"], label)
+    if key not in _IMAGE_LABELS:
+        _IMAGE_LABELS[key] = ((info.get("Config") or {}).get("Labels") or {}).get(label) or None
+    return _IMAGE_LABELS[key]
 
 
 def _alive(pid: int) -> bool:

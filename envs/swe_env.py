@@ -1,15 +1,25 @@
 """``lightswe/SWE-v0``: a Gymnasium environment in which an agent fixes a real repository inside Docker.
 
-- ``reset(seed, options={"task_id": ...})`` picks a task (``self.np_random`` unless named), starts a sandbox
-  from the task's instance image or warm-resets the running one (git, tens of ms), and returns the problem
-  statement as the observation.
+- ``reset(seed, options={"task_id": ...})`` picks a task (``self.np_random`` unless named), takes a fresh
+  container of the task's instance image from a warm :class:`~lightswe.envs.pool.SandboxPool` (no episode has
+  touched it: nothing of an earlier episode survives, by construction), hands the used one to the pool for
+  removal in the background, and returns the problem statement as the observation. ``fresh_sandbox()`` hands
+  out another untouched container of the current task's image (for grading; the caller closes it).
 - ``step(action)``: the action is the model's text holding exactly one tool call (MiniMax-M1
   ``<tool_calls>`` format by default, ``tool_format="hermes"`` for ``<tool_call>``) or a parsed
   :class:`~lightswe.envs.tool_calls.ToolCall`. Tools: bash, view, str_replace, create, search, submit. A
   malformed action gives an observation saying what is wrong and the expected form (reward 0, not terminated).
-- ``submit`` grades: the task's tests run in the sandbox (see :mod:`lightswe.envs.grading`); reward 1.0 iff
-  every FAIL_TO_PASS and PASS_TO_PASS test passes; ``terminated=True``; ``info["tests"]`` maps each test to
-  its outcome. ``truncated`` comes from ``TimeLimit`` (``max_episode_steps`` at registration).
+- ``submit`` grades out of the agent's reach (:mod:`lightswe.envs.grading`): the agent's change is read
+  without running anything in its container, applied to a fresh container of the instance image
+  (:meth:`SWEEnv.fresh_sandbox`), and the task's tests run there; reward 1.0 iff every FAIL_TO_PASS and
+  PASS_TO_PASS test passes; ``terminated=True``. ``info["grade"]`` is the typed
+  :class:`~lightswe.envs.grading.Grade`; ``info["tests"]`` maps each test to its outcome, ``info["left_out"]``
+  lists the paths of the change grading did not apply (with reasons), ``info["timed_out"]`` says the test run
+  hit ``test_timeout`` (reward 0.0), ``info["reward_hack_suspected"]`` lists code that reacts to the test
+  runner; with ``hack_policy="zero"`` such an episode's reward is 0.0 (``info["reward_zeroed"]``). When the
+  machine fails while grading, ``step`` raises :class:`~lightswe.envs.grading.GradingError` (an
+  ``InfrastructureError``: the episode has no reward; the agent loop records ``sandbox_error``).
+  ``truncated`` comes from ``TimeLimit`` (``max_episode_steps`` at registration).
 - Spaces: ``spaces.Text`` over :data:`CHARSET` (tab, newline and every printable character of the Basic
   Multilingual Plane); observations are sanitised into it (anything else becomes U+FFFD) and clipped to
   ``observation_space.max_length`` characters, which is the sandbox's output cap plus room for notes.
@@ -34,10 +44,12 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
-from lightswe.envs.grading import Grade, grade
+from lightswe.envs.grading import HACK_POLICIES, Grade, grade
+from lightswe.envs.pool import PoolConfig, SandboxPool
 from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError
 from lightswe.envs.tool_calls import EXAMPLES, PARSERS, ToolCall, ToolCallFormatError
 from lightswe.envs.tools import TOOL_NAMES, ToolError, run_tool
+from lightswe.errors import UserInputError
 from lightswe.tasks.instance import TaskInstance, read_jsonl
 
 CHARSET = "\t\n" + "".join(chr(i) for i in range(0x20, 0x10000) if chr(i).isprintable())
@@ -65,9 +77,15 @@ class SWEEnv(gym.Env[str, str]):
     def __init__(self, tasks: str | Path | list[TaskInstance] | None = None, *, tool_format: str = "minimax",
                  sandbox_config: SandboxConfig | None = None, max_output_bytes: int = 16_384,
                  command_timeout: float = 60.0, test_timeout: float = 900.0, max_action_chars: int = 65_536,
-                 image_for: Callable[[TaskInstance], str] | None = None, client=None) -> None:
+                 image_for: Callable[[TaskInstance], str] | None = None, client=None,
+                 pool: SandboxPool | None = None, pool_config: PoolConfig | None = None,
+                 hack_policy: str = "keep") -> None:
         if tool_format not in PARSERS:
             raise ValueError(f"tool_format must be one of {sorted(PARSERS)}, got {tool_format!r}")
+        if hack_policy not in HACK_POLICIES:
+            raise UserInputError(f"hack_policy must be one of {HACK_POLICIES} (keep: flag only; zero: reward 0.0 "
+                                 f"for code that reacts to the test runner), got {hack_policy!r}")
+        self.hack_policy = hack_policy
         if tasks is None:
             tasks = default_tasks_path()
         self.tasks: list[TaskInstance] = read_jsonl(tasks) if isinstance(tasks, (str, Path)) else list(tasks)
@@ -76,8 +94,7 @@ class SWEEnv(gym.Env[str, str]):
         self._by_id = {t.instance_id: t for t in self.tasks}
         self.tool_format = tool_format
         self._parse = PARSERS[tool_format]
-        base = sandbox_config or SandboxConfig()
-        self.sandbox_config = base
+        self.sandbox_config_base = sandbox_config or SandboxConfig()
         self.max_output_bytes = max_output_bytes
         self.command_timeout, self.test_timeout = command_timeout, test_timeout
         self._image_for = image_for
@@ -85,6 +102,9 @@ class SWEEnv(gym.Env[str, str]):
         self._images: dict[str, str] = {}
         self.observation_space = spaces.Text(max_length=max_output_bytes + _NOTE_ROOM, min_length=0, charset=CHARSET)
         self.action_space = spaces.Text(max_length=max_action_chars, min_length=0, charset=CHARSET)
+        # an env owns its pool unless one is passed in (then the caller closes it)
+        self._own_pool = pool is None
+        self.pool = pool if pool is not None else SandboxPool(pool_config, client=client)
         self.sandbox: Sandbox | None = None
         self.task: TaskInstance | None = None
         self.last_grade: Grade | None = None
@@ -125,10 +145,18 @@ class SWEEnv(gym.Env[str, str]):
         call = calls[0]
         info: dict[str, Any] = {"tool": call.name}
         if call.name == "submit" and not set(call.arguments):
-            result = grade(self.sandbox, self.task, timeout=self.test_timeout)
+            # GradingError (the machine failed) propagates: an episode without a reward, never 0.0
+            result = grade(self.sandbox, self.task, fresh=self.fresh_sandbox, release=self.pool.discard,
+                           timeout=self.test_timeout,
+                           hack_policy=self.hack_policy)
             self.last_grade = result
-            info.update(tests=dict(result.tests), reason=result.reason, grade_s=result.duration_s)
+            info.update(grade=result, tests=dict(result.tests), reason=result.reason, grade_s=result.duration_s,
+                        timed_out=result.timed_out, left_out=list(result.left_out),
+                        reward_hack_suspected=list(result.reward_hack_suspected), reward_zeroed=result.reward_zeroed)
             text = f"Submitted. Tests: {result.reason}. Reward {result.reward:.1f}."
+            if result.left_out:
+                shown = ", ".join(f"{x.path} ({x.reason})" for x in result.left_out[:5])
+                text += f"\nNot graded ({len(result.left_out)}): {shown}"
             return self._observe(text), result.reward, True, False, info
         try:
             output = run_tool(self.sandbox, call).output
@@ -142,9 +170,25 @@ class SWEEnv(gym.Env[str, str]):
         return self._observe(output), 0.0, False, False, info
 
     def close(self) -> None:
+        """Remove the episode's container and, when the env owns its pool, the pool's idle ones (waits)."""
         if self.sandbox is not None:
             self.sandbox.close()
             self.sandbox = None
+        if self._own_pool:
+            self.pool.close()
+            self.pool = SandboxPool(self.pool.config, client=self._client)  # a later reset() still works
+
+    def sandbox_config(self, task: TaskInstance) -> SandboxConfig:
+        """The configuration of ``task``'s sandboxes (its instance image, this env's limits)."""
+        return replace(self.sandbox_config_base, image=self.image(task), max_output_bytes=self.max_output_bytes,
+                       default_timeout=self.command_timeout, workdir="/testbed")
+
+    def fresh_sandbox(self) -> Sandbox:
+        """An untouched running container of the current task's image (e.g. for grading); the caller owns it:
+        ``close()`` it (or ``env.pool.discard(box)`` to remove it in the background)."""
+        if self.task is None:
+            raise gym.error.ResetNeeded("call reset() before fresh_sandbox()")
+        return self.pool.acquire(self.sandbox_config(self.task))
 
     # ------------------------------------------------------------------------------------------- helpers
     def image(self, task: TaskInstance) -> str:
@@ -159,14 +203,12 @@ class SWEEnv(gym.Env[str, str]):
         return self._images[task.instance_id]
 
     def _start_sandbox(self, task: TaskInstance, fresh: bool = False) -> None:
-        image = self.image(task)
-        if not fresh and self.sandbox is not None and self.sandbox.config.image == image:
-            self.sandbox.reset()
-            return
-        self.close()
-        config = replace(self.sandbox_config, image=image, max_output_bytes=self.max_output_bytes,
-                         default_timeout=self.command_timeout, workdir="/testbed")
-        self.sandbox = Sandbox(config, client=self._client)
+        """Swap the episode's container for an untouched one (``fresh`` is kept for callers; always fresh)."""
+        config = self.sandbox_config(task)
+        used, self.sandbox = self.sandbox, None
+        if used is not None:
+            self.pool.discard(used)
+        self.sandbox = self.pool.acquire(config)
 
     def _statement(self, task: TaskInstance) -> str:
         return (f"{task.problem_statement.strip()}\n\nThe repository is checked out at /testbed. Find and fix the "

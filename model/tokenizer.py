@@ -1,8 +1,15 @@
 """Tokenizers behind one small interface: the embedded byte-level default, or any Hugging Face tokenizer.json.
 
 The byte tokenizer needs no files (everything runs offline): ids 0-255 are the UTF-8 bytes, then one id per
-special token in ``SPECIAL_TOKENS`` order (256 = ``<|endoftext|>`` ... 262 = ``</tool_calls>``). Special
-token strings inside the text encode to their single id.
+special token in ``SPECIAL_TOKENS`` order (256 = ``<|endoftext|>`` ... 262 = ``</tool_calls>``).
+
+Two encoders, one for each kind of text:
+
+- ``encode(text)``: the chat template's own text (glue, and the markup of a model's turn): special-token
+  strings inside the text become their single control id, as Hugging Face's ``encode`` does.
+- ``encode_ordinary(text)`` (tiktoken's name): data, i.e. everything the environment says (task statement,
+  file contents, command output): a special-token string in it is encoded as ordinary text, so it can never
+  become a control token in the stream the learner trains on. ``decode(encode_ordinary(t)) == t``.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ import json
 import re
 from pathlib import Path
 from typing import Protocol
+
+from lightswe.errors import UserInputError
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_calls>",
                   "</tool_calls>")
@@ -21,6 +30,8 @@ class Tokenizer(Protocol):
     eos_token_id: int
 
     def encode(self, text: str) -> list[int]: ...
+
+    def encode_ordinary(self, text: str) -> list[int]: ...
 
     def decode(self, ids: list[int]) -> str: ...
 
@@ -33,6 +44,7 @@ class ByteTokenizer:
         tok = ByteTokenizer()
         tok.encode("<|im_start|>hi")  # [257, 104, 105]
         tok.decode([257, 104, 105])   # "<|im_start|>hi"
+        tok.encode_ordinary("<think>")  # [60, 116, 104, 105, 110, 107, 62]: the bytes, never id 259
     """
 
     def __init__(self) -> None:
@@ -50,6 +62,10 @@ class ByteTokenizer:
             elif piece:
                 ids.extend(piece.encode("utf-8"))
         return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """The UTF-8 bytes of ``text``; special-token strings stay bytes (UnicodeEncodeError on lone surrogates)."""
+        return list(text.encode("utf-8"))
 
     def decode(self, ids: list[int]) -> str:
         parts, pending = [], bytearray()
@@ -74,6 +90,12 @@ class HFTokenizer:
 
     The end-of-sequence token is ``eos_token`` from a ``tokenizer_config.json`` beside the file when present,
     else the first of ``<|endoftext|>``, ``</s>``, ``<|im_end|>`` the vocabulary has.
+
+    Control ids are every added token of the file, special or not (Qwen-style files add ``<think>`` and
+    ``<tool_call>`` as non-special tokens). ``encode_ordinary`` uses a copy of the tokenizer in which every
+    added token is marked special and ``encode_special_tokens`` is on, so the added vocabulary matches
+    nothing and the text goes through the normaliser, pre-tokeniser and model like any other; the result is
+    checked to hold no control id.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -84,6 +106,13 @@ class HFTokenizer:
         path = Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path
         self._tok = _Tokenizer.from_file(str(file))
+        self._file = file
+        spec = json.loads(self._tok.to_str())
+        for added in spec.get("added_tokens") or []:
+            added["special"] = True
+        self._ordinary = _Tokenizer.from_str(json.dumps(spec))
+        self._ordinary.encode_special_tokens = True
+        self.control_ids = frozenset(self._tok.get_added_tokens_decoder())
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         eos = None
         config_file = file.parent / "tokenizer_config.json"
@@ -98,6 +127,19 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        ids = self._ordinary.encode(text, add_special_tokens=False).ids
+        if self.control_ids.isdisjoint(ids):
+            return ids
+        # the model's merges themselves spell a control token: encode one character at a time instead
+        ids = [i for char in text for i in self._ordinary.encode(char, add_special_tokens=False).ids]
+        if self.control_ids.isdisjoint(ids):
+            return ids
+        bad = sorted(self.control_ids.intersection(ids))[:5]
+        raise UserInputError(f"{self._file}: this tokenizer cannot encode {text[:80]!r} without its control ids "
+                             f"{bad} (a single character is an added token); fix: remove that added token, or "
+                             "use a tokenizer whose added tokens are markup only")
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False)

@@ -28,6 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lightswe.errors import UserInputError
 from lightswe.tasks import sources
 from lightswe.tasks.instance import TaskInstance
 from lightswe.tasks.mutate import Mutation, find_mutations, public_name
@@ -38,8 +39,8 @@ from lightswe.tasks.testrun import TestRun, run_tests
 Progress = Callable[[str], None]
 
 
-class SuiteError(RuntimeError):
-    """The repository's own suite does not run green offline (network needed, missing dependency)."""
+class SuiteError(UserInputError):
+    """The repository's own suite does not run green offline (network needed, missing dependency): a pool entry to fix."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -201,10 +202,10 @@ class RepoSynthesizer:
         box.write_file(f"/testbed/{mutation.path}", mutation.apply(original), owner="root")
         try:
             run = run_tests(box, spec.test_command, timeout=timeout)
-            diff = box.exec(f"git diff -R --no-color --no-ext-diff --src-prefix=b/ --dst-prefix=a/ -- '{mutation.path}'", timeout=30, user="root",
+            diff = box.exec(f"git diff -R --no-color --no-ext-diff --src-prefix=b/ --dst-prefix=a/ -- '{mutation.path}'", timeout=30, user="agent",
                             max_output_bytes=1_000_000)
         finally:
-            box.exec(f"git checkout -q -- '{mutation.path}'", timeout=30, user="root")
+            box.exec(f"git checkout -q -- '{mutation.path}'", timeout=30, user="agent")
         failing = sorted(stable - run.passed)
         reason = ("timeout" if run.timed_out else "collection_error" if run.collection_errors
                   else "no_test_fails" if not failing else "too_many_fail" if len(failing) > cfg.max_fail else "")

@@ -58,6 +58,7 @@ class ScriptedPolicy:
         self._format = getattr(tool_calls, f"format_{tool_format}")
         self.scripts, self.tokenizer, self.version = dict(scripts), tokenizer, version
         self._im_end = tokenizer.token_id(IM_END)
+        self._assistant_header = [tokenizer.token_id(IM_START), *tokenizer.encode_ordinary("assistant\n")]
 
     @classmethod
     def from_tasks(cls, tasks: Sequence, tokenizer: Tokenizer, **kwargs) -> ScriptedPolicy:
@@ -75,8 +76,25 @@ class ScriptedPolicy:
     def generate(self, token_ids: Sequence[int], sampling: SamplingParams) -> Sample:
         prompt = self.tokenizer.decode(list(token_ids))
         script = self._script_for(prompt)
-        step = prompt.count(f"{IM_START}assistant\n") - 1  # the open turn is the last header
+        step = self._assistant_turns(token_ids) - 1  # the open turn is the last header
         call = script[min(step, len(script) - 1)]
-        text = f"<think>\nStep {step + 1} of {len(script)}: {call.name}.\n</think>\n{self._format([call])}"
-        tokens = [*self.tokenizer.encode(text), self._im_end]
+        tokens = [*self.tokenizer.encode(f"<think>\nStep {step + 1} of {len(script)}: {call.name}.\n</think>\n"),
+                  *self._encode_calls([call]), self._im_end]
         return check_sample((tokens, [0.0] * len(tokens)), sampling)
+
+    def _assistant_turns(self, token_ids: Sequence[int]) -> int:
+        """Assistant headers in the prompt, counted in token space (environment text cannot hold a header)."""
+        ids, header = list(token_ids), self._assistant_header
+        return sum(ids[i:i + len(header)] == header for i, t in enumerate(ids) if t == header[0])
+
+    def _encode_calls(self, calls: Sequence) -> list[int]:
+        """The calls' text with markup as the model's special tokens and the JSON (file text) as ordinary tokens."""
+        from lightswe.envs.tool_calls import call_json
+
+        text, tokens, position = self._format(list(calls)), [], 0
+        for call in calls:
+            data = call_json(call)
+            at = text.index(data, position)
+            tokens += [*self.tokenizer.encode(text[position:at]), *self.tokenizer.encode_ordinary(data)]
+            position = at + len(data)
+        return tokens + self.tokenizer.encode(text[position:])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lightswe.agent.rollout import RolloutConfig, plan_jobs
-from lightswe.agent.train import tasks_at
+from lightswe.agent.task_stream import tasks_at
 from lightswe.tasks.instance import TaskInstance
 
 

@@ -14,6 +14,7 @@ from lightswe.agent.cispo import CISPOLoss
 from lightswe.agent.distributed import DistContext
 from lightswe.agent.learner import Learner, LearnerConfig
 from lightswe.agent.metrics import read_metrics
+from lightswe.agent.sampling import SamplerConfig
 from lightswe.agent.train import TrainConfig, check_distributed
 
 COMMON = '''
@@ -171,10 +172,10 @@ def test_rank_with_fewer_or_no_rows_joins_the_step_and_samplers_get_the_update(t
 
 def test_bad_distributed_setups_are_refused_with_the_fix():
     with pytest.raises(ValueError, match="Drop --ray"):
-        check_distributed(TrainConfig(ray="local"), world=2)
+        check_distributed(TrainConfig(sampler=SamplerConfig(ray="local")), world=2)
     with pytest.raises(ValueError, match="tasks-per-step >= 4"):
         check_distributed(TrainConfig(tasks_per_step=3), world=4)
-    check_distributed(TrainConfig(tasks_per_step=3, ray="local"), world=1)  # one process: anything goes
+    check_distributed(TrainConfig(tasks_per_step=3, sampler=SamplerConfig(ray="local")), world=1)  # one process: anything goes
     check_distributed(TrainConfig(tasks_per_step=5), world=2)  # uneven: rank 0 gets 3 tasks, rank 1 gets 2
 
 

@@ -7,18 +7,13 @@ import json
 import pytest
 from lightswe.agent.advantages import AdvantageConfig
 from lightswe.agent.metrics import read_metrics
-from lightswe.agent.train import (
-    TrainConfig,
-    WarmStartConfig,
-    arith_spec,
-    load_tasks,
-    step_advantages,
-    step_lr,
-    tasks_at,
-    train,
-)
+from lightswe.agent.sampling import SamplerConfig
+from lightswe.agent.task_stream import TaskStreamConfig, arith_spec, load_tasks, tasks_at
+from lightswe.agent.train import TrainConfig, WarmStartConfig, train
+from lightswe.agent.train_step import step_advantages, step_lr
 from lightswe.agent.train_tasks import OPS, arithmetic_tasks, warm_start_scripts
 from lightswe.agent.trajectory import EpisodeStatus, Message, Trajectory, read_trajectories
+from lightswe.errors import UserInputError
 
 
 def test_family_splits_are_disjoint_and_warm_start_leaks_no_answer(tmp_path):
@@ -56,20 +51,20 @@ def test_overlong_filtering_leaves_truncated_episodes_out_of_the_advantages():
 
     group = [episode(0, 1.0, "stop"), episode(1, 1.0, "stop"), episode(2, 0.0, "length")]
     assert [t.truncated for t in group] == [False, False, True]
-    filtered = step_advantages(group, TrainConfig())  # the cut run is out: the rest have equal rewards
+    adv = TrainConfig().advantages
+    filtered = step_advantages(group, adv, overlong_filter=True)  # the cut run is out: the rest have equal rewards
     assert filtered.keep == [True, True, False] and filtered.values == [0.0, 0.0, 0.0]
     assert filtered.groups_filtered == 1  # no signal (its rows stay, with advantage 0, in the normaliser)
-    kept = step_advantages(group, TrainConfig(overlong_filter=False))
+    kept = step_advantages(group, adv, overlong_filter=False)
     assert kept.keep == [True, True, True] and kept.values[2] < 0 < kept.values[0]
     group.append(episode(3, 0.0, "stop"))  # a run that failed on its own merits still counts
-    assert step_advantages(group, TrainConfig()).keep == [True, True, False, True]
+    assert step_advantages(group, adv, overlong_filter=True).keep == [True, True, False, True]
 
 
 def test_rl_learning_rate_decays_linearly_to_its_final_ratio():
-    cfg = TrainConfig(steps=5, final_lr_ratio=0.2)
-    assert [round(step_lr(cfg, s) / cfg.learner.lr, 6) for s in range(1, 6)] == [1.0, 0.8, 0.6, 0.4, 0.2]
-    assert step_lr(TrainConfig(steps=1), 1) == TrainConfig().learner.lr  # a one-step run keeps its lr
-    assert step_lr(TrainConfig(final_lr_ratio=1.0), 7) == TrainConfig().learner.lr
+    assert [round(step_lr(1.0, s, steps=5, final_lr_ratio=0.2), 6) for s in range(1, 6)] == [1.0, 0.8, 0.6, 0.4, 0.2]
+    assert step_lr(3e-3, 1, steps=1, final_lr_ratio=0.1) == 3e-3  # a one-step run keeps its lr
+    assert step_lr(3e-3, 7, steps=10, final_lr_ratio=1.0) == 3e-3
 
 
 def test_task_stream_is_a_seeded_permutation_per_epoch():
@@ -81,8 +76,8 @@ def test_task_stream_is_a_seeded_permutation_per_epoch():
 
 @pytest.mark.docker
 def test_train_runs_writes_metrics_checkpoints_and_resumes(tmp_path):
-    cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=1, tasks_per_step=2, group_size=2, concurrency=2,
-                      eval_tasks="", warm_start=WarmStartConfig(enabled=False))
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=1, tasks_per_step=2, group_size=2,
+                      sampler=SamplerConfig(concurrency=2), data=TaskStreamConfig(eval_tasks=""), warm_start=WarmStartConfig(steps=0))
     train(cfg)
     run = tmp_path / "run"
     assert (run / "checkpoints" / "latest").exists() and (run / "curves.png").exists()
@@ -102,8 +97,8 @@ def test_train_runs_writes_metrics_checkpoints_and_resumes(tmp_path):
 def test_dynamic_sampling_draws_new_tasks_while_groups_carry_no_signal(tmp_path):
     """A random model never solves a task: every group has equal rewards (0.0 from the real tests), so each
     extra round draws new tasks from the stream, and the step makes no update."""
-    cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=1, tasks_per_step=2, group_size=2, concurrency=2,
-                      resample_rounds=1, eval_tasks="", warm_start=WarmStartConfig(enabled=False),
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=1, tasks_per_step=2, group_size=2,
+                      sampler=SamplerConfig(concurrency=2), resample_rounds=1, data=TaskStreamConfig(eval_tasks=""), warm_start=WarmStartConfig(steps=0),
                       advantages=AdvantageConfig(filter_equal=True))  # DAPO: equal-reward groups filtered
     train(cfg)
     run = tmp_path / "run"
@@ -114,8 +109,8 @@ def test_dynamic_sampling_draws_new_tasks_while_groups_carry_no_signal(tmp_path)
     assert len(groups) == 4 and sum("~1" in g for g in groups) == 2
     state = json.loads((run / "checkpoints" / "step-000001" / "state.json").read_text())
     assert state["cursor"] == 4  # both draws moved the data cursor
-    with pytest.raises(ValueError, match="resample_rounds must be >= 0"):
-        train(TrainConfig(out_dir=str(tmp_path / "bad"), resample_rounds=-1))
+    with pytest.raises(UserInputError, match="--resample-rounds -1: must be >= 0"):
+        TrainConfig(out_dir=str(tmp_path / "bad"), resample_rounds=-1)
 
 
 @pytest.mark.docker

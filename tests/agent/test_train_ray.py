@@ -12,6 +12,8 @@ import pytest
 import torch
 from lightswe.agent.loop import AgentConfig
 from lightswe.agent.metrics import read_metrics
+from lightswe.agent.sampling import SamplerConfig
+from lightswe.agent.task_stream import TaskStreamConfig
 from lightswe.agent.train import SHORT_PROMPT, TrainConfig, WarmStartConfig, train
 from lightswe.agent.trajectory import read_trajectories
 
@@ -62,8 +64,8 @@ def test_train_on_local_ray_actors_syncs_weights_and_leaves_no_container(tmp_pat
     # A random tiny model earns reward 0 everywhere: no group carries signal and no update runs. To see that each
     # step's actors sample with the learner's current weights, step 1's checkpoint is edited (every weight moved)
     # before the run resumes for step 2: step 2's sampler log-probs must be those of the edited weights.
-    cfg = TrainConfig(out_dir=str(run), steps=1, tasks_per_step=1, group_size=2, concurrency=2, eval_tasks="",
-                      warm_start=WarmStartConfig(enabled=False), ray="local",
+    cfg = TrainConfig(out_dir=str(run), steps=1, tasks_per_step=1, group_size=2, data=TaskStreamConfig(eval_tasks=""),
+                      warm_start=WarmStartConfig(steps=0), sampler=SamplerConfig(ray="local", concurrency=2),
                       agent=AgentConfig(max_steps=1, max_context_tokens=1024, max_new_tokens=24, max_format_errors=1,
                                         temperature=0.5, system_prompt=SHORT_PROMPT))
     watch = SandboxWatch()

@@ -84,8 +84,8 @@ def test_memory_hog_is_contained(box):
 
 
 def test_agent_cannot_write_outside_its_files(box):
-    result = box.exec("echo x > /usr/lib/evil", timeout=10)
-    assert result.exit_code != 0 and "Permission denied" in result.output
+    result = box.exec("echo x > /usr/lib/evil", timeout=10)  # read-only root file system (loop disk) or not root
+    assert result.exit_code != 0 and ("Permission denied" in result.output or "Read-only" in result.output)
 
 
 def test_files_round_trip_through_the_container(box):
@@ -115,25 +115,30 @@ def test_exec_overhead_is_small(box):
     assert ours_ms < plain_ms / 2, f"median exec of `true`: runner {ours_ms:.1f} ms, plain exec {plain_ms:.1f} ms"
 
 
-def test_warm_reset_restores_the_repository():
+def test_reset_replaces_the_container_with_a_fresh_one():
     from lightswe.envs.sandbox import Sandbox, SandboxConfig
 
     with Sandbox(SandboxConfig(workdir="/home/agent")) as sandbox:
-        made = sandbox.exec("mkdir repo && cd repo && git init -q . && echo one > a.txt && git add a.txt && "
-                            "git commit -qm one", timeout=30)
+        sandbox.exec("echo x > /tmp/t; echo y > ~/f; (setsid sleep 100 > /dev/null 2>&1 &); sleep 0.3", timeout=30)
+        old = sandbox.container_id
+        sandbox.reset()
+        assert sandbox.container_id != old and not _exists(old)
+        state = sandbox.exec("ls -A /tmp ~; pgrep -c -u agent sleep || true", timeout=10).output.split()
+        assert state == ["/home/agent:", "/tmp:", "0"], state
+
+
+def test_runner_reads_nothing_the_agent_writes():
+    """The root runner ignores the agent's user site and PYTHON* variables, even when it restarts."""
+    from lightswe.envs.sandbox import Sandbox, SandboxConfig
+
+    with Sandbox(SandboxConfig(workdir="/home/agent", env={"PYTHONSTARTUP": "/home/agent/evil.py"})) as sandbox:
+        made = sandbox.exec("site=$(python3 -c 'import site; print(site.getusersitepackages())'); mkdir -p $site; "
+                            "printf 'import os\nopen(\"/tmp/ran-as-\" + str(os.getuid()), \"w\")\n' "
+                            "| tee $site/usercustomize.py > evil.py; chmod -R a+rX ~", timeout=30)
         assert made.exit_code == 0, made.output
-        sandbox.config.workdir = "/home/agent/repo"
-        sandbox.close_id = sandbox.container_id
-        head = sandbox.exec("git rev-parse HEAD", timeout=10).output.strip()
-        sandbox.base_commit = head  # as if the image had been built with this commit
-        sandbox.exec("echo two > a.txt; echo new > b.txt; mkdir -p d && touch d/x; git commit -qam two;"
-                     " (setsid sleep 100 > /dev/null 2>&1 &); echo t > /tmp/t", timeout=30)
-        took = sandbox.reset()
-        assert sandbox.container_id == sandbox.close_id  # warm, not a new container
-        state = sandbox.exec("cat a.txt; ls; git rev-parse HEAD; git status --short; ls /tmp; pgrep -c -u agent sleep || true",
-                             timeout=10).output.split()
-        assert state == ["one", "a.txt", head, "0"], state
-        assert took < 1.0
+        sandbox._stop_runner()  # the next command starts a new root runner
+        assert sandbox.exec("whoami", timeout=10, user="root").output == "root\n"
+        assert sandbox.exec("ls /tmp", timeout=10).output == ""
 
 
 def test_close_removes_the_container():

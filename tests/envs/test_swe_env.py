@@ -58,14 +58,14 @@ def test_reward_zero_without_the_fix(env):
     assert sum(outcome == "passed" for outcome in info["tests"].values()) == len(info["tests"]) - 1
 
 
-def test_warm_reset_forgets_the_previous_episode(env):
+def test_reset_forgets_the_previous_episode(env):
     env.reset(seed=0)
     first = env.unwrapped.sandbox.container_id
     for action in scripted_actions(env.unwrapped.task, fix=True)[:-1]:
         env.step(action)
     env.step(call("bash", command="echo junk > new_file.py"))
     env.reset(seed=0)
-    assert env.unwrapped.sandbox.container_id == first
+    assert env.unwrapped.sandbox.container_id != first  # a fresh container from the pool
     obs, *_ = env.step(call("bash", command="git status --short; grep -c 'n + 1, None' toolz/itertoolz.py"))
     assert obs.splitlines()[0] == "1"  # clean tree, bug back in place
 
@@ -91,7 +91,7 @@ def test_git_history_does_not_reveal_the_fix(env):
     ("I think the bug is in nth.", "found no tool call"),
     ("<tool_calls>\n{\"name\": bash}\n</tool_calls>", "not valid JSON"),
     (call("rm_rf", path="/"), "unknown tool 'rm_rf'"),
-    (call("view"), "missing argument 'path'"),
+    (call("view"), "argument 'path' is missing"),
     (call("view", path="nope.py"), "does not exist"),
     (call("bash", command="ls", cwd="/"), "unexpected argument"),
     (format_minimax([ToolCall(name="bash", arguments={"command": "ls"})] * 2), "found 2 tool calls"),

@@ -1,0 +1,61 @@
+"""The model a training run starts from: the one place that turns ``--model`` into a module and its tokenizer.
+
+``--model`` is a preset name of the built-in MiniMax model (``tiny``, ``small``: random init from the run's
+seed, the same weights on every rank) or a checkpoint directory written by ``save_pretrained``. New kinds of
+model (e.g. a Hugging Face checkpoint) are added here, and only here.
+
+Example::
+
+    model, tokenizer = build_model("tiny", device="cpu", seed=0)
+    copy = sampler_copy(model, device="cpu")     # a full, frozen copy (the sampler of a sharded learner)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightswe.errors import UserInputError
+
+
+def check_model_spec(spec: str) -> None:
+    """Refuse a ``--model`` that is neither a preset nor a checkpoint directory, before any work.
+
+    Raises:
+        UserInputError: naming the value and the choices.
+    """
+    from lightswe.model.config import PRESETS
+
+    if Path(spec).is_dir() or spec in PRESETS:
+        return
+    if Path(spec).exists():
+        raise UserInputError(f"--model {spec!r} is a file; expected a checkpoint directory (save_pretrained) or "
+                             f"a preset: {', '.join(sorted(PRESETS))}")
+    raise UserInputError(f"--model {spec!r}: no such preset or checkpoint directory; expected one of "
+                         f"{', '.join(sorted(PRESETS))} or a directory written by save_pretrained")
+
+
+def build_model(spec: str, *, device: str, seed: int):
+    """``(model, tokenizer)`` for a run: the learner's module (float32 weights on ``device``) and its tokenizer.
+
+    Raises:
+        UserInputError: ``spec`` is neither a preset nor a checkpoint directory.
+    """
+    from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM, load_tokenizer
+
+    check_model_spec(spec)
+    tokenizer = load_tokenizer(None)
+    if Path(spec).is_dir():
+        model = MiniMaxForCausalLM.from_pretrained(spec, device=device)
+    else:
+        model = MiniMaxForCausalLM(MiniMaxConfig.preset(spec)).to(device)
+        model.init_weights(seed=seed)  # the same weights on every rank
+    return model, tokenizer
+
+
+def sampler_copy(model, *, device: str):
+    """A full copy of ``model`` without gradients: each rank's sampler when the learner's copy is sharded."""
+    from lightswe.model import MiniMaxForCausalLM
+
+    sampler = MiniMaxForCausalLM(model.config).to(device).requires_grad_(False)
+    sampler.load_state_dict(model.state_dict())  # (deepcopy fails on tensors the last forward left behind)
+    return sampler

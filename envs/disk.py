@@ -1,0 +1,247 @@
+"""A sandbox's disk write limit: Docker's own quota where the storage driver has one, else a loop volume.
+
+Which mechanism applies (:func:`disk_mode`, decided once per process and engine):
+
+- ``"storage-opt"``: the engine's storage driver enforces ``--storage-opt size=`` (overlay2 on xfs mounted
+  with ``pquota``, btrfs, zfs); the container's root file system is the limit.
+- ``"loop"``: every other local engine when this process is root (overlay2 on ext4, the usual case): each
+  sandbox gets a fixed-size ext4 file system in a sparse file (``mkfs.ext4``, mounted with ``-o loop``, which
+  frees the loop device at unmount), and its sub-directories are bind-mounted at the only paths the agent can
+  write (``/testbed``, ``/home/agent``, ``/tmp``, ``/var/tmp``) while the container's root file system is
+  read-only. ``fallocate -l 12G`` and a million small files both end in ``ENOSPC`` (blocks and inodes are
+  finite); ``/dev/shm`` is a tmpfs counted in the memory limit. The image's ``/testbed`` and ``/home/agent``
+  are copied into a template volume once per image (``get_archive`` of a created, never started container);
+  each sandbox starts from a sparse copy of it (``cp --sparse=always``: only written blocks are copied).
+  ``destroy()`` unmounts and deletes the file, so the host's space is back.
+- ``"none"``: a remote engine or a non-root process: no hard limit (each command still gets ``RLIMIT_FSIZE``
+  = the limit, which stops one large file but not many small ones); :func:`disk_mode` says so once.
+
+Volumes live in ``$LIGHTSWE_CACHE/volumes/<owner pid>-<owner start>-<random>/`` so that :func:`reap_volumes`
+can remove those of dead owners (a killed process cannot unmount its own).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import shutil
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+
+from lightswe.envs.engine import AGENT_UID, CACHE_DIR
+from lightswe.errors import InfrastructureError, UserInputError
+
+log = logging.getLogger(__name__)
+
+VOLUME_DIR = CACHE_DIR / "volumes"
+TEMPLATE_DIR = CACHE_DIR / "volume-templates"
+# sub-directory of the volume -> path in the container, (owner uid, mode); the image's content is copied for
+# the first two
+WRITABLE = {"testbed": ("/testbed", AGENT_UID, 0o755), "home": ("/home/agent", AGENT_UID, 0o755),
+            "tmp": ("/tmp", 0, 0o1777), "vartmp": ("/var/tmp", 0, 0o1777)}
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+_MODE: dict[str, str] = {}
+_MODE_LOCK = threading.Lock()
+
+
+class DiskError(InfrastructureError):
+    """A sandbox volume could not be made or removed (mkfs, mount, copy); says which step and why."""
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a Docker-style size (``"4g"``, ``"512m"``, ``"1073741824"``); UserInputError if malformed."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?\s*", str(text).lower())
+    if not match:
+        raise UserInputError(f"disk_limit {text!r} is not a size; fix: write e.g. '4g', '512m' or a byte count")
+    size = int(float(match.group(1)) * _UNITS[match.group(2)])
+    if size < 64 * 1024 ** 2:
+        raise UserInputError(f"disk_limit {text!r} is below 64 MiB; fix: give at least '64m' (ext4 needs room)")
+    return size
+
+
+def _local_engine(client) -> bool:
+    base = str(getattr(client.api, "base_url", ""))
+    return base.startswith("http+docker://localhost") or base.startswith("http+docker://localunixsocket") \
+        or "unix" in base
+
+
+def _driver_quota(client) -> bool:
+    """True when the engine's storage driver can enforce ``--storage-opt size=``."""
+    info = client.api.info()
+    driver = info.get("Driver", "")
+    status = dict(info.get("DriverStatus") or [])
+    if driver in ("btrfs", "zfs"):
+        return True
+    return driver in ("overlay2", "overlay") and status.get("Backing Filesystem", "").lower() == "xfs"
+
+
+def disk_mode(client) -> str:
+    """``"storage-opt"``, ``"loop"`` or ``"none"`` for this engine (see the module docstring); cached."""
+    key = str(getattr(client.api, "base_url", ""))
+    with _MODE_LOCK:
+        if key in _MODE:
+            return _MODE[key]
+        forced = os.environ.get("LIGHTSWE_DISK_MODE", "")
+        if forced:
+            if forced not in ("storage-opt", "loop", "none"):
+                raise UserInputError(f"LIGHTSWE_DISK_MODE={forced!r}; fix: one of storage-opt, loop, none")
+            mode = forced
+        elif _driver_quota(client):
+            mode = "storage-opt"
+        elif _local_engine(client) and os.geteuid() == 0 and shutil.which("mkfs.ext4") and shutil.which("mount"):
+            mode = "loop"
+        else:
+            mode = "none"
+            log.warning("sandboxes have no hard disk limit here: the storage driver has no quota and loop volumes "
+                        "need a local engine and root (only RLIMIT_FSIZE per file applies); fix: run as root on "
+                        "the engine's host, or put /var/lib/docker on xfs with pquota")
+        _MODE[key] = mode
+        return mode
+
+
+def _run(*cmd: str, what: str) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise DiskError(f"{what} failed: `{' '.join(cmd)}` exit {done.returncode}: {done.stderr.strip()[-400:]}")
+    return done.stdout
+
+
+def _mkfs(path: Path, size: int) -> None:
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+         "-O", "^has_journal", str(path), what="making the sandbox file system")
+
+
+def _mount(image: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    _run("mount", "-o", "loop,nosuid,nodev", str(image), str(target), what="mounting the sandbox volume")
+
+
+def _mounted(target: Path) -> bool:
+    wanted = str(target.resolve())
+    try:
+        with open("/proc/self/mounts") as handle:
+            return any(line.split()[1] == wanted for line in handle if len(line.split()) > 1)
+    except OSError:
+        return False
+
+
+def _unmount(target: Path) -> None:
+    if not _mounted(target):
+        return
+    done = subprocess.run(["umount", str(target)], capture_output=True, text=True)
+    if done.returncode != 0:  # still busy (a container being removed): detach now, freed when released
+        subprocess.run(["umount", "-l", str(target)], capture_output=True, text=True)
+
+
+def _copy_from_image(client, image: str, root: Path) -> None:
+    """Copy the image's ``/testbed`` and ``/home/agent`` (owners and modes kept) into the volume ``root``."""
+    import docker
+
+    created = client.api.create_container(image, command=["true"], labels={"lightswe.volume_template": "1"},
+                                          network_disabled=True)
+    cid = created["Id"]
+    try:
+        for name, (inside, uid, mode) in WRITABLE.items():
+            target = root / name
+            target.mkdir(mode=mode, exist_ok=True)
+            os.chown(target, uid, uid)
+            os.chmod(target, mode)
+            if name not in ("testbed", "home"):
+                continue
+            try:
+                stream, _ = client.api.get_archive(cid, inside + "/.")
+            except docker.errors.NotFound:
+                continue  # the image has no such directory: an empty one
+            tar = subprocess.Popen(["tar", "-x", "-p", "--same-owner", "--numeric-owner", "-C", str(target)],
+                                   stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                for chunk in stream:
+                    tar.stdin.write(chunk)
+            finally:
+                tar.stdin.close()
+            if tar.wait() != 0:
+                raise DiskError(f"unpacking {inside} of {image} into the sandbox volume failed: "
+                                f"{tar.stderr.read().decode(errors='replace')[-300:]}")
+    finally:
+        client.api.remove_container(cid, force=True)
+
+
+def template(client, image: str, size: int) -> Path:
+    """The volume file holding ``image``'s writable directories (made once per image id and size)."""
+    image_id = client.api.inspect_image(image)["Id"].split(":")[-1][:24]
+    TEMPLATE_DIR.mkdir(parents=True, exist_ok=True)
+    path = TEMPLATE_DIR / f"{image_id}-{size}.img"
+    if path.exists():
+        return path
+    with open(TEMPLATE_DIR / f"{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return path
+        work = TEMPLATE_DIR / f".{path.name}.{uuid.uuid4().hex[:8]}"
+        mnt = Path(f"{work}.mnt")
+        try:
+            _mkfs(work, size)
+            _mount(work, mnt)
+            try:
+                _copy_from_image(client, image, mnt)
+            finally:
+                _unmount(mnt)
+            os.replace(work, path)
+        finally:
+            work.unlink(missing_ok=True)
+            shutil.rmtree(mnt, ignore_errors=True)
+    return path
+
+
+class LoopVolume:
+    """One sandbox's fixed-size ext4 volume, mounted on the host; ``binds()`` maps it into the container."""
+
+    def __init__(self, client, image: str, size: int, owner: str) -> None:
+        self.size = size
+        self.dir = VOLUME_DIR / f"{owner}-{uuid.uuid4().hex[:12]}"
+        self.file, self.mnt = self.dir / "disk.img", self.dir / "m"
+        source = template(client, image, size)
+        self.dir.mkdir(parents=True, exist_ok=False)
+        try:
+            _run("cp", "--sparse=always", str(source), str(self.file), what="copying the sandbox volume")
+            _mount(self.file, self.mnt)
+        except Exception:
+            self.destroy()
+            raise
+
+    def binds(self) -> dict[str, dict[str, str]]:
+        return {str(self.mnt / name): {"bind": inside, "mode": "rw"} for name, (inside, _, _) in WRITABLE.items()}
+
+    def destroy(self) -> None:
+        """Unmount and delete (idempotent): the host's space is back."""
+        destroy_dir(self.dir)
+
+
+def destroy_dir(path: Path) -> None:
+    _unmount(path / "m")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def reap_volumes(owner_alive) -> list[str]:
+    """Remove volumes whose owner (``<pid>-<start>`` prefix of the folder name) is dead; returns their paths.
+
+    ``owner_alive(pid, start) -> bool`` decides; folders of live owners are never touched.
+    """
+    removed = []
+    if not VOLUME_DIR.is_dir():
+        return removed
+    for path in VOLUME_DIR.iterdir():
+        parts = path.name.split("-")
+        if len(parts) < 3 or not parts[0].isdigit():
+            continue
+        if owner_alive(int(parts[0]), parts[1]):
+            continue
+        destroy_dir(path)
+        removed.append(str(path))
+    return removed

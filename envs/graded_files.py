@@ -1,0 +1,345 @@
+"""What of the agent's change grading may see, and what it leaves out (with the reason, for ``info``).
+
+The agent fixes source code. Everything that decides *how the tests run* stays as the task defines it, so a
+change there cannot earn reward, and an honest edit there is visible (:class:`LeftOut`) instead of silently
+lost. Left out:
+
+- the task's tests: its test files (the files of FAIL_TO_PASS/PASS_TO_PASS, ``test_files``, every path of
+  ``test_patch``), the test directory each lives in (its nearest ancestor named ``test``/``tests``/``testing``:
+  helpers and data the tests read), and every ``test_*.py``/``*_test.py`` module;
+- test-runner configuration: every ``conftest.py``, ``pytest.ini``/``.pytest.ini``/``pytest.toml``/
+  ``.pytest.toml``/``tox.ini``, and the ``[tool:pytest]``/``[pytest]`` sections of ``setup.cfg`` and the
+  ``[tool.pytest...]`` tables of ``pyproject.toml`` (the rest of those files is graded: the sections are put
+  back as the base has them, checked with ``configparser``/``tomllib``; a file whose sections cannot be
+  separated is left out whole);
+- what Python runs at start-up or import time without being imported by name: ``sitecustomize.py``,
+  ``usercustomize.py``, ``*.pth``;
+- package metadata (``*.dist-info``, ``*.egg-info``, ``*.egg-link``, ``entry_points.txt``, ``PKG-INFO``),
+  bytecode (``__pycache__``, ``*.pyc``/``*.pyo``), tool caches (``.pytest_cache``, ``.hypothesis``, ...), git
+  metadata (``.gitattributes``, ``.gitmodules``), native extension modules (``*.so``, ``*.pyd``, ``*.dylib``:
+  code no review can read), fifos and devices;
+- a new module or package named like a module the test run imports from outside the repository (the
+  standard library, pytest, site-packages) in a directory that can be on ``sys.path`` (one that is not a
+  package): it would shadow it;
+- a changed file over ``max_file_bytes``; changes past ``max_files``/``max_total_bytes`` (edits of the base's
+  files first, then new files, smallest first);
+- a file or symbolic link where grading keeps a directory (e.g. ``tests`` replaced by a link), or a path
+  under something grading keeps as a file.
+
+``select_changes`` returns the graded changes and the left-out list; it runs nothing.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import tomllib
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
+
+from lightswe.envs.agent_diff import SPECIAL, SYMLINK, Change, Entry, blob_id
+
+TEST_DIR_NAMES = frozenset({"test", "tests", "testing"})
+RUNNER_CONFIG = frozenset({"pytest.ini", ".pytest.ini", "pytest.toml", ".pytest.toml", "tox.ini"})
+SITE_FILES = frozenset({"sitecustomize.py", "usercustomize.py"})
+CACHE_DIRS = frozenset({"__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache", ".tox",
+                        ".nox", ".cache"})
+GIT_METADATA = frozenset({".gitattributes", ".gitmodules"})
+NATIVE_SUFFIXES = (".so", ".pyd", ".dylib")
+METADATA_FILES = frozenset({"entry_points.txt", "PKG-INFO"})
+# Always treated as imported from outside the repository, whatever the image lists.
+RUNNER_MODULES = frozenset({"pytest", "_pytest", "py", "pluggy", "iniconfig", "sitecustomize", "usercustomize"})
+
+
+@dataclass(frozen=True, slots=True)
+class LeftOut:
+    """A path of the agent's change that grading did not apply, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What the task protects: its test paths, its test directories, names the test run imports from outside."""
+
+    test_paths: frozenset[str]
+    test_dirs: tuple[str, ...]
+    outside_modules: frozenset[str] = RUNNER_MODULES
+
+
+def patch_paths(patch: str) -> set[str]:
+    """Every path a unified (git) diff reads or writes."""
+    found = set()
+    for match in re.finditer(r"^(?:---|\+\+\+) (?:[ab]/)?(.+?)\t?$", patch, re.M):
+        if match.group(1) != "/dev/null":
+            found.add(match.group(1).strip())
+    for match in re.finditer(r"^(?:rename|copy) (?:from|to) (.+)$", patch, re.M):
+        found.add(match.group(1).strip())
+    return found
+
+
+def task_scope(instance, outside_modules: Iterable[str] = ()) -> Scope:
+    """The :class:`Scope` of a :class:`~lightswe.tasks.instance.TaskInstance`."""
+    paths = set(instance.test_files)
+    paths.update(test.split("::", 1)[0] for test in [*instance.FAIL_TO_PASS, *instance.PASS_TO_PASS])
+    paths.update(patch_paths(instance.test_patch or ""))
+    dirs = set()
+    for path in paths:
+        parents = PurePosixPath(path).parents
+        for parent in list(parents)[:-1]:  # nearest first; '.' excluded
+            if parent.name in TEST_DIR_NAMES:
+                dirs.add(str(parent))
+                break
+    return Scope(test_paths=frozenset(paths), test_dirs=tuple(sorted(dirs)),
+                 outside_modules=frozenset(outside_modules) | RUNNER_MODULES)
+
+
+# ------------------------------------------------------------------------ test-runner sections of config files
+_INI_HEADER = re.compile(rb"^\[([^\]\r\n]*)\]", re.M)
+_TOML_HEADER = re.compile(rb"^[ \t]*\[\[?([^\]\r\n]*)\]\]?[ \t]*(?:#[^\r\n]*)?\r?$", re.M)
+
+
+def _sections(data: bytes, header: re.Pattern) -> list[tuple[str | None, bytes]]:
+    starts = [(m.start(), m.group(1).decode("utf-8", "replace")) for m in header.finditer(data)]
+    out: list[tuple[str | None, bytes]] = [(None, data[: starts[0][0] if starts else len(data)])]
+    for i, (start, name) in enumerate(starts):
+        end = starts[i + 1][0] if i + 1 < len(starts) else len(data)
+        out.append((name, data[start:end]))
+    return out
+
+
+def _is_ini_runner(name: str | None) -> bool:
+    return name is not None and name.strip() in ("tool:pytest", "pytest")
+
+
+def _is_toml_runner(name: str | None) -> bool:
+    if name is None:
+        return False
+    key = re.sub(r"[\s\"']", "", name)
+    return key == "tool.pytest" or key.startswith("tool.pytest.")
+
+
+def _splice(old: bytes, new: bytes, header: re.Pattern, is_runner: Callable[[str | None], bool]) -> bytes:
+    """``new`` with its runner sections replaced by ``old``'s (old ones it lacks appended)."""
+    old_runner = [(n, t) for n, t in _sections(old, header) if is_runner(n)]
+    used: set[int] = set()
+    parts = []
+    for name, text in _sections(new, header):
+        if not is_runner(name):
+            parts.append(text)
+            continue
+        for i, (old_name, old_text) in enumerate(old_runner):
+            if i not in used and old_name.strip() == name.strip():
+                used.add(i)
+                parts.append(old_text if old_text.endswith(b"\n") else old_text + b"\n")
+                break
+    for i, (_, old_text) in enumerate(old_runner):
+        if i not in used:
+            if parts and not parts[-1].endswith(b"\n"):
+                parts.append(b"\n")
+            parts.append(old_text if old_text.endswith(b"\n") else old_text + b"\n")
+    return b"".join(parts)
+
+
+def _ini(data: bytes) -> tuple[dict, dict] | None:
+    parser = configparser.ConfigParser(strict=False, interpolation=None, default_section="\0none")
+    try:
+        parser.read_string(data.decode("utf-8", "replace"))
+    except configparser.Error:
+        return None
+    runner = {s: dict(parser[s]) for s in parser.sections() if _is_ini_runner(s)}
+    rest = {s: dict(parser[s]) for s in parser.sections() if not _is_ini_runner(s)}
+    return runner, rest
+
+
+def _toml(data: bytes) -> tuple[object, dict] | None:
+    try:
+        parsed = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return None
+    tool = dict(parsed.get("tool", {})) if isinstance(parsed.get("tool"), dict) else parsed.get("tool")
+    runner = tool.pop("pytest", None) if isinstance(tool, dict) else None
+    rest = {**parsed, "tool": tool} if "tool" in parsed else parsed
+    if rest.get("tool") == {} and "tool" in parsed and set(parsed["tool"]) == {"pytest"}:
+        rest = {k: v for k, v in rest.items() if k != "tool"}
+    return runner, rest
+
+
+def keep_outside_runner_sections(name: str, old: bytes, new: bytes) -> bytes | None:
+    """``new`` with the test-runner sections of ``old`` (``setup.cfg`` or ``pyproject.toml``); None when they
+    cannot be separated (a parse fails, or the spliced file does not read back as old sections + new rest)."""
+    header, is_runner, parse = ((_INI_HEADER, _is_ini_runner, _ini) if name == "setup.cfg"
+                                else (_TOML_HEADER, _is_toml_runner, _toml))
+    merged = _splice(old, new, header, is_runner)
+    got, want_old, want_new = parse(merged), parse(old), parse(new)
+    if got is None or want_old is None or want_new is None:
+        return None
+    if got[0] != want_old[0] or got[1] != want_new[1]:
+        return None
+    return merged
+
+
+# ------------------------------------------------------------------------------------------------ selection
+def _reason(change: Change, scope: Scope, tree_paths: Collection[str], max_file_bytes: int) -> str:
+    path = change.path
+    parts = path.split("/")
+    name = parts[-1]
+    if path in scope.test_paths:
+        return "a test file of the task"
+    for folder in scope.test_dirs:
+        if path.startswith(folder + "/"):
+            return f"in the task's test directory {folder}/"
+    if name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py")):
+        return "a test module (test_*.py / *_test.py)"
+    if name == "conftest.py":
+        return "conftest.py (test configuration)"
+    if name in RUNNER_CONFIG:
+        return "test-runner configuration"
+    if name in SITE_FILES:
+        return "site customization (runs at interpreter start)"
+    if name.endswith(".pth"):
+        return "path configuration file (.pth: runs at interpreter start)"
+    if any(p.endswith((".dist-info", ".egg-info")) for p in parts) or name.endswith(".egg-link") \
+            or name in METADATA_FILES:
+        return "package metadata"
+    if "__pycache__" in parts or name.endswith((".pyc", ".pyo")):
+        return "bytecode"
+    cache = next((p for p in parts[:-1] if p in CACHE_DIRS), None)
+    if cache:
+        return f"tool cache ({cache})"
+    if name in GIT_METADATA:
+        return "git metadata"
+    if name.endswith(NATIVE_SUFFIXES) or ".so." in name:
+        return "native extension module (compiled code)"
+    new = change.new
+    if new is not None and new.mode == SPECIAL:
+        return "not a regular file or symbolic link"
+    if new is not None and new.data is None:
+        return f"{new.size} bytes, over the {max_file_bytes}-byte cap for a changed file"
+    if change.old is None:
+        shadowed = _shadowed(path, scope.outside_modules, tree_paths)
+        if shadowed:
+            return f"would shadow the module {shadowed!r} that the test run imports from outside the repository"
+    return ""
+
+
+def _shadowed(path: str, outside: Collection[str], tree_paths: Collection[str]) -> str:
+    """The outside module a new file would shadow: a component importable at top level under that name."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        parent = "/".join(parts[:i])
+        if parent and f"{parent}/__init__.py" in tree_paths:
+            continue  # inside a package: importable only under the package's name
+        last = i == len(parts) - 1
+        module = part.split(".", 1)[0] if last else part
+        if last and not part.endswith((".py", ".pyw")) and "." in part:
+            continue  # a data file cannot be imported
+        if module in outside:
+            return module
+    return ""
+
+
+def _blocked_by_file(path: str, files: Collection[str]) -> str:
+    """An ancestor of ``path`` that is a file (or link) in ``files``."""
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        ancestor = "/".join(parts[:i])
+        if ancestor in files:
+            return ancestor
+    return ""
+
+
+def select_changes(changes: list[Change], scope: Scope, *, base: dict[str, Entry], tree_paths: Collection[str],
+                   read_base: Callable[[str], bytes], max_file_bytes: int = 16 * 1024 * 1024,
+                   max_files: int = 5_000, max_total_bytes: int = 128 * 1024 * 1024
+                   ) -> tuple[list[Change], list[LeftOut]]:
+    """Split ``changes`` into what grading applies and what it leaves out (module docstring: the rules).
+
+    ``read_base(path)`` gives the base bytes of a file (for ``setup.cfg``/``pyproject.toml`` edits).
+    """
+    kept: list[Change] = []
+    left: list[LeftOut] = []
+    for change in changes:
+        reason = _reason(change, scope, tree_paths, max_file_bytes)
+        if reason:
+            left.append(LeftOut(change.path, reason))
+            continue
+        name = change.path.rsplit("/", 1)[-1]
+        if name in ("setup.cfg", "pyproject.toml"):
+            change, note = _config_change(change, name, read_base)
+            if note is not None:
+                left.append(note)
+            if change is None:
+                continue
+        kept.append(change)
+    kept, more = _drop_conflicts(kept, base, scope)
+    left += more
+    kept, more = _cap(kept, max_files, max_total_bytes)
+    left += more
+    return kept, sorted(left, key=lambda x: x.path)
+
+
+def _config_change(change: Change, name: str, read_base: Callable[[str], bytes]
+                   ) -> tuple[Change | None, LeftOut | None]:
+    section = "[tool:pytest] section" if name == "setup.cfg" else "[tool.pytest] tables"
+    old = read_base(change.path) if change.old is not None and change.old.mode != SYMLINK else b""
+    if change.new is None:
+        runner = (_ini if name == "setup.cfg" else _toml)(old)
+        if runner is not None and not runner[0]:
+            return change, None  # deleting a file that holds no runner configuration
+        return None, LeftOut(change.path, f"deletes the test-runner configuration ({section})")
+    if change.new.mode == SYMLINK:
+        return None, LeftOut(change.path, "test-runner configuration file replaced by a symbolic link")
+    merged = keep_outside_runner_sections(name, old, change.new.data)
+    if merged is None:
+        return None, LeftOut(change.path, f"its {section} (test-runner configuration) could not be separated "
+                                          "from the rest; the whole file is left out")
+    if merged == change.new.data:
+        return change, None
+    note = LeftOut(change.path, f"its {section} (test-runner configuration); the rest of the file is graded")
+    if change.old is not None and blob_id(merged) == change.old.sha and change.old.mode == change.new.mode:
+        return None, note
+    entry = replace(change.new, data=merged, sha=blob_id(merged), size=len(merged))
+    return Change(path=change.path, old=change.old, new=entry), note
+
+
+def _drop_conflicts(kept: list[Change], base: dict[str, Entry], scope: Scope
+                    ) -> tuple[list[Change], list[LeftOut]]:
+    """Leave out kept files/links where grading keeps a directory, and paths under what it keeps as a file."""
+    left: list[LeftOut] = []
+    while True:
+        deleted = {c.path for c in kept if c.new is None}
+        final_files = (set(base) - deleted) | {c.path for c in kept if c.new is not None}
+        must_exist = (set(base) - deleted) | set(scope.test_paths)
+        directories = {str(p) for path in must_exist for p in PurePosixPath(path).parents} - {"."}
+        dropped = []
+        for change in kept:
+            if change.new is None:
+                continue
+            if change.path in directories:
+                dropped.append((change, "a file or link where grading keeps a directory"))
+                continue
+            blocker = _blocked_by_file(change.path, final_files)
+            if blocker:
+                dropped.append((change, f"under {blocker}, which grading keeps as a file"))
+        if not dropped:
+            return kept, left
+        gone = {id(c) for c, _ in dropped}
+        kept = [c for c in kept if id(c) not in gone]
+        left += [LeftOut(c.path, why) for c, why in dropped]
+
+
+def _cap(kept: list[Change], max_files: int, max_total_bytes: int) -> tuple[list[Change], list[LeftOut]]:
+    order = sorted(kept, key=lambda c: (c.old is None, c.new.size if c.new else 0, c.path))
+    out, left, total = [], [], 0
+    for change in order:
+        size = change.new.size if change.new else 0
+        if len(out) >= max_files or total + size > max_total_bytes:
+            left.append(LeftOut(change.path, f"past the grading caps ({max_files} files, {max_total_bytes} bytes "
+                                              "of changed files); edits of the base's files come first"))
+            continue
+        out.append(change)
+        total += size
+    return sorted(out, key=lambda c: c.path), left

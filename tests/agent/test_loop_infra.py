@@ -1,0 +1,111 @@
+"""The loop never raises for the machine: every InfrastructureError is a ``sandbox_error`` episode (reward None).
+
+Real failures only: an image the engine does not have, a task source that cannot be fetched, a model server
+that does not answer. Also: values JSON allows and Python chokes on reach the env through model text and come
+back as observations, never as an exception or a fake runner death.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lightswe.agent.chat import IM_END
+from lightswe.agent.loop import AgentConfig, run_episode
+from lightswe.agent.policies.openai_server import OpenAIPolicy
+from lightswe.agent.policies.scripted import ScriptedPolicy
+from lightswe.agent.trajectory import EpisodeStatus
+from lightswe.envs.engine import BASE_IMAGE
+from lightswe.envs.swe_env import SWEEnv
+from lightswe.errors import InfrastructureError, LightSWEError
+from lightswe.model import ByteTokenizer
+from lightswe.tasks.instance import read_jsonl
+from lightswe.envs.swe_env import default_tasks_path
+
+pytestmark = pytest.mark.docker
+TOK = ByteTokenizer()
+TASK = read_jsonl(default_tasks_path())[0]
+
+
+class TextPolicy:
+    """Replays fixed model texts, one per turn (the tokens a model would sample for them)."""
+
+    name = "text"
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts, self.turn = texts, 0
+
+    def generate(self, token_ids, sampling):
+        text = self.texts[min(self.turn, len(self.texts) - 1)]
+        self.turn += 1
+        tokens = [*TOK.encode(text), TOK.token_id(IM_END)]
+        return tokens, [-1.0] * len(tokens)  # not near-certain: no repetition early stop
+
+
+def _episode(env, policy, **config):
+    try:
+        return run_episode(env, policy, TOK, task_id=TASK.instance_id, config=AgentConfig(**config))
+    finally:
+        env.close()
+
+
+def test_every_error_of_the_package_is_in_the_family():
+    from lightswe.agent.policies.openai_server import ServerError
+    from lightswe.envs.engine import EngineError
+    from lightswe.envs.sandbox import SandboxError
+    from lightswe.envs.tool_calls import ToolCallFormatError
+    from lightswe.envs.tools import ToolError
+    from lightswe.errors import ActionError, UserInputError
+    from lightswe.tasks.images import ImageBuildError
+    from lightswe.tasks.sources import SourceError
+    from lightswe.tasks.synth import SuiteError
+
+    for error in (ServerError, EngineError, SandboxError, ImageBuildError, SourceError):
+        assert issubclass(error, InfrastructureError)
+    assert issubclass(SuiteError, UserInputError) and issubclass(ToolError, ActionError)
+    assert issubclass(ToolCallFormatError, ActionError) and issubclass(ActionError, LightSWEError)
+
+
+def test_missing_image_is_a_sandbox_error_not_an_exception():
+    env = SWEEnv([TASK], image_for=lambda task: "lightswe/no-such-image:never-built")
+    trajectory = _episode(env, ScriptedPolicy.from_tasks([TASK], TOK))
+    assert trajectory.status is EpisodeStatus.SANDBOX_ERROR and trajectory.reward is None
+    assert "SandboxError" in trajectory.error and "no-such-image" in trajectory.error
+
+
+def test_unfetchable_task_source_is_a_sandbox_error(tmp_path):
+    task = dataclasses.replace(TASK, source=str(tmp_path / "no-such-repository"), metadata={})
+    trajectory = _episode(SWEEnv([task]), ScriptedPolicy.from_tasks([task], TOK))
+    assert trajectory.status is EpisodeStatus.SANDBOX_ERROR and trajectory.reward is None
+    assert "SourceError" in trajectory.error and "no-such-repository" in trajectory.error
+
+
+def test_model_server_that_does_not_answer_is_a_sandbox_error():
+    env = SWEEnv([TASK], image_for=lambda task: BASE_IMAGE)
+    trajectory = _episode(env, OpenAIPolicy("http://127.0.0.1:9", retries=0, timeout_s=5))
+    assert trajectory.status is EpisodeStatus.SANDBOX_ERROR and trajectory.reward is None
+    assert "ServerError" in trajectory.error and "127.0.0.1:9" in trajectory.error
+
+
+CHOKING = [
+    ('{"name": "bash", "arguments": {"command": "ls", "timeout": NaN}}', "got number NaN"),
+    ('{"name": "bash", "arguments": {"command": "ls", "timeout": -Infinity}}', "got number -Infinity"),
+    ('{"name": "create", "arguments": {"path": "a.py", "content": "x = \'\\ud800\'"}}', "lone surrogate"),
+    ('{"name": "view", "arguments": {"path": "a.py", "start_line": true}}', "got boolean true"),
+    ('{"name": "view", "arguments": {"path": ["a.py"]}}', "got an array"),
+    ('{"name": "bash", "arguments": {"command": "ls", "timeout": ' + "9" * 5000 + "}}", "cannot read"),
+    ('{"name": "view", "arguments": {"path": "a.py", "start_line": 1e999}}', "got number Infinity"),
+    ('{"name": "bash", "arguments": {"command": "echo \\u0000"}}', "NUL character"),
+]
+
+
+def test_values_python_chokes_on_are_observations():
+    texts = [f"<tool_calls>\n{body}\n</tool_calls>" for body, _ in CHOKING]
+    env = SWEEnv([TASK], image_for=lambda task: BASE_IMAGE)
+    trajectory = _episode(env, TextPolicy(texts), max_steps=len(texts), max_format_errors=len(texts) + 1)
+    assert trajectory.status is EpisodeStatus.STEP_LIMIT and trajectory.error == ""
+    observations = [m.content for m in trajectory.messages if m.role == "tool"]
+    assert len(observations) == len(CHOKING)
+    for observation, (_, expected) in zip(observations, CHOKING):
+        assert expected in observation and "runner died" not in observation
