@@ -110,6 +110,7 @@ def main() -> None:
     tasks = read_jsonl(args.tasks or default_tasks_path())
     t1 = time.perf_counter()
     policy = VLLMPolicy(f"hf:{ckpt}", dtype="float32", max_model_len=8192, enforce_eager=True, seed=0,
+                        kv_cache_memory_bytes=2**30,
                         tool_format=args.tool_format)
     start = time.perf_counter() - t1
     print(f"vLLM engine up in {start:.1f}s", flush=True)
