@@ -101,7 +101,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     seed_everything(cfg.seed)
     model, tokenizer = build_model(cfg.model, device=cfg.device, seed=cfg.seed)
     cfg.learner.temperature = cfg.agent.temperature  # train the distribution the sampler draws from
-    rollouts = Rollouts(cfg.sampler, agent=cfg.agent, model=model, tokenizer=tokenizer, name=f"model:{cfg.model}",
+    name = cfg.model if cfg.model.startswith("hf:") else f"model:{cfg.model}"  # the policy spec that samples it
+    rollouts = Rollouts(cfg.sampler, agent=cfg.agent, model=model, tokenizer=tokenizer, name=name,
                         work_dir=out)
     tasks, eval_tasks = [], []
     for turn in (True, False):  # rank 0 first: the arithmetic family builds its git repository once

@@ -18,7 +18,8 @@ def register_train(subparsers) -> None:
                                      "rank).")
     d = TrainConfig()
     p.add_argument("--out", default=d.out_dir, help="run directory (resumes from its checkpoints)")
-    p.add_argument("--model", default=d.model, help="preset (tiny, small) or checkpoint directory")
+    p.add_argument("--model", default=d.model, help="preset (tiny, small), checkpoint directory, or hf:DIR (a transformers causal "
+                                                         "LM with its ChatML tokenizer)")
     p.add_argument("--tasks", default=d.data.tasks, help="'arith:rl' (built-in family) or a JSONL of task instances")
     p.add_argument("--eval-tasks", default=d.data.eval_tasks, help="held-out tasks ('' skips evaluation)")
     p.add_argument("--steps", type=int, default=d.steps)

@@ -72,7 +72,8 @@ class TrainConfig:
     out_dir: str = "runs/train"
     """Run directory: config.json, metrics, checkpoints, episodes; a rerun resumes from its checkpoints."""
     model: str = "tiny"
-    """Starting model: a preset (tiny, small; random init from --seed) or a checkpoint directory."""
+    """Starting model: a preset (tiny, small; random init from --seed), a checkpoint directory, or hf:DIR (a
+    transformers causal LM, Qwen2 / Llama family, with its ChatML tokenizer; see lightswe.model.hf)."""
     steps: int = 10
     """RL steps (each: rollouts, advantages, one learner update)."""
     tasks_per_step: int = 4

@@ -84,6 +84,17 @@ class HFCausalLM(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(hf_model, tokenizer).to(device)
 
+    def empty_copy(self) -> HFCausalLM:
+        """A new module of the same architecture and config (random weights; load a state dict into it)."""
+        from transformers import AutoModelForCausalLM
+
+        return HFCausalLM(AutoModelForCausalLM.from_config(self.config, dtype=self.hf.dtype), self.tokenizer)
+
+    @property
+    def spec_kind(self) -> str:
+        """The policy-spec kind that loads a saved copy of this model (``hf:DIR``; the built-in one is ``model:``)."""
+        return "hf"
+
     def save_pretrained(self, path: str | Path) -> None:
         """The transformers layout (``config.json``, safetensors) plus the tokenizer and its chat template."""
         path = Path(path)
