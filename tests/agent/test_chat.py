@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lightswe.agent.chat import IM_END, Conversation
 from lightswe.model import SPECIAL_TOKENS, ByteTokenizer, HFTokenizer
 

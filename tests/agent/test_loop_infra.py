@@ -10,16 +10,18 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from lightswe.agent.chat import IM_END
 from lightswe.agent.loop import AgentConfig, run_episode
 from lightswe.agent.policies.openai_server import OpenAIPolicy
 from lightswe.agent.policies.scripted import ScriptedPolicy
 from lightswe.agent.trajectory import EpisodeStatus
 from lightswe.envs.engine import BASE_IMAGE
-from lightswe.envs.swe_env import SWEEnv, default_tasks_path
+from lightswe.envs.swe_env import SWEEnv
 from lightswe.errors import InfrastructureError, LightSWEError
 from lightswe.model import ByteTokenizer
 from lightswe.tasks.instance import read_jsonl
+from lightswe.envs.swe_env import default_tasks_path
 
 pytestmark = pytest.mark.docker
 TOK = ByteTokenizer()
