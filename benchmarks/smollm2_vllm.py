@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import shutil
 import tempfile
 import time
@@ -80,6 +81,7 @@ def evaluate(policy, tokenizer, tasks: list, *, episodes: int, tool_format: str,
     return {"episodes": len(trajs), "resolved": sum(t.resolved for t in trajs), "turns": len(turns),
             "tool_calls": sum(calls.values()), "format_errors": sum(t.num_format_errors for t in trajs),
             "statuses": dict(collections.Counter(t.status.value for t in trajs)), "calls": dict(calls),
+            "examples": [json.dumps(m.tool_call["arguments"])[:100] for m in turns if m.tool_call][:4],
             "tokens_per_s": sum(t.num_generated_tokens for t in trajs) / max(generate_s, 1e-9),
             "seconds": time.perf_counter() - t0}
 
