@@ -12,40 +12,23 @@ Example::
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from lightswe.agent.policies.base import Sample, SamplingParams, check_sample
+from lightswe.agent.policies.base import SamplingParams, check_sample
+from lightswe.agent.policies.batching import BatchingPolicy, Request
 
 
-def _batch_key(s: SamplingParams) -> tuple:
-    """Requests that may share a forward pass: same distribution and stops. Budgets may differ (each result is
-    cut to its own); the batch samples with its first request's seed, so a seed reproduces a request only
-    when it runs alone."""
-    return s.temperature, s.top_p, tuple(s.stop_token_ids)
-
-
-@dataclass(kw_only=True, slots=True)
-class _Request:
-    prompt: list[int]
-    sampling: SamplingParams
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Sample | None = None
-    error: BaseException | None = None
-
-
-class ModelPolicy:
+class ModelPolicy(BatchingPolicy):
     def __init__(self, model, *, name: str = "model", max_batch: int = 16, batch_wait_s: float = 0.005,
                  version: int = 0) -> None:
         self.model, self.name, self.version = model, name, version
-        self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
-        self._pending: list[_Request] = []
-        self._pending_lock = threading.Lock()
-        self._model_lock = threading.Lock()
-        self.batch_sizes: list[int] = []  # observed batch sizes (benchmarks, tests)
+        self._init_batching(max_batch=max_batch, batch_wait_s=batch_wait_s)
+
+    def batch_key(self, s: SamplingParams) -> tuple:
+        """Requests that may share a forward pass: same distribution and stops. Budgets may differ (each result
+        is cut to its own); the batch samples with its first request's seed, so a seed reproduces a request only
+        when it runs alone."""
+        return s.temperature, s.top_p, tuple(s.stop_token_ids)
 
     @classmethod
     def from_spec(cls, spec: str, *, device: str = "cpu", seed: int = 0, **kwargs) -> ModelPolicy:
@@ -59,52 +42,12 @@ class ModelPolicy:
             model.init_weights(seed=seed)
         return cls(model, name=f"model:{spec}", **kwargs)
 
-    def generate(self, token_ids: Sequence[int], sampling: SamplingParams) -> Sample:
-        request = _Request(prompt=list(token_ids), sampling=sampling)
-        with self._pending_lock:
-            self._pending.append(request)
-        while not request.done.is_set():
-            with self._model_lock:
-                if request.done.is_set():
-                    break
-                time.sleep(self.batch_wait_s)  # let concurrent episodes join this batch
-                with self._pending_lock:
-                    key = _batch_key(request.sampling)
-                    batch = [r for r in self._pending if _batch_key(r.sampling) == key][: self.max_batch]
-                    if request not in batch:
-                        batch = [request, *batch[: self.max_batch - 1]]
-                    for r in batch:
-                        self._pending.remove(r)
-                self._run(batch)
-        if request.error is not None:
-            raise request.error
-        assert request.result is not None
-        return request.result
-
-    def generate_batch(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Sample]:
-        with self._model_lock:
-            requests = [_Request(prompt=list(p), sampling=sampling) for p in prompts]
-            for start in range(0, len(requests), self.max_batch):
-                self._run(requests[start:start + self.max_batch])
-        for r in requests:
-            if r.error is not None:
-                raise r.error
-        return [r.result for r in requests]
-
-    def _run(self, batch: list[_Request]) -> None:
+    def _run(self, batch: list[Request]) -> None:
         from lightswe.model import SamplingConfig
 
         s = batch[0].sampling
         config = SamplingConfig(max_new_tokens=max(r.sampling.max_new_tokens for r in batch), temperature=s.temperature,
                                 top_p=s.top_p, stop_token_ids=tuple(s.stop_token_ids), seed=s.seed)
-        self.batch_sizes.append(len(batch))
-        try:
-            generations = self.model.generate([r.prompt for r in batch], config)
-            for r, g in zip(batch, generations, strict=True):
-                r.result = check_sample((g.token_ids, g.logprobs), r.sampling)  # each request's own budget
-        except BaseException as err:  # noqa: BLE001 - handed to every waiting caller, re-raised there
-            for r in batch:
-                r.error = err
-        finally:
-            for r in batch:
-                r.done.set()
+        generations = self.model.generate([r.prompt for r in batch], config)
+        for r, g in zip(batch, generations, strict=True):
+            r.result = check_sample((g.token_ids, g.logprobs), r.sampling)  # each request's own budget

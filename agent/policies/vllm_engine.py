@@ -27,10 +27,11 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
-from lightswe.agent.policies.base import Sample, SamplingParams, check_sample
+from lightswe.agent.policies.base import SamplingParams, check_sample
+from lightswe.agent.policies.batching import BatchingPolicy, Request
 from torch import nn
 
 CPU_KV_CACHE_BYTES = 256 * 2**20
@@ -77,15 +78,20 @@ def tool_call_grammar(tool_format: str) -> str:
     return f"start: {begin} call {end}\ncall: %json {json.dumps({'anyOf': calls})}\n"
 
 
-class VLLMPolicy:
+class VLLMPolicy(BatchingPolicy):
     """``vllm.LLM(model, **engine_kwargs)`` behind the policy interface; ``push_weights`` updates it in place.
+
+    Concurrent episodes' requests are gathered into one ``llm.generate`` call, each with its own sampling
+    parameters (``lightswe.agent.policies.batching``); the engine is entered by one thread at a time.
 
     ``tool_format`` ("minimax" | "hermes"): every turn is held to one well-formed tool call by vLLM's structured
     outputs (``tool_call_grammar``, llguidance backend); the sampler log-probs are then those of the constrained
     distribution. For evaluating models that do not write the format on their own, not for RL.
     """
 
-    def __init__(self, model: str, *, version: int = 0, tool_format: str | None = None, **engine_kw) -> None:
+    def __init__(self, model: str, *, version: int = 0, tool_format: str | None = None, max_batch: int = 64,
+                 **engine_kw) -> None:
+        self._init_batching(max_batch=max_batch, batch_wait_s=0.005)
         vllm = import_vllm()
         self._vllm = vllm
         self.grammar = tool_call_grammar(tool_format) if tool_format else None
@@ -105,25 +111,21 @@ class VLLMPolicy:
             stop_token_ids=list(sampling.stop_token_ids), seed=sampling.seed, logprobs=0, detokenize=False,
             skip_special_tokens=False, **extra)
 
-    def generate(self, token_ids: Sequence[int], sampling: SamplingParams) -> Sample:
-        return self.generate_batch([token_ids], sampling)[0]
-
-    def generate_batch(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Sample]:
+    def _run(self, batch: list[Request]) -> None:
         from vllm.inputs import TokensPrompt
 
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
-                                    self._params(sampling), use_tqdm=False)
-        samples = []
-        for output in outputs:
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=r.prompt) for r in batch],
+                                    [self._params(r.sampling) for r in batch], use_tqdm=False)
+        for request, output in zip(batch, outputs, strict=True):
             completion = output.outputs[0]
             ids = list(completion.token_ids)
             logprobs = [step[token].logprob for token, step in zip(ids, completion.logprobs)]
-            samples.append(check_sample((ids, logprobs), sampling))
-        return samples
+            request.result = check_sample((ids, logprobs), request.sampling)
 
     def push_weights(self, model: nn.Module | Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load a module's parameters (or ``(name, tensor)`` pairs) into the engine; see ``push_weights``."""
-        push_weights(self.llm, model)
+        with self._engine_lock:  # not while a batch is being sampled
+            push_weights(self.llm, model)
 
 
 def named_full_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:

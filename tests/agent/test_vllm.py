@@ -62,3 +62,5 @@ def test_vllm_engine_and_weight_push_match_the_learner(qwen2):
     assert out["max_abs_logprob_diff"] < LOGPROB_TOL
     assert out["max_abs_logprob_diff_after_push"] < LOGPROB_TOL  # the engine samples from the updated learner
     assert out["max_abs_logprob_diff_vs_old_weights"] > 100 * LOGPROB_TOL  # ... and no longer from the old one
+    assert out["threaded_ok"] and out["threaded_max_abs_logprob_diff"] < LOGPROB_TOL  # concurrent episodes
+    assert sum(out["threaded_batch_sizes"]) == 4 and max(out["threaded_batch_sizes"]) > 1  # shared engine calls

@@ -8,6 +8,8 @@ push, against the learner, on one tiny transformers checkpoint. Prints one JSON 
 2. One real CISPO learner step on those samples changes the learner's weights; ``push_weights`` loads them into
    the running engine; new samples' log-probs are compared with the updated learner's, and with the old
    weights' (which they must no longer match).
+3. Four threads (episodes) call ``generate`` at once, each with its own budget and seed: all finish, with
+   their own budgets, the learner's log-probs, and fewer engine calls than requests.
 """
 
 from __future__ import annotations
@@ -69,9 +71,27 @@ def main(checkpoint: str, temperature: float = 0.8) -> dict:
     after_samples = policy.generate_batch(prompts, sampling)
     after = max_diff(learner_model, prompts, after_samples, temperature)
     stale = max_diff(old, prompts, after_samples, temperature)
+
+    # episodes call generate from their own threads: one engine call serves them, each gets its own sample
+    import threading
+
+    threaded: list = [None] * len(prompts)
+    policy.batch_sizes.clear()
+
+    def episode(i: int) -> None:
+        threaded[i] = policy.generate(prompts[i], SamplingParams(max_new_tokens=16 + i, temperature=temperature,
+                                                                 seed=100 + i))
+
+    threads = [threading.Thread(target=episode, args=(i,)) for i in range(len(prompts))]
+    [t.start() for t in threads]
+    [t.join(timeout=300) for t in threads]
+    threaded_ok = all(s is not None and len(s[0]) == 16 + i for i, s in enumerate(threaded))
+    threaded_diff = max_diff(learner_model, prompts, threaded, temperature) if threaded_ok else None
     return {"start_seconds": start_s, "tokens": tokens, "tokens_per_second": tokens / gen_s,
             "max_abs_logprob_diff": before, "max_abs_logprob_diff_after_push": after,
             "max_abs_logprob_diff_vs_old_weights": stale, "push_seconds": push_s, "loss": metrics["loss"],
+            "threaded_ok": threaded_ok, "threaded_max_abs_logprob_diff": threaded_diff,
+            "threaded_batch_sizes": policy.batch_sizes,
             "samples": [list(map(int, t)) for t, _ in samples], "prompts": prompts,
             "vocab_size": learner_model.vocab_size}
 
