@@ -25,7 +25,7 @@ def test_rollout_with_a_transformers_checkpoint_is_token_exact(tmp_path):
            "--policy", f"hf:{ckpt}", "--out", str(tmp_path / "out"), "--group-size", "1", "--concurrency", "1",
            "--max-steps", "2", "--max-new-tokens", "24", "--temperature", "0.9", "--early-stop", "off",
            "--no-progress"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trajectories = list(read_trajectories(tmp_path / "out"))
     assert len(trajectories) == 1

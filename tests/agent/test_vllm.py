@@ -5,7 +5,9 @@ equal ``HFCausalLM.token_logprobs`` of the same tokens (same temperature) within
 
 - ``openai:`` policy against vLLM's OpenAI server process (token ids in, token ids and log-probs out; slow);
 - the in-process ``vllm:`` engine, then a real CISPO step and ``push_weights`` into the running engine: new
-  samples match the updated learner, no longer the old weights.
+  samples match the updated learner, no longer the old weights; concurrent episodes share engine calls. Once
+  for a transformers checkpoint (Qwen2), once for lightswe's MiniMax through the vLLM plugin (vLLM 0.32 has no
+  MiniMax class: the plugin's model hosts the lightning states in vLLM's hybrid cache, on CPU here).
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from lightswe.agent.policies.openai_server import OpenAIPolicy
 from lightswe.model import load_tokenizer
 from lightswe.model.hf import HFCausalLM, tiny_checkpoint
 
-from .vllm_support import LOGPROB_TOL, VLLMServer, chat_prompts, needs_vllm, run_in_vllm
+from .vllm_support import (
+    LOGPROB_TOL,
+    VLLMServer,
+    chat_prompts,
+    needs_vllm,
+    run_in_vllm,
+    tiny_minimax_checkpoint,
+)
 
 pytestmark = [pytest.mark.vllm, needs_vllm]
 
@@ -53,10 +62,12 @@ def test_openai_policy_against_vllm_serve(qwen2):
         assert ref.tolist() == pytest.approx(logprobs, abs=LOGPROB_TOL)
 
 
-def test_vllm_engine_and_weight_push_match_the_learner(qwen2):
-    out = run_in_vllm("vllm_engine_check.py", str(qwen2), "0.8")
-    print({k: v for k, v in out.items() if k not in ("samples", "prompts")})
-    tokenizer = load_tokenizer(qwen2)
+@pytest.mark.parametrize("kind", ["hf", "minimax"])
+def test_vllm_engine_and_weight_push_match_the_learner(kind, qwen2, tmp_path):
+    checkpoint = qwen2 if kind == "hf" else tiny_minimax_checkpoint(tmp_path / "minimax")
+    out = run_in_vllm("vllm_engine_check.py", str(checkpoint), kind, "0.8")
+    print(kind, {k: v for k, v in out.items() if k not in ("samples", "prompts")})
+    tokenizer = load_tokenizer(qwen2 if kind == "hf" else None)
     assert out["prompts"] == chat_prompts(tokenizer, 4)  # the engine got the agent's token glue as it is
     assert all(1 <= len(s) <= 48 and all(0 <= t < out["vocab_size"] for t in s) for s in out["samples"])
     assert out["max_abs_logprob_diff"] < LOGPROB_TOL

@@ -51,6 +51,19 @@ def run_in_vllm(script: str, *args: str, timeout: float = 600) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def tiny_minimax_checkpoint(path: Path) -> Path:
+    """lightswe's ``tiny`` MiniMax widened to head_dim 64 (vLLM's CPU attention refuses 16), random weights."""
+    from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
+
+    config = MiniMaxConfig.preset("tiny")
+    config.hidden_size, config.num_attention_heads, config.num_key_value_heads = 128, 2, 1
+    config.head_dim, config.rotary_dim = 64, 32
+    model = MiniMaxForCausalLM(config)
+    model.init_weights(seed=0)
+    model.save_pretrained(path)
+    return path
+
+
 def chat_prompts(tokenizer, count: int = 3) -> list[list[int]]:
     """Token-space ChatML prompts built by the agent's own glue (``Conversation``)."""
     from lightswe.agent.chat import Conversation
