@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
 from lightswe.model.layers import LIGHTNING_NORM_EPS, RMSNorm, SparseMoE, lightning_slope
 from torch import nn
+
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
@@ -33,8 +34,8 @@ from vllm.model_executor.layers.mamba.mamba_utils import (
     MambaStateShapeCalculator,
 )
 from vllm.model_executor.layers.rotary_embedding import get_rope
-from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 
 
 def _attn_types(config) -> list[int]:
