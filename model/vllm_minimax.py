@@ -13,6 +13,7 @@ output-norm eps; softmax layers use vLLM's paged ``Attention`` with partial NeoX
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
@@ -53,6 +54,9 @@ class LightningAttention(MiniMaxText01LinearAttention):
         super().__init__(config, vllm_config, prefix)
         self.tp_slope = lightning_slope(self.num_heads, self.layer_idx, self.num_hidden_layers)  # the learner's
         self.norm.variance_epsilon = LIGHTNING_NORM_EPS
+        loader = getattr(self.norm.weight, "weight_loader", None)
+        if isinstance(loader, functools.partial):  # vLLM's in-place reload reads loader.__name__ (a partial has none)
+            loader.__name__ = getattr(loader.func, "__name__", "weight_loader")
 
     def _prefix(self, q, k, v, state, slope, block_size, layer_idx=None, **kwargs) -> torch.Tensor:
         """One sequence's prefill: q, k, v [H, n, D] fp32, ``state`` [H, D, D] updated in place; -> [n, H D]."""
