@@ -28,7 +28,7 @@ def test_train_hf_model_with_vllm_sampling_and_weight_sync(tmp_path):
            "--engine", "vllm", "--vllm-arg", "dtype=float32", "--vllm-arg", "enforce_eager=true",
            "--vllm-arg", "max_model_len=2048", "--vllm-arg", "seed=0", "--steps", "2", "--tasks-per-step", "2",
            "--group-size", "4", "--concurrency", "4", "--resample-rounds", "3", "--eval-tasks", "",
-           "--warm-start-steps", "60"]
+           "--warm-start-steps", "150"]
     proc = subprocess.run(cmd, cwd="/", env=child_env(), capture_output=True, text=True, timeout=3000, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
