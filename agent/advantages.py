@@ -24,7 +24,7 @@ from typing import TypeVar
 
 @dataclass(kw_only=True, slots=True)
 class AdvantageConfig:
-    eps: float = 1e-6
+    eps: float = 1e-6  # added to the group's reward std before dividing
     scale_by_std: bool = True  # False: Dr. GRPO's mean-centred rewards only
     filter_equal: bool = True  # drop groups whose valid rewards are all equal
 

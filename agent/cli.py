@@ -3,7 +3,12 @@
     lightswe rollout --tasks tasks.jsonl --policy scripted --out runs/r1 --group-size 4 --concurrency 4
     lightswe eval --tasks tasks.jsonl --policy model:ckpt --out runs/eval1     # resolve rate, 95% Wilson interval
     lightswe eval --out runs/r1                                                 # summarise an existing run
+    lightswe eval --out runs/train                                              # ... or a train run, per folder
     lightswe view runs/r1                                                       # runs/r1/index.html
+
+``rollout`` and ``eval`` take their options from :class:`RolloutArgs` / :class:`EvalArgs` (``--config FILE``
+works too); a rerun into the same ``--out`` resumes, and refuses other settings unless ``--allow-change`` names
+them. ``eval`` writes ``eval_report.json`` and ``eval_report.txt`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,14 @@ import json
 import math
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from lightswe.errors import UserInputError
+
+# Settings a resumed rollout may change without --allow-change: how fast it runs, not what it samples.
+FREE_ON_RESUME = frozenset({"out", "concurrency", "ray", "progress"})
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -26,95 +38,242 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _add_run_options(p: argparse.ArgumentParser, *, tasks_required: bool) -> None:
-    p.add_argument("--tasks", required=tasks_required, help="task instances (JSONL)")
-    p.add_argument("--policy", default="scripted", help="scripted | model:PRESET_OR_DIR | hf:DIR | openai:URL | vllm:MODEL | vllm:hf:DIR")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.json path (default: the hf: checkpoint's own, else "
-                                                     "the built-in byte tokenizer)")
-    p.add_argument("--out", required=True, help="output directory (resumes if it holds episodes)")
-    p.add_argument("--group-size", type=int, default=1, help="samples per task (G)")
-    p.add_argument("--concurrency", type=int, default=4, help="episodes (sandboxes) in flight")
-    p.add_argument("--round", type=int, default=0, help="learner iteration (part of group ids)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=30)
-    p.add_argument("--max-context", type=int, default=32_768, help="tokens per episode")
-    p.add_argument("--max-new-tokens", type=int, default=2_048, help="tokens per assistant turn")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--tool-format", default="minimax", choices=("minimax", "hermes"), help="tool-call format")
-    p.add_argument("--early-stop", default="3000,0.99", help="N,p: stop after N tokens each with prob > p; 'off'")
-    p.add_argument("--ray", nargs="?", const="local", default=None,
-                   help="run episodes on Ray actors (address, or 'local' for a local cluster)")
-    p.add_argument("--no-progress", action="store_true")
+def _need(ok: bool, option: str, value, rule: str, fix: str) -> None:
+    if not ok:
+        raise UserInputError(f"{option} {value!r}: {rule}; fix: {fix}")
 
 
-def _agent_config(args):
+@dataclass(kw_only=True, slots=True)
+class _RunArgs:
+    """Options shared by ``rollout`` and ``eval``."""
+
+    # Output directory: episodes, config.json (a rerun resumes the finished episodes).
+    out: str
+    # Policy: scripted | model:PRESET_OR_DIR | hf:DIR | openai:URL | vllm:MODEL | vllm:hf:DIR (options after '?',
+    # e.g. model:tiny?seed=1).
+    policy: str = "scripted"
+    # tokenizer.json path (default: an hf: checkpoint's own tokenizer, else the built-in byte tokenizer).
+    tokenizer: str | None = None
+    # Samples per task (G).
+    group_size: int = 1
+    # Episodes (sandboxes) in flight.
+    concurrency: int = 4
+    # Learner iteration (part of group ids).
+    round: int = 0
+    # Seed of the episodes.
+    seed: int = 0
+    # Tool calls per episode, format errors included.
+    max_steps: int = 30
+    # Tokens per episode (prompt + every turn).
+    max_context: int = 32_768
+    # Tokens per assistant turn.
+    max_new_tokens: int = 2_048
+    # Sampling temperature (> 0).
+    temperature: float = 1.0
+    # Tool-call format of the prompts and the parser.
+    tool_format: Literal["minimax", "hermes"] = "minimax"
+    # Early stop: 'N,p' stops a turn after N tokens each with probability > p; 'off'.
+    early_stop: str = "3000,0.99"
+    # Run episodes on Ray actors: a cluster address, or 'local' for a local cluster (a bare --ray means local).
+    ray: str | None = None
+    # Suspected reward hacks (code that reacts to the test runner): keep (flagged) or zero (reward 0.0).
+    hack_policy: Literal["keep", "zero"] = "keep"
+    # Progress bar on stderr.
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from lightswe.settings import check_out_dir
+
+        check_out_dir(self.out)
+        _need(self.group_size >= 1, "--group-size", self.group_size, "must be >= 1", "e.g. 1, or 8 for RL groups")
+        _need(self.concurrency >= 1, "--concurrency", self.concurrency, "must be >= 1", "e.g. 4")
+        _need(self.round >= 0, "--round", self.round, "must be >= 0", "e.g. 0")
+        _need(self.max_steps >= 1, "--max-steps", self.max_steps, "must be >= 1 (tool calls per episode)", "e.g. 30")
+        _need(self.max_context >= 1, "--max-context", self.max_context, "must be >= 1", "e.g. 32768")
+        _need(self.max_new_tokens >= 1, "--max-new-tokens", self.max_new_tokens, "must be >= 1", "e.g. 2048")
+        _need(self.max_new_tokens <= self.max_context, "--max-new-tokens", self.max_new_tokens,
+              f"must be <= --max-context ({self.max_context})", "lower it or raise --max-context")
+        _need(self.temperature > 0, "--temperature", self.temperature, "must be > 0", "e.g. 1.0")
+        _need(self.ray != "", "--ray", self.ray, "empty", "an address, or local")
+        if self.tokenizer is not None:
+            path = Path(self.tokenizer)
+            _need(path.is_file(), "--tokenizer", self.tokenizer,
+                  "is a directory" if path.is_dir() else "does not exist",
+                  "pass a tokenizer.json file, or leave it out for the built-in byte tokenizer")
+        early_stop_config(self.early_stop)
+        from lightswe.agent.policies.spec import KINDS, split_spec
+
+        try:
+            kind = split_spec(self.policy)[0]
+        except ValueError as err:
+            raise UserInputError(f"--policy {err}") from None
+        _need(kind in KINDS, "--policy", self.policy, f"unknown kind {kind!r}",
+              "scripted | model:PRESET_OR_DIR | openai:URL | vllm:MODEL")
+        self.check_tasks()
+
+    def check_tasks(self) -> None:
+        tasks = getattr(self, "tasks", None)
+        if tasks is not None:
+            from lightswe.tasks.datasets import looks_like_dataset
+
+            path = Path(tasks)
+            _need(path.is_file() or looks_like_dataset(tasks), "--tasks", tasks, "does not exist",
+                  "pass a task file (.jsonl/.json/.parquet, e.g. tasks_out/train.jsonl from `lightswe tasks build`), "
+                  "a dataset directory, or a cached dataset name owner/name:split")
+
+
+@dataclass(kw_only=True, slots=True)
+class RolloutArgs(_RunArgs):
+    """Run agent episodes over a task set and write their trajectories."""
+
+    # Task instances: .jsonl/.json/.parquet, a dataset directory[:split], or owner/name:split[a:b] (cached).
+    tasks: str
+
+
+@dataclass(kw_only=True, slots=True)
+class EvalArgs(_RunArgs):
+    """Resolve rate with a 95% Wilson interval; runs the tasks first when --tasks is given."""
+
+    # Task instances (any --tasks form of rollout) to run first; without it, summarise the episodes in --out.
+    tasks: str | None = None
+    # Also write SWE-bench predictions JSONL (instance_id, model_name_or_path, model_patch) here, for the
+    # official harness: one per task, the first sample of the first round.
+    predictions: str | None = None
+    # model_name_or_path of the predictions (default: the policy that produced the episodes).
+    model_name: str | None = None
+
+
+def early_stop_config(spec: str):
+    """``'N,p'`` or ``'off'`` -> ``EarlyStopConfig``; raises UserInputError naming ``--early-stop``."""
     from lightswe.agent.early_stop import EarlyStopConfig
+
+    if spec == "off":
+        return EarlyStopConfig(enabled=False)
+    window, _, prob = spec.partition(",")
+    try:
+        return EarlyStopConfig(window=int(window), min_prob=float(prob or 0.99))
+    except ValueError as err:
+        raise UserInputError(f"--early-stop {spec!r}: {err}; fix: N,p such as 3000,0.99, or off") from None
+
+
+def _agent_config(args: _RunArgs):
     from lightswe.agent.loop import AgentConfig
 
-    if args.early_stop == "off":
-        early = EarlyStopConfig(enabled=False)
-    else:
-        window, _, prob = args.early_stop.partition(",")
-        early = EarlyStopConfig(window=int(window), min_prob=float(prob or 0.99))
     return AgentConfig(max_steps=args.max_steps, max_context_tokens=args.max_context,
-                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, early_stop=early)
+                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       early_stop=early_stop_config(args.early_stop))
 
 
-def _run(args):
+def _run(args: _RunArgs, allow: tuple[str, ...]):
+    from lightswe.settings import check_resume, write_config
+
+    out = Path(args.out)
+    check_resume(out, args, allow=allow, free=FREE_ON_RESUME, command="rollout")
     from lightswe.agent.policies.spec import make_policy, tokenizer_path
     from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
     from lightswe.model import load_tokenizer
-    from lightswe.tasks.instance import read_jsonl
+    from lightswe.tasks.datasets import load_tasks
 
-    tasks = read_jsonl(args.tasks)
-    config = RolloutConfig(group_size=args.group_size, round=args.round, seed=args.seed,
-                           progress=not args.no_progress)
+    tasks = load_tasks(args.tasks)
+    if not tasks:
+        raise UserInputError(f"--tasks {args.tasks}: no task instances in the file; fix: pass a JSONL with one "
+                             f"instance per line")
+    config = RolloutConfig(group_size=args.group_size, round=args.round, seed=args.seed, progress=args.progress)
     agent = _agent_config(args)
-    args.tokenizer = args.tokenizer or tokenizer_path(args.policy)
+    tokenizer_spec = args.tokenizer or tokenizer_path(args.policy)  # an hf: checkpoint brings its tokenizer
     if args.ray:
         from lightswe.agent.ray_executor import RayExecutor
 
         executor = RayExecutor(policy=args.policy, tasks=tasks, num_workers=args.concurrency,
-                               tokenizer=args.tokenizer, agent=agent, env_kwargs={"tool_format": args.tool_format},
+                               tokenizer=tokenizer_spec, agent=agent,
+                               env_kwargs={"tool_format": args.tool_format, "hack_policy": args.hack_policy},
                                address=None if args.ray == "local" else args.ray)
     else:
-        tokenizer = load_tokenizer(args.tokenizer)
+        tokenizer = load_tokenizer(tokenizer_spec)
         policy = make_policy(args.policy, tokenizer=tokenizer, tasks=tasks)
-        executor = LocalExecutor(policy, tokenizer, env_factory=default_env_factory(tasks, tool_format=args.tool_format),
-                                 concurrency=args.concurrency, agent=agent)
+        env_factory = default_env_factory(tasks, tool_format=args.tool_format, hack_policy=args.hack_policy)
+        executor = LocalExecutor(policy, tokenizer, env_factory=env_factory, concurrency=args.concurrency, agent=agent)
+    write_config(out, args, command="rollout")
     with executor:
-        summary = run_rollout(tasks, executor, out_dir=args.out, config=config)
+        summary = run_rollout(tasks, executor, out_dir=out, config=config)
     print(f"{summary.episodes} episodes in {summary.seconds:.1f}s ({summary.skipped} already done, "
           f"{summary.failed} failed): resolved {summary.resolved}, statuses {dict(summary.statuses)}", file=sys.stderr)
     return summary
 
 
-def rollout(args) -> int:
-    summary = _run(args)
+def rollout(argv: list[str]) -> int:
+    from lightswe.settings import parse
+
+    args, allow = parse(RolloutArgs, argv, prog="lightswe rollout", description=RolloutArgs.__doc__)
+    summary = _run(args, allow)
     return 1 if summary.failed else 0
 
 
-def evaluate(args) -> int:
-    from lightswe.agent.trajectory import read_trajectories
+def report_of(root: Path) -> dict:
+    """Resolve rate (95% Wilson interval), statuses and task count of the episodes under ``root``: overall, and
+    per folder when they sit in several (a train run's steps and evaluations).
 
+    Raises:
+        UserInputError: no episode under ``root``.
+    """
+    from lightswe.agent.trajectory import read_trajectories
+    from lightswe.agent.viewer import episode_folders, no_episodes
+
+    def summary(episodes: list) -> dict:
+        resolved = sum(t.resolved for t in episodes)
+        low, high = wilson_interval(resolved, len(episodes))
+        return {"episodes": len(episodes), "resolved": resolved,
+                "resolve_rate": resolved / len(episodes) if episodes else 0.0, "ci95": [low, high],
+                "statuses": dict(Counter(t.status.value for t in episodes)),
+                "tasks": len({t.task_id for t in episodes})}
+
+    folders = episode_folders(root)
+    if not folders:
+        raise no_episodes(root)
+    per_folder = {str(f.relative_to(root)) or ".": list(read_trajectories(f)) for f in folders}
+    report = summary([t for found in per_folder.values() for t in found])
+    if len(per_folder) > 1:
+        report["folders"] = {name: summary(found) for name, found in per_folder.items()}
+    return report
+
+
+def _line(name: str, r: dict) -> str:
+    low, high = r["ci95"]
+    return (f"{name}resolve rate {r['resolve_rate']:.1%} ({r['resolved']}/{r['episodes']}), 95% CI "
+            f"[{low:.1%}, {high:.1%}]; statuses {r['statuses']}")
+
+
+def evaluate(argv: list[str]) -> int:
+    from lightswe.settings import parse
+
+    args, allow = parse(EvalArgs, argv, prog="lightswe eval", description=EvalArgs.__doc__)
+    out = Path(args.out)
     if args.tasks:
-        _run(args)
-    elif not Path(args.out).is_dir():
-        print(f"{args.out} does not exist: pass --tasks and --policy to run the evaluation", file=sys.stderr)
-        return 2
-    episodes = list(read_trajectories(args.out))
-    resolved = sum(t.resolved for t in episodes)
-    low, high = wilson_interval(resolved, len(episodes))
-    report = {"episodes": len(episodes), "resolved": resolved, "resolve_rate": resolved / len(episodes) if episodes
-              else 0.0, "ci95": [low, high], "statuses": dict(Counter(t.status.value for t in episodes)),
-              "tasks": len({t.task_id for t in episodes})}
-    print(f"resolve rate {report['resolve_rate']:.1%} ({resolved}/{len(episodes)}), 95% CI "
-          f"[{low:.1%}, {high:.1%}]; statuses {report['statuses']}")
+        _run(args, allow)
+    elif not out.is_dir():
+        raise UserInputError(f"--out {args.out} does not exist; fix: pass --tasks and --policy to run the "
+                             f"evaluation, or the folder of an earlier rollout or train run")
+    report = report_of(out)
+    lines = [_line("", report)]
+    for name, r in report.get("folders", {}).items():
+        lines.append(_line(f"{name}: ", r))
+    (out / "eval_report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "eval_report.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
     print(json.dumps(report))
+    if args.predictions:
+        from lightswe.agent.predictions import write_predictions
+        from lightswe.agent.trajectory import read_trajectories
+        from lightswe.agent.viewer import episode_folders
+
+        episodes = [t for folder in episode_folders(out) for t in read_trajectories(folder)]
+        model = args.model_name or (episodes[0].policy if episodes else "") or "lightswe"
+        count = write_predictions(episodes, args.predictions, model=model)
+        print(f"wrote {count} SWE-bench prediction(s) to {args.predictions}", file=sys.stderr)
     return 0
 
 
-def view(args) -> int:
+def view(args: argparse.Namespace) -> int:
     from lightswe.agent.viewer import write_viewer
 
     path = write_viewer(args.dir, path=args.output)
@@ -123,16 +282,15 @@ def view(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("rollout", help="run agent episodes over a task set and write trajectories")
-    _add_run_options(p, tasks_required=True)
-    p.set_defaults(func=rollout)
+    from lightswe.settings import typed_command
 
-    p = subparsers.add_parser("eval", help="resolve rate with a 95%% Wilson interval (runs the tasks if given)")
-    _add_run_options(p, tasks_required=False)
-    p.set_defaults(func=evaluate)
+    typed_command(subparsers, ("rollout",), help="run agent episodes over a task set and write trajectories",
+                  run=rollout)
+    typed_command(subparsers, ("eval",), help="resolve rate with a 95%% Wilson interval (runs the tasks if given); "
+                                             "writes eval_report.json/.txt", run=evaluate)
 
-    p = subparsers.add_parser("view", help="write a static HTML viewer of a rollout directory")
-    p.add_argument("dir", help="rollout output directory")
+    p = subparsers.add_parser("view", help="write a static HTML viewer of a rollout or train directory")
+    p.add_argument("dir", help="rollout or train directory (episodes in sub-folders are found)")
     p.add_argument("--output", default=None, help="HTML file (default DIR/index.html)")
     p.set_defaults(func=view)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 class EarlyStopConfig:
     window: int = 3000  # N consecutive tokens ...
     min_prob: float = 0.99  # ... each with probability strictly above p
-    enabled: bool = True
+    enabled: bool = True  # stop a turn that repeats itself with near certainty (MiniMax-M1's early stop)
 
     def __post_init__(self) -> None:
         if self.window < 1:

@@ -23,14 +23,15 @@ class LossConfig:
 
 @dataclass(kw_only=True, slots=True)
 class LearnerConfig:
-    lr: float = 1e-5
+    lr: float = 1e-5  # AdamW learning rate (the train loop decays it, see --final-lr-ratio)
     betas: tuple[float, float] = (0.9, 0.95)  # beta2 0.95 as in the paper
     eps: float = 1e-15  # as in the paper: gradients are tiny at scale; raise it for fp16
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     minibatches: int = 2  # optimiser steps per generation batch (off-policy after the first)
     epochs: int = 1  # passes over the generation batch
     micro_batch_size: int = 4  # rows per forward/backward
+    # Behaviour log-probs of the importance ratio: the sampler's, or recomputed by the learner before the update
     behaviour: Literal["sampler", "recompute"] = "sampler"
     # MoE load-balancing loss weight. 0 for RL from a trained model: the loss depends on how rows are grouped,
     # so with it on, accumulation is no longer exactly one big batch (MiniMax pre-training uses 0.001).

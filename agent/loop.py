@@ -18,6 +18,8 @@ Example::
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -46,10 +48,10 @@ class AgentConfig:
     max_context_tokens: int = 32_768  # prompt + every turn
     max_new_tokens: int = 2_048  # per assistant turn
     max_format_errors: int = 3  # consecutive
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float = 1.0  # sampling temperature (> 0)
+    top_p: float = 1.0  # nucleus sampling: smallest token set with this much probability (1.0: off)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
-    system_prompt: str = SYSTEM_PROMPT
+    system_prompt: str = SYSTEM_PROMPT  # the system message ({example} becomes a sample tool call)
 
 
 class EpisodeEnd(Exception):
@@ -100,7 +102,24 @@ def _recorded_call(env, text: str) -> dict | None:
         calls = PARSERS[getattr(env, "tool_format", "minimax")](text)
     except ActionError:  # the env ran a call, so its parser read one; a custom env may parse otherwise
         return None
-    return {"name": calls[0].name, "arguments": calls[0].arguments} if calls else None
+    return _storable({"name": calls[0].name, "arguments": calls[0].arguments}) if calls else None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable(value):
+    """``value`` as strict JSON can store it (trajectories are UTF-8 JSONL/Parquet): lone surrogates become
+    U+FFFD and NaN/Infinity their names, as strings; the env saw and refused the original."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value).replace("inf", "Infinity").replace("nan", "NaN")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
 
 
 @dataclass(kw_only=True, slots=True)
@@ -126,7 +145,7 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
     group_id = group_id or f"{task_id}@0"
     conv, clock, started = Conversation(tokenizer), _Clock(), time.perf_counter()
     steps = format_errors = consecutive_errors = 0
-    reward, tests, error = 0.0, {}, ""
+    reward, tests, error, model_patch = 0.0, {}, "", ""
     try:
         try:
             t0 = time.perf_counter()
@@ -164,6 +183,7 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
                 if terminated:
                     clock.grade = float(info.get("grade_s", 0.0))
                     reward, tests = float(step_reward), dict(info.get("tests") or {})
+                    model_patch = str(info.get("model_patch") or "")
                     raise Submitted()
                 conv.add("tool", observation)
                 if len(conv.token_ids) >= cfg.max_context_tokens:
@@ -188,6 +208,6 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
         sample_index=sample_index, token_ids=conv.token_ids, loss_mask=conv.loss_mask, logprobs=conv.logprobs,
         reward=reward, status=status, messages=conv.messages, tests=tests, num_steps=steps,
         num_format_errors=format_errors, policy=getattr(policy, "name", type(policy).__name__),
-        policy_version=getattr(policy, "version", 0), error=error, created_at=time.time(),
+        policy_version=getattr(policy, "version", 0), error=error, created_at=time.time(), model_patch=model_patch,
         timings={"reset": clock.reset, "generate": clock.generate, "env": clock.env, "grade": clock.grade,
                  "total": time.perf_counter() - started})

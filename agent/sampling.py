@@ -7,7 +7,7 @@ Three engines, chosen in one place (:meth:`Rollouts.executor`):
 - ``--ray ADDRESS``: Ray actors; each step saves the weights and new actors load them.
 - ``vllm``: an in-process ``vllm.LLM`` started from the starting weights (saved with the model's
   ``save_pretrained``: the transformers layout for ``hf:`` models); the learner's weights are pushed into it after
-  every update (:meth:`Rollouts.sync`). Pass ``--vllm-arg dtype=float32`` to sample in the learner's precision.
+  every update (:meth:`Rollouts.sync`). Pass ``--sampler.vllm-args dtype=float32`` to sample in the learner's precision.
 
 Example::
 
@@ -37,16 +37,16 @@ ENGINES = ("model", "vllm")
 class SamplerConfig:
     """Who runs the episodes of a run."""
 
+    # Sampling engine: 'model' (the built-in module, in this process) or 'vllm' (an in-process vllm.LLM loaded
+    # from the starting weights; the learner's weights are pushed into it after every update).
     engine: str = "model"
-    """Sampling engine: 'model' (the built-in module, in this process) or 'vllm' (an in-process vllm.LLM loaded
-    from the starting weights; the learner's weights are pushed into it after every update)."""
+    # Run episodes on Ray actors: a cluster address, or 'local' to start a local cluster.
     ray: str | None = None
-    """Run episodes on Ray actors: a cluster address, or 'local' to start a local cluster."""
+    # Episodes (sandboxes) in flight (per rank under torchrun).
     concurrency: int = 4
-    """Episodes (sandboxes) in flight (per rank under torchrun)."""
+    # vllm.LLM keyword arguments as KEY=VALUE (VALUE parsed as JSON when it can be), e.g.
+    # tensor_parallel_size=2.
     vllm_args: tuple[str, ...] = ()
-    """vllm.LLM keyword arguments as KEY=VALUE (VALUE parsed as JSON when it can be), e.g.
-    tensor_parallel_size=2."""
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -101,8 +101,9 @@ class Rollouts:
     """
 
     def __init__(self, cfg: SamplerConfig, *, agent: AgentConfig, model, tokenizer, name: str,
-                 work_dir: Path) -> None:
+                 work_dir: Path, env_kwargs: dict | None = None) -> None:
         self.cfg, self.agent, self.model, self.tokenizer = cfg, agent, model, tokenizer
+        self.env_kwargs = dict(env_kwargs or {})  # SWEEnv keyword arguments (e.g. hack_policy)
         self.name, self.work_dir = name, Path(work_dir)
         self._images: set[str] = set()
         self._ray_started = False
@@ -149,12 +150,13 @@ class Rollouts:
             kind = getattr(self.model, "spec_kind", "model")  # "hf" for a transformers model (its own tokenizer)
             return RayExecutor(policy=f"{kind}:{weights}?version={version}", tasks=tasks,
                                tokenizer=str(weights) if kind == "hf" else None,
-                               num_workers=self.cfg.concurrency, agent=self.agent), weights
+                               num_workers=self.cfg.concurrency, agent=self.agent,
+                               env_kwargs=self.env_kwargs), weights
         if policy is None and self.cfg.engine == "vllm":
             policy = self._vllm_policy()
         policy = policy or ModelPolicy(self.model, name=self.name, version=version, max_batch=self.cfg.concurrency)
         return LocalExecutor(policy, self.tokenizer, concurrency=self.cfg.concurrency, agent=self.agent,
-                             env_factory=default_env_factory(tasks)), None
+                             env_factory=default_env_factory(tasks, **self.env_kwargs)), None
 
     def _init_ray(self) -> None:
         """'local' starts a fresh cluster in this process (never joins one started by someone else), sized so that

@@ -23,11 +23,11 @@ from lightswe.errors import UserInputError
 class TaskStreamConfig:
     """The tasks trained on and the held-out ones."""
 
+    # Training tasks: 'arith:<split>[:<op words>]' (built-in family, e.g. arith:rl:sum) or a JSONL file of
+    # task instances.
     tasks: str = "arith:rl:sum"
-    """Training tasks: 'arith:<split>[:<op words>]' (built-in family, e.g. arith:rl:sum) or a JSONL file of task
-    instances."""
+    # Held-out tasks, same forms as tasks; '' skips evaluation.
     eval_tasks: str = "arith:eval:sum"
-    """Held-out tasks, same forms as tasks; '' skips evaluation."""
 
     def __post_init__(self) -> None:
         for name in ("tasks", "eval_tasks"):
@@ -65,9 +65,13 @@ def check_spec(spec: str, *, option: str = "--tasks") -> None:
         return
     path = Path(spec)
     if not path.is_file():
+        from lightswe.tasks.datasets import looks_like_dataset
+
+        if looks_like_dataset(spec):  # a dataset directory or a cached Hub name: load_tasks says what is wrong
+            return
         why = "is a directory" if path.is_dir() else "does not exist"
-        raise UserInputError(f"{option} {spec!r}: {why}; expected 'arith:<split>[:<op words>]' (e.g. arith:rl:sum) "
-                             f"or a JSONL file of task instances")
+        raise UserInputError(f"{option} {spec!r}: {why}; expected 'arith:<split>[:<op words>]' (e.g. arith:rl:sum), "
+                             f"a task file (.jsonl/.json/.parquet), a dataset directory or a cached dataset name")
 
 
 def load_tasks(spec: str) -> list:
@@ -81,10 +85,10 @@ def load_tasks(spec: str) -> list:
 
         split, words = arith_spec(spec)
         return arithmetic_tasks(split, words=words)
-    from lightswe.tasks.instance import read_jsonl
+    from lightswe.tasks.datasets import load_tasks as load_instances
 
     check_spec(spec)
-    return read_jsonl(spec)
+    return load_instances(spec)
 
 
 def tasks_at(tasks: list, cursor: int, count: int, seed: int) -> list:

@@ -26,6 +26,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -39,12 +40,15 @@ from lightswe.agent.learner import Learner, shard_model
 from lightswe.agent.metrics import MetricsLog, plot_curves
 from lightswe.agent.sampling import Rollouts
 from lightswe.agent.task_stream import TaskStream, arith_spec, load_tasks, tasks_at
+from lightswe.agent.train_cli import FREE_ON_RESUME, SHORTCUTS
 from lightswe.agent.train_config import SHORT_PROMPT, TrainConfig
 from lightswe.agent.train_model import build_model, check_model_spec, sampler_copy
 from lightswe.agent.train_step import batch_from, rollout_metrics, step_advantages, step_lr
 from lightswe.agent.trajectory import Trajectory
 from lightswe.agent.warm_start import WarmStartConfig, warm_start
 from lightswe.errors import UserInputError
+from lightswe.settings import check_out_dir, check_resume, flatten, to_dict, write_config
+from tqdm import tqdm
 
 __all__ = ["SHORT_PROMPT", "TrainConfig", "WarmStartConfig", "check_distributed", "tasks_at", "train"]
 
@@ -66,22 +70,27 @@ def check_distributed(cfg: TrainConfig, world: int) -> None:
                              f"of {world} balances the ranks) or fewer ranks")
 
 
-def train(cfg: TrainConfig) -> dict[str, float]:
+def train(cfg: TrainConfig, *, allow_change: tuple[str, ...] = ()) -> dict[str, float]:
     """Single process, or every rank of a torchrun job (see ``lightswe.agent.distributed``).
 
-    Returns the run's summary (first/last success rates, warm-start statistics).
+    A run folder that already holds a run (its ``config.json``) is resumed; settings other than that run's are
+    refused unless named in ``allow_change`` (dotted names, e.g. ``("steps", "learner.lr")``; where and how fast
+    it runs may always change: ``FREE_ON_RESUME``). Returns the run's summary (first/last success rates,
+    warm-start statistics).
 
     Raises:
-        UserInputError: settings that cannot run here (checked before any work).
+        UserInputError: settings that cannot run here, or changed on resume (checked before any work).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cfg.__post_init__()  # fields may have been set after construction
+    check_out_dir(cfg.out_dir)
+    check_resume(Path(cfg.out_dir), cfg, allow=allow_change, free=FREE_ON_RESUME, shortcuts=SHORTCUTS,
+                 command="train")
     check_model_spec(cfg.model)
     cfg.sampler.check(world)
     check_distributed(cfg, world)
     ctx = DistContext.from_env(cfg.device)
-    cfg.device = ctx.device
-    summary = _train(cfg, ctx)
+    summary = _train(dataclasses.replace(cfg, device=ctx.device), ctx)
     ctx.close()
     return summary
 
@@ -97,13 +106,12 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     ckpt_dir = out / "checkpoints"
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1, default=str))
+        write_config(out, cfg, command="train")
     seed_everything(cfg.seed)
     model, tokenizer = build_model(cfg.model, device=cfg.device, seed=cfg.seed)
-    cfg.learner.temperature = cfg.agent.temperature  # train the distribution the sampler draws from
     name = cfg.model if cfg.model.startswith("hf:") else f"model:{cfg.model}"  # the policy spec that samples it
     rollouts = Rollouts(cfg.sampler, agent=cfg.agent, model=model, tokenizer=tokenizer, name=name,
-                        work_dir=out)
+                        work_dir=out, env_kwargs={"hack_policy": cfg.hack_policy})
     tasks, eval_tasks = [], []
     for turn in (True, False):  # rank 0 first: the arithmetic family builds its git repository once
         if ctx.main is turn:
@@ -129,8 +137,10 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
         sampler = sampler_copy(model, device=cfg.device)
         shard_model(model)
         rollouts.model = sampler
-    learner = Learner(model, LOSSES[cfg.loss](cfg.loss_config), cfg.learner)
-    metrics_log = MetricsLog(out) if ctx.main else None
+    # train the distribution the sampler draws from: softmax(logits / T) at the agent's temperature
+    learner = Learner(model, LOSSES[cfg.loss](cfg.loss_config),
+                      dataclasses.replace(cfg.learner, temperature=cfg.agent.temperature))
+    metrics_log = MetricsLog(out, hparams=flatten(to_dict(cfg)), logger=cfg.log) if ctx.main else None
     stream = TaskStream(tasks, seed=cfg.seed)
 
     start = 0
@@ -166,40 +176,50 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
 
     if start == 0:
         evaluate(0)
-    for step in range(start + 1, cfg.steps + 1):
-        # 1. rollouts: one draw, or (dynamic sampling) more until enough groups carry signal
-        t0 = time.perf_counter()
-        trajs, draws = collect_step(cfg, ctx, rollouts, stream, out, step)
-        (t_roll,) = ctx.max([time.perf_counter() - t0])
-        # 2. advantages and metrics over every rank's episodes
-        adv = step_advantages(trajs, cfg.advantages, overlong_filter=cfg.overlong_filter)
-        groups, filtered = ctx.sum([adv.groups, adv.groups_filtered])
-        m = rollout_metrics(trajs, reduce=ctx.sum)
-        m.update(filtered_share=filtered / groups if groups else 0.0, rollout_seconds=t_roll, draws=float(draws))
-        # 3. the update. No group with signal, no optimiser step: the policy gradient is zero, and an AdamW step
-        # would only replay stale momentum (with kept equal-reward groups, such steps drifted a solved tiny model
-        # into collapse). Decided alike on every rank; a rank with no kept rows still joins the update.
-        if groups > filtered:
-            t1 = time.perf_counter()
-            m["lr"] = step_lr(cfg.learner.lr, step, steps=cfg.steps, final_lr_ratio=cfg.final_lr_ratio)
-            for group in learner.optimizer.param_groups:
-                group["lr"] = m["lr"]
-            kept = [i for i, k in enumerate(adv.keep) if k]
-            m.update(learner.step(batch_from([trajs[i] for i in kept], [adv.values[i] for i in kept])))
-            if ctx.distributed:
-                refresh_sampler(sampler, model)
-            rollouts.sync(model)
-            m["update_seconds"] = time.perf_counter() - t1
-        # 4. log, evaluate, checkpoint
-        summary.setdefault("success_rate_first", m["success_rate"])
-        summary["success_rate_last"] = m["success_rate"]
-        if ctx.main:
-            metrics_log.write(step=step, metrics=m)
-            print(step_line(step, cfg.steps, m, updated=groups > filtered), flush=True)
-        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-            evaluate(step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save(step)
+    # overall progress with an ETA on stderr (rank 0); the step lines go to stdout above it
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True,
+               disable=not (ctx.main and cfg.progress))
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            # 1. rollouts: one draw, or (dynamic sampling) more until enough groups carry signal
+            t0 = time.perf_counter()
+            trajs, draws = collect_step(cfg, ctx, rollouts, stream, out, step)
+            (t_roll,) = ctx.max([time.perf_counter() - t0])
+            # 2. advantages and metrics over every rank's episodes
+            adv = step_advantages(trajs, cfg.advantages, overlong_filter=cfg.overlong_filter)
+            groups, filtered = ctx.sum([adv.groups, adv.groups_filtered])
+            m = rollout_metrics(trajs, reduce=ctx.sum)
+            m.update(filtered_share=filtered / groups if groups else 0.0, rollout_seconds=t_roll,
+                     draws=float(draws))
+            # 3. the update. No group with signal, no optimiser step: the policy gradient is zero, and an AdamW
+            # step would only replay stale momentum (with kept equal-reward groups, such steps drifted a solved
+            # tiny model into collapse). Decided alike on every rank; a rank with no kept rows still joins.
+            if groups > filtered:
+                t1 = time.perf_counter()
+                m["lr"] = step_lr(cfg.learner.lr, step, steps=cfg.steps, final_lr_ratio=cfg.final_lr_ratio)
+                for group in learner.optimizer.param_groups:
+                    group["lr"] = m["lr"]
+                kept = [i for i, k in enumerate(adv.keep) if k]
+                m.update(learner.step(batch_from([trajs[i] for i in kept], [adv.values[i] for i in kept])))
+                if ctx.distributed:
+                    refresh_sampler(sampler, model)
+                rollouts.sync(model)
+                m["update_seconds"] = time.perf_counter() - t1
+            # 4. log, evaluate, checkpoint
+            summary.setdefault("success_rate_first", m["success_rate"])
+            summary["success_rate_last"] = m["success_rate"]
+            if ctx.main:
+                metrics_log.write(step=step, metrics=m)
+                bar.write(step_line(step, cfg.steps, m, updated=groups > filtered), file=sys.stdout)
+                sys.stdout.flush()
+                bar.set_postfix(success=f"{m['success_rate']:.2f}", loss=f"{m.get('loss', float('nan')):.3f}")
+                bar.update(1)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+                evaluate(step)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save(step)
+    finally:  # also on Ctrl-C: the bar's last line must not follow the interrupt message
+        bar.close()
     if start < cfg.steps:
         evaluate(cfg.steps)
         save(cfg.steps)

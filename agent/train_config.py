@@ -10,6 +10,7 @@ was wrong and the fix, so a bad value fails before any work. The parts take only
 ``warm_start``            :class:`~lightswe.agent.warm_start.WarmStartConfig` (behaviour cloning)
 ``agent``                 :class:`~lightswe.agent.loop.AgentConfig` (one episode)
 ``learner`` / ``loss_config`` / ``advantages``  the update (``lightswe.agent.learner_config``, ``advantages``)
+``log``                   :class:`~lightswe.agent.metrics.LogConfig` (TensorBoard, W&B)
 ========================  ===================================================
 
 Example::
@@ -26,6 +27,7 @@ from lightswe.agent.advantages import AdvantageConfig
 from lightswe.agent.early_stop import EarlyStopConfig
 from lightswe.agent.learner_config import LearnerConfig, LossConfig
 from lightswe.agent.loop import AgentConfig
+from lightswe.agent.metrics import LogConfig
 from lightswe.agent.sampling import SamplerConfig
 from lightswe.agent.task_stream import TaskStreamConfig
 from lightswe.agent.warm_start import WarmStartConfig
@@ -69,41 +71,46 @@ def need(ok: bool, option: str, value, rule: str, fix: str) -> None:
 class TrainConfig:
     """RL on the embedded defaults: the tiny model on the arithmetic bug family, minutes on a CPU."""
 
+    # Run directory: config.json, metrics, checkpoints, episodes; a rerun resumes from its checkpoints.
     out_dir: str = "runs/train"
-    """Run directory: config.json, metrics, checkpoints, episodes; a rerun resumes from its checkpoints."""
+    # Starting model: a preset (tiny, small; random init from --seed), a checkpoint directory, or hf:DIR (a
+    # transformers causal LM, Qwen2 / Llama family, with its ChatML tokenizer; see lightswe.model.hf).
     model: str = "tiny"
-    """Starting model: a preset (tiny, small; random init from --seed), a checkpoint directory, or hf:DIR (a
-    transformers causal LM, Qwen2 / Llama family, with its ChatML tokenizer; see lightswe.model.hf)."""
+    # RL steps (each: rollouts, advantages, one learner update).
     steps: int = 10
-    """RL steps (each: rollouts, advantages, one learner update)."""
+    # Tasks (groups) per step.
     tasks_per_step: int = 4
-    """Tasks (groups) per step."""
+    # G episodes per task: the group of the group-relative advantages.
     group_size: int = 8
-    """G episodes per task: the group of the group-relative advantages."""
+    # Episodes per held-out task at each evaluation.
     eval_group_size: int = 8
-    """Episodes per held-out task at each evaluation."""
+    # Also evaluate every N steps (0: before the first and after the last step only).
     eval_every: int = 5
-    """Also evaluate every N steps (0: before the first and after the last step only)."""
+    # Seed of the initial weights, the task order and the episodes.
     seed: int = 0
-    """Seed of the initial weights, the task order and the episodes."""
+    # Save a checkpoint every N steps (and at the last).
     checkpoint_every: int = 1
-    """Save a checkpoint every N steps (and at the last)."""
+    # Checkpoints kept on disk (older ones are removed).
     keep_checkpoints: int = 2
-    """Checkpoints kept on disk (older ones are removed)."""
+    # Policy loss: cispo (MiniMax-M1), dapo or grpo (each with its own clip range).
     loss: Literal["cispo", "dapo", "grpo"] = "cispo"
-    """Policy loss: cispo (MiniMax-M1), dapo or grpo (each with its own clip range)."""
+    # Linear decay of the RL learning rate to lr * this at the last step (1: constant); derived from the step,
+    # so a resumed run continues the same schedule.
     final_lr_ratio: float = 0.1
-    """Linear decay of the RL learning rate to lr * this at the last step (1: constant); derived from the step,
-    so a resumed run continues the same schedule."""
+    # DAPO dynamic sampling: while fewer than tasks_per_step groups carry signal (rewards not all equal), draw
+    # up to this many more rounds of new tasks (the data cursor moves on). 0: one draw per step (MiniMax-M1).
     resample_rounds: int = 0
-    """DAPO dynamic sampling: while fewer than tasks_per_step groups carry signal (rewards not all equal), draw up
-    to this many more rounds of new tasks (the data cursor moves on). 0: one draw per step (MiniMax-M1)."""
+    # DAPO overlong filtering: leave episodes cut at the token budget out of the advantages and the loss
+    # (still counted as failures in the success metrics). On the tiny model one such rambling sample made the
+    # update that destroyed the tool-call format in a default run.
     overlong_filter: bool = True
-    """DAPO overlong filtering: leave episodes cut at the token budget out of the advantages and the loss (still
-    counted as failures in the success metrics). On the tiny model one such rambling sample made the update that
-    destroyed the tool-call format in a default run."""
+    # Episodes whose code reacts to the test runner (suspected reward hacks): keep (flagged in the trajectory) or
+    # zero (reward 0.0, so the policy is never paid for them).
+    hack_policy: Literal["keep", "zero"] = "keep"
+    # Torch device of the learner (and the built-in sampler): cpu, cuda, cuda:1.
     device: str = "cpu"
-    """Torch device of the learner (and the built-in sampler): cpu, cuda, cuda:1."""
+    # Progress bar with an ETA on stderr.
+    progress: bool = True
     data: TaskStreamConfig = field(default_factory=TaskStreamConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
@@ -111,6 +118,7 @@ class TrainConfig:
     learner: LearnerConfig = field(default_factory=_learner_default)
     loss_config: LossConfig = field(default_factory=LossConfig)
     advantages: AdvantageConfig = field(default_factory=_advantages_default)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
         need(self.steps >= 1, "--steps", self.steps, "must be >= 1", "e.g. --steps 10 (a rerun with more steps "
@@ -130,6 +138,8 @@ class TrainConfig:
         need(self.resample_rounds >= 0, "--resample-rounds", self.resample_rounds, "must be >= 0",
              "0 turns dynamic sampling off")
         need(bool(self.out_dir), "--out", self.out_dir, "must name a directory", "e.g. --out runs/t1")
+        need(self.hack_policy in ("keep", "zero"), "--hack-policy", self.hack_policy, "unknown policy",
+             "keep (flag only) or zero (reward 0.0)")
         check_agent(self.agent, prefix="--agent.")
         check_learner(self.learner, prefix="--learner.")
         check_loss(self.loss_config, prefix="--loss-config.")

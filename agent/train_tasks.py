@@ -38,6 +38,11 @@ _ENV = {"GIT_AUTHOR_NAME": "lightswe", "GIT_AUTHOR_EMAIL": "lightswe@localhost",
         "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000", "PATH": "/usr/bin:/bin:/usr/local/bin"}
 
 
+# Grading runs `python -I -m pytest` (no current directory on sys.path); a root conftest.py makes pytest put the
+# repository root on sys.path (its rootdir conftest rule), so that the test's `from calc import f` resolves.
+CONFTEST = "# the repository root on sys.path for the tests (pytest inserts a root conftest's folder)\n"
+
+
 def _distinct(a: int, b: int) -> bool:
     """Every operator and the bug give different results, so only the asked-for operator passes."""
     values = [eval(f"{a} {op} {b}") for op in [*OPS.values(), "//"]]
@@ -77,13 +82,15 @@ def _commit(repo: Path, files: dict[str, str], branch: str, parent: str | None) 
 
 def family_repo(root: Path | None = None) -> tuple[Path, dict[str, str]]:
     """Build (once, deterministically) the repository; returns its path and branch -> commit."""
-    repo = (root or CACHE_DIR / "train-family") / "calc"
-    marker = repo / ".git" / "lightswe-family-v2"
+    # v3: a root conftest.py (a new folder, so that a process still using the v2 repository keeps it)
+    repo = (root or CACHE_DIR / "train-family") / "calc-v3"
+    marker = repo / ".git" / "lightswe-family-v3"
     if not marker.exists():
         repo.mkdir(parents=True, exist_ok=True)
         _git(repo, "init", "-q", "-b", "main")
         _git(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
-        base = _commit(repo, {"calc.py": _calc(BUG), "tests/test_calc.py": _test("sum", 1, 1)}, "main", None)
+        base = _commit(repo, {"calc.py": _calc(BUG), "tests/test_calc.py": _test("sum", 1, 1),
+                              "conftest.py": CONFTEST}, "main", None)
         for split, pairs in PAIRS.items():
             for a, b in pairs:
                 for word in OPS:

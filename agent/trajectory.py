@@ -88,6 +88,7 @@ class Trajectory:
     policy: str = ""  # the policy spec that produced it
     policy_version: int = 0  # weights version, for off-policy bookkeeping
     error: str = ""  # the exception text when status is sandbox_error
+    model_patch: str = ""  # the agent's final diff against the base commit, as graded (SWE-bench predictions)
     created_at: float = 0.0
     schema_version: int = SCHEMA_VERSION
 
@@ -121,7 +122,8 @@ _REQUIRED = [n for n, f in _FIELDS.items()
              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
 _PARQUET_JSON_FIELDS = ("messages", "tests", "timings")  # nested or free-form: stored as JSON text columns
 _TYPES = {"episode_id": str, "task_id": str, "group_id": str, "sample_index": int, "num_steps": int,
-          "num_format_errors": int, "policy": str, "policy_version": int, "error": str, "schema_version": int}
+          "num_format_errors": int, "policy": str, "policy_version": int, "error": str, "schema_version": int,
+          "model_patch": str}
 
 
 def _validated(record: dict, where: str) -> dict:
@@ -189,6 +191,7 @@ def _parquet_table(records: list[dict]):
         ("messages", pa.string()), ("tests", pa.string()), ("timings", pa.string()), ("num_steps", pa.int64()),
         ("num_format_errors", pa.int64()), ("policy", pa.string()), ("policy_version", pa.int64()),
         ("error", pa.string()), ("created_at", pa.float64()), ("schema_version", pa.int64()),
+        ("model_patch", pa.string()),
     ])
     return pa.Table.from_pylist(rows, schema=schema)
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lightswe.agent.trajectory import Trajectory, read_trajectories
+from lightswe.errors import UserInputError
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -87,25 +88,73 @@ def _episode(t: Trajectory) -> str:
             + "".join(_turn(t, i) for i in range(len(t.messages))) + _tests(t) + "</details>")
 
 
-def render_html(trajectories: Iterable[Trajectory], *, title: str = "lightswe rollout") -> str:
-    episodes = sorted(trajectories, key=lambda t: (t.task_id, t.group_id, t.sample_index))
+def episode_folders(root: str | Path) -> list[Path]:
+    """``root`` and every folder under it that holds stored episodes (``part-*`` segments), sorted; a train run's
+    episodes sit in sub-folders (``rollouts/step-0001``, ``eval/step-0000``, ``warm_start/rollouts-0``).
+
+    Raises:
+        UserInputError: ``root`` is not a directory.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserInputError(f"{root}: {'is a file' if root.exists() else 'does not exist'}; expected a rollout "
+                             f"or train folder")
+    parts = {p.parent for pattern in ("part-*.jsonl", "part-*.parquet") for p in root.rglob(pattern)}
+    return sorted(parts, key=lambda p: (len(p.relative_to(root).parts), str(p)))
+
+
+def no_episodes(root: Path) -> UserInputError:
+    return UserInputError(f"{root}: no episodes in it or its sub-folders (no part-*.jsonl or part-*.parquet); "
+                          f"fix: point at a folder written by `lightswe rollout` or `lightswe train`")
+
+
+def _table(episodes: list[Trajectory], key: str) -> str:
     graded = [t for t in episodes if t.reward is not None]
     resolved = sum(t.resolved for t in graded)
     rows = "".join(
-        f'<tr><td><a href="#{_anchor(t)}">{_e(t.episode_id)}</a></td><td>{_outcome(t)}</td>'
+        f'<tr><td><a href="#{key}{_anchor(t)}">{_e(t.episode_id)}</a></td><td>{_outcome(t)}</td>'
         f"<td>{_e(t.status.value)}</td><td>{t.num_steps}</td><td>{t.num_format_errors}</td>"
         f"<td>{t.timings.get('total', 0.0):.1f}</td></tr>" for t in episodes)
     share = f" ({resolved / len(episodes):.0%})" if episodes else ""
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{_CSS}</style>"
-            f"</head><body><h1>{_e(title)}</h1><p id='summary'>{len(episodes)} episodes, {resolved} resolved"
-            f"{share}</p><table><tr><th>episode</th><th>outcome</th><th>status</th><th>steps</th>"
-            f"<th>format errors</th><th>seconds</th></tr>{rows}</table>"
-            + "".join(_episode(t) for t in episodes) + "</body></html>")
+    return (f"<p class='summary'>{len(episodes)} episodes, {resolved} resolved{share}</p><table><tr><th>episode</th>"
+            f"<th>outcome</th><th>status</th><th>steps</th><th>format errors</th><th>seconds</th></tr>{rows}</table>")
+
+
+def render_html(trajectories: Iterable[Trajectory], *, title: str = "lightswe rollout",
+                sections: dict[str, list[Trajectory]] | None = None) -> str:
+    """One page: a summary table and every episode; with ``sections`` (folder name -> episodes), one block of
+    each per folder (a train run's steps)."""
+    head = (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{_CSS}</style>"
+            f"</head><body><h1>{_e(title)}</h1>")
+    if sections is None:
+        episodes = sorted(trajectories, key=lambda t: (t.task_id, t.group_id, t.sample_index))
+        body = _table(episodes, "").replace("class='summary'", "id='summary'", 1)
+        return head + body + "".join(_episode(t) for t in episodes) + "</body></html>"
+    body = []
+    for i, (name, found) in enumerate(sections.items()):
+        episodes = sorted(found, key=lambda t: (t.task_id, t.group_id, t.sample_index))
+        key = f"s{i}-"
+        body.append(f"<h2>{_e(name)}</h2>" + _table(episodes, key)
+                    + "".join(_episode(t).replace(f'id="{_anchor(t)}', f'id="{key}{_anchor(t)}')
+                              for t in episodes))
+    return head + "".join(body) + "</body></html>"
+
 
 def write_viewer(out_dir: str | Path, *, path: str | Path | None = None) -> Path:
-    """Render every trajectory of ``out_dir`` into ``path`` (default ``out_dir/index.html``)."""
+    """Render every trajectory of ``out_dir`` and its sub-folders into ``path`` (default ``out_dir/index.html``).
+
+    Raises:
+        UserInputError: ``out_dir`` is missing or holds no episode.
+    """
     out_dir = Path(out_dir)
+    folders = episode_folders(out_dir)
+    if not folders:
+        raise no_episodes(out_dir)
     target = Path(path) if path else out_dir / "index.html"
-    target.write_text(render_html(read_trajectories(out_dir), title=f"lightswe rollout {out_dir.name}"),
-                      encoding="utf-8")
+    if folders == [out_dir]:
+        text = render_html(read_trajectories(out_dir), title=f"lightswe rollout {out_dir.name}")
+    else:
+        sections = {str(f.relative_to(out_dir)) or ".": list(read_trajectories(f)) for f in folders}
+        text = render_html([], title=f"lightswe run {out_dir.name}", sections=sections)
+    target.write_text(text, encoding="utf-8")
     return target

@@ -24,14 +24,14 @@ from lightswe.errors import InfrastructureError, UserInputError
 class WarmStartConfig:
     """Behaviour cloning before RL (arithmetic family only)."""
 
+    # Behaviour-cloning updates on the scripted trajectories; 0 skips the warm start.
     steps: int = 150
-    """Behaviour-cloning updates on the scripted trajectories; 0 skips the warm start."""
+    # Trajectories per update.
     batch_size: int = 4
-    """Trajectories per update."""
+    # Learning rate of the first update.
     lr: float = 1e-2
-    """Learning rate of the first update."""
+    # Linear decay of the warm-start lr to lr * this at the last update.
     final_lr_ratio: float = 0.05
-    """Linear decay of the warm-start lr to lr * this at the last update."""
 
     def __post_init__(self) -> None:
         if self.steps < 0:

@@ -3,17 +3,28 @@ concurrent episodes on this machine, and where an episode's time goes.
 
     python benchmarks/rollout.py                       # the embedded demo task, 16 episodes per setting
     python benchmarks/rollout.py --tasks tasks.jsonl --episodes 32 --concurrency 1 4 16
+    python benchmarks/rollout.py --compare /path/to/old/pythonpath --concurrency 1 4 --rounds 2
 
 Every episode is real: a Docker sandbox per episode, the gold patch applied through the MiniMax tool-call
 format, the task's tests run at submit. Time split (summed over episodes, shown per episode):
-reset (one container per worker, started at its first episode, warm git reset after), generate (policy), tools
-(the tool calls before submit), grade (the task's tests at submit), as the loop measures them.
+reset (a fresh container from the worker's warm pool; in code from before the pool, a warm git reset),
+generate (policy), tools (the tool calls before submit), grade (the task's tests at submit), as the loop
+measures them.
+
+``--compare OLD`` runs each concurrency under ``PYTHONPATH=OLD`` (a folder whose ``lightswe`` is the old
+code) and under the current one, alternating old/new ``--rounds`` times (the machine is shared: interleaving
+spreads the noise over both), and prints episodes per minute side by side with new/old.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -56,22 +67,70 @@ def measure(tasks: list, concurrency: int, episodes: int) -> dict:
             "tool_calls": summary.tool_calls, **{f"{k}_s": v for k, v in split.items()}}
 
 
+HEADER = ("concurrency", "episodes", "resolved", "wall_s", "episodes_per_min", "tool_calls_per_s",
+          "total_s", "reset_s", "generate_s", "tools_s", "grade_s")
+
+
+def _print_rows(rows: list[dict]) -> None:
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + "---|" * len(HEADER))
+    for row in rows:
+        print("| " + " | ".join(f"{row[h]:.3g}" if isinstance(row[h], float) else str(row[h]) for h in HEADER) + " |")
+
+
+def compare(args) -> None:
+    """Interleaved old/new runs per concurrency; prints episodes/min of each run and the ratio of medians."""
+    paths = {"old": args.compare, "new": os.environ.get("PYTHONPATH", "")}
+    results: dict[tuple[str, int], list[dict]] = {}
+    for round_ in range(args.rounds):
+        for concurrency in args.concurrency:
+            for which in ("old", "new") if round_ % 2 == 0 else ("new", "old"):
+                command = [sys.executable, __file__, "--json", "--episodes", str(args.episodes), "--concurrency",
+                           str(concurrency)] + (["--tasks", args.tasks] if args.tasks else [])
+                done = subprocess.run(command, env={**os.environ, "PYTHONPATH": paths[which]}, capture_output=True,
+                                      text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"the {which} run failed:\n{done.stderr[-2000:]}")
+                row = json.loads(done.stdout.strip().splitlines()[-1])[0]
+                results.setdefault((which, concurrency), []).append(row)
+                print(f"round {round_ + 1}, concurrency {concurrency}, {which}: {row['episodes_per_min']:.1f} "
+                      "episodes/min", file=sys.stderr, flush=True)
+    print(f"old = PYTHONPATH {paths['old']}, new = PYTHONPATH {paths['new']}; {args.rounds} interleaved rounds of "
+          f"{args.episodes} episodes per setting")
+    print("| concurrency | old episodes/min (per round) | new episodes/min (per round) | new/old (medians) | "
+          "old reset_s | new reset_s | old grade_s | new grade_s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for concurrency in args.concurrency:
+        old, new = results[("old", concurrency)], results[("new", concurrency)]
+        rate = {k: [r["episodes_per_min"] for r in v] for k, v in (("old", old), ("new", new))}
+        ratio = statistics.median(rate["new"]) / statistics.median(rate["old"])
+        fmt = lambda xs: " / ".join(f"{x:.1f}" for x in xs)  # noqa: E731
+        mean = lambda rows, k: statistics.mean(r[k] for r in rows)  # noqa: E731
+        print(f"| {concurrency} | {fmt(rate['old'])} | {fmt(rate['new'])} | {ratio:.2f} | {mean(old, 'reset_s'):.3f} | "
+              f"{mean(new, 'reset_s'):.3f} | {mean(old, 'grade_s'):.2f} | {mean(new, 'grade_s'):.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=None)
     parser.add_argument("--episodes", type=int, default=16)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--compare", default=None, metavar="OLD_PYTHONPATH",
+                        help="a PYTHONPATH whose lightswe is the old code: interleaved before/after episodes/min")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved old/new runs with --compare")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.compare:
+        compare(args)
+        return
     tasks = load_tasks(args.tasks)
     rows = [measure(tasks, c, args.episodes) for c in args.concurrency]
-    header = ("concurrency", "episodes", "resolved", "wall_s", "episodes_per_min", "tool_calls_per_s",
-              "total_s", "reset_s", "generate_s", "tools_s", "grade_s")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(f"{row[h]:.3g}" if isinstance(row[h], float) else str(row[h]) for h in header) + " |")
+    if args.json:
+        print(json.dumps(rows))
+        return
+    _print_rows(rows)
     print("columns *_s after wall_s are mean seconds per episode: total = reset + generate + tools + grade (+ glue); "
-          "reset starts a container for a worker's first episode and warm-resets (git) after; grade runs the tests")
+          "reset takes a fresh container from the worker's warm pool; grade runs the tests")
 
 
 if __name__ == "__main__":

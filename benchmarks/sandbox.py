@@ -1,20 +1,28 @@
-"""Sandbox and environment latencies on the embedded demo task, side by side with mini-swe-agent.
+"""Sandbox and environment latencies on the embedded demo task, side by side with mini-swe-agent or with
+another lightswe checkout.
 
     python benchmarks/sandbox.py [--repeats 20] [--episodes 6] [--mini-python PATH]
+    python benchmarks/sandbox.py --compare /path/to/old/pythonpath [--rounds 2]   # before/after table
 
-Rows: container start (a ready sandbox: container, runner, base commit read), warm reset (git back to the
-base commit), one bash tool call through ``env.step`` (parse, exec, sanitize), a file view, the task's test
-run (grading: restore, pytest with JUnit XML), episodes per minute with the scripted agent (fix or no fix),
-and the exec of ``true``: lightswe's runner, a plain Engine-API exec, and mini-swe-agent's
-``DockerEnvironment`` (``docker exec`` through the CLI) on the same image. mini-swe-agent runs from its own
-virtual environment (``~/.cache/lightswe/mini-swe-agent-venv``, made with ``pip install mini-swe-agent`` on
-first use) so that its dependencies do not touch this one. Medians; times in milliseconds.
+Rows: container start (a ready sandbox: container, disk volume, runner), ``env.reset()`` to the same task
+with the pool warm (a fresh container from the pool; in code without a pool, a git reset of the warm
+sandbox) and back to back (the pool has had no time to refill: the worst case), one bash tool call through
+``env.step`` (parse, exec, sanitize), a file view, the task's test run (grading), episodes per minute with
+the scripted agent (fix or no fix), and the exec of ``true``: lightswe's runner, a plain Engine-API exec, and
+mini-swe-agent's ``DockerEnvironment`` (``docker exec`` through the CLI) on the same image. mini-swe-agent
+runs from its own virtual environment (``~/.cache/lightswe/mini-swe-agent-venv``, made with ``pip install
+mini-swe-agent`` on first use) so that its dependencies do not touch this one. Medians; times in ms.
+
+``--compare OLD`` runs this script under ``PYTHONPATH=OLD`` (a folder whose ``lightswe`` is the old code) and
+under the current one, alternating ``--rounds`` times (the machine is shared: interleaving spreads the noise
+over both), and prints each row's medians side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -78,40 +86,45 @@ def mini_python(given: str | None) -> str | None:
     return str(python)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--episodes", type=int, default=6)
-    parser.add_argument("--mini-python", default=None, help="python of an environment with mini-swe-agent")
-    args = parser.parse_args()
-
+def measure(args) -> list[tuple[str, float, str]]:
+    """(row, value, target) for this process's lightswe; see the module docstring."""
     env = gym.make("lightswe/SWE-v0")
     env.reset(seed=0)
     inner = env.unwrapped
     task, image = inner.task, inner.sandbox.config.image
-    rows: list[tuple[str, str, str, str]] = []
+    pool = getattr(inner, "pool", None)  # None: code from before the warm pool (git reset)
+    config = inner.sandbox_config(task) if pool is not None else inner.sandbox.config
+    rows: list[tuple[str, float, str]] = []
 
     starts = []
     for _ in range(min(args.repeats, 8)):
         start = time.perf_counter()
-        box = Sandbox(SandboxConfig(image=image))
+        box = Sandbox(config)
+        box.exec("true", timeout=30)
         starts.append(time.perf_counter() - start)
         box.close()
-    rows.append(("container start (ready sandbox)", f"{_ms(starts):.0f}", "", ""))
+    rows.append(("container start (ready sandbox)", _ms(starts), ""))
 
-    box = inner.sandbox
-    def dirty_then_reset() -> float:
-        box.exec("echo x >> toolz/itertoolz.py; touch junk.py; mkdir -p d && touch d/y", timeout=10)
-        return box.reset()
-    resets = [dirty_then_reset() for _ in range(args.repeats)]
-    rows.append(("warm reset (git reset + clean)", f"{_ms(resets):.0f}", "", "< 150"))
+    def dirty_then_reset(wait: bool) -> float:
+        inner.sandbox.exec("echo x >> toolz/itertoolz.py; touch junk.py; git stash -q; echo y > /tmp/y", timeout=10)
+        if wait and pool is not None:
+            pool.wait_ready(config)
+        start = time.perf_counter()
+        env.reset(options={"task_id": task.instance_id})
+        return time.perf_counter() - start
+    rows.append(("env.reset(), pool warm" if pool is not None else "env.reset(), warm git reset",
+                 _ms([dirty_then_reset(True) for _ in range(args.repeats)]), "< 150"))
+    rows.append(("env.reset(), back to back (pool drained)" if pool is not None else "env.reset(), back to back",
+                 _ms([dirty_then_reset(False) for _ in range(min(args.repeats, 8))]), ""))
+    if pool is not None:
+        pool.wait_ready(config)
 
     bash = format_minimax([ToolCall(name="bash", arguments={"command": "ls"})])
-    rows.append(("bash tool call via env.step", f"{_ms(_timed(lambda: env.step(bash), args.repeats)):.1f}", "", ""))
+    rows.append(("bash tool call via env.step", _ms(_timed(lambda: env.step(bash), args.repeats)), ""))
     view = ToolCall(name="view", arguments={"path": "toolz/itertoolz.py", "start_line": 380, "end_line": 420})
-    rows.append(("file view (40 lines) via env.step", f"{_ms(_timed(lambda: env.step(view), args.repeats)):.1f}", "", ""))
-    tests = _timed(lambda: grade(box, task), 3)
-    rows.append((f"test run ({len(task.FAIL_TO_PASS) + len(task.PASS_TO_PASS)} tests, grading)", f"{_ms(tests):.0f}", "", ""))
+    rows.append(("file view (40 lines) via env.step", _ms(_timed(lambda: env.step(view), args.repeats)), ""))
+    tests = _timed(lambda: grade(inner.sandbox, task), 3)
+    rows.append((f"test run ({len(task.FAIL_TO_PASS) + len(task.PASS_TO_PASS)} tests, grading)", _ms(tests), ""))
 
     start = time.perf_counter()
     rewards = []
@@ -123,35 +136,95 @@ def main() -> None:
                 rewards.append(reward)
                 break
     per_minute = args.episodes / (time.perf_counter() - start) * 60
-    rows.append((f"episodes/minute, scripted agent (rewards {rewards})", f"{per_minute:.0f}", "", ""))
+    rows.append((f"episodes/minute, scripted agent (rewards {rewards})", per_minute, ""))
 
-    ours = _ms([box.exec("true", timeout=10).duration_s for _ in range(args.repeats * 3)])
+    box = inner.sandbox
+    rows.append(("exec of `true` (tool-call overhead)",
+                 _ms([box.exec("true", timeout=10).duration_s for _ in range(args.repeats * 3)]), "< 30"))
     api = box.api
     def engine_exec() -> None:
         exec_id = api.exec_create(box.container_id, ["true"], user="agent")["Id"]
         api.exec_start(exec_id)
         api.exec_inspect(exec_id)
-    plain = _ms(_timed(engine_exec, args.repeats))
-    mini, mini_start = "n/a", "n/a"
-    python = mini_python(args.mini_python)
+    rows.append(("  reference: one Engine-API exec, no runner", _ms(_timed(engine_exec, args.repeats)), ""))
+    env.close()
+    return rows
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("-|-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def compare(args) -> None:
+    """Run this script under the old and the current PYTHONPATH, alternating, and print both columns."""
+    runs: dict[str, list[list]] = {"old": [], "new": []}
+    paths = {"old": args.compare, "new": os.environ.get("PYTHONPATH", "")}
+    for round_ in range(args.rounds):
+        for which in ("old", "new") if round_ % 2 == 0 else ("new", "old"):
+            command = [sys.executable, __file__, "--json", "--repeats", str(args.repeats), "--episodes",
+                       str(args.episodes)]
+            done = subprocess.run(command, env={**os.environ, "PYTHONPATH": paths[which]}, capture_output=True,
+                                  text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"the {which} run failed:\n{done.stderr[-2000:]}")
+            runs[which].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"round {round_ + 1}: {which} done", file=sys.stderr)
+    def column(which: str, index: int) -> str:
+        values = [run[index][1] for run in runs[which] if index < len(run)]
+        return " / ".join(f"{v:.1f}" if v < 100 else f"{v:.0f}" for v in values)
+    rows = [(runs["new"][0][i][0] + f"  [old: {runs['old'][0][i][0]}]" if runs["old"][0][i][0] != runs["new"][0][i][0]
+             else runs["new"][0][i][0], column("old", i), column("new", i), runs["new"][0][i][2])
+            for i in range(len(runs["new"][0]))]
+    print(f"old = PYTHONPATH {paths['old']}, new = PYTHONPATH {paths['new']}; {args.rounds} interleaved rounds "
+          "(one value per round); medians in ms unless the row says otherwise")
+    _table(("measurement", "old", "new", "target"), rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--episodes", type=int, default=6)
+    parser.add_argument("--mini-python", default=None, help="python of an environment with mini-swe-agent")
+    parser.add_argument("--no-mini", action="store_true", help="skip the mini-swe-agent column")
+    parser.add_argument("--compare", default=None, metavar="OLD_PYTHONPATH",
+                        help="a PYTHONPATH whose lightswe is the old code: print before/after columns")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved old/new runs with --compare")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.compare:
+        compare(args)
+        return
+    rows = measure(args)
+    if args.json:
+        print(json.dumps(rows))
+        return
+    mini, mini_start = "", ""
+    python = None if args.no_mini else mini_python(args.mini_python)
     if python:
+        image = ensure_demo_image()
         done = subprocess.run([python, "-c", _MINI, image, str(args.repeats * 3)], capture_output=True, text=True)
         if done.returncode == 0:
             result = json.loads(done.stdout.strip().splitlines()[-1])
             mini, mini_start = f"{_ms(result['true']):.1f}", f"{result['start'] * 1000:.0f}"
         else:
             print(f"mini-swe-agent run failed: {done.stderr[-800:]}", file=sys.stderr)
-    rows.append(("exec of `true` (tool-call overhead)", f"{ours:.1f}", mini, "< 30"))
-    rows.append(("  reference: one Engine-API exec, no runner", f"{plain:.1f}", "", ""))
-    rows[0] = (rows[0][0], rows[0][1], mini_start, "")
-    env.close()
+    table = []
+    for name, value, target in rows:
+        other = mini_start if name.startswith("container start") else mini if name.startswith("exec of") else ""
+        table.append((name, f"{value:.1f}" if value < 100 else f"{value:.0f}", other, target))
+    _table(("measurement (median, ms)", "lightswe", "mini-swe-agent", "target"), table)
 
-    header = ("measurement (median, ms)", "lightswe", "mini-swe-agent", "target")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+def ensure_demo_image() -> str:
+    from lightswe.envs.swe_env import default_tasks_path
+    from lightswe.tasks.images import ensure_instance_image
+    from lightswe.tasks.instance import read_jsonl
+
+    return ensure_instance_image(read_jsonl(default_tasks_path())[0])
 
 
 if __name__ == "__main__":

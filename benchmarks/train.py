@@ -44,6 +44,19 @@ At the same work per GPU two GPUs give 1.80x at T=8,192 but 1.33x at T=2,048 (0.
 for 4 micro-batches per GPU): every micro-batch all-gathers and reduce-scatters each layer, and short rows leave
 less compute to hide that behind (not profiled). Memory per GPU is set by activations; sharding the weights and
 AdamW state (~1.6 GB in all for this model) saves little at this size.
+
+MFU (2026-11-29, one H200, torch 2.11+cu130, Triton kernels, T=8,192, 32,768 tokens per step, ``--micro 2``,
+bf16 autocast with the fp32 LM head; FLOPs per token from ``flops_per_token``, peak 989 TFLOP/s dense bf16):
+
+| model | parameters (active) | tokens/s | step s | MFU | peak GiB |
+|---|---|---|---|---|---|
+| small | 98.6M (42M) | 73,503 | 0.446 | 2.1% | 9.61 |
+| minimax-1b | 1,314M (182M) | 24,886 | 1.317 | 2.4% | 38.67 |
+
+(The issue's ~10% for ``small`` counted all 98.6M parameters as 6N; top-2 of 8 experts makes 42M active.)
+``--profile`` (one step, torch.profiler): ``minimax-1b`` spends 470 ms on the GPU in a 1.27 s step (host-bound:
+~4,900 per-expert matrix products of varying row counts, ~100 us of host time each, and a sync per MoE layer);
+37% of the GPU time is the fp32 LM head's fp32 (non-tensor-core) GEMMs. ``small``: 113 ms of GPU time in 0.46 s.
 """
 
 from __future__ import annotations
@@ -61,6 +74,18 @@ from lightswe.agent.distributed import DistContext
 from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch, shard_model
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
 
+PEAK_BF16_FLOPS = 989e12  # H100/H200 SXM dense bf16, datasheet (a matrix product reached ~790e12 on the H200 here)
+
+
+def flops_per_token(model: MiniMaxForCausalLM, length: int) -> float:
+    """Training FLOPs per token (forward + backward): 6 x active parameters (the top-k experts, the LM head;
+    not the input embedding) + 6 x T x H x D per softmax layer (causal QK^T and PV, halved). The lightning
+    layers' own state work (a few x H x D^2 per token) is left out, so this slightly understates MFU."""
+    c = model.config
+    active = model.num_parameters(active=True) - c.vocab_size * c.hidden_size * (not c.tie_word_embeddings)
+    softmax_layers = c.attn_type_list.count(1)
+    return 6 * active + 6 * softmax_layers * length * c.num_attention_heads * c.head_dim
+
 
 def make_batch(rows: int, length: int, vocab: int, seed: int = 0) -> TrainBatch:
     g = torch.Generator().manual_seed(seed)
@@ -76,8 +101,24 @@ def to_device(batch: TrainBatch, device: torch.device) -> TrainBatch:
                       sampler_logp=batch.sampler_logp.to(device), advantages=batch.advantages.to(device))
 
 
+def profile_step(learner: Learner, batch: TrainBatch, device: torch.device, title: str) -> None:
+    """Print where one learner step's host and device time go (torch.profiler, top ops by each)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        learner.step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    for sort in ("self_cpu_time_total", "self_cuda_time_total" if device.type == "cuda" else None):
+        if sort:
+            print(f"\nlearner step profile, {title}, by {sort}:\n" + events.table(sort_by=sort, row_limit=20),
+                  flush=True)
+
+
 def run(model_name: str, device: torch.device, length: int, tokens: int, micro: int, steps: int, backend: str,
-        checkpointing: bool, ctx: DistContext | None = None) -> dict:
+        checkpointing: bool, ctx: DistContext | None = None, profile: bool = False) -> dict:
     os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
     ctx = ctx or DistContext()
     torch.manual_seed(0)
@@ -102,11 +143,15 @@ def run(model_name: str, device: torch.device, length: int, tokens: int, micro: 
         sync()
         times.append(time.perf_counter() - t0)
     (step_s,) = ctx.max([statistics.median(times)])  # the slowest rank sets the pace
+    if profile and ctx.main:
+        profile_step(learner, batch, device, f"{model_name}, T={length}")
     step_tokens = len(batch) * length * ctx.world
     out = {"model": model_name, "backend": backend, "seq_len": length, "rows": len(batch) * ctx.world,
            "tokens_per_step": step_tokens, "micro_batch_rows": micro, "step_s": step_s,
            "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": checkpointing, "ranks": ctx.world,
            "params_M": sum(p.numel() for p in model.parameters()) / 1e6}  # DTensor numel: the full size
+    flops = flops_per_token(model, length)
+    out.update(flops_per_token=flops, mfu=out["tokens_per_s"] * flops / (PEAK_BF16_FLOPS * ctx.world))
     if device.type == "cuda":
         peaks = [0.0] * ctx.world
         peaks[ctx.rank] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -128,6 +173,7 @@ def main() -> None:
     p.add_argument("--backends", default=None, help="comma list; default triton,reference on CUDA, reference on CPU")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per layer")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 over the torchrun ranks; --tokens is the total")
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     ctx = DistContext.from_env(args.device) if args.fsdp else DistContext(device=args.device)
@@ -141,7 +187,7 @@ def main() -> None:
         for backend in backends:
             try:
                 r = run(args.model, device, length, args.tokens, args.micro, args.steps, backend, args.checkpointing,
-                        ctx)
+                        ctx, args.profile)
             except torch.OutOfMemoryError as err:
                 r = {"model": args.model, "backend": backend, "seq_len": length, "error": f"OOM: {err}"[:300]}
                 torch.cuda.empty_cache()
@@ -150,13 +196,14 @@ def main() -> None:
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else platform.processor() or platform.machine()}
     env["ranks"] = ctx.world
-    say(f"\n| T | backend | tokens/s | step s | peak GiB per GPU |  ({env['device']} x{ctx.world}, torch {env['torch']})")
+    say(f"\n| model | T | backend | tokens/s | step s | MFU (of 989 TFLOP/s) | peak GiB per GPU |  "
+        f"({env['device']} x{ctx.world}, torch {env['torch']})")
     for r in results:
         if "error" in r:
-            say(f"| {r['seq_len']} | {r['backend']} | {r['error'][:60]} | | |")
+            say(f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r['error'][:60]} | | | |")
         else:
-            say(f"| {r['seq_len']} | {r['backend']} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | "
-                f"{r.get('peak_mem_GiB', float('nan')):.2f} |")
+            say(f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | "
+                f"{r['mfu']:.1%} | {r.get('peak_mem_GiB', float('nan')):.2f} |")
     ctx.close()
     if args.json and ctx.main:
         with open(args.json, "w") as f:

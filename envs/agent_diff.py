@@ -33,6 +33,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from lightswe.errors import InfrastructureError
+
 WORKDIR = "/testbed"
 REGULAR, EXECUTABLE, SYMLINK, SPECIAL = "100644", "100755", "120000", "special"
 # git run by the harness: no system/global config, no home, no replace objects, no hooks, no fsmonitor,
@@ -47,7 +49,7 @@ PRISTINE_GIT = ("git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c core
                 "-c core.attributesFile=/dev/null -c core.excludesFile=/dev/null")
 
 
-class SnapshotError(Exception):
+class SnapshotError(InfrastructureError):
     """Reading a tree failed for a reason of the machine (engine, container, truncated listing)."""
 
 
@@ -145,12 +147,13 @@ def _mode_of(member: tarfile.TarInfo) -> str:
 
 
 def read_tree(api, container_id: str, *, base: dict[str, Entry], workdir: str = WORKDIR,
-              max_file_bytes: int = 16 * 1024 * 1024) -> dict[str, Entry]:
+              max_file_bytes: int = 16 * 1024 * 1024, max_kept_bytes: int = 256 * 1024 * 1024) -> dict[str, Entry]:
     """``{path: Entry}`` of the working tree at ``workdir`` in a (possibly agent-controlled) container.
 
     Read with the engine's ``get_archive`` (nothing runs in the container). Every path with a ``.git``
     component is skipped. ``data`` is kept for entries that differ from ``base`` (mode or bytes) and are at most
-    ``max_file_bytes``; larger ones are hashed as they stream and keep ``data=None``. Hard links resolve to
+    ``max_file_bytes`` (and while the bytes kept stay within ``max_kept_bytes``); others are hashed as they
+    stream and keep ``data=None``. Hard links resolve to
     their target's bytes. Directories are not entries. Raises :class:`SnapshotError` when the engine cannot
     give the archive (container gone, engine error).
     """
@@ -159,6 +162,7 @@ def read_tree(api, container_id: str, *, base: dict[str, Entry], workdir: str = 
         reader = _StreamReader(chunks)
         tree: dict[str, Entry] = {}
         hard_links: list[tuple[str, str]] = []
+        kept_bytes = 0
         with tarfile.open(fileobj=io.BufferedReader(reader, 1024 * 1024), mode="r|") as archive:
             for member in archive:
                 parts = PurePosixPath(member.name).parts[1:]  # the archive's first component is the workdir
@@ -182,7 +186,7 @@ def read_tree(api, container_id: str, *, base: dict[str, Entry], workdir: str = 
                     continue
                 handle = archive.extractfile(member)
                 digest = hashlib.sha1(b"blob %d\0" % member.size)
-                keep = member.size <= max_file_bytes
+                keep = member.size <= max_file_bytes and kept_bytes + member.size <= max_kept_bytes
                 parts_read = []
                 while True:
                     block = handle.read(1024 * 1024) if handle else b""
@@ -194,6 +198,7 @@ def read_tree(api, container_id: str, *, base: dict[str, Entry], workdir: str = 
                 sha = digest.hexdigest()
                 same = known is not None and known.sha == sha and known.mode == mode
                 data = b"".join(parts_read) if keep and not same else None
+                kept_bytes += len(data or b"")
                 tree[path] = Entry(mode=mode, sha=sha, size=member.size, data=data)
         for path, target in hard_links:  # a link to a file that is unchanged at its own path: fetch its bytes
             entry, known = tree[path], base.get(path)

@@ -80,5 +80,12 @@ def _reap(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from lightswe.envs.demo import run_demo
+    from lightswe.errors import UserInputError
+
+    if args.episodes < 1:
+        raise UserInputError(f"--episodes {args.episodes}: must be >= 1; fix: e.g. --episodes 3")
+    if args.tasks and not os.path.isfile(args.tasks):
+        raise UserInputError(f"--tasks {args.tasks}: does not exist; fix: pass a JSONL file of task instances, or "
+                             f"leave it out for the embedded demo task")
 
     return run_demo(episodes=args.episodes, tasks=args.tasks or os.environ.get("LIGHTSWE_TASKS"))

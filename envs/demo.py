@@ -70,9 +70,9 @@ def run_demo(episodes: int = 3, tasks: str | None = None) -> int:
 
     from lightswe.envs.swe_env import default_tasks_path
     from lightswe.tasks.images import ensure_instance_image
-    from lightswe.tasks.instance import read_jsonl
+    from lightswe.tasks.datasets import load_tasks
 
-    for task in read_jsonl(tasks or default_tasks_path()):  # first run: build the images, saying so
+    for task in load_tasks(tasks or default_tasks_path()):  # first run: build the images, saying so
         ensure_instance_image(task, progress=lambda message: print(f"[lightswe] {message}", flush=True))
     env = gym.make("lightswe/SWE-v0", **({"tasks": tasks} if tasks else {}))
     ok = True

@@ -13,7 +13,7 @@ Which mechanism applies (:func:`disk_mode`, decided once per process and engine)
   are copied into a template volume once per image (``get_archive`` of a created, never started container);
   each sandbox starts from a sparse copy of it (``cp --sparse=always``: only written blocks are copied).
   ``destroy()`` unmounts and deletes the file, so the host's space is back.
-- ``"none"``: a remote engine or a non-root process: no hard limit (each command still gets ``RLIMIT_FSIZE``
+- ``"none"``: a remote engine, an engine in another mount namespace, or a non-root process: no hard limit (each command still gets ``RLIMIT_FSIZE``
   = the limit, which stops one large file but not many small ones); :func:`disk_mode` says so once.
 
 Volumes live in ``$LIGHTSWE_CACHE/volumes/<owner pid>-<owner start>-<random>/`` so that :func:`reap_volumes`
@@ -63,10 +63,23 @@ def parse_size(text: str) -> int:
     return size
 
 
-def _local_engine(client) -> bool:
+def _same_host_mounts(client) -> bool:
+    """True when the engine is local and sees this process's mounts (same mount namespace as ``dockerd``).
+
+    A bind mount of a host folder the engine cannot see would give the sandbox an empty ``/testbed``; so a
+    remote engine, an engine in another namespace (lightswe inside a container with the socket mounted) or
+    an unknown ``dockerd`` pid all mean no loop volumes.
+    """
     base = str(getattr(client.api, "base_url", ""))
-    return base.startswith("http+docker://localhost") or base.startswith("http+docker://localunixsocket") \
-        or "unix" in base
+    if not (base.startswith("http+docker://localhost") or base.startswith("http+docker://localunixsocket")):
+        return False
+    for pidfile in ("/run/docker.pid", "/var/run/docker.pid"):
+        try:
+            pid = int(Path(pidfile).read_text().strip())
+            return os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def _driver_quota(client) -> bool:
@@ -79,20 +92,24 @@ def _driver_quota(client) -> bool:
     return driver in ("overlay2", "overlay") and status.get("Backing Filesystem", "").lower() == "xfs"
 
 
-def disk_mode(client) -> str:
-    """``"storage-opt"``, ``"loop"`` or ``"none"`` for this engine (see the module docstring); cached."""
+def disk_mode(client, *, no_quota: bool = False) -> str:
+    """``"storage-opt"``, ``"loop"`` or ``"none"`` for this engine (see the module docstring); cached.
+
+    ``no_quota=True`` decides again without Docker's quota (the engine refused ``--storage-opt size=``, e.g.
+    xfs mounted without ``pquota``).
+    """
     key = str(getattr(client.api, "base_url", ""))
     with _MODE_LOCK:
-        if key in _MODE:
+        if key in _MODE and not (no_quota and _MODE[key] == "storage-opt"):
             return _MODE[key]
         forced = os.environ.get("LIGHTSWE_DISK_MODE", "")
-        if forced:
+        if forced and not no_quota:
             if forced not in ("storage-opt", "loop", "none"):
                 raise UserInputError(f"LIGHTSWE_DISK_MODE={forced!r}; fix: one of storage-opt, loop, none")
             mode = forced
-        elif _driver_quota(client):
+        elif not no_quota and _driver_quota(client):
             mode = "storage-opt"
-        elif _local_engine(client) and os.geteuid() == 0 and shutil.which("mkfs.ext4") and shutil.which("mount"):
+        elif os.geteuid() == 0 and shutil.which("mkfs.ext4") and shutil.which("mount") and _same_host_mounts(client):
             mode = "loop"
         else:
             mode = "none"

@@ -14,7 +14,10 @@ second run finds it and returns in well under a second; changing the recipe rebu
 
 Inside the image: a non-root user ``agent`` (uid 1000) for the agent's commands, ``python`` on PATH, pip
 allowed to install into the system Python (PEP 668 marker removed: the image is single-purpose), and git's
-``safe.directory = *`` (sdist files belong to another uid).
+``safe.directory = *`` (sdist files belong to another uid; root runs git while images are *built*). The images
+agents run in (instance images, ``tasks/images.py``) drop that setting and every setuid/setgid bit: there
+root never trusts the agent's repository. (Dropping it here would change the recipe hash and so rebuild every
+environment image; the instance layer is where it matters.)
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightswe.errors import InfrastructureError
+from lightswe.errors import InfrastructureError, UserInputError
 
 BASE_IMAGE = "lightswe/base:bookworm"
 RECIPE_LABEL = "lightswe.recipe"
@@ -41,6 +44,8 @@ CACHE_DIR = Path(os.environ.get("LIGHTSWE_CACHE", Path.home() / ".cache" / "ligh
 AGENT_UID = 1000
 
 _SUITE = "bookworm"
+# Python of each Debian release the mirror serves (buster, Python 3.7, is archived: not on the mirror).
+PYTHON_SUITES = {"3.9": "bullseye", "3.11": "bookworm", "3.13": "trixie"}
 _PACKAGES = ("python3", "python3-venv", "python3-pip", "git", "ca-certificates", "procps")
 # Run inside the unpacked root file system (chroot) after debootstrap; part of the recipe hash.
 _POST_INSTALL = f"""set -e
@@ -73,9 +78,9 @@ def _say(message: str) -> None:
     print(f"[lightswe] {message}", file=sys.stderr, flush=True)
 
 
-def recipe_hash() -> str:
+def recipe_hash(suite: str = _SUITE) -> str:
     """Content hash of the base-image recipe: suite, packages, post-install script and image settings."""
-    text = "\n".join([_SUITE, *_PACKAGES, _POST_INSTALL, *_CHANGES])
+    text = "\n".join([suite, *_PACKAGES, _POST_INSTALL, *_CHANGES])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -281,26 +286,35 @@ def debian_mirror() -> str:
                       "to a mirror URL, or name a ready image in LIGHTSWE_BASE_IMAGE")
 
 
-def base_image_problem(client=None) -> str | None:
+def base_image_problem(client=None, suite: str = _SUITE) -> str | None:
     """None when the base image is present and current, else what is wrong (for ``lightswe doctor``)."""
     import docker
 
     client = client or _ping()
+    tag = f"lightswe/base:{suite}"
     try:
-        image = client.images.get(BASE_IMAGE)
+        image = client.images.get(tag)
     except docker.errors.ImageNotFound:
-        return f"{BASE_IMAGE} is missing"
-    if os.environ.get("LIGHTSWE_BASE_IMAGE"):
+        return f"{tag} is missing"
+    if os.environ.get("LIGHTSWE_BASE_IMAGE") and suite == _SUITE:
         return None
     found = (image.labels or {}).get(RECIPE_LABEL)
-    if found != recipe_hash():
-        return f"{BASE_IMAGE} was built from another recipe ({found} != {recipe_hash()})"
+    if found != recipe_hash(suite):
+        return f"{tag} was built from another recipe ({found} != {recipe_hash(suite)})"
     return None
 
 
-def ensure_base_image(client=None, progress: Progress = _say, force: bool = False) -> str:
-    """Return ``BASE_IMAGE``, pulling ``LIGHTSWE_BASE_IMAGE`` or building it with debootstrap when absent."""
+def ensure_base_image(client=None, progress: Progress = _say, force: bool = False, suite: str = _SUITE) -> str:
+    """Return ``BASE_IMAGE``, pulling ``LIGHTSWE_BASE_IMAGE`` or building it with debootstrap when absent.
+
+    ``suite``: another Debian release of ``PYTHON_SUITES`` builds ``lightswe/base:<suite>`` the same way
+    (debootstrap once, cached by recipe hash; a few minutes).
+    """
     client = client or ensure_engine(progress)
+    if suite != _SUITE:
+        if force or base_image_problem(client, suite) is not None:
+            _build_base_image(client, progress, suite)
+        return f"lightswe/base:{suite}"
     named = os.environ.get("LIGHTSWE_BASE_IMAGE")
     if named:
         progress(f"using the base image named in LIGHTSWE_BASE_IMAGE: {named}")
@@ -316,7 +330,42 @@ def ensure_base_image(client=None, progress: Progress = _say, force: bool = Fals
     return BASE_IMAGE
 
 
-def _adopt(client, image, named: str) -> None:
+def ensure_python_base(python_version: str, client=None, progress: Progress = _say) -> str:
+    """A base image tag with Python ``python_version``: the one Debian release of it, or a named image.
+
+    Order: ``LIGHTSWE_PYTHON_IMAGE_<major>_<minor>`` (any image with that python3 and git, e.g. from a
+    registry; the ``agent`` user is added) -> the Debian release with that Python (``PYTHON_SUITES``, built
+    once with debootstrap) -> ValueError listing the real options.
+    """
+    short = ".".join(python_version.strip().split(".")[:2])
+    variable = "LIGHTSWE_PYTHON_IMAGE_" + short.replace(".", "_")
+    named = os.environ.get(variable)
+    suite = PYTHON_SUITES.get(short)
+    if suite is None and not named:
+        offered = ", ".join(f"{v} (Debian {s})" for v, s in PYTHON_SUITES.items())
+        raise UserInputError(f"no base image has Python {python_version}: this machine's Debian mirror offers Python "
+                         f"{offered}; fix: set python_version to one of those, or name an image with Python {short}, "
+                         f"python3 and git in {variable} (e.g. a registry's python:{short} image), or give the row "
+                         "an image_name of a prebuilt environment")
+    client = client or ensure_engine(progress)
+    if named:
+        target = f"lightswe/base:python{short}-named"
+        try:
+            image = client.images.get(named)
+        except Exception:  # noqa: BLE001 - not local: pull it
+            image = client.images.pull(named)
+        found = client.containers.run(image.id, ["sh", "-c", "python3 -c 'import sys; print(\"%d.%d\" % "
+                                                 "sys.version_info[:2])'"], remove=True,
+                                      network_mode="none").decode().strip()
+        if found != short:
+            raise UserInputError(f"{variable}={named} has Python {found or 'none'}, not {short}; fix: name an image "
+                             f"whose python3 is {short}")
+        _adopt(client, image, named, target=target)
+        return target
+    return ensure_base_image(client, progress, suite=suite)
+
+
+def _adopt(client, image, named: str, target: str = BASE_IMAGE) -> None:
     """Tag a registry image as the base, adding the ``agent`` user and git settings if it lacks them."""
     check = "command -v python3 >/dev/null && command -v git >/dev/null && echo tools; id -u agent 2>/dev/null || true"
     found = client.containers.run(image.id, ["sh", "-c", check], remove=True, network_mode="none").decode().split()
@@ -324,7 +373,7 @@ def _adopt(client, image, named: str) -> None:
         raise EngineError(f"the image {named} (LIGHTSWE_BASE_IMAGE) lacks python3 or git; fix: name an image with "
                           "both (Debian bookworm with python3, python3-venv, python3-pip, git)")
     if str(AGENT_UID) in found:
-        image.tag(BASE_IMAGE)
+        image.tag(target)
         return
     script = _POST_INSTALL.replace("apt-get clean\n", "")
     container = client.containers.run(image.id, ["sh", "-c", script], detach=True, network_mode="none",
@@ -332,15 +381,16 @@ def _adopt(client, image, named: str) -> None:
     try:
         if container.wait().get("StatusCode") != 0:
             raise EngineError(f"adding the agent user to {named} failed: {container.logs()[-500:]!r}")
-        repository, tag = BASE_IMAGE.split(":")
+        repository, tag = target.split(":")
         container.commit(repository=repository, tag=tag, changes=[f"LABEL {RECIPE_LABEL}=adopted:{named}"])
     finally:
         container.remove(force=True)
 
 
-def _build_base_image(client, progress: Progress) -> None:
+def _build_base_image(client, progress: Progress, suite: str = _SUITE) -> None:
+    target = f"lightswe/base:{suite}"
     if os.geteuid() != 0:
-        raise EngineError(f"{BASE_IMAGE} is missing and building it with debootstrap needs root; fix: run "
+        raise EngineError(f"{target} is missing and building it with debootstrap needs root; fix: run "
                           "`sudo python -m lightswe setup` once, or set LIGHTSWE_BASE_IMAGE to a registry image")
     if not shutil.which("debootstrap"):
         progress("debootstrap is missing: apt-get install -y debootstrap")
@@ -349,12 +399,12 @@ def _build_base_image(client, progress: Progress) -> None:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="base-", dir=CACHE_DIR))
     root = work / "rootfs"
-    log = CACHE_DIR / "debootstrap.log"
+    log = CACHE_DIR / f"debootstrap-{suite}.log"
     try:
-        progress(f"building {BASE_IMAGE}: debootstrap {_SUITE} from {mirror} (a few minutes; log: {log})")
+        progress(f"building {target}: debootstrap {suite} from {mirror} (a few minutes; log: {log})")
         with open(log, "wb") as handle:
             done = subprocess.run(
-                ["debootstrap", "--variant=minbase", f"--include={','.join(_PACKAGES)}", _SUITE, str(root), mirror],
+                ["debootstrap", "--variant=minbase", f"--include={','.join(_PACKAGES)}", suite, str(root), mirror],
                 stdout=handle, stderr=subprocess.STDOUT)
         if done.returncode != 0:
             raise EngineError(f"debootstrap failed (exit {done.returncode}); see {log}: "
@@ -363,9 +413,9 @@ def _build_base_image(client, progress: Progress) -> None:
         progress("importing the root file system into Docker")
         tarball = work / "rootfs.tar"
         subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(tarball), "."], check=True)
-        changes = [*_CHANGES, f"LABEL {RECIPE_LABEL}={recipe_hash()}"]
-        repository, tag = BASE_IMAGE.split(":")
+        changes = [*_CHANGES, f"LABEL {RECIPE_LABEL}={recipe_hash(suite)}"]
+        repository, tag = target.split(":")
         client.api.import_image_from_file(str(tarball), repository=repository, tag=tag, changes=changes)
-        progress(f"{BASE_IMAGE} ready")
+        progress(f"{target} ready")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import configparser
 import re
-import tomllib
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
+import tomllib
 from lightswe.envs.agent_diff import SPECIAL, SYMLINK, Change, Entry, blob_id
 
 TEST_DIR_NAMES = frozenset({"test", "tests", "testing"})
@@ -72,10 +72,10 @@ class Scope:
 def patch_paths(patch: str) -> set[str]:
     """Every path a unified (git) diff reads or writes."""
     found = set()
-    for match in re.finditer(r"^(?:---|\+\+\+) (?:[ab]/)?(.+?)\t?$", patch, re.M):
+    for match in re.finditer(r"^(?:---|\+\+\+) (?:[ab]/)?(.+?)\t?$", patch, re.MULTILINE):
         if match.group(1) != "/dev/null":
             found.add(match.group(1).strip())
-    for match in re.finditer(r"^(?:rename|copy) (?:from|to) (.+)$", patch, re.M):
+    for match in re.finditer(r"^(?:rename|copy) (?:from|to) (.+)$", patch, re.MULTILINE):
         found.add(match.group(1).strip())
     return found
 
@@ -97,8 +97,8 @@ def task_scope(instance, outside_modules: Iterable[str] = ()) -> Scope:
 
 
 # ------------------------------------------------------------------------ test-runner sections of config files
-_INI_HEADER = re.compile(rb"^\[([^\]\r\n]*)\]", re.M)
-_TOML_HEADER = re.compile(rb"^[ \t]*\[\[?([^\]\r\n]*)\]\]?[ \t]*(?:#[^\r\n]*)?\r?$", re.M)
+_INI_HEADER = re.compile(rb"^\[([^\]\r\n]*)\]", re.MULTILINE)
+_TOML_HEADER = re.compile(rb"^[ \t]*\[\[?([^\]\r\n]*)\]\]?[ \t]*(?:#[^\r\n]*)?\r?$", re.MULTILINE)
 
 
 def _sections(data: bytes, header: re.Pattern) -> list[tuple[str | None, bytes]]:
@@ -217,7 +217,9 @@ def _reason(change: Change, scope: Scope, tree_paths: Collection[str], max_file_
     if new is not None and new.mode == SPECIAL:
         return "not a regular file or symbolic link"
     if new is not None and new.data is None:
-        return f"{new.size} bytes, over the {max_file_bytes}-byte cap for a changed file"
+        if new.size > max_file_bytes:
+            return f"{new.size} bytes, over the {max_file_bytes}-byte cap for a changed file"
+        return "past the cap on the bytes of changed files grading reads"
     if change.old is None:
         shadowed = _shadowed(path, scope.outside_modules, tree_paths)
         if shadowed:

@@ -53,6 +53,7 @@ from lightswe.envs.agent_diff import (
 from lightswe.envs.graded_files import LeftOut, select_changes, task_scope
 from lightswe.envs.hack_check import suspicious_code
 from lightswe.envs.pytest_run import (  # noqa: F401 - re-exported: the one runner and parser
+    _FACTS,
     ERROR,
     FAILED,
     JUNIT_PATH,
@@ -69,6 +70,7 @@ from lightswe.envs.pytest_run import (  # noqa: F401 - re-exported: the one runn
 from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError
 from lightswe.errors import UserInputError
 from lightswe.tasks.instance import TaskInstance
+from lightswe.tasks.test_ids import match as match_ids
 
 HACK_POLICIES = ("keep", "zero")
 AGENT_UID = 1000
@@ -107,6 +109,7 @@ class Grade:
     patch: str = ""  # binary git diff of the applied change against the base commit (capped at 1 MiB)
     reward_hack_suspected: list[str] = field(default_factory=list)  # "path:line: what" (hack_check)
     reward_zeroed: bool = False  # the tests passed but hack_policy="zero" and code was flagged
+    unmatched: dict[str, str] = field(default_factory=dict)  # published ids that matched no test -> why
 
 
 def default_fresh(box: Sandbox) -> Callable[[], Sandbox]:
@@ -122,16 +125,22 @@ def default_fresh(box: Sandbox) -> Callable[[], Sandbox]:
     return make
 
 
-_BASES: dict[str, dict[str, Entry]] = {}
+_BASES: dict[str, tuple[str, dict[str, Entry]]] = {}  # image name -> (image id, base listing)
+
+
+def _image_id(grader: Sandbox) -> str:
+    return grader.api.inspect_container(grader.container_id)["Image"]
 
 
 def _base_of(grader: Sandbox) -> dict[str, Entry]:
-    key = grader.config.image
-    if key not in _BASES:
+    """The base listing of the grading container's image, cached per image name and checked against its id."""
+    key, image_id = grader.config.image, _image_id(grader)
+    if key not in _BASES or _BASES[key][0] != image_id:
         if len(_BASES) > 64:
             _BASES.pop(next(iter(_BASES)))
-        _BASES[key] = base_listing(grader)
-    return _BASES[key]
+        _BASES[key] = (image_id, base_listing(grader))
+        _FACTS.pop(f"{key}\0{WORKDIR}", None)
+    return _BASES[key][1]
 
 
 def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] | None = None,
@@ -154,26 +163,27 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
     with ThreadPoolExecutor(1, thread_name_prefix="lightswe-grading-start") as pool:
         pending = pool.submit(make)  # the container starts while the agent's tree is read (base listing cached)
         try:
-            tree = _snapshot(box, _BASES[image]) if image in _BASES else None
+            cached = _BASES.get(image)
+            tree = _snapshot(box, cached[1]) if cached else None
         except BaseException:
             try:
                 (release or Sandbox.close)(pending.result())
-            except Exception:  # noqa: BLE001 - the start failed too: nothing to close
+            except Exception:  # noqa: BLE001, S110 - the start failed too: nothing to close
                 pass
             raise
         try:
             grader = pending.result()
-        except Exception as err:  # noqa: BLE001 - whatever the pool or the engine raised
+        except Exception as err:
             raise GradingError(f"cannot start a grading container of {image}: {type(err).__name__}: {err}",
                                stage="start") from err
     try:
         try:
             base = _base_of(grader)
             facts = probe_image(grader)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise GradingError(f"reading the base tree in the grading container of {grader.config.image} failed: "
                                f"{err}", stage="start") from err
-        if tree is None:
+        if tree is None or _BASES[grader.config.image][1] is not cached[1]:  # none read, or read against stale
             tree = _snapshot(box, base)
         return _grade_in(grader, tree, base, facts, instance, timeout=timeout, hack_policy=hack_policy,
                          start=start)
@@ -215,7 +225,7 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
             return grader.read_file(f"{WORKDIR}/{path}", max_bytes=64 * 1024 * 1024)
         except (FileNotFoundError, IsADirectoryError):
             return b""
-        except Exception as err:  # noqa: BLE001 - the grading container or engine
+        except Exception as err:
             raise GradingError(f"reading {path} from the grading container failed: {err}", stage="apply") from err
 
     kept, left_out = select_changes(changes(base, tree), scope, base=base, tree_paths=tree.keys(),
@@ -237,49 +247,118 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
                                known=known)
     files = (set(base) - {c.path for c in kept if c.new is None}) | {c.path for c in kept if c.new is not None}
     try:
-        run = run_pytest(grader, instance.test_command, wanted, timeout=timeout, user="agent", files=files,
-                         plugins=facts.plugins)
+        run, unresolved, whole_files = _run_task_tests(grader, instance, wanted, files, facts.plugins, timeout)
     except UserInputError as err:
         raise GradingError(f"{instance.instance_id}: {err}", stage="tests", known=known) from err
-    except Exception as err:  # noqa: BLE001 - the grading container or the engine failed
+    except Exception as err:
         raise GradingError(f"the test run in grading container {_short(grader)} failed: {type(err).__name__}: "
                            f"{err}", stage="tests", known=known) from err
-    _require_alive(grader, "while the tests ran", known)
-    tests = {t: run.outcomes.get(t, "missing") for t in wanted}
+    _require_alive(grader, "while the tests ran", known, settle_s=5.0 if run.runner_died else 0.0)
+    if run.runner_died:  # the container outlived its runner: still the machine's failure, never a test verdict
+        raise GradingError(f"the command runner of grading container {_short(grader)} died while the tests ran",
+                           stage="tests", known=known)
+    matched = match_ids(wanted, run.outcomes, files, unresolved)  # published ids -> outcomes (tasks/test_ids)
+    tests = matched.tests
     f2p = {t: tests[t] == PASSED for t in instance.FAIL_TO_PASS}
     p2p = {t: tests[t] == PASSED for t in instance.PASS_TO_PASS}
     all_pass = all(f2p.values()) and all(p2p.values())
+    failures = {k for k, v in run.outcomes.items() if v in (FAILED, ERROR)}
+    # pytest's exit code is 0 iff nothing failed; when only the task's ids ran, iff they all passed. Runners
+    # graded from their log (SWE-bench's parsers) have no such contract.
+    if instance.log_parser:
+        consistent = True
+    elif whole_files:
+        consistent = (run.exit_code == 0) == (not failures and not run.collection_errors)
+    else:
+        consistent = all_pass == (run.exit_code == 0)
     if run.timed_out:
         reason = f"the test run timed out after {timeout:g} s"
     elif not run.outcomes and not run.collection_errors:
-        reason = f"no JUnit report (pytest exit code {run.exit_code}): {run.output[-300:]}"
-    elif all_pass != (run.exit_code == 0):
+        runner = "the test command" if instance.log_parser else "pytest"
+        reason = (f"{runner} reported no test (exit code {run.exit_code}); last lines of `{instance.test_command}`:"
+                  f"\n{_tail(run.output)}")
+    elif not consistent:
         reason = f"pytest exit code {run.exit_code} disagrees with the JUnit report"
     elif not all_pass:
         failing = [t for t, ok in {**f2p, **p2p}.items() if not ok]
         reason = f"{len(failing)} test(s) not passing, e.g. {failing[0]} ({tests[failing[0]]})"
+        if run.collection_error:
+            reason = f"collection error: {_tail(run.collection_error, 8)}\n{reason}"
+        elif failing[0] in matched.unmatched:
+            reason += f": {matched.unmatched[failing[0]]}"
+        elif run.messages.get(failing[0]):
+            reason += f": {_tail(run.messages[failing[0]], 6)}"
     else:
         reason = "all FAIL_TO_PASS and PASS_TO_PASS tests pass"
-    reward = 1.0 if all_pass and run.exit_code == 0 and not run.timed_out else 0.0
+    if matched.unmatched and not all_pass:
+        reason += f" [{len(matched.unmatched)} published id(s) matched no test; see info['unmatched']]"
+    reward = 1.0 if all_pass and consistent and not run.timed_out else 0.0
     zeroed = bool(reward and suspected and hack_policy == "zero")
     if zeroed:
         reward, reason = 0.0, f"{reason}; reward zeroed: code that reacts to the test runner ({suspected[0]})"
     return Grade(reward=reward, tests=tests, fail_to_pass=f2p, pass_to_pass=p2p, reason=reason,
                  exit_code=run.exit_code, duration_s=time.perf_counter() - start, tests_s=run.duration_s,
                  timed_out=run.timed_out, graded_paths=known["graded_paths"], left_out=left_out, patch=patch,
-                 reward_hack_suspected=suspected, reward_zeroed=zeroed)
+                 reward_hack_suspected=suspected, reward_zeroed=zeroed, unmatched=matched.unmatched)
+
+
+def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], files: set[str],
+                    plugins, timeout: float) -> tuple[TestRun, dict[str, str], bool]:
+    """(run, {id: why it could not run}, whether whole files ran) of the task's tests in ``grader``.
+
+    pytest rows: ids pytest can address run as they are, the files of the others run whole (published ids cut
+    short or holding foreign paths, see :mod:`lightswe.tasks.test_ids`); if pytest still exits 4 (an id it
+    cannot find), the ids' files run whole, as SWE-bench's harness runs test files. Rows with a
+    ``log_parser``: ``test_command`` plus SWE-bench's test directives, outcomes from that parser (these
+    runners get no ``python -I`` hardening: they are the repository's own scripts).
+    """
+    from lightswe.tasks import specs
+    from lightswe.tasks import test_ids as published
+
+    if instance.log_parser:
+        parser = specs.log_parser(instance.log_parser)
+        command = " ".join([instance.test_command, *(_quote(d) for d in specs.directives(instance))])
+        result = grader.exec(command, timeout=timeout, user="agent", max_output_bytes=16 * 1024 * 1024)
+        run = TestRun(exit_code=result.exit_code, output=result.output, timed_out=result.timed_out,
+                      duration_s=result.duration_s, runner_died=result.runner_died)
+        run.outcomes = {k: v.lower() for k, v in parser(result.output, None).items()}
+        return run, {}, True
+    targets, unresolved = published.pytest_targets(wanted, files)
+    if not targets:
+        return TestRun(), unresolved, False
+    run = run_pytest(grader, instance.test_command, targets, timeout=timeout, user="agent", files=files,
+                     plugins=plugins)
+    whole = any("::" not in t for t in targets)
+    if run.exit_code == 4 and not run.outcomes and any("::" in t for t in targets):
+        run = run_pytest(grader, instance.test_command, published.files_of(wanted, files), timeout=timeout,
+                         user="agent", files=files, plugins=plugins)
+        whole = True
+    return run, unresolved, whole
+
+
+def _tail(text: str, lines: int = 12, width: int = 2000) -> str:
+    """The last ``lines`` non-empty lines of ``text`` (at most ``width`` characters): where causes are."""
+    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
+    return "\n".join(kept)[-width:]
 
 
 def _short(box: Sandbox) -> str:
     return (box.container_id or "closed")[:12]
 
 
-def _require_alive(grader: Sandbox, when: str, known: dict) -> None:
-    try:
-        state = grader.api.inspect_container(grader.container_id)["State"]
-    except Exception as err:  # noqa: BLE001 - gone (NotFound) or the engine does not answer
-        raise GradingError(f"the grading container {_short(grader)} vanished {when}: {type(err).__name__}: {err}",
-                           stage="tests", known=known) from err
+def _require_alive(grader: Sandbox, when: str, known: dict, settle_s: float = 0.0) -> None:
+    """Raise GradingError unless the grading container still runs. ``settle_s``: how long to wait for the
+    engine to report a container whose runner just died as stopped (its socket closes before its state changes)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            state = grader.api.inspect_container(grader.container_id)["State"]
+        except Exception as err:
+            raise GradingError(f"the grading container {_short(grader)} vanished {when}: {type(err).__name__}: "
+                               f"{err}", stage="tests", known=known) from err
+        if not state.get("Running") or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
     if not state.get("Running") or state.get("Paused") or state.get("Restarting"):
         raise GradingError(f"the grading container {_short(grader)} stopped {when} (status {state.get('Status')}, "
                            f"exit {state.get('ExitCode')}, OOM-killed {state.get('OOMKilled')})", stage="tests",
@@ -290,11 +369,13 @@ def _exec(grader: Sandbox, cmd: str, stage: str, known: dict, **kw):
     try:
         result = grader.exec(cmd, timeout=kw.pop("timeout", 120), user="agent", workdir=WORKDIR,
                              env=dict(PRISTINE_GIT_ENV), **kw)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise GradingError(f"a grading step ({stage}) failed in {_short(grader)}: {type(err).__name__}: {err}",
                            stage=stage, known=known) from err
-    if result.exit_code == 137 and "command runner died" in result.output:
-        _require_alive(grader, f"during {stage}", known)
+    if result.runner_died:
+        _require_alive(grader, f"during {stage}", known, settle_s=5.0)
+        raise GradingError(f"the command runner of grading container {_short(grader)} died during {stage}",
+                           stage=stage, known=known)
     return result
 
 
@@ -350,7 +431,7 @@ def _apply(grader: Sandbox, kept: list[Change], known: dict) -> None:
                 archive.addfile(info, io.BytesIO(entry.data))
     try:
         ok = grader.api.put_archive(grader.container_id, WORKDIR, buffer.getvalue())
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise GradingError(f"writing the change into grading container {_short(grader)} failed: {err}",
                            stage="apply", known=known) from err
     if not ok:
@@ -380,7 +461,7 @@ def _graded_patch(grader: Sandbox, kept: list[Change], known: dict) -> str:
                            stage="apply", known=known)
     try:
         raw = grader.read_file("/tmp/lightswe-graded.diff", max_bytes=256 * 1024 * 1024)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise GradingError(f"reading the graded diff failed: {err}", stage="apply", known=known) from err
     text = raw.decode("utf-8", "replace")
     if len(text) > MAX_PATCH_CHARS:

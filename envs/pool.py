@@ -11,8 +11,8 @@ background, and ``discard`` removes the used one off the hot path.
 - At most ``max_configs`` configurations are kept warm (least recently used first out), so a stream of tasks
   with different images does not pile up idle containers: at most ``idle * max_configs`` idle containers.
 - Idle containers are ordinary lightswe sandboxes (labelled, named, owned by this process): ``close()``
-  removes them, so does an ``atexit`` hook, and :func:`lightswe.envs.sandbox.reap_orphans` removes those
-  of a killed process.
+  removes them; an ``atexit`` hook removes them and the handed-out ones still open when the process exits;
+  :func:`lightswe.envs.sandbox.reap_orphans` removes those of a killed process.
 
 Example::
 
@@ -64,10 +64,12 @@ _POOLS: weakref.WeakSet = weakref.WeakSet()
 
 
 @atexit.register
-def _close_all() -> None:  # idle containers must not outlive the process
+def _close_all() -> None:  # no container of a pool outlives the process: idle ones and those handed out
     for pool in list(_POOLS):
         try:
             pool.close()
+            for box in list(pool._handed):
+                box.close()
         except Exception:  # noqa: BLE001 - best effort at exit; the reaper removes the rest
             pass
 
@@ -83,6 +85,7 @@ class SandboxPool:
         self._starter = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="sandbox-start")
         self._remover = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-remove")
         self._closed = False
+        self._handed: weakref.WeakSet = weakref.WeakSet()  # acquired sandboxes, closed at exit if still open
         self.started = self.cold_starts = self.discarded = 0  # counters for benchmarks and tests
         _POOLS.add(self)
 
@@ -113,10 +116,13 @@ class SandboxPool:
                 box = None
             if box is not None:
                 if self._healthy(box):
+                    self._handed.add(box)
                     return box
                 self.discard(box)
         self.cold_starts += 1
-        return Sandbox(config, client=self.client)
+        box = Sandbox(config, client=self.client)
+        self._handed.add(box)
+        return box
 
     def warm(self, config: SandboxConfig) -> None:
         """Start filling the pool for ``config`` now (e.g. before the first episode)."""

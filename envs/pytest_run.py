@@ -39,6 +39,7 @@ class JUnitReport:
     outcomes: dict[str, str] = field(default_factory=dict)  # node id -> passed/failed/error/skipped
     messages: dict[str, str] = field(default_factory=dict)  # node id -> failure text (failed/error only)
     collection_errors: int = 0  # errors not attached to a test (a module that failed to import)
+    collection_error: str = ""  # the first collection error's text (its cause, for messages)
     unaddressable: set[str] = field(default_factory=set)  # ids whose file could not be found (see nodeid)
 
 
@@ -47,11 +48,13 @@ class TestRun:
     outcomes: dict[str, str] = field(default_factory=dict)  # pytest node id -> passed/failed/error/skipped
     messages: dict[str, str] = field(default_factory=dict)  # node id -> failure text (failed/error only)
     collection_errors: int = 0
+    collection_error: str = ""
     unaddressable: set[str] = field(default_factory=set)
     exit_code: int = 0
     output: str = ""  # the runner's output (capped)
     timed_out: bool = False
     duration_s: float = 0.0
+    runner_died: bool = False  # the sandbox's command runner died mid-run: the machine failed, not the tests
 
     def ids(self, outcome: str) -> set[str]:
         return {k for k, v in self.outcomes.items() if v == outcome}
@@ -109,6 +112,9 @@ def parse_junit(xml: bytes | str, files: Collection[str] | None = None) -> JUnit
                    else SKIPPED if "skipped" in tags else PASSED)
         if not case.get("classname") and outcome == ERROR:  # a module that failed to import (collection)
             report.collection_errors += 1
+            if not report.collection_error:
+                report.collection_error = "\n".join(
+                    (child.text or child.get("message") or "").strip() for child in case if child.tag == "error")
             continue
         key = nodeid(case, files)
         if case.get("file") and _case_path(case, files) is None:
@@ -179,9 +185,11 @@ class ImageFacts:
 _PROBE = r"""
 import importlib.metadata as m, json, pkgutil, sys
 root = sys.argv[1].rstrip("/")
-plugins = sorted({ep.value.split(":")[0].strip() for ep in m.entry_points(group="pytest11")})
+eps = m.entry_points()  # Python < 3.10: a dict of groups, no select()
+eps = eps.select(group="pytest11") if hasattr(eps, "select") else eps.get("pytest11", [])
+plugins = sorted({ep.value.split(":")[0].strip() for ep in eps})
 paths = [p for p in sys.path if p and not (p == root or p.startswith(root + "/"))]
-names = set(sys.stdlib_module_names) | set(sys.builtin_module_names)
+names = set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names)  # the former: 3.10+
 names |= {mod.name for mod in pkgutil.iter_modules(paths)}
 print(json.dumps({"plugins": plugins, "outside": sorted(names)}))
 """
@@ -237,11 +245,12 @@ def run_pytest(box, test_command: str, test_ids: Sequence[str] | None = None, *,
     result = box.exec(pytest_command(test_command, ids, plugins=plugins), timeout=timeout, user=user,
                       max_output_bytes=max_output_bytes, env=dict(RUNNER_ENV))
     run = TestRun(exit_code=result.exit_code, output=result.output, timed_out=result.timed_out,
-                  duration_s=result.duration_s)
+                  duration_s=result.duration_s, runner_died=result.runner_died)
     try:
         report = parse_junit(box.read_file(JUNIT_PATH, max_bytes=64 * 1024 * 1024), files)
     except (FileNotFoundError, IsADirectoryError, ValueError, ET.ParseError):
         return run  # pytest did not start (import error in conftest, timeout): no outcomes
     run.outcomes, run.messages = report.outcomes, report.messages
     run.collection_errors, run.unaddressable = report.collection_errors, report.unaddressable
+    run.collection_error = report.collection_error
     return run

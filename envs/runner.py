@@ -66,17 +66,20 @@ def _disk_full(path: str) -> bool:
     return st.f_bavail * st.f_frsize < _LOW_BYTES or (st.f_files > 0 and st.f_favail < _LOW_INODES)
 
 
-def _limits(fsize: int):
-    def apply() -> None:
-        if fsize > 0:
+def _limit_file_size(fsize: int) -> None:
+    """RLIMIT_FSIZE of the runner itself, inherited by every command (no preexec_fn: keeps vfork fast)."""
+    if fsize > 0 and resource.getrlimit(resource.RLIMIT_FSIZE)[1] != fsize:
+        try:
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-    return apply
+        except (ValueError, OSError):
+            pass
 
 
 def run(req: dict) -> dict:
     entry = pwd.getpwnam(req.get("user") or "root")
     env = {**os.environ, "HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name, **req.get("env", {})}
     cap, timeout = int(req["cap"]), float(req["timeout"])
+    _limit_file_size(int(req.get("fsize") or 0))
     if req.get("kill_first"):  # e.g. a reset: the agent's leftover processes die before the command runs
         _kill_user(pwd.getpwnam(req["kill_first"]).pw_uid)
     try:
@@ -84,7 +87,6 @@ def run(req: dict) -> dict:
             ["bash", "-c", req["cmd"]], stdin=subprocess.PIPE if req.get("stdin") else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             cwd=req.get("cwd") or entry.pw_dir, env=env, start_new_session=True,
             user=entry.pw_uid, group=entry.pw_gid, extra_groups=[] if entry.pw_uid else None,
-            preexec_fn=_limits(int(req.get("fsize") or 0)),
         )
     except OSError as err:  # e.g. EAGAIN when the pid limit is reached
         return {"exit": 126, "out": base64.b64encode(f"cannot start the command: {err}".encode()).decode(),

@@ -59,7 +59,7 @@ from pathlib import PurePosixPath
 from lightswe.envs import disk as _disk
 from lightswe.envs import runner as _runner_module
 from lightswe.envs.engine import BASE_IMAGE, ensure_engine
-from lightswe.errors import InfrastructureError
+from lightswe.errors import InfrastructureError, LightSWEError
 
 LABEL = "lightswe.sandbox"
 NAME_LABEL = "lightswe.name"  # the container's own name: only containers Sandbox._start made match it
@@ -102,6 +102,7 @@ class ExecResult:
     truncated: bool
     duration_s: float
     disk_full: bool = False  # the command was stopped because the sandbox's disk limit was reached
+    runner_died: bool = False  # the in-container runner died mid-command (container stopped or killed, OOM)
 
 
 _BASE_ENV = {
@@ -163,12 +164,23 @@ class Sandbox:
         c = self.config
         owner = f"{os.getpid()}-{_start_time(os.getpid())}"
         name = f"lightswe-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        mode = _disk.disk_mode(self.client) if c.disk_limit and not c.build else "none"
         size = _disk.parse_size(c.disk_limit) if c.disk_limit else 0
         binds = {host: {"bind": inside, "mode": "ro"} for host, inside in c.read_only_binds.items()}
         extra: dict = {}
+        try:  # both ask the engine: an unreachable one is the infrastructure branch, like create/start below
+            mode = _disk.disk_mode(self.client) if c.disk_limit and not c.build else "none"
+            if mode == "loop":
+                self._volume = _disk.LoopVolume(self.client, c.image, size, owner)
+        except _disk.DiskError as err:
+            raise SandboxError(f"cannot make the disk volume of a sandbox from {c.image!r}: {err}; fix: check "
+                               "free space under ~/.cache/lightswe, or set LIGHTSWE_DISK_MODE=none to run "
+                               "without a hard disk limit") from err
+        except LightSWEError:
+            raise
+        except Exception as err:
+            raise SandboxError(f"cannot prepare a sandbox of {c.image!r}: {err}; fix: check the engine "
+                               "(`docker info`) and that the image exists, then retry") from err
         if mode == "loop":
-            self._volume = _disk.LoopVolume(self.client, c.image, size, owner)
             binds.update(self._volume.binds())
             extra["read_only"] = True
             self._disk_path = "/tmp"
@@ -191,6 +203,9 @@ class Sandbox:
             )
         except Exception as err:
             self._drop_volume()
+            if "storage_opt" in extra and "storage-opt" in str(err).lower():  # no quota after all: the fallback
+                _disk.disk_mode(self.client, no_quota=True)
+                return self._start()
             raise SandboxError(f"cannot create a container from {c.image!r}: {err}; fix: build it first "
                                "(`python -m lightswe setup` for the base image)") from err
         self.container_id = created["Id"]
@@ -313,8 +328,8 @@ class Sandbox:
         """
         self._require()
         timeout = self.config.default_timeout if timeout is None else float(timeout)
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if not 0 < timeout < float("inf"):  # NaN too: it would reach the socket and fake a runner death
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout}")
         cap = self.config.max_output_bytes if max_output_bytes is None else max_output_bytes
         request = {"cmd": cmd, "timeout": timeout, "user": user or self.config.user,
                    "cwd": workdir or self.config.workdir, "cap": cap, "env": env or {},
@@ -339,7 +354,7 @@ class Sandbox:
                 self._stop_runner()
                 return ExecResult(exit_code=137, output=f"[the sandbox's command runner died while running this "
                                   f"command ({err}); it restarts with the next command]", timed_out=False,
-                                  truncated=False, duration_s=time.perf_counter() - start)
+                                  truncated=False, duration_s=time.perf_counter() - start, runner_died=True)
         duration = time.perf_counter() - start
         raw = base64.b64decode(reply["out"])
         truncated, timed_out = bool(reply["truncated"]), bool(reply["timed_out"])

@@ -43,14 +43,14 @@ from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces
-
 from lightswe.envs.grading import HACK_POLICIES, Grade, grade
 from lightswe.envs.pool import PoolConfig, SandboxPool
 from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError
 from lightswe.envs.tool_calls import EXAMPLES, PARSERS, ToolCall, ToolCallFormatError
 from lightswe.envs.tools import TOOL_NAMES, ToolError, run_tool
 from lightswe.errors import UserInputError
-from lightswe.tasks.instance import TaskInstance, read_jsonl
+from lightswe.tasks.datasets import load_tasks
+from lightswe.tasks.instance import TaskInstance
 
 CHARSET = "\t\n" + "".join(chr(i) for i in range(0x20, 0x10000) if chr(i).isprintable())
 _ALLOWED = frozenset(CHARSET)
@@ -88,7 +88,7 @@ class SWEEnv(gym.Env[str, str]):
         self.hack_policy = hack_policy
         if tasks is None:
             tasks = default_tasks_path()
-        self.tasks: list[TaskInstance] = read_jsonl(tasks) if isinstance(tasks, (str, Path)) else list(tasks)
+        self.tasks: list[TaskInstance] = load_tasks(tasks) if isinstance(tasks, (str, Path)) else list(tasks)
         if not self.tasks or not all(isinstance(t, TaskInstance) for t in self.tasks):
             raise TypeError(f"tasks must be a JSONL path or a non-empty list of TaskInstance, got {tasks!r:.200}")
         self._by_id = {t.instance_id: t for t in self.tasks}
@@ -152,7 +152,10 @@ class SWEEnv(gym.Env[str, str]):
             self.last_grade = result
             info.update(grade=result, tests=dict(result.tests), reason=result.reason, grade_s=result.duration_s,
                         timed_out=result.timed_out, left_out=list(result.left_out),
-                        reward_hack_suspected=list(result.reward_hack_suspected), reward_zeroed=result.reward_zeroed)
+                        reward_hack_suspected=list(result.reward_hack_suspected), reward_zeroed=result.reward_zeroed,
+                        model_patch=result.patch)
+            if result.unmatched:
+                info["unmatched"] = dict(result.unmatched)
             text = f"Submitted. Tests: {result.reason}. Reward {result.reward:.1f}."
             if result.left_out:
                 shown = ", ".join(f"{x.path} ({x.reason})" for x in result.left_out[:5])

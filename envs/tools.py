@@ -11,13 +11,15 @@ Guarantees (tests in ``tests/envs/test_tools*.py``, against the real engine):
 - **Byte-exact edits.** Files are read as bytes and decoded as UTF-8 with ``surrogateescape``: ``str_replace``
   rewrites exactly the matched span and every other byte of the file (non-UTF-8 bytes, a BOM, NUL bytes, a
   missing final newline) is written back as it was; ``create`` writes the content's UTF-8 bytes as given.
+  A write goes to a temporary file beside the target that replaces it in one rename (``create``: one hard
+  link, so an existing name is never overwritten): a full disk or a file-size limit leaves the old file whole.
 - **Honest view.** What the observation cannot carry is shown as an escape: a byte that is not UTF-8 as
   ``\\xNN`` (80-ff), a control character as ``\\xNN`` (00-1f, 7f) or ``\\r``, any other non-printable
   character (BOM, NBSP, zero-width, C1) as ``\\uXXXX`` and one outside the Basic Multilingual Plane as
   ``\\UXXXXXXXX``; a note above the lines says so. ``str_replace`` accepts the same escapes in ``old_str`` and
   ``new_str`` when ``old_str`` is not found as written (so a line copied from ``view`` can be edited).
 - **Line endings.** ``view`` shows a CRLF line without its ``\\r`` and says above the lines which lines end
-  with CRLF; ``str_replace`` matches ``old_str`` whatever its line endings (``\\n`` in ``old_str`` matches
+  with CRLF (a file of bare-``\\r`` lines is split at them, with a note); ``str_replace`` matches ``old_str`` whatever its line endings (``\\n`` in ``old_str`` matches
   ``\\r\\n`` in the file) and writes ``new_str`` with the line ending of the text it replaces.
 - **What view hides.** A directory is listed two levels deep with everything but ``.git`` and
   ``__pycache__`` (dot-files such as ``.github/`` and ``.gitignore`` are listed); a file's lines longer than
@@ -36,6 +38,7 @@ import base64
 import math
 import posixpath
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,8 +133,8 @@ def _value(call: ToolCall, name: str, required: bool) -> Any:
     value = call.arguments.get(name, _MISSING)
     if value is _MISSING or value is None:
         if required:
-            what = "missing" if value is _MISSING else "null"
-            raise ToolError(f"{call.name}: argument {name!r} is {what}; it takes "
+            what = f"missing argument {name!r}" if value is _MISSING else f"argument {name!r} is null"
+            raise ToolError(f"{call.name}: {what}; it takes "
                             f"{list(_schema(call.name)['parameters']['properties'])} (required: "
                             f"{_schema(call.name)['parameters']['required']})")
         return _MISSING
@@ -253,23 +256,33 @@ def unescape(text: str) -> str:
     return _ESCAPE.sub(one, text)
 
 
+def _separator(text: str) -> str:
+    """What ends a line of ``text``: ``\\n`` (LF and CRLF files), or ``\\r`` in a file with no ``\\n`` at all
+    (classic Mac OS line endings)."""
+    return "\r" if "\n" not in text and "\r" in text else "\n"
+
+
 def _spans(text: str, old: str) -> list[tuple[int, int]]:
-    """Non-overlapping matches of ``old`` in ``text`` where each ``\\n`` of ``old`` also matches ``\\r\\n``."""
+    """Non-overlapping matches of ``old`` in ``text`` where each ``\\n`` of ``old`` matches any line ending."""
     parts = old.replace("\r\n", "\n").split("\n")
-    pattern = re.compile(r"\r?\n".join(re.escape(part) for part in parts))
+    pattern = re.compile(r"(?:\r\n|\n|\r)".join(re.escape(part) for part in parts))
     return [m.span() for m in pattern.finditer(text)]
 
 
 def _line_ending(text: str, start: int, end: int) -> str:
-    """The line ending new text at ``text[start:end]`` should use: that of the replaced text or its line."""
-    span = text[start:end]
-    if "\n" in span:
-        return "\r\n" if 2 * span.count("\r\n") >= span.count("\n") else "\n"
+    """The line ending new text at ``text[start:end]`` should use: ``\\r`` in a classic Mac OS file, else that of
+    the replaced text, else of the line it is on, else the file's most frequent one (a bare ``\\r`` inside a
+    line of an LF/CRLF file is data, not a line ending)."""
+    if _separator(text) == "\r":
+        return "\r"
+
+    def style(part: str) -> str | None:
+        crlf, newlines = part.count("\r\n"), part.count("\n")
+        return None if not newlines else "\r\n" if 2 * crlf >= newlines else "\n"
+
     newline = text.find("\n", end)
-    if newline > 0:
-        return "\r\n" if text[newline - 1] == "\r" else "\n"
-    crlf = text.count("\r\n")
-    return "\r\n" if crlf and 2 * crlf >= text.count("\n") else "\n"
+    return (style(text[start:end]) or (("\r\n" if text[newline - 1] == "\r" else "\n") if newline > 0 else None)
+            or style(text) or "\n")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -302,20 +315,20 @@ def replace_once(data: bytes, old: str, new: str, path: str = "the file") -> Edi
         raise ToolError(f"str_replace: old_str was not found in {path}; it must match exactly, including "
                         f"indentation and whitespace (view the file to copy the lines).{hint}")
     if len(spans) > 1:
-        lines = [text.count("\n", 0, start) + 1 for start, _ in spans]
+        lines = [text.count(_separator(text), 0, start) + 1 for start, _ in spans]
         shown = ", ".join(map(str, lines[:20])) + (f" and {len(lines) - 20} more" if len(lines) > 20 else "")
         raise ToolError(f"str_replace: old_str occurs {len(spans)} times in {path} (lines {shown}); include more "
                         "surrounding lines so that it is unique")
     (start, end), = spans
     ending = _line_ending(text, start, end)
     body = new.replace("\r\n", "\n")
-    if ending == "\r\n":
-        body = body.replace("\n", "\r\n")
+    if ending != "\n":
+        body = body.replace("\n", ending)
     try:
         updated = (text[:start] + body + text[end:]).encode("utf-8", "surrogateescape")
     except UnicodeEncodeError as err:  # only a \uD800-style escape unescape() left alone could get here
         raise ToolError(f"str_replace: new_str cannot be written as UTF-8 ({err.reason}); write the character itself") from None
-    return Edit(data=updated, start_line=text.count("\n", 0, start) + 1, new_lines=body.count("\n") + 1,
+    return Edit(data=updated, start_line=text.count(_separator(text), 0, start) + 1, new_lines=new.count("\n") + 1,
                 escapes=escapes, line_ending=ending)
 
 
@@ -329,11 +342,13 @@ def render(data: bytes, path: str, start: int | None = None, end: int | None = N
     if not data:
         return f"[{path} is empty (0 bytes)]"
     text = data.decode("utf-8", "surrogateescape")
-    lines = text.split("\n")
+    separator = _separator(text)
+    lines = text.split(separator)
     final_newline = lines[-1] == ""
     if final_newline:
         lines.pop()
-    crlf = [i for i, line in enumerate(lines[:len(lines) if final_newline else -1]) if line.endswith("\r")]
+    crlf = [i for i, line in enumerate(lines[:len(lines) if final_newline else -1])
+            if separator == "\n" and line.endswith("\r")]
     for i in crlf:
         lines[i] = lines[i][:-1]
     total = len(lines)
@@ -361,6 +376,9 @@ def render(data: bytes, path: str, start: int | None = None, end: int | None = N
     if invalid:
         notes.append(f"[{path} is not valid UTF-8: its {invalid} non-UTF-8 byte(s) are shown as \\xNN; write them "
                      "the same way in str_replace's old_str/new_str; every other byte is kept as it is]")
+    if separator == "\r":
+        notes.append(f"[{path} ends its lines with a bare \\r (classic Mac OS), not shown below; str_replace "
+                     "matches old_str with plain \\n and writes \\r]")
     if crlf and len(crlf) == total - (0 if final_newline else 1):
         notes.append(f"[{path} has Windows line endings (\\r\\n), not shown below; str_replace matches old_str "
                      "with plain \\n and writes \\r\\n]")
@@ -399,9 +417,28 @@ _WRITE = """p=$LIGHTSWE_PATH
 if [ "$LIGHTSWE_NEW" = 1 ]; then
   if [ -e "$p" ] || [ -L "$p" ]; then echo EXISTS; exit 3; fi
   mkdir -p -- "$(dirname -- "$p")" || exit 1
-  set -C
+  mode=$(printf '%04o' $(( 0666 & ~0$(umask) )))
 fi
-cat > "$p\""""
+t=$(readlink -f -- "$p") || exit 1
+[ "$LIGHTSWE_NEW" = 1 ] || mode=$(stat -c %a -- "$t") || exit 1
+# the bytes go to a temporary file beside the target, which then takes the target's place in one rename
+# (create: one hard link, which fails if the name exists): a failed write leaves the old file whole
+tmp=$t.lightswe-$LIGHTSWE_SUFFIX
+if (set -C; : > "$tmp") 2>/dev/null; then
+  { cat > "$tmp" && chmod "$mode" -- "$tmp"; } || { status=$?; rm -f -- "$tmp"; exit "$status"; }
+  if [ "$LIGHTSWE_NEW" = 1 ]; then
+    ln -T -- "$tmp" "$t" 2>/dev/null || { rm -f -- "$tmp"; echo EXISTS; exit 3; }
+    rm -f -- "$tmp"
+  else
+    mv -f -T -- "$tmp" "$t" || { status=$?; rm -f -- "$tmp"; exit "$status"; }
+  fi
+  exit 0
+fi
+# a directory the agent may not add files to, holding a file it may write: in place
+if [ "$LIGHTSWE_NEW" = 1 ]; then set -C; fi
+cat > "$t"
+"""
+_CLEAN = 'rm -f -- "$(readlink -f -- "$LIGHTSWE_PATH").lightswe-$LIGHTSWE_SUFFIX"'
 _SEARCH = f"""p=$LIGHTSWE_PATH
 if [ ! -e "$p" ]; then echo N; exit 0; fi
 echo S
@@ -433,20 +470,37 @@ def _read(box: Sandbox, tool: str, path: str, target: str, *, directory_ok: bool
         raise ToolError(f"{tool}: {path} is not a regular file (a device, socket or pipe); use bash to inspect it")
     if kind == "R":
         raise ToolError(f"{tool}: {path} is not readable by the agent user (permission denied)")
-    if not kind.startswith("F ") or result.exit_code != 0 or result.truncated:
+    if not re.fullmatch(r"F \d+", kind) or result.exit_code != 0 or result.truncated:
         raise _failed(tool, "read", path, result.output)
     size = int(kind[2:])
     if size > MAX_FILE_BYTES:
         raise ToolError(f"{tool}: {path} has {size} bytes, more than the {MAX_FILE_BYTES} this tool reads; use "
                         "search, or bash with sed -n 'A,Bp' (and sed -i or python for edits)")
-    return base64.b64decode(body.strip())
+    data = _decode64(tool, "read", path, body)
+    if len(data) != size:
+        raise ToolError(f"{tool}: {path} changed while it was read ({size} bytes, then {len(data)}); try again")
+    return data
+
+
+def _decode64(tool: str, what: str, path: str, text: str) -> bytes:
+    """The bytes of the one base64 line at the start of ``text`` (the sandbox may append a note after it)."""
+    try:
+        return base64.b64decode(text.lstrip("\n").split("\n", 1)[0], validate=True)
+    except ValueError:  # binascii.Error: the command printed something else (e.g. it was killed)
+        raise _failed(tool, what, path, text) from None
 
 
 def _write(box: Sandbox, tool: str, path: str, target: str, data: bytes, *, new: bool) -> None:
-    result = _exec(box, _WRITE, {"LIGHTSWE_PATH": target, "LIGHTSWE_NEW": "1" if new else "0"}, stdin=data)
+    """Replace (or, ``new``, create) the file atomically: on any failure the old file is whole."""
+    env = {"LIGHTSWE_PATH": target, "LIGHTSWE_NEW": "1" if new else "0", "LIGHTSWE_SUFFIX": uuid.uuid4().hex[:12]}
+    result = _exec(box, _WRITE, env, stdin=data)
     if result.exit_code == 3 and result.output.startswith("EXISTS"):
         raise ToolError(f"create: {path} already exists; edit it with str_replace (or remove it with bash first)")
     if result.exit_code != 0:
+        box.exec(_CLEAN, timeout=30, env=env)  # a write stopped from outside (disk limit) leaves no temporary
+        if getattr(result, "disk_full", False):
+            raise ToolError(f"{tool}: the sandbox's disk is full, so {path} was left as it was; free space with "
+                            "bash (rm large files you made) and retry")
         raise _failed(tool, "write", path, result.output)
 
 
@@ -483,8 +537,9 @@ def _listing(box: Sandbox, path: str, target: str) -> str:
         raise ToolError(f"view: the directory {path} is not readable by the agent user (permission denied)")
     if kind != "L":
         raise _failed("view", "list", path, result.output)
-    names = [show(n.decode("utf-8", "surrogateescape")).replace("\n", "\\n")
-             for n in base64.b64decode(body.strip()).split(b"\0") if n]
+    prefix = "" if posixpath.normpath(path) == "." else posixpath.normpath(path) + "/"
+    names = [prefix + show(n.decode("utf-8", "surrogateescape")).replace("\n", "\\n")
+             for n in _decode64("view", "list", path, body).split(b"\0") if n]
     more = f"\n[more than {DIR_MAX_ENTRIES} entries; view a subdirectory]" if len(names) > DIR_MAX_ENTRIES else ""
     head = f"[{path}: two levels deep; .git and __pycache__ are not listed]"
     return "\n".join([head, *names[:DIR_MAX_ENTRIES]]) + more if names else f"[{path} is an empty directory]"
@@ -495,7 +550,8 @@ def str_replace(box: Sandbox, call: ToolCall) -> ToolResult:
     old, new = _text(call, "old_str"), _text(call, "new_str")
     edit = replace_once(_read(box, "str_replace", path, target), old, new, path)
     _write(box, "str_replace", path, target, edit.data, new=False)
-    lines = edit.data.decode("utf-8", "surrogateescape").split("\n")
+    updated = edit.data.decode("utf-8", "surrogateescape")
+    lines = updated.split(_separator(updated))
     if len(lines) > 1 and lines[-1] == "":
         lines.pop()
     first = max(1, edit.start_line - 3)
@@ -503,8 +559,8 @@ def str_replace(box: Sandbox, call: ToolCall) -> ToolResult:
     notes = []
     if edit.escapes:
         notes.append("old_str and new_str were read with view's escapes (\\xNN as bytes)")
-    if edit.line_ending == "\r\n" and "\n" in new:
-        notes.append("new_str's lines were written with \\r\\n, the file's line ending")
+    if edit.line_ending != "\n" and "\n" in new:
+        notes.append(f"new_str's lines were written with {edit.line_ending!r}, the line ending of the text replaced")
     note = f" ({'; '.join(notes)})" if notes else ""
     return ToolResult(output=f"Edited {path}{note}. The changed region now reads:\n"
                              f"{_numbered(lines[first - 1:last], first)}")
@@ -535,7 +591,7 @@ def search(box: Sandbox, call: ToolCall) -> ToolResult:
     encoded, _, status = body.partition("\n")
     if kind != "S":
         raise _failed("search", "search", path, result.output)
-    found = base64.b64decode(encoded).decode("utf-8", "surrogateescape").split("\n")
+    found = _decode64("search", "search", path, encoded).decode("utf-8", "surrogateescape").split("\n")
     if found[-1] == "":
         found.pop()
     if status.strip() == "2" and found and found[0].startswith("grep: "):

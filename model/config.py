@@ -147,7 +147,8 @@ class MiniMaxConfig:
     # ---------------------------------------------------------------------------------------- presets
     @classmethod
     def preset(cls, name: str) -> MiniMaxConfig:
-        """``tiny`` (CPU tests, fits the byte tokenizer), ``small`` (~98M parameters, one GPU),
+        """``tiny`` (CPU tests, fits the byte tokenizer), ``small`` (~98M parameters, one GPU), ``minimax-1b``
+        (MiniMax-Text-01's proportions at 1.3B total / 0.15B active, one GPU),
         ``minimax-text-01`` (the full 456B shape: build it on the meta device only)."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
@@ -170,4 +171,14 @@ def _small() -> MiniMaxConfig:
         num_experts_per_tok=2, block_size=256, max_position_embeddings=1_048_576, eos_token_id=256)
 
 
-PRESETS = {"tiny": _tiny, "small": _small, "minimax-text-01": MiniMaxConfig}
+def _minimax_1b() -> MiniMaxConfig:
+    # MiniMax-Text-01's proportions at ~1.3B total / ~0.15B active parameters (MiniMax: 456B / 45.9B, 10 %):
+    # one softmax layer in eight, head_dim 128, 8 query heads per KV head, MoE intermediate 1.5x hidden,
+    # 32 experts of top-2, RoPE on half the head dim, theta 1e7, DeepNorm alphas from the depth.
+    return MiniMaxConfig.from_pattern(
+        "LLLLLLLS", vocab_size=32_768, hidden_size=1024, intermediate_size=1536, num_attention_heads=8,
+        num_key_value_heads=1, head_dim=128, rotary_dim=64, rope_theta=10_000_000.0, num_local_experts=32,
+        num_experts_per_tok=2, block_size=256, max_position_embeddings=1_048_576, eos_token_id=256)
+
+
+PRESETS = {"tiny": _tiny, "small": _small, "minimax-1b": _minimax_1b, "minimax-text-01": MiniMaxConfig}

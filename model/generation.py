@@ -64,6 +64,9 @@ def sample(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Gene
 def generate(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
     """Sample a continuation of every prompt. Returns one ``Generation`` per prompt, in order.
 
+    On CUDA this runs ``lightswe.model.engine.SamplerEngine`` (static cache, CUDA graphs, continuous batching;
+    see ``engine_for``); elsewhere the plain loop below (``generate_loop``).
+
     Example::
 
         gens = generate(model, [[1, 2, 3], [4, 5]], SamplingConfig(max_new_tokens=8, stop_token_ids=(256,)))
@@ -73,6 +76,16 @@ def generate(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: Samp
     vocab = model.config.vocab_size
     if any(not 0 <= t < vocab for p in prompts for t in p):
         raise ValueError(f"prompt token ids must be in [0, vocab_size={vocab})")
+    if model.lm_head.weight.device.type == "cuda":
+        return engine_for(model, len(prompts), max(len(p) for p in prompts) + sampling.max_new_tokens
+                          ).generate(prompts, sampling)
+    return generate_loop(model, prompts, sampling)
+
+
+@torch.no_grad()
+def generate_loop(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
+    """The plain loop (any device; ``generate`` uses it off CUDA): packed prefill through a ``HybridCache``, then
+    one eager batched forward per token, finished rows dropped; the host reads every step's tokens."""
     device = model.lm_head.weight.device
     generator = None
     if sampling.seed is not None:
@@ -114,3 +127,23 @@ def generate(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: Samp
         logits = model.logits(hidden[:, -1])
     model.train(was_training)
     return [r for r in results if r is not None]
+
+
+def engine_for(model: MiniMaxForCausalLM, rows: int, seq_len: int, *, max_slots: int = 256):
+    """The model's cached ``SamplerEngine`` for ``rows`` concurrent rows of up to ``seq_len`` tokens.
+
+    Slots are ``rows`` rounded up to a power of two (at most ``max_slots``; more prompts queue and join as
+    rows finish); the length capacity is rounded up to a multiple of 1,024. The engine (and its captured CUDA
+    graphs) is reused while both fit, and replaced otherwise.
+    """
+    from lightswe.model.engine import SamplerEngine
+
+    slots = min(1 << max(rows - 1, 0).bit_length(), max_slots)
+    capacity = -(-seq_len // 1024) * 1024
+    engine = getattr(model, "_sampler_engine", None)
+    if engine is None or engine.slots != slots or engine.max_seq_len < capacity or engine.dtype != \
+            model.lm_head.weight.dtype or engine.device != model.lm_head.weight.device:
+        model._sampler_engine = None  # free the old cache before allocating the new one
+        engine = SamplerEngine(model, max_slots=slots, max_seq_len=capacity)
+        model._sampler_engine = engine
+    return engine

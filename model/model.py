@@ -69,9 +69,16 @@ def _positions(input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None, cache: 
     return (steps - torch.repeat_interleave(starts, sizes))[None]
 
 
+def fp32_head(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """fp32 logits [..., vocab] = hidden @ weight^T with both upcast, also under autocast (which would otherwise
+    run F.linear in bf16: MiniMax-M1 keeps the head in fp32 for train/inference probability agreement)."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return F.linear(hidden.float(), weight.float())
+
+
 def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = F.linear(hidden.float(), weight) / temperature  # [N, vocab] fp32, one chunk only
+    logits = fp32_head(hidden, weight) / temperature  # [N, vocab] fp32, one chunk only
     lse = torch.logsumexp(logits, dim=-1)
     logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
     entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
@@ -144,8 +151,8 @@ class MiniMaxForCausalLM(nn.Module):
         return self.model.norm(x), self.aux_loss
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The fp32 LM head."""
-        return F.linear(hidden.float(), self.lm_head.weight.float())
+        """The fp32 LM head (fp32 under autocast too)."""
+        return fp32_head(hidden, self.lm_head.weight)
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
                 cache: HybridCache | None = None) -> CausalLMOutput:

@@ -122,7 +122,8 @@ class HFTokenizer:
         candidates = [eos] if eos else ["<|endoftext|>", "</s>", "<|im_end|>"]
         ids = [self._tok.token_to_id(c) for c in candidates if c and self._tok.token_to_id(c) is not None]
         if not ids:
-            raise ValueError(f"{file}: no end-of-sequence token found among {candidates}")
+            raise UserInputError(f"{file}: no end-of-sequence token found among {candidates}; fix: name it as "
+                                 "\"eos_token\" in a tokenizer_config.json beside the file")
         self.eos_token_id = ids[0]
 
     def encode(self, text: str) -> list[int]:
@@ -147,7 +148,8 @@ class HFTokenizer:
     def token_id(self, special: str) -> int:
         token = self._tok.token_to_id(special)
         if token is None:
-            raise KeyError(f"{special!r} is not in the vocabulary of this tokenizer")
+            raise KeyError(f"{special!r} is not in the vocabulary of this tokenizer; the chat template needs "
+                           f"{list(SPECIAL_TOKENS[1:3])}: add them as special tokens to the tokenizer.json")
         return token
 
 

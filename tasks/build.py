@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightswe.errors import UserInputError
 from lightswe.tasks import pool as pool_mod
 from lightswe.tasks import splits
 from lightswe.tasks.instance import TaskFormatError, TaskInstance, write_jsonl
@@ -34,14 +35,50 @@ INSTANCES, PROGRESS = "instances.jsonl", "progress.jsonl"
 
 @dataclass(kw_only=True, slots=True)
 class BuildConfig:
+    """Synthesize and validate instances from the curated pool (resumable: a rerun keeps what is built)."""
+
+    # Output folder (instances.jsonl, progress.jsonl, report.md, train.jsonl, test.jsonl).
     out: Path = Path("tasks_out")
-    repos: list[str] = field(default_factory=list)  # empty: the whole pool
+    # Pool names to build (default: the whole pool; see `lightswe tasks pool`).
+    repos: list[str] = field(default_factory=list)
+    # Validated instances wanted per repository.
     per_repo: int = 30
+    # Repositories processed in parallel.
     workers: int = 1
+    # Seed of the mutation order.
     seed: int = 0
+    # A pool JSON file (default: the packaged one).
     pool_file: Path | None = None
+    # A mutant failing more tests than this is too broad to be a task.
     max_fail: int = 25
+    # Mutants tried at most per repository (0: 4 x per_repo); a repository that reaches it ends short, said.
+    max_attempts: int = 0
+    # Gold-patch runs per instance in validation (all must pass).
     gold_runs: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("per_repo", "workers", "max_fail", "gold_runs"):
+            value = getattr(self, name)
+            if value < 1:
+                option = "--" + name.replace("_", "-")
+                raise UserInputError(f"{option} {value}: must be >= 1; fix: e.g. {option} "
+                                     f"{BuildConfig.__dataclass_fields__[name].default}")
+        if self.max_attempts < 0:
+            raise UserInputError(f"--max-attempts {self.max_attempts}: must be >= 0; fix: 0 tries up to 4 x "
+                                 f"--per-repo mutants")
+        if self.max_attempts and self.max_attempts < self.per_repo:
+            raise UserInputError(f"--max-attempts {self.max_attempts} < --per-repo {self.per_repo}: could never "
+                                 f"make {self.per_repo} instances; fix: raise --max-attempts or use 0")
+        if self.out.exists() and not self.out.is_dir():
+            raise UserInputError(f"--out {self.out}: is a file; pass a directory path (created if missing)")
+        if self.pool_file is not None and not Path(self.pool_file).is_file():
+            raise UserInputError(f"--pool-file {self.pool_file}: does not exist; pass a pool JSON file or leave it "
+                                 f"out for the packaged pool")
+
+    @property
+    def attempts(self) -> int:
+        """Mutants tried at most per repository."""
+        return self.max_attempts or 4 * self.per_repo
 
 
 def _say(message: str) -> None:
@@ -99,8 +136,23 @@ class _Store:
         self._append(PROGRESS, {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record})
 
 
-def build(config: BuildConfig, progress=_say) -> dict:
-    """Build (or resume) the task set; returns the report (also written to ``report.json``)."""
+def shortfall(*, have: int, asked: int, tried: int, attempts: int) -> str | None:
+    """Why a repository ended with ``have < asked`` instances after ``tried`` mutants (cap ``attempts``); None
+    when it has them all."""
+    if have >= asked:
+        return None
+    if tried >= attempts:
+        return f"stopped at the attempt cap ({tried} mutants tried; raise --max-attempts)"
+    return f"every mutation site was tried ({tried} new mutants; the repository offers no more)"
+
+
+def build(config: BuildConfig, progress=_say, bar: bool = False) -> dict:
+    """Build (or resume) the task set; returns the report (also written to ``report.json``), whose ``short``
+    maps each repository that ended with fewer than ``per_repo`` instances to what it has and why.
+
+    ``bar``: an overall progress bar on stderr (validated instances of all repositories, with an ETA); the
+    ``progress`` lines are written above it.
+    """
     from lightswe.tasks.synth import RepoSynthesizer, SynthConfig
     from lightswe.tasks.validate import Validator
 
@@ -113,6 +165,19 @@ def build(config: BuildConfig, progress=_say) -> dict:
     test_repos = splits.held_out_repos(s.repo for s in the_pool.values())
     validator = Validator(gold_runs=config.gold_runs)
     started = time.perf_counter()
+    overall = None
+    if bar:
+        from tqdm import tqdm
+
+        overall = tqdm(total=config.per_repo * len(specs), initial=sum(min(per_repo[s.repo], config.per_repo)
+                                                                        for s in specs),
+                       desc="tasks build", unit="instance", file=sys.stderr, dynamic_ncols=True,
+                       mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        if progress is _say:  # lines above the bar, not through it
+
+            def progress(message: str) -> None:
+                overall.write(f"[tasks] {message}", file=sys.stderr)
+    short: dict[str, dict] = {}
 
     def one_repo(spec: pool_mod.RepoSpec) -> None:
         have = per_repo[spec.repo]
@@ -133,25 +198,40 @@ def build(config: BuildConfig, progress=_say) -> dict:
             store.instance(candidate)
             store.event(event="accepted", repo=spec.repo, instance_id=candidate.instance_id, image=result.image,
                         kind=candidate.metadata.get("mutation"), seconds=round(result.seconds, 2))
+            if overall is not None:
+                overall.update(1)
             return True
 
         try:
             synth = RepoSynthesizer(spec, SynthConfig(per_repo=config.per_repo, seed=config.seed,
-                                                      max_fail=config.max_fail), progress=progress)
+                                                      max_fail=config.max_fail, max_attempts=config.attempts),
+                                    progress=progress)
             stats = synth.run(emit, skip=done_ids, existing=have)
         except Exception as err:  # noqa: BLE001 - one repository's failure must not stop the others
             store.event(event="repo_error", repo=spec.repo, error=f"{type(err).__name__}: {err}"[:3000])
             progress(f"{spec.name}: FAILED: {type(err).__name__}: {str(err)[:400]}")
+            short[spec.repo] = {"have": have, "asked": config.per_repo,
+                                "reason": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"}
             return
+        why = shortfall(have=have + stats.kept, asked=config.per_repo, tried=stats.tried, attempts=config.attempts)
+        if why:
+            short[spec.repo] = {"have": have + stats.kept, "asked": config.per_repo, "reason": why}
         store.event(event="repo_done", repo=spec.repo, tried=stats.tried, kept=stats.kept,
                     rejected=dict(stats.rejected), flaky=stats.flaky, stable_tests=stats.stable_tests,
                     baseline_s=round(stats.baseline_s, 2), seconds=round(stats.seconds, 1))
         progress(f"{spec.name}: +{stats.kept} instances ({stats.tried} mutants tried, "
                  f"rejected {dict(stats.rejected)}) in {stats.seconds:.0f} s")
 
-    with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
-        list(pool.map(one_repo, specs))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
+            list(pool.map(one_repo, specs))
+    finally:
+        if overall is not None:
+            overall.close()
     report = write_report(config.out, wall_s=time.perf_counter() - started)
+    report["short"] = short
+    for repo, gap in short.items():
+        progress(f"{repo}: {gap['have']} of {gap['asked']} instances: {gap['reason']}")
     progress(f"{report['total']} validated instances from {len(report['per_repo'])} repositories in {config.out}")
     return report
 

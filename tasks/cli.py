@@ -7,30 +7,28 @@ import sys
 from pathlib import Path
 
 
+
 def register(subparsers) -> None:
+    from lightswe.settings import typed_command
+
     parser = subparsers.add_parser("tasks", help="build, validate and report task instances",
                                    description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="tasks_command", metavar="ACTION")
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
 
-    b = sub.add_parser("build", help="synthesize and validate instances from the curated pool (resumable)")
-    b.add_argument("--out", type=Path, default=Path("tasks_out"), help="output folder (default: tasks_out)")
-    b.add_argument("--repos", nargs="*", default=[], help="pool names (default: all); see `tasks pool`")
-    b.add_argument("--per-repo", type=int, default=30, help="validated instances per repository (default 30)")
-    b.add_argument("--workers", type=int, default=1, help="repositories processed in parallel (default 1)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--pool", type=Path, default=None, help="a pool JSON file (default: the packaged one)")
-    b.add_argument("--gold-runs", type=int, default=2, help="gold-patch runs per instance in validation (default 2)")
-    b.set_defaults(func=_build)
+    typed_command(sub, ("tasks", "build"), run=_build,
+                  help="synthesize and validate instances from the curated pool (resumable; overall progress)")
 
     r = sub.add_parser("report", help="counts per repository and mutation kind of a build folder")
     r.add_argument("--out", type=Path, default=Path("tasks_out"))
     r.set_defaults(func=_report)
 
-    v = sub.add_parser("validate", help="check instances of a JSONL file (SWE-bench format) in the environment")
-    v.add_argument("file", type=Path)
-    v.add_argument("--gold-runs", type=int, default=2)
-    v.set_defaults(func=_validate)
+    typed_command(sub, ("tasks", "validate"), run=_validate,
+                  help="check task instances in the environment: no patch 0.0, gold patch 1.0 (any supported form)")
+
+    s = sub.add_parser("show", help="load task instances (any supported form) and print one line per instance")
+    s.add_argument("file", help="same forms as `tasks validate`")
+    s.set_defaults(func=_show)
 
     p = sub.add_parser("prune", help="remove instance images of tasks no longer in a build folder")
     p.add_argument("--out", type=Path, default=Path("tasks_out"))
@@ -41,19 +39,24 @@ def register(subparsers) -> None:
     lst.set_defaults(func=_pool)
 
 
-def _build(args) -> int:
+def _build(argv: list[str]) -> int:
+    """Exit 0 when every repository has ``--per-repo`` instances; 1 when some ended short (each said, with why)."""
+    from lightswe.settings import check_resume, parse, write_config
     from lightswe.tasks.build import BuildConfig, build
 
-    if args.per_repo < 1 or args.workers < 1:
-        raise SystemExit(f"--per-repo and --workers must be >= 1, got {args.per_repo} and {args.workers}")
-    try:
-        report = build(BuildConfig(out=args.out, repos=args.repos, per_repo=args.per_repo, workers=args.workers,
-                                   seed=args.seed, pool_file=args.pool,
-                                   gold_runs=args.gold_runs))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print((args.out / "report.md").read_text())
+    cfg, allow = parse(BuildConfig, argv, prog="lightswe tasks build", description=BuildConfig.__doc__,
+                       shortcuts={"--pool": "--pool-file"})
+    # a build folder grows: more repositories or instances per repository are fine, other mutants are not
+    check_resume(cfg.out, cfg, allow=allow, free={"repos", "per_repo", "workers", "max_attempts"},
+                 command="tasks build")
+    write_config(cfg.out, cfg, command="tasks build")
+    report = build(cfg, bar=True)
+    print((cfg.out / "report.md").read_text())
+    if report["short"]:
+        gaps = "; ".join(f"{repo} {g['have']}/{g['asked']} ({g['reason']})" for repo, g in report["short"].items())
+        print(f"lightswe tasks build: {len(report['short'])} repositories ended with fewer instances than "
+              f"--per-repo {cfg.per_repo}: {gaps}", file=sys.stderr)
+        return 1
     return 0 if report["total"] else 1
 
 
@@ -69,24 +72,60 @@ def _report(args) -> int:
     return 0
 
 
-def _validate(args) -> int:
-    from lightswe.tasks.instance import TaskFormatError, read_jsonl
-    from lightswe.tasks.validate import Validator
+def _validate(argv: list[str]) -> int:
+    from lightswe.settings import parse
+    from lightswe.tasks.validate_args import ValidateArgs
+
+    args, _ = parse(ValidateArgs, argv, prog="lightswe tasks validate", description=ValidateArgs.__doc__)
+    from lightswe.tasks.datasets import load_tasks
+    from lightswe.tasks.images import ensure_instance_image
+    from lightswe.tasks.validate import Validation, Validator, error_reason
+    from tqdm import tqdm
+
+    instances = load_tasks(args.file)  # TaskFormatError (a UserInputError) names the row and the fix
+    validator = Validator(gold_runs=args.gold_runs)
+    failed = 0
+    with tqdm(total=len(instances), desc="tasks validate", unit="instance", file=sys.stderr, dynamic_ncols=True,
+              disable=not args.progress) as bar:
+        for instance in instances:
+            bar.set_postfix_str(instance.instance_id[:40], refresh=True)
+            # images first, with their steps above the bar (building one can take minutes); a build that fails
+            # rejects this instance with its cause, never the whole run
+            try:
+                ensure_instance_image(instance, progress=lambda message: bar.write(f"[tasks] {message}",
+                                                                                   file=sys.stderr))
+            except Exception as err:  # noqa: BLE001 - reported per instance below
+                result = Validation(instance_id=instance.instance_id, ok=False, reason=error_reason(err))
+            else:
+                result = validator.validate(instance)
+            failed += not result.ok
+            record = {"instance_id": result.instance_id, "ok": result.ok, "reason": result.reason,
+                      "rewards": result.rewards, "seconds": round(result.seconds, 1)}
+            if result.unmatched:
+                record["unmatched"] = result.unmatched
+            bar.write(json.dumps(record), file=sys.stdout)
+            bar.update(1)
+    print(f"{len(instances) - failed}/{len(instances)} instances valid", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _show(args) -> int:
+    from lightswe.tasks.datasets import load_tasks
+    from lightswe.tasks.instance import TaskFormatError
 
     try:
-        instances = read_jsonl(args.file)
+        instances = load_tasks(args.file)
     except (TaskFormatError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    validator = Validator(gold_runs=args.gold_runs)
-    failed = 0
-    for instance in instances:
-        result = validator.validate(instance)
-        failed += not result.ok
-        print(json.dumps({"instance_id": result.instance_id, "ok": result.ok, "reason": result.reason,
-                          "rewards": result.rewards, "seconds": round(result.seconds, 1)}), flush=True)
-    print(f"{len(instances) - failed}/{len(instances)} instances valid", file=sys.stderr)
-    return 1 if failed else 0
+    for t in instances:
+        print(json.dumps({"instance_id": t.instance_id, "repo": t.repo, "version": t.version,
+                          "python_version": t.python_version, "image_name": t.image_name,
+                          "install_command": t.install_command, "test_command": t.test_command,
+                          "log_parser": t.log_parser, "FAIL_TO_PASS": len(t.FAIL_TO_PASS),
+                          "PASS_TO_PASS": len(t.PASS_TO_PASS)}))
+    print(f"{len(instances)} instance(s)", file=sys.stderr)
+    return 0
 
 
 def _prune(args) -> int:

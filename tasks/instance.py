@@ -41,6 +41,8 @@ class TaskInstance:
     install_command: str = "python -m pip install -e ."
     test_command: str = "python -m pytest -p no:cacheprovider"
     test_files: list[str] = field(default_factory=list)  # restored from the task before grading
+    image_name: str = ""  # a prebuilt image holding the repository at /testbed (SWE-smith, SWE-Gym, sweb.eval.*)
+    log_parser: str = ""  # "" = pytest's JUnit XML; else the `swebench` log parser of that repo ("django/django")
     metadata: dict = field(default_factory=dict)  # synthesizer facts: mutation kind, function, split, ...
 
     def to_dict(self) -> dict:

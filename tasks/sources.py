@@ -82,7 +82,8 @@ def _git(path: Path, *args: str, input: bytes | None = None) -> str:
     env = {**os.environ, **_IDENTITY, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(CACHE_DIR)}
     done = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(path), *args], input=input, capture_output=True, env=env)
     if done.returncode != 0:
-        raise SourceError(f"git {' '.join(args[:3])} failed in {path}: {done.stderr.decode(errors='replace')[-600:]}")
+        raise SourceError(f"git {' '.join(args[:3])} failed in {path}: {done.stderr.decode(errors='replace')[-600:]}; "
+                          "fix: if the cached repository is damaged, delete that folder and it is fetched again")
     return done.stdout.decode(errors="replace").strip()
 
 
@@ -233,7 +234,8 @@ def base_repo(instance: TaskInstance) -> SourceRepo:
             return made
         raise SourceError(f"{instance.instance_id}: replaying the base gave {made.commit}, but the task says "
                           f"base_commit {instance.base_commit}; fix: rebuild the task (its patch or sdist changed)")
-    raise SourceError(f"{instance.instance_id}: commit {instance.base_commit} is not in {root.path}")
+    raise SourceError(f"{instance.instance_id}: commit {instance.base_commit} is not in {root.path}; fix: check "
+                      "the task's base_commit and source (a commit of that repository, or the sdist's replayed base)")
 
 
 def archive(repo: SourceRepo, commit: str | None = None) -> bytes:
@@ -241,7 +243,8 @@ def archive(repo: SourceRepo, commit: str | None = None) -> bytes:
     done = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(repo.path), "archive", "--format=tar", commit or repo.commit],
                           capture_output=True)
     if done.returncode != 0:
-        raise SourceError(f"git archive failed: {done.stderr.decode(errors='replace')[-400:]}")
+        raise SourceError(f"git archive of {repo.path} failed: {done.stderr.decode(errors='replace')[-400:]}; fix: if "
+                          "the cached repository is damaged, delete that folder and it is fetched again")
     return done.stdout
 
 

@@ -26,8 +26,20 @@ class Validation:
     reason: str = ""
     rewards: dict[str, list[float]] = field(default_factory=dict)  # "no_patch"/"gold" -> rewards seen
     flaky: list[str] = field(default_factory=list)
+    unmatched: dict[str, str] = field(default_factory=dict)  # published ids that matched no test -> why
     image: str = ""
     seconds: float = 0.0
+
+
+def error_reason(err: BaseException, width: int = 2500) -> str:
+    """Why an instance could not be validated, cause first: the error's own first line (which names the
+    failing step and command) and its last lines (where a failing install or runner says why), never the
+    middle of a traceback."""
+    text = str(err).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(text) > width and len(lines) > 1:
+        text = lines[0] + "\n...\n" + "\n".join(lines[-12:])[-(width - len(lines[0])):]
+    return f"{type(err).__name__}: {text}"
 
 
 class Validator:
@@ -53,9 +65,17 @@ class Validator:
             still_passing = [t for t in instance.FAIL_TO_PASS if tests.get(t) == "passed"]
             broken = [t for t in instance.PASS_TO_PASS if tests.get(t) != "passed"]
             if reward != 0.0 or still_passing or broken:
-                result.reason = (f"without the fix: reward {reward}, {len(still_passing)} FAIL_TO_PASS test(s) pass "
-                                 f"(e.g. {still_passing[:1]}), {len(broken)} PASS_TO_PASS test(s) do not pass "
-                                 f"(e.g. {broken[:1]}: {tests.get(broken[0]) if broken else ''})")
+                parts = []
+                if broken:  # the cause first: a collection error or a runner that reported nothing
+                    cause = str(info.get("reason", ""))
+                    if cause.startswith(("collection error", "pytest reported no test", "the test command")):
+                        parts.append(cause)
+                    parts.append(f"{len(broken)} PASS_TO_PASS test(s) do not pass, e.g. {broken[0]} "
+                                 f"({tests.get(broken[0])}{': ' + info['unmatched'][broken[0]] if broken[0] in info.get('unmatched', {}) else ''})")
+                if still_passing:
+                    parts.append(f"{len(still_passing)} FAIL_TO_PASS test(s) already pass, e.g. {still_passing[0]}")
+                result.reason = f"without the fix: reward {reward}: " + "; ".join(parts)
+                result.unmatched = dict(info.get("unmatched") or {})
                 return result
             seen: list[dict[str, str]] = []
             result.rewards["gold"] = []
@@ -70,16 +90,19 @@ class Validator:
                 result.rewards["gold"].append(reward)
                 seen.append(dict(info.get("tests", {})))
                 if reward != 1.0:
-                    result.reason = f"with the gold patch: reward {reward} ({info.get('reason', '')})"
+                    result.reason = f"with the gold patch: reward {reward}: {info.get('reason', '')}"
+                    if info.get("unmatched"):
+                        result.unmatched = dict(info["unmatched"])
                     return result
             result.flaky = sorted(t for t in seen[0] if len({s.get(t) for s in seen}) > 1)
             if result.flaky:
                 result.reason = f"flaky tests across gold runs: {result.flaky[:5]}"
                 return result
+            result.unmatched = dict(info.get("unmatched") or {})
             result.ok, result.reason = True, "no patch 0.0, gold patch 1.0"
             return result
         except Exception as err:  # noqa: BLE001 - any failure rejects this instance, never the whole build
-            result.reason = f"{type(err).__name__}: {str(err)[:600]}"
+            result.reason = error_reason(err)
             return result
         finally:
             env.close()

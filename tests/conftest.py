@@ -31,9 +31,9 @@ def docker_available() -> str | None:
 def pytest_collection_modifyitems(config, items):
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU; results recorded from a device run (see benchmarks/)")
     for item in items:
-        if "gpu" in item.keywords and not cuda_available():
+        if item.get_closest_marker("gpu") and not cuda_available():  # not `in keywords`: that matches folder names
             item.add_marker(no_gpu)
-        if "docker" in item.keywords:
+        if item.get_closest_marker("docker"):
             reason = docker_available()
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))

@@ -57,7 +57,9 @@ class OpenAIPolicy:
             except urllib.error.HTTPError as err:  # a 4xx is our fault: do not retry
                 detail = err.read().decode(errors="replace")[:500]
                 if err.code < 500 or attempt == self.retries:
-                    raise ServerError(f"{self.base_url}{path}: HTTP {err.code}: {detail}") from None
+                    raise ServerError(f"{self.base_url}{path}: HTTP {err.code}: {detail}; fix: a 4xx is the request "
+                                      "(model name, token ids past the vocabulary, max_tokens past the context), "
+                                      "a 5xx the server (see its log)") from None
             except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
                 if attempt == self.retries:
                     raise ServerError(f"{self.base_url}{path} unreachable ({err}); is the server running?") from None

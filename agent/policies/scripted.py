@@ -78,8 +78,9 @@ class ScriptedPolicy:
         script = self._script_for(prompt)
         step = self._assistant_turns(token_ids) - 1  # the open turn is the last header
         call = script[min(step, len(script) - 1)]
-        tokens = [*self.tokenizer.encode(f"<think>\nStep {step + 1} of {len(script)}: {call.name}.\n</think>\n"),
-                  *self._encode_calls([call]), self._im_end]
+        tok = self.tokenizer
+        tokens = [*tok.encode("<think>"), *tok.encode_ordinary(f"\nStep {step + 1} of {len(script)}: {call.name}.\n"),
+                  *tok.encode("</think>"), *tok.encode_ordinary("\n"), *self._encode_calls([call]), self._im_end]
         return check_sample((tokens, [0.0] * len(tokens)), sampling)
 
     def _assistant_turns(self, token_ids: Sequence[int]) -> int:

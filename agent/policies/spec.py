@@ -70,6 +70,7 @@ def make_policy(spec: str, *, tokenizer: Tokenizer, tasks: Sequence = ()) -> Pol
         device = options.pop("device", "cpu")
         model = HFCausalLM.from_pretrained("hf:" + target, device=device)
         check_chat_template(model.tokenizer)
+        options.setdefault("continuous", False)  # the continuous engine is the built-in model's (CUDA)
         return ModelPolicy(model, name=f"hf:{target}", **options)
     if kind == "openai":
         from lightswe.agent.policies.openai_server import OpenAIPolicy

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from lightswe.agent.chat import IM_END, Conversation
 from lightswe.model import SPECIAL_TOKENS, ByteTokenizer, HFTokenizer
 
@@ -156,3 +155,22 @@ def test_policy_markup_stays_control_and_arguments_stay_text(any_tok):
     control = [t for t in tokens if t in _control_ids(any_tok)]
     names = [any_tok.decode([t]) for t in control]
     assert names == ["<think>", "</think>", "<tool_calls>", "</tool_calls>", "<|im_end|>"]
+
+
+def test_a_tokenizer_whose_model_spells_a_control_token_still_gives_data(tmp_path):
+    """A word-level model with ``<think>`` in its vocabulary as well as an added token: the ordinary encoding
+    falls back to one character at a time and holds no control id."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers
+
+    chars = sorted(set("<think>|im_end"))
+    vocab = {"[UNK]": 0, "<think>": 1, **{c: 2 + i for i, c in enumerate(chars)}}
+    hf = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    hf.add_tokens(["<think>"])
+    hf.add_special_tokens(list(SPECIAL_TOKENS[:3]))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = HFTokenizer(tmp_path)
+    assert tok.encode("<think>") == [tok.token_id("<think>")]
+    ids = tok.encode_ordinary("<think>")
+    assert ids and tok.token_id("<think>") not in ids and not tok.control_ids & set(ids)

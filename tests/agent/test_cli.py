@@ -50,6 +50,7 @@ def test_eval_summarises_a_stored_run(tmp_path, capsys):
     assert main(["eval", "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "resolve rate 25.0% (1/4), 95% CI [4.6%, 69.9%]" in out
+    assert "resolve rate 25.0% (1/4)" in (tmp_path / "run" / "eval_report.txt").read_text()
     assert main(["view", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "index.html").stat().st_size > 1000
 
@@ -65,5 +66,35 @@ def test_train_refuses_bad_engine_settings_before_any_work(tmp_path, capsys):
     if importlib.util.find_spec("vllm") is None:
         assert main(["train", "--out", str(out), "--engine", "vllm"]) == 2
         assert "pip install 'lightswe[vllm]'" in capsys.readouterr().err
-    assert main(["train", "--out", str(out), "--engine", "vllm", "--ray"]) == 2
+    assert main(["train", "--out", str(out), "--engine", "vllm", "--ray"]) == 2  # a bare --ray: a local cluster
     assert not out.exists(), "nothing may be written before the settings are checked"
+
+
+def test_eval_and_view_find_the_episodes_of_a_train_run_in_its_sub_folders(tmp_path, capsys):
+    import json
+
+    from lightswe.agent.trajectory import TrajectoryWriter
+
+    run = tmp_path / "train"
+    for folder, resolved in (("eval/step-0000", [False, False]), ("rollouts/step-0001", [True, False, False]),
+                             ("eval/step-0001", [True, True])):
+        with TrajectoryWriter(run / folder) as writer:
+            for i, ok in enumerate(resolved):
+                writer.write(episode(i, resolved=ok))
+    assert main(["eval", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "resolve rate 42.9% (3/7)" in out and "eval/step-0001: resolve rate 100.0% (2/2)" in out
+    report = json.loads((run / "eval_report.json").read_text())
+    assert report["episodes"] == 7 and report["folders"]["eval/step-0000"]["resolved"] == 0
+    assert (run / "eval_report.txt").read_text().splitlines()[0].startswith("resolve rate 42.9% (3/7)")
+    assert main(["view", str(run)]) == 0
+    page = (run / "index.html").read_text()
+    assert page.count("<h2>") == 3 and "rollouts/step-0001" in page
+    ids = [part.split('"')[0] for part in page.split(' id="')[1:]]
+    assert len(ids) == len(set(ids)), "anchors must be unique across folders"
+
+    empty = tmp_path / "empty"
+    (empty / "rollouts").mkdir(parents=True)
+    assert main(["eval", "--out", str(empty)]) == 2
+    assert "no episodes in it or its sub-folders" in capsys.readouterr().err
+    assert main(["view", str(empty)]) == 2

@@ -8,20 +8,19 @@ back as observations, never as an exception or a fake runner death.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
-
 from lightswe.agent.chat import IM_END
 from lightswe.agent.loop import AgentConfig, run_episode
 from lightswe.agent.policies.openai_server import OpenAIPolicy
 from lightswe.agent.policies.scripted import ScriptedPolicy
 from lightswe.agent.trajectory import EpisodeStatus
 from lightswe.envs.engine import BASE_IMAGE
-from lightswe.envs.swe_env import SWEEnv
+from lightswe.envs.swe_env import SWEEnv, default_tasks_path
 from lightswe.errors import InfrastructureError, LightSWEError
 from lightswe.model import ByteTokenizer
 from lightswe.tasks.instance import read_jsonl
-from lightswe.envs.swe_env import default_tasks_path
 
 pytestmark = pytest.mark.docker
 TOK = ByteTokenizer()
@@ -109,3 +108,5 @@ def test_values_python_chokes_on_are_observations():
     assert len(observations) == len(CHOKING)
     for observation, (_, expected) in zip(observations, CHOKING):
         assert expected in observation and "runner died" not in observation
+    # the trajectory stays storable as strict UTF-8 JSON (the recorded calls held a lone surrogate and NaN)
+    json.dumps(trajectory.to_dict(), ensure_ascii=False, allow_nan=False).encode("utf-8")

@@ -212,7 +212,8 @@ def test_lightswe_train_under_torchrun_two_ranks_then_resume(tmp_path):
         assert torch.equal(final[k], v), k
 
     # resumed with dynamic sampling: a second draw of two tasks (one per rank) when neither group had signal
-    second = torchrun(*args, "--steps", "2", "--resample-rounds", "1", timeout=900)
+    second = torchrun(*args, "--steps", "2", "--resample-rounds", "1", "--allow-change", "steps,resample_rounds",
+                      timeout=900)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "resumed from step 1" in second.stdout and "warm start:" not in second.stdout
     rows = read_metrics(run / "metrics.jsonl")

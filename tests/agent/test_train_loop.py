@@ -75,6 +75,28 @@ def test_task_stream_is_a_seeded_permutation_per_epoch():
 
 
 @pytest.mark.docker
+def test_family_pays_the_right_operator_only_under_the_hardened_grader(tmp_path):
+    """The family's tests import ``calc`` from the repository root, which ``python -I -m pytest`` (the grader)
+    leaves off sys.path: its root conftest.py puts it back. Without it every test is 'missing' and nothing is
+    ever rewarded (the warm start's scripted success fell from 0.25 to 0.0)."""
+    from lightswe.agent.policies.scripted import ScriptedPolicy
+    from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
+    from lightswe.model import load_tokenizer
+
+    tasks = arithmetic_tasks("warm", root=tmp_path, words=["sum"])[:2]
+    tok = load_tokenizer(None)
+    executor = LocalExecutor(ScriptedPolicy(warm_start_scripts(tasks, 0), tok), tok, concurrency=2,
+                             env_factory=default_env_factory(tasks))
+    with executor:
+        run_rollout(tasks, executor, out_dir=tmp_path / "out", config=RolloutConfig(progress=False, parquet=False))
+    edits = {t.episode_id: next(m.tool_call for m in t.messages if m.tool_call) for t in
+             read_trajectories(tmp_path / "out")}
+    by_op = {edits[t.episode_id]["arguments"]["new_str"]: t for t in read_trajectories(tmp_path / "out")}
+    assert by_op["a + b"].reward == 1.0 and by_op["a + b"].tests["tests/test_calc.py::test_f"] == "passed"
+    assert by_op["a - b"].reward == 0.0 and by_op["a - b"].tests["tests/test_calc.py::test_f"] == "failed"
+
+
+@pytest.mark.docker
 def test_train_runs_writes_metrics_checkpoints_and_resumes(tmp_path):
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=1, tasks_per_step=2, group_size=2,
                       sampler=SamplerConfig(concurrency=2), data=TaskStreamConfig(eval_tasks=""), warm_start=WarmStartConfig(steps=0))
@@ -85,8 +107,11 @@ def test_train_runs_writes_metrics_checkpoints_and_resumes(tmp_path):
     assert [r["step"] for r in rows] == [1] and rows[0]["episodes"] == 4
     assert len(list((run / "rollouts" / "step-0001").glob("part-*"))) >= 1
 
+    cfg.steps = 3  # another schedule: refused by name before any work, unless allowed
+    with pytest.raises(UserInputError, match=r"steps 1 -> 3.*--allow-change steps"):
+        train(cfg)
     cfg.steps = 2  # resume: continues at step 2 with the data cursor and weights of step 1
-    train(cfg)
+    train(cfg, allow_change=("steps",))
     rows = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     state = json.loads((run / "checkpoints" / "step-000002" / "state.json").read_text())

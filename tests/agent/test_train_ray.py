@@ -79,7 +79,7 @@ def test_train_on_local_ray_actors_syncs_weights_and_leaves_no_container(tmp_pat
                   for k, v in start.items()}
         torch.save(edited, ckpt)
         cfg.steps = 2
-        train(cfg)
+        train(cfg, allow_change=("steps",))
     finally:
         watch.stop.set()
         watch.join()

@@ -25,8 +25,8 @@ def test_train_hf_model_with_vllm_sampling_and_weight_sync(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "qwen2", "qwen2", seed=0)
     out = tmp_path / "run"
     cmd = [vllm_python(), "-m", "lightswe", "train", "--out", str(out), "--model", f"hf:{ckpt}",
-           "--engine", "vllm", "--vllm-arg", "dtype=float32", "--vllm-arg", "enforce_eager=true",
-           "--vllm-arg", "max_model_len=2048", "--vllm-arg", "seed=0", "--steps", "2", "--tasks-per-step", "2",
+           "--engine", "vllm", "--sampler.vllm-args", "dtype=float32", "enforce_eager=true", "max_model_len=2048",
+           "seed=0", "--steps", "2", "--tasks-per-step", "2",
            "--group-size", "4", "--concurrency", "4", "--resample-rounds", "3", "--eval-tasks", "",
            "--warm-start-steps", "150"]
     proc = subprocess.run(cmd, cwd="/", env=child_env(), capture_output=True, text=True, timeout=3000, check=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from lightswe.envs.tool_calls import (
     FORMATTERS,
     PARSERS,
@@ -87,7 +86,7 @@ CALLS = st.lists(st.builds(ToolCall, name=TEXT, arguments=st.dictionaries(TEXT, 
 
 
 @pytest.mark.parametrize("fmt", ["minimax", "hermes"])
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(calls=CALLS, reasoning=TEXT)
 def test_any_argument_text_round_trips(fmt, calls, reasoning):
     text = FORMATTERS[fmt](calls)

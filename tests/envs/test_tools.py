@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from lightswe.envs.sandbox import Sandbox, SandboxConfig
 from lightswe.envs.swe_env import CHARSET
 from lightswe.envs.tool_calls import ToolCall
@@ -168,7 +167,7 @@ BAD = [
     ("bash", {"command": "echo a\x00b"}, "NUL character"),
     ("bash", {"command": ["ls"]}, "must be a string, got an array"),
     ("bash", {"command": None}, "'command' is null"),
-    ("bash", {}, "'command' is missing"),
+    ("bash", {}, "missing argument 'command'"),
     ("view", {"path": None}, "'path' is null"),
     ("view", {"path": 3}, "must be a string, got number 3"),
     ("view", {"path": {"p": "a"}}, "got an object"),
@@ -202,6 +201,13 @@ def test_bad_values_are_refused_with_the_reason(box, name, arguments, expected):
 def test_numbers_in_other_spellings_are_accepted(box, arguments, expected):
     box.write_file("/testbed/f.py", b"a\nb\nc\n")
     assert expected in tool(box, "view", path="f.py", **arguments)
+
+
+def test_the_sandbox_refuses_a_nan_timeout_instead_of_reporting_a_runner_death(box):
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="finite number of seconds"):
+            box.exec("true", timeout=bad)
+    assert box.exec("echo alive", timeout=5).output == "alive\n"
 
 
 def test_huge_timeouts_are_capped_with_a_note(box):
@@ -241,3 +247,37 @@ def test_str_replace_reports_not_found_and_ambiguity(box):
     assert "was not found" in refused(box, "str_replace", path="f.py", old_str="zz", new_str="b")
     assert "is a directory" in refused(box, "str_replace", path=".", old_str="a", new_str="b")
     assert json.loads(json.dumps(refused(box, "create", path="f.py", content="x")))  # "already exists"
+
+
+# ------------------------------------------------------------------- nothing half-written, nothing lost
+def test_edits_keep_mode_and_symlinks_and_leave_no_temporary(box):
+    box.write_file("/testbed/run.sh", b"#!/bin/sh\necho 1\n", mode=0o750)
+    box.exec("ln -s run.sh /testbed/link.sh", user="agent")
+    tool(box, "str_replace", path="link.sh", old_str="echo 1", new_str="echo 2")
+    assert box.read_file("/testbed/run.sh") == b"#!/bin/sh\necho 2\n"
+    listing = box.exec("stat -c '%n %a %F' /testbed/run.sh /testbed/link.sh; ls -a /testbed", user="root").output
+    assert "/testbed/run.sh 750 regular file" in listing and "/testbed/link.sh 777 symbolic link" in listing
+    assert "lightswe-" not in listing
+    tool(box, "create", path="made.py", content="x\n")
+    assert box.exec("stat -c %a /testbed/made.py", user="root").output.strip() == "644"
+
+
+def test_a_full_disk_leaves_the_file_whole():
+    from lightswe.envs import disk
+
+    box = Sandbox(SandboxConfig(workdir="/testbed", disk_limit="64m", labels={"lightswe.test": "tools-disk"}))
+    try:
+        if not box._disk_path:
+            pytest.skip(f"no hard disk limit on this engine ({disk.disk_mode(box.client)})")
+        box.exec("chown agent:agent /testbed", user="root")
+        data = b"x = 1\n" + b"#" * 1_500_000 + b"\n"
+        box.write_file("/testbed/big.py", data)
+        box.exec("head -c 100000000 /dev/zero > /testbed/fill", timeout=60)  # stopped by the disk limit
+        message = refused(box, "str_replace", path="big.py", old_str="x = 1", new_str="x = 2")
+        assert "disk is full" in message and "left as it was" in message
+        assert box.read_file("/testbed/big.py") == data
+        assert "lightswe-" not in box.exec("ls -a /testbed", user="root").output
+        assert "disk is full" in refused(box, "create", path="new.py", content="y" * 1_000_000)
+        assert box.exec("test -e /testbed/new.py", user="root").exit_code != 0
+    finally:
+        box.close()

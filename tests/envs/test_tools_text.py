@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from lightswe.envs.swe_env import CHARSET
 from lightswe.envs.tools import ToolError, render, replace_once, show, unescape
 
@@ -53,8 +52,12 @@ def test_show_and_unescape_are_inverse(data):
     (b"a\x00b\n", "a\\x00b", "ab", b"ab\n"),
     (b"\xef\xbb\xbfimport os\n", "\\ufeffimport os", "import sys", b"import sys\n"),
     (b"p\rq\n", "p\\rq", "pq", b"pq\n"),
+    (b"p\rq\nz\n", "p\\rq", "x\ny", b"x\ny\nz\n"),
+    (b"a\rb\rc\r", "b\nc", "B\nC2", b"a\rB\rC2\r"),
+    (b"a\rb\rc", "c", "C\nD", b"a\rb\rC\rD"),
 ], ids=["crlf-multiline", "crlf-old-on-lf-file", "mixed-lf-part", "mixed-crlf-part", "crlf-last-line-no-newline",
-        "latin1-escape", "nul-escape", "bom-escape", "lone-cr-escape"])
+        "latin1-escape", "nul-escape", "bom-escape", "lone-cr-escape", "lone-cr-is-data-in-lf-file",
+        "classic-mac-multiline", "classic-mac-last-line"])
 def test_line_endings_and_escapes(data, old, new, expected):
     assert replace_once(data, old, new).data == expected
 
@@ -77,6 +80,8 @@ def test_view_notes_say_what_is_hidden():
     mixed = render(b"a\r\nb\nc\r\n", "m.py")
     assert "2 of 3 lines end with \\r\\n (lines 1, 3" in mixed
     assert render(b"a\nb", "n.py").endswith("[no newline at end of file]")
+    mac = render(b"one\rtwo\r", "mac.txt")
+    assert "bare \\r (classic Mac OS)" in mac and mac.endswith("     1\tone\n     2\ttwo")
     latin = render(b"x = 1\n# caf\xe9\n", "l.py")
     assert "not valid UTF-8" in latin and "# caf\\xe9" in latin
     long = render(b"#" * 5000 + b"\n", "long.py")

@@ -98,3 +98,20 @@ def test_bad_inputs_say_what_was_expected(tiny_model: MiniMaxForCausalLM):
         tiny_model(torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="cu_seqlens"):
         tiny_model(torch.zeros(1, 5, dtype=torch.long), cu_seqlens=torch.tensor([0, 3]))
+
+
+def test_lm_head_stays_fp32_under_bf16_autocast(tiny_model):
+    """The learner runs the body under bf16 autocast; the LM head must still be fp32 (autocast would cast
+    F.linear's operands to bf16 and move log-probs by ~1e-2)."""
+    with torch.no_grad():
+        tiny_model.lm_head.weight.mul_(20)  # logits of a few units, so a bf16 head shows in the log-probs
+    ids = torch.randint(0, 263, (2, 40))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden, _ = tiny_model.hidden_states(ids)
+        scored = tiny_model.score(ids)
+        logits = tiny_model.logits(hidden)
+    assert logits.dtype == torch.float32
+    reference = hidden.double() @ tiny_model.lm_head.weight.double().T  # fp64 head on the same hidden states
+    torch.testing.assert_close(logits.double(), reference, rtol=1e-5, atol=1e-5)
+    expected = torch.log_softmax(reference, -1)[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(scored.logprobs[:, 1:].double(), expected, rtol=1e-5, atol=1e-5)

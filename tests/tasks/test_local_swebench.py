@@ -9,62 +9,15 @@ is toolz 1.1.0, commit 2 is the real upstream fix of ``interpose`` on an empty s
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import tarfile
 
 import pytest
 
-from lightswe.tasks import sources
 from lightswe.tasks.instance import read_jsonl
 from lightswe.tasks.validate import Validator
 
+from .histories import TEST, git, toolz_history
+
 pytestmark = pytest.mark.docker
-
-SHA = {"1.1.0": "27a5c770d068c110d9ed9323f24f1543e83b2f300a687b7891c1a6d56b697b5b",
-       "1.2.0": "9667a038e9d6ecba37995e26cb2f59ec6420b6ad8dd9677de59db9b956b08490"}
-GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "toolz", "GIT_AUTHOR_EMAIL": "toolz@localhost",
-           "GIT_COMMITTER_NAME": "toolz", "GIT_COMMITTER_EMAIL": "toolz@localhost",
-           "GIT_AUTHOR_DATE": "2025-10-17T00:00:00+0000", "GIT_COMMITTER_DATE": "2025-10-17T00:00:00+0000"}
-TEST = "toolz/tests/test_itertoolz.py"
-
-
-def git(repo, *args: str) -> str:
-    """stdout of git, unstripped (a diff's last context line may be a lone space)."""
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=GIT_ENV).stdout
-
-
-def unpack(version: str, into):
-    with tarfile.open(sources.download_sdist("toolz", version, SHA[version])) as archive:
-        archive.extractall(into, filter="data")
-    return into / f"toolz-{version}"
-
-
-def toolz_history():
-    """(path, base, fix, tests) of a real-history repository; deterministic, so images are reused."""
-    repo = sources.CACHE_DIR / "test-repos" / "toolz-interpose"
-    if not (repo / ".git").is_dir():
-        work = sources.CACHE_DIR / "test-repos" / "unpack"
-        shutil.rmtree(work, ignore_errors=True)
-        old, new = unpack("1.1.0", work), unpack("1.2.0", work)
-        shutil.rmtree(repo, ignore_errors=True)
-        shutil.copytree(old, repo)
-        git(repo, "init", "-q", "-b", "main")
-        git(repo, "add", "-A", "-f")
-        git(repo, "commit", "-q", "-m", "toolz 1.1.0")
-        shutil.copy(new / "toolz/itertoolz.py", repo / "toolz/itertoolz.py")
-        git(repo, "commit", "-q", "-am", "Fix interpose on an empty sequence (from toolz 1.2.0)")
-        text = (repo / TEST).read_text()
-        anchor = "\n\ndef test_frequencies():"
-        assert anchor in text
-        test = '\n\ndef test_interpose_empty():\n    assert list(interpose("a", [])) == []\n'
-        (repo / TEST).write_text(text.replace(anchor, test + anchor, 1))
-        git(repo, "commit", "-q", "-am", "Test interpose on an empty sequence (from toolz 1.2.0)")
-        shutil.rmtree(work, ignore_errors=True)
-    base, fix, tests = (git(repo, "rev-parse", f"HEAD~{n}").strip() for n in (2, 1, 0))
-    return repo, base, fix, tests
 
 
 @pytest.fixture(scope="module")

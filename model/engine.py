@@ -1,0 +1,533 @@
+"""The GPU sampler: a static cache, continuous batching, a decode step without host syncs, CUDA graphs.
+
+``SamplerEngine`` keeps ``max_slots`` rows of decoding state in preallocated tensors (``StaticCache``: the fp32
+lightning states, the softmax layers' keys and values up to ``max_seq_len`` tokens, the lengths). Requests
+wait in a queue; whenever slots are free, the waiting prompts are prefilled together (packed, through the same
+``hidden_states`` path the learner uses) and their states copied into the free slots, so new requests join
+the running batch as others finish (continuous batching, as in vLLM: Kwon et al., "Efficient Memory
+Management for Large Language Model Serving with PagedAttention", 2023; Yu et al., "Orca", OSDI 2022).
+
+One decode step (``_decode``) runs every slot: embedding, the layers (lightning decode kernel in place on the
+state; softmax attention through ``lightswe.kernels.decode_attn`` over each row's own length; the MoE with the
+experts' weights stacked so all experts run as three batched matrix products), the fp32 LM head, then sampling
+on the GPU (temperature and top-p per row; exponential-race sampling, which draws from the same distribution
+as ``torch.multinomial``), and the bookkeeping (tokens and log-probs written into per-row output buffers,
+stop / length checks, lengths advanced for active rows only). Nothing in it reads a value on the host, so on
+CUDA the whole step is captured once into a CUDA graph and replayed. The host reads one small tensor (which
+rows finished) per step, one step late: step t+1 is queued before step t's flags are read, so the GPU never
+waits for Python.
+
+The sampled token's log-prob is the fp32 log-softmax of logits / temperature (before top-p; temperature 0:
+greedy, log-prob under the plain softmax), the same quantity ``MiniMaxForCausalLM.score(...,
+temperature=T)`` gives the learner.
+
+The CPU path of ``lightswe.model.generate`` does not use this engine (its behaviour there is unchanged); the
+engine runs on CPU too (no graphs; reference attention), which is how its tests run in CI.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightswe.kernels.decode_attn import decode_attention
+from lightswe.kernels.lightning_attn import lightning_attn_decode
+from lightswe.model.config import LIGHTNING, SOFTMAX
+from lightswe.model.generation import Generation, SamplingConfig
+from lightswe.model.layers import LightningAttention, SoftmaxAttention, rotary
+from lightswe.model.model import fp32_head
+
+if TYPE_CHECKING:
+    from lightswe.model.model import MiniMaxForCausalLM
+
+MAX_STOPS = 8  # stop token ids per request
+
+
+class StaticCache:
+    """Preallocated decoding state for ``slots`` rows of up to ``max_seq_len`` tokens each.
+
+    states: [n_lightning_layers, slots, H, D, D] fp32; keys, values: [n_softmax_layers, slots, KVH, max_seq_len,
+    D] in the model's dtype; lengths: [slots] int32 (tokens cached per row). Addresses never change, so a
+    captured CUDA graph stays valid.
+    """
+
+    def __init__(self, model: MiniMaxForCausalLM, slots: int, max_seq_len: int) -> None:
+        c = model.config
+        weight = model.lm_head.weight
+        self.slots, self.max_seq_len = slots, max_seq_len
+        self.lightning_layers = [i for i, t in enumerate(c.attn_type_list) if t == LIGHTNING]
+        self.softmax_layers = [i for i, t in enumerate(c.attn_type_list) if t == SOFTMAX]
+        self.index = {layer: i for group in (self.lightning_layers, self.softmax_layers) for i, layer in
+                      enumerate(group)}
+        dev = weight.device
+        self.states = torch.zeros(len(self.lightning_layers), slots, c.num_attention_heads, c.head_dim, c.head_dim,
+                                  device=dev, dtype=torch.float32)
+        kv_shape = (len(self.softmax_layers), slots, c.num_key_value_heads, max_seq_len, c.head_dim)
+        self.keys = torch.zeros(kv_shape, device=dev, dtype=weight.dtype)
+        self.values = torch.zeros(kv_shape, device=dev, dtype=weight.dtype)
+        self.lengths = torch.zeros(slots, device=dev, dtype=torch.int32)
+        self.state_bytes_per_row = c.num_attention_heads * c.head_dim * c.head_dim * 4 * len(self.lightning_layers)
+        self.kv_bytes_per_token = 2 * len(self.softmax_layers) * c.num_key_value_heads * c.head_dim * \
+            self.keys.element_size()
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.states, self.keys, self.values))
+
+
+@dataclass(kw_only=True, slots=True)
+class _Request:
+    rid: int
+    prompt: list[int]
+    sampling: SamplingConfig
+    slot: int = -1
+    seq: int = 0  # engine event counter at admission (orders it against the finished-flag copies)
+    result: Generation | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class EngineStats:
+    steps: int = 0  # decode steps run
+    prefills: int = 0  # prefill calls (each admits one or more requests)
+    tokens: int = 0  # tokens generated
+    occupancy: list[int] = field(default_factory=list)  # active rows per decode step
+
+
+class SamplerEngine:
+    """Continuous-batching sampler over a ``StaticCache``; see the module docstring.
+
+    Example::
+
+        engine = SamplerEngine(model, max_slots=32, max_seq_len=2048)
+        gens = engine.generate(prompts, SamplingConfig(max_new_tokens=512, temperature=1.0))
+        # or, request by request (other threads may add() between step() calls):
+        rid = engine.add(prompt, sampling); done = engine.step()   # [(rid, Generation), ...]
+
+    Weights are read at every step (the MoE's stacked copies are refreshed when an idle engine starts a run,
+    and by ``refresh_weights()``): update the model between runs, not during one. Parameters updated in place
+    (optimiser steps, ``load_state_dict``) need nothing more; replaced parameter tensors are noticed when the
+    next run starts (the CUDA graphs are captured again).
+    """
+
+    def __init__(self, model: MiniMaxForCausalLM, *, max_slots: int = 32, max_seq_len: int = 4096,
+                 cuda_graphs: bool = True, compile: bool | None = None) -> None:
+        """``compile``: run the decode step through ``torch.compile`` (fuses its ~40 small ops per layer before
+        the graph is captured); default on CUDA unless ``LIGHTSWE_SAMPLER_COMPILE=0``. A step that fails to
+        compile falls back to the eager step (with a warning)."""
+        if max_slots < 1 or max_seq_len < 2:
+            raise ValueError(f"max_slots must be >= 1 and max_seq_len >= 2, got {max_slots}, {max_seq_len}")
+        self.model, self.config = model, model.config
+        weight = model.lm_head.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self.cache = StaticCache(model, max_slots, max_seq_len)
+        self.slots, self.max_seq_len = max_slots, max_seq_len
+        dev, s = self.device, max_slots
+        # Per-slot inputs and outputs of the decode step (static addresses for the graph).
+        self.tokens = torch.zeros(s, device=dev, dtype=torch.long)  # the token each row feeds next
+        self.active = torch.zeros(s, device=dev, dtype=torch.bool)
+        self.temperature = torch.ones(s, device=dev)
+        self.top_p = torch.ones(s, device=dev)
+        self.stops = torch.full((s, MAX_STOPS), -1, device=dev, dtype=torch.long)
+        self.max_new = torch.ones(s, device=dev, dtype=torch.int32)
+        self.count = torch.zeros(s, device=dev, dtype=torch.int32)  # tokens generated per row
+        self.finished = torch.zeros(s, device=dev, dtype=torch.bool)  # the row's request is done (host reads it)
+        self.out_tokens = torch.zeros(s, 1, device=dev, dtype=torch.long)
+        self.out_logprobs = torch.zeros(s, 1, device=dev, dtype=torch.float32)
+        self.noise = torch.empty(s, self.config.vocab_size, device=dev, dtype=torch.float32)
+        self._stack_experts()
+        self._pointers = self._weight_pointers()  # a captured graph reads these addresses
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        if compile is None:
+            compile = self.device.type == "cuda" and os.environ.get("LIGHTSWE_SAMPLER_COMPILE", "1") != "0"
+        self._step_fn = {}
+        self.compile = compile
+        if compile:  # one compiled graph per region and shape; layers and engines of other sizes add entries
+            config = torch._dynamo.config
+            name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+            setattr(config, name, max(getattr(config, name), 64))
+        self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+        self.generator = torch.Generator(device=dev)
+        self.generator.seed()
+        self.queue: deque[_Request] = deque()
+        self.running: dict[int, _Request] = {}  # slot -> request
+        self.free = list(range(s))
+        self._next_rid = 0
+        self._seq = 0
+        self._pending_flags: tuple[torch.Tensor, torch.cuda.Event | None, int] | None = None
+        self.stats = EngineStats()
+        pinned = self.device.type == "cuda"
+        self._host_flags = [torch.zeros(s, dtype=torch.bool, pin_memory=pinned) for _ in range(2)]
+        self._flag_turn = 0
+
+    # ----------------------------------------------------------------------------------------- weights
+    def _stack_experts(self) -> None:
+        """[E, 2 * inner, hidden] (w1 | w3) and [E, hidden, inner] (w2) per layer, copied from the experts."""
+        self._w13, self._w2 = [], []
+        for layer in self.model.model.layers:
+            experts = layer.block_sparse_moe.experts
+            self._w13.append(torch.stack([torch.cat([e.w1.weight, e.w3.weight]) for e in experts]))
+            self._w2.append(torch.stack([e.w2.weight for e in experts]))
+
+    def _weight_pointers(self) -> tuple[int, ...]:
+        return tuple(p.data_ptr() for p in self.model.parameters())
+
+    @torch.no_grad()
+    def refresh_weights(self) -> None:
+        """Copy the experts' current weights into the stacked buffers (in place: graphs stay valid)."""
+        for i, layer in enumerate(self.model.model.layers):
+            experts = layer.block_sparse_moe.experts
+            inner = experts[0].w1.weight.shape[0]
+            for e, expert in enumerate(experts):
+                self._w13[i][e, :inner].copy_(expert.w1.weight)
+                self._w13[i][e, inner:].copy_(expert.w3.weight)
+                self._w2[i][e].copy_(expert.w2.weight)
+
+    # -------------------------------------------------------------------------------------- requests
+    def add(self, prompt: list[int], sampling: SamplingConfig) -> int:
+        """Queue a request; returns its id. Raises ValueError if it cannot fit in ``max_seq_len``."""
+        if not prompt:
+            raise ValueError("expected a non-empty prompt (token id list)")
+        vocab = self.config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt):
+            raise ValueError(f"prompt token ids must be in [0, vocab_size={vocab})")
+        if len(prompt) + sampling.max_new_tokens > self.max_seq_len:
+            raise ValueError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({sampling.max_new_tokens}) exceeds "
+                             f"the engine's max_seq_len={self.max_seq_len}: build it with a larger max_seq_len")
+        if len(sampling.stop_token_ids) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop token ids per request, got {len(sampling.stop_token_ids)}")
+        if not self.has_work():
+            if sampling.seed is not None:
+                self.generator.manual_seed(sampling.seed)
+            if self._weight_pointers() != self._pointers:  # parameters replaced, not updated in place
+                self._graphs.clear()
+                self._stack_experts()
+                self._pointers = self._weight_pointers()
+            self.refresh_weights()
+        rid = self._next_rid
+        self._next_rid += 1
+        self.queue.append(_Request(rid=rid, prompt=list(prompt), sampling=sampling))
+        return rid
+
+    def has_work(self) -> bool:
+        return bool(self.queue or self.running)
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
+        """Sample a continuation of every prompt (``max_slots`` at a time, continuously refilled); in order."""
+        if not prompts:
+            raise ValueError("expected a non-empty list of non-empty prompts (token id lists)")
+        ids = [self.add(p, sampling) for p in prompts]
+        results: dict[int, Generation] = {}
+        while self.has_work():
+            results.update(self.step())
+        return [results[i] for i in ids]
+
+    # ------------------------------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self) -> list[tuple[int, Generation]]:
+        """Admit waiting requests into free slots, queue one decode step, return the requests that finished."""
+        self._ensure_output_room()
+        if self.queue and self.free:
+            self._admit()
+        finished = []
+        if self.running:
+            self.stats.steps += 1
+            self.stats.occupancy.append(len(self.running))
+            self.noise.exponential_(generator=self.generator)
+            use_top_p = any(r.sampling.top_p < 1 for r in self.running.values())
+            if self.use_graphs:
+                self._graph(use_top_p).replay()
+            else:
+                self._step(use_top_p)
+            flags = self._host_flags[self._flag_turn]
+            self._flag_turn ^= 1
+            flags.copy_(self.finished, non_blocking=self.device.type == "cuda")
+            event = None
+            if self.device.type == "cuda":
+                event = torch.cuda.Event()
+                event.record()
+            self._seq += 1
+            previous, self._pending_flags = self._pending_flags, (flags, event, self._seq)
+            if previous is not None:  # last step's flags: ready, or nearly, while this step runs
+                finished = self._collect(*previous)
+        elif self._pending_flags is not None:
+            previous, self._pending_flags = self._pending_flags, None
+            finished = self._collect(*previous)
+        if not self.running and self._pending_flags is not None:  # nothing left running: read the last flags
+            previous, self._pending_flags = self._pending_flags, None
+            finished += self._collect(*previous)
+        return finished
+
+    def _collect(self, flags: torch.Tensor, event: torch.cuda.Event | None, seq: int
+                 ) -> list[tuple[int, Generation]]:
+        """The requests whose 'finished' flag was set when ``flags`` was copied (a slot's flag counts only for
+        the request admitted before that copy: a slot may have been refilled since)."""
+        if event is not None:
+            event.synchronize()
+        slots = [s for s in np.flatnonzero(flags.numpy()).tolist()
+                 if s in self.running and self.running[s].seq < seq]
+        if not slots:
+            return []
+        index = torch.tensor(slots, device=self.device)
+        counts = self.count[index].tolist()
+        tokens = self.out_tokens[index].tolist()
+        logprobs = self.out_logprobs[index].tolist()
+        out = []
+        for slot, n, toks, lps in zip(slots, counts, tokens, logprobs):
+            request = self.running.pop(slot)
+            toks, lps = toks[:n], lps[:n]
+            stop = toks[-1] in request.sampling.stop_token_ids
+            request.result = Generation(
+                token_ids=toks, logprobs=lps, finish_reason="stop" if stop else "length",
+                prompt_tokens=len(request.prompt),
+                cache_bytes=self.cache.state_bytes_per_row + (len(request.prompt) + n - 1)
+                * self.cache.kv_bytes_per_token)
+            self.free.append(slot)
+            self.stats.tokens += n
+            out.append((request.rid, request.result))
+        return out
+
+    def _ensure_output_room(self) -> None:
+        """Grow the per-row output buffers to the longest max_new_tokens queued (re-capturing the graphs)."""
+        need = max((r.sampling.max_new_tokens for r in self.queue), default=0)
+        if need <= self.out_tokens.shape[1]:
+            return
+        if self.running:  # never reallocate under running rows: admit the longer request after they finish
+            return
+        size = 1 << max(need - 1, 1).bit_length()
+        self.out_tokens = torch.zeros(self.slots, size, device=self.device, dtype=torch.long)
+        self.out_logprobs = torch.zeros(self.slots, size, device=self.device, dtype=torch.float32)
+        self._graphs.clear()
+        self._step_fn.clear()
+
+    # ----------------------------------------------------------------------------------------- admit
+    def _admit(self) -> None:
+        """Prefill the waiting requests that fit into free slots (packed), and sample their first tokens."""
+        room = self.out_tokens.shape[1]
+        batch = []
+        while self.queue and self.free and len(batch) < len(self.free):
+            if self.queue[0].sampling.max_new_tokens > room:
+                break  # waits for the running rows to finish (see _ensure_output_room)
+            batch.append(self.queue.popleft())
+        if not batch:
+            return
+        self.free.sort()  # lowest free slots first: a seeded run does not depend on the previous run's order
+        slots = [self.free.pop(0) for _ in batch]
+        self._seq += 1
+        for request, slot in zip(batch, slots):
+            request.slot, request.seq = slot, self._seq
+            self.running[slot] = request
+        self.stats.prefills += 1
+        model, cache, dev = self.model, self.cache, self.device
+        prompt_lengths = [len(r.prompt) for r in batch]
+        prefill = model.new_cache(len(batch))
+        cu = torch.tensor([0, *np.cumsum(prompt_lengths).tolist()], device=dev)
+        flat = torch.tensor([t for r in batch for t in r.prompt], device=dev)[None]
+        hidden, _ = model.hidden_states(flat, cu, prefill)
+        logits = model.logits(hidden[0, cu[1:] - 1])  # [n, vocab] fp32
+        index = torch.tensor(slots, device=dev)
+        for layer in cache.lightning_layers:
+            cache.states[cache.index[layer], index] = prefill.lightning_state(layer)
+        for layer in cache.softmax_layers:
+            longest = max(prompt_lengths)
+            cache.keys[cache.index[layer], index, :, :longest] = prefill._keys[layer][:, :, :longest]
+            cache.values[cache.index[layer], index, :, :longest] = prefill._values[layer][:, :, :longest]
+        del prefill
+        cache.lengths[index] = torch.tensor(prompt_lengths, device=dev, dtype=torch.int32)
+        self.temperature[index] = torch.tensor([float(r.sampling.temperature) for r in batch], device=dev)
+        self.top_p[index] = torch.tensor([float(r.sampling.top_p) for r in batch], device=dev)
+        stops = torch.full((len(batch), MAX_STOPS), -1, dtype=torch.long)
+        for i, r in enumerate(batch):
+            stops[i, : len(r.sampling.stop_token_ids)] = torch.tensor(r.sampling.stop_token_ids, dtype=torch.long)
+        self.stops[index] = stops.to(dev)
+        self.max_new[index] = torch.tensor([r.sampling.max_new_tokens for r in batch], device=dev,
+                                           dtype=torch.int32)
+        self.count[index] = 0
+        self.finished[index] = False
+        self.active[index] = True
+        noise = torch.empty_like(logits).exponential_(generator=self.generator)
+        use_top_p = any(r.sampling.top_p < 1 for r in batch)
+        tokens, logprobs = _sample(logits, self.temperature[index], self.top_p[index], noise, use_top_p)
+        self._record(index, tokens, logprobs)
+
+    # ----------------------------------------------------------------------------------------- decode
+    def _record(self, rows: torch.Tensor | slice, tokens: torch.Tensor, logprobs: torch.Tensor) -> None:
+        """Write each active row's sampled token, check stops and lengths, advance (all on the device)."""
+        out = _record_values(self.active[rows], self.count[rows], self.out_tokens[rows], self.out_logprobs[rows],
+                             self.stops[rows], self.max_new[rows], self.finished[rows], tokens, logprobs)
+        for buffer, value in zip((self.out_tokens, self.out_logprobs, self.count, self.finished, self.active,
+                                  self.tokens), out):
+            buffer[rows] = value
+
+    def _step(self, use_top_p: bool) -> None:
+        """The decode step; with ``self.compile`` its pure-tensor regions go through torch.compile (the Triton
+        kernels and the cache writes stay outside them), set up on first use; eager if compiling fails."""
+        if self.compile and not self._step_fn:
+            saved = [t.clone() for t in self._step_state()]
+            self._step_fn = {name: torch.compile(fn, dynamic=False) for name, fn in _REGIONS.items()}
+            try:
+                self._decode(use_top_p)
+            except Exception as err:  # noqa: BLE001 - an optimisation only: fall back to the eager step
+                warnings.warn(f"torch.compile of the decode step failed ({type(err).__name__}: {err}); "
+                              f"running it eagerly", stacklevel=2)
+                self.compile = False
+                self._step_fn = {}
+            for t, s in zip(self._step_state(), saved):
+                t.copy_(s)
+        self._decode(use_top_p)
+
+    def _region(self, name: str):
+        return self._step_fn.get(name, _REGIONS[name])
+
+    def _decode(self, use_top_p: bool) -> None:
+        """One token for every slot (inactive slots compute and are ignored); no host reads."""
+        model, cache = self.model, self.cache
+        positions = cache.lengths.long()  # the new token's position = tokens already cached
+        x = model.model.embed_tokens(self.tokens)[:, None]  # [S, 1, hidden]
+        write = positions.clamp(max=cache.max_seq_len - 1)
+        rows = torch.arange(self.slots, device=self.device)
+        for i, layer in enumerate(model.model.layers):
+            attn = layer.self_attn
+            if isinstance(attn, LightningAttention):
+                h, q, k, v = self._region("lightning_in")(layer, x)
+                o = lightning_attn_decode(q, k, v, attn.slope(self.device), cache.states[cache.index[i]])
+                a = self._region("lightning_out")(attn, h, o)
+            else:
+                assert isinstance(attn, SoftmaxAttention)
+                h, q, k, v = self._region("softmax_in")(layer, x, positions, cache.keys.dtype)
+                j = cache.index[i]
+                cache.keys[j, rows, :, write] = k
+                cache.values[j, rows, :, write] = v
+                o = decode_attention(q, cache.keys[j], cache.values[j], write + 1, 1.0 / math.sqrt(attn.head_dim))
+                a = attn.o_proj(o.reshape(self.slots, 1, -1))
+            x = self._region("block_tail")(layer, x, h, a, self._w13[i], self._w2[i])
+        tokens, logprobs = self._region("head_sample")(model.model.norm, model.lm_head.weight, x, self.temperature,
+                                                       self.top_p, self.noise, use_top_p)
+        cache.lengths.add_(self.active.int())
+        out = self._region("record")(self.active, self.count, self.out_tokens, self.out_logprobs, self.stops,
+                                     self.max_new, self.finished, tokens, logprobs)
+        for buffer, value in zip((self.out_tokens, self.out_logprobs, self.count, self.finished, self.active,
+                                  self.tokens), out):
+            buffer.copy_(value)
+
+    def _graph(self, use_top_p: bool) -> torch.cuda.CUDAGraph:
+        """The decode step captured once per top-p mode (after a warm-up run on a side stream)."""
+        if use_top_p not in self._graphs:
+            saved = [t.clone() for t in self._step_state()]
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._step(use_top_p)  # warm-up: torch.compile and Triton compile, cuBLAS picks kernels
+                self._step(use_top_p)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step(use_top_p)
+            for t, s in zip(self._step_state(), saved):  # capture ran the step twice: undo both
+                t.copy_(s)
+            self._graphs[use_top_p] = graph
+        return self._graphs[use_top_p]
+
+    def _step_state(self) -> list[torch.Tensor]:
+        c = self.cache
+        return [c.states, c.keys, c.values, c.lengths, self.tokens, self.active, self.count,
+                self.finished, self.out_tokens, self.out_logprobs]
+
+
+def _sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, noise: torch.Tensor,
+            use_top_p: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row sampling from fp32 logits [N, V]: temperature [N] (0 = greedy), top-p [N], exponential noise
+    [N, V] (token = argmax p / noise: a draw from p). Returns tokens [N] long and fp32 log-probs [N] of the
+    sampled tokens under softmax(logits / T) (T = 1 for greedy rows), before top-p truncation."""
+    greedy = temperature == 0
+    scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
+    logprobs = torch.log_softmax(scaled, dim=-1)
+    probs = logprobs.exp()
+    if use_top_p:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs > top_p[:, None]  # keep the smallest set reaching top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+    sampled = (probs / noise[: probs.shape[0]]).argmax(-1)
+    tokens = torch.where(greedy, logits.argmax(-1), sampled)
+    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+# ------------------------------------------------------------------ the decode step's pure-tensor regions
+def _lightning_in(layer, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """input norm and the lightning q, k, v [S, H, D] (contiguous) of a decode step; x [S, 1, hidden]."""
+    attn = layer.self_attn
+    h = layer.input_layernorm(x)
+    qkv = F.silu(attn.qkv_proj(h)).view(x.shape[0], attn.num_heads, 3 * attn.head_dim)
+    q, k, v = qkv.split(attn.head_dim, dim=-1)
+    return h, q.contiguous(), k.contiguous(), v.contiguous()
+
+
+def _lightning_out(attn, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    y = attn.norm(o.reshape(o.shape[0], 1, -1).to(h.dtype))
+    return attn.out_proj(torch.sigmoid(attn.output_gate(h)) * y)
+
+
+def _softmax_in(layer, x: torch.Tensor, positions: torch.Tensor, kv_dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """input norm, RoPE'd q [S, H, D] and k, v [S, KVH, D] (in the cache's dtype) of a decode step."""
+    attn = layer.self_attn
+    h = layer.input_layernorm(x)
+    rows, pos = x.shape[0], positions[:, None]
+    q = rotary(attn.q_proj(h).view(rows, 1, attn.num_heads, attn.head_dim), pos, attn.rotary_dim, attn.theta)
+    k = rotary(attn.k_proj(h).view(rows, 1, attn.num_kv_heads, attn.head_dim), pos, attn.rotary_dim, attn.theta)
+    v = attn.v_proj(h).view(rows, attn.num_kv_heads, attn.head_dim)
+    return h, q[:, 0].contiguous(), k[:, 0].to(kv_dtype), v.to(kv_dtype)
+
+
+def _moe(moe, x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """The layer's SparseMoE on x [N, hidden] with every expert run on every row (three batched matrix
+    products over the stacked weights w13 [E, 2 inner, hidden], w2 [E, hidden, inner], no host sync); each row
+    adds its top-k experts' weighted outputs in ascending expert order, in x's dtype, as SparseMoE's
+    index_add_ does."""
+    probs = torch.softmax(moe.gate(x).float(), dim=-1)
+    weights, chosen = probs.topk(moe.top_k, dim=-1)
+    weights = weights / weights.sum(-1, keepdim=True)
+    chosen, order = chosen.sort(-1)
+    weights = weights.gather(-1, order).to(x.dtype)
+    inner = w2.shape[2]
+    h = torch.matmul(x[None], w13.transpose(1, 2))  # [E, N, 2 * inner]
+    y = torch.matmul(F.silu(h[..., :inner]) * h[..., inner:], w2.transpose(1, 2))  # [E, N, hidden]
+    rows = torch.arange(x.shape[0], device=x.device)
+    out = torch.zeros_like(x)
+    for j in range(moe.top_k):
+        out = out + y[chosen[:, j], rows] * weights[:, j, None]
+    return out
+
+
+def _block_tail(layer, x: torch.Tensor, h: torch.Tensor, a: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor
+                ) -> torch.Tensor:
+    """The decoder layer after its attention: residual, post-attention norm, MoE, residual (DecoderLayer)."""
+    x = layer.attn_alpha * (h if layer.postnorm else x) + layer.attn_beta * a
+    h = layer.post_attention_layernorm(x)
+    moe = _moe(layer.block_sparse_moe, h[:, 0], w13, w2)[:, None]
+    return layer.mlp_alpha * (h if layer.postnorm else x) + layer.mlp_beta * moe
+
+
+def _head_sample(norm, weight: torch.Tensor, x: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                 noise: torch.Tensor, use_top_p: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _sample(fp32_head(norm(x)[:, 0], weight), temperature, top_p, noise, use_top_p)
+
+
+def _record_values(active, count, out_tokens, out_logprobs, stops, max_new, finished, tokens, logprobs):
+    """New (out_tokens, out_logprobs, count, finished, active, tokens) after sampling ``tokens``: active rows
+    write their token and log-prob at column ``count`` and stop on a stop token or at max_new tokens."""
+    col = count.clamp(max=out_tokens.shape[1] - 1).long()[:, None]
+    keep_tokens = torch.where(active, tokens, out_tokens.gather(1, col)[:, 0])  # inactive rows: unchanged
+    keep_logprobs = torch.where(active, logprobs, out_logprobs.gather(1, col)[:, 0])
+    count = count + active.int()
+    done = active & ((tokens[:, None] == stops).any(-1) | (count >= max_new))
+    return (out_tokens.scatter(1, col, keep_tokens[:, None]), out_logprobs.scatter(1, col, keep_logprobs[:, None]),
+            count, finished | done, active & ~done, tokens)
+
+
+_REGIONS = {"lightning_in": _lightning_in, "lightning_out": _lightning_out, "softmax_in": _softmax_in,
+            "block_tail": _block_tail, "head_sample": _head_sample, "record": _record_values}

@@ -1,0 +1,339 @@
+"""Typed settings on the command line: dataclass configs -> options (tyro), config files, resume checks.
+
+Every subcommand that has settings (``train``, ``rollout``, ``eval``, ``tasks build``, ``tasks validate``) is
+described by one ``@dataclass`` config; :func:`parse` turns its fields into options with their defaults and
+help (nested configs become dotted options: ``--learner.lr 1e-3``), after
+
+1. ``--config FILE`` (TOML, YAML or JSON; a run's own ``config.json`` works): the file's values become the
+   defaults that the other options override;
+2. shortcuts: short spellings of common dotted options (``--lr`` -> ``--learner.lr``), listed in ``--help``.
+
+The parsed config is validated by its ``__post_init__`` (one :class:`~lightswe.errors.UserInputError` line per
+mistake). A parse error (unknown option, bad type) also ends in one line: ``lightswe <cmd>: error: ...``.
+
+Resume safety: :func:`check_resume` compares a config with the ``config.json`` an earlier run left in the same
+folder and refuses each changed setting by name, unless the user allowed it (``--allow-change lr,steps``).
+
+Example::
+
+    cfg, allow = parse(TrainConfig, ["--steps", "3", "--lr", "1e-3"], prog="lightswe train",
+                       shortcuts={"--lr": "--learner.lr"})
+    check_resume(Path(cfg.out_dir), cfg, allow=allow, free={"sampler.concurrency"})
+    write_config(Path(cfg.out_dir), cfg)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import io
+import json
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lightswe.errors import UserInputError
+
+T = TypeVar("T")
+CONFIG_FILE = "config.json"
+
+
+# ----------------------------------------------------------------------------------------- config files
+def load_file(path: str | Path) -> dict:
+    """A TOML, YAML or JSON file as a nested dict (by extension; ``.yml``/``.yaml`` need PyYAML).
+
+    Raises:
+        UserInputError: missing or unreadable file, unknown extension, not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"--config {path}: {'is a directory' if path.is_dir() else 'does not exist'}; "
+                             f"expected a .toml, .yaml or .json file")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as err:
+                raise UserInputError(f"--config {path}: YAML needs PyYAML (pip install pyyaml), or use "
+                                     f".toml / .json") from err
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise UserInputError(f"--config {path}: unknown extension {suffix!r}; expected .toml, .yaml, .yml "
+                                 f"or .json")
+    except UserInputError:
+        raise
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserInputError(f"--config {path}: not valid {suffix[1:].upper()}: {first}") from err
+    if not isinstance(data, dict):
+        raise UserInputError(f"--config {path}: expected a mapping of settings at the top, got "
+                             f"{type(data).__name__}")
+    return data
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=False)
+
+
+def _strip_optional(tp):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def from_dict(cls: type[T], data: dict, *, where: str = "") -> T:
+    """Build the dataclass ``cls`` from nested ``data`` (unknown keys refused by their dotted name; lists become
+    tuples where the field is a tuple; paths become ``Path``). Runs each ``__post_init__`` (validation)."""
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name == "command" and not where and "command" not in names:
+            continue  # written by write_config: which subcommand made the file
+        if name not in names:
+            close = difflib.get_close_matches(name, sorted(names), n=1)
+            hint = f"; did you mean {where}{close[0]}?" if close else ""
+            raise UserInputError(f"--config: unknown setting {where + key!r}{hint} (settings here: "
+                                 f"{', '.join(sorted(names))})")
+        tp = _strip_optional(hints[name])
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            base = _default_of(cls, name)  # a partial section keeps the parent's defaults for the rest
+            merged = _merge(to_dict(base), value) if dataclasses.is_dataclass(base) else value
+            kwargs[name] = from_dict(tp, merged, where=f"{where}{name}.")
+        elif typing.get_origin(tp) is tuple and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        elif tp is Path and isinstance(value, str):
+            kwargs[name] = Path(value)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise UserInputError(f"--config: settings of {where or 'the command'} do not fit: {err}") from err
+
+
+def _default_of(cls, name: str):
+    found = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if found.default_factory is not dataclasses.MISSING:
+        return found.default_factory()
+    return None if found.default is dataclasses.MISSING else found.default
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        key = key.replace("-", "_")
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def to_dict(cfg) -> dict:
+    """The config as JSON-ready nested dict (paths and other objects as strings)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"learner": {"lr": 1}}`` -> ``{"learner.lr": 1}`` (lists kept as values)."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def write_config(folder: Path, cfg, *, command: str) -> Path:
+    """Write the resolved config (every setting, defaults included, and the ``command`` that made the folder) as
+    ``folder/config.json``, atomically. ``--config folder/config.json`` reads it back."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CONFIG_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"command": command, **to_dict(cfg)}, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------- resume safety
+def _norm(name: str) -> str:
+    return name.strip().lstrip("-").replace("-", "_")
+
+
+def check_resume(folder: Path, cfg, *, allow: tuple[str, ...] = (), free: frozenset[str] | set[str] = frozenset(),
+                 shortcuts: dict[str, str] | None = None, command: str) -> None:
+    """Refuse to continue a run in ``folder`` with settings other than those in its ``config.json``.
+
+    ``free``: dotted settings that may always change (how many workers, which device); ``allow``: the user's
+    ``--allow-change`` names (dotted, a last part such as ``lr`` for every setting of that name, or a shortcut
+    such as ``warm-start-steps``). A folder without ``config.json`` is a new run; one made by another
+    ``command`` is refused. Settings only one side knows (an older version) are skipped.
+
+    Raises:
+        UserInputError: one line naming every changed setting (old -> new) and the three ways out.
+    """
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        return
+    try:
+        old = flatten(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError):
+        return  # unreadable: the run rewrites it
+    made_by = old.pop("command", command)
+    if made_by != command:
+        raise UserInputError(f"{folder} holds a `lightswe {made_by}` run, not a {command} one; fix: use another "
+                             f"--out")
+    new = flatten(to_dict(cfg))
+    allowed = {_norm(a) for a in allow}
+    for short, long in (shortcuts or {}).items():
+        if _norm(short) in allowed:
+            allowed.add(_norm(long))
+
+    def ok(key: str) -> bool:
+        return key in free or key in allowed or key.rsplit(".", 1)[-1] in allowed
+
+    changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in new if k in old and old[k] != new[k] and not ok(k)]
+    if changed:
+        names = ",".join(k.split(" ")[0] for k in changed)
+        raise UserInputError(f"{folder} holds a run made with other settings: {'; '.join(changed)}. Resume with "
+                             f"the same settings, pass --allow-change {names} to continue with the new ones, or "
+                             f"use a new --out")
+
+
+# ----------------------------------------------------------------------------------------- the parser
+def _expand(argv: list[str], shortcuts: dict[str, str]) -> list[str]:
+    """Shortcut spellings -> their dotted options (``--lr=1`` too); a bare ``--ray`` means ``--ray local``."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        target = shortcuts.get(name, name)
+        out.append(f"{target}={value}" if eq else target)
+        if name == "--ray" and not eq and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("local")
+    return out
+
+
+def _take(argv: list[str], option: str) -> tuple[list[str], str | None]:
+    """Remove ``option VALUE`` / ``option=VALUE`` from argv; returns (rest, value)."""
+    rest, value, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == option:
+            if i + 1 >= len(argv):
+                raise UserInputError(f"{option} needs a value")
+            value, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith(option + "="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, value
+
+
+def _one_line(text: str) -> str:
+    """tyro's error box (printed without a terminal) as one line: the message, and its suggestion if any."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    parts = [ln for ln in lines if ln and not set(ln) <= set("-─ ")]
+    if len(parts) < 2:
+        return text.strip() or "could not parse the options"
+    message = parts[1]  # parts[0] is the box's title
+    ours = re.match(r"^Error parsing (?!--)[\w.-]+: (.*)$", message)  # a __post_init__ error: ours, as is
+    if ours:
+        return ours.group(1)
+    if "Perhaps you meant:" in parts:
+        guesses = [p.split()[0] for p in parts[parts.index("Perhaps you meant:") + 1:] if p.startswith("--")]
+        if guesses:
+            message += f" (did you mean {' or '.join(dict.fromkeys(guesses))}?)"
+    return message
+
+
+def parse(cls: type[T], argv: list[str], *, prog: str, description: str = "",
+          shortcuts: dict[str, str] | None = None) -> tuple[T, tuple[str, ...]]:
+    """``argv`` -> a validated ``cls`` and the ``--allow-change`` names.
+
+    Raises:
+        UserInputError: a bad option or value (one line; ``--help`` and ``-h`` print the help and exit 0).
+    """
+    import tyro
+
+    shortcuts = shortcuts or {}
+    argv, config_file = _take(list(argv), "--config")
+    argv, allow = _take(argv, "--allow-change")
+    default = from_dict(cls, load_file(config_file)) if config_file else None
+    argv = _expand(argv, shortcuts)
+    epilog = ("--config FILE (TOML, YAML or JSON, e.g. an earlier run's config.json) sets defaults that the "
+              "options override; --allow-change A,B lets a resumed run change those settings.")
+    if shortcuts:
+        epilog += " Shortcuts: " + ", ".join(f"{k} = {v}" for k, v in shortcuts.items()) + "."
+    kwargs = {"args": argv, "prog": prog, "description": f"{description}\n\n{epilog}".strip(), "default": default}
+    if "-h" in argv or "--help" in argv:
+        return tyro.cli(cls, **kwargs), ()
+    buf = io.StringIO()
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "10000"  # one line per message in the captured error box
+    try:
+        with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
+            cfg = tyro.cli(cls, **kwargs)
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            print(buf.getvalue(), end="")
+            raise
+        message = _one_line(buf.getvalue())
+        if "; fix:" not in message:
+            message += f"; see {prog} --help"
+        raise UserInputError(message) from None
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
+    names = tuple(a for a in (allow or "").split(",") if a.strip())
+    return cfg, names
+
+
+# ----------------------------------------------------------------------------------------- subcommands
+# Subcommands whose options come from a config: command words -> run(argv after the words) -> exit code. The
+# dispatcher (lightswe.cli) sends their argv here untouched, so tyro sees --help and every option.
+TYPED: dict[tuple[str, ...], typing.Callable[[list[str]], int]] = {}
+
+
+def typed_command(subparsers, words: tuple[str, ...], *, help: str, run) -> None:
+    """Register ``lightswe <words...>``: listed in the parent's help, parsed by ``run(argv)`` (see :func:`parse`)."""
+    subparsers.add_parser(words[-1], help=help, add_help=False)
+    TYPED[words] = run
+
+
+def find_typed(argv: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
+    """The typed subcommand ``argv`` starts with, and the rest of argv; None if it names none."""
+    for words in sorted(TYPED, key=len, reverse=True):
+        if tuple(argv[:len(words)]) == words:
+            return words, argv[len(words):]
+    return None
+
+
+def check_out_dir(out: str | Path, option: str = "--out") -> None:
+    """Refuse an output folder that is a file or lies under a file (one line, before any work).
+
+    Raises:
+        UserInputError: naming the file in the way.
+    """
+    path = Path(out)
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == path else f"lies under the file {parent}"
+            raise UserInputError(f"{option} {out}: {where}; fix: pass a directory path (created if missing)")

@@ -1,0 +1,223 @@
+"""Load task instances from any published form: the one entry point of every command that takes ``--tasks``.
+
+``load_tasks(spec)`` accepts (an optional ``[start:stop]`` slice after any of them)::
+
+    tasks.jsonl                          # JSON lines (lightswe's own, SWE-bench's as published)
+    tasks.json                           # a JSON array of rows
+    tasks.parquet                        # a Parquet table (the Hugging Face Hub's storage format)
+    path/to/dataset_dir[:split]          # a Hugging Face `datasets` directory (save_to_disk) or data files
+    princeton-nlp/SWE-bench_Lite:test[0:50]   # a Hub dataset by name, from the local Hugging Face cache only
+
+Rows keep their published names and quirks: ``FAIL_TO_PASS``/``PASS_TO_PASS`` stored as JSON text, extra
+fields ignored. Family-specific rows are normalised here, once:
+
+- **SWE-smith** rows (``image_name``, ``patch`` = the bug, no ``base_commit``): the bug becomes
+  ``metadata["bug_patch"]``, the fix (``patch``) is the bug reversed, the base is the source commit plus the
+  bug (replayed by :func:`lightswe.tasks.sources.base_repo`); ``repo`` ``swesmith/<owner>__<name>.<commit>``
+  gives ``owner/name`` and the source commit.
+- **SWE-bench family** rows without ``install_command``/``test_command`` take them (and ``python_version``
+  and the log parser) from the ``swebench`` package's per-repository, per-version specs
+  (:mod:`lightswe.tasks.specs`; optional extra ``pip install 'lightswe[swebench]'``).
+
+Hub datasets are read offline (``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE``): a name that is not in the local
+cache is an error naming the fix (download it once where the Hub is reachable, or pass a local directory).
+Errors are :class:`~lightswe.tasks.instance.TaskFormatError` (a ``UserInputError``) naming the source and row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from lightswe.tasks.instance import TaskFormatError, TaskInstance
+from lightswe.tasks.patches import PatchError, reverse_patch
+
+_SLICE = re.compile(r"^(.*?)\[(-?\d*):(-?\d*)\]$")
+_SWESMITH_REPO = re.compile(r"^(?:[^/]+/)?([^/_]+(?:_[^/_]+)*?)__([^/]+?)\.([0-9a-f]{7,40})$")
+_INSTALL_HINT = "install the optional extra: pip install 'lightswe[hf]' (Hugging Face datasets)"
+
+
+def load_tasks(spec: str | Path) -> list[TaskInstance]:
+    """Every task instance of ``spec`` (see the module docstring for the forms), in order.
+
+    Raises TaskFormatError (bad rows, unknown form) or FileNotFoundError (a path that does not exist and is
+    not a dataset name).
+    """
+    text = str(spec)
+    start = stop = None
+    match = _SLICE.match(text)
+    if match and not Path(text).exists():
+        text, start, stop = match.group(1), _int(match.group(2)), _int(match.group(3))
+    rows = list(_rows(text))
+    if start is not None or stop is not None:
+        rows = rows[slice(start, stop)]
+    out, seen = [], set()
+    for where, record in rows:
+        instance = from_record(record, where=where)
+        if instance.instance_id in seen:
+            raise TaskFormatError(f"{where}: instance_id {instance.instance_id!r} appears twice; ids must be unique")
+        seen.add(instance.instance_id)
+        out.append(instance)
+    if not out:
+        raise TaskFormatError(f"{spec}: no task instances (empty file, split or slice)")
+    return out
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text not in ("", None) else None
+
+
+def _rows(text: str) -> Iterable[tuple[str, dict]]:
+    path = Path(text)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in (".jsonl", ".ndjson"):
+            return _jsonl_rows(path)
+        if suffix == ".json":
+            return _json_rows(path)
+        if suffix == ".parquet":
+            return _parquet_rows(path)
+        raise TaskFormatError(f"{path}: unknown task file type {suffix!r}; fix: use .jsonl, .json (an array), "
+                              ".parquet, or a Hugging Face dataset directory")
+    base, _, split = text.rpartition(":") if ":" in text else (text, "", "")
+    if Path(text).is_dir():
+        return _hf_rows(text, None, local=True)
+    if base and Path(base).is_dir():
+        return _hf_rows(base, split, local=True)
+    if re.fullmatch(r"[\w.\-]+/[\w.\-]+(:[\w.\-]+)?", text) and not text.endswith((".jsonl", ".json", ".parquet")):
+        name, split = (base, split) if base else (text, None)
+        return _hf_rows(name, split, local=False)
+    raise FileNotFoundError(f"task source {text!r} is neither a file, a dataset directory, nor a dataset name "
+                            "'owner/name[:split]'; fix: check the path")
+
+
+def looks_like_dataset(spec: str) -> bool:
+    """Whether ``spec`` (not a file) names a dataset directory or a Hub name ``owner/name[:split][slice]``."""
+    text = _SLICE.sub(r"\1", str(spec)) if _SLICE.match(str(spec)) else str(spec)
+    base = text.rpartition(":")[0] if ":" in text else text
+    return Path(text).is_dir() or Path(base).is_dir() or bool(
+        re.fullmatch(r"[\w.\-]+/[\w.\-]+(:[\w.\-]+)?", text))
+
+
+def _jsonl_rows(path: Path) -> Iterable[tuple[str, dict]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{number}", json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TaskFormatError(f"{path}:{number}: not valid JSON ({err})") from None
+
+
+def _json_rows(path: Path) -> Iterable[tuple[str, dict]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise TaskFormatError(f"{path}: not valid JSON ({err}); fix: a .json task file holds one array of rows, "
+                              "a .jsonl file one row per line") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise TaskFormatError(f"{path}: expected a JSON array of rows, got {type(data).__name__}")
+    return ((f"{path}[{i}]", row) for i, row in enumerate(data))
+
+
+def _parquet_rows(path: Path) -> Iterable[tuple[str, dict]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise TaskFormatError(f"{path}: reading Parquet needs pyarrow; fix: pip install 'lightswe[parquet]'") from None
+    return ((f"{path} row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist()))
+
+
+def _offline_datasets():
+    """The ``datasets`` module with the Hub switched off (environment set before its first import)."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import datasets
+    except ImportError:
+        raise TaskFormatError(f"loading a Hugging Face dataset needs the `datasets` package; fix: {_INSTALL_HINT}") \
+            from None
+    import huggingface_hub.constants as hub_constants
+
+    datasets.config.HF_HUB_OFFLINE = True
+    hub_constants.HF_HUB_OFFLINE = True
+    return datasets
+
+
+def _hf_rows(name: str, split: str | None, *, local: bool) -> Iterable[tuple[str, dict]]:
+    datasets = _offline_datasets()
+    path = Path(name)
+    try:
+        if local and any((path / marker).is_file() for marker in ("dataset_info.json", "state.json",
+                                                                 "dataset_dict.json")):
+            data = datasets.load_from_disk(str(path))
+        else:
+            data = datasets.load_dataset(str(path) if local else name, split=split)
+    except (FileNotFoundError, ConnectionError, ValueError) as err:
+        where = "directory" if local else "local Hugging Face cache"
+        raise TaskFormatError(f"dataset {name!r} (split {split!r}) cannot be loaded from the {where}: "
+                              f"{str(err).splitlines()[0][:300]}; fix: download it once where the Hub is "
+                              "reachable (datasets.load_dataset(name)) or pass a local directory or file") from None
+    if isinstance(data, datasets.DatasetDict):
+        if split is None:
+            if len(data) != 1:
+                raise TaskFormatError(f"dataset {name!r} has splits {sorted(data)}; fix: name one, e.g. "
+                                      f"{name}:{sorted(data)[0]}")
+            split = next(iter(data))
+        if split not in data:
+            raise TaskFormatError(f"dataset {name!r} has no split {split!r}; its splits: {sorted(data)}")
+        data = data[split]
+    return ((f"{name}:{split or ''} row {i}", row) for i, row in enumerate(data))
+
+
+def is_swesmith(record: dict) -> bool:
+    """A SWE-smith row: the bug as ``patch`` and no ``base_commit`` (its ``image_name`` holds the repo)."""
+    return "base_commit" not in record and "patch" in record and ("image_name" in record or
+                                                                  _SWESMITH_REPO.match(str(record.get("repo", ""))))
+
+
+def from_record(record: dict, *, where: str = "record") -> TaskInstance:
+    """One published row -> TaskInstance (SWE-smith and spec-derived commands normalised, see module doc)."""
+    if not isinstance(record, dict):
+        raise TaskFormatError(f"{where}: expected a row (JSON object), got {type(record).__name__}")
+    record = {k: v for k, v in record.items() if v is not None}  # a table's null cell is an absent field
+    if is_swesmith(record):
+        record = _from_swesmith(record, where)
+    record.setdefault("problem_statement", "")
+    explicit = {key for key in ("install_command", "test_command", "python_version", "log_parser")
+                if record.get(key)}
+    instance = TaskInstance.from_dict(record, where=where)
+    if explicit < {"install_command", "test_command"} and not instance.image_name:
+        from lightswe.tasks import specs
+
+        specs.apply_specs(instance, keep=explicit, where=where)
+    elif instance.image_name and "test_command" not in explicit:
+        from lightswe.tasks import specs
+
+        specs.apply_specs(instance, keep=explicit | {"install_command"}, where=where)
+    return instance
+
+
+def _from_swesmith(record: dict, where: str) -> dict:
+    bug = record.get("patch") or ""
+    try:
+        record["patch"] = reverse_patch(bug)
+    except PatchError as err:
+        raise TaskFormatError(f"{where}: {err}") from None
+    metadata = dict(record.get("metadata") or {})
+    metadata["bug_patch"] = bug
+    repo = str(record.get("repo", ""))
+    match = _SWESMITH_REPO.match(repo)
+    if match:
+        metadata["swesmith_repo"] = repo
+        record["repo"] = f"{match.group(1)}/{match.group(2)}"
+        record.setdefault("environment_setup_commit", match.group(3))
+    record["metadata"] = metadata
+    record["base_commit"] = ""  # the source commit plus the bug (replayed, see sources.base_repo)
+    return record

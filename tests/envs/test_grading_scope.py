@@ -1,0 +1,171 @@
+"""What grading may see, the hardened pytest command and the runner-reactive code check (no Docker needed)."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from lightswe.envs.agent_diff import REGULAR, SYMLINK, Change, Entry, blob_id, changes
+from lightswe.envs.graded_files import Scope, keep_outside_runner_sections, select_changes
+from lightswe.envs.hack_check import findings, suspicious_code
+from lightswe.envs.pytest_run import pytest_command
+from lightswe.errors import UserInputError
+
+
+def entry(data: bytes, mode: str = REGULAR) -> Entry:
+    return Entry(mode=mode, sha=blob_id(data), size=len(data), data=data)
+
+
+def test_blob_id_is_gits(tmp_path):
+    (tmp_path / "f").write_bytes(b"\x00\xffbinary\n")
+    expected = subprocess.run(["git", "hash-object", str(tmp_path / "f")], capture_output=True, text=True, check=True).stdout.strip()
+    assert blob_id(b"\x00\xffbinary\n") == expected
+
+
+def test_changes_see_bytes_modes_links_and_deletions():
+    base = {"a.py": entry(b"x"), "b.py": entry(b"y"), "c.sh": entry(b"z"), "link": entry(b"a.py", SYMLINK)}
+    tree = {"a.py": entry(b"x"), "c.sh": entry(b"z", "100755"), "link": entry(b"b.py", SYMLINK), "new": entry(b"")}
+    found = {c.path: c.kind for c in changes(base, tree)}
+    assert found == {"b.py": "deleted", "c.sh": "mode", "link": "modified", "new": "added"}
+
+
+SCOPE = Scope(test_paths=frozenset({"pkg/tests/test_a.py"}), test_dirs=("pkg/tests",),
+              outside_modules=frozenset({"json", "pytest", "_pytest"}))
+
+
+def select(tree: dict[str, bytes | None], base: dict[str, bytes] | None = None):
+    base = base or {"pkg/__init__.py": b"", "pkg/mod.py": b"x = 1\n", "pkg/tests/test_a.py": b"def test(): pass\n",
+                    "setup.cfg": b"[metadata]\nname = pkg\n\n[tool:pytest]\naddopts = -q\n"}
+    base_entries = {p: Entry(mode=REGULAR, sha=blob_id(d), size=len(d)) for p, d in base.items()}
+    found = [Change(path=p, old=base_entries.get(p), new=None if d is None else entry(d)) for p, d in tree.items()]
+    paths = set(base) | {p for p, d in tree.items() if d is not None}
+    kept, left = select_changes(found, SCOPE, base=base_entries, tree_paths=paths, read_base=lambda p: base[p])
+    return {c.path: c for c in kept}, {x.path: x.reason for x in left}
+
+
+@pytest.mark.parametrize("path, reason", [
+    ("pkg/tests/test_a.py", "a test file of the task"),
+    ("pkg/tests/helpers.py", "test directory"),
+    ("other/test_b.py", "test module"),
+    ("pkg/conftest.py", "conftest.py"),
+    ("tox.ini", "test-runner configuration"),
+    ("pkg/.pytest.ini", "test-runner configuration"),
+    ("usercustomize.py", "site customization"),
+    ("x.pth", ".pth"),
+    ("evil-1.0.dist-info/entry_points.txt", "package metadata"),
+    ("pkg.egg-info/PKG-INFO", "package metadata"),
+    ("pkg/__pycache__/mod.cpython-311.pyc", "bytecode"),
+    ("pkg/mod.pyc", "bytecode"),
+    (".hypothesis/examples/x", "tool cache"),
+    (".gitattributes", "git metadata"),
+    ("pkg/_speedups.cpython-311-x86_64-linux-gnu.so", "native extension"),
+    ("json.py", "would shadow the module 'json'"),
+    ("pytest/__init__.py", "would shadow the module 'pytest'"),
+    ("scripts/_pytest.py", "would shadow the module '_pytest'"),
+])
+def test_left_out_with_the_reason(path, reason):
+    kept, left = select({path: b"print(1)\n", "pkg/mod.py": b"x = 2\n"})
+    assert reason in left[path] and path not in kept and "pkg/mod.py" in kept
+
+
+def test_new_module_inside_a_package_is_not_shadowing():
+    kept, left = select({"pkg/json.py": b"x = 1\n"})
+    assert "pkg/json.py" in kept and not left
+
+
+def test_setup_cfg_edit_outside_the_runner_section_is_graded():
+    new = b"[metadata]\nname = pkg\nversion = 2\n\n[tool:pytest]\naddopts = -p evil\n\n[flake8]\nmax = 1\n"
+    kept, left = select({"setup.cfg": new})
+    assert kept["setup.cfg"].new.data == b"[metadata]\nname = pkg\nversion = 2\n\n[tool:pytest]\naddopts = -q\n[flake8]\nmax = 1\n"
+    assert "[tool:pytest] section" in left["setup.cfg"]
+    kept, left = select({"setup.cfg": b"[metadata]\nname = pkg\n\n[tool:pytest]\naddopts = -q\n[x]\ny = 1\n"})
+    assert "setup.cfg" in kept and not left  # nothing of the runner section changed
+    kept, left = select({"setup.cfg": None})
+    assert "deletes the test-runner configuration" in left["setup.cfg"]
+
+
+def test_pyproject_runner_tables_are_put_back():
+    old = b'[project]\nname = "p"\n\n[tool.pytest.ini_options]\naddopts = "-q"\n'
+    new = b'[project]\nname = "p"\nversion = "2"\n\n[tool.pytest.ini_options]\naddopts = "-p evil"\n[tool.black]\nx = 1\n'
+    merged = keep_outside_runner_sections("pyproject.toml", old, new)
+    assert b'version = "2"' in merged and b'addopts = "-q"' in merged and b"evil" not in merged and b"black" in merged
+    dotted = b'[project]\nname = "p"\n[tool]\npytest.ini_options.addopts = "-p evil"\n'
+    assert keep_outside_runner_sections("pyproject.toml", old, dotted) is None  # cannot separate: left out whole
+    added = keep_outside_runner_sections("pyproject.toml", b"", b'[tool.pytest.ini_options]\naddopts = "-x"\n[a]\nb = 1\n')
+    assert added is not None and b"addopts" not in added and b"[a]" in added
+
+
+def test_link_replacing_the_test_directory_is_left_out():
+    _, left = select({"pkg/tests/test_a.py": None, "pkg/tests": b"../fake"})
+    assert "keeps a directory" in left["pkg/tests"] and "pkg/tests/test_a.py" in left
+
+
+def test_pytest_command_is_isolated_and_loads_only_named_plugins():
+    command = pytest_command("env A=1 python -m pytest -p no:cacheprovider -o addopts= -q", ["t.py::a b"],
+                             "/tmp/j.xml", plugins=["pytest_timeout"])
+    assert shlex.split(command) == ["env", "A=1", "python", "-I", "-B", "-m", "pytest", "-p", "pytest_timeout",
+                                    "-p", "no:cacheprovider", "-o", "addopts=", "-q", "-o", "junit_family=xunit1",
+                                    "--junitxml=/tmp/j.xml", "t.py::a b"]
+    assert shlex.split(pytest_command("pytest -x"))[:6] == ["python3", "-I", "-B", "-m", "pytest", "-p"]
+    with pytest.raises(UserInputError, match="must run pytest"):
+        pytest_command("tox -e py311")
+
+
+def test_isolated_pytest_ignores_a_shadowing_pytest_module(tmp_path):
+    (tmp_path / "pytest.py").write_text("raise SystemExit('shadowed')\n")
+    (tmp_path / "test_x.py").write_text("def test_x():\n    assert True\n")
+    command = pytest_command(f"{sys.executable} -m pytest -q", ["test_x.py"], str(tmp_path / "j.xml"))
+    done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, check=False,
+                          env={"PATH": "/usr/bin:/bin", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------------------------------------ hack check
+@pytest.mark.parametrize("source, what", [
+    ("import pytest\n", "imports the test framework pytest"),
+    ("from _pytest.reports import TestReport\n", "imports the test framework _pytest.reports"),
+    ("import sys\nif 'pytest' in sys.modules: x = 1\n", "names the test runner"),
+    ("import os\nx = os.environ.get('PYTEST_CURRENT_TEST')\n", "names the test runner"),
+    ("import sys\nargs = sys.argv\n", "reads the command line"),
+    ("def pytest_runtest_makereport(item, call):\n    pass\n", "defines the pytest hook"),
+    ("import os\nos._exit(0)\n", "os._exit"),
+    ("import atexit\natexit.register(print)\n", "registers an exit handler"),
+    ("import sys\nf = sys._getframe(1)\n", "inspects the call stack"),
+    ("x = open('tests/test_a.py').read()\n", "names a test file"),
+    ("m = __import__('py' + 'test')\n", "imports the test framework pytest"),
+    ("import builtins\nbuiltins.AssertionError = Exception\n", "replaces builtins.AssertionError"),
+    ("def f(report):\n    report.outcome = 'passed'\n", "sets a test outcome"),
+    ("import sys\nsys.meta_path.insert(0, object())\n", "changes the import system"),
+    ("import gc\nobjs = gc.get_objects()\n", "walks the garbage collector"),
+    ("exec(compile(data, 'x', 'exec'))\n", "runs dynamically built code"),
+])
+def test_findings(source, what):
+    assert any(what in w for _, w in findings(source)), findings(source)
+
+
+def test_only_what_the_change_adds_is_reported():
+    old = b"import sys\n\ndef f():\n    return sys.argv\n"
+    new = b"import sys\n\ndef f():\n    return sys.argv[1:]\n"
+    assert suspicious_code([("pkg/cli.py", old, new)]) == []
+    assert suspicious_code([("pkg/cli.py", old, new + b"\ndef g():\n    return sys.argv\n")]) == \
+        ["pkg/cli.py:7: reads the command line (sys.argv)"]
+
+
+def test_honest_code_is_not_flagged():
+    honest = textwrap.dedent('''
+        """Uses pytest-like words only in docstrings: pytest, unittest."""
+        import itertools
+
+        def nth(n, seq):
+            """Return the nth item (see tests/test_itertoolz.py)."""
+            return next(itertools.islice(seq, n, None))
+
+        if __name__ == "__main__":
+            import doctest
+            doctest.testmod()
+    ''')
+    assert findings(honest) == []
+    assert findings("import pytest\n", own_modules={"pytest"}) == []  # pytest's own repository
