@@ -108,7 +108,7 @@ def plan_jobs(tasks: Sequence, config: RolloutConfig) -> list[EpisodeJob]:
 
 def default_env_factory(tasks: Sequence, **env_kwargs) -> Callable:
     """``() -> env`` over the rollout's tasks: the registered SWE environment, unwrapped (the loop owns the
-    step budget). One env per worker: consecutive episodes of a task reuse its sandbox (warm git reset)."""
+    step budget). One env per worker: each episode gets an untouched container from the env's warm pool (nothing of the previous episode survives)."""
 
     def make():
         import gymnasium

@@ -21,6 +21,7 @@ over both), and prints each row's medians side by side.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -123,7 +124,10 @@ def measure(args) -> list[tuple[str, float, str]]:
     rows.append(("bash tool call via env.step", _ms(_timed(lambda: env.step(bash), args.repeats)), ""))
     view = ToolCall(name="view", arguments={"path": "toolz/itertoolz.py", "start_line": 380, "end_line": 420})
     rows.append(("file view (40 lines) via env.step", _ms(_timed(lambda: env.step(view), args.repeats)), ""))
-    tests = _timed(lambda: grade(inner.sandbox, task), 3)
+    if pool is not None and "fresh" in inspect.signature(grade).parameters:  # grading in a pool container
+        tests = _timed(lambda: grade(inner.sandbox, task, fresh=inner.fresh_sandbox, release=pool.discard), 3)
+    else:
+        tests = _timed(lambda: grade(inner.sandbox, task), 3)
     rows.append((f"test run ({len(task.FAIL_TO_PASS) + len(task.PASS_TO_PASS)} tests, grading)", _ms(tests), ""))
 
     start = time.perf_counter()

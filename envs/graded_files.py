@@ -11,7 +11,8 @@ lost. Left out:
   ``.pytest.toml``/``tox.ini``, and the ``[tool:pytest]``/``[pytest]`` sections of ``setup.cfg`` and the
   ``[tool.pytest...]`` tables of ``pyproject.toml`` (the rest of those files is graded: the sections are put
   back as the base has them, checked with ``configparser``/``tomllib``; a file whose sections cannot be
-  separated is left out whole);
+  separated is left out whole; ``setup.cfg`` is also read with ``iniconfig``, pytest's own parser, which
+  splits lines where ``configparser`` does not);
 - what Python runs at start-up or import time without being imported by name: ``sitecustomize.py``,
   ``usercustomize.py``, ``*.pth``;
 - package metadata (``*.dist-info``, ``*.egg-info``, ``*.egg-link``, ``entry_points.txt``, ``PKG-INFO``),
@@ -21,6 +22,8 @@ lost. Left out:
 - a new module or package named like a module the test run imports from outside the repository (the
   standard library, pytest, site-packages) in a directory that can be on ``sys.path`` (one that is not a
   package): it would shadow it;
+- a path git refuses to record (a component that git reads as ``.git``: any case, trailing dots or spaces,
+  ``git~1``; git's ``verify_path``): no honest fix has one, and it would fail recording the graded diff;
 - a changed file over ``max_file_bytes``; changes past ``max_files``/``max_total_bytes`` (edits of the base's
   files first, then new files, smallest first);
 - a file or symbolic link where grading keeps a directory (e.g. ``tests`` replaced by a link), or a path
@@ -178,14 +181,42 @@ def keep_outside_runner_sections(name: str, old: bytes, new: bytes) -> bytes | N
         return None
     if got[0] != want_old[0] or got[1] != want_new[1]:
         return None
+    if name == "setup.cfg" and _pytest_ini_runner(merged) != _pytest_ini_runner(old):
+        return None  # pytest's own parser reads a runner section that configparser does not (e.g. after a \f)
     return merged
 
 
+def _pytest_ini_runner(data: bytes) -> object:
+    """The ``[tool:pytest]`` section of a ``setup.cfg`` as pytest reads it: with ``iniconfig`` (pytest's
+    parser: ``str.splitlines``, so a form feed or U+2028 starts a line that ``configparser`` never sees), from
+    a file opened in text mode (universal newlines). An exception's type when it does not parse."""
+    import iniconfig
+
+    try:
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        parsed = iniconfig.IniConfig("setup.cfg", data=text)
+    except Exception as err:  # noqa: BLE001 - pytest fails on this file too; compare the failure
+        return type(err).__name__
+    return {name: dict(parsed[name].items()) for name in parsed.sections if name in ("tool:pytest", "pytest")}
+
+
 # ------------------------------------------------------------------------------------------------ selection
+_GIT_DIR_ALIASES = re.compile(r"(?i)^(?:\.git[. ]*|git~1|\.git:.*)$")
+
+
+def git_refuses(path: str) -> bool:
+    """True when git will not record ``path``: a component it treats as ``.git`` (git's ``verify_path`` with
+    ``core.protectNTFS``, on by default: any case, trailing dots/spaces, the 8.3 name ``git~1``, an NTFS
+    stream), an empty, ``.`` or ``..`` component."""
+    return any(not part or part in (".", "..") or _GIT_DIR_ALIASES.match(part) for part in path.split("/"))
+
+
 def _reason(change: Change, scope: Scope, tree_paths: Collection[str], max_file_bytes: int) -> str:
     path = change.path
     parts = path.split("/")
     name = parts[-1]
+    if git_refuses(path):
+        return "a path git refuses to record (a component git reads as .git)"
     if path in scope.test_paths:
         return "a test file of the task"
     for folder in scope.test_dirs:

@@ -23,14 +23,17 @@ machine (the agent's or the grading container gone, the engine failing, an image
 ``test_patch`` that does not apply to the base) raises :class:`GradingError` (an
 :class:`~lightswe.errors.InfrastructureError`): never a reward.
 
-Nothing runs as root: the harness's commands in the grading container run as the non-root user, and nothing
-at all runs in the agent's container.
+Nothing the agent wrote runs as root: the harness's commands in the grading container run as the non-root
+user, except one script of the harness (``_lock_tests``: the tests become root's, read-only to the test process)
+that runs before any code of the change and takes only path names; nothing at all runs in the agent's container.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
+import secrets
 import tarfile
 import time
 from collections.abc import Callable
@@ -246,8 +249,11 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
                                f"(a broken task, not the policy): {applied.output[-500:]}", stage="test_patch",
                                known=known)
     files = (set(base) - {c.path for c in kept if c.new is None}) | {c.path for c in kept if c.new is not None}
+    _lock_tests(grader, scope, files, known)
+    junit = _private_junit_path(grader, known)
     try:
-        run, unresolved, whole_files = _run_task_tests(grader, instance, wanted, files, facts.plugins, timeout)
+        run, unresolved, whole_files = _run_task_tests(grader, instance, wanted, files, facts.plugins, timeout,
+                                                       junit)
     except UserInputError as err:
         raise GradingError(f"{instance.instance_id}: {err}", stage="tests", known=known) from err
     except Exception as err:
@@ -303,7 +309,7 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
 
 
 def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], files: set[str],
-                    plugins, timeout: float) -> tuple[TestRun, dict[str, str], bool]:
+                    plugins, timeout: float, junit: str = JUNIT_PATH) -> tuple[TestRun, dict[str, str], bool]:
     """(run, {id: why it could not run}, whether whole files ran) of the task's tests in ``grader``.
 
     pytest rows: ids pytest can address run as they are, the files of the others run whole (published ids cut
@@ -327,11 +333,11 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
     if not targets:
         return TestRun(), unresolved, False
     run = run_pytest(grader, instance.test_command, targets, timeout=timeout, user="agent", files=files,
-                     plugins=plugins)
+                     plugins=plugins, junit=junit)
     whole = any("::" not in t for t in targets)
     if run.exit_code == 4 and not run.outcomes and any("::" in t for t in targets):
         run = run_pytest(grader, instance.test_command, published.files_of(wanted, files), timeout=timeout,
-                         user="agent", files=files, plugins=plugins)
+                         user="agent", files=files, plugins=plugins, junit=junit)
         whole = True
     return run, unresolved, whole
 
@@ -340,6 +346,27 @@ def _tail(text: str, lines: int = 12, width: int = 2000) -> str:
     """The last ``lines`` non-empty lines of ``text`` (at most ``width`` characters): where causes are."""
     kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
     return "\n".join(kept)[-width:]
+
+
+def _private_junit_path(grader: Sandbox, known: dict) -> str:
+    """A JUnit report path the test process can write but not find: a random name in a fresh directory owned
+    by root with mode 0733 (no listing), made through the archive API (nothing runs as root). Code of the
+    change that wants to rewrite the report after the tests ran must read the runner's argv (flagged)."""
+    folder = f"/tmp/lightswe-{secrets.token_hex(8)}"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo(folder.rsplit("/", 1)[1])
+        info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o733, 0, 0, int(time.time())
+        archive.addfile(info)
+    try:
+        ok = grader.api.put_archive(grader.container_id, "/tmp", buffer.getvalue())
+    except Exception as err:
+        raise GradingError(f"making the report folder in grading container {_short(grader)} failed: {err}",
+                           stage="tests", known=known) from err
+    if not ok:
+        raise GradingError(f"the engine refused the report folder of grading container {_short(grader)}",
+                           stage="tests", known=known)
+    return f"{folder}/{secrets.token_hex(16)}.xml"
 
 
 def _short(box: Sandbox) -> str:
@@ -377,6 +404,57 @@ def _exec(grader: Sandbox, cmd: str, stage: str, known: dict, **kw):
         raise GradingError(f"the command runner of grading container {_short(grader)} died during {stage}",
                            stage=stage, known=known)
     return result
+
+
+_LOCK = r"""
+import json, os, stat, sys
+os.chdir(sys.argv[1])
+request = json.load(sys.stdin)
+
+def lock(path, is_dir):
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if is_dir and stat.S_ISDIR(st.st_mode):
+        os.lchown(path, 0, 0)
+        os.chmod(path, 0o1777)  # anyone may add files (tests that write next to themselves), none may replace root's
+    elif not is_dir and stat.S_ISREG(st.st_mode):
+        os.lchown(path, 0, 0)
+        os.chmod(path, st.st_mode & 0o755)
+
+for folder in request["dirs"]:
+    if os.path.islink(folder):
+        continue
+    for root, dirs, names in os.walk(folder):
+        lock(root, True)
+        for name in names:
+            lock(os.path.join(root, name), False)
+for path in request["files"]:
+    lock(path, False)
+    lock(os.path.dirname(path) or ".", True)
+"""
+
+
+def _lock_tests(grader: Sandbox, scope, files: set[str], known: dict) -> None:
+    """Make what grading protects as tests (the task's test files and directories, every ``conftest.py`` and
+    ``test_*.py``/``*_test.py``) owned by root and not writable by the test process: code of the change that
+    runs during collection cannot rewrite a test module that pytest has not read yet. Their folders become
+    ``1777`` (tests may still create files there). Runs as root before any code of the change has run, on a
+    script of the harness given paths only (``lstat`` first, ``lchown``: links are never followed)."""
+    protected = sorted(p for p in files if p in scope.test_paths or p.rsplit("/", 1)[-1] == "conftest.py"
+                       or re.fullmatch(r"(.*/)?(test_[^/]*|[^/]*_test)\.py", p))
+    request = json.dumps({"dirs": list(scope.test_dirs), "files": protected}).encode()
+    try:
+        done = grader.exec(f"python3 -I -S -c {_quote(_LOCK)} {WORKDIR}", timeout=120, user="root", workdir="/",
+                           stdin=request)
+    except Exception as err:
+        raise GradingError(f"protecting the tests in {_short(grader)} failed: {type(err).__name__}: {err}",
+                           stage="tests", known=known) from err
+    if done.exit_code != 0 or done.runner_died:
+        _require_alive(grader, "while protecting the tests", known, settle_s=5.0)
+        raise GradingError(f"protecting the tests in {_short(grader)} failed (exit {done.exit_code}): "
+                           f"{done.output[-400:]}", stage="tests", known=known)
 
 
 _DELETE = r"""
@@ -456,9 +534,9 @@ def _graded_patch(grader: Sandbox, kept: list[Change], known: dict) -> str:
               f"{PRISTINE_GIT} diff --cached --binary --full-index --no-color --no-ext-diff --no-textconv --no-renames "
               f"HEAD > /tmp/lightswe-graded.diff; rm -f {index}")
     done = _exec(grader, script, "apply", known, stdin=paths, timeout=300)
-    if done.exit_code != 0:
-        raise GradingError(f"recording the graded diff failed in {_short(grader)}: {done.output[-400:]}",
-                           stage="apply", known=known)
+    if done.exit_code != 0:  # git refused something of the change (the runner and container are fine: _exec
+        # checked): the diff is information only, the tests still decide; never a reason to drop the reward
+        return f"[the graded diff could not be recorded: {done.output[-400:].strip()}]\n"
     try:
         raw = grader.read_file("/tmp/lightswe-graded.diff", max_bytes=256 * 1024 * 1024)
     except Exception as err:

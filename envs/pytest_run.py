@@ -227,12 +227,13 @@ def list_files(box, user: str, workdir: str = "/testbed") -> set[str] | None:
 
 def run_pytest(box, test_command: str, test_ids: Sequence[str] | None = None, *, timeout: float = 900.0,
                user: str = "agent", max_output_bytes: int = 64 * 1024, files: Collection[str] | None = None,
-               plugins: Sequence[str] | None = None) -> TestRun:
+               plugins: Sequence[str] | None = None, junit: str = JUNIT_PATH) -> TestRun:
     """Run the hardened ``test_command`` on ``test_ids`` (default: what it selects) and parse its JUnit report.
 
     ``files``: the repository's files (for ids of inherited tests, see :func:`nodeid`); listed with git in
     ``box`` when not given and needed (only for harness-owned repositories). ``plugins``: pytest plugin modules
-    to load (default: :func:`probe_image` of ``box``).
+    to load (default: :func:`probe_image` of ``box``). ``junit``: where pytest writes its report (grading
+    passes a name the test process cannot guess, in a directory it cannot list).
     """
     ids = list(test_ids or [])
     if files is None:
@@ -241,13 +242,13 @@ def run_pytest(box, test_command: str, test_ids: Sequence[str] | None = None, *,
             files |= list_files(box, user) or set()
     if plugins is None:
         plugins = probe_image(box).plugins
-    box.exec(f"rm -f {JUNIT_PATH}", timeout=10, user=user, workdir="/")
-    result = box.exec(pytest_command(test_command, ids, plugins=plugins), timeout=timeout, user=user,
+    box.exec(f"rm -f {shlex.quote(junit)}", timeout=10, user=user, workdir="/")
+    result = box.exec(pytest_command(test_command, ids, junit=junit, plugins=plugins), timeout=timeout, user=user,
                       max_output_bytes=max_output_bytes, env=dict(RUNNER_ENV))
     run = TestRun(exit_code=result.exit_code, output=result.output, timed_out=result.timed_out,
                   duration_s=result.duration_s, runner_died=result.runner_died)
     try:
-        report = parse_junit(box.read_file(JUNIT_PATH, max_bytes=64 * 1024 * 1024), files)
+        report = parse_junit(box.read_file(junit, max_bytes=64 * 1024 * 1024), files)
     except (FileNotFoundError, IsADirectoryError, ValueError, ET.ParseError):
         return run  # pytest did not start (import error in conftest, timeout): no outcomes
     run.outcomes, run.messages = report.outcomes, report.messages

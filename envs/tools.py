@@ -121,7 +121,7 @@ def _kind(value: Any) -> str:
             {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[repr(value)]
         return f"number {text[:40]}{'...' if len(text) > 40 else ''}"
     if isinstance(value, str):
-        return f"string {value[:60]!r}{'...' if len(value) > 60 else ''}"
+        return f"string '{show(value[:60])}'{'...' if len(value) > 60 else ''}"
     if isinstance(value, dict):
         return f"an object of {len(value)} keys"
     if isinstance(value, list):
@@ -133,8 +133,8 @@ def _value(call: ToolCall, name: str, required: bool) -> Any:
     value = call.arguments.get(name, _MISSING)
     if value is _MISSING or value is None:
         if required:
-            what = f"missing argument {name!r}" if value is _MISSING else f"argument {name!r} is null"
-            raise ToolError(f"{call.name}: {what}; it takes "
+            what = "missing" if value is _MISSING else "null"
+            raise ToolError(f"{call.name}: argument {name!r} is {what}; it takes "
                             f"{list(_schema(call.name)['parameters']['properties'])} (required: "
                             f"{_schema(call.name)['parameters']['required']})")
         return _MISSING
@@ -202,11 +202,11 @@ def _seconds(call: ToolCall, name: str, default: float) -> tuple[float, str]:
 
 
 def _path(box: Sandbox, call: ToolCall, name: str = "path") -> tuple[str, str]:
-    """(the path as the agent wrote it, the absolute path in the sandbox)."""
+    """(the path as the agent wrote it, shown as view shows text; the absolute path in the sandbox)."""
     path = _text(call, name, command_line=True)
     if not path.strip():
         raise ToolError(f"{call.name}: argument {name!r} is empty; give a file path such as 'src/module.py'")
-    return path, posixpath.join(box.config.workdir, path)
+    return show(path), posixpath.join(box.config.workdir, path)
 
 
 # ------------------------------------------------------------------------------------ showing and matching
@@ -416,10 +416,11 @@ find -H "$p" -mindepth 1 -maxdepth 2 \\( -name .git -o -name __pycache__ \\) -pr
 _WRITE = """p=$LIGHTSWE_PATH
 if [ "$LIGHTSWE_NEW" = 1 ]; then
   if [ -e "$p" ] || [ -L "$p" ]; then echo EXISTS; exit 3; fi
-  mkdir -p -- "$(dirname -- "$p")" || exit 1
+  d=$(dirname -- "$p" && echo .) && d=${d%??} && mkdir -p -- "$d" || exit 1
   mode=$(printf '%04o' $(( 0666 & ~0$(umask) )))
 fi
-t=$(readlink -f -- "$p") || exit 1
+# "&& echo ." then ${t%??}: command substitution would strip a newline that ends a file name
+t=$(readlink -f -- "$p" && echo .) && t=${t%??} || exit 1
 [ "$LIGHTSWE_NEW" = 1 ] || mode=$(stat -c %a -- "$t") || exit 1
 # the bytes go to a temporary file beside the target, which then takes the target's place in one rename
 # (create: one hard link, which fails if the name exists): a failed write leaves the old file whole
@@ -438,7 +439,7 @@ fi
 if [ "$LIGHTSWE_NEW" = 1 ]; then set -C; fi
 cat > "$t"
 """
-_CLEAN = 'rm -f -- "$(readlink -f -- "$LIGHTSWE_PATH").lightswe-$LIGHTSWE_SUFFIX"'
+_CLEAN = 't=$(readlink -f -- "$LIGHTSWE_PATH" && echo .) && rm -f -- "${t%??}.lightswe-$LIGHTSWE_SUFFIX"'
 _SEARCH = f"""p=$LIGHTSWE_PATH
 if [ ! -e "$p" ]; then echo N; exit 0; fi
 echo S
@@ -537,11 +538,10 @@ def _listing(box: Sandbox, path: str, target: str) -> str:
         raise ToolError(f"view: the directory {path} is not readable by the agent user (permission denied)")
     if kind != "L":
         raise _failed("view", "list", path, result.output)
-    prefix = "" if posixpath.normpath(path) == "." else posixpath.normpath(path) + "/"
-    names = [prefix + show(n.decode("utf-8", "surrogateescape")).replace("\n", "\\n")
+    names = [show(n.decode("utf-8", "surrogateescape")).replace("\n", "\\n")
              for n in _decode64("view", "list", path, body).split(b"\0") if n]
     more = f"\n[more than {DIR_MAX_ENTRIES} entries; view a subdirectory]" if len(names) > DIR_MAX_ENTRIES else ""
-    head = f"[{path}: two levels deep; .git and __pycache__ are not listed]"
+    head = f"[{path}: two levels deep, names relative to it; .git and __pycache__ are not listed]"
     return "\n".join([head, *names[:DIR_MAX_ENTRIES]]) + more if names else f"[{path} is an empty directory]"
 
 
@@ -584,25 +584,26 @@ def search(box: Sandbox, call: ToolCall) -> ToolResult:
         raise ToolError("search: the pattern holds a line break, but grep matches one line at a time; search for "
                         "one line of the text (or use bash with grep -Pzo for multi-line patterns)")
     target = path if path.startswith("/") else posixpath.join(box.config.workdir, path)
+    shown = show(path)
     result = _exec(box, _SEARCH, {"LIGHTSWE_PATH": target, "LIGHTSWE_PATTERN": pattern}, timeout=60)
     kind, _, body = result.output.partition("\n")
     if kind == "N":
-        raise ToolError(f"search: {path} does not exist; search '.' (the repository) or a directory in it")
+        raise ToolError(f"search: {shown} does not exist; search '.' (the repository) or a directory in it")
     encoded, _, status = body.partition("\n")
     if kind != "S":
-        raise _failed("search", "search", path, result.output)
-    found = _decode64("search", "search", path, encoded).decode("utf-8", "surrogateescape").split("\n")
+        raise _failed("search", "search", shown, result.output)
+    found = _decode64("search", "search", shown, encoded).decode("utf-8", "surrogateescape").split("\n")
     if found[-1] == "":
         found.pop()
     if status.strip() == "2" and found and found[0].startswith("grep: "):
-        raise ToolError(f"search: grep rejected the pattern {pattern!r}: {show(found[0][6:])}; the pattern is a basic "
+        raise ToolError(f"search: grep rejected the pattern '{show(pattern)}': {show(found[0][6:])}; the pattern is a basic "
                         "regular expression (escape [ ] * . ^ $ \\ with a backslash to match them literally)")
     workdir = box.config.workdir.rstrip("/") + "/"
     rows = [show(line.removeprefix(workdir) if not path.startswith("/") else line) for line in found]
     rows = [row if len(row) <= SEARCH_MAX_LINE_CHARS else row[:SEARCH_MAX_LINE_CHARS] + " [... line cut]"
             for row in rows]
     if not rows:
-        return ToolResult(output=f"no matches for {pattern!r} in {path}")
+        return ToolResult(output=f"no matches for '{show(pattern)}' in {shown}")
     note = (f"\n[more than {SEARCH_MAX_LINES} matches; narrow the pattern or the path]"
             if len(rows) > SEARCH_MAX_LINES else "")
     return ToolResult(output="\n".join(rows[:SEARCH_MAX_LINES]) + note)

@@ -135,6 +135,7 @@ def test_isolated_pytest_ignores_a_shadowing_pytest_module(tmp_path):
     ("import atexit\natexit.register(print)\n", "registers an exit handler"),
     ("import sys\nf = sys._getframe(1)\n", "inspects the call stack"),
     ("x = open('tests/test_a.py').read()\n", "names a test file"),
+    ("import os\nd = os.path.join(os.path.dirname(__file__), 'tests')\n", "names a test file or directory"),
     ("m = __import__('py' + 'test')\n", "imports the test framework pytest"),
     ("import builtins\nbuiltins.AssertionError = Exception\n", "replaces builtins.AssertionError"),
     ("def f(report):\n    report.outcome = 'passed'\n", "sets a test outcome"),
@@ -169,3 +170,46 @@ def test_honest_code_is_not_flagged():
     ''')
     assert findings(honest) == []
     assert findings("import pytest\n", own_modules={"pytest"}) == []  # pytest's own repository
+
+
+# ------------------------------------------------------------------ found by the attack pass (test_reward_attacks)
+@pytest.mark.parametrize("source, what", [
+    ("import os as _o\ngetattr(_o, '_ex' + 'it')(0)\n", "os._exit"),
+    ("import sys\ngetattr(sys, 'mod' 'ules')['x']\n", "sys.modules"),
+    ("import os\nf = getattr(os, name)\n", "named at run time"),
+    ("import os\nf = getattr(os, f'{name}')\n", "named at run time"),
+    ("import threading\nthreading.main_thread().join()\n", "main thread"),
+    ("import weakref\nweakref.finalize(object(), print)\n", "weakref.finalize"),
+    ("s = s.replace('<failure', '')\n", "names the test runner"),
+    ("pytest_plugins = ['evil']\n", "pytest_plugins"),
+    ("def setup_module(module):\n    pass\n", "setup_module"),
+    ("f.__code__ = g.__code__\n", "code object"),
+])
+def test_findings_of_the_attack_pass(source, what):
+    assert any(what in w for _, w in findings(source)), findings(source)
+
+
+def test_attack_pass_checks_spare_ordinary_code():
+    ordinary = ("x = getattr(obj, 'value', None)\nsetattr(self, name, 1)\nopen(p, errors='replace')\n"
+                "class A:\n    def setup_module(self):\n        pass\n")
+    assert findings(ordinary) == []
+
+
+@pytest.mark.parametrize("path, refused", [
+    ("pkg/.GIT/x", True), (".Git", True), ("a/.git. /b", True), ("GIT~1/x", True), ("x/.git:stream", True),
+    ("a/.gitignore", False), (".github/workflows/ci.yml", False), ("pkg/mod.py", False),
+])
+def test_paths_git_refuses_are_left_out(path, refused):
+    from lightswe.envs.graded_files import git_refuses
+
+    assert git_refuses(path) is refused
+    _, left = select({path: b"x\n"})
+    assert ("git refuses" in left.get(path, "")) is refused
+
+
+@pytest.mark.parametrize("separator", [b"\x0c", b"\r", "\u2028".encode(), b"\x1c", b"\x85".decode("latin-1").encode()])
+def test_runner_section_hidden_from_configparser_is_caught(separator):
+    old = b"[metadata]\nname = pkg\n"
+    new = old + b"\n[flake8]\nmax-line-length = 100" + separator + b"[tool:pytest]\naddopts = -p evil\n"
+    assert keep_outside_runner_sections("setup.cfg", old, new) is None
+    assert keep_outside_runner_sections("setup.cfg", old, old + b"\n[flake8]\nx = 1\n") is not None

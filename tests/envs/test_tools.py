@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -167,7 +168,7 @@ BAD = [
     ("bash", {"command": "echo a\x00b"}, "NUL character"),
     ("bash", {"command": ["ls"]}, "must be a string, got an array"),
     ("bash", {"command": None}, "'command' is null"),
-    ("bash", {}, "missing argument 'command'"),
+    ("bash", {}, "'command' is missing"),
     ("view", {"path": None}, "'path' is null"),
     ("view", {"path": 3}, "must be a string, got number 3"),
     ("view", {"path": {"p": "a"}}, "got an object"),
@@ -281,3 +282,37 @@ def test_a_full_disk_leaves_the_file_whole():
         assert box.exec("test -e /testbed/new.py", user="root").exit_code != 0
     finally:
         box.close()
+
+
+# ----------------------------------------------------------------- any bytes, any name (property-based)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+_CHUNK = st.one_of(st.binary(max_size=30), st.sampled_from([b"\r\n", b"\n", b"\r", b"\xef\xbb\xbf", b"\x00", b"\xe9",
+                                                            b"\\xe9", b"-delete", b"$(id)"]))
+_OTHER = st.lists(_CHUNK, max_size=5).map(b"".join).filter(lambda b: b"x = " not in b)
+_NAME = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"), min_size=1, max_size=40) \
+    .filter(lambda n: n not in (".", "..") and len(n.encode()) < 200)
+_SLOW = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@_SLOW
+@given(before=_OTHER, after=_OTHER)
+def test_any_file_bytes_survive_an_edit_in_the_engine(sandbox, before, after):
+    sandbox.write_file("/testbed/any.bin", before + b"x = 1" + after)
+    tool(sandbox, "str_replace", path="any.bin", old_str="x = 1", new_str="x = 2")
+    assert sandbox.read_file("/testbed/any.bin") == before + b"x = 2" + after
+
+
+@_SLOW
+@given(name=_NAME, content=st.text(st.characters(blacklist_categories=("Cs",)), max_size=50))
+def test_any_name_is_an_operand_in_the_engine(sandbox, name, content):
+    sandbox.exec("rm -rf /testbed/named && mkdir /testbed/named", user="agent")
+    path = f"named/{name}"
+    tool(sandbox, "create", path=path, content=content)
+    stored = sandbox.exec('base64 -w0 -- "$F"', env={"F": f"/testbed/{path}"}, timeout=10)  # the engine's archive
+    assert base64.b64decode(stored.output) == content.encode()  # API cannot name a file ending in a newline
+    tool(sandbox, "str_replace", path=path, old_str=content, new_str=content + "!") if content else None
+    assert tool(sandbox, "view", path="named").splitlines()[1:] != []
+    count = sandbox.exec("find /testbed/named -mindepth 1 -printf x", user="agent").output
+    assert count == "x"  # one file, no temporary left beside it

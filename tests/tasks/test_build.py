@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
+import docker
 import pytest
-
 from lightswe.cli import main
 from lightswe.tasks.build import BuildConfig, build, read_built
 from lightswe.tasks.instance import read_jsonl
@@ -84,10 +84,14 @@ def test_prune_finds_images_of_deleted_tasks_only(first_build):
     out, _ = first_build
     assert prune(out, dry_run=True) == []  # every recorded task is still there
     lines = (out / "instances.jsonl").read_text().splitlines(keepends=True)
+    deleted = json.loads(lines[0])["instance_id"]
     (out / "instances.jsonl").write_text("".join(lines[1:]))  # the user deletes the first task
     try:
         stale = prune(out, dry_run=True)
-        assert len(stale) == 1 and stale[0].startswith("lightswe/instance:")
+        # every image of the deleted task (one per image recipe this engine has seen), and no other
+        assert stale and all(tag.startswith("lightswe/instance:") for tag in stale)
+        client = docker.from_env()
+        assert {client.images.get(tag).labels["lightswe.instance_id"] for tag in stale} == {deleted}
     finally:
         (out / "instances.jsonl").write_text("".join(lines))
 

@@ -265,10 +265,12 @@ def test_a_django_row_graded_through_the_swebench_django_parser(tmp_path):
            "patch": git(repo, "diff", base, fix), "test_patch": git(repo, "diff", fix, tests),
            "problem_statement": "dumpdata crashes when a base queryset uses prefetch_related()", "hints_text": "",
            "created_at": "2024-01-30T00:00:00Z", "version": "5.0", "environment_setup_commit": base,
+           # every dumpdata of the fixtures app crashes at the base once the test patch's manager prefetches
            "FAIL_TO_PASS": json.dumps([f"test_dumpdata_objects_with_prefetch_related ({cls}."
-                                       "test_dumpdata_objects_with_prefetch_related)"]),
-           "PASS_TO_PASS": json.dumps([f"test_loading_and_dumping ({cls}.test_loading_and_dumping)",
+                                       "test_dumpdata_objects_with_prefetch_related)",
                                        f"test_dumpdata_with_excludes ({cls})"]),
+           "PASS_TO_PASS": json.dumps([f"test_loading_using ({cls}.test_loading_using)",
+                                       f"test_dumpdata_with_pks ({cls})"]),
            "source": str(repo)}
     (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
     [task] = load_tasks(tmp_path / "rows.jsonl")
