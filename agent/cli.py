@@ -49,9 +49,10 @@ class _RunArgs:
 
     # Output directory: episodes, config.json (a rerun resumes the finished episodes).
     out: str
-    # Policy: scripted | model:PRESET_OR_DIR | openai:URL | vllm:MODEL (options after '?', e.g. model:tiny?seed=1).
+    # Policy: scripted | model:PRESET_OR_DIR | hf:DIR | openai:URL | vllm:MODEL | vllm:hf:DIR (options after '?',
+    # e.g. model:tiny?seed=1).
     policy: str = "scripted"
-    # tokenizer.json path (default: the built-in byte tokenizer).
+    # tokenizer.json path (default: an hf: checkpoint's own tokenizer, else the built-in byte tokenizer).
     tokenizer: str | None = None
     # Samples per task (G).
     group_size: int = 1
@@ -169,7 +170,7 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
 
     out = Path(args.out)
     check_resume(out, args, allow=allow, free=FREE_ON_RESUME, command="rollout")
-    from lightswe.agent.policies.spec import make_policy
+    from lightswe.agent.policies.spec import make_policy, tokenizer_path
     from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
     from lightswe.model import load_tokenizer
     from lightswe.tasks.datasets import load_tasks
@@ -180,15 +181,16 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
                              f"instance per line")
     config = RolloutConfig(group_size=args.group_size, round=args.round, seed=args.seed, progress=args.progress)
     agent = _agent_config(args)
+    tokenizer_spec = args.tokenizer or tokenizer_path(args.policy)  # an hf: checkpoint brings its tokenizer
     if args.ray:
         from lightswe.agent.ray_executor import RayExecutor
 
         executor = RayExecutor(policy=args.policy, tasks=tasks, num_workers=args.concurrency,
-                               tokenizer=args.tokenizer, agent=agent,
+                               tokenizer=tokenizer_spec, agent=agent,
                                env_kwargs={"tool_format": args.tool_format, "hack_policy": args.hack_policy},
                                address=None if args.ray == "local" else args.ray)
     else:
-        tokenizer = load_tokenizer(args.tokenizer)
+        tokenizer = load_tokenizer(tokenizer_spec)
         policy = make_policy(args.policy, tokenizer=tokenizer, tasks=tasks)
         env_factory = default_env_factory(tasks, tool_format=args.tool_format, hack_policy=args.hack_policy)
         executor = LocalExecutor(policy, tokenizer, env_factory=env_factory, concurrency=args.concurrency, agent=agent)

@@ -310,21 +310,3 @@ def _touch_every_expert(module: nn.Module, args: tuple, output):
     if isinstance(output, tuple):
         return (output[0] + zero, *output[1:])
     return output + zero
-
-
-def sync_vllm_weights(llm, model: nn.Module) -> None:
-    """Push the learner's weights into an in-process vLLM ``LLM`` (names are the released MiniMax ones, which
-    vLLM's MiniMax loader reads). Under FSDP every rank must call it (full tensors are gathered)."""
-    try:
-        import vllm  # noqa: F401
-    except ImportError as err:  # pragma: no cover - optional
-        raise ImportError("vLLM is not installed: pip install 'lightswe[vllm]'") from err
-
-    def full(t: Tensor) -> Tensor:
-        return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-    weights = [(name, full(p.detach())) for name, p in model.named_parameters()]
-    llm.apply_model(lambda m: m.load_weights(weights))  # vLLM >= 0.10; runs in each worker
-    reset = getattr(llm, "reset_prefix_cache", None)
-    if reset is not None:
-        reset()  # cached KV blocks were computed with the old weights

@@ -5,8 +5,9 @@ Three engines, chosen in one place (:meth:`Rollouts.executor`):
 - ``model`` (default): threads in this process sample from the learner's own module (or, under torchrun, from
   the sampler copy the loop refreshes after every update): in sync by construction.
 - ``--ray ADDRESS``: Ray actors; each step saves the weights and new actors load them.
-- ``vllm``: an in-process ``vllm.LLM`` started from the starting weights; the learner's weights are pushed into
-  it after every update (:meth:`Rollouts.sync`).
+- ``vllm``: an in-process ``vllm.LLM`` started from the starting weights (saved with the model's
+  ``save_pretrained``: the transformers layout for ``hf:`` models); the learner's weights are pushed into it after
+  every update (:meth:`Rollouts.sync`). Pass ``--sampler.vllm-args dtype=float32`` to sample in the learner's precision.
 
 Example::
 
@@ -66,8 +67,9 @@ class SamplerConfig:
         if self.engine == "model":
             return
         if importlib.util.find_spec("vllm") is None:
-            raise ImportError("--engine vllm needs vLLM: pip install 'lightswe[vllm]' (a CUDA machine), or use the "
-                              "built-in engine (--engine model)")
+            raise ImportError("--engine vllm needs vLLM: pip install 'lightswe[vllm]' (a CUDA machine), run under "
+                              "the CPU test venv (.venv-vllm/bin/python -m lightswe train ..., made by bash "
+                              ".ci/setup), or use the built-in engine (--engine model)")
         if self.ray or world > 1:
             raise UserInputError("--engine vllm runs one in-process vllm.LLM; it does not combine with --ray or "
                                  "torchrun. Spread it over GPUs with --vllm-arg tensor_parallel_size=N instead")
@@ -145,7 +147,9 @@ class Rollouts:
             self._init_ray()
             weights = out_dir.parent / f"weights-{round_}"  # new actors load the step's weights from here
             self.model.save_pretrained(weights)
-            return RayExecutor(policy=f"model:{weights}?version={version}", tasks=tasks,
+            kind = getattr(self.model, "spec_kind", "model")  # "hf" for a transformers model (its own tokenizer)
+            return RayExecutor(policy=f"{kind}:{weights}?version={version}", tasks=tasks,
+                               tokenizer=str(weights) if kind == "hf" else None,
                                num_workers=self.cfg.concurrency, agent=self.agent,
                                env_kwargs=self.env_kwargs), weights
         if policy is None and self.cfg.engine == "vllm":
@@ -179,12 +183,11 @@ class Rollouts:
         return self._vllm
 
     def sync(self, model) -> None:
-        """After an update: push the learner's weights into the vLLM engine (the built-in engine samples from the
-        learner's own module, or from the sampler copy the distributed loop refreshes)."""
+        """After an update: push the learner's weights into the vLLM engine (``VLLMPolicy.push_weights``: vLLM's
+        in-place reload); the built-in engine samples from the learner's own module, or from the sampler copy the
+        distributed loop refreshes."""
         if self._vllm is not None:
-            from lightswe.agent.learner import sync_vllm_weights
-
-            sync_vllm_weights(self._vllm.llm, model)
+            self._vllm.push_weights(model)
 
     def close(self) -> None:
         """Stop the local Ray cluster this run started (an external cluster is left running)."""

@@ -109,7 +109,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
         write_config(out, cfg, command="train")
     seed_everything(cfg.seed)
     model, tokenizer = build_model(cfg.model, device=cfg.device, seed=cfg.seed)
-    rollouts = Rollouts(cfg.sampler, agent=cfg.agent, model=model, tokenizer=tokenizer, name=f"model:{cfg.model}",
+    name = cfg.model if cfg.model.startswith("hf:") else f"model:{cfg.model}"  # the policy spec that samples it
+    rollouts = Rollouts(cfg.sampler, agent=cfg.agent, model=model, tokenizer=tokenizer, name=name,
                         work_dir=out, env_kwargs={"hack_policy": cfg.hack_policy})
     tasks, eval_tasks = [], []
     for turn in (True, False):  # rank 0 first: the arithmetic family builds its git repository once

@@ -73,7 +73,8 @@ class TrainConfig:
 
     # Run directory: config.json, metrics, checkpoints, episodes; a rerun resumes from its checkpoints.
     out_dir: str = "runs/train"
-    # Starting model: a preset (tiny, small; random init from --seed) or a checkpoint directory.
+    # Starting model: a preset (tiny, small; random init from --seed), a checkpoint directory, or hf:DIR (a
+    # transformers causal LM, Qwen2 / Llama family, with its ChatML tokenizer; see lightswe.model.hf).
     model: str = "tiny"
     # RL steps (each: rollouts, advantages, one learner update).
     steps: int = 10

@@ -1,12 +1,15 @@
 """The model a training run starts from: the one place that turns ``--model`` into a module and its tokenizer.
 
 ``--model`` is a preset name of the built-in MiniMax model (``tiny``, ``small``: random init from the run's
-seed, the same weights on every rank) or a checkpoint directory written by ``save_pretrained``. New kinds of
-model (e.g. a Hugging Face checkpoint) are added here, and only here.
+seed, the same weights on every rank), a checkpoint directory written by ``save_pretrained``, or ``hf:DIR``: any
+transformers causal LM (Qwen2, Llama family, ...) with its tokenizer and ChatML chat template
+(``lightswe.model.hf.HFCausalLM``; the checkpoint's own tokenizer then builds the conversations). New kinds of
+model are added here, and only here.
 
 Example::
 
     model, tokenizer = build_model("tiny", device="cpu", seed=0)
+    model, tokenizer = build_model("hf:ckpt/qwen2", device="cpu", seed=0)
     copy = sampler_copy(model, device="cpu")     # a full, frozen copy (the sampler of a sharded learner)
 """
 
@@ -24,14 +27,19 @@ def check_model_spec(spec: str) -> None:
         UserInputError: naming the value and the choices.
     """
     from lightswe.model.config import PRESETS
+    from lightswe.model.hf import hf_path, is_hf_spec
 
+    if is_hf_spec(spec):
+        hf_path(spec)  # raises UserInputError naming what is missing
+        return
     if Path(spec).is_dir() or spec in PRESETS:
         return
     if Path(spec).exists():
         raise UserInputError(f"--model {spec!r} is a file; expected a checkpoint directory (save_pretrained) or "
                              f"a preset: {', '.join(sorted(PRESETS))}")
     raise UserInputError(f"--model {spec!r}: no such preset or checkpoint directory; expected one of "
-                         f"{', '.join(sorted(PRESETS))} or a directory written by save_pretrained")
+                         f"{', '.join(sorted(PRESETS))}, a directory written by save_pretrained, or hf:DIR (a "
+                         f"transformers checkpoint)")
 
 
 def build_model(spec: str, *, device: str, seed: int):
@@ -41,8 +49,13 @@ def build_model(spec: str, *, device: str, seed: int):
         UserInputError: ``spec`` is neither a preset nor a checkpoint directory.
     """
     from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM, load_tokenizer
+    from lightswe.model.hf import HFCausalLM, check_chat_template, hf_path, is_hf_spec
 
     check_model_spec(spec)
+    if is_hf_spec(spec):
+        model = HFCausalLM.from_pretrained(spec, device=device)
+        check_chat_template(model.tokenizer)
+        return model, load_tokenizer(hf_path(spec))
     tokenizer = load_tokenizer(None)
     if Path(spec).is_dir():
         model = MiniMaxForCausalLM.from_pretrained(spec, device=device)
@@ -55,7 +68,11 @@ def build_model(spec: str, *, device: str, seed: int):
 def sampler_copy(model, *, device: str):
     """A full copy of ``model`` without gradients: each rank's sampler when the learner's copy is sharded."""
     from lightswe.model import MiniMaxForCausalLM
+    from lightswe.model.hf import HFCausalLM
 
-    sampler = MiniMaxForCausalLM(model.config).to(device).requires_grad_(False)
+    if isinstance(model, HFCausalLM):
+        sampler = model.empty_copy().to(device).requires_grad_(False)
+    else:
+        sampler = MiniMaxForCausalLM(model.config).to(device).requires_grad_(False)
     sampler.load_state_dict(model.state_dict())  # (deepcopy fails on tensors the last forward left behind)
     return sampler

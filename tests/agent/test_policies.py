@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 
 import pytest
@@ -80,13 +79,3 @@ def test_openai_client_reports_server_errors():
             client.generate([1, 2], SamplingParams(max_new_tokens=2))
     with pytest.raises(ServerError, match="unreachable"):
         OpenAIPolicy(server.url, retries=0, timeout_s=2).generate([1], SamplingParams(max_new_tokens=1))
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm not installed (pip install 'lightswe[vllm]')")
-def test_vllm_in_process(tmp_path):
-    from lightswe.agent.policies.vllm_engine import VLLMPolicy
-
-    policy = VLLMPolicy("facebook/opt-125m", gpu_memory_utilization=0.3)
-    tokens, logprobs = policy.generate([2, 100, 200], SamplingParams(max_new_tokens=8, temperature=0.0))
-    assert 1 <= len(tokens) == len(logprobs) <= 8 and all(lp <= 0 for lp in logprobs)
