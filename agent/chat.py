@@ -81,13 +81,22 @@ class Conversation:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         return [self.im_start, *self.tokenizer.encode_ordinary(role + "\n")]
 
-    def add(self, role: str, content: str, **fields) -> Message:
-        """Append an environment-side turn (mask 0); ``content`` is data, never control tokens."""
+    def add(self, role: str, content: str, *, markup: bool = False, **fields) -> Message:
+        """Append an environment-side turn (mask 0); ``content`` is data, never control tokens.
+
+        ``markup=True`` is for the harness's own system prompt only (never environment text): its tool-call
+        example is then encoded with the control tokens the policy must emit (``<tool_calls>`` ...), so the one
+        example in context has the same tokens as the scripted warm-start turns. Chat glue (``<|im_start|>``,
+        ``<|im_end|>``) inside it is still refused.
+        """
         if self._open is not None:
             raise RuntimeError("an assistant turn is open: call add_generated() before adding another turn")
         content = _SURROGATE.sub("\ufffd", content)
+        body = self.tokenizer.encode(content) if markup else self.tokenizer.encode_ordinary(content)
+        if markup and {self.im_start, self.im_end} & set(body):
+            raise ValueError(f"the {role} prompt holds chat glue (<|im_start|>/<|im_end|>); remove it")
         start = len(self.token_ids)
-        self._glue([*self._header(role), *self.tokenizer.encode_ordinary(content), self.im_end, *self._newline])
+        self._glue([*self._header(role), *body, self.im_end, *self._newline])
         message = Message(role=role, content=content, start=start, end=len(self.token_ids), **fields)
         self.messages.append(message)
         return message

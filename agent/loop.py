@@ -151,7 +151,7 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
             t0 = time.perf_counter()
             observation, _ = env.reset(seed=seed, options={"task_id": task_id, **(reset_options or {})})
             clock.reset = time.perf_counter() - t0
-            conv.add("system", system_prompt(cfg, getattr(env, "tool_format", "minimax")))
+            conv.add("system", system_prompt(cfg, getattr(env, "tool_format", "minimax")), markup=True)
             conv.add("user", observation)
             while True:
                 if steps >= cfg.max_steps:
