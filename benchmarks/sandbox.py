@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import gymnasium as gym
 
@@ -36,7 +35,7 @@ import lightswe  # noqa: F401 - registers the ids
 from lightswe.envs.demo import scripted_actions
 from lightswe.envs.engine import CACHE_DIR
 from lightswe.envs.grading import grade
-from lightswe.envs.sandbox import Sandbox, SandboxConfig
+from lightswe.envs.sandbox import Sandbox
 from lightswe.envs.tool_calls import ToolCall, format_minimax
 
 MINI_VENV = CACHE_DIR / "mini-swe-agent-venv"
@@ -92,7 +91,7 @@ def measure(args) -> list[tuple[str, float, str]]:
     env = gym.make("lightswe/SWE-v0")
     env.reset(seed=0)
     inner = env.unwrapped
-    task, image = inner.task, inner.sandbox.config.image
+    task = inner.task
     pool = getattr(inner, "pool", None)  # None: code from before the warm pool (git reset)
     config = inner.sandbox_config(task) if pool is not None else inner.sandbox.config
     rows: list[tuple[str, float, str]] = []

@@ -195,7 +195,7 @@ def ensure_env_image(instance: TaskInstance, client=None, progress: Progress = _
         _put_tree(box, sources.archive(repo))
         # Debian's pip of older releases (20.3 in bullseye) cannot drive today's setuptools: bring pip up first.
         _run(box, "python -c 'import pip, sys; sys.exit(int(pip.__version__.split(\".\")[0]) < 23)' || "
-             f"python -m pip install -q 'pip>=23.1'", "updating pip", install_timeout, env=build_env)
+             "python -m pip install -q 'pip>=23.1'", "updating pip", install_timeout, env=build_env)
         _run(box, instance.install_command, "the install command", install_timeout, workdir=WORKDIR, env=build_env)
         _run(box, f"python -c 'import pytest' 2>/dev/null || python -m pip install -q '{_PYTEST}'",
              "installing pytest", install_timeout, workdir=WORKDIR, env=build_env)

@@ -12,7 +12,6 @@ SWE-bench's specs of its repo+version (pytest 5.4: setuptools-scm, version pins,
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
