@@ -58,7 +58,13 @@ def _advantages_default() -> AdvantageConfig:
     # the whole generation batch: filtered, a lone group with signal in a mostly solved step got 4x the weight per
     # token, and one such update (7 successes, one wrong operator) destroyed the tiny model's tool-call format at
     # step 7 of a default run (seed 1). Costs the forward/backward of those rows; filter_equal=True skips them.
-    return AdvantageConfig(filter_equal=False)
+    # Advantages are mean-centred, not divided by the group's std (Dr. GRPO, Liu et al. 2025): dividing gives the
+    # one failure of a 7-of-8 group -2.65 instead of -0.875. Its tokens after the wrong operator (the call's tail
+    # and the whole submit turn, the same text as the successes' but in a context holding the wrong operator) do
+    # not cancel against the successes, so that weight pushes the tool-call format itself down: replaying a
+    # collapsed default run offline, the std-scaled step-3 update sent 41% of first turns to format errors (its
+    # negative rows alone: 95%), the mean-centred one none, while '+' still rose (see the README).
+    return AdvantageConfig(filter_equal=False, scale_by_std=False)
 
 
 def need(ok: bool, option: str, value, rule: str, fix: str) -> None:
