@@ -33,11 +33,12 @@ def _prune_slices(configs, nargs, **kwargs):
     less) are kept only when the grid would otherwise have few programs (one long sequence, few heads):
     more programs per head then pay for re-reading q, k (through L2) and recomputing q k^T."""
     K, V, NB = (kwargs.get(n, nargs.get(n)) for n in ("K", "V", "NB"))
+    hc = kwargs.get("HC", nargs.get("HC")) if kwargs.get("STORE_H", nargs.get("STORE_H")) else None
     few = NB * max(1, V // 64) < FEW_PROGRAMS
     kept = []
     for c in configs:
         bk, bv = c.kwargs.get("BK", min(64, K)), c.kwargs["BV"]
-        if bk > K or bv > V:
+        if bk > K or bv > V or (hc is not None and c.kwargs["BT"] > hc):
             continue
         if (bk < min(64, K) or bv < min(64, V)) and not few:
             continue
@@ -70,6 +71,20 @@ def _decay_masks(b, BT: tl.constexpr):
     m = tl.where(o_t[:, None] >= o_t[None, :], tl.exp2(b * tl.maximum(diff, 0.0)), 0.0)
     q_decay = tl.exp2(b * (o_t + 1).to(tl.float32))
     return m, q_decay
+
+
+@triton.jit
+def _decay_mask(b, BT: tl.constexpr):
+    """M [BT, BT]: lambda^(i-j) for i >= j, else 0 (b = log2 lambda)."""
+    o_t = tl.arange(0, BT)
+    diff = (o_t[:, None] - o_t[None, :]).to(tl.float32)
+    return tl.where(o_t[:, None] >= o_t[None, :], tl.exp2(b * tl.maximum(diff, 0.0)), 0.0)
+
+
+@triton.jit
+def _q_decay(b, BT: tl.constexpr):
+    """lambda^(i+1) [BT]."""
+    return tl.exp2(b * (tl.arange(0, BT) + 1).to(tl.float32))
 
 
 @triton.jit
@@ -114,7 +129,7 @@ def _chunk_base(chunk_offsets, i_n, T, HC: tl.constexpr, IS_VARLEN: tl.constexpr
         triton.Config({"BT": 64, "BV": 64}, num_warps=8, num_stages=3),
         triton.Config({"BT": 64, "BV": 32}, num_warps=4, num_stages=4),
     ],
-    key=["H", "K", "V", "NB", "IS_VARLEN", "STORE_H"],
+    key=["H", "K", "V", "NB", "IS_VARLEN", "STORE_H", "HC"],
     prune_configs_by={"early_config_prune": _prune_slices},
 )
 @triton.jit
@@ -151,7 +166,7 @@ def _fwd_kernel(q, k, v, o, slope, h0, ht, h, cu_seqlens, chunk_offsets, T, NB,
         b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
         b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
         b_s = state.to(b_q.dtype)
-        if STORE_H:
+        if STORE_H:  # noqa: SIM102 (STORE_H is a compile-time constant, the inner test a run-time one)
             if (i_t * BT) % HC == 0:
                 p_h = tl.make_block_ptr(h + ((c0 + i_t * BT // HC) * H + i_h).to(tl.int64) * K * V, (K, V),
                                         (V, 1), (0, i_v * BV), (K, BV), (1, 0))
@@ -307,7 +322,7 @@ def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, T, NB,
 
 
 # ---- chunk-parallel backward: states saved by the forward every HC tokens, dS by one reverse pass ----
-HC = 128  # tokens per saved state (h) and per backward chunk
+HC = 128  # tokens per saved state (h) and per backward chunk (64 or 128)
 
 
 def _prune_bwd(configs, nargs, **kwargs):
@@ -373,85 +388,96 @@ def _bwd_dh_kernel(q, do, dh, slope, dht, dh0, cu_seqlens, chunk_offsets, T, NB,
         tl.store(dh0 + p_state, dstate)
 
 
+@triton.jit
+def _slot_chunk(chunk_indices, i_c, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Slot i_c of the chunk list -> (sequence, chunk within it); sequence -1 for an unused slot."""
+    if IS_VARLEN:
+        i_n = tl.load(chunk_indices + i_c * 2)
+        i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    else:
+        NT = tl.cdiv(T, BT)
+        i_n, i_t = i_c // NT, i_c % NT
+    return i_n, i_t
+
+
 @triton.autotune(
     configs=[
-        triton.Config({"BK": 64, "BV": 64}, num_warps=8, num_stages=1),
-        triton.Config({"BK": 64, "BV": 64}, num_warps=4, num_stages=1),
-        triton.Config({"BK": 128, "BV": 128}, num_warps=8, num_stages=1),
-        triton.Config({"BK": 32, "BV": 64}, num_warps=4, num_stages=1),
-        triton.Config({"BK": 64, "BV": 128}, num_warps=8, num_stages=1),
+        triton.Config({"BK": 64, "BV": 64, "G": 8}, num_warps=8, num_stages=2),
+        triton.Config({"BK": 64, "BV": 64, "G": 8}, num_warps=4, num_stages=2),
+        triton.Config({"BK": 128, "BV": 128, "G": 8}, num_warps=8, num_stages=2),
+        triton.Config({"BK": 64, "BV": 64, "G": 16}, num_warps=8, num_stages=3),
+        triton.Config({"BK": 32, "BV": 32, "G": 8}, num_warps=4, num_stages=2),
+        triton.Config({"BK": 64, "BV": 64, "G": 4}, num_warps=4, num_stages=2),
+        triton.Config({"BK": 64, "BV": 128, "G": 8}, num_warps=8, num_stages=2),
     ],
-    key=["H", "K", "V", "NC", "IS_VARLEN"],
+    key=["H", "K", "V", "NC", "BT", "IS_VARLEN"],
     prune_configs_by={"early_config_prune": _prune_bwd},
 )
 @triton.jit
 def _bwd_dqkv_kernel(q, k, v, do, h, dh, dq, dk, dv, slope, cu_seqlens, chunk_indices, T, NC,
                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                     BV: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """One program per (slice, head, chunk of BT = HC tokens), no loop over the sequence:
+                     BV: tl.constexpr, G: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Per chunk of BT (= HC) tokens, independently of the others (no state carried):
         dq = (dO v^T * M) k + lambda^(i+1) dO h^T          (h: state before the chunk)
         dk = (dO v^T * M)^T q + lambda^(L-1-j) v dh^T      (dh: dL/dS at the chunk's end)
         dv = (q k^T * M)^T dO + lambda^(L-1-j) k dh
-    Grid (K / BK + V / BV, H, NC): the first K / BK programs write dq, dk slices, the others dv slices."""
-    i_p, i_h, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    if IS_VARLEN:
-        i_n = tl.load(chunk_indices + i_c * 2).to(tl.int32)
-        i_t = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int32)
-        if i_n < 0:
-            return
-        bos, T = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
-    else:
-        NT = tl.cdiv(T, BT)
-        i_n, i_t = i_c // NT, i_c % NT
-        bos = i_n.to(tl.int64) * T
+    Grid (K / BK + V / BV, H, NC / G): each program walks G consecutive chunk slots (loads of the next
+    chunk in flight while it computes one); the first K / BK programs write dq, dk slices, the others dv."""
+    i_p, i_h, i_g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b = -tl.load(slope + i_h).to(tl.float32) * 1.4426950408889634
-    m, q_decay = _decay_masks(b, BT)
-    L = tl.minimum(T - i_t * BT, BT)
-    k_decay = _k_decay(b, L, BT)
-    p_hb = (i_c.to(tl.int64) * H + i_h) * K * V
-    q += (bos * H + i_h) * K
-    k += (bos * H + i_h) * K
-    v += (bos * H + i_h) * V
-    do += (bos * H + i_h) * V
     NK: tl.constexpr = K // BK
+    c_end = tl.minimum(i_g * G + G, NC)
     if i_p < NK:
         i_k = i_p
-        p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
-        p_do = tl.make_block_ptr(do, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
-        p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-        p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-        p_ht = tl.make_block_ptr(h + p_hb, (V, K), (1, V), (0, i_k * BK), (V, BK), (0, 1))
-        p_dht = tl.make_block_ptr(dh + p_hb, (V, K), (1, V), (0, i_k * BK), (V, BK), (0, 1))
-        b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
-        b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
-        b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
-        b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
-        da = (tl.dot(b_do, tl.trans(b_v)) * m).to(b_k.dtype)
-        b_dq = tl.dot((b_do * q_decay[:, None]).to(b_do.dtype), tl.load(p_ht))
-        b_dq = tl.dot(da, b_k, acc=b_dq)
-        b_dk = tl.dot((b_v * k_decay[:, None]).to(b_v.dtype), tl.load(p_dht))
-        b_dk = tl.dot(tl.trans(da), b_q, acc=b_dk)
-        p_dq = tl.make_block_ptr(dq + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK),
-                                 (1, 0))
-        p_dk = tl.make_block_ptr(dk + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK),
-                                 (1, 0))
-        tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), boundary_check=(0,))
-        tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), boundary_check=(0,))
+        for i_c in range(i_g * G, c_end):
+            i_n, i_t = _slot_chunk(chunk_indices, i_c, T, BT, IS_VARLEN)
+            bos, T_n = _seq_bounds(cu_seqlens, tl.maximum(i_n, 0), T, IS_VARLEN)
+            T_n = tl.where(i_n < 0, 0, T_n)  # unused slot: every row out of bounds, nothing stored
+            L = tl.minimum(T_n - i_t * BT, BT)
+            p_hb = (i_c * H + i_h).to(tl.int64) * K * V
+            o_qk = (bos * H + i_h) * K
+            o_v = (bos * H + i_h) * V
+            p_v = tl.make_block_ptr(v + o_v, (T_n, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
+            p_do = tl.make_block_ptr(do + o_v, (T_n, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
+            p_q = tl.make_block_ptr(q + o_qk, (T_n, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+            p_k = tl.make_block_ptr(k + o_qk, (T_n, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+            p_ht = tl.make_block_ptr(h + p_hb, (V, K), (1, V), (0, i_k * BK), (V, BK), (0, 1))
+            p_dht = tl.make_block_ptr(dh + p_hb, (V, K), (1, V), (0, i_k * BK), (V, BK), (0, 1))
+            b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
+            b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
+            b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
+            b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
+            b_dq = tl.dot((b_do * _q_decay(b, BT)[:, None]).to(b_do.dtype), tl.load(p_ht))
+            b_dk = tl.dot((b_v * _k_decay(b, L, BT)[:, None]).to(b_v.dtype), tl.load(p_dht))
+            da = (tl.dot(b_do, tl.trans(b_v)) * _decay_mask(b, BT)).to(b_k.dtype)
+            b_dq = tl.dot(da, b_k, acc=b_dq)
+            b_dk = tl.dot(tl.trans(da), b_q, acc=b_dk)
+            p_dq = tl.make_block_ptr(dq + o_qk, (T_n, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+            p_dk = tl.make_block_ptr(dk + o_qk, (T_n, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+            tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), boundary_check=(0,))
+            tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), boundary_check=(0,))
     else:
         i_v = i_p - NK
-        p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
-        p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
-        p_do = tl.make_block_ptr(do, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        p_dh = tl.make_block_ptr(dh + p_hb, (K, V), (V, 1), (0, i_v * BV), (K, BV), (1, 0))
-        b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
-        b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
-        b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
-        a = (tl.dot(b_q, tl.trans(b_k)) * m).to(b_do.dtype)
-        b_dv = tl.dot((b_k * k_decay[:, None]).to(b_k.dtype), tl.load(p_dh))
-        b_dv = tl.dot(tl.trans(a), b_do, acc=b_dv)
-        p_dv = tl.make_block_ptr(dv + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV),
-                                 (1, 0))
-        tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), boundary_check=(0,))
+        for i_c in range(i_g * G, c_end):
+            i_n, i_t = _slot_chunk(chunk_indices, i_c, T, BT, IS_VARLEN)
+            bos, T_n = _seq_bounds(cu_seqlens, tl.maximum(i_n, 0), T, IS_VARLEN)
+            T_n = tl.where(i_n < 0, 0, T_n)
+            L = tl.minimum(T_n - i_t * BT, BT)
+            p_hb = (i_c * H + i_h).to(tl.int64) * K * V
+            o_qk = (bos * H + i_h) * K
+            o_v = (bos * H + i_h) * V
+            p_q = tl.make_block_ptr(q + o_qk, (T_n, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
+            p_k = tl.make_block_ptr(k + o_qk, (T_n, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
+            p_do = tl.make_block_ptr(do + o_v, (T_n, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+            p_dh = tl.make_block_ptr(dh + p_hb, (K, V), (V, 1), (0, i_v * BV), (K, BV), (1, 0))
+            b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
+            b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
+            b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
+            b_dv = tl.dot((b_k * _k_decay(b, L, BT)[:, None]).to(b_k.dtype), tl.load(p_dh))
+            a = (tl.dot(b_q, tl.trans(b_k)) * _decay_mask(b, BT)).to(b_do.dtype)
+            b_dv = tl.dot(tl.trans(a), b_do, acc=b_dv)
+            p_dv = tl.make_block_ptr(dv + o_v, (T_n, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+            tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), boundary_check=(0,))
 
 
 def _num_seqs(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
@@ -525,7 +551,7 @@ def lightning_attn_bwd_chunked(
     _launch(_bwd_dh_kernel, grid, q, do, dh, slope, dht, dh0, cu_seqlens, offsets, T=T, NB=N * H, H=H,
             K=K, V=V, BT=HC, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=varlen)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    grid = lambda meta: (triton.cdiv(K, meta["BK"]) + triton.cdiv(V, meta["BV"]), H, n_slots)
+    grid = lambda meta: (triton.cdiv(K, meta["BK"]) + triton.cdiv(V, meta["BV"]), H, triton.cdiv(n_slots, meta["G"]))
     _launch(_bwd_dqkv_kernel, grid, q, k, v, do, h, dh, dq, dk, dv, slope, cu_seqlens, indices, T=T,
             NC=n_slots, H=H, K=K, V=V, BT=HC, IS_VARLEN=varlen)
     return dq, dk, dv, dh0
