@@ -25,7 +25,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-import triton.testing
 from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
 
 
@@ -45,6 +44,8 @@ def event_mean(fn, warmup: int = 3, iters: int = 10) -> float:
 
 def bench_median(fn) -> float:
     """Median milliseconds per call, L2 flushed before each (triton.testing.do_bench)."""
+    import triton.testing
+
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
@@ -171,10 +172,12 @@ def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recur
     table.add("ours decode, CUDA graph", shape, "decode", (ev, med), nbytes)
 
 
-def varlen_bounds(n_seqs: int, mean_len: int, seed: int = 0) -> list[int]:
-    """cu_seqlens of n_seqs lengths drawn uniformly from [mean/2, 3*mean/2] (seeded)."""
+def varlen_bounds(n_seqs: int, total: int, seed: int = 0) -> list[int]:
+    """cu_seqlens of n_seqs lengths summing to total, each within [0.5, 1.5] x the mean (seeded)."""
     gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(mean_len // 2, mean_len * 3 // 2 + 1, (n_seqs,), generator=gen)
+    weights = 0.5 + torch.rand(n_seqs, generator=gen, dtype=torch.float64)
+    lengths = (weights / weights.sum() * total).floor().long()
+    lengths[-1] += total - lengths.sum()
     return [0, *torch.cumsum(lengths, 0).tolist()]
 
 
@@ -208,7 +211,7 @@ def main() -> int:
     make = lambda b, t: [F.silu(torch.randn(b, t, H, D, device="cuda")).to(torch.bfloat16) for _ in range(3)]
     cases = [(f"B={max(1, args.tokens // t)} T={t}", max(1, args.tokens // t), t, None) for t in args.lengths]
     if not args.no_varlen:
-        bounds = varlen_bounds(64, args.tokens // 64)
+        bounds = varlen_bounds(64, args.tokens)
         cases.append((f"varlen 64 seqs {bounds[-1]}", 1, bounds[-1],
                       torch.tensor(bounds, device="cuda", dtype=torch.int32)))
     for shape, batch, length, cu in cases:
