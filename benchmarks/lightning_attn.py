@@ -84,6 +84,7 @@ class Table:
         ratios = (f"{fla[0] / ev:5.2f}x | {fla[1] / med:5.2f}x" if fla and not is_fla else "  -   |   -  ")
         self.lines.append(f"| {op:<30} | {shape:<18} | {mode:<7} | {ev:8.3f} | {med:8.3f} | {bound:7.3f} | "
                           f"{bound / med:6.1%} | {ratios} |")
+        print(self.lines[-1], flush=True)  # as it comes, in case a long run is cut short
 
     def __str__(self) -> str:
         return "\n".join([self.HEADER, *self.lines])
@@ -226,10 +227,9 @@ def main() -> int:
         torch.cuda.empty_cache()
     from lightswe.kernels.lightning_attn import chunk
 
-    print("tuned:", {name: str(kern.best_config) for name, kern in
-                     (("fwd", chunk._fwd_kernel), ("bwd dh", chunk._bwd_dh_kernel),
-                      ("bwd dqkv", chunk._bwd_dqkv_kernel), ("bwd recompute", chunk._bwd_kernel))
-                     if getattr(kern, "best_config", None) is not None}, flush=True)
+    print("tuned (last shape):", {name: str(kern.best_config) for name, kern in
+                                  (("fwd", chunk._fwd_kernel), ("bwd", chunk._bwd_kernel))
+                                  if getattr(kern, "best_config", None) is not None}, flush=True)
     for batch in args.decode_batches:
         decode_rows(table, batch, H, D, slope, fla_recurrent)
         torch.cuda.empty_cache()

@@ -12,8 +12,10 @@ import torch
 import triton
 import triton.language as tl
 
-# (state slice width BV, warps per program) by the number of states (B * H); see _decode_config.
-DECODE_CONFIGS = ((0, 32, 4),)
+# (minimum B * H, state slice width BV, warps per program). Measured on an H200 (do_bench, L2 flushed,
+# H=64, D=128; RESULTS.md): B=8 BV 32 / 2 warps 22.8 us, B=16 BV 64 / 2 warps 38.9 us, B=32 and 64
+# BV 64 / 8 warps 71.1 and 134.3 us; every (BV, warps) at B=8 lies within 22.8-25 us except BV 16 / 8 warps.
+DECODE_CONFIGS = ((0, 32, 2), (1024, 64, 2), (2048, 64, 8))
 
 
 def _decode_config(n_states: int, V: int) -> tuple[int, int]:

@@ -90,22 +90,9 @@ def check_against_reference(q, k, v, slope, h0, cu_seqlens, use_final_state: boo
     assert not bad, f"over tolerance {TOL[dtype]}: {bad} (all errors {errors})"
 
 
-@pytest.fixture(params=["chunk128", "chunk64", "recompute"])
-def backward_mode(request, monkeypatch):
-    """The backward variants: chunk-parallel from states saved every 128 or 64 tokens, or recomputing."""
-    from lightswe.kernels.lightning_attn import chunk
-
-    if request.param == "recompute":
-        monkeypatch.setenv("LIGHTSWE_LIGHTNING_BWD", "recompute")
-    else:
-        monkeypatch.setenv("LIGHTSWE_LIGHTNING_BWD", "chunk")
-        monkeypatch.setattr(chunk, "HC", int(request.param.removeprefix("chunk")))
-    return request.param
-
-
 @pytest.mark.parametrize("length", [63, 500, 1000, 2100], ids=lambda t: f"T{t}")
 @pytest.mark.parametrize("with_states", [False, True], ids=["no_state", "states"])
-def test_bf16_forward_backward(length, with_states, backward_mode):
+def test_bf16_forward_backward(length, with_states):
     q, k, v, gen = inputs(2, length, torch.bfloat16, seed=length)
     slope = minimax_slopes(HEADS, layer=0, layers=80)
     h0 = torch.randn(2, HEADS, DIM, DIM, device="cuda", generator=gen) if with_states else None
@@ -113,7 +100,7 @@ def test_bf16_forward_backward(length, with_states, backward_mode):
 
 
 @pytest.mark.parametrize("layer", [0, 40, 79], ids=lambda l: f"layer{l}")
-def test_fp32_forward_backward(layer, backward_mode):
+def test_fp32_forward_backward(layer):
     q, k, v, gen = inputs(2, 500, torch.float32, seed=layer)
     slope = minimax_slopes(HEADS, layer=layer, layers=80)
     h0 = torch.randn(2, HEADS, DIM, DIM, device="cuda", generator=gen)
@@ -121,7 +108,7 @@ def test_fp32_forward_backward(layer, backward_mode):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_varlen_matches_per_sequence(dtype, backward_mode):
+def test_varlen_matches_per_sequence(dtype):
     bounds = [0, 1, 64, 127, 627, 1000, 1063, 1191, 2400]
     q, k, v, gen = inputs(1, bounds[-1], dtype, seed=7)
     slope = minimax_slopes(HEADS, layer=10, layers=80)
@@ -183,45 +170,35 @@ def test_cuda_dispatch_uses_triton(monkeypatch):
     assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
 
 
-TUNED = ("_fwd_kernel", "_bwd_kernel", "_bwd_dh_kernel", "_bwd_dqkv_kernel")
+N_CONFIGS = 12
 
 
-def _n_configs() -> int:
+@pytest.mark.parametrize("index", range(N_CONFIGS), ids=lambda i: f"config{i}")
+def test_every_tuned_config(index, monkeypatch):
+    """Each autotuning config (chunk length, slice widths, warps, pipelining depth) computes the same
+    function: config i of the forward and of the backward (i modulo each kernel's count)."""
     from lightswe.kernels.lightning_attn import chunk
 
-    return max(len(getattr(chunk, name).configs) for name in TUNED)
-
-
-@pytest.mark.parametrize("index", range(11), ids=lambda i: f"config{i}")
-@pytest.mark.parametrize("mode", ["chunk", "recompute"])
-def test_every_tuned_config(index, mode, monkeypatch):
-    """Each autotuning config (chunk length, slice widths, warps, chunks per program) computes the same
-    function: config i of every kernel (i modulo the kernel's count), on a sequence long enough to span
-    several groups of chunks, with initial and final states."""
-    from lightswe.kernels.lightning_attn import chunk
-
-    assert _n_configs() <= 11, "add indices to this test: a config would go untested"
-    monkeypatch.setenv("LIGHTSWE_LIGHTNING_BWD", mode)
-    for name in TUNED:
-        configs = getattr(chunk, name).configs
-        monkeypatch.setattr(getattr(chunk, name), "configs", [configs[index % len(configs)]])
-    q, k, v, gen = inputs(1, 2100, torch.bfloat16, seed=100 + index)
+    fwd, bwd = chunk._fwd_kernel.configs, chunk._bwd_kernel.configs
+    assert max(len(fwd), len(bwd)) == N_CONFIGS, "N_CONFIGS must equal the longest config list"
+    monkeypatch.setattr(chunk._fwd_kernel, "configs", [fwd[index % len(fwd)]])
+    monkeypatch.setattr(chunk._bwd_kernel, "configs", [bwd[index % len(bwd)]])
+    q, k, v, gen = inputs(1, 500, torch.bfloat16, seed=100 + index)
     slope = minimax_slopes(HEADS, layer=30, layers=80)
     h0 = torch.randn(1, HEADS, DIM, DIM, device="cuda", generator=gen)
     check_against_reference(q, k, v, slope, h0, None, use_final_state=True)
 
 
-def test_states_saved_only_for_training(monkeypatch):
-    """The forward writes the per-chunk states only when a gradient will be asked for."""
-    from lightswe.kernels.lightning_attn import chunk
-
-    seen = []
-    real = chunk.lightning_attn_fwd
-    monkeypatch.setattr(chunk, "lightning_attn_fwd",
-                        lambda *a, **kw: seen.append(kw.get("store_states")) or real(*a, **kw))
-    q, k, v, _ = inputs(1, 300, torch.bfloat16, seed=12)
-    slope = minimax_slopes(HEADS, layer=0, layers=80)
-    with torch.no_grad():
-        lightning_attn(q, k, v, slope)
-    lightning_attn(q.requires_grad_(), k, v, slope)
-    assert seen == [False, True]
+@pytest.mark.parametrize("batch", [1, 8, 16, 32, 64])
+def test_decode_every_batch_config(batch):
+    """Each decode launch config (chosen by B * H) matches the reference."""
+    gen = torch.Generator(device="cuda").manual_seed(batch)
+    heads = 64  # B * H spans the DECODE_CONFIGS thresholds as in the benchmark (H = 64)
+    slope = minimax_slopes(heads, layer=0, layers=80)
+    state = torch.randn(batch, heads, DIM, DIM, device="cuda", generator=gen)
+    state_ref = state.clone()
+    q, k, v = (torch.randn(batch, heads, DIM, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
+    o = lightning_attn_decode(q, k, v, slope, state)
+    o_ref = lightning_attn_decode_naive(q, k, v, slope, state_ref)
+    assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
+    assert rel_err(state, state_ref) <= 1e-6
