@@ -32,6 +32,9 @@ FRAMEWORKS = frozenset({"pytest", "_pytest", "py", "pluggy", "unittest", "nose",
 _RUNNER_WORDS = re.compile(r"(?i)(?<![A-Za-z0-9])(_?pytest\w*|py\.test|unittest|nose2?|conftest\w*|junit\w*|"
                            r"lightswe\w*)(?![A-Za-z0-9])|/proc/[^\s'\"]*cmdline|"
                            r"<\s*/?\s*(?:testsuites?|testcase|failure)\b|\bfailures=[\"']")
+# Where a process learns its own command line (the private report path), open files or another process's.
+_PROC = re.compile(r"^/proc(?:/|$)|(?<![A-Za-z0-9_])cmdline(?![A-Za-z0-9_])")
+_OS_ALIASES = frozenset({"posix", "nt"})  # os re-exports these modules' functions (posix._exit is os._exit)
 _TEST_PATH = re.compile(r"^(tests?|testing)$|(^|[/\\])tests?[/\\]|(^|[/\\])test_\w+\.py\b|\w+_test\.py\b")
 _CALLS = {
     ("sys", "_getframe"): "inspects the call stack", ("inspect", "stack"): "inspects the call stack",
@@ -155,16 +158,32 @@ def _literal_str(node: ast.AST) -> str | None:
     return _const_str(node)
 
 
+UNPARSED = "cannot be checked: it does not parse with the grader's Python"
+TOO_DEEP = "cannot be checked: nested deeper than the checker walks (e.g. a chain of thousands of operators)"
+
+
 def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tuple[int, str]]:
-    """``(line, what)`` for each runner-reactive construct in ``source``; [] when it does not parse.
+    """``(line, what)`` for each runner-reactive construct in ``source``.
 
     ``own_modules``: top-level names the repository itself provides (a test framework's own repository may
-    import itself).
+    import itself). A file the checker cannot read is one finding, never none: ``UNPARSED`` (a syntax error
+    here, e.g. syntax of a newer Python than the grader's, which the test run's Python may still import) or
+    ``TOO_DEEP`` (an expression nested past Python's recursion limit, which CPython's compiler still accepts:
+    a 1,000-term sum once hid every other construct of its file).
     """
     try:
-        tree = _ConstantAttributes().visit(ast.parse(source))
-    except (SyntaxError, ValueError, RecursionError):
-        return []
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError) as err:
+        return [(getattr(err, "lineno", None) or 0, UNPARSED)]
+    except (RecursionError, MemoryError):
+        return [(0, TOO_DEEP)]
+    try:
+        return _findings(_ConstantAttributes().visit(tree), own_modules)
+    except RecursionError:
+        return [(0, TOO_DEEP)]
+
+
+def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, str]]:
     frameworks = FRAMEWORKS - set(own_modules)
     skip_strings, guarded = _docstrings(tree), _main_guarded(tree)
     found: list[tuple[int, str]] = []
@@ -183,7 +202,7 @@ def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tup
                 aliases[alias.asname or top] = alias.name if alias.asname else top
                 if top in frameworks:
                     add(node, f"imports the test framework {alias.name}")
-                elif top in ("ctypes", "builtins", "atexit"):
+                elif top in ("ctypes", "builtins", "atexit", *_OS_ALIASES):
                     add(node, f"imports {top}")
         elif isinstance(node, ast.ImportFrom):
             top = (node.module or "").split(".")[0]
@@ -191,7 +210,7 @@ def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tup
                 aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
             if node.level == 0 and top in frameworks:
                 add(node, f"imports the test framework {node.module}")
-            elif node.level == 0 and top in ("ctypes", "builtins", "atexit"):
+            elif node.level == 0 and top in ("ctypes", "builtins", "atexit", *_OS_ALIASES):
                 add(node, f"imports {top}")
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("pytest_"):
             add(node, f"defines the pytest hook {node.name}")
@@ -203,7 +222,8 @@ def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tup
             head, _, rest = name.partition(".")
             resolved = f"{aliases.get(head, head)}.{rest}" if rest else aliases.get(head, head)
             module, _, attr = resolved.rpartition(".")
-            what = _CALLS.get((module.split(".")[-1] if module else "", attr))
+            owner = module.split(".")[-1] if module else ""
+            what = _CALLS.get(("os" if owner in _OS_ALIASES else owner, attr))
             if what:
                 add(node, what)
             if name in _BUILTIN_CALLS:
@@ -247,13 +267,17 @@ def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tup
                 add(node, f"rebinds {node.id}")
             elif node.id in _REPORT_NAMES and aliases.get(node.id, "").split(".")[0] in frameworks:
                 add(node, f"uses the test runner's {node.id}")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip_strings:
-            match = _RUNNER_WORDS.search(node.value)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)) \
+                and id(node) not in skip_strings:
+            text = node.value if isinstance(node.value, str) else node.value.decode("latin-1")  # b"<failure" too
+            match = _RUNNER_WORDS.search(text)
             if match and match.group(1 if match.group(1) else 0).split(".")[0].lower().lstrip("_") \
                     not in {m.lstrip("_") for m in own_modules}:
                 add(node, f"names the test runner ({match.group(0)!r})")
-            elif _TEST_PATH.search(node.value):
-                add(node, f"names a test file or directory ({node.value[:60]!r})")
+            elif _PROC.search(text):
+                add(node, f"reads process information from /proc ({text[:40]!r}: its command line, open files)")
+            elif _TEST_PATH.search(text):
+                add(node, f"names a test file or directory ({text[:60]!r})")
         elif isinstance(node, ast.BinOp):
             joined = _const_str(node)
             if joined and _RUNNER_WORDS.search(joined) and not any(
