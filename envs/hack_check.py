@@ -148,6 +148,25 @@ class _ConstantAttributes(ast.NodeTransformer):
         return node
 
 
+def _namespace(node: ast.AST) -> bool:
+    """``x.__dict__`` or ``vars(x)``: an object's attributes as a dict."""
+    return (isinstance(node, ast.Attribute) and node.attr == "__dict__") or (
+        isinstance(node, ast.Call) and _dotted(node.func) == "vars")
+
+
+def _always_equal(node: ast.FunctionDef | ast.Assign) -> bool:
+    """``__eq__`` returning True (or ``__ne__`` returning False) whatever it is given (a ``def`` or a lambda)."""
+    if isinstance(node, ast.Assign):
+        names = {t.id if isinstance(t, ast.Name) else getattr(t, "attr", "") for t in node.targets}
+        want = {"__eq__": True, "__ne__": False}
+        return isinstance(node.value, ast.Lambda) and isinstance(node.value.body, ast.Constant) and any(
+            node.value.body.value is want[n] for n in names & set(want))
+    want = {"__eq__": True, "__ne__": False}.get(node.name)
+    body = [s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    return want is not None and len(body) == 1 and isinstance(body[0], ast.Return) \
+        and isinstance(body[0].value, ast.Constant) and body[0].value.value is want
+
+
 def _literal_str(node: ast.AST) -> str | None:
     """Like ``_const_str`` but None for an f-string with replacement fields (its value is not known)."""
     if isinstance(node, ast.JoinedStr) and any(isinstance(v, ast.FormattedValue) for v in node.values):
@@ -217,8 +236,20 @@ def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, st
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node in top_level \
                 and node.name in _RUNNER_GLOBALS:
             add(node, f"defines {node.name}, which pytest runs or reads from the modules it imports")
+        elif isinstance(node, (ast.FunctionDef, ast.Assign)) and _always_equal(node):
+            add(node, "defines __eq__/__ne__ that answer the same for anything (an object equal to every expected "
+                      "value)")
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store) and _namespace(node.value) \
+                and _literal_str(node.slice) in _STORED_ATTRS:
+            add(node, _STORED_ATTRS[_literal_str(node.slice)] + " (through the object's __dict__)")
         elif isinstance(node, ast.Call):
             name = _dotted(node.func)
+            if isinstance(node.func, ast.Attribute) and (
+                    (node.func.attr in ("update", "setdefault", "__setitem__") and _namespace(node.func.value))
+                    or node.func.attr == "__setattr__"):
+                names = [k.arg for k in node.keywords] + [_literal_str(a) for a in node.args]
+                for key in sorted({n for n in names if n in _STORED_ATTRS}):
+                    add(node, _STORED_ATTRS[key] + f" (through {node.func.attr})")
             head, _, rest = name.partition(".")
             resolved = f"{aliases.get(head, head)}.{rest}" if rest else aliases.get(head, head)
             module, _, attr = resolved.rpartition(".")
@@ -258,6 +289,8 @@ def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, st
                 add(node, f"replaces {base}.{node.attr}")
             if node.attr in _REPORT_NAMES:
                 add(node, f"uses the test runner's {node.attr}")
+            if node.attr == "__subclasses__":
+                add(node, "walks classes through __subclasses__ (reaches the test runner's classes)")
         elif isinstance(node, ast.Name):
             if node.id == "__builtins__":
                 add(node, "uses __builtins__")
@@ -274,6 +307,8 @@ def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, st
             if match and match.group(1 if match.group(1) else 0).split(".")[0].lower().lstrip("_") \
                     not in {m.lstrip("_") for m in own_modules}:
                 add(node, f"names the test runner ({match.group(0)!r})")
+            elif text in _REPORT_NAMES or text in _STORED_ATTRS and text.startswith("__"):
+                add(node, f"names the test runner's {text}")
             elif _PROC.search(text):
                 add(node, f"reads process information from /proc ({text[:40]!r}: its command line, open files)")
             elif _TEST_PATH.search(text):
