@@ -83,6 +83,28 @@ def patch_paths(patch: str) -> set[str]:
     return found
 
 
+def patch_creates_and_deletes(patch: str) -> tuple[set[str], set[str]]:
+    """(paths a unified (git) diff creates, paths it deletes): ``--- /dev/null``, ``+++ /dev/null``, renames
+    and copies. What the task's ``test_patch`` adds is part of the graded tree (its tests are the task's)."""
+    created, deleted = set(), set()
+    old = None
+    for line in patch.splitlines():
+        if line.startswith("--- "):
+            old = re.sub(r"^(?:a/)?", "", line[4:].split("\t")[0].strip())
+        elif line.startswith("+++ ") and old is not None:
+            new = re.sub(r"^(?:b/)?", "", line[4:].split("\t")[0].strip())
+            if old == "/dev/null" and new != "/dev/null":
+                created.add(new)
+            elif new == "/dev/null":
+                deleted.add(old)
+            old = None
+        elif line.startswith("rename from "):
+            deleted.add(line.split(" ", 2)[2].strip())
+        elif line.startswith(("rename to ", "copy to ")):
+            created.add(line.split(" ", 2)[2].strip())
+    return created, deleted - created
+
+
 def task_scope(instance, outside_modules: Iterable[str] = ()) -> Scope:
     """The :class:`Scope` of a :class:`~lightswe.tasks.instance.TaskInstance`."""
     paths = set(instance.test_files)
@@ -344,9 +366,11 @@ def _drop_conflicts(kept: list[Change], base: dict[str, Entry], scope: Scope
     left: list[LeftOut] = []
     while True:
         deleted = {c.path for c in kept if c.new is None}
-        final_files = (set(base) - deleted) | {c.path for c in kept if c.new is not None}
         must_exist = (set(base) - deleted) | set(scope.test_paths)
         directories = {str(p) for path in must_exist for p in PurePosixPath(path).parents} - {"."}
+        # the task's test paths are files grading keeps (test_patch may create them): nothing may sit under one
+        final_files = ((set(base) - deleted) | {c.path for c in kept if c.new is not None}
+                       | (set(scope.test_paths) - directories))
         dropped = []
         for change in kept:
             if change.new is None:
@@ -356,7 +380,8 @@ def _drop_conflicts(kept: list[Change], base: dict[str, Entry], scope: Scope
                 continue
             blocker = _blocked_by_file(change.path, final_files)
             if blocker:
-                dropped.append((change, f"under {blocker}, which grading keeps as a file"))
+                what = "a test file of the task" if blocker in scope.test_paths else "which grading keeps as a file"
+                dropped.append((change, f"under {blocker}, {what}"))
         if not dropped:
             return kept, left
         gone = {id(c) for c, _ in dropped}

@@ -53,7 +53,7 @@ from lightswe.envs.agent_diff import (
     changes,
     read_tree,
 )
-from lightswe.envs.graded_files import LeftOut, select_changes, task_scope
+from lightswe.envs.graded_files import LeftOut, patch_creates_and_deletes, select_changes, task_scope
 from lightswe.envs.hack_check import suspicious_code
 from lightswe.envs.pytest_run import (  # noqa: F401 - re-exported: the one runner and parser
     _FACTS,
@@ -249,6 +249,8 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
                                f"(a broken task, not the policy): {applied.output[-500:]}", stage="test_patch",
                                known=known)
     files = (set(base) - {c.path for c in kept if c.new is None}) | {c.path for c in kept if c.new is not None}
+    created, removed = patch_creates_and_deletes(instance.test_patch or "")
+    files = (files | created) - removed  # a test file the test_patch adds is the task's: its ids must resolve
     _lock_tests(grader, scope, files, known)
     junit = _private_junit_path(grader, known)
     try:
