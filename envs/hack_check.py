@@ -48,6 +48,9 @@ _CALLS = {
     ("signal", "setitimer"): "arms a signal timer",
     ("os", "fork"): "forks a process", ("os", "forkpty"): "forks a process",
     ("os", "setsid"): "detaches a process", ("os", "setpgrp"): "detaches a process",
+    ("os", "setpgid"): "detaches a process",
+    **{("os", name): "replaces the process (os.exec*: ends it behind the runner's back)"
+       for name in ("execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe")},
     ("sys", "settrace"): "installs a tracer", ("sys", "setprofile"): "installs a profiler",
     ("threading", "settrace"): "installs a tracer", ("sys", "addaudithook"): "installs an audit hook",
     ("gc", "get_objects"): "walks the garbage collector's objects",
@@ -270,8 +273,9 @@ def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, st
                 elif target.split(".")[0] in frameworks:
                     add(node, f"imports the test framework {target}")
             for keyword in node.keywords:
-                if keyword.arg == "start_new_session" and not (isinstance(keyword.value, ast.Constant)
-                                                               and not keyword.value.value):
+                off = isinstance(keyword.value, ast.Constant) and (
+                    keyword.value.value is None if keyword.arg == "process_group" else not keyword.value.value)
+                if keyword.arg in ("start_new_session", "process_group") and not off:
                     add(node, "starts a detached process")
         elif isinstance(node, ast.Attribute):
             base = _dotted(node.value)

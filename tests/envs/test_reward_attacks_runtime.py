@@ -206,6 +206,8 @@ def test_a_file_the_checker_cannot_walk_is_a_finding():
 @pytest.mark.parametrize("source, what", [
     (b"from posix import _exit\n_exit(0)\n", "os._exit"),
     (b"import nt\nnt.kill(1, 9)\n", "sends a signal"),
+    (b"import os\nos.execv('/bin/true', ['true'])\n", "os.exec"),
+    (b"import subprocess\nsubprocess.Popen(['sleep', '9'], process_group=0)\n", "detached"),
     (b"x = b'<testcase name=\"t\">'\n", "names the test runner"),
     (b"p = '/proc/%d/fd' % pid\n", "/proc"),
     (b"class Any:\n    def __eq__(self, other):\n        return True\n", "the same for anything"),
