@@ -78,9 +78,11 @@ PEAK_BF16_FLOPS = 989e12  # H100/H200 SXM dense bf16, datasheet (a matrix produc
 
 
 def flops_per_token(model: MiniMaxForCausalLM, length: int) -> float:
-    """Training FLOPs per token (forward + backward): 6 x active parameters (the top-k experts, the LM head;
-    not the input embedding) + 6 x T x H x D per softmax layer (causal QK^T and PV, halved). The lightning
-    layers' own state work (a few x H x D^2 per token) is left out, so this slightly understates MFU."""
+    """Training FLOPs per token (forward + backward), as PaLM's MFU (Chowdhery et al. 2022, appendix B):
+    6 x active parameters (every matrix a token passes through: attention projections, the router, its top-k
+    experts, the LM head; not the input embedding, a lookup) + 6 x T x H x D per softmax layer (QK^T and PV,
+    12 T H D, halved for the causal mask). The lightning layers' own state work (~5 MFLOP per token per layer,
+    a few % of the total) is left out, so this understates MFU slightly."""
     c = model.config
     active = model.num_parameters(active=True) - c.vocab_size * c.hidden_size * (not c.tie_word_embeddings)
     softmax_layers = c.attn_type_list.count(1)
@@ -107,49 +109,63 @@ def profile_step(learner: Learner, batch: TrainBatch, device: torch.device, titl
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
         learner.step(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
     events = prof.key_averages()
+    busy = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e3
+    print(f"\nprofiled step, {title}: {wall * 1e3:.0f} ms wall, {busy:.0f} ms of GPU kernel time", flush=True)
     for sort in ("self_cpu_time_total", "self_cuda_time_total" if device.type == "cuda" else None):
         if sort:
-            print(f"\nlearner step profile, {title}, by {sort}:\n" + events.table(sort_by=sort, row_limit=20),
+            print(f"\nlearner step profile, {title}, by {sort}:\n" + events.table(sort_by=sort, row_limit=25, max_name_column_width=60),
                   flush=True)
 
 
-def run(model_name: str, device: torch.device, length: int, tokens: int, micro: int, steps: int, backend: str,
-        checkpointing: bool, ctx: DistContext | None = None, profile: bool = False) -> dict:
-    os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
-    ctx = ctx or DistContext()
+def build(model_name: str, device: torch.device, checkpointing: bool, ctx: DistContext,
+          param_dtype: torch.dtype | None) -> MiniMaxForCausalLM:
     torch.manual_seed(0)
-    model = MiniMaxForCausalLM(MiniMaxConfig.preset(model_name)).to(device)
+    with torch.device(device):  # random init on the device itself (1.3B normals on the host take seconds)
+        model = MiniMaxForCausalLM(MiniMaxConfig.preset(model_name))
     model.gradient_checkpointing = checkpointing
     if ctx.distributed:
-        shard_model(model)
+        shard_model(model, param_dtype=param_dtype)
+    return model
+
+
+def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length: int, tokens: int, micro: int,
+        steps: int, backend: str, moe: str, ctx: DistContext, profile: bool = False) -> dict:
+    os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
+    os.environ["LIGHTSWE_MOE_BACKEND"] = moe
     cfg = LearnerConfig(lr=1e-5, minibatches=1, micro_batch_size=micro,
                         autocast_dtype="bfloat16" if device.type == "cuda" else None)
     learner = Learner(model, CISPOLoss(), cfg)
     rows = max(tokens // length // ctx.world, 1)  # per rank
     batch = to_device(make_batch(rows, length, model.config.vocab_size, seed=ctx.rank), device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    learner.step(batch)  # warm-up (Triton compilation, allocator)
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        learner.step(batch)
+    try:
+        learner.step(batch)  # warm-up (Triton compilation, allocator)
         sync()
-        times.append(time.perf_counter() - t0)
-    (step_s,) = ctx.max([statistics.median(times)])  # the slowest rank sets the pace
-    if profile and ctx.main:
-        profile_step(learner, batch, device, f"{model_name}, T={length}")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            learner.step(batch)
+            sync()
+            times.append(time.perf_counter() - t0)
+        (step_s,) = ctx.max([statistics.median(times)])  # the slowest rank sets the pace
+        if profile and ctx.main:
+            profile_step(learner, batch, device, f"{model_name}, T={length}, micro {micro}, moe {moe}")
+    finally:
+        model.zero_grad(set_to_none=True)
+        del learner
     step_tokens = len(batch) * length * ctx.world
-    out = {"model": model_name, "backend": backend, "seq_len": length, "rows": len(batch) * ctx.world,
+    out = {"model": model_name, "backend": backend, "moe": moe, "seq_len": length, "rows": len(batch) * ctx.world,
            "tokens_per_step": step_tokens, "micro_batch_rows": micro, "step_s": step_s,
-           "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": checkpointing, "ranks": ctx.world,
-           "params_M": sum(p.numel() for p in model.parameters()) / 1e6}  # DTensor numel: the full size
+           "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": model.gradient_checkpointing,
+           "ranks": ctx.world, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}  # DTensor: full size
     flops = flops_per_token(model, length)
     out.update(flops_per_token=flops, mfu=out["tokens_per_s"] * flops / (PEAK_BF16_FLOPS * ctx.world))
     if device.type == "cuda":
@@ -162,17 +178,69 @@ def run(model_name: str, device: torch.device, length: int, tokens: int, micro: 
     return out
 
 
+def head_bench(device: torch.device, tokens: int, hidden: int, vocab: int, chunk: int = 1024) -> list[dict]:
+    """The LM head alone, forward + backward of (log-prob, entropy) for ``tokens`` rows: the fp32 chunked head
+    (``_chunk_logprobs`` under checkpointing, as on CPU) against the bf16x3 head (``model/head.py``); error of
+    each against fp64 logits."""
+    from lightswe.model.head import head_logprobs, logprob_entropy
+    from lightswe.model.model import _chunk_logprobs
+    from torch.utils.checkpoint import checkpoint
+
+    g = torch.Generator(device=device).manual_seed(0)
+    h = torch.randn(tokens, hidden, device=device, generator=g)
+    w = torch.randn(vocab, hidden, device=device, generator=g) * 0.02 * 4  # logits of O(1)-O(10)
+    t = torch.randint(0, vocab, (tokens,), device=device, generator=g)
+    gl, ge = torch.randn(tokens, device=device, generator=g), torch.randn(tokens, device=device, generator=g)
+
+    def fp32_head(hh, ww):
+        parts = [checkpoint(_chunk_logprobs, hh[s:s + chunk], ww, t[s:s + chunk], 1.0, use_reentrant=False)
+                 for s in range(0, tokens, chunk)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def split_head(hh, ww):
+        return head_logprobs(hh, ww, t, 1.0, chunk)
+
+    ref_rows = slice(0, min(tokens, 2048))
+    z64 = h[ref_rows].double() @ w.double().T
+    lp64, ent64 = logprob_entropy(z64, t[ref_rows])
+    out = []
+    for name, fn in (("fp32 (CUDA cores)", fp32_head), ("bf16x3 (tensor cores)", split_head)):
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        lp, ent = fn(hh, ww)
+        (lp * gl + ent * ge).sum().backward()
+        err = (lp[ref_rows].double() - lp64).abs().max().item()
+        times = []
+        for _ in range(3):
+            hh.grad = ww.grad = None
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            lp, ent = fn(hh, ww)
+            torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            (lp * gl + ent * ge).sum().backward()
+            torch.cuda.synchronize()
+            times.append((t1 - t0, time.perf_counter() - t1))
+        fwd, bwd = (statistics.median(x) for x in zip(*times))
+        out.append({"head": name, "tokens": tokens, "fwd_ms": fwd * 1e3, "bwd_ms": bwd * 1e3,
+                    "logprob_err_vs_fp64": err, "tflops_fwd": 2 * tokens * hidden * vocab / fwd / 1e12})
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", default="tiny")
     p.add_argument("--seq-lens", default="256")
     p.add_argument("--tokens", type=int, default=2048, help="tokens per optimiser step")
-    p.add_argument("--micro", type=int, default=4, help="rows per micro-batch")
+    p.add_argument("--micro", default="4", help="rows per micro-batch (comma list: one run each)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--backends", default=None, help="comma list; default triton,reference on CUDA, reference on CPU")
+    p.add_argument("--moe", default="auto", help="comma list of MoE backends: auto, grouped, loop")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per layer")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 over the torchrun ranks; --tokens is the total")
+    p.add_argument("--fsdp-bf16", action="store_true", help="FSDP2 all-gathers the layers' weights in bf16 "
+                   "(MixedPrecisionPolicy; the root with the LM head stays fp32; gradients reduced in fp32)")
+    p.add_argument("--head-bench", action="store_true", help="also time the LM head alone (fp32 vs bf16x3)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -182,28 +250,40 @@ def main() -> None:
     device = torch.device(ctx.device)
     say = print if ctx.main else (lambda *a, **k: None)
     backends = (args.backends or ("triton,reference" if device.type == "cuda" else "reference")).split(",")
+    param_dtype = torch.bfloat16 if args.fsdp_bf16 else None
     results = []
+    if args.head_bench and device.type == "cuda" and ctx.main:
+        c = MiniMaxConfig.preset(args.model)
+        for r in head_bench(device, 16384, c.hidden_size, c.vocab_size):
+            say(json.dumps(r), flush=True)
     for length in [int(x) for x in args.seq_lens.split(",")]:
         for backend in backends:
-            try:
-                r = run(args.model, device, length, args.tokens, args.micro, args.steps, backend, args.checkpointing,
-                        ctx, args.profile)
-            except torch.OutOfMemoryError as err:
-                r = {"model": args.model, "backend": backend, "seq_len": length, "error": f"OOM: {err}"[:300]}
-                torch.cuda.empty_cache()
-            results.append(r)
-            say(json.dumps(r), flush=True)
+            model = build(args.model, device, args.checkpointing, ctx, param_dtype)
+            for moe in args.moe.split(","):
+                for micro in [int(x) for x in args.micro.split(",")]:
+                    try:
+                        r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe,
+                                ctx, args.profile)
+                    except torch.OutOfMemoryError as err:
+                        r = {"model": args.model, "backend": backend, "moe": moe, "seq_len": length,
+                             "micro_batch_rows": micro, "error": f"OOM: {err}"[:300]}
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    results.append(r)
+                    say(json.dumps(r), flush=True)
+            del model
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else platform.processor() or platform.machine()}
     env["ranks"] = ctx.world
-    say(f"\n| model | T | backend | tokens/s | step s | MFU (of 989 TFLOP/s) | peak GiB per GPU |  "
-        f"({env['device']} x{ctx.world}, torch {env['torch']})")
+    say(f"\n| model | T | backend | MoE | micro | tokens/step | tokens/s | step s | MFU (of 989 TFLOP/s) | "
+        f"peak GiB per GPU |  ({env['device']} x{ctx.world}, torch {env['torch']})")
     for r in results:
+        head = f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r.get('moe')} | {r.get('micro_batch_rows')} |"
         if "error" in r:
-            say(f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r['error'][:60]} | | | |")
+            say(f"{head} {r['error'][:60]} | | | | |")
         else:
-            say(f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | "
-                f"{r['mfu']:.1%} | {r.get('peak_mem_GiB', float('nan')):.2f} |")
+            say(f"{head} {r['tokens_per_step']:,} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | {r['mfu']:.1%} | "
+                f"{r.get('peak_mem_GiB', float('nan')):.2f} |")
     ctx.close()
     if args.json and ctx.main:
         with open(args.json, "w") as f:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
 from lightswe.model.cache import HybridCache
 from lightswe.model.config import SOFTMAX, MiniMaxConfig
+from lightswe.model.moe import grouped_experts, use_grouped
 from torch import nn
 
 LIGHTNING_NORM_EPS = 1e-6  # the released code builds the lightning output norm with RMSNorm's default eps
@@ -157,6 +158,7 @@ class SparseMoE(nn.Module):
 
     Returns (output, load-balancing loss). The loss is Switch-Transformer style: E * sum_e f_e * P_e with f_e the
     fraction of the top-k assignments going to expert e and P_e its mean router probability (1 * k when balanced).
+    The experts run as grouped GEMMs on CUDA in bf16 (``model/moe.py``), as a per-expert loop elsewhere.
     """
 
     def __init__(self, config: MiniMaxConfig) -> None:
@@ -172,6 +174,16 @@ class SparseMoE(nn.Module):
         probs = torch.softmax(self.gate(x).float(), dim=-1)  # [N, E]
         weights, chosen = probs.topk(self.top_k, dim=-1)
         weights = weights / weights.sum(-1, keepdim=True)
+        if use_grouped(x, self.experts[0].w1.weight):  # grouped GEMMs, no host sync (model/moe.py)
+            out, counts = grouped_experts(x, chosen, weights, self.experts)
+        else:
+            out, counts = self._loop(x, chosen, weights)
+        fraction = counts.float() / max(x.shape[0], 1)
+        aux = self.num_experts * (fraction * probs.mean(0)).sum()
+        return out.view(shape), aux
+
+    def _loop(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference: one matrix product per expert on its rows (one host sync per layer for the counts)."""
         out = torch.zeros_like(x)
         flat = chosen.flatten()
         counts = torch.bincount(flat, minlength=self.num_experts)
@@ -184,9 +196,7 @@ class SparseMoE(nn.Module):
                 rows = rows_sorted[start:start + n]
                 out.index_add_(0, rows, self.experts[e](x[rows]) * weights_sorted[start:start + n])
             start += n
-        fraction = counts.float() / max(x.shape[0], 1)
-        aux = self.num_experts * (fraction * probs.mean(0)).sum()
-        return out.view(shape), aux
+        return out, counts
 
 
 class DecoderLayer(nn.Module):

@@ -1,0 +1,89 @@
+"""The bf16x3 LM head (model/head.py): log-probs and entropies within 1e-4 of fp64 logits (the sampler/learner
+agreement MiniMax-M1 keeps the head in fp32 for), gradients at bf16 accuracy, the exact logit gradient formula,
+and ``score`` taking it on CUDA under autocast only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightswe.model.head import _logit_grad, head_logprobs, logprob_entropy, split_bf16
+
+from .conftest import random_model
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def reference(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, temperature: float, gl, ge):
+    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    lp, ent = logprob_entropy(h64 @ w64.T / temperature, t)
+    (lp * gl.double() + ent * ge.double()).sum().backward()
+    return lp, ent, h64.grad, w64.grad
+
+
+def check(device: str, tokens: int, hidden: int, vocab: int, temperature: float, chunk: int):
+    g = torch.Generator(device).manual_seed(0)
+    h = torch.randn(tokens, hidden, device=device, generator=g).requires_grad_()
+    w = (torch.randn(vocab, hidden, device=device, generator=g) * 0.1).requires_grad_()  # logits ~ N(0, 3)
+    t = torch.randint(0, vocab, (tokens,), device=device, generator=g)
+    gl, ge = torch.randn(tokens, device=device, generator=g), torch.randn(tokens, device=device, generator=g)
+    lp, ent = head_logprobs(h, w, t, temperature, chunk)
+    assert lp.dtype == ent.dtype == torch.float32 and lp.shape == ent.shape == (tokens,)
+    (lp * gl + ent * ge).sum().backward()
+    lp64, ent64, gh64, gw64 = reference(h, w, t, temperature, gl, ge)
+    assert (lp.double() - lp64).abs().max() <= 1e-4
+    assert (ent.double() - ent64).abs().max() <= 1e-4
+    bf16 = head_bf16_error(h, w, t, temperature, lp64)
+    assert bf16 > 1e-3  # the check can tell: a plain bf16 head misses it by > 10x
+    for got, want in ((h.grad, gh64), (w.grad, gw64)):  # bf16 backward, as every product under autocast
+        assert (got.double() - want).norm() <= 2e-2 * want.norm()
+
+
+def head_bf16_error(h, w, t, temperature, lp64) -> float:
+    z = (h.detach().bfloat16().float() @ w.detach().bfloat16().float().T) / temperature
+    return (logprob_entropy(z, t)[0].double() - lp64).abs().max().item()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_split_head_matches_fp64_on_cpu(temperature):
+    check("cpu", 300, 256, 3000, temperature, chunk=128)  # 300 rows: a last chunk of 44
+
+
+def test_split_parts_and_the_logit_gradient_formula():
+    x = torch.randn(1000) * 10
+    hi, lo = split_bf16(x)
+    assert (hi.float() + lo.float() - x).abs().max() <= 2 ** -16 * x.abs().max()
+    z = torch.randn(5, 40, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 40, (5,))
+    gl, ge = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    lp, ent = logprob_entropy(z, t)
+    (lp * gl + ent * ge).sum().backward()
+    torch.testing.assert_close(_logit_grad(z.detach().clone(), t, gl, ge), z.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_empty_input():
+    lp, ent = head_logprobs(torch.zeros(0, 8), torch.randn(16, 8), torch.zeros(0, dtype=torch.long))
+    assert lp.shape == ent.shape == (0,)
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_split_head_matches_fp64_on_cuda(temperature):
+    """minimax-1b's head shape (H 1024, V 32,768), tensor-core GEMMs with fp32 output."""
+    check("cuda", 3000, 1024, 32768, temperature, chunk=1024)
+
+
+@pytest.mark.gpu
+@cuda
+def test_score_under_cuda_autocast_uses_the_accurate_head(tiny_config):
+    """score() under bf16 autocast equals the fp64 head applied to the same final hidden states."""
+    model = random_model(tiny_config).cuda()
+    ids = torch.randint(0, tiny_config.vocab_size, (2, 50), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        scored = model.score(ids, temperature=0.8)
+        hidden, _ = model.hidden_states(ids)
+    z = hidden[:, :-1].double() @ model.lm_head.weight.double().T / 0.8
+    lp, ent = logprob_entropy(z.reshape(-1, z.shape[-1]), ids[:, 1:].reshape(-1))
+    assert scored.logprobs.dtype == torch.float32
+    assert (scored.logprobs[:, 1:].double() - lp.view(2, 49)).abs().max() <= 1e-4
+    assert (scored.entropy[:, 1:].double() - ent.view(2, 49)).abs().max() <= 1e-4
