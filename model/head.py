@@ -11,7 +11,9 @@ a_lo b_lo term and the rounding of the lo parts are ~2^-16 relative per product:
 
 Backward: the logits of each chunk are recomputed with one bf16 GEMM (the gradient needs bf16-level accuracy only,
 as every other matrix product under autocast), and d logp / dz = onehot - p, d entropy / dz = -p (z - E_p[z])
-are formed in place; grad hidden and grad weight are bf16 GEMMs with fp32 output. Memory: one [chunk, vocab] fp32
+are formed in place; grad hidden and grad weight are bf16 GEMMs with fp32 output. On CUDA the softmax
+statistics and the logit gradient are single Triton kernels (``model/head_kernels.py``) instead of ~9 and ~12
+passes of torch ops over each [chunk, vocab] block. Memory: one [chunk, vocab] fp32
 block at a time, nothing of vocab size kept between forward and backward.
 
 Used by ``MiniMaxForCausalLM.score`` on CUDA under autocast; on CPU (and without autocast) the plain fp32 head is
@@ -20,21 +22,54 @@ used, unchanged.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+from lightswe.model import head_kernels
 from torch import Tensor
 
 
-def split_bf16(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(hi, lo) bf16 with hi + lo = x to ~2^-16 relative (x fp32, any shape)."""
-    hi = x.to(torch.bfloat16)
-    return hi, (x - hi.float()).to(torch.bfloat16)
+PIECES = 3  # bf16 pieces per operand: 2 = bf16x3 (3 products, ~2^-16), 3 = bf16x6 (6 products, ~fp32 itself)
+
+
+def split_bf16(x: Tensor, pieces: int = 2) -> list[Tensor]:
+    """bf16 pieces of x (fp32, any shape) whose sum is x to ~2^-(8 x pieces) relative: x0 = bf16(x),
+    x1 = bf16(x - x0), ..."""
+    out, rest = [], x.float()
+    for i in range(pieces):
+        part = rest.to(torch.bfloat16)
+        out.append(part)
+        if i + 1 < pieces:
+            rest = rest - part.float()
+    return out
+
+
+def split_operands(a: Tensor, b: Tensor, pieces: int) -> tuple[Tensor, Tensor]:
+    """(A, B) with A @ B^T ~= a @ b^T: the pieces' products a_i b_j with i + j < pieces, stacked along the
+    contraction dimension (K x 3 for 2 pieces, K x 6 for 3), so one bf16 GEMM with fp32 accumulation sums them."""
+    pa, pb = split_bf16(a, pieces), split_bf16(b, pieces)
+    pairs = [(i, j) for i in range(pieces) for j in range(pieces) if i + j < pieces]
+    return torch.cat([pa[i] for i, _ in pairs], dim=1), torch.cat([pb[j] for _, j in pairs], dim=1)
+
+
+_OUT_DTYPE_MM = [True]  # torch.mm(..., out_dtype=fp32) available for bf16 on this CUDA build (checked once)
 
 
 def mm_fp32(a: Tensor, b: Tensor) -> Tensor:
     """a @ b with bf16 operands, fp32 accumulation and fp32 output [M, N]. CUDA: one tensor-core GEMM
-    (``out_dtype``); elsewhere the same products in fp32 (exact for bf16 inputs up to fp32 accumulation)."""
-    if a.is_cuda:
-        return torch.mm(a, b, out_dtype=torch.float32)
+    (``out_dtype``, torch >= 2.8); elsewhere (or where that overload is missing) the same products in fp32."""
+    if a.is_cuda and _OUT_DTYPE_MM[0]:
+        matmul = torch.backends.cuda.matmul
+        reduced = matmul.allow_bf16_reduced_precision_reduction
+        try:
+            matmul.allow_bf16_reduced_precision_reduction = False  # no bf16 split-K partial sums
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (RuntimeError, TypeError) as err:  # an older build: exact but slow fallback, said once
+            _OUT_DTYPE_MM[0] = False
+            warnings.warn(f"torch.mm(out_dtype=float32) unavailable ({err}); the LM head falls back to fp32 GEMMs",
+                          stacklevel=2)
+        finally:
+            matmul.allow_bf16_reduced_precision_reduction = reduced
     return torch.mm(a.float(), b.float())
 
 
@@ -63,16 +98,18 @@ class SplitHeadLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, chunk_size: int
                 ) -> tuple[Tensor, Tensor]:
-        w_hi, w_lo = split_bf16(weight.float())
-        w3 = torch.cat([w_hi, w_lo, w_hi], dim=1)  # [V, 3H]
-        del w_lo
+        pieces = PIECES
+        _, w_split = split_operands(weight[:0], weight, pieces)  # [V, 3H] (bf16x3)
         logps, entropies = [], []
         for start in range(0, hidden.shape[0], chunk_size):
-            h_hi, h_lo = split_bf16(hidden[start:start + chunk_size].float())
-            z = mm_fp32(torch.cat([h_hi, h_hi, h_lo], dim=1), w3.T)  # [C, V] fp32
-            if temperature != 1.0:
-                z.div_(temperature)
-            lp, ent = logprob_entropy(z, targets[start:start + chunk_size])
+            h_split, _ = split_operands(hidden[start:start + chunk_size], weight[:0], pieces)
+            z = mm_fp32(h_split, w_split.T)  # [C, V] fp32
+            if head_kernels.available(z):  # one pass over z (model/head_kernels.py)
+                lp, ent = head_kernels.logit_stats(z, targets[start:start + chunk_size], temperature)
+            else:
+                if temperature != 1.0:
+                    z.div_(temperature)
+                lp, ent = logprob_entropy(z, targets[start:start + chunk_size])
             logps.append(lp)
             entropies.append(ent)
         ctx.save_for_backward(hidden, weight, targets)
@@ -91,13 +128,18 @@ class SplitHeadLogprobs(torch.autograd.Function):
             end = start + chunk
             h_b = hidden[start:end].to(torch.bfloat16)
             z = mm_fp32(h_b, w_b.T)
-            if temperature != 1.0:
-                z.div_(temperature)
-            gz = _logit_grad(z, targets[start:end], g_logp[start:end].float(), g_entropy[start:end].float())
-            if temperature != 1.0:
-                gz.div_(temperature)
-            gz_b = gz.to(torch.bfloat16)
-            del z, gz
+            g_lp, g_ent = g_logp[start:end].float(), g_entropy[start:end].float()
+            if head_kernels.available(z):
+                gz_b = head_kernels.logit_grad(z, targets[start:end], g_lp, g_ent, temperature)
+            else:
+                if temperature != 1.0:
+                    z.div_(temperature)
+                gz = _logit_grad(z, targets[start:end], g_lp, g_ent)
+                if temperature != 1.0:
+                    gz.div_(temperature)
+                gz_b = gz.to(torch.bfloat16)
+                del gz
+            del z
             if grad_hidden is not None:
                 grad_hidden[start:end] = mm_fp32(gz_b, w_b)
             if grad_weight is not None:

@@ -60,13 +60,46 @@ class _StackWeights(torch.autograd.Function):
         ctx.dtypes = [w.dtype for w in weights]
         rows = sum(ctx.sizes)
         out = torch.empty(rows, *weights[0].shape[1:], dtype=dtype, device=weights[0].device)
-        torch.cat(weights, dim=0, out=out)
+        torch._foreach_copy_(list(out.split(ctx.sizes, dim=0)), list(weights))  # one multi-tensor kernel
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         dtype = ctx.dtypes[0]
         return (None, *grad.to(dtype).split(ctx.sizes, dim=0))
+
+
+class _Dispatch(torch.autograd.Function):
+    """xs = [x; 0][source] (each token copied to its k padded rows, padding rows zero). Backward gathers each
+    token's k row gradients and sums them (no atomics, no sort: ``position`` lists a token's k rows)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, source: torch.Tensor, position: torch.Tensor, top_k: int) -> torch.Tensor:
+        ctx.save_for_backward(position)
+        ctx.top_k = top_k
+        return torch.cat([x, x.new_zeros(1, x.shape[1])]).index_select(0, source)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (position,) = ctx.saved_tensors
+        rows = grad.index_select(0, position)
+        return rows.view(-1, ctx.top_k, grad.shape[1]).sum(1), None, None, None
+
+
+class _Gather(torch.autograd.Function):
+    """ys[position] for ``position`` without repeats; backward scatters back (index_copy, no accumulation)."""
+
+    @staticmethod
+    def forward(ctx, ys: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(position)
+        ctx.rows = ys.shape[0]
+        return ys.index_select(0, position)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (position,) = ctx.saved_tensors
+        out = grad.new_zeros(ctx.rows, grad.shape[1])
+        return out.index_copy_(0, position, grad), None
 
 
 def stacked_expert_weights(experts: nn.ModuleList, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,14 +139,14 @@ def grouped_experts(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor
     source[dest] = order // top_k
     offsets = (padded_start + padded).to(torch.int32)
     offsets[-1] = rows  # the last group takes the tail of zero rows
+    position = torch.empty_like(dest)
+    position[order] = dest  # padded row of each assignment, in assignment order
     w13, w2 = stacked_expert_weights(experts, dtype)
     with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
-        xs = torch.cat([x.to(dtype), x.new_zeros(1, hidden, dtype=dtype)])[source]  # [M, H]
+        xs = _Dispatch.apply(x.to(dtype), source, position, top_k)  # [M, H]
         h13 = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offsets)  # [M, 2 I]
         gate, up = h13.chunk(2, dim=-1)
         ys = torch._grouped_mm(F.silu(gate) * up, w2.transpose(-2, -1), offs=offsets)  # [M, H]
-        position = torch.empty_like(dest)
-        position[order] = dest  # padded row of each assignment, in assignment order
-        y = ys[position].view(tokens, top_k, hidden).to(x.dtype)
+        y = _Gather.apply(ys, position).view(tokens, top_k, hidden).to(x.dtype)
         out = (y * weights.to(x.dtype)[..., None]).sum(1)
     return out, counts

@@ -52,6 +52,7 @@ def test_split_parts_and_the_logit_gradient_formula():
     x = torch.randn(1000) * 10
     hi, lo = split_bf16(x)
     assert (hi.float() + lo.float() - x).abs().max() <= 2 ** -16 * x.abs().max()
+    assert (sum(p.float() for p in split_bf16(x, 3)) - x).abs().max() <= 2 ** -23 * x.abs().max()
     z = torch.randn(5, 40, dtype=torch.float64, requires_grad=True)
     t = torch.randint(0, 40, (5,))
     gl, ge = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
@@ -87,3 +88,37 @@ def test_score_under_cuda_autocast_uses_the_accurate_head(tiny_config):
     assert scored.logprobs.dtype == torch.float32
     assert (scored.logprobs[:, 1:].double() - lp.view(2, 49)).abs().max() <= 1e-4
     assert (scored.entropy[:, 1:].double() - ent.view(2, 49)).abs().max() <= 1e-4
+
+
+TRITON_CHECK = """
+import torch
+from lightswe.model import head_kernels
+from lightswe.model.head import _logit_grad, logprob_entropy
+assert head_kernels.available(torch.zeros(1))
+torch.manual_seed(0)
+z = torch.randn(6, 5000) * 4  # 5000: not a multiple of the kernel's block
+t, gl, ge = torch.randint(0, 5000, (6,)), torch.randn(6), torch.randn(6)
+for temperature in (1.0, 0.7):
+    lp, ent = head_kernels.logit_stats(z, t, temperature)
+    lp_ref, ent_ref = logprob_entropy(z / temperature, t)
+    torch.testing.assert_close(lp, lp_ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ent, ent_ref, rtol=0, atol=1e-4)
+    g = head_kernels.logit_grad(z, t, gl, ge, temperature)
+    g_ref = _logit_grad((z / temperature).clone(), t, gl, ge) / temperature
+    assert g.dtype == torch.bfloat16
+    torch.testing.assert_close(g.float(), g_ref, rtol=1e-2, atol=1e-2 * g_ref.abs().max().item())
+print("ok")
+"""
+
+
+def test_triton_kernels_equal_the_torch_formulas_in_the_interpreter():
+    """The one-pass Triton kernels (model/head_kernels.py) under TRITON_INTERPRET=1 on CPU, against the torch ops
+    the CPU path uses (skipped where Triton is not installed)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
