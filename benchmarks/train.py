@@ -62,6 +62,7 @@ bf16 autocast with the fp32 LM head; FLOPs per token from ``flops_per_token``, p
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -135,9 +136,10 @@ def build(model_name: str, device: torch.device, checkpointing: bool, ctx: DistC
 
 
 def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length: int, tokens: int, micro: int,
-        steps: int, backend: str, moe: str, ctx: DistContext, profile: bool = False) -> dict:
+        steps: int, backend: str, moe: str, compiled: str, ctx: DistContext, profile: bool = False) -> dict:
     os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
     os.environ["LIGHTSWE_MOE_BACKEND"] = moe
+    os.environ["LIGHTSWE_COMPILE"] = compiled
     cfg = LearnerConfig(lr=1e-5, minibatches=1, micro_batch_size=micro,
                         autocast_dtype="bfloat16" if device.type == "cuda" else None)
     learner = Learner(model, CISPOLoss(), cfg)
@@ -162,7 +164,7 @@ def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length
         model.zero_grad(set_to_none=True)
         del learner
     step_tokens = len(batch) * length * ctx.world
-    out = {"model": model_name, "backend": backend, "moe": moe, "seq_len": length, "rows": len(batch) * ctx.world,
+    out = {"model": model_name, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length, "rows": len(batch) * ctx.world,
            "tokens_per_step": step_tokens, "micro_batch_rows": micro, "step_s": step_s,
            "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": model.gradient_checkpointing,
            "ranks": ctx.world, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}  # DTensor: full size
@@ -209,7 +211,7 @@ def head_bench(device: torch.device, tokens: int, hidden: int, vocab: int, chunk
 
     ref_rows = slice(0, min(tokens, 2048))
     z64 = h[ref_rows].double() @ w.double().T
-    lp64, ent64 = logprob_entropy(z64, t[ref_rows])
+    lp64, _ = logprob_entropy(z64, t[ref_rows])
     out = []
     variants = (("fp32 (CUDA cores)", fp32_head), ("bf16x3 (tensor cores)", split_head(2)),
                 ("bf16x6 (tensor cores)", split_head(3)))
@@ -245,6 +247,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--backends", default=None, help="comma list; default triton,reference on CUDA, reference on CPU")
     p.add_argument("--moe", default="auto", help="comma list of MoE backends: auto, grouped, loop")
+    p.add_argument("--compile", default="1", help="comma list: 1 = the fused elementwise chains of model/fused.py "
+                   "compiled (the CUDA default), 0 = eager")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per layer")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 over the torchrun ranks; --tokens is the total")
     p.add_argument("--fsdp-bf16", action="store_true", help="FSDP2 all-gathers the layers' weights in bf16 "
@@ -268,26 +272,27 @@ def main() -> None:
     for length in [int(x) for x in args.seq_lens.split(",")]:
         for backend in backends:
             model = build(args.model, device, args.checkpointing, ctx, param_dtype)
-            for moe in args.moe.split(","):
-                for micro in [int(x) for x in args.micro.split(",")]:
-                    try:
-                        r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe,
-                                ctx, args.profile)
-                    except Exception as err:  # noqa: BLE001 - an OOM or a failing variant is a row of the table
-                        r = {"model": args.model, "backend": backend, "moe": moe, "seq_len": length,
-                             "micro_batch_rows": micro, "error": f"{type(err).__name__}: {err}"[:300]}
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    results.append(r)
-                    say(json.dumps(r), flush=True)
+            for moe, compiled, micro in itertools.product(args.moe.split(","), args.compile.split(","),
+                                                          [int(x) for x in args.micro.split(",")]):
+                try:
+                    r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe,
+                            compiled, ctx, args.profile)
+                except Exception as err:  # noqa: BLE001 - an OOM or a failing variant is a row of the table
+                    r = {"model": args.model, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length,
+                         "micro_batch_rows": micro, "error": f"{type(err).__name__}: {err}"[:300]}
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                results.append(r)
+                say(json.dumps(r), flush=True)
             del model
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else platform.processor() or platform.machine()}
     env["ranks"] = ctx.world
-    say(f"\n| model | T | backend | MoE | micro | tokens/step | tokens/s | step s | MFU (of 989 TFLOP/s) | "
+    say(f"\n| model | T | backend | MoE | compile | micro | tokens/step | tokens/s | step s | MFU (of 989 TFLOP/s) | "
         f"peak GiB per GPU |  ({env['device']} x{ctx.world}, torch {env['torch']})")
     for r in results:
-        head = f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r.get('moe')} | {r.get('micro_batch_rows')} |"
+        head = (f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r.get('moe')} | {r.get('compile')} | "
+                f"{r.get('micro_batch_rows')} |")
         if "error" in r:
             say(f"{head} {r['error'][:60]} | | | | |")
         else:

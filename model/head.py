@@ -28,7 +28,6 @@ import torch
 from lightswe.model import head_kernels
 from torch import Tensor
 
-
 PIECES = 3  # bf16 pieces per operand: 2 = bf16x3 (3 products, ~2^-16), 3 = bf16x6 (6 products, ~fp32 itself)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
+from lightswe.model.fused import swiglu, weighted_sum
 from torch import nn
 
 ALIGN = 16  # rows; group starts on 16-row boundaries (TMA-friendly; no expert group is ever empty)
@@ -145,8 +145,6 @@ def grouped_experts(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor
     with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
         xs = _Dispatch.apply(x.to(dtype), source, position, top_k)  # [M, H]
         h13 = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offsets)  # [M, 2 I]
-        gate, up = h13.chunk(2, dim=-1)
-        ys = torch._grouped_mm(F.silu(gate) * up, w2.transpose(-2, -1), offs=offsets)  # [M, H]
-        y = _Gather.apply(ys, position).view(tokens, top_k, hidden).to(x.dtype)
-        out = (y * weights.to(x.dtype)[..., None]).sum(1)
+        ys = torch._grouped_mm(swiglu(h13), w2.transpose(-2, -1), offs=offsets)  # [M, H]
+        out = weighted_sum(_Gather.apply(ys, position).view(tokens, top_k, hidden), weights, x.dtype)
     return out, counts

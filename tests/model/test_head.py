@@ -120,5 +120,5 @@ def test_triton_kernels_equal_the_torch_formulas_in_the_interpreter():
 
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
