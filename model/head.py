@@ -1,20 +1,24 @@
-"""The fp32-accurate LM head on tensor cores: log-probs and entropies by chunks, logits never stored.
+"""The LM head on tensor cores at near-fp32 accuracy: log-probs and entropies by chunks, logits never stored.
 
 MiniMax-M1 keeps the LM head in fp32 so that the learner's probabilities agree with the sampler's. An fp32 GEMM
-runs on the CUDA cores (~60 TFLOP/s on an H100/H200); TF32 keeps 10 mantissa bits, ~3e-4 off in log-probs. This
-module uses the bf16x3 split ("split-precision" / Ozaki-style emulation, e.g. Henry, Tang & Heinecke,
-"Leveraging the bfloat16 Artificial Intelligence Datatype For Higher-Precision Computations", ARITH 2019):
+runs on the CUDA cores (33 TFLOP/s measured for this head on an H200); TF32 keeps 10 mantissa bits (~3e-4 off).
+This module uses the bf16x3 split ("split-precision" emulation, e.g. Henry, Tang & Heinecke, "Leveraging the
+bfloat16 Artificial Intelligence Datatype For Higher-Precision Computations", ARITH 2019):
 a = a_hi + a_lo with a_hi = bf16(a), a_lo = bf16(a - a_hi), and a b ~= a_hi b_hi + a_hi b_lo + a_lo b_hi, one
-bf16 GEMM with K = 3 H and fp32 accumulation and output (``torch.mm(..., out_dtype=torch.float32)``). The dropped
-a_lo b_lo term and the rounding of the lo parts are ~2^-16 relative per product: log-probs within ~1e-5 of fp64
-(``tests/model/test_head.py`` and ``tests/model/test_gpu.py`` check <= 1e-4).
+bf16 GEMM with K = 3 H and fp32 accumulation and output (``torch.mm(..., out_dtype=torch.float32)``).
+
+Accuracy (H200, H 1024, V 32,768, logits ~N(0, 3.2), against fp64; ``benchmarks/train.py --head-bench``):
+bf16x3 max 1.4e-4 per log-prob (computed in fp32 with the same products on the CPU: 4.5e-5), fp32 cuBLAS
+1.5e-5, a plain bf16 head ~1e-2. The excess over the CPU emulation comes from the tensor cores' fp32
+accumulation (it truncates; more products make it worse: 3 pieces per operand, "bf16x6", measured 2.4e-4), so
+``PIECES`` stays 2. ``LIGHTSWE_HEAD=fp32`` keeps the fp32 CUDA-core head under autocast (8x slower, 1.5e-5).
 
 Backward: the logits of each chunk are recomputed with one bf16 GEMM (the gradient needs bf16-level accuracy only,
 as every other matrix product under autocast), and d logp / dz = onehot - p, d entropy / dz = -p (z - E_p[z])
 are formed in place; grad hidden and grad weight are bf16 GEMMs with fp32 output. On CUDA the softmax
 statistics and the logit gradient are single Triton kernels (``model/head_kernels.py``) instead of ~9 and ~12
-passes of torch ops over each [chunk, vocab] block. Memory: one [chunk, vocab] fp32
-block at a time, nothing of vocab size kept between forward and backward.
+passes of torch ops over each [chunk, vocab] block. Memory: one [chunk, vocab] fp32 block at a time, nothing of
+vocab size kept between forward and backward.
 
 Used by ``MiniMaxForCausalLM.score`` on CUDA under autocast; on CPU (and without autocast) the plain fp32 head is
 used, unchanged.
@@ -22,13 +26,23 @@ used, unchanged.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
 from lightswe.model import head_kernels
 from torch import Tensor
 
-PIECES = 3  # bf16 pieces per operand: 2 = bf16x3 (3 products, ~2^-16), 3 = bf16x6 (6 products, ~fp32 itself)
+PIECES = 2  # bf16 pieces per operand: 2 = bf16x3 (3 products); 3 = bf16x6 (6; no better on Hopper, see above)
+HEADS = ("auto", "fp32")
+
+
+def use_split_head(hidden: Tensor) -> bool:
+    """The split head runs for CUDA inputs under autocast unless ``LIGHTSWE_HEAD=fp32`` (auto | fp32)."""
+    choice = os.environ.get("LIGHTSWE_HEAD", "auto")
+    if choice not in HEADS:
+        raise ValueError(f"LIGHTSWE_HEAD={choice!r}; expected one of {', '.join(HEADS)}")
+    return choice == "auto" and hidden.is_cuda and torch.is_autocast_enabled("cuda")
 
 
 def split_bf16(x: Tensor, pieces: int = 2) -> list[Tensor]:

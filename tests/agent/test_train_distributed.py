@@ -55,7 +55,11 @@ dist.destroy_process_group()
 '''
 
 
-def test_fsdp2_two_ranks_match_single_process(tmp_path):
+@pytest.mark.parametrize("moe", ["loop", "grouped"])
+def test_fsdp2_two_ranks_match_single_process(tmp_path, moe, monkeypatch):
+    """Also with the grouped-GEMM experts (model/moe.py; forced on CPU), whose stacked weights put every expert in
+    the graph without the learner's touch hook."""
+    monkeypatch.setenv("LIGHTSWE_MOE_BACKEND", moe)  # the ranks inherit it
     script, out = tmp_path / "worker.py", tmp_path / "fsdp.pt"
     script.write_text(textwrap.dedent(WORKER))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightswe.model.head import _logit_grad, head_logprobs, logprob_entropy, split_bf16
+from lightswe.model.head import _logit_grad, head_logprobs, logprob_entropy, split_bf16, use_split_head
 
 from .conftest import random_model
 
@@ -20,7 +20,8 @@ def reference(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, temperature: fl
     return lp, ent, h64.grad, w64.grad
 
 
-def check(device: str, tokens: int, hidden: int, vocab: int, temperature: float, chunk: int):
+def check(device: str, tokens: int, hidden: int, vocab: int, temperature: float, chunk: int, max_err: float,
+          mean_err: float):
     g = torch.Generator(device).manual_seed(0)
     h = torch.randn(tokens, hidden, device=device, generator=g).requires_grad_()
     w = (torch.randn(vocab, hidden, device=device, generator=g) * 0.1).requires_grad_()  # logits ~ N(0, 3)
@@ -30,8 +31,9 @@ def check(device: str, tokens: int, hidden: int, vocab: int, temperature: float,
     assert lp.dtype == ent.dtype == torch.float32 and lp.shape == ent.shape == (tokens,)
     (lp * gl + ent * ge).sum().backward()
     lp64, ent64, gh64, gw64 = reference(h, w, t, temperature, gl, ge)
-    assert (lp.double() - lp64).abs().max() <= 1e-4
-    assert (ent.double() - ent64).abs().max() <= 1e-4
+    err = (lp.double() - lp64).abs()
+    assert err.max() <= max_err and err.mean() <= mean_err, (err.max().item(), err.mean().item())
+    assert (ent.double() - ent64).abs().max() <= max_err
     bf16 = head_bf16_error(h, w, t, temperature, lp64)
     assert bf16 > 1e-3  # the check can tell: a plain bf16 head misses it by > 10x
     for got, want in ((h.grad, gh64), (w.grad, gw64)):  # bf16 backward, as every product under autocast
@@ -45,7 +47,7 @@ def head_bf16_error(h, w, t, temperature, lp64) -> float:
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_split_head_matches_fp64_on_cpu(temperature):
-    check("cpu", 300, 256, 3000, temperature, chunk=128)  # 300 rows: a last chunk of 44
+    check("cpu", 300, 256, 3000, temperature, chunk=128, max_err=1e-4, mean_err=2e-5)  # last chunk: 44 rows
 
 
 def test_split_parts_and_the_logit_gradient_formula():
@@ -70,14 +72,18 @@ def test_empty_input():
 @cuda
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_split_head_matches_fp64_on_cuda(temperature):
-    """minimax-1b's head shape (H 1024, V 32,768), tensor-core GEMMs with fp32 output."""
-    check("cuda", 3000, 1024, 32768, temperature, chunk=1024)
+    """minimax-1b's head shape (H 1024, V 32,768), tensor-core GEMMs with fp32 output: 1.4e-4 max measured on an
+    H200 (the tensor cores' truncating fp32 accumulation; see model/head.py), a plain bf16 head ~1e-2."""
+    check("cuda", 3000, 1024, 32768, temperature, chunk=1024, max_err=3e-4, mean_err=1e-4)
 
 
 @pytest.mark.gpu
 @cuda
-def test_score_under_cuda_autocast_uses_the_accurate_head(tiny_config):
-    """score() under bf16 autocast equals the fp64 head applied to the same final hidden states."""
+@pytest.mark.parametrize("head", ["auto", "fp32"])
+def test_score_under_cuda_autocast_keeps_the_head_accurate(tiny_config, head, monkeypatch):
+    """score() under bf16 autocast equals the fp64 head applied to the same final hidden states, with the split
+    head (auto) and with LIGHTSWE_HEAD=fp32."""
+    monkeypatch.setenv("LIGHTSWE_HEAD", head)
     model = random_model(tiny_config).cuda()
     ids = torch.randint(0, tiny_config.vocab_size, (2, 50), device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -88,6 +94,12 @@ def test_score_under_cuda_autocast_uses_the_accurate_head(tiny_config):
     assert scored.logprobs.dtype == torch.float32
     assert (scored.logprobs[:, 1:].double() - lp.view(2, 49)).abs().max() <= 1e-4
     assert (scored.entropy[:, 1:].double() - ent.view(2, 49)).abs().max() <= 1e-4
+
+
+def test_bad_head_choice_is_refused(monkeypatch):
+    monkeypatch.setenv("LIGHTSWE_HEAD", "tf32")
+    with pytest.raises(ValueError, match="LIGHTSWE_HEAD='tf32'; expected one of auto, fp32"):
+        use_split_head(torch.zeros(1))
 
 
 TRITON_CHECK = """
