@@ -45,18 +45,59 @@ for 4 micro-batches per GPU): every micro-batch all-gathers and reduce-scatters 
 less compute to hide that behind (not profiled). Memory per GPU is set by activations; sharding the weights and
 AdamW state (~1.6 GB in all for this model) saves little at this size.
 
-MFU (2026-11-29, one H200, torch 2.11+cu130, Triton kernels, T=8,192, 32,768 tokens per step, ``--micro 2``,
-bf16 autocast with the fp32 LM head; FLOPs per token from ``flops_per_token``, peak 989 TFLOP/s dense bf16):
+MFU before this work (2026-11-29, one H200, torch 2.11+cu130, Triton kernels, T=8,192, 32,768 tokens per step,
+``--micro 2``, bf16 autocast with the fp32 LM head, the per-expert MoE loop; peak 989 TFLOP/s dense bf16):
+``small`` 73,503 tokens/s, 2.1% MFU; ``minimax-1b`` 24,886 tokens/s, 2.4% MFU (1.32 s step, 470 ms of GPU time:
+host-bound on ~4,900 per-expert matrix products and a host sync per MoE layer; 37% of GPU time in fp32 GEMMs).
 
-| model | parameters (active) | tokens/s | step s | MFU | peak GiB |
-|---|---|---|---|---|---|
-| small | 98.6M (42M) | 73,503 | 0.446 | 2.1% | 9.61 |
-| minimax-1b | 1,314M (182M) | 24,886 | 1.317 | 2.4% | 38.67 |
+MFU now (2026-11-30, ``minimax-1b``, 1,314M parameters / 149M active without the input embedding, T=8,192,
+940.7 MFLOP per token by ``flops_per_token``; one H200, torch 2.11+cu130, Triton 3.6; one run each, median of 3
+steps after a warm-up). Levers, measured in turn (each row adds to the ones above it):
 
-(The issue's ~10% for ``small`` counted all 98.6M parameters as 6N; top-2 of 8 experts makes 42M active.)
-``--profile`` (one step, torch.profiler): ``minimax-1b`` spends 470 ms on the GPU in a 1.27 s step (host-bound:
-~4,900 per-expert matrix products of varying row counts, ~100 us of host time each, and a sync per MoE layer);
-37% of the GPU time is the fp32 LM head's fp32 (non-tensor-core) GEMMs. ``small``: 113 ms of GPU time in 0.46 s.
+| change | tokens/step | micro | tokens/s | step s | MFU | peak GiB |
+|---|---|---|---|---|---|---|
+| before (per-expert loop, fp32 head) | 32,768 | 2 | 24,886 | 1.317 | 2.4% | 38.7 |
+| same code, this run's machine (``--moe loop``) | 32,768 | 2 | 30,414 | 1.077 | 2.9% | 34.7 |
+| same, 4 rows per micro-batch | 32,768 | 4 | 55,335 | 0.592 | 5.3% | 41.3 |
+| grouped-GEMM MoE (model/moe.py), bf16x3 head in torch ops, fused AdamW | 32,768 | 2 | 109,170 | 0.300 | 10.4% | 33.4 |
+| same | 32,768 | 4 | 136,193 | 0.241 | 13.0% | 39.2 |
+| same, bigger step (fixed per-step costs amortised) | 131,072 | 4 | 148,904 | 0.880 | 14.2% | 44.1 |
+| same | 131,072 | 8 | 159,730 | 0.821 | 15.2% | 65.5 |
+| + one-pass Triton head kernels (bf16x6 split), atomic-free MoE dispatch (``--compile 0``) | 131,072 | 8 | 182,027 | 0.720 | 17.3% | 65.6 |
+| + compiled elementwise chains (model/fused.py, ``--compile 1``) | 131,072 | 8 | 241,568 | 0.543 | 23.0% | 51.9 |
+| + bf16x3 head instead of bf16x6 (the default; 2-GPU host, GPU 0) | 131,072 | 8 | **271,652** | 0.482 | **25.8%** | 51.7 |
+
+Commands: rows 2-5 ``python3 benchmarks/train.py --device cuda --model minimax-1b --seq-lens 8192 --tokens 32768
+--micro 2,4 --moe grouped,loop --backends triton --head-bench``; rows 6-7 ``--tokens 131072 --micro 4,8 --moe
+grouped --profile``; rows 8-9 ``--tokens 131072 --micro 8 --moe grouped --compile 1,0 --profile``; row 10
+``--tokens 131072 --micro 8`` (the defaults: ``--moe auto --compile 1``).
+
+The LM head alone (``--head-bench``: 16,384 tokens, H 1024, V 32,768, log-prob + entropy, forward + backward,
+error against fp64 logits ~N(0, 3.2) on 2,048 rows):
+
+| head | forward ms | backward ms | log-prob error max | mean |
+|---|---|---|---|---|
+| fp32 GEMMs on CUDA cores (``LIGHTSWE_HEAD=fp32``; the CPU path) | 32.5 | 92.7 | 1.5e-5 | 1.7e-6 |
+| bf16x3 split, tensor cores + Triton kernels (default under autocast) | 6.1 | 9.3 | 1.4e-4 | 4.9e-5 |
+| bf16x6 split (3 pieces per operand) | 11.2 | 9.7 | 2.4e-4 | 1.1e-4 |
+
+Where the 0.54 s step goes (``--profile``, compile on, bf16x6 head, 131,072 tokens: 588 ms wall, ~490 ms of GPU
+kernel time, so the GPU idles ~15% of the step on the host): matrix products 247 ms (dense and head ``aten::mm``
+157 ms, the experts' grouped GEMMs 90 ms: ~680 TFLOP/s on the work they do, the head's split products
+included); memory-bound work ~240 ms: dtype casts (``aten::copy_``: autocast's per-use casts of the fp32
+activations and weights, gradients back to fp32) 44 ms, gradient accumulation and other ``add_`` 30 ms, the
+remaining unfused elementwise/reduction kernels (router, dispatch, rotary, losses) ~80 ms, Inductor's fused
+chains ~30 ms, the head's Triton gradient kernel 14 ms, lightning attention ~18 ms, cuDNN flash attention 11 ms,
+fused AdamW 11 ms. The bf16x3 head then removed ~45-60 ms of matrix products (row 10). Reaching 35% (~370K
+tokens/s, a 0.35 s step) needs ~130 ms more off: the decoder layer compiled as a whole (regional
+``torch.compile`` of attention + MoE, not only the chains), bf16 activations between layers instead of the fp32
+residual stream (halves every cast and elementwise pass), a fused router + dispatch kernel, and the host gaps
+closed (CUDA graphs or fewer syncs: the CISPO metrics' ``.item()`` calls sync once per micro-batch).
+
+FSDP2 on two H200s for ``minimax-1b`` (``torchrun --standalone --nproc-per-node 2 benchmarks/train.py --fsdp
+--device cuda --model minimax-1b --seq-lens 8192 --micro 8 --backends triton --tokens 262144``, the same work per
+GPU as row 10): not measured; the run was cut off in its warm-up (compilation in both ranks) when this session's
+device time ran out. ``--fsdp-bf16`` all-gathers the layers' weights in bf16 (not measured either).
 """
 
 from __future__ import annotations
