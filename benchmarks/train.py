@@ -52,18 +52,19 @@ host-bound on ~4,900 per-expert matrix products and a host sync per MoE layer; 3
 
 MFU now (2026-11-30, ``minimax-1b``, 1,314M parameters / 149M active without the input embedding, T=8,192,
 940.7 MFLOP per token by ``flops_per_token``; one H200, torch 2.11+cu130, Triton 3.6; one run each, median of 3
-steps after a warm-up). Levers, measured in turn (each row adds to the ones above it):
+steps after a warm-up). Levers, measured in turn (each row adds to the ones above it; rows 2-7 in one run,
+8-9 in a second, 10 in a third):
 
 | change | tokens/step | micro | tokens/s | step s | MFU | peak GiB |
 |---|---|---|---|---|---|---|
 | before (per-expert loop, fp32 head) | 32,768 | 2 | 24,886 | 1.317 | 2.4% | 38.7 |
-| same code, this run's machine (``--moe loop``) | 32,768 | 2 | 30,414 | 1.077 | 2.9% | 34.7 |
+| bf16x3 head (torch ops), fused AdamW, still the per-expert loop (``--moe loop``) | 32,768 | 2 | 30,414 | 1.077 | 2.9% | 34.7 |
 | same, 4 rows per micro-batch | 32,768 | 4 | 55,335 | 0.592 | 5.3% | 41.3 |
-| grouped-GEMM MoE (model/moe.py), bf16x3 head in torch ops, fused AdamW | 32,768 | 2 | 109,170 | 0.300 | 10.4% | 33.4 |
+| + grouped-GEMM MoE (model/moe.py) | 32,768 | 2 | 109,170 | 0.300 | 10.4% | 33.4 |
 | same | 32,768 | 4 | 136,193 | 0.241 | 13.0% | 39.2 |
 | same, bigger step (fixed per-step costs amortised) | 131,072 | 4 | 148,904 | 0.880 | 14.2% | 44.1 |
 | same | 131,072 | 8 | 159,730 | 0.821 | 15.2% | 65.5 |
-| + one-pass Triton head kernels (bf16x6 split), atomic-free MoE dispatch (``--compile 0``) | 131,072 | 8 | 182,027 | 0.720 | 17.3% | 65.6 |
+| + one-pass Triton head kernels, atomic-free MoE dispatch; head split into 3 pieces (bf16x6, slower) (``--compile 0``) | 131,072 | 8 | 182,027 | 0.720 | 17.3% | 65.6 |
 | + compiled elementwise chains (model/fused.py, ``--compile 1``) | 131,072 | 8 | 241,568 | 0.543 | 23.0% | 51.9 |
 | + bf16x3 head instead of bf16x6 (the default; 2-GPU host, GPU 0) | 131,072 | 8 | **271,652** | 0.482 | **25.8%** | 51.7 |
 
