@@ -4,8 +4,8 @@
 this module runs them as three grouped GEMMs per layer (``torch._grouped_mm``, CUTLASS on sm90, bf16) instead
 of a Python loop of ~3 x E matrix products with a host sync for the group sizes.
 
-Backend (``LIGHTSWE_MOE_BACKEND``): ``auto`` (default: grouped on CUDA when the computation runs in bf16, i.e.
-under bf16 autocast or with bf16 weights; the reference loop elsewhere, so CPU numerics are unchanged),
+Backend (``LIGHTSWE_MOE_BACKEND``): ``auto`` (default: grouped on CUDA sm90+ when the computation runs in bf16,
+i.e. under bf16 autocast or with bf16 weights; the reference loop elsewhere, so CPU numerics are unchanged),
 ``grouped`` (force it, also on CPU: ``torch._grouped_mm`` has a CPU fallback used by the tests) or ``loop``.
 
 Layout (as torchtitan's MoE): the A = N x k assignments, sorted by expert (stable), are written into a buffer of
@@ -17,6 +17,7 @@ known without reading the counts, so nothing waits for the GPU. Extra work: E x 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -43,10 +44,17 @@ def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 
 def use_grouped(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``SparseMoE`` runs the grouped path for input x (see the module docstring)."""
     backend = moe_backend()
     if backend != "auto":
         return backend == "grouped"
-    return x.is_cuda and compute_dtype(x, weight) == torch.bfloat16
+    return x.is_cuda and compute_dtype(x, weight) == torch.bfloat16 and _hopper_or_newer(x.device)
+
+
+@functools.cache
+def _hopper_or_newer(device: torch.device) -> bool:
+    """torch._grouped_mm's CUTLASS kernels are for sm90+; older GPUs keep the loop (measured only on an H200)."""
+    return torch.cuda.get_device_capability(device) >= (9, 0)
 
 
 class _StackWeights(torch.autograd.Function):
