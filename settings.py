@@ -337,10 +337,15 @@ def _one_line(text: str) -> str:
 
 def parse(cls: type[T], argv: list[str], *, prog: str, description: str = "",
           shortcuts: dict[str, str] | None = None) -> tuple[T, tuple[str, ...]]:
-    """``argv`` -> a validated ``cls`` and the ``--allow-change`` names.
+    """``argv`` -> a validated ``cls`` and the ``--allow-change`` names (repeatable, comma-separated; checked by
+    :func:`check_resume`).
+
+    A list option (:func:`sequence_options`) given several times keeps every value in order (``--vllm-arg a=1
+    --vllm-arg b=2``); the command line's values replace a ``--config`` file's.
 
     Raises:
-        UserInputError: a bad option or value (one line; ``--help`` and ``-h`` print the help and exit 0).
+        UserInputError: a bad option or value, or ``--config`` given twice (one line; ``--help`` and ``-h`` print
+            the help and exit 0).
     """
     import tyro
 
