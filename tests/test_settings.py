@@ -25,8 +25,12 @@ def test_sequence_options_of_the_commands():
     (["--vllm-arg", "only=1"], ("only=1",)),
 ], ids=["shortcut-twice", "with-equals-and-others-between", "long-short-and-underscore", "once"])
 def test_a_repeated_list_option_keeps_every_value_in_order(tmp_path, argv, expected):
+    from lightswe.agent.sampling import parse_kwargs
+
     cfg, _ = parse_train(["--out", str(tmp_path / "run"), *argv])
     assert cfg.sampler.vllm_args == expected
+    kwargs = parse_kwargs(cfg.sampler.vllm_args)  # what vllm.LLM receives: every key, in order
+    assert list(kwargs.items()) == [(k, int(v) if v.isdigit() else v) for k, v in (a.split("=") for a in expected)]
     if "--steps" in argv:
         assert cfg.steps == 3  # the option after a folded one is still read
 
