@@ -91,7 +91,6 @@ def test_an_adopted_prebuilt_image_trusts_no_repository(demo, how):
     task = type(demo)(instance_id=f"harden-{how}", repo="local/harden", base_commit="", patch="",
                       problem_statement="x", FAIL_TO_PASS=["m.py::test_x"], image_name=prebuilt,
                       log_parser="django/django")  # a log parser: the base image has no pytest to check
-    tag = None
     try:
         if how == "image-env":
             with pytest.raises(images.ImageBuildError, match=r"still trusts .*safe\.directory.*GIT_CONFIG_"):
@@ -103,7 +102,7 @@ def test_an_adopted_prebuilt_image_trusts_no_repository(demo, how):
             assert (left.exit_code, left.output) == (1, ""), left.output
             refused = box.exec("git -C /testbed status", timeout=30, user="root")
             assert refused.exit_code != 0 and "dubious ownership" in refused.output
-    finally:
-        for image in (tag, prebuilt):
-            if image:
-                client.images.remove(image, force=True)
+    finally:  # the instance image adopted from it (also one a regression let through), then the prebuilt one
+        for image in client.images.list(filters={"label": f"lightswe.prebuilt={prebuilt}"}):
+            client.images.remove(image.id, force=True)
+        client.images.remove(prebuilt, force=True)
