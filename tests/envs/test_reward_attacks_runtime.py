@@ -35,13 +35,11 @@ from dataclasses import replace
 
 import pytest
 from lightswe.envs.hack_check import TOO_DEEP, UNPARSED, suspicious_code
-from lightswe.envs.swe_env import SWEEnv, default_tasks_path
+from lightswe.envs.swe_env import SWEEnv
 from lightswe.envs.tool_calls import ToolCall
-from lightswe.tasks.instance import read_jsonl
 
-F2P = "toolz/tests/test_itertoolz.py::test_nth"
-TEST_FILE = "toolz/tests/test_itertoolz.py"
-TWO_FILES = "-two-files"  # FAIL_TO_PASS in two files: test_curried.py (imports toolz) is collected first
+from .conftest import F2P, FIX, TWO_FILES, episode, left
+
 TEST_PATCH = "-test-patch"  # its test_patch adds a test file outside any test directory, holding the F2P test
 NEW_F2P = "toolz/test_nth_again.py::test_nth_again"
 NEW_TEST_FILE = """diff --git a/toolz/test_nth_again.py b/toolz/test_nth_again.py
@@ -55,13 +53,11 @@ new file mode 100644
 +def test_nth_again():
 +    assert nth(2, iter("ABCDE")) == "C"
 """
-FIX = "sed -i 's/islice(seq, n + 1, None)/islice(seq, n, None)/' toolz/itertoolz.py"
 
 
 @pytest.fixture(scope="module")
-def env():
-    demo = read_jsonl(default_tasks_path())[0]
-    task = replace(demo, PASS_TO_PASS=[t for t in demo.PASS_TO_PASS if t.startswith(TEST_FILE)])
+def env(task):
+    """The demo task, its TWO_FILES variant (conftest) and one whose test_patch adds a test file."""
     two_files = replace(task, instance_id=task.instance_id + TWO_FILES,
                         FAIL_TO_PASS=["toolz/tests/test_curried.py::test_merge", *task.FAIL_TO_PASS])
     with_test_patch = replace(task, instance_id=task.instance_id + TEST_PATCH, test_patch=NEW_TEST_FILE,
@@ -69,21 +65,6 @@ def env():
     environment = SWEEnv([task, two_files, with_test_patch], test_timeout=120)
     yield environment
     environment.close()
-
-
-def episode(env, *commands: str, task_suffix: str = "", hack_policy: str = "keep"):
-    """A new container of the demo task (or its variant), the agent's bash commands, submit -> (reward, info)."""
-    env.reset(options={"task_id": env.tasks[0].instance_id + task_suffix})
-    for command in commands:
-        obs, _, _, _, info = env.step(ToolCall(name="bash", arguments={"command": command}))
-        assert "error" not in info, obs
-    env.hack_policy = hack_policy
-    try:
-        _, reward, terminated, _, info = env.step(ToolCall(name="submit"))
-    finally:
-        env.hack_policy = "keep"
-    assert terminated
-    return reward, info
 
 
 def appended_to_package(code: str) -> str:
@@ -239,7 +220,7 @@ def test_a_file_the_test_patch_adds_is_graded_and_nothing_may_block_it(env):
     reward, info = episode(env, "mkdir -p toolz/test_nth_again.py && echo x > toolz/test_nth_again.py/x",
                            task_suffix=TEST_PATCH)
     assert reward == 0.0 and info["tests"][NEW_F2P] == "failed", info["reason"]
-    assert {x.path: x.reason for x in info["left_out"]} == {
+    assert left(info) == {
         "toolz/test_nth_again.py/x": "under toolz/test_nth_again.py, a test file of the task"}
     rewrite = textwrap.dedent('''
         import os as _os
