@@ -34,6 +34,9 @@ _RUNNER_WORDS = re.compile(r"(?i)(?<![A-Za-z0-9])(_?pytest\w*|py\.test|unittest|
                            r"<\s*/?\s*(?:testsuites?|testcase|failure)\b|\bfailures=[\"']")
 # Where a process learns its own command line (the private report path), open files or another process's.
 _PROC = re.compile(r"^/proc(?:/|$)|(?<![A-Za-z0-9_])cmdline(?![A-Za-z0-9_])")
+# A module pytest collects as a test module (its default python_files) or a conftest: library code that
+# imports one can replace its tests before pytest collects them.
+_TEST_MODULE = re.compile(r"^(?:test_\w*|\w+_test|conftest)$")
 _OS_ALIASES = frozenset({"posix", "nt"})  # os re-exports these modules' functions (posix._exit is os._exit)
 _TEST_PATH = re.compile(r"^(tests?|testing)$|(^|[/\\])tests?[/\\]|(^|[/\\])test_\w+\.py\b|\w+_test\.py\b")
 _CALLS = {
@@ -151,6 +154,15 @@ class _ConstantAttributes(ast.NodeTransformer):
         return node
 
 
+def _test_module(dotted: str) -> bool:
+    """A dotted module name with a component pytest collects as a test module, or a conftest."""
+    return any(_TEST_MODULE.match(part) for part in dotted.split("."))
+
+
+def _test_name(name: str | None) -> bool:
+    return bool(name) and (name.startswith("test_") or name.startswith("Test"))
+
+
 def _namespace(node: ast.AST) -> bool:
     """``x.__dict__`` or ``vars(x)``: an object's attributes as a dict."""
     return (isinstance(node, ast.Attribute) and node.attr == "__dict__") or (
@@ -226,6 +238,8 @@ def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, st
                     add(node, f"imports the test framework {alias.name}")
                 elif top in ("ctypes", "builtins", "atexit", *_OS_ALIASES):
                     add(node, f"imports {top}")
+                elif _test_module(alias.name):
+                    add(node, f"imports the test module {alias.name}")
         elif isinstance(node, ast.ImportFrom):
             top = (node.module or "").split(".")[0]
             for alias in node.names:
@@ -234,6 +248,8 @@ def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, st
                 add(node, f"imports the test framework {node.module}")
             elif node.level == 0 and top in ("ctypes", "builtins", "atexit", *_OS_ALIASES):
                 add(node, f"imports {top}")
+            elif _test_module(node.module or "") or any(_test_module(a.name) for a in node.names):
+                add(node, f"imports the test module {node.module or '.'}")
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("pytest_"):
             add(node, f"defines the pytest hook {node.name}")
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node in top_level \
@@ -243,8 +259,10 @@ def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, st
             add(node, "defines __eq__/__ne__ that answer the same for anything (an object equal to every expected "
                       "value)")
         elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store) and _namespace(node.value) \
-                and _literal_str(node.slice) in _STORED_ATTRS:
-            add(node, _STORED_ATTRS[_literal_str(node.slice)] + " (through the object's __dict__)")
+                and (_literal_str(node.slice) in _STORED_ATTRS or _test_name(_literal_str(node.slice))):
+            key = _literal_str(node.slice)
+            add(node, _STORED_ATTRS[key] + " (through the object's __dict__)" if key in _STORED_ATTRS
+                else f"replaces {key} (a test function or class) through an object's __dict__")
         elif isinstance(node, ast.Call):
             name = _dotted(node.func)
             if isinstance(node.func, ast.Attribute) and (
@@ -253,6 +271,8 @@ def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, st
                 names = [k.arg for k in node.keywords] + [_literal_str(a) for a in node.args]
                 for key in sorted({n for n in names if n in _STORED_ATTRS}):
                     add(node, _STORED_ATTRS[key] + f" (through {node.func.attr})")
+                for key in sorted({n for n in names if _test_name(n)}):
+                    add(node, f"replaces {key} (a test function or class) through {node.func.attr}")
             head, _, rest = name.partition(".")
             resolved = f"{aliases.get(head, head)}.{rest}" if rest else aliases.get(head, head)
             module, _, attr = resolved.rpartition(".")
@@ -266,12 +286,15 @@ def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, st
                     and _literal_str(node.args[1]) is None \
                     and aliases.get(_dotted(node.args[0]), _dotted(node.args[0])) in _DYNAMIC_ATTR_MODULES:
                 add(node, f"{name} of an attribute of {_dotted(node.args[0])} named at run time")
-            if name in ("__import__", "importlib.import_module", "import_module") and node.args:
+            if (name in ("__import__", "import_module") or resolved in ("importlib.import_module", "importlib.__import__",
+                                                                      "builtins.__import__")) and node.args:
                 target = _const_str(node.args[0])
                 if target is None:
                     add(node, "imports a module named at run time")
                 elif target.split(".")[0] in frameworks:
                     add(node, f"imports the test framework {target}")
+                elif _test_module(target):
+                    add(node, f"imports the test module {target}")
             for keyword in node.keywords:
                 off = isinstance(keyword.value, ast.Constant) and (
                     keyword.value.value is None if keyword.arg == "process_group" else not keyword.value.value)
@@ -287,6 +310,9 @@ def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, st
                 add(node, "replaces sys.path")
             if node.attr in ("f_back", "f_globals", "f_locals", "tb_frame", "gi_frame"):
                 add(node, "inspects the call stack")
+            if isinstance(node.ctx, ast.Store) and (node.attr.startswith("test_") or node.attr.startswith("Test")) \
+                    and base not in ("self", "cls"):
+                add(node, f"replaces {base or 'an object'}.{node.attr} (a test function or class of another module)")
             if isinstance(node.ctx, ast.Store) and node.attr in _STORED_ATTRS:
                 add(node, _STORED_ATTRS[node.attr])
             if isinstance(node.ctx, ast.Store) and (node.attr in _ASSERT_NAMES or base in ("builtins", "__builtins__")):
