@@ -24,6 +24,10 @@ Broke before the fix (reward 1.0 for a policy that left the bug in place):
   ``test_patch`` fail: ``GradingError``, reward None for the policy's doing -> the files the ``test_patch``
   creates are part of the graded tree (``graded_files.patch_creates_and_deletes``) and a path under a test file
   of the task is left out;
+- **a verbose test command past the output cap** (``-rA -v`` over 500 tests, ~250 KB): the sandbox closes the
+  pipe at 64 KiB, pytest died of a broken pipe mid-run, and the gold patch got 0.0 (a grader's limit scored as
+  the policy's failure) -> the run's output is drained through ``tail`` (``pytest_run.drained``), its exit
+  status kept;
 - **a file the checker could not walk**: a 1,000-term sum (CPython compiles it; the AST walk hits the recursion
   limit) made ``hack_check`` report nothing at all for its file -> such a file is a finding (so is one that does
   not parse with the grader's Python).
@@ -58,6 +62,20 @@ new file mode 100644
 +    assert nth(2, iter("ABCDE")) == "C"
 """
 
+VERBOSE = "-verbose"  # a verbose test command over 500 tests: about 250 KB of output, past the 64 KiB kept
+MANY_TESTS = """diff --git a/toolz/test_many.py b/toolz/test_many.py
+new file mode 100644
+--- /dev/null
++++ b/toolz/test_many.py
+@@ -0,0 +1,6 @@
++import pytest
++
++
++@pytest.mark.parametrize("i", range(500), ids=lambda i: f"{i}-" + "x" * 200)
++def test_many(i):
++    pass
+"""
+
 
 @pytest.fixture(scope="module")
 def env(task):
@@ -66,7 +84,10 @@ def env(task):
                         FAIL_TO_PASS=["toolz/tests/test_curried.py::test_merge", *task.FAIL_TO_PASS])
     with_test_patch = replace(task, instance_id=task.instance_id + TEST_PATCH, test_patch=NEW_TEST_FILE,
                               FAIL_TO_PASS=["toolz/tests/test_curried.py::test_merge", NEW_F2P])
-    environment = SWEEnv([task, two_files, with_test_patch], test_timeout=120)
+    verbose = replace(task, instance_id=task.instance_id + VERBOSE, test_patch=MANY_TESTS,
+                      test_command="python -m pytest -p no:cacheprovider -o addopts= -rA -v",
+                      PASS_TO_PASS=[f"toolz/test_many.py::test_many[{i}-{'x' * 200}]" for i in range(500)])
+    environment = SWEEnv([task, two_files, with_test_patch, verbose], test_timeout=120)
     yield environment
     environment.close()
 
@@ -255,6 +276,14 @@ def test_a_file_the_test_patch_adds_is_graded_and_nothing_may_block_it(env):
     ''')
     reward, info = episode(env, appended_to_package(rewrite), task_suffix=TEST_PATCH)
     assert reward == 0.0 and info["tests"][NEW_F2P] == "failed", info["reason"]  # locked: root's, read-only
+
+
+@pytest.mark.docker
+def test_a_verbose_test_run_past_the_output_cap_grades_the_fix(env):
+    """The sandbox stops reading output at the cap and closes the pipe: pytest died of a broken pipe mid-run
+    (exit 1, a partial report), so the gold patch got 0.0 (239 of 500 tests "missing"). Output is now drained."""
+    reward, info = episode(env, FIX, task_suffix=VERBOSE)
+    assert reward == 1.0 and info["grade"].exit_code == 0, info["reason"][:300]
 
 
 # --------------------------------------------------------------------------- held already: regressions
