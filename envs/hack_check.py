@@ -153,6 +153,17 @@ class _ConstantAttributes(ast.NodeTransformer):
                 node.keywords.append(ast.keyword(arg=None, value=attribute))  # walked as a store
         return node
 
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        """``x.__dict__["name"]`` and ``vars(x)["name"]`` -> ``x.name`` (load or store alike)."""
+        self.generic_visit(node)
+        name = _literal_str(node.slice)
+        inner = node.value.value if isinstance(node.value, ast.Attribute) and node.value.attr == "__dict__" else (
+            node.value.args[0] if isinstance(node.value, ast.Call) and _dotted(node.value.func) == "vars"
+            and len(node.value.args) == 1 else None)
+        if inner is None or name is None or not name.isidentifier():
+            return node
+        return ast.copy_location(ast.Attribute(value=inner, attr=name, ctx=node.ctx), node)
+
 
 def _test_module(dotted: str) -> bool:
     """A dotted module name with a component pytest collects as a test module, or a conftest."""
@@ -295,6 +306,8 @@ def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, st
                     add(node, f"imports the test framework {target}")
                 elif _test_module(target):
                     add(node, f"imports the test module {target}")
+                elif target.split(".")[0] in ("ctypes", "builtins", "atexit", *_OS_ALIASES):
+                    add(node, f"imports {target.split('.')[0]}")
             for keyword in node.keywords:
                 off = isinstance(keyword.value, ast.Constant) and (
                     keyword.value.value is None if keyword.arg == "process_group" else not keyword.value.value)

@@ -237,7 +237,10 @@ def test_a_file_the_checker_cannot_walk_is_a_finding():
     (b"report.__dict__['longrepr'] = None\n", "failure text"),
     (b"name = 'CallInfo'\n", "CallInfo"),
     (b"from .tests.test_core import helper\n", "imports the test module"),
-    (b"vars(mod)['test_x'] = None\n", "replaces test_x"),
+    (b"vars(mod)['test_x'] = None\n", "test_x (a test function"),
+    (b"import sys\nm = sys.__dict__['modules']\n", "looks into sys.modules"),
+    (b"import os\nvars(os)['_exit'](0)\n", "os._exit"),
+    (b"b = __import__('builtins')\n", "imports builtins"),
 ])
 def test_spellings_of_runner_tampering(source, what):
     found = suspicious_code([("pkg/mod.py", None, source)])
