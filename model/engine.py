@@ -27,6 +27,7 @@ engine runs on CPU too (no graphs; reference attention), which is how its tests 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -58,7 +59,9 @@ class StaticCache:
     captured CUDA graph stays valid.
     """
 
-    def __init__(self, model: MiniMaxForCausalLM, slots: int, max_seq_len: int) -> None:
+    def __init__(self, model: MiniMaxForCausalLM, slots: int, max_seq_len: int,
+                 kv_dtype: torch.dtype | None = None) -> None:
+        """``kv_dtype``: the keys' and values' dtype (default: the model's)."""
         c = model.config
         weight = model.lm_head.weight
         self.slots, self.max_seq_len = slots, max_seq_len
@@ -70,8 +73,8 @@ class StaticCache:
         self.states = torch.zeros(len(self.lightning_layers), slots, c.num_attention_heads, c.head_dim, c.head_dim,
                                   device=dev, dtype=torch.float32)
         kv_shape = (len(self.softmax_layers), slots, c.num_key_value_heads, max_seq_len, c.head_dim)
-        self.keys = torch.zeros(kv_shape, device=dev, dtype=weight.dtype)
-        self.values = torch.zeros(kv_shape, device=dev, dtype=weight.dtype)
+        self.keys = torch.zeros(kv_shape, device=dev, dtype=kv_dtype or weight.dtype)
+        self.values = torch.zeros(kv_shape, device=dev, dtype=kv_dtype or weight.dtype)
         self.lengths = torch.zeros(slots, device=dev, dtype=torch.int32)
         self.state_bytes_per_row = c.num_attention_heads * c.head_dim * c.head_dim * 4 * len(self.lightning_layers)
         self.kv_bytes_per_token = 2 * len(self.softmax_layers) * c.num_key_value_heads * c.head_dim * \
@@ -116,16 +119,37 @@ class SamplerEngine:
     """
 
     def __init__(self, model: MiniMaxForCausalLM, *, max_slots: int = 32, max_seq_len: int = 4096,
-                 cuda_graphs: bool = True, compile: bool | None = None) -> None:
+                 cuda_graphs: bool = True, compile: bool | None = None,
+                 autocast_dtype: torch.dtype | str | None = "auto") -> None:
         """``compile``: run the decode step through ``torch.compile`` (fuses its ~40 small ops per layer before
-        the graph is captured); default on CUDA unless ``LIGHTSWE_SAMPLER_COMPILE=0``. A step that fails to
-        compile falls back to the eager step (with a warning)."""
+        the graph is captured, keeping eager's bf16/fp16 rounding of every intermediate:
+        ``emulate_precision_casts``); default on CUDA unless ``LIGHTSWE_SAMPLER_COMPILE=0``. A step that fails
+        to compile falls back to the eager step (with a warning).
+
+        ``autocast_dtype``: the learner's mixed precision (``LearnerConfig.autocast_dtype``), which prefill and
+        decode reproduce: matrix products in this dtype, the residual stream, norms and MoE combination in fp32
+        (what ``torch.autocast`` does to fp32 master weights), the LM head in fp32. ``"auto"`` (default): the
+        weights' dtype when they are bf16/fp16 (a bf16 sampler copy of fp32 learner weights then computes what
+        the learner computes, up to the rounding of the embedding and norm weights), None for fp32 weights
+        (everything fp32). Pass ``torch.bfloat16`` with fp32 weights to sample as a bf16-autocast learner
+        scores (the stacked expert weights are kept in bf16; the other matrices are cast at every step).
+        Raises ValueError for another dtype."""
         if max_slots < 1 or max_seq_len < 2:
             raise ValueError(f"max_slots must be >= 1 and max_seq_len >= 2, got {max_slots}, {max_seq_len}")
         self.model, self.config = model, model.config
         weight = model.lm_head.weight
         self.device, self.dtype = weight.device, weight.dtype
-        self.cache = StaticCache(model, max_slots, max_seq_len)
+        if isinstance(autocast_dtype, str) and autocast_dtype != "auto":
+            autocast_dtype = getattr(torch, autocast_dtype, autocast_dtype)
+        if autocast_dtype == "auto":
+            autocast_dtype = self.dtype if self.dtype in (torch.bfloat16, torch.float16) else None
+        if autocast_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast_dtype must be None, 'auto', torch.bfloat16 or torch.float16, got "
+                             f"{autocast_dtype!r}")
+        self.autocast_dtype = autocast_dtype
+        self._regions = _REGIONS if autocast_dtype is None else {
+            name: _autocast_region(fn, self.device.type, autocast_dtype) for name, fn in _REGIONS.items()}
+        self.cache = StaticCache(model, max_slots, max_seq_len, kv_dtype=autocast_dtype)
         self.slots, self.max_seq_len = max_slots, max_seq_len
         dev, s = self.device, max_slots
         # Per-slot inputs and outputs of the decode step (static addresses for the graph).
@@ -147,6 +171,8 @@ class SamplerEngine:
             compile = self.device.type == "cuda" and os.environ.get("LIGHTSWE_SAMPLER_COMPILE", "1") != "0"
         self._step_fn = {}
         self.compile = compile
+        # inductor options: keep eager's bf16/fp16 rounding of every intermediate (the learner runs eagerly)
+        self.compile_options = {"emulate_precision_casts": True}
         if compile:  # one compiled graph per region and shape; layers and engines of other sizes add entries
             config = torch._dynamo.config
             name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
@@ -171,8 +197,9 @@ class SamplerEngine:
         self._w13, self._w2 = [], []
         for layer in self.model.model.layers:
             experts = layer.block_sparse_moe.experts
-            self._w13.append(torch.stack([torch.cat([e.w1.weight, e.w3.weight]) for e in experts]))
-            self._w2.append(torch.stack([e.w2.weight for e in experts]))
+            dtype = self.autocast_dtype or experts[0].w1.weight.dtype
+            self._w13.append(torch.stack([torch.cat([e.w1.weight, e.w3.weight]) for e in experts]).to(dtype))
+            self._w2.append(torch.stack([e.w2.weight for e in experts]).to(dtype))
 
     def _weight_pointers(self) -> tuple[int, ...]:
         return tuple(p.data_ptr() for p in self.model.parameters())
@@ -328,15 +355,16 @@ class SamplerEngine:
         prefill = model.new_cache(len(batch))
         cu = torch.tensor([0, *np.cumsum(prompt_lengths).tolist()], device=dev)
         flat = torch.tensor([t for r in batch for t in r.prompt], device=dev)[None]
-        hidden, _ = model.hidden_states(flat, cu, prefill)
+        with self._autocast(), self._fp32_residual():
+            hidden, _ = model.hidden_states(flat, cu, prefill)
         logits = model.logits(hidden[0, cu[1:] - 1])  # [n, vocab] fp32
         index = torch.tensor(slots, device=dev)
         for layer in cache.lightning_layers:
             cache.states[cache.index[layer], index] = prefill.lightning_state(layer)
         for layer in cache.softmax_layers:
             longest = max(prompt_lengths)
-            cache.keys[cache.index[layer], index, :, :longest] = prefill._keys[layer][:, :, :longest]
-            cache.values[cache.index[layer], index, :, :longest] = prefill._values[layer][:, :, :longest]
+            for store, prefilled in ((cache.keys, prefill._keys), (cache.values, prefill._values)):
+                store[cache.index[layer], index, :, :longest] = prefilled[layer][:, :, :longest].to(store.dtype)
         del prefill
         cache.lengths[index] = torch.tensor(prompt_lengths, device=dev, dtype=torch.int32)
         self.temperature[index] = torch.tensor([float(r.sampling.temperature) for r in batch], device=dev)
@@ -369,7 +397,8 @@ class SamplerEngine:
         kernels and the cache writes stay outside them), set up on first use; eager if compiling fails."""
         if self.compile and not self._step_fn:
             saved = [t.clone() for t in self._step_state()]
-            self._step_fn = {name: torch.compile(fn, dynamic=False) for name, fn in _REGIONS.items()}
+            self._step_fn = {name: torch.compile(fn, dynamic=False, options=self.compile_options)
+                             for name, fn in self._regions.items()}
             try:
                 self._decode(use_top_p)
             except Exception as err:  # noqa: BLE001 - an optimisation only: fall back to the eager step
@@ -382,13 +411,34 @@ class SamplerEngine:
         self._decode(use_top_p)
 
     def _region(self, name: str):
-        return self._step_fn.get(name, _REGIONS[name])
+        return self._step_fn.get(name, self._regions[name])
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The learner's mixed precision around the eager parts of prefill and decode (see ``__init__``)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
+
+    @contextlib.contextmanager
+    def _fp32_residual(self):
+        """While active (mixed precision only), the embedding returns fp32: the residual stream stays fp32
+        through the model's own forward (``hidden_states``), as under autocast with fp32 master weights."""
+        if self.autocast_dtype is None:
+            yield
+            return
+        hook = self.model.model.embed_tokens.register_forward_hook(lambda module, args, out: out.float())
+        try:
+            yield
+        finally:
+            hook.remove()
 
     def _decode(self, use_top_p: bool) -> None:
         """One token for every slot (inactive slots compute and are ignored); no host reads."""
         model, cache = self.model, self.cache
         positions = cache.lengths.long()  # the new token's position = tokens already cached
         x = model.model.embed_tokens(self.tokens)[:, None]  # [S, 1, hidden]
+        if self.autocast_dtype is not None:
+            x = x.float()  # the learner's residual stream under autocast
         write = positions.clamp(max=cache.max_seq_len - 1)
         rows = torch.arange(self.slots, device=self.device)
         for i, layer in enumerate(model.model.layers):
@@ -404,7 +454,8 @@ class SamplerEngine:
                 cache.keys[j, rows, :, write] = k
                 cache.values[j, rows, :, write] = v
                 o = decode_attention(q, cache.keys[j], cache.values[j], write + 1, 1.0 / math.sqrt(attn.head_dim))
-                a = attn.o_proj(o.reshape(self.slots, 1, -1))
+                with self._autocast():
+                    a = attn.o_proj(o.reshape(self.slots, 1, -1))
             x = self._region("block_tail")(layer, x, h, a, self._w13[i], self._w2[i])
         tokens, logprobs = self._region("head_sample")(model.model.norm, model.lm_head.weight, x, self.temperature,
                                                        self.top_p, self.noise, use_top_p)
@@ -527,6 +578,15 @@ def _record_values(active, count, out_tokens, out_logprobs, stops, max_new, fini
     done = active & ((tokens[:, None] == stops).any(-1) | (count >= max_new))
     return (out_tokens.scatter(1, col, keep_tokens[:, None]), out_logprobs.scatter(1, col, keep_logprobs[:, None]),
             count, finished | done, active & ~done, tokens)
+
+
+def _autocast_region(fn, device_type: str, dtype: torch.dtype):
+    """``fn`` under ``torch.autocast(device_type, dtype)`` (inside, so torch.compile traces the casts)."""
+    def region(*args):
+        with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
+            return fn(*args)
+    region.__name__ = region.__qualname__ = fn.__name__
+    return region
 
 
 _REGIONS = {"lightning_in": _lightning_in, "lightning_out": _lightning_out, "softmax_in": _softmax_in,
