@@ -12,8 +12,16 @@ import torch
 import triton
 import triton.language as tl
 
-DECODE_BV = 32
-DECODE_WARPS = 4
+# (minimum B * H, state slice width BV, warps per program). Measured on an H200 (do_bench, L2 flushed,
+# H=64, D=128; RESULTS.md): B=8 BV 32 / 2 warps 22.8 us, B=16 BV 64 / 2 warps 38.9 us, B=32 and 64
+# BV 64 / 8 warps 71.1 and 134.3 us; every (BV, warps) at B=8 lies within 22.8-25 us except BV 16 / 8 warps.
+DECODE_CONFIGS = ((0, 32, 2), (1024, 64, 2), (2048, 64, 8))
+
+
+def _decode_config(n_states: int, V: int) -> tuple[int, int]:
+    """The (BV, num_warps) of the last DECODE_CONFIGS row whose minimum B*H is <= n_states."""
+    bv, warps = next((bv, w) for lo, bv, w in reversed(DECODE_CONFIGS) if n_states >= lo)
+    return min(bv, V), warps
 
 
 @triton.jit
@@ -40,8 +48,7 @@ def lightning_attn_decode_triton(
     """q, k [B, H, K], v [B, H, V] contiguous; state [B, H, K, V] fp32 contiguous, updated in place."""
     B, H, K = q.shape
     V = v.shape[-1]
-    BV = min(DECODE_BV, V)
+    BV, warps = _decode_config(B * H, V)
     o = torch.empty_like(v)
-    _decode_kernel[(triton.cdiv(V, BV), B * H)](q, k, v, o, slope, state, H=H, K=K, V=V, BV=BV,
-                                                num_warps=DECODE_WARPS)
+    _decode_kernel[(triton.cdiv(V, BV), B * H)](q, k, v, o, slope, state, H=H, K=K, V=V, BV=BV, num_warps=warps)
     return o
