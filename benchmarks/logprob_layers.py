@@ -248,19 +248,23 @@ def main() -> None:
                 "fp32": (fp32, False)}
     start = time.perf_counter()
     if not args.skip_modes:
-        modes = [("bf16 copy, bf16 residual, compiled without emulate_precision_casts (before)", bf16, None, {}, cuda),
-                 ("bf16 copy, fp32 residual (default 'auto'), compiled", bf16, "auto", None, cuda),
-                 ("fp32 weights, autocast bf16, eager step", fp32, torch.bfloat16, None, False),
-                 ("fp32 weights, autocast bf16, compiled", fp32, torch.bfloat16, None, cuda),
-                 ("fp32 weights, fp32", fp32, None, None, False)]
+        modes = [  # name, weights, engine settings, inductor options (None: the engine's), compiled step
+            ("bf16 copy, bf16 residual, exact lightning decode, compiled without emulate_precision_casts (before)",
+             bf16, {"autocast_dtype": None, "lightning_decode": "exact"}, {}, cuda),
+            ("bf16 copy, fp32 residual (default 'auto')", bf16, {}, None, cuda),
+            ("fp32 weights, autocast bf16, exact lightning decode", fp32,
+             {"autocast_dtype": torch.bfloat16, "lightning_decode": "exact"}, None, cuda),
+            ("fp32 weights, autocast bf16 (chunk-form lightning decode)", fp32, {"autocast_dtype": torch.bfloat16},
+             None, cuda),
+            ("fp32 weights, fp32", fp32, {}, None, False)]
         print("sampler | " + " | ".join(f"{n}: mean (first, rest)" for n in learners))
-        for name, model, ac, options, compiled in modes:
-            engine = SamplerEngine(model, max_slots=8, max_seq_len=1024, autocast_dtype=ac, compile=compiled)
+        for name, model, settings, options, compiled in modes:
+            engine = SamplerEngine(model, max_slots=8, max_seq_len=1024, compile=compiled, **settings)
             if options is not None:
                 engine.compile_options = options
             gens = engine.generate(prompts, sampling)
             cells = []
-            for lname, (learner, autocast) in learners.items():
+            for learner, autocast in learners.values():
                 m, f, r = agreement(prompts, gens, score_all(learner, prompts, gens, autocast))
                 cells.append(f"{m:.2e} ({f:.1e}, {r:.2e})")
             print(f"{name} | " + " | ".join(cells) + f"   [{time.perf_counter() - start:.0f} s]", flush=True)

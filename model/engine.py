@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from lightswe.kernels.decode_attn import decode_attention
 from lightswe.kernels.lightning_attn import lightning_attn_decode
+from lightswe.kernels.lightning_attn.api import _use_triton
+from lightswe.kernels.lightning_attn.decode import LOG2E, lightning_attn_decode_chunk_form
 from lightswe.model.config import LIGHTNING, SOFTMAX
 from lightswe.model.generation import Generation, SamplingConfig
 from lightswe.model.layers import LightningAttention, SoftmaxAttention, rotary
@@ -49,6 +51,9 @@ if TYPE_CHECKING:
     from lightswe.model.model import MiniMaxForCausalLM
 
 MAX_STOPS = 8  # stop token ids per request
+# Chunk length of the learner's lightning forward (kernels/lightning_attn/chunk.py, the BT of its first config)
+# that the chunk-form decode step mirrors; its autotuner may pick 128 for some shapes (README: sampler section).
+CHUNK = 64
 
 
 class StaticCache:
@@ -60,8 +65,11 @@ class StaticCache:
     """
 
     def __init__(self, model: MiniMaxForCausalLM, slots: int, max_seq_len: int,
-                 kv_dtype: torch.dtype | None = None) -> None:
-        """``kv_dtype``: the keys' and values' dtype (default: the model's)."""
+                 kv_dtype: torch.dtype | None = None, chunk: int = 0) -> None:
+        """``kv_dtype``: the keys' and values' dtype (default: the model's). ``chunk`` > 0: the lightning layers
+        decode in the chunk kernel's form (``lightning_attn_decode_chunk_form``): ``states`` then hold each row's
+        state at the start of its current chunk, and chunk_keys, chunk_values [n_lightning_layers, slots, H,
+        chunk, D] (in ``kv_dtype``) the chunk's tokens so far."""
         c = model.config
         weight = model.lm_head.weight
         self.slots, self.max_seq_len = slots, max_seq_len
@@ -76,12 +84,17 @@ class StaticCache:
         self.keys = torch.zeros(kv_shape, device=dev, dtype=kv_dtype or weight.dtype)
         self.values = torch.zeros(kv_shape, device=dev, dtype=kv_dtype or weight.dtype)
         self.lengths = torch.zeros(slots, device=dev, dtype=torch.int32)
+        self.chunk = chunk
+        chunk_shape = (len(self.lightning_layers), slots, c.num_attention_heads, chunk, c.head_dim)
+        self.chunk_keys = torch.zeros(chunk_shape if chunk else 0, device=dev, dtype=self.keys.dtype)
+        self.chunk_values = torch.zeros(chunk_shape if chunk else 0, device=dev, dtype=self.keys.dtype)
         self.state_bytes_per_row = c.num_attention_heads * c.head_dim * c.head_dim * 4 * len(self.lightning_layers)
         self.kv_bytes_per_token = 2 * len(self.softmax_layers) * c.num_key_value_heads * c.head_dim * \
             self.keys.element_size()
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.states, self.keys, self.values))
+        return sum(t.numel() * t.element_size() for t in (self.states, self.keys, self.values, self.chunk_keys,
+                                                           self.chunk_values))
 
 
 @dataclass(kw_only=True, slots=True)
@@ -120,7 +133,7 @@ class SamplerEngine:
 
     def __init__(self, model: MiniMaxForCausalLM, *, max_slots: int = 32, max_seq_len: int = 4096,
                  cuda_graphs: bool = True, compile: bool | None = None,
-                 autocast_dtype: torch.dtype | str | None = "auto") -> None:
+                 autocast_dtype: torch.dtype | str | None = "auto", lightning_decode: str = "auto") -> None:
         """``compile``: run the decode step through ``torch.compile`` (fuses its ~40 small ops per layer before
         the graph is captured, keeping eager's bf16/fp16 rounding of every intermediate:
         ``emulate_precision_casts``); default on CUDA unless ``LIGHTSWE_SAMPLER_COMPILE=0``. A step that fails
@@ -133,7 +146,13 @@ class SamplerEngine:
         the learner computes, up to the rounding of the embedding and norm weights), None for fp32 weights
         (everything fp32). Pass ``torch.bfloat16`` with fp32 weights to sample as a bf16-autocast learner
         scores (the stacked expert weights are kept in bf16; the other matrices are cast at every step).
-        Raises ValueError for another dtype."""
+        Raises ValueError for another dtype.
+
+        ``lightning_decode``: ``"chunk"`` decodes the lightning layers in the form of the learner's chunk kernel
+        (``lightning_attn_decode_chunk_form``: its bf16 rounding of the state and of the in-chunk scores, chunks
+        counted from each sequence's start), ``"exact"`` with the fp32 recurrence (``lightning_attn_decode``);
+        ``"auto"`` (default): ``"chunk"`` where the learner's lightning attention runs the Triton kernels (CUDA)
+        and the inputs are bf16/fp16, else ``"exact"`` (the CPU reference is the fp32 recurrence itself)."""
         if max_slots < 1 or max_seq_len < 2:
             raise ValueError(f"max_slots must be >= 1 and max_seq_len >= 2, got {max_slots}, {max_seq_len}")
         self.model, self.config = model, model.config
@@ -149,7 +168,15 @@ class SamplerEngine:
         self.autocast_dtype = autocast_dtype
         self._regions = _REGIONS if autocast_dtype is None else {
             name: _autocast_region(fn, self.device.type, autocast_dtype) for name, fn in _REGIONS.items()}
-        self.cache = StaticCache(model, max_slots, max_seq_len, kv_dtype=autocast_dtype)
+        if lightning_decode not in ("auto", "chunk", "exact"):
+            raise ValueError(f"lightning_decode must be 'auto', 'chunk' or 'exact', got {lightning_decode!r}")
+        low = (autocast_dtype or self.dtype) in (torch.bfloat16, torch.float16)
+        if lightning_decode == "auto":  # mirror the learner's Triton chunk kernel where it runs
+            head_dim = self.config.head_dim
+            lightning_decode = "chunk" if low and _use_triton(weight[:0], (head_dim, head_dim)) else "exact"
+        self.lightning_decode = lightning_decode
+        self.cache = StaticCache(model, max_slots, max_seq_len, kv_dtype=autocast_dtype,
+                                 chunk=CHUNK if lightning_decode == "chunk" else 0)
         self.slots, self.max_seq_len = max_slots, max_seq_len
         dev, s = self.device, max_slots
         # Per-slot inputs and outputs of the decode step (static addresses for the graph).
@@ -355,12 +382,27 @@ class SamplerEngine:
         prefill = model.new_cache(len(batch))
         cu = torch.tensor([0, *np.cumsum(prompt_lengths).tolist()], device=dev)
         flat = torch.tensor([t for r in batch for t in r.prompt], device=dev)[None]
-        with self._autocast(), self._fp32_residual():
-            hidden, _ = model.hidden_states(flat, cu, prefill)
+        qkv = {}  # the lightning layers' silu(q | k | v) of the packed prompts (chunk form)
+        hooks = [model.model.layers[i].self_attn.qkv_proj.register_forward_hook(
+                 lambda module, args, out, i=i: qkv.__setitem__(i, out)) for i in cache.lightning_layers
+                 if cache.chunk]
+        try:
+            with self._autocast(), self._fp32_residual():
+                hidden, _ = model.hidden_states(flat, cu, prefill)
+        finally:
+            for hook in hooks:
+                hook.remove()
         logits = model.logits(hidden[0, cu[1:] - 1])  # [n, vocab] fp32
         index = torch.tensor(slots, device=dev)
         for layer in cache.lightning_layers:
-            cache.states[cache.index[layer], index] = prefill.lightning_state(layer)
+            j = cache.index[layer]
+            if cache.chunk:
+                attn = model.model.layers[layer].self_attn
+                _, k, v = F.silu(qkv.pop(layer)).view(-1, attn.num_heads, 3 * attn.head_dim).split(attn.head_dim, -1)
+                state, keys, values = chunk_start(k, v, attn.slope(dev), prompt_lengths, cache.chunk)
+                cache.states[j, index], cache.chunk_keys[j, index], cache.chunk_values[j, index] = state, keys, values
+            else:
+                cache.states[j, index] = prefill.lightning_state(layer)
         for layer in cache.softmax_layers:
             longest = max(prompt_lengths)
             for store, prefilled in ((cache.keys, prefill._keys), (cache.values, prefill._values)):
@@ -445,7 +487,12 @@ class SamplerEngine:
             attn = layer.self_attn
             if isinstance(attn, LightningAttention):
                 h, q, k, v = self._region("lightning_in")(layer, x)
-                o = lightning_attn_decode(q, k, v, attn.slope(self.device), cache.states[cache.index[i]])
+                j = cache.index[i]
+                if cache.chunk:
+                    o = lightning_attn_decode_chunk_form(q, k, v, attn.slope(self.device), cache.states[j],
+                                                         cache.chunk_keys[j], cache.chunk_values[j], cache.lengths)
+                else:
+                    o = lightning_attn_decode(q, k, v, attn.slope(self.device), cache.states[j])
                 a = self._region("lightning_out")(attn, h, o)
             else:
                 assert isinstance(attn, SoftmaxAttention)
@@ -486,8 +533,43 @@ class SamplerEngine:
 
     def _step_state(self) -> list[torch.Tensor]:
         c = self.cache
-        return [c.states, c.keys, c.values, c.lengths, self.tokens, self.active, self.count,
+        return [c.states, c.keys, c.values, c.chunk_keys, c.chunk_values, c.lengths, self.tokens, self.active, self.count,
                 self.finished, self.out_tokens, self.out_logprobs]
+
+
+def chunk_start(k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, lengths: list[int], chunk: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chunk-form decoding state of prefilled sequences, as the learner's chunk kernel has it.
+
+    k [T, H, D], v [T, H, Dv]: one lightning layer's keys and values of the packed sequences of ``lengths``;
+    slope [H]. For each sequence with A = its length rounded down to a multiple of ``chunk``: the state after
+    its first A tokens, S = sum_t 2^(b chunk (C-1-c_t)) round(k_t 2^(b (chunk-1-j_t)))^T v_t (token t in chunk
+    c_t at index j_t, C = A / chunk chunks, b = -slope log2 e, round() to k's dtype: chunk.py's
+    ``_fwd_kernel``), [N, H, D, Dv] fp32; and its last length - A keys and values, zero-padded to
+    [N, H, chunk, D] and [N, H, chunk, Dv] in k's dtype."""
+    device, dtype = k.device, k.dtype
+    with torch.autocast(device.type, enabled=False):
+        n, heads = len(lengths), k.shape[1]
+        starts = torch.tensor([0, *np.cumsum(lengths)[:-1].tolist()], device=device)[:, None]
+        aligned = torch.tensor([n_ // chunk * chunk for n_ in lengths], device=device)[:, None]  # [N, 1]
+        size = int(aligned.max())
+        state = torch.zeros(n, heads, k.shape[2], v.shape[2], device=device, dtype=torch.float32)
+        if size:
+            pos = torch.arange(size, device=device)[None]  # [1, A]
+            valid = pos < aligned
+            index = torch.where(valid, starts + pos, 0)
+            b = -slope.float() * LOG2E  # [H]
+            k_decay = torch.exp2(b * (chunk - 1 - pos % chunk)[..., None].float())  # [1, A, H]
+            kd = (k[index].float() * k_decay[..., None]).to(dtype).float()  # [N, A, H, D]
+            later = (aligned // chunk - 1 - pos // chunk).float()[..., None]  # chunks after the token's
+            weight = torch.where(valid[..., None], torch.exp2(b * chunk * later.clamp(min=0)), 0.0)
+            state = torch.einsum("nthk,nthv->nhkv", kd * weight[..., None], v[index].float())
+        pos = torch.arange(chunk, device=device)[None]
+        tail = pos < torch.tensor(lengths, device=device)[:, None] - aligned  # [N, chunk]
+        index = torch.where(tail, starts + aligned + pos, 0)
+        keys = torch.where(tail[..., None, None], k[index], 0).transpose(1, 2).contiguous()
+        values = torch.where(tail[..., None, None], v[index], 0).transpose(1, 2).contiguous()
+    return state, keys, values
 
 
 def _sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, noise: torch.Tensor,
