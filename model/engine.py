@@ -552,7 +552,7 @@ def chunk_start(k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, lengths: 
         n, heads = len(lengths), k.shape[1]
         starts = torch.tensor([0, *np.cumsum(lengths)[:-1].tolist()], device=device)[:, None]
         aligned = torch.tensor([n_ // chunk * chunk for n_ in lengths], device=device)[:, None]  # [N, 1]
-        size = int(aligned.max())
+        size = max(n_ // chunk * chunk for n_ in lengths)  # (no device sync)
         state = torch.zeros(n, heads, k.shape[2], v.shape[2], device=device, dtype=torch.float32)
         if size:
             pos = torch.arange(size, device=device)[None]  # [1, A]
