@@ -19,7 +19,13 @@ waits for Python.
 
 The sampled token's log-prob is the fp32 log-softmax of logits / temperature (before top-p; temperature 0:
 greedy, log-prob under the plain softmax), the same quantity ``MiniMaxForCausalLM.score(...,
-temperature=T)`` gives the learner.
+temperature=T)`` gives the learner. To make the two agree in bf16 (issue 16: mean |diff| <= 1e-3), the engine
+computes what the learner computes, not merely the same function: the learner's mixed precision
+(``autocast_dtype``: bf16 matrix products, fp32 residual stream, norms and MoE combination, fp32 head), the
+compiled regions with eager's intermediate rounding (inductor's ``emulate_precision_casts``), and the lightning
+layers in the chunk kernel's form (``lightning_attn_decode_chunk_form``: the learner's full-sequence kernel
+rounds its fp32 state and its in-chunk scores to bf16; a plain fp32 recurrence differs from it in ~20-40% of
+the output elements, the chunk form in <0.01%). ``benchmarks/logprob_layers.py`` shows where the rest comes from.
 
 The CPU path of ``lightswe.model.generate`` does not use this engine (its behaviour there is unchanged); the
 engine runs on CPU too (no graphs; reference attention), which is how its tests run in CI.
@@ -398,9 +404,11 @@ class SamplerEngine:
             j = cache.index[layer]
             if cache.chunk:
                 attn = model.model.layers[layer].self_attn
-                _, k, v = F.silu(qkv.pop(layer)).view(-1, attn.num_heads, 3 * attn.head_dim).split(attn.head_dim, -1)
+                qkv_heads = F.silu(qkv.pop(layer)).view(-1, attn.num_heads, 3 * attn.head_dim)
+                _, k, v = qkv_heads.split(attn.head_dim, -1)
                 state, keys, values = chunk_start(k, v, attn.slope(dev), prompt_lengths, cache.chunk)
-                cache.states[j, index], cache.chunk_keys[j, index], cache.chunk_values[j, index] = state, keys, values
+                cache.states[j, index] = state
+                cache.chunk_keys[j, index], cache.chunk_values[j, index] = keys, values
             else:
                 cache.states[j, index] = prefill.lightning_state(layer)
         for layer in cache.softmax_layers:
@@ -533,8 +541,8 @@ class SamplerEngine:
 
     def _step_state(self) -> list[torch.Tensor]:
         c = self.cache
-        return [c.states, c.keys, c.values, c.chunk_keys, c.chunk_values, c.lengths, self.tokens, self.active, self.count,
-                self.finished, self.out_tokens, self.out_logprobs]
+        return [c.states, c.keys, c.values, c.chunk_keys, c.chunk_values, c.lengths, self.tokens, self.active,
+                self.count, self.finished, self.out_tokens, self.out_logprobs]
 
 
 def chunk_start(k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, lengths: list[int], chunk: int
