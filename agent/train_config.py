@@ -31,7 +31,7 @@ from lightswe.agent.metrics import LogConfig
 from lightswe.agent.sampling import SamplerConfig
 from lightswe.agent.task_stream import TaskStreamConfig
 from lightswe.agent.warm_start import WarmStartConfig
-from lightswe.errors import UserInputError
+from lightswe.errors import need
 
 # Short on purpose: a byte-level tiny model reads every character of it at every step.
 SHORT_PROMPT = "One tool call per turn, e.g.\n{example}"
@@ -59,12 +59,6 @@ def _advantages_default() -> AdvantageConfig:
     # token, and one such update (7 successes, one wrong operator) destroyed the tiny model's tool-call format at
     # step 7 of a default run (seed 1). Costs the forward/backward of those rows; filter_equal=True skips them.
     return AdvantageConfig(filter_equal=False)
-
-
-def need(ok: bool, option: str, value, rule: str, fix: str) -> None:
-    """Raise ``UserInputError("--option VALUE: rule; fix: ...")`` unless ``ok``."""
-    if not ok:
-        raise UserInputError(f"{option} {value!r}: {rule}; fix: {fix}")
 
 
 @dataclass(kw_only=True, slots=True)
