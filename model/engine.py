@@ -137,6 +137,20 @@ class SamplerEngine:
     next run starts (the CUDA graphs are captured again).
     """
 
+    @staticmethod
+    def resolve_autocast(autocast_dtype: torch.dtype | str | None, weight_dtype: torch.dtype) -> torch.dtype | None:
+        """The mixed precision an ``autocast_dtype`` argument means for weights of ``weight_dtype`` (see
+        ``__init__``): ``"auto"`` is the weights' dtype when bf16/fp16, else None; a name such as ``"bfloat16"``
+        is that torch dtype. Raises ValueError for anything but None, bf16 or fp16."""
+        if isinstance(autocast_dtype, str) and autocast_dtype != "auto":
+            autocast_dtype = getattr(torch, autocast_dtype, autocast_dtype)
+        if autocast_dtype == "auto":
+            autocast_dtype = weight_dtype if weight_dtype in (torch.bfloat16, torch.float16) else None
+        if autocast_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast_dtype must be None, 'auto', torch.bfloat16 or torch.float16, got "
+                             f"{autocast_dtype!r}")
+        return autocast_dtype
+
     def __init__(self, model: MiniMaxForCausalLM, *, max_slots: int = 32, max_seq_len: int = 4096,
                  cuda_graphs: bool = True, compile: bool | None = None,
                  autocast_dtype: torch.dtype | str | None = "auto", lightning_decode: str = "auto") -> None:
@@ -164,14 +178,7 @@ class SamplerEngine:
         self.model, self.config = model, model.config
         weight = model.lm_head.weight
         self.device, self.dtype = weight.device, weight.dtype
-        if isinstance(autocast_dtype, str) and autocast_dtype != "auto":
-            autocast_dtype = getattr(torch, autocast_dtype, autocast_dtype)
-        if autocast_dtype == "auto":
-            autocast_dtype = self.dtype if self.dtype in (torch.bfloat16, torch.float16) else None
-        if autocast_dtype not in (None, torch.bfloat16, torch.float16):
-            raise ValueError(f"autocast_dtype must be None, 'auto', torch.bfloat16 or torch.float16, got "
-                             f"{autocast_dtype!r}")
-        self.autocast_dtype = autocast_dtype
+        self.autocast_dtype = autocast_dtype = self.resolve_autocast(autocast_dtype, self.dtype)
         self._regions = _REGIONS if autocast_dtype is None else {
             name: _autocast_region(fn, self.device.type, autocast_dtype) for name, fn in _REGIONS.items()}
         if lightning_decode not in ("auto", "chunk", "exact"):

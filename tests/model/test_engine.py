@@ -256,3 +256,24 @@ def test_mixed_precision_follows_the_autocast_learner(tiny_config):
         SamplerEngine(model, max_slots=1, max_seq_len=8, autocast_dtype=torch.float64)
     with pytest.raises(ValueError, match="lightning_decode"):
         SamplerEngine(model, max_slots=1, max_seq_len=8, lightning_decode="fast")
+
+
+def test_engine_for_and_model_policy_sample_with_the_learners_mixed_precision(tiny_config):
+    """The training loop passes ``LearnerConfig.autocast_dtype`` to ModelPolicy: the cached engine is rebuilt for
+    another mixed precision, reused for the same one, and a bad dtype is refused in one line."""
+    from lightswe.agent.policies.base import SamplingParams
+    from lightswe.agent.policies.model import ModelPolicy
+    from lightswe.model.generation import engine_for
+
+    model = random_model(tiny_config)
+    fp32 = engine_for(model, 2, 40)
+    assert fp32.autocast_dtype is None
+    bf16 = engine_for(model, 2, 40, autocast_dtype="bfloat16")
+    assert bf16 is not fp32 and bf16.autocast_dtype is torch.bfloat16
+    assert engine_for(model, 2, 40, autocast_dtype=torch.bfloat16) is bf16
+    with pytest.raises(ValueError, match="autocast_dtype"):
+        engine_for(model, 2, 40, autocast_dtype="float64")
+
+    policy = ModelPolicy(model, max_batch=2, continuous=True, autocast_dtype="bfloat16")
+    tokens, logprobs = policy.generate(PROMPTS[0], SamplingParams(max_new_tokens=4, temperature=0.0))
+    assert len(tokens) == len(logprobs) == 4 and model._sampler_engine.autocast_dtype is torch.bfloat16
