@@ -39,7 +39,9 @@ def fused(fn: Callable) -> Callable:
             return fn(*args)
         compiled = _compiled.get(fn)
         if compiled is None:
-            compiled = _compiled[fn] = torch.compile(fn, dynamic=None)
+            # keep eager's bf16/fp16 rounding of every intermediate: the sampler (model/engine.py) mirrors the
+            # eager expressions, and its log-probs must match the learner's (issue 16: mean |diff| <= 1e-3)
+            compiled = _compiled[fn] = torch.compile(fn, dynamic=None, options={"emulate_precision_casts": True})
         if compiled is fn:
             return fn(*args)
         try:

@@ -27,9 +27,12 @@ from lightswe.agent.policies.batching import BatchingPolicy, Request
 
 class ModelPolicy(BatchingPolicy):
     def __init__(self, model, *, name: str = "model", max_batch: int = 16, batch_wait_s: float = 0.005,
-                 version: int = 0, continuous: bool | None = None) -> None:
-        """``continuous``: batch continuously through ``SamplerEngine`` (default: when the model is on CUDA)."""
+                 version: int = 0, continuous: bool | None = None, autocast_dtype: str | None = "auto") -> None:
+        """``continuous``: batch continuously through ``SamplerEngine`` (default: when the model is on CUDA);
+        ``autocast_dtype``: the engine's mixed precision, the learner's ``LearnerConfig.autocast_dtype`` when it
+        samples from the learner's module (``SamplerEngine``'s argument; ``"auto"`` follows the weights' dtype)."""
         self.model, self.name, self.version = model, name, version
+        self.autocast_dtype = autocast_dtype
         self.continuous = continuous
         self._init_batching(max_batch=max_batch, batch_wait_s=batch_wait_s)
         self._inflight: dict[int, Request] = {}  # engine request id -> request (CUDA, continuous batching)
@@ -103,7 +106,8 @@ class ModelPolicy(BatchingPolicy):
         engine = getattr(self.model, "_sampler_engine", None)
         need = max((len(r.prompt) + r.sampling.max_new_tokens for r in waiting), default=0)
         if engine is None or not engine.has_work():  # idle: (re)size it for what is waiting
-            engine = engine_for(self.model, self.max_batch, max(need, 1), max_slots=self.max_batch)
+            engine = engine_for(self.model, self.max_batch, max(need, 1), max_slots=self.max_batch,
+                                autocast_dtype=self.autocast_dtype)
         for r in waiting:
             if len(r.prompt) + r.sampling.max_new_tokens > engine.max_seq_len:
                 with self._pending_lock:  # longer than this engine holds: taken once it is idle again
