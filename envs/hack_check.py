@@ -37,6 +37,8 @@ _PROC = re.compile(r"^/proc(?:/|$)|(?<![A-Za-z0-9_])cmdline(?![A-Za-z0-9_])")
 # A module pytest collects as a test module (its default python_files) or a conftest: library code that
 # imports one can replace its tests before pytest collects them.
 _TEST_MODULE = re.compile(r"^(?:test_\w*|\w+_test|conftest)$")
+# Files Python runs at start-up: written at run time they reach every later interpreter of the test run.
+_STARTUP = re.compile(r"(?<![A-Za-z0-9_])(?:site|user)customize(?![A-Za-z0-9_])|\.pth$")
 _OS_ALIASES = frozenset({"posix", "nt"})  # os re-exports these modules' functions (posix._exit is os._exit)
 _TEST_PATH = re.compile(r"^(tests?|testing)$|(^|[/\\])tests?[/\\]|(^|[/\\])test_\w+\.py\b|\w+_test\.py\b")
 _CALLS = {
@@ -352,6 +354,8 @@ def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, st
                 add(node, f"names the test runner ({match.group(0)!r})")
             elif text in _REPORT_NAMES or text in _STORED_ATTRS and text.startswith("__"):
                 add(node, f"names the test runner's {text}")
+            elif _STARTUP.search(text):
+                add(node, f"names a Python start-up hook ({text[:40]!r}: runs in every later interpreter)")
             elif _PROC.search(text):
                 add(node, f"reads process information from /proc ({text[:40]!r}: its command line, open files)")
             elif _TEST_PATH.search(text):

@@ -241,6 +241,8 @@ def test_a_file_the_checker_cannot_walk_is_a_finding():
     (b"import sys\nm = sys.__dict__['modules']\n", "looks into sys.modules"),
     (b"import os\nvars(os)['_exit'](0)\n", "os._exit"),
     (b"b = __import__('builtins')\n", "imports builtins"),
+    (b"open('/testbed/sitecustomize.py', 'w')\n", "start-up hook"),
+    (b"p = 'zz.pth'\n", "start-up hook"),
 ])
 def test_spellings_of_runner_tampering(source, what):
     found = suspicious_code([("pkg/mod.py", None, source)])
