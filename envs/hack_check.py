@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import re
+import textwrap
 from collections import Counter
 from collections.abc import Collection, Iterable
 
@@ -209,7 +210,7 @@ UNPARSED = "cannot be checked: it does not parse with the grader's Python"
 TOO_DEEP = "cannot be checked: nested deeper than the checker walks (e.g. a chain of thousands of operators)"
 
 
-def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tuple[int, str]]:
+def findings(source: bytes | str, own_modules: Collection[str] = (), depth: int = 0) -> list[tuple[int, str]]:
     """``(line, what)`` for each runner-reactive construct in ``source``.
 
     ``own_modules``: top-level names the repository itself provides (a test framework's own repository may
@@ -225,12 +226,30 @@ def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tup
     except (RecursionError, MemoryError):
         return [(0, TOO_DEEP)]
     try:
-        return _findings(_ConstantAttributes().visit(tree), own_modules)
+        return _findings(_ConstantAttributes().visit(tree), own_modules, depth)
     except RecursionError:
         return [(0, TOO_DEEP)]
 
 
-def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, str]]:
+_CODE_HINT = re.compile(r"(?m)^\s*(?:import |from \S+ import |def |class |for |while |if |try:|with )|[;\n]")
+
+
+def _embedded(text: str, own_modules: Collection[str], depth: int) -> list[str]:
+    """What ``findings`` reports for Python code held in a string (written to a file and imported, or run):
+    empty for a string that is not code."""
+    if depth >= 2 or not _CODE_HINT.search(text):
+        return []
+    try:
+        tree = ast.parse(textwrap.dedent(text))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    try:
+        return [what for _, what in _findings(_ConstantAttributes().visit(tree), own_modules, depth + 1)]
+    except RecursionError:
+        return [TOO_DEEP]
+
+
+def _findings(tree: ast.AST, own_modules: Collection[str], depth: int = 0) -> list[tuple[int, str]]:
     frameworks = FRAMEWORKS - set(own_modules)
     skip_strings, guarded = _docstrings(tree), _main_guarded(tree)
     found: list[tuple[int, str]] = []
@@ -348,6 +367,8 @@ def _findings(tree: ast.AST, own_modules: Collection[str]) -> list[tuple[int, st
         elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)) \
                 and id(node) not in skip_strings:
             text = node.value if isinstance(node.value, str) else node.value.decode("latin-1")  # b"<failure" too
+            for what in _embedded(text, own_modules, depth):  # code kept in a string hides from the walk
+                add(node, f"{what} (in Python code held in a string)")
             match = _RUNNER_WORDS.search(text)
             if match and match.group(1 if match.group(1) else 0).split(".")[0].lower().lstrip("_") \
                     not in {m.lstrip("_") for m in own_modules}:
