@@ -174,7 +174,7 @@ def _test_module(dotted: str) -> bool:
 
 
 def _test_name(name: str | None) -> bool:
-    return bool(name) and (name.startswith("test_") or name.startswith("Test"))
+    return bool(name) and name.startswith(("test_", "Test"))
 
 
 def _namespace(node: ast.AST) -> bool:
@@ -344,7 +344,7 @@ def _findings(tree: ast.AST, own_modules: Collection[str], depth: int = 0) -> li
                 add(node, "replaces sys.path")
             if node.attr in ("f_back", "f_globals", "f_locals", "tb_frame", "gi_frame"):
                 add(node, "inspects the call stack")
-            if isinstance(node.ctx, ast.Store) and (node.attr.startswith("test_") or node.attr.startswith("Test")) \
+            if isinstance(node.ctx, ast.Store) and _test_name(node.attr) \
                     and base not in ("self", "cls"):
                 add(node, f"replaces {base or 'an object'}.{node.attr} (a test function or class of another module)")
             if isinstance(node.ctx, ast.Store) and node.attr in _STORED_ATTRS:
