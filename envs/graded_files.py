@@ -12,7 +12,8 @@ lost. Left out:
   ``[tool.pytest...]`` tables of ``pyproject.toml`` (the rest of those files is graded: the sections are put
   back as the base has them, checked with ``configparser``/``tomllib``; a file whose sections cannot be
   separated is left out whole; ``setup.cfg`` is also read with ``iniconfig``, pytest's own parser, which
-  splits lines where ``configparser`` does not);
+  splits lines where ``configparser`` does not), and the repository scripts the task's test command runs
+  (``bin/test``, ``./tests/runtests.py``: rows graded from the runner's log would believe its output);
 - what Python runs at start-up or import time without being imported by name: ``sitecustomize.py``,
   ``usercustomize.py``, ``*.pth``;
 - package metadata (``*.dist-info``, ``*.egg-info``, ``*.egg-link``, ``entry_points.txt``, ``PKG-INFO``),
@@ -35,7 +36,9 @@ lost. Left out:
 from __future__ import annotations
 
 import configparser
+import posixpath
 import re
+import shlex
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
@@ -70,6 +73,28 @@ class Scope:
     test_paths: frozenset[str]
     test_dirs: tuple[str, ...]
     outside_modules: frozenset[str] = RUNNER_MODULES
+    runner_scripts: frozenset[str] = frozenset()  # repository scripts the test command runs (sympy's bin/test)
+
+
+def command_scripts(command: str) -> set[str]:
+    """Repository-relative files a shell test command names (``bin/test``, ``./tests/runtests.py``,
+    ``python run_tests.py``): the runner reads them, and for rows graded from the log (SWE-bench's parsers)
+    an edited runner could print passing lines for tests that never ran. Options, ``KEY=VALUE`` assignments,
+    absolute paths and words without a ``/`` or ``.py`` are not files of the repository."""
+    try:
+        words = shlex.split(command, comments=True)
+    except ValueError:
+        words = command.split()
+    found = set()
+    for word in words:
+        word = word.split("::", 1)[0]  # a pytest node id names its file
+        if word.startswith(("-", "/", "$", "~")) or "=" in word:
+            continue
+        if "/" in word or word.endswith(".py"):
+            path = posixpath.normpath(word)
+            if not path.startswith("..") and path != ".":
+                found.add(path)
+    return found
 
 
 def patch_paths(patch: str) -> set[str]:
@@ -118,7 +143,8 @@ def task_scope(instance, outside_modules: Iterable[str] = ()) -> Scope:
                 dirs.add(str(parent))
                 break
     return Scope(test_paths=frozenset(paths), test_dirs=tuple(sorted(dirs)),
-                 outside_modules=frozenset(outside_modules) | RUNNER_MODULES)
+                 outside_modules=frozenset(outside_modules) | RUNNER_MODULES,
+                 runner_scripts=frozenset(command_scripts(getattr(instance, "test_command", "") or "")))
 
 
 # ------------------------------------------------------------------------ test-runner sections of config files
@@ -241,6 +267,8 @@ def _reason(change: Change, scope: Scope, tree_paths: Collection[str], max_file_
         return "a path git refuses to record (a component git reads as .git)"
     if path in scope.test_paths:
         return "a test file of the task"
+    if path in scope.runner_scripts:
+        return "a script the task's test command runs (the test runner)"
     for folder in scope.test_dirs:
         if path.startswith(folder + "/"):
             return f"in the task's test directory {folder}/"
