@@ -40,6 +40,11 @@ _PROC = re.compile(r"^/proc(?:/|$)|(?<![A-Za-z0-9_])cmdline(?![A-Za-z0-9_])")
 _TEST_MODULE = re.compile(r"^(?:test_\w*|\w+_test|conftest)$")
 # Files Python runs at start-up: written at run time they reach every later interpreter of the test run.
 _STARTUP = re.compile(r"(?<![A-Za-z0-9_])(?:site|user)customize(?![A-Za-z0-9_])|\.pth$")
+# A line of a test runner's log as SWE-bench's parsers read it (pytest -rA summary, unittest/Django verbose,
+# sympy's bin/test): graded code that prints one could pass a test in rows graded from the log.
+_VERDICT_LINE = re.compile(r"(?m)(?:^|\s)(?:PASSED|FAILED|ERROR|XFAIL|XPASS|SKIPPED)\s+\S+::|"
+                           r"\btest\w*(?:\s+\([\w.]+\))?\s*\.\.\.\s*(?:ok|FAIL|ERROR|skipped)\b|"
+                           r"^\s*test_\w+\s+(?:ok|F|E|f|s)\s*$")
 _OS_ALIASES = frozenset({"posix", "nt"})  # os re-exports these modules' functions (posix._exit is os._exit)
 _TEST_PATH = re.compile(r"^(tests?|testing)$|(^|[/\\])tests?[/\\]|(^|[/\\])test_\w+\.py\b|\w+_test\.py\b")
 _CALLS = {
@@ -377,6 +382,8 @@ def _findings(tree: ast.AST, own_modules: Collection[str], depth: int = 0) -> li
                 add(node, f"names the test runner's {text}")
             elif _STARTUP.search(text):
                 add(node, f"names a Python start-up hook ({text[:40]!r}: runs in every later interpreter)")
+            elif _VERDICT_LINE.search(text):
+                add(node, f"writes a test runner's verdict line ({text[:60]!r}: what log parsers read)")
             elif _PROC.search(text):
                 add(node, f"reads process information from /proc ({text[:40]!r}: its command line, open files)")
             elif _TEST_PATH.search(text):

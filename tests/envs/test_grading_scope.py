@@ -248,3 +248,20 @@ def test_an_edited_runner_script_is_left_out():
                                 read_base=lambda p: base[p])
     assert [c.path for c in kept] == ["sympy/core/basic.py"]
     assert [(x.path, x.reason) for x in left] == [("bin/test", "a script the task's test command runs (the test runner)")]
+
+
+@pytest.mark.parametrize("source", [
+    "print('test_nth ... ok')\n",  # unittest / Django verbose, read by SWE-bench's Django parser
+    "import sys\nsys.stdout.write('test_x (utils.tests.T) ... ok\\n')\n",
+    "print('PASSED tests/test_a.py::test_x')\n",  # pytest -rA summary line
+    "print('    test_basic ok')\n",  # sympy bin/test
+])
+def test_printed_verdict_lines_are_flagged(source):
+    """Rows graded from the runner's log: graded code that prints a passing line could pass a test unrun."""
+    assert any("verdict line" in w for _, w in findings(source)), findings(source)
+
+
+@pytest.mark.parametrize("source", ["print('all tests passed')\n", "log('FAILED to open file')\n",
+                                    "msg = 'running the suite ... done'\n"])
+def test_ordinary_status_messages_are_not_verdict_lines(source):
+    assert not any("verdict line" in w for _, w in findings(source)), findings(source)
