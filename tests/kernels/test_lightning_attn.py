@@ -99,7 +99,7 @@ def test_bf16_forward_backward(length, with_states):
     check_against_reference(q, k, v, slope, h0, None, use_final_state=with_states)
 
 
-@pytest.mark.parametrize("layer", [0, 40, 79], ids=lambda l: f"layer{l}")
+@pytest.mark.parametrize("layer", [0, 40, 79], ids=lambda n: f"layer{n}")
 def test_fp32_forward_backward(layer):
     q, k, v, gen = inputs(2, 500, torch.float32, seed=layer)
     slope = minimax_slopes(HEADS, layer=layer, layers=80)
