@@ -35,3 +35,21 @@ class UserInputError(LightSWEError, ValueError):
 
 class ActionError(LightSWEError, ValueError):
     """The policy's action cannot be carried out (malformed tool call, bad argument); the message is the observation."""
+
+
+def need(ok: bool, option: str, value: object, rule: str, fix: str) -> None:
+    """Raise ``UserInputError("OPTION VALUE: RULE; fix: FIX")`` unless ``ok``: the one shape of a validation message.
+
+    Used by every config's ``__post_init__`` (``lightswe train``'s, ``rollout``/``eval``'s, the model's), so a bad
+    value always names the setting, what came (its ``repr``), the rule it broke and the fix, on one line.
+
+    Example::
+
+        need(steps >= 1, "--steps", steps, "must be >= 1", "e.g. --steps 10")
+        # UserInputError: --steps 0: must be >= 1; fix: e.g. --steps 10
+
+    Raises:
+        UserInputError: when ``ok`` is false.
+    """
+    if not ok:
+        raise UserInputError(f"{option} {value!r}: {rule}; fix: {fix}")

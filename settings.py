@@ -174,18 +174,51 @@ def _norm(name: str) -> str:
     return name.strip().lstrip("-").replace("-", "_")
 
 
+def allowed_keys(allow: tuple[str, ...] | list[str], keys, shortcuts: dict[str, str] | None = None) -> set[str]:
+    """The dotted setting keys that ``--allow-change`` names select, out of ``keys`` (a config's flattened keys).
+
+    Each name is one of: an exact dotted key (``learner.lr``, ``steps``; dashes or a leading ``--`` are fine:
+    ``--warm-start.steps``); a shortcut of the command (``lr`` or ``--lr`` for ``learner.lr``); or a glob in
+    :mod:`fnmatch` syntax (``learner.*``, ``*.lr``). A bare last part no longer selects every key of that name:
+    ``lr`` is ``learner.lr`` through its shortcut, never ``warm_start.lr``.
+
+    Raises:
+        UserInputError: a name (or glob) that selects no key; the message names the close ones and every valid key.
+    """
+    import fnmatch
+
+    keys = sorted(keys)
+    long_of = {_norm(short): _norm(long) for short, long in (shortcuts or {}).items()}
+    selected: set[str] = set()
+    for raw in allow:
+        name = long_of.get(_norm(raw), _norm(raw))
+        hits = fnmatch.filter(keys, name) if any(c in name for c in "*?[") else [name] if name in keys else []
+        if not hits:
+            last = name.rsplit(".", 1)[-1]  # a bare last part: the keys that end in it (or close to it)
+            close = [k for k in keys if difflib.get_close_matches(last, [k.rsplit(".", 1)[-1]], cutoff=0.75)]
+            close = list(dict.fromkeys(difflib.get_close_matches(name, keys, n=3, cutoff=0.6) + close))[:6]
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise UserInputError(f"--allow-change {raw!r}: no setting of this command has that name; fix: {hint}name "
+                                 f"dotted keys or a glob such as 'learner.*' (keys: {', '.join(keys)})")
+        selected.update(hits)
+    return selected
+
+
 def check_resume(folder: Path, cfg, *, allow: tuple[str, ...] = (), free: frozenset[str] | set[str] = frozenset(),
                  shortcuts: dict[str, str] | None = None, command: str) -> None:
     """Refuse to continue a run in ``folder`` with settings other than those in its ``config.json``.
 
     ``free``: dotted settings that may always change (how many workers, which device); ``allow``: the user's
-    ``--allow-change`` names (dotted, a last part such as ``lr`` for every setting of that name, or a shortcut
-    such as ``warm-start-steps``). A folder without ``config.json`` is a new run; one made by another
-    ``command`` is refused. Settings only one side knows (an older version) are skipped.
+    ``--allow-change`` names, see :func:`allowed_keys` (checked even for a new run, so a typo fails at once). A
+    folder without ``config.json`` is a new run; one made by another ``command`` is refused. Settings only one
+    side knows (an older version) are skipped.
 
     Raises:
-        UserInputError: one line naming every changed setting (old -> new) and the three ways out.
+        UserInputError: an ``allow`` name that matches no setting; or one line naming every changed setting
+            (old -> new) and the three ways out.
     """
+    new = flatten(to_dict(cfg))
+    allowed = allowed_keys(allow, new, shortcuts)
     path = folder / CONFIG_FILE
     if not path.is_file():
         return
@@ -197,16 +230,8 @@ def check_resume(folder: Path, cfg, *, allow: tuple[str, ...] = (), free: frozen
     if made_by != command:
         raise UserInputError(f"{folder} holds a `lightswe {made_by}` run, not a {command} one; fix: use another "
                              f"--out")
-    new = flatten(to_dict(cfg))
-    allowed = {_norm(a) for a in allow}
-    for short, long in (shortcuts or {}).items():
-        if _norm(short) in allowed:
-            allowed.add(_norm(long))
-
-    def ok(key: str) -> bool:
-        return key in free or key in allowed or key.rsplit(".", 1)[-1] in allowed
-
-    changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in new if k in old and old[k] != new[k] and not ok(k)]
+    changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in new if k in old and old[k] != new[k]
+               and k not in free and k not in allowed]
     if changed:
         names = ",".join(k.split(" ")[0] for k in changed)
         raise UserInputError(f"{folder} holds a run made with other settings: {'; '.join(changed)}. Resume with "
@@ -227,22 +252,70 @@ def _expand(argv: list[str], shortcuts: dict[str, str]) -> list[str]:
     return out
 
 
-def _take(argv: list[str], option: str) -> tuple[list[str], str | None]:
-    """Remove ``option VALUE`` / ``option=VALUE`` from argv; returns (rest, value)."""
-    rest, value, i = [], None, 0
+def _take(argv: list[str], option: str) -> tuple[list[str], list[str]]:
+    """Remove every ``option VALUE`` / ``option=VALUE`` from argv; returns (rest, the values in order)."""
+    rest, values, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
         if arg == option:
             if i + 1 >= len(argv):
                 raise UserInputError(f"{option} needs a value")
-            value, i = argv[i + 1], i + 2
+            values.append(argv[i + 1])
+            i += 2
             continue
         if arg.startswith(option + "="):
-            value = arg.split("=", 1)[1]
+            values.append(arg.split("=", 1)[1])
         else:
             rest.append(arg)
         i += 1
-    return rest, value
+    return rest, values
+
+
+def sequence_options(cls, prefix: str = "") -> set[str]:
+    """The options of ``cls`` (nested configs dotted) whose field is a variable-length ``tuple[X, ...]`` or
+    ``list[X]``: ``{"--sampler.vllm-args", ...}``."""
+    out: set[str] = set()
+    for f in dataclasses.fields(cls):
+        tp = _strip_optional(_hints(cls)[f.name])
+        name = prefix + f.name.replace("_", "-")
+        if dataclasses.is_dataclass(tp):
+            out |= sequence_options(tp, name + ".")
+        elif typing.get_origin(tp) is list or (typing.get_origin(tp) is tuple and typing.get_args(tp)[-1:] == (...,)):
+            out.add("--" + name)
+    return out
+
+
+def _merge_repeats(argv: list[str], options: set[str]) -> list[str]:
+    """Every occurrence of a sequence option folded into its first, values in order: ``--vllm-arg a=1 --vllm-arg
+    b=2`` -> ``--sampler.vllm-args a=1 b=2`` (argparse would keep only the last occurrence)."""
+    def canonical(arg: str) -> str | None:
+        name = arg.partition("=")[0]
+        spelled = "--" + name[2:].replace("_", "-") if name.startswith("--") else name
+        return spelled if spelled in options else None
+
+    out: list[str] = []
+    first: dict[str, int] = {}  # option -> its index in out
+    values: dict[str, list[str]] = {}
+    i = 0
+    while i < len(argv):
+        option = canonical(argv[i])
+        if option is None:
+            out.append(argv[i])
+            i += 1
+            continue
+        name, eq, value = argv[i].partition("=")
+        taken = [value] if eq else []
+        i += 1
+        while not eq and i < len(argv) and not argv[i].startswith("--"):
+            taken.append(argv[i])
+            i += 1
+        if option not in first:
+            first[option] = len(out)
+            out.append(option)
+        values.setdefault(option, []).extend(taken)
+    for option, index in sorted(first.items(), key=lambda item: -item[1]):
+        out[index + 1:index + 1] = values[option]
+    return out
 
 
 def _one_line(text: str) -> str:
@@ -264,18 +337,26 @@ def _one_line(text: str) -> str:
 
 def parse(cls: type[T], argv: list[str], *, prog: str, description: str = "",
           shortcuts: dict[str, str] | None = None) -> tuple[T, tuple[str, ...]]:
-    """``argv`` -> a validated ``cls`` and the ``--allow-change`` names.
+    """``argv`` -> a validated ``cls`` and the ``--allow-change`` names (repeatable, comma-separated; checked by
+    :func:`check_resume`).
+
+    A list option (:func:`sequence_options`) given several times keeps every value in order (``--vllm-arg a=1
+    --vllm-arg b=2``); the command line's values replace a ``--config`` file's.
 
     Raises:
-        UserInputError: a bad option or value (one line; ``--help`` and ``-h`` print the help and exit 0).
+        UserInputError: a bad option or value, or ``--config`` given twice (one line; ``--help`` and ``-h`` print
+            the help and exit 0).
     """
     import tyro
 
     shortcuts = shortcuts or {}
-    argv, config_file = _take(list(argv), "--config")
+    argv, config_files = _take(list(argv), "--config")
     argv, allow = _take(argv, "--allow-change")
-    default = from_dict(cls, load_file(config_file)) if config_file else None
-    argv = _expand(argv, shortcuts)
+    if len(config_files) > 1:
+        raise UserInputError(f"--config given {len(config_files)} times ({', '.join(config_files)}); fix: pass one "
+                             "file (options after it override its values)")
+    default = from_dict(cls, load_file(config_files[0])) if config_files else None
+    argv = _merge_repeats(_expand(argv, shortcuts), sequence_options(cls))
     epilog = ("--config FILE (TOML, YAML or JSON, e.g. an earlier run's config.json) sets defaults that the "
               "options override; --allow-change A,B lets a resumed run change those settings.")
     if shortcuts:
@@ -302,7 +383,7 @@ def parse(cls: type[T], argv: list[str], *, prog: str, description: str = "",
             os.environ.pop("COLUMNS", None)
         else:
             os.environ["COLUMNS"] = columns
-    names = tuple(a for a in (allow or "").split(",") if a.strip())
+    names = tuple(a.strip() for given in allow for a in given.split(",") if a.strip())
     return cfg, names
 
 

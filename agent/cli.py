@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lightswe.errors import UserInputError
+from lightswe.errors import UserInputError, need
 
 # Settings a resumed rollout may change without --allow-change: how fast it runs, not what it samples.
 FREE_ON_RESUME = frozenset({"out", "concurrency", "ray", "progress"})
@@ -36,11 +36,6 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _need(ok: bool, option: str, value, rule: str, fix: str) -> None:
-    if not ok:
-        raise UserInputError(f"{option} {value!r}: {rule}; fix: {fix}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -85,21 +80,21 @@ class _RunArgs:
         from lightswe.settings import check_out_dir
 
         check_out_dir(self.out)
-        _need(self.group_size >= 1, "--group-size", self.group_size, "must be >= 1", "e.g. 1, or 8 for RL groups")
-        _need(self.concurrency >= 1, "--concurrency", self.concurrency, "must be >= 1", "e.g. 4")
-        _need(self.round >= 0, "--round", self.round, "must be >= 0", "e.g. 0")
-        _need(self.max_steps >= 1, "--max-steps", self.max_steps, "must be >= 1 (tool calls per episode)", "e.g. 30")
-        _need(self.max_context >= 1, "--max-context", self.max_context, "must be >= 1", "e.g. 32768")
-        _need(self.max_new_tokens >= 1, "--max-new-tokens", self.max_new_tokens, "must be >= 1", "e.g. 2048")
-        _need(self.max_new_tokens <= self.max_context, "--max-new-tokens", self.max_new_tokens,
-              f"must be <= --max-context ({self.max_context})", "lower it or raise --max-context")
-        _need(self.temperature > 0, "--temperature", self.temperature, "must be > 0", "e.g. 1.0")
-        _need(self.ray != "", "--ray", self.ray, "empty", "an address, or local")
+        need(self.group_size >= 1, "--group-size", self.group_size, "must be >= 1", "e.g. 1, or 8 for RL groups")
+        need(self.concurrency >= 1, "--concurrency", self.concurrency, "must be >= 1", "e.g. 4")
+        need(self.round >= 0, "--round", self.round, "must be >= 0", "e.g. 0")
+        need(self.max_steps >= 1, "--max-steps", self.max_steps, "must be >= 1 (tool calls per episode)", "e.g. 30")
+        need(self.max_context >= 1, "--max-context", self.max_context, "must be >= 1", "e.g. 32768")
+        need(self.max_new_tokens >= 1, "--max-new-tokens", self.max_new_tokens, "must be >= 1", "e.g. 2048")
+        need(self.max_new_tokens <= self.max_context, "--max-new-tokens", self.max_new_tokens,
+             f"must be <= --max-context ({self.max_context})", "lower it or raise --max-context")
+        need(self.temperature > 0, "--temperature", self.temperature, "must be > 0", "e.g. 1.0")
+        need(self.ray != "", "--ray", self.ray, "empty", "an address, or local")
         if self.tokenizer is not None:
             path = Path(self.tokenizer)
-            _need(path.is_file(), "--tokenizer", self.tokenizer,
-                  "is a directory" if path.is_dir() else "does not exist",
-                  "pass a tokenizer.json file, or leave it out for the built-in byte tokenizer")
+            need(path.is_file(), "--tokenizer", self.tokenizer,
+                 "is a directory" if path.is_dir() else "does not exist",
+                 "pass a tokenizer.json file, or leave it out for the built-in byte tokenizer")
         early_stop_config(self.early_stop)
         from lightswe.agent.policies.spec import KINDS, split_spec
 
@@ -107,8 +102,8 @@ class _RunArgs:
             kind = split_spec(self.policy)[0]
         except ValueError as err:
             raise UserInputError(f"--policy {err}") from None
-        _need(kind in KINDS, "--policy", self.policy, f"unknown kind {kind!r}",
-              "scripted | model:PRESET_OR_DIR | openai:URL | vllm:MODEL")
+        need(kind in KINDS, "--policy", self.policy, f"unknown kind {kind!r}",
+             "scripted | model:PRESET_OR_DIR | openai:URL | vllm:MODEL")
         self.check_tasks()
 
     def check_tasks(self) -> None:
@@ -117,9 +112,9 @@ class _RunArgs:
             from lightswe.tasks.datasets import looks_like_dataset
 
             path = Path(tasks)
-            _need(path.is_file() or looks_like_dataset(tasks), "--tasks", tasks, "does not exist",
-                  "pass a task file (.jsonl/.json/.parquet, e.g. tasks_out/train.jsonl from `lightswe tasks build`), "
-                  "a dataset directory, or a cached dataset name owner/name:split")
+            need(path.is_file() or looks_like_dataset(tasks), "--tasks", tasks, "does not exist",
+                 "pass a task file (.jsonl/.json/.parquet, e.g. tasks_out/train.jsonl from `lightswe tasks build`), "
+                 "a dataset directory, or a cached dataset name owner/name:split")
 
 
 @dataclass(kw_only=True, slots=True)

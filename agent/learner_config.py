@@ -39,5 +39,6 @@ class LearnerConfig:
     # The sampler's temperature: the policy being trained is softmax(logits / T), the distribution the tokens
     # were drawn from, so ratios compare like with like (set from the rollout's temperature).
     temperature: float = 1.0
-    # Mixed precision for the forward ("bfloat16" on GPUs); weights, AdamW state and the LM head stay fp32.
+    # Mixed precision for the forward ("bfloat16" on GPUs); weights and AdamW state stay fp32, the LM head keeps
+    # fp32 accuracy (on CUDA as bf16x3 split products, ~1e-4; LIGHTSWE_HEAD=fp32 for fp32 GEMMs: model/head.py).
     autocast_dtype: str | None = None

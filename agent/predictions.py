@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lightswe.errors import UserInputError
+from lightswe.jsonl import jsonl_records
 
 KEYS = ("instance_id", "model_name_or_path", "model_patch")
 
@@ -68,14 +69,7 @@ def check_predictions(path: str | Path) -> int:
     path = Path(path)
     seen: set[str] = set()
     count = 0
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise PredictionsFormatError(f"{where}: not valid JSON ({err})") from None
+    for where, row in jsonl_records(path, error=PredictionsFormatError):
         if not isinstance(row, dict) or set(row) != set(KEYS):
             raise PredictionsFormatError(f"{where}: expected exactly the keys {list(KEYS)}, got "
                                          f"{sorted(row) if isinstance(row, dict) else type(row).__name__}")

@@ -97,12 +97,15 @@ class Rollouts:
     """Runs episodes with the current weights (threads in this process, Ray actors, or vLLM) and reads them back.
 
     ``model`` is the module the episodes sample from (the loop swaps in the sampler copy under torchrun);
-    ``name`` is the policy name written into trajectories; ``work_dir`` holds the vLLM engine's start weights.
+    ``name`` is the policy name written into trajectories; ``work_dir`` holds the vLLM engine's start weights;
+    ``autocast_dtype`` is the learner's mixed precision (``LearnerConfig.autocast_dtype``), which the CUDA sampler
+    engine reproduces so that sampled log-probs match the learner's (``SamplerEngine``).
     """
 
     def __init__(self, cfg: SamplerConfig, *, agent: AgentConfig, model, tokenizer, name: str,
-                 work_dir: Path, env_kwargs: dict | None = None) -> None:
+                 work_dir: Path, env_kwargs: dict | None = None, autocast_dtype: str | None = None) -> None:
         self.cfg, self.agent, self.model, self.tokenizer = cfg, agent, model, tokenizer
+        self.autocast_dtype = autocast_dtype
         self.env_kwargs = dict(env_kwargs or {})  # SWEEnv keyword arguments (e.g. hack_policy)
         self.name, self.work_dir = name, Path(work_dir)
         self._images: set[str] = set()
@@ -154,7 +157,8 @@ class Rollouts:
                                env_kwargs=self.env_kwargs), weights
         if policy is None and self.cfg.engine == "vllm":
             policy = self._vllm_policy()
-        policy = policy or ModelPolicy(self.model, name=self.name, version=version, max_batch=self.cfg.concurrency)
+        policy = policy or ModelPolicy(self.model, name=self.name, version=version, max_batch=self.cfg.concurrency,
+                                       autocast_dtype=self.autocast_dtype or "auto")
         return LocalExecutor(policy, self.tokenizer, concurrency=self.cfg.concurrency, agent=self.agent,
                              env_factory=default_env_factory(tasks, **self.env_kwargs)), None
 

@@ -111,7 +111,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     model, tokenizer = build_model(cfg.model, device=cfg.device, seed=cfg.seed)
     name = cfg.model if cfg.model.startswith("hf:") else f"model:{cfg.model}"  # the policy spec that samples it
     rollouts = Rollouts(cfg.sampler, agent=cfg.agent, model=model, tokenizer=tokenizer, name=name,
-                        work_dir=out, env_kwargs={"hack_policy": cfg.hack_policy})
+                        work_dir=out, env_kwargs={"hack_policy": cfg.hack_policy},
+                        autocast_dtype=cfg.learner.autocast_dtype)
     tasks, eval_tasks = [], []
     for turn in (True, False):  # rank 0 first: the arithmetic family builds its git repository once
         if ctx.main is turn:

@@ -31,7 +31,7 @@ from lightswe.agent.metrics import LogConfig
 from lightswe.agent.sampling import SamplerConfig
 from lightswe.agent.task_stream import TaskStreamConfig
 from lightswe.agent.warm_start import WarmStartConfig
-from lightswe.errors import UserInputError
+from lightswe.errors import need
 
 # Short on purpose: a byte-level tiny model reads every character of it at every step.
 SHORT_PROMPT = "One tool call per turn, e.g.\n{example}"
@@ -65,12 +65,6 @@ def _advantages_default() -> AdvantageConfig:
     # collapsed default run offline, the std-scaled step-3 update sent 41% of first turns to format errors (its
     # negative rows alone: 95%), the mean-centred one none, while '+' still rose (see the README).
     return AdvantageConfig(filter_equal=False, scale_by_std=False)
-
-
-def need(ok: bool, option: str, value, rule: str, fix: str) -> None:
-    """Raise ``UserInputError("--option VALUE: rule; fix: ...")`` unless ``ok``."""
-    if not ok:
-        raise UserInputError(f"{option} {value!r}: {rule}; fix: {fix}")
 
 
 @dataclass(kw_only=True, slots=True)

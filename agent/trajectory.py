@@ -35,6 +35,7 @@ from pathlib import Path
 
 from lightswe.agent.durable import fsync_dir
 from lightswe.errors import UserInputError
+from lightswe.jsonl import jsonl_records
 
 log = logging.getLogger(__name__)
 
@@ -266,17 +267,10 @@ class TrajectoryWriter:
 
 
 def _iter_jsonl(path: Path) -> Iterator[dict]:
-    lines = path.read_text(encoding="utf-8").split("\n")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            if number >= len(lines) - 1:  # the last line: an episode torn by a crash mid-write
-                log.warning("%s:%d: skipping a torn last record (crash while writing)", path, number)
-                continue
-            raise TrajectoryFormatError(f"{path}:{number}: not valid JSON in the middle of a segment") from None
+    """A segment's records; a torn last line (an episode cut by a crash mid-write) is skipped, a bad line in the
+    middle raises TrajectoryFormatError."""
+    for _, record in jsonl_records(path, error=TrajectoryFormatError, torn_last=True):
+        yield record
 
 
 def _iter_parquet(path: Path) -> Iterator[dict]:

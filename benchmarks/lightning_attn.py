@@ -1,28 +1,34 @@
-"""Lightning attention timings: our Triton kernels vs flash-linear-attention and PyTorch SDPA (CUDA only).
+"""Lightning attention timings: our Triton kernels vs flash-linear-attention at equal math (CUDA only).
 
-    python benchmarks/lightning_attn.py                 # H=64, D=128, 65,536 tokens, T = 2K, 8K, 32K, 64K
-    python benchmarks/lightning_attn.py --lengths 8192 --no-sdpa
+    python benchmarks/lightning_attn.py                  # H=64, D=128, 65,536 tokens: T = 2K, 8K, 32K, 64K,
+                                                         # a packed batch of 64 sequences, decode B = 8..64
+    python benchmarks/lightning_attn.py --lengths 8192 --no-varlen --decode-batches 8 --sdpa
 
-Same math for every lightning row: fla's chunk_simple_gla / fused_recurrent_simple_gla with
-g_gamma = -slope and scale = 1.0 compute MiniMax's S_t = exp(-slope) S_{t-1} + k_t^T v_t, o_t = q_t S_t.
-Timing: CUDA events around 10 back-to-back calls after 3 warm-ups (mean per call).
-FLOPs are the chunk form's (chunk 64): forward 2*64*(K+V) + 4*K*V per token and head, backward twice
-that; SDPA causal: 2*T*D per token and head forward (half of 4*T*D), backward 2.5x. The bandwidth bound
-is the fewest bytes (inputs read once, outputs written once) over the copy bandwidth measured here.
+Same math on every lightning row: fla's chunk_simple_gla / fused_recurrent_simple_gla with g_gamma = -slope
+and scale = 1.0 compute MiniMax's S_t = exp(-slope) S_{t-1} + k_t^T v_t, o_t = q_t S_t.
+
+Two timers per row:
+  event    CUDA events around 10 back-to-back calls after 3 warm-ups, mean per call (host overhead shows when
+           the host cannot keep ahead of the GPU);
+  do_bench ``triton.testing.do_bench`` median, the L2 cache flushed before every call (GPU time per call).
+The bandwidth bound is the fewest bytes (inputs read once, outputs written once) over the device-to-device
+copy bandwidth measured here (bytes read + written): forward q, k, v, o and the final state; forward+backward
+11 activation tensors (q, k, v, o, dO, dq, dk, dv and q, k, v read again); decode the fp32 state read and
+written plus q, k, v, o. "of bound" = bound / do_bench time; "vs fla" = fla time / ours, per timer.
+fwd+bwd runs torch.autograd.grad (no .grad accumulation) after a forward that records the graph.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 import torch.nn.functional as F
 from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
 
-CHUNK = 64
 
-
-def cuda_time(fn, warmup: int = 3, iters: int = 10) -> float:
+def event_mean(fn, warmup: int = 3, iters: int = 10) -> float:
     """Mean milliseconds per call over `iters` back-to-back calls, after `warmup` calls."""
     for _ in range(warmup):
         fn()
@@ -36,117 +42,101 @@ def cuda_time(fn, warmup: int = 3, iters: int = 10) -> float:
     return start.elapsed_time(end) / iters
 
 
+def bench_median(fn) -> float:
+    """Median milliseconds per call, L2 flushed before each (triton.testing.do_bench)."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
 def copy_bandwidth() -> float:
     """Device-to-device copy rate in bytes/s, counting bytes read plus bytes written."""
     src = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda").random_()
     dst = torch.empty_like(src)
-    ms = cuda_time(lambda: dst.copy_(src))
+    ms = event_mean(lambda: dst.copy_(src))
     return 2 * src.numel() / (ms * 1e-3)
 
 
 def slopes(heads: int, layer: int = 0, layers: int = 80) -> torch.Tensor:
+    """MiniMax's per-head decay rates (DESIGN.md): 2^(-8(h+1)/H) * (1 - l/(L-1) + 1e-5)."""
     base = torch.tensor([2.0 ** (-8.0 * (h + 1) / heads) for h in range(heads)])
     return (base * (1 - layer / (layers - 1) + 1e-5)).float().cuda()
 
 
-def row(name: str, length: int, mode: str, ms: float, flops: float, nbytes: float, bw: float) -> str:
-    bound_ms = nbytes / bw * 1e3
-    return (f"| {name:<28} | {length:>6} | {mode:<8} | {ms:9.3f} | {flops / ms / 1e9:8.1f} | "
-            f"{bound_ms / ms:6.1%} |")
+class Table:
+    """Rows of (op, shape, mode, event ms, do_bench ms, bound ms) with speed-ups against the fla row."""
+
+    HEADER = ("| op | shape | mode | event ms | do_bench ms | BW bound ms | of bound | vs fla (event) "
+              "| vs fla (do_bench) |\n|---|---|---|---|---|---|---|---|---|")
+
+    def __init__(self, bandwidth: float) -> None:
+        self.bandwidth = bandwidth
+        self.lines: list[str] = []
+        self.ref: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def add(self, op: str, shape: str, mode: str, times: tuple[float, float], nbytes: float,
+            is_fla: bool = False) -> None:
+        bound = nbytes / self.bandwidth * 1e3
+        ev, med = times
+        if is_fla:
+            self.ref[(shape, mode)] = times
+        fla = self.ref.get((shape, mode))
+        ratios = (f"{fla[0] / ev:5.2f}x | {fla[1] / med:5.2f}x" if fla and not is_fla else "  -   |   -  ")
+        self.lines.append(f"| {op:<30} | {shape:<18} | {mode:<7} | {ev:8.3f} | {med:8.3f} | {bound:7.3f} | "
+                          f"{bound / med:6.1%} | {ratios} |")
+        print(self.lines[-1], flush=True)  # as it comes, in case a long run is cut short
+
+    def __str__(self) -> str:
+        return "\n".join([self.HEADER, *self.lines])
 
 
-def lightning_flops(tokens_heads: int, dim: int) -> float:
-    return tokens_heads * (2 * CHUNK * 2 * dim + 4 * dim * dim)
+def both(fn) -> tuple[float, float]:
+    return event_mean(fn), bench_median(fn)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--heads", type=int, default=64)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--tokens", type=int, default=65536)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768, 65536])
-    parser.add_argument("--decode-batch", type=int, default=8)
-    parser.add_argument("--no-fla", action="store_true")
-    parser.add_argument("--no-sdpa", action="store_true")
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("needs a CUDA GPU")
-    fla = None
-    if not args.no_fla:
-        try:
-            from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
-            fla = (chunk_simple_gla, fused_recurrent_simple_gla)
-        except ImportError as err:
-            print(f"fla not importable ({err}): pip install fla-core; its rows are skipped")
-    torch.manual_seed(0)
-    H, D = args.heads, args.dim
-    bw = copy_bandwidth()
-    print(f"device {torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")
-    slope = slopes(H)
-    header = ("| op | T | mode | ms | TFLOP/s | of BW bound |\n"
-              "|---|---|---|---|---|---|")
-    lines = [header]
-    for length in args.lengths:
-        batch = max(1, args.tokens // length)
-        q, k, v = (F.silu(torch.randn(batch, length, H, D, device="cuda")).to(torch.bfloat16)
-                   for _ in range(3))
-        do = torch.randn_like(q)
-        th = batch * length * H
-        act = th * D * 2  # bytes of one bf16 [B, T, H, D] tensor
-        fl_fwd = lightning_flops(th, D)
-        cand = {"ours (Triton)": lambda q, k, v: lightning_attn(q, k, v, slope)}
-        if fla:
-            cand["fla chunk_simple_gla"] = lambda q, k, v: fla[0](
-                q, k, v, g_gamma=-slope, scale=1.0, output_final_state=True)
-        results = {}
-        for name, fn in cand.items():
-            o, ht = fn(q, k, v)
-            results[name] = (o, ht)
-            ms = cuda_time(lambda fn=fn, q=q, k=k, v=v: fn(q, k, v))
-            lines.append(row(name, length, "fwd", ms, fl_fwd, 4 * act + ht.numel() * 4, bw))
-            leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
 
-            def fwd_bwd(fn=fn, leaves=leaves, do=do):
-                o, _ = fn(*leaves)
-                o.backward(do)
+def prefill_rows(table: Table, shape: str, q, k, v, slope, cu, fla_chunk) -> None:
+    """Forward and forward+backward rows of fla (first) and ours on one input."""
+    act = q.numel() * q.element_size()
+    n_seqs = q.shape[0] if cu is None else cu.numel() - 1
+    state_bytes = n_seqs * q.shape[2] * q.shape[3] * v.shape[3] * 4
+    cands = {"ours (Triton)": lambda q, k, v: lightning_attn(q, k, v, slope, cu_seqlens=cu)}
+    if fla_chunk is not None:
+        cu64 = None if cu is None else cu.long()
+        cands = {"fla chunk_simple_gla": lambda q, k, v: fla_chunk(
+            q, k, v, g_gamma=-slope, scale=1.0, output_final_state=True, cu_seqlens=cu64), **cands}
+    do = torch.randn_like(v)
+    outs = {}
+    for name, fn in cands.items():
+        with torch.no_grad():
+            outs[name] = fn(q, k, v)
+            times = both(lambda fn=fn: fn(q, k, v))
+        table.add(name, shape, "fwd", times, 4 * act + state_bytes, is_fla=name.startswith("fla"))
+        leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
 
-            ms = cuda_time(fwd_bwd)
-            lines.append(row(name, length, "fwd+bwd", ms, 3 * fl_fwd, 11 * act, bw))
-            del leaves
-        if fla:
-            (o1, h1), (o2, h2) = results.values()
-            err_o = ((o1.float() - o2.float()).norm() / o2.float().norm()).item()
-            err_h = ((h1 - h2.float()).norm() / h2.float().norm()).item()
-            print(f"T={length}: ours vs fla relative difference: o {err_o:.2e}, final state {err_h:.2e}")
-        del results
-        from lightswe.kernels.lightning_attn import chunk
+        def fwd_bwd(fn=fn, leaves=leaves):
+            o, _ = fn(*leaves)
+            torch.autograd.grad(o, leaves, do)
 
-        print(f"T={length}: tuned forward {chunk._fwd_kernel.best_config}; "
-              f"backward {chunk._bwd_kernel.best_config}")
-        if not args.no_sdpa:
-            qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-            def sdpa(qt=qt, kt=kt, vt=vt):
-                return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
+        table.add(name, shape, "fwd+bwd", both(fwd_bwd), 11 * act, is_fla=name.startswith("fla"))
+        del leaves
+    if len(outs) == 2:
+        (o_f, h_f), (o_o, h_o) = outs.values()
+        print(f"{shape}: ours vs fla relative difference: o {rel_diff(o_o, o_f):.2e}, "
+              f"final state {rel_diff(h_o, h_f):.2e}", flush=True)
 
-            fl = 2 * th * length * D  # causal: half of 4*T*D per token-head
-            lines.append(row("PyTorch SDPA causal", length, "fwd", cuda_time(sdpa), fl, 4 * act, bw))
-            leaves = [x.detach().clone().requires_grad_() for x in (qt, kt, vt)]
-            dot = do.transpose(1, 2)
-            ms = cuda_time(lambda leaves=leaves, dot=dot: F.scaled_dot_product_attention(
-                *leaves, is_causal=True).backward(dot))
-            lines.append(row("PyTorch SDPA causal", length, "fwd+bwd", ms, 3.5 * fl, 11 * act, bw))
-            del leaves
-        del q, k, v, do
-        torch.cuda.empty_cache()
 
-    # Decode: rotate over 4 states (4 x 67 MB at B=8) so that the state comes from HBM, not from L2.
-    batch = args.decode_batch
-    n_sets = 4
-    sets = [[F.silu(torch.randn(batch, H, D, device="cuda")).to(torch.bfloat16) for _ in range(3)]
-            + [torch.randn(batch, H, D, D, device="cuda")] for _ in range(n_sets)]
-    nbytes = 2 * batch * H * D * D * 4 + 4 * batch * H * D * 2
-    fl = batch * H * 4 * D * D
+def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recurrent) -> None:
+    """Decode rows: states rotated over enough sets (>= 256 MB) that the state comes from HBM."""
+    state_bytes = batch * heads * dim * dim * 4
+    n_sets = max(2, math.ceil(256e6 / state_bytes))
+    sets = [[F.silu(torch.randn(batch, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(3)]
+            + [torch.randn(batch, heads, dim, dim, device="cuda")] for _ in range(n_sets)]
+    nbytes = 2 * state_bytes + 4 * batch * heads * dim * 2
+    shape = f"B={batch}"
 
     def rotating(step):
         def run():
@@ -154,29 +144,97 @@ def main() -> int:
                 step(q, k, v, state)
         return run
 
-    ours = rotating(lambda q, k, v, s: lightning_attn_decode(q, k, v, slope, s))
-    lines.append(row("ours decode (Triton)", batch, "decode", cuda_time(ours) / n_sets, fl, nbytes, bw))
-    if fla:
-        step = lambda q, k, v, s: fla[1](q[:, None], k[:, None], v[:, None], g_gamma=-slope,
-                                         scale=1.0, initial_state=s, output_final_state=True)
-        lines.append(row("fla fused_recurrent_simple_gla", batch, "decode",
-                         cuda_time(rotating(step)) / n_sets, fl, nbytes, bw))
+    def per_call(step):
+        ev = event_mean(rotating(step)) / n_sets
+        it = iter(range(1 << 62))
+        med = bench_median(lambda: step(*sets[next(it) % n_sets]))
+        return ev, med
+
+    ours = lambda q, k, v, s: lightning_attn_decode(q, k, v, slope, s)
+    if fla_recurrent is not None:
+        fla_step = lambda q, k, v, s: fla_recurrent(q[:, None], k[:, None], v[:, None], g_gamma=-slope,
+                                                    scale=1.0, initial_state=s, output_final_state=True)
+        table.add("fla fused_recurrent_simple_gla", shape, "decode", per_call(fla_step), nbytes, is_fla=True)
         q, k, v, state = sets[0]
         s_a, s_b = state.clone(), state.clone()
-        o_a = lightning_attn_decode(q, k, v, slope, s_a)
-        o_b, s_b = step(q, k, v, s_b)
-        err = ((o_a.float() - o_b[:, 0].float()).norm() / o_b.float().norm()).item()
-        print(f"decode: ours vs fla relative difference: o {err:.2e}, "
-              f"state {((s_a - s_b).norm() / s_b.norm()).item():.2e}")
-    ours()
+        o_a = ours(q, k, v, s_a)
+        o_b, s_b = fla_step(q, k, v, s_b)
+        print(f"decode {shape}: ours vs fla relative difference: o {rel_diff(o_a, o_b[:, 0]):.2e}, "
+              f"state {rel_diff(s_a, s_b):.2e}", flush=True)
+    table.add("ours decode (Triton)", shape, "decode", per_call(ours), nbytes)
+    run = rotating(ours)
+    run()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        ours()
-    lines.append(row("ours decode, CUDA graph", batch, "decode", cuda_time(graph.replay) / n_sets, fl,
-                     nbytes, bw))
-    print(f"\nH={H}, D={D}, {args.tokens} tokens per call (B = tokens / T), bf16 inputs; decode B={batch}:")
-    print("\n".join(lines))
+        run()
+    ev = event_mean(graph.replay) / n_sets
+    med = bench_median(graph.replay) / n_sets
+    table.add("ours decode, CUDA graph", shape, "decode", (ev, med), nbytes)
+
+
+def varlen_bounds(n_seqs: int, total: int, seed: int = 0) -> list[int]:
+    """cu_seqlens of n_seqs lengths summing to total, each within [0.5, 1.5] x the mean (seeded)."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = 0.5 + torch.rand(n_seqs, generator=gen, dtype=torch.float64)
+    lengths = (weights / weights.sum() * total).floor().long()
+    lengths[-1] += total - lengths.sum()
+    return [0, *torch.cumsum(lengths, 0).tolist()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--heads", type=int, default=64)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--tokens", type=int, default=65536)
+    parser.add_argument("--lengths", type=int, nargs="*", default=[2048, 8192, 32768, 65536])
+    parser.add_argument("--no-varlen", action="store_true", help="skip the packed batch (64 sequences)")
+    parser.add_argument("--decode-batches", type=int, nargs="*", default=[8, 16, 32, 64])
+    parser.add_argument("--no-fla", action="store_true")
+    parser.add_argument("--sdpa", action="store_true", help="add PyTorch SDPA causal rows (slow at long T)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("needs a CUDA GPU")
+    fla_chunk = fla_recurrent = None
+    if not args.no_fla:
+        try:
+            from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
+
+            fla_chunk, fla_recurrent = chunk_simple_gla, fused_recurrent_simple_gla
+        except ImportError as err:
+            print(f"fla not importable ({err}): pip install fla-core; its rows are skipped")
+    torch.manual_seed(0)
+    H, D = args.heads, args.dim
+    bw = copy_bandwidth()
+    print(f"device {torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
+    slope = slopes(H)
+    table = Table(bw)
+    make = lambda b, t: [F.silu(torch.randn(b, t, H, D, device="cuda")).to(torch.bfloat16) for _ in range(3)]
+    cases = [(f"B={max(1, args.tokens // t)} T={t}", max(1, args.tokens // t), t, None) for t in args.lengths]
+    if not args.no_varlen:
+        bounds = varlen_bounds(64, args.tokens)
+        cases.append((f"varlen 64 seqs {bounds[-1]}", 1, bounds[-1],
+                      torch.tensor(bounds, device="cuda", dtype=torch.int32)))
+    for shape, batch, length, cu in cases:
+        q, k, v = make(batch, length)
+        prefill_rows(table, shape, q, k, v, slope, cu, fla_chunk)
+        if args.sdpa and cu is None:
+            qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+            act = q.numel() * 2
+            table.add("PyTorch SDPA causal", shape, "fwd",
+                      both(lambda qt=qt, kt=kt, vt=vt: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)), 4 * act)
+        del q, k, v
+        torch.cuda.empty_cache()
+    from lightswe.kernels.lightning_attn import chunk
+
+    print("tuned (last shape):", {name: str(kern.best_config) for name, kern in
+                                  (("fwd", chunk._fwd_kernel), ("bwd", chunk._bwd_kernel))
+                                  if getattr(kern, "best_config", None) is not None}, flush=True)
+    for batch in args.decode_batches:
+        decode_rows(table, batch, H, D, slope, fla_recurrent)
+        torch.cuda.empty_cache()
+    print(f"\nH={H}, D={D}, {args.tokens} tokens per prefill call, bf16 q/k/v, fp32 states:")
+    print(table)
     return 0
 
 

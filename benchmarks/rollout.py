@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+
+from interleaved import add_compare_options, python_paths, run_interleaved  # benchmarks/interleaved.py
 
 
 def load_tasks(path: str | None) -> list:
@@ -80,21 +79,12 @@ def _print_rows(rows: list[dict]) -> None:
 
 def compare(args) -> None:
     """Interleaved old/new runs per concurrency; prints episodes/min of each run and the ratio of medians."""
-    paths = {"old": args.compare, "new": os.environ.get("PYTHONPATH", "")}
-    results: dict[tuple[str, int], list[dict]] = {}
-    for round_ in range(args.rounds):
-        for concurrency in args.concurrency:
-            for which in ("old", "new") if round_ % 2 == 0 else ("new", "old"):
-                command = [sys.executable, __file__, "--json", "--episodes", str(args.episodes), "--concurrency",
-                           str(concurrency)] + (["--tasks", args.tasks] if args.tasks else [])
-                done = subprocess.run(command, env={**os.environ, "PYTHONPATH": paths[which]}, capture_output=True,
-                                      text=True)
-                if done.returncode != 0:
-                    raise SystemExit(f"the {which} run failed:\n{done.stderr[-2000:]}")
-                row = json.loads(done.stdout.strip().splitlines()[-1])[0]
-                results.setdefault((which, concurrency), []).append(row)
-                print(f"round {round_ + 1}, concurrency {concurrency}, {which}: {row['episodes_per_min']:.1f} "
-                      "episodes/min", file=sys.stderr, flush=True)
+    paths = python_paths(args.compare)
+    settings = [["--episodes", str(args.episodes), "--concurrency", str(c)] + (["--tasks", args.tasks] if args.tasks
+                                                                                else []) for c in args.concurrency]
+    runs = run_interleaved(__file__, settings, old=args.compare, rounds=args.rounds)
+    results = {(which, c): [rows[0] for rows in run[which]] for c, run in zip(args.concurrency, runs)
+               for which in ("old", "new")}
     print(f"old = PYTHONPATH {paths['old']}, new = PYTHONPATH {paths['new']}; {args.rounds} interleaved rounds of "
           f"{args.episodes} episodes per setting")
     print("| concurrency | old episodes/min (per round) | new episodes/min (per round) | new/old (medians) | "
@@ -115,10 +105,7 @@ def main() -> None:
     parser.add_argument("--tasks", default=None)
     parser.add_argument("--episodes", type=int, default=16)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--compare", default=None, metavar="OLD_PYTHONPATH",
-                        help="a PYTHONPATH whose lightswe is the old code: interleaved before/after episodes/min")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved old/new runs with --compare")
-    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    add_compare_options(parser)
     args = parser.parse_args()
     if args.compare:
         compare(args)

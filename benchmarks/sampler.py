@@ -183,49 +183,18 @@ def context_row(model, kind: str, context: int, rows: int, bandwidth: float | No
 
 @torch.no_grad()
 def logprob_rows(preset: str, device: torch.device) -> list[dict]:
-    """Mean / max |sampler log-prob - learner log-prob| over 16 prompts x 128 tokens (T=1), for several ways of
-    running the learner's ``score`` on the same weights; the first new token (from the packed prefill) apart."""
+    """Mean |sampler log-prob - learner log-prob| over 16 prompts x 128 tokens (T=1) for each sampler mode and
+    learner setting: ``benchmarks/logprob_layers.py``'s table (that script adds the per-layer breakdown)."""
     import copy
-    import os
+
+    from logprob_layers import agreement_table  # benchmarks/ is the script's directory
 
     torch.manual_seed(0)
     fp32 = MiniMaxForCausalLM(MiniMaxConfig.preset(preset)).to(device).eval()
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 256, (int(n),), generator=g).tolist() for n in torch.randint(64, 512, (16,), generator=g)]
-    sampling = SamplingConfig(max_new_tokens=128, temperature=1.0, seed=0)
-
-    def scored(model, prompt, gen, backend=None, autocast=False):
-        ids = torch.tensor([prompt + gen.token_ids], device=device)
-        old = os.environ.get("LIGHTSWE_LIGHTNING_BACKEND")
-        if backend:
-            os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
-        try:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                return model.score(ids).logprobs[0, len(prompt):].float().cpu()
-        finally:
-            if backend:
-                os.environ.pop("LIGHTSWE_LIGHTNING_BACKEND")
-                if old is not None:
-                    os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = old
-
-    rows = []
-    for sampler_name, sampler in (("bf16", bf16), ("fp32", fp32)):
-        gens = SamplerEngine(sampler, max_slots=8, max_seq_len=1024).generate(prompts, sampling)
-        learners = [("score, same weights", sampler, None, False)]
-        if sampler is bf16:
-            learners += [("score, same weights, reference lightning attention", bf16, "reference", False),
-                         ("score, fp32 weights + bf16 autocast (the Learner)", fp32, None, True),
-                         ("score, fp32 weights, fp32", fp32, None, False)]
-        for name, model, backend, autocast in learners:
-            diffs = [scored(model, p, gen, backend, autocast) - torch.tensor(gen.logprobs) for p, gen in zip(prompts, gens)]
-            first = torch.stack([d[0] for d in diffs]).abs()
-            rest = torch.cat([d[1:] for d in diffs]).abs()
-            rows.append({"sampler": sampler_name, "learner": name, "mean_abs": torch.cat([first, rest]).mean().item(),
-                         "max_abs": torch.cat([first, rest]).max().item(), "first_token_mean": first.mean().item(),
-                         "later_tokens_mean": rest.mean().item()})
-            print(json.dumps(rows[-1]), flush=True)
-    return rows
+    return agreement_table(fp32, bf16, prompts, SamplingConfig(max_new_tokens=128, temperature=1.0, seed=0))
 
 
 def table(rows: list[dict], cols: list[str]) -> str:
@@ -297,7 +266,7 @@ def main() -> None:
     lp_rows = logprob_rows(args.model, device) if args.logprobs else []
     if lp_rows:
         print(f"\n## log-prob agreement: {args.model}, sampler vs learner on the sampled tokens\n")
-        print(table(lp_rows, ["sampler", "learner", "mean_abs", "max_abs", "first_token_mean", "later_tokens_mean"]))
+        print(table(lp_rows, ["sampler", "learner", "mean_abs", "first_token_mean", "later_tokens_mean"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"setup": head, "generate": gen_rows, "context": ctx_rows, "logprobs": lp_rows}, f, indent=2)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from lightswe.envs.engine import CACHE_DIR
 from lightswe.envs.grading import grade
 from lightswe.envs.sandbox import Sandbox
 from lightswe.envs.tool_calls import ToolCall, format_minimax
+
+from interleaved import add_compare_options, python_paths, run_interleaved  # benchmarks/interleaved.py
 
 MINI_VENV = CACHE_DIR / "mini-swe-agent-venv"
 _MINI = r"""
@@ -164,18 +165,10 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 def compare(args) -> None:
     """Run this script under the old and the current PYTHONPATH, alternating, and print both columns."""
-    runs: dict[str, list[list]] = {"old": [], "new": []}
-    paths = {"old": args.compare, "new": os.environ.get("PYTHONPATH", "")}
-    for round_ in range(args.rounds):
-        for which in ("old", "new") if round_ % 2 == 0 else ("new", "old"):
-            command = [sys.executable, __file__, "--json", "--repeats", str(args.repeats), "--episodes",
-                       str(args.episodes)]
-            done = subprocess.run(command, env={**os.environ, "PYTHONPATH": paths[which]}, capture_output=True,
-                                  text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"the {which} run failed:\n{done.stderr[-2000:]}")
-            runs[which].append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"round {round_ + 1}: {which} done", file=sys.stderr)
+    paths = python_paths(args.compare)
+    argv = ["--repeats", str(args.repeats), "--episodes", str(args.episodes)]
+    runs = run_interleaved(__file__, [argv], old=args.compare, rounds=args.rounds)[0]
+
     def column(which: str, index: int) -> str:
         values = [run[index][1] for run in runs[which] if index < len(run)]
         return " / ".join(f"{v:.1f}" if v < 100 else f"{v:.0f}" for v in values)
@@ -193,10 +186,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=6)
     parser.add_argument("--mini-python", default=None, help="python of an environment with mini-swe-agent")
     parser.add_argument("--no-mini", action="store_true", help="skip the mini-swe-agent column")
-    parser.add_argument("--compare", default=None, metavar="OLD_PYTHONPATH",
-                        help="a PYTHONPATH whose lightswe is the old code: print before/after columns")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved old/new runs with --compare")
-    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    add_compare_options(parser)
     args = parser.parse_args()
     if args.compare:
         compare(args)

@@ -45,23 +45,66 @@ for 4 micro-batches per GPU): every micro-batch all-gathers and reduce-scatters 
 less compute to hide that behind (not profiled). Memory per GPU is set by activations; sharding the weights and
 AdamW state (~1.6 GB in all for this model) saves little at this size.
 
-MFU (2026-11-29, one H200, torch 2.11+cu130, Triton kernels, T=8,192, 32,768 tokens per step, ``--micro 2``,
-bf16 autocast with the fp32 LM head; FLOPs per token from ``flops_per_token``, peak 989 TFLOP/s dense bf16):
+MFU before this work (2026-11-29, one H200, torch 2.11+cu130, Triton kernels, T=8,192, 32,768 tokens per step,
+``--micro 2``, bf16 autocast with the fp32 LM head, the per-expert MoE loop; peak 989 TFLOP/s dense bf16):
+``small`` 73,503 tokens/s, 2.1% MFU; ``minimax-1b`` 24,886 tokens/s, 2.4% MFU (1.32 s step, 470 ms of GPU time:
+host-bound on ~4,900 per-expert matrix products and a host sync per MoE layer; 37% of GPU time in fp32 GEMMs).
 
-| model | parameters (active) | tokens/s | step s | MFU | peak GiB |
-|---|---|---|---|---|---|
-| small | 98.6M (42M) | 73,503 | 0.446 | 2.1% | 9.61 |
-| minimax-1b | 1,314M (182M) | 24,886 | 1.317 | 2.4% | 38.67 |
+MFU now (2026-11-30, ``minimax-1b``, 1,314M parameters / 149M active without the input embedding, T=8,192,
+940.7 MFLOP per token by ``flops_per_token``; one H200, torch 2.11+cu130, Triton 3.6; one run each, median of 3
+steps after a warm-up). Levers, measured in turn (each row adds to the ones above it; rows 2-7 in one run,
+8-9 in a second, 10 in a third):
 
-(The issue's ~10% for ``small`` counted all 98.6M parameters as 6N; top-2 of 8 experts makes 42M active.)
-``--profile`` (one step, torch.profiler): ``minimax-1b`` spends 470 ms on the GPU in a 1.27 s step (host-bound:
-~4,900 per-expert matrix products of varying row counts, ~100 us of host time each, and a sync per MoE layer);
-37% of the GPU time is the fp32 LM head's fp32 (non-tensor-core) GEMMs. ``small``: 113 ms of GPU time in 0.46 s.
+| change | tokens/step | micro | tokens/s | step s | MFU | peak GiB |
+|---|---|---|---|---|---|---|
+| before (per-expert loop, fp32 head) | 32,768 | 2 | 24,886 | 1.317 | 2.4% | 38.7 |
+| bf16x3 head (torch ops), fused AdamW, still the per-expert loop (``--moe loop``) | 32,768 | 2 | 30,414 | 1.077 | 2.9% | 34.7 |
+| same, 4 rows per micro-batch | 32,768 | 4 | 55,335 | 0.592 | 5.3% | 41.3 |
+| + grouped-GEMM MoE (model/moe.py) | 32,768 | 2 | 109,170 | 0.300 | 10.4% | 33.4 |
+| same | 32,768 | 4 | 136,193 | 0.241 | 13.0% | 39.2 |
+| same, bigger step (fixed per-step costs amortised) | 131,072 | 4 | 148,904 | 0.880 | 14.2% | 44.1 |
+| same | 131,072 | 8 | 159,730 | 0.821 | 15.2% | 65.5 |
+| + one-pass Triton head kernels, atomic-free MoE dispatch; head split into 3 pieces (bf16x6, slower) (``--compile 0``) | 131,072 | 8 | 182,027 | 0.720 | 17.3% | 65.6 |
+| + compiled elementwise chains (model/fused.py, ``--compile 1``) | 131,072 | 8 | 241,568 | 0.543 | 23.0% | 51.9 |
+| + bf16x3 head instead of bf16x6 (the default; 2-GPU host, GPU 0) | 131,072 | 8 | **271,652** | 0.482 | **25.8%** | 51.7 |
+
+Commands: rows 2-5 ``python3 benchmarks/train.py --device cuda --model minimax-1b --seq-lens 8192 --tokens 32768
+--micro 2,4 --moe grouped,loop --backends triton --head-bench``; rows 6-7 ``--tokens 131072 --micro 4,8 --moe
+grouped --profile``; rows 8-9 ``--tokens 131072 --micro 8 --moe grouped --compile 1,0 --profile``; row 10
+``--tokens 131072 --micro 8`` (the defaults: ``--moe auto --compile 1``).
+
+The LM head alone (``--head-bench``: 16,384 tokens, H 1024, V 32,768, log-prob + entropy, forward + backward,
+error against fp64 logits ~N(0, 3.2) on 2,048 rows):
+
+| head | forward ms | backward ms | log-prob error max | mean |
+|---|---|---|---|---|
+| fp32 GEMMs on CUDA cores (``LIGHTSWE_HEAD=fp32``; the CPU path) | 32.5 | 92.7 | 1.5e-5 | 1.7e-6 |
+| bf16x3 split, tensor cores + Triton kernels (default under autocast) | 6.1 | 9.3 | 1.4e-4 | 4.9e-5 |
+| bf16x6 split (3 pieces per operand) | 11.2 | 9.7 | 2.4e-4 | 1.1e-4 |
+
+Where the 0.54 s step goes (``--profile``, compile on, bf16x6 head, 131,072 tokens: 588 ms wall, ~490 ms of GPU
+kernel time, so the GPU idles ~15% of the step on the host): matrix products 247 ms (dense and head ``aten::mm``
+157 ms, the experts' grouped GEMMs 90 ms: ~680 TFLOP/s on the work they do, the head's split products
+included); memory-bound work ~240 ms: dtype casts (``aten::copy_``: autocast's per-use casts of the fp32
+activations and weights, gradients back to fp32) 44 ms, gradient accumulation and other ``add_`` 30 ms, the
+remaining unfused elementwise/reduction kernels (router, dispatch, rotary, losses) ~80 ms, Inductor's fused
+chains ~30 ms, the head's Triton gradient kernel 14 ms, lightning attention ~18 ms, cuDNN flash attention 11 ms,
+fused AdamW 11 ms. The bf16x3 head then removed ~45-60 ms of matrix products (row 10). Reaching 35% (~370K
+tokens/s, a 0.35 s step) needs ~130 ms more off: the decoder layer compiled as a whole (regional
+``torch.compile`` of attention + MoE, not only the chains), bf16 activations between layers instead of the fp32
+residual stream (halves every cast and elementwise pass), a fused router + dispatch kernel, and the host gaps
+closed (CUDA graphs or fewer syncs: the CISPO metrics' ``.item()`` calls sync once per micro-batch).
+
+FSDP2 on two H200s for ``minimax-1b`` (``torchrun --standalone --nproc-per-node 2 benchmarks/train.py --fsdp
+--device cuda --model minimax-1b --seq-lens 8192 --micro 8 --backends triton --tokens 262144``, the same work per
+GPU as row 10): not measured; the run was cut off in its warm-up (compilation in both ranks) when this session's
+device time ran out. ``--fsdp-bf16`` all-gathers the layers' weights in bf16 (not measured either).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -78,9 +121,11 @@ PEAK_BF16_FLOPS = 989e12  # H100/H200 SXM dense bf16, datasheet (a matrix produc
 
 
 def flops_per_token(model: MiniMaxForCausalLM, length: int) -> float:
-    """Training FLOPs per token (forward + backward): 6 x active parameters (the top-k experts, the LM head;
-    not the input embedding) + 6 x T x H x D per softmax layer (causal QK^T and PV, halved). The lightning
-    layers' own state work (a few x H x D^2 per token) is left out, so this slightly understates MFU."""
+    """Training FLOPs per token (forward + backward), as PaLM's MFU (Chowdhery et al. 2022, appendix B):
+    6 x active parameters (every matrix a token passes through: attention projections, the router, its top-k
+    experts, the LM head; not the input embedding, a lookup) + 6 x T x H x D per softmax layer (QK^T and PV,
+    12 T H D, halved for the causal mask). The lightning layers' own state work (~5 MFLOP per token per layer,
+    a few % of the total) is left out, so this understates MFU slightly."""
     c = model.config
     active = model.num_parameters(active=True) - c.vocab_size * c.hidden_size * (not c.tie_word_embeddings)
     softmax_layers = c.attn_type_list.count(1)
@@ -107,49 +152,64 @@ def profile_step(learner: Learner, batch: TrainBatch, device: torch.device, titl
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
         learner.step(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
     events = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / 1e3  # kernels only
+    print(f"\nprofiled step, {title}: {wall * 1e3:.0f} ms wall, {busy:.0f} ms of GPU kernel time", flush=True)
     for sort in ("self_cpu_time_total", "self_cuda_time_total" if device.type == "cuda" else None):
         if sort:
-            print(f"\nlearner step profile, {title}, by {sort}:\n" + events.table(sort_by=sort, row_limit=20),
+            print(f"\nlearner step profile, {title}, by {sort}:\n" + events.table(sort_by=sort, row_limit=25, max_name_column_width=60),
                   flush=True)
 
 
-def run(model_name: str, device: torch.device, length: int, tokens: int, micro: int, steps: int, backend: str,
-        checkpointing: bool, ctx: DistContext | None = None, profile: bool = False) -> dict:
-    os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
-    ctx = ctx or DistContext()
+def build(model_name: str, device: torch.device, checkpointing: bool, ctx: DistContext,
+          param_dtype: torch.dtype | None) -> MiniMaxForCausalLM:
     torch.manual_seed(0)
-    model = MiniMaxForCausalLM(MiniMaxConfig.preset(model_name)).to(device)
+    with torch.device(device):  # random init on the device itself (1.3B normals on the host take seconds)
+        model = MiniMaxForCausalLM(MiniMaxConfig.preset(model_name))
     model.gradient_checkpointing = checkpointing
     if ctx.distributed:
-        shard_model(model)
+        shard_model(model, param_dtype=param_dtype)
+    return model
+
+
+def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length: int, tokens: int, micro: int,
+        steps: int, backend: str, moe: str, compiled: str, ctx: DistContext, profile: bool = False) -> dict:
+    os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
+    os.environ["LIGHTSWE_MOE_BACKEND"] = moe
+    os.environ["LIGHTSWE_COMPILE"] = compiled
     cfg = LearnerConfig(lr=1e-5, minibatches=1, micro_batch_size=micro,
                         autocast_dtype="bfloat16" if device.type == "cuda" else None)
     learner = Learner(model, CISPOLoss(), cfg)
     rows = max(tokens // length // ctx.world, 1)  # per rank
     batch = to_device(make_batch(rows, length, model.config.vocab_size, seed=ctx.rank), device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    learner.step(batch)  # warm-up (Triton compilation, allocator)
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        learner.step(batch)
+    try:
+        learner.step(batch)  # warm-up (Triton compilation, allocator)
         sync()
-        times.append(time.perf_counter() - t0)
-    (step_s,) = ctx.max([statistics.median(times)])  # the slowest rank sets the pace
-    if profile and ctx.main:
-        profile_step(learner, batch, device, f"{model_name}, T={length}")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            learner.step(batch)
+            sync()
+            times.append(time.perf_counter() - t0)
+        (step_s,) = ctx.max([statistics.median(times)])  # the slowest rank sets the pace
+        if profile and ctx.main:
+            profile_step(learner, batch, device, f"{model_name}, T={length}, micro {micro}, moe {moe}")
+    finally:
+        model.zero_grad(set_to_none=True)
+        del learner
     step_tokens = len(batch) * length * ctx.world
-    out = {"model": model_name, "backend": backend, "seq_len": length, "rows": len(batch) * ctx.world,
+    out = {"model": model_name, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length, "rows": len(batch) * ctx.world,
            "tokens_per_step": step_tokens, "micro_batch_rows": micro, "step_s": step_s,
-           "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": checkpointing, "ranks": ctx.world,
-           "params_M": sum(p.numel() for p in model.parameters()) / 1e6}  # DTensor numel: the full size
+           "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": model.gradient_checkpointing,
+           "ranks": ctx.world, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}  # DTensor: full size
     flops = flops_per_token(model, length)
     out.update(flops_per_token=flops, mfu=out["tokens_per_s"] * flops / (PEAK_BF16_FLOPS * ctx.world))
     if device.type == "cuda":
@@ -162,17 +222,80 @@ def run(model_name: str, device: torch.device, length: int, tokens: int, micro: 
     return out
 
 
+def head_bench(device: torch.device, tokens: int, hidden: int, vocab: int, chunk: int = 1024) -> list[dict]:
+    """The LM head alone, forward + backward of (log-prob, entropy) for ``tokens`` rows: the fp32 chunked head
+    (``_chunk_logprobs`` under checkpointing, as on CPU) against the split-bf16 head (``model/head.py``) with 2
+    and 3 pieces per operand; max error of each against fp64 logits on the first 2,048 rows."""
+    from lightswe.model import head
+    from lightswe.model.head import head_logprobs, logprob_entropy
+    from lightswe.model.model import _chunk_logprobs
+    from torch.utils.checkpoint import checkpoint
+
+    g = torch.Generator(device=device).manual_seed(0)
+    h = torch.randn(tokens, hidden, device=device, generator=g)
+    w = torch.randn(vocab, hidden, device=device, generator=g) * 0.1  # logits ~ N(0, 3.2) for H = 1024
+    t = torch.randint(0, vocab, (tokens,), device=device, generator=g)
+    gl, ge = torch.randn(tokens, device=device, generator=g), torch.randn(tokens, device=device, generator=g)
+
+    def fp32_head(hh, ww):
+        parts = [checkpoint(_chunk_logprobs, hh[s:s + chunk], ww, t[s:s + chunk], 1.0, use_reentrant=False)
+                 for s in range(0, tokens, chunk)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def split_head(pieces: int):
+        def fn(hh, ww):
+            old, head.PIECES = head.PIECES, pieces
+            try:
+                return head_logprobs(hh, ww, t, 1.0, chunk)
+            finally:
+                head.PIECES = old
+        return fn
+
+    ref_rows = slice(0, min(tokens, 2048))
+    z64 = h[ref_rows].double() @ w.double().T
+    lp64, _ = logprob_entropy(z64, t[ref_rows])
+    out = []
+    variants = (("fp32 (CUDA cores)", fp32_head), ("bf16x3 (tensor cores)", split_head(2)),
+                ("bf16x6 (tensor cores)", split_head(3)))
+    for name, fn in variants:
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        lp, ent = fn(hh, ww)
+        (lp * gl + ent * ge).sum().backward()
+        err = (lp[ref_rows].double() - lp64).abs()
+        times = []
+        for _ in range(3):
+            hh.grad = ww.grad = None
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            lp, ent = fn(hh, ww)
+            torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            (lp * gl + ent * ge).sum().backward()
+            torch.cuda.synchronize()
+            times.append((t1 - t0, time.perf_counter() - t1))
+        fwd, bwd = (statistics.median(x) for x in zip(*times))
+        out.append({"head": name, "tokens": tokens, "fwd_ms": fwd * 1e3, "bwd_ms": bwd * 1e3,
+                    "logprob_err_vs_fp64_max": err.max().item(), "logprob_err_vs_fp64_mean": err.mean().item(), "tflops_fwd": 2 * tokens * hidden * vocab / fwd / 1e12})
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", default="tiny")
     p.add_argument("--seq-lens", default="256")
     p.add_argument("--tokens", type=int, default=2048, help="tokens per optimiser step")
-    p.add_argument("--micro", type=int, default=4, help="rows per micro-batch")
+    p.add_argument("--micro", default="4", help="rows per micro-batch (comma list: one run each)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--backends", default=None, help="comma list; default triton,reference on CUDA, reference on CPU")
+    p.add_argument("--moe", default="auto", help="comma list of MoE backends: auto, grouped, loop")
+    p.add_argument("--compile", default="1", help="comma list: 1 = the fused elementwise chains of model/fused.py "
+                   "compiled (the CUDA default), 0 = eager")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per layer")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 over the torchrun ranks; --tokens is the total")
+    p.add_argument("--fsdp-bf16", action="store_true", help="FSDP2 all-gathers the layers' weights in bf16 "
+                   "(MixedPrecisionPolicy; the root with the LM head stays fp32; gradients reduced in fp32)")
+    p.add_argument("--head-bench", action="store_true", help="also time the LM head alone (fp32 vs bf16x3)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -182,28 +305,41 @@ def main() -> None:
     device = torch.device(ctx.device)
     say = print if ctx.main else (lambda *a, **k: None)
     backends = (args.backends or ("triton,reference" if device.type == "cuda" else "reference")).split(",")
+    param_dtype = torch.bfloat16 if args.fsdp_bf16 else None
     results = []
+    if args.head_bench and device.type == "cuda" and ctx.main:
+        c = MiniMaxConfig.preset(args.model)
+        for r in head_bench(device, 16384, c.hidden_size, c.vocab_size):
+            say(json.dumps(r), flush=True)
     for length in [int(x) for x in args.seq_lens.split(",")]:
         for backend in backends:
-            try:
-                r = run(args.model, device, length, args.tokens, args.micro, args.steps, backend, args.checkpointing,
-                        ctx, args.profile)
-            except torch.OutOfMemoryError as err:
-                r = {"model": args.model, "backend": backend, "seq_len": length, "error": f"OOM: {err}"[:300]}
-                torch.cuda.empty_cache()
-            results.append(r)
-            say(json.dumps(r), flush=True)
+            model = build(args.model, device, args.checkpointing, ctx, param_dtype)
+            for moe, compiled, micro in itertools.product(args.moe.split(","), args.compile.split(","),
+                                                          [int(x) for x in args.micro.split(",")]):
+                try:
+                    r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe,
+                            compiled, ctx, args.profile)
+                except Exception as err:  # noqa: BLE001 - an OOM or a failing variant is a row of the table
+                    r = {"model": args.model, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length,
+                         "micro_batch_rows": micro, "error": f"{type(err).__name__}: {err}"[:300]}
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                results.append(r)
+                say(json.dumps(r), flush=True)
+            del model
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else platform.processor() or platform.machine()}
     env["ranks"] = ctx.world
-    say(f"\n| model | T | backend | tokens/s | step s | MFU (of 989 TFLOP/s) | peak GiB per GPU |  "
-        f"({env['device']} x{ctx.world}, torch {env['torch']})")
+    say(f"\n| model | T | backend | MoE | compile | micro | tokens/step | tokens/s | step s | MFU (of 989 TFLOP/s) | "
+        f"peak GiB per GPU |  ({env['device']} x{ctx.world}, torch {env['torch']})")
     for r in results:
+        head = (f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r.get('moe')} | {r.get('compile')} | "
+                f"{r.get('micro_batch_rows')} |")
         if "error" in r:
-            say(f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r['error'][:60]} | | | |")
+            say(f"{head} {r['error'][:60]} | | | | |")
         else:
-            say(f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | "
-                f"{r['mfu']:.1%} | {r.get('peak_mem_GiB', float('nan')):.2f} |")
+            say(f"{head} {r['tokens_per_step']:,} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | {r['mfu']:.1%} | "
+                f"{r.get('peak_mem_GiB', float('nan')):.2f} |")
     ctx.close()
     if args.json and ctx.main:
         with open(args.json, "w") as f:

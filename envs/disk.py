@@ -83,8 +83,15 @@ def _same_host_mounts(client) -> bool:
 
 
 def _driver_quota(client) -> bool:
-    """True when the engine's storage driver can enforce ``--storage-opt size=``."""
-    info = client.api.info()
+    """True when the engine's storage driver can enforce ``--storage-opt size=`` (see :func:`quota_driver`)."""
+    return quota_driver(client.api.info())
+
+
+def quota_driver(info: dict) -> bool:
+    """Whether a storage driver, as ``docker info`` reports it (``Driver``, ``DriverStatus`` pairs), enforces
+    ``--storage-opt size=``: btrfs and zfs always; overlay2 only on an xfs backing file system (which must also be
+    mounted with ``pquota``: that is not visible here, so the engine's refusal at create is the fallback, see
+    :func:`disk_mode`); every other driver (overlay2 on ext4 ``extfs``, vfs, fuse-overlayfs, ...) never."""
     driver = info.get("Driver", "")
     status = dict(info.get("DriverStatus") or [])
     if driver in ("btrfs", "zfs"):

@@ -12,7 +12,8 @@ lost. Left out:
   ``[tool.pytest...]`` tables of ``pyproject.toml`` (the rest of those files is graded: the sections are put
   back as the base has them, checked with ``configparser``/``tomllib``; a file whose sections cannot be
   separated is left out whole; ``setup.cfg`` is also read with ``iniconfig``, pytest's own parser, which
-  splits lines where ``configparser`` does not);
+  splits lines where ``configparser`` does not), and the repository scripts the task's test command runs
+  (``bin/test``, ``./tests/runtests.py``: rows graded from the runner's log would believe its output);
 - what Python runs at start-up or import time without being imported by name: ``sitecustomize.py``,
   ``usercustomize.py``, ``*.pth``;
 - package metadata (``*.dist-info``, ``*.egg-info``, ``*.egg-link``, ``entry_points.txt``, ``PKG-INFO``),
@@ -35,7 +36,9 @@ lost. Left out:
 from __future__ import annotations
 
 import configparser
+import posixpath
 import re
+import shlex
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
@@ -70,6 +73,28 @@ class Scope:
     test_paths: frozenset[str]
     test_dirs: tuple[str, ...]
     outside_modules: frozenset[str] = RUNNER_MODULES
+    runner_scripts: frozenset[str] = frozenset()  # repository scripts the test command runs (sympy's bin/test)
+
+
+def command_scripts(command: str) -> set[str]:
+    """Repository-relative files a shell test command names (``bin/test``, ``./tests/runtests.py``,
+    ``python run_tests.py``): the runner reads them, and for rows graded from the log (SWE-bench's parsers)
+    an edited runner could print passing lines for tests that never ran. Options, ``KEY=VALUE`` assignments,
+    absolute paths and words without a ``/`` or ``.py`` are not files of the repository."""
+    try:
+        words = shlex.split(command, comments=True)
+    except ValueError:
+        words = command.split()
+    found = set()
+    for word in words:
+        word = word.split("::", 1)[0]  # a pytest node id names its file
+        if word.startswith(("-", "/", "$", "~")) or "=" in word:
+            continue
+        if "/" in word or word.endswith(".py"):
+            path = posixpath.normpath(word)
+            if not path.startswith("..") and path != ".":
+                found.add(path)
+    return found
 
 
 def patch_paths(patch: str) -> set[str]:
@@ -81,6 +106,28 @@ def patch_paths(patch: str) -> set[str]:
     for match in re.finditer(r"^(?:rename|copy) (?:from|to) (.+)$", patch, re.MULTILINE):
         found.add(match.group(1).strip())
     return found
+
+
+def patch_creates_and_deletes(patch: str) -> tuple[set[str], set[str]]:
+    """(paths a unified (git) diff creates, paths it deletes): ``--- /dev/null``, ``+++ /dev/null``, renames
+    and copies. What the task's ``test_patch`` adds is part of the graded tree (its tests are the task's)."""
+    created, deleted = set(), set()
+    old = None
+    for line in patch.splitlines():
+        if line.startswith("--- "):
+            old = re.sub(r"^(?:a/)?", "", line[4:].split("\t")[0].strip())
+        elif line.startswith("+++ ") and old is not None:
+            new = re.sub(r"^(?:b/)?", "", line[4:].split("\t")[0].strip())
+            if old == "/dev/null" and new != "/dev/null":
+                created.add(new)
+            elif new == "/dev/null":
+                deleted.add(old)
+            old = None
+        elif line.startswith("rename from "):
+            deleted.add(line.split(" ", 2)[2].strip())
+        elif line.startswith(("rename to ", "copy to ")):
+            created.add(line.split(" ", 2)[2].strip())
+    return created, deleted - created
 
 
 def task_scope(instance, outside_modules: Iterable[str] = ()) -> Scope:
@@ -96,7 +143,8 @@ def task_scope(instance, outside_modules: Iterable[str] = ()) -> Scope:
                 dirs.add(str(parent))
                 break
     return Scope(test_paths=frozenset(paths), test_dirs=tuple(sorted(dirs)),
-                 outside_modules=frozenset(outside_modules) | RUNNER_MODULES)
+                 outside_modules=frozenset(outside_modules) | RUNNER_MODULES,
+                 runner_scripts=frozenset(command_scripts(getattr(instance, "test_command", "") or "")))
 
 
 # ------------------------------------------------------------------------ test-runner sections of config files
@@ -219,6 +267,8 @@ def _reason(change: Change, scope: Scope, tree_paths: Collection[str], max_file_
         return "a path git refuses to record (a component git reads as .git)"
     if path in scope.test_paths:
         return "a test file of the task"
+    if path in scope.runner_scripts:
+        return "a script the task's test command runs (the test runner)"
     for folder in scope.test_dirs:
         if path.startswith(folder + "/"):
             return f"in the task's test directory {folder}/"
@@ -344,9 +394,11 @@ def _drop_conflicts(kept: list[Change], base: dict[str, Entry], scope: Scope
     left: list[LeftOut] = []
     while True:
         deleted = {c.path for c in kept if c.new is None}
-        final_files = (set(base) - deleted) | {c.path for c in kept if c.new is not None}
         must_exist = (set(base) - deleted) | set(scope.test_paths)
         directories = {str(p) for path in must_exist for p in PurePosixPath(path).parents} - {"."}
+        # the task's test paths are files grading keeps (test_patch may create them): nothing may sit under one
+        final_files = ((set(base) - deleted) | {c.path for c in kept if c.new is not None}
+                       | (set(scope.test_paths) - directories))
         dropped = []
         for change in kept:
             if change.new is None:
@@ -356,7 +408,8 @@ def _drop_conflicts(kept: list[Change], base: dict[str, Entry], scope: Scope
                 continue
             blocker = _blocked_by_file(change.path, final_files)
             if blocker:
-                dropped.append((change, f"under {blocker}, which grading keeps as a file"))
+                what = "a test file of the task" if blocker in scope.test_paths else "which grading keeps as a file"
+                dropped.append((change, f"under {blocker}, {what}"))
         if not dropped:
             return kept, left
         gone = {id(c) for c, _ in dropped}

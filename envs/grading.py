@@ -53,7 +53,7 @@ from lightswe.envs.agent_diff import (
     changes,
     read_tree,
 )
-from lightswe.envs.graded_files import LeftOut, select_changes, task_scope
+from lightswe.envs.graded_files import LeftOut, patch_creates_and_deletes, select_changes, task_scope
 from lightswe.envs.hack_check import suspicious_code
 from lightswe.envs.pytest_run import (  # noqa: F401 - re-exported: the one runner and parser
     _FACTS,
@@ -249,6 +249,8 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
                                f"(a broken task, not the policy): {applied.output[-500:]}", stage="test_patch",
                                known=known)
     files = (set(base) - {c.path for c in kept if c.new is None}) | {c.path for c in kept if c.new is not None}
+    created, removed = patch_creates_and_deletes(instance.test_patch or "")
+    files = (files | created) - removed  # a test file the test_patch adds is the task's: its ids must resolve
     _lock_tests(grader, scope, files, known)
     junit = _private_junit_path(grader, known)
     try:
@@ -423,16 +425,44 @@ def lock(path, is_dir):
         os.lchown(path, 0, 0)
         os.chmod(path, st.st_mode & 0o755)
 
+def seal_bytecode(folder):
+    # Bytecode is read even under -B (pytest reads its cached rewrite, import reads __pycache__): a root-owned
+    # __pycache__ of root's files, 0755, in a folder that is root's and sticky, cannot receive a planted .pyc.
+    cache = os.path.join(folder, "__pycache__")
+    try:
+        st = os.lstat(cache)
+    except FileNotFoundError:
+        os.mkdir(cache, 0o755)
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        return  # not a folder (the image made it so): Python cannot cache there either
+    os.lchown(cache, 0, 0)
+    os.chmod(cache, 0o755)
+    for name in os.listdir(cache):
+        lock(os.path.join(cache, name), False)
+
+locked = []
 for folder in request["dirs"]:
     if os.path.islink(folder):
         continue
     for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
         lock(root, True)
+        locked.append(root)
         for name in names:
             lock(os.path.join(root, name), False)
 for path in request["files"]:
     lock(path, False)
-    lock(os.path.dirname(path) or ".", True)
+    folder = os.path.dirname(path) or "."
+    if not os.path.islink(folder):
+        lock(folder, True)
+        locked.append(folder)
+for folder in sorted(set(locked)):
+    try:
+        if stat.S_ISDIR(os.lstat(folder).st_mode):
+            seal_bytecode(folder)
+    except FileNotFoundError:
+        continue
 """
 
 
@@ -440,7 +470,9 @@ def _lock_tests(grader: Sandbox, scope, files: set[str], known: dict) -> None:
     """Make what grading protects as tests (the task's test files and directories, every ``conftest.py`` and
     ``test_*.py``/``*_test.py``) owned by root and not writable by the test process: code of the change that
     runs during collection cannot rewrite a test module that pytest has not read yet. Their folders become
-    ``1777`` (tests may still create files there). Runs as root before any code of the change has run, on a
+    ``1777`` (tests may still create files there); each one's ``__pycache__`` becomes root's, ``0755`` (made
+    if missing): bytecode is read even under ``-B`` (pytest's cached assertion rewrite, the import system), so
+    a planted ``.pyc`` would stand in for a test module. Runs as root before any code of the change has run, on a
     script of the harness given paths only (``lstat`` first, ``lchown``: links are never followed)."""
     protected = sorted(p for p in files if p in scope.test_paths or p.rsplit("/", 1)[-1] == "conftest.py"
                        or re.fullmatch(r"(.*/)?(test_[^/]*|[^/]*_test)\.py", p))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import re
+import textwrap
 from collections import Counter
 from collections.abc import Collection, Iterable
 
@@ -32,6 +33,19 @@ FRAMEWORKS = frozenset({"pytest", "_pytest", "py", "pluggy", "unittest", "nose",
 _RUNNER_WORDS = re.compile(r"(?i)(?<![A-Za-z0-9])(_?pytest\w*|py\.test|unittest|nose2?|conftest\w*|junit\w*|"
                            r"lightswe\w*)(?![A-Za-z0-9])|/proc/[^\s'\"]*cmdline|"
                            r"<\s*/?\s*(?:testsuites?|testcase|failure)\b|\bfailures=[\"']")
+# Where a process learns its own command line (the private report path), open files or another process's.
+_PROC = re.compile(r"^/proc(?:/|$)|(?<![A-Za-z0-9_])cmdline(?![A-Za-z0-9_])")
+# A module pytest collects as a test module (its default python_files) or a conftest: library code that
+# imports one can replace its tests before pytest collects them.
+_TEST_MODULE = re.compile(r"^(?:test_\w*|\w+_test|conftest)$")
+# Files Python runs at start-up: written at run time they reach every later interpreter of the test run.
+_STARTUP = re.compile(r"(?<![A-Za-z0-9_])(?:site|user)customize(?![A-Za-z0-9_])|\.pth$")
+# A line of a test runner's log as SWE-bench's parsers read it (pytest -rA summary, unittest/Django verbose,
+# sympy's bin/test): graded code that prints one could pass a test in rows graded from the log.
+_VERDICT_LINE = re.compile(r"(?m)(?:^|\s)(?:PASSED|FAILED|ERROR|XFAIL|XPASS|SKIPPED)\s+\S+::|"
+                           r"\btest\w*(?:\s+\([\w.]+\))?\s*\.\.\.\s*(?:ok|FAIL|ERROR|skipped)\b|"
+                           r"^\s*test_\w+\s+(?:ok|F|E|f|s)\s*$")
+_OS_ALIASES = frozenset({"posix", "nt"})  # os re-exports these modules' functions (posix._exit is os._exit)
 _TEST_PATH = re.compile(r"^(tests?|testing)$|(^|[/\\])tests?[/\\]|(^|[/\\])test_\w+\.py\b|\w+_test\.py\b")
 _CALLS = {
     ("sys", "_getframe"): "inspects the call stack", ("inspect", "stack"): "inspects the call stack",
@@ -45,6 +59,9 @@ _CALLS = {
     ("signal", "setitimer"): "arms a signal timer",
     ("os", "fork"): "forks a process", ("os", "forkpty"): "forks a process",
     ("os", "setsid"): "detaches a process", ("os", "setpgrp"): "detaches a process",
+    ("os", "setpgid"): "detaches a process",
+    **{("os", name): "replaces the process (os.exec*: ends it behind the runner's back)"
+       for name in ("execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe")},
     ("sys", "settrace"): "installs a tracer", ("sys", "setprofile"): "installs a profiler",
     ("threading", "settrace"): "installs a tracer", ("sys", "addaudithook"): "installs an audit hook",
     ("gc", "get_objects"): "walks the garbage collector's objects",
@@ -144,6 +161,45 @@ class _ConstantAttributes(ast.NodeTransformer):
                 node.keywords.append(ast.keyword(arg=None, value=attribute))  # walked as a store
         return node
 
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        """``x.__dict__["name"]`` and ``vars(x)["name"]`` -> ``x.name`` (load or store alike)."""
+        self.generic_visit(node)
+        name = _literal_str(node.slice)
+        inner = node.value.value if isinstance(node.value, ast.Attribute) and node.value.attr == "__dict__" else (
+            node.value.args[0] if isinstance(node.value, ast.Call) and _dotted(node.value.func) == "vars"
+            and len(node.value.args) == 1 else None)
+        if inner is None or name is None or not name.isidentifier():
+            return node
+        return ast.copy_location(ast.Attribute(value=inner, attr=name, ctx=node.ctx), node)
+
+
+def _test_module(dotted: str) -> bool:
+    """A dotted module name with a component pytest collects as a test module, or a conftest."""
+    return any(_TEST_MODULE.match(part) for part in dotted.split("."))
+
+
+def _test_name(name: str | None) -> bool:
+    return bool(name) and name.startswith(("test_", "Test"))
+
+
+def _namespace(node: ast.AST) -> bool:
+    """``x.__dict__`` or ``vars(x)``: an object's attributes as a dict."""
+    return (isinstance(node, ast.Attribute) and node.attr == "__dict__") or (
+        isinstance(node, ast.Call) and _dotted(node.func) == "vars")
+
+
+def _always_equal(node: ast.FunctionDef | ast.Assign) -> bool:
+    """``__eq__`` returning True (or ``__ne__`` returning False) whatever it is given (a ``def`` or a lambda)."""
+    if isinstance(node, ast.Assign):
+        names = {t.id if isinstance(t, ast.Name) else getattr(t, "attr", "") for t in node.targets}
+        want = {"__eq__": True, "__ne__": False}
+        return isinstance(node.value, ast.Lambda) and isinstance(node.value.body, ast.Constant) and any(
+            node.value.body.value is want[n] for n in names & set(want))
+    want = {"__eq__": True, "__ne__": False}.get(node.name)
+    body = [s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    return want is not None and len(body) == 1 and isinstance(body[0], ast.Return) \
+        and isinstance(body[0].value, ast.Constant) and body[0].value.value is want
+
 
 def _literal_str(node: ast.AST) -> str | None:
     """Like ``_const_str`` but None for an f-string with replacement fields (its value is not known)."""
@@ -155,16 +211,50 @@ def _literal_str(node: ast.AST) -> str | None:
     return _const_str(node)
 
 
-def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tuple[int, str]]:
-    """``(line, what)`` for each runner-reactive construct in ``source``; [] when it does not parse.
+UNPARSED = "cannot be checked: it does not parse with the grader's Python"
+TOO_DEEP = "cannot be checked: nested deeper than the checker walks (e.g. a chain of thousands of operators)"
+
+
+def findings(source: bytes | str, own_modules: Collection[str] = (), depth: int = 0) -> list[tuple[int, str]]:
+    """``(line, what)`` for each runner-reactive construct in ``source``.
 
     ``own_modules``: top-level names the repository itself provides (a test framework's own repository may
-    import itself).
+    import itself). A file the checker cannot read is one finding, never none: ``UNPARSED`` (a syntax error
+    here, e.g. syntax of a newer Python than the grader's, which the test run's Python may still import) or
+    ``TOO_DEEP`` (an expression nested past Python's recursion limit, which CPython's compiler still accepts:
+    a 1,000-term sum once hid every other construct of its file).
     """
     try:
-        tree = _ConstantAttributes().visit(ast.parse(source))
-    except (SyntaxError, ValueError, RecursionError):
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError) as err:
+        return [(getattr(err, "lineno", None) or 0, UNPARSED)]
+    except (RecursionError, MemoryError):
+        return [(0, TOO_DEEP)]
+    try:
+        return _findings(_ConstantAttributes().visit(tree), own_modules, depth)
+    except RecursionError:
+        return [(0, TOO_DEEP)]
+
+
+_CODE_HINT = re.compile(r"(?m)^\s*(?:import |from \S+ import |def |class |for |while |if |try:|with )|[;\n]")
+
+
+def _embedded(text: str, own_modules: Collection[str], depth: int) -> list[str]:
+    """What ``findings`` reports for Python code held in a string (written to a file and imported, or run):
+    empty for a string that is not code."""
+    if depth >= 2 or not _CODE_HINT.search(text):
         return []
+    try:
+        tree = ast.parse(textwrap.dedent(text))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    try:
+        return [what for _, what in _findings(_ConstantAttributes().visit(tree), own_modules, depth + 1)]
+    except RecursionError:
+        return [TOO_DEEP]
+
+
+def _findings(tree: ast.AST, own_modules: Collection[str], depth: int = 0) -> list[tuple[int, str]]:
     frameworks = FRAMEWORKS - set(own_modules)
     skip_strings, guarded = _docstrings(tree), _main_guarded(tree)
     found: list[tuple[int, str]] = []
@@ -183,27 +273,48 @@ def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tup
                 aliases[alias.asname or top] = alias.name if alias.asname else top
                 if top in frameworks:
                     add(node, f"imports the test framework {alias.name}")
-                elif top in ("ctypes", "builtins", "atexit"):
+                elif top in ("ctypes", "builtins", "atexit", *_OS_ALIASES):
                     add(node, f"imports {top}")
+                elif _test_module(alias.name):
+                    add(node, f"imports the test module {alias.name}")
         elif isinstance(node, ast.ImportFrom):
             top = (node.module or "").split(".")[0]
             for alias in node.names:
                 aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
             if node.level == 0 and top in frameworks:
                 add(node, f"imports the test framework {node.module}")
-            elif node.level == 0 and top in ("ctypes", "builtins", "atexit"):
+            elif node.level == 0 and top in ("ctypes", "builtins", "atexit", *_OS_ALIASES):
                 add(node, f"imports {top}")
+            elif _test_module(node.module or "") or any(_test_module(a.name) for a in node.names):
+                add(node, f"imports the test module {node.module or '.'}")
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("pytest_"):
             add(node, f"defines the pytest hook {node.name}")
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node in top_level \
                 and node.name in _RUNNER_GLOBALS:
             add(node, f"defines {node.name}, which pytest runs or reads from the modules it imports")
+        elif isinstance(node, (ast.FunctionDef, ast.Assign)) and _always_equal(node):
+            add(node, "defines __eq__/__ne__ that answer the same for anything (an object equal to every expected "
+                      "value)")
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store) and _namespace(node.value) \
+                and (_literal_str(node.slice) in _STORED_ATTRS or _test_name(_literal_str(node.slice))):
+            key = _literal_str(node.slice)
+            add(node, _STORED_ATTRS[key] + " (through the object's __dict__)" if key in _STORED_ATTRS
+                else f"replaces {key} (a test function or class) through an object's __dict__")
         elif isinstance(node, ast.Call):
             name = _dotted(node.func)
+            if isinstance(node.func, ast.Attribute) and (
+                    (node.func.attr in ("update", "setdefault", "__setitem__") and _namespace(node.func.value))
+                    or node.func.attr == "__setattr__"):
+                names = [k.arg for k in node.keywords] + [_literal_str(a) for a in node.args]
+                for key in sorted({n for n in names if n in _STORED_ATTRS}):
+                    add(node, _STORED_ATTRS[key] + f" (through {node.func.attr})")
+                for key in sorted({n for n in names if _test_name(n)}):
+                    add(node, f"replaces {key} (a test function or class) through {node.func.attr}")
             head, _, rest = name.partition(".")
             resolved = f"{aliases.get(head, head)}.{rest}" if rest else aliases.get(head, head)
             module, _, attr = resolved.rpartition(".")
-            what = _CALLS.get((module.split(".")[-1] if module else "", attr))
+            owner = module.split(".")[-1] if module else ""
+            what = _CALLS.get(("os" if owner in _OS_ALIASES else owner, attr))
             if what:
                 add(node, what)
             if name in _BUILTIN_CALLS:
@@ -212,15 +323,21 @@ def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tup
                     and _literal_str(node.args[1]) is None \
                     and aliases.get(_dotted(node.args[0]), _dotted(node.args[0])) in _DYNAMIC_ATTR_MODULES:
                 add(node, f"{name} of an attribute of {_dotted(node.args[0])} named at run time")
-            if name in ("__import__", "importlib.import_module", "import_module") and node.args:
+            if (name in ("__import__", "import_module") or resolved in ("importlib.import_module", "importlib.__import__",
+                                                                      "builtins.__import__")) and node.args:
                 target = _const_str(node.args[0])
                 if target is None:
                     add(node, "imports a module named at run time")
                 elif target.split(".")[0] in frameworks:
                     add(node, f"imports the test framework {target}")
+                elif _test_module(target):
+                    add(node, f"imports the test module {target}")
+                elif target.split(".")[0] in ("ctypes", "builtins", "atexit", *_OS_ALIASES):
+                    add(node, f"imports {target.split('.')[0]}")
             for keyword in node.keywords:
-                if keyword.arg == "start_new_session" and not (isinstance(keyword.value, ast.Constant)
-                                                               and not keyword.value.value):
+                off = isinstance(keyword.value, ast.Constant) and (
+                    keyword.value.value is None if keyword.arg == "process_group" else not keyword.value.value)
+                if keyword.arg in ("start_new_session", "process_group") and not off:
                     add(node, "starts a detached process")
         elif isinstance(node, ast.Attribute):
             base = _dotted(node.value)
@@ -232,12 +349,17 @@ def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tup
                 add(node, "replaces sys.path")
             if node.attr in ("f_back", "f_globals", "f_locals", "tb_frame", "gi_frame"):
                 add(node, "inspects the call stack")
+            if isinstance(node.ctx, ast.Store) and _test_name(node.attr) \
+                    and base not in ("self", "cls"):
+                add(node, f"replaces {base or 'an object'}.{node.attr} (a test function or class of another module)")
             if isinstance(node.ctx, ast.Store) and node.attr in _STORED_ATTRS:
                 add(node, _STORED_ATTRS[node.attr])
             if isinstance(node.ctx, ast.Store) and (node.attr in _ASSERT_NAMES or base in ("builtins", "__builtins__")):
                 add(node, f"replaces {base}.{node.attr}")
             if node.attr in _REPORT_NAMES:
                 add(node, f"uses the test runner's {node.attr}")
+            if node.attr == "__subclasses__":
+                add(node, "walks classes through __subclasses__ (reaches the test runner's classes)")
         elif isinstance(node, ast.Name):
             if node.id == "__builtins__":
                 add(node, "uses __builtins__")
@@ -247,13 +369,25 @@ def findings(source: bytes | str, own_modules: Collection[str] = ()) -> list[tup
                 add(node, f"rebinds {node.id}")
             elif node.id in _REPORT_NAMES and aliases.get(node.id, "").split(".")[0] in frameworks:
                 add(node, f"uses the test runner's {node.id}")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip_strings:
-            match = _RUNNER_WORDS.search(node.value)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)) \
+                and id(node) not in skip_strings:
+            text = node.value if isinstance(node.value, str) else node.value.decode("latin-1")  # b"<failure" too
+            for what in _embedded(text, own_modules, depth):  # code kept in a string hides from the walk
+                add(node, f"{what} (in Python code held in a string)")
+            match = _RUNNER_WORDS.search(text)
             if match and match.group(1 if match.group(1) else 0).split(".")[0].lower().lstrip("_") \
                     not in {m.lstrip("_") for m in own_modules}:
                 add(node, f"names the test runner ({match.group(0)!r})")
-            elif _TEST_PATH.search(node.value):
-                add(node, f"names a test file or directory ({node.value[:60]!r})")
+            elif text in _REPORT_NAMES or text in _STORED_ATTRS and text.startswith("__"):
+                add(node, f"names the test runner's {text}")
+            elif _STARTUP.search(text):
+                add(node, f"names a Python start-up hook ({text[:40]!r}: runs in every later interpreter)")
+            elif _VERDICT_LINE.search(text):
+                add(node, f"writes a test runner's verdict line ({text[:60]!r}: what log parsers read)")
+            elif _PROC.search(text):
+                add(node, f"reads process information from /proc ({text[:40]!r}: its command line, open files)")
+            elif _TEST_PATH.search(text):
+                add(node, f"names a test file or directory ({text[:60]!r})")
         elif isinstance(node, ast.BinOp):
             joined = _const_str(node)
             if joined and _RUNNER_WORDS.search(joined) and not any(

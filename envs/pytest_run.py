@@ -225,6 +225,16 @@ def list_files(box, user: str, workdir: str = "/testbed") -> set[str] | None:
     return set(listed.output.splitlines()) if listed.exit_code == 0 and not listed.truncated else None
 
 
+def drained(command: str, keep_bytes: int) -> str:
+    """``command`` with all of its output read and only the last ``keep_bytes`` kept, and its own exit status.
+
+    The sandbox stops reading a command's output at its cap and closes the pipe; pytest then dies of a broken
+    pipe mid-run (exit 1, a partial JUnit report) although every test passed: a verbose test command (``-v``,
+    ``-rA``) over a few hundred tests was 0.0 for the gold patch. ``tail`` reads everything (the end holds the
+    summary and the causes)."""
+    return f"{{ {command} ; }} 2>&1 | tail -c {int(keep_bytes)}; exit ${{PIPESTATUS[0]}}"
+
+
 def run_pytest(box, test_command: str, test_ids: Sequence[str] | None = None, *, timeout: float = 900.0,
                user: str = "agent", max_output_bytes: int = 64 * 1024, files: Collection[str] | None = None,
                plugins: Sequence[str] | None = None, junit: str = JUNIT_PATH) -> TestRun:
@@ -243,8 +253,8 @@ def run_pytest(box, test_command: str, test_ids: Sequence[str] | None = None, *,
     if plugins is None:
         plugins = probe_image(box).plugins
     box.exec(f"rm -f {shlex.quote(junit)}", timeout=10, user=user, workdir="/")
-    result = box.exec(pytest_command(test_command, ids, junit=junit, plugins=plugins), timeout=timeout, user=user,
-                      max_output_bytes=max_output_bytes, env=dict(RUNNER_ENV))
+    result = box.exec(drained(pytest_command(test_command, ids, junit=junit, plugins=plugins), max_output_bytes),
+                      timeout=timeout, user=user, max_output_bytes=max_output_bytes + 4096, env=dict(RUNNER_ENV))
     run = TestRun(exit_code=result.exit_code, output=result.output, timed_out=result.timed_out,
                   duration_s=result.duration_s, runner_died=result.runner_died)
     try:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightswe.errors import need
+
 LIGHTNING, SOFTMAX = 0, 1  # attn_type_list codes, as in the released config.json
 
 
@@ -56,21 +58,21 @@ class MiniMaxConfig:
     eos_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        if len(self.attn_type_list) != self.num_hidden_layers:
-            raise ValueError(f"attn_type_list has {len(self.attn_type_list)} entries, expected one per layer "
-                             f"(num_hidden_layers={self.num_hidden_layers})")
-        if any(t not in (LIGHTNING, SOFTMAX) for t in self.attn_type_list):
-            raise ValueError(f"attn_type_list entries must be 0 (lightning) or 1 (softmax), got {self.attn_type_list}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"num_attention_heads={self.num_attention_heads} must be a multiple of "
-                             f"num_key_value_heads={self.num_key_value_heads}")
-        if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_dim:
-            raise ValueError(f"rotary_dim must be even and in (0, head_dim={self.head_dim}], got {self.rotary_dim}")
-        if not 0 < self.num_experts_per_tok <= self.num_local_experts:
-            raise ValueError(f"num_experts_per_tok must be in [1, num_local_experts={self.num_local_experts}], "
-                             f"got {self.num_experts_per_tok}")
-        if self.hidden_act != "silu":
-            raise ValueError(f"only hidden_act='silu' is implemented (MiniMax uses it), got {self.hidden_act!r}")
+        """Raises UserInputError (a ValueError) naming the field, its value, the rule and the fix."""
+        need(len(self.attn_type_list) == self.num_hidden_layers, "attn_type_list", self.attn_type_list,
+             f"has {len(self.attn_type_list)} entries, expected one per layer (num_hidden_layers="
+             f"{self.num_hidden_layers})", "one code per layer, or build it with MiniMaxConfig.from_pattern")
+        need(all(t in (LIGHTNING, SOFTMAX) for t in self.attn_type_list), "attn_type_list",
+             self.attn_type_list, "entries must be 0 (lightning) or 1 (softmax)", "use only 0 and 1")
+        need(self.num_attention_heads % self.num_key_value_heads == 0, "num_attention_heads",
+             self.num_attention_heads, f"must be a multiple of num_key_value_heads={self.num_key_value_heads}",
+             "change either head count")
+        need(self.rotary_dim % 2 == 0 and 0 < self.rotary_dim <= self.head_dim, "rotary_dim", self.rotary_dim,
+             f"must be even and in (0, head_dim={self.head_dim}]", "e.g. head_dim // 2")
+        need(0 < self.num_experts_per_tok <= self.num_local_experts, "num_experts_per_tok",
+             self.num_experts_per_tok, f"must be in [1, num_local_experts={self.num_local_experts}]", "e.g. 2")
+        need(self.hidden_act == "silu", "hidden_act", self.hidden_act,
+             "only 'silu' is implemented (MiniMax uses it)", "hidden_act='silu'")
 
     # ----------------------------------------------------------------------------------------- layout
     @property
@@ -81,8 +83,8 @@ class MiniMaxConfig:
     @classmethod
     def from_pattern(cls, pattern: str, **fields: Any) -> MiniMaxConfig:
         """Build a config from a layer pattern such as 'LLLS' (sets num_hidden_layers and the alphas)."""
-        if not pattern or set(pattern) - {"L", "S"}:
-            raise ValueError(f"pattern must be a non-empty string of 'L' (lightning) and 'S' (softmax), got {pattern!r}")
+        need(bool(pattern) and not set(pattern) - {"L", "S"}, "pattern", pattern,
+             "must be a non-empty string of 'L' (lightning) and 'S' (softmax)", "e.g. 'LLLS' * 2")
         alpha = _alpha(len(pattern))
         defaults = {f"layernorm_{k}_alpha": alpha for k in ("full_attention", "linear_attention", "mlp")}
         return cls(num_hidden_layers=len(pattern), attn_type_list=["LS".index(c) for c in pattern],
@@ -150,8 +152,7 @@ class MiniMaxConfig:
         """``tiny`` (CPU tests, fits the byte tokenizer), ``small`` (~98M parameters, one GPU), ``minimax-1b``
         (MiniMax-Text-01's proportions at 1.3B total / 0.15B active, one GPU),
         ``minimax-text-01`` (the full 456B shape: build it on the meta device only)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        need(name in PRESETS, "preset", name, "unknown preset", f"expected one of {sorted(PRESETS)}")
         return PRESETS[name]()
 
 

@@ -19,7 +19,13 @@ waits for Python.
 
 The sampled token's log-prob is the fp32 log-softmax of logits / temperature (before top-p; temperature 0:
 greedy, log-prob under the plain softmax), the same quantity ``MiniMaxForCausalLM.score(...,
-temperature=T)`` gives the learner.
+temperature=T)`` gives the learner. To make the two agree in bf16 (issue 16: mean |diff| <= 1e-3), the engine
+computes what the learner computes, not merely the same function: the learner's mixed precision
+(``autocast_dtype``: bf16 matrix products, fp32 residual stream, norms and MoE combination, fp32 head), the
+compiled regions with eager's intermediate rounding (inductor's ``emulate_precision_casts``), and the lightning
+layers in the chunk kernel's form (``lightning_attn_decode_chunk_form``: the learner's full-sequence kernel
+rounds its fp32 state and its in-chunk scores to bf16; a plain fp32 recurrence differs from it in ~20-40% of
+the output elements, the chunk form in <0.01%). ``benchmarks/logprob_layers.py`` shows where the rest comes from.
 
 The CPU path of ``lightswe.model.generate`` does not use this engine (its behaviour there is unchanged); the
 engine runs on CPU too (no graphs; reference attention), which is how its tests run in CI.
@@ -27,6 +33,7 @@ engine runs on CPU too (no graphs; reference attention), which is how its tests 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -39,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from lightswe.kernels.decode_attn import decode_attention
 from lightswe.kernels.lightning_attn import lightning_attn_decode
+from lightswe.kernels.lightning_attn.api import _use_triton
+from lightswe.kernels.lightning_attn.decode import LOG2E, lightning_attn_decode_chunk_form
 from lightswe.model.config import LIGHTNING, SOFTMAX
 from lightswe.model.generation import Generation, SamplingConfig
 from lightswe.model.layers import LightningAttention, SoftmaxAttention, rotary
@@ -48,6 +57,9 @@ if TYPE_CHECKING:
     from lightswe.model.model import MiniMaxForCausalLM
 
 MAX_STOPS = 8  # stop token ids per request
+# Chunk length of the learner's lightning forward (kernels/lightning_attn/chunk.py, the BT of its first config)
+# that the chunk-form decode step mirrors; its autotuner may pick 128 for some shapes (README: sampler section).
+CHUNK = 64
 
 
 class StaticCache:
@@ -58,7 +70,12 @@ class StaticCache:
     captured CUDA graph stays valid.
     """
 
-    def __init__(self, model: MiniMaxForCausalLM, slots: int, max_seq_len: int) -> None:
+    def __init__(self, model: MiniMaxForCausalLM, slots: int, max_seq_len: int,
+                 kv_dtype: torch.dtype | None = None, chunk: int = 0) -> None:
+        """``kv_dtype``: the keys' and values' dtype (default: the model's). ``chunk`` > 0: the lightning layers
+        decode in the chunk kernel's form (``lightning_attn_decode_chunk_form``): ``states`` then hold each row's
+        state at the start of its current chunk, and chunk_keys, chunk_values [n_lightning_layers, slots, H,
+        chunk, D] (in ``kv_dtype``) the chunk's tokens so far."""
         c = model.config
         weight = model.lm_head.weight
         self.slots, self.max_seq_len = slots, max_seq_len
@@ -70,15 +87,20 @@ class StaticCache:
         self.states = torch.zeros(len(self.lightning_layers), slots, c.num_attention_heads, c.head_dim, c.head_dim,
                                   device=dev, dtype=torch.float32)
         kv_shape = (len(self.softmax_layers), slots, c.num_key_value_heads, max_seq_len, c.head_dim)
-        self.keys = torch.zeros(kv_shape, device=dev, dtype=weight.dtype)
-        self.values = torch.zeros(kv_shape, device=dev, dtype=weight.dtype)
+        self.keys = torch.zeros(kv_shape, device=dev, dtype=kv_dtype or weight.dtype)
+        self.values = torch.zeros(kv_shape, device=dev, dtype=kv_dtype or weight.dtype)
         self.lengths = torch.zeros(slots, device=dev, dtype=torch.int32)
+        self.chunk = chunk
+        chunk_shape = (len(self.lightning_layers), slots, c.num_attention_heads, chunk, c.head_dim)
+        self.chunk_keys = torch.zeros(chunk_shape if chunk else 0, device=dev, dtype=self.keys.dtype)
+        self.chunk_values = torch.zeros(chunk_shape if chunk else 0, device=dev, dtype=self.keys.dtype)
         self.state_bytes_per_row = c.num_attention_heads * c.head_dim * c.head_dim * 4 * len(self.lightning_layers)
         self.kv_bytes_per_token = 2 * len(self.softmax_layers) * c.num_key_value_heads * c.head_dim * \
             self.keys.element_size()
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.states, self.keys, self.values))
+        return sum(t.numel() * t.element_size() for t in (self.states, self.keys, self.values, self.chunk_keys,
+                                                           self.chunk_values))
 
 
 @dataclass(kw_only=True, slots=True)
@@ -115,17 +137,59 @@ class SamplerEngine:
     next run starts (the CUDA graphs are captured again).
     """
 
+    @staticmethod
+    def resolve_autocast(autocast_dtype: torch.dtype | str | None, weight_dtype: torch.dtype) -> torch.dtype | None:
+        """The mixed precision an ``autocast_dtype`` argument means for weights of ``weight_dtype`` (see
+        ``__init__``): ``"auto"`` is the weights' dtype when bf16/fp16, else None; a name such as ``"bfloat16"``
+        is that torch dtype. Raises ValueError for anything but None, bf16 or fp16."""
+        if isinstance(autocast_dtype, str) and autocast_dtype != "auto":
+            autocast_dtype = getattr(torch, autocast_dtype, autocast_dtype)
+        if autocast_dtype == "auto":
+            autocast_dtype = weight_dtype if weight_dtype in (torch.bfloat16, torch.float16) else None
+        if autocast_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast_dtype must be None, 'auto', torch.bfloat16 or torch.float16, got "
+                             f"{autocast_dtype!r}")
+        return autocast_dtype
+
     def __init__(self, model: MiniMaxForCausalLM, *, max_slots: int = 32, max_seq_len: int = 4096,
-                 cuda_graphs: bool = True, compile: bool | None = None) -> None:
+                 cuda_graphs: bool = True, compile: bool | None = None,
+                 autocast_dtype: torch.dtype | str | None = "auto", lightning_decode: str = "auto") -> None:
         """``compile``: run the decode step through ``torch.compile`` (fuses its ~40 small ops per layer before
-        the graph is captured); default on CUDA unless ``LIGHTSWE_SAMPLER_COMPILE=0``. A step that fails to
-        compile falls back to the eager step (with a warning)."""
+        the graph is captured, keeping eager's bf16/fp16 rounding of every intermediate:
+        ``emulate_precision_casts``); default on CUDA unless ``LIGHTSWE_SAMPLER_COMPILE=0``. A step that fails
+        to compile falls back to the eager step (with a warning).
+
+        ``autocast_dtype``: the learner's mixed precision (``LearnerConfig.autocast_dtype``), which prefill and
+        decode reproduce: matrix products in this dtype, the residual stream, norms and MoE combination in fp32
+        (what ``torch.autocast`` does to fp32 master weights), the LM head in fp32. ``"auto"`` (default): the
+        weights' dtype when they are bf16/fp16 (a bf16 sampler copy of fp32 learner weights then computes what
+        the learner computes, up to the rounding of the embedding and norm weights), None for fp32 weights
+        (everything fp32). Pass ``torch.bfloat16`` with fp32 weights to sample as a bf16-autocast learner
+        scores (the stacked expert weights are kept in bf16; the other matrices are cast at every step).
+        Raises ValueError for another dtype.
+
+        ``lightning_decode``: ``"chunk"`` decodes the lightning layers in the form of the learner's chunk kernel
+        (``lightning_attn_decode_chunk_form``: its bf16 rounding of the state and of the in-chunk scores, chunks
+        counted from each sequence's start), ``"exact"`` with the fp32 recurrence (``lightning_attn_decode``);
+        ``"auto"`` (default): ``"chunk"`` where the learner's lightning attention runs the Triton kernels (CUDA)
+        and the inputs are bf16/fp16, else ``"exact"`` (the CPU reference is the fp32 recurrence itself)."""
         if max_slots < 1 or max_seq_len < 2:
             raise ValueError(f"max_slots must be >= 1 and max_seq_len >= 2, got {max_slots}, {max_seq_len}")
         self.model, self.config = model, model.config
         weight = model.lm_head.weight
         self.device, self.dtype = weight.device, weight.dtype
-        self.cache = StaticCache(model, max_slots, max_seq_len)
+        self.autocast_dtype = autocast_dtype = self.resolve_autocast(autocast_dtype, self.dtype)
+        self._regions = _REGIONS if autocast_dtype is None else {
+            name: _autocast_region(fn, self.device.type, autocast_dtype) for name, fn in _REGIONS.items()}
+        if lightning_decode not in ("auto", "chunk", "exact"):
+            raise ValueError(f"lightning_decode must be 'auto', 'chunk' or 'exact', got {lightning_decode!r}")
+        low = (autocast_dtype or self.dtype) in (torch.bfloat16, torch.float16)
+        if lightning_decode == "auto":  # mirror the learner's Triton chunk kernel where it runs
+            head_dim = self.config.head_dim
+            lightning_decode = "chunk" if low and _use_triton(weight[:0], (head_dim, head_dim)) else "exact"
+        self.lightning_decode = lightning_decode
+        self.cache = StaticCache(model, max_slots, max_seq_len, kv_dtype=autocast_dtype,
+                                 chunk=CHUNK if lightning_decode == "chunk" else 0)
         self.slots, self.max_seq_len = max_slots, max_seq_len
         dev, s = self.device, max_slots
         # Per-slot inputs and outputs of the decode step (static addresses for the graph).
@@ -147,6 +211,8 @@ class SamplerEngine:
             compile = self.device.type == "cuda" and os.environ.get("LIGHTSWE_SAMPLER_COMPILE", "1") != "0"
         self._step_fn = {}
         self.compile = compile
+        # inductor options: keep eager's bf16/fp16 rounding of every intermediate (the learner runs eagerly)
+        self.compile_options = {"emulate_precision_casts": True}
         if compile:  # one compiled graph per region and shape; layers and engines of other sizes add entries
             config = torch._dynamo.config
             name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
@@ -171,8 +237,9 @@ class SamplerEngine:
         self._w13, self._w2 = [], []
         for layer in self.model.model.layers:
             experts = layer.block_sparse_moe.experts
-            self._w13.append(torch.stack([torch.cat([e.w1.weight, e.w3.weight]) for e in experts]))
-            self._w2.append(torch.stack([e.w2.weight for e in experts]))
+            dtype = self.autocast_dtype or experts[0].w1.weight.dtype
+            self._w13.append(torch.stack([torch.cat([e.w1.weight, e.w3.weight]) for e in experts]).to(dtype))
+            self._w2.append(torch.stack([e.w2.weight for e in experts]).to(dtype))
 
     def _weight_pointers(self) -> tuple[int, ...]:
         return tuple(p.data_ptr() for p in self.model.parameters())
@@ -328,15 +395,33 @@ class SamplerEngine:
         prefill = model.new_cache(len(batch))
         cu = torch.tensor([0, *np.cumsum(prompt_lengths).tolist()], device=dev)
         flat = torch.tensor([t for r in batch for t in r.prompt], device=dev)[None]
-        hidden, _ = model.hidden_states(flat, cu, prefill)
+        qkv = {}  # the lightning layers' silu(q | k | v) of the packed prompts (chunk form)
+        hooks = [model.model.layers[i].self_attn.qkv_proj.register_forward_hook(
+                 lambda module, args, out, i=i: qkv.__setitem__(i, out)) for i in cache.lightning_layers
+                 if cache.chunk]
+        try:
+            with self._autocast(), self._fp32_residual():
+                hidden, _ = model.hidden_states(flat, cu, prefill)
+        finally:
+            for hook in hooks:
+                hook.remove()
         logits = model.logits(hidden[0, cu[1:] - 1])  # [n, vocab] fp32
         index = torch.tensor(slots, device=dev)
         for layer in cache.lightning_layers:
-            cache.states[cache.index[layer], index] = prefill.lightning_state(layer)
+            j = cache.index[layer]
+            if cache.chunk:
+                attn = model.model.layers[layer].self_attn
+                qkv_heads = F.silu(qkv.pop(layer)).view(-1, attn.num_heads, 3 * attn.head_dim)
+                _, k, v = qkv_heads.split(attn.head_dim, -1)
+                state, keys, values = chunk_start(k, v, attn.slope(dev), prompt_lengths, cache.chunk)
+                cache.states[j, index] = state
+                cache.chunk_keys[j, index], cache.chunk_values[j, index] = keys, values
+            else:
+                cache.states[j, index] = prefill.lightning_state(layer)
         for layer in cache.softmax_layers:
             longest = max(prompt_lengths)
-            cache.keys[cache.index[layer], index, :, :longest] = prefill._keys[layer][:, :, :longest]
-            cache.values[cache.index[layer], index, :, :longest] = prefill._values[layer][:, :, :longest]
+            for store, prefilled in ((cache.keys, prefill._keys), (cache.values, prefill._values)):
+                store[cache.index[layer], index, :, :longest] = prefilled[layer][:, :, :longest].to(store.dtype)
         del prefill
         cache.lengths[index] = torch.tensor(prompt_lengths, device=dev, dtype=torch.int32)
         self.temperature[index] = torch.tensor([float(r.sampling.temperature) for r in batch], device=dev)
@@ -369,7 +454,8 @@ class SamplerEngine:
         kernels and the cache writes stay outside them), set up on first use; eager if compiling fails."""
         if self.compile and not self._step_fn:
             saved = [t.clone() for t in self._step_state()]
-            self._step_fn = {name: torch.compile(fn, dynamic=False) for name, fn in _REGIONS.items()}
+            self._step_fn = {name: torch.compile(fn, dynamic=False, options=self.compile_options)
+                             for name, fn in self._regions.items()}
             try:
                 self._decode(use_top_p)
             except Exception as err:  # noqa: BLE001 - an optimisation only: fall back to the eager step
@@ -382,20 +468,46 @@ class SamplerEngine:
         self._decode(use_top_p)
 
     def _region(self, name: str):
-        return self._step_fn.get(name, _REGIONS[name])
+        return self._step_fn.get(name, self._regions[name])
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The learner's mixed precision around the eager parts of prefill and decode (see ``__init__``)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
+
+    @contextlib.contextmanager
+    def _fp32_residual(self):
+        """While active (mixed precision only), the embedding returns fp32: the residual stream stays fp32
+        through the model's own forward (``hidden_states``), as under autocast with fp32 master weights."""
+        if self.autocast_dtype is None:
+            yield
+            return
+        hook = self.model.model.embed_tokens.register_forward_hook(lambda module, args, out: out.float())
+        try:
+            yield
+        finally:
+            hook.remove()
 
     def _decode(self, use_top_p: bool) -> None:
         """One token for every slot (inactive slots compute and are ignored); no host reads."""
         model, cache = self.model, self.cache
         positions = cache.lengths.long()  # the new token's position = tokens already cached
         x = model.model.embed_tokens(self.tokens)[:, None]  # [S, 1, hidden]
+        if self.autocast_dtype is not None:
+            x = x.float()  # the learner's residual stream under autocast
         write = positions.clamp(max=cache.max_seq_len - 1)
         rows = torch.arange(self.slots, device=self.device)
         for i, layer in enumerate(model.model.layers):
             attn = layer.self_attn
             if isinstance(attn, LightningAttention):
                 h, q, k, v = self._region("lightning_in")(layer, x)
-                o = lightning_attn_decode(q, k, v, attn.slope(self.device), cache.states[cache.index[i]])
+                j = cache.index[i]
+                if cache.chunk:
+                    o = lightning_attn_decode_chunk_form(q, k, v, attn.slope(self.device), cache.states[j],
+                                                         cache.chunk_keys[j], cache.chunk_values[j], cache.lengths)
+                else:
+                    o = lightning_attn_decode(q, k, v, attn.slope(self.device), cache.states[j])
                 a = self._region("lightning_out")(attn, h, o)
             else:
                 assert isinstance(attn, SoftmaxAttention)
@@ -404,7 +516,8 @@ class SamplerEngine:
                 cache.keys[j, rows, :, write] = k
                 cache.values[j, rows, :, write] = v
                 o = decode_attention(q, cache.keys[j], cache.values[j], write + 1, 1.0 / math.sqrt(attn.head_dim))
-                a = attn.o_proj(o.reshape(self.slots, 1, -1))
+                with self._autocast():
+                    a = attn.o_proj(o.reshape(self.slots, 1, -1))
             x = self._region("block_tail")(layer, x, h, a, self._w13[i], self._w2[i])
         tokens, logprobs = self._region("head_sample")(model.model.norm, model.lm_head.weight, x, self.temperature,
                                                        self.top_p, self.noise, use_top_p)
@@ -435,8 +548,43 @@ class SamplerEngine:
 
     def _step_state(self) -> list[torch.Tensor]:
         c = self.cache
-        return [c.states, c.keys, c.values, c.lengths, self.tokens, self.active, self.count,
-                self.finished, self.out_tokens, self.out_logprobs]
+        return [c.states, c.keys, c.values, c.chunk_keys, c.chunk_values, c.lengths, self.tokens, self.active,
+                self.count, self.finished, self.out_tokens, self.out_logprobs]
+
+
+def chunk_start(k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, lengths: list[int], chunk: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chunk-form decoding state of prefilled sequences, as the learner's chunk kernel has it.
+
+    k [T, H, D], v [T, H, Dv]: one lightning layer's keys and values of the packed sequences of ``lengths``;
+    slope [H]. For each sequence with A = its length rounded down to a multiple of ``chunk``: the state after
+    its first A tokens, S = sum_t 2^(b chunk (C-1-c_t)) round(k_t 2^(b (chunk-1-j_t)))^T v_t (token t in chunk
+    c_t at index j_t, C = A / chunk chunks, b = -slope log2 e, round() to k's dtype: chunk.py's
+    ``_fwd_kernel``), [N, H, D, Dv] fp32; and its last length - A keys and values, zero-padded to
+    [N, H, chunk, D] and [N, H, chunk, Dv] in k's dtype."""
+    device, dtype = k.device, k.dtype
+    with torch.autocast(device.type, enabled=False):
+        n, heads = len(lengths), k.shape[1]
+        starts = torch.tensor([0, *np.cumsum(lengths)[:-1].tolist()], device=device)[:, None]
+        aligned = torch.tensor([n_ // chunk * chunk for n_ in lengths], device=device)[:, None]  # [N, 1]
+        size = max(n_ // chunk * chunk for n_ in lengths)  # (no device sync)
+        state = torch.zeros(n, heads, k.shape[2], v.shape[2], device=device, dtype=torch.float32)
+        if size:
+            pos = torch.arange(size, device=device)[None]  # [1, A]
+            valid = pos < aligned
+            index = torch.where(valid, starts + pos, 0)
+            b = -slope.float() * LOG2E  # [H]
+            k_decay = torch.exp2(b * (chunk - 1 - pos % chunk)[..., None].float())  # [1, A, H]
+            kd = (k[index].float() * k_decay[..., None]).to(dtype).float()  # [N, A, H, D]
+            later = (aligned // chunk - 1 - pos // chunk).float()[..., None]  # chunks after the token's
+            weight = torch.where(valid[..., None], torch.exp2(b * chunk * later.clamp(min=0)), 0.0)
+            state = torch.einsum("nthk,nthv->nhkv", kd * weight[..., None], v[index].float())
+        pos = torch.arange(chunk, device=device)[None]
+        tail = pos < torch.tensor(lengths, device=device)[:, None] - aligned  # [N, chunk]
+        index = torch.where(tail, starts + aligned + pos, 0)
+        keys = torch.where(tail[..., None, None], k[index], 0).transpose(1, 2).contiguous()
+        values = torch.where(tail[..., None, None], v[index], 0).transpose(1, 2).contiguous()
+    return state, keys, values
 
 
 def _sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, noise: torch.Tensor,
@@ -527,6 +675,15 @@ def _record_values(active, count, out_tokens, out_logprobs, stops, max_new, fini
     done = active & ((tokens[:, None] == stops).any(-1) | (count >= max_new))
     return (out_tokens.scatter(1, col, keep_tokens[:, None]), out_logprobs.scatter(1, col, keep_logprobs[:, None]),
             count, finished | done, active & ~done, tokens)
+
+
+def _autocast_region(fn, device_type: str, dtype: torch.dtype):
+    """``fn`` under ``torch.autocast(device_type, dtype)`` (inside, so torch.compile traces the casts)."""
+    def region(*args):
+        with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
+            return fn(*args)
+    region.__name__ = region.__qualname__ = fn.__name__
+    return region
 
 
 _REGIONS = {"lightning_in": _lightning_in, "lightning_out": _lightning_out, "softmax_in": _softmax_in,

@@ -129,12 +129,14 @@ def generate_loop(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling:
     return [r for r in results if r is not None]
 
 
-def engine_for(model: MiniMaxForCausalLM, rows: int, seq_len: int, *, max_slots: int = 256):
+def engine_for(model: MiniMaxForCausalLM, rows: int, seq_len: int, *, max_slots: int = 256,
+               autocast_dtype: torch.dtype | str | None = "auto"):
     """The model's cached ``SamplerEngine`` for ``rows`` concurrent rows of up to ``seq_len`` tokens.
 
     Slots are ``rows`` rounded up to a power of two (at most ``max_slots``; more prompts queue and join as
     rows finish); the length capacity is rounded up to a multiple of 1,024. The engine (and its captured CUDA
-    graphs) is reused while both fit, and replaced otherwise.
+    graphs) is reused while both fit and its mixed precision (``autocast_dtype``, ``SamplerEngine``'s argument)
+    is the one asked for, and replaced otherwise.
     """
     from lightswe.model.engine import SamplerEngine
 
@@ -142,8 +144,9 @@ def engine_for(model: MiniMaxForCausalLM, rows: int, seq_len: int, *, max_slots:
     capacity = -(-seq_len // 1024) * 1024
     engine = getattr(model, "_sampler_engine", None)
     if engine is None or engine.slots != slots or engine.max_seq_len < capacity or engine.dtype != \
-            model.lm_head.weight.dtype or engine.device != model.lm_head.weight.device:
+            model.lm_head.weight.dtype or engine.device != model.lm_head.weight.device or \
+            engine.autocast_dtype != SamplerEngine.resolve_autocast(autocast_dtype, model.lm_head.weight.dtype):
         model._sampler_engine = None  # free the old cache before allocating the new one
-        engine = SamplerEngine(model, max_slots=slots, max_seq_len=capacity)
+        engine = SamplerEngine(model, max_slots=slots, max_seq_len=capacity, autocast_dtype=autocast_dtype)
         model._sampler_engine = engine
     return engine

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
 from lightswe.model.cache import HybridCache
 from lightswe.model.config import SOFTMAX, MiniMaxConfig
+from lightswe.model.fused import compile_enabled, gated_rms_norm, residual, rms_norm
+from lightswe.model.moe import grouped_experts, use_grouped
 from torch import nn
 
 LIGHTNING_NORM_EPS = 1e-6  # the released code builds the lightning output norm with RMSNorm's default eps
@@ -29,9 +31,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)  # fused on CUDA in training (model/fused.py)
 
 
 def lightning_slope(num_heads: int, layer_idx: int, num_layers: int) -> torch.Tensor:
@@ -85,8 +85,9 @@ class LightningAttention(nn.Module):
             o, final = lightning_attn(q, k, v, slope, initial_state=initial, cu_seqlens=cu_seqlens)
             if cache is not None:
                 cache.set_lightning_state(self.layer_idx, final)
-        y = self.norm(o.reshape(batch, length, -1).to(x.dtype))
-        return self.out_proj(torch.sigmoid(self.output_gate(x)) * y)
+        gated = gated_rms_norm(self.output_gate(x), o.reshape(batch, length, -1), self.norm.weight, self.norm.eps,
+                               x.dtype)  # sigmoid(gate) * norm(o)
+        return self.out_proj(gated)
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, theta: float) -> torch.Tensor:
@@ -157,6 +158,7 @@ class SparseMoE(nn.Module):
 
     Returns (output, load-balancing loss). The loss is Switch-Transformer style: E * sum_e f_e * P_e with f_e the
     fraction of the top-k assignments going to expert e and P_e its mean router probability (1 * k when balanced).
+    The experts run as grouped GEMMs on CUDA in bf16 (``model/moe.py``), as a per-expert loop elsewhere.
     """
 
     def __init__(self, config: MiniMaxConfig) -> None:
@@ -172,6 +174,16 @@ class SparseMoE(nn.Module):
         probs = torch.softmax(self.gate(x).float(), dim=-1)  # [N, E]
         weights, chosen = probs.topk(self.top_k, dim=-1)
         weights = weights / weights.sum(-1, keepdim=True)
+        if use_grouped(x, self.experts[0].w1.weight):  # grouped GEMMs, no host sync (model/moe.py)
+            out, counts = grouped_experts(x, chosen, weights, self.experts)
+        else:
+            out, counts = self._loop(x, chosen, weights)
+        fraction = counts.float() / max(x.shape[0], 1)
+        aux = self.num_experts * (fraction * probs.mean(0)).sum()
+        return out.view(shape), aux
+
+    def _loop(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference: one matrix product per expert on its rows (one host sync per layer for the counts)."""
         out = torch.zeros_like(x)
         flat = chosen.flatten()
         counts = torch.bincount(flat, minlength=self.num_experts)
@@ -184,9 +196,7 @@ class SparseMoE(nn.Module):
                 rows = rows_sorted[start:start + n]
                 out.index_add_(0, rows, self.experts[e](x[rows]) * weights_sorted[start:start + n])
             start += n
-        fraction = counts.float() / max(x.shape[0], 1)
-        aux = self.num_experts * (fraction * probs.mean(0)).sum()
-        return out.view(shape), aux
+        return out, counts
 
 
 class DecoderLayer(nn.Module):
@@ -211,8 +221,11 @@ class DecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
                 cache: HybridCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.input_layernorm(x)
-        x = self.attn_alpha * (h if self.postnorm else x) + self.attn_beta * self.self_attn(h, positions, cu_seqlens,
-                                                                                             cache)
+        skip = h if self.postnorm else x
+        if compile_enabled(x):
+            x = residual(skip, self.self_attn(h, positions, cu_seqlens, cache), self.attn_alpha, self.attn_beta)
+        else:  # alpha * skip enters the autograd graph before the attention: the CPU gradients stay bit-exact
+            x = self.attn_alpha * skip + self.attn_beta * self.self_attn(h, positions, cu_seqlens, cache)
         h = self.post_attention_layernorm(x)
         moe, aux = self.block_sparse_moe(h)
-        return self.mlp_alpha * (h if self.postnorm else x) + self.mlp_beta * moe, aux
+        return residual(h if self.postnorm else x, moe, self.mlp_alpha, self.mlp_beta), aux

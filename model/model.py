@@ -8,7 +8,8 @@ Notable choices:
   lightning states start from zero per sequence, softmax attention stays inside each sequence.
 - The LM head runs in fp32 (MiniMax-M1: train/inference probability agreement); ``token_logprobs`` applies it
   chunk by chunk under activation checkpointing, so [T, vocab] fp32 logits never exist whole, in forward
-  or backward.
+  or backward. On CUDA under autocast it runs as bf16x3 split products on tensor cores (``model/head.py``):
+  log-probs within ~1.4e-4 of fp64 at bf16 GEMM speed (``LIGHTSWE_HEAD=fp32``: the fp32 GEMMs, 1.5e-5).
 - The MoE load-balancing loss (mean over layers) comes with every forward (``CausalLMOutput.aux_loss``,
   ``TokenLogprobs.aux_loss``, and ``model.aux_loss`` for the latest forward); the learner adds
   ``config.router_aux_loss_coef`` times it if it wants it.
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from lightswe.model.cache import HybridCache
 from lightswe.model.config import MiniMaxConfig
 from lightswe.model.generation import Generation, SamplingConfig, generate
+from lightswe.model.head import head_logprobs, use_split_head
 from lightswe.model.layers import DecoderLayer, RMSNorm
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -172,7 +174,8 @@ class MiniMaxForCausalLM(nn.Module):
 
     def score(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None, *, chunk_size: int = 1024,
               with_entropy: bool = True, temperature: float = 1.0) -> TokenLogprobs:
-        """Log-probs (and entropies) of every token given the previous ones, from an fp32 LM head in chunks.
+        """Log-probs (and entropies) of every token given the previous ones, from an fp32 LM head in chunks
+        (on CUDA under autocast: the bf16x3 split head of ``model/head.py``).
 
         Input as in ``hidden_states``. Outputs [B, T] aligned with ``input_ids``. ``temperature`` divides the
         logits (pass the sampler's temperature to get the behaviour policy). Differentiable; each chunk's
@@ -185,14 +188,18 @@ class MiniMaxForCausalLM(nn.Module):
         flat_hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
         targets = input_ids[:, 1:].reshape(-1)
         weight = self.lm_head.weight.float()
-        need_grad = torch.is_grad_enabled() and (flat_hidden.requires_grad or weight.requires_grad)
-        logprob_chunks, entropy_chunks = [], []
-        for start in range(0, targets.shape[0], chunk_size):
-            args = (flat_hidden[start:start + chunk_size], weight, targets[start:start + chunk_size], temperature)
-            lp, ent = (checkpoint(_chunk_logprobs, *args, use_reentrant=False) if need_grad
-                       else _chunk_logprobs(*args))
-            logprob_chunks.append(lp)
-            entropy_chunks.append(ent)
+        if use_split_head(hidden):  # CUDA under autocast: bf16x3 on tensor cores (model/head.py)
+            lp, ent = head_logprobs(flat_hidden, weight, targets, temperature, chunk_size)
+            logprob_chunks, entropy_chunks = [lp], [ent]
+        else:  # fp32 GEMMs (CPU, or CUDA without autocast)
+            need_grad = torch.is_grad_enabled() and (flat_hidden.requires_grad or weight.requires_grad)
+            logprob_chunks, entropy_chunks = [], []
+            for start in range(0, targets.shape[0], chunk_size):
+                args = (flat_hidden[start:start + chunk_size], weight, targets[start:start + chunk_size], temperature)
+                lp, ent = (checkpoint(_chunk_logprobs, *args, use_reentrant=False) if need_grad
+                           else _chunk_logprobs(*args))
+                logprob_chunks.append(lp)
+                entropy_chunks.append(ent)
         zeros = torch.zeros(batch, 1, device=hidden.device)
 
         def align(chunks: list[torch.Tensor]) -> torch.Tensor:

@@ -27,13 +27,13 @@ Errors are :class:`~lightswe.tasks.instance.TaskFormatError` (a ``UserInputError
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from lightswe.jsonl import jsonl_records
 from lightswe.tasks.instance import TaskFormatError, TaskInstance
 from lightswe.tasks.patches import PatchError, reverse_patch
 
@@ -79,7 +79,7 @@ def _rows(text: str) -> Iterable[tuple[str, dict]]:
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in (".jsonl", ".ndjson") or path.name.lower().endswith((".jsonl.gz", ".ndjson.gz")):
-            return _jsonl_rows(path)
+            return jsonl_records(path, error=TaskFormatError)
         if suffix == ".json":
             return _json_rows(path)
         if suffix == ".parquet":
@@ -109,18 +109,6 @@ def looks_like_dataset(spec: str) -> bool:
     base = text.rpartition(":")[0] if ":" in text else text
     return shipped.is_name(text) or Path(text).is_dir() or Path(base).is_dir() or bool(
         re.fullmatch(r"[\w.\-]+/[\w.\-]+(:[\w.\-]+)?", text))
-
-
-def _jsonl_rows(path: Path) -> Iterable[tuple[str, dict]]:
-    opener = gzip.open if path.suffix.lower() == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TaskFormatError(f"{path}:{number}: not valid JSON ({err})") from None
 
 
 def _json_rows(path: Path) -> Iterable[tuple[str, dict]]:

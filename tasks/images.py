@@ -21,8 +21,11 @@ repository with one commit ``base`` on branch ``main`` (fixed author and date, e
 so the install artefacts are committed), no tags, no remotes, no reflog; the tree is owned by the ``agent``
 user. Neither the fix nor the bug injection is visible through git. The commit is recorded in the image label
 ``lightswe.base_commit`` (a sandbox reads it instead of running git in the container). Hardening for the
-agent: git's ``safe.directory = *`` is removed from ``/etc/gitconfig`` (root never trusts the agent's
-repository; the agent owns it, so its own git needs no exception) and no file keeps a setuid/setgid bit.
+agent, the last step of both the built and the adopted images (:func:`_harden`): git's ``safe.directory`` is
+removed from every file root's git reads (system, global, XDG) and the build checks that no scope still sets it
+(root never trusts the agent's repository; the agent owns it, so its own git needs no exception); no file
+keeps a setuid/setgid bit. The base image keeps ``safe.directory = *`` because root runs git in trees of other
+owners while images are built (``lightswe.envs.engine``).
 
 Images committed from a build container get the sandbox's runtime labels (``lightswe.sandbox``, owner pid,
 container name, ...) overridden with empty values, so containers other tools start from them are not
@@ -215,6 +218,32 @@ def instance_image_key(instance: TaskInstance) -> str:
     return _hash(_RECIPE_VERSION, _INSTANCE_RECIPE, env_image_key(instance), tree)
 
 
+# Every file git reads settings from as root: system, root's global (~/.gitconfig and the XDG one).
+_ROOT_GIT_CONFIGS = ("--system", "--global", "--file /root/.config/git/config")
+_HARDEN = "; ".join(f"git config {where} --unset-all safe.directory 2>/dev/null" for where in _ROOT_GIT_CONFIGS) + (
+    "; find / -xdev -type f -perm /6000 -exec chmod ug-s {} + ; "
+    "test -z \"$(find / -xdev -type f -perm /6000 -print -quit)\"")
+
+
+def _harden(box: Sandbox) -> None:
+    """The last step of every instance image (built or adopted): root trusts no repository, no set-id file.
+
+    Removes ``safe.directory`` from every file git reads as root (the base image's ``/etc/gitconfig`` sets it
+    for the builds; a prebuilt image may set it in root's own config), drops every setuid/setgid bit, then
+    proves it: ``git config --get-all safe.directory`` as root must find nothing in any scope (an image ``ENV``
+    such as ``GIT_CONFIG_PARAMETERS`` that sets it cannot be removed here and fails the build).
+
+    Raises:
+        ImageBuildError: a step failed or ``safe.directory`` is still set (where, from ``--show-origin``).
+    """
+    _run(box, _HARDEN, "hardening the image (safe.directory, setuid bits)", 300)
+    left = box.exec("git config --show-origin --get-all safe.directory", timeout=30, user="root", workdir="/")
+    if left.exit_code != 1 or left.output.strip():
+        raise ImageBuildError(f"hardening the image: root's git still trusts other users' repositories "
+                              f"(safe.directory: {left.output.strip()[-300:] or f'exit {left.exit_code}'}); fix: "
+                              "remove it from the image's environment (GIT_CONFIG_* variables) or config files")
+
+
 def ensure_instance_image(instance: TaskInstance, client=None, progress: Progress = _quiet) -> str:
     """The image whose ``/testbed`` holds the repository at the base commit as one fresh commit; its tag."""
     client = client or default_client()
@@ -241,10 +270,7 @@ def ensure_instance_image(instance: TaskInstance, client=None, progress: Progres
              "git reflog expire --expire=all --all && git gc -q --prune=now && chown -R agent:agent /testbed",
              "making the base commit", 300, env=_COMMIT_ENV)
         commit = _run(box, "git rev-parse HEAD", "reading the base commit", 30).strip()
-        _run(box, "git config --system --unset-all safe.directory; "
-             "find / -xdev -type f -perm /6000 -exec chmod ug-s {} + ; "
-             "test -z \"$(find / -xdev -type f -perm /6000 -print -quit)\"",
-             "hardening the image (safe.directory, setuid bits)", 300)
+        _harden(box)
         labels = {"lightswe.instance_key": key, "lightswe.kind": "instance",
                   "lightswe.instance_id": instance.instance_id[:200], BASE_COMMIT_LABEL: commit}
         _commit(box, INSTANCE_REPO, key, labels)
@@ -346,10 +372,7 @@ def _adopt_prebuilt(instance: TaskInstance, client, key: str, progress: Progress
                                   f"(PATH={env.get('PATH', '?')}): {check.output.strip()[-300:]}; fix: use an image "
                                   "whose environment has the test runner installed")
         commit = _run(box, "git rev-parse HEAD", "reading the base commit", 30, workdir=WORKDIR).strip()
-        _run(box, "git config --system --unset-all safe.directory; "
-             "find / -xdev -type f -perm /6000 -exec chmod ug-s {} + ; "
-             "test -z \"$(find / -xdev -type f -perm /6000 -print -quit)\"",
-             "hardening the image (safe.directory, setuid bits)", 300)
+        _harden(box)
         labels = {"lightswe.instance_key": key, "lightswe.kind": "instance", "lightswe.prebuilt": instance.image_name,
                   "lightswe.instance_id": instance.instance_id[:200], BASE_COMMIT_LABEL: commit}
         cleared = {k: "" for k in RUNTIME_LABELS}

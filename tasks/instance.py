@@ -8,13 +8,13 @@ pytest project needs.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightswe.errors import UserInputError
+from lightswe.jsonl import jsonl_records
 
 
 class TaskFormatError(UserInputError):
@@ -90,17 +90,8 @@ def iter_jsonl(path: str | Path) -> Iterator[TaskInstance]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"task file {path} does not exist; build one with `lightswe tasks build`")
-    opener = gzip.open if path.suffix == ".gz" else open  # a shipped or downloaded file may be gzipped
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TaskFormatError(f"{where}: not valid JSON ({err})") from None
-            yield TaskInstance.from_dict(record, where=where)
+    for where, record in jsonl_records(path, error=TaskFormatError):  # a shipped or downloaded file may be .gz
+        yield TaskInstance.from_dict(record, where=where)
 
 
 def write_jsonl(instances: Iterable[TaskInstance], path: str | Path) -> None:

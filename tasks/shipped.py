@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
+from lightswe.jsonl import jsonl_records
 from lightswe.tasks import splits
 from lightswe.tasks.instance import TaskFormatError, TaskInstance, read_jsonl
 
@@ -64,11 +65,7 @@ def rows(spec: str) -> Iterator[tuple[str, dict]]:
 
 
 def _records(path: Path) -> Iterator[tuple[str, dict]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield f"{path.name}:{number}", json.loads(line)
+    return jsonl_records(path, error=TaskFormatError, short_names=True)
 
 
 def load_tasks(spec: str | Path) -> list[TaskInstance]:

@@ -1,4 +1,6 @@
-"""Dynamic batching across episode threads, for policies whose engine takes many prompts at once.
+"""Dynamic batching across episode threads, for policies whose engine takes many prompts at once: the one batcher
+of :class:`~lightswe.agent.policies.model.ModelPolicy` (built-in and ``hf:`` models, off CUDA) and
+:class:`~lightswe.agent.policies.vllm_engine.VLLMPolicy`.
 
 Concurrent episodes call ``generate`` from their own threads; the first caller to get the engine takes every
 waiting request its backend can share a call with (``batch_key``, up to ``max_batch``) into one ``_run``, so
@@ -6,7 +8,8 @@ episodes share forward passes without a scheduler thread. The engine is only eve
 time (``vllm.LLM`` is not thread-safe: two threads stepping one engine collect each other's outputs and hang).
 
 Subclasses implement ``_run(batch)``: fill ``request.result`` (or ``request.error``) of every request, set none
-of the events (done here).
+of the events (done here; an exception ``_run`` raises becomes every request's error); ``batch_key`` says which
+requests may share a call.
 """
 
 from __future__ import annotations

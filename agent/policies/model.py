@@ -1,7 +1,8 @@
-"""The built-in model (``lightswe.model``) as a policy, with dynamic batching across episode threads.
+"""The built-in model (``lightswe.model``) or a transformers one (``hf:``) as a policy, batched across episode threads.
 
-Concurrent episodes call ``generate`` from their own threads; the first caller to get the model takes every
-waiting request with the same sampling settings (up to ``max_batch``) into one ``model.generate`` call, so
+Concurrent episodes call ``generate`` from their own threads; batching is :class:`BatchingPolicy`'s (the one
+batcher, shared with the vLLM policy): the first caller to get the model takes every waiting request with the
+same sampling settings (:meth:`ModelPolicy.batch_key`, up to ``max_batch``) into one ``model.generate`` call, so
 episodes share forward passes without a scheduler thread.
 
 On CUDA the policy batches continuously instead (``lightswe.model.engine.SamplerEngine``): whichever waiting
@@ -17,43 +18,24 @@ Example::
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightswe.agent.policies.base import Sample, SamplingParams, check_sample
+from lightswe.agent.policies.batching import BatchingPolicy, Request
 
 
-def _batch_key(s: SamplingParams) -> tuple:
-    """Requests that may share a forward pass: same distribution and stops. Budgets may differ (each result is
-    cut to its own); the batch samples with its first request's seed, so a seed reproduces a request only
-    when it runs alone."""
-    return s.temperature, s.top_p, tuple(s.stop_token_ids)
-
-
-@dataclass(kw_only=True, slots=True)
-class _Request:
-    prompt: list[int]
-    sampling: SamplingParams
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Sample | None = None
-    error: BaseException | None = None
-
-
-class ModelPolicy:
+class ModelPolicy(BatchingPolicy):
     def __init__(self, model, *, name: str = "model", max_batch: int = 16, batch_wait_s: float = 0.005,
-                 version: int = 0, continuous: bool | None = None) -> None:
-        """``continuous``: batch continuously through ``SamplerEngine`` (default: when the model is on CUDA)."""
+                 version: int = 0, continuous: bool | None = None, autocast_dtype: str | None = "auto") -> None:
+        """``continuous``: batch continuously through ``SamplerEngine`` (default: when the model is on CUDA);
+        ``autocast_dtype``: the engine's mixed precision, the learner's ``LearnerConfig.autocast_dtype`` when it
+        samples from the learner's module (``SamplerEngine``'s argument; ``"auto"`` follows the weights' dtype)."""
         self.model, self.name, self.version = model, name, version
+        self.autocast_dtype = autocast_dtype
         self.continuous = continuous
-        self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
-        self._pending: list[_Request] = []
-        self._pending_lock = threading.Lock()
-        self._model_lock = threading.Lock()
-        self.batch_sizes: list[int] = []  # observed batch sizes (benchmarks, tests)
-        self._inflight: dict[int, _Request] = {}  # engine request id -> request (CUDA, continuous batching)
+        self._init_batching(max_batch=max_batch, batch_wait_s=batch_wait_s)
+        self._inflight: dict[int, Request] = {}  # engine request id -> request (CUDA, continuous batching)
 
     @classmethod
     def from_spec(cls, spec: str, *, device: str = "cpu", seed: int = 0, **kwargs) -> ModelPolicy:
@@ -67,54 +49,37 @@ class ModelPolicy:
             model.init_weights(seed=seed)
         return cls(model, name=f"model:{spec}", **kwargs)
 
+    def batch_key(self, sampling: SamplingParams) -> tuple:
+        """Requests that may share a forward pass: same distribution and stops. Budgets may differ (each result
+        is cut to its own); the batch samples with its first request's seed, so a seed reproduces a request
+        only when it runs alone."""
+        return sampling.temperature, sampling.top_p, tuple(sampling.stop_token_ids)
+
     def generate(self, token_ids: Sequence[int], sampling: SamplingParams) -> Sample:
-        request = _Request(prompt=list(token_ids), sampling=sampling)
+        if not self._continuous():
+            return super().generate(token_ids, sampling)
+        request = Request(prompt=list(token_ids), sampling=sampling)
         with self._pending_lock:
             self._pending.append(request)
-        if self._continuous():
-            return self._generate_continuous(request)
-        while not request.done.is_set():
-            with self._model_lock:
-                if request.done.is_set():
-                    break
-                time.sleep(self.batch_wait_s)  # let concurrent episodes join this batch
-                with self._pending_lock:
-                    key = _batch_key(request.sampling)
-                    batch = [r for r in self._pending if _batch_key(r.sampling) == key][: self.max_batch]
-                    if request not in batch:
-                        batch = [request, *batch[: self.max_batch - 1]]
-                    for r in batch:
-                        self._pending.remove(r)
-                self._run(batch)
-        if request.error is not None:
-            raise request.error
-        assert request.result is not None
-        return request.result
+        return self._generate_continuous(request)
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Sample]:
-        if self._continuous():  # all join the running batch; each call below drives until its request is done
-            requests = [_Request(prompt=list(p), sampling=sampling) for p in prompts]
-            with self._pending_lock:
-                self._pending.extend(requests)
-            return [self._generate_continuous(r) for r in requests]
-        with self._model_lock:
-            requests = [_Request(prompt=list(p), sampling=sampling) for p in prompts]
-            for start in range(0, len(requests), self.max_batch):
-                self._run(requests[start:start + self.max_batch])
-        for r in requests:
-            if r.error is not None:
-                raise r.error
-        return [r.result for r in requests]
+        if not self._continuous():
+            return super().generate_batch(prompts, sampling)
+        requests = [Request(prompt=list(p), sampling=sampling) for p in prompts]  # all join the running batch;
+        with self._pending_lock:  # each call below drives it until its own request is done
+            self._pending.extend(requests)
+        return [self._generate_continuous(r) for r in requests]
 
     def _continuous(self) -> bool:
         if self.continuous is not None:
             return self.continuous
         return next(self.model.parameters()).device.type == "cuda"
 
-    def _generate_continuous(self, request: _Request) -> Sample:
+    def _generate_continuous(self, request: Request) -> Sample:
         """Drive the shared engine one step at a time until this request is done (see the module docstring)."""
         while not request.done.is_set():
-            with self._model_lock:
+            with self._engine_lock:
                 if request.done.is_set():
                     break
                 with self._pending_lock:
@@ -133,7 +98,7 @@ class ModelPolicy:
         assert request.result is not None
         return request.result
 
-    def _continuous_step(self, waiting: list[_Request]) -> None:
+    def _continuous_step(self, waiting: list[Request]) -> None:
         """Add the waiting requests to the engine (sized for them when idle), run one step, hand out results."""
         from lightswe.model import SamplingConfig
         from lightswe.model.generation import engine_for
@@ -141,7 +106,8 @@ class ModelPolicy:
         engine = getattr(self.model, "_sampler_engine", None)
         need = max((len(r.prompt) + r.sampling.max_new_tokens for r in waiting), default=0)
         if engine is None or not engine.has_work():  # idle: (re)size it for what is waiting
-            engine = engine_for(self.model, self.max_batch, max(need, 1), max_slots=self.max_batch)
+            engine = engine_for(self.model, self.max_batch, max(need, 1), max_slots=self.max_batch,
+                                autocast_dtype=self.autocast_dtype)
         for r in waiting:
             if len(r.prompt) + r.sampling.max_new_tokens > engine.max_seq_len:
                 with self._pending_lock:  # longer than this engine holds: taken once it is idle again
@@ -166,20 +132,14 @@ class ModelPolicy:
                 r.result = check_sample((generation.token_ids, generation.logprobs), r.sampling)
                 r.done.set()
 
-    def _run(self, batch: list[_Request]) -> None:
+    def _run(self, batch: list[Request]) -> None:
+        """One ``model.generate`` over ``batch`` (requests of one :meth:`batch_key`), with the first request's
+        sampling settings and seed and the largest budget; each result is cut to its own request's budget."""
         from lightswe.model import SamplingConfig
 
         s = batch[0].sampling
         config = SamplingConfig(max_new_tokens=max(r.sampling.max_new_tokens for r in batch), temperature=s.temperature,
                                 top_p=s.top_p, stop_token_ids=tuple(s.stop_token_ids), seed=s.seed)
-        self.batch_sizes.append(len(batch))
-        try:
-            generations = self.model.generate([r.prompt for r in batch], config)
-            for r, g in zip(batch, generations, strict=True):
-                r.result = check_sample((g.token_ids, g.logprobs), r.sampling)  # each request's own budget
-        except BaseException as err:  # noqa: BLE001 - handed to every waiting caller, re-raised there
-            for r in batch:
-                r.error = err
-        finally:
-            for r in batch:
-                r.done.set()
+        generations = self.model.generate([r.prompt for r in batch], config)
+        for r, g in zip(batch, generations, strict=True):
+            r.result = check_sample((g.token_ids, g.logprobs), r.sampling)  # each request's own budget

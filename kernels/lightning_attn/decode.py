@@ -4,44 +4,167 @@ The step is bound by reading and writing the state ([B, H, K, V] fp32: 67 MB at 
 the state is split across many programs: one per (sequence*head, BV columns), each streaming a
 [K, BV] slice once in and once out and reducing o = q S over K inside the program (no atomics).
 Importing this module needs Triton; api.py imports it only on CUDA.
+
+``lightning_attn_decode_chunk_form`` is the decode step in the chunk kernel's form (chunk.py's forward),
+so that a sampler's log-probs round as the learner's full-sequence forward does. For a token at index i of
+its chunk of BT tokens (chunks counted from the sequence's first token), with S0 the fp32 state at the chunk's
+start and b = -slope * log2(e):
+    o = round(q 2^(b (i+1))) . round(S0)  +  sum_{j<=i} round((q . k_j) 2^(b (i-j))) v_j      (fp32 sums)
+where round() is to the inputs' dtype, exactly where chunk.py's ``_fwd_kernel`` rounds (its tl.dot inputs).
+The chunk's keys and values wait in per-row buffers; when the chunk's last token arrives, the state advances
+as the chunk kernel advances it: S0 = 2^(b BT) S0 + sum_j round(k_j 2^(b (BT-1-j)))^T v_j.
 """
 
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
-DECODE_BV = 32
-DECODE_WARPS = 4
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU machines: only the PyTorch reference of the chunk-form step below is usable
+    triton = None
 
-
-@triton.jit
-def _decode_kernel(q, k, v, o, slope, state, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                   BV: tl.constexpr):
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    decay = tl.exp(-tl.load(slope + i_bh % H).to(tl.float32))
-    o_k = tl.arange(0, K)
-    o_v = i_v * BV + tl.arange(0, BV)
-    p_s = state + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-    b_s = tl.load(p_s)
-    b_q = tl.load(q + i_bh * K + o_k).to(tl.float32)
-    b_k = tl.load(k + i_bh * K + o_k).to(tl.float32)
-    b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
-    b_s = b_s * decay + b_k[:, None] * b_v[None, :]
-    tl.store(p_s, b_s)
-    b_o = tl.sum(b_q[:, None] * b_s, axis=0)
-    tl.store(o + i_bh * V + o_v, b_o.to(o.dtype.element_ty))
+LOG2E = 1.4426950408889634
 
 
-def lightning_attn_decode_triton(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, state: torch.Tensor
-) -> torch.Tensor:
-    """q, k [B, H, K], v [B, H, V] contiguous; state [B, H, K, V] fp32 contiguous, updated in place."""
-    B, H, K = q.shape
+def lightning_attn_decode_chunk_form_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                               slope: torch.Tensor, state: torch.Tensor, chunk_keys: torch.Tensor,
+                                               chunk_values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """PyTorch version of ``lightning_attn_decode_chunk_form`` (same arguments, same in-place updates)."""
+    with torch.autocast(q.device.type, enabled=False):
+        rows, block, dtype = q.shape[0], chunk_keys.shape[2], q.dtype
+        b = -slope.float() * LOG2E  # [H]
+        i = (positions.long() % block)  # [S]
+        row = torch.arange(rows, device=q.device)
+        chunk_keys[row, :, i] = k
+        chunk_values[row, :, i] = v
+        j = torch.arange(block, device=q.device, dtype=torch.float32)
+        fi = i.float()[:, None, None]  # [S, 1, 1]
+        q_decay = torch.exp2(b[None, :, None] * (fi[..., 0] + 1)[:, :, None])  # [S, H, 1]
+        inter = torch.einsum("shk,shkv->shv", (q.float() * q_decay).to(dtype).float(), state.to(dtype).float())
+        scores = torch.einsum("shk,shjk->shj", q.float(), chunk_keys.float())  # [S, H, BT]
+        diff = fi - j[None, None, :]
+        mask = torch.where(diff >= 0, torch.exp2(b[None, :, None] * diff.clamp(min=0)), 0.0)
+        a = (scores * mask).to(dtype).float()
+        o = inter + torch.einsum("shj,shjv->shv", a, chunk_values.float())
+        k_decay = torch.exp2(b[:, None] * (block - 1 - j)[None, :])  # [H, BT]
+        kd = (chunk_keys.float() * k_decay[None, :, :, None]).to(dtype).float()
+        advanced = state * torch.exp2(b * block)[None, :, None, None] + torch.einsum(
+            "shjk,shjv->shkv", kd, chunk_values.float())
+        state.copy_(torch.where((i == block - 1)[:, None, None, None], advanced, state))
+        return o.to(dtype)
+
+
+def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor,
+                                     state: torch.Tensor, chunk_keys: torch.Tensor, chunk_values: torch.Tensor,
+                                     positions: torch.Tensor) -> torch.Tensor:
+    """One decode step in the chunk kernel's form (module docstring), Triton on CUDA, else the reference.
+
+    Args:
+        q, k: [S, H, K]; v: [S, H, V], bf16 or fp16 (the dtype the chunk kernel rounds to).
+        slope: [H] fp32, decay per token exp(-slope).
+        state: [S, H, K, V] fp32, the state at the start of each row's current chunk; advanced in place when
+            this token completes the chunk.
+        chunk_keys: [S, H, BT, K], chunk_values: [S, H, BT, V] in q's dtype: the chunk's earlier tokens at
+            indices [0, i); this token is written at index i.
+        positions: [S] int, the token's position in its sequence (tokens before it); i = positions % BT.
+    Returns:
+        o [S, H, V] in q's dtype. No host synchronisation (CUDA-graph capturable).
+    """
+    rows, heads, dim = q.shape
     V = v.shape[-1]
-    BV = min(DECODE_BV, V)
+    block = chunk_keys.shape[2]
+    if triton is None or not q.is_cuda:
+        return lightning_attn_decode_chunk_form_reference(q, k, v, slope, state, chunk_keys, chunk_values,
+                                                          positions)
+    BV = min(32, V)
     o = torch.empty_like(v)
-    _decode_kernel[(triton.cdiv(V, BV), B * H)](q, k, v, o, slope, state, H=H, K=K, V=V, BV=BV,
-                                                num_warps=DECODE_WARPS)
+    _decode_chunk_form_kernel[(triton.cdiv(V, BV), rows * heads)](
+        q.contiguous(), k.contiguous(), v.contiguous(), o, slope.float().contiguous(), state, chunk_keys,
+        chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV, num_warps=4)
     return o
+
+# (minimum B * H, state slice width BV, warps per program). Measured on an H200 (do_bench, L2 flushed,
+# H=64, D=128; RESULTS.md): B=8 BV 32 / 2 warps 22.8 us, B=16 BV 64 / 2 warps 38.9 us, B=32 and 64
+# BV 64 / 8 warps 71.1 and 134.3 us; every (BV, warps) at B=8 lies within 22.8-25 us except BV 16 / 8 warps.
+DECODE_CONFIGS = ((0, 32, 2), (1024, 64, 2), (2048, 64, 8))
+
+
+def _decode_config(n_states: int, V: int) -> tuple[int, int]:
+    """The (BV, num_warps) of the last DECODE_CONFIGS row whose minimum B*H is <= n_states."""
+    bv, warps = next((bv, w) for lo, bv, w in reversed(DECODE_CONFIGS) if n_states >= lo)
+    return min(bv, V), warps
+
+
+if triton is not None:
+
+    @triton.jit
+    def _decode_kernel(q, k, v, o, slope, state, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                       BV: tl.constexpr):
+        i_v, i_bh = tl.program_id(0), tl.program_id(1)
+        decay = tl.exp(-tl.load(slope + i_bh % H).to(tl.float32))
+        o_k = tl.arange(0, K)
+        o_v = i_v * BV + tl.arange(0, BV)
+        p_s = state + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+        b_s = tl.load(p_s)
+        b_q = tl.load(q + i_bh * K + o_k).to(tl.float32)
+        b_k = tl.load(k + i_bh * K + o_k).to(tl.float32)
+        b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
+        b_s = b_s * decay + b_k[:, None] * b_v[None, :]
+        tl.store(p_s, b_s)
+        b_o = tl.sum(b_q[:, None] * b_s, axis=0)
+        tl.store(o + i_bh * V + o_v, b_o.to(o.dtype.element_ty))
+
+
+    def lightning_attn_decode_triton(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, state: torch.Tensor
+    ) -> torch.Tensor:
+        """q, k [B, H, K], v [B, H, V] contiguous; state [B, H, K, V] fp32 contiguous, updated in place."""
+        B, H, K = q.shape
+        V = v.shape[-1]
+        BV, warps = _decode_config(B * H, V)
+        o = torch.empty_like(v)
+        _decode_kernel[(triton.cdiv(V, BV), B * H)](q, k, v, o, slope, state, H=H, K=K, V=V, BV=BV, num_warps=warps)
+        return o
+
+    @triton.jit
+    def _decode_chunk_form_kernel(q, k, v, o, slope, state, chunk_keys, chunk_values, positions, H: tl.constexpr,
+                                  K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+        i_v, i_bh = tl.program_id(0), tl.program_id(1)
+        b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
+        i = tl.load(positions + i_bh // H).to(tl.int32) % BT
+        o_k = tl.arange(0, K)
+        o_v = i_v * BV + tl.arange(0, BV)
+        o_t = tl.arange(0, BT)
+        b_q = tl.load(q + i_bh * K + o_k)
+        b_k = tl.load(k + i_bh * K + o_k)
+        b_v = tl.load(v + i_bh * V + o_v)
+        p_ck = chunk_keys + i_bh.to(tl.int64) * BT * K
+        p_cv = chunk_values + i_bh.to(tl.int64) * BT * V
+        before = o_t < i
+        c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=before[:, None], other=0.0)
+        c_v = tl.load(p_cv + o_t[:, None] * V + o_v[None, :], mask=before[:, None], other=0.0)
+        c_k = tl.where((o_t == i)[:, None], b_k[None, :], c_k)  # [BT, K]: the chunk so far, this token at i
+        c_v = tl.where((o_t == i)[:, None], b_v[None, :], c_v)  # [BT, BV]
+        p_s = state + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+        b_s = tl.load(p_s)
+        # as _fwd_kernel: round(q lambda^(i+1)) . round(S0) + sum_j round((q . k_j) lambda^(i-j)) v_j
+        q_decay = tl.exp2(b * (i + 1).to(tl.float32))
+        b_qd = (b_q.to(tl.float32) * q_decay).to(b_q.dtype).to(tl.float32)
+        b_o = tl.sum(b_qd[:, None] * b_s.to(b_q.dtype).to(tl.float32), axis=0)
+        scores = tl.sum(b_q.to(tl.float32)[None, :] * c_k.to(tl.float32), axis=1)  # [BT]
+        diff = (i - o_t).to(tl.float32)
+        m = tl.where(o_t <= i, tl.exp2(b * tl.maximum(diff, 0.0)), 0.0)
+        a = (scores * m).to(b_q.dtype).to(tl.float32)
+        b_o += tl.sum(a[:, None] * c_v.to(tl.float32), axis=0)
+        tl.store(o + i_bh * V + o_v, b_o.to(o.dtype.element_ty))
+        if i_v == 0:
+            tl.store(p_ck + i * K + o_k, b_k)
+        tl.store(p_cv + i * V + o_v, b_v)
+        if i == BT - 1:  # the chunk is complete: advance the state as _fwd_kernel does
+            k_decay = tl.exp2(b * (BT - 1 - o_t).to(tl.float32))
+            b_kd = (c_k.to(tl.float32) * k_decay[:, None]).to(b_q.dtype).to(tl.float32)
+            # fp32 products of the rounded values (exact, as the chunk kernel's bf16 tensor-core dot), fp32 sums
+            b_s = tl.dot(tl.trans(b_kd), c_v.to(tl.float32), acc=b_s * tl.exp2(b * BT), input_precision="ieee")
+            tl.store(p_s, b_s)

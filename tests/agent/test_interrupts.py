@@ -43,6 +43,29 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def start(argv: list[str]) -> subprocess.Popen:
+    """The command in its own session (a SIGINT sent to it reaches it alone), stdout and stderr captured."""
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def interrupt(proc: subprocess.Popen, *waits) -> tuple[str, float]:
+    """Wait (up to 300 s each) for every ``(predicate, what)`` in turn, let the run go on 1 s, ask the last
+    predicate once more (it may record what it sees), send one SIGINT; returns (stderr, seconds from the signal
+    to the exit). The process is killed if anything fails on the way."""
+    try:
+        for predicate, what in waits:
+            wait_for(predicate, 300, what, proc)
+        time.sleep(1.0)
+        waits[-1][0]()
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        return stderr, time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def grading_blocked(pid: int) -> bool:
     """A container of ``pid`` runs the task's (sleeping) test command."""
     client = docker.from_env()
@@ -68,19 +91,9 @@ def test_one_sigint_during_grading_stops_rollout_cleanly_and_resumes(tmp_path):
     tasks = tmp_path / "tasks.jsonl"
     write_jsonl([demo, slow], tasks)
     out = tmp_path / "run"
-    proc = subprocess.Popen(rollout(tasks, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        wait_for(lambda: out.is_dir() and finished_episode_ids(out), 300, "the normal episode to be written", proc)
-        wait_for(lambda: grading_blocked(proc.pid), 300, "the slow task's grading", proc)
-        time.sleep(1.0)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = start(rollout(tasks, out))
+    stderr, took = interrupt(proc, (lambda: out.is_dir() and finished_episode_ids(out), "the normal episode to be written"),
+                             (lambda: grading_blocked(proc.pid), "the slow task's grading"))
     left = containers_of(proc.pid)
     print(f"grading blocked: stopped in {took:.1f} s")
     assert took < STOP_WITHIN_S, f"stopping took {took:.1f} s"
@@ -110,17 +123,8 @@ def test_sigint_mid_episode_stops_each_command(tmp_path, command):
     """Ctrl-C once the first sandbox runs: the episode threads may be starting containers, running tools or
     (train) generating with the model on the CPU."""
     argv = [sys.executable, "-m", "lightswe", *COMMANDS[command], "--out", str(tmp_path / "run")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_for(lambda: containers_of(proc.pid), 300, "a sandbox container", proc)
-        time.sleep(1.0)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = start(argv)
+    stderr, took = interrupt(proc, (lambda: containers_of(proc.pid), "a sandbox container"))
     print(f"{command}: stopped in {took:.1f} s")
     assert took < STOP_WITHIN_S, f"stopping took {took:.1f} s"
     assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
@@ -153,7 +157,7 @@ def test_sigint_stops_a_rollout_on_ray(tmp_path):
     """The same on a local Ray cluster: actors close their sandboxes (containers owned by the actor processes)."""
     pytest.importorskip("ray")
     argv = [sys.executable, "-m", "lightswe", *COMMANDS["rollout"], "--ray", "local", "--out", str(tmp_path / "run")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = start(argv)
     client = docker.from_env()
     owners: set[str] = set()
 
@@ -162,17 +166,7 @@ def test_sigint_stops_a_rollout_on_ray(tmp_path):
         return [c for c in client.api.containers(all=True, filters={"label": "lightswe.sandbox=1"})
                 if (c.get("Labels") or {}).get("lightswe.owner_pid") in owners]
 
-    try:
-        wait_for(ours, 300, "an actor's sandbox container", proc)
-        time.sleep(1.0)
-        ours()
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    stderr, took = interrupt(proc, (ours, "an actor's sandbox container"))
     assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
     assert took < 20, f"stopping took {took:.1f} s"  # Ray's own shutdown included
     left = [c for c in client.api.containers(all=True, filters={"label": "lightswe.sandbox=1"})

@@ -54,6 +54,43 @@ def test_concurrent_episodes_share_batches(tiny):
     assert lengths == [4 + i for i in range(6)]  # no stop tokens: each ran to its own budget
 
 
+class Recording(ModelPolicy):
+    """The real policy; records the sampling keys of each batch its model call held."""
+
+    def _run(self, batch):
+        self.batches.append([self.batch_key(r.sampling) for r in batch])
+        super()._run(batch)
+
+
+def test_one_batcher_groups_requests_by_their_sampling_key(tiny):
+    """ModelPolicy batches through BatchingPolicy (the vLLM policy's batcher): a batch never mixes temperatures,
+    top-p or stops, holds at most max_batch requests, and a failing request's error reaches every caller of its
+    batch while the others finish; nothing stays pending."""
+    policy = Recording(tiny.model, max_batch=3, batch_wait_s=0.05)
+    policy.batches = []
+    kinds = [SamplingParams(max_new_tokens=3, temperature=0.0), SamplingParams(max_new_tokens=3, temperature=0.5),
+             SamplingParams(max_new_tokens=3, temperature=0.0, stop_token_ids=STOP)]
+    asks = [(TOK.encode(f"p{i}"), kinds[i % 3]) for i in range(9)] + [([10**6], kinds[0])]  # the last: bad token
+    outcomes = [None] * len(asks)
+
+    def run(i):
+        try:
+            outcomes[i] = policy.generate(*asks[i])
+        except ValueError as err:
+            outcomes[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(asks))]
+    [t.start() for t in threads]
+    [t.join(timeout=120) for t in threads]
+    assert all(len(set(keys)) == 1 and len(keys) <= 3 for keys in policy.batches), policy.batches
+    assert sum(map(len, policy.batches)) == len(asks) == sum(policy.batch_sizes) and max(policy.batch_sizes) > 1
+    bad = outcomes[-1]
+    assert isinstance(bad, ValueError)
+    assert all(o is bad or (isinstance(o, tuple) and len(o[0]) <= 3) for o in outcomes)  # shared error, or a sample
+    assert not policy._pending
+    assert len(policy.generate(TOK.encode("after"), kinds[0])[0]) == 3  # the batcher still works
+
+
 def test_openai_client_against_local_server(tiny):
     sampling = SamplingParams(max_new_tokens=10, stop_token_ids=STOP, temperature=0.0)
     prompt = TOK.encode("<|im_start|>user\nfix it<|im_end|>\n<|im_start|>assistant\n")

@@ -213,3 +213,55 @@ def test_runner_section_hidden_from_configparser_is_caught(separator):
     new = old + b"\n[flake8]\nmax-line-length = 100" + separator + b"[tool:pytest]\naddopts = -p evil\n"
     assert keep_outside_runner_sections("setup.cfg", old, new) is None
     assert keep_outside_runner_sections("setup.cfg", old, old + b"\n[flake8]\nx = 1\n") is not None
+
+
+@pytest.mark.parametrize("command, scripts", [
+    ("PYTHONWARNINGS='ignore::UserWarning,ignore::SyntaxWarning' bin/test -C --verbose", {"bin/test"}),
+    ("./tests/runtests.py --verbosity 2 --settings=test_sqlite --parallel 1", {"tests/runtests.py"}),
+    ("python run_tests.py -v  # the repository's runner", {"run_tests.py"}),
+    ("pytest -rA -p no:cacheprovider", set()),
+    ("tox -e py39 -- tests/test_a.py::test_x", {"tests/test_a.py"}),
+    ("python /usr/bin/runner ../outside.py", set()),
+])
+def test_the_test_commands_own_scripts_are_found(command, scripts):
+    from lightswe.envs.graded_files import command_scripts
+
+    assert command_scripts(command) == scripts
+
+
+def test_an_edited_runner_script_is_left_out():
+    """Rows graded from the runner's log (sympy's bin/test, Django's runtests.py): an agent that makes the
+    runner print 'test_x ok' must not be believed, so the script the test command runs stays the base's."""
+    from types import SimpleNamespace
+
+    from lightswe.envs.graded_files import task_scope
+
+    instance = SimpleNamespace(test_files=["sympy/core/tests/test_basic.py"], FAIL_TO_PASS=[], PASS_TO_PASS=[],
+                               test_patch="", test_command="PYTHONWARNINGS='ignore' bin/test -C --verbose")
+    scope = task_scope(instance)
+    base = {"bin/test": b"#!/usr/bin/env python\nrun()\n", "sympy/core/basic.py": b"x = 1\n",
+            "sympy/core/tests/test_basic.py": b"def test_x(): pass\n"}
+    tree = {**base, "bin/test": b"#!/usr/bin/env python\nprint('test_x ok')\n", "sympy/core/basic.py": b"x = 2\n"}
+    kept, left = select_changes(changes({k: entry(v) for k, v in base.items()},
+                                        {k: entry(v) for k, v in tree.items()}), scope,
+                                base={k: entry(v) for k, v in base.items()}, tree_paths=set(tree),
+                                read_base=lambda p: base[p])
+    assert [c.path for c in kept] == ["sympy/core/basic.py"]
+    assert [(x.path, x.reason) for x in left] == [("bin/test", "a script the task's test command runs (the test runner)")]
+
+
+@pytest.mark.parametrize("source", [
+    "print('test_nth ... ok')\n",  # unittest / Django verbose, read by SWE-bench's Django parser
+    "import sys\nsys.stdout.write('test_x (utils.tests.T) ... ok\\n')\n",
+    "print('PASSED tests/test_a.py::test_x')\n",  # pytest -rA summary line
+    "print('    test_basic ok')\n",  # sympy bin/test
+])
+def test_printed_verdict_lines_are_flagged(source):
+    """Rows graded from the runner's log: graded code that prints a passing line could pass a test unrun."""
+    assert any("verdict line" in w for _, w in findings(source)), findings(source)
+
+
+@pytest.mark.parametrize("source", ["print('all tests passed')\n", "log('FAILED to open file')\n",
+                                    "msg = 'running the suite ... done'\n"])
+def test_ordinary_status_messages_are_not_verdict_lines(source):
+    assert not any("verdict line" in w for _, w in findings(source)), findings(source)

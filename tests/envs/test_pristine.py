@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from .conftest import container_exists
+
 pytestmark = pytest.mark.docker
 
 # What an agent could leave behind, everywhere it can write (episode 1 of a group, as the agent user).
@@ -59,20 +61,10 @@ echo "usersite: $(ls -A "$(python -c 'import site; print(site.getusersitepackage
 """
 
 
-def _exists(container_id: str) -> bool:
-    import docker
-
-    try:
-        docker.from_env().containers.get(container_id)
-    except docker.errors.NotFound:
-        return False
-    return True
-
-
 def _gone(container_id: str, within: float = 30.0) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if not _exists(container_id):
+        if not container_exists(container_id):
             return True
         time.sleep(0.2)
     return False
@@ -179,7 +171,7 @@ def test_pool_idle_is_bounded_and_close_removes_everything(env):
     assert len(ids) <= len(taken) + 2 + 2  # in use + idle + the dropped ones still being removed
     pool.close()
     for box in taken:
-        assert _exists(box.container_id)  # acquired sandboxes belong to the caller
+        assert container_exists(box.container_id)  # acquired sandboxes belong to the caller
         box.close()
     for container_id in ids:
         assert _gone(container_id, within=10)
@@ -256,7 +248,7 @@ def test_reaper_spares_containers_other_tools_start_from_lightswe_images(env):
                                                  labels={"lightswe.test": "foreign"}))
         removed = reap_orphans()
         for container in foreign:
-            assert container.id not in removed and _exists(container.id)
+            assert container.id not in removed and container_exists(container.id)
     finally:
         for container in foreign:
             container.remove(force=True)

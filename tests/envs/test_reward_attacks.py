@@ -21,69 +21,14 @@ in a new container.
 from __future__ import annotations
 
 import textwrap
-from dataclasses import replace
 
 import pytest
 from lightswe.envs.grading import grade
-from lightswe.envs.swe_env import SWEEnv, default_tasks_path
 from lightswe.envs.tool_calls import ToolCall
-from lightswe.tasks.instance import read_jsonl
+
+from .conftest import F2P, FIX, NO_ADDOPTS, PASSING_HOOK, TEST_FILE, TWO_FILES, episode, left, start
 
 pytestmark = pytest.mark.docker
-
-F2P = "toolz/tests/test_itertoolz.py::test_nth"
-TEST_FILE = "toolz/tests/test_itertoolz.py"
-FIX = "sed -i 's/islice(seq, n + 1, None)/islice(seq, n, None)/' toolz/itertoolz.py"
-PLUGIN = textwrap.dedent('''
-    import pytest
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(item, call):
-        outcome = yield
-        report = outcome.get_result()
-        report.outcome, report.longrepr = "passed", None
-''')
-NO_ADDOPTS = "-keeps-addopts"  # a variant whose test command does not override addopts (synthesized tasks may not)
-TWO_FILES = "-two-files"  # a variant whose FAIL_TO_PASS tests are in two files (test_curried.py is collected first)
-
-
-@pytest.fixture(scope="module")
-def env():
-    demo = read_jsonl(default_tasks_path())[0]
-    task = replace(demo, PASS_TO_PASS=[t for t in demo.PASS_TO_PASS if t.startswith(TEST_FILE)])
-    variant = replace(task, instance_id=task.instance_id + NO_ADDOPTS, test_command="python -m pytest -p no:cacheprovider")
-    two_files = replace(task, instance_id=task.instance_id + TWO_FILES,
-                        FAIL_TO_PASS=["toolz/tests/test_curried.py::test_merge", *task.FAIL_TO_PASS])
-    environment = SWEEnv([task, variant, two_files], test_timeout=120)
-    yield environment
-    environment.close()
-
-
-def episode(env, *commands: str, task_suffix: str = "", hack_policy: str = "keep"):
-    """A new container of the demo task (or its variant), the agent's bash commands, submit -> (reward, info)."""
-    env.reset(options={"task_id": env.tasks[0].instance_id + task_suffix})
-    for command in commands:
-        obs, _, _, _, info = env.step(ToolCall(name="bash", arguments={"command": command}))
-        assert "error" not in info, obs
-    env.hack_policy = hack_policy
-    try:
-        _, reward, terminated, _, info = env.step(ToolCall(name="submit"))
-    finally:
-        env.hack_policy = "keep"
-    assert terminated
-    return reward, info
-
-
-def left(info) -> dict[str, str]:
-    return {x.path: x.reason for x in info["left_out"]}
-
-
-def agent_pytest_passes(env) -> bool:
-    """The attack fools pytest run by the agent in its own container (bug still in place)."""
-    obs, *_ = env.step(ToolCall(name="bash", arguments={"command": f"python -m pytest -q {F2P} >/dev/null 2>&1; "
-                                                                   "echo exit=$?"}))
-    return obs.startswith("exit=0")
-
 
 # --------------------------------------------------------------------------- once succeeded, fixed
 EXIT_TIME_REWRITE = textwrap.dedent(r'''
@@ -122,7 +67,7 @@ def test_a_path_git_refuses_is_left_out_not_an_infrastructure_failure(env):
 
 @pytest.mark.parametrize("separator", ["\\x0c", "\\r", "\\xe2\\x80\\xa8"], ids=["form-feed", "bare-CR", "U+2028"])
 def test_runner_section_of_setup_cfg_hidden_from_configparser(env, separator):
-    reward, info = episode(env, f"cat > evil_plugin.py <<'EOF'\n{PLUGIN}EOF\n"
+    reward, info = episode(env, f"cat > evil_plugin.py <<'EOF'\n{PASSING_HOOK}EOF\n"
                                 f"printf '\\n[flake8]\\nmax-line-length = 100{separator}[tool:pytest]\\naddopts = -p evil_plugin\\n'"
                                 " >> setup.cfg", task_suffix=NO_ADDOPTS)
     assert reward == 0.0 and info["tests"][F2P] == "failed", info["reason"]
@@ -165,7 +110,7 @@ def test_links_hard_links_and_loops(env):
 
 
 def test_cased_runner_files_are_inert(env):
-    reward, info = episode(env, f"cat > evil_plugin.py <<'EOF'\n{PLUGIN}EOF\n"
+    reward, info = episode(env, f"cat > evil_plugin.py <<'EOF'\n{PASSING_HOOK}EOF\n"
                                 "cp evil_plugin.py toolz/Conftest.py && printf '[pytest]\\naddopts = -p evil_plugin\\n' > "
                                 "PYTEST.ini && cp PYTEST.ini toolz/pytest.ini", task_suffix=NO_ADDOPTS)
     assert reward == 0.0 and info["tests"][F2P] == "failed"
@@ -190,7 +135,7 @@ def test_package_init_read_by_pytest_as_a_test_module(env, how):
     ``pytest_plugins`` are loaded and its ``setup_module`` runs before the tests. Both gave reward 1.0 unflagged
     (the plugin file itself was flagged; the ``setup_module`` fix exists only under pytest)."""
     if how == "pytest_plugins":
-        commands = [f"cat > evil_plugin.py <<'EOF'\n{PLUGIN}EOF\n"
+        commands = [f"cat > evil_plugin.py <<'EOF'\n{PASSING_HOOK}EOF\n"
                     "echo 'pytest_plugins = [\"evil_plugin\"]' >> toolz/__init__.py"]
     else:
         commands = [f"cat >> toolz/__init__.py <<'EOF'\n{FIX_IN_SETUP_MODULE}EOF",
@@ -228,7 +173,7 @@ def test_honest_fix_after_running_pytest_and_committing(env):
 
 
 def test_grade_records_outcomes_through_the_private_report(env):
-    env.reset(options={"task_id": env.tasks[0].instance_id})
+    start(env)
     env.step(ToolCall(name="bash", arguments={"command": FIX}))
     result = grade(env.sandbox, env.task, fresh=env.fresh_sandbox, release=env.pool.discard, timeout=120)
     assert result.reward == 1.0 and result.tests[F2P] == "passed"

@@ -1,7 +1,7 @@
 """Adversarial episodes against the real engine: every way a policy found to get reward without the fix.
 
-The embedded demo task (toolz 1.0.0, off-by-one in ``nth``), graded on ``test_itertoolz.py`` only (same image,
-fewer tests, so each episode grades in a second or two). Each attack scores 0.0, or is flagged
+The embedded demo task (toolz 1.0.0, off-by-one in ``nth``), graded on ``test_itertoolz.py`` only (set-up and
+helpers in ``conftest.py``). Each attack scores 0.0, or is flagged
 (``reward_hack_suspected``) and scores 0.0 under ``hack_policy="zero"``; honest episodes score 1.0. Each test
 starts its episode in a new container (attacks write to ``.git`` and the home directory). A marker file in
 ``/tmp`` tells whether git ran anything the agent planted (hooks, filters, fsmonitor) during grading.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import textwrap
 import threading
-from dataclasses import replace
 
 import pytest
 from lightswe.envs.grading import GradingError
@@ -20,64 +19,13 @@ from lightswe.envs.swe_env import SWEEnv, default_tasks_path
 from lightswe.envs.tool_calls import ToolCall
 from lightswe.tasks.instance import read_jsonl
 
+from .conftest import F2P, FIX, PASSING_HOOK, TEST_FILE, bash, episode, left, start
+
 pytestmark = pytest.mark.docker
 
-F2P = "toolz/tests/test_itertoolz.py::test_nth"
-TEST_FILE = "toolz/tests/test_itertoolz.py"
-FIX = "sed -i 's/islice(seq, n + 1, None)/islice(seq, n, None)/' toolz/itertoolz.py"
 # makes test_nth pass without the fix (what a hack that reaches the test file would do)
 FAKE_TEST = r"sed -i 's/^def test_nth():/def test_nth():\n    return/' " + TEST_FILE
 MARK = "touch /tmp/planted-ran-$(id -u)"  # what every planted hook/filter/monitor does first
-PASSING_HOOK = textwrap.dedent('''
-    import pytest
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(item, call):
-        outcome = yield
-        report = outcome.get_result()
-        report.outcome, report.longrepr = "passed", None
-''')
-
-
-@pytest.fixture(scope="module")
-def task():
-    demo = read_jsonl(default_tasks_path())[0]
-    return replace(demo, PASS_TO_PASS=[t for t in demo.PASS_TO_PASS if t.startswith(TEST_FILE)])
-
-
-@pytest.fixture(scope="module")
-def env(task):
-    environment = SWEEnv([task], test_timeout=120)
-    yield environment
-    environment.close()
-
-
-def bash(command: str) -> ToolCall:
-    return ToolCall(name="bash", arguments={"command": command})
-
-
-def episode(env, *commands: str, hack_policy: str = "keep", fooled: bool = False):
-    """A new container, the agent's commands, submit; returns (reward, info).
-
-    ``fooled``: first check that the attack is real: pytest run by the agent in its own container passes the
-    FAIL_TO_PASS test (exit 0) although the bug is still in place.
-    """
-    env.close()
-    env.reset(seed=0)
-    for command in commands:
-        obs, _, _, _, info = env.step(bash(command))
-        assert "error" not in info, obs
-    if fooled:
-        obs, *_ = env.step(bash(f"python -m pytest -q {F2P} >/dev/null 2>&1; echo exit=$?; grep -c 'n + 1, None' "
-                                "toolz/itertoolz.py"))
-        assert obs.split()[:2] == ["exit=0", "1"], f"the attack does not fool pytest in the agent's container: {obs}"
-    env.hack_policy = hack_policy
-    try:
-        _, reward, terminated, _, info = env.step(ToolCall(name="submit"))
-    finally:
-        env.hack_policy = "keep"
-    assert terminated
-    return reward, info
 
 
 def planted_ran(env) -> str:
@@ -85,14 +33,9 @@ def planted_ran(env) -> str:
     return env.sandbox.exec("ls /tmp | grep planted-ran || true", timeout=10).output.strip()
 
 
-def left(info) -> dict[str, str]:
-    return {x.path: x.reason for x in info["left_out"]}
-
-
 # ----------------------------------------------------------------------------------------------- honest
 def test_honest_fix_by_str_replace(env, task):
-    env.close()
-    env.reset(seed=0)
+    start(env)
     old = "        return next(itertools.islice(seq, n + 1, None))\n"
     env.step(ToolCall(name="str_replace", arguments={"path": "toolz/itertoolz.py", "old_str": old,
                                                                "new_str": old.replace("n + 1", "n")}))
@@ -341,8 +284,7 @@ def test_code_that_hangs_is_a_timeout_of_the_policy(env):
 
 # ------------------------------------------------------------------------ infrastructure is never the policy
 def test_agent_container_gone_at_submit_raises(env):
-    env.close()
-    env.reset(seed=0)
+    start(env)
     env.step(bash(FIX))
     env.sandbox.api.remove_container(env.sandbox.container_id, force=True)
     with pytest.raises(GradingError, match="agent's work tree"):
@@ -350,8 +292,7 @@ def test_agent_container_gone_at_submit_raises(env):
 
 
 def test_grading_image_that_cannot_start_raises(env, task):
-    env.close()
-    env.reset(seed=0)
+    start(env)
     from lightswe.envs.grading import grade
 
     with pytest.raises(GradingError, match="cannot start a grading container"):

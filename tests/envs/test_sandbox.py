@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from .conftest import container_exists
+
 pytestmark = pytest.mark.docker
 
 
@@ -22,16 +24,6 @@ def box():
     sandbox = Sandbox(SandboxConfig(workdir="/home/agent", mem_limit="256m", pids_limit=64, max_output_bytes=4096))
     yield sandbox
     sandbox.close()
-
-
-def _exists(container_id: str) -> bool:
-    import docker
-
-    try:
-        docker.from_env().containers.get(container_id)
-    except docker.errors.NotFound:
-        return False
-    return True
 
 
 def test_exec_exit_code_output_and_user(box):
@@ -122,7 +114,7 @@ def test_reset_replaces_the_container_with_a_fresh_one():
         sandbox.exec("echo x > /tmp/t; echo y > ~/f; (setsid sleep 100 > /dev/null 2>&1 &); sleep 0.3", timeout=30)
         old = sandbox.container_id
         sandbox.reset()
-        assert sandbox.container_id != old and not _exists(old)
+        assert sandbox.container_id != old and not container_exists(old)
         state = sandbox.exec("ls -A /tmp ~; pgrep -c -u agent sleep || true", timeout=10).output.split()
         assert state == ["/home/agent:", "/tmp:", "0"], state
 
@@ -146,8 +138,8 @@ def test_close_removes_the_container():
 
     with Sandbox(SandboxConfig(workdir="/")) as sandbox:
         container_id = sandbox.container_id
-        assert _exists(container_id)
-    assert not _exists(container_id)
+        assert container_exists(container_id)
+    assert not container_exists(container_id)
     sandbox.close()  # idempotent
 
 
@@ -166,14 +158,14 @@ def test_reaper_removes_containers_of_killed_processes_only():
     owner = subprocess.Popen([sys.executable, "-c", _OWNER], stdout=subprocess.PIPE, text=True)
     try:
         orphan = owner.stdout.readline().strip()
-        assert orphan and _exists(orphan)
+        assert orphan and container_exists(orphan)
         with Sandbox(SandboxConfig(workdir="/")) as live:
             os.kill(owner.pid, signal.SIGKILL)
             owner.wait(timeout=30)
-            assert _exists(orphan)  # killed -9: nothing cleaned up by the owner
+            assert container_exists(orphan)  # killed -9: nothing cleaned up by the owner
             removed = reap_orphans()
-            assert orphan in removed and not _exists(orphan)
-            assert live.container_id not in removed and _exists(live.container_id)
+            assert orphan in removed and not container_exists(orphan)
+            assert live.container_id not in removed and container_exists(live.container_id)
     finally:
         if owner.poll() is None:
             owner.kill()

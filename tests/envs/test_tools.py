@@ -6,6 +6,8 @@ import base64
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from lightswe.envs.sandbox import Sandbox, SandboxConfig
 from lightswe.envs.swe_env import CHARSET
 from lightswe.envs.tool_calls import ToolCall
@@ -285,8 +287,6 @@ def test_a_full_disk_leaves_the_file_whole():
 
 
 # ----------------------------------------------------------------- any bytes, any name (property-based)
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 _CHUNK = st.one_of(st.binary(max_size=30), st.sampled_from([b"\r\n", b"\n", b"\r", b"\xef\xbb\xbf", b"\x00", b"\xe9",
                                                             b"\\xe9", b"-delete", b"$(id)"]))

@@ -90,7 +90,7 @@ def check_against_reference(q, k, v, slope, h0, cu_seqlens, use_final_state: boo
     assert not bad, f"over tolerance {TOL[dtype]}: {bad} (all errors {errors})"
 
 
-@pytest.mark.parametrize("length", [63, 500, 1000], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("length", [63, 500, 1000, 2100], ids=lambda t: f"T{t}")
 @pytest.mark.parametrize("with_states", [False, True], ids=["no_state", "states"])
 def test_bf16_forward_backward(length, with_states):
     q, k, v, gen = inputs(2, length, torch.bfloat16, seed=length)
@@ -99,7 +99,7 @@ def test_bf16_forward_backward(length, with_states):
     check_against_reference(q, k, v, slope, h0, None, use_final_state=with_states)
 
 
-@pytest.mark.parametrize("layer", [0, 40, 79], ids=lambda l: f"layer{l}")
+@pytest.mark.parametrize("layer", [0, 40, 79], ids=lambda n: f"layer{n}")
 def test_fp32_forward_backward(layer):
     q, k, v, gen = inputs(2, 500, torch.float32, seed=layer)
     slope = minimax_slopes(HEADS, layer=layer, layers=80)
@@ -109,7 +109,7 @@ def test_fp32_forward_backward(layer):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_varlen_matches_per_sequence(dtype):
-    bounds = [0, 1, 64, 127, 627, 1000, 1063]
+    bounds = [0, 1, 64, 127, 627, 1000, 1063, 1191, 2400]
     q, k, v, gen = inputs(1, bounds[-1], dtype, seed=7)
     slope = minimax_slopes(HEADS, layer=10, layers=80)
     h0 = torch.randn(len(bounds) - 1, HEADS, DIM, DIM, device="cuda", generator=gen)
@@ -170,17 +170,35 @@ def test_cuda_dispatch_uses_triton(monkeypatch):
     assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
 
 
-@pytest.mark.parametrize("index", range(11), ids=lambda i: f"config{i}")
+N_CONFIGS = 12
+
+
+@pytest.mark.parametrize("index", range(N_CONFIGS), ids=lambda i: f"config{i}")
 def test_every_tuned_config(index, monkeypatch):
-    """Each autotuning config (chunk length, slice widths, warps) computes the same function."""
+    """Each autotuning config (chunk length, slice widths, warps, pipelining depth) computes the same
+    function: config i of the forward and of the backward (i modulo each kernel's count)."""
     from lightswe.kernels.lightning_attn import chunk
 
     fwd, bwd = chunk._fwd_kernel.configs, chunk._bwd_kernel.configs
-    if index >= max(len(fwd), len(bwd)):
-        pytest.skip(f"only {max(len(fwd), len(bwd))} configs")
+    assert max(len(fwd), len(bwd)) == N_CONFIGS, "N_CONFIGS must equal the longest config list"
     monkeypatch.setattr(chunk._fwd_kernel, "configs", [fwd[index % len(fwd)]])
     monkeypatch.setattr(chunk._bwd_kernel, "configs", [bwd[index % len(bwd)]])
     q, k, v, gen = inputs(1, 500, torch.bfloat16, seed=100 + index)
     slope = minimax_slopes(HEADS, layer=30, layers=80)
     h0 = torch.randn(1, HEADS, DIM, DIM, device="cuda", generator=gen)
     check_against_reference(q, k, v, slope, h0, None, use_final_state=True)
+
+
+@pytest.mark.parametrize("batch", [1, 8, 16, 32, 64])
+def test_decode_every_batch_config(batch):
+    """Each decode launch config (chosen by B * H) matches the reference."""
+    gen = torch.Generator(device="cuda").manual_seed(batch)
+    heads = 64  # B * H spans the DECODE_CONFIGS thresholds as in the benchmark (H = 64)
+    slope = minimax_slopes(heads, layer=0, layers=80)
+    state = torch.randn(batch, heads, DIM, DIM, device="cuda", generator=gen)
+    state_ref = state.clone()
+    q, k, v = (torch.randn(batch, heads, DIM, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
+    o = lightning_attn_decode(q, k, v, slope, state)
+    o_ref = lightning_attn_decode_naive(q, k, v, slope, state_ref)
+    assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
+    assert rel_err(state, state_ref) <= 1e-6

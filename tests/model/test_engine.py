@@ -149,3 +149,131 @@ def test_model_policy_batches_continuously_across_threads(tiny_config):
         assert logprobs == pytest.approx(want.logprobs, abs=1e-4)
     assert len(errors) == 1 and "vocab_size" in str(errors[0])
     assert max(policy.batch_sizes) == 2 and not policy._inflight and not policy._pending
+
+
+def _chunk_kernel_emulation(q, k, v, slope, chunk=64):
+    """kernels/lightning_attn/chunk.py's forward in PyTorch with its roundings: per chunk, o = round(q
+    lambda^(i+1)) round(S) + round((q k^T) * M) v, S <- lambda^L S + round(k lambda^(L-1-j))^T v (round() to the
+    inputs' dtype; fp32 products and sums). q, k, v [T, H, D] of one sequence; returns o [T, H, D]."""
+    dtype, b = q.dtype, -slope.float() * 1.4426950408889634
+    state = torch.zeros(q.shape[1], q.shape[2], v.shape[2])
+    outs = []
+    for start in range(0, q.shape[0], chunk):
+        qc, kc, vc = (x[start:start + chunk].float().transpose(0, 1) for x in (q, k, v))  # [H, L, D]
+        n = qc.shape[1]
+        pos = torch.arange(n, dtype=torch.float32)
+        diff = pos[:, None] - pos[None, :]
+        mask = torch.where(diff >= 0, torch.exp2(b[:, None, None] * diff.clamp(min=0)), 0.0)
+        inter = (qc * torch.exp2(b[:, None] * (pos + 1))[..., None]).to(dtype).float() @ state.to(dtype).float()
+        o = inter + ((qc @ kc.transpose(1, 2)) * mask).to(dtype).float() @ vc
+        outs.append(o.transpose(0, 1).to(dtype))
+        kd = (kc * torch.exp2(b[:, None] * (n - 1 - pos))[..., None]).to(dtype).float()
+        state = torch.exp2(b * n)[:, None, None] * state + kd.transpose(1, 2) @ vc
+    return torch.cat(outs)
+
+
+def test_chunk_form_decode_rounds_as_the_chunk_kernel():
+    """bf16, prompts ending before, on and after chunk boundaries, decoding across the next boundary: the
+    chunk-form step (state at the chunk start from ``chunk_start``, then one token at a time) gives the chunk
+    kernel's outputs but for fp32 summation order (< 0.1% of elements differ by an ulp), where the exact fp32
+    recurrence differs in over 10%."""
+    from lightswe.kernels.lightning_attn.decode import lightning_attn_decode_chunk_form
+    from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive
+    from lightswe.model.engine import chunk_start
+
+    torch.manual_seed(0)
+    heads, dim, total = 4, 16, 150
+    lengths = [70, 64, 63, 5, 128]
+    q, k, v = (torch.nn.functional.silu(torch.randn(len(lengths), total, heads, dim)).bfloat16() for _ in range(3))
+    slope = torch.tensor([2 ** (-8 * (h + 1) / heads) for h in range(heads)]) * 0.3
+    full = torch.stack([_chunk_kernel_emulation(q[r], k[r], v[r], slope) for r in range(len(lengths))])
+    packed = [torch.cat([x[r, :n] for r, n in enumerate(lengths)]) for x in (k, v)]
+    state, keys, values = chunk_start(*packed, slope, lengths, 64)
+    exact_state = torch.zeros(len(lengths), heads, dim, dim)
+    for r, n in enumerate(lengths):  # the exact recurrence's state after the prompt
+        for t in range(n):
+            exact_state[r] = torch.exp(-slope)[:, None, None] * exact_state[r] + k[r, t].float()[:, :, None] \
+                * v[r, t].float()[:, None, :]
+    pos = torch.tensor(lengths, dtype=torch.int32)
+    rows = torch.arange(len(lengths))
+    chunk_diff, exact_diff = [], []
+    for _ in range(total - max(lengths)):
+        p = pos.long()
+        want = full[rows, p]
+        got = lightning_attn_decode_chunk_form(q[rows, p], k[rows, p], v[rows, p], slope, state, keys, values, pos)
+        plain = lightning_attn_decode_naive(q[rows, p], k[rows, p], v[rows, p], slope, exact_state)
+        chunk_diff.append((got != want).float().mean())
+        exact_diff.append((plain != want).float().mean())
+        pos = pos + 1
+    assert torch.stack(chunk_diff).mean() < 1e-3
+    assert torch.stack(exact_diff).mean() > 0.1
+    assert state.isfinite().all()
+
+
+def test_chunk_form_engine_equals_the_plain_loop(tiny_config):
+    """The engine with chunk-form lightning decoding (fp32: the rounding is a no-op) keeps its chunk state right
+    across prefill tails and chunk boundaries: greedy tokens and log-probs equal generate()'s."""
+    model = random_model(tiny_config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)
+    prompts = [list(range(1, 61)), list(range(5, 69)), [7, 8], list(range(40, 170))]
+    sampling = SamplingConfig(max_new_tokens=20, temperature=0)
+    expected = generate(model, prompts, sampling)
+    engine = SamplerEngine(model, max_slots=3, max_seq_len=256, lightning_decode="chunk")
+    assert engine.cache.chunk == 64
+    for e, g in zip(expected, engine.generate(prompts, sampling), strict=True):
+        assert g.token_ids == e.token_ids
+        torch.testing.assert_close(torch.tensor(g.logprobs), torch.tensor(e.logprobs), rtol=0, atol=1e-4)
+
+
+def test_mixed_precision_follows_the_autocast_learner(tiny_config):
+    """fp32 weights sampled under bf16 autocast (the Learner's numerics: fp32 residual stream, bf16 matrix
+    products): the first token (packed prefill) equals the autocast learner's, and the whole run agrees with it
+    better than a bf16 copy with a bf16 residual stream does. Bad settings are refused."""
+    model = random_model(tiny_config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)
+    sampling = SamplingConfig(max_new_tokens=16, temperature=1.0, seed=0)
+
+    def disagreement(engine):
+        gens = engine.generate(PROMPTS, sampling)
+        diffs = []
+        for prompt, gen in zip(PROMPTS, gens):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                scored = model.score(torch.tensor([prompt + gen.token_ids])).logprobs[0, len(prompt):]
+            diffs.append((scored - torch.tensor(gen.logprobs)).abs())
+        return torch.stack([d[0] for d in diffs]).mean(), torch.cat(diffs).mean()
+
+    mixed = SamplerEngine(model, max_slots=4, max_seq_len=128, autocast_dtype=torch.bfloat16)
+    assert mixed.autocast_dtype == torch.bfloat16 and mixed._w13[0].dtype == torch.bfloat16
+    first, mean = disagreement(mixed)
+    copy = random_model(tiny_config).to(torch.bfloat16)
+    copy.load_state_dict(model.state_dict())
+    _, plain_mean = disagreement(SamplerEngine(copy, max_slots=4, max_seq_len=128, autocast_dtype=None))
+    assert first < 1e-4 and mean < plain_mean
+    assert SamplerEngine(copy, max_slots=1, max_seq_len=8).autocast_dtype == torch.bfloat16  # "auto"
+    with pytest.raises(ValueError, match="autocast_dtype"):
+        SamplerEngine(model, max_slots=1, max_seq_len=8, autocast_dtype=torch.float64)
+    with pytest.raises(ValueError, match="lightning_decode"):
+        SamplerEngine(model, max_slots=1, max_seq_len=8, lightning_decode="fast")
+
+
+def test_engine_for_and_model_policy_sample_with_the_learners_mixed_precision(tiny_config):
+    """The training loop passes ``LearnerConfig.autocast_dtype`` to ModelPolicy: the cached engine is rebuilt for
+    another mixed precision, reused for the same one, and a bad dtype is refused in one line."""
+    from lightswe.agent.policies.base import SamplingParams
+    from lightswe.agent.policies.model import ModelPolicy
+    from lightswe.model.generation import engine_for
+
+    model = random_model(tiny_config)
+    fp32 = engine_for(model, 2, 40)
+    assert fp32.autocast_dtype is None
+    bf16 = engine_for(model, 2, 40, autocast_dtype="bfloat16")
+    assert bf16 is not fp32 and bf16.autocast_dtype is torch.bfloat16
+    assert engine_for(model, 2, 40, autocast_dtype=torch.bfloat16) is bf16
+    with pytest.raises(ValueError, match="autocast_dtype"):
+        engine_for(model, 2, 40, autocast_dtype="float64")
+
+    policy = ModelPolicy(model, max_batch=2, continuous=True, autocast_dtype="bfloat16")
+    tokens, logprobs = policy.generate(PROMPTS[0], SamplingParams(max_new_tokens=4, temperature=0.0))
+    assert len(tokens) == len(logprobs) == 4 and model._sampler_engine.autocast_dtype is torch.bfloat16

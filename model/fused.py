@@ -1,0 +1,89 @@
+"""The decoder's elementwise chains, fused by ``torch.compile`` when training on CUDA.
+
+At ``minimax-1b``'s size (hidden 1024) a learner step spends more GPU time in memory-bound elementwise kernels
+(RMSNorm's 6 passes, the residual's 3, SwiGLU's 3, casts) than in matrix products (benchmarks/train.py
+profile). Each function here is plain torch code, the same expression the modules used before; ``fused`` runs
+it compiled (Inductor, one or two Triton kernels forward and backward) only when all of these hold:
+its first tensor is on CUDA, autograd is recording (training; the sampler's no-grad path and its own CUDA-graph
+compile stay eager), no compile is already tracing, and ``LIGHTSWE_COMPILE`` is not ``0``. Everywhere else
+(CPU, the main job's CPU learner) the eager function runs: numerics there are unchanged. A function whose
+compilation fails falls back to eager for the rest of the process, with a warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+_compiled: dict[Callable, Callable] = {}
+
+
+def compile_enabled(x: torch.Tensor) -> bool:
+    """Whether ``fused`` functions run compiled for this input (see the module docstring)."""
+    if not (x.is_cuda and torch.is_grad_enabled()) or os.environ.get("LIGHTSWE_COMPILE", "1") == "0":
+        return False
+    return not torch.compiler.is_compiling()
+
+
+def fused(fn: Callable) -> Callable:
+    """Decorator: run ``fn`` through torch.compile when ``compile_enabled(first argument)``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        if not compile_enabled(args[0]):
+            return fn(*args)
+        compiled = _compiled.get(fn)
+        if compiled is None:
+            # keep eager's bf16/fp16 rounding of every intermediate: the sampler (model/engine.py) mirrors the
+            # eager expressions, and its log-probs must match the learner's (issue 16: mean |diff| <= 1e-3)
+            compiled = _compiled[fn] = torch.compile(fn, dynamic=None, options={"emulate_precision_casts": True})
+        if compiled is fn:
+            return fn(*args)
+        try:
+            return compiled(*args)
+        except Exception as err:  # noqa: BLE001 - an Inductor failure must not stop training; eager is correct
+            warnings.warn(f"torch.compile of {fn.__name__} failed ({type(err).__name__}: {str(err)[:200]}); "
+                          f"running it eagerly", stacklevel=2)
+            _compiled[fn] = fn
+            return fn(*args)
+
+    return wrapper
+
+
+@fused
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm in fp32, cast back to x's dtype, then scaled: weight * (x / rms(x)) (x [..., D])."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+@fused
+def gated_rms_norm(gate: torch.Tensor, o: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype
+                   ) -> torch.Tensor:
+    """sigmoid(gate) * RMSNorm(o.to(dtype)): the lightning layer's output gate."""
+    return torch.sigmoid(gate) * rms_norm.__wrapped__(o.to(dtype), weight, eps)
+
+
+@fused
+def residual(x: torch.Tensor, y: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """alpha x + beta y (the DeepNorm residual)."""
+    return alpha * x + beta * y
+
+
+@fused
+def swiglu(h13: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for h13 = [gate | up] along the last dim."""
+    gate, up = h13.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+@fused
+def weighted_sum(y: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """sum_j weights[n, j] y[n, j] in ``dtype`` (y [N, k, H], weights [N, k]): the MoE combine."""
+    return (y.to(dtype) * weights.to(dtype)[..., None]).sum(1)

@@ -1,0 +1,158 @@
+"""The MoE experts as grouped matrix products: tokens sorted by expert on the device, no host sync.
+
+``SparseMoE`` (``model/layers.py``) keeps its per-expert ``nn.Linear`` modules (the released checkpoint names);
+this module runs them as three grouped GEMMs per layer (``torch._grouped_mm``, CUTLASS on sm90, bf16) instead
+of a Python loop of ~3 x E matrix products with a host sync for the group sizes.
+
+Backend (``LIGHTSWE_MOE_BACKEND``): ``auto`` (default: grouped on CUDA sm90+ when the computation runs in bf16,
+i.e. under bf16 autocast or with bf16 weights; the reference loop elsewhere, so CPU numerics are unchanged),
+``grouped`` (force it, also on CPU: ``torch._grouped_mm`` has a CPU fallback used by the tests) or ``loop``.
+
+Layout (as torchtitan's MoE): the A = N x k assignments, sorted by expert (stable), are written into a buffer of
+M = A + E x ALIGN rows where expert e's rows start at a multiple of ALIGN and every expert has at least ALIGN
+rows (padding rows are zero, so they add nothing to any gradient); the last expert's group runs to M. M is
+known without reading the counts, so nothing waits for the GPU. Extra work: E x ALIGN rows (512 of 32,768 for
+``minimax-1b`` at 16K tokens).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from lightswe.model.fused import swiglu, weighted_sum
+from torch import nn
+
+ALIGN = 16  # rows; group starts on 16-row boundaries (TMA-friendly; no expert group is ever empty)
+BACKENDS = ("auto", "grouped", "loop")
+
+
+def moe_backend() -> str:
+    """``LIGHTSWE_MOE_BACKEND`` (auto | grouped | loop), validated."""
+    name = os.environ.get("LIGHTSWE_MOE_BACKEND", "auto")
+    if name not in BACKENDS:
+        raise ValueError(f"LIGHTSWE_MOE_BACKEND={name!r}; expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype the expert matrix products run in: autocast's if it is on for x's device, else the weight's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return weight.dtype
+
+
+def use_grouped(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``SparseMoE`` runs the grouped path for input x (see the module docstring)."""
+    backend = moe_backend()
+    if backend != "auto":
+        return backend == "grouped"
+    return x.is_cuda and compute_dtype(x, weight) == torch.bfloat16 and _hopper_or_newer(x.device)
+
+
+@functools.cache
+def _hopper_or_newer(device: torch.device) -> bool:
+    """torch._grouped_mm's CUTLASS kernels are for sm90+; older GPUs keep the loop (measured only on an H200)."""
+    return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+class _StackWeights(torch.autograd.Function):
+    """cat(weights, dim 0) cast to ``dtype`` in one kernel; the gradient comes back split and in each weight's
+    dtype. Stacks the experts' fp32 master weights into the [E, out, in] operand of a grouped GEMM per forward
+    (reading 4 bytes and writing 2 per parameter under bf16 autocast, as autocast's own per-matrix casts do)."""
+
+    @staticmethod
+    def forward(ctx, dtype: torch.dtype, *weights: torch.Tensor) -> torch.Tensor:
+        ctx.sizes = [w.shape[0] for w in weights]
+        ctx.dtypes = [w.dtype for w in weights]
+        rows = sum(ctx.sizes)
+        out = torch.empty(rows, *weights[0].shape[1:], dtype=dtype, device=weights[0].device)
+        torch._foreach_copy_(list(out.split(ctx.sizes, dim=0)), list(weights))  # one multi-tensor kernel
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        dtype = ctx.dtypes[0]
+        return (None, *grad.to(dtype).split(ctx.sizes, dim=0))
+
+
+class _Dispatch(torch.autograd.Function):
+    """xs = [x; 0][source] (each token copied to its k padded rows, padding rows zero). Backward gathers each
+    token's k row gradients and sums them (no atomics, no sort: ``position`` lists a token's k rows)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, source: torch.Tensor, position: torch.Tensor, top_k: int) -> torch.Tensor:
+        ctx.save_for_backward(position)
+        ctx.top_k = top_k
+        return torch.cat([x, x.new_zeros(1, x.shape[1])]).index_select(0, source)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (position,) = ctx.saved_tensors
+        rows = grad.index_select(0, position)
+        return rows.view(-1, ctx.top_k, grad.shape[1]).sum(1), None, None, None
+
+
+class _Gather(torch.autograd.Function):
+    """ys[position] for ``position`` without repeats; backward scatters back (index_copy, no accumulation)."""
+
+    @staticmethod
+    def forward(ctx, ys: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(position)
+        ctx.rows = ys.shape[0]
+        return ys.index_select(0, position)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (position,) = ctx.saved_tensors
+        out = grad.new_zeros(ctx.rows, grad.shape[1])
+        return out.index_copy_(0, position, grad), None
+
+
+def stacked_expert_weights(experts: nn.ModuleList, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w13 [E, 2 I, H], w2 [E, H, I]) in ``dtype``: per expert w1 then w3 rows, as nn.Linear stores them."""
+    with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+        w13 = _StackWeights.apply(dtype, *[w for e in experts for w in (e.w1.weight, e.w3.weight)])
+        w2 = _StackWeights.apply(dtype, *[e.w2.weight for e in experts])
+    num = len(experts)
+    return w13.view(num, -1, w13.shape[-1]), w2.view(num, -1, w2.shape[-1])
+
+
+def grouped_experts(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, experts: nn.ModuleList
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dropless top-k SwiGLU experts as three grouped GEMMs.
+
+    x [N, H] (any float dtype; the products run in ``compute_dtype``), chosen [N, k] long expert ids,
+    weights [N, k] fp32 routing weights. Returns (out [N, H] in x's dtype = sum_j weights[n, j] *
+    expert_{chosen[n, j]}(x[n]), counts [E] long assignments per expert). Equal to the per-expert loop up to
+    the products' rounding (tests/model/test_moe.py).
+    """
+    num_experts = len(experts)
+    tokens, hidden = x.shape
+    top_k = chosen.shape[1]
+    dtype = compute_dtype(x, experts[0].w1.weight)
+    assignments = tokens * top_k
+    rows = assignments + num_experts * ALIGN  # static bound on the padded layout
+    flat = chosen.flatten()  # assignment a = n * k + j
+    counts = torch.zeros(num_experts, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
+    order = flat.argsort(stable=True)  # sorted slot -> assignment
+    padded = ((counts + ALIGN - 1) // ALIGN * ALIGN).clamp(min=ALIGN)
+    padded_start = padded.cumsum(0) - padded
+    start = counts.cumsum(0) - counts
+    expert_of_slot = flat[order]
+    slot = torch.arange(assignments, device=x.device)
+    dest = slot - start[expert_of_slot] + padded_start[expert_of_slot]  # padded row of each sorted slot
+    source = torch.full((rows,), tokens, dtype=torch.long, device=x.device)  # row `tokens` is the zero row
+    source[dest] = order // top_k
+    offsets = (padded_start + padded).to(torch.int32)
+    offsets[-1] = rows  # the last group takes the tail of zero rows
+    position = torch.empty_like(dest)
+    position[order] = dest  # padded row of each assignment, in assignment order
+    w13, w2 = stacked_expert_weights(experts, dtype)
+    with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+        xs = _Dispatch.apply(x.to(dtype), source, position, top_k)  # [M, H]
+        h13 = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offsets)  # [M, 2 I]
+        ys = torch._grouped_mm(swiglu(h13), w2.transpose(-2, -1), offs=offsets)  # [M, H]
+        out = weighted_sum(_Gather.apply(ys, position).view(tokens, top_k, hidden), weights, x.dtype)
+    return out, counts
