@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session: the CUDA tests of the sampler, kernels and model, then the sampler and learner tables.
 # Writes logs under $OUT (default ./gpu_out). Usage: bash benchmarks/gpu_session.sh [tests] [sampler] [train] (default all)
+# Needs lightswe importable with its light dependencies (gymnasium, tyro, docker, gitpython) and, for the kernel
+# comparison, fla-core 0.6.0: on a machine without a registry, carry them as wheels and pip install --no-index them.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -8,8 +10,9 @@ what=${*:-all}
 has() { [[ " $what " == *" $1 "* || " $what " == *" all "* ]]; }
 nvidia-smi --query-gpu=name,memory.used,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 if has tests; then
-  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/model/test_engine_gpu.py tests/model/test_gpu.py \
-    tests/kernels/test_decode_attn.py -s 2>&1 | tee "$OUT/tests.txt" | grep -E "passed|failed|mean \||Error|error|Warning" | tail -20
+  # every CUDA test of the sampler, model (MoE, head, fused chains), learner and kernels
+  timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/model tests/kernels tests/agent/test_learner_gpu.py \
+    -s 2>&1 | tee "$OUT/tests.txt" | grep -E "passed|failed|mean \||Error|error|Warning" | tail -20
 fi
 if has sampler; then
   timeout 300 python3 benchmarks/sampler.py --device cuda --loop-steps 8 --logprobs ${SAMPLER_ARGS:-} --json "$OUT/sampler.json" \
