@@ -213,7 +213,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
                 metrics_log.write(step=step, metrics=m)
                 bar.write(step_line(step, cfg.steps, m, updated=groups > filtered), file=sys.stdout)
                 sys.stdout.flush()
-                bar.set_postfix(success=f"{m['success_rate']:.2f}", loss=f"{m.get('loss', float('nan')):.3f}")
+                bar.set_postfix(success=f"{m['success_rate']:.2f}",  # a step without an update has no loss
+                                loss=f"{m['loss']:.3f}" if m.get("loss") is not None else "-")
                 bar.update(1)
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                 evaluate(step)
