@@ -129,48 +129,120 @@ def prefill_rows(table: Table, shape: str, q, k, v, slope, cu, fla_chunk) -> Non
               f"final state {rel_diff(h_o, h_f):.2e}", flush=True)
 
 
-def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recurrent) -> None:
-    """Decode rows: states rotated over enough sets (>= 256 MB) that the state comes from HBM."""
+def decode_sets(batch: int, heads: int, dim: int) -> list[list[torch.Tensor]]:
+    """Enough (q, k, v, state) sets (>= 256 MB of states) that rotating over them reads each state from HBM."""
     state_bytes = batch * heads * dim * dim * 4
     n_sets = max(2, math.ceil(256e6 / state_bytes))
-    sets = [[F.silu(torch.randn(batch, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(3)]
+    return [[F.silu(torch.randn(batch, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(3)]
             + [torch.randn(batch, heads, dim, dim, device="cuda")] for _ in range(n_sets)]
+
+
+def rotating_times(step, sets) -> tuple[float, float]:
+    """(event ms, do_bench ms) per call of step(*set), rotating over the sets."""
+    def run():
+        for args in sets:
+            step(*args)
+    ev = event_mean(run) / len(sets)
+    it = iter(range(1 << 62))
+    return ev, bench_median(lambda: step(*sets[next(it) % len(sets)]))
+
+
+def graph_times(step, sets) -> tuple[float, float]:
+    """(event ms, do_bench ms) per call of step(*set) with one call per set captured in one CUDA graph (as the
+    sampler engine replays its decode step): launches cost no host time and follow each other on the GPU."""
+    def run():
+        for args in sets:
+            step(*args)
+    run()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    times = event_mean(graph.replay) / len(sets), bench_median(graph.replay) / len(sets)
+    del graph
+    return times
+
+
+_EMPTY = None
+
+
+def empty_launch():
+    """A Triton kernel that does nothing (one program): the timers' floor for one launch."""
+    global _EMPTY
+    if _EMPTY is None:
+        import triton
+
+        @triton.jit
+        def _empty(x):
+            pass
+
+        _EMPTY = _empty
+    _EMPTY[(1,)](None)
+
+
+def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recurrent) -> None:
+    """Decode rows: states rotated over enough sets (>= 256 MB) that the state comes from HBM. Beside ours:
+    an empty launch (the timers' floor) and torch's copy of the same state bytes (a plain stream of them)."""
+    sets = decode_sets(batch, heads, dim)
+    state_bytes = batch * heads * dim * dim * 4
     nbytes = 2 * state_bytes + 4 * batch * heads * dim * 2
     shape = f"B={batch}"
-
-    def rotating(step):
-        def run():
-            for q, k, v, state in sets:
-                step(q, k, v, state)
-        return run
-
-    def per_call(step):
-        ev = event_mean(rotating(step)) / n_sets
-        it = iter(range(1 << 62))
-        med = bench_median(lambda: step(*sets[next(it) % n_sets]))
-        return ev, med
-
     ours = lambda q, k, v, s: lightning_attn_decode(q, k, v, slope, s)
     if fla_recurrent is not None:
         fla_step = lambda q, k, v, s: fla_recurrent(q[:, None], k[:, None], v[:, None], g_gamma=-slope,
                                                     scale=1.0, initial_state=s, output_final_state=True)
-        table.add("fla fused_recurrent_simple_gla", shape, "decode", per_call(fla_step), nbytes, is_fla=True)
+        table.add("fla fused_recurrent_simple_gla", shape, "decode", rotating_times(fla_step, sets), nbytes,
+                  is_fla=True)
         q, k, v, state = sets[0]
         s_a, s_b = state.clone(), state.clone()
         o_a = ours(q, k, v, s_a)
         o_b, s_b = fla_step(q, k, v, s_b)
         print(f"decode {shape}: ours vs fla relative difference: o {rel_diff(o_a, o_b[:, 0]):.2e}, "
               f"state {rel_diff(s_a, s_b):.2e}", flush=True)
-    table.add("ours decode (Triton)", shape, "decode", per_call(ours), nbytes)
-    run = rotating(ours)
-    run()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    ev = event_mean(graph.replay) / n_sets
-    med = bench_median(graph.replay) / n_sets
-    table.add("ours decode, CUDA graph", shape, "decode", (ev, med), nbytes)
+    table.add("ours decode (Triton)", shape, "decode", rotating_times(ours, sets), nbytes)
+    table.add("ours decode, CUDA graph", shape, "decode", graph_times(ours, sets), nbytes)
+    copies = [[s, torch.empty_like(s)] for *_, s in sets]
+    copy = lambda src, dst: dst.copy_(src)
+    table.add("torch copy_ of the state bytes", shape, "copy", rotating_times(copy, copies), 2 * state_bytes)
+    table.add("torch copy_, CUDA graph", shape, "copy", graph_times(copy, copies), 2 * state_bytes)
+    del copies
+    nothing = [[] for _ in range(len(sets))]
+    table.add("empty Triton launch", shape, "empty", rotating_times(empty_launch, nothing), 0)
+    table.add("empty Triton launch, CUDA graph", shape, "empty", graph_times(empty_launch, nothing), 0)
+
+
+def decode_sweep(batches: list[int], heads: int, dim: int, slope, bandwidth: float) -> None:
+    """Every decode.DECODE_SWEEP config at each B: checked against the PyTorch step, then timed alone (do_bench,
+    L2 flushed) and inside a CUDA graph (one launch per rotating state set); the best of each printed last."""
+    from lightswe.kernels.lightning_attn.decode import DECODE_SWEEP, lightning_attn_decode_triton
+    from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive
+
+    print("\n| B | config | do_bench us | of bound | CUDA graph us | of bound | max rel. error (o, state) |\n"
+          "|---|---|---|---|---|---|---|", flush=True)
+    best = {}
+    for batch in batches:
+        sets = decode_sets(batch, heads, dim)
+        bound_us = (2 * batch * heads * dim * dim * 4 + 4 * batch * heads * dim * 2) / bandwidth * 1e6
+        for config in DECODE_SWEEP:
+            q, k, v, state = sets[0]
+            s_ref = state.clone()
+            o = lightning_attn_decode_triton(q, k, v, slope, state, config)
+            o_ref = lightning_attn_decode_naive(q, k, v, slope, s_ref)
+            err = (rel_diff(o, o_ref), rel_diff(state, s_ref))
+            step = lambda q, k, v, s, config=config: lightning_attn_decode_triton(q, k, v, slope, s, config)
+            _, med = rotating_times(step, sets)
+            _, graph_med = graph_times(step, sets)
+            med, graph_med = med * 1e3, graph_med * 1e3
+            ok = err[0] < 1e-2 and err[1] < 1e-6
+            print(f"| {batch} | {config} | {med:.1f} | {bound_us / med:.1%} | {graph_med:.1f} | "
+                  f"{bound_us / graph_med:.1%} | {err[0]:.1e}, {err[1]:.1e}{'' if ok else ' FAILED'} |", flush=True)
+            for timer, t in (("do_bench", med), ("graph", graph_med)):
+                if ok and t < best.get((batch, timer), (float("inf"),))[0]:
+                    best[(batch, timer)] = (t, str(config), bound_us / t)
+        del sets
+        torch.cuda.empty_cache()
+    for (batch, timer), (t, name, frac) in sorted(best.items()):
+        print(f"best B={batch} {timer}: {name} {t:.1f} us ({frac:.1%} of bound)", flush=True)
 
 
 def varlen_bounds(n_seqs: int, total: int, seed: int = 0) -> list[int]:
@@ -190,6 +262,8 @@ def main() -> int:
     parser.add_argument("--lengths", type=int, nargs="*", default=[2048, 8192, 32768, 65536])
     parser.add_argument("--no-varlen", action="store_true", help="skip the packed batch (64 sequences)")
     parser.add_argument("--decode-batches", type=int, nargs="*", default=[8, 16, 32, 64])
+    parser.add_argument("--decode-sweep", action="store_true",
+                        help="time every decode launch config (decode.DECODE_SWEEP) at each --decode-batches B")
     parser.add_argument("--no-fla", action="store_true")
     parser.add_argument("--sdpa", action="store_true", help="add PyTorch SDPA causal rows (slow at long T)")
     args = parser.parse_args()
@@ -227,9 +301,12 @@ def main() -> int:
         torch.cuda.empty_cache()
     from lightswe.kernels.lightning_attn import chunk
 
-    print("tuned (last shape):", {name: str(kern.best_config) for name, kern in
+    if cases:
+        print("tuned (last shape):", {name: str(kern.best_config) for name, kern in
                                   (("fwd", chunk._fwd_kernel), ("bwd", chunk._bwd_kernel))
                                   if getattr(kern, "best_config", None) is not None}, flush=True)
+    if args.decode_sweep:
+        decode_sweep(args.decode_batches, H, D, slope, bw)
     for batch in args.decode_batches:
         decode_rows(table, batch, H, D, slope, fla_recurrent)
         torch.cuda.empty_cache()

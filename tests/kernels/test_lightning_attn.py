@@ -202,3 +202,30 @@ def test_decode_every_batch_config(batch):
     o_ref = lightning_attn_decode_naive(q, k, v, slope, state_ref)
     assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
     assert rel_err(state, state_ref) <= 1e-6
+
+
+def _decode_sweep_ids():
+    from lightswe.kernels.lightning_attn.decode import DECODE_SWEEP
+
+    return DECODE_SWEEP
+
+
+@pytest.mark.parametrize("config", _decode_sweep_ids(), ids=str)
+@pytest.mark.parametrize("batch", [3, 8], ids=lambda b: f"B{b}")
+def test_decode_every_sweep_config(config, batch):
+    """Every launch shape the decode sweep measures (one program per tile or persistent, streaming or not)
+    updates the state and computes o as the reference; B=3 leaves the persistent grids' last tiles partial."""
+    from lightswe.kernels.lightning_attn.decode import lightning_attn_decode_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(batch)
+    heads = 64 if batch == 8 else 5
+    slope = minimax_slopes(heads, layer=3, layers=80)
+    state = torch.randn(batch, heads, DIM, DIM, device="cuda", generator=gen)
+    state_ref = state.clone()
+    for _ in range(2):
+        q, k, v = (torch.randn(batch, heads, DIM, device="cuda", generator=gen).to(torch.bfloat16)
+                   for _ in range(3))
+        o = lightning_attn_decode_triton(q, k, v, slope, state, config)
+        o_ref = lightning_attn_decode_naive(q, k, v, slope, state_ref)
+        assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
+        assert rel_err(state, state_ref) <= 1e-6
