@@ -42,11 +42,11 @@ def event_mean(fn, warmup: int = 3, iters: int = 10) -> float:
     return start.elapsed_time(end) / iters
 
 
-def bench_median(fn) -> float:
-    """Median milliseconds per call, L2 flushed before each (triton.testing.do_bench)."""
+def bench_median(fn, rep: int = 100) -> float:
+    """Median milliseconds per call, L2 flushed before each (triton.testing.do_bench over ~rep ms)."""
     import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    return triton.testing.do_bench(fn, warmup=min(25, rep), rep=rep, return_mode="median")
 
 
 def copy_bandwidth() -> float:
@@ -82,7 +82,7 @@ class Table:
             self.ref[(shape, mode)] = times
         fla = self.ref.get((shape, mode))
         ratios = (f"{fla[0] / ev:5.2f}x | {fla[1] / med:5.2f}x" if fla and not is_fla else "  -   |   -  ")
-        self.lines.append(f"| {op:<30} | {shape:<18} | {mode:<7} | {ev:8.3f} | {med:8.3f} | {bound:7.3f} | "
+        self.lines.append(f"| {op:<30} | {shape:<18} | {mode:<7} | {ev:8.4f} | {med:8.4f} | {bound:7.4f} | "
                           f"{bound / med:6.1%} | {ratios} |")
         print(self.lines[-1], flush=True)  # as it comes, in case a long run is cut short
 
@@ -129,25 +129,28 @@ def prefill_rows(table: Table, shape: str, q, k, v, slope, cu, fla_chunk) -> Non
               f"final state {rel_diff(h_o, h_f):.2e}", flush=True)
 
 
+ROTATE_BYTES = 256e6  # decode: states rotated over at least this many bytes (> L2) so each comes from HBM
+
+
 def decode_sets(batch: int, heads: int, dim: int) -> list[list[torch.Tensor]]:
-    """Enough (q, k, v, state) sets (>= 256 MB of states) that rotating over them reads each state from HBM."""
+    """Enough (q, k, v, state) sets (>= ROTATE_BYTES of states) that rotating over them reads each state from HBM."""
     state_bytes = batch * heads * dim * dim * 4
-    n_sets = max(2, math.ceil(256e6 / state_bytes))
+    n_sets = max(2, math.ceil(ROTATE_BYTES / state_bytes))
     return [[F.silu(torch.randn(batch, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(3)]
             + [torch.randn(batch, heads, dim, dim, device="cuda")] for _ in range(n_sets)]
 
 
-def rotating_times(step, sets) -> tuple[float, float]:
+def rotating_times(step, sets, rep: int = 100) -> tuple[float, float]:
     """(event ms, do_bench ms) per call of step(*set), rotating over the sets."""
     def run():
         for args in sets:
             step(*args)
     ev = event_mean(run) / len(sets)
     it = iter(range(1 << 62))
-    return ev, bench_median(lambda: step(*sets[next(it) % len(sets)]))
+    return ev, bench_median(lambda: step(*sets[next(it) % len(sets)]), rep)
 
 
-def graph_times(step, sets) -> tuple[float, float]:
+def graph_times(step, sets, rep: int = 100) -> tuple[float, float]:
     """(event ms, do_bench ms) per call of step(*set) with one call per set captured in one CUDA graph (as the
     sampler engine replays its decode step): launches cost no host time and follow each other on the GPU."""
     def run():
@@ -158,7 +161,7 @@ def graph_times(step, sets) -> tuple[float, float]:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         run()
-    times = event_mean(graph.replay) / len(sets), bench_median(graph.replay) / len(sets)
+    times = event_mean(graph.replay) / len(sets), bench_median(graph.replay, rep) / len(sets)
     del graph
     return times
 
@@ -201,6 +204,7 @@ def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recur
               f"state {rel_diff(s_a, s_b):.2e}", flush=True)
     table.add("ours decode (Triton)", shape, "decode", rotating_times(ours, sets), nbytes)
     table.add("ours decode, CUDA graph", shape, "decode", graph_times(ours, sets), nbytes)
+    chunk_form_rows(table, batch, heads, dim, slope, sets)
     copies = [[s, torch.empty_like(s)] for *_, s in sets]
     copy = lambda src, dst: dst.copy_(src)
     table.add("torch copy_ of the state bytes", shape, "copy", rotating_times(copy, copies), 2 * state_bytes)
@@ -211,9 +215,29 @@ def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recur
     table.add("empty Triton launch, CUDA graph", shape, "empty", graph_times(empty_launch, nothing), 0)
 
 
-def decode_sweep(batches: list[int], heads: int, dim: int, slope, bandwidth: float) -> None:
+def chunk_form_rows(table: Table, batch: int, heads: int, dim: int, slope, sets, block: int = 64) -> None:
+    """The sampler's default lightning decode (decode.lightning_attn_decode_chunk_form, in a CUDA graph as the
+    engine runs it) at a step inside a chunk (i = block / 2: reads the state and the chunk's first i keys and
+    values) and at the chunk's last step (i = block - 1: the state is advanced and written too)."""
+    from lightswe.kernels.lightning_attn.decode import lightning_attn_decode_chunk_form
+
+    buffers = [[torch.randn(batch, heads, block, dim, device="cuda").to(torch.bfloat16) for _ in range(2)]
+               for _ in sets]
+    state_bytes = batch * heads * dim * dim * 4
+    for i in (block // 2, block - 1):
+        pos = torch.full((batch,), i, device="cuda", dtype=torch.int64)
+        args = [[q, k, v, s, ck, cv] for (q, k, v, s), (ck, cv) in zip(sets, buffers, strict=True)]
+        step = lambda q, k, v, s, ck, cv, pos=pos: lightning_attn_decode_chunk_form(q, k, v, slope, s, ck, cv, pos)
+        nbytes = (state_bytes * (2 if i == block - 1 else 1) + i * batch * heads * 2 * dim * 2
+                  + 6 * batch * heads * dim * 2)
+        table.add(f"ours chunk-form decode i={i}, graph", f"B={batch}", "decode", graph_times(step, args), nbytes)
+    del buffers
+
+
+def decode_sweep(batches: list[int], heads: int, dim: int, slope, bandwidth: float) -> dict:
     """Every decode.DECODE_SWEEP config at each B: checked against the PyTorch step, then timed alone (do_bench,
-    L2 flushed) and inside a CUDA graph (one launch per rotating state set); the best of each printed last."""
+    L2 flushed) and inside a CUDA graph (one launch per rotating state set); the best of each printed last.
+    Returns {B: the config fastest in the CUDA graph}."""
     from lightswe.kernels.lightning_attn.decode import DECODE_SWEEP, lightning_attn_decode_triton
     from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive
 
@@ -230,19 +254,20 @@ def decode_sweep(batches: list[int], heads: int, dim: int, slope, bandwidth: flo
             o_ref = lightning_attn_decode_naive(q, k, v, slope, s_ref)
             err = (rel_diff(o, o_ref), rel_diff(state, s_ref))
             step = lambda q, k, v, s, config=config: lightning_attn_decode_triton(q, k, v, slope, s, config)
-            _, med = rotating_times(step, sets)
-            _, graph_med = graph_times(step, sets)
+            _, med = rotating_times(step, sets, rep=40)
+            _, graph_med = graph_times(step, sets, rep=40)
             med, graph_med = med * 1e3, graph_med * 1e3
             ok = err[0] < 1e-2 and err[1] < 1e-6
             print(f"| {batch} | {config} | {med:.1f} | {bound_us / med:.1%} | {graph_med:.1f} | "
                   f"{bound_us / graph_med:.1%} | {err[0]:.1e}, {err[1]:.1e}{'' if ok else ' FAILED'} |", flush=True)
             for timer, t in (("do_bench", med), ("graph", graph_med)):
                 if ok and t < best.get((batch, timer), (float("inf"),))[0]:
-                    best[(batch, timer)] = (t, str(config), bound_us / t)
+                    best[(batch, timer)] = (t, config, bound_us / t)
         del sets
         torch.cuda.empty_cache()
-    for (batch, timer), (t, name, frac) in sorted(best.items()):
-        print(f"best B={batch} {timer}: {name} {t:.1f} us ({frac:.1%} of bound)", flush=True)
+    for (batch, timer), (t, config, frac) in sorted(best.items()):
+        print(f"best B={batch} {timer}: {config} {t:.1f} us ({frac:.1%} of bound)", flush=True)
+    return {batch: config for (batch, timer), (_, config, _) in best.items() if timer == "graph"}
 
 
 def varlen_bounds(n_seqs: int, total: int, seed: int = 0) -> list[int]:
@@ -305,8 +330,13 @@ def main() -> int:
         print("tuned (last shape):", {name: str(kern.best_config) for name, kern in
                                   (("fwd", chunk._fwd_kernel), ("bwd", chunk._bwd_kernel))
                                   if getattr(kern, "best_config", None) is not None}, flush=True)
-    if args.decode_sweep:
-        decode_sweep(args.decode_batches, H, D, slope, bw)
+    if args.decode_sweep:  # the rows below then run the sweep's fastest config per B (CUDA-graph timer)
+        from lightswe.kernels.lightning_attn import decode
+
+        fastest = decode_sweep(args.decode_batches, H, D, slope, bw)
+        decode.DECODE_CONFIGS = tuple((0 if i == 0 else b * H, fastest[b]) for i, b in
+                                      enumerate(sorted(fastest)))
+        print("DECODE_CONFIGS =", decode.DECODE_CONFIGS, flush=True)
     for batch in args.decode_batches:
         decode_rows(table, batch, H, D, slope, fla_recurrent)
         torch.cuda.empty_cache()
