@@ -217,21 +217,32 @@ def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recur
 
 def chunk_form_rows(table: Table, batch: int, heads: int, dim: int, slope, sets, block: int = 64) -> None:
     """The sampler's default lightning decode (decode.lightning_attn_decode_chunk_form, in a CUDA graph as the
-    engine runs it) at a step inside a chunk (i = block / 2: reads the state and the chunk's first i keys and
-    values) and at the chunk's last step (i = block - 1: the state is advanced and written too)."""
-    from lightswe.kernels.lightning_attn.decode import lightning_attn_decode_chunk_form
+    engine runs it), every config of decode.CHUNK_FORM_SWEEP (the default one first), at a step inside a chunk
+    (i = block / 2: reads the state and the chunk's first i keys and values) and at the chunk's last step
+    (i = block - 1: the state is advanced and written too)."""
+    from lightswe.kernels.lightning_attn import decode
 
     buffers = [[torch.randn(batch, heads, block, dim, device="cuda").to(torch.bfloat16) for _ in range(2)]
                for _ in sets]
+    args = [[q, k, v, s, ck, cv] for (q, k, v, s), (ck, cv) in zip(sets, buffers, strict=True)]
     state_bytes = batch * heads * dim * dim * 4
-    for i in (block // 2, block - 1):
-        pos = torch.full((batch,), i, device="cuda", dtype=torch.int64)
-        args = [[q, k, v, s, ck, cv] for (q, k, v, s), (ck, cv) in zip(sets, buffers, strict=True)]
-        step = lambda q, k, v, s, ck, cv, pos=pos: lightning_attn_decode_chunk_form(q, k, v, slope, s, ck, cv, pos)
-        nbytes = (state_bytes * (2 if i == block - 1 else 1) + i * batch * heads * 2 * dim * 2
-                  + 6 * batch * heads * dim * 2)
-        table.add(f"ours chunk-form decode i={i}, graph", f"B={batch}", "decode", graph_times(step, args), nbytes)
-    del buffers
+    default = next(c for lo, c in reversed(decode.CHUNK_FORM_CONFIGS) if batch * heads >= lo)
+    configs = [default, *(c for c in decode.CHUNK_FORM_SWEEP if c != default)]
+    mean_step = {}  # per config: (block - 1) steps like i = block / 2 and one chunk-completing step, do_bench
+    for config in configs:
+        for i in (block // 2, block - 1):
+            pos = torch.full((batch,), i, device="cuda", dtype=torch.int64)
+            step = lambda q, k, v, s, ck, cv, pos=pos, config=config: decode.lightning_attn_decode_chunk_form(
+                q, k, v, slope, s, ck, cv, pos, config=config)
+            nbytes = (state_bytes * (2 if i == block - 1 else 1) + i * batch * heads * 2 * dim * 2
+                      + 6 * batch * heads * dim * 2)
+            name = f"chunk-form i={i}, BV {config.bv}/{config.warps}w{' (default)' if config == default else ''}"
+            times = graph_times(step, args, rep=50)
+            table.add(name, f"B={batch}", "graph", times, nbytes)
+            mean_step[config] = mean_step.get(config, 0.0) + times[1] * (block - 1 if i < block - 1 else 1) / block
+    for config, ms in sorted(mean_step.items(), key=lambda item: item[1]):
+        print(f"chunk-form B={batch}: {config}: mean step {ms * 1e3:.1f} us (CUDA graph, do_bench)", flush=True)
+    del buffers, args
 
 
 def decode_sweep(batches: list[int], heads: int, dim: int, slope, bandwidth: float) -> dict:

@@ -61,7 +61,7 @@ def lightning_attn_decode_chunk_form_reference(q: torch.Tensor, k: torch.Tensor,
 
 def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor,
                                      state: torch.Tensor, chunk_keys: torch.Tensor, chunk_values: torch.Tensor,
-                                     positions: torch.Tensor) -> torch.Tensor:
+                                     positions: torch.Tensor, config: DecodeConfig | None = None) -> torch.Tensor:
     """One decode step in the chunk kernel's form (module docstring), Triton on CUDA, else the reference.
 
     Args:
@@ -72,6 +72,8 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
         chunk_keys: [S, H, BT, K], chunk_values: [S, H, BT, V] in q's dtype: the chunk's earlier tokens at
             indices [0, i); this token is written at index i.
         positions: [S] int, the token's position in its sequence (tokens before it); i = positions % BT.
+        config: the launch shape (bv columns per program, warps; per_sm and stream unused), default by S*H from
+            CHUNK_FORM_CONFIGS.
     Returns:
         o [S, H, V] in q's dtype. No host synchronisation (CUDA-graph capturable).
     """
@@ -81,11 +83,17 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
     if triton is None or not q.is_cuda:
         return lightning_attn_decode_chunk_form_reference(q, k, v, slope, state, chunk_keys, chunk_values,
                                                           positions)
-    BV = min(32, V)
+    config = config or next(c for lo, c in reversed(CHUNK_FORM_CONFIGS) if rows * heads >= lo)
+    BV = min(config.bv, V)
     o = torch.empty_like(v)
-    _decode_chunk_form_kernel[(triton.cdiv(V, BV), rows * heads)](
-        q.contiguous(), k.contiguous(), v.contiguous(), o, slope.float().contiguous(), state, chunk_keys,
-        chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV, num_warps=4)
+    grid = (triton.cdiv(V, BV), rows * heads)
+    slope = slope.float().contiguous()
+    _decode_chunk_form_kernel[grid](q.contiguous(), k.contiguous(), v.contiguous(), o, slope, state, chunk_keys,
+                                    chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
+                                    ADVANCE=not config.split, num_warps=config.warps)
+    if config.split:
+        _chunk_advance_kernel[grid](slope, state, chunk_keys, chunk_values, positions, H=heads, K=dim, V=V,
+                                    BT=block, BV=BV, num_warps=config.warps)
     return o
 
 @dataclasses.dataclass(frozen=True)
@@ -98,20 +106,26 @@ class DecodeConfig:
         multiprocessor, each walking tiles pid, pid + grid, ... with the next tile's loads issued before the
         current tile's stores (reads and writes overlap inside a program instead of only across programs).
     stream: state loads marked evict-first and stores cache-streaming (.cs): the state is touched once per step.
+    split: chunk-form step only: the state update of rows completing their chunk in a second launch, so that
+        the step's programs carry no tensor-core product (fewer registers: more programs per multiprocessor).
     """
 
     bv: int
     warps: int
     per_sm: int = 0
     stream: bool = False
+    split: bool = False
 
     def __str__(self) -> str:
         grid = f"persistent {self.per_sm}/SM" if self.per_sm else "one program per tile"
-        return f"BV {self.bv}, {self.warps} warps, {grid}" + (", streaming" if self.stream else "")
+        return (f"BV {self.bv}, {self.warps} warps, {grid}" + (", streaming" if self.stream else "")
+                + (", split advance" if self.split else ""))
 
 
-# (minimum B * H, config). Measured on an H200 (do_bench, L2 flushed, H=64, D=128; RESULTS.md).
-DECODE_CONFIGS = ((0, DecodeConfig(32, 2)), (1024, DecodeConfig(64, 2)), (2048, DecodeConfig(64, 8)))
+# (minimum B * H, config). From the H200 sweep (RESULTS.md; H=64, D=128, do_bench with L2 flushed and one launch
+# per state set in a CUDA graph): the one-program-per-tile configs with BV >= 32 lie within ~1 us of each other
+# at every B; the persistent and streaming variants are slower.
+DECODE_CONFIGS = ((0, DecodeConfig(32, 2)), (1024, DecodeConfig(64, 8)))
 
 # Every config the benchmark's decode sweep measures (benchmarks/lightning_attn.py --decode-sweep) and the GPU
 # tests check against the reference.
@@ -122,6 +136,13 @@ DECODE_SWEEP = tuple(
     + [DecodeConfig(bv, w, per_sm=n, stream=st) for bv, w, n in ((32, 2, 2), (32, 2, 4), (64, 4, 2), (64, 8, 2))
        for st in (False, True)]
 )
+
+
+# The chunk-form step (lightning_attn_decode_chunk_form): (minimum S * H, config); bv = state columns per
+# program, at least 4 warps (its chunk-completion product runs on the tensor cores, one warp group or more).
+CHUNK_FORM_CONFIGS = ((0, DecodeConfig(32, 4)),)
+CHUNK_FORM_SWEEP = tuple(DecodeConfig(bv, w, split=split) for split in (False, True)
+                         for bv, w in ((32, 4), (64, 4), (64, 8), (128, 8)))
 
 
 def _decode_config(n_states: int, V: int) -> DecodeConfig:
@@ -236,7 +257,10 @@ if triton is not None:
 
     @triton.jit
     def _decode_chunk_form_kernel(q, k, v, o, slope, state, chunk_keys, chunk_values, positions, H: tl.constexpr,
-                                  K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+                                  K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+                                  ADVANCE: tl.constexpr):
+        """The step; with ADVANCE also the state update of rows whose chunk this token completes (else
+        _chunk_advance_kernel does it in the next launch)."""
         i_v, i_bh = tl.program_id(0), tl.program_id(1)
         b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
         i = tl.load(positions + i_bh // H).to(tl.int32) % BT
@@ -268,9 +292,31 @@ if triton is not None:
         if i_v == 0:
             tl.store(p_ck + i * K + o_k, b_k)
         tl.store(p_cv + i * V + o_v, b_v)
-        if i == BT - 1:  # the chunk is complete: advance the state as _fwd_kernel does
-            k_decay = tl.exp2(b * (BT - 1 - o_t).to(tl.float32))
-            b_kd = (c_k.to(tl.float32) * k_decay[:, None]).to(b_q.dtype).to(tl.float32)
-            # fp32 products of the rounded values (exact, as the chunk kernel's bf16 tensor-core dot), fp32 sums
-            b_s = tl.dot(tl.trans(b_kd), c_v.to(tl.float32), acc=b_s * tl.exp2(b * BT), input_precision="ieee")
-            tl.store(p_s, b_s)
+        if ADVANCE:
+            if i == BT - 1:  # the chunk is complete: advance the state as _fwd_kernel does
+                tl.store(p_s, _advance(b_s, c_k, c_v, b, BT))
+
+    @triton.jit
+    def _advance(b_s, c_k, c_v, b, BT: tl.constexpr):
+        """S0 = 2^(b BT) S0 + round(k_j 2^(b (BT-1-j)))^T v_j, the product as the chunk kernel's: rounded inputs on
+        the tensor cores, fp32 accumulation."""
+        k_decay = tl.exp2(b * (BT - 1 - tl.arange(0, BT)).to(tl.float32))
+        b_kd = (c_k.to(tl.float32) * k_decay[:, None]).to(c_k.dtype)
+        return tl.dot(tl.trans(b_kd), c_v, acc=b_s * tl.exp2(b * BT))
+
+    @triton.jit
+    def _chunk_advance_kernel(slope, state, chunk_keys, chunk_values, positions, H: tl.constexpr, K: tl.constexpr,
+                              V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+        """After _decode_chunk_form_kernel(ADVANCE=False): the state update of the rows whose chunk is complete
+        (their programs read the whole chunk, the others only their position)."""
+        i_v, i_bh = tl.program_id(0), tl.program_id(1)
+        i = tl.load(positions + i_bh // H).to(tl.int32) % BT
+        if i == BT - 1:
+            b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
+            o_k = tl.arange(0, K)
+            o_v = i_v * BV + tl.arange(0, BV)
+            o_t = tl.arange(0, BT)
+            c_k = tl.load(chunk_keys + i_bh.to(tl.int64) * BT * K + o_t[:, None] * K + o_k[None, :])
+            c_v = tl.load(chunk_values + i_bh.to(tl.int64) * BT * V + o_t[:, None] * V + o_v[None, :])
+            p_s = state + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+            tl.store(p_s, _advance(tl.load(p_s), c_k, c_v, b, BT))
