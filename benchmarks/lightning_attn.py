@@ -3,6 +3,13 @@
     python benchmarks/lightning_attn.py                  # H=64, D=128, 65,536 tokens: T = 2K, 8K, 32K, 64K,
                                                          # a packed batch of 64 sequences, decode B = 8..64
     python benchmarks/lightning_attn.py --lengths 8192 --no-varlen --decode-batches 8 --sdpa
+    python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep   # decode only, every config
+
+Decode rows, per B: ours (the exact fp32 step, lightning_attn_decode) alone and inside a CUDA graph (one launch
+per rotating state set, as the sampler engine replays its step), the sampler's chunk-form step for every
+decode.CHUNK_FORM_SWEEP config (in a CUDA graph, at a step inside a chunk and at a chunk-completing step), and
+two references: torch's copy_ of the same state bytes (a plain stream of them) and an empty Triton launch (the
+timer's own floor).
 
 Same math on every lightning row: fla's chunk_simple_gla / fused_recurrent_simple_gla with g_gamma = -slope
 and scale = 1.0 compute MiniMax's S_t = exp(-slope) S_{t-1} + k_t^T v_t, o_t = q_t S_t.
@@ -10,7 +17,8 @@ and scale = 1.0 compute MiniMax's S_t = exp(-slope) S_{t-1} + k_t^T v_t, o_t = q
 Two timers per row:
   event    CUDA events around 10 back-to-back calls after 3 warm-ups, mean per call (host overhead shows when
            the host cannot keep ahead of the GPU);
-  do_bench ``triton.testing.do_bench`` median, the L2 cache flushed before every call (GPU time per call).
+  do_bench ``triton.testing.do_bench`` median, the L2 cache flushed before every call (GPU time per call);
+CUDA-graph rows: the same two timers around a graph replay, divided by the launches in the graph.
 The bandwidth bound is the fewest bytes (inputs read once, outputs written once) over the device-to-device
 copy bandwidth measured here (bytes read + written): forward q, k, v, o and the final state; forward+backward
 11 activation tensors (q, k, v, o, dO, dq, dk, dv and q, k, v read again); decode the fp32 state read and
@@ -236,7 +244,8 @@ def chunk_form_rows(table: Table, batch: int, heads: int, dim: int, slope, sets,
                 q, k, v, slope, s, ck, cv, pos, config=config)
             nbytes = (state_bytes * (2 if i == block - 1 else 1) + i * batch * heads * 2 * dim * 2
                       + 6 * batch * heads * dim * 2)
-            name = f"chunk-form i={i}, BV {config.bv}/{config.warps}w{' (default)' if config == default else ''}"
+            name = (f"chunk-form i={i}, BV {config.bv}/{config.warps}w{', split' if config.split else ''}"
+                    f"{' (default)' if config == default else ''}")
             times = graph_times(step, args, rep=50)
             table.add(name, f"B={batch}", "graph", times, nbytes)
             mean_step[config] = mean_step.get(config, 0.0) + times[1] * (block - 1 if i < block - 1 else 1) / block

@@ -12,7 +12,11 @@ start and b = -slope * log2(e):
     o = round(q 2^(b (i+1))) . round(S0)  +  sum_{j<=i} round((q . k_j) 2^(b (i-j))) v_j      (fp32 sums)
 where round() is to the inputs' dtype, exactly where chunk.py's ``_fwd_kernel`` rounds (its tl.dot inputs).
 The chunk's keys and values wait in per-row buffers; when the chunk's last token arrives, the state advances
-as the chunk kernel advances it: S0 = 2^(b BT) S0 + sum_j round(k_j 2^(b (BT-1-j)))^T v_j.
+as the chunk kernel advances it: S0 = 2^(b BT) S0 + sum_j round(k_j 2^(b (BT-1-j)))^T v_j (the same tensor-core
+product of rounded inputs with fp32 accumulation).
+
+Launch shapes are ``DecodeConfig``s chosen by B*H from ``DECODE_CONFIGS`` / ``CHUNK_FORM_CONFIGS`` (measured on
+an H200 with ``python benchmarks/lightning_attn.py --lengths --no-varlen --decode-sweep``; RESULTS.md).
 """
 
 from __future__ import annotations
@@ -140,7 +144,9 @@ DECODE_SWEEP = tuple(
 
 # The chunk-form step (lightning_attn_decode_chunk_form): (minimum S * H, config); bv = state columns per
 # program, at least 4 warps (its chunk-completion product runs on the tensor cores, one warp group or more).
-CHUNK_FORM_CONFIGS = ((0, DecodeConfig(32, 4)),)
+# H200 (RESULTS.md; H=64, D=128, CUDA graph, mean step over a chunk): BV 64 / 4 warps, fused, was the fastest of
+# CHUNK_FORM_SWEEP at B = 8 / 16 / 32 / 64 (19.2 / 33.1 / 60.3 / 110.7 us).
+CHUNK_FORM_CONFIGS = ((0, DecodeConfig(64, 4)),)
 CHUNK_FORM_SWEEP = tuple(DecodeConfig(bv, w, split=split) for split in (False, True)
                          for bv, w in ((32, 4), (64, 4), (64, 8), (128, 8)))
 
