@@ -221,8 +221,9 @@ class Learner:
                 mb = torch.cat(micros) if micros else torch.zeros(0, dtype=torch.long, device=self.device)
                 weights = self._weights(batch.mask[mb])
                 self.optimizer.zero_grad(set_to_none=True)
-                loss_total = 0.0
+                outs = []  # read after the optimiser step: no host sync inside the mini-batch (LossOutput)
                 for i in range(n_passes):
+                    self._gradient_sync(last=i == n_passes - 1)
                     if i >= len(micros):
                         self._placeholder_pass()
                         continue
@@ -238,16 +239,19 @@ class Learner:
                     if c.aux_loss_coef and hasattr(self.model, "aux_loss"):  # share of this micro-batch
                         loss = loss + c.aux_loss_coef * self.model.aux_loss * (len(micro) / len(mb))
                     loss.backward()
+                    outs.append(out)
+                params = [p for p in self.model.parameters() if p.grad is not None]
+                norm = nn.utils.clip_grad_norm_(params, c.grad_clip) if c.grad_clip > 0 and params else None
+                self.optimizer.step()
+                self.updates += 1
+                loss_total = 0.0
+                for out in outs:
                     loss_total += out.loss.item()
                     tokens += out.num_tokens
                     for k, v in out.metrics.items():
                         sums[k] = sums.get(k, 0.0) + v * out.num_tokens
-                params = [p for p in self.model.parameters() if p.grad is not None]
-                if c.grad_clip > 0 and params:
-                    norm = nn.utils.clip_grad_norm_(params, c.grad_clip)
+                if norm is not None:
                     grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
-                self.optimizer.step()
-                self.updates += 1
                 losses.append(loss_total)
         if self.world > 1:
             sums, tokens, losses = self._reduce_metrics(sums, tokens, losses)
@@ -257,6 +261,14 @@ class Learner:
         if grad_norms:
             metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
         return metrics
+
+    def _gradient_sync(self, *, last: bool) -> None:
+        """FSDP2 gradient accumulation without communication: the passes before a mini-batch's last one keep
+        their gradients unsharded and local (no reduce-scatter) and the layers' weights gathered (no
+        all-gather before the next pass); the last pass reduce-scatters the accumulated sum. Off FSDP: nothing."""
+        if self.world > 1 and hasattr(self.model, "set_requires_gradient_sync"):
+            self.model.set_requires_gradient_sync(last)
+            self.model.set_reshard_after_backward(last)
 
     def _placeholder_pass(self) -> None:
         """A forward/backward of zero loss: this rank joins the pass's all-gathers and reduce-scatters."""
