@@ -113,6 +113,7 @@ import time
 
 import torch
 from lightswe.agent.cispo import CISPOLoss
+from lightswe.model import fused
 from lightswe.agent.distributed import DistContext
 from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch, shard_model
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
@@ -159,29 +160,47 @@ def profile_step(learner: Learner, batch: TrainBatch, device: torch.device, titl
         wall = time.perf_counter() - t0
     events = prof.key_averages()
     busy = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / 1e3  # kernels only
-    print(f"\nprofiled step, {title}: {wall * 1e3:.0f} ms wall, {busy:.0f} ms of GPU kernel time", flush=True)
+    kernels = [(e.time_range.start, e.time_range.end, "nccl" in e.name.lower()) for e in prof.events()
+               if e.device_type.name == "CUDA"]
+    compute = _union_ms([(a, b) for a, b, comm in kernels if not comm])
+    comm = _union_ms([(a, b) for a, b, comm in kernels if comm])
+    print(f"\nprofiled step, {title}: {wall * 1e3:.0f} ms wall, {busy:.0f} ms of GPU kernel time; compute "
+          f"kernels busy {compute:.0f} ms (idle {wall * 1e3 - compute:.0f} ms: host gaps and waits on "
+          f"collectives), collectives {comm:.0f} ms", flush=True)
     for sort in ("self_cpu_time_total", "self_cuda_time_total" if device.type == "cuda" else None):
         if sort:
             print(f"\nlearner step profile, {title}, by {sort}:\n" + events.table(sort_by=sort, row_limit=25, max_name_column_width=60),
                   flush=True)
 
 
+def _union_ms(intervals: list[tuple[float, float]]) -> float:
+    """Total length in ms of the union of [start, end] intervals given in us."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total / 1e3
+
+
 def build(model_name: str, device: torch.device, checkpointing: bool, ctx: DistContext,
-          param_dtype: torch.dtype | None) -> MiniMaxForCausalLM:
+          param_dtype: torch.dtype | None, reshard_after_forward: bool) -> MiniMaxForCausalLM:
     torch.manual_seed(0)
     with torch.device(device):  # random init on the device itself (1.3B normals on the host take seconds)
         model = MiniMaxForCausalLM(MiniMaxConfig.preset(model_name))
     model.gradient_checkpointing = checkpointing
     if ctx.distributed:
-        shard_model(model, param_dtype=param_dtype)
+        shard_model(model, param_dtype=param_dtype, reshard_after_forward=reshard_after_forward)
     return model
 
 
 def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length: int, tokens: int, micro: int,
-        steps: int, backend: str, moe: str, compiled: str, ctx: DistContext, profile: bool = False) -> dict:
+        steps: int, backend: str, moe: str, compiled: str, emulate: bool, ctx: DistContext, profile: bool = False
+        ) -> dict:
     os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
     os.environ["LIGHTSWE_MOE_BACKEND"] = moe
     os.environ["LIGHTSWE_COMPILE"] = compiled
+    fused.set_emulate_precision_casts(emulate)
     cfg = LearnerConfig(lr=1e-5, minibatches=1, micro_batch_size=micro,
                         autocast_dtype="bfloat16" if device.type == "cuda" else None)
     learner = Learner(model, CISPOLoss(), cfg)
@@ -200,13 +219,18 @@ def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length
             sync()
             times.append(time.perf_counter() - t0)
         (step_s,) = ctx.max([statistics.median(times)])  # the slowest rank sets the pace
-        if profile and ctx.main:
-            profile_step(learner, batch, device, f"{model_name}, T={length}, micro {micro}, moe {moe}")
+        if profile:  # every rank steps (FSDP collectives); rank 0 prints
+            title = f"{model_name}, T={length}, micro {micro}, moe {moe}, ranks {ctx.world}"
+            if ctx.main:
+                profile_step(learner, batch, device, title)
+            else:
+                learner.step(batch)
     finally:
         model.zero_grad(set_to_none=True)
         del learner
     step_tokens = len(batch) * length * ctx.world
-    out = {"model": model_name, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length, "rows": len(batch) * ctx.world,
+    out = {"model": model_name, "backend": backend, "moe": moe, "compile": compiled, "emulate_precision_casts": emulate,
+           "seq_len": length, "rows": len(batch) * ctx.world,
            "tokens_per_step": step_tokens, "micro_batch_rows": micro, "step_s": step_s,
            "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": model.gradient_checkpointing,
            "ranks": ctx.world, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}  # DTensor: full size
@@ -293,10 +317,16 @@ def main() -> None:
                    "compiled (the CUDA default), 0 = eager")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per layer")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 over the torchrun ranks; --tokens is the total")
-    p.add_argument("--fsdp-bf16", action="store_true", help="FSDP2 all-gathers the layers' weights in bf16 "
-                   "(MixedPrecisionPolicy; the root with the LM head stays fp32; gradients reduced in fp32)")
+    p.add_argument("--fsdp-param-dtype", default="fp32", help="comma list: fp32, bf16 = FSDP2 all-gathers the "
+                   "layers' weights in bf16 (MixedPrecisionPolicy; the root with the LM head stays fp32; gradients "
+                   "reduced in fp32)")
+    p.add_argument("--reshard-after-forward", default="1", help="comma list: 1 = FSDP2 frees each layer's "
+                   "gathered weights after its forward (the default), 0 = keeps them until its backward")
+    p.add_argument("--emulate", default="1", help="comma list: 1 = the compiled chains round bf16 intermediates "
+                   "as eager (Inductor's emulate_precision_casts, the default), 0 = as Inductor fuses them")
     p.add_argument("--head-bench", action="store_true", help="also time the LM head alone (fp32 vs bf16x3)")
-    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step")
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step of the last "
+                   "variant of each model build")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     ctx = DistContext.from_env(args.device) if args.fsdp else DistContext(device=args.device)
@@ -305,36 +335,44 @@ def main() -> None:
     device = torch.device(ctx.device)
     say = print if ctx.main else (lambda *a, **k: None)
     backends = (args.backends or ("triton,reference" if device.type == "cuda" else "reference")).split(",")
-    param_dtype = torch.bfloat16 if args.fsdp_bf16 else None
     results = []
+    start = time.perf_counter()
     if args.head_bench and device.type == "cuda" and ctx.main:
         c = MiniMaxConfig.preset(args.model)
         for r in head_bench(device, 16384, c.hidden_size, c.vocab_size):
             say(json.dumps(r), flush=True)
-    for length in [int(x) for x in args.seq_lens.split(",")]:
-        for backend in backends:
-            model = build(args.model, device, args.checkpointing, ctx, param_dtype)
-            for moe, compiled, micro in itertools.product(args.moe.split(","), args.compile.split(","),
-                                                          [int(x) for x in args.micro.split(",")]):
-                try:
-                    r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe,
-                            compiled, ctx, args.profile)
-                except Exception as err:  # noqa: BLE001 - an OOM or a failing variant is a row of the table
-                    r = {"model": args.model, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length,
-                         "micro_batch_rows": micro, "error": f"{type(err).__name__}: {err}"[:300]}
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                results.append(r)
-                say(json.dumps(r), flush=True)
-            del model
+    dtypes = {"fp32": None, "bf16": torch.bfloat16}
+    builds = list(itertools.product([int(x) for x in args.seq_lens.split(",")], backends,
+                                    args.fsdp_param_dtype.split(",") if ctx.distributed else ["fp32"],
+                                    args.reshard_after_forward.split(",") if ctx.distributed else ["1"]))
+    for length, backend, dtype, reshard in builds:
+        model = build(args.model, device, args.checkpointing, ctx, dtypes[dtype], reshard == "1")
+        variants = list(itertools.product(args.moe.split(","), args.compile.split(","), args.emulate.split(","),
+                                          [int(x) for x in args.micro.split(",")]))
+        for i, (moe, compiled, emulate, micro) in enumerate(variants):
+            try:
+                r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe, compiled,
+                        emulate == "1", ctx, args.profile and i == len(variants) - 1)
+            except Exception as err:  # noqa: BLE001 - an OOM or a failing variant is a row of the table
+                r = {"model": args.model, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length,
+                     "micro_batch_rows": micro, "error": f"{type(err).__name__}: {err}"[:300]}
+            if ctx.distributed:
+                r.update(fsdp_param_dtype=dtype, reshard_after_forward=reshard == "1")
+            r["done_at_s"] = time.perf_counter() - start
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            results.append(r)
+            say(json.dumps(r), flush=True)
+        del model
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else platform.processor() or platform.machine()}
     env["ranks"] = ctx.world
-    say(f"\n| model | T | backend | MoE | compile | micro | tokens/step | tokens/s | step s | MFU (of 989 TFLOP/s) | "
-        f"peak GiB per GPU |  ({env['device']} x{ctx.world}, torch {env['torch']})")
+    say(f"\n| model | T | backend | MoE | compile | emulate | FSDP gather | reshard | micro | tokens/step | tokens/s | "
+        f"step s | MFU (of 989 TFLOP/s) | peak GiB per GPU |  ({env['device']} x{ctx.world}, torch {env['torch']})")
     for r in results:
         head = (f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r.get('moe')} | {r.get('compile')} | "
-                f"{r.get('micro_batch_rows')} |")
+                f"{r.get('emulate_precision_casts')} | {r.get('fsdp_param_dtype', '-')} | "
+                f"{r.get('reshard_after_forward', '-')} | {r.get('micro_batch_rows')} |")
         if "error" in r:
             say(f"{head} {r['error'][:60]} | | | | |")
         else:

@@ -87,6 +87,38 @@ def test_sampled_logprobs_equal_the_learners(sampler, learner, autotune, bound, 
     assert mean <= bound
 
 
+@pytest.mark.parametrize("emulate", [True, False], ids=["eager rounding", "inductor rounding"])
+def test_sampled_logprobs_equal_the_learners_training_forward(emulate):
+    """As above for the training loop's setting, but the learner scores with autograd recording, as
+    ``Learner.step`` does: its elementwise chains then run compiled (model/fused.py; the no-grad scoring above
+    runs them eagerly). With Inductor's ``emulate_precision_casts`` (the default: bf16 intermediates rounded as
+    eager, which the sampler mirrors) and without it (Inductor rounds a fused chain once): mean |diff| <= 1e-3."""
+    from lightswe.model import fused
+
+    torch.manual_seed(0)
+    config = MiniMaxConfig.preset("small")
+    model = random_model(config).to("cuda")
+    engine = SamplerEngine(model, max_slots=8, max_seq_len=1024, autocast_dtype=torch.bfloat16)
+    batch = prompts(16, 256, seed=1)
+    gens = engine.generate(batch, SamplingConfig(max_new_tokens=64, temperature=1.0, top_p=0.95, seed=0))
+    rows = [prompt + gen.token_ids for prompt, gen in zip(batch, gens)]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], device="cuda")  # one right-padded batch
+    fused.set_emulate_precision_casts(emulate)
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            scored = model.score(ids).logprobs.detach()
+        # the chains ran compiled with this setting (a failed compile would have left the eager function)
+        assert any(flag == emulate and compiled is not fn for (fn, flag), compiled in fused._compiled.items())
+    finally:
+        fused.set_emulate_precision_casts(True)
+    diffs = torch.cat([(scored[i, len(p):len(r)].cpu() - torch.tensor(g.logprobs)).abs()
+                       for i, (p, g, r) in enumerate(zip(batch, gens, rows))])
+    print(f"training forward, emulate_precision_casts {emulate}: mean |sampler - learner| log-prob = "
+          f"{diffs.mean().item():.2e}, max {diffs.max().item():.2e}")
+    assert diffs.mean().item() <= 1e-3
+
+
 def test_chunk_form_decode_matches_the_chunk_kernel(monkeypatch):
     """Triton, bf16, H=12, D=64: prompts of several lengths through ``chunk_start``, then 100 decode steps
     across chunk boundaries: the chunk-form step gives the chunk kernel's outputs (``lightning_attn`` over the
