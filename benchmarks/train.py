@@ -326,7 +326,7 @@ def main() -> None:
                    "as eager (Inductor's emulate_precision_casts, the default), 0 = as Inductor fuses them")
     p.add_argument("--head-bench", action="store_true", help="also time the LM head alone (fp32 vs bf16x3)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step of the last "
-                   "variant of each model build")
+                   "variant")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     ctx = DistContext.from_env(args.device) if args.fsdp else DistContext(device=args.device)
@@ -345,14 +345,14 @@ def main() -> None:
     builds = list(itertools.product([int(x) for x in args.seq_lens.split(",")], backends,
                                     args.fsdp_param_dtype.split(",") if ctx.distributed else ["fp32"],
                                     args.reshard_after_forward.split(",") if ctx.distributed else ["1"]))
-    for length, backend, dtype, reshard in builds:
+    for b, (length, backend, dtype, reshard) in enumerate(builds):
         model = build(args.model, device, args.checkpointing, ctx, dtypes[dtype], reshard == "1")
         variants = list(itertools.product(args.moe.split(","), args.compile.split(","), args.emulate.split(","),
                                           [int(x) for x in args.micro.split(",")]))
         for i, (moe, compiled, emulate, micro) in enumerate(variants):
             try:
                 r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe, compiled,
-                        emulate == "1", ctx, args.profile and i == len(variants) - 1)
+                        emulate == "1", ctx, args.profile and (b, i) == (len(builds) - 1, len(variants) - 1))
             except Exception as err:  # noqa: BLE001 - an OOM or a failing variant is a row of the table
                 r = {"model": args.model, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length,
                      "micro_batch_rows": micro, "error": f"{type(err).__name__}: {err}"[:300]}
