@@ -95,10 +95,61 @@ tokens/s, a 0.35 s step) needs ~130 ms more off: the decoder layer compiled as a
 residual stream (halves every cast and elementwise pass), a fused router + dispatch kernel, and the host gaps
 closed (CUDA graphs or fewer syncs: the CISPO metrics' ``.item()`` calls sync once per micro-batch).
 
-FSDP2 on two H200s for ``minimax-1b`` (``torchrun --standalone --nproc-per-node 2 benchmarks/train.py --fsdp
---device cuda --model minimax-1b --seq-lens 8192 --micro 8 --backends triton --tokens 262144``, the same work per
-GPU as row 10): not measured; the run was cut off in its warm-up (compilation in both ranks) when this session's
-device time ran out. ``--fsdp-bf16`` all-gathers the layers' weights in bf16 (not measured either).
+Session of 2026-11-30 morning (``mfu2``; one call on nvidia-h200-x2, torch 2.11+cu130, Triton 3.6; median of 3
+steps (1 GPU) or 2 (FSDP2) after a warm-up; one run each). Changes measured: the learner reads the loss's metrics,
+the loss and the grad norm after the optimiser step instead of after each micro-batch (no host sync inside a
+mini-batch: the GPU queue never drains between micro-batches); FSDP2 accumulates gradients locally on all but a
+mini-batch's last pass (``set_requires_gradient_sync`` / ``set_reshard_after_backward``: one reduce-scatter per
+layer and step instead of one per micro-batch, no all-gather between micro-batches); ``--reshard-after-forward
+0`` keeps each layer's gathered weights until its backward; ``--emulate`` A/B of Inductor's
+``emulate_precision_casts`` in the compiled chains (model/fused.py). One GPU (GPU 0; the GPU tests ran on GPU 1
+beside it, CPU-pinned to other cores: ``taskset -c 0-19`` here, ``20-31`` there):
+
+| emulate_precision_casts | micro (rows) | tokens/step | tokens/s | step s | MFU | peak GiB |
+|---|---|---|---|---|---|---|
+| off | 8 | 131,072 | 280,324 | 0.468 | 26.7% | 51.7 |
+| off | 16 | 131,072 | **298,756** | 0.439 | **28.4%** | 76.0 |
+| on (the default) | 8 | 131,072 | 275,542 | 0.476 | 26.2% | 51.7 |
+| on (the default) | 16 | 131,072 | 295,801 | 0.443 | 28.1% | 76.0 |
+
+``CUDA_VISIBLE_DEVICES=0 python3 benchmarks/train.py --device cuda --model minimax-1b --seq-lens 8192 --backends
+triton --tokens 131072 --micro 8,16 --emulate 0,1 --steps 3 --profile``. Eager rounding in the compiled chains
+costs 1.0-1.7% (one run each, within run-to-run noise), so it stays on: the sampler mirrors eager rounding and
+its log-probs must match the learner's (``tests/model/test_engine_gpu.py``). This morning's 222,159 tokens/s
+(21.1%) at ``--micro 8`` was measured beside a pytest run on the other GPU with nothing pinned; the same setting
+here gives 275,542. One micro-batch of 16 rows (the whole 131,072-token step) is the best: +7% for 24 GiB more.
+
+FSDP2 on two H200s (NCCL, NVLS off), the same work per GPU (131,072 tokens per rank, 262,144 per step):
+``torchrun --standalone --nproc-per-node 2 benchmarks/train.py --device cuda --model minimax-1b --seq-lens 8192
+--backends triton --fsdp --tokens 262144 --micro 8,16 --fsdp-param-dtype fp32,bf16 --reshard-after-forward 1,0
+--steps 2`` (the last build, bf16 with reshard 0, was cut by the call's time limit); x = against the one-GPU row
+of the same micro-batch with the same rounding (275,542 / 295,801):
+
+| gather dtype | reshard after forward | micro | tokens/s | step s | MFU | x one GPU | peak GiB per GPU |
+|---|---|---|---|---|---|---|---|
+| fp32 | yes | 8 | 511,545 | 0.512 | 24.3% | 1.86 | 45.3 |
+| fp32 | yes | 16 | 543,477 | 0.482 | 25.8% | 1.84 | 70.1 |
+| fp32 | no | 8 | 509,232 | 0.515 | 24.2% | 1.85 | 51.7 |
+| fp32 | no | 16 | **560,233** | 0.468 | **26.6%** | **1.89** | 76.6 |
+| bf16 | yes | 8 | 494,100 | 0.531 | 23.5% | 1.79 | 49.6 |
+| bf16 | yes | 16 | 557,163 | 0.470 | 26.5% | 1.88 | 74.3 |
+
+The first row is this morning's setting, which gave 403,962 tokens/s (19.2%) before the learner changes above
+(+27%). Gathering in bf16 buys nothing here: the collectives already hide behind compute (NVLink, 1.3B
+parameters); the remaining 5-11% per GPU against one GPU is (not profiled) the collectives' share of SMs and
+memory bandwidth and the slower rank setting the pace.
+
+Where the 0.44 s step goes now (``--profile``, one micro-batch of 16 rows, emulate on; 467 ms wall under the
+profiler, compute kernels busy 415 ms, idle 52 ms): matrix products 200 ms (dense and LM-head ``aten::mm`` 116
+ms, of which the bf16x3 head's ~73 ms; the experts' grouped GEMMs 85 ms); casts (``aten::copy_``) 39 ms;
+``add_`` (autograd's gradient sums of multi-use activations, residual) 25 ms; other unfused elementwise kernels
+~55 ms; Inductor's SwiGLU backward 14 ms; the head's Triton gradient kernel 13.5 ms; fused AdamW 10.6 ms; cuDNN
+flash attention backward 9.8 ms; lightning attention backward 8.9 ms. The host is no longer the limit: the CPU
+spends 158 of its 420 ms in ``cudaStreamSynchronize``, waiting for the GPU. 35%
+(~368K tokens/s, a 0.356 s step) needs ~85 ms more off: the LM head (~90 ms with its kernels, for 21% of the
+counted FLOPs: bf16x3 runs its forward products three times), the fp32 residual stream's casts and elementwise
+passes (bf16 activations between layers, which the sampler would have to mirror), the decoder layer compiled
+whole, and the remaining host gaps (CUDA graphs).
 """
 
 from __future__ import annotations
