@@ -11,8 +11,10 @@ has() { [[ " $what " == *" $1 "* || " $what " == *" all "* ]]; }
 nvidia-smi --query-gpu=name,memory.used,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 if has tests; then
   # every CUDA test of the sampler, model (MoE, head, fused chains), learner and kernels
-  timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/model tests/kernels tests/agent/test_learner_gpu.py \
-    -s 2>&1 | tee "$OUT/tests.txt" | grep -E "passed|failed|mean \||Error|error|Warning" | tail -20
+  # with pytest-xdist, 6 workers share the GPU (60 tests: ~2 min on an H200; one worker takes over 4 min)
+  python3 -c "import xdist" 2>/dev/null && workers="-n 6" || workers=""
+  timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/model tests/kernels tests/agent/test_learner_gpu.py \
+    $workers -rfEP --durations=10 2>&1 | tee "$OUT/tests.txt" | grep -E "passed|failed|FAILED|ERROR|mean \|" | cut -c1-160 | tail -30
 fi
 if has sampler; then
   timeout 300 python3 benchmarks/sampler.py --device cuda --loop-steps 8 --logprobs ${SAMPLER_ARGS:-} --json "$OUT/sampler.json" \
