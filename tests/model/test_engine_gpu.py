@@ -90,34 +90,6 @@ def test_sampled_logprobs_equal_the_learners(sampler, learner, autotune, bound, 
     assert mean <= bound
 
 
-def test_sampled_logprobs_equal_the_learners_training_forward():
-    """As above for the training loop's setting, but the learner scores with autograd recording, as
-    ``Learner.step`` does: its elementwise chains then run compiled (model/fused.py, with Inductor's
-    ``emulate_precision_casts``: bf16 intermediates rounded as eager, which the sampler mirrors; the no-grad
-    scoring above runs them eagerly). Mean |sampler - learner| <= 1e-3 over the sampled tokens."""
-    from lightswe.model import fused
-
-    torch.manual_seed(0)
-    config = MiniMaxConfig.preset("small")
-    model = random_model(config).to("cuda")
-    engine = SamplerEngine(model, max_slots=8, max_seq_len=1024, autocast_dtype=torch.bfloat16)
-    batch = prompts(16, 256, seed=1)
-    gens = engine.generate(batch, SamplingConfig(max_new_tokens=64, temperature=1.0, top_p=0.95, seed=0))
-    rows = [prompt + gen.token_ids for prompt, gen in zip(batch, gens)]
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], device="cuda")  # one right-padded batch
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        scored = model.score(ids).logprobs.detach()
-    # the chains ran compiled (a failed compile would have left the eager function in place)
-    assert fused.EMULATE_PRECISION_CASTS
-    assert any(compiled is not fn for (fn, _), compiled in fused._compiled.items())
-    diffs = torch.cat([(scored[i, len(p):len(r)].cpu() - torch.tensor(g.logprobs)).abs()
-                       for i, (p, g, r) in enumerate(zip(batch, gens, rows))])
-    print(f"training forward (compiled chains): mean |sampler - learner| log-prob = {diffs.mean().item():.2e}, "
-          f"max {diffs.max().item():.2e}")
-    assert diffs.mean().item() <= 1e-3
-
-
 def test_chunk_form_decode_matches_the_chunk_kernel(monkeypatch):
     """Triton, bf16, H=12, D=64: prompts of several lengths through ``chunk_start``, then 100 decode steps
     across chunk boundaries: the chunk-form step gives the chunk kernel's outputs (``lightning_attn`` over the
