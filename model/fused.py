@@ -7,7 +7,9 @@ it compiled (Inductor, one or two Triton kernels forward and backward) only when
 its first tensor is on CUDA, autograd is recording (training; the sampler's no-grad path and its own CUDA-graph
 compile stay eager), no compile is already tracing, and ``LIGHTSWE_COMPILE`` is not ``0``. Everywhere else
 (CPU, the main job's CPU learner) the eager function runs: numerics there are unchanged. A function whose
-compilation fails falls back to eager for the rest of the process, with a warning.
+compilation fails falls back to eager for the rest of the process, with a warning. Compiled chains round their
+bf16 intermediates as eager does (Inductor's ``emulate_precision_casts``; measured to cost 1.0-1.7% of a
+``minimax-1b`` learner step, benchmarks/train.py ``--emulate``).
 """
 
 from __future__ import annotations
