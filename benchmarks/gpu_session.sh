@@ -26,10 +26,10 @@ if has train; then
   # kept gathered from forward to backward. Defaults: grouped-GEMM MoE, bf16x3 head, compiled chains with eager
   # rounding. ~60 s each, <= 165 s in all (compilation; the one-GPU run warms the Inductor cache the ranks reuse).
   L="--device cuda --model minimax-1b --seq-lens 8192 --micro 16 --steps 3 --backends triton"
-  CUDA_VISIBLE_DEVICES=0 timeout 80 python3 benchmarks/train.py $L --tokens 131072 --json "$OUT/train_1gpu.json" \
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/train.py $L --tokens 131072 --json "$OUT/train_1gpu.json" \
     2>&1 | tee "$OUT/train_1gpu.txt" | grep -E "^\| minimax|Error|error" | tail -3
   if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
-    timeout 85 torchrun --standalone --nproc-per-node 2 benchmarks/train.py $L --fsdp --tokens 262144 \
+    timeout 120 torchrun --standalone --nproc-per-node 2 benchmarks/train.py $L --fsdp --tokens 262144 \
       --reshard-after-forward 0 --json "$OUT/train_fsdp2.json" 2>&1 | tee "$OUT/train_fsdp2.txt" \
       | grep -E "^\| minimax|Error|error" | tail -3
   fi
