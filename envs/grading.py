@@ -66,10 +66,12 @@ from lightswe.envs.pytest_run import (  # noqa: F401 - re-exported: the one runn
     TestRun,
     nodeid,
     parse_junit,
+    drained,
     probe_image,
     pytest_command,
     run_pytest,
 )
+from lightswe.envs import verdicts
 from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError
 from lightswe.errors import UserInputError
 from lightswe.tasks.instance import TaskInstance
@@ -318,7 +320,9 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
     short or holding foreign paths, see :mod:`lightswe.tasks.test_ids`); if pytest still exits 4 (an id it
     cannot find), the ids' files run whole, as SWE-bench's harness runs test files. Rows with a
     ``log_parser``: ``test_command`` plus SWE-bench's test directives, outcomes from that parser (these
-    runners get no ``python -I`` hardening: they are the repository's own scripts).
+    runners get no ``python -I`` hardening: they are the repository's own scripts); for Django's and sympy's
+    runners the parser reads the verdicts the runner recorded out of the tests' reach
+    (:mod:`lightswe.envs.verdicts`), never the run's output, which the code under test can write.
     """
     from lightswe.tasks import specs
     from lightswe.tasks import test_ids as published
@@ -326,10 +330,30 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
     if instance.log_parser:
         parser = specs.log_parser(instance.log_parser)
         command = " ".join([instance.test_command, *(_quote(d) for d in specs.directives(instance))])
-        result = grader.exec(command, timeout=timeout, user="agent", max_output_bytes=16 * 1024 * 1024)
+        runner = verdicts.channel_of(parser)
+        if not runner:  # a runner without a verdict channel (not Python): its log is all there is
+            result = grader.exec(command, timeout=timeout, user="agent", max_output_bytes=16 * 1024 * 1024)
+            log = result.output
+        else:
+            channel = _verdict_channel(grader, runner, junit.rsplit("/", 1)[0])
+            result = grader.exec(drained(channel.command(command), 256 * 1024), timeout=timeout, user="agent",
+                                 max_output_bytes=256 * 1024 + 4096, env=channel.env())
+            flood = False
+            try:
+                raw = grader.read_file(channel.path, max_bytes=64 * 1024 * 1024)
+            except FileNotFoundError:
+                raw = b""
+            except ValueError:  # over 64 MiB of records: the run's doing (only it writes there), nothing trusted
+                raw, flood = b"", True
+            records = verdicts.read(raw, channel)
+            if not (records.loaded or flood or result.timed_out or result.runner_died):
+                raise RuntimeError(f"no Python of the test command loaded the verdict recorder (exit "
+                                   f"{result.exit_code}; a command that ignores PYTHONPATH, `python -I`/`-E`, "
+                                   f"cannot be graded from its runner's verdicts): {_tail(result.output, 6)}")
+            log = records.log
         run = TestRun(exit_code=result.exit_code, output=result.output, timed_out=result.timed_out,
                       duration_s=result.duration_s, runner_died=result.runner_died)
-        run.outcomes = {k: v.lower() for k, v in parser(result.output, None).items()}
+        run.outcomes = {k: v.lower() for k, v in parser(log, None).items()}
         return run, {}, True
     targets, unresolved = published.pytest_targets(wanted, files)
     if not targets:
@@ -342,6 +366,23 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
                          user="agent", files=files, plugins=plugins, junit=junit)
         whole = True
     return run, unresolved, whole
+
+
+def _verdict_channel(grader: Sandbox, runner: str, private_folder: str) -> verdicts.Channel:
+    """A :class:`~lightswe.envs.verdicts.Channel` for ``runner`` in ``grader``: the recorder installed (root's,
+    through the archive API) and checked to load in the container's Pythons; the record file goes into
+    ``private_folder`` (root's, 0733: the test process cannot list it). Raises RuntimeError (the machine's
+    failure: the caller's GradingError) when the recorder cannot be installed or does not load."""
+    channel = verdicts.new_channel(runner, private_folder)
+    parent, name = channel.folder.rsplit("/", 1)
+    if not grader.api.put_archive(grader.container_id, parent, verdicts.recorder_archive(name)):
+        raise RuntimeError(f"the engine refused the verdict recorder for grading container {_short(grader)}")
+    probe = grader.exec(verdicts.probe_command(channel), timeout=60, user="agent", workdir="/",
+                        env={**channel.env(), verdicts.PATH_ENV: f"{channel.path}.probe"})  # not the run's records
+    if probe.exit_code != 0:
+        raise RuntimeError(f"the verdict recorder does not load in the Python of {grader.config.image} (exit "
+                           f"{probe.exit_code}): {probe.output[-400:]}")
+    return channel
 
 
 def _tail(text: str, lines: int = 12, width: int = 2000) -> str:

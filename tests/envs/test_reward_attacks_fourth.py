@@ -1,0 +1,193 @@
+"""Adversarial episodes, fourth pass: rows graded from a runner's log, what the archive cannot read, the Gymnasium
+API. Real engine, the embedded demo task (toolz 1.0.0, off-by-one in ``nth``).
+
+Broke before the fix:
+
+- **a verdict forged through the test process's output** (reward 1.0, nothing flagged): rows whose runner is not
+  pytest (Django's ``runtests.py``, sympy's ``bin/test``) were graded by SWE-bench's log parser on the run's
+  output, which the code under test writes too. ``nth`` that writes ``ok`` to stderr (two characters, no
+  verdict-shaped string) while a failing unittest ran turned the runner's ``test_x (...) ... `` line into
+  ``test_x (...) ... ok``: Django's parser marked the test passed (its ``FAIL`` came on a line of its own and the
+  summary's ``FAIL: test_x`` names the bare method) -> the runner's verdicts go to a channel the output does not
+  reach (:mod:`lightswe.envs.verdicts`), and the parser reads only those; a command whose Python ignores
+  ``PYTHONPATH`` (the recorder never loads) is a broken task: ``GradingError``, reward None;
+- **a folder too deep for the engine's archive**: paths past 4,096 bytes on the host vanish from ``get_archive``
+  without a word, so a change there was never seen by the grader and never reported -> such a folder is an entry
+  of the snapshot (``agent_diff.TOO_DEEP``), left out with its reason (``info["left_out"]``);
+- **a second submit in one episode** (``step`` after ``terminated``): graded and rewarded again -> ``step``
+  raises ``gymnasium.error.ResetNeeded`` until ``reset()``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+
+import gymnasium as gym
+import pytest
+from lightswe.envs import verdicts
+from lightswe.envs.grading import GradingError
+from lightswe.envs.swe_env import SWEEnv
+from lightswe.envs.tool_calls import ToolCall
+from lightswe.tasks import specs
+
+from .conftest import FIX, bash, episode, left, start
+
+UNITTEST = "-unittest"  # graded by Django's log parser on `python -m unittest -v` (the runner runtests.py uses)
+UNITTEST_ISOLATED = "-unittest-isolated"  # the same with `python -I`: the recorder cannot load (a broken task)
+UNITTEST_FILE = """diff --git a/toolz/tests/test_nth_unittest.py b/toolz/tests/test_nth_unittest.py
+new file mode 100644
+--- /dev/null
++++ b/toolz/tests/test_nth_unittest.py
+@@ -0,0 +1,11 @@
++import unittest
++
++from toolz import nth
++
++
++class NthTest(unittest.TestCase):
++    def test_nth_iterator(self):
++        self.assertEqual(nth(2, iter("ABCDE")), "C")
++
++    def test_nth_list(self):
++        self.assertEqual(nth(2, "ABCDE"), "C")
+"""
+F2P_UNITTEST = "test_nth_iterator (toolz.tests.test_nth_unittest.NthTest.test_nth_iterator)"
+P2P_UNITTEST = "test_nth_list (toolz.tests.test_nth_unittest.NthTest.test_nth_list)"
+# the bug stays; nth says "ok" on stderr: after the runner's "test_nth_iterator (...) ... " it reads as a pass
+SAYS_OK = textwrap.dedent('''
+    cat >> toolz/__init__.py <<'EOF'
+
+    import sys as _sys
+
+    _nth = nth
+
+
+    def nth(n, seq):
+        _sys.stderr.write("ok\\n")
+        return _nth(n, seq)
+    EOF''')
+needs_parsers = pytest.mark.skipif(not specs.available(), reason="needs swebench's log parsers (lightswe[swebench])")
+
+
+@pytest.fixture(scope="module")
+def env(task):
+    """The demo task graded by Django's log parser on unittest's verbose log (and its variant with ``python -I``)."""
+    unittest_row = replace(task, instance_id=task.instance_id + UNITTEST, test_patch=UNITTEST_FILE,
+                           test_command="python -m unittest -v", log_parser="django/django",
+                           FAIL_TO_PASS=[F2P_UNITTEST], PASS_TO_PASS=[P2P_UNITTEST])
+    isolated = replace(unittest_row, instance_id=task.instance_id + UNITTEST_ISOLATED,
+                       test_command="python -I -m unittest -v")
+    environment = SWEEnv([task, unittest_row, isolated], test_timeout=120)
+    yield environment
+    environment.close()
+
+
+# --------------------------------------------------------------------------- a verdict forged through the output
+@needs_parsers
+@pytest.mark.docker
+def test_a_verdict_printed_by_the_code_under_test_is_not_a_verdict(env):
+    """Once 1.0, unflagged: the parser read the run's output, where ``nth`` wrote ``ok`` (module docstring)."""
+    start(env, UNITTEST)
+    env.step(bash(SAYS_OK))
+    env.step(bash(f"git apply <<'EOF'\n{UNITTEST_FILE}EOF"))
+    obs, *_ = env.step(bash("python -m unittest -v toolz.tests.test_nth_unittest 2>&1"))
+    parsed = specs.log_parser("django/django")(obs, None)
+    assert parsed.get(F2P_UNITTEST) == "PASSED" and "FAILED (failures=1)" in obs, obs  # the attack is real
+    reward, info = episode(env, SAYS_OK, task_suffix=UNITTEST, hack_policy="zero")
+    assert reward == 0.0 and info["tests"] == {F2P_UNITTEST: "failed", P2P_UNITTEST: "passed"}, info["reason"]
+
+
+@needs_parsers
+@pytest.mark.docker
+def test_the_fix_of_a_log_graded_row_is_read_from_the_runners_verdicts(env):
+    """The gold fix passes through the channel; so does a fix that also prints ``... FAIL``-looking noise."""
+    reward, info = episode(env, FIX, task_suffix=UNITTEST)
+    assert reward == 1.0 and info["tests"] == {F2P_UNITTEST: "passed", P2P_UNITTEST: "passed"}, info["reason"]
+    noisy = FIX + " && " + SAYS_OK.replace('"ok\\n"', '"test_nth_iterator (x) ... FAIL\\nFAIL\\nERROR\\n"')
+    reward, info = episode(env, noisy, task_suffix=UNITTEST)
+    assert reward == 1.0, info["reason"]
+    reward, info = episode(env, "true", task_suffix=UNITTEST)
+    assert reward == 0.0 and info["tests"][F2P_UNITTEST] == "failed", info["reason"]
+
+
+@needs_parsers
+@pytest.mark.docker
+def test_a_runner_that_cannot_load_the_recorder_is_a_broken_task_not_a_failure(env):
+    """``python -I`` ignores PYTHONPATH: no verdict can be trusted, and it is no policy's doing -> None."""
+    start(env, UNITTEST_ISOLATED)
+    env.step(bash(FIX))
+    with pytest.raises(GradingError, match="did not load the verdict recorder|no Python of the test command"):
+        env.step(ToolCall(name="submit"))
+
+
+def test_the_recorder_keeps_the_runners_verdicts_and_nothing_the_tests_print(tmp_path):
+    """The recorder in a real unittest run (no engine): a forged ``ok``, a subtest failure, a nested run, a
+    docstring description; records without the key are ignored."""
+    shim, project, record = tmp_path / "shim", tmp_path / "project", tmp_path / "verdicts"
+    shim.mkdir()
+    project.mkdir()
+    (shim / "sitecustomize.py").write_text(verdicts.RECORDER)
+    (project / "test_m.py").write_text(textwrap.dedent('''
+        import sys, unittest
+
+        class T(unittest.TestCase):
+            def test_a(self):
+                sys.stderr.write("ok\\n")
+                self.assertEqual(1, 2)
+
+            def test_b(self):
+                """Doc line."""
+
+            def test_c(self):
+                for i in range(2):
+                    with self.subTest(i=i):
+                        self.assertEqual(i, 0)
+
+            def test_nested(self):
+                inner = unittest.TestSuite([unittest.FunctionTestCase(lambda: 1 / 0)])
+                unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(inner)
+    '''))
+    channel = verdicts.Channel(runner="unittest", folder=str(shim), path=str(record), key="k" * 32)
+    out = subprocess.run(["bash", "-c", channel.command(f"{sys.executable} -m unittest -v test_m")], cwd=project,
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **channel.env()})
+    with record.open("ab") as forged:
+        forged.write(b"x" * 32 + b"\tunittest\t" + __import__("base64").b64encode(b"test_a (test_m.T.test_a) ... ok")
+                     + b"\n")
+    records = verdicts.read(record.read_bytes(), channel)
+    assert records.loaded == 1 and records.ignored == 1
+    parse = specs.log_parser("django/django") if specs.available() else None
+    if parse is not None:
+        assert parse(out.stderr, None)["test_a (test_m.T.test_a)"] == "PASSED"  # the log alone is fooled
+        assert parse(records.log, None) == {"test_a (test_m.T.test_a)": "FAILED", "Doc line.": "PASSED",
+                                            "test_c (test_m.T.test_c) (i=1)": "FAILED",
+                                            "test_nested (test_m.T.test_nested)": "PASSED"}
+
+
+# --------------------------------------------------------------------------- what the archive cannot read
+@pytest.mark.docker
+def test_a_folder_too_deep_for_the_archive_is_left_out_with_its_reason(env):
+    """Once silent: the engine's archive drops paths past PATH_MAX on its side, so the grader never saw them."""
+    deep = "d" * 250
+    make = (f"p=toolz; for i in $(seq 1 16); do p=$p/{deep}; done; mkdir -p $p && "
+            "cp toolz/itertoolz.py $p/itertoolz.py && echo made")
+    reward, info = episode(env, FIX, make)
+    folders = {path: why for path, why in left(info).items() if path.endswith("/")}
+    assert reward == 1.0 and folders, info["left_out"]  # the fix is graded; the deep folder is reported
+    assert all("too deep for the engine's archive" in why for why in folders.values()), folders
+
+
+# --------------------------------------------------------------------------- the Gymnasium API
+@pytest.mark.docker
+def test_no_step_after_the_episode_ended(env):
+    """Once a second submit graded and rewarded the same episode again; reset() starts a fresh one."""
+    reward, _ = episode(env, FIX)
+    assert reward == 1.0
+    for action in (ToolCall(name="submit"), bash("true")):
+        with pytest.raises(gym.error.ResetNeeded, match="ended with submit"):
+            env.step(action)
+    start(env)
+    obs, reward, terminated, *_ = env.step(bash("grep -c 'n + 1, None' toolz/itertoolz.py"))
+    assert obs.split()[0] == "1" and not terminated  # a fresh container: the fix of the last episode is gone
