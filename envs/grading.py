@@ -53,7 +53,7 @@ from lightswe.envs.agent_diff import (
     changes,
     read_tree,
 )
-from lightswe.envs.graded_files import LeftOut, patch_creates_and_deletes, select_changes, task_scope
+from lightswe.envs.graded_files import LeftOut, command_scripts, patch_creates_and_deletes, select_changes, task_scope
 from lightswe.envs.hack_check import suspicious_code
 from lightswe.envs.pytest_run import (  # noqa: F401 - re-exported: the one runner and parser
     _FACTS,
@@ -331,6 +331,12 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
         parser = specs.log_parser(instance.log_parser)
         command = " ".join([instance.test_command, *(_quote(d) for d in specs.directives(instance))])
         runner = verdicts.channel_of(parser)
+        if runner:
+            scripts = {path: _read_head(grader, path) for path in command_scripts(instance.test_command)}
+            problem = verdicts.unloadable(instance.test_command, scripts)
+            if problem:
+                raise UserInputError(f"the runner's verdicts cannot be recorded: {problem}; fix the task's "
+                                     "test_command (a log-graded row is graded from its runner's verdicts)")
         if not runner:  # a runner without a verdict channel (not Python): its log is all there is
             result = grader.exec(command, timeout=timeout, user="agent", max_output_bytes=16 * 1024 * 1024)
             log = result.output
@@ -338,19 +344,11 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
             channel = _verdict_channel(grader, runner, junit.rsplit("/", 1)[0])
             result = grader.exec(drained(channel.command(command), 256 * 1024), timeout=timeout, user="agent",
                                  max_output_bytes=256 * 1024 + 4096, env=channel.env())
-            flood = False
             try:
                 raw = grader.read_file(channel.path, max_bytes=64 * 1024 * 1024)
-            except FileNotFoundError:
-                raw = b""
-            except ValueError:  # over 64 MiB of records: the run's doing (only it writes there), nothing trusted
-                raw, flood = b"", True
-            records = verdicts.read(raw, channel)
-            if not (records.loaded or flood or result.timed_out or result.runner_died):
-                raise RuntimeError(f"no Python of the test command loaded the verdict recorder (exit "
-                                   f"{result.exit_code}; a command that ignores PYTHONPATH, `python -I`/`-E`, "
-                                   f"cannot be graded from its runner's verdicts): {_tail(result.output, 6)}")
-            log = records.log
+            except (FileNotFoundError, ValueError):  # none (the run never got to a verdict) or a 64 MiB flood
+                raw = b""  # the run's doing either way: only the test command writes there
+            log = verdicts.read(raw, channel).log
         run = TestRun(exit_code=result.exit_code, output=result.output, timed_out=result.timed_out,
                       duration_s=result.duration_s, runner_died=result.runner_died)
         run.outcomes = {k: v.lower() for k, v in parser(log, None).items()}
@@ -366,6 +364,14 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
                          user="agent", files=files, plugins=plugins, junit=junit)
         whole = True
     return run, unresolved, whole
+
+
+def _read_head(grader: Sandbox, path: str) -> bytes:
+    """The first 256 bytes of the base file ``path`` of the grading container (b"" when absent)."""
+    try:
+        return grader.read_file(f"{WORKDIR}/{path}", max_bytes=64 * 1024 * 1024)[:256]
+    except (FileNotFoundError, IsADirectoryError, ValueError):
+        return b""
 
 
 def _verdict_channel(grader: Sandbox, runner: str, private_folder: str) -> verdicts.Channel:

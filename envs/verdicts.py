@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import secrets
 import shlex
 import tarfile
@@ -266,6 +267,42 @@ def new_channel(runner: str, private_folder: str) -> Channel:
     """A channel whose record file is a random name in ``private_folder`` (made by the caller, 0733 root's)."""
     return Channel(runner=runner, folder=f"/tmp/lightswe-recorder-{secrets.token_hex(8)}",
                    path=f"{private_folder}/{secrets.token_hex(16)}.verdicts", key=secrets.token_hex(16))
+
+
+_PYTHON = re.compile(r"^(?:.*/)?(?:python[\d.]*|pypy[\d.]*)$")
+
+
+def unloadable(test_command: str, shebangs: dict[str, bytes] | None = None) -> str:
+    """Why the recorder cannot load in ``test_command``'s Python ("" when nothing says so), read from the command
+    (and the first line of the scripts it runs, ``shebangs``: path -> bytes) before it runs: ``python -I``,
+    ``-E``, ``-S``, a ``PYTHONPATH`` of its own, ``env -i``. Such a task cannot be graded from its runner's verdicts
+    (a broken task, whatever the policy did); decided from the task alone, so no change can make a failing run
+    look like one."""
+    try:
+        tokens = shlex.split(test_command)
+    except ValueError:
+        tokens = test_command.split()
+    for script, head in (shebangs or {}).items():
+        line = head.split(b"\n", 1)[0].decode("utf-8", "replace")
+        if line.startswith("#!"):
+            tokens += ["&&", *line[2:].split()]
+    for i, token in enumerate(tokens):
+        name = token.split("=", 1)[0]
+        if name in ("PYTHONPATH", "PYTHONSTARTUP") and "=" in token or token in ("unset", "-u") and \
+                i + 1 < len(tokens) and tokens[i + 1] == "PYTHONPATH":
+            return f"the test command sets PYTHONPATH itself ({token!r})"
+        if token.rsplit("/", 1)[-1] == "env" and i + 1 < len(tokens) and tokens[i + 1] in ("-i", "--ignore-environment"):
+            return "the test command clears the environment (env -i)"
+        if _PYTHON.match(token):
+            for flag in tokens[i + 1:]:
+                if not flag.startswith("-") or flag.startswith("--"):
+                    break
+                for letter in flag[1:]:
+                    if letter in "IES":
+                        return f"its Python runs with {flag} (PYTHONPATH or site ignored)"
+                    if letter in "WXcmQ":  # the rest is the option's argument
+                        break
+    return ""
 
 
 PROBE = ("import sys; m = sys.modules.get('sitecustomize'); "

@@ -10,7 +10,8 @@ Broke before the fix:
   ``test_x (...) ... ok``: Django's parser marked the test passed (its ``FAIL`` came on a line of its own and the
   summary's ``FAIL: test_x`` names the bare method) -> the runner's verdicts go to a channel the output does not
   reach (:mod:`lightswe.envs.verdicts`), and the parser reads only those; a command whose Python ignores
-  ``PYTHONPATH`` (the recorder never loads) is a broken task: ``GradingError``, reward None;
+  ``PYTHONPATH`` (the recorder never loads) is a broken task, decided from the task alone: ``GradingError``,
+  reward None; a change that erases the records is the policy's failure: 0.0;
 - **a folder too deep for the engine's archive**: paths past 4,096 bytes on the host vanish from ``get_archive``
   without a word, so a change there was never seen by the grader and never reported -> such a folder is an entry
   of the snapshot (``agent_diff.TOO_DEEP``), left out with its reason (``info["left_out"]``);
@@ -119,8 +120,37 @@ def test_a_runner_that_cannot_load_the_recorder_is_a_broken_task_not_a_failure(e
     """``python -I`` ignores PYTHONPATH: no verdict can be trusted, and it is no policy's doing -> None."""
     start(env, UNITTEST_ISOLATED)
     env.step(bash(FIX))
-    with pytest.raises(GradingError, match="did not load the verdict recorder|no Python of the test command"):
+    with pytest.raises(GradingError, match="verdicts cannot be recorded: its Python runs with -I"):
         env.step(ToolCall(name="submit"))
+    assert verdicts.unloadable("./tests/runtests.py --verbosity 2", {"tests/runtests.py": b"#!/usr/bin/python3 -E\n"})
+    assert not verdicts.unloadable("PYTHONWARNINGS='ignore::UserWarning' bin/test -C --verbose",
+                                   {"bin/test": b"#!/usr/bin/env python\n"})
+
+
+# the bug stays; every file an environment variable names that ends in .verdicts is emptied whenever nth runs
+ERASES_RECORDS = textwrap.dedent('''
+    cat >> toolz/__init__.py <<'EOF'
+
+    import os as _os
+
+    _nth = nth
+
+
+    def nth(n, seq):
+        for _value in list(_os.environ.values()):
+            if _value.endswith(".verdicts"):
+                open(_value, "w").close()
+        return _nth(n, seq)
+    EOF''')
+
+
+@needs_parsers
+@pytest.mark.docker
+def test_erasing_the_runners_records_is_the_policys_failure_not_the_machines(env):
+    """The records of the failing test (and the recorder's own) erased by the next test: 0.0, never None. Once
+    a run without a record of the recorder loading was GradingError: a policy could turn its 0.0 into None."""
+    reward, info = episode(env, ERASES_RECORDS, task_suffix=UNITTEST)
+    assert reward == 0.0 and info["tests"][F2P_UNITTEST] == "missing", info["reason"]
 
 
 def test_the_recorder_keeps_the_runners_verdicts_and_nothing_the_tests_print(tmp_path):
