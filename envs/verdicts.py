@@ -18,7 +18,8 @@ So the verdicts come from a second channel the test process's output does not re
 - each verdict is appended to a file in a root-owned folder the test process cannot list, as one line
   ``<key>\\t<runner>\\t<base64 of the line the runner prints>``; ``key`` is 32 random hex digits of this grading;
   only the first result object of the run (the runner's, claimed once per test command with an exclusive
-  create, so a nested unittest run inside a test or a subprocess records nothing) writes;
+  create, so a nested unittest run inside a test or a subprocess records nothing) writes; the claiming process
+  drops the key and the path from its environment before the first test runs;
 - :func:`read` keeps the lines that carry the key and rebuilds the runner's verbose log from them (``<description>
   ... ok``, ``test_x F``), which goes to SWE-bench's parser as before: the published ids come out the same.
 
@@ -79,6 +80,8 @@ def _claim():
             _state["claimed"] = os.getpid()
         except OSError:
             _state["claimed"] = -1
+        for name in ("LIGHTSWE_VERDICT_KEY", "LIGHTSWE_VERDICTS"):  # the tests run next: out of their environment
+            os.environ.pop(name, None)
     return _state["claimed"] > 0
 
 

@@ -155,15 +155,18 @@ def test_erasing_the_runners_records_is_the_policys_failure_not_the_machines(env
 
 def test_the_recorder_keeps_the_runners_verdicts_and_nothing_the_tests_print(tmp_path):
     """The recorder in a real unittest run (no engine): a forged ``ok``, a subtest failure, a nested run, a
-    docstring description; records without the key are ignored."""
+    docstring description, the key out of the tests' environment; records without the key are ignored."""
     shim, project, record = tmp_path / "shim", tmp_path / "project", tmp_path / "verdicts"
     shim.mkdir()
     project.mkdir()
     (shim / "sitecustomize.py").write_text(verdicts.RECORDER)
     (project / "test_m.py").write_text(textwrap.dedent('''
-        import sys, unittest
+        import os, sys, unittest
 
         class T(unittest.TestCase):
+            def test_key_is_gone(self):
+                self.assertFalse([k for k in os.environ if k.startswith("LIGHTSWE_VERDICT")])
+
             def test_a(self):
                 sys.stderr.write("ok\\n")
                 self.assertEqual(1, 2)
@@ -193,6 +196,7 @@ def test_the_recorder_keeps_the_runners_verdicts_and_nothing_the_tests_print(tmp
         assert parse(out.stderr, None)["test_a (test_m.T.test_a)"] == "PASSED"  # the log alone is fooled
         assert parse(records.log, None) == {"test_a (test_m.T.test_a)": "FAILED", "Doc line.": "PASSED",
                                             "test_c (test_m.T.test_c) (i=1)": "FAILED",
+                                            "test_key_is_gone (test_m.T.test_key_is_gone)": "PASSED",
                                             "test_nested (test_m.T.test_nested)": "PASSED"}
 
 
@@ -221,3 +225,29 @@ def test_no_step_after_the_episode_ended(env):
     start(env)
     obs, reward, terminated, *_ = env.step(bash("grep -c 'n + 1, None' toolz/itertoolz.py"))
     assert obs.split()[0] == "1" and not terminated  # a fresh container: the fix of the last episode is gone
+
+
+@pytest.mark.slow  # two interpreters import sympy: ~10 s
+def test_the_recorder_reads_sympys_runner_in_its_hash_randomised_subprocess(tmp_path):
+    """sympy's ``test()`` (what ``bin/test`` calls) reruns itself in a subprocess: the recorder loads in both,
+    the child (the runner) records; the verdicts parse to what the log says (and the last test of each file,
+    whose ``ok`` the log's ``[OK]`` hides from SWE-bench's parser)."""
+    runtests = pytest.importorskip("sympy.testing.runtests")
+    if not hasattr(runtests, "PyTestReporter"):
+        pytest.skip("this sympy has no bin/test runner")
+    shim, record = tmp_path / "shim", tmp_path / "verdicts"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(verdicts.RECORDER)
+    channel = verdicts.Channel(runner="sympy", folder=str(shim), path=str(record), key="s" * 32)
+    files = "'sympy/utilities/tests/test_timeutils.py', 'sympy/utilities/tests/test_decorator.py'"
+    script = f"from sympy.testing.runtests import test; import sys; sys.exit(not test({files}, verbose=True))"
+    out = subprocess.run(["bash", "-c", channel.command(f"{sys.executable} -c \"{script}\"")], cwd=tmp_path,
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **channel.env()})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    records = verdicts.read(record.read_bytes(), channel)
+    assert records.loaded == 2 and records.ignored == 0  # bin/test's process and its subprocess
+    if specs.available():
+        parse = specs.log_parser("sympy/sympy")
+        from_log, from_channel = parse(out.stdout, None), parse(records.log, None)
+        assert from_log and from_log.items() <= from_channel.items() and set(from_channel.values()) == {"PASSED"}
+        assert "test_timed" in from_channel and "test_timed" not in from_log
