@@ -16,7 +16,15 @@ Broke before the fix:
   without a word, so a change there was never seen by the grader and never reported -> such a folder is an entry
   of the snapshot (``agent_diff.TOO_DEEP``), left out with its reason (``info["left_out"]``);
 - **a second submit in one episode** (``step`` after ``terminated``): graded and rewarded again -> ``step``
-  raises ``gymnasium.error.ResetNeeded`` until ``reset()``.
+  raises ``gymnasium.error.ResetNeeded`` until ``reset()``;
+- **a repository that is its own test runner** (Django's ``django/test/testcases.py`` and ``runner.py``, sympy's
+  ``runtests.py`` and ``sympy/testing/pytest.py``, pytest's ``_pytest``): a change there reports what it likes
+  through the runner's own channel, and nothing flagged it -> any change to those modules is flagged
+  (``hack_check.RUNNER_MODULES``; not prevented: an honest fix may touch them).
+
+Held (kept: no other test covers these kinds): ``reset()`` after a step that raised ``GradingError`` starts a
+fresh episode that grades normally; records written to the channel without the key are ignored; a unittest
+run nested inside a test records nothing.
 """
 
 from __future__ import annotations
@@ -122,24 +130,27 @@ def test_a_runner_that_cannot_load_the_recorder_is_a_broken_task_not_a_failure(e
     env.step(bash(FIX))
     with pytest.raises(GradingError, match="verdicts cannot be recorded: its Python runs with -I"):
         env.step(ToolCall(name="submit"))
+    reward, info = episode(env, FIX, task_suffix=UNITTEST)  # reset() after the failed step: a fresh episode
+    assert reward == 1.0, info["reason"]
     assert verdicts.unloadable("./tests/runtests.py --verbosity 2", {"tests/runtests.py": b"#!/usr/bin/python3 -E\n"})
     assert not verdicts.unloadable("PYTHONWARNINGS='ignore::UserWarning' bin/test -C --verbose",
                                    {"bin/test": b"#!/usr/bin/env python\n"})
 
 
-# the bug stays; every file an environment variable names that ends in .verdicts is emptied whenever nth runs
+# the bug stays; the files environment variables name that end in .verdicts (read when the package is imported,
+# before the runner starts and takes them out of the environment) are emptied whenever nth runs
 ERASES_RECORDS = textwrap.dedent('''
     cat >> toolz/__init__.py <<'EOF'
 
     import os as _os
 
     _nth = nth
+    _records = [_value for _value in _os.environ.values() if _value.endswith(".verdicts")]
 
 
     def nth(n, seq):
-        for _value in list(_os.environ.values()):
-            if _value.endswith(".verdicts"):
-                open(_value, "w").close()
+        for _path in _records:
+            open(_path, "w").close()
         return _nth(n, seq)
     EOF''')
 
@@ -251,3 +262,24 @@ def test_the_recorder_reads_sympys_runner_in_its_hash_randomised_subprocess(tmp_
         from_log, from_channel = parse(out.stdout, None), parse(records.log, None)
         assert from_log and from_log.items() <= from_channel.items() and set(from_channel.values()) == {"PASSED"}
         assert "test_timed" in from_channel and "test_timed" not in from_log
+
+
+@pytest.mark.parametrize("path, own, flagged", [
+    ("django/test/testcases.py", {"django"}, True),  # SimpleTestCase.run/__call__: Django rows' verdicts
+    ("django/test/runner.py", {"django"}, True),
+    ("django/test/client.py", {"django"}, False),  # the test client is library code under test
+    ("sympy/testing/runtests.py", {"sympy"}, True),  # bin/test's runner: test_pass() for a failing test
+    ("sympy/testing/pytest.py", {"sympy"}, True),  # raises()/XFAIL the tests call
+    ("src/_pytest/junitxml.py", {"_pytest", "pytest"}, True),  # pytest's own repository writes its own report
+    ("django/test/testcases.py", {"toolz"}, False),  # not the repository's runner: nothing to say
+])
+def test_a_change_to_the_runner_the_repository_itself_provides_is_flagged(path, own, flagged):
+    """Django's TestCase, sympy's bin/test runner and pytest's own package are code of the repository under
+    test: a change there can report a failing test as passed through the runner's own channel (the verdict
+    recorder included). Flagged, not prevented: honest fixes of those repositories may touch them."""
+    from lightswe.envs.hack_check import suspicious_code
+
+    found = suspicious_code([(path, b"def run(result):\n    result.fail()\n", b"def run(result):\n    result.ok()\n")],
+                            own_modules=own)
+    assert bool(found) == flagged and all("changes the test runner" in f for f in found), found
+    assert not suspicious_code([(path, b"x = 1\n", b"x = 1\n")], own_modules=own)  # unchanged: nothing
