@@ -331,19 +331,18 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
         parser = specs.log_parser(instance.log_parser)
         command = " ".join([instance.test_command, *(_quote(d) for d in specs.directives(instance))])
         runner = verdicts.channel_of(parser)
-        if runner:
+        if not runner:  # a runner without a verdict channel (not Python): its log is all there is
+            result = grader.exec(command, timeout=timeout, user="agent", max_output_bytes=16 * 1024 * 1024)
+            log = result.output
+        else:
             scripts = {path: _read_head(grader, path) for path in command_scripts(instance.test_command)}
             problem = verdicts.unloadable(instance.test_command, scripts)
             if problem:
                 raise UserInputError(f"the runner's verdicts cannot be recorded: {problem}; fix the task's "
                                      "test_command (a log-graded row is graded from its runner's verdicts)")
-        if not runner:  # a runner without a verdict channel (not Python): its log is all there is
-            result = grader.exec(command, timeout=timeout, user="agent", max_output_bytes=16 * 1024 * 1024)
-            log = result.output
-        else:
             channel = _verdict_channel(grader, runner, junit.rsplit("/", 1)[0])
             result = grader.exec(drained(channel.command(command), 256 * 1024), timeout=timeout, user="agent",
-                                 max_output_bytes=256 * 1024 + 4096, env=channel.env())
+                                 max_output_bytes=256 * 1024 + 4096)
             try:
                 raw = grader.read_file(channel.path, max_bytes=64 * 1024 * 1024)
             except (FileNotFoundError, ValueError):  # none (the run never got to a verdict) or a 64 MiB flood
@@ -375,16 +374,27 @@ def _read_head(grader: Sandbox, path: str) -> bytes:
 
 
 def _verdict_channel(grader: Sandbox, runner: str, private_folder: str) -> verdicts.Channel:
-    """A :class:`~lightswe.envs.verdicts.Channel` for ``runner`` in ``grader``: the recorder installed (root's,
-    through the archive API) and checked to load in the container's Pythons; the record file goes into
-    ``private_folder`` (root's, 0733: the test process cannot list it). Raises RuntimeError (the machine's
-    failure: the caller's GradingError) when the recorder cannot be installed or does not load."""
+    """A :class:`~lightswe.envs.verdicts.Channel` for ``runner`` in ``grader``: the recorder installed as root
+    (through the archive API: a folder of /tmp for ``PYTHONPATH``, and the user site-packages of its
+    ``python``/``python3``) and checked to load there; the record file goes into ``private_folder`` (root's,
+    0733: the test process cannot list it). Raises RuntimeError (the machine's failure: the caller's
+    GradingError) when the recorder cannot be installed or does not load."""
     channel = verdicts.new_channel(runner, private_folder)
+    found = grader.exec(verdicts.USER_SITES, timeout=60, user="agent", workdir="/")
+    sites = sorted({line.strip() for line in found.output.splitlines() if line.strip().startswith("/")})
+    if found.exit_code != 0 or not sites:
+        raise RuntimeError(f"no Python answered in grading container {_short(grader)}: {found.output[-400:]}")
     parent, name = channel.folder.rsplit("/", 1)
-    if not grader.api.put_archive(grader.container_id, parent, verdicts.recorder_archive(name)):
-        raise RuntimeError(f"the engine refused the verdict recorder for grading container {_short(grader)}")
-    probe = grader.exec(verdicts.probe_command(channel), timeout=60, user="agent", workdir="/",
-                        env={**channel.env(), verdicts.PATH_ENV: f"{channel.path}.probe"})  # not the run's records
+    made = grader.exec("mkdir -p -- " + " ".join(_quote(s) for s in sites), timeout=30, user="agent", workdir="/")
+    if made.exit_code != 0:
+        raise RuntimeError(f"cannot make the user site-packages {sites} in {_short(grader)}: {made.output[-400:]}")
+    parts = [(parent, channel.archive({"sitecustomize.py": verdicts.recorder_source(channel.key, channel.path)},
+                                      folder=name))]
+    parts += [(site, channel.archive(channel.site_files())) for site in sites]
+    for folder, archive in parts:
+        if not grader.api.put_archive(grader.container_id, folder, archive):
+            raise RuntimeError(f"the engine refused the verdict recorder in {folder} of {_short(grader)}")
+    probe = grader.exec(channel.probe(), timeout=60, user="agent", workdir="/")
     if probe.exit_code != 0:
         raise RuntimeError(f"the verdict recorder does not load in the Python of {grader.config.image} (exit "
                            f"{probe.exit_code}): {probe.output[-400:]}")

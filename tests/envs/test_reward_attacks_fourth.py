@@ -45,7 +45,8 @@ from lightswe.tasks import specs
 from .conftest import FIX, bash, episode, left, start
 
 UNITTEST = "-unittest"  # graded by Django's log parser on `python -m unittest -v` (the runner runtests.py uses)
-UNITTEST_ISOLATED = "-unittest-isolated"  # the same with `python -I`: the recorder cannot load (a broken task)
+UNITTEST_NO_SITE = "-unittest-no-site"  # the same with `python -S`: no site, no recorder (a broken task)
+PYTEST_LOG = "-pytest-log"  # graded by sphinx's parser (pytest -rA) on pytest's log, as sphinx's tox rows are
 UNITTEST_FILE = """diff --git a/toolz/tests/test_nth_unittest.py b/toolz/tests/test_nth_unittest.py
 new file mode 100644
 --- /dev/null
@@ -83,13 +84,16 @@ needs_parsers = pytest.mark.skipif(not specs.available(), reason="needs swebench
 
 @pytest.fixture(scope="module")
 def env(task):
-    """The demo task graded by Django's log parser on unittest's verbose log (and its variant with ``python -I``)."""
+    """The demo task graded by Django's log parser on unittest's verbose log (and with ``python -S``), and by
+    sphinx's parser on pytest's ``-rA`` log."""
     unittest_row = replace(task, instance_id=task.instance_id + UNITTEST, test_patch=UNITTEST_FILE,
                            test_command="python -m unittest -v", log_parser="django/django",
                            FAIL_TO_PASS=[F2P_UNITTEST], PASS_TO_PASS=[P2P_UNITTEST])
-    isolated = replace(unittest_row, instance_id=task.instance_id + UNITTEST_ISOLATED,
-                       test_command="python -I -m unittest -v")
-    environment = SWEEnv([task, unittest_row, isolated], test_timeout=120)
+    no_site = replace(unittest_row, instance_id=task.instance_id + UNITTEST_NO_SITE,
+                      test_command="python -S -m unittest -v")
+    pytest_log = replace(task, instance_id=task.instance_id + PYTEST_LOG, log_parser="sphinx-doc/sphinx",
+                         test_command="python -m pytest -p no:cacheprovider -o addopts= -rA")
+    environment = SWEEnv([task, unittest_row, no_site, pytest_log], test_timeout=120)
     yield environment
     environment.close()
 
@@ -125,27 +129,38 @@ def test_the_fix_of_a_log_graded_row_is_read_from_the_runners_verdicts(env):
 @needs_parsers
 @pytest.mark.docker
 def test_a_runner_that_cannot_load_the_recorder_is_a_broken_task_not_a_failure(env):
-    """``python -I`` ignores PYTHONPATH: no verdict can be trusted, and it is no policy's doing -> None."""
-    start(env, UNITTEST_ISOLATED)
+    """``python -S`` imports no site: no verdict can be recorded, and it is no policy's doing -> None, decided
+    from the task before the run; ``reset()`` after that failed step grades normally."""
+    start(env, UNITTEST_NO_SITE)
     env.step(bash(FIX))
-    with pytest.raises(GradingError, match="verdicts cannot be recorded: its Python runs with -I"):
+    with pytest.raises(GradingError, match="verdicts cannot be recorded: its Python runs with -S"):
         env.step(ToolCall(name="submit"))
     reward, info = episode(env, FIX, task_suffix=UNITTEST)  # reset() after the failed step: a fresh episode
     assert reward == 1.0, info["reason"]
-    assert verdicts.unloadable("./tests/runtests.py --verbosity 2", {"tests/runtests.py": b"#!/usr/bin/python3 -E\n"})
+    assert verdicts.unloadable("python -I -m unittest -v") and verdicts.unloadable("python3 -E -s x.py")
+    assert verdicts.unloadable("./tests/runtests.py --verbosity 2", {"tests/runtests.py": b"#!/usr/bin/python3 -S\n"})
     assert not verdicts.unloadable("PYTHONWARNINGS='ignore::UserWarning' bin/test -C --verbose",
                                    {"bin/test": b"#!/usr/bin/env python\n"})
+    assert not verdicts.unloadable("python -W Sometimes -E -m x")
 
 
-# the bug stays; the files environment variables name that end in .verdicts (read when the package is imported,
-# before the runner starts and takes them out of the environment) are emptied whenever nth runs
+# the bug stays; the record file, read from the recorder's module in the user site-packages when the package is
+# imported, is emptied whenever nth runs
 ERASES_RECORDS = textwrap.dedent('''
     cat >> toolz/__init__.py <<'EOF'
 
     import os as _os
+    import re as _re
+    import site as _site
+    import sys as _sys
 
     _nth = nth
-    _records = [_value for _value in _os.environ.values() if _value.endswith(".verdicts")]
+    _records = []
+    for _folder in [_site.getusersitepackages(), *_sys.path]:
+        for _name in (_os.listdir(_folder) if _os.path.isdir(_folder) else []):
+            if _name.startswith("_lightswe_verdicts_") and _name.endswith(".py"):
+                with open(_os.path.join(_folder, _name)) as _source:
+                    _records += _re.findall(r'_PATH = "([^"]+)"', _source.read())
 
 
     def nth(n, seq):
@@ -158,25 +173,57 @@ ERASES_RECORDS = textwrap.dedent('''
 @needs_parsers
 @pytest.mark.docker
 def test_erasing_the_runners_records_is_the_policys_failure_not_the_machines(env):
-    """The records of the failing test (and the recorder's own) erased by the next test: 0.0, never None. Once
-    a run without a record of the recorder loading was GradingError: a policy could turn its 0.0 into None."""
+    """The records of the failing test (and the recorder's own) erased by the next test: 0.0, never None (a
+    run's records are never what decides whether the recorder could load)."""
     reward, info = episode(env, ERASES_RECORDS, task_suffix=UNITTEST)
     assert reward == 0.0 and info["tests"][F2P_UNITTEST] == "missing", info["reason"]
+    assert info["reward_hack_suspected"], "the recorder's name in the change is flagged"
+
+
+# the bug stays; importing the package prints a pytest -rA pass line for each of the task's tests, then fails:
+# the test module does not import, so pytest never reports those tests and the printed lines stand in the log
+def says_passed(ids: list[str]) -> str:
+    lines = "".join(f"{{0}} {t}\\n" for t in ids)
+    return textwrap.dedent(f'''
+        cat >> toolz/__init__.py <<'EOF'
+
+        import os as _os
+
+        _os.write(1, "{lines}".format("PAS" "SED").encode())
+        raise ImportError("not today")
+        EOF''')
+
+
+@needs_parsers
+@pytest.mark.docker
+def test_pass_lines_printed_for_tests_that_never_ran_do_not_pass_a_pytest_log_row(env, task):
+    """Rows graded by a pytest-family parser on pytest's -rA log (sphinx through tox): the package prints
+    ``PASSED <id>`` for every test and breaks collection. From the log that was 1.0; from the recorder
+    (pytest's TerminalReporter) no test ran: 0.0. The gold fix is 1.0 there."""
+    attack = says_passed([*task.FAIL_TO_PASS, *task.PASS_TO_PASS])
+    start(env, PYTEST_LOG)
+    env.step(bash(attack))
+    log, *_ = env.step(bash("python -m pytest -p no:cacheprovider -o addopts= -rA toolz/tests/test_itertoolz.py "
+                            "2>&1 | grep -v '^[[:space:]]*$'"))
+    parsed = specs.log_parser("sphinx-doc/sphinx")(log, None)
+    assert all(parsed.get(t) == "PASSED" for t in [*task.FAIL_TO_PASS, *task.PASS_TO_PASS]), log  # fooled
+    reward, info = episode(env, attack, task_suffix=PYTEST_LOG)
+    assert reward == 0.0 and set(info["tests"].values()) == {"missing"}, info["reason"]
+    reward, info = episode(env, FIX, task_suffix=PYTEST_LOG)
+    assert reward == 1.0 and set(info["tests"].values()) == {"passed"}, info["reason"]
 
 
 def test_the_recorder_keeps_the_runners_verdicts_and_nothing_the_tests_print(tmp_path):
     """The recorder in a real unittest run (no engine): a forged ``ok``, a subtest failure, a nested run, a
-    docstring description, the key out of the tests' environment; records without the key are ignored."""
+    docstring description; records without the key are ignored."""
     shim, project, record = tmp_path / "shim", tmp_path / "project", tmp_path / "verdicts"
     shim.mkdir()
     project.mkdir()
-    (shim / "sitecustomize.py").write_text(verdicts.RECORDER)
+    (shim / "sitecustomize.py").write_text(verdicts.recorder_source("a" * 32, str(record)))
     (project / "test_m.py").write_text(textwrap.dedent('''
         import os, sys, unittest
 
         class T(unittest.TestCase):
-            def test_key_is_gone(self):
-                self.assertFalse([k for k in os.environ if k.startswith("LIGHTSWE_VERDICT")])
 
             def test_a(self):
                 sys.stderr.write("ok\\n")
@@ -194,9 +241,10 @@ def test_the_recorder_keeps_the_runners_verdicts_and_nothing_the_tests_print(tmp
                 inner = unittest.TestSuite([unittest.FunctionTestCase(lambda: 1 / 0)])
                 unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(inner)
     '''))
-    channel = verdicts.Channel(runner="unittest", folder=str(shim), path=str(record), key="k" * 32)
-    out = subprocess.run(["bash", "-c", channel.command(f"{sys.executable} -m unittest -v test_m")], cwd=project,
-                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **channel.env()})
+    channel = verdicts.Channel(runner="unittest", module="sitecustomize", folder=str(shim), path=str(record),
+                               key="a" * 32)
+    out = subprocess.run([sys.executable, "-m", "unittest", "-v", "test_m"], cwd=project, capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(shim)})
     with record.open("ab") as forged:
         forged.write(b"x" * 32 + b"\tunittest\t" + __import__("base64").b64encode(b"test_a (test_m.T.test_a) ... ok")
                      + b"\n")
@@ -207,7 +255,6 @@ def test_the_recorder_keeps_the_runners_verdicts_and_nothing_the_tests_print(tmp
         assert parse(out.stderr, None)["test_a (test_m.T.test_a)"] == "PASSED"  # the log alone is fooled
         assert parse(records.log, None) == {"test_a (test_m.T.test_a)": "FAILED", "Doc line.": "PASSED",
                                             "test_c (test_m.T.test_c) (i=1)": "FAILED",
-                                            "test_key_is_gone (test_m.T.test_key_is_gone)": "PASSED",
                                             "test_nested (test_m.T.test_nested)": "PASSED"}
 
 
@@ -248,12 +295,13 @@ def test_the_recorder_reads_sympys_runner_in_its_hash_randomised_subprocess(tmp_
         pytest.skip("this sympy has no bin/test runner")
     shim, record = tmp_path / "shim", tmp_path / "verdicts"
     shim.mkdir()
-    (shim / "sitecustomize.py").write_text(verdicts.RECORDER)
-    channel = verdicts.Channel(runner="sympy", folder=str(shim), path=str(record), key="s" * 32)
+    (shim / "sitecustomize.py").write_text(verdicts.recorder_source("5" * 32, str(record)))
+    channel = verdicts.Channel(runner="sympy", module="sitecustomize", folder=str(shim), path=str(record),
+                               key="5" * 32)
     files = "'sympy/utilities/tests/test_timeutils.py', 'sympy/utilities/tests/test_decorator.py'"
     script = f"from sympy.testing.runtests import test; import sys; sys.exit(not test({files}, verbose=True))"
-    out = subprocess.run(["bash", "-c", channel.command(f"{sys.executable} -c \"{script}\"")], cwd=tmp_path,
-                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **channel.env()})
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(shim)})
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     records = verdicts.read(record.read_bytes(), channel)
     assert records.loaded == 2 and records.ignored == 0  # bin/test's process and its subprocess
