@@ -23,8 +23,8 @@ So the verdicts come from a second channel the test process's output does not re
 - each verdict is appended to a file in a root-owned folder the test process cannot list, as one line
   ``<key>\\t<runner>\\t<base64 of the line>``; ``key`` is 32 random hex digits of this grading, held by the
   recorder's module (nothing in the environment); only the first result object of the command (the runner's,
-  claimed once per test command with an exclusive create, so a nested unittest run or pytester session inside a
-  test records nothing) writes;
+  claimed once per runner and test command with an exclusive create, so a nested unittest run or pytester
+  session inside a test, or another process, records nothing) writes;
 - :func:`read` keeps the lines that carry the key and rebuilds the runner's log from them (``<description> ...
   ok``, ``test_x F``, ``PASSED <node id>``), which goes to SWE-bench's parser as before: the published ids come out
   the same.
@@ -67,7 +67,7 @@ import functools
 _KEY = "@KEY@"
 _PATH = "@PATH@"
 _RUNNERS = {"sympy.testing.runtests": "sympy", "sympy.utilities.runtests": "sympy", "_pytest.terminal": "pytest"}
-_state = {"fd": None, "result": None, "claimed": None}
+_state = {"fd": None, "result": {}, "claimed": {}}  # per runner: the claimed result object, the claiming pid
 
 
 def _write(runner, line):
@@ -81,17 +81,18 @@ def _write(runner, line):
         pass
 
 
-def _claim(result):
-    """Whether ``result`` reports this command's tests: the first to ask in the first process to ask."""
-    if _state["claimed"] is None:
+def _claim(runner, result):
+    """Whether ``result`` reports this command's tests for ``runner``: the first to ask in the first process to
+    ask (one claim per runner, so a stray run of another runner cannot take it)."""
+    if runner not in _state["claimed"]:
         try:
-            os.close(os.open(_PATH + ".claim", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            _state["claimed"] = os.getpid()
+            os.close(os.open("%s.claim-%s" % (_PATH, runner), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            _state["claimed"][runner] = os.getpid()
         except OSError:
-            _state["claimed"] = -1
-    if _state["result"] is None and _state["claimed"] == os.getpid():
-        _state["result"] = result
-    return _state["result"] is result
+            _state["claimed"][runner] = -1
+    if runner not in _state["result"] and _state["claimed"][runner] == os.getpid():
+        _state["result"][runner] = result
+    return _state["result"].get(runner) is result
 
 
 def _describe(result, test):
@@ -108,7 +109,7 @@ def _hook_unittest():
     start = base.startTestRun
 
     def startTestRun(self):
-        _claim(self)
+        _claim("unittest", self)
         return start(self)
 
     base.startTestRun = startTestRun
@@ -118,7 +119,7 @@ def _hook_unittest():
 
         def method(self, test, *args):
             try:
-                if self is _state["result"]:
+                if self is _state["result"].get("unittest"):
                     _write("unittest", _describe(self, test) + " ... " + word(*args))
             except Exception:
                 pass
@@ -137,7 +138,7 @@ def _hook_unittest():
 
     def addSubTest(self, test, subtest, err):
         try:
-            if err is not None and self is _state["result"]:
+            if err is not None and self is _state["result"].get("unittest"):
                 word = "FAIL" if issubclass(err[0], test.failureException) else "ERROR"
                 _write("unittest", _describe(self, subtest) + " ... " + word)
         except Exception:
@@ -152,7 +153,7 @@ def _hook_sympy(module):
     start = reporter.start
 
     def begin(self, *args, **kwargs):
-        _claim(self)
+        _claim("sympy", self)
         return start(self, *args, **kwargs)
 
     reporter.start = begin
@@ -162,7 +163,7 @@ def _hook_sympy(module):
 
         def method(self, *args, **kwargs):
             try:
-                if self is _state["result"]:
+                if self is _state["result"].get("sympy"):
                     _write("sympy", "%s %s" % (self._active_f.__name__, word))
             except Exception:
                 pass
@@ -193,7 +194,7 @@ def _hook_pytest(module):
 
     def pytest_runtest_logreport(self, report):
         try:
-            if _claim(self):
+            if _claim("pytest", self):
                 word = _pytest_word(report)
                 if word:
                     _write("pytest", "%s %s" % (word, report.nodeid))
