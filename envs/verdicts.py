@@ -34,8 +34,8 @@ which is runner-reactive code as for pytest rows (``.pth``, the runner's names: 
 :mod:`lightswe.envs.hack_check`). A recorder that cannot load is never the policy's failure: grading checks that
 it loads in ``python``/``python3`` before the tests (``Channel.probe``), and a test command that keeps both ways
 out (``python -I``, ``-S``, ``-E -s``, also in the shebang of the script it runs: :func:`unloadable`) is a broken
-task, decided from the task alone: ``GradingError``, reward None. A run that leaves no verdict (the change broke the runner or erased the
-records) reports no test: 0.0.
+task, decided from the task alone: ``GradingError``, reward None. A run that leaves no verdict (the change broke
+the runner or erased the records) reports no test: 0.0.
 
 Log parsers without a channel here (runners that are not Python: Go, Rust, JavaScript...) still read the log;
 :func:`channel_of` says which.
@@ -57,8 +57,8 @@ CHANNELS = {"parse_log_django": "unittest", "parse_log_sympy": "sympy", "parse_l
             "parse_log_pytest_v2": "pytest", "parse_log_pytest_options": "pytest", "parse_log_seaborn": "pytest",
             "parse_log_matplotlib": "pytest"}
 
-# Runs in every Python of the grading environment (3.5+: no f-strings); never raises into it.
-_RECORDER = r'''"""lightswe grading: records the test runner's verdicts on a channel the tests' output does not reach."""
+# Runs in every Python of the test command (3.5+: no f-strings); never raises into it.
+_RECORDER = r'''"""lightswe grading: records the test runner's verdicts where the tests' output does not reach."""
 import os
 import sys
 
@@ -307,7 +307,8 @@ class Channel:
 
     def site_files(self) -> dict[str, str]:
         """``<module>.py`` and ``<module>.pth`` (``import <module>``), for a user site-packages folder."""
-        return {f"{self.module}.py": recorder_source(self.key, self.path), f"{self.module}.pth": f"import {self.module}\n"}
+        return {f"{self.module}.py": recorder_source(self.key, self.path),
+                f"{self.module}.pth": f"import {self.module}\n"}
 
     def command(self, test_command: str) -> str:
         """``test_command`` with the recorder's folder first on ``PYTHONPATH`` (the image's entries kept)."""
