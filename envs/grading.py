@@ -376,8 +376,8 @@ def _read_head(grader: Sandbox, path: str) -> bytes:
 def _verdict_channel(grader: Sandbox, runner: str, private_folder: str) -> verdicts.Channel:
     """A :class:`~lightswe.envs.verdicts.Channel` for ``runner`` in ``grader``: the recorder installed as root
     (through the archive API: a folder of /tmp for ``PYTHONPATH``, and the user site-packages of its
-    ``python``/``python3``) and checked to load there; the record file goes into ``private_folder`` (root's,
-    0733: the test process cannot list it). Raises RuntimeError (the machine's failure: the caller's
+    ``python``/``python3``) and checked to load there; the record file is made in ``private_folder`` (root's,
+    1733: the test process cannot list it or replace what is in it), root's with mode 0622 (it can only append). Raises RuntimeError (the machine's failure: the caller's
     GradingError) when the recorder cannot be installed or does not load."""
     channel = verdicts.new_channel(runner, private_folder)
     found = grader.exec(verdicts.USER_SITES, timeout=60, user="agent", workdir="/")
@@ -388,7 +388,8 @@ def _verdict_channel(grader: Sandbox, runner: str, private_folder: str) -> verdi
     made = grader.exec("mkdir -p -- " + " ".join(_quote(s) for s in sites), timeout=30, user="agent", workdir="/")
     if made.exit_code != 0:
         raise RuntimeError(f"cannot make the user site-packages {sites} in {_short(grader)}: {made.output[-400:]}")
-    parts = [(parent, channel.archive({"sitecustomize.py": verdicts.recorder_source(channel.key, channel.path)},
+    parts = [(private_folder, channel.record_archive())]  # root's, 0622: the test process can only append
+    parts += [(parent, channel.archive({"sitecustomize.py": verdicts.recorder_source(channel.key, channel.path)},
                                       folder=name))]
     parts += [(site, channel.archive(channel.site_files())) for site in sites]
     for folder, archive in parts:
@@ -409,13 +410,14 @@ def _tail(text: str, lines: int = 12, width: int = 2000) -> str:
 
 def _private_junit_path(grader: Sandbox, known: dict) -> str:
     """A JUnit report path the test process can write but not find: a random name in a fresh directory owned
-    by root with mode 0733 (no listing), made through the archive API (nothing runs as root). Code of the
+    by root with mode 1733 (no listing; sticky: the verdict channel's record file, root's, cannot be replaced
+    there), made through the archive API (nothing runs as root). Code of the
     change that wants to rewrite the report after the tests ran must read the runner's argv (flagged)."""
     folder = f"/tmp/lightswe-{secrets.token_hex(8)}"
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         info = tarfile.TarInfo(folder.rsplit("/", 1)[1])
-        info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o733, 0, 0, int(time.time())
+        info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o1733, 0, 0, int(time.time())
         archive.addfile(info)
     try:
         ok = grader.api.put_archive(grader.container_id, "/tmp", buffer.getvalue())

@@ -20,8 +20,10 @@ So the verdicts come from a second channel the test process's output does not re
   ``test_pass``/``test_fail``/``test_exception``/``test_skip``/``test_xfail``/``test_xpass``
   (``sympy.testing.runtests``, ``sympy.utilities.runtests`` before 1.6) and pytest's
   ``TerminalReporter.pytest_runtest_logreport`` (``_pytest.terminal``), each when its module is imported;
-- each verdict is appended to a file in a root-owned folder the test process cannot list, as one line
-  ``<key>\\t<runner>\\t<base64 of the line>``; ``key`` is 32 random hex digits of this grading, held by the
+- each verdict is appended to a file in a root-owned, sticky folder the test process cannot list, as one line
+  ``<key>\\t<runner>\\t<base64 of the line>``; the harness makes that file before the run, root's with mode
+  0622 (:meth:`Channel.record_archive`): the test process can add lines and nothing else (it cannot read back,
+  reorder, edit or replace what the runner wrote; emptying it leaves no verdict: 0.0); ``key`` is 32 random hex digits of this grading, held by the
   recorder's module (nothing in the environment); only the first result object of the command (the runner's,
   claimed once per runner and test command with an exclusive create, so a nested unittest run or pytester
   session inside a test, or another process, records nothing) writes;
@@ -305,6 +307,18 @@ class Channel:
                 archive.addfile(info, io.BytesIO(data))
         return buffer.getvalue()
 
+    def record_archive(self) -> bytes:
+        """A tar of the empty record file (its base name), root's with mode 0622: the test process (another
+        user) may open it to append and nothing else, so what the runner wrote cannot be read back, reordered or
+        edited by the code under test (made by the harness before any of it runs, in a sticky folder, so it
+        cannot be replaced either)."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            info = tarfile.TarInfo(self.path.rsplit("/", 1)[1])
+            info.size, info.mode, info.uid, info.gid, info.mtime = 0, 0o622, 0, 0, int(time.time())
+            archive.addfile(info, io.BytesIO(b""))
+        return buffer.getvalue()
+
     def site_files(self) -> dict[str, str]:
         """``<module>.py`` and ``<module>.pth`` (``import <module>``), for a user site-packages folder."""
         return {f"{self.module}.py": recorder_source(self.key, self.path),
@@ -328,7 +342,7 @@ def channel_of(parser) -> str:
 
 
 def new_channel(runner: str, private_folder: str) -> Channel:
-    """A channel whose record file is a random name in ``private_folder`` (made by the caller, 0733 root's)."""
+    """A channel whose record file is a random name in ``private_folder`` (made by the caller, 1733 root's)."""
     return Channel(runner=runner, module=f"_lightswe_verdicts_{secrets.token_hex(6)}",
                    folder=f"/tmp/lightswe-recorder-{secrets.token_hex(8)}",
                    path=f"{private_folder}/{secrets.token_hex(16)}.verdicts", key=secrets.token_hex(16))
