@@ -385,13 +385,25 @@ def unloadable(test_command: str, shebangs: dict[str, bytes] | None = None) -> s
     return ""
 
 
+def _verdict(runner: str, line: str) -> tuple[str, bool]:
+    """(the test a recorded line reports, whether it reports a failure or an error); ("", False) for sympy's
+    lines (bare test names repeat across files)."""
+    if runner == "unittest":
+        test, _, word = line.rpartition(" ... ")
+        return test, word in ("FAIL", "ERROR", "unexpected success")
+    if runner == "pytest":
+        word, _, test = line.partition(" ")
+        return test, word in ("FAILED", "ERROR")
+    return "", False
+
+
 @dataclass(frozen=True, slots=True)
 class Records:
     """What one test command left on its channel (:func:`read`)."""
 
     log: str  # the runner's log rebuilt from the verdicts that carry the key
     loaded: int  # interpreters that loaded the recorder
-    ignored: int  # lines without the key or not decodable (written by something other than the recorder)
+    ignored: int  # lines without the key, not decodable, or a pass after the same test's failure (not the runner's)
 
 
 def read(raw: bytes, channel: Channel) -> Records:
@@ -399,9 +411,13 @@ def read(raw: bytes, channel: Channel) -> Records:
 
     Unittest verdicts become ``<description> ... <word>`` lines (the description may span two lines, as the
     runner prints a docstring's first line), sympy's ``<test> <word>``, pytest's ``<STATUS> <node id>`` (its
-    ``-rA`` summary): the forms SWE-bench's parsers read.
+    ``-rA`` summary): the forms SWE-bench's parsers read. Those parsers let a test's last line win; a runner
+    reports a unittest test once and a pytest node's call once (a teardown ``ERROR`` may follow), so a keyed
+    pass that comes after the test's failure is dropped (counted in ``ignored``): code of the change that
+    learnt the key cannot turn the runner's ``FAIL`` into a pass by writing after it.
     """
     lines, loaded, ignored = [], 0, 0
+    failed: set[str] = set()  # tests (unittest descriptions, pytest node ids) already reported failing
     for record in raw.decode("ascii", "replace").splitlines():
         key, _, rest = record.partition("\t")
         kind, _, data = rest.partition("\t")
@@ -415,6 +431,12 @@ def read(raw: bytes, channel: Channel) -> Records:
             continue
         if kind == "loaded":
             loaded += 1
-        else:
-            lines.append(text)
+            continue
+        test, failing = _verdict(channel.runner, text)
+        if test in failed and not failing:
+            ignored += 1  # a runner reports a test once (pytest: a teardown error after its call): a pass
+            continue  # after its failure is not the runner's, whoever knew the key
+        if failing:
+            failed.add(test)
+        lines.append(text)
     return Records(log="\n".join(lines) + ("\n" if lines else ""), loaded=loaded, ignored=ignored)
