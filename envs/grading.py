@@ -347,7 +347,11 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
                 raw = grader.read_file(channel.path, max_bytes=64 * 1024 * 1024)
             except (FileNotFoundError, ValueError):  # none (the run never got to a verdict) or a 64 MiB flood
                 raw = b""  # the run's doing either way: only the test command writes there
-            log = verdicts.read(raw, channel).log
+            records = verdicts.read(raw, channel)
+            log = records.log
+            if records.runners > 1:  # a runner of the change's making beside the command's own: neither counts
+                result.output += (f"\n[grading] {records.runners} unrelated processes reported verdicts (the "
+                                  "command's runner is one): none counts\n")
         run = TestRun(exit_code=result.exit_code, output=result.output, timed_out=result.timed_out,
                       duration_s=result.duration_s, runner_died=result.runner_died)
         run.outcomes = {k: v.lower() for k, v in parser(log, None).items()}

@@ -21,15 +21,20 @@ So the verdicts come from a second channel the test process's output does not re
   (``sympy.testing.runtests``, ``sympy.utilities.runtests`` before 1.6) and pytest's
   ``TerminalReporter.pytest_runtest_logreport`` (``_pytest.terminal``), each when its module is imported;
 - each verdict is appended to a file in a root-owned, sticky folder the test process cannot list, as one line
-  ``<key>\\t<runner>\\t<base64 of the line>``; the harness makes that file before the run, root's with mode
-  0622 (:meth:`Channel.record_archive`): the test process can add lines and nothing else (it cannot read back,
-  reorder, edit or replace what the runner wrote; emptying it leaves no verdict: 0.0); ``key`` is 32 random hex digits of this grading, held by the
-  recorder's module (nothing in the environment); only the first result object of the command (the runner's,
-  claimed once per runner and test command with an exclusive create, so a nested unittest run or pytester
-  session inside a test, or another process, records nothing) writes;
-- :func:`read` keeps the lines that carry the key and rebuilds the runner's log from them (``<description> ...
-  ok``, ``test_x F``, ``PASSED <node id>``), which goes to SWE-bench's parser as before: the published ids come out
-  the same.
+  ``<key>\\t<runner>\\t<base64 of the line>\\t<lineage>``; the harness makes that file before the run, root's
+  with mode 0622 (:meth:`Channel.record_archive`): the test process can add lines and nothing else (it cannot
+  read back, reorder, edit or replace what the runner wrote; emptying it leaves no verdict: 0.0); ``key`` is 32
+  random hex digits of this grading, held by the recorder's module (nothing in the environment), ``lineage`` the
+  writing process's pid and its ancestors' (from ``/proc``); in each process the first result object of a
+  runner records (a nested unittest run or pytester session inside a test records nothing);
+- :func:`read` keeps the lines that carry the key, of one process: the outermost that reported (a run that a
+  test or the code under test starts in a child reports under it, and is dropped), under at most
+  :data:`NESTED` interpreters (sympy's ``bin/test`` and ``tox`` start the runner in a child); two such
+  processes, or none, and no verdict counts (0.0). (The first process to claim was the runner before: a child
+  unittest run of a look-alike module, started by the package when the runner imported it, took the claim
+  with the run's key, and the runner recorded nothing: 1.0 knowing nothing.) It rebuilds the runner's log
+  from them (``<description> ... ok``, ``test_x F``, ``PASSED <node id>``), which goes to SWE-bench's parser as
+  before: the published ids come out the same.
 
 What is left: code of the change that finds the recorder's module (or its objects) and writes keyed verdicts,
 which is runner-reactive code as for pytest rows (``.pth``, the runner's names: flagged by
@@ -59,6 +64,11 @@ CHANNELS = {"parse_log_django": "unittest", "parse_log_sympy": "sympy", "parse_l
             "parse_log_pytest_v2": "pytest", "parse_log_pytest_options": "pytest", "parse_log_seaborn": "pytest",
             "parse_log_matplotlib": "pytest"}
 
+# Interpreters a runner may run under (those that loaded the recorder and report nothing): sympy's bin/test
+# reruns itself in a hash-randomised child, tox (sphinx's pytest-log rows) starts pytest; unittest rows (Django's
+# runtests.py, python -m unittest) report from the command's own interpreter.
+NESTED = {"unittest": 0, "sympy": 1, "pytest": 1}
+
 # Runs in every Python of the test command (3.5+: no f-strings); never raises into it.
 _RECORDER = r'''"""lightswe grading: records the test runner's verdicts where the tests' output does not reach."""
 import os
@@ -69,7 +79,23 @@ import functools
 _KEY = "@KEY@"
 _PATH = "@PATH@"
 _RUNNERS = {"sympy.testing.runtests": "sympy", "sympy.utilities.runtests": "sympy", "_pytest.terminal": "pytest"}
-_state = {"fd": None, "result": {}, "claimed": {}}  # per runner: the claimed result object, the claiming pid
+_state = {"fd": None, "result": {}, "claimed": {}, "lineage": (0, "")}  # per runner: result object, its pid
+
+
+def _lineage():
+    """This process and its ancestors, "pid,parent,...": the harness keeps the outermost runner's verdicts."""
+    pid = os.getpid()
+    if _state["lineage"][0] != pid:
+        pids, parent = [pid], os.getppid()
+        while parent > 0 and len(pids) < 64:
+            pids.append(parent)
+            try:
+                with open("/proc/%d/stat" % parent) as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except Exception:
+                break
+        _state["lineage"] = (pid, ",".join(str(p) for p in pids))
+    return _state["lineage"][1]
 
 
 def _write(runner, line):
@@ -78,21 +104,17 @@ def _write(runner, line):
         if _state["fd"] is None:
             _state["fd"] = os.open(_PATH, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         data = binascii.b2a_base64(line.encode("utf-8", "backslashreplace")).decode("ascii").strip()
-        os.write(_state["fd"], ("%s\t%s\t%s\n" % (_KEY, runner, data)).encode("ascii"))
+        os.write(_state["fd"], ("%s\t%s\t%s\t%s\n" % (_KEY, runner, data, _lineage())).encode("ascii"))
     except Exception:
         pass
 
 
 def _claim(runner, result):
-    """Whether ``result`` reports this command's tests for ``runner``: the first to ask in the first process to
-    ask (one claim per runner, so a stray run of another runner cannot take it)."""
-    if runner not in _state["claimed"]:
-        try:
-            os.close(os.open("%s.claim-%s" % (_PATH, runner), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            _state["claimed"][runner] = os.getpid()
-        except OSError:
-            _state["claimed"][runner] = -1
-    if runner not in _state["result"] and _state["claimed"][runner] == os.getpid():
+    """Whether ``result`` reports for ``runner`` in this process: the first to ask in it (a nested run inside
+    a test records nothing; a forked child starts over). Which process is the run's runner is decided by the
+    harness from the records' lineages (the outermost), never by who came first."""
+    if _state["claimed"].get(runner) != os.getpid():
+        _state["claimed"][runner] = os.getpid()
         _state["result"][runner] = result
     return _state["result"].get(runner) is result
 
@@ -403,7 +425,9 @@ class Records:
 
     log: str  # the runner's log rebuilt from the verdicts that carry the key
     loaded: int  # interpreters that loaded the recorder
-    ignored: int  # lines without the key, not decodable, or a pass after the same test's failure (not the runner's)
+    ignored: int  # lines without the key, not decodable, of another process than the runner's, or a pass after
+    # the same test's failure (not the runner's)
+    runners: int = 1  # outermost reporting processes: the log is empty unless exactly one (the run's runner)
 
 
 def read(raw: bytes, channel: Channel) -> Records:
@@ -416,22 +440,33 @@ def read(raw: bytes, channel: Channel) -> Records:
     pass that comes after the test's failure is dropped (counted in ``ignored``): code of the change that
     learnt the key cannot turn the runner's ``FAIL`` into a pass by writing after it.
     """
-    lines, loaded, ignored = [], 0, 0
-    failed: set[str] = set()  # tests (unittest descriptions, pytest node ids) already reported failing
+    interpreters: set[int] = set()  # pids that loaded the recorder
+    reported: dict[int, tuple[list[int], list[str]]] = {}  # reporting pid -> (its ancestors, its lines)
+    ignored = 0
     for record in raw.decode("ascii", "replace").splitlines():
-        key, _, rest = record.partition("\t")
-        kind, _, data = rest.partition("\t")
-        if key != channel.key or kind not in (channel.runner, "loaded"):
+        fields = record.split("\t")
+        if len(fields) != 4 or fields[0] != channel.key or fields[1] not in (channel.runner, "loaded") \
+                or not re.fullmatch(r"\d+(,\d+)*", fields[3]):
             ignored += 1
             continue
         try:
-            text = base64.b64decode(data, validate=True).decode("utf-8", "replace")
+            text = base64.b64decode(fields[2], validate=True).decode("utf-8", "replace")
         except ValueError:
             ignored += 1
             continue
-        if kind == "loaded":
-            loaded += 1
-            continue
+        pid, *ancestors = (int(p) for p in fields[3].split(","))
+        if fields[1] == "loaded":
+            interpreters.add(pid)
+        else:
+            reported.setdefault(pid, (ancestors, []))[1].append(text)
+    # the run's runner: a reporting process under no other (a run nested in a test reports under the runner),
+    # under at most NESTED[runner] interpreters (sympy's bin/test and tox start the runner in a child); one
+    outermost = [pid for pid, (ancestors, _) in reported.items() if not set(ancestors) & reported.keys()
+                 and len(set(ancestors) & interpreters) <= NESTED.get(channel.runner, 0)]
+    runners = len(outermost)
+    ignored += sum(len(texts) for pid, (_, texts) in reported.items() if runners != 1 or pid != outermost[0])
+    lines, failed = [], set()  # failed: tests (unittest descriptions, pytest node ids) already reported failing
+    for text in reported[outermost[0]][1] if runners == 1 else []:
         test, failing = _verdict(channel.runner, text)
         if test in failed and not failing:
             ignored += 1  # a runner reports a test once (pytest: a teardown error after its call): a pass
@@ -439,4 +474,5 @@ def read(raw: bytes, channel: Channel) -> Records:
         if failing:
             failed.add(test)
         lines.append(text)
-    return Records(log="\n".join(lines) + ("\n" if lines else ""), loaded=loaded, ignored=ignored)
+    return Records(log="\n".join(lines) + ("\n" if lines else ""), loaded=len(interpreters), ignored=ignored,
+                   runners=runners)
