@@ -30,7 +30,8 @@ import textwrap
 from collections import Counter
 from collections.abc import Collection, Iterable
 
-FRAMEWORKS = frozenset({"pytest", "_pytest", "py", "pluggy", "unittest", "nose", "nose2", "doctest", "xdist"})
+FRAMEWORKS = frozenset({"pytest", "_pytest", "py", "pluggy", "unittest", "nose", "nose2", "doctest", "xdist",
+                        "tox"})
 _RUNNER_WORDS = re.compile(r"(?i)(?<![A-Za-z0-9])(_?pytest\w*|py\.test|unittest|nose2?|conftest\w*|junit\w*|"
                            r"lightswe\w*)(?![A-Za-z0-9])|/proc/[^\s'\"]*cmdline|"
                            r"<\s*/?\s*(?:testsuites?|testcase|failure)\b|\bfailures=[\"']")
@@ -49,6 +50,9 @@ _VERDICT_LINE = re.compile(r"(?m)(?:^|\s)(?:PASSED|FAILED|ERROR|XFAIL|XPASS|SKIP
 # Where the verdict recorder's files are (lightswe.envs.verdicts: its source holds the key and the record path;
 # each interpreter must read it, so the test process can too) and a descriptor the runner holds open.
 _RECORDER_WAYS = re.compile(r"PYTHONPATH|PYTHONUSERBASE|posix_user|(?:^|/)\.local/lib(?:/|$)|^/dev/fd(?:/|$)")
+# What marks a process as one that starts the test runner in a child (lightswe.envs.verdicts reads the verdicts
+# of a runner under it): sympy's bin/test helper (importing tox is flagged with the frameworks).
+_LAUNCHERS = frozenset({"run_in_subprocess_with_hash_randomization"})
 _USER_SITE = frozenset({"getusersitepackages", "USER_SITE", "getuserbase", "USER_BASE"})
 _OS_ALIASES = frozenset({"posix", "nt"})  # os re-exports these modules' functions (posix._exit is os._exit)
 _TEST_PATH = re.compile(r"^(tests?|testing)$|(^|[/\\])tests?[/\\]|(^|[/\\])test_\w+\.py\b|\w+_test\.py\b")
@@ -360,6 +364,8 @@ def _findings(tree: ast.AST, own_modules: Collection[str], depth: int = 0) -> li
                 add(node, "replaces sys.path")
             elif aliases.get(base, base) == "sys" and node.attr == "path" and id(node) not in grown:
                 add(node, "reads sys.path (the import path's folders: where the verdict recorder is)")
+            if node.attr in _LAUNCHERS:
+                add(node, f"calls the test runner's {node.attr} (it starts the runner in a child)")
             if node.attr in _USER_SITE and aliases.get(base, base) == "site":
                 add(node, f"finds the user site-packages (site.{node.attr}: where the verdict recorder is)")
             if node.attr in ("f_back", "f_globals", "f_locals", "tb_frame", "gi_frame"):
@@ -384,6 +390,8 @@ def _findings(tree: ast.AST, own_modules: Collection[str], depth: int = 0) -> li
                 add(node, f"rebinds {node.id}")
             elif node.id == "path" and aliases.get(node.id, "") == "sys.path":
                 add(node, "reads sys.path (the import path's folders: where the verdict recorder is)")
+            elif node.id in _LAUNCHERS:
+                add(node, f"calls the test runner's {node.id} (it starts the runner in a child)")
             elif node.id in _USER_SITE and aliases.get(node.id, "") == f"site.{node.id}":
                 add(node, f"finds the user site-packages (site.{node.id}: where the verdict recorder is)")
             elif node.id in _REPORT_NAMES and aliases.get(node.id, "").split(".")[0] in frameworks:

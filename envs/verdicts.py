@@ -28,9 +28,10 @@ So the verdicts come from a second channel the test process's output does not re
   writing process's pid and its ancestors' (from ``/proc``); in each process the first result object of a
   runner records (a nested unittest run or pytester session inside a test records nothing);
 - :func:`read` keeps the lines that carry the key, of one process: the outermost that reported (a run that a
-  test or the code under test starts in a child reports under it, and is dropped), under at most
-  :data:`NESTED` interpreters (sympy's ``bin/test`` and ``tox`` start the runner in a child); two such
-  processes, or none, and no verdict counts (0.0). (The first process to claim was the runner before: a child
+  test or the code under test starts in a child reports under it, and is dropped), under no interpreter but
+  the runner's launchers (sympy's ``bin/test`` marks itself when it reruns itself in a child, through
+  ``run_in_subprocess_with_hash_randomization``; ``tox`` when it is imported); two such processes, or none,
+  and no verdict counts (0.0). (The first process to claim was the runner before: a child
   unittest run of a look-alike module, started by the package when the runner imported it, took the claim
   with the run's key, and the runner recorded nothing: 1.0 knowing nothing.) It rebuilds the runner's log
   from them (``<description> ... ok``, ``test_x F``, ``PASSED <node id>``), which goes to SWE-bench's parser as
@@ -64,11 +65,6 @@ CHANNELS = {"parse_log_django": "unittest", "parse_log_sympy": "sympy", "parse_l
             "parse_log_pytest_v2": "pytest", "parse_log_pytest_options": "pytest", "parse_log_seaborn": "pytest",
             "parse_log_matplotlib": "pytest"}
 
-# Interpreters a runner may run under (those that loaded the recorder and report nothing): sympy's bin/test
-# reruns itself in a hash-randomised child, tox (sphinx's pytest-log rows) starts pytest; unittest rows (Django's
-# runtests.py, python -m unittest) report from the command's own interpreter.
-NESTED = {"unittest": 0, "sympy": 1, "pytest": 1}
-
 # Runs in every Python of the test command (3.5+: no f-strings); never raises into it.
 _RECORDER = r'''"""lightswe grading: records the test runner's verdicts where the tests' output does not reach."""
 import os
@@ -78,7 +74,8 @@ import functools
 
 _KEY = "@KEY@"
 _PATH = "@PATH@"
-_RUNNERS = {"sympy.testing.runtests": "sympy", "sympy.utilities.runtests": "sympy", "_pytest.terminal": "pytest"}
+_RUNNERS = {"sympy.testing.runtests": "sympy", "sympy.utilities.runtests": "sympy", "_pytest.terminal": "pytest",
+            "tox": "tox"}
 _state = {"fd": None, "result": {}, "claimed": {}, "lineage": (0, "")}  # per runner: result object, its pid
 
 
@@ -173,6 +170,13 @@ def _hook_unittest():
 
 
 def _hook_sympy(module):
+    spawn = getattr(module, "run_in_subprocess_with_hash_randomization", None)
+    if spawn is not None:
+        def run_in_subprocess_with_hash_randomization(*args, **kwargs):
+            _write("launcher", "sympy")  # bin/test reruns itself in a child: the runner may sit under this one
+            return spawn(*args, **kwargs)
+
+        module.run_in_subprocess_with_hash_randomization = run_in_subprocess_with_hash_randomization
     reporter = module.PyTestReporter
     start = reporter.start
 
@@ -229,7 +233,11 @@ def _hook_pytest(module):
     reporter.pytest_runtest_logreport = functools.wraps(original)(pytest_runtest_logreport)  # hookimpl marks kept
 
 
-_HOOKS = {"sympy": _hook_sympy, "pytest": _hook_pytest}
+def _hook_tox(module):
+    _write("launcher", "pytest")  # tox starts pytest (sphinx's rows): the runner may sit under this one
+
+
+_HOOKS = {"sympy": _hook_sympy, "pytest": _hook_pytest, "tox": _hook_tox}
 
 
 class _AfterImport(object):
@@ -441,11 +449,12 @@ def read(raw: bytes, channel: Channel) -> Records:
     learnt the key cannot turn the runner's ``FAIL`` into a pass by writing after it.
     """
     interpreters: set[int] = set()  # pids that loaded the recorder
+    launchers: set[int] = set()  # pids that start the runner in a child (sympy's bin/test, tox), as the runner does
     reported: dict[int, tuple[list[int], list[str]]] = {}  # reporting pid -> (its ancestors, its lines)
     ignored = 0
     for record in raw.decode("ascii", "replace").splitlines():
         fields = record.split("\t")
-        if len(fields) != 4 or fields[0] != channel.key or fields[1] not in (channel.runner, "loaded") \
+        if len(fields) != 4 or fields[0] != channel.key or fields[1] not in (channel.runner, "loaded", "launcher") \
                 or not re.fullmatch(r"\d+(,\d+)*", fields[3]):
             ignored += 1
             continue
@@ -457,12 +466,15 @@ def read(raw: bytes, channel: Channel) -> Records:
         pid, *ancestors = (int(p) for p in fields[3].split(","))
         if fields[1] == "loaded":
             interpreters.add(pid)
+        elif fields[1] == "launcher":
+            if text == channel.runner:
+                launchers.add(pid)
         else:
             reported.setdefault(pid, (ancestors, []))[1].append(text)
-    # the run's runner: a reporting process under no other (a run nested in a test reports under the runner),
-    # under at most NESTED[runner] interpreters (sympy's bin/test and tox start the runner in a child); one
-    outermost = [pid for pid, (ancestors, _) in reported.items() if not set(ancestors) & reported.keys()
-                 and len(set(ancestors) & interpreters) <= NESTED.get(channel.runner, 0)]
+    # the run's runner: a reporting process under no interpreter but the runner's launchers (a run nested in a
+    # test, or started by the code under test, is under the runner's or another interpreter); exactly one
+    outermost = [pid for pid, (ancestors, _) in reported.items()
+                 if not set(ancestors) & (reported.keys() | (interpreters - launchers))]
     runners = len(outermost)
     ignored += sum(len(texts) for pid, (_, texts) in reported.items() if runners != 1 or pid != outermost[0])
     lines, failed = [], set()  # failed: tests (unittest descriptions, pytest node ids) already reported failing
