@@ -29,9 +29,9 @@ So the verdicts come from a second channel the test process's output does not re
   runner records (a nested unittest run or pytester session inside a test records nothing);
 - :func:`read` keeps the lines that carry the key, of one process: the outermost that reported (a run that a
   test or the code under test starts in a child reports under it, and is dropped), under no interpreter but
-  the runner's launchers (sympy's ``bin/test`` marks itself when it reruns itself in a child, through
-  ``run_in_subprocess_with_hash_randomization``; ``tox`` when it is imported); two such processes, or none,
-  and no verdict counts (0.0). (The first process to claim was the runner before: a child
+  the runner's launchers (``tox`` marks itself when it is imported; sympy's ``bin/test`` marks the start and
+  end of each rerun of itself in a child, ``run_in_subprocess_with_hash_randomization``, and only the one
+  interpreter it started in that span counts); two such processes, or none, and no verdict counts (0.0). (The first process to claim was the runner before: a child
   unittest run of a look-alike module, started by the package when the runner imported it, took the claim
   with the run's key, and the runner recorded nothing: 1.0 knowing nothing.) It rebuilds the runner's log
   from them (``<description> ... ok``, ``test_x F``, ``PASSED <node id>``), which goes to SWE-bench's parser as
@@ -173,8 +173,11 @@ def _hook_sympy(module):
     spawn = getattr(module, "run_in_subprocess_with_hash_randomization", None)
     if spawn is not None:
         def run_in_subprocess_with_hash_randomization(*args, **kwargs):
-            _write("launcher", "sympy")  # bin/test reruns itself in a child: the runner may sit under this one
-            return spawn(*args, **kwargs)
+            _write("launcher", "sympy:start")  # bin/test reruns itself in a child: the runner may sit under it
+            try:
+                return spawn(*args, **kwargs)
+            finally:
+                _write("launcher", "sympy:end")
 
         module.run_in_subprocess_with_hash_randomization = run_in_subprocess_with_hash_randomization
     reporter = module.PyTestReporter
@@ -448,11 +451,12 @@ def read(raw: bytes, channel: Channel) -> Records:
     pass that comes after the test's failure is dropped (counted in ``ignored``): code of the change that
     learnt the key cannot turn the runner's ``FAIL`` into a pass by writing after it.
     """
-    interpreters: set[int] = set()  # pids that loaded the recorder
+    interpreters: dict[int, tuple[int, list[int]]] = {}  # pids that loaded the recorder -> (when, ancestors)
     launchers: set[int] = set()  # pids that start the runner in a child (sympy's bin/test, tox), as the runner does
+    windows: dict[int, list[list[float]]] = {}  # launcher -> [start, end] of each launch it marked (sympy's)
     reported: dict[int, tuple[list[int], list[str]]] = {}  # reporting pid -> (its ancestors, its lines)
     ignored = 0
-    for record in raw.decode("ascii", "replace").splitlines():
+    for when, record in enumerate(raw.decode("ascii", "replace").splitlines()):
         fields = record.split("\t")
         if len(fields) != 4 or fields[0] != channel.key or fields[1] not in (channel.runner, "loaded", "launcher") \
                 or not re.fullmatch(r"\d+(,\d+)*", fields[3]):
@@ -465,16 +469,33 @@ def read(raw: bytes, channel: Channel) -> Records:
             continue
         pid, *ancestors = (int(p) for p in fields[3].split(","))
         if fields[1] == "loaded":
-            interpreters.add(pid)
+            interpreters[pid] = (when, ancestors)
         elif fields[1] == "launcher":
-            if text == channel.runner:
+            runner, _, edge = text.partition(":")
+            if runner == channel.runner:
                 launchers.add(pid)
+                if edge == "start":
+                    windows.setdefault(pid, []).append([when, float("inf")])
+                elif edge == "end" and windows.get(pid):
+                    windows[pid][-1][1] = when
         else:
             reported.setdefault(pid, (ancestors, []))[1].append(text)
     # the run's runner: a reporting process under no interpreter but the runner's launchers (a run nested in a
     # test, or started by the code under test, is under the runner's or another interpreter); exactly one
+    def parent(pid: int) -> int:  # the nearest interpreter above ``pid`` (0: none)
+        return next((a for a in interpreters.get(pid, (0, reported.get(pid, ([],))[0]))[1] if a in interpreters), 0)
+
+    def launched(pid: int) -> bool:
+        """Under a launcher that marks its launches: the one interpreter it started in one of them."""
+        above = parent(pid)
+        if above not in windows or pid not in interpreters:
+            return True
+        start = next((w for w in windows[above] if w[0] < interpreters[pid][0] < w[1]), None)
+        return start is not None and sum(start[0] < at < start[1] and parent(p) == above
+                                         for p, (at, _) in interpreters.items()) == 1
+
     outermost = [pid for pid, (ancestors, _) in reported.items()
-                 if not set(ancestors) & (reported.keys() | (interpreters - launchers))]
+                 if not set(ancestors) & (reported.keys() | (interpreters.keys() - launchers)) and launched(pid)]
     runners = len(outermost)
     ignored += sum(len(texts) for pid, (_, texts) in reported.items() if runners != 1 or pid != outermost[0])
     lines, failed = [], set()  # failed: tests (unittest descriptions, pytest node ids) already reported failing

@@ -314,9 +314,12 @@ def test_only_the_outermost_runners_verdicts_count():
     assert read("unittest", shell, child).log == ""  # unittest rows report from the command's interpreter
     sympy = line("sympy", "test_a ok", "11,10,5,0")
     assert read("sympy", shell, sympy).log == ""  # under an interpreter that launched nothing
-    launched = line("launcher", "sympy", "10,5,0")  # bin/test reruns itself in a hash-randomised child
-    assert read("sympy", shell, launched, sympy).log == "test_a ok\n"
-    assert read("unittest", shell, launched, child).log == ""  # a launcher of another runner
+    start, end = line("launcher", "sympy:start", "10,5,0"), line("launcher", "sympy:end", "10,5,0")
+    loaded, other = line("loaded", "", "11,10,5,0"), line("loaded", "", "12,10,5,0")
+    assert read("sympy", shell, start, loaded, sympy, end).log == "test_a ok\n"  # bin/test's hash-randomised child
+    assert read("sympy", shell, loaded, start, sympy, end).log == ""  # started before bin/test's launch
+    assert read("sympy", shell, start, other, loaded, sympy, end).log == ""  # one of two children: which?
+    assert read("unittest", shell, start, loaded, child, end).log == ""  # a launcher of another runner
     tox = line("launcher", "pytest", "10,5,0")
     assert read("pytest", shell, tox, line("pytest", "PASSED t.py::x", "11,10,5,0")).log == "PASSED t.py::x\n"
     after = line("unittest", "test_a (m.T.test_a) ... ok", "10,5,0")
