@@ -345,8 +345,10 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
                                  max_output_bytes=256 * 1024 + 4096)
             try:
                 raw = grader.read_file(channel.path, max_bytes=64 * 1024 * 1024)
-            except (FileNotFoundError, ValueError):  # none (the run never got to a verdict) or a 64 MiB flood
-                raw = b""  # the run's doing either way: only the test command writes there
+            except ValueError:  # a 64 MiB flood: the run's doing (only the test command writes there)
+                raw = b""
+            except FileNotFoundError as err:  # root's, in a sticky folder: no test process can remove it
+                raise RuntimeError(f"the verdict record file of {_short(grader)} vanished") from err
             records = verdicts.read(raw, channel)
             log = records.log
             if records.runners > 1:  # a runner of the change's making beside the command's own: neither counts

@@ -170,6 +170,27 @@ if not _os.environ.get("FAKE_RUN"):
 """
 
 
+# the record file removed (or, failing that, renamed) while the runner runs
+REMOVES_RECORDS = """
+import os as _os
+import re as _re
+
+_nth = nth
+_folder = _os.environ["PYTHONPATH"].split(":")[0]
+_paths = [p for n in _os.listdir(_folder) for p in _re.findall(r'"(/[\\w./-]+[.]verdicts)"',
+                                                               open(_os.path.join(_folder, n)).read())]
+
+
+def nth(n, seq):
+    for path in _paths:
+        for remove in (_os.unlink, lambda p: _os.rename(p, p + ".old")):
+            try:
+                remove(path)
+            except OSError:
+                pass
+    return _nth(n, seq)
+"""
+
 
 def child_pytest_then_break(ids: list[str]) -> str:
     """Package code (pytest-log row): a look-alike of the task's test file where every test passes, run by
@@ -259,6 +280,16 @@ def test_a_runner_started_under_the_runner_does_not_report_when_the_runner_repor
     ids = [*env.tasks[0].FAIL_TO_PASS, *env.tasks[0].PASS_TO_PASS]
     reward, info = episode(env, appended(child_pytest_then_break(ids)), task_suffix=PYTEST_LOG)
     assert reward == 0.0 and set(info["tests"].values()) == {"missing"}, info["reason"]
+
+
+@needs_parsers
+@pytest.mark.docker
+def test_the_code_under_test_cannot_remove_the_records(env):
+    """The record file is root's in a sticky folder: removing or renaming it fails and the runner's FAIL stands
+    (0.0), so a missing record file can be the machine's failure (``GradingError``), never the policy's doing
+    turned into reward None. (Emptying it erases the verdicts: 0.0, ``test_reward_attacks_fourth``.)"""
+    reward, info = episode(env, appended(REMOVES_RECORDS), task_suffix=UNITTEST)
+    assert reward == 0.0 and info["tests"][F2P_UNITTEST] != "passed", info["reason"]
 
 
 @pytest.mark.parametrize("code, flagged", [
