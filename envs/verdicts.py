@@ -357,16 +357,19 @@ class Channel:
         return {f"{self.module}.py": recorder_source(self.key, self.path),
                 f"{self.module}.pth": f"import {self.module}\n"}
 
-    def command(self, test_command: str) -> str:
-        """``test_command`` with the recorder's folder first on ``PYTHONPATH`` (the image's entries kept)."""
-        return f'export PYTHONPATH={shlex.quote(self.folder)}"${{PYTHONPATH:+:$PYTHONPATH}}"; {test_command}'
+    def command(self, test_command: str, mark: bool = True) -> str:
+        """``test_command`` with the recorder's folder first on ``PYTHONPATH`` (the image's entries kept); with
+        ``mark``, the shell's pid first written to the record file (``shell\\t<pid>``, before any code of the
+        test run: the runner must descend from it)."""
+        shell = f"printf 'shell\\t%s\\n' \"$$\" >> {shlex.quote(self.path)}; " if mark else ""
+        return f'{shell}export PYTHONPATH={shlex.quote(self.folder)}"${{PYTHONPATH:+:$PYTHONPATH}}"; {test_command}'
 
     def probe(self) -> str:
         """A command that exits 0 iff the recorder loads in ``python`` and ``python3`` (those present) under
         :meth:`command`, run from ``/`` (nothing of the repository imported)."""
         check = "import sys; sys.exit(0 if getattr(sys, '_lightswe_recorder', False) else 3)"
         return self.command(" && ".join(f"{{ ! command -v {py} >/dev/null || {py} -c {shlex.quote(check)}; }}"
-                                        for py in ("python", "python3")))
+                                        for py in ("python", "python3")), mark=False)
 
 
 def channel_of(parser) -> str:
@@ -455,9 +458,12 @@ def read(raw: bytes, channel: Channel) -> Records:
     launchers: set[int] = set()  # pids that start the runner in a child (sympy's bin/test, tox), as the runner does
     windows: dict[int, list[list[float]]] = {}  # launcher -> [start, end] of each launch it marked (sympy's)
     reported: dict[int, tuple[list[int], list[str]]] = {}  # reporting pid -> (its ancestors, its lines)
-    ignored = 0
+    ignored, shell = 0, 0  # shell: the test command's shell (the first "shell" line, before any test code)
     for when, record in enumerate(raw.decode("ascii", "replace").splitlines()):
         fields = record.split("\t")
+        if not shell and len(fields) == 2 and fields[0] == "shell" and fields[1].isdigit():
+            shell = int(fields[1])
+            continue
         if len(fields) != 4 or fields[0] != channel.key or fields[1] not in (channel.runner, "loaded", "launcher") \
                 or not re.fullmatch(r"\d+(,\d+)*", fields[3]):
             ignored += 1
@@ -495,7 +501,8 @@ def read(raw: bytes, channel: Channel) -> Records:
                                          for p, (at, _) in interpreters.items()) == 1
 
     outermost = [pid for pid, (ancestors, _) in reported.items()
-                 if not set(ancestors) & (reported.keys() | (interpreters.keys() - launchers)) and launched(pid)]
+                 if not set(ancestors) & (reported.keys() | (interpreters.keys() - launchers)) and launched(pid)
+                 and (not shell or shell in ancestors)]
     runners = len(outermost)
     ignored += sum(len(texts) for pid, (_, texts) in reported.items() if runners != 1 or pid != outermost[0])
     lines, failed = [], set()  # failed: tests (unittest descriptions, pytest node ids) already reported failing

@@ -25,7 +25,11 @@ Broke before the fix:
   process under no interpreter but the runner's launchers counts (sympy's bin/test when it reruns itself in a
   child, tox); a second unrelated one voids both (0.0). (An allowance of one interpreter above the runner,
   tried first, still let a pytest run in a child of the runner count when the package then broke collection:
-  1.0, the test below.) hack_check flags importing tox and calling sympy's launcher.
+  1.0, the test below.) hack_check flags importing tox and calling sympy's launcher;
+- **a runner out of the command's tree** (1.0, no key known): the same look-alike pytest run started in the
+  background by a shell that exits at once (its parent becomes init, so no interpreter is above it), then
+  collection broken -> the test command's shell writes its pid first to the record file, and the runner must
+  descend from it.
 
 Not preventable, flagged (README threat model): the recorder's source (its key and record path) is readable by
 the test process (each interpreter must read it to run it), so a change that reads it can append keyed
@@ -192,7 +196,7 @@ def nth(n, seq):
 """
 
 
-def child_pytest_then_break(ids: list[str]) -> str:
+def child_pytest_then_break(ids: list[str], orphan: bool = False) -> str:
     """Package code (pytest-log row): a look-alike of the task's test file where every test passes, run by
     pytest in a child of the runner, then the package fails to import (the runner reports no test)."""
     import base64
@@ -214,7 +218,13 @@ if not _os.environ.get("FAKE_RUN"):
     _os.makedirs(_os.path.dirname(_file))
     with open(_file, "w") as _out:
         _out.write(_b64.b64decode("{base64.b64encode(fake.encode()).decode()}").decode())
-    _subprocess.run([_sys.executable, "-m", "%stest" % "py", "-p", "no:cacheprovider", "-rA"], cwd=_root)
+    _argv = [_sys.executable, "-m", "%stest" % "py", "-p", "no:cacheprovider", "-rA"]
+    if {orphan!r}:  # out of the runner's tree: the shell that starts it exits, its parent becomes init
+        _subprocess.run(" ".join(_argv) + " >/dev/null 2>&1 &", shell=True, cwd=_root)
+        import time as _time
+        _time.sleep(8)
+    else:
+        _subprocess.run(_argv, cwd=_root)
     raise ImportError("not today")
 """
 
@@ -292,6 +302,17 @@ def test_the_code_under_test_cannot_remove_the_records(env):
     assert reward == 0.0 and info["tests"][F2P_UNITTEST] != "passed", info["reason"]
 
 
+@needs_parsers
+@pytest.mark.docker
+def test_a_runner_out_of_the_commands_tree_does_not_report(env):
+    """The same look-alike pytest run started in the background by a shell that exits at once (its parent
+    becomes the container's init: under no interpreter), then collection broken: once 1.0, no key known. A
+    runner must descend from the test command's shell (its pid is the record file's first ``shell`` line)."""
+    ids = [*env.tasks[0].FAIL_TO_PASS, *env.tasks[0].PASS_TO_PASS]
+    reward, info = episode(env, appended(child_pytest_then_break(ids, orphan=True)), task_suffix=PYTEST_LOG)
+    assert reward == 0.0 and set(info["tests"].values()) == {"missing"}, info["reason"]
+
+
 @pytest.mark.parametrize("code, flagged", [
     ('import os\nroot = os.environ["PYTHONPATH"].split(":")[0]\n', True),  # the recorder's folder
     ('import os\nroot = os.getenv("PYTHON" "PATH")\n', True),
@@ -356,6 +377,10 @@ def test_only_the_outermost_runners_verdicts_count():
     after = line("unittest", "test_a (m.T.test_a) ... ok", "10,5,0")
     records = read("unittest", shell, real, after)
     assert records.log == "test_a (m.T.test_a) ... FAIL\n" and records.ignored == 1
+    marked = b"shell\t5\n"  # the test command's shell: runners descend from it
+    assert read("unittest", marked, shell, real).log == "test_a (m.T.test_a) ... FAIL\n"
+    assert read("unittest", marked, line("unittest", "test_a (m.T.test_a) ... ok", "40,1")).log == ""  # orphan
+    assert read("unittest", marked, b"shell\t40\n", line("unittest", "x ... ok", "40,1")).log == ""  # 2nd mark
     teardown = [line("pytest", "PASSED t.py::x", "10,0"), line("pytest", "ERROR t.py::x", "10,0"),
                 line("pytest", "PASSED t.py::x", "10,0")]
     assert read("pytest", *teardown).log == "PASSED t.py::x\nERROR t.py::x\n"
