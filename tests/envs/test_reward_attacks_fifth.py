@@ -327,6 +327,7 @@ def test_a_runner_out_of_the_commands_tree_does_not_report(env):
     ("import os\nfolders = [v for v in os.environ.values() if v.startswith('/')]\n", True),
     ("import sys\nsys.path.insert(0, 'docs')\n", False),  # a script's set-up reads nothing
     ("import tox\n", True),  # marks its process as the runner's launcher
+    ("def claim(result, test):\n    result.startTestRun()\n    result.addSuccess(test)\n", True),  # in-process
     ("from sympy.testing import runtests\nruntests.run_in_subprocess_with_hash_randomization('_test')\n", True),
     ('import os\nroot = os.environ.get("HOME")\n', False),
     ("import os\nroot = os.path.expanduser('~/.config/app')\n", False),
