@@ -45,9 +45,10 @@ class SamplingConfig:
 
 
 def row_seed(seed: int, *key: int) -> int:
-    """An independent 64-bit seed for stream ``key`` (e.g. a row, or an episode's turn) of ``seed``: NumPy's
+    """An independent seed in [0, 2^63) for stream ``key`` (e.g. a row, or an episode's turn) of ``seed``: NumPy's
     ``SeedSequence(seed, spawn_key=key)``, the hash NumPy uses to spawn non-overlapping child streams, so nearby
-    seeds and keys (seed 1 row 0, seed 0 row 1) do not share draws as ``seed + row`` would.
+    seeds and keys (seed 1 row 0, seed 0 row 1) do not share draws as ``seed + row`` would. 63 bits: a signed
+    64-bit integer holds it (vLLM's OpenAI server refuses a larger ``seed``).
 
     Raises:
         ValueError: a negative seed or key.
@@ -55,7 +56,7 @@ def row_seed(seed: int, *key: int) -> int:
     if seed < 0 or any(k < 0 for k in key):
         raise ValueError(f"seeds and stream keys must be >= 0, got seed {seed}, key {key}")
     low, high = np.random.SeedSequence(seed, spawn_key=key).generate_state(2, np.uint32).tolist()
-    return low | high << 32
+    return (low | high << 32) >> 1
 
 
 def row_seeds(count: int, sampling: SamplingConfig, seeds: Sequence[int | None] | None) -> list[int | None]:

@@ -106,7 +106,7 @@ def test_row_seeds_are_independent_and_checked(tiny_model):
     from lightswe.model.generation import generate_loop, row_seed
 
     derived = {row_seed(s, k) for s in range(20) for k in range(20)}
-    assert len(derived) == 400 and all(0 <= d < 2**64 for d in derived)  # seed + row would give 39 values
+    assert len(derived) == 400 and all(0 <= d < 2**63 for d in derived)  # seed + row would give 39 values
     assert row_seed(5, 1, 2) != row_seed(5, 2, 1) and row_seed(5, 1) == row_seed(5, 1)
     with pytest.raises(ValueError, match=">= 0"):
         row_seed(-1, 0)
