@@ -49,7 +49,7 @@ class SamplerConfig:
     vllm_args: tuple[str, ...] = ()
     # Built-in engine off CUDA: sample each request alone, so that a seeded episode gets the same tokens and
     # bit-identical log-probs whichever episodes were in flight beside it (a run reproduces from its seed).
-    # False batches concurrent episodes (faster sampling; rows then differ in the last bits with their batch).
+    # --sampler.no-batch-invariant batches concurrent episodes (faster sampling; same tokens, last bits vary).
     batch_invariant: bool = True
 
     def __post_init__(self) -> None:

@@ -11,7 +11,8 @@ One decode step (``_decode``) runs every slot: embedding, the layers (lightning 
 state; softmax attention through ``lightswe.kernels.decode_attn`` over each row's own length; the MoE with the
 experts' weights stacked so all experts run as three batched matrix products), the fp32 LM head, then sampling
 on the GPU (temperature and top-p per row; exponential-race sampling, which draws from the same distribution
-as ``torch.multinomial``), and the bookkeeping (tokens and log-probs written into per-row output buffers,
+as ``torch.multinomial``; a seeded request's noise row comes from its own generator, filled before the step, so
+its draws do not depend on the other rows), and the bookkeeping (tokens and log-probs written into per-row output buffers,
 stop / length checks, lengths advanced for active rows only). Nothing in it reads a value on the host, so on
 CUDA the whole step is captured once into a CUDA graph and replayed. The host reads one small tensor (which
 rows finished) per step, one step late: step t+1 is queued before step t's flags are read, so the GPU never
