@@ -101,6 +101,8 @@ def sample(logits: torch.Tensor, sampling: SamplingConfig,
         drop = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p  # keep the smallest set reaching top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    if not isinstance(generator, torch.Generator) and generator is not None and all(g is None for g in generator):
+        generator = None  # no row seeded: one draw from the global RNG
     if generator is None or isinstance(generator, torch.Generator):
         tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     else:
