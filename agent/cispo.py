@@ -28,18 +28,42 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from lightswe.agent.learner_config import LossConfig  # torch-free, for the CLI; re-exported here
 from torch import Tensor
 
 
-@dataclass(kw_only=True, slots=True)
 class LossOutput:
-    loss: Tensor  # scalar; this slice's share of the whole-batch loss
-    metrics: dict[str, float] = field(default_factory=dict)  # means over this slice's policy tokens
-    num_tokens: int = 0  # policy tokens in this slice (weights for averaging metrics across slices)
+    """A slice's loss and its metrics.
+
+    ``loss``: scalar tensor, this slice's share of the whole-batch loss. ``metrics``: means over the slice's
+    policy tokens (floats); ``num_tokens``: its policy tokens (the weight for averaging metrics across slices).
+    Both are read from the loss's device on first access (``read``, a host sync on CUDA), not when the loss is
+    built: a learner that reads them after its backward passes and optimiser step has queued every kernel of
+    the step without waiting for the GPU (the values are the same whenever they are read)."""
+
+    __slots__ = ("loss", "_metrics", "_num_tokens", "_read")
+
+    def __init__(self, *, loss: Tensor, metrics: dict[str, float] | None = None, num_tokens: int = 0,
+                 read: Callable[[], tuple[dict[str, float], int]] | None = None) -> None:
+        self.loss = loss
+        self._metrics, self._num_tokens, self._read = metrics or {}, num_tokens, read
+
+    def _resolve(self) -> None:
+        if self._read is not None:
+            self._metrics, self._num_tokens = self._read()
+            self._read = None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        self._resolve()
+        return self._metrics
+
+    @property
+    def num_tokens(self) -> int:
+        self._resolve()
+        return self._num_tokens
 
 
 class PolicyLoss:
@@ -100,8 +124,10 @@ class PolicyLoss:
         adv = advantages.detach().to(logp.dtype)[:, None].expand_as(logp)
         obj, clipped = self.objective(logp, ratio, adv)
         loss = -(obj * weights).masked_fill(~mask, 0.0).sum()
-        return LossOutput(loss=loss, metrics=self._metrics(logp, ratio, clipped, mask, sampler_logp, entropy),
-                          num_tokens=int(mask.sum()))
+        logp, ratio = logp.detach(), ratio.detach()  # the metrics keep values, not the autograd graph
+        entropy = entropy.detach() if entropy is not None else None
+        return LossOutput(loss=loss, read=lambda: (self._metrics(logp, ratio, clipped, mask, sampler_logp, entropy),
+                                                   int(mask.sum())))
 
     @torch.no_grad()
     def _metrics(self, logp: Tensor, ratio: Tensor, clipped: Tensor, mask: Tensor,

@@ -221,8 +221,9 @@ class Learner:
                 mb = torch.cat(micros) if micros else torch.zeros(0, dtype=torch.long, device=self.device)
                 weights = self._weights(batch.mask[mb])
                 self.optimizer.zero_grad(set_to_none=True)
-                loss_total = 0.0
+                outs = []  # read after the optimiser step: no host sync inside the mini-batch (LossOutput)
                 for i in range(n_passes):
+                    self._gradient_sync(last=i == n_passes - 1)
                     if i >= len(micros):
                         self._placeholder_pass()
                         continue
@@ -238,16 +239,19 @@ class Learner:
                     if c.aux_loss_coef and hasattr(self.model, "aux_loss"):  # share of this micro-batch
                         loss = loss + c.aux_loss_coef * self.model.aux_loss * (len(micro) / len(mb))
                     loss.backward()
+                    outs.append(out)
+                params = [p for p in self.model.parameters() if p.grad is not None]
+                norm = nn.utils.clip_grad_norm_(params, c.grad_clip) if c.grad_clip > 0 and params else None
+                self.optimizer.step()
+                self.updates += 1
+                loss_total = 0.0
+                for out in outs:
                     loss_total += out.loss.item()
                     tokens += out.num_tokens
                     for k, v in out.metrics.items():
                         sums[k] = sums.get(k, 0.0) + v * out.num_tokens
-                params = [p for p in self.model.parameters() if p.grad is not None]
-                if c.grad_clip > 0 and params:
-                    norm = nn.utils.clip_grad_norm_(params, c.grad_clip)
+                if norm is not None:
                     grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
-                self.optimizer.step()
-                self.updates += 1
                 losses.append(loss_total)
         if self.world > 1:
             sums, tokens, losses = self._reduce_metrics(sums, tokens, losses)
@@ -257,6 +261,14 @@ class Learner:
         if grad_norms:
             metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
         return metrics
+
+    def _gradient_sync(self, *, last: bool) -> None:
+        """FSDP2 gradient accumulation without communication: the passes before a mini-batch's last one keep
+        their gradients unsharded and local (no reduce-scatter) and the layers' weights gathered (no
+        all-gather before the next pass); the last pass reduce-scatters the accumulated sum. Off FSDP: nothing."""
+        if self.world > 1 and hasattr(self.model, "set_requires_gradient_sync"):
+            self.model.set_requires_gradient_sync(last)
+            self.model.set_reshard_after_backward(last)
 
     def _placeholder_pass(self) -> None:
         """A forward/backward of zero loss: this rank joins the pass's all-gathers and reduce-scatters."""
@@ -282,18 +294,24 @@ class Learner:
         return merged, sum(n for _, n in parts), [x / self.world for x in total]
 
 
-def shard_model(model: nn.Module, *, param_dtype: torch.dtype | None = None) -> nn.Module:
+def shard_model(model: nn.Module, *, param_dtype: torch.dtype | None = None, reshard_after_forward: bool = True
+                ) -> nn.Module:
     """FSDP2: shard each decoder layer, then the root (embeddings, LM head). Needs an initialised process group
     (NCCL on GPUs, gloo on CPU); gradients are averaged over ranks, which ``Learner`` accounts for.
 
     ``param_dtype`` (e.g. bf16 with bf16 autocast): the decoder layers' weights are all-gathered in that dtype
     (FSDP2 ``MixedPrecisionPolicy``; half the bytes on the wire; inputs are not cast, gradients are reduced in
-    fp32 into the fp32 shards). The root keeps fp32, so the LM head stays fp32. Default: fp32 everywhere."""
+    fp32 into the fp32 shards). The root keeps fp32, so the LM head stays fp32. Default: fp32 everywhere.
+
+    ``reshard_after_forward`` False keeps each layer's gathered weights from its forward to its backward (one
+    all-gather per layer and pass instead of two, for the memory of the whole unsharded model: ~5 GB fp32 for
+    ``minimax-1b``). Gradient accumulation over micro-batches is communication-free either way
+    (``Learner._gradient_sync``)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("shard_model needs torch.distributed initialised (launch with torchrun)")
-    layer_kwargs = {}
+    layer_kwargs: dict = {"reshard_after_forward": reshard_after_forward}
     if param_dtype is not None:
         layer_kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32,
                                                          cast_forward_inputs=False)

@@ -3,6 +3,13 @@
     python benchmarks/lightning_attn.py                  # H=64, D=128, 65,536 tokens: T = 2K, 8K, 32K, 64K,
                                                          # a packed batch of 64 sequences, decode B = 8..64
     python benchmarks/lightning_attn.py --lengths 8192 --no-varlen --decode-batches 8 --sdpa
+    python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep   # decode only, every config
+
+Decode rows, per B: ours (the exact fp32 step, lightning_attn_decode) alone and inside a CUDA graph (one launch
+per rotating state set, as the sampler engine replays its step), the sampler's chunk-form step for every
+decode.CHUNK_FORM_SWEEP config (in a CUDA graph, at a step inside a chunk and at a chunk-completing step), and
+two references: torch's copy_ of the same state bytes (a plain stream of them) and an empty Triton launch (the
+timer's own floor).
 
 Same math on every lightning row: fla's chunk_simple_gla / fused_recurrent_simple_gla with g_gamma = -slope
 and scale = 1.0 compute MiniMax's S_t = exp(-slope) S_{t-1} + k_t^T v_t, o_t = q_t S_t.
@@ -10,7 +17,8 @@ and scale = 1.0 compute MiniMax's S_t = exp(-slope) S_{t-1} + k_t^T v_t, o_t = q
 Two timers per row:
   event    CUDA events around 10 back-to-back calls after 3 warm-ups, mean per call (host overhead shows when
            the host cannot keep ahead of the GPU);
-  do_bench ``triton.testing.do_bench`` median, the L2 cache flushed before every call (GPU time per call).
+  do_bench ``triton.testing.do_bench`` median, the L2 cache flushed before every call (GPU time per call);
+CUDA-graph rows: the same two timers around a graph replay, divided by the launches in the graph.
 The bandwidth bound is the fewest bytes (inputs read once, outputs written once) over the device-to-device
 copy bandwidth measured here (bytes read + written): forward q, k, v, o and the final state; forward+backward
 11 activation tensors (q, k, v, o, dO, dq, dk, dv and q, k, v read again); decode the fp32 state read and
@@ -42,11 +50,11 @@ def event_mean(fn, warmup: int = 3, iters: int = 10) -> float:
     return start.elapsed_time(end) / iters
 
 
-def bench_median(fn) -> float:
-    """Median milliseconds per call, L2 flushed before each (triton.testing.do_bench)."""
+def bench_median(fn, rep: int = 100) -> float:
+    """Median milliseconds per call, L2 flushed before each (triton.testing.do_bench over ~rep ms)."""
     import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    return triton.testing.do_bench(fn, warmup=min(25, rep), rep=rep, return_mode="median")
 
 
 def copy_bandwidth() -> float:
@@ -82,7 +90,7 @@ class Table:
             self.ref[(shape, mode)] = times
         fla = self.ref.get((shape, mode))
         ratios = (f"{fla[0] / ev:5.2f}x | {fla[1] / med:5.2f}x" if fla and not is_fla else "  -   |   -  ")
-        self.lines.append(f"| {op:<30} | {shape:<18} | {mode:<7} | {ev:8.3f} | {med:8.3f} | {bound:7.3f} | "
+        self.lines.append(f"| {op:<30} | {shape:<18} | {mode:<7} | {ev:8.4f} | {med:8.4f} | {bound:7.4f} | "
                           f"{bound / med:6.1%} | {ratios} |")
         print(self.lines[-1], flush=True)  # as it comes, in case a long run is cut short
 
@@ -129,48 +137,157 @@ def prefill_rows(table: Table, shape: str, q, k, v, slope, cu, fla_chunk) -> Non
               f"final state {rel_diff(h_o, h_f):.2e}", flush=True)
 
 
-def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recurrent) -> None:
-    """Decode rows: states rotated over enough sets (>= 256 MB) that the state comes from HBM."""
+ROTATE_BYTES = 256e6  # decode: states rotated over at least this many bytes (> L2) so each comes from HBM
+
+
+def decode_sets(batch: int, heads: int, dim: int) -> list[list[torch.Tensor]]:
+    """Enough (q, k, v, state) sets (>= ROTATE_BYTES of states) that rotating over them reads each state from HBM."""
     state_bytes = batch * heads * dim * dim * 4
-    n_sets = max(2, math.ceil(256e6 / state_bytes))
-    sets = [[F.silu(torch.randn(batch, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(3)]
+    n_sets = max(2, math.ceil(ROTATE_BYTES / state_bytes))
+    return [[F.silu(torch.randn(batch, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(3)]
             + [torch.randn(batch, heads, dim, dim, device="cuda")] for _ in range(n_sets)]
+
+
+def rotating_times(step, sets, rep: int = 100) -> tuple[float, float]:
+    """(event ms, do_bench ms) per call of step(*set), rotating over the sets."""
+    def run():
+        for args in sets:
+            step(*args)
+    ev = event_mean(run) / len(sets)
+    it = iter(range(1 << 62))
+    return ev, bench_median(lambda: step(*sets[next(it) % len(sets)]), rep)
+
+
+def graph_times(step, sets, rep: int = 100) -> tuple[float, float]:
+    """(event ms, do_bench ms) per call of step(*set) with one call per set captured in one CUDA graph (as the
+    sampler engine replays its decode step): launches cost no host time and follow each other on the GPU."""
+    def run():
+        for args in sets:
+            step(*args)
+    run()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    times = event_mean(graph.replay) / len(sets), bench_median(graph.replay, rep) / len(sets)
+    del graph
+    return times
+
+
+_EMPTY = None
+
+
+def empty_launch():
+    """A Triton kernel that does nothing (one program): the timers' floor for one launch."""
+    global _EMPTY
+    if _EMPTY is None:
+        import triton
+
+        @triton.jit
+        def _empty(x):
+            pass
+
+        _EMPTY = _empty
+    _EMPTY[(1,)](None)
+
+
+def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recurrent) -> None:
+    """Decode rows: states rotated over enough sets (>= 256 MB) that the state comes from HBM. Beside ours:
+    an empty launch (the timers' floor) and torch's copy of the same state bytes (a plain stream of them)."""
+    sets = decode_sets(batch, heads, dim)
+    state_bytes = batch * heads * dim * dim * 4
     nbytes = 2 * state_bytes + 4 * batch * heads * dim * 2
     shape = f"B={batch}"
-
-    def rotating(step):
-        def run():
-            for q, k, v, state in sets:
-                step(q, k, v, state)
-        return run
-
-    def per_call(step):
-        ev = event_mean(rotating(step)) / n_sets
-        it = iter(range(1 << 62))
-        med = bench_median(lambda: step(*sets[next(it) % n_sets]))
-        return ev, med
-
     ours = lambda q, k, v, s: lightning_attn_decode(q, k, v, slope, s)
     if fla_recurrent is not None:
         fla_step = lambda q, k, v, s: fla_recurrent(q[:, None], k[:, None], v[:, None], g_gamma=-slope,
                                                     scale=1.0, initial_state=s, output_final_state=True)
-        table.add("fla fused_recurrent_simple_gla", shape, "decode", per_call(fla_step), nbytes, is_fla=True)
+        table.add("fla fused_recurrent_simple_gla", shape, "decode", rotating_times(fla_step, sets), nbytes,
+                  is_fla=True)
         q, k, v, state = sets[0]
         s_a, s_b = state.clone(), state.clone()
         o_a = ours(q, k, v, s_a)
         o_b, s_b = fla_step(q, k, v, s_b)
         print(f"decode {shape}: ours vs fla relative difference: o {rel_diff(o_a, o_b[:, 0]):.2e}, "
               f"state {rel_diff(s_a, s_b):.2e}", flush=True)
-    table.add("ours decode (Triton)", shape, "decode", per_call(ours), nbytes)
-    run = rotating(ours)
-    run()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    ev = event_mean(graph.replay) / n_sets
-    med = bench_median(graph.replay) / n_sets
-    table.add("ours decode, CUDA graph", shape, "decode", (ev, med), nbytes)
+    table.add("ours decode (Triton)", shape, "decode", rotating_times(ours, sets), nbytes)
+    table.add("ours decode, CUDA graph", shape, "decode", graph_times(ours, sets), nbytes)
+    chunk_form_rows(table, batch, heads, dim, slope, sets)
+    copies = [[s, torch.empty_like(s)] for *_, s in sets]
+    copy = lambda src, dst: dst.copy_(src)
+    table.add("torch copy_ of the state bytes", shape, "copy", rotating_times(copy, copies), 2 * state_bytes)
+    table.add("torch copy_, CUDA graph", shape, "copy", graph_times(copy, copies), 2 * state_bytes)
+    del copies
+    nothing = [[] for _ in range(len(sets))]
+    table.add("empty Triton launch", shape, "empty", rotating_times(empty_launch, nothing), 0)
+    table.add("empty Triton launch, CUDA graph", shape, "empty", graph_times(empty_launch, nothing), 0)
+
+
+def chunk_form_rows(table: Table, batch: int, heads: int, dim: int, slope, sets, block: int = 64) -> None:
+    """The sampler's default lightning decode (decode.lightning_attn_decode_chunk_form, in a CUDA graph as the
+    engine runs it), every config of decode.CHUNK_FORM_SWEEP (the default one first), at a step inside a chunk
+    (i = block / 2: reads the state and the chunk's first i keys and values) and at the chunk's last step
+    (i = block - 1: the state is advanced and written too)."""
+    from lightswe.kernels.lightning_attn import decode
+
+    buffers = [[torch.randn(batch, heads, block, dim, device="cuda").to(torch.bfloat16) for _ in range(2)]
+               for _ in sets]
+    args = [[q, k, v, s, ck, cv] for (q, k, v, s), (ck, cv) in zip(sets, buffers, strict=True)]
+    state_bytes = batch * heads * dim * dim * 4
+    default = next(c for lo, c in reversed(decode.CHUNK_FORM_CONFIGS) if batch * heads >= lo)
+    configs = [default, *(c for c in decode.CHUNK_FORM_SWEEP if c != default)]
+    mean_step = {}  # per config: (block - 1) steps like i = block / 2 and one chunk-completing step, do_bench
+    for config in configs:
+        for i in (block // 2, block - 1):
+            pos = torch.full((batch,), i, device="cuda", dtype=torch.int64)
+            step = lambda q, k, v, s, ck, cv, pos=pos, config=config: decode.lightning_attn_decode_chunk_form(
+                q, k, v, slope, s, ck, cv, pos, config=config)
+            nbytes = (state_bytes * (2 if i == block - 1 else 1) + i * batch * heads * 2 * dim * 2
+                      + 6 * batch * heads * dim * 2)
+            name = (f"chunk-form i={i}, BV {config.bv}/{config.warps}w{', split' if config.split else ''}"
+                    f"{' (default)' if config == default else ''}")
+            times = graph_times(step, args, rep=50)
+            table.add(name, f"B={batch}", "graph", times, nbytes)
+            mean_step[config] = mean_step.get(config, 0.0) + times[1] * (block - 1 if i < block - 1 else 1) / block
+    for config, ms in sorted(mean_step.items(), key=lambda item: item[1]):
+        print(f"chunk-form B={batch}: {config}: mean step {ms * 1e3:.1f} us (CUDA graph, do_bench)", flush=True)
+    del buffers, args
+
+
+def decode_sweep(batches: list[int], heads: int, dim: int, slope, bandwidth: float) -> dict:
+    """Every decode.DECODE_SWEEP config at each B: checked against the PyTorch step, then timed alone (do_bench,
+    L2 flushed) and inside a CUDA graph (one launch per rotating state set); the best of each printed last.
+    Returns {B: the config fastest in the CUDA graph}."""
+    from lightswe.kernels.lightning_attn.decode import DECODE_SWEEP, lightning_attn_decode_triton
+    from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive
+
+    print("\n| B | config | do_bench us | of bound | CUDA graph us | of bound | max rel. error (o, state) |\n"
+          "|---|---|---|---|---|---|---|", flush=True)
+    best = {}
+    for batch in batches:
+        sets = decode_sets(batch, heads, dim)
+        bound_us = (2 * batch * heads * dim * dim * 4 + 4 * batch * heads * dim * 2) / bandwidth * 1e6
+        for config in DECODE_SWEEP:
+            q, k, v, state = sets[0]
+            s_ref = state.clone()
+            o = lightning_attn_decode_triton(q, k, v, slope, state, config)
+            o_ref = lightning_attn_decode_naive(q, k, v, slope, s_ref)
+            err = (rel_diff(o, o_ref), rel_diff(state, s_ref))
+            step = lambda q, k, v, s, config=config: lightning_attn_decode_triton(q, k, v, slope, s, config)
+            _, med = rotating_times(step, sets, rep=40)
+            _, graph_med = graph_times(step, sets, rep=40)
+            med, graph_med = med * 1e3, graph_med * 1e3
+            ok = err[0] < 1e-2 and err[1] < 1e-6
+            print(f"| {batch} | {config} | {med:.1f} | {bound_us / med:.1%} | {graph_med:.1f} | "
+                  f"{bound_us / graph_med:.1%} | {err[0]:.1e}, {err[1]:.1e}{'' if ok else ' FAILED'} |", flush=True)
+            for timer, t in (("do_bench", med), ("graph", graph_med)):
+                if ok and t < best.get((batch, timer), (float("inf"),))[0]:
+                    best[(batch, timer)] = (t, config, bound_us / t)
+        del sets
+        torch.cuda.empty_cache()
+    for (batch, timer), (t, config, frac) in sorted(best.items()):
+        print(f"best B={batch} {timer}: {config} {t:.1f} us ({frac:.1%} of bound)", flush=True)
+    return {batch: config for (batch, timer), (_, config, _) in best.items() if timer == "graph"}
 
 
 def varlen_bounds(n_seqs: int, total: int, seed: int = 0) -> list[int]:
@@ -190,6 +307,8 @@ def main() -> int:
     parser.add_argument("--lengths", type=int, nargs="*", default=[2048, 8192, 32768, 65536])
     parser.add_argument("--no-varlen", action="store_true", help="skip the packed batch (64 sequences)")
     parser.add_argument("--decode-batches", type=int, nargs="*", default=[8, 16, 32, 64])
+    parser.add_argument("--decode-sweep", action="store_true",
+                        help="time every decode launch config (decode.DECODE_SWEEP) at each --decode-batches B")
     parser.add_argument("--no-fla", action="store_true")
     parser.add_argument("--sdpa", action="store_true", help="add PyTorch SDPA causal rows (slow at long T)")
     args = parser.parse_args()
@@ -227,9 +346,17 @@ def main() -> int:
         torch.cuda.empty_cache()
     from lightswe.kernels.lightning_attn import chunk
 
-    print("tuned (last shape):", {name: str(kern.best_config) for name, kern in
+    if cases:
+        print("tuned (last shape):", {name: str(kern.best_config) for name, kern in
                                   (("fwd", chunk._fwd_kernel), ("bwd", chunk._bwd_kernel))
                                   if getattr(kern, "best_config", None) is not None}, flush=True)
+    if args.decode_sweep:  # the rows below then run the sweep's fastest config per B (CUDA-graph timer)
+        from lightswe.kernels.lightning_attn import decode
+
+        fastest = decode_sweep(args.decode_batches, H, D, slope, bw)
+        decode.DECODE_CONFIGS = tuple((0 if i == 0 else b * H, fastest[b]) for i, b in
+                                      enumerate(sorted(fastest)))
+        print("DECODE_CONFIGS =", decode.DECODE_CONFIGS, flush=True)
     for batch in args.decode_batches:
         decode_rows(table, batch, H, D, slope, fla_recurrent)
         torch.cuda.empty_cache()

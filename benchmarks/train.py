@@ -95,10 +95,61 @@ tokens/s, a 0.35 s step) needs ~130 ms more off: the decoder layer compiled as a
 residual stream (halves every cast and elementwise pass), a fused router + dispatch kernel, and the host gaps
 closed (CUDA graphs or fewer syncs: the CISPO metrics' ``.item()`` calls sync once per micro-batch).
 
-FSDP2 on two H200s for ``minimax-1b`` (``torchrun --standalone --nproc-per-node 2 benchmarks/train.py --fsdp
---device cuda --model minimax-1b --seq-lens 8192 --micro 8 --backends triton --tokens 262144``, the same work per
-GPU as row 10): not measured; the run was cut off in its warm-up (compilation in both ranks) when this session's
-device time ran out. ``--fsdp-bf16`` all-gathers the layers' weights in bf16 (not measured either).
+Session of 2026-11-30 morning (``mfu2``; one call on nvidia-h200-x2, torch 2.11+cu130, Triton 3.6; median of 3
+steps (1 GPU) or 2 (FSDP2) after a warm-up; one run each). Changes measured: the learner reads the loss's metrics,
+the loss and the grad norm after the optimiser step instead of after each micro-batch (no host sync inside a
+mini-batch: the GPU queue never drains between micro-batches); FSDP2 accumulates gradients locally on all but a
+mini-batch's last pass (``set_requires_gradient_sync`` / ``set_reshard_after_backward``: one reduce-scatter per
+layer and step instead of one per micro-batch, no all-gather between micro-batches); ``--reshard-after-forward
+0`` keeps each layer's gathered weights until its backward; ``--emulate`` A/B of Inductor's
+``emulate_precision_casts`` in the compiled chains (model/fused.py). One GPU (GPU 0; the GPU tests ran on GPU 1
+beside it, CPU-pinned to other cores: ``taskset -c 0-19`` here, ``20-31`` there):
+
+| emulate_precision_casts | micro (rows) | tokens/step | tokens/s | step s | MFU | peak GiB |
+|---|---|---|---|---|---|---|
+| off | 8 | 131,072 | 280,324 | 0.468 | 26.7% | 51.7 |
+| off | 16 | 131,072 | **298,756** | 0.439 | **28.4%** | 76.0 |
+| on (the default) | 8 | 131,072 | 275,542 | 0.476 | 26.2% | 51.7 |
+| on (the default) | 16 | 131,072 | 295,801 | 0.443 | 28.1% | 76.0 |
+
+``CUDA_VISIBLE_DEVICES=0 python3 benchmarks/train.py --device cuda --model minimax-1b --seq-lens 8192 --backends
+triton --tokens 131072 --micro 8,16 --emulate 0,1 --steps 3 --profile``. Eager rounding in the compiled chains
+costs 1.0-1.7% (one run each, within run-to-run noise), so it stays on: the sampler mirrors eager rounding and
+its log-probs must match the learner's (``tests/model/test_engine_gpu.py``). This morning's 222,159 tokens/s
+(21.1%) at ``--micro 8`` was measured beside a pytest run on the other GPU with nothing pinned; the same setting
+here gives 275,542. One micro-batch of 16 rows (the whole 131,072-token step) is the best: +7% for 24 GiB more.
+
+FSDP2 on two H200s (NCCL, NVLS off), the same work per GPU (131,072 tokens per rank, 262,144 per step):
+``torchrun --standalone --nproc-per-node 2 benchmarks/train.py --device cuda --model minimax-1b --seq-lens 8192
+--backends triton --fsdp --tokens 262144 --micro 8,16 --fsdp-param-dtype fp32,bf16 --reshard-after-forward 1,0
+--steps 2`` (the last build, bf16 with reshard 0, was cut by the call's time limit); x = against the one-GPU row
+of the same micro-batch with the same rounding (275,542 / 295,801):
+
+| gather dtype | reshard after forward | micro | tokens/s | step s | MFU | x one GPU | peak GiB per GPU |
+|---|---|---|---|---|---|---|---|
+| fp32 | yes | 8 | 511,545 | 0.512 | 24.3% | 1.86 | 45.3 |
+| fp32 | yes | 16 | 543,477 | 0.482 | 25.8% | 1.84 | 70.1 |
+| fp32 | no | 8 | 509,232 | 0.515 | 24.2% | 1.85 | 51.7 |
+| fp32 | no | 16 | **560,233** | 0.468 | **26.6%** | **1.89** | 76.6 |
+| bf16 | yes | 8 | 494,100 | 0.531 | 23.5% | 1.79 | 49.6 |
+| bf16 | yes | 16 | 557,163 | 0.470 | 26.5% | 1.88 | 74.3 |
+
+The first row is this morning's setting, which gave 403,962 tokens/s (19.2%) before the learner changes above
+(+27%). Gathering in bf16 buys nothing here: the collectives already hide behind compute (NVLink, 1.3B
+parameters); the remaining 5-11% per GPU against one GPU is (not profiled) the collectives' share of SMs and
+memory bandwidth and the slower rank setting the pace.
+
+Where the 0.44 s step goes now (``--profile``, one micro-batch of 16 rows, emulate on; 467 ms wall under the
+profiler, compute kernels busy 415 ms, idle 52 ms): matrix products 200 ms (dense and LM-head ``aten::mm`` 116
+ms, of which the bf16x3 head's ~73 ms; the experts' grouped GEMMs 85 ms); casts (``aten::copy_``) 39 ms;
+``add_`` (autograd's gradient sums of multi-use activations, residual) 25 ms; other unfused elementwise kernels
+~55 ms; Inductor's SwiGLU backward 14 ms; the head's Triton gradient kernel 13.5 ms; fused AdamW 10.6 ms; cuDNN
+flash attention backward 9.8 ms; lightning attention backward 8.9 ms. The host is no longer the limit: the CPU
+spends 158 of its 420 ms in ``cudaStreamSynchronize``, waiting for the GPU. 35%
+(~368K tokens/s, a 0.356 s step) needs ~85 ms more off: the LM head (~90 ms with its kernels, for 21% of the
+counted FLOPs: bf16x3 runs its forward products three times), the fp32 residual stream's casts and elementwise
+passes (bf16 activations between layers, which the sampler would have to mirror), the decoder layer compiled
+whole, and the remaining host gaps (CUDA graphs).
 """
 
 from __future__ import annotations
@@ -113,6 +164,7 @@ import time
 
 import torch
 from lightswe.agent.cispo import CISPOLoss
+from lightswe.model import fused
 from lightswe.agent.distributed import DistContext
 from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch, shard_model
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
@@ -159,29 +211,47 @@ def profile_step(learner: Learner, batch: TrainBatch, device: torch.device, titl
         wall = time.perf_counter() - t0
     events = prof.key_averages()
     busy = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / 1e3  # kernels only
-    print(f"\nprofiled step, {title}: {wall * 1e3:.0f} ms wall, {busy:.0f} ms of GPU kernel time", flush=True)
+    kernels = [(e.time_range.start, e.time_range.end, "nccl" in e.name.lower()) for e in prof.events()
+               if e.device_type.name == "CUDA"]
+    compute = _union_ms([(a, b) for a, b, comm in kernels if not comm])
+    comm = _union_ms([(a, b) for a, b, comm in kernels if comm])
+    print(f"\nprofiled step, {title}: {wall * 1e3:.0f} ms wall, {busy:.0f} ms of GPU kernel time; compute "
+          f"kernels busy {compute:.0f} ms (idle {wall * 1e3 - compute:.0f} ms: host gaps and waits on "
+          f"collectives), collectives {comm:.0f} ms", flush=True)
     for sort in ("self_cpu_time_total", "self_cuda_time_total" if device.type == "cuda" else None):
         if sort:
             print(f"\nlearner step profile, {title}, by {sort}:\n" + events.table(sort_by=sort, row_limit=25, max_name_column_width=60),
                   flush=True)
 
 
+def _union_ms(intervals: list[tuple[float, float]]) -> float:
+    """Total length in ms of the union of [start, end] intervals given in us."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total / 1e3
+
+
 def build(model_name: str, device: torch.device, checkpointing: bool, ctx: DistContext,
-          param_dtype: torch.dtype | None) -> MiniMaxForCausalLM:
+          param_dtype: torch.dtype | None, reshard_after_forward: bool) -> MiniMaxForCausalLM:
     torch.manual_seed(0)
     with torch.device(device):  # random init on the device itself (1.3B normals on the host take seconds)
         model = MiniMaxForCausalLM(MiniMaxConfig.preset(model_name))
     model.gradient_checkpointing = checkpointing
     if ctx.distributed:
-        shard_model(model, param_dtype=param_dtype)
+        shard_model(model, param_dtype=param_dtype, reshard_after_forward=reshard_after_forward)
     return model
 
 
 def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length: int, tokens: int, micro: int,
-        steps: int, backend: str, moe: str, compiled: str, ctx: DistContext, profile: bool = False) -> dict:
+        steps: int, backend: str, moe: str, compiled: str, emulate: bool, ctx: DistContext, profile: bool = False
+        ) -> dict:
     os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
     os.environ["LIGHTSWE_MOE_BACKEND"] = moe
     os.environ["LIGHTSWE_COMPILE"] = compiled
+    fused.set_emulate_precision_casts(emulate)
     cfg = LearnerConfig(lr=1e-5, minibatches=1, micro_batch_size=micro,
                         autocast_dtype="bfloat16" if device.type == "cuda" else None)
     learner = Learner(model, CISPOLoss(), cfg)
@@ -200,13 +270,18 @@ def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length
             sync()
             times.append(time.perf_counter() - t0)
         (step_s,) = ctx.max([statistics.median(times)])  # the slowest rank sets the pace
-        if profile and ctx.main:
-            profile_step(learner, batch, device, f"{model_name}, T={length}, micro {micro}, moe {moe}")
+        if profile:  # every rank steps (FSDP collectives); rank 0 prints
+            title = f"{model_name}, T={length}, micro {micro}, moe {moe}, ranks {ctx.world}"
+            if ctx.main:
+                profile_step(learner, batch, device, title)
+            else:
+                learner.step(batch)
     finally:
         model.zero_grad(set_to_none=True)
         del learner
     step_tokens = len(batch) * length * ctx.world
-    out = {"model": model_name, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length, "rows": len(batch) * ctx.world,
+    out = {"model": model_name, "backend": backend, "moe": moe, "compile": compiled, "emulate_precision_casts": emulate,
+           "seq_len": length, "rows": len(batch) * ctx.world,
            "tokens_per_step": step_tokens, "micro_batch_rows": micro, "step_s": step_s,
            "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": model.gradient_checkpointing,
            "ranks": ctx.world, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}  # DTensor: full size
@@ -293,10 +368,16 @@ def main() -> None:
                    "compiled (the CUDA default), 0 = eager")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per layer")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 over the torchrun ranks; --tokens is the total")
-    p.add_argument("--fsdp-bf16", action="store_true", help="FSDP2 all-gathers the layers' weights in bf16 "
-                   "(MixedPrecisionPolicy; the root with the LM head stays fp32; gradients reduced in fp32)")
+    p.add_argument("--fsdp-param-dtype", default="fp32", help="comma list: fp32, bf16 = FSDP2 all-gathers the "
+                   "layers' weights in bf16 (MixedPrecisionPolicy; the root with the LM head stays fp32; gradients "
+                   "reduced in fp32)")
+    p.add_argument("--reshard-after-forward", default="1", help="comma list: 1 = FSDP2 frees each layer's "
+                   "gathered weights after its forward (the default), 0 = keeps them until its backward")
+    p.add_argument("--emulate", default="1", help="comma list: 1 = the compiled chains round bf16 intermediates "
+                   "as eager (Inductor's emulate_precision_casts, the default), 0 = as Inductor fuses them")
     p.add_argument("--head-bench", action="store_true", help="also time the LM head alone (fp32 vs bf16x3)")
-    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step")
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step of the last "
+                   "variant")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     ctx = DistContext.from_env(args.device) if args.fsdp else DistContext(device=args.device)
@@ -305,36 +386,44 @@ def main() -> None:
     device = torch.device(ctx.device)
     say = print if ctx.main else (lambda *a, **k: None)
     backends = (args.backends or ("triton,reference" if device.type == "cuda" else "reference")).split(",")
-    param_dtype = torch.bfloat16 if args.fsdp_bf16 else None
     results = []
+    start = time.perf_counter()
     if args.head_bench and device.type == "cuda" and ctx.main:
         c = MiniMaxConfig.preset(args.model)
         for r in head_bench(device, 16384, c.hidden_size, c.vocab_size):
             say(json.dumps(r), flush=True)
-    for length in [int(x) for x in args.seq_lens.split(",")]:
-        for backend in backends:
-            model = build(args.model, device, args.checkpointing, ctx, param_dtype)
-            for moe, compiled, micro in itertools.product(args.moe.split(","), args.compile.split(","),
-                                                          [int(x) for x in args.micro.split(",")]):
-                try:
-                    r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe,
-                            compiled, ctx, args.profile)
-                except Exception as err:  # noqa: BLE001 - an OOM or a failing variant is a row of the table
-                    r = {"model": args.model, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length,
-                         "micro_batch_rows": micro, "error": f"{type(err).__name__}: {err}"[:300]}
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                results.append(r)
-                say(json.dumps(r), flush=True)
-            del model
+    dtypes = {"fp32": None, "bf16": torch.bfloat16}
+    builds = list(itertools.product([int(x) for x in args.seq_lens.split(",")], backends,
+                                    args.fsdp_param_dtype.split(",") if ctx.distributed else ["fp32"],
+                                    args.reshard_after_forward.split(",") if ctx.distributed else ["1"]))
+    for b, (length, backend, dtype, reshard) in enumerate(builds):
+        model = build(args.model, device, args.checkpointing, ctx, dtypes[dtype], reshard == "1")
+        variants = list(itertools.product(args.moe.split(","), args.compile.split(","), args.emulate.split(","),
+                                          [int(x) for x in args.micro.split(",")]))
+        for i, (moe, compiled, emulate, micro) in enumerate(variants):
+            try:
+                r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe, compiled,
+                        emulate == "1", ctx, args.profile and (b, i) == (len(builds) - 1, len(variants) - 1))
+            except Exception as err:  # noqa: BLE001 - an OOM or a failing variant is a row of the table
+                r = {"model": args.model, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length,
+                     "micro_batch_rows": micro, "error": f"{type(err).__name__}: {err}"[:300]}
+            if ctx.distributed:
+                r.update(fsdp_param_dtype=dtype, reshard_after_forward=reshard == "1")
+            r["done_at_s"] = time.perf_counter() - start
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            results.append(r)
+            say(json.dumps(r), flush=True)
+        del model
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else platform.processor() or platform.machine()}
     env["ranks"] = ctx.world
-    say(f"\n| model | T | backend | MoE | compile | micro | tokens/step | tokens/s | step s | MFU (of 989 TFLOP/s) | "
-        f"peak GiB per GPU |  ({env['device']} x{ctx.world}, torch {env['torch']})")
+    say(f"\n| model | T | backend | MoE | compile | emulate | FSDP gather | reshard | micro | tokens/step | tokens/s | "
+        f"step s | MFU (of 989 TFLOP/s) | peak GiB per GPU |  ({env['device']} x{ctx.world}, torch {env['torch']})")
     for r in results:
         head = (f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r.get('moe')} | {r.get('compile')} | "
-                f"{r.get('micro_batch_rows')} |")
+                f"{r.get('emulate_precision_casts')} | {r.get('fsdp_param_dtype', '-')} | "
+                f"{r.get('reshard_after_forward', '-')} | {r.get('micro_batch_rows')} |")
         if "error" in r:
             say(f"{head} {r['error'][:60]} | | | | |")
         else:

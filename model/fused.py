@@ -7,7 +7,9 @@ it compiled (Inductor, one or two Triton kernels forward and backward) only when
 its first tensor is on CUDA, autograd is recording (training; the sampler's no-grad path and its own CUDA-graph
 compile stay eager), no compile is already tracing, and ``LIGHTSWE_COMPILE`` is not ``0``. Everywhere else
 (CPU, the main job's CPU learner) the eager function runs: numerics there are unchanged. A function whose
-compilation fails falls back to eager for the rest of the process, with a warning.
+compilation fails falls back to eager for the rest of the process, with a warning. Compiled chains round their
+bf16 intermediates as eager does (Inductor's ``emulate_precision_casts``; measured to cost 1.0-1.7% of a
+``minimax-1b`` learner step, benchmarks/train.py ``--emulate``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,20 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-_compiled: dict[Callable, Callable] = {}
+# Inductor's emulate_precision_casts: round every bf16/fp16 intermediate as eager does (see ``fused``). The
+# benchmark (benchmarks/train.py --emulate) switches it to measure what it costs.
+EMULATE_PRECISION_CASTS = True
+_compiled: dict[tuple[Callable, bool], Callable] = {}
+
+
+def set_emulate_precision_casts(flag: bool) -> None:
+    """Compile the chains with (True, the default) or without Inductor's ``emulate_precision_casts`` from now
+    on. Resets torch.compile's caches (``torch._dynamo.reset``): call it between runs, never inside one."""
+    global EMULATE_PRECISION_CASTS
+    if flag != EMULATE_PRECISION_CASTS:
+        EMULATE_PRECISION_CASTS = flag
+        _compiled.clear()
+        torch._dynamo.reset()
 
 
 def compile_enabled(x: torch.Tensor) -> bool:
@@ -37,11 +52,13 @@ def fused(fn: Callable) -> Callable:
     def wrapper(*args):
         if not compile_enabled(args[0]):
             return fn(*args)
-        compiled = _compiled.get(fn)
+        key = (fn, EMULATE_PRECISION_CASTS)
+        compiled = _compiled.get(key)
         if compiled is None:
             # keep eager's bf16/fp16 rounding of every intermediate: the sampler (model/engine.py) mirrors the
             # eager expressions, and its log-probs must match the learner's (issue 16: mean |diff| <= 1e-3)
-            compiled = _compiled[fn] = torch.compile(fn, dynamic=None, options={"emulate_precision_casts": True})
+            compiled = _compiled[key] = torch.compile(fn, dynamic=None,
+                                                      options={"emulate_precision_casts": key[1]})
         if compiled is fn:
             return fn(*args)
         try:
@@ -49,7 +66,7 @@ def fused(fn: Callable) -> Callable:
         except Exception as err:  # noqa: BLE001 - an Inductor failure must not stop training; eager is correct
             warnings.warn(f"torch.compile of {fn.__name__} failed ({type(err).__name__}: {str(err)[:200]}); "
                           f"running it eagerly", stacklevel=2)
-            _compiled[fn] = fn
+            _compiled[key] = fn
             return fn(*args)
 
     return wrapper

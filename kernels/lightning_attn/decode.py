@@ -12,10 +12,17 @@ start and b = -slope * log2(e):
     o = round(q 2^(b (i+1))) . round(S0)  +  sum_{j<=i} round((q . k_j) 2^(b (i-j))) v_j      (fp32 sums)
 where round() is to the inputs' dtype, exactly where chunk.py's ``_fwd_kernel`` rounds (its tl.dot inputs).
 The chunk's keys and values wait in per-row buffers; when the chunk's last token arrives, the state advances
-as the chunk kernel advances it: S0 = 2^(b BT) S0 + sum_j round(k_j 2^(b (BT-1-j)))^T v_j.
+as the chunk kernel advances it: S0 = 2^(b BT) S0 + sum_j round(k_j 2^(b (BT-1-j)))^T v_j (the same tensor-core
+product of rounded inputs with fp32 accumulation).
+
+Launch shapes are ``DecodeConfig``s chosen by B*H from ``DECODE_CONFIGS`` / ``CHUNK_FORM_CONFIGS`` (measured on
+an H200 with ``python benchmarks/lightning_attn.py --lengths --no-varlen --decode-sweep``; RESULTS.md).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import torch
 
@@ -58,7 +65,7 @@ def lightning_attn_decode_chunk_form_reference(q: torch.Tensor, k: torch.Tensor,
 
 def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor,
                                      state: torch.Tensor, chunk_keys: torch.Tensor, chunk_values: torch.Tensor,
-                                     positions: torch.Tensor) -> torch.Tensor:
+                                     positions: torch.Tensor, config: DecodeConfig | None = None) -> torch.Tensor:
     """One decode step in the chunk kernel's form (module docstring), Triton on CUDA, else the reference.
 
     Args:
@@ -69,6 +76,8 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
         chunk_keys: [S, H, BT, K], chunk_values: [S, H, BT, V] in q's dtype: the chunk's earlier tokens at
             indices [0, i); this token is written at index i.
         positions: [S] int, the token's position in its sequence (tokens before it); i = positions % BT.
+        config: the launch shape (bv columns per program, warps; per_sm and stream unused), default by S*H from
+            CHUNK_FORM_CONFIGS.
     Returns:
         o [S, H, V] in q's dtype. No host synchronisation (CUDA-graph capturable).
     """
@@ -78,59 +87,186 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
     if triton is None or not q.is_cuda:
         return lightning_attn_decode_chunk_form_reference(q, k, v, slope, state, chunk_keys, chunk_values,
                                                           positions)
-    BV = min(32, V)
+    config = config or next(c for lo, c in reversed(CHUNK_FORM_CONFIGS) if rows * heads >= lo)
+    BV = min(config.bv, V)
     o = torch.empty_like(v)
-    _decode_chunk_form_kernel[(triton.cdiv(V, BV), rows * heads)](
-        q.contiguous(), k.contiguous(), v.contiguous(), o, slope.float().contiguous(), state, chunk_keys,
-        chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV, num_warps=4)
+    grid = (triton.cdiv(V, BV), rows * heads)
+    slope = slope.float().contiguous()
+    _decode_chunk_form_kernel[grid](q.contiguous(), k.contiguous(), v.contiguous(), o, slope, state, chunk_keys,
+                                    chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
+                                    ADVANCE=not config.split, num_warps=config.warps)
+    if config.split:
+        _chunk_advance_kernel[grid](slope, state, chunk_keys, chunk_values, positions, H=heads, K=dim, V=V,
+                                    BT=block, BV=BV, num_warps=config.warps)
     return o
 
-# (minimum B * H, state slice width BV, warps per program). Measured on an H200 (do_bench, L2 flushed,
-# H=64, D=128; RESULTS.md): B=8 BV 32 / 2 warps 22.8 us, B=16 BV 64 / 2 warps 38.9 us, B=32 and 64
-# BV 64 / 8 warps 71.1 and 134.3 us; every (BV, warps) at B=8 lies within 22.8-25 us except BV 16 / 8 warps.
-DECODE_CONFIGS = ((0, 32, 2), (1024, 64, 2), (2048, 64, 8))
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """One launch shape of the decode step ``lightning_attn_decode_triton``.
+
+    bv: state columns per tile (a tile is the [K, bv] fp32 slice of one (sequence, head) state).
+    warps: warps per program.
+    per_sm: 0 = one program per tile (grid V/bv x B*H); n > 0 = a persistent grid of n programs per
+        multiprocessor, each walking tiles pid, pid + grid, ... with the next tile's loads issued before the
+        current tile's stores (reads and writes overlap inside a program instead of only across programs).
+    stream: state loads marked evict-first and stores cache-streaming (.cs): the state is touched once per step.
+    split: chunk-form step only: the state update of rows completing their chunk in a second launch, so that
+        the step's programs carry no tensor-core product (fewer registers: more programs per multiprocessor).
+    """
+
+    bv: int
+    warps: int
+    per_sm: int = 0
+    stream: bool = False
+    split: bool = False
+
+    def __str__(self) -> str:
+        grid = f"persistent {self.per_sm}/SM" if self.per_sm else "one program per tile"
+        return (f"BV {self.bv}, {self.warps} warps, {grid}" + (", streaming" if self.stream else "")
+                + (", split advance" if self.split else ""))
 
 
-def _decode_config(n_states: int, V: int) -> tuple[int, int]:
-    """The (BV, num_warps) of the last DECODE_CONFIGS row whose minimum B*H is <= n_states."""
-    bv, warps = next((bv, w) for lo, bv, w in reversed(DECODE_CONFIGS) if n_states >= lo)
-    return min(bv, V), warps
+# (minimum B * H, config). From the H200 sweep (RESULTS.md; H=64, D=128, do_bench with L2 flushed and one launch
+# per state set in a CUDA graph): the one-program-per-tile configs with BV >= 32 lie within ~1 us of each other
+# at every B; the persistent and streaming variants are slower.
+DECODE_CONFIGS = ((0, DecodeConfig(32, 2)), (1024, DecodeConfig(64, 8)))
+
+# Every config the benchmark's decode sweep measures (benchmarks/lightning_attn.py --decode-sweep) and the GPU
+# tests check against the reference.
+DECODE_SWEEP = tuple(
+    [DecodeConfig(bv, w) for bv in (16, 32, 64, 128) for w in (1, 2, 4, 8) if bv * 128 // (32 * w) <= 128]
+    + [DecodeConfig(bv, w, stream=True) for bv, w in ((32, 2), (64, 2), (64, 8))]
+    # persistent: the prefetched tile doubles the registers (~200 at BV 32 / 2 warps), so few programs fit per SM
+    + [DecodeConfig(bv, w, per_sm=n, stream=st) for bv, w, n in ((32, 2, 2), (32, 2, 4), (64, 4, 2), (64, 8, 2))
+       for st in (False, True)]
+)
+
+
+# The chunk-form step (lightning_attn_decode_chunk_form): (minimum S * H, config); bv = state columns per
+# program, at least 4 warps (its chunk-completion product runs on the tensor cores, one warp group or more).
+# H200 (RESULTS.md; H=64, D=128, CUDA graph, mean step over a chunk): BV 64 / 4 warps, fused, was the fastest of
+# CHUNK_FORM_SWEEP at B = 8 / 16 / 32 / 64 (19.2 / 33.1 / 60.3 / 110.7 us).
+CHUNK_FORM_CONFIGS = ((0, DecodeConfig(64, 4)),)
+CHUNK_FORM_SWEEP = tuple(DecodeConfig(bv, w, split=split) for split in (False, True)
+                         for bv, w in ((32, 4), (64, 4), (64, 8), (128, 8)))
+
+
+def _decode_config(n_states: int, V: int) -> DecodeConfig:
+    """The config of the last DECODE_CONFIGS row whose minimum B*H is <= n_states, BV capped at V."""
+    config = next(c for lo, c in reversed(DECODE_CONFIGS) if n_states >= lo)
+    return dataclasses.replace(config, bv=min(config.bv, V))
+
+
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 if triton is not None:
 
     @triton.jit
-    def _decode_kernel(q, k, v, o, slope, state, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                       BV: tl.constexpr):
-        i_v, i_bh = tl.program_id(0), tl.program_id(1)
-        decay = tl.exp(-tl.load(slope + i_bh % H).to(tl.float32))
+    def _tile_ptrs(state, t, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr):
+        """Tile t = (sequence*head i_bh, column block i_v): its state pointers [K, BV], i_bh and columns."""
+        NV: tl.constexpr = V // BV
+        i_bh, i_v = t // NV, t % NV
         o_k = tl.arange(0, K)
         o_v = i_v * BV + tl.arange(0, BV)
-        p_s = state + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-        b_s = tl.load(p_s)
+        return state + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :], i_bh, o_k, o_v
+
+    @triton.jit
+    def _load_tile(state, t, n_tiles, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, STREAM: tl.constexpr,
+                   MASKED: tl.constexpr):
+        """The [K, BV] fp32 state slice of tile t (zeros where MASKED and t >= n_tiles)."""
+        p_s, _, _, _ = _tile_ptrs(state, t, K, V, BV)
+        if MASKED:
+            if STREAM:
+                b_s = tl.load(p_s, mask=t < n_tiles, other=0.0, eviction_policy="evict_first")
+            else:
+                b_s = tl.load(p_s, mask=t < n_tiles, other=0.0)
+        else:
+            if STREAM:
+                b_s = tl.load(p_s, eviction_policy="evict_first")
+            else:
+                b_s = tl.load(p_s)
+        return b_s
+
+    @triton.jit
+    def _decode_tile(q, k, v, o, slope, state, s_tile, t, n_tiles, H: tl.constexpr, K: tl.constexpr,
+                     V: tl.constexpr, BV: tl.constexpr, STREAM: tl.constexpr, MASKED: tl.constexpr):
+        """Tile t with its state slice s_tile loaded: S = lambda S + k^T v stored back, o[:, cols] = q S."""
+        p_s, i_bh, o_k, o_v = _tile_ptrs(state, t, K, V, BV)
+        if MASKED:  # persistent grid: t may lie past the last tile (nothing is stored then)
+            ok = t < n_tiles
+            i_bh = tl.where(ok, i_bh, 0)
+        decay = tl.exp(-tl.load(slope + i_bh % H).to(tl.float32))
         b_q = tl.load(q + i_bh * K + o_k).to(tl.float32)
         b_k = tl.load(k + i_bh * K + o_k).to(tl.float32)
         b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
-        b_s = b_s * decay + b_k[:, None] * b_v[None, :]
-        tl.store(p_s, b_s)
-        b_o = tl.sum(b_q[:, None] * b_s, axis=0)
-        tl.store(o + i_bh * V + o_v, b_o.to(o.dtype.element_ty))
+        b_s = s_tile * decay + b_k[:, None] * b_v[None, :]
+        if MASKED:
+            if STREAM:
+                tl.store(p_s, b_s, mask=ok, cache_modifier=".cs")
+            else:
+                tl.store(p_s, b_s, mask=ok)
+        else:
+            if STREAM:
+                tl.store(p_s, b_s, cache_modifier=".cs")
+            else:
+                tl.store(p_s, b_s)
+        b_o = tl.sum(b_q[:, None] * b_s, axis=0).to(o.dtype.element_ty)
+        if MASKED:
+            tl.store(o + i_bh * V + o_v, b_o, mask=ok)
+        else:
+            tl.store(o + i_bh * V + o_v, b_o)
 
+    @triton.jit
+    def _decode_kernel(q, k, v, o, slope, state, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                       BV: tl.constexpr, STREAM: tl.constexpr):
+        """Grid (V / BV * B * H,): one program per tile, tile = (sequence*head, BV columns)."""
+        t = tl.program_id(0)
+        s_tile = _load_tile(state, t, 0, K, V, BV, STREAM, False)
+        _decode_tile(q, k, v, o, slope, state, s_tile, t, 0, H, K, V, BV, STREAM, False)
+
+    @triton.jit
+    def _decode_persistent_kernel(q, k, v, o, slope, state, n_tiles, H: tl.constexpr, K: tl.constexpr,
+                                  V: tl.constexpr, BV: tl.constexpr, STREAM: tl.constexpr):
+        """Grid (P,): program p updates tiles p, p + P, ...; tile i+1's state load is issued before tile i's
+        update and stores, so each program keeps a read in flight while it writes."""
+        pid, n_prog = tl.program_id(0), tl.num_programs(0)
+        s_tile = _load_tile(state, pid, n_tiles, K, V, BV, STREAM, True)
+        for i in range(tl.cdiv(n_tiles - pid, n_prog)):
+            t = pid + i * n_prog
+            s_next = _load_tile(state, t + n_prog, n_tiles, K, V, BV, STREAM, True)
+            _decode_tile(q, k, v, o, slope, state, s_tile, t, n_tiles, H, K, V, BV, STREAM, True)
+            s_tile = s_next
 
     def lightning_attn_decode_triton(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, state: torch.Tensor
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, state: torch.Tensor,
+        config: DecodeConfig | None = None,
     ) -> torch.Tensor:
-        """q, k [B, H, K], v [B, H, V] contiguous; state [B, H, K, V] fp32 contiguous, updated in place."""
+        """q, k [B, H, K], v [B, H, V] contiguous; state [B, H, K, V] fp32 contiguous, updated in place.
+        ``config`` overrides the launch shape chosen by B*H from DECODE_CONFIGS (benchmark sweep, tests)."""
         B, H, K = q.shape
         V = v.shape[-1]
-        BV, warps = _decode_config(B * H, V)
+        config = config or _decode_config(B * H, V)
+        bv = min(config.bv, V)
         o = torch.empty_like(v)
-        _decode_kernel[(triton.cdiv(V, BV), B * H)](q, k, v, o, slope, state, H=H, K=K, V=V, BV=BV, num_warps=warps)
+        n_tiles = B * H * triton.cdiv(V, bv)
+        if config.per_sm:
+            grid = (min(n_tiles, config.per_sm * _num_sms(q.device.index or 0)),)
+            _decode_persistent_kernel[grid](q, k, v, o, slope, state, n_tiles, H=H, K=K, V=V, BV=bv,
+                                            STREAM=config.stream, num_warps=config.warps)
+        else:
+            _decode_kernel[(n_tiles,)](q, k, v, o, slope, state, H=H, K=K, V=V, BV=bv, STREAM=config.stream,
+                                       num_warps=config.warps)
         return o
 
     @triton.jit
     def _decode_chunk_form_kernel(q, k, v, o, slope, state, chunk_keys, chunk_values, positions, H: tl.constexpr,
-                                  K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+                                  K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+                                  ADVANCE: tl.constexpr):
+        """The step; with ADVANCE also the state update of rows whose chunk this token completes (else
+        _chunk_advance_kernel does it in the next launch)."""
         i_v, i_bh = tl.program_id(0), tl.program_id(1)
         b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
         i = tl.load(positions + i_bh // H).to(tl.int32) % BT
@@ -162,9 +298,31 @@ if triton is not None:
         if i_v == 0:
             tl.store(p_ck + i * K + o_k, b_k)
         tl.store(p_cv + i * V + o_v, b_v)
-        if i == BT - 1:  # the chunk is complete: advance the state as _fwd_kernel does
-            k_decay = tl.exp2(b * (BT - 1 - o_t).to(tl.float32))
-            b_kd = (c_k.to(tl.float32) * k_decay[:, None]).to(b_q.dtype).to(tl.float32)
-            # fp32 products of the rounded values (exact, as the chunk kernel's bf16 tensor-core dot), fp32 sums
-            b_s = tl.dot(tl.trans(b_kd), c_v.to(tl.float32), acc=b_s * tl.exp2(b * BT), input_precision="ieee")
-            tl.store(p_s, b_s)
+        if ADVANCE:
+            if i == BT - 1:  # the chunk is complete: advance the state as _fwd_kernel does
+                tl.store(p_s, _advance(b_s, c_k, c_v, b, BT))
+
+    @triton.jit
+    def _advance(b_s, c_k, c_v, b, BT: tl.constexpr):
+        """S0 = 2^(b BT) S0 + round(k_j 2^(b (BT-1-j)))^T v_j, the product as the chunk kernel's: rounded inputs on
+        the tensor cores, fp32 accumulation."""
+        k_decay = tl.exp2(b * (BT - 1 - tl.arange(0, BT)).to(tl.float32))
+        b_kd = (c_k.to(tl.float32) * k_decay[:, None]).to(c_k.dtype)
+        return tl.dot(tl.trans(b_kd), c_v, acc=b_s * tl.exp2(b * BT))
+
+    @triton.jit
+    def _chunk_advance_kernel(slope, state, chunk_keys, chunk_values, positions, H: tl.constexpr, K: tl.constexpr,
+                              V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+        """After _decode_chunk_form_kernel(ADVANCE=False): the state update of the rows whose chunk is complete
+        (their programs read the whole chunk, the others only their position)."""
+        i_v, i_bh = tl.program_id(0), tl.program_id(1)
+        i = tl.load(positions + i_bh // H).to(tl.int32) % BT
+        if i == BT - 1:
+            b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
+            o_k = tl.arange(0, K)
+            o_v = i_v * BV + tl.arange(0, BV)
+            o_t = tl.arange(0, BT)
+            c_k = tl.load(chunk_keys + i_bh.to(tl.int64) * BT * K + o_t[:, None] * K + o_k[None, :])
+            c_v = tl.load(chunk_values + i_bh.to(tl.int64) * BT * V + o_t[:, None] * V + o_v[None, :])
+            p_s = state + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+            tl.store(p_s, _advance(tl.load(p_s), c_k, c_v, b, BT))

@@ -45,7 +45,7 @@ from lightswe.agent.learner import Learner, shard_model
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
-model = shard_model(make_model())
+model = shard_model(make_model(), reshard_after_forward=sys.argv[2] == "1")
 Learner(model, CISPOLoss(), CONFIG).step(make_batch().rows(slice(2 * rank, 2 * rank + 2)))
 full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
         for k, v in model.state_dict().items()}
@@ -55,15 +55,19 @@ dist.destroy_process_group()
 '''
 
 
-@pytest.mark.parametrize("moe", ["loop", "grouped"])
-def test_fsdp2_two_ranks_match_single_process(tmp_path, moe, monkeypatch):
+@pytest.mark.parametrize(("moe", "reshard"), [("loop", "1"), ("grouped", "1"), ("grouped", "0")],
+                         ids=["loop", "grouped", "grouped-gathered-until-backward"])
+def test_fsdp2_two_ranks_match_single_process(tmp_path, moe, reshard, monkeypatch):
     """Also with the grouped-GEMM experts (model/moe.py; forced on CPU), whose stacked weights put every expert in
-    the graph without the learner's touch hook."""
+    the graph without the learner's touch hook, and with the layers' weights kept gathered from forward to
+    backward (``reshard_after_forward=False``). Two micro-batches per rank: the first accumulates its gradient
+    locally (no reduce-scatter), the second reduces the sum."""
     monkeypatch.setenv("LIGHTSWE_MOE_BACKEND", moe)  # the ranks inherit it
     script, out = tmp_path / "worker.py", tmp_path / "fsdp.pt"
     script.write_text(textwrap.dedent(WORKER))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(out)], check=False, capture_output=True, text=True, timeout=240)
+                           str(script), str(out), reshard], check=False, capture_output=True, text=True,
+                          timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sharded = torch.load(out)
 

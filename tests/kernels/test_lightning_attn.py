@@ -202,3 +202,63 @@ def test_decode_every_batch_config(batch):
     o_ref = lightning_attn_decode_naive(q, k, v, slope, state_ref)
     assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
     assert rel_err(state, state_ref) <= 1e-6
+
+
+def _decode_sweep_ids():
+    from lightswe.kernels.lightning_attn.decode import DECODE_SWEEP
+
+    return DECODE_SWEEP
+
+
+@pytest.mark.parametrize("config", _decode_sweep_ids(), ids=str)
+@pytest.mark.parametrize("batch", [3, 8], ids=lambda b: f"B{b}")
+def test_decode_every_sweep_config(config, batch):
+    """Every launch shape the decode sweep measures (one program per tile or persistent, streaming or not)
+    updates the state and computes o as the reference; B=3 leaves the persistent grids' last tiles partial."""
+    from lightswe.kernels.lightning_attn.decode import lightning_attn_decode_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(batch)
+    heads = 64 if batch == 8 else 5
+    slope = minimax_slopes(heads, layer=3, layers=80)
+    state = torch.randn(batch, heads, DIM, DIM, device="cuda", generator=gen)
+    state_ref = state.clone()
+    for _ in range(2):
+        q, k, v = (torch.randn(batch, heads, DIM, device="cuda", generator=gen).to(torch.bfloat16)
+                   for _ in range(3))
+        o = lightning_attn_decode_triton(q, k, v, slope, state, config)
+        o_ref = lightning_attn_decode_naive(q, k, v, slope, state_ref)
+        assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
+        assert rel_err(state, state_ref) <= 1e-6
+
+
+def _chunk_form_sweep():
+    from lightswe.kernels.lightning_attn.decode import CHUNK_FORM_SWEEP
+
+    return CHUNK_FORM_SWEEP
+
+
+@pytest.mark.parametrize("config", _chunk_form_sweep(), ids=str)
+def test_chunk_form_decode_every_config(config):
+    """The sampler's chunk-form step (H=64, D=128, 64-token chunks), each launch config, against its PyTorch
+    reference over steps inside a chunk and across chunk boundaries (rows at positions 0, 31, 62, 63, 100):
+    outputs, the in-place chunk buffers and the state advanced on each chunk's last token."""
+    from lightswe.kernels.lightning_attn.decode import (lightning_attn_decode_chunk_form,
+                                                        lightning_attn_decode_chunk_form_reference)
+
+    gen = torch.Generator(device="cuda").manual_seed(21)
+    rows, heads, block = 5, 64, 64
+    slope = minimax_slopes(heads, layer=2, layers=80)
+    state = torch.randn(rows, heads, DIM, DIM, device="cuda", generator=gen)
+    keys, values = (torch.randn(rows, heads, block, DIM, device="cuda", generator=gen).to(torch.bfloat16)
+                    for _ in range(2))
+    ref = [state.clone(), keys.clone(), values.clone()]
+    pos = torch.tensor([0, 31, 62, 63, 100], device="cuda")
+    for _ in range(3):
+        q, k, v = (torch.nn.functional.silu(torch.randn(rows, heads, DIM, device="cuda", generator=gen))
+                   .to(torch.bfloat16) for _ in range(3))
+        o = lightning_attn_decode_chunk_form(q, k, v, slope, state, keys, values, pos, config=config)
+        o_ref = lightning_attn_decode_chunk_form_reference(q, k, v, slope, *ref, pos)
+        assert rel_err(o, o_ref) <= 2e-3
+        assert rel_err(state, ref[0]) <= 1e-5  # tensor-core against einsum fp32 summation order
+        assert torch.equal(keys, ref[1]) and torch.equal(values, ref[2])
+        pos = pos + 1

@@ -41,6 +41,7 @@ def test_compiled_graph_replay_equals_eager_steps_and_the_plain_loop(tiny_config
     ("fp32", "fp32", True, 1e-4),
     ("fp32 weights under bf16 autocast", "fp32 weights under bf16 autocast", False, 1e-3),
     ("fp32 weights under bf16 autocast", "fp32 weights under bf16 autocast", True, 1e-3),
+    ("fp32 weights under bf16 autocast", "fp32 weights under bf16 autocast, training forward", True, 1e-3),
     ("bf16 copy", "fp32 weights under bf16 autocast", True, 6e-3),
     ("bf16 copy, bf16 residual stream", "bf16 weights", True, 6e-3),
 ])
@@ -56,7 +57,8 @@ def test_sampled_logprobs_equal_the_learners(sampler, learner, autotune, bound, 
     weights 2.9e-3 (before the chunk-form decode and eager rounding in the compiled step: 2.8e-3 eager to 6.6e-3
     compiled).
     ``autotune`` False pins the learner's chunk kernel to its first configuration (64-token chunks, the ones the
-    sampler's chunk-form decode mirrors)."""
+    sampler's chunk-form decode mirrors). A "training forward" learner scores with autograd on, as the Learner's
+    update does, so its compiled elementwise chains (``model/fused.py``) and the bf16x3 head's training path run."""
     from lightswe.kernels.lightning_attn import chunk
 
     if not autotune:
@@ -77,8 +79,9 @@ def test_sampled_logprobs_equal_the_learners(sampler, learner, autotune, bound, 
     diffs = []
     for prompt, gen in zip(batch, gens):
         ids = torch.tensor([prompt + gen.token_ids], device="cuda")
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled="autocast" in learner):
-            scored = (copy if learner == "bf16 weights" else model).score(ids).logprobs
+        with torch.set_grad_enabled("training" in learner), \
+                torch.autocast("cuda", dtype=torch.bfloat16, enabled="autocast" in learner):
+            scored = (copy if learner == "bf16 weights" else model).score(ids).logprobs.detach()
         diffs.append((scored[0, len(prompt):].cpu() - torch.tensor(gen.logprobs)).abs())
     mean = torch.cat(diffs).mean().item()
     print(f"sampler {sampler}, learner {learner}, autotune {autotune}: mean |sampler - learner| log-prob = "
