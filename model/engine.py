@@ -11,7 +11,8 @@ One decode step (``_decode``) runs every slot: embedding, the layers (lightning 
 state; softmax attention through ``lightswe.kernels.decode_attn`` over each row's own length; the MoE with the
 experts' weights stacked so all experts run as three batched matrix products), the fp32 LM head, then sampling
 on the GPU (temperature and top-p per row; exponential-race sampling, which draws from the same distribution
-as ``torch.multinomial``), and the bookkeeping (tokens and log-probs written into per-row output buffers,
+as ``torch.multinomial``; a seeded request's noise row comes from its own generator, filled before the step, so
+its draws do not depend on the other rows), and the bookkeeping (tokens and log-probs written into per-row output buffers,
 stop / length checks, lengths advanced for active rows only). Nothing in it reads a value on the host, so on
 CUDA the whole step is captured once into a CUDA graph and replayed. The host reads one small tensor (which
 rows finished) per step, one step late: step t+1 is queued before step t's flags are read, so the GPU never
@@ -34,6 +35,7 @@ engine runs on CPU too (no graphs; reference attention), which is how its tests 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import warnings
@@ -49,7 +51,7 @@ from lightswe.kernels.lightning_attn import lightning_attn_decode
 from lightswe.kernels.lightning_attn.api import _use_triton
 from lightswe.kernels.lightning_attn.decode import LOG2E, lightning_attn_decode_chunk_form
 from lightswe.model.config import LIGHTNING, SOFTMAX
-from lightswe.model.generation import Generation, SamplingConfig
+from lightswe.model.generation import Generation, SamplingConfig, row_seeds
 from lightswe.model.layers import LightningAttention, SoftmaxAttention, rotary
 from lightswe.model.model import fp32_head
 
@@ -110,6 +112,7 @@ class _Request:
     sampling: SamplingConfig
     slot: int = -1
     seq: int = 0  # engine event counter at admission (orders it against the finished-flag copies)
+    generator: torch.Generator | None = None  # the request's own noise (seeded requests), else the engine's
     result: Generation | None = None
 
 
@@ -269,8 +272,6 @@ class SamplerEngine:
         if len(sampling.stop_token_ids) > MAX_STOPS:
             raise ValueError(f"at most {MAX_STOPS} stop token ids per request, got {len(sampling.stop_token_ids)}")
         if not self.has_work():
-            if sampling.seed is not None:
-                self.generator.manual_seed(sampling.seed)
             if self._weight_pointers() != self._pointers:  # parameters replaced, not updated in place
                 self._graphs.clear()
                 self._stack_experts()
@@ -278,17 +279,23 @@ class SamplerEngine:
             self.refresh_weights()
         rid = self._next_rid
         self._next_rid += 1
-        self.queue.append(_Request(rid=rid, prompt=list(prompt), sampling=sampling))
+        generator = None  # a seeded request draws its noise from its own generator: its tokens do not depend on
+        if sampling.seed is not None:  # the requests that share its steps
+            generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        self.queue.append(_Request(rid=rid, prompt=list(prompt), sampling=sampling, generator=generator))
         return rid
 
     def has_work(self) -> bool:
         return bool(self.queue or self.running)
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
-        """Sample a continuation of every prompt (``max_slots`` at a time, continuously refilled); in order."""
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, *,
+                 seeds: list[int | None] | None = None) -> list[Generation]:
+        """Sample a continuation of every prompt (``max_slots`` at a time, continuously refilled); in order.
+        ``seeds`` as in ``lightswe.model.generation.generate`` (default: ``row_seed(sampling.seed, i)``)."""
         if not prompts:
             raise ValueError("expected a non-empty list of non-empty prompts (token id lists)")
-        ids = [self.add(p, sampling) for p in prompts]
+        seeds = row_seeds(len(prompts), sampling, seeds)
+        ids = [self.add(p, dataclasses.replace(sampling, seed=seed)) for p, seed in zip(prompts, seeds)]
         results: dict[int, Generation] = {}
         while self.has_work():
             results.update(self.step())
@@ -306,6 +313,9 @@ class SamplerEngine:
             self.stats.steps += 1
             self.stats.occupancy.append(len(self.running))
             self.noise.exponential_(generator=self.generator)
+            for slot, request in self.running.items():
+                if request.generator is not None:
+                    self.noise[slot].exponential_(generator=request.generator)
             use_top_p = any(r.sampling.top_p < 1 for r in self.running.values())
             if self.use_graphs:
                 self._graph(use_top_p).replay()
@@ -436,6 +446,9 @@ class SamplerEngine:
         self.finished[index] = False
         self.active[index] = True
         noise = torch.empty_like(logits).exponential_(generator=self.generator)
+        for i, request in enumerate(batch):
+            if request.generator is not None:
+                noise[i].exponential_(generator=request.generator)
         use_top_p = any(r.sampling.top_p < 1 for r in batch)
         tokens, logprobs = _sample(logits, self.temperature[index], self.top_p[index], noise, use_top_p)
         self._record(index, tokens, logprobs)
