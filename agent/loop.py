@@ -140,7 +140,12 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
     task source, grading, model server) ends the episode as ``EpisodeStatus.SANDBOX_ERROR`` with reward
     ``None`` and the error's text in ``Trajectory.error``. Bad input from the user (an unknown ``task_id``,
     a :class:`~lightswe.errors.UserInputError`) is raised.
+
+    ``seed`` (>= 0; None: unseeded): turn k samples with ``row_seed(seed, k)``, its own stream, so the episode's
+    tokens depend on its seed, the weights and what the environment returns, not on other episodes.
     """
+    from lightswe.model.generation import row_seed  # (torch: not at import, the command line imports this module)
+
     cfg = config or AgentConfig()
     group_id = group_id or f"{task_id}@0"
     conv, clock, started = Conversation(tokenizer), _Clock(), time.perf_counter()
@@ -161,7 +166,7 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
                     raise ContextLimitExceeded(f"{len(conv.token_ids)} tokens")
                 sampling = SamplingParams(max_new_tokens=min(cfg.max_new_tokens, budget), temperature=cfg.temperature,
                                           top_p=cfg.top_p, stop_token_ids=conv.stop_token_ids, early_stop=cfg.early_stop,
-                                          seed=None if seed is None else seed * 1_000 + steps)
+                                          seed=None if seed is None else row_seed(seed, steps))
                 t0 = time.perf_counter()
                 tokens, logprobs = policy.generate(conv.start_assistant(), sampling)
                 clock.generate += time.perf_counter() - t0

@@ -318,7 +318,8 @@ def _reap() -> None:
 
 def run_rollout(tasks: Sequence, executor: Executor, *, out_dir: str | Path,
                 config: RolloutConfig | None = None, keep: bool = False) -> RolloutSummary:
-    """Run every planned episode not yet in ``out_dir``; return counts (and the trajectories if ``keep``)."""
+    """Run every planned episode not yet in ``out_dir``; return counts (and the trajectories if ``keep``, in job
+    order). Episodes run and finish in any order; what is stored and returned does not depend on it."""
     cfg = config or RolloutConfig()
     jobs = plan_jobs(tasks, cfg)
     done = finished_episode_ids(out_dir)
@@ -332,7 +333,8 @@ def run_rollout(tasks: Sequence, executor: Executor, *, out_dir: str | Path,
 
         bar = tqdm(total=len(jobs), initial=summary.skipped, unit="episode", dynamic_ncols=True)
     queue, in_flight = iter(todo), {}
-    with TrajectoryWriter(out_dir, shard_size=cfg.shard_size, parquet=cfg.parquet) as writer:
+    with TrajectoryWriter(out_dir, shard_size=cfg.shard_size, parquet=cfg.parquet,
+                          order=[job.episode_id for job in jobs]) as writer:
         try:
             while True:
                 while len(in_flight) < executor.concurrency and (job := next(queue, None)) is not None:
@@ -366,4 +368,6 @@ def run_rollout(tasks: Sequence, executor: Executor, *, out_dir: str | Path,
             if bar is not None:
                 bar.close()
     summary.seconds = time.perf_counter() - started
+    rank = {job.episode_id: i for i, job in enumerate(jobs)}  # job order, not the order episodes finished in
+    summary.trajectories.sort(key=lambda t: rank[t.episode_id])
     return summary

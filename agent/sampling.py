@@ -47,6 +47,10 @@ class SamplerConfig:
     # vllm.LLM keyword arguments as KEY=VALUE (VALUE parsed as JSON when it can be), e.g.
     # tensor_parallel_size=2.
     vllm_args: tuple[str, ...] = ()
+    # Built-in engine off CUDA: sample each request alone, so that a seeded episode gets the same tokens and
+    # bit-identical log-probs whichever episodes were in flight beside it (a run reproduces from its seed).
+    # --sampler.no-batch-invariant batches concurrent episodes (faster sampling; same tokens, last bits vary).
+    batch_invariant: bool = True
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -158,7 +162,8 @@ class Rollouts:
         if policy is None and self.cfg.engine == "vllm":
             policy = self._vllm_policy()
         policy = policy or ModelPolicy(self.model, name=self.name, version=version, max_batch=self.cfg.concurrency,
-                                       autocast_dtype=self.autocast_dtype or "auto")
+                                       autocast_dtype=self.autocast_dtype or "auto",
+                                       batch_invariant=self.cfg.batch_invariant)
         return LocalExecutor(policy, self.tokenizer, concurrency=self.cfg.concurrency, agent=self.agent,
                              env_factory=default_env_factory(tasks, **self.env_kwargs)), None
 

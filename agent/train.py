@@ -47,6 +47,7 @@ from lightswe.agent.train_step import batch_from, rollout_metrics, step_advantag
 from lightswe.agent.trajectory import Trajectory
 from lightswe.agent.warm_start import WarmStartConfig, warm_start
 from lightswe.errors import UserInputError
+from lightswe.model.generation import row_seed
 from lightswe.settings import check_out_dir, check_resume, flatten, to_dict, write_config
 from tqdm import tqdm
 
@@ -93,6 +94,18 @@ def train(cfg: TrainConfig, *, allow_change: tuple[str, ...] = ()) -> dict[str, 
     summary = _train(dataclasses.replace(cfg, device=ctx.device), ctx)
     ctx.close()
     return summary
+
+
+TRAIN_STREAM, EVAL_STREAM = 1, 2  # job_seed_base keys: a step's draws, the held-out evaluations
+
+
+def job_seed_base(seed: int, *key: int) -> int:
+    """The seed a rollout passes to ``plan_jobs`` (which adds 1000 x task index + sample index): ``row_seed(seed,
+    *key)`` (NumPy's SeedSequence spawn) times 2^32, so the episodes of different steps, draws, evaluations and run
+    seeds never share a seed (``seed * 7919 + step`` gave sample i of step s and sample i-1 of step s+1 the same
+    random draws). Evaluations use one key for every step: each evaluation draws the same random numbers, so
+    held-out scores of two steps differ by the weights only (common random numbers)."""
+    return (row_seed(seed, *key) % 2**30) << 32
 
 
 def seed_everything(seed: int) -> None:
@@ -250,7 +263,7 @@ def collect_step(cfg: TrainConfig, ctx: DistContext, rollouts: Rollouts, stream:
         folder = step_dir / f"draw-{k}" if k else step_dir
         # job seeds as in one process: plan_jobs adds 1000 x the task's index in the list it is given
         trajs = rollouts.run(mine, rank_dir(folder, ctx), group_size=cfg.group_size, round_=step, draw=k,
-                             seed=cfg.seed * 7919 + step + 1_000 * first + 100_003 * k,
+                             seed=job_seed_base(cfg.seed, TRAIN_STREAM, step, k) + 1_000 * first,
                              version=step - 1) if mine else []
         draws.append(trajs)
         by_group: dict[str, list[Trajectory]] = {}
@@ -271,7 +284,8 @@ def evaluate_step(cfg: TrainConfig, ctx: DistContext, rollouts: Rollouts, eval_t
     """Held-out success with the weights after ``step`` (``eval_group_size`` episodes per task, over all ranks)."""
     mine, first = ctx.share(eval_tasks)
     trajs = rollouts.run(mine, rank_dir(out / "eval" / f"step-{step:04d}", ctx), group_size=cfg.eval_group_size,
-                         round_=step, seed=10_000 + cfg.seed + 1_000 * first, version=step) if mine else []
+                         round_=step, seed=job_seed_base(cfg.seed, EVAL_STREAM) + 1_000 * first, version=step
+                         ) if mine else []
     m = rollout_metrics(trajs, prefix="eval_", reduce=ctx.sum)
     if ctx.main:
         print(f"eval step {step}: success {m['eval_success_rate']:.3f} on {int(m['eval_episodes'])} episodes",

@@ -21,7 +21,7 @@ SHORTCUTS = {
     "--temperature": "--agent.temperature", "--max-steps": "--agent.max-steps", "--wandb": "--log.wandb",
 }
 # Settings a resumed run may change without --allow-change: where and how fast it runs, not what it learns.
-FREE_ON_RESUME = frozenset({"out_dir", "sampler.concurrency", "sampler.ray", "sampler.vllm_args", "device",
+FREE_ON_RESUME = frozenset({"out_dir", "sampler.concurrency", "sampler.ray", "sampler.vllm_args", "sampler.batch_invariant", "device",
                             "keep_checkpoints", "checkpoint_every", "progress", "log.tensorboard", "log.wandb",
                             "log.wandb_project", "log.wandb_name"})
 HELP = "RL: rollouts with the built-in model, CISPO updates, repeat (embedded defaults: minutes on a CPU)"

@@ -26,9 +26,7 @@ import logging
 import math
 import os
 import threading
-import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -202,15 +200,22 @@ class TrajectoryWriter:
 
     ``shard_size`` records per segment; ``parquet=False`` keeps JSONL segments only (no pyarrow needed).
     A new writer never appends to an old segment, so a torn line can only be a segment's last.
+
+    Names and order do not depend on timing: the k-th writer of a folder writes ``part-wKKKK-SSSSS.jsonl``
+    (the number claimed with an exclusive create, so concurrent writers never share one), and ``order`` (the
+    rollout's episode ids in job order) sorts each segment when it is sealed: records arrive as episodes finish,
+    a sealed segment lists them in job order (a rollout of at most ``shard_size`` episodes is one segment).
     """
 
-    def __init__(self, out_dir: str | Path, *, shard_size: int = 64, parquet: bool = True) -> None:
+    def __init__(self, out_dir: str | Path, *, shard_size: int = 64, parquet: bool = True,
+                 order: Sequence[str] = ()) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.shard_size, self.parquet = shard_size, parquet
-        self._name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self._rank = {episode_id: i for i, episode_id in enumerate(order)}
+        self._name = ""  # "w0001", claimed at the first write
         self._seq, self._records, self._handle = 0, [], None
         self._lock = threading.Lock()
         if parquet:
@@ -225,7 +230,7 @@ class TrajectoryWriter:
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
             if self._handle is None:
-                self._handle = self._segment(".jsonl").open("a", encoding="utf-8")
+                self._handle = self._open_segment()
                 fsync_dir(self.out_dir)
             self._handle.write(line)
             self._handle.flush()
@@ -235,12 +240,40 @@ class TrajectoryWriter:
             if len(self._records) >= self.shard_size:
                 self._seal()
 
+    def _open_segment(self):
+        """The next segment, opened for writing; the first one claims this writer's number."""
+        if self._name:
+            return self._segment(".jsonl").open("x", encoding="utf-8")
+        taken = [int(p.name[6:10]) for p in self.out_dir.glob("part-w[0-9][0-9][0-9][0-9]-*")
+                 if p.name[6:10].isdigit()]
+        number = max(taken, default=0) + 1
+        while True:
+            self._name = f"w{number:04d}"
+            try:
+                return self._segment(".jsonl").open("x", encoding="utf-8")
+            except FileExistsError:  # another writer claimed this number meanwhile
+                number += 1
+
     def _seal(self) -> None:
-        """Turn the current JSONL segment into a Parquet shard (atomic rename), then drop the JSONL."""
+        """Sort the current segment into job order (``order``; an atomic rewrite), turn it into a Parquet shard
+        (atomic rename) and drop the JSONL."""
         if self._handle is None:
             return
         self._handle.close()
         self._handle = None
+        if self._rank and self._records:
+            last = len(self._rank)  # episodes outside ``order`` keep their arrival order, after the others
+            ordered = sorted(self._records, key=lambda r: self._rank.get(r.get("episode_id"), last))
+            if ordered != self._records:
+                self._records = ordered
+                if not self.parquet:
+                    tmp = self._segment(".jsonl.tmp")
+                    with tmp.open("w", encoding="utf-8") as handle:
+                        handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered)
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                    tmp.replace(self._segment(".jsonl"))
+                    fsync_dir(self.out_dir)
         if self.parquet and self._records:
             import pyarrow.parquet as pq
 

@@ -5,13 +5,22 @@ lightning states); finished sequences leave the batch (their cache rows are drop
 comes with its fp32 log-prob under the sampling distribution (softmax of logits / temperature, before top-p
 truncation; temperature 0 = greedy, log-prob under the plain softmax), which the learner uses as the
 behaviour log-prob.
+
+Seeds are per row: a seeded row draws from its own ``torch.Generator`` (as vLLM's per-request ``seed``), so the
+tokens it samples do not depend on which other prompts share its batch, nor on their order. A call's
+``SamplingConfig.seed`` gives row i the seed ``row_seed(seed, i)``; ``seeds=`` names each row's seed directly
+(a batching policy passes its requests' own seeds). The log-probs of a row can still differ in the last bits
+with its batch-mates (matrix-product kernels pick their blocking by the number of rows): see
+``ModelPolicy(batch_invariant=True)`` for bit-identical rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -24,13 +33,77 @@ class SamplingConfig:
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     stop_token_ids: tuple[int, ...] = ()  # the stop token is kept in the output (the policy must learn it)
-    seed: int | None = None
+    seed: int | None = None  # >= 0; row i of a call samples with row_seed(seed, i) (see the module docs)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"expected max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1; got "
                              f"{self.max_new_tokens}, {self.temperature}, {self.top_p}")
+        if self.seed is not None and self.seed < 0:
+            raise ValueError(f"seed must be >= 0 (or None for the global RNG), got {self.seed}")
         self.stop_token_ids = tuple(self.stop_token_ids)
+
+
+def row_seed(seed: int, *key: int) -> int:
+    """An independent seed in [0, 2^63) for stream ``key`` (e.g. a row, or an episode's turn) of ``seed``: NumPy's
+    ``SeedSequence(seed, spawn_key=key)``, the hash NumPy uses to spawn non-overlapping child streams, so nearby
+    seeds and keys (seed 1 row 0, seed 0 row 1) do not share draws as ``seed + row`` would. 63 bits: a signed
+    64-bit integer holds it (vLLM's OpenAI server refuses a larger ``seed``).
+
+    Raises:
+        ValueError: a negative seed or key.
+    """
+    if seed < 0 or any(k < 0 for k in key):
+        raise ValueError(f"seeds and stream keys must be >= 0, got seed {seed}, key {key}")
+    low, high = np.random.SeedSequence(seed, spawn_key=key).generate_state(2, np.uint32).tolist()
+    return (low | high << 32) >> 1
+
+
+def row_seeds(count: int, sampling: SamplingConfig, seeds: Sequence[int | None] | None) -> list[int | None]:
+    """Each of ``count`` rows' seed: ``seeds`` as given (one per row), else ``row_seed(sampling.seed, i)``, else None
+    (the global torch RNG). Raises ValueError when ``seeds`` does not have one entry per row or one is < 0."""
+    if seeds is None:
+        return [None if sampling.seed is None else row_seed(sampling.seed, i) for i in range(count)]
+    seeds = list(seeds)
+    if len(seeds) != count or any(s is not None and s < 0 for s in seeds):
+        raise ValueError(f"expected one seed (>= 0, or None) per prompt: {count} prompts, seeds {seeds}")
+    return seeds
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 (C. Wellons, hash-prospector): a bijection of [0, 2^32) on int64 tensors; each product stays
+    below 2^63, so no signed overflow on any backend."""
+    x = x ^ (x >> 16)
+    x = (x * 0x21F0AAAD) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x735A2D97) & _MASK32
+    return x ^ (x >> 15)
+
+
+def counter_noise(seeds: torch.Tensor, counters: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Exponential(1) noise [N, vocab] fp32 for exponential-race sampling, a pure function of each row's
+    (seed, counter) and the token id: a counter-based generator (the idea of Philox, Salmon et al. 2011, "Parallel
+    random numbers: as easy as 1, 2, 3", with a 32-bit integer hash per round), so the whole draw is tensor ops
+    that a CUDA graph replays with no host work and a row's noise never depends on its batch-mates.
+
+    ``seeds`` [N] int64 in [0, 2^63) (``row_seed``), ``counters`` [N] int64 >= 0 (the sampled token's position).
+    u = (top 24 bits of the hash + 0.5) / 2^24 in (0, 1), noise = -log(u). Checked against Exp(1) (KS) and for
+    ``argmax p / noise`` drawing from p in tests/model/test_generation.py.
+    """
+    low, high = seeds & _MASK32, (seeds >> 32) & _MASK32
+    a = _mix32(_mix32(low ^ _mix32(counters & _MASK32)) ^ high)
+    b = _mix32(a ^ 0x5BD1E995)
+    token = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
+    h = _mix32(_mix32(token ^ a[:, None]) ^ b[:, None])
+    return -torch.log(((h >> 8).to(torch.float32) + 0.5) * 2.0 ** -24)
+
+
+def row_generators(seeds: Sequence[int | None], device: torch.device) -> list[torch.Generator | None]:
+    """One ``torch.Generator`` on ``device`` per seeded row (None for unseeded rows)."""
+    return [None if s is None else torch.Generator(device=device).manual_seed(s) for s in seeds]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -42,9 +115,12 @@ class Generation:
     cache_bytes: int = 0  # cache memory this sequence held when it finished (lightning state + its KV)
 
 
-def sample(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row of fp32 ``logits`` [B, vocab]; return (tokens [B], log-probs [B] fp32)."""
+def sample(logits: torch.Tensor, sampling: SamplingConfig,
+           generator: torch.Generator | Sequence[torch.Generator | None] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row of fp32 ``logits`` [B, vocab]; return (tokens [B], log-probs [B] fp32).
+
+    ``generator``: one for the whole batch, or one per row (a row's draw then depends only on its own generator;
+    rows with None draw together from the global RNG)."""
     if sampling.temperature == 0:
         logprobs = torch.log_softmax(logits, dim=-1)
         tokens = logits.argmax(-1)
@@ -56,13 +132,30 @@ def sample(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Gene
         drop = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p  # keep the smallest set reaching top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if not isinstance(generator, torch.Generator) and generator is not None and all(g is None for g in generator):
+        generator = None  # no row seeded: one draw from the global RNG
+    if generator is None or isinstance(generator, torch.Generator):
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    else:
+        if len(generator) != probs.shape[0]:
+            raise ValueError(f"expected one generator per row: {probs.shape[0]} rows, {len(generator)} generators")
+        tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+        shared = [r for r, g in enumerate(generator) if g is None]
+        if shared:
+            tokens[shared] = torch.multinomial(probs[shared], 1).squeeze(-1)
+        for r, g in enumerate(generator):
+            if g is not None:
+                tokens[r] = torch.multinomial(probs[r], 1, generator=g)[0]
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
 @torch.no_grad()
-def generate(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
+def generate(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: SamplingConfig, *,
+             seeds: Sequence[int | None] | None = None) -> list[Generation]:
     """Sample a continuation of every prompt. Returns one ``Generation`` per prompt, in order.
+
+    ``seeds``: each prompt's own sampling seed (None: the global RNG); default ``row_seed(sampling.seed, i)`` for
+    prompt i when ``sampling.seed`` is set. A seeded row's tokens do not depend on the other rows.
 
     On CUDA this runs ``lightswe.model.engine.SamplerEngine`` (static cache, CUDA graphs, continuous batching;
     see ``engine_for``); elsewhere the plain loop below (``generate_loop``).
@@ -76,20 +169,21 @@ def generate(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: Samp
     vocab = model.config.vocab_size
     if any(not 0 <= t < vocab for p in prompts for t in p):
         raise ValueError(f"prompt token ids must be in [0, vocab_size={vocab})")
+    seeds = row_seeds(len(prompts), sampling, seeds)
     if model.lm_head.weight.device.type == "cuda":
         return engine_for(model, len(prompts), max(len(p) for p in prompts) + sampling.max_new_tokens
-                          ).generate(prompts, sampling)
-    return generate_loop(model, prompts, sampling)
+                          ).generate(prompts, sampling, seeds=seeds)
+    return generate_loop(model, prompts, sampling, seeds=seeds)
 
 
 @torch.no_grad()
-def generate_loop(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
+def generate_loop(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: SamplingConfig, *,
+                  seeds: Sequence[int | None] | None = None) -> list[Generation]:
     """The plain loop (any device; ``generate`` uses it off CUDA): packed prefill through a ``HybridCache``, then
-    one eager batched forward per token, finished rows dropped; the host reads every step's tokens."""
+    one eager batched forward per token, finished rows dropped; the host reads every step's tokens. ``seeds`` as
+    in ``generate``: each row samples from its own generator."""
     device = model.lm_head.weight.device
-    generator = None
-    if sampling.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    generators = row_generators(row_seeds(len(prompts), sampling, seeds), device)
     was_training = model.training
     model.eval()
     cache = model.new_cache(len(prompts), reserve=sampling.max_new_tokens)
@@ -105,7 +199,7 @@ def generate_loop(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling:
     rows = list(range(len(prompts)))  # cache row -> prompt index
     stop = set(sampling.stop_token_ids)
     for step in range(sampling.max_new_tokens):
-        tokens, logprobs = sample(logits, sampling, generator)
+        tokens, logprobs = sample(logits, sampling, [generators[i] for i in rows])
         keep = []
         row_bytes = cache.bytes_per_sequence()
         for row, (i, token, logprob) in enumerate(zip(rows, tokens.tolist(), logprobs.tolist())):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 from lightswe.errors import UserInputError
-from lightswe.model.generation import Generation, SamplingConfig, sample
+from lightswe.model.generation import Generation, SamplingConfig, row_generators, row_seeds, sample
 from lightswe.model.model import TokenLogprobs, _chunk_logprobs
 from lightswe.model.tokenizer import SPECIAL_TOKENS
 from torch import nn
@@ -156,16 +156,18 @@ class HFCausalLM(nn.Module):
                              aux_loss=self.aux_loss)
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, *,
+                 seeds: list[int | None] | None = None) -> list[Generation]:
         """Sample a continuation of every prompt (left-padded batch, KV cache); one ``Generation`` each, in order.
-        Log-probs as in ``lightswe.model.generation``: fp32, under softmax(logits / T) before top-p."""
+        Log-probs as in ``lightswe.model.generation``: fp32, under softmax(logits / T) before top-p; seeds per
+        row as there (``seeds``, else ``row_seed(sampling.seed, i)``)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("expected a non-empty list of non-empty prompts (token id lists)")
         vocab = self.vocab_size
         if any(not 0 <= t < vocab for p in prompts for t in p):
             raise ValueError(f"prompt token ids must be in [0, vocab_size={vocab})")
         device = self.hf.get_output_embeddings().weight.device
-        generator = torch.Generator(device=device).manual_seed(sampling.seed) if sampling.seed is not None else None
+        generators = row_generators(row_seeds(len(prompts), sampling, seeds), device)
         was_training = self.training
         self.eval()
         width = max(len(p) for p in prompts)
@@ -182,7 +184,7 @@ class HFCausalLM(nn.Module):
         reasons: list[str | None] = [None] * len(prompts)
         last = positions[:, -1]
         for step in range(sampling.max_new_tokens):
-            tokens, logprobs = sample(logits, sampling, generator)
+            tokens, logprobs = sample(logits, sampling, generators)
             for i, (token, logprob) in enumerate(zip(tokens.tolist(), logprobs.tolist())):
                 if reasons[i] is not None:
                     continue

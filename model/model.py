@@ -220,9 +220,10 @@ class MiniMaxForCausalLM(nn.Module):
         weight = self.lm_head.weight
         return HybridCache(self.config, batch_size, device=weight.device, dtype=weight.dtype, reserve=reserve)
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
-        """Batched sampling; see ``lightswe.model.generation.generate``."""
-        return generate(self, prompts, sampling)
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, *,
+                 seeds: list[int | None] | None = None) -> list[Generation]:
+        """Batched sampling, ``seeds`` one per prompt; see ``lightswe.model.generation.generate``."""
+        return generate(self, prompts, sampling, seeds=seeds)
 
     # ------------------------------------------------------------------------------- checkpoints
     @classmethod

@@ -14,7 +14,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from lightswe.agent.early_stop import EarlyStopConfig
@@ -26,7 +26,7 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     stop_token_ids: list[int] = field(default_factory=list)  # the stop token is kept in the output
-    seed: int | None = None
+    seed: int | None = None  # this request's own random stream (>= 0): its tokens do not depend on batch-mates
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)  # backends that stream may stop sooner
 
     def __post_init__(self) -> None:
@@ -34,6 +34,8 @@ class SamplingParams:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+        if self.seed is not None and self.seed < 0:
+            raise ValueError(f"seed must be >= 0 (or None: unseeded), got {self.seed}")
 
 
 Sample = tuple[list[int], list[float]]  # (generated token ids, sampler log-prob of each)
@@ -47,11 +49,22 @@ class Policy(Protocol):
 
 
 def generate_batch(policy: Policy, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Sample]:
-    """Use the backend's batched path when it has one."""
+    """Use the backend's batched path when it has one. A seeded ``sampling`` seeds prompt i with
+    ``row_seed(sampling.seed, i)`` (``per_prompt``), so equal prompts still get independent samples."""
     batched = getattr(policy, "generate_batch", None)
     if batched is not None:
         return batched(prompts, sampling)
-    return [policy.generate(p, sampling) for p in prompts]
+    return [policy.generate(p, s) for p, s in zip(prompts, per_prompt(sampling, len(prompts)))]
+
+
+def per_prompt(sampling: SamplingParams, count: int) -> list[SamplingParams]:
+    """``count`` copies of ``sampling``, copy i seeded ``row_seed(sampling.seed, i)`` (NumPy's SeedSequence spawn,
+    ``lightswe.model.generation.row_seed``) when ``sampling.seed`` is set: the rows of one batched call."""
+    if sampling.seed is None:
+        return [sampling] * count
+    from lightswe.model.generation import row_seed
+
+    return [replace(sampling, seed=row_seed(sampling.seed, i)) for i in range(count)]
 
 
 def check_sample(sample: Sample, sampling: SamplingParams) -> Sample:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
-from lightswe.agent.policies.base import Sample, SamplingParams
+from lightswe.agent.policies.base import Sample, SamplingParams, per_prompt
 
 
 @dataclass(kw_only=True, slots=True)
@@ -85,7 +85,7 @@ class BatchingPolicy:
         return request.result
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Sample]:
-        requests = [Request(prompt=list(p), sampling=sampling) for p in prompts]
+        requests = [Request(prompt=list(p), sampling=s) for p, s in zip(prompts, per_prompt(sampling, len(prompts)))]
         with self._engine_lock:
             for start in range(0, len(requests), self.max_batch):
                 self._run_guarded(requests[start:start + self.max_batch])

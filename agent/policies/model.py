@@ -3,7 +3,12 @@
 Concurrent episodes call ``generate`` from their own threads; batching is :class:`BatchingPolicy`'s (the one
 batcher, shared with the vLLM policy): the first caller to get the model takes every waiting request with the
 same sampling settings (:meth:`ModelPolicy.batch_key`, up to ``max_batch``) into one ``model.generate`` call, so
-episodes share forward passes without a scheduler thread.
+episodes share forward passes without a scheduler thread. Each request samples with its own seed (its own
+generator): its tokens do not depend on which requests shared its batch. Which requests share a batch depends on
+thread timing, and a row's floating-point values on its batch-mates in the last bits (CPU matrix-product kernels
+block by the number of rows); ``batch_invariant=True`` runs every request as a batch of one instead, so that a
+seeded request gives the same tokens and bit-identical log-probs whatever ran beside it (what makes a training
+run reproducible from its seed; "batch invariance" as in vLLM's ``VLLM_BATCH_INVARIANT``).
 
 On CUDA the policy batches continuously instead (``lightswe.model.engine.SamplerEngine``): whichever waiting
 caller holds the model runs one decode step at a time, and requests that arrive in the meantime join the
@@ -21,19 +26,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightswe.agent.policies.base import Sample, SamplingParams, check_sample
+from lightswe.agent.policies.base import Sample, SamplingParams, check_sample, per_prompt
 from lightswe.agent.policies.batching import BatchingPolicy, Request
 
 
 class ModelPolicy(BatchingPolicy):
     def __init__(self, model, *, name: str = "model", max_batch: int = 16, batch_wait_s: float = 0.005,
-                 version: int = 0, continuous: bool | None = None, autocast_dtype: str | None = "auto") -> None:
+                 version: int = 0, continuous: bool | None = None, autocast_dtype: str | None = "auto",
+                 batch_invariant: bool = False) -> None:
         """``continuous``: batch continuously through ``SamplerEngine`` (default: when the model is on CUDA);
         ``autocast_dtype``: the engine's mixed precision, the learner's ``LearnerConfig.autocast_dtype`` when it
-        samples from the learner's module (``SamplerEngine``'s argument; ``"auto"`` follows the weights' dtype)."""
+        samples from the learner's module (``SamplerEngine``'s argument; ``"auto"`` follows the weights' dtype);
+        ``batch_invariant``: off the continuous engine, sample each request alone (see the module docs; costs
+        the batching, ~2.5x the sampling time of the tiny model at 4 episodes in flight on CPU). The continuous
+        engine ignores it: on CUDA a seed fixes a request's random draws, not its batch-mates' effect on the
+        numerics."""
         self.model, self.name, self.version = model, name, version
         self.autocast_dtype = autocast_dtype
         self.continuous = continuous
+        self.batch_invariant = batch_invariant
         self._init_batching(max_batch=max_batch, batch_wait_s=batch_wait_s)
         self._inflight: dict[int, Request] = {}  # engine request id -> request (CUDA, continuous batching)
 
@@ -50,9 +61,8 @@ class ModelPolicy(BatchingPolicy):
         return cls(model, name=f"model:{spec}", **kwargs)
 
     def batch_key(self, sampling: SamplingParams) -> tuple:
-        """Requests that may share a forward pass: same distribution and stops. Budgets may differ (each result
-        is cut to its own); the batch samples with its first request's seed, so a seed reproduces a request
-        only when it runs alone."""
+        """Requests that may share a forward pass: same distribution and stops. Budgets and seeds may differ
+        (each result is cut to its own budget; each row samples with its own request's seed)."""
         return sampling.temperature, sampling.top_p, tuple(sampling.stop_token_ids)
 
     def generate(self, token_ids: Sequence[int], sampling: SamplingParams) -> Sample:
@@ -66,7 +76,8 @@ class ModelPolicy(BatchingPolicy):
     def generate_batch(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Sample]:
         if not self._continuous():
             return super().generate_batch(prompts, sampling)
-        requests = [Request(prompt=list(p), sampling=sampling) for p in prompts]  # all join the running batch;
+        requests = [Request(prompt=list(p), sampling=s)  # all join the running batch;
+                    for p, s in zip(prompts, per_prompt(sampling, len(prompts)))]
         with self._pending_lock:  # each call below drives it until its own request is done
             self._pending.extend(requests)
         return [self._generate_continuous(r) for r in requests]
@@ -133,13 +144,17 @@ class ModelPolicy(BatchingPolicy):
                 r.done.set()
 
     def _run(self, batch: list[Request]) -> None:
-        """One ``model.generate`` over ``batch`` (requests of one :meth:`batch_key`), with the first request's
-        sampling settings and seed and the largest budget; each result is cut to its own request's budget."""
+        """One ``model.generate`` over ``batch`` (requests of one :meth:`batch_key`), with their shared sampling
+        settings, each request's own seed and the largest budget; each result is cut to its own request's budget.
+        With ``batch_invariant`` one call per request, with its own budget."""
         from lightswe.model import SamplingConfig
 
         s = batch[0].sampling
-        config = SamplingConfig(max_new_tokens=max(r.sampling.max_new_tokens for r in batch), temperature=s.temperature,
-                                top_p=s.top_p, stop_token_ids=tuple(s.stop_token_ids), seed=s.seed)
-        generations = self.model.generate([r.prompt for r in batch], config)
-        for r, g in zip(batch, generations, strict=True):
-            r.result = check_sample((g.token_ids, g.logprobs), r.sampling)  # each request's own budget
+        groups = [[r] for r in batch] if self.batch_invariant else [batch]
+        for group in groups:
+            config = SamplingConfig(max_new_tokens=max(r.sampling.max_new_tokens for r in group),
+                                    temperature=s.temperature, top_p=s.top_p, stop_token_ids=tuple(s.stop_token_ids))
+            generations = self.model.generate([r.prompt for r in group], config,
+                                              seeds=[r.sampling.seed for r in group])
+            for r, g in zip(group, generations, strict=True):
+                r.result = check_sample((g.token_ids, g.logprobs), r.sampling)  # each request's own budget

@@ -2,6 +2,7 @@
 
     scripted                               gold-patch scripts of the rollout's tasks; ?tool_format=hermes
     model:tiny | model:/path/to/ckpt       the built-in model; options ?device=cuda&seed=0&max_batch=16
+                                           (&batch_invariant=true: bit-identical rows, see ModelPolicy)
     hf:/path/to/ckpt                       a transformers causal LM (Qwen2, Llama, ...) with its ChatML tokenizer;
                                            options ?device=cuda&max_batch=16 (``lightswe.model.hf``)
     openai:http://host:8000/v1             an OpenAI-compatible server; options ?model=NAME&api_key=KEY

@@ -54,6 +54,38 @@ def test_concurrent_episodes_share_batches(tiny):
     assert lengths == [4 + i for i in range(6)]  # no stop tokens: each ran to its own budget
 
 
+@pytest.mark.parametrize("batch_invariant", [True, False], ids=["batch-invariant", "batched"])
+def test_a_seeded_request_samples_the_same_alone_or_among_concurrent_episodes(batch_invariant):
+    """Each request samples with its own seed: run alone, or in whatever batch the threads' timing makes, it gets
+    the same tokens (the batch once sampled with its first request's seed). Batch-invariant, its log-probs are
+    bit-identical too; batched, they may differ in the last bits."""
+    policy = ModelPolicy.from_spec("tiny", seed=0, batch_invariant=batch_invariant, batch_wait_s=0.02)
+    prompts = [TOK.encode(f"<|im_start|>user\nprompt {i}{'!' * (5 * i)}<|im_end|>\n") for i in range(5)]
+    params = [SamplingParams(max_new_tokens=10 + i, temperature=1.0, seed=100 + i) for i in range(5)]
+    alone = [policy.generate(p, s) for p, s in zip(prompts, params)]
+    policy.batch_sizes.clear()
+    results = [None] * len(prompts)
+
+    def run(i):
+        results[i] = policy.generate(prompts[i], params[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in reversed(range(len(prompts)))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for (tokens, logprobs), (want_tokens, want_logprobs) in zip(results, alone, strict=True):
+        assert tokens == want_tokens
+        if batch_invariant:
+            assert logprobs == want_logprobs
+        else:
+            assert logprobs == pytest.approx(want_logprobs, abs=1e-5)
+    assert max(policy.batch_sizes) > 1  # the requests did meet in one batch
+    again = policy.generate(prompts[0], SamplingParams(max_new_tokens=10, temperature=1.0, seed=7))
+    assert again[0] != alone[0][0]  # another seed, another sample
+    # one seeded batched call: prompt i gets its own stream (equal prompts, different samples), reproducibly
+    batch = policy.generate_batch([prompts[0]] * 3, params[0])
+    assert len({tuple(tokens) for tokens, _ in batch}) == 3 and policy.generate_batch([prompts[0]] * 3, params[0]) == batch
+
+
 class Recording(ModelPolicy):
     """The real policy; records the sampling keys of each batch its model call held."""
 

@@ -81,3 +81,32 @@ def test_reader_rejects_bad_records(tmp_path, field, value, message):
 def test_missing_directory_says_how_to_make_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="lightswe rollout"):
         list(read_trajectories(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("parquet", [True, False], ids=["parquet", "jsonl"])
+def test_segments_have_stable_names_and_job_order(tmp_path, parquet):
+    """What a rollout stores does not depend on when its episodes finished: segment names count the folder's
+    writers (no clock, no random suffix), and a sealed segment lists episodes in job order."""
+    order = [f"t{i}/g/0" for i in range(5)]
+    stored = []
+    for arrival, folder in (([3, 0, 4, 1, 2], tmp_path / "a"), ([0, 1, 2, 3, 4], tmp_path / "b")):
+        with TrajectoryWriter(folder, shard_size=3, parquet=parquet, order=order) as writer:
+            for i in arrival[:4]:
+                writer.write(make(i))
+        with TrajectoryWriter(folder, shard_size=3, parquet=parquet, order=order) as writer:  # a resumed run
+            writer.write(make(arrival[4]))
+        stored.append({p.name: [t.episode_id for t in read_trajectories_of(p)] for p in sorted(folder.iterdir())})
+    suffix = ".parquet" if parquet else ".jsonl"
+    names = [f"part-w0001-00000{suffix}", f"part-w0001-00001{suffix}", f"part-w0002-00000{suffix}"]
+    assert list(stored[0]) == names == list(stored[1])
+    assert stored[0][names[0]] == ["t0/g/0", "t3/g/0", "t4/g/0"]  # the first three to finish, in job order
+    assert stored[1][names[0]] == ["t0/g/0", "t1/g/0", "t2/g/0"]
+
+
+def read_trajectories_of(path):
+    """The episodes of one segment, in stored order."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return [Trajectory.from_dict(r) for r in pq.read_table(path).to_pylist()]
+    return [Trajectory.from_dict(json.loads(line)) for line in path.read_text().splitlines()]
