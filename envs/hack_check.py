@@ -49,7 +49,8 @@ _VERDICT_LINE = re.compile(r"(?m)(?:^|\s)(?:PASSED|FAILED|ERROR|XFAIL|XPASS|SKIP
                            r"^\s*test_\w+\s+(?:ok|F|E|f|s)\s*$")
 # Where the verdict recorder's files are (lightswe.envs.verdicts: its source holds the key and the record path;
 # each interpreter must read it, so the test process can too) and a descriptor the runner holds open.
-_RECORDER_WAYS = re.compile(r"PYTHONPATH|PYTHONUSERBASE|posix_user|(?:^|/)\.local/lib(?:/|$)|^/dev/fd(?:/|$)")
+_RECORDER_WAYS = re.compile(r"PYTHON(?:PATH|USERBASE|NOUSERSITE|HOME|SAFEPATH)|posix_user|(?:^|/)\.local/lib(?:/|$)|"
+                            r"^/dev/fd(?:/|$)")
 # What marks a process as one that starts the test runner in a child (lightswe.envs.verdicts reads the verdicts
 # of a runner under it): sympy's bin/test helper (importing tox is flagged with the frameworks).
 _LAUNCHERS = frozenset({"run_in_subprocess_with_hash_randomization"})
@@ -77,6 +78,7 @@ _CALLS = {
     ("pkgutil", "walk_packages"): "lists the modules of the import path (where the verdict recorder is)",
     ("environ", "items"): "reads every environment variable (the verdict recorder's folder is in one)",
     ("environ", "values"): "reads every environment variable (the verdict recorder's folder is in one)",
+    ("environ", "clear"): "clears the environment (children would not load the verdict recorder)",
     ("gc", "get_objects"): "walks the garbage collector's objects",
     ("gc", "get_referrers"): "walks the garbage collector's objects",
     ("gc", "get_referents"): "walks the garbage collector's objects",

@@ -30,8 +30,8 @@ So the verdicts come from a second channel the test process's output does not re
 - :func:`read` keeps the lines that carry the key, of one process: the outermost that reported (a run that a
   test or the code under test starts in a child reports under it, and is dropped), under no interpreter but
   the runner's launchers (``tox`` marks itself when it is imported; sympy's ``bin/test`` marks the start and
-  end of each rerun of itself in a child, ``run_in_subprocess_with_hash_randomization``, and only the one
-  interpreter it started in that span counts); two such processes, or none, and no verdict counts (0.0). (The first process to claim was the runner before: a child
+  end of each rerun of itself in a child, ``run_in_subprocess_with_hash_randomization``, and the pid of the
+  child it starts: only that child counts, when it is the one started in that span); two such processes, or none, and no verdict counts (0.0). (The first process to claim was the runner before: a child
   unittest run of a look-alike module, started by the package when the runner imported it, took the claim
   with the run's key, and the runner recorded nothing: 1.0 knowing nothing.) It rebuilds the runner's log
   from them (``<description> ... ok``, ``test_x F``, ``PASSED <node id>``), which goes to SWE-bench's parser as
@@ -173,10 +173,26 @@ def _hook_sympy(module):
     spawn = getattr(module, "run_in_subprocess_with_hash_randomization", None)
     if spawn is not None:
         def run_in_subprocess_with_hash_randomization(*args, **kwargs):
+            import subprocess
+            popen = subprocess.Popen
+
+            class Popen(popen):
+                """Records the pid of each child the launch starts (but its ``python -RV`` version check)."""
+
+                def __init__(self, *a, **k):
+                    popen.__init__(self, *a, **k)
+                    try:
+                        if "-RV" not in list(a[0] if a else k.get("args", ())):
+                            _write("launcher", "sympy:child:%d" % self.pid)
+                    except Exception:
+                        pass
+
             _write("launcher", "sympy:start")  # bin/test reruns itself in a child: the runner may sit under it
+            subprocess.Popen = Popen
             try:
                 return spawn(*args, **kwargs)
             finally:
+                subprocess.Popen = popen
                 _write("launcher", "sympy:end")
 
         module.run_in_subprocess_with_hash_randomization = run_in_subprocess_with_hash_randomization
@@ -457,6 +473,7 @@ def read(raw: bytes, channel: Channel) -> Records:
     interpreters: dict[int, tuple[int, list[int]]] = {}  # pids that loaded the recorder -> (when, ancestors)
     launchers: set[int] = set()  # pids that start the runner in a child (sympy's bin/test, tox), as the runner does
     windows: dict[int, list[list[float]]] = {}  # launcher -> [start, end] of each launch it marked (sympy's)
+    children: dict[int, list[tuple[int, int]]] = {}  # launcher -> (when, pid) of each child a launch started
     reported: dict[int, tuple[list[int], list[str]]] = {}  # reporting pid -> (its ancestors, its lines)
     ignored, shell = 0, 0  # shell: the test command's shell (the first "shell" line, before any test code)
     for when, record in enumerate(raw.decode("ascii", "replace").splitlines()):
@@ -484,6 +501,8 @@ def read(raw: bytes, channel: Channel) -> Records:
                     windows.setdefault(pid, []).append([when, float("inf")])
                 elif edge == "end" and windows.get(pid):
                     windows[pid][-1][1] = when
+                elif edge.startswith("child:") and edge[6:].isdigit():
+                    children.setdefault(pid, []).append((when, int(edge[6:])))
         else:
             reported.setdefault(pid, (ancestors, []))[1].append(text)
     # the run's runner: a reporting process under no interpreter but the runner's launchers (a run nested in a
@@ -492,13 +511,15 @@ def read(raw: bytes, channel: Channel) -> Records:
         return next((a for a in interpreters.get(pid, (0, reported.get(pid, ([],))[0]))[1] if a in interpreters), 0)
 
     def launched(pid: int) -> bool:
-        """Under a launcher that marks its launches: the one interpreter it started in one of them."""
+        """Under a launcher that marks its launches: the one child it started in one of them."""
         above = parent(pid)
-        if above not in windows or pid not in interpreters:
+        if above not in windows:
             return True
-        start = next((w for w in windows[above] if w[0] < interpreters[pid][0] < w[1]), None)
-        return start is not None and sum(start[0] < at < start[1] and parent(p) == above
-                                         for p, (at, _) in interpreters.items()) == 1
+        for start, end in windows[above]:
+            started = [child for at, child in children.get(above, []) if start < at < end]
+            if started == [pid]:
+                return True
+        return False
 
     outermost = [pid for pid, (ancestors, _) in reported.items()
                  if not set(ancestors) & (reported.keys() | (interpreters.keys() - launchers)) and launched(pid)

@@ -23,9 +23,9 @@ Broke before the fix:
   the child's recorder (the real one, with the run's key) took the exclusive claim first and the runner
   recorded nothing -> no claim by arrival: each record carries its process's lineage, and only a reporting
   process under no interpreter but the runner's launchers counts (sympy's bin/test when it reruns itself in a
-  child, tox); a second unrelated one voids both (0.0). (An allowance of one interpreter above the runner,
-  tried first, still let a pytest run in a child of the runner count when the package then broke collection:
-  1.0, the test below.) hack_check flags importing tox and calling sympy's launcher;
+  child, recording the child's pid, and tox); a second unrelated one voids both (0.0). (An allowance of one
+  interpreter above the runner, tried first, still let a pytest run in a child of the runner count when the
+  package then broke collection: 1.0, the test below.) hack_check flags importing tox and calling sympy's launcher;
 - **a runner out of the command's tree** (1.0, no key known): the same look-alike pytest run started in the
   background by a shell that exits at once (its parent becomes init, so no interpreter is above it), then
   collection broken -> the test command's shell writes its pid first to the record file, and the runner must
@@ -327,6 +327,8 @@ def test_a_runner_out_of_the_commands_tree_does_not_report(env):
     ("import os\nfolders = [v for v in os.environ.values() if v.startswith('/')]\n", True),
     ("import sys\nsys.path.insert(0, 'docs')\n", False),  # a script's set-up reads nothing
     ("import tox\n", True),  # marks its process as the runner's launcher
+    ('import os\nos.environ["PYTHONNOUSERSITE"] = "1"\n', True),  # keeps the recorder out of a child
+    ("import os\nos.environ.clear()\n", True),
     ("def claim(result, test):\n    result.startTestRun()\n    result.addSuccess(test)\n", True),  # in-process
     ("from sympy.testing import runtests\nruntests.run_in_subprocess_with_hash_randomization('_test')\n", True),
     ('import os\nroot = os.environ.get("HOME")\n', False),
@@ -368,11 +370,13 @@ def test_only_the_outermost_runners_verdicts_count():
     sympy = line("sympy", "test_a ok", "11,10,5,0")
     assert read("sympy", shell, sympy).log == ""  # under an interpreter that launched nothing
     start, end = line("launcher", "sympy:start", "10,5,0"), line("launcher", "sympy:end", "10,5,0")
-    loaded, other = line("loaded", "", "11,10,5,0"), line("loaded", "", "12,10,5,0")
-    assert read("sympy", shell, start, loaded, sympy, end).log == "test_a ok\n"  # bin/test's hash-randomised child
-    assert read("sympy", shell, loaded, start, sympy, end).log == ""  # started before bin/test's launch
-    assert read("sympy", shell, start, other, loaded, sympy, end).log == ""  # one of two children: which?
-    assert read("unittest", shell, start, loaded, child, end).log == ""  # a launcher of another runner
+    loaded = line("loaded", "", "11,10,5,0")
+    spawned, other = line("launcher", "sympy:child:11", "10,5,0"), line("launcher", "sympy:child:12", "10,5,0")
+    assert read("sympy", shell, start, loaded, spawned, sympy, end).log == "test_a ok\n"  # bin/test's child
+    assert read("sympy", shell, loaded, start, sympy, end).log == ""  # not the child bin/test started
+    assert read("sympy", shell, spawned, start, loaded, sympy, end).log == ""  # started outside a launch
+    assert read("sympy", shell, start, other, loaded, spawned, sympy, end).log == ""  # one of two: which?
+    assert read("unittest", shell, start, loaded, spawned, child, end).log == ""  # a launcher of another runner
     tox = line("launcher", "pytest", "10,5,0")
     assert read("pytest", shell, tox, line("pytest", "PASSED t.py::x", "11,10,5,0")).log == "PASSED t.py::x\n"
     after = line("unittest", "test_a (m.T.test_a) ... ok", "10,5,0")
