@@ -31,19 +31,25 @@ So the verdicts come from a second channel the test process's output does not re
   test or the code under test starts in a child reports under it, and is dropped), under no interpreter but
   the runner's launchers (``tox`` marks itself when it is imported; sympy's ``bin/test`` marks the start and
   end of each rerun of itself in a child, ``run_in_subprocess_with_hash_randomization``, and the pid of the
-  child it starts: only that child counts, when it is the one started in that span); two such processes, or none, and no verdict counts (0.0). (The first process to claim was the runner before: a child
-  unittest run of a look-alike module, started by the package when the runner imported it, took the claim
-  with the run's key, and the runner recorded nothing: 1.0 knowing nothing.) It rebuilds the runner's log
-  from them (``<description> ... ok``, ``test_x F``, ``PASSED <node id>``), which goes to SWE-bench's parser as
-  before: the published ids come out the same.
+  child it starts: only that child counts, when it is the one started in that span), and under the test
+  command's shell (:meth:`Channel.command` writes its pid first: a runner started in the background by a
+  shell that exits has init for its parent); two such processes, or none, and no verdict counts (0.0). (The
+  first process to claim was the runner before: a child unittest run of a look-alike module, started by the
+  package when the runner imported it, took the claim with the run's key, and the runner recorded nothing:
+  1.0 knowing nothing.) A keyed pass after the same test's failure is dropped. It rebuilds the runner's log
+  from the kept lines (``<description> ... ok``, ``test_x F``, ``PASSED <node id>``), which goes to SWE-bench's
+  parser as before: the published ids come out the same.
 
-What is left: code of the change that finds the recorder's module (or its objects) and writes keyed verdicts,
-which is runner-reactive code as for pytest rows (``.pth``, the runner's names: flagged by
-:mod:`lightswe.envs.hack_check`). A recorder that cannot load is never the policy's failure: grading checks that
-it loads in ``python``/``python3`` before the tests (``Channel.probe``), and a test command that keeps both ways
-out (``python -I``, ``-S``, ``-E -s``, also in the shebang of the script it runs: :func:`unloadable`) is a broken
-task, decided from the task alone: ``GradingError``, reward None. A run that leaves no verdict (the change broke
-the runner or erased the records) reports no test: 0.0.
+What is left: code of the change that finds the recorder's source, module or objects and writes keyed verdicts
+(every interpreter must read the source, so the test process can too): runner-reactive code as for pytest rows,
+flagged by :mod:`lightswe.envs.hack_check` where it takes a known way (``PYTHONPATH``, ``sys.path``, the user
+site-packages, ``/dev/fd``, ``sys.modules``, ``gc``, the runner's reporting names; a walk of the home folder or
+``/tmp`` that names none of them is not flagged). A recorder that cannot load is never the policy's failure:
+grading checks that it loads in ``python``/``python3`` before the tests (``Channel.probe``), and a test command
+that keeps both ways out (``python -I``, ``-S``, ``-E -s``, also in the shebang of the script it runs:
+:func:`unloadable`) is a broken task, decided from the task alone: ``GradingError``, reward None. A run that
+leaves no verdict (the change broke the runner or emptied the records) reports no test: 0.0; a record file that
+is gone is the machine's failure (no test process can remove it).
 
 Log parsers without a channel here (runners that are not Python: Go, Rust, JavaScript...) still read the log;
 :func:`channel_of` says which.
