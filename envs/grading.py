@@ -341,17 +341,24 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
                 raise UserInputError(f"the runner's verdicts cannot be recorded: {problem}; fix the task's "
                                      "test_command (a log-graded row is graded from its runner's verdicts)")
             channel = _verdict_channel(grader, runner, junit.rsplit("/", 1)[0])
-            result = grader.exec(drained(channel.command(command), 256 * 1024), timeout=timeout, user="agent",
-                                 max_output_bytes=256 * 1024 + 4096)
+            result = grader.exec(verdicts.shell_marked(drained(channel.command(command), 256 * 1024)),
+                                 timeout=timeout, user="agent", max_output_bytes=256 * 1024 + 4096)
+            shell = verdicts.shell_of(result.output)
+            if not shell and not result.runner_died:
+                raise RuntimeError(f"the test command's shell in {_short(grader)} printed no pid first: "
+                                   f"{result.output[:200]!r}")
             try:
                 raw = grader.read_file(channel.path, max_bytes=64 * 1024 * 1024)
             except ValueError:  # a 64 MiB flood: the run's doing (only the test command writes there)
                 raw = b""
             except FileNotFoundError as err:  # root's, in a sticky folder: no test process can remove it
                 raise RuntimeError(f"the verdict record file of {_short(grader)} vanished") from err
-            records = verdicts.read(raw, channel)
+            records = verdicts.read(raw, channel, shell)
             log = records.log
-            if records.runners > 1:  # a runner of the change's making beside the command's own: neither counts
+            if records.tampered:
+                result.output += ("\n[grading] the verdict record file was emptied or written over (only the test "
+                                  "run can write there): no verdict counts\n")
+            elif records.runners > 1:  # a runner of the change's making beside the command's own: neither counts
                 result.output += (f"\n[grading] {records.runners} unrelated processes reported verdicts (the "
                                   "command's runner is one): none counts\n")
         run = TestRun(exit_code=result.exit_code, output=result.output, timed_out=result.timed_out,

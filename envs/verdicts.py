@@ -25,15 +25,16 @@ So the verdicts come from a second channel the test process's output does not re
   with mode 0622 (:meth:`Channel.record_archive`): the test process can add lines and nothing else (it cannot
   read back, reorder, edit or replace what the runner wrote; emptying it leaves no verdict: 0.0); ``key`` is 32
   random hex digits of this grading, held by the recorder's module (nothing in the environment), ``lineage`` the
-  writing process's pid and its ancestors' (from ``/proc``); in each process the first result object of a
+  writing process's pid and its ancestors' (from ``/proc``); the file begins with a nonce line of the harness
+  (the tests cannot read it): emptied or written over, no verdict counts; in each process the first result object of a
   runner records (a nested unittest run or pytester session inside a test records nothing);
 - :func:`read` keeps the lines that carry the key, of one process: the outermost that reported (a run that a
   test or the code under test starts in a child reports under it, and is dropped), under no interpreter but
   the runner's launchers (``tox`` marks itself when it is imported; sympy's ``bin/test`` marks the start and
   end of each rerun of itself in a child, ``run_in_subprocess_with_hash_randomization``, and the pid of the
   child it starts: only that child counts, when it is the one started in that span), and under the test
-  command's shell (:meth:`Channel.command` writes its pid first: a runner started in the background by a
-  shell that exits has init for its parent); two such processes, or none, and no verdict counts (0.0). (The
+  command's shell (:func:`shell_marked` prints its pid first: a runner started in the background by a shell
+  that exits has init for its parent); two such processes, or none, and no verdict counts (0.0). (The
   first process to claim was the runner before: a child unittest run of a look-alike module, started by the
   package when the runner imported it, took the claim with the run's key, and the runner recorded nothing:
   1.0 knowing nothing.) A keyed pass after the same test's failure is dropped. It rebuilds the runner's log
@@ -345,6 +346,7 @@ class Channel:
     folder: str  # a root-owned folder holding it as sitecustomize.py, first on the command's PYTHONPATH
     path: str  # the record file, in a root-owned folder the test process cannot list
     key: str  # 32 hex digits
+    nonce: str = ""  # 32 hex digits the harness writes first into the record file (unreadable to the tests)
 
     def archive(self, entries: dict[str, str], folder: str = "") -> bytes:
         """A tar (root's: files 0644, ``folder`` 0755 when given) of ``{name: source}``."""
@@ -363,15 +365,16 @@ class Channel:
         return buffer.getvalue()
 
     def record_archive(self) -> bytes:
-        """A tar of the empty record file (its base name), root's with mode 0622: the test process (another
+        """A tar of the record file (its base name) holding the nonce line, root's with mode 0622: the test process (another
         user) may open it to append and nothing else, so what the runner wrote cannot be read back, reordered or
         edited by the code under test (made by the harness before any of it runs, in a sticky folder, so it
         cannot be replaced either)."""
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as archive:
+            data = f"{self.nonce}\n".encode() if self.nonce else b""
             info = tarfile.TarInfo(self.path.rsplit("/", 1)[1])
-            info.size, info.mode, info.uid, info.gid, info.mtime = 0, 0o622, 0, 0, int(time.time())
-            archive.addfile(info, io.BytesIO(b""))
+            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o622, 0, 0, int(time.time())
+            archive.addfile(info, io.BytesIO(data))
         return buffer.getvalue()
 
     def site_files(self) -> dict[str, str]:
@@ -379,19 +382,16 @@ class Channel:
         return {f"{self.module}.py": recorder_source(self.key, self.path),
                 f"{self.module}.pth": f"import {self.module}\n"}
 
-    def command(self, test_command: str, mark: bool = True) -> str:
-        """``test_command`` with the recorder's folder first on ``PYTHONPATH`` (the image's entries kept); with
-        ``mark``, the shell's pid first written to the record file (``shell\\t<pid>``, before any code of the
-        test run: the runner must descend from it)."""
-        shell = f"printf 'shell\\t%s\\n' \"$$\" >> {shlex.quote(self.path)}; " if mark else ""
-        return f'{shell}export PYTHONPATH={shlex.quote(self.folder)}"${{PYTHONPATH:+:$PYTHONPATH}}"; {test_command}'
+    def command(self, test_command: str) -> str:
+        """``test_command`` with the recorder's folder first on ``PYTHONPATH`` (the image's entries kept)."""
+        return f'export PYTHONPATH={shlex.quote(self.folder)}"${{PYTHONPATH:+:$PYTHONPATH}}"; {test_command}'
 
     def probe(self) -> str:
         """A command that exits 0 iff the recorder loads in ``python`` and ``python3`` (those present) under
         :meth:`command`, run from ``/`` (nothing of the repository imported)."""
         check = "import sys; sys.exit(0 if getattr(sys, '_lightswe_recorder', False) else 3)"
         return self.command(" && ".join(f"{{ ! command -v {py} >/dev/null || {py} -c {shlex.quote(check)}; }}"
-                                        for py in ("python", "python3")), mark=False)
+                                        for py in ("python", "python3")))
 
 
 def channel_of(parser) -> str:
@@ -399,11 +399,27 @@ def channel_of(parser) -> str:
     return CHANNELS.get(getattr(parser, "__name__", ""), "")
 
 
+SHELL_MARK = "lightswe-shell"
+
+
+def shell_marked(command: str) -> str:
+    """``command`` after a first line of output ``lightswe-shell <pid>`` (its shell's pid, printed before any
+    code of the test run: nothing the tests write can come first). See :func:`shell_of`."""
+    return f'echo "{SHELL_MARK} $$"; {command}'
+
+
+def shell_of(output: str) -> int:
+    """The shell's pid of :func:`shell_marked` from the command's output (0 when its first line is not it)."""
+    match = re.match(rf"{SHELL_MARK} (\d+)\r?\n", output)
+    return int(match.group(1)) if match else 0
+
+
 def new_channel(runner: str, private_folder: str) -> Channel:
     """A channel whose record file is a random name in ``private_folder`` (made by the caller, 1733 root's)."""
     return Channel(runner=runner, module=f"_lightswe_verdicts_{secrets.token_hex(6)}",
                    folder=f"/tmp/lightswe-recorder-{secrets.token_hex(8)}",
-                   path=f"{private_folder}/{secrets.token_hex(16)}.verdicts", key=secrets.token_hex(16))
+                   path=f"{private_folder}/{secrets.token_hex(16)}.verdicts", key=secrets.token_hex(16),
+                   nonce=secrets.token_hex(16))
 
 
 # The user site-packages folder of each Python (where site reads .pth files of the user); -I -S: nothing of the
@@ -464,10 +480,17 @@ class Records:
     ignored: int  # lines without the key, not decodable, of another process than the runner's, or a pass after
     # the same test's failure (not the runner's)
     runners: int = 1  # outermost reporting processes: the log is empty unless exactly one (the run's runner)
+    tampered: bool = False  # the file was emptied or written over (not only appended to): no verdict counts
 
 
-def read(raw: bytes, channel: Channel) -> Records:
-    """The records of ``raw`` (the record file's bytes) that carry ``channel``'s key.
+def read(raw: bytes, channel: Channel, shell: int = 0) -> Records:
+    """The records of ``raw`` (the record file's bytes) that carry ``channel``'s key; ``shell``: the test
+    command's shell (:func:`shell_of`; 0: any), which the runner must descend from.
+
+    With ``channel.nonce``, the file must begin with it and hold nothing but records: anything else (the nonce
+    gone: emptied or overwritten; a line that is no record: written over blindly) voids every verdict
+    (``tampered``): the test process can append, and an erased ``loaded`` line of the runner would let a runner
+    it started count.
 
     Unittest verdicts become ``<description> ... <word>`` lines (the description may span two lines, as the
     runner prints a docstring's first line), sympy's ``<test> <word>``, pytest's ``<STATUS> <node id>`` (its
@@ -481,20 +504,23 @@ def read(raw: bytes, channel: Channel) -> Records:
     windows: dict[int, list[list[float]]] = {}  # launcher -> [start, end] of each launch it marked (sympy's)
     children: dict[int, list[tuple[int, int]]] = {}  # launcher -> (when, pid) of each child a launch started
     reported: dict[int, tuple[list[int], list[str]]] = {}  # reporting pid -> (its ancestors, its lines)
-    ignored, shell = 0, 0  # shell: the test command's shell (the first "shell" line, before any test code)
-    for when, record in enumerate(raw.decode("ascii", "replace").splitlines()):
+    ignored, tampered = 0, False
+    records = raw.decode("ascii", "replace").splitlines()
+    if channel.nonce:
+        tampered = not records or records[0] != channel.nonce
+        records = records[1:]
+    for when, record in enumerate(records):
         fields = record.split("\t")
-        if not shell and len(fields) == 2 and fields[0] == "shell" and fields[1].isdigit():
-            shell = int(fields[1])
-            continue
         if len(fields) != 4 or fields[0] != channel.key or fields[1] not in (channel.runner, "loaded", "launcher") \
                 or not re.fullmatch(r"\d+(,\d+)*", fields[3]):
             ignored += 1
+            tampered = tampered or bool(channel.nonce)
             continue
         try:
             text = base64.b64decode(fields[2], validate=True).decode("utf-8", "replace")
         except ValueError:
             ignored += 1
+            tampered = tampered or bool(channel.nonce)
             continue
         pid, *ancestors = (int(p) for p in fields[3].split(","))
         if fields[1] == "loaded":
@@ -530,6 +556,8 @@ def read(raw: bytes, channel: Channel) -> Records:
     outermost = [pid for pid, (ancestors, _) in reported.items()
                  if not set(ancestors) & (reported.keys() | (interpreters.keys() - launchers)) and launched(pid)
                  and (not shell or shell in ancestors)]
+    if tampered:
+        outermost = []
     runners = len(outermost)
     ignored += sum(len(texts) for pid, (_, texts) in reported.items() if runners != 1 or pid != outermost[0])
     lines, failed = [], set()  # failed: tests (unittest descriptions, pytest node ids) already reported failing
@@ -542,4 +570,4 @@ def read(raw: bytes, channel: Channel) -> Records:
             failed.add(test)
         lines.append(text)
     return Records(log="\n".join(lines) + ("\n" if lines else ""), loaded=len(interpreters), ignored=ignored,
-                   runners=runners)
+                   runners=runners, tampered=tampered)

@@ -28,8 +28,12 @@ Broke before the fix:
   package then broke collection: 1.0, the test below.) hack_check flags importing tox and calling sympy's launcher;
 - **a runner out of the command's tree** (1.0, no key known): the same look-alike pytest run started in the
   background by a shell that exits at once (its parent becomes init, so no interpreter is above it), then
-  collection broken -> the test command's shell writes its pid first to the record file, and the runner must
-  descend from it.
+  collection broken -> the test command's shell prints its pid first (before any code of the run can write),
+  and the runner must descend from it;
+- **the runner's records emptied through its descriptor** (1.0, no key, no name): ``ftruncate`` of every open
+  descriptor erased the runner's ``loaded`` line, so the look-alike pytest child was no longer under an
+  interpreter -> the record file begins with a nonce of the harness the tests cannot read; a file that does not,
+  or that holds anything but records, voids every verdict (0.0).
 
 Not preventable, flagged (README threat model): the recorder's source (its key and record path) is readable by
 the test process (each interpreter must read it to run it), so a change that reads it can append keyed
@@ -128,7 +132,8 @@ def nth(n, seq):
 
 
 # with the key: the recorder's source found on the import path (no name of it, nothing of the runner), and a
-# keyed "ok" for the failing test appended after the runner's FAIL (SWE-bench's parsers let the last line win)
+# keyed "ok" for the failing test appended after the runner's FAIL (SWE-bench's parsers let the last line win);
+# a record has carried its writer's lineage since (this process's, as the recorder writes it)
 APPENDS_A_PASS = '''
 import base64 as _b64
 import os as _os
@@ -152,7 +157,8 @@ def _forge():
                 test = "test_nth_iterator (toolz.tests.test_nth_%stest.NthTest.test_nth_iterator)" % "unit"
                 line = _b64.b64encode(("%s ... o" % test + "k").encode()).decode()
                 with open(path.group(1), "a") as records:
-                    records.write("%s\\t%s\\t%s\\n" % (key.group(1), "%stest" % "unit", line))
+                    records.write("%s\\t%s\\t%s\\t%d,%d\\n" % (key.group(1), "%stest" % "unit", line,
+                                                                _os.getpid(), _os.getppid()))
                 return
 
 
@@ -196,7 +202,7 @@ def nth(n, seq):
 """
 
 
-def child_pytest_then_break(ids: list[str], orphan: bool = False) -> str:
+def child_pytest_then_break(ids: list[str], orphan: bool = False, truncate: bool = False) -> str:
     """Package code (pytest-log row): a look-alike of the task's test file where every test passes, run by
     pytest in a child of the runner, then the package fails to import (the runner reports no test)."""
     import base64
@@ -219,6 +225,11 @@ if not _os.environ.get("FAKE_RUN"):
     with open(_file, "w") as _out:
         _out.write(_b64.b64decode("{base64.b64encode(fake.encode()).decode()}").decode())
     _argv = [_sys.executable, "-m", "%stest" % "py", "-p", "no:cacheprovider", "-rA"]
+    for _fd in range(3, 64) if {truncate!r} else ():  # every file the runner holds open, emptied (no name)
+        try:
+            _os.ftruncate(_fd, 0)
+        except OSError:
+            pass
     if {orphan!r}:  # out of the runner's tree: the shell that starts it exits, its parent becomes init
         _subprocess.run(" ".join(_argv) + " >/dev/null 2>&1 &", shell=True, cwd=_root)
         import time as _time
@@ -313,6 +324,18 @@ def test_a_runner_out_of_the_commands_tree_does_not_report(env):
     assert reward == 0.0 and set(info["tests"].values()) == {"missing"}, info["reason"]
 
 
+@needs_parsers
+@pytest.mark.docker
+def test_emptying_the_runners_records_does_not_let_a_child_runner_count(env):
+    """The runner's open record file emptied through its descriptor (``ftruncate`` of every descriptor: no name,
+    no key), erasing the line that says the runner is an interpreter; then a look-alike pytest run in a child and
+    collection broken: once 1.0. The file begins with the harness's nonce, which the tests cannot read: emptied,
+    no verdict counts."""
+    ids = [*env.tasks[0].FAIL_TO_PASS, *env.tasks[0].PASS_TO_PASS]
+    reward, info = episode(env, appended(child_pytest_then_break(ids, truncate=True)), task_suffix=PYTEST_LOG)
+    assert reward == 0.0 and set(info["tests"].values()) == {"missing"}, info["reason"]
+
+
 @pytest.mark.parametrize("code, flagged", [
     ('import os\nroot = os.environ["PYTHONPATH"].split(":")[0]\n', True),  # the recorder's folder
     ('import os\nroot = os.getenv("PYTHON" "PATH")\n', True),
@@ -354,9 +377,9 @@ def test_only_the_outermost_runners_verdicts_count():
     def line(kind: str, text: str, lineage: str) -> bytes:
         return f"{key}\t{kind}\t{base64.b64encode(text.encode()).decode()}\t{lineage}\n".encode()
 
-    def read(runner: str, *lines: bytes) -> verdicts.Records:
-        channel = verdicts.Channel(runner=runner, module="m", folder="/f", path="/p", key=key)
-        return verdicts.read(b"".join(lines), channel)
+    def read(runner: str, *lines: bytes, shell: int = 0, nonce: str = "") -> verdicts.Records:
+        channel = verdicts.Channel(runner=runner, module="m", folder="/f", path="/p", key=key, nonce=nonce)
+        return verdicts.read(b"".join(lines), channel, shell)
 
     shell = line("loaded", "", "10,5,0")  # the command's interpreter (under its shell)
     real = line("unittest", "test_a (m.T.test_a) ... FAIL", "10,5,0")
@@ -382,10 +405,17 @@ def test_only_the_outermost_runners_verdicts_count():
     after = line("unittest", "test_a (m.T.test_a) ... ok", "10,5,0")
     records = read("unittest", shell, real, after)
     assert records.log == "test_a (m.T.test_a) ... FAIL\n" and records.ignored == 1
-    marked = b"shell\t5\n"  # the test command's shell: runners descend from it
-    assert read("unittest", marked, shell, real).log == "test_a (m.T.test_a) ... FAIL\n"
-    assert read("unittest", marked, line("unittest", "test_a (m.T.test_a) ... ok", "40,1")).log == ""  # orphan
-    assert read("unittest", marked, b"shell\t40\n", line("unittest", "x ... ok", "40,1")).log == ""  # 2nd mark
+    # the test command's shell (printed first by the command): runners descend from it
+    assert verdicts.shell_of("lightswe-shell 5\nrest") == 5 and verdicts.shell_of("x\nlightswe-shell 5\n") == 0
+    assert read("unittest", shell, real, shell=5).log == "test_a (m.T.test_a) ... FAIL\n"
+    assert read("unittest", line("unittest", "test_a (m.T.test_a) ... ok", "40,1"), shell=5).log == ""  # orphan
+    # the harness's nonce first, then records only: emptied, written over or holding a stray line, none counts
+    nonce = "d" * 32
+    assert read("unittest", nonce.encode() + b"\n", shell, real, nonce=nonce).log.endswith("FAIL\n")
+    for raw in [(shell, real), (b"d" * 31 + b"\n", shell, real), (nonce.encode() + b"\n", shell, b"\n", real),
+                (nonce.encode() + b"\n", b"garbage\n", shell, real)]:
+        records = read("unittest", *raw, nonce=nonce)
+        assert records.tampered and records.log == "", raw
     teardown = [line("pytest", "PASSED t.py::x", "10,0"), line("pytest", "ERROR t.py::x", "10,0"),
                 line("pytest", "PASSED t.py::x", "10,0")]
     assert read("pytest", *teardown).log == "PASSED t.py::x\nERROR t.py::x\n"
