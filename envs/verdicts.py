@@ -30,7 +30,7 @@ So the verdicts come from a second channel the test process's output does not re
   runner records (a nested unittest run or pytester session inside a test records nothing);
 - :func:`read` keeps the lines that carry the key, of one process: the outermost that reported (a run that a
   test or the code under test starts in a child reports under it, and is dropped), under no interpreter but
-  the runner's launchers (``tox`` marks itself when it is imported; sympy's ``bin/test`` marks the start and
+  the runner's launchers (``tox`` marks itself when it is imported, unless pytest runs in the same process; sympy's ``bin/test`` marks the start and
   end of each rerun of itself in a child, ``run_in_subprocess_with_hash_randomization``, and the pid of the
   child it starts: only that child counts, when it is the one started in that span), and under the test
   command's shell (:func:`shell_marked` prints its pid first: a runner started in the background by a shell
@@ -243,6 +243,7 @@ def _pytest_word(report):
 
 
 def _hook_pytest(module):
+    _write("launcher", "pytest:runner")  # pytest itself runs here: never a launcher of pytest (tox imported or not)
     reporter = module.TerminalReporter
     original = reporter.pytest_runtest_logreport
 
@@ -503,6 +504,7 @@ def read(raw: bytes, channel: Channel, shell: int = 0) -> Records:
     launchers: set[int] = set()  # pids that start the runner in a child (sympy's bin/test, tox), as the runner does
     windows: dict[int, list[list[float]]] = {}  # launcher -> [start, end] of each launch it marked (sympy's)
     children: dict[int, list[tuple[int, int]]] = {}  # launcher -> (when, pid) of each child a launch started
+    runs: set[int] = set()  # pids where the runner itself runs (pytest imported): launchers of nothing
     reported: dict[int, tuple[list[int], list[str]]] = {}  # reporting pid -> (its ancestors, its lines)
     ignored, tampered = 0, False
     records = raw.decode("ascii", "replace").splitlines()
@@ -533,12 +535,16 @@ def read(raw: bytes, channel: Channel, shell: int = 0) -> Records:
                     windows.setdefault(pid, []).append([when, float("inf")])
                 elif edge == "end" and windows.get(pid):
                     windows[pid][-1][1] = when
+                elif edge == "runner":
+                    runs.add(pid)
                 elif edge.startswith("child:") and edge[6:].isdigit():
                     children.setdefault(pid, []).append((when, int(edge[6:])))
         else:
             reported.setdefault(pid, (ancestors, []))[1].append(text)
     # the run's runner: a reporting process under no interpreter but the runner's launchers (a run nested in a
     # test, or started by the code under test, is under the runner's or another interpreter); exactly one
+    launchers -= runs
+
     def parent(pid: int) -> int:  # the nearest interpreter above ``pid`` (0: none)
         return next((a for a in interpreters.get(pid, (0, reported.get(pid, ([],))[0]))[1] if a in interpreters), 0)
 

@@ -402,6 +402,8 @@ def test_only_the_outermost_runners_verdicts_count():
     assert read("unittest", shell, start, loaded, spawned, child, end).log == ""  # a launcher of another runner
     tox = line("launcher", "pytest", "10,5,0")
     assert read("pytest", shell, tox, line("pytest", "PASSED t.py::x", "11,10,5,0")).log == "PASSED t.py::x\n"
+    runs = line("launcher", "pytest:runner", "10,5,0")  # pytest runs in 10 (which imported tox too)
+    assert read("pytest", shell, tox, runs, line("pytest", "PASSED t.py::x", "11,10,5,0")).log == ""
     after = line("unittest", "test_a (m.T.test_a) ... ok", "10,5,0")
     records = read("unittest", shell, real, after)
     assert records.log == "test_a (m.T.test_a) ... FAIL\n" and records.ignored == 1
