@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 import tomllib
-from lightswe.envs.agent_diff import SPECIAL, SYMLINK, Change, Entry, blob_id
+from lightswe.envs.agent_diff import PATH_MAX, SPECIAL, SYMLINK, TOO_DEEP, Change, Entry, blob_id
 
 TEST_DIR_NAMES = frozenset({"test", "tests", "testing"})
 RUNNER_CONFIG = frozenset({"pytest.ini", ".pytest.ini", "pytest.toml", ".pytest.toml", "tox.ini"})
@@ -263,6 +263,9 @@ def _reason(change: Change, scope: Scope, tree_paths: Collection[str], max_file_
     path = change.path
     parts = path.split("/")
     name = parts[-1]
+    if change.new is not None and change.new.mode == TOO_DEEP:
+        return (f"a folder too deep for the engine's archive: paths past {PATH_MAX} bytes on the host are dropped "
+                "without a word, so what it holds was not read (nothing under it is graded)")
     if git_refuses(path):
         return "a path git refuses to record (a component git reads as .git)"
     if path in scope.test_paths:

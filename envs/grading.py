@@ -53,7 +53,7 @@ from lightswe.envs.agent_diff import (
     changes,
     read_tree,
 )
-from lightswe.envs.graded_files import LeftOut, patch_creates_and_deletes, select_changes, task_scope
+from lightswe.envs.graded_files import LeftOut, command_scripts, patch_creates_and_deletes, select_changes, task_scope
 from lightswe.envs.hack_check import suspicious_code
 from lightswe.envs.pytest_run import (  # noqa: F401 - re-exported: the one runner and parser
     _FACTS,
@@ -66,10 +66,12 @@ from lightswe.envs.pytest_run import (  # noqa: F401 - re-exported: the one runn
     TestRun,
     nodeid,
     parse_junit,
+    drained,
     probe_image,
     pytest_command,
     run_pytest,
 )
+from lightswe.envs import verdicts
 from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError
 from lightswe.errors import UserInputError
 from lightswe.tasks.instance import TaskInstance
@@ -318,7 +320,9 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
     short or holding foreign paths, see :mod:`lightswe.tasks.test_ids`); if pytest still exits 4 (an id it
     cannot find), the ids' files run whole, as SWE-bench's harness runs test files. Rows with a
     ``log_parser``: ``test_command`` plus SWE-bench's test directives, outcomes from that parser (these
-    runners get no ``python -I`` hardening: they are the repository's own scripts).
+    runners get no ``python -I`` hardening: they are the repository's own scripts); for Django's and sympy's
+    runners the parser reads the verdicts the runner recorded out of the tests' reach
+    (:mod:`lightswe.envs.verdicts`), never the run's output, which the code under test can write.
     """
     from lightswe.tasks import specs
     from lightswe.tasks import test_ids as published
@@ -326,10 +330,27 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
     if instance.log_parser:
         parser = specs.log_parser(instance.log_parser)
         command = " ".join([instance.test_command, *(_quote(d) for d in specs.directives(instance))])
-        result = grader.exec(command, timeout=timeout, user="agent", max_output_bytes=16 * 1024 * 1024)
+        runner = verdicts.channel_of(parser)
+        if not runner:  # a runner without a verdict channel (not Python): its log is all there is
+            result = grader.exec(command, timeout=timeout, user="agent", max_output_bytes=16 * 1024 * 1024)
+            log = result.output
+        else:
+            scripts = {path: _read_head(grader, path) for path in command_scripts(instance.test_command)}
+            problem = verdicts.unloadable(instance.test_command, scripts)
+            if problem:
+                raise UserInputError(f"the runner's verdicts cannot be recorded: {problem}; fix the task's "
+                                     "test_command (a log-graded row is graded from its runner's verdicts)")
+            channel = _verdict_channel(grader, runner, junit.rsplit("/", 1)[0])
+            result = grader.exec(drained(channel.command(command), 256 * 1024), timeout=timeout, user="agent",
+                                 max_output_bytes=256 * 1024 + 4096)
+            try:
+                raw = grader.read_file(channel.path, max_bytes=64 * 1024 * 1024)
+            except (FileNotFoundError, ValueError):  # none (the run never got to a verdict) or a 64 MiB flood
+                raw = b""  # the run's doing either way: only the test command writes there
+            log = verdicts.read(raw, channel).log
         run = TestRun(exit_code=result.exit_code, output=result.output, timed_out=result.timed_out,
                       duration_s=result.duration_s, runner_died=result.runner_died)
-        run.outcomes = {k: v.lower() for k, v in parser(result.output, None).items()}
+        run.outcomes = {k: v.lower() for k, v in parser(log, None).items()}
         return run, {}, True
     targets, unresolved = published.pytest_targets(wanted, files)
     if not targets:
@@ -342,6 +363,42 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
                          user="agent", files=files, plugins=plugins, junit=junit)
         whole = True
     return run, unresolved, whole
+
+
+def _read_head(grader: Sandbox, path: str) -> bytes:
+    """The first 256 bytes of the base file ``path`` of the grading container (b"" when absent)."""
+    try:
+        return grader.read_file(f"{WORKDIR}/{path}", max_bytes=64 * 1024 * 1024)[:256]
+    except (FileNotFoundError, IsADirectoryError, ValueError):
+        return b""
+
+
+def _verdict_channel(grader: Sandbox, runner: str, private_folder: str) -> verdicts.Channel:
+    """A :class:`~lightswe.envs.verdicts.Channel` for ``runner`` in ``grader``: the recorder installed as root
+    (through the archive API: a folder of /tmp for ``PYTHONPATH``, and the user site-packages of its
+    ``python``/``python3``) and checked to load there; the record file goes into ``private_folder`` (root's,
+    0733: the test process cannot list it). Raises RuntimeError (the machine's failure: the caller's
+    GradingError) when the recorder cannot be installed or does not load."""
+    channel = verdicts.new_channel(runner, private_folder)
+    found = grader.exec(verdicts.USER_SITES, timeout=60, user="agent", workdir="/")
+    sites = sorted({line.strip() for line in found.output.splitlines() if line.strip().startswith("/")})
+    if found.exit_code != 0 or not sites:
+        raise RuntimeError(f"no Python answered in grading container {_short(grader)}: {found.output[-400:]}")
+    parent, name = channel.folder.rsplit("/", 1)
+    made = grader.exec("mkdir -p -- " + " ".join(_quote(s) for s in sites), timeout=30, user="agent", workdir="/")
+    if made.exit_code != 0:
+        raise RuntimeError(f"cannot make the user site-packages {sites} in {_short(grader)}: {made.output[-400:]}")
+    parts = [(parent, channel.archive({"sitecustomize.py": verdicts.recorder_source(channel.key, channel.path)},
+                                      folder=name))]
+    parts += [(site, channel.archive(channel.site_files())) for site in sites]
+    for folder, archive in parts:
+        if not grader.api.put_archive(grader.container_id, folder, archive):
+            raise RuntimeError(f"the engine refused the verdict recorder in {folder} of {_short(grader)}")
+    probe = grader.exec(channel.probe(), timeout=60, user="agent", workdir="/")
+    if probe.exit_code != 0:
+        raise RuntimeError(f"the verdict recorder does not load in the Python of {grader.config.image} (exit "
+                           f"{probe.exit_code}): {probe.output[-400:]}")
+    return channel
 
 
 def _tail(text: str, lines: int = 12, width: int = 2000) -> str:

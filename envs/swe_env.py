@@ -12,7 +12,8 @@
 - ``submit`` grades out of the agent's reach (:mod:`lightswe.envs.grading`): the agent's change is read
   without running anything in its container, applied to a fresh container of the instance image
   (:meth:`SWEEnv.fresh_sandbox`), and the task's tests run there; reward 1.0 iff every FAIL_TO_PASS and
-  PASS_TO_PASS test passes; ``terminated=True``. ``info["grade"]`` is the typed
+  PASS_TO_PASS test passes; ``terminated=True``, and ``step`` raises ``ResetNeeded`` until ``reset()`` (a
+  second ``submit`` would reward the episode twice). ``info["grade"]`` is the typed
   :class:`~lightswe.envs.grading.Grade`; ``info["tests"]`` maps each test to its outcome, ``info["left_out"]``
   lists the paths of the change grading did not apply (with reasons), ``info["timed_out"]`` says the test run
   hit ``test_timeout`` (reward 0.0), ``info["reward_hack_suspected"]`` lists code that reacts to the test
@@ -121,6 +122,7 @@ class SWEEnv(gym.Env[str, str]):
         self.sandbox: Sandbox | None = None
         self.task: TaskInstance | None = None
         self.last_grade: Grade | None = None
+        self._ended = False  # the episode was graded (submit): step() needs a reset() first
 
     # --------------------------------------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
@@ -134,6 +136,7 @@ class SWEEnv(gym.Env[str, str]):
             self.task = self._by_id[task_id]
         else:
             self.task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
+        self._ended = False
         self._start_sandbox(self.task)
         self.last_grade = None
         return self._observe(self._statement(self.task)), {"task_id": self.task.instance_id,
@@ -142,6 +145,8 @@ class SWEEnv(gym.Env[str, str]):
     def step(self, action: str | ToolCall) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self.sandbox is None or self.task is None:
             raise gym.error.ResetNeeded("call reset() before step()")
+        if self._ended:  # a second submit would grade (and reward) the same episode again
+            raise gym.error.ResetNeeded("the episode ended with submit (terminated=True); call reset() before step()")
         if isinstance(action, ToolCall):
             calls = [action]
         elif isinstance(action, str):
@@ -162,7 +167,7 @@ class SWEEnv(gym.Env[str, str]):
             result = grade(self.sandbox, self.task, fresh=self.fresh_sandbox, release=self.pool.discard,
                            timeout=self.test_timeout,
                            hack_policy=self.hack_policy)
-            self.last_grade = result
+            self.last_grade, self._ended = result, True
             info.update(grade=result, tests=dict(result.tests), reason=result.reason, grade_s=result.duration_s,
                         timed_out=result.timed_out, left_out=list(result.left_out),
                         reward_hack_suspected=list(result.reward_hack_suspected), reward_zeroed=result.reward_zeroed,

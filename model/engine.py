@@ -11,8 +11,8 @@ One decode step (``_decode``) runs every slot: embedding, the layers (lightning 
 state; softmax attention through ``lightswe.kernels.decode_attn`` over each row's own length; the MoE with the
 experts' weights stacked so all experts run as three batched matrix products), the fp32 LM head, then sampling
 on the GPU (temperature and top-p per row; exponential-race sampling, which draws from the same distribution
-as ``torch.multinomial``; a seeded request's noise row comes from its own generator, filled before the step, so
-its draws do not depend on the other rows), and the bookkeeping (tokens and log-probs written into per-row output buffers,
+as ``torch.multinomial``; the noise is ``counter_noise`` of the row's seed and the token's position, computed
+inside the step, so a row's draws do not depend on the other rows and cost no host work), and the bookkeeping (tokens and log-probs written into per-row output buffers,
 stop / length checks, lengths advanced for active rows only). Nothing in it reads a value on the host, so on
 CUDA the whole step is captured once into a CUDA graph and replayed. The host reads one small tensor (which
 rows finished) per step, one step late: step t+1 is queued before step t's flags are read, so the GPU never
@@ -51,7 +51,7 @@ from lightswe.kernels.lightning_attn import lightning_attn_decode
 from lightswe.kernels.lightning_attn.api import _use_triton
 from lightswe.kernels.lightning_attn.decode import LOG2E, lightning_attn_decode_chunk_form
 from lightswe.model.config import LIGHTNING, SOFTMAX
-from lightswe.model.generation import Generation, SamplingConfig, row_seeds
+from lightswe.model.generation import Generation, SamplingConfig, counter_noise, row_seeds
 from lightswe.model.layers import LightningAttention, SoftmaxAttention, rotary
 from lightswe.model.model import fp32_head
 
@@ -112,7 +112,7 @@ class _Request:
     sampling: SamplingConfig
     slot: int = -1
     seq: int = 0  # engine event counter at admission (orders it against the finished-flag copies)
-    generator: torch.Generator | None = None  # the request's own noise (seeded requests), else the engine's
+    seed: int = 0  # the request's noise stream (``counter_noise``): its sampling seed, else one global-RNG draw
     result: Generation | None = None
 
 
@@ -206,7 +206,7 @@ class SamplerEngine:
         self.finished = torch.zeros(s, device=dev, dtype=torch.bool)  # the row's request is done (host reads it)
         self.out_tokens = torch.zeros(s, 1, device=dev, dtype=torch.long)
         self.out_logprobs = torch.zeros(s, 1, device=dev, dtype=torch.float32)
-        self.noise = torch.empty(s, self.config.vocab_size, device=dev, dtype=torch.float32)
+        self.seeds = torch.zeros(s, device=dev, dtype=torch.long)  # each row's noise stream (counter_noise)
         self._stack_experts()
         self._pointers = self._weight_pointers()  # a captured graph reads these addresses
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
@@ -221,8 +221,6 @@ class SamplerEngine:
             name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
             setattr(config, name, max(getattr(config, name), 64))
         self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
-        self.generator = torch.Generator(device=dev)
-        self.generator.seed()
         self.queue: deque[_Request] = deque()
         self.running: dict[int, _Request] = {}  # slot -> request
         self.free = list(range(s))
@@ -279,10 +277,10 @@ class SamplerEngine:
             self.refresh_weights()
         rid = self._next_rid
         self._next_rid += 1
-        generator = None  # a seeded request draws its noise from its own generator: its tokens do not depend on
-        if sampling.seed is not None:  # the requests that share its steps
-            generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
-        self.queue.append(_Request(rid=rid, prompt=list(prompt), sampling=sampling, generator=generator))
+        seed = sampling.seed  # an unseeded request draws its stream once from the global RNG (torch.manual_seed)
+        if seed is None:
+            seed = int(torch.randint(0, 2 ** 63 - 1, (), dtype=torch.long))
+        self.queue.append(_Request(rid=rid, prompt=list(prompt), sampling=sampling, seed=seed))
         return rid
 
     def has_work(self) -> bool:
@@ -312,10 +310,6 @@ class SamplerEngine:
         if self.running:
             self.stats.steps += 1
             self.stats.occupancy.append(len(self.running))
-            self.noise.exponential_(generator=self.generator)
-            for slot, request in self.running.items():
-                if request.generator is not None:
-                    self.noise[slot].exponential_(generator=request.generator)
             use_top_p = any(r.sampling.top_p < 1 for r in self.running.values())
             if self.use_graphs:
                 self._graph(use_top_p).replay()
@@ -445,10 +439,8 @@ class SamplerEngine:
         self.count[index] = 0
         self.finished[index] = False
         self.active[index] = True
-        noise = torch.empty_like(logits).exponential_(generator=self.generator)
-        for i, request in enumerate(batch):
-            if request.generator is not None:
-                noise[i].exponential_(generator=request.generator)
+        self.seeds[index] = torch.tensor([r.seed for r in batch], device=dev, dtype=torch.long)
+        noise = counter_noise(self.seeds[index], cache.lengths[index].long(), logits.shape[-1])
         use_top_p = any(r.sampling.top_p < 1 for r in batch)
         tokens, logprobs = _sample(logits, self.temperature[index], self.top_p[index], noise, use_top_p)
         self._record(index, tokens, logprobs)
@@ -533,7 +525,7 @@ class SamplerEngine:
                     a = attn.o_proj(o.reshape(self.slots, 1, -1))
             x = self._region("block_tail")(layer, x, h, a, self._w13[i], self._w2[i])
         tokens, logprobs = self._region("head_sample")(model.model.norm, model.lm_head.weight, x, self.temperature,
-                                                       self.top_p, self.noise, use_top_p)
+                                                       self.top_p, self.seeds, positions + 1, use_top_p)
         cache.lengths.add_(self.active.int())
         out = self._region("record")(self.active, self.count, self.out_tokens, self.out_logprobs, self.stops,
                                      self.max_new, self.finished, tokens, logprobs)
@@ -674,8 +666,9 @@ def _block_tail(layer, x: torch.Tensor, h: torch.Tensor, a: torch.Tensor, w13: t
 
 
 def _head_sample(norm, weight: torch.Tensor, x: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-                 noise: torch.Tensor, use_top_p: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return _sample(fp32_head(norm(x)[:, 0], weight), temperature, top_p, noise, use_top_p)
+                 seeds: torch.Tensor, counters: torch.Tensor, use_top_p: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = fp32_head(norm(x)[:, 0], weight)
+    return _sample(logits, temperature, top_p, counter_noise(seeds, counters, logits.shape[-1]), use_top_p)
 
 
 def _record_values(active, count, out_tokens, out_logprobs, stops, max_new, finished, tokens, logprobs):

@@ -76,9 +76,9 @@ def test_seed_reproduces_and_mixed_requests_keep_their_own_settings(sharp_model)
 
 
 def test_a_seeded_request_samples_the_same_tokens_alone_or_beside_others(tiny_config):
-    """Each seeded request draws its noise from its own generator: alone, or joining other requests mid-run in
-    other slots, it samples the same tokens (the engine's generator was once reseeded by whichever request
-    found it idle)."""
+    """Each seeded request's noise is ``counter_noise`` of its seed and positions: alone, or joining other requests
+    mid-run in other slots, it samples the same tokens (the engine's generator was once reseeded by whichever
+    request found it idle)."""
     model = random_model(tiny_config)  # a flat distribution: every draw matters
     sampling = SamplingConfig(max_new_tokens=10, temperature=1.0)
     seeds = [5, 6, 7]
@@ -100,6 +100,21 @@ def test_a_seeded_request_samples_the_same_tokens_alone_or_beside_others(tiny_co
         torch.testing.assert_close(torch.tensor(done[rid].logprobs), torch.tensor(want.logprobs), rtol=0, atol=1e-4)
     assert alone[0].token_ids != SamplerEngine(model, max_slots=4, max_seq_len=64).generate(
         [PROMPTS[0]], sampling, seeds=[8])[0].token_ids
+
+
+def test_unseeded_requests_follow_the_global_rng(tiny_config):
+    """An unseeded request draws its noise stream from torch's global RNG once: ``torch.manual_seed`` reproduces
+    a run, and two unseeded requests of one run differ."""
+    model = random_model(tiny_config)
+    sampling = SamplingConfig(max_new_tokens=10, temperature=1.0)
+
+    def run():
+        torch.manual_seed(3)
+        return [g.token_ids for g in SamplerEngine(model, max_slots=2, max_seq_len=64).generate(
+            [PROMPTS[0], PROMPTS[0]], sampling)]
+
+    first = run()
+    assert first == run() and first[0] != first[1]
 
 
 def test_bad_requests_say_what_was_wrong(sharp_model):
