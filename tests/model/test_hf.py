@@ -46,6 +46,9 @@ def test_sampler_logprobs_are_the_learners(checkpoint):
             with torch.no_grad():
                 ref = model.token_logprobs(ids, temperature=temperature)[0, len(prompt):]
             assert ref.tolist() == pytest.approx(gen.logprobs, abs=1e-5)
+    sampled = SamplingConfig(max_new_tokens=10, temperature=1.0)  # per-row seeds: alone or batched, same tokens
+    assert [g.token_ids for g in model.generate(prompts, sampled, seeds=[7, 8])] == \
+        [model.generate([p], sampled, seeds=[s])[0].token_ids for p, s in zip(prompts, [7, 8])]
     greedy = SamplingConfig(max_new_tokens=6, temperature=0.0)
     batched = model.generate(prompts, greedy)
     assert [g.token_ids for g in batched] == [model.generate([p], greedy)[0].token_ids for p in prompts]
