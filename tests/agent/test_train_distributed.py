@@ -51,6 +51,7 @@ full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone(
         for k, v in model.state_dict().items()}
 if rank == 0:
     torch.save(full, sys.argv[1])
+dist.barrier()  # no rank tears gloo down while another still runs (SIGABRT 'terminate called' seen in CI)
 dist.destroy_process_group()
 '''
 
@@ -95,6 +96,7 @@ grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
 assert all(p.dtype == torch.float32 for p in model.parameters())  # the shards (and AdamW's state) stay fp32
 if rank == 0:
     torch.save(grads, sys.argv[1])
+dist.barrier()  # no rank tears gloo down while another still runs (SIGABRT 'terminate called' seen in CI)
 dist.destroy_process_group()
 '''
 
@@ -175,6 +177,7 @@ single = torch.load(sys.argv[3] + "/step-000001/model.pt", weights_only=True)
 assert all(torch.equal(v.full_tensor(), single[k]) for k, v in model.state_dict().items()), "1 -> 2 ranks"
 assert len(learner.optimizer.state) == len(list(model.parameters())), "AdamW state not restored on 2 ranks"
 torch.save(results, sys.argv[1].replace("RANK", str(rank)))
+dist.barrier()  # no rank tears gloo down while another still runs (SIGABRT 'terminate called' seen in CI)
 dist.destroy_process_group()
 '''
 
