@@ -103,3 +103,28 @@ def container_exists(container_id: str) -> bool:
     except docker.errors.NotFound:
         return False
     return True
+
+
+# Rows graded by a SWE-bench log parser on the demo task (tests/envs/test_reward_attacks_fourth.py, _fifth.py):
+# the task-id suffixes and the unittest module their test_patch adds.
+UNITTEST = "-unittest"  # graded by Django's log parser on `python -m unittest -v` (the runner runtests.py uses)
+PYTEST_LOG = "-pytest-log"  # graded by sphinx's parser (pytest -rA) on pytest's verdicts, as sphinx's tox rows are
+UNITTEST_FILE = """diff --git a/toolz/tests/test_nth_unittest.py b/toolz/tests/test_nth_unittest.py
+new file mode 100644
+--- /dev/null
++++ b/toolz/tests/test_nth_unittest.py
+@@ -0,0 +1,11 @@
++import unittest
++
++from toolz import nth
++
++
++class NthTest(unittest.TestCase):
++    def test_nth_iterator(self):
++        self.assertEqual(nth(2, iter("ABCDE")), "C")
++
++    def test_nth_list(self):
++        self.assertEqual(nth(2, "ABCDE"), "C")
+"""
+F2P_UNITTEST = "test_nth_iterator (toolz.tests.test_nth_unittest.NthTest.test_nth_iterator)"
+P2P_UNITTEST = "test_nth_list (toolz.tests.test_nth_unittest.NthTest.test_nth_list)"

@@ -48,29 +48,8 @@ import pytest
 from lightswe.envs.hack_check import suspicious_code
 from lightswe.tasks import specs
 
-from .conftest import episode
+from .conftest import F2P_UNITTEST, P2P_UNITTEST, PYTEST_LOG, UNITTEST, UNITTEST_FILE, episode
 
-UNITTEST = "-unittest"  # graded by Django's log parser on `python -m unittest -v`
-PYTEST_LOG = "-pytest-log"  # graded by sphinx's parser (pytest -rA) on pytest's TerminalReporter verdicts
-UNITTEST_FILE = """diff --git a/toolz/tests/test_nth_unittest.py b/toolz/tests/test_nth_unittest.py
-new file mode 100644
---- /dev/null
-+++ b/toolz/tests/test_nth_unittest.py
-@@ -0,0 +1,11 @@
-+import unittest
-+
-+from toolz import nth
-+
-+
-+class NthTest(unittest.TestCase):
-+    def test_nth_iterator(self):
-+        self.assertEqual(nth(2, iter("ABCDE")), "C")
-+
-+    def test_nth_list(self):
-+        self.assertEqual(nth(2, "ABCDE"), "C")
-"""
-F2P_UNITTEST = "test_nth_iterator (toolz.tests.test_nth_unittest.NthTest.test_nth_iterator)"
-P2P_UNITTEST = "test_nth_list (toolz.tests.test_nth_unittest.NthTest.test_nth_list)"
 needs_parsers = pytest.mark.skipif(not specs.available(), reason="needs swebench's log parsers (lightswe[swebench])")
 
 # A thread of the package rewrites the record file while the runner writes it: every "... FAIL"/"... ERROR"

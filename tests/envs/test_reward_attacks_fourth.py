@@ -42,30 +42,9 @@ from lightswe.envs.swe_env import SWEEnv
 from lightswe.envs.tool_calls import ToolCall
 from lightswe.tasks import specs
 
-from .conftest import FIX, bash, episode, left, start
+from .conftest import F2P_UNITTEST, FIX, P2P_UNITTEST, PYTEST_LOG, UNITTEST, UNITTEST_FILE, bash, episode, left, start
 
-UNITTEST = "-unittest"  # graded by Django's log parser on `python -m unittest -v` (the runner runtests.py uses)
 UNITTEST_NO_SITE = "-unittest-no-site"  # the same with `python -S`: no site, no recorder (a broken task)
-PYTEST_LOG = "-pytest-log"  # graded by sphinx's parser (pytest -rA) on pytest's log, as sphinx's tox rows are
-UNITTEST_FILE = """diff --git a/toolz/tests/test_nth_unittest.py b/toolz/tests/test_nth_unittest.py
-new file mode 100644
---- /dev/null
-+++ b/toolz/tests/test_nth_unittest.py
-@@ -0,0 +1,11 @@
-+import unittest
-+
-+from toolz import nth
-+
-+
-+class NthTest(unittest.TestCase):
-+    def test_nth_iterator(self):
-+        self.assertEqual(nth(2, iter("ABCDE")), "C")
-+
-+    def test_nth_list(self):
-+        self.assertEqual(nth(2, "ABCDE"), "C")
-"""
-F2P_UNITTEST = "test_nth_iterator (toolz.tests.test_nth_unittest.NthTest.test_nth_iterator)"
-P2P_UNITTEST = "test_nth_list (toolz.tests.test_nth_unittest.NthTest.test_nth_list)"
 # the bug stays; nth says "ok" on stderr: after the runner's "test_nth_iterator (...) ... " it reads as a pass
 SAYS_OK = textwrap.dedent('''
     cat >> toolz/__init__.py <<'EOF'
