@@ -4,6 +4,7 @@ written offline, and curves without wasted panels."""
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import pytest
 from lightswe.agent.metrics import LogConfig, MetricsLog, curve_panels, plot_curves, read_metrics, tag_of
@@ -49,7 +50,8 @@ def test_wandb_logger_writes_an_offline_run_and_resumes_it(tmp_path, monkeypatch
         log.close()
     run_id = (tmp_path / "wandb_id").read_text().strip()
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)
+    # offline-run-<time>-<id>; wandb appends -1 when both runs start in the same second
+    assert len(runs) == 2 and all(re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", r.name) for r in runs)
     assert all(list(r.glob(f"run-{run_id}.wandb")) for r in runs)
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1, 2, 3]
 
