@@ -7,6 +7,7 @@ state to 8 mantissa bits; fp32 inputs go through tf32 matrix products.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
@@ -192,16 +193,24 @@ def test_every_tuned_config(index, monkeypatch):
 @pytest.mark.parametrize("batch", [1, 8, 16, 32, 64])
 def test_decode_every_batch_config(batch):
     """Each decode launch config (chosen by B * H) matches the reference."""
+    # B * H spans the DECODE_CONFIGS thresholds as in the benchmark (H = 64)
+    _decode_matches_the_reference(lightning_attn_decode, batch, heads=64, layer=0, steps=1)
+
+
+def _decode_matches_the_reference(decode, batch: int, *, heads: int, layer: int, steps: int) -> None:
+    """``steps`` bf16 decode steps of ``decode(q, k, v, slope, state)`` from a random fp32 state: o and the state
+    updated in place equal the PyTorch reference's."""
     gen = torch.Generator(device="cuda").manual_seed(batch)
-    heads = 64  # B * H spans the DECODE_CONFIGS thresholds as in the benchmark (H = 64)
-    slope = minimax_slopes(heads, layer=0, layers=80)
+    slope = minimax_slopes(heads, layer=layer, layers=80)
     state = torch.randn(batch, heads, DIM, DIM, device="cuda", generator=gen)
     state_ref = state.clone()
-    q, k, v = (torch.randn(batch, heads, DIM, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
-    o = lightning_attn_decode(q, k, v, slope, state)
-    o_ref = lightning_attn_decode_naive(q, k, v, slope, state_ref)
-    assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
-    assert rel_err(state, state_ref) <= 1e-6
+    for _ in range(steps):
+        q, k, v = (torch.randn(batch, heads, DIM, device="cuda", generator=gen).to(torch.bfloat16)
+                   for _ in range(3))
+        o = decode(q, k, v, slope, state)
+        o_ref = lightning_attn_decode_naive(q, k, v, slope, state_ref)
+        assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
+        assert rel_err(state, state_ref) <= 1e-6
 
 
 def _decode_sweep_ids():
@@ -217,18 +226,8 @@ def test_decode_every_sweep_config(config, batch):
     updates the state and computes o as the reference; B=3 leaves the persistent grids' last tiles partial."""
     from lightswe.kernels.lightning_attn.decode import lightning_attn_decode_triton
 
-    gen = torch.Generator(device="cuda").manual_seed(batch)
-    heads = 64 if batch == 8 else 5
-    slope = minimax_slopes(heads, layer=3, layers=80)
-    state = torch.randn(batch, heads, DIM, DIM, device="cuda", generator=gen)
-    state_ref = state.clone()
-    for _ in range(2):
-        q, k, v = (torch.randn(batch, heads, DIM, device="cuda", generator=gen).to(torch.bfloat16)
-                   for _ in range(3))
-        o = lightning_attn_decode_triton(q, k, v, slope, state, config)
-        o_ref = lightning_attn_decode_naive(q, k, v, slope, state_ref)
-        assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
-        assert rel_err(state, state_ref) <= 1e-6
+    _decode_matches_the_reference(functools.partial(lightning_attn_decode_triton, config=config), batch,
+                                  heads=64 if batch == 8 else 5, layer=3, steps=2)
 
 
 def _chunk_form_sweep():
