@@ -25,6 +25,8 @@ import torch.nn.functional as F
 # Inductor's emulate_precision_casts: round every bf16/fp16 intermediate as eager does (see ``fused``). The
 # benchmark (benchmarks/train.py --emulate) switches it to measure what it costs.
 EMULATE_PRECISION_CASTS = True
+# RMSNorm's mean square in fp64 on CUDA: the same fp32 result whatever the reduction order (see ``rms_norm``)
+NORM_FP64 = True
 _compiled: dict[tuple[Callable, bool], Callable] = {}
 
 
@@ -74,9 +76,20 @@ def fused(fn: Callable) -> Callable:
 
 @fused
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm in fp32, cast back to x's dtype, then scaled: weight * (x / rms(x)) (x [..., D])."""
+    """RMSNorm in fp32, cast back to x's dtype, then scaled: weight * (x / rms(x)) (x [..., D]).
+
+    On CUDA (with ``NORM_FP64``) the mean square and its reciprocal square root are computed in fp64 and rounded
+    once to fp32: every square of an fp32 is exact in fp64 and D <= 2^20 terms sum with a relative error below
+    2^-33, so the fp32 scale no longer depends on the order of the reduction. Eager CUDA kernels, Inductor's
+    Triton reductions of the learner's compiled chains and the sampler's compiled decode step (each with its own
+    block sizes and summation tree) then give the same fp32 scale, bit for bit, instead of differing in the last
+    bit for some rows (issue 16: sampler / learner log-prob agreement). The CPU keeps the fp32 reduction."""
     xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if NORM_FP64 and xf.is_cuda:
+        scale = torch.rsqrt(xf.double().pow(2).mean(-1, keepdim=True) + eps).float()
+    else:
+        scale = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    xf = xf * scale
     return weight * xf.to(x.dtype)
 
 
