@@ -164,7 +164,7 @@ import time
 
 import torch
 from lightswe.agent.cispo import CISPOLoss
-from lightswe.model import fused
+from lightswe.model import fused, head
 from lightswe.agent.distributed import DistContext
 from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch, shard_model
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
@@ -246,12 +246,14 @@ def build(model_name: str, device: torch.device, checkpointing: bool, ctx: DistC
 
 
 def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length: int, tokens: int, micro: int,
-        steps: int, backend: str, moe: str, compiled: str, emulate: bool, ctx: DistContext, profile: bool = False
+        steps: int, backend: str, moe: str, compiled: str, emulate: bool, ctx: DistContext, profile: bool = False,
+        head_chunk: int = head.CHUNK_ROWS, head_save: bool = head.SAVE_LOGITS, norm_fp64: bool = fused.NORM_FP64
         ) -> dict:
     os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
     os.environ["LIGHTSWE_MOE_BACKEND"] = moe
     os.environ["LIGHTSWE_COMPILE"] = compiled
     fused.set_emulate_precision_casts(emulate)
+    head.CHUNK_ROWS, head.SAVE_LOGITS, fused.NORM_FP64 = head_chunk, head_save, norm_fp64
     cfg = LearnerConfig(lr=1e-5, minibatches=1, micro_batch_size=micro,
                         autocast_dtype="bfloat16" if device.type == "cuda" else None)
     learner = Learner(model, CISPOLoss(), cfg)
@@ -281,6 +283,7 @@ def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length
         del learner
     step_tokens = len(batch) * length * ctx.world
     out = {"model": model_name, "backend": backend, "moe": moe, "compile": compiled, "emulate_precision_casts": emulate,
+           "head_chunk": head_chunk, "head_save": head_save, "norm_fp64": norm_fp64,
            "seq_len": length, "rows": len(batch) * ctx.world,
            "tokens_per_step": step_tokens, "micro_batch_rows": micro, "step_s": step_s,
            "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": model.gradient_checkpointing,
@@ -375,6 +378,12 @@ def main() -> None:
                    "gathered weights after its forward (the default), 0 = keeps them until its backward")
     p.add_argument("--emulate", default="1", help="comma list: 1 = the compiled chains round bf16 intermediates "
                    "as eager (Inductor's emulate_precision_casts, the default), 0 = as Inductor fuses them")
+    p.add_argument("--head-chunk", default=str(head.CHUNK_ROWS), help="comma list: rows per chunk of the split "
+                   "LM head (model/head.py CHUNK_ROWS)")
+    p.add_argument("--head-save", default=str(int(head.SAVE_LOGITS)), help="comma list: 1 = the split head's "
+                   "backward uses the forward's saved fp16 log-prob offsets (SAVE_LOGITS), 0 = recomputes the logits")
+    p.add_argument("--norm-fp64", default=str(int(fused.NORM_FP64)), help="comma list: 1 = RMSNorm's mean square "
+                   "in fp64 on CUDA (model/fused.py NORM_FP64), 0 = fp32")
     p.add_argument("--head-bench", action="store_true", help="also time the LM head alone (fp32 vs bf16x3)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step of the last "
                    "variant")
@@ -399,11 +408,14 @@ def main() -> None:
     for b, (length, backend, dtype, reshard) in enumerate(builds):
         model = build(args.model, device, args.checkpointing, ctx, dtypes[dtype], reshard == "1")
         variants = list(itertools.product(args.moe.split(","), args.compile.split(","), args.emulate.split(","),
-                                          [int(x) for x in args.micro.split(",")]))
-        for i, (moe, compiled, emulate, micro) in enumerate(variants):
+                                          [int(x) for x in args.micro.split(",")],
+                                          [int(x) for x in args.head_chunk.split(",")], args.head_save.split(","),
+                                          args.norm_fp64.split(",")))
+        for i, (moe, compiled, emulate, micro, chunk, save, fp64) in enumerate(variants):
             try:
                 r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe, compiled,
-                        emulate == "1", ctx, args.profile and (b, i) == (len(builds) - 1, len(variants) - 1))
+                        emulate == "1", ctx, args.profile and (b, i) == (len(builds) - 1, len(variants) - 1),
+                        chunk, save == "1", fp64 == "1")
             except Exception as err:  # noqa: BLE001 - an OOM or a failing variant is a row of the table
                 r = {"model": args.model, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length,
                      "micro_batch_rows": micro, "error": f"{type(err).__name__}: {err}"[:300]}
@@ -418,16 +430,18 @@ def main() -> None:
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else platform.processor() or platform.machine()}
     env["ranks"] = ctx.world
-    say(f"\n| model | T | backend | MoE | compile | emulate | FSDP gather | reshard | micro | tokens/step | tokens/s | "
-        f"step s | MFU (of 989 TFLOP/s) | peak GiB per GPU |  ({env['device']} x{ctx.world}, torch {env['torch']})")
+    say(f"\n| model | T | backend | MoE | compile | emulate | head chunk | head save | norm fp64 | FSDP gather | "
+        f"reshard | micro | tokens/step | tokens/s | step s | MFU (of 989 TFLOP/s) | peak GiB per GPU |  "
+        f"({env['device']} x{ctx.world}, torch {env['torch']})")
     for r in results:
-        head = (f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r.get('moe')} | {r.get('compile')} | "
-                f"{r.get('emulate_precision_casts')} | {r.get('fsdp_param_dtype', '-')} | "
-                f"{r.get('reshard_after_forward', '-')} | {r.get('micro_batch_rows')} |")
+        row = (f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r.get('moe')} | {r.get('compile')} | "
+               f"{r.get('emulate_precision_casts')} | {r.get('head_chunk')} | {r.get('head_save')} | "
+               f"{r.get('norm_fp64')} | {r.get('fsdp_param_dtype', '-')} | "
+               f"{r.get('reshard_after_forward', '-')} | {r.get('micro_batch_rows')} |")
         if "error" in r:
-            say(f"{head} {r['error'][:60]} | | | | |")
+            say(f"{row} {r['error'][:60]} | | | | |")
         else:
-            say(f"{head} {r['tokens_per_step']:,} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | {r['mfu']:.1%} | "
+            say(f"{row} {r['tokens_per_step']:,} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | {r['mfu']:.1%} | "
                 f"{r.get('peak_mem_GiB', float('nan')):.2f} |")
     ctx.close()
     if args.json and ctx.main:
