@@ -164,7 +164,7 @@ import time
 
 import torch
 from lightswe.agent.cispo import CISPOLoss
-from lightswe.model import fused, head
+from lightswe.model import fused, head, layers
 from lightswe.agent.distributed import DistContext
 from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch, shard_model
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
@@ -247,13 +247,13 @@ def build(model_name: str, device: torch.device, checkpointing: bool, ctx: DistC
 
 def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length: int, tokens: int, micro: int,
         steps: int, backend: str, moe: str, compiled: str, emulate: bool, ctx: DistContext, profile: bool = False,
-        head_chunk: int = head.CHUNK_ROWS, head_save: bool = head.SAVE_LOGITS, norm_fp64: bool = fused.NORM_FP64
-        ) -> dict:
+        head_chunk: int = head.CHUNK_ROWS, head_save: bool = head.SAVE_LOGITS, norm_fp64: bool = fused.NORM_FP64,
+        cast_once: bool = layers.CAST_ONCE) -> dict:
     os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
     os.environ["LIGHTSWE_MOE_BACKEND"] = moe
     os.environ["LIGHTSWE_COMPILE"] = compiled
     fused.set_emulate_precision_casts(emulate)
-    head.CHUNK_ROWS, head.SAVE_LOGITS, fused.NORM_FP64 = head_chunk, head_save, norm_fp64
+    head.CHUNK_ROWS, head.SAVE_LOGITS, fused.NORM_FP64, layers.CAST_ONCE = head_chunk, head_save, norm_fp64, cast_once
     cfg = LearnerConfig(lr=1e-5, minibatches=1, micro_batch_size=micro,
                         autocast_dtype="bfloat16" if device.type == "cuda" else None)
     learner = Learner(model, CISPOLoss(), cfg)
@@ -283,7 +283,7 @@ def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length
         del learner
     step_tokens = len(batch) * length * ctx.world
     out = {"model": model_name, "backend": backend, "moe": moe, "compile": compiled, "emulate_precision_casts": emulate,
-           "head_chunk": head_chunk, "head_save": head_save, "norm_fp64": norm_fp64,
+           "head_chunk": head_chunk, "head_save": head_save, "norm_fp64": norm_fp64, "cast_once": cast_once,
            "seq_len": length, "rows": len(batch) * ctx.world,
            "tokens_per_step": step_tokens, "micro_batch_rows": micro, "step_s": step_s,
            "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": model.gradient_checkpointing,
@@ -384,6 +384,9 @@ def main() -> None:
                    "backward uses the forward's saved fp16 log-prob offsets (SAVE_LOGITS), 0 = recomputes the logits")
     p.add_argument("--norm-fp64", default=str(int(fused.NORM_FP64)), help="comma list: 1 = RMSNorm's mean square "
                    "in fp64 on CUDA (model/fused.py NORM_FP64), 0 = fp32")
+    p.add_argument("--cast-once", default=str(int(layers.CAST_ONCE)), help="comma list: 1 = the decoder layer's "
+                   "norms write the bf16 copy their matrix products read (model/layers.py CAST_ONCE), 0 = autocast "
+                   "casts per product")
     p.add_argument("--head-bench", action="store_true", help="also time the LM head alone (fp32 vs bf16x3)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step of the last "
                    "variant")
@@ -410,12 +413,12 @@ def main() -> None:
         variants = list(itertools.product(args.moe.split(","), args.compile.split(","), args.emulate.split(","),
                                           [int(x) for x in args.micro.split(",")],
                                           [int(x) for x in args.head_chunk.split(",")], args.head_save.split(","),
-                                          args.norm_fp64.split(",")))
-        for i, (moe, compiled, emulate, micro, chunk, save, fp64) in enumerate(variants):
+                                          args.norm_fp64.split(","), args.cast_once.split(",")))
+        for i, (moe, compiled, emulate, micro, chunk, save, fp64, once) in enumerate(variants):
             try:
                 r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe, compiled,
                         emulate == "1", ctx, args.profile and (b, i) == (len(builds) - 1, len(variants) - 1),
-                        chunk, save == "1", fp64 == "1")
+                        chunk, save == "1", fp64 == "1", once == "1")
             except Exception as err:  # noqa: BLE001 - an OOM or a failing variant is a row of the table
                 r = {"model": args.model, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length,
                      "micro_batch_rows": micro, "error": f"{type(err).__name__}: {err}"[:300]}
@@ -430,13 +433,13 @@ def main() -> None:
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else platform.processor() or platform.machine()}
     env["ranks"] = ctx.world
-    say(f"\n| model | T | backend | MoE | compile | emulate | head chunk | head save | norm fp64 | FSDP gather | "
+    say(f"\n| model | T | backend | MoE | compile | emulate | head chunk | head save | norm fp64 | cast once | FSDP gather | "
         f"reshard | micro | tokens/step | tokens/s | step s | MFU (of 989 TFLOP/s) | peak GiB per GPU |  "
         f"({env['device']} x{ctx.world}, torch {env['torch']})")
     for r in results:
         row = (f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r.get('moe')} | {r.get('compile')} | "
                f"{r.get('emulate_precision_casts')} | {r.get('head_chunk')} | {r.get('head_save')} | "
-               f"{r.get('norm_fp64')} | {r.get('fsdp_param_dtype', '-')} | "
+               f"{r.get('norm_fp64')} | {r.get('cast_once')} | {r.get('fsdp_param_dtype', '-')} | "
                f"{r.get('reshard_after_forward', '-')} | {r.get('micro_batch_rows')} |")
         if "error" in r:
             say(f"{row} {r['error'][:60]} | | | | |")

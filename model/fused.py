@@ -94,6 +94,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 @fused
+def rms_norm_and_cast(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x), rms_norm(x).to(dtype)) written in one pass: the norm's output for the residual stream and
+    the low-precision copy the next matrix products read under autocast (the same values autocast's own cast
+    gives, made once instead of once per product, and its gradients summed before the cast back)."""
+    h = rms_norm.__wrapped__(x, weight, eps)
+    return h, h.to(dtype)
+
+
+@fused
 def gated_rms_norm(gate: torch.Tensor, o: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype
                    ) -> torch.Tensor:
     """sigmoid(gate) * RMSNorm(o.to(dtype)): the lightning layer's output gate."""

@@ -11,6 +11,8 @@ from lightswe.model import fused
 from lightswe.model.fused import compile_enabled
 from lightswe.model.layers import DecoderLayer
 
+from .conftest import random_model
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -84,3 +86,33 @@ def test_compiled_layer_equals_eager_on_cuda(layer_idx, monkeypatch):
     for name, g in g0.items():
         if g is not None:
             torch.testing.assert_close(g1[name], g, rtol=2e-2, atol=2e-2 * g.abs().max().item(), msg=name)
+
+
+@pytest.mark.parametrize("layer_idx", [0, 3], ids=["lightning", "softmax"])
+def test_cast_once_layer_equals_the_plain_layer_under_autocast(layer_idx, monkeypatch):
+    """``DecoderLayer._forward_cast_once`` (the compiled CUDA path's layer under autocast: the norms hand the
+    projections one bf16 copy) against ``forward``'s autocast casts, run here on CPU under bf16 autocast with the
+    grouped MoE: the same output bit for bit, gradients at bf16 tolerance (its bf16 copy's gradients are summed
+    in bf16)."""
+    monkeypatch.setenv("LIGHTSWE_MOE_BACKEND", "grouped")
+    config = MiniMaxConfig.preset("tiny")
+    layer = random_model(config).model.layers[layer_idx]
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, config.hidden_size)
+    positions = torch.arange(40).expand(2, 40)
+    grad = torch.randn_like(x)
+    results = []
+    for fn in (layer.forward, layer._forward_cast_once):
+        layer.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, aux = fn(xi, positions, None, None)
+        assert out.dtype == torch.float32
+        ((out * grad).sum() + aux).backward()
+        results.append((out.detach(), xi.grad, {n: p.grad for n, p in layer.named_parameters() if p.grad is not None}))
+    (out0, gx0, g0), (out1, gx1, g1) = results
+    assert torch.equal(out1, out0)
+    torch.testing.assert_close(gx1, gx0, rtol=2e-2, atol=2e-2 * gx0.abs().max().item())
+    assert set(g1) == set(g0)
+    for name, g in g0.items():
+        torch.testing.assert_close(g1[name], g, rtol=2e-2, atol=2e-2 * g.abs().max().item(), msg=name)
