@@ -8,8 +8,10 @@ its first tensor is on CUDA, autograd is recording (training; the sampler's no-g
 compile stay eager), no compile is already tracing, and ``LIGHTSWE_COMPILE`` is not ``0``. Everywhere else
 (CPU, the main job's CPU learner) the eager function runs: numerics there are unchanged. A function whose
 compilation fails falls back to eager for the rest of the process, with a warning. Compiled chains round their
-bf16 intermediates as eager does (Inductor's ``emulate_precision_casts``; measured to cost 1.0-1.7% of a
-``minimax-1b`` learner step, benchmarks/train.py ``--emulate``).
+bf16 intermediates as eager does (Inductor's ``emulate_precision_casts``, which also keeps Triton from fusing
+multiply-adds; measured to cost 1.0-1.7% of a ``minimax-1b`` learner step, benchmarks/train.py ``--emulate``),
+and on CUDA the norms' mean square is order-independent (``rms_norm``): a compiled chain computes what eager
+computes, bit for bit, and so does the sampler's compiled decode step (issue 16; tests/model/test_fused.py).
 """
 
 from __future__ import annotations
