@@ -42,7 +42,7 @@ from lightswe.agent.sampling import Rollouts
 from lightswe.agent.task_stream import TaskStream, arith_spec, load_tasks, tasks_at
 from lightswe.agent.train_cli import FREE_ON_RESUME, SHORTCUTS
 from lightswe.agent.train_config import SHORT_PROMPT, TrainConfig
-from lightswe.agent.train_model import build_model, check_model_spec, sampler_copy
+from lightswe.agent.train_model import build_model, check_device, check_model_spec, sampler_copy
 from lightswe.agent.train_step import batch_from, rollout_metrics, step_advantages, step_lr
 from lightswe.agent.trajectory import Trajectory
 from lightswe.agent.warm_start import WarmStartConfig, warm_start
@@ -88,6 +88,7 @@ def train(cfg: TrainConfig, *, allow_change: tuple[str, ...] = ()) -> dict[str, 
     check_resume(Path(cfg.out_dir), cfg, allow=allow_change, free=FREE_ON_RESUME, shortcuts=SHORTCUTS,
                  command="train")
     check_model_spec(cfg.model)
+    check_device(cfg.device)
     cfg.sampler.check(world)
     check_distributed(cfg, world)
     ctx = DistContext.from_env(cfg.device)

@@ -37,6 +37,7 @@ from lightswe.errors import need
 SHORT_PROMPT = "One tool call per turn, e.g.\n{example}"
 
 LOSS_NAMES = ("cispo", "dapo", "grpo")  # lightswe.agent.cispo.LOSSES
+AUTOCAST_DTYPES = (None, "bfloat16", "float16")  # LearnerConfig.autocast_dtype: torch dtype names
 
 
 def _agent_default() -> AgentConfig:
@@ -111,13 +112,21 @@ class TrainConfig:
     device: str = "cpu"
     # Progress bar with an ETA on stderr.
     progress: bool = True
+    # Training and held-out tasks.
     data: TaskStreamConfig = field(default_factory=TaskStreamConfig)
+    # Sampling engine and where the episodes run.
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # Behaviour cloning of scripted trajectories before RL (teaches the tool-call format).
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    # One episode: step and token budgets, sampling, system prompt.
     agent: AgentConfig = field(default_factory=_agent_default)
+    # Optimiser (AdamW) and the update's batching.
     learner: LearnerConfig = field(default_factory=_learner_default)
+    # Clip range of the policy loss (--loss).
     loss_config: LossConfig = field(default_factory=LossConfig)
+    # Group-relative advantages.
     advantages: AdvantageConfig = field(default_factory=_advantages_default)
+    # TensorBoard and Weights & Biases.
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
@@ -172,6 +181,10 @@ def check_learner(learner: LearnerConfig, *, prefix: str) -> None:
     need(learner.micro_batch_size >= 1, f"{prefix}micro-batch-size", learner.micro_batch_size, "must be >= 1",
          "e.g. 8")
     need(learner.aux_loss_coef >= 0, f"{prefix}aux-loss-coef", learner.aux_loss_coef, "must be >= 0", "e.g. 0")
+    need(learner.temperature > 0, f"{prefix}temperature", learner.temperature, "must be > 0 (the policy trained is "
+         "softmax(logits / T))", "e.g. 1.0, the rollout's temperature")
+    need(learner.autocast_dtype in AUTOCAST_DTYPES, f"{prefix}autocast-dtype", learner.autocast_dtype,
+         "unknown dtype", "bfloat16 or float16 (mixed precision, GPUs), or leave it unset for fp32")
 
 
 def check_loss(loss: LossConfig, *, prefix: str) -> None:

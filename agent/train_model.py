@@ -42,6 +42,34 @@ def check_model_spec(spec: str) -> None:
                          f"transformers checkpoint)")
 
 
+def check_device(device: str, option: str = "--device") -> None:
+    """Refuse a torch device this machine cannot use, before any work: a misspelt name (``cudaa``), CUDA where
+    torch has none, a GPU index past the last one.
+
+    Raises:
+        UserInputError: ``"OPTION 'DEVICE': WHAT; fix: ..."`` on one line.
+    """
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UserInputError(f"{option} {device!r}: not a torch device; fix: cpu, cuda or cuda:N") from err
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserInputError(f"{option} {device!r}: no CUDA device here (torch {torch.__version__}, "
+                                 f"torch.cuda.is_available() is False); fix: {option} cpu, or run on a GPU machine "
+                                 f"with a CUDA build of torch")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise UserInputError(f"{option} {device!r}: this machine has {count} CUDA device(s) (cuda:0 to "
+                                 f"cuda:{count - 1}); fix: pick one of them")
+    elif parsed.type != "cpu":
+        backend = getattr(torch, parsed.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise UserInputError(f"{option} {device!r}: no {parsed.type} device here; fix: {option} cpu or cuda")
+
+
 def build_model(spec: str, *, device: str, seed: int):
     """``(model, tokenizer)`` for a run: the learner's module (float32 weights on ``device``) and its tokenizer.
 
