@@ -96,14 +96,9 @@ class _RunArgs:
                  "is a directory" if path.is_dir() else "does not exist",
                  "pass a tokenizer.json file, or leave it out for the built-in byte tokenizer")
         early_stop_config(self.early_stop)
-        from lightswe.agent.policies.spec import KINDS, split_spec
+        from lightswe.agent.policies.spec import check_spec
 
-        try:
-            kind = split_spec(self.policy)[0]
-        except ValueError as err:
-            raise UserInputError(f"--policy {err}") from None
-        need(kind in KINDS, "--policy", self.policy, f"unknown kind {kind!r}",
-             "scripted | model:PRESET_OR_DIR | openai:URL | vllm:MODEL")
+        check_spec(self.policy)
         self.check_tasks()
 
     def check_tasks(self) -> None:
@@ -165,7 +160,7 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
 
     out = Path(args.out)
     check_resume(out, args, allow=allow, free=FREE_ON_RESUME, command="rollout")
-    from lightswe.agent.policies.spec import make_policy, tokenizer_path
+    from lightswe.agent.policies.spec import make_policy, split_spec, tokenizer_path
     from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
     from lightswe.model import load_tokenizer
     from lightswe.tasks.datasets import load_tasks
@@ -177,6 +172,11 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
     config = RolloutConfig(group_size=args.group_size, round=args.round, seed=args.seed, progress=args.progress)
     agent = _agent_config(args)
     tokenizer_spec = args.tokenizer or tokenizer_path(args.policy)  # an hf: checkpoint brings its tokenizer
+    kind, target, options = split_spec(args.policy)
+    if kind == "openai":  # a server that is down fails here, in one line, not as N sandbox_error episodes
+        from lightswe.agent.policies.openai_server import OpenAIPolicy
+
+        OpenAIPolicy(target, **options).check_reachable()
     if args.ray:
         from lightswe.agent.ray_executor import RayExecutor
 

@@ -89,11 +89,12 @@ class SWEEnv(gym.Env[str, str]):
                  pool: SandboxPool | None = None, pool_config: PoolConfig | None = None,
                  hack_policy: str = "keep", render_mode: str | None = None) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got "
-                             f"{render_mode!r} (the state is a repository: render_mode='ansi' gives it as text)")
+            raise UserInputError(f"render_mode must be one of {self.metadata['render_modes']} or None, got "
+                                 f"{render_mode!r}; fix: render_mode='ansi' (the state is a repository, rendered as "
+                                 f"text) or None")
         self.render_mode = render_mode
         if tool_format not in PARSERS:
-            raise ValueError(f"tool_format must be one of {sorted(PARSERS)}, got {tool_format!r}")
+            raise UserInputError(f"tool_format must be one of {sorted(PARSERS)}, got {tool_format!r}")
         if hack_policy not in HACK_POLICIES:
             raise UserInputError(f"hack_policy must be one of {HACK_POLICIES} (keep: flag only; zero: reward 0.0 "
                                  f"for code that reacts to the test runner), got {hack_policy!r}")
@@ -131,8 +132,9 @@ class SWEEnv(gym.Env[str, str]):
         task_id = options.get("task_id")
         if task_id is not None:
             if task_id not in self._by_id:
-                raise ValueError(f"unknown task_id {task_id!r}; this env has {len(self.tasks)} tasks, e.g. "
-                                 f"{list(self._by_id)[:5]}")
+                raise UserInputError(f"unknown task_id {task_id!r}; this env has {len(self.tasks)} tasks; fix: "
+                                     f"reset(options={{'task_id': ID}}) with an instance_id of them, e.g. "
+                                     f"{list(self._by_id)[:5]}")
             self.task = self._by_id[task_id]
         else:
             self.task = self.tasks[int(self.np_random.integers(len(self.tasks)))]

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from lightswe.errors import UserInputError
 
 
 def register(subparsers) -> None:
@@ -20,7 +21,8 @@ def register(subparsers) -> None:
                   help="synthesize and validate instances from the curated pool (resumable; overall progress)")
 
     r = sub.add_parser("report", help="counts per repository and mutation kind of a build folder")
-    r.add_argument("--out", type=Path, default=Path("tasks_out"))
+    r.add_argument("--out", type=Path, default=Path("tasks_out"),
+                   help="build folder (the --out of `lightswe tasks build`; default: %(default)s)")
     r.set_defaults(func=_report)
 
     typed_command(sub, ("tasks", "validate"), run=_validate,
@@ -31,8 +33,9 @@ def register(subparsers) -> None:
     s.set_defaults(func=_show)
 
     p = sub.add_parser("prune", help="remove instance images of tasks no longer in a build folder")
-    p.add_argument("--out", type=Path, default=Path("tasks_out"))
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("tasks_out"),
+                   help="build folder (the --out of `lightswe tasks build`; default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="list the images that would be removed, remove none")
     p.set_defaults(func=_prune)
 
     lst = sub.add_parser("pool", help="list the curated repositories")
@@ -46,6 +49,9 @@ def _build(argv: list[str]) -> int:
 
     cfg, allow = parse(BuildConfig, argv, prog="lightswe tasks build", description=BuildConfig.__doc__,
                        shortcuts={"--pool": "--pool-file"})
+    from lightswe.tasks.pool import load_pool, select
+
+    select(load_pool(cfg.pool_file), cfg.repos)  # an unknown --repos name fails before the folder is written
     # a build folder grows: more repositories or instances per repository are fine, other mutants are not
     check_resume(cfg.out, cfg, allow=allow, free={"repos", "per_repo", "workers", "max_attempts"},
                  command="tasks build")
@@ -64,9 +70,8 @@ def _report(args) -> int:
     from lightswe.tasks.build import INSTANCES, write_report
 
     if not (args.out / INSTANCES).is_file():
-        print(f"error: {args.out / INSTANCES} does not exist; run `lightswe tasks build --out {args.out}`",
-              file=sys.stderr)
-        return 2
+        raise UserInputError(f"--out {args.out}: {args.out / INSTANCES} does not exist; fix: pass the --out of a "
+                             f"`lightswe tasks build` (or run `lightswe tasks build --out {args.out}`)")
     write_report(args.out)
     print((args.out / "report.md").read_text())
     return 0
@@ -111,13 +116,11 @@ def _validate(argv: list[str]) -> int:
 
 def _show(args) -> int:
     from lightswe.tasks.datasets import load_tasks
-    from lightswe.tasks.instance import TaskFormatError
 
     try:
         instances = load_tasks(args.file)
-    except (TaskFormatError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as err:
+        raise UserInputError(str(err)) from None
     for t in instances:
         print(json.dumps({"instance_id": t.instance_id, "repo": t.repo, "version": t.version,
                           "python_version": t.python_version, "image_name": t.image_name,
@@ -129,8 +132,12 @@ def _show(args) -> int:
 
 
 def _prune(args) -> int:
+    from lightswe.tasks.build import INSTANCES, PROGRESS
     from lightswe.tasks.prune import prune
 
+    if not (args.out / PROGRESS).is_file() and not (args.out / INSTANCES).is_file():
+        raise UserInputError(f"--out {args.out}: not a build folder (no {PROGRESS} or {INSTANCES} in it); fix: pass "
+                             "the --out of a `lightswe tasks build`")
     removed = prune(args.out, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {len(removed)} image(s) of tasks no longer in {args.out}")

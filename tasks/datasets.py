@@ -53,6 +53,9 @@ def load_tasks(spec: str | Path) -> list[TaskInstance]:
     match = _SLICE.match(text)
     if match and not Path(text).exists():
         text, start, stop = match.group(1), _int(match.group(2)), _int(match.group(3))
+    elif text.endswith("]") and "[" in text and not Path(text).exists():
+        raise TaskFormatError(f"{text}: bad slice {text[text.rindex('['):]}; fix: [start:stop] with whole numbers "
+                              f"(either may be left out), e.g. {text[:text.rindex('[')]}[0:50]")
     rows = list(_rows(text))
     if start is not None or stop is not None:
         rows = rows[slice(start, stop)]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from lightswe.errors import UserInputError
+
 POOL_FILE = "pool.json"
 
 
@@ -104,6 +106,7 @@ def select(pool: dict[str, RepoSpec], names: list[str] | None) -> list[RepoSpec]
         return list(pool.values())
     unknown = [n for n in names if n not in pool]
     if unknown:
-        raise ValueError(f"unknown repository {unknown}; the pool has {sorted(pool)} "
-                         "(add one to tasks/data/pool.json with its version and sdist sha256)")
+        raise UserInputError(f"--repos: unknown repository {unknown}; fix: one of {', '.join(sorted(pool))} "
+                             "(`lightswe tasks pool` lists them), or add one to a pool file (--pool-file) with its "
+                             "version and sdist sha256")
     return [pool[n] for n in names]

@@ -36,6 +36,27 @@ class OpenAIPolicy:
         self.model, self.api_key, self.timeout_s, self.retries = model, api_key, timeout_s, retries
         self.name = f"openai:{self.base_url}#{model}"
 
+    def check_reachable(self, timeout_s: float = 10.0) -> None:
+        """Fail at once, before any episode, when no server answers at ``base_url`` (any HTTP answer counts, an
+        error status included: only a connection that cannot be made or times out fails).
+
+        Raises:
+            ServerError: naming the URL, what happened and the fix (an :class:`InfrastructureError`).
+        """
+        request = urllib.request.Request(self.base_url + "/models")
+        if self.api_key:
+            request.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ServerError(f"no OpenAI-compatible server answers at {self.base_url} ({reason}); fix: start it "
+                              "(e.g. python -m vllm.entrypoints.openai.api_server --model DIR --logprobs-mode "
+                              "processed_logprobs) or correct the URL in --policy openai:URL") from None
+
     def request_body(self, token_ids: Sequence[int], sampling: SamplingParams) -> dict:
         body = {"model": self.model, "prompt": [int(t) for t in token_ids], "max_tokens": sampling.max_new_tokens,
                 "temperature": sampling.temperature, "top_p": sampling.top_p, "logprobs": 1,

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 
 from lightswe.agent.chat import Tokenizer
 from lightswe.agent.policies.base import Policy
+from lightswe.errors import UserInputError
 
 KINDS = ("scripted", "model", "hf", "openai", "vllm")
 
@@ -39,6 +40,83 @@ def split_spec(spec: str) -> tuple[str, str, dict]:
     return kind, target, {k: _value(v) for k, v in parse_qsl(query)}
 
 
+def _keywords(*functions, drop: tuple[str, ...] = ()) -> list[str]:
+    """The keyword parameters of ``functions`` (what ``?k=v`` options of a spec may name), without ``drop``."""
+    import inspect
+
+    names = [n for f in functions for n, p in inspect.signature(f).parameters.items()
+             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in ("self", "cls", *drop)]
+    return sorted(set(names))
+
+
+def spec_options(kind: str) -> list[str] | None:
+    """The ``?k=v`` options a policy ``kind`` accepts (None: any, e.g. ``vllm:``'s ``vllm.LLM`` arguments)."""
+    if kind == "scripted":
+        from lightswe.agent.policies.scripted import ScriptedPolicy
+
+        return _keywords(ScriptedPolicy.__init__, drop=("scripts", "tokenizer"))
+    if kind in ("model", "hf"):
+        from lightswe.agent.policies.model import ModelPolicy
+
+        extra = (ModelPolicy.from_spec,) if kind == "model" else ()
+        return sorted({*_keywords(ModelPolicy.__init__, *extra, drop=("model", "name", "spec")), "device"})
+    if kind == "openai":
+        from lightswe.agent.policies.openai_server import OpenAIPolicy
+
+        return _keywords(OpenAIPolicy.__init__, drop=("base_url",))
+    return None
+
+
+def check_spec(spec: str, *, option: str = "--policy") -> None:
+    """Refuse a policy spec that cannot work, before any work and without importing torch: an unknown kind, a
+    missing target, a ``model:`` target that is neither a preset nor a checkpoint directory, an ``hf:`` /
+    ``vllm:hf:`` directory without ``config.json``, an ``openai:`` target that is not an http(s) URL, an option
+    after ``?`` that the kind does not take (a misspelt ``devce=cuda``).
+
+    Raises:
+        UserInputError: one line, ``OPTION 'SPEC': what is wrong; fix: ...``.
+    """
+    from pathlib import Path
+
+    try:
+        kind, target, options = split_spec(spec)
+    except ValueError as err:
+        raise UserInputError(f"{option} {err}") from None
+    if kind != "scripted" and not target:
+        raise UserInputError(f"{option} {spec!r}: names no {kind} target; fix: e.g. {_EXAMPLES[kind]}")
+    if kind == "model" and not Path(target).is_dir():
+        from lightswe.model.config import PRESETS
+
+        if target not in PRESETS:
+            what = "is a file" if Path(target).exists() else "is neither a preset nor a checkpoint directory"
+            raise UserInputError(f"{option} {spec!r}: {target} {what}; fix: model:PRESET ({', '.join(sorted(PRESETS))}) "
+                                 f"or model:DIR, a directory written by save_pretrained")
+    if kind == "model" and Path(target).is_dir() and not (Path(target) / "config.json").is_file():
+        raise UserInputError(f"{option} {spec!r}: {target} has no config.json; fix: model:DIR with a checkpoint "
+                             f"written by save_pretrained (config.json + safetensors)")
+    hf_dir = target if kind == "hf" else target.removeprefix("hf:") if kind == "vllm" and target.startswith("hf:") else None
+    if hf_dir is not None and not (Path(hf_dir) / "config.json").is_file():
+        what = "does not exist" if not Path(hf_dir).exists() else "has no config.json"
+        raise UserInputError(f"{option} {spec!r}: {hf_dir} {what}; fix: {kind}:{'hf:' if kind == 'vllm' else ''}DIR "
+                             f"with a transformers checkpoint (config.json, weights, tokenizer files)")
+    if kind == "openai" and not target.startswith(("http://", "https://")):
+        raise UserInputError(f"{option} {spec!r}: {target} is not an http(s) URL; fix: e.g. {_EXAMPLES['openai']}")
+    allowed = spec_options(kind)
+    unknown = [k for k in options if allowed is not None and k not in allowed]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UserInputError(f"{option} {spec!r}: unknown option(s) {', '.join(unknown)} for {kind}:; fix: {hint}"
+                             f"options after '?' are {', '.join(allowed) or 'none'}")
+
+
+_EXAMPLES = {"model": "'model:tiny' or 'model:runs/t1/final'", "hf": "'hf:path/to/checkpoint'",
+             "openai": "'openai:http://localhost:8000/v1?model=NAME'", "vllm": "'vllm:hf:path/to/checkpoint'",
+             "scripted": "'scripted'"}
+
+
 def tokenizer_path(spec: str) -> str | None:
     """The tokenizer a policy spec implies: the checkpoint's for ``hf:PATH`` and ``vllm:hf:PATH``, else None
     (the built-in byte tokenizer)."""
@@ -51,7 +129,21 @@ def tokenizer_path(spec: str) -> str | None:
 
 
 def make_policy(spec: str, *, tokenizer: Tokenizer, tasks: Sequence = ()) -> Policy:
+    """The policy ``spec`` names (see the module docs), built in this process.
+
+    Raises:
+        UserInputError: a spec :func:`check_spec` refuses, or a ``device`` option this machine cannot use.
+        ValueError: the scripted policy without tasks.
+    """
+    check_spec(spec)
     kind, target, options = split_spec(spec)
+    if kind in ("model", "hf") and "device" in options:
+        from lightswe.agent.train_model import check_device
+
+        try:
+            check_device(str(options["device"]), option="device")
+        except UserInputError as err:
+            raise UserInputError(f"--policy {spec!r}: {err}") from None
     if kind == "scripted":
         from lightswe.agent.policies.scripted import ScriptedPolicy
 
