@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ENV = {**os.environ, "COLUMNS": "100"}
 
@@ -208,3 +210,73 @@ def test_ctrl_c_during_train_is_one_line_exit_130_and_leaves_no_container(tmp_pa
     print(f"stopped {waited:.1f} s after Ctrl-C")
     left = docker.from_env().containers.list(all=True, filters={"label": f"lightswe.owner_pid={proc.pid}"})
     assert not left, [c.name for c in left]
+
+
+def test_train_help_gives_each_option_group_its_own_description(capsys, monkeypatch):
+    from lightswe.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")  # one panel per row
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    firsts = {}  # group -> the first line under its title (tyro once gave every group --progress's help)
+    for i, line in enumerate(lines):
+        title = re.fullmatch(r"[\s╭─]*([\w.-]+) options[\s─╮]*", line)
+        if title:
+            below = (text.strip("│ ") for text in lines[i + 1:])
+            firsts[title.group(1)] = next(text for text in below if text and set(text) - set("-─"))
+    assert {"data", "sampler", "warm-start", "agent", "learner", "loss-config", "advantages", "log"} <= set(firsts)
+    assert not [t for t, line in firsts.items() if "Progress bar" in line], firsts
+    described = [line for line in firsts.values() if not line.startswith("--")]
+    assert len(described) == len(set(described)) >= 8, firsts
+
+
+NO_CUDA = not torch.cuda.is_available()
+
+
+def new_user_mistakes(tmp: Path) -> list[tuple[tuple[str, ...], str, tuple[str, ...]]]:
+    """(argv, command, needles): one of each kind of mistake a new user types, for every command it reaches."""
+    (tmp / "empty_ckpt").mkdir(exist_ok=True)
+    missing = str(tmp / "no_such_ckpt")
+    run = ("--tasks", "demo", "--out", str(tmp / "out"))
+    cases = [
+        # a misspelt value of a typed option
+        (("train", "--device", "cudaa", "--out", str(tmp / "out")), "train", ("--device 'cudaa'", "fix: cpu")),
+        (("train", "--learner.autocast-dtype", "bf16", "--out", str(tmp / "out")), "train",
+         ("--learner.autocast-dtype 'bf16'", "fix: bfloat16")),
+        (("train", "--learner.temperature", "0", "--out", str(tmp / "out")), "train", ("--learner.temperature 0.0",)),
+        (("rollout", "--policy", "model:tiny?devce=cpu", *run), "rollout", ("devce", "did you mean device?")),
+        (("rollout", "--policy", "scripted?tool_fromat=hermes", *run), "rollout", ("did you mean tool_format?",)),
+        (("rollout", "--policy", "openai:localhost:8000", *run), "rollout", ("not an http(s) URL", "fix:")),
+        (("tasks", "show", "pool:train[0:x]"), "tasks show", ("bad slice [0:x]", "fix:")),
+        (("tasks", "build", "--repos", "toolzz", "--out", str(tmp / "out")), "tasks build",
+         ("unknown repository", "toolz", "fix:")),
+        # a wrong model name / a checkpoint that does not exist
+        (("rollout", "--policy", "model:tinyy", *run), "rollout", ("tinyy is neither a preset", "fix: model:PRESET")),
+        (("eval", "--policy", "model:tinyy", *run), "eval", ("tinyy is neither a preset",)),
+        (("rollout", "--policy", f"model:{missing}", *run), "rollout", ("neither a preset nor a checkpoint",)),
+        (("rollout", "--policy", f"model:{tmp / 'empty_ckpt'}", *run), "rollout", ("has no config.json", "fix:")),
+        (("rollout", "--policy", f"hf:{missing}", *run), "rollout", ("does not exist", "fix: hf:DIR")),
+        (("rollout", "--policy", f"vllm:hf:{missing}", *run), "rollout", ("does not exist", "fix: vllm:hf:DIR")),
+        # a build folder that does not exist
+        (("tasks", "report", "--out", str(tmp / "out")), "tasks report", ("instances.jsonl does not exist", "fix:")),
+        (("tasks", "prune", "--out", str(tmp / "out")), "tasks prune", ("not a build folder", "fix:")),
+    ]
+    if NO_CUDA:  # a device this machine does not have
+        cases += [(("train", "--device", "cuda", "--out", str(tmp / "out")), "train", ("no CUDA device", "fix: --device cpu")),
+                  (("rollout", "--policy", "model:tiny?device=cuda", *run), "rollout", ("no CUDA device", "fix:"))]
+    return cases
+
+
+def test_new_user_mistakes_end_in_one_line_before_any_work(tmp_path, capsys):
+    from lightswe.cli import main
+
+    for argv, command, needles in new_user_mistakes(tmp_path):
+        code = main(list(argv))
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, (argv, code, err)
+        assert lines[0].startswith(f"lightswe {command}: error: "), (argv, lines[0])
+        for needle in needles:
+            assert needle in lines[0], (argv, needle, lines[0])
+        assert not (tmp_path / "out").exists(), (argv, "nothing may be written before the settings are checked")

@@ -98,3 +98,21 @@ def test_eval_and_view_find_the_episodes_of_a_train_run_in_its_sub_folders(tmp_p
     assert main(["eval", "--out", str(empty)]) == 2
     assert "no episodes in it or its sub-folders" in capsys.readouterr().err
     assert main(["view", str(empty)]) == 2
+
+
+def test_an_openai_server_that_does_not_answer_fails_in_one_line_before_any_episode(tmp_path, capsys):
+    import socket
+
+    from .completions_server import CompletionsServer
+
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "out"
+    assert main(["rollout", "--tasks", "demo", "--policy", f"openai:http://127.0.0.1:{port}/v1?model=m",
+                 "--out", str(out), "--no-progress"]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"no OpenAI-compatible server answers at http://127.0.0.1:{port}/v1" in lines[0], lines
+    assert "fix:" in lines[0] and not out.exists()  # no episode was run, no folder written
+    with CompletionsServer(policy=None) as server:  # any HTTP answer counts (this one has no GET /v1/models: 501)
+        OpenAIPolicy(server.url, model="m").check_reachable(timeout_s=10)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 
 import docker
 import gymnasium as gym
@@ -95,6 +96,21 @@ def test_spaces_print_short():
 def test_unsupported_render_modes_say_which_exist(mode):
     with pytest.raises(ValueError, match=r"render_mode must be one of \['ansi'\]"):
         gym.make("lightswe/SWE-v0", render_mode=mode)
+
+
+def test_bad_arguments_are_user_input_errors_naming_the_fix():
+    from lightswe.errors import UserInputError
+
+    with pytest.raises(UserInputError, match=r"tool_format must be one of \['hermes', 'minimax'\], got 'hermess'"):
+        gym.make("lightswe/SWE-v0", tool_format="hermess")
+    with pytest.raises(UserInputError, match="fix: render_mode='ansi'"):
+        gym.make("lightswe/SWE-v0", render_mode="human")
+    env = SWEEnv(tasks="pool:test[0:3]")  # an id that is not in the env's tasks fails before any container starts
+    with pytest.raises(UserInputError, match=r"unknown task_id 'nosuch'; this env has 3 tasks; fix: .*"
+                                             + re.escape(env.tasks[0].instance_id)):
+        env.reset(options={"task_id": "nosuch"})
+    assert env.sandbox is None
+    env.close()
 
 
 def bash(command: str) -> str:
