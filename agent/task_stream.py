@@ -23,8 +23,8 @@ from lightswe.errors import UserInputError
 class TaskStreamConfig:
     """The tasks trained on and the held-out ones."""
 
-    # Training tasks: 'arith:<split>[:<op words>]' (built-in family, e.g. arith:rl:sum) or a JSONL file of
-    # task instances.
+    # Training tasks: 'arith:<split>[:<op words>]' (built-in family, e.g. arith:rl:sum) or task instances in any
+    # form of rollout's --tasks (.jsonl/.json/.parquet, a dataset directory, owner/name:split, pool:train).
     tasks: str = "arith:rl:sum"
     # Held-out tasks, same forms as tasks; '' skips evaluation.
     eval_tasks: str = "arith:eval:sum"
