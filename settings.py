@@ -418,3 +418,18 @@ def check_out_dir(out: str | Path, option: str = "--out") -> None:
         if parent.exists() and not parent.is_dir():
             where = "is a file" if parent == path else f"lies under the file {parent}"
             raise UserInputError(f"{option} {out}: {where}; fix: pass a directory path (created if missing)")
+
+
+def check_out_file(out: str | Path, option: str, *, name: str = "out.jsonl") -> None:
+    """Refuse an output file path that is a directory or lies under a file (one line, before any work; its
+    parent folders are created when it is written). ``name``: the file name the fix suggests inside a directory.
+
+    Raises:
+        UserInputError: naming what is in the way and the fix.
+    """
+    path = Path(out)
+    if path.is_dir():
+        raise UserInputError(f"{option} {out}: is a directory; fix: pass a file path, e.g. {path / name}")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserInputError(f"{option} {out}: lies under the file {parent}; fix: pass a path in a folder")

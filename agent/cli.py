@@ -133,6 +133,13 @@ class EvalArgs(_RunArgs):
     # model_name_or_path of the predictions (default: the policy that produced the episodes).
     model_name: str | None = None
 
+    def __post_init__(self) -> None:
+        _RunArgs.__post_init__(self)
+        if self.predictions is not None:  # before the episodes run, not after
+            from lightswe.settings import check_out_file
+
+            check_out_file(self.predictions, "--predictions", name="preds.jsonl")
+
 
 def early_stop_config(spec: str):
     """``'N,p'`` or ``'off'`` -> ``EarlyStopConfig``; raises UserInputError naming ``--early-stop``."""
@@ -271,7 +278,10 @@ def evaluate(argv: list[str]) -> int:
 
 def view(args: argparse.Namespace) -> int:
     from lightswe.agent.viewer import write_viewer
+    from lightswe.settings import check_out_file
 
+    if args.output is not None:
+        check_out_file(args.output, "--output", name="index.html")
     path = write_viewer(args.dir, path=args.output)
     print(path)
     return 0

@@ -258,6 +258,8 @@ def new_user_mistakes(tmp: Path) -> list[tuple[tuple[str, ...], str, tuple[str, 
         (("rollout", "--policy", f"model:{tmp / 'empty_ckpt'}", *run), "rollout", ("has no config.json", "fix:")),
         (("rollout", "--policy", f"hf:{missing}", *run), "rollout", ("does not exist", "fix: hf:DIR")),
         (("rollout", "--policy", f"vllm:hf:{missing}", *run), "rollout", ("does not exist", "fix: vllm:hf:DIR")),
+        # an output file where a folder is
+        (("view", str(tmp), "--output", str(tmp)), "view", ("--output", "is a directory", "fix:")),
         # a build folder that does not exist
         (("tasks", "report", "--out", str(tmp / "out")), "tasks report", ("instances.jsonl does not exist", "fix:")),
         (("tasks", "prune", "--out", str(tmp / "out")), "tasks prune", ("not a build folder", "fix:")),

@@ -44,6 +44,26 @@ def test_eval_writes_predictions_the_official_harness_reads(tmp_path, capsys):
     assert utils.get_predictions_from_file(str(out), "unused", "test") == rows
 
 
+def test_a_predictions_path_that_cannot_be_written_fails_before_the_run_and_leaves_nothing(tmp_path, capsys):
+    from lightswe.agent.predictions import write_predictions
+
+    with TrajectoryWriter(tmp_path / "run") as writer:
+        writer.write(sample(0, "pkg-0@0", 0, PATCH))
+    (tmp_path / "a_file").write_text("x")
+    for bad, message in ((tmp_path / "run", "is a directory; fix: pass a file path"),
+                         (tmp_path / "a_file" / "preds.jsonl", "lies under the file")):
+        assert main(["eval", "--out", str(tmp_path / "run"), "--predictions", str(bad)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("lightswe eval: error: --predictions") and message in lines[0]
+    # with --tasks the check comes before any episode runs: no output folder
+    assert main(["eval", "--tasks", "demo", "--out", str(tmp_path / "new"), "--predictions", str(tmp_path)]) == 2
+    assert not (tmp_path / "new").exists()
+    # the writer itself leaves no temporary file behind when the rename fails
+    with pytest.raises(IsADirectoryError):
+        write_predictions(read_trajectories(tmp_path / "run"), tmp_path / "run", model="m")
+    assert not (tmp_path / "run.tmp").exists()
+
+
 @pytest.mark.parametrize("line,message", [
     ('{"instance_id": "a", "model_patch": ""}', "exactly the keys"),
     ('{"instance_id": "a", "model_name_or_path": "m", "model_patch": 3}', "non-empty strings"),
