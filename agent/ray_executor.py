@@ -80,6 +80,9 @@ class RayExecutor:
                  address: str | None = None, shutdown_timeout_s: float = 10.0) -> None:
         ray = _ray()
         if not ray.is_initialized():
+            from lightswe.agent.sampling import check_ray_address
+
+            check_ray_address(address)
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         # episodes mostly wait on Docker and the model; a second actor thread serves close() during run()
         options = {"num_cpus": 0.5, "max_concurrency": 2, **(actor_options or {})}

@@ -66,8 +66,10 @@ class SamplerConfig:
         """Refuse an engine that cannot run here with these settings (``world`` torchrun ranks), before any work.
 
         Raises:
-            UserInputError: vLLM with Ray or torchrun; ImportError: vLLM not installed.
+            UserInputError: vLLM with Ray or torchrun; ImportError: vLLM not installed; InfrastructureError:
+            nothing answers at the ``--ray`` address.
         """
+        check_ray_address(self.ray)
         if self.engine == "model":
             return
         if importlib.util.find_spec("vllm") is None:
@@ -77,6 +79,32 @@ class SamplerConfig:
         if self.ray or world > 1:
             raise UserInputError("--engine vllm runs one in-process vllm.LLM; it does not combine with --ray or "
                                  "torchrun. Spread it over GPUs with --vllm-arg tensor_parallel_size=N instead")
+
+
+def check_ray_address(address: str | None, *, timeout_s: float = 5.0) -> None:
+    """Fail at once when nothing listens at a Ray cluster address (``HOST:PORT`` or ``ray://HOST:PORT``):
+    ``ray.init`` would otherwise retry for minutes, printing warnings. ``None``, ``local`` and ``auto`` are not
+    probed (Ray starts or finds the cluster itself).
+
+    Raises:
+        InfrastructureError: naming the address, what happened and the fix.
+    """
+    import re
+    import socket
+
+    from lightswe.errors import InfrastructureError
+
+    match = re.fullmatch(r"(?:ray://)?\[?([\w.:-]+?)\]?:(\d+)", address or "")
+    if not match:
+        return
+    host, port = match.group(1), int(match.group(2))
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as err:
+        raise InfrastructureError(f"--ray {address}: no Ray cluster answers there ({err.strerror or err}); fix: "
+                                  "start one (ray start --head) and pass its address (HEAD:6379), or --ray local "
+                                  "for a cluster on this machine") from None
 
 
 def parse_kwargs(items) -> dict:

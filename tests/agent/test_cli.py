@@ -116,3 +116,18 @@ def test_an_openai_server_that_does_not_answer_fails_in_one_line_before_any_epis
     assert "fix:" in lines[0] and not out.exists()  # no episode was run, no folder written
     with CompletionsServer(policy=None) as server:  # any HTTP answer counts (this one has no GET /v1/models: 501)
         OpenAIPolicy(server.url, model="m").check_reachable(timeout_s=10)
+
+
+def test_a_ray_address_where_no_cluster_answers_fails_in_one_line_before_any_work(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on once closed (ray.init retried it for minutes)
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    for argv in (["rollout", "--tasks", "demo", "--no-progress"], ["train"]):
+        for spelled in (address, f"ray://{address}"):
+            out = tmp_path / "out"
+            assert main([*argv, "--ray", spelled, "--out", str(out)]) == 1
+            lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+            assert len(lines) == 1 and f"--ray {spelled}: no Ray cluster answers there" in lines[0], lines
+            assert "fix:" in lines[0] and not out.exists()
