@@ -95,6 +95,55 @@ def _strip_optional(tp):
     return tp
 
 
+def _describe(tp) -> str:
+    """A type as a user reads it in an error: ``int``, ``2 numbers``, ``one of 'keep', 'zero'``, ``a section``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin in (tuple, list):
+        plural = {int: "whole numbers", float: "numbers", str: "strings", bool: "booleans"}
+        if origin is tuple and args and args[-1] is not ...:
+            return f"a list of {len(args)} {plural.get(args[0], 'values')}" if len(set(args)) == 1 else \
+                "a list of " + ", ".join(_describe(a) for a in args)
+        return f"a list of {plural.get(args[0], 'values')}" if args else "a list"
+    if dataclasses.is_dataclass(tp):
+        return "a section of settings (a table/mapping)"
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+            Path: "a path (string)"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _fits(value, tp) -> bool:
+    """Whether a value read from a config file has the field's type (ints count as floats, lists as tuples)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is typing.Any:
+        return True
+    if origin is typing.Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not ...:
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+        return not args or all(_fits(v, args[0]) for v in value)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, dict)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is Path:
+        return isinstance(value, (str, Path))
+    return not isinstance(tp, type) or isinstance(value, tp)
+
+
 def from_dict(cls: type[T], data: dict, *, where: str = "") -> T:
     """Build the dataclass ``cls`` from nested ``data`` (unknown keys refused by their dotted name; lists become
     tuples where the field is a tuple; paths become ``Path``). Runs each ``__post_init__`` (validation)."""
@@ -110,6 +159,9 @@ def from_dict(cls: type[T], data: dict, *, where: str = "") -> T:
             hint = f"; did you mean {where}{close[0]}?" if close else ""
             raise UserInputError(f"--config: unknown setting {where + key!r}{hint} (settings here: "
                                  f"{', '.join(sorted(names))})")
+        if not _fits(value, hints[name]):
+            raise UserInputError(f"--config: {where}{key} = {json.dumps(value, default=str)}: expected "
+                                 f"{_describe(hints[name])}; fix: correct it in the file")
         tp = _strip_optional(hints[name])
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             base = _default_of(cls, name)  # a partial section keeps the parent's defaults for the rest

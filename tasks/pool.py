@@ -72,13 +72,15 @@ class RepoSpec:
 
 
 def _spec(record: dict, where: str) -> RepoSpec:
+    if not isinstance(record, dict):
+        raise UserInputError(f"{where}: expected an object, got {type(record).__name__}")
     known = set(RepoSpec.__dataclass_fields__)
     unknown = set(record) - known
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}")
+        raise UserInputError(f"{where}: unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}")
     for key in ("name", "version", "sha256"):
         if not isinstance(record.get(key), str) or not record[key]:
-            raise ValueError(f"{where}: field {key!r} must be a non-empty string, got {record.get(key)!r}")
+            raise UserInputError(f"{where}: field {key!r} must be a non-empty string, got {record.get(key)!r}")
     values = dict(record)
     for key in ("tests", "ignore", "deselect", "test_deps", "src"):
         if key in values:
@@ -95,7 +97,14 @@ def load_pool(path: str | Path | None = None) -> dict[str, RepoSpec]:
         where = f"lightswe/tasks/data/{POOL_FILE}"
     else:
         text, where = Path(path).read_text(encoding="utf-8"), str(path)
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"--pool-file {where}: not valid JSON ({err}); fix: the packaged "
+                             f"lightswe/tasks/data/{POOL_FILE} shows the format") from None
+    if not isinstance(data, dict) or not isinstance(data.get("repositories"), list):
+        raise UserInputError(f"--pool-file {where}: expected an object with a \"repositories\" list; fix: the "
+                             f"packaged lightswe/tasks/data/{POOL_FILE} shows the format")
     specs = [_spec(r, f"{where} repository {i}") for i, r in enumerate(data["repositories"])]
     return {s.name: s for s in specs}
 

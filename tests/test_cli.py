@@ -153,6 +153,28 @@ def test_config_files_and_dotted_overrides(tmp_path):
     one_line(lightswe("train", "--config", str(bad)), "train", "not valid JSON")
 
 
+@pytest.mark.parametrize("text,message", [  # a value of the wrong type in a config file, for each kind of type
+    ("steps: three", "steps = \"three\": expected a whole number"),
+    ("steps: 1.5", "steps = 1.5: expected a whole number"),
+    ("learner: 3", "learner = 3: expected a section of settings"),
+    ("learner:\n  betas: [0.9]", "learner.betas = [0.9]: expected a list of 2 numbers"),
+    ("learner:\n  lr: fast", "learner.lr = \"fast\": expected a number"),
+    ("hack_policy: zeroo", "hack_policy = \"zeroo\": expected one of 'keep', 'zero'"),
+    ("overlong_filter: 3", "overlong_filter = 3: expected true or false"),
+    ("agent:\n  early_stop: {window: x}", "agent.early_stop.window = \"x\": expected a whole number"),
+    ("sampler:\n  vllm_args: a=1", "sampler.vllm_args = \"a=1\": expected a list of strings"),
+])
+def test_a_config_value_of_the_wrong_type_is_one_line_before_any_work(tmp_path, capsys, text, message):
+    from lightswe.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(text + "\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lightswe train: error: --config: ") and message in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
 def test_resume_with_changed_settings_is_refused_by_name(tmp_path):
     from lightswe.agent.cli import RolloutArgs
     from lightswe.agent.train_config import TrainConfig

@@ -45,3 +45,18 @@ def test_bad_pool_file_names_the_field(tmp_path):
     path.write_text(json.dumps({"repositories": [{"name": "toolz", "version": "1.1.0"}]}))
     with pytest.raises(ValueError, match="'sha256' must be a non-empty string"):
         load_pool(path)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{", "not valid JSON"),
+    ('{"pool": []}', 'expected an object with a "repositories" list'),
+    ('["toolz"]', 'expected an object with a "repositories" list'),
+    ('{"repositories": ["toolz"]}', "repository 0: expected an object, got str"),
+])
+def test_a_pool_file_of_the_wrong_shape_is_one_user_error(tmp_path, text, message):
+    from lightswe.errors import UserInputError
+
+    path = tmp_path / "pool.json"
+    path.write_text(text)
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        load_pool(path)
