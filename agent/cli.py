@@ -151,7 +151,8 @@ def early_stop_config(spec: str):
     try:
         return EarlyStopConfig(window=int(window), min_prob=float(prob or 0.99))
     except ValueError as err:
-        raise UserInputError(f"--early-stop {spec!r}: {err}; fix: N,p such as 3000,0.99, or off") from None
+        fix = "" if "fix:" in str(err) else "; fix: N,p such as 3000,0.99, or off"
+        raise UserInputError(f"--early-stop {spec!r}: {err}{fix}") from None
 
 
 def _agent_config(args: _RunArgs):

@@ -19,15 +19,19 @@ from dataclasses import dataclass
 
 @dataclass(kw_only=True, slots=True)
 class EarlyStopConfig:
-    window: int = 3000  # N consecutive tokens ...
-    min_prob: float = 0.99  # ... each with probability strictly above p
+    window: int = 3000  # a turn stops after this many consecutive tokens, each sampled with probability > min_prob
+    min_prob: float = 0.99  # the probability each of those tokens exceeds, in (0, 1)
     enabled: bool = True  # stop a turn that repeats itself with near certainty (MiniMax-M1's early stop)
 
     def __post_init__(self) -> None:
+        from lightswe.errors import UserInputError
+
         if self.window < 1:
-            raise ValueError(f"early stop window must be >= 1 token, got {self.window}")
+            raise UserInputError(f"early stop window must be >= 1 token, got {self.window} (train: "
+                                 f"--agent.early-stop.window; rollout: N of --early-stop N,p); fix: e.g. 3000")
         if not 0.0 < self.min_prob < 1.0:
-            raise ValueError(f"early stop min_prob must be in (0, 1), got {self.min_prob}")
+            raise UserInputError(f"early stop min_prob must be in (0, 1), got {self.min_prob} (train: "
+                                 f"--agent.early-stop.min-prob; rollout: p of --early-stop N,p); fix: e.g. 0.99")
 
 
 class EarlyStop:

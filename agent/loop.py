@@ -47,7 +47,7 @@ class AgentConfig:
     max_steps: int = 30  # tool calls, format errors included
     max_context_tokens: int = 32_768  # prompt + every turn
     max_new_tokens: int = 2_048  # per assistant turn
-    max_format_errors: int = 3  # consecutive
+    max_format_errors: int = 3  # consecutive malformed tool calls that end the episode (format_errors_exceeded)
     temperature: float = 1.0  # sampling temperature (> 0)
     top_p: float = 1.0  # nucleus sampling: smallest token set with this much probability (1.0: off)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
