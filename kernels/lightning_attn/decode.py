@@ -37,8 +37,10 @@ LOG2E = 1.4426950408889634
 
 def lightning_attn_decode_chunk_form_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                                slope: torch.Tensor, state: torch.Tensor, chunk_keys: torch.Tensor,
-                                               chunk_values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """PyTorch version of ``lightning_attn_decode_chunk_form`` (same arguments, same in-place updates)."""
+                                               chunk_values: torch.Tensor, positions: torch.Tensor,
+                                               rounded_state: torch.Tensor | None = None) -> torch.Tensor:
+    """PyTorch version of ``lightning_attn_decode_chunk_form`` (same arguments, same in-place updates). The
+    output uses round(state) by definition; ``rounded_state``, if given, is only kept equal to it."""
     with torch.autocast(q.device.type, enabled=False):
         rows, block, dtype = q.shape[0], chunk_keys.shape[2], q.dtype
         b = -slope.float() * LOG2E  # [H]
@@ -59,13 +61,17 @@ def lightning_attn_decode_chunk_form_reference(q: torch.Tensor, k: torch.Tensor,
         kd = (chunk_keys.float() * k_decay[None, :, :, None]).to(dtype).float()
         advanced = state * torch.exp2(b * block)[None, :, None, None] + torch.einsum(
             "shjk,shjv->shkv", kd, chunk_values.float())
-        state.copy_(torch.where((i == block - 1)[:, None, None, None], advanced, state))
+        complete = (i == block - 1)[:, None, None, None]
+        state.copy_(torch.where(complete, advanced, state))
+        if rounded_state is not None:
+            rounded_state.copy_(torch.where(complete, advanced.to(dtype), rounded_state))
         return o.to(dtype)
 
 
 def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor,
                                      state: torch.Tensor, chunk_keys: torch.Tensor, chunk_values: torch.Tensor,
-                                     positions: torch.Tensor, config: DecodeConfig | None = None) -> torch.Tensor:
+                                     positions: torch.Tensor, rounded_state: torch.Tensor | None = None,
+                                     config: DecodeConfig | None = None) -> torch.Tensor:
     """One decode step in the chunk kernel's form (module docstring), Triton on CUDA, else the reference.
 
     Args:
@@ -76,28 +82,43 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
         chunk_keys: [S, H, BT, K], chunk_values: [S, H, BT, V] in q's dtype: the chunk's earlier tokens at
             indices [0, i); this token is written at index i.
         positions: [S] int, the token's position in its sequence (tokens before it); i = positions % BT.
-        config: the launch shape (bv columns per program, warps; per_sm and stream unused), default by S*H from
-            CHUNK_FORM_CONFIGS.
+        rounded_state: optional [S, H, K, V] in q's dtype holding ``state.to(q.dtype)`` (the caller sets it
+            wherever it sets ``state``); rewritten in place with the state. The output only needs the rounded
+            state (the chunk kernel rounds S0 before its product), so with it the 63 of 64 steps that do not
+            complete a chunk read 2 bytes per state element instead of 4; the results are the same bits.
+        config: the launch shape (bv columns per program, warps, bk state rows per block of the chunk-completion
+            update and, with stages > 1, of the step's pipelined loop over the state; split; per_sm and stream
+            unused), default by S*H from CHUNK_FORM_CONFIGS.
     Returns:
         o [S, H, V] in q's dtype. No host synchronisation (CUDA-graph capturable).
+    Raises:
+        ValueError: ``rounded_state`` not of ``state``'s shape in q's dtype.
     """
     rows, heads, dim = q.shape
     V = v.shape[-1]
     block = chunk_keys.shape[2]
+    if rounded_state is not None and (rounded_state.shape != state.shape or rounded_state.dtype != q.dtype
+                                      or not rounded_state.is_contiguous()):
+        raise ValueError(f"rounded_state must be a contiguous {tuple(state.shape)} {q.dtype} tensor (state.to(q.dtype)),"
+                         f" got {tuple(rounded_state.shape)} {rounded_state.dtype}; allocate it beside the state")
     if triton is None or not q.is_cuda:
         return lightning_attn_decode_chunk_form_reference(q, k, v, slope, state, chunk_keys, chunk_values,
-                                                          positions)
+                                                          positions, rounded_state)
     config = config or next(c for lo, c in reversed(CHUNK_FORM_CONFIGS) if rows * heads >= lo)
     BV = min(config.bv, V)
+    BK = min(config.bk or dim, dim)
     o = torch.empty_like(v)
     grid = (triton.cdiv(V, BV), rows * heads)
     slope = slope.float().contiguous()
-    _decode_chunk_form_kernel[grid](q.contiguous(), k.contiguous(), v.contiguous(), o, slope, state, chunk_keys,
-                                    chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
-                                    ADVANCE=not config.split, num_warps=config.warps)
+    rounded = state if rounded_state is None else rounded_state  # (unused pointer without ROUNDED)
+    _decode_chunk_form_kernel[grid](q.contiguous(), k.contiguous(), v.contiguous(), o, slope, state, rounded,
+                                    chunk_keys, chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
+                                    BK=BK, ROUNDED=rounded_state is not None, ADVANCE=not config.split,
+                                    STAGES=config.stages, num_warps=config.warps)
     if config.split:
-        _chunk_advance_kernel[grid](slope, state, chunk_keys, chunk_values, positions, H=heads, K=dim, V=V,
-                                    BT=block, BV=BV, num_warps=config.warps)
+        _chunk_advance_kernel[grid](k, slope, state, rounded, chunk_keys, chunk_values, positions, H=heads,
+                                    K=dim, V=V, BT=block, BV=BV, BK=BK, ROUNDED=rounded_state is not None,
+                                    num_warps=config.warps)
     return o
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +133,12 @@ class DecodeConfig:
     stream: state loads marked evict-first and stores cache-streaming (.cs): the state is touched once per step.
     split: chunk-form step only: the state update of rows completing their chunk in a second launch, so that
         the step's programs carry no tensor-core product (fewer registers: more programs per multiprocessor).
+    bk: 0 = the whole [K, bv] tile at once; bk > 0 = the tile in [bk, bv] blocks. Exact step: a loop over the
+        blocks (o accumulated in the program) whose loads are software-pipelined ``stages`` deep, so block
+        j+1's load is in flight while block j is stored. Chunk-form step: the chunk-completion update's blocks
+        (a [bk, BT] x [BT, bv] tensor-core product each: fewer registers than one [K, bv] product).
+    stages: with bk > 0, ``tl.range(..., num_stages=stages)`` of the block loop (exact step); chunk-form step:
+        stages > 1 walks the state and the chunk's keys in bk-row blocks too, pipelined that deep.
     """
 
     bv: int
@@ -119,10 +146,13 @@ class DecodeConfig:
     per_sm: int = 0
     stream: bool = False
     split: bool = False
+    bk: int = 0
+    stages: int = 1
 
     def __str__(self) -> str:
         grid = f"persistent {self.per_sm}/SM" if self.per_sm else "one program per tile"
         return (f"BV {self.bv}, {self.warps} warps, {grid}" + (", streaming" if self.stream else "")
+                + (f", BK {self.bk}" if self.bk else "") + (f", {self.stages} stages" if self.stages > 1 else "")
                 + (", split advance" if self.split else ""))
 
 
@@ -133,12 +163,14 @@ DECODE_CONFIGS = ((0, DecodeConfig(32, 2)), (1024, DecodeConfig(64, 8)))
 
 # Every config the benchmark's decode sweep measures (benchmarks/lightning_attn.py --decode-sweep) and the GPU
 # tests check against the reference.
+# The 2026-11-30 sweep (RESULTS.md appendix: BV 16-128 x 1-8 warps, streaming, persistent 2-4/SM) is cut to
+# its best plain configs and one of each other kind; added: tiles walked in BK-row blocks with pipelined loads.
 DECODE_SWEEP = tuple(
-    [DecodeConfig(bv, w) for bv in (16, 32, 64, 128) for w in (1, 2, 4, 8) if bv * 128 // (32 * w) <= 128]
-    + [DecodeConfig(bv, w, stream=True) for bv, w in ((32, 2), (64, 2), (64, 8))]
-    # persistent: the prefetched tile doubles the registers (~200 at BV 32 / 2 warps), so few programs fit per SM
-    + [DecodeConfig(bv, w, per_sm=n, stream=st) for bv, w, n in ((32, 2, 2), (32, 2, 4), (64, 4, 2), (64, 8, 2))
-       for st in (False, True)]
+    [DecodeConfig(bv, w) for bv, w in ((32, 1), (32, 2), (32, 4), (64, 2), (64, 4), (64, 8), (128, 4))]
+    + [DecodeConfig(32, 2, stream=True), DecodeConfig(64, 8, per_sm=2)]
+    + [DecodeConfig(bv, w, bk=bk, stages=n) for bv, w, bk, n in (
+        (32, 2, 32, 2), (32, 2, 32, 3), (32, 4, 16, 3), (64, 4, 32, 2), (64, 4, 32, 3), (64, 8, 64, 2),
+        (128, 4, 32, 3), (128, 8, 16, 4))]
 )
 
 
@@ -147,8 +179,10 @@ DECODE_SWEEP = tuple(
 # H200 (RESULTS.md; H=64, D=128, CUDA graph, mean step over a chunk): BV 64 / 4 warps, fused, was the fastest of
 # CHUNK_FORM_SWEEP at B = 8 / 16 / 32 / 64 (19.2 / 33.1 / 60.3 / 110.7 us).
 CHUNK_FORM_CONFIGS = ((0, DecodeConfig(64, 4)),)
-CHUNK_FORM_SWEEP = tuple(DecodeConfig(bv, w, split=split) for split in (False, True)
-                         for bv, w in ((32, 4), (64, 4), (64, 8), (128, 8)))
+CHUNK_FORM_SWEEP = tuple(DecodeConfig(bv, w, bk=bk) for bv, w in ((32, 4), (64, 4), (128, 8)) for bk in (0, 32)) + (
+    DecodeConfig(64, 4, bk=32, split=True), DecodeConfig(32, 4, bk=32, stages=3), DecodeConfig(64, 4, bk=32, stages=2),
+    DecodeConfig(64, 4, bk=32, stages=3), DecodeConfig(64, 8, bk=32, stages=3), DecodeConfig(128, 8, bk=32, stages=3),
+    DecodeConfig(32, 4, bk=32, stages=3, split=True))
 
 
 def _decode_config(n_states: int, V: int) -> DecodeConfig:
@@ -240,6 +274,30 @@ if triton is not None:
             _decode_tile(q, k, v, o, slope, state, s_tile, t, n_tiles, H, K, V, BV, STREAM, True)
             s_tile = s_next
 
+    @triton.jit
+    def _decode_blocks_kernel(q, k, v, o, slope, state, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                              BV: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr):
+        """Grid (V / BV * B * H,): one program per tile, walking it in [BK, BV] blocks: S = lambda S + k^T v
+        stored block by block, o accumulated; the loop's loads pipelined STAGES deep (block j+1's load in
+        flight while block j is stored)."""
+        t = tl.program_id(0)
+        NV: tl.constexpr = V // BV
+        i_bh, i_v = t // NV, t % NV
+        decay = tl.exp(-tl.load(slope + i_bh % H).to(tl.float32))
+        o_v = i_v * BV + tl.arange(0, BV)
+        b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
+        b_o = tl.zeros([BV], dtype=tl.float32)
+        p_base = state + i_bh.to(tl.int64) * K * V
+        for kb in tl.range(0, K // BK, num_stages=STAGES):
+            o_k = kb * BK + tl.arange(0, BK)
+            p_s = p_base + o_k[:, None] * V + o_v[None, :]
+            b_k = tl.load(k + i_bh * K + o_k).to(tl.float32)
+            b_s = tl.load(p_s) * decay + b_k[:, None] * b_v[None, :]
+            tl.store(p_s, b_s)
+            b_q = tl.load(q + i_bh * K + o_k).to(tl.float32)
+            b_o += tl.sum(b_q[:, None] * b_s, axis=0)
+        tl.store(o + i_bh * V + o_v, b_o.to(o.dtype.element_ty))
+
     def lightning_attn_decode_triton(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, state: torch.Tensor,
         config: DecodeConfig | None = None,
@@ -252,7 +310,10 @@ if triton is not None:
         bv = min(config.bv, V)
         o = torch.empty_like(v)
         n_tiles = B * H * triton.cdiv(V, bv)
-        if config.per_sm:
+        if config.bk and not config.per_sm:
+            _decode_blocks_kernel[(n_tiles,)](q, k, v, o, slope, state, H=H, K=K, V=V, BV=bv, BK=min(config.bk, K),
+                                              STAGES=config.stages, num_warps=config.warps)
+        elif config.per_sm:
             grid = (min(n_tiles, config.per_sm * _num_sms(q.device.index or 0)),)
             _decode_persistent_kernel[grid](q, k, v, o, slope, state, n_tiles, H=H, K=K, V=V, BV=bv,
                                             STREAM=config.stream, num_warps=config.warps)
@@ -262,37 +323,63 @@ if triton is not None:
         return o
 
     @triton.jit
-    def _decode_chunk_form_kernel(q, k, v, o, slope, state, chunk_keys, chunk_values, positions, H: tl.constexpr,
-                                  K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-                                  ADVANCE: tl.constexpr):
-        """The step; with ADVANCE also the state update of rows whose chunk this token completes (else
-        _chunk_advance_kernel does it in the next launch)."""
+    def _decode_chunk_form_kernel(q, k, v, o, slope, state, rounded, chunk_keys, chunk_values, positions,
+                                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                                  BV: tl.constexpr, BK: tl.constexpr, ROUNDED: tl.constexpr,
+                                  ADVANCE: tl.constexpr, STAGES: tl.constexpr):
+        """The step of program (column block i_v, sequence*head i_bh); with ADVANCE also the state update of rows
+        whose chunk this token completes (else _chunk_advance_kernel does it in the next launch). ROUNDED: the
+        rounded state is read from ``rounded`` (2 bytes per element) instead of rounding the fp32 state.
+        STAGES 1: the whole [K, BV] state slice and [BT, K] keys loaded at once; > 1: walked in BK-row blocks,
+        the loads pipelined STAGES deep (fewer registers: more programs per multiprocessor)."""
         i_v, i_bh = tl.program_id(0), tl.program_id(1)
-        b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
-        i = tl.load(positions + i_bh // H).to(tl.int32) % BT
         o_k = tl.arange(0, K)
         o_v = i_v * BV + tl.arange(0, BV)
         o_t = tl.arange(0, BT)
-        b_q = tl.load(q + i_bh * K + o_k)
-        b_k = tl.load(k + i_bh * K + o_k)
-        b_v = tl.load(v + i_bh * V + o_v)
         p_ck = chunk_keys + i_bh.to(tl.int64) * BT * K
         p_cv = chunk_values + i_bh.to(tl.int64) * BT * V
+        if STAGES == 1:  # the state slice first: the step's one large read, independent of the position
+            tile = i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+            if ROUNDED:
+                b_s = tl.load(rounded + tile)
+            else:
+                b_s = tl.load(state + tile).to(q.dtype.element_ty)
+        b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
+        i = tl.load(positions + i_bh // H).to(tl.int32) % BT
         before = o_t < i
-        c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=before[:, None], other=0.0)
+        b_k = tl.load(k + i_bh * K + o_k)
+        b_v = tl.load(v + i_bh * V + o_v)
         c_v = tl.load(p_cv + o_t[:, None] * V + o_v[None, :], mask=before[:, None], other=0.0)
-        c_k = tl.where((o_t == i)[:, None], b_k[None, :], c_k)  # [BT, K]: the chunk so far, this token at i
-        c_v = tl.where((o_t == i)[:, None], b_v[None, :], c_v)  # [BT, BV]
-        p_s = state + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-        b_s = tl.load(p_s)
+        c_v = tl.where((o_t == i)[:, None], b_v[None, :], c_v)  # [BT, BV]: the chunk so far, this token at i
         # as _fwd_kernel: round(q lambda^(i+1)) . round(S0) + sum_j round((q . k_j) lambda^(i-j)) v_j
         q_decay = tl.exp2(b * (i + 1).to(tl.float32))
-        b_qd = (b_q.to(tl.float32) * q_decay).to(b_q.dtype).to(tl.float32)
-        b_o = tl.sum(b_qd[:, None] * b_s.to(b_q.dtype).to(tl.float32), axis=0)
-        scores = tl.sum(b_q.to(tl.float32)[None, :] * c_k.to(tl.float32), axis=1)  # [BT]
+        if STAGES == 1:
+            b_q = tl.load(q + i_bh * K + o_k)
+            c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=before[:, None], other=0.0)
+            c_k = tl.where((o_t == i)[:, None], b_k[None, :], c_k)  # [BT, K]
+            b_qd = (b_q.to(tl.float32) * q_decay).to(b_q.dtype).to(tl.float32)
+            b_o = tl.sum(b_qd[:, None] * b_s.to(tl.float32), axis=0)
+            scores = tl.sum(b_q.to(tl.float32)[None, :] * c_k.to(tl.float32), axis=1)  # [BT]
+        else:  # the state slice and the chunk's keys in [BK]-row blocks, their loads pipelined STAGES deep
+            b_o = tl.zeros([BV], dtype=tl.float32)
+            scores = tl.zeros([BT], dtype=tl.float32)
+            for kb in tl.range(0, K // BK, num_stages=STAGES):
+                o_kb = kb * BK + tl.arange(0, BK)
+                p_s = i_bh.to(tl.int64) * K * V + o_kb[:, None] * V + o_v[None, :]
+                if ROUNDED:
+                    s_blk = tl.load(rounded + p_s)
+                else:
+                    s_blk = tl.load(state + p_s).to(q.dtype.element_ty)
+                q_blk = tl.load(q + i_bh * K + o_kb)
+                k_blk = tl.load(k + i_bh * K + o_kb)
+                ck_blk = tl.load(p_ck + o_t[:, None] * K + o_kb[None, :], mask=before[:, None], other=0.0)
+                ck_blk = tl.where((o_t == i)[:, None], k_blk[None, :], ck_blk)
+                qd_blk = (q_blk.to(tl.float32) * q_decay).to(q_blk.dtype).to(tl.float32)
+                b_o += tl.sum(qd_blk[:, None] * s_blk.to(tl.float32), axis=0)
+                scores += tl.sum(q_blk.to(tl.float32)[None, :] * ck_blk.to(tl.float32), axis=1)
         diff = (i - o_t).to(tl.float32)
         m = tl.where(o_t <= i, tl.exp2(b * tl.maximum(diff, 0.0)), 0.0)
-        a = (scores * m).to(b_q.dtype).to(tl.float32)
+        a = (scores * m).to(q.dtype.element_ty).to(tl.float32)
         b_o += tl.sum(a[:, None] * c_v.to(tl.float32), axis=0)
         tl.store(o + i_bh * V + o_v, b_o.to(o.dtype.element_ty))
         if i_v == 0:
@@ -300,29 +387,45 @@ if triton is not None:
         tl.store(p_cv + i * V + o_v, b_v)
         if ADVANCE:
             if i == BT - 1:  # the chunk is complete: advance the state as _fwd_kernel does
-                tl.store(p_s, _advance(b_s, c_k, c_v, b, BT))
+                _advance(state, rounded, k, p_ck, c_v, i_bh, o_v, b, True, K, V, BT, BK, ROUNDED)
 
     @triton.jit
-    def _advance(b_s, c_k, c_v, b, BT: tl.constexpr):
-        """S0 = 2^(b BT) S0 + round(k_j 2^(b (BT-1-j)))^T v_j, the product as the chunk kernel's: rounded inputs on
-        the tensor cores, fp32 accumulation."""
-        k_decay = tl.exp2(b * (BT - 1 - tl.arange(0, BT)).to(tl.float32))
-        b_kd = (c_k.to(tl.float32) * k_decay[:, None]).to(c_k.dtype)
-        return tl.dot(tl.trans(b_kd), c_v, acc=b_s * tl.exp2(b * BT))
+    def _advance(state, rounded, k, p_ck, c_v, i_bh, o_v, b, LAST_FROM_K: tl.constexpr, K: tl.constexpr,
+                 V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, ROUNDED: tl.constexpr):
+        """S0 = 2^(b BT) S0 + round(k_j 2^(b (BT-1-j)))^T v_j on the [K, BV] tile of columns o_v, in [BK, BV]
+        blocks; the product as the chunk kernel's: rounded inputs on the tensor cores, fp32 accumulation.
+        c_v [BT, BV]: the chunk's values; the keys are read from p_ck ([BT, K]), the last row from k instead
+        when LAST_FROM_K (this token's key, not yet in the buffer). Writes the fp32 tile (and its rounding)."""
+        o_t = tl.arange(0, BT)
+        k_decay = tl.exp2(b * (BT - 1 - o_t).to(tl.float32))
+        lam = tl.exp2(b * BT)
+        for kb in range(K // BK):
+            o_k = kb * BK + tl.arange(0, BK)
+            if LAST_FROM_K:
+                c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=(o_t < BT - 1)[:, None], other=0.0)
+                b_k = tl.load(k + i_bh * K + o_k)
+                c_k = tl.where((o_t == BT - 1)[:, None], b_k[None, :], c_k)
+            else:
+                c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :])
+            b_kd = (c_k.to(tl.float32) * k_decay[:, None]).to(c_k.dtype)
+            p_s = i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+            b_s = tl.dot(tl.trans(b_kd), c_v, acc=tl.load(state + p_s) * lam)
+            tl.store(state + p_s, b_s)
+            if ROUNDED:
+                tl.store(rounded + p_s, b_s.to(rounded.dtype.element_ty))
 
     @triton.jit
-    def _chunk_advance_kernel(slope, state, chunk_keys, chunk_values, positions, H: tl.constexpr, K: tl.constexpr,
-                              V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+    def _chunk_advance_kernel(k, slope, state, rounded, chunk_keys, chunk_values, positions, H: tl.constexpr,
+                              K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+                              BK: tl.constexpr, ROUNDED: tl.constexpr):
         """After _decode_chunk_form_kernel(ADVANCE=False): the state update of the rows whose chunk is complete
         (their programs read the whole chunk, the others only their position)."""
         i_v, i_bh = tl.program_id(0), tl.program_id(1)
         i = tl.load(positions + i_bh // H).to(tl.int32) % BT
         if i == BT - 1:
             b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
-            o_k = tl.arange(0, K)
             o_v = i_v * BV + tl.arange(0, BV)
             o_t = tl.arange(0, BT)
-            c_k = tl.load(chunk_keys + i_bh.to(tl.int64) * BT * K + o_t[:, None] * K + o_k[None, :])
             c_v = tl.load(chunk_values + i_bh.to(tl.int64) * BT * V + o_t[:, None] * V + o_v[None, :])
-            p_s = state + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-            tl.store(p_s, _advance(tl.load(p_s), c_k, c_v, b, BT))
+            _advance(state, rounded, k, chunk_keys + i_bh.to(tl.int64) * BT * K, c_v, i_bh, o_v, b, False, K, V,
+                     BT, BK, ROUNDED)
