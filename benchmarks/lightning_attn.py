@@ -191,7 +191,7 @@ def empty_launch():
     _EMPTY[(1,)](None)
 
 
-def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recurrent) -> None:
+def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recurrent, sweep: bool = False) -> None:
     """Decode rows: states rotated over enough sets (>= 256 MB) that the state comes from HBM. Beside ours:
     an empty launch (the timers' floor) and torch's copy of the same state bytes (a plain stream of them)."""
     sets = decode_sets(batch, heads, dim)
@@ -212,7 +212,7 @@ def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recur
               f"state {rel_diff(s_a, s_b):.2e}", flush=True)
     table.add("ours decode (Triton)", shape, "decode", rotating_times(ours, sets), nbytes)
     table.add("ours decode, CUDA graph", shape, "decode", graph_times(ours, sets), nbytes)
-    chunk_form_rows(table, batch, heads, dim, slope, sets)
+    chunk_form_rows(table, batch, heads, dim, slope, sets, sweep=sweep)
     copies = [[s, torch.empty_like(s)] for *_, s in sets]
     copy = lambda src, dst: dst.copy_(src)
     table.add("torch copy_ of the state bytes", shape, "copy", rotating_times(copy, copies), 2 * state_bytes)
@@ -223,34 +223,50 @@ def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recur
     table.add("empty Triton launch, CUDA graph", shape, "empty", graph_times(empty_launch, nothing), 0)
 
 
-def chunk_form_rows(table: Table, batch: int, heads: int, dim: int, slope, sets, block: int = 64) -> None:
+def chunk_form_rows(table: Table, batch: int, heads: int, dim: int, slope, sets, block: int = 64,
+                    sweep: bool = True) -> None:
     """The sampler's default lightning decode (decode.lightning_attn_decode_chunk_form, in a CUDA graph as the
-    engine runs it), every config of decode.CHUNK_FORM_SWEEP (the default one first), at a step inside a chunk
+    engine runs it), the default config first and with ``sweep`` every decode.CHUNK_FORM_SWEEP config, each
+    reading the fp32 state or its rounded (bf16) copy (``rounded_state``), at a step inside a chunk
     (i = block / 2: reads the state and the chunk's first i keys and values) and at the chunk's last step
-    (i = block - 1: the state is advanced and written too)."""
+    (i = block - 1: the state is advanced and written too). Each row's bound is the bytes that step must move:
+    inside a chunk the state read once (4 or 2 bytes per element) plus i rows of keys and values, q, k, v, o and
+    the token's key and value written; at i = block - 1 the fp32 state read and written (and its copy written),
+    and all block rows. Also printed: each variant's mean step (63 steps like i = 32, one chunk-completing) against
+    the mean of the bounds."""
     from lightswe.kernels.lightning_attn import decode
 
     buffers = [[torch.randn(batch, heads, block, dim, device="cuda").to(torch.bfloat16) for _ in range(2)]
-               for _ in sets]
-    args = [[q, k, v, s, ck, cv] for (q, k, v, s), (ck, cv) in zip(sets, buffers, strict=True)]
-    state_bytes = batch * heads * dim * dim * 4
+               + [s.to(torch.bfloat16)] for *_, s in sets]
+    args = [[q, k, v, s, ck, cv, r] for (q, k, v, s), (ck, cv, r) in zip(sets, buffers, strict=True)]
+    n_state = batch * heads * dim * dim
     default = next(c for lo, c in reversed(decode.CHUNK_FORM_CONFIGS) if batch * heads >= lo)
-    configs = [default, *(c for c in decode.CHUNK_FORM_SWEEP if c != default)]
-    mean_step = {}  # per config: (block - 1) steps like i = block / 2 and one chunk-completing step, do_bench
+    configs = [default, *(c for c in decode.CHUNK_FORM_SWEEP if c != default and sweep)]
+    mean_step = {}  # per (config, copy): (mean step do_bench ms, mean bound ms)
     for config in configs:
-        for i in (block // 2, block - 1):
-            pos = torch.full((batch,), i, device="cuda", dtype=torch.int64)
-            step = lambda q, k, v, s, ck, cv, pos=pos, config=config: decode.lightning_attn_decode_chunk_form(
-                q, k, v, slope, s, ck, cv, pos, config=config)
-            nbytes = (state_bytes * (2 if i == block - 1 else 1) + i * batch * heads * 2 * dim * 2
-                      + 6 * batch * heads * dim * 2)
-            name = (f"chunk-form i={i}, BV {config.bv}/{config.warps}w{', split' if config.split else ''}"
-                    f"{' (default)' if config == default else ''}")
-            times = graph_times(step, args, rep=50)
-            table.add(name, f"B={batch}", "graph", times, nbytes)
-            mean_step[config] = mean_step.get(config, 0.0) + times[1] * (block - 1 if i < block - 1 else 1) / block
-    for config, ms in sorted(mean_step.items(), key=lambda item: item[1]):
-        print(f"chunk-form B={batch}: {config}: mean step {ms * 1e3:.1f} us (CUDA graph, do_bench)", flush=True)
+        for rounded in (True, False):
+            for i in (block // 2, block - 1):
+                pos = torch.full((batch,), i, device="cuda", dtype=torch.int64)
+                step = (lambda q, k, v, s, ck, cv, r, pos=pos, config=config, rounded=rounded:
+                        decode.lightning_attn_decode_chunk_form(q, k, v, slope, s, ck, cv, pos,
+                                                                rounded_state=r if rounded else None, config=config))
+                last = i == block - 1
+                rows = block if last else i
+                nbytes = (n_state * (8 + 2 * rounded if last else (2 if rounded else 4))
+                          + rows * batch * heads * 2 * dim * 2 + 6 * batch * heads * dim * 2)
+                name = (f"chunk-form i={i}, {'bf16 copy' if rounded else 'fp32 state'}, BV {config.bv}/"
+                        f"{config.warps}w{f' BK {config.bk}' if config.bk else ''}"
+                        f"{f' {config.stages}st' if config.stages > 1 else ''}{', split' if config.split else ''}"
+                        f"{' (default)' if config == default else ''}")
+                times = graph_times(step, args, rep=30)
+                table.add(name, f"B={batch}", "graph", times, nbytes)
+                weight = (block - 1 if not last else 1) / block
+                t, bound = mean_step.get((config, rounded), (0.0, 0.0))
+                mean_step[(config, rounded)] = (t + times[1] * weight, bound + nbytes / table.bandwidth * 1e3 * weight)
+    for (config, rounded), (ms, bound) in sorted(mean_step.items(), key=lambda item: item[1][0]):
+        print(f"chunk-form B={batch}: {config}, {'bf16 copy' if rounded else 'fp32 state'}: mean step "
+              f"{ms * 1e3:.1f} us, its bound {bound * 1e3:.1f} us ({bound / ms:.1%}) (CUDA graph, do_bench)",
+              flush=True)
     del buffers, args
 
 
@@ -308,7 +324,8 @@ def main() -> int:
     parser.add_argument("--no-varlen", action="store_true", help="skip the packed batch (64 sequences)")
     parser.add_argument("--decode-batches", type=int, nargs="*", default=[8, 16, 32, 64])
     parser.add_argument("--decode-sweep", action="store_true",
-                        help="time every decode launch config (decode.DECODE_SWEEP) at each --decode-batches B")
+                        help="time every decode launch config (decode.DECODE_SWEEP, decode.CHUNK_FORM_SWEEP) at "
+                             "each --decode-batches B")
     parser.add_argument("--no-fla", action="store_true")
     parser.add_argument("--sdpa", action="store_true", help="add PyTorch SDPA causal rows (slow at long T)")
     args = parser.parse_args()
@@ -358,7 +375,7 @@ def main() -> int:
                                       enumerate(sorted(fastest)))
         print("DECODE_CONFIGS =", decode.DECODE_CONFIGS, flush=True)
     for batch in args.decode_batches:
-        decode_rows(table, batch, H, D, slope, fla_recurrent)
+        decode_rows(table, batch, H, D, slope, fla_recurrent, sweep=args.decode_sweep)
         torch.cuda.empty_cache()
     print(f"\nH={H}, D={D}, {args.tokens} tokens per prefill call, bf16 q/k/v, fp32 states:")
     print(table)

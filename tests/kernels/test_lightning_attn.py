@@ -236,11 +236,13 @@ def _chunk_form_sweep():
     return CHUNK_FORM_SWEEP
 
 
+@pytest.mark.parametrize("rounded", [False, True], ids=["fp32-state", "bf16-copy"])
 @pytest.mark.parametrize("config", _chunk_form_sweep(), ids=str)
-def test_chunk_form_decode_every_config(config):
-    """The sampler's chunk-form step (H=64, D=128, 64-token chunks), each launch config, against its PyTorch
-    reference over steps inside a chunk and across chunk boundaries (rows at positions 0, 31, 62, 63, 100):
-    outputs, the in-place chunk buffers and the state advanced on each chunk's last token."""
+def test_chunk_form_decode_every_config(config, rounded):
+    """The sampler's chunk-form step (H=64, D=128, 64-token chunks), each launch config, reading the fp32 state or
+    its rounded copy (``rounded_state``), against its PyTorch reference over steps inside a chunk and across chunk
+    boundaries (rows at positions 0, 31, 62, 63, 100): outputs, the in-place chunk buffers, the state advanced on
+    each chunk's last token and the rounded copy kept equal to it."""
     from lightswe.kernels.lightning_attn.decode import (lightning_attn_decode_chunk_form,
                                                         lightning_attn_decode_chunk_form_reference)
 
@@ -248,6 +250,7 @@ def test_chunk_form_decode_every_config(config):
     rows, heads, block = 5, 64, 64
     slope = minimax_slopes(heads, layer=2, layers=80)
     state = torch.randn(rows, heads, DIM, DIM, device="cuda", generator=gen)
+    copy = state.to(torch.bfloat16) if rounded else None
     keys, values = (torch.randn(rows, heads, block, DIM, device="cuda", generator=gen).to(torch.bfloat16)
                     for _ in range(2))
     ref = [state.clone(), keys.clone(), values.clone()]
@@ -255,9 +258,15 @@ def test_chunk_form_decode_every_config(config):
     for _ in range(3):
         q, k, v = (torch.nn.functional.silu(torch.randn(rows, heads, DIM, device="cuda", generator=gen))
                    .to(torch.bfloat16) for _ in range(3))
-        o = lightning_attn_decode_chunk_form(q, k, v, slope, state, keys, values, pos, config=config)
+        plain = lightning_attn_decode_chunk_form(q, k, v, slope, state.clone(), keys.clone(), values.clone(), pos,
+                                                 config=config)
+        o = lightning_attn_decode_chunk_form(q, k, v, slope, state, keys, values, pos, rounded_state=copy,
+                                             config=config)
         o_ref = lightning_attn_decode_chunk_form_reference(q, k, v, slope, *ref, pos)
         assert rel_err(o, o_ref) <= 2e-3
         assert rel_err(state, ref[0]) <= 1e-5  # tensor-core against einsum fp32 summation order
         assert torch.equal(keys, ref[1]) and torch.equal(values, ref[2])
+        assert torch.equal(o, plain)  # the copy holds the bits the fp32 path rounds to
+        if rounded:
+            assert torch.equal(copy, state.to(torch.bfloat16))
         pos = pos + 1

@@ -101,8 +101,9 @@ def test_sampled_logprobs_equal_the_learners(sampler, learner, autotune, bound, 
 
 def test_chunk_form_decode_matches_the_chunk_kernel(monkeypatch):
     """Triton, bf16, H=12, D=64: prompts of several lengths through ``chunk_start``, then 100 decode steps
-    across chunk boundaries: the chunk-form step gives the chunk kernel's outputs (``lightning_attn`` over the
-    whole sequences) for all but a few elements (fp32 summation order), the exact decode step differs in many."""
+    across chunk boundaries: the chunk-form step (reading the state's rounded copy, as the engine runs it; the same
+    bits as from the fp32 state) gives the chunk kernel's outputs (``lightning_attn`` over the whole sequences) for
+    all but a few elements (fp32 summation order), the exact decode step differs in many."""
     from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
     from lightswe.kernels.lightning_attn.decode import lightning_attn_decode_chunk_form
     from lightswe.model.engine import chunk_start
@@ -121,11 +122,13 @@ def test_chunk_form_decode_matches_the_chunk_kernel(monkeypatch):
                          for r, n in enumerate(lengths)]).contiguous()
     pos = torch.tensor(lengths, device="cuda", dtype=torch.int32)
     rows = torch.arange(len(lengths), device="cuda")
+    rounded, fp32_only = state.to(torch.bfloat16), [state.clone(), keys.clone(), values.clone()]
     chunk_diff, exact_diff = [], []
     for _ in range(total - max(lengths)):
         p = pos.long()
         args = (q[rows, p].contiguous(), k[rows, p].contiguous(), v[rows, p].contiguous(), slope)
-        got = lightning_attn_decode_chunk_form(*args, state, keys, values, pos)
+        got = lightning_attn_decode_chunk_form(*args, state, keys, values, pos, rounded_state=rounded)  # engine's
+        assert torch.equal(got, lightning_attn_decode_chunk_form(*args, *fp32_only, pos))  # the copy: same bits
         plain = lightning_attn_decode(*args, exact)
         chunk_diff.append((got != full[rows, p]).float().mean().item())
         exact_diff.append((plain != full[rows, p]).float().mean().item())
