@@ -131,8 +131,10 @@ class DecodeConfig:
         multiprocessor, each walking tiles pid, pid + grid, ... with the next tile's loads issued before the
         current tile's stores (reads and writes overlap inside a program instead of only across programs).
     stream: state loads marked evict-first and stores cache-streaming (.cs): the state is touched once per step.
-    split: chunk-form step only: the state update of rows completing their chunk in a second launch, so that
-        the step's programs carry no tensor-core product (fewer registers: more programs per multiprocessor).
+    split: chunk-form step: the state update of rows completing their chunk in a second launch, so that the
+        step's programs carry no tensor-core product (fewer registers: more programs per multiprocessor). Exact
+        step with bk > 0: K split across programs too (one per [bk, bv] block; the last to finish a column tile
+        adds the partial outputs: still one launch).
     bk: 0 = the whole [K, bv] tile at once; bk > 0 = the tile in [bk, bv] blocks. Exact step: a loop over the
         blocks (o accumulated in the program) whose loads are software-pipelined ``stages`` deep, so block
         j+1's load is in flight while block j is stored. Chunk-form step: the chunk-completion update's blocks
@@ -153,7 +155,7 @@ class DecodeConfig:
         grid = f"persistent {self.per_sm}/SM" if self.per_sm else "one program per tile"
         return (f"BV {self.bv}, {self.warps} warps, {grid}" + (", streaming" if self.stream else "")
                 + (f", BK {self.bk}" if self.bk else "") + (f", {self.stages} stages" if self.stages > 1 else "")
-                + (", split advance" if self.split else ""))
+                + ((", split K" if self.bk else ", split advance") if self.split else ""))
 
 
 # (minimum B * H, config). From the H200 sweep (RESULTS.md; H=64, D=128, do_bench with L2 flushed and one launch
@@ -171,6 +173,7 @@ DECODE_SWEEP = tuple(
     + [DecodeConfig(bv, w, bk=bk, stages=n) for bv, w, bk, n in (
         (32, 2, 32, 2), (32, 2, 32, 3), (32, 4, 16, 3), (64, 4, 32, 2), (64, 4, 32, 3), (64, 8, 64, 2),
         (128, 4, 32, 3), (128, 8, 16, 4))]
+    + [DecodeConfig(bv, w, bk=bk, split=True) for bv, w, bk in ((32, 2, 64), (64, 2, 32), (64, 4, 64), (128, 4, 32))]
 )
 
 
@@ -298,6 +301,48 @@ if triton is not None:
             b_o += tl.sum(b_q[:, None] * b_s, axis=0)
         tl.store(o + i_bh * V + o_v, b_o.to(o.dtype.element_ty))
 
+    @triton.jit
+    def _decode_split_k_kernel(q, k, v, o, slope, state, partial, count, H: tl.constexpr, K: tl.constexpr,
+                               V: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
+        """Grid (K / BK * V / BV * B * H,): one program per [BK, BV] block (K split as well as V: more, smaller
+        programs). Each updates its block and writes its partial o (over its BK rows) to ``partial``; the last
+        program of a column tile to arrive (counted in ``count``, reset by it) adds the partials in order."""
+        t = tl.program_id(0)
+        NV: tl.constexpr = V // BV
+        NK: tl.constexpr = K // BK
+        i_c, i_k = t // NK, t % NK
+        i_bh, i_v = i_c // NV, i_c % NV
+        decay = tl.exp(-tl.load(slope + i_bh % H).to(tl.float32))
+        o_k = i_k * BK + tl.arange(0, BK)
+        o_v = i_v * BV + tl.arange(0, BV)
+        p_s = state + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+        b_s = tl.load(p_s)
+        b_k = tl.load(k + i_bh * K + o_k).to(tl.float32)
+        b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
+        b_q = tl.load(q + i_bh * K + o_k).to(tl.float32)
+        b_s = b_s * decay + b_k[:, None] * b_v[None, :]
+        tl.store(p_s, b_s)
+        tl.store(partial + t.to(tl.int64) * BV + tl.arange(0, BV), tl.sum(b_q[:, None] * b_s, axis=0))
+        tl.debug_barrier()  # every thread's partial stored before the release below
+        arrived = tl.atomic_add(count + i_c, 1, sem="acq_rel")
+        if arrived == NK - 1:
+            p_p = partial + i_c.to(tl.int64) * NK * BV + tl.arange(0, NK)[:, None] * BV + tl.arange(0, BV)[None, :]
+            b_o = tl.sum(tl.load(p_p, cache_modifier=".cg"), axis=0)
+            tl.store(o + i_bh * V + o_v, b_o.to(o.dtype.element_ty))
+            tl.atomic_xchg(count + i_c, 0)
+
+    _COUNTS: dict[int, torch.Tensor] = {}
+
+    def _arrival_counts(device: torch.device, n: int) -> torch.Tensor:
+        """A zeroed int32 counter per column tile for _decode_split_k_kernel (kept: its programs reset them)."""
+        index = device.index or 0
+        if index not in _COUNTS or _COUNTS[index].numel() < n:
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("the split-K decode step needs its counters allocated before CUDA-graph capture: "
+                                   "run the step once eagerly at this batch size first")
+            _COUNTS[index] = torch.zeros(max(n, 4096), device=device, dtype=torch.int32)
+        return _COUNTS[index]
+
     def lightning_attn_decode_triton(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, state: torch.Tensor,
         config: DecodeConfig | None = None,
@@ -310,7 +355,13 @@ if triton is not None:
         bv = min(config.bv, V)
         o = torch.empty_like(v)
         n_tiles = B * H * triton.cdiv(V, bv)
-        if config.bk and not config.per_sm:
+        if config.bk and config.split:
+            bk = min(config.bk, K)
+            partial = torch.empty(n_tiles * triton.cdiv(K, bk) * bv, device=q.device, dtype=torch.float32)
+            _decode_split_k_kernel[(n_tiles * triton.cdiv(K, bk),)](
+                q, k, v, o, slope, state, partial, _arrival_counts(q.device, n_tiles), H=H, K=K, V=V, BV=bv, BK=bk,
+                num_warps=config.warps)
+        elif config.bk and not config.per_sm:
             _decode_blocks_kernel[(n_tiles,)](q, k, v, o, slope, state, H=H, K=K, V=V, BV=bv, BK=min(config.bk, K),
                                               STAGES=config.stages, num_warps=config.warps)
         elif config.per_sm:

@@ -270,3 +270,30 @@ def test_chunk_form_decode_every_config(config, rounded):
         if rounded:
             assert torch.equal(copy, state.to(torch.bfloat16))
         pos = pos + 1
+
+
+@pytest.mark.parametrize("rounded", [False, True], ids=["fp32-state", "fp16-copy"])
+def test_chunk_form_decode_fp16_other_shape(rounded):
+    """fp16, H=5, D=64 (the default launch config, BV capped at D), 70 steps from odd positions across two chunk
+    boundaries: outputs and the advanced state against the reference, the rounded copy equal to the state's."""
+    from lightswe.kernels.lightning_attn.decode import (lightning_attn_decode_chunk_form,
+                                                        lightning_attn_decode_chunk_form_reference)
+
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    rows, heads, dim, block = 3, 5, 64, 64
+    slope = minimax_slopes(heads, layer=7, layers=80)
+    state = torch.randn(rows, heads, dim, dim, device="cuda", generator=gen)
+    copy = state.half() if rounded else None
+    keys, values = (torch.randn(rows, heads, block, dim, device="cuda", generator=gen).half() for _ in range(2))
+    ref = [state.clone(), keys.clone(), values.clone()]
+    pos = torch.tensor([3, 50, 127], device="cuda", dtype=torch.int32)
+    for _ in range(70):
+        q, k, v = (torch.nn.functional.silu(torch.randn(rows, heads, dim, device="cuda", generator=gen)).half()
+                   for _ in range(3))
+        o = lightning_attn_decode_chunk_form(q, k, v, slope, state, keys, values, pos, rounded_state=copy)
+        o_ref = lightning_attn_decode_chunk_form_reference(q, k, v, slope, *ref, pos)
+        assert o.dtype == torch.float16 and rel_err(o, o_ref) <= 2e-3
+        assert rel_err(state, ref[0]) <= 1e-5 and torch.equal(keys, ref[1]) and torch.equal(values, ref[2])
+        if rounded:
+            assert torch.equal(copy, state.half())
+        pos = pos + 1
