@@ -3,11 +3,13 @@
     python benchmarks/lightning_attn.py                  # H=64, D=128, 65,536 tokens: T = 2K, 8K, 32K, 64K,
                                                          # a packed batch of 64 sequences, decode B = 8..64
     python benchmarks/lightning_attn.py --lengths 8192 --no-varlen --decode-batches 8 --sdpa
-    python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep   # decode only, every config
+    python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep --chunk-form-sweep
+                                                         # decode only, every launch config
 
 Decode rows, per B: ours (the exact fp32 step, lightning_attn_decode) alone and inside a CUDA graph (one launch
-per rotating state set, as the sampler engine replays its step), the sampler's chunk-form step for every
-decode.CHUNK_FORM_SWEEP config (in a CUDA graph, at a step inside a chunk and at a chunk-completing step), and
+per rotating state set, as the sampler engine replays its step), the sampler's chunk-form step (its default
+config, with --chunk-form-sweep every decode.CHUNK_FORM_SWEEP config; reading the fp32 state or its bf16 copy; in
+a CUDA graph, at a step inside a chunk and at a chunk-completing step, each against the bytes it must move), and
 two references: torch's copy_ of the same state bytes (a plain stream of them) and an empty Triton launch (the
 timer's own floor).
 
@@ -191,7 +193,8 @@ def empty_launch():
     _EMPTY[(1,)](None)
 
 
-def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recurrent, sweep: bool = False) -> None:
+def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recurrent,
+                chunk_form_sweep: bool = False) -> None:
     """Decode rows: states rotated over enough sets (>= 256 MB) that the state comes from HBM. Beside ours:
     an empty launch (the timers' floor) and torch's copy of the same state bytes (a plain stream of them)."""
     sets = decode_sets(batch, heads, dim)
@@ -212,7 +215,7 @@ def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recur
               f"state {rel_diff(s_a, s_b):.2e}", flush=True)
     table.add("ours decode (Triton)", shape, "decode", rotating_times(ours, sets), nbytes)
     table.add("ours decode, CUDA graph", shape, "decode", graph_times(ours, sets), nbytes)
-    chunk_form_rows(table, batch, heads, dim, slope, sets, sweep=sweep)
+    chunk_form_rows(table, batch, heads, dim, slope, sets, sweep=chunk_form_sweep)
     copies = [[s, torch.empty_like(s)] for *_, s in sets]
     copy = lambda src, dst: dst.copy_(src)
     table.add("torch copy_ of the state bytes", shape, "copy", rotating_times(copy, copies), 2 * state_bytes)
@@ -256,7 +259,7 @@ def chunk_form_rows(table: Table, batch: int, heads: int, dim: int, slope, sets,
                           + rows * batch * heads * 2 * dim * 2 + 6 * batch * heads * dim * 2)
                 name = (f"chunk-form i={i}, {'bf16 copy' if rounded else 'fp32 state'}, BV {config.bv}/"
                         f"{config.warps}w{f' BK {config.bk}' if config.bk else ''}"
-                        f"{f' {config.stages}st' if config.stages > 1 else ''}{', split' if config.split else ''}"
+                        f"{' TC' if config.mma else ''}{', split' if config.split else ''}"
                         f"{' (default)' if config == default else ''}")
                 times = graph_times(step, args, rep=30)
                 table.add(name, f"B={batch}", "graph", times, nbytes)
@@ -324,8 +327,9 @@ def main() -> int:
     parser.add_argument("--no-varlen", action="store_true", help="skip the packed batch (64 sequences)")
     parser.add_argument("--decode-batches", type=int, nargs="*", default=[8, 16, 32, 64])
     parser.add_argument("--decode-sweep", action="store_true",
-                        help="time every decode launch config (decode.DECODE_SWEEP, decode.CHUNK_FORM_SWEEP) at "
-                             "each --decode-batches B")
+                        help="time every exact decode launch config (decode.DECODE_SWEEP) at each --decode-batches B")
+    parser.add_argument("--chunk-form-sweep", action="store_true",
+                        help="time every chunk-form decode config (decode.CHUNK_FORM_SWEEP), not only the default")
     parser.add_argument("--no-fla", action="store_true")
     parser.add_argument("--sdpa", action="store_true", help="add PyTorch SDPA causal rows (slow at long T)")
     args = parser.parse_args()
@@ -375,7 +379,7 @@ def main() -> int:
                                       enumerate(sorted(fastest)))
         print("DECODE_CONFIGS =", decode.DECODE_CONFIGS, flush=True)
     for batch in args.decode_batches:
-        decode_rows(table, batch, H, D, slope, fla_recurrent, sweep=args.decode_sweep)
+        decode_rows(table, batch, H, D, slope, fla_recurrent, chunk_form_sweep=args.chunk_form_sweep)
         torch.cuda.empty_cache()
     print(f"\nH={H}, D={D}, {args.tokens} tokens per prefill call, bf16 q/k/v, fp32 states:")
     print(table)

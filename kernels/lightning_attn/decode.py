@@ -87,8 +87,7 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
             state (the chunk kernel rounds S0 before its product), so with it the 63 of 64 steps that do not
             complete a chunk read 2 bytes per state element instead of 4; the results are the same bits.
         config: the launch shape (bv columns per program, warps, bk state rows per block of the chunk-completion
-            update and, with stages > 1, of the step's pipelined loop over the state; split; per_sm and stream
-            unused), default by S*H from CHUNK_FORM_CONFIGS.
+            update, split, mma; per_sm, stream and stages unused), default by S*H from CHUNK_FORM_CONFIGS.
     Returns:
         o [S, H, V] in q's dtype. No host synchronisation (CUDA-graph capturable).
     Raises:
@@ -114,7 +113,7 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
     _decode_chunk_form_kernel[grid](q.contiguous(), k.contiguous(), v.contiguous(), o, slope, state, rounded,
                                     chunk_keys, chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
                                     BK=BK, ROUNDED=rounded_state is not None, ADVANCE=not config.split,
-                                    STAGES=config.stages, num_warps=config.warps)
+                                    MMA=config.mma, num_warps=config.warps)
     if config.split:
         _chunk_advance_kernel[grid](k, slope, state, rounded, chunk_keys, chunk_values, positions, H=heads,
                                     K=dim, V=V, BT=block, BV=BV, BK=BK, ROUNDED=rounded_state is not None,
@@ -131,16 +130,18 @@ class DecodeConfig:
         multiprocessor, each walking tiles pid, pid + grid, ... with the next tile's loads issued before the
         current tile's stores (reads and writes overlap inside a program instead of only across programs).
     stream: state loads marked evict-first and stores cache-streaming (.cs): the state is touched once per step.
-    split: chunk-form step: the state update of rows completing their chunk in a second launch, so that the
-        step's programs carry no tensor-core product (fewer registers: more programs per multiprocessor). Exact
-        step with bk > 0: K split across programs too (one per [bk, bv] block; the last to finish a column tile
-        adds the partial outputs: still one launch).
+    split: chunk-form step only: the state update of rows completing their chunk in a second launch, so that
+        the step's programs carry no tensor-core product (fewer registers: more programs per multiprocessor).
     bk: 0 = the whole [K, bv] tile at once; bk > 0 = the tile in [bk, bv] blocks. Exact step: a loop over the
         blocks (o accumulated in the program) whose loads are software-pipelined ``stages`` deep, so block
         j+1's load is in flight while block j is stored. Chunk-form step: the chunk-completion update's blocks
         (a [bk, BT] x [BT, bv] tensor-core product each: fewer registers than one [K, bv] product).
-    stages: with bk > 0, ``tl.range(..., num_stages=stages)`` of the block loop (exact step); chunk-form step:
-        stages > 1 walks the state and the chunk's keys in bk-row blocks too, pipelined that deep.
+    stages: exact step with bk > 0: ``tl.range(..., num_stages=stages)`` of the block loop.
+    split_k: exact step with bk > 0: K split across programs too (one per [bk, bv] block; the last to finish a
+        column tile adds the partial outputs: still one launch) instead of the loop.
+    mma: chunk-form step: q . S0, q . k_j and a . v_j as tensor-core products of 16-row operands (q or a in every
+        row; the chunk kernel computes the same three products on the tensor cores) instead of fp32 multiply-adds
+        and cross-warp reductions.
     """
 
     bv: int
@@ -150,12 +151,15 @@ class DecodeConfig:
     split: bool = False
     bk: int = 0
     stages: int = 1
+    split_k: bool = False
+    mma: bool = False
 
     def __str__(self) -> str:
         grid = f"persistent {self.per_sm}/SM" if self.per_sm else "one program per tile"
         return (f"BV {self.bv}, {self.warps} warps, {grid}" + (", streaming" if self.stream else "")
                 + (f", BK {self.bk}" if self.bk else "") + (f", {self.stages} stages" if self.stages > 1 else "")
-                + ((", split K" if self.bk else ", split advance") if self.split else ""))
+                + (", tensor cores" if self.mma else "")
+                + (", split K" if self.split_k else "") + (", split advance" if self.split else ""))
 
 
 # (minimum B * H, config). From the H200 sweep (RESULTS.md; H=64, D=128, do_bench with L2 flushed and one launch
@@ -173,7 +177,7 @@ DECODE_SWEEP = tuple(
     + [DecodeConfig(bv, w, bk=bk, stages=n) for bv, w, bk, n in (
         (32, 2, 32, 2), (32, 2, 32, 3), (32, 4, 16, 3), (64, 4, 32, 2), (64, 4, 32, 3), (64, 8, 64, 2),
         (128, 4, 32, 3), (128, 8, 16, 4))]
-    + [DecodeConfig(bv, w, bk=bk, split=True) for bv, w, bk in ((32, 2, 64), (64, 2, 32), (64, 4, 64), (128, 4, 32))]
+    + [DecodeConfig(bv, w, bk=bk, split_k=True) for bv, w, bk in ((32, 2, 64), (64, 2, 32), (64, 4, 64), (128, 4, 32))]
 )
 
 
@@ -181,11 +185,11 @@ DECODE_SWEEP = tuple(
 # program, at least 4 warps (its chunk-completion product runs on the tensor cores, one warp group or more).
 # H200 (RESULTS.md; H=64, D=128, CUDA graph, mean step over a chunk): BV 64 / 4 warps, fused, was the fastest of
 # CHUNK_FORM_SWEEP at B = 8 / 16 / 32 / 64 (19.2 / 33.1 / 60.3 / 110.7 us).
-CHUNK_FORM_CONFIGS = ((0, DecodeConfig(64, 4)),)
-CHUNK_FORM_SWEEP = tuple(DecodeConfig(bv, w, bk=bk) for bv, w in ((32, 4), (64, 4), (128, 8)) for bk in (0, 32)) + (
-    DecodeConfig(64, 4, bk=32, split=True), DecodeConfig(32, 4, bk=32, stages=3), DecodeConfig(64, 4, bk=32, stages=2),
-    DecodeConfig(64, 4, bk=32, stages=3), DecodeConfig(64, 8, bk=32, stages=3), DecodeConfig(128, 8, bk=32, stages=3),
-    DecodeConfig(32, 4, bk=32, stages=3, split=True))
+CHUNK_FORM_CONFIGS = ((0, DecodeConfig(64, 4, bk=32, mma=True)),)
+CHUNK_FORM_SWEEP = (DecodeConfig(32, 4, bk=32), DecodeConfig(64, 4), DecodeConfig(64, 4, bk=32),
+                    DecodeConfig(64, 4, bk=32, split=True),
+                    *(DecodeConfig(bv, w, bk=32, mma=True) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8))),
+                    DecodeConfig(64, 4, bk=32, split=True, mma=True))
 
 
 def _decode_config(n_states: int, V: int) -> DecodeConfig:
@@ -355,7 +359,7 @@ if triton is not None:
         bv = min(config.bv, V)
         o = torch.empty_like(v)
         n_tiles = B * H * triton.cdiv(V, bv)
-        if config.bk and config.split:
+        if config.bk and config.split_k:
             bk = min(config.bk, K)
             partial = torch.empty(n_tiles * triton.cdiv(K, bk) * bv, device=q.device, dtype=torch.float32)
             _decode_split_k_kernel[(n_tiles * triton.cdiv(K, bk),)](
@@ -363,7 +367,7 @@ if triton is not None:
                 num_warps=config.warps)
         elif config.bk and not config.per_sm:
             _decode_blocks_kernel[(n_tiles,)](q, k, v, o, slope, state, H=H, K=K, V=V, BV=bv, BK=min(config.bk, K),
-                                              STAGES=config.stages, num_warps=config.warps)
+                                              MMA=config.mma, num_warps=config.warps)
         elif config.per_sm:
             grid = (min(n_tiles, config.per_sm * _num_sms(q.device.index or 0)),)
             _decode_persistent_kernel[grid](q, k, v, o, slope, state, n_tiles, H=H, K=K, V=V, BV=bv,
@@ -377,24 +381,23 @@ if triton is not None:
     def _decode_chunk_form_kernel(q, k, v, o, slope, state, rounded, chunk_keys, chunk_values, positions,
                                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                                   BV: tl.constexpr, BK: tl.constexpr, ROUNDED: tl.constexpr,
-                                  ADVANCE: tl.constexpr, STAGES: tl.constexpr):
+                                  ADVANCE: tl.constexpr, MMA: tl.constexpr):
         """The step of program (column block i_v, sequence*head i_bh); with ADVANCE also the state update of rows
         whose chunk this token completes (else _chunk_advance_kernel does it in the next launch). ROUNDED: the
         rounded state is read from ``rounded`` (2 bytes per element) instead of rounding the fp32 state.
-        STAGES 1: the whole [K, BV] state slice and [BT, K] keys loaded at once; > 1: walked in BK-row blocks,
-        the loads pipelined STAGES deep (fewer registers: more programs per multiprocessor)."""
+        MMA: the products on the tensor cores (as chunk.py's _fwd_kernel), else fp32 multiply-adds."""
         i_v, i_bh = tl.program_id(0), tl.program_id(1)
         o_k = tl.arange(0, K)
         o_v = i_v * BV + tl.arange(0, BV)
         o_t = tl.arange(0, BT)
         p_ck = chunk_keys + i_bh.to(tl.int64) * BT * K
         p_cv = chunk_values + i_bh.to(tl.int64) * BT * V
-        if STAGES == 1:  # the state slice first: the step's one large read, independent of the position
-            tile = i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-            if ROUNDED:
-                b_s = tl.load(rounded + tile)
-            else:
-                b_s = tl.load(state + tile).to(q.dtype.element_ty)
+        # the state slice first: the step's one large read, independent of the position
+        tile = i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+        if ROUNDED:
+            b_s = tl.load(rounded + tile)
+        else:
+            b_s = tl.load(state + tile).to(q.dtype.element_ty)
         b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
         i = tl.load(positions + i_bh // H).to(tl.int32) % BT
         before = o_t < i
@@ -404,34 +407,24 @@ if triton is not None:
         c_v = tl.where((o_t == i)[:, None], b_v[None, :], c_v)  # [BT, BV]: the chunk so far, this token at i
         # as _fwd_kernel: round(q lambda^(i+1)) . round(S0) + sum_j round((q . k_j) lambda^(i-j)) v_j
         q_decay = tl.exp2(b * (i + 1).to(tl.float32))
-        if STAGES == 1:
-            b_q = tl.load(q + i_bh * K + o_k)
-            c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=before[:, None], other=0.0)
-            c_k = tl.where((o_t == i)[:, None], b_k[None, :], c_k)  # [BT, K]
-            b_qd = (b_q.to(tl.float32) * q_decay).to(b_q.dtype).to(tl.float32)
-            b_o = tl.sum(b_qd[:, None] * b_s.to(tl.float32), axis=0)
-            scores = tl.sum(b_q.to(tl.float32)[None, :] * c_k.to(tl.float32), axis=1)  # [BT]
-        else:  # the state slice and the chunk's keys in [BK]-row blocks, their loads pipelined STAGES deep
-            b_o = tl.zeros([BV], dtype=tl.float32)
-            scores = tl.zeros([BT], dtype=tl.float32)
-            for kb in tl.range(0, K // BK, num_stages=STAGES):
-                o_kb = kb * BK + tl.arange(0, BK)
-                p_s = i_bh.to(tl.int64) * K * V + o_kb[:, None] * V + o_v[None, :]
-                if ROUNDED:
-                    s_blk = tl.load(rounded + p_s)
-                else:
-                    s_blk = tl.load(state + p_s).to(q.dtype.element_ty)
-                q_blk = tl.load(q + i_bh * K + o_kb)
-                k_blk = tl.load(k + i_bh * K + o_kb)
-                ck_blk = tl.load(p_ck + o_t[:, None] * K + o_kb[None, :], mask=before[:, None], other=0.0)
-                ck_blk = tl.where((o_t == i)[:, None], k_blk[None, :], ck_blk)
-                qd_blk = (q_blk.to(tl.float32) * q_decay).to(q_blk.dtype).to(tl.float32)
-                b_o += tl.sum(qd_blk[:, None] * s_blk.to(tl.float32), axis=0)
-                scores += tl.sum(q_blk.to(tl.float32)[None, :] * ck_blk.to(tl.float32), axis=1)
+        b_q = tl.load(q + i_bh * K + o_k)
+        c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=before[:, None], other=0.0)
+        c_k = tl.where((o_t == i)[:, None], b_k[None, :], c_k)  # [BT, K]
+        b_qd = (b_q.to(tl.float32) * q_decay).to(b_q.dtype)
         diff = (i - o_t).to(tl.float32)
         m = tl.where(o_t <= i, tl.exp2(b * tl.maximum(diff, 0.0)), 0.0)
-        a = (scores * m).to(q.dtype.element_ty).to(tl.float32)
-        b_o += tl.sum(a[:, None] * c_v.to(tl.float32), axis=0)
+        if MMA:  # the chunk kernel's three products on the tensor cores, q in all 16 rows of an [16, K] operand
+            R: tl.constexpr = 16
+            scores = tl.dot(c_k, tl.trans(tl.broadcast_to(b_q[None, :], (R, K))))  # [BT, R], columns equal
+            a = tl.trans(scores * m[:, None]).to(b_q.dtype)  # [R, BT]
+            acc = tl.dot(tl.broadcast_to(b_qd[None, :], (R, K)), b_s)
+            acc = tl.dot(a, c_v.to(b_q.dtype), acc=acc)  # [R, BV], rows equal
+            b_o = tl.sum(tl.where((tl.arange(0, R) == 0)[:, None], acc, 0.0), axis=0)
+        else:  # fp32 multiply-adds
+            b_o = tl.sum(b_qd.to(tl.float32)[:, None] * b_s.to(tl.float32), axis=0)
+            scores = tl.sum(b_q.to(tl.float32)[None, :] * c_k.to(tl.float32), axis=1)  # [BT]
+            a = (scores * m).to(b_q.dtype).to(tl.float32)
+            b_o += tl.sum(a[:, None] * c_v.to(tl.float32), axis=0)
         tl.store(o + i_bh * V + o_v, b_o.to(o.dtype.element_ty))
         if i_v == 0:
             tl.store(p_ck + i * K + o_k, b_k)

@@ -99,13 +99,17 @@ def test_sampled_logprobs_equal_the_learners(sampler, learner, autotune, bound, 
     assert mean <= bound
 
 
-def test_chunk_form_decode_matches_the_chunk_kernel(monkeypatch):
+@pytest.mark.parametrize("mma", [True, False], ids=["tensor-cores", "fma"])
+def test_chunk_form_decode_matches_the_chunk_kernel(mma, monkeypatch):
     """Triton, bf16, H=12, D=64: prompts of several lengths through ``chunk_start``, then 100 decode steps
     across chunk boundaries: the chunk-form step (reading the state's rounded copy, as the engine runs it; the same
     bits as from the fp32 state) gives the chunk kernel's outputs (``lightning_attn`` over the whole sequences) for
-    all but a few elements (fp32 summation order), the exact decode step differs in many."""
+    all but a few elements (fp32 summation order), the exact decode step differs in many. The default launch
+    config with its products on the tensor cores (as the chunk kernel's) or as fp32 multiply-adds."""
+    import dataclasses
+
     from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
-    from lightswe.kernels.lightning_attn.decode import lightning_attn_decode_chunk_form
+    from lightswe.kernels.lightning_attn.decode import CHUNK_FORM_CONFIGS, lightning_attn_decode_chunk_form
     from lightswe.model.engine import chunk_start
 
     monkeypatch.setenv("LIGHTSWE_LIGHTNING_AUTOTUNE", "0")  # its first configuration: 64-token chunks
@@ -122,19 +126,21 @@ def test_chunk_form_decode_matches_the_chunk_kernel(monkeypatch):
                          for r, n in enumerate(lengths)]).contiguous()
     pos = torch.tensor(lengths, device="cuda", dtype=torch.int32)
     rows = torch.arange(len(lengths), device="cuda")
-    rounded, fp32_only = state.to(torch.bfloat16), [state.clone(), keys.clone(), values.clone()]
+    rounded, fp32_only = state.to(torch.bfloat16), [state.clone(), keys.clone(), values.clone()]  # engine: rounded
+    config = dataclasses.replace(CHUNK_FORM_CONFIGS[0][1], mma=mma)
     chunk_diff, exact_diff = [], []
     for _ in range(total - max(lengths)):
         p = pos.long()
         args = (q[rows, p].contiguous(), k[rows, p].contiguous(), v[rows, p].contiguous(), slope)
-        got = lightning_attn_decode_chunk_form(*args, state, keys, values, pos, rounded_state=rounded)  # engine's
-        assert torch.equal(got, lightning_attn_decode_chunk_form(*args, *fp32_only, pos))  # the copy: same bits
+        got = lightning_attn_decode_chunk_form(*args, state, keys, values, pos, rounded_state=rounded, config=config)
+        assert torch.equal(got, lightning_attn_decode_chunk_form(*args, *fp32_only, pos, config=config))  # same bits
         plain = lightning_attn_decode(*args, exact)
         chunk_diff.append((got != full[rows, p]).float().mean().item())
         exact_diff.append((plain != full[rows, p]).float().mean().item())
         pos = pos + 1
     chunk_frac, exact_frac = sum(chunk_diff) / len(chunk_diff), sum(exact_diff) / len(exact_diff)
-    print(f"elements differing from the chunk kernel: chunk-form decode {chunk_frac:.2e}, exact {exact_frac:.2e}")
+    print(f"elements differing from the chunk kernel: chunk-form decode ({config}) {chunk_frac:.2e}, exact "
+          f"{exact_frac:.2e}")
     assert chunk_frac < 0.01 and exact_frac > 0.1
 
 
