@@ -87,7 +87,8 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
             state (the chunk kernel rounds S0 before its product), so with it the 63 of 64 steps that do not
             complete a chunk read 2 bytes per state element instead of 4; the results are the same bits.
         config: the launch shape (bv columns per program, warps, bk state rows per block of the chunk-completion
-            update, split, mma; per_sm, stream and stages unused), default by S*H from CHUNK_FORM_CONFIGS.
+            update, split, mma, full_chunk; per_sm, stream, stages, split_k unused), default by S*H from
+            CHUNK_FORM_CONFIGS.
     Returns:
         o [S, H, V] in q's dtype. No host synchronisation (CUDA-graph capturable).
     Raises:
@@ -113,7 +114,7 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
     _decode_chunk_form_kernel[grid](q.contiguous(), k.contiguous(), v.contiguous(), o, slope, state, rounded,
                                     chunk_keys, chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
                                     BK=BK, ROUNDED=rounded_state is not None, ADVANCE=not config.split,
-                                    MMA=config.mma, num_warps=config.warps)
+                                    MMA=config.mma, FULL_CHUNK=config.full_chunk, num_warps=config.warps)
     if config.split:
         _chunk_advance_kernel[grid](k, slope, state, rounded, chunk_keys, chunk_values, positions, H=heads,
                                     K=dim, V=V, BT=block, BV=BV, BK=BK, ROUNDED=rounded_state is not None,
@@ -142,6 +143,9 @@ class DecodeConfig:
     mma: chunk-form step: q . S0, q . k_j and a . v_j as tensor-core products of 16-row operands (q or a in every
         row; the chunk kernel computes the same three products on the tensor cores) instead of fp32 multiply-adds
         and cross-warp reductions.
+    full_chunk: chunk-form step: all BT rows of the chunk's key and value buffers loaded whatever the position
+        (rows past it zeroed after the load), so that no load waits for the position: one memory round trip
+        per program instead of two, for up to twice the chunk bytes.
     """
 
     bv: int
@@ -153,12 +157,13 @@ class DecodeConfig:
     stages: int = 1
     split_k: bool = False
     mma: bool = False
+    full_chunk: bool = False
 
     def __str__(self) -> str:
         grid = f"persistent {self.per_sm}/SM" if self.per_sm else "one program per tile"
         return (f"BV {self.bv}, {self.warps} warps, {grid}" + (", streaming" if self.stream else "")
                 + (f", BK {self.bk}" if self.bk else "") + (f", {self.stages} stages" if self.stages > 1 else "")
-                + (", tensor cores" if self.mma else "")
+                + (", tensor cores" if self.mma else "") + (", full chunk" if self.full_chunk else "")
                 + (", split K" if self.split_k else "") + (", split advance" if self.split else ""))
 
 
@@ -189,7 +194,8 @@ CHUNK_FORM_CONFIGS = ((0, DecodeConfig(64, 4, bk=32, mma=True)),)
 CHUNK_FORM_SWEEP = (DecodeConfig(32, 4, bk=32), DecodeConfig(64, 4), DecodeConfig(64, 4, bk=32),
                     DecodeConfig(64, 4, bk=32, split=True),
                     *(DecodeConfig(bv, w, bk=32, mma=True) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8))),
-                    DecodeConfig(64, 4, bk=32, split=True, mma=True))
+                    DecodeConfig(64, 4, bk=32, split=True, mma=True),
+                    *(DecodeConfig(bv, w, bk=32, mma=True, full_chunk=True) for bv, w in ((32, 4), (64, 4), (64, 8))))
 
 
 def _decode_config(n_states: int, V: int) -> DecodeConfig:
@@ -367,7 +373,7 @@ if triton is not None:
                 num_warps=config.warps)
         elif config.bk and not config.per_sm:
             _decode_blocks_kernel[(n_tiles,)](q, k, v, o, slope, state, H=H, K=K, V=V, BV=bv, BK=min(config.bk, K),
-                                              MMA=config.mma, num_warps=config.warps)
+                                              STAGES=config.stages, num_warps=config.warps)
         elif config.per_sm:
             grid = (min(n_tiles, config.per_sm * _num_sms(q.device.index or 0)),)
             _decode_persistent_kernel[grid](q, k, v, o, slope, state, n_tiles, H=H, K=K, V=V, BV=bv,
@@ -381,11 +387,12 @@ if triton is not None:
     def _decode_chunk_form_kernel(q, k, v, o, slope, state, rounded, chunk_keys, chunk_values, positions,
                                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                                   BV: tl.constexpr, BK: tl.constexpr, ROUNDED: tl.constexpr,
-                                  ADVANCE: tl.constexpr, MMA: tl.constexpr):
+                                  ADVANCE: tl.constexpr, MMA: tl.constexpr, FULL_CHUNK: tl.constexpr):
         """The step of program (column block i_v, sequence*head i_bh); with ADVANCE also the state update of rows
         whose chunk this token completes (else _chunk_advance_kernel does it in the next launch). ROUNDED: the
         rounded state is read from ``rounded`` (2 bytes per element) instead of rounding the fp32 state.
-        MMA: the products on the tensor cores (as chunk.py's _fwd_kernel), else fp32 multiply-adds."""
+        MMA: the products on the tensor cores (as chunk.py's _fwd_kernel), else fp32 multiply-adds. FULL_CHUNK: all
+        BT rows of the chunk buffers loaded (no load waits for the position; rows >= i are zeroed after)."""
         i_v, i_bh = tl.program_id(0), tl.program_id(1)
         o_k = tl.arange(0, K)
         o_v = i_v * BV + tl.arange(0, BV)
@@ -403,12 +410,18 @@ if triton is not None:
         before = o_t < i
         b_k = tl.load(k + i_bh * K + o_k)
         b_v = tl.load(v + i_bh * V + o_v)
-        c_v = tl.load(p_cv + o_t[:, None] * V + o_v[None, :], mask=before[:, None], other=0.0)
+        if FULL_CHUNK:  # every row: the load does not wait for i (rows >= i are stale, replaced below)
+            c_v = tl.where(before[:, None], tl.load(p_cv + o_t[:, None] * V + o_v[None, :]), 0.0)
+        else:
+            c_v = tl.load(p_cv + o_t[:, None] * V + o_v[None, :], mask=before[:, None], other=0.0)
         c_v = tl.where((o_t == i)[:, None], b_v[None, :], c_v)  # [BT, BV]: the chunk so far, this token at i
         # as _fwd_kernel: round(q lambda^(i+1)) . round(S0) + sum_j round((q . k_j) lambda^(i-j)) v_j
         q_decay = tl.exp2(b * (i + 1).to(tl.float32))
         b_q = tl.load(q + i_bh * K + o_k)
-        c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=before[:, None], other=0.0)
+        if FULL_CHUNK:
+            c_k = tl.where(before[:, None], tl.load(p_ck + o_t[:, None] * K + o_k[None, :]), 0.0)
+        else:
+            c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=before[:, None], other=0.0)
         c_k = tl.where((o_t == i)[:, None], b_k[None, :], c_k)  # [BT, K]
         b_qd = (b_q.to(tl.float32) * q_decay).to(b_q.dtype)
         diff = (i - o_t).to(tl.float32)
