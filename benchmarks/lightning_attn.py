@@ -261,7 +261,7 @@ def chunk_form_rows(table: Table, batch: int, heads: int, dim: int, slope, sets,
                         f"{config.warps}w{f' BK {config.bk}' if config.bk else ''}"
                         f"{' TC' if config.mma else ''}{', split' if config.split else ''}"
                         f"{' (default)' if config == default else ''}")
-                times = graph_times(step, args, rep=30)
+                times = graph_times(step, args, rep=20)
                 table.add(name, f"B={batch}", "graph", times, nbytes)
                 weight = (block - 1 if not last else 1) / block
                 t, bound = mean_step.get((config, rounded), (0.0, 0.0))

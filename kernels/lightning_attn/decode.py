@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import torch
 
@@ -87,8 +88,8 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
             state (the chunk kernel rounds S0 before its product), so with it the 63 of 64 steps that do not
             complete a chunk read 2 bytes per state element instead of 4; the results are the same bits.
         config: the launch shape (bv columns per program, warps, bk state rows per block of the chunk-completion
-            update, split, mma, full_chunk; per_sm, stream, stages, split_k unused), default by S*H from
-            CHUNK_FORM_CONFIGS.
+            update, split, mma, full_chunk, per_program, stages; per_sm, stream, split_k unused), default by S*H
+            from CHUNK_FORM_CONFIGS.
     Returns:
         o [S, H, V] in q's dtype. No host synchronisation (CUDA-graph capturable).
     Raises:
@@ -108,15 +109,17 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
     BV = min(config.bv, V)
     BK = min(config.bk or dim, dim)
     o = torch.empty_like(v)
-    grid = (triton.cdiv(V, BV), rows * heads)
+    per_program = math.gcd(config.per_program, rows * heads)
     slope = slope.float().contiguous()
     rounded = state if rounded_state is None else rounded_state  # (unused pointer without ROUNDED)
-    _decode_chunk_form_kernel[grid](q.contiguous(), k.contiguous(), v.contiguous(), o, slope, state, rounded,
+    _decode_chunk_form_kernel[(triton.cdiv(V, BV), rows * heads // per_program)](
+                                    q.contiguous(), k.contiguous(), v.contiguous(), o, slope, state, rounded,
                                     chunk_keys, chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
                                     BK=BK, ROUNDED=rounded_state is not None, ADVANCE=not config.split,
-                                    MMA=config.mma, FULL_CHUNK=config.full_chunk, num_warps=config.warps)
+                                    MMA=config.mma, FULL_CHUNK=config.full_chunk, PER_PROGRAM=per_program,
+                                    STAGES=config.stages, num_warps=config.warps)
     if config.split:
-        _chunk_advance_kernel[grid](k, slope, state, rounded, chunk_keys, chunk_values, positions, H=heads,
+        _chunk_advance_kernel[(triton.cdiv(V, BV), rows * heads)](k, slope, state, rounded, chunk_keys, chunk_values, positions, H=heads,
                                     K=dim, V=V, BT=block, BV=BV, BK=BK, ROUNDED=rounded_state is not None,
                                     num_warps=config.warps)
     return o
@@ -137,7 +140,8 @@ class DecodeConfig:
         blocks (o accumulated in the program) whose loads are software-pipelined ``stages`` deep, so block
         j+1's load is in flight while block j is stored. Chunk-form step: the chunk-completion update's blocks
         (a [bk, BT] x [BT, bv] tensor-core product each: fewer registers than one [K, bv] product).
-    stages: exact step with bk > 0: ``tl.range(..., num_stages=stages)`` of the block loop.
+    stages: exact step with bk > 0: ``tl.range(..., num_stages=stages)`` of the block loop; chunk-form step with
+        per_program > 1: of the loop over (sequence, head) pairs.
     split_k: exact step with bk > 0: K split across programs too (one per [bk, bv] block; the last to finish a
         column tile adds the partial outputs: still one launch) instead of the loop.
     mma: chunk-form step: q . S0, q . k_j and a . v_j as tensor-core products of 16-row operands (q or a in every
@@ -146,6 +150,8 @@ class DecodeConfig:
     full_chunk: chunk-form step: all BT rows of the chunk's key and value buffers loaded whatever the position
         (rows past it zeroed after the load), so that no load waits for the position: one memory round trip
         per program instead of two, for up to twice the chunk bytes.
+    per_program: chunk-form step: (sequence, head) pairs per program (at most: the gcd with S * H), walked in a
+        loop software-pipelined ``stages`` deep (the next pair's loads in flight while one computes).
     """
 
     bv: int
@@ -158,12 +164,14 @@ class DecodeConfig:
     split_k: bool = False
     mma: bool = False
     full_chunk: bool = False
+    per_program: int = 1
 
     def __str__(self) -> str:
         grid = f"persistent {self.per_sm}/SM" if self.per_sm else "one program per tile"
         return (f"BV {self.bv}, {self.warps} warps, {grid}" + (", streaming" if self.stream else "")
                 + (f", BK {self.bk}" if self.bk else "") + (f", {self.stages} stages" if self.stages > 1 else "")
                 + (", tensor cores" if self.mma else "") + (", full chunk" if self.full_chunk else "")
+                + (f", {self.per_program} heads per program" if self.per_program > 1 else "")
                 + (", split K" if self.split_k else "") + (", split advance" if self.split else ""))
 
 
@@ -191,11 +199,12 @@ DECODE_SWEEP = tuple(
 # H200 (RESULTS.md; H=64, D=128, CUDA graph, mean step over a chunk): BV 64 / 4 warps, fused, was the fastest of
 # CHUNK_FORM_SWEEP at B = 8 / 16 / 32 / 64 (19.2 / 33.1 / 60.3 / 110.7 us).
 CHUNK_FORM_CONFIGS = ((0, DecodeConfig(64, 4, bk=32, mma=True)),)
-CHUNK_FORM_SWEEP = (DecodeConfig(32, 4, bk=32), DecodeConfig(64, 4), DecodeConfig(64, 4, bk=32),
-                    DecodeConfig(64, 4, bk=32, split=True),
-                    *(DecodeConfig(bv, w, bk=32, mma=True) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8))),
+CHUNK_FORM_SWEEP = (DecodeConfig(64, 4), DecodeConfig(64, 4, bk=32),
+                    *(DecodeConfig(bv, w, bk=32, mma=True) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 8))),
                     DecodeConfig(64, 4, bk=32, split=True, mma=True),
-                    *(DecodeConfig(bv, w, bk=32, mma=True, full_chunk=True) for bv, w in ((32, 4), (64, 4), (64, 8))))
+                    *(DecodeConfig(bv, w, bk=32, mma=True, full_chunk=True) for bv, w in ((32, 4), (64, 4), (64, 8))),
+                    *(DecodeConfig(bv, w, bk=32, mma=True, full_chunk=True, per_program=n, stages=2)
+                      for bv, w, n in ((64, 4, 4), (64, 8, 4), (64, 4, 8))))
 
 
 def _decode_config(n_states: int, V: int) -> DecodeConfig:
@@ -387,13 +396,31 @@ if triton is not None:
     def _decode_chunk_form_kernel(q, k, v, o, slope, state, rounded, chunk_keys, chunk_values, positions,
                                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                                   BV: tl.constexpr, BK: tl.constexpr, ROUNDED: tl.constexpr,
-                                  ADVANCE: tl.constexpr, MMA: tl.constexpr, FULL_CHUNK: tl.constexpr):
-        """The step of program (column block i_v, sequence*head i_bh); with ADVANCE also the state update of rows
-        whose chunk this token completes (else _chunk_advance_kernel does it in the next launch). ROUNDED: the
+                                  ADVANCE: tl.constexpr, MMA: tl.constexpr, FULL_CHUNK: tl.constexpr,
+                                  PER_PROGRAM: tl.constexpr, STAGES: tl.constexpr):
+        """Grid (V / BV, S * H / PER_PROGRAM): program (i_v, p) runs the step (_chunk_form_step) of column block
+        i_v for sequence*heads p * PER_PROGRAM + [0, PER_PROGRAM), in a loop whose loads are software-pipelined
+        STAGES deep (the next head's state and chunk loaded while this one computes)."""
+        i_v = tl.program_id(0)
+        if PER_PROGRAM == 1:
+            _chunk_form_step(q, k, v, o, slope, state, rounded, chunk_keys, chunk_values, positions, i_v,
+                             tl.program_id(1), H, K, V, BT, BV, BK, ROUNDED, ADVANCE, MMA, FULL_CHUNK)
+        else:
+            for h in tl.range(0, PER_PROGRAM, num_stages=STAGES):
+                _chunk_form_step(q, k, v, o, slope, state, rounded, chunk_keys, chunk_values, positions, i_v,
+                                 tl.program_id(1) * PER_PROGRAM + h, H, K, V, BT, BV, BK, ROUNDED, ADVANCE, MMA,
+                                 FULL_CHUNK)
+
+    @triton.jit
+    def _chunk_form_step(q, k, v, o, slope, state, rounded, chunk_keys, chunk_values, positions, i_v, i_bh,
+                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+                         BK: tl.constexpr, ROUNDED: tl.constexpr, ADVANCE: tl.constexpr, MMA: tl.constexpr,
+                         FULL_CHUNK: tl.constexpr):
+        """The step of column block i_v for sequence*head i_bh; with ADVANCE also the state update of rows whose
+        chunk this token completes (else _chunk_advance_kernel does it in the next launch). ROUNDED: the
         rounded state is read from ``rounded`` (2 bytes per element) instead of rounding the fp32 state.
         MMA: the products on the tensor cores (as chunk.py's _fwd_kernel), else fp32 multiply-adds. FULL_CHUNK: all
         BT rows of the chunk buffers loaded (no load waits for the position; rows >= i are zeroed after)."""
-        i_v, i_bh = tl.program_id(0), tl.program_id(1)
         o_k = tl.arange(0, K)
         o_v = i_v * BV + tl.arange(0, BV)
         o_t = tl.arange(0, BT)
@@ -456,7 +483,7 @@ if triton is not None:
         o_t = tl.arange(0, BT)
         k_decay = tl.exp2(b * (BT - 1 - o_t).to(tl.float32))
         lam = tl.exp2(b * BT)
-        for kb in range(K // BK):
+        for kb in tl.static_range(K // BK):  # unrolled: no inner loop in the pipelined loop over heads
             o_k = kb * BK + tl.arange(0, BK)
             if LAST_FROM_K:
                 c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=(o_t < BT - 1)[:, None], other=0.0)
