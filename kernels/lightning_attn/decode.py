@@ -13,10 +13,14 @@ start and b = -slope * log2(e):
 where round() is to the inputs' dtype, exactly where chunk.py's ``_fwd_kernel`` rounds (its tl.dot inputs).
 The chunk's keys and values wait in per-row buffers; when the chunk's last token arrives, the state advances
 as the chunk kernel advances it: S0 = 2^(b BT) S0 + sum_j round(k_j 2^(b (BT-1-j)))^T v_j (the same tensor-core
-product of rounded inputs with fp32 accumulation).
+product of rounded inputs with fp32 accumulation). Only round(S0) enters o, so a caller may keep it beside the
+fp32 state (``rounded_state``, rewritten whenever the state advances): the 63 of 64 steps that do not complete a
+chunk then read 2 bytes per state element instead of 4, with the same result bits. By default the three
+products of o run on the tensor cores as the chunk kernel's do (``DecodeConfig.mma``).
 
 Launch shapes are ``DecodeConfig``s chosen by B*H from ``DECODE_CONFIGS`` / ``CHUNK_FORM_CONFIGS`` (measured on
-an H200 with ``python benchmarks/lightning_attn.py --lengths --no-varlen --decode-sweep``; RESULTS.md).
+an H200 with ``python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep
+--chunk-form-sweep``; RESULTS.md).
 """
 
 from __future__ import annotations
@@ -195,9 +199,12 @@ DECODE_SWEEP = tuple(
 
 
 # The chunk-form step (lightning_attn_decode_chunk_form): (minimum S * H, config); bv = state columns per
-# program, at least 4 warps (its chunk-completion product runs on the tensor cores, one warp group or more).
-# H200 (RESULTS.md; H=64, D=128, CUDA graph, mean step over a chunk): BV 64 / 4 warps, fused, was the fastest of
-# CHUNK_FORM_SWEEP at B = 8 / 16 / 32 / 64 (19.2 / 33.1 / 60.3 / 110.7 us).
+# program, at least 4 warps (its products run on the tensor cores).
+# H200, third decode session (RESULTS.md; H=64, D=128, CUDA graph, mean step over a chunk, reading the rounded
+# copy as the engine does): BV 64 / 4 warps, the state update in 32-row blocks, products on the tensor cores was
+# the fastest of CHUNK_FORM_SWEEP at B = 8 / 16 / 32 (14.6 / 27.1 / 50.1 us; BV 128 / 8 warps within 1.5%
+# everywhere, 87.7 against 89.0 us at B = 64); the previous default (BV 64 / 4 warps, fp32 multiply-adds, fp32
+# state) measured 19.2 / 33.1 / 60.3 / 110.7 us in the second session.
 CHUNK_FORM_CONFIGS = ((0, DecodeConfig(64, 4, bk=32, mma=True)),)
 CHUNK_FORM_SWEEP = (DecodeConfig(64, 4), DecodeConfig(64, 4, bk=32),
                     *(DecodeConfig(bv, w, bk=32, mma=True) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 8))),
