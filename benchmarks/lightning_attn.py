@@ -290,6 +290,107 @@ def decode_sweep(batches: list[int], heads: int, dim: int, slope, bandwidth: flo
     return {batch: config for (batch, timer), (_, config, _) in best.items() if timer == "graph"}
 
 
+def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None):
+    """One launch of the forward or backward kernel with exactly `config` (no autotuning). Returns the outputs."""
+    from lightswe.kernels.lightning_attn import chunk
+
+    _, T, H, K = q.shape
+    V = v.shape[-1]
+    N = q.shape[0] if cu is None else cu.numel() - 1
+    opts = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    if config.maxnreg is not None:
+        opts["maxnreg"] = config.maxnreg
+    chunk._set_tma_allocator()
+    if kind == "fwd":
+        o, ht = torch.empty_like(v), q.new_empty(N, H, K, V, dtype=torch.float32)
+        grid = (triton_cdiv(V, config.kwargs["BV"]), N * H)
+        chunk._fwd_kernel.fn[grid](q, k, v, o, slope, None, ht, cu, T=T, NB=N * H, H=H, K=K, V=V, USE_H0=False,
+                                   STORE_HT=True, IS_VARLEN=cu is not None, **config.kwargs, **opts)
+        return o, ht
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    grid = (2 * triton_cdiv(K, config.kwargs["BK"]) + triton_cdiv(V, config.kwargs["BV"]), N * H)
+    chunk._bwd_kernel.fn[grid](q, k, v, do, dq, dk, dv, slope, None, None, None, cu, T=T, NB=N * H, H=H, K=K, V=V,
+                               USE_H0=False, USE_DHT=False, STORE_DH0=False, IS_VARLEN=cu is not None,
+                               **config.kwargs, **opts)
+    return dq, dk, dv
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _sweep_compile_worker(jobs: list[tuple[str, int, bool]]) -> list[str]:
+    """Compile (and check against the fp32 reference on a small input) the given (kind, config index, varlen)
+    jobs; specialisations match the timed shapes (T, N*H multiples of 16). Returns one line per job."""
+    from lightswe.kernels.lightning_attn import chunk
+    from lightswe.kernels.lightning_attn.naive import lightning_attn_chunked
+
+    lines = []
+    torch.manual_seed(0)
+    H, D, T = 64, 128, 320
+    slope = slopes(H)
+    q, k, v, do = (F.silu(torch.randn(1, T, H, D, device="cuda")).to(torch.bfloat16) for _ in range(4))
+    leaves = [x.float().requires_grad_() for x in (q, k, v)]
+    o_ref = torch.cat([lightning_attn_chunked(*(x[:, a:b] for x in leaves), slope)[0]
+                       for a, b in ((0, 100), (100, T))], 1)
+    grads = torch.autograd.grad(o_ref, leaves, do.float())
+    o_ref_b = lightning_attn_chunked(*leaves, slope)[0]
+    grads_b = torch.autograd.grad(o_ref_b, leaves, do.float())
+    for kind, index, varlen in jobs:
+        config = (chunk.FWD_SWEEP if kind == "fwd" else chunk.BWD_SWEEP)[index]
+        cu = torch.tensor([0, 100, T], device="cuda", dtype=torch.int32) if varlen else None
+        try:
+            out = _sweep_launch(kind, config, q, k, v, slope, cu, do)
+            refs = ((o_ref if varlen else o_ref_b),) if kind == "fwd" else (grads if varlen else grads_b)
+            err = max(rel_diff(a, b) for a, b in zip(out, refs))
+            lines.append(f"{kind} {index} varlen={varlen} err {err:.2e}{' FAILED' if not err < 2e-2 else ''}")
+        except Exception as exc:  # noqa: BLE001 - a config that does not compile is reported, not fatal
+            lines.append(f"{kind} {index} varlen={varlen} FAILED {type(exc).__name__}: {str(exc)[:300]}")
+    return lines
+
+
+def prefill_sweep(lengths: list[int], tokens: int, heads: int, dim: int, slope, bandwidth: float,
+                  workers: int = 16) -> None:
+    """Every chunk.FWD_SWEEP and chunk.BWD_SWEEP config, compiled in parallel worker processes and checked against
+    the fp32 reference, then timed alone (do_bench, L2 flushed) at each length; the fastest per shape printed."""
+    import concurrent.futures
+    import multiprocessing
+
+    from lightswe.kernels.lightning_attn import chunk
+
+    jobs = [(kind, i, False) for kind, lst in (("bwd", chunk.BWD_SWEEP), ("fwd", chunk.FWD_SWEEP))
+            for i in range(len(lst))]
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for lines in pool.map(_sweep_compile_worker, [jobs[i::workers] for i in range(workers)]):
+            print("\n".join(lines), flush=True)
+    print("\n| kind | shape | config | do_bench ms | of bound |\n|---|---|---|---|---|", flush=True)
+    best = {}
+    for length in lengths:
+        batch = max(1, tokens // length)
+        q, k, v, do = (F.silu(torch.randn(batch, length, heads, dim, device="cuda")).to(torch.bfloat16)
+                       for _ in range(4))
+        act = q.numel() * 2
+        shape = f"B={batch} T={length}"
+        for kind, lst in (("fwd", chunk.FWD_SWEEP), ("bwd", chunk.BWD_SWEEP)):
+            kept = chunk._prune_slices(lst, {}, K=dim, V=dim, NB=batch * heads)
+            nbytes = 4 * act if kind == "fwd" else 7 * act
+            for config in kept:
+                index = lst.index(config)
+                try:
+                    ms = bench_median(lambda: _sweep_launch(kind, config, q, k, v, slope, None, do), rep=30)
+                except Exception as exc:  # noqa: BLE001
+                    print(f"| {kind} | {shape} | {index} {config} | FAILED {type(exc).__name__} | |", flush=True)
+                    continue
+                bound = nbytes / bandwidth * 1e3
+                print(f"| {kind} | {shape} | {index} {config} | {ms:.4f} | {bound / ms:.1%} |", flush=True)
+                if ms < best.get((kind, shape), (float("inf"),))[0]:
+                    best[(kind, shape)] = (ms, index, str(config))
+        del q, k, v, do
+        torch.cuda.empty_cache()
+    for (kind, shape), (ms, index, config) in best.items():
+        print(f"best {kind} {shape}: {ms:.4f} ms, config {index} {config}", flush=True)
+
+
 def varlen_bounds(n_seqs: int, total: int, seed: int = 0) -> list[int]:
     """cu_seqlens of n_seqs lengths summing to total, each within [0.5, 1.5] x the mean (seeded)."""
     gen = torch.Generator().manual_seed(seed)
@@ -309,6 +410,8 @@ def main() -> int:
     parser.add_argument("--decode-batches", type=int, nargs="*", default=[8, 16, 32, 64])
     parser.add_argument("--decode-sweep", action="store_true",
                         help="time every decode launch config (decode.DECODE_SWEEP) at each --decode-batches B")
+    parser.add_argument("--prefill-sweep", action="store_true",
+                        help="time every chunk.FWD_SWEEP / BWD_SWEEP config alone at each --lengths T, then exit")
     parser.add_argument("--no-fla", action="store_true")
     parser.add_argument("--sdpa", action="store_true", help="add PyTorch SDPA causal rows (slow at long T)")
     args = parser.parse_args()
@@ -327,6 +430,9 @@ def main() -> int:
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
     slope = slopes(H)
+    if args.prefill_sweep:
+        prefill_sweep(args.lengths, args.tokens, H, D, slope, bw)
+        return 0
     table = Table(bw)
     make = lambda b, t: [F.silu(torch.randn(b, t, H, D, device="cuda")).to(torch.bfloat16) for _ in range(3)]
     cases = [(f"B={max(1, args.tokens // t)} T={t}", max(1, args.tokens // t), t, None) for t in args.lengths]

@@ -58,6 +58,8 @@ def _launch(kernel, grid, *args, **kwargs):
         grid = grid(meta) if callable(grid) else grid
         if not interpret:
             meta.update(num_warps=config.num_warps, num_stages=config.num_stages)
+            if config.maxnreg is not None:
+                meta["maxnreg"] = config.maxnreg
         return kernel.fn[grid](*args, **meta)
     return kernel[grid](*args, **kwargs)
 
@@ -90,33 +92,62 @@ def _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
     return bos, T
 
 
+def _fwd_config(bt: int, bv: int, warps: int, stages: int, tma: bool = False, inline_mask: bool = False,
+                state_first: bool = False, maxnreg: int | None = None):
+    return triton.Config({"BT": bt, "BV": bv, "TMA": tma, "INLINE_MASK": inline_mask, "STATE_FIRST": state_first},
+                         num_warps=warps, num_stages=stages, maxnreg=maxnreg)
+
+
+FWD_CONFIGS = [
+    _fwd_config(64, 64, 4, 2),
+    _fwd_config(64, 64, 8, 2),
+    _fwd_config(64, 128, 8, 2),
+    _fwd_config(128, 64, 8, 2),
+    _fwd_config(128, 128, 8, 2),
+    _fwd_config(64, 32, 4, 2),
+    _fwd_config(64, 32, 4, 3),
+    _fwd_config(128, 32, 8, 2),
+    _fwd_config(64, 16, 4, 2),
+    _fwd_config(64, 64, 8, 3),
+    _fwd_config(64, 32, 4, 4),
+    _fwd_config(64, 64, 4, 3),
+]
+# Variants timed by the benchmark's --prefill-sweep (TMA tensor descriptors, the decay mask recomputed per chunk,
+# the state product issued first, a register cap for more programs per multiprocessor).
+_SWEEP_SHAPES = ((64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 2), (64, 32, 4, 2), (64, 32, 4, 3),
+                 (128, 32, 8, 2), (128, 64, 8, 2))
+_SWEEP_FLAGS = ((False, True, False), (True, False, False), (True, True, False), (False, False, True),
+                (False, True, True), (True, True, True))
+FWD_SWEEP = FWD_CONFIGS + [_fwd_config(*shape, *flags) for shape in _SWEEP_SHAPES for flags in _SWEEP_FLAGS] + [
+    _fwd_config(64, 64, 4, 2, False, True, False, 168), _fwd_config(64, 32, 4, 2, False, True, False, 168),
+    _fwd_config(64, 32, 4, 3, True, True, False, 168), _fwd_config(64, 64, 4, 2, True, True, True, 168)]
+
+
+def _set_tma_allocator() -> None:
+    """Device-side TMA descriptors need a small global scratch buffer per program (Triton's allocator)."""
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, device="cuda", dtype=torch.int8))
+
+
 @triton.autotune(
-    configs=[
-        triton.Config({"BT": 64, "BV": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BT": 64, "BV": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 64, "BV": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 128, "BV": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 128, "BV": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 64, "BV": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BT": 64, "BV": 32}, num_warps=4, num_stages=3),
-        triton.Config({"BT": 128, "BV": 32}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 64, "BV": 16}, num_warps=4, num_stages=2),
-        triton.Config({"BT": 64, "BV": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BT": 64, "BV": 32}, num_warps=4, num_stages=4),
-        triton.Config({"BT": 64, "BV": 64}, num_warps=4, num_stages=3),
-    ],
+    configs=FWD_CONFIGS,
     key=["H", "K", "V", "NB", "IS_VARLEN"],
     prune_configs_by={"early_config_prune": _prune_slices},
 )
 @triton.jit
 def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-                USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr):
+                USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
+                TMA: tl.constexpr = False, INLINE_MASK: tl.constexpr = False,
+                STATE_FIRST: tl.constexpr = False):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
     b = -tl.load(slope + i_h).to(tl.float32) * 1.4426950408889634
-    m, q_decay = _decay_masks(b, BT)
+    if not INLINE_MASK:
+        m0, q_decay0 = _decay_masks(b, BT)
 
     o_k = tl.arange(0, K)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -130,21 +161,43 @@ def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
     k += (bos * H + i_h) * K
     v += (bos * H + i_h) * V
     o += (bos * H + i_h) * V
+    if TMA:  # one descriptor per sequence and head: rows past T load as zeros and are not stored
+        d_q = tl.make_tensor_descriptor(q, [T, K], [H * K, 1], [BT, K])
+        d_k = tl.make_tensor_descriptor(k, [T, K], [H * K, 1], [BT, K])
+        d_v = tl.make_tensor_descriptor(v, [T, V], [H * V, 1], [BT, BV])
+        d_o = tl.make_tensor_descriptor(o, [T, V], [H * V, 1], [BT, BV])
     for i_t in range(tl.cdiv(T, BT)):
-        p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
-        p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
-        p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        p_o = tl.make_block_ptr(o, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
-        b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
-        b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
-        b_o = tl.dot((b_q * q_decay[:, None]).to(b_q.dtype), state.to(b_q.dtype))
+        if TMA:
+            b_q = d_q.load([i_t * BT, 0])
+            b_k = d_k.load([i_t * BT, 0])
+            b_v = d_v.load([i_t * BT, i_v * BV])
+        else:
+            p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
+            p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
+            p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+            b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
+            b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
+            b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
+        if INLINE_MASK:  # fewer live registers across the loop, 2 exp2 per element of the mask per chunk
+            m, q_decay = _decay_masks(b, BT)
+        else:
+            m, q_decay = m0, q_decay0
+        L = tl.minimum(T - i_t * BT, BT)
+        s_in = state.to(b_q.dtype)
+        if STATE_FIRST:  # the loop-carried product first: the output's products can overlap the next chunk's
+            b_kd = (b_k * _k_decay(b, L, BT)[:, None]).to(b_k.dtype)
+            state = tl.dot(tl.trans(b_kd), b_v, acc=state * tl.exp2(b * L.to(tl.float32)))
+        b_o = tl.dot((b_q * q_decay[:, None]).to(b_q.dtype), s_in)
         a = tl.dot(b_q, tl.trans(b_k)) * m
         b_o = tl.dot(a.to(b_v.dtype), b_v, acc=b_o)
-        tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0,))
-        L = tl.minimum(T - i_t * BT, BT)
-        b_kd = (b_k * _k_decay(b, L, BT)[:, None]).to(b_k.dtype)
-        state = tl.dot(tl.trans(b_kd), b_v, acc=state * tl.exp2(b * L.to(tl.float32)))
+        if TMA:
+            d_o.store([i_t * BT, i_v * BV], b_o.to(d_o.dtype))
+        else:
+            p_o = tl.make_block_ptr(o, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+            tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0,))
+        if not STATE_FIRST:
+            b_kd = (b_k * _k_decay(b, L, BT)[:, None]).to(b_k.dtype)
+            state = tl.dot(tl.trans(b_kd), b_v, acc=state * tl.exp2(b * L.to(tl.float32)))
     if STORE_HT:
         tl.store(ht + p_state, state)
 
@@ -152,8 +205,9 @@ def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
 @triton.jit
 def _bwd_dq(q, k, v, do, dq, h0, i_nh, i_k, bos, T, b,
             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-            USE_H0: tl.constexpr):
-    m, q_decay = _decay_masks(b, BT)
+            USE_H0: tl.constexpr, INLINE_MASK: tl.constexpr = False):
+    if not INLINE_MASK:
+        m0, q_decay0 = _decay_masks(b, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = tl.arange(0, V)
     if USE_H0:
@@ -165,6 +219,10 @@ def _bwd_dq(q, k, v, do, dq, h0, i_nh, i_k, bos, T, b,
     do += (bos * H + (i_nh % H)) * V
     dq += (bos * H + (i_nh % H)) * K
     for i_t in range(tl.cdiv(T, BT)):
+        if INLINE_MASK:
+            m, q_decay = _decay_masks(b, BT)
+        else:
+            m, q_decay = m0, q_decay0
         p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
         p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
         p_do = tl.make_block_ptr(do, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
@@ -184,8 +242,9 @@ def _bwd_dq(q, k, v, do, dq, h0, i_nh, i_k, bos, T, b,
 @triton.jit
 def _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_k, bos, T, b,
             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-            USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr):
-    m, q_decay = _decay_masks(b, BT)
+            USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, INLINE_MASK: tl.constexpr = False):
+    if not INLINE_MASK:
+        m0, q_decay0 = _decay_masks(b, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = tl.arange(0, V)
     p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
@@ -199,6 +258,10 @@ def _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_k, bos, T, b,
     dk += (bos * H + (i_nh % H)) * K
     NT = tl.cdiv(T, BT)
     for i in range(NT):
+        if INLINE_MASK:
+            m, q_decay = _decay_masks(b, BT)
+        else:
+            m, q_decay = m0, q_decay0
         i_t = NT - 1 - i
         p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
         p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
@@ -222,8 +285,9 @@ def _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_k, bos, T, b,
 @triton.jit
 def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-            USE_DHT: tl.constexpr):
-    m, q_decay = _decay_masks(b, BT)
+            USE_DHT: tl.constexpr, INLINE_MASK: tl.constexpr = False):
+    if not INLINE_MASK:
+        m0, q_decay0 = _decay_masks(b, BT)
     o_k = tl.arange(0, K)
     o_v = i_v * BV + tl.arange(0, BV)
     if USE_DHT:
@@ -236,6 +300,10 @@ def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
     dv += (bos * H + (i_nh % H)) * V
     NT = tl.cdiv(T, BT)
     for i in range(NT):
+        if INLINE_MASK:
+            m, q_decay = _decay_masks(b, BT)
+        else:
+            m, q_decay = m0, q_decay0
         i_t = NT - 1 - i
         p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
         p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
@@ -254,19 +322,36 @@ def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
         dstate = tl.dot(tl.trans(b_qd), b_do, acc=dstate * tl.exp2(b * L.to(tl.float32)))
 
 
+def _bwd_config(bt: int, bk: int, bv: int, warps: int, stages: int, inline_mask: bool = False,
+                maxnreg: int | None = None):
+    return triton.Config({"BT": bt, "BK": bk, "BV": bv, "INLINE_MASK": inline_mask}, num_warps=warps,
+                         num_stages=stages, maxnreg=maxnreg)
+
+
+BWD_CONFIGS = [
+    _bwd_config(64, 64, 64, 4, 2),
+    _bwd_config(64, 64, 64, 8, 2),
+    _bwd_config(128, 32, 32, 8, 2),
+    _bwd_config(128, 64, 64, 8, 2),
+    _bwd_config(64, 32, 32, 4, 2),
+    _bwd_config(64, 32, 64, 4, 2),
+    _bwd_config(64, 16, 16, 4, 2),
+    _bwd_config(64, 64, 64, 8, 3),
+    _bwd_config(64, 64, 64, 4, 3),
+    _bwd_config(64, 32, 64, 4, 3),
+]
+# Variants timed by the benchmark's --prefill-sweep: the decay mask recomputed per chunk, register caps that let
+# 3-4 programs share a multiprocessor (one wave of programs at B*H = 64).
+BWD_SWEEP = BWD_CONFIGS + [
+    _bwd_config(bt, bk, bv, w, st, im, reg)
+    for bt, bk, bv, w, st in ((64, 64, 64, 4, 2), (64, 32, 32, 4, 2), (64, 32, 64, 4, 2), (64, 64, 64, 8, 2),
+                              (64, 64, 64, 4, 1), (64, 32, 32, 4, 1))
+    for im, reg in ((True, None), (True, 168), (False, 168), (True, 128))
+]
+
+
 @triton.autotune(
-    configs=[
-        triton.Config({"BT": 64, "BK": 64, "BV": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BT": 64, "BK": 64, "BV": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 128, "BK": 32, "BV": 32}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 128, "BK": 64, "BV": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 64, "BK": 32, "BV": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BT": 64, "BK": 32, "BV": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BT": 64, "BK": 16, "BV": 16}, num_warps=4, num_stages=2),
-        triton.Config({"BT": 64, "BK": 64, "BV": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BT": 64, "BK": 64, "BV": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BT": 64, "BK": 32, "BV": 64}, num_warps=4, num_stages=3),
-    ],
+    configs=BWD_CONFIGS,
     key=["H", "K", "V", "NB", "IS_VARLEN"],
     prune_configs_by={"early_config_prune": _prune_slices},
 )
@@ -274,7 +359,8 @@ def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
 def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, T, NB,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                 BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr,
-                STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr):
+                STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr,
+                INLINE_MASK: tl.constexpr = False):
     """Grid (2 * K/BK + V/BV, N * H): program kinds dq | dk | dv side by side, so that the programs of
     one head run together and share their loads of q, k, v, dO through L2."""
     i_p, i_nh = tl.program_id(0), tl.program_id(1)
@@ -283,11 +369,12 @@ def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, T, NB,
     b = -tl.load(slope + i_h).to(tl.float32) * 1.4426950408889634
     NK: tl.constexpr = K // BK
     if i_p < NK:
-        _bwd_dq(q, k, v, do, dq, h0, i_nh, i_p, bos, T, b, H, K, V, BT, BK, USE_H0)
+        _bwd_dq(q, k, v, do, dq, h0, i_nh, i_p, bos, T, b, H, K, V, BT, BK, USE_H0, INLINE_MASK)
     elif i_p < 2 * NK:
-        _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_p - NK, bos, T, b, H, K, V, BT, BK, USE_DHT, STORE_DH0)
+        _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_p - NK, bos, T, b, H, K, V, BT, BK, USE_DHT, STORE_DH0,
+                INLINE_MASK)
     else:
-        _bwd_dv(q, k, do, dv, dht, i_nh, i_p - 2 * NK, bos, T, b, H, K, V, BT, BV, USE_DHT)
+        _bwd_dv(q, k, do, dv, dht, i_nh, i_p - 2 * NK, bos, T, b, H, K, V, BT, BV, USE_DHT, INLINE_MASK)
 
 
 def _num_seqs(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
@@ -305,6 +392,7 @@ def lightning_attn_fwd(
     o = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if store_final_state else None
     grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)
+    _set_tma_allocator()
     _launch(_fwd_kernel, grid, q, k, v, o, slope, initial_state, ht, cu_seqlens, T=T, NB=N * H,
                       H=H, K=K, V=V, USE_H0=initial_state is not None, STORE_HT=store_final_state,
                       IS_VARLEN=cu_seqlens is not None)
