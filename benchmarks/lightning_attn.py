@@ -319,15 +319,24 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _sweep_compile_worker(jobs: list[tuple[str, int, bool]]) -> list[str]:
-    """Compile (and check against the fp32 reference on a small input) the given (kind, config index, varlen)
-    jobs; specialisations match the timed shapes (T, N*H multiples of 16). Returns one line per job."""
+def _config_list(kind: str, sweep: bool) -> list:
     from lightswe.kernels.lightning_attn import chunk
+
+    if kind == "fwd":
+        return chunk.FWD_SWEEP if sweep else chunk._fwd_kernel.configs
+    return chunk.BWD_SWEEP if sweep else chunk._bwd_kernel.configs
+
+
+def _sweep_compile_worker(jobs: list[tuple[str, bool, int, bool]], heads: int = 64, dim: int = 128) -> list[str]:
+    """Compile (and check against the fp32 reference on a small input) the given (kind, from the sweep list,
+    config index, varlen) jobs; specialisations match the timed shapes (T, N*H multiples of 16, no initial
+    state, no final-state gradient). The compiled kernels land in Triton's on-disk cache, where the timing
+    process (and its autotuner) finds them. Returns one line per job."""
     from lightswe.kernels.lightning_attn.naive import lightning_attn_chunked
 
     lines = []
     torch.manual_seed(0)
-    H, D, T = 64, 128, 320
+    H, D, T = heads, dim, 320
     slope = slopes(H)
     q, k, v, do = (F.silu(torch.randn(1, T, H, D, device="cuda")).to(torch.bfloat16) for _ in range(4))
     leaves = [x.float().requires_grad_() for x in (q, k, v)]
@@ -336,33 +345,76 @@ def _sweep_compile_worker(jobs: list[tuple[str, int, bool]]) -> list[str]:
     grads = torch.autograd.grad(o_ref, leaves, do.float())
     o_ref_b = lightning_attn_chunked(*leaves, slope)[0]
     grads_b = torch.autograd.grad(o_ref_b, leaves, do.float())
-    for kind, index, varlen in jobs:
-        config = (chunk.FWD_SWEEP if kind == "fwd" else chunk.BWD_SWEEP)[index]
+    for kind, sweep, index, varlen in jobs:
+        config = _config_list(kind, sweep)[index]
         cu = torch.tensor([0, 100, T], device="cuda", dtype=torch.int32) if varlen else None
         try:
             out = _sweep_launch(kind, config, q, k, v, slope, cu, do)
             refs = ((o_ref if varlen else o_ref_b),) if kind == "fwd" else (grads if varlen else grads_b)
             err = max(rel_diff(a, b) for a, b in zip(out, refs))
-            lines.append(f"{kind} {index} varlen={varlen} err {err:.2e}{' FAILED' if not err < 2e-2 else ''}")
+            lines.append(f"{kind} {index} {config} varlen={varlen}: max rel. error vs fp32 {err:.2e}"
+                         f"{' FAILED' if not err < 2e-2 else ''}")
         except Exception as exc:  # noqa: BLE001 - a config that does not compile is reported, not fatal
             lines.append(f"{kind} {index} varlen={varlen} FAILED {type(exc).__name__}: {str(exc)[:300]}")
     return lines
+
+
+def _fla_compile_worker(index: int, count: int, heads: int, dim: int) -> list[str]:
+    """Compile the index-th of `count` slices of every fla autotuner's configs (chunk_simple_gla forward and
+    backward, padded and packed inputs): fla tunes ~130 configs one compile at a time, which the timing
+    process then finds in Triton's on-disk cache. Its choice is unchanged: the timing process tunes over all."""
+    import sys
+
+    from fla.ops.simple_gla import chunk_simple_gla
+    from triton.runtime.autotuner import Autotuner
+
+    tuners = {id(obj): obj for name, mod in list(sys.modules.items()) if name.startswith("fla.") and mod
+              for obj in vars(mod).values() if isinstance(obj, Autotuner)}
+    for tuner in tuners.values():
+        tuner._all_configs = getattr(tuner, "_all_configs", tuner.configs)  # a reused process: slice the full list
+        tuner.configs = tuner._all_configs[index::count] or tuner._all_configs[index % len(tuner._all_configs):][:1]
+        tuner.cache = {}
+    slope = slopes(heads)
+    T = 320
+    q, k, v, do = (F.silu(torch.randn(1, T, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(4))
+    for cu in (None, torch.tensor([0, 100, T], device="cuda", dtype=torch.int64)):
+        leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+        o, _ = chunk_simple_gla(*leaves, g_gamma=-slope, scale=1.0, output_final_state=True, cu_seqlens=cu)
+        torch.autograd.grad(o, leaves, do)
+    torch.cuda.synchronize()
+    return [f"fla slice {index}/{count}: {sum(len(t.configs) for t in tuners.values())} configs of "
+            f"{len(tuners)} autotuned kernels compiled"] if index == 0 else []
+
+
+def compile_in_parallel(jobs: list[tuple[str, bool, int, bool]], workers: int, heads: int, dim: int,
+                        fla: bool = False) -> None:
+    """Run _sweep_compile_worker over the jobs (and, with fla, every slice of fla's autotuned configs) in
+    `workers` spawned processes (Triton compiles one kernel at a time per process; its cache is shared on disk)
+    and print their lines."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        tasks = [pool.submit(_sweep_compile_worker, jobs[i::workers], heads, dim) for i in range(workers)]
+        if fla:
+            tasks += [pool.submit(_fla_compile_worker, i, workers, heads, dim) for i in range(workers)]
+        for task in tasks:
+            try:
+                lines = task.result()
+            except Exception as exc:  # noqa: BLE001 - the timing process then compiles what is missing
+                lines = [f"compile worker FAILED {type(exc).__name__}: {str(exc)[:300]}"]
+            if lines:
+                print("\n".join(lines), flush=True)
 
 
 def prefill_sweep(lengths: list[int], tokens: int, heads: int, dim: int, slope, bandwidth: float,
                   workers: int = 16) -> None:
     """Every chunk.FWD_SWEEP and chunk.BWD_SWEEP config, compiled in parallel worker processes and checked against
     the fp32 reference, then timed alone (do_bench, L2 flushed) at each length; the fastest per shape printed."""
-    import concurrent.futures
-    import multiprocessing
-
     from lightswe.kernels.lightning_attn import chunk
 
-    jobs = [(kind, i, False) for kind, lst in (("bwd", chunk.BWD_SWEEP), ("fwd", chunk.FWD_SWEEP))
-            for i in range(len(lst))]
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for lines in pool.map(_sweep_compile_worker, [jobs[i::workers] for i in range(workers)]):
-            print("\n".join(lines), flush=True)
+    compile_in_parallel([(kind, True, i, False) for kind in ("bwd", "fwd")
+                         for i in range(len(_config_list(kind, True)))], workers, heads, dim)
     print("\n| kind | shape | config | do_bench ms | of bound |\n|---|---|---|---|---|", flush=True)
     best = {}
     for length in lengths:
@@ -377,7 +429,8 @@ def prefill_sweep(lengths: list[int], tokens: int, heads: int, dim: int, slope, 
             for config in kept:
                 index = lst.index(config)
                 try:
-                    ms = bench_median(lambda: _sweep_launch(kind, config, q, k, v, slope, None, do), rep=30)
+                    ms = bench_median(lambda kind=kind, config=config, q=q, k=k, v=v, do=do: _sweep_launch(
+                        kind, config, q, k, v, slope, None, do), rep=30)
                 except Exception as exc:  # noqa: BLE001
                     print(f"| {kind} | {shape} | {index} {config} | FAILED {type(exc).__name__} | |", flush=True)
                     continue
@@ -412,6 +465,10 @@ def main() -> int:
                         help="time every decode launch config (decode.DECODE_SWEEP) at each --decode-batches B")
     parser.add_argument("--prefill-sweep", action="store_true",
                         help="time every chunk.FWD_SWEEP / BWD_SWEEP config alone at each --lengths T, then exit")
+    parser.add_argument("--compile-workers", type=int, default=16,
+                        help="compile every autotuned prefill config (ours and fla's) in this many processes first "
+                             "(0: off)")
+    parser.add_argument("--compile-only", action="store_true", help="exit after that compile step")
     parser.add_argument("--no-fla", action="store_true")
     parser.add_argument("--sdpa", action="store_true", help="add PyTorch SDPA causal rows (slow at long T)")
     args = parser.parse_args()
@@ -431,7 +488,14 @@ def main() -> int:
     print(f"device {torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
     slope = slopes(H)
     if args.prefill_sweep:
-        prefill_sweep(args.lengths, args.tokens, H, D, slope, bw)
+        prefill_sweep(args.lengths, args.tokens, H, D, slope, bw, max(1, args.compile_workers))
+        return 0
+    varlens = ([False] if args.lengths else []) + ([] if args.no_varlen else [True])
+    if args.compile_workers and varlens:
+        compile_in_parallel([(kind, False, i, varlen) for kind in ("bwd", "fwd") for varlen in varlens
+                             for i in range(len(_config_list(kind, False)))], args.compile_workers, H, D,
+                            fla=fla_chunk is not None)
+    if args.compile_only:
         return 0
     table = Table(bw)
     make = lambda b, t: [F.silu(torch.randn(b, t, H, D, device="cuda")).to(torch.bfloat16) for _ in range(3)]
@@ -452,10 +516,9 @@ def main() -> int:
         torch.cuda.empty_cache()
     from lightswe.kernels.lightning_attn import chunk
 
-    if cases:
-        print("tuned (last shape):", {name: str(kern.best_config) for name, kern in
-                                  (("fwd", chunk._fwd_kernel), ("bwd", chunk._bwd_kernel))
-                                  if getattr(kern, "best_config", None) is not None}, flush=True)
+    for name, kern in (("fwd", chunk._fwd_kernel), ("bwd", chunk._bwd_kernel)):
+        for key, config in getattr(kern, "cache", {}).items():  # key: (H, K, V, NB, IS_VARLEN, dtypes...)
+            print(f"tuned {name} {key[:5]}: {config}", flush=True)
     if args.decode_sweep:  # the rows below then run the sweep's fastest config per B (CUDA-graph timer)
         from lightswe.kernels.lightning_attn import decode
 

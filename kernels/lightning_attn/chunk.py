@@ -11,6 +11,15 @@ Scheme (one program per (sequence, head, slice of the state), looping over chunk
   M[i, j] = lambda^(i-j) for i >= j (0 above the diagonal), L = tokens in the chunk (the last may be short).
 The state goes into the matrix products in the inputs' dtype (bf16/fp16; tf32 for fp32 inputs); every
 product accumulates in fp32. Importing this module needs Triton; api.py imports it only on CUDA.
+
+Launch variants (autotuned, FWD_CONFIGS / BWD_CONFIGS; measurements in RESULTS.md):
+  TMA        tiles move through tensor descriptors (Hopper's tensor memory accelerator; rows past a sequence's
+             end load as zeros and are not stored), sm_90+ only.
+  DECAY_OUT  the per-row decays are applied where they cost least: o = (q S) * lambda^(i+1) on the fp32
+             product instead of round(q * lambda^(i+1)) S, and the state update scales the narrower of k and v
+             (forward: v's BV columns); q, k then enter the tensor cores straight from shared memory.
+             Same math, another rounding of the bf16 inputs (decode.py's chunk-form step mirrors the first,
+             non-DECAY_OUT forward config, which LIGHTSWE_LIGHTNING_AUTOTUNE=0 pins).
 """
 
 from __future__ import annotations
@@ -116,23 +125,24 @@ def _fwd_config(bt: int, bv: int, warps: int, stages: int, tma: bool = False, de
                          num_stages=stages)
 
 
-# Autotuned set. TMA (tensor-descriptor loads/stores, sm_90+) measured 3-15% faster than pointer loads on the
-# H200 (RESULTS.md); the pointer-load configs stay for other GPUs and narrow slices for few (sequence, head) pairs.
+# Autotuned set (H200 measurements in RESULTS.md). TMA = tensor-descriptor loads and stores (sm_90+; the
+# pointer-load configs serve older GPUs). DECAY_OUT = q's decay applied to the fp32 product instead of to q before
+# it (q then goes from shared memory straight into the tensor cores) and the state update's decay on v's narrower
+# slice: 227 instead of 255 registers, 10-18% faster. It rounds differently from decode.py's chunk-form step, which
+# mirrors the first config (the one LIGHTSWE_LIGHTNING_AUTOTUNE=0 pins), so the first config keeps q's rounding.
 FWD_CONFIGS = [
     _fwd_config(64, 64, 4, 2, tma=True),
-    _fwd_config(64, 64, 4, 3, tma=True),
-    _fwd_config(64, 32, 4, 3, tma=True),
+    _fwd_config(64, 64, 4, 2, tma=True, decay_out=True),
+    _fwd_config(64, 64, 4, 3, tma=True, decay_out=True),
+    _fwd_config(64, 32, 4, 2, tma=True, decay_out=True),
     _fwd_config(64, 64, 4, 2),
-    _fwd_config(64, 64, 4, 3),
     _fwd_config(64, 32, 4, 2),
     _fwd_config(64, 16, 4, 2),
 ]
-# Timed one by one by the benchmark's --prefill-sweep (the autotuned set first). DECAY_OUT (q's decay applied to
-# the fp32 product, v's rows scaled for the state update) rounds differently from the sampler's chunk-form decode
-# (decode.py mirrors this kernel's roundings), so it is measured here but not autotuned.
+# Timed one by one by the benchmark's --prefill-sweep (the autotuned set first).
 FWD_SWEEP = FWD_CONFIGS + [
-    _fwd_config(64, 64, 4, 2, tma=True, decay_out=True), _fwd_config(64, 64, 4, 3, tma=True, decay_out=True),
-    _fwd_config(64, 64, 8, 2, tma=True), _fwd_config(64, 128, 8, 2, tma=True), _fwd_config(64, 64, 8, 2),
+    _fwd_config(64, 64, 4, 3, tma=True), _fwd_config(64, 32, 4, 3, tma=True),
+    _fwd_config(64, 64, 8, 2, tma=True), _fwd_config(64, 128, 8, 2, tma=True), _fwd_config(64, 64, 4, 3),
     _fwd_config(64, 128, 8, 2), _fwd_config(128, 64, 8, 2), _fwd_config(128, 32, 8, 2),
 ]
 
@@ -173,11 +183,12 @@ def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
     k += (bos * H + i_h) * K
     v += (bos * H + i_h) * V
     o += (bos * H + i_h) * V
+    T_d = tl.maximum(T, 1)  # an empty packed sequence: a valid descriptor that is never used
     if TMA:  # one descriptor per sequence and head: rows past T load as zeros and are not stored
-        d_q = tl.make_tensor_descriptor(q, [T, K], [H * K, 1], [BT, K])
-        d_k = tl.make_tensor_descriptor(k, [T, K], [H * K, 1], [BT, K])
-        d_v = tl.make_tensor_descriptor(v, [T, V], [H * V, 1], [BT, BV])
-        d_o = tl.make_tensor_descriptor(o, [T, V], [H * V, 1], [BT, BV])
+        d_q = tl.make_tensor_descriptor(q, [T_d, K], [H * K, 1], [BT, K])
+        d_k = tl.make_tensor_descriptor(k, [T_d, K], [H * K, 1], [BT, K])
+        d_v = tl.make_tensor_descriptor(v, [T_d, V], [H * V, 1], [BT, BV])
+        d_o = tl.make_tensor_descriptor(o, [T_d, V], [H * V, 1], [BT, BV])
     for i_t in range(tl.cdiv(T, BT)):
         if TMA:
             b_q = d_q.load([i_t * BT, 0])
@@ -211,7 +222,7 @@ def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
 @triton.jit
 def _bwd_dq(q, k, v, do, dq, h0, i_nh, i_k, bos, T, b,
             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-            USE_H0: tl.constexpr, TMA: tl.constexpr = False):
+            USE_H0: tl.constexpr, TMA: tl.constexpr = False, DECAY_OUT: tl.constexpr = False):
     m, q_decay = _decay_masks(b, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = tl.arange(0, V)
@@ -223,11 +234,12 @@ def _bwd_dq(q, k, v, do, dq, h0, i_nh, i_k, bos, T, b,
     v += (bos * H + (i_nh % H)) * V
     do += (bos * H + (i_nh % H)) * V
     dq += (bos * H + (i_nh % H)) * K
+    T_d = tl.maximum(T, 1)
     if TMA:
-        d_k = tl.make_tensor_descriptor(k, [T, K], [H * K, 1], [BT, BK])
-        d_v = tl.make_tensor_descriptor(v, [T, V], [H * V, 1], [BT, V])
-        d_do = tl.make_tensor_descriptor(do, [T, V], [H * V, 1], [BT, V])
-        d_dq = tl.make_tensor_descriptor(dq, [T, K], [H * K, 1], [BT, BK])
+        d_k = tl.make_tensor_descriptor(k, [T_d, K], [H * K, 1], [BT, BK])
+        d_v = tl.make_tensor_descriptor(v, [T_d, V], [H * V, 1], [BT, V])
+        d_do = tl.make_tensor_descriptor(do, [T_d, V], [H * V, 1], [BT, V])
+        d_dq = tl.make_tensor_descriptor(dq, [T_d, K], [H * K, 1], [BT, BK])
     for i_t in range(tl.cdiv(T, BT)):
         if TMA:
             b_k = d_k.load([i_t * BT, i_k * BK])
@@ -240,7 +252,10 @@ def _bwd_dq(q, k, v, do, dq, h0, i_nh, i_k, bos, T, b,
             b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
             b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
             b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
-        b_dq = tl.dot((b_do * q_decay[:, None]).to(b_do.dtype), tl.trans(state.to(b_do.dtype)))
+        if DECAY_OUT:  # dO straight from shared memory, its decay applied to the fp32 product
+            b_dq = tl.dot(b_do, tl.trans(state.to(b_do.dtype))) * q_decay[:, None]
+        else:
+            b_dq = tl.dot((b_do * q_decay[:, None]).to(b_do.dtype), tl.trans(state.to(b_do.dtype)))
         a = tl.dot(b_do, tl.trans(b_v)) * m
         b_dq = tl.dot(a.to(b_k.dtype), b_k, acc=b_dq)
         if TMA:
@@ -256,7 +271,8 @@ def _bwd_dq(q, k, v, do, dq, h0, i_nh, i_k, bos, T, b,
 @triton.jit
 def _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_k, bos, T, b,
             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-            USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, TMA: tl.constexpr = False):
+            USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, TMA: tl.constexpr = False,
+            DECAY_OUT: tl.constexpr = False):
     m, q_decay = _decay_masks(b, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = tl.arange(0, V)
@@ -269,11 +285,12 @@ def _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_k, bos, T, b,
     v += (bos * H + (i_nh % H)) * V
     do += (bos * H + (i_nh % H)) * V
     dk += (bos * H + (i_nh % H)) * K
+    T_d = tl.maximum(T, 1)
     if TMA:
-        d_q = tl.make_tensor_descriptor(q, [T, K], [H * K, 1], [BT, BK])
-        d_v = tl.make_tensor_descriptor(v, [T, V], [H * V, 1], [BT, V])
-        d_do = tl.make_tensor_descriptor(do, [T, V], [H * V, 1], [BT, V])
-        d_dk = tl.make_tensor_descriptor(dk, [T, K], [H * K, 1], [BT, BK])
+        d_q = tl.make_tensor_descriptor(q, [T_d, K], [H * K, 1], [BT, BK])
+        d_v = tl.make_tensor_descriptor(v, [T_d, V], [H * V, 1], [BT, V])
+        d_do = tl.make_tensor_descriptor(do, [T_d, V], [H * V, 1], [BT, V])
+        d_dk = tl.make_tensor_descriptor(dk, [T_d, K], [H * K, 1], [BT, BK])
     NT = tl.cdiv(T, BT)
     for i in range(NT):
         i_t = NT - 1 - i
@@ -289,8 +306,11 @@ def _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_k, bos, T, b,
             b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
             b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
         L = tl.minimum(T - i_t * BT, BT)
-        b_vd = (b_v * _k_decay(b, L, BT)[:, None]).to(b_v.dtype)
-        b_dk = tl.dot(b_vd, tl.trans(dstate.to(b_v.dtype)))
+        if DECAY_OUT:
+            b_dk = tl.dot(b_v, tl.trans(dstate.to(b_v.dtype))) * _k_decay(b, L, BT)[:, None]
+        else:
+            b_vd = (b_v * _k_decay(b, L, BT)[:, None]).to(b_v.dtype)
+            b_dk = tl.dot(b_vd, tl.trans(dstate.to(b_v.dtype)))
         a = tl.dot(b_do, tl.trans(b_v)) * m
         b_dk = tl.dot(tl.trans(a.to(b_q.dtype)), b_q, acc=b_dk)
         if TMA:
@@ -307,7 +327,7 @@ def _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_k, bos, T, b,
 @triton.jit
 def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-            USE_DHT: tl.constexpr, TMA: tl.constexpr = False):
+            USE_DHT: tl.constexpr, TMA: tl.constexpr = False, DECAY_OUT: tl.constexpr = False):
     m, q_decay = _decay_masks(b, BT)
     o_k = tl.arange(0, K)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -319,11 +339,12 @@ def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
     k += (bos * H + (i_nh % H)) * K
     do += (bos * H + (i_nh % H)) * V
     dv += (bos * H + (i_nh % H)) * V
+    T_d = tl.maximum(T, 1)
     if TMA:
-        d_q = tl.make_tensor_descriptor(q, [T, K], [H * K, 1], [BT, K])
-        d_k = tl.make_tensor_descriptor(k, [T, K], [H * K, 1], [BT, K])
-        d_do = tl.make_tensor_descriptor(do, [T, V], [H * V, 1], [BT, BV])
-        d_dv = tl.make_tensor_descriptor(dv, [T, V], [H * V, 1], [BT, BV])
+        d_q = tl.make_tensor_descriptor(q, [T_d, K], [H * K, 1], [BT, K])
+        d_k = tl.make_tensor_descriptor(k, [T_d, K], [H * K, 1], [BT, K])
+        d_do = tl.make_tensor_descriptor(do, [T_d, V], [H * V, 1], [BT, BV])
+        d_dv = tl.make_tensor_descriptor(dv, [T_d, V], [H * V, 1], [BT, BV])
     NT = tl.cdiv(T, BT)
     for i in range(NT):
         i_t = NT - 1 - i
@@ -339,8 +360,11 @@ def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
             b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
             b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
         L = tl.minimum(T - i_t * BT, BT)
-        b_kd = (b_k * _k_decay(b, L, BT)[:, None]).to(b_k.dtype)
-        b_dv = tl.dot(b_kd, dstate.to(b_k.dtype))
+        if DECAY_OUT:
+            b_dv = tl.dot(b_k, dstate.to(b_k.dtype)) * _k_decay(b, L, BT)[:, None]
+        else:
+            b_kd = (b_k * _k_decay(b, L, BT)[:, None]).to(b_k.dtype)
+            b_dv = tl.dot(b_kd, dstate.to(b_k.dtype))
         a = tl.dot(b_q, tl.trans(b_k)) * m
         b_dv = tl.dot(tl.trans(a.to(b_do.dtype)), b_do, acc=b_dv)
         if TMA:
@@ -348,26 +372,34 @@ def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
         else:
             p_dv = tl.make_block_ptr(dv, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
             tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), boundary_check=(0,))
-        b_qd = (b_q * q_decay[:, None]).to(b_q.dtype)
-        dstate = tl.dot(tl.trans(b_qd), b_do, acc=dstate * tl.exp2(b * L.to(tl.float32)))
+        if DECAY_OUT:  # the decay on dO's narrower slice, q straight from shared memory
+            b_dod = (b_do * q_decay[:, None]).to(b_do.dtype)
+            dstate = tl.dot(tl.trans(b_q), b_dod, acc=dstate * tl.exp2(b * L.to(tl.float32)))
+        else:
+            b_qd = (b_q * q_decay[:, None]).to(b_q.dtype)
+            dstate = tl.dot(tl.trans(b_qd), b_do, acc=dstate * tl.exp2(b * L.to(tl.float32)))
 
 
-def _bwd_config(bt: int, bk: int, bv: int, warps: int, stages: int, tma: bool = False):
-    return triton.Config({"BT": bt, "BK": bk, "BV": bv, "TMA": tma}, num_warps=warps, num_stages=stages)
+def _bwd_config(bt: int, bk: int, bv: int, warps: int, stages: int, tma: bool = False, decay_out: bool = False):
+    return triton.Config({"BT": bt, "BK": bk, "BV": bv, "TMA": tma, "DECAY_OUT": decay_out}, num_warps=warps,
+                         num_stages=stages)
 
 
+# The backward's DECAY_OUT applies each decay to the narrower operand or to the fp32 product (no roundings to
+# mirror: the sampler never runs it).
 BWD_CONFIGS = [
     _bwd_config(64, 64, 64, 4, 2, tma=True),
+    _bwd_config(64, 64, 64, 4, 2, tma=True, decay_out=True),
+    _bwd_config(64, 64, 64, 4, 3, tma=True, decay_out=True),
     _bwd_config(64, 64, 64, 4, 3, tma=True),
-    _bwd_config(64, 32, 64, 4, 2, tma=True),
+    _bwd_config(64, 32, 64, 4, 2, tma=True, decay_out=True),
     _bwd_config(64, 64, 64, 4, 2),
-    _bwd_config(64, 64, 64, 4, 3),
     _bwd_config(64, 32, 32, 4, 2),
     _bwd_config(64, 16, 16, 4, 2),
 ]
 BWD_SWEEP = BWD_CONFIGS + [
-    _bwd_config(64, 32, 32, 4, 2, tma=True), _bwd_config(64, 64, 64, 8, 2, tma=True),
-    _bwd_config(128, 32, 32, 8, 2, tma=True), _bwd_config(64, 64, 64, 8, 2), _bwd_config(128, 64, 64, 8, 2),
+    _bwd_config(64, 32, 64, 4, 2, tma=True), _bwd_config(64, 32, 32, 4, 2, tma=True),
+    _bwd_config(64, 64, 64, 8, 2, tma=True), _bwd_config(64, 64, 64, 4, 3), _bwd_config(128, 64, 64, 8, 2),
 ]
 
 
@@ -381,7 +413,7 @@ def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, T, NB,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                 BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr,
                 STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr,
-                TMA: tl.constexpr = False):
+                TMA: tl.constexpr = False, DECAY_OUT: tl.constexpr = False):
     """Grid (2 * K/BK + V/BV, N * H): program kinds dq | dk | dv side by side, so that the programs of
     one head run together and share their loads of q, k, v, dO through L2."""
     i_p, i_nh = tl.program_id(0), tl.program_id(1)
@@ -390,12 +422,12 @@ def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, T, NB,
     b = -tl.load(slope + i_h).to(tl.float32) * 1.4426950408889634
     NK: tl.constexpr = K // BK
     if i_p < NK:
-        _bwd_dq(q, k, v, do, dq, h0, i_nh, i_p, bos, T, b, H, K, V, BT, BK, USE_H0, TMA)
+        _bwd_dq(q, k, v, do, dq, h0, i_nh, i_p, bos, T, b, H, K, V, BT, BK, USE_H0, TMA, DECAY_OUT)
     elif i_p < 2 * NK:
         _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_p - NK, bos, T, b, H, K, V, BT, BK, USE_DHT, STORE_DH0,
-                TMA)
+                TMA, DECAY_OUT)
     else:
-        _bwd_dv(q, k, do, dv, dht, i_nh, i_p - 2 * NK, bos, T, b, H, K, V, BT, BV, USE_DHT, TMA)
+        _bwd_dv(q, k, do, dv, dht, i_nh, i_p - 2 * NK, bos, T, b, H, K, V, BT, BV, USE_DHT, TMA, DECAY_OUT)
 
 
 def _num_seqs(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
