@@ -4,6 +4,8 @@
                                                          # a packed batch of 64 sequences, decode B = 8..64
     python benchmarks/lightning_attn.py --lengths 8192 --no-varlen --decode-batches 8 --sdpa
     python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep   # decode only, every config
+    python benchmarks/lightning_attn.py --prefill-sweep      # every chunk.FWD_SWEEP / BWD_SWEEP config, alone
+    python benchmarks/lightning_attn.py --rounding-emulation # CPU: the forward's two roundings compared
 
 Decode rows, per B: ours (the exact fp32 step, lightning_attn_decode) alone and inside a CUDA graph (one launch
 per rotating state set, as the sampler engine replays its step), the sampler's chunk-form step for every
@@ -444,6 +446,43 @@ def prefill_sweep(lengths: list[int], tokens: int, heads: int, dim: int, slope, 
         print(f"best {kind} {shape}: {ms:.4f} ms, config {index} {config}", flush=True)
 
 
+def rounding_emulation(heads: int = 8, dim: int = 128, length: int = 1024, block: int = 64) -> None:
+    """CPU, fp64: the chunk forward's two roundings of its bf16 operands against each other and the unrounded
+    result. "mirror": round(q lambda^(i+1)) round(S) and round(k lambda^(BT-1-j))^T v (the first config, which
+    decode.py's chunk-form step reproduces); "decay_out": (q round(S)) lambda^(i+1) and k^T round(v lambda^...).
+    Both round the in-chunk scores. Prints relative differences of o and the final state, and the share of
+    bf16 outputs that differ."""
+    gen = torch.Generator().manual_seed(0)
+    rnd = lambda x: x.to(torch.bfloat16).double()
+    slope = torch.tensor([2.0 ** (-8.0 * (h + 1) / heads) for h in range(heads)], dtype=torch.float64)
+    q, k, v = (rnd(F.silu(torch.randn(heads, length, dim, generator=gen, dtype=torch.float64))) for _ in range(3))
+    pos = torch.arange(block, dtype=torch.float64)
+    lam = slope[:, None, None]
+    mask = torch.exp(-lam * (pos[:, None] - pos[None, :]).clamp(min=0)) * (pos[:, None] >= pos[None, :])
+    q_decay, k_decay = torch.exp(-lam * (pos[:, None] + 1)), torch.exp(-lam * (block - 1 - pos[:, None]))
+
+    def run(mode: str):
+        r = (lambda x: x) if mode == "exact" else rnd
+        state, outs = torch.zeros(heads, dim, dim, dtype=torch.float64), []
+        for s in range(0, length, block):
+            qb, kb, vb = q[:, s:s + block], k[:, s:s + block], v[:, s:s + block]
+            intra = r((qb @ kb.transpose(1, 2)) * mask) @ vb
+            if mode == "decay_out":
+                outs.append((qb @ r(state)) * q_decay + intra)
+                state = torch.exp(-lam * block) * state + kb.transpose(1, 2) @ r(vb * k_decay)
+            else:
+                outs.append(r(qb * q_decay) @ r(state) + intra)
+                state = torch.exp(-lam * block) * state + r(kb * k_decay).transpose(1, 2) @ vb
+        return torch.cat(outs, 1), state
+
+    res = {mode: run(mode) for mode in ("exact", "mirror", "decay_out")}
+    for a, b in (("mirror", "exact"), ("decay_out", "exact"), ("decay_out", "mirror")):
+        (o_a, s_a), (o_b, s_b) = res[a], res[b]
+        differ = (o_a.to(torch.bfloat16) != o_b.to(torch.bfloat16)).double().mean().item()
+        print(f"{a} vs {b}: o {rel_diff(o_a, o_b):.2e}, final state {rel_diff(s_a, s_b):.2e}, "
+              f"bf16 outputs differing {differ:.1%}", flush=True)
+
+
 def varlen_bounds(n_seqs: int, total: int, seed: int = 0) -> list[int]:
     """cu_seqlens of n_seqs lengths summing to total, each within [0.5, 1.5] x the mean (seeded)."""
     gen = torch.Generator().manual_seed(seed)
@@ -469,9 +508,14 @@ def main() -> int:
                         help="compile every autotuned prefill config (ours and fla's) in this many processes first "
                              "(0: off)")
     parser.add_argument("--compile-only", action="store_true", help="exit after that compile step")
+    parser.add_argument("--rounding-emulation", action="store_true",
+                        help="CPU: the forward's two roundings (first config vs DECAY_OUT) compared, then exit")
     parser.add_argument("--no-fla", action="store_true")
     parser.add_argument("--sdpa", action="store_true", help="add PyTorch SDPA causal rows (slow at long T)")
     args = parser.parse_args()
+    if args.rounding_emulation:
+        rounding_emulation()
+        return 0
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
     fla_chunk = fla_recurrent = None
