@@ -128,7 +128,7 @@ def _fwd_config(bt: int, bv: int, warps: int, stages: int, tma: bool = False, de
 # Autotuned set (H200 measurements in RESULTS.md). TMA = tensor-descriptor loads and stores (sm_90+; the
 # pointer-load configs serve older GPUs). DECAY_OUT = q's decay applied to the fp32 product instead of to q before
 # it (q then goes from shared memory straight into the tensor cores) and the state update's decay on v's narrower
-# slice: 227 instead of 255 registers, 10-18% faster. It rounds differently from decode.py's chunk-form step, which
+# slice: 227 instead of 255 registers, 8-19% faster. It rounds differently from decode.py's chunk-form step, which
 # mirrors the first config (the one LIGHTSWE_LIGHTNING_AUTOTUNE=0 pins), so the first config keeps q's rounding.
 FWD_CONFIGS = [
     _fwd_config(64, 64, 4, 2, tma=True),
