@@ -110,7 +110,8 @@ def test_fp32_forward_backward(layer):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_varlen_matches_per_sequence(dtype):
-    bounds = [0, 1, 64, 127, 627, 1000, 1063, 1191, 2400]
+    """Packed sequences of 1 token, exactly one chunk, empty (mid-batch and last), short and long."""
+    bounds = [0, 1, 64, 64, 127, 627, 1000, 1063, 1191, 2400, 2400]
     q, k, v, gen = inputs(1, bounds[-1], dtype, seed=7)
     slope = minimax_slopes(HEADS, layer=10, layers=80)
     h0 = torch.randn(len(bounds) - 1, HEADS, DIM, DIM, device="cuda", generator=gen)
@@ -171,7 +172,16 @@ def test_cuda_dispatch_uses_triton(monkeypatch):
     assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
 
 
-N_CONFIGS = 12
+N_CONFIGS = 8
+
+
+def test_first_forward_config_is_the_one_decode_mirrors():
+    """decode.py's chunk-form step reproduces the forward's roundings of its first config (the one
+    LIGHTSWE_LIGHTNING_AUTOTUNE=0 pins): 64-token chunks, q rounded after its decay (no DECAY_OUT)."""
+    from lightswe.kernels.lightning_attn import chunk
+
+    first = chunk._fwd_kernel.configs[0].kwargs
+    assert first["BT"] == 64 and not first["DECAY_OUT"]
 
 
 @pytest.mark.parametrize("index", range(N_CONFIGS), ids=lambda i: f"config{i}")
