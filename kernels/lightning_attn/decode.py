@@ -123,14 +123,14 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
                                     MMA=config.mma, FULL_CHUNK=config.full_chunk, PER_PROGRAM=per_program,
                                     STAGES=config.stages, num_warps=config.warps)
     if config.split:
-        _chunk_advance_kernel[(triton.cdiv(V, BV), rows * heads)](k, slope, state, rounded, chunk_keys, chunk_values, positions, H=heads,
-                                    K=dim, V=V, BT=block, BV=BV, BK=BK, ROUNDED=rounded_state is not None,
-                                    num_warps=config.warps)
+        _chunk_advance_kernel[(triton.cdiv(V, BV), rows * heads)](
+            k, slope, state, rounded, chunk_keys, chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
+            BK=BK, ROUNDED=rounded_state is not None, num_warps=config.warps)
     return o
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
-    """One launch shape of the decode step ``lightning_attn_decode_triton``.
+    """One launch shape of the decode step ``lightning_attn_decode_triton`` or of the chunk-form step.
 
     bv: state columns per tile (a tile is the [K, bv] fp32 slice of one (sequence, head) state).
     warps: warps per program.
@@ -181,13 +181,15 @@ class DecodeConfig:
 
 # (minimum B * H, config). From the H200 sweep (RESULTS.md; H=64, D=128, do_bench with L2 flushed and one launch
 # per state set in a CUDA graph): the one-program-per-tile configs with BV >= 32 lie within ~1 us of each other
-# at every B; the persistent and streaming variants are slower.
+# at every B; the persistent and streaming variants are slower, and so (third session) are the pipelined-block
+# and split-K ones.
 DECODE_CONFIGS = ((0, DecodeConfig(32, 2)), (1024, DecodeConfig(64, 8)))
 
 # Every config the benchmark's decode sweep measures (benchmarks/lightning_attn.py --decode-sweep) and the GPU
 # tests check against the reference.
 # The 2026-11-30 sweep (RESULTS.md appendix: BV 16-128 x 1-8 warps, streaming, persistent 2-4/SM) is cut to
-# its best plain configs and one of each other kind; added: tiles walked in BK-row blocks with pipelined loads.
+# its best plain configs and one of each other kind; added in the third session: tiles walked in BK-row blocks
+# with pipelined loads, and K split across programs.
 DECODE_SWEEP = tuple(
     [DecodeConfig(bv, w) for bv, w in ((32, 1), (32, 2), (32, 4), (64, 2), (64, 4), (64, 8), (128, 4))]
     + [DecodeConfig(32, 2, stream=True), DecodeConfig(64, 8, per_sm=2)]
