@@ -59,8 +59,8 @@ if TYPE_CHECKING:
     from lightswe.model.model import MiniMaxForCausalLM
 
 MAX_STOPS = 8  # stop token ids per request
-# Chunk length of the learner's lightning forward (kernels/lightning_attn/chunk.py, the BT of its first config)
-# that the chunk-form decode step mirrors; its autotuner may pick 128 for some shapes (README: sampler section).
+# Chunk length of the learner's lightning forward (kernels/lightning_attn/chunk.py: BT of every autotuned config)
+# that the chunk-form decode step mirrors.
 CHUNK = 64
 
 
@@ -567,9 +567,9 @@ def chunk_start(k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, lengths: 
 
     k [T, H, D], v [T, H, Dv]: one lightning layer's keys and values of the packed sequences of ``lengths``;
     slope [H]. For each sequence with A = its length rounded down to a multiple of ``chunk``: the state after
-    its first A tokens, S = sum_t 2^(b chunk (C-1-c_t)) round(k_t 2^(b (chunk-1-j_t)))^T v_t (token t in chunk
+    its first A tokens, S = sum_t 2^(b chunk (C-1-c_t)) k_t^T round(v_t 2^(b (chunk-1-j_t))) (token t in chunk
     c_t at index j_t, C = A / chunk chunks, b = -slope log2 e, round() to k's dtype: chunk.py's
-    ``_fwd_kernel``), [N, H, D, Dv] fp32; and its last length - A keys and values, zero-padded to
+    ``_fwd_kernel`` with DECAY_OUT, the decay on v), [N, H, D, Dv] fp32; and its last length - A keys and values, zero-padded to
     [N, H, chunk, D] and [N, H, chunk, Dv] in k's dtype."""
     device, dtype = k.device, k.dtype
     with torch.autocast(device.type, enabled=False):
@@ -584,10 +584,10 @@ def chunk_start(k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, lengths: 
             index = torch.where(valid, starts + pos, 0)
             b = -slope.float() * LOG2E  # [H]
             k_decay = torch.exp2(b * (chunk - 1 - pos % chunk)[..., None].float())  # [1, A, H]
-            kd = (k[index].float() * k_decay[..., None]).to(dtype).float()  # [N, A, H, D]
+            vd = (v[index].float() * k_decay[..., None]).to(dtype).float()  # [N, A, H, Dv]
             later = (aligned // chunk - 1 - pos // chunk).float()[..., None]  # chunks after the token's
             weight = torch.where(valid[..., None], torch.exp2(b * chunk * later.clamp(min=0)), 0.0)
-            state = torch.einsum("nthk,nthv->nhkv", kd * weight[..., None], v[index].float())
+            state = torch.einsum("nthk,nthv->nhkv", k[index].float() * weight[..., None], vd)
         pos = torch.arange(chunk, device=device)[None]
         tail = pos < torch.tensor(lengths, device=device)[:, None] - aligned  # [N, chunk]
         index = torch.where(tail, starts + aligned + pos, 0)

@@ -9,10 +9,11 @@ Importing this module needs Triton; api.py imports it only on CUDA.
 so that a sampler's log-probs round as the learner's full-sequence forward does. For a token at index i of
 its chunk of BT tokens (chunks counted from the sequence's first token), with S0 the fp32 state at the chunk's
 start and b = -slope * log2(e):
-    o = round(q 2^(b (i+1))) . round(S0)  +  sum_{j<=i} round((q . k_j) 2^(b (i-j))) v_j      (fp32 sums)
-where round() is to the inputs' dtype, exactly where chunk.py's ``_fwd_kernel`` rounds (its tl.dot inputs).
+    o = (q . round(S0)) 2^(b (i+1))  +  sum_{j<=i} round((q . k_j) 2^(b (i-j))) v_j      (fp32 sums and products)
+where round() is to the inputs' dtype, exactly where chunk.py's ``_fwd_kernel`` rounds with DECAY_OUT (its
+tl.dot inputs; every autotuned config has DECAY_OUT, so this is the learner's rounding whichever it picks).
 The chunk's keys and values wait in per-row buffers; when the chunk's last token arrives, the state advances
-as the chunk kernel advances it: S0 = 2^(b BT) S0 + sum_j round(k_j 2^(b (BT-1-j)))^T v_j (the same tensor-core
+as the chunk kernel advances it: S0 = 2^(b BT) S0 + sum_j k_j^T round(v_j 2^(b (BT-1-j))) (the same tensor-core
 product of rounded inputs with fp32 accumulation). Only round(S0) enters o, so a caller may keep it beside the
 fp32 state (``rounded_state``, rewritten whenever the state advances): the 63 of 64 steps that do not complete a
 chunk then read 2 bytes per state element instead of 4, with the same result bits. By default the three
@@ -56,16 +57,17 @@ def lightning_attn_decode_chunk_form_reference(q: torch.Tensor, k: torch.Tensor,
         j = torch.arange(block, device=q.device, dtype=torch.float32)
         fi = i.float()[:, None, None]  # [S, 1, 1]
         q_decay = torch.exp2(b[None, :, None] * (fi[..., 0] + 1)[:, :, None])  # [S, H, 1]
-        inter = torch.einsum("shk,shkv->shv", (q.float() * q_decay).to(dtype).float(), state.to(dtype).float())
+        # chunk.py's DECAY_OUT rounding: q's decay on the fp32 product, v's (not k's) in the state update
+        inter = torch.einsum("shk,shkv->shv", q.float(), state.to(dtype).float()) * q_decay
         scores = torch.einsum("shk,shjk->shj", q.float(), chunk_keys.float())  # [S, H, BT]
         diff = fi - j[None, None, :]
         mask = torch.where(diff >= 0, torch.exp2(b[None, :, None] * diff.clamp(min=0)), 0.0)
         a = (scores * mask).to(dtype).float()
         o = inter + torch.einsum("shj,shjv->shv", a, chunk_values.float())
         k_decay = torch.exp2(b[:, None] * (block - 1 - j)[None, :])  # [H, BT]
-        kd = (chunk_keys.float() * k_decay[None, :, :, None]).to(dtype).float()
+        vd = (chunk_values.float() * k_decay[None, :, :, None]).to(dtype).float()
         advanced = state * torch.exp2(b * block)[None, :, None, None] + torch.einsum(
-            "shjk,shjv->shkv", kd, chunk_values.float())
+            "shjk,shjv->shkv", chunk_keys.float(), vd)
         complete = (i == block - 1)[:, None, None, None]
         state.copy_(torch.where(complete, advanced, state))
         if rounded_state is not None:
@@ -451,7 +453,7 @@ if triton is not None:
         else:
             c_v = tl.load(p_cv + o_t[:, None] * V + o_v[None, :], mask=before[:, None], other=0.0)
         c_v = tl.where((o_t == i)[:, None], b_v[None, :], c_v)  # [BT, BV]: the chunk so far, this token at i
-        # as _fwd_kernel: round(q lambda^(i+1)) . round(S0) + sum_j round((q . k_j) lambda^(i-j)) v_j
+        # as _fwd_kernel (DECAY_OUT): (q . round(S0)) lambda^(i+1) + sum_j round((q . k_j) lambda^(i-j)) v_j
         q_decay = tl.exp2(b * (i + 1).to(tl.float32))
         b_q = tl.load(q + i_bh * K + o_k)
         if FULL_CHUNK:
@@ -459,18 +461,17 @@ if triton is not None:
         else:
             c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=before[:, None], other=0.0)
         c_k = tl.where((o_t == i)[:, None], b_k[None, :], c_k)  # [BT, K]
-        b_qd = (b_q.to(tl.float32) * q_decay).to(b_q.dtype)
         diff = (i - o_t).to(tl.float32)
         m = tl.where(o_t <= i, tl.exp2(b * tl.maximum(diff, 0.0)), 0.0)
         if MMA:  # the chunk kernel's three products on the tensor cores, q in all 16 rows of an [16, K] operand
             R: tl.constexpr = 16
             scores = tl.dot(c_k, tl.trans(tl.broadcast_to(b_q[None, :], (R, K))))  # [BT, R], columns equal
             a = tl.trans(scores * m[:, None]).to(b_q.dtype)  # [R, BT]
-            acc = tl.dot(tl.broadcast_to(b_qd[None, :], (R, K)), b_s)
+            acc = tl.dot(tl.broadcast_to(b_q[None, :], (R, K)), b_s) * q_decay  # the decay on the fp32 product
             acc = tl.dot(a, c_v.to(b_q.dtype), acc=acc)  # [R, BV], rows equal
             b_o = tl.sum(tl.where((tl.arange(0, R) == 0)[:, None], acc, 0.0), axis=0)
         else:  # fp32 multiply-adds
-            b_o = tl.sum(b_qd.to(tl.float32)[:, None] * b_s.to(tl.float32), axis=0)
+            b_o = tl.sum(b_q.to(tl.float32)[:, None] * b_s.to(tl.float32), axis=0) * q_decay
             scores = tl.sum(b_q.to(tl.float32)[None, :] * c_k.to(tl.float32), axis=1)  # [BT]
             a = (scores * m).to(b_q.dtype).to(tl.float32)
             b_o += tl.sum(a[:, None] * c_v.to(tl.float32), axis=0)
@@ -485,12 +486,14 @@ if triton is not None:
     @triton.jit
     def _advance(state, rounded, k, p_ck, c_v, i_bh, o_v, b, LAST_FROM_K: tl.constexpr, K: tl.constexpr,
                  V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, ROUNDED: tl.constexpr):
-        """S0 = 2^(b BT) S0 + round(k_j 2^(b (BT-1-j)))^T v_j on the [K, BV] tile of columns o_v, in [BK, BV]
-        blocks; the product as the chunk kernel's: rounded inputs on the tensor cores, fp32 accumulation.
+        """S0 = 2^(b BT) S0 + k_j^T round(v_j 2^(b (BT-1-j))) on the [K, BV] tile of columns o_v, in [BK, BV]
+        blocks; the product as the chunk kernel's with DECAY_OUT (the decay on v's narrower slice): rounded inputs
+        on the tensor cores, fp32 accumulation.
         c_v [BT, BV]: the chunk's values; the keys are read from p_ck ([BT, K]), the last row from k instead
         when LAST_FROM_K (this token's key, not yet in the buffer). Writes the fp32 tile (and its rounding)."""
         o_t = tl.arange(0, BT)
         k_decay = tl.exp2(b * (BT - 1 - o_t).to(tl.float32))
+        b_vd = (c_v.to(tl.float32) * k_decay[:, None]).to(c_v.dtype)  # [BT, BV]: every block uses it
         lam = tl.exp2(b * BT)
         for kb in tl.static_range(K // BK):  # unrolled: no inner loop in the pipelined loop over heads
             o_k = kb * BK + tl.arange(0, BK)
@@ -500,9 +503,8 @@ if triton is not None:
                 c_k = tl.where((o_t == BT - 1)[:, None], b_k[None, :], c_k)
             else:
                 c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :])
-            b_kd = (c_k.to(tl.float32) * k_decay[:, None]).to(c_k.dtype)
             p_s = i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-            b_s = tl.dot(tl.trans(b_kd), c_v, acc=tl.load(state + p_s) * lam)
+            b_s = tl.dot(tl.trans(c_k), b_vd, acc=tl.load(state + p_s) * lam)
             tl.store(state + p_s, b_s)
             if ROUNDED:
                 tl.store(rounded + p_s, b_s.to(rounded.dtype.element_ty))

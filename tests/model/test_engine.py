@@ -194,9 +194,10 @@ def test_model_policy_batches_continuously_across_threads(tiny_config):
 
 
 def _chunk_kernel_emulation(q, k, v, slope, chunk=64):
-    """kernels/lightning_attn/chunk.py's forward in PyTorch with its roundings: per chunk, o = round(q
-    lambda^(i+1)) round(S) + round((q k^T) * M) v, S <- lambda^L S + round(k lambda^(L-1-j))^T v (round() to the
-    inputs' dtype; fp32 products and sums). q, k, v [T, H, D] of one sequence; returns o [T, H, D]."""
+    """kernels/lightning_attn/chunk.py's forward in PyTorch with its roundings (DECAY_OUT, every autotuned
+    config): per chunk, o = (q round(S)) lambda^(i+1) + round((q k^T) * M) v, S <- lambda^L S + k^T round(v
+    lambda^(L-1-j)) (round() to the inputs' dtype; fp32 products and sums). q, k, v [T, H, D] of one sequence;
+    returns o [T, H, D]."""
     dtype, b = q.dtype, -slope.float() * 1.4426950408889634
     state = torch.zeros(q.shape[1], q.shape[2], v.shape[2])
     outs = []
@@ -206,11 +207,11 @@ def _chunk_kernel_emulation(q, k, v, slope, chunk=64):
         pos = torch.arange(n, dtype=torch.float32)
         diff = pos[:, None] - pos[None, :]
         mask = torch.where(diff >= 0, torch.exp2(b[:, None, None] * diff.clamp(min=0)), 0.0)
-        inter = (qc * torch.exp2(b[:, None] * (pos + 1))[..., None]).to(dtype).float() @ state.to(dtype).float()
+        inter = (qc @ state.to(dtype).float()) * torch.exp2(b[:, None] * (pos + 1))[..., None]
         o = inter + ((qc @ kc.transpose(1, 2)) * mask).to(dtype).float() @ vc
         outs.append(o.transpose(0, 1).to(dtype))
-        kd = (kc * torch.exp2(b[:, None] * (n - 1 - pos))[..., None]).to(dtype).float()
-        state = torch.exp2(b * n)[:, None, None] * state + kd.transpose(1, 2) @ vc
+        vd = (vc * torch.exp2(b[:, None] * (n - 1 - pos))[..., None]).to(dtype).float()
+        state = torch.exp2(b * n)[:, None, None] * state + kc.transpose(1, 2) @ vd
     return torch.cat(outs)
 
 
