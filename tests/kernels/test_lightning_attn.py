@@ -172,32 +172,66 @@ def test_cuda_dispatch_uses_triton(monkeypatch):
     assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
 
 
-N_CONFIGS = 8
+N_CONFIGS = 6
 
 
-def test_first_forward_config_is_the_one_decode_mirrors():
-    """decode.py's chunk-form step reproduces the forward's roundings of its first config (the one
-    LIGHTSWE_LIGHTNING_AUTOTUNE=0 pins): 64-token chunks, q rounded after its decay (no DECAY_OUT)."""
+def test_every_autotuned_config_rounds_alike():
+    """Every config the autotuner may pick (forward and backward) applies the decays on the fp32 products /
+    narrower operands (DECAY_OUT) with 64-token chunks: the rounding decode.py's chunk-form step reproduces."""
     from lightswe.kernels.lightning_attn import chunk
 
-    first = chunk._fwd_kernel.configs[0].kwargs
-    assert first["BT"] == 64 and not first["DECAY_OUT"]
+    for kernel in (chunk._fwd_kernel, chunk._bwd_kernel):
+        assert kernel.configs and all(c.kwargs["BT"] == 64 and c.kwargs["DECAY_OUT"] for c in kernel.configs)
+
+
+# Packed sequences of odd lengths: one token, one chunk and one token more, empty, a chunk less one, several chunks.
+VARLEN_BOUNDS = [0, 1, 66, 66, 129, 500]
+
+
+def _config_results(fwd_config, bwd_config) -> dict[str, torch.Tensor]:
+    """o, final state and the gradients of q, k, v and the initial state with the kernels pinned to one config,
+    on the packed bf16 batch VARLEN_BOUNDS (H=4, D=128: few programs, so no config is pruned)."""
+    from lightswe.kernels.lightning_attn import chunk
+
+    q, k, v, gen = inputs(1, VARLEN_BOUNDS[-1], torch.bfloat16, seed=17)
+    slope = minimax_slopes(HEADS, layer=30, layers=80)
+    h0 = torch.randn(len(VARLEN_BOUNDS) - 1, HEADS, DIM, DIM, device="cuda", generator=gen)
+    cu = torch.tensor(VARLEN_BOUNDS, device="cuda", dtype=torch.int32)
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, h0)]
+    saved = chunk._fwd_kernel.configs, chunk._bwd_kernel.configs
+    chunk._fwd_kernel.configs, chunk._bwd_kernel.configs = [fwd_config], [bwd_config]
+    try:
+        o, ht = lightning_attn(*leaves[:3], slope, leaves[3], cu)
+        torch.autograd.backward((o, ht), (do, dht))
+    finally:
+        chunk._fwd_kernel.configs, chunk._bwd_kernel.configs = saved
+    return {"o": o, "ht": ht, **{n: x.grad for n, x in zip(("dq", "dk", "dv", "dh0"), leaves)}}
 
 
 @pytest.mark.parametrize("index", range(N_CONFIGS), ids=lambda i: f"config{i}")
 def test_every_tuned_config(index, monkeypatch):
-    """Each autotuning config (chunk length, slice widths, warps, pipelining depth) computes the same
-    function: config i of the forward and of the backward (i modulo each kernel's count)."""
+    """Each autotuning config (TMA or pointer loads, slice widths, pipelining depth) computes the same function
+    (config i of the forward and of the backward, i modulo each kernel's count, against the reference), and gives
+    the first config's bits: o, the final state and every gradient, over packed sequences of odd lengths. So the
+    autotuner's pick (timer noise) changes no result bit."""
     from lightswe.kernels.lightning_attn import chunk
 
     fwd, bwd = chunk._fwd_kernel.configs, chunk._bwd_kernel.configs
     assert max(len(fwd), len(bwd)) == N_CONFIGS, "N_CONFIGS must equal the longest config list"
-    monkeypatch.setattr(chunk._fwd_kernel, "configs", [fwd[index % len(fwd)]])
-    monkeypatch.setattr(chunk._bwd_kernel, "configs", [bwd[index % len(bwd)]])
+    fwd_i, bwd_i = fwd[index % len(fwd)], bwd[index % len(bwd)]
+    if not chunk._has_tma() and (fwd_i.kwargs["TMA"] or bwd_i.kwargs["TMA"]):
+        pytest.skip("tensor-descriptor (TMA) configs need compute capability 9.0+")
+    usable = lambda configs: next(c for c in configs if chunk._has_tma() or not c.kwargs["TMA"])
+    first, this = _config_results(usable(fwd), usable(bwd)), _config_results(fwd_i, bwd_i)
+    monkeypatch.setattr(chunk._fwd_kernel, "configs", [fwd_i])
+    monkeypatch.setattr(chunk._bwd_kernel, "configs", [bwd_i])
     q, k, v, gen = inputs(1, 500, torch.bfloat16, seed=100 + index)
     slope = minimax_slopes(HEADS, layer=30, layers=80)
     h0 = torch.randn(1, HEADS, DIM, DIM, device="cuda", generator=gen)
     check_against_reference(q, k, v, slope, h0, None, use_final_state=True)
+    differ = {n: (first[n] != this[n]).float().mean().item() for n in first if not torch.equal(first[n], this[n])}
+    assert not differ, f"forward {fwd_i} / backward {bwd_i} differ from config 0 (fraction of elements): {differ}"
 
 
 @pytest.mark.parametrize("batch", [1, 8, 16, 32, 64])
