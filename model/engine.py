@@ -106,6 +106,21 @@ class StaticCache:
         return sum(t.numel() * t.element_size() for t in (self.states, self.keys, self.values, self.chunk_keys,
                                                            self.chunk_values, self.rounded_states))
 
+    def state_step_bytes_per_row(self) -> float:
+        """Fewest bytes of lightning state one decode step moves per row, averaged over a chunk (the bandwidth
+        bound of ``benchmarks/sampler.py``). Exact step: the fp32 state read and written. Chunk form (``chunk`` =
+        C): inside a chunk the rounded copy is read and the chunk's keys and values so far (on average (C - 1) / 2
+        rows, plus the new token's written); once per chunk the fp32 state is read and written and the copy
+        rewritten."""
+        fp32 = self.state_bytes_per_row
+        if not self.chunk:
+            return 2.0 * fp32
+        copy = fp32 * self.rounded_states.element_size() / 4
+        row = self.chunk_keys.element_size() * self.chunk_keys.shape[2] * self.chunk_keys.shape[4] * \
+            self.chunk_keys.shape[0]  # one token's key (or value), every lightning layer and head
+        chunk_rows = 2 * row * ((self.chunk - 1) / 2 + 1)  # keys and values read, the new token's written
+        return copy + chunk_rows + (2 * fp32 + copy) / self.chunk
+
 
 @dataclass(kw_only=True, slots=True)
 class _Request:
