@@ -467,8 +467,9 @@ def prefill_sweep(lengths: list[int], tokens: int, heads: int, dim: int, slope, 
 
 def rounding_emulation(heads: int = 8, dim: int = 128, length: int = 1024, block: int = 64) -> None:
     """CPU, fp64: the chunk forward's two roundings of its bf16 operands against each other and the unrounded
-    result. "mirror": round(q lambda^(i+1)) round(S) and round(k lambda^(BT-1-j))^T v (the first config, which
-    decode.py's chunk-form step reproduces); "decay_out": (q round(S)) lambda^(i+1) and k^T round(v lambda^...).
+    result. "mirror": round(q lambda^(i+1)) round(S) and round(k lambda^(BT-1-j))^T v (the configs without
+    DECAY_OUT, now only in the sweep lists); "decay_out": (q round(S)) lambda^(i+1) and k^T round(v lambda^...)
+    (every autotuned config since round 3, and what decode.py's chunk-form step reproduces).
     Both round the in-chunk scores. Prints relative differences of o and the final state, and the share of
     bf16 outputs that differ."""
     gen = torch.Generator().manual_seed(0)
@@ -530,7 +531,7 @@ def main() -> int:
                              "(0: off)")
     parser.add_argument("--compile-only", action="store_true", help="exit after that compile step")
     parser.add_argument("--rounding-emulation", action="store_true",
-                        help="CPU: the forward's two roundings (first config vs DECAY_OUT) compared, then exit")
+                        help="CPU: the forward's two roundings (without vs with DECAY_OUT) compared, then exit")
     parser.add_argument("--no-fla", action="store_true")
     parser.add_argument("--sdpa", action="store_true", help="add PyTorch SDPA causal rows (slow at long T)")
     args = parser.parse_args()
