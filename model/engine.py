@@ -59,8 +59,8 @@ if TYPE_CHECKING:
     from lightswe.model.model import MiniMaxForCausalLM
 
 MAX_STOPS = 8  # stop token ids per request
-# Chunk length of the learner's lightning forward (kernels/lightning_attn/chunk.py, the BT of its first config)
-# that the chunk-form decode step mirrors; its autotuner may pick 128 for some shapes (README: sampler section).
+# Chunk length of the learner's lightning forward (kernels/lightning_attn/chunk.py: BT of every autotuned config)
+# that the chunk-form decode step mirrors.
 CHUNK = 64
 
 
@@ -76,8 +76,9 @@ class StaticCache:
                  kv_dtype: torch.dtype | None = None, chunk: int = 0) -> None:
         """``kv_dtype``: the keys' and values' dtype (default: the model's). ``chunk`` > 0: the lightning layers
         decode in the chunk kernel's form (``lightning_attn_decode_chunk_form``): ``states`` then hold each row's
-        state at the start of its current chunk, and chunk_keys, chunk_values [n_lightning_layers, slots, H,
-        chunk, D] (in ``kv_dtype``) the chunk's tokens so far."""
+        state at the start of its current chunk, rounded_states the same rounded to ``kv_dtype`` (what the step
+        reads inside a chunk: half the bytes), and chunk_keys, chunk_values [n_lightning_layers, slots, H, chunk,
+        D] (in ``kv_dtype``) the chunk's tokens so far."""
         c = model.config
         weight = model.lm_head.weight
         self.slots, self.max_seq_len = slots, max_seq_len
@@ -96,13 +97,29 @@ class StaticCache:
         chunk_shape = (len(self.lightning_layers), slots, c.num_attention_heads, chunk, c.head_dim)
         self.chunk_keys = torch.zeros(chunk_shape if chunk else 0, device=dev, dtype=self.keys.dtype)
         self.chunk_values = torch.zeros(chunk_shape if chunk else 0, device=dev, dtype=self.keys.dtype)
+        self.rounded_states = torch.zeros(self.states.shape if chunk else 0, device=dev, dtype=self.keys.dtype)
         self.state_bytes_per_row = c.num_attention_heads * c.head_dim * c.head_dim * 4 * len(self.lightning_layers)
         self.kv_bytes_per_token = 2 * len(self.softmax_layers) * c.num_key_value_heads * c.head_dim * \
             self.keys.element_size()
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.states, self.keys, self.values, self.chunk_keys,
-                                                           self.chunk_values))
+                                                           self.chunk_values, self.rounded_states))
+
+    def state_step_bytes_per_row(self) -> float:
+        """Fewest bytes of lightning state one decode step moves per row, averaged over a chunk (the bandwidth
+        bound of ``benchmarks/sampler.py``). Exact step: the fp32 state read and written. Chunk form (``chunk`` =
+        C): inside a chunk the rounded copy is read and the chunk's keys and values so far (on average (C - 1) / 2
+        rows, plus the new token's written); once per chunk the fp32 state is read and written and the copy
+        rewritten."""
+        fp32 = self.state_bytes_per_row
+        if not self.chunk:
+            return 2.0 * fp32
+        copy = fp32 * self.rounded_states.element_size() / 4
+        row = self.chunk_keys.element_size() * self.chunk_keys.shape[2] * self.chunk_keys.shape[4] * \
+            self.chunk_keys.shape[0]  # one token's key (or value), every lightning layer and head
+        chunk_rows = 2 * row * ((self.chunk - 1) / 2 + 1)  # keys and values read, the new token's written
+        return copy + chunk_rows + (2 * fp32 + copy) / self.chunk
 
 
 @dataclass(kw_only=True, slots=True)
@@ -419,6 +436,7 @@ class SamplerEngine:
                 _, k, v = qkv_heads.split(attn.head_dim, -1)
                 state, keys, values = chunk_start(k, v, attn.slope(dev), prompt_lengths, cache.chunk)
                 cache.states[j, index] = state
+                cache.rounded_states[j, index] = state.to(cache.rounded_states.dtype)
                 cache.chunk_keys[j, index], cache.chunk_values[j, index] = keys, values
             else:
                 cache.states[j, index] = prefill.lightning_state(layer)
@@ -510,7 +528,8 @@ class SamplerEngine:
                 j = cache.index[i]
                 if cache.chunk:
                     o = lightning_attn_decode_chunk_form(q, k, v, attn.slope(self.device), cache.states[j],
-                                                         cache.chunk_keys[j], cache.chunk_values[j], cache.lengths)
+                                                         cache.chunk_keys[j], cache.chunk_values[j], cache.lengths,
+                                                         rounded_state=cache.rounded_states[j])
                 else:
                     o = lightning_attn_decode(q, k, v, attn.slope(self.device), cache.states[j])
                 a = self._region("lightning_out")(attn, h, o)
@@ -553,8 +572,8 @@ class SamplerEngine:
 
     def _step_state(self) -> list[torch.Tensor]:
         c = self.cache
-        return [c.states, c.keys, c.values, c.chunk_keys, c.chunk_values, c.lengths, self.tokens, self.active,
-                self.count, self.finished, self.out_tokens, self.out_logprobs]
+        return [c.states, c.rounded_states, c.keys, c.values, c.chunk_keys, c.chunk_values, c.lengths, self.tokens,
+                self.active, self.count, self.finished, self.out_tokens, self.out_logprobs]
 
 
 def chunk_start(k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, lengths: list[int], chunk: int
@@ -563,9 +582,9 @@ def chunk_start(k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, lengths: 
 
     k [T, H, D], v [T, H, Dv]: one lightning layer's keys and values of the packed sequences of ``lengths``;
     slope [H]. For each sequence with A = its length rounded down to a multiple of ``chunk``: the state after
-    its first A tokens, S = sum_t 2^(b chunk (C-1-c_t)) round(k_t 2^(b (chunk-1-j_t)))^T v_t (token t in chunk
+    its first A tokens, S = sum_t 2^(b chunk (C-1-c_t)) k_t^T round(v_t 2^(b (chunk-1-j_t))) (token t in chunk
     c_t at index j_t, C = A / chunk chunks, b = -slope log2 e, round() to k's dtype: chunk.py's
-    ``_fwd_kernel``), [N, H, D, Dv] fp32; and its last length - A keys and values, zero-padded to
+    ``_fwd_kernel`` with DECAY_OUT, the decay on v), [N, H, D, Dv] fp32; and its last length - A keys and values, zero-padded to
     [N, H, chunk, D] and [N, H, chunk, Dv] in k's dtype."""
     device, dtype = k.device, k.dtype
     with torch.autocast(device.type, enabled=False):
@@ -580,10 +599,10 @@ def chunk_start(k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, lengths: 
             index = torch.where(valid, starts + pos, 0)
             b = -slope.float() * LOG2E  # [H]
             k_decay = torch.exp2(b * (chunk - 1 - pos % chunk)[..., None].float())  # [1, A, H]
-            kd = (k[index].float() * k_decay[..., None]).to(dtype).float()  # [N, A, H, D]
+            vd = (v[index].float() * k_decay[..., None]).to(dtype).float()  # [N, A, H, Dv]
             later = (aligned // chunk - 1 - pos // chunk).float()[..., None]  # chunks after the token's
             weight = torch.where(valid[..., None], torch.exp2(b * chunk * later.clamp(min=0)), 0.0)
-            state = torch.einsum("nthk,nthv->nhkv", kd * weight[..., None], v[index].float())
+            state = torch.einsum("nthk,nthv->nhkv", k[index].float() * weight[..., None], vd)
         pos = torch.arange(chunk, device=device)[None]
         tail = pos < torch.tensor(lengths, device=device)[:, None] - aligned  # [N, chunk]
         index = torch.where(tail, starts + aligned + pos, 0)

@@ -110,7 +110,8 @@ def test_fp32_forward_backward(layer):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_varlen_matches_per_sequence(dtype):
-    bounds = [0, 1, 64, 127, 627, 1000, 1063, 1191, 2400]
+    """Packed sequences of 1 token, exactly one chunk, empty (mid-batch and last), short and long."""
+    bounds = [0, 1, 64, 64, 127, 627, 1000, 1063, 1191, 2400, 2400]
     q, k, v, gen = inputs(1, bounds[-1], dtype, seed=7)
     slope = minimax_slopes(HEADS, layer=10, layers=80)
     h0 = torch.randn(len(bounds) - 1, HEADS, DIM, DIM, device="cuda", generator=gen)
@@ -171,23 +172,67 @@ def test_cuda_dispatch_uses_triton(monkeypatch):
     assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
 
 
-N_CONFIGS = 12
+N_CONFIGS = 6
+
+
+def test_every_autotuned_config_rounds_alike():
+    """Every config the autotuner may pick (forward and backward) applies the decays on the fp32 products /
+    narrower operands (DECAY_OUT) with 64-token chunks: the rounding decode.py's chunk-form step reproduces."""
+    from lightswe.kernels.lightning_attn import chunk
+
+    for kernel in (chunk._fwd_kernel, chunk._bwd_kernel):
+        assert kernel.configs and all(c.kwargs["BT"] == 64 and c.kwargs["DECAY_OUT"] for c in kernel.configs)
+
+
+# Packed sequences of odd lengths: one token, one chunk and one token more, empty, a chunk less one, several chunks.
+VARLEN_BOUNDS = [0, 1, 66, 66, 129, 500]
+
+
+def _config_results(fwd_config, bwd_config) -> dict[str, torch.Tensor]:
+    """o, final state and the gradients of q, k, v and the initial state with the kernels pinned to one config,
+    on the packed bf16 batch VARLEN_BOUNDS (H=4, D=128: few programs, so no config is pruned)."""
+    from lightswe.kernels.lightning_attn import chunk
+
+    q, k, v, gen = inputs(1, VARLEN_BOUNDS[-1], torch.bfloat16, seed=17)
+    slope = minimax_slopes(HEADS, layer=30, layers=80)
+    h0 = torch.randn(len(VARLEN_BOUNDS) - 1, HEADS, DIM, DIM, device="cuda", generator=gen)
+    cu = torch.tensor(VARLEN_BOUNDS, device="cuda", dtype=torch.int32)
+    do = torch.randn(v.shape, device="cuda", generator=gen).to(v.dtype)  # seeded: the same for every config
+    dht = torch.randn(h0.shape, device="cuda", generator=gen)
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, h0)]
+    saved = chunk._fwd_kernel.configs, chunk._bwd_kernel.configs
+    chunk._fwd_kernel.configs, chunk._bwd_kernel.configs = [fwd_config], [bwd_config]
+    try:
+        o, ht = lightning_attn(*leaves[:3], slope, leaves[3], cu)
+        torch.autograd.backward((o, ht), (do, dht))
+    finally:
+        chunk._fwd_kernel.configs, chunk._bwd_kernel.configs = saved
+    return {"o": o, "ht": ht, **{n: x.grad for n, x in zip(("dq", "dk", "dv", "dh0"), leaves)}}
 
 
 @pytest.mark.parametrize("index", range(N_CONFIGS), ids=lambda i: f"config{i}")
 def test_every_tuned_config(index, monkeypatch):
-    """Each autotuning config (chunk length, slice widths, warps, pipelining depth) computes the same
-    function: config i of the forward and of the backward (i modulo each kernel's count)."""
+    """Each autotuning config (TMA or pointer loads, slice widths, pipelining depth) computes the same function
+    (config i of the forward and of the backward, i modulo each kernel's count, against the reference), and gives
+    the first config's bits: o, the final state and every gradient, over packed sequences of odd lengths. So the
+    autotuner's pick (timer noise) changes no result bit."""
     from lightswe.kernels.lightning_attn import chunk
 
     fwd, bwd = chunk._fwd_kernel.configs, chunk._bwd_kernel.configs
     assert max(len(fwd), len(bwd)) == N_CONFIGS, "N_CONFIGS must equal the longest config list"
-    monkeypatch.setattr(chunk._fwd_kernel, "configs", [fwd[index % len(fwd)]])
-    monkeypatch.setattr(chunk._bwd_kernel, "configs", [bwd[index % len(bwd)]])
+    fwd_i, bwd_i = fwd[index % len(fwd)], bwd[index % len(bwd)]
+    if not chunk._has_tma() and (fwd_i.kwargs["TMA"] or bwd_i.kwargs["TMA"]):
+        pytest.skip("tensor-descriptor (TMA) configs need compute capability 9.0+")
+    usable = lambda configs: next(c for c in configs if chunk._has_tma() or not c.kwargs["TMA"])
+    first, this = _config_results(usable(fwd), usable(bwd)), _config_results(fwd_i, bwd_i)
+    monkeypatch.setattr(chunk._fwd_kernel, "configs", [fwd_i])
+    monkeypatch.setattr(chunk._bwd_kernel, "configs", [bwd_i])
     q, k, v, gen = inputs(1, 500, torch.bfloat16, seed=100 + index)
     slope = minimax_slopes(HEADS, layer=30, layers=80)
     h0 = torch.randn(1, HEADS, DIM, DIM, device="cuda", generator=gen)
     check_against_reference(q, k, v, slope, h0, None, use_final_state=True)
+    differ = {n: (first[n] != this[n]).float().mean().item() for n in first if not torch.equal(first[n], this[n])}
+    assert not differ, f"forward {fwd_i} / backward {bwd_i} differ from config 0 (fraction of elements): {differ}"
 
 
 @pytest.mark.parametrize("batch", [1, 8, 16, 32, 64])
@@ -236,11 +281,13 @@ def _chunk_form_sweep():
     return CHUNK_FORM_SWEEP
 
 
+@pytest.mark.parametrize("rounded", [False, True], ids=["fp32-state", "bf16-copy"])
 @pytest.mark.parametrize("config", _chunk_form_sweep(), ids=str)
-def test_chunk_form_decode_every_config(config):
-    """The sampler's chunk-form step (H=64, D=128, 64-token chunks), each launch config, against its PyTorch
-    reference over steps inside a chunk and across chunk boundaries (rows at positions 0, 31, 62, 63, 100):
-    outputs, the in-place chunk buffers and the state advanced on each chunk's last token."""
+def test_chunk_form_decode_every_config(config, rounded):
+    """The sampler's chunk-form step (H=64, D=128, 64-token chunks), each launch config, reading the fp32 state or
+    its rounded copy (``rounded_state``), against its PyTorch reference over steps inside a chunk and across chunk
+    boundaries (rows at positions 0, 31, 62, 63, 100): outputs, the in-place chunk buffers, the state advanced on
+    each chunk's last token and the rounded copy kept equal to it."""
     from lightswe.kernels.lightning_attn.decode import (lightning_attn_decode_chunk_form,
                                                         lightning_attn_decode_chunk_form_reference)
 
@@ -248,6 +295,7 @@ def test_chunk_form_decode_every_config(config):
     rows, heads, block = 5, 64, 64
     slope = minimax_slopes(heads, layer=2, layers=80)
     state = torch.randn(rows, heads, DIM, DIM, device="cuda", generator=gen)
+    copy = state.to(torch.bfloat16) if rounded else None
     keys, values = (torch.randn(rows, heads, block, DIM, device="cuda", generator=gen).to(torch.bfloat16)
                     for _ in range(2))
     ref = [state.clone(), keys.clone(), values.clone()]
@@ -255,9 +303,42 @@ def test_chunk_form_decode_every_config(config):
     for _ in range(3):
         q, k, v = (torch.nn.functional.silu(torch.randn(rows, heads, DIM, device="cuda", generator=gen))
                    .to(torch.bfloat16) for _ in range(3))
-        o = lightning_attn_decode_chunk_form(q, k, v, slope, state, keys, values, pos, config=config)
+        plain = lightning_attn_decode_chunk_form(q, k, v, slope, state.clone(), keys.clone(), values.clone(), pos,
+                                                 config=config)
+        o = lightning_attn_decode_chunk_form(q, k, v, slope, state, keys, values, pos, rounded_state=copy,
+                                             config=config)
         o_ref = lightning_attn_decode_chunk_form_reference(q, k, v, slope, *ref, pos)
         assert rel_err(o, o_ref) <= 2e-3
         assert rel_err(state, ref[0]) <= 1e-5  # tensor-core against einsum fp32 summation order
         assert torch.equal(keys, ref[1]) and torch.equal(values, ref[2])
+        assert torch.equal(o, plain)  # the copy holds the bits the fp32 path rounds to
+        if rounded:
+            assert torch.equal(copy, state.to(torch.bfloat16))
+        pos = pos + 1
+
+
+@pytest.mark.parametrize("rounded", [False, True], ids=["fp32-state", "fp16-copy"])
+def test_chunk_form_decode_fp16_other_shape(rounded):
+    """fp16, H=5, D=64 (the default launch config, BV capped at D), 70 steps from odd positions across two chunk
+    boundaries: outputs and the advanced state against the reference, the rounded copy equal to the state's."""
+    from lightswe.kernels.lightning_attn.decode import (lightning_attn_decode_chunk_form,
+                                                        lightning_attn_decode_chunk_form_reference)
+
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    rows, heads, dim, block = 3, 5, 64, 64
+    slope = minimax_slopes(heads, layer=7, layers=80)
+    state = torch.randn(rows, heads, dim, dim, device="cuda", generator=gen)
+    copy = state.half() if rounded else None
+    keys, values = (torch.randn(rows, heads, block, dim, device="cuda", generator=gen).half() for _ in range(2))
+    ref = [state.clone(), keys.clone(), values.clone()]
+    pos = torch.tensor([3, 50, 127], device="cuda", dtype=torch.int32)
+    for _ in range(70):
+        q, k, v = (torch.nn.functional.silu(torch.randn(rows, heads, dim, device="cuda", generator=gen)).half()
+                   for _ in range(3))
+        o = lightning_attn_decode_chunk_form(q, k, v, slope, state, keys, values, pos, rounded_state=copy)
+        o_ref = lightning_attn_decode_chunk_form_reference(q, k, v, slope, *ref, pos)
+        assert o.dtype == torch.float16 and rel_err(o, o_ref) <= 2e-3
+        assert rel_err(state, ref[0]) <= 1e-5 and torch.equal(keys, ref[1]) and torch.equal(values, ref[2])
+        if rounded:
+            assert torch.equal(copy, state.half())
         pos = pos + 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightswe.model import SamplingConfig, generate
+from lightswe.model import MiniMaxForCausalLM, SamplingConfig, generate
 from lightswe.model.engine import SamplerEngine, _sample
 
 from .conftest import random_model
@@ -194,9 +194,10 @@ def test_model_policy_batches_continuously_across_threads(tiny_config):
 
 
 def _chunk_kernel_emulation(q, k, v, slope, chunk=64):
-    """kernels/lightning_attn/chunk.py's forward in PyTorch with its roundings: per chunk, o = round(q
-    lambda^(i+1)) round(S) + round((q k^T) * M) v, S <- lambda^L S + round(k lambda^(L-1-j))^T v (round() to the
-    inputs' dtype; fp32 products and sums). q, k, v [T, H, D] of one sequence; returns o [T, H, D]."""
+    """kernels/lightning_attn/chunk.py's forward in PyTorch with its roundings (DECAY_OUT, every autotuned
+    config): per chunk, o = (q round(S)) lambda^(i+1) + round((q k^T) * M) v, S <- lambda^L S + k^T round(v
+    lambda^(L-1-j)) (round() to the inputs' dtype; fp32 products and sums). q, k, v [T, H, D] of one sequence;
+    returns o [T, H, D]."""
     dtype, b = q.dtype, -slope.float() * 1.4426950408889634
     state = torch.zeros(q.shape[1], q.shape[2], v.shape[2])
     outs = []
@@ -206,11 +207,11 @@ def _chunk_kernel_emulation(q, k, v, slope, chunk=64):
         pos = torch.arange(n, dtype=torch.float32)
         diff = pos[:, None] - pos[None, :]
         mask = torch.where(diff >= 0, torch.exp2(b[:, None, None] * diff.clamp(min=0)), 0.0)
-        inter = (qc * torch.exp2(b[:, None] * (pos + 1))[..., None]).to(dtype).float() @ state.to(dtype).float()
+        inter = (qc @ state.to(dtype).float()) * torch.exp2(b[:, None] * (pos + 1))[..., None]
         o = inter + ((qc @ kc.transpose(1, 2)) * mask).to(dtype).float() @ vc
         outs.append(o.transpose(0, 1).to(dtype))
-        kd = (kc * torch.exp2(b[:, None] * (n - 1 - pos))[..., None]).to(dtype).float()
-        state = torch.exp2(b * n)[:, None, None] * state + kd.transpose(1, 2) @ vc
+        vd = (vc * torch.exp2(b[:, None] * (n - 1 - pos))[..., None]).to(dtype).float()
+        state = torch.exp2(b * n)[:, None, None] * state + kc.transpose(1, 2) @ vd
     return torch.cat(outs)
 
 
@@ -319,3 +320,20 @@ def test_engine_for_and_model_policy_sample_with_the_learners_mixed_precision(ti
     policy = ModelPolicy(model, max_batch=2, continuous=True, autocast_dtype="bfloat16")
     tokens, logprobs = policy.generate(PROMPTS[0], SamplingParams(max_new_tokens=4, temperature=0.0))
     assert len(tokens) == len(logprobs) == 4 and model._sampler_engine.autocast_dtype is torch.bfloat16
+
+
+def test_state_bytes_a_decode_step_moves(tiny_config):
+    """The sampler benchmark's bound: the exact step reads and writes the fp32 state; the chunk form reads its
+    bf16 copy and the chunk's keys and values, and advances the fp32 state once per chunk."""
+    from lightswe.model.engine import StaticCache
+
+    model = MiniMaxForCausalLM(tiny_config)
+    c = tiny_config
+    exact = StaticCache(model, 2, 32)
+    layers = len(exact.lightning_layers)
+    fp32 = c.num_attention_heads * c.head_dim ** 2 * 4 * layers  # one row's state, every lightning layer
+    assert exact.state_step_bytes_per_row() == 2 * fp32
+    chunk = StaticCache(model, 2, 32, kv_dtype=torch.bfloat16, chunk=64)
+    token = c.num_attention_heads * c.head_dim * 2 * layers  # one token's bf16 key, every lightning layer
+    expected = fp32 / 2 + 2 * token * (63 / 2 + 1) + (2 * fp32 + fp32 / 2) / 64
+    assert chunk.state_step_bytes_per_row() == pytest.approx(expected)

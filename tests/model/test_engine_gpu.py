@@ -57,13 +57,14 @@ def test_sampled_logprobs_equal_the_learners(sampler, learner, autotune, bound, 
     learner 4.0e-3 (its embedding and norm weights are rounded: another model); the all-bf16 sampler against bf16
     weights 2.9e-3 (before the chunk-form decode and eager rounding in the compiled step: 2.8e-3 eager to 6.6e-3
     compiled).
-    ``autotune`` False pins the learner's chunk kernel to its first configuration (64-token chunks, the ones the
-    sampler's chunk-form decode mirrors). A "training forward" learner scores with autograd on, as the Learner's
+    ``autotune`` False pins the learner's chunk kernel to its first configuration (every autotuned configuration
+    rounds as the sampler's chunk-form decode: DECAY_OUT, 64-token chunks; the pick changes no bit). A "training forward" learner scores with autograd on, as the Learner's
     update does, so the bf16x3 head's training path and (unless "eager": ``LIGHTSWE_COMPILE=0``) its compiled
     elementwise chains (``model/fused.py``) run. H200, 2026-11-30, before RMSNorm's fp64 mean square: 9.1e-4 eager
     and no-grad, 1.25e-3 with the compiled chains (Inductor's reduction order gave another last bit of the
     RMSNorm scale in 11% of the rows); with it (``fused.NORM_FP64``) the compiled training forward equals the
-    eager one bit for bit and all three score 7.3e-4 (max 2.3e-2)."""
+    eager one bit for bit and all three score 7.3e-4 (max 2.3e-2). Round 3 (every autotuned chunk-kernel config
+    DECAY_OUT, the chunk-form decode reproducing it): 5.59e-4 (max 2.17e-2), autotuned and pinned alike."""
     from lightswe.kernels.lightning_attn import chunk
 
     if not autotune:
@@ -97,15 +98,23 @@ def test_sampled_logprobs_equal_the_learners(sampler, learner, autotune, bound, 
     assert mean <= bound
 
 
-def test_chunk_form_decode_matches_the_chunk_kernel(monkeypatch):
-    """Triton, bf16, H=12, D=64: prompts of several lengths through ``chunk_start``, then 100 decode steps
-    across chunk boundaries: the chunk-form step gives the chunk kernel's outputs (``lightning_attn`` over the
-    whole sequences) for all but a few elements (fp32 summation order), the exact decode step differs in many."""
-    from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
-    from lightswe.kernels.lightning_attn.decode import lightning_attn_decode_chunk_form
+@pytest.mark.parametrize("mma", [True, False], ids=["tensor-cores", "fma"])
+def test_chunk_form_decode_matches_the_chunk_kernel(mma, monkeypatch):
+    """Triton, bf16, H=12, D=64, the chunk kernel autotuned (any of its configs: they round alike): prompts of
+    several lengths through ``chunk_start``, then 100 decode steps across chunk boundaries: the chunk-form step
+    (reading the state's rounded copy, as the engine runs it; the same bits as from the fp32 state) gives the chunk
+    kernel's outputs (``lightning_attn`` over the whole sequences) for all but a few elements (``chunk_start``'s
+    fp32 summation order), the exact decode step differs in many. Started instead from the chunk kernel's own state
+    at each prompt's last chunk start, the tensor-core step gives the chunk kernel's bits exactly (its outputs in a
+    chunk and its state advance at the chunk's end). The default launch config with its products on the tensor
+    cores (as the chunk kernel's) or as fp32 multiply-adds."""
+    import dataclasses
+
+    from lightswe.kernels.lightning_attn import chunk, lightning_attn, lightning_attn_decode
+    from lightswe.kernels.lightning_attn.decode import CHUNK_FORM_CONFIGS, lightning_attn_decode_chunk_form
     from lightswe.model.engine import chunk_start
 
-    monkeypatch.setenv("LIGHTSWE_LIGHTNING_AUTOTUNE", "0")  # its first configuration: 64-token chunks
+    monkeypatch.setenv("LIGHTSWE_LIGHTNING_AUTOTUNE", "1")  # autotuned: whichever config it picks
     torch.manual_seed(0)
     heads, dim, total = 12, 64, 400
     lengths = [300, 256, 255, 7, 130, 64]
@@ -117,20 +126,42 @@ def test_chunk_form_decode_matches_the_chunk_kernel(monkeypatch):
     state, keys, values = chunk_start(*packed, slope, lengths, 64)
     exact = torch.stack([lightning_attn(q[r:r + 1, :n], k[r:r + 1, :n], v[r:r + 1, :n], slope)[1][0]
                          for r, n in enumerate(lengths)]).contiguous()
+    # the chunk kernel's own state after each prompt's whole chunks (zeros for a prompt shorter than one chunk)
+    def kernel_state(r: int, n: int) -> torch.Tensor:
+        n = n // 64 * 64
+        return lightning_attn(q[r:r + 1, :n], k[r:r + 1, :n], v[r:r + 1, :n], slope)[1][0] if n else state[r] * 0
+
+    own = torch.stack([kernel_state(r, n) for r, n in enumerate(lengths)]).contiguous()
+    own_run = [own, own.to(torch.bfloat16), keys.clone(), values.clone()]
     pos = torch.tensor(lengths, device="cuda", dtype=torch.int32)
     rows = torch.arange(len(lengths), device="cuda")
-    chunk_diff, exact_diff = [], []
+    rounded, fp32_only = state.to(torch.bfloat16), [state.clone(), keys.clone(), values.clone()]  # engine: rounded
+    config = dataclasses.replace(CHUNK_FORM_CONFIGS[0][1], mma=mma)
+    chunk_diff, exact_diff, own_diff = [], [], []
     for _ in range(total - max(lengths)):
         p = pos.long()
         args = (q[rows, p].contiguous(), k[rows, p].contiguous(), v[rows, p].contiguous(), slope)
-        got = lightning_attn_decode_chunk_form(*args, state, keys, values, pos)
+        got = lightning_attn_decode_chunk_form(*args, state, keys, values, pos, rounded_state=rounded, config=config)
+        assert torch.equal(got, lightning_attn_decode_chunk_form(*args, *fp32_only, pos, config=config))  # same bits
         plain = lightning_attn_decode(*args, exact)
+        from_own = lightning_attn_decode_chunk_form(*args, own_run[0], *own_run[2:], pos, rounded_state=own_run[1],
+                                                    config=config)
+        own_diff.append((from_own != full[rows, p]).float().mean().item())
         chunk_diff.append((got != full[rows, p]).float().mean().item())
         exact_diff.append((plain != full[rows, p]).float().mean().item())
         pos = pos + 1
     chunk_frac, exact_frac = sum(chunk_diff) / len(chunk_diff), sum(exact_diff) / len(exact_diff)
-    print(f"elements differing from the chunk kernel: chunk-form decode {chunk_frac:.2e}, exact {exact_frac:.2e}")
+    own_frac = sum(own_diff) / len(own_diff)
+    final = torch.stack([kernel_state(r, n) for r, n in enumerate(pos.tolist())])  # the kernel's, at the chunk start
+    print(f"elements differing from the chunk kernel: chunk-form decode ({config}) {chunk_frac:.2e}, from the "
+          f"kernel's own state {own_frac:.2e} (state advanced {'=' if torch.equal(own_run[0], final) else '!='} "
+          f"the kernel's), exact {exact_frac:.2e}; chunk kernel configs "
+          f"{ {key: str(c) for key, c in getattr(chunk._fwd_kernel, 'cache', {}).items()} }")
     assert chunk_frac < 0.01 and exact_frac > 0.1
+    if mma:  # the chunk kernel's products on the tensor cores: its bits
+        assert own_frac == 0 and torch.equal(own_run[0], final)
+    else:
+        assert own_frac < 0.01
 
 
 def test_chunk_form_compiled_graph_equals_the_eager_step(tiny_config):
