@@ -19,6 +19,8 @@ import os
 import signal
 import sys
 
+DESCRIPTION = ("Train software-engineering agents with RL: Gymnasium environments over Docker sandboxes, "
+               "SWE-bench-format tasks, an agent loop, the CISPO learner.")
 # Parts that contribute subcommands, in help order.
 _PARTS = ("lightswe.envs.cli", "lightswe.tasks.cli", "lightswe.agent.cli")
 # Commands that pick up where they stopped when run again with the same options.
@@ -39,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lightswe", description=__doc__.splitlines()[0],
+    parser = _Parser(prog="lightswe", description=DESCRIPTION,
                                      epilog="`lightswe COMMAND --help` lists each command's options.")
     parser.add_argument("--version", action="version", version=f"lightswe {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     from lightswe.settings import typed_command
 
     parser = subparsers.add_parser("tasks", help="build, validate and report task instances",
-                                   description=__doc__.splitlines()[0])
+                                   description="Build, report, validate, show and prune task instances.")
     sub = parser.add_subparsers(dest="tasks_command", metavar="ACTION")
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
 
