@@ -32,7 +32,15 @@ def check_model_spec(spec: str) -> None:
     if is_hf_spec(spec):
         hf_path(spec)  # raises UserInputError naming what is missing
         return
-    if Path(spec).is_dir() or spec in PRESETS:
+    if Path(spec).is_dir():
+        from lightswe.model.config import checkpoint_problem
+
+        problem = checkpoint_problem(spec)
+        if problem:
+            raise UserInputError(f"--model {spec!r}: {problem}; fix: a directory written by save_pretrained (e.g. a "
+                                 f"run's final/), a preset ({', '.join(sorted(PRESETS))}) or hf:DIR")
+        return
+    if spec in PRESETS:
         return
     if Path(spec).exists():
         raise UserInputError(f"--model {spec!r} is a file; expected a checkpoint directory (save_pretrained) or "

@@ -183,3 +183,28 @@ def _minimax_1b() -> MiniMaxConfig:
 
 
 PRESETS = {"tiny": _tiny, "small": _small, "minimax-1b": _minimax_1b, "minimax-text-01": MiniMaxConfig}
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """What keeps ``path`` from loading as a lightswe MiniMax checkpoint (``save_pretrained``'s layout), or None;
+    cheap and without torch, for refusing a ``--model DIR`` / ``--policy model:DIR`` before any work.
+
+    Checks: ``config.json`` is there, is JSON and reads as a :class:`MiniMaxConfig` (released or transformers
+    field names); ``model.safetensors`` or ``model.safetensors.index.json`` is there.
+    """
+    path = Path(path)
+    config = path / "config.json"
+    if not config.is_file():
+        return f"{path} has no config.json"
+    try:
+        data = json.loads(config.read_text())
+        kind = str(data.get("model_type") or "minimax") if isinstance(data, dict) else "minimax"
+        if "minimax" not in kind.lower():
+            return f"{config} describes a {kind!r} model, not MiniMax; a transformers checkpoint loads as hf:{path}"
+        MiniMaxConfig.from_dict(data)
+    except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+        what = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0][:160]
+        return f"{config} is not a MiniMax config ({what}); a transformers checkpoint loads as hf:{path}"
+    if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
+        return f"{path} has config.json but no model.safetensors (or model.safetensors.index.json)"
+    return None

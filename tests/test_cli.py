@@ -258,7 +258,14 @@ NO_CUDA = not torch.cuda.is_available()
 
 def new_user_mistakes(tmp: Path) -> list[tuple[tuple[str, ...], str, tuple[str, ...]]]:
     """(argv, command, needles): one of each kind of mistake a new user types, for every command it reaches."""
-    (tmp / "empty_ckpt").mkdir(exist_ok=True)
+    from lightswe.model.config import MiniMaxConfig
+
+    for name in ("empty_ckpt", "no_weights", "qwen2_ckpt", "bad_config"):
+        (tmp / name).mkdir(exist_ok=True)
+    MiniMaxConfig.preset("tiny").save(tmp / "no_weights" / "config.json")  # config without safetensors
+    (tmp / "qwen2_ckpt" / "config.json").write_text('{"model_type": "qwen2", "hidden_size": 64, '
+                                                    '"num_attention_heads": 4}')
+    (tmp / "bad_config" / "config.json").write_text('{"vocab_size": 300}')
     missing = str(tmp / "no_such_ckpt")
     run = ("--tasks", "demo", "--out", str(tmp / "out"))
     cases = [
@@ -281,6 +288,13 @@ def new_user_mistakes(tmp: Path) -> list[tuple[tuple[str, ...], str, tuple[str, 
         (("rollout", "--policy", f"model:{missing}", *run), "rollout", ("neither a preset nor a checkpoint",)),
         (("rollout", "--policy", f"model:{tmp / 'empty_ckpt'}", *run), "rollout", ("has no config.json", "fix:")),
         (("rollout", "--policy", f"hf:{missing}", *run), "rollout", ("does not exist", "fix: hf:DIR")),
+        (("rollout", "--policy", f"model:{tmp / 'no_weights'}", *run), "rollout", ("no model.safetensors", "fix:")),
+        (("rollout", "--policy", f"model:{tmp / 'qwen2_ckpt'}", *run), "rollout",
+         ("describes a 'qwen2' model", f"hf:{tmp / 'qwen2_ckpt'}")),
+        (("train", "--model", str(tmp / "no_weights"), "--out", str(tmp / "out")), "train", ("no model.safetensors",)),
+        (("train", "--model", str(tmp / "bad_config"), "--out", str(tmp / "out")), "train",
+         ("is not a MiniMax config (missing 'hidden_size')", "fix:")),
+        (("train", "--model", str(tmp / "empty_ckpt"), "--out", str(tmp / "out")), "train", ("has no config.json",)),
         (("rollout", "--policy", f"vllm:hf:{missing}", *run), "rollout", ("does not exist", "fix: vllm:hf:DIR")),
         # an output file where a folder is
         (("view", str(tmp), "--output", str(tmp)), "view", ("--output", "is a directory", "fix:")),

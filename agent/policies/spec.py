@@ -91,9 +91,13 @@ def check_spec(spec: str, *, option: str = "--policy") -> None:
             what = "is a file" if Path(target).exists() else "is neither a preset nor a checkpoint directory"
             raise UserInputError(f"{option} {spec!r}: {target} {what}; fix: model:PRESET ({', '.join(sorted(PRESETS))}) "
                                  f"or model:DIR, a directory written by save_pretrained")
-    if kind == "model" and Path(target).is_dir() and not (Path(target) / "config.json").is_file():
-        raise UserInputError(f"{option} {spec!r}: {target} has no config.json; fix: model:DIR with a checkpoint "
-                             f"written by save_pretrained (config.json + safetensors)")
+    if kind == "model" and Path(target).is_dir():
+        from lightswe.model.config import checkpoint_problem
+
+        problem = checkpoint_problem(target)
+        if problem:
+            raise UserInputError(f"{option} {spec!r}: {problem}; fix: model:DIR with a checkpoint written by "
+                                 f"save_pretrained (config.json + safetensors)")
     hf_dir = target if kind == "hf" else target.removeprefix("hf:") if kind == "vllm" and target.startswith("hf:") else None
     if hf_dir is not None and not (Path(hf_dir) / "config.json").is_file():
         what = "does not exist" if not Path(hf_dir).exists() else "has no config.json"
