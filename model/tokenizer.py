@@ -105,7 +105,15 @@ class HFTokenizer:
             raise ImportError("HFTokenizer needs `tokenizers`: pip install 'lightswe[hf]'") from exc
         path = Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path
-        self._tok = _Tokenizer.from_file(str(file))
+        if not file.is_file():
+            raise UserInputError(f"{file}: does not exist; fix: pass a tokenizer.json file (or a checkpoint directory "
+                                 "holding one), or leave it out for the built-in byte tokenizer")
+        try:
+            self._tok = _Tokenizer.from_file(str(file))
+        except Exception as err:  # tokenizers raises a bare Exception for a file it cannot parse
+            raise UserInputError(f"{file}: not a Hugging Face tokenizer.json ({str(err).splitlines()[0][:120]}); fix: "
+                                 "pass the tokenizer.json a transformers tokenizer saves (save_pretrained), or leave "
+                                 "it out for the built-in byte tokenizer") from None
         self._file = file
         spec = json.loads(self._tok.to_str())
         for added in spec.get("added_tokens") or []:

@@ -296,6 +296,9 @@ def new_user_mistakes(tmp: Path) -> list[tuple[tuple[str, ...], str, tuple[str, 
          ("is not a MiniMax config (missing 'hidden_size')", "fix:")),
         (("train", "--model", str(tmp / "empty_ckpt"), "--out", str(tmp / "out")), "train", ("has no config.json",)),
         (("rollout", "--policy", f"vllm:hf:{missing}", *run), "rollout", ("does not exist", "fix: vllm:hf:DIR")),
+        # a file that is not what the option takes
+        (("rollout", "--tokenizer", str(tmp / "no_weights" / "config.json"), *run), "rollout",
+         ("not a Hugging Face tokenizer.json", "fix:")),
         # an output file where a folder is
         (("view", str(tmp), "--output", str(tmp)), "view", ("--output", "is a directory", "fix:")),
         # a build folder that does not exist
