@@ -169,3 +169,15 @@ def test_doctor_names_the_address(tmp_path):
                           timeout=120)
     assert done.returncode == 1
     assert f"no engine at {NO_ENGINE} (DOCKER_HOST" in done.stdout, done.stdout
+
+
+@pytest.mark.docker
+def test_a_base_image_that_is_neither_local_nor_pullable_is_one_line(tmp_path):
+    image = "lightswe-test/no-such-base-image:0"  # never built, never published
+    env = {**os.environ, "LIGHTSWE_BASE_IMAGE": image}
+    done = subprocess.run([sys.executable, "-m", "lightswe", "setup"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert lines[-1].startswith(f"lightswe setup: error: LIGHTSWE_BASE_IMAGE={image}: not on this machine"), lines
+    assert "fix: `docker load` it" in lines[-1]
