@@ -159,6 +159,9 @@ def from_dict(cls: type[T], data: dict, *, where: str = "") -> T:
             hint = f"; did you mean {where}{close[0]}?" if close else ""
             raise UserInputError(f"--config: unknown setting {where + key!r}{hint} (settings here: "
                                  f"{', '.join(sorted(names))})")
+        if isinstance(value, str) and _strip_optional(hints[name]) is float:
+            with contextlib.suppress(ValueError):  # PyYAML reads 1e-3 (no dot) as a string: YAML 1.1's float form
+                value = float(value)
         if not _fits(value, hints[name]):
             raise UserInputError(f"--config: {where}{key} = {json.dumps(value, default=str)}: expected "
                                  f"{_describe(hints[name])}; fix: correct it in the file")

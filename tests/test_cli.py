@@ -138,6 +138,9 @@ def test_config_files_and_dotted_overrides(tmp_path):
     yaml.write_text("steps: 5\nwarm_start:\n  steps: 0\n")
     cfg, _ = parse_train(["--config", str(yaml), "--warm-start-steps", "7"])
     assert cfg.steps == 5 and cfg.warm_start.steps == 7
+    yaml.write_text("learner:\n  lr: 1e-3\n")  # PyYAML reads 1e-3 as a string (YAML 1.1 wants 1.0e-3)
+    cfg, _ = parse_train(["--config", str(yaml)])
+    assert cfg.learner.lr == 1e-3
     # a run's own config.json reads back as a config file
     from lightswe.settings import write_config
 
