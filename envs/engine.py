@@ -324,8 +324,6 @@ def ensure_base_image(client=None, progress: Progress = _say, force: bool = Fals
             try:
                 image = client.images.pull(named)
             except Exception as err:  # noqa: BLE001 - no registry here, no such image, no access
-                from lightswe.errors import UserInputError
-
                 raise UserInputError(f"LIGHTSWE_BASE_IMAGE={named}: not on this machine and not pulled "
                                      f"({str(err).splitlines()[0][:200]}); fix: `docker load` it or name a local "
                                      "image, or unset LIGHTSWE_BASE_IMAGE to build the base with debootstrap") from None
@@ -363,11 +361,10 @@ def ensure_python_base(python_version: str, client=None, progress: Progress = _s
             try:
                 image = client.images.pull(named)
             except Exception as err:  # noqa: BLE001 - no registry here, no such image, no access
-                from lightswe.errors import UserInputError
-
-                raise UserInputError(f"LIGHTSWE_BASE_IMAGE={named}: not on this machine and not pulled "
+                raise UserInputError(f"{variable}={named}: not on this machine and not pulled "
                                      f"({str(err).splitlines()[0][:200]}); fix: `docker load` it or name a local "
-                                     "image, or unset LIGHTSWE_BASE_IMAGE to build the base with debootstrap") from None
+                                     f"image, or unset {variable} to use the Debian release with Python {short} "
+                                     "where there is one") from None
         found = client.containers.run(image.id, ["sh", "-c", "python3 -c 'import sys; print(\"%d.%d\" % "
                                                  "sys.version_info[:2])'"], remove=True,
                                       network_mode="none").decode().strip()
