@@ -162,9 +162,12 @@ def _hf_rows(name: str, split: str | None, *, local: bool) -> Iterable[tuple[str
             data = datasets.load_dataset(str(path) if local else name, split=split)
     except (FileNotFoundError, ConnectionError, ValueError) as err:
         where = "directory" if local else "local Hugging Face cache"
-        raise TaskFormatError(f"dataset {name!r} (split {split!r}) cannot be loaded from the {where}: "
-                              f"{str(err).splitlines()[0][:300]}; fix: download it once where the Hub is "
-                              "reachable (datasets.load_dataset(name)) or pass a local directory or file") from None
+        fix = ("pass a directory written by datasets' save_to_disk or holding the dataset's data files, or a "
+               ".jsonl/.json/.parquet file" if local else "download it once where the Hub is reachable "
+               "(datasets.load_dataset(name)) or pass a local directory or file")
+        split_text = f" (split {split!r})" if split else ""
+        raise TaskFormatError(f"dataset {name!r}{split_text} cannot be loaded from the {where}: "
+                              f"{str(err).splitlines()[0][:300]}; fix: {fix}") from None
     if isinstance(data, datasets.DatasetDict):
         if split is None:
             if len(data) != 1:
@@ -172,7 +175,8 @@ def _hf_rows(name: str, split: str | None, *, local: bool) -> Iterable[tuple[str
                                       f"{name}:{sorted(data)[0]}")
             split = next(iter(data))
         if split not in data:
-            raise TaskFormatError(f"dataset {name!r} has no split {split!r}; its splits: {sorted(data)}")
+            raise TaskFormatError(f"dataset {name!r} has no split {split!r}; fix: one of its splits, "
+                                  f"{', '.join(f'{name}:{s}' for s in sorted(data))}")
         data = data[split]
     return ((f"{name}:{split or ''} row {i}", row) for i, row in enumerate(data))
 

@@ -283,6 +283,9 @@ def new_user_mistakes(tmp: Path) -> list[tuple[tuple[str, ...], str, tuple[str, 
         (("rollout", "--policy", "scripted?tool_fromat=hermes", *run), "rollout", ("did you mean tool_format?",)),
         (("rollout", "--policy", "openai:localhost:8000", *run), "rollout", ("not an http(s) URL", "fix:")),
         (("tasks", "show", "pool:train[0:x]"), "tasks show", ("bad slice [0:x]", "fix:")),
+        # a dataset path that holds no dataset
+        (("tasks", "show", str(tmp / "empty_ckpt")), "tasks show", ("cannot be loaded from the directory",
+                                                                  "fix: pass a directory written by datasets' save_to_disk")),
         (("tasks", "build", "--repos", "toolzz", "--out", str(tmp / "out")), "tasks build",
          ("unknown repository", "toolz", "fix:")),
         # a wrong model name / a checkpoint that does not exist
