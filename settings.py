@@ -265,7 +265,8 @@ def check_resume(folder: Path, cfg, *, allow: tuple[str, ...] = (), free: frozen
 
     ``free``: dotted settings that may always change (how many workers, which device); ``allow``: the user's
     ``--allow-change`` names, see :func:`allowed_keys` (checked even for a new run, so a typo fails at once). A
-    folder without ``config.json`` is a new run; one made by another ``command`` is refused. Settings only one
+    folder without ``config.json``, or with nothing else in it (the earlier command stopped before any work, e.g.
+    on a model that did not load), is a new run; one made by another ``command`` is refused. Settings only one
     side knows (an older version) are skipped.
 
     Raises:
@@ -277,6 +278,8 @@ def check_resume(folder: Path, cfg, *, allow: tuple[str, ...] = (), free: frozen
     path = folder / CONFIG_FILE
     if not path.is_file():
         return
+    if all(entry.name in (CONFIG_FILE, CONFIG_FILE + ".tmp") for entry in folder.iterdir()):
+        return  # the earlier run stopped before any work (a setting refused, a model that did not load): new run
     try:
         old = flatten(json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError):

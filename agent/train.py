@@ -89,6 +89,9 @@ def train(cfg: TrainConfig, *, allow_change: tuple[str, ...] = ()) -> dict[str, 
                  command="train")
     check_model_spec(cfg.model)
     check_device(cfg.device)
+    for spec in (cfg.data.tasks, cfg.data.eval_tasks):  # a task file that does not load fails before the folder
+        if spec and not spec.startswith("arith:"):      # is written (the arithmetic family is checked by name)
+            load_tasks(spec)
     cfg.sampler.check(world)
     check_distributed(cfg, world)
     ctx = DistContext.from_env(cfg.device)

@@ -185,6 +185,7 @@ def test_resume_with_changed_settings_is_refused_by_name(tmp_path):
 
     run = tmp_path / "run"
     write_config(run, TrainConfig(out_dir=str(run)), command="train")
+    (run / "metrics.jsonl").write_text("{}\n")  # the run did some work
     line = one_line(lightswe("train", "--out", str(run), "--lr", "0.1", "--steps", "20"), "train",
                     "learner.lr 0.003 -> 0.1", "steps 10 -> 20", "--allow-change steps,learner.lr")
     assert "use a new --out" in line
@@ -199,6 +200,7 @@ def test_resume_with_changed_settings_is_refused_by_name(tmp_path):
     tasks.write_text("{}\n")
     rollout = tmp_path / "rollout"
     write_config(rollout, RolloutArgs(tasks=str(tasks), out=str(rollout), policy="scripted"), command="rollout")
+    (rollout / "part-w0001-00000.jsonl").write_text("")  # an episode under way
     one_line(lightswe("rollout", "--tasks", str(tasks), "--out", str(rollout), "--policy", "model:tiny"), "rollout",
              "policy 'scripted' -> 'model:tiny'", "--allow-change policy")
     one_line(lightswe("rollout", "--tasks", str(tasks), "--out", str(run)), "rollout",  # a train folder
@@ -269,6 +271,7 @@ def new_user_mistakes(tmp: Path) -> list[tuple[tuple[str, ...], str, tuple[str, 
     (tmp / "qwen2_ckpt" / "config.json").write_text('{"model_type": "qwen2", "hidden_size": 64, '
                                                     '"num_attention_heads": 4}')
     (tmp / "bad_config" / "config.json").write_text('{"vocab_size": 300}')
+    (tmp / "bad_rows.jsonl").write_text('{"instance_id": "x"}\n')
     missing = str(tmp / "no_such_ckpt")
     run = ("--tasks", "demo", "--out", str(tmp / "out"))
     cases = [
@@ -283,6 +286,11 @@ def new_user_mistakes(tmp: Path) -> list[tuple[tuple[str, ...], str, tuple[str, 
         (("rollout", "--policy", "scripted?tool_fromat=hermes", *run), "rollout", ("did you mean tool_format?",)),
         (("rollout", "--policy", "openai:localhost:8000", *run), "rollout", ("not an http(s) URL", "fix:")),
         (("tasks", "show", "pool:train[0:x]"), "tasks show", ("bad slice [0:x]", "fix:")),
+        # a task file that does not load (train once wrote its config first: the corrected rerun was refused)
+        (("train", "--tasks", str(tmp / "bad_rows.jsonl"), "--out", str(tmp / "out")), "train",
+         ("bad_rows.jsonl:1: missing field(s)",)),
+        (("train", "--eval-tasks", str(tmp / "bad_rows.jsonl"), "--out", str(tmp / "out")), "train",
+         ("bad_rows.jsonl:1: missing field(s)",)),
         # a dataset path that holds no dataset
         (("tasks", "show", str(tmp / "empty_ckpt")), "tasks show", ("cannot be loaded from the directory",
                                                                   "fix: pass a directory written by datasets' save_to_disk")),

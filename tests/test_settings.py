@@ -86,6 +86,7 @@ def test_an_allow_change_name_that_selects_nothing_names_the_valid_keys(tmp_path
 def test_lr_allows_the_learner_lr_only(tmp_path):
     run = tmp_path / "run"
     write_config(run, TrainConfig(out_dir=str(run)), command="train")
+    (run / "metrics.jsonl").write_text("{}\n")  # the run did some work
     changed = TrainConfig(out_dir=str(run))
     changed.learner.lr, changed.warm_start.lr = 0.1, 0.2
     with pytest.raises(UserInputError, match=r"warm_start\.lr .* -> 0\.2") as caught:
@@ -93,3 +94,14 @@ def test_lr_allows_the_learner_lr_only(tmp_path):
     assert "learner.lr" not in str(caught.value).split(". Resume")[0]  # allowed through the shortcut
     check_resume(Path(run), changed, allow=("lr", "warm_start.lr"), shortcuts=SHORTCUTS, command="train")
     check_resume(Path(run), changed, allow=("*.lr",), shortcuts=SHORTCUTS, command="train")
+
+
+def test_a_folder_holding_only_the_config_of_a_run_that_did_no_work_is_a_new_run(tmp_path):
+    run = tmp_path / "run"  # e.g. an earlier command refused its model after writing the config
+    write_config(run, TrainConfig(out_dir=str(run)), command="train")
+    changed = TrainConfig(out_dir=str(run))
+    changed.learner.lr = 0.1
+    check_resume(Path(run), changed, command="train")  # nothing to resume: the corrected command may start
+    (run / "checkpoints").mkdir()
+    with pytest.raises(UserInputError, match=r"learner\.lr 0\.003 -> 0\.1"):
+        check_resume(Path(run), changed, command="train")
