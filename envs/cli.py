@@ -17,7 +17,9 @@ def register(subparsers) -> None:
     reap.set_defaults(func=_reap)
     demo = subparsers.add_parser("demo", help="a few episodes of lightswe/SWE-v0 driven by a scripted agent")
     demo.add_argument("--episodes", type=int, default=3, help="episodes to run (alternating fix / no fix)")
-    demo.add_argument("--tasks", default=None, help="task JSONL (default: the embedded demo task)")
+    demo.add_argument("--tasks", default=None, help="task instances, any --tasks form of rollout (a .jsonl/.json/"
+                      ".parquet file, a dataset directory, pool:test, ...; default: the embedded demo task); the "
+                      "episodes take them in order")
     demo.set_defaults(func=_demo)
 
 
@@ -84,8 +86,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise UserInputError(f"--episodes {args.episodes}: must be >= 1; fix: e.g. --episodes 3")
-    if args.tasks and not os.path.isfile(args.tasks):
-        raise UserInputError(f"--tasks {args.tasks}: does not exist; fix: pass a JSONL file of task instances, or "
-                             f"leave it out for the embedded demo task")
+    if args.tasks:
+        from lightswe.tasks.datasets import looks_like_dataset
+
+        if not (os.path.isfile(args.tasks) or looks_like_dataset(args.tasks)):
+            raise UserInputError(f"--tasks {args.tasks}: does not exist; fix: pass task instances (a .jsonl/.json/"
+                                 ".parquet file, a dataset directory, pool:test ...), or leave it out for the "
+                                 "embedded demo task")
 
     return run_demo(episodes=args.episodes, tasks=args.tasks or os.environ.get("LIGHTSWE_TASKS"))

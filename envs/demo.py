@@ -63,7 +63,9 @@ def scripted_actions(task: TaskInstance, fix: bool) -> list[str]:
 
 
 def run_demo(episodes: int = 3, tasks: str | None = None) -> int:
-    """Run ``episodes`` episodes (fix, no fix, fix, ...) and print each reward; exit code 0 iff as expected."""
+    """Run ``episodes`` episodes (fix, no fix, fix, ...) over the tasks in order and print each reward; exit code
+    0 iff as expected. ``tasks``: any form of :func:`lightswe.tasks.datasets.load_tasks` (default: the embedded
+    demo task); only the images of the tasks the episodes use are built."""
     import gymnasium as gym
 
     import lightswe  # noqa: F401 - registers the ids
@@ -72,15 +74,17 @@ def run_demo(episodes: int = 3, tasks: str | None = None) -> int:
     from lightswe.tasks.images import ensure_instance_image
     from lightswe.tasks.datasets import load_tasks
 
-    for task in load_tasks(tasks or default_tasks_path()):  # first run: build the images, saying so
+    loaded = load_tasks(tasks or default_tasks_path())
+    chosen = [loaded[episode % len(loaded)] for episode in range(episodes)]  # in order: only their images
+    for task in {t.instance_id: t for t in chosen}.values():  # first run: build the images, saying so
         ensure_instance_image(task, progress=lambda message: print(f"[lightswe] {message}", flush=True))
-    env = gym.make("lightswe/SWE-v0", **({"tasks": tasks} if tasks else {}))
+    env = gym.make("lightswe/SWE-v0", tasks=loaded)
     ok = True
     try:
         for episode in range(episodes):
             fix = episode % 2 == 0
             start = time.perf_counter()
-            obs, info = env.reset(seed=episode)
+            obs, info = env.reset(seed=episode, options={"task_id": chosen[episode].instance_id})
             print(f"episode {episode}: task {info['task_id']} ({'fixes the bug' if fix else 'submits without a fix'})")
             print("  problem: " + obs.splitlines()[0][:100])
             reward, steps = 0.0, 0

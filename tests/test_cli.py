@@ -315,6 +315,7 @@ def new_user_mistakes(tmp: Path) -> list[tuple[tuple[str, ...], str, tuple[str, 
          ("not a Hugging Face tokenizer.json", "fix:")),
         # an output file where a folder is
         (("view", str(tmp), "--output", str(tmp)), "view", ("--output", "is a directory", "fix:")),
+        (("demo", "--tasks", "pool:nope"), "demo", ("unknown split 'nope'", "pool:test")),
         # a build folder that does not exist
         (("tasks", "report", "--out", str(tmp / "out")), "tasks report", ("instances.jsonl does not exist", "fix:")),
         (("tasks", "prune", "--out", str(tmp / "out")), "tasks prune", ("not a build folder", "fix:")),
@@ -337,3 +338,13 @@ def test_new_user_mistakes_end_in_one_line_before_any_work(tmp_path, capsys):
         for needle in needles:
             assert needle in lines[0], (argv, needle, lines[0])
         assert not (tmp_path / "out").exists(), (argv, "nothing may be written before the settings are checked")
+
+
+@pytest.mark.docker
+def test_demo_takes_the_task_forms_of_rollout(capsys):
+    from lightswe.cli import main
+
+    assert main(["demo", "--tasks", "demo[0:1]", "--episodes", "2"]) == 0  # a shipped set, sliced
+    out = capsys.readouterr().out
+    assert out.count("episode ") == 2 and "reward 1.0" in out and "reward 0.0" in out
+    assert "demo finished: rewards as expected" in out
