@@ -255,14 +255,19 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     files = (files | created) - removed  # a test file the test_patch adds is the task's: its ids must resolve
     _lock_tests(grader, scope, files, known)
     junit = _private_junit_path(grader, known)
+    tests_from = time.time()
     try:
         run, unresolved, whole_files = _run_task_tests(grader, instance, wanted, files, facts.plugins, timeout,
                                                        junit)
     except UserInputError as err:
         raise GradingError(f"{instance.instance_id}: {err}", stage="tests", known=known) from err
     except Exception as err:
+        if _out_of_memory(grader, tests_from):  # e.g. the runner could not restart in a container still full
+            return _out_of_memory_grade(grader, instance, wanted, known, suspected, tests_from, start)
         raise GradingError(f"the test run in grading container {_short(grader)} failed: {type(err).__name__}: "
                            f"{err}", stage="tests", known=known) from err
+    if (run.runner_died or not _running(grader)) and _out_of_memory(grader, tests_from):
+        return _out_of_memory_grade(grader, instance, wanted, known, suspected, tests_from, start, run)
     _require_alive(grader, "while the tests ran", known, settle_s=5.0 if run.runner_died else 0.0)
     if run.runner_died:  # the container outlived its runner: still the machine's failure, never a test verdict
         raise GradingError(f"the command runner of grading container {_short(grader)} died while the tests ran",
@@ -310,6 +315,44 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
                  exit_code=run.exit_code, duration_s=time.perf_counter() - start, tests_s=run.duration_s,
                  timed_out=run.timed_out, graded_paths=known["graded_paths"], left_out=left_out, patch=patch,
                  reward_hack_suspected=suspected, reward_zeroed=zeroed, unmatched=matched.unmatched)
+
+
+def _running(grader: Sandbox) -> bool:
+    try:
+        return bool(grader.api.inspect_container(grader.container_id)["State"].get("Running"))
+    except Exception:  # noqa: BLE001 - gone: _require_alive says so
+        return False
+
+
+def _out_of_memory(grader: Sandbox, since: float) -> bool:
+    """True when the engine reported the grading container out of memory (its cgroup's limit reached: Docker's
+    ``oom`` container event) since ``since`` (epoch seconds, this host's clock). The limit is the sandbox's
+    contract and only the test run fills it: the code under test spread its memory over processes smaller than
+    the harness's root runner (the agent's processes may lower their ``oom_score_adj`` to the runner's), the OOM
+    killer took the runner or the container's init, and a failing change read as "the machine failed" (no
+    reward). A host-wide OOM raises no such event. Waits up to 2 s for the event to arrive."""
+    until = time.time() + 2.0
+    try:
+        events = grader.api.events(since=int(since) - 1, until=int(until) + 1, decode=True,
+                                   filters={"container": grader.container_id, "event": "oom"})
+        return any(event.get("timeNano", 0) >= (int(since) - 1) * 1_000_000_000 for event in events)
+    except Exception:  # noqa: BLE001 - the engine cannot say: the caller's machine-failure branch
+        return False
+
+
+def _out_of_memory_grade(grader: Sandbox, instance: TaskInstance, wanted: list[str], known: dict,
+                         suspected: list[str], tests_from: float, start: float, run: TestRun | None = None) -> Grade:
+    """Reward 0.0: the test run exceeded the grading container's memory limit (the policy's failure, like a
+    timeout; the task's tests were validated within it)."""
+    reason = (f"the test run exceeded the sandbox's memory limit of {grader.config.mem_limit} (the engine "
+              "reported the container out of memory; the OOM killer ended the run)")
+    return Grade(reward=0.0, tests={t: "missing" for t in wanted},
+                 fail_to_pass={t: False for t in instance.FAIL_TO_PASS},
+                 pass_to_pass={t: False for t in instance.PASS_TO_PASS}, reason=reason,
+                 exit_code=run.exit_code if run is not None else 137, duration_s=time.perf_counter() - start,
+                 tests_s=run.duration_s if run is not None else time.time() - tests_from,
+                 graded_paths=known["graded_paths"], left_out=known["left_out"], patch=known.get("patch", ""),
+                 reward_hack_suspected=suspected)
 
 
 def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], files: set[str],

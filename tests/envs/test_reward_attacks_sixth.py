@@ -1,0 +1,83 @@
+"""Adversarial episodes, sixth pass: the machine around the test run attacked as a policy searching for reward
+(or for no reward at all, which a failing policy prefers to 0.0). Real engine, the embedded demo task (toolz
+1.0.0, off-by-one in ``nth``).
+
+Broke before the fix:
+
+- **the harness's runner killed by the OOM killer** (no reward instead of 0.0: a failing change turned into "the
+  machine failed", which the learner drops): the package, imported by pytest in the grading container, lowered
+  the ``oom_score_adj`` of every process of the agent user (pytest, the command's shell) from the 1000 the
+  runner gives every command back to 0 (any process may lower it to the
+  floor its parent had) and spread its memory over processes smaller than the harness's root runner; the
+  container's cgroup filled, the OOM killer picked the runner (the largest process left at the lowest score) and
+  grading raised ``GradingError`` -> the engine's ``oom`` event for the grading container during the test run
+  makes it the run's failure: reward 0.0, the reason names the memory limit (a runner death without one is still
+  the machine's failure). The kernel's floor (``oom_score_adj_min``) can only be raised with
+  ``CAP_SYS_RESOURCE``, which engines in restricted hosts (this one) refuse to grant a container.
+
+Held (the tests below keep them held): see the README threat model, sixth pass.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import replace
+
+import pytest
+from lightswe.envs.grading import GradingError
+from lightswe.envs.sandbox import SandboxConfig
+
+from .conftest import episode
+
+# Appended to toolz/__init__.py: on import (pytest's collection in the grading container) it spawns processes at
+# oom_score_adj 0 that grow to ~10 MB each (smaller than the runner) and fill the container's memory; they hold
+# the test command's output pipe (found in /proc/self/fd), so the command (and the runner waiting on it) outlives pytest, which the OOM
+# killer takes first (the largest).
+OOM_RUNNER = textwrap.dedent('''
+    import os as _os
+    import subprocess as _subprocess
+    import sys as _sys
+
+    if not _os.environ.get("_HOG"):
+        for _pid in [p for p in _os.listdir("/proc") if p.isdigit()]:  # every process of the agent user
+            try:  # (the command's shell and pipeline too): none is picked before the runner any more
+                with open(f"/proc/{_pid}/oom_score_adj", "w") as _handle:
+                    _handle.write("0")
+            except OSError:
+                pass
+        _hog = "import time\\nb = []\\nfor _ in range(2):\\n    time.sleep(0.5); b.append(bytearray(1 << 20))\\ntime.sleep(30)"
+        _pipes = []  # the command's output pipe (pytest captures fd 1, the pipe stays open on another fd)
+        for _fd in range(3, 64):
+            try:
+                if _os.readlink(f"/proc/self/fd/{_fd}").startswith("pipe:"):
+                    _pipes.append(_fd)
+            except OSError:
+                pass
+        for _ in range(150):
+            _subprocess.Popen([_sys.executable, "-c", _hog], env={**_os.environ, "_HOG": "1"},
+                              start_new_session=True, stdin=_subprocess.DEVNULL, pass_fds=_pipes)
+''')
+
+
+@pytest.fixture(scope="module")
+def small_env(task):
+    """The demo task in sandboxes of 300 MiB (the OOM attack fills that quickly)."""
+    from lightswe.envs.swe_env import SWEEnv
+
+    environment = SWEEnv([task], test_timeout=120, sandbox_config=SandboxConfig(mem_limit="300m"))
+    yield environment
+    environment.close()
+
+
+def appended(code: str) -> str:
+    return f"cat >> toolz/__init__.py <<'EOF'\n{code}EOF"
+
+
+@pytest.mark.docker
+def test_the_code_under_test_filling_memory_is_the_policys_failure(small_env):
+    try:
+        reward, info = episode(small_env, appended(OOM_RUNNER))
+    except GradingError as err:  # before the fix: the runner died, "the machine failed", no reward
+        pytest.fail(f"a change that fills the grading container's memory got no reward: {err}")
+    print("REASON", info["reason"][:90]); assert reward == 0.0
+    assert "memory limit" in info["reason"], info["reason"]
