@@ -49,6 +49,7 @@ from lightswe.envs.agent_diff import (
     Change,
     Entry,
     SnapshotError,
+    TreeTooLarge,
     base_listing,
     changes,
     read_tree,
@@ -170,6 +171,12 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
         try:
             cached = _BASES.get(image)
             tree = _snapshot(box, cached[1]) if cached else None
+        except TreeTooLarge as err:  # the agent's doing: 0.0, no container needed
+            try:
+                (release or Sandbox.close)(pending.result())
+            except Exception:  # noqa: BLE001, S110 - the start failed too: nothing to close
+                pass
+            return _too_large(instance, err, start)
         except BaseException:
             try:
                 (release or Sandbox.close)(pending.result())
@@ -189,11 +196,22 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
             raise GradingError(f"reading the base tree in the grading container of {grader.config.image} failed: "
                                f"{err}", stage="start") from err
         if tree is None or _BASES[grader.config.image][1] is not cached[1]:  # none read, or read against stale
-            tree = _snapshot(box, base)
+            try:
+                tree = _snapshot(box, base)
+            except TreeTooLarge as err:
+                return _too_large(instance, err, start)
         return _grade_in(grader, tree, base, facts, instance, timeout=timeout, hack_policy=hack_policy,
                          start=start)
     finally:
         (release or Sandbox.close)(grader)
+
+
+def _too_large(instance: TaskInstance, err: TreeTooLarge, start: float) -> Grade:
+    """Reward 0.0: the agent left a work tree larger than grading reads (:class:`TreeTooLarge`)."""
+    return Grade(reward=0.0, tests={t: "missing" for t in [*instance.FAIL_TO_PASS, *instance.PASS_TO_PASS]},
+                 fail_to_pass={t: False for t in instance.FAIL_TO_PASS},
+                 pass_to_pass={t: False for t in instance.PASS_TO_PASS}, reason=str(err),
+                 duration_s=time.perf_counter() - start)
 
 
 def _snapshot(box: Sandbox, base: dict[str, Entry]) -> dict[str, Entry]:

@@ -27,7 +27,7 @@ import pytest
 from lightswe.envs.grading import GradingError
 from lightswe.envs.sandbox import SandboxConfig
 
-from .conftest import episode
+from .conftest import FIX, episode
 
 # Appended to toolz/__init__.py: on import (pytest's collection in the grading container) it spawns processes at
 # oom_score_adj 0 that grow to ~10 MB each (smaller than the runner) and fill the container's memory; they hold
@@ -81,3 +81,43 @@ def test_the_code_under_test_filling_memory_is_the_policys_failure(small_env):
         pytest.fail(f"a change that fills the grading container's memory got no reward: {err}")
     print("REASON", info["reason"][:90]); assert reward == 0.0
     assert "memory limit" in info["reason"], info["reason"]
+
+
+@pytest.fixture(scope="module")
+def unlimited_env(task):
+    """The demo task in sandboxes without a disk limit (no RLIMIT_FSIZE: one sparse file may be 100 GiB)."""
+    from lightswe.envs.swe_env import SWEEnv
+
+    environment = SWEEnv([task], test_timeout=120, sandbox_config=SandboxConfig(disk_limit=None))
+    yield environment
+    environment.close()
+
+
+@pytest.mark.docker
+def test_a_sparse_file_of_terabytes_is_the_policys_failure_not_hours_of_reading(unlimited_env):
+    """A sparse file takes no disk but the engine's archive streams it whole (~170 MB/s here): 1,000 of 4 GiB
+    (what the 4 GiB disk limit allows) held one grading for hours. Past the base's bytes plus 8 GiB, grading
+    stops reading at the file's header: 0.0 at once, even with the fix in place."""
+    import time
+
+    began = time.perf_counter()
+    reward, info = episode(unlimited_env, FIX, "truncate -s 100G toolz/cache.bin")
+    assert reward == 0.0
+    assert info["reason"].startswith("the work tree is too large to grade"), info["reason"]
+    assert time.perf_counter() - began < 60
+
+
+@pytest.mark.docker
+def test_reading_a_tree_stops_at_its_byte_and_entry_budgets():
+    from lightswe.envs.agent_diff import TreeTooLarge, read_tree
+    from lightswe.envs.sandbox import Sandbox
+
+    with Sandbox(SandboxConfig(workdir="/tmp", labels={"lightswe.test": "attack6"})) as box:
+        made = box.exec("mkdir t && truncate -s 1G t/sparse && mkdir u && touch u/a u/b u/c", timeout=30)
+        assert made.exit_code == 0, made.output
+        with pytest.raises(TreeTooLarge, match="sparse alone 1,073,741,824"):
+            read_tree(box.api, box.container_id, base={}, workdir="/tmp/t", max_extra_bytes=64 * 1024 ** 2)
+        with pytest.raises(TreeTooLarge, match="entries"):
+            read_tree(box.api, box.container_id, base={}, workdir="/tmp/u", max_entries=2)
+        assert sorted(read_tree(box.api, box.container_id, base={}, workdir="/tmp/u", max_entries=3)) == \
+            ["a", "b", "c"]
