@@ -79,7 +79,6 @@ def test_the_code_under_test_filling_memory_is_the_policys_failure(small_env):
         reward, info = episode(small_env, appended(OOM_RUNNER))
     except GradingError as err:  # before the fix: the runner died, "the machine failed", no reward
         pytest.fail(f"a change that fills the grading container's memory got no reward: {err}")
-    print("REASON", info["reason"][:90]); assert reward == 0.0
     assert "memory limit" in info["reason"], info["reason"]
 
 
@@ -121,3 +120,52 @@ def test_reading_a_tree_stops_at_its_byte_and_entry_budgets():
             read_tree(box.api, box.container_id, base={}, workdir="/tmp/u", max_entries=2)
         assert sorted(read_tree(box.api, box.container_id, base={}, workdir="/tmp/u", max_entries=3)) == \
             ["a", "b", "c"]
+
+
+# Appended to toolz/__init__.py: on import in the grading container it takes every free pid of the container
+# (sleepers in their own sessions, so the command's process-group kill misses them), then fills the disk; the
+# runner stops the command (disk full) and its kill of the agent user's leftovers had to fork: EAGAIN.
+PIDS_THEN_DISK = textwrap.dedent('''
+    import os as _os
+    import subprocess as _subprocess
+
+    if not _os.environ.get("_SLEEPER"):
+        while True:
+            try:
+                _subprocess.Popen(["sleep", "60"], start_new_session=True, env={"_SLEEPER": "1"})
+            except OSError:
+                break
+        try:
+            with open("/tmp/fill", "wb") as _handle:
+                while True:
+                    _handle.write(b"x" * (1 << 20))
+        except OSError:
+            pass
+        import time as _time
+        _time.sleep(30)
+''')
+
+
+@pytest.fixture(scope="module")
+def small_disk_env(task):
+    """The demo task graded by Django's log parser on unittest's log (as in the fifth pass), 128 MiB disks."""
+    from lightswe.envs.swe_env import SWEEnv
+
+    from .conftest import F2P_UNITTEST, P2P_UNITTEST, UNITTEST, UNITTEST_FILE
+
+    row = replace(task, instance_id=task.instance_id + UNITTEST, test_patch=UNITTEST_FILE,
+                  test_command="python -m unittest -v", log_parser="django/django",
+                  FAIL_TO_PASS=[F2P_UNITTEST], PASS_TO_PASS=[P2P_UNITTEST])
+    environment = SWEEnv([task, row], test_timeout=120, sandbox_config=SandboxConfig(disk_limit="128m"))
+    yield environment
+    environment.close()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("suffix", ["", "-unittest"], ids=["pytest-row", "log-row"])
+def test_no_free_pid_when_the_run_is_stopped_is_the_policys_failure(small_disk_env, suffix):
+    try:
+        reward, info = episode(small_disk_env, appended(PIDS_THEN_DISK), task_suffix=suffix)
+    except GradingError as err:  # before the fix (log row): "runner error", no shell pid: "the machine failed"
+        pytest.fail(f"a change that took every pid and filled the disk got no reward: {err}")
+    assert reward == 0.0, info["reason"]
