@@ -79,6 +79,7 @@ def test_the_code_under_test_filling_memory_is_the_policys_failure(small_env):
         reward, info = episode(small_env, appended(OOM_RUNNER))
     except GradingError as err:  # before the fix: the runner died, "the machine failed", no reward
         pytest.fail(f"a change that fills the grading container's memory got no reward: {err}")
+    assert reward == 0.0
     assert "memory limit" in info["reason"], info["reason"]
 
 
