@@ -215,12 +215,32 @@ def _too_large(instance: TaskInstance, err: TreeTooLarge, start: float) -> Grade
 
 
 def _snapshot(box: Sandbox, base: dict[str, Entry]) -> dict[str, Entry]:
+    """The agent's work tree, read while its container is frozen (the engine's ``pause``: the cgroup freezer
+    stops every process in it, the runner too, so nothing runs there). A process the agent left running that
+    rewrote, truncated or removed files while the engine archived them corrupted the archive ("unexpected end of
+    data": the header's size, then fewer bytes): the machine's failure, no reward, on demand. Unpaused after
+    (``render`` still reads it); a container that is not running is read as it is."""
     if box.container_id is None:
         raise GradingError("the agent's sandbox is closed; nothing to grade", stage="snapshot")
+    cid = box.container_id
     try:
-        return read_tree(box.api, box.container_id, base=base, workdir=WORKDIR)
+        state = box.api.inspect_container(cid)["State"]
+        paused = bool(state.get("Running")) and not state.get("Paused")
+        if paused:
+            box.api.pause(cid)
+    except Exception as err:
+        raise GradingError(f"freezing the agent's container {cid[:12]} to read its work tree failed: {err}",
+                           stage="snapshot") from err
+    try:
+        return read_tree(box.api, cid, base=base, workdir=WORKDIR)
     except SnapshotError as err:
         raise GradingError(f"reading the agent's work tree failed: {err}", stage="snapshot") from err
+    finally:
+        if paused:
+            try:
+                box.api.unpause(cid)
+            except Exception:  # noqa: BLE001, S110 - the tree is read; a container that cannot resume is discarded
+                pass
 
 
 def _own_modules(base: dict[str, Entry]) -> set[str]:

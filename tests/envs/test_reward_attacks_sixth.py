@@ -27,7 +27,7 @@ import pytest
 from lightswe.envs.grading import GradingError
 from lightswe.envs.sandbox import SandboxConfig
 
-from .conftest import FIX, episode
+from .conftest import FIX, episode, left
 
 # Appended to toolz/__init__.py: on import (pytest's collection in the grading container) it spawns processes at
 # oom_score_adj 0 that grow to ~10 MB each (smaller than the runner) and fill the container's memory; they hold
@@ -170,3 +170,22 @@ def test_no_free_pid_when_the_run_is_stopped_is_the_policys_failure(small_disk_e
     except GradingError as err:  # before the fix (log row): "runner error", no shell pid: "the machine failed"
         pytest.fail(f"a change that took every pid and filled the disk got no reward: {err}")
     assert reward == 0.0, info["reason"]
+
+
+# Left running by the agent (its own session: the command's end does not stop it): files of /testbed written,
+# emptied and removed in a loop, so the engine archives some of them while they shrink or vanish.
+CHURN = ("mkdir -p churn && (setsid bash -c 'while true; do for i in 1 2 3 4 5 6 7 8; do head -c 20000000 /dev/zero "
+         "> churn/f$i; : > churn/f$i; rm -f churn/f$i; done; done' >/dev/null 2>&1 &); sleep 1")
+
+
+@pytest.mark.docker
+def test_files_changing_while_the_tree_is_read_do_not_void_the_grade(env):
+    """Before the fix the engine's archive came back corrupt ("unexpected end of data": a header's size, then
+    fewer bytes) and grading raised GradingError: no reward, on demand, for any change. The agent's container is
+    now frozen while it is read: the fix earns 1.0 with the churn running."""
+    try:
+        reward, info = episode(env, FIX, CHURN)
+    except GradingError as err:
+        pytest.fail(f"a process of the agent rewriting files at submit voided the grade: {err}")
+    assert reward == 1.0, info["reason"]
+    assert not any(path.startswith("churn/") and reason == "" for path, reason in left(info).items())
