@@ -6,7 +6,9 @@ lost. Left out:
 
 - the task's tests: its test files (the files of FAIL_TO_PASS/PASS_TO_PASS, ``test_files``, every path of
   ``test_patch``), the test directory each lives in (its nearest ancestor named ``test``/``tests``/``testing``:
-  helpers and data the tests read), and every ``test_*.py``/``*_test.py`` module;
+  helpers and data the tests read), every ``test_*.py``/``*_test.py`` module, and everything under a folder
+  named like one (``test_x/``, ``x_test/``): a package of the test module's name, reached through a package
+  ``__path__`` the change redirects, was imported by pytest in place of the task's test file (1.0 unfixed);
 - test-runner configuration: every ``conftest.py``, ``pytest.ini``/``.pytest.ini``/``pytest.toml``/
   ``.pytest.toml``/``tox.ini``, and the ``[tool:pytest]``/``[pytest]`` sections of ``setup.cfg`` and the
   ``[tool.pytest...]`` tables of ``pyproject.toml`` (the rest of those files is graded: the sections are put
@@ -249,6 +251,7 @@ def _pytest_ini_runner(data: bytes) -> object:
 
 
 # ------------------------------------------------------------------------------------------------ selection
+_TEST_PACKAGE = re.compile(r"test_[^/]*|[^/]*_test")  # a folder named like a test module
 _GIT_DIR_ALIASES = re.compile(r"(?i)^(?:\.git[. ]*|git~1|\.git:.*)$")
 
 
@@ -277,6 +280,9 @@ def _reason(change: Change, scope: Scope, tree_paths: Collection[str], max_file_
             return f"in the task's test directory {folder}/"
     if name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py")):
         return "a test module (test_*.py / *_test.py)"
+    package = next((p for p in parts[:-1] if _TEST_PACKAGE.fullmatch(p)), None)
+    if package:  # a package of that name is imported as the test module (a redirected __path__ reaches it)
+        return f"in a package named like a test module ({package}/)"
     if name == "conftest.py":
         return "conftest.py (test configuration)"
     if name in RUNNER_CONFIG:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import re
 import secrets
 import tarfile
@@ -310,6 +311,7 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     if run.runner_died:  # the container outlived its runner: still the machine's failure, never a test verdict
         raise GradingError(f"the command runner of grading container {_short(grader)} died while the tests ran",
                            stage="tests", known=known)
+    borrowed = _defined_in_the_change(run, kept)
     matched = match_ids(wanted, run.outcomes, files, unresolved)  # published ids -> outcomes (tasks/test_ids)
     tests = matched.tests
     f2p = {t: tests[t] == PASSED for t in instance.FAIL_TO_PASS}
@@ -326,6 +328,10 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
         consistent = all_pass == (run.exit_code == 0)
     if run.timed_out:
         reason = f"the test run timed out after {timeout:g} s"
+    elif borrowed and not all_pass:
+        test, source = next(iter(sorted(borrowed.items())))
+        reason = (f"{len(borrowed)} test(s) ran code defined in the change, not in the task's tests, e.g. {test} "
+                  f"(defined in {source}): counted as errors")
     elif not run.outcomes and not run.collection_errors:
         runner = "the test command" if instance.log_parser else "pytest"
         reason = (f"{runner} reported no test (exit code {run.exit_code}); last lines of `{instance.test_command}`:"
@@ -353,6 +359,28 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
                  exit_code=run.exit_code, duration_s=time.perf_counter() - start, tests_s=run.duration_s,
                  timed_out=run.timed_out, graded_paths=known["graded_paths"], left_out=left_out, patch=patch,
                  reward_hack_suspected=suspected, reward_zeroed=zeroed, unmatched=matched.unmatched)
+
+
+def _defined_in_the_change(run: TestRun, kept: list[Change]) -> dict[str, str]:
+    """Demote to ERROR (in ``run``) every passing test whose code is defined in a file of the graded change (or
+    inside one: a zip archive on an import path); returns ``{test id: that file}``.
+
+    pytest's JUnit ``file`` is where a test's function is defined. The task's tests live in files grading keeps
+    as the base or ``test_patch`` has them; a test defined in the change is a stand-in: a package of the test
+    module's name reached through a redirected package ``__path__`` (or ``sys.modules``, an import hook) was
+    collected in place of the task's test file, and every test passed with the bug in place (1.0).
+    """
+    changed = {c.path for c in kept if c.new is not None}
+    borrowed = {}
+    for key, source in run.sources.items():
+        path = posixpath.normpath(source)
+        path = path[len(WORKDIR) + 1:] if path.startswith(WORKDIR + "/") else path
+        parents = {str(p) for p in PurePosixPath(path).parents} - {"."}
+        if run.outcomes.get(key) == PASSED and (path in changed or parents & changed):
+            run.outcomes[key] = ERROR
+            run.messages[key] = f"defined in {source}, a file of the change (not the task's tests)"
+            borrowed[key] = source
+    return borrowed
 
 
 def _running(grader: Sandbox) -> bool:

@@ -387,11 +387,17 @@ def _findings(tree: ast.AST, own_modules: Collection[str], depth: int = 0) -> li
                 add(node, f"replaces {base}.{node.attr}")
             if node.attr in _REPORT_NAMES:
                 add(node, f"uses the test runner's {node.attr}")
+            if node.attr == "__path__":
+                add(node, "uses a package's __path__ (where its submodules, test packages among them, are imported "
+                          "from)")
             if node.attr == "__subclasses__":
                 add(node, "walks classes through __subclasses__ (reaches the test runner's classes)")
         elif isinstance(node, ast.Name):
             if node.id == "__builtins__":
                 add(node, "uses __builtins__")
+            elif node.id == "__path__":
+                add(node, "uses a package's __path__ (where its submodules, test packages among them, are imported "
+                          "from)")
             elif isinstance(node.ctx, ast.Store) and node.id in _RUNNER_GLOBALS:
                 add(node, f"sets {node.id}, which pytest reads from the modules it imports")
             elif isinstance(node.ctx, ast.Store) and node.id in _ASSERT_NAMES:
