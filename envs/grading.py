@@ -297,7 +297,7 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     tests_from = time.time()
     try:
         run, unresolved, whole_files = _run_task_tests(grader, instance, wanted, files, facts.plugins, timeout,
-                                                       junit)
+                                                       junit, changed={c.path for c in kept if c.new is not None})
     except UserInputError as err:
         raise GradingError(f"{instance.instance_id}: {err}", stage="tests", known=known) from err
     except Exception as err:
@@ -422,7 +422,8 @@ def _out_of_memory_grade(grader: Sandbox, instance: TaskInstance, wanted: list[s
 
 
 def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], files: set[str],
-                    plugins, timeout: float, junit: str = JUNIT_PATH) -> tuple[TestRun, dict[str, str], bool]:
+                    plugins, timeout: float, junit: str = JUNIT_PATH, changed: set[str] | None = None
+                    ) -> tuple[TestRun, dict[str, str], bool]:
     """(run, {id: why it could not run}, whether whole files ran) of the task's tests in ``grader``.
 
     pytest rows: ids pytest can address run as they are, the files of the others run whole (published ids cut
@@ -462,8 +463,11 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
                 raw = b""
             except FileNotFoundError as err:  # root's, in a sticky folder: no test process can remove it
                 raise RuntimeError(f"the verdict record file of {_short(grader)} vanished") from err
-            records = verdicts.read(raw, channel, shell)
+            records = verdicts.read(raw, channel, shell, changed=changed or ())
             log = records.log
+            if records.borrowed:
+                result.output += (f"\n[grading] {len(records.borrowed)} verdict(s) of tests defined in files of the "
+                                  f"change (not the task's tests) counted as errors, e.g. {records.borrowed[0]}\n")
             if records.tampered:
                 result.output += ("\n[grading] the verdict record file was emptied or written over (only the test "
                                   "run can write there): no verdict counts\n")

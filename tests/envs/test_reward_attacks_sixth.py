@@ -237,3 +237,50 @@ def test_tests_defined_in_the_change_do_not_count(env, task):
     assert reward == 0.0, info["reason"]
     assert "defined in the change" in info["reason"], info["reason"]
     assert info["tests"]["toolz/tests/test_itertoolz.py::test_nth"] == "error"
+
+
+@pytest.mark.docker
+def test_a_stand_in_for_a_log_graded_rows_test_module_does_not_count(log_env, task):
+    """Django's log parser on ``python -m unittest -v`` (the fifth pass's row): unittest loads the test module by
+    name, and a module the package put in ``sys.modules`` under that name ran instead, its tests passing (1.0
+    before the fix). The recorder notes where each reported test is defined; those of the change are errors."""
+    from .conftest import UNITTEST
+
+    code = textwrap.dedent('''
+        import sys as _sys
+        import types as _types
+        import unittest as _unittest
+
+        class NthTest(_unittest.TestCase):
+            def test_nth_iterator(self):
+                pass
+
+            def test_nth_list(self):
+                pass
+
+        _fake = _types.ModuleType("toolz.tests.test_nth_unittest")
+        _fake.NthTest = NthTest
+        NthTest.__module__ = _fake.__name__
+        _sys.modules[_fake.__name__] = _fake
+        from . import tests as _tests  # unittest walks the name's attributes from the package
+
+        _tests.test_nth_unittest = _fake
+    ''')
+    reward, info = episode(log_env, f"cat >> toolz/__init__.py <<'EOF'\n{code}EOF", task_suffix=UNITTEST)
+    assert reward == 0.0, info["reason"]
+    assert set(info["tests"].values()) == {"error"}, info["tests"]  # the stand-in's passes, made errors
+
+
+@pytest.fixture(scope="module")
+def log_env(task):
+    """The demo task graded by Django's log parser on ``python -m unittest -v`` (the fifth pass's row)."""
+    from lightswe.envs.swe_env import SWEEnv
+
+    from .conftest import F2P_UNITTEST, P2P_UNITTEST, UNITTEST, UNITTEST_FILE
+
+    row = replace(task, instance_id=task.instance_id + UNITTEST, test_patch=UNITTEST_FILE,
+                  test_command="python -m unittest -v", log_parser="django/django",
+                  FAIL_TO_PASS=[F2P_UNITTEST], PASS_TO_PASS=[P2P_UNITTEST])
+    environment = SWEEnv([task, row], test_timeout=120)
+    yield environment
+    environment.close()
