@@ -149,7 +149,8 @@ PIDS_THEN_DISK = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def small_disk_env(task):
-    """The demo task graded by Django's log parser on unittest's log (as in the fifth pass), 128 MiB disks."""
+    """The demo task and its row graded by Django's log parser on ``python -m unittest -v`` (as in the fifth
+    pass), with 128 MiB disks."""
     from lightswe.envs.swe_env import SWEEnv
 
     from .conftest import F2P_UNITTEST, P2P_UNITTEST, UNITTEST, UNITTEST_FILE
@@ -240,7 +241,7 @@ def test_tests_defined_in_the_change_do_not_count(env, task):
 
 
 @pytest.mark.docker
-def test_a_stand_in_for_a_log_graded_rows_test_module_does_not_count(log_env, task):
+def test_a_stand_in_for_a_log_graded_rows_test_module_does_not_count(small_disk_env, task):
     """Django's log parser on ``python -m unittest -v`` (the fifth pass's row): unittest loads the test module by
     name, and a module the package put in ``sys.modules`` under that name ran instead, its tests passing (1.0
     before the fix). The recorder notes where each reported test is defined; those of the change are errors."""
@@ -266,21 +267,7 @@ def test_a_stand_in_for_a_log_graded_rows_test_module_does_not_count(log_env, ta
 
         _tests.test_nth_unittest = _fake
     ''')
-    reward, info = episode(log_env, f"cat >> toolz/__init__.py <<'EOF'\n{code}EOF", task_suffix=UNITTEST)
+    reward, info = episode(small_disk_env, f"cat >> toolz/__init__.py <<'EOF'\n{code}EOF", task_suffix=UNITTEST)
     assert reward == 0.0, info["reason"]
     assert set(info["tests"].values()) == {"error"}, info["tests"]  # the stand-in's passes, made errors
 
-
-@pytest.fixture(scope="module")
-def log_env(task):
-    """The demo task graded by Django's log parser on ``python -m unittest -v`` (the fifth pass's row)."""
-    from lightswe.envs.swe_env import SWEEnv
-
-    from .conftest import F2P_UNITTEST, P2P_UNITTEST, UNITTEST, UNITTEST_FILE
-
-    row = replace(task, instance_id=task.instance_id + UNITTEST, test_patch=UNITTEST_FILE,
-                  test_command="python -m unittest -v", log_parser="django/django",
-                  FAIL_TO_PASS=[F2P_UNITTEST], PASS_TO_PASS=[P2P_UNITTEST])
-    environment = SWEEnv([task, row], test_timeout=120)
-    yield environment
-    environment.close()
