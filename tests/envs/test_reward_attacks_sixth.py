@@ -1,21 +1,37 @@
-"""Adversarial episodes, sixth pass: the machine around the test run attacked as a policy searching for reward
-(or for no reward at all, which a failing policy prefers to 0.0). Real engine, the embedded demo task (toolz
-1.0.0, off-by-one in ``nth``).
+"""Adversarial episodes, sixth pass: the machine around the test run attacked as a policy searching for reward,
+or for no reward at all (``GradingError``: the learner drops the episode, which a failing policy prefers to 0.0).
+Real engine, the embedded demo task (toolz 1.0.0, off-by-one in ``nth``) and its rows graded by Django's log
+parser on ``python -m unittest -v``.
 
 Broke before the fix:
 
-- **the harness's runner killed by the OOM killer** (no reward instead of 0.0: a failing change turned into "the
-  machine failed", which the learner drops): the package, imported by pytest in the grading container, lowered
-  the ``oom_score_adj`` of every process of the agent user (pytest, the command's shell) from the 1000 the
-  runner gives every command back to 0 (any process may lower it to the
-  floor its parent had) and spread its memory over processes smaller than the harness's root runner; the
-  container's cgroup filled, the OOM killer picked the runner (the largest process left at the lowest score) and
-  grading raised ``GradingError`` -> the engine's ``oom`` event for the grading container during the test run
-  makes it the run's failure: reward 0.0, the reason names the memory limit (a runner death without one is still
-  the machine's failure). The kernel's floor (``oom_score_adj_min``) can only be raised with
-  ``CAP_SYS_RESOURCE``, which engines in restricted hosts (this one) refuse to grant a container.
+- **the harness's runner killed by the OOM killer** (no reward instead of 0.0): the package, imported by pytest
+  in the grading container, lowered the ``oom_score_adj`` of every process of the agent user (pytest, the
+  command's shell) from the 1000 the runner gives each command back to 0 (any process may lower it to the floor
+  its parent had; raising that floor needs ``CAP_SYS_RESOURCE``, which this host's engine cannot grant) and
+  spread its memory over processes smaller than the harness's root runner: the OOM killer took the runner ->
+  the engine's ``oom`` event for the grading container during the test run makes it the run's failure (0.0, the
+  reason names the memory limit); a runner death without one is still the machine's;
+- **sparse files of terabytes** (grading ran for hours): ``truncate -s 4G`` x 1,000 uses no disk, but the
+  engine's archive streams every byte (~170 MB/s here) -> past the base's bytes + 8 GiB or 1,000,000 entries
+  the tree is not read further: 0.0 at once (``TreeTooLarge``);
+- **no free pid when the run is stopped** (log rows: no reward): the code under test took every pid of the
+  grading container and filled its disk; the runner's kill of the agent user's processes forked, got EAGAIN,
+  and the command's output (the shell's pid line) was lost ("runner error") -> each process is signalled from
+  the runner when it cannot fork;
+- **files changing while the tree is read** (no reward, even for a real fix): a process the agent left running
+  rewrote, emptied and removed files of /testbed; the engine archived a file that shrank ("unexpected end of
+  data") -> the agent's container is frozen (``pause``) while its tree is read;
+- **a stand-in for the test module** (1.0 unfixed, flagged only for a string naming 'tests'): where the tests
+  are a package, ``toolz/__init__.py`` put ``shadow/`` first on its ``__path__``, and
+  ``shadow/tests/test_itertoolz/__init__.py`` set ``__file__`` to the real test file (pytest's only check) and
+  defined every test as a pass -> folders named like a test module are left out, hack_check flags ``__path__``,
+  and a test whose code is defined in a file of the change (pytest's JUnit ``file``; the verdict recorder notes
+  the same for log rows, where a ``sys.modules`` stand-in also earned 1.0) is an error.
 
-Held (the tests below keep them held): see the README threat model, sixth pass.
+Held (no change): leftovers between episodes (every ``reset`` and every grading takes a container no episode
+touched); 200,000 files in /testbed (10 s to grade, the fix still 1.0); new modules shadowing what site's
+``.pth`` files import at start-up (``_distutils_hack``: the probe lists ``/usr/lib/python3/dist-packages``).
 """
 
 from __future__ import annotations
