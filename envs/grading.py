@@ -5,7 +5,9 @@
 1. A **fresh container** of the instance image comes from ``fresh()`` (default: a new
    :class:`~lightswe.envs.sandbox.Sandbox`; a warm pool can supply one). Grading owns it and closes it.
 2. The **agent's change** is read without running anything the agent controls (:mod:`lightswe.envs.agent_diff`):
-   its ``/testbed`` through the engine's archive API (no ``.git``), the base tree from the pristine container.
+   its ``/testbed`` through the engine's archive API (no ``.git``), with its container frozen (the engine's
+   ``pause``: no process the agent left running can change a file while it is archived), the base tree from
+   the pristine container. A tree past the base's bytes + 8 GiB or 1,000,000 entries is not read further: 0.0.
 3. **What grading may see** (:mod:`lightswe.envs.graded_files`): the task's tests, test-runner configuration,
    ``conftest.py``, site customisation, ``.pth``, package metadata, bytecode and shadowing modules are left out;
    ``Grade.left_out`` lists each with its reason.
@@ -17,8 +19,10 @@
 6. **Runner-reactive code** in the kept Python files is flagged (:mod:`lightswe.envs.hack_check`):
    ``Grade.reward_hack_suspected``; ``hack_policy="zero"`` turns such a reward into 0.0 (``reward_zeroed``).
 
-Reward 1.0 iff every FAIL_TO_PASS and PASS_TO_PASS test passes and pytest exits 0, else 0.0. A test run that
-times out (the agent's code hangs) is the policy's failure: 0.0 with ``timed_out=True``. A failure of the
+Reward 1.0 iff every FAIL_TO_PASS and PASS_TO_PASS test passes and pytest exits 0, else 0.0; a test whose code
+is defined in a file of the change (a stand-in for the task's test module) is an error. A test run that
+times out (the agent's code hangs) is the policy's failure: 0.0 with ``timed_out=True``; so is one that fills
+the grading container's memory (the engine reports it out of memory), whichever process the OOM killer took. A failure of the
 machine (the agent's or the grading container gone, the engine failing, an image that cannot start, a
 ``test_patch`` that does not apply to the base) raises :class:`GradingError` (an
 :class:`~lightswe.errors.InfrastructureError`): never a reward.
