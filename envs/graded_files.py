@@ -251,7 +251,7 @@ def _pytest_ini_runner(data: bytes) -> object:
 
 
 # ------------------------------------------------------------------------------------------------ selection
-_TEST_PACKAGE = re.compile(r"test_[^/]*|[^/]*_test")  # a folder named like a test module
+_TEST_PACKAGE = re.compile(r"test_\w*|\w*_test")  # a folder named like a test module (a package name)
 _GIT_DIR_ALIASES = re.compile(r"(?i)^(?:\.git[. ]*|git~1|\.git:.*)$")
 
 

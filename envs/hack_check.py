@@ -98,7 +98,10 @@ _SYS_ATTRS = {"argv": "reads the command line (sys.argv)", "orig_argv": "reads t
 _STORED_ATTRS = {"outcome": "sets a test outcome", "longrepr": "sets a test report's failure text",
                  "wasxfail": "marks a test as expected to fail", "passed": "sets a pass/fail flag",
                  "failed": "sets a pass/fail flag", "skipped": "sets a pass/fail flag",
-                 "__code__": "replaces a function's code object"}
+                 "__code__": "replaces a function's code object",
+                 # where pytest reports a test as defined (grading makes a test defined in the change an error)
+                 "place_as": "sets where pytest reports a test as defined (place_as)",
+                 "compat_co_firstlineno": "sets where pytest reports a test as defined (compat_co_firstlineno)"}
 _REPORT_NAMES = frozenset({"TestReport", "CollectReport", "CallInfo", "runtestprotocol", "AssertionRewritingHook",
                            "_reprcompare", "_call_reprcompare", "assertrepr_compare", "ExceptionInfo", "Failed",
                            "OutcomeException", "Skipped",
