@@ -65,6 +65,8 @@ def select(tree: dict[str, bytes | None], base: dict[str, bytes] | None = None):
     ("json.py", "would shadow the module 'json'"),
     ("pytest/__init__.py", "would shadow the module 'pytest'"),
     ("scripts/_pytest.py", "would shadow the module '_pytest'"),
+    ("shadow/tests/test_a/__init__.py", "in a package named like a test module (test_a/)"),
+    ("pkg/a_test/mod.py", "in a package named like a test module (a_test/)"),
 ])
 def test_left_out_with_the_reason(path, reason):
     kept, left = select({path: b"print(1)\n", "pkg/mod.py": b"x = 2\n"})

@@ -287,3 +287,18 @@ def test_a_stand_in_for_a_log_graded_rows_test_module_does_not_count(small_disk_
     assert reward == 0.0, info["reason"]
     assert set(info["tests"].values()) == {"error"}, info["tests"]  # the stand-in's passes, made errors
 
+
+
+@pytest.mark.parametrize("code, flag", [
+    ("__path__.insert(0, 'shadow')\n", "__path__"),
+    ("import toolz\ntoolz.__path__ = ['shadow']\n", "__path__"),
+    ("def test_nth():\n    pass\n\ntest_nth.place_as = len\n", "place_as"),
+    ("def f():\n    pass\n\nsetattr(f, 'compat_co_firstlineno', 1)\n", "compat_co_firstlineno"),
+], ids=["path-insert", "path-assigned", "place-as", "compat-firstlineno"])
+def test_the_ways_to_move_a_test_or_a_test_module_are_flagged(code, flag):
+    """A redirected package ``__path__`` reaches a stand-in test module; ``place_as``/``compat_co_firstlineno``
+    move where pytest reports a test as defined (grading's check that it is not defined in the change)."""
+    from lightswe.envs.hack_check import suspicious_code
+
+    found = suspicious_code([("toolz/__init__.py", b"", code.encode())])
+    assert any(flag in finding for finding in found), found
