@@ -60,6 +60,8 @@ _TEST_PATH = re.compile(r"^(tests?|testing)$|(^|[/\\])tests?[/\\]|(^|[/\\])test_
 _CALLS = {
     ("sys", "_getframe"): "inspects the call stack", ("inspect", "stack"): "inspects the call stack",
     ("inspect", "currentframe"): "inspects the call stack", ("inspect", "getouterframes"): "inspects the call stack",
+    ("types", "CodeType"): "builds a code object (it may claim any file)",
+    ("types", "FunctionType"): "builds a function from a code object (it may claim any file)",
     ("inspect", "trace"): "inspects the call stack", ("traceback", "extract_stack"): "inspects the call stack",
     ("traceback", "walk_stack"): "inspects the call stack", ("traceback", "format_stack"): "inspects the call stack",
     ("os", "_exit"): "ends the process behind the runner's back (os._exit)",
@@ -360,6 +362,8 @@ def _findings(tree: ast.AST, own_modules: Collection[str], depth: int = 0) -> li
                     add(node, f"imports the test module {target}")
                 elif target.split(".")[0] in ("ctypes", "builtins", "atexit", *_OS_ALIASES):
                     add(node, f"imports {target.split('.')[0]}")
+            if any(keyword.arg == "co_filename" for keyword in node.keywords):
+                add(node, "rewrites a code object's co_filename (a test of the change claiming the task's test file)")
             for keyword in node.keywords:
                 off = isinstance(keyword.value, ast.Constant) and (
                     keyword.value.value is None if keyword.arg == "process_group" else not keyword.value.value)
@@ -390,6 +394,9 @@ def _findings(tree: ast.AST, own_modules: Collection[str], depth: int = 0) -> li
                 add(node, f"replaces {base}.{node.attr}")
             if node.attr in _REPORT_NAMES:
                 add(node, f"uses the test runner's {node.attr}")
+            if node.attr == "co_filename":
+                add(node, "uses a code object's co_filename (where code says it is defined: a test of the change "
+                          "claiming the task's test file)")
             if node.attr == "__path__":
                 add(node, "uses a package's __path__ (where its submodules, test packages among them, are imported "
                           "from)")

@@ -294,10 +294,13 @@ def test_a_stand_in_for_a_log_graded_rows_test_module_does_not_count(small_disk_
     ("import toolz\ntoolz.__path__ = ['shadow']\n", "__path__"),
     ("def test_nth():\n    pass\n\ntest_nth.place_as = len\n", "place_as"),
     ("def f():\n    pass\n\nsetattr(f, 'compat_co_firstlineno', 1)\n", "compat_co_firstlineno"),
-], ids=["path-insert", "path-assigned", "place-as", "compat-firstlineno"])
+    ("def f():\n    pass\n\nf.__code__ = f.__code__.replace(co_filename='toolz/tests/x.py')\n", "co_filename"),
+    ("import types\n\ndef f():\n    pass\n\ng = types.FunctionType(f.__code__, {})\n", "builds a function"),
+], ids=["path-insert", "path-assigned", "place-as", "compat-firstlineno", "code-replace", "function-type"])
 def test_the_ways_to_move_a_test_or_a_test_module_are_flagged(code, flag):
-    """A redirected package ``__path__`` reaches a stand-in test module; ``place_as``/``compat_co_firstlineno``
-    move where pytest reports a test as defined (grading's check that it is not defined in the change)."""
+    """A redirected package ``__path__`` reaches a stand-in test module; ``place_as``/``compat_co_firstlineno``,
+    a rewritten ``co_filename`` or a function built from a code object move where a test says it is defined
+    (grading's check that it is not defined in the change)."""
     from lightswe.envs.hack_check import suspicious_code
 
     found = suspicious_code([("toolz/__init__.py", b"", code.encode())])
