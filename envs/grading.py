@@ -23,8 +23,8 @@ Reward 1.0 iff every FAIL_TO_PASS and PASS_TO_PASS test passes and pytest exits 
 is defined in a file of the change (a stand-in for the task's test module) is an error. A test run that
 times out (the agent's code hangs) is the policy's failure: 0.0 with ``timed_out=True``; so is one that fills
 the grading container's memory (the engine reports it out of memory), whichever process the OOM killer took.
-A failure of the machine (the agent's or the grading container gone, the engine failing, an image that cannot start, a
-``test_patch`` that does not apply to the base) raises :class:`GradingError` (an
+A failure of the machine (the agent's or the grading container gone, the engine failing, an image that cannot
+start, a ``test_patch`` that does not apply to the base) raises :class:`GradingError` (an
 :class:`~lightswe.errors.InfrastructureError`): never a reward.
 
 Nothing the agent wrote runs as root: the harness's commands in the grading container run as the non-root
