@@ -165,16 +165,19 @@ PIDS_THEN_DISK = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def small_disk_env(task):
-    """The demo task and its row graded by Django's log parser on ``python -m unittest -v`` (as in the fifth
-    pass), with 128 MiB disks."""
+    """The demo task and its rows graded by Django's log parser on ``python -m unittest -v`` and by sphinx's
+    on pytest's verdicts (as in the fifth pass), with 128 MiB disks."""
     from lightswe.envs.swe_env import SWEEnv
 
-    from .conftest import F2P_UNITTEST, P2P_UNITTEST, UNITTEST, UNITTEST_FILE
+    from .conftest import F2P_UNITTEST, P2P_UNITTEST, PYTEST_LOG, UNITTEST, UNITTEST_FILE
 
     row = replace(task, instance_id=task.instance_id + UNITTEST, test_patch=UNITTEST_FILE,
                   test_command="python -m unittest -v", log_parser="django/django",
                   FAIL_TO_PASS=[F2P_UNITTEST], PASS_TO_PASS=[P2P_UNITTEST])
-    environment = SWEEnv([task, row], test_timeout=120, sandbox_config=SandboxConfig(disk_limit="128m"))
+    pytest_log = replace(task, instance_id=task.instance_id + PYTEST_LOG, log_parser="sphinx-doc/sphinx",
+                         test_command="python -m pytest -p no:cacheprovider -o addopts= -rA")
+    environment = SWEEnv([task, row, pytest_log], test_timeout=120,
+                         sandbox_config=SandboxConfig(disk_limit="128m"))
     yield environment
     environment.close()
 
@@ -305,3 +308,18 @@ def test_the_ways_to_move_a_test_or_a_test_module_are_flagged(code, flag):
 
     found = suspicious_code([("toolz/__init__.py", b"", code.encode())])
     assert any(flag in finding for finding in found), found
+
+
+@pytest.mark.docker
+def test_a_stand_in_for_a_pytest_log_rows_test_module_does_not_count(small_disk_env, task):
+    """The row graded by sphinx's parser on pytest's recorded verdicts: the ``sys.modules`` stand-in of
+    ``test_tests_defined_in_the_change_do_not_count``; its passes are recorded as errors."""
+    from .conftest import PYTEST_LOG
+
+    stand_in = _stand_in(task, up="'.'").replace("__file__ =", "_real =").replace("def ", "def _")
+    code = (f"import sys as _sys, types as _types\n{stand_in}_fake = _types.ModuleType('test_itertoolz')\n"
+            "_fake.__file__ = _real\n_fake.__dict__.update({k[1:]: v for k, v in list(globals().items()) "
+            "if k.startswith('_test')})\n_sys.modules['test_itertoolz'] = _fake\n")
+    reward, info = episode(small_disk_env, f"cat >> toolz/__init__.py <<'EOF'\n{code}EOF", task_suffix=PYTEST_LOG)
+    assert reward == 0.0, info["reason"]
+    assert info["tests"]["toolz/tests/test_itertoolz.py::test_nth"] == "error", info["tests"]
