@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -173,19 +172,23 @@ class Learner:
             return counts
         return [int(x) for x in _all_reduce([float(c) for c in counts], self.device, dist.ReduceOp.MAX)]
 
-    @torch.no_grad()
-    def _recompute(self, batch: TrainBatch) -> Tensor:
-        out = []
-        micro = self.config.micro_batch_size
-        (passes,) = self._passes([math.ceil(len(batch) / micro)])
-        for i in range(passes):
-            rows = batch.input_ids[i * micro:(i + 1) * micro]
-            with self._autocast():
-                logp = sequence_logprobs(self.model, rows if len(rows) else TrainBatch.placeholder(
-                    self.device).input_ids, temperature=self.config.temperature)[0]
-            if len(rows):
-                out.append(logp)
-        return torch.cat(out) if out else batch.sampler_logp
+    def _recompute(self, batch: TrainBatch, minibatches: list, passes: list[int]) -> Tensor:
+        """Behaviour log-probs [N, T] under the pre-update weights, computed as the update computes them: over the
+        same micro-batches (the same shapes, so the same kernels) and, on CUDA, with autograd recording (its
+        graph is dropped at once) so that the same compiled chains run (``model/fused.py`` compiles them for
+        autograd-recording forwards only; a no-grad forward runs them eagerly, which rounds differently). The
+        first update's ratios are then exactly 1. Under FSDP every rank runs the same number of passes."""
+        out = batch.sampler_logp.clone()
+        with torch.set_grad_enabled(self.device.type == "cuda"):
+            for micros, n_passes in zip(minibatches, passes):
+                for i in range(n_passes):
+                    rows = micros[i] if i < len(micros) else None
+                    ids = batch.input_ids[rows] if rows is not None else TrainBatch.placeholder(self.device).input_ids
+                    with self._autocast():
+                        logp = sequence_logprobs(self.model, ids, temperature=self.config.temperature)[0].detach()
+                    if rows is not None:
+                        out[rows] = logp
+        return out
 
     def _weights(self, mask: Tensor) -> Tensor:
         """Whole-mini-batch token weights. Across ranks the denominator is summed and FSDP's gradient mean is
@@ -207,13 +210,14 @@ class Learner:
         c = self.config
         self.model.train()
         batch = batch.to(self.device)
-        behaviour = self._recompute(batch) if c.behaviour == "recompute" else batch.sampler_logp
         sums: dict[str, float] = {}
         tokens = 0
         grad_norms, losses = [], []
         minibatches = [torch.arange(start, end, device=self.device).split(c.micro_batch_size) if end > start else ()
                        for start, end in batch.minibatch_bounds(c.minibatches)]
         passes = self._passes([len(micros) for micros in minibatches])
+        behaviour = (self._recompute(batch, minibatches, passes) if c.behaviour == "recompute"
+                     else batch.sampler_logp)
         for _ in range(c.epochs):
             for micros, n_passes in zip(minibatches, passes):
                 if n_passes == 0:  # no rank has rows for this mini-batch: skipped alike everywhere

@@ -23,8 +23,10 @@ fi
 if has train; then
   # minimax-1b learner, T=8192 (issue 16): one GPU at 131,072 tokens per step (16 rows: one micro-batch), ALONE on
   # the machine, then FSDP2 on two GPUs with the same work per GPU (262,144 tokens in all), the layers' weights
-  # kept gathered from forward to backward. Defaults: grouped-GEMM MoE, bf16x3 head, compiled chains with eager
-  # rounding. ~60 s each, <= 165 s in all (compilation; the one-GPU run warms the Inductor cache the ranks reuse).
+  # kept gathered from forward to backward. Defaults: grouped-GEMM MoE, bf16x3 head (8,192-row chunks, backward
+  # from the forward's saved log-probs), compiled chains with eager rounding and the norms' fp64 mean square, one
+  # bf16 copy per norm (session 6, one H200: 337,513 tok/s, 32.1%, 83.5 GiB). ~60 s each, <= 165 s in all
+  # (compilation; the one-GPU run warms the Inductor cache the ranks reuse).
   L="--device cuda --model minimax-1b --seq-lens 8192 --micro 16 --steps 3 --backends triton"
   CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/train.py $L --tokens 131072 --json "$OUT/train_1gpu.json" \
     2>&1 | tee "$OUT/train_1gpu.txt" | grep -E "^\| minimax|Error|error" | tail -3

@@ -3,11 +3,15 @@
     python benchmarks/lightning_attn.py                  # H=64, D=128, 65,536 tokens: T = 2K, 8K, 32K, 64K,
                                                          # a packed batch of 64 sequences, decode B = 8..64
     python benchmarks/lightning_attn.py --lengths 8192 --no-varlen --decode-batches 8 --sdpa
-    python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep   # decode only, every config
+    python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep --chunk-form-sweep
+                                                         # decode only, every launch config
+    python benchmarks/lightning_attn.py --prefill-sweep      # every chunk.FWD_SWEEP / BWD_SWEEP config, alone
+    python benchmarks/lightning_attn.py --rounding-emulation # CPU: the forward's two roundings compared
 
 Decode rows, per B: ours (the exact fp32 step, lightning_attn_decode) alone and inside a CUDA graph (one launch
-per rotating state set, as the sampler engine replays its step), the sampler's chunk-form step for every
-decode.CHUNK_FORM_SWEEP config (in a CUDA graph, at a step inside a chunk and at a chunk-completing step), and
+per rotating state set, as the sampler engine replays its step), the sampler's chunk-form step (its default
+config, with --chunk-form-sweep every decode.CHUNK_FORM_SWEEP config; reading the fp32 state or its bf16 copy; in
+a CUDA graph, at a step inside a chunk and at a chunk-completing step, each against the bytes it must move), and
 two references: torch's copy_ of the same state bytes (a plain stream of them) and an empty Triton launch (the
 timer's own floor).
 
@@ -191,7 +195,8 @@ def empty_launch():
     _EMPTY[(1,)](None)
 
 
-def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recurrent) -> None:
+def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recurrent,
+                chunk_form_sweep: bool = False) -> None:
     """Decode rows: states rotated over enough sets (>= 256 MB) that the state comes from HBM. Beside ours:
     an empty launch (the timers' floor) and torch's copy of the same state bytes (a plain stream of them)."""
     sets = decode_sets(batch, heads, dim)
@@ -212,7 +217,7 @@ def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recur
               f"state {rel_diff(s_a, s_b):.2e}", flush=True)
     table.add("ours decode (Triton)", shape, "decode", rotating_times(ours, sets), nbytes)
     table.add("ours decode, CUDA graph", shape, "decode", graph_times(ours, sets), nbytes)
-    chunk_form_rows(table, batch, heads, dim, slope, sets)
+    chunk_form_rows(table, batch, heads, dim, slope, sets, sweep=chunk_form_sweep)
     copies = [[s, torch.empty_like(s)] for *_, s in sets]
     copy = lambda src, dst: dst.copy_(src)
     table.add("torch copy_ of the state bytes", shape, "copy", rotating_times(copy, copies), 2 * state_bytes)
@@ -223,34 +228,50 @@ def decode_rows(table: Table, batch: int, heads: int, dim: int, slope, fla_recur
     table.add("empty Triton launch, CUDA graph", shape, "empty", graph_times(empty_launch, nothing), 0)
 
 
-def chunk_form_rows(table: Table, batch: int, heads: int, dim: int, slope, sets, block: int = 64) -> None:
+def chunk_form_rows(table: Table, batch: int, heads: int, dim: int, slope, sets, block: int = 64,
+                    sweep: bool = True) -> None:
     """The sampler's default lightning decode (decode.lightning_attn_decode_chunk_form, in a CUDA graph as the
-    engine runs it), every config of decode.CHUNK_FORM_SWEEP (the default one first), at a step inside a chunk
+    engine runs it), the default config first and with ``sweep`` every decode.CHUNK_FORM_SWEEP config, each
+    reading the fp32 state or its rounded (bf16) copy (``rounded_state``), at a step inside a chunk
     (i = block / 2: reads the state and the chunk's first i keys and values) and at the chunk's last step
-    (i = block - 1: the state is advanced and written too)."""
+    (i = block - 1: the state is advanced and written too). Each row's bound is the bytes that step must move:
+    inside a chunk the state read once (4 or 2 bytes per element) plus i rows of keys and values, q, k, v, o and
+    the token's key and value written; at i = block - 1 the fp32 state read and written (and its copy written),
+    and all block rows. Also printed: each variant's mean step (63 steps like i = 32, one chunk-completing) against
+    the mean of the bounds."""
     from lightswe.kernels.lightning_attn import decode
 
     buffers = [[torch.randn(batch, heads, block, dim, device="cuda").to(torch.bfloat16) for _ in range(2)]
-               for _ in sets]
-    args = [[q, k, v, s, ck, cv] for (q, k, v, s), (ck, cv) in zip(sets, buffers, strict=True)]
-    state_bytes = batch * heads * dim * dim * 4
+               + [s.to(torch.bfloat16)] for *_, s in sets]
+    args = [[q, k, v, s, ck, cv, r] for (q, k, v, s), (ck, cv, r) in zip(sets, buffers, strict=True)]
+    n_state = batch * heads * dim * dim
     default = next(c for lo, c in reversed(decode.CHUNK_FORM_CONFIGS) if batch * heads >= lo)
-    configs = [default, *(c for c in decode.CHUNK_FORM_SWEEP if c != default)]
-    mean_step = {}  # per config: (block - 1) steps like i = block / 2 and one chunk-completing step, do_bench
+    configs = [default, *(c for c in decode.CHUNK_FORM_SWEEP if c != default and sweep)]
+    mean_step = {}  # per (config, copy): (mean step do_bench ms, mean bound ms)
     for config in configs:
-        for i in (block // 2, block - 1):
-            pos = torch.full((batch,), i, device="cuda", dtype=torch.int64)
-            step = lambda q, k, v, s, ck, cv, pos=pos, config=config: decode.lightning_attn_decode_chunk_form(
-                q, k, v, slope, s, ck, cv, pos, config=config)
-            nbytes = (state_bytes * (2 if i == block - 1 else 1) + i * batch * heads * 2 * dim * 2
-                      + 6 * batch * heads * dim * 2)
-            name = (f"chunk-form i={i}, BV {config.bv}/{config.warps}w{', split' if config.split else ''}"
-                    f"{' (default)' if config == default else ''}")
-            times = graph_times(step, args, rep=50)
-            table.add(name, f"B={batch}", "graph", times, nbytes)
-            mean_step[config] = mean_step.get(config, 0.0) + times[1] * (block - 1 if i < block - 1 else 1) / block
-    for config, ms in sorted(mean_step.items(), key=lambda item: item[1]):
-        print(f"chunk-form B={batch}: {config}: mean step {ms * 1e3:.1f} us (CUDA graph, do_bench)", flush=True)
+        for rounded in (True, False):
+            for i in (block // 2, block - 1):
+                pos = torch.full((batch,), i, device="cuda", dtype=torch.int64)
+                step = (lambda q, k, v, s, ck, cv, r, pos=pos, config=config, rounded=rounded:
+                        decode.lightning_attn_decode_chunk_form(q, k, v, slope, s, ck, cv, pos,
+                                                                rounded_state=r if rounded else None, config=config))
+                last = i == block - 1
+                rows = block if last else i
+                nbytes = (n_state * (8 + 2 * rounded if last else (2 if rounded else 4))
+                          + rows * batch * heads * 2 * dim * 2 + 6 * batch * heads * dim * 2)
+                name = (f"chunk-form i={i}, {'bf16 copy' if rounded else 'fp32 state'}, BV {config.bv}/"
+                        f"{config.warps}w{f' BK {config.bk}' if config.bk else ''}"
+                        f"{' TC' if config.mma else ''}{', split' if config.split else ''}"
+                        f"{' (default)' if config == default else ''}")
+                times = graph_times(step, args, rep=20)
+                table.add(name, f"B={batch}", "graph", times, nbytes)
+                weight = (block - 1 if not last else 1) / block
+                t, bound = mean_step.get((config, rounded), (0.0, 0.0))
+                mean_step[(config, rounded)] = (t + times[1] * weight, bound + nbytes / table.bandwidth * 1e3 * weight)
+    for (config, rounded), (ms, bound) in sorted(mean_step.items(), key=lambda item: item[1][0]):
+        print(f"chunk-form B={batch}: {config}, {'bf16 copy' if rounded else 'fp32 state'}: mean step "
+              f"{ms * 1e3:.1f} us, its bound {bound * 1e3:.1f} us ({bound / ms:.1%}) (CUDA graph, do_bench)",
+              flush=True)
     del buffers, args
 
 
@@ -290,6 +311,197 @@ def decode_sweep(batches: list[int], heads: int, dim: int, slope, bandwidth: flo
     return {batch: config for (batch, timer), (_, config, _) in best.items() if timer == "graph"}
 
 
+def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None):
+    """One launch of the forward or backward kernel with exactly `config` (no autotuning). Returns the outputs."""
+    from lightswe.kernels.lightning_attn import chunk
+
+    _, T, H, K = q.shape
+    V = v.shape[-1]
+    N = q.shape[0] if cu is None else cu.numel() - 1
+    opts = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    if config.maxnreg is not None:
+        opts["maxnreg"] = config.maxnreg
+    chunk._set_tma_allocator()
+    if kind == "fwd":
+        o, ht = torch.empty_like(v), q.new_empty(N, H, K, V, dtype=torch.float32)
+        grid = (triton_cdiv(V, config.kwargs["BV"]), N * H)
+        chunk._fwd_kernel.fn[grid](q, k, v, o, slope, None, ht, cu, T=T, NB=N * H, H=H, K=K, V=V, USE_H0=False,
+                                   STORE_HT=True, IS_VARLEN=cu is not None, **config.kwargs, **opts)
+        return o, ht
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    grid = (2 * triton_cdiv(K, config.kwargs["BK"]) + triton_cdiv(V, config.kwargs["BV"]), N * H)
+    chunk._bwd_kernel.fn[grid](q, k, v, do, dq, dk, dv, slope, None, None, None, cu, T=T, NB=N * H, H=H, K=K, V=V,
+                               USE_H0=False, USE_DHT=False, STORE_DH0=False, IS_VARLEN=cu is not None,
+                               **config.kwargs, **opts)
+    return dq, dk, dv
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _config_list(kind: str, sweep: bool) -> list:
+    from lightswe.kernels.lightning_attn import chunk
+
+    if kind == "fwd":
+        return chunk.FWD_SWEEP if sweep else chunk._fwd_kernel.configs
+    return chunk.BWD_SWEEP if sweep else chunk._bwd_kernel.configs
+
+
+def _sweep_compile_worker(jobs: list[tuple[str, bool, int, bool]], heads: int = 64, dim: int = 128) -> list[str]:
+    """Compile (and check against the fp32 reference on a small input) the given (kind, from the sweep list,
+    config index, varlen) jobs; specialisations match the timed shapes (T, N*H multiples of 16, no initial
+    state, no final-state gradient). The compiled kernels land in Triton's on-disk cache, where the timing
+    process (and its autotuner) finds them. Returns one line per job."""
+    from lightswe.kernels.lightning_attn.naive import lightning_attn_chunked
+
+    lines = []
+    torch.manual_seed(0)
+    H, D, T = heads, dim, 320
+    slope = slopes(H)
+    q, k, v, do = (F.silu(torch.randn(1, T, H, D, device="cuda")).to(torch.bfloat16) for _ in range(4))
+    leaves = [x.float().requires_grad_() for x in (q, k, v)]
+    o_ref = torch.cat([lightning_attn_chunked(*(x[:, a:b] for x in leaves), slope)[0]
+                       for a, b in ((0, 100), (100, T))], 1)
+    grads = torch.autograd.grad(o_ref, leaves, do.float())
+    o_ref_b = lightning_attn_chunked(*leaves, slope)[0]
+    grads_b = torch.autograd.grad(o_ref_b, leaves, do.float())
+    for kind, sweep, index, varlen in jobs:
+        config = _config_list(kind, sweep)[index]
+        cu = torch.tensor([0, 100, T], device="cuda", dtype=torch.int32) if varlen else None
+        try:
+            out = _sweep_launch(kind, config, q, k, v, slope, cu, do)
+            refs = ((o_ref if varlen else o_ref_b),) if kind == "fwd" else (grads if varlen else grads_b)
+            err = max(rel_diff(a, b) for a, b in zip(out, refs))
+            lines.append(f"{kind} {index} {config} varlen={varlen}: max rel. error vs fp32 {err:.2e}"
+                         f"{' FAILED' if not err < 2e-2 else ''}")
+        except Exception as exc:  # noqa: BLE001 - a config that does not compile is reported, not fatal
+            lines.append(f"{kind} {index} varlen={varlen} FAILED {type(exc).__name__}: {str(exc)[:300]}")
+    return lines
+
+
+def _fla_compile_worker(index: int, count: int, heads: int, dim: int) -> list[str]:
+    """Compile the index-th of `count` slices of every fla autotuner's configs (chunk_simple_gla forward and
+    backward, padded and packed inputs): fla tunes ~130 configs one compile at a time, which the timing
+    process then finds in Triton's on-disk cache. Its choice is unchanged: the timing process tunes over all."""
+    import sys
+
+    from fla.ops.simple_gla import chunk_simple_gla
+    from triton.runtime.autotuner import Autotuner
+
+    tuners = {id(obj): obj for name, mod in list(sys.modules.items()) if name.startswith("fla.") and mod
+              for obj in vars(mod).values() if isinstance(obj, Autotuner)}
+    for tuner in tuners.values():
+        tuner._all_configs = getattr(tuner, "_all_configs", tuner.configs)  # a reused process: slice the full list
+        tuner.configs = tuner._all_configs[index::count] or tuner._all_configs[index % len(tuner._all_configs):][:1]
+        tuner.cache = {}
+    slope = slopes(heads)
+    T = 320
+    q, k, v, do = (F.silu(torch.randn(1, T, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(4))
+    for cu in (None, torch.tensor([0, 100, T], device="cuda", dtype=torch.int64)):
+        leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+        o, _ = chunk_simple_gla(*leaves, g_gamma=-slope, scale=1.0, output_final_state=True, cu_seqlens=cu)
+        torch.autograd.grad(o, leaves, do)
+    torch.cuda.synchronize()
+    return [f"fla slice {index}/{count}: {sum(len(t.configs) for t in tuners.values())} configs of "
+            f"{len(tuners)} autotuned kernels compiled"] if index == 0 else []
+
+
+def compile_in_parallel(jobs: list[tuple[str, bool, int, bool]], workers: int, heads: int, dim: int,
+                        fla: bool = False) -> None:
+    """Run _sweep_compile_worker over the jobs (and, with fla, every slice of fla's autotuned configs) in
+    `workers` spawned processes (Triton compiles one kernel at a time per process; its cache is shared on disk)
+    and print their lines."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        tasks = [pool.submit(_sweep_compile_worker, jobs[i::workers], heads, dim) for i in range(workers)]
+        if fla:
+            tasks += [pool.submit(_fla_compile_worker, i, workers, heads, dim) for i in range(workers)]
+        for task in tasks:
+            try:
+                lines = task.result()
+            except Exception as exc:  # noqa: BLE001 - the timing process then compiles what is missing
+                lines = [f"compile worker FAILED {type(exc).__name__}: {str(exc)[:300]}"]
+            if lines:
+                print("\n".join(lines), flush=True)
+
+
+def prefill_sweep(lengths: list[int], tokens: int, heads: int, dim: int, slope, bandwidth: float,
+                  workers: int = 16) -> None:
+    """Every chunk.FWD_SWEEP and chunk.BWD_SWEEP config, compiled in parallel worker processes and checked against
+    the fp32 reference, then timed alone (do_bench, L2 flushed) at each length; the fastest per shape printed."""
+    from lightswe.kernels.lightning_attn import chunk
+
+    compile_in_parallel([(kind, True, i, False) for kind in ("bwd", "fwd")
+                         for i in range(len(_config_list(kind, True)))], workers, heads, dim)
+    print("\n| kind | shape | config | do_bench ms | of bound |\n|---|---|---|---|---|", flush=True)
+    best = {}
+    for length in lengths:
+        batch = max(1, tokens // length)
+        q, k, v, do = (F.silu(torch.randn(batch, length, heads, dim, device="cuda")).to(torch.bfloat16)
+                       for _ in range(4))
+        act = q.numel() * 2
+        shape = f"B={batch} T={length}"
+        for kind, lst in (("fwd", chunk.FWD_SWEEP), ("bwd", chunk.BWD_SWEEP)):
+            kept = chunk._prune_slices(lst, {}, K=dim, V=dim, NB=batch * heads)
+            nbytes = 4 * act if kind == "fwd" else 7 * act
+            for config in kept:
+                index = lst.index(config)
+                try:
+                    ms = bench_median(lambda kind=kind, config=config, q=q, k=k, v=v, do=do: _sweep_launch(
+                        kind, config, q, k, v, slope, None, do), rep=30)
+                except Exception as exc:  # noqa: BLE001
+                    print(f"| {kind} | {shape} | {index} {config} | FAILED {type(exc).__name__} | |", flush=True)
+                    continue
+                bound = nbytes / bandwidth * 1e3
+                print(f"| {kind} | {shape} | {index} {config} | {ms:.4f} | {bound / ms:.1%} |", flush=True)
+                if ms < best.get((kind, shape), (float("inf"),))[0]:
+                    best[(kind, shape)] = (ms, index, str(config))
+        del q, k, v, do
+        torch.cuda.empty_cache()
+    for (kind, shape), (ms, index, config) in best.items():
+        print(f"best {kind} {shape}: {ms:.4f} ms, config {index} {config}", flush=True)
+
+
+def rounding_emulation(heads: int = 8, dim: int = 128, length: int = 1024, block: int = 64) -> None:
+    """CPU, fp64: the chunk forward's two roundings of its bf16 operands against each other and the unrounded
+    result. "mirror": round(q lambda^(i+1)) round(S) and round(k lambda^(BT-1-j))^T v (the first config, which
+    decode.py's chunk-form step reproduces); "decay_out": (q round(S)) lambda^(i+1) and k^T round(v lambda^...).
+    Both round the in-chunk scores. Prints relative differences of o and the final state, and the share of
+    bf16 outputs that differ."""
+    gen = torch.Generator().manual_seed(0)
+    rnd = lambda x: x.to(torch.bfloat16).double()
+    slope = torch.tensor([2.0 ** (-8.0 * (h + 1) / heads) for h in range(heads)], dtype=torch.float64)
+    q, k, v = (rnd(F.silu(torch.randn(heads, length, dim, generator=gen, dtype=torch.float64))) for _ in range(3))
+    pos = torch.arange(block, dtype=torch.float64)
+    lam = slope[:, None, None]
+    mask = torch.exp(-lam * (pos[:, None] - pos[None, :]).clamp(min=0)) * (pos[:, None] >= pos[None, :])
+    q_decay, k_decay = torch.exp(-lam * (pos[:, None] + 1)), torch.exp(-lam * (block - 1 - pos[:, None]))
+
+    def run(mode: str):
+        r = (lambda x: x) if mode == "exact" else rnd
+        state, outs = torch.zeros(heads, dim, dim, dtype=torch.float64), []
+        for s in range(0, length, block):
+            qb, kb, vb = q[:, s:s + block], k[:, s:s + block], v[:, s:s + block]
+            intra = r((qb @ kb.transpose(1, 2)) * mask) @ vb
+            if mode == "decay_out":
+                outs.append((qb @ r(state)) * q_decay + intra)
+                state = torch.exp(-lam * block) * state + kb.transpose(1, 2) @ r(vb * k_decay)
+            else:
+                outs.append(r(qb * q_decay) @ r(state) + intra)
+                state = torch.exp(-lam * block) * state + r(kb * k_decay).transpose(1, 2) @ vb
+        return torch.cat(outs, 1), state
+
+    res = {mode: run(mode) for mode in ("exact", "mirror", "decay_out")}
+    for a, b in (("mirror", "exact"), ("decay_out", "exact"), ("decay_out", "mirror")):
+        (o_a, s_a), (o_b, s_b) = res[a], res[b]
+        differ = (o_a.to(torch.bfloat16) != o_b.to(torch.bfloat16)).double().mean().item()
+        print(f"{a} vs {b}: o {rel_diff(o_a, o_b):.2e}, final state {rel_diff(s_a, s_b):.2e}, "
+              f"bf16 outputs differing {differ:.1%}", flush=True)
+
+
 def varlen_bounds(n_seqs: int, total: int, seed: int = 0) -> list[int]:
     """cu_seqlens of n_seqs lengths summing to total, each within [0.5, 1.5] x the mean (seeded)."""
     gen = torch.Generator().manual_seed(seed)
@@ -308,10 +520,23 @@ def main() -> int:
     parser.add_argument("--no-varlen", action="store_true", help="skip the packed batch (64 sequences)")
     parser.add_argument("--decode-batches", type=int, nargs="*", default=[8, 16, 32, 64])
     parser.add_argument("--decode-sweep", action="store_true",
-                        help="time every decode launch config (decode.DECODE_SWEEP) at each --decode-batches B")
+                        help="time every exact decode launch config (decode.DECODE_SWEEP) at each --decode-batches B")
+    parser.add_argument("--chunk-form-sweep", action="store_true",
+                        help="time every chunk-form decode config (decode.CHUNK_FORM_SWEEP), not only the default")
+    parser.add_argument("--prefill-sweep", action="store_true",
+                        help="time every chunk.FWD_SWEEP / BWD_SWEEP config alone at each --lengths T, then exit")
+    parser.add_argument("--compile-workers", type=int, default=16,
+                        help="compile every autotuned prefill config (ours and fla's) in this many processes first "
+                             "(0: off)")
+    parser.add_argument("--compile-only", action="store_true", help="exit after that compile step")
+    parser.add_argument("--rounding-emulation", action="store_true",
+                        help="CPU: the forward's two roundings (first config vs DECAY_OUT) compared, then exit")
     parser.add_argument("--no-fla", action="store_true")
     parser.add_argument("--sdpa", action="store_true", help="add PyTorch SDPA causal rows (slow at long T)")
     args = parser.parse_args()
+    if args.rounding_emulation:
+        rounding_emulation()
+        return 0
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
     fla_chunk = fla_recurrent = None
@@ -327,6 +552,16 @@ def main() -> int:
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
     slope = slopes(H)
+    if args.prefill_sweep:
+        prefill_sweep(args.lengths, args.tokens, H, D, slope, bw, max(1, args.compile_workers))
+        return 0
+    varlens = ([False] if args.lengths else []) + ([] if args.no_varlen else [True])
+    if args.compile_workers and varlens:
+        compile_in_parallel([(kind, False, i, varlen) for kind in ("bwd", "fwd") for varlen in varlens
+                             for i in range(len(_config_list(kind, False)))], args.compile_workers, H, D,
+                            fla=fla_chunk is not None)
+    if args.compile_only:
+        return 0
     table = Table(bw)
     make = lambda b, t: [F.silu(torch.randn(b, t, H, D, device="cuda")).to(torch.bfloat16) for _ in range(3)]
     cases = [(f"B={max(1, args.tokens // t)} T={t}", max(1, args.tokens // t), t, None) for t in args.lengths]
@@ -346,10 +581,9 @@ def main() -> int:
         torch.cuda.empty_cache()
     from lightswe.kernels.lightning_attn import chunk
 
-    if cases:
-        print("tuned (last shape):", {name: str(kern.best_config) for name, kern in
-                                  (("fwd", chunk._fwd_kernel), ("bwd", chunk._bwd_kernel))
-                                  if getattr(kern, "best_config", None) is not None}, flush=True)
+    for name, kern in (("fwd", chunk._fwd_kernel), ("bwd", chunk._bwd_kernel)):
+        for key, config in getattr(kern, "cache", {}).items():  # key: (H, K, V, NB, IS_VARLEN, dtypes...)
+            print(f"tuned {name} {key[:5]}: {config}", flush=True)
     if args.decode_sweep:  # the rows below then run the sweep's fastest config per B (CUDA-graph timer)
         from lightswe.kernels.lightning_attn import decode
 
@@ -358,7 +592,7 @@ def main() -> int:
                                       enumerate(sorted(fastest)))
         print("DECODE_CONFIGS =", decode.DECODE_CONFIGS, flush=True)
     for batch in args.decode_batches:
-        decode_rows(table, batch, H, D, slope, fla_recurrent)
+        decode_rows(table, batch, H, D, slope, fla_recurrent, chunk_form_sweep=args.chunk_form_sweep)
         torch.cuda.empty_cache()
     print(f"\nH={H}, D={D}, {args.tokens} tokens per prefill call, bf16 q/k/v, fp32 states:")
     print(table)

@@ -15,7 +15,9 @@ Rows:
 - context: decode steps of the hybrid and of a softmax-only model of the same shape (``small`` with every layer
   softmax) with every row's cache filled to ``--contexts`` tokens (random states and keys: speed does not depend
   on the values), ``--context-batches`` rows.
-Bandwidth bound of one step = (weights in the model dtype + lightning state read and written + the keys and
+Bandwidth bound of one step = (weights in the model dtype + the lightning state bytes a step moves
+(``StaticCache.state_step_bytes_per_row``: the exact step reads and writes the fp32 state; the chunk form reads
+its bf16 copy and the chunk's keys and values, and advances the fp32 state once per chunk) + the keys and
 values each row attends to + the fp32 copy of the LM head) / the device-to-device copy bandwidth measured at
 start (CPU: no bound).
 """
@@ -66,7 +68,7 @@ def step_bytes(model: MiniMaxForCausalLM, engine: SamplerEngine, rows: int, cont
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     head = model.lm_head.weight.numel() * 4 * 2  # the fp32 head copy: written, read
     cache = engine.cache
-    return weights + head + rows * (2 * cache.state_bytes_per_row + context * cache.kv_bytes_per_token)
+    return weights + head + rows * (cache.state_step_bytes_per_row() + context * cache.kv_bytes_per_token)
 
 
 def time_steps(engine: SamplerEngine, steps: int) -> float:

@@ -150,6 +150,43 @@ spends 158 of its 420 ms in ``cudaStreamSynchronize``, waiting for the GPU. 35%
 counted FLOPs: bf16x3 runs its forward products three times), the fp32 residual stream's casts and elementwise
 passes (bf16 activations between layers, which the sampler would have to mirror), the decoder layer compiled
 whole, and the remaining host gaps (CUDA graphs).
+
+Session 6 (``learn3``; one H200 each, torch 2.11+cu130, Triton 3.6, T=8,192, 131,072 tokens per step, one
+micro-batch of 16 rows, median of 3 steps after a warm-up, one run each). Changes: the split head's chunks of
+8,192 rows instead of 1,024 (each chunk's weight gradient is accumulated into the fp32 [V, H] sum: 128
+read-modify-writes of 128 MB became 16; ``--head-chunk``); its backward from the forward's saved log-probs
+(fp16 offsets from block maxima, 2 bytes per logit, +8 GiB here) instead of recomputing the logits (one bf16
+GEMM) and their statistics (``--head-save``); RMSNorm's mean square in fp64 on CUDA (``--norm-fp64``: issue 16's
+sampler agreement, it costs nothing measurable); the decoder layer's norms writing the bf16 copy their matrix
+products read, instead of autocast casting the fp32 activations once per product and each gradient back
+(``--cast-once``). Rows 1-8 (before ``--cast-once`` existed, i.e. ``--cast-once 0``): ``CUDA_VISIBLE_DEVICES=1
+python3 benchmarks/train.py --device cuda --model minimax-1b --seq-lens 8192 --micro 16 --steps 3 --backends
+triton --tokens 131072 --head-chunk 1024,8192 --head-save 0,1 --norm-fp64 0,1 --profile`` (nvidia-h200-x2,
+tests running on GPU 0, CPUs pinned apart);
+rows 9-10 ``--cast-once 1,0`` with the other defaults (nvidia-h200, GPU tests sharing the GPU during the
+warm-up):
+
+| head chunk | head save | norm fp64 | cast once | tokens/s | step s | MFU | peak GiB |
+|---|---|---|---|---|---|---|---|
+| 1,024 | no | no | no | 294,822 | 0.445 | 28.0% | 76.0 |
+| 1,024 | no | yes | no | 291,960 | 0.449 | 27.8% | 76.0 |
+| 1,024 | yes | no | no | 308,007 | 0.426 | 29.3% | 84.0 |
+| 1,024 | yes | yes | no | 308,350 | 0.425 | 29.3% | 84.0 |
+| 8,192 | no | no | no | 309,812 | 0.423 | 29.5% | 77.8 |
+| 8,192 | no | yes | no | 304,915 | 0.430 | 29.0% | 77.8 |
+| 8,192 | yes | no | no | 319,871 | 0.410 | 30.4% | 85.8 |
+| 8,192 | yes | yes | no | 320,959 | 0.408 | 30.5% | 85.8 |
+| 8,192 | yes | yes | no (second run) | 312,387 | 0.420 | 29.7% | 85.8 |
+| 8,192 | yes | yes | **yes (the defaults)** | **337,513** | **0.388** | **32.1%** | 83.5 |
+
+The first row is the setting of session 5's 299,440 (28.5%). Where the 0.408 s step (row 8) went (``--profile``:
+417 ms wall, compute kernels busy 388 ms, idle 29 ms): ``aten::mm`` 100 ms (116 ms before: the head's backward
+no longer recomputes its logits), the experts' grouped GEMMs 87 ms, casts (``aten::copy_``, 400
+calls) 38 ms, SwiGLU's compiled backward 14 ms, ``add_`` 14 ms, cuDNN attention backward 11 ms, fused AdamW 11
+ms, lightning attention backward 9 ms. Casting once took ~32 ms off the step (row 10 against row 9). 35% (~368K
+tokens/s, a 0.356 s step) needs ~32 ms more: the q, k, v split copies of the lightning layers and the remaining
+casts (the output projections' fp32 inputs, the expert weights' bf16 stack and its gradient's fp32 copy), the
+SwiGLU backward at half of its bandwidth bound, and the host's 29 ms of gaps (CUDA graphs).
 """
 
 from __future__ import annotations
@@ -164,7 +201,7 @@ import time
 
 import torch
 from lightswe.agent.cispo import CISPOLoss
-from lightswe.model import fused
+from lightswe.model import fused, head, layers
 from lightswe.agent.distributed import DistContext
 from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch, shard_model
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
@@ -246,12 +283,14 @@ def build(model_name: str, device: torch.device, checkpointing: bool, ctx: DistC
 
 
 def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length: int, tokens: int, micro: int,
-        steps: int, backend: str, moe: str, compiled: str, emulate: bool, ctx: DistContext, profile: bool = False
-        ) -> dict:
+        steps: int, backend: str, moe: str, compiled: str, emulate: bool, ctx: DistContext, profile: bool = False,
+        head_chunk: int = head.CHUNK_ROWS, head_save: bool = head.SAVE_LOGITS, norm_fp64: bool = fused.NORM_FP64,
+        cast_once: bool = layers.CAST_ONCE) -> dict:
     os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
     os.environ["LIGHTSWE_MOE_BACKEND"] = moe
     os.environ["LIGHTSWE_COMPILE"] = compiled
     fused.set_emulate_precision_casts(emulate)
+    head.CHUNK_ROWS, head.SAVE_LOGITS, fused.NORM_FP64, layers.CAST_ONCE = head_chunk, head_save, norm_fp64, cast_once
     cfg = LearnerConfig(lr=1e-5, minibatches=1, micro_batch_size=micro,
                         autocast_dtype="bfloat16" if device.type == "cuda" else None)
     learner = Learner(model, CISPOLoss(), cfg)
@@ -281,6 +320,7 @@ def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length
         del learner
     step_tokens = len(batch) * length * ctx.world
     out = {"model": model_name, "backend": backend, "moe": moe, "compile": compiled, "emulate_precision_casts": emulate,
+           "head_chunk": head_chunk, "head_save": head_save, "norm_fp64": norm_fp64, "cast_once": cast_once,
            "seq_len": length, "rows": len(batch) * ctx.world,
            "tokens_per_step": step_tokens, "micro_batch_rows": micro, "step_s": step_s,
            "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": model.gradient_checkpointing,
@@ -375,6 +415,15 @@ def main() -> None:
                    "gathered weights after its forward (the default), 0 = keeps them until its backward")
     p.add_argument("--emulate", default="1", help="comma list: 1 = the compiled chains round bf16 intermediates "
                    "as eager (Inductor's emulate_precision_casts, the default), 0 = as Inductor fuses them")
+    p.add_argument("--head-chunk", default=str(head.CHUNK_ROWS), help="comma list: rows per chunk of the split "
+                   "LM head (model/head.py CHUNK_ROWS)")
+    p.add_argument("--head-save", default=str(int(head.SAVE_LOGITS)), help="comma list: 1 = the split head's "
+                   "backward uses the forward's saved fp16 log-prob offsets (SAVE_LOGITS), 0 = recomputes the logits")
+    p.add_argument("--norm-fp64", default=str(int(fused.NORM_FP64)), help="comma list: 1 = RMSNorm's mean square "
+                   "in fp64 on CUDA (model/fused.py NORM_FP64), 0 = fp32")
+    p.add_argument("--cast-once", default=str(int(layers.CAST_ONCE)), help="comma list: 1 = the decoder layer's "
+                   "norms write the bf16 copy their matrix products read (model/layers.py CAST_ONCE), 0 = autocast "
+                   "casts per product")
     p.add_argument("--head-bench", action="store_true", help="also time the LM head alone (fp32 vs bf16x3)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step of the last "
                    "variant")
@@ -399,11 +448,14 @@ def main() -> None:
     for b, (length, backend, dtype, reshard) in enumerate(builds):
         model = build(args.model, device, args.checkpointing, ctx, dtypes[dtype], reshard == "1")
         variants = list(itertools.product(args.moe.split(","), args.compile.split(","), args.emulate.split(","),
-                                          [int(x) for x in args.micro.split(",")]))
-        for i, (moe, compiled, emulate, micro) in enumerate(variants):
+                                          [int(x) for x in args.micro.split(",")],
+                                          [int(x) for x in args.head_chunk.split(",")], args.head_save.split(","),
+                                          args.norm_fp64.split(","), args.cast_once.split(",")))
+        for i, (moe, compiled, emulate, micro, chunk, save, fp64, once) in enumerate(variants):
             try:
                 r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe, compiled,
-                        emulate == "1", ctx, args.profile and (b, i) == (len(builds) - 1, len(variants) - 1))
+                        emulate == "1", ctx, args.profile and (b, i) == (len(builds) - 1, len(variants) - 1),
+                        chunk, save == "1", fp64 == "1", once == "1")
             except Exception as err:  # noqa: BLE001 - an OOM or a failing variant is a row of the table
                 r = {"model": args.model, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length,
                      "micro_batch_rows": micro, "error": f"{type(err).__name__}: {err}"[:300]}
@@ -418,16 +470,18 @@ def main() -> None:
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else platform.processor() or platform.machine()}
     env["ranks"] = ctx.world
-    say(f"\n| model | T | backend | MoE | compile | emulate | FSDP gather | reshard | micro | tokens/step | tokens/s | "
-        f"step s | MFU (of 989 TFLOP/s) | peak GiB per GPU |  ({env['device']} x{ctx.world}, torch {env['torch']})")
+    say(f"\n| model | T | backend | MoE | compile | emulate | head chunk | head save | norm fp64 | cast once | FSDP gather | "
+        f"reshard | micro | tokens/step | tokens/s | step s | MFU (of 989 TFLOP/s) | peak GiB per GPU |  "
+        f"({env['device']} x{ctx.world}, torch {env['torch']})")
     for r in results:
-        head = (f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r.get('moe')} | {r.get('compile')} | "
-                f"{r.get('emulate_precision_casts')} | {r.get('fsdp_param_dtype', '-')} | "
-                f"{r.get('reshard_after_forward', '-')} | {r.get('micro_batch_rows')} |")
+        row = (f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r.get('moe')} | {r.get('compile')} | "
+               f"{r.get('emulate_precision_casts')} | {r.get('head_chunk')} | {r.get('head_save')} | "
+               f"{r.get('norm_fp64')} | {r.get('cast_once')} | {r.get('fsdp_param_dtype', '-')} | "
+               f"{r.get('reshard_after_forward', '-')} | {r.get('micro_batch_rows')} |")
         if "error" in r:
-            say(f"{head} {r['error'][:60]} | | | | |")
+            say(f"{row} {r['error'][:60]} | | | | |")
         else:
-            say(f"{head} {r['tokens_per_step']:,} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | {r['mfu']:.1%} | "
+            say(f"{row} {r['tokens_per_step']:,} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | {r['mfu']:.1%} | "
                 f"{r.get('peak_mem_GiB', float('nan')):.2f} |")
     ctx.close()
     if args.json and ctx.main:

@@ -76,8 +76,9 @@ class StaticCache:
                  kv_dtype: torch.dtype | None = None, chunk: int = 0) -> None:
         """``kv_dtype``: the keys' and values' dtype (default: the model's). ``chunk`` > 0: the lightning layers
         decode in the chunk kernel's form (``lightning_attn_decode_chunk_form``): ``states`` then hold each row's
-        state at the start of its current chunk, and chunk_keys, chunk_values [n_lightning_layers, slots, H,
-        chunk, D] (in ``kv_dtype``) the chunk's tokens so far."""
+        state at the start of its current chunk, rounded_states the same rounded to ``kv_dtype`` (what the step
+        reads inside a chunk: half the bytes), and chunk_keys, chunk_values [n_lightning_layers, slots, H, chunk,
+        D] (in ``kv_dtype``) the chunk's tokens so far."""
         c = model.config
         weight = model.lm_head.weight
         self.slots, self.max_seq_len = slots, max_seq_len
@@ -96,13 +97,29 @@ class StaticCache:
         chunk_shape = (len(self.lightning_layers), slots, c.num_attention_heads, chunk, c.head_dim)
         self.chunk_keys = torch.zeros(chunk_shape if chunk else 0, device=dev, dtype=self.keys.dtype)
         self.chunk_values = torch.zeros(chunk_shape if chunk else 0, device=dev, dtype=self.keys.dtype)
+        self.rounded_states = torch.zeros(self.states.shape if chunk else 0, device=dev, dtype=self.keys.dtype)
         self.state_bytes_per_row = c.num_attention_heads * c.head_dim * c.head_dim * 4 * len(self.lightning_layers)
         self.kv_bytes_per_token = 2 * len(self.softmax_layers) * c.num_key_value_heads * c.head_dim * \
             self.keys.element_size()
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.states, self.keys, self.values, self.chunk_keys,
-                                                           self.chunk_values))
+                                                           self.chunk_values, self.rounded_states))
+
+    def state_step_bytes_per_row(self) -> float:
+        """Fewest bytes of lightning state one decode step moves per row, averaged over a chunk (the bandwidth
+        bound of ``benchmarks/sampler.py``). Exact step: the fp32 state read and written. Chunk form (``chunk`` =
+        C): inside a chunk the rounded copy is read and the chunk's keys and values so far (on average (C - 1) / 2
+        rows, plus the new token's written); once per chunk the fp32 state is read and written and the copy
+        rewritten."""
+        fp32 = self.state_bytes_per_row
+        if not self.chunk:
+            return 2.0 * fp32
+        copy = fp32 * self.rounded_states.element_size() / 4
+        row = self.chunk_keys.element_size() * self.chunk_keys.shape[2] * self.chunk_keys.shape[4] * \
+            self.chunk_keys.shape[0]  # one token's key (or value), every lightning layer and head
+        chunk_rows = 2 * row * ((self.chunk - 1) / 2 + 1)  # keys and values read, the new token's written
+        return copy + chunk_rows + (2 * fp32 + copy) / self.chunk
 
 
 @dataclass(kw_only=True, slots=True)
@@ -419,6 +436,7 @@ class SamplerEngine:
                 _, k, v = qkv_heads.split(attn.head_dim, -1)
                 state, keys, values = chunk_start(k, v, attn.slope(dev), prompt_lengths, cache.chunk)
                 cache.states[j, index] = state
+                cache.rounded_states[j, index] = state.to(cache.rounded_states.dtype)
                 cache.chunk_keys[j, index], cache.chunk_values[j, index] = keys, values
             else:
                 cache.states[j, index] = prefill.lightning_state(layer)
@@ -510,7 +528,8 @@ class SamplerEngine:
                 j = cache.index[i]
                 if cache.chunk:
                     o = lightning_attn_decode_chunk_form(q, k, v, attn.slope(self.device), cache.states[j],
-                                                         cache.chunk_keys[j], cache.chunk_values[j], cache.lengths)
+                                                         cache.chunk_keys[j], cache.chunk_values[j], cache.lengths,
+                                                         rounded_state=cache.rounded_states[j])
                 else:
                     o = lightning_attn_decode(q, k, v, attn.slope(self.device), cache.states[j])
                 a = self._region("lightning_out")(attn, h, o)
@@ -553,8 +572,8 @@ class SamplerEngine:
 
     def _step_state(self) -> list[torch.Tensor]:
         c = self.cache
-        return [c.states, c.keys, c.values, c.chunk_keys, c.chunk_values, c.lengths, self.tokens, self.active,
-                self.count, self.finished, self.out_tokens, self.out_logprobs]
+        return [c.states, c.rounded_states, c.keys, c.values, c.chunk_keys, c.chunk_values, c.lengths, self.tokens,
+                self.active, self.count, self.finished, self.out_tokens, self.out_logprobs]
 
 
 def chunk_start(k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, lengths: list[int], chunk: int

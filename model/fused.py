@@ -8,8 +8,10 @@ its first tensor is on CUDA, autograd is recording (training; the sampler's no-g
 compile stay eager), no compile is already tracing, and ``LIGHTSWE_COMPILE`` is not ``0``. Everywhere else
 (CPU, the main job's CPU learner) the eager function runs: numerics there are unchanged. A function whose
 compilation fails falls back to eager for the rest of the process, with a warning. Compiled chains round their
-bf16 intermediates as eager does (Inductor's ``emulate_precision_casts``; measured to cost 1.0-1.7% of a
-``minimax-1b`` learner step, benchmarks/train.py ``--emulate``).
+bf16 intermediates as eager does (Inductor's ``emulate_precision_casts``, which also keeps Triton from fusing
+multiply-adds; measured to cost 1.0-1.7% of a ``minimax-1b`` learner step, benchmarks/train.py ``--emulate``),
+and on CUDA the norms' mean square is order-independent (``rms_norm``): a compiled chain computes what eager
+computes, bit for bit, and so does the sampler's compiled decode step (issue 16; tests/model/test_fused.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import torch.nn.functional as F
 # Inductor's emulate_precision_casts: round every bf16/fp16 intermediate as eager does (see ``fused``). The
 # benchmark (benchmarks/train.py --emulate) switches it to measure what it costs.
 EMULATE_PRECISION_CASTS = True
+# RMSNorm's mean square in fp64 on CUDA: the same fp32 result whatever the reduction order (see ``rms_norm``)
+NORM_FP64 = True
 _compiled: dict[tuple[Callable, bool], Callable] = {}
 
 
@@ -74,10 +78,31 @@ def fused(fn: Callable) -> Callable:
 
 @fused
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm in fp32, cast back to x's dtype, then scaled: weight * (x / rms(x)) (x [..., D])."""
+    """RMSNorm in fp32, cast back to x's dtype, then scaled: weight * (x / rms(x)) (x [..., D]).
+
+    On CUDA (with ``NORM_FP64``) the mean square and its reciprocal square root are computed in fp64 and rounded
+    once to fp32: every square of an fp32 is exact in fp64 and D <= 2^20 terms sum with a relative error below
+    2^-33, so the fp32 scale no longer depends on the order of the reduction. Eager CUDA kernels, Inductor's
+    Triton reductions of the learner's compiled chains and the sampler's compiled decode step (each with its own
+    block sizes and summation tree) then give the same fp32 scale, bit for bit, instead of differing in the last
+    bit for some rows (issue 16: sampler / learner log-prob agreement). The CPU keeps the fp32 reduction."""
     xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if NORM_FP64 and xf.is_cuda:
+        scale = torch.rsqrt(xf.double().pow(2).mean(-1, keepdim=True) + eps).float()
+    else:
+        scale = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    xf = xf * scale
     return weight * xf.to(x.dtype)
+
+
+@fused
+def rms_norm_and_cast(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x), rms_norm(x).to(dtype)) written in one pass: the norm's output for the residual stream and
+    the low-precision copy the next matrix products read under autocast (the same values autocast's own cast
+    gives, made once instead of once per product, and its gradients summed before the cast back)."""
+    h = rms_norm.__wrapped__(x, weight, eps)
+    return h, h.to(dtype)
 
 
 @fused

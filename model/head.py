@@ -34,6 +34,15 @@ from lightswe.model import head_kernels
 from torch import Tensor
 
 PIECES = 2  # bf16 pieces per operand: 2 = bf16x3 (3 products); 3 = bf16x6 (6; no better on Hopper, see above)
+# Rows per chunk of the split head when ``score`` calls it: each chunk's weight gradient is one GEMM accumulated
+# into the fp32 [V, H] sum (a read-modify-write of V x H x 4 bytes per chunk: 128 chunks of 1,024 rows cost
+# ~14 ms per 131K tokens at V 32,768), so chunks are large; memory: C x V x 6 bytes (fp32 logits, bf16 gradient).
+CHUNK_ROWS = 8192
+# Keep each row's log-probs (as fp16 offsets from block maxima: V x 2 bytes per token), log-sum-exp and E_p[z]
+# from the forward: the backward then forms the logit gradient in one pass over them instead of recomputing the
+# logits (a bf16 GEMM) and their statistics (model/head_kernels.py; benchmarks/train.py --head-save). Needs the
+# Triton kernels (CUDA).
+SAVE_LOGITS = True
 HEADS = ("auto", "fp32")
 
 
@@ -114,25 +123,31 @@ class SplitHeadLogprobs(torch.autograd.Function):
         pieces = PIECES
         _, w_split = split_operands(weight[:0], weight, pieces)  # [V, 3H] (bf16x3)
         logps, entropies = [], []
-        for start in range(0, hidden.shape[0], chunk_size):
-            h_split, _ = split_operands(hidden[start:start + chunk_size], weight[:0], pieces)
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        save = (SAVE_LOGITS and any(ctx.needs_input_grad[:2]) and rows > 0
+                and head_kernels.available(hidden.new_empty(0)))
+        saved = head_kernels.saved_buffers(rows, vocab, hidden.device) if save else None
+        for start in range(0, rows, chunk_size):
+            end = start + chunk_size
+            h_split, _ = split_operands(hidden[start:end], weight[:0], pieces)
             z = mm_fp32(h_split, w_split.T)  # [C, V] fp32
             if head_kernels.available(z):  # one pass over z (model/head_kernels.py)
-                lp, ent = head_kernels.logit_stats(z, targets[start:start + chunk_size], temperature)
+                lp, ent = head_kernels.logit_stats(z, targets[start:end], temperature,
+                                                   None if saved is None else tuple(t[start:end] for t in saved))
             else:
                 if temperature != 1.0:
                     z.div_(temperature)
                 lp, ent = logprob_entropy(z, targets[start:start + chunk_size])
             logps.append(lp)
             entropies.append(ent)
-        ctx.save_for_backward(hidden, weight, targets)
+        ctx.save_for_backward(hidden, weight, targets, *(saved or ()))
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return (torch.cat(logps) if logps else empty), (torch.cat(entropies) if entropies else empty)
 
     @staticmethod
     def backward(ctx, g_logp: Tensor, g_entropy: Tensor):
-        hidden, weight, targets = ctx.saved_tensors
+        hidden, weight, targets, *saved = ctx.saved_tensors
         temperature, chunk = ctx.temperature, ctx.chunk_size
         w_b = weight.to(torch.bfloat16)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
@@ -140,19 +155,23 @@ class SplitHeadLogprobs(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             end = start + chunk
             h_b = hidden[start:end].to(torch.bfloat16)
-            z = mm_fp32(h_b, w_b.T)
             g_lp, g_ent = g_logp[start:end].float(), g_entropy[start:end].float()
-            if head_kernels.available(z):
-                gz_b = head_kernels.logit_grad(z, targets[start:end], g_lp, g_ent, temperature)
+            if saved:  # the forward's bf16 logits and statistics: one pass, no GEMM (overwrites them)
+                gz_b = head_kernels.logit_grad_saved(tuple(t[start:end] for t in saved), targets[start:end], g_lp,
+                                                     g_ent, temperature)
             else:
-                if temperature != 1.0:
-                    z.div_(temperature)
-                gz = _logit_grad(z, targets[start:end], g_lp, g_ent)
-                if temperature != 1.0:
-                    gz.div_(temperature)
-                gz_b = gz.to(torch.bfloat16)
-                del gz
-            del z
+                z = mm_fp32(h_b, w_b.T)
+                if head_kernels.available(z):
+                    gz_b = head_kernels.logit_grad(z, targets[start:end], g_lp, g_ent, temperature)
+                else:
+                    if temperature != 1.0:
+                        z.div_(temperature)
+                    gz = _logit_grad(z, targets[start:end], g_lp, g_ent)
+                    if temperature != 1.0:
+                        gz.div_(temperature)
+                    gz_b = gz.to(torch.bfloat16)
+                    del gz
+                del z
             if grad_hidden is not None:
                 grad_hidden[start:end] = mm_fp32(gz_b, w_b)
             if grad_weight is not None:

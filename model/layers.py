@@ -15,10 +15,13 @@ import torch.nn.functional as F
 from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
 from lightswe.model.cache import HybridCache
 from lightswe.model.config import SOFTMAX, MiniMaxConfig
-from lightswe.model.fused import compile_enabled, gated_rms_norm, residual, rms_norm
+from lightswe.model.fused import compile_enabled, gated_rms_norm, residual, rms_norm, rms_norm_and_cast
 from lightswe.model.moe import grouped_experts, use_grouped
 from torch import nn
 
+# The decoder layer's norms hand their matrix products one bf16 copy on the compiled CUDA path under autocast
+# (``DecoderLayer._forward_cast_once``; benchmarks/train.py --cast-once)
+CAST_ONCE = True
 LIGHTNING_NORM_EPS = 1e-6  # the released code builds the lightning output norm with RMSNorm's default eps
 
 
@@ -72,7 +75,9 @@ class LightningAttention(nn.Module):
         return self._slope[device]
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
-                cache: HybridCache | None = None) -> torch.Tensor:
+                cache: HybridCache | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``dtype``: the residual stream's dtype, which the output norm computes in (default x's; the decoder
+        layer passes fp32 when it hands the projections a bf16 copy of its fp32 input)."""
         batch, length, _ = x.shape
         qkv = F.silu(self.qkv_proj(x)).view(batch, length, self.num_heads, 3 * self.head_dim)
         q, k, v = qkv.split(self.head_dim, dim=-1)
@@ -86,7 +91,7 @@ class LightningAttention(nn.Module):
             if cache is not None:
                 cache.set_lightning_state(self.layer_idx, final)
         gated = gated_rms_norm(self.output_gate(x), o.reshape(batch, length, -1), self.norm.weight, self.norm.eps,
-                               x.dtype)  # sigmoid(gate) * norm(o)
+                               dtype or x.dtype)  # sigmoid(gate) * norm(o)
         return self.out_proj(gated)
 
 
@@ -115,7 +120,8 @@ class SoftmaxAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
-                cache: HybridCache | None = None) -> torch.Tensor:
+                cache: HybridCache | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``dtype``: unused (the output is the output projection's; same signature as LightningAttention)."""
         batch, length, _ = x.shape
         q = rotary(self.q_proj(x).view(batch, length, self.num_heads, self.head_dim), positions,
                    self.rotary_dim, self.theta).transpose(1, 2)
@@ -168,15 +174,19 @@ class SparseMoE(nn.Module):
         self.experts = nn.ModuleList(Expert(config.hidden_size, config.intermediate_size)
                                      for _ in range(self.num_experts))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [..., hidden] -> (out [..., hidden], aux scalar fp32). ``out_dtype`` (grouped path only): the
+        output's dtype when x is the bf16 copy of an fp32 residual stream (default x's)."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         probs = torch.softmax(self.gate(x).float(), dim=-1)  # [N, E]
         weights, chosen = probs.topk(self.top_k, dim=-1)
         weights = weights / weights.sum(-1, keepdim=True)
         if use_grouped(x, self.experts[0].w1.weight):  # grouped GEMMs, no host sync (model/moe.py)
-            out, counts = grouped_experts(x, chosen, weights, self.experts)
+            out, counts = grouped_experts(x, chosen, weights, self.experts, out_dtype)
         else:
+            if out_dtype not in (None, x.dtype):
+                raise ValueError(f"out_dtype={out_dtype} needs the grouped MoE path (the loop sums in x's dtype)")
             out, counts = self._loop(x, chosen, weights)
         fraction = counts.float() / max(x.shape[0], 1)
         aux = self.num_experts * (fraction * probs.mean(0)).sum()
@@ -220,6 +230,9 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
                 cache: HybridCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if (CAST_ONCE and compile_enabled(x) and x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type)
+                and use_grouped(x, self.block_sparse_moe.experts[0].w1.weight)):
+            return self._forward_cast_once(x, positions, cu_seqlens, cache)
         h = self.input_layernorm(x)
         skip = h if self.postnorm else x
         if compile_enabled(x):
@@ -228,4 +241,20 @@ class DecoderLayer(nn.Module):
             x = self.attn_alpha * skip + self.attn_beta * self.self_attn(h, positions, cu_seqlens, cache)
         h = self.post_attention_layernorm(x)
         moe, aux = self.block_sparse_moe(h)
+        return residual(h if self.postnorm else x, moe, self.mlp_alpha, self.mlp_beta), aux
+
+    def _forward_cast_once(self, x: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor | None,
+                           cache: HybridCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` for an fp32 residual stream under autocast on the compiled CUDA path: each norm also
+        writes the bf16 copy its matrix products read (``rms_norm_and_cast``), so autocast casts neither it
+        (once per product: 2 in a lightning layer, 3 in a softmax one, 2 in the MoE) nor its gradients back.
+        The forward values are those of ``forward``; the gradients of the bf16 copy are summed in bf16."""
+        low = torch.get_autocast_dtype(x.device.type)
+        norm = self.input_layernorm
+        h, h_low = rms_norm_and_cast(x, norm.weight, norm.eps, low)
+        x = residual(h if self.postnorm else x, self.self_attn(h_low, positions, cu_seqlens, cache, dtype=x.dtype),
+                     self.attn_alpha, self.attn_beta)
+        norm = self.post_attention_layernorm
+        h, h_low = rms_norm_and_cast(x, norm.weight, norm.eps, low)
+        moe, aux = self.block_sparse_moe(h_low, out_dtype=x.dtype)
         return residual(h if self.postnorm else x, moe, self.mlp_alpha, self.mlp_beta), aux

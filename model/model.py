@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from lightswe.model.cache import HybridCache
 from lightswe.model.config import MiniMaxConfig
 from lightswe.model.generation import Generation, SamplingConfig, generate
+from lightswe.model import head
 from lightswe.model.head import head_logprobs, use_split_head
 from lightswe.model.layers import DecoderLayer, RMSNorm
 from torch import nn
@@ -163,7 +164,7 @@ class MiniMaxForCausalLM(nn.Module):
         return CausalLMOutput(logits=self.logits(hidden), aux_loss=aux)
 
     def token_logprobs(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None, *,
-                       chunk_size: int = 1024, temperature: float = 1.0) -> torch.Tensor:
+                       chunk_size: int | None = None, temperature: float = 1.0) -> torch.Tensor:
         """fp32 log p(x_t | x_<t) [B, T], aligned with ``input_ids`` (first token of each sequence: 0).
 
         The fp32 LM head runs chunk by chunk (see ``score``); differentiable. The load-balancing loss of this
@@ -172,16 +173,18 @@ class MiniMaxForCausalLM(nn.Module):
         return self.score(input_ids, cu_seqlens, chunk_size=chunk_size, temperature=temperature,
                           with_entropy=False).logprobs
 
-    def score(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None, *, chunk_size: int = 1024,
+    def score(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None, *, chunk_size: int | None = None,
               with_entropy: bool = True, temperature: float = 1.0) -> TokenLogprobs:
         """Log-probs (and entropies) of every token given the previous ones, from an fp32 LM head in chunks
         (on CUDA under autocast: the bf16x3 split head of ``model/head.py``).
 
         Input as in ``hidden_states``. Outputs [B, T] aligned with ``input_ids``. ``temperature`` divides the
         logits (pass the sampler's temperature to get the behaviour policy). Differentiable; each chunk's
-        [chunk_size, vocab] fp32 logits are recomputed in backward, never stored.
+        [chunk_size, vocab] fp32 logits are recomputed in backward, never stored (the split head keeps bf16
+        logits instead, see ``model/head.py``). ``chunk_size`` default: 1,024 rows for the fp32 head,
+        ``head.CHUNK_ROWS`` for the split head.
         """
-        if chunk_size < 1 or temperature <= 0:
+        if (chunk_size is not None and chunk_size < 1) or temperature <= 0:
             raise ValueError(f"chunk_size must be >= 1 and temperature > 0, got {chunk_size} and {temperature}")
         hidden, aux = self.hidden_states(input_ids, cu_seqlens)
         batch, length = input_ids.shape
@@ -189,9 +192,10 @@ class MiniMaxForCausalLM(nn.Module):
         targets = input_ids[:, 1:].reshape(-1)
         weight = self.lm_head.weight.float()
         if use_split_head(hidden):  # CUDA under autocast: bf16x3 on tensor cores (model/head.py)
-            lp, ent = head_logprobs(flat_hidden, weight, targets, temperature, chunk_size)
+            lp, ent = head_logprobs(flat_hidden, weight, targets, temperature, chunk_size or head.CHUNK_ROWS)
             logprob_chunks, entropy_chunks = [lp], [ent]
         else:  # fp32 GEMMs (CPU, or CUDA without autocast)
+            chunk_size = chunk_size or 1024
             need_grad = torch.is_grad_enabled() and (flat_hidden.requires_grad or weight.requires_grad)
             logprob_chunks, entropy_chunks = [], []
             for start in range(0, targets.shape[0], chunk_size):

@@ -119,12 +119,12 @@ def stacked_expert_weights(experts: nn.ModuleList, dtype: torch.dtype) -> tuple[
     return w13.view(num, -1, w13.shape[-1]), w2.view(num, -1, w2.shape[-1])
 
 
-def grouped_experts(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, experts: nn.ModuleList
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def grouped_experts(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, experts: nn.ModuleList,
+                    out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Dropless top-k SwiGLU experts as three grouped GEMMs.
 
     x [N, H] (any float dtype; the products run in ``compute_dtype``), chosen [N, k] long expert ids,
-    weights [N, k] fp32 routing weights. Returns (out [N, H] in x's dtype = sum_j weights[n, j] *
+    weights [N, k] fp32 routing weights. Returns (out [N, H] in ``out_dtype`` (default x's) = sum_j weights[n, j] *
     expert_{chosen[n, j]}(x[n]), counts [E] long assignments per expert). Equal to the per-expert loop up to
     the products' rounding (tests/model/test_moe.py).
     """
@@ -154,5 +154,5 @@ def grouped_experts(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor
         xs = _Dispatch.apply(x.to(dtype), source, position, top_k)  # [M, H]
         h13 = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offsets)  # [M, 2 I]
         ys = torch._grouped_mm(swiglu(h13), w2.transpose(-2, -1), offs=offsets)  # [M, H]
-        out = weighted_sum(_Gather.apply(ys, position).view(tokens, top_k, hidden), weights, x.dtype)
+        out = weighted_sum(_Gather.apply(ys, position).view(tokens, top_k, hidden), weights, out_dtype or x.dtype)
     return out, counts

@@ -11,6 +11,15 @@ Scheme (one program per (sequence, head, slice of the state), looping over chunk
   M[i, j] = lambda^(i-j) for i >= j (0 above the diagonal), L = tokens in the chunk (the last may be short).
 The state goes into the matrix products in the inputs' dtype (bf16/fp16; tf32 for fp32 inputs); every
 product accumulates in fp32. Importing this module needs Triton; api.py imports it only on CUDA.
+
+Launch variants (autotuned, FWD_CONFIGS / BWD_CONFIGS; measurements in RESULTS.md):
+  TMA        tiles move through tensor descriptors (Hopper's tensor memory accelerator; rows past a sequence's
+             end load as zeros and are not stored), sm_90+ only.
+  DECAY_OUT  the per-row decays are applied where they cost least: o = (q S) * lambda^(i+1) on the fp32
+             product instead of round(q * lambda^(i+1)) S, and the state update scales the narrower of k and v
+             (forward: v's BV columns); q, k then enter the tensor cores straight from shared memory.
+             Same math, another rounding of the bf16 inputs (decode.py's chunk-form step mirrors the first,
+             non-DECAY_OUT forward config, which LIGHTSWE_LIGHTNING_AUTOTUNE=0 pins).
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ def _prune_slices(configs, nargs, **kwargs):
     few = NB * max(1, V // 64) < FEW_PROGRAMS
     kept = []
     for c in configs:
+        if c.kwargs.get("TMA") and not _has_tma():
+            continue
         bk, bv = c.kwargs.get("BK", min(64, K)), c.kwargs["BV"]
         if bk > K or bv > V:
             continue
@@ -43,6 +54,11 @@ def _prune_slices(configs, nargs, **kwargs):
             continue
         kept.append(c)
     return kept
+
+
+def _has_tma() -> bool:
+    """Tensor-memory-accelerator loads (tensor descriptors) need compute capability 9.0+; the interpreter has them."""
+    return os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.get_device_capability()[0] >= 9
 
 
 def _launch(kernel, grid, *args, **kwargs):
@@ -53,12 +69,16 @@ def _launch(kernel, grid, *args, **kwargs):
         configs = kernel.configs
         if kernel.early_config_prune:
             configs = kernel.early_config_prune(configs, {}, **kwargs)
-        config = configs[0]
-        meta = {**kwargs, **config.kwargs}
-        grid = grid(meta) if callable(grid) else grid
-        if not interpret:
-            meta.update(num_warps=config.num_warps, num_stages=config.num_stages)
-        return kernel.fn[grid](*args, **meta)
+        for i, config in enumerate(configs):  # the next one when a config needs more shared memory than there is
+            meta = {**kwargs, **config.kwargs}
+            launch_grid = grid(meta) if callable(grid) else grid
+            if not interpret:
+                meta.update(num_warps=config.num_warps, num_stages=config.num_stages)
+            try:
+                return kernel.fn[launch_grid](*args, **meta)
+            except triton.runtime.errors.OutOfResources:
+                if i == len(configs) - 1:
+                    raise
     return kernel[grid](*args, **kwargs)
 
 
@@ -80,6 +100,16 @@ def _k_decay(b, L, BT: tl.constexpr):
 
 
 @triton.jit
+def _advance_state(state, b_k, b_v, b, L, BT: tl.constexpr, SCALE_V: tl.constexpr):
+    """lambda^L S + (k * lambda^(L-1-j))^T v; with SCALE_V the decay scales v's rows instead of k's (k then goes
+    into the product straight from shared memory, and v's tile is the narrower one when BV < K)."""
+    decay = _k_decay(b, L, BT)[:, None]
+    if SCALE_V:
+        return tl.dot(tl.trans(b_k), (b_v * decay).to(b_v.dtype), acc=state * tl.exp2(b * L.to(tl.float32)))
+    return tl.dot(tl.trans((b_k * decay).to(b_k.dtype)), b_v, acc=state * tl.exp2(b * L.to(tl.float32)))
+
+
+@triton.jit
 def _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
     if IS_VARLEN:
         bos = tl.load(cu_seqlens + i_n).to(tl.int64)
@@ -90,28 +120,51 @@ def _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
     return bos, T
 
 
+def _fwd_config(bt: int, bv: int, warps: int, stages: int, tma: bool = False, decay_out: bool = False):
+    return triton.Config({"BT": bt, "BV": bv, "TMA": tma, "DECAY_OUT": decay_out}, num_warps=warps,
+                         num_stages=stages)
+
+
+# Autotuned set (H200 measurements in RESULTS.md). TMA = tensor-descriptor loads and stores (sm_90+; the
+# pointer-load configs serve older GPUs). DECAY_OUT = q's decay applied to the fp32 product instead of to q before
+# it (q then goes from shared memory straight into the tensor cores) and the state update's decay on v's narrower
+# slice: 227 instead of 255 registers, 8-19% faster. It rounds differently from decode.py's chunk-form step, which
+# mirrors the first config (the one LIGHTSWE_LIGHTNING_AUTOTUNE=0 pins), so the first config keeps q's rounding.
+FWD_CONFIGS = [
+    _fwd_config(64, 64, 4, 2, tma=True),
+    _fwd_config(64, 64, 4, 2, tma=True, decay_out=True),
+    _fwd_config(64, 64, 4, 3, tma=True, decay_out=True),
+    _fwd_config(64, 32, 4, 2, tma=True, decay_out=True),
+    _fwd_config(64, 64, 4, 2),
+    _fwd_config(64, 32, 4, 2),
+    _fwd_config(64, 16, 4, 2),
+]
+# Timed one by one by the benchmark's --prefill-sweep (the autotuned set first).
+FWD_SWEEP = FWD_CONFIGS + [
+    _fwd_config(64, 64, 4, 3, tma=True), _fwd_config(64, 32, 4, 3, tma=True),
+    _fwd_config(64, 64, 8, 2, tma=True), _fwd_config(64, 128, 8, 2, tma=True), _fwd_config(64, 64, 4, 3),
+    _fwd_config(64, 128, 8, 2), _fwd_config(128, 64, 8, 2), _fwd_config(128, 32, 8, 2),
+]
+
+
+def _set_tma_allocator() -> None:
+    """Device-side TMA descriptors need a small global scratch buffer per program (Triton's allocator)."""
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, device="cuda", dtype=torch.int8))
+
+
 @triton.autotune(
-    configs=[
-        triton.Config({"BT": 64, "BV": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BT": 64, "BV": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 64, "BV": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 128, "BV": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 128, "BV": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 64, "BV": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BT": 64, "BV": 32}, num_warps=4, num_stages=3),
-        triton.Config({"BT": 128, "BV": 32}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 64, "BV": 16}, num_warps=4, num_stages=2),
-        triton.Config({"BT": 64, "BV": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BT": 64, "BV": 32}, num_warps=4, num_stages=4),
-        triton.Config({"BT": 64, "BV": 64}, num_warps=4, num_stages=3),
-    ],
+    configs=FWD_CONFIGS,
     key=["H", "K", "V", "NB", "IS_VARLEN"],
     prune_configs_by={"early_config_prune": _prune_slices},
 )
 @triton.jit
 def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-                USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr):
+                USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
+                TMA: tl.constexpr = False, DECAY_OUT: tl.constexpr = False):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
@@ -130,21 +183,38 @@ def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
     k += (bos * H + i_h) * K
     v += (bos * H + i_h) * V
     o += (bos * H + i_h) * V
+    T_d = tl.maximum(T, 1)  # an empty packed sequence: a valid descriptor that is never used
+    if TMA:  # one descriptor per sequence and head: rows past T load as zeros and are not stored
+        d_q = tl.make_tensor_descriptor(q, [T_d, K], [H * K, 1], [BT, K])
+        d_k = tl.make_tensor_descriptor(k, [T_d, K], [H * K, 1], [BT, K])
+        d_v = tl.make_tensor_descriptor(v, [T_d, V], [H * V, 1], [BT, BV])
+        d_o = tl.make_tensor_descriptor(o, [T_d, V], [H * V, 1], [BT, BV])
     for i_t in range(tl.cdiv(T, BT)):
-        p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
-        p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
-        p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        p_o = tl.make_block_ptr(o, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
-        b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
-        b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
-        b_o = tl.dot((b_q * q_decay[:, None]).to(b_q.dtype), state.to(b_q.dtype))
+        if TMA:
+            b_q = d_q.load([i_t * BT, 0])
+            b_k = d_k.load([i_t * BT, 0])
+            b_v = d_v.load([i_t * BT, i_v * BV])
+        else:
+            p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
+            p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
+            p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+            b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
+            b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
+            b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
+        L = tl.minimum(T - i_t * BT, BT)
+        s_in = state.to(b_q.dtype)
+        if DECAY_OUT:  # q straight from shared memory into the product, its decay applied to the fp32 result
+            b_o = tl.dot(b_q, s_in) * q_decay[:, None]
+        else:
+            b_o = tl.dot((b_q * q_decay[:, None]).to(b_q.dtype), s_in)
         a = tl.dot(b_q, tl.trans(b_k)) * m
         b_o = tl.dot(a.to(b_v.dtype), b_v, acc=b_o)
-        tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0,))
-        L = tl.minimum(T - i_t * BT, BT)
-        b_kd = (b_k * _k_decay(b, L, BT)[:, None]).to(b_k.dtype)
-        state = tl.dot(tl.trans(b_kd), b_v, acc=state * tl.exp2(b * L.to(tl.float32)))
+        if TMA:
+            d_o.store([i_t * BT, i_v * BV], b_o.to(d_o.dtype))
+        else:
+            p_o = tl.make_block_ptr(o, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+            tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0,))
+        state = _advance_state(state, b_k, b_v, b, L, BT, DECAY_OUT)
     if STORE_HT:
         tl.store(ht + p_state, state)
 
@@ -152,7 +222,7 @@ def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
 @triton.jit
 def _bwd_dq(q, k, v, do, dq, h0, i_nh, i_k, bos, T, b,
             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-            USE_H0: tl.constexpr):
+            USE_H0: tl.constexpr, TMA: tl.constexpr = False, DECAY_OUT: tl.constexpr = False):
     m, q_decay = _decay_masks(b, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = tl.arange(0, V)
@@ -164,18 +234,35 @@ def _bwd_dq(q, k, v, do, dq, h0, i_nh, i_k, bos, T, b,
     v += (bos * H + (i_nh % H)) * V
     do += (bos * H + (i_nh % H)) * V
     dq += (bos * H + (i_nh % H)) * K
+    T_d = tl.maximum(T, 1)
+    if TMA:
+        d_k = tl.make_tensor_descriptor(k, [T_d, K], [H * K, 1], [BT, BK])
+        d_v = tl.make_tensor_descriptor(v, [T_d, V], [H * V, 1], [BT, V])
+        d_do = tl.make_tensor_descriptor(do, [T_d, V], [H * V, 1], [BT, V])
+        d_dq = tl.make_tensor_descriptor(dq, [T_d, K], [H * K, 1], [BT, BK])
     for i_t in range(tl.cdiv(T, BT)):
-        p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-        p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
-        p_do = tl.make_block_ptr(do, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
-        p_dq = tl.make_block_ptr(dq, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-        b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
-        b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
-        b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
-        b_dq = tl.dot((b_do * q_decay[:, None]).to(b_do.dtype), tl.trans(state.to(b_do.dtype)))
+        if TMA:
+            b_k = d_k.load([i_t * BT, i_k * BK])
+            b_v = d_v.load([i_t * BT, 0])
+            b_do = d_do.load([i_t * BT, 0])
+        else:
+            p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+            p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
+            p_do = tl.make_block_ptr(do, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
+            b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
+            b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
+            b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
+        if DECAY_OUT:  # dO straight from shared memory, its decay applied to the fp32 product
+            b_dq = tl.dot(b_do, tl.trans(state.to(b_do.dtype))) * q_decay[:, None]
+        else:
+            b_dq = tl.dot((b_do * q_decay[:, None]).to(b_do.dtype), tl.trans(state.to(b_do.dtype)))
         a = tl.dot(b_do, tl.trans(b_v)) * m
         b_dq = tl.dot(a.to(b_k.dtype), b_k, acc=b_dq)
-        tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), boundary_check=(0,))
+        if TMA:
+            d_dq.store([i_t * BT, i_k * BK], b_dq.to(d_dq.dtype))
+        else:
+            p_dq = tl.make_block_ptr(dq, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+            tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), boundary_check=(0,))
         L = tl.minimum(T - i_t * BT, BT)
         b_kd = (b_k * _k_decay(b, L, BT)[:, None]).to(b_k.dtype)
         state = tl.dot(tl.trans(b_kd), b_v, acc=state * tl.exp2(b * L.to(tl.float32)))
@@ -184,7 +271,8 @@ def _bwd_dq(q, k, v, do, dq, h0, i_nh, i_k, bos, T, b,
 @triton.jit
 def _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_k, bos, T, b,
             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-            USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr):
+            USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, TMA: tl.constexpr = False,
+            DECAY_OUT: tl.constexpr = False):
     m, q_decay = _decay_masks(b, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = tl.arange(0, V)
@@ -197,22 +285,39 @@ def _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_k, bos, T, b,
     v += (bos * H + (i_nh % H)) * V
     do += (bos * H + (i_nh % H)) * V
     dk += (bos * H + (i_nh % H)) * K
+    T_d = tl.maximum(T, 1)
+    if TMA:
+        d_q = tl.make_tensor_descriptor(q, [T_d, K], [H * K, 1], [BT, BK])
+        d_v = tl.make_tensor_descriptor(v, [T_d, V], [H * V, 1], [BT, V])
+        d_do = tl.make_tensor_descriptor(do, [T_d, V], [H * V, 1], [BT, V])
+        d_dk = tl.make_tensor_descriptor(dk, [T_d, K], [H * K, 1], [BT, BK])
     NT = tl.cdiv(T, BT)
     for i in range(NT):
         i_t = NT - 1 - i
-        p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-        p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
-        p_do = tl.make_block_ptr(do, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
-        p_dk = tl.make_block_ptr(dk, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-        b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
-        b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
-        b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
+        if TMA:
+            b_q = d_q.load([i_t * BT, i_k * BK])
+            b_v = d_v.load([i_t * BT, 0])
+            b_do = d_do.load([i_t * BT, 0])
+        else:
+            p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+            p_v = tl.make_block_ptr(v, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
+            p_do = tl.make_block_ptr(do, (T, V), (H * V, 1), (i_t * BT, 0), (BT, V), (1, 0))
+            b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
+            b_v = tl.load(p_v, boundary_check=(0,), padding_option="zero")
+            b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
         L = tl.minimum(T - i_t * BT, BT)
-        b_vd = (b_v * _k_decay(b, L, BT)[:, None]).to(b_v.dtype)
-        b_dk = tl.dot(b_vd, tl.trans(dstate.to(b_v.dtype)))
+        if DECAY_OUT:
+            b_dk = tl.dot(b_v, tl.trans(dstate.to(b_v.dtype))) * _k_decay(b, L, BT)[:, None]
+        else:
+            b_vd = (b_v * _k_decay(b, L, BT)[:, None]).to(b_v.dtype)
+            b_dk = tl.dot(b_vd, tl.trans(dstate.to(b_v.dtype)))
         a = tl.dot(b_do, tl.trans(b_v)) * m
         b_dk = tl.dot(tl.trans(a.to(b_q.dtype)), b_q, acc=b_dk)
-        tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), boundary_check=(0,))
+        if TMA:
+            d_dk.store([i_t * BT, i_k * BK], b_dk.to(d_dk.dtype))
+        else:
+            p_dk = tl.make_block_ptr(dk, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+            tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), boundary_check=(0,))
         b_qd = (b_q * q_decay[:, None]).to(b_q.dtype)
         dstate = tl.dot(tl.trans(b_qd), b_do, acc=dstate * tl.exp2(b * L.to(tl.float32)))
     if STORE_DH0:
@@ -222,7 +327,7 @@ def _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_k, bos, T, b,
 @triton.jit
 def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-            USE_DHT: tl.constexpr):
+            USE_DHT: tl.constexpr, TMA: tl.constexpr = False, DECAY_OUT: tl.constexpr = False):
     m, q_decay = _decay_masks(b, BT)
     o_k = tl.arange(0, K)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -234,39 +339,72 @@ def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
     k += (bos * H + (i_nh % H)) * K
     do += (bos * H + (i_nh % H)) * V
     dv += (bos * H + (i_nh % H)) * V
+    T_d = tl.maximum(T, 1)
+    if TMA:
+        d_q = tl.make_tensor_descriptor(q, [T_d, K], [H * K, 1], [BT, K])
+        d_k = tl.make_tensor_descriptor(k, [T_d, K], [H * K, 1], [BT, K])
+        d_do = tl.make_tensor_descriptor(do, [T_d, V], [H * V, 1], [BT, BV])
+        d_dv = tl.make_tensor_descriptor(dv, [T_d, V], [H * V, 1], [BT, BV])
     NT = tl.cdiv(T, BT)
     for i in range(NT):
         i_t = NT - 1 - i
-        p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
-        p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
-        p_do = tl.make_block_ptr(do, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        p_dv = tl.make_block_ptr(dv, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
-        b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
-        b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
+        if TMA:
+            b_q = d_q.load([i_t * BT, 0])
+            b_k = d_k.load([i_t * BT, 0])
+            b_do = d_do.load([i_t * BT, i_v * BV])
+        else:
+            p_q = tl.make_block_ptr(q, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
+            p_k = tl.make_block_ptr(k, (T, K), (H * K, 1), (i_t * BT, 0), (BT, K), (1, 0))
+            p_do = tl.make_block_ptr(do, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+            b_q = tl.load(p_q, boundary_check=(0,), padding_option="zero")
+            b_k = tl.load(p_k, boundary_check=(0,), padding_option="zero")
+            b_do = tl.load(p_do, boundary_check=(0,), padding_option="zero")
         L = tl.minimum(T - i_t * BT, BT)
-        b_kd = (b_k * _k_decay(b, L, BT)[:, None]).to(b_k.dtype)
-        b_dv = tl.dot(b_kd, dstate.to(b_k.dtype))
+        if DECAY_OUT:
+            b_dv = tl.dot(b_k, dstate.to(b_k.dtype)) * _k_decay(b, L, BT)[:, None]
+        else:
+            b_kd = (b_k * _k_decay(b, L, BT)[:, None]).to(b_k.dtype)
+            b_dv = tl.dot(b_kd, dstate.to(b_k.dtype))
         a = tl.dot(b_q, tl.trans(b_k)) * m
         b_dv = tl.dot(tl.trans(a.to(b_do.dtype)), b_do, acc=b_dv)
-        tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), boundary_check=(0,))
-        b_qd = (b_q * q_decay[:, None]).to(b_q.dtype)
-        dstate = tl.dot(tl.trans(b_qd), b_do, acc=dstate * tl.exp2(b * L.to(tl.float32)))
+        if TMA:
+            d_dv.store([i_t * BT, i_v * BV], b_dv.to(d_dv.dtype))
+        else:
+            p_dv = tl.make_block_ptr(dv, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+            tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), boundary_check=(0,))
+        if DECAY_OUT:  # the decay on dO's narrower slice, q straight from shared memory
+            b_dod = (b_do * q_decay[:, None]).to(b_do.dtype)
+            dstate = tl.dot(tl.trans(b_q), b_dod, acc=dstate * tl.exp2(b * L.to(tl.float32)))
+        else:
+            b_qd = (b_q * q_decay[:, None]).to(b_q.dtype)
+            dstate = tl.dot(tl.trans(b_qd), b_do, acc=dstate * tl.exp2(b * L.to(tl.float32)))
+
+
+def _bwd_config(bt: int, bk: int, bv: int, warps: int, stages: int, tma: bool = False, decay_out: bool = False):
+    return triton.Config({"BT": bt, "BK": bk, "BV": bv, "TMA": tma, "DECAY_OUT": decay_out}, num_warps=warps,
+                         num_stages=stages)
+
+
+# The backward's DECAY_OUT applies each decay to the narrower operand or to the fp32 product (no roundings to
+# mirror: the sampler never runs it).
+BWD_CONFIGS = [
+    _bwd_config(64, 64, 64, 4, 2, tma=True),
+    _bwd_config(64, 64, 64, 4, 2, tma=True, decay_out=True),
+    _bwd_config(64, 64, 64, 4, 3, tma=True, decay_out=True),
+    _bwd_config(64, 64, 64, 4, 3, tma=True),
+    _bwd_config(64, 32, 64, 4, 2, tma=True, decay_out=True),
+    _bwd_config(64, 64, 64, 4, 2),
+    _bwd_config(64, 32, 32, 4, 2),
+    _bwd_config(64, 16, 16, 4, 2),
+]
+BWD_SWEEP = BWD_CONFIGS + [
+    _bwd_config(64, 32, 64, 4, 2, tma=True), _bwd_config(64, 32, 32, 4, 2, tma=True),
+    _bwd_config(64, 64, 64, 8, 2, tma=True), _bwd_config(64, 64, 64, 4, 3), _bwd_config(128, 64, 64, 8, 2),
+]
 
 
 @triton.autotune(
-    configs=[
-        triton.Config({"BT": 64, "BK": 64, "BV": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BT": 64, "BK": 64, "BV": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 128, "BK": 32, "BV": 32}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 128, "BK": 64, "BV": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BT": 64, "BK": 32, "BV": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BT": 64, "BK": 32, "BV": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BT": 64, "BK": 16, "BV": 16}, num_warps=4, num_stages=2),
-        triton.Config({"BT": 64, "BK": 64, "BV": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BT": 64, "BK": 64, "BV": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BT": 64, "BK": 32, "BV": 64}, num_warps=4, num_stages=3),
-    ],
+    configs=BWD_CONFIGS,
     key=["H", "K", "V", "NB", "IS_VARLEN"],
     prune_configs_by={"early_config_prune": _prune_slices},
 )
@@ -274,7 +412,8 @@ def _bwd_dv(q, k, do, dv, dht, i_nh, i_v, bos, T, b,
 def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, T, NB,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                 BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr,
-                STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr):
+                STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr,
+                TMA: tl.constexpr = False, DECAY_OUT: tl.constexpr = False):
     """Grid (2 * K/BK + V/BV, N * H): program kinds dq | dk | dv side by side, so that the programs of
     one head run together and share their loads of q, k, v, dO through L2."""
     i_p, i_nh = tl.program_id(0), tl.program_id(1)
@@ -283,11 +422,12 @@ def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, T, NB,
     b = -tl.load(slope + i_h).to(tl.float32) * 1.4426950408889634
     NK: tl.constexpr = K // BK
     if i_p < NK:
-        _bwd_dq(q, k, v, do, dq, h0, i_nh, i_p, bos, T, b, H, K, V, BT, BK, USE_H0)
+        _bwd_dq(q, k, v, do, dq, h0, i_nh, i_p, bos, T, b, H, K, V, BT, BK, USE_H0, TMA, DECAY_OUT)
     elif i_p < 2 * NK:
-        _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_p - NK, bos, T, b, H, K, V, BT, BK, USE_DHT, STORE_DH0)
+        _bwd_dk(q, v, do, dk, dht, dh0, i_nh, i_p - NK, bos, T, b, H, K, V, BT, BK, USE_DHT, STORE_DH0,
+                TMA, DECAY_OUT)
     else:
-        _bwd_dv(q, k, do, dv, dht, i_nh, i_p - 2 * NK, bos, T, b, H, K, V, BT, BV, USE_DHT)
+        _bwd_dv(q, k, do, dv, dht, i_nh, i_p - 2 * NK, bos, T, b, H, K, V, BT, BV, USE_DHT, TMA, DECAY_OUT)
 
 
 def _num_seqs(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
@@ -305,6 +445,7 @@ def lightning_attn_fwd(
     o = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if store_final_state else None
     grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)
+    _set_tma_allocator()
     _launch(_fwd_kernel, grid, q, k, v, o, slope, initial_state, ht, cu_seqlens, T=T, NB=N * H,
                       H=H, K=K, V=V, USE_H0=initial_state is not None, STORE_HT=store_final_state,
                       IS_VARLEN=cu_seqlens is not None)
@@ -323,6 +464,7 @@ def lightning_attn_bwd(
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dh0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else None
     grid = lambda meta: (2 * triton.cdiv(K, meta["BK"]) + triton.cdiv(V, meta["BV"]), N * H)
+    _set_tma_allocator()
     _launch(_bwd_kernel, grid, q, k, v, do, dq, dk, dv, slope, initial_state, dht, dh0, cu_seqlens,
             T=T, NB=N * H, H=H, K=K, V=V, USE_H0=initial_state is not None,
             USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=cu_seqlens is not None)

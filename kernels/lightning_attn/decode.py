@@ -13,16 +13,21 @@ start and b = -slope * log2(e):
 where round() is to the inputs' dtype, exactly where chunk.py's ``_fwd_kernel`` rounds (its tl.dot inputs).
 The chunk's keys and values wait in per-row buffers; when the chunk's last token arrives, the state advances
 as the chunk kernel advances it: S0 = 2^(b BT) S0 + sum_j round(k_j 2^(b (BT-1-j)))^T v_j (the same tensor-core
-product of rounded inputs with fp32 accumulation).
+product of rounded inputs with fp32 accumulation). Only round(S0) enters o, so a caller may keep it beside the
+fp32 state (``rounded_state``, rewritten whenever the state advances): the 63 of 64 steps that do not complete a
+chunk then read 2 bytes per state element instead of 4, with the same result bits. By default the three
+products of o run on the tensor cores as the chunk kernel's do (``DecodeConfig.mma``).
 
 Launch shapes are ``DecodeConfig``s chosen by B*H from ``DECODE_CONFIGS`` / ``CHUNK_FORM_CONFIGS`` (measured on
-an H200 with ``python benchmarks/lightning_attn.py --lengths --no-varlen --decode-sweep``; RESULTS.md).
+an H200 with ``python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep
+--chunk-form-sweep``; RESULTS.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import torch
 
@@ -37,8 +42,10 @@ LOG2E = 1.4426950408889634
 
 def lightning_attn_decode_chunk_form_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                                slope: torch.Tensor, state: torch.Tensor, chunk_keys: torch.Tensor,
-                                               chunk_values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """PyTorch version of ``lightning_attn_decode_chunk_form`` (same arguments, same in-place updates)."""
+                                               chunk_values: torch.Tensor, positions: torch.Tensor,
+                                               rounded_state: torch.Tensor | None = None) -> torch.Tensor:
+    """PyTorch version of ``lightning_attn_decode_chunk_form`` (same arguments, same in-place updates). The
+    output uses round(state) by definition; ``rounded_state``, if given, is only kept equal to it."""
     with torch.autocast(q.device.type, enabled=False):
         rows, block, dtype = q.shape[0], chunk_keys.shape[2], q.dtype
         b = -slope.float() * LOG2E  # [H]
@@ -59,13 +66,17 @@ def lightning_attn_decode_chunk_form_reference(q: torch.Tensor, k: torch.Tensor,
         kd = (chunk_keys.float() * k_decay[None, :, :, None]).to(dtype).float()
         advanced = state * torch.exp2(b * block)[None, :, None, None] + torch.einsum(
             "shjk,shjv->shkv", kd, chunk_values.float())
-        state.copy_(torch.where((i == block - 1)[:, None, None, None], advanced, state))
+        complete = (i == block - 1)[:, None, None, None]
+        state.copy_(torch.where(complete, advanced, state))
+        if rounded_state is not None:
+            rounded_state.copy_(torch.where(complete, advanced.to(dtype), rounded_state))
         return o.to(dtype)
 
 
 def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor,
                                      state: torch.Tensor, chunk_keys: torch.Tensor, chunk_values: torch.Tensor,
-                                     positions: torch.Tensor, config: DecodeConfig | None = None) -> torch.Tensor:
+                                     positions: torch.Tensor, rounded_state: torch.Tensor | None = None,
+                                     config: DecodeConfig | None = None) -> torch.Tensor:
     """One decode step in the chunk kernel's form (module docstring), Triton on CUDA, else the reference.
 
     Args:
@@ -76,33 +87,50 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
         chunk_keys: [S, H, BT, K], chunk_values: [S, H, BT, V] in q's dtype: the chunk's earlier tokens at
             indices [0, i); this token is written at index i.
         positions: [S] int, the token's position in its sequence (tokens before it); i = positions % BT.
-        config: the launch shape (bv columns per program, warps; per_sm and stream unused), default by S*H from
-            CHUNK_FORM_CONFIGS.
+        rounded_state: optional [S, H, K, V] in q's dtype holding ``state.to(q.dtype)`` (the caller sets it
+            wherever it sets ``state``); rewritten in place with the state. The output only needs the rounded
+            state (the chunk kernel rounds S0 before its product), so with it the 63 of 64 steps that do not
+            complete a chunk read 2 bytes per state element instead of 4; the results are the same bits.
+        config: the launch shape (bv columns per program, warps, bk state rows per block of the chunk-completion
+            update, split, mma, full_chunk, per_program, stages; per_sm, stream, split_k unused), default by S*H
+            from CHUNK_FORM_CONFIGS.
     Returns:
         o [S, H, V] in q's dtype. No host synchronisation (CUDA-graph capturable).
+    Raises:
+        ValueError: ``rounded_state`` not of ``state``'s shape in q's dtype.
     """
     rows, heads, dim = q.shape
     V = v.shape[-1]
     block = chunk_keys.shape[2]
+    if rounded_state is not None and (rounded_state.shape != state.shape or rounded_state.dtype != q.dtype
+                                      or not rounded_state.is_contiguous()):
+        raise ValueError(f"rounded_state must be a contiguous {tuple(state.shape)} {q.dtype} tensor (state.to(q.dtype)),"
+                         f" got {tuple(rounded_state.shape)} {rounded_state.dtype}; allocate it beside the state")
     if triton is None or not q.is_cuda:
         return lightning_attn_decode_chunk_form_reference(q, k, v, slope, state, chunk_keys, chunk_values,
-                                                          positions)
+                                                          positions, rounded_state)
     config = config or next(c for lo, c in reversed(CHUNK_FORM_CONFIGS) if rows * heads >= lo)
     BV = min(config.bv, V)
+    BK = min(config.bk or dim, dim)
     o = torch.empty_like(v)
-    grid = (triton.cdiv(V, BV), rows * heads)
+    per_program = math.gcd(config.per_program, rows * heads)
     slope = slope.float().contiguous()
-    _decode_chunk_form_kernel[grid](q.contiguous(), k.contiguous(), v.contiguous(), o, slope, state, chunk_keys,
-                                    chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
-                                    ADVANCE=not config.split, num_warps=config.warps)
+    rounded = state if rounded_state is None else rounded_state  # (unused pointer without ROUNDED)
+    _decode_chunk_form_kernel[(triton.cdiv(V, BV), rows * heads // per_program)](
+                                    q.contiguous(), k.contiguous(), v.contiguous(), o, slope, state, rounded,
+                                    chunk_keys, chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
+                                    BK=BK, ROUNDED=rounded_state is not None, ADVANCE=not config.split,
+                                    MMA=config.mma, FULL_CHUNK=config.full_chunk, PER_PROGRAM=per_program,
+                                    STAGES=config.stages, num_warps=config.warps)
     if config.split:
-        _chunk_advance_kernel[grid](slope, state, chunk_keys, chunk_values, positions, H=heads, K=dim, V=V,
-                                    BT=block, BV=BV, num_warps=config.warps)
+        _chunk_advance_kernel[(triton.cdiv(V, BV), rows * heads)](
+            k, slope, state, rounded, chunk_keys, chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
+            BK=BK, ROUNDED=rounded_state is not None, num_warps=config.warps)
     return o
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
-    """One launch shape of the decode step ``lightning_attn_decode_triton``.
+    """One launch shape of the decode step ``lightning_attn_decode_triton`` or of the chunk-form step.
 
     bv: state columns per tile (a tile is the [K, bv] fp32 slice of one (sequence, head) state).
     warps: warps per program.
@@ -112,6 +140,22 @@ class DecodeConfig:
     stream: state loads marked evict-first and stores cache-streaming (.cs): the state is touched once per step.
     split: chunk-form step only: the state update of rows completing their chunk in a second launch, so that
         the step's programs carry no tensor-core product (fewer registers: more programs per multiprocessor).
+    bk: 0 = the whole [K, bv] tile at once; bk > 0 = the tile in [bk, bv] blocks. Exact step: a loop over the
+        blocks (o accumulated in the program) whose loads are software-pipelined ``stages`` deep, so block
+        j+1's load is in flight while block j is stored. Chunk-form step: the chunk-completion update's blocks
+        (a [bk, BT] x [BT, bv] tensor-core product each: fewer registers than one [K, bv] product).
+    stages: exact step with bk > 0: ``tl.range(..., num_stages=stages)`` of the block loop; chunk-form step with
+        per_program > 1: of the loop over (sequence, head) pairs.
+    split_k: exact step with bk > 0: K split across programs too (one per [bk, bv] block; the last to finish a
+        column tile adds the partial outputs: still one launch) instead of the loop.
+    mma: chunk-form step: q . S0, q . k_j and a . v_j as tensor-core products of 16-row operands (q or a in every
+        row; the chunk kernel computes the same three products on the tensor cores) instead of fp32 multiply-adds
+        and cross-warp reductions.
+    full_chunk: chunk-form step: all BT rows of the chunk's key and value buffers loaded whatever the position
+        (rows past it zeroed after the load), so that no load waits for the position: one memory round trip
+        per program instead of two, for up to twice the chunk bytes.
+    per_program: chunk-form step: (sequence, head) pairs per program (at most: the gcd with S * H), walked in a
+        loop software-pipelined ``stages`` deep (the next pair's loads in flight while one computes).
     """
 
     bv: int
@@ -119,36 +163,57 @@ class DecodeConfig:
     per_sm: int = 0
     stream: bool = False
     split: bool = False
+    bk: int = 0
+    stages: int = 1
+    split_k: bool = False
+    mma: bool = False
+    full_chunk: bool = False
+    per_program: int = 1
 
     def __str__(self) -> str:
         grid = f"persistent {self.per_sm}/SM" if self.per_sm else "one program per tile"
         return (f"BV {self.bv}, {self.warps} warps, {grid}" + (", streaming" if self.stream else "")
-                + (", split advance" if self.split else ""))
+                + (f", BK {self.bk}" if self.bk else "") + (f", {self.stages} stages" if self.stages > 1 else "")
+                + (", tensor cores" if self.mma else "") + (", full chunk" if self.full_chunk else "")
+                + (f", {self.per_program} heads per program" if self.per_program > 1 else "")
+                + (", split K" if self.split_k else "") + (", split advance" if self.split else ""))
 
 
 # (minimum B * H, config). From the H200 sweep (RESULTS.md; H=64, D=128, do_bench with L2 flushed and one launch
 # per state set in a CUDA graph): the one-program-per-tile configs with BV >= 32 lie within ~1 us of each other
-# at every B; the persistent and streaming variants are slower.
+# at every B; the persistent and streaming variants are slower, and so (third session) are the pipelined-block
+# and split-K ones.
 DECODE_CONFIGS = ((0, DecodeConfig(32, 2)), (1024, DecodeConfig(64, 8)))
 
 # Every config the benchmark's decode sweep measures (benchmarks/lightning_attn.py --decode-sweep) and the GPU
 # tests check against the reference.
+# The 2026-11-30 sweep (RESULTS.md appendix: BV 16-128 x 1-8 warps, streaming, persistent 2-4/SM) is cut to
+# its best plain configs and one of each other kind; added in the third session: tiles walked in BK-row blocks
+# with pipelined loads, and K split across programs.
 DECODE_SWEEP = tuple(
-    [DecodeConfig(bv, w) for bv in (16, 32, 64, 128) for w in (1, 2, 4, 8) if bv * 128 // (32 * w) <= 128]
-    + [DecodeConfig(bv, w, stream=True) for bv, w in ((32, 2), (64, 2), (64, 8))]
-    # persistent: the prefetched tile doubles the registers (~200 at BV 32 / 2 warps), so few programs fit per SM
-    + [DecodeConfig(bv, w, per_sm=n, stream=st) for bv, w, n in ((32, 2, 2), (32, 2, 4), (64, 4, 2), (64, 8, 2))
-       for st in (False, True)]
+    [DecodeConfig(bv, w) for bv, w in ((32, 1), (32, 2), (32, 4), (64, 2), (64, 4), (64, 8), (128, 4))]
+    + [DecodeConfig(32, 2, stream=True), DecodeConfig(64, 8, per_sm=2)]
+    + [DecodeConfig(bv, w, bk=bk, stages=n) for bv, w, bk, n in (
+        (32, 2, 32, 2), (32, 2, 32, 3), (32, 4, 16, 3), (64, 4, 32, 2), (64, 4, 32, 3), (64, 8, 64, 2),
+        (128, 4, 32, 3), (128, 8, 16, 4))]
+    + [DecodeConfig(bv, w, bk=bk, split_k=True) for bv, w, bk in ((32, 2, 64), (64, 2, 32), (64, 4, 64), (128, 4, 32))]
 )
 
 
 # The chunk-form step (lightning_attn_decode_chunk_form): (minimum S * H, config); bv = state columns per
-# program, at least 4 warps (its chunk-completion product runs on the tensor cores, one warp group or more).
-# H200 (RESULTS.md; H=64, D=128, CUDA graph, mean step over a chunk): BV 64 / 4 warps, fused, was the fastest of
-# CHUNK_FORM_SWEEP at B = 8 / 16 / 32 / 64 (19.2 / 33.1 / 60.3 / 110.7 us).
-CHUNK_FORM_CONFIGS = ((0, DecodeConfig(64, 4)),)
-CHUNK_FORM_SWEEP = tuple(DecodeConfig(bv, w, split=split) for split in (False, True)
-                         for bv, w in ((32, 4), (64, 4), (64, 8), (128, 8)))
+# program, at least 4 warps (its products run on the tensor cores).
+# H200, third decode session (RESULTS.md; H=64, D=128, CUDA graph, mean step over a chunk, reading the rounded
+# copy as the engine does): BV 64 / 4 warps, the state update in 32-row blocks, products on the tensor cores was
+# the fastest of CHUNK_FORM_SWEEP at B = 8 / 16 / 32 (14.6 / 27.1 / 50.1 us; BV 128 / 8 warps within 1.5%
+# everywhere, 87.7 against 89.0 us at B = 64); the previous default (BV 64 / 4 warps, fp32 multiply-adds, fp32
+# state) measured 19.2 / 33.1 / 60.3 / 110.7 us in the second session.
+CHUNK_FORM_CONFIGS = ((0, DecodeConfig(64, 4, bk=32, mma=True)),)
+CHUNK_FORM_SWEEP = (DecodeConfig(64, 4), DecodeConfig(64, 4, bk=32),
+                    *(DecodeConfig(bv, w, bk=32, mma=True) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 8))),
+                    DecodeConfig(64, 4, bk=32, split=True, mma=True),
+                    *(DecodeConfig(bv, w, bk=32, mma=True, full_chunk=True) for bv, w in ((32, 4), (64, 4), (64, 8))),
+                    *(DecodeConfig(bv, w, bk=32, mma=True, full_chunk=True, per_program=n, stages=2)
+                      for bv, w, n in ((64, 4, 4), (64, 8, 4), (64, 4, 8))))
 
 
 def _decode_config(n_states: int, V: int) -> DecodeConfig:
@@ -240,6 +305,72 @@ if triton is not None:
             _decode_tile(q, k, v, o, slope, state, s_tile, t, n_tiles, H, K, V, BV, STREAM, True)
             s_tile = s_next
 
+    @triton.jit
+    def _decode_blocks_kernel(q, k, v, o, slope, state, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                              BV: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr):
+        """Grid (V / BV * B * H,): one program per tile, walking it in [BK, BV] blocks: S = lambda S + k^T v
+        stored block by block, o accumulated; the loop's loads pipelined STAGES deep (block j+1's load in
+        flight while block j is stored)."""
+        t = tl.program_id(0)
+        NV: tl.constexpr = V // BV
+        i_bh, i_v = t // NV, t % NV
+        decay = tl.exp(-tl.load(slope + i_bh % H).to(tl.float32))
+        o_v = i_v * BV + tl.arange(0, BV)
+        b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
+        b_o = tl.zeros([BV], dtype=tl.float32)
+        p_base = state + i_bh.to(tl.int64) * K * V
+        for kb in tl.range(0, K // BK, num_stages=STAGES):
+            o_k = kb * BK + tl.arange(0, BK)
+            p_s = p_base + o_k[:, None] * V + o_v[None, :]
+            b_k = tl.load(k + i_bh * K + o_k).to(tl.float32)
+            b_s = tl.load(p_s) * decay + b_k[:, None] * b_v[None, :]
+            tl.store(p_s, b_s)
+            b_q = tl.load(q + i_bh * K + o_k).to(tl.float32)
+            b_o += tl.sum(b_q[:, None] * b_s, axis=0)
+        tl.store(o + i_bh * V + o_v, b_o.to(o.dtype.element_ty))
+
+    @triton.jit
+    def _decode_split_k_kernel(q, k, v, o, slope, state, partial, count, H: tl.constexpr, K: tl.constexpr,
+                               V: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
+        """Grid (K / BK * V / BV * B * H,): one program per [BK, BV] block (K split as well as V: more, smaller
+        programs). Each updates its block and writes its partial o (over its BK rows) to ``partial``; the last
+        program of a column tile to arrive (counted in ``count``, reset by it) adds the partials in order."""
+        t = tl.program_id(0)
+        NV: tl.constexpr = V // BV
+        NK: tl.constexpr = K // BK
+        i_c, i_k = t // NK, t % NK
+        i_bh, i_v = i_c // NV, i_c % NV
+        decay = tl.exp(-tl.load(slope + i_bh % H).to(tl.float32))
+        o_k = i_k * BK + tl.arange(0, BK)
+        o_v = i_v * BV + tl.arange(0, BV)
+        p_s = state + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+        b_s = tl.load(p_s)
+        b_k = tl.load(k + i_bh * K + o_k).to(tl.float32)
+        b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
+        b_q = tl.load(q + i_bh * K + o_k).to(tl.float32)
+        b_s = b_s * decay + b_k[:, None] * b_v[None, :]
+        tl.store(p_s, b_s)
+        tl.store(partial + t.to(tl.int64) * BV + tl.arange(0, BV), tl.sum(b_q[:, None] * b_s, axis=0))
+        tl.debug_barrier()  # every thread's partial stored before the release below
+        arrived = tl.atomic_add(count + i_c, 1, sem="acq_rel")
+        if arrived == NK - 1:
+            p_p = partial + i_c.to(tl.int64) * NK * BV + tl.arange(0, NK)[:, None] * BV + tl.arange(0, BV)[None, :]
+            b_o = tl.sum(tl.load(p_p, cache_modifier=".cg"), axis=0)
+            tl.store(o + i_bh * V + o_v, b_o.to(o.dtype.element_ty))
+            tl.atomic_xchg(count + i_c, 0)
+
+    _COUNTS: dict[int, torch.Tensor] = {}
+
+    def _arrival_counts(device: torch.device, n: int) -> torch.Tensor:
+        """A zeroed int32 counter per column tile for _decode_split_k_kernel (kept: its programs reset them)."""
+        index = device.index or 0
+        if index not in _COUNTS or _COUNTS[index].numel() < n:
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("the split-K decode step needs its counters allocated before CUDA-graph capture: "
+                                   "run the step once eagerly at this batch size first")
+            _COUNTS[index] = torch.zeros(max(n, 4096), device=device, dtype=torch.int32)
+        return _COUNTS[index]
+
     def lightning_attn_decode_triton(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, state: torch.Tensor,
         config: DecodeConfig | None = None,
@@ -252,7 +383,16 @@ if triton is not None:
         bv = min(config.bv, V)
         o = torch.empty_like(v)
         n_tiles = B * H * triton.cdiv(V, bv)
-        if config.per_sm:
+        if config.bk and config.split_k:
+            bk = min(config.bk, K)
+            partial = torch.empty(n_tiles * triton.cdiv(K, bk) * bv, device=q.device, dtype=torch.float32)
+            _decode_split_k_kernel[(n_tiles * triton.cdiv(K, bk),)](
+                q, k, v, o, slope, state, partial, _arrival_counts(q.device, n_tiles), H=H, K=K, V=V, BV=bv, BK=bk,
+                num_warps=config.warps)
+        elif config.bk and not config.per_sm:
+            _decode_blocks_kernel[(n_tiles,)](q, k, v, o, slope, state, H=H, K=K, V=V, BV=bv, BK=min(config.bk, K),
+                                              STAGES=config.stages, num_warps=config.warps)
+        elif config.per_sm:
             grid = (min(n_tiles, config.per_sm * _num_sms(q.device.index or 0)),)
             _decode_persistent_kernel[grid](q, k, v, o, slope, state, n_tiles, H=H, K=K, V=V, BV=bv,
                                             STREAM=config.stream, num_warps=config.warps)
@@ -262,67 +402,123 @@ if triton is not None:
         return o
 
     @triton.jit
-    def _decode_chunk_form_kernel(q, k, v, o, slope, state, chunk_keys, chunk_values, positions, H: tl.constexpr,
-                                  K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-                                  ADVANCE: tl.constexpr):
-        """The step; with ADVANCE also the state update of rows whose chunk this token completes (else
-        _chunk_advance_kernel does it in the next launch)."""
-        i_v, i_bh = tl.program_id(0), tl.program_id(1)
-        b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
-        i = tl.load(positions + i_bh // H).to(tl.int32) % BT
+    def _decode_chunk_form_kernel(q, k, v, o, slope, state, rounded, chunk_keys, chunk_values, positions,
+                                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                                  BV: tl.constexpr, BK: tl.constexpr, ROUNDED: tl.constexpr,
+                                  ADVANCE: tl.constexpr, MMA: tl.constexpr, FULL_CHUNK: tl.constexpr,
+                                  PER_PROGRAM: tl.constexpr, STAGES: tl.constexpr):
+        """Grid (V / BV, S * H / PER_PROGRAM): program (i_v, p) runs the step (_chunk_form_step) of column block
+        i_v for sequence*heads p * PER_PROGRAM + [0, PER_PROGRAM), in a loop whose loads are software-pipelined
+        STAGES deep (the next head's state and chunk loaded while this one computes)."""
+        i_v = tl.program_id(0)
+        if PER_PROGRAM == 1:
+            _chunk_form_step(q, k, v, o, slope, state, rounded, chunk_keys, chunk_values, positions, i_v,
+                             tl.program_id(1), H, K, V, BT, BV, BK, ROUNDED, ADVANCE, MMA, FULL_CHUNK)
+        else:
+            for h in tl.range(0, PER_PROGRAM, num_stages=STAGES):
+                _chunk_form_step(q, k, v, o, slope, state, rounded, chunk_keys, chunk_values, positions, i_v,
+                                 tl.program_id(1) * PER_PROGRAM + h, H, K, V, BT, BV, BK, ROUNDED, ADVANCE, MMA,
+                                 FULL_CHUNK)
+
+    @triton.jit
+    def _chunk_form_step(q, k, v, o, slope, state, rounded, chunk_keys, chunk_values, positions, i_v, i_bh,
+                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+                         BK: tl.constexpr, ROUNDED: tl.constexpr, ADVANCE: tl.constexpr, MMA: tl.constexpr,
+                         FULL_CHUNK: tl.constexpr):
+        """The step of column block i_v for sequence*head i_bh; with ADVANCE also the state update of rows whose
+        chunk this token completes (else _chunk_advance_kernel does it in the next launch). ROUNDED: the
+        rounded state is read from ``rounded`` (2 bytes per element) instead of rounding the fp32 state.
+        MMA: the products on the tensor cores (as chunk.py's _fwd_kernel), else fp32 multiply-adds. FULL_CHUNK: all
+        BT rows of the chunk buffers loaded (no load waits for the position; rows >= i are zeroed after)."""
         o_k = tl.arange(0, K)
         o_v = i_v * BV + tl.arange(0, BV)
         o_t = tl.arange(0, BT)
-        b_q = tl.load(q + i_bh * K + o_k)
-        b_k = tl.load(k + i_bh * K + o_k)
-        b_v = tl.load(v + i_bh * V + o_v)
         p_ck = chunk_keys + i_bh.to(tl.int64) * BT * K
         p_cv = chunk_values + i_bh.to(tl.int64) * BT * V
+        # the state slice first: the step's one large read, independent of the position
+        tile = i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+        if ROUNDED:
+            b_s = tl.load(rounded + tile)
+        else:
+            b_s = tl.load(state + tile).to(q.dtype.element_ty)
+        b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
+        i = tl.load(positions + i_bh // H).to(tl.int32) % BT
         before = o_t < i
-        c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=before[:, None], other=0.0)
-        c_v = tl.load(p_cv + o_t[:, None] * V + o_v[None, :], mask=before[:, None], other=0.0)
-        c_k = tl.where((o_t == i)[:, None], b_k[None, :], c_k)  # [BT, K]: the chunk so far, this token at i
-        c_v = tl.where((o_t == i)[:, None], b_v[None, :], c_v)  # [BT, BV]
-        p_s = state + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-        b_s = tl.load(p_s)
+        b_k = tl.load(k + i_bh * K + o_k)
+        b_v = tl.load(v + i_bh * V + o_v)
+        if FULL_CHUNK:  # every row: the load does not wait for i (rows >= i are stale, replaced below)
+            c_v = tl.where(before[:, None], tl.load(p_cv + o_t[:, None] * V + o_v[None, :]), 0.0)
+        else:
+            c_v = tl.load(p_cv + o_t[:, None] * V + o_v[None, :], mask=before[:, None], other=0.0)
+        c_v = tl.where((o_t == i)[:, None], b_v[None, :], c_v)  # [BT, BV]: the chunk so far, this token at i
         # as _fwd_kernel: round(q lambda^(i+1)) . round(S0) + sum_j round((q . k_j) lambda^(i-j)) v_j
         q_decay = tl.exp2(b * (i + 1).to(tl.float32))
-        b_qd = (b_q.to(tl.float32) * q_decay).to(b_q.dtype).to(tl.float32)
-        b_o = tl.sum(b_qd[:, None] * b_s.to(b_q.dtype).to(tl.float32), axis=0)
-        scores = tl.sum(b_q.to(tl.float32)[None, :] * c_k.to(tl.float32), axis=1)  # [BT]
+        b_q = tl.load(q + i_bh * K + o_k)
+        if FULL_CHUNK:
+            c_k = tl.where(before[:, None], tl.load(p_ck + o_t[:, None] * K + o_k[None, :]), 0.0)
+        else:
+            c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=before[:, None], other=0.0)
+        c_k = tl.where((o_t == i)[:, None], b_k[None, :], c_k)  # [BT, K]
+        b_qd = (b_q.to(tl.float32) * q_decay).to(b_q.dtype)
         diff = (i - o_t).to(tl.float32)
         m = tl.where(o_t <= i, tl.exp2(b * tl.maximum(diff, 0.0)), 0.0)
-        a = (scores * m).to(b_q.dtype).to(tl.float32)
-        b_o += tl.sum(a[:, None] * c_v.to(tl.float32), axis=0)
+        if MMA:  # the chunk kernel's three products on the tensor cores, q in all 16 rows of an [16, K] operand
+            R: tl.constexpr = 16
+            scores = tl.dot(c_k, tl.trans(tl.broadcast_to(b_q[None, :], (R, K))))  # [BT, R], columns equal
+            a = tl.trans(scores * m[:, None]).to(b_q.dtype)  # [R, BT]
+            acc = tl.dot(tl.broadcast_to(b_qd[None, :], (R, K)), b_s)
+            acc = tl.dot(a, c_v.to(b_q.dtype), acc=acc)  # [R, BV], rows equal
+            b_o = tl.sum(tl.where((tl.arange(0, R) == 0)[:, None], acc, 0.0), axis=0)
+        else:  # fp32 multiply-adds
+            b_o = tl.sum(b_qd.to(tl.float32)[:, None] * b_s.to(tl.float32), axis=0)
+            scores = tl.sum(b_q.to(tl.float32)[None, :] * c_k.to(tl.float32), axis=1)  # [BT]
+            a = (scores * m).to(b_q.dtype).to(tl.float32)
+            b_o += tl.sum(a[:, None] * c_v.to(tl.float32), axis=0)
         tl.store(o + i_bh * V + o_v, b_o.to(o.dtype.element_ty))
         if i_v == 0:
             tl.store(p_ck + i * K + o_k, b_k)
         tl.store(p_cv + i * V + o_v, b_v)
         if ADVANCE:
             if i == BT - 1:  # the chunk is complete: advance the state as _fwd_kernel does
-                tl.store(p_s, _advance(b_s, c_k, c_v, b, BT))
+                _advance(state, rounded, k, p_ck, c_v, i_bh, o_v, b, True, K, V, BT, BK, ROUNDED)
 
     @triton.jit
-    def _advance(b_s, c_k, c_v, b, BT: tl.constexpr):
-        """S0 = 2^(b BT) S0 + round(k_j 2^(b (BT-1-j)))^T v_j, the product as the chunk kernel's: rounded inputs on
-        the tensor cores, fp32 accumulation."""
-        k_decay = tl.exp2(b * (BT - 1 - tl.arange(0, BT)).to(tl.float32))
-        b_kd = (c_k.to(tl.float32) * k_decay[:, None]).to(c_k.dtype)
-        return tl.dot(tl.trans(b_kd), c_v, acc=b_s * tl.exp2(b * BT))
+    def _advance(state, rounded, k, p_ck, c_v, i_bh, o_v, b, LAST_FROM_K: tl.constexpr, K: tl.constexpr,
+                 V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, ROUNDED: tl.constexpr):
+        """S0 = 2^(b BT) S0 + round(k_j 2^(b (BT-1-j)))^T v_j on the [K, BV] tile of columns o_v, in [BK, BV]
+        blocks; the product as the chunk kernel's: rounded inputs on the tensor cores, fp32 accumulation.
+        c_v [BT, BV]: the chunk's values; the keys are read from p_ck ([BT, K]), the last row from k instead
+        when LAST_FROM_K (this token's key, not yet in the buffer). Writes the fp32 tile (and its rounding)."""
+        o_t = tl.arange(0, BT)
+        k_decay = tl.exp2(b * (BT - 1 - o_t).to(tl.float32))
+        lam = tl.exp2(b * BT)
+        for kb in tl.static_range(K // BK):  # unrolled: no inner loop in the pipelined loop over heads
+            o_k = kb * BK + tl.arange(0, BK)
+            if LAST_FROM_K:
+                c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=(o_t < BT - 1)[:, None], other=0.0)
+                b_k = tl.load(k + i_bh * K + o_k)
+                c_k = tl.where((o_t == BT - 1)[:, None], b_k[None, :], c_k)
+            else:
+                c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :])
+            b_kd = (c_k.to(tl.float32) * k_decay[:, None]).to(c_k.dtype)
+            p_s = i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+            b_s = tl.dot(tl.trans(b_kd), c_v, acc=tl.load(state + p_s) * lam)
+            tl.store(state + p_s, b_s)
+            if ROUNDED:
+                tl.store(rounded + p_s, b_s.to(rounded.dtype.element_ty))
 
     @triton.jit
-    def _chunk_advance_kernel(slope, state, chunk_keys, chunk_values, positions, H: tl.constexpr, K: tl.constexpr,
-                              V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+    def _chunk_advance_kernel(k, slope, state, rounded, chunk_keys, chunk_values, positions, H: tl.constexpr,
+                              K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+                              BK: tl.constexpr, ROUNDED: tl.constexpr):
         """After _decode_chunk_form_kernel(ADVANCE=False): the state update of the rows whose chunk is complete
         (their programs read the whole chunk, the others only their position)."""
         i_v, i_bh = tl.program_id(0), tl.program_id(1)
         i = tl.load(positions + i_bh // H).to(tl.int32) % BT
         if i == BT - 1:
             b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
-            o_k = tl.arange(0, K)
             o_v = i_v * BV + tl.arange(0, BV)
             o_t = tl.arange(0, BT)
-            c_k = tl.load(chunk_keys + i_bh.to(tl.int64) * BT * K + o_t[:, None] * K + o_k[None, :])
             c_v = tl.load(chunk_values + i_bh.to(tl.int64) * BT * V + o_t[:, None] * V + o_v[None, :])
-            p_s = state + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-            tl.store(p_s, _advance(tl.load(p_s), c_k, c_v, b, BT))
+            _advance(state, rounded, k, chunk_keys + i_bh.to(tl.int64) * BT * K, c_v, i_bh, o_v, b, False, K, V,
+                     BT, BK, ROUNDED)

@@ -64,8 +64,8 @@ def lightning_attn_chunked(
         outs.append(intra + inter)
         k_decay = torch.exp(-slope * (size - 1 - pos)).unsqueeze(-1)  # lambda^(B-1-j)
         state = torch.exp(-slope * size).unsqueeze(-1) * state + (kb * k_decay).transpose(-1, -2) @ vb
-    out = torch.cat(outs, dim=2).transpose(1, 2)
-    return out.to(q.dtype), state
+    out = torch.cat(outs, dim=2) if outs else vf.new_zeros(batch, heads, 0, v.shape[-1])  # T = 0: no blocks
+    return out.transpose(1, 2).to(q.dtype), state
 
 
 def lightning_attn_decode_naive(

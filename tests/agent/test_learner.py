@@ -66,11 +66,35 @@ def test_one_step_changes_every_trainable_parameter_and_reports_metrics():
     assert learner.optimizer.defaults["eps"] == 1e-15 and learner.optimizer.defaults["betas"] == (0.9, 0.95)
 
 
+class RecordingCISPO(CISPOLoss):
+    """CISPO that keeps, per call, logp - behaviour log-prob on the policy tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_ratios: list[torch.Tensor] = []
+
+    def __call__(self, logp, behaviour_logp, advantages, weights, **kwargs):
+        self.log_ratios.append((logp.detach() - behaviour_logp)[weights != 0])
+        return super().__call__(logp, behaviour_logp, advantages, weights, **kwargs)
+
+
 def test_recompute_behaviour_makes_first_update_on_policy():
     model = _model()
     learner = Learner(model, CISPOLoss(), LearnerConfig(minibatches=1, behaviour="recompute"))
     metrics = learner.step(_batch())
-    assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and metrics["clip_fraction"] == 0
+    assert metrics["ratio_mean"] == 1.0 and metrics["clip_fraction"] == 0
+
+
+def test_recompute_uses_the_updates_micro_batches():
+    """6 rows in 2 mini-batches of 3, micro-batches of 2 (rows 0-1, 2 | 3-4, 5): the recompute scores the same
+    micro-batches, so every ratio of the first (on-policy) update is exactly 1."""
+    model, loss = _model(), RecordingCISPO()
+    Learner(model, loss, LearnerConfig(lr=1e-3, minibatches=2, micro_batch_size=2, behaviour="recompute")).step(
+        _batch())
+    assert len(loss.log_ratios) == 4
+    first = torch.cat(loss.log_ratios[:2])
+    assert first.numel() > 0 and torch.equal(first, torch.zeros_like(first))
+    assert torch.cat(loss.log_ratios[2:]).abs().max() > 0  # after the first update: off-policy
 
 
 def test_fp32_logprobs_aligned_with_tokens():

@@ -69,3 +69,21 @@ def test_a_learner_step_on_the_fast_path_matches_the_reference(monkeypatch):
     assert moved.float().mean() > 0.5  # AdamW's first step moves each element with a gradient by ~lr
     same_direction = (torch.sign(step_fast) == torch.sign(step_ref))[moved].float().mean().item()
     assert same_direction >= 0.9, same_direction  # only elements with near-zero gradients may flip
+
+
+def test_recompute_behaviour_scores_as_the_update(monkeypatch):
+    """``behaviour="recompute"`` on CUDA (compiled chains, bf16x3 head, grouped MoE, bf16 autocast): the
+    behaviour log-probs are computed as the update's forward computes them (same micro-batches, autograd
+    recording so the same compiled chains run), so every ratio of the first update is exactly 1. 4 rows in 2
+    mini-batches, micro-batches of 3 rows (the old sequential recompute had other shapes: rows 0-2, 3)."""
+    from .test_learner import RecordingCISPO
+
+    for k, v in FAST.items():
+        monkeypatch.setenv(k, v)
+    model, batch = model_and_batch()
+    loss = RecordingCISPO()
+    Learner(model, loss, LearnerConfig(lr=1e-3, minibatches=2, micro_batch_size=3, behaviour="recompute",
+                                       autocast_dtype="bfloat16")).step(batch)
+    assert len(loss.log_ratios) == 2
+    first = loss.log_ratios[0]
+    assert first.numel() > 0 and torch.equal(first, torch.zeros_like(first))

@@ -110,7 +110,8 @@ def test_fp32_forward_backward(layer):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_varlen_matches_per_sequence(dtype):
-    bounds = [0, 1, 64, 127, 627, 1000, 1063, 1191, 2400]
+    """Packed sequences of 1 token, exactly one chunk, empty (mid-batch and last), short and long."""
+    bounds = [0, 1, 64, 64, 127, 627, 1000, 1063, 1191, 2400, 2400]
     q, k, v, gen = inputs(1, bounds[-1], dtype, seed=7)
     slope = minimax_slopes(HEADS, layer=10, layers=80)
     h0 = torch.randn(len(bounds) - 1, HEADS, DIM, DIM, device="cuda", generator=gen)
@@ -171,7 +172,16 @@ def test_cuda_dispatch_uses_triton(monkeypatch):
     assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
 
 
-N_CONFIGS = 12
+N_CONFIGS = 8
+
+
+def test_first_forward_config_is_the_one_decode_mirrors():
+    """decode.py's chunk-form step reproduces the forward's roundings of its first config (the one
+    LIGHTSWE_LIGHTNING_AUTOTUNE=0 pins): 64-token chunks, q rounded after its decay (no DECAY_OUT)."""
+    from lightswe.kernels.lightning_attn import chunk
+
+    first = chunk._fwd_kernel.configs[0].kwargs
+    assert first["BT"] == 64 and not first["DECAY_OUT"]
 
 
 @pytest.mark.parametrize("index", range(N_CONFIGS), ids=lambda i: f"config{i}")
@@ -236,11 +246,13 @@ def _chunk_form_sweep():
     return CHUNK_FORM_SWEEP
 
 
+@pytest.mark.parametrize("rounded", [False, True], ids=["fp32-state", "bf16-copy"])
 @pytest.mark.parametrize("config", _chunk_form_sweep(), ids=str)
-def test_chunk_form_decode_every_config(config):
-    """The sampler's chunk-form step (H=64, D=128, 64-token chunks), each launch config, against its PyTorch
-    reference over steps inside a chunk and across chunk boundaries (rows at positions 0, 31, 62, 63, 100):
-    outputs, the in-place chunk buffers and the state advanced on each chunk's last token."""
+def test_chunk_form_decode_every_config(config, rounded):
+    """The sampler's chunk-form step (H=64, D=128, 64-token chunks), each launch config, reading the fp32 state or
+    its rounded copy (``rounded_state``), against its PyTorch reference over steps inside a chunk and across chunk
+    boundaries (rows at positions 0, 31, 62, 63, 100): outputs, the in-place chunk buffers, the state advanced on
+    each chunk's last token and the rounded copy kept equal to it."""
     from lightswe.kernels.lightning_attn.decode import (lightning_attn_decode_chunk_form,
                                                         lightning_attn_decode_chunk_form_reference)
 
@@ -248,6 +260,7 @@ def test_chunk_form_decode_every_config(config):
     rows, heads, block = 5, 64, 64
     slope = minimax_slopes(heads, layer=2, layers=80)
     state = torch.randn(rows, heads, DIM, DIM, device="cuda", generator=gen)
+    copy = state.to(torch.bfloat16) if rounded else None
     keys, values = (torch.randn(rows, heads, block, DIM, device="cuda", generator=gen).to(torch.bfloat16)
                     for _ in range(2))
     ref = [state.clone(), keys.clone(), values.clone()]
@@ -255,9 +268,42 @@ def test_chunk_form_decode_every_config(config):
     for _ in range(3):
         q, k, v = (torch.nn.functional.silu(torch.randn(rows, heads, DIM, device="cuda", generator=gen))
                    .to(torch.bfloat16) for _ in range(3))
-        o = lightning_attn_decode_chunk_form(q, k, v, slope, state, keys, values, pos, config=config)
+        plain = lightning_attn_decode_chunk_form(q, k, v, slope, state.clone(), keys.clone(), values.clone(), pos,
+                                                 config=config)
+        o = lightning_attn_decode_chunk_form(q, k, v, slope, state, keys, values, pos, rounded_state=copy,
+                                             config=config)
         o_ref = lightning_attn_decode_chunk_form_reference(q, k, v, slope, *ref, pos)
         assert rel_err(o, o_ref) <= 2e-3
         assert rel_err(state, ref[0]) <= 1e-5  # tensor-core against einsum fp32 summation order
         assert torch.equal(keys, ref[1]) and torch.equal(values, ref[2])
+        assert torch.equal(o, plain)  # the copy holds the bits the fp32 path rounds to
+        if rounded:
+            assert torch.equal(copy, state.to(torch.bfloat16))
+        pos = pos + 1
+
+
+@pytest.mark.parametrize("rounded", [False, True], ids=["fp32-state", "fp16-copy"])
+def test_chunk_form_decode_fp16_other_shape(rounded):
+    """fp16, H=5, D=64 (the default launch config, BV capped at D), 70 steps from odd positions across two chunk
+    boundaries: outputs and the advanced state against the reference, the rounded copy equal to the state's."""
+    from lightswe.kernels.lightning_attn.decode import (lightning_attn_decode_chunk_form,
+                                                        lightning_attn_decode_chunk_form_reference)
+
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    rows, heads, dim, block = 3, 5, 64, 64
+    slope = minimax_slopes(heads, layer=7, layers=80)
+    state = torch.randn(rows, heads, dim, dim, device="cuda", generator=gen)
+    copy = state.half() if rounded else None
+    keys, values = (torch.randn(rows, heads, block, dim, device="cuda", generator=gen).half() for _ in range(2))
+    ref = [state.clone(), keys.clone(), values.clone()]
+    pos = torch.tensor([3, 50, 127], device="cuda", dtype=torch.int32)
+    for _ in range(70):
+        q, k, v = (torch.nn.functional.silu(torch.randn(rows, heads, dim, device="cuda", generator=gen)).half()
+                   for _ in range(3))
+        o = lightning_attn_decode_chunk_form(q, k, v, slope, state, keys, values, pos, rounded_state=copy)
+        o_ref = lightning_attn_decode_chunk_form_reference(q, k, v, slope, *ref, pos)
+        assert o.dtype == torch.float16 and rel_err(o, o_ref) <= 2e-3
+        assert rel_err(state, ref[0]) <= 1e-5 and torch.equal(keys, ref[1]) and torch.equal(values, ref[2])
+        if rounded:
+            assert torch.equal(copy, state.half())
         pos = pos + 1

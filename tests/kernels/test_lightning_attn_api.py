@@ -43,6 +43,20 @@ def test_cpu_varlen_equals_each_sequence():
         torch.testing.assert_close(ht[i : i + 1], s_i, rtol=1e-4, atol=1e-4)
 
 
+def test_cpu_varlen_empty_sequences():
+    """An empty packed sequence (mid-batch or last) outputs nothing and hands its initial state on as final."""
+    bounds = [0, 7, 7, 30, 30]
+    q, k, v = (make(1, bounds[-1], H, D, seed=i) for i in range(3))
+    h0 = make(4, H, D, D, seed=5)
+    o, ht = lightning_attn(q, k, v, slopes(), h0, torch.tensor(bounds))
+    assert o.shape == v.shape
+    torch.testing.assert_close(ht[1], h0[1], rtol=0, atol=0)
+    torch.testing.assert_close(ht[3], h0[3], rtol=0, atol=0)
+    o_ref, ht_ref = lightning_attn_recurrent(q[:, 7:30], k[:, 7:30], v[:, 7:30], slopes(), h0[2:3])
+    torch.testing.assert_close(o[:, 7:30], o_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ht[2:3], ht_ref, rtol=1e-4, atol=1e-4)
+
+
 def test_cpu_decode_updates_state_in_place():
     q, k, v = (make(B, H, D, seed=i, dtype=torch.bfloat16) for i in range(3))
     state = make(B, H, D, D, seed=5)

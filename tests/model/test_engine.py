@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightswe.model import SamplingConfig, generate
+from lightswe.model import MiniMaxForCausalLM, SamplingConfig, generate
 from lightswe.model.engine import SamplerEngine, _sample
 
 from .conftest import random_model
@@ -319,3 +319,20 @@ def test_engine_for_and_model_policy_sample_with_the_learners_mixed_precision(ti
     policy = ModelPolicy(model, max_batch=2, continuous=True, autocast_dtype="bfloat16")
     tokens, logprobs = policy.generate(PROMPTS[0], SamplingParams(max_new_tokens=4, temperature=0.0))
     assert len(tokens) == len(logprobs) == 4 and model._sampler_engine.autocast_dtype is torch.bfloat16
+
+
+def test_state_bytes_a_decode_step_moves(tiny_config):
+    """The sampler benchmark's bound: the exact step reads and writes the fp32 state; the chunk form reads its
+    bf16 copy and the chunk's keys and values, and advances the fp32 state once per chunk."""
+    from lightswe.model.engine import StaticCache
+
+    model = MiniMaxForCausalLM(tiny_config)
+    c = tiny_config
+    exact = StaticCache(model, 2, 32)
+    layers = len(exact.lightning_layers)
+    fp32 = c.num_attention_heads * c.head_dim ** 2 * 4 * layers  # one row's state, every lightning layer
+    assert exact.state_step_bytes_per_row() == 2 * fp32
+    chunk = StaticCache(model, 2, 32, kv_dtype=torch.bfloat16, chunk=64)
+    token = c.num_attention_heads * c.head_dim * 2 * layers  # one token's bf16 key, every lightning layer
+    expected = fp32 / 2 + 2 * token * (63 / 2 + 1) + (2 * fp32 + fp32 / 2) / 64
+    assert chunk.state_step_bytes_per_row() == pytest.approx(expected)

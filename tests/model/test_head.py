@@ -119,6 +119,22 @@ for temperature in (1.0, 0.7):
     g_ref = _logit_grad((z / temperature).clone(), t, gl, ge) / temperature
     assert g.dtype == torch.bfloat16
     torch.testing.assert_close(g.float(), g_ref, rtol=1e-2, atol=1e-2 * g_ref.abs().max().item())
+    # the saved form: log-probs as fp16 offsets from block maxima, log-sum-exp and E_p[z / T] from the forward
+    # pass, the gradient from them alone (written over them as bf16)
+    saved = head_kernels.saved_buffers(6, 5000, z.device)
+    lp2, ent2 = head_kernels.logit_stats(z, t, temperature, saved)
+    assert torch.equal(lp2, lp) and torch.equal(ent2, ent)
+    zs, mb, lse, mean = saved
+    blocks = torch.arange(5000) // head_kernels.BLOCK_V
+    # within one fp16 step (the interpreter truncates where the GPU rounds to nearest)
+    torch.testing.assert_close(zs.float() + mb[:, blocks] - lse[:, None], torch.log_softmax(z / temperature, -1),
+                               rtol=2 ** -10, atol=1e-5)
+    assert (zs <= 0).all() and (mb[:, -1] == (z / temperature).max(-1).values).all()
+    torch.testing.assert_close(lse, torch.logsumexp(z / temperature, -1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(mean, lse - ent, rtol=0, atol=1e-4)
+    g2 = head_kernels.logit_grad_saved(saved, t, gl, ge, temperature)
+    assert g2.data_ptr() == zs.data_ptr() and g2.dtype == torch.bfloat16
+    torch.testing.assert_close(g2.float(), g_ref, rtol=1e-2, atol=1e-2 * g_ref.abs().max().item())
 print("ok")
 """
 
