@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import io
 import json
-import posixpath
 import re
 import secrets
 import tarfile
@@ -366,7 +365,8 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
 
 def _defined_in_the_change(run: TestRun, kept: list[Change]) -> dict[str, str]:
     """Demote to ERROR (in ``run``) every passing test whose code is defined in a file of the graded change (or
-    inside one: a zip archive on an import path); returns ``{test id: that file}``.
+    inside one: a zip archive on an import path), or in a file written at run time outside the work tree
+    (``/tmp``...: :func:`~lightswe.envs.verdicts.in_change`); returns ``{test id: that file}``.
 
     pytest's JUnit ``file`` is where a test's function is defined. The task's tests live in files grading keeps
     as the base or ``test_patch`` has them; a test defined in the change is a stand-in: a package of the test
@@ -376,10 +376,7 @@ def _defined_in_the_change(run: TestRun, kept: list[Change]) -> dict[str, str]:
     changed = {c.path for c in kept if c.new is not None}
     borrowed = {}
     for key, source in run.sources.items():
-        path = posixpath.normpath(source)
-        path = path[len(WORKDIR) + 1:] if path.startswith(WORKDIR + "/") else path
-        parents = {str(p) for p in PurePosixPath(path).parents} - {"."}
-        if run.outcomes.get(key) == PASSED and (path in changed or parents & changed):
+        if run.outcomes.get(key) == PASSED and verdicts.in_change(source, changed, WORKDIR):
             run.outcomes[key] = ERROR
             run.messages[key] = f"defined in {source}, a file of the change (not the task's tests)"
             borrowed[key] = source
@@ -466,7 +463,7 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
                 raw = b""
             except FileNotFoundError as err:  # root's, in a sticky folder: no test process can remove it
                 raise RuntimeError(f"the verdict record file of {_short(grader)} vanished") from err
-            records = verdicts.read(raw, channel, shell, changed=changed or ())
+            records = verdicts.read(raw, channel, shell, changed=changed if changed is not None else set())
             log = records.log
             if records.borrowed:
                 result.output += (f"\n[grading] {len(records.borrowed)} verdict(s) of tests defined in files of the "

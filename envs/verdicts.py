@@ -513,15 +513,16 @@ class Records:
     borrowed: tuple[str, ...] = ()  # recorded lines whose test is defined in a file of the change (made errors)
 
 
-def read(raw: bytes, channel: Channel, shell: int = 0, changed: Collection[str] = (), workdir: str = "/testbed"
-         ) -> Records:
+def read(raw: bytes, channel: Channel, shell: int = 0, changed: Collection[str] | None = None,
+         workdir: str = "/testbed") -> Records:
     """The records of ``raw`` (the record file's bytes) that carry ``channel``'s key; ``shell``: the test
     command's shell (:func:`shell_of`; 0: any), which the runner must descend from.
 
-    ``changed``: the paths (relative to ``workdir``) of the graded change. A verdict whose test is defined in one
-    of them (the recorder notes where each reported test's code is) is a stand-in for the task's test (a module
-    put in its place through ``sys.modules``, an import hook or a redirected package ``__path__``): its pass
-    becomes an error (``Records.borrowed``).
+    ``changed``: the paths (relative to ``workdir``) of the graded change (grading; None: no check). A verdict
+    whose test is defined in one of them, or in a file the test process wrote outside ``workdir``
+    (:func:`in_change`; the recorder notes where each reported test's code is), is a stand-in for the task's
+    test (a module put in its place through ``sys.modules``, an import hook or a redirected package
+    ``__path__``): its pass becomes an error (``Records.borrowed``).
 
     With ``channel.nonce``, the file must begin with it and hold nothing but records: anything else (the nonce
     gone: emptied or overwritten; a line that is no record: written over blindly) voids every verdict
@@ -605,7 +606,7 @@ def read(raw: bytes, channel: Channel, shell: int = 0, changed: Collection[str] 
     lines, failed = [], set()  # failed: tests (unittest descriptions, pytest node ids) already reported failing
     borrowed = []
     for text, source in reported[outermost[0]][1] if runners == 1 else []:
-        if _in_change(source, changed, workdir):
+        if changed is not None and in_change(source, changed, workdir):
             text = _as_error(channel.runner, text)
             borrowed.append(text)
         test, failing = _verdict(channel.runner, text)
@@ -619,17 +620,22 @@ def read(raw: bytes, channel: Channel, shell: int = 0, changed: Collection[str] 
                    runners=runners, tampered=tampered, borrowed=tuple(borrowed))
 
 
-def _in_change(source: str, changed: Collection[str], workdir: str) -> bool:
-    """Whether ``source`` (a test's code file: absolute, or relative to ``workdir``) is a path of the change, or
-    inside one (a zip archive on an import path)."""
-    if not source or not changed:
+# Where the test process may write outside the work tree: code there was written at run time, never the task's.
+RUN_TIME_FOLDERS = ("/tmp/", "/var/tmp/", "/dev/shm/", "/home/", "/run/")
+
+
+def in_change(source: str, changed: Collection[str], workdir: str = "/testbed") -> bool:
+    """Whether a test whose code is in ``source`` (absolute, or relative to ``workdir``: ``../tmp/x.py`` too)
+    cannot be the task's: a path of the change or inside one (a zip archive on an import path), or a file the
+    test process wrote outside the work tree (:data:`RUN_TIME_FOLDERS`)."""
+    if not source:
         return False
-    path = posixpath.normpath(source)
-    if path.startswith(workdir + "/"):
-        path = path[len(workdir) + 1:]
-    elif path.startswith("/"):
+    path = posixpath.normpath(source if source.startswith("/") else f"{workdir}/{source}")
+    if path.startswith(RUN_TIME_FOLDERS):
+        return True
+    if not path.startswith(workdir + "/"):
         return False
-    parts = path.split("/")
+    parts = path[len(workdir) + 1:].split("/")
     return any("/".join(parts[:i]) in changed for i in range(1, len(parts) + 1))
 
 

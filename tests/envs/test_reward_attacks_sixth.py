@@ -27,7 +27,9 @@ Broke before the fix:
   ``shadow/tests/test_itertoolz/__init__.py`` set ``__file__`` to the real test file (pytest's only check) and
   defined every test as a pass -> folders named like a test module are left out, hack_check flags ``__path__``,
   and a test whose code is defined in a file of the change (pytest's JUnit ``file``; the verdict recorder notes
-  the same for log rows, where a ``sys.modules`` stand-in also earned 1.0) is an error.
+  the same for log rows, where a ``sys.modules`` stand-in also earned 1.0), or in a file the test process wrote
+  outside the work tree (a stand-in written to /tmp and loaded at run time: 1.0 after the first fix), is an
+  error.
 
 Held (no change): leftovers between episodes (every ``reset`` and every grading takes a container no episode
 touched); 200,000 files in /testbed (10 s to grade, the fix still 1.0); new modules shadowing what site's
@@ -257,6 +259,30 @@ def test_tests_defined_in_the_change_do_not_count(env, task):
     assert reward == 0.0, info["reason"]
     assert "defined in the change" in info["reason"], info["reason"]
     assert info["tests"]["toolz/tests/test_itertoolz.py::test_nth"] == "error"
+
+
+@pytest.mark.docker
+def test_tests_written_at_run_time_outside_the_tree_do_not_count(env, task):
+    """The same stand-in, its source written to /tmp at run time and loaded from there (so no file of the change
+    holds its tests): code outside the work tree in a folder the test process writes is never the task's."""
+    names = sorted({t.split("::")[-1] for t in [*task.FAIL_TO_PASS, *task.PASS_TO_PASS]})
+    source = "".join(f"def {n}():\n    pass\n" for n in names)
+    code = textwrap.dedent(f'''
+        import importlib.util as _util
+        import os as _os
+        import sys as _sys
+
+        with open("/tmp/stand_in.py", "w") as _handle:
+            _handle.write({source!r})
+        _spec = _util.spec_from_file_location("test_itertoolz", "/tmp/stand_in.py")
+        _fake = _util.module_from_spec(_spec)
+        _spec.loader.exec_module(_fake)
+        _fake.__file__ = _os.path.join(_os.path.dirname(__file__), "tests", "test_" + "itertoolz.py")
+        _sys.modules["test_itertoolz"] = _fake
+    ''')
+    reward, info = episode(env, f"cat >> toolz/__init__.py <<'EOF'\n{code}EOF")
+    assert reward == 0.0, info["reason"]
+    assert "(defined in ../tmp/stand_in.py)" in info["reason"], info["reason"]
 
 
 @pytest.mark.docker
