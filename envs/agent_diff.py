@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from lightswe.errors import InfrastructureError
+from lightswe.errors import ActionError, InfrastructureError
 
 WORKDIR = "/testbed"
 REGULAR, EXECUTABLE, SYMLINK, SPECIAL = "100644", "100755", "120000", "special"
@@ -56,6 +56,18 @@ PRISTINE_GIT = ("git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c core
 
 class SnapshotError(InfrastructureError):
     """Reading a tree failed for a reason of the machine (engine, container, truncated listing)."""
+
+
+class TreeTooLarge(ActionError):
+    """The agent's work tree holds more than grading reads (bytes of files past the base's, or entries): the
+    policy's doing (e.g. sparse files of terabytes, which take no disk and would stream for hours), graded 0.0."""
+
+
+# What grading reads of a work tree beyond the base's own files. The disk limit (4 GiB by default) bounds what an
+# honest episode writes; sparse files do not count against it (``truncate -s 4G`` x 1,000 is 4 TB to stream, at
+# ~170 MB/s through the engine's archive on the loaded development machine: hours of one grading).
+MAX_EXTRA_BYTES = 8 * 1024 ** 3
+MAX_ENTRIES = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +164,8 @@ def _mode_of(member: tarfile.TarInfo) -> str:
 
 
 def read_tree(api, container_id: str, *, base: dict[str, Entry], workdir: str = WORKDIR,
-              max_file_bytes: int = 16 * 1024 * 1024, max_kept_bytes: int = 256 * 1024 * 1024) -> dict[str, Entry]:
+              max_file_bytes: int = 16 * 1024 * 1024, max_kept_bytes: int = 256 * 1024 * 1024,
+              max_extra_bytes: int = MAX_EXTRA_BYTES, max_entries: int = MAX_ENTRIES) -> dict[str, Entry]:
     """``{path: Entry}`` of the working tree at ``workdir`` in a (possibly agent-controlled) container.
 
     Read with the engine's ``get_archive`` (nothing runs in the container). Every path with a ``.git``
@@ -163,8 +176,14 @@ def read_tree(api, container_id: str, *, base: dict[str, Entry], workdir: str = 
     ``HOST_PREFIX_ALLOWANCE`` + 256 bytes of ``PATH_MAX``) that the engine may have dropped what it holds without
     a word: it is the entry ``<folder>/`` with mode :data:`TOO_DEEP` (grading leaves it out, saying so; a change
     the grader cannot see is never silent). Raises :class:`SnapshotError` when the engine cannot give the archive
-    (container gone, engine error).
+    (container gone, engine error), and :class:`TreeTooLarge` (the agent's doing) as soon as the files' bytes
+    (their sizes: a sparse file counts whole, the archive streams it whole) pass the base's own plus
+    ``max_extra_bytes``, or the tree passes ``max_entries`` entries.
     """
+    budget = sum(entry.size for entry in base.values()) + max_extra_bytes
+    limit = max(max_entries, 2 * len(base))
+    streamed = entries = 0
+    chunks = None
     try:
         chunks, _ = api.get_archive(container_id, workdir, chunk_size=1024 * 1024)
         reader = _StreamReader(chunks)
@@ -177,6 +196,14 @@ def read_tree(api, container_id: str, *, base: dict[str, Entry], workdir: str = 
                 if not parts or ".git" in parts:
                     continue
                 path = "/".join(parts)
+                entries += 1
+                streamed += member.size if member.isreg() else 0
+                if streamed > budget or entries > limit:
+                    what = (f"{entries:,} entries (the most grading reads: {limit:,})" if entries > limit else
+                            f"files of {streamed:,} bytes so far, {path} alone {member.size:,} (grading reads the "
+                            f"base's own and at most {max_extra_bytes:,} more; a sparse file counts at its size)")
+                    raise TreeTooLarge(f"the work tree is too large to grade: {what}; nothing was graded. Delete "
+                                       "large or many generated files in /testbed before submitting")
                 if member.isdir():
                     deep = len(f"{workdir}/{path}/".encode("utf-8", "surrogateescape")) + 256
                     if deep + HOST_PREFIX_ALLOWANCE >= PATH_MAX:
@@ -219,6 +246,10 @@ def read_tree(api, container_id: str, *, base: dict[str, Entry], workdir: str = 
             if changed and entry.data is None and entry.mode != SPECIAL and entry.size <= max_file_bytes:
                 tree[path] = Entry(mode=entry.mode, sha=entry.sha, size=entry.size,
                                    data=_one_file(api, container_id, f"{workdir}/{target}"))
+    except TreeTooLarge:
+        if hasattr(chunks, "close"):  # stop the engine's stream now (the rest of the archive is never read)
+            chunks.close()
+        raise
     except tarfile.TarError as err:
         raise SnapshotError(f"the archive of {workdir} in container {container_id[:12]} is unreadable: {err}") \
             from err

@@ -6,10 +6,13 @@ lost. Left out:
 
 - the task's tests: its test files (the files of FAIL_TO_PASS/PASS_TO_PASS, ``test_files``, every path of
   ``test_patch``), the test directory each lives in (its nearest ancestor named ``test``/``tests``/``testing``:
-  helpers and data the tests read), and every ``test_*.py``/``*_test.py`` module;
+  helpers and data the tests read), every ``test_*.py``/``*_test.py`` module, and everything under a folder
+  named like one (``test_x/``, ``x_test/``): a package of the test module's name, reached through a package
+  ``__path__`` the change redirects, was imported by pytest in place of the task's test file (1.0 unfixed);
 - test-runner configuration: every ``conftest.py``, ``pytest.ini``/``.pytest.ini``/``pytest.toml``/
-  ``.pytest.toml``/``tox.ini``, and the ``[tool:pytest]``/``[pytest]`` sections of ``setup.cfg`` and the
-  ``[tool.pytest...]`` tables of ``pyproject.toml`` (the rest of those files is graded: the sections are put
+  ``.pytest.toml``/``tox.ini``/``tox.toml``, and the ``[tool:pytest]``/``[pytest]`` (pytest's) and
+  ``[tox:tox]``/``[testenv...]`` (tox's) sections of ``setup.cfg`` and the ``[tool.pytest...]``/``[tool.tox...]``
+  tables of ``pyproject.toml`` (the rest of those files is graded: the sections are put
   back as the base has them, checked with ``configparser``/``tomllib``; a file whose sections cannot be
   separated is left out whole; ``setup.cfg`` is also read with ``iniconfig``, pytest's own parser, which
   splits lines where ``configparser`` does not), and the repository scripts the task's test command runs
@@ -47,7 +50,7 @@ import tomllib
 from lightswe.envs.agent_diff import PATH_MAX, SPECIAL, SYMLINK, TOO_DEEP, Change, Entry, blob_id
 
 TEST_DIR_NAMES = frozenset({"test", "tests", "testing"})
-RUNNER_CONFIG = frozenset({"pytest.ini", ".pytest.ini", "pytest.toml", ".pytest.toml", "tox.ini"})
+RUNNER_CONFIG = frozenset({"pytest.ini", ".pytest.ini", "pytest.toml", ".pytest.toml", "tox.ini", "tox.toml"})
 SITE_FILES = frozenset({"sitecustomize.py", "usercustomize.py"})
 CACHE_DIRS = frozenset({"__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache", ".tox",
                         ".nox", ".cache"})
@@ -162,14 +165,19 @@ def _sections(data: bytes, header: re.Pattern) -> list[tuple[str | None, bytes]]
 
 
 def _is_ini_runner(name: str | None) -> bool:
-    return name is not None and name.strip() in ("tool:pytest", "pytest")
+    """pytest's sections of ``setup.cfg``, and tox's (``[tox:tox]``, ``[testenv]``, ``[testenv:NAME]``: the
+    commands and environment of rows run through tox)."""
+    if name is None:
+        return False
+    name = name.strip()
+    return name in ("tool:pytest", "pytest", "tox:tox") or name == "testenv" or name.startswith("testenv:")
 
 
 def _is_toml_runner(name: str | None) -> bool:
     if name is None:
         return False
     key = re.sub(r"[\s\"']", "", name)
-    return key == "tool.pytest" or key.startswith("tool.pytest.")
+    return any(key == f"tool.{tool}" or key.startswith(f"tool.{tool}.") for tool in ("pytest", "tox"))
 
 
 def _splice(old: bytes, new: bytes, header: re.Pattern, is_runner: Callable[[str | None], bool]) -> bytes:
@@ -211,9 +219,10 @@ def _toml(data: bytes) -> tuple[object, dict] | None:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError):
         return None
     tool = dict(parsed.get("tool", {})) if isinstance(parsed.get("tool"), dict) else parsed.get("tool")
-    runner = tool.pop("pytest", None) if isinstance(tool, dict) else None
+    runner = ({name: tool.pop(name) for name in ("pytest", "tox") if name in tool} or None) \
+        if isinstance(tool, dict) else None
     rest = {**parsed, "tool": tool} if "tool" in parsed else parsed
-    if rest.get("tool") == {} and "tool" in parsed and set(parsed["tool"]) == {"pytest"}:
+    if rest.get("tool") == {} and "tool" in parsed and set(parsed["tool"]) <= {"pytest", "tox"}:
         rest = {k: v for k, v in rest.items() if k != "tool"}
     return runner, rest
 
@@ -249,6 +258,7 @@ def _pytest_ini_runner(data: bytes) -> object:
 
 
 # ------------------------------------------------------------------------------------------------ selection
+_TEST_PACKAGE = re.compile(r"test_\w*|\w*_test")  # a folder named like a test module (a package name)
 _GIT_DIR_ALIASES = re.compile(r"(?i)^(?:\.git[. ]*|git~1|\.git:.*)$")
 
 
@@ -277,6 +287,9 @@ def _reason(change: Change, scope: Scope, tree_paths: Collection[str], max_file_
             return f"in the task's test directory {folder}/"
     if name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py")):
         return "a test module (test_*.py / *_test.py)"
+    package = next((p for p in parts[:-1] if _TEST_PACKAGE.fullmatch(p)), None)
+    if package:  # a package of that name is imported as the test module (a redirected __path__ reaches it)
+        return f"in a package named like a test module ({package}/)"
     if name == "conftest.py":
         return "conftest.py (test configuration)"
     if name in RUNNER_CONFIG:
@@ -369,7 +382,8 @@ def select_changes(changes: list[Change], scope: Scope, *, base: dict[str, Entry
 
 def _config_change(change: Change, name: str, read_base: Callable[[str], bytes]
                    ) -> tuple[Change | None, LeftOut | None]:
-    section = "[tool:pytest] section" if name == "setup.cfg" else "[tool.pytest] tables"
+    section = ("[tool:pytest] section (and tox's [tox:tox]/[testenv])" if name == "setup.cfg"
+               else "[tool.pytest] tables (and tox's [tool.tox])")
     old = read_base(change.path) if change.old is not None and change.old.mode != SYMLINK else b""
     if change.new is None:
         runner = (_ini if name == "setup.cfg" else _toml)(old)

@@ -5,7 +5,9 @@
 1. A **fresh container** of the instance image comes from ``fresh()`` (default: a new
    :class:`~lightswe.envs.sandbox.Sandbox`; a warm pool can supply one). Grading owns it and closes it.
 2. The **agent's change** is read without running anything the agent controls (:mod:`lightswe.envs.agent_diff`):
-   its ``/testbed`` through the engine's archive API (no ``.git``), the base tree from the pristine container.
+   its ``/testbed`` through the engine's archive API (no ``.git``), with its container frozen (the engine's
+   ``pause``: no process the agent left running can change a file while it is archived), the base tree from
+   the pristine container. A tree past the base's bytes + 8 GiB or 1,000,000 entries is not read further: 0.0.
 3. **What grading may see** (:mod:`lightswe.envs.graded_files`): the task's tests, test-runner configuration,
    ``conftest.py``, site customisation, ``.pth``, package metadata, bytecode and shadowing modules are left out;
    ``Grade.left_out`` lists each with its reason.
@@ -17,10 +19,12 @@
 6. **Runner-reactive code** in the kept Python files is flagged (:mod:`lightswe.envs.hack_check`):
    ``Grade.reward_hack_suspected``; ``hack_policy="zero"`` turns such a reward into 0.0 (``reward_zeroed``).
 
-Reward 1.0 iff every FAIL_TO_PASS and PASS_TO_PASS test passes and pytest exits 0, else 0.0. A test run that
-times out (the agent's code hangs) is the policy's failure: 0.0 with ``timed_out=True``. A failure of the
-machine (the agent's or the grading container gone, the engine failing, an image that cannot start, a
-``test_patch`` that does not apply to the base) raises :class:`GradingError` (an
+Reward 1.0 iff every FAIL_TO_PASS and PASS_TO_PASS test passes and pytest exits 0, else 0.0; a test whose code
+is defined in a file of the change (a stand-in for the task's test module) is an error. A test run that
+times out (the agent's code hangs) is the policy's failure: 0.0 with ``timed_out=True``; so is one that fills
+the grading container's memory (the engine reports it out of memory), whichever process the OOM killer took.
+A failure of the machine (the agent's or the grading container gone, the engine failing, an image that cannot
+start, a ``test_patch`` that does not apply to the base) raises :class:`GradingError` (an
 :class:`~lightswe.errors.InfrastructureError`): never a reward.
 
 Nothing the agent wrote runs as root: the harness's commands in the grading container run as the non-root
@@ -49,6 +53,7 @@ from lightswe.envs.agent_diff import (
     Change,
     Entry,
     SnapshotError,
+    TreeTooLarge,
     base_listing,
     changes,
     read_tree,
@@ -170,6 +175,12 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
         try:
             cached = _BASES.get(image)
             tree = _snapshot(box, cached[1]) if cached else None
+        except TreeTooLarge as err:  # the agent's doing: 0.0, no container needed
+            try:
+                (release or Sandbox.close)(pending.result())
+            except Exception:  # noqa: BLE001, S110 - the start failed too: nothing to close
+                pass
+            return _too_large(instance, err, start)
         except BaseException:
             try:
                 (release or Sandbox.close)(pending.result())
@@ -189,20 +200,50 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
             raise GradingError(f"reading the base tree in the grading container of {grader.config.image} failed: "
                                f"{err}", stage="start") from err
         if tree is None or _BASES[grader.config.image][1] is not cached[1]:  # none read, or read against stale
-            tree = _snapshot(box, base)
+            try:
+                tree = _snapshot(box, base)
+            except TreeTooLarge as err:
+                return _too_large(instance, err, start)
         return _grade_in(grader, tree, base, facts, instance, timeout=timeout, hack_policy=hack_policy,
                          start=start)
     finally:
         (release or Sandbox.close)(grader)
 
 
+def _too_large(instance: TaskInstance, err: TreeTooLarge, start: float) -> Grade:
+    """Reward 0.0: the agent left a work tree larger than grading reads (:class:`TreeTooLarge`)."""
+    return Grade(reward=0.0, tests={t: "missing" for t in [*instance.FAIL_TO_PASS, *instance.PASS_TO_PASS]},
+                 fail_to_pass={t: False for t in instance.FAIL_TO_PASS},
+                 pass_to_pass={t: False for t in instance.PASS_TO_PASS}, reason=str(err),
+                 duration_s=time.perf_counter() - start)
+
+
 def _snapshot(box: Sandbox, base: dict[str, Entry]) -> dict[str, Entry]:
+    """The agent's work tree, read while its container is frozen (the engine's ``pause``: the cgroup freezer
+    stops every process in it, the runner too, so nothing runs there). A process the agent left running that
+    rewrote, truncated or removed files while the engine archived them corrupted the archive ("unexpected end of
+    data": the header's size, then fewer bytes): the machine's failure, no reward, on demand. Unpaused after
+    (``render`` still reads it); a container that is not running is read as it is."""
     if box.container_id is None:
         raise GradingError("the agent's sandbox is closed; nothing to grade", stage="snapshot")
+    cid = box.container_id
     try:
-        return read_tree(box.api, box.container_id, base=base, workdir=WORKDIR)
+        state = box.api.inspect_container(cid)["State"]
+        paused = bool(state.get("Running")) and not state.get("Paused")
+        if paused:
+            box.api.pause(cid)
+    except Exception:  # noqa: BLE001 - gone or stopped meanwhile: reading it says what is wrong
+        paused = False
+    try:
+        return read_tree(box.api, cid, base=base, workdir=WORKDIR)
     except SnapshotError as err:
         raise GradingError(f"reading the agent's work tree failed: {err}", stage="snapshot") from err
+    finally:
+        if paused:
+            try:
+                box.api.unpause(cid)
+            except Exception:  # noqa: BLE001, S110 - the tree is read; a container that cannot resume is discarded
+                pass
 
 
 def _own_modules(base: dict[str, Entry]) -> set[str]:
@@ -255,18 +296,24 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     files = (files | created) - removed  # a test file the test_patch adds is the task's: its ids must resolve
     _lock_tests(grader, scope, files, known)
     junit = _private_junit_path(grader, known)
+    tests_from = time.time()
     try:
         run, unresolved, whole_files = _run_task_tests(grader, instance, wanted, files, facts.plugins, timeout,
-                                                       junit)
+                                                       junit, changed={c.path for c in kept if c.new is not None})
     except UserInputError as err:
         raise GradingError(f"{instance.instance_id}: {err}", stage="tests", known=known) from err
     except Exception as err:
+        if _out_of_memory(grader, tests_from):  # e.g. the runner could not restart in a container still full
+            return _out_of_memory_grade(grader, instance, wanted, known, suspected, tests_from, start)
         raise GradingError(f"the test run in grading container {_short(grader)} failed: {type(err).__name__}: "
                            f"{err}", stage="tests", known=known) from err
+    if (run.runner_died or not _running(grader)) and _out_of_memory(grader, tests_from):
+        return _out_of_memory_grade(grader, instance, wanted, known, suspected, tests_from, start, run)
     _require_alive(grader, "while the tests ran", known, settle_s=5.0 if run.runner_died else 0.0)
     if run.runner_died:  # the container outlived its runner: still the machine's failure, never a test verdict
         raise GradingError(f"the command runner of grading container {_short(grader)} died while the tests ran",
                            stage="tests", known=known)
+    borrowed = _defined_in_the_change(run, kept)
     matched = match_ids(wanted, run.outcomes, files, unresolved)  # published ids -> outcomes (tasks/test_ids)
     tests = matched.tests
     f2p = {t: tests[t] == PASSED for t in instance.FAIL_TO_PASS}
@@ -283,6 +330,10 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
         consistent = all_pass == (run.exit_code == 0)
     if run.timed_out:
         reason = f"the test run timed out after {timeout:g} s"
+    elif borrowed and not all_pass:
+        test, source = next(iter(sorted(borrowed.items())))
+        reason = (f"{len(borrowed)} test(s) ran code defined in the change, not in the task's tests, e.g. {test} "
+                  f"(defined in {source}): counted as errors")
     elif not run.outcomes and not run.collection_errors:
         runner = "the test command" if instance.log_parser else "pytest"
         reason = (f"{runner} reported no test (exit code {run.exit_code}); last lines of `{instance.test_command}`:"
@@ -312,8 +363,67 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
                  reward_hack_suspected=suspected, reward_zeroed=zeroed, unmatched=matched.unmatched)
 
 
+def _defined_in_the_change(run: TestRun, kept: list[Change]) -> dict[str, str]:
+    """Demote to ERROR (in ``run``) every passing test whose code is defined in a file of the graded change (or
+    inside one: a zip archive on an import path), or in a file written at run time outside the work tree
+    (``/tmp``...: :func:`~lightswe.envs.verdicts.in_change`); returns ``{test id: that file}``.
+
+    pytest's JUnit ``file`` is where a test's function is defined. The task's tests live in files grading keeps
+    as the base or ``test_patch`` has them; a test defined in the change is a stand-in: a package of the test
+    module's name reached through a redirected package ``__path__`` (or ``sys.modules``, an import hook) was
+    collected in place of the task's test file, and every test passed with the bug in place (1.0).
+    """
+    changed = {c.path for c in kept if c.new is not None}
+    borrowed = {}
+    for key, source in run.sources.items():
+        if run.outcomes.get(key) == PASSED and verdicts.in_change(source, changed, WORKDIR):
+            run.outcomes[key] = ERROR
+            run.messages[key] = f"defined in {source}, a file of the change (not the task's tests)"
+            borrowed[key] = source
+    return borrowed
+
+
+def _running(grader: Sandbox) -> bool:
+    try:
+        return bool(grader.api.inspect_container(grader.container_id)["State"].get("Running"))
+    except Exception:  # noqa: BLE001 - gone: _require_alive says so
+        return False
+
+
+def _out_of_memory(grader: Sandbox, since: float) -> bool:
+    """True when the engine reported the grading container out of memory (its cgroup's limit reached: Docker's
+    ``oom`` container event) since ``since`` (epoch seconds, this host's clock). The limit is the sandbox's
+    contract and only the test run fills it: the code under test spread its memory over processes smaller than
+    the harness's root runner (the agent's processes may lower their ``oom_score_adj`` to the runner's), the OOM
+    killer took the runner or the container's init, and a failing change read as "the machine failed" (no
+    reward). A host-wide OOM raises no such event. Waits up to 2 s for the event to arrive."""
+    until = time.time() + 2.0
+    try:
+        events = grader.api.events(since=int(since) - 1, until=int(until) + 1, decode=True,
+                                   filters={"container": grader.container_id, "event": "oom"})
+        return any(event.get("timeNano", 0) >= (int(since) - 1) * 1_000_000_000 for event in events)
+    except Exception:  # noqa: BLE001 - the engine cannot say: the caller's machine-failure branch
+        return False
+
+
+def _out_of_memory_grade(grader: Sandbox, instance: TaskInstance, wanted: list[str], known: dict,
+                         suspected: list[str], tests_from: float, start: float, run: TestRun | None = None) -> Grade:
+    """Reward 0.0: the test run exceeded the grading container's memory limit (the policy's failure, like a
+    timeout; the task's tests were validated within it)."""
+    reason = (f"the test run exceeded the sandbox's memory limit of {grader.config.mem_limit} (the engine "
+              "reported the container out of memory; the OOM killer ended the run)")
+    return Grade(reward=0.0, tests={t: "missing" for t in wanted},
+                 fail_to_pass={t: False for t in instance.FAIL_TO_PASS},
+                 pass_to_pass={t: False for t in instance.PASS_TO_PASS}, reason=reason,
+                 exit_code=run.exit_code if run is not None else 137, duration_s=time.perf_counter() - start,
+                 tests_s=run.duration_s if run is not None else time.time() - tests_from,
+                 graded_paths=known["graded_paths"], left_out=known["left_out"], patch=known.get("patch", ""),
+                 reward_hack_suspected=suspected)
+
+
 def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], files: set[str],
-                    plugins, timeout: float, junit: str = JUNIT_PATH) -> tuple[TestRun, dict[str, str], bool]:
+                    plugins, timeout: float, junit: str = JUNIT_PATH, changed: set[str] | None = None
+                    ) -> tuple[TestRun, dict[str, str], bool]:
     """(run, {id: why it could not run}, whether whole files ran) of the task's tests in ``grader``.
 
     pytest rows: ids pytest can address run as they are, the files of the others run whole (published ids cut
@@ -353,8 +463,11 @@ def _run_task_tests(grader: Sandbox, instance: TaskInstance, wanted: list[str], 
                 raw = b""
             except FileNotFoundError as err:  # root's, in a sticky folder: no test process can remove it
                 raise RuntimeError(f"the verdict record file of {_short(grader)} vanished") from err
-            records = verdicts.read(raw, channel, shell)
+            records = verdicts.read(raw, channel, shell, changed=changed if changed is not None else set())
             log = records.log
+            if records.borrowed:
+                result.output += (f"\n[grading] {len(records.borrowed)} verdict(s) of tests defined in files of the "
+                                  f"change (not the task's tests) counted as errors, e.g. {records.borrowed[0]}\n")
             if records.tampered:
                 result.output += ("\n[grading] the verdict record file was emptied or written over (only the test "
                                   "run can write there): no verdict counts\n")

@@ -41,6 +41,7 @@ class JUnitReport:
     collection_errors: int = 0  # errors not attached to a test (a module that failed to import)
     collection_error: str = ""  # the first collection error's text (its cause, for messages)
     unaddressable: set[str] = field(default_factory=set)  # ids whose file could not be found (see nodeid)
+    sources: dict[str, str] = field(default_factory=dict)  # node id -> the file its code is defined in (``file``)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -50,6 +51,7 @@ class TestRun:
     collection_errors: int = 0
     collection_error: str = ""
     unaddressable: set[str] = field(default_factory=set)
+    sources: dict[str, str] = field(default_factory=dict)  # node id -> the file its code is defined in
     exit_code: int = 0
     output: str = ""  # the runner's output (capped)
     timed_out: bool = False
@@ -117,6 +119,8 @@ def parse_junit(xml: bytes | str, files: Collection[str] | None = None) -> JUnit
                     (child.text or child.get("message") or "").strip() for child in case if child.tag == "error")
             continue
         key = nodeid(case, files)
+        if case.get("file"):
+            report.sources[key] = case.get("file")
         if case.get("file") and _case_path(case, files) is None:
             report.unaddressable.add(key)
         for child in case:
@@ -264,4 +268,5 @@ def run_pytest(box, test_command: str, test_ids: Sequence[str] | None = None, *,
     run.outcomes, run.messages = report.outcomes, report.messages
     run.collection_errors, run.unaddressable = report.collection_errors, report.unaddressable
     run.collection_error = report.collection_error
+    run.sources = report.sources
     return run

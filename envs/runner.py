@@ -37,10 +37,17 @@ def _raise_oom_score(pid: int) -> None:
 
 
 def _kill_user(uid: int) -> None:
-    """SIGKILL every process of ``uid`` (never root's): kill(-1) from a child that became that user."""
+    """SIGKILL every process of ``uid`` (never root's): kill(-1) from a child that became that user; when no pid
+    is free for that child (the user's processes hold them all: the container's pid limit), each process of
+    ``uid`` is signalled from here (an exception there ended the command with "runner error" and lost its output,
+    which a log-graded row needs: no reward instead of 0.0)."""
     if uid == 0:
         return
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        _kill_each(uid)
+        return
     if pid == 0:
         try:
             os.setgroups([])
@@ -51,6 +58,28 @@ def _kill_user(uid: int) -> None:
             pass
         os._exit(0)
     os.waitpid(pid, 0)
+
+
+def _kill_each(uid: int) -> None:
+    """SIGKILL each process whose real or effective uid is ``uid`` (read from ``/proc/<pid>/status``, which every
+    process shows), in rounds until none is left (one may fork while the others die)."""
+    for _ in range(100):
+        found = False
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/status", "rb") as handle:
+                    fields = dict(line.split(b":", 1) for line in handle if b":" in line)
+                zombie = fields.get(b"State", b"").split()[:1] == [b"Z"]  # dead already, its parent reaps it
+                if not zombie and str(uid).encode() in fields.get(b"Uid", b"").split()[:2]:
+                    os.kill(int(name), signal.SIGKILL)
+                    found = True
+            except (OSError, ValueError):
+                continue
+        if not found:
+            return
+        time.sleep(0.01)
 
 
 _LOW_BYTES, _LOW_INODES = 1 << 20, 64

@@ -21,7 +21,9 @@ So the verdicts come from a second channel the test process's output does not re
   (``sympy.testing.runtests``, ``sympy.utilities.runtests`` before 1.6) and pytest's
   ``TerminalReporter.pytest_runtest_logreport`` (``_pytest.terminal``), each when its module is imported;
 - each verdict is appended to a file in a root-owned, sticky folder the test process cannot list, as one line
-  ``<key>\\t<runner>\\t<base64 of the line>\\t<lineage>``; the harness makes that file before the run, root's
+  ``<key>\\t<runner>\\t<base64 of the line>\\t<lineage>`` (a verdict adds ``\\t<base64 of the file its test's
+  code is defined in>``: a test defined in a file of the change is a stand-in for the task's, and its pass an
+  error, :func:`read`); the harness makes that file before the run, root's
   with mode 0622 (:meth:`Channel.record_archive`): the test process can add lines and nothing else (it cannot
   read back, reorder, edit or replace what the runner wrote; emptying it leaves no verdict: 0.0); ``key`` is 32
   random hex digits of this grading, held by the recorder's module (nothing in the environment), ``lineage`` the
@@ -60,11 +62,13 @@ from __future__ import annotations
 
 import base64
 import io
+import posixpath
 import re
 import secrets
 import shlex
 import tarfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 # SWE-bench parser (function name; the per-repository aliases keep it) -> the runner whose verdicts are recorded
@@ -102,15 +106,39 @@ def _lineage():
     return _state["lineage"][1]
 
 
-def _write(runner, line):
+def _b64(text):
+    import binascii
+    return binascii.b2a_base64(text.encode("utf-8", "backslashreplace")).decode("ascii").strip()
+
+
+def _write(runner, line, source=None):
+    """One record; ``source``: the file the reported test's code is defined in (verdicts only)."""
     try:
-        import binascii
         if _state["fd"] is None:
             _state["fd"] = os.open(_PATH, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        data = binascii.b2a_base64(line.encode("utf-8", "backslashreplace")).decode("ascii").strip()
-        os.write(_state["fd"], ("%s\t%s\t%s\t%s\n" % (_KEY, runner, data, _lineage())).encode("ascii"))
+        record = "%s\t%s\t%s\t%s" % (_KEY, runner, _b64(line), _lineage())
+        if source is not None:
+            record += "\t" + _b64(source)
+        os.write(_state["fd"], (record + "\n").encode("ascii"))
     except Exception:
         pass
+
+
+def _code_file(function):
+    """Where ``function``'s code is defined ("" when unknown): the harness distrusts tests of the change's files."""
+    try:
+        function = getattr(function, "__func__", function)
+        return getattr(getattr(function, "__code__", None), "co_filename", "") or ""
+    except Exception:
+        return ""
+
+
+def _test_file(test):
+    try:
+        test = getattr(test, "test_case", test)  # a subtest reports for its test
+        return _code_file(getattr(type(test), getattr(test, "_testMethodName", ""), None))
+    except Exception:
+        return ""
 
 
 def _claim(runner, result):
@@ -148,7 +176,7 @@ def _hook_unittest():
         def method(self, test, *args):
             try:
                 if self is _state["result"].get("unittest"):
-                    _write("unittest", _describe(self, test) + " ... " + word(*args))
+                    _write("unittest", _describe(self, test) + " ... " + word(*args), _test_file(test))
             except Exception:
                 pass
             return original(self, test, *args)
@@ -168,7 +196,7 @@ def _hook_unittest():
         try:
             if err is not None and self is _state["result"].get("unittest"):
                 word = "FAIL" if issubclass(err[0], test.failureException) else "ERROR"
-                _write("unittest", _describe(self, subtest) + " ... " + word)
+                _write("unittest", _describe(self, subtest) + " ... " + word, _test_file(subtest))
         except Exception:
             pass
         return sub(self, test, subtest, err)
@@ -218,7 +246,7 @@ def _hook_sympy(module):
         def method(self, *args, **kwargs):
             try:
                 if self is _state["result"].get("sympy"):
-                    _write("sympy", "%s %s" % (self._active_f.__name__, word))
+                    _write("sympy", "%s %s" % (self._active_f.__name__, word), _code_file(self._active_f))
             except Exception:
                 pass
             return original(self, *args, **kwargs)
@@ -252,7 +280,7 @@ def _hook_pytest(module):
             if _claim("pytest", self):
                 word = _pytest_word(report)
                 if word:
-                    _write("pytest", "%s %s" % (word, report.nodeid))
+                    _write("pytest", "%s %s" % (word, report.nodeid), str(report.location[0]))
         except Exception:
             pass
         return original(self, report)
@@ -482,11 +510,19 @@ class Records:
     # the same test's failure (not the runner's)
     runners: int = 1  # outermost reporting processes: the log is empty unless exactly one (the run's runner)
     tampered: bool = False  # the file was emptied or written over (not only appended to): no verdict counts
+    borrowed: tuple[str, ...] = ()  # recorded lines whose test is defined in a file of the change (made errors)
 
 
-def read(raw: bytes, channel: Channel, shell: int = 0) -> Records:
+def read(raw: bytes, channel: Channel, shell: int = 0, changed: Collection[str] | None = None,
+         workdir: str = "/testbed") -> Records:
     """The records of ``raw`` (the record file's bytes) that carry ``channel``'s key; ``shell``: the test
     command's shell (:func:`shell_of`; 0: any), which the runner must descend from.
+
+    ``changed``: the paths (relative to ``workdir``) of the graded change (grading; None: no check). A verdict
+    whose test is defined in one of them, or in a file the test process wrote outside ``workdir``
+    (:func:`in_change`; the recorder notes where each reported test's code is), is a stand-in for the task's
+    test (a module put in its place through ``sys.modules``, an import hook or a redirected package
+    ``__path__``): its pass becomes an error (``Records.borrowed``).
 
     With ``channel.nonce``, the file must begin with it and hold nothing but records: anything else (the nonce
     gone: emptied or overwritten; a line that is no record: written over blindly) voids every verdict
@@ -513,13 +549,14 @@ def read(raw: bytes, channel: Channel, shell: int = 0) -> Records:
         records = records[1:]
     for when, record in enumerate(records):
         fields = record.split("\t")
-        if len(fields) != 4 or fields[0] != channel.key or fields[1] not in (channel.runner, "loaded", "launcher") \
+        if len(fields) not in (4, 5) or fields[0] != channel.key or fields[1] not in (channel.runner, "loaded", "launcher") \
                 or not re.fullmatch(r"\d+(,\d+)*", fields[3]):
             ignored += 1
             tampered = tampered or bool(channel.nonce)
             continue
         try:
             text = base64.b64decode(fields[2], validate=True).decode("utf-8", "replace")
+            source = base64.b64decode(fields[4], validate=True).decode("utf-8", "replace") if len(fields) == 5 else ""
         except ValueError:
             ignored += 1
             tampered = tampered or bool(channel.nonce)
@@ -540,7 +577,7 @@ def read(raw: bytes, channel: Channel, shell: int = 0) -> Records:
                 elif edge.startswith("child:") and edge[6:].isdigit():
                     children.setdefault(pid, []).append((when, int(edge[6:])))
         else:
-            reported.setdefault(pid, (ancestors, []))[1].append(text)
+            reported.setdefault(pid, (ancestors, []))[1].append((text, source))
     # the run's runner: a reporting process under no interpreter but the runner's launchers (a run nested in a
     # test, or started by the code under test, is under the runner's or another interpreter); exactly one
     launchers -= runs
@@ -567,7 +604,11 @@ def read(raw: bytes, channel: Channel, shell: int = 0) -> Records:
     runners = len(outermost)
     ignored += sum(len(texts) for pid, (_, texts) in reported.items() if runners != 1 or pid != outermost[0])
     lines, failed = [], set()  # failed: tests (unittest descriptions, pytest node ids) already reported failing
-    for text in reported[outermost[0]][1] if runners == 1 else []:
+    borrowed = []
+    for text, source in reported[outermost[0]][1] if runners == 1 else []:
+        if changed is not None and in_change(source, changed, workdir):
+            text = _as_error(channel.runner, text)
+            borrowed.append(text)
         test, failing = _verdict(channel.runner, text)
         if test in failed and not failing:
             ignored += 1  # a runner reports a test once (pytest: a teardown error after its call): a pass
@@ -576,4 +617,32 @@ def read(raw: bytes, channel: Channel, shell: int = 0) -> Records:
             failed.add(test)
         lines.append(text)
     return Records(log="\n".join(lines) + ("\n" if lines else ""), loaded=len(interpreters), ignored=ignored,
-                   runners=runners, tampered=tampered)
+                   runners=runners, tampered=tampered, borrowed=tuple(borrowed))
+
+
+# Where the test process may write outside the work tree: code there was written at run time, never the task's.
+RUN_TIME_FOLDERS = ("/tmp/", "/var/tmp/", "/dev/shm/", "/home/", "/run/")
+
+
+def in_change(source: str, changed: Collection[str], workdir: str = "/testbed") -> bool:
+    """Whether a test whose code is in ``source`` (absolute, or relative to ``workdir``: ``../tmp/x.py`` too)
+    cannot be the task's: a path of the change or inside one (a zip archive on an import path), or a file the
+    test process wrote outside the work tree (:data:`RUN_TIME_FOLDERS`)."""
+    if not source:
+        return False
+    path = posixpath.normpath(source if source.startswith("/") else f"{workdir}/{source}")
+    if path.startswith(RUN_TIME_FOLDERS):
+        return True
+    if not path.startswith(workdir + "/"):
+        return False
+    parts = path[len(workdir) + 1:].split("/")
+    return any("/".join(parts[:i]) in changed for i in range(1, len(parts) + 1))
+
+
+def _as_error(runner: str, text: str) -> str:
+    """A recorded verdict line turned into the runner's error for the same test."""
+    if runner == "unittest":
+        return text.rpartition(" ... ")[0] + " ... ERROR"
+    if runner == "pytest":
+        return "ERROR " + text.partition(" ")[2]
+    return text.rsplit(" ", 1)[0] + " E"  # sympy: "<test> <word>"

@@ -65,6 +65,8 @@ def select(tree: dict[str, bytes | None], base: dict[str, bytes] | None = None):
     ("json.py", "would shadow the module 'json'"),
     ("pytest/__init__.py", "would shadow the module 'pytest'"),
     ("scripts/_pytest.py", "would shadow the module '_pytest'"),
+    ("shadow/tests/test_a/__init__.py", "in a package named like a test module (test_a/)"),
+    ("pkg/a_test/mod.py", "in a package named like a test module (a_test/)"),
 ])
 def test_left_out_with_the_reason(path, reason):
     kept, left = select({path: b"print(1)\n", "pkg/mod.py": b"x = 2\n"})
@@ -265,3 +267,26 @@ def test_printed_verdict_lines_are_flagged(source):
                                     "msg = 'running the suite ... done'\n"])
 def test_ordinary_status_messages_are_not_verdict_lines(source):
     assert not any("verdict line" in w for _, w in findings(source)), findings(source)
+
+
+@pytest.mark.parametrize("name, old, new, kept", [
+    ("setup.cfg", b"[metadata]\nname = pkg\n\n[testenv]\ncommands = pytest\n",
+     b"[metadata]\nname = pkg2\n\n[testenv]\ncommands = python -c 'print(1)'\nsetenv = PYTHONPATH=/x\n",
+     b"[metadata]\nname = pkg2\n\n[testenv]\ncommands = pytest\n"),
+    ("setup.cfg", b"[metadata]\nname = pkg\n", b"[metadata]\nname = pkg\n\n[tox:tox]\nenvlist = evil\n",
+     None),
+    ("pyproject.toml", b'[project]\nname = "pkg"\n\n[tool.tox]\nlegacy_tox_ini = "ok"\n',
+     b'[project]\nname = "pkg2"\n\n[tool.tox]\nlegacy_tox_ini = "evil"\n\n[tool.tox.env.py]\ncommands = [["true"]]\n',
+     b'[project]\nname = "pkg2"\n\n[tool.tox]\nlegacy_tox_ini = "ok"\n'),
+    ("pyproject.toml", b'[project]\nname = "pkg"\n', b'[project]\nname = "pkg"\n\n[tool.black]\nline-length = 99\n',
+     b'[project]\nname = "pkg"\n\n[tool.black]\nline-length = 99\n'),
+], ids=["setup-cfg-testenv", "setup-cfg-new-tox", "pyproject-tool-tox", "pyproject-other-tool"])
+def test_tox_sections_are_runner_configuration(name, old, new, kept):
+    """tox runs the commands (and environment) of its sections: rows run through tox would run the change's
+    ones. Kept as the base has them, the rest of the file graded (``tox.toml`` is left out whole)."""
+    merged = keep_outside_runner_sections(name, old, new)
+    if kept is None:  # a section the base lacks is dropped: the rest of the file is the base's
+        assert merged is not None and b"tox:tox" not in merged
+    else:
+        assert merged == kept
+    assert select({"tox.toml": b"[env.py]\ncommands = [['true']]\n"})[1]["tox.toml"] == "test-runner configuration"

@@ -212,7 +212,9 @@ def test_runner_tampering_spelled_to_dodge_the_check_is_flagged(env, code, flags
     """Code in the test process can change the verdict (threat model: flagged, not prevented); these spellings
     once got 1.0 with no flag. Now flagged, so ``hack_policy="zero"`` gives 0.0."""
     reward, info = episode(env, appended_to_package(code), task_suffix=suffix, hack_policy="zero")
-    assert reward == 0.0 and info["reward_zeroed"], info["reason"]  # zeroed: the forgery itself still works
+    # zeroed: the forgery itself still works; a test function swapped for one of the change's now fails anyway
+    # (a test whose code is defined in a file of the change is an error: sixth pass)
+    assert reward == 0.0 and (info["reward_zeroed"] or "defined in the change" in info["reason"]), info["reason"]
     reasons = " | ".join(info["reward_hack_suspected"])
     assert all(flag in reasons for flag in flags), reasons
 
