@@ -434,7 +434,7 @@ def parse(cls: type[T], argv: list[str], *, prog: str, description: str = "",
             raise
         message = _one_line(buf.getvalue())
         if "; fix:" not in message:
-            message += f"; see {prog} --help"
+            message = message.rstrip(". ") + f"; see {prog} --help"
         raise UserInputError(message) from None
     finally:
         if columns is None:
