@@ -156,5 +156,11 @@ def write_viewer(out_dir: str | Path, *, path: str | Path | None = None) -> Path
     else:
         sections = {str(f.relative_to(out_dir)) or ".": list(read_trajectories(f)) for f in folders}
         text = render_html([], title=f"lightswe run {out_dir.name}", sections=sections)
-    target.write_text(text, encoding="utf-8")
+    target.parent.mkdir(parents=True, exist_ok=True)  # as --predictions: a new folder is made
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target)  # a reader never sees half a page
+    finally:
+        tmp.unlink(missing_ok=True)
     return target

@@ -315,6 +315,8 @@ def new_user_mistakes(tmp: Path) -> list[tuple[tuple[str, ...], str, tuple[str, 
          ("not a Hugging Face tokenizer.json", "fix:")),
         # an output file where a folder is
         (("view", str(tmp), "--output", str(tmp)), "view", ("--output", "is a directory", "fix:")),
+        (("view", str(tmp), "--output", str(tmp / "bad_rows.jsonl" / "index.html")), "view",
+         ("lies under the file", "fix:")),
         (("demo", "--tasks", "pool:nope"), "demo", ("unknown split 'nope'", "pool:test")),
         # a build folder that does not exist
         (("tasks", "report", "--out", str(tmp / "out")), "tasks report", ("instances.jsonl does not exist", "fix:")),

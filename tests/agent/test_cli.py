@@ -53,6 +53,10 @@ def test_eval_summarises_a_stored_run(tmp_path, capsys):
     assert "resolve rate 25.0% (1/4)" in (tmp_path / "run" / "eval_report.txt").read_text()
     assert main(["view", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "index.html").stat().st_size > 1000
+    page = tmp_path / "new" / "folder" / "run.html"  # --output in a folder that does not exist yet: made
+    assert main(["view", str(tmp_path / "run"), "--output", str(page)]) == 0
+    assert page.read_text() == (tmp_path / "run" / "index.html").read_text()
+    assert not list(page.parent.glob("*.tmp"))
 
 
 def test_train_refuses_bad_engine_settings_before_any_work(tmp_path, capsys):
