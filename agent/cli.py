@@ -181,7 +181,8 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
     agent = _agent_config(args)
     tokenizer_spec = args.tokenizer or tokenizer_path(args.policy)  # an hf: checkpoint brings its tokenizer
     kind, target, options = split_spec(args.policy)
-    if kind == "openai":  # a server that is down fails here, in one line, not as N sandbox_error episodes
+    if kind == "openai" and not args.ray:  # a server that is down fails here in one line, not as N sandbox_error
+        # episodes (with --ray the actors' nodes, not this one, must reach it)
         from lightswe.agent.policies.openai_server import OpenAIPolicy
 
         OpenAIPolicy(target, **options).check_reachable()
