@@ -211,6 +211,19 @@ def rollout(argv: list[str]) -> int:
 
     args, allow = parse(RolloutArgs, argv, prog="lightswe rollout", description=RolloutArgs.__doc__)
     summary = _run(args, allow)
+    infra = summary.statuses.get("sandbox_error", 0)
+    if summary.episodes and infra == summary.episodes:  # nothing was graded: the machine's failure, not the policy's
+        from lightswe.agent.trajectory import read_trajectories
+
+        errors = Counter(" ".join(t.error.split())[:300] for t in read_trajectories(args.out)
+                         if t.status.value == "sandbox_error" and t.error.strip())
+        first = errors.most_common(1)[0][0] if errors else ""
+        print(f"lightswe rollout: error: every episode ({infra}) ended in sandbox_error (an infrastructure failure, "
+              f"never scored){f': {first}' if first else ''}; fix: check the Docker engine (`docker info`), the "
+              f"task images and the policy server, then rerun with the same --out (graded episodes are kept, these "
+              f"are retried)",
+              file=sys.stderr)
+        return 1
     return 1 if summary.failed else 0
 
 
@@ -225,10 +238,14 @@ def report_of(root: Path) -> dict:
     from lightswe.agent.viewer import episode_folders, no_episodes
 
     def summary(episodes: list) -> dict:
-        resolved = sum(t.resolved for t in episodes)
-        low, high = wilson_interval(resolved, len(episodes))
-        return {"episodes": len(episodes), "resolved": resolved,
-                "resolve_rate": resolved / len(episodes) if episodes else 0.0, "ci95": [low, high],
+        # an ungraded episode (sandbox_error: the machine's failure; no reward: a broken task) is counted apart
+        # and left out of the rate, never scored as unresolved
+        graded = [t for t in episodes if t.graded]
+        resolved = sum(t.resolved for t in graded)
+        low, high = wilson_interval(resolved, len(graded))
+        return {"episodes": len(graded), "resolved": resolved,
+                "resolve_rate": resolved / len(graded) if graded else 0.0, "ci95": [low, high],
+                "ungraded": len(episodes) - len(graded),
                 "statuses": dict(Counter(t.status.value for t in episodes)),
                 "tasks": len({t.task_id for t in episodes})}
 
@@ -244,8 +261,10 @@ def report_of(root: Path) -> dict:
 
 def _line(name: str, r: dict) -> str:
     low, high = r["ci95"]
-    return (f"{name}resolve rate {r['resolve_rate']:.1%} ({r['resolved']}/{r['episodes']}), 95% CI "
-            f"[{low:.1%}, {high:.1%}]; statuses {r['statuses']}")
+    infra = (f"; {r['ungraded']} episode(s) not graded (sandbox_error or a broken task: left out of the rate; a "
+             f"rerun with the same --out retries the sandbox_error ones)") if r["ungraded"] else ""
+    return (f"{name}resolve rate {r['resolve_rate']:.1%} ({r['resolved']}/{r['episodes']} graded), 95% CI "
+            f"[{low:.1%}, {high:.1%}]; statuses {r['statuses']}{infra}")
 
 
 def evaluate(argv: list[str]) -> int:

@@ -74,6 +74,7 @@ class RolloutSummary:
     skipped: int = 0  # already on disk (resume)
     resolved: int = 0
     failed: int = 0  # episodes whose worker raised (not written; a resume retries them)
+    ungraded: int = 0  # written, but never graded (sandbox_error, or a broken task's None reward)
     statuses: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     tool_calls: int = 0
@@ -81,7 +82,9 @@ class RolloutSummary:
 
     @property
     def resolve_rate(self) -> float:
-        return self.resolved / self.episodes if self.episodes else 0.0
+        """Resolved over graded episodes of this run (``Trajectory.graded``: a sandbox_error is never a 0)."""
+        graded = self.episodes - self.ungraded
+        return self.resolved / graded if graded else 0.0
 
 
 class Executor(Protocol):
@@ -354,6 +357,7 @@ def run_rollout(tasks: Sequence, executor: Executor, *, out_dir: str | Path,
                     summary.episodes += 1
                     summary.resolved += trajectory.resolved
                     summary.statuses[trajectory.status.value] += 1
+                    summary.ungraded += not trajectory.graded
                     summary.tool_calls += trajectory.num_steps
                     if keep:
                         summary.trajectories.append(trajectory)

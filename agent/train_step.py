@@ -18,7 +18,7 @@ from lightswe.agent.trajectory import EpisodeStatus, Trajectory
 
 def failed(t: Trajectory) -> bool:
     """An infrastructure failure (no reward): left out of advantages and success rates."""
-    return t.status is EpisodeStatus.SANDBOX_ERROR or t.reward is None
+    return not t.graded
 
 
 def step_lr(lr: float, step: int, *, steps: int, final_lr_ratio: float) -> float:

@@ -100,6 +100,13 @@ class Trajectory:
         return self.reward is not None and self.reward >= 1.0
 
     @property
+    def graded(self) -> bool:
+        """Whether the task's tests scored the episode: not a ``sandbox_error`` and a reward (a broken task's
+        grading gives None). Ungraded episodes are the machine's or the task's failure: left out of success
+        rates and advantages, never counted as unresolved."""
+        return self.status is not EpisodeStatus.SANDBOX_ERROR and self.reward is not None
+
+    @property
     def truncated(self) -> bool:
         """A turn was cut by the token budget, or the context ran out (DAPO's "overlong" samples)."""
         return self.status is EpisodeStatus.CONTEXT_LIMIT or any(
@@ -313,7 +320,9 @@ def _iter_parquet(path: Path) -> Iterator[dict]:
 
 
 def read_trajectories(out_dir: str | Path) -> Iterator[Trajectory]:
-    """Every stored trajectory of a rollout directory, validated; duplicates (same episode id) read once."""
+    """Every stored trajectory of a rollout directory, validated; duplicates (same episode id) read once. A
+    graded record supersedes a ``sandbox_error`` one of the same episode (a resume retried the machine's
+    failure); episodes that only ever ended in ``sandbox_error`` come last."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"rollout directory {out_dir} does not exist; make one with `lightswe rollout`")
@@ -321,18 +330,26 @@ def read_trajectories(out_dir: str | Path) -> Iterator[Trajectory]:
     paths = sorted(out_dir.glob("part-*.parquet")) + sorted(
         p for p in out_dir.glob("part-*.jsonl") if p.stem not in parquet)
     seen: set[str] = set()
+    infra: dict[str, Trajectory] = {}  # episodes seen so far only as sandbox_error
     for path in paths:
         records = _iter_parquet(path) if path.suffix == ".parquet" else _iter_jsonl(path)
         for i, record in enumerate(records):
             trajectory = Trajectory.from_dict(record, where=f"{path} record {i}")
-            if trajectory.episode_id not in seen:
-                seen.add(trajectory.episode_id)
-                yield trajectory
+            if trajectory.episode_id in seen:
+                continue
+            if trajectory.status is EpisodeStatus.SANDBOX_ERROR:
+                infra.setdefault(trajectory.episode_id, trajectory)
+                continue
+            seen.add(trajectory.episode_id)
+            infra.pop(trajectory.episode_id, None)
+            yield trajectory
+    yield from infra.values()
 
 
 def finished_episode_ids(out_dir: str | Path) -> set[str]:
-    """Episode ids already on disk (what a resumed rollout skips)."""
+    """Episode ids already on disk with a grade (what a resumed rollout skips): an episode that ended in
+    ``sandbox_error`` (the machine's failure, never scored) is run again."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return set()
-    return {t.episode_id for t in read_trajectories(out_dir)}
+    return {t.episode_id for t in read_trajectories(out_dir) if t.status is not EpisodeStatus.SANDBOX_ERROR}

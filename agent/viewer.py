@@ -109,13 +109,13 @@ def no_episodes(root: Path) -> UserInputError:
 
 
 def _table(episodes: list[Trajectory], key: str) -> str:
-    graded = [t for t in episodes if t.reward is not None]
+    graded = [t for t in episodes if t.graded]
     resolved = sum(t.resolved for t in graded)
     rows = "".join(
         f'<tr><td><a href="#{key}{_anchor(t)}">{_e(t.episode_id)}</a></td><td>{_outcome(t)}</td>'
         f"<td>{_e(t.status.value)}</td><td>{t.num_steps}</td><td>{t.num_format_errors}</td>"
         f"<td>{t.timings.get('total', 0.0):.1f}</td></tr>" for t in episodes)
-    share = f" ({resolved / len(episodes):.0%})" if episodes else ""
+    share = f" ({resolved / len(graded):.0%} of {len(graded)} graded)" if graded else ""
     return (f"<p class='summary'>{len(episodes)} episodes, {resolved} resolved{share}</p><table><tr><th>episode</th>"
             f"<th>outcome</th><th>status</th><th>steps</th><th>format errors</th><th>seconds</th></tr>{rows}</table>")
 

@@ -49,8 +49,8 @@ def test_eval_summarises_a_stored_run(tmp_path, capsys):
             writer.write(episode(i, resolved=i == 0))
     assert main(["eval", "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "resolve rate 25.0% (1/4), 95% CI [4.6%, 69.9%]" in out
-    assert "resolve rate 25.0% (1/4)" in (tmp_path / "run" / "eval_report.txt").read_text()
+    assert "resolve rate 25.0% (1/4 graded), 95% CI [4.6%, 69.9%]" in out
+    assert "resolve rate 25.0% (1/4 graded)" in (tmp_path / "run" / "eval_report.txt").read_text()
     assert main(["view", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "index.html").stat().st_size > 1000
     page = tmp_path / "new" / "folder" / "run.html"  # --output in a folder that does not exist yet: made
@@ -87,10 +87,10 @@ def test_eval_and_view_find_the_episodes_of_a_train_run_in_its_sub_folders(tmp_p
                 writer.write(episode(i, resolved=ok))
     assert main(["eval", "--out", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "resolve rate 42.9% (3/7)" in out and "eval/step-0001: resolve rate 100.0% (2/2)" in out
+    assert "resolve rate 42.9% (3/7 graded)" in out and "eval/step-0001: resolve rate 100.0% (2/2 graded)" in out
     report = json.loads((run / "eval_report.json").read_text())
     assert report["episodes"] == 7 and report["folders"]["eval/step-0000"]["resolved"] == 0
-    assert (run / "eval_report.txt").read_text().splitlines()[0].startswith("resolve rate 42.9% (3/7)")
+    assert (run / "eval_report.txt").read_text().splitlines()[0].startswith("resolve rate 42.9% (3/7 graded)")
     assert main(["view", str(run)]) == 0
     page = (run / "index.html").read_text()
     assert page.count("<h2>") == 3 and "rollouts/step-0001" in page

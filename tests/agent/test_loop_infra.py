@@ -110,3 +110,34 @@ def test_values_python_chokes_on_are_observations():
         assert expected in observation and "runner died" not in observation
     # the trajectory stays storable as strict UTF-8 JSON (the recorded calls held a lone surrogate and NaN)
     json.dumps(trajectory.to_dict(), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def test_a_run_the_machine_failed_is_no_score_and_a_rerun_retries_it(tmp_path, capsys):
+    """Every episode a sandbox_error: `rollout` exits 1 naming the failure, `eval` leaves them out of the rate
+    (never 0 of N), and a rerun into the same folder runs them again; the graded record then wins."""
+    from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
+    from lightswe.agent.trajectory import finished_episode_ids, read_trajectories
+    from lightswe.cli import main
+    from lightswe.tasks.instance import write_jsonl
+
+    broken = tmp_path / "broken.jsonl"
+    write_jsonl([dataclasses.replace(TASK, source=str(tmp_path / "no-such-repository"), metadata={})], broken)
+    out = tmp_path / "run"
+    assert main(["rollout", "--tasks", str(broken), "--policy", "scripted", "--out", str(out), "--group-size", "2",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "every episode (2) ended in sandbox_error" in err and "SourceError" in err and "fix:" in err
+    assert main(["eval", "--out", str(out)]) == 0
+    report = json.loads((out / "eval_report.json").read_text())
+    assert (report["episodes"], report["ungraded"], report["resolved"]) == (0, 2, 0)
+    assert "2 episode(s) not graded" in (out / "eval_report.txt").read_text()
+    assert finished_episode_ids(out) == set()  # nothing graded: a resume runs both again
+
+    with LocalExecutor(ScriptedPolicy.from_tasks([TASK], TOK), TOK, env_factory=default_env_factory([TASK])) as ex:
+        summary = run_rollout([TASK], ex, out_dir=out, config=RolloutConfig(group_size=2, progress=False))
+    assert (summary.skipped, summary.episodes, summary.resolved, summary.resolve_rate) == (0, 2, 2, 1.0)
+    stored = list(read_trajectories(out))
+    assert len(stored) == 2 and all(t.graded and t.reward == 1.0 for t in stored)
+    assert main(["eval", "--out", str(out)]) == 0
+    report = json.loads((out / "eval_report.json").read_text())
+    assert (report["episodes"], report["ungraded"], report["resolve_rate"]) == (2, 0, 1.0)

@@ -110,3 +110,24 @@ def read_trajectories_of(path):
 
         return [Trajectory.from_dict(r) for r in pq.read_table(path).to_pylist()]
     return [Trajectory.from_dict(json.loads(line)) for line in path.read_text().splitlines()]
+
+
+def test_a_graded_record_supersedes_the_machines_failure_of_the_same_episode(tmp_path):
+    """A resume retries sandbox_error episodes (not 'finished'); whichever segment holds the graded record, it is
+    the one read, and an episode that only ever failed on the machine is read once, last."""
+    import dataclasses
+
+    def infra(i: int) -> Trajectory:
+        return dataclasses.replace(make(i, reward=None), status=EpisodeStatus.SANDBOX_ERROR, error="EngineError: x")
+
+    with TrajectoryWriter(tmp_path) as writer:  # first run: t0 and t1 fail on the machine, t2 is graded
+        for t in (infra(0), infra(1), make(2, reward=0.0)):
+            writer.write(t)
+    assert finished_episode_ids(tmp_path) == {"t2/g/0"}
+    with TrajectoryWriter(tmp_path) as writer:  # the resume: t0 graded now, t1 fails again
+        writer.write(make(0, reward=1.0))
+        writer.write(infra(1))
+    got = list(read_trajectories(tmp_path))
+    assert [t.episode_id for t in got] == ["t2/g/0", "t0/g/0", "t1/g/0"]
+    assert [(t.graded, t.reward) for t in got] == [(True, 0.0), (True, 1.0), (False, None)]
+    assert finished_episode_ids(tmp_path) == {"t0/g/0", "t2/g/0"}

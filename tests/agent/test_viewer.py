@@ -54,7 +54,7 @@ def test_viewer_renders_in_headless_chromium(tmp_path):
     dom = Collect()
     dom.feed(run.stdout)
     text = "".join(dom.text)
-    assert "2 episodes, 1 resolved (50%)" in text
+    assert "2 episodes, 1 resolved (50% of 2 graded)" in text
     ids = {a.get("id") for _, a in dom.tags}
     assert {"ep-pkg-0-g0-0", "ep-pkg-1-g0-0", "ep-pkg-0-g0-0-turn-3"} <= ids
     assert sum(tag == "details" for tag, _ in dom.tags) == 3  # two episodes + the folded passing tests of one
