@@ -244,8 +244,9 @@ def read_tree(api, container_id: str, *, base: dict[str, Entry], workdir: str = 
             entry, known = tree[path], base.get(path)
             changed = known is None or (known.sha, known.mode) != (entry.sha, entry.mode)
             if changed and entry.data is None and entry.mode != SPECIAL and entry.size <= max_file_bytes:
-                tree[path] = Entry(mode=entry.mode, sha=entry.sha, size=entry.size,
-                                   data=_one_file(api, container_id, f"{workdir}/{target}"))
+                data = _one_file(api, container_id, [f"{workdir}/{name}" for name in (path, target)])
+                if data is not None:  # None: neither name travels through the engine's API (left out, said)
+                    tree[path] = Entry(mode=entry.mode, sha=entry.sha, size=entry.size, data=data)
     except TreeTooLarge:
         if hasattr(chunks, "close"):  # stop the engine's stream now (the rest of the archive is never read)
             chunks.close()
@@ -261,12 +262,26 @@ def read_tree(api, container_id: str, *, base: dict[str, Entry], workdir: str = 
     return tree
 
 
-def _one_file(api, container_id: str, path: str) -> bytes:
+def _one_file(api, container_id: str, names: list[str]) -> bytes | None:
+    """The bytes of one file through the first of its ``names`` (hard links of one inode) that the engine's
+    archive API can carry: a name that is not UTF-8 (read from the tree with surrogateescape) cannot be sent
+    (``requests`` refuses it; sent as bytes the engine answers an empty archive). None when no name can."""
+    path = next((name for name in names if _utf8(name)), None)
+    if path is None:
+        return None
     chunks, _ = api.get_archive(container_id, path)
     with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
         member = archive.next()
         handle = archive.extractfile(member) if member is not None else None
         return handle.read() if handle else b""
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def changes(base: dict[str, Entry], tree: dict[str, Entry]) -> list[Change]:

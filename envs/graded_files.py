@@ -206,7 +206,7 @@ def _ini(data: bytes) -> tuple[dict, dict] | None:
     parser = configparser.ConfigParser(strict=False, interpolation=None, default_section="\0none")
     try:
         parser.read_string(data.decode("utf-8", "replace"))
-    except configparser.Error:
+    except (configparser.Error, ValueError, RecursionError, MemoryError):  # the agent's bytes: any failure
         return None
     runner = {s: dict(parser[s]) for s in parser.sections() if _is_ini_runner(s)}
     rest = {s: dict(parser[s]) for s in parser.sections() if not _is_ini_runner(s)}
@@ -216,8 +216,8 @@ def _ini(data: bytes) -> tuple[dict, dict] | None:
 def _toml(data: bytes) -> tuple[object, dict] | None:
     try:
         parsed = tomllib.loads(data.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return None
+    except (ValueError, RecursionError, MemoryError):  # TOMLDecodeError, UnicodeDecodeError; tomllib recurses
+        return None  # per nested array/table: `a = [[[...` 1,000 deep was a RecursionError out of grade()
     tool = dict(parsed.get("tool", {})) if isinstance(parsed.get("tool"), dict) else parsed.get("tool")
     runner = ({name: tool.pop(name) for name in ("pytest", "tox") if name in tool} or None) \
         if isinstance(tool, dict) else None

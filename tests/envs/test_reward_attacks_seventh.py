@@ -1,0 +1,87 @@
+"""Adversarial episodes, seventh pass: a failing policy turning its 0.0 into "no score" (``sandbox_error``, reward
+None, or an exception out of ``env.step``: the learner and eval drop the episode, a resume reruns it), through
+tool calls only, for the whole episode. Real engine, the embedded demo task (toolz 1.0.0, off-by-one in ``nth``).
+
+Broke before the fix:
+
+- **a configuration file nested past the parser's recursion** (an exception out of ``step``: the episode was
+  never written): a ``pyproject.toml`` anywhere in the change (``a = [[[...`` or ``{a = {a = ...`` a few
+  thousand deep) made ``tomllib`` (recursive per nesting level) raise ``RecursionError`` out of ``grade`` ->
+  a configuration file whose parse fails in any way is one whose runner sections cannot be separated: left out
+  whole, said in ``left_out``, the rest of the change graded;
+- **a hard link whose names are not UTF-8** (no reward: ``GradingError``): a file hard-linked under another
+  name, read past the bytes grading keeps, is fetched again by name; a name that is not UTF-8 cannot travel
+  through the engine's API (``requests`` refused it: ``UnicodeEncodeError`` -> ``SnapshotError``) -> the
+  file is fetched through whichever of its names can travel, and left out (``left_out``: past the cap) when
+  none can.
+
+Held (no change; each is an observation, and the fix made before it still grades 1.0): signalling the harness's
+root runner or PID 1 (``kill -9``/``-STOP``: EPERM, the agent is not root); every pid taken by a ``setsid``
+leftover; a ``setsid`` leftover holding most of the memory; ``/dev/shm`` filled; the command's stdout and stderr
+closed; ``ulimit`` changes (per command shell); ``chmod 000 /testbed`` (the runner changes directory as root);
+FIFOs and Unix sockets in /testbed (left out: not a regular file, or not archived); ``.git`` replaced by a link to
+``/proc/self`` or a ``gitdir:`` file, a stale ``index.lock`` and an unreadable ``.git`` (grading never reads the
+agent's ``.git``); files and folders of mode 000 (the engine archives as root); names that are not UTF-8, and
+links to them.
+"""
+
+from __future__ import annotations
+
+import pytest
+from lightswe.envs.agent_diff import read_tree
+from lightswe.envs.sandbox import Sandbox, SandboxConfig
+from lightswe.envs.tool_calls import ToolCall
+
+from .conftest import FIX, bash, episode, left, start
+
+pytestmark = pytest.mark.docker
+
+DEEP_TOML = {  # tomllib recurses once per level: a few thousand levels pass Python's recursion limit
+    "toolz/pyproject.toml": "a = " + "[" * 5000 + "]" * 5000 + "\n",
+    "pyproject.toml": "[tool.black]\nx = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n",
+}
+
+
+def _write(path: str, text: str) -> str:
+    """A bash command that writes ``text`` (ASCII, no quotes) to ``path``, from Python (no argument limit)."""
+    return f"python3 -c \"import sys; open('{path}', 'w').write(sys.stdin.read())\" <<'EOF'\n{text}EOF"
+
+
+@pytest.mark.parametrize("path", sorted(DEEP_TOML))
+def test_a_configuration_file_nested_past_the_parsers_recursion_is_left_out(env, path):
+    reward, info = episode(env, FIX, _write(path, DEEP_TOML[path]))
+    assert reward == 1.0, info["reason"]
+    assert "could not be separated" in left(info)[path]
+
+
+def test_hard_links_whose_names_are_not_utf8_are_read_or_left_out():
+    """read_tree past the bytes it keeps (``max_kept_bytes=0``): every changed file is read again by name."""
+    with Sandbox(SandboxConfig(workdir="/tmp", labels={"lightswe.test": "attack7"})) as box:
+        made = box.exec("mkdir w && cd w && printf one > $'a\\xff' && ln $'a\\xff' b && printf two > $'\\xfe' && "
+                        "ln $'\\xfe' $'\\xff' && printf three > c && ln c d")
+        assert made.exit_code == 0, made.output
+        tree = read_tree(box.api, box.container_id, base={}, workdir="/tmp/w", max_kept_bytes=0)
+    assert tree["b"].data == b"one"  # its first name is not UTF-8: read through the link's own name
+    assert tree["d"].data == b"three"
+    assert tree["\udcff"].data is None and tree["\udcff"].size == 3  # no name of it can travel: left out
+
+
+@pytest.mark.parametrize("attack", [
+    "for p in $(pgrep -u root); do kill -9 $p; kill -STOP $p; done; echo done",
+    "setsid nohup bash -c 'while :; do sleep 1000 & done' >/dev/null 2>&1 & sleep 3; echo started",
+    "setsid nohup python3 -c 'a = bytearray(1800 << 20); import time; time.sleep(1e6)' >/dev/null 2>&1 & "
+    "sleep 3; echo started",
+    "head -c 100M /dev/zero > /dev/shm/fill; exec 1>&- 2>&-; ulimit -Sn 3; sleep 1",
+    "mkfifo fifo; python3 -c \"import socket; socket.socket(socket.AF_UNIX).bind('s')\"; rm -rf .git; "
+    "ln -s /proc/self .git; chmod 000 toolz . /testbed",
+])
+def test_attacks_on_the_sandbox_are_observations_and_the_fix_still_grades(env, attack):
+    """The attack, then three more tool calls (each an observation, never an exception or a restarted sandbox),
+    then submit: the fix made first is graded 1.0 (not None, not a GradingError)."""
+    start(env)
+    env.step(bash(FIX))
+    for action in (bash(attack), bash("echo next"), ToolCall(name="view", arguments={"path": "toolz/itertoolz.py"})):
+        observation, reward, terminated, _, info = env.step(action)
+        assert reward == 0.0 and not terminated and info.get("error") != "sandbox", observation
+    _, reward, terminated, _, info = env.step(ToolCall(name="submit"))
+    assert terminated and reward == 1.0, info["reason"]
