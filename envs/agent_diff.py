@@ -169,7 +169,7 @@ def read_tree(api, container_id: str, *, base: dict[str, Entry], workdir: str = 
     """``{path: Entry}`` of the working tree at ``workdir`` in a (possibly agent-controlled) container.
 
     Read with the engine's ``get_archive`` (nothing runs in the container). Every path with a ``.git``
-    component is skipped. ``data`` is kept for entries that differ from ``base`` (mode or bytes) and are at most
+    component is skipped, but counts against the budgets below (the engine streams it like any file). ``data`` is kept for entries that differ from ``base`` (mode or bytes) and are at most
     ``max_file_bytes`` (and while the bytes kept stay within ``max_kept_bytes``); others are hashed as they
     stream and keep ``data=None``. Hard links resolve to
     their target's bytes. Directories are not entries, except one so deep (its path in the container within
@@ -193,10 +193,10 @@ def read_tree(api, container_id: str, *, base: dict[str, Entry], workdir: str = 
         with tarfile.open(fileobj=io.BufferedReader(reader, 1024 * 1024), mode="r|") as archive:
             for member in archive:
                 parts = PurePosixPath(member.name).parts[1:]  # the archive's first component is the workdir
-                if not parts or ".git" in parts:
+                if not parts:
                     continue
                 path = "/".join(parts)
-                entries += 1
+                entries += 1  # .git too: the engine streams it whole (a sparse "packfile" of 1 TB took hours)
                 streamed += member.size if member.isreg() else 0
                 if streamed > budget or entries > limit:
                     what = (f"{entries:,} entries (the most grading reads: {limit:,})" if entries > limit else
@@ -204,6 +204,8 @@ def read_tree(api, container_id: str, *, base: dict[str, Entry], workdir: str = 
                             f"base's own and at most {max_extra_bytes:,} more; a sparse file counts at its size)")
                     raise TreeTooLarge(f"the work tree is too large to grade: {what}; nothing was graded. Delete "
                                        "large or many generated files in /testbed before submitting")
+                if ".git" in parts:
+                    continue
                 if member.isdir():
                     deep = len(f"{workdir}/{path}/".encode("utf-8", "surrogateescape")) + 256
                     if deep + HOST_PREFIX_ALLOWANCE >= PATH_MAX:

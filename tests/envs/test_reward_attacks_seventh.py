@@ -85,3 +85,41 @@ def test_attacks_on_the_sandbox_are_observations_and_the_fix_still_grades(env, a
         assert reward == 0.0 and not terminated and info.get("error") != "sandbox", observation
     _, reward, terminated, _, info = env.step(ToolCall(name="submit"))
     assert terminated and reward == 1.0, info["reason"]
+
+
+@pytest.fixture(scope="module")
+def unlimited_env(task):
+    """The demo task in sandboxes without a disk limit (no RLIMIT_FSIZE: one sparse file may be 100 GiB)."""
+    from lightswe.envs.swe_env import SWEEnv
+
+    environment = SWEEnv([task], test_timeout=120, sandbox_config=SandboxConfig(disk_limit=None))
+    yield environment
+    environment.close()
+
+
+def test_a_sparse_packfile_in_git_is_the_policys_failure_not_hours_of_reading(unlimited_env):
+    """Grading never reads the agent's ``.git``, but the engine's archive of /testbed streams it whole: a sparse
+    'packfile' of 100 GiB held the grading for ten minutes (a terabyte, hours). It counts like any file: 0.0 at its
+    header, even with the fix in place."""
+    import time
+
+    began = time.perf_counter()
+    reward, info = episode(unlimited_env, FIX, "truncate -s 100G .git/objects/pack/pack-0000.pack")
+    assert reward == 0.0
+    assert info["reason"].startswith("the work tree is too large to grade"), info["reason"]
+    assert ".git/objects/pack/pack-0000.pack" in info["reason"]
+    assert time.perf_counter() - began < 60
+
+
+def test_git_counts_against_the_byte_and_entry_budgets_of_reading_a_tree():
+    from lightswe.envs.agent_diff import TreeTooLarge
+
+    with Sandbox(SandboxConfig(workdir="/tmp", labels={"lightswe.test": "attack7"})) as box:
+        made = box.exec("mkdir -p t/.git u/.git/objects && truncate -s 1G t/.git/pack && touch t/a "
+                        "u/a u/.git/objects/1 u/.git/objects/2", timeout=30)
+        assert made.exit_code == 0, made.output
+        with pytest.raises(TreeTooLarge, match="pack alone 1,073,741,824"):
+            read_tree(box.api, box.container_id, base={}, workdir="/tmp/t", max_extra_bytes=64 * 1024 ** 2)
+        with pytest.raises(TreeTooLarge, match="entries"):
+            read_tree(box.api, box.container_id, base={}, workdir="/tmp/u", max_entries=3)
+        assert sorted(read_tree(box.api, box.container_id, base={}, workdir="/tmp/u", max_entries=5)) == ["a"]
