@@ -141,3 +141,23 @@ def test_a_run_the_machine_failed_is_no_score_and_a_rerun_retries_it(tmp_path, c
     assert main(["eval", "--out", str(out)]) == 0
     report = json.loads((out / "eval_report.json").read_text())
     assert (report["episodes"], report["ungraded"], report["resolve_rate"]) == (2, 0, 1.0)
+
+
+def test_a_failing_policy_cannot_turn_its_episode_into_no_score():
+    """The policy's doing is never the machine's failure (tests/envs/test_reward_attacks_seventh.py: each attack):
+    the harness's root processes signalled, every pid of the sandbox taken by a leftover in its own session, and
+    a configuration file nested past the parser's recursion (an exception out of grading, before the fix: the
+    episode was never written, so never scored). The episode ends graded, with the fix's reward."""
+    fix = "sed -i 's/islice(seq, n + 1, None)/islice(seq, n, None)/' toolz/itertoolz.py"
+    calls = [
+        {"name": "bash", "arguments": {"command": fix}},
+        {"name": "create", "arguments": {"path": "pyproject.toml", "content": "a = " + "[" * 5000 + "]" * 5000}},
+        {"name": "bash", "arguments": {"command": "for p in $(pgrep -u root); do kill -9 $p; kill -STOP $p; done"}},
+        {"name": "bash", "arguments": {"command": "setsid bash -c 'while :; do sleep 1000 & done' >/dev/null 2>&1 "
+                                                  "& sleep 3"}},
+        {"name": "submit", "arguments": {}},
+    ]
+    texts = [f"<tool_calls>\n{json.dumps(call)}\n</tool_calls>" for call in calls]
+    trajectory = _episode(SWEEnv([TASK]), TextPolicy(texts), max_steps=len(texts))
+    assert trajectory.status is EpisodeStatus.SUBMITTED and trajectory.graded, trajectory.error
+    assert trajectory.reward == 1.0 and trajectory.error == ""
