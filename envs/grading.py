@@ -746,21 +746,28 @@ def _graded_patch(grader: Sandbox, kept: list[Change], known: dict) -> str:
         return ""
     paths = b"\0".join(c.path.encode("utf-8", "surrogateescape") for c in kept) + b"\0"
     index = "/tmp/lightswe-graded.index"
+    diff, head = "/tmp/lightswe-graded.diff", 4 * MAX_PATCH_CHARS  # a character is at most 4 bytes of UTF-8
+    # Only the head of the diff is read (the rest is cut in the grading container first): its size is the
+    # change's doing (each "\n" of a new file becomes "+\n": 128 MiB of changed files made a diff past what a
+    # read took, and the grade raised: no reward), and the diff is information only
     script = (f"set -e; export GIT_INDEX_FILE={index}; {PRISTINE_GIT} read-tree HEAD; "
               f"{PRISTINE_GIT} add -A -f --pathspec-from-file=- --pathspec-file-nul; "
               f"{PRISTINE_GIT} diff --cached --binary --full-index --no-color --no-ext-diff --no-textconv --no-renames "
-              f"HEAD > /tmp/lightswe-graded.diff; rm -f {index}")
+              f"HEAD > {diff}; rm -f {index}; echo; echo \"lightswe-diff-bytes=$(stat -c %s {diff})\"; "
+              f"truncate -s '<{head}' {diff}")
     done = _exec(grader, script, "apply", known, stdin=paths, timeout=300)
     if done.exit_code != 0:  # git refused something of the change (the runner and container are fine: _exec
         # checked): the diff is information only, the tests still decide; never a reason to drop the reward
         return f"[the graded diff could not be recorded: {done.output[-400:].strip()}]\n"
+    size = re.search(r"^lightswe-diff-bytes=(\d+)$", done.output, re.MULTILINE)
     try:
-        raw = grader.read_file("/tmp/lightswe-graded.diff", max_bytes=256 * 1024 * 1024)
+        raw = grader.read_file(diff, max_bytes=head)
     except Exception as err:
         raise GradingError(f"reading the graded diff failed: {err}", stage="apply", known=known) from err
+    total = int(size.group(1)) if size else len(raw)
     text = raw.decode("utf-8", "replace")
-    if len(text) > MAX_PATCH_CHARS:
-        text = text[:MAX_PATCH_CHARS] + f"\n[graded diff truncated: {len(raw)} bytes in all]\n"
+    if len(text) > MAX_PATCH_CHARS or total > len(raw):
+        text = text[:MAX_PATCH_CHARS] + f"\n[graded diff truncated: {total} bytes in all]\n"
     return text
 
 

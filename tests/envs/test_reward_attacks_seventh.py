@@ -9,6 +9,14 @@ Broke before the fix:
   thousand deep) made ``tomllib`` (recursive per nesting level) raise ``RecursionError`` out of ``grade`` ->
   a configuration file whose parse fails in any way is one whose runner sections cannot be separated: left out
   whole, said in ``left_out``, the rest of the change graded;
+- **a graded diff larger than grading read** (no reward: ``GradingError``): each ``\\n`` of a new file is
+  ``+\\n`` in the diff, so changed files within the 128 MiB grading applies (plus 3,000 empty files with long
+  paths: a header each) made a 283 MB diff, past the 256 MiB ``read_file`` took -> the diff (information only)
+  is cut in the grading container to the head that is kept (``MAX_PATCH_CHARS``) before it is read, and says
+  its full size;
+- **a sparse "packfile" in .git** (minutes to hours of grading): grading skips ``.git`` but the engine's archive
+  streams it whole (4 GiB: 26 s here; 100 GiB: ~11 min) -> ``.git`` counts against the tree's byte and entry
+  budgets (sixth pass): 0.0 at its header;
 - **a hard link whose names are not UTF-8** (no reward: ``GradingError``): a file hard-linked under another
   name, read past the bytes grading keeps, is fetched again by name; a name that is not UTF-8 cannot travel
   through the engine's API (``requests`` refused it: ``UnicodeEncodeError`` -> ``SnapshotError``) -> the
@@ -26,6 +34,8 @@ links to them.
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from lightswe.envs.agent_diff import read_tree
@@ -123,3 +133,28 @@ def test_git_counts_against_the_byte_and_entry_budgets_of_reading_a_tree():
         with pytest.raises(TreeTooLarge, match="entries"):
             read_tree(box.api, box.container_id, base={}, workdir="/tmp/u", max_entries=3)
         assert sorted(read_tree(box.api, box.container_id, base={}, workdir="/tmp/u", max_entries=5)) == ["a"]
+
+
+NEWLINES = "python3 -c \"open('{path}', 'w').write(chr(10) * {size})\""
+
+
+def test_a_graded_diff_past_what_is_kept_is_cut_and_says_its_size(env):
+    from lightswe.envs.grading import MAX_PATCH_CHARS
+
+    reward, info = episode(env, FIX, NEWLINES.format(path="zz.txt", size=3 * 1024 * 1024))
+    assert reward == 1.0, info["reason"]
+    patch = info["model_patch"]
+    assert "toolz/itertoolz.py" in patch and "+++ b/zz.txt" in patch
+    size = int(re.search(r"\[graded diff truncated: (\d+) bytes in all\]\n$", patch).group(1))
+    assert size > 6 * 1024 * 1024 and len(patch) < MAX_PATCH_CHARS + 100
+
+
+@pytest.mark.slow
+def test_a_graded_diff_of_hundreds_of_megabytes_is_not_the_machines_failure(env):
+    """128 MiB of newlines (all the bytes grading applies) and 3,000 empty files 2.4 kB deep: a 283 MB diff."""
+    make = ("python3 - <<'EOF'\nimport os\nfor i in range(1, 9):\n    with open(f'data{i}.txt', 'w') as f:\n"
+            "        f.write(chr(10) * (16777216 - (65536 if i == 8 else 0)))\nd = 'p/' + ('x' * 200 + '/') * 12\n"
+            "os.makedirs(d)\nfor i in range(3000):\n    open(d + f'{i:050d}', 'w').close()\nEOF")
+    reward, info = episode(env, FIX, make)
+    assert reward == 1.0, info["reason"]
+    assert int(re.search(r"truncated: (\d+) bytes", info["model_patch"]).group(1)) > 256 * 1024 * 1024
