@@ -53,6 +53,7 @@ DIR_MAX_ENTRIES = 500
 SEARCH_MAX_LINES = 100
 SEARCH_MAX_LINE_CHARS = 300
 MAX_TIMEOUT_S = 600.0
+SEARCH_TIMEOUT_S = 60.0  # one search; past it the search says so
 
 
 class ToolError(ActionError):
@@ -92,8 +93,8 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
     _function("create", "Create a new file with the given content (parent directories are created). Fails if "
               "the file exists: edit existing files with str_replace.",
               {"path": _PATH, "content": {"type": "string"}}, ["path", "content"]),
-    _function("search", "Search file contents with grep -rn (basic regular expression, one line), skipping .git "
-              "and binary files.",
+    _function("search", "Search file contents with grep -rn (basic regular expression, one line), skipping .git, "
+              "binary files, devices, FIFOs and sockets.",
               {"pattern": {"type": "string"}, "path": {"type": "string", "description": "where (default .)"}},
               ["pattern"]),
     _function("submit", "Finish: your changes in /testbed are graded by running the project's tests.", {}, []),
@@ -443,7 +444,7 @@ _CLEAN = 't=$(readlink -f -- "$LIGHTSWE_PATH" && echo .) && rm -f -- "${t%??}.li
 _SEARCH = f"""p=$LIGHTSWE_PATH
 if [ ! -e "$p" ]; then echo N; exit 0; fi
 echo S
-grep -rnIsH --exclude-dir=.git -e "$LIGHTSWE_PATTERN" -- "$p" 2>&1 | head -n {SEARCH_MAX_LINES + 1} | base64 -w0
+grep -rnIsH -D skip --exclude-dir=.git -e "$LIGHTSWE_PATTERN" -- "$p" 2>&1 | head -n {SEARCH_MAX_LINES + 1} | base64 -w0
 status=("${{PIPESTATUS[@]}}"); echo; echo "${{status[0]}}\""""
 
 
@@ -585,7 +586,10 @@ def search(box: Sandbox, call: ToolCall) -> ToolResult:
                         "one line of the text (or use bash with grep -Pzo for multi-line patterns)")
     target = path if path.startswith("/") else posixpath.join(box.config.workdir, path)
     shown = show(path)
-    result = _exec(box, _SEARCH, {"LIGHTSWE_PATH": target, "LIGHTSWE_PATTERN": pattern}, timeout=60)
+    result = _exec(box, _SEARCH, {"LIGHTSWE_PATH": target, "LIGHTSWE_PATTERN": pattern}, timeout=SEARCH_TIMEOUT_S)
+    if result.timed_out:  # what was found so far is not all there is: never "no matches"
+        raise ToolError(f"search: timed out after {SEARCH_TIMEOUT_S:g} s in {shown}; search a smaller directory "
+                        "(or use bash with grep and a timeout)")
     kind, _, body = result.output.partition("\n")
     if kind == "N":
         raise ToolError(f"search: {shown} does not exist; search '.' (the repository) or a directory in it")

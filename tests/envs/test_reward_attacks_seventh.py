@@ -23,6 +23,11 @@ Broke before the fix:
   file is fetched through whichever of its names can travel, and left out (``left_out``: past the cap) when
   none can.
 
+- **search on a FIFO** (a dishonest observation, a minute late): ``search`` with ``path`` a FIFO (or
+  ``/proc/self/fd/1``, grep's own output pipe) blocked grep until the 60 s timeout, then said "no matches" ->
+  grep skips devices, FIFOs and sockets (``-D skip``, named or met in the walk), and a search that times out
+  says so instead of reporting what it found so far as all.
+
 Held (no change; each is an observation, and the fix made before it still grades 1.0): signalling the harness's
 root runner or PID 1 (``kill -9``/``-STOP``: EPERM, the agent is not root); every pid taken by a ``setsid``
 leftover; a ``setsid`` leftover holding most of the memory; ``/dev/shm`` filled; the command's stdout and stderr
@@ -158,3 +163,21 @@ def test_a_graded_diff_of_hundreds_of_megabytes_is_not_the_machines_failure(env)
     reward, info = episode(env, FIX, make)
     assert reward == 1.0, info["reason"]
     assert int(re.search(r"truncated: (\d+) bytes", info["model_patch"]).group(1)) > 256 * 1024 * 1024
+
+
+def test_search_skips_fifos_and_says_when_it_timed_out(env, monkeypatch):
+    import time
+
+    from lightswe.envs import tools
+
+    start(env)
+    env.step(bash("mkfifo toolz/fifo && echo 'def nth_fifo(): pass' > toolz/zz.py"))
+    began = time.perf_counter()
+    for path in ("toolz/fifo", "/proc/self/fd/1", "toolz"):
+        observation, _, _, _, info = env.step(ToolCall(name="search", arguments={"pattern": "nth_fifo", "path": path}))
+        assert "error" not in info, observation
+    assert observation == "toolz/zz.py:1:def nth_fifo(): pass"
+    assert time.perf_counter() - began < 20
+    monkeypatch.setattr(tools, "SEARCH_TIMEOUT_S", 0.2)
+    observation, _, _, _, info = env.step(ToolCall(name="search", arguments={"pattern": "no such text zq9", "path": "/usr"}))
+    assert info["error"] == "tool" and observation.startswith("search: timed out after 0.2 s in /usr"), observation
