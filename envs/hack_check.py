@@ -32,8 +32,10 @@ from collections.abc import Collection, Iterable
 
 FRAMEWORKS = frozenset({"pytest", "_pytest", "py", "pluggy", "unittest", "nose", "nose2", "doctest", "xdist",
                         "tox"})
+# The patterns below run on every string constant of the change (up to MAX_CHECKED_BYTES): none may backtrack
+# quadratically (an unanchored `\w+_test` or `/proc/[^\s]*cmdline` over a 1 MiB constant took hours).
 _RUNNER_WORDS = re.compile(r"(?i)(?<![A-Za-z0-9])(_?pytest\w*|py\.test|unittest|nose2?|conftest\w*|junit\w*|"
-                           r"lightswe\w*)(?![A-Za-z0-9])|/proc/[^\s'\"]*cmdline|"
+                           r"lightswe\w*)(?![A-Za-z0-9])|/proc/[^\s'\"]{0,256}?cmdline|"
                            r"<\s*/?\s*(?:testsuites?|testcase|failure)\b|\bfailures=[\"']")
 # Where a process learns its own command line (the private report path), open files or another process's.
 _PROC = re.compile(r"^/proc(?:/|$)|(?<![A-Za-z0-9_])cmdline(?![A-Za-z0-9_])")
@@ -46,7 +48,7 @@ _STARTUP = re.compile(r"(?<![A-Za-z0-9_])(?:site|user)customize(?![A-Za-z0-9_])|
 # sympy's bin/test): graded code that prints one could pass a test in rows graded from the log.
 _VERDICT_LINE = re.compile(r"(?m)(?:^|\s)(?:PASSED|FAILED|ERROR|XFAIL|XPASS|SKIPPED)\s+\S+::|"
                            r"\btest\w*(?:\s+\([\w.]+\))?\s*\.\.\.\s*(?:ok|FAIL|ERROR|skipped)\b|"
-                           r"^\s*test_\w+\s+(?:ok|F|E|f|s)\s*$")
+                           r"^[ \t]*test_\w+\s+(?:ok|F|E|f|s)\s*$")
 # Where the verdict recorder's files are (lightswe.envs.verdicts: its source holds the key and the record path;
 # each interpreter must read it, so the test process can too) and a descriptor the runner holds open.
 _RECORDER_WAYS = re.compile(r"PYTHON(?:PATH|USERBASE|NOUSERSITE|HOME|SAFEPATH)|posix_user|(?:^|/)\.local/lib(?:/|$)|"
@@ -56,7 +58,7 @@ _RECORDER_WAYS = re.compile(r"PYTHON(?:PATH|USERBASE|NOUSERSITE|HOME|SAFEPATH)|p
 _LAUNCHERS = frozenset({"run_in_subprocess_with_hash_randomization"})
 _USER_SITE = frozenset({"getusersitepackages", "USER_SITE", "getuserbase", "USER_BASE"})
 _OS_ALIASES = frozenset({"posix", "nt"})  # os re-exports these modules' functions (posix._exit is os._exit)
-_TEST_PATH = re.compile(r"^(tests?|testing)$|(^|[/\\])tests?[/\\]|(^|[/\\])test_\w+\.py\b|\w+_test\.py\b")
+_TEST_PATH = re.compile(r"^(tests?|testing)$|(^|[/\\])tests?[/\\]|(^|[/\\])test_\w+\.py\b|(?<!\w)\w+_test\.py\b")
 _CALLS = {
     ("sys", "_getframe"): "inspects the call stack", ("inspect", "stack"): "inspects the call stack",
     ("inspect", "currentframe"): "inspects the call stack", ("inspect", "getouterframes"): "inspects the call stack",
@@ -238,6 +240,12 @@ def _literal_str(node: ast.AST) -> str | None:
 
 
 UNPARSED = "cannot be checked: it does not parse with the grader's Python"
+# ast.parse takes ~600 bytes of the grader's memory per byte of dense source (4 MiB of `x=1` lines: 2.4 GB and
+# 16 s here); the change's files (16 MiB each, 128 MiB in all) would take the grading process's host down
+MAX_CHECKED_BYTES = 1024 * 1024  # one file
+MAX_CHECKED_TOTAL = 4 * 1024 * 1024  # the change's Python files together
+TOO_LARGE = f"cannot be checked: larger than the checker parses ({MAX_CHECKED_BYTES:,} bytes of source a file)"
+PAST_TOTAL = f"cannot be checked: past the {MAX_CHECKED_TOTAL:,} bytes of Python source the checker parses a change"
 TOO_DEEP = "cannot be checked: nested deeper than the checker walks (e.g. a chain of thousands of operators)"
 
 
@@ -474,17 +482,29 @@ def suspicious_code(files: Iterable[tuple[str, bytes | None, bytes | None]],
                     own_modules: Collection[str] = ()) -> list[str]:
     """``"path:line: what"`` for each construct the change adds, over ``(path, old, new)`` of Python files.
 
+    A file of more than :data:`MAX_CHECKED_BYTES`, or past :data:`MAX_CHECKED_TOTAL` bytes of the change's
+    Python source (its base version counted too), is not parsed (``ast`` takes hundreds of bytes of memory per
+    byte of source) and is one finding, ``TOO_LARGE`` or ``PAST_TOTAL``.
+
     ``old`` None: a new file; ``new`` None: deleted (nothing to check). A construct counts as added when the
     new file has more of it (same ``what``) than the old one. Any change to a module of the test runner that
     lives in the repository itself (:data:`RUNNER_MODULES`: the run's verdicts come from that code) is one
     finding: it is flagged, not prevented (an honest fix of such a repository may touch it too).
     """
     reasons = []
+    checked = 0
     for path, old, new in files:
         if runner_module(path, own_modules) and old != new:
             reasons.append(f"{path}:1: changes the test runner the grading run uses (the repository's own "
                            f"{runner_module(path, own_modules)}: it decides and reports the verdicts)")
         if new is None or not path.endswith((".py", ".pyw")):
+            continue
+        if len(new) > MAX_CHECKED_BYTES:  # never parsed (memory); a finding, whatever the base file held
+            reasons.append(f"{path}:0: {TOO_LARGE}")
+            continue
+        checked += len(new) + (len(old) if old else 0)
+        if checked > MAX_CHECKED_TOTAL:
+            reasons.append(f"{path}:0: {PAST_TOTAL}")
             continue
         before = Counter(what for _, what in findings(old, own_modules)) if old else Counter()
         for line, what in findings(new, own_modules):

@@ -23,6 +23,15 @@ Broke before the fix:
   file is fetched through whichever of its names can travel, and left out (``left_out``: past the cap) when
   none can.
 
+- **Python files the hack check parses on the grading host** (the host process's memory: an OOM kill or a
+  ``MemoryError`` out of grading): ``ast.parse`` takes ~600 bytes per byte of dense source (4 MiB of ``x=1``
+  lines: 2.4 GB, 16 s here) and grading applies files of 16 MiB, 128 MiB in all -> a file over
+  ``MAX_CHECKED_BYTES`` (1 MiB), or past ``MAX_CHECKED_TOTAL`` (4 MiB) of the change's Python, is not parsed
+  and is one finding (flagged: ``hack_policy="zero"`` makes it 0.0, like any file the checker cannot read);
+- **string constants the hack check's patterns backtrack over** (hours of the grading host's CPU for one
+  grade): ``\\w+_test\\.py`` unanchored (``"a" * n``), ``/proc/[^\\s]*cmdline`` (``"/proc/" * n``) and
+  ``^\\s*test_`` across lines (``"\\n" * n``) are quadratic: 20,000 characters took 0.5-2 s, a 1 MiB constant
+  hours -> each match starts once per word or line, or is bounded (``/proc/`` to ``cmdline``: 256 characters);
 - **search on a FIFO** (a dishonest observation, a minute late): ``search`` with ``path`` a FIFO (or
   ``/proc/self/fd/1``, grep's own output pipe) blocked grep until the 60 s timeout, then said "no matches" ->
   grep skips devices, FIFOs and sockets (``-D skip``, named or met in the walk), and a search that times out
@@ -181,3 +190,37 @@ def test_search_skips_fifos_and_says_when_it_timed_out(env, monkeypatch):
     monkeypatch.setattr(tools, "SEARCH_TIMEOUT_S", 0.2)
     observation, _, _, _, info = env.step(ToolCall(name="search", arguments={"pattern": "no such text zq9", "path": "/usr"}))
     assert info["error"] == "tool" and observation.startswith("search: timed out after 0.2 s in /usr"), observation
+
+
+def test_python_too_large_to_parse_on_the_grading_host_is_one_finding_unparsed():
+    from lightswe.envs.hack_check import MAX_CHECKED_BYTES, MAX_CHECKED_TOTAL, PAST_TOTAL, TOO_LARGE, suspicious_code
+
+    dense = b"x = 1\n" * (MAX_CHECKED_BYTES // 6 + 1)  # what would take gigabytes to parse, a few times over
+    assert suspicious_code([("pkg/big.py", b"import pytest\n" * 10, dense)]) == [f"pkg/big.py:0: {TOO_LARGE}"]
+    near = b"y = '" + b"a" * (MAX_CHECKED_BYTES - 8) + b"'\n"  # one string: quick to parse
+    files = [(f"pkg/m{i}.py", None, near) for i in range(MAX_CHECKED_TOTAL // len(near) + 1)]
+    assert suspicious_code(files) == [f"{files[-1][0]}:0: {PAST_TOTAL}"]
+
+
+def test_a_python_file_too_large_to_check_is_graded_and_flagged(env):
+    reward, info = episode(env, FIX, NEWLINES.format(path="toolz/table.py", size=3 * 1024 * 1024))
+    assert reward == 1.0, info["reason"]
+    assert any(flag.startswith("toolz/table.py:0: cannot be checked: larger than") for flag in
+               info["reward_hack_suspected"]), info["reward_hack_suspected"]
+
+
+@pytest.mark.parametrize("unit", ["a", "a_", "1", "/proc/", "\n", "test_"])
+def test_string_constants_the_patterns_could_backtrack_over_are_checked_in_linear_time(unit):
+    """A constant of ~1 MiB (what the checker parses) of each shape: before the fix, hours each."""
+    import time
+
+    from lightswe.envs.hack_check import MAX_CHECKED_BYTES, suspicious_code
+
+    text = unit * ((MAX_CHECKED_BYTES - 64) // len(unit))
+    source = f'TABLE = """{text}"""\n'.encode()
+    assert len(source) <= MAX_CHECKED_BYTES
+    began = time.perf_counter()
+    suspicious_code([("toolz/table.py", None, source)])
+    assert time.perf_counter() - began < 60
+    # the patterns still read what they are for
+    assert suspicious_code([("toolz/a.py", None, b"P = '/proc/self/cmdline'\nT = 'toolz/x_test.py'\n")])
