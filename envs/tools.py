@@ -35,6 +35,7 @@ Guarantees (tests in ``tests/envs/test_tools*.py``, against the real engine):
 from __future__ import annotations
 
 import base64
+import bisect
 import math
 import posixpath
 import re
@@ -263,11 +264,40 @@ def _separator(text: str) -> str:
     return "\r" if "\n" not in text and "\r" in text else "\n"
 
 
+_REGEX_BUDGET = 50_000_000  # characters of text x of old_str a backtracking match may cost (~1 s)
+
+
 def _spans(text: str, old: str) -> list[tuple[int, int]]:
-    """Non-overlapping matches of ``old`` in ``text`` where each ``\\n`` of ``old`` matches any line ending."""
-    parts = old.replace("\r\n", "\n").split("\n")
-    pattern = re.compile(r"(?:\r\n|\n|\r)".join(re.escape(part) for part in parts))
-    return [m.span() for m in pattern.finditer(text)]
+    """Non-overlapping matches of ``old`` in ``text`` where each ``\\n`` of ``old`` matches any line ending.
+
+    In linear time (``str.find`` on the text with every line ending written ``\\n``, positions mapped back): a
+    regular expression of ``old``'s lines joined by ``(?:\\r\\n|\\n|\\r)`` backtracked ``len(text) x len(old)``
+    (2 MB of ``a\\n`` lines and an ``old_str`` of 64 K that fails at its end: minutes of the host's CPU per
+    call). Only an ``old_str`` holding a bare ``\\r`` (matched literally) takes that expression, within
+    ``_REGEX_BUDGET``; past it a ToolError says what to do.
+    """
+    old = old.replace("\r\n", "\n")
+    if "\r" in old:
+        if len(text) * len(old) > _REGEX_BUDGET:
+            raise ToolError("str_replace: old_str holds a bare \\r (matched as that character), which this file is too "
+                            "large to search for; give old_str without it (a line's text up to the \\r) or edit "
+                            "with bash (sed, python)")
+        pattern = re.compile(r"(?:\r\n|\n|\r)".join(re.escape(part) for part in old.split("\n")))
+        return [m.span() for m in pattern.finditer(text)]
+    if "\r" not in text:
+        plain, collapsed = text, []
+    else:  # each CRLF becomes one "\n" (collapsed[k]: where the k-th lands), each bare CR a "\n" in place
+        collapsed = [m.start() - k for k, m in enumerate(re.finditer("\r\n", text))]
+        plain = text.replace("\r\n", "\n").replace("\r", "\n")
+
+    def back(i: int) -> int:  # an index of ``plain`` -> of ``text``
+        return i + bisect.bisect_left(collapsed, i) if collapsed else i
+
+    spans, at = [], plain.find(old)
+    while at >= 0:
+        spans.append((back(at), back(at + len(old))))
+        at = plain.find(old, at + len(old))
+    return spans
 
 
 def _line_ending(text: str, start: int, end: int) -> str:

@@ -32,6 +32,12 @@ Broke before the fix:
   grade): ``\\w+_test\\.py`` unanchored (``"a" * n``), ``/proc/[^\\s]*cmdline`` (``"/proc/" * n``) and
   ``^\\s*test_`` across lines (``"\\n" * n``) are quadratic: 20,000 characters took 0.5-2 s, a 1 MiB constant
   hours -> each match starts once per word or line, or is bounded (``/proc/`` to ``cmdline``: 256 characters);
+- **str_replace's match backtracking on the host** (the env's ``step`` held for minutes per call, each episode
+  hours): ``old_str``'s lines joined by ``(?:\\r\\n|\\n|\\r)`` in a regular expression cost ``len(file) x
+  len(old_str)`` when the match fails late (2 MB of ``a\\n`` lines, an ``old_str`` of 30,000 such lines and a
+  ``b``: ~8 min) -> ``str.find`` on the file with every line ending written ``\\n``, positions mapped back
+  (linear; a CRLF is one line ending, never two); only an ``old_str`` with a bare ``\\r`` keeps the
+  expression, within a budget;
 - **search on a FIFO** (a dishonest observation, a minute late): ``search`` with ``path`` a FIFO (or
   ``/proc/self/fd/1``, grep's own output pipe) blocked grep until the 60 s timeout, then said "no matches" ->
   grep skips devices, FIFOs and sockets (``-D skip``, named or met in the walk), and a search that times out
@@ -224,3 +230,20 @@ def test_string_constants_the_patterns_could_backtrack_over_are_checked_in_linea
     assert time.perf_counter() - began < 60
     # the patterns still read what they are for
     assert suspicious_code([("toolz/a.py", None, b"P = '/proc/self/cmdline'\nT = 'toolz/x_test.py'\n")])
+
+
+def test_str_replace_that_fails_late_in_a_large_file_answers_at_once(env):
+    import time
+
+    start(env)
+    env.step(bash("yes a | head -c 2000000 > big.txt && printf 'x\\r\\ny\\r\\n' > crlf.txt"))
+    began = time.perf_counter()
+    old = "a\n" * 30_000 + "b"
+    observation, _, _, _, info = env.step(ToolCall(name="str_replace", arguments={
+        "path": "big.txt", "old_str": old, "new_str": "c"}))
+    assert info["error"] == "tool" and "old_str was not found in big.txt" in observation, observation
+    assert time.perf_counter() - began < 30  # was minutes of the host's CPU
+    observation, _, _, _, info = env.step(ToolCall(name="str_replace", arguments={
+        "path": "crlf.txt", "old_str": "x\ny", "new_str": "z\nw"}))
+    assert "error" not in info, observation
+    assert env.sandbox.read_file("crlf.txt") == b"z\r\nw\r\n"
