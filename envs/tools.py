@@ -346,8 +346,11 @@ def replace_once(data: bytes, old: str, new: str, path: str = "the file") -> Edi
         raise ToolError(f"str_replace: old_str was not found in {path}; it must match exactly, including "
                         f"indentation and whitespace (view the file to copy the lines).{hint}")
     if len(spans) > 1:
-        lines = [text.count(_separator(text), 0, start) + 1 for start, _ in spans]
-        shown = ", ".join(map(str, lines[:20])) + (f" and {len(lines) - 20} more" if len(lines) > 20 else "")
+        separator, lines, line, at = _separator(text), [], 1, 0
+        for begin, _ in spans[:20]:  # counted on from the last (from 0 for each of 2 M matches: minutes)
+            line, at = line + text.count(separator, at, begin), begin
+            lines.append(line)
+        shown = ", ".join(map(str, lines)) + (f" and {len(spans) - 20} more" if len(spans) > 20 else "")
         raise ToolError(f"str_replace: old_str occurs {len(spans)} times in {path} (lines {shown}); include more "
                         "surrounding lines so that it is unique")
     (start, end), = spans
