@@ -269,7 +269,8 @@ def git_refuses(path: str) -> bool:
     return any(not part or part in (".", "..") or _GIT_DIR_ALIASES.match(part) for part in path.split("/"))
 
 
-def _reason(change: Change, scope: Scope, tree_paths: Collection[str], max_file_bytes: int) -> str:
+def _reason(change: Change, scope: Scope, tree_paths: Collection[str], max_file_bytes: int,
+            folders: dict[str, str] | None = None) -> str:
     path = change.path
     parts = path.split("/")
     name = parts[-1]
@@ -318,36 +319,62 @@ def _reason(change: Change, scope: Scope, tree_paths: Collection[str], max_file_
             return f"{new.size} bytes, over the {max_file_bytes}-byte cap for a changed file"
         return "past the cap on the bytes of changed files grading reads"
     if change.old is None:
-        shadowed = _shadowed(path, scope.outside_modules, tree_paths)
+        shadowed = _shadowed(path, scope.outside_modules, tree_paths, folders)
         if shadowed:
             return f"would shadow the module {shadowed!r} that the test run imports from outside the repository"
     return ""
 
 
-def _shadowed(path: str, outside: Collection[str], tree_paths: Collection[str]) -> str:
-    """The outside module a new file would shadow: a component importable at top level under that name."""
-    parts = path.split("/")
-    for i, part in enumerate(parts):
-        parent = "/".join(parts[:i])
-        if parent and f"{parent}/__init__.py" in tree_paths:
-            continue  # inside a package: importable only under the package's name
-        last = i == len(parts) - 1
-        module = part.split(".", 1)[0] if last else part
-        if last and not part.endswith((".py", ".pyw")) and "." in part:
-            continue  # a data file cannot be imported
-        if module in outside:
-            return module
-    return ""
+def _shadowed(path: str, outside: Collection[str], tree_paths: Collection[str],
+              cache: dict[str, str] | None = None) -> str:
+    """The outside module a new file would shadow: a component importable at top level under that name.
+
+    ``cache`` (per call of :func:`select_changes`): the answer for each folder, so that a tree of thousands of
+    folders 1,400 deep costs each folder once (every file's prefixes, joined anew, took two hours for 262,144)."""
+    cache = {} if cache is None else cache
+    folder, _, name = path.rpartition("/")
+    found = _folder_shadows(folder, outside, tree_paths, cache) if folder else ""
+    if found:
+        return found
+    if folder and f"{folder}/__init__.py" in tree_paths:
+        return ""  # inside a package: importable only under the package's name
+    if not name.endswith((".py", ".pyw")) and "." in name:
+        return ""  # a data file cannot be imported
+    module = name.split(".", 1)[0]
+    return module if module in outside else ""
 
 
-def _blocked_by_file(path: str, files: Collection[str]) -> str:
-    """An ancestor of ``path`` that is a file (or link) in ``files``."""
-    parts = path.split("/")
-    for i in range(1, len(parts)):
-        ancestor = "/".join(parts[:i])
-        if ancestor in files:
-            return ancestor
-    return ""
+def _folder_shadows(folder: str, outside: Collection[str], tree_paths: Collection[str], cache: dict[str, str]) -> str:
+    """The first component of ``folder`` (top down) importable at top level and named like an outside module."""
+    pending = []
+    while folder and folder not in cache:  # up to the nearest folder already answered (no recursion: depth)
+        pending.append(folder)
+        folder = folder.rpartition("/")[0]
+    found = cache.get(folder, "") if folder else ""
+    for current in reversed(pending):
+        if not found:
+            parent, _, name = current.rpartition("/")
+            if name in outside and not (parent and f"{parent}/__init__.py" in tree_paths):
+                found = name
+        cache[current] = found
+    return found
+
+
+def _blocked_by_file(path: str, files: Collection[str], cache: dict[str, str] | None = None) -> str:
+    """An ancestor of ``path`` that is a file (or link) in ``files`` (the topmost); ``cache`` as for
+    :func:`_shadowed`."""
+    cache = {} if cache is None else cache
+    folder = path.rpartition("/")[0]
+    pending = []
+    while folder and folder not in cache:
+        pending.append(folder)
+        folder = folder.rpartition("/")[0]
+    found = cache.get(folder, "") if folder else ""
+    for current in reversed(pending):
+        if not found and current in files:
+            found = current
+        cache[current] = found
+    return found
 
 
 def select_changes(changes: list[Change], scope: Scope, *, base: dict[str, Entry], tree_paths: Collection[str],
@@ -360,8 +387,9 @@ def select_changes(changes: list[Change], scope: Scope, *, base: dict[str, Entry
     """
     kept: list[Change] = []
     left: list[LeftOut] = []
+    folders: dict[str, str] = {}  # _shadowed's answer per folder
     for change in changes:
-        reason = _reason(change, scope, tree_paths, max_file_bytes)
+        reason = _reason(change, scope, tree_paths, max_file_bytes, folders)
         if reason:
             left.append(LeftOut(change.path, reason))
             continue
@@ -416,14 +444,14 @@ def _drop_conflicts(kept: list[Change], base: dict[str, Entry], scope: Scope
         # the task's test paths are files grading keeps (test_patch may create them): nothing may sit under one
         final_files = ((set(base) - deleted) | {c.path for c in kept if c.new is not None}
                        | (set(scope.test_paths) - directories))
-        dropped = []
+        dropped, blocked = [], {}  # _blocked_by_file's answer per folder, for this round's files
         for change in kept:
             if change.new is None:
                 continue
             if change.path in directories:
                 dropped.append((change, "a file or link where grading keeps a directory"))
                 continue
-            blocker = _blocked_by_file(change.path, final_files)
+            blocker = _blocked_by_file(change.path, final_files, blocked)
             if blocker:
                 what = "a test file of the task" if blocker in scope.test_paths else "which grading keeps as a file"
                 dropped.append((change, f"under {blocker}, {what}"))
