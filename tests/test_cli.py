@@ -215,7 +215,8 @@ def test_ctrl_c_during_train_is_one_line_exit_130_and_leaves_no_container(tmp_pa
     proc = subprocess.Popen([sys.executable, "-m", "lightswe", "train", "--out", str(run), "--steps", "2",
                              "--tasks-per-step", "1", "--group-size", "2", "--concurrency", "2",
                              "--warm-start-steps", "0", "--eval-tasks", ""], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal (see tests/agent/test_interrupts.py)
     deadline = time.monotonic() + 240
     while not (run / "rollouts").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)  # episodes of step 1 are under way

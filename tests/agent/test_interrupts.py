@@ -45,7 +45,14 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen):
 
 def start(argv: list[str]) -> subprocess.Popen:
     """The command in its own session (a SIGINT sent to it reaches it alone), stdout and stderr captured."""
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=sigint_as_in_a_terminal)
+
+
+def sigint_as_in_a_terminal() -> None:
+    """Ctrl-C's default disposition in the child: a test suite started as a background job (`cmd &` in a script,
+    as CI may run it) passes SIGINT ignored to its children, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def interrupt(proc: subprocess.Popen, *waits) -> tuple[str, float]:
