@@ -16,11 +16,6 @@ from lightswe.agent.learner import TrainBatch
 from lightswe.agent.trajectory import EpisodeStatus, Trajectory
 
 
-def failed(t: Trajectory) -> bool:
-    """An infrastructure failure (no reward): left out of advantages and success rates."""
-    return not t.graded
-
-
 def step_lr(lr: float, step: int, *, steps: int, final_lr_ratio: float) -> float:
     """The RL learning rate of ``step`` (1-based) of ``steps``: linear from ``lr`` to ``lr * final_lr_ratio`` at the
     last step (derived from the step number, so a resumed run continues the same schedule)."""
@@ -29,10 +24,10 @@ def step_lr(lr: float, step: int, *, steps: int, final_lr_ratio: float) -> float
 
 
 def step_advantages(trajectories: list[Trajectory], cfg: AdvantageConfig, *, overlong_filter: bool) -> Advantages:
-    """Group-relative advantages of a step's episodes. Left out (no advantage, no loss): failed runs, and with
-    ``overlong_filter`` (DAPO) the truncated ones."""
+    """Group-relative advantages of a step's episodes. Left out (no advantage, no loss): ungraded runs
+    (``Trajectory.graded``), and with ``overlong_filter`` (DAPO) the truncated ones."""
     return group_advantages([t.group_id for t in trajectories], [t.reward for t in trajectories],
-                            [failed(t) or (overlong_filter and t.truncated) for t in trajectories], cfg)
+                            [not t.graded or (overlong_filter and t.truncated) for t in trajectories], cfg)
 
 
 def batch_from(trajectories: list[Trajectory], advantages: list[float]) -> TrainBatch:
@@ -47,7 +42,7 @@ def batch_from(trajectories: list[Trajectory], advantages: list[float]) -> Train
 def rollout_metrics(trajectories: list[Trajectory], prefix: str = "", reduce=None) -> dict[str, float]:
     """Success, reward and counts of a rollout; ``reduce`` (e.g. ``DistContext.sum``) sums the counts over
     ranks first, so every rank gets the metrics of all ranks' episodes."""
-    graded = [t for t in trajectories if not failed(t)]
+    graded = [t for t in trajectories if t.graded]
     counts = [len(graded), sum(t.resolved for t in graded), sum(t.reward for t in graded),
               sum(t.status is EpisodeStatus.SUBMITTED for t in graded), len(trajectories),
               sum(t.num_generated_tokens for t in trajectories), sum(t.truncated for t in graded)]

@@ -39,7 +39,7 @@ def _anchor(t: Trajectory) -> str:
 
 
 def _outcome(t: Trajectory) -> str:
-    if t.reward is None:
+    if not t.graded:
         return '<span class="bad">not graded</span>'
     css = "ok" if t.resolved else "bad"
     return f'<span class="{css}">reward {t.reward:g}</span>'
