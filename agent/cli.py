@@ -211,12 +211,12 @@ def rollout(argv: list[str]) -> int:
 
     args, allow = parse(RolloutArgs, argv, prog="lightswe rollout", description=RolloutArgs.__doc__)
     summary = _run(args, allow)
-    infra = summary.statuses.get("sandbox_error", 0)
-    if summary.episodes and infra == summary.episodes:  # nothing was graded: the machine's failure, not the policy's
-        from lightswe.agent.trajectory import read_trajectories
+    from lightswe.agent.trajectory import EpisodeStatus, read_trajectories
 
+    infra = summary.statuses.get(EpisodeStatus.SANDBOX_ERROR.value, 0)
+    if summary.episodes and infra == summary.episodes:  # nothing was graded: the machine's failure, not the policy's
         errors = Counter(" ".join(t.error.split())[:300] for t in read_trajectories(args.out)
-                         if t.status.value == "sandbox_error" and t.error.strip())
+                         if t.status is EpisodeStatus.SANDBOX_ERROR and t.error.strip())
         first = errors.most_common(1)[0][0] if errors else ""
         print(f"lightswe rollout: error: every episode ({infra}) ended in sandbox_error (an infrastructure failure, "
               f"never scored){f': {first}' if first else ''}; fix: check the Docker engine (`docker info`), the "
