@@ -63,17 +63,35 @@ def fused(fn: Callable) -> Callable:
             # eager expressions, and its log-probs must match the learner's (issue 16: mean |diff| <= 1e-3)
             compiled = _compiled[key] = torch.compile(fn, dynamic=None,
                                                       options={"emulate_precision_casts": key[1]})
-        if compiled is fn:
-            return fn(*args)
-        try:
-            return compiled(*args)
-        except Exception as err:  # noqa: BLE001 - an Inductor failure must not stop training; eager is correct
-            warnings.warn(f"torch.compile of {fn.__name__} failed ({type(err).__name__}: {str(err)[:200]}); "
-                          f"running it eagerly", stacklevel=2)
-            _compiled[key] = fn
-            return fn(*args)
+        return _run_compiled(fn, key, compiled, args)
 
     return wrapper
+
+
+def _run_compiled(fn: Callable, key: tuple[Callable, bool], compiled: Callable, args: tuple):
+    if compiled is fn:
+        return fn(*args)
+    try:
+        return compiled(*args)
+    except Exception as err:  # noqa: BLE001 - an Inductor failure must not stop training; eager is correct
+        warnings.warn(f"torch.compile of {fn.__name__} failed ({type(err).__name__}: {str(err)[:200]}); "
+                      f"running it eagerly", stacklevel=3)
+        _compiled[key] = fn
+        return fn(*args)
+
+
+def run_compiled(fused_fn: Callable, *args):
+    """``fused_fn`` (a ``fused`` function) compiled whatever the grad mode: for a custom autograd Function
+    whose forward (run without autograd recording) must compute exactly what the compiled training chain
+    computes. Eager where ``LIGHTSWE_COMPILE=0`` or off CUDA, as ``fused``."""
+    fn = fused_fn.__wrapped__
+    if not args[0].is_cuda or os.environ.get("LIGHTSWE_COMPILE", "1") == "0" or torch.compiler.is_compiling():
+        return fn(*args)
+    key = (fn, EMULATE_PRECISION_CASTS)
+    compiled = _compiled.get(key)
+    if compiled is None:
+        compiled = _compiled[key] = torch.compile(fn, dynamic=None, options={"emulate_precision_casts": key[1]})
+    return _run_compiled(fn, key, compiled, args)
 
 
 @fused
@@ -106,10 +124,25 @@ def rms_norm_and_cast(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: 
 
 
 @fused
-def gated_rms_norm(gate: torch.Tensor, o: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype
-                   ) -> torch.Tensor:
-    """sigmoid(gate) * RMSNorm(o.to(dtype)): the lightning layer's output gate."""
-    return torch.sigmoid(gate) * rms_norm.__wrapped__(o.to(dtype), weight, eps)
+def gated_rms_norm(gate: torch.Tensor, o: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype,
+                   out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """sigmoid(gate) * RMSNorm(o.to(dtype)): the lightning layer's output gate, cast to ``out_dtype`` if given
+    (the dtype the output projection reads under autocast: the cast autocast would make, inside the chain, so
+    neither it nor its gradient's cast back is a pass of its own; the same values either way)."""
+    out = torch.sigmoid(gate) * rms_norm.__wrapped__(o.to(dtype), weight, eps)
+    return out if out_dtype is None else out.to(out_dtype)
+
+
+@fused
+def silu_split(x: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+    """silu(x) split along the last dim into parts of ``size`` (the lightning layer's q, k, v from its fused
+    projection [B, T, H, 3 D]). Compiled, each part is written contiguous in the pass that applies silu (the
+    attention kernel reads contiguous tensors), and the backward writes the projection's gradient in one pass;
+    eager (CPU), the parts are views of silu(x), as before."""
+    parts = F.silu(x).split(size, dim=-1)
+    if torch.compiler.is_compiling():
+        return tuple(p.contiguous() for p in parts)
+    return parts
 
 
 @fused

@@ -21,11 +21,14 @@ import functools
 import os
 
 import torch
-from lightswe.model.fused import swiglu, weighted_sum
+from lightswe.model import moe_kernels
+from lightswe.model.fused import compile_enabled, run_compiled, swiglu, weighted_sum
 from torch import nn
 
 ALIGN = 16  # rows; group starts on 16-row boundaries (TMA-friendly; no expert group is ever empty)
 BACKENDS = ("auto", "grouped", "loop")
+# The experts' SwiGLU backward as one Triton pass on CUDA (model/moe_kernels.py; benchmarks/train.py --swiglu-kernel)
+SWIGLU_KERNEL = True
 
 
 def moe_backend() -> str:
@@ -55,6 +58,30 @@ def use_grouped(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def _hopper_or_newer(device: torch.device) -> bool:
     """torch._grouped_mm's CUTLASS kernels are for sm90+; older GPUs keep the loop (measured only on an H200)."""
     return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+class _SwiGLU(torch.autograd.Function):
+    """``fused.swiglu`` on h13 [M, 2 I]: the forward is the compiled chain (the same values), the backward one
+    Triton pass (``model/moe_kernels.py``) instead of Inductor's concatenating backward."""
+
+    @staticmethod
+    def forward(ctx, h13: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h13)
+        return run_compiled(swiglu, h13)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (h13,) = ctx.saved_tensors
+        return moe_kernels.swiglu_backward(h13, grad)
+
+
+def _swiglu(h13: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of h13 = [gate | up]: the Triton backward where it runs (CUDA, training, compiled chains
+    on, ``SWIGLU_KERNEL``, bf16/fp16), else ``fused.swiglu``."""
+    if (SWIGLU_KERNEL and h13.dtype in (torch.bfloat16, torch.float16) and h13.requires_grad
+            and compile_enabled(h13) and moe_kernels.available(h13)):
+        return _SwiGLU.apply(h13)
+    return swiglu(h13)
 
 
 class _StackWeights(torch.autograd.Function):
@@ -153,6 +180,6 @@ def grouped_experts(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor
     with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
         xs = _Dispatch.apply(x.to(dtype), source, position, top_k)  # [M, H]
         h13 = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offsets)  # [M, 2 I]
-        ys = torch._grouped_mm(swiglu(h13), w2.transpose(-2, -1), offs=offsets)  # [M, H]
+        ys = torch._grouped_mm(_swiglu(h13), w2.transpose(-2, -1), offs=offsets)  # [M, H]
         out = weighted_sum(_Gather.apply(ys, position).view(tokens, top_k, hidden), weights, out_dtype or x.dtype)
     return out, counts

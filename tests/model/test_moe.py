@@ -90,3 +90,82 @@ def test_cuda_grouped_gemm_equals_the_loop_under_bf16_autocast(dead_expert, monk
     for name, g in ref[3].items():
         if g is not None:
             torch.testing.assert_close(got[3][name], g, rtol=2e-2, atol=2e-2 * g.abs().max(), msg=name)
+
+
+def _swiglu_reference(h13: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager autograd of silu(gate) * up (the chain the Triton backward replaces): (y, dh13)."""
+    h = h13.detach().clone().requires_grad_()
+    gate, up = h.chunk(2, dim=-1)
+    y = torch.nn.functional.silu(gate) * up
+    y.backward(dy)
+    return y.detach(), h.grad
+
+
+SWIGLU_CHECK = """
+import torch
+from lightswe.model.moe_kernels import swiglu_backward
+
+
+def reference(h13, dy):
+    h = h13.detach().clone().requires_grad_()
+    gate, up = h.chunk(2, dim=-1)
+    (torch.nn.functional.silu(gate) * up).backward(dy)
+    return h.grad
+
+
+torch.manual_seed(0)
+for rows, inner in ((1000, 1536), (37, 200)):  # minimax-1b's I; a ragged tail in both dims
+    h13 = (torch.randn(rows, 2 * inner, device=DEVICE) * 3).bfloat16()
+    dy = torch.randn(rows, inner, device=DEVICE).bfloat16()
+    ref = reference(h13, dy)
+    got = swiglu_backward(h13, dy)
+    assert got.dtype == torch.bfloat16 and got.shape == h13.shape
+    # the same formulas and roundings as eager (exp / division may differ in fp32's last bit before a rounding;
+    # Triton's interpreter truncates fp32 -> bf16 instead of rounding: up to 2 bf16 ulps there)
+    torch.testing.assert_close(got.float(), ref.float(), rtol=2e-2, atol=1e-2)
+    assert (got == ref).float().mean().item() >= MIN_EQUAL, (got == ref).float().mean().item()
+try:
+    swiglu_backward(h13, dy[:, :-1])
+    raise AssertionError("no error")
+except ValueError as err:
+    assert "expected h13" in str(err)
+print("ok")
+"""
+
+
+@pytest.mark.gpu
+@cuda
+def test_swiglu_triton_backward_equals_eager_autograd(monkeypatch):
+    """The experts' SwiGLU backward kernel (model/moe_kernels.py) against eager autograd, alone and inside the
+    grouped MoE: the forward is the compiled chain's (bit for bit) and the gradient agrees at bf16 rounding."""
+    from lightswe.model import moe as moe_module
+    from lightswe.model.fused import swiglu
+
+    exec(SWIGLU_CHECK.replace("DEVICE", '"cuda"').replace("MIN_EQUAL", "0.99"), {})
+    monkeypatch.delenv("LIGHTSWE_COMPILE", raising=False)
+    h13 = (torch.randn(4096, 3072, device="cuda") * 3).bfloat16().requires_grad_()
+    dy = torch.randn(4096, 1536, device="cuda").bfloat16()
+    outs = []
+    for flag in (False, True):
+        monkeypatch.setattr(moe_module, "SWIGLU_KERNEL", flag)
+        h13.grad = None
+        y = moe_module._swiglu(h13)
+        y.backward(dy)
+        outs.append((y.detach(), h13.grad.clone()))
+    assert torch.equal(outs[1][0], outs[0][0])  # the compiled forward either way
+    torch.testing.assert_close(outs[1][1].float(), outs[0][1].float(), rtol=1e-2, atol=1e-2)
+    ref_y, _ = _swiglu_reference(h13, dy)
+    assert torch.equal(swiglu(h13.detach()), ref_y)  # eager chain (no grad) = eager autograd's forward
+
+
+def test_swiglu_triton_backward_in_the_interpreter():
+    """The SwiGLU backward kernel under TRITON_INTERPRET=1 on CPU (skipped where Triton is not installed)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-c", SWIGLU_CHECK.replace("DEVICE", '"cpu"').replace("MIN_EQUAL", "0.0")], env=env,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
