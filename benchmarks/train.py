@@ -261,7 +261,7 @@ def profile_step(learner: Learner, batch: TrainBatch, device: torch.device, titl
         print_gaps(prof.events(), wall * 1e6)
     for sort in ("self_cpu_time_total", "self_cuda_time_total" if device.type == "cuda" else None):
         if sort:
-            print(f"\nlearner step profile, {title}, by {sort}:\n" + events.table(sort_by=sort, row_limit=25, max_name_column_width=60),
+            print(f"\nlearner step profile, {title}, by {sort}:\n" + events.table(sort_by=sort, row_limit=25 if "cpu" in sort else 50, max_name_column_width=60),
                   flush=True)
 
 
@@ -316,13 +316,15 @@ def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length
         steps: int, backend: str, moe: str, compiled: str, emulate: bool, ctx: DistContext, profile: bool = False,
         head_chunk: int = head.CHUNK_ROWS, head_save: bool = head.SAVE_LOGITS, norm_fp64: bool = fused.NORM_FP64,
         cast_once: bool = layers.CAST_ONCE, fused_lightning: bool = layers.FUSED_LIGHTNING,
-        swiglu_kernel: bool = moe_module.SWIGLU_KERNEL, fused_clip: bool = learner_module.FUSED_CLIP) -> dict:
+        swiglu_kernel: bool = moe_module.SWIGLU_KERNEL, fused_clip: bool = learner_module.FUSED_CLIP,
+        fused_dispatch: bool = moe_module.FUSED_DISPATCH) -> dict:
     os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
     os.environ["LIGHTSWE_MOE_BACKEND"] = moe
     os.environ["LIGHTSWE_COMPILE"] = compiled
     fused.set_emulate_precision_casts(emulate)
     head.CHUNK_ROWS, head.SAVE_LOGITS, fused.NORM_FP64, layers.CAST_ONCE = head_chunk, head_save, norm_fp64, cast_once
     layers.FUSED_LIGHTNING, moe_module.SWIGLU_KERNEL, learner_module.FUSED_CLIP = fused_lightning, swiglu_kernel, fused_clip
+    moe_module.FUSED_DISPATCH = fused_dispatch
     cfg = LearnerConfig(lr=1e-5, minibatches=1, micro_batch_size=micro,
                         autocast_dtype="bfloat16" if device.type == "cuda" else None)
     learner = Learner(model, CISPOLoss(), cfg)
@@ -354,6 +356,7 @@ def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length
     out = {"model": model_name, "backend": backend, "moe": moe, "compile": compiled, "emulate_precision_casts": emulate,
            "head_chunk": head_chunk, "head_save": head_save, "norm_fp64": norm_fp64, "cast_once": cast_once,
            "fused_lightning": fused_lightning, "swiglu_kernel": swiglu_kernel, "fused_clip": fused_clip,
+           "fused_dispatch": fused_dispatch,
            "seq_len": length, "rows": len(batch) * ctx.world,
            "tokens_per_step": step_tokens, "micro_batch_rows": micro, "step_s": step_s,
            "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": model.gradient_checkpointing,
@@ -466,6 +469,8 @@ def main() -> None:
     p.add_argument("--fused-clip", default=str(int(learner_module.FUSED_CLIP)), help="comma list: 1 = the "
                    "gradient clip applied by the fused AdamW kernel (agent/learner.py FUSED_CLIP), 0 = "
                    "clip_grad_norm_")
+    p.add_argument("--fused-dispatch", default=str(int(moe_module.FUSED_DISPATCH)), help="comma list: 1 = the "
+                   "MoE dispatch and combine as compiled one-pass chains (model/moe.py FUSED_DISPATCH), 0 = copies")
     p.add_argument("--head-bench", action="store_true", help="also time the LM head alone (fp32 vs bf16x3)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step of the last "
                    "variant")
@@ -494,13 +499,14 @@ def main() -> None:
                                           [int(x) for x in args.head_chunk.split(",")], args.head_save.split(","),
                                           args.norm_fp64.split(","), args.cast_once.split(","),
                                           args.fused_lightning.split(","), args.swiglu_kernel.split(","),
-                                          args.fused_clip.split(",")))
-        for i, (moe_backend, compiled, emulate, micro, chunk, save, fp64, once, lightning, swiglu, clip) in \
+                                          args.fused_clip.split(","), args.fused_dispatch.split(",")))
+        for i, (moe_backend, compiled, emulate, micro, chunk, save, fp64, once, lightning, swiglu, clip, dispatch) in \
                 enumerate(variants):
             try:
                 r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe_backend,
                         compiled, emulate == "1", ctx, args.profile and (b, i) == (len(builds) - 1, len(variants) - 1),
-                        chunk, save == "1", fp64 == "1", once == "1", lightning == "1", swiglu == "1", clip == "1")
+                        chunk, save == "1", fp64 == "1", once == "1", lightning == "1", swiglu == "1", clip == "1",
+                        dispatch == "1")
             except Exception as err:  # noqa: BLE001 - an OOM or a failing variant is a row of the table
                 r = {"model": args.model, "backend": backend, "moe": moe_backend, "compile": compiled, "seq_len": length,
                      "micro_batch_rows": micro, "error": f"{type(err).__name__}: {err}"[:300]}
@@ -516,14 +522,14 @@ def main() -> None:
            else platform.processor() or platform.machine()}
     env["ranks"] = ctx.world
     say(f"\n| model | T | backend | MoE | compile | emulate | head chunk | head save | norm fp64 | cast once | fused lightning | "
-        f"SwiGLU kernel | fused clip | FSDP gather | "
+        f"SwiGLU kernel | fused clip | fused dispatch | FSDP gather | "
         f"reshard | micro | tokens/step | tokens/s | step s | MFU (of 989 TFLOP/s) | peak GiB per GPU |  "
         f"({env['device']} x{ctx.world}, torch {env['torch']})")
     for r in results:
         row = (f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r.get('moe')} | {r.get('compile')} | "
                f"{r.get('emulate_precision_casts')} | {r.get('head_chunk')} | {r.get('head_save')} | "
                f"{r.get('norm_fp64')} | {r.get('cast_once')} | {r.get('fused_lightning')} | {r.get('swiglu_kernel')} | "
-               f"{r.get('fused_clip')} | {r.get('fsdp_param_dtype', '-')} | "
+               f"{r.get('fused_clip')} | {r.get('fused_dispatch')} | {r.get('fsdp_param_dtype', '-')} | "
                f"{r.get('reshard_after_forward', '-')} | {r.get('micro_batch_rows')} |")
         if "error" in r:
             say(f"{row} {r['error'][:60]} | | | | |")

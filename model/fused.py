@@ -162,3 +162,53 @@ def swiglu(h13: torch.Tensor) -> torch.Tensor:
 def weighted_sum(y: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """sum_j weights[n, j] y[n, j] in ``dtype`` (y [N, k, H], weights [N, k]): the MoE combine."""
     return (y.to(dtype) * weights.to(dtype)[..., None]).sum(1)
+
+
+@fused
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[index] for x [N, H] and index [M] in [0, N], rows whose index is N zero: the MoE dispatch's
+    ``cat([x, 0]).index_select(0, index)`` in one pass (no copy of x with a zero row appended)."""
+    n = x.shape[0]
+    rows = x[index.clamp(max=n - 1)]
+    return torch.where((index < n)[:, None], rows, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+@fused
+def sum_rows(grad: torch.Tensor, position: torch.Tensor, k: int) -> torch.Tensor:
+    """sum_j grad[position[n k + j]] for grad [M, H], position [N k]: the MoE dispatch's backward (each token's
+    k row gradients gathered and summed in one pass, as ``index_select`` then ``sum(1)``)."""
+    return grad[position].view(-1, k, grad.shape[1]).sum(1)
+
+
+@fused
+def combine_rows(ys: torch.Tensor, position: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """fp32 out[n] = sum_j weights[n, j] ys[position[n k + j]] (ys [M, H], weights [N, k] fp32): the MoE
+    combine, ``weighted_sum(ys[position].view(N, k, H), weights, float32)`` without the gathered copy."""
+    k = weights.shape[1]
+    return weighted_sum.__wrapped__(ys[position].view(-1, k, ys.shape[1]), weights, torch.float32)
+
+
+@fused
+def combine_rows_backward(grad: torch.Tensor, ys: torch.Tensor, position: torch.Tensor, weights: torch.Tensor,
+                          assignment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``combine_rows`` for grad [N, H] fp32: (d ys [M, H] in ys' dtype, d weights [N, k] fp32).
+    ``assignment`` [M]: the assignment n k + j whose product row m is, -1 for padding rows (zero gradient).
+    As eager autograd forms them: d ys[m] = (grad[n] weights[n, j]) cast to ys' dtype; d weights[n, j] =
+    sum_h grad[n, h] ys[position[n k + j], h] (fp32)."""
+    k = weights.shape[1]
+    valid = assignment >= 0
+    a = assignment.clamp(min=0)
+    d_rows = grad[a // k] * weights.flatten()[a][:, None]
+    d_ys = torch.where(valid[:, None], d_rows, torch.zeros((), dtype=grad.dtype, device=grad.device)).to(ys.dtype)
+    y = ys[position].view(-1, k, ys.shape[1]).float()
+    return d_ys, (grad[:, None, :] * y).sum(-1)
+
+
+@fused
+def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    """NeoX RoPE's rotation of x [B, T, H, D]'s first ``rotary_dim`` channels in fp32 (cos, sin [B, T, 1,
+    rotary_dim] fp32), cast back to x's dtype; the rest pass through (``layers.rotary`` computes cos and sin)."""
+    rot, rest = x[..., :rotary_dim].float(), x[..., rotary_dim:]
+    half = rotary_dim // 2
+    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    return torch.cat(((rot * cos + rotated * sin).to(x.dtype), rest), dim=-1)

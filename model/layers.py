@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
 from lightswe.model.cache import HybridCache
 from lightswe.model.config import SOFTMAX, MiniMaxConfig
-from lightswe.model.fused import compile_enabled, gated_rms_norm, residual, rms_norm, rms_norm_and_cast, silu_split
+from lightswe.model.fused import (compile_enabled, gated_rms_norm, residual, rms_norm, rms_norm_and_cast, rotate_half,
+                                  silu_split)
 from lightswe.model.moe import grouped_experts, use_grouped
 from torch import nn
 
@@ -110,10 +111,7 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, theta: flo
     inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, device=x.device, dtype=torch.float32) / rotary_dim))
     freqs = positions.float()[..., None] * inv_freq  # [B, T, rotary_dim / 2]
     cos, sin = (f.repeat(1, 1, 2)[:, :, None, :] for f in (freqs.cos(), freqs.sin()))
-    rot, rest = x[..., :rotary_dim].float(), x[..., rotary_dim:]
-    half = rotary_dim // 2
-    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
-    return torch.cat(((rot * cos + rotated * sin).to(x.dtype), rest), dim=-1)
+    return rotate_half(x, cos, sin, rotary_dim)  # one compiled pass in CUDA training (model/fused.py)
 
 
 class SoftmaxAttention(nn.Module):

@@ -169,3 +169,67 @@ def test_swiglu_triton_backward_in_the_interpreter():
     run = subprocess.run([sys.executable, "-c", SWIGLU_CHECK.replace("DEVICE", '"cpu"').replace("MIN_EQUAL", "0.0")], env=env,
                          capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
+
+
+def _one_pass_against_the_reference(device: str) -> None:
+    """The one-pass dispatch and combine (``_DispatchFused``, ``_Combine``) against ``_Dispatch`` and ``_Gather``
+    + ``weighted_sum`` on one padded layout: outputs and every gradient bit for bit."""
+    from lightswe.model import moe as m
+    from lightswe.model.fused import weighted_sum
+
+    torch.manual_seed(0)
+    tokens, hidden, experts, k = 301, 96, 8, 2
+    chosen = torch.stack([torch.randperm(experts - 1)[:k] for _ in range(tokens)]).to(device)  # expert 7 unused
+    counts, order, dest, source, position, offsets = m.expert_layout(chosen, experts)
+    assert int(offsets[-1]) == source.shape[0] and int(counts.sum()) == tokens * k
+    x = torch.randn(tokens, hidden, device=device).bfloat16()
+    weights = torch.rand(tokens, k, device=device)
+    ys = torch.randn(source.shape[0], hidden, device=device).bfloat16()
+    g_xs = torch.randn(source.shape[0], hidden, device=device).bfloat16()
+    g_out = torch.randn(tokens, hidden, device=device)
+    assignment = torch.full((source.shape[0],), -1, dtype=torch.long, device=device)
+    assignment[dest] = order
+    results = []
+    for fused in (False, True):
+        xi, yi, wi = (t.clone().requires_grad_() for t in (x, ys, weights))
+        xs = (m._DispatchFused if fused else m._Dispatch).apply(xi, source, position, k)
+        out = (m._Combine.apply(yi, position, wi, assignment) if fused else
+               weighted_sum(m._Gather.apply(yi, position).view(tokens, k, hidden), wi, torch.float32))
+        torch.autograd.backward([xs, out], [g_xs, g_out])
+        results.append((xs, out, xi.grad, yi.grad, wi.grad))
+    for i, (ref, got) in enumerate(zip(*results)):
+        assert got.dtype == ref.dtype
+        if i < 4 or device == "cpu":
+            assert torch.equal(got, ref), i
+        else:  # compiled: the weights' gradient is an fp32 sum over H in Inductor's order
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_one_pass_dispatch_and_combine_equal_the_reference():
+    _one_pass_against_the_reference("cpu")
+
+
+@pytest.mark.gpu
+@cuda
+def test_one_pass_dispatch_and_combine_compiled_on_cuda(monkeypatch):
+    """On CUDA the one-pass chains run compiled (Inductor): forward values and the row gradients bit for bit,
+    the routing weights' gradient (an fp32 sum over H in Inductor's order) to fp32 rounding."""
+    from lightswe.model import moe as m
+
+    monkeypatch.delenv("LIGHTSWE_COMPILE", raising=False)
+    _one_pass_against_the_reference("cuda")
+    config = MiniMaxConfig.preset("minimax-1b")
+    moe = make(config, "cuda", False)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.mul_(0.1)
+    x = torch.randn(4099, config.hidden_size, device="cuda")
+    outs = []
+    for flag in (False, True):
+        monkeypatch.setattr(m, "FUSED_DISPATCH", flag)
+        outs.append(run(moe, x, "grouped", monkeypatch, autocast=True))
+    assert torch.equal(outs[1][0], outs[0][0])
+    torch.testing.assert_close(outs[1][2], outs[0][2], rtol=1e-3, atol=1e-3 * outs[0][2].abs().max())
+    for name, g in outs[0][3].items():
+        if g is not None:
+            torch.testing.assert_close(outs[1][3][name], g, rtol=1e-3, atol=1e-3 * g.abs().max(), msg=name)
