@@ -56,19 +56,29 @@ def fused(fn: Callable) -> Callable:
     def wrapper(*args):
         if not compile_enabled(args[0]):
             return fn(*args)
-        key = (fn, EMULATE_PRECISION_CASTS)
-        compiled = _compiled.get(key)
-        if compiled is None:
-            # keep eager's bf16/fp16 rounding of every intermediate: the sampler (model/engine.py) mirrors the
-            # eager expressions, and its log-probs must match the learner's (issue 16: mean |diff| <= 1e-3)
-            compiled = _compiled[key] = torch.compile(fn, dynamic=None,
-                                                      options={"emulate_precision_casts": key[1]})
-        return _run_compiled(fn, key, compiled, args)
+        return _call_compiled(fn, args)
 
     return wrapper
 
 
-def _run_compiled(fn: Callable, key: tuple[Callable, bool], compiled: Callable, args: tuple):
+def run_compiled(fused_fn: Callable, *args):
+    """``fused_fn`` (a ``fused`` function) compiled whatever the grad mode: for a custom autograd Function
+    whose forward or backward (run without autograd recording) must compute what the compiled training chain
+    computes. Eager where ``LIGHTSWE_COMPILE=0``, off CUDA or inside a compile, as ``fused``."""
+    fn = fused_fn.__wrapped__
+    if not args[0].is_cuda or os.environ.get("LIGHTSWE_COMPILE", "1") == "0" or torch.compiler.is_compiling():
+        return fn(*args)
+    return _call_compiled(fn, args)
+
+
+def _call_compiled(fn: Callable, args: tuple):
+    """fn(*args) through its cached torch.compile; eager for the rest of the process if compiling it fails."""
+    key = (fn, EMULATE_PRECISION_CASTS)
+    compiled = _compiled.get(key)
+    if compiled is None:
+        # keep eager's bf16/fp16 rounding of every intermediate: the sampler (model/engine.py) mirrors the
+        # eager expressions, and its log-probs must match the learner's (issue 16: mean |diff| <= 1e-3)
+        compiled = _compiled[key] = torch.compile(fn, dynamic=None, options={"emulate_precision_casts": key[1]})
     if compiled is fn:
         return fn(*args)
     try:
@@ -78,20 +88,6 @@ def _run_compiled(fn: Callable, key: tuple[Callable, bool], compiled: Callable, 
                       f"running it eagerly", stacklevel=3)
         _compiled[key] = fn
         return fn(*args)
-
-
-def run_compiled(fused_fn: Callable, *args):
-    """``fused_fn`` (a ``fused`` function) compiled whatever the grad mode: for a custom autograd Function
-    whose forward (run without autograd recording) must compute exactly what the compiled training chain
-    computes. Eager where ``LIGHTSWE_COMPILE=0`` or off CUDA, as ``fused``."""
-    fn = fused_fn.__wrapped__
-    if not args[0].is_cuda or os.environ.get("LIGHTSWE_COMPILE", "1") == "0" or torch.compiler.is_compiling():
-        return fn(*args)
-    key = (fn, EMULATE_PRECISION_CASTS)
-    compiled = _compiled.get(key)
-    if compiled is None:
-        compiled = _compiled[key] = torch.compile(fn, dynamic=None, options={"emulate_precision_casts": key[1]})
-    return _run_compiled(fn, key, compiled, args)
 
 
 @fused
