@@ -33,6 +33,7 @@ fwd+bwd runs torch.autograd.grad (no .grad accumulation) after a forward that re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 
 import torch
@@ -311,6 +312,133 @@ def decode_sweep(batches: list[int], heads: int, dim: int, slope, bandwidth: flo
     return {batch: config for (batch, timer), (_, config, _) in best.items() if timer == "graph"}
 
 
+def cupti_times(replay, kernel: str, launches: int) -> tuple[float, float]:
+    """(mean kernel duration, span per launch) in ms from the CUDA profiler (CUPTI) over one ``replay()`` that
+    launches ``launches`` kernels whose names contain ``kernel``: a kernel's own start-to-end time on the GPU
+    (for a programmatic dependent launch it includes the wait for its predecessor), and the first such kernel's
+    start to the last one's end divided by the launches (what one step costs back to back). NaN if the
+    profiler records no such kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        replay()
+        torch.cuda.synchronize()
+    spans = [(e.time_range.start, e.time_range.end) for e in prof.events()
+             if e.device_type == torch.autograd.DeviceType.CUDA and kernel in e.name]
+    if len(spans) < launches:
+        return float("nan"), float("nan")
+    spans = sorted(spans)[-launches:]
+    mean = sum(b - a for a, b in spans) / launches
+    return mean * 1e-3, (spans[-1][1] - spans[0][0]) / launches * 1e-3
+
+
+def _set_index(args, state) -> int:
+    """Which rotating set ``state`` belongs to."""
+    return next(i for i, a in enumerate(args) if a[3] is state)
+
+
+def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwidth: float,
+                        chunk_form: bool = True) -> None:
+    """Exact decode step (lightning_attn_decode_triton): launch and memory variants at each B against the
+    same-byte references, on four timers. Variants: the launch shapes of DECODE_CONFIGS and BV 32 / 4 warps,
+    each plain, as a programmatic dependent launch (pdl 1: all loads after the wait; pdl 2: the state loaded
+    before it), and in place or to a separate output state (``state_out``). References: torch's copy_ of the
+    state bytes to another buffer and torch's in-place ``mul_`` of the state (the same bytes read and written
+    in place). Timers (us per step): alone = do_bench median with L2 flushed, states rotated; graph = one launch
+    per rotating state set in a CUDA graph (do_bench of the replay / launches); + producer = the same with a
+    small kernel writing q before each step (the sampler's order: the layer's q/k/v kernel, then the step);
+    kernel / span = CUPTI over one replay of the graph: the kernel's own duration and first start to last end
+    per launch. With ``chunk_form`` also the sampler's chunk-form step (default config, i = 32, bf16 copy)
+    plain and as a programmatic dependent launch, pdl 1 and 2 (its bound: see chunk_form_rows)."""
+    from lightswe.kernels.lightning_attn.decode import DECODE_CONFIGS, DecodeConfig, lightning_attn_decode_triton
+    from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive
+
+    print("\n| B | variant | event us (eager) | alone us (do_bench) | graph us | of bound | graph + producer us | "
+          "producer alone us | kernel us (CUPTI) | span per launch us (CUPTI) | check |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    for batch in batches:
+        sets = decode_sets(batch, heads, dim)
+        outs = [torch.empty_like(s) for *_, s in sets]
+        state_bytes = batch * heads * dim * dim * 4
+        bound_us = (2 * state_bytes + 4 * batch * heads * dim * 2) / bandwidth * 1e6
+        default = next(c for lo, c in reversed(DECODE_CONFIGS) if batch * heads >= lo)
+        plain = dataclasses.replace(default, pdl=0)
+        others = (DecodeConfig(32, 2), DecodeConfig(32, 4), DecodeConfig(64, 8)) if batch < 32 else ()
+        bases = [plain] + [c for c in others if c != plain]  # B >= 32 (>= 88% before): the default only
+        variants = [(dataclasses.replace(c, pdl=n), False) for c in bases for n in (0, 1, 2)]
+        variants += [(dataclasses.replace(plain, pdl=n), True) for n in ((0, 1, 2) if batch < 32 else (0,))]
+        producer = lambda q, k, v, s, o: q.mul_(1)
+        cases = []
+        for config, out in variants:
+            step = (lambda q, k, v, s, o, config=config, out=out:
+                    lightning_attn_decode_triton(q, k, v, slope, s, config, state_out=o if out else None))
+            cases.append((f"{config}{', to state_out' if out else ', in place'}", step, "_decode_kernel", (config, out),
+                          bound_us))
+        copy_bound = 2 * state_bytes / bandwidth * 1e6
+        cases.append(("torch copy_ of the state bytes", lambda q, k, v, s, o: o.copy_(s), "", None, copy_bound))
+        cases.append(("torch in-place mul_ of the state", lambda q, k, v, s, o: s.mul_(1.0), "", None, copy_bound))
+        args = [[*st, o] for st, o in zip(sets, outs, strict=True)]
+        if chunk_form:  # the sampler's step at i = 32 reading the bf16 copy (the "out" slot holds its buffers)
+            from lightswe.kernels.lightning_attn import decode
+
+            block = 64
+            cf_default = next(c for lo, c in reversed(decode.CHUNK_FORM_CONFIGS) if batch * heads >= lo)
+            pos = torch.full((batch,), block // 2, device="cuda", dtype=torch.int64)
+            cf_buffers = [[torch.randn(batch, heads, block, dim, device="cuda").to(torch.bfloat16) for _ in range(2)]
+                          + [s.to(torch.bfloat16)] for *_, s in sets]
+            n_state = batch * heads * dim * dim
+            cf_bound = (2 * n_state + block // 2 * batch * heads * 2 * dim * 2 + 6 * batch * heads * dim * 2
+                        ) / bandwidth * 1e6
+            for n in (0, 1, 2):
+                config = dataclasses.replace(cf_default, pdl=n)  # the default's launch, plain and dependent
+                step = (lambda q, k, v, s, o, config=config:
+                        decode.lightning_attn_decode_chunk_form(q, k, v, slope, s, *cf_buffers[_set_index(args, s)][:2],
+                                                                pos, rounded_state=cf_buffers[_set_index(args, s)][2],
+                                                                config=config))
+                cases.append((f"chunk form i=32, bf16 copy: {config}", step, "_decode_chunk_form_kernel", None, cf_bound))
+        _, producer_graph = graph_times(producer, args, rep=20)
+        for name, step, kernel, check, bound in cases:
+            verdict = ""
+            if check is not None:
+                config, out = check
+                q, k, v, state = sets[0]
+                s_ref, before = state.clone(), state.clone()
+                o = lightning_attn_decode_triton(q, k, v, slope, state, config, state_out=outs[0] if out else None)
+                o_ref = lightning_attn_decode_naive(q, k, v, slope, s_ref)
+                got = outs[0] if out else state
+                ok = rel_diff(o, o_ref) < 1e-2 and rel_diff(got, s_ref) < 1e-6 and (not out or torch.equal(state, before))
+                verdict = "ok" if ok else f"FAILED o {rel_diff(o, o_ref):.1e} state {rel_diff(got, s_ref):.1e}"
+            try:
+                event, alone = rotating_times(step, args, rep=30)
+                _, graph = graph_times(step, args, rep=30)
+                both_steps = lambda *a, step=step: (producer(*a), step(*a))
+                _, with_producer = graph_times(both_steps, args, rep=30)
+                graph_obj = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph_obj):
+                    for a in args:
+                        step(*a)
+                kern, span = cupti_times(graph_obj.replay, kernel, len(args))  # "": every kernel (torch's rows)
+                del graph_obj
+            except Exception as err:  # one variant failing (e.g. capture) must not lose the others' rows
+                print(f"| {batch} | {name} | FAILED: {type(err).__name__}: {err} |", flush=True)
+                continue
+            us = [t * 1e3 for t in (event, alone, graph, with_producer, producer_graph, kern, span)]
+            print(f"| {batch} | {name} | {us[0]:.1f} | {us[1]:.1f} ({bound / us[1]:.1%}) | {us[2]:.1f} | "
+                  f"{bound / us[2]:.1%} | {us[3]:.1f} | {us[4]:.1f} | {us[5]:.1f} | {us[6]:.1f} "
+                  f"({bound / us[6]:.1%}) | {verdict} |", flush=True)
+        print(f"B={batch}: bound {bound_us:.1f} us (fp32 state read + written, q, k, v, o); copy_ / mul_ rows "
+              f"against the state bytes alone, {copy_bound:.1f} us" + (f"; chunk form i=32 against its own bytes, "
+                                                                       f"{cf_bound:.1f} us" if chunk_form else ""),
+              flush=True)
+        args.clear()  # (cleared, not deleted: the chunk-form steps' closures name it)
+        del sets, outs, cases
+        if chunk_form:
+            del cf_buffers
+        torch.cuda.empty_cache()
+
+
 def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None):
     """One launch of the forward or backward kernel with exactly `config` (no autotuning). Returns the outputs."""
     from lightswe.kernels.lightning_attn import chunk
@@ -522,6 +650,9 @@ def main() -> int:
     parser.add_argument("--decode-batches", type=int, nargs="*", default=[8, 16, 32, 64])
     parser.add_argument("--decode-sweep", action="store_true",
                         help="time every exact decode launch config (decode.DECODE_SWEEP) at each --decode-batches B")
+    parser.add_argument("--decode-launch", action="store_true",
+                        help="the exact decode step's launch study (programmatic dependent launch, in place vs a "
+                             "separate output state, copy_ / in-place mul_ references; four timers incl. CUPTI)")
     parser.add_argument("--chunk-form-sweep", action="store_true",
                         help="time every chunk-form decode config (decode.CHUNK_FORM_SWEEP), not only the default")
     parser.add_argument("--prefill-sweep", action="store_true",
@@ -585,6 +716,8 @@ def main() -> int:
     for name, kern in (("fwd", chunk._fwd_kernel), ("bwd", chunk._bwd_kernel)):
         for key, config in getattr(kern, "cache", {}).items():  # key: (H, K, V, NB, IS_VARLEN, dtypes...)
             print(f"tuned {name} {key[:5]}: {config}", flush=True)
+    if args.decode_launch:
+        decode_launch_study(args.decode_batches, H, D, slope, bw)
     if args.decode_sweep:  # the rows below then run the sweep's fastest config per B (CUDA-graph timer)
         from lightswe.kernels.lightning_attn import decode
 
@@ -592,7 +725,7 @@ def main() -> int:
         decode.DECODE_CONFIGS = tuple((0 if i == 0 else b * H, fastest[b]) for i, b in
                                       enumerate(sorted(fastest)))
         print("DECODE_CONFIGS =", decode.DECODE_CONFIGS, flush=True)
-    for batch in args.decode_batches:
+    for batch in args.decode_batches if not args.decode_launch else ():  # (the study has its own rows)
         decode_rows(table, batch, H, D, slope, fla_recurrent, chunk_form_sweep=args.chunk_form_sweep)
         torch.cuda.empty_cache()
     print(f"\nH={H}, D={D}, {args.tokens} tokens per prefill call, bf16 q/k/v, fp32 states:")
