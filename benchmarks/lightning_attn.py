@@ -163,18 +163,21 @@ def rotating_times(step, sets, rep: int = 100) -> tuple[float, float]:
     return ev, bench_median(lambda: step(*sets[next(it) % len(sets)]), rep)
 
 
-def graph_times(step, sets, rep: int = 100) -> tuple[float, float]:
-    """(event ms, do_bench ms) per call of step(*set) with one call per set captured in one CUDA graph (as the
-    sampler engine replays its decode step): launches cost no host time and follow each other on the GPU."""
+def graph_times(step, sets, rep: int = 100, passes: int = 1) -> tuple[float, float]:
+    """(event ms, do_bench ms) per call of step(*set) with one call per set (``passes`` times over the sets)
+    captured in one CUDA graph (as the sampler engine replays its decode step): launches cost no host time and
+    follow each other on the GPU; the graph's own launch is shared by len(sets) * passes calls."""
     def run():
-        for args in sets:
-            step(*args)
+        for _ in range(passes):
+            for args in sets:
+                step(*args)
     run()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         run()
-    times = event_mean(graph.replay) / len(sets), bench_median(graph.replay, rep) / len(sets)
+    calls = len(sets) * passes
+    times = event_mean(graph.replay) / calls, bench_median(graph.replay, rep) / calls
     del graph
     return times
 
@@ -340,18 +343,19 @@ def _set_index(args, state) -> int:
 
 
 def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwidth: float,
-                        chunk_form: bool = True) -> None:
+                        chunk_form: bool = True, launches: int = 100) -> None:
     """Exact decode step (lightning_attn_decode_triton): launch and memory variants at each B against the
     same-byte references, on four timers. Variants: the launch shapes of DECODE_CONFIGS and BV 32 / 4 warps,
     each plain, as a programmatic dependent launch (pdl 1: all loads after the wait; pdl 2: the state loaded
     before it), and in place or to a separate output state (``state_out``). References: torch's copy_ of the
     state bytes to another buffer and torch's in-place ``mul_`` of the state (the same bytes read and written
-    in place). Timers (us per step): alone = do_bench median with L2 flushed, states rotated; graph = one launch
-    per rotating state set in a CUDA graph (do_bench of the replay / launches); + producer = the same with a
-    small kernel writing q before each step (the sampler's order: the layer's q/k/v kernel, then the step);
-    kernel / span = CUPTI over one replay of the graph: the kernel's own duration and first start to last end
-    per launch. With ``chunk_form`` also the sampler's chunk-form step (default config, i = 32, bf16 copy)
-    plain and as a programmatic dependent launch, pdl 1 and 2 (its bound: see chunk_form_rows)."""
+    in place). Timers (us per step): event = CUDA events around eager calls (host-bound at these sizes);
+    alone = do_bench median with L2 flushed, states rotated; graph = ``launches`` (100) steps over the rotating
+    state sets captured in one CUDA graph (do_bench of the replay / steps); + producer = the same with a small
+    kernel writing q before each step (the sampler's order: the layer's q/k/v kernel, then the step; the
+    producer alone beside it); kernel / span = CUPTI over one replay of that graph: the kernel's own duration
+    (a dependent launch's includes its wait) and the first step's start to the last one's end per step. With ``chunk_form`` also the sampler's chunk-form step (default config, i = 32, bf16 copy)
+    plain and as a programmatic dependent launch, pdl 1 (its bound: see chunk_form_rows)."""
     from lightswe.kernels.lightning_attn.decode import DECODE_CONFIGS, DecodeConfig, lightning_attn_decode_triton
     from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive
 
@@ -365,10 +369,15 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
         bound_us = (2 * state_bytes + 4 * batch * heads * dim * 2) / bandwidth * 1e6
         default = next(c for lo, c in reversed(DECODE_CONFIGS) if batch * heads >= lo)
         plain = dataclasses.replace(default, pdl=0)
-        others = (DecodeConfig(32, 2), DecodeConfig(32, 4), DecodeConfig(64, 8)) if batch < 32 else ()
-        bases = [plain] + [c for c in others if c != plain]  # B >= 32 (>= 88% before): the default only
-        variants = [(dataclasses.replace(c, pdl=n), False) for c in bases for n in (0, 1, 2)]
-        variants += [(dataclasses.replace(plain, pdl=n), True) for n in ((0, 1, 2) if batch < 32 else (0,))]
+        # the default plain and with pdl 1 / 2, the previous sessions' defaults (BV 32 / 2 warps below B*H = 1024,
+        # BV 64 / 8 warps above, plain); where B < 32 smaller tiles with pdl 1 too (BV 64 / 4 warps, 32 / 1, 16 / 1:
+        # 32, 16 and 8 KB per program); the separate output state
+        variants = [(dataclasses.replace(plain, pdl=n), False) for n in (0, 1, 2)]
+        previous = DecodeConfig(32, 2) if batch * heads < 1024 else DecodeConfig(64, 8)
+        variants += [(c, False) for c in (previous, DecodeConfig(64, 4, pdl=1), DecodeConfig(32, 1, pdl=1),
+                                          DecodeConfig(16, 1, pdl=1))
+                     if (c, False) not in variants and (batch < 32 or c == previous)]
+        variants += [(dataclasses.replace(plain, pdl=n), True) for n in (0, 1)]
         producer = lambda q, k, v, s, o: q.mul_(1)
         cases = []
         for config, out in variants:
@@ -391,14 +400,15 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
             n_state = batch * heads * dim * dim
             cf_bound = (2 * n_state + block // 2 * batch * heads * 2 * dim * 2 + 6 * batch * heads * dim * 2
                         ) / bandwidth * 1e6
-            for n in (0, 1, 2):
+            for n in (0, 1):  # (pdl 2, measured in the first call: 145 registers instead of 128, slower)
                 config = dataclasses.replace(cf_default, pdl=n)  # the default's launch, plain and dependent
                 step = (lambda q, k, v, s, o, config=config:
                         decode.lightning_attn_decode_chunk_form(q, k, v, slope, s, *cf_buffers[_set_index(args, s)][:2],
                                                                 pos, rounded_state=cf_buffers[_set_index(args, s)][2],
                                                                 config=config))
                 cases.append((f"chunk form i=32, bf16 copy: {config}", step, "_decode_chunk_form_kernel", None, cf_bound))
-        _, producer_graph = graph_times(producer, args, rep=20)
+        passes = math.ceil(launches / len(args))  # graphs of >= ``launches`` steps
+        _, producer_graph = graph_times(producer, args, rep=20, passes=passes)
         for name, step, kernel, check, bound in cases:
             verdict = ""
             if check is not None:
@@ -412,14 +422,15 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
                 verdict = "ok" if ok else f"FAILED o {rel_diff(o, o_ref):.1e} state {rel_diff(got, s_ref):.1e}"
             try:
                 event, alone = rotating_times(step, args, rep=30)
-                _, graph = graph_times(step, args, rep=30)
+                _, graph = graph_times(step, args, rep=30, passes=passes)
                 both_steps = lambda *a, step=step: (producer(*a), step(*a))
-                _, with_producer = graph_times(both_steps, args, rep=30)
+                _, with_producer = graph_times(both_steps, args, rep=30, passes=passes)
                 graph_obj = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph_obj):
-                    for a in args:
-                        step(*a)
-                kern, span = cupti_times(graph_obj.replay, kernel, len(args))  # "": every kernel (torch's rows)
+                    for _ in range(passes):
+                        for a in args:
+                            step(*a)
+                kern, span = cupti_times(graph_obj.replay, kernel, len(args) * passes)  # "": every kernel (torch's)
                 del graph_obj
             except Exception as err:  # one variant failing (e.g. capture) must not lose the others' rows
                 print(f"| {batch} | {name} | FAILED: {type(err).__name__}: {err} |", flush=True)

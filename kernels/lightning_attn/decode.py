@@ -200,7 +200,7 @@ class DecodeConfig:
 # per state set in a CUDA graph): the one-program-per-tile configs with BV >= 32 lie within ~1 us of each other
 # at every B; the persistent and streaming variants are slower, and so (third session) are the pipelined-block
 # and split-K ones.
-DECODE_CONFIGS = ((0, DecodeConfig(32, 2, pdl=1)), (1024, DecodeConfig(64, 8, pdl=1)))
+DECODE_CONFIGS = ((0, DecodeConfig(64, 8, pdl=1)),)
 
 # Every config the benchmark's decode sweep measures (benchmarks/lightning_attn.py --decode-sweep) and the GPU
 # tests check against the reference.
@@ -214,7 +214,8 @@ DECODE_SWEEP = tuple(
         (32, 2, 32, 2), (32, 2, 32, 3), (32, 4, 16, 3), (64, 4, 32, 2), (64, 4, 32, 3), (64, 8, 64, 2),
         (128, 4, 32, 3), (128, 8, 16, 4))]
     + [DecodeConfig(bv, w, bk=bk, split_k=True) for bv, w, bk in ((32, 2, 64), (64, 2, 32), (64, 4, 64), (128, 4, 32))]
-    + [DecodeConfig(bv, w, pdl=n) for bv, w in ((32, 2), (32, 4), (64, 8)) for n in (1, 2)]
+    + [DecodeConfig(bv, w, pdl=n) for bv, w in ((32, 2), (32, 4), (64, 4), (64, 8)) for n in (1, 2)]
+    + [DecodeConfig(bv, 1, pdl=1) for bv in (16, 32)]
 )
 
 
@@ -225,7 +226,7 @@ DECODE_SWEEP = tuple(
 # the fastest of CHUNK_FORM_SWEEP at B = 8 / 16 / 32 (14.6 / 27.1 / 50.1 us; BV 128 / 8 warps within 1.5%
 # everywhere, 87.7 against 89.0 us at B = 64); the previous default (BV 64 / 4 warps, fp32 multiply-adds, fp32
 # state) measured 19.2 / 33.1 / 60.3 / 110.7 us in the second session.
-CHUNK_FORM_CONFIGS = ((0, DecodeConfig(64, 4, bk=32, mma=True, pdl=1)),)
+CHUNK_FORM_CONFIGS = ((0, DecodeConfig(64, 4, bk=32, mma=True)),)
 CHUNK_FORM_SWEEP = (DecodeConfig(64, 4), DecodeConfig(64, 4, bk=32),
                     *(DecodeConfig(bv, w, bk=32, mma=True) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 8))),
                     DecodeConfig(64, 4, bk=32, split=True, mma=True),
