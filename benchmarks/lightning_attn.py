@@ -5,6 +5,9 @@
     python benchmarks/lightning_attn.py --lengths 8192 --no-varlen --decode-batches 8 --sdpa
     python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep --chunk-form-sweep
                                                          # decode only, every launch config
+    python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-launch
+                                                         # decode launch study: dependent launches, in place vs
+                                                         # state_out, copy_/mul_ references, CUPTI, q/k/v kernel
     python benchmarks/lightning_attn.py --prefill-sweep      # every chunk.FWD_SWEEP / BWD_SWEEP config, alone
     python benchmarks/lightning_attn.py --rounding-emulation # CPU: the forward's two roundings compared
 
@@ -13,7 +16,7 @@ per rotating state set, as the sampler engine replays its step), the sampler's c
 config, with --chunk-form-sweep every decode.CHUNK_FORM_SWEEP config; reading the fp32 state or its bf16 copy; in
 a CUDA graph, at a step inside a chunk and at a chunk-completing step, each against the bytes it must move), and
 two references: torch's copy_ of the same state bytes (a plain stream of them) and an empty Triton launch (the
-timer's own floor).
+timer's own floor). With --decode-launch the launch study (decode_launch_study) replaces these rows.
 
 Same math on every lightning row: fla's chunk_simple_gla / fused_recurrent_simple_gla with g_gamma = -slope
 and scale = 1.0 compute MiniMax's S_t = exp(-slope) S_{t-1} + k_t^T v_t, o_t = q_t S_t.

@@ -21,7 +21,9 @@ products of o run on the tensor cores as the chunk kernel's do (``DecodeConfig.m
 
 Launch shapes are ``DecodeConfig``s chosen by B*H from ``DECODE_CONFIGS`` / ``CHUNK_FORM_CONFIGS`` (measured on
 an H200 with ``python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep
---chunk-form-sweep``; RESULTS.md).
+--chunk-form-sweep`` and ``--decode-launch``; RESULTS.md). The exact step's default is a programmatic dependent
+launch (``DecodeConfig.pdl``, Hopper+): its programs may be scheduled while the previous kernel drains and wait
+for it before their first load.
 """
 
 from __future__ import annotations
@@ -199,7 +201,11 @@ class DecodeConfig:
 # (minimum B * H, config). From the H200 sweep (RESULTS.md; H=64, D=128, do_bench with L2 flushed and one launch
 # per state set in a CUDA graph): the one-program-per-tile configs with BV >= 32 lie within ~1 us of each other
 # at every B; the persistent and streaming variants are slower, and so (third session) are the pipelined-block
-# and split-K ones.
+# and split-K ones. Fourth session (benchmark --decode-launch, 100 steps in a CUDA graph): BV 64 / 8 warps as a
+# programmatic dependent launch 18.9 / 35.1 / 67.0 / 130.9 us at B = 8 / 16 / 32 / 64 against 19.8 / 36.5 / 68.5 /
+# 132.3 us launched plainly (and 20.0 us for the previous B = 8 default, BV 32 / 2 warps); with a small kernel
+# before each step (the sampler's order) the dependent launch is within noise of the plain one (22.0 vs 21.3 us
+# at B = 8, 133.8 vs 134.5 us at B = 64).
 DECODE_CONFIGS = ((0, DecodeConfig(64, 8, pdl=1)),)
 
 # Every config the benchmark's decode sweep measures (benchmarks/lightning_attn.py --decode-sweep) and the GPU
@@ -225,7 +231,9 @@ DECODE_SWEEP = tuple(
 # copy as the engine does): BV 64 / 4 warps, the state update in 32-row blocks, products on the tensor cores was
 # the fastest of CHUNK_FORM_SWEEP at B = 8 / 16 / 32 (14.6 / 27.1 / 50.1 us; BV 128 / 8 warps within 1.5%
 # everywhere, 87.7 against 89.0 us at B = 64); the previous default (BV 64 / 4 warps, fp32 multiply-adds, fp32
-# state) measured 19.2 / 33.1 / 60.3 / 110.7 us in the second session.
+# state) measured 19.2 / 33.1 / 60.3 / 110.7 us in the second session. Fourth session: as a programmatic dependent
+# launch (pdl 1) 0.5-0.9 us faster back to back, 0.4-0.6 us slower after another kernel (the sampler's order), so
+# plain; pdl 2 (its loads before the wait) takes 145 registers instead of 128 and is slower in both orders.
 CHUNK_FORM_CONFIGS = ((0, DecodeConfig(64, 4, bk=32, mma=True)),)
 CHUNK_FORM_SWEEP = (DecodeConfig(64, 4), DecodeConfig(64, 4, bk=32),
                     *(DecodeConfig(bv, w, bk=32, mma=True) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 8))),
