@@ -123,8 +123,10 @@ def _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
     return bos, T
 
 
-def _fwd_config(bt: int, bv: int, warps: int, stages: int, tma: bool = False, decay_out: bool = False):
-    return triton.Config({"BT": bt, "BV": bv, "TMA": tma, "DECAY_OUT": decay_out}, num_warps=warps,
+def _fwd_config(bt: int, bv: int, warps: int, stages: int, tma: bool = False, decay_out: bool = False,
+                ws: bool = False):
+    extra = {"WS": True} if ws else {}
+    return triton.Config({"BT": bt, "BV": bv, "TMA": tma, "DECAY_OUT": decay_out, **extra}, num_warps=warps,
                          num_stages=stages)
 
 
@@ -148,6 +150,12 @@ FWD_SWEEP = FWD_CONFIGS + [
     _fwd_config(64, 64, 4, 2, tma=True), _fwd_config(64, 64, 4, 3, tma=True), _fwd_config(64, 32, 4, 3, tma=True),
     _fwd_config(64, 64, 8, 2, tma=True), _fwd_config(64, 128, 8, 2, tma=True), _fwd_config(64, 64, 4, 2),
     _fwd_config(64, 64, 4, 3), _fwd_config(64, 128, 8, 2), _fwd_config(128, 64, 8, 2), _fwd_config(128, 32, 8, 2),
+    # Triton's Hopper warp specialisation of the chunk loop (tl.range(warp_specialize=True)): a producer warp group
+    # issues the TMA loads ahead, two consumer warp groups split the state's columns (12 warps, 1 program per SM)
+    _fwd_config(64, 64, 4, 2, tma=True, decay_out=True, ws=True),
+    _fwd_config(64, 64, 4, 3, tma=True, decay_out=True, ws=True),
+    _fwd_config(64, 32, 4, 2, tma=True, decay_out=True, ws=True),
+    _fwd_config(64, 128, 4, 2, tma=True, decay_out=True, ws=True),
 ]
 
 
@@ -165,12 +173,15 @@ def _set_tma_allocator() -> None:
     prune_configs_by={"early_config_prune": _prune_slices},
 )
 @triton.jit
-def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
+def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, seq_order, T, NB,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
                 USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
-                TMA: tl.constexpr = False, DECAY_OUT: tl.constexpr = False):
+                TMA: tl.constexpr = False, DECAY_OUT: tl.constexpr = False, WS: tl.constexpr = False):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
+    if IS_VARLEN:  # packed sequences run longest first (seq_order), so that short ones fill the last wave
+        i_n = tl.load(seq_order + i_n)
+        i_nh = i_n * H + i_h
     bos, T = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
     b = -tl.load(slope + i_h).to(tl.float32) * 1.4426950408889634
     m, q_decay = _decay_masks(b, BT)
@@ -193,7 +204,7 @@ def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
         d_k = tl.make_tensor_descriptor(k, [T_d, K], [H * K, 1], [BT, K])
         d_v = tl.make_tensor_descriptor(v, [T_d, V], [H * V, 1], [BT, BV])
         d_o = tl.make_tensor_descriptor(o, [T_d, V], [H * V, 1], [BT, BV])
-    for i_t in range(tl.cdiv(T, BT)):
+    for i_t in tl.range(tl.cdiv(T, BT), warp_specialize=WS):
         if TMA:
             b_q = d_q.load([i_t * BT, 0])
             b_k = d_k.load([i_t * BT, 0])
@@ -414,7 +425,7 @@ BWD_SWEEP = BWD_CONFIGS + [
     prune_configs_by={"early_config_prune": _prune_slices},
 )
 @triton.jit
-def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, T, NB,
+def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, seq_order, T, NB,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                 BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr,
                 STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -423,6 +434,9 @@ def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, T, NB,
     one head run together and share their loads of q, k, v, dO through L2."""
     i_p, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
+    if IS_VARLEN:  # longest packed sequences first, as in the forward
+        i_n = tl.load(seq_order + i_n)
+        i_nh = i_n * H + i_h
     bos, T = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
     b = -tl.load(slope + i_h).to(tl.float32) * 1.4426950408889634
     NK: tl.constexpr = K // BK
@@ -439,6 +453,15 @@ def _num_seqs(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
     return q.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
 
 
+def _seq_order(cu_seqlens: torch.Tensor | None) -> torch.Tensor | None:
+    """Packed sequences' indices, longest first (int32 [N], on the device, no host sync): the kernels' grids
+    run the (sequence, head) programs in this order, so that the last wave holds the shortest sequences instead
+    of whichever came last (longest-processing-time-first scheduling). None without packing."""
+    if cu_seqlens is None:
+        return None
+    return torch.argsort(cu_seqlens[1:] - cu_seqlens[:-1], descending=True, stable=True).to(torch.int32)
+
+
 def lightning_attn_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor,
     initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None, store_final_state: bool = True,
@@ -451,9 +474,9 @@ def lightning_attn_fwd(
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if store_final_state else None
     grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)
     _set_tma_allocator()
-    _launch(_fwd_kernel, grid, q, k, v, o, slope, initial_state, ht, cu_seqlens, T=T, NB=N * H,
-                      H=H, K=K, V=V, USE_H0=initial_state is not None, STORE_HT=store_final_state,
-                      IS_VARLEN=cu_seqlens is not None)
+    _launch(_fwd_kernel, grid, q, k, v, o, slope, initial_state, ht, cu_seqlens, _seq_order(cu_seqlens), T=T,
+            NB=N * H, H=H, K=K, V=V, USE_H0=initial_state is not None, STORE_HT=store_final_state,
+            IS_VARLEN=cu_seqlens is not None)
     return o, ht
 
 
@@ -471,7 +494,7 @@ def lightning_attn_bwd(
     grid = lambda meta: (2 * triton.cdiv(K, meta["BK"]) + triton.cdiv(V, meta["BV"]), N * H)
     _set_tma_allocator()
     _launch(_bwd_kernel, grid, q, k, v, do, dq, dk, dv, slope, initial_state, dht, dh0, cu_seqlens,
-            T=T, NB=N * H, H=H, K=K, V=V, USE_H0=initial_state is not None,
+            _seq_order(cu_seqlens), T=T, NB=N * H, H=H, K=K, V=V, USE_H0=initial_state is not None,
             USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=cu_seqlens is not None)
     return dq, dk, dv, dh0
 
