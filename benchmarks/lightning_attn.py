@@ -6,6 +6,11 @@
     python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep --chunk-form-sweep
                                                          # decode only, every launch config
     python benchmarks/lightning_attn.py --prefill-sweep      # every chunk.FWD_SWEEP / BWD_SWEEP config, alone
+    python benchmarks/lightning_attn.py --compile-only --pack-triton-cache /tmp/tc   # compile ours and fla's
+        # ~300 autotune configs in parallel processes, let fla's autotuners time them once (results kept on disk
+        # in TRITON_CACHE_DIR), pack that cache; then in the same call (or a later one, after
+        # --unpack-triton-cache /tmp/tc) the table runs fla with its own picks without re-tuning:
+    python benchmarks/lightning_attn.py --compile-workers 0 --decode-batches
     python benchmarks/lightning_attn.py --rounding-emulation # CPU: the forward's two roundings compared
 
 Decode rows, per B: ours (the exact fp32 step, lightning_attn_decode) alone and inside a CUDA graph (one launch
@@ -311,8 +316,9 @@ def decode_sweep(batches: list[int], heads: int, dim: int, slope, bandwidth: flo
     return {batch: config for (batch, timer), (_, config, _) in best.items() if timer == "graph"}
 
 
-def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None):
-    """One launch of the forward or backward kernel with exactly `config` (no autotuning). Returns the outputs."""
+def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None, in_order: bool = False):
+    """One launch of the forward or backward kernel with exactly `config` (no autotuning). Returns the outputs.
+    in_order: packed sequences' programs in their given order instead of longest first (chunk._seq_order)."""
     from lightswe.kernels.lightning_attn import chunk
 
     _, T, H, K = q.shape
@@ -323,24 +329,20 @@ def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None):
         opts["maxnreg"] = config.maxnreg
     chunk._set_tma_allocator()
     order = chunk._seq_order(cu)
-    for attempt in range(5):  # Triton 3.6's Hopper warp-specialisation pass fails now and then (WS configs)
-        try:
-            if kind == "fwd":
-                o, ht = torch.empty_like(v), q.new_empty(N, H, K, V, dtype=torch.float32)
-                grid = (triton_cdiv(V, config.kwargs["BV"]), N * H)
-                chunk._fwd_kernel.fn[grid](q, k, v, o, slope, None, ht, cu, order, T=T, NB=N * H, H=H, K=K, V=V,
-                                           USE_H0=False, STORE_HT=True, IS_VARLEN=cu is not None, **config.kwargs,
-                                           **opts)
-                return o, ht
-            dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-            grid = (2 * triton_cdiv(K, config.kwargs["BK"]) + triton_cdiv(V, config.kwargs["BV"]), N * H)
-            chunk._bwd_kernel.fn[grid](q, k, v, do, dq, dk, dv, slope, None, None, None, cu, order, T=T, NB=N * H,
-                                       H=H, K=K, V=V, USE_H0=False, USE_DHT=False, STORE_DH0=False,
-                                       IS_VARLEN=cu is not None, **config.kwargs, **opts)
-            return dq, dk, dv
-        except RuntimeError as exc:
-            if attempt == 4 or "PassManager" not in str(exc):
-                raise
+    if in_order and cu is not None:
+        order = torch.arange(N, device=cu.device, dtype=torch.int32)
+    if kind == "fwd":
+        o, ht = torch.empty_like(v), q.new_empty(N, H, K, V, dtype=torch.float32)
+        grid = (triton_cdiv(V, config.kwargs["BV"]), N * H)
+        chunk._fwd_kernel.fn[grid](q, k, v, o, slope, None, ht, cu, order, T=T, NB=N * H, H=H, K=K, V=V,
+                                   USE_H0=False, STORE_HT=True, IS_VARLEN=cu is not None, **config.kwargs, **opts)
+        return o, ht
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    grid = (2 * triton_cdiv(K, config.kwargs["BK"]) + triton_cdiv(V, config.kwargs["BV"]), N * H)
+    chunk._bwd_kernel.fn[grid](q, k, v, do, dq, dk, dv, slope, None, None, None, cu, order, T=T, NB=N * H, H=H,
+                               K=K, V=V, USE_H0=False, USE_DHT=False, STORE_DH0=False, IS_VARLEN=cu is not None,
+                               **config.kwargs, **opts)
+    return dq, dk, dv
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -428,6 +430,34 @@ def _fla_compile_worker(index: int, count: int, heads: int, dim: int) -> list[st
             f"{len(tuners)} autotuned kernels compiled"] if index == 0 else []
 
 
+def tune_fla(fla_chunk, args, slope) -> None:
+    """fla's chunk_simple_gla forward and forward+backward once on the table's first fixed-length input and on the
+    packed batch, the inputs prefill_rows makes, so that fla's autotuners time all their configs now and record
+    their picks on disk (cache_results, in TRITON_CACHE_DIR). Its tuning keys leave out the length, so a table
+    run in the same call reuses exactly the picks its own first call would make, without the ~300 timings
+    (--compile-only; pair with --pack-triton-cache to carry them into a later call)."""
+    import time
+
+    H, D = args.heads, args.dim
+    cases = [(max(1, args.tokens // args.lengths[0]), args.lengths[0], None)] if args.lengths else []
+    if not args.no_varlen:
+        bounds = varlen_bounds(64, args.tokens)
+        cases.append((1, bounds[-1], torch.tensor(bounds, device="cuda", dtype=torch.int64)))
+    for batch, length, cu in cases:
+        start = time.perf_counter()
+        q, k, v = (F.silu(torch.randn(batch, length, H, D, device="cuda")).to(torch.bfloat16) for _ in range(3))
+        leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+        o, _ = fla_chunk(*leaves, g_gamma=-slope, scale=1.0, output_final_state=True, cu_seqlens=cu)
+        torch.autograd.grad(o, leaves, torch.randn_like(o))
+        torch.cuda.synchronize()
+        print(f"fla tuned on B={batch} T={length}{' packed' if cu is not None else ''} in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)
+        del q, k, v, leaves, o
+    for tuner in _fla_tuners().values():
+        for key, config in tuner.cache.items():
+            print(f"fla tuned {tuner.base_fn.__name__} {key}: {config}", flush=True)
+
+
 def compile_in_parallel(jobs: list[tuple[str, bool, int, bool]], workers: int, heads: int, dim: int,
                         fla: bool = False) -> None:
     """Run _sweep_compile_worker over the jobs (and, with fla, every slice of fla's autotuned configs) in
@@ -475,18 +505,22 @@ def prefill_sweep(lengths: list[int], tokens: int, heads: int, dim: int, slope, 
             lst = chunk.FWD_SWEEP if kind == "fwd" else chunk.BWD_SWEEP
             kept = chunk._prune_slices(lst, {}, K=dim, V=dim, NB=n_seqs * heads)
             nbytes = 4 * act + n_seqs * heads * dim * dim * 4 if kind == "fwd" else 7 * act
-            for config in kept:
+            # packed batch: the autotuned configs also with the sequences in their given order (A/B of longest-first)
+            runs = [(c, False) for c in kept] + ([(c, True) for c in kept if c in _config_list(kind, False)]
+                                                 if cu is not None else [])
+            for config, in_order in runs:
                 index = lst.index(config)
-                call = lambda kind=kind, config=config, q=q, k=k, v=v, do=do, cu=cu: _sweep_launch(
-                    kind, config, q, k, v, slope, cu, do)
+                call = lambda kind=kind, config=config, q=q, k=k, v=v, do=do, cu=cu, in_order=in_order: (
+                    _sweep_launch(kind, config, q, k, v, slope, cu, do, in_order))
+                label = f"{index} {config}{', sequences in given order' if in_order else ''}"
                 try:
                     ev, ms = event_mean(call), bench_median(call, rep=30)
                 except Exception as exc:  # noqa: BLE001
-                    print(f"| {kind} | {shape} | {index} {config} | FAILED {type(exc).__name__} | | |", flush=True)
+                    print(f"| {kind} | {shape} | {label} | FAILED {type(exc).__name__} | | |", flush=True)
                     continue
                 bound = nbytes / bandwidth * 1e3
-                print(f"| {kind} | {shape} | {index} {config} | {ev:.4f} | {ms:.4f} | {bound / ms:.1%} |", flush=True)
-                if ms < best.get((kind, shape), (float("inf"),))[0]:
+                print(f"| {kind} | {shape} | {label} | {ev:.4f} | {ms:.4f} | {bound / ms:.1%} |", flush=True)
+                if ms < best.get((kind, shape), (float("inf"),))[0] and not in_order:
                     best[(kind, shape)] = (ms, index, str(config))
         del q, k, v, do
         torch.cuda.empty_cache()
@@ -661,6 +695,8 @@ def run(args, fla_chunk, fla_recurrent) -> int:
                              for i in range(len(_config_list(kind, False)))], args.compile_workers, H, D,
                             fla=fla_chunk is not None and not args.unpack_triton_cache)
     if args.compile_only:
+        if fla_chunk is not None:
+            tune_fla(fla_chunk, args, slope)
         return 0
     table = Table(bw)
     make = lambda b, t: [F.silu(torch.randn(b, t, H, D, device="cuda")).to(torch.bfloat16) for _ in range(3)]

@@ -123,10 +123,8 @@ def _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
     return bos, T
 
 
-def _fwd_config(bt: int, bv: int, warps: int, stages: int, tma: bool = False, decay_out: bool = False,
-                ws: bool = False):
-    extra = {"WS": True} if ws else {}
-    return triton.Config({"BT": bt, "BV": bv, "TMA": tma, "DECAY_OUT": decay_out, **extra}, num_warps=warps,
+def _fwd_config(bt: int, bv: int, warps: int, stages: int, tma: bool = False, decay_out: bool = False):
+    return triton.Config({"BT": bt, "BV": bv, "TMA": tma, "DECAY_OUT": decay_out}, num_warps=warps,
                          num_stages=stages)
 
 
@@ -150,12 +148,6 @@ FWD_SWEEP = FWD_CONFIGS + [
     _fwd_config(64, 64, 4, 2, tma=True), _fwd_config(64, 64, 4, 3, tma=True), _fwd_config(64, 32, 4, 3, tma=True),
     _fwd_config(64, 64, 8, 2, tma=True), _fwd_config(64, 128, 8, 2, tma=True), _fwd_config(64, 64, 4, 2),
     _fwd_config(64, 64, 4, 3), _fwd_config(64, 128, 8, 2), _fwd_config(128, 64, 8, 2), _fwd_config(128, 32, 8, 2),
-    # Triton's Hopper warp specialisation of the chunk loop (tl.range(warp_specialize=True)): a producer warp group
-    # issues the TMA loads ahead, two consumer warp groups split the state's columns (12 warps, 1 program per SM)
-    _fwd_config(64, 64, 4, 2, tma=True, decay_out=True, ws=True),
-    _fwd_config(64, 64, 4, 3, tma=True, decay_out=True, ws=True),
-    _fwd_config(64, 32, 4, 2, tma=True, decay_out=True, ws=True),
-    _fwd_config(64, 128, 4, 2, tma=True, decay_out=True, ws=True),
 ]
 
 
@@ -176,7 +168,7 @@ def _set_tma_allocator() -> None:
 def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, seq_order, T, NB,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
                 USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
-                TMA: tl.constexpr = False, DECAY_OUT: tl.constexpr = False, WS: tl.constexpr = False):
+                TMA: tl.constexpr = False, DECAY_OUT: tl.constexpr = False):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     if IS_VARLEN:  # packed sequences run longest first (seq_order), so that short ones fill the last wave
@@ -204,7 +196,7 @@ def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, seq_order, T, NB,
         d_k = tl.make_tensor_descriptor(k, [T_d, K], [H * K, 1], [BT, K])
         d_v = tl.make_tensor_descriptor(v, [T_d, V], [H * V, 1], [BT, BV])
         d_o = tl.make_tensor_descriptor(o, [T_d, V], [H * V, 1], [BT, BV])
-    for i_t in tl.range(tl.cdiv(T, BT), warp_specialize=WS):
+    for i_t in range(tl.cdiv(T, BT)):
         if TMA:
             b_q = d_q.load([i_t * BT, 0])
             b_k = d_k.load([i_t * BT, 0])
