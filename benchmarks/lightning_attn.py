@@ -404,11 +404,12 @@ def _fla_tuners() -> dict:
             for obj in vars(mod).values() if isinstance(obj, Autotuner)}
 
 
-def _fla_compile_worker(index: int, count: int, heads: int, dim: int) -> list[str]:
+def _fla_compile_worker(index: int, count: int, heads: int, dim: int, batch: int = 1) -> list[str]:
     """Compile the index-th of `count` slices of every fla autotuner's configs (chunk_simple_gla forward and
     backward, padded and packed inputs): fla tunes ~300 configs one compile at a time, which the timing
     process then finds in Triton's on-disk cache. Here each config runs once, untimed (no autotune result is
-    recorded); the timing process tunes over all of them, so fla's choice is its own."""
+    recorded); the timing process tunes over all of them, so fla's choice is its own. `batch`: the padded
+    input's batch size, that of the shape fla tunes on (one of its backward kernels takes B as a constant)."""
     from fla.ops.simple_gla import chunk_simple_gla
 
     tuners = _fla_tuners()
@@ -420,8 +421,9 @@ def _fla_compile_worker(index: int, count: int, heads: int, dim: int) -> list[st
         tuner.__dict__["do_bench"] = lambda kernel_call, quantiles: (kernel_call(), [1.0, 1.0, 1.0])[1]
     slope = slopes(heads)
     T = 320
-    q, k, v, do = (F.silu(torch.randn(1, T, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(4))
     for cu in (None, torch.tensor([0, 100, T], device="cuda", dtype=torch.int64)):
+        b = batch if cu is None else 1
+        q, k, v, do = (F.silu(torch.randn(b, T, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(4))
         leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
         o, _ = chunk_simple_gla(*leaves, g_gamma=-slope, scale=1.0, output_final_state=True, cu_seqlens=cu)
         torch.autograd.grad(o, leaves, do)
@@ -459,7 +461,7 @@ def tune_fla(fla_chunk, args, slope) -> None:
 
 
 def compile_in_parallel(jobs: list[tuple[str, bool, int, bool]], workers: int, heads: int, dim: int,
-                        fla: bool = False) -> None:
+                        fla: bool = False, fla_batch: int = 1) -> None:
     """Run _sweep_compile_worker over the jobs (and, with fla, every slice of fla's autotuned configs) in
     `workers` spawned processes (Triton compiles one kernel at a time per process; its cache is shared on disk)
     and print their lines."""
@@ -469,7 +471,7 @@ def compile_in_parallel(jobs: list[tuple[str, bool, int, bool]], workers: int, h
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         tasks = [pool.submit(_sweep_compile_worker, jobs[i::workers], heads, dim) for i in range(workers)]
         if fla:
-            tasks += [pool.submit(_fla_compile_worker, i, workers, heads, dim) for i in range(workers)]
+            tasks += [pool.submit(_fla_compile_worker, i, workers, heads, dim, fla_batch) for i in range(workers)]
         for task in tasks:
             try:
                 lines = task.result()
@@ -693,7 +695,8 @@ def run(args, fla_chunk, fla_recurrent) -> int:
     if args.compile_workers and varlens:
         compile_in_parallel([(kind, False, i, varlen) for kind in ("bwd", "fwd") for varlen in varlens
                              for i in range(len(_config_list(kind, False)))], args.compile_workers, H, D,
-                            fla=fla_chunk is not None and not args.unpack_triton_cache)
+                            fla=fla_chunk is not None and not args.unpack_triton_cache,
+                            fla_batch=max(1, args.tokens // args.lengths[0]) if args.lengths else 1)
     if args.compile_only:
         if fla_chunk is not None:
             tune_fla(fla_chunk, args, slope)
