@@ -482,15 +482,17 @@ def compile_in_parallel(jobs: list[tuple[str, bool, int, bool]], workers: int, h
 
 
 def prefill_sweep(lengths: list[int], tokens: int, heads: int, dim: int, slope, bandwidth: float,
-                  workers: int = 16, kinds: tuple[str, ...] = ("fwd", "bwd"), varlen: bool = True) -> None:
+                  workers: int = 16, kinds: tuple[str, ...] = ("fwd", "bwd"), varlen: bool = True,
+                  autotuned_only: bool = False) -> None:
     """Every chunk.FWD_SWEEP and/or chunk.BWD_SWEEP config, compiled in parallel worker processes and checked
     against the fp32 reference and for bit equality with the autotuned set's first config, then timed alone
-    (CUDA events and do_bench) at each length and on the packed batch; the fastest per shape printed."""
+    (CUDA events and do_bench) at each length and on the packed batch; the fastest per shape printed.
+    autotuned_only: only the autotuned sets (chunk._fwd_kernel.configs / _bwd_kernel.configs)."""
     from lightswe.kernels.lightning_attn import chunk
 
     varlens = [False, True] if varlen else [False]
-    compile_in_parallel([(kind, True, i, vl) for kind in kinds for vl in varlens
-                         for i in range(len(_config_list(kind, True)))], workers, heads, dim)
+    compile_in_parallel([(kind, not autotuned_only, i, vl) for kind in kinds for vl in varlens
+                         for i in range(len(_config_list(kind, not autotuned_only)))], workers, heads, dim)
     print("\n| kind | shape | config | event ms | do_bench ms | of bound |\n|---|---|---|---|---|---|", flush=True)
     best = {}
     cases = [(f"B={max(1, tokens // t)} T={t}", max(1, tokens // t), t, None) for t in lengths]
@@ -504,7 +506,7 @@ def prefill_sweep(lengths: list[int], tokens: int, heads: int, dim: int, slope, 
         act = q.numel() * 2
         n_seqs = batch if cu is None else cu.numel() - 1
         for kind in kinds:
-            lst = chunk.FWD_SWEEP if kind == "fwd" else chunk.BWD_SWEEP
+            lst = _config_list(kind, not autotuned_only)
             kept = chunk._prune_slices(lst, {}, K=dim, V=dim, NB=n_seqs * heads)
             nbytes = 4 * act + n_seqs * heads * dim * dim * 4 if kind == "fwd" else 7 * act
             # packed batch: the autotuned configs also with the sequences in their given order (A/B of longest-first)
@@ -649,6 +651,8 @@ def main() -> int:
     parser.add_argument("--compile-only", action="store_true", help="exit after that compile step")
     parser.add_argument("--sweep-kinds", nargs="+", choices=("fwd", "bwd"), default=["fwd", "bwd"],
                         help="--prefill-sweep: which kernels to sweep")
+    parser.add_argument("--sweep-autotuned", action="store_true",
+                        help="--prefill-sweep: only the autotuned configs (not the comparison-only ones)")
     parser.add_argument("--unpack-triton-cache", metavar="PREFIX",
                         help="first extract a Triton cache written by --pack-triton-cache (PREFIX.0, PREFIX.1, ...)")
     parser.add_argument("--pack-triton-cache", metavar="PREFIX",
@@ -689,7 +693,7 @@ def run(args, fla_chunk, fla_recurrent) -> int:
     slope = slopes(H)
     if args.prefill_sweep:
         prefill_sweep(args.lengths, args.tokens, H, D, slope, bw, max(1, args.compile_workers),
-                      tuple(args.sweep_kinds), varlen=not args.no_varlen)
+                      tuple(args.sweep_kinds), varlen=not args.no_varlen, autotuned_only=args.sweep_autotuned)
         return 0
     varlens = ([False] if args.lengths else []) + ([] if args.no_varlen else [True])
     if args.compile_workers and varlens:
