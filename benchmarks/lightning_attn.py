@@ -9,6 +9,11 @@
                                                          # decode launch study: dependent launches, in place vs
                                                          # state_out, copy_/mul_ references, CUPTI, q/k/v kernel
     python benchmarks/lightning_attn.py --prefill-sweep      # every chunk.FWD_SWEEP / BWD_SWEEP config, alone
+    python benchmarks/lightning_attn.py --compile-only --pack-triton-cache /tmp/tc   # compile ours and fla's
+        # ~300 autotune configs in parallel processes, let fla's autotuners time them once (results kept on disk
+        # in TRITON_CACHE_DIR), pack that cache; then in the same call (or a later one, after
+        # --unpack-triton-cache /tmp/tc) the table runs fla with its own picks without re-tuning:
+    python benchmarks/lightning_attn.py --compile-workers 0 --decode-batches
     python benchmarks/lightning_attn.py --rounding-emulation # CPU: the forward's two roundings compared
 
 Decode rows, per B: ours (the exact fp32 step, lightning_attn_decode) alone and inside a CUDA graph (one launch
@@ -453,8 +458,9 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
         torch.cuda.empty_cache()
 
 
-def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None):
-    """One launch of the forward or backward kernel with exactly `config` (no autotuning). Returns the outputs."""
+def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None, in_order: bool = False):
+    """One launch of the forward or backward kernel with exactly `config` (no autotuning). Returns the outputs.
+    in_order: packed sequences' programs in their given order instead of longest first (chunk._seq_order)."""
     from lightswe.kernels.lightning_attn import chunk
 
     _, T, H, K = q.shape
@@ -464,16 +470,19 @@ def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None):
     if config.maxnreg is not None:
         opts["maxnreg"] = config.maxnreg
     chunk._set_tma_allocator()
+    order = chunk._seq_order(cu)
+    if in_order and cu is not None:
+        order = torch.arange(N, device=cu.device, dtype=torch.int32)
     if kind == "fwd":
         o, ht = torch.empty_like(v), q.new_empty(N, H, K, V, dtype=torch.float32)
         grid = (triton_cdiv(V, config.kwargs["BV"]), N * H)
-        chunk._fwd_kernel.fn[grid](q, k, v, o, slope, None, ht, cu, T=T, NB=N * H, H=H, K=K, V=V, USE_H0=False,
-                                   STORE_HT=True, IS_VARLEN=cu is not None, **config.kwargs, **opts)
+        chunk._fwd_kernel.fn[grid](q, k, v, o, slope, None, ht, cu, order, T=T, NB=N * H, H=H, K=K, V=V,
+                                   USE_H0=False, STORE_HT=True, IS_VARLEN=cu is not None, **config.kwargs, **opts)
         return o, ht
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     grid = (2 * triton_cdiv(K, config.kwargs["BK"]) + triton_cdiv(V, config.kwargs["BV"]), N * H)
-    chunk._bwd_kernel.fn[grid](q, k, v, do, dq, dk, dv, slope, None, None, None, cu, T=T, NB=N * H, H=H, K=K, V=V,
-                               USE_H0=False, USE_DHT=False, STORE_DH0=False, IS_VARLEN=cu is not None,
+    chunk._bwd_kernel.fn[grid](q, k, v, do, dq, dk, dv, slope, None, None, None, cu, order, T=T, NB=N * H, H=H,
+                               K=K, V=V, USE_H0=False, USE_DHT=False, STORE_DH0=False, IS_VARLEN=cu is not None,
                                **config.kwargs, **opts)
     return dq, dk, dv
 
@@ -508,6 +517,7 @@ def _sweep_compile_worker(jobs: list[tuple[str, bool, int, bool]], heads: int = 
     grads = torch.autograd.grad(o_ref, leaves, do.float())
     o_ref_b = lightning_attn_chunked(*leaves, slope)[0]
     grads_b = torch.autograd.grad(o_ref_b, leaves, do.float())
+    firsts = {}
     for kind, sweep, index, varlen in jobs:
         config = _config_list(kind, sweep)[index]
         cu = torch.tensor([0, 100, T], device="cuda", dtype=torch.int32) if varlen else None
@@ -515,32 +525,47 @@ def _sweep_compile_worker(jobs: list[tuple[str, bool, int, bool]], heads: int = 
             out = _sweep_launch(kind, config, q, k, v, slope, cu, do)
             refs = ((o_ref if varlen else o_ref_b),) if kind == "fwd" else (grads if varlen else grads_b)
             err = max(rel_diff(a, b) for a, b in zip(out, refs))
-            lines.append(f"{kind} {index} {config} varlen={varlen}: max rel. error vs fp32 {err:.2e}"
+            if (kind, varlen) not in firsts:  # the autotuned set's first config: the rounding every config keeps
+                firsts[kind, varlen] = _sweep_launch(kind, _config_list(kind, False)[0], q, k, v, slope, cu, do)
+            same = all(torch.equal(a, b) for a, b in zip(out, firsts[kind, varlen]))
+            lines.append(f"{kind} {index} {config} varlen={varlen}: max rel. error vs fp32 {err:.2e}, "
+                         f"{'bits equal to' if same else 'bits differ from'} autotuned config 0"
                          f"{' FAILED' if not err < 2e-2 else ''}")
         except Exception as exc:  # noqa: BLE001 - a config that does not compile is reported, not fatal
             lines.append(f"{kind} {index} varlen={varlen} FAILED {type(exc).__name__}: {str(exc)[:300]}")
     return lines
 
 
-def _fla_compile_worker(index: int, count: int, heads: int, dim: int) -> list[str]:
-    """Compile the index-th of `count` slices of every fla autotuner's configs (chunk_simple_gla forward and
-    backward, padded and packed inputs): fla tunes ~130 configs one compile at a time, which the timing
-    process then finds in Triton's on-disk cache. Its choice is unchanged: the timing process tunes over all."""
+def _fla_tuners() -> dict:
+    """fla's Triton autotuners (imported modules only), by id."""
     import sys
 
-    from fla.ops.simple_gla import chunk_simple_gla
     from triton.runtime.autotuner import Autotuner
 
-    tuners = {id(obj): obj for name, mod in list(sys.modules.items()) if name.startswith("fla.") and mod
-              for obj in vars(mod).values() if isinstance(obj, Autotuner)}
+    return {id(obj): obj for name, mod in list(sys.modules.items()) if name.startswith("fla.") and mod
+            for obj in vars(mod).values() if isinstance(obj, Autotuner)}
+
+
+def _fla_compile_worker(index: int, count: int, heads: int, dim: int, batch: int = 1) -> list[str]:
+    """Compile the index-th of `count` slices of every fla autotuner's configs (chunk_simple_gla forward and
+    backward, padded and packed inputs): fla tunes ~300 configs one compile at a time, which the timing
+    process then finds in Triton's on-disk cache. Here each config runs once, untimed (no autotune result is
+    recorded); the timing process tunes over all of them, so fla's choice is its own. `batch`: the padded
+    input's batch size, that of the shape fla tunes on (one of its backward kernels takes B as a constant)."""
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    tuners = _fla_tuners()
     for tuner in tuners.values():
         tuner._all_configs = getattr(tuner, "_all_configs", tuner.configs)  # a reused process: slice the full list
         tuner.configs = tuner._all_configs[index::count] or tuner._all_configs[index % len(tuner._all_configs):][:1]
         tuner.cache = {}
+        tuner.cache_results = False
+        tuner.__dict__["do_bench"] = lambda kernel_call, quantiles: (kernel_call(), [1.0, 1.0, 1.0])[1]
     slope = slopes(heads)
     T = 320
-    q, k, v, do = (F.silu(torch.randn(1, T, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(4))
     for cu in (None, torch.tensor([0, 100, T], device="cuda", dtype=torch.int64)):
+        b = batch if cu is None else 1
+        q, k, v, do = (F.silu(torch.randn(b, T, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(4))
         leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
         o, _ = chunk_simple_gla(*leaves, g_gamma=-slope, scale=1.0, output_final_state=True, cu_seqlens=cu)
         torch.autograd.grad(o, leaves, do)
@@ -549,8 +574,36 @@ def _fla_compile_worker(index: int, count: int, heads: int, dim: int) -> list[st
             f"{len(tuners)} autotuned kernels compiled"] if index == 0 else []
 
 
+def tune_fla(fla_chunk, args, slope) -> None:
+    """fla's chunk_simple_gla forward and forward+backward once on the table's first fixed-length input and on the
+    packed batch, the inputs prefill_rows makes, so that fla's autotuners time all their configs now and record
+    their picks on disk (cache_results, in TRITON_CACHE_DIR). Its tuning keys leave out the length, so a table
+    run in the same call reuses exactly the picks its own first call would make, without the ~300 timings
+    (--compile-only; pair with --pack-triton-cache to carry them into a later call)."""
+    import time
+
+    H, D = args.heads, args.dim
+    cases = [(max(1, args.tokens // args.lengths[0]), args.lengths[0], None)] if args.lengths else []
+    if not args.no_varlen:
+        bounds = varlen_bounds(64, args.tokens)
+        cases.append((1, bounds[-1], torch.tensor(bounds, device="cuda", dtype=torch.int64)))
+    for batch, length, cu in cases:
+        start = time.perf_counter()
+        q, k, v = (F.silu(torch.randn(batch, length, H, D, device="cuda")).to(torch.bfloat16) for _ in range(3))
+        leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+        o, _ = fla_chunk(*leaves, g_gamma=-slope, scale=1.0, output_final_state=True, cu_seqlens=cu)
+        torch.autograd.grad(o, leaves, torch.randn_like(o))
+        torch.cuda.synchronize()
+        print(f"fla tuned on B={batch} T={length}{' packed' if cu is not None else ''} in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)
+        del q, k, v, leaves, o
+    for tuner in _fla_tuners().values():
+        for key, config in tuner.cache.items():
+            print(f"fla tuned {tuner.base_fn.__name__} {key}: {config}", flush=True)
+
+
 def compile_in_parallel(jobs: list[tuple[str, bool, int, bool]], workers: int, heads: int, dim: int,
-                        fla: bool = False) -> None:
+                        fla: bool = False, fla_batch: int = 1) -> None:
     """Run _sweep_compile_worker over the jobs (and, with fla, every slice of fla's autotuned configs) in
     `workers` spawned processes (Triton compiles one kernel at a time per process; its cache is shared on disk)
     and print their lines."""
@@ -560,7 +613,7 @@ def compile_in_parallel(jobs: list[tuple[str, bool, int, bool]], workers: int, h
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         tasks = [pool.submit(_sweep_compile_worker, jobs[i::workers], heads, dim) for i in range(workers)]
         if fla:
-            tasks += [pool.submit(_fla_compile_worker, i, workers, heads, dim) for i in range(workers)]
+            tasks += [pool.submit(_fla_compile_worker, i, workers, heads, dim, fla_batch) for i in range(workers)]
         for task in tasks:
             try:
                 lines = task.result()
@@ -571,35 +624,49 @@ def compile_in_parallel(jobs: list[tuple[str, bool, int, bool]], workers: int, h
 
 
 def prefill_sweep(lengths: list[int], tokens: int, heads: int, dim: int, slope, bandwidth: float,
-                  workers: int = 16) -> None:
-    """Every chunk.FWD_SWEEP and chunk.BWD_SWEEP config, compiled in parallel worker processes and checked against
-    the fp32 reference, then timed alone (do_bench, L2 flushed) at each length; the fastest per shape printed."""
+                  workers: int = 16, kinds: tuple[str, ...] = ("fwd", "bwd"), varlen: bool = True,
+                  autotuned_only: bool = False) -> None:
+    """Every chunk.FWD_SWEEP and/or chunk.BWD_SWEEP config, compiled in parallel worker processes and checked
+    against the fp32 reference and for bit equality with the autotuned set's first config, then timed alone
+    (CUDA events and do_bench) at each length and on the packed batch; the fastest per shape printed.
+    autotuned_only: only the autotuned sets (chunk._fwd_kernel.configs / _bwd_kernel.configs)."""
     from lightswe.kernels.lightning_attn import chunk
 
-    compile_in_parallel([(kind, True, i, False) for kind in ("bwd", "fwd")
-                         for i in range(len(_config_list(kind, True)))], workers, heads, dim)
-    print("\n| kind | shape | config | do_bench ms | of bound |\n|---|---|---|---|---|", flush=True)
+    varlens = [False, True] if varlen else [False]
+    compile_in_parallel([(kind, not autotuned_only, i, vl) for kind in kinds for vl in varlens
+                         for i in range(len(_config_list(kind, not autotuned_only)))], workers, heads, dim)
+    print("\n| kind | shape | config | event ms | do_bench ms | of bound |\n|---|---|---|---|---|---|", flush=True)
     best = {}
-    for length in lengths:
-        batch = max(1, tokens // length)
+    cases = [(f"B={max(1, tokens // t)} T={t}", max(1, tokens // t), t, None) for t in lengths]
+    if varlen:
+        bounds = varlen_bounds(64, tokens)
+        cases.append((f"varlen 64 seqs {bounds[-1]}", 1, bounds[-1],
+                      torch.tensor(bounds, device="cuda", dtype=torch.int32)))
+    for shape, batch, length, cu in cases:
         q, k, v, do = (F.silu(torch.randn(batch, length, heads, dim, device="cuda")).to(torch.bfloat16)
                        for _ in range(4))
         act = q.numel() * 2
-        shape = f"B={batch} T={length}"
-        for kind, lst in (("fwd", chunk.FWD_SWEEP), ("bwd", chunk.BWD_SWEEP)):
-            kept = chunk._prune_slices(lst, {}, K=dim, V=dim, NB=batch * heads)
-            nbytes = 4 * act if kind == "fwd" else 7 * act
-            for config in kept:
+        n_seqs = batch if cu is None else cu.numel() - 1
+        for kind in kinds:
+            lst = _config_list(kind, not autotuned_only)
+            kept = chunk._prune_slices(lst, {}, K=dim, V=dim, NB=n_seqs * heads)
+            nbytes = 4 * act + n_seqs * heads * dim * dim * 4 if kind == "fwd" else 7 * act
+            # packed batch: the autotuned configs also with the sequences in their given order (A/B of longest-first)
+            runs = [(c, False) for c in kept] + ([(c, True) for c in kept if c in _config_list(kind, False)]
+                                                 if cu is not None else [])
+            for config, in_order in runs:
                 index = lst.index(config)
+                call = lambda kind=kind, config=config, q=q, k=k, v=v, do=do, cu=cu, in_order=in_order: (
+                    _sweep_launch(kind, config, q, k, v, slope, cu, do, in_order))
+                label = f"{index} {config}{', sequences in given order' if in_order else ''}"
                 try:
-                    ms = bench_median(lambda kind=kind, config=config, q=q, k=k, v=v, do=do: _sweep_launch(
-                        kind, config, q, k, v, slope, None, do), rep=30)
+                    ev, ms = event_mean(call), bench_median(call, rep=30)
                 except Exception as exc:  # noqa: BLE001
-                    print(f"| {kind} | {shape} | {index} {config} | FAILED {type(exc).__name__} | |", flush=True)
+                    print(f"| {kind} | {shape} | {label} | FAILED {type(exc).__name__} | | |", flush=True)
                     continue
                 bound = nbytes / bandwidth * 1e3
-                print(f"| {kind} | {shape} | {index} {config} | {ms:.4f} | {bound / ms:.1%} |", flush=True)
-                if ms < best.get((kind, shape), (float("inf"),))[0]:
+                print(f"| {kind} | {shape} | {label} | {ev:.4f} | {ms:.4f} | {bound / ms:.1%} |", flush=True)
+                if ms < best.get((kind, shape), (float("inf"),))[0] and not in_order:
                     best[(kind, shape)] = (ms, index, str(config))
         del q, k, v, do
         torch.cuda.empty_cache()
@@ -645,6 +712,58 @@ def rounding_emulation(heads: int = 8, dim: int = 128, length: int = 1024, block
               f"bf16 outputs differing {differ:.1%}", flush=True)
 
 
+def pack_triton_cache(prefix: str, part_bytes: int = 15 * 2**20) -> None:
+    """Write Triton's on-disk cache (TRITON_CACHE_DIR: every compiled kernel's binary and metadata, and the
+    autotuners' recorded timings, which fla's kernels keep with cache_results) as an xz tar in parts
+    prefix.0, prefix.1, ... of at most part_bytes each; the IR files are left out (not needed to load a kernel).
+    Carried into the next run and unpacked there (--unpack-triton-cache), fla's ~300 autotune configs are
+    neither compiled nor timed again: its kernels run the configs its own autotuner picked in the first run."""
+    import io
+    import pathlib
+    import tarfile
+
+    import triton
+
+    root = pathlib.Path(triton.knobs.cache.dir)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.suffix in (".json", ".cubin"):
+                tar.add(path, arcname=str(path.relative_to(root)))
+    data = buf.getvalue()
+    for i in range(0, max(1, -(-len(data) // part_bytes))):
+        pathlib.Path(f"{prefix}.{i}").write_bytes(data[i * part_bytes:(i + 1) * part_bytes])
+    print(f"packed {root} into {-(-len(data) // part_bytes)} part(s) of {prefix}: {len(data) / 2**20:.1f} MiB",
+          flush=True)
+
+
+def unpack_triton_cache(prefix: str) -> None:
+    """Extract pack_triton_cache's parts into TRITON_CACHE_DIR, pointing its group files at the new place (Triton
+    records absolute paths). Missing parts: a message, and the run compiles and tunes as usual."""
+    import io
+    import json
+    import pathlib
+    import tarfile
+
+    import triton
+
+    parts = sorted(pathlib.Path(prefix).parent.glob(pathlib.Path(prefix).name + ".*"),
+                   key=lambda p: int(p.suffix[1:]) if p.suffix[1:].isdigit() else -1)
+    parts = [p for p in parts if p.suffix[1:].isdigit()]
+    if not parts:
+        print(f"no Triton cache parts at {prefix}.*: compiling and tuning from scratch", flush=True)
+        return
+    root = pathlib.Path(triton.knobs.cache.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts)), mode="r:xz") as tar:
+        tar.extractall(root, filter="data")
+    for group in root.glob("*/__grp__*.json"):
+        data = json.loads(group.read_text())
+        data["child_paths"] = {name: str(group.parent / name) for name in data.get("child_paths", {})}
+        group.write_text(json.dumps(data))
+    print(f"unpacked {len(parts)} part(s) of {prefix} into {root}", flush=True)
+
+
 def varlen_bounds(n_seqs: int, total: int, seed: int = 0) -> list[int]:
     """cu_seqlens of n_seqs lengths summing to total, each within [0.5, 1.5] x the mean (seeded)."""
     gen = torch.Generator().manual_seed(seed)
@@ -675,6 +794,14 @@ def main() -> int:
                         help="compile every autotuned prefill config (ours and fla's) in this many processes first "
                              "(0: off)")
     parser.add_argument("--compile-only", action="store_true", help="exit after that compile step")
+    parser.add_argument("--sweep-kinds", nargs="+", choices=("fwd", "bwd"), default=["fwd", "bwd"],
+                        help="--prefill-sweep: which kernels to sweep")
+    parser.add_argument("--sweep-autotuned", action="store_true",
+                        help="--prefill-sweep: only the autotuned configs (not the comparison-only ones)")
+    parser.add_argument("--unpack-triton-cache", metavar="PREFIX",
+                        help="first extract a Triton cache written by --pack-triton-cache (PREFIX.0, PREFIX.1, ...)")
+    parser.add_argument("--pack-triton-cache", metavar="PREFIX",
+                        help="at the end write Triton's cache (binaries, autotune results) as PREFIX.0, PREFIX.1, ...")
     parser.add_argument("--rounding-emulation", action="store_true",
                         help="CPU: the forward's two roundings (without vs with DECAY_OUT) compared, then exit")
     parser.add_argument("--no-fla", action="store_true")
@@ -693,20 +820,38 @@ def main() -> int:
             fla_chunk, fla_recurrent = chunk_simple_gla, fused_recurrent_simple_gla
         except ImportError as err:
             print(f"fla not importable ({err}): pip install fla-core; its rows are skipped")
+    if args.unpack_triton_cache:
+        unpack_triton_cache(args.unpack_triton_cache)
+    try:
+        return run(args, fla_chunk, fla_recurrent)
+    finally:
+        if args.pack_triton_cache:
+            pack_triton_cache(args.pack_triton_cache)
+
+
+def run(args, fla_chunk, fla_recurrent) -> int:
+    """The benchmark proper (main() parses the flags and handles the Triton cache around it)."""
     torch.manual_seed(0)
     H, D = args.heads, args.dim
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
     slope = slopes(H)
     if args.prefill_sweep:
-        prefill_sweep(args.lengths, args.tokens, H, D, slope, bw, max(1, args.compile_workers))
+        prefill_sweep(args.lengths, args.tokens, H, D, slope, bw, max(1, args.compile_workers),
+                      tuple(args.sweep_kinds), varlen=not args.no_varlen, autotuned_only=args.sweep_autotuned)
         return 0
     varlens = ([False] if args.lengths else []) + ([] if args.no_varlen else [True])
     if args.compile_workers and varlens:
         compile_in_parallel([(kind, False, i, varlen) for kind in ("bwd", "fwd") for varlen in varlens
                              for i in range(len(_config_list(kind, False)))], args.compile_workers, H, D,
-                            fla=fla_chunk is not None)
+                            fla=fla_chunk is not None and not args.unpack_triton_cache,
+                            fla_batch=max(1, args.tokens // args.lengths[0]) if args.lengths else 1)
     if args.compile_only:
+        if fla_chunk is not None:
+            try:
+                tune_fla(fla_chunk, args, slope)
+            except Exception as exc:  # noqa: BLE001 - the table process then tunes fla itself (slower)
+                print(f"fla tuning FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
         return 0
     table = Table(bw)
     make = lambda b, t: [F.silu(torch.randn(b, t, H, D, device="cuda")).to(torch.bfloat16) for _ in range(3)]
@@ -730,6 +875,9 @@ def main() -> int:
     for name, kern in (("fwd", chunk._fwd_kernel), ("bwd", chunk._bwd_kernel)):
         for key, config in getattr(kern, "cache", {}).items():  # key: (H, K, V, NB, IS_VARLEN, dtypes...)
             print(f"tuned {name} {key[:5]}: {config}", flush=True)
+    for tuner in _fla_tuners().values():  # fla's own picks (recorded on disk with cache_results)
+        for key, config in tuner.cache.items():
+            print(f"fla tuned {tuner.base_fn.__name__} {key}: {config}", flush=True)
     if args.decode_launch:
         decode_launch_study(args.decode_batches, H, D, slope, bw)
     if args.decode_sweep:  # the rows below then run the sweep's fastest config per B (CUDA-graph timer)

@@ -211,6 +211,26 @@ def _config_results(fwd_config, bwd_config) -> dict[str, torch.Tensor]:
     return {"o": o, "ht": ht, **{n: x.grad for n, x in zip(("dq", "dk", "dv", "dh0"), leaves)}}
 
 
+def test_packed_launch_order_changes_no_bit(monkeypatch):
+    """The kernels run a packed batch's sequences longest first (chunk._seq_order); the order programs run in must
+    change nothing: o, the final states and every gradient equal, bit for bit, a run in the given order and one in
+    reverse (initial states and final-state gradients per sequence, so a misplaced state index shows)."""
+    from lightswe.kernels.lightning_attn import chunk
+
+    runs = {}
+    for name, order in (("longest first", chunk._seq_order), ("given", lambda cu: None if cu is None else
+                        torch.arange(cu.numel() - 1, device=cu.device, dtype=torch.int32)),
+                        ("reversed", lambda cu: None if cu is None else
+                         torch.arange(cu.numel() - 2, -1, -1, device=cu.device, dtype=torch.int32))):
+        monkeypatch.setattr(chunk, "_seq_order", order)
+        usable = lambda configs: next(c for c in configs if chunk._has_tma() or not c.kwargs["TMA"])
+        runs[name] = _config_results(usable(chunk._fwd_kernel.configs), usable(chunk._bwd_kernel.configs))
+    first = runs.pop("longest first")
+    for name, this in runs.items():
+        differ = [n for n in first if not torch.equal(first[n], this[n])]
+        assert not differ, f"sequences run in {name} order change {differ}"
+
+
 @pytest.mark.parametrize("index", range(N_CONFIGS), ids=lambda i: f"config{i}")
 def test_every_tuned_config(index, monkeypatch):
     """Each autotuning config (TMA or pointer loads, slice widths, pipelining depth) computes the same function
