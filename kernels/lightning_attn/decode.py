@@ -252,8 +252,11 @@ def _decode_config(n_states: int, V: int) -> DecodeConfig:
 
 @functools.cache
 def _has_pdl(device_index: int) -> bool:
-    """Programmatic dependent launch (griddepcontrol) needs compute capability 9.0+."""
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
+    """Programmatic dependent launch (griddepcontrol) needs compute capability 9.0+, and a driver of CUDA 12.3+ to
+    keep its launch attribute inside a captured CUDA graph (the sampler's step, model/engine.py); otherwise the
+    step launches plainly (same results, only the launch overlap is lost)."""
+    driver = torch._C._cuda_getDriverVersion() if hasattr(torch._C, "_cuda_getDriverVersion") else 0
+    return torch.cuda.get_device_capability(device_index)[0] >= 9 and driver >= 12030
 
 
 @functools.cache
