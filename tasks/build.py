@@ -231,7 +231,7 @@ def build(config: BuildConfig, progress=_say, bar: bool = False) -> dict:
     finally:
         if overall is not None:
             overall.close()
-    report = write_report(config.out, wall_s=time.perf_counter() - started)
+    report = write_report(config.out, wall_s=time.perf_counter() - started, pool=the_pool)
     report["short"] = short
     for repo, gap in short.items():
         progress(f"{repo}: {gap['have']} of {gap['asked']} instances: {gap['reason']}")
@@ -239,10 +239,30 @@ def build(config: BuildConfig, progress=_say, bar: bool = False) -> dict:
     return report
 
 
-def write_report(out: Path, wall_s: float | None = None) -> dict:
-    """Counts per repository and mutation kind, rejection reasons, splits; ``report.json`` + ``report.md``."""
+def built_pool(out: Path) -> dict[str, pool_mod.RepoSpec]:
+    """The pool a build folder was made from: its ``config.json``'s ``pool_file`` (the packaged pool when the
+    folder names none). Raises UserInputError when that file is gone."""
+    from lightswe.settings import CONFIG_FILE
+
+    pool_file = None
+    if (out / CONFIG_FILE).is_file():
+        try:
+            pool_file = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8")).get("pool_file")
+        except json.JSONDecodeError:
+            pool_file = None
+    if pool_file and not Path(pool_file).is_file():
+        raise UserInputError(f"--out {out}: it was built from the pool file {pool_file}, which no longer exists; "
+                             "fix: put it back (its repositories decide the held-out split)")
+    return pool_mod.load_pool(pool_file)
+
+
+def write_report(out: Path, wall_s: float | None = None, pool: dict[str, pool_mod.RepoSpec] | None = None) -> dict:
+    """Counts per repository and mutation kind, rejection reasons, splits; ``report.json`` + ``report.md``.
+
+    ``pool``: the build's pool (default: :func:`built_pool`), whose repositories decide the held-out ones.
+    """
     instances, events = read_built(out)
-    pool_repos = {s.repo for s in pool_mod.load_pool().values()}
+    pool_repos = {s.repo for s in (pool if pool is not None else built_pool(out)).values()}
     test_repos = splits.held_out_repos(pool_repos | {i.repo for i in instances})
     by_split = splits.assign(instances, test_repos)
     write_jsonl(by_split[splits.TRAIN], out / "train.jsonl")

@@ -22,9 +22,10 @@ Concurrency: threads and processes that build the same task at once share the ca
 is made under a per-entry ``fcntl.flock`` lock (``~/.cache/lightswe/locks``), built in a temporary folder and
 moved into place with one atomic rename, so nobody ever sees (or clones into) a half-made repository.
 
-``base_repo`` finds ``instance.base_commit`` in the source repository; for a PyPI source where it is absent
-(a fresh cache) it replays how the synthesizer makes a base: the sdist commit plus ``metadata["bug_patch"]``
-when given, else plus the *reverse* of the fix ``patch`` (a synthesized bug is the fix undone), committed
+``base_repo`` finds ``instance.base_commit`` in the source repository; where it is absent and the base is one
+lightswe makes (a PyPI source, a synthesized task of a git source, a SWE-smith row) it replays how the base is
+made: the source commit (the sdist's, or ``environment_setup_commit``) plus ``metadata["bug_patch"]`` when
+given, else plus the *reverse* of the fix ``patch`` (a synthesized bug is the fix undone), committed
 deterministically, and checks that the hash matches.
 """
 
@@ -259,14 +260,17 @@ def has_commit(repo: SourceRepo, commit: str) -> bool:
 def base_repo(instance: TaskInstance) -> SourceRepo:
     """The source repository positioned at ``instance.base_commit`` (replayed for PyPI sources, see above)."""
     root, missing = source_repo(instance), None
-    if not has_commit(root, instance.base_commit) and not parse_pypi(instance.source):
+    # made by replaying: the synthesizer's bases (source commit + reversed fix), SWE-smith's (+ bug_patch)
+    replayed = bool(parse_pypi(instance.source) or instance.metadata.get("synthesized")
+                    or instance.metadata.get("bug_patch"))
+    if instance.base_commit and not has_commit(root, instance.base_commit) and not parse_pypi(instance.source):
         try:  # a cached clone made before the base commit existed upstream: fetch it
             root = source_repo(instance, commit=instance.base_commit)
         except SourceError as err:
             missing = err  # names the source and the fix
-    if has_commit(root, instance.base_commit):
+    if instance.base_commit and has_commit(root, instance.base_commit):
         return SourceRepo(path=root.path, commit=_git(root.path, "rev-parse", instance.base_commit))
-    if parse_pypi(instance.source):
+    if replayed:
         bug = instance.metadata.get("bug_patch")
         made = commit_patch(root, bug, reverse=False) if bug else commit_patch(root, instance.patch, reverse=True)
         if made.commit == instance.base_commit or not re.fullmatch(r"[0-9a-f]{40}", instance.base_commit):
