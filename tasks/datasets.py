@@ -63,15 +63,17 @@ def load_tasks(spec: str | Path) -> list[TaskInstance]:
             raise TaskFormatError(f"{spec}: the slice [{match.group(2)}:{match.group(3)}] selects none of the "
                                   f"{total} rows of {text}; fix: a slice within [0:{total}] (Python slicing: "
                                   f"start < stop, negative counts from the end)")
-    out, seen = [], set()
+    out, seen = [], {}
     for where, record in rows:
         instance = from_record(record, where=where)
         if instance.instance_id in seen:
-            raise TaskFormatError(f"{where}: instance_id {instance.instance_id!r} appears twice; ids must be unique")
-        seen.add(instance.instance_id)
+            raise TaskFormatError(f"{where}: instance_id {instance.instance_id!r} appears twice (first at "
+                                  f"{seen[instance.instance_id]}); fix: ids must be unique, drop or rename one")
+        seen[instance.instance_id] = where
         out.append(instance)
     if not out:
-        raise TaskFormatError(f"{spec}: no task instances (empty file, split or slice)")
+        raise TaskFormatError(f"{spec}: no task instances (an empty file or split); fix: give one with at least "
+                              "one row")
     return out
 
 

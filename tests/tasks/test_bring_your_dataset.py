@@ -118,18 +118,23 @@ def test_bad_files_slices_and_splits_are_one_line_with_exit_2(rows, tmp_path):
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "junk.parquet").write_text("id,repo\n1,x\n")  # a CSV under a .parquet name
     pq.write_table(pa.table({"id": [1], "text": ["x"]}), tmp_path / "schema.parquet")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "twice.json").write_text(json.dumps([rows[0], rows[1], rows[0]]))
     code = ("import sys\nfrom lightswe.tasks.datasets import load_tasks\nfrom lightswe.errors import UserInputError\n"
             "for spec in sys.argv[1:]:\n    try:\n        load_tasks(spec)\n        print('LOADED', spec)\n"
             "    except UserInputError as err:\n        print(str(err).replace(chr(10), '<NL>'))\n")
     specs = [f"{tmp_path / 'rows.jsonl'}[4:9]", f"{tmp_path / 'rows.jsonl'}[2:1]", str(tmp_path / "junk.parquet"),
-             str(tmp_path / "schema.parquet")]
+             str(tmp_path / "schema.parquet"), str(tmp_path / "empty.jsonl"), str(tmp_path / "twice.json")]
     run = subprocess.run([sys.executable, "-c", code, *specs], capture_output=True, text=True, timeout=120)
     lines = run.stdout.splitlines()
-    assert len(lines) == 4 and not any("<NL>" in line or line.startswith("LOADED") for line in lines), run.stdout
+    assert len(lines) == 6 and not any("<NL>" in line or line.startswith("LOADED") for line in lines), run.stdout
     assert "the slice [4:9] selects none of the 4 rows" in lines[0] and "fix: a slice within [0:4]" in lines[0]
     assert "the slice [2:1] selects none" in lines[1]
     assert "junk.parquet: not a readable Parquet file" in lines[2] and "fix:" in lines[2]
     assert "schema.parquet row 0: missing field(s)" in lines[3]
+    assert "empty.jsonl: no task instances (an empty file or split); fix:" in lines[4]
+    assert f"twice.json[2]: instance_id {rows[0]['instance_id']!r} appears twice (first at " in lines[5]
+    assert all("fix:" in line for line in lines), lines
     shown = lightswe("tasks", "show", str(tmp_path / "junk.parquet"))
     assert shown.returncode == 2 and len(shown.stderr.strip().splitlines()) == 1, shown.stderr
     assert "Traceback" not in shown.stderr and "not a readable Parquet file" in shown.stderr
