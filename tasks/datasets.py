@@ -110,12 +110,13 @@ def _rows(text: str) -> Iterable[tuple[str, dict]]:
 
 
 def looks_like_dataset(spec: str) -> bool:
-    """Whether ``spec`` (not a file) names a dataset directory or a Hub name ``owner/name[:split][slice]``."""
+    """Whether ``spec`` (not a plain file) is one of the other forms :func:`load_tasks` reads: a file with a
+    slice (``rows.jsonl[0:50]``), a shipped set, a dataset directory or a Hub name ``owner/name[:split][slice]``."""
     from lightswe.tasks import shipped
 
     text = _SLICE.sub(r"\1", str(spec)) if _SLICE.match(str(spec)) else str(spec)
     base = text.rpartition(":")[0] if ":" in text else text
-    return shipped.is_name(text) or Path(text).is_dir() or Path(base).is_dir() or bool(
+    return shipped.is_name(text) or Path(text).is_file() or Path(text).is_dir() or Path(base).is_dir() or bool(
         re.fullmatch(r"[\w.\-]+/[\w.\-]+(:[\w.\-]+)?", text))
 
 

@@ -207,3 +207,20 @@ def test_a_mirror_that_is_missing_not_git_or_without_the_commit_says_so(tmp_path
         message = str(err.value)
         assert says in message and "fix:" in message and "\n" not in message, message
     assert len(list((tmp_path / "cache" / "git").glob("mirror-*"))) == 1  # one clone for both spellings
+
+
+def test_a_slice_after_a_file_passes_every_command_s_check(rows, tmp_path):
+    """`tasks validate`, `rollout`/`eval`/`train --tasks` and the env's CLI check the spec before loading it."""
+    from lightswe.tasks.datasets import looks_like_dataset
+    from lightswe.tasks.validate_args import ValidateArgs
+    from lightswe.errors import UserInputError
+
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sliced = f"{tmp_path / 'rows.jsonl'}[1:3]"
+    assert looks_like_dataset(sliced) and ValidateArgs(file=sliced).file == sliced
+    assert not looks_like_dataset(f"{tmp_path / 'nothere.jsonl'}[1:3]")
+    with pytest.raises(UserInputError, match="does not exist; fix:"):
+        ValidateArgs(file=f"{tmp_path / 'nothere.jsonl'}[1:3]")
+    from lightswe.agent.task_stream import check_spec
+
+    check_spec(sliced)  # rollout, eval and train --tasks
