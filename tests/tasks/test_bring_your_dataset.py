@@ -19,6 +19,8 @@ from lightswe.tasks.datasets import load_tasks
 from lightswe.tasks.instance import TaskFormatError, write_jsonl
 from lightswe.tasks.shipped import DEMO_FILE, POOL_FILE, data_path
 
+from .histories import git
+
 SWE_BENCH = ("instance_id", "repo", "base_commit", "patch", "test_patch", "problem_statement", "hints_text",
              "created_at", "version", "FAIL_TO_PASS", "PASS_TO_PASS", "environment_setup_commit")
 
@@ -177,13 +179,6 @@ def test_write_jsonl_leaves_the_old_file_and_no_temporary_on_failure(rows, tmp_p
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["tasks.jsonl"]
 
 
-def git(repo, *args) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
-
-
 def test_a_mirror_that_is_missing_not_git_or_without_the_commit_says_so(tmp_path, monkeypatch):
     """A relative mirror path is the same source as its absolute path; each bad mirror is one line with the fix."""
     work = tmp_path / "work"
@@ -192,7 +187,7 @@ def test_a_mirror_that_is_missing_not_git_or_without_the_commit_says_so(tmp_path
     (work / "a.py").write_text("x = 1\n")
     git(work, "add", "a.py")
     git(work, "commit", "-qm", "one")
-    head = git(work, "rev-parse", "HEAD")
+    head = git(work, "rev-parse", "HEAD").strip()
     subprocess.run(["git", "clone", "-q", "--mirror", str(work), str(tmp_path / "mirror.git")], check=True)
     monkeypatch.setattr(sources, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.chdir(tmp_path)

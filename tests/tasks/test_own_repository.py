@@ -16,14 +16,7 @@ from lightswe.errors import UserInputError
 from lightswe.tasks import sources, splits
 from lightswe.tasks.instance import TaskInstance
 
-from .histories import toolz_history
-
-
-def git(repo, *args) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+from .histories import git, toolz_history
 
 
 @pytest.fixture
@@ -38,7 +31,7 @@ def own_repo(tmp_path):
     git(repo, "init", "-q")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "mylib")
-    return repo, git(repo, "rev-parse", "HEAD")
+    return repo, git(repo, "rev-parse", "HEAD").strip()
 
 
 def test_a_git_entry_of_a_pool_file(own_repo, tmp_path):
@@ -132,7 +125,7 @@ def test_build_and_validate_from_a_local_mirror(tmp_path):
     mirror = history.with_name("toolz-interpose.git")  # a fixed path: the images are reused by the next run
     if not (mirror / "HEAD").is_file():
         subprocess.run(["git", "clone", "-q", "--mirror", str(history), str(mirror)], check=True)
-    commit = git(mirror, "rev-parse", "HEAD~2")
+    commit = git(mirror, "rev-parse", "HEAD~2").strip()
     (tmp_path / "pool.json").write_text(json.dumps({"repositories": [
         {"name": "mytoolz", "git": str(mirror), "commit": commit, "tests": ["toolz/tests"],
          "src": ["toolz/itertoolz.py"]}]}))
