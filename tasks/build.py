@@ -74,6 +74,8 @@ class BuildConfig:
         if self.pool_file is not None and not Path(self.pool_file).is_file():
             raise UserInputError(f"--pool-file {self.pool_file}: does not exist; pass a pool JSON file or leave it "
                                  f"out for the packaged pool")
+        if self.pool_file is not None:  # absolute in config.json: `tasks report` finds it from any folder
+            self.pool_file = Path(self.pool_file).resolve()
 
     @property
     def attempts(self) -> int:

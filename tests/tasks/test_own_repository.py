@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,7 +87,7 @@ def test_a_pool_of_one_repository_keeps_it_for_training():
     assert len(splits.held_out_repos([f"pypi/lib{i}" for i in range(14)])) == 2  # the shipped pool: as before
 
 
-def test_the_report_splits_by_the_build_s_own_pool(own_repo, tmp_path):
+def test_the_report_splits_by_the_build_s_own_pool(own_repo, tmp_path, monkeypatch):
     from lightswe.settings import write_config
     from lightswe.tasks.build import INSTANCES, BuildConfig, built_pool, write_report
 
@@ -95,7 +96,10 @@ def test_the_report_splits_by_the_build_s_own_pool(own_repo, tmp_path):
     pool_file.write_text(json.dumps({"repositories": [{"name": "mylib", "git": str(repo), "commit": commit,
                                                        "src": ["mylib"]}]}))
     out = tmp_path / "out"
-    write_config(out, BuildConfig(out=out, pool_file=pool_file), command="tasks build")
+    monkeypatch.chdir(tmp_path)
+    config = BuildConfig(out=out, pool_file=Path("pool.json"))  # stored absolute: found from any folder
+    assert config.pool_file == pool_file
+    write_config(out, config, command="tasks build")
     task = TaskInstance(instance_id="mylib-1", repo="git/mylib", base_commit=commit, patch="", source=str(repo),
                         problem_statement="s", FAIL_TO_PASS=["tests/test_clamp.py::test_clamp"],
                         metadata={"file": "mylib/__init__.py", "function": "clamp"})
