@@ -28,7 +28,7 @@ from pathlib import Path
 from lightswe.errors import UserInputError
 from lightswe.tasks import pool as pool_mod
 from lightswe.tasks import splits
-from lightswe.tasks.instance import TaskFormatError, TaskInstance, write_jsonl
+from lightswe.tasks.instance import TaskFormatError, TaskInstance, atomic_file, write_jsonl
 
 INSTANCES, PROGRESS = "instances.jsonl", "progress.jsonl"
 
@@ -286,7 +286,8 @@ def write_report(out: Path, wall_s: float | None = None, pool: dict[str, pool_mo
     }
     if wall_s is not None:
         report["last_run_wall_s"] = round(wall_s, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    with atomic_file(out / "report.json") as handle:
+        handle.write(json.dumps(report, indent=1) + "\n")
     kinds = sorted(per_kind)
     lines = [f"# Task build report: {len(instances)} validated instances from {len(per_repo)} repositories", "",
              "| repository | " + " | ".join(kinds) + " | total |", "|---" * (len(kinds) + 2) + "|"]
@@ -299,5 +300,6 @@ def write_report(out: Path, wall_s: float | None = None, pool: dict[str, pool_mo
         lines += ["", "Repository errors:"] + [f"- {r}: {e}" for r, e in errors.items()]
     if rejected:
         lines += ["", "Rejected at validation: " + ", ".join(f"{k} ({v})" for k, v in rejected.items())]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    with atomic_file(out / "report.md") as handle:
+        handle.write("\n".join(lines) + "\n")
     return report

@@ -7,12 +7,14 @@ pytest project needs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from lightswe.errors import UserInputError
 from lightswe.jsonl import jsonl_records
@@ -136,15 +138,24 @@ def iter_jsonl(path: str | Path) -> Iterator[TaskInstance]:
         yield TaskInstance.from_dict(record, where=where)
 
 
-def write_jsonl(instances: Iterable[TaskInstance], path: str | Path) -> None:
-    """Write atomically: a crash leaves the old file, never a half-written one."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """An open file (``mode`` ``"w"``: text, UTF-8; ``"wb"``: bytes) whose content replaces ``path`` in one
+    rename when the block ends; an error in the block leaves ``path`` as it was and no temporary file behind
+    (an unserialisable field, a full disk, a kill before the rename: never a half-written file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            for instance in instances:
-                handle.write(json.dumps(instance.to_dict(), ensure_ascii=False) + "\n")
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
         tmp.replace(path)
     finally:
-        tmp.unlink(missing_ok=True)  # a failed write (an unserialisable field, a full disk) leaves nothing behind
+        tmp.unlink(missing_ok=True)
+
+
+def write_jsonl(instances: Iterable[TaskInstance], path: str | Path) -> None:
+    """Write atomically (:func:`atomic_file`): a crash leaves the old file, never a half-written one."""
+    with atomic_file(path) as handle:
+        for instance in instances:
+            handle.write(json.dumps(instance.to_dict(), ensure_ascii=False) + "\n")
