@@ -54,7 +54,13 @@ class TaskInstance:
 
     @classmethod
     def from_dict(cls, record: dict, *, where: str = "record") -> TaskInstance:
-        """Build from a JSON object; SWE-bench quirks (lists stored as JSON strings) are accepted."""
+        """Build from a JSON object; SWE-bench quirks (lists stored as JSON strings) are accepted, and the types
+        tables store (a number for ``version``, a timestamp for ``created_at``: :func:`_coerce`); a null is an
+        absent field.
+
+        Raises TaskFormatError (one line: ``where``, the field, the fix): a required field missing, a field of
+        the wrong type, an empty ``instance_id`` or ``FAIL_TO_PASS``.
+        """
         if not isinstance(record, dict):
             raise TaskFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -83,7 +89,8 @@ class TaskInstance:
         if not values["instance_id"]:
             raise TaskFormatError(f"{where}: field 'instance_id' is empty; fix: a unique id such as owner__repo-123")
         if not values["FAIL_TO_PASS"]:
-            raise TaskFormatError(f"{where}: field 'FAIL_TO_PASS' is empty; an instance needs a failing test")
+            raise TaskFormatError(f"{where}: field 'FAIL_TO_PASS' is empty; fix: list the tests that fail before the "
+                                  "fix and pass after it (an instance needs one)")
         return cls(**values)
 
 
@@ -142,7 +149,7 @@ def iter_jsonl(path: str | Path) -> Iterator[TaskInstance]:
 def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """An open file (``mode`` ``"w"``: text, UTF-8; ``"wb"``: bytes) whose content replaces ``path`` in one
     rename when the block ends; an error in the block leaves ``path`` as it was and no temporary file behind
-    (an unserialisable field, a full disk, a kill before the rename: never a half-written file)."""
+    (an unserialisable field, a full disk). A kill leaves at most ``<name>.tmp``, never a half-written ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
