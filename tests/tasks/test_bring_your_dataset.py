@@ -219,3 +219,26 @@ def test_a_slice_after_a_file_passes_every_command_s_check(rows, tmp_path):
     from lightswe.agent.task_stream import check_spec
 
     check_spec(sliced)  # rollout, eval and train --tasks
+
+
+def test_a_swe_smith_row_without_an_image_is_built_from_its_mirror(tmp_path, monkeypatch):
+    """No ``image_name``: the base (source commit + the bug) is replayed from the row's ``source`` mirror."""
+    work = tmp_path / "work"
+    work.mkdir()
+    git(work, "init", "-q")
+    (work / "m.py").write_text("def f(x):\n    return x + 1\n")
+    git(work, "add", "m.py")
+    git(work, "commit", "-qm", "clean")
+    clean = git(work, "rev-parse", "HEAD").strip()
+    (work / "m.py").write_text("def f(x):\n    return x - 1\n")
+    bug = git(work, "diff")
+    git(work, "checkout", "-q", "m.py")
+    row = {"instance_id": f"owner__proj.{clean[:7]}.op_swap", "repo": f"swesmith/owner__proj.{clean[:7]}",
+           "patch": bug, "FAIL_TO_PASS": ["tests/test_m.py::test_f"], "problem_statement": "f is off",
+           "source": str(work)}
+    (tmp_path / "smith.json").write_text(json.dumps([row]))
+    [task] = load_tasks(tmp_path / "smith.json")
+    monkeypatch.setattr(sources, "CACHE_DIR", tmp_path / "cache")
+    base = sources.base_repo(task)
+    assert sources.read_blob(base, "m.py") == b"def f(x):\n    return x - 1\n"
+    assert git(base.path, "rev-parse", f"{base.commit}~1").strip() == clean
