@@ -253,8 +253,10 @@ def built_pool(out: Path) -> dict[str, pool_mod.RepoSpec]:
         except json.JSONDecodeError:
             pool_file = None
     if pool_file and not Path(pool_file).is_file():
-        raise UserInputError(f"--out {out}: it was built from the pool file {pool_file}, which no longer exists; "
-                             "fix: put it back (its repositories decide the held-out split)")
+        where = ("a path relative to the folder the build ran in (older builds); fix: run this from that folder"
+                 if not Path(pool_file).is_absolute() else "which no longer exists; fix: put it back")
+        raise UserInputError(f"--out {out}: it was built from the pool file {pool_file}, {where} (its repositories "
+                             "decide the held-out split)")
     return pool_mod.load_pool(pool_file)
 
 
