@@ -31,6 +31,17 @@ def git(repo, *args: str) -> str:
                           env=GIT_ENV).stdout
 
 
+def one_commit_repo(repo, files: dict[str, str], message: str = "first") -> str:
+    """Make ``repo`` a git repository whose one commit holds ``files`` (path -> text); its hash."""
+    for path, text in files.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD").strip()
+
+
 def unpack(name: str, version: str, into):
     with tarfile.open(sources.download_sdist(name, version, SHA[(name, version)])) as archive:
         archive.extractall(into, filter="data")

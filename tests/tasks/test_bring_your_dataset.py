@@ -19,7 +19,7 @@ from lightswe.tasks.datasets import load_tasks
 from lightswe.tasks.instance import TaskFormatError, write_jsonl
 from lightswe.tasks.shipped import DEMO_FILE, POOL_FILE, data_path
 
-from .histories import git
+from .histories import git, one_commit_repo
 
 SWE_BENCH = ("instance_id", "repo", "base_commit", "patch", "test_patch", "problem_statement", "hints_text",
              "created_at", "version", "FAIL_TO_PASS", "PASS_TO_PASS", "environment_setup_commit")
@@ -182,12 +182,7 @@ def test_write_jsonl_leaves_the_old_file_and_no_temporary_on_failure(rows, tmp_p
 def test_a_mirror_that_is_missing_not_git_or_without_the_commit_says_so(tmp_path, monkeypatch):
     """A relative mirror path is the same source as its absolute path; each bad mirror is one line with the fix."""
     work = tmp_path / "work"
-    work.mkdir()
-    git(work, "init", "-q")
-    (work / "a.py").write_text("x = 1\n")
-    git(work, "add", "a.py")
-    git(work, "commit", "-qm", "one")
-    head = git(work, "rev-parse", "HEAD").strip()
+    head = one_commit_repo(work, {"a.py": "x = 1\n"})
     subprocess.run(["git", "clone", "-q", "--mirror", str(work), str(tmp_path / "mirror.git")], check=True)
     monkeypatch.setattr(sources, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.chdir(tmp_path)
@@ -224,12 +219,7 @@ def test_a_slice_after_a_file_passes_every_command_s_check(rows, tmp_path):
 def test_a_swe_smith_row_without_an_image_is_built_from_its_mirror(tmp_path, monkeypatch):
     """No ``image_name``: the base (source commit + the bug) is replayed from the row's ``source`` mirror."""
     work = tmp_path / "work"
-    work.mkdir()
-    git(work, "init", "-q")
-    (work / "m.py").write_text("def f(x):\n    return x + 1\n")
-    git(work, "add", "m.py")
-    git(work, "commit", "-qm", "clean")
-    clean = git(work, "rev-parse", "HEAD").strip()
+    clean = one_commit_repo(work, {"m.py": "def f(x):\n    return x + 1\n"})
     (work / "m.py").write_text("def f(x):\n    return x - 1\n")
     bug = git(work, "diff")
     git(work, "checkout", "-q", "m.py")

@@ -17,22 +17,16 @@ from lightswe.errors import UserInputError
 from lightswe.tasks import sources, splits
 from lightswe.tasks.instance import TaskInstance
 
-from .histories import git, toolz_history
+from .histories import git, one_commit_repo, toolz_history
 
 
 @pytest.fixture
 def own_repo(tmp_path):
     """A small real repository with a function and its test: (path, commit)."""
     repo = tmp_path / "mylib"
-    (repo / "mylib").mkdir(parents=True)
-    (repo / "mylib" / "__init__.py").write_text("def clamp(x, low, high):\n    return max(low, min(x, high))\n")
-    (repo / "tests").mkdir()
-    (repo / "tests" / "test_clamp.py").write_text("from mylib import clamp\n\n\ndef test_clamp():\n"
-                                                  "    assert clamp(5, 0, 3) == 3\n")
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "mylib")
-    return repo, git(repo, "rev-parse", "HEAD").strip()
+    return repo, one_commit_repo(repo, {
+        "mylib/__init__.py": "def clamp(x, low, high):\n    return max(low, min(x, high))\n",
+        "tests/test_clamp.py": "from mylib import clamp\n\n\ndef test_clamp():\n    assert clamp(5, 0, 3) == 3\n"})
 
 
 def test_a_git_entry_of_a_pool_file(own_repo, tmp_path):
