@@ -217,9 +217,11 @@ def _cached_dataset(datasets, name: str, split: str | None):
 
 
 def is_swesmith(record: dict) -> bool:
-    """A SWE-smith row: the bug as ``patch`` and no ``base_commit`` (its ``image_name`` holds the repo)."""
-    return "base_commit" not in record and "patch" in record and ("image_name" in record or
-                                                                  _SWESMITH_REPO.match(str(record.get("repo", ""))))
+    """A SWE-smith row: the bug as ``patch``, no ``base_commit``, and a SWE-smith ``repo``
+    (``swesmith/<owner>__<name>.<commit>``) or image (``.../swesmith.x86_64...``). Any other row without
+    ``base_commit`` (a SWE-bench row with an ``image_name`` added) is a row missing that field."""
+    return "base_commit" not in record and "patch" in record and bool(
+        _SWESMITH_REPO.match(str(record.get("repo", ""))) or "swesmith" in str(record.get("image_name", "")).lower())
 
 
 def from_record(record: dict, *, where: str = "record") -> TaskInstance:

@@ -97,9 +97,10 @@ def test_swe_bench_field_types_as_published_and_as_tables_store_them(rows, tmp_p
     ("FAIL_TO_PASS", 5, "'FAIL_TO_PASS' must be a list of test ids, got 5; fix:"),
     ("PASS_TO_PASS", "tests/test_a.py::test_b", "'PASS_TO_PASS' is not a JSON list"),
     ("patch", None, "missing field(s) ['patch']; fix: add them"),
+    ("base_commit", None, "missing field(s) ['base_commit']"),  # with an image_name: not taken for SWE-smith
 ], ids=lambda v: str(v)[:20])
 def test_a_wrong_type_or_missing_field_is_one_line_naming_the_row_and_the_fix(rows, tmp_path, field, value, says):
-    bad = {**rows[1], field: value}
+    bad = {**rows[1], field: value, "image_name": "sweb.eval.x86_64.pytoolz__toolz-1"}
     (tmp_path / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(TaskFormatError) as err:
         load_tasks(tmp_path / "bad.jsonl")
