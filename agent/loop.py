@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from lightswe.agent.chat import Conversation, Tokenizer
 from lightswe.agent.early_stop import EarlyStopConfig, first_stop
-from lightswe.agent.policies.base import Policy, SamplingParams
+from lightswe.agent.policies.base import ContextWindowExceeded, Policy, SamplingParams, check_sample
 from lightswe.agent.trajectory import EpisodeStatus, Trajectory
 from lightswe.errors import ActionError, InfrastructureError
 
@@ -138,7 +138,11 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
     Never raises for the policy's mistakes (they are observations or end the episode with a status) nor for
     the machine's: any :class:`~lightswe.errors.InfrastructureError` (Docker engine, container, image build,
     task source, grading, model server) ends the episode as ``EpisodeStatus.SANDBOX_ERROR`` with reward
-    ``None`` and the error's text in ``Trajectory.error``. Bad input from the user (an unknown ``task_id``,
+    ``None`` and the error's text in ``Trajectory.error``; so does a sample no learner can train on (a NaN,
+    infinite or positive log-prob, token ids and log-probs of different lengths: ``check_sample``). A model
+    server whose context window is smaller than ``max_context_tokens`` ends the episode as ``context_limit``
+    once the policy's turns filled it (``sandbox_error`` if the first prompt alone does not fit). Bad input
+    from the user (an unknown ``task_id``,
     a :class:`~lightswe.errors.UserInputError`) is raised.
 
     ``seed`` (>= 0; None: unseeded): turn k samples with ``row_seed(seed, k)``, its own stream, so the episode's
@@ -168,7 +172,15 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
                                           top_p=cfg.top_p, stop_token_ids=conv.stop_token_ids, early_stop=cfg.early_stop,
                                           seed=None if seed is None else row_seed(seed, steps))
                 t0 = time.perf_counter()
-                tokens, logprobs = policy.generate(conv.start_assistant(), sampling)
+                prompt = conv.start_assistant()
+                try:  # every backend's sample checked here: a NaN/inf/positive log-prob never enters the record
+                    tokens, logprobs = check_sample(policy.generate(prompt, sampling), sampling)
+                except ContextWindowExceeded as err:  # the model server's window, smaller than the loop's budget
+                    if steps == 0:  # the harness's first prompt alone: not the policy's doing
+                        raise SandboxFailed(f"ContextWindowExceeded: the first prompt ({len(prompt)} tokens) does "
+                                            f"not fit the model server: {err}; fix: serve the model with a larger "
+                                            "--max-model-len, or lower --agent.max-context-tokens") from err
+                    raise ContextLimitExceeded(str(err)) from err  # its own turns and the outputs it asked for
                 clock.generate += time.perf_counter() - t0
                 cut = first_stop(logprobs, cfg.early_stop)
                 if cut is not None:
