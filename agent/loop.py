@@ -122,6 +122,29 @@ def _storable(value):
     return value
 
 
+def _require_container(env, when: str) -> None:
+    """Raise ``SandboxFailed`` when the episode's container was stopped, removed or frozen from outside (``docker
+    kill``/``rm -f``/``pause``, the host's OOM killer taking its init, the engine gone): the env would report a
+    dead command runner as an observation (the same as a command that killed it) or restart the container from the
+    base commit and go on, so the policy's edits would be lost and the rest scored. The agent user cannot stop or
+    pause its own container (its init is root's), so this is never the policy's doing; a runner the policy killed
+    leaves the container running and stays an observation. Envs without a Docker sandbox are not checked."""
+    box = getattr(env, "sandbox", None)
+    cid, api = getattr(box, "container_id", None), getattr(box, "api", None)
+    if cid is None or api is None:
+        return
+    try:
+        state = api.inspect_container(cid)["State"]
+    except Exception as err:  # noqa: BLE001 - docker.errors.NotFound (removed), or the engine does not answer
+        raise SandboxFailed(f"SandboxError: the episode's container {str(cid)[:12]} is gone {when} "
+                            f"({type(err).__name__}: {str(err)[:200]})") from None
+    if state.get("Paused") or not state.get("Running"):
+        what = "paused" if state.get("Paused") else f"stopped ({state.get('Status')}, exit code " \
+                                                     f"{state.get('ExitCode')}, OOMKilled {state.get('OOMKilled')})"
+        raise SandboxFailed(f"SandboxError: the episode's container {str(cid)[:12]} was {what} {when}; not the "
+                            "policy's doing: the episode is not scored")
+
+
 @dataclass(kw_only=True, slots=True)
 class _Clock:
     reset: float = 0.0
@@ -191,7 +214,12 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
                 if message.finish_reason == "length" and budget < cfg.max_new_tokens:
                     raise ContextLimitExceeded(f"the turn filled the context ({len(conv.token_ids)} tokens)")
                 t0 = time.perf_counter()
+                _require_container(env, "before the tool call")
                 observation, step_reward, terminated, truncated, info = env.step(message.content)
+                if info.get("error") == "sandbox":  # the env lost the container (a SandboxError) and restarted it
+                    raise SandboxFailed(f"SandboxError: {observation[:500]}")  # from the base commit: not scorable
+                if not terminated:  # (grading checks its own containers)
+                    _require_container(env, "during the tool call")
                 clock.env += time.perf_counter() - t0
                 if info.get("error") == "format":
                     message.format_error = observation

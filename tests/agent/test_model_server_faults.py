@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -184,23 +185,32 @@ class _Sequence:
 
 
 class _Saboteur:
-    """Answers ``ls`` each turn; before turn ``at`` it runs ``docker ACTION`` on the episode's container."""
+    """Answers a bash call each turn. ``between``: before turn ``at`` it runs ``docker ACTION`` on the episode's
+    container; ``during``: turn ``at`` asks for ``sleep 30`` and the action comes 1.5 s into it."""
 
     name = "saboteur"
 
-    def __init__(self, env, action: list[str], at: int = 1) -> None:
+    def __init__(self, env, action: list[str], when: str, at: int = 1) -> None:
         from lightswe.model import ByteTokenizer
 
-        self.env, self.action, self.at, self.turn, self.tok = env, action, at, 0, ByteTokenizer()
+        self.env, self.action, self.when, self.at, self.turn, self.tok = env, action, when, at, 0, ByteTokenizer()
+        self.timer: threading.Timer | None = None
+
+    def _sabotage(self, cid: str) -> None:
+        subprocess.run(["docker", *self.action, cid], check=True, capture_output=True, timeout=60)
 
     def generate(self, token_ids, sampling):
         from lightswe.agent.chat import IM_END
 
-        if self.turn == self.at:
-            subprocess.run(["docker", *self.action, self.env.sandbox.container_id], check=True,
-                           capture_output=True, timeout=60)
+        command = "ls"
+        if self.turn == self.at and self.when == "between":
+            self._sabotage(self.env.sandbox.container_id)
+        elif self.turn == self.at:
+            command = "sleep 30"
+            self.timer = threading.Timer(1.5, self._sabotage, args=(self.env.sandbox.container_id,))
+            self.timer.start()
         self.turn += 1
-        text = '<tool_calls>\n{"name": "bash", "arguments": {"command": "ls"}}\n</tool_calls>'
+        text = '<tool_calls>\n{"name": "bash", "arguments": {"command": "%s"}}\n</tool_calls>' % command
         tokens = [*self.tok.encode(text), self.tok.token_id(IM_END)]
         return tokens, [-1.0] * len(tokens)
 
@@ -214,11 +224,15 @@ def _own_containers() -> set[str]:
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("action", [["kill"], ["rm", "-f"], ["pause"]], ids=["kill", "rm", "pause"])
-def test_the_episode_container_killed_removed_or_frozen_from_outside(task, action):
+@pytest.mark.parametrize(("action", "when"), [(["kill"], "between"), (["rm", "-f"], "between"),
+                                              (["pause"], "between"), (["kill"], "during"), (["rm", "-f"], "during")],
+                         ids=["kill", "rm", "pause", "kill-mid-command", "rm-mid-command"])
+def test_the_episode_container_killed_removed_or_frozen_from_outside(task, action, when):
     """``docker kill`` (what the host's OOM killer does to the container's init), ``docker rm -f`` and
-    ``docker pause`` between two turns: the episode is sandbox_error (None), the same env's next episode gets a
-    fresh container and the scripted fix its 1.0, and closing the env leaves no container of this process."""
+    ``docker pause`` between two turns or in the middle of a command: the episode is sandbox_error (None; before
+    the fix the env reported a dead runner, restarted the container from the base commit and the episode went on
+    to be scored), the same env's next episode gets a fresh container and the scripted fix its 1.0, and closing
+    the env leaves no container of this process."""
     from lightswe.agent.policies.scripted import ScriptedPolicy
     from lightswe.agent.trajectory import EpisodeStatus
     from lightswe.envs.swe_env import SWEEnv
@@ -226,12 +240,15 @@ def test_the_episode_container_killed_removed_or_frozen_from_outside(task, actio
 
     before = _own_containers()
     env = SWEEnv([task])
+    saboteur = _Saboteur(env, action, when)
     try:
-        broken = _episode(env, _Saboteur(env, action), task, max_steps=4)
+        broken = _episode(env, saboteur, task, max_steps=4)
         assert broken.status is EpisodeStatus.SANDBOX_ERROR and broken.reward is None, broken.error
-        assert broken.num_steps == 1
+        assert broken.error.startswith("SandboxError") and broken.num_steps <= 3
         fixed = _episode(env, ScriptedPolicy.from_tasks([task], ByteTokenizer()), task)
         assert fixed.status is EpisodeStatus.SUBMITTED and fixed.reward == 1.0, fixed.error
     finally:
+        if saboteur.timer is not None:
+            saboteur.timer.join()
         env.close()
     assert _own_containers() <= before
