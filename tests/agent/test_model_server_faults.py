@@ -252,3 +252,20 @@ def test_the_episode_container_killed_removed_or_frozen_from_outside(task, actio
             saboteur.timer.join()
         env.close()
     assert _own_containers() <= before
+
+
+def test_the_built_in_model_gone_numerically_wrong_is_refused_per_request():
+    """A real model whose weights turned NaN (an overflow, a bad update), sampled greedily (at temperature > 0
+    torch.multinomial raises on NaN first): its samples carry NaN log-probs, which ``check_sample`` refuses as that
+    request's SampleError (an InfrastructureError: the episode is not scored; before, stored as NaN), in the
+    batched path too (the request's own error, not its batch-mates')."""
+    import torch
+    from lightswe.agent.policies.model import ModelPolicy
+
+    policy = ModelPolicy.from_spec("tiny", seed=0)
+    with torch.no_grad():
+        policy.model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(SampleError, match="finite"):
+        policy.generate([1, 2, 3], SamplingParams(max_new_tokens=4, temperature=0.0))
+    with pytest.raises(SampleError, match="finite"):
+        policy.generate_batch([[1, 2, 3], [4, 5]], SamplingParams(max_new_tokens=4, temperature=0.0))
