@@ -198,13 +198,18 @@ def parse_completion(response: dict) -> Sample:
         log-prob that is not a number (``check_sample`` then refuses NaN, infinite and positive ones).
     """
     try:
-        logprobs = response["choices"][0]["logprobs"]
+        choice = response["choices"][0]
+        logprobs = choice["logprobs"]
         tokens, values = logprobs["tokens"], logprobs["token_logprobs"]
         if not (isinstance(tokens, list) and isinstance(values, list)):
             raise TypeError
     except (KeyError, IndexError, TypeError):
         raise ServerError("the response has no choices[0].logprobs.tokens/token_logprobs; the server must "
                           f"support `logprobs` (got {json.dumps(response)[:300]})") from None
+    if choice.get("finish_reason") == "abort":  # vLLM: the engine dropped the request (preempted, shutting down)
+        raise ServerError("the server aborted the request (finish_reason 'abort'); see its log")
+    if not tokens:  # max_tokens >= 1 always samples a token: an empty answer is the server's failure, never a turn
+        raise ServerError("the server returned no token for a request of max_tokens >= 1; see its log")
     ids = []
     for token in tokens:
         match = _TOKEN.fullmatch(token) if isinstance(token, str) else None

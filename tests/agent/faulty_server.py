@@ -12,7 +12,8 @@ closed before any answer), ``cut`` (headers and half the body, then closed), ``h
 ``trickle`` (a valid body one byte every 0.2 s: never ends in practice), ``malformed`` (200 with text that is
 not JSON), ``empty`` (``choices: []``), ``nologprobs`` (``logprobs: null``), ``nulllp`` (a ``null`` log-prob),
 ``nan`` / ``inf`` / ``-inf`` / ``positive`` (such a log-prob), ``short`` (fewer log-probs than tokens),
-``badtoken`` (``"token_id:x"``), ``negtoken`` (``"token_id:-5"``), ``context`` (vLLM's 400 for a request past
+``badtoken`` (``"token_id:x"``), ``negtoken`` (``"token_id:-5"``), ``notokens`` (no token at all), ``abort`` (vLLM's
+``finish_reason: abort``: the engine dropped the request), ``context`` (vLLM's 400 for a request past
 ``max_model_len``: ``MAX_MODEL_LEN`` below, also reported by ``/v1/models`` unless the server was started with
 ``--hide-max-model-len``; ``--max-model-len N`` sets it), ``notjsonobj`` (``[1, 2]``).
 """
@@ -95,6 +96,9 @@ class Handler(BaseHTTPRequestHandler):
             "badtoken": completion(body, [-1.0, -1.0, -1.0], ["token_id:104", "token_id:x", "token_id:105"]),
             "negtoken": completion(body, [-1.0, -1.0, -1.0], ["token_id:104", "token_id:-5", "token_id:105"]),
             "notjsonobj": [1, 2],
+            "notokens": completion(body, [], []),
+            "abort": {**completion(body, [-1.0], ["token_id:104"]), "choices": [{
+                **completion(body, [-1.0], ["token_id:104"])["choices"][0], "finish_reason": "abort"}]},
         }
         if fault in payloads:
             return self._send(200, payloads[fault])

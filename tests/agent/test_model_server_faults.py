@@ -78,7 +78,7 @@ def test_a_response_that_never_ends_is_cut_at_the_timeout(server, fault):
     ("empty", "no choices"), ("nologprobs", "no choices"), ("nulllp", "not a number"),
     ("nan", "finite and <= 0"), ("inf", "finite and <= 0"), ("-inf", "finite and <= 0"),
     ("positive", "finite and <= 0"), ("short", "3 tokens but 2 log-probs"), ("badtoken", "token_id:x"),
-    ("negtoken", "token_id:-5"), ("status:400", "HTTP 400")])
+    ("negtoken", "token_id:-5"), ("status:400", "HTTP 400"), ("notokens", "no token"), ("abort", "aborted")])
 def test_answers_no_learner_can_use_are_infrastructure_errors(server, fault, expected):
     with pytest.raises(ServerError, match=expected):
         server.policy(fault).generate(PROMPT, SAMPLING)
