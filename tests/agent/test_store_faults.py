@@ -140,3 +140,23 @@ def test_a_stored_non_finite_log_prob_is_refused_on_read(tmp_path):
     segment.write_text(segment.read_text().replace("-0.5]", "-Infinity]"))
     with pytest.raises(TrajectoryFormatError, match="finite"):
         list(read_trajectories(tmp_path))
+
+
+def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(small_disk):
+    """The tiny model's checkpoint does not fit the tmpfs: one-line CheckpointError, no ``.tmp-*`` directory left,
+    ``latest`` still names the previous (small) checkpoint and it loads."""
+    import torch
+    from lightswe.agent.checkpointing import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+
+    small = torch.nn.Linear(4, 4)
+    save_checkpoint(small_disk, step=1, model=small, optimizer=torch.optim.AdamW(small.parameters()))
+    big = torch.nn.Linear(256, 256)  # 256 KiB of weights, twice that of moments: past the 96 KiB disk
+    opt = torch.optim.AdamW(big.parameters())
+    big(torch.ones(1, 256)).sum().backward()
+    opt.step()
+    with pytest.raises(CheckpointError, match="step 2.*previous checkpoint is intact") as info:
+        save_checkpoint(small_disk, step=2, model=big, optimizer=opt)
+    assert isinstance(info.value, InfrastructureError) and "\n" not in str(info.value)
+    assert not list(small_disk.glob(".tmp-*"))
+    assert latest_checkpoint(small_disk).name == "step-000001"
+    assert load_checkpoint(small_disk, model=torch.nn.Linear(4, 4), restore_rng=False)["step"] == 1
