@@ -26,6 +26,7 @@ from __future__ import annotations
 import email.utils
 import http.client
 import json
+import math
 import re
 import time
 import urllib.error
@@ -95,8 +96,7 @@ class OpenAIPolicy:
             self._asked_window = True
             request = urllib.request.Request(self.base_url + "/models", headers=self._headers())
             try:
-                with urllib.request.urlopen(request, timeout=min(self.timeout_s, 30.0)) as response:
-                    cards = json.loads(response.read()).get("data") or []
+                cards = json.loads(self._read(request)).get("data") or []
                 card = next((c for c in cards if c.get("id") == self.model), cards[0] if cards else {})
                 value = card.get("max_model_len")
                 self._max_model_len = value if isinstance(value, int) and value > 0 else None
@@ -187,7 +187,7 @@ def _retry_after(headers, *, cap: float) -> float:
             seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
         except (TypeError, ValueError):
             return 0.0
-    return min(max(seconds, 0.0), cap)
+    return min(max(seconds, 0.0), cap) if math.isfinite(seconds) else 0.0  # "nan" would reach time.sleep
 
 
 def parse_completion(response: dict) -> Sample:

@@ -7,7 +7,8 @@ fault to the first N requests of that model name only, then answers normally (a 
 normal answer is what vLLM ``serve`` returns for a token-id prompt with ``logprobs`` and
 ``return_tokens_as_token_ids``: the tokens of ``"hi"`` then the first stop token, log-prob -1.0 each.
 
-Faults: ``status:CODE`` (JSON error body; ``status:429`` adds ``Retry-After: 1``), ``reset`` (the connection
+Faults: ``status:CODE`` (JSON error body; ``status:429`` adds ``Retry-After: 1``, ``status:503`` a
+malformed ``Retry-After: nan``), ``reset`` (the connection
 closed before any answer), ``cut`` (headers and half the body, then closed), ``hang`` (never answers),
 ``trickle`` (a valid body one byte every 0.2 s: never ends in practice), ``malformed`` (200 with text that is
 not JSON), ``empty`` (``choices: []``), ``nologprobs`` (``logprobs: null``), ``nulllp`` (a ``null`` log-prob),
@@ -68,7 +69,7 @@ class Handler(BaseHTTPRequestHandler):
             fault = "ok"
         if fault.startswith("status:"):
             code = int(fault.split(":")[1])
-            headers = {"Retry-After": "1"} if code == 429 else {}
+            headers = {"Retry-After": "1"} if code == 429 else {"Retry-After": "nan"} if code == 503 else {}
             return self._send(code, {"error": {"message": f"injected {code}", "code": code}}, headers)
         if fault == "reset":
             self.close_connection = True
