@@ -68,8 +68,8 @@ def test_disk_full_while_writing_keeps_every_finished_episode(small_disk, parque
 
 def test_a_writer_that_failed_never_appends_after_its_torn_line(small_disk):
     """The same writer used again once space is back (a caller that caught the error): its next record goes to
-    a new segment, so the torn line stays a segment's last (skipped) and never becomes a middle line that makes the
-    whole folder unreadable."""
+    a new segment, so the torn line stays a segment's last (skipped). Before: the next record was glued to the
+    torn line and skipped on read with it, although its write had returned (a finished, counted episode lost)."""
     writer = TrajectoryWriter(small_disk, parquet=False, shard_size=1000)
     count = 0
     with pytest.raises(TrajectoryStoreError):
