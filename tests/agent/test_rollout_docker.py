@@ -81,6 +81,7 @@ def test_rollout_on_a_local_ray_cluster(tmp_path):
     assert containers_of({os.getpid()} | {pid for _, pid in workers}) == []  # actors closed their sandboxes
 
 
+@pytest.mark.slow  # a second local Ray cluster and 4 graded episodes: ~60 s on 2 loaded cores
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed (pip install 'lightswe[ray]')")
 def test_a_ray_worker_killed_mid_episode_is_replaced_and_its_episode_rerun(tmp_path):
     """kill -9 of one actor's process while the rollout runs (attack9; before the fix the dead actor went back to
