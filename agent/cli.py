@@ -189,7 +189,9 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
         # episodes (with --ray the actors' nodes, not this one, must reach it)
         from lightswe.agent.policies.openai_server import OpenAIPolicy
 
-        OpenAIPolicy(target, **options).check_reachable()
+        server = OpenAIPolicy(target, **options)
+        server.check_reachable()
+        server.check_tokenizer(load_tokenizer(tokenizer_spec))  # its token ids must mean the same text here
     if args.ray:
         from lightswe.agent.ray_executor import RayExecutor
 

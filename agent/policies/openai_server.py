@@ -80,6 +80,35 @@ class OpenAIPolicy:
                               "(e.g. python -m vllm.entrypoints.openai.api_server --model DIR --logprobs-mode "
                               "processed_logprobs) or correct the URL in --policy openai:URL") from None
 
+    def check_tokenizer(self, tokenizer, timeout_s: float = 10.0) -> None:
+        """Refuse a ``tokenizer`` that is not the served model's: the server's ``/tokenize`` (vLLM's, at the server
+        root) and ``tokenizer`` must give the same ids for a probe text (code, accents, a symbol), else the ids the
+        server returns mean other text here, and the env and the learner would see what the model did not write.
+        A server without ``/tokenize`` is not checked.
+
+        Raises:
+            UserInputError: the two tokenisations differ, naming both and the fix.
+        """
+        from lightswe.errors import UserInputError
+
+        probe = "def add(x, y):\n    return x + y  # naïve ✓\n"
+        root = self.base_url[: -len("/v1")]
+        body = {"model": self.model, "prompt": probe, "add_special_tokens": False}
+        request = urllib.request.Request(root + "/tokenize", data=json.dumps(body).encode(), headers=self._headers())
+        saved, self.timeout_s = self.timeout_s, min(self.timeout_s, timeout_s)
+        try:
+            served = json.loads(self._read(request)).get("tokens")
+        except (OSError, http.client.HTTPException, ValueError, AttributeError):
+            return  # no /tokenize (not vLLM) or no answer: generate() says so if it matters
+        finally:
+            self.timeout_s = saved
+        encode = getattr(tokenizer, "encode_ordinary", None) or tokenizer.encode
+        ours = list(encode(probe))
+        if isinstance(served, list) and served != ours:
+            raise UserInputError(f"the server at {root} tokenizes {probe!r} as {served[:12]}... but --tokenizer gives "
+                                 f"{ours[:12]}...: its token ids would mean other text here; fix: pass the served "
+                                 "model's tokenizer (--tokenizer PATH/tokenizer.json)")
+
     def request_body(self, token_ids: Sequence[int], sampling: SamplingParams) -> dict:
         body = {"model": self.model, "prompt": [int(t) for t in token_ids], "max_tokens": sampling.max_new_tokens,
                 "temperature": sampling.temperature, "top_p": sampling.top_p, "logprobs": 1,

@@ -16,7 +16,9 @@ not JSON), ``empty`` (``choices: []``), ``nologprobs`` (``logprobs: null``), ``n
 ``badtoken`` (``"token_id:x"``), ``negtoken`` (``"token_id:-5"``), ``notokens`` (no token at all), ``abort`` (vLLM's
 ``finish_reason: abort``: the engine dropped the request), ``context`` (vLLM's 400 for a request past
 ``max_model_len``: ``MAX_MODEL_LEN`` below, also reported by ``/v1/models`` unless the server was started with
-``--hide-max-model-len``; ``--max-model-len N`` sets it), ``notjsonobj`` (``[1, 2]``).
+``--hide-max-model-len``; ``--max-model-len N`` sets it), ``notjsonobj``
+(``[1, 2]``). ``POST /tokenize`` answers with the byte tokenizer's ids (``--other-tokenizer``: shifted by one;
+``--no-tokenize``: 404).
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/tokenize":  # vLLM's, at the server root: the byte tokenizer's ids (+1 if told to differ)
+            if "--no-tokenize" in sys.argv:
+                return self._send(404, {"detail": "Not Found"})
+            shift = 1 if "--other-tokenizer" in sys.argv else 0  # ids of the built-in ByteTokenizer: UTF-8 bytes
+            tokens = [t + shift for t in body["prompt"].encode("utf-8")]  # (no lightswe import: answers at once)
+            return self._send(200, {"tokens": tokens, "count": len(tokens), "max_model_len": MAX_MODEL_LEN})
         name = str(body.get("model", ""))
         fault, _, times = name.partition("#")
         with LOCK:

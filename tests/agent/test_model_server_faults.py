@@ -269,3 +269,28 @@ def test_the_built_in_model_gone_numerically_wrong_is_refused_per_request():
         policy.generate([1, 2, 3], SamplingParams(max_new_tokens=4, temperature=0.0))
     with pytest.raises(SampleError, match="finite"):
         policy.generate_batch([[1, 2, 3], [4, 5]], SamplingParams(max_new_tokens=4, temperature=0.0))
+
+
+def test_a_server_whose_token_ids_mean_other_text_is_refused_before_any_episode(tmp_path, capsys):
+    """Token ids that do not match the text: a server serving another tokenizer than ``--tokenizer`` returns ids
+    that decode here to what the model did not write (the env would run it, the learner train on it). Its
+    ``/tokenize`` is compared once with ours: ``rollout`` refuses in one line (exit 2) before any episode; the same
+    tokenizer, or a server without ``/tokenize``, passes."""
+    from lightswe.cli import main
+    from lightswe.errors import UserInputError
+    from lightswe.model import ByteTokenizer
+
+    same, other, silent = Server(), Server("--other-tokenizer"), Server("--no-tokenize")
+    try:
+        same.policy("ok").check_tokenizer(ByteTokenizer())
+        silent.policy("ok").check_tokenizer(ByteTokenizer())
+        with pytest.raises(UserInputError, match="other text here"):
+            other.policy("ok").check_tokenizer(ByteTokenizer())
+        code = main(["rollout", "--tasks", "demo", "--policy", f"openai:{other.url}", "--out", str(tmp_path / "r"),
+                     "--no-progress"])
+    finally:
+        for srv in (same, other, silent):
+            srv.close()
+    err = capsys.readouterr().err
+    assert code == 2 and "other text here" in err and "fix:" in err and len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "r").glob("part-*"))  # no episode ran
