@@ -234,3 +234,22 @@ def test_multi_turn_episode_trains_on_exactly_the_sampled_tokens_and_their_log_p
     assert shifted > 1e-2
     metrics = Learner(model, CISPOLoss(), LearnerConfig(minibatches=1, temperature=0.7, lr=1e-9)).step(batch)
     assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-4) and metrics["clip_fraction"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("eps_high", 0.0, r"--loss-config.eps-high 0.0: must be > 0"),
+    ("eps_low", 1.0, r"--loss-config.eps-low 1.0: must be in \[0, 1\)"),
+    ("eps_low", -0.1, r"--loss-config.eps-low -0.1: must be in \[0, 1\)"),
+])
+def test_a_clip_range_the_loss_refuses_is_refused_with_the_settings(field, value, message):
+    """Checked with the other settings, before the run folder and the warm start (the loss itself would raise a
+    ValueError only when the learner is built, after minutes of warm start)."""
+    from lightswe.agent.train_config import TrainConfig
+    from lightswe.errors import UserInputError
+
+    with pytest.raises(UserInputError, match=message):
+        TrainConfig(loss_config=LossConfig(**{field: value}))
+    TrainConfig(loss_config=LossConfig(eps_high=0.5, eps_low=0.0))  # the edges the losses accept
