@@ -1,6 +1,6 @@
 """What the learner optimises, against numbers derived by hand from the papers' equations (not from the code).
 
-MiniMax-M1 (arXiv 2506.13585) eq. 4: J = 1/sum_i|o_i| sum_i sum_t sg(clip(r_it, 1-eps_low, 1+eps_high)) A_i
+MiniMax-M1 (arXiv 2506.13585) section 3.1: J = 1/sum_i|o_i| sum_i sum_t sg(clip(r_it, 1-eps_low, 1+eps_high)) A_i
 log pi(o_it); DAPO (arXiv 2503.14476): min(r A, clip(r, 1-0.2, 1+0.28) A), token-level; GRPO (arXiv 2402.03300):
 1/G sum_i 1/|o_i| sum_t min(r A, clip(r, 0.8, 1.2) A). The learner is driven end to end (``TrainBatch`` ->
 ``Learner.step``) on a unigram policy, log p(k) = log softmax(theta / T)_k, whose gradient is by hand:
@@ -86,7 +86,7 @@ def test_learner_gradient_equals_the_hand_derived_objective(name, loss, grad, mi
 
 def test_cispo_lower_bound_and_token_mask_by_hand():
     """eps_low 0.2: token 3's weight 0.5 becomes 0.8 (coefficient sum 1.28 + 1 - 0.8 = 1.48). The paper's token
-    mask M_t (eq. 6) drops token 1 (A > 0, r = 2 > 1.28) and, with the lower bound, token 3 (A < 0, r < 0.8)."""
+    mask M_t drops token 1 (A > 0, r = 2 > 1.28) and, with the lower bound, token 3 (A < 0, r < 0.8)."""
     got, _, _ = _grad(CISPOLoss(LossConfig(eps_high=0.28, eps_low=0.2)), 2)
     torch.testing.assert_close(got, -torch.tensor([-0.37, 1.28 - 0.37, 1 - 0.37, -0.8 - 0.37]) / 3)
     masked, _, _ = _grad(CISPOLoss(LossConfig(eps_high=0.28, eps_low=0.2, token_mask=True)), 2)
