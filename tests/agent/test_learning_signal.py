@@ -253,3 +253,26 @@ def test_a_clip_range_the_loss_refuses_is_refused_with_the_settings(field, value
     with pytest.raises(UserInputError, match=message):
         TrainConfig(loss_config=LossConfig(**{field: value}))
     TrainConfig(loss_config=LossConfig(eps_high=0.5, eps_low=0.0))  # the edges the losses accept
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """A run stopped after logging step 3 but before its checkpoint (e.g. Ctrl-C in the held-out evaluation that
+    follows the step's row) resumes from step 2 and runs step 3 again: its metrics (JSONL and TensorBoard) must
+    then hold step 3 once, as an uninterrupted run's do, not the stale row beside the new one."""
+    from lightswe.agent.metrics import MetricsLog, read_metrics
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = MetricsLog(tmp_path)
+    for step in (1, 2, 3):
+        log.write(step=step, metrics={"loss": float(step)})
+    log.close()
+    log = MetricsLog(tmp_path, purge_step=3)  # resuming from the checkpoint of step 2
+    log.write(step=3, metrics={"loss": 30.0})
+    log.close()
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 30.0)]
