@@ -56,7 +56,8 @@ def _learner_default() -> LearnerConfig:
 
 def _advantages_default() -> AdvantageConfig:
     # Equal-reward groups stay in the batch with advantage 0 (no gradient) so that the token-level normaliser is
-    # the whole generation batch: filtered, a lone group with signal in a mostly solved step got 4x the weight per
+    # the whole mini-batch (--learner.minibatches of them per generation batch; one holding only such groups takes
+    # no optimiser step): filtered, a lone group with signal in a mostly solved step got 4x the weight per
     # token, and one such update (7 successes, one wrong operator) destroyed the tiny model's tool-call format at
     # step 7 of a default run (seed 1). Costs the forward/backward of those rows; filter_equal=True skips them.
     # Advantages are mean-centred, not divided by the group's std (Dr. GRPO, Liu et al. 2025): dividing gives the

@@ -276,3 +276,43 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+# ------------------------------------------------------------------------------------- the learner's step
+
+
+def _groups_batch(advantages: list[float]) -> TrainBatch:
+    """One two-token row per advantage, rows i and i + 1 a group (2 rows each)."""
+    rows = len(advantages)
+    return TrainBatch.from_sequences([[0, 1 + i % 3] for i in range(rows)], [[0, 1]] * rows,
+                                     [[0.0, LN(1 / 4)]] * rows, advantages, group_ids=[i // 2 for i in range(rows)])
+
+
+def test_a_minibatch_without_signal_takes_no_optimiser_step():
+    """With mini-batches cut at group boundaries, a mini-batch can hold only equal-reward groups (advantage 0; in
+    the embedded default run: step 7's first mini-batch, every seed-0 run). Its policy gradient is exactly zero,
+    and an AdamW step on it would only replay the momentum of earlier updates (what the loop already refuses
+    for a step without signal). So: no step, and the parameters end where the signal mini-batch alone puts them."""
+    cfg = LearnerConfig(lr=1e-2, minibatches=2, micro_batch_size=2, grad_clip=0.0)
+    loss = CISPOLoss()
+    warm = _groups_batch([1.0, -1.0, 0.5, -0.5])  # momentum from an earlier update
+
+    def run(batch: TrainBatch) -> tuple[torch.Tensor, dict]:
+        model = Unigram([0.0] * 4)
+        learner = Learner(model, loss, cfg)
+        learner.step(warm)
+        metrics = learner.step(batch)
+        return model.theta.detach().clone(), metrics | {"updates": learner.updates}
+
+    zero_then_signal, metrics = run(_groups_batch([0.0, 0.0, 1.0, -1.0]))
+    assert metrics["optimizer_steps"] == 1.0 and metrics["updates"] == 3
+    # the signal group alone (rows 2 and 3: tokens 3 and 1), one group: one mini-batch, one step
+    signal_only, _ = run(TrainBatch.from_sequences([[0, 3], [0, 1]], [[0, 1]] * 2, [[0.0, LN(1 / 4)]] * 2,
+                                                   [1.0, -1.0], group_ids=[1, 1]))
+    torch.testing.assert_close(zero_then_signal, signal_only, rtol=0, atol=0)
+    model = Unigram([0.0] * 4)
+    learner = Learner(model, loss, cfg)
+    learner.step(warm)
+    after_warm = model.theta.detach().clone()
+    metrics = learner.step(_groups_batch([0.0, 0.0, 0.0, 0.0]))
+    assert metrics["optimizer_steps"] == 0.0 and learner.updates == 2 and torch.equal(model.theta.detach(), after_warm)
