@@ -316,3 +316,35 @@ def test_a_minibatch_without_signal_takes_no_optimiser_step():
     after_warm = model.theta.detach().clone()
     metrics = learner.step(_groups_batch([0.0, 0.0, 0.0, 0.0]))
     assert metrics["optimizer_steps"] == 0.0 and learner.updates == 2 and torch.equal(model.theta.detach(), after_warm)
+
+
+@pytest.mark.docker
+def test_a_run_stopped_in_its_final_evaluation_resumes_into_it(tmp_path, monkeypatch):
+    """Stopped (Ctrl-C) during the held-out evaluation after the last step, the rerun must evaluate the final
+    weights and log every step once, as an uninterrupted run does. The last step's checkpoint used to be written
+    before that evaluation: the rerun then found the run finished and never evaluated it, and its summary named
+    step 0's held-out score as the last one."""
+    from lightswe.agent import train as train_module
+    from lightswe.agent.metrics import read_metrics
+    from lightswe.agent.sampling import SamplerConfig
+    from lightswe.agent.task_stream import TaskStreamConfig
+    from lightswe.agent.train import TrainConfig, WarmStartConfig, train
+
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=2, tasks_per_step=1, group_size=2, eval_group_size=1,
+                      eval_every=0, progress=False, sampler=SamplerConfig(concurrency=2),
+                      data=TaskStreamConfig(eval_tasks="arith:eval:sum"), warm_start=WarmStartConfig(steps=0))
+    evaluate_step = train_module.evaluate_step
+
+    def stopped_at_the_end(cfg, ctx, rollouts, eval_tasks, out, step):
+        if step == cfg.steps:
+            raise KeyboardInterrupt
+        return evaluate_step(cfg, ctx, rollouts, eval_tasks, out, step)
+
+    monkeypatch.setattr(train_module, "evaluate_step", stopped_at_the_end)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(train_module, "evaluate_step", evaluate_step)
+    summary = train(cfg)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [(r["step"], "eval_success_rate" in r) for r in rows] == [(0, True), (1, False), (2, False), (2, True)]
+    assert summary["eval_success_rate_last"] == rows[-1]["eval_success_rate"]
