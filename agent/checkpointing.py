@@ -102,8 +102,8 @@ def save_checkpoint(root: str | Path, *, step: int, model: nn.Module, optimizer:
         cause = _os_error(err)  # torch.save raises a RuntimeError with the OSError as its context
         if cause is not None:
             raise CheckpointError(f"cannot write checkpoint step {step} under {root}: {cause}; the previous "
-                                  f"checkpoint is intact: fix: free space (df -h {root}) or fix the disk, then "
-                                  "rerun with --resume") from err
+                                  f"checkpoint is intact; fix: free space (df -h {root}) or fix the disk, then "
+                                  "run the same command again (it resumes from that checkpoint)") from err
         raise
     if final.exists():
         shutil.rmtree(final)
@@ -150,7 +150,7 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     found = latest_checkpoint(path)
     if found is None:
         raise FileNotFoundError(f"no complete checkpoint under {path} (expected step-*/state.json); "
-                                f"start without --resume or point at a checkpoint directory")
+                                f"fix: point at a checkpoint directory or a run's checkpoints/ folder")
     model_sd = torch.load(found / "model.pt", map_location="cpu", weights_only=True)
     optim_sd = torch.load(found / "optim.pt", map_location="cpu", weights_only=False) if optimizer else None
     by_position = optim_sd is not None and any(isinstance(k, int) for k in optim_sd.get("state", {}))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -110,12 +109,10 @@ class MetricsLog:
                     keep.append(line + "\n")
             except (ValueError, KeyError, TypeError):
                 continue
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as handle:
+        from lightswe.tasks.instance import atomic_file
+
+        with atomic_file(self.path) as handle:
             handle.writelines(keep)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
 
     def _write_hparams(self, hparams: dict) -> None:
         """Into the same event file as the scalars (``add_hparams`` would make a second run folder)."""

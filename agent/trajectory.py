@@ -138,10 +138,16 @@ _TYPES = {"episode_id": str, "task_id": str, "group_id": str, "sample_index": in
           "model_patch": str}
 
 
+# The largest log-prob accepted: 0 plus float rounding of a near-certain token's log-softmax. The one bound of the
+# store's reader, the learner's batch and the backends' samples (``policies.base.check_sample``).
+MAX_LOGPROB = 1e-6
+
+
 def check_tokens(token_ids: Sequence, loss_mask: Sequence, logprobs: Sequence, *, where: str) -> list[float]:
     """What a learner needs of a trajectory's token arrays: equal lengths, ids ints >= 0, mask 0/1, each log-prob
-    a finite number <= 0 (1e-6 of float rounding allowed). Returns the log-probs as floats. Shared by the store's
-    reader and the learner's batch (``train_step.batch_from``), so nothing inconsistent is trained on silently.
+    a finite number <= 0 (``MAX_LOGPROB`` of float rounding allowed). Returns the log-probs as floats. Shared by
+    the store's reader and the learner's batch (``train_step.batch_from``), so nothing inconsistent is trained on
+    silently.
 
     Raises:
         TrajectoryFormatError: one line, ``where`` first, naming the field that is wrong.
@@ -157,7 +163,7 @@ def check_tokens(token_ids: Sequence, loss_mask: Sequence, logprobs: Sequence, *
         lps = [float(x) for x in logprobs]
     except (TypeError, ValueError):
         raise TrajectoryFormatError(f"{where}: logprobs must be numbers") from None
-    bad = next((i for i, x in enumerate(lps) if not math.isfinite(x) or x > 1e-6), None)
+    bad = next((i for i, x in enumerate(lps) if not math.isfinite(x) or x > MAX_LOGPROB), None)
     if bad is not None:
         raise TrajectoryFormatError(f"{where}: logprobs must be finite and <= 0 (not NaN or infinite); token {bad} "
                                     f"has {lps[bad]!r}")

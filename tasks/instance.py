@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,13 +150,17 @@ def iter_jsonl(path: str | Path) -> Iterator[TaskInstance]:
 def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """An open file (``mode`` ``"w"``: text, UTF-8; ``"wb"``: bytes) whose content replaces ``path`` in one
     rename when the block ends; an error in the block leaves ``path`` as it was and no temporary file behind
-    (an unserialisable field, a full disk). A kill leaves at most ``<name>.tmp``, never a half-written ``path``."""
+    (an unserialisable field, a full disk). A kill leaves at most ``<name>.tmp``, never a half-written ``path``;
+    the content is on disk (fsynced) before the rename. The project's one atomic file writer (tasks, build
+    reports, the metrics log's rewrite on resume)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

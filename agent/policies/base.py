@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from lightswe.agent.early_stop import EarlyStopConfig
+from lightswe.agent.trajectory import MAX_LOGPROB
 from lightswe.errors import InfrastructureError, LightSWEError
 
 
@@ -85,12 +86,12 @@ class ContextWindowExceeded(LightSWEError):
     termination is the same split)."""
 
 
-_MAX_LOGPROB = 1e-6  # float rounding of a near-certain token's log-softmax (the trajectory store's bound too)
 
 
 def check_sample(sample: Sample, sampling: SamplingParams) -> Sample:
     """Backends' shared post-condition: equal lengths, each token id an int >= 0, each log-prob finite and <= 0
-    (within ``1e-6``), within budget, cut at the first stop token. The loop applies it to every backend's sample.
+    (within ``MAX_LOGPROB``, the trajectory store's bound), within budget, cut at the first stop token. The loop
+    applies it to every backend's sample.
 
     Raises:
         SampleError: naming what was wrong (an :class:`InfrastructureError`: the episode is not scored).
@@ -103,7 +104,7 @@ def check_sample(sample: Sample, sampling: SamplingParams) -> Sample:
         if isinstance(token, bool) or not isinstance(token, numbers.Integral) or token < 0:
             raise SampleError(f"the sampler returned token id {token!r} at position {i}: not an integer >= 0")
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-                or value > _MAX_LOGPROB:
+                or value > MAX_LOGPROB:
             raise SampleError(f"the sampler returned log-prob {value!r} for token {i}: a log-probability must be "
                               "finite and <= 0 (a NaN/inf is a numerical failure of the sampler)")
     for i, token in enumerate(tokens):

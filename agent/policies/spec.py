@@ -6,6 +6,7 @@
     hf:/path/to/ckpt                       a transformers causal LM (Qwen2, Llama, ...) with its ChatML tokenizer;
                                            options ?device=cuda&max_batch=16 (``lightswe.model.hf``)
     openai:http://host:8000/v1             an OpenAI-compatible server; options ?model=NAME&api_key=KEY
+                                           (&timeout_s=600&retries=2: per request, see OpenAIPolicy)
     vllm:MODEL | vllm:hf:/path/to/ckpt     vLLM in-process; options become vllm.LLM keyword arguments
 """
 
