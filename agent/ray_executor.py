@@ -23,6 +23,7 @@ from concurrent.futures import Future
 
 from lightswe.agent.loop import AgentConfig
 from lightswe.agent.rollout import EpisodeJob, _sigint_deferred, _Stoppable, default_env_factory, run_job
+from lightswe.errors import InfrastructureError
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ class RayExecutor:
                         "restart %d of %d" % (self.max_restarts - restarts_left + 1, self.max_restarts))
             with self._lock:
                 if self._closing:
-                    raise RuntimeError("the executor shut down while an actor was replaced")
+                    raise InfrastructureError(f"episode {job.episode_id}: the Ray executor shut down while its dead "
+                                              "actor was replaced; fix: run the same command again (it resumes)")
                 fresh = self._new_actor()
                 self.actors = [fresh if a is dead else a for a in self.actors]
                 self.restarted += 1

@@ -49,6 +49,17 @@ class ServerError(InfrastructureError):
 
 
 class OpenAIPolicy:
+    """A policy served by an OpenAI-compatible completions server (vLLM) with token ids in and out.
+
+    ``base_url``: the server (``/v1`` appended when missing); ``model``: the served model's name; ``api_key``: sent
+    as a Bearer token when given; ``timeout_s``: seconds one request may take, the whole response included (a
+    server trickling bytes is cut too); ``retries``: further attempts after a transient failure (module docstring).
+    ``generate`` returns (token ids, log-probs of the sampled tokens; ints and floats) and raises
+    :class:`ServerError` (an ``InfrastructureError``: the episode is ``sandbox_error``) or
+    :class:`~lightswe.agent.policies.base.ContextWindowExceeded`. As a spec:
+    ``openai:URL?model=NAME&timeout_s=600&retries=2``.
+    """
+
     def __init__(self, base_url: str, *, model: str = "default", api_key: str | None = None,
                  timeout_s: float = 600.0, retries: int = 2) -> None:
         self.base_url = base_url.rstrip("/")
