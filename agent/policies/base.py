@@ -99,14 +99,17 @@ def check_sample(sample: Sample, sampling: SamplingParams) -> Sample:
     tokens, logprobs = list(sample[0]), list(sample[1])
     if len(tokens) != len(logprobs):
         raise SampleError(f"the sampler returned {len(tokens)} tokens but {len(logprobs)} log-probs; the learner "
-                          "needs one log-prob per generated token")
+                          "needs one log-prob per generated token; fix: see the sampler's or server's log (a server "
+                          "must answer `logprobs: 1` with one log-prob per token)")
     for i, (token, value) in enumerate(zip(tokens, logprobs)):
         if isinstance(token, bool) or not isinstance(token, numbers.Integral) or token < 0:
-            raise SampleError(f"the sampler returned token id {token!r} at position {i}: not an integer >= 0")
+            raise SampleError(f"the sampler returned token id {token!r} at position {i}: not an integer >= 0; "
+                              "fix: see the sampler's or server's log (the tokenizer's ids are ints >= 0)")
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
                 or value > MAX_LOGPROB:
             raise SampleError(f"the sampler returned log-prob {value!r} for token {i}: a log-probability must be "
-                              "finite and <= 0 (a NaN/inf is a numerical failure of the sampler)")
+                              "finite and <= 0 (a NaN/inf is a numerical failure of the sampler); fix: check the "
+                              "weights it loaded (a diverged or damaged checkpoint gives NaN) and its log")
     for i, token in enumerate(tokens):
         if token in sampling.stop_token_ids:
             tokens, logprobs = tokens[: i + 1], logprobs[: i + 1]
