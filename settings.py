@@ -36,6 +36,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lightswe.durable import atomic_file
 from lightswe.errors import UserInputError
 
 T = TypeVar("T")
@@ -218,9 +219,8 @@ def write_config(folder: Path, cfg, *, command: str) -> Path:
     ``folder/config.json``, atomically. ``--config folder/config.json`` reads it back."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / CONFIG_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"command": command, **to_dict(cfg)}, indent=1) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as handle:
+        handle.write(json.dumps({"command": command, **to_dict(cfg)}, indent=1) + "\n")
     return path
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from lightswe.agent.durable import fsync_dir
+from lightswe.durable import fsync_dir
 from lightswe.errors import InfrastructureError
 from torch import nn
 

@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from lightswe.durable import atomic_file
 from lightswe.errors import UserInputError
 
 # Curves drawn by default, when present (flat and duplicate curves are left out, see plot_curves).
@@ -109,8 +110,6 @@ class MetricsLog:
                     keep.append(line + "\n")
             except (ValueError, KeyError, TypeError):
                 continue
-        from lightswe.tasks.instance import atomic_file
-
         with atomic_file(self.path) as handle:
             handle.writelines(keep)
 

@@ -20,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from lightswe.agent.durable import fsync_dir
+from lightswe.durable import atomic_file, fsync_dir
 from lightswe.errors import InfrastructureError, UserInputError
 from lightswe.jsonl import jsonl_records
 
@@ -338,23 +337,13 @@ class TrajectoryWriter:
             if ordered != self._records:
                 self._records = ordered
                 if not self.parquet:
-                    tmp = self._segment(".jsonl.tmp")
-                    with _removed_on_failure(tmp), tmp.open("w", encoding="utf-8") as handle:
+                    with atomic_file(self._segment(".jsonl")) as handle:
                         handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered)
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                    tmp.replace(self._segment(".jsonl"))
-                    fsync_dir(self.out_dir)
         if self.parquet and self._records:
             import pyarrow.parquet as pq
 
-            final, tmp = self._segment(".parquet"), self._segment(".parquet.tmp")
-            with _removed_on_failure(tmp), tmp.open("wb") as handle:
+            with atomic_file(self._segment(".parquet"), "wb") as handle:
                 pq.write_table(_parquet_table(self._records), handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            tmp.replace(final)
-            fsync_dir(self.out_dir)
             self._segment(".jsonl").unlink()
         self._records = []
         self._seq += 1
@@ -373,16 +362,6 @@ class TrajectoryWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-@contextlib.contextmanager
-def _removed_on_failure(path: Path):
-    """Remove ``path`` (a temporary file being written) if the block fails: no half-written file is left."""
-    try:
-        yield
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
 
 
 def _iter_jsonl(path: Path) -> Iterator[dict]:

@@ -25,10 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightswe.durable import atomic_file
 from lightswe.errors import UserInputError
 from lightswe.tasks import pool as pool_mod
 from lightswe.tasks import splits
-from lightswe.tasks.instance import TaskFormatError, TaskInstance, atomic_file, write_jsonl
+from lightswe.tasks.instance import TaskFormatError, TaskInstance, write_jsonl
 
 INSTANCES, PROGRESS = "instances.jsonl", "progress.jsonl"
 

@@ -7,16 +7,14 @@ pytest project needs.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
+from lightswe.durable import atomic_file
 from lightswe.errors import UserInputError
 from lightswe.jsonl import jsonl_records
 
@@ -144,26 +142,6 @@ def iter_jsonl(path: str | Path) -> Iterator[TaskInstance]:
         raise FileNotFoundError(f"task file {path} does not exist; build one with `lightswe tasks build`")
     for where, record in jsonl_records(path, error=TaskFormatError):  # a shipped or downloaded file may be .gz
         yield TaskInstance.from_dict(record, where=where)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """An open file (``mode`` ``"w"``: text, UTF-8; ``"wb"``: bytes) whose content replaces ``path`` in one
-    rename when the block ends; an error in the block leaves ``path`` as it was and no temporary file behind
-    (an unserialisable field, a full disk). A kill leaves at most ``<name>.tmp``, never a half-written ``path``;
-    the content is on disk (fsynced) before the rename. The project's one atomic file writer (tasks, build
-    reports, the metrics log's rewrite on resume)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_jsonl(instances: Iterable[TaskInstance], path: str | Path) -> None:

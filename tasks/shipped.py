@@ -24,7 +24,8 @@ from pathlib import Path
 
 from lightswe.jsonl import jsonl_records
 from lightswe.tasks import splits
-from lightswe.tasks.instance import TaskFormatError, TaskInstance, atomic_file, read_jsonl
+from lightswe.durable import atomic_file
+from lightswe.tasks.instance import TaskFormatError, TaskInstance, read_jsonl
 
 DEMO_FILE, POOL_FILE = "demo.jsonl", "pool_instances.jsonl.gz"
 POOL_SPLITS = {
