@@ -33,6 +33,7 @@ import uuid
 from pathlib import Path
 
 from lightswe.envs.engine import AGENT_UID, CACHE_DIR
+from lightswe.envs.uids import rewrite_ids
 from lightswe.errors import InfrastructureError, UserInputError
 
 log = logging.getLogger(__name__)
@@ -223,24 +224,72 @@ def template(client, image: str, size: int) -> Path:
     return path
 
 
-class LoopVolume:
-    """One sandbox's fixed-size ext4 volume, mounted on the host; ``binds()`` maps it into the container."""
+_ETC: dict[str, tuple[str, str]] = {}
+_ETC_LOCK = threading.Lock()
 
-    def __init__(self, client, image: str, size: int, owner: str) -> None:
-        self.size = size
+
+def image_accounts(client, image: str) -> tuple[str, str]:
+    """(``/etc/passwd``, ``/etc/group``) of ``image`` as text (read once per image id and process, from a
+    created, never started container)."""
+    import io
+    import tarfile
+
+    image_id = client.api.inspect_image(image)["Id"]
+    with _ETC_LOCK:
+        if image_id in _ETC:
+            return _ETC[image_id]
+    created = client.api.create_container(image_id, command=["true"], labels={"lightswe.volume_template": "1"},
+                                          network_disabled=True)
+    try:
+        texts = []
+        for path in ("/etc/passwd", "/etc/group"):
+            stream, _ = client.api.get_archive(created["Id"], path)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+                member = archive.next()
+                handle = archive.extractfile(member) if member is not None and member.isfile() else None
+                texts.append(handle.read().decode("utf-8", "surrogateescape") if handle else "")
+    finally:
+        client.api.remove_container(created["Id"], force=True)
+    with _ETC_LOCK:
+        _ETC[image_id] = (texts[0], texts[1])
+    return _ETC[image_id]
+
+
+class LoopVolume:
+    """One sandbox's fixed-size ext4 volume, mounted on the host; ``binds()`` maps it into the container.
+
+    ``uid`` (a leased host uid, :mod:`lightswe.envs.uids`): the image's agent user (uid and gid ``AGENT_UID``)
+    becomes ``uid`` in this sandbox: its files in the volume are handed over (``chown --from``, one walk of the
+    copy), and ``binds()`` adds ``/etc/passwd`` and ``/etc/group`` of the image with that id rewritten
+    (read-only files beside the volume)."""
+
+    def __init__(self, client, image: str, size: int, owner: str, uid: int = 0) -> None:
+        self.size, self.uid = size, uid
         self.dir = VOLUME_DIR / f"{owner}-{uuid.uuid4().hex[:12]}"
         self.file, self.mnt = self.dir / "disk.img", self.dir / "m"
         source = template(client, image, size)
+        accounts = image_accounts(client, image) if uid else None
         self.dir.mkdir(parents=True, exist_ok=False)
         try:
             _run("cp", "--sparse=always", str(source), str(self.file), what="copying the sandbox volume")
             _mount(self.file, self.mnt)
+            if uid:
+                own = [str(self.mnt / name) for name in ("testbed", "home")]
+                _run("chown", "-hR", f"--from={AGENT_UID}", str(uid), *own, what="handing the volume to the uid")
+                _run("chown", "-hR", f"--from=:{AGENT_UID}", f":{uid}", *own, what="handing the volume to the gid")
+                for name, text in zip(("passwd", "group"), accounts, strict=True):
+                    (self.dir / name).write_text(rewrite_ids(text, AGENT_UID, uid), encoding="utf-8",
+                                                 errors="surrogateescape")
+                    os.chmod(self.dir / name, 0o644)
         except Exception:
             self.destroy()
             raise
 
     def binds(self) -> dict[str, dict[str, str]]:
-        return {str(self.mnt / name): {"bind": inside, "mode": "rw"} for name, (inside, _, _) in WRITABLE.items()}
+        binds = {str(self.mnt / name): {"bind": inside, "mode": "rw"} for name, (inside, _, _) in WRITABLE.items()}
+        if self.uid:
+            binds.update({str(self.dir / name): {"bind": f"/etc/{name}", "mode": "ro"} for name in ("passwd", "group")})
+        return binds
 
     def destroy(self) -> None:
         """Unmount and delete (idempotent): the host's space is back."""

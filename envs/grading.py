@@ -83,7 +83,6 @@ from lightswe.tasks.instance import TaskInstance
 from lightswe.tasks.test_ids import match as match_ids
 
 HACK_POLICIES = ("keep", "zero")
-AGENT_UID = 1000
 MAX_PATCH_CHARS = 1024 * 1024
 
 
@@ -701,6 +700,7 @@ def _apply(grader: Sandbox, kept: list[Change], known: dict) -> None:
         return
     buffer = io.BytesIO()
     now = int(time.time())
+    uid = grader.agent_uid  # the grading container's agent (a leased uid: envs/uids.py)
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         made = set()
         for change in written:
@@ -710,11 +710,11 @@ def _apply(grader: Sandbox, kept: list[Change], known: dict) -> None:
                     continue
                 made.add(name)
                 info = tarfile.TarInfo(name)
-                info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o755, AGENT_UID, AGENT_UID, now
+                info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o755, uid, uid, now
                 archive.addfile(info)
             entry = change.new
             info = tarfile.TarInfo(change.path)
-            info.uid = info.gid = AGENT_UID
+            info.uid = info.gid = uid
             info.mtime = now
             if entry.mode == SYMLINK:
                 info.type, info.mode = tarfile.SYMTYPE, 0o777

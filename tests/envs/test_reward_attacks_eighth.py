@@ -1,0 +1,135 @@
+"""Adversarial episodes, eighth pass: episodes that run side by side on one host. A policy in one sandbox
+attacks the OTHER episodes and the host, through tool calls only (real engine, the embedded demo task). See the
+README's *Threat model* for the verdict on each attack.
+
+Broke before the fix:
+
+- **per-user kernel limits shared across containers**: every sandbox's ``agent`` was uid 1000 of the host's
+  user namespace, and the kernel counts inotify instances (``fs.inotify.max_user_instances``: 128) and watches,
+  epoll watches, POSIX message-queue bytes (``RLIMIT_MSGQUEUE``: 800 KiB), queued signals and processes per
+  user: a leftover process in one sandbox holding all 128 inotify instances made ``inotify_init`` fail in every
+  other sandbox (measured: -1 in the neighbour), and queues holding the 800 KiB made its ``mq_open`` fail; an
+  honest fix of another episode whose tests need them was graded 0.0 -> each sandbox's agent is a uid of its
+  own (``envs/uids.py``: leased per host, its files and ``/etc/passwd`` entry moved with it), so a neighbour
+  exhausts only its own counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from lightswe.envs.sandbox import Sandbox, SandboxConfig
+from lightswe.envs.swe_env import SWEEnv
+from lightswe.envs.tool_calls import ToolCall
+
+from .conftest import FIX, bash, start
+
+KERNEL = "-kernel"  # task id suffix of the variant whose tests need inotify and a POSIX message queue
+KERNEL_TESTS = """diff --git a/toolz/tests/test_nth_kernel.py b/toolz/tests/test_nth_kernel.py
+new file mode 100644
+index 0000000..0adf421
+--- /dev/null
++++ b/toolz/tests/test_nth_kernel.py
+@@ -0,0 +1,23 @@
++import ctypes
++import os
++
++from toolz import nth
++
++LIBC = ctypes.CDLL(None, use_errno=True)
++
++
++def test_nth_watched():
++    fd = LIBC.inotify_init1(0)
++    assert fd >= 0, os.strerror(ctypes.get_errno())
++    os.close(fd)
++    assert nth(2, iter("ABCDE")) == "C"
++
++
++def test_nth_queued():
++    LIBC.mq_open.restype = ctypes.c_int
++    name = b"/nth-%d" % os.getpid()
++    queue = LIBC.mq_open(name, os.O_CREAT | os.O_RDWR, 0o600, None)
++    assert queue >= 0, os.strerror(ctypes.get_errno())
++    LIBC.mq_close(queue)
++    LIBC.mq_unlink(name)
++    assert nth(1, "ABCDE") == "B"
+"""
+F2P_KERNEL = "toolz/tests/test_nth_kernel.py::test_nth_watched"
+P2P_KERNEL = "toolz/tests/test_nth_kernel.py::test_nth_queued"
+# a process left running that holds every inotify instance of its uid, and queues holding its message-queue bytes
+HOG = r"""setsid python3 -c '
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+held = [libc.inotify_init1(0) for _ in range(1000)]
+queues = [libc.mq_open(b"/hog-" + str(i).encode(), os.O_CREAT | os.O_RDWR, 0o600, None) for i in range(1000)]
+print(sum(fd >= 0 for fd in held), sum(q >= 0 for q in queues), flush=True)
+time.sleep(3600)' > /tmp/hog.log 2>&1 < /dev/null & sleep 3; cat /tmp/hog.log"""
+PROBE = r"""python3 -c '
+import ctypes, os
+libc = ctypes.CDLL(None)
+queue = libc.mq_open(b"/probe", os.O_CREAT | os.O_RDWR, 0o600, None)
+libc.mq_unlink(b"/probe")
+print(libc.inotify_init1(0) >= 0, queue >= 0)'"""
+
+
+@pytest.fixture(scope="module")
+def env(task):
+    """The demo task, and a variant whose test_patch adds tests that need inotify and a POSIX message queue."""
+    kernel = replace(task, instance_id=task.instance_id + KERNEL, test_patch=KERNEL_TESTS,
+                     FAIL_TO_PASS=[F2P_KERNEL], PASS_TO_PASS=[P2P_KERNEL])
+    environment = SWEEnv([task, kernel], test_timeout=120)
+    yield environment
+    environment.close()
+
+
+def neighbour(env: SWEEnv) -> Sandbox:
+    """Another sandbox of the task's image on the same host (another episode's container)."""
+    return Sandbox(SandboxConfig(image=env.sandbox.config.image))
+
+
+# ------------------------------------------------------------------------------ per-user kernel limits
+@pytest.mark.docker
+def test_a_neighbour_holding_its_users_kernel_counters_leaves_the_others_theirs(env):
+    """Broke: the neighbour's leftover took the 128 inotify instances and the 800 KiB of message queues of uid
+    1000, every sandbox's agent; the honest fix of this episode, whose tests need both, was graded 0.0."""
+    start(env, KERNEL)
+    hog = neighbour(env)
+    try:
+        held = hog.exec(HOG, timeout=30).output.split()
+        assert held[0] == "128" and 0 < int(held[1]) < 1000, held  # it reached its limits
+        assert hog.exec(PROBE).output.split() == ["False", "False"]  # the hog itself is out of both
+        mine = env.step(bash("id -u; " + PROBE))[0].split()
+        assert mine[1:3] == ["True", "True"], mine
+        assert int(mine[0]) not in (1000, hog.agent_uid)
+        env.step(bash(FIX))
+        _, reward, terminated, _, info = env.step(ToolCall(name="submit"))
+        assert terminated and reward == 1.0, info["grade"].reason
+    finally:
+        hog.close()
+
+
+@pytest.mark.docker
+def test_each_sandbox_and_its_grading_container_have_their_own_uid(env):
+    """The uid is leased per container (agent's, grading's, the neighbour's), its files and name move with it,
+    and it is given back when the container is removed; the agent's own leftover holding its counters does not
+    reach its grading container (broke: same uid, 0.0 for the fix)."""
+    start(env, KERNEL)
+    box = env.sandbox
+    seen = box.exec("id -u; id -un; stat -c '%u %U' /testbed/setup.py /home/agent; touch /tmp/mine; "
+                    "stat -c %u /tmp/mine; whoami").output.split()
+    uid = box.agent_uid
+    assert seen == [str(uid), "agent", str(uid), "agent", str(uid), "agent", str(uid), "agent"], seen
+    other = neighbour(env)
+    try:
+        assert other.agent_uid not in (uid, 1000)
+        assert other.exec("id -u").output.split() == [str(other.agent_uid)]
+    finally:
+        lease = other._uid
+        other.close()
+    assert lease is not None and lease._fd == -1  # given back
+    assert env.step(bash(HOG))[0].split()[0] == "128"
+    env.step(bash(FIX))
+    _, reward, _, _, info = env.step(ToolCall(name="submit"))
+    assert reward == 1.0, info["grade"].reason
