@@ -133,3 +133,75 @@ def test_each_sandbox_and_its_grading_container_have_their_own_uid(env):
     env.step(bash(FIX))
     _, reward, _, _, info = env.step(ToolCall(name="submit"))
     assert reward == 1.0, info["grade"].reason
+
+
+# ------------------------------------------------------------------------------ a grader under load
+LOOP = "sed -i 's/return next(itertools.islice(seq, n + 1, None))/while True: pass/' toolz/itertoolz.py"
+# a leftover that beats every 0.1 s (a CPU burner in between): it would compete with the grading if it ran
+BEATING = r"""setsid python3 -c '
+import time
+while True:
+    with open("/tmp/beat", "a") as handle:
+        handle.write(f"{time.time():.2f}\n")
+    end = time.time() + 0.1
+    while time.time() < end:
+        pass' > /dev/null 2>&1 < /dev/null & sleep 1; wc -l < /tmp/beat"""
+
+
+@pytest.mark.docker
+def test_an_infinite_loop_is_still_the_policys_zero_and_its_leftovers_sleep_through_the_grading(env):
+    """Thinking as the policy: a fix that loops forever times out with the CPU it was given (not starved: no
+    rerun, 0.0), and a CPU burner left running in its own container cannot starve its grading into "the
+    machine's failure": the agent's container is frozen from the snapshot until the grade is made."""
+    start(env)
+    assert int(env.step(bash(BEATING))[0].split()[0]) > 0
+    env.step(bash(LOOP))
+    env.test_timeout = 8
+    try:
+        _, reward, terminated, _, info = env.step(ToolCall(name="submit"))
+    finally:
+        env.test_timeout = 120
+    grade_ = info["grade"]
+    print(grade_.reason)
+    assert terminated and reward == 0.0 and info["timed_out"] and grade_.reruns == 0, grade_.reason
+    assert grade_.tests_cpu_s is not None and grade_.tests_cpu_s > 0.25 * 8, grade_.reason  # it got its CPU
+    beats = [float(x) for x in env.sandbox.exec("cat /tmp/beat").output.split()]
+    longest = max(b - a for a, b in zip(beats, beats[1:], strict=False))
+    assert longest > 8, f"the leftover ran during the grading (longest pause {longest:.1f} s)"
+
+
+def _hog(client, cpus: float) -> str:
+    """A container that burns ``cpus`` CPUs at the engine's highest CPU weight: the host starving the grading."""
+    container = client.containers.run(
+        "lightswe/base:bookworm", ["sh", "-c", " ".join(["while :; do :; done &"] * max(1, round(cpus))) + " wait"],
+        detach=True, remove=True, network_mode="none", cpu_shares=262144, nano_cpus=int(cpus * 1e9),
+        labels={"lightswe.test": "attack8-hog"})
+    return container.id
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_a_correct_fix_starved_by_the_host_is_the_machines_failure_not_a_zero(env):
+    """Broke: neighbours burning every CPU at a higher weight made the correct fix's tests time out: 0.0 with
+    ``timed_out``, the policy blamed. Now: starved (waited for a CPU, got under a quarter of its quota), rerun
+    once in another fresh container, starved again -> GradingError (no reward)."""
+    import docker
+    from lightswe.envs.grading import GradingError
+
+    client = docker.from_env()
+    start(env)
+    env.step(bash(FIX))
+    hogs = [_hog(client, 1.0) for _ in range(2)]
+    env.test_timeout = 10
+    try:
+        with pytest.raises(GradingError, match="starved of CPU") as caught:
+            env.step(ToolCall(name="submit"))
+    finally:
+        env.test_timeout = 120
+        for hog in hogs:
+            client.api.remove_container(hog, force=True)
+    assert caught.value.stage == "tests"
+    start(env)  # the machine is free again: the same fix is 1.0
+    env.step(bash(FIX))
+    _, reward, _, _, info = env.step(ToolCall(name="submit"))
+    assert reward == 1.0 and info["grade"].reruns == 0, info["grade"].reason
