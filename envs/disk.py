@@ -32,6 +32,7 @@ import threading
 import uuid
 from pathlib import Path
 
+from lightswe.envs import host_limits
 from lightswe.envs.engine import AGENT_UID, CACHE_DIR
 from lightswe.envs.uids import rewrite_ids
 from lightswe.errors import InfrastructureError, UserInputError
@@ -261,7 +262,9 @@ class LoopVolume:
     ``uid`` (a leased host uid, :mod:`lightswe.envs.uids`): the image's agent user (uid and gid ``AGENT_UID``)
     becomes ``uid`` in this sandbox: its files in the volume are handed over (``chown --from``, one walk of the
     copy), and ``binds()`` adds ``/etc/passwd`` and ``/etc/group`` of the image with that id rewritten
-    (read-only files beside the volume)."""
+    (read-only files beside the volume). Each volume also brings the sandbox a ``devpts`` instance of its own
+    (at most ``host_limits.PTYS_PER_SANDBOX`` terminals, bound at ``/dev/pts``), and the host-wide kernel limits
+    are raised once (:mod:`lightswe.envs.host_limits`)."""
 
     def __init__(self, client, image: str, size: int, owner: str, uid: int = 0) -> None:
         self.size, self.uid = size, uid
@@ -281,6 +284,8 @@ class LoopVolume:
                     (self.dir / name).write_text(rewrite_ids(text, AGENT_UID, uid), encoding="utf-8",
                                                  errors="surrogateescape")
                     os.chmod(self.dir / name, 0o644)
+            host_limits.raise_host_limits()
+            host_limits.mount_ptys(self.dir / "pts")
         except Exception:
             self.destroy()
             raise
@@ -289,6 +294,7 @@ class LoopVolume:
         binds = {str(self.mnt / name): {"bind": inside, "mode": "rw"} for name, (inside, _, _) in WRITABLE.items()}
         if self.uid:
             binds.update({str(self.dir / name): {"bind": f"/etc/{name}", "mode": "ro"} for name in ("passwd", "group")})
+        binds[str(self.dir / "pts")] = {"bind": "/dev/pts", "mode": "rw"}  # its own terminals (host_limits.py)
         return binds
 
     def destroy(self) -> None:
@@ -298,6 +304,7 @@ class LoopVolume:
 
 def destroy_dir(path: Path) -> None:
     _unmount(path / "m")
+    _unmount(path / "pts")
     shutil.rmtree(path, ignore_errors=True)
 
 

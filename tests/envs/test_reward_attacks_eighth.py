@@ -135,6 +135,47 @@ def test_each_sandbox_and_its_grading_container_have_their_own_uid(env):
     assert reward == 1.0, info["grade"].reason
 
 
+# ------------------------------------------------------------------------------ host-wide kernel limits
+PTYS = r"""setsid python3 -c '
+import ctypes, os, time
+held = []
+try:
+    while True:
+        held.append(os.openpty())
+except OSError as err:
+    print(len(held), err.errno, flush=True)
+libc = ctypes.CDLL(None, use_errno=True)
+ctx = ctypes.c_ulong(0)
+print(libc.syscall(206, 65536, ctypes.byref(ctx)), flush=True)  # io_setup: the host's whole default aio-max-nr
+time.sleep(3600)' > /tmp/ptys.log 2>&1 < /dev/null & sleep 3; cat /tmp/ptys.log"""
+OPEN_ONE = r"""python3 -c '
+import ctypes, os
+os.openpty()
+ctx = ctypes.c_ulong(0)
+print("pty ok", ctypes.CDLL(None).syscall(206, 128, ctypes.byref(ctx)))'"""
+
+
+@pytest.mark.docker
+def test_a_neighbour_cannot_take_the_hosts_terminals_or_aio_contexts(env):
+    """Broke: the neighbour's leftover opened 3,071 pseudo-terminals (``kernel.pty.max`` less the host's
+    reserve) and reserved 65,536 AIO events (``fs.aio-max-nr``): ``openpty`` failed with ENOSPC and
+    ``io_setup`` with EAGAIN in every other sandbox. Now each sandbox has its own devpts instance of 256 and the
+    host-wide limits are raised past what the sandboxes' memory allows (envs/host_limits.py)."""
+    from lightswe.envs import host_limits
+
+    start(env)
+    hog = neighbour(env)
+    try:
+        held = hog.exec(PTYS, timeout=30).output.split()
+        assert held[:3] == [str(host_limits.PTYS_PER_SANDBOX), "28", "0"], held  # its own 256, then ENOSPC
+        assert env.step(bash(OPEN_ONE))[0].split()[:3] == ["pty", "ok", "0"]
+    finally:
+        hog.close()
+    for name, wanted in host_limits.SYSCTLS.items():
+        with open(f"/proc/sys/{name}") as handle:
+            assert int(handle.read()) >= wanted, name
+
+
 # ------------------------------------------------------------------------------ a grader under load
 LOOP = "sed -i 's/return next(itertools.islice(seq, n + 1, None))/while True: pass/' toolz/itertoolz.py"
 # a leftover that beats every 0.1 s (a CPU burner in between): it would compete with the grading if it ran
