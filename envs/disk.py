@@ -22,6 +22,7 @@ can remove those of dead owners (a killed process cannot unmount its own).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -29,6 +30,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -225,6 +227,57 @@ def template(client, image: str, size: int) -> Path:
     return path
 
 
+HOST_RESERVE = 2 * 1024 ** 3  # bytes of the volumes' file system kept free beyond every volume's promise
+ADMIT_WAIT_S = 120.0  # how long a new volume waits for room (other sandboxes closing) before DiskError
+
+
+def promised_bytes(volume_dir: Path | None = None) -> tuple[int, int]:
+    """(bytes, volumes): what the live volumes under ``volume_dir`` may still write on the host: each sparse
+    ``disk.img``'s size less the blocks it holds already."""
+    total = count = 0
+    for image in (volume_dir or VOLUME_DIR).glob("*/disk.img"):
+        try:
+            st = image.stat()
+        except OSError:  # removed meanwhile
+            continue
+        total += max(0, st.st_size - st.st_blocks * 512)
+        count += 1
+    return total, count
+
+
+@contextlib.contextmanager
+def admitted(size: int, volume_dir: Path | None = None):
+    """Hold the host's admission lock while a volume of ``size`` bytes is made, once the volumes' file system
+    can keep every promise: its free bytes, less what the live volumes may still write (:func:`promised_bytes`),
+    must hold ``size`` plus ``HOST_RESERVE``. Volumes are sparse: without this, sandboxes that each stayed
+    within their limit could fill the host's disk together, and a neighbour's writes within its own limit (and
+    the engine's, and the run's own results) failed. Waits up to ``ADMIT_WAIT_S`` for room (sandboxes closing),
+    then raises :class:`DiskError` (the machine's failure: the episode gets no reward, never 0.0)."""
+    folder = volume_dir or VOLUME_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + ADMIT_WAIT_S
+    with open(folder / ".admission.lock", "w") as lock:
+        while True:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            st = os.statvfs(folder)
+            free = st.f_bavail * st.f_frsize
+            promised, count = promised_bytes(folder)
+            if free - promised - size >= HOST_RESERVE:
+                try:
+                    yield
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+                return
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            if time.monotonic() >= deadline:
+                gib = 1024 ** 3
+                raise DiskError(f"the host's disk cannot promise {size / gib:.1f} GiB to another sandbox: "
+                                f"{free / gib:.1f} GiB free on {folder}, {promised / gib:.1f} GiB promised to "
+                                f"{count} live sandbox volume(s), {HOST_RESERVE / gib:.1f} GiB kept for the host; "
+                                "fix: run fewer episodes at once, lower disk_limit, or free space there")
+            time.sleep(1.0)
+
+
 _ETC: dict[str, tuple[str, str]] = {}
 _ETC_LOCK = threading.Lock()
 
@@ -274,7 +327,8 @@ class LoopVolume:
         accounts = image_accounts(client, image) if uid else None
         self.dir.mkdir(parents=True, exist_ok=False)
         try:
-            _run("cp", "--sparse=always", str(source), str(self.file), what="copying the sandbox volume")
+            with admitted(size):
+                _run("cp", "--sparse=always", str(source), str(self.file), what="copying the sandbox volume")
             _mount(self.file, self.mnt)
             if uid:
                 own = [str(self.mnt / name) for name in ("testbed", "home")]

@@ -246,3 +246,39 @@ def test_a_correct_fix_starved_by_the_host_is_the_machines_failure_not_a_zero(en
     env.step(bash(FIX))
     _, reward, _, _, info = env.step(ToolCall(name="submit"))
     assert reward == 1.0 and info["grade"].reruns == 0, info["grade"].reason
+
+
+# ------------------------------------------------------------------------------ the host's disk
+@pytest.mark.docker
+def test_sandboxes_cannot_promise_more_disk_than_the_host_has(env, monkeypatch, tmp_path):
+    """Broke: volumes are sparse, so sandboxes each within their disk limit could fill the host's disk together
+    (4 GiB each, 40 GiB free here: ten episodes writing theirs) and a neighbour's writes within its own limit
+    failed. Now a volume is made only while the host can keep every live volume's promise; here on a 900 MiB
+    file system (a tmpfs standing in for the host's disk): two 300 MiB sandboxes fit, the third is refused
+    (SandboxError: no reward, never 0.0), and both admitted ones write their whole limit."""
+    import subprocess
+
+    from lightswe.envs import disk
+    from lightswe.envs.sandbox import SandboxError
+
+    if disk.disk_mode(env.sandbox.client if env.sandbox else Sandbox(SandboxConfig()).client) != "loop":
+        pytest.skip("loop volumes only (root, local engine)")
+    small = tmp_path / "host-disk"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=900m", "attack8-disk", str(small)], check=True)
+    monkeypatch.setattr(disk, "VOLUME_DIR", small)
+    monkeypatch.setattr(disk, "HOST_RESERVE", 64 * 1024 ** 2)
+    monkeypatch.setattr(disk, "ADMIT_WAIT_S", 0.0)
+    boxes = []
+    try:
+        config = SandboxConfig(image=env.image(env.tasks[0]), disk_limit="300m")
+        boxes = [Sandbox(config), Sandbox(config)]
+        with pytest.raises(SandboxError, match="cannot promise"):
+            boxes.append(Sandbox(config))
+        for box in boxes:  # each writes (real blocks, not a hole) up to its own limit
+            done = box.exec("dd if=/dev/urandom of=/tmp/fill bs=1M count=250 status=none; echo $?", timeout=120)
+            assert done.output.split()[0] == "0", done.output
+    finally:
+        for box in boxes:
+            box.close()
+        subprocess.run(["umount", "-l", str(small)], check=False)
