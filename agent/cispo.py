@@ -126,27 +126,32 @@ class PolicyLoss:
         loss = -(obj * weights).masked_fill(~mask, 0.0).sum()
         logp, ratio = logp.detach(), ratio.detach()  # the metrics keep values, not the autograd graph
         entropy = entropy.detach() if entropy is not None else None
-        return LossOutput(loss=loss, read=lambda: (self._metrics(logp, ratio, clipped, mask, sampler_logp, entropy),
-                                                   int(mask.sum())))
+        return LossOutput(loss=loss, read=lambda: self._metrics(logp, ratio, clipped, mask, sampler_logp, entropy))
 
     @torch.no_grad()
     def _metrics(self, logp: Tensor, ratio: Tensor, clipped: Tensor, mask: Tensor,
-                 sampler_logp: Tensor | None, entropy: Tensor | None) -> dict[str, float]:
-        n = int(mask.sum())
+                 sampler_logp: Tensor | None, entropy: Tensor | None) -> tuple[dict[str, float], int]:
+        """(metrics, policy tokens), read from the device with two host syncs (the policy tokens' positions,
+        then every value at once) instead of one per value: ``pick(t)`` is ``t[mask]`` (the same elements in
+        the same order, so the same floats), the boolean index's own sync done once."""
+        index = mask.flatten().nonzero().squeeze(1)
+        n = index.numel()
         if n == 0:
-            return {}
-        r = ratio[mask]
-        out = {"clip_fraction": clipped[mask].float().mean().item(), "ratio_mean": r.mean().item(),
-               "ratio_min": r.min().item(), "ratio_max": r.max().item(),
-               # -log p of the taken tokens: an estimate of the policy entropy when no exact one is given
-               "entropy": (entropy[mask].mean() if entropy is not None else -logp.detach()[mask].mean()).item()}
+            return {}, 0
+
+        def pick(t: Tensor) -> Tensor:
+            return t.flatten().index_select(0, index)
+
+        r = pick(ratio)
+        # -log p of the taken tokens: an estimate of the policy entropy when no exact one is given
+        values = {"clip_fraction": pick(clipped).float().mean(), "ratio_mean": r.mean(), "ratio_min": r.min(),
+                  "ratio_max": r.max(), "entropy": pick(entropy).mean() if entropy is not None else -pick(logp).mean()}
         if sampler_logp is not None:
-            diff = logp.detach()[mask] - sampler_logp[mask]
-            out["logprob_mismatch_abs"] = diff.abs().mean().item()  # train vs sampler, same weights at step 0
+            taken, sampled = pick(logp), pick(sampler_logp)
+            values["logprob_mismatch_abs"] = (taken - sampled).abs().mean()  # train vs sampler, same weights at step 0
             if n > 1:
-                out["prob_corr"] = torch.corrcoef(torch.stack([logp.detach()[mask].exp(),
-                                                               sampler_logp[mask].exp()]))[0, 1].item()
-        return out
+                values["prob_corr"] = torch.corrcoef(torch.stack([taken.exp(), sampled.exp()]))[0, 1]
+        return dict(zip(values, torch.stack(list(values.values())).tolist())), n
 
 
 class CISPOLoss(PolicyLoss):

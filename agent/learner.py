@@ -29,6 +29,10 @@ from lightswe.agent.learner_config import LearnerConfig  # torch-free, for the C
 from lightswe.model.moe import use_grouped
 from torch import Tensor, nn
 
+# The gradient clip done by the fused AdamW kernel on one CUDA device (``Learner._clip``; benchmarks/train.py
+# --fused-clip)
+FUSED_CLIP = True
+
 
 @dataclass(kw_only=True, slots=True)
 class TrainBatch:
@@ -244,8 +248,7 @@ class Learner:
                         loss = loss + c.aux_loss_coef * self.model.aux_loss * (len(micro) / len(mb))
                     loss.backward()
                     outs.append(out)
-                params = [p for p in self.model.parameters() if p.grad is not None]
-                norm = nn.utils.clip_grad_norm_(params, c.grad_clip) if c.grad_clip > 0 and params else None
+                norm = self._clip([p for p in self.model.parameters() if p.grad is not None])
                 self.optimizer.step()
                 self.updates += 1
                 loss_total = 0.0
@@ -265,6 +268,24 @@ class Learner:
         if grad_norms:
             metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
         return metrics
+
+    def _clip(self, params: list[nn.Parameter]) -> Tensor | None:
+        """Clip the gradients' global norm to ``grad_clip``; returns the norm before clipping (None when off).
+
+        With the fused CUDA AdamW on unsharded parameters the clip is left to the optimiser's kernel, which
+        divides each gradient by ``grad_scale`` = max(1, (norm + 1e-6) / grad_clip) as it reads it (PyTorch's
+        AMP hook, ``FUSED_CLIP``): one pass over the gradients (the norm) instead of two (norm, then multiply).
+        The same clip as ``clip_grad_norm_`` (a division by 1 / coefficient instead of a multiplication by it:
+        the last bit of a clipped gradient may differ); elsewhere (CPU, FSDP) ``clip_grad_norm_`` itself."""
+        c = self.config
+        self.optimizer.grad_scale = None
+        if not (c.grad_clip > 0 and params):
+            return None
+        if FUSED_CLIP and self.optimizer.defaults.get("fused") and self.world == 1:
+            norm = nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+            self.optimizer.grad_scale = ((norm + 1e-6) / c.grad_clip).clamp_(min=1.0)
+            return norm
+        return nn.utils.clip_grad_norm_(params, c.grad_clip)
 
     def _gradient_sync(self, *, last: bool) -> None:
         """FSDP2 gradient accumulation without communication: the passes before a mini-batch's last one keep

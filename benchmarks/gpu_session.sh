@@ -25,7 +25,8 @@ if has train; then
   # the machine, then FSDP2 on two GPUs with the same work per GPU (262,144 tokens in all), the layers' weights
   # kept gathered from forward to backward. Defaults: grouped-GEMM MoE, bf16x3 head (8,192-row chunks, backward
   # from the forward's saved log-probs), compiled chains with eager rounding and the norms' fp64 mean square, one
-  # bf16 copy per norm (session 6, one H200: 337,513 tok/s, 32.1%, 83.5 GiB). ~60 s each, <= 165 s in all
+  # bf16 copy per norm, the lightning q/k/v silu pass, the SwiGLU backward kernel, the one-pass MoE dispatch and
+  # combine, the clip in the fused AdamW (session 7, one H200: 382,712 tok/s, 36.4%, 83.6 GiB). ~60 s each, <= 165 s in all
   # (compilation; the one-GPU run warms the Inductor cache the ranks reuse).
   L="--device cuda --model minimax-1b --seq-lens 8192 --micro 16 --steps 3 --backends triton"
   CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/train.py $L --tokens 131072 --json "$OUT/train_1gpu.json" \

@@ -5,7 +5,15 @@
     python benchmarks/lightning_attn.py --lengths 8192 --no-varlen --decode-batches 8 --sdpa
     python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep --chunk-form-sweep
                                                          # decode only, every launch config
+    python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-launch
+                                                         # decode launch study: dependent launches, in place vs
+                                                         # state_out, copy_/mul_ references, CUPTI, q/k/v kernel
     python benchmarks/lightning_attn.py --prefill-sweep      # every chunk.FWD_SWEEP / BWD_SWEEP config, alone
+    python benchmarks/lightning_attn.py --compile-only --pack-triton-cache /tmp/tc   # compile ours and fla's
+        # ~300 autotune configs in parallel processes, let fla's autotuners time them once (results kept on disk
+        # in TRITON_CACHE_DIR), pack that cache; then in the same call (or a later one, after
+        # --unpack-triton-cache /tmp/tc) the table runs fla with its own picks without re-tuning:
+    python benchmarks/lightning_attn.py --compile-workers 0 --decode-batches
     python benchmarks/lightning_attn.py --rounding-emulation # CPU: the forward's two roundings compared
 
 Decode rows, per B: ours (the exact fp32 step, lightning_attn_decode) alone and inside a CUDA graph (one launch
@@ -13,7 +21,7 @@ per rotating state set, as the sampler engine replays its step), the sampler's c
 config, with --chunk-form-sweep every decode.CHUNK_FORM_SWEEP config; reading the fp32 state or its bf16 copy; in
 a CUDA graph, at a step inside a chunk and at a chunk-completing step, each against the bytes it must move), and
 two references: torch's copy_ of the same state bytes (a plain stream of them) and an empty Triton launch (the
-timer's own floor).
+timer's own floor). With --decode-launch the launch study (decode_launch_study) replaces these rows.
 
 Same math on every lightning row: fla's chunk_simple_gla / fused_recurrent_simple_gla with g_gamma = -slope
 and scale = 1.0 compute MiniMax's S_t = exp(-slope) S_{t-1} + k_t^T v_t, o_t = q_t S_t.
@@ -33,6 +41,7 @@ fwd+bwd runs torch.autograd.grad (no .grad accumulation) after a forward that re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 
 import torch
@@ -162,18 +171,21 @@ def rotating_times(step, sets, rep: int = 100) -> tuple[float, float]:
     return ev, bench_median(lambda: step(*sets[next(it) % len(sets)]), rep)
 
 
-def graph_times(step, sets, rep: int = 100) -> tuple[float, float]:
-    """(event ms, do_bench ms) per call of step(*set) with one call per set captured in one CUDA graph (as the
-    sampler engine replays its decode step): launches cost no host time and follow each other on the GPU."""
+def graph_times(step, sets, rep: int = 100, passes: int = 1) -> tuple[float, float]:
+    """(event ms, do_bench ms) per call of step(*set) with one call per set (``passes`` times over the sets)
+    captured in one CUDA graph (as the sampler engine replays its decode step): launches cost no host time and
+    follow each other on the GPU; the graph's own launch is shared by len(sets) * passes calls."""
     def run():
-        for args in sets:
-            step(*args)
+        for _ in range(passes):
+            for args in sets:
+                step(*args)
     run()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         run()
-    times = event_mean(graph.replay) / len(sets), bench_median(graph.replay, rep) / len(sets)
+    calls = len(sets) * passes
+    times = event_mean(graph.replay) / calls, bench_median(graph.replay, rep) / calls
     del graph
     return times
 
@@ -311,8 +323,144 @@ def decode_sweep(batches: list[int], heads: int, dim: int, slope, bandwidth: flo
     return {batch: config for (batch, timer), (_, config, _) in best.items() if timer == "graph"}
 
 
-def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None):
-    """One launch of the forward or backward kernel with exactly `config` (no autotuning). Returns the outputs."""
+def cupti_times(replay, kernel: str, launches: int) -> tuple[float, float]:
+    """(mean kernel duration, span per launch) in ms from the CUDA profiler (CUPTI) over one ``replay()`` that
+    launches ``launches`` kernels whose names contain ``kernel``: a kernel's own start-to-end time on the GPU
+    (for a programmatic dependent launch it includes the wait for its predecessor), and the first such kernel's
+    start to the last one's end divided by the launches (what one step costs back to back). NaN if the
+    profiler records no such kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        replay()
+        torch.cuda.synchronize()
+    spans = [(e.time_range.start, e.time_range.end) for e in prof.events()
+             if e.device_type == torch.autograd.DeviceType.CUDA and kernel in e.name]
+    if len(spans) < launches:
+        return float("nan"), float("nan")
+    spans = sorted(spans)[-launches:]
+    mean = sum(b - a for a, b in spans) / launches
+    return mean * 1e-3, (spans[-1][1] - spans[0][0]) / launches * 1e-3
+
+
+def _set_index(args, state) -> int:
+    """Which rotating set ``state`` belongs to."""
+    return next(i for i, a in enumerate(args) if a[3] is state)
+
+
+def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwidth: float,
+                        chunk_form: bool = True, launches: int = 100) -> None:
+    """Exact decode step (lightning_attn_decode_triton): launch and memory variants at each B against the
+    same-byte references, on four timers. Variants: the launch shapes of DECODE_CONFIGS and BV 32 / 4 warps,
+    each plain, as a programmatic dependent launch (pdl 1: all loads after the wait; pdl 2: the state loaded
+    before it), and in place or to a separate output state (``state_out``). References: torch's copy_ of the
+    state bytes to another buffer and torch's in-place ``mul_`` of the state (the same bytes read and written
+    in place). Timers (us per step): event = CUDA events around eager calls (host-bound at these sizes);
+    alone = do_bench median with L2 flushed, states rotated; graph = ``launches`` (100) steps over the rotating
+    state sets captured in one CUDA graph (do_bench of the replay / steps); + producer = the same with a small
+    kernel writing q before each step (the sampler's order: the layer's q/k/v kernel, then the step; the
+    producer alone beside it); kernel / span = CUPTI over one replay of that graph: the kernel's own duration
+    (a dependent launch's includes its wait) and the first step's start to the last one's end per step. With ``chunk_form`` also the sampler's chunk-form step (default config, i = 32, bf16 copy)
+    plain and as a programmatic dependent launch, pdl 1 (its bound: see chunk_form_rows)."""
+    from lightswe.kernels.lightning_attn.decode import DECODE_CONFIGS, DecodeConfig, lightning_attn_decode_triton
+    from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive
+
+    print("\n| B | variant | event us (eager) | alone us (do_bench) | graph us | of bound | graph + producer us | "
+          "producer alone us | kernel us (CUPTI) | span per launch us (CUPTI) | check |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    for batch in batches:
+        sets = decode_sets(batch, heads, dim)
+        outs = [torch.empty_like(s) for *_, s in sets]
+        state_bytes = batch * heads * dim * dim * 4
+        bound_us = (2 * state_bytes + 4 * batch * heads * dim * 2) / bandwidth * 1e6
+        default = next(c for lo, c in reversed(DECODE_CONFIGS) if batch * heads >= lo)
+        plain = dataclasses.replace(default, pdl=0)
+        # the default plain and with pdl 1 / 2, the previous sessions' defaults (BV 32 / 2 warps below B*H = 1024,
+        # BV 64 / 8 warps above, plain); where B < 32 smaller tiles with pdl 1 too (BV 64 / 4 warps, 32 / 1, 16 / 1:
+        # 32, 16 and 8 KB per program); the separate output state
+        variants = [(dataclasses.replace(plain, pdl=n), False) for n in (0, 1, 2)]
+        previous = DecodeConfig(32, 2) if batch * heads < 1024 else DecodeConfig(64, 8)
+        variants += [(c, False) for c in (previous, DecodeConfig(64, 4, pdl=1), DecodeConfig(32, 1, pdl=1),
+                                          DecodeConfig(16, 1, pdl=1))
+                     if (c, False) not in variants and (batch < 32 or c == previous)]
+        variants += [(dataclasses.replace(plain, pdl=n), True) for n in (0, 1)]
+        producer = lambda q, k, v, s, o: q.mul_(1)
+        cases = []
+        for config, out in variants:
+            step = (lambda q, k, v, s, o, config=config, out=out:
+                    lightning_attn_decode_triton(q, k, v, slope, s, config, state_out=o if out else None))
+            cases.append((f"{config}{', to state_out' if out else ', in place'}", step, "_decode_kernel", (config, out),
+                          bound_us))
+        copy_bound = 2 * state_bytes / bandwidth * 1e6
+        cases.append(("torch copy_ of the state bytes", lambda q, k, v, s, o: o.copy_(s), "", None, copy_bound))
+        cases.append(("torch in-place mul_ of the state", lambda q, k, v, s, o: s.mul_(1.0), "", None, copy_bound))
+        args = [[*st, o] for st, o in zip(sets, outs, strict=True)]
+        if chunk_form:  # the sampler's step at i = 32 reading the bf16 copy (the "out" slot holds its buffers)
+            from lightswe.kernels.lightning_attn import decode
+
+            block = 64
+            cf_default = next(c for lo, c in reversed(decode.CHUNK_FORM_CONFIGS) if batch * heads >= lo)
+            pos = torch.full((batch,), block // 2, device="cuda", dtype=torch.int64)
+            cf_buffers = [[torch.randn(batch, heads, block, dim, device="cuda").to(torch.bfloat16) for _ in range(2)]
+                          + [s.to(torch.bfloat16)] for *_, s in sets]
+            n_state = batch * heads * dim * dim
+            cf_bound = (2 * n_state + block // 2 * batch * heads * 2 * dim * 2 + 6 * batch * heads * dim * 2
+                        ) / bandwidth * 1e6
+            for n in (0, 1):  # (pdl 2, measured in the first call: 145 registers instead of 128, slower)
+                config = dataclasses.replace(cf_default, pdl=n)  # the default's launch, plain and dependent
+                step = (lambda q, k, v, s, o, config=config:
+                        decode.lightning_attn_decode_chunk_form(q, k, v, slope, s, *cf_buffers[_set_index(args, s)][:2],
+                                                                pos, rounded_state=cf_buffers[_set_index(args, s)][2],
+                                                                config=config))
+                cases.append((f"chunk form i=32, bf16 copy: {config}", step, "_decode_chunk_form_kernel", None, cf_bound))
+        passes = math.ceil(launches / len(args))  # graphs of >= ``launches`` steps
+        _, producer_graph = graph_times(producer, args, rep=20, passes=passes)
+        for name, step, kernel, check, bound in cases:
+            verdict = ""
+            if check is not None:
+                config, out = check
+                q, k, v, state = sets[0]
+                s_ref, before = state.clone(), state.clone()
+                o = lightning_attn_decode_triton(q, k, v, slope, state, config, state_out=outs[0] if out else None)
+                o_ref = lightning_attn_decode_naive(q, k, v, slope, s_ref)
+                got = outs[0] if out else state
+                ok = rel_diff(o, o_ref) < 1e-2 and rel_diff(got, s_ref) < 1e-6 and (not out or torch.equal(state, before))
+                verdict = "ok" if ok else f"FAILED o {rel_diff(o, o_ref):.1e} state {rel_diff(got, s_ref):.1e}"
+            try:
+                event, alone = rotating_times(step, args, rep=30)
+                _, graph = graph_times(step, args, rep=30, passes=passes)
+                both_steps = lambda *a, step=step: (producer(*a), step(*a))
+                _, with_producer = graph_times(both_steps, args, rep=30, passes=passes)
+                graph_obj = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph_obj):
+                    for _ in range(passes):
+                        for a in args:
+                            step(*a)
+                kern, span = cupti_times(graph_obj.replay, kernel, len(args) * passes)  # "": every kernel (torch's)
+                del graph_obj
+            except Exception as err:  # one variant failing (e.g. capture) must not lose the others' rows
+                print(f"| {batch} | {name} | FAILED: {type(err).__name__}: {err} |", flush=True)
+                continue
+            us = [t * 1e3 for t in (event, alone, graph, with_producer, producer_graph, kern, span)]
+            print(f"| {batch} | {name} | {us[0]:.1f} | {us[1]:.1f} ({bound / us[1]:.1%}) | {us[2]:.1f} | "
+                  f"{bound / us[2]:.1%} | {us[3]:.1f} | {us[4]:.1f} | {us[5]:.1f} | {us[6]:.1f} "
+                  f"({bound / us[6]:.1%}) | {verdict} |", flush=True)
+        print(f"B={batch}: bound {bound_us:.1f} us (fp32 state read + written, q, k, v, o); copy_ / mul_ rows "
+              f"against the state bytes alone, {copy_bound:.1f} us" + (f"; chunk form i=32 against its own bytes, "
+                                                                       f"{cf_bound:.1f} us" if chunk_form else ""),
+              flush=True)
+        args.clear()  # (cleared, not deleted: the chunk-form steps' closures name it)
+        del sets, outs, cases
+        if chunk_form:
+            del cf_buffers
+        torch.cuda.empty_cache()
+
+
+def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None, in_order: bool = False):
+    """One launch of the forward or backward kernel with exactly `config` (no autotuning). Returns the outputs.
+    in_order: packed sequences' programs in their given order instead of longest first (chunk._seq_order)."""
     from lightswe.kernels.lightning_attn import chunk
 
     _, T, H, K = q.shape
@@ -322,16 +470,19 @@ def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None):
     if config.maxnreg is not None:
         opts["maxnreg"] = config.maxnreg
     chunk._set_tma_allocator()
+    order = chunk._seq_order(cu)
+    if in_order and cu is not None:
+        order = torch.arange(N, device=cu.device, dtype=torch.int32)
     if kind == "fwd":
         o, ht = torch.empty_like(v), q.new_empty(N, H, K, V, dtype=torch.float32)
         grid = (triton_cdiv(V, config.kwargs["BV"]), N * H)
-        chunk._fwd_kernel.fn[grid](q, k, v, o, slope, None, ht, cu, T=T, NB=N * H, H=H, K=K, V=V, USE_H0=False,
-                                   STORE_HT=True, IS_VARLEN=cu is not None, **config.kwargs, **opts)
+        chunk._fwd_kernel.fn[grid](q, k, v, o, slope, None, ht, cu, order, T=T, NB=N * H, H=H, K=K, V=V,
+                                   USE_H0=False, STORE_HT=True, IS_VARLEN=cu is not None, **config.kwargs, **opts)
         return o, ht
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     grid = (2 * triton_cdiv(K, config.kwargs["BK"]) + triton_cdiv(V, config.kwargs["BV"]), N * H)
-    chunk._bwd_kernel.fn[grid](q, k, v, do, dq, dk, dv, slope, None, None, None, cu, T=T, NB=N * H, H=H, K=K, V=V,
-                               USE_H0=False, USE_DHT=False, STORE_DH0=False, IS_VARLEN=cu is not None,
+    chunk._bwd_kernel.fn[grid](q, k, v, do, dq, dk, dv, slope, None, None, None, cu, order, T=T, NB=N * H, H=H,
+                               K=K, V=V, USE_H0=False, USE_DHT=False, STORE_DH0=False, IS_VARLEN=cu is not None,
                                **config.kwargs, **opts)
     return dq, dk, dv
 
@@ -366,6 +517,7 @@ def _sweep_compile_worker(jobs: list[tuple[str, bool, int, bool]], heads: int = 
     grads = torch.autograd.grad(o_ref, leaves, do.float())
     o_ref_b = lightning_attn_chunked(*leaves, slope)[0]
     grads_b = torch.autograd.grad(o_ref_b, leaves, do.float())
+    firsts = {}
     for kind, sweep, index, varlen in jobs:
         config = _config_list(kind, sweep)[index]
         cu = torch.tensor([0, 100, T], device="cuda", dtype=torch.int32) if varlen else None
@@ -373,32 +525,47 @@ def _sweep_compile_worker(jobs: list[tuple[str, bool, int, bool]], heads: int = 
             out = _sweep_launch(kind, config, q, k, v, slope, cu, do)
             refs = ((o_ref if varlen else o_ref_b),) if kind == "fwd" else (grads if varlen else grads_b)
             err = max(rel_diff(a, b) for a, b in zip(out, refs))
-            lines.append(f"{kind} {index} {config} varlen={varlen}: max rel. error vs fp32 {err:.2e}"
+            if (kind, varlen) not in firsts:  # the autotuned set's first config: the rounding every config keeps
+                firsts[kind, varlen] = _sweep_launch(kind, _config_list(kind, False)[0], q, k, v, slope, cu, do)
+            same = all(torch.equal(a, b) for a, b in zip(out, firsts[kind, varlen]))
+            lines.append(f"{kind} {index} {config} varlen={varlen}: max rel. error vs fp32 {err:.2e}, "
+                         f"{'bits equal to' if same else 'bits differ from'} autotuned config 0"
                          f"{' FAILED' if not err < 2e-2 else ''}")
         except Exception as exc:  # noqa: BLE001 - a config that does not compile is reported, not fatal
             lines.append(f"{kind} {index} varlen={varlen} FAILED {type(exc).__name__}: {str(exc)[:300]}")
     return lines
 
 
-def _fla_compile_worker(index: int, count: int, heads: int, dim: int) -> list[str]:
-    """Compile the index-th of `count` slices of every fla autotuner's configs (chunk_simple_gla forward and
-    backward, padded and packed inputs): fla tunes ~130 configs one compile at a time, which the timing
-    process then finds in Triton's on-disk cache. Its choice is unchanged: the timing process tunes over all."""
+def _fla_tuners() -> dict:
+    """fla's Triton autotuners (imported modules only), by id."""
     import sys
 
-    from fla.ops.simple_gla import chunk_simple_gla
     from triton.runtime.autotuner import Autotuner
 
-    tuners = {id(obj): obj for name, mod in list(sys.modules.items()) if name.startswith("fla.") and mod
-              for obj in vars(mod).values() if isinstance(obj, Autotuner)}
+    return {id(obj): obj for name, mod in list(sys.modules.items()) if name.startswith("fla.") and mod
+            for obj in vars(mod).values() if isinstance(obj, Autotuner)}
+
+
+def _fla_compile_worker(index: int, count: int, heads: int, dim: int, batch: int = 1) -> list[str]:
+    """Compile the index-th of `count` slices of every fla autotuner's configs (chunk_simple_gla forward and
+    backward, padded and packed inputs): fla tunes ~300 configs one compile at a time, which the timing
+    process then finds in Triton's on-disk cache. Here each config runs once, untimed (no autotune result is
+    recorded); the timing process tunes over all of them, so fla's choice is its own. `batch`: the padded
+    input's batch size, that of the shape fla tunes on (one of its backward kernels takes B as a constant)."""
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    tuners = _fla_tuners()
     for tuner in tuners.values():
         tuner._all_configs = getattr(tuner, "_all_configs", tuner.configs)  # a reused process: slice the full list
         tuner.configs = tuner._all_configs[index::count] or tuner._all_configs[index % len(tuner._all_configs):][:1]
         tuner.cache = {}
+        tuner.cache_results = False
+        tuner.__dict__["do_bench"] = lambda kernel_call, quantiles: (kernel_call(), [1.0, 1.0, 1.0])[1]
     slope = slopes(heads)
     T = 320
-    q, k, v, do = (F.silu(torch.randn(1, T, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(4))
     for cu in (None, torch.tensor([0, 100, T], device="cuda", dtype=torch.int64)):
+        b = batch if cu is None else 1
+        q, k, v, do = (F.silu(torch.randn(b, T, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(4))
         leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
         o, _ = chunk_simple_gla(*leaves, g_gamma=-slope, scale=1.0, output_final_state=True, cu_seqlens=cu)
         torch.autograd.grad(o, leaves, do)
@@ -407,8 +574,36 @@ def _fla_compile_worker(index: int, count: int, heads: int, dim: int) -> list[st
             f"{len(tuners)} autotuned kernels compiled"] if index == 0 else []
 
 
+def tune_fla(fla_chunk, args, slope) -> None:
+    """fla's chunk_simple_gla forward and forward+backward once on the table's first fixed-length input and on the
+    packed batch, the inputs prefill_rows makes, so that fla's autotuners time all their configs now and record
+    their picks on disk (cache_results, in TRITON_CACHE_DIR). Its tuning keys leave out the length, so a table
+    run in the same call reuses exactly the picks its own first call would make, without the ~300 timings
+    (--compile-only; pair with --pack-triton-cache to carry them into a later call)."""
+    import time
+
+    H, D = args.heads, args.dim
+    cases = [(max(1, args.tokens // args.lengths[0]), args.lengths[0], None)] if args.lengths else []
+    if not args.no_varlen:
+        bounds = varlen_bounds(64, args.tokens)
+        cases.append((1, bounds[-1], torch.tensor(bounds, device="cuda", dtype=torch.int64)))
+    for batch, length, cu in cases:
+        start = time.perf_counter()
+        q, k, v = (F.silu(torch.randn(batch, length, H, D, device="cuda")).to(torch.bfloat16) for _ in range(3))
+        leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+        o, _ = fla_chunk(*leaves, g_gamma=-slope, scale=1.0, output_final_state=True, cu_seqlens=cu)
+        torch.autograd.grad(o, leaves, torch.randn_like(o))
+        torch.cuda.synchronize()
+        print(f"fla tuned on B={batch} T={length}{' packed' if cu is not None else ''} in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)
+        del q, k, v, leaves, o
+    for tuner in _fla_tuners().values():
+        for key, config in tuner.cache.items():
+            print(f"fla tuned {tuner.base_fn.__name__} {key}: {config}", flush=True)
+
+
 def compile_in_parallel(jobs: list[tuple[str, bool, int, bool]], workers: int, heads: int, dim: int,
-                        fla: bool = False) -> None:
+                        fla: bool = False, fla_batch: int = 1) -> None:
     """Run _sweep_compile_worker over the jobs (and, with fla, every slice of fla's autotuned configs) in
     `workers` spawned processes (Triton compiles one kernel at a time per process; its cache is shared on disk)
     and print their lines."""
@@ -418,7 +613,7 @@ def compile_in_parallel(jobs: list[tuple[str, bool, int, bool]], workers: int, h
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         tasks = [pool.submit(_sweep_compile_worker, jobs[i::workers], heads, dim) for i in range(workers)]
         if fla:
-            tasks += [pool.submit(_fla_compile_worker, i, workers, heads, dim) for i in range(workers)]
+            tasks += [pool.submit(_fla_compile_worker, i, workers, heads, dim, fla_batch) for i in range(workers)]
         for task in tasks:
             try:
                 lines = task.result()
@@ -429,35 +624,49 @@ def compile_in_parallel(jobs: list[tuple[str, bool, int, bool]], workers: int, h
 
 
 def prefill_sweep(lengths: list[int], tokens: int, heads: int, dim: int, slope, bandwidth: float,
-                  workers: int = 16) -> None:
-    """Every chunk.FWD_SWEEP and chunk.BWD_SWEEP config, compiled in parallel worker processes and checked against
-    the fp32 reference, then timed alone (do_bench, L2 flushed) at each length; the fastest per shape printed."""
+                  workers: int = 16, kinds: tuple[str, ...] = ("fwd", "bwd"), varlen: bool = True,
+                  autotuned_only: bool = False) -> None:
+    """Every chunk.FWD_SWEEP and/or chunk.BWD_SWEEP config, compiled in parallel worker processes and checked
+    against the fp32 reference and for bit equality with the autotuned set's first config, then timed alone
+    (CUDA events and do_bench) at each length and on the packed batch; the fastest per shape printed.
+    autotuned_only: only the autotuned sets (chunk._fwd_kernel.configs / _bwd_kernel.configs)."""
     from lightswe.kernels.lightning_attn import chunk
 
-    compile_in_parallel([(kind, True, i, False) for kind in ("bwd", "fwd")
-                         for i in range(len(_config_list(kind, True)))], workers, heads, dim)
-    print("\n| kind | shape | config | do_bench ms | of bound |\n|---|---|---|---|---|", flush=True)
+    varlens = [False, True] if varlen else [False]
+    compile_in_parallel([(kind, not autotuned_only, i, vl) for kind in kinds for vl in varlens
+                         for i in range(len(_config_list(kind, not autotuned_only)))], workers, heads, dim)
+    print("\n| kind | shape | config | event ms | do_bench ms | of bound |\n|---|---|---|---|---|---|", flush=True)
     best = {}
-    for length in lengths:
-        batch = max(1, tokens // length)
+    cases = [(f"B={max(1, tokens // t)} T={t}", max(1, tokens // t), t, None) for t in lengths]
+    if varlen:
+        bounds = varlen_bounds(64, tokens)
+        cases.append((f"varlen 64 seqs {bounds[-1]}", 1, bounds[-1],
+                      torch.tensor(bounds, device="cuda", dtype=torch.int32)))
+    for shape, batch, length, cu in cases:
         q, k, v, do = (F.silu(torch.randn(batch, length, heads, dim, device="cuda")).to(torch.bfloat16)
                        for _ in range(4))
         act = q.numel() * 2
-        shape = f"B={batch} T={length}"
-        for kind, lst in (("fwd", chunk.FWD_SWEEP), ("bwd", chunk.BWD_SWEEP)):
-            kept = chunk._prune_slices(lst, {}, K=dim, V=dim, NB=batch * heads)
-            nbytes = 4 * act if kind == "fwd" else 7 * act
-            for config in kept:
+        n_seqs = batch if cu is None else cu.numel() - 1
+        for kind in kinds:
+            lst = _config_list(kind, not autotuned_only)
+            kept = chunk._prune_slices(lst, {}, K=dim, V=dim, NB=n_seqs * heads)
+            nbytes = 4 * act + n_seqs * heads * dim * dim * 4 if kind == "fwd" else 7 * act
+            # packed batch: the autotuned configs also with the sequences in their given order (A/B of longest-first)
+            runs = [(c, False) for c in kept] + ([(c, True) for c in kept if c in _config_list(kind, False)]
+                                                 if cu is not None else [])
+            for config, in_order in runs:
                 index = lst.index(config)
+                call = lambda kind=kind, config=config, q=q, k=k, v=v, do=do, cu=cu, in_order=in_order: (
+                    _sweep_launch(kind, config, q, k, v, slope, cu, do, in_order))
+                label = f"{index} {config}{', sequences in given order' if in_order else ''}"
                 try:
-                    ms = bench_median(lambda kind=kind, config=config, q=q, k=k, v=v, do=do: _sweep_launch(
-                        kind, config, q, k, v, slope, None, do), rep=30)
+                    ev, ms = event_mean(call), bench_median(call, rep=30)
                 except Exception as exc:  # noqa: BLE001
-                    print(f"| {kind} | {shape} | {index} {config} | FAILED {type(exc).__name__} | |", flush=True)
+                    print(f"| {kind} | {shape} | {label} | FAILED {type(exc).__name__} | | |", flush=True)
                     continue
                 bound = nbytes / bandwidth * 1e3
-                print(f"| {kind} | {shape} | {index} {config} | {ms:.4f} | {bound / ms:.1%} |", flush=True)
-                if ms < best.get((kind, shape), (float("inf"),))[0]:
+                print(f"| {kind} | {shape} | {label} | {ev:.4f} | {ms:.4f} | {bound / ms:.1%} |", flush=True)
+                if ms < best.get((kind, shape), (float("inf"),))[0] and not in_order:
                     best[(kind, shape)] = (ms, index, str(config))
         del q, k, v, do
         torch.cuda.empty_cache()
@@ -503,6 +712,58 @@ def rounding_emulation(heads: int = 8, dim: int = 128, length: int = 1024, block
               f"bf16 outputs differing {differ:.1%}", flush=True)
 
 
+def pack_triton_cache(prefix: str, part_bytes: int = 15 * 2**20) -> None:
+    """Write Triton's on-disk cache (TRITON_CACHE_DIR: every compiled kernel's binary and metadata, and the
+    autotuners' recorded timings, which fla's kernels keep with cache_results) as an xz tar in parts
+    prefix.0, prefix.1, ... of at most part_bytes each; the IR files are left out (not needed to load a kernel).
+    Carried into the next run and unpacked there (--unpack-triton-cache), fla's ~300 autotune configs are
+    neither compiled nor timed again: its kernels run the configs its own autotuner picked in the first run."""
+    import io
+    import pathlib
+    import tarfile
+
+    import triton
+
+    root = pathlib.Path(triton.knobs.cache.dir)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.suffix in (".json", ".cubin"):
+                tar.add(path, arcname=str(path.relative_to(root)))
+    data = buf.getvalue()
+    for i in range(0, max(1, -(-len(data) // part_bytes))):
+        pathlib.Path(f"{prefix}.{i}").write_bytes(data[i * part_bytes:(i + 1) * part_bytes])
+    print(f"packed {root} into {-(-len(data) // part_bytes)} part(s) of {prefix}: {len(data) / 2**20:.1f} MiB",
+          flush=True)
+
+
+def unpack_triton_cache(prefix: str) -> None:
+    """Extract pack_triton_cache's parts into TRITON_CACHE_DIR, pointing its group files at the new place (Triton
+    records absolute paths). Missing parts: a message, and the run compiles and tunes as usual."""
+    import io
+    import json
+    import pathlib
+    import tarfile
+
+    import triton
+
+    parts = sorted(pathlib.Path(prefix).parent.glob(pathlib.Path(prefix).name + ".*"),
+                   key=lambda p: int(p.suffix[1:]) if p.suffix[1:].isdigit() else -1)
+    parts = [p for p in parts if p.suffix[1:].isdigit()]
+    if not parts:
+        print(f"no Triton cache parts at {prefix}.*: compiling and tuning from scratch", flush=True)
+        return
+    root = pathlib.Path(triton.knobs.cache.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts)), mode="r:xz") as tar:
+        tar.extractall(root, filter="data")
+    for group in root.glob("*/__grp__*.json"):
+        data = json.loads(group.read_text())
+        data["child_paths"] = {name: str(group.parent / name) for name in data.get("child_paths", {})}
+        group.write_text(json.dumps(data))
+    print(f"unpacked {len(parts)} part(s) of {prefix} into {root}", flush=True)
+
+
 def varlen_bounds(n_seqs: int, total: int, seed: int = 0) -> list[int]:
     """cu_seqlens of n_seqs lengths summing to total, each within [0.5, 1.5] x the mean (seeded)."""
     gen = torch.Generator().manual_seed(seed)
@@ -522,6 +783,9 @@ def main() -> int:
     parser.add_argument("--decode-batches", type=int, nargs="*", default=[8, 16, 32, 64])
     parser.add_argument("--decode-sweep", action="store_true",
                         help="time every exact decode launch config (decode.DECODE_SWEEP) at each --decode-batches B")
+    parser.add_argument("--decode-launch", action="store_true",
+                        help="the exact decode step's launch study (programmatic dependent launch, in place vs a "
+                             "separate output state, copy_ / in-place mul_ references; four timers incl. CUPTI)")
     parser.add_argument("--chunk-form-sweep", action="store_true",
                         help="time every chunk-form decode config (decode.CHUNK_FORM_SWEEP), not only the default")
     parser.add_argument("--prefill-sweep", action="store_true",
@@ -530,6 +794,14 @@ def main() -> int:
                         help="compile every autotuned prefill config (ours and fla's) in this many processes first "
                              "(0: off)")
     parser.add_argument("--compile-only", action="store_true", help="exit after that compile step")
+    parser.add_argument("--sweep-kinds", nargs="+", choices=("fwd", "bwd"), default=["fwd", "bwd"],
+                        help="--prefill-sweep: which kernels to sweep")
+    parser.add_argument("--sweep-autotuned", action="store_true",
+                        help="--prefill-sweep: only the autotuned configs (not the comparison-only ones)")
+    parser.add_argument("--unpack-triton-cache", metavar="PREFIX",
+                        help="first extract a Triton cache written by --pack-triton-cache (PREFIX.0, PREFIX.1, ...)")
+    parser.add_argument("--pack-triton-cache", metavar="PREFIX",
+                        help="at the end write Triton's cache (binaries, autotune results) as PREFIX.0, PREFIX.1, ...")
     parser.add_argument("--rounding-emulation", action="store_true",
                         help="CPU: the forward's two roundings (without vs with DECAY_OUT) compared, then exit")
     parser.add_argument("--no-fla", action="store_true")
@@ -548,20 +820,38 @@ def main() -> int:
             fla_chunk, fla_recurrent = chunk_simple_gla, fused_recurrent_simple_gla
         except ImportError as err:
             print(f"fla not importable ({err}): pip install fla-core; its rows are skipped")
+    if args.unpack_triton_cache:
+        unpack_triton_cache(args.unpack_triton_cache)
+    try:
+        return run(args, fla_chunk, fla_recurrent)
+    finally:
+        if args.pack_triton_cache:
+            pack_triton_cache(args.pack_triton_cache)
+
+
+def run(args, fla_chunk, fla_recurrent) -> int:
+    """The benchmark proper (main() parses the flags and handles the Triton cache around it)."""
     torch.manual_seed(0)
     H, D = args.heads, args.dim
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
     slope = slopes(H)
     if args.prefill_sweep:
-        prefill_sweep(args.lengths, args.tokens, H, D, slope, bw, max(1, args.compile_workers))
+        prefill_sweep(args.lengths, args.tokens, H, D, slope, bw, max(1, args.compile_workers),
+                      tuple(args.sweep_kinds), varlen=not args.no_varlen, autotuned_only=args.sweep_autotuned)
         return 0
     varlens = ([False] if args.lengths else []) + ([] if args.no_varlen else [True])
     if args.compile_workers and varlens:
         compile_in_parallel([(kind, False, i, varlen) for kind in ("bwd", "fwd") for varlen in varlens
                              for i in range(len(_config_list(kind, False)))], args.compile_workers, H, D,
-                            fla=fla_chunk is not None)
+                            fla=fla_chunk is not None and not args.unpack_triton_cache,
+                            fla_batch=max(1, args.tokens // args.lengths[0]) if args.lengths else 1)
     if args.compile_only:
+        if fla_chunk is not None:
+            try:
+                tune_fla(fla_chunk, args, slope)
+            except Exception as exc:  # noqa: BLE001 - the table process then tunes fla itself (slower)
+                print(f"fla tuning FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
         return 0
     table = Table(bw)
     make = lambda b, t: [F.silu(torch.randn(b, t, H, D, device="cuda")).to(torch.bfloat16) for _ in range(3)]
@@ -585,6 +875,11 @@ def main() -> int:
     for name, kern in (("fwd", chunk._fwd_kernel), ("bwd", chunk._bwd_kernel)):
         for key, config in getattr(kern, "cache", {}).items():  # key: (H, K, V, NB, IS_VARLEN, dtypes...)
             print(f"tuned {name} {key[:5]}: {config}", flush=True)
+    for tuner in _fla_tuners().values():  # fla's own picks (recorded on disk with cache_results)
+        for key, config in tuner.cache.items():
+            print(f"fla tuned {tuner.base_fn.__name__} {key}: {config}", flush=True)
+    if args.decode_launch:
+        decode_launch_study(args.decode_batches, H, D, slope, bw)
     if args.decode_sweep:  # the rows below then run the sweep's fastest config per B (CUDA-graph timer)
         from lightswe.kernels.lightning_attn import decode
 
@@ -592,7 +887,7 @@ def main() -> int:
         decode.DECODE_CONFIGS = tuple((0 if i == 0 else b * H, fastest[b]) for i, b in
                                       enumerate(sorted(fastest)))
         print("DECODE_CONFIGS =", decode.DECODE_CONFIGS, flush=True)
-    for batch in args.decode_batches:
+    for batch in args.decode_batches if not args.decode_launch else ():  # (the study has its own rows)
         decode_rows(table, batch, H, D, slope, fla_recurrent, chunk_form_sweep=args.chunk_form_sweep)
         torch.cuda.empty_cache()
     print(f"\nH={H}, D={D}, {args.tokens} tokens per prefill call, bf16 q/k/v, fp32 states:")

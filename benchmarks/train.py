@@ -187,6 +187,53 @@ ms, lightning attention backward 9 ms. Casting once took ~32 ms off the step (ro
 tokens/s, a 0.356 s step) needs ~32 ms more: the q, k, v split copies of the lightning layers and the remaining
 casts (the output projections' fp32 inputs, the expert weights' bf16 stack and its gradient's fp32 copy), the
 SwiGLU backward at half of its bandwidth bound, and the host's 29 ms of gaps (CUDA graphs).
+
+Session 7 (``learn4``; nvidia-h200-x2, one GPU per run, the GPU tests on the other GPU, CPUs pinned apart;
+torch 2.11+cu130, Triton 3.6; T=8,192, 131,072 tokens per step in one micro-batch of 16 rows, median of 5 steps
+after a warm-up, one run each; every row on the defaults above plus the flags named). Changes: the lightning
+layer's q, k, v written contiguous by one compiled silu pass (``fused.silu_split``: the silu pass and the
+kernel's three ``.contiguous()`` copies were separate, and so were their backward cat and silu backward) and its
+gated output written in bf16 for the output projection inside its compiled chain (the cast autocast made, and its
+gradient's cast back; ``--fused-lightning``, ``layers.FUSED_LIGHTNING``); the experts' SwiGLU backward as one
+Triton pass (``model/moe_kernels.py``, ``--swiglu-kernel``: 0.98 ms per layer, 4.1 TB/s, against Inductor's
+concatenating backward); the gradient clip applied by the fused AdamW kernel as it reads each gradient
+(``grad_scale``; ``--fused-clip``, ``agent/learner.py`` ``FUSED_CLIP``; ``clip_grad_norm_`` read and wrote every
+gradient once more); no host sync per MoE layer (``offsets[-1] = rows`` copied a Python int from pageable host
+memory, which waits for the GPU to drain: 8 stalls per step, found by the new GPU-idle table of ``--profile``);
+the CISPO metrics read with two syncs instead of ~15 (same values); the MoE dispatch and combine as compiled
+one-pass chains that read rows where they are (``--fused-dispatch``, ``moe.FUSED_DISPATCH``: no copy of x with a
+zero row appended, no gathered [N k, H] copies forward or backward); RoPE's rotation compiled (the softmax layer).
+Rows 1-4: ``CUDA_VISIBLE_DEVICES=0 python3 benchmarks/train.py --device cuda --model minimax-1b --seq-lens 8192
+--micro 16 --backends triton --tokens 131072 --steps 5 --fused-lightning 0,1 --swiglu-kernel 0,1 --profile``
+(before the sync, metrics, dispatch and RoPE changes; clip fused); row 5 the same with ``--fused-clip 0`` on the
+other GPU; rows 6-9 with every change, ``--fused-clip 0,1 --fused-dispatch 0,1 --profile``:
+
+| fused lightning | SwiGLU kernel | fused clip | no MoE sync, 2-sync metrics, RoPE compiled | fused dispatch | tokens/s | step s | MFU | peak GiB |
+|---|---|---|---|---|---|---|---|---|
+| no | no | yes | no | no | 342,370 | 0.383 | 32.6% | 83.5 |
+| no | yes | yes | no | no | 344,241 | 0.381 | 32.7% | 83.5 |
+| yes | no | yes | no | no | 346,660 | 0.378 | 33.0% | 83.5 |
+| yes | yes | yes | no | no | 356,038 | 0.368 | 33.9% | 83.5 |
+| yes | yes | no | no | no | 358,921 (GPU 1) | 0.365 | 34.1% | 83.5 |
+| yes | yes | no | yes | no | 365,132 | 0.359 | 34.7% | 83.5 |
+| yes | yes | no | yes | yes | 380,211 | 0.345 | 36.2% | 83.6 |
+| yes | yes | yes | yes | no | 366,934 | 0.357 | 34.9% | 83.5 |
+| yes | yes | yes | yes | **yes (the defaults)** | **382,712** | **0.342** | **36.4%** | 83.6 |
+
+The first row is session 6's final setting (342,923 there). Where the 0.342 s step goes now (``--profile``: 346
+ms wall, compute kernels busy 327 ms, idle 19 ms): matrix products 193 ms (``aten::mm`` 104 ms, of which the
+bf16x3 head's forward 33 ms; the experts' grouped GEMMs 89 ms), fused AdamW 12.7 ms, cuDNN attention 15 ms
+(backward 11.3), lightning attention 10.7 ms (backward 8.0), the norms' compiled backward 8.0 ms, the SwiGLU
+backward 7.8 ms (at the memory bound), the head's Triton kernels 11.7 ms, ``aten::copy_`` 6.7 ms (25-38 ms
+before: the expert weights' bf16 stack's gradient to fp32 is most of it), the q, k, v silu pass 4.4 ms and its
+backward 4.6 ms; the GPU idles 3.0 ms before the step's first kernel (the host's set-up), 1.7 ms in
+``zero_grad``, 5.8 ms after the last (the metrics' two reads) and 6.3 ms in 29 short gaps.
+
+A third run of the final code (nvidia-h200-x2, ``benchmarks/gpu_session.sh``'s train commands with ``--steps 3``:
+the 1-GPU run on GPU 0 beside a GPU test on GPU 1, then FSDP2 on both): one H200 **388,411 tokens/s, 36.9% MFU**
+(0.337 s step, 83.6 GiB); FSDP2 on two H200s (``--fsdp --tokens 262144 --reshard-after-forward 0``) **704,018
+tokens/s = 1.81x** that (0.372 s step, 81.7 GiB per GPU; the clip there stays ``clip_grad_norm_`` on the
+DTensor gradients).
 """
 
 from __future__ import annotations
@@ -201,7 +248,9 @@ import time
 
 import torch
 from lightswe.agent.cispo import CISPOLoss
+from lightswe.agent import learner as learner_module
 from lightswe.model import fused, head, layers
+from lightswe.model import moe as moe_module
 from lightswe.agent.distributed import DistContext
 from lightswe.agent.learner import Learner, LearnerConfig, TrainBatch, shard_model
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
@@ -255,10 +304,38 @@ def profile_step(learner: Learner, batch: TrainBatch, device: torch.device, titl
     print(f"\nprofiled step, {title}: {wall * 1e3:.0f} ms wall, {busy:.0f} ms of GPU kernel time; compute "
           f"kernels busy {compute:.0f} ms (idle {wall * 1e3 - compute:.0f} ms: host gaps and waits on "
           f"collectives), collectives {comm:.0f} ms", flush=True)
+    if device.type == "cuda":
+        print_gaps(prof.events(), wall * 1e6)
     for sort in ("self_cpu_time_total", "self_cuda_time_total" if device.type == "cuda" else None):
         if sort:
-            print(f"\nlearner step profile, {title}, by {sort}:\n" + events.table(sort_by=sort, row_limit=25, max_name_column_width=60),
+            print(f"\nlearner step profile, {title}, by {sort}:\n" + events.table(sort_by=sort, row_limit=25 if "cpu" in sort else 50, max_name_column_width=60),
                   flush=True)
+
+
+def print_gaps(events, wall_us: float, top: int = 20, min_us: float = 50.0) -> None:
+    """Where the GPU sat idle during a profiled step: the gaps between kernels (the union of their intervals)
+    longer than ``min_us``, the largest ``top`` with their offset into the step, the kernels either side and the
+    innermost host ops running at the gap's middle (what the host was doing instead of launching work)."""
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in events if e.device_type.name == "CUDA")
+    host = [(e.time_range.start, e.time_range.end, e.name) for e in events if e.device_type.name != "CUDA"]
+    if not kernels:
+        return
+    origin = min([k[0] for k in kernels] + [h[0] for h in host])
+    gaps, end, last = [], kernels[0][1], kernels[0]
+    for k in kernels[1:]:
+        if k[0] - end > min_us:
+            gaps.append((k[0] - end, end, last[2], k[2]))
+        if k[1] > end:
+            end, last = k[1], k
+    lead = kernels[0][0] - origin
+    print(f"\nGPU idle: {lead / 1e3:.1f} ms before the first kernel, {sum(g[0] for g in gaps) / 1e3:.1f} ms in "
+          f"{len(gaps)} gaps > {min_us:.0f} us between kernels, {(origin + wall_us - end) / 1e3:.1f} ms after the "
+          f"last (wall {wall_us / 1e3:.1f} ms)", flush=True)
+    for dur, start, before, after in sorted(gaps, reverse=True)[:top]:
+        mid = start + dur / 2
+        inner = sorted((b - a, name) for a, b, name in host if a <= mid <= b)[:3]
+        print(f"  {dur / 1e3:6.2f} ms at {(start - origin) / 1e3:7.1f} ms | after {before[:50]} | before "
+              f"{after[:50]} | host: {' < '.join(n[:40] for _, n in inner)}", flush=True)
 
 
 def _union_ms(intervals: list[tuple[float, float]]) -> float:
@@ -285,12 +362,16 @@ def build(model_name: str, device: torch.device, checkpointing: bool, ctx: DistC
 def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length: int, tokens: int, micro: int,
         steps: int, backend: str, moe: str, compiled: str, emulate: bool, ctx: DistContext, profile: bool = False,
         head_chunk: int = head.CHUNK_ROWS, head_save: bool = head.SAVE_LOGITS, norm_fp64: bool = fused.NORM_FP64,
-        cast_once: bool = layers.CAST_ONCE) -> dict:
+        cast_once: bool = layers.CAST_ONCE, fused_lightning: bool = layers.FUSED_LIGHTNING,
+        swiglu_kernel: bool = moe_module.SWIGLU_KERNEL, fused_clip: bool = learner_module.FUSED_CLIP,
+        fused_dispatch: bool = moe_module.FUSED_DISPATCH) -> dict:
     os.environ["LIGHTSWE_LIGHTNING_BACKEND"] = backend
     os.environ["LIGHTSWE_MOE_BACKEND"] = moe
     os.environ["LIGHTSWE_COMPILE"] = compiled
     fused.set_emulate_precision_casts(emulate)
     head.CHUNK_ROWS, head.SAVE_LOGITS, fused.NORM_FP64, layers.CAST_ONCE = head_chunk, head_save, norm_fp64, cast_once
+    layers.FUSED_LIGHTNING, moe_module.SWIGLU_KERNEL, learner_module.FUSED_CLIP = fused_lightning, swiglu_kernel, fused_clip
+    moe_module.FUSED_DISPATCH = fused_dispatch
     cfg = LearnerConfig(lr=1e-5, minibatches=1, micro_batch_size=micro,
                         autocast_dtype="bfloat16" if device.type == "cuda" else None)
     learner = Learner(model, CISPOLoss(), cfg)
@@ -321,6 +402,8 @@ def run(model: MiniMaxForCausalLM, model_name: str, device: torch.device, length
     step_tokens = len(batch) * length * ctx.world
     out = {"model": model_name, "backend": backend, "moe": moe, "compile": compiled, "emulate_precision_casts": emulate,
            "head_chunk": head_chunk, "head_save": head_save, "norm_fp64": norm_fp64, "cast_once": cast_once,
+           "fused_lightning": fused_lightning, "swiglu_kernel": swiglu_kernel, "fused_clip": fused_clip,
+           "fused_dispatch": fused_dispatch,
            "seq_len": length, "rows": len(batch) * ctx.world,
            "tokens_per_step": step_tokens, "micro_batch_rows": micro, "step_s": step_s,
            "tokens_per_s": step_tokens / step_s, "gradient_checkpointing": model.gradient_checkpointing,
@@ -424,6 +507,17 @@ def main() -> None:
     p.add_argument("--cast-once", default=str(int(layers.CAST_ONCE)), help="comma list: 1 = the decoder layer's "
                    "norms write the bf16 copy their matrix products read (model/layers.py CAST_ONCE), 0 = autocast "
                    "casts per product")
+    p.add_argument("--fused-lightning", default=str(int(layers.FUSED_LIGHTNING)), help="comma list: 1 = the "
+                   "lightning layer's q, k, v written contiguous by its compiled silu pass and its gated output "
+                   "written in bf16 for the output projection (model/layers.py FUSED_LIGHTNING), 0 = silu, then "
+                   "copies and autocast's cast")
+    p.add_argument("--swiglu-kernel", default=str(int(moe_module.SWIGLU_KERNEL)), help="comma list: 1 = the experts' "
+                   "SwiGLU backward as one Triton pass (model/moe_kernels.py), 0 = Inductor's")
+    p.add_argument("--fused-clip", default=str(int(learner_module.FUSED_CLIP)), help="comma list: 1 = the "
+                   "gradient clip applied by the fused AdamW kernel (agent/learner.py FUSED_CLIP), 0 = "
+                   "clip_grad_norm_")
+    p.add_argument("--fused-dispatch", default=str(int(moe_module.FUSED_DISPATCH)), help="comma list: 1 = the "
+                   "MoE dispatch and combine as compiled one-pass chains (model/moe.py FUSED_DISPATCH), 0 = copies")
     p.add_argument("--head-bench", action="store_true", help="also time the LM head alone (fp32 vs bf16x3)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step of the last "
                    "variant")
@@ -450,14 +544,18 @@ def main() -> None:
         variants = list(itertools.product(args.moe.split(","), args.compile.split(","), args.emulate.split(","),
                                           [int(x) for x in args.micro.split(",")],
                                           [int(x) for x in args.head_chunk.split(",")], args.head_save.split(","),
-                                          args.norm_fp64.split(","), args.cast_once.split(",")))
-        for i, (moe, compiled, emulate, micro, chunk, save, fp64, once) in enumerate(variants):
+                                          args.norm_fp64.split(","), args.cast_once.split(","),
+                                          args.fused_lightning.split(","), args.swiglu_kernel.split(","),
+                                          args.fused_clip.split(","), args.fused_dispatch.split(",")))
+        for i, (moe_backend, compiled, emulate, micro, chunk, save, fp64, once, lightning, swiglu, clip, dispatch) in \
+                enumerate(variants):
             try:
-                r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe, compiled,
-                        emulate == "1", ctx, args.profile and (b, i) == (len(builds) - 1, len(variants) - 1),
-                        chunk, save == "1", fp64 == "1", once == "1")
+                r = run(model, args.model, device, length, args.tokens, micro, args.steps, backend, moe_backend,
+                        compiled, emulate == "1", ctx, args.profile and (b, i) == (len(builds) - 1, len(variants) - 1),
+                        chunk, save == "1", fp64 == "1", once == "1", lightning == "1", swiglu == "1", clip == "1",
+                        dispatch == "1")
             except Exception as err:  # noqa: BLE001 - an OOM or a failing variant is a row of the table
-                r = {"model": args.model, "backend": backend, "moe": moe, "compile": compiled, "seq_len": length,
+                r = {"model": args.model, "backend": backend, "moe": moe_backend, "compile": compiled, "seq_len": length,
                      "micro_batch_rows": micro, "error": f"{type(err).__name__}: {err}"[:300]}
             if ctx.distributed:
                 r.update(fsdp_param_dtype=dtype, reshard_after_forward=reshard == "1")
@@ -470,13 +568,15 @@ def main() -> None:
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else platform.processor() or platform.machine()}
     env["ranks"] = ctx.world
-    say(f"\n| model | T | backend | MoE | compile | emulate | head chunk | head save | norm fp64 | cast once | FSDP gather | "
+    say(f"\n| model | T | backend | MoE | compile | emulate | head chunk | head save | norm fp64 | cast once | fused lightning | "
+        f"SwiGLU kernel | fused clip | fused dispatch | FSDP gather | "
         f"reshard | micro | tokens/step | tokens/s | step s | MFU (of 989 TFLOP/s) | peak GiB per GPU |  "
         f"({env['device']} x{ctx.world}, torch {env['torch']})")
     for r in results:
         row = (f"| {r['model']} | {r['seq_len']} | {r['backend']} | {r.get('moe')} | {r.get('compile')} | "
                f"{r.get('emulate_precision_casts')} | {r.get('head_chunk')} | {r.get('head_save')} | "
-               f"{r.get('norm_fp64')} | {r.get('cast_once')} | {r.get('fsdp_param_dtype', '-')} | "
+               f"{r.get('norm_fp64')} | {r.get('cast_once')} | {r.get('fused_lightning')} | {r.get('swiglu_kernel')} | "
+               f"{r.get('fused_clip')} | {r.get('fused_dispatch')} | {r.get('fsdp_param_dtype', '-')} | "
                f"{r.get('reshard_after_forward', '-')} | {r.get('micro_batch_rows')} |")
         if "error" in r:
             say(f"{row} {r['error'][:60]} | | | | |")

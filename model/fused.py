@@ -56,24 +56,38 @@ def fused(fn: Callable) -> Callable:
     def wrapper(*args):
         if not compile_enabled(args[0]):
             return fn(*args)
-        key = (fn, EMULATE_PRECISION_CASTS)
-        compiled = _compiled.get(key)
-        if compiled is None:
-            # keep eager's bf16/fp16 rounding of every intermediate: the sampler (model/engine.py) mirrors the
-            # eager expressions, and its log-probs must match the learner's (issue 16: mean |diff| <= 1e-3)
-            compiled = _compiled[key] = torch.compile(fn, dynamic=None,
-                                                      options={"emulate_precision_casts": key[1]})
-        if compiled is fn:
-            return fn(*args)
-        try:
-            return compiled(*args)
-        except Exception as err:  # noqa: BLE001 - an Inductor failure must not stop training; eager is correct
-            warnings.warn(f"torch.compile of {fn.__name__} failed ({type(err).__name__}: {str(err)[:200]}); "
-                          f"running it eagerly", stacklevel=2)
-            _compiled[key] = fn
-            return fn(*args)
+        return _call_compiled(fn, args)
 
     return wrapper
+
+
+def run_compiled(fused_fn: Callable, *args):
+    """``fused_fn`` (a ``fused`` function) compiled whatever the grad mode: for a custom autograd Function
+    whose forward or backward (run without autograd recording) must compute what the compiled training chain
+    computes. Eager where ``LIGHTSWE_COMPILE=0``, off CUDA or inside a compile, as ``fused``."""
+    fn = fused_fn.__wrapped__
+    if not args[0].is_cuda or os.environ.get("LIGHTSWE_COMPILE", "1") == "0" or torch.compiler.is_compiling():
+        return fn(*args)
+    return _call_compiled(fn, args)
+
+
+def _call_compiled(fn: Callable, args: tuple):
+    """fn(*args) through its cached torch.compile; eager for the rest of the process if compiling it fails."""
+    key = (fn, EMULATE_PRECISION_CASTS)
+    compiled = _compiled.get(key)
+    if compiled is None:
+        # keep eager's bf16/fp16 rounding of every intermediate: the sampler (model/engine.py) mirrors the
+        # eager expressions, and its log-probs must match the learner's (issue 16: mean |diff| <= 1e-3)
+        compiled = _compiled[key] = torch.compile(fn, dynamic=None, options={"emulate_precision_casts": key[1]})
+    if compiled is fn:
+        return fn(*args)
+    try:
+        return compiled(*args)
+    except Exception as err:  # noqa: BLE001 - an Inductor failure must not stop training; eager is correct
+        warnings.warn(f"torch.compile of {fn.__name__} failed ({type(err).__name__}: {str(err)[:200]}); "
+                      f"running it eagerly", stacklevel=3)
+        _compiled[key] = fn
+        return fn(*args)
 
 
 @fused
@@ -106,10 +120,25 @@ def rms_norm_and_cast(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: 
 
 
 @fused
-def gated_rms_norm(gate: torch.Tensor, o: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype
-                   ) -> torch.Tensor:
-    """sigmoid(gate) * RMSNorm(o.to(dtype)): the lightning layer's output gate."""
-    return torch.sigmoid(gate) * rms_norm.__wrapped__(o.to(dtype), weight, eps)
+def gated_rms_norm(gate: torch.Tensor, o: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype,
+                   out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """sigmoid(gate) * RMSNorm(o.to(dtype)): the lightning layer's output gate, cast to ``out_dtype`` if given
+    (the dtype the output projection reads under autocast: the cast autocast would make, inside the chain, so
+    neither it nor its gradient's cast back is a pass of its own; the same values either way)."""
+    out = torch.sigmoid(gate) * rms_norm.__wrapped__(o.to(dtype), weight, eps)
+    return out if out_dtype is None else out.to(out_dtype)
+
+
+@fused
+def silu_split(x: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+    """silu(x) split along the last dim into parts of ``size`` (the lightning layer's q, k, v from its fused
+    projection [B, T, H, 3 D]). Compiled, each part is written contiguous in the pass that applies silu (the
+    attention kernel reads contiguous tensors), and the backward writes the projection's gradient in one pass;
+    eager (CPU), the parts are views of silu(x), as before."""
+    parts = F.silu(x).split(size, dim=-1)
+    if torch.compiler.is_compiling():
+        return tuple(p.contiguous() for p in parts)
+    return parts
 
 
 @fused
@@ -129,3 +158,53 @@ def swiglu(h13: torch.Tensor) -> torch.Tensor:
 def weighted_sum(y: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """sum_j weights[n, j] y[n, j] in ``dtype`` (y [N, k, H], weights [N, k]): the MoE combine."""
     return (y.to(dtype) * weights.to(dtype)[..., None]).sum(1)
+
+
+@fused
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[index] for x [N, H] and index [M] in [0, N], rows whose index is N zero: the MoE dispatch's
+    ``cat([x, 0]).index_select(0, index)`` in one pass (no copy of x with a zero row appended)."""
+    n = x.shape[0]
+    rows = x[index.clamp(max=n - 1)]
+    return torch.where((index < n)[:, None], rows, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+@fused
+def sum_rows(grad: torch.Tensor, position: torch.Tensor, k: int) -> torch.Tensor:
+    """sum_j grad[position[n k + j]] for grad [M, H], position [N k]: the MoE dispatch's backward (each token's
+    k row gradients gathered and summed in one pass, as ``index_select`` then ``sum(1)``)."""
+    return grad[position].view(-1, k, grad.shape[1]).sum(1)
+
+
+@fused
+def combine_rows(ys: torch.Tensor, position: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """fp32 out[n] = sum_j weights[n, j] ys[position[n k + j]] (ys [M, H], weights [N, k] fp32): the MoE
+    combine, ``weighted_sum(ys[position].view(N, k, H), weights, float32)`` without the gathered copy."""
+    k = weights.shape[1]
+    return weighted_sum.__wrapped__(ys[position].view(-1, k, ys.shape[1]), weights, torch.float32)
+
+
+@fused
+def combine_rows_backward(grad: torch.Tensor, ys: torch.Tensor, position: torch.Tensor, weights: torch.Tensor,
+                          assignment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``combine_rows`` for grad [N, H] fp32: (d ys [M, H] in ys' dtype, d weights [N, k] fp32).
+    ``assignment`` [M]: the assignment n k + j whose product row m is, -1 for padding rows (zero gradient).
+    As eager autograd forms them: d ys[m] = (grad[n] weights[n, j]) cast to ys' dtype; d weights[n, j] =
+    sum_h grad[n, h] ys[position[n k + j], h] (fp32)."""
+    k = weights.shape[1]
+    valid = assignment >= 0
+    a = assignment.clamp(min=0)
+    d_rows = grad[a // k] * weights.flatten()[a][:, None]
+    d_ys = torch.where(valid[:, None], d_rows, torch.zeros((), dtype=grad.dtype, device=grad.device)).to(ys.dtype)
+    y = ys[position].view(-1, k, ys.shape[1]).float()
+    return d_ys, (grad[:, None, :] * y).sum(-1)
+
+
+@fused
+def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    """NeoX RoPE's rotation of x [B, T, H, D]'s first ``rotary_dim`` channels in fp32 (cos, sin [B, T, 1,
+    rotary_dim] fp32), cast back to x's dtype; the rest pass through (``layers.rotary`` computes cos and sin)."""
+    rot, rest = x[..., :rotary_dim].float(), x[..., rotary_dim:]
+    half = rotary_dim // 2
+    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    return torch.cat(((rot * cos + rotated * sin).to(x.dtype), rest), dim=-1)

@@ -15,13 +15,18 @@ import torch.nn.functional as F
 from lightswe.kernels.lightning_attn import lightning_attn, lightning_attn_decode
 from lightswe.model.cache import HybridCache
 from lightswe.model.config import SOFTMAX, MiniMaxConfig
-from lightswe.model.fused import compile_enabled, gated_rms_norm, residual, rms_norm, rms_norm_and_cast
+from lightswe.model.fused import (compile_enabled, gated_rms_norm, residual, rms_norm, rms_norm_and_cast, rotate_half,
+                                  silu_split)
 from lightswe.model.moe import grouped_experts, use_grouped
 from torch import nn
 
 # The decoder layer's norms hand their matrix products one bf16 copy on the compiled CUDA path under autocast
 # (``DecoderLayer._forward_cast_once``; benchmarks/train.py --cast-once)
 CAST_ONCE = True
+# The lightning layer's q, k, v written contiguous by its compiled silu pass (``fused.silu_split``) and, on the
+# cast-once path, its output gate writing the bf16 copy its output projection reads (the cast autocast would
+# make: same values); benchmarks/train.py --fused-lightning
+FUSED_LIGHTNING = True
 LIGHTNING_NORM_EPS = 1e-6  # the released code builds the lightning output norm with RMSNorm's default eps
 
 
@@ -79,8 +84,11 @@ class LightningAttention(nn.Module):
         """``dtype``: the residual stream's dtype, which the output norm computes in (default x's; the decoder
         layer passes fp32 when it hands the projections a bf16 copy of its fp32 input)."""
         batch, length, _ = x.shape
-        qkv = F.silu(self.qkv_proj(x)).view(batch, length, self.num_heads, 3 * self.head_dim)
-        q, k, v = qkv.split(self.head_dim, dim=-1)
+        qkv = self.qkv_proj(x).view(batch, length, self.num_heads, 3 * self.head_dim)
+        if FUSED_LIGHTNING:  # compiled: q, k, v written contiguous by the silu pass (model/fused.py)
+            q, k, v = silu_split(qkv, self.head_dim)
+        else:
+            q, k, v = F.silu(qkv).split(self.head_dim, dim=-1)
         slope = self.slope(x.device)
         if cache is not None and cache.started and length == 1:
             state = cache.lightning_state(self.layer_idx)
@@ -90,8 +98,11 @@ class LightningAttention(nn.Module):
             o, final = lightning_attn(q, k, v, slope, initial_state=initial, cu_seqlens=cu_seqlens)
             if cache is not None:
                 cache.set_lightning_state(self.layer_idx, final)
+        # sigmoid(gate) * norm(o); handed to the output projection in x's dtype when x is the bf16 copy of the
+        # fp32 residual stream (FUSED_LIGHTNING; the cast autocast makes, done inside the compiled chain)
+        out_dtype = x.dtype if FUSED_LIGHTNING and dtype not in (None, x.dtype) else None
         gated = gated_rms_norm(self.output_gate(x), o.reshape(batch, length, -1), self.norm.weight, self.norm.eps,
-                               dtype or x.dtype)  # sigmoid(gate) * norm(o)
+                               dtype or x.dtype, out_dtype)
         return self.out_proj(gated)
 
 
@@ -100,10 +111,7 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, theta: flo
     inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, device=x.device, dtype=torch.float32) / rotary_dim))
     freqs = positions.float()[..., None] * inv_freq  # [B, T, rotary_dim / 2]
     cos, sin = (f.repeat(1, 1, 2)[:, :, None, :] for f in (freqs.cos(), freqs.sin()))
-    rot, rest = x[..., :rotary_dim].float(), x[..., rotary_dim:]
-    half = rotary_dim // 2
-    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
-    return torch.cat(((rot * cos + rotated * sin).to(x.dtype), rest), dim=-1)
+    return rotate_half(x, cos, sin, rotary_dim)  # one compiled pass in CUDA training (model/fused.py)
 
 
 class SoftmaxAttention(nn.Module):

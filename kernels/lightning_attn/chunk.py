@@ -165,12 +165,15 @@ def _set_tma_allocator() -> None:
     prune_configs_by={"early_config_prune": _prune_slices},
 )
 @triton.jit
-def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, T, NB,
+def _fwd_kernel(q, k, v, o, slope, h0, ht, cu_seqlens, seq_order, T, NB,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
                 USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
                 TMA: tl.constexpr = False, DECAY_OUT: tl.constexpr = False):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
+    if IS_VARLEN:  # packed sequences run longest first (seq_order), so that short ones fill the last wave
+        i_n = tl.load(seq_order + i_n)
+        i_nh = i_n * H + i_h
     bos, T = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
     b = -tl.load(slope + i_h).to(tl.float32) * 1.4426950408889634
     m, q_decay = _decay_masks(b, BT)
@@ -414,7 +417,7 @@ BWD_SWEEP = BWD_CONFIGS + [
     prune_configs_by={"early_config_prune": _prune_slices},
 )
 @triton.jit
-def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, T, NB,
+def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, seq_order, T, NB,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                 BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr,
                 STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -423,6 +426,9 @@ def _bwd_kernel(q, k, v, do, dq, dk, dv, slope, h0, dht, dh0, cu_seqlens, T, NB,
     one head run together and share their loads of q, k, v, dO through L2."""
     i_p, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
+    if IS_VARLEN:  # longest packed sequences first, as in the forward
+        i_n = tl.load(seq_order + i_n)
+        i_nh = i_n * H + i_h
     bos, T = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
     b = -tl.load(slope + i_h).to(tl.float32) * 1.4426950408889634
     NK: tl.constexpr = K // BK
@@ -439,6 +445,15 @@ def _num_seqs(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
     return q.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
 
 
+def _seq_order(cu_seqlens: torch.Tensor | None) -> torch.Tensor | None:
+    """Packed sequences' indices, longest first (int32 [N], on the device, no host sync): the kernels' grids
+    run the (sequence, head) programs in this order, so that the last wave holds the shortest sequences instead
+    of whichever came last (longest-processing-time-first scheduling). None without packing."""
+    if cu_seqlens is None:
+        return None
+    return torch.argsort(cu_seqlens[1:] - cu_seqlens[:-1], descending=True, stable=True).to(torch.int32)
+
+
 def lightning_attn_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor,
     initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None, store_final_state: bool = True,
@@ -451,9 +466,9 @@ def lightning_attn_fwd(
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if store_final_state else None
     grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)
     _set_tma_allocator()
-    _launch(_fwd_kernel, grid, q, k, v, o, slope, initial_state, ht, cu_seqlens, T=T, NB=N * H,
-                      H=H, K=K, V=V, USE_H0=initial_state is not None, STORE_HT=store_final_state,
-                      IS_VARLEN=cu_seqlens is not None)
+    _launch(_fwd_kernel, grid, q, k, v, o, slope, initial_state, ht, cu_seqlens, _seq_order(cu_seqlens), T=T,
+            NB=N * H, H=H, K=K, V=V, USE_H0=initial_state is not None, STORE_HT=store_final_state,
+            IS_VARLEN=cu_seqlens is not None)
     return o, ht
 
 
@@ -471,7 +486,7 @@ def lightning_attn_bwd(
     grid = lambda meta: (2 * triton.cdiv(K, meta["BK"]) + triton.cdiv(V, meta["BV"]), N * H)
     _set_tma_allocator()
     _launch(_bwd_kernel, grid, q, k, v, do, dq, dk, dv, slope, initial_state, dht, dh0, cu_seqlens,
-            T=T, NB=N * H, H=H, K=K, V=V, USE_H0=initial_state is not None,
+            _seq_order(cu_seqlens), T=T, NB=N * H, H=H, K=K, V=V, USE_H0=initial_state is not None,
             USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=cu_seqlens is not None)
     return dq, dk, dv, dh0
 

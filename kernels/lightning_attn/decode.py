@@ -21,7 +21,9 @@ products of o run on the tensor cores as the chunk kernel's do (``DecodeConfig.m
 
 Launch shapes are ``DecodeConfig``s chosen by B*H from ``DECODE_CONFIGS`` / ``CHUNK_FORM_CONFIGS`` (measured on
 an H200 with ``python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep
---chunk-form-sweep``; RESULTS.md).
+--chunk-form-sweep`` and ``--decode-launch``; RESULTS.md). The exact step's default is a programmatic dependent
+launch (``DecodeConfig.pdl``, Hopper+): its programs may be scheduled while the previous kernel drains and wait
+for it before their first load.
 """
 
 from __future__ import annotations
@@ -94,8 +96,8 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
             state (the chunk kernel rounds S0 before its product), so with it the 63 of 64 steps that do not
             complete a chunk read 2 bytes per state element instead of 4; the results are the same bits.
         config: the launch shape (bv columns per program, warps, bk state rows per block of the chunk-completion
-            update, split, mma, full_chunk, per_program, stages; per_sm, stream, split_k unused), default by S*H
-            from CHUNK_FORM_CONFIGS.
+            update, split, mma, full_chunk, per_program, stages, pdl (any value > 0: every load after the
+            wait); per_sm, stream, split_k unused), default by S*H from CHUNK_FORM_CONFIGS.
     Returns:
         o [S, H, V] in q's dtype. No host synchronisation (CUDA-graph capturable).
     Raises:
@@ -118,12 +120,15 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
     per_program = math.gcd(config.per_program, rows * heads)
     slope = slope.float().contiguous()
     rounded = state if rounded_state is None else rounded_state  # (unused pointer without ROUNDED)
+    pdl = config.pdl if config.pdl and q.is_cuda and _has_pdl(q.device.index or 0) else 0
+    if pdl == 2 and per_program > 1:
+        raise ValueError(f"pdl=2 (loads before the wait) needs one (sequence, head) per program, got {config}")
     _decode_chunk_form_kernel[(triton.cdiv(V, BV), rows * heads // per_program)](
                                     q.contiguous(), k.contiguous(), v.contiguous(), o, slope, state, rounded,
                                     chunk_keys, chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
                                     BK=BK, ROUNDED=rounded_state is not None, ADVANCE=not config.split,
                                     MMA=config.mma, FULL_CHUNK=config.full_chunk, PER_PROGRAM=per_program,
-                                    STAGES=config.stages, num_warps=config.warps)
+                                    STAGES=config.stages, PDL=pdl, num_warps=config.warps, launch_pdl=pdl > 0)
     if config.split:
         _chunk_advance_kernel[(triton.cdiv(V, BV), rows * heads)](
             k, slope, state, rounded, chunk_keys, chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
@@ -158,6 +163,16 @@ class DecodeConfig:
         per program instead of two, for up to twice the chunk bytes.
     per_program: chunk-form step: (sequence, head) pairs per program (at most: the gcd with S * H), walked in a
         loop software-pipelined ``stages`` deep (the next pair's loads in flight while one computes).
+    pdl: programmatic dependent launch (compute capability 9.0+, Triton's ``launch_pdl``; exact step with one
+        program per tile, chunk-form step): the grid may be scheduled while the previous kernel in the stream
+        drains; it waits for it (griddepcontrol.wait: that kernel complete, its writes visible), then releases
+        the next launch (griddepcontrol.launch_dependents, never before its own wait, so a dependent never starts
+        before this kernel's predecessor has completed). 1 = every load after the wait (always valid); 2 = the
+        layer's own buffers loaded before the wait (exact step: the state tile; chunk-form step, one pair per
+        program: the state or its copy, the position and the chunk rows; q, k, v and the slope after it), so
+        their stream overlaps the previous kernel's tail: valid only where the kernel launched just before this
+        one writes none of them (the engine's order: the layer's q/k/v kernel, then the step). A measured
+        variant, never a default: ``state.zero_()`` right before the step would race with its load.
     """
 
     bv: int
@@ -171,6 +186,7 @@ class DecodeConfig:
     mma: bool = False
     full_chunk: bool = False
     per_program: int = 1
+    pdl: int = 0
 
     def __str__(self) -> str:
         grid = f"persistent {self.per_sm}/SM" if self.per_sm else "one program per tile"
@@ -178,14 +194,19 @@ class DecodeConfig:
                 + (f", BK {self.bk}" if self.bk else "") + (f", {self.stages} stages" if self.stages > 1 else "")
                 + (", tensor cores" if self.mma else "") + (", full chunk" if self.full_chunk else "")
                 + (f", {self.per_program} heads per program" if self.per_program > 1 else "")
-                + (", split K" if self.split_k else "") + (", split advance" if self.split else ""))
+                + (", split K" if self.split_k else "") + (", split advance" if self.split else "")
+                + (f", PDL {self.pdl}" if self.pdl else ""))
 
 
 # (minimum B * H, config). From the H200 sweep (RESULTS.md; H=64, D=128, do_bench with L2 flushed and one launch
 # per state set in a CUDA graph): the one-program-per-tile configs with BV >= 32 lie within ~1 us of each other
 # at every B; the persistent and streaming variants are slower, and so (third session) are the pipelined-block
-# and split-K ones.
-DECODE_CONFIGS = ((0, DecodeConfig(32, 2)), (1024, DecodeConfig(64, 8)))
+# and split-K ones. Fourth session (benchmark --decode-launch, 100 steps in a CUDA graph): BV 64 / 8 warps as a
+# programmatic dependent launch 18.9 / 35.1 / 67.0 / 130.9 us at B = 8 / 16 / 32 / 64 against 19.8 / 36.5 / 68.5 /
+# 132.3 us launched plainly (and 20.0 us for the previous B = 8 default, BV 32 / 2 warps); with a small kernel
+# before each step (the sampler's order) the dependent launch is within noise of the plain one (22.0 vs 21.3 us
+# at B = 8, 133.8 vs 134.5 us at B = 64).
+DECODE_CONFIGS = ((0, DecodeConfig(64, 8, pdl=1)),)
 
 # Every config the benchmark's decode sweep measures (benchmarks/lightning_attn.py --decode-sweep) and the GPU
 # tests check against the reference.
@@ -199,6 +220,8 @@ DECODE_SWEEP = tuple(
         (32, 2, 32, 2), (32, 2, 32, 3), (32, 4, 16, 3), (64, 4, 32, 2), (64, 4, 32, 3), (64, 8, 64, 2),
         (128, 4, 32, 3), (128, 8, 16, 4))]
     + [DecodeConfig(bv, w, bk=bk, split_k=True) for bv, w, bk in ((32, 2, 64), (64, 2, 32), (64, 4, 64), (128, 4, 32))]
+    + [DecodeConfig(bv, w, pdl=n) for bv, w in ((32, 2), (32, 4), (64, 4), (64, 8)) for n in (1, 2)]
+    + [DecodeConfig(bv, 1, pdl=1) for bv in (16, 32)]
 )
 
 
@@ -208,20 +231,32 @@ DECODE_SWEEP = tuple(
 # copy as the engine does): BV 64 / 4 warps, the state update in 32-row blocks, products on the tensor cores was
 # the fastest of CHUNK_FORM_SWEEP at B = 8 / 16 / 32 (14.6 / 27.1 / 50.1 us; BV 128 / 8 warps within 1.5%
 # everywhere, 87.7 against 89.0 us at B = 64); the previous default (BV 64 / 4 warps, fp32 multiply-adds, fp32
-# state) measured 19.2 / 33.1 / 60.3 / 110.7 us in the second session.
+# state) measured 19.2 / 33.1 / 60.3 / 110.7 us in the second session. Fourth session: as a programmatic dependent
+# launch (pdl 1) 0.5-0.9 us faster back to back, 0.4-0.6 us slower after another kernel (the sampler's order), so
+# plain; pdl 2 (its loads before the wait) takes 145 registers instead of 128 and is slower in both orders.
 CHUNK_FORM_CONFIGS = ((0, DecodeConfig(64, 4, bk=32, mma=True)),)
 CHUNK_FORM_SWEEP = (DecodeConfig(64, 4), DecodeConfig(64, 4, bk=32),
                     *(DecodeConfig(bv, w, bk=32, mma=True) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 8))),
                     DecodeConfig(64, 4, bk=32, split=True, mma=True),
                     *(DecodeConfig(bv, w, bk=32, mma=True, full_chunk=True) for bv, w in ((32, 4), (64, 4), (64, 8))),
                     *(DecodeConfig(bv, w, bk=32, mma=True, full_chunk=True, per_program=n, stages=2)
-                      for bv, w, n in ((64, 4, 4), (64, 8, 4), (64, 4, 8))))
+                      for bv, w, n in ((64, 4, 4), (64, 8, 4), (64, 4, 8))),
+                    DecodeConfig(64, 4, bk=32, mma=True, pdl=1))
 
 
 def _decode_config(n_states: int, V: int) -> DecodeConfig:
     """The config of the last DECODE_CONFIGS row whose minimum B*H is <= n_states, BV capped at V."""
     config = next(c for lo, c in reversed(DECODE_CONFIGS) if n_states >= lo)
     return dataclasses.replace(config, bv=min(config.bv, V))
+
+
+@functools.cache
+def _has_pdl(device_index: int) -> bool:
+    """Programmatic dependent launch (griddepcontrol) needs compute capability 9.0+, and a driver of CUDA 12.3+ to
+    keep its launch attribute inside a captured CUDA graph (the sampler's step, model/engine.py); otherwise the
+    step launches plainly (same results, only the launch overlap is lost)."""
+    driver = torch._C._cuda_getDriverVersion() if hasattr(torch._C, "_cuda_getDriverVersion") else 0
+    return torch.cuda.get_device_capability(device_index)[0] >= 9 and driver >= 12030
 
 
 @functools.cache
@@ -287,12 +322,26 @@ if triton is not None:
             tl.store(o + i_bh * V + o_v, b_o)
 
     @triton.jit
-    def _decode_kernel(q, k, v, o, slope, state, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                       BV: tl.constexpr, STREAM: tl.constexpr):
-        """Grid (V / BV * B * H,): one program per tile, tile = (sequence*head, BV columns)."""
+    def _decode_kernel(q, k, v, o, slope, state, state_out, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                       BV: tl.constexpr, STREAM: tl.constexpr, PDL: tl.constexpr, OUT: tl.constexpr):
+        """Grid (V / BV * B * H,): one program per tile, tile = (sequence*head, BV columns); the updated tile
+        stored to ``state_out`` where OUT, else in place.
+        PDL (launched as a programmatic dependent, DecodeConfig.pdl): 1 = every load after griddepcontrol.wait
+        (the previous kernel complete and its writes visible); 2 = the state tile loaded before the wait, q, k, v
+        and the slope after it. Either way the next launch is released (launch_dependents) only after the wait,
+        so a dependent of this kernel never starts before this kernel's own predecessor has completed."""
         t = tl.program_id(0)
+        if PDL == 1:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         s_tile = _load_tile(state, t, 0, K, V, BV, STREAM, False)
-        _decode_tile(q, k, v, o, slope, state, s_tile, t, 0, H, K, V, BV, STREAM, False)
+        if PDL == 2:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        if OUT:
+            _decode_tile(q, k, v, o, slope, state_out, s_tile, t, 0, H, K, V, BV, STREAM, False)
+        else:
+            _decode_tile(q, k, v, o, slope, state, s_tile, t, 0, H, K, V, BV, STREAM, False)
 
     @triton.jit
     def _decode_persistent_kernel(q, k, v, o, slope, state, n_tiles, H: tl.constexpr, K: tl.constexpr,
@@ -375,13 +424,24 @@ if triton is not None:
 
     def lightning_attn_decode_triton(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, state: torch.Tensor,
-        config: DecodeConfig | None = None,
+        config: DecodeConfig | None = None, state_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """q, k [B, H, K], v [B, H, V] contiguous; state [B, H, K, V] fp32 contiguous, updated in place.
-        ``config`` overrides the launch shape chosen by B*H from DECODE_CONFIGS (benchmark sweep, tests)."""
+        """q, k [B, H, K], v [B, H, V] contiguous; state [B, H, K, V] fp32 contiguous, updated in place, or
+        with ``state_out`` (same shape, fp32, contiguous, not overlapping ``state``) read from ``state`` and the
+        updated state written to ``state_out`` (``state`` unchanged; one-program-per-tile configs only).
+        ``config`` overrides the launch shape chosen by B*H from DECODE_CONFIGS (benchmark sweep, tests).
+        Raises ValueError for a ``state_out`` of another shape/dtype/layout or with a config that cannot use it."""
         B, H, K = q.shape
         V = v.shape[-1]
         config = config or _decode_config(B * H, V)
+        plain = not (config.bk or config.per_sm)
+        if state_out is not None and (state_out.shape != state.shape or state_out.dtype != torch.float32
+                                      or not state_out.is_contiguous() or not plain):
+            raise ValueError(f"state_out must be a contiguous fp32 {tuple(state.shape)} tensor and the config one "
+                             f"program per tile, got {tuple(state_out.shape)} {state_out.dtype} with {config}")
+        if config.pdl and not plain:
+            raise ValueError(f"programmatic dependent launch (pdl) needs a one-program-per-tile config, got {config}")
+        pdl = config.pdl if config.pdl and q.is_cuda and _has_pdl(q.device.index or 0) else 0  # else plain
         bv = min(config.bv, V)
         o = torch.empty_like(v)
         n_tiles = B * H * triton.cdiv(V, bv)
@@ -399,8 +459,9 @@ if triton is not None:
             _decode_persistent_kernel[grid](q, k, v, o, slope, state, n_tiles, H=H, K=K, V=V, BV=bv,
                                             STREAM=config.stream, num_warps=config.warps)
         else:
-            _decode_kernel[(n_tiles,)](q, k, v, o, slope, state, H=H, K=K, V=V, BV=bv, STREAM=config.stream,
-                                       num_warps=config.warps)
+            _decode_kernel[(n_tiles,)](q, k, v, o, slope, state, state if state_out is None else state_out, H=H, K=K,
+                                       V=V, BV=bv, STREAM=config.stream, PDL=pdl, OUT=state_out is not None,
+                                       num_warps=config.warps, launch_pdl=pdl > 0)
         return o
 
     @triton.jit
@@ -408,30 +469,45 @@ if triton is not None:
                                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                                   BV: tl.constexpr, BK: tl.constexpr, ROUNDED: tl.constexpr,
                                   ADVANCE: tl.constexpr, MMA: tl.constexpr, FULL_CHUNK: tl.constexpr,
-                                  PER_PROGRAM: tl.constexpr, STAGES: tl.constexpr):
+                                  PER_PROGRAM: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
         """Grid (V / BV, S * H / PER_PROGRAM): program (i_v, p) runs the step (_chunk_form_step) of column block
         i_v for sequence*heads p * PER_PROGRAM + [0, PER_PROGRAM), in a loop whose loads are software-pipelined
-        STAGES deep (the next head's state and chunk loaded while this one computes)."""
+        STAGES deep (the next head's state and chunk loaded while this one computes). PDL: launched as a
+        programmatic dependent, every load after griddepcontrol.wait, the next launch released after it."""
+        if PDL == 1:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         i_v = tl.program_id(0)
         if PER_PROGRAM == 1:
             _chunk_form_step(q, k, v, o, slope, state, rounded, chunk_keys, chunk_values, positions, i_v,
-                             tl.program_id(1), H, K, V, BT, BV, BK, ROUNDED, ADVANCE, MMA, FULL_CHUNK)
+                             tl.program_id(1), H, K, V, BT, BV, BK, ROUNDED, ADVANCE, MMA, FULL_CHUNK, PDL)
         else:
             for h in tl.range(0, PER_PROGRAM, num_stages=STAGES):
                 _chunk_form_step(q, k, v, o, slope, state, rounded, chunk_keys, chunk_values, positions, i_v,
                                  tl.program_id(1) * PER_PROGRAM + h, H, K, V, BT, BV, BK, ROUNDED, ADVANCE, MMA,
-                                 FULL_CHUNK)
+                                 FULL_CHUNK, 0)
+
+    @triton.jit
+    def _chunk_rows(p_c, o_t, o_c, C: tl.constexpr, before, FULL_CHUNK: tl.constexpr):
+        """Rows [0, BT) x columns o_c of a chunk buffer (row stride C), zeros where not ``before``; FULL_CHUNK:
+        every row loaded (the load does not wait for the position), the stale rows zeroed after."""
+        if FULL_CHUNK:
+            return tl.where(before[:, None], tl.load(p_c + o_t[:, None] * C + o_c[None, :]), 0.0)
+        else:
+            return tl.load(p_c + o_t[:, None] * C + o_c[None, :], mask=before[:, None], other=0.0)
 
     @triton.jit
     def _chunk_form_step(q, k, v, o, slope, state, rounded, chunk_keys, chunk_values, positions, i_v, i_bh,
                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
                          BK: tl.constexpr, ROUNDED: tl.constexpr, ADVANCE: tl.constexpr, MMA: tl.constexpr,
-                         FULL_CHUNK: tl.constexpr):
+                         FULL_CHUNK: tl.constexpr, PDL: tl.constexpr):
         """The step of column block i_v for sequence*head i_bh; with ADVANCE also the state update of rows whose
         chunk this token completes (else _chunk_advance_kernel does it in the next launch). ROUNDED: the
         rounded state is read from ``rounded`` (2 bytes per element) instead of rounding the fp32 state.
         MMA: the products on the tensor cores (as chunk.py's _fwd_kernel), else fp32 multiply-adds. FULL_CHUNK: all
-        BT rows of the chunk buffers loaded (no load waits for the position; rows >= i are zeroed after)."""
+        BT rows of the chunk buffers loaded (no load waits for the position; rows >= i are zeroed after).
+        PDL == 2: the state, position and chunk rows loaded before griddepcontrol.wait, q, k, v and the slope
+        after it (DecodeConfig.pdl)."""
         o_k = tl.arange(0, K)
         o_v = i_v * BV + tl.arange(0, BV)
         o_t = tl.arange(0, BT)
@@ -443,23 +519,37 @@ if triton is not None:
             b_s = tl.load(rounded + tile)
         else:
             b_s = tl.load(state + tile).to(q.dtype.element_ty)
-        b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
-        i = tl.load(positions + i_bh // H).to(tl.int32) % BT
-        before = o_t < i
-        b_k = tl.load(k + i_bh * K + o_k)
-        b_v = tl.load(v + i_bh * V + o_v)
-        if FULL_CHUNK:  # every row: the load does not wait for i (rows >= i are stale, replaced below)
-            c_v = tl.where(before[:, None], tl.load(p_cv + o_t[:, None] * V + o_v[None, :]), 0.0)
-        else:
-            c_v = tl.load(p_cv + o_t[:, None] * V + o_v[None, :], mask=before[:, None], other=0.0)
-        c_v = tl.where((o_t == i)[:, None], b_v[None, :], c_v)  # [BT, BV]: the chunk so far, this token at i
-        # as _fwd_kernel (DECAY_OUT): (q . round(S0)) lambda^(i+1) + sum_j round((q . k_j) lambda^(i-j)) v_j
-        q_decay = tl.exp2(b * (i + 1).to(tl.float32))
-        b_q = tl.load(q + i_bh * K + o_k)
-        if FULL_CHUNK:
-            c_k = tl.where(before[:, None], tl.load(p_ck + o_t[:, None] * K + o_k[None, :]), 0.0)
-        else:
-            c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=before[:, None], other=0.0)
+        if PDL == 2:  # the layer's own buffers (position, chunk rows) before the wait; q, k, v, slope after it
+            i = tl.load(positions + i_bh // H).to(tl.int32) % BT
+            before = o_t < i
+            c_v = _chunk_rows(p_cv, o_t, o_v, V, before, FULL_CHUNK)
+            c_k = _chunk_rows(p_ck, o_t, o_k, K, before, FULL_CHUNK)
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+            b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
+            b_k = tl.load(k + i_bh * K + o_k)
+            b_v = tl.load(v + i_bh * V + o_v)
+            b_q = tl.load(q + i_bh * K + o_k)
+            c_v = tl.where((o_t == i)[:, None], b_v[None, :], c_v)  # [BT, BV]: the chunk so far, this token at i
+            q_decay = tl.exp2(b * (i + 1).to(tl.float32))
+        else:  # (this order: 128 registers at BV 64 / 4 warps with the copy; the order above takes 145-162)
+            b = -tl.load(slope + i_bh % H).to(tl.float32) * 1.4426950408889634
+            i = tl.load(positions + i_bh // H).to(tl.int32) % BT
+            before = o_t < i
+            b_k = tl.load(k + i_bh * K + o_k)
+            b_v = tl.load(v + i_bh * V + o_v)
+            if FULL_CHUNK:  # every row: the load does not wait for i (rows >= i are stale, replaced below)
+                c_v = tl.where(before[:, None], tl.load(p_cv + o_t[:, None] * V + o_v[None, :]), 0.0)
+            else:
+                c_v = tl.load(p_cv + o_t[:, None] * V + o_v[None, :], mask=before[:, None], other=0.0)
+            c_v = tl.where((o_t == i)[:, None], b_v[None, :], c_v)  # [BT, BV]: the chunk so far, this token at i
+            # as _fwd_kernel (DECAY_OUT): (q . round(S0)) lambda^(i+1) + sum_j round((q . k_j) lambda^(i-j)) v_j
+            q_decay = tl.exp2(b * (i + 1).to(tl.float32))
+            b_q = tl.load(q + i_bh * K + o_k)
+            if FULL_CHUNK:
+                c_k = tl.where(before[:, None], tl.load(p_ck + o_t[:, None] * K + o_k[None, :]), 0.0)
+            else:
+                c_k = tl.load(p_ck + o_t[:, None] * K + o_k[None, :], mask=before[:, None], other=0.0)
         c_k = tl.where((o_t == i)[:, None], b_k[None, :], c_k)  # [BT, K]
         diff = (i - o_t).to(tl.float32)
         m = tl.where(o_t <= i, tl.exp2(b * tl.maximum(diff, 0.0)), 0.0)

@@ -87,3 +87,31 @@ def test_recompute_behaviour_scores_as_the_update(monkeypatch):
     assert len(loss.log_ratios) == 2
     first = loss.log_ratios[0]
     assert first.numel() > 0 and torch.equal(first, torch.zeros_like(first))
+
+
+def test_fused_clip_equals_clip_grad_norm(monkeypatch):
+    """The gradient clip done by the fused AdamW kernel (``FUSED_CLIP``: grad_scale = norm / max norm) clips as
+    ``clip_grad_norm_`` does: the same norm reported, the gradients left clipped to the same values (to the last
+    bit or so: a division instead of a multiplication), their norm then ``grad_clip``; and unclipped when the
+    norm is below it."""
+    from lightswe.agent import learner as learner_module
+
+    for k, v in FAST.items():
+        monkeypatch.setenv(k, v)
+    for clip in (1e-3, 1e6):  # clipping, not clipping
+        results = []
+        for flag in (False, True):
+            monkeypatch.setattr(learner_module, "FUSED_CLIP", flag)
+            model, batch = model_and_batch()
+            learner = Learner(model, CISPOLoss(), LearnerConfig(lr=1e-3, minibatches=1, micro_batch_size=4,
+                                                                grad_clip=clip, autocast_dtype="bfloat16"))
+            metrics = learner.step(batch)
+            grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+            results.append((metrics["grad_norm"], grads, torch.cat([p.detach().flatten()
+                                                                    for p in model.parameters()])))
+        (norm0, g0, w0), (norm1, g1, w1) = results
+        assert norm1 == pytest.approx(norm0, rel=1e-4)
+        torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-4 * g0.abs().max().item())
+        if clip < norm0:
+            assert g1.norm().item() == pytest.approx(clip, rel=1e-3)
+        torch.testing.assert_close(w1, w0, rtol=1e-4, atol=1e-5)

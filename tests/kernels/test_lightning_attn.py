@@ -7,6 +7,7 @@ state to 8 mantissa bits; fp32 inputs go through tf32 matrix products.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 
@@ -210,6 +211,26 @@ def _config_results(fwd_config, bwd_config) -> dict[str, torch.Tensor]:
     return {"o": o, "ht": ht, **{n: x.grad for n, x in zip(("dq", "dk", "dv", "dh0"), leaves)}}
 
 
+def test_packed_launch_order_changes_no_bit(monkeypatch):
+    """The kernels run a packed batch's sequences longest first (chunk._seq_order); the order programs run in must
+    change nothing: o, the final states and every gradient equal, bit for bit, a run in the given order and one in
+    reverse (initial states and final-state gradients per sequence, so a misplaced state index shows)."""
+    from lightswe.kernels.lightning_attn import chunk
+
+    runs = {}
+    for name, order in (("longest first", chunk._seq_order), ("given", lambda cu: None if cu is None else
+                        torch.arange(cu.numel() - 1, device=cu.device, dtype=torch.int32)),
+                        ("reversed", lambda cu: None if cu is None else
+                         torch.arange(cu.numel() - 2, -1, -1, device=cu.device, dtype=torch.int32))):
+        monkeypatch.setattr(chunk, "_seq_order", order)
+        usable = lambda configs: next(c for c in configs if chunk._has_tma() or not c.kwargs["TMA"])
+        runs[name] = _config_results(usable(chunk._fwd_kernel.configs), usable(chunk._bwd_kernel.configs))
+    first = runs.pop("longest first")
+    for name, this in runs.items():
+        differ = [n for n in first if not torch.equal(first[n], this[n])]
+        assert not differ, f"sequences run in {name} order change {differ}"
+
+
 @pytest.mark.parametrize("index", range(N_CONFIGS), ids=lambda i: f"config{i}")
 def test_every_tuned_config(index, monkeypatch):
     """Each autotuning config (TMA or pointer loads, slice widths, pipelining depth) computes the same function
@@ -275,6 +296,71 @@ def test_decode_every_sweep_config(config, batch):
                                   heads=64 if batch == 8 else 5, layer=3, steps=2)
 
 
+@pytest.mark.parametrize("pdl", [0, 1, 2], ids=lambda n: f"pdl{n}")
+@pytest.mark.parametrize("bv, warps", [(32, 2), (64, 8)], ids=["BV32", "BV64"])
+def test_decode_to_a_separate_state_out(bv, warps, pdl):
+    """``state_out``: the updated state written there (the reference's), ``state`` left unchanged, o as the
+    reference's; B=3, H=5 (odd tile counts); a state_out of the wrong dtype, shape or config is refused."""
+    from lightswe.kernels.lightning_attn.decode import DecodeConfig, lightning_attn_decode_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(31)
+    slope = minimax_slopes(5, layer=7, layers=80)
+    state = torch.randn(3, 5, DIM, DIM, device="cuda", generator=gen)
+    before, out = state.clone(), torch.full_like(state, float("nan"))
+    q, k, v = (torch.randn(3, 5, DIM, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
+    config = DecodeConfig(bv, warps, pdl=pdl)
+    o = lightning_attn_decode_triton(q, k, v, slope, state, config, state_out=out)
+    s_ref = state.clone()
+    o_ref = lightning_attn_decode_naive(q, k, v, slope, s_ref)
+    assert torch.equal(state, before)
+    assert rel_err(out, s_ref) <= 1e-6 and rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
+    for bad, cfg in ((out.double(), config), (out[:2], config), (out, DecodeConfig(32, 2, bk=32))):
+        with pytest.raises(ValueError, match="state_out"):
+            lightning_attn_decode_triton(q, k, v, slope, state, cfg, state_out=bad)
+
+
+@pytest.mark.parametrize("pdl", [1, 2], ids=lambda n: f"pdl{n}")
+def test_decode_programmatic_dependent_launch_chained_in_a_cuda_graph(pdl):
+    """Programmatic dependent launches back to back, nothing between them, eagerly and replayed in a CUDA graph:
+    pdl 1 on ONE state (each step must wait for the previous one's writes before loading), pdl 2 alternating
+    two states (its state load before the wait is valid when the kernel just before writes another state: the
+    step before that has completed, as each step releases the next only after its own wait). 6 steps, B=8,
+    H=64 (512 programs per step): o and the states equal the reference's after every replay."""
+    from lightswe.kernels.lightning_attn.decode import DecodeConfig, lightning_attn_decode_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(41)
+    slope = minimax_slopes(64, layer=1, layers=80)
+    steps, n_states = 6, (1 if pdl == 1 else 2)
+    states = [torch.randn(8, 64, DIM, DIM, device="cuda", generator=gen) for _ in range(n_states)]
+    qkv = [[torch.randn(8, 64, DIM, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3)]
+           for _ in range(steps)]
+    config = DecodeConfig(32, 2, pdl=pdl)
+    outs = [None] * steps
+
+    def run():
+        for t, (q, k, v) in enumerate(qkv):
+            outs[t] = lightning_attn_decode_triton(q, k, v, slope, states[t % n_states], config)
+
+    refs = [s.clone() for s in states]
+
+    def check():
+        for t, (q, k, v) in enumerate(qkv):
+            o_ref = lightning_attn_decode_naive(q, k, v, slope, refs[t % n_states])
+            assert rel_err(outs[t], o_ref) <= TOL[torch.bfloat16]["o"], f"step {t}"
+        for s, r in zip(states, refs, strict=True):
+            assert rel_err(s, r) <= 1e-6
+
+    run()  # eager (also compiles before capture)
+    check()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # capture runs nothing: states and refs stay in step
+        run()
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        check()
+
+
 def _chunk_form_sweep():
     from lightswe.kernels.lightning_attn.decode import CHUNK_FORM_SWEEP
 
@@ -315,6 +401,65 @@ def test_chunk_form_decode_every_config(config, rounded):
         if rounded:
             assert torch.equal(copy, state.to(torch.bfloat16))
         pos = pos + 1
+
+
+@pytest.mark.parametrize("pdl", [1, 2], ids=lambda n: f"pdl{n}")
+def test_chunk_form_decode_dependent_launches_in_a_cuda_graph(pdl):
+    """The chunk-form step as a programmatic dependent launch, 70 steps across a chunk end (rows at positions 0,
+    30, 63) on the same buffers, eagerly and replayed in a CUDA graph, against the reference: pdl 1 back to back
+    (each step must wait for the previous step's state, copy and chunk rows); pdl 2 (position, copy and chunk
+    rows loaded before the wait) with the engine's order, a kernel writing q, k, v between the steps."""
+    from lightswe.kernels.lightning_attn.decode import (CHUNK_FORM_CONFIGS, lightning_attn_decode_chunk_form,
+                                                        lightning_attn_decode_chunk_form_reference)
+
+    gen = torch.Generator(device="cuda").manual_seed(23)
+    rows, heads, block, steps = 3, 64, 64, 70
+    slope = minimax_slopes(heads, layer=4, layers=80)
+    state = torch.randn(rows, heads, DIM, DIM, device="cuda", generator=gen)
+    copy = state.to(torch.bfloat16)
+    keys, values = (torch.randn(rows, heads, block, DIM, device="cuda", generator=gen).to(torch.bfloat16)
+                    for _ in range(2))
+    start = torch.tensor([0, 30, 63], device="cuda")
+    pos = start.clone()
+    inputs_ = torch.nn.functional.silu(torch.randn(steps, 3, rows, heads, DIM, device="cuda", generator=gen)
+                                       ).to(torch.bfloat16)
+    qkv = torch.empty_like(inputs_[0])  # the step's q, k, v, written by a kernel before each step (pdl 2)
+    config = dataclasses.replace(CHUNK_FORM_CONFIGS[0][1], pdl=pdl)
+    outs = torch.empty(steps, rows, heads, DIM, device="cuda", dtype=torch.bfloat16)
+    buffers = (state, copy, keys, values)
+    initial = [b.clone() for b in buffers]
+
+    def run():
+        pos.copy_(start)
+        for t in range(steps):
+            if pdl == 2:
+                qkv.copy_(inputs_[t])
+                q, k, v = qkv.unbind(0)
+            else:
+                q, k, v = inputs_[t].unbind(0)
+            outs[t] = lightning_attn_decode_chunk_form(q, k, v, slope, state, keys, values, pos, rounded_state=copy,
+                                                       config=config)
+            pos.add_(1)
+
+    def check():
+        ref = [initial[0].clone(), initial[2].clone(), initial[3].clone()]
+        for t in range(steps):
+            o_ref = lightning_attn_decode_chunk_form_reference(*inputs_[t].unbind(0), slope, *ref, start + t)
+            assert rel_err(outs[t], o_ref) <= 2e-3, f"step {t}"
+        assert rel_err(state, ref[0]) <= 1e-5 and torch.equal(copy, state.to(torch.bfloat16))
+        assert torch.equal(keys, ref[1]) and torch.equal(values, ref[2])
+
+    run()
+    check()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for _ in range(2):
+        for b, init in zip(buffers, initial, strict=True):
+            b.copy_(init)
+        graph.replay()
+        torch.cuda.synchronize()
+        check()
 
 
 @pytest.mark.parametrize("rounded", [False, True], ids=["fp32-state", "fp16-copy"])

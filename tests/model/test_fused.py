@@ -116,3 +116,27 @@ def test_cast_once_layer_equals_the_plain_layer_under_autocast(layer_idx, monkey
     assert set(g1) == set(g0)
     for name, g in g0.items():
         torch.testing.assert_close(g1[name], g, rtol=2e-2, atol=2e-2 * g.abs().max().item(), msg=name)
+
+
+@pytest.mark.gpu
+@cuda
+def test_compiled_silu_split_equals_eager(monkeypatch):
+    """The lightning layer's q, k, v (``silu_split``): compiled, three contiguous tensors with eager's values bit
+    for bit and the projection's gradient at bf16 rounding; eager (and on CPU), views of silu(x) as before."""
+    monkeypatch.delenv("LIGHTSWE_COMPILE", raising=False)
+    torch.manual_seed(0)
+    x = (torch.randn(2, 300, 8, 3 * 128, device="cuda") * 3).bfloat16()
+    grads = [torch.randn(2, 300, 8, 128, device="cuda").bfloat16() for _ in range(3)]
+    outs = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("LIGHTSWE_COMPILE", flag)
+        xi = x.clone().requires_grad_()
+        parts = fused.silu_split(xi, 128)
+        assert [p.is_contiguous() for p in parts] == [flag == "1"] * 3
+        torch.autograd.backward(parts, grads)
+        outs.append(([p.detach() for p in parts], xi.grad))
+    for a, b in zip(outs[0][0], outs[1][0]):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(outs[1][1].float(), outs[0][1].float(), rtol=1e-2, atol=1e-2)
+    cpu = x.cpu().float()
+    assert all(not p.is_contiguous() for p in fused.silu_split(cpu.requires_grad_(), 128))  # views on CPU
