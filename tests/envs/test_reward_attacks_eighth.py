@@ -282,3 +282,34 @@ def test_sandboxes_cannot_promise_more_disk_than_the_host_has(env, monkeypatch, 
         for box in boxes:
             box.close()
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+# ------------------------------------------------------------------------------ the uid lease itself
+def test_a_uid_leased_by_another_process_is_never_handed_out_until_that_process_dies(tmp_path):
+    """The lease is an ``flock`` per uid across processes (Ray workers, several runs on one host); the kernel
+    gives it back when its holder dies, and ``in_use`` (a container still labelled with it) refuses it too."""
+    import subprocess
+    import sys
+
+    from lightswe.envs import uids
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys, pathlib; from lightswe.envs.uids import UidLease; "
+         f"lease = UidLease(lease_dir=pathlib.Path({str(tmp_path)!r})); print(lease.uid, flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        held = int(child.stdout.readline())
+        assert uids.UID_RANGE[0] <= held < uids.UID_RANGE[1]
+        assert uids.UidLease._lock(tmp_path / str(held)) == -1  # held by the other process
+    finally:
+        child.kill()  # SIGKILL: no release() ran, the lock file stays
+        child.wait(timeout=30)
+    assert (tmp_path / str(held)).exists()
+    fd = uids.UidLease._lock(tmp_path / str(held))  # its holder is gone: the kernel gave the lock back
+    assert fd >= 0
+    uids.UidLease._unlock(tmp_path / str(held), fd)
+    asked = []
+    lease = uids.UidLease(lambda uid: asked.append(uid) or len(asked) < 3, lease_dir=tmp_path)
+    assert lease.uid == asked[-1] and len(asked) == 3  # the first two were "in use" (a labelled container)
+    lease.release()
+    assert not (tmp_path / str(lease.uid)).exists()
