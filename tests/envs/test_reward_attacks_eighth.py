@@ -11,7 +11,18 @@ Broke before the fix:
   other sandbox (measured: -1 in the neighbour), and queues holding the 800 KiB made its ``mq_open`` fail; an
   honest fix of another episode whose tests need them was graded 0.0 -> each sandbox's agent is a uid of its
   own (``envs/uids.py``: leased per host, its files and ``/etc/passwd`` entry moved with it), so a neighbour
-  exhausts only its own counters.
+  exhausts only its own counters;
+- **host-wide kernel limits**: 3,071 ``openpty`` took every pseudo-terminal containers may have and one
+  ``io_setup(65536)`` the host's whole ``fs.aio-max-nr`` (ENOSPC, EAGAIN in every other sandbox) -> a devpts
+  instance of 256 per sandbox, and the host-wide limits raised past what the sandboxes' memory allows
+  (``envs/host_limits.py``);
+- **the host's disk**: sparse volumes overcommitted it (a neighbour's write within its own limit failed) -> a
+  volume is made only while the host's disk can keep every live volume's promise (``disk.admitted``);
+- **a grader under load**: a correct fix starved of CPU by neighbours timed out: 0.0 -> a run that waited for a
+  CPU half its time and got under a quarter of its quota reruns once, twice is ``GradingError``
+  (``envs/starvation.py``); an infinite loop is still 0.0, and the agent's leftovers are frozen while it grades.
+
+Held (README): the container's log, the image's layers, the network, ``/dev/shm``, keyrings, user namespaces.
 """
 
 from __future__ import annotations
