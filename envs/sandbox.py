@@ -11,8 +11,9 @@ Guarantees (the Sandbox contract in DESIGN.md):
 - the agent's commands run as the non-root user ``agent``; ``exec(..., user="root")`` is for the harness.
   With loop volumes, ``agent`` is a host uid no other live sandbox has (``agent_uid``, leased by
   :mod:`lightswe.envs.uids`: per-user kernel counters are not shared between episodes), the sandbox has a
-  ``devpts`` instance of its own and no volume is made that the host's disk could not hold
-  (:mod:`lightswe.envs.host_limits`, :func:`lightswe.envs.disk.admitted`). The
+  ``devpts`` instance of its own (:mod:`lightswe.envs.host_limits`), and with
+  ``LIGHTSWE_DISK_ADMISSION=reserve`` no volume is made that the host's disk could not hold
+  (:func:`lightswe.envs.disk.admitted`). The
   container runs with ``no-new-privileges`` and only the capabilities the harness's root runner needs (switch
   user, kill, own files), so a setuid binary cannot give the agent root; instance images have none
   (``tasks/images.py``). The runner is started with ``python3 -I -S`` and ``HOME=/root``: no file the agent

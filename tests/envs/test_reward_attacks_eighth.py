@@ -16,8 +16,9 @@ Broke before the fix:
   ``io_setup(65536)`` the host's whole ``fs.aio-max-nr`` (ENOSPC, EAGAIN in every other sandbox) -> a devpts
   instance of 256 per sandbox, and the host-wide limits raised past what the sandboxes' memory allows
   (``envs/host_limits.py``);
-- **the host's disk**: sparse volumes overcommitted it (a neighbour's write within its own limit failed) -> a
-  volume is made only while the host's disk can keep every live volume's promise (``disk.admitted``);
+- **the host's disk**: sparse volumes overcommitted it (a neighbour's write within its own limit failed) -> with
+  ``LIGHTSWE_DISK_ADMISSION=reserve`` a volume is made only while the host's disk can keep every live volume's
+  promise (``disk.admitted``; not the default: it caps this machine at 8 live sandboxes);
 - **a grader under load**: a correct fix starved of CPU by neighbours timed out: 0.0 -> a run that waited for a
   CPU half its time and got under a quarter of its quota reruns once, twice is ``GradingError``
   (``envs/starvation.py``); an infinite loop is still 0.0, and the agent's leftovers are frozen while it grades.
@@ -264,7 +265,8 @@ def test_a_correct_fix_starved_by_the_host_is_the_machines_failure_not_a_zero(en
 def test_sandboxes_cannot_promise_more_disk_than_the_host_has(env, monkeypatch, tmp_path):
     """Broke: volumes are sparse, so sandboxes each within their disk limit could fill the host's disk together
     (4 GiB each, 40 GiB free here: ten episodes writing theirs) and a neighbour's writes within its own limit
-    failed. Now a volume is made only while the host can keep every live volume's promise; here on a 900 MiB
+    failed. With ``LIGHTSWE_DISK_ADMISSION=reserve`` (not the default: README) a volume is made only while the
+    host can keep every live volume's promise; here on a 900 MiB
     file system (a tmpfs standing in for the host's disk): two 300 MiB sandboxes fit, the third is refused
     (SandboxError: no reward, never 0.0), and both admitted ones write their whole limit."""
     import subprocess
@@ -280,6 +282,7 @@ def test_sandboxes_cannot_promise_more_disk_than_the_host_has(env, monkeypatch, 
     monkeypatch.setattr(disk, "VOLUME_DIR", small)
     monkeypatch.setattr(disk, "HOST_RESERVE", 64 * 1024 ** 2)
     monkeypatch.setattr(disk, "ADMIT_WAIT_S", 0.0)
+    monkeypatch.setenv("LIGHTSWE_DISK_ADMISSION", "reserve")
     boxes = []
     try:
         config = SandboxConfig(image=env.image(env.tasks[0]), disk_limit="300m")
