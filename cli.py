@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     command = _command_words(argv) or "lightswe"
     try:
         return _dispatch(argv)
+    except BrokenPipeError:  # the reader left (`lightswe tasks show big.jsonl | head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at the final flush
+        return 141  # 128 + SIGPIPE, what the shell reports for a program the pipe closed on
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn this into a traceback
         how = ("; run the same command again to resume (finished work is kept)" if command in _RESUMABLE

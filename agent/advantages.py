@@ -1,9 +1,11 @@
-"""Group-relative advantages: A_i = (R_i - mean_group R) / (std_group R + eps).
+"""Group-relative advantages: A_i = (R_i - mean_group R) / (std_group R + eps) (MiniMax-M1 / GRPO), std the
+population std (ddof 0) of the group's valid rewards; ``scale_by_std=False``: R_i - mean_group R (Dr. GRPO).
 
 Rules that keep the signal honest:
 - a failed run (sandbox error, NaN/None reward) is *excluded*, never scored 0: an infrastructure failure is not
   evidence that the policy was wrong;
-- a group whose valid rewards are all equal carries no signal (every advantage is 0) and is filtered;
+- a group whose valid rewards are all equal carries no signal (every advantage is 0) and is filtered
+  (``filter_equal``; otherwise its runs stay with advantage 0: no gradient, but tokens in the normaliser);
 - a group with one valid run gets advantage 0 (and is filtered as "equal").
 
 ``fill_batch`` is the DAPO dynamic-sampling hook: it keeps drawing groups until enough carry signal.

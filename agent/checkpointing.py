@@ -23,9 +23,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightswe.agent.durable import fsync_dir
+from lightswe.errors import InfrastructureError
 from torch import nn
 
 LATEST = "latest"
+
+
+class CheckpointError(InfrastructureError, OSError):
+    """Writing a checkpoint failed (disk full, I/O error): one line naming the step, the cause and the fix; the
+    temporary directory is removed and the previous checkpoint stays the latest."""
 
 
 def _distributed() -> bool:
@@ -80,16 +86,25 @@ def save_checkpoint(root: str | Path, *, step: int, model: nn.Module, optimizer:
     for stale in root.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    tmp.mkdir()
-    _save(model_sd, tmp / "model.pt")
-    _save(optim_sd, tmp / "optim.pt")
-    for rank, rng in enumerate(rngs):
-        _save(rng, tmp / ("rng.pt" if rank == 0 else f"rng-rank{rank}.pt"))
-    with open(tmp / "state.json", "w") as f:
-        json.dump({"step": step, **(state or {})}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        _save(model_sd, tmp / "model.pt")
+        _save(optim_sd, tmp / "optim.pt")
+        for rank, rng in enumerate(rngs):
+            _save(rng, tmp / ("rng.pt" if rank == 0 else f"rng-rank{rank}.pt"))
+        with open(tmp / "state.json", "w") as f:
+            json.dump({"step": step, **(state or {})}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(tmp)
+    except BaseException as err:  # disk full, I/O error, Ctrl-C: no half-written directory left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = _os_error(err)  # torch.save raises a RuntimeError with the OSError as its context
+        if cause is not None:
+            raise CheckpointError(f"cannot write checkpoint step {step} under {root}: {cause}; the previous "
+                                  f"checkpoint is intact: fix: free space (df -h {root}) or fix the disk, then "
+                                  "rerun with --resume") from err
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -102,6 +117,17 @@ def save_checkpoint(root: str | Path, *, step: int, model: nn.Module, optimizer:
     if _distributed():
         dist.barrier()
     return final
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind ``err`` (itself, or in its chain of causes and contexts), else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:

@@ -139,6 +139,10 @@ class EvalArgs(_RunArgs):
             from lightswe.settings import check_out_file
 
             check_out_file(self.predictions, "--predictions", name="preds.jsonl")
+            if not self.predictions.endswith(".jsonl"):  # swebench's get_predictions_from_file: .json or .jsonl
+                raise UserInputError(f"--predictions {self.predictions}: the official harness reads JSON lines "
+                                     "only from a path ending in .jsonl (a .json path must hold one JSON list); "
+                                     f"fix: name it e.g. {Path(self.predictions).with_suffix('.jsonl')}")
 
 
 def early_stop_config(spec: str):
@@ -185,7 +189,9 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
         # episodes (with --ray the actors' nodes, not this one, must reach it)
         from lightswe.agent.policies.openai_server import OpenAIPolicy
 
-        OpenAIPolicy(target, **options).check_reachable()
+        server = OpenAIPolicy(target, **options)
+        server.check_reachable()
+        server.check_tokenizer(load_tokenizer(tokenizer_spec))  # its token ids must mean the same text here
     if args.ray:
         from lightswe.agent.ray_executor import RayExecutor
 

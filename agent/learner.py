@@ -1,7 +1,8 @@
 """The learner: policy-gradient updates of a causal LM from scored trajectories.
 
 One generation batch -> ``LearnerConfig.minibatches`` optimiser steps (all after the first are off-policy, as
-in the paper), each accumulated over micro-batches of ``micro_batch_size`` rows. The loss's token weights are
+in the paper), each accumulated over micro-batches of ``micro_batch_size`` rows; a mini-batch whose advantages
+are all 0 (zero policy gradient) takes no step. The loss's token weights are
 fixed per mini-batch *before* micro-batching (and summed across ranks when distributed), so accumulation gives
 the gradient of one big batch. When the batch names each row's group, mini-batches are cut at group boundaries:
 a group's advantages sum to zero, so the tokens its samples share (the prompt, the common format) cancel only
@@ -217,14 +218,20 @@ class Learner:
         sums: dict[str, float] = {}
         tokens = 0
         grad_norms, losses = [], []
+        bounds = batch.minibatch_bounds(c.minibatches)
         minibatches = [torch.arange(start, end, device=self.device).split(c.micro_batch_size) if end > start else ()
-                       for start, end in batch.minibatch_bounds(c.minibatches)]
-        passes = self._passes([len(micros) for micros in minibatches])
+                       for start, end in bounds]
+        # A mini-batch whose rows all have advantage 0 (equal-reward groups kept in the batch) has a policy
+        # gradient of exactly 0: it takes no optimiser step, as the loop takes none for a step without signal (an
+        # AdamW step on a zero gradient only replays the momentum of earlier updates). The MoE balance loss, when
+        # on, is a gradient of its own.
+        signal = [bool(c.aux_loss_coef) or bool((batch.advantages[start:end] != 0).any()) for start, end in bounds]
+        passes = self._passes([len(micros) if live else 0 for micros, live in zip(minibatches, signal)])
         behaviour = (self._recompute(batch, minibatches, passes) if c.behaviour == "recompute"
                      else batch.sampler_logp)
         for _ in range(c.epochs):
             for micros, n_passes in zip(minibatches, passes):
-                if n_passes == 0:  # no rank has rows for this mini-batch: skipped alike everywhere
+                if n_passes == 0:  # no rank has rows with signal in this mini-batch: skipped alike everywhere
                     continue
                 mb = torch.cat(micros) if micros else torch.zeros(0, dtype=torch.long, device=self.device)
                 weights = self._weights(batch.mask[mb])

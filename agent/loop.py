@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from lightswe.agent.chat import Conversation, Tokenizer
 from lightswe.agent.early_stop import EarlyStopConfig, first_stop
-from lightswe.agent.policies.base import Policy, SamplingParams
+from lightswe.agent.policies.base import ContextWindowExceeded, Policy, SamplingParams, check_sample
 from lightswe.agent.trajectory import EpisodeStatus, Trajectory
 from lightswe.errors import ActionError, InfrastructureError
 
@@ -122,6 +122,29 @@ def _storable(value):
     return value
 
 
+def _require_container(env, when: str) -> None:
+    """Raise ``SandboxFailed`` when the episode's container was stopped, removed or frozen from outside (``docker
+    kill``/``rm -f``/``pause``, the host's OOM killer taking its init, the engine gone): the env would report a
+    dead command runner as an observation (the same as a command that killed it) or restart the container from the
+    base commit and go on, so the policy's edits would be lost and the rest scored. The agent user cannot stop or
+    pause its own container (its init is root's), so this is never the policy's doing; a runner the policy killed
+    leaves the container running and stays an observation. Envs without a Docker sandbox are not checked."""
+    box = getattr(env, "sandbox", None)
+    cid, api = getattr(box, "container_id", None), getattr(box, "api", None)
+    if cid is None or api is None:
+        return
+    try:
+        state = api.inspect_container(cid)["State"]
+    except Exception as err:  # noqa: BLE001 - docker.errors.NotFound (removed), or the engine does not answer
+        raise SandboxFailed(f"SandboxError: the episode's container {str(cid)[:12]} is gone {when} "
+                            f"({type(err).__name__}: {str(err)[:200]})") from None
+    if state.get("Paused") or not state.get("Running"):
+        what = "paused" if state.get("Paused") else f"stopped ({state.get('Status')}, exit code " \
+                                                     f"{state.get('ExitCode')}, OOMKilled {state.get('OOMKilled')})"
+        raise SandboxFailed(f"SandboxError: the episode's container {str(cid)[:12]} was {what} {when}; not the "
+                            "policy's doing: the episode is not scored")
+
+
 @dataclass(kw_only=True, slots=True)
 class _Clock:
     reset: float = 0.0
@@ -138,7 +161,11 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
     Never raises for the policy's mistakes (they are observations or end the episode with a status) nor for
     the machine's: any :class:`~lightswe.errors.InfrastructureError` (Docker engine, container, image build,
     task source, grading, model server) ends the episode as ``EpisodeStatus.SANDBOX_ERROR`` with reward
-    ``None`` and the error's text in ``Trajectory.error``. Bad input from the user (an unknown ``task_id``,
+    ``None`` and the error's text in ``Trajectory.error``; so does a sample no learner can train on (a NaN,
+    infinite or positive log-prob, token ids and log-probs of different lengths: ``check_sample``). A model
+    server whose context window is smaller than ``max_context_tokens`` ends the episode as ``context_limit``
+    once the policy's turns filled it (``sandbox_error`` if the first prompt alone does not fit). Bad input
+    from the user (an unknown ``task_id``,
     a :class:`~lightswe.errors.UserInputError`) is raised.
 
     ``seed`` (>= 0; None: unseeded): turn k samples with ``row_seed(seed, k)``, its own stream, so the episode's
@@ -168,7 +195,15 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
                                           top_p=cfg.top_p, stop_token_ids=conv.stop_token_ids, early_stop=cfg.early_stop,
                                           seed=None if seed is None else row_seed(seed, steps))
                 t0 = time.perf_counter()
-                tokens, logprobs = policy.generate(conv.start_assistant(), sampling)
+                prompt = conv.start_assistant()
+                try:  # every backend's sample checked here: a NaN/inf/positive log-prob never enters the record
+                    tokens, logprobs = check_sample(policy.generate(prompt, sampling), sampling)
+                except ContextWindowExceeded as err:  # the model server's window, smaller than the loop's budget
+                    if steps == 0:  # the harness's first prompt alone: not the policy's doing
+                        raise SandboxFailed(f"ContextWindowExceeded: the first prompt ({len(prompt)} tokens) does "
+                                            f"not fit the model server: {err}; fix: serve the model with a larger "
+                                            "--max-model-len, or lower --agent.max-context-tokens") from err
+                    raise ContextLimitExceeded(str(err)) from err  # its own turns and the outputs it asked for
                 clock.generate += time.perf_counter() - t0
                 cut = first_stop(logprobs, cfg.early_stop)
                 if cut is not None:
@@ -179,7 +214,12 @@ def run_episode(env, policy: Policy, tokenizer: Tokenizer, *, task_id: str, conf
                 if message.finish_reason == "length" and budget < cfg.max_new_tokens:
                     raise ContextLimitExceeded(f"the turn filled the context ({len(conv.token_ids)} tokens)")
                 t0 = time.perf_counter()
+                _require_container(env, "before the tool call")
                 observation, step_reward, terminated, truncated, info = env.step(message.content)
+                if info.get("error") == "sandbox":  # the env lost the container (a SandboxError) and restarted it
+                    raise SandboxFailed(f"SandboxError: {observation[:500]}")  # from the base commit: not scorable
+                if not terminated:  # (grading checks its own containers)
+                    _require_container(env, "during the tool call")
                 clock.env += time.perf_counter() - t0
                 if info.get("error") == "format":
                     message.format_error = observation

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -75,11 +76,16 @@ class MetricsLog:
     """
 
     def __init__(self, out_dir: str | Path, *, tensorboard: bool = True, hparams: dict | None = None,
-                 logger: LogConfig | None = None) -> None:
+                 logger: LogConfig | None = None, purge_step: int | None = None) -> None:
+        """``purge_step``: a resumed run's first step. Rows and TensorBoard events of that step and later, logged
+        before the stop but after the checkpoint it resumes from, are dropped (the run logs them again), so a
+        resumed run's metrics hold each step once, as an uninterrupted run's do."""
         logger = logger or LogConfig(tensorboard=tensorboard)
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
+        if purge_step is not None and self.path.exists():
+            self._purge(purge_step)
         self._file = open(self.path, "a")  # noqa: SIM115 - appended to at every step until close()
         self._tb = self._wandb = None
         hparams = {k: _hparam_value(v) for k, v in (hparams or {}).items()}
@@ -89,11 +95,27 @@ class MetricsLog:
             except ImportError:  # pragma: no cover - depends on the environment
                 print("tensorboard not installed (pip install 'lightswe[viz]'); metrics go to JSONL only")
             else:
-                self._tb = SummaryWriter(str(self.dir / "tb"))
+                self._tb = SummaryWriter(str(self.dir / "tb"), purge_step=purge_step)
                 if hparams:
                     self._write_hparams(hparams)
         if logger.wandb:
             self._wandb = _start_wandb(self.dir, logger, hparams)
+
+    def _purge(self, step: int) -> None:
+        """Keep the rows of steps before ``step`` (a torn last line goes too), rewritten atomically."""
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] < step:
+                    keep.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w") as handle:
+            handle.writelines(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
 
     def _write_hparams(self, hparams: dict) -> None:
         """Into the same event file as the scalars (``add_hparams`` would make a second run folder)."""

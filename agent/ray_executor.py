@@ -15,12 +15,16 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import queue
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 
 from lightswe.agent.loop import AgentConfig
 from lightswe.agent.rollout import EpisodeJob, _sigint_deferred, _Stoppable, default_env_factory, run_job
+
+log = logging.getLogger(__name__)
 
 
 def _ray():
@@ -73,11 +77,16 @@ class EpisodeWorker:
 class RayExecutor:
     """Episodes on ``num_workers`` Ray actors. ``shutdown`` (also on Ctrl-C inside ``run_rollout``) asks every
     actor to close (in-flight episodes end at once, containers removed), waits at most ``shutdown_timeout_s``,
-    then kills the actors."""
+    then kills the actors.
+
+    An actor that dies mid-episode (its process killed, its node lost: Ray's ``RayActorError``) is replaced by a
+    new one and its episode runs again from the start there, up to ``max_restarts`` times per episode; the dead
+    actor's containers on this host are reaped. Nothing of the lost run was written (the driver writes only
+    finished episodes), so the episode is written once."""
 
     def __init__(self, *, policy: str, tasks: Sequence, num_workers: int = 2, tokenizer: str | None = None,
                  agent: AgentConfig | None = None, env_kwargs: dict | None = None, actor_options: dict | None = None,
-                 address: str | None = None, shutdown_timeout_s: float = 10.0) -> None:
+                 address: str | None = None, shutdown_timeout_s: float = 10.0, max_restarts: int = 2) -> None:
         ray = _ray()
         if not ray.is_initialized():
             from lightswe.agent.sampling import check_ray_address
@@ -88,21 +97,74 @@ class RayExecutor:
         options = {"num_cpus": 0.5, "max_concurrency": 2, **(actor_options or {})}
         worker = ray.remote(**options)(EpisodeWorker)
         self.concurrency = num_workers
-        self.shutdown_timeout_s = shutdown_timeout_s
-        self.actors = [worker.remote(policy, tokenizer, list(tasks), agent or AgentConfig(), env_kwargs or {})
-                       for _ in range(num_workers)]
+        self.shutdown_timeout_s, self.max_restarts = shutdown_timeout_s, max_restarts
+        args = (policy, tokenizer, list(tasks), agent or AgentConfig(), env_kwargs or {})
+        self._new_actor = lambda: worker.remote(*args)
+        self.actors = [self._new_actor() for _ in range(num_workers)]
+        self.restarted = 0  # actors replaced after they died
+        self._closing = False
+        self._lock = threading.Lock()
         self._idle: queue.Queue = queue.Queue()
         for actor in self.actors:
             self._idle.put(actor)
 
     def submit(self, job: EpisodeJob) -> Future:
-        actor = self._idle.get()  # the runner keeps at most ``concurrency`` jobs in flight
-        future = actor.run.remote(job).future()
-        future.add_done_callback(lambda _: self._idle.put(actor))
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        self._start(job, future, self.max_restarts)
         return future
+
+    def _start(self, job: EpisodeJob, future: Future, restarts_left: int) -> None:
+        actor = self._idle.get()  # the runner keeps at most ``concurrency`` jobs in flight
+        try:
+            run = actor.run.remote(job).future()
+        except BaseException as err:  # noqa: BLE001 - handed to the runner through the future
+            self._idle.put(actor)
+            future.set_exception(err)
+            return
+        run.add_done_callback(lambda done: self._finished(done, actor, job, future, restarts_left))
+
+    def _finished(self, done: Future, actor, job: EpisodeJob, future: Future, restarts_left: int) -> None:
+        err = done.exception()
+        if err is None:
+            self._idle.put(actor)
+            future.set_result(done.result())
+            return
+        if not isinstance(err, _ray().exceptions.RayActorError):  # the episode's own error: the actor lives
+            self._idle.put(actor)
+            future.set_exception(err)
+            return
+        with self._lock:
+            closing = self._closing
+        if closing or restarts_left < 1:
+            future.set_exception(err)
+            return
+        # off Ray's callback thread: start a new actor, reap the dead one's containers, rerun the episode there
+        threading.Thread(target=self._replace_and_rerun, args=(actor, job, future, restarts_left),
+                         name="ray-actor-restart", daemon=True).start()
+
+    def _replace_and_rerun(self, dead, job: EpisodeJob, future: Future, restarts_left: int) -> None:
+        try:
+            log.warning("episode %s: its Ray actor died (%s); rerunning it on a new actor", job.episode_id,
+                        "restart %d of %d" % (self.max_restarts - restarts_left + 1, self.max_restarts))
+            with self._lock:
+                if self._closing:
+                    raise RuntimeError("the executor shut down while an actor was replaced")
+                fresh = self._new_actor()
+                self.actors = [fresh if a is dead else a for a in self.actors]
+                self.restarted += 1
+            _ray().kill(dead)
+            _reap_after_kill(wait_s=1.0)
+            self._idle.put(fresh)
+            self._start(job, future, restarts_left - 1)
+        except BaseException as err:  # noqa: BLE001 - handed to the runner through the future
+            if not future.done():
+                future.set_exception(err)
 
     def shutdown(self) -> None:
         """Close every actor's environment (ending its episode, removing its container), then end the actors."""
+        with self._lock:
+            self._closing = True
         if not self.actors:
             return
         ray = _ray()

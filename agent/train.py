@@ -158,7 +158,6 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     # train the distribution the sampler draws from: softmax(logits / T) at the agent's temperature
     learner = Learner(model, LOSSES[cfg.loss](cfg.loss_config),
                       dataclasses.replace(cfg.learner, temperature=cfg.agent.temperature))
-    metrics_log = MetricsLog(out, hparams=flatten(to_dict(cfg)), logger=cfg.log) if ctx.main else None
     stream = TaskStream(tasks, seed=cfg.seed)
 
     start = 0
@@ -174,6 +173,10 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
                     shutil.rmtree(stale)
             print(f"resumed from step {start} (cursor {stream.cursor})", flush=True)
         ctx.barrier()
+    # drop what was logged after the checkpoint resumed from (or by an attempt stopped before its first one): those
+    # steps run again
+    metrics_log = (MetricsLog(out, hparams=flatten(to_dict(cfg)), logger=cfg.log,
+                              purge_step=start + 1 if resuming else 0) if ctx.main else None)
     if ctx.distributed:  # images built once, by rank 0, before ranks race for them
         if ctx.main:
             most = max(cfg.steps - start, 0) * cfg.tasks_per_step * (1 + cfg.resample_rounds)  # every draw
@@ -235,7 +238,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
                 bar.update(1)
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                 evaluate(step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if step % cfg.checkpoint_every == 0 and step != cfg.steps:  # the last: after the final evaluation
                 save(step)
     finally:  # also on Ctrl-C: the bar's last line must not follow the interrupt message
         bar.close()

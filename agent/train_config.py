@@ -56,7 +56,8 @@ def _learner_default() -> LearnerConfig:
 
 def _advantages_default() -> AdvantageConfig:
     # Equal-reward groups stay in the batch with advantage 0 (no gradient) so that the token-level normaliser is
-    # the whole generation batch: filtered, a lone group with signal in a mostly solved step got 4x the weight per
+    # the whole mini-batch (--learner.minibatches of them per generation batch; one holding only such groups takes
+    # no optimiser step): filtered, a lone group with signal in a mostly solved step got 4x the weight per
     # token, and one such update (7 successes, one wrong operator) destroyed the tiny model's tool-call format at
     # step 7 of a default run (seed 1). Costs the forward/backward of those rows; filter_equal=True skips them.
     # Advantages are mean-centred, not divided by the group's std (Dr. GRPO, Liu et al. 2025): dividing gives the
@@ -188,7 +189,9 @@ def check_learner(learner: LearnerConfig, *, prefix: str) -> None:
 
 
 def check_loss(loss: LossConfig, *, prefix: str) -> None:
-    for name in ("eps_high", "eps_low"):
-        value = getattr(loss, name)
-        need(value is None or value >= 0, f"{prefix}{name.replace('_', '-')}", value, "must be >= 0",
-             "leave it unset for the loss's own default")
+    """The clip range ``PolicyLoss`` accepts (an IS-weight/ratio bound of 1 + eps_high > 1; 1 - eps_low in (0, 1]),
+    checked with the other settings: the loss would refuse it only once the learner is built, after the warm start."""
+    need(loss.eps_high is None or loss.eps_high > 0, f"{prefix}eps-high", loss.eps_high, "must be > 0",
+         "e.g. 0.28, or leave it unset for the loss's own default")
+    need(loss.eps_low is None or 0 <= loss.eps_low < 1, f"{prefix}eps-low", loss.eps_low, "must be in [0, 1)",
+         "e.g. 0.2, or leave it unset for the loss's own default (CISPO: no lower bound)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from lightswe.agent.advantages import AdvantageConfig, Advantages, group_advantages
 from lightswe.agent.learner import TrainBatch
-from lightswe.agent.trajectory import EpisodeStatus, Trajectory
+from lightswe.agent.trajectory import EpisodeStatus, Trajectory, check_tokens
 
 
 def step_lr(lr: float, step: int, *, steps: int, final_lr_ratio: float) -> float:
@@ -31,9 +31,16 @@ def step_advantages(trajectories: list[Trajectory], cfg: AdvantageConfig, *, ove
 
 
 def batch_from(trajectories: list[Trajectory], advantages: list[float]) -> TrainBatch:
-    """Rows in group order, tagged with their group: the learner never splits a group across updates."""
+    """Rows in group order, tagged with their group: the learner never splits a group across updates.
+
+    Raises:
+        TrajectoryFormatError: a trajectory whose token ids, mask and log-probs differ in length, or with a log-prob
+        that is NaN, infinite or positive (``trajectory.check_tokens``), named by its episode id.
+    """
     order = sorted(range(len(trajectories)), key=lambda i: trajectories[i].group_id)  # stable within a group
     rows = [trajectories[i] for i in order]
+    for t in rows:  # one line naming the episode; never a NaN/inf log-prob or a misaligned row trained on
+        check_tokens(t.token_ids, t.loss_mask, t.logprobs, where=f"episode {t.episode_id}")
     return TrainBatch.from_sequences([t.token_ids for t in rows], [t.loss_mask for t in rows],
                                      [t.logprobs for t in rows], [advantages[i] for i in order],
                                      group_ids=[t.group_id for t in rows])

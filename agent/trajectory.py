@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -32,7 +33,7 @@ from enum import Enum
 from pathlib import Path
 
 from lightswe.agent.durable import fsync_dir
-from lightswe.errors import UserInputError
+from lightswe.errors import InfrastructureError, UserInputError
 from lightswe.jsonl import jsonl_records
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ class EpisodeStatus(str, Enum):
 
 class TrajectoryFormatError(UserInputError):
     """A stored record that does not match the schema: names the file, the record and the field."""
+
+
+class TrajectoryStoreError(InfrastructureError, OSError):
+    """Writing the store failed (disk full, I/O error): one line naming the folder, the cause and the fix. What
+    was written before stays readable (a torn last line is skipped, a half-written shard removed)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -132,6 +138,32 @@ _TYPES = {"episode_id": str, "task_id": str, "group_id": str, "sample_index": in
           "model_patch": str}
 
 
+def check_tokens(token_ids: Sequence, loss_mask: Sequence, logprobs: Sequence, *, where: str) -> list[float]:
+    """What a learner needs of a trajectory's token arrays: equal lengths, ids ints >= 0, mask 0/1, each log-prob
+    a finite number <= 0 (1e-6 of float rounding allowed). Returns the log-probs as floats. Shared by the store's
+    reader and the learner's batch (``train_step.batch_from``), so nothing inconsistent is trained on silently.
+
+    Raises:
+        TrajectoryFormatError: one line, ``where`` first, naming the field that is wrong.
+    """
+    if not (len(token_ids) == len(loss_mask) == len(logprobs)):
+        raise TrajectoryFormatError(f"{where}: token_ids, loss_mask, logprobs lengths differ: {len(token_ids)}, "
+                                    f"{len(loss_mask)}, {len(logprobs)}")
+    if any(m not in (0, 1) for m in loss_mask):
+        raise TrajectoryFormatError(f"{where}: loss_mask must hold only 0 and 1")
+    if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in token_ids):
+        raise TrajectoryFormatError(f"{where}: token_ids must be non-negative integers")
+    try:
+        lps = [float(x) for x in logprobs]
+    except (TypeError, ValueError):
+        raise TrajectoryFormatError(f"{where}: logprobs must be numbers") from None
+    bad = next((i for i, x in enumerate(lps) if not math.isfinite(x) or x > 1e-6), None)
+    if bad is not None:
+        raise TrajectoryFormatError(f"{where}: logprobs must be finite and <= 0 (not NaN or infinite); token {bad} "
+                                    f"has {lps[bad]!r}")
+    return lps
+
+
 def _validated(record: dict, where: str) -> dict:
     def bad(msg: str) -> TrajectoryFormatError:
         return TrajectoryFormatError(f"{where}: {msg}")
@@ -147,17 +179,8 @@ def _validated(record: dict, where: str) -> dict:
     for name, kind in _TYPES.items():
         if name in values and not isinstance(values[name], kind):
             raise bad(f"field {name!r} must be {kind.__name__}, got {type(values[name]).__name__}")
-    ids, mask, lps = values["token_ids"], values["loss_mask"], values["logprobs"]
-    if not (len(ids) == len(mask) == len(lps)):
-        raise bad(f"token_ids, loss_mask, logprobs lengths differ: {len(ids)}, {len(mask)}, {len(lps)}")
-    if any(m not in (0, 1) for m in mask):
-        raise bad("loss_mask must hold only 0 and 1")
-    if any(not isinstance(t, int) or t < 0 for t in ids):
-        raise bad("token_ids must be non-negative integers")
-    lps = [float(x) for x in lps]
-    if any(math.isnan(x) or x > 1e-6 for x in lps):
-        raise bad("logprobs must be <= 0 and not NaN")
-    values["logprobs"] = lps
+    ids = values["token_ids"]
+    values["logprobs"] = check_tokens(ids, values["loss_mask"], values["logprobs"], where=where)
     try:
         values["status"] = EpisodeStatus(values["status"])
     except ValueError:
@@ -233,19 +256,54 @@ class TrajectoryWriter:
         return self.out_dir / f"part-{self._name}-{self._seq:05d}{suffix}"
 
     def write(self, trajectory: Trajectory) -> None:
+        """Append one record, on disk (fsynced) when this returns.
+
+        Raises:
+            TrajectoryStoreError: the disk is full or failed; the segment is then left as it is (at most a torn
+            last line, skipped on read) and the next write starts a new one, so no record follows a torn line.
+        """
         record = trajectory.to_dict()
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
-            if self._handle is None:
-                self._handle = self._open_segment()
-                fsync_dir(self.out_dir)
-            self._handle.write(line)
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._records.append(record)
-            self.written += 1
-            if len(self._records) >= self.shard_size:
-                self._seal()
+            try:
+                if self._handle is None:
+                    self._handle = self._open_segment()
+                    fsync_dir(self.out_dir)
+                try:
+                    self._handle.write(line)
+                    self._handle.flush()
+                    os.fsync(self._handle.fileno())
+                except BaseException:  # disk full, I/O error, Ctrl-C mid-line: never append after a torn line
+                    self._abandon_segment()
+                    raise
+                self._records.append(record)
+                self.written += 1
+                if len(self._records) >= self.shard_size:
+                    self._seal()
+            except OSError as err:
+                raise self._store_error(err) from err
+
+    def _store_error(self, err: OSError) -> TrajectoryStoreError:
+        return TrajectoryStoreError(
+            f"cannot write trajectories to {self.out_dir}: {err.strerror or err}; the finished episodes written "
+            f"before are kept: fix: free space (df -h {self.out_dir}) or fix the disk, then run the same command "
+            "again (it resumes)")
+
+    def _abandon_segment(self) -> None:
+        """Leave the current segment as it is on disk (its records stay readable as JSONL) and start the next
+        write in a new one. The unwritten rest of a torn line is dropped, never flushed later."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            try:
+                os.close(handle.fileno())  # the buffer's rest must not complete the line behind our back
+            except OSError:
+                pass
+            try:
+                handle.close()
+            except (OSError, ValueError):
+                pass
+        self._records = []
+        self._seq += 1
 
     def _open_segment(self):
         """The next segment, opened for writing; the first one claims this writer's number."""
@@ -275,7 +333,7 @@ class TrajectoryWriter:
                 self._records = ordered
                 if not self.parquet:
                     tmp = self._segment(".jsonl.tmp")
-                    with tmp.open("w", encoding="utf-8") as handle:
+                    with _removed_on_failure(tmp), tmp.open("w", encoding="utf-8") as handle:
                         handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered)
                         handle.flush()
                         os.fsync(handle.fileno())
@@ -285,7 +343,7 @@ class TrajectoryWriter:
             import pyarrow.parquet as pq
 
             final, tmp = self._segment(".parquet"), self._segment(".parquet.tmp")
-            with tmp.open("wb") as handle:
+            with _removed_on_failure(tmp), tmp.open("wb") as handle:
                 pq.write_table(_parquet_table(self._records), handle)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -296,14 +354,29 @@ class TrajectoryWriter:
         self._seq += 1
 
     def close(self) -> None:
+        """Seal the current segment. Raises TrajectoryStoreError when the disk fails (the JSONL segment stays)."""
         with self._lock:
-            self._seal()
+            try:
+                self._seal()
+            except OSError as err:
+                self._abandon_segment()
+                raise self._store_error(err) from err
 
     def __enter__(self) -> TrajectoryWriter:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _removed_on_failure(path: Path):
+    """Remove ``path`` (a temporary file being written) if the block fails: no half-written file is left."""
+    try:
+        yield
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _iter_jsonl(path: Path) -> Iterator[dict]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from lightswe.errors import UserInputError
 from lightswe.tasks import pool as pool_mod
 from lightswe.tasks import splits
-from lightswe.tasks.instance import TaskFormatError, TaskInstance, write_jsonl
+from lightswe.tasks.instance import TaskFormatError, TaskInstance, atomic_file, write_jsonl
 
 INSTANCES, PROGRESS = "instances.jsonl", "progress.jsonl"
 
@@ -74,6 +74,8 @@ class BuildConfig:
         if self.pool_file is not None and not Path(self.pool_file).is_file():
             raise UserInputError(f"--pool-file {self.pool_file}: does not exist; pass a pool JSON file or leave it "
                                  f"out for the packaged pool")
+        if self.pool_file is not None:  # absolute in config.json: `tasks report` finds it from any folder
+            self.pool_file = Path(self.pool_file).resolve()
 
     @property
     def attempts(self) -> int:
@@ -231,7 +233,7 @@ def build(config: BuildConfig, progress=_say, bar: bool = False) -> dict:
     finally:
         if overall is not None:
             overall.close()
-    report = write_report(config.out, wall_s=time.perf_counter() - started)
+    report = write_report(config.out, wall_s=time.perf_counter() - started, pool=the_pool)
     report["short"] = short
     for repo, gap in short.items():
         progress(f"{repo}: {gap['have']} of {gap['asked']} instances: {gap['reason']}")
@@ -239,10 +241,32 @@ def build(config: BuildConfig, progress=_say, bar: bool = False) -> dict:
     return report
 
 
-def write_report(out: Path, wall_s: float | None = None) -> dict:
-    """Counts per repository and mutation kind, rejection reasons, splits; ``report.json`` + ``report.md``."""
+def built_pool(out: Path) -> dict[str, pool_mod.RepoSpec]:
+    """The pool a build folder was made from: its ``config.json``'s ``pool_file`` (the packaged pool when the
+    folder names none). Raises UserInputError when that file is gone."""
+    from lightswe.settings import CONFIG_FILE
+
+    pool_file = None
+    if (out / CONFIG_FILE).is_file():
+        try:
+            pool_file = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8")).get("pool_file")
+        except json.JSONDecodeError:
+            pool_file = None
+    if pool_file and not Path(pool_file).is_file():
+        where = ("a path relative to the folder the build ran in (older builds); fix: run this from that folder"
+                 if not Path(pool_file).is_absolute() else "which no longer exists; fix: put it back")
+        raise UserInputError(f"--out {out}: it was built from the pool file {pool_file}, {where} (its repositories "
+                             "decide the held-out split)")
+    return pool_mod.load_pool(pool_file)
+
+
+def write_report(out: Path, wall_s: float | None = None, pool: dict[str, pool_mod.RepoSpec] | None = None) -> dict:
+    """Counts per repository and mutation kind, rejection reasons, splits; ``report.json`` + ``report.md``.
+
+    ``pool``: the build's pool (default: :func:`built_pool`), whose repositories decide the held-out ones.
+    """
     instances, events = read_built(out)
-    pool_repos = {s.repo for s in pool_mod.load_pool().values()}
+    pool_repos = {s.repo for s in (pool if pool is not None else built_pool(out)).values()}
     test_repos = splits.held_out_repos(pool_repos | {i.repo for i in instances})
     by_split = splits.assign(instances, test_repos)
     write_jsonl(by_split[splits.TRAIN], out / "train.jsonl")
@@ -264,7 +288,8 @@ def write_report(out: Path, wall_s: float | None = None) -> dict:
     }
     if wall_s is not None:
         report["last_run_wall_s"] = round(wall_s, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    with atomic_file(out / "report.json") as handle:
+        handle.write(json.dumps(report, indent=1) + "\n")
     kinds = sorted(per_kind)
     lines = [f"# Task build report: {len(instances)} validated instances from {len(per_repo)} repositories", "",
              "| repository | " + " | ".join(kinds) + " | total |", "|---" * (len(kinds) + 2) + "|"]
@@ -277,5 +302,6 @@ def write_report(out: Path, wall_s: float | None = None) -> dict:
         lines += ["", "Repository errors:"] + [f"- {r}: {e}" for r, e in errors.items()]
     if rejected:
         lines += ["", "Rejected at validation: " + ", ".join(f"{k} ({v})" for k, v in rejected.items())]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    with atomic_file(out / "report.md") as handle:
+        handle.write("\n".join(lines) + "\n")
     return report

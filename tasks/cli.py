@@ -38,7 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the images that would be removed, remove none")
     p.set_defaults(func=_prune)
 
-    lst = sub.add_parser("pool", help="list the curated repositories")
+    lst = sub.add_parser("pool", help="list the curated repositories (or those of a pool file)")
+    lst.add_argument("--pool-file", type=Path, default=None,
+                     help="a pool JSON file (the format of the packaged one; default: the packaged pool)")
     lst.set_defaults(func=_pool)
 
 
@@ -146,9 +148,13 @@ def _prune(args) -> int:
     return 0
 
 
-def _pool(_args) -> int:
+def _pool(args) -> int:
     from lightswe.tasks.pool import load_pool
 
-    for spec in load_pool().values():
-        print(f"{spec.name:14} {spec.version:10} sha256:{spec.sha256[:12]}  tests: {' '.join(spec.tests)}")
+    if args.pool_file is not None and not args.pool_file.is_file():
+        raise UserInputError(f"--pool-file {args.pool_file}: does not exist; fix: pass a pool JSON file or leave it "
+                             "out for the packaged pool")
+    for spec in load_pool(args.pool_file).values():
+        pin = f"git:{spec.git}@{spec.commit[:12]}" if spec.git else f"sha256:{spec.sha256[:12]}"
+        print(f"{spec.name:14} {spec.version:12} {pin}  tests: {' '.join(spec.tests)}")
     return 0

@@ -57,17 +57,23 @@ def load_tasks(spec: str | Path) -> list[TaskInstance]:
         raise TaskFormatError(f"{text}: bad slice {text[text.rindex('['):]}; fix: [start:stop] with whole numbers "
                               f"(either may be left out), e.g. {text[:text.rindex('[')]}[0:50]")
     rows = list(_rows(text))
-    if start is not None or stop is not None:
-        rows = rows[slice(start, stop)]
-    out, seen = [], set()
+    if (start is not None or stop is not None) and rows:
+        total, rows = len(rows), rows[slice(start, stop)]
+        if not rows:
+            raise TaskFormatError(f"{spec}: the slice [{match.group(2)}:{match.group(3)}] selects none of the "
+                                  f"{total} rows of {text}; fix: a slice within [0:{total}] (Python slicing: "
+                                  f"start < stop, negative counts from the end)")
+    out, seen = [], {}
     for where, record in rows:
         instance = from_record(record, where=where)
         if instance.instance_id in seen:
-            raise TaskFormatError(f"{where}: instance_id {instance.instance_id!r} appears twice; ids must be unique")
-        seen.add(instance.instance_id)
+            raise TaskFormatError(f"{where}: instance_id {instance.instance_id!r} appears twice (first at "
+                                  f"{seen[instance.instance_id]}); fix: ids must be unique, drop or rename one")
+        seen[instance.instance_id] = where
         out.append(instance)
     if not out:
-        raise TaskFormatError(f"{spec}: no task instances (empty file, split or slice)")
+        raise TaskFormatError(f"{spec}: no task instances (an empty file or split); fix: give one with at least "
+                              "one row")
     return out
 
 
@@ -97,20 +103,20 @@ def _rows(text: str) -> Iterable[tuple[str, dict]]:
     if base and Path(base).is_dir():
         return _hf_rows(base, split, local=True)
     if re.fullmatch(r"[\w.\-]+/[\w.\-]+(:[\w.\-]+)?", text) and not text.endswith((".jsonl", ".json", ".parquet")):
-        name, split = (base, split) if base else (text, None)
-        return _hf_rows(name, split, local=False)
+        return _hf_rows(base, split or None, local=False)
     raise FileNotFoundError(f"task source {text!r} is neither a file, a dataset directory, a dataset name "
                             f"'owner/name[:split]', nor a shipped set ({', '.join(shipped.NAMES)}); fix: check the "
                             "path")
 
 
 def looks_like_dataset(spec: str) -> bool:
-    """Whether ``spec`` (not a file) names a dataset directory or a Hub name ``owner/name[:split][slice]``."""
+    """Whether ``spec`` (not a plain file) is one of the other forms :func:`load_tasks` reads: a file with a
+    slice (``rows.jsonl[0:50]``), a shipped set, a dataset directory or a Hub name ``owner/name[:split][slice]``."""
     from lightswe.tasks import shipped
 
     text = _SLICE.sub(r"\1", str(spec)) if _SLICE.match(str(spec)) else str(spec)
     base = text.rpartition(":")[0] if ":" in text else text
-    return shipped.is_name(text) or Path(text).is_dir() or Path(base).is_dir() or bool(
+    return shipped.is_name(text) or Path(text).is_file() or Path(text).is_dir() or Path(base).is_dir() or bool(
         re.fullmatch(r"[\w.\-]+/[\w.\-]+(:[\w.\-]+)?", text))
 
 
@@ -132,7 +138,13 @@ def _parquet_rows(path: Path) -> Iterable[tuple[str, dict]]:
         import pyarrow.parquet as pq
     except ImportError:
         raise TaskFormatError(f"{path}: reading Parquet needs pyarrow; fix: pip install 'lightswe[parquet]'") from None
-    return ((f"{path} row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist()))
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError; a damaged file an OSError
+        raise TaskFormatError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0][:200]}); fix: "
+                              "write it with pyarrow/pandas/datasets (to_parquet), or give the rows as .jsonl or "
+                              ".json") from None
+    return ((f"{path} row {i}", row) for i, row in enumerate(table.to_pylist()))
 
 
 def _offline_datasets():
@@ -158,9 +170,16 @@ def _hf_rows(name: str, split: str | None, *, local: bool) -> Iterable[tuple[str
         if local and any((path / marker).is_file() for marker in ("dataset_info.json", "state.json",
                                                                  "dataset_dict.json")):
             data = datasets.load_from_disk(str(path))
+        elif local:
+            data = datasets.load_dataset(str(path), split=split)
         else:
-            data = datasets.load_dataset(str(path) if local else name, split=split)
+            data = _cached_dataset(datasets, name, split)
     except (FileNotFoundError, ConnectionError, ValueError) as err:
+        known = re.search(r"Unknown split \"[^\"]*\"\. Should be one of \[([^\]]*)\]", str(err))
+        if known:
+            names = [n.strip(" '\"") for n in known.group(1).split(",") if n.strip()]
+            raise TaskFormatError(f"dataset {name!r} has no split {split!r}; fix: one of its splits, "
+                                  f"{', '.join(f'{name}:{n}' for n in names)}") from None
         where = "directory" if local else "local Hugging Face cache"
         fix = ("pass a directory written by datasets' save_to_disk or holding the dataset's data files, or a "
                ".jsonl/.json/.parquet file" if local else "download it once where the Hub is reachable "
@@ -181,10 +200,28 @@ def _hf_rows(name: str, split: str | None, *, local: bool) -> Iterable[tuple[str
     return ((f"{name}:{split or ''} row {i}", row) for i, row in enumerate(data))
 
 
+def _cached_dataset(datasets, name: str, split: str | None):
+    """Hub dataset ``name`` from this machine only: the ``datasets`` cache that ``load_dataset`` leaves, else
+    the Hub repository files that ``huggingface-cli download --repo-type dataset`` / ``snapshot_download``
+    leave in the hub cache (read as a data-files directory). The first error is raised when neither has it."""
+    try:
+        return datasets.load_dataset(name, split=split)
+    except (FileNotFoundError, ConnectionError, ValueError) as first:
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = snapshot_download(name, repo_type="dataset", local_files_only=True)
+        except (OSError, ValueError):  # LocalEntryNotFoundError is an OSError; a bad repo id a ValueError
+            raise first from None
+        return datasets.load_dataset(folder, split=split)
+
+
 def is_swesmith(record: dict) -> bool:
-    """A SWE-smith row: the bug as ``patch`` and no ``base_commit`` (its ``image_name`` holds the repo)."""
-    return "base_commit" not in record and "patch" in record and ("image_name" in record or
-                                                                  _SWESMITH_REPO.match(str(record.get("repo", ""))))
+    """A SWE-smith row: the bug as ``patch``, no ``base_commit``, and a SWE-smith ``repo``
+    (``swesmith/<owner>__<name>.<commit>``) or image (``.../swesmith.x86_64...``). Any other row without
+    ``base_commit`` (a SWE-bench row with an ``image_name`` added) is a row missing that field."""
+    return "base_commit" not in record and "patch" in record and bool(
+        _SWESMITH_REPO.match(str(record.get("repo", ""))) or "swesmith" in str(record.get("image_name", "")).lower())
 
 
 def from_record(record: dict, *, where: str = "record") -> TaskInstance:
@@ -192,6 +229,8 @@ def from_record(record: dict, *, where: str = "record") -> TaskInstance:
     if not isinstance(record, dict):
         raise TaskFormatError(f"{where}: expected a row (JSON object), got {type(record).__name__}")
     record = {k: v for k, v in record.items() if v is not None}  # a table's null cell is an absent field
+    if isinstance(record.get("metadata"), dict):  # a table's struct column gives every row every key, null-filled
+        record["metadata"] = _without_nulls(record["metadata"])
     if is_swesmith(record):
         record = _from_swesmith(record, where)
     record.setdefault("problem_statement", "")
@@ -207,6 +246,15 @@ def from_record(record: dict, *, where: str = "record") -> TaskInstance:
 
         specs.apply_specs(instance, keep=explicit | {"install_command"}, where=where)
     return instance
+
+
+def _without_nulls(value):
+    """``value`` with the null-valued keys of its dicts removed, at every depth."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def _from_swesmith(record: dict, where: str) -> dict:

@@ -4,6 +4,10 @@
 and says how to install and test it offline in the base image: extra test dependencies, test paths, ignored
 files, environment variables. :meth:`RepoSpec.instance_fields` turns that into the install and test commands a
 :class:`~lightswe.tasks.instance.TaskInstance` carries, so the image builder and the grader need nothing else.
+
+A pool file of one's own (``tasks build --pool-file``) has the same format; an entry may instead name a git
+repository, ``"git": URL or local path`` at ``"commit"`` (no ``sha256``; a relative path is taken from the
+pool file's folder): its tasks' ``repo`` is ``git/<name>``, their ``source`` that URL or absolute path.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ POOL_FILE = "pool.json"
 class RepoSpec:
     name: str  # PyPI project name
     version: str
-    sha256: str  # of the sdist, checked after download
+    sha256: str = ""  # of the sdist, checked after download (required for a PyPI entry)
+    git: str = ""  # instead of an sdist: a git URL or local path (absolute once loaded) ...
+    commit: str = ""  # ... at this commit (a full hash keeps the tasks reproducible)
     python: str = "3.11"
     tests: tuple[str, ...] = ("tests",)  # test paths given to pytest
     ignore: tuple[str, ...] = ()  # test files pytest must not collect (network, benchmarks, slow)
@@ -35,11 +41,19 @@ class RepoSpec:
 
     @property
     def repo(self) -> str:
-        return f"pypi/{self.name}"
+        return f"git/{self.name}" if self.git else f"pypi/{self.name}"
 
     @property
     def source(self) -> str:
-        return f"pypi:{self.name}=={self.version}"
+        return self.git or f"pypi:{self.name}=={self.version}"
+
+    def source_repo(self):
+        """The repository to mutate: the sdist's root commit, or the git source at ``commit`` (SourceRepo)."""
+        from lightswe.tasks import sources
+
+        if self.git:
+            return sources.git_repo(self.git, self.commit)
+        return sources.sdist_repo(self.name, self.version, self.sha256)
 
     @property
     def test_command(self) -> str:
@@ -71,17 +85,31 @@ class RepoSpec:
         return any(path == s or path.startswith(s.rstrip("/") + "/") for s in self.src)
 
 
-def _spec(record: dict, where: str) -> RepoSpec:
+def _spec(record: dict, where: str, base: Path | None = None) -> RepoSpec:
     if not isinstance(record, dict):
         raise UserInputError(f"{where}: expected an object, got {type(record).__name__}")
     known = set(RepoSpec.__dataclass_fields__)
     unknown = set(record) - known
     if unknown:
         raise UserInputError(f"{where}: unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}")
-    for key in ("name", "version", "sha256"):
+    needed = ("name", "git", "commit") if "git" in record else ("name", "version", "sha256")
+    for key in needed:
         if not isinstance(record.get(key), str) or not record[key]:
-            raise UserInputError(f"{where}: field {key!r} must be a non-empty string, got {record.get(key)!r}")
+            raise UserInputError(f"{where}: field {key!r} must be a non-empty string, got {record.get(key)!r}; fix: "
+                                 "a PyPI entry needs name, version and sha256 (of the sdist), a git entry name, "
+                                 "git (URL or path) and commit")
     values = dict(record)
+    if "git" in record:
+        if "sha256" in record:
+            raise UserInputError(f"{where}: both 'git' and 'sha256'; fix: an entry is a PyPI sdist (version, "
+                                 "sha256) or a git repository (git, commit), not both")
+        if base is not None and "://" not in record["git"]:
+            from lightswe.tasks.sources import local_source
+
+            local = local_source(record["git"])
+            if local is not None:  # a path: from the pool file's folder
+                values["git"] = str((base / Path(record["git"]).expanduser()).resolve())
+        values.setdefault("version", record["commit"][:12])
     for key in ("tests", "ignore", "deselect", "test_deps", "src"):
         if key in values:
             values[key] = tuple(values[key])
@@ -105,7 +133,8 @@ def load_pool(path: str | Path | None = None) -> dict[str, RepoSpec]:
     if not isinstance(data, dict) or not isinstance(data.get("repositories"), list):
         raise UserInputError(f"--pool-file {where}: expected an object with a \"repositories\" list; fix: the "
                              f"packaged lightswe/tasks/data/{POOL_FILE} shows the format")
-    specs = [_spec(r, f"{where} repository {i}") for i, r in enumerate(data["repositories"])]
+    base = Path(path).parent if path is not None else None
+    specs = [_spec(r, f"{where} repository {i}", base) for i, r in enumerate(data["repositories"])]
     return {s.name: s for s in specs}
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lightswe.jsonl import jsonl_records
 from lightswe.tasks import splits
-from lightswe.tasks.instance import TaskFormatError, TaskInstance, read_jsonl
+from lightswe.tasks.instance import TaskFormatError, TaskInstance, atomic_file, read_jsonl
 
 DEMO_FILE, POOL_FILE = "demo.jsonl", "pool_instances.jsonl.gz"
 POOL_SPLITS = {
@@ -87,11 +87,9 @@ def export_pool(build_out: str | Path, path: str | Path | None = None) -> dict[s
                 set(rewards["gold"]) != {1.0} or instance.metadata.get("split") not in SPLIT_NAMES:
             raise ValueError(f"{instance.instance_id}: not a validated instance with a split ({rewards})")
     target = Path(path) if path is not None else data_path(POOL_FILE)
-    tmp = target.with_name(target.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as handle:
+    with atomic_file(target, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as handle:
         for instance in instances:
             handle.write((json.dumps(instance.to_dict(), ensure_ascii=False) + "\n").encode())
-    tmp.replace(target)
     counts: dict[str, int] = {}
     for instance in instances:
         counts[instance.metadata["split"]] = counts.get(instance.metadata["split"], 0) + 1

@@ -22,9 +22,10 @@ Concurrency: threads and processes that build the same task at once share the ca
 is made under a per-entry ``fcntl.flock`` lock (``~/.cache/lightswe/locks``), built in a temporary folder and
 moved into place with one atomic rename, so nobody ever sees (or clones into) a half-made repository.
 
-``base_repo`` finds ``instance.base_commit`` in the source repository; for a PyPI source where it is absent
-(a fresh cache) it replays how the synthesizer makes a base: the sdist commit plus ``metadata["bug_patch"]``
-when given, else plus the *reverse* of the fix ``patch`` (a synthesized bug is the fix undone), committed
+``base_repo`` finds ``instance.base_commit`` in the source repository; where it is absent and the base is one
+lightswe makes (a PyPI source, a synthesized task of a git source, a SWE-smith row) it replays how the base is
+made: the source commit (the sdist's, or ``environment_setup_commit``) plus ``metadata["bug_patch"]`` when
+given, else plus the *reverse* of the fix ``patch`` (a synthesized bug is the fix undone), committed
 deterministically, and checks that the hash matches.
 """
 
@@ -82,9 +83,23 @@ def _git(path: Path, *args: str, input: bytes | None = None) -> str:
     env = {**os.environ, **_IDENTITY, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(CACHE_DIR)}
     done = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(path), *args], input=input, capture_output=True, env=env)
     if done.returncode != 0:
-        raise SourceError(f"git {' '.join(args[:3])} failed in {path}: {done.stderr.decode(errors='replace')[-600:]}; "
+        raise SourceError(f"git {' '.join(args[:3])} failed in {path}: {_one_line(done.stderr)}; "
                           "fix: if the cached repository is damaged, delete that folder and it is fetched again")
     return done.stdout.decode(errors="replace").strip()
+
+
+def _one_line(output: bytes | str, width: int = 600) -> str:
+    """A command's output as one line (its lines joined by " | "), the end kept when longer than ``width``."""
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())[-width:]
+
+
+def local_source(url: str) -> Path | None:
+    """``url`` as an absolute local path (``~`` expanded, relative to the current directory), or None for a URL
+    (``scheme://...``, scp-like ``user@host:path``)."""
+    if "://" in url or re.match(r"^[\w.\-]+@[\w.\-]+:", url):
+        return None
+    return Path(url).expanduser().resolve()
 
 
 def parse_pypi(source: str) -> tuple[str, str] | None:
@@ -152,7 +167,25 @@ def sdist_repo(name: str, version: str, sha256: str | None = None) -> SourceRepo
 
 
 def git_repo(url: str, commit: str) -> SourceRepo:
-    """A cached clone of ``url`` (URL or local path) that holds ``commit``."""
+    """A cached clone of ``url`` (URL or local path) that holds ``commit``.
+
+    A local path is taken as an absolute path (so the same text in two folders is two sources) and must be a
+    git repository. Raises SourceError (one line: the source, what is wrong, the fix) when the clone fails or
+    the commit is not in the source even after a fetch.
+    """
+    local = local_source(url)
+    if local is not None:
+        if not local.is_dir():
+            raise SourceError(f"source {url}: no such directory; fix: point the row's \"source\" at a git "
+                              "clone or mirror of the repository (git clone --mirror URL PATH), or leave it out "
+                              "for https://github.com/<repo>")
+        inside = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(local), "rev-parse", "--git-dir"],
+                                capture_output=True, text=True)
+        if inside.returncode != 0:
+            raise SourceError(f"source {url}: not a git repository ({_one_line(inside.stderr, 200)}); fix: point "
+                              "the row's \"source\" at a git clone or mirror of the repository (git clone "
+                              "--mirror URL PATH)")
+        url = str(local)
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
     path = CACHE_DIR / "git" / f"{Path(url.rstrip('/')).name.removesuffix('.git')}-{key}"
     with _locked(path):
@@ -163,7 +196,9 @@ def git_repo(url: str, commit: str) -> SourceRepo:
                 done = subprocess.run(["git", "clone", "-q", "--no-checkout", url, str(tmp / "repo")],
                                       check=False, capture_output=True, text=True)
                 if done.returncode != 0:
-                    raise SourceError(f"git clone {url} failed: {done.stderr[-600:]}; fix: check the URL and network")
+                    raise SourceError(f"git clone {url} failed: {_one_line(done.stderr)}; fix: check the URL "
+                                      "and the network, or clone it where it is reachable and give that path as "
+                                      "the row's \"source\"")
                 shutil.rmtree(path, ignore_errors=True)  # a partial clone left by a crash before the lock existed
                 (tmp / "repo").rename(path)  # atomic: the clone appears complete or not at all
             finally:
@@ -172,8 +207,13 @@ def git_repo(url: str, commit: str) -> SourceRepo:
             return SourceRepo(path=path, commit=_git(path, "rev-parse", "--verify", f"{commit}^{{commit}}"))
         except SourceError:
             pass
-        _git(path, "fetch", "-q", "origin", commit)
-        return SourceRepo(path=path, commit=_git(path, "rev-parse", "--verify", f"{commit}^{{commit}}"))
+        try:
+            _git(path, "fetch", "-q", "origin", commit)
+            return SourceRepo(path=path, commit=_git(path, "rev-parse", "--verify", f"{commit}^{{commit}}"))
+        except SourceError as err:
+            raise SourceError(f"commit {commit!r} is not in {url} ({str(err).partition(': ')[2].partition('; fix:')[0][:300]}); fix: check "
+                              "the row's base_commit and environment_setup_commit against that repository, or "
+                              "bring the repository up to date (git fetch in it)") from None
 
 
 def source_repo(instance: TaskInstance, commit: str | None = None) -> SourceRepo:
@@ -219,21 +259,26 @@ def has_commit(repo: SourceRepo, commit: str) -> bool:
 
 def base_repo(instance: TaskInstance) -> SourceRepo:
     """The source repository positioned at ``instance.base_commit`` (replayed for PyPI sources, see above)."""
-    root = source_repo(instance)
-    if not has_commit(root, instance.base_commit) and not parse_pypi(instance.source):
+    root, missing = source_repo(instance), None
+    # made by replaying: the synthesizer's bases (source commit + reversed fix), SWE-smith's (+ bug_patch)
+    replayed = bool(parse_pypi(instance.source) or instance.metadata.get("synthesized")
+                    or instance.metadata.get("bug_patch"))
+    if instance.base_commit and not has_commit(root, instance.base_commit) and not parse_pypi(instance.source):
         try:  # a cached clone made before the base commit existed upstream: fetch it
             root = source_repo(instance, commit=instance.base_commit)
-        except SourceError:
-            pass
-    if has_commit(root, instance.base_commit):
+        except SourceError as err:
+            missing = err  # names the source and the fix
+    if instance.base_commit and has_commit(root, instance.base_commit):
         return SourceRepo(path=root.path, commit=_git(root.path, "rev-parse", instance.base_commit))
-    if parse_pypi(instance.source):
+    if replayed:
         bug = instance.metadata.get("bug_patch")
         made = commit_patch(root, bug, reverse=False) if bug else commit_patch(root, instance.patch, reverse=True)
         if made.commit == instance.base_commit or not re.fullmatch(r"[0-9a-f]{40}", instance.base_commit):
             return made
         raise SourceError(f"{instance.instance_id}: replaying the base gave {made.commit}, but the task says "
                           f"base_commit {instance.base_commit}; fix: rebuild the task (its patch or sdist changed)")
+    if missing is not None:
+        raise SourceError(f"{instance.instance_id}: {missing}")
     raise SourceError(f"{instance.instance_id}: commit {instance.base_commit} is not in {root.path}; fix: check "
                       "the task's base_commit and source (a commit of that repository, or the sdist's replayed base)")
 

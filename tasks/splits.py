@@ -5,7 +5,7 @@ every old instance the same split), and every instance of one function must land
 evaluation never sees a function the policy trained on.
 
 - ``test_repo``: whole repositories held out: the ``round(repo_fraction * N)`` pool repositories (at least
-  one) with the smallest ``sha256(name)``;
+  one, never all: a pool of one repository holds out functions only) with the smallest ``sha256(name)``;
 - ``test_function``: in the other repositories, functions whose ``sha256(repo:file:function)`` falls below
   ``function_fraction``;
 - ``train``: the rest.
@@ -29,7 +29,7 @@ def held_out_repos(repos: Iterable[str], repo_fraction: float = 0.15) -> set[str
     repos = sorted(set(repos))
     if not repos or repo_fraction <= 0:
         return set()
-    count = max(1, round(repo_fraction * len(repos)))
+    count = min(max(1, round(repo_fraction * len(repos))), len(repos) - 1)  # some repository is left to train on
     return set(sorted(repos, key=lambda r: hashlib.sha256(r.encode()).hexdigest())[:count])
 
 

@@ -2,7 +2,8 @@
 
 For one pool repository (SWE-smith style, everything measured in the real sandbox):
 
-1. the sdist becomes a git repository (``sources.sdist_repo``) and an image with its dependencies
+1. the sdist becomes a git repository (``sources.sdist_repo``; a git entry is cloned at its commit) and an
+   image with its dependencies
    (``images.ensure_instance_image`` of the unmodified repository);
 2. one container from that image runs the suite twice (JUnit XML); tests that pass both times are the stable
    set, tests whose outcome differs are flaky and never used;
@@ -14,7 +15,8 @@ For one pool repository (SWE-smith style, everything measured in the real sandbo
    the test files that hold a failing one (SWE-bench's scope: grading runs those files, not the whole suite);
 5. ``patch`` (the fix) is ``git diff -R`` of the mutant in the container; ``base_commit`` is the sdist commit
    plus the reverse of that patch, committed deterministically on the host (``sources.commit_patch``, which
-   also proves the patch applies with real git), so anyone with the sdist can rebuild the base.
+   also proves the patch applies with real git), so anyone with the sdist (or the git source) can rebuild the
+   base (``sources.base_repo``).
 
 Instances are handed to a callback one by one, so a caller can append them to disk as they come (resume).
 """
@@ -70,7 +72,11 @@ def base_instance(spec: RepoSpec, commit: str) -> TaskInstance:
     """The unmodified repository as an instance (for its image); never written to a task file."""
     return TaskInstance(instance_id=f"{spec.name}-{spec.version}-base", base_commit=commit, patch="",
                         problem_statement="", FAIL_TO_PASS=[], environment_setup_commit=commit,
-                        metadata={"sdist_sha256": spec.sha256}, **spec.instance_fields())
+                        metadata=_source_metadata(spec), **spec.instance_fields())
+
+
+def _source_metadata(spec: RepoSpec) -> dict:
+    return {"sdist_sha256": spec.sha256} if spec.sha256 else {}
 
 
 def instance_id(spec: RepoSpec, mutation: Mutation) -> str:
@@ -118,13 +124,13 @@ class RepoSynthesizer:
     def __init__(self, spec: RepoSpec, config: SynthConfig | None = None, *, client=None,
                  progress: Progress = lambda _: None) -> None:
         self.spec, self.config, self.client, self.progress = spec, config or SynthConfig(), client, progress
-        self.root = sources.sdist_repo(spec.name, spec.version, spec.sha256)
+        self.root = spec.source_repo()
 
     def source_files(self) -> dict[str, str]:
         files = [p for p in sources.tree_files(self.root) if self.spec.is_source_file(p)]
         if not files:
             raise ValueError(f"{self.spec.name}: no source file matches src={list(self.spec.src)}; fix the 'src' "
-                             "entry in tasks/data/pool.json")
+                             "entry of the pool file (tasks/data/pool.json or --pool-file)")
         return {p: sources.read_blob(self.root, p).decode("utf-8", errors="replace") for p in files}
 
     def image(self) -> str:
@@ -164,7 +170,7 @@ class RepoSynthesizer:
                 raise SuiteError(f"{spec.name}=={spec.version}: the test suite does not run green offline "
                                  f"({len(stable)} stable passing tests, collection errors "
                                  f"{[r.collection_errors for r in runs]}); tests that need the network or a missing "
-                                 f"dependency are the usual cause; fix 'ignore'/'test_deps' in tasks/data/pool.json."
+                                 f"dependency are the usual cause; fix 'ignore'/'test_deps' of the pool file."
                                  f"\nLast output:\n{runs[-1].output[-1500:]}")
             self.progress(f"{spec.name}: {len(stable)} stable tests ({len(flaky)} flaky, {len(unaddressable)} "
                           "without a known file, unused), suite "
@@ -234,7 +240,7 @@ class RepoSynthesizer:
             instance_id="", base_commit=base.commit, patch=fix, problem_statement=statement,
             FAIL_TO_PASS=failing, PASS_TO_PASS=passing, environment_setup_commit=self.root.commit,
             test_files=test_files, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            metadata={"sdist_sha256": spec.sha256, "synthesized": True, "mutation": mutation.kind,
+            metadata={**_source_metadata(spec), "synthesized": True, "mutation": mutation.kind,
                       "file": mutation.path, "function": mutation.function, "line": mutation.line,
                       "edit": mutation.describe(), "flaky_excluded": flaky, "mutant_test_s": round(run.duration_s, 2),
                       "p2p_scope": "failing_files"},

@@ -13,11 +13,14 @@ Example::
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from lightswe.agent.early_stop import EarlyStopConfig
+from lightswe.errors import InfrastructureError, LightSWEError
 
 
 @dataclass(kw_only=True, slots=True)
@@ -67,13 +70,45 @@ def per_prompt(sampling: SamplingParams, count: int) -> list[SamplingParams]:
     return [replace(sampling, seed=row_seed(sampling.seed, i)) for i in range(count)]
 
 
+class SampleError(InfrastructureError, ValueError):
+    """A backend returned a sample the learner cannot train on (token ids and log-probs of different lengths, a
+    log-prob that is NaN, infinite or above 0, a token id that is not a non-negative integer): the sampler's or the
+    server's fault, never the policy's choice. The loop ends the episode as ``sandbox_error`` (reward None) before
+    the sample enters the trajectory, so no such value is ever stored or trained on."""
+
+
+class ContextWindowExceeded(LightSWEError):
+    """The prompt, with room for at least one new token, does not fit in the serving engine's context window
+    (vLLM's ``max_model_len``). Not an infrastructure failure by itself: the loop ends the episode as
+    ``context_limit`` when the policy's own turns (and the tool outputs they asked for) filled the window, and as
+    ``sandbox_error`` when the harness's first prompt alone does not fit (rLLM's MAX_PROMPT_LENGTH_EXCEEDED
+    termination is the same split)."""
+
+
+_MAX_LOGPROB = 1e-6  # float rounding of a near-certain token's log-softmax (the trajectory store's bound too)
+
+
 def check_sample(sample: Sample, sampling: SamplingParams) -> Sample:
-    """Backends' shared post-condition: equal lengths, within budget, cut at the first stop token."""
+    """Backends' shared post-condition: equal lengths, each token id an int >= 0, each log-prob finite and <= 0
+    (within ``1e-6``), within budget, cut at the first stop token. The loop applies it to every backend's sample.
+
+    Raises:
+        SampleError: naming what was wrong (an :class:`InfrastructureError`: the episode is not scored).
+    """
     tokens, logprobs = list(sample[0]), list(sample[1])
     if len(tokens) != len(logprobs):
-        raise ValueError(f"backend returned {len(tokens)} tokens but {len(logprobs)} log-probs")
+        raise SampleError(f"the sampler returned {len(tokens)} tokens but {len(logprobs)} log-probs; the learner "
+                          "needs one log-prob per generated token")
+    for i, (token, value) in enumerate(zip(tokens, logprobs)):
+        if isinstance(token, bool) or not isinstance(token, numbers.Integral) or token < 0:
+            raise SampleError(f"the sampler returned token id {token!r} at position {i}: not an integer >= 0")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                or value > _MAX_LOGPROB:
+            raise SampleError(f"the sampler returned log-prob {value!r} for token {i}: a log-probability must be "
+                              "finite and <= 0 (a NaN/inf is a numerical failure of the sampler)")
     for i, token in enumerate(tokens):
         if token in sampling.stop_token_ids:
             tokens, logprobs = tokens[: i + 1], logprobs[: i + 1]
             break
-    return tokens[: sampling.max_new_tokens], logprobs[: sampling.max_new_tokens]
+    cut = sampling.max_new_tokens
+    return [int(t) for t in tokens[:cut]], [float(x) for x in logprobs[:cut]]

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightswe.agent.policies.base import Sample, SamplingParams, check_sample, per_prompt
+from lightswe.agent.policies.base import Sample, SampleError, SamplingParams, check_sample, per_prompt
 from lightswe.agent.policies.batching import BatchingPolicy, Request
 
 
@@ -140,7 +140,10 @@ class ModelPolicy(BatchingPolicy):
                 self.batch_sizes.append(engine.stats.occupancy[-1])
             for rid, generation in finished:
                 r = self._inflight.pop(rid)
-                r.result = check_sample((generation.token_ids, generation.logprobs), r.sampling)
+                try:
+                    r.result = check_sample((generation.token_ids, generation.logprobs), r.sampling)
+                except SampleError as err:  # this request's sample only (a NaN log-prob): not its batch-mates'
+                    r.error = err
                 r.done.set()
 
     def _run(self, batch: list[Request]) -> None:
@@ -157,4 +160,7 @@ class ModelPolicy(BatchingPolicy):
             generations = self.model.generate([r.prompt for r in group], config,
                                               seeds=[r.sampling.seed for r in group])
             for r, g in zip(group, generations, strict=True):
-                r.result = check_sample((g.token_ids, g.logprobs), r.sampling)  # each request's own budget
+                try:
+                    r.result = check_sample((g.token_ids, g.logprobs), r.sampling)  # each request's own budget
+                except SampleError as err:  # this request's sample only: its batch-mates keep theirs
+                    r.error = err

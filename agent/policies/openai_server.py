@@ -5,6 +5,16 @@ Token ids go in as the ``prompt`` (a list of ints) and come back through vLLM's
 The stop token is part of the returned tokens when the server reports it (vLLM does for ``stop_token_ids``);
 otherwise the chat glue closes the turn with mask 0.
 
+Failures (tests/agent/test_model_server_faults.py, against a real misbehaving server process): HTTP 408/429/5xx,
+a connection refused, reset or closed mid-body, a body that is not JSON and a response that does not end within
+``timeout_s`` are retried ``retries`` times (backoff 0.5 s, 1 s, ...; a ``Retry-After`` header is honoured up to
+``timeout_s``), then raise :class:`ServerError` (the episode is ``sandbox_error``, reward None). Another 4xx is the
+request's fault and is not retried, except vLLM's "maximum context length" 400, which is
+:class:`~lightswe.agent.policies.base.ContextWindowExceeded` (the loop decides whose doing it was). The server's
+``max_model_len`` (``/v1/models``, as vLLM reports it) caps each request's ``max_tokens`` so that a long episode
+ends as ``context_limit`` instead of a 400. A response without token ids / log-probs, or with a malformed, NaN,
+infinite or positive log-prob, is a :class:`ServerError` too (never stored, never trained on).
+
 Example::
 
     policy = OpenAIPolicy("http://localhost:8000/v1", model="MiniMaxAI/MiniMax-M1-40k")
@@ -13,14 +23,25 @@ Example::
 
 from __future__ import annotations
 
+import email.utils
+import http.client
 import json
+import math
+import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from lightswe.agent.policies.base import Sample, SamplingParams, check_sample
+from lightswe.agent.policies.base import ContextWindowExceeded, Sample, SamplingParams, check_sample
 from lightswe.errors import InfrastructureError
+
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # transient: the request may succeed when repeated
+# A request past the window: vLLM ("maximum context length is N tokens", "longer than the maximum model length"),
+# SGLang ("longer than the model's context length"), llama.cpp ("exceeds the available context size")
+_CONTEXT = re.compile(r"maximum context length|maximum model length|context length|context size|max_model_len",
+                      re.IGNORECASE)
+_TOKEN = re.compile(r"token_id:(\d+)")
 
 
 class ServerError(InfrastructureError):
@@ -35,6 +56,8 @@ class OpenAIPolicy:
             self.base_url += "/v1"
         self.model, self.api_key, self.timeout_s, self.retries = model, api_key, timeout_s, retries
         self.name = f"openai:{self.base_url}#{model}"
+        self._max_model_len: int | None = None
+        self._asked_window = False
 
     def check_reachable(self, timeout_s: float = 10.0) -> None:
         """Fail at once, before any episode, when no server answers at ``base_url`` (any HTTP answer counts, an
@@ -57,6 +80,35 @@ class OpenAIPolicy:
                               "(e.g. python -m vllm.entrypoints.openai.api_server --model DIR --logprobs-mode "
                               "processed_logprobs) or correct the URL in --policy openai:URL") from None
 
+    def check_tokenizer(self, tokenizer, timeout_s: float = 10.0) -> None:
+        """Refuse a ``tokenizer`` that is not the served model's: the server's ``/tokenize`` (vLLM's, at the server
+        root) and ``tokenizer`` must give the same ids for a probe text (code, accents, a symbol), else the ids the
+        server returns mean other text here, and the env and the learner would see what the model did not write.
+        A server without ``/tokenize`` is not checked.
+
+        Raises:
+            UserInputError: the two tokenisations differ, naming both and the fix.
+        """
+        from lightswe.errors import UserInputError
+
+        probe = "def add(x, y):\n    return x + y  # naïve ✓\n"
+        root = self.base_url[: -len("/v1")]
+        body = {"model": self.model, "prompt": probe, "add_special_tokens": False}
+        request = urllib.request.Request(root + "/tokenize", data=json.dumps(body).encode(), headers=self._headers())
+        saved, self.timeout_s = self.timeout_s, min(self.timeout_s, timeout_s)
+        try:
+            served = json.loads(self._read(request)).get("tokens")
+        except (OSError, http.client.HTTPException, ValueError, AttributeError):
+            return  # no /tokenize (not vLLM) or no answer: generate() says so if it matters
+        finally:
+            self.timeout_s = saved
+        encode = getattr(tokenizer, "encode_ordinary", None) or tokenizer.encode
+        ours = list(encode(probe))
+        if isinstance(served, list) and served != ours:
+            raise UserInputError(f"the server at {root} tokenizes {probe!r} as {served[:12]}... but --tokenizer gives "
+                                 f"{ours[:12]}...: its token ids would mean other text here; fix: pass the served "
+                                 "model's tokenizer (--tokenizer PATH/tokenizer.json)")
+
     def request_body(self, token_ids: Sequence[int], sampling: SamplingParams) -> dict:
         body = {"model": self.model, "prompt": [int(t) for t in token_ids], "max_tokens": sampling.max_new_tokens,
                 "temperature": sampling.temperature, "top_p": sampling.top_p, "logprobs": 1,
@@ -66,44 +118,142 @@ class OpenAIPolicy:
             body["seed"] = sampling.seed
         return body
 
-    def _post(self, path: str, body: dict) -> dict:
+    def max_model_len(self) -> int | None:
+        """The served model's context window in tokens, as ``/v1/models`` reports it (vLLM's ``max_model_len``);
+        None when the server does not say (asked once)."""
+        if not self._asked_window:
+            self._asked_window = True
+            request = urllib.request.Request(self.base_url + "/models", headers=self._headers())
+            try:
+                cards = json.loads(self._read(request)).get("data") or []
+                card = next((c for c in cards if c.get("id") == self.model), cards[0] if cards else {})
+                value = card.get("max_model_len")
+                self._max_model_len = value if isinstance(value, int) and value > 0 else None
+            except (OSError, http.client.HTTPException, ValueError, AttributeError, TypeError):
+                self._max_model_len = None
+        return self._max_model_len
+
+    def _headers(self) -> dict:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.base_url + path, data=json.dumps(body).encode(), headers=headers)
+        return headers
+
+    def _read(self, request: urllib.request.Request) -> bytes:
+        """The whole response body within ``timeout_s`` from the request (a server trickling bytes is cut too:
+        the socket timeout alone bounds each read, not the response)."""
+        deadline = time.monotonic() + self.timeout_s
+        chunks = []
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            while chunk := response.read1(1 << 16):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the response did not end within {self.timeout_s:g} s")
+            if response.length:  # Content-Length bytes still missing: the connection closed mid-body
+                raise http.client.IncompleteRead(b"".join(chunks), response.length)
+        return b"".join(chunks)
+
+    def _post(self, path: str, body: dict) -> dict:
+        """POST JSON, retrying transient failures (see the module docstring); the parsed JSON object.
+
+        Raises:
+            ServerError: the server failed (after the retries) or refused the request;
+            ContextWindowExceeded: the request does not fit in the served model's context window.
+        """
+        where = f"{self.base_url}{path}"
+        request = urllib.request.Request(where, data=json.dumps(body).encode(), headers=self._headers())
         for attempt in range(self.retries + 1):
+            wait = 0.5 * 2**attempt
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return json.loads(response.read())
-            except urllib.error.HTTPError as err:  # a 4xx is our fault: do not retry
+                payload = json.loads(self._read(request))
+                if isinstance(payload, dict):
+                    return payload
+                problem = f"the response is JSON but not an object ({json.dumps(payload)[:200]})"
+            except urllib.error.HTTPError as err:
                 detail = err.read().decode(errors="replace")[:500]
-                if err.code < 500 or attempt == self.retries:
-                    raise ServerError(f"{self.base_url}{path}: HTTP {err.code}: {detail}; fix: a 4xx is the request "
-                                      "(model name, token ids past the vocabulary, max_tokens past the context), "
-                                      "a 5xx the server (see its log)") from None
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
-                if attempt == self.retries:
-                    raise ServerError(f"{self.base_url}{path} unreachable ({err}); is the server running?") from None
-            time.sleep(0.5 * 2**attempt)
+                if err.code == 400 and _CONTEXT.search(detail):
+                    raise ContextWindowExceeded(f"{where}: the request does not fit in the model's context window "
+                                                f"(HTTP 400: {detail})") from None
+                problem = f"HTTP {err.code}: {detail}"
+                if err.code not in RETRY_STATUS:
+                    raise ServerError(f"{where}: {problem}; fix: a 4xx is the request (model name, token ids "
+                                      "past the vocabulary, max_tokens past the context)") from None
+                wait = max(wait, _retry_after(err.headers, cap=self.timeout_s))
+            except json.JSONDecodeError as err:
+                problem = f"the response is not JSON ({err})"
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+                problem = f"unreachable or cut off ({getattr(err, 'reason', None) or err!r})"
+            if attempt == self.retries:
+                raise ServerError(f"{where}: {problem} after {self.retries + 1} attempt(s); fix: is the server "
+                                  "running and healthy (see its log)?")
+            time.sleep(wait)
         raise AssertionError("unreachable")
 
     def generate(self, token_ids: Sequence[int], sampling: SamplingParams) -> Sample:
-        response = self._post("/completions", self.request_body(token_ids, sampling))
+        """Raises ServerError (an InfrastructureError) or ContextWindowExceeded; see the module docstring."""
+        body = self.request_body(token_ids, sampling)
+        window = self.max_model_len()
+        if window is not None:
+            room = window - len(body["prompt"])
+            if room < 1:
+                raise ContextWindowExceeded(f"the prompt ({len(body['prompt'])} tokens) leaves no room in the "
+                                            f"served model's context window ({window} tokens, max_model_len)")
+            body["max_tokens"] = min(body["max_tokens"], room)
+        response = self._post("/completions", body)
         return check_sample(parse_completion(response), sampling)
 
 
-def parse_completion(response: dict) -> Sample:
-    """(token ids, log-probs) from a completions response with ``return_tokens_as_token_ids``."""
+def _retry_after(headers, *, cap: float) -> float:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date, RFC 9110 10.2.3), at most
+    ``cap``; 0 without one."""
+    value = (headers or {}).get("Retry-After")
+    if not value:
+        return 0.0
     try:
-        logprobs = response["choices"][0]["logprobs"]
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return 0.0
+    return min(max(seconds, 0.0), cap) if math.isfinite(seconds) else 0.0  # "nan" would reach time.sleep
+
+
+def parse_completion(response: dict) -> Sample:
+    """(token ids, log-probs) from a completions response with ``return_tokens_as_token_ids``.
+
+    Raises:
+        ServerError: no ``choices[0].logprobs.tokens/token_logprobs``, a token that is not ``token_id:<id>``, or a
+        log-prob that is not a number (``check_sample`` then refuses NaN, infinite and positive ones).
+    """
+    try:
+        choice = response["choices"][0]
+        logprobs = choice["logprobs"]
         tokens, values = logprobs["tokens"], logprobs["token_logprobs"]
+        if not (isinstance(tokens, list) and isinstance(values, list)):
+            raise TypeError
     except (KeyError, IndexError, TypeError):
         raise ServerError("the response has no choices[0].logprobs.tokens/token_logprobs; the server must "
                           f"support `logprobs` (got {json.dumps(response)[:300]})") from None
+    if choice.get("finish_reason") == "abort":  # vLLM: the engine dropped the request (preempted, shutting down)
+        raise ServerError("the server aborted the request (finish_reason 'abort'); see its log")
+    if not tokens:  # max_tokens >= 1 always samples a token: an empty answer is the server's failure, never a turn
+        raise ServerError("the server returned no token for a request of max_tokens >= 1; see its log")
     ids = []
     for token in tokens:
-        if not (isinstance(token, str) and token.startswith("token_id:")):
+        match = _TOKEN.fullmatch(token) if isinstance(token, str) else None
+        if match is None:
             raise ServerError(f"token {token!r} is not 'token_id:<id>'; the server must support "
                               "return_tokens_as_token_ids (vLLM >= 0.6)")
-        ids.append(int(token.split(":", 1)[1]))
-    return ids, [float(v) for v in values]
+        ids.append(int(match.group(1)))
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ServerError(f"log-prob {value!r} is not a number; the server must return one log-prob per "
+                              "sampled token (`logprobs: 1`)")
+    try:
+        return check_sample((ids, values), _UNBOUNDED)
+    except ValueError as err:  # SampleError: the server's answer, named as such
+        raise ServerError(f"the server's answer cannot be trained on: {err}") from None
+
+
+_UNBOUNDED = SamplingParams(max_new_tokens=1 << 62)

@@ -255,8 +255,22 @@ def _has_pdl(device_index: int) -> bool:
     """Programmatic dependent launch (griddepcontrol) needs compute capability 9.0+, and a driver of CUDA 12.3+ to
     keep its launch attribute inside a captured CUDA graph (the sampler's step, model/engine.py); otherwise the
     step launches plainly (same results, only the launch overlap is lost)."""
-    driver = torch._C._cuda_getDriverVersion() if hasattr(torch._C, "_cuda_getDriverVersion") else 0
-    return torch.cuda.get_device_capability(device_index)[0] >= 9 and driver >= 12030
+    return torch.cuda.get_device_capability(device_index)[0] >= 9 and _cuda_driver_version() >= 12030
+
+
+def _cuda_driver_version() -> int:
+    """The CUDA driver's version as cuDriverGetVersion gives it (12030 = 12.3); 0 where libcuda cannot be asked.
+    torch 2.11 has no public accessor, so libcuda (already loaded by torch's CUDA context) is asked directly."""
+    import ctypes
+
+    version = ctypes.c_int(0)
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            if ctypes.CDLL(name).cuDriverGetVersion(ctypes.byref(version)) == 0:
+                return version.value
+        except (OSError, AttributeError):
+            continue
+    return 0
 
 
 @functools.cache

@@ -102,7 +102,8 @@ CHOKING = [
 def test_values_python_chokes_on_are_observations():
     texts = [f"<tool_calls>\n{body}\n</tool_calls>" for body, _ in CHOKING]
     env = SWEEnv([TASK], image_for=lambda task: BASE_IMAGE)
-    trajectory = _episode(env, TextPolicy(texts), max_steps=len(texts), max_format_errors=len(texts) + 1)
+    trajectory = _episode(env, TextPolicy(texts), max_steps=len(texts), max_format_errors=len(texts) + 1,
+                          max_new_tokens=8192)  # the 5000-digit number in one turn (the loop cuts at it)
     assert trajectory.status is EpisodeStatus.STEP_LIMIT and trajectory.error == ""
     observations = [m.content for m in trajectory.messages if m.role == "tool"]
     assert len(observations) == len(CHOKING)

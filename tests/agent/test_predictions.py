@@ -51,7 +51,9 @@ def test_a_predictions_path_that_cannot_be_written_fails_before_the_run_and_leav
         writer.write(sample(0, "pkg-0@0", 0, PATCH))
     (tmp_path / "a_file").write_text("x")
     for bad, message in ((tmp_path / "run", "is a directory; fix: pass a file path"),
-                         (tmp_path / "a_file" / "preds.jsonl", "lies under the file")):
+                         (tmp_path / "a_file" / "preds.jsonl", "lies under the file"),
+                         (tmp_path / "preds.json", "fix: name it e.g. "),
+                         (tmp_path / "preds.txt", "only from a path ending in .jsonl")):
         assert main(["eval", "--out", str(tmp_path / "run"), "--predictions", str(bad)]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("lightswe eval: error: --predictions") and message in lines[0]

@@ -79,3 +79,37 @@ def test_rollout_on_a_local_ray_cluster(tmp_path):
     finally:
         ray.shutdown()
     assert containers_of({os.getpid()} | {pid for _, pid in workers}) == []  # actors closed their sandboxes
+
+
+@pytest.mark.slow  # a second local Ray cluster and 4 graded episodes: ~60 s on 2 loaded cores
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed (pip install 'lightswe[ray]')")
+def test_a_ray_worker_killed_mid_episode_is_replaced_and_its_episode_rerun(tmp_path):
+    """kill -9 of one actor's process while the rollout runs (attack9; before the fix the dead actor went back to
+    the idle queue and failed every episode handed to it at once, so most of the rollout 'failed', and its
+    containers stayed until the next run): a new actor reruns the episode, every episode is written once, none
+    failed, and the dead actor's containers are reaped."""
+    import threading
+
+    import ray
+    from lightswe.agent.ray_executor import RayExecutor
+    from lightswe.agent.rollout import RolloutConfig, run_rollout
+
+    tasks = read_jsonl(default_tasks_path())
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with RayExecutor(policy="scripted", tasks=tasks, num_workers=2) as executor:
+            workers = ray.get([actor.where.remote() for actor in executor.actors])
+            victim = workers[0][1]
+            killer = threading.Timer(2.5, os.kill, args=(victim, signal.SIGKILL))
+            killer.start()
+            summary = run_rollout(tasks, executor, out_dir=tmp_path,
+                                  config=RolloutConfig(group_size=4, progress=False))
+            killer.join()
+            restarted = executor.restarted
+        assert (summary.episodes, summary.failed, summary.resolved) == (4, 0, 4)
+        assert restarted == 1
+        stored = [t.episode_id for t in read_trajectories(tmp_path)]
+        assert sorted(stored) == [f"{tasks[0].instance_id}@0/{i}" for i in range(4)]  # each once
+    finally:
+        ray.shutdown()
+    assert containers_of({victim}) == []  # the dead actor's sandboxes reaped

@@ -83,7 +83,8 @@ def test_family_pays_the_right_operator_only_under_the_hardened_grader(tmp_path)
     from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
     from lightswe.model import load_tokenizer
 
-    tasks = arithmetic_tasks("warm", root=tmp_path, words=["sum"])[:2]
+    # the shared family repository (as the train tests use): its images are reused, not rebuilt per run and left
+    tasks = arithmetic_tasks("warm", words=["sum"])[:2]
     tok = load_tokenizer(None)
     executor = LocalExecutor(ScriptedPolicy(warm_start_scripts(tasks, 0), tok), tok, concurrency=2,
                              env_factory=default_env_factory(tasks))

@@ -319,6 +319,17 @@ def test_decode_to_a_separate_state_out(bv, warps, pdl):
             lightning_attn_decode_triton(q, k, v, slope, state, cfg, state_out=bad)
 
 
+def test_programmatic_dependent_launch_is_on_where_the_driver_keeps_it_in_graphs():
+    """The decode steps launch as programmatic dependents only on sm90+ with a CUDA 12.3+ driver (decode._has_pdl):
+    the driver's version must be readable here, or every pdl config silently runs as a plain launch."""
+    from lightswe.kernels.lightning_attn import decode
+
+    version = decode._cuda_driver_version()
+    assert version >= 11000, f"cuDriverGetVersion gave {version}"
+    expected = torch.cuda.get_device_capability(0)[0] >= 9 and version >= 12030
+    assert decode._has_pdl(0) == expected
+
+
 @pytest.mark.parametrize("pdl", [1, 2], ids=lambda n: f"pdl{n}")
 def test_decode_programmatic_dependent_launch_chained_in_a_cuda_graph(pdl):
     """Programmatic dependent launches back to back, nothing between them, eagerly and replayed in a CUDA graph:

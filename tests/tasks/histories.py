@@ -31,6 +31,17 @@ def git(repo, *args: str) -> str:
                           env=GIT_ENV).stdout
 
 
+def one_commit_repo(repo, files: dict[str, str], message: str = "first") -> str:
+    """Make ``repo`` a git repository whose one commit holds ``files`` (path -> text); its hash."""
+    for path, text in files.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD").strip()
+
+
 def unpack(name: str, version: str, into):
     with tarfile.open(sources.download_sdist(name, version, SHA[(name, version)])) as archive:
         archive.extractall(into, filter="data")
@@ -38,20 +49,37 @@ def unpack(name: str, version: str, into):
     return found[0]
 
 
+def _older_release_repo(repo, work, name: str, title: str, old_version: str, new_version: str, clean=None):
+    """Unpack two releases of ``name`` into ``work`` and make ``repo`` a git repository whose one commit
+    (``"<title> <old_version>"``) is the older tree; ``clean`` is applied to both trees first. Returns
+    (older tree, newer tree)."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    old, new = unpack(name, old_version, work), unpack(name, new_version, work)
+    for tree in (old, new) if clean else ():
+        clean(tree)
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(old, repo)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A", "-f")
+    git(repo, "commit", "-q", "-m", f"{title} {old_version}")
+    return old, new
+
+
+def _commit_files_of(repo, tree, paths, message: str) -> None:
+    """Copy ``paths`` from ``tree`` (a newer release) into ``repo`` and commit them as one commit."""
+    for path in paths:
+        shutil.copy(tree / path, repo / path)
+    git(repo, "commit", "-q", "-am", message)
+
+
 def toolz_history():
     """(path, base, fix, tests) of toolz 1.1.0 + the upstream fix of interpose on an empty sequence (1.2.0)."""
     repo = sources.CACHE_DIR / "test-repos" / "toolz-interpose"
     if not (repo / ".git").is_dir():
         work = sources.CACHE_DIR / "test-repos" / "unpack"
-        shutil.rmtree(work, ignore_errors=True)
-        old, new = unpack("toolz", "1.1.0", work), unpack("toolz", "1.2.0", work)
-        shutil.rmtree(repo, ignore_errors=True)
-        shutil.copytree(old, repo)
-        git(repo, "init", "-q", "-b", "main")
-        git(repo, "add", "-A", "-f")
-        git(repo, "commit", "-q", "-m", "toolz 1.1.0")
-        shutil.copy(new / "toolz/itertoolz.py", repo / "toolz/itertoolz.py")
-        git(repo, "commit", "-q", "-am", "Fix interpose on an empty sequence (from toolz 1.2.0)")
+        _, new = _older_release_repo(repo, work, "toolz", "toolz", "1.1.0", "1.2.0")
+        _commit_files_of(repo, new, ["toolz/itertoolz.py"], "Fix interpose on an empty sequence (from toolz 1.2.0)")
         text = (repo / TEST).read_text()
         anchor = "\n\ndef test_frequencies():"
         assert anchor in text
@@ -81,19 +109,10 @@ def pytest_history():
     repo = sources.CACHE_DIR / "test-repos" / "pytest-saferepr"
     if not (repo / ".git").is_dir():
         work = sources.CACHE_DIR / "test-repos" / "unpack-pytest"
-        shutil.rmtree(work, ignore_errors=True)
-        old, new = unpack("pytest", "5.4.1", work), unpack("pytest", "5.4.2", work)
-        _checkout_like(old)
-        _checkout_like(new)
-        shutil.rmtree(repo, ignore_errors=True)
-        shutil.copytree(old, repo)
-        git(repo, "init", "-q", "-b", "main")
-        git(repo, "add", "-A", "-f")
-        git(repo, "commit", "-q", "-m", "pytest 5.4.1")
-        shutil.copy(new / "src/_pytest/_io/saferepr.py", repo / "src/_pytest/_io/saferepr.py")
-        git(repo, "commit", "-q", "-am", "Fix saferepr of classes with a broken __getattribute__ (#7145)")
-        shutil.copy(new / PYTEST_TEST, repo / PYTEST_TEST)
-        git(repo, "commit", "-q", "-am", "Test saferepr with a broken __getattribute__ (#7145)")
+        _, new = _older_release_repo(repo, work, "pytest", "pytest", "5.4.1", "5.4.2", clean=_checkout_like)
+        _commit_files_of(repo, new, ["src/_pytest/_io/saferepr.py"],
+                         "Fix saferepr of classes with a broken __getattribute__ (#7145)")
+        _commit_files_of(repo, new, [PYTEST_TEST], "Test saferepr with a broken __getattribute__ (#7145)")
         shutil.rmtree(repo / "src")
         shutil.rmtree(repo / "testing")
         shutil.rmtree(repo / "doc")
@@ -117,23 +136,11 @@ def django_history():
     repo = sources.CACHE_DIR / "test-repos" / "django-35159"
     if not (repo / ".git").is_dir():
         work = sources.CACHE_DIR / "test-repos" / "unpack-django"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        old, new = unpack("django", "5.0.1", work), unpack("django", "5.0.2", work)
-        for tree in (old, new):
-            (tree / "PKG-INFO").unlink(missing_ok=True)
-            for info in tree.rglob("*.egg-info"):
-                shutil.rmtree(info)
-        shutil.rmtree(repo, ignore_errors=True)
-        shutil.copytree(old, repo)
-        git(repo, "init", "-q", "-b", "main")
-        git(repo, "add", "-A", "-f")
-        git(repo, "commit", "-q", "-m", "Django 5.0.1")
-        shutil.copy(new / DJANGO_FIX, repo / DJANGO_FIX)
-        git(repo, "commit", "-q", "-am", "Fixed #35159 -- Fixed dumpdata crash when base querysets use prefetch_related().")
-        for path in ("tests/fixtures/tests.py", "tests/fixtures/models.py"):
-            shutil.copy(new / path, repo / path)
-        git(repo, "commit", "-q", "-am", "Refs #35159 -- Test dumpdata with prefetch_related() in a base manager.")
+        _, new = _older_release_repo(repo, work, "django", "Django", "5.0.1", "5.0.2", clean=_checkout_like)
+        _commit_files_of(repo, new, [DJANGO_FIX],
+                         "Fixed #35159 -- Fixed dumpdata crash when base querysets use prefetch_related().")
+        _commit_files_of(repo, new, ["tests/fixtures/tests.py", "tests/fixtures/models.py"],
+                         "Refs #35159 -- Test dumpdata with prefetch_related() in a base manager.")
         shutil.rmtree(work, ignore_errors=True)
     base, fix, tests = (git(repo, "rev-parse", f"HEAD~{n}").strip() for n in (2, 1, 0))
     return repo, base, fix, tests
