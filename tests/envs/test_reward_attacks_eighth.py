@@ -224,9 +224,10 @@ def test_an_infinite_loop_is_still_the_policys_zero_and_its_leftovers_sleep_thro
 
 
 def _hog(client, cpus: float) -> str:
-    """A container that burns ``cpus`` CPUs at the engine's highest CPU weight: the host starving the grading."""
+    """A container that burns ``cpus`` CPUs (twice as many busy loops) at the engine's highest CPU weight: the
+    host starving the grading."""
     container = client.containers.run(
-        "lightswe/base:bookworm", ["sh", "-c", " ".join(["while :; do :; done &"] * max(1, round(cpus))) + " wait"],
+        "lightswe/base:bookworm", ["sh", "-c", " ".join(["while :; do :; done &"] * max(2, round(2 * cpus))) + " wait"],
         detach=True, remove=True, network_mode="none", cpu_shares=262144, nano_cpus=int(cpus * 1e9),
         labels={"lightswe.test": "attack8-hog"})
     return container.id
@@ -244,11 +245,12 @@ def test_a_correct_fix_starved_by_the_host_is_the_machines_failure_not_a_zero(en
     client = docker.from_env()
     start(env)
     env.step(bash(FIX))
-    hogs = [_hog(client, 1.0) for _ in range(2)]
-    env.test_timeout = 10
+    hogs = [_hog(client, 2.0) for _ in range(2)]
+    env.test_timeout = 8
     try:
         with pytest.raises(GradingError, match="starved of CPU") as caught:
-            env.step(ToolCall(name="submit"))
+            _, reward, _, _, info = env.step(ToolCall(name="submit"))
+            pytest.fail(f"graded {reward}: {info['grade'].reason}")
     finally:
         env.test_timeout = 120
         for hog in hogs:
