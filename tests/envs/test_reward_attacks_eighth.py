@@ -245,8 +245,8 @@ def test_a_correct_fix_starved_by_the_host_is_the_machines_failure_not_a_zero(en
     client = docker.from_env()
     start(env)
     env.step(bash(FIX))
-    hogs = [_hog(client, 2.0) for _ in range(2)]
-    env.test_timeout = 8
+    hogs = [_hog(client, 2.0) for _ in range(3)]
+    env.test_timeout = 4  # the run gets ~2% of a CPU: pytest's start alone needs more than 4 s of that
     try:
         with pytest.raises(GradingError, match="starved of CPU") as caught:
             _, reward, _, _, info = env.step(ToolCall(name="submit"))
