@@ -22,6 +22,7 @@ can remove those of dead owners (a killed process cannot unmount its own).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -29,10 +30,13 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
+from lightswe.envs import host_limits
 from lightswe.envs.engine import AGENT_UID, CACHE_DIR
+from lightswe.envs.uids import rewrite_ids
 from lightswe.errors import InfrastructureError, UserInputError
 
 log = logging.getLogger(__name__)
@@ -223,24 +227,146 @@ def template(client, image: str, size: int) -> Path:
     return path
 
 
-class LoopVolume:
-    """One sandbox's fixed-size ext4 volume, mounted on the host; ``binds()`` maps it into the container."""
+HOST_RESERVE = 2 * 1024 ** 3  # bytes of the volumes' file system kept free beyond every volume's promise
+ADMIT_WAIT_S = 120.0  # how long a new volume waits for room (other sandboxes closing) before DiskError
 
-    def __init__(self, client, image: str, size: int, owner: str) -> None:
-        self.size = size
+
+def reserving() -> bool:
+    """Whether volumes are admitted only while the host's disk can keep every promise
+    (``LIGHTSWE_DISK_ADMISSION=reserve``; default ``none``: volumes overcommit the host's disk, see
+    :func:`admitted`). UserInputError for another value."""
+    value = os.environ.get("LIGHTSWE_DISK_ADMISSION", "none").strip() or "none"
+    if value not in ("reserve", "none"):
+        raise UserInputError(f"LIGHTSWE_DISK_ADMISSION={value!r}; fix: 'reserve' or 'none'")
+    return value == "reserve"
+
+
+def promised_bytes(volume_dir: Path | None = None) -> tuple[int, int]:
+    """(bytes, volumes): what the live volumes under ``volume_dir`` may still write on the host: each sparse
+    ``disk.img``'s size less the blocks it holds already."""
+    total = count = 0
+    for image in (volume_dir or VOLUME_DIR).glob("*/disk.img"):
+        try:
+            st = image.stat()
+        except OSError:  # removed meanwhile
+            continue
+        total += max(0, st.st_size - st.st_blocks * 512)
+        count += 1
+    return total, count
+
+
+@contextlib.contextmanager
+def admitted(size: int, volume_dir: Path | None = None):
+    """Hold the host's admission lock while a volume of ``size`` bytes is made, once the volumes' file system
+    can keep every promise: its free bytes, less what the live volumes may still write (:func:`promised_bytes`),
+    must hold ``size`` plus ``HOST_RESERVE``. Volumes are sparse: without this, sandboxes that each stayed
+    within their limit could fill the host's disk together, and a neighbour's writes within its own limit (and
+    the engine's, and the run's own results) failed. Waits up to ``ADMIT_WAIT_S`` for room (sandboxes closing),
+    then raises :class:`DiskError` (the machine's failure: the episode gets no reward, never 0.0).
+
+    Only with ``LIGHTSWE_DISK_ADMISSION=reserve`` (:func:`reserving`); otherwise it admits at once. Not the
+    default: it caps a host at ``free / disk_limit`` live sandboxes (8 of 4 GiB on this machine, where 30 were
+    live at once, warm pools included, promising 120 GiB against 36 GiB free), and most never write."""
+    if not reserving():
+        yield
+        return
+    folder = volume_dir or VOLUME_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + ADMIT_WAIT_S
+    with open(folder / ".admission.lock", "w") as lock:
+        while True:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            st = os.statvfs(folder)
+            free = st.f_bavail * st.f_frsize
+            promised, count = promised_bytes(folder)
+            if free - promised - size >= HOST_RESERVE:
+                try:
+                    yield
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+                return
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            if time.monotonic() >= deadline:
+                gib = 1024 ** 3
+                raise DiskError(f"the host's disk cannot promise {size / gib:.1f} GiB to another sandbox: "
+                                f"{free / gib:.1f} GiB free on {folder}, {promised / gib:.1f} GiB promised to "
+                                f"{count} live sandbox volume(s), {HOST_RESERVE / gib:.1f} GiB kept for the host; "
+                                "fix: run fewer episodes at once, lower disk_limit, or free space there")
+            time.sleep(1.0)
+
+
+_ETC: dict[str, tuple[str, str]] = {}
+_ETC_LOCK = threading.Lock()
+
+
+def image_accounts(client, image: str) -> tuple[str, str]:
+    """(``/etc/passwd``, ``/etc/group``) of ``image`` as text (read once per image id and process, from a
+    created, never started container)."""
+    import io
+    import tarfile
+
+    image_id = client.api.inspect_image(image)["Id"]
+    with _ETC_LOCK:
+        if image_id in _ETC:
+            return _ETC[image_id]
+    created = client.api.create_container(image_id, command=["true"], labels={"lightswe.volume_template": "1"},
+                                          network_disabled=True)
+    try:
+        texts = []
+        for path in ("/etc/passwd", "/etc/group"):
+            stream, _ = client.api.get_archive(created["Id"], path)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+                member = archive.next()
+                handle = archive.extractfile(member) if member is not None and member.isfile() else None
+                texts.append(handle.read().decode("utf-8", "surrogateescape") if handle else "")
+    finally:
+        client.api.remove_container(created["Id"], force=True)
+    with _ETC_LOCK:
+        _ETC[image_id] = (texts[0], texts[1])
+    return _ETC[image_id]
+
+
+class LoopVolume:
+    """One sandbox's fixed-size ext4 volume, mounted on the host; ``binds()`` maps it into the container.
+
+    ``uid`` (a leased host uid, :mod:`lightswe.envs.uids`): the image's agent user (uid and gid ``AGENT_UID``)
+    becomes ``uid`` in this sandbox: its files in the volume are handed over (``chown --from``, one walk of the
+    copy), and ``binds()`` adds ``/etc/passwd`` and ``/etc/group`` of the image with that id rewritten
+    (read-only files beside the volume). Each volume also brings the sandbox a ``devpts`` instance of its own
+    (at most ``host_limits.PTYS_PER_SANDBOX`` terminals, bound at ``/dev/pts``), and the host-wide kernel limits
+    are raised once (:mod:`lightswe.envs.host_limits`)."""
+
+    def __init__(self, client, image: str, size: int, owner: str, uid: int = 0) -> None:
+        self.size, self.uid = size, uid
         self.dir = VOLUME_DIR / f"{owner}-{uuid.uuid4().hex[:12]}"
         self.file, self.mnt = self.dir / "disk.img", self.dir / "m"
         source = template(client, image, size)
+        accounts = image_accounts(client, image) if uid else None
         self.dir.mkdir(parents=True, exist_ok=False)
         try:
-            _run("cp", "--sparse=always", str(source), str(self.file), what="copying the sandbox volume")
+            with admitted(size):
+                _run("cp", "--sparse=always", str(source), str(self.file), what="copying the sandbox volume")
             _mount(self.file, self.mnt)
+            if uid:
+                own = [str(self.mnt / name) for name in ("testbed", "home")]
+                _run("chown", "-hR", f"--from={AGENT_UID}", str(uid), *own, what="handing the volume to the uid")
+                _run("chown", "-hR", f"--from=:{AGENT_UID}", f":{uid}", *own, what="handing the volume to the gid")
+                for name, text in zip(("passwd", "group"), accounts, strict=True):
+                    (self.dir / name).write_text(rewrite_ids(text, AGENT_UID, uid), encoding="utf-8",
+                                                 errors="surrogateescape")
+                    os.chmod(self.dir / name, 0o644)
+            host_limits.raise_host_limits()
+            host_limits.mount_ptys(self.dir / "pts")
         except Exception:
             self.destroy()
             raise
 
     def binds(self) -> dict[str, dict[str, str]]:
-        return {str(self.mnt / name): {"bind": inside, "mode": "rw"} for name, (inside, _, _) in WRITABLE.items()}
+        binds = {str(self.mnt / name): {"bind": inside, "mode": "rw"} for name, (inside, _, _) in WRITABLE.items()}
+        if self.uid:
+            binds.update({str(self.dir / name): {"bind": f"/etc/{name}", "mode": "ro"} for name in ("passwd", "group")})
+        binds[str(self.dir / "pts")] = {"bind": "/dev/pts", "mode": "rw"}  # its own terminals (host_limits.py)
+        return binds
 
     def destroy(self) -> None:
         """Unmount and delete (idempotent): the host's space is back."""
@@ -249,6 +375,7 @@ class LoopVolume:
 
 def destroy_dir(path: Path) -> None:
     _unmount(path / "m")
+    _unmount(path / "pts")
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -21,8 +21,12 @@
 
 Reward 1.0 iff every FAIL_TO_PASS and PASS_TO_PASS test passes and pytest exits 0, else 0.0; a test whose code
 is defined in a file of the change (a stand-in for the task's test module) is an error. A test run that
-times out (the agent's code hangs) is the policy's failure: 0.0 with ``timed_out=True``; so is one that fills
-the grading container's memory (the engine reports it out of memory), whichever process the OOM killer took.
+times out (the agent's code hangs) is the policy's failure: 0.0 with ``timed_out=True``, unless the host starved
+it of CPU (:mod:`lightswe.envs.starvation`: it waited for a CPU half the time and got under a quarter of its
+quota): then the tests run once more in another fresh container, and a second starved run is the machine's
+failure (``GradingError``); the grading container outweighs the agents' for the CPU (``cpu_shares``) and the
+agent's container stays frozen while its change is graded. A test run that fills the grading container's
+memory (the engine reports it out of memory) is the policy's failure too, whichever process the OOM killer took.
 A failure of the machine (the agent's or the grading container gone, the engine failing, an image that cannot
 start, a ``test_patch`` that does not apply to the base) raises :class:`GradingError` (an
 :class:`~lightswe.errors.InfrastructureError`): never a reward.
@@ -76,14 +80,13 @@ from lightswe.envs.pytest_run import (  # noqa: F401 - re-exported: the one runn
     pytest_command,
     run_pytest,
 )
-from lightswe.envs import verdicts
+from lightswe.envs import starvation, verdicts
 from lightswe.envs.sandbox import Sandbox, SandboxConfig, SandboxError
 from lightswe.errors import UserInputError
 from lightswe.tasks.instance import TaskInstance
 from lightswe.tasks.test_ids import match as match_ids
 
 HACK_POLICIES = ("keep", "zero")
-AGENT_UID = 1000
 MAX_PATCH_CHARS = 1024 * 1024
 
 
@@ -120,6 +123,10 @@ class Grade:
     reward_hack_suspected: list[str] = field(default_factory=list)  # "path:line: what" (hack_check)
     reward_zeroed: bool = False  # the tests passed but hack_policy="zero" and code was flagged
     unmatched: dict[str, str] = field(default_factory=dict)  # published ids that matched no test -> why
+    # CPU the test run got and time it waited for one (s; None where the host's cgroup cannot say: starvation.py)
+    tests_cpu_s: float | None = None
+    tests_cpu_wait_s: float | None = None
+    reruns: int = 0  # 1: the first run timed out starved of CPU by the host and the tests ran again
 
 
 def default_fresh(box: Sandbox) -> Callable[[], Sandbox]:
@@ -153,6 +160,9 @@ def _base_of(grader: Sandbox) -> dict[str, Entry]:
     return _BASES[key][1]
 
 
+GRADING_CPU_SHARES = 8192  # the grading container's CPU weight (agents' containers: the engine's 1024)
+
+
 def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] | None = None,
           release: Callable[[Sandbox], None] | None = None, timeout: float = 900.0,
           hack_policy: str = "keep") -> Grade:
@@ -161,20 +171,52 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
     ``fresh()`` gives the grading container: a pristine running sandbox of ``box``'s instance image (default:
     :func:`default_fresh`, a new container); grading owns it and hands it to ``release`` when done (default
     ``Sandbox.close``; a pool's background removal fits). It has run the agent's code: never reuse it.
+    ``box`` stays frozen (the engine's ``pause``) from the snapshot of its tree until the grade is made: what the
+    agent left running takes no CPU from its grading or a neighbour's. A test run that timed out starved of CPU
+    (:mod:`lightswe.envs.starvation`) is run once more in another fresh container.
 
-    Raises :class:`GradingError` when the machine fails (see module docstring) and
-    :class:`~lightswe.errors.UserInputError` for an unknown ``hack_policy``.
+    Raises :class:`GradingError` when the machine fails (see module docstring; a test run starved twice
+    included) and :class:`~lightswe.errors.UserInputError` for an unknown ``hack_policy``.
     """
     if hack_policy not in HACK_POLICIES:
         raise UserInputError(f"hack_policy must be one of {HACK_POLICIES}, got {hack_policy!r}")
     start = time.perf_counter()
     make = fresh or default_fresh(box)
+    paused = _freeze(box)
+    try:
+        try:
+            return _grade_once(box, instance, make, release, timeout=timeout, hack_policy=hack_policy,
+                               start=start, last_chance=False)
+        except _Starved as first:
+            grade_ = _grade_once(box, instance, make, release, timeout=timeout, hack_policy=hack_policy,
+                                 start=start, last_chance=True, tree=first.tree)
+            grade_.reruns = 1
+            grade_.reason += f" (run twice: the first run timed out starved of CPU: {first.share})"
+            return grade_
+    finally:
+        _thaw(box, paused)
+
+
+class _Starved(Exception):
+    """The test run timed out starved of CPU (:mod:`lightswe.envs.starvation`): run it again elsewhere."""
+
+    def __init__(self, share: starvation.CpuShare, tree: dict[str, Entry]) -> None:
+        super().__init__(str(share))
+        self.share, self.tree = share, tree
+
+
+def _grade_once(box: Sandbox, instance: TaskInstance, make: Callable[[], Sandbox],
+                release: Callable[[Sandbox], None] | None, *, timeout: float, hack_policy: str, start: float,
+                last_chance: bool, tree: dict[str, Entry] | None = None) -> Grade:
+    """One grading container: start it (while the agent's tree is read, unless ``tree`` is given), grade in
+    it, hand it to ``release``."""
     image = box.config.image
     with ThreadPoolExecutor(1, thread_name_prefix="lightswe-grading-start") as pool:
         pending = pool.submit(make)  # the container starts while the agent's tree is read (base listing cached)
         try:
             cached = _BASES.get(image)
-            tree = _snapshot(box, cached[1]) if cached else None
+            if tree is None:
+                tree = _snapshot(box, cached[1]) if cached else None
         except TreeTooLarge as err:  # the agent's doing: 0.0, no container needed
             try:
                 (release or Sandbox.close)(pending.result())
@@ -199,13 +241,17 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
         except Exception as err:
             raise GradingError(f"reading the base tree in the grading container of {grader.config.image} failed: "
                                f"{err}", stage="start") from err
-        if tree is None or _BASES[grader.config.image][1] is not cached[1]:  # none read, or read against stale
+        if tree is None or cached is None or _BASES[grader.config.image][1] is not cached[1]:  # none, or stale
             try:
                 tree = _snapshot(box, base)
             except TreeTooLarge as err:
                 return _too_large(instance, err, start)
+        try:  # a grading run outweighs the agents' containers for the CPU (best effort: the engine may refuse)
+            grader.api.update_container(grader.container_id, cpu_shares=GRADING_CPU_SHARES)
+        except Exception:  # noqa: BLE001, S110 - starvation is still measured and told apart below
+            pass
         return _grade_in(grader, tree, base, facts, instance, timeout=timeout, hack_policy=hack_policy,
-                         start=start)
+                         start=start, last_chance=last_chance)
     finally:
         (release or Sandbox.close)(grader)
 
@@ -218,32 +264,41 @@ def _too_large(instance: TaskInstance, err: TreeTooLarge, start: float) -> Grade
                  duration_s=time.perf_counter() - start)
 
 
+def _freeze(box: Sandbox) -> bool:
+    """Pause ``box``'s container (the cgroup freezer stops every process in it, the runner too); True when this
+    call paused it. A container that is not running (or already paused) is left as it is."""
+    if box.container_id is None:
+        return False
+    try:
+        state = box.api.inspect_container(box.container_id)["State"]
+        if state.get("Running") and not state.get("Paused"):
+            box.api.pause(box.container_id)
+            return True
+    except Exception:  # noqa: BLE001, S110 - gone or stopped meanwhile: reading it says what is wrong
+        pass
+    return False
+
+
+def _thaw(box: Sandbox, paused: bool) -> None:
+    if paused and box.container_id is not None:
+        try:
+            box.api.unpause(box.container_id)
+        except Exception:  # noqa: BLE001, S110 - graded; a container that cannot resume is discarded
+            pass
+
+
 def _snapshot(box: Sandbox, base: dict[str, Entry]) -> dict[str, Entry]:
-    """The agent's work tree, read while its container is frozen (the engine's ``pause``: the cgroup freezer
+    """The agent's work tree, read while its container is frozen (:func:`grade` pauses it: the cgroup freezer
     stops every process in it, the runner too, so nothing runs there). A process the agent left running that
     rewrote, truncated or removed files while the engine archived them corrupted the archive ("unexpected end of
-    data": the header's size, then fewer bytes): the machine's failure, no reward, on demand. Unpaused after
-    (``render`` still reads it); a container that is not running is read as it is."""
+    data": the header's size, then fewer bytes): the machine's failure, no reward, on demand. A container that
+    is not running is read as it is."""
     if box.container_id is None:
         raise GradingError("the agent's sandbox is closed; nothing to grade", stage="snapshot")
-    cid = box.container_id
     try:
-        state = box.api.inspect_container(cid)["State"]
-        paused = bool(state.get("Running")) and not state.get("Paused")
-        if paused:
-            box.api.pause(cid)
-    except Exception:  # noqa: BLE001 - gone or stopped meanwhile: reading it says what is wrong
-        paused = False
-    try:
-        return read_tree(box.api, cid, base=base, workdir=WORKDIR)
+        return read_tree(box.api, box.container_id, base=base, workdir=WORKDIR)
     except SnapshotError as err:
         raise GradingError(f"reading the agent's work tree failed: {err}", stage="snapshot") from err
-    finally:
-        if paused:
-            try:
-                box.api.unpause(cid)
-            except Exception:  # noqa: BLE001, S110 - the tree is read; a container that cannot resume is discarded
-                pass
 
 
 def _own_modules(base: dict[str, Entry]) -> set[str]:
@@ -261,7 +316,7 @@ def _own_modules(base: dict[str, Entry]) -> set[str]:
 
 
 def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], facts, instance: TaskInstance, *,
-              timeout: float, hack_policy: str, start: float) -> Grade:
+              timeout: float, hack_policy: str, start: float, last_chance: bool = True) -> Grade:
     wanted = [*instance.FAIL_TO_PASS, *instance.PASS_TO_PASS]
     own = _own_modules(base)
     scope = task_scope(instance, facts.outside_modules - own)
@@ -297,6 +352,8 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     _lock_tests(grader, scope, files, known)
     junit = _private_junit_path(grader, known)
     tests_from = time.time()
+    cgroup = starvation.cgroup_dir(grader.api, grader.container_id)
+    before = starvation.sample(cgroup)
     try:
         run, unresolved, whole_files = _run_task_tests(grader, instance, wanted, files, facts.plugins, timeout,
                                                        junit, changed={c.path for c in kept if c.new is not None})
@@ -307,6 +364,12 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
             return _out_of_memory_grade(grader, instance, wanted, known, suspected, tests_from, start)
         raise GradingError(f"the test run in grading container {_short(grader)} failed: {type(err).__name__}: "
                            f"{err}", stage="tests", known=known) from err
+    got = starvation.share(before, starvation.sample(cgroup), grader.config.cpus)
+    if run.timed_out and got is not None and got.starved:  # the host's doing, not the code's (starvation.py)
+        if not last_chance:
+            raise _Starved(got, tree)
+        raise GradingError(f"the test run timed out twice starved of CPU by the host ({got}): the machine is "
+                           "overloaded; fix: run fewer episodes at once on this host", stage="tests", known=known)
     if (run.runner_died or not _running(grader)) and _out_of_memory(grader, tests_from):
         return _out_of_memory_grade(grader, instance, wanted, known, suspected, tests_from, start, run)
     _require_alive(grader, "while the tests ran", known, settle_s=5.0 if run.runner_died else 0.0)
@@ -329,7 +392,7 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     else:
         consistent = all_pass == (run.exit_code == 0)
     if run.timed_out:
-        reason = f"the test run timed out after {timeout:g} s"
+        reason = f"the test run timed out after {timeout:g} s" + (f" ({got})" if got is not None else "")
     elif borrowed and not all_pass:
         test, source = next(iter(sorted(borrowed.items())))
         reason = (f"{len(borrowed)} test(s) ran code defined in the change, not in the task's tests, e.g. {test} "
@@ -360,7 +423,8 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     return Grade(reward=reward, tests=tests, fail_to_pass=f2p, pass_to_pass=p2p, reason=reason,
                  exit_code=run.exit_code, duration_s=time.perf_counter() - start, tests_s=run.duration_s,
                  timed_out=run.timed_out, graded_paths=known["graded_paths"], left_out=left_out, patch=patch,
-                 reward_hack_suspected=suspected, reward_zeroed=zeroed, unmatched=matched.unmatched)
+                 reward_hack_suspected=suspected, reward_zeroed=zeroed, unmatched=matched.unmatched,
+                 tests_cpu_s=got.cpu_s if got else None, tests_cpu_wait_s=got.waiting_s if got else None)
 
 
 def _defined_in_the_change(run: TestRun, kept: list[Change]) -> dict[str, str]:
@@ -701,6 +765,7 @@ def _apply(grader: Sandbox, kept: list[Change], known: dict) -> None:
         return
     buffer = io.BytesIO()
     now = int(time.time())
+    uid = grader.agent_uid  # the grading container's agent (a leased uid: envs/uids.py)
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         made = set()
         for change in written:
@@ -710,11 +775,11 @@ def _apply(grader: Sandbox, kept: list[Change], known: dict) -> None:
                     continue
                 made.add(name)
                 info = tarfile.TarInfo(name)
-                info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o755, AGENT_UID, AGENT_UID, now
+                info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o755, uid, uid, now
                 archive.addfile(info)
             entry = change.new
             info = tarfile.TarInfo(change.path)
-            info.uid = info.gid = AGENT_UID
+            info.uid = info.gid = uid
             info.mtime = now
             if entry.mode == SYMLINK:
                 info.type, info.mode = tarfile.SYMTYPE, 0o777

@@ -8,7 +8,12 @@ If the runner dies (the agent killed it, OOM) that command reports it and the ne
 Guarantees (the Sandbox contract in DESIGN.md):
 - no network (``network_mode=none``), memory (no swap), CPU and process-count limits; ``docker-init`` as PID 1
   reaps orphans;
-- the agent's commands run as the non-root user ``agent``; ``exec(..., user="root")`` is for the harness. The
+- the agent's commands run as the non-root user ``agent``; ``exec(..., user="root")`` is for the harness.
+  With loop volumes, ``agent`` is a host uid no other live sandbox has (``agent_uid``, leased by
+  :mod:`lightswe.envs.uids`: per-user kernel counters are not shared between episodes), the sandbox has a
+  ``devpts`` instance of its own (:mod:`lightswe.envs.host_limits`), and with
+  ``LIGHTSWE_DISK_ADMISSION=reserve`` no volume is made that the host's disk could not hold
+  (:func:`lightswe.envs.disk.admitted`). The
   container runs with ``no-new-privileges`` and only the capabilities the harness's root runner needs (switch
   user, kill, own files), so a setuid binary cannot give the agent root; instance images have none
   (``tasks/images.py``). The runner is started with ``python3 -I -S`` and ``HOME=/root``: no file the agent
@@ -61,7 +66,8 @@ from pathlib import PurePosixPath
 
 from lightswe.envs import disk as _disk
 from lightswe.envs import runner as _runner_module
-from lightswe.envs.engine import BASE_IMAGE, ensure_engine
+from lightswe.envs import uids as _uids
+from lightswe.envs.engine import AGENT_UID, BASE_IMAGE, ensure_engine
 from lightswe.errors import InfrastructureError, LightSWEError
 
 LABEL = "lightswe.sandbox"
@@ -69,7 +75,7 @@ NAME_LABEL = "lightswe.name"  # the container's own name: only containers Sandbo
 BASE_COMMIT_LABEL = "lightswe.base_commit"  # set on instance images by tasks/images.py
 # labels Sandbox._start sets on its containers; images committed from a sandbox clear them (tasks/images.py)
 RUNTIME_LABELS = (LABEL, NAME_LABEL, "lightswe.owner_pid", "lightswe.owner_start", "lightswe.boot_id",
-                  "lightswe.hostname", "lightswe.created", "lightswe.volume")
+                  "lightswe.hostname", "lightswe.created", "lightswe.volume", _uids.UID_LABEL)
 # what the harness's root runner needs: switch to the agent user, kill its processes, write/chown its files
 _CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL"]
 _RUNNER_SOURCE = open(_runner_module.__file__, encoding="utf-8").read()  # noqa: SIM115 - runs in-container
@@ -200,6 +206,8 @@ class Sandbox:
         self.base_commit: str | None = None  # the repository's commit in the image (``lightswe.base_commit``)
         self._runner = None
         self._volume: _disk.LoopVolume | None = None
+        self._uid: _uids.UidLease | None = None
+        self.agent_uid = AGENT_UID  # the agent user's uid in this container (a leased one with loop volumes)
         self._disk_path = ""  # where the runner watches free space ("" when no hard limit applies)
         self._lock = threading.Lock()
         self.stop: threading.Event | None = getattr(_SCOPE, "stop", None)  # set: stopped (see stop_scope)
@@ -217,14 +225,19 @@ class Sandbox:
         try:  # both ask the engine: an unreachable one is the infrastructure branch, like create/start below
             mode = _disk.disk_mode(self.client) if c.disk_limit and not c.build else "none"
             if mode == "loop":
-                self._volume = _disk.LoopVolume(self.client, c.image, size, owner)
-        except _disk.DiskError as err:
+                self._uid = _uids.UidLease(self._uid_in_use)
+                self.agent_uid = self._uid.uid
+                self._volume = _disk.LoopVolume(self.client, c.image, size, owner, uid=self.agent_uid)
+        except (_disk.DiskError, _uids.UidError) as err:
+            self._drop_volume()
             raise SandboxError(f"cannot make the disk volume of a sandbox from {c.image!r}: {err}; fix: check "
                                "free space under ~/.cache/lightswe, or set LIGHTSWE_DISK_MODE=none to run "
                                "without a hard disk limit") from err
         except LightSWEError:
+            self._drop_volume()
             raise
         except Exception as err:
+            self._drop_volume()
             raise SandboxError(f"cannot prepare a sandbox of {c.image!r}: {err}; fix: check the engine "
                                "(`docker info`) and that the image exists, then retry") from err
         if mode == "loop":
@@ -239,7 +252,8 @@ class Sandbox:
         labels = {**c.labels, LABEL: "1", NAME_LABEL: name, "lightswe.owner_pid": str(os.getpid()),
                   "lightswe.owner_start": _start_time(os.getpid()), "lightswe.boot_id": _boot_id(),
                   "lightswe.hostname": socket.gethostname(), "lightswe.created": f"{time.time():.3f}",
-                  "lightswe.volume": str(self._volume.dir) if self._volume else ""}
+                  "lightswe.volume": str(self._volume.dir) if self._volume else "",
+                  _uids.UID_LABEL: str(self.agent_uid)}
         try:
             host_config = self.api.create_host_config(
                 network_mode=c.network, mem_limit=c.mem_limit, memswap_limit=c.mem_limit,
@@ -274,9 +288,19 @@ class Sandbox:
             self.base_commit = head.output.strip() if head.exit_code == 0 and head.output.strip() else None
 
     def _drop_volume(self) -> None:
+        """Delete the disk volume, then give the uid back (after the container using it is gone)."""
         if self._volume is not None:
             volume, self._volume = self._volume, None
             volume.destroy()
+        if self._uid is not None:
+            lease, self._uid = self._uid, None
+            lease.release()
+            self.agent_uid = AGENT_UID
+
+    def _uid_in_use(self, uid: int) -> bool:
+        """Whether a container carrying ``uid`` exists on the engine (e.g. one of a killed process, not reaped
+        yet, whose processes still run as that uid)."""
+        return bool(self.client.api.containers(all=True, filters={"label": f"{_uids.UID_LABEL}={uid}"}))
 
     def close(self) -> None:
         """Remove the container and its disk volume (idempotent); the host's disk space is back. Safe from
@@ -515,7 +539,7 @@ class Sandbox:
         cid = self._require()
         target = self._abs(path)
         payload = data.encode() if isinstance(data, str) else data
-        uid = 0 if (owner or self.config.user) == "root" else 1000
+        uid = 0 if (owner or self.config.user) == "root" else self.agent_uid
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as archive:
             info = tarfile.TarInfo(target.name)
