@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import re
 import textwrap
+import threading
 from collections import Counter
 from collections.abc import Collection, Iterable
 
@@ -239,6 +240,29 @@ def _literal_str(node: ast.AST) -> str | None:
     return _const_str(node)
 
 
+# CPython keeps the AST constructor's recursion depth in interpreter-wide state (Python-ast.c, PyAST_mod2obj): two
+# threads converting parse trees at once (episodes graded side by side in a threaded rollout) can make one of them
+# raise SystemError "AST constructor recursion depth mismatch" (python/cpython#106905; seen in CI on 3.11.7, an
+# episode lost as failed). Every parse of the package goes through this lock.
+_PARSE_LOCK = threading.RLock()  # reentrant: a finalizer run by the GC inside a parse may parse too
+
+
+def parse_python(source: bytes | str) -> ast.Module:
+    """``ast.parse(source)``, one thread at a time (see ``_PARSE_LOCK``); a spurious depth-mismatch SystemError
+    (another library's parse in another thread) is retried once.
+
+    Raises:
+        SyntaxError, ValueError, RecursionError, MemoryError: as ``ast.parse``.
+    """
+    with _PARSE_LOCK:
+        try:
+            return ast.parse(source)
+        except SystemError as err:
+            if "recursion depth mismatch" not in str(err):
+                raise
+            return ast.parse(source)
+
+
 UNPARSED = "cannot be checked: it does not parse with the grader's Python"
 # ast.parse takes ~600 bytes of the grader's memory per byte of dense source (4 MiB of `x=1` lines: 2.4 GB and
 # 16 s here); the change's files (16 MiB each, 128 MiB in all) would take the grading process's host down
@@ -259,7 +283,7 @@ def findings(source: bytes | str, own_modules: Collection[str] = (), depth: int 
     a 1,000-term sum once hid every other construct of its file).
     """
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except (SyntaxError, ValueError) as err:
         return [(getattr(err, "lineno", None) or 0, UNPARSED)]
     except (RecursionError, MemoryError):
@@ -279,7 +303,7 @@ def _embedded(text: str, own_modules: Collection[str], depth: int) -> list[str]:
     if depth >= 2 or not _CODE_HINT.search(text):
         return []
     try:
-        tree = ast.parse(textwrap.dedent(text))
+        tree = parse_python(textwrap.dedent(text))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return []
     try:

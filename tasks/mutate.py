@@ -29,6 +29,8 @@ import re
 import tokenize
 from dataclasses import dataclass
 
+from lightswe.envs.hack_check import parse_python
+
 KINDS = ("flip_comparison", "change_operator", "swap_boolean", "drop_not", "off_by_one_constant",
          "off_by_one_slice", "swap_arguments", "drop_branch", "negate_condition", "drop_return")
 
@@ -268,7 +270,7 @@ def find_mutations(source: str, path: str, *, functions: set[str] | None = None)
     values are skipped (they rarely make a bug a test can see).
     """
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except SyntaxError as err:
         raise ValueError(f"{path}: not valid Python ({err}); mutations need a parsable module") from None
     finder = _Finder(source, path)
@@ -281,7 +283,7 @@ def find_mutations(source: str, path: str, *, functions: set[str] | None = None)
             continue
         seen.add(mutation.key)
         try:
-            ast.parse(mutation.apply(source))
+            parse_python(mutation.apply(source))
         except SyntaxError:
             continue
         valid.append(mutation)
@@ -290,7 +292,7 @@ def find_mutations(source: str, path: str, *, functions: set[str] | None = None)
 
 def function_lines(source: str) -> dict[str, tuple[int, int]]:
     """Qualified function name -> (first line, last line), decorators excluded."""
-    return {name: (func.lineno, func.end_lineno) for name, func in _functions(ast.parse(source))}
+    return {name: (func.lineno, func.end_lineno) for name, func in _functions(parse_python(source))}
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
