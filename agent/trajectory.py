@@ -171,7 +171,10 @@ def check_tokens(token_ids: Sequence, loss_mask: Sequence, logprobs: Sequence, *
 
 def _validated(record: dict, where: str) -> dict:
     def bad(msg: str) -> TrajectoryFormatError:
-        return TrajectoryFormatError(f"{where}: {msg}")
+        fix = "" if "re-run the rollout" in msg else ("; fix: this record was not written by lightswe's trajectory "
+                                                      "writer (edited or from elsewhere): remove the line, or re-run "
+                                                      "the rollout into a new --out")
+        return TrajectoryFormatError(f"{where}: {msg}{fix}")
 
     if not isinstance(record, dict):
         raise bad(f"expected a JSON object, got {type(record).__name__}")
