@@ -72,12 +72,7 @@ def test_backend_choice_keeps_cpu_on_the_loop(monkeypatch):
 @pytest.mark.parametrize("dead_expert", [False, True], ids=["all-used", "empty-expert"])
 def test_cuda_grouped_gemm_equals_the_loop_under_bf16_autocast(dead_expert, monkeypatch):
     """minimax-1b's MoE shape (32 experts, H 1024, I 1536) on 4,099 tokens (not a multiple of the alignment)."""
-    config = MiniMaxConfig.preset("minimax-1b")
-    moe = make(config, "cuda", dead_expert)
-    with torch.no_grad():
-        for p in moe.parameters():
-            p.mul_(0.1)
-    x = torch.randn(4099, config.hidden_size, device="cuda")
+    moe, x = minimax_1b_moe_on_cuda(dead_expert)
     monkeypatch.delenv("LIGHTSWE_MOE_BACKEND", raising=False)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert use_grouped(x, moe.experts[0].w1.weight)  # auto picks it here
@@ -90,6 +85,16 @@ def test_cuda_grouped_gemm_equals_the_loop_under_bf16_autocast(dead_expert, monk
     for name, g in ref[3].items():
         if g is not None:
             torch.testing.assert_close(got[3][name], g, rtol=2e-2, atol=2e-2 * g.abs().max(), msg=name)
+
+
+def minimax_1b_moe_on_cuda(dead_expert: bool = False) -> tuple[SparseMoE, torch.Tensor]:
+    """minimax-1b's MoE layer (weights scaled by 0.1) and 4,099 input tokens (not a multiple of the alignment)."""
+    config = MiniMaxConfig.preset("minimax-1b")
+    moe = make(config, "cuda", dead_expert)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.mul_(0.1)
+    return moe, torch.randn(4099, config.hidden_size, device="cuda")
 
 
 def _swiglu_reference(h13: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,12 +223,7 @@ def test_one_pass_dispatch_and_combine_compiled_on_cuda(monkeypatch):
 
     monkeypatch.delenv("LIGHTSWE_COMPILE", raising=False)
     _one_pass_against_the_reference("cuda")
-    config = MiniMaxConfig.preset("minimax-1b")
-    moe = make(config, "cuda", False)
-    with torch.no_grad():
-        for p in moe.parameters():
-            p.mul_(0.1)
-    x = torch.randn(4099, config.hidden_size, device="cuda")
+    moe, x = minimax_1b_moe_on_cuda()
     outs = []
     for flag in (False, True):
         monkeypatch.setattr(m, "FUSED_DISPATCH", flag)
