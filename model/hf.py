@@ -160,7 +160,11 @@ class HFCausalLM(nn.Module):
                  seeds: list[int | None] | None = None) -> list[Generation]:
         """Sample a continuation of every prompt (left-padded batch, KV cache); one ``Generation`` each, in order.
         Log-probs as in ``lightswe.model.generation``: fp32, under softmax(logits / T) before top-p; seeds per
-        row as there (``seeds``, else ``row_seed(sampling.seed, i)``)."""
+        row as there (``seeds``, else ``row_seed(sampling.seed, i)``).
+
+        Raises:
+            lightswe.errors.NonFiniteError: an unfinished row's logits are not finite (``generation.sample``).
+        """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("expected a non-empty list of non-empty prompts (token id lists)")
         vocab = self.vocab_size
@@ -184,7 +188,8 @@ class HFCausalLM(nn.Module):
         reasons: list[str | None] = [None] * len(prompts)
         last = positions[:, -1]
         for step in range(sampling.max_new_tokens):
-            tokens, logprobs = sample(logits, sampling, generators)
+            active = torch.tensor([r is None for r in reasons], device=device)  # finished rows' draws are unused
+            tokens, logprobs = sample(logits, sampling, generators, active=active)
             for i, (token, logprob) in enumerate(zip(tokens.tolist(), logprobs.tolist())):
                 if reasons[i] is not None:
                     continue
