@@ -167,9 +167,11 @@ def sample(logits: torch.Tensor, sampling: SamplingConfig,
             T > 0; ``argmax`` would pick one silently at T = 0). One host sync per call.
     """
     bad = nonfinite_rows(logits)
-    if active is not None:
-        bad = bad & active
-    if bad.any():
+    if active is not None and bad.any():
+        if (bad & active).any():
+            raise non_finite_error(logits, bad & active)
+        logits = torch.where(bad[:, None], 0.0, logits)  # finished rows: their draws are unused, keep them valid
+    elif bad.any():
         raise non_finite_error(logits, bad)
     if sampling.temperature == 0:
         logprobs = torch.log_softmax(logits, dim=-1)
