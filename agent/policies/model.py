@@ -169,8 +169,8 @@ class ModelPolicy(BatchingPolicy):
                 generations = self.model.generate([r.prompt for r in group], config,
                                                   seeds=[r.sampling.seed for r in group])
             except NonFiniteError as err:  # a row's logits broke down: only the requests whose own logits did fail
-                if len(group) == 1:
-                    group[0].error = err
+                if len(group) == 1:  # the request's own sample error, as a server's NaN log-prob is
+                    group[0].error = err if isinstance(err, SampleError) else NonFiniteSample(str(err))
                 else:  # run each alone (a seeded request's tokens do not depend on its batch-mates)
                     for r in group:
                         self._run([r])

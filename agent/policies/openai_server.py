@@ -7,7 +7,8 @@ otherwise the chat glue closes the turn with mask 0.
 
 Failures (tests/agent/test_model_server_faults.py, against a real misbehaving server process): HTTP 408/429/5xx,
 a connection refused, reset or closed mid-body, a body that is not JSON and a response that does not end within
-``timeout_s`` are retried ``retries`` times (backoff 0.5 s, 1 s, ...; a ``Retry-After`` header is honoured up to
+``timeout_s`` (one total deadline per request: connect, headers and body, so a slow-loris server trickling its
+status line, headers, chunks or body a byte at a time is cut at ``timeout_s``, not per read) are retried ``retries`` times (backoff 0.5 s, 1 s, ...; a ``Retry-After`` header is honoured up to
 ``timeout_s``), then raise :class:`ServerError` (the episode is ``sandbox_error``, reward None). Another 4xx is the
 request's fault and is not retried, except vLLM's "maximum context length" 400, which is
 :class:`~lightswe.agent.policies.base.ContextWindowExceeded` (the loop decides whose doing it was). The server's
@@ -24,10 +25,14 @@ Example::
 from __future__ import annotations
 
 import email.utils
+import functools
 import http.client
+import io
 import json
 import math
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,6 +47,135 @@ RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # transient: the reque
 _CONTEXT = re.compile(r"maximum context length|maximum model length|context length|context size|max_model_len",
                       re.IGNORECASE)
 _TOKEN = re.compile(r"token_id:(\d+)")
+
+
+class Deadline:
+    """One request's total deadline, ``seconds`` from now: connect, send, status line, headers and body.
+
+    A socket timeout bounds each read only, so a server that sends one byte per read (a slow-loris answer) would
+    hold the request forever; here a watchdog timer shuts the connection's socket down when the deadline passes
+    (whatever phase it is in), which ends the blocked read at once; ``expired`` then says why it ended. Connect
+    gets what is left of the deadline as its timeout. Use as a context manager (the watchdog is cancelled on exit).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.at = seconds, time.monotonic() + seconds
+        self.expired = False
+        self._timers: list[threading.Timer] = []
+
+    def left(self) -> float:
+        return max(self.at - time.monotonic(), 0.0)
+
+    def watch(self, connection: http.client.HTTPConnection) -> None:
+        """Shut ``connection``'s socket (the one it holds then: TLS-wrapped or not) down at the deadline."""
+        timer = threading.Timer(self.left(), self._expire, args=(connection,))
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def _expire(self, connection: http.client.HTTPConnection) -> None:
+        self.expired = True
+        sock = connection.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # closed already: the request ended in time after all
+                pass
+
+    def error(self) -> TimeoutError:
+        return TimeoutError(f"the response did not end within {self.seconds:g} s (one deadline for connect, "
+                            "headers and body: a server trickling bytes is cut too)")
+
+    def __enter__(self) -> Deadline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+
+class _DeadlineConnection:
+    """Mixin for ``http.client.HTTPConnection`` / ``HTTPSConnection``: connect within what is left of the
+    :class:`Deadline`, then let its watchdog watch the socket."""
+
+    def __init__(self, *args, deadline: Deadline, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        left = self._deadline.left()
+        if left <= 0:
+            raise self._deadline.error()
+        self.timeout = min(self.timeout, left) if isinstance(self.timeout, (int, float)) else left
+        self._deadline.watch(self)
+        super().connect()
+
+
+@functools.cache
+def _deadline_class(base: type) -> type:
+    return type(f"Deadline{base.__name__}", (_DeadlineConnection, base), {})
+
+
+class _DeadlineHandlerMixin:
+    """urllib's HTTP(S) handler whose connections keep a :class:`Deadline` (proxies etc. as urllib's own)."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(functools.partial(_deadline_class(http_class), deadline=self._deadline), req,
+                               **kwargs)
+
+
+class _DeadlineHTTPHandler(_DeadlineHandlerMixin, urllib.request.HTTPHandler):
+    pass
+
+
+class _DeadlineHTTPSHandler(_DeadlineHandlerMixin, urllib.request.HTTPSHandler):
+    pass
+
+
+def read_within(request: urllib.request.Request, timeout_s: float, *, per_read_s: float | None = None
+                ) -> bytes:
+    """The whole response body of ``request`` within ``timeout_s`` seconds in all (a :class:`Deadline`: connect,
+    headers and body); each read also within ``per_read_s`` (default ``timeout_s``).
+
+    Raises:
+        urllib.error.HTTPError: a non-2xx answer, its body read within the same deadline (``err.read()``);
+        TimeoutError: the deadline passed; urllib.error.URLError, http.client.HTTPException, OSError: the
+        connection failed or was cut (``http.client.IncompleteRead``: closed before Content-Length bytes came).
+    """
+    with Deadline(timeout_s) as deadline:
+        opener = urllib.request.build_opener(_DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline))
+        try:
+            with opener.open(request, timeout=per_read_s or timeout_s) as response:
+                return _drain(response, deadline, check_length=True)
+        except urllib.error.HTTPError as err:
+            try:
+                body = _drain(err, deadline, check_length=False) if err.fp is not None else b""
+            except (OSError, http.client.HTTPException):
+                body = b""
+            if deadline.expired:
+                raise deadline.error() from None
+            raise urllib.error.HTTPError(err.url, err.code, err.reason, err.headers, io.BytesIO(body)) from None
+        except (OSError, http.client.HTTPException):
+            if deadline.expired:
+                raise deadline.error() from None
+            raise
+
+
+def _drain(response, deadline: Deadline, *, check_length: bool) -> bytes:
+    chunks = []
+    while chunk := response.read1(1 << 16) if hasattr(response, "read1") else response.read(1 << 16):
+        chunks.append(chunk)
+        if deadline.left() <= 0:
+            raise deadline.error()
+    if deadline.expired:
+        raise deadline.error()
+    if check_length and response.length:  # Content-Length bytes still missing: the connection closed mid-body
+        raise http.client.IncompleteRead(b"".join(chunks), response.length)
+    return b"".join(chunks)
 
 
 class ServerError(InfrastructureError):
@@ -81,11 +215,11 @@ class OpenAIPolicy:
         if self.api_key:
             request.add_header("Authorization", f"Bearer {self.api_key}")
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s):
-                return
+            read_within(request, timeout_s)
+            return
         except urllib.error.HTTPError:
             return  # it answered
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
             reason = getattr(err, "reason", err)
             raise ServerError(f"no OpenAI-compatible server answers at {self.base_url} ({reason}); fix: start it "
                               "(e.g. python -m vllm.entrypoints.openai.api_server --model DIR --logprobs-mode "
@@ -151,18 +285,9 @@ class OpenAIPolicy:
         return headers
 
     def _read(self, request: urllib.request.Request) -> bytes:
-        """The whole response body within ``timeout_s`` from the request (a server trickling bytes is cut too:
-        the socket timeout alone bounds each read, not the response)."""
-        deadline = time.monotonic() + self.timeout_s
-        chunks = []
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            while chunk := response.read1(1 << 16):
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the response did not end within {self.timeout_s:g} s")
-            if response.length:  # Content-Length bytes still missing: the connection closed mid-body
-                raise http.client.IncompleteRead(b"".join(chunks), response.length)
-        return b"".join(chunks)
+        """The whole response body within ``timeout_s`` from the request: one deadline for connect, headers and
+        body (``read_within``), so a server trickling any part of its answer is cut too."""
+        return read_within(request, self.timeout_s)
 
     def _post(self, path: str, body: dict) -> dict:
         """POST JSON, retrying transient failures (see the module docstring); the parsed JSON object.
