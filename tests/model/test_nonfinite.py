@@ -84,7 +84,12 @@ def test_the_engine_flags_the_bad_row_and_leaves_its_batch_mates_alone(tiny_conf
         assert done[bad].finish_reason == "error" and len(done[bad].token_ids) == 1  # stopped at once
         with pytest.raises(NonFiniteError, match=r"1 of 2 row\(s\) \(first: prompt 1"):
             engine.generate([GOOD, BAD], sampling)
-        assert engine.generate([GOOD], sampling, seeds=[sampling.seed])[0].token_ids == want.token_ids  # slot reusable
+        assert engine.generate([GOOD], sampling, seeds=[sampling.seed])[0].token_ids == want.token_ids
+    # the slot the NaN row held is clean for the next request, also one shorter than the NaN row's (before: its
+    # NaN keys past the new prompt reached it through the masked attention, 0 x NaN, and it failed at token 2)
+    short = [[1, 2], [1, 2]]
+    assert [g.token_ids for g in engine.generate(short, SETTINGS[1])] == \
+        [g.token_ids for g in SamplerEngine(clean, max_slots=4, max_seq_len=64).generate(short, SETTINGS[1])]
     tiny = SamplerEngine(clean, max_slots=2, max_seq_len=64).generate([GOOD], SamplingConfig(
         max_new_tokens=4, temperature=1e-40, seed=1))[0]
     greedy = SamplerEngine(clean, max_slots=2, max_seq_len=64).generate([GOOD], SETTINGS[1])[0]
