@@ -53,45 +53,55 @@ class Deadline:
     """One request's total deadline, ``seconds`` from now: connect, send, status line, headers and body.
 
     A socket timeout bounds each read only, so a server that sends one byte per read (a slow-loris answer) would
-    hold the request forever; here a watchdog timer shuts the connection's socket down when the deadline passes
-    (whatever phase it is in), which ends the blocked read at once; ``expired`` then says why it ended. Connect
-    gets what is left of the deadline as its timeout. Use as a context manager (the watchdog is cancelled on exit).
+    hold the request forever; here a watchdog timer shuts down every socket the request opened when the deadline
+    passes (whatever phase it is in: urllib drops its connection's reference once the headers are in, the response
+    keeps reading the same socket), which ends the blocked read at once; ``expired`` then says why it ended.
+    Connect gets what is left of the deadline as its timeout. A context manager: the watchdog runs inside it.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds, self.at = seconds, time.monotonic() + seconds
         self.expired = False
-        self._timers: list[threading.Timer] = []
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
 
     def left(self) -> float:
         return max(self.at - time.monotonic(), 0.0)
 
-    def watch(self, connection: http.client.HTTPConnection) -> None:
-        """Shut ``connection``'s socket (the one it holds then: TLS-wrapped or not) down at the deadline."""
-        timer = threading.Timer(self.left(), self._expire, args=(connection,))
-        timer.daemon = True
-        self._timers.append(timer)
-        timer.start()
+    def watch(self, sock: socket.socket) -> None:
+        """Shut ``sock`` down at the deadline (at once if it has passed)."""
+        with self._lock:
+            self._sockets.append(sock)
+            if not self.expired:
+                return
+        _shutdown(sock)
 
-    def _expire(self, connection: http.client.HTTPConnection) -> None:
-        self.expired = True
-        sock = connection.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:  # closed already: the request ended in time after all
-                pass
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown(sock)
 
     def error(self) -> TimeoutError:
         return TimeoutError(f"the response did not end within {self.seconds:g} s (one deadline for connect, "
                             "headers and body: a server trickling bytes is cut too)")
 
     def __enter__(self) -> Deadline:
+        self._timer.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        for timer in self._timers:
-            timer.cancel()
+        self._timer.cancel()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the descriptor's: a TLS socket's reader sees EOF
+    except OSError:  # closed already: the request ended in time after all
+        pass
 
 
 class _DeadlineConnection:
@@ -107,8 +117,8 @@ class _DeadlineConnection:
         if left <= 0:
             raise self._deadline.error()
         self.timeout = min(self.timeout, left) if isinstance(self.timeout, (int, float)) else left
-        self._deadline.watch(self)
         super().connect()
+        self._deadline.watch(self.sock)
 
 
 @functools.cache

@@ -12,7 +12,8 @@ malformed ``Retry-After: nan``), ``reset`` (the connection
 closed before any answer), ``cut`` (headers and half the body, then closed), ``hang`` (never answers),
 ``trickle`` (a valid body one byte every 0.2 s: never ends in practice), the slow-loris answers that never end
 at all, one byte every 0.2 s: ``trickle-status`` (the status line), ``trickle-head`` (a header line),
-``trickle-chunked`` (a chunked body of one-byte chunks), ``trickle-error`` (a 503 whose error body trickles), ``malformed`` (200 with text that is
+``trickle-chunked`` (a chunked body of one-byte chunks), ``trickle-chunksize`` (a chunk-size line that never
+ends), ``trickle-error`` (a 503 whose error body trickles), ``malformed`` (200 with text that is
 not JSON), ``empty`` (``choices: []``), ``nologprobs`` (``logprobs: null``), ``nulllp`` (a ``null`` log-prob),
 ``nan`` / ``inf`` / ``-inf`` / ``positive`` (such a log-prob), ``short`` (fewer log-probs than tokens),
 ``badtoken`` (``"token_id:x"``), ``negtoken`` (``"token_id:-5"``), ``notokens`` (no token at all), ``abort`` (vLLM's
@@ -144,6 +145,9 @@ class Handler(BaseHTTPRequestHandler):
         elif part == "chunked":
             start = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
             drip = b"1\r\n \r\n"  # a one-byte chunk of whitespace, each a complete chunk
+        elif part == "chunksize":
+            start = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1"
+            drip = b"0"  # the chunk's size, one hex digit at a time: the reader waits for its line end
         elif part == "error":
             start = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100000\r\n\r\n")

@@ -66,7 +66,7 @@ def test_429_waits_as_retry_after_asks(server):
     assert time.monotonic() - started >= 1.0  # Retry-After: 1 (the plain backoff is 0.5 s)
 
 
-SLOW_LORIS = ["trickle-status", "trickle-head", "trickle-chunked", "trickle-error"]
+SLOW_LORIS = ["trickle-status", "trickle-head", "trickle-chunked", "trickle-chunksize", "trickle-error"]
 
 
 @pytest.mark.parametrize("fault", ["hang", "trickle", *SLOW_LORIS])
