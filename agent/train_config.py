@@ -161,7 +161,7 @@ class TrainConfig:
         need(o.max_tokens is None or o.max_tokens >= 1, "--overlong.max-tokens", o.max_tokens, "must be >= 1",
              "e.g. 4096, or leave it unset for the episode's generation budget")
         need(0 <= o.buffer_tokens <= self.overlong_max_tokens(), "--overlong.buffer-tokens", o.buffer_tokens,
-             f"must be in [0, L_max = {self.overlong_max_tokens()}] (L_max: --overlong.max-tokens, else "
+             f"must be in [0, L_max = {self.overlong_max_tokens()}] (L_max is --overlong.max-tokens, else "
              "min(--agent.max-context-tokens, --agent.max-steps x --agent.max-new-tokens))",
              "e.g. a quarter of L_max, or 0 to turn the punishment off")
         need(o.factor >= 0, "--overlong.factor", o.factor, "must be >= 0", "e.g. 1.0 (DAPO)")

@@ -38,8 +38,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from lightswe.agent.policies.base import ContextWindowExceeded, Sample, SamplingParams, check_sample
-from lightswe.errors import InfrastructureError
+from lightswe.agent.policies.base import (ContextWindowExceeded, NonFiniteSample, Sample, SamplingParams,
+                                          check_sample)
+from lightswe.errors import InfrastructureError, NonFiniteError
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # transient: the request may succeed when repeated
 # A request past the window: vLLM ("maximum context length is N tokens", "longer than the maximum model length"),
@@ -190,6 +191,11 @@ def _drain(response, deadline: Deadline, *, check_length: bool) -> bytes:
 
 class ServerError(InfrastructureError):
     """The server answered with an error or a response without token ids / log-probs."""
+
+
+class NonFiniteAnswer(ServerError, NonFiniteError):
+    """The server returned a NaN or infinite log-prob: its model's numbers broke down (non-finite logits), the kind
+    every sampler reports as :class:`~lightswe.errors.NonFiniteError`."""
 
 
 class OpenAIPolicy:
@@ -398,6 +404,8 @@ def parse_completion(response: dict) -> Sample:
                               "sampled token (`logprobs: 1`)")
     try:
         return check_sample((ids, values), _UNBOUNDED)
+    except NonFiniteSample as err:  # the server's answer, named as such; the kind stays NonFiniteError
+        raise NonFiniteAnswer(f"the server's answer cannot be trained on: {err}") from None
     except ValueError as err:  # SampleError: the server's answer, named as such
         raise ServerError(f"the server's answer cannot be trained on: {err}") from None
 

@@ -94,8 +94,12 @@ def test_a_slow_loris_server_is_retried_like_the_other_faults(server, fault):
     ("positive", "finite and <= 0"), ("short", "3 tokens but 2 log-probs"), ("badtoken", "token_id:x"),
     ("negtoken", "token_id:-5"), ("status:400", "HTTP 400"), ("notokens", "no token"), ("abort", "aborted")])
 def test_answers_no_learner_can_use_are_infrastructure_errors(server, fault, expected):
-    with pytest.raises(ServerError, match=expected):
+    from lightswe.errors import NonFiniteError
+
+    with pytest.raises(ServerError, match=expected) as info:
         server.policy(fault).generate(PROMPT, SAMPLING)
+    # a NaN / infinite log-prob is the non-finite kind every sampler reports (the built-in ones included)
+    assert isinstance(info.value, NonFiniteError) == (fault in ("nan", "inf", "-inf"))
 
 
 def test_every_backends_sample_is_checked_once():
