@@ -121,7 +121,7 @@ def nonfinite_rows(logits: torch.Tensor) -> torch.Tensor:
     """Rows of ``logits`` [N, vocab] no token can be drawn from: [N] bool, True where a row holds a NaN or a +inf
     (an overflow), or no finite value at all (every entry -inf). -inf entries beside finite ones are a mask, not
     a fault. No host sync (the CUDA engine calls it inside its captured step)."""
-    return ~((logits < torch.inf).all(-1) & (logits > -torch.inf).any(-1))
+    return ~logits.amax(-1).isfinite()  # amax propagates NaN; +inf anywhere, or -inf everywhere, is its value
 
 
 def non_finite_error(logits: torch.Tensor, bad: torch.Tensor, *, where: str = "the sampler"):
@@ -146,10 +146,9 @@ def scale_logits(logits: torch.Tensor, temperature: torch.Tensor | float) -> tor
     ((logits - max) / T: the same softmax, its largest entry exactly 0, the rest -inf or finite, so a draw at a tiny
     temperature is the argmax, as T -> 0 should give). Other rows are exactly ``logits / T``. Expects rows that
     pass ``nonfinite_rows`` (finite maximum); no host sync."""
-    scaled = logits / temperature
-    overflow = nonfinite_rows(scaled)
-    shifted = (logits - logits.amax(-1, keepdim=True)) / temperature
-    return torch.where(overflow[:, None], shifted, scaled)
+    top = logits.amax(-1, keepdim=True)
+    overflow = ~(top / temperature).isfinite()  # the row's largest logit / T overflows fp32
+    return torch.where(overflow, (logits - top) / temperature, logits / temperature)
 
 
 def sample(logits: torch.Tensor, sampling: SamplingConfig,
