@@ -46,12 +46,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightswe.errors import NonFiniteError
 from lightswe.kernels.decode_attn import decode_attention
 from lightswe.kernels.lightning_attn import lightning_attn_decode
 from lightswe.kernels.lightning_attn.api import _use_triton
 from lightswe.kernels.lightning_attn.decode import LOG2E, lightning_attn_decode_chunk_form
 from lightswe.model.config import LIGHTNING, SOFTMAX
-from lightswe.errors import NonFiniteError
 from lightswe.model.generation import (Generation, SamplingConfig, counter_noise, nonfinite_rows, row_seeds,
                                        scale_logits)
 from lightswe.model.layers import LightningAttention, SoftmaxAttention, rotary

@@ -110,7 +110,7 @@ def row_generators(seeds: Sequence[int | None], device: torch.device) -> list[to
 class Generation:
     token_ids: list[int]  # the new tokens only (a final stop token included)
     logprobs: list[float]  # fp32 log-prob of each new token under the sampling distribution
-    # "stop" (a stop token was sampled), "length" (max_new_tokens reached) or, from the CUDA engine's ``step`` only,
+    # "stop" (a stop token was sampled), "length" (max_new_tokens reached) or, from ``SamplerEngine.step`` only,
     # "error" (the row's logits were not finite: its last log-prob is NaN; ``SamplerEngine.generate`` raises instead)
     finish_reason: str
     prompt_tokens: int = 0

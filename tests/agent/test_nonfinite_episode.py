@@ -33,7 +33,7 @@ def test_a_poisoned_model_is_an_infrastructure_failure_never_a_score(tmp_path):
         env.close()
     for t in episodes:
         assert t.status is EpisodeStatus.SANDBOX_ERROR and t.reward is None and not t.graded
-        assert t.error.startswith("NonFiniteError: the sampler: the model's logits are not finite")
+        assert t.error.startswith("NonFiniteSample: the sampler: the model's logits are not finite")
         assert t.num_steps == 0 and not any(t.loss_mask)  # no token drawn from NaN logits was recorded
     with TrajectoryWriter(tmp_path, parquet=False) as writer:
         for t in episodes:
