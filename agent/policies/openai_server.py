@@ -8,13 +8,15 @@ otherwise the chat glue closes the turn with mask 0.
 Failures (tests/agent/test_model_server_faults.py, against a real misbehaving server process): HTTP 408/429/5xx,
 a connection refused, reset or closed mid-body, a body that is not JSON and a response that does not end within
 ``timeout_s`` (one total deadline per request: connect, headers and body, so a slow-loris server trickling its
-status line, headers, chunks or body a byte at a time is cut at ``timeout_s``, not per read) are retried ``retries`` times (backoff 0.5 s, 1 s, ...; a ``Retry-After`` header is honoured up to
+status line, headers, chunks or body a byte at a time is cut at ``timeout_s``, not per read; :class:`Deadline`)
+are retried ``retries`` times (backoff 0.5 s, 1 s, ...; a ``Retry-After`` header is honoured up to
 ``timeout_s``), then raise :class:`ServerError` (the episode is ``sandbox_error``, reward None). Another 4xx is the
 request's fault and is not retried, except vLLM's "maximum context length" 400, which is
 :class:`~lightswe.agent.policies.base.ContextWindowExceeded` (the loop decides whose doing it was). The server's
 ``max_model_len`` (``/v1/models``, as vLLM reports it) caps each request's ``max_tokens`` so that a long episode
 ends as ``context_limit`` instead of a 400. A response without token ids / log-probs, or with a malformed, NaN,
-infinite or positive log-prob, is a :class:`ServerError` too (never stored, never trained on).
+infinite or positive log-prob, is a :class:`ServerError` too (never stored, never trained on); a NaN or infinite
+one is :class:`NonFiniteAnswer`, also a :class:`~lightswe.errors.NonFiniteError` (the kind's one class).
 
 Example::
 
