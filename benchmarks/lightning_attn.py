@@ -847,7 +847,7 @@ def run(args, fla_chunk, fla_recurrent) -> int:
     if args.compile_workers and varlens:
         compile_in_parallel([(kind, False, i, varlen) for kind in ("bwd", "fwd") for varlen in varlens
                              for i in range(len(_config_list(kind, False)))], args.compile_workers, H, D,
-                            fla=fla_chunk is not None and not args.unpack_triton_cache,
+                            fla=fla_chunk is not None,  # (an unpacked cache: compiled configs load, the rest compile)
                             fla_batch=max(1, args.tokens // args.lengths[0]) if args.lengths else 1)
     if args.compile_only:
         if fla_chunk is not None:
