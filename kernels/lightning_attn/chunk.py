@@ -30,6 +30,7 @@ autotuned one (other GPUs always run it).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -164,6 +165,7 @@ GLUON_SWEEP = [triton.Config({"BT": 64, "BV": 64, "GLUON": True}, num_warps=4),
 FWD_SWEEP = FWD_SWEEP + GLUON_SWEEP
 
 
+@functools.cache
 def _gluon_kernel():
     """gluon_fwd._fwd_gluon_kernel, or None before Triton 3.6 (the version it is written and tested against: Gluon
     is experimental and its API changed between releases)."""
@@ -181,7 +183,10 @@ def _gluon_bv(q: torch.Tensor, N: int, H: int, K: int, V: int) -> int | None:
     Hopper (compute capability 9.x: warp-group MMA, TMA), bf16/fp16 inputs, K in (64, 128), V a multiple of 64,
     not under the interpreter, and LIGHTSWE_LIGHTNING_FWD not "triton" (values: auto (default) | triton).
     Always BV 64: on the H200 BV 32 was slower at every shape, B=1 T=64K included (RESULTS.md, session 8)."""
-    if os.environ.get("LIGHTSWE_LIGHTNING_FWD", "auto") == "triton" or os.environ.get("TRITON_INTERPRET") == "1":
+    choice = os.environ.get("LIGHTSWE_LIGHTNING_FWD", "auto")
+    if choice not in ("auto", "triton"):
+        raise ValueError(f"LIGHTSWE_LIGHTNING_FWD must be 'auto' or 'triton', got {choice!r}; unset it for auto")
+    if choice == "triton" or os.environ.get("TRITON_INTERPRET") == "1":
         return None
     if not q.is_cuda or q.dtype not in (torch.bfloat16, torch.float16) or K not in (64, 128) or V % 64:
         return None

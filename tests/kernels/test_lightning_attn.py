@@ -305,6 +305,14 @@ def test_gluon_forward_equals_the_plain_kernel(packed, dtype, bv, monkeypatch):
     assert not differ, f"Gluon forward BV {bv} differs from the plain kernel (fraction of elements): {differ}"
 
 
+def test_lightning_fwd_choice_is_checked(monkeypatch):
+    """A misspelt LIGHTSWE_LIGHTNING_FWD is refused in one line naming the accepted values (not run as auto)."""
+    q, k, v, _ = inputs(1, 64, torch.bfloat16, seed=3)
+    monkeypatch.setenv("LIGHTSWE_LIGHTNING_FWD", "glun")
+    with pytest.raises(ValueError, match="LIGHTSWE_LIGHTNING_FWD must be 'auto' or 'triton'"):
+        lightning_attn(q, k, v, minimax_slopes(HEADS, layer=0, layers=80))
+
+
 @pytest.mark.parametrize("batch", [1, 8, 16, 32, 64])
 def test_decode_every_batch_config(batch):
     """Each decode launch config (chosen by B * H) matches the reference."""
