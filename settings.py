@@ -343,6 +343,54 @@ def sequence_options(cls, prefix: str = "") -> set[str]:
     return out
 
 
+def bool_options(cls, prefix: str = "") -> set[str]:
+    """The flag options of ``cls`` (nested configs dotted) whose field is a ``bool``: ``{"--progress", ...}`` (tyro
+    spells the false side ``--no-progress``, ``--sampler.no-batch-invariant``)."""
+    out: set[str] = set()
+    for f in dataclasses.fields(cls):
+        tp = _strip_optional(_hints(cls)[f.name])
+        name = prefix + f.name.replace("_", "-")
+        if dataclasses.is_dataclass(tp):
+            out |= bool_options(tp, name + ".")
+        elif tp is bool:
+            out.add("--" + name)
+    return out
+
+
+def refuse_conflicts(argv: list[str], cls, shortcuts: dict[str, str]) -> None:
+    """Refuse a single-valued option given twice with different values, in any spelling (``--lr 1 --learner.lr 2``,
+    ``--steps 3 --steps=5``, ``--progress --no-progress``): argparse would keep the last one silently. The same
+    value twice passes; list options (:func:`sequence_options`) collect every value instead.
+
+    Raises:
+        UserInputError: naming both spellings and values, and the fix.
+    """
+    lists, flags = sequence_options(cls), bool_options(cls)
+    seen: dict[str, tuple[str, str]] = {}  # canonical option -> (as given, value)
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--") or arg == "--":
+            continue
+        given, eq, value = arg.partition("=")
+        name = shortcuts.get(given, given)
+        name = "--" + name[2:].replace("_", "-")
+        head, _, last = name.rpartition(".")
+        negated = (head + "." if head else "--") + last.removeprefix("--").removeprefix("no-")
+        if last.removeprefix("--").startswith("no-") and negated in flags:
+            name, value = negated, "false"
+        elif name in flags and not eq:
+            value = "true"
+        elif not eq:
+            end = next((j for j in range(i + 1, len(argv)) if argv[j].startswith("--")), len(argv))
+            value = " ".join(argv[i + 1:end])
+        if name in lists or name == "--ray":  # a bare --ray means local: its value is checked by the config
+            continue
+        if name in seen and seen[name][1] != value:
+            first, before = seen[name]
+            raise UserInputError(f"{name} given twice with different values ({first} {before}, {given} {value}); "
+                                 "fix: pass it once")
+        seen.setdefault(name, (given, value))
+
+
 def _merge_repeats(argv: list[str], options: set[str]) -> list[str]:
     """Every occurrence of a sequence option folded into its first, values in order: ``--vllm-arg a=1 --vllm-arg
     b=2`` -> ``--sampler.vllm-args a=1 b=2`` (argparse would keep only the last occurrence)."""
@@ -414,6 +462,7 @@ def parse(cls: type[T], argv: list[str], *, prog: str, description: str = "",
         raise UserInputError(f"--config given {len(config_files)} times ({', '.join(config_files)}); fix: pass one "
                              "file (options after it override its values)")
     default = from_dict(cls, load_file(config_files[0])) if config_files else None
+    refuse_conflicts(argv, cls, shortcuts)
     argv = _merge_repeats(_expand(argv, shortcuts), sequence_options(cls))
     epilog = ("--config FILE (TOML, YAML or JSON, e.g. an earlier run's config.json) sets defaults that the "
               "options override; --allow-change A,B lets a resumed run change those settings.")

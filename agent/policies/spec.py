@@ -133,6 +133,60 @@ def tokenizer_path(spec: str) -> str | None:
     return None
 
 
+PROBE = "def add(x, y):\n    return x + y  # naïve ✓\n"  # code, an accent, a symbol: tokenizers differ on them
+
+
+def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
+    return list((getattr(tokenizer, "encode_ordinary", None) or tokenizer.encode)(text))
+
+
+def check_tokenizer(spec: str, path: str | None, *, option: str = "--tokenizer") -> None:
+    """Refuse a tokenizer (``path``: a ``tokenizer.json`` or a folder holding one; None: the built-in byte tokenizer)
+    that is not the local model's, before any episode (``openai:`` servers are checked against their ``/tokenize`` by
+    ``OpenAIPolicy.check_tokenizer``): for ``hf:DIR`` / ``vllm:hf:DIR`` it must tokenize a probe text as the
+    checkpoint's own ``tokenizer.json`` does (else the ids the model writes mean other text here: the env runs and
+    the learner trains on what the model did not write); for every local model (``model:``, ``hf:``, ``vllm:hf:``)
+    its vocabulary must fit the model's ``vocab_size`` (else every episode fails on its first prompt). Nothing is
+    loaded but ``config.json`` and the tokenizers; other kinds pass.
+
+    Raises:
+        UserInputError: one line naming the tokenizer, what differs and the fix.
+    """
+    import json
+    from pathlib import Path
+
+    from lightswe.model import load_tokenizer
+
+    kind, target, _ = split_spec(spec)
+    folder = target if kind == "hf" else target.removeprefix("hf:") if kind == "vllm" and target.startswith("hf:") \
+        else target if kind == "model" and Path(target).is_dir() else None
+    if folder is not None:
+        try:
+            config = json.loads((Path(folder) / "config.json").read_text())
+            vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+        except (OSError, ValueError, AttributeError):
+            vocab = None  # check_spec / the loader says what is wrong with the checkpoint
+    elif kind == "model":
+        from lightswe.model.config import PRESETS
+
+        vocab = PRESETS[target]().vocab_size if target in PRESETS else None
+    else:
+        return
+    tokenizer, name = load_tokenizer(path), path or "(the built-in byte tokenizer)"
+    own_file = Path(folder) / "tokenizer.json" if folder is not None and kind != "model" else None
+    if path is not None and own_file is not None and own_file.is_file():
+        ours, theirs = _encode(tokenizer, PROBE), _encode(load_tokenizer(own_file), PROBE)
+        if ours != theirs:
+            raise UserInputError(f"{option} {name}: tokenizes {PROBE!r} as {ours[:8]}... but the checkpoint's own "
+                                 f"{own_file} gives {theirs[:8]}...: the ids {kind}:{target} writes would mean other "
+                                 f"text here; fix: leave {option} out ({kind}: uses the checkpoint's tokenizer)")
+    if isinstance(vocab, int) and tokenizer.vocab_size > vocab:
+        own = "the built-in byte tokenizer: leave it out" if kind == "model" else f"leave {option} out"
+        raise UserInputError(f"{option} {name}: has {tokenizer.vocab_size} token ids but {kind}:{target} has a "
+                             f"vocabulary of {vocab} (ids past it cannot be read or written); fix: the tokenizer the "
+                             f"model was trained with ({own})")
+
+
 def make_policy(spec: str, *, tokenizer: Tokenizer, tasks: Sequence = ()) -> Policy:
     """The policy ``spec`` names (see the module docs), built in this process.
 
