@@ -259,14 +259,25 @@ def allowed_keys(allow: tuple[str, ...] | list[str], keys, shortcuts: dict[str, 
     return selected
 
 
+def holds_work(folder: Path) -> bool:
+    """Whether a run folder holds anything a rerun would reuse (an episode, a checkpoint, a metrics row): any
+    non-empty file but ``config.json`` and TensorBoard event files (logs, which a rerun purges), at any depth."""
+    for path in folder.rglob("*"):
+        if path.name in (CONFIG_FILE, CONFIG_FILE + ".tmp") or path.name.startswith("events.out.tfevents."):
+            continue
+        if path.is_file() and path.stat().st_size > 0:
+            return True
+    return False
+
+
 def check_resume(folder: Path, cfg, *, allow: tuple[str, ...] = (), free: frozenset[str] | set[str] = frozenset(),
                  shortcuts: dict[str, str] | None = None, command: str) -> None:
     """Refuse to continue a run in ``folder`` with settings other than those in its ``config.json``.
 
     ``free``: dotted settings that may always change (how many workers, which device); ``allow``: the user's
     ``--allow-change`` names, see :func:`allowed_keys` (checked even for a new run, so a typo fails at once). A
-    folder without ``config.json``, or with nothing else in it (the earlier command stopped before any work, e.g.
-    on a model that did not load), is a new run; one made by another ``command`` is refused. Settings only one
+    folder without ``config.json``, or without work in it (:func:`holds_work`: the earlier command stopped before
+    any, e.g. on a model or task that did not load), is a new run; one made by another ``command`` is refused. Settings only one
     side knows (an older version) are skipped.
 
     Raises:
@@ -278,8 +289,8 @@ def check_resume(folder: Path, cfg, *, allow: tuple[str, ...] = (), free: frozen
     path = folder / CONFIG_FILE
     if not path.is_file():
         return
-    if all(entry.name in (CONFIG_FILE, CONFIG_FILE + ".tmp") for entry in folder.iterdir()):
-        return  # the earlier run stopped before any work (a setting refused, a model that did not load): new run
+    if not holds_work(folder):
+        return  # the earlier run stopped before any work (a setting refused, a model or task that did not load)
     try:
         old = flatten(json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError):

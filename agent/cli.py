@@ -222,16 +222,23 @@ def rollout(argv: list[str]) -> int:
     from lightswe.agent.trajectory import EpisodeStatus, read_trajectories
 
     infra = summary.statuses.get(EpisodeStatus.SANDBOX_ERROR.value, 0)
-    if summary.episodes and infra == summary.episodes:  # nothing was graded: the machine's failure, not the policy's
-        errors = Counter(" ".join(t.error.split())[:300] for t in read_trajectories(args.out)
-                         if t.status is EpisodeStatus.SANDBOX_ERROR and t.error.strip())
+    if infra:  # the machine's failures (never scored): say which and why, the command's own ones included
+        failed = [t for t in read_trajectories(args.out) if t.status is EpisodeStatus.SANDBOX_ERROR]
+        errors = Counter(" ".join(t.error.split())[:400] for t in failed if t.error.strip())
         first = errors.most_common(1)[0][0] if errors else ""
-        print(f"lightswe rollout: error: every episode ({infra}) ended in sandbox_error (an infrastructure failure, "
-              f"never scored){f': {first}' if first else ''}; fix: check the Docker engine (`docker info`), the "
-              f"task images and the policy server, then rerun with the same --out (graded episodes are kept, these "
-              f"are retried)",
-              file=sys.stderr)
-        return 1
+        tasks = sorted({t.task_id for t in failed})
+        named = ", ".join(tasks[:3]) + (f" and {len(tasks) - 3} more" if len(tasks) > 3 else "")
+        # an error that names its own fix (a task whose image cannot be built) keeps it; else the usual suspects
+        fix = "" if "fix:" in first else ("; fix: check the Docker engine (`docker info`), the task images and the "
+                                          "policy server")
+        retry = "rerun with the same --out (graded episodes are kept, these are retried)"
+        if summary.episodes and infra == summary.episodes:  # nothing was graded: the machine's failure, not the policy's
+            print(f"lightswe rollout: error: every episode ({infra}) ended in sandbox_error (an infrastructure failure, "
+                  f"never scored){f': {first}' if first else ''}{fix}{', then ' if fix else '; then '}{retry}",
+                  file=sys.stderr)
+            return 1
+        print(f"lightswe rollout: warning: {infra} episode(s) of task(s) {named} ended in sandbox_error (not graded, "
+              f"left out of the rate){f': {first}' if first else ''}{fix}; {retry}", file=sys.stderr)
     return 1 if summary.failed else 0
 
 
