@@ -260,12 +260,13 @@ def allowed_keys(allow: tuple[str, ...] | list[str], keys, shortcuts: dict[str, 
 
 
 def holds_work(folder: Path) -> bool:
-    """Whether a run folder holds anything a rerun would reuse (an episode, a checkpoint, a metrics row): any
-    non-empty file but ``config.json`` and TensorBoard event files (logs, which a rerun purges), at any depth."""
+    """Whether a run folder holds anything a rerun would reuse (an episode, even one under way, a checkpoint, a
+    metrics row): any file, at any depth, but ``config.json``, an empty ``metrics.jsonl`` and TensorBoard event
+    files (logs, which a rerun purges)."""
     for path in folder.rglob("*"):
         if path.name in (CONFIG_FILE, CONFIG_FILE + ".tmp") or path.name.startswith("events.out.tfevents."):
             continue
-        if path.is_file() and path.stat().st_size > 0:
+        if path.is_file() and not (path.name == "metrics.jsonl" and path.stat().st_size == 0):
             return True
     return False
 
@@ -393,8 +394,10 @@ def refuse_conflicts(argv: list[str], cls, shortcuts: dict[str, str]) -> None:
         elif not eq:
             end = next((j for j in range(i + 1, len(argv)) if argv[j].startswith("--")), len(argv))
             value = " ".join(argv[i + 1:end])
-        if name in lists or name == "--ray":  # a bare --ray means local: its value is checked by the config
+        if name in lists:
             continue
+        if given == "--ray" and not value:  # a bare --ray means local (_expand)
+            value = "local"
         if name in seen and seen[name][1] != value:
             first, before = seen[name]
             raise UserInputError(f"{name} given twice with different values ({first} {before}, {given} {value}); "
