@@ -100,10 +100,12 @@ def check_spec(spec: str, *, option: str = "--policy") -> None:
             raise UserInputError(f"{option} {spec!r}: {problem}; fix: model:DIR with a checkpoint written by "
                                  f"save_pretrained (config.json + safetensors)")
     hf_dir = target if kind == "hf" else target.removeprefix("hf:") if kind == "vllm" and target.startswith("hf:") else None
-    if hf_dir is not None and not (Path(hf_dir) / "config.json").is_file():
-        what = "does not exist" if not Path(hf_dir).exists() else "has no config.json"
-        raise UserInputError(f"{option} {spec!r}: {hf_dir} {what}; fix: {kind}:{'hf:' if kind == 'vllm' else ''}DIR "
-                             f"with a transformers checkpoint (config.json, weights, tokenizer files)")
+    if hf_dir is not None:
+        from lightswe.model.config import hf_checkpoint_problem
+
+        problem = hf_checkpoint_problem(hf_dir, kind="vllm:hf:" if kind == "vllm" else "hf:")
+        if problem:
+            raise UserInputError(f"{option} {spec!r}: {problem}")
     if kind == "openai" and not target.startswith(("http://", "https://")):
         raise UserInputError(f"{option} {spec!r}: {target} is not an http(s) URL; fix: e.g. {_EXAMPLES['openai']}")
     allowed = spec_options(kind)

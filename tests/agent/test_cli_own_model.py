@@ -107,3 +107,34 @@ def test_a_task_whose_image_cannot_be_built_is_named_after_the_rollout(tmp_path,
     assert main(["rollout", "--tasks", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "b"), *run]) == 1
     line = [line for line in capsys.readouterr().err.splitlines() if "error:" in line][0]
     assert "every episode (1) ended in sandbox_error" in line and line.count("fix:") == 1 and "then rerun" in line
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["rollout", "--tasks", "demo", "--policy", "hf:HuggingFaceTB/SmolLM2-135M-Instruct"],
+     ("--policy", "not a local folder (a Hugging Face Hub name?", "fix: hf download HuggingFaceTB/SmolLM2-135M-Instruct "
+      "--local-dir DIR, then hf:DIR")),
+    (["rollout", "--tasks", "demo", "--policy", "vllm:hf:Qwen/Qwen2.5-0.5B-Instruct"],
+     ("then vllm:hf:DIR", "vllm:NAME loads a Hub name itself")),
+    (["train", "--model", "hf:Qwen/Qwen2.5-0.5B-Instruct"], ("--model 'hf:Qwen/Qwen2.5-0.5B-Instruct'", "hf download")),
+    (["rollout", "--tasks", "demo", "--policy", "hf:no-such-folder"], ("no-such-folder does not exist; fix: hf:DIR",)),
+], ids=["hf-hub-name", "vllm-hf-hub-name", "train-hub-name", "missing-folder"])
+def test_a_hub_name_where_a_checkpoint_folder_is_expected_says_how_to_get_it(tmp_path, capsys, argv, expected):
+    out = tmp_path / "r"
+    assert main([*argv, "--out", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert all(text in line for text in expected), line
+    assert not out.exists()
+
+
+def test_a_train_runs_resume_checkpoint_is_not_taken_for_a_model_folder(tmp_path, capsys):
+    import torch
+    from lightswe.agent.checkpointing import save_checkpoint
+    from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
+
+    model = MiniMaxForCausalLM(MiniMaxConfig.preset("tiny"))
+    save_checkpoint(tmp_path / "run" / "checkpoints", step=1, model=model,
+                    optimizer=torch.optim.AdamW(model.parameters()), keep=2, state={})
+    (step,) = (tmp_path / "run" / "checkpoints").glob("step-*")
+    assert main(["eval", "--tasks", "demo", "--policy", f"model:{step}", "--out", str(tmp_path / "e")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "resume checkpoint" in line and "final/" in line
