@@ -106,6 +106,12 @@ def check_spec(spec: str, *, option: str = "--policy") -> None:
         problem = hf_checkpoint_problem(hf_dir, kind="vllm:hf:" if kind == "vllm" else "hf:")
         if problem:
             raise UserInputError(f"{option} {spec!r}: {problem}")
+    if kind == "vllm" and not target.startswith("hf:") and target.startswith(("/", "./", "../", "~")):
+        from lightswe.model.config import hf_checkpoint_problem
+
+        problem = hf_checkpoint_problem(Path(target).expanduser(), kind="vllm:")  # a path, not a Hub name
+        if problem:
+            raise UserInputError(f"{option} {spec!r}: {problem}")
     if kind == "openai" and not target.startswith(("http://", "https://")):
         raise UserInputError(f"{option} {spec!r}: {target} is not an http(s) URL; fix: e.g. {_EXAMPLES['openai']}")
     allowed = spec_options(kind)
@@ -232,4 +238,9 @@ def make_policy(spec: str, *, tokenizer: Tokenizer, tasks: Sequence = ()) -> Pol
         return OpenAIPolicy(target, **options)
     from lightswe.agent.policies.vllm_engine import VLLMPolicy
 
-    return VLLMPolicy(target, **options)
+    try:
+        return VLLMPolicy(target, **options)
+    except OSError as err:  # a name vLLM cannot resolve: no such Hub repository, or the Hub out of reach
+        first = " ".join(str(err).split())[:300]
+        raise UserInputError(f"--policy {spec!r}: vLLM cannot load {target} ({type(err).__name__}: {first}); fix: "
+                             "vllm:hf:DIR with a local checkpoint, or a Hub name this machine can download") from None

