@@ -278,8 +278,8 @@ def check_resume(folder: Path, cfg, *, allow: tuple[str, ...] = (), free: frozen
     ``free``: dotted settings that may always change (how many workers, which device); ``allow``: the user's
     ``--allow-change`` names, see :func:`allowed_keys` (checked even for a new run, so a typo fails at once). A
     folder without ``config.json``, or without work in it (:func:`holds_work`: the earlier command stopped before
-    any, e.g. on a model or task that did not load), is a new run; one made by another ``command`` is refused. Settings only one
-    side knows (an older version) are skipped.
+    any, e.g. on a model or task that did not load), is a new run; one made by another ``command`` is refused.
+    Settings only one side knows (an older version) are skipped.
 
     Raises:
         UserInputError: an ``allow`` name that matches no setting; or one line naming every changed setting

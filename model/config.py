@@ -230,4 +230,3 @@ def hf_checkpoint_problem(path: str | Path, *, kind: str = "hf:") -> str | None:
     what = "does not exist" if not path.exists() else "is a file" if path.is_file() else "has no config.json"
     return (f"{path} {what}; fix: {kind}DIR, a transformers checkpoint directory (config.json, weights, tokenizer "
             f"files), e.g. one written by save_pretrained")
-

@@ -163,8 +163,6 @@ def check_tokenizer(spec: str, path: str | None, *, option: str = "--tokenizer")
     import json
     from pathlib import Path
 
-    from lightswe.model import load_tokenizer
-
     kind, target, _ = split_spec(spec)
     folder = target if kind == "hf" else target.removeprefix("hf:") if kind == "vllm" and target.startswith("hf:") \
         else target if kind == "model" and Path(target).is_dir() else None
@@ -180,6 +178,8 @@ def check_tokenizer(spec: str, path: str | None, *, option: str = "--tokenizer")
         vocab = PRESETS[target]().vocab_size if target in PRESETS else None
     else:
         return
+    from lightswe.model.tokenizer import load_tokenizer
+
     tokenizer, name = load_tokenizer(path), path or "(the built-in byte tokenizer)"
     own_file = Path(folder) / "tokenizer.json" if folder is not None and kind != "model" else None
     if path is not None and own_file is not None and own_file.is_file():
