@@ -47,7 +47,8 @@ class _RunArgs:
     # Policy: scripted | model:PRESET_OR_DIR | hf:DIR | openai:URL | vllm:MODEL | vllm:hf:DIR (options after '?',
     # e.g. model:tiny?seed=1).
     policy: str = "scripted"
-    # tokenizer.json path (default: an hf: checkpoint's own tokenizer, else the built-in byte tokenizer).
+    # tokenizer.json, or a folder holding one (default: an hf: checkpoint's own tokenizer, else the built-in byte
+    # tokenizer); checked against a local model (and an openai: server's /tokenize) before any episode.
     tokenizer: str | None = None
     # Samples per task (G).
     group_size: int = 1
@@ -90,11 +91,12 @@ class _RunArgs:
              f"must be <= --max-context ({self.max_context})", "lower it or raise --max-context")
         need(self.temperature > 0, "--temperature", self.temperature, "must be > 0", "e.g. 1.0")
         need(self.ray != "", "--ray", self.ray, "empty", "an address, or local")
-        if self.tokenizer is not None:
+        if self.tokenizer is not None:  # a tokenizer.json, or a folder holding one (a checkpoint), as load_tokenizer
             path = Path(self.tokenizer)
-            need(path.is_file(), "--tokenizer", self.tokenizer,
-                 "is a directory" if path.is_dir() else "does not exist",
-                 "pass a tokenizer.json file, or leave it out for the built-in byte tokenizer")
+            need(path.is_file() or (path / "tokenizer.json").is_file(), "--tokenizer", self.tokenizer,
+                 "is a directory without tokenizer.json" if path.is_dir() else "does not exist",
+                 "pass a tokenizer.json file (or the checkpoint folder holding it), or leave it out for the built-in "
+                 "byte tokenizer")
         early_stop_config(self.early_stop)
         from lightswe.agent.policies.spec import check_spec
 

