@@ -173,6 +173,9 @@ class DecodeConfig:
         their stream overlaps the previous kernel's tail: valid only where the kernel launched just before this
         one writes none of them (the engine's order: the layer's q/k/v kernel, then the step). A measured
         variant, never a default: ``state.zero_()`` right before the step would race with its load.
+    maxnreg: exact step, one program per tile: registers per thread capped at this (ptxas ``maxnreg``; 0 = the
+        compiler's choice), so that more programs fit on a multiprocessor (BV 64 / 8 warps: 80 registers, 3
+        programs of 256 threads; at 64, 4 programs, with 32 bytes of spills).
     """
 
     bv: int
@@ -187,6 +190,7 @@ class DecodeConfig:
     full_chunk: bool = False
     per_program: int = 1
     pdl: int = 0
+    maxnreg: int = 0
 
     def __str__(self) -> str:
         grid = f"persistent {self.per_sm}/SM" if self.per_sm else "one program per tile"
@@ -195,7 +199,8 @@ class DecodeConfig:
                 + (", tensor cores" if self.mma else "") + (", full chunk" if self.full_chunk else "")
                 + (f", {self.per_program} heads per program" if self.per_program > 1 else "")
                 + (", split K" if self.split_k else "") + (", split advance" if self.split else "")
-                + (f", PDL {self.pdl}" if self.pdl else ""))
+                + (f", PDL {self.pdl}" if self.pdl else "")
+                + (f", maxnreg {self.maxnreg}" if self.maxnreg else ""))
 
 
 # (minimum B * H, config). From the H200 sweep (RESULTS.md; H=64, D=128, do_bench with L2 flushed and one launch
@@ -206,7 +211,7 @@ class DecodeConfig:
 # 132.3 us launched plainly (and 20.0 us for the previous B = 8 default, BV 32 / 2 warps); with a small kernel
 # before each step (the sampler's order) the dependent launch is within noise of the plain one (22.0 vs 21.3 us
 # at B = 8, 133.8 vs 134.5 us at B = 64).
-DECODE_CONFIGS = ((0, DecodeConfig(64, 8, pdl=1)),)
+DECODE_CONFIGS = ((0, DecodeConfig(64, 8, pdl=1, maxnreg=64)),)
 
 # Every config the benchmark's decode sweep measures (benchmarks/lightning_attn.py --decode-sweep) and the GPU
 # tests check against the reference.
@@ -222,6 +227,8 @@ DECODE_SWEEP = tuple(
     + [DecodeConfig(bv, w, bk=bk, split_k=True) for bv, w, bk in ((32, 2, 64), (64, 2, 32), (64, 4, 64), (128, 4, 32))]
     + [DecodeConfig(bv, w, pdl=n) for bv, w in ((32, 2), (32, 4), (64, 4), (64, 8)) for n in (1, 2)]
     + [DecodeConfig(bv, 1, pdl=1) for bv in (16, 32)]
+    + [DecodeConfig(64, 8, maxnreg=64), DecodeConfig(64, 8, pdl=1, maxnreg=64), DecodeConfig(64, 8, pdl=2, maxnreg=64),
+       DecodeConfig(128, 16, pdl=1, maxnreg=64), DecodeConfig(64, 16, pdl=1)]
 )
 
 
@@ -319,6 +326,10 @@ if triton is not None:
         b_k = tl.load(k + i_bh * K + o_k).to(tl.float32)
         b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
         b_s = s_tile * decay + b_k[:, None] * b_v[None, :]
+        # o's products before the tile's stores (same bits either way): ptxas then keeps no copy of the k v
+        # products beside the tile, 72 instead of 80 registers at BV 64 / 8 warps, and 64 without spills under
+        # DecodeConfig.maxnreg = 64 (the other order spills 32 bytes there)
+        b_o = tl.sum(b_q[:, None] * b_s, axis=0).to(o.dtype.element_ty)
         if MASKED:
             if STREAM:
                 tl.store(p_s, b_s, mask=ok, cache_modifier=".cs")
@@ -329,7 +340,6 @@ if triton is not None:
                 tl.store(p_s, b_s, cache_modifier=".cs")
             else:
                 tl.store(p_s, b_s)
-        b_o = tl.sum(b_q[:, None] * b_s, axis=0).to(o.dtype.element_ty)
         if MASKED:
             tl.store(o + i_bh * V + o_v, b_o, mask=ok)
         else:
@@ -453,8 +463,8 @@ if triton is not None:
                                       or not state_out.is_contiguous() or not plain):
             raise ValueError(f"state_out must be a contiguous fp32 {tuple(state.shape)} tensor and the config one "
                              f"program per tile, got {tuple(state_out.shape)} {state_out.dtype} with {config}")
-        if config.pdl and not plain:
-            raise ValueError(f"programmatic dependent launch (pdl) needs a one-program-per-tile config, got {config}")
+        if (config.pdl or config.maxnreg) and not plain:
+            raise ValueError(f"pdl and maxnreg need a one-program-per-tile config, got {config}")
         pdl = config.pdl if config.pdl and q.is_cuda and _has_pdl(q.device.index or 0) else 0  # else plain
         bv = min(config.bv, V)
         o = torch.empty_like(v)
@@ -475,7 +485,8 @@ if triton is not None:
         else:
             _decode_kernel[(n_tiles,)](q, k, v, o, slope, state, state if state_out is None else state_out, H=H, K=K,
                                        V=V, BV=bv, STREAM=config.stream, PDL=pdl, OUT=state_out is not None,
-                                       num_warps=config.warps, launch_pdl=pdl > 0)
+                                       num_warps=config.warps, launch_pdl=pdl > 0,
+                                       **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
         return o
 
     @triton.jit

@@ -372,6 +372,27 @@ def test_decode_programmatic_dependent_launch_chained_in_a_cuda_graph(pdl):
         check()
 
 
+@pytest.mark.parametrize("batch, heads", [(8, 64), (3, 5)], ids=["B8H64", "B3H5"])
+def test_decode_register_cap_gives_the_uncapped_bits(batch, heads):
+    """DecodeConfig.maxnreg only caps ptxas's registers per thread (the default: 64 at BV 64 / 8 warps, so that 4
+    programs fit on a multiprocessor instead of 3): o and the updated state are bit-identical to the uncapped
+    launch's, plain and as a dependent launch; a cap on a config that is not one program per tile is refused."""
+    from lightswe.kernels.lightning_attn.decode import DecodeConfig, lightning_attn_decode_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(53)
+    slope = minimax_slopes(heads, layer=5, layers=80)
+    state = torch.randn(batch, heads, DIM, DIM, device="cuda", generator=gen)
+    q, k, v = (torch.randn(batch, heads, DIM, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
+    results = []
+    for config in (DecodeConfig(64, 8), DecodeConfig(64, 8, maxnreg=64), DecodeConfig(64, 8, pdl=1, maxnreg=64)):
+        s = state.clone()
+        results.append((lightning_attn_decode_triton(q, k, v, slope, s, config), s))
+    for o, s in results[1:]:
+        assert torch.equal(o, results[0][0]) and torch.equal(s, results[0][1])
+    with pytest.raises(ValueError, match="maxnreg"):
+        lightning_attn_decode_triton(q, k, v, slope, state.clone(), DecodeConfig(64, 8, bk=32, maxnreg=64))
+
+
 def _chunk_form_sweep():
     from lightswe.kernels.lightning_attn.decode import CHUNK_FORM_SWEEP
 
