@@ -6,8 +6,11 @@
     python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep --chunk-form-sweep
                                                          # decode only, every launch config
     python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-launch
-                                                         # decode launch study: dependent launches, in place vs
-                                                         # state_out, copy_/mul_ references, CUPTI, q/k/v kernel
+                                                         # decode launch study: dependent launches, register cap,
+                                                         # o before the stores, copy_/mul_, CUPTI, q/k/v kernel
+    python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-ablation --decode-batches 8 16
+                                                         # the exact step taken apart against mul_, timelines
+    ncu --profile-from-start off --metrics ... python benchmarks/lightning_attn.py --decode-ncu-target --decode-batches 8
     python benchmarks/lightning_attn.py --prefill-sweep      # every chunk.FWD_SWEEP / BWD_SWEEP config, alone
     python benchmarks/lightning_attn.py --compile-only --pack-triton-cache /tmp/tc   # compile ours and fla's
         # ~300 autotune configs in parallel processes, let fla's autotuners time them once (results kept on disk
@@ -354,9 +357,9 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
                         chunk_form: bool = True, launches: int = 100) -> None:
     """Exact decode step (lightning_attn_decode_triton): launch variants at each B against the same-byte
     references, on four timers. Variants: the default of DECODE_CONFIGS plain and as a programmatic dependent
-    launch (pdl 1: all loads after the wait; pdl 2: the state loaded before it); BV 64 / 8 warps, pdl 1 without a
-    register cap; below B = 32 BV 128 / 16 warps, pdl 1, capped at 64 registers; and the step as the fourth
-    session left it (benchmark kernel _tile, MODE 3). References: torch's copy_ of the state bytes to another
+    launch (pdl 1: all loads after the wait; pdl 2: the state loaded before it); BV 64 / 8 warps, pdl 1 capped at
+    64 registers; the same launch with o's products before the tile's stores (benchmark kernel _tile, MODE 3).
+    References: torch's copy_ of the state bytes to another
     buffer and torch's in-place ``mul_`` of the state (the same bytes read and written in place). Timers (us per
     step): event = CUDA events around eager calls (host-bound at these sizes); alone = do_bench median with L2
     flushed, states rotated; graph = ``launches`` (100) steps over the rotating state sets captured in one CUDA
@@ -378,23 +381,21 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
         bound_us = (2 * state_bytes + 4 * batch * heads * dim * 2) / bandwidth * 1e6
         default = next(c for lo, c in reversed(DECODE_CONFIGS) if batch * heads >= lo)
         plain = dataclasses.replace(default, pdl=0)
-        # the default plain and with pdl 1 / 2; BV 64 / 8 warps, pdl 1 without the register cap (3 programs per
-        # multiprocessor); where B < 32 BV 128 / 16 warps, pdl 1, capped at 64 registers (2 programs of 512 threads)
+        # the default plain and with pdl 1 / 2; BV 64 / 8 warps, pdl 1 capped at 64 registers (4 programs per
+        # multiprocessor instead of 3, 32 bytes of spills)
         variants = [dataclasses.replace(plain, pdl=n) for n in (0, 1, 2)]
-        variants += [c for c in (DecodeConfig(64, 8, pdl=1), DecodeConfig(128, 16, pdl=1, maxnreg=64))
-                     if c not in variants and (batch < 32 or c.bv == 64)]
+        variants += [c for c in (DecodeConfig(64, 8, pdl=1, maxnreg=64),) if c not in variants]
         producer = lambda q, k, v, s, o: q.mul_(1)
         cases = []
         for config in variants:
             step = (lambda q, k, v, s, o, config=config: lightning_attn_decode_triton(q, k, v, slope, s, config))
             cases.append((f"{config}", step, "_decode_kernel", config, bound_us))
-        # the step as the fourth session left it (its default BV 64 / 8 warps, pdl 1; the tile's stores before o's
-        # products: 80 registers, 3 programs per multiprocessor), through the benchmark's _tile kernel (MODE 3)
+        # BV 64 / 8 warps, pdl 1 with o's products before the tile's stores (the benchmark's _tile kernel, MODE 3)
         n_tiles = batch * heads * dim // 64
-        before = (lambda q, k, v, s, o: _tile[(n_tiles,)](q, k, v, o, slope, s, s, H=heads, K=dim, V=dim, BV=64, MODE=3,
-                                                          TRACE=False, PDL=1, num_warps=8, launch_pdl=True))
-        cases.append(("BV 64, 8 warps, PDL 1, as before this session (stores before o's products, 80 registers)",
-                      before, "_tile", None, bound_us))
+        reordered = (lambda q, k, v, s, o: _tile[(n_tiles,)](q, k, v, o, slope, s, s, H=heads, K=dim, V=dim, BV=64,
+                                                             MODE=3, TRACE=False, PDL=1, num_warps=8, launch_pdl=True))
+        cases.append(("BV 64, 8 warps, PDL 1, o's products before the tile's stores (72 registers)", reordered, "_tile",
+                      None, bound_us))
         copy_bound = 2 * state_bytes / bandwidth * 1e6
         cases.append(("torch copy_ of the state bytes", lambda q, k, v, s, o: o.copy_(s), "", None, copy_bound))
         cases.append(("torch in-place mul_ of the state", lambda q, k, v, s, o: s.mul_(1.0), "", None, copy_bound))
@@ -484,8 +485,9 @@ if triton is not None:
               BV: tl.constexpr, MODE: tl.constexpr, TRACE: tl.constexpr, PDL: tl.constexpr):
         """The exact step's grid and [K, BV] tiles (decode._decode_kernel's), taken apart: MODE 0 the tile scaled
         by exp(-slope) and stored (no q, k, v, o); 1 S = lambda S + k^T v stored (no o); 2 the step itself
-        (decode._load_tile + decode._decode_tile); 3 the step as it was before this session (the tile's stores
-        before o's products: 80 registers at BV 64 / 8 warps, 3 programs per multiprocessor; same bits as 2).
+        (decode._load_tile + decode._decode_tile: the tile's stores, then o's products); 3 the step with o's
+        products before the tile's stores (tried in the fifth session: 72 instead of 80 registers at BV 64 / 8
+        warps, the same bits as 2, the stores waiting for o's cross-warp sum).
         TRACE: each program writes its start and end (%globaltimer ns, the end after its last store) and %smid to
         trace[4 program + 0..2]. PDL: as decode's pdl 1."""
         t = tl.program_id(0)
@@ -501,13 +503,14 @@ if triton is not None:
             p_s, i_bh, o_k, o_v = _decode._tile_ptrs(state, t, K, V, BV)
             b_s = tl.load(p_s)
             decay = tl.exp(-tl.load(slope + i_bh % H))
-            if MODE == 3:  # decode._decode_tile's order before this session: the stores, then o's products
+            if MODE == 3:  # o's products (a sum across warps) before the tile's stores
                 b_q = tl.load(q + i_bh * K + o_k).to(tl.float32)
                 b_k = tl.load(k + i_bh * K + o_k).to(tl.float32)
                 b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
                 b_s = b_s * decay + b_k[:, None] * b_v[None, :]
+                b_o = tl.sum(b_q[:, None] * b_s, axis=0).to(o.dtype.element_ty)
                 tl.store(p_s, b_s)
-                tl.store(o + i_bh * V + o_v, tl.sum(b_q[:, None] * b_s, axis=0).to(o.dtype.element_ty))
+                tl.store(o + i_bh * V + o_v, b_o)
             else:
                 if MODE == 0:
                     b_s = b_s * decay
@@ -551,7 +554,7 @@ def _timeline(trace: torch.Tensor, program_bytes: float, bin_ns: int = 1000) -> 
 # launch shapes decode_ablation and decode_ncu_target measure beside the default (decode.DECODE_SWEEP has them, so
 # the GPU tests check each against the reference)
 ABLATION_CANDIDATES = tuple(_decode.DecodeConfig(*a, **kw) for a, kw in (
-    ((64, 8), dict(pdl=1)), ((64, 8), dict(pdl=2, maxnreg=64)), ((128, 16), dict(pdl=1, maxnreg=64)))
+    ((64, 8), dict(pdl=1, maxnreg=64)), ((64, 16), dict(pdl=1)), ((32, 4), dict(pdl=1)), ((64, 8), dict(pdl=2)))
 ) if triton is not None else ()
 
 
@@ -561,11 +564,11 @@ def decode_ablation(batch: int, heads: int, dim: int, slope, bandwidth: float, c
     a fixed cost: ours 3.7 us + 16.1 us per 8 B, mul_ 2.1 + 15.8). The step taken apart, each in the same graph of
     ``launches`` steps over the rotating state sets, timed as in decode_launch_study (graph, + producer, CUPTI kernel
     / span): torch mul_; Triton 1-D flat mul (2,048 fp32 per program, 4 warps; 8,192 per program, 8 warps); the
-    step's grid with the tile only scaled (no q, k, v, o), with the update but no o, the step as the fourth session
-    left it (_tile MODE 3: 80 registers), plain and as a dependent launch; the default (DECODE_CONFIGS) plain and
-    as it launches; then ``candidates`` (DecodeConfigs of lightning_attn_decode_triton, checked against the
+    step's grid with the tile only scaled (no q, k, v, o), with the update but no o, the step with o's products
+    before the tile's stores (_tile MODE 3), plain and as a dependent launch; the default (DECODE_CONFIGS) plain
+    and as it launches; then ``candidates`` (DecodeConfigs of lightning_attn_decode_triton, checked against the
     reference). Then the program timelines (_timeline) of one step in the middle of the graph: the tile scale, the
-    step before this session and now."""
+    default (through _tile MODE 2) and MODE 3, both as dependent launches."""
     from lightswe.kernels.lightning_attn.decode import DECODE_CONFIGS, lightning_attn_decode_triton
     from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive
 
@@ -592,8 +595,8 @@ def decode_ablation(batch: int, heads: int, dim: int, slope, bandwidth: float, c
              ("Triton flat mul, 8,192 fp32 / 8 warps", flat(8192, 8), "_flat_mul", None),
              (f"step's grid, tile scaled only (BV {bv}, {warps} warps)", tiled(0), "_tile", None),
              ("step's grid, update, no o", tiled(1), "_tile", None),
-             ("the step before this session (stores before o's products, 80 registers)", tiled(3), "_tile", None),
-             ("the same, PDL 1 (the fourth session's default)", tiled(3, 1), "_tile", None)]
+             ("o's products before the tile's stores (72 registers)", tiled(3), "_tile", None),
+             ("the same, PDL 1", tiled(3, 1), "_tile", None)]
     for config in (dataclasses.replace(default, pdl=0), default, *candidates):
         step = lambda q, k, v, s, o, config=config: lightning_attn_decode_triton(q, k, v, slope, s, config)
         cases.append((str(config), step, "_decode_kernel", config))
@@ -629,8 +632,9 @@ def decode_ablation(batch: int, heads: int, dim: int, slope, bandwidth: float, c
         print(f"| {name} | {us[0]:.1f} | {bound_us / us[0]:.1%} | {us[1]:.1f} | {us[2]:.1f} | {us[3]:.1f} | {verdict} |",
               flush=True)
     program_bytes = 2 * dim * bv * 4
-    for name, mode, pdl, cap in (("tile scaled only", 0, 0, 0), ("the step before this session, PDL 1", 3, 1, 0),
-                                 (f"the step now ({default})", 2, default.pdl, default.maxnreg)):
+    for name, mode, pdl, cap in (("tile scaled only", 0, 0, 0), (f"the step ({default})", 2, default.pdl,
+                                                                  default.maxnreg),
+                                 ("o's products before the tile's stores, PDL 1", 3, 1, 0)):
         try:
             traces = [torch.zeros(n_tiles, 4, device="cuda", dtype=torch.int64) for _ in range(passes * len(args))]
             graph_obj = torch.cuda.CUDAGraph()
@@ -1017,6 +1021,8 @@ def main() -> int:
     parser.add_argument("--decode-ablation", action="store_true",
                         help="the exact decode step taken apart against torch's mul_ (decode_ablation), candidate "
                              "configs, program timelines, at each --decode-batches B")
+    parser.add_argument("--ablation-batches", type=int, nargs="*", default=None,
+                        help="--decode-ablation at these B instead of --decode-batches")
     parser.add_argument("--decode-ncu-target", action="store_true",
                         help="launch decode_ablation's kernels once each at the first --decode-batches B between "
                              "cudaProfilerStart/Stop (run under ncu --profile-from-start off), then exit")
@@ -1116,7 +1122,7 @@ def run(args, fla_chunk, fla_recurrent) -> int:
         for key, config in tuner.cache.items():
             print(f"fla tuned {tuner.base_fn.__name__} {key}: {config}", flush=True)
     if args.decode_ablation:
-        for batch in args.decode_batches:
+        for batch in args.ablation_batches or args.decode_batches:
             decode_ablation(batch, H, D, slope, bw, ABLATION_CANDIDATES)
     if args.decode_launch:
         decode_launch_study(args.decode_batches, H, D, slope, bw)

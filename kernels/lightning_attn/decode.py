@@ -211,7 +211,7 @@ class DecodeConfig:
 # 132.3 us launched plainly (and 20.0 us for the previous B = 8 default, BV 32 / 2 warps); with a small kernel
 # before each step (the sampler's order) the dependent launch is within noise of the plain one (22.0 vs 21.3 us
 # at B = 8, 133.8 vs 134.5 us at B = 64).
-DECODE_CONFIGS = ((0, DecodeConfig(64, 8, pdl=1, maxnreg=64)),)
+DECODE_CONFIGS = ((0, DecodeConfig(64, 8, pdl=1)),)
 
 # Every config the benchmark's decode sweep measures (benchmarks/lightning_attn.py --decode-sweep) and the GPU
 # tests check against the reference.
@@ -227,8 +227,7 @@ DECODE_SWEEP = tuple(
     + [DecodeConfig(bv, w, bk=bk, split_k=True) for bv, w, bk in ((32, 2, 64), (64, 2, 32), (64, 4, 64), (128, 4, 32))]
     + [DecodeConfig(bv, w, pdl=n) for bv, w in ((32, 2), (32, 4), (64, 4), (64, 8)) for n in (1, 2)]
     + [DecodeConfig(bv, 1, pdl=1) for bv in (16, 32)]
-    + [DecodeConfig(64, 8, maxnreg=64), DecodeConfig(64, 8, pdl=1, maxnreg=64), DecodeConfig(64, 8, pdl=2, maxnreg=64),
-       DecodeConfig(128, 16, pdl=1, maxnreg=64), DecodeConfig(64, 16, pdl=1)]
+    + [DecodeConfig(64, 8, pdl=1, maxnreg=64), DecodeConfig(64, 16, pdl=1)]
 )
 
 
@@ -326,10 +325,10 @@ if triton is not None:
         b_k = tl.load(k + i_bh * K + o_k).to(tl.float32)
         b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
         b_s = s_tile * decay + b_k[:, None] * b_v[None, :]
-        # o's products before the tile's stores (same bits either way): ptxas then keeps no copy of the k v
-        # products beside the tile, 72 instead of 80 registers at BV 64 / 8 warps, and 64 without spills under
-        # DecodeConfig.maxnreg = 64 (the other order spills 32 bytes there)
-        b_o = tl.sum(b_q[:, None] * b_s, axis=0).to(o.dtype.element_ty)
+        # the tile's stores before o's products: o's sum over K crosses warps (shared memory, barriers), and stores
+        # placed after it wait for those barriers. That order (72 instead of 80 registers at BV 64 / 8 warps, the
+        # same bits) measured 22.1 against 19.1 us at B=8 and 145.0 against 130.4 us at B=64 (H200, fifth
+        # session, RESULTS.md; benchmark kernel _tile MODE 3)
         if MASKED:
             if STREAM:
                 tl.store(p_s, b_s, mask=ok, cache_modifier=".cs")
@@ -340,6 +339,7 @@ if triton is not None:
                 tl.store(p_s, b_s, cache_modifier=".cs")
             else:
                 tl.store(p_s, b_s)
+        b_o = tl.sum(b_q[:, None] * b_s, axis=0).to(o.dtype.element_ty)
         if MASKED:
             tl.store(o + i_bh * V + o_v, b_o, mask=ok)
         else:
