@@ -358,7 +358,9 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
     """Exact decode step (lightning_attn_decode_triton): launch variants at each B against the same-byte
     references, on four timers. Variants: the default of DECODE_CONFIGS plain and as a programmatic dependent
     launch (pdl 1: all loads after the wait; pdl 2: the state loaded before it); BV 64 / 8 warps, pdl 1 capped at
-    64 registers; the same launch with o's products before the tile's stores (benchmark kernel _tile, MODE 3).
+    64 registers; the same launch with the tile as 32-row sub-tiles (DecodeConfig.rows; also plain) and as 16-row
+    sub-tiles capped at 64 registers; and with o's products before the tile's stores (benchmark kernel _tile,
+    MODE 3).
     References: torch's copy_ of the state bytes to another
     buffer and torch's in-place ``mul_`` of the state (the same bytes read and written in place). Timers (us per
     step): event = CUDA events around eager calls (host-bound at these sizes); alone = do_bench median with L2
@@ -382,9 +384,12 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
         default = next(c for lo, c in reversed(DECODE_CONFIGS) if batch * heads >= lo)
         plain = dataclasses.replace(default, pdl=0)
         # the default plain and with pdl 1 / 2; BV 64 / 8 warps, pdl 1 capped at 64 registers (4 programs per
-        # multiprocessor instead of 3, 32 bytes of spills)
+        # multiprocessor instead of 3, 32 bytes of spills); the same launch with the tile loaded as 32-row
+        # sub-tiles (64 registers without spills) and as 16-row sub-tiles capped at 64 registers
         variants = [dataclasses.replace(plain, pdl=n) for n in (0, 1, 2)]
-        variants += [c for c in (DecodeConfig(64, 8, pdl=1, maxnreg=64),) if c not in variants]
+        variants += [c for c in (DecodeConfig(64, 8, pdl=1, maxnreg=64), DecodeConfig(64, 8, pdl=1, rows=32),
+                                 DecodeConfig(64, 8, rows=32), DecodeConfig(64, 8, pdl=1, rows=16, maxnreg=64))
+                     if c not in variants]
         producer = lambda q, k, v, s, o: q.mul_(1)
         cases = []
         for config in variants:
@@ -554,7 +559,8 @@ def _timeline(trace: torch.Tensor, program_bytes: float, bin_ns: int = 1000) -> 
 # launch shapes decode_ablation and decode_ncu_target measure beside the default (decode.DECODE_SWEEP has them, so
 # the GPU tests check each against the reference)
 ABLATION_CANDIDATES = tuple(_decode.DecodeConfig(*a, **kw) for a, kw in (
-    ((64, 8), dict(pdl=1, maxnreg=64)), ((64, 16), dict(pdl=1)), ((32, 4), dict(pdl=1)), ((64, 8), dict(pdl=2)))
+    ((64, 8), dict(pdl=1, rows=32)), ((64, 8), dict(rows=32)), ((64, 8), dict(pdl=1, rows=16, maxnreg=64)),
+    ((64, 8), dict(pdl=1, maxnreg=64)), ((64, 8), dict(pdl=2)))
 ) if triton is not None else ()
 
 

@@ -176,6 +176,11 @@ class DecodeConfig:
     maxnreg: exact step, one program per tile: registers per thread capped at this (ptxas ``maxnreg``; 0 = the
         compiler's choice), so that more programs fit on a multiprocessor (BV 64 / 8 warps: 80 registers, 3
         programs of 256 threads; at 64, 4 programs, with 32 bytes of spills).
+    rows: exact step, one program per tile: the tile loaded as K / rows sub-tiles of ``rows`` rows at constant
+        offsets from one base pointer (_decode_rows_kernel), so its 8 state loads share one address register:
+        ptxas then keeps the step's order (every load, then the stores, then o's sum) in 64 registers without
+        spills at BV 64 / 8 warps with rows 32 (80 with rows 0), i.e. 4 programs per multiprocessor. The state's
+        bits are the same; o sums its rows in another order. Not yet measured on a GPU (RESULTS.md, fifth session).
     """
 
     bv: int
@@ -191,6 +196,7 @@ class DecodeConfig:
     per_program: int = 1
     pdl: int = 0
     maxnreg: int = 0
+    rows: int = 0
 
     def __str__(self) -> str:
         grid = f"persistent {self.per_sm}/SM" if self.per_sm else "one program per tile"
@@ -200,7 +206,8 @@ class DecodeConfig:
                 + (f", {self.per_program} heads per program" if self.per_program > 1 else "")
                 + (", split K" if self.split_k else "") + (", split advance" if self.split else "")
                 + (f", PDL {self.pdl}" if self.pdl else "")
-                + (f", maxnreg {self.maxnreg}" if self.maxnreg else ""))
+                + (f", maxnreg {self.maxnreg}" if self.maxnreg else "")
+                + (f", {self.rows}-row sub-tiles" if self.rows else ""))
 
 
 # (minimum B * H, config). From the H200 sweep (RESULTS.md; H=64, D=128, do_bench with L2 flushed and one launch
@@ -228,6 +235,7 @@ DECODE_SWEEP = tuple(
     + [DecodeConfig(bv, w, pdl=n) for bv, w in ((32, 2), (32, 4), (64, 4), (64, 8)) for n in (1, 2)]
     + [DecodeConfig(bv, 1, pdl=1) for bv in (16, 32)]
     + [DecodeConfig(64, 8, pdl=1, maxnreg=64), DecodeConfig(64, 16, pdl=1)]
+    + [DecodeConfig(64, 8, pdl=1, rows=32), DecodeConfig(64, 8, rows=32), DecodeConfig(64, 8, pdl=1, rows=16, maxnreg=64)]
 )
 
 
@@ -368,6 +376,46 @@ if triton is not None:
             _decode_tile(q, k, v, o, slope, state, s_tile, t, 0, H, K, V, BV, STREAM, False)
 
     @triton.jit
+    def _decode_rows_kernel(q, k, v, o, slope, state, state_out, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                            BV: tl.constexpr, ROWS: tl.constexpr, PDL: tl.constexpr, OUT: tl.constexpr):
+        """_decode_kernel's step (same grid, tiles, launch and state arithmetic) with the [K, BV] tile loaded as
+        K / ROWS sub-tiles of [ROWS, BV] at constant offsets from one base pointer (DecodeConfig.rows): every load
+        first, then each sub-tile updated and stored, its o products accumulated; then o's sum across the
+        program. The state's bits are _decode_kernel's; o's rows are summed in another order."""
+        t = tl.program_id(0)
+        if PDL == 1:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        NV: tl.constexpr = V // BV
+        N: tl.constexpr = K // ROWS
+        i_bh, i_v = t // NV, t % NV
+        o_r = tl.arange(0, ROWS)
+        o_v = i_v * BV + tl.arange(0, BV)
+        offs = i_bh.to(tl.int64) * K * V + o_r[:, None] * V + o_v[None, :]
+        tiles = ()
+        for j in tl.static_range(N):
+            tiles = tiles + (tl.load(state + offs + j * ROWS * V),)
+        if PDL == 2:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        decay = tl.exp(-tl.load(slope + i_bh % H).to(tl.float32))
+        b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
+        b_ks = ()
+        b_qs = ()
+        for j in tl.static_range(N):
+            b_ks = b_ks + (tl.load(k + i_bh * K + j * ROWS + o_r).to(tl.float32),)
+            b_qs = b_qs + (tl.load(q + i_bh * K + j * ROWS + o_r).to(tl.float32),)
+        acc = tl.zeros([ROWS, BV], dtype=tl.float32)
+        for j in tl.static_range(N):
+            b_s = tiles[j] * decay + b_ks[j][:, None] * b_v[None, :]
+            if OUT:
+                tl.store(state_out + offs + j * ROWS * V, b_s)
+            else:
+                tl.store(state + offs + j * ROWS * V, b_s)
+            acc += b_qs[j][:, None] * b_s
+        tl.store(o + i_bh * V + o_v, tl.sum(acc, axis=0).to(o.dtype.element_ty))
+
+    @triton.jit
     def _decode_persistent_kernel(q, k, v, o, slope, state, n_tiles, H: tl.constexpr, K: tl.constexpr,
                                   V: tl.constexpr, BV: tl.constexpr, STREAM: tl.constexpr):
         """Grid (P,): program p updates tiles p, p + P, ...; tile i+1's state load is issued before tile i's
@@ -463,8 +511,10 @@ if triton is not None:
                                       or not state_out.is_contiguous() or not plain):
             raise ValueError(f"state_out must be a contiguous fp32 {tuple(state.shape)} tensor and the config one "
                              f"program per tile, got {tuple(state_out.shape)} {state_out.dtype} with {config}")
-        if (config.pdl or config.maxnreg) and not plain:
-            raise ValueError(f"pdl and maxnreg need a one-program-per-tile config, got {config}")
+        if (config.pdl or config.maxnreg or config.rows) and not plain:
+            raise ValueError(f"pdl, maxnreg and rows need a one-program-per-tile config, got {config}")
+        if config.rows and (config.stream or K % config.rows or config.rows & (config.rows - 1)):
+            raise ValueError(f"rows must be a power of two dividing K={K}, without stream, got {config}")
         pdl = config.pdl if config.pdl and q.is_cuda and _has_pdl(q.device.index or 0) else 0  # else plain
         bv = min(config.bv, V)
         o = torch.empty_like(v)
@@ -482,6 +532,11 @@ if triton is not None:
             grid = (min(n_tiles, config.per_sm * _num_sms(q.device.index or 0)),)
             _decode_persistent_kernel[grid](q, k, v, o, slope, state, n_tiles, H=H, K=K, V=V, BV=bv,
                                             STREAM=config.stream, num_warps=config.warps)
+        elif config.rows:
+            _decode_rows_kernel[(n_tiles,)](q, k, v, o, slope, state, state if state_out is None else state_out, H=H,
+                                            K=K, V=V, BV=bv, ROWS=config.rows, PDL=pdl, OUT=state_out is not None,
+                                            num_warps=config.warps, launch_pdl=pdl > 0,
+                                            **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
         else:
             _decode_kernel[(n_tiles,)](q, k, v, o, slope, state, state if state_out is None else state_out, H=H, K=K,
                                        V=V, BV=bv, STREAM=config.stream, PDL=pdl, OUT=state_out is not None,
