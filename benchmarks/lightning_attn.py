@@ -713,6 +713,9 @@ def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None, in_order: bool
         order = torch.arange(N, device=cu.device, dtype=torch.int32)
     if kind == "fwd":
         o, ht = torch.empty_like(v), q.new_empty(N, H, K, V, dtype=torch.float32)
+        if config.kwargs.get("GLUON"):  # the Gluon forward (chunk.GLUON_SWEEP)
+            chunk._launch_gluon_fwd(config.kwargs["BV"], q, k, v, o, slope, None, ht, cu, order, T, N, H, K, V, True)
+            return o, ht
         grid = (triton_cdiv(V, config.kwargs["BV"]), N * H)
         chunk._fwd_kernel.fn[grid](q, k, v, o, slope, None, ht, cu, order, T=T, NB=N * H, H=H, K=K, V=V,
                                    USE_H0=False, STORE_HT=True, IS_VARLEN=cu is not None, **config.kwargs, **opts)
@@ -732,8 +735,8 @@ def triton_cdiv(a: int, b: int) -> int:
 def _config_list(kind: str, sweep: bool) -> list:
     from lightswe.kernels.lightning_attn import chunk
 
-    if kind == "fwd":
-        return chunk.FWD_SWEEP if sweep else chunk._fwd_kernel.configs
+    if kind == "fwd":  # the Gluon forward (runs instead of the autotuned set where it applies) with either list
+        return chunk.FWD_SWEEP if sweep else chunk._fwd_kernel.configs + chunk.GLUON_SWEEP
     return chunk.BWD_SWEEP if sweep else chunk._bwd_kernel.configs
 
 
@@ -1093,7 +1096,7 @@ def run(args, fla_chunk, fla_recurrent) -> int:
     if args.compile_workers and varlens:
         compile_in_parallel([(kind, False, i, varlen) for kind in ("bwd", "fwd") for varlen in varlens
                              for i in range(len(_config_list(kind, False)))], args.compile_workers, H, D,
-                            fla=fla_chunk is not None and not args.unpack_triton_cache,
+                            fla=fla_chunk is not None,  # (an unpacked cache: compiled configs load, the rest compile)
                             fla_batch=max(1, args.tokens // args.lengths[0]) if args.lengths else 1)
     if args.compile_only:
         if fla_chunk is not None:

@@ -4,7 +4,8 @@ Backend choice (``LIGHTSWE_LIGHTNING_BACKEND``): ``auto`` (default) runs the Tri
 tensors are on a CUDA device, Triton imports and the head dims are powers of two in [16, 256], and the
 reference in naive.py otherwise (CPU machines, CI); ``triton`` insists on the kernels (an error says why
 they cannot run); ``reference`` always runs the reference. Rollout and training go through these same two
-functions, so sampler and learner see the same numerics.
+functions, so sampler and learner see the same numerics. On Hopper the Triton forward is chunk.py's Gluon kernel
+(gluon_fwd.py, the same result bits); ``LIGHTSWE_LIGHTNING_FWD=triton`` (default ``auto``) keeps the plain one.
 """
 
 from __future__ import annotations
