@@ -175,9 +175,10 @@ class DecodeConfig:
         variant, never a default: ``state.zero_()`` right before the step would race with its load.
     maxnreg: exact step, one program per tile: registers per thread capped at this (ptxas ``maxnreg``; 0 = the
         compiler's choice), so that more programs fit on a multiprocessor (BV 64 / 8 warps: 80 registers, 3
-        programs of 256 threads; at 64, 4 programs, with 32 bytes of spills).
+        programs of 256 threads; at 64, 4 programs, with 32 bytes of spills: measured slower, 19.9 against 18.8
+        us at B=8, fifth session).
     rows: exact step, one program per tile: the tile loaded as K / rows sub-tiles of ``rows`` rows at constant
-        offsets from one base pointer (_decode_rows_kernel), so its 8 state loads share one address register:
+        offsets from one base pointer (_decode_rows_kernel), so its 8 state loads share one or two address registers:
         ptxas then keeps the step's order (every load, then the stores, then o's sum) in 64 registers without
         spills at BV 64 / 8 warps with rows 32 (80 with rows 0), i.e. 4 programs per multiprocessor. The state's
         bits are the same; o sums its rows in another order. Not yet measured on a GPU (RESULTS.md, fifth session).
@@ -218,6 +219,8 @@ class DecodeConfig:
 # 132.3 us launched plainly (and 20.0 us for the previous B = 8 default, BV 32 / 2 warps); with a small kernel
 # before each step (the sampler's order) the dependent launch is within noise of the plain one (22.0 vs 21.3 us
 # at B = 8, 133.8 vs 134.5 us at B = 64).
+# Fifth session (benchmark --decode-ablation / --decode-launch): unchanged; capping the registers at 64, BV 64 / 16
+# warps, BV 32 / 4 warps and o's products before the tile's stores all measured slower (RESULTS.md).
 DECODE_CONFIGS = ((0, DecodeConfig(64, 8, pdl=1)),)
 
 # Every config the benchmark's decode sweep measures (benchmarks/lightning_attn.py --decode-sweep) and the GPU
