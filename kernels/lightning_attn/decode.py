@@ -33,6 +33,7 @@ import functools
 import math
 
 import torch
+from lightswe.errors import UserInputError
 
 try:
     import triton
@@ -101,14 +102,14 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
     Returns:
         o [S, H, V] in q's dtype. No host synchronisation (CUDA-graph capturable).
     Raises:
-        ValueError: ``rounded_state`` not of ``state``'s shape in q's dtype.
+        UserInputError (a ValueError): ``rounded_state`` not of ``state``'s shape in q's dtype.
     """
     rows, heads, dim = q.shape
     V = v.shape[-1]
     block = chunk_keys.shape[2]
     if rounded_state is not None and (rounded_state.shape != state.shape or rounded_state.dtype != q.dtype
                                       or not rounded_state.is_contiguous()):
-        raise ValueError(f"rounded_state must be a contiguous {tuple(state.shape)} {q.dtype} tensor (state.to(q.dtype)),"
+        raise UserInputError(f"rounded_state must be a contiguous {tuple(state.shape)} {q.dtype} tensor (state.to(q.dtype)),"
                          f" got {tuple(rounded_state.shape)} {rounded_state.dtype}; allocate it beside the state")
     if triton is None or not q.is_cuda:
         return lightning_attn_decode_chunk_form_reference(q, k, v, slope, state, chunk_keys, chunk_values,
@@ -122,7 +123,7 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
     rounded = state if rounded_state is None else rounded_state  # (unused pointer without ROUNDED)
     pdl = config.pdl if config.pdl and q.is_cuda and _has_pdl(q.device.index or 0) else 0
     if pdl == 2 and per_program > 1:
-        raise ValueError(f"pdl=2 (loads before the wait) needs one (sequence, head) per program, got {config}")
+        raise UserInputError(f"pdl=2 (loads before the wait) needs one (sequence, head) per program, got {config}")
     _decode_chunk_form_kernel[(triton.cdiv(V, BV), rows * heads // per_program)](
                                     q.contiguous(), k.contiguous(), v.contiguous(), o, slope, state, rounded,
                                     chunk_keys, chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
@@ -505,19 +506,19 @@ if triton is not None:
         with ``state_out`` (same shape, fp32, contiguous, not overlapping ``state``) read from ``state`` and the
         updated state written to ``state_out`` (``state`` unchanged; one-program-per-tile configs only).
         ``config`` overrides the launch shape chosen by B*H from DECODE_CONFIGS (benchmark sweep, tests).
-        Raises ValueError for a ``state_out`` of another shape/dtype/layout or with a config that cannot use it."""
+        Raises UserInputError (a ValueError) for a ``state_out`` of another shape/dtype/layout or with a config that cannot use it."""
         B, H, K = q.shape
         V = v.shape[-1]
         config = config or _decode_config(B * H, V)
         plain = not (config.bk or config.per_sm)
         if state_out is not None and (state_out.shape != state.shape or state_out.dtype != torch.float32
                                       or not state_out.is_contiguous() or not plain):
-            raise ValueError(f"state_out must be a contiguous fp32 {tuple(state.shape)} tensor and the config one "
+            raise UserInputError(f"state_out must be a contiguous fp32 {tuple(state.shape)} tensor and the config one "
                              f"program per tile, got {tuple(state_out.shape)} {state_out.dtype} with {config}")
         if (config.pdl or config.maxnreg or config.rows) and not plain:
-            raise ValueError(f"pdl, maxnreg and rows need a one-program-per-tile config, got {config}")
+            raise UserInputError(f"pdl, maxnreg and rows need a one-program-per-tile config, got {config}")
         if config.rows and (config.stream or K % config.rows or config.rows & (config.rows - 1)):
-            raise ValueError(f"rows must be a power of two dividing K={K}, without stream, got {config}")
+            raise UserInputError(f"rows must be a power of two dividing K={K}, without stream, got {config}")
         pdl = config.pdl if config.pdl and q.is_cuda and _has_pdl(q.device.index or 0) else 0  # else plain
         bv = min(config.bv, V)
         o = torch.empty_like(v)
