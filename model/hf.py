@@ -50,10 +50,12 @@ def is_hf_spec(spec: str) -> bool:
 
 def hf_path(spec: str) -> Path:
     """``"hf:PATH"`` -> PATH, checked to be a transformers checkpoint directory (``UserInputError`` if not)."""
+    from lightswe.model.config import hf_checkpoint_problem
+
     path = Path(spec.removeprefix(HF_PREFIX))
-    if not (path / "config.json").is_file():
-        raise UserInputError(f"{spec!r}: {path} has no config.json; pass hf:DIR with a transformers checkpoint "
-                             f"(config.json, weights, tokenizer files), e.g. one written by save_pretrained")
+    problem = hf_checkpoint_problem(path)
+    if problem:
+        raise UserInputError(f"{spec!r}: {problem}")
     return path
 
 

@@ -243,6 +243,32 @@ class OpenAIPolicy:
                               "(e.g. python -m vllm.entrypoints.openai.api_server --model DIR --logprobs-mode "
                               "processed_logprobs) or correct the URL in --policy openai:URL") from None
 
+    def check_model(self, timeout_s: float = 10.0) -> None:
+        """Refuse a ``model`` the server does not serve, before any episode: every request would get vLLM's 404
+        ("The model `X` does not exist") and each episode would end as ``sandbox_error``. The names are those of
+        ``/v1/models`` (vLLM lists each ``--served-model-name`` and LoRA adapter); a server that does not list its
+        models is not checked.
+
+        Raises:
+            UserInputError: naming the model asked for, the served ones and the spec that fixes it.
+        """
+        from lightswe.errors import UserInputError
+
+        request = urllib.request.Request(self.base_url + "/models", headers=self._headers())
+        saved, self.timeout_s = self.timeout_s, min(self.timeout_s, timeout_s)
+        try:
+            cards = json.loads(self._read(request)).get("data")
+            served = [card["id"] for card in cards if isinstance(card.get("id"), str)]
+        except (OSError, http.client.HTTPException, ValueError, AttributeError, TypeError, KeyError):
+            return  # no model list: the first request says so if it matters
+        finally:
+            self.timeout_s = saved
+        if served and self.model not in served:
+            asked = f"model {self.model!r}" if self.model != "default" else "no model (the spec has no ?model=)"
+            raise UserInputError(f"--policy openai:{self.base_url}: asks for {asked}, but the server serves "
+                                 f"{', '.join(map(repr, served))}; fix: --policy 'openai:{self.base_url}?model="
+                                 f"{served[0]}' (the name is the server's --served-model-name, else its --model)")
+
     def check_tokenizer(self, tokenizer, timeout_s: float = 10.0) -> None:
         """Refuse a ``tokenizer`` that is not the served model's: the server's ``/tokenize`` (vLLM's, at the server
         root) and ``tokenizer`` must give the same ids for a probe text (code, accents, a symbol), else the ids the

@@ -36,6 +36,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from lightswe.errors import UserInputError
 
 # Chunk length BT (64 or 128 tokens) and state-slice widths BK/BV are tuned per shape (configs below).
 LOG2E = 1.4426950408889634
@@ -185,7 +186,7 @@ def _gluon_bv(q: torch.Tensor, N: int, H: int, K: int, V: int) -> int | None:
     Always BV 64: on the H200 BV 32 was slower at every shape, B=1 T=64K included (RESULTS.md, session 8)."""
     choice = os.environ.get("LIGHTSWE_LIGHTNING_FWD", "auto")
     if choice not in ("auto", "triton"):
-        raise ValueError(f"LIGHTSWE_LIGHTNING_FWD must be 'auto' or 'triton', got {choice!r}; unset it for auto")
+        raise UserInputError(f"LIGHTSWE_LIGHTNING_FWD must be 'auto' or 'triton', got {choice!r}; unset it for auto")
     if choice == "triton" or os.environ.get("TRITON_INTERPRET") == "1":
         return None
     if not q.is_cuda or q.dtype not in (torch.bfloat16, torch.float16) or K not in (64, 128) or V % 64:

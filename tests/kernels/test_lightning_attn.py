@@ -429,6 +429,56 @@ def test_decode_programmatic_dependent_launch_chained_in_a_cuda_graph(pdl):
         check()
 
 
+@pytest.mark.parametrize("batch, heads", [(8, 64), (3, 5)], ids=["B8H64", "B3H5"])
+def test_decode_register_cap_gives_the_uncapped_bits(batch, heads):
+    """DecodeConfig.maxnreg only caps ptxas's registers per thread (the default: 64 at BV 64 / 8 warps, so that 4
+    programs fit on a multiprocessor instead of 3): o and the updated state are bit-identical to the uncapped
+    launch's, plain and as a dependent launch; a cap on a config that is not one program per tile is refused."""
+    from lightswe.kernels.lightning_attn.decode import DecodeConfig, lightning_attn_decode_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(53)
+    slope = minimax_slopes(heads, layer=5, layers=80)
+    state = torch.randn(batch, heads, DIM, DIM, device="cuda", generator=gen)
+    q, k, v = (torch.randn(batch, heads, DIM, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
+    results = []
+    for config in (DecodeConfig(64, 8), DecodeConfig(64, 8, maxnreg=64), DecodeConfig(64, 8, pdl=1, maxnreg=64)):
+        s = state.clone()
+        results.append((lightning_attn_decode_triton(q, k, v, slope, s, config), s))
+    for o, s in results[1:]:
+        assert torch.equal(o, results[0][0]) and torch.equal(s, results[0][1])
+    with pytest.raises(ValueError, match="maxnreg"):
+        lightning_attn_decode_triton(q, k, v, slope, state.clone(), DecodeConfig(64, 8, bk=32, maxnreg=64))
+
+
+@pytest.mark.parametrize("rows, maxnreg", [(32, 0), (16, 64), (64, 0)], ids=["rows32", "rows16cap64", "rows64"])
+def test_decode_row_sub_tiles_keep_the_state_bits(rows, maxnreg):
+    """DecodeConfig.rows (the tile loaded as sub-tiles of ``rows`` rows from one base pointer): the updated state
+    bit-identical to the default launch's (same arithmetic per element), in place and to ``state_out``, o as the
+    reference's (its rows summed in another order); B=3, H=5 and B=8, H=64 with a dependent launch. Rows that do
+    not divide K, or with streaming stores or another launch shape, are refused."""
+    from lightswe.kernels.lightning_attn.decode import DecodeConfig, lightning_attn_decode_triton
+
+    for batch, heads in ((3, 5), (8, 64)):
+        gen = torch.Generator(device="cuda").manual_seed(59 + batch)
+        slope = minimax_slopes(heads, layer=9, layers=80)
+        state = torch.randn(batch, heads, DIM, DIM, device="cuda", generator=gen)
+        q, k, v = (torch.randn(batch, heads, DIM, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
+        default = state.clone()
+        lightning_attn_decode_triton(q, k, v, slope, default, DecodeConfig(64, 8, pdl=1))
+        s_ref = state.clone()
+        o_ref = lightning_attn_decode_naive(q, k, v, slope, s_ref)
+        config = DecodeConfig(64, 8, pdl=1, rows=rows, maxnreg=maxnreg)
+        in_place, out = state.clone(), torch.full_like(state, float("nan"))
+        o = lightning_attn_decode_triton(q, k, v, slope, in_place, config)
+        o_out = lightning_attn_decode_triton(q, k, v, slope, state, config, state_out=out)
+        assert torch.equal(in_place, default) and torch.equal(out, default) and torch.equal(o_out, o)
+        assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"] and rel_err(in_place, s_ref) <= 1e-6
+    for bad in (DecodeConfig(64, 8, rows=48), DecodeConfig(64, 8, rows=32, stream=True),
+                DecodeConfig(64, 8, rows=32, bk=32)):
+        with pytest.raises(ValueError, match="rows"):
+            lightning_attn_decode_triton(q, k, v, slope, state.clone(), bad)
+
+
 def _chunk_form_sweep():
     from lightswe.kernels.lightning_attn.decode import CHUNK_FORM_SWEEP
 
