@@ -1,0 +1,156 @@
+"""Adversarial episodes, tenth pass: the starvation rule (``envs/starvation.py``) from both sides -- a policy
+that wants its failures dropped from the batch (reward None instead of 0.0), and an honest episode whose grading
+a neighbour starves. Real engine, the embedded demo task. See the README's *Threat model* for each verdict.
+
+Broke before the fix:
+
+- **a failing fix dressed as the machine's failure**: the graded code pinned itself to one CPU
+  (``os.sched_setaffinity``, unprivileged) beside a neighbour's busy loop and spun: it waited for a CPU nearly
+  all its run and got a few percent of its quota while the host's other CPU sat idle; "starved", rerun, starved
+  again: ``GradingError``, no reward, where the hang is the policy's 0.0 -> starved also needs a host with no idle
+  CPU to give (waiting beside an idle CPU is the code's own doing);
+- **a correct fix failed by its own test's deadline**: a test with a timeout of its own (a subprocess, a
+  future, pytest-timeout) failed on a host that gave the grading a few percent of a CPU: 0.0 for a correct fix,
+  only a whole-run timeout was checked for starvation -> every run that would be 0.0 is checked (rerun once,
+  starved twice is ``GradingError``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+from lightswe.envs import starvation
+from lightswe.envs.swe_env import SWEEnv
+from lightswe.envs.tool_calls import ToolCall
+
+from .conftest import FIX, bash, start
+
+DEADLINE = "-deadline"  # task id suffix of the variant whose test has a deadline of its own
+DEADLINE_TESTS = """diff --git a/toolz/tests/test_nth_deadline.py b/toolz/tests/test_nth_deadline.py
+new file mode 100644
+index 0000000..5e1c0de
+--- /dev/null
++++ b/toolz/tests/test_nth_deadline.py
+@@ -0,0 +1,10 @@
++import subprocess
++import sys
++
++WORK = "from toolz import nth; assert all(nth(1, 'ABC') == 'B' for _ in range(300000))"
++
++
++def test_nth_in_a_worker_within_its_deadline():
++    # about 0.3 s of CPU; the test's own deadline is 8 times that
++    done = subprocess.run([sys.executable, "-c", WORK], capture_output=True, text=True, timeout=2.5)
++    assert done.returncode == 0, done.stderr
+"""
+F2P_DEADLINE = "toolz/tests/test_nth_deadline.py::test_nth_in_a_worker_within_its_deadline"
+# the graded code pins itself to CPU 0 (where it can) and spins (a C loop: any() over an endless iterator of zeros)
+PINNED_LOOP = ("printf 'import os\\n\\ndef pin():\\n    try:\\n        os.sched_setaffinity(0, {0})\\n    except OSError:\\n"
+               "        pass\\n' > toolz/_pin.py && sed -i 's/return next(itertools.islice(seq, n + 1, None))/"
+               "from toolz._pin import pin; pin(); any(iter(int, 1))/' toolz/itertoolz.py")
+
+
+@pytest.fixture(scope="module")
+def env(task):
+    """The demo task, and a variant whose test_patch adds a test with a deadline of its own."""
+    deadline = replace(task, instance_id=task.instance_id + DEADLINE, test_patch=DEADLINE_TESTS,
+                       FAIL_TO_PASS=[*task.FAIL_TO_PASS, F2P_DEADLINE])
+    environment = SWEEnv([task, deadline], test_timeout=120)
+    yield environment
+    environment.close()
+
+
+def _hog(client, *, cpuset: str | None = None, loops: int = 4, shares: int = 262144) -> str:
+    """A neighbour burning ``loops`` busy loops (on ``cpuset`` only when given) at CPU weight ``shares`` (default:
+    the engine's highest)."""
+    container = client.containers.run(
+        "lightswe/base:bookworm", ["sh", "-c", " ".join(["while :; do :; done &"] * loops) + " wait"],
+        detach=True, remove=True, network_mode="none", cpu_shares=shares, cpuset_cpus=cpuset,
+        labels={"lightswe.test": "attack10-hog"})
+    return container.id
+
+
+def test_waiting_beside_an_idle_cpu_is_never_starvation():
+    """The rule itself (real counters in the docker tests below): a run that waited and got little is starved
+    only when the host had under a quarter of its quota idle; a quota past the host's CPUs counts as the host's."""
+    hung_beside_idle = starvation.CpuShare(wall_s=10.0, cpu_s=0.3, waiting_s=9.5, cpus=1.0, host_idle_s=9.0)
+    assert not hung_beside_idle.starved
+    crowded = replace(hung_beside_idle, host_idle_s=0.4)
+    assert crowded.starved
+    assert "0.4 s of CPU idle on the host" in str(crowded)
+    assert not replace(crowded, cpu_s=2.6).starved  # got a quarter of its quota: not starved
+    assert not replace(crowded, waiting_s=4.9).starved  # waited under half the time
+    before = starvation.CpuSample(usage_s=0.0, waiting_s=0.0, at=0.0, host_idle_s=100.0)
+    after = starvation.CpuSample(usage_s=1.0, waiting_s=9.0, at=10.0, host_idle_s=100.5)
+    got = starvation.share(before, after, cpus=10_000.0)
+    import os
+    assert got.cpus == os.cpu_count() and got.host_idle_s == 0.5
+    idle = starvation.host_idle()
+    assert idle is not None and idle > 0
+    time.sleep(0.2)
+    assert starvation.host_idle() >= idle
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_a_hang_pinned_beside_a_neighbour_is_the_policys_zero_not_the_machines_failure(env):
+    """Broke: the graded code pinned itself to CPU 0, where a neighbour burned the CPU at four gradings' weight,
+    and spun. It waited nearly all its run and got a few percent of its quota: "starved" twice, GradingError (no
+    reward) for a hang. Now no command can change its affinity (the runner's seccomp filter): the hang runs where
+    the host has CPU, 0.0 with ``timed_out`` and no rerun."""
+    import docker
+    from lightswe.envs.grading import GradingError
+
+    client = docker.from_env()
+    start(env)
+    assert "Operation not permitted" in env.step(bash("taskset -c 0 true"))[0]
+    env.step(bash(PINNED_LOOP))
+    hog = _hog(client, cpuset="0", loops=2, shares=4 * 8192)
+    env.test_timeout = 8
+    idle_before, wall_before = starvation.host_idle(), time.monotonic()
+    try:
+        try:
+            _, reward, terminated, _, info = env.step(ToolCall(name="submit"))
+        except GradingError as err:
+            idle = starvation.host_idle() - idle_before
+            if idle < 0.25 * (time.monotonic() - wall_before):  # not pinned, and still starved: the host's doing
+                pytest.skip(f"other users' load left no idle CPU during the grading ({idle:.1f} s): {err}")
+            raise
+    finally:
+        env.test_timeout = 120
+        client.api.remove_container(hog, force=True)
+    grade_ = info["grade"]
+    print(grade_.reason)
+    assert terminated and reward == 0.0 and info["timed_out"] and grade_.reruns == 0, grade_.reason
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_a_correct_fix_failed_by_its_own_deadline_on_a_starved_host_is_not_a_zero(env):
+    """Broke: neighbours burning every CPU at a higher weight left the grading a few percent of a CPU; the
+    correct fix's test, whose worker has a deadline of its own, failed (not the whole run: no timeout) and was
+    graded 0.0. Now: starved and 0.0 -> rerun once, starved again -> GradingError (no reward); on the freed host
+    the same fix is 1.0."""
+    import docker
+    from lightswe.envs.grading import GradingError
+
+    client = docker.from_env()
+    start(env, DEADLINE)
+    env.step(bash(FIX))
+    hogs = [_hog(client) for _ in range(3)]
+    env.test_timeout = 300  # pytest's start at a few percent of a CPU takes a minute; the run itself never times out
+    try:
+        with pytest.raises(GradingError, match="failed twice starved of CPU") as caught:
+            _, reward, _, _, info = env.step(ToolCall(name="submit"))
+            pytest.fail(f"graded {reward}: {info['grade'].reason}")
+    finally:
+        env.test_timeout = 120
+        for hog in hogs:
+            client.api.remove_container(hog, force=True)
+    assert caught.value.stage == "tests"
+    start(env, DEADLINE)  # the machine is free again: the same fix is 1.0
+    env.step(bash(FIX))
+    _, reward, _, _, info = env.step(ToolCall(name="submit"))
+    assert reward == 1.0 and info["grade"].reruns == 0, info["grade"].reason
