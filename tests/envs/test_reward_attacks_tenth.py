@@ -154,3 +154,27 @@ def test_a_correct_fix_failed_by_its_own_deadline_on_a_starved_host_is_not_a_zer
     env.step(bash(FIX))
     _, reward, _, _, info = env.step(ToolCall(name="submit"))
     assert reward == 1.0 and info["grade"].reruns == 0, info["grade"].reason
+
+
+def test_a_uid_whose_in_use_check_fails_is_not_kept_leased(tmp_path):
+    """Broke: when asking the engine whether a container carries the uid failed (engine busy or restarting), the
+    exception left the uid's lock held by an fd nobody owned: that uid stayed leased until the process ended
+    (a lease leaked per failed start). Now the lock is given back and the error raised (SandboxError above it)."""
+    import os
+
+    from lightswe.envs.uids import UidLease
+
+    asked = []
+
+    def engine_down(uid: int) -> bool:
+        asked.append(uid)
+        raise ConnectionError("the engine did not answer")
+
+    open_fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ConnectionError):
+        UidLease(engine_down, lease_dir=tmp_path)
+    assert len(os.listdir("/proc/self/fd")) == open_fds
+    assert not (tmp_path / str(asked[0])).exists()
+    fd = UidLease._lock(tmp_path / str(asked[0]))  # free for the next lease
+    assert fd >= 0
+    UidLease._unlock(tmp_path / str(asked[0]), fd)
