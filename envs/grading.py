@@ -39,6 +39,7 @@ that runs before any code of the change and takes only path names; nothing at al
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -353,12 +354,18 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     files = (files | created) - removed  # a test file the test_patch adds is the task's: its ids must resolve
     _lock_tests(grader, scope, files, known)
     junit = _private_junit_path(grader, known)
-    tests_from = time.time()
     cgroup = starvation.cgroup_dir(grader.api, grader.container_id)
-    before = starvation.sample(cgroup)
+    tests_from = time.time()
     try:
-        run, unresolved, whole_files = _run_task_tests(grader, instance, wanted, files, facts.plugins, timeout,
-                                                       junit, changed={c.path for c in kept if c.new is not None})
+        # gradings never starve each other (on this host: where starvation is judged, the engine is local)
+        with starvation.admitted(grader.config.cpus, wait_s=timeout) if cgroup else contextlib.nullcontext():
+            tests_from = time.time()
+            before = starvation.sample(cgroup)
+            run, unresolved, whole_files = _run_task_tests(grader, instance, wanted, files, facts.plugins, timeout,
+                                                           junit, changed={c.path for c in kept if c.new is not None})
+            after = starvation.sample(cgroup)
+    except starvation.AdmissionError as err:
+        raise GradingError(str(err), stage="tests", known=known) from err
     except UserInputError as err:
         raise GradingError(f"{instance.instance_id}: {err}", stage="tests", known=known) from err
     except Exception as err:
@@ -366,7 +373,7 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
             return _out_of_memory_grade(grader, instance, wanted, known, suspected, tests_from, start)
         raise GradingError(f"the test run in grading container {_short(grader)} failed: {type(err).__name__}: "
                            f"{err}", stage="tests", known=known) from err
-    got = starvation.share(before, starvation.sample(cgroup), grader.config.cpus)
+    got = starvation.share(before, after, grader.config.cpus)
     if (run.runner_died or not _running(grader)) and _out_of_memory(grader, tests_from):
         return _out_of_memory_grade(grader, instance, wanted, known, suspected, tests_from, start, run)
     _require_alive(grader, "while the tests ran", known, settle_s=5.0 if run.runner_died else 0.0)

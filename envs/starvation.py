@@ -29,21 +29,43 @@ seccomp filter, :func:`lightswe.envs.runner.lock_affinity`): the same hang got 2
 (2) waiting while the host leaves CPU idle is never starvation (whatever made the container wait, the host had
 CPU to give). ``cpus`` past the host's CPU count is capped at it.
 
+Gradings admitted by CPU (:func:`admitted`, around every test run): graders outweigh the agents' containers
+(``cpu_shares``), so what can starve a grading is other gradings and the host's own work. A policy whose many
+episodes submit spinning code at once could saturate a host that runs more gradings than a quarter of a CPU
+each can have: every one of them "starved", its hang no reward instead of 0.0 (and an honest neighbour's run
+too). So at most ``GRADINGS_PER_CPU`` (4, 1 / ``GOT_AT_MOST``) CPUs of grading quota run per host CPU, counted
+across processes (an ``flock`` per slot under ``$LIGHTSWE_CACHE/grading-slots``, given back by the kernel when
+its holder dies): gradings alone can never leave each other under a quarter of a CPU; a grading that finds no
+slot waits (its agent's container stays frozen) and, past its test timeout, is the machine's failure. Only
+where starvation is judged (the engine's host is this one: :func:`cgroup_dir`).
+
 On a host where the counters cannot be read (a remote engine, cgroup v1 without the unified hierarchy, no PSI)
 :func:`cgroup_dir` is None and a timeout stays the policy's failure, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lightswe.envs.engine import CACHE_DIR
+from lightswe.errors import InfrastructureError
+
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 PROC_STAT = Path("/proc/stat")
 WAITED_AT_LEAST = 0.5  # of the run's wall time, waiting for a CPU
 GOT_AT_MOST = 0.25  # of the CPU quota over the run
+GRADINGS_PER_CPU = 4  # CPUs of grading quota admitted per host CPU (1 / GOT_AT_MOST: none starves another)
+SLOT_DIR = CACHE_DIR / "grading-slots"
+
+
+class AdmissionError(InfrastructureError):
+    """No grading slot came free in time (the host runs more gradings than its CPUs can serve)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,3 +162,49 @@ def share(before: CpuSample | None, after: CpuSample | None, cpus: float) -> Cpu
     return CpuShare(wall_s=after.at - before.at, cpu_s=after.usage_s - before.usage_s,
                     waiting_s=after.waiting_s - before.waiting_s, cpus=min(cpus, float(os.cpu_count() or cpus)),
                     host_idle_s=idle)
+
+
+@contextlib.contextmanager
+def admitted(cpus: float, wait_s: float, *, slot_dir: Path | None = None, host_cpus: int | None = None):
+    """Hold ``ceil(cpus)`` of the host's ``GRADINGS_PER_CPU x host_cpus`` grading slots (default: this host's
+    CPUs) while the block runs (module doc): all at once or none (a grading never sits on part of what it
+    needs). Waits for them up to ``wait_s`` seconds, then raises :class:`AdmissionError`."""
+    folder = slot_dir or SLOT_DIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise AdmissionError(f"cannot make the grading slot folder {folder}: {err}; fix: make it writable or set "
+                             "LIGHTSWE_CACHE to a writable folder") from None
+    total = GRADINGS_PER_CPU * (host_cpus or os.cpu_count() or 1)
+    need = min(total, max(1, math.ceil(cpus)))
+    deadline = time.monotonic() + wait_s
+    held: list[int] = []
+    try:
+        while True:
+            for slot in range(total):
+                try:
+                    fd = os.open(folder / str(slot), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                except OSError as err:
+                    raise AdmissionError(f"cannot open the grading slot {folder / str(slot)}: {err}; fix: make "
+                                         "the folder writable or set LIGHTSWE_CACHE to a writable folder") from None
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    continue
+                held.append(fd)
+                if len(held) == need:
+                    break
+            if len(held) == need:
+                break
+            while held:  # part of it: give it back, so two waiting gradings cannot hold each other's half
+                os.close(held.pop())
+            if time.monotonic() >= deadline:
+                raise AdmissionError(f"no grading slot came free in {wait_s:g} s: this host ({total // GRADINGS_PER_CPU} "
+                                     f"CPUs) runs {total} CPUs of grading quota at once and all were taken; fix: "
+                                     "run fewer episodes at once on this host")
+            time.sleep(0.2)
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
