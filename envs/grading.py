@@ -25,8 +25,9 @@ times out (the agent's code hangs) is the policy's failure: 0.0 with ``timed_out
 0.0 (timed out, or failed: a test's own deadline fails a correct fix the same way) is not, when the host starved
 it of CPU (:mod:`lightswe.envs.starvation`: it waited for a CPU half the time and got under a quarter of its
 quota while the host had no idle CPU to give): then the tests run once more in another fresh container, and a
-second starved run is the machine's failure (``GradingError``); the grading container outweighs the agents' for the CPU (``cpu_shares``) and the
-agent's container stays frozen while its change is graded. A test run that fills the grading container's
+second starved run is the machine's failure (``GradingError``); the grading container outweighs the agents'
+for the CPU (``cpu_shares``), gradings are admitted by CPU (``starvation.admitted``: they never starve each
+other), and the agent's container stays frozen while its change is graded. A test run that fills the grading container's
 memory (the engine reports it out of memory) is the policy's failure too, whichever process the OOM killer took.
 A failure of the machine (the agent's or the grading container gone, the engine failing, an image that cannot
 start, a ``test_patch`` that does not apply to the base) raises :class:`GradingError` (an

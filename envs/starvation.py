@@ -200,9 +200,9 @@ def admitted(cpus: float, wait_s: float, *, slot_dir: Path | None = None, host_c
             while held:  # part of it: give it back, so two waiting gradings cannot hold each other's half
                 os.close(held.pop())
             if time.monotonic() >= deadline:
-                raise AdmissionError(f"no grading slot came free in {wait_s:g} s: this host ({total // GRADINGS_PER_CPU} "
-                                     f"CPUs) runs {total} CPUs of grading quota at once and all were taken; fix: "
-                                     "run fewer episodes at once on this host")
+                raise AdmissionError(f"no grading slot came free in {wait_s:g} s: this host "
+                                     f"({total // GRADINGS_PER_CPU} CPUs) runs {total} CPUs of grading quota at "
+                                     "once and all were taken; fix: run fewer episodes at once on this host")
             time.sleep(0.2)
         yield
     finally:

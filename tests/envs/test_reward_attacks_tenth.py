@@ -48,8 +48,9 @@ index 0000000..5e1c0de
 """
 F2P_DEADLINE = "toolz/tests/test_nth_deadline.py::test_nth_in_a_worker_within_its_deadline"
 # the graded code pins itself to CPU 0 (where it can) and spins (a C loop: any() over an endless iterator of zeros)
-PINNED_LOOP = ("printf 'import os\\n\\ndef pin():\\n    try:\\n        os.sched_setaffinity(0, {0})\\n    except OSError:\\n"
-               "        pass\\n' > toolz/_pin.py && sed -i 's/return next(itertools.islice(seq, n + 1, None))/"
+PINNED_LOOP = ("printf 'import os\\n\\ndef pin():\\n    try:\\n        os.sched_setaffinity(0, {0})\\n"
+               "    except OSError:\\n        pass\\n' > toolz/_pin.py && "
+               "sed -i 's/return next(itertools.islice(seq, n + 1, None))/"
                "from toolz._pin import pin; pin(); any(iter(int, 1))/' toolz/itertoolz.py")
 
 
