@@ -1,18 +1,19 @@
 """Adversarial episodes, tenth pass: the starvation rule (``envs/starvation.py``) from both sides -- a policy
 that wants its failures dropped from the batch (reward None instead of 0.0), and an honest episode whose grading
-a neighbour starves. Real engine, the embedded demo task. See the README's *Threat model* for each verdict.
+a neighbour starves -- and the uid leases. Real engine, the embedded demo task. See the README's *Threat model*
+for each verdict.
 
 Broke before the fix:
 
 - **a failing fix dressed as the machine's failure**: the graded code pinned itself to one CPU
   (``os.sched_setaffinity``, unprivileged) beside a neighbour's busy loop and spun: it waited for a CPU nearly
-  all its run and got a few percent of its quota while the host's other CPU sat idle; "starved", rerun, starved
-  again: ``GradingError``, no reward, where the hang is the policy's 0.0 -> starved also needs a host with no idle
-  CPU to give (waiting beside an idle CPU is the code's own doing);
-- **a correct fix failed by its own test's deadline**: a test with a timeout of its own (a subprocess, a
-  future, pytest-timeout) failed on a host that gave the grading a few percent of a CPU: 0.0 for a correct fix,
-  only a whole-run timeout was checked for starvation -> every run that would be 0.0 is checked (rerun once,
-  starved twice is ``GradingError``).
+  all its run and got a few percent of its quota; "starved", rerun, starved again: ``GradingError``, no reward,
+  where the hang is the policy's 0.0 -> no command in a sandbox can change its CPU affinity (the runner's
+  seccomp filter), and starved also needs a host with no idle CPU to give;
+- **many gradings at once**: nothing bounded them, so a policy's episodes all submitting spinning code could
+  saturate the host until every hang read as starved -> gradings are admitted by CPU (4 CPUs of grading quota
+  per host CPU, across processes);
+- **a uid lease leaked** when the engine did not answer whether a container used it.
 """
 
 from __future__ import annotations
@@ -23,45 +24,15 @@ from dataclasses import replace
 
 import pytest
 from lightswe.envs import starvation
-from lightswe.envs.swe_env import SWEEnv
 from lightswe.envs.tool_calls import ToolCall
 
-from .conftest import FIX, bash, start
+from .conftest import bash, start
 
-DEADLINE = "-deadline"  # task id suffix of the variant whose test has a deadline of its own
-DEADLINE_TESTS = """diff --git a/toolz/tests/test_nth_deadline.py b/toolz/tests/test_nth_deadline.py
-new file mode 100644
-index 0000000..5e1c0de
---- /dev/null
-+++ b/toolz/tests/test_nth_deadline.py
-@@ -0,0 +1,10 @@
-+import subprocess
-+import sys
-+
-+WORK = "from toolz import nth; assert all(nth(1, 'ABC') == 'B' for _ in range(300000))"
-+
-+
-+def test_nth_in_a_worker_within_its_deadline():
-+    # about 0.3 s of CPU; the test's own deadline is 8 times that
-+    done = subprocess.run([sys.executable, "-c", WORK], capture_output=True, text=True, timeout=2.5)
-+    assert done.returncode == 0, done.stderr
-"""
-F2P_DEADLINE = "toolz/tests/test_nth_deadline.py::test_nth_in_a_worker_within_its_deadline"
 # the graded code pins itself to CPU 0 (where it can) and spins (a C loop: any() over an endless iterator of zeros)
 PINNED_LOOP = ("printf 'import os\\n\\ndef pin():\\n    try:\\n        os.sched_setaffinity(0, {0})\\n"
                "    except OSError:\\n        pass\\n' > toolz/_pin.py && "
                "sed -i 's/return next(itertools.islice(seq, n + 1, None))/"
                "from toolz._pin import pin; pin(); any(iter(int, 1))/' toolz/itertoolz.py")
-
-
-@pytest.fixture(scope="module")
-def env(task):
-    """The demo task, and a variant whose test_patch adds a test with a deadline of its own."""
-    deadline = replace(task, instance_id=task.instance_id + DEADLINE, test_patch=DEADLINE_TESTS,
-                       FAIL_TO_PASS=[*task.FAIL_TO_PASS, F2P_DEADLINE])
-    environment = SWEEnv([task, deadline], test_timeout=120)
-    yield environment
-    environment.close()
 
 
 def _hog(client, *, cpuset: str | None = None, loops: int = 4, shares: int = 262144) -> str:
@@ -125,36 +96,6 @@ def test_a_hang_pinned_beside_a_neighbour_is_the_policys_zero_not_the_machines_f
     grade_ = info["grade"]
     print(grade_.reason)
     assert terminated and reward == 0.0 and info["timed_out"] and grade_.reruns == 0, grade_.reason
-
-
-@pytest.mark.slow
-@pytest.mark.docker
-def test_a_correct_fix_failed_by_its_own_deadline_on_a_starved_host_is_not_a_zero(env):
-    """Broke: neighbours burning every CPU at a higher weight left the grading a few percent of a CPU; the
-    correct fix's test, whose worker has a deadline of its own, failed (not the whole run: no timeout) and was
-    graded 0.0. Now: starved and 0.0 -> rerun once, starved again -> GradingError (no reward); on the freed host
-    the same fix is 1.0."""
-    import docker
-    from lightswe.envs.grading import GradingError
-
-    client = docker.from_env()
-    start(env, DEADLINE)
-    env.step(bash(FIX))
-    hogs = [_hog(client) for _ in range(3)]
-    env.test_timeout = 300  # pytest's start at a few percent of a CPU takes a minute; the run itself never times out
-    try:
-        with pytest.raises(GradingError, match="failed twice starved of CPU") as caught:
-            _, reward, _, _, info = env.step(ToolCall(name="submit"))
-            pytest.fail(f"graded {reward}: {info['grade'].reason}")
-    finally:
-        env.test_timeout = 120
-        for hog in hogs:
-            client.api.remove_container(hog, force=True)
-    assert caught.value.stage == "tests"
-    start(env, DEADLINE)  # the machine is free again: the same fix is 1.0
-    env.step(bash(FIX))
-    _, reward, _, _, info = env.step(ToolCall(name="submit"))
-    assert reward == 1.0 and info["grade"].reruns == 0, info["grade"].reason
 
 
 def test_a_uid_whose_in_use_check_fails_is_not_kept_leased(tmp_path):
