@@ -6,8 +6,11 @@
     python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-sweep --chunk-form-sweep
                                                          # decode only, every launch config
     python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-launch
-                                                         # decode launch study: dependent launches, in place vs
-                                                         # state_out, copy_/mul_ references, CUPTI, q/k/v kernel
+                                                         # decode launch study: dependent launches, register cap,
+                                                         # o before the stores, copy_/mul_, CUPTI, q/k/v kernel
+    python benchmarks/lightning_attn.py --lengths --no-varlen --no-fla --decode-ablation --decode-batches 8 16
+                                                         # the exact step taken apart against mul_, timelines
+    ncu --profile-from-start off --metrics ... python benchmarks/lightning_attn.py --decode-ncu-target --decode-batches 8
     python benchmarks/lightning_attn.py --prefill-sweep      # every chunk.FWD_SWEEP / BWD_SWEEP config, alone
     python benchmarks/lightning_attn.py --compile-only --pack-triton-cache /tmp/tc   # compile ours and fla's
         # ~300 autotune configs in parallel processes, let fla's autotuners time them once (results kept on disk
@@ -352,18 +355,21 @@ def _set_index(args, state) -> int:
 
 def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwidth: float,
                         chunk_form: bool = True, launches: int = 100) -> None:
-    """Exact decode step (lightning_attn_decode_triton): launch and memory variants at each B against the
-    same-byte references, on four timers. Variants: the launch shapes of DECODE_CONFIGS and BV 32 / 4 warps,
-    each plain, as a programmatic dependent launch (pdl 1: all loads after the wait; pdl 2: the state loaded
-    before it), and in place or to a separate output state (``state_out``). References: torch's copy_ of the
-    state bytes to another buffer and torch's in-place ``mul_`` of the state (the same bytes read and written
-    in place). Timers (us per step): event = CUDA events around eager calls (host-bound at these sizes);
-    alone = do_bench median with L2 flushed, states rotated; graph = ``launches`` (100) steps over the rotating
-    state sets captured in one CUDA graph (do_bench of the replay / steps); + producer = the same with a small
-    kernel writing q before each step (the sampler's order: the layer's q/k/v kernel, then the step; the
-    producer alone beside it); kernel / span = CUPTI over one replay of that graph: the kernel's own duration
-    (a dependent launch's includes its wait) and the first step's start to the last one's end per step. With ``chunk_form`` also the sampler's chunk-form step (default config, i = 32, bf16 copy)
-    plain and as a programmatic dependent launch, pdl 1 (its bound: see chunk_form_rows)."""
+    """Exact decode step (lightning_attn_decode_triton): launch variants at each B against the same-byte
+    references, on four timers. Variants: the default of DECODE_CONFIGS plain and as a programmatic dependent
+    launch (pdl 1: all loads after the wait; pdl 2: the state loaded before it); BV 64 / 8 warps, pdl 1 capped at
+    64 registers; the same launch with the tile as 32-row sub-tiles (DecodeConfig.rows; also plain) and as 16-row
+    sub-tiles capped at 64 registers; and with o's products before the tile's stores (benchmark kernel _tile,
+    MODE 3).
+    References: torch's copy_ of the state bytes to another
+    buffer and torch's in-place ``mul_`` of the state (the same bytes read and written in place). Timers (us per
+    step): event = CUDA events around eager calls (host-bound at these sizes); alone = do_bench median with L2
+    flushed, states rotated; graph = ``launches`` (100) steps over the rotating state sets captured in one CUDA
+    graph (do_bench of the replay / steps); + producer = the same with a small kernel writing q before each step
+    (the sampler's order: the layer's q/k/v kernel, then the step; the producer alone beside it); kernel / span =
+    CUPTI over one replay of that graph: the kernel's own duration (a dependent launch's includes its wait) and
+    the first step's start to the last one's end per step. With ``chunk_form`` also the sampler's chunk-form step
+    (default config, i = 32, bf16 copy; its bound: see chunk_form_rows)."""
     from lightswe.kernels.lightning_attn.decode import DECODE_CONFIGS, DecodeConfig, lightning_attn_decode_triton
     from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive
 
@@ -377,22 +383,24 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
         bound_us = (2 * state_bytes + 4 * batch * heads * dim * 2) / bandwidth * 1e6
         default = next(c for lo, c in reversed(DECODE_CONFIGS) if batch * heads >= lo)
         plain = dataclasses.replace(default, pdl=0)
-        # the default plain and with pdl 1 / 2, the previous sessions' defaults (BV 32 / 2 warps below B*H = 1024,
-        # BV 64 / 8 warps above, plain); where B < 32 smaller tiles with pdl 1 too (BV 64 / 4 warps, 32 / 1, 16 / 1:
-        # 32, 16 and 8 KB per program); the separate output state
-        variants = [(dataclasses.replace(plain, pdl=n), False) for n in (0, 1, 2)]
-        previous = DecodeConfig(32, 2) if batch * heads < 1024 else DecodeConfig(64, 8)
-        variants += [(c, False) for c in (previous, DecodeConfig(64, 4, pdl=1), DecodeConfig(32, 1, pdl=1),
-                                          DecodeConfig(16, 1, pdl=1))
-                     if (c, False) not in variants and (batch < 32 or c == previous)]
-        variants += [(dataclasses.replace(plain, pdl=n), True) for n in (0, 1)]
+        # the default plain and with pdl 1 / 2; BV 64 / 8 warps, pdl 1 capped at 64 registers (4 programs per
+        # multiprocessor instead of 3, 32 bytes of spills); the same launch with the tile loaded as 32-row
+        # sub-tiles (64 registers without spills) and as 16-row sub-tiles capped at 64 registers
+        variants = [dataclasses.replace(plain, pdl=n) for n in (0, 1, 2)]
+        variants += [c for c in (DecodeConfig(64, 8, pdl=1, maxnreg=64), DecodeConfig(64, 8, pdl=1, rows=32),
+                                 DecodeConfig(64, 8, rows=32), DecodeConfig(64, 8, pdl=1, rows=16, maxnreg=64))
+                     if c not in variants]
         producer = lambda q, k, v, s, o: q.mul_(1)
         cases = []
-        for config, out in variants:
-            step = (lambda q, k, v, s, o, config=config, out=out:
-                    lightning_attn_decode_triton(q, k, v, slope, s, config, state_out=o if out else None))
-            cases.append((f"{config}{', to state_out' if out else ', in place'}", step, "_decode_kernel", (config, out),
-                          bound_us))
+        for config in variants:
+            step = (lambda q, k, v, s, o, config=config: lightning_attn_decode_triton(q, k, v, slope, s, config))
+            cases.append((f"{config}", step, "_decode_kernel", config, bound_us))
+        # BV 64 / 8 warps, pdl 1 with o's products before the tile's stores (the benchmark's _tile kernel, MODE 3)
+        n_tiles = batch * heads * dim // 64
+        reordered = (lambda q, k, v, s, o: _tile[(n_tiles,)](q, k, v, o, slope, s, s, H=heads, K=dim, V=dim, BV=64,
+                                                             MODE=3, TRACE=False, PDL=1, num_warps=8, launch_pdl=True))
+        cases.append(("BV 64, 8 warps, PDL 1, o's products before the tile's stores (72 registers)", reordered, "_tile",
+                      None, bound_us))
         copy_bound = 2 * state_bytes / bandwidth * 1e6
         cases.append(("torch copy_ of the state bytes", lambda q, k, v, s, o: o.copy_(s), "", None, copy_bound))
         cases.append(("torch in-place mul_ of the state", lambda q, k, v, s, o: s.mul_(1.0), "", None, copy_bound))
@@ -408,8 +416,8 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
             n_state = batch * heads * dim * dim
             cf_bound = (2 * n_state + block // 2 * batch * heads * 2 * dim * 2 + 6 * batch * heads * dim * 2
                         ) / bandwidth * 1e6
-            for n in (0, 1):  # (pdl 2, measured in the first call: 145 registers instead of 128, slower)
-                config = dataclasses.replace(cf_default, pdl=n)  # the default's launch, plain and dependent
+            for n in (cf_default.pdl,):  # the default launch (its pdl 1 / 2: fourth session, RESULTS.md)
+                config = dataclasses.replace(cf_default, pdl=n)
                 step = (lambda q, k, v, s, o, config=config:
                         decode.lightning_attn_decode_chunk_form(q, k, v, slope, s, *cf_buffers[_set_index(args, s)][:2],
                                                                 pos, rounded_state=cf_buffers[_set_index(args, s)][2],
@@ -420,14 +428,12 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
         for name, step, kernel, check, bound in cases:
             verdict = ""
             if check is not None:
-                config, out = check
                 q, k, v, state = sets[0]
-                s_ref, before = state.clone(), state.clone()
-                o = lightning_attn_decode_triton(q, k, v, slope, state, config, state_out=outs[0] if out else None)
+                s_ref = state.clone()
+                o = lightning_attn_decode_triton(q, k, v, slope, state, check)
                 o_ref = lightning_attn_decode_naive(q, k, v, slope, s_ref)
-                got = outs[0] if out else state
-                ok = rel_diff(o, o_ref) < 1e-2 and rel_diff(got, s_ref) < 1e-6 and (not out or torch.equal(state, before))
-                verdict = "ok" if ok else f"FAILED o {rel_diff(o, o_ref):.1e} state {rel_diff(got, s_ref):.1e}"
+                ok = rel_diff(o, o_ref) < 1e-2 and rel_diff(state, s_ref) < 1e-6
+                verdict = "ok" if ok else f"FAILED o {rel_diff(o, o_ref):.1e} state {rel_diff(state, s_ref):.1e}"
             try:
                 event, alone = rotating_times(step, args, rep=30)
                 _, graph = graph_times(step, args, rep=30, passes=passes)
@@ -458,6 +464,238 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
         torch.cuda.empty_cache()
 
 
+try:  # the ablation kernels of decode_ablation (CUDA only; the module also serves --rounding-emulation on CPU)
+    import triton
+    import triton.language as tl
+    from lightswe.kernels.lightning_attn import decode as _decode
+except ImportError:
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _stamp():
+        """%globaltimer (ns)."""
+        return tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False,
+                                         pack=1)
+
+    @triton.jit
+    def _flat_mul(x, scale, BLOCK: tl.constexpr):
+        """x[program's BLOCK elements] *= scale, in place (as torch's mul_)."""
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(x + offs, tl.load(x + offs) * scale)
+
+    @triton.jit
+    def _tile(q, k, v, o, slope, state, trace, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+              BV: tl.constexpr, MODE: tl.constexpr, TRACE: tl.constexpr, PDL: tl.constexpr):
+        """The exact step's grid and [K, BV] tiles (decode._decode_kernel's), taken apart: MODE 0 the tile scaled
+        by exp(-slope) and stored (no q, k, v, o); 1 S = lambda S + k^T v stored (no o); 2 the step itself
+        (decode._load_tile + decode._decode_tile: the tile's stores, then o's products); 3 the step with o's
+        products before the tile's stores (tried in the fifth session: 72 instead of 80 registers at BV 64 / 8
+        warps, the same bits as 2, the stores waiting for o's cross-warp sum).
+        TRACE: each program writes its start and end (%globaltimer ns, the end after its last store) and %smid to
+        trace[4 program + 0..2]. PDL: as decode's pdl 1."""
+        t = tl.program_id(0)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        if TRACE:
+            t0 = _stamp()
+        if MODE == 2:
+            s_tile = _decode._load_tile(state, t, 0, K, V, BV, False, False)
+            _decode._decode_tile(q, k, v, o, slope, state, s_tile, t, 0, H, K, V, BV, False, False)
+        else:
+            p_s, i_bh, o_k, o_v = _decode._tile_ptrs(state, t, K, V, BV)
+            b_s = tl.load(p_s)
+            decay = tl.exp(-tl.load(slope + i_bh % H))
+            if MODE == 3:  # o's products (a sum across warps) before the tile's stores
+                b_q = tl.load(q + i_bh * K + o_k).to(tl.float32)
+                b_k = tl.load(k + i_bh * K + o_k).to(tl.float32)
+                b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
+                b_s = b_s * decay + b_k[:, None] * b_v[None, :]
+                b_o = tl.sum(b_q[:, None] * b_s, axis=0).to(o.dtype.element_ty)
+                tl.store(p_s, b_s)
+                tl.store(o + i_bh * V + o_v, b_o)
+            else:
+                if MODE == 0:
+                    b_s = b_s * decay
+                else:
+                    b_k = tl.load(k + i_bh * K + o_k).to(tl.float32)
+                    b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
+                    b_s = b_s * decay + b_k[:, None] * b_v[None, :]
+                tl.store(p_s, b_s)
+        if TRACE:
+            t1 = _stamp()
+            sm = tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
+            tl.store(trace + t * 4, t0)
+            tl.store(trace + t * 4 + 1, t1)
+            tl.store(trace + t * 4 + 2, sm.to(tl.int64))
+
+
+def _timeline(trace: torch.Tensor, program_bytes: float, bin_ns: int = 1000) -> str:
+    """One step's program timeline from _tile's TRACE stamps ([programs, 4] int64: start, end ns, SM): span,
+    rounds per SM, when the last program starts, and per bin of ``bin_ns`` the programs running and the
+    DRAM rate implied by the programs ending in it (each moves ``program_bytes``)."""
+    t = trace.cpu()
+    start, end, sm = t[:, 0], t[:, 1], t[:, 2]
+    t0 = int(start.min())
+    start, end = start - t0, end - t0
+    span = int(end.max())
+    per_sm = torch.bincount(sm, minlength=int(sm.max()) + 1)
+    life = (end - start).float()
+    nonzero = torch.diff(torch.unique(torch.cat([start, end]))).min().item() if len(start) > 1 else 0
+    lines = [f"span {span / 1e3:.2f} us (first start to last end), programs per SM {int(per_sm.min())}-"
+             f"{int(per_sm.max())}, last start {int(start.max()) / 1e3:.2f} us, program life mean {life.mean() / 1e3:.2f}"
+             f" / min {life.min() / 1e3:.2f} / max {life.max() / 1e3:.2f} us, timer step {nonzero} ns"]
+    bins = []
+    for b0 in range(0, span + 1, bin_ns):
+        running = int(((start < b0 + bin_ns) & (end > b0)).sum())
+        ended = int(((end >= b0) & (end < b0 + bin_ns)).sum())
+        bins.append(f"{running}/{ended * program_bytes / bin_ns / 1e3:.2f}")
+    lines.append(f"per {bin_ns / 1e3:g} us: programs running / TB/s ended: " + " ".join(bins))
+    return "\n".join(lines)
+
+
+# launch shapes decode_ablation and decode_ncu_target measure beside the default (decode.DECODE_SWEEP has them, so
+# the GPU tests check each against the reference)
+ABLATION_CANDIDATES = tuple(_decode.DecodeConfig(*a, **kw) for a, kw in (
+    ((64, 8), dict(pdl=1, rows=32)), ((64, 8), dict(rows=32)), ((64, 8), dict(pdl=1, rows=16, maxnreg=64)),
+    ((64, 8), dict(pdl=1, maxnreg=64)), ((64, 8), dict(pdl=2)))
+) if triton is not None else ()
+
+
+def decode_ablation(batch: int, heads: int, dim: int, slope, bandwidth: float, candidates=(),
+                    launches: int = 100) -> None:
+    """Where the exact step loses against torch's in-place mul_ of the same bytes (dec4: ~2 us per launch at B=8,
+    a fixed cost: ours 3.7 us + 16.1 us per 8 B, mul_ 2.1 + 15.8). The step taken apart, each in the same graph of
+    ``launches`` steps over the rotating state sets, timed as in decode_launch_study (graph, + producer, CUPTI kernel
+    / span): torch mul_; Triton 1-D flat mul (2,048 fp32 per program, 4 warps; 8,192 per program, 8 warps); the
+    step's grid with the tile only scaled (no q, k, v, o), with the update but no o, the step with o's products
+    before the tile's stores (_tile MODE 3), plain and as a dependent launch; the default (DECODE_CONFIGS) plain
+    and as it launches; then ``candidates`` (DecodeConfigs of lightning_attn_decode_triton, checked against the
+    reference). Then the program timelines (_timeline) of one step in the middle of the graph: the tile scale, the
+    default (through _tile MODE 2) and MODE 3, both as dependent launches."""
+    from lightswe.kernels.lightning_attn.decode import DECODE_CONFIGS, lightning_attn_decode_triton
+    from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive
+
+    flat_mul, tile = _flat_mul, _tile
+    sets = decode_sets(batch, heads, dim)
+    outs = [torch.empty_like(v) for _, _, v, _ in sets]
+    args = [[*st, o] for st, o in zip(sets, outs, strict=True)]
+    state_bytes = batch * heads * dim * dim * 4
+    bound_us = (2 * state_bytes + 4 * batch * heads * dim * 2) / bandwidth * 1e6
+    default = next(c for lo, c in reversed(DECODE_CONFIGS) if batch * heads >= lo)
+    bv, warps = default.bv, default.warps
+    n_tiles = batch * heads * dim // bv
+    none = torch.empty(4, device="cuda", dtype=torch.int64)
+
+    def tiled(mode, pdl=0, trace=None, maxnreg=0):
+        extra = {"maxnreg": maxnreg} if maxnreg else {}
+        return (lambda q, k, v, s, o: tile[(n_tiles,)](q, k, v, o, slope, s, none if trace is None else trace, H=heads,
+                                                       K=dim, V=dim, BV=bv, MODE=mode, TRACE=trace is not None,
+                                                       PDL=pdl, num_warps=warps, launch_pdl=pdl > 0, **extra))
+
+    flat = lambda block, w: (lambda q, k, v, s, o: flat_mul[(s.numel() // block,)](s, 1.0, BLOCK=block, num_warps=w))
+    cases = [("torch in-place mul_", lambda q, k, v, s, o: s.mul_(1.0), "elementwise", None),
+             ("Triton flat mul, 2,048 fp32 / 4 warps", flat(2048, 4), "_flat_mul", None),
+             ("Triton flat mul, 8,192 fp32 / 8 warps", flat(8192, 8), "_flat_mul", None),
+             (f"step's grid, tile scaled only (BV {bv}, {warps} warps)", tiled(0), "_tile", None),
+             ("step's grid, update, no o", tiled(1), "_tile", None),
+             ("o's products before the tile's stores (72 registers)", tiled(3), "_tile", None),
+             ("the same, PDL 1", tiled(3, 1), "_tile", None)]
+    for config in (dataclasses.replace(default, pdl=0), default, *candidates):
+        step = lambda q, k, v, s, o, config=config: lightning_attn_decode_triton(q, k, v, slope, s, config)
+        cases.append((str(config), step, "_decode_kernel", config))
+    passes = math.ceil(launches / len(args))
+    producer = lambda q, k, v, s, o: q.mul_(1)
+    print(f"\n### B={batch} ablation: bound {bound_us:.1f} us (state bytes alone {2 * state_bytes / bandwidth * 1e6:.1f} us)"
+          "\n| case | graph us | of bound | graph + producer us | kernel us (CUPTI) | span per launch us (CUPTI) | check |"
+          "\n|---|---|---|---|---|---|---|", flush=True)
+    for name, step, kernel, config in cases:
+        verdict = ""
+        try:
+            if config is not None:
+                q, k, v, state = sets[0]
+                s_ref = state.clone()
+                o = lightning_attn_decode_triton(q, k, v, slope, state, config)
+                o_ref = lightning_attn_decode_naive(q, k, v, slope, s_ref)
+                ok = rel_diff(o, o_ref) < 1e-2 and rel_diff(state, s_ref) < 1e-6
+                verdict = "ok" if ok else f"FAILED o {rel_diff(o, o_ref):.1e} state {rel_diff(state, s_ref):.1e}"
+            _, graph = graph_times(step, args, rep=30, passes=passes)
+            both_steps = lambda *a, step=step: (producer(*a), step(*a))
+            _, with_producer = graph_times(both_steps, args, rep=30, passes=passes)
+            graph_obj = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph_obj):
+                for _ in range(passes):
+                    for a in args:
+                        step(*a)
+            kern, span = cupti_times(graph_obj.replay, kernel, len(args) * passes)
+            del graph_obj
+        except Exception as err:  # one case failing must not lose the others' rows
+            print(f"| {name} | FAILED: {type(err).__name__}: {str(err)[:200]} |", flush=True)
+            continue
+        us = [t * 1e3 for t in (graph, with_producer, kern, span)]
+        print(f"| {name} | {us[0]:.1f} | {bound_us / us[0]:.1%} | {us[1]:.1f} | {us[2]:.1f} | {us[3]:.1f} | {verdict} |",
+              flush=True)
+    program_bytes = 2 * dim * bv * 4
+    for name, mode, pdl, cap in (("tile scaled only", 0, 0, 0), (f"the step ({default})", 2, default.pdl,
+                                                                  default.maxnreg),
+                                 ("o's products before the tile's stores, PDL 1", 3, 1, 0)):
+        try:
+            traces = [torch.zeros(n_tiles, 4, device="cuda", dtype=torch.int64) for _ in range(passes * len(args))]
+            graph_obj = torch.cuda.CUDAGraph()
+            it = iter(traces)
+            for a in args:  # compile outside the capture
+                tiled(mode, pdl, traces[0], cap)(*a)
+            torch.cuda.synchronize()
+            with torch.cuda.graph(graph_obj):
+                for _ in range(passes):
+                    for a in args:
+                        tiled(mode, pdl, next(it), cap)(*a)
+            for _ in range(3):
+                graph_obj.replay()
+            torch.cuda.synchronize()
+            mid = len(traces) // 2
+            print(f"timeline B={batch}, {name} (step {mid} of {len(traces)} in the graph): "
+                  + _timeline(traces[mid], program_bytes), flush=True)
+            gaps = [(int(traces[i + 1][:, 0].min()) - int(traces[i][:, 1].max())) / 1e3 for i in range(mid - 5, mid + 5)]
+            spans = [(int(traces[i][:, 1].max()) - int(traces[i][:, 0].min())) / 1e3 for i in range(mid - 5, mid + 5)]
+            print(f"  steps {mid - 5}..{mid + 4}: span us {' '.join(f'{x:.2f}' for x in spans)}; last end to the next "
+                  f"step's first start us {' '.join(f'{x:.2f}' for x in gaps)}", flush=True)
+            del graph_obj, traces
+        except Exception as err:
+            print(f"timeline {name} FAILED: {type(err).__name__}: {str(err)[:300]}", flush=True)
+    args.clear()
+    del sets, outs
+    torch.cuda.empty_cache()
+
+
+def decode_ncu_target(batch: int, heads: int, dim: int, slope, candidates=()) -> None:
+    """For Nsight Compute (``ncu --profile-from-start off``): each kernel of decode_ablation launched once on a
+    state set of its own between cudaProfilerStart/Stop, after a warm-up launch (its compile) outside them: torch's
+    in-place mul_, the flat Triton mul, the step's grid with the tile scaled only, the step plain and as a
+    dependent launch, then ``candidates``."""
+    from lightswe.kernels.lightning_attn.decode import DECODE_CONFIGS, lightning_attn_decode_triton
+
+    sets = decode_sets(batch, heads, dim)
+    default = next(c for lo, c in reversed(DECODE_CONFIGS) if batch * heads >= lo)
+    n_tiles = batch * heads * dim // default.bv
+    steps = [lambda q, k, v, s: s.mul_(1.0),
+             lambda q, k, v, s: _flat_mul[(s.numel() // 2048,)](s, 1.0, BLOCK=2048, num_warps=4),
+             lambda q, k, v, s: _tile[(n_tiles,)](q, k, v, v, slope, s, s, H=heads, K=dim, V=dim, BV=default.bv, MODE=0,
+                                                  TRACE=False, PDL=0, num_warps=default.warps)]
+    steps += [lambda q, k, v, s, c=c: lightning_attn_decode_triton(q, k, v, slope, s, c)
+              for c in (dataclasses.replace(default, pdl=0), default, *candidates)]
+    for step in steps:
+        step(*sets[0])
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    for i, step in enumerate(steps):
+        step(*sets[1 + i % (len(sets) - 1)])
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
+
+
 def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None, in_order: bool = False):
     """One launch of the forward or backward kernel with exactly `config` (no autotuning). Returns the outputs.
     in_order: packed sequences' programs in their given order instead of longest first (chunk._seq_order)."""
@@ -475,6 +713,9 @@ def _sweep_launch(kind: str, config, q, k, v, slope, cu, do=None, in_order: bool
         order = torch.arange(N, device=cu.device, dtype=torch.int32)
     if kind == "fwd":
         o, ht = torch.empty_like(v), q.new_empty(N, H, K, V, dtype=torch.float32)
+        if config.kwargs.get("GLUON"):  # the Gluon forward (chunk.GLUON_SWEEP)
+            chunk._launch_gluon_fwd(config.kwargs["BV"], q, k, v, o, slope, None, ht, cu, order, T, N, H, K, V, True)
+            return o, ht
         grid = (triton_cdiv(V, config.kwargs["BV"]), N * H)
         chunk._fwd_kernel.fn[grid](q, k, v, o, slope, None, ht, cu, order, T=T, NB=N * H, H=H, K=K, V=V,
                                    USE_H0=False, STORE_HT=True, IS_VARLEN=cu is not None, **config.kwargs, **opts)
@@ -494,8 +735,8 @@ def triton_cdiv(a: int, b: int) -> int:
 def _config_list(kind: str, sweep: bool) -> list:
     from lightswe.kernels.lightning_attn import chunk
 
-    if kind == "fwd":
-        return chunk.FWD_SWEEP if sweep else chunk._fwd_kernel.configs
+    if kind == "fwd":  # the Gluon forward (runs instead of the autotuned set where it applies) with either list
+        return chunk.FWD_SWEEP if sweep else chunk._fwd_kernel.configs + chunk.GLUON_SWEEP
     return chunk.BWD_SWEEP if sweep else chunk._bwd_kernel.configs
 
 
@@ -786,6 +1027,14 @@ def main() -> int:
     parser.add_argument("--decode-launch", action="store_true",
                         help="the exact decode step's launch study (programmatic dependent launch, in place vs a "
                              "separate output state, copy_ / in-place mul_ references; four timers incl. CUPTI)")
+    parser.add_argument("--decode-ablation", action="store_true",
+                        help="the exact decode step taken apart against torch's mul_ (decode_ablation), candidate "
+                             "configs, program timelines, at each --decode-batches B")
+    parser.add_argument("--ablation-batches", type=int, nargs="*", default=None,
+                        help="--decode-ablation at these B instead of --decode-batches")
+    parser.add_argument("--decode-ncu-target", action="store_true",
+                        help="launch decode_ablation's kernels once each at the first --decode-batches B between "
+                             "cudaProfilerStart/Stop (run under ncu --profile-from-start off), then exit")
     parser.add_argument("--chunk-form-sweep", action="store_true",
                         help="time every chunk-form decode config (decode.CHUNK_FORM_SWEEP), not only the default")
     parser.add_argument("--prefill-sweep", action="store_true",
@@ -833,6 +1082,9 @@ def run(args, fla_chunk, fla_recurrent) -> int:
     """The benchmark proper (main() parses the flags and handles the Triton cache around it)."""
     torch.manual_seed(0)
     H, D = args.heads, args.dim
+    if args.decode_ncu_target:
+        decode_ncu_target(args.decode_batches[0], H, D, slopes(H), ABLATION_CANDIDATES)
+        return 0
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
     slope = slopes(H)
@@ -844,7 +1096,7 @@ def run(args, fla_chunk, fla_recurrent) -> int:
     if args.compile_workers and varlens:
         compile_in_parallel([(kind, False, i, varlen) for kind in ("bwd", "fwd") for varlen in varlens
                              for i in range(len(_config_list(kind, False)))], args.compile_workers, H, D,
-                            fla=fla_chunk is not None and not args.unpack_triton_cache,
+                            fla=fla_chunk is not None,  # (an unpacked cache: compiled configs load, the rest compile)
                             fla_batch=max(1, args.tokens // args.lengths[0]) if args.lengths else 1)
     if args.compile_only:
         if fla_chunk is not None:
@@ -878,6 +1130,9 @@ def run(args, fla_chunk, fla_recurrent) -> int:
     for tuner in _fla_tuners().values():  # fla's own picks (recorded on disk with cache_results)
         for key, config in tuner.cache.items():
             print(f"fla tuned {tuner.base_fn.__name__} {key}: {config}", flush=True)
+    if args.decode_ablation:
+        for batch in args.ablation_batches or args.decode_batches:
+            decode_ablation(batch, H, D, slope, bw, ABLATION_CANDIDATES)
     if args.decode_launch:
         decode_launch_study(args.decode_batches, H, D, slope, bw)
     if args.decode_sweep:  # the rows below then run the sweep's fastest config per B (CUDA-graph timer)
@@ -887,7 +1142,7 @@ def run(args, fla_chunk, fla_recurrent) -> int:
         decode.DECODE_CONFIGS = tuple((0 if i == 0 else b * H, fastest[b]) for i, b in
                                       enumerate(sorted(fastest)))
         print("DECODE_CONFIGS =", decode.DECODE_CONFIGS, flush=True)
-    for batch in args.decode_batches if not args.decode_launch else ():  # (the study has its own rows)
+    for batch in args.decode_batches if not (args.decode_launch or args.decode_ablation) else ():  # (the study has its own rows)
         decode_rows(table, batch, H, D, slope, fla_recurrent, chunk_form_sweep=args.chunk_form_sweep)
         torch.cuda.empty_cache()
     print(f"\nH={H}, D={D}, {args.tokens} tokens per prefill call, bf16 q/k/v, fp32 states:")

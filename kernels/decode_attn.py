@@ -16,6 +16,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from lightswe.errors import UserInputError
 
 try:
     import triton
@@ -96,12 +97,12 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     Returns:
         o [S, H, D] in q's dtype. No host synchronisation; CUDA-graph capturable on the Triton path.
     Raises:
-        ValueError on mismatched shapes.
+        UserInputError (a ValueError) on mismatched shapes.
     """
     rows, heads, dim = q.shape
     if keys.dim() != 4 or keys.shape != values.shape or keys.shape[0] != rows or keys.shape[3] != dim \
             or heads % keys.shape[1]:
-        raise ValueError(f"expected q [S, H, D] and keys = values [S, KVH, L, D] with KVH dividing H; got "
+        raise UserInputError(f"expected q [S, H, D] and keys = values [S, KVH, L, D] with KVH dividing H; got "
                          f"q {tuple(q.shape)}, keys {tuple(keys.shape)}, values {tuple(values.shape)}")
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
     if not _triton_usable(q, keys) or keys.stride(3) != 1 or values.stride(3) != 1:

@@ -4,7 +4,8 @@ Backend choice (``LIGHTSWE_LIGHTNING_BACKEND``): ``auto`` (default) runs the Tri
 tensors are on a CUDA device, Triton imports and the head dims are powers of two in [16, 256], and the
 reference in naive.py otherwise (CPU machines, CI); ``triton`` insists on the kernels (an error says why
 they cannot run); ``reference`` always runs the reference. Rollout and training go through these same two
-functions, so sampler and learner see the same numerics.
+functions, so sampler and learner see the same numerics. On Hopper the Triton forward is chunk.py's Gluon kernel
+(gluon_fwd.py, the same result bits); ``LIGHTSWE_LIGHTNING_FWD=triton`` (default ``auto``) keeps the plain one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 
 import torch
 from lightswe.kernels.lightning_attn.naive import lightning_attn_chunked, lightning_attn_decode_naive
+from lightswe.errors import UserInputError
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _BACKENDS = ("auto", "triton", "reference")
@@ -41,7 +43,7 @@ def _triton_unusable(q: torch.Tensor, head_dims: tuple[int, ...]) -> str | None:
 def _use_triton(q: torch.Tensor, head_dims: tuple[int, ...]) -> bool:
     backend = os.environ.get("LIGHTSWE_LIGHTNING_BACKEND", "auto")
     if backend not in _BACKENDS:
-        raise ValueError(f"LIGHTSWE_LIGHTNING_BACKEND must be one of {_BACKENDS}, got {backend!r}")
+        raise UserInputError(f"LIGHTSWE_LIGHTNING_BACKEND must be one of {_BACKENDS}, got {backend!r}")
     if backend == "reference":
         return False
     reason = _triton_unusable(q, head_dims)
@@ -53,23 +55,23 @@ def _use_triton(q: torch.Tensor, head_dims: tuple[int, ...]) -> bool:
 def _check_common(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, rank: int) -> None:
     names = "[B, T, H, D]" if rank == 4 else "[B, H, D]"
     if q.dim() != rank or q.shape != k.shape or v.dim() != rank or q.shape[:-1] != v.shape[:-1]:
-        raise ValueError(f"expected q, k {names} and v with the same leading dims and its own last dim; "
+        raise UserInputError(f"expected q, k {names} and v with the same leading dims and its own last dim; "
                          f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"expected q, k, v all of one dtype among {_DTYPES}; got {q.dtype}, {k.dtype}, "
                         f"{v.dtype}: cast them with .to(torch.bfloat16)")
     if not (q.device == k.device == v.device == slope.device):
-        raise ValueError(f"expected q, k, v, slope on one device; got {q.device}, {k.device}, {v.device}, "
+        raise UserInputError(f"expected q, k, v, slope on one device; got {q.device}, {k.device}, {v.device}, "
                          f"{slope.device}")
     heads = q.shape[-2]
     if slope.shape != (heads,) or not slope.is_floating_point():
-        raise ValueError(f"expected a float slope of shape [H]=({heads},), got {slope.dtype} "
+        raise UserInputError(f"expected a float slope of shape [H]=({heads},), got {slope.dtype} "
                          f"{tuple(slope.shape)}")
 
 
 def _check_state(state: torch.Tensor, expected: tuple[int, ...], name: str) -> None:
     if tuple(state.shape) != expected:
-        raise ValueError(f"expected {name} of shape [N, H, D, Dv]={expected}, got {tuple(state.shape)}")
+        raise UserInputError(f"expected {name} of shape [N, H, D, Dv]={expected}, got {tuple(state.shape)}")
 
 
 def lightning_attn(
@@ -96,10 +98,10 @@ def lightning_attn(
     n_seqs = batch
     if cu_seqlens is not None:
         if batch != 1:
-            raise ValueError(f"packed input (cu_seqlens) needs batch size 1, got {batch}: "
+            raise UserInputError(f"packed input (cu_seqlens) needs batch size 1, got {batch}: "
                              f"concatenate the sequences along T")
         if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.is_floating_point():
-            raise ValueError(f"expected integer cu_seqlens of shape [N + 1] with N >= 1, got "
+            raise UserInputError(f"expected integer cu_seqlens of shape [N + 1] with N >= 1, got "
                              f"{cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")
         n_seqs = cu_seqlens.numel() - 1
     if initial_state is not None:
@@ -117,7 +119,7 @@ def lightning_attn(
         return lightning_attn_chunked(q, k, v, slope, initial_state)
     bounds = cu_seqlens.tolist()
     if bounds[0] != 0 or bounds[-1] != length or any(a > b for a, b in itertools.pairwise(bounds)):
-        raise ValueError(f"cu_seqlens must rise from 0 to T={length}, got {bounds}")
+        raise UserInputError(f"cu_seqlens must rise from 0 to T={length}, got {bounds}")
     outs, states = [], []
     for i, (start, end) in enumerate(itertools.pairwise(bounds)):
         init = None if initial_state is None else initial_state[i : i + 1]

@@ -23,15 +23,20 @@ Launch variants (autotuned, FWD_CONFIGS / BWD_CONFIGS; measurements in RESULTS.m
              picks changes no bit of o, the final state or the gradients (GPU test), and decode.py's
              chunk-form step reproduces that one rounding. The configs without it stay in FWD_SWEEP /
              BWD_SWEEP (benchmark comparison only).
+On Hopper the forward runs gluon_fwd.py's kernel instead (same math, same bits, its next chunk's loads issued
+before the current chunk's products; 1.2-1.4x faster on the H200); LIGHTSWE_LIGHTNING_FWD=triton keeps the plain
+autotuned one (other GPUs always run it).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
+from lightswe.errors import UserInputError
 
 # Chunk length BT (64 or 128 tokens) and state-slice widths BK/BV are tuned per shape (configs below).
 LOG2E = 1.4426950408889634
@@ -50,10 +55,13 @@ def _prune_slices(configs, nargs, **kwargs):
     for c in configs:
         if c.kwargs.get("TMA") and not _has_tma():
             continue
+        if c.kwargs.get("GLUON") and (os.environ.get("TRITON_INTERPRET") == "1" or _gluon_kernel() is None
+                                      or torch.cuda.get_device_capability()[0] != 9):
+            continue
         bk, bv = c.kwargs.get("BK", min(64, K)), c.kwargs["BV"]
         if bk > K or bv > V:
             continue
-        if (bk < min(64, K) or bv < min(64, V)) and not few:
+        if (bk < min(64, K) or bv < min(64, V)) and not few and not c.kwargs.get("GLUON"):  # (sweep: both widths)
             continue
         kept.append(c)
     return kept
@@ -149,6 +157,52 @@ FWD_SWEEP = FWD_CONFIGS + [
     _fwd_config(64, 64, 8, 2, tma=True), _fwd_config(64, 128, 8, 2, tma=True), _fwd_config(64, 64, 4, 2),
     _fwd_config(64, 64, 4, 3), _fwd_config(64, 128, 8, 2), _fwd_config(128, 64, 8, 2), _fwd_config(128, 32, 8, 2),
 ]
+
+
+# The forward in Gluon (gluon_fwd.py: chunk i+1's loads issued before chunk i's products; same rounding as the
+# configs above). Sweep entries, timed beside the plain configs by the benchmark's --prefill-sweep.
+GLUON_SWEEP = [triton.Config({"BT": 64, "BV": 64, "GLUON": True}, num_warps=4),
+               triton.Config({"BT": 64, "BV": 32, "GLUON": True}, num_warps=4)]
+FWD_SWEEP = FWD_SWEEP + GLUON_SWEEP
+
+
+@functools.cache
+def _gluon_kernel():
+    """gluon_fwd._fwd_gluon_kernel, or None before Triton 3.6 (the version it is written and tested against: Gluon
+    is experimental and its API changed between releases)."""
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 6):
+        return None
+    try:
+        from lightswe.kernels.lightning_attn import gluon_fwd
+    except ImportError:
+        return None
+    return gluon_fwd._fwd_gluon_kernel
+
+
+def _gluon_bv(q: torch.Tensor, N: int, H: int, K: int, V: int) -> int | None:
+    """The state-slice width the Gluon forward runs with for this call, or None where the plain kernel runs:
+    Hopper (compute capability 9.x: warp-group MMA, TMA), bf16/fp16 inputs, K in (64, 128), V a multiple of 64,
+    not under the interpreter, and LIGHTSWE_LIGHTNING_FWD not "triton" (values: auto (default) | triton).
+    Always BV 64: on the H200 BV 32 was slower at every shape, B=1 T=64K included (RESULTS.md, session 8)."""
+    choice = os.environ.get("LIGHTSWE_LIGHTNING_FWD", "auto")
+    if choice not in ("auto", "triton"):
+        raise UserInputError(f"LIGHTSWE_LIGHTNING_FWD must be 'auto' or 'triton', got {choice!r}; unset it for auto")
+    if choice == "triton" or os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    if not q.is_cuda or q.dtype not in (torch.bfloat16, torch.float16) or K not in (64, 128) or V % 64:
+        return None
+    if torch.cuda.get_device_capability(q.device)[0] != 9 or _gluon_kernel() is None:
+        return None
+    return 64
+
+
+def _launch_gluon_fwd(bv: int, q, k, v, o, slope, h0, ht, cu_seqlens, seq_order, T: int, N: int, H: int, K: int,
+                      V: int, store_final_state: bool) -> None:
+    """One launch of the Gluon forward (grid V // bv x N * H, 4 warps); arguments as _fwd_kernel's."""
+    _set_tma_allocator()
+    _gluon_kernel()[(V // bv, N * H)](
+        q, k, v, o, slope, h0, ht, cu_seqlens, seq_order, T, N * H, H=H, K=K, V=V, BT=64, BV=bv,
+        USE_H0=h0 is not None, STORE_HT=store_final_state, IS_VARLEN=cu_seqlens is not None, num_warps=4)
 
 
 def _set_tma_allocator() -> None:
@@ -464,6 +518,11 @@ def lightning_attn_fwd(
     N = _num_seqs(q, cu_seqlens)
     o = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if store_final_state else None
+    bv = _gluon_bv(q, N, H, K, V)
+    if bv is not None:
+        _launch_gluon_fwd(bv, q, k, v, o, slope, initial_state, ht, cu_seqlens, _seq_order(cu_seqlens), T, N, H, K,
+                          V, store_final_state)
+        return o, ht
     grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)
     _set_tma_allocator()
     _launch(_fwd_kernel, grid, q, k, v, o, slope, initial_state, ht, cu_seqlens, _seq_order(cu_seqlens), T=T,

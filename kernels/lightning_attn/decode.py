@@ -33,6 +33,7 @@ import functools
 import math
 
 import torch
+from lightswe.errors import UserInputError
 
 try:
     import triton
@@ -101,14 +102,14 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
     Returns:
         o [S, H, V] in q's dtype. No host synchronisation (CUDA-graph capturable).
     Raises:
-        ValueError: ``rounded_state`` not of ``state``'s shape in q's dtype.
+        UserInputError (a ValueError): ``rounded_state`` not of ``state``'s shape in q's dtype.
     """
     rows, heads, dim = q.shape
     V = v.shape[-1]
     block = chunk_keys.shape[2]
     if rounded_state is not None and (rounded_state.shape != state.shape or rounded_state.dtype != q.dtype
                                       or not rounded_state.is_contiguous()):
-        raise ValueError(f"rounded_state must be a contiguous {tuple(state.shape)} {q.dtype} tensor (state.to(q.dtype)),"
+        raise UserInputError(f"rounded_state must be a contiguous {tuple(state.shape)} {q.dtype} tensor (state.to(q.dtype)),"
                          f" got {tuple(rounded_state.shape)} {rounded_state.dtype}; allocate it beside the state")
     if triton is None or not q.is_cuda:
         return lightning_attn_decode_chunk_form_reference(q, k, v, slope, state, chunk_keys, chunk_values,
@@ -122,7 +123,7 @@ def lightning_attn_decode_chunk_form(q: torch.Tensor, k: torch.Tensor, v: torch.
     rounded = state if rounded_state is None else rounded_state  # (unused pointer without ROUNDED)
     pdl = config.pdl if config.pdl and q.is_cuda and _has_pdl(q.device.index or 0) else 0
     if pdl == 2 and per_program > 1:
-        raise ValueError(f"pdl=2 (loads before the wait) needs one (sequence, head) per program, got {config}")
+        raise UserInputError(f"pdl=2 (loads before the wait) needs one (sequence, head) per program, got {config}")
     _decode_chunk_form_kernel[(triton.cdiv(V, BV), rows * heads // per_program)](
                                     q.contiguous(), k.contiguous(), v.contiguous(), o, slope, state, rounded,
                                     chunk_keys, chunk_values, positions, H=heads, K=dim, V=V, BT=block, BV=BV,
@@ -173,6 +174,15 @@ class DecodeConfig:
         their stream overlaps the previous kernel's tail: valid only where the kernel launched just before this
         one writes none of them (the engine's order: the layer's q/k/v kernel, then the step). A measured
         variant, never a default: ``state.zero_()`` right before the step would race with its load.
+    maxnreg: exact step, one program per tile: registers per thread capped at this (ptxas ``maxnreg``; 0 = the
+        compiler's choice), so that more programs fit on a multiprocessor (BV 64 / 8 warps: 80 registers, 3
+        programs of 256 threads; at 64, 4 programs, with 32 bytes of spills: measured slower, 19.9 against 18.8
+        us at B=8, fifth session).
+    rows: exact step, one program per tile: the tile loaded as K / rows sub-tiles of ``rows`` rows at constant
+        offsets from one base pointer (_decode_rows_kernel), so its 8 state loads share one or two address registers:
+        ptxas then keeps the step's order (every load, then the stores, then o's sum) in 64 registers without
+        spills at BV 64 / 8 warps with rows 32 (80 with rows 0), i.e. 4 programs per multiprocessor. The state's
+        bits are the same; o sums its rows in another order. Not yet measured on a GPU (RESULTS.md, fifth session).
     """
 
     bv: int
@@ -187,6 +197,8 @@ class DecodeConfig:
     full_chunk: bool = False
     per_program: int = 1
     pdl: int = 0
+    maxnreg: int = 0
+    rows: int = 0
 
     def __str__(self) -> str:
         grid = f"persistent {self.per_sm}/SM" if self.per_sm else "one program per tile"
@@ -195,7 +207,9 @@ class DecodeConfig:
                 + (", tensor cores" if self.mma else "") + (", full chunk" if self.full_chunk else "")
                 + (f", {self.per_program} heads per program" if self.per_program > 1 else "")
                 + (", split K" if self.split_k else "") + (", split advance" if self.split else "")
-                + (f", PDL {self.pdl}" if self.pdl else ""))
+                + (f", PDL {self.pdl}" if self.pdl else "")
+                + (f", maxnreg {self.maxnreg}" if self.maxnreg else "")
+                + (f", {self.rows}-row sub-tiles" if self.rows else ""))
 
 
 # (minimum B * H, config). From the H200 sweep (RESULTS.md; H=64, D=128, do_bench with L2 flushed and one launch
@@ -206,6 +220,8 @@ class DecodeConfig:
 # 132.3 us launched plainly (and 20.0 us for the previous B = 8 default, BV 32 / 2 warps); with a small kernel
 # before each step (the sampler's order) the dependent launch is within noise of the plain one (22.0 vs 21.3 us
 # at B = 8, 133.8 vs 134.5 us at B = 64).
+# Fifth session (benchmark --decode-ablation / --decode-launch): unchanged; capping the registers at 64, BV 64 / 16
+# warps, BV 32 / 4 warps and o's products before the tile's stores all measured slower (RESULTS.md).
 DECODE_CONFIGS = ((0, DecodeConfig(64, 8, pdl=1)),)
 
 # Every config the benchmark's decode sweep measures (benchmarks/lightning_attn.py --decode-sweep) and the GPU
@@ -222,6 +238,8 @@ DECODE_SWEEP = tuple(
     + [DecodeConfig(bv, w, bk=bk, split_k=True) for bv, w, bk in ((32, 2, 64), (64, 2, 32), (64, 4, 64), (128, 4, 32))]
     + [DecodeConfig(bv, w, pdl=n) for bv, w in ((32, 2), (32, 4), (64, 4), (64, 8)) for n in (1, 2)]
     + [DecodeConfig(bv, 1, pdl=1) for bv in (16, 32)]
+    + [DecodeConfig(64, 8, pdl=1, maxnreg=64), DecodeConfig(64, 16, pdl=1)]
+    + [DecodeConfig(64, 8, pdl=1, rows=32), DecodeConfig(64, 8, rows=32), DecodeConfig(64, 8, pdl=1, rows=16, maxnreg=64)]
 )
 
 
@@ -319,6 +337,10 @@ if triton is not None:
         b_k = tl.load(k + i_bh * K + o_k).to(tl.float32)
         b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
         b_s = s_tile * decay + b_k[:, None] * b_v[None, :]
+        # the tile's stores before o's products: o's sum over K crosses warps (shared memory, barriers), and stores
+        # placed after it wait for those barriers. That order (72 instead of 80 registers at BV 64 / 8 warps, the
+        # same bits) measured 22.1 against 19.1 us at B=8 and 145.0 against 130.4 us at B=64 (H200, fifth
+        # session, RESULTS.md; benchmark kernel _tile MODE 3)
         if MASKED:
             if STREAM:
                 tl.store(p_s, b_s, mask=ok, cache_modifier=".cs")
@@ -356,6 +378,46 @@ if triton is not None:
             _decode_tile(q, k, v, o, slope, state_out, s_tile, t, 0, H, K, V, BV, STREAM, False)
         else:
             _decode_tile(q, k, v, o, slope, state, s_tile, t, 0, H, K, V, BV, STREAM, False)
+
+    @triton.jit
+    def _decode_rows_kernel(q, k, v, o, slope, state, state_out, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                            BV: tl.constexpr, ROWS: tl.constexpr, PDL: tl.constexpr, OUT: tl.constexpr):
+        """_decode_kernel's step (same grid, tiles, launch and state arithmetic) with the [K, BV] tile loaded as
+        K / ROWS sub-tiles of [ROWS, BV] at constant offsets from one base pointer (DecodeConfig.rows): every load
+        first, then each sub-tile updated and stored, its o products accumulated; then o's sum across the
+        program. The state's bits are _decode_kernel's; o's rows are summed in another order."""
+        t = tl.program_id(0)
+        if PDL == 1:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        NV: tl.constexpr = V // BV
+        N: tl.constexpr = K // ROWS
+        i_bh, i_v = t // NV, t % NV
+        o_r = tl.arange(0, ROWS)
+        o_v = i_v * BV + tl.arange(0, BV)
+        offs = i_bh.to(tl.int64) * K * V + o_r[:, None] * V + o_v[None, :]
+        tiles = ()
+        for j in tl.static_range(N):
+            tiles = tiles + (tl.load(state + offs + j * ROWS * V),)
+        if PDL == 2:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        decay = tl.exp(-tl.load(slope + i_bh % H).to(tl.float32))
+        b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
+        b_ks = ()
+        b_qs = ()
+        for j in tl.static_range(N):
+            b_ks = b_ks + (tl.load(k + i_bh * K + j * ROWS + o_r).to(tl.float32),)
+            b_qs = b_qs + (tl.load(q + i_bh * K + j * ROWS + o_r).to(tl.float32),)
+        acc = tl.zeros([ROWS, BV], dtype=tl.float32)
+        for j in tl.static_range(N):
+            b_s = tiles[j] * decay + b_ks[j][:, None] * b_v[None, :]
+            if OUT:
+                tl.store(state_out + offs + j * ROWS * V, b_s)
+            else:
+                tl.store(state + offs + j * ROWS * V, b_s)
+            acc += b_qs[j][:, None] * b_s
+        tl.store(o + i_bh * V + o_v, tl.sum(acc, axis=0).to(o.dtype.element_ty))
 
     @triton.jit
     def _decode_persistent_kernel(q, k, v, o, slope, state, n_tiles, H: tl.constexpr, K: tl.constexpr,
@@ -444,17 +506,19 @@ if triton is not None:
         with ``state_out`` (same shape, fp32, contiguous, not overlapping ``state``) read from ``state`` and the
         updated state written to ``state_out`` (``state`` unchanged; one-program-per-tile configs only).
         ``config`` overrides the launch shape chosen by B*H from DECODE_CONFIGS (benchmark sweep, tests).
-        Raises ValueError for a ``state_out`` of another shape/dtype/layout or with a config that cannot use it."""
+        Raises UserInputError (a ValueError) for a ``state_out`` of another shape/dtype/layout or with a config that cannot use it."""
         B, H, K = q.shape
         V = v.shape[-1]
         config = config or _decode_config(B * H, V)
         plain = not (config.bk or config.per_sm)
         if state_out is not None and (state_out.shape != state.shape or state_out.dtype != torch.float32
                                       or not state_out.is_contiguous() or not plain):
-            raise ValueError(f"state_out must be a contiguous fp32 {tuple(state.shape)} tensor and the config one "
+            raise UserInputError(f"state_out must be a contiguous fp32 {tuple(state.shape)} tensor and the config one "
                              f"program per tile, got {tuple(state_out.shape)} {state_out.dtype} with {config}")
-        if config.pdl and not plain:
-            raise ValueError(f"programmatic dependent launch (pdl) needs a one-program-per-tile config, got {config}")
+        if (config.pdl or config.maxnreg or config.rows) and not plain:
+            raise UserInputError(f"pdl, maxnreg and rows need a one-program-per-tile config, got {config}")
+        if config.rows and (config.stream or K % config.rows or config.rows & (config.rows - 1)):
+            raise UserInputError(f"rows must be a power of two dividing K={K}, without stream, got {config}")
         pdl = config.pdl if config.pdl and q.is_cuda and _has_pdl(q.device.index or 0) else 0  # else plain
         bv = min(config.bv, V)
         o = torch.empty_like(v)
@@ -472,10 +536,16 @@ if triton is not None:
             grid = (min(n_tiles, config.per_sm * _num_sms(q.device.index or 0)),)
             _decode_persistent_kernel[grid](q, k, v, o, slope, state, n_tiles, H=H, K=K, V=V, BV=bv,
                                             STREAM=config.stream, num_warps=config.warps)
+        elif config.rows:
+            _decode_rows_kernel[(n_tiles,)](q, k, v, o, slope, state, state if state_out is None else state_out, H=H,
+                                            K=K, V=V, BV=bv, ROWS=config.rows, PDL=pdl, OUT=state_out is not None,
+                                            num_warps=config.warps, launch_pdl=pdl > 0,
+                                            **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
         else:
             _decode_kernel[(n_tiles,)](q, k, v, o, slope, state, state if state_out is None else state_out, H=H, K=K,
                                        V=V, BV=bv, STREAM=config.stream, PDL=pdl, OUT=state_out is not None,
-                                       num_warps=config.warps, launch_pdl=pdl > 0)
+                                       num_warps=config.warps, launch_pdl=pdl > 0,
+                                       **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
         return o
 
     @triton.jit

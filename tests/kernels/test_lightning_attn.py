@@ -201,13 +201,12 @@ def _config_results(fwd_config, bwd_config) -> dict[str, torch.Tensor]:
     do = torch.randn(v.shape, device="cuda", generator=gen).to(v.dtype)  # seeded: the same for every config
     dht = torch.randn(h0.shape, device="cuda", generator=gen)
     leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, h0)]
-    saved = chunk._fwd_kernel.configs, chunk._bwd_kernel.configs
-    chunk._fwd_kernel.configs, chunk._bwd_kernel.configs = [fwd_config], [bwd_config]
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIGHTSWE_LIGHTNING_FWD", "triton")  # the plain forward with this config, not the Gluon one
+        patch.setattr(chunk._fwd_kernel, "configs", [fwd_config])
+        patch.setattr(chunk._bwd_kernel, "configs", [bwd_config])
         o, ht = lightning_attn(*leaves[:3], slope, leaves[3], cu)
         torch.autograd.backward((o, ht), (do, dht))
-    finally:
-        chunk._fwd_kernel.configs, chunk._bwd_kernel.configs = saved
     return {"o": o, "ht": ht, **{n: x.grad for n, x in zip(("dq", "dk", "dv", "dh0"), leaves)}}
 
 
@@ -246,6 +245,7 @@ def test_every_tuned_config(index, monkeypatch):
         pytest.skip("tensor-descriptor (TMA) configs need compute capability 9.0+")
     usable = lambda configs: next(c for c in configs if chunk._has_tma() or not c.kwargs["TMA"])
     first, this = _config_results(usable(fwd), usable(bwd)), _config_results(fwd_i, bwd_i)
+    monkeypatch.setenv("LIGHTSWE_LIGHTNING_FWD", "triton")
     monkeypatch.setattr(chunk._fwd_kernel, "configs", [fwd_i])
     monkeypatch.setattr(chunk._bwd_kernel, "configs", [bwd_i])
     q, k, v, gen = inputs(1, 500, torch.bfloat16, seed=100 + index)
@@ -254,6 +254,63 @@ def test_every_tuned_config(index, monkeypatch):
     check_against_reference(q, k, v, slope, h0, None, use_final_state=True)
     differ = {n: (first[n] != this[n]).float().mean().item() for n in first if not torch.equal(first[n], this[n])}
     assert not differ, f"forward {fwd_i} / backward {bwd_i} differ from config 0 (fraction of elements): {differ}"
+
+
+def _forward(q, k, v, slope, h0, cu, backend: str):
+    """o and the final state of the forward alone through the API, LIGHTSWE_LIGHTNING_FWD=backend."""
+    with pytest.MonkeyPatch.context() as patch, torch.no_grad():
+        patch.setenv("LIGHTSWE_LIGHTNING_FWD", backend)
+        return lightning_attn(q, k, v, slope, h0, cu)
+
+
+@pytest.mark.parametrize("bv", [64, 32], ids=lambda b: f"BV{b}")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_gluon_forward_equals_the_plain_kernel(packed, dtype, bv, monkeypatch):
+    """The Gluon forward (gluon_fwd.py, Hopper) computes the function (fp32 reference) and gives the plain kernel's
+    bits: o and the final state, over packed sequences of odd lengths with initial states (VARLEN_BOUNDS) and a
+    padded batch of an odd length without them, bf16 and fp16, the default state-slice width (BV 64, through the
+    API's dispatch) and BV 32 (launched directly). So decode.py's chunk-form step, which reproduces the plain
+    kernel's rounding, matches it too; LIGHTSWE_LIGHTNING_FWD=triton runs the plain kernel instead."""
+    from lightswe.kernels.lightning_attn import chunk
+
+    if chunk._gluon_bv(torch.empty(1, device="cuda", dtype=dtype), 1, HEADS, DIM, DIM) is None:
+        pytest.skip("the Gluon forward needs Triton's Gluon dialect and compute capability 9.x")
+    if packed:
+        q, k, v, gen = inputs(1, VARLEN_BOUNDS[-1], dtype, seed=41)
+        h0 = torch.randn(len(VARLEN_BOUNDS) - 1, HEADS, DIM, DIM, device="cuda", generator=gen)
+        cu = torch.tensor(VARLEN_BOUNDS, device="cuda", dtype=torch.int32)
+    else:
+        q, k, v, gen = inputs(3, 321, dtype, seed=42)
+        h0, cu = None, None
+    slope = minimax_slopes(HEADS, layer=20, layers=80)
+    calls = []
+    real = chunk._launch_gluon_fwd
+    monkeypatch.setattr(chunk, "_launch_gluon_fwd", lambda *a, **kw: calls.append(a[0]) or real(*a, **kw))
+    o_plain, ht_plain = _forward(q, k, v, slope, h0, cu, "triton")
+    assert not calls, "LIGHTSWE_LIGHTNING_FWD=triton ran the Gluon kernel"
+    if bv == 64:
+        o, ht = _forward(q, k, v, slope, h0, cu, "auto")
+        assert calls == [64], "the API's forward did not run the Gluon kernel (BV 64)"
+    else:
+        n = q.shape[0] if cu is None else cu.numel() - 1
+        o, ht = torch.empty_like(v), torch.empty(n, HEADS, DIM, DIM, device="cuda")
+        chunk._launch_gluon_fwd(bv, q, k, v, o, slope, h0, ht, cu, chunk._seq_order(cu), q.shape[1], n, HEADS, DIM,
+                                DIM, True)
+    o_ref, ht_ref, _, _ = reference(q, k, v, slope, h0, None if cu is None else cu.tolist())
+    errors = {"o": rel_err(o, o_ref), "ht": rel_err(ht, ht_ref)}
+    assert all(errors[n] <= TOL[torch.bfloat16][n] for n in errors), f"Gluon forward vs fp32 reference: {errors}"
+    differ = {n: (a != b).float().mean().item() for n, a, b in (("o", o, o_plain), ("ht", ht, ht_plain))
+              if not torch.equal(a, b)}
+    assert not differ, f"Gluon forward BV {bv} differs from the plain kernel (fraction of elements): {differ}"
+
+
+def test_lightning_fwd_choice_is_checked(monkeypatch):
+    """A misspelt LIGHTSWE_LIGHTNING_FWD is refused in one line naming the accepted values (not run as auto)."""
+    q, k, v, _ = inputs(1, 64, torch.bfloat16, seed=3)
+    monkeypatch.setenv("LIGHTSWE_LIGHTNING_FWD", "glun")
+    with pytest.raises(ValueError, match="LIGHTSWE_LIGHTNING_FWD must be 'auto' or 'triton'"):
+        lightning_attn(q, k, v, minimax_slopes(HEADS, layer=0, layers=80))
 
 
 @pytest.mark.parametrize("batch", [1, 8, 16, 32, 64])
@@ -370,6 +427,56 @@ def test_decode_programmatic_dependent_launch_chained_in_a_cuda_graph(pdl):
         graph.replay()
         torch.cuda.synchronize()
         check()
+
+
+@pytest.mark.parametrize("batch, heads", [(8, 64), (3, 5)], ids=["B8H64", "B3H5"])
+def test_decode_register_cap_gives_the_uncapped_bits(batch, heads):
+    """DecodeConfig.maxnreg only caps ptxas's registers per thread (the default: 64 at BV 64 / 8 warps, so that 4
+    programs fit on a multiprocessor instead of 3): o and the updated state are bit-identical to the uncapped
+    launch's, plain and as a dependent launch; a cap on a config that is not one program per tile is refused."""
+    from lightswe.kernels.lightning_attn.decode import DecodeConfig, lightning_attn_decode_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(53)
+    slope = minimax_slopes(heads, layer=5, layers=80)
+    state = torch.randn(batch, heads, DIM, DIM, device="cuda", generator=gen)
+    q, k, v = (torch.randn(batch, heads, DIM, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
+    results = []
+    for config in (DecodeConfig(64, 8), DecodeConfig(64, 8, maxnreg=64), DecodeConfig(64, 8, pdl=1, maxnreg=64)):
+        s = state.clone()
+        results.append((lightning_attn_decode_triton(q, k, v, slope, s, config), s))
+    for o, s in results[1:]:
+        assert torch.equal(o, results[0][0]) and torch.equal(s, results[0][1])
+    with pytest.raises(ValueError, match="maxnreg"):
+        lightning_attn_decode_triton(q, k, v, slope, state.clone(), DecodeConfig(64, 8, bk=32, maxnreg=64))
+
+
+@pytest.mark.parametrize("rows, maxnreg", [(32, 0), (16, 64), (64, 0)], ids=["rows32", "rows16cap64", "rows64"])
+def test_decode_row_sub_tiles_keep_the_state_bits(rows, maxnreg):
+    """DecodeConfig.rows (the tile loaded as sub-tiles of ``rows`` rows from one base pointer): the updated state
+    bit-identical to the default launch's (same arithmetic per element), in place and to ``state_out``, o as the
+    reference's (its rows summed in another order); B=3, H=5 and B=8, H=64 with a dependent launch. Rows that do
+    not divide K, or with streaming stores or another launch shape, are refused."""
+    from lightswe.kernels.lightning_attn.decode import DecodeConfig, lightning_attn_decode_triton
+
+    for batch, heads in ((3, 5), (8, 64)):
+        gen = torch.Generator(device="cuda").manual_seed(59 + batch)
+        slope = minimax_slopes(heads, layer=9, layers=80)
+        state = torch.randn(batch, heads, DIM, DIM, device="cuda", generator=gen)
+        q, k, v = (torch.randn(batch, heads, DIM, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
+        default = state.clone()
+        lightning_attn_decode_triton(q, k, v, slope, default, DecodeConfig(64, 8, pdl=1))
+        s_ref = state.clone()
+        o_ref = lightning_attn_decode_naive(q, k, v, slope, s_ref)
+        config = DecodeConfig(64, 8, pdl=1, rows=rows, maxnreg=maxnreg)
+        in_place, out = state.clone(), torch.full_like(state, float("nan"))
+        o = lightning_attn_decode_triton(q, k, v, slope, in_place, config)
+        o_out = lightning_attn_decode_triton(q, k, v, slope, state, config, state_out=out)
+        assert torch.equal(in_place, default) and torch.equal(out, default) and torch.equal(o_out, o)
+        assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"] and rel_err(in_place, s_ref) <= 1e-6
+    for bad in (DecodeConfig(64, 8, rows=48), DecodeConfig(64, 8, rows=32, stream=True),
+                DecodeConfig(64, 8, rows=32, bk=32)):
+        with pytest.raises(ValueError, match="rows"):
+            lightning_attn_decode_triton(q, k, v, slope, state.clone(), bad)
 
 
 def _chunk_form_sweep():
