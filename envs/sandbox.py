@@ -212,7 +212,8 @@ class Sandbox:
         self._uid: _uids.UidLease | None = None
         self.agent_uid = AGENT_UID  # the agent user's uid in this container (a leased one with loop volumes)
         self._disk_path = ""  # where the runner watches free space ("" when no hard limit applies)
-        self.affinity_locked = False  # the runner's commands cannot change their CPU affinity (runner.lock_affinity)
+        # the runner's commands cannot change their CPU affinity (runner.lock_affinity); known from the first command
+        self.affinity_locked = False
         self._lock = threading.Lock()
         self.stop: threading.Event | None = getattr(_SCOPE, "stop", None)  # set: stopped (see stop_scope)
         self._start()

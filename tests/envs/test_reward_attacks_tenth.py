@@ -65,6 +65,27 @@ def test_waiting_beside_an_idle_cpu_is_never_starvation():
     assert starvation.host_idle() >= idle
 
 
+@pytest.mark.docker
+def test_no_command_in_a_sandbox_can_change_its_cpu_affinity():
+    """The fix for the pinned hang below, in the default run: as the agent and as the harness's root, in the
+    background too, ``sched_setaffinity`` is EPERM (reading the affinity still works); an image build's sandbox
+    (the harness's own commands, Docker's default capabilities) is not locked."""
+    from lightswe.envs.sandbox import Sandbox, SandboxConfig
+
+    probe = ("python3 -c 'import os; print(len(os.sched_getaffinity(0)))'; taskset -pc 0 $$ >/dev/null 2>&1; "
+             "echo set=$?; (python3 -c 'import os; os.sched_setaffinity(0, {0})' 2>&1 | tail -1) & wait")
+    with Sandbox(SandboxConfig(image="lightswe/base:bookworm", workdir="/")) as box:
+        for user in ("agent", "root"):
+            lines = box.exec(probe, timeout=30, user=user).output.splitlines()
+            assert lines == [str(len(os.sched_getaffinity(0))), "set=1",
+                             "PermissionError: [Errno 1] Operation not permitted"], (user, lines)
+        assert box.affinity_locked  # said by the runner once started (at the first command)
+    with Sandbox(SandboxConfig(image="lightswe/base:bookworm", workdir="/", user="root", build=True,
+                               disk_limit=None)) as build:
+        assert build.exec("taskset -pc 0 $$ >/dev/null; echo set=$?", timeout=30).output.split() == ["set=0"]
+        assert not build.affinity_locked
+
+
 @pytest.mark.slow
 @pytest.mark.docker
 def test_a_hang_pinned_beside_a_neighbour_is_the_policys_zero_not_the_machines_failure(env):
