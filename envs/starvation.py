@@ -21,11 +21,11 @@ starved run is the machine's failure (``GradingError``, no reward).
 
 Why the graded code cannot choose where it waits (tenth adversarial pass): the waiting is the container's,
 and the code it runs could choose the CPU it waits on. Pinned to CPU 0 (``os.sched_setaffinity(0, {0})``,
-unprivileged) beside a neighbour burning that CPU at four gradings' weight, a hang waited 7.6 s of its 8.3 s
-run and got 0.5 s of CPU (6 % of its quota) while the host had CPU elsewhere: "starved", rerun, starved again,
-and a failing fix came back as the machine's failure (no reward) instead of 0.0 -- a policy that learns it
-hides its failures from the learner. Now (1) no command in a sandbox can change its CPU affinity (the runner's
-seccomp filter, :func:`lightswe.envs.runner.lock_affinity`): the same hang got 2.9 s of CPU and was 0.0; and
+unprivileged) beside a neighbour burning that CPU at four gradings' weight, a hang got 1.1 s and 1.6 s of CPU
+in its 8.1 s runs, waiting about 6 s of each: "starved", rerun, starved again, and a failing fix came back as
+the machine's failure (no reward) instead of 0.0 -- a policy that learns it hides its failures from the learner.
+Now (1) no command in a sandbox can change its CPU affinity (the runner's seccomp filter,
+:func:`lightswe.envs.runner.lock_affinity`): the same hang got 1.7-3.8 s of CPU (three runs) and was 0.0; and
 (2) waiting while the host leaves CPU idle is never starvation (whatever made the container wait, the host had
 CPU to give). ``cpus`` past the host's CPU count is capped at it.
 

@@ -101,9 +101,9 @@ def test_a_hang_pinned_beside_a_neighbour_is_the_policys_zero_not_the_machines_f
     assert "Operation not permitted" in env.step(bash("taskset -c 0 true"))[0]
     env.step(bash(PINNED_LOOP))
     hog = _hog(client, cpuset="0", loops=2, shares=4 * 8192)
-    env.test_timeout = 8
-    idle_before, wall_before = starvation.host_idle(), time.monotonic()
-    try:
+    try:  # from here on the hog is removed whatever happens
+        env.test_timeout = 8
+        idle_before, wall_before = starvation.host_idle(), time.monotonic()
         try:
             _, reward, terminated, _, info = env.step(ToolCall(name="submit"))
         except GradingError as err:
