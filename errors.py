@@ -29,6 +29,15 @@ class InfrastructureError(LightSWEError, RuntimeError):
     """The machine failed (engine, container, image, source, server): never a policy failure."""
 
 
+class NonFiniteError(InfrastructureError):
+    """The model's numbers broke down: NaN or +inf logits, a row with no finite logit (all -inf), or a NaN/inf
+    log-prob or probability, from the built-in samplers (``lightswe.model.generation.sample``, the CUDA
+    ``SamplerEngine``, the ``hf:`` models), a model server's answer, or the learner's log-probs. The cause is the
+    machine's or the weights' (a diverged or damaged checkpoint, an overflow in bf16/fp16), never the policy's
+    choice: the agent loop records the episode as ``sandbox_error`` with reward ``None`` (never 0.0, never a token
+    picked from garbage), and the learner refuses the update before the optimiser touches the weights."""
+
+
 class UserInputError(LightSWEError, ValueError):
     """Bad input from the user (a config value, a task file, a CLI option); the message names the fix."""
 

@@ -259,15 +259,27 @@ def allowed_keys(allow: tuple[str, ...] | list[str], keys, shortcuts: dict[str, 
     return selected
 
 
+def holds_work(folder: Path) -> bool:
+    """Whether a run folder holds anything a rerun would reuse (an episode, even one under way, a checkpoint, a
+    metrics row): any file, at any depth, but ``config.json``, an empty ``metrics.jsonl`` and TensorBoard event
+    files (logs, which a rerun purges)."""
+    for path in folder.rglob("*"):
+        if path.name in (CONFIG_FILE, CONFIG_FILE + ".tmp") or path.name.startswith("events.out.tfevents."):
+            continue
+        if path.is_file() and not (path.name == "metrics.jsonl" and path.stat().st_size == 0):
+            return True
+    return False
+
+
 def check_resume(folder: Path, cfg, *, allow: tuple[str, ...] = (), free: frozenset[str] | set[str] = frozenset(),
                  shortcuts: dict[str, str] | None = None, command: str) -> None:
     """Refuse to continue a run in ``folder`` with settings other than those in its ``config.json``.
 
     ``free``: dotted settings that may always change (how many workers, which device); ``allow``: the user's
     ``--allow-change`` names, see :func:`allowed_keys` (checked even for a new run, so a typo fails at once). A
-    folder without ``config.json``, or with nothing else in it (the earlier command stopped before any work, e.g.
-    on a model that did not load), is a new run; one made by another ``command`` is refused. Settings only one
-    side knows (an older version) are skipped.
+    folder without ``config.json``, or without work in it (:func:`holds_work`: the earlier command stopped before
+    any, e.g. on a model or task that did not load), is a new run; one made by another ``command`` is refused.
+    Settings only one side knows (an older version) are skipped.
 
     Raises:
         UserInputError: an ``allow`` name that matches no setting; or one line naming every changed setting
@@ -278,8 +290,8 @@ def check_resume(folder: Path, cfg, *, allow: tuple[str, ...] = (), free: frozen
     path = folder / CONFIG_FILE
     if not path.is_file():
         return
-    if all(entry.name in (CONFIG_FILE, CONFIG_FILE + ".tmp") for entry in folder.iterdir()):
-        return  # the earlier run stopped before any work (a setting refused, a model that did not load): new run
+    if not holds_work(folder):
+        return  # the earlier run stopped before any work (a setting refused, a model or task that did not load)
     try:
         old = flatten(json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError):
@@ -341,6 +353,56 @@ def sequence_options(cls, prefix: str = "") -> set[str]:
         elif typing.get_origin(tp) is list or (typing.get_origin(tp) is tuple and typing.get_args(tp)[-1:] == (...,)):
             out.add("--" + name)
     return out
+
+
+def bool_options(cls, prefix: str = "") -> set[str]:
+    """The flag options of ``cls`` (nested configs dotted) whose field is a ``bool``: ``{"--progress", ...}`` (tyro
+    spells the false side ``--no-progress``, ``--sampler.no-batch-invariant``)."""
+    out: set[str] = set()
+    for f in dataclasses.fields(cls):
+        tp = _strip_optional(_hints(cls)[f.name])
+        name = prefix + f.name.replace("_", "-")
+        if dataclasses.is_dataclass(tp):
+            out |= bool_options(tp, name + ".")
+        elif tp is bool:
+            out.add("--" + name)
+    return out
+
+
+def refuse_conflicts(argv: list[str], cls, shortcuts: dict[str, str]) -> None:
+    """Refuse a single-valued option given twice with different values, in any spelling (``--lr 1 --learner.lr 2``,
+    ``--steps 3 --steps=5``, ``--progress --no-progress``): argparse would keep the last one silently. The same
+    value twice passes; list options (:func:`sequence_options`) collect every value instead.
+
+    Raises:
+        UserInputError: naming both spellings and values, and the fix.
+    """
+    lists, flags = sequence_options(cls), bool_options(cls)
+    seen: dict[str, tuple[str, str]] = {}  # canonical option -> (as given, value)
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--") or arg == "--":
+            continue
+        given, eq, value = arg.partition("=")
+        name = shortcuts.get(given, given)
+        name = "--" + name[2:].replace("_", "-")
+        head, _, last = name.rpartition(".")
+        negated = (head + "." if head else "--") + last.removeprefix("--").removeprefix("no-")
+        if last.removeprefix("--").startswith("no-") and negated in flags:
+            name, value = negated, "false"
+        elif name in flags and not eq:
+            value = "true"
+        elif not eq:
+            end = next((j for j in range(i + 1, len(argv)) if argv[j].startswith("--")), len(argv))
+            value = " ".join(argv[i + 1:end])
+        if name in lists:
+            continue
+        if given == "--ray" and not value:  # a bare --ray means local (_expand)
+            value = "local"
+        if name in seen and seen[name][1] != value:
+            first, before = seen[name]
+            raise UserInputError(f"{name} given twice with different values ({first} {before}, {given} {value}); "
+                                 "fix: pass it once")
+        seen.setdefault(name, (given, value))
 
 
 def _merge_repeats(argv: list[str], options: set[str]) -> list[str]:
@@ -414,6 +476,7 @@ def parse(cls: type[T], argv: list[str], *, prog: str, description: str = "",
         raise UserInputError(f"--config given {len(config_files)} times ({', '.join(config_files)}); fix: pass one "
                              "file (options after it override its values)")
     default = from_dict(cls, load_file(config_files[0])) if config_files else None
+    refuse_conflicts(argv, cls, shortcuts)
     argv = _merge_repeats(_expand(argv, shortcuts), sequence_options(cls))
     epilog = ("--config FILE (TOML, YAML or JSON, e.g. an earlier run's config.json) sets defaults that the "
               "options override; --allow-change A,B lets a resumed run change those settings.")

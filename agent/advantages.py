@@ -8,7 +8,8 @@ Rules that keep the signal honest:
   (``filter_equal``; otherwise its runs stay with advantage 0: no gradient, but tokens in the normaliser);
 - a group with one valid run gets advantage 0 (and is filtered as "equal").
 
-``fill_batch`` is the DAPO dynamic-sampling hook: it keeps drawing groups until enough carry signal.
+``fill_batch`` is the DAPO dynamic-sampling hook: it keeps drawing groups until enough carry signal;
+``overlong_penalty`` is DAPO's soft overlong punishment (a length penalty added to the reward; off by default).
 
 Example::
 
@@ -29,6 +30,43 @@ class AdvantageConfig:
     eps: float = 1e-6  # added to the group's reward std before dividing
     scale_by_std: bool = True  # False: Dr. GRPO's mean-centred rewards only
     filter_equal: bool = True  # drop groups whose valid rewards are all equal
+
+
+@dataclass(kw_only=True, slots=True)
+class OverlongConfig:
+    """DAPO's soft overlong punishment (``overlong_penalty``): off unless ``buffer_tokens`` > 0."""
+
+    # L_cache: the punishment interval, the last this many tokens before max_tokens (0: off).
+    buffer_tokens: int = 0
+    # L_max: the episode's generation budget in policy tokens (default: the most an episode can generate,
+    # min(--agent.max-context-tokens, --agent.max-steps x --agent.max-new-tokens)).
+    max_tokens: int | None = None
+    # Scale of the penalty (DAPO: 1, a penalty of at most -1 next to a 0/1 reward; verl's penalty_factor).
+    factor: float = 1.0
+
+
+def overlong_penalty(length: int, *, max_tokens: int, buffer_tokens: int, factor: float = 1.0) -> float:
+    """DAPO's soft overlong punishment (Yu et al. 2025, "DAPO", arXiv 2503.14476, section 3.4, eq. 13), added to
+    the reward of a graded run whose response holds ``length`` tokens (here: the policy's generated tokens of the
+    episode), with L_max = ``max_tokens`` and L_cache = ``buffer_tokens``::
+
+        R_length(y) = 0                                     if |y| <= L_max - L_cache
+                    = factor ((L_max - L_cache) - |y|) / L_cache   if L_max - L_cache < |y| <= L_max
+                    = -factor                               if |y| > L_max
+
+    a penalty growing linearly from 0 to -``factor`` over the last L_cache tokens of the budget. ``buffer_tokens``
+    0 turns it off (0.0 for every length). Floats; raises ValueError for buffer_tokens < 0 or > max_tokens.
+    """
+    if buffer_tokens < 0 or buffer_tokens > max_tokens:
+        raise ValueError(f"need 0 <= buffer_tokens <= max_tokens, got {buffer_tokens}, {max_tokens}")
+    if buffer_tokens == 0:
+        return 0.0
+    expected = max_tokens - buffer_tokens
+    if length <= expected:
+        return 0.0
+    if length <= max_tokens:
+        return factor * (expected - length) / buffer_tokens
+    return -factor
 
 
 @dataclass(kw_only=True, slots=True)

@@ -47,7 +47,8 @@ class _RunArgs:
     # Policy: scripted | model:PRESET_OR_DIR | hf:DIR | openai:URL | vllm:MODEL | vllm:hf:DIR (options after '?',
     # e.g. model:tiny?seed=1).
     policy: str = "scripted"
-    # tokenizer.json path (default: an hf: checkpoint's own tokenizer, else the built-in byte tokenizer).
+    # tokenizer.json, or a folder holding one (default: an hf: checkpoint's own tokenizer, else the built-in byte
+    # tokenizer); checked against a local model (and an openai: server's /tokenize) before any episode.
     tokenizer: str | None = None
     # Samples per task (G).
     group_size: int = 1
@@ -90,11 +91,12 @@ class _RunArgs:
              f"must be <= --max-context ({self.max_context})", "lower it or raise --max-context")
         need(self.temperature > 0, "--temperature", self.temperature, "must be > 0", "e.g. 1.0")
         need(self.ray != "", "--ray", self.ray, "empty", "an address, or local")
-        if self.tokenizer is not None:
+        if self.tokenizer is not None:  # a tokenizer.json, or a folder holding one (a checkpoint), as load_tokenizer
             path = Path(self.tokenizer)
-            need(path.is_file(), "--tokenizer", self.tokenizer,
-                 "is a directory" if path.is_dir() else "does not exist",
-                 "pass a tokenizer.json file, or leave it out for the built-in byte tokenizer")
+            need(path.is_file() or (path / "tokenizer.json").is_file(), "--tokenizer", self.tokenizer,
+                 "is a directory without tokenizer.json" if path.is_dir() else "does not exist",
+                 "pass a tokenizer.json file (or the checkpoint folder holding it), or leave it out for the built-in "
+                 "byte tokenizer")
         early_stop_config(self.early_stop)
         from lightswe.agent.policies.spec import check_spec
 
@@ -172,7 +174,7 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
 
     out = Path(args.out)
     check_resume(out, args, allow=allow, free=FREE_ON_RESUME, command="rollout")
-    from lightswe.agent.policies.spec import make_policy, split_spec, tokenizer_path
+    from lightswe.agent.policies.spec import check_tokenizer, make_policy, split_spec, tokenizer_path
     from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
     from lightswe.model import load_tokenizer
     from lightswe.tasks.datasets import load_tasks
@@ -185,12 +187,14 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
     agent = _agent_config(args)
     tokenizer_spec = args.tokenizer or tokenizer_path(args.policy)  # an hf: checkpoint brings its tokenizer
     kind, target, options = split_spec(args.policy)
+    check_tokenizer(args.policy, tokenizer_spec)  # a local model's ids must mean the text they meant in training
     if kind == "openai" and not args.ray:  # a server that is down fails here in one line, not as N sandbox_error
         # episodes (with --ray the actors' nodes, not this one, must reach it)
         from lightswe.agent.policies.openai_server import OpenAIPolicy
 
         server = OpenAIPolicy(target, **options)
         server.check_reachable()
+        server.check_model()  # a name it does not serve: vLLM's 404 for every request
         server.check_tokenizer(load_tokenizer(tokenizer_spec))  # its token ids must mean the same text here
     if args.ray:
         from lightswe.agent.ray_executor import RayExecutor
@@ -220,16 +224,23 @@ def rollout(argv: list[str]) -> int:
     from lightswe.agent.trajectory import EpisodeStatus, read_trajectories
 
     infra = summary.statuses.get(EpisodeStatus.SANDBOX_ERROR.value, 0)
-    if summary.episodes and infra == summary.episodes:  # nothing was graded: the machine's failure, not the policy's
-        errors = Counter(" ".join(t.error.split())[:300] for t in read_trajectories(args.out)
-                         if t.status is EpisodeStatus.SANDBOX_ERROR and t.error.strip())
+    if infra:  # the machine's failures (never scored): say which and why, the command's own ones included
+        failed = [t for t in read_trajectories(args.out) if t.status is EpisodeStatus.SANDBOX_ERROR]
+        errors = Counter(" ".join(t.error.split())[:400] for t in failed if t.error.strip())
         first = errors.most_common(1)[0][0] if errors else ""
-        print(f"lightswe rollout: error: every episode ({infra}) ended in sandbox_error (an infrastructure failure, "
-              f"never scored){f': {first}' if first else ''}; fix: check the Docker engine (`docker info`), the "
-              f"task images and the policy server, then rerun with the same --out (graded episodes are kept, these "
-              f"are retried)",
-              file=sys.stderr)
-        return 1
+        tasks = sorted({t.task_id for t in failed})
+        named = ", ".join(tasks[:3]) + (f" and {len(tasks) - 3} more" if len(tasks) > 3 else "")
+        # an error that names its own fix (a task whose image cannot be built) keeps it; else the usual suspects
+        fix = "" if "fix:" in first else ("; fix: check the Docker engine (`docker info`), the task images and the "
+                                          "policy server")
+        retry = "rerun with the same --out (graded episodes are kept, these are retried)"
+        if summary.episodes and infra == summary.episodes:  # nothing was graded: the machine's failure, not the policy's
+            print(f"lightswe rollout: error: every episode ({infra}) ended in sandbox_error (an infrastructure failure, "
+                  f"never scored){f': {first}' if first else ''}{fix}{', then ' if fix else '; then '}{retry}",
+                  file=sys.stderr)
+            return 1
+        print(f"lightswe rollout: warning: {infra} episode(s) of task(s) {named} ended in sandbox_error (not graded, "
+              f"left out of the rate){f': {first}' if first else ''}{fix}; {retry}", file=sys.stderr)
     return 1 if summary.failed else 0
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from lightswe.agent.cispo import PolicyLoss
 from lightswe.agent.learner_config import LearnerConfig  # torch-free, for the CLI; re-exported here
+from lightswe.errors import NonFiniteError
 from lightswe.model.moe import use_grouped
 from torch import Tensor, nn
 
@@ -229,6 +230,7 @@ class Learner:
         passes = self._passes([len(micros) if live else 0 for micros, live in zip(minibatches, signal)])
         behaviour = (self._recompute(batch, minibatches, passes) if c.behaviour == "recompute"
                      else batch.sampler_logp)
+        behaviour_finite = torch.where(batch.mask, behaviour, 0.0).isfinite().all()  # (recomputed ones may not be)
         for _ in range(c.epochs):
             for micros, n_passes in zip(minibatches, passes):
                 if n_passes == 0:  # no rank has rows with signal in this mini-batch: skipped alike everywhere
@@ -237,6 +239,7 @@ class Learner:
                 weights = self._weights(batch.mask[mb])
                 self.optimizer.zero_grad(set_to_none=True)
                 outs = []  # read after the optimiser step: no host sync inside the mini-batch (LossOutput)
+                finite = behaviour_finite
                 for i in range(n_passes):
                     self._gradient_sync(last=i == n_passes - 1)
                     if i >= len(micros):
@@ -248,6 +251,7 @@ class Learner:
                     with self._autocast():
                         logp, entropy = sequence_logprobs(self.model, rows.input_ids, with_entropy=True,
                                                           temperature=c.temperature)
+                    finite = finite & torch.where(rows.mask, logp.detach(), 0.0).isfinite().all()  # (no host sync)
                     out = self.loss(logp, behaviour[micro], rows.advantages, weights[local],
                                     sampler_logp=rows.sampler_logp, entropy=entropy)
                     loss = out.loss
@@ -255,6 +259,7 @@ class Learner:
                         loss = loss + c.aux_loss_coef * self.model.aux_loss * (len(micro) / len(mb))
                     loss.backward()
                     outs.append(out)
+                self._require_finite(finite)  # before the weights change: a NaN update is never applied
                 norm = self._clip([p for p in self.model.parameters() if p.grad is not None])
                 self.optimizer.step()
                 self.updates += 1
@@ -275,6 +280,26 @@ class Learner:
         if grad_norms:
             metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
         return metrics
+
+    def _require_finite(self, finite: Tensor) -> None:
+        """Refuse an update computed from non-finite log-probs of policy tokens (the learner's own, or the
+        recomputed behaviour ones): NaN/inf weights, an overflow in bf16, a temperature so small that logits / T
+        overflows. One host read per mini-batch, before the optimiser step, so the weights (and the checkpoint a
+        resume loads) stay as they were; under FSDP every rank learns the verdict (one all-reduce), so all raise.
+
+        Raises:
+            lightswe.errors.NonFiniteError: naming the fix.
+        """
+        if self.world > 1:
+            flag = finite.to(torch.float32).reshape(1)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = flag[0] > 0
+        if not bool(finite):
+            raise NonFiniteError(
+                f"the learner: the model's log-probs of the policy's tokens are not finite (NaN or inf) at update "
+                f"{self.updates + 1}, so the update was not applied (the weights are as before it); fix: resume from "
+                "the last checkpoint (a diverged run: a lower --learner.lr; an overflow in bf16: "
+                "fp32 (no --learner.autocast-dtype); a tiny --agent.temperature: a larger one)")
 
     def _clip(self, params: list[nn.Parameter]) -> Tensor | None:
         """Clip the gradients' global norm to ``grad_clip``; returns the norm before clipping (None when off).

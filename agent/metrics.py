@@ -30,7 +30,7 @@ from lightswe.errors import UserInputError
 DEFAULT_KEYS = ("success_rate", "reward_mean", "loss", "clip_fraction", "entropy", "grad_norm",
                 "filtered_share", "logprob_mismatch_abs")
 ROLLOUT_KEYS = frozenset({"success_rate", "reward_mean", "submitted", "truncated", "episodes", "runs_failed",
-                          "generated_tokens", "filtered_share", "draws"})
+                          "generated_tokens", "filtered_share", "draws", "overlong_penalty"})
 # Drawn on one panel: the training and held-out success of the same policy.
 OVERLAYS = {"success_rate": "eval_success_rate", "reward_mean": "eval_reward_mean"}
 

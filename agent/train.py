@@ -43,7 +43,7 @@ from lightswe.agent.task_stream import TaskStream, arith_spec, load_tasks, tasks
 from lightswe.agent.train_cli import FREE_ON_RESUME, SHORTCUTS
 from lightswe.agent.train_config import SHORT_PROMPT, TrainConfig
 from lightswe.agent.train_model import build_model, check_device, check_model_spec, sampler_copy
-from lightswe.agent.train_step import batch_from, rollout_metrics, step_advantages, step_lr
+from lightswe.agent.train_step import batch_from, overlong_metric, rollout_metrics, step_advantages, step_lr
 from lightswe.agent.trajectory import Trajectory
 from lightswe.agent.warm_start import WarmStartConfig, warm_start
 from lightswe.errors import UserInputError
@@ -207,9 +207,13 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
             trajs, draws = collect_step(cfg, ctx, rollouts, stream, out, step)
             (t_roll,) = ctx.max([time.perf_counter() - t0])
             # 2. advantages and metrics over every rank's episodes
-            adv = step_advantages(trajs, cfg.advantages, overlong_filter=cfg.overlong_filter)
+            adv = step_advantages(trajs, cfg.advantages, overlong_filter=cfg.overlong_filter, overlong=cfg.overlong,
+                                  max_tokens=cfg.overlong_max_tokens())
             groups, filtered = ctx.sum([adv.groups, adv.groups_filtered])
             m = rollout_metrics(trajs, reduce=ctx.sum)
+            if cfg.overlong.buffer_tokens:  # DAPO's soft punishment: the mean length penalty of the graded runs
+                m["overlong_penalty"] = overlong_metric(trajs, cfg.overlong, cfg.overlong_max_tokens(),
+                                                        reduce=ctx.sum)
             m.update(filtered_share=filtered / groups if groups else 0.0, rollout_seconds=t_roll,
                      draws=float(draws))
             # 3. the update. No group with signal, no optimiser step: the policy gradient is zero, and an AdamW
@@ -279,7 +283,8 @@ def collect_step(cfg: TrainConfig, ctx: DistContext, rollouts: Rollouts, stream:
         return list(by_group.values())
 
     def has_signal(group: list[Trajectory]) -> bool:
-        return step_advantages(group, cfg.advantages, overlong_filter=cfg.overlong_filter).groups_filtered == 0
+        return step_advantages(group, cfg.advantages, overlong_filter=cfg.overlong_filter, overlong=cfg.overlong,
+                               max_tokens=cfg.overlong_max_tokens()).groups_filtered == 0
 
     fill_batch(draw, has_signal, cfg.tasks_per_step, max_rounds=1 + cfg.resample_rounds,
                total=lambda n: int(ctx.sum([n])[0]))

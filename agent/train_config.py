@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lightswe.agent.advantages import AdvantageConfig
+from lightswe.agent.advantages import AdvantageConfig, OverlongConfig
 from lightswe.agent.early_stop import EarlyStopConfig
 from lightswe.agent.learner_config import LearnerConfig, LossConfig
 from lightswe.agent.loop import AgentConfig
@@ -106,6 +106,9 @@ class TrainConfig:
     # (still counted as failures in the success metrics). On the tiny model one such rambling sample made the
     # update that destroyed the tool-call format in a default run.
     overlong_filter: bool = True
+    # DAPO soft overlong punishment (reward + a length penalty over the last --overlong.buffer-tokens of the
+    # episode's generation budget); off by default (buffer 0).
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
     # Episodes whose code reacts to the test runner (suspected reward hacks): keep (flagged in the trajectory) or
     # zero (reward 0.0, so the policy is never paid for them).
     hack_policy: Literal["keep", "zero"] = "keep"
@@ -154,6 +157,20 @@ class TrainConfig:
         check_learner(self.learner, prefix="--learner.")
         check_loss(self.loss_config, prefix="--loss-config.")
         need(self.advantages.eps > 0, "--advantages.eps", self.advantages.eps, "must be > 0", "e.g. 1e-6")
+        o = self.overlong
+        need(o.max_tokens is None or o.max_tokens >= 1, "--overlong.max-tokens", o.max_tokens, "must be >= 1",
+             "e.g. 4096, or leave it unset for the episode's generation budget")
+        need(0 <= o.buffer_tokens <= self.overlong_max_tokens(), "--overlong.buffer-tokens", o.buffer_tokens,
+             f"must be in [0, L_max = {self.overlong_max_tokens()}] (L_max is --overlong.max-tokens, else "
+             "min(--agent.max-context-tokens, --agent.max-steps x --agent.max-new-tokens))",
+             "e.g. a quarter of L_max, or 0 to turn the punishment off")
+        need(o.factor >= 0, "--overlong.factor", o.factor, "must be >= 0", "e.g. 1.0 (DAPO)")
+
+    def overlong_max_tokens(self) -> int:
+        """L_max of the soft overlong punishment: ``--overlong.max-tokens``, else the most policy tokens an
+        episode can generate, min(max_context_tokens, max_steps x max_new_tokens)."""
+        a = self.agent
+        return self.overlong.max_tokens or min(a.max_context_tokens, a.max_steps * a.max_new_tokens)
 
 
 def check_agent(agent: AgentConfig, *, prefix: str) -> None:

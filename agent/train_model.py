@@ -26,11 +26,12 @@ def check_model_spec(spec: str) -> None:
     Raises:
         UserInputError: naming the value and the choices.
     """
-    from lightswe.model.config import PRESETS
-    from lightswe.model.hf import hf_path, is_hf_spec
+    from lightswe.model.config import PRESETS, hf_checkpoint_problem
 
-    if is_hf_spec(spec):
-        hf_path(spec)  # raises UserInputError naming what is missing
+    if spec.startswith("hf:"):
+        problem = hf_checkpoint_problem(spec.removeprefix("hf:"))
+        if problem:
+            raise UserInputError(f"--model {spec!r}: {problem}")
         return
     if Path(spec).is_dir():
         from lightswe.model.config import checkpoint_problem

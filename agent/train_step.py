@@ -11,7 +11,8 @@ Example::
 
 from __future__ import annotations
 
-from lightswe.agent.advantages import AdvantageConfig, Advantages, group_advantages
+from lightswe.agent.advantages import (AdvantageConfig, Advantages, OverlongConfig, group_advantages,
+                                      overlong_penalty)
 from lightswe.agent.learner import TrainBatch
 from lightswe.agent.trajectory import EpisodeStatus, Trajectory, check_tokens
 
@@ -23,11 +24,48 @@ def step_lr(lr: float, step: int, *, steps: int, final_lr_ratio: float) -> float
     return lr * (1.0 - (1.0 - final_lr_ratio) * min(done, 1.0))
 
 
-def step_advantages(trajectories: list[Trajectory], cfg: AdvantageConfig, *, overlong_filter: bool) -> Advantages:
+def step_advantages(trajectories: list[Trajectory], cfg: AdvantageConfig, *, overlong_filter: bool,
+                    overlong: OverlongConfig | None = None, max_tokens: int | None = None) -> Advantages:
     """Group-relative advantages of a step's episodes. Left out (no advantage, no loss): ungraded runs
-    (``Trajectory.graded``), and with ``overlong_filter`` (DAPO) the truncated ones."""
-    return group_advantages([t.group_id for t in trajectories], [t.reward for t in trajectories],
+    (``Trajectory.graded``), and with ``overlong_filter`` (DAPO's overlong filtering) the truncated ones
+    (``Trajectory.truncated``). With ``overlong`` (``buffer_tokens`` > 0) each graded run's reward is shaped first
+    (``shaped_rewards``: DAPO's soft overlong punishment); ``max_tokens`` is L_max when ``overlong.max_tokens``
+    is unset."""
+    rewards = shaped_rewards(trajectories, overlong, max_tokens) if overlong else [t.reward for t in trajectories]
+    return group_advantages([t.group_id for t in trajectories], rewards,
                             [not t.graded or (overlong_filter and t.truncated) for t in trajectories], cfg)
+
+
+def shaped_rewards(trajectories: list[Trajectory], overlong: OverlongConfig, max_tokens: int | None = None
+                   ) -> list[float | None]:
+    """Each run's reward plus DAPO's soft overlong punishment of its length, ``overlong_penalty(|y|)`` with |y| =
+    the policy's generated tokens of the episode (``Trajectory.num_generated_tokens``), L_max =
+    ``overlong.max_tokens`` or else ``max_tokens``, L_cache = ``overlong.buffer_tokens``. An ungraded run's reward
+    (None: the machine's failure) is never shaped. Off (``buffer_tokens`` 0): the rewards as they are.
+
+    Raises:
+        ValueError: the punishment is on and no L_max is given.
+    """
+    if not overlong.buffer_tokens:
+        return [t.reward for t in trajectories]
+    limit = overlong.max_tokens or max_tokens
+    if limit is None:
+        raise ValueError("the overlong punishment needs L_max: OverlongConfig.max_tokens or max_tokens")
+    return [t.reward + overlong_penalty(t.num_generated_tokens, max_tokens=limit,
+                                        buffer_tokens=overlong.buffer_tokens, factor=overlong.factor)
+            if t.graded else t.reward for t in trajectories]
+
+
+def overlong_metric(trajectories: list[Trajectory], overlong: OverlongConfig, max_tokens: int | None = None,
+                    reduce=None) -> float:
+    """The mean soft overlong penalty (``shaped_rewards`` minus the reward) over the graded runs; ``reduce`` sums
+    (penalty, count) over ranks first. 0.0 without graded runs."""
+    graded = [t for t in trajectories if t.graded]
+    penalties = [s - t.reward for s, t in zip(shaped_rewards(graded, overlong, max_tokens), graded)]
+    total, count = [sum(penalties), float(len(penalties))]
+    if reduce:
+        total, count = reduce([total, count])
+    return total / count if count else 0.0
 
 
 def batch_from(trajectories: list[Trajectory], advantages: list[float]) -> TrainBatch:

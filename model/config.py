@@ -194,6 +194,9 @@ def checkpoint_problem(path: str | Path) -> str | None:
     """
     path = Path(path)
     config = path / "config.json"
+    if not config.is_file() and (path / "model.pt").is_file() and (path / "state.json").is_file():
+        return (f"{path} is a train run's resume checkpoint (model.pt, optim.pt), not a model folder; the run's "
+                f"weights as a model are its final/ (written when the run ends)")
     if not config.is_file():
         return f"{path} has no config.json"
     try:
@@ -208,3 +211,22 @@ def checkpoint_problem(path: str | Path) -> str | None:
     if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
         return f"{path} has config.json but no model.safetensors (or model.safetensors.index.json)"
     return None
+
+
+def hf_checkpoint_problem(path: str | Path, *, kind: str = "hf:") -> str | None:
+    """What keeps ``path`` from loading as a transformers checkpoint directory (``hf:DIR``), as ``"WHAT; fix:
+    HOW"``, or None; cheap and without torch. A Hugging Face Hub name (``owner/name`` that is no local path) is
+    told apart: ``hf:`` loads a folder and downloads nothing. ``kind``: the spec prefix the fix names
+    (``"hf:"``, ``"vllm:hf:"``)."""
+    import re
+
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return None
+    if not path.exists() and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(path)):
+        vllm = "; vllm:NAME loads a Hub name itself" if kind == "vllm:hf:" else ""
+        return (f"{path} is not a local folder (a Hugging Face Hub name? {kind} loads a checkpoint directory and "
+                f"downloads nothing); fix: hf download {path} --local-dir DIR, then {kind}DIR{vllm}")
+    what = "does not exist" if not path.exists() else "is a file" if path.is_file() else "has no config.json"
+    return (f"{path} {what}; fix: {kind}DIR, a transformers checkpoint directory (config.json, weights, tokenizer "
+            f"files), e.g. one written by save_pretrained")

@@ -46,12 +46,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightswe.errors import NonFiniteError
 from lightswe.kernels.decode_attn import decode_attention
 from lightswe.kernels.lightning_attn import lightning_attn_decode
 from lightswe.kernels.lightning_attn.api import _use_triton
 from lightswe.kernels.lightning_attn.decode import LOG2E, lightning_attn_decode_chunk_form
 from lightswe.model.config import LIGHTNING, SOFTMAX
-from lightswe.model.generation import Generation, SamplingConfig, counter_noise, row_seeds
+from lightswe.model.generation import (Generation, SamplingConfig, counter_noise, nonfinite_rows, row_seeds,
+                                       scale_logits)
 from lightswe.model.layers import LightningAttention, SoftmaxAttention, rotary
 from lightswe.model.model import fp32_head
 
@@ -241,6 +243,10 @@ class SamplerEngine:
         self.queue: deque[_Request] = deque()
         self.running: dict[int, _Request] = {}  # slot -> request
         self.free = list(range(s))
+        # Slots whose last request's logits were not finite: its NaN keys/values past the next prompt's length
+        # would reach the next request through a masked attention weight (0 x NaN = NaN in the reference
+        # attention), so such a slot's cache is zeroed when it is handed out again (no state between requests).
+        self._dirty: set[int] = set()
         self._next_rid = 0
         self._seq = 0
         self._pending_flags: tuple[torch.Tensor, torch.cuda.Event | None, int] | None = None
@@ -306,7 +312,11 @@ class SamplerEngine:
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, *,
                  seeds: list[int | None] | None = None) -> list[Generation]:
         """Sample a continuation of every prompt (``max_slots`` at a time, continuously refilled); in order.
-        ``seeds`` as in ``lightswe.model.generation.generate`` (default: ``row_seed(sampling.seed, i)``)."""
+        ``seeds`` as in ``lightswe.model.generation.generate`` (default: ``row_seed(sampling.seed, i)``).
+
+        Raises:
+            lightswe.errors.NonFiniteError: a row's logits were not finite (its Generation from ``step`` has
+                finish_reason "error"); the other rows ran to their end."""
         if not prompts:
             raise ValueError("expected a non-empty list of non-empty prompts (token id lists)")
         seeds = row_seeds(len(prompts), sampling, seeds)
@@ -314,6 +324,13 @@ class SamplerEngine:
         results: dict[int, Generation] = {}
         while self.has_work():
             results.update(self.step())
+        bad = [i for i, rid in enumerate(ids) if results[rid].finish_reason == "error"]
+        if bad:
+            raise NonFiniteError(f"the sampler engine: the model's logits were not finite in {len(bad)} of {len(ids)} "
+                                 f"row(s) (first: prompt {bad[0]}, at token {len(results[ids[bad[0]]].token_ids)}), "
+                                 "so no token could be drawn from them; fix: check the weights (a diverged or "
+                                 "damaged checkpoint gives NaN; an overflow in bf16/fp16 gives inf: sample in "
+                                 "float32)")
         return [results[i] for i in ids]
 
     # ------------------------------------------------------------------------------------------ step
@@ -370,8 +387,11 @@ class SamplerEngine:
             request = self.running.pop(slot)
             toks, lps = toks[:n], lps[:n]
             stop = toks[-1] in request.sampling.stop_token_ids
+            reason = "error" if math.isnan(lps[-1]) else "stop" if stop else "length"  # NaN: non-finite logits
+            if reason == "error":
+                self._dirty.add(slot)
             request.result = Generation(
-                token_ids=toks, logprobs=lps, finish_reason="stop" if stop else "length",
+                token_ids=toks, logprobs=lps, finish_reason=reason,
                 prompt_tokens=len(request.prompt),
                 cache_bytes=self.cache.state_bytes_per_row + (len(request.prompt) + n - 1)
                 * self.cache.kv_bytes_per_token)
@@ -412,6 +432,12 @@ class SamplerEngine:
             self.running[slot] = request
         self.stats.prefills += 1
         model, cache, dev = self.model, self.cache, self.device
+        for slot in self._dirty.intersection(slots):  # a NaN row's leftovers (see __init__): rare, so zeroed here
+            for store in (cache.keys, cache.values, cache.states, cache.chunk_keys, cache.chunk_values,
+                          cache.rounded_states):
+                if store.numel():
+                    store[:, slot] = 0
+            self._dirty.discard(slot)
         prompt_lengths = [len(r.prompt) for r in batch]
         prefill = model.new_cache(len(batch))
         cu = torch.tensor([0, *np.cumsum(prompt_lengths).tolist()], device=dev)
@@ -615,9 +641,12 @@ def _sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor
             use_top_p: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row sampling from fp32 logits [N, V]: temperature [N] (0 = greedy), top-p [N], exponential noise
     [N, V] (token = argmax p / noise: a draw from p). Returns tokens [N] long and fp32 log-probs [N] of the
-    sampled tokens under softmax(logits / T) (T = 1 for greedy rows), before top-p truncation."""
+    sampled tokens under softmax(logits / T) (T = 1 for greedy rows), before top-p truncation; a row whose
+    logits are not finite (``nonfinite_rows``: NaN, +inf, all -inf) gets log-prob NaN, which ends it
+    (``_record_values``) with finish_reason "error" (no host sync here: the check is read with the row's result)."""
     greedy = temperature == 0
-    scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
+    bad = nonfinite_rows(logits)  # NaN / +inf / all -inf: no token can be drawn (flagged, not sampled silently)
+    scaled = scale_logits(logits, torch.where(greedy, 1.0, temperature)[:, None])  # finite at a tiny temperature
     logprobs = torch.log_softmax(scaled, dim=-1)
     probs = logprobs.exp()
     if use_top_p:
@@ -626,7 +655,8 @@ def _sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
     sampled = (probs / noise[: probs.shape[0]]).argmax(-1)
     tokens = torch.where(greedy, logits.argmax(-1), sampled)
-    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+    logprobs = torch.where(bad, torch.nan, logprobs.gather(-1, tokens[:, None]).squeeze(-1))
+    return tokens, logprobs
 
 
 # ------------------------------------------------------------------ the decode step's pure-tensor regions
@@ -692,12 +722,13 @@ def _head_sample(norm, weight: torch.Tensor, x: torch.Tensor, temperature: torch
 
 def _record_values(active, count, out_tokens, out_logprobs, stops, max_new, finished, tokens, logprobs):
     """New (out_tokens, out_logprobs, count, finished, active, tokens) after sampling ``tokens``: active rows
-    write their token and log-prob at column ``count`` and stop on a stop token or at max_new tokens."""
+    write their token and log-prob at column ``count`` and stop on a stop token, at max_new tokens, or on a NaN
+    log-prob (non-finite logits: ``_sample``)."""
     col = count.clamp(max=out_tokens.shape[1] - 1).long()[:, None]
     keep_tokens = torch.where(active, tokens, out_tokens.gather(1, col)[:, 0])  # inactive rows: unchanged
     keep_logprobs = torch.where(active, logprobs, out_logprobs.gather(1, col)[:, 0])
     count = count + active.int()
-    done = active & ((tokens[:, None] == stops).any(-1) | (count >= max_new))
+    done = active & ((tokens[:, None] == stops).any(-1) | (count >= max_new) | logprobs.isnan())  # NaN: _sample
     return (out_tokens.scatter(1, col, keep_tokens[:, None]), out_logprobs.scatter(1, col, keep_logprobs[:, None]),
             count, finished | done, active & ~done, tokens)
 

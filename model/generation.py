@@ -110,22 +110,73 @@ def row_generators(seeds: Sequence[int | None], device: torch.device) -> list[to
 class Generation:
     token_ids: list[int]  # the new tokens only (a final stop token included)
     logprobs: list[float]  # fp32 log-prob of each new token under the sampling distribution
-    finish_reason: str  # "stop" (a stop token was sampled) or "length" (max_new_tokens reached)
+    # "stop" (a stop token was sampled), "length" (max_new_tokens reached) or, from ``SamplerEngine.step`` only,
+    # "error" (the row's logits were not finite: its last log-prob is NaN; ``SamplerEngine.generate`` raises instead)
+    finish_reason: str
     prompt_tokens: int = 0
     cache_bytes: int = 0  # cache memory this sequence held when it finished (lightning state + its KV)
 
 
+def nonfinite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Rows of ``logits`` [N, vocab] no token can be drawn from: [N] bool, True where a row holds a NaN or a +inf
+    (an overflow), or no finite value at all (every entry -inf). -inf entries beside finite ones are a mask, not
+    a fault. No host sync (the CUDA engine calls it inside its captured step)."""
+    return ~logits.amax(-1).isfinite()  # amax propagates NaN; +inf anywhere, or -inf everywhere, is its value
+
+
+def non_finite_error(logits: torch.Tensor, bad: torch.Tensor, *, where: str = "the sampler"):
+    """The one message of a non-finite-logits failure: a ``lightswe.errors.NonFiniteError`` naming how many of the
+    rows were bad and, for the first, how many entries were NaN, +inf and finite (``logits`` [N, vocab], ``bad``
+    [N] bool from ``nonfinite_rows``)."""
+    from lightswe.errors import NonFiniteError
+
+    rows = torch.nonzero(bad).flatten().tolist()
+    first = logits[rows[0]] if rows else logits.new_zeros(0)
+    detail = (f"row {rows[0]}: {int(first.isnan().sum())} NaN, {int((first == torch.inf).sum())} +inf, "
+              f"{int(first.isfinite().sum())} finite of {first.numel()}") if rows else "no row flagged"
+    return NonFiniteError(
+        f"{where}: the model's logits are not finite in {len(rows)} of {logits.shape[0]} row(s) ({detail}), so no "
+        "token can be drawn from them (this episode is not scored); fix: check the weights (a diverged or damaged "
+        "checkpoint gives NaN; an overflow in bf16/fp16 gives inf: load or sample in float32)")
+
+
+def scale_logits(logits: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
+    """fp32 ``logits`` [N, vocab] / ``temperature`` (a float, or [N, 1]), kept finite for a tiny temperature: a row
+    whose division overflows (|logit| / T > fp32's max, e.g. T = 1e-40) is divided after subtracting its max
+    ((logits - max) / T: the same softmax, its largest entry exactly 0, the rest -inf or finite, so a draw at a tiny
+    temperature is the argmax, as T -> 0 should give). Other rows are exactly ``logits / T``. Expects rows that
+    pass ``nonfinite_rows`` (finite maximum); no host sync."""
+    top = logits.amax(-1, keepdim=True)
+    overflow = ~(top / temperature).isfinite()  # the row's largest logit / T overflows fp32
+    return torch.where(overflow, (logits - top) / temperature, logits / temperature)
+
+
 def sample(logits: torch.Tensor, sampling: SamplingConfig,
-           generator: torch.Generator | Sequence[torch.Generator | None] | None) -> tuple[torch.Tensor, torch.Tensor]:
+           generator: torch.Generator | Sequence[torch.Generator | None] | None, *,
+           active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row of fp32 ``logits`` [B, vocab]; return (tokens [B], log-probs [B] fp32).
 
     ``generator``: one for the whole batch, or one per row (a row's draw then depends only on its own generator;
-    rows with None draw together from the global RNG)."""
+    rows with None draw together from the global RNG). ``active`` [B] bool: the rows whose draw is used (default
+    all); only these are checked.
+
+    Raises:
+        lightswe.errors.NonFiniteError: an active row's logits hold a NaN or +inf, or no finite value
+            (``nonfinite_rows``): a token drawn from them would be noise (``torch.multinomial`` refuses them at
+            T > 0; ``argmax`` would pick one silently at T = 0). One host sync per call.
+    """
+    bad = nonfinite_rows(logits)
+    if active is not None and bad.any():
+        if (bad & active).any():
+            raise non_finite_error(logits, bad & active)
+        logits = torch.where(bad[:, None], 0.0, logits)  # finished rows: their draws are unused, keep them valid
+    elif bad.any():
+        raise non_finite_error(logits, bad)
     if sampling.temperature == 0:
         logprobs = torch.log_softmax(logits, dim=-1)
         tokens = logits.argmax(-1)
         return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
-    logprobs = torch.log_softmax(logits / sampling.temperature, dim=-1)
+    logprobs = torch.log_softmax(scale_logits(logits, sampling.temperature), dim=-1)
     probs = logprobs.exp()
     if sampling.top_p < 1:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
@@ -163,6 +214,10 @@ def generate(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: Samp
     Example::
 
         gens = generate(model, [[1, 2, 3], [4, 5]], SamplingConfig(max_new_tokens=8, stop_token_ids=(256,)))
+
+    Raises:
+        lightswe.errors.NonFiniteError: the model's logits for a row are not finite (NaN or damaged weights, an
+            overflow): see ``sample``; the CUDA engine raises it too (``SamplerEngine.generate``).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("expected a non-empty list of non-empty prompts (token id lists)")

@@ -50,10 +50,12 @@ def is_hf_spec(spec: str) -> bool:
 
 def hf_path(spec: str) -> Path:
     """``"hf:PATH"`` -> PATH, checked to be a transformers checkpoint directory (``UserInputError`` if not)."""
+    from lightswe.model.config import hf_checkpoint_problem
+
     path = Path(spec.removeprefix(HF_PREFIX))
-    if not (path / "config.json").is_file():
-        raise UserInputError(f"{spec!r}: {path} has no config.json; pass hf:DIR with a transformers checkpoint "
-                             f"(config.json, weights, tokenizer files), e.g. one written by save_pretrained")
+    problem = hf_checkpoint_problem(path)
+    if problem:
+        raise UserInputError(f"{spec!r}: {problem}")
     return path
 
 
@@ -160,7 +162,11 @@ class HFCausalLM(nn.Module):
                  seeds: list[int | None] | None = None) -> list[Generation]:
         """Sample a continuation of every prompt (left-padded batch, KV cache); one ``Generation`` each, in order.
         Log-probs as in ``lightswe.model.generation``: fp32, under softmax(logits / T) before top-p; seeds per
-        row as there (``seeds``, else ``row_seed(sampling.seed, i)``)."""
+        row as there (``seeds``, else ``row_seed(sampling.seed, i)``).
+
+        Raises:
+            lightswe.errors.NonFiniteError: an unfinished row's logits are not finite (``generation.sample``).
+        """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("expected a non-empty list of non-empty prompts (token id lists)")
         vocab = self.vocab_size
@@ -184,7 +190,8 @@ class HFCausalLM(nn.Module):
         reasons: list[str | None] = [None] * len(prompts)
         last = positions[:, -1]
         for step in range(sampling.max_new_tokens):
-            tokens, logprobs = sample(logits, sampling, generators)
+            active = torch.tensor([r is None for r in reasons], device=device)  # finished rows' draws are unused
+            tokens, logprobs = sample(logits, sampling, generators, active=active)
             for i, (token, logprob) in enumerate(zip(tokens.tolist(), logprobs.tolist())):
                 if reasons[i] is not None:
                     continue

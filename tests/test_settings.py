@@ -102,6 +102,34 @@ def test_a_folder_holding_only_the_config_of_a_run_that_did_no_work_is_a_new_run
     changed = TrainConfig(out_dir=str(run))
     changed.learner.lr = 0.1
     check_resume(Path(run), changed, command="train")  # nothing to resume: the corrected command may start
+    # what a train run that stopped in its first step (a task that did not build) leaves: still no work
+    (run / "metrics.jsonl").touch()
+    (run / "tb").mkdir()
+    (run / "tb" / "events.out.tfevents.1.host.1.0").write_bytes(b"hparams")
     (run / "checkpoints").mkdir()
-    with pytest.raises(UserInputError, match=r"learner\.lr 0\.003 -> 0\.1"):
-        check_resume(Path(run), changed, command="train")
+    check_resume(Path(run), changed, command="train")
+    for work in ("checkpoints/step-000001/state.json", "metrics.jsonl", "rollouts/step-0001/part-w0001-00000.jsonl"):
+        (run / work).parent.mkdir(parents=True, exist_ok=True)
+        (run / work).write_text("{}\n")
+        with pytest.raises(UserInputError, match=r"learner\.lr 0\.003 -> 0\.1"):
+            check_resume(Path(run), changed, command="train")
+        (run / work).unlink()
+
+
+@pytest.mark.parametrize("argv", [
+    ["--lr", "1e-3", "--learner.lr", "2e-3"], ["--steps", "3", "--steps=5"], ["--progress", "--no-progress"],
+    ["--sampler.no-batch-invariant", "--sampler.batch-invariant"], ["--learner.betas", "0.9", "0.95",
+                                                                    "--learner.betas", "0.9", "0.99"],
+    ["--out", "a", "--out-dir", "b"],
+], ids=["shortcut-and-dotted", "twice-with-equals", "flag-pair", "nested-flag-pair", "tuple", "out-shortcut"])
+def test_a_single_valued_option_given_twice_with_different_values_is_refused(argv):
+    with pytest.raises(UserInputError, match=r"given twice with different values \(.*\); fix: pass it once"):
+        parse_train(argv)
+
+
+def test_the_same_value_twice_and_list_options_pass(tmp_path):
+    out = str(tmp_path / "run")
+    cfg, _ = parse_train(["--out", out, "--lr", "1e-3", "--learner.lr=1e-3", "--progress", "--progress",
+                          "--vllm-arg", "a=1", "--vllm-arg", "b=2", "--ray", "--ray", "local"])
+    assert (cfg.learner.lr, cfg.progress, cfg.sampler.vllm_args, cfg.sampler.ray) == (1e-3, True, ("a=1", "b=2"),
+                                                                                        "local")

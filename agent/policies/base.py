@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 
 from lightswe.agent.early_stop import EarlyStopConfig
 from lightswe.agent.trajectory import MAX_LOGPROB
-from lightswe.errors import InfrastructureError, LightSWEError
+from lightswe.errors import InfrastructureError, LightSWEError, NonFiniteError
 
 
 @dataclass(kw_only=True, slots=True)
@@ -78,6 +78,12 @@ class SampleError(InfrastructureError, ValueError):
     the sample enters the trajectory, so no such value is ever stored or trained on."""
 
 
+class NonFiniteSample(SampleError, NonFiniteError):
+    """A sample whose log-prob is NaN or infinite (a sampler's or server's numerical failure: non-finite logits):
+    both a :class:`SampleError` and the package's one class for the kind, :class:`~lightswe.errors.NonFiniteError`
+    (what the built-in samplers raise before sampling from such logits)."""
+
+
 class ContextWindowExceeded(LightSWEError):
     """The prompt, with room for at least one new token, does not fit in the serving engine's context window
     (vLLM's ``max_model_len``). Not an infrastructure failure by itself: the loop ends the episode as
@@ -94,7 +100,8 @@ def check_sample(sample: Sample, sampling: SamplingParams) -> Sample:
     applies it to every backend's sample.
 
     Raises:
-        SampleError: naming what was wrong (an :class:`InfrastructureError`: the episode is not scored).
+        SampleError: naming what was wrong (an :class:`InfrastructureError`: the episode is not scored);
+            :class:`NonFiniteSample` (also a :class:`~lightswe.errors.NonFiniteError`) for a NaN/inf log-prob.
     """
     tokens, logprobs = list(sample[0]), list(sample[1])
     if len(tokens) != len(logprobs):
@@ -105,8 +112,12 @@ def check_sample(sample: Sample, sampling: SamplingParams) -> Sample:
         if isinstance(token, bool) or not isinstance(token, numbers.Integral) or token < 0:
             raise SampleError(f"the sampler returned token id {token!r} at position {i}: not an integer >= 0; "
                               "fix: see the sampler's or server's log (the tokenizer's ids are ints >= 0)")
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-                or value > MAX_LOGPROB:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(value):
+            raise NonFiniteSample(f"the sampler returned log-prob {value!r} for token {i}: a log-probability must be "
+                                  "finite and <= 0 (a NaN/inf is a numerical failure of the sampler: non-finite "
+                                  "logits); fix: check the weights it loaded (a diverged or damaged checkpoint gives "
+                                  "NaN; an overflow in bf16/fp16 gives inf) and its log")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or value > MAX_LOGPROB:
             raise SampleError(f"the sampler returned log-prob {value!r} for token {i}: a log-probability must be "
                               "finite and <= 0 (a NaN/inf is a numerical failure of the sampler); fix: check the "
                               "weights it loaded (a diverged or damaged checkpoint gives NaN) and its log")

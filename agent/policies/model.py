@@ -26,8 +26,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightswe.agent.policies.base import Sample, SampleError, SamplingParams, check_sample, per_prompt
+from lightswe.agent.policies.base import (NonFiniteSample, Sample, SampleError, SamplingParams, check_sample,
+                                          per_prompt)
 from lightswe.agent.policies.batching import BatchingPolicy, Request
+from lightswe.errors import NonFiniteError
 
 
 class ModelPolicy(BatchingPolicy):
@@ -141,6 +143,12 @@ class ModelPolicy(BatchingPolicy):
             for rid, generation in finished:
                 r = self._inflight.pop(rid)
                 try:
+                    if generation.finish_reason == "error":  # the engine flagged non-finite logits in this row
+                        raise NonFiniteSample(
+                            f"the sampler engine: the model's logits were not finite at token "
+                            f"{len(generation.token_ids)} of this request, so no token could be drawn (the episode "
+                            "is not scored); fix: check the weights (a diverged or damaged checkpoint gives NaN; an "
+                            "overflow in bf16/fp16 gives inf: sample in float32)")
                     r.result = check_sample((generation.token_ids, generation.logprobs), r.sampling)
                 except SampleError as err:  # this request's sample only (a NaN log-prob): not its batch-mates'
                     r.error = err
@@ -157,10 +165,19 @@ class ModelPolicy(BatchingPolicy):
         for group in groups:
             config = SamplingConfig(max_new_tokens=max(r.sampling.max_new_tokens for r in group),
                                     temperature=s.temperature, top_p=s.top_p, stop_token_ids=tuple(s.stop_token_ids))
-            generations = self.model.generate([r.prompt for r in group], config,
-                                              seeds=[r.sampling.seed for r in group])
+            try:
+                generations = self.model.generate([r.prompt for r in group], config,
+                                                  seeds=[r.sampling.seed for r in group])
+            except NonFiniteError as err:  # a row's logits broke down: only the requests whose own logits did fail
+                if len(group) == 1:  # the request's own sample error, as a server's NaN log-prob is
+                    group[0].error = err if isinstance(err, SampleError) else NonFiniteSample(str(err))
+                else:  # run each alone (a seeded request's tokens do not depend on its batch-mates)
+                    for r in group:
+                        self._run([r])
+                continue
             for r, g in zip(group, generations, strict=True):
                 try:
                     r.result = check_sample((g.token_ids, g.logprobs), r.sampling)  # each request's own budget
                 except SampleError as err:  # this request's sample only: its batch-mates keep theirs
                     r.error = err
+

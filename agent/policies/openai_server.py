@@ -7,13 +7,16 @@ otherwise the chat glue closes the turn with mask 0.
 
 Failures (tests/agent/test_model_server_faults.py, against a real misbehaving server process): HTTP 408/429/5xx,
 a connection refused, reset or closed mid-body, a body that is not JSON and a response that does not end within
-``timeout_s`` are retried ``retries`` times (backoff 0.5 s, 1 s, ...; a ``Retry-After`` header is honoured up to
+``timeout_s`` (one total deadline per request: connect, headers and body, so a slow-loris server trickling its
+status line, headers, chunks or body a byte at a time is cut at ``timeout_s``, not per read; :class:`Deadline`)
+are retried ``retries`` times (backoff 0.5 s, 1 s, ...; a ``Retry-After`` header is honoured up to
 ``timeout_s``), then raise :class:`ServerError` (the episode is ``sandbox_error``, reward None). Another 4xx is the
 request's fault and is not retried, except vLLM's "maximum context length" 400, which is
 :class:`~lightswe.agent.policies.base.ContextWindowExceeded` (the loop decides whose doing it was). The server's
 ``max_model_len`` (``/v1/models``, as vLLM reports it) caps each request's ``max_tokens`` so that a long episode
 ends as ``context_limit`` instead of a 400. A response without token ids / log-probs, or with a malformed, NaN,
-infinite or positive log-prob, is a :class:`ServerError` too (never stored, never trained on).
+infinite or positive log-prob, is a :class:`ServerError` too (never stored, never trained on); a NaN or infinite
+one is :class:`NonFiniteAnswer`, also a :class:`~lightswe.errors.NonFiniteError` (the kind's one class).
 
 Example::
 
@@ -24,17 +27,22 @@ Example::
 from __future__ import annotations
 
 import email.utils
+import functools
 import http.client
+import io
 import json
 import math
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from lightswe.agent.policies.base import ContextWindowExceeded, Sample, SamplingParams, check_sample
-from lightswe.errors import InfrastructureError
+from lightswe.agent.policies.base import (ContextWindowExceeded, NonFiniteSample, Sample, SamplingParams,
+                                          check_sample)
+from lightswe.errors import InfrastructureError, NonFiniteError
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # transient: the request may succeed when repeated
 # A request past the window: vLLM ("maximum context length is N tokens", "longer than the maximum model length"),
@@ -44,8 +52,152 @@ _CONTEXT = re.compile(r"maximum context length|maximum model length|context leng
 _TOKEN = re.compile(r"token_id:(\d+)")
 
 
+class Deadline:
+    """One request's total deadline, ``seconds`` from now: connect, send, status line, headers and body.
+
+    A socket timeout bounds each read only, so a server that sends one byte per read (a slow-loris answer) would
+    hold the request forever; here a watchdog timer shuts down every socket the request opened when the deadline
+    passes (whatever phase it is in: urllib drops its connection's reference once the headers are in, the response
+    keeps reading the same socket), which ends the blocked read at once; ``expired`` then says why it ended.
+    Connect gets what is left of the deadline as its timeout. A context manager: the watchdog runs inside it.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.at = seconds, time.monotonic() + seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def left(self) -> float:
+        return max(self.at - time.monotonic(), 0.0)
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut ``sock`` down at the deadline (at once if it has passed)."""
+        with self._lock:
+            self._sockets.append(sock)
+            if not self.expired:
+                return
+        _shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown(sock)
+
+    def error(self) -> TimeoutError:
+        return TimeoutError(f"the response did not end within {self.seconds:g} s (one deadline for connect, "
+                            "headers and body: a server trickling bytes is cut too)")
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the descriptor's: a TLS socket's reader sees EOF
+    except OSError:  # closed already: the request ended in time after all
+        pass
+
+
+class _DeadlineConnection:
+    """Mixin for ``http.client.HTTPConnection`` / ``HTTPSConnection``: connect within what is left of the
+    :class:`Deadline`, then let its watchdog watch the socket."""
+
+    def __init__(self, *args, deadline: Deadline, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        left = self._deadline.left()
+        if left <= 0:
+            raise self._deadline.error()
+        self.timeout = min(self.timeout, left) if isinstance(self.timeout, (int, float)) else left
+        super().connect()
+        self._deadline.watch(self.sock)
+
+
+@functools.cache
+def _deadline_class(base: type) -> type:
+    return type(f"Deadline{base.__name__}", (_DeadlineConnection, base), {})
+
+
+class _DeadlineHandlerMixin:
+    """urllib's HTTP(S) handler whose connections keep a :class:`Deadline` (proxies etc. as urllib's own)."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(functools.partial(_deadline_class(http_class), deadline=self._deadline), req,
+                               **kwargs)
+
+
+class _DeadlineHTTPHandler(_DeadlineHandlerMixin, urllib.request.HTTPHandler):
+    pass
+
+
+class _DeadlineHTTPSHandler(_DeadlineHandlerMixin, urllib.request.HTTPSHandler):
+    pass
+
+
+def read_within(request: urllib.request.Request, timeout_s: float, *, per_read_s: float | None = None
+                ) -> bytes:
+    """The whole response body of ``request`` within ``timeout_s`` seconds in all (a :class:`Deadline`: connect,
+    headers and body); each read also within ``per_read_s`` (default ``timeout_s``).
+
+    Raises:
+        urllib.error.HTTPError: a non-2xx answer, its body read within the same deadline (``err.read()``);
+        TimeoutError: the deadline passed; urllib.error.URLError, http.client.HTTPException, OSError: the
+        connection failed or was cut (``http.client.IncompleteRead``: closed before Content-Length bytes came).
+    """
+    with Deadline(timeout_s) as deadline:
+        opener = urllib.request.build_opener(_DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline))
+        try:
+            with opener.open(request, timeout=per_read_s or timeout_s) as response:
+                return _drain(response, deadline, check_length=True)
+        except urllib.error.HTTPError as err:
+            try:
+                body = _drain(err, deadline, check_length=False) if err.fp is not None else b""
+            except (OSError, http.client.HTTPException):
+                body = b""
+            if deadline.expired:
+                raise deadline.error() from None
+            raise urllib.error.HTTPError(err.url, err.code, err.reason, err.headers, io.BytesIO(body)) from None
+        except (OSError, http.client.HTTPException):
+            if deadline.expired:
+                raise deadline.error() from None
+            raise
+
+
+def _drain(response, deadline: Deadline, *, check_length: bool) -> bytes:
+    chunks = []
+    while chunk := response.read1(1 << 16) if hasattr(response, "read1") else response.read(1 << 16):
+        chunks.append(chunk)
+        if deadline.left() <= 0:
+            raise deadline.error()
+    if deadline.expired:
+        raise deadline.error()
+    if check_length and response.length:  # Content-Length bytes still missing: the connection closed mid-body
+        raise http.client.IncompleteRead(b"".join(chunks), response.length)
+    return b"".join(chunks)
+
+
 class ServerError(InfrastructureError):
     """The server answered with an error or a response without token ids / log-probs."""
+
+
+class NonFiniteAnswer(ServerError, NonFiniteError):
+    """The server returned a NaN or infinite log-prob: its model's numbers broke down (non-finite logits), the kind
+    every sampler reports as :class:`~lightswe.errors.NonFiniteError`."""
 
 
 class OpenAIPolicy:
@@ -81,15 +233,41 @@ class OpenAIPolicy:
         if self.api_key:
             request.add_header("Authorization", f"Bearer {self.api_key}")
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s):
-                return
+            read_within(request, timeout_s)
+            return
         except urllib.error.HTTPError:
             return  # it answered
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
             reason = getattr(err, "reason", err)
             raise ServerError(f"no OpenAI-compatible server answers at {self.base_url} ({reason}); fix: start it "
                               "(e.g. python -m vllm.entrypoints.openai.api_server --model DIR --logprobs-mode "
                               "processed_logprobs) or correct the URL in --policy openai:URL") from None
+
+    def check_model(self, timeout_s: float = 10.0) -> None:
+        """Refuse a ``model`` the server does not serve, before any episode: every request would get vLLM's 404
+        ("The model `X` does not exist") and each episode would end as ``sandbox_error``. The names are those of
+        ``/v1/models`` (vLLM lists each ``--served-model-name`` and LoRA adapter); a server that does not list its
+        models is not checked.
+
+        Raises:
+            UserInputError: naming the model asked for, the served ones and the spec that fixes it.
+        """
+        from lightswe.errors import UserInputError
+
+        request = urllib.request.Request(self.base_url + "/models", headers=self._headers())
+        saved, self.timeout_s = self.timeout_s, min(self.timeout_s, timeout_s)
+        try:
+            cards = json.loads(self._read(request)).get("data")
+            served = [card["id"] for card in cards if isinstance(card.get("id"), str)]
+        except (OSError, http.client.HTTPException, ValueError, AttributeError, TypeError, KeyError):
+            return  # no model list: the first request says so if it matters
+        finally:
+            self.timeout_s = saved
+        if served and self.model not in served:
+            asked = f"model {self.model!r}" if self.model != "default" else "no model (the spec has no ?model=)"
+            raise UserInputError(f"--policy openai:{self.base_url}: asks for {asked}, but the server serves "
+                                 f"{', '.join(map(repr, served))}; fix: --policy 'openai:{self.base_url}?model="
+                                 f"{served[0]}' (the name is the server's --served-model-name, else its --model)")
 
     def check_tokenizer(self, tokenizer, timeout_s: float = 10.0) -> None:
         """Refuse a ``tokenizer`` that is not the served model's: the server's ``/tokenize`` (vLLM's, at the server
@@ -151,18 +329,9 @@ class OpenAIPolicy:
         return headers
 
     def _read(self, request: urllib.request.Request) -> bytes:
-        """The whole response body within ``timeout_s`` from the request (a server trickling bytes is cut too:
-        the socket timeout alone bounds each read, not the response)."""
-        deadline = time.monotonic() + self.timeout_s
-        chunks = []
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            while chunk := response.read1(1 << 16):
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the response did not end within {self.timeout_s:g} s")
-            if response.length:  # Content-Length bytes still missing: the connection closed mid-body
-                raise http.client.IncompleteRead(b"".join(chunks), response.length)
-        return b"".join(chunks)
+        """The whole response body within ``timeout_s`` from the request: one deadline for connect, headers and
+        body (``read_within``), so a server trickling any part of its answer is cut too."""
+        return read_within(request, self.timeout_s)
 
     def _post(self, path: str, body: dict) -> dict:
         """POST JSON, retrying transient failures (see the module docstring); the parsed JSON object.
@@ -263,6 +432,8 @@ def parse_completion(response: dict) -> Sample:
                               "sampled token (`logprobs: 1`)")
     try:
         return check_sample((ids, values), _UNBOUNDED)
+    except NonFiniteSample as err:  # the server's answer, named as such; the kind stays NonFiniteError
+        raise NonFiniteAnswer(f"the server's answer cannot be trained on: {err}") from None
     except ValueError as err:  # SampleError: the server's answer, named as such
         raise ServerError(f"the server's answer cannot be trained on: {err}") from None
 

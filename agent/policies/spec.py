@@ -100,10 +100,18 @@ def check_spec(spec: str, *, option: str = "--policy") -> None:
             raise UserInputError(f"{option} {spec!r}: {problem}; fix: model:DIR with a checkpoint written by "
                                  f"save_pretrained (config.json + safetensors)")
     hf_dir = target if kind == "hf" else target.removeprefix("hf:") if kind == "vllm" and target.startswith("hf:") else None
-    if hf_dir is not None and not (Path(hf_dir) / "config.json").is_file():
-        what = "does not exist" if not Path(hf_dir).exists() else "has no config.json"
-        raise UserInputError(f"{option} {spec!r}: {hf_dir} {what}; fix: {kind}:{'hf:' if kind == 'vllm' else ''}DIR "
-                             f"with a transformers checkpoint (config.json, weights, tokenizer files)")
+    if hf_dir is not None:
+        from lightswe.model.config import hf_checkpoint_problem
+
+        problem = hf_checkpoint_problem(hf_dir, kind="vllm:hf:" if kind == "vllm" else "hf:")
+        if problem:
+            raise UserInputError(f"{option} {spec!r}: {problem}")
+    if kind == "vllm" and not target.startswith("hf:") and target.startswith(("/", "./", "../", "~")):
+        from lightswe.model.config import hf_checkpoint_problem
+
+        problem = hf_checkpoint_problem(Path(target).expanduser(), kind="vllm:")  # a path, not a Hub name
+        if problem:
+            raise UserInputError(f"{option} {spec!r}: {problem}")
     if kind == "openai" and not target.startswith(("http://", "https://")):
         raise UserInputError(f"{option} {spec!r}: {target} is not an http(s) URL; fix: e.g. {_EXAMPLES['openai']}")
     allowed = spec_options(kind)
@@ -131,6 +139,60 @@ def tokenizer_path(spec: str) -> str | None:
     if kind == "vllm" and target.startswith("hf:"):
         return target.removeprefix("hf:")
     return None
+
+
+PROBE = "def add(x, y):\n    return x + y  # naïve ✓\n"  # code, an accent, a symbol: tokenizers differ on them
+
+
+def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
+    return list((getattr(tokenizer, "encode_ordinary", None) or tokenizer.encode)(text))
+
+
+def check_tokenizer(spec: str, path: str | None, *, option: str = "--tokenizer") -> None:
+    """Refuse a tokenizer (``path``: a ``tokenizer.json`` or a folder holding one; None: the built-in byte tokenizer)
+    that is not the local model's, before any episode (``openai:`` servers are checked against their ``/tokenize`` by
+    ``OpenAIPolicy.check_tokenizer``): for ``hf:DIR`` / ``vllm:hf:DIR`` it must tokenize a probe text as the
+    checkpoint's own ``tokenizer.json`` does (else the ids the model writes mean other text here: the env runs and
+    the learner trains on what the model did not write); for every local model (``model:``, ``hf:``, ``vllm:hf:``)
+    its vocabulary must fit the model's ``vocab_size`` (else every episode fails on its first prompt). Nothing is
+    loaded but ``config.json`` and the tokenizers; other kinds pass.
+
+    Raises:
+        UserInputError: one line naming the tokenizer, what differs and the fix.
+    """
+    import json
+    from pathlib import Path
+
+    kind, target, _ = split_spec(spec)
+    folder = target if kind == "hf" else target.removeprefix("hf:") if kind == "vllm" and target.startswith("hf:") \
+        else target if kind == "model" and Path(target).is_dir() else None
+    if folder is not None:
+        try:
+            config = json.loads((Path(folder) / "config.json").read_text())
+            vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+        except (OSError, ValueError, AttributeError):
+            vocab = None  # check_spec / the loader says what is wrong with the checkpoint
+    elif kind == "model":
+        from lightswe.model.config import PRESETS
+
+        vocab = PRESETS[target]().vocab_size if target in PRESETS else None
+    else:
+        return
+    from lightswe.model.tokenizer import load_tokenizer
+
+    tokenizer, name = load_tokenizer(path), path or "(the built-in byte tokenizer)"
+    own_file = Path(folder) / "tokenizer.json" if folder is not None and kind != "model" else None
+    if path is not None and own_file is not None and own_file.is_file():
+        ours, theirs = _encode(tokenizer, PROBE), _encode(load_tokenizer(own_file), PROBE)
+        if ours != theirs:
+            raise UserInputError(f"{option} {name}: tokenizes {PROBE!r} as {ours[:8]}... but the checkpoint's own "
+                                 f"{own_file} gives {theirs[:8]}...: the ids {kind}:{target} writes would mean other "
+                                 f"text here; fix: leave {option} out ({kind}: uses the checkpoint's tokenizer)")
+    if isinstance(vocab, int) and tokenizer.vocab_size > vocab:
+        own = "the built-in byte tokenizer: leave it out" if kind == "model" else f"leave {option} out"
+        raise UserInputError(f"{option} {name}: has {tokenizer.vocab_size} token ids but {kind}:{target} has a "
+                             f"vocabulary of {vocab} (ids past it cannot be read or written); fix: the tokenizer the "
+                             f"model was trained with ({own})")
 
 
 def make_policy(spec: str, *, tokenizer: Tokenizer, tasks: Sequence = ()) -> Policy:
@@ -176,4 +238,9 @@ def make_policy(spec: str, *, tokenizer: Tokenizer, tasks: Sequence = ()) -> Pol
         return OpenAIPolicy(target, **options)
     from lightswe.agent.policies.vllm_engine import VLLMPolicy
 
-    return VLLMPolicy(target, **options)
+    try:
+        return VLLMPolicy(target, **options)
+    except OSError as err:  # a name vLLM cannot resolve: no such Hub repository, or the Hub out of reach
+        first = " ".join(str(err).split())[:300]
+        raise UserInputError(f"--policy {spec!r}: vLLM cannot load {target} ({type(err).__name__}: {first}); fix: "
+                             "vllm:hf:DIR with a local checkpoint, or a Hub name this machine can download") from None

@@ -10,7 +10,10 @@ normal answer is what vLLM ``serve`` returns for a token-id prompt with ``logpro
 Faults: ``status:CODE`` (JSON error body; ``status:429`` adds ``Retry-After: 1``, ``status:503`` a
 malformed ``Retry-After: nan``), ``reset`` (the connection
 closed before any answer), ``cut`` (headers and half the body, then closed), ``hang`` (never answers),
-``trickle`` (a valid body one byte every 0.2 s: never ends in practice), ``malformed`` (200 with text that is
+``trickle`` (a valid body one byte every 0.2 s: never ends in practice), the slow-loris answers that never end
+at all, one byte every 0.2 s: ``trickle-status`` (the status line), ``trickle-head`` (a header line),
+``trickle-chunked`` (a chunked body of one-byte chunks), ``trickle-chunksize`` (a chunk-size line that never
+ends), ``trickle-error`` (a 503 whose error body trickles), ``malformed`` (200 with text that is
 not JSON), ``empty`` (``choices: []``), ``nologprobs`` (``logprobs: null``), ``nulllp`` (a ``null`` log-prob),
 ``nan`` / ``inf`` / ``-inf`` / ``positive`` (such a log-prob), ``short`` (fewer log-probs than tokens),
 ``badtoken`` (``"token_id:x"``), ``negtoken`` (``"token_id:-5"``), ``notokens`` (no token at all), ``abort`` (vLLM's
@@ -121,6 +124,8 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
+        if fault.startswith("trickle-"):
+            return self._slow_loris(fault.removeprefix("trickle-"))
         if fault == "trickle":
             self._head(200, len(data))
             for i in range(len(data)):
@@ -129,6 +134,35 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(0.2)
             return
         self._send(500, {"error": {"message": f"unknown fault {fault!r}"}})
+
+    def _slow_loris(self, part: str) -> None:
+        """One byte every 0.2 s, forever (until the client gives up), in the answer's ``part``."""
+        self.close_connection = True
+        if part == "status":
+            start, drip = b"HTTP/1.1 200", b" "  # the status line never ends
+        elif part == "head":
+            start, drip = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Slow: ", b"a"
+        elif part == "chunked":
+            start = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            drip = b"1\r\n \r\n"  # a one-byte chunk of whitespace, each a complete chunk
+        elif part == "chunksize":
+            start = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1"
+            drip = b"0"  # the chunk's size, one hex digit at a time: the reader waits for its line end
+        elif part == "error":
+            start = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000\r\n\r\n")
+            drip = b" "
+        else:
+            return self._send(500, {"error": {"message": f"unknown slow-loris part {part!r}"}})
+        try:
+            self.wfile.write(start)
+            self.wfile.flush()
+            while True:
+                time.sleep(0.2)
+                self.wfile.write(drip)
+                self.wfile.flush()
+        except OSError:  # the client hung up: what it should do
+            return
 
     def _head(self, code: int, length: int, headers: dict | None = None) -> None:
         self.send_response(code)

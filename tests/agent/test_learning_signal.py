@@ -348,3 +348,79 @@ def test_a_run_stopped_in_its_final_evaluation_resumes_into_it(tmp_path, monkeyp
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [(r["step"], "eval_success_rate" in r) for r in rows] == [(0, True), (1, False), (2, False), (2, True)]
     assert summary["eval_success_rate_last"] == rows[-1]["eval_success_rate"]
+
+
+# ------------------------------------------------------------------ DAPO's soft overlong punishment (section 3.4)
+# eq. 13 of arXiv 2503.14476 with L_max = 8, L_cache = 4 (expected length 4): R_length = 0 up to 4 tokens, then
+# (4 - |y|) / 4 up to 8 (-1/4 at 5, -1/2 at 6, -1 at 8), -1 beyond.
+
+
+def _sized(group: str, i: int, reward: float | None, generated: int, *, status=EpisodeStatus.SUBMITTED,
+           finish="stop") -> Trajectory:
+    """An episode whose policy generated ``generated`` tokens (its mask), after a one-token prompt."""
+    n = generated + 1
+    return Trajectory(episode_id=f"{group}/{i}", task_id=group.split("@")[0], group_id=group, sample_index=i,
+                      token_ids=[7] * n, loss_mask=[0] + [1] * generated, logprobs=[0.0] + [-0.5] * generated,
+                      reward=reward, status=status,
+                      messages=[Message(role="assistant", content="x", start=1, end=n, finish_reason=finish)])
+
+
+def test_overlong_penalty_is_the_papers_piecewise_linear_ramp():
+    from lightswe.agent.advantages import overlong_penalty
+
+    got = [overlong_penalty(n, max_tokens=8, buffer_tokens=4) for n in (0, 4, 5, 6, 7, 8, 9, 100)]
+    assert got == pytest.approx([0.0, 0.0, -0.25, -0.5, -0.75, -1.0, -1.0, -1.0])
+    assert overlong_penalty(6, max_tokens=8, buffer_tokens=4, factor=0.5) == pytest.approx(-0.25)
+    assert overlong_penalty(10**6, max_tokens=8, buffer_tokens=0) == 0.0  # off
+    with pytest.raises(ValueError, match="buffer_tokens"):
+        overlong_penalty(1, max_tokens=8, buffer_tokens=9)
+
+
+def test_soft_overlong_punishment_shapes_the_reward_before_the_advantages():
+    from lightswe.agent.advantages import OverlongConfig
+    from lightswe.agent.train_step import overlong_metric, shaped_rewards
+
+    trajs = [_sized("a@1", 0, 1.0, 3), _sized("a@1", 1, 1.0, 6), _sized("a@1", 2, 0.0, 8),
+             _sized("a@1", 3, None, 8, status=EpisodeStatus.SANDBOX_ERROR),  # never shaped, never scored
+             _sized("a@1", 4, 0.0, 8, finish="length"),  # truncated: the overlong filter leaves it out
+             _sized("b@1", 0, 1.0, 3), _sized("b@1", 1, 1.0, 7)]
+    on = OverlongConfig(buffer_tokens=4, max_tokens=8)
+    # shaped: a: 1, 1 - 1/2, 0 - 1, None, 0 - 1; b: 1, 1 - 3/4
+    assert shaped_rewards(trajs, on) == pytest.approx([1.0, 0.5, -1.0, None, -1.0, 1.0, 0.25])
+    cfg = AdvantageConfig(scale_by_std=False, filter_equal=True)
+    adv = step_advantages(trajs, cfg, overlong_filter=True, overlong=on)
+    # a (filtered: runs 3, 4 out): mean of 1, 1/2, -1 = 1/6; b: equal correctness, now different rewards: mean 5/8
+    assert adv.values == pytest.approx([5 / 6, 1 / 3, -7 / 6, 0.0, 0.0, 3 / 8, -3 / 8])
+    assert adv.keep == [True, True, True, False, False, True, True]
+    # without the filter the truncated run counts with its shaped -1: a's mean (1 + 1/2 - 1 - 1) / 4 = -1/8
+    unfiltered = step_advantages(trajs, cfg, overlong_filter=False, overlong=on)
+    assert unfiltered.values[:5] == pytest.approx([9 / 8, 5 / 8, -7 / 8, 0.0, -7 / 8])
+    # L_max from the caller (the episode's budget) when the config leaves it unset; the factor scales it
+    assert shaped_rewards(trajs, OverlongConfig(buffer_tokens=4, factor=2.0), 8)[1] == pytest.approx(0.0)
+    # the logged metric: mean penalty over the graded runs (0, -1/2, -1, -1, 0, -3/4) / 6
+    assert overlong_metric(trajs, on) == pytest.approx(-3.25 / 6)
+    # off (the default): the rewards and advantages of before, bit for bit; b then carries no signal
+    for off in (None, OverlongConfig(), OverlongConfig(max_tokens=8)):
+        same = step_advantages(trajs, cfg, overlong_filter=True, overlong=off)
+        assert same.values == step_advantages(trajs, cfg, overlong_filter=True).values
+        assert same.keep[5:] == [False, False]
+
+
+def test_overlong_settings_are_checked_and_default_to_the_episode_budget(tmp_path):
+    from lightswe.agent.advantages import OverlongConfig
+    from lightswe.agent.train_cli import parse_train
+    from lightswe.agent.train_config import TrainConfig
+    from lightswe.errors import UserInputError
+
+    cfg = TrainConfig(out_dir=str(tmp_path))
+    assert cfg.overlong.buffer_tokens == 0  # off by default: the default run's numbers do not change
+    a = cfg.agent
+    assert cfg.overlong_max_tokens() == min(a.max_context_tokens, a.max_steps * a.max_new_tokens)
+    parsed, _ = parse_train(["--out", str(tmp_path), "--overlong.buffer-tokens", "64", "--overlong.factor", "0.5"])
+    assert (parsed.overlong.buffer_tokens, parsed.overlong.factor) == (64, 0.5)
+    for bad, option in ((OverlongConfig(buffer_tokens=-1), "--overlong.buffer-tokens"),
+                        (OverlongConfig(buffer_tokens=10**6), "--overlong.buffer-tokens"),
+                        (OverlongConfig(max_tokens=0), "--overlong.max-tokens"),
+                        (OverlongConfig(buffer_tokens=4, factor=-1.0), "--overlong.factor")):
+        with pytest.raises(UserInputError, match=option):
+            TrainConfig(out_dir=str(tmp_path), overlong=bad)

@@ -66,12 +66,26 @@ def test_429_waits_as_retry_after_asks(server):
     assert time.monotonic() - started >= 1.0  # Retry-After: 1 (the plain backoff is 0.5 s)
 
 
-@pytest.mark.parametrize("fault", ["hang", "trickle"])
+SLOW_LORIS = ["trickle-status", "trickle-head", "trickle-chunked", "trickle-chunksize", "trickle-error"]
+
+
+@pytest.mark.parametrize("fault", ["hang", "trickle", *SLOW_LORIS])
 def test_a_response_that_never_ends_is_cut_at_the_timeout(server, fault):
+    """One deadline per request (connect + headers + body): before, a server trickling its status line, a header,
+    chunks or an error body a byte per read held the episode forever (each read was bounded, not the request)."""
     started = time.monotonic()
-    with pytest.raises(ServerError, match="unreachable or cut off"):
+    with pytest.raises(ServerError, match="unreachable or cut off.*did not end within 1.5 s"):
         server.policy(fault, retries=0, timeout_s=1.5).generate(PROMPT, SAMPLING)
-    assert time.monotonic() - started < 5  # trickle: one byte every 0.2 s would take a minute
+    assert time.monotonic() - started < 3  # trickle: one byte every 0.2 s would take a minute; the rest, forever
+
+
+@pytest.mark.parametrize("fault", ["trickle-head", "trickle-chunked"])
+def test_a_slow_loris_server_is_retried_like_the_other_faults(server, fault):
+    started = time.monotonic()
+    with pytest.raises(ServerError, match="after 2 attempt"):
+        server.policy(fault, timeout_s=1.0).generate(PROMPT, SAMPLING)
+    assert time.monotonic() - started < 1.0 * 2 + 0.5 + 1.5  # two deadlines and the 0.5 s backoff
+    assert server.policy(f"{fault}#1", timeout_s=1.0).generate(PROMPT, SAMPLING) == ([104, 105, 2], [-1.0] * 3)
 
 
 @pytest.mark.parametrize(("fault", "expected"), [
@@ -80,8 +94,12 @@ def test_a_response_that_never_ends_is_cut_at_the_timeout(server, fault):
     ("positive", "finite and <= 0"), ("short", "3 tokens but 2 log-probs"), ("badtoken", "token_id:x"),
     ("negtoken", "token_id:-5"), ("status:400", "HTTP 400"), ("notokens", "no token"), ("abort", "aborted")])
 def test_answers_no_learner_can_use_are_infrastructure_errors(server, fault, expected):
-    with pytest.raises(ServerError, match=expected):
+    from lightswe.errors import NonFiniteError
+
+    with pytest.raises(ServerError, match=expected) as info:
         server.policy(fault).generate(PROMPT, SAMPLING)
+    # a NaN / infinite log-prob is the non-finite kind every sampler reports (the built-in ones included)
+    assert isinstance(info.value, NonFiniteError) == (fault in ("nan", "inf", "-inf"))
 
 
 def test_every_backends_sample_is_checked_once():

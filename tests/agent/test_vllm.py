@@ -16,6 +16,7 @@ import pytest
 import torch
 from lightswe.agent.policies.base import SamplingParams
 from lightswe.agent.policies.openai_server import OpenAIPolicy
+from lightswe.errors import UserInputError
 from lightswe.model import load_tokenizer
 from lightswe.model.hf import HFCausalLM, tiny_checkpoint
 
@@ -44,6 +45,10 @@ def test_openai_policy_against_vllm_serve(qwen2):
     prompts = chat_prompts(tokenizer, 2)
     with VLLMServer(qwen2) as server:
         policy = OpenAIPolicy(server.url, model=str(qwen2), timeout_s=120)
+        policy.check_model()  # what `rollout --policy openai:` checks first: the served name and tokenizer pass ...
+        policy.check_tokenizer(tokenizer)
+        with pytest.raises(UserInputError, match="but the server serves"):  # ... another name is refused
+            OpenAIPolicy(server.url, model="Qwen/Qwen2.5-0.5B-Instruct").check_model()
         results = []
         for i, prompt in enumerate(prompts):
             for temperature in (1.0, 0.7):
