@@ -23,10 +23,12 @@ Reward 1.0 iff every FAIL_TO_PASS and PASS_TO_PASS test passes and pytest exits 
 is defined in a file of the change (a stand-in for the task's test module) is an error. A test run that
 times out (the agent's code hangs) is the policy's failure: 0.0 with ``timed_out=True``, unless the host starved
 it of CPU (:mod:`lightswe.envs.starvation`: it waited for a CPU half the time and got under a quarter of its
-quota): then the tests run once more in another fresh container, and a second starved run is the machine's
-failure (``GradingError``); the grading container outweighs the agents' for the CPU (``cpu_shares``) and the
-agent's container stays frozen while its change is graded. A test run that fills the grading container's
-memory (the engine reports it out of memory) is the policy's failure too, whichever process the OOM killer took.
+quota while the host had no idle CPU to give): then the tests run once more in another fresh container, and a
+second starved run is the machine's failure (``GradingError``); the grading container outweighs the agents'
+for the CPU (``cpu_shares``), gradings are admitted by CPU (``starvation.admitted``: they never starve each
+other), and the agent's container stays frozen while its change is graded. A test run that fills the grading
+container's memory (the engine reports it out of memory) is the policy's failure too, whichever process the OOM
+killer took.
 A failure of the machine (the agent's or the grading container gone, the engine failing, an image that cannot
 start, a ``test_patch`` that does not apply to the base) raises :class:`GradingError` (an
 :class:`~lightswe.errors.InfrastructureError`): never a reward.
@@ -38,6 +40,7 @@ that runs before any code of the change and takes only path names; nothing at al
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -351,12 +354,18 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     files = (files | created) - removed  # a test file the test_patch adds is the task's: its ids must resolve
     _lock_tests(grader, scope, files, known)
     junit = _private_junit_path(grader, known)
-    tests_from = time.time()
     cgroup = starvation.cgroup_dir(grader.api, grader.container_id)
-    before = starvation.sample(cgroup)
+    tests_from = time.time()
     try:
-        run, unresolved, whole_files = _run_task_tests(grader, instance, wanted, files, facts.plugins, timeout,
-                                                       junit, changed={c.path for c in kept if c.new is not None})
+        # gradings never starve each other (on this host: where starvation is judged, the engine is local)
+        with starvation.admitted(grader.config.cpus, wait_s=timeout) if cgroup else contextlib.nullcontext():
+            tests_from = time.time()
+            before = starvation.sample(cgroup)
+            run, unresolved, whole_files = _run_task_tests(grader, instance, wanted, files, facts.plugins, timeout,
+                                                           junit, changed={c.path for c in kept if c.new is not None})
+            after = starvation.sample(cgroup)
+    except starvation.AdmissionError as err:
+        raise GradingError(str(err), stage="tests", known=known) from err
     except UserInputError as err:
         raise GradingError(f"{instance.instance_id}: {err}", stage="tests", known=known) from err
     except Exception as err:
@@ -364,8 +373,11 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
             return _out_of_memory_grade(grader, instance, wanted, known, suspected, tests_from, start)
         raise GradingError(f"the test run in grading container {_short(grader)} failed: {type(err).__name__}: "
                            f"{err}", stage="tests", known=known) from err
-    got = starvation.share(before, starvation.sample(cgroup), grader.config.cpus)
+    got = starvation.share(before, after, grader.config.cpus)
     if run.timed_out and got is not None and got.starved:  # the host's doing, not the code's (starvation.py)
+        # only a timed-out run: a test failed by its own deadline (a subprocess or future with a timeout,
+        # pytest-timeout) on a starved host reads like any failing test, and dropping every failing run of a
+        # starved host drops the 0.0s the policy earned while keeping its 1.0s (README, tenth pass)
         if not last_chance:
             raise _Starved(got, tree)
         raise GradingError(f"the test run timed out twice starved of CPU by the host ({got}): the machine is "

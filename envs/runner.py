@@ -82,6 +82,48 @@ def _kill_each(uid: int) -> None:
         time.sleep(0.01)
 
 
+# sched_setaffinity per audit arch (linux/audit.h; the syscall tables of each): x86_64 (x32 sets bit 30 of the
+# number), i386, aarch64, arm
+_AFFINITY_SYSCALLS = ((0xC000003E, 203, 0xBFFFFFFF), (0x40000003, 241, 0xFFFFFFFF), (0xC00000B7, 122, 0xFFFFFFFF),
+                      (0x40000028, 241, 0xFFFFFFFF))
+
+
+def lock_affinity() -> bool:
+    """Make ``sched_setaffinity`` fail with EPERM for the runner and every command it starts (a seccomp filter,
+    inherited and never removable; ``seccomp(2)``, ``Documentation/userspace-api/seccomp_filter.rst``); True when
+    installed. Why: the graded code chose the CPU it waits on (pinned beside a neighbour's busy loop while
+    another CPU was free) and its hang read as the host starving it (``lightswe.envs.starvation``): no reward
+    instead of 0.0. Reading the affinity (``sched_getaffinity``, ``nproc``) still works."""
+    try:
+        import ctypes
+    except ImportError:
+        return False
+    ld_arch, ld_nr = (0x20, 0, 0, 4), (0x20, 0, 0, 0)  # BPF_LD|BPF_W|BPF_ABS of seccomp_data.arch / .nr
+    prog = []
+    for arch, nr, mask in _AFFINITY_SYSCALLS:  # each block: [ld arch, jeq arch, ld nr, and mask, jeq nr]
+        prog += [ld_arch, (0x15, 0, 3, arch), ld_nr, (0x54, 0, 0, mask), (0x15, 0, 0, nr)]
+    allow, deny = len(prog), len(prog) + 1
+    for i in range(4, len(prog), 5):  # the nr test: deny on a match, else allow
+        prog[i] = (0x15, deny - i - 1, allow - i - 1, prog[i][3])
+    for i in range(1, len(prog), 5):  # another arch: the next block (or allow after the last)
+        prog[i] = (0x15, 0, min(i + 4, allow) - i - 1, prog[i][3])
+    prog += [(0x06, 0, 0, 0x7FFF0000), (0x06, 0, 0, 0x00050000 | 1)]  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO|EPERM
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    filters = (Filter * len(prog))(*[Filter(*ins) for ins in prog])
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+    if libc.prctl(38, 1, None, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS (the container has it already)
+        return False
+    program = Program(len(prog), filters)
+    return libc.prctl(22, 2, ctypes.cast(ctypes.byref(program), ctypes.c_void_p), 0, 0) == 0  # PR_SET_SECCOMP, FILTER
+
+
 _LOW_BYTES, _LOW_INODES = 1 << 20, 64
 
 
@@ -194,7 +236,8 @@ def run(req: dict) -> dict:
 
 def main() -> None:
     out = sys.stdout.buffer
-    out.write(b'{"ready": true}\n')
+    locked = "--lock-affinity" in sys.argv[1:] and lock_affinity()  # every sandbox but an image build's
+    out.write(b'{"ready": true, "affinity_locked": ' + (b"true" if locked else b"false") + b"}\n")
     out.flush()
     for line in sys.stdin.buffer:
         try:

@@ -17,7 +17,10 @@ Guarantees (the Sandbox contract in DESIGN.md):
   container runs with ``no-new-privileges`` and only the capabilities the harness's root runner needs (switch
   user, kill, own files), so a setuid binary cannot give the agent root; instance images have none
   (``tasks/images.py``). The runner is started with ``python3 -I -S`` and ``HOME=/root``: no file the agent
-  can write (user site, ``PYTHON*`` variables, the working directory) is read by the root process;
+  can write (user site, ``PYTHON*`` variables, the working directory) is read by the root process; no command
+  can change its CPU affinity (``sched_setaffinity`` fails with EPERM: a seccomp filter the runner installs,
+  :func:`lightswe.envs.runner.lock_affinity`, except in image builds), so graded code cannot choose the CPU it
+  waits on (:mod:`lightswe.envs.starvation`);
 - a disk write limit (``disk_limit``, default 4 GiB; see :mod:`lightswe.envs.disk` for which mechanism
   applies): a command that fills it is stopped and its output says so; every command also gets
   ``RLIMIT_FSIZE`` = the limit;
@@ -209,6 +212,8 @@ class Sandbox:
         self._uid: _uids.UidLease | None = None
         self.agent_uid = AGENT_UID  # the agent user's uid in this container (a leased one with loop volumes)
         self._disk_path = ""  # where the runner watches free space ("" when no hard limit applies)
+        # the runner's commands cannot change their CPU affinity (runner.lock_affinity); known from the first command
+        self.affinity_locked = False
         self._lock = threading.Lock()
         self.stop: threading.Event | None = getattr(_SCOPE, "stop", None)  # set: stopped (see stop_scope)
         self._start()
@@ -359,7 +364,8 @@ class Sandbox:
         cid = self._require()
         # -I -S: no user site, no PYTHON* variables, no working-directory imports; HOME is root's: the root
         # runner reads nothing the agent can write
-        exec_id = self.api.exec_create(cid, ["python3", "-I", "-S", "-u", "-c", _RUNNER_SOURCE], stdin=True,
+        lock = [] if self.config.build else ["--lock-affinity"]  # runner.lock_affinity: no command pins its CPU
+        exec_id = self.api.exec_create(cid, ["python3", "-I", "-S", "-u", "-c", _RUNNER_SOURCE, *lock], stdin=True,
                                        stdout=True, stderr=True, user="root", workdir="/",
                                        environment={"HOME": "/root"})["Id"]
         response = self.api.exec_start(exec_id, socket=True)
@@ -370,6 +376,7 @@ class Sandbox:
         if not ready.startswith(b'{"ready"'):
             raise SandboxError(f"the command runner did not start in {cid[:12]}: {ready[:300]!r}; is python3 in "
                                f"the image {self.config.image!r}?")
+        self.affinity_locked = b'"affinity_locked": true' in ready
 
     def _read_line(self, runner: tuple | None = None) -> bytes:
         """Next stdout line from the runner, unpacking the engine's 8-byte stream frames."""

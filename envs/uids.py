@@ -42,7 +42,8 @@ class UidLease:
     """An exclusive host uid (``.uid``, an int in ``UID_RANGE``) until :meth:`release` or the process ends.
 
     ``in_use(uid) -> bool`` is asked after the lock is held (e.g. "does a container carry this uid?"); a uid it
-    claims is skipped. Raises :class:`UidError` when no uid is had in 64 attempts."""
+    claims is skipped; what it raises is raised, with the uid's lock given back. Raises :class:`UidError` when
+    no uid is had in 64 attempts."""
 
     def __init__(self, in_use: Callable[[int], bool] | None = None, *, lease_dir: Path | None = None) -> None:
         self.dir = lease_dir or LEASE_DIR
@@ -58,7 +59,12 @@ class UidLease:
             fd = self._lock(self.dir / str(uid))
             if fd < 0:
                 continue
-            if in_use is not None and in_use(uid):
+            try:
+                busy = in_use is not None and in_use(uid)
+            except BaseException:  # e.g. the engine did not answer: the uid is not leased, its lock not kept
+                self._unlock(self.dir / str(uid), fd)
+                raise
+            if busy:
                 self._unlock(self.dir / str(uid), fd)
                 continue
             self.uid, self._fd, self._path = uid, fd, self.dir / str(uid)
