@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
+from lightswe.errors import UserInputError
 
 
 @dataclass(kw_only=True, slots=True)
@@ -58,7 +59,7 @@ def overlong_penalty(length: int, *, max_tokens: int, buffer_tokens: int, factor
     0 turns it off (0.0 for every length). Floats; raises ValueError for buffer_tokens < 0 or > max_tokens.
     """
     if buffer_tokens < 0 or buffer_tokens > max_tokens:
-        raise ValueError(f"need 0 <= buffer_tokens <= max_tokens, got {buffer_tokens}, {max_tokens}")
+        raise UserInputError(f"need 0 <= buffer_tokens <= max_tokens, got {buffer_tokens}, {max_tokens}")
     if buffer_tokens == 0:
         return 0.0
     expected = max_tokens - buffer_tokens
@@ -92,7 +93,7 @@ def group_advantages(group_ids: Sequence[Hashable], rewards: Sequence[float | No
     """Advantages for runs in groups; ``failed[i]`` marks runs to exclude (e.g. a sandbox error)."""
     cfg = config or AdvantageConfig()
     if len(group_ids) != len(rewards) or (failed is not None and len(failed) != len(rewards)):
-        raise ValueError(f"group_ids, rewards and failed must have equal lengths, got {len(group_ids)}, "
+        raise UserInputError(f"group_ids, rewards and failed must have equal lengths, got {len(group_ids)}, "
                          f"{len(rewards)}, {len(failed) if failed is not None else '-'}")
     ok = [_valid(r) and not (failed and failed[i]) for i, r in enumerate(rewards)]
     members: dict[Hashable, list[int]] = {}

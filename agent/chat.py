@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from lightswe.agent.trajectory import Message
+from lightswe.errors import UserInputError
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 ROLES = ("system", "user", "assistant", "tool")
@@ -78,7 +79,7 @@ class Conversation:
 
     def _header(self, role: str) -> list[int]:
         if role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+            raise UserInputError(f"role must be one of {ROLES}, got {role!r}")
         return [self.im_start, *self.tokenizer.encode_ordinary(role + "\n")]
 
     def add(self, role: str, content: str, *, markup: bool = False, **fields) -> Message:
@@ -94,7 +95,7 @@ class Conversation:
         content = _SURROGATE.sub("\ufffd", content)
         body = self.tokenizer.encode(content) if markup else self.tokenizer.encode_ordinary(content)
         if markup and {self.im_start, self.im_end} & set(body):
-            raise ValueError(f"the {role} prompt holds chat glue (<|im_start|>/<|im_end|>); remove it")
+            raise UserInputError(f"the {role} prompt holds chat glue (<|im_start|>/<|im_end|>); remove it")
         start = len(self.token_ids)
         self._glue([*self._header(role), *body, self.im_end, *self._newline])
         message = Message(role=role, content=content, start=start, end=len(self.token_ids), **fields)
@@ -114,7 +115,7 @@ class Conversation:
         if self._open is None:
             raise RuntimeError("call start_assistant() before add_generated()")
         if len(tokens) != len(logprobs):
-            raise ValueError(f"one log-prob per token expected, got {len(tokens)} tokens, {len(logprobs)} log-probs")
+            raise UserInputError(f"one log-prob per token expected, got {len(tokens)} tokens, {len(logprobs)} log-probs")
         self.token_ids.extend(int(t) for t in tokens)
         self.loss_mask.extend([1] * len(tokens))
         self.logprobs.extend(float(x) for x in logprobs)

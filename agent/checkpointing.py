@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightswe.durable import fsync_dir
-from lightswe.errors import InfrastructureError
+from lightswe.errors import InfrastructureError, UserInputError
 from torch import nn
 
 LATEST = "latest"
@@ -158,7 +158,7 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
         model.load_state_dict(model_sd)
         optimizer.load_state_dict(optim_sd)
     elif by_position:
-        raise ValueError(f"{found}: its optimiser state is keyed by position (an older one-process checkpoint); "
+        raise UserInputError(f"{found}: its optimiser state is keyed by position (an older one-process checkpoint); "
                          f"resume it once without torchrun so that the next checkpoint is keyed by name")
     else:
         from torch.distributed.checkpoint.state_dict import (

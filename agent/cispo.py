@@ -32,6 +32,7 @@ from collections.abc import Callable
 import torch
 from lightswe.agent.learner_config import LossConfig  # torch-free, for the CLI; re-exported here
 from torch import Tensor
+from lightswe.errors import UserInputError
 
 
 class LossOutput:
@@ -75,10 +76,10 @@ class PolicyLoss:
     def __init__(self, config: LossConfig | None = None) -> None:
         self.config = config or LossConfig()
         if self.eps_high <= 0:
-            raise ValueError(f"eps_high must be > 0, got {self.eps_high}")
+            raise UserInputError(f"eps_high must be > 0, got {self.eps_high}")
         eps_low = self.eps_low
         if eps_low is not None and not 0 <= eps_low < 1:
-            raise ValueError(f"eps_low must be in [0, 1) or None, got {eps_low}")
+            raise UserInputError(f"eps_low must be in [0, 1) or None, got {eps_low}")
 
     @property
     def eps_high(self) -> float:
@@ -114,10 +115,10 @@ class PolicyLoss:
         (zero off the policy tokens). sampler_logp, entropy: optional [N, T], only for metrics.
         """
         if logp.shape != behaviour_logp.shape or logp.shape != weights.shape:
-            raise ValueError(f"logp, behaviour_logp and weights must share a shape [N, T], got "
+            raise UserInputError(f"logp, behaviour_logp and weights must share a shape [N, T], got "
                              f"{tuple(logp.shape)}, {tuple(behaviour_logp.shape)}, {tuple(weights.shape)}")
         if advantages.shape != logp.shape[:1]:
-            raise ValueError(f"advantages must be [N]={tuple(logp.shape[:1])}, got {tuple(advantages.shape)}")
+            raise UserInputError(f"advantages must be [N]={tuple(logp.shape[:1])}, got {tuple(advantages.shape)}")
         mask = weights != 0
         log_ratio = (logp - behaviour_logp.detach()).masked_fill(~mask, 0.0)
         ratio = torch.exp(log_ratio)

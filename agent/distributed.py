@@ -22,6 +22,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch import nn
+from lightswe.errors import UserInputError
 
 # Ranks wait for each other in collectives while one runs rollouts in Docker or the warm start (rank 0 only):
 # far longer than the default 10-30 min watchdog, so the group's timeout is generous.
@@ -45,10 +46,10 @@ class DistContext:
         cuda = device.startswith("cuda")
         if cuda:
             if not torch.cuda.is_available():
-                raise ValueError(f"device {device!r} under torchrun but CUDA is not available; use --device cpu")
+                raise UserInputError(f"device {device!r} under torchrun but CUDA is not available; use --device cpu")
             local = int(os.environ.get("LOCAL_RANK", "0"))
             if local >= torch.cuda.device_count():
-                raise ValueError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s); launch "
+                raise UserInputError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s); launch "
                                  f"torchrun with --nproc-per-node <= {torch.cuda.device_count()}")
             device = f"cuda:{local}"
             torch.cuda.set_device(device)

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from lightswe.agent.cispo import PolicyLoss
 from lightswe.agent.learner_config import LearnerConfig  # torch-free, for the CLI; re-exported here
-from lightswe.errors import NonFiniteError
+from lightswe.errors import NonFiniteError, UserInputError
 from lightswe.model.moe import use_grouped
 from torch import Tensor, nn
 
@@ -52,7 +52,7 @@ class TrainBatch:
                        sampler_logps: Sequence[Sequence[float]], advantages: Sequence[float],
                        pad_id: int = 0, group_ids: Sequence | None = None) -> TrainBatch:
         if not (len(tokens) == len(masks) == len(sampler_logps) == len(advantages)):
-            raise ValueError(f"need one mask, logprob list and advantage per sequence, got {len(tokens)}, "
+            raise UserInputError(f"need one mask, logprob list and advantage per sequence, got {len(tokens)}, "
                              f"{len(masks)}, {len(sampler_logps)}, {len(advantages)}")
         n, t = len(tokens), max((len(x) for x in tokens), default=0)
         ids = torch.full((n, t), pad_id, dtype=torch.long)
@@ -60,7 +60,7 @@ class TrainBatch:
         logp = torch.zeros(n, t, dtype=torch.float32)
         for i, (tok, m, lp) in enumerate(zip(tokens, masks, sampler_logps)):
             if not len(tok) == len(m) == len(lp):
-                raise ValueError(f"row {i}: tokens, mask and logprobs differ in length "
+                raise UserInputError(f"row {i}: tokens, mask and logprobs differ in length "
                                  f"({len(tok)}, {len(m)}, {len(lp)}); align them per token")
             ids[i, :len(tok)] = torch.tensor(tok, dtype=torch.long)
             mask[i, :len(m)] = torch.tensor([bool(x) for x in m])
@@ -70,11 +70,11 @@ class TrainBatch:
         groups = None
         if group_ids is not None:
             if len(group_ids) != n:
-                raise ValueError(f"need one group id per sequence, got {len(group_ids)} for {n}")
+                raise UserInputError(f"need one group id per sequence, got {len(group_ids)} for {n}")
             index: dict = {}
             groups = torch.tensor([index.setdefault(g, len(index)) for g in group_ids], dtype=torch.long)
             if n > 1 and bool((groups.diff() < 0).any()):  # ids number groups by first appearance
-                raise ValueError("the rows of a group must be contiguous; sort the sequences by group id")
+                raise UserInputError("the rows of a group must be contiguous; sort the sequences by group id")
         return cls(input_ids=ids, mask=mask, sampler_logp=logp,
                    advantages=torch.tensor(list(advantages), dtype=torch.float32), groups=groups)
 
@@ -126,7 +126,7 @@ def sequence_logprobs(model: nn.Module, input_ids: Tensor, *, with_entropy: bool
     if out.shape[1] == input_ids.shape[1] - 1:  # model returns the T-1 next-token log-probs
         out = torch.cat([out.new_zeros(out.shape[0], 1), out], dim=1)
     if out.shape != input_ids.shape:
-        raise ValueError(f"token_logprobs returned {tuple(out.shape)}, expected {tuple(input_ids.shape)} "
+        raise UserInputError(f"token_logprobs returned {tuple(out.shape)}, expected {tuple(input_ids.shape)} "
                          f"or one shorter")
     return out, entropy
 
@@ -154,7 +154,7 @@ class Learner:
         self.model, self.loss, self.config = model, loss, config or LearnerConfig()
         c = self.config
         if c.minibatches < 1 or c.epochs < 1 or c.micro_batch_size < 1:
-            raise ValueError(f"minibatches, epochs and micro_batch_size must be >= 1, got {c.minibatches}, "
+            raise UserInputError(f"minibatches, epochs and micro_batch_size must be >= 1, got {c.minibatches}, "
                              f"{c.epochs}, {c.micro_batch_size}")
         params = [p for p in model.parameters() if p.requires_grad]
         # CUDA: the fused kernel (one launch for all ~1,000 tensors of a MoE model); CPU: the default (unchanged)

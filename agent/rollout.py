@@ -37,6 +37,7 @@ from lightswe.agent.chat import Tokenizer
 from lightswe.agent.loop import AgentConfig, run_episode
 from lightswe.agent.policies.base import Policy
 from lightswe.agent.trajectory import Trajectory, TrajectoryWriter, finished_episode_ids
+from lightswe.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         if self.group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+            raise UserInputError(f"group_size must be >= 1, got {self.group_size}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -193,7 +194,7 @@ class LocalExecutor:
                             f"(episodes reset it with options={{'task_id': ...}}); got one taking {required[0].name!r}. "
                             "Use default_env_factory(tasks).")
         if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1 (episodes in flight), got {concurrency}")
+            raise UserInputError(f"concurrency must be >= 1 (episodes in flight), got {concurrency}")
         self.policy, self.tokenizer, self.concurrency = policy, tokenizer, concurrency
         self.env_factory, self.agent = env_factory, agent or AgentConfig()
         self.shutdown_timeout_s = shutdown_timeout_s

@@ -15,6 +15,7 @@ from lightswe.agent.advantages import (AdvantageConfig, Advantages, OverlongConf
                                       overlong_penalty)
 from lightswe.agent.learner import TrainBatch
 from lightswe.agent.trajectory import EpisodeStatus, Trajectory, check_tokens
+from lightswe.errors import UserInputError
 
 
 def step_lr(lr: float, step: int, *, steps: int, final_lr_ratio: float) -> float:
@@ -50,7 +51,7 @@ def shaped_rewards(trajectories: list[Trajectory], overlong: OverlongConfig, max
         return [t.reward for t in trajectories]
     limit = overlong.max_tokens or max_tokens
     if limit is None:
-        raise ValueError("the overlong punishment needs L_max: OverlongConfig.max_tokens or max_tokens")
+        raise UserInputError("the overlong punishment needs L_max: OverlongConfig.max_tokens or max_tokens")
     return [t.reward + overlong_penalty(t.num_generated_tokens, max_tokens=limit,
                                         buffer_tokens=overlong.buffer_tokens, factor=overlong.factor)
             if t.graded else t.reward for t in trajectories]

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from lightswe.tasks.instance import TaskInstance
 from lightswe.tasks.sources import CACHE_DIR
+from lightswe.errors import UserInputError
 
 OPS = {"sum": "+", "difference": "-", "product": "*", "remainder": "%"}
 PAIRS = {"warm": [(7, 3), (9, 4), (9, 2), (11, 4)], "rl": [(13, 5), (10, 3), (19, 4), (22, 5)],
@@ -106,10 +107,10 @@ def arithmetic_tasks(split: str, root: Path | None = None, words: list[str] | No
     """The instances of one split (``warm``, ``rl`` or ``eval``): its number pairs x the operations ``words``
     (default: all four)."""
     if split not in PAIRS:
-        raise ValueError(f"unknown split {split!r}; expected one of {sorted(PAIRS)}")
+        raise UserInputError(f"unknown split {split!r}; expected one of {sorted(PAIRS)}")
     unknown = sorted(set(words or []) - set(OPS))
     if unknown or words == []:
-        raise ValueError(f"operations {unknown or words}: expected a non-empty subset of {list(OPS)}")
+        raise UserInputError(f"operations {unknown or words}: expected a non-empty subset of {list(OPS)}")
     repo, branches = family_repo(root)
     tasks = []
     for a, b in PAIRS[split]:

@@ -248,7 +248,7 @@ class TrajectoryWriter:
     def __init__(self, out_dir: str | Path, *, shard_size: int = 64, parquet: bool = True,
                  order: Sequence[str] = ()) -> None:
         if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+            raise UserInputError(f"shard_size must be >= 1, got {shard_size}")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.shard_size, self.parquet = shard_size, parquet

@@ -71,7 +71,7 @@ from lightswe.envs import disk as _disk
 from lightswe.envs import runner as _runner_module
 from lightswe.envs import uids as _uids
 from lightswe.envs.engine import AGENT_UID, BASE_IMAGE, ensure_engine
-from lightswe.errors import InfrastructureError, LightSWEError
+from lightswe.errors import InfrastructureError, LightSWEError, UserInputError
 
 LABEL = "lightswe.sandbox"
 NAME_LABEL = "lightswe.name"  # the container's own name: only containers Sandbox._start made match it
@@ -446,7 +446,7 @@ class Sandbox:
         self._require()
         timeout = self.config.default_timeout if timeout is None else float(timeout)
         if not 0 < timeout < float("inf"):  # NaN too: it would reach the socket and fake a runner death
-            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout}")
+            raise UserInputError(f"timeout must be a finite number of seconds > 0, got {timeout}")
         cap = self.config.max_output_bytes if max_output_bytes is None else max_output_bytes
         request = {"cmd": cmd, "timeout": timeout, "user": user or self.config.user,
                    "cwd": workdir or self.config.workdir, "cap": cap, "env": env or {},
@@ -536,7 +536,7 @@ class Sandbox:
                 if member.isdir():
                     raise IsADirectoryError(f"{target} is a directory")
                 if member.size > max_bytes:
-                    raise ValueError(f"{target} is {member.size} bytes, more than the {max_bytes} allowed")
+                    raise UserInputError(f"{target} is {member.size} bytes, more than the {max_bytes} allowed")
                 handle = archive.extractfile(member)
                 return handle.read() if handle else b""
         raise FileNotFoundError(f"{path}: too many levels of symbolic links")

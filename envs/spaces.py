@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from gymnasium.spaces import Text
 from gymnasium.vector.utils import create_shared_memory, read_from_shared_memory, write_to_shared_memory
+from lightswe.errors import UserInputError
 
 
 class UnicodeText(Text):
@@ -55,7 +56,7 @@ def _create(space: UnicodeText, n: int = 1, ctx=mp):
 def _write(space: UnicodeText, index: int, value: str, shared_memory) -> None:
     size = space.max_length + 1
     if len(value) > space.max_length:
-        raise ValueError(f"a {len(value)}-character value does not fit {space!r}")
+        raise UserInputError(f"a {len(value)}-character value does not fit {space!r}")
     row = np.frombuffer(shared_memory.get_obj(), dtype=np.int32)[index * size:(index + 1) * size]
     row[0] = len(value)
     row[1:1 + len(value)] = np.frombuffer(value.encode("utf-32-le"), dtype=np.int32)

@@ -71,6 +71,8 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from lightswe.errors import UserInputError
+
 # SWE-bench parser (function name; the per-repository aliases keep it) -> the runner whose verdicts are recorded
 CHANNELS = {"parse_log_django": "unittest", "parse_log_sympy": "sympy", "parse_log_pytest": "pytest",
             "parse_log_pytest_v2": "pytest", "parse_log_pytest_options": "pytest", "parse_log_seaborn": "pytest",
@@ -362,7 +364,7 @@ if __name__ == "sitecustomize":
 def recorder_source(key: str, path: str) -> str:
     """The recorder module's source, writing records with ``key`` to ``path`` (see the module docstring)."""
     if not re.fullmatch(r"[0-9a-f]{32}", key) or not re.fullmatch(r"/[\w./-]+", path):
-        raise ValueError(f"recorder key must be 32 hex digits and path a plain absolute path, got {key!r}, {path!r}")
+        raise UserInputError(f"recorder key must be 32 hex digits and path a plain absolute path, got {key!r}, {path!r}")
     return _RECORDER.replace("@KEY@", key).replace("@PATH@", path)
 
 

@@ -12,6 +12,7 @@ from itertools import pairwise
 
 import torch
 from lightswe.model.config import LIGHTNING, MiniMaxConfig
+from lightswe.errors import UserInputError
 
 
 class HybridCache:
@@ -51,7 +52,7 @@ class HybridCache:
             lengths = [e - s for s, e in pairwise(bounds)]
             pieces = [(0, s, e) for s, e in pairwise(bounds)]
         if len(lengths) != self.batch_size:
-            raise ValueError(f"cache has {self.batch_size} rows, the prefill holds {len(lengths)} sequences")
+            raise UserInputError(f"cache has {self.batch_size} rows, the prefill holds {len(lengths)} sequences")
         self._allocate(layer, max(lengths) + self.reserve)
         for row, (src, start, end) in enumerate(pieces):
             self._keys[layer][row, :, : end - start] = k[src, :, start:end]

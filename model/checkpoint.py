@@ -18,6 +18,7 @@ from lightswe.model.config import MiniMaxConfig
 from lightswe.model.model import MiniMaxForCausalLM
 from safetensors import safe_open
 from safetensors.torch import save_file
+from lightswe.errors import UserInputError
 
 INDEX = "model.safetensors.index.json"
 _DERIVED = re.compile(r"\.self_attn\.(slope_rate|query_decay|key_decay|diagonal_decay)$")
@@ -99,14 +100,14 @@ def load_pretrained(path: str | Path, *, device: torch.device | str = "cpu",
             unexpected.append(name)
             continue
         if tuple(tensor.shape) != tuple(params[name].shape):
-            raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape "
+            raise UserInputError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape "
                              f"{tuple(params[name].shape)} (does config.json match the weights?)")
         loaded[name] = tensor.to(device=device, dtype=dtype or tensor.dtype)
     if config.tie_word_embeddings:
         loaded.setdefault("lm_head.weight", loaded.get("model.embed_tokens.weight"))
     missing = sorted(set(params) - set(loaded))
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match the config: missing {missing[:8]} "
+        raise UserInputError(f"checkpoint {path} does not match the config: missing {missing[:8]} "
                          f"({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)})")
     model.load_state_dict(loaded, strict=True, assign=True)
     if config.tie_word_embeddings:

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightswe.errors import NonFiniteError
+from lightswe.errors import NonFiniteError, UserInputError
 from lightswe.kernels.decode_attn import decode_attention
 from lightswe.kernels.lightning_attn import lightning_attn_decode
 from lightswe.kernels.lightning_attn.api import _use_triton
@@ -169,7 +169,7 @@ class SamplerEngine:
         if autocast_dtype == "auto":
             autocast_dtype = weight_dtype if weight_dtype in (torch.bfloat16, torch.float16) else None
         if autocast_dtype not in (None, torch.bfloat16, torch.float16):
-            raise ValueError(f"autocast_dtype must be None, 'auto', torch.bfloat16 or torch.float16, got "
+            raise UserInputError(f"autocast_dtype must be None, 'auto', torch.bfloat16 or torch.float16, got "
                              f"{autocast_dtype!r}")
         return autocast_dtype
 
@@ -196,7 +196,7 @@ class SamplerEngine:
         ``"auto"`` (default): ``"chunk"`` where the learner's lightning attention runs the Triton kernels (CUDA)
         and the inputs are bf16/fp16, else ``"exact"`` (the CPU reference is the fp32 recurrence itself)."""
         if max_slots < 1 or max_seq_len < 2:
-            raise ValueError(f"max_slots must be >= 1 and max_seq_len >= 2, got {max_slots}, {max_seq_len}")
+            raise UserInputError(f"max_slots must be >= 1 and max_seq_len >= 2, got {max_slots}, {max_seq_len}")
         self.model, self.config = model, model.config
         weight = model.lm_head.weight
         self.device, self.dtype = weight.device, weight.dtype
@@ -204,7 +204,7 @@ class SamplerEngine:
         self._regions = _REGIONS if autocast_dtype is None else {
             name: _autocast_region(fn, self.device.type, autocast_dtype) for name, fn in _REGIONS.items()}
         if lightning_decode not in ("auto", "chunk", "exact"):
-            raise ValueError(f"lightning_decode must be 'auto', 'chunk' or 'exact', got {lightning_decode!r}")
+            raise UserInputError(f"lightning_decode must be 'auto', 'chunk' or 'exact', got {lightning_decode!r}")
         low = (autocast_dtype or self.dtype) in (torch.bfloat16, torch.float16)
         if lightning_decode == "auto":  # mirror the learner's Triton chunk kernel where it runs
             head_dim = self.config.head_dim
@@ -283,15 +283,15 @@ class SamplerEngine:
     def add(self, prompt: list[int], sampling: SamplingConfig) -> int:
         """Queue a request; returns its id. Raises ValueError if it cannot fit in ``max_seq_len``."""
         if not prompt:
-            raise ValueError("expected a non-empty prompt (token id list)")
+            raise UserInputError("expected a non-empty prompt (token id list)")
         vocab = self.config.vocab_size
         if any(not 0 <= t < vocab for t in prompt):
-            raise ValueError(f"prompt token ids must be in [0, vocab_size={vocab})")
+            raise UserInputError(f"prompt token ids must be in [0, vocab_size={vocab})")
         if len(prompt) + sampling.max_new_tokens > self.max_seq_len:
-            raise ValueError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({sampling.max_new_tokens}) exceeds "
+            raise UserInputError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({sampling.max_new_tokens}) exceeds "
                              f"the engine's max_seq_len={self.max_seq_len}: build it with a larger max_seq_len")
         if len(sampling.stop_token_ids) > MAX_STOPS:
-            raise ValueError(f"at most {MAX_STOPS} stop token ids per request, got {len(sampling.stop_token_ids)}")
+            raise UserInputError(f"at most {MAX_STOPS} stop token ids per request, got {len(sampling.stop_token_ids)}")
         if not self.has_work():
             if self._weight_pointers() != self._pointers:  # parameters replaced, not updated in place
                 self._graphs.clear()
@@ -318,7 +318,7 @@ class SamplerEngine:
             lightswe.errors.NonFiniteError: a row's logits were not finite (its Generation from ``step`` has
                 finish_reason "error"); the other rows ran to their end."""
         if not prompts:
-            raise ValueError("expected a non-empty list of non-empty prompts (token id lists)")
+            raise UserInputError("expected a non-empty list of non-empty prompts (token id lists)")
         seeds = row_seeds(len(prompts), sampling, seeds)
         ids = [self.add(p, dataclasses.replace(sampling, seed=seed)) for p, seed in zip(prompts, seeds)]
         results: dict[int, Generation] = {}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from lightswe.errors import UserInputError
 
 if TYPE_CHECKING:
     from lightswe.model.model import MiniMaxForCausalLM
@@ -37,10 +38,10 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"expected max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1; got "
+            raise UserInputError(f"expected max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1; got "
                              f"{self.max_new_tokens}, {self.temperature}, {self.top_p}")
         if self.seed is not None and self.seed < 0:
-            raise ValueError(f"seed must be >= 0 (or None for the global RNG), got {self.seed}")
+            raise UserInputError(f"seed must be >= 0 (or None for the global RNG), got {self.seed}")
         self.stop_token_ids = tuple(self.stop_token_ids)
 
 
@@ -54,7 +55,7 @@ def row_seed(seed: int, *key: int) -> int:
         ValueError: a negative seed or key.
     """
     if seed < 0 or any(k < 0 for k in key):
-        raise ValueError(f"seeds and stream keys must be >= 0, got seed {seed}, key {key}")
+        raise UserInputError(f"seeds and stream keys must be >= 0, got seed {seed}, key {key}")
     low, high = np.random.SeedSequence(seed, spawn_key=key).generate_state(2, np.uint32).tolist()
     return (low | high << 32) >> 1
 
@@ -66,7 +67,7 @@ def row_seeds(count: int, sampling: SamplingConfig, seeds: Sequence[int | None] 
         return [None if sampling.seed is None else row_seed(sampling.seed, i) for i in range(count)]
     seeds = list(seeds)
     if len(seeds) != count or any(s is not None and s < 0 for s in seeds):
-        raise ValueError(f"expected one seed (>= 0, or None) per prompt: {count} prompts, seeds {seeds}")
+        raise UserInputError(f"expected one seed (>= 0, or None) per prompt: {count} prompts, seeds {seeds}")
     return seeds
 
 
@@ -189,7 +190,7 @@ def sample(logits: torch.Tensor, sampling: SamplingConfig,
         tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     else:
         if len(generator) != probs.shape[0]:
-            raise ValueError(f"expected one generator per row: {probs.shape[0]} rows, {len(generator)} generators")
+            raise UserInputError(f"expected one generator per row: {probs.shape[0]} rows, {len(generator)} generators")
         tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
         shared = [r for r, g in enumerate(generator) if g is None]
         if shared:
@@ -220,10 +221,10 @@ def generate(model: MiniMaxForCausalLM, prompts: list[list[int]], sampling: Samp
             overflow): see ``sample``; the CUDA engine raises it too (``SamplerEngine.generate``).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("expected a non-empty list of non-empty prompts (token id lists)")
+        raise UserInputError("expected a non-empty list of non-empty prompts (token id lists)")
     vocab = model.config.vocab_size
     if any(not 0 <= t < vocab for p in prompts for t in p):
-        raise ValueError(f"prompt token ids must be in [0, vocab_size={vocab})")
+        raise UserInputError(f"prompt token ids must be in [0, vocab_size={vocab})")
     seeds = row_seeds(len(prompts), sampling, seeds)
     if model.lm_head.weight.device.type == "cuda":
         return engine_for(model, len(prompts), max(len(p) for p in prompts) + sampling.max_new_tokens

@@ -32,6 +32,7 @@ import warnings
 import torch
 from lightswe.model import head_kernels
 from torch import Tensor
+from lightswe.errors import UserInputError
 
 PIECES = 2  # bf16 pieces per operand: 2 = bf16x3 (3 products); 3 = bf16x6 (6; no better on Hopper, see above)
 # Rows per chunk of the split head when ``score`` calls it: each chunk's weight gradient is one GEMM accumulated
@@ -50,7 +51,7 @@ def use_split_head(hidden: Tensor) -> bool:
     """The split head runs for CUDA inputs under autocast unless ``LIGHTSWE_HEAD=fp32`` (auto | fp32)."""
     choice = os.environ.get("LIGHTSWE_HEAD", "auto")
     if choice not in HEADS:
-        raise ValueError(f"LIGHTSWE_HEAD={choice!r}; expected one of {', '.join(HEADS)}")
+        raise UserInputError(f"LIGHTSWE_HEAD={choice!r}; expected one of {', '.join(HEADS)}")
     return choice == "auto" and hidden.is_cuda and torch.is_autocast_enabled("cuda")
 
 

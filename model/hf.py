@@ -135,7 +135,7 @@ class HFCausalLM(nn.Module):
         """Log-probs (and entropies) [B, T] fp32 of ``input_ids`` [B, T] long, right-padded rows (causal
         attention: padding after a row's end does not change its tokens). ``temperature`` divides the logits."""
         if chunk_size < 1 or temperature <= 0:
-            raise ValueError(f"chunk_size must be >= 1 and temperature > 0, got {chunk_size} and {temperature}")
+            raise UserInputError(f"chunk_size must be >= 1 and temperature > 0, got {chunk_size} and {temperature}")
         hidden, _ = self.hidden_states(input_ids)
         batch, length = input_ids.shape
         flat_hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
@@ -168,10 +168,10 @@ class HFCausalLM(nn.Module):
             lightswe.errors.NonFiniteError: an unfinished row's logits are not finite (``generation.sample``).
         """
         if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("expected a non-empty list of non-empty prompts (token id lists)")
+            raise UserInputError("expected a non-empty list of non-empty prompts (token id lists)")
         vocab = self.vocab_size
         if any(not 0 <= t < vocab for p in prompts for t in p):
-            raise ValueError(f"prompt token ids must be in [0, vocab_size={vocab})")
+            raise UserInputError(f"prompt token ids must be in [0, vocab_size={vocab})")
         device = self.hf.get_output_embeddings().weight.device
         generators = row_generators(row_seeds(len(prompts), sampling, seeds), device)
         was_training = self.training

@@ -19,6 +19,7 @@ from lightswe.model.fused import (compile_enabled, gated_rms_norm, residual, rms
                                   silu_split)
 from lightswe.model.moe import grouped_experts, use_grouped
 from torch import nn
+from lightswe.errors import UserInputError
 
 # The decoder layer's norms hand their matrix products one bf16 copy on the compiled CUDA path under autocast
 # (``DecoderLayer._forward_cast_once``; benchmarks/train.py --cast-once)
@@ -194,7 +195,7 @@ class SparseMoE(nn.Module):
             out, counts = grouped_experts(x, chosen, weights, self.experts, out_dtype)
         else:
             if out_dtype not in (None, x.dtype):
-                raise ValueError(f"out_dtype={out_dtype} needs the grouped MoE path (the loop sums in x's dtype)")
+                raise UserInputError(f"out_dtype={out_dtype} needs the grouped MoE path (the loop sums in x's dtype)")
             out, counts = self._loop(x, chosen, weights)
         fraction = counts.float() / max(x.shape[0], 1)
         aux = self.num_experts * (fraction * probs.mean(0)).sum()

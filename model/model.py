@@ -30,6 +30,7 @@ from lightswe.model.head import head_logprobs, use_split_head
 from lightswe.model.layers import DecoderLayer, RMSNorm
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from lightswe.errors import UserInputError
 
 
 @dataclass(kw_only=True, slots=True)
@@ -130,14 +131,14 @@ class MiniMaxForCausalLM(nn.Module):
         appended to every row's cached prefix (the first call through an empty cache is the prefill).
         """
         if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
+            raise UserInputError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
         if cu_seqlens is not None:
             if input_ids.shape[0] != 1:
-                raise ValueError(f"packed input (cu_seqlens) must be [1, T], got {tuple(input_ids.shape)}")
+                raise UserInputError(f"packed input (cu_seqlens) must be [1, T], got {tuple(input_ids.shape)}")
             if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != input_ids.shape[1]:
-                raise ValueError(f"cu_seqlens must run from 0 to T={input_ids.shape[1]}, got {cu_seqlens.tolist()}")
+                raise UserInputError(f"cu_seqlens must run from 0 to T={input_ids.shape[1]}, got {cu_seqlens.tolist()}")
             if cache is not None and cache.started:
-                raise ValueError("cu_seqlens is for the first (packed) prefill only; continue a cache with [B, T]")
+                raise UserInputError("cu_seqlens is for the first (packed) prefill only; continue a cache with [B, T]")
         positions = _positions(input_ids, cu_seqlens, cache)
         x = self.model.embed_tokens(input_ids)
         aux_total = torch.zeros((), device=x.device)
@@ -185,7 +186,7 @@ class MiniMaxForCausalLM(nn.Module):
         ``head.CHUNK_ROWS`` for the split head.
         """
         if (chunk_size is not None and chunk_size < 1) or temperature <= 0:
-            raise ValueError(f"chunk_size must be >= 1 and temperature > 0, got {chunk_size} and {temperature}")
+            raise UserInputError(f"chunk_size must be >= 1 and temperature > 0, got {chunk_size} and {temperature}")
         hidden, aux = self.hidden_states(input_ids, cu_seqlens)
         batch, length = input_ids.shape
         flat_hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])

@@ -25,6 +25,7 @@ from lightswe.model import moe_kernels
 from lightswe.model.fused import (combine_rows, combine_rows_backward, compile_enabled, gather_rows, run_compiled,
                                   sum_rows, swiglu, weighted_sum)
 from torch import nn
+from lightswe.errors import UserInputError
 
 ALIGN = 16  # rows; group starts on 16-row boundaries (TMA-friendly; no expert group is ever empty)
 BACKENDS = ("auto", "grouped", "loop")
@@ -39,7 +40,7 @@ def moe_backend() -> str:
     """``LIGHTSWE_MOE_BACKEND`` (auto | grouped | loop), validated."""
     name = os.environ.get("LIGHTSWE_MOE_BACKEND", "auto")
     if name not in BACKENDS:
-        raise ValueError(f"LIGHTSWE_MOE_BACKEND={name!r}; expected one of {', '.join(BACKENDS)}")
+        raise UserInputError(f"LIGHTSWE_MOE_BACKEND={name!r}; expected one of {', '.join(BACKENDS)}")
     return name
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from lightswe.errors import UserInputError
 
 try:
     import triton
@@ -59,7 +60,7 @@ def swiglu_backward(h13: Tensor, dy: Tensor) -> Tensor:
     contiguous after ``.contiguous()``). Raises ValueError on mismatched shapes."""
     rows, width = h13.shape
     if width % 2 or dy.shape != (rows, width // 2):
-        raise ValueError(f"expected h13 [M, 2I] and dy [M, I], got {tuple(h13.shape)} and {tuple(dy.shape)}")
+        raise UserInputError(f"expected h13 [M, 2I] and dy [M, I], got {tuple(h13.shape)} and {tuple(dy.shape)}")
     h13, dy = h13.contiguous(), dy.contiguous()
     out = torch.empty_like(h13)
     inner = width // 2

@@ -37,6 +37,7 @@ from vllm.model_executor.layers.mamba.mamba_utils import (
 from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
+from lightswe.errors import UserInputError
 
 
 def _attn_types(config) -> list[int]:
@@ -143,7 +144,7 @@ class MiniMaxModel(nn.Module):
         super().__init__()
         config = vllm_config.model_config.hf_config
         if vllm_config.parallel_config.tensor_parallel_size != 1:
-            raise ValueError("lightswe's MiniMax vLLM model runs with tensor_parallel_size=1 only")
+            raise UserInputError("lightswe's MiniMax vLLM model runs with tensor_parallel_size=1 only")
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, vllm_config, i, kind, prefix=f"{prefix}.layers.{i}")
                                     for i, kind in enumerate(_attn_types(config)))
@@ -183,7 +184,7 @@ class MiniMaxForCausalLM(nn.Module, HasInnerState, IsHybrid):
             if name not in params:
                 if name.endswith(("slope_rate", "query_decay", "key_decay", "diagonal_decay")):
                     continue  # transformers' derived buffers
-                raise ValueError(f"{name}: not a parameter of lightswe's MiniMax vLLM model")
+                raise UserInputError(f"{name}: not a parameter of lightswe's MiniMax vLLM model")
             param = params[name]
             getattr(param, "weight_loader", default_weight_loader)(param, tensor)
             loaded.add(name)

@@ -30,6 +30,7 @@ import tokenize
 from dataclasses import dataclass
 
 from lightswe.envs.hack_check import parse_python
+from lightswe.errors import UserInputError
 
 KINDS = ("flip_comparison", "change_operator", "swap_boolean", "drop_not", "off_by_one_constant",
          "off_by_one_slice", "swap_arguments", "drop_branch", "negate_condition", "drop_return")
@@ -57,7 +58,7 @@ class Mutation:
 
     def apply(self, source: str) -> str:
         if source[self.start:self.end] != self.old:
-            raise ValueError(f"{self.path}:{self.line}: expected {self.old!r} at the mutation site, the file "
+            raise UserInputError(f"{self.path}:{self.line}: expected {self.old!r} at the mutation site, the file "
                              "changed since the mutation was found; find mutations again on the current text")
         return source[:self.start] + self.new + source[self.end:]
 
@@ -272,7 +273,7 @@ def find_mutations(source: str, path: str, *, functions: set[str] | None = None)
     try:
         tree = parse_python(source)
     except SyntaxError as err:
-        raise ValueError(f"{path}: not valid Python ({err}); mutations need a parsable module") from None
+        raise UserInputError(f"{path}: not valid Python ({err}); mutations need a parsable module") from None
     finder = _Finder(source, path)
     for name, func in _functions(tree):
         if functions is None or name in functions:

@@ -26,6 +26,7 @@ from lightswe.jsonl import jsonl_records
 from lightswe.tasks import splits
 from lightswe.durable import atomic_file
 from lightswe.tasks.instance import TaskFormatError, TaskInstance, read_jsonl
+from lightswe.errors import UserInputError
 
 DEMO_FILE, POOL_FILE = "demo.jsonl", "pool_instances.jsonl.gz"
 POOL_SPLITS = {
@@ -86,7 +87,7 @@ def export_pool(build_out: str | Path, path: str | Path | None = None) -> dict[s
         rewards = instance.metadata.get("validation", {}).get("rewards", {})
         if rewards.get("no_patch") != [0.0] * len(rewards.get("no_patch", [])) or not rewards.get("gold") or \
                 set(rewards["gold"]) != {1.0} or instance.metadata.get("split") not in SPLIT_NAMES:
-            raise ValueError(f"{instance.instance_id}: not a validated instance with a split ({rewards})")
+            raise UserInputError(f"{instance.instance_id}: not a validated instance with a split ({rewards})")
     target = Path(path) if path is not None else data_path(POOL_FILE)
     with atomic_file(target, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as handle:
         for instance in instances:

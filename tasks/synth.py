@@ -129,7 +129,7 @@ class RepoSynthesizer:
     def source_files(self) -> dict[str, str]:
         files = [p for p in sources.tree_files(self.root) if self.spec.is_source_file(p)]
         if not files:
-            raise ValueError(f"{self.spec.name}: no source file matches src={list(self.spec.src)}; fix the 'src' "
+            raise UserInputError(f"{self.spec.name}: no source file matches src={list(self.spec.src)}; fix the 'src' "
                              "entry of the pool file (tasks/data/pool.json or --pool-file)")
         return {p: sources.read_blob(self.root, p).decode("utf-8", errors="replace") for p in files}
 

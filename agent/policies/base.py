@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 
 from lightswe.agent.early_stop import EarlyStopConfig
 from lightswe.agent.trajectory import MAX_LOGPROB
-from lightswe.errors import InfrastructureError, LightSWEError, NonFiniteError
+from lightswe.errors import InfrastructureError, LightSWEError, NonFiniteError, UserInputError
 
 
 @dataclass(kw_only=True, slots=True)
@@ -35,11 +35,11 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise UserInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+            raise UserInputError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
         if self.seed is not None and self.seed < 0:
-            raise ValueError(f"seed must be >= 0 (or None: unseeded), got {self.seed}")
+            raise UserInputError(f"seed must be >= 0 (or None: unseeded), got {self.seed}")
 
 
 Sample = tuple[list[int], list[float]]  # (generated token ids, sampler log-prob of each)

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 from lightswe.agent.chat import IM_END, IM_START, Tokenizer
 from lightswe.agent.policies.base import Sample, SamplingParams, check_sample
+from lightswe.errors import UserInputError
 
 
 def script_from_patch(patch: str, *, test_ids: Sequence[str] = ()) -> list:
@@ -54,7 +55,7 @@ class ScriptedPolicy:
         from lightswe.envs import tool_calls
 
         if tool_format not in tool_calls.PARSERS:
-            raise ValueError(f"tool_format must be one of {sorted(tool_calls.PARSERS)}, got {tool_format!r}")
+            raise UserInputError(f"tool_format must be one of {sorted(tool_calls.PARSERS)}, got {tool_format!r}")
         self._format = getattr(tool_calls, f"format_{tool_format}")
         self.scripts, self.tokenizer, self.version = dict(scripts), tokenizer, version
         self._im_end = tokenizer.token_id(IM_END)
@@ -70,7 +71,7 @@ class ScriptedPolicy:
         for statement, script in self.scripts.items():
             if statement in prompt:
                 return script
-        raise ValueError("ScriptedPolicy: no script's problem statement appears in the prompt; build the policy "
+        raise UserInputError("ScriptedPolicy: no script's problem statement appears in the prompt; build the policy "
                          "from the same tasks the rollout runs (ScriptedPolicy.from_tasks(tasks, tokenizer))")
 
     def generate(self, token_ids: Sequence[int], sampling: SamplingParams) -> Sample:

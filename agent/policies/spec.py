@@ -35,7 +35,7 @@ def split_spec(spec: str) -> tuple[str, str, dict]:
     """``"kind:target?k=v&..."`` -> (kind, target, options)."""
     kind = next((k for k in KINDS if spec == k or spec.startswith((k + ":", k + "?"))), None)
     if kind is None:
-        raise ValueError(f"policy spec {spec!r}: expected one of {[k + ':...' for k in KINDS]}, e.g. "
+        raise UserInputError(f"policy spec {spec!r}: expected one of {[k + ':...' for k in KINDS]}, e.g. "
                          "'scripted', 'model:tiny', 'openai:http://localhost:8000/v1?model=NAME'")
     target, _, query = spec[len(kind):].removeprefix(":").partition("?")
     return kind, target, {k: _value(v) for k, v in parse_qsl(query)}
@@ -215,10 +215,10 @@ def make_policy(spec: str, *, tokenizer: Tokenizer, tasks: Sequence = ()) -> Pol
         from lightswe.agent.policies.scripted import ScriptedPolicy
 
         if not tasks:
-            raise ValueError("the scripted policy needs the rollout's tasks (it replays their gold patches)")
+            raise UserInputError("the scripted policy needs the rollout's tasks (it replays their gold patches)")
         return ScriptedPolicy.from_tasks(tasks, tokenizer, **options)
     if not target:
-        raise ValueError(f"policy spec {spec!r} names no {kind} target; e.g. '{kind}:...' as in the module docs")
+        raise UserInputError(f"policy spec {spec!r} names no {kind} target; e.g. '{kind}:...' as in the module docs")
     if kind == "model":
         from lightswe.agent.policies.model import ModelPolicy
 

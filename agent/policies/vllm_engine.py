@@ -33,6 +33,7 @@ import torch
 from lightswe.agent.policies.base import SamplingParams, check_sample
 from lightswe.agent.policies.batching import BatchingPolicy, Request
 from torch import nn
+from lightswe.errors import UserInputError
 
 CPU_KV_CACHE_BYTES = 256 * 2**20
 
@@ -73,7 +74,7 @@ def tool_call_grammar(tool_format: str) -> str:
              for f in (schema["function"] for schema in TOOL_SCHEMAS)]
     tags = {"minimax": (r'"<tool_calls>\n"', r'"\n</tool_calls>"'), "hermes": ('"<tool_call>"', '"</tool_call>"')}
     if tool_format not in tags:
-        raise ValueError(f"tool_format must be one of {sorted(tags)}, got {tool_format!r}")
+        raise UserInputError(f"tool_format must be one of {sorted(tags)}, got {tool_format!r}")
     begin, end = tags[tool_format]
     return f"start: {begin} call {end}\ncall: %json {json.dumps({'anyOf': calls})}\n"
 
