@@ -18,6 +18,8 @@ from lightswe.agent.sampling import SamplerConfig
 from lightswe.agent.train import TrainConfig, check_distributed
 
 COMMON = '''
+import os
+import sys
 import torch
 from lightswe.agent.learner import LearnerConfig, TrainBatch
 from lightswe.model import MiniMaxConfig, MiniMaxForCausalLM
@@ -51,8 +53,9 @@ full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone(
         for k, v in model.state_dict().items()}
 if rank == 0:
     torch.save(full, sys.argv[1])
-dist.barrier()  # no rank tears gloo down while another still runs (SIGABRT 'terminate called' seen in CI)
-dist.destroy_process_group()
+dist.barrier()  # every rank is done with gloo and has written its file before any leaves
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(0)  # no gloo teardown: its destructors aborted a rank ('terminate called') in CI, after the barrier too
 '''
 
 
@@ -96,8 +99,9 @@ grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
 assert all(p.dtype == torch.float32 for p in model.parameters())  # the shards (and AdamW's state) stay fp32
 if rank == 0:
     torch.save(grads, sys.argv[1])
-dist.barrier()  # no rank tears gloo down while another still runs (SIGABRT 'terminate called' seen in CI)
-dist.destroy_process_group()
+dist.barrier()  # every rank is done with gloo and has written its file before any leaves
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(0)  # no gloo teardown: its destructors aborted a rank ('terminate called') in CI, after the barrier too
 '''
 
 
@@ -177,8 +181,9 @@ single = torch.load(sys.argv[3] + "/step-000001/model.pt", weights_only=True)
 assert all(torch.equal(v.full_tensor(), single[k]) for k, v in model.state_dict().items()), "1 -> 2 ranks"
 assert len(learner.optimizer.state) == len(list(model.parameters())), "AdamW state not restored on 2 ranks"
 torch.save(results, sys.argv[1].replace("RANK", str(rank)))
-dist.barrier()  # no rank tears gloo down while another still runs (SIGABRT 'terminate called' seen in CI)
-dist.destroy_process_group()
+dist.barrier()  # every rank is done with gloo and has written its file before any leaves
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(0)  # no gloo teardown: its destructors aborted a rank ('terminate called') in CI, after the barrier too
 '''
 
 
