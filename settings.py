@@ -341,32 +341,31 @@ def _take(argv: list[str], option: str) -> tuple[list[str], list[str]]:
     return rest, values
 
 
-def sequence_options(cls, prefix: str = "") -> set[str]:
+def _options(cls, keep, prefix: str = "") -> set[str]:
+    """The options of ``cls`` (nested configs dotted, ``--sampler.vllm-args``) whose field's type (Optional
+    stripped) passes ``keep``."""
+    out: set[str] = set()
+    for f in dataclasses.fields(cls):
+        tp = _strip_optional(_hints(cls)[f.name])
+        name = prefix + f.name.replace("_", "-")
+        if dataclasses.is_dataclass(tp):
+            out |= _options(tp, keep, name + ".")
+        elif keep(tp):
+            out.add("--" + name)
+    return out
+
+
+def sequence_options(cls) -> set[str]:
     """The options of ``cls`` (nested configs dotted) whose field is a variable-length ``tuple[X, ...]`` or
     ``list[X]``: ``{"--sampler.vllm-args", ...}``."""
-    out: set[str] = set()
-    for f in dataclasses.fields(cls):
-        tp = _strip_optional(_hints(cls)[f.name])
-        name = prefix + f.name.replace("_", "-")
-        if dataclasses.is_dataclass(tp):
-            out |= sequence_options(tp, name + ".")
-        elif typing.get_origin(tp) is list or (typing.get_origin(tp) is tuple and typing.get_args(tp)[-1:] == (...,)):
-            out.add("--" + name)
-    return out
+    return _options(cls, lambda tp: typing.get_origin(tp) is list
+                    or (typing.get_origin(tp) is tuple and typing.get_args(tp)[-1:] == (...,)))
 
 
-def bool_options(cls, prefix: str = "") -> set[str]:
+def bool_options(cls) -> set[str]:
     """The flag options of ``cls`` (nested configs dotted) whose field is a ``bool``: ``{"--progress", ...}`` (tyro
     spells the false side ``--no-progress``, ``--sampler.no-batch-invariant``)."""
-    out: set[str] = set()
-    for f in dataclasses.fields(cls):
-        tp = _strip_optional(_hints(cls)[f.name])
-        name = prefix + f.name.replace("_", "-")
-        if dataclasses.is_dataclass(tp):
-            out |= bool_options(tp, name + ".")
-        elif tp is bool:
-            out.add("--" + name)
-    return out
+    return _options(cls, lambda tp: tp is bool)
 
 
 def refuse_conflicts(argv: list[str], cls, shortcuts: dict[str, str]) -> None:
