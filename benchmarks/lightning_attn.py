@@ -290,12 +290,47 @@ def chunk_form_rows(table: Table, batch: int, heads: int, dim: int, slope, sets,
     del buffers, args
 
 
+def decode_check(sets, slope, config) -> tuple[float, float, bool]:
+    """lightning_attn_decode_triton with ``config`` against the PyTorch step on the first state set (updated in
+    place): (relative error of o, of the state, both within bounds: o < 1e-2, state < 1e-6)."""
+    from lightswe.kernels.lightning_attn.decode import lightning_attn_decode_triton
+    from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive
+
+    q, k, v, state = sets[0]
+    s_ref = state.clone()
+    o = lightning_attn_decode_triton(q, k, v, slope, state, config)
+    o_ref = lightning_attn_decode_naive(q, k, v, slope, s_ref)
+    err_o, err_state = rel_diff(o, o_ref), rel_diff(state, s_ref)
+    return err_o, err_state, err_o < 1e-2 and err_state < 1e-6
+
+
+def decode_verdict(sets, slope, config) -> str:
+    """"ok", or what failed, of :func:`decode_check` (the launch study's and the ablation's check column)."""
+    err_o, err_state, ok = decode_check(sets, slope, config)
+    return "ok" if ok else f"FAILED o {err_o:.1e} state {err_state:.1e}"
+
+
+def decode_graph_times(step, producer, args, passes: int, kernel: str) -> tuple[float, float, float, float]:
+    """``step`` over the rotating ``args`` in CUDA graphs of ``passes`` x len(args) launches, ms per launch: (graph
+    replay do_bench, the same with ``producer`` before every step, CUPTI mean duration of ``kernel``, CUPTI span)."""
+    _, graph = graph_times(step, args, rep=30, passes=passes)
+    both_steps = lambda *a: (producer(*a), step(*a))
+    _, with_producer = graph_times(both_steps, args, rep=30, passes=passes)
+    graph_obj = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph_obj):
+        for _ in range(passes):
+            for a in args:
+                step(*a)
+    kern, span = cupti_times(graph_obj.replay, kernel, len(args) * passes)  # "": every kernel (torch's)
+    del graph_obj
+    return graph, with_producer, kern, span
+
+
 def decode_sweep(batches: list[int], heads: int, dim: int, slope, bandwidth: float) -> dict:
     """Every decode.DECODE_SWEEP config at each B: checked against the PyTorch step, then timed alone (do_bench,
     L2 flushed) and inside a CUDA graph (one launch per rotating state set); the best of each printed last.
     Returns {B: the config fastest in the CUDA graph}."""
     from lightswe.kernels.lightning_attn.decode import DECODE_SWEEP, lightning_attn_decode_triton
-    from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive
 
     print("\n| B | config | do_bench us | of bound | CUDA graph us | of bound | max rel. error (o, state) |\n"
           "|---|---|---|---|---|---|---|", flush=True)
@@ -304,16 +339,11 @@ def decode_sweep(batches: list[int], heads: int, dim: int, slope, bandwidth: flo
         sets = decode_sets(batch, heads, dim)
         bound_us = (2 * batch * heads * dim * dim * 4 + 4 * batch * heads * dim * 2) / bandwidth * 1e6
         for config in DECODE_SWEEP:
-            q, k, v, state = sets[0]
-            s_ref = state.clone()
-            o = lightning_attn_decode_triton(q, k, v, slope, state, config)
-            o_ref = lightning_attn_decode_naive(q, k, v, slope, s_ref)
-            err = (rel_diff(o, o_ref), rel_diff(state, s_ref))
+            *err, ok = decode_check(sets, slope, config)
             step = lambda q, k, v, s, config=config: lightning_attn_decode_triton(q, k, v, slope, s, config)
             _, med = rotating_times(step, sets, rep=40)
             _, graph_med = graph_times(step, sets, rep=40)
             med, graph_med = med * 1e3, graph_med * 1e3
-            ok = err[0] < 1e-2 and err[1] < 1e-6
             print(f"| {batch} | {config} | {med:.1f} | {bound_us / med:.1%} | {graph_med:.1f} | "
                   f"{bound_us / graph_med:.1%} | {err[0]:.1e}, {err[1]:.1e}{'' if ok else ' FAILED'} |", flush=True)
             for timer, t in (("do_bench", med), ("graph", graph_med)):
@@ -371,7 +401,6 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
     the first step's start to the last one's end per step. With ``chunk_form`` also the sampler's chunk-form step
     (default config, i = 32, bf16 copy; its bound: see chunk_form_rows)."""
     from lightswe.kernels.lightning_attn.decode import DECODE_CONFIGS, DecodeConfig, lightning_attn_decode_triton
-    from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive
 
     print("\n| B | variant | event us (eager) | alone us (do_bench) | graph us | of bound | graph + producer us | "
           "producer alone us | kernel us (CUPTI) | span per launch us (CUPTI) | check |\n"
@@ -426,26 +455,10 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
         passes = math.ceil(launches / len(args))  # graphs of >= ``launches`` steps
         _, producer_graph = graph_times(producer, args, rep=20, passes=passes)
         for name, step, kernel, check, bound in cases:
-            verdict = ""
-            if check is not None:
-                q, k, v, state = sets[0]
-                s_ref = state.clone()
-                o = lightning_attn_decode_triton(q, k, v, slope, state, check)
-                o_ref = lightning_attn_decode_naive(q, k, v, slope, s_ref)
-                ok = rel_diff(o, o_ref) < 1e-2 and rel_diff(state, s_ref) < 1e-6
-                verdict = "ok" if ok else f"FAILED o {rel_diff(o, o_ref):.1e} state {rel_diff(state, s_ref):.1e}"
+            verdict = "" if check is None else decode_verdict(sets, slope, check)
             try:
                 event, alone = rotating_times(step, args, rep=30)
-                _, graph = graph_times(step, args, rep=30, passes=passes)
-                both_steps = lambda *a, step=step: (producer(*a), step(*a))
-                _, with_producer = graph_times(both_steps, args, rep=30, passes=passes)
-                graph_obj = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph_obj):
-                    for _ in range(passes):
-                        for a in args:
-                            step(*a)
-                kern, span = cupti_times(graph_obj.replay, kernel, len(args) * passes)  # "": every kernel (torch's)
-                del graph_obj
+                graph, with_producer, kern, span = decode_graph_times(step, producer, args, passes, kernel)
             except Exception as err:  # one variant failing (e.g. capture) must not lose the others' rows
                 print(f"| {batch} | {name} | FAILED: {type(err).__name__}: {err} |", flush=True)
                 continue
@@ -576,7 +589,6 @@ def decode_ablation(batch: int, heads: int, dim: int, slope, bandwidth: float, c
     reference). Then the program timelines (_timeline) of one step in the middle of the graph: the tile scale, the
     default (through _tile MODE 2) and MODE 3, both as dependent launches."""
     from lightswe.kernels.lightning_attn.decode import DECODE_CONFIGS, lightning_attn_decode_triton
-    from lightswe.kernels.lightning_attn.naive import lightning_attn_decode_naive
 
     flat_mul, tile = _flat_mul, _tile
     sets = decode_sets(batch, heads, dim)
@@ -612,25 +624,9 @@ def decode_ablation(batch: int, heads: int, dim: int, slope, bandwidth: float, c
           "\n| case | graph us | of bound | graph + producer us | kernel us (CUPTI) | span per launch us (CUPTI) | check |"
           "\n|---|---|---|---|---|---|---|", flush=True)
     for name, step, kernel, config in cases:
-        verdict = ""
         try:
-            if config is not None:
-                q, k, v, state = sets[0]
-                s_ref = state.clone()
-                o = lightning_attn_decode_triton(q, k, v, slope, state, config)
-                o_ref = lightning_attn_decode_naive(q, k, v, slope, s_ref)
-                ok = rel_diff(o, o_ref) < 1e-2 and rel_diff(state, s_ref) < 1e-6
-                verdict = "ok" if ok else f"FAILED o {rel_diff(o, o_ref):.1e} state {rel_diff(state, s_ref):.1e}"
-            _, graph = graph_times(step, args, rep=30, passes=passes)
-            both_steps = lambda *a, step=step: (producer(*a), step(*a))
-            _, with_producer = graph_times(both_steps, args, rep=30, passes=passes)
-            graph_obj = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph_obj):
-                for _ in range(passes):
-                    for a in args:
-                        step(*a)
-            kern, span = cupti_times(graph_obj.replay, kernel, len(args) * passes)
-            del graph_obj
+            verdict = "" if config is None else decode_verdict(sets, slope, config)
+            graph, with_producer, kern, span = decode_graph_times(step, producer, args, passes, kernel)
         except Exception as err:  # one case failing must not lose the others' rows
             print(f"| {name} | FAILED: {type(err).__name__}: {str(err)[:200]} |", flush=True)
             continue
