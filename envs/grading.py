@@ -354,7 +354,9 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     files = (files | created) - removed  # a test file the test_patch adds is the task's: its ids must resolve
     _lock_tests(grader, scope, files, known)
     junit = _private_junit_path(grader, known)
-    cgroup = starvation.cgroup_dir(grader.api, grader.container_id)
+    # starvation is judged only where the graded code provably cannot choose its CPU (runner.lock_affinity):
+    # elsewhere a pinned hang would read as starved (no reward instead of 0.0), so a timeout stays the policy's
+    cgroup = starvation.cgroup_dir(grader.api, grader.container_id) if grader.affinity_locked else None
     tests_from = time.time()
     try:
         # gradings never starve each other (on this host: where starvation is judged, the engine is local)

@@ -93,7 +93,9 @@ def lock_affinity() -> bool:
     inherited and never removable; ``seccomp(2)``, ``Documentation/userspace-api/seccomp_filter.rst``); True when
     installed. Why: the graded code chose the CPU it waits on (pinned beside a neighbour's busy loop while
     another CPU was free) and its hang read as the host starving it (``lightswe.envs.starvation``): no reward
-    instead of 0.0. Reading the affinity (``sched_getaffinity``, ``nproc``) still works."""
+    instead of 0.0. Reading the affinity (``sched_getaffinity``, ``nproc``) still works. True only when a
+    ``sched_setaffinity`` of this process then fails with EPERM (an arch missing from ``_AFFINITY_SYSCALLS``
+    gets a filter that blocks nothing: False, and grading judges no starvation there)."""
     try:
         import ctypes
     except ImportError:
@@ -121,7 +123,15 @@ def lock_affinity() -> bool:
     if libc.prctl(38, 1, None, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS (the container has it already)
         return False
     program = Program(len(prog), filters)
-    return libc.prctl(22, 2, ctypes.cast(ctypes.byref(program), ctypes.c_void_p), 0, 0) == 0  # PR_SET_SECCOMP, FILTER
+    if libc.prctl(22, 2, ctypes.cast(ctypes.byref(program), ctypes.c_void_p), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
+        return False
+    try:  # proven, not assumed: on an arch missing above (riscv64, ppc64le, s390x...) the filter blocks nothing
+        os.sched_setaffinity(0, os.sched_getaffinity(0))
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 _LOW_BYTES, _LOW_INODES = 1 << 20, 64

@@ -40,7 +40,9 @@ slot waits (its agent's container stays frozen) and, past its test timeout, is t
 where starvation is judged (the engine's host is this one: :func:`cgroup_dir`).
 
 On a host where the counters cannot be read (a remote engine, cgroup v1 without the unified hierarchy, no PSI)
-:func:`cgroup_dir` is None and a timeout stays the policy's failure, as before.
+:func:`cgroup_dir` is None and a timeout stays the policy's failure, as before; so it does in a grading
+container whose runner could not prove its affinity lock (``Sandbox.affinity_locked`` False: no seccomp, no
+ctypes, an arch the filter does not know; eleventh pass).
 """
 
 from __future__ import annotations
