@@ -360,7 +360,9 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     tests_from = time.time()
     try:
         # gradings never starve each other (on this host: where starvation is judged, the engine is local)
-        with starvation.admitted(grader.config.cpus, wait_s=timeout) if cgroup else contextlib.nullcontext():
+        slots = (starvation.admitted(grader.config.cpus, wait_s=starvation.admission_wait(timeout)) if cgroup
+                 else contextlib.nullcontext())
+        with slots:
             tests_from = time.time()
             before = starvation.sample(cgroup)
             run, unresolved, whole_files = _run_task_tests(grader, instance, wanted, files, facts.plugins, timeout,

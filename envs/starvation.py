@@ -166,6 +166,18 @@ def share(before: CpuSample | None, after: CpuSample | None, cpus: float) -> Cpu
                     host_idle_s=idle)
 
 
+EXEC_GRACE_S = 30.0  # a command returns at most this long after its timeout (Sandbox.exec's socket deadline)
+
+
+def admission_wait(timeout: float) -> float:
+    """Seconds a grading with test timeout ``timeout`` (s) waits for a slot: longer than any grading of the same
+    timeout holds one. A holder runs pytest at most twice (the files-whole rerun after exit 4), each returning at
+    most ``EXEC_GRACE_S`` past ``timeout``; waiting only ``timeout`` (eleventh pass) let a burst of submissions
+    that hold their slots that long (a conftest that exits 4 just before the deadline, then a hang) make every
+    grading that came right after it wait past its bound: GradingError, no reward for innocent episodes."""
+    return 2 * (timeout + EXEC_GRACE_S) + EXEC_GRACE_S
+
+
 @contextlib.contextmanager
 def admitted(cpus: float, wait_s: float, *, slot_dir: Path | None = None, host_cpus: int | None = None):
     """Hold ``ceil(cpus)`` of the host's ``GRADINGS_PER_CPU x host_cpus`` grading slots (default: this host's
