@@ -42,7 +42,7 @@ from collections.abc import Sequence
 
 from lightswe.agent.policies.base import (ContextWindowExceeded, NonFiniteSample, Sample, SamplingParams,
                                           check_sample)
-from lightswe.errors import InfrastructureError, NonFiniteError
+from lightswe.errors import InfrastructureError, NonFiniteError, UserInputError
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # transient: the request may succeed when repeated
 # A request past the window: vLLM ("maximum context length is N tokens", "longer than the maximum model length"),
@@ -252,17 +252,12 @@ class OpenAIPolicy:
         Raises:
             UserInputError: naming the model asked for, the served ones and the spec that fixes it.
         """
-        from lightswe.errors import UserInputError
-
         request = urllib.request.Request(self.base_url + "/models", headers=self._headers())
-        saved, self.timeout_s = self.timeout_s, min(self.timeout_s, timeout_s)
         try:
-            cards = json.loads(self._read(request)).get("data")
+            cards = json.loads(read_within(request, min(self.timeout_s, timeout_s))).get("data")
             served = [card["id"] for card in cards if isinstance(card.get("id"), str)]
         except (OSError, http.client.HTTPException, ValueError, AttributeError, TypeError, KeyError):
             return  # no model list: the first request says so if it matters
-        finally:
-            self.timeout_s = saved
         if served and self.model not in served:
             asked = f"model {self.model!r}" if self.model != "default" else "no model (the spec has no ?model=)"
             raise UserInputError(f"--policy openai:{self.base_url}: asks for {asked}, but the server serves "
@@ -278,19 +273,14 @@ class OpenAIPolicy:
         Raises:
             UserInputError: the two tokenisations differ, naming both and the fix.
         """
-        from lightswe.errors import UserInputError
-
         probe = "def add(x, y):\n    return x + y  # naïve ✓\n"
         root = self.base_url[: -len("/v1")]
         body = {"model": self.model, "prompt": probe, "add_special_tokens": False}
         request = urllib.request.Request(root + "/tokenize", data=json.dumps(body).encode(), headers=self._headers())
-        saved, self.timeout_s = self.timeout_s, min(self.timeout_s, timeout_s)
         try:
-            served = json.loads(self._read(request)).get("tokens")
+            served = json.loads(read_within(request, min(self.timeout_s, timeout_s))).get("tokens")
         except (OSError, http.client.HTTPException, ValueError, AttributeError):
             return  # no /tokenize (not vLLM) or no answer: generate() says so if it matters
-        finally:
-            self.timeout_s = saved
         encode = getattr(tokenizer, "encode_ordinary", None) or tokenizer.encode
         ours = list(encode(probe))
         if isinstance(served, list) and served != ours:
@@ -314,7 +304,7 @@ class OpenAIPolicy:
             self._asked_window = True
             request = urllib.request.Request(self.base_url + "/models", headers=self._headers())
             try:
-                cards = json.loads(self._read(request)).get("data") or []
+                cards = json.loads(read_within(request, min(self.timeout_s, 30.0))).get("data") or []
                 card = next((c for c in cards if c.get("id") == self.model), cards[0] if cards else {})
                 value = card.get("max_model_len")
                 self._max_model_len = value if isinstance(value, int) and value > 0 else None
