@@ -99,14 +99,29 @@ class GradingError(SandboxError):
     An :class:`~lightswe.errors.InfrastructureError` (through ``SandboxError``, which agent loops already treat
     as a sandbox failure): the episode has no reward.
 
-    ``stage`` names the step that failed (``start``, ``snapshot``, ``apply``, ``test_patch``, ``tests``);
-    ``known`` holds what was learnt before (e.g. ``left_out``, ``patch``, ``container``).
+    ``stage`` names the step that failed (``task``, ``start``, ``snapshot``, ``apply``, ``test_patch``,
+    ``tests``); ``known`` holds what was learnt before (e.g. ``left_out``, ``patch``, ``container``).
+
+    It survives a process boundary whole: pickled (``multiprocessing``, Ray) it comes back with its stage and
+    ``known``, and Gymnasium's ``AsyncVectorEnv``, which re-raises a worker's error as ``type(err)(err)``, gets a
+    ``GradingError`` again (a required ``stage`` made both a ``TypeError``: no ``InfrastructureError`` for the
+    caller to turn into reward ``None``, a crashed rollout instead).
     """
 
-    def __init__(self, message: str, *, stage: str, known: dict | None = None) -> None:
-        super().__init__(message)
-        self.stage = stage
+    def __init__(self, message: str | BaseException, *, stage: str = "", known: dict | None = None) -> None:
+        if isinstance(message, GradingError):  # ``type(err)(err)``: the same error again
+            stage, known = stage or message.stage, known if known is not None else message.known
+        super().__init__(str(message))
+        self.stage = stage or "grading"
         self.known = dict(known or {})
+
+    def __reduce__(self):
+        return _grading_error, (str(self), self.stage, self.known)
+
+
+def _grading_error(message: str, stage: str, known: dict) -> GradingError:
+    """Unpickles a :class:`GradingError` (keyword-only arguments cannot go through ``__reduce__``'s tuple)."""
+    return GradingError(message, stage=stage, known=known)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -183,6 +198,10 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
     """
     if hack_policy not in HACK_POLICIES:
         raise UserInputError(f"hack_policy must be one of {HACK_POLICIES}, got {hack_policy!r}")
+    if not [t for t in instance.FAIL_TO_PASS if t.strip()]:  # nothing a fix must make pass: every change "passes"
+        raise GradingError(f"task {instance.instance_id} has no FAIL_TO_PASS test, so no change could be told from "
+                           "a fix (a broken task, not the policy: no reward); fix: list the tests that fail before "
+                           "the fix and pass after it", stage="task")
     start = time.perf_counter()
     make = fresh or default_fresh(box)
     paused = _freeze(box)

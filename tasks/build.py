@@ -56,9 +56,11 @@ class BuildConfig:
     max_attempts: int = 0
     # Gold-patch runs per instance in validation (all must pass).
     gold_runs: int = 2
+    # No-patch runs per instance in validation (the tests must fail, and pass, the same way in each).
+    base_runs: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("per_repo", "workers", "max_fail", "gold_runs"):
+        for name in ("per_repo", "workers", "max_fail", "gold_runs", "base_runs"):
             value = getattr(self, name)
             if value < 1:
                 option = "--" + name.replace("_", "-")
@@ -169,7 +171,7 @@ def build(config: BuildConfig, progress=_say, bar: bool = False) -> dict:
     done_ids = {i.instance_id for i in built} | {e["instance_id"] for e in events if e.get("instance_id")}
     per_repo = Counter(i.repo for i in built)
     test_repos = splits.held_out_repos(s.repo for s in the_pool.values())
-    validator = Validator(gold_runs=config.gold_runs)
+    validator = Validator(gold_runs=config.gold_runs, base_runs=config.base_runs)
     started = time.perf_counter()
     overall = None
     if bar:

@@ -90,7 +90,7 @@ def _validate(argv: list[str]) -> int:
     from tqdm import tqdm
 
     instances = load_tasks(args.file)  # TaskFormatError (a UserInputError) names the row and the fix
-    validator = Validator(gold_runs=args.gold_runs)
+    validator = Validator(gold_runs=args.gold_runs, base_runs=args.base_runs)
     failed = 0
     with tqdm(total=len(instances), desc="tasks validate", unit="instance", file=sys.stderr, dynamic_ncols=True,
               disable=not args.progress) as bar:

@@ -19,6 +19,9 @@ class ValidateArgs:
     file: tyro.conf.Positional[str]
     # Gold-patch runs per instance (all must pass).
     gold_runs: int = 2
+    # No-patch runs per instance (every FAIL_TO_PASS test must fail and every PASS_TO_PASS test pass in each:
+    # a test that passes on the base now and then pays an unchanged tree).
+    base_runs: int = 3
     # Progress bar on stderr (instances done, ETA, the image being built).
     progress: bool = True
 
@@ -30,3 +33,5 @@ class ValidateArgs:
                                  "dataset directory, or a cached dataset name owner/name:split")
         if self.gold_runs < 1:
             raise UserInputError(f"--gold-runs {self.gold_runs}: must be >= 1; fix: e.g. --gold-runs 2")
+        if self.base_runs < 1:
+            raise UserInputError(f"--base-runs {self.base_runs}: must be >= 1; fix: e.g. --base-runs 3")
