@@ -108,17 +108,26 @@ def _recorded_call(env, text: str) -> dict | None:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _storable(value):
+MAX_STORED_DEPTH = 32  # nesting of a recorded call's arguments kept; deeper values are stored as a note
+
+
+def _storable(value, depth: int = 0):
     """``value`` as strict JSON can store it (trajectories are UTF-8 JSONL/Parquet): lone surrogates become
-    U+FFFD and NaN/Infinity their names, as strings; the env saw and refused the original."""
+    U+FFFD and NaN/Infinity their names, as strings; the env saw and refused the original. A list or object
+    nested deeper than ``MAX_STORED_DEPTH`` becomes a note (a string): no tool takes nested arguments, and a call
+    nested ~560 levels deep, which the env's JSON parser reads (and refuses as an argument), made this recursion
+    raise ``RecursionError`` out of ``run_episode``: the rollout crashed and the episode was never written."""
     if isinstance(value, str):
         return _SURROGATE.sub("\ufffd", value)
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value).replace("inf", "Infinity").replace("nan", "NaN")
+    if isinstance(value, (dict, list)) and depth >= MAX_STORED_DEPTH:
+        return f"[a JSON {'object' if isinstance(value, dict) else 'array'} nested deeper than {MAX_STORED_DEPTH} " \
+               "levels: not stored]"
     if isinstance(value, dict):
-        return {_storable(k): _storable(v) for k, v in value.items()}
+        return {_storable(k, depth + 1): _storable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_storable(v) for v in value]
+        return [_storable(v, depth + 1) for v in value]
     return value
 
 

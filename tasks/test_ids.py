@@ -99,13 +99,23 @@ def files_of(ids: list[str], files: Collection[str] | None) -> list[str]:
     return out
 
 
+def ascii_escaped(text: str) -> str:
+    """``text`` with each non-ASCII character written as pytest writes it in a test id (``é`` -> ``\\xe9``,
+    ``_pytest.compat.ascii_escaped``); ASCII, escapes already written included, is left as it is."""
+    if text.isascii():
+        return text
+    return "".join(c if c.isascii() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def canonical(test_id: str, files: Collection[str] | None = None) -> str:
-    """``test_id`` with its file resolved in the repository and absolute paths cut to their last part."""
+    """``test_id`` with its file resolved in the repository, absolute paths cut to their last part and, in a
+    pytest id, non-ASCII characters escaped as pytest reports them (a dataset may publish ``test_p[é]`` for
+    pytest's ``test_p[\\xe9]``)."""
     test_id = test_id.strip()
     if "::" in test_id:
         file, rest = test_id.split("::", 1)
         file = resolve_file(file, files) or file
-        return f"{file}::{_ABS_DIRS.sub('', rest)}"
+        return f"{file}::{ascii_escaped(_ABS_DIRS.sub('', rest))}"
     match = _UNITTEST.match(test_id)
     if match:
         name, dotted, tail = match.groups()
