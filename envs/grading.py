@@ -396,6 +396,11 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
             return _out_of_memory_grade(grader, instance, wanted, known, suspected, tests_from, start)
         raise GradingError(f"the test run in grading container {_short(grader)} failed: {type(err).__name__}: "
                            f"{err}", stage="tests", known=known) from err
+    if _paused_during(grader, tests_from):  # frozen from outside: the run's clock ran on while its code could not
+        raise GradingError(f"the grading container {_short(grader)} was paused from outside while the tests ran "
+                           "(`docker pause`, a cgroup freezer): not the policy's doing (the agent cannot pause a "
+                           "container), and a test run frozen past its timeout read as the policy's hang (0.0); "
+                           "fix: do not pause lightswe's containers", stage="tests", known=known)
     got = starvation.share(before, after, grader.config.cpus)
     if run.timed_out and got is not None and got.starved:  # the host's doing, not the code's (starvation.py)
         # only a timed-out run: a test failed by its own deadline (a subprocess or future with a timeout,
@@ -502,6 +507,20 @@ def _out_of_memory(grader: Sandbox, since: float) -> bool:
                                    filters={"container": grader.container_id, "event": "oom"})
         return any(event.get("timeNano", 0) >= (int(since) - 1) * 1_000_000_000 for event in events)
     except Exception:  # noqa: BLE001 - the engine cannot say: the caller's machine-failure branch
+        return False
+
+
+def _paused_during(grader: Sandbox, since: float) -> bool:
+    """True when the engine paused the grading container (Docker's ``pause`` container event) since ``since``
+    (epoch seconds, this host's clock) until now. Grading never pauses its grading container (it pauses only
+    the agent's, around reading its tree) and the agent cannot pause any, so such an event is the world's
+    doing: the run's own clock went on (the test timeout, tests' deadlines) while nothing in the container could
+    run. Asks up to this instant (``until`` with nanoseconds), so it never waits for events to come."""
+    try:
+        events = grader.api.events(since=f"{since - 1:.9f}", until=f"{time.time():.9f}", decode=True,
+                                   filters={"container": grader.container_id, "event": "pause"})
+        return any(event.get("timeNano", 0) >= int((since - 1) * 1e9) for event in events)
+    except Exception:  # noqa: BLE001 - the engine cannot say: _require_alive checks the state next
         return False
 
 

@@ -228,3 +228,60 @@ def test_a_tool_call_nested_past_the_recursion_limit_is_an_observation():
     stored = json.loads(json.dumps(trajectory.to_dict()))
     recorded = [m["tool_call"] for m in stored["messages"] if m.get("tool_call")]
     assert len(recorded) == 2 and "nested deeper than 32 levels" in json.dumps(recorded)
+
+
+# ------------------------------------------------------------------------------ the world being unkind
+SLOW = "toolz/tests/test_slow12.py"
+SLOW_BODY = '''
+import time
+
+
+def test_slow():  # long enough for the test below to catch the run in the act
+    time.sleep(3)
+'''
+
+
+@pytest.mark.docker
+def test_a_grading_container_paused_from_outside_is_no_reward(task):
+    """Before: the grading container paused (``docker pause``) past the test timeout while the tests ran, then
+    resumed: the runner's clock ran on, the run "timed out", and a correct fix was 0.0 (the policy's hang). Now:
+    GradingError (no reward); the agent cannot pause a container, so this is never the policy's doing."""
+    import os
+    import threading
+    import time
+
+    import docker
+
+    slow = replace(task, instance_id=task.instance_id + "-slow", test_patch=_test_patch(SLOW, SLOW_BODY),
+                   PASS_TO_PASS=[*task.PASS_TO_PASS, f"{SLOW}::test_slow"])
+    env = SWEEnv([slow], test_timeout=8)
+    client = docker.from_env()
+    done, paused = threading.Event(), []
+
+    def pause_the_test_run(agent: str) -> None:  # the grading container, once its pytest runs: frozen 10 s
+        while not done.is_set():
+            for box in client.containers.list(filters={"label": f"lightswe.owner_pid={os.getpid()}"}):
+                try:
+                    running = box.id != agent and any("junitxml" in " ".join(p) and "bash" not in " ".join(p)
+                                                      for p in box.top()["Processes"] or [])
+                except docker.errors.APIError:  # gone or not running
+                    continue
+                if running:
+                    box.pause()
+                    paused.append(box.id)
+                    time.sleep(10)
+                    box.unpause()
+                    return
+            time.sleep(0.05)
+
+    try:
+        env.reset(options={"task_id": slow.instance_id})
+        env.step(bash(FIX))
+        watcher = threading.Thread(target=pause_the_test_run, args=(env.sandbox.container_id,), daemon=True)
+        watcher.start()
+        with pytest.raises(GradingError, match="paused from outside while the tests ran") as raised:
+            env.step(ToolCall(name="submit"))
+        assert paused and raised.value.stage == "tests"
+    finally:
+        done.set()
+        env.close()
