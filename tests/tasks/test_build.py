@@ -21,7 +21,7 @@ pytestmark = pytest.mark.docker
 @pytest.fixture(scope="module")
 def first_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("build")
-    report = build(BuildConfig(out=out, repos=["toolz"], per_repo=1, seed=7, gold_runs=1))
+    report = build(BuildConfig(out=out, repos=["toolz"], per_repo=1, seed=7, gold_runs=1, base_runs=1))
     return out, report
 
 
@@ -46,7 +46,7 @@ def test_resume_keeps_built_instances_and_adds_missing_ones(first_build):
     before = (out / "instances.jsonl").read_text()
     with (out / "instances.jsonl").open("a") as handle:
         handle.write('{"instance_id": "torn-by-a-kill')  # a run killed mid-write
-    report = build(BuildConfig(out=out, repos=["toolz"], per_repo=2, seed=7, gold_runs=1))
+    report = build(BuildConfig(out=out, repos=["toolz"], per_repo=2, seed=7, gold_runs=1, base_runs=1))
     assert report["total"] == 2
     text = (out / "instances.jsonl").read_text()
     assert text.startswith(before)  # append-only: the first instance is byte-for-byte intact
@@ -65,7 +65,7 @@ def test_suite_that_cannot_run_is_a_clear_error_and_keeps_instances(first_build,
         "sha256": "27a5c770d068c110d9ed9323f24f1543e83b2f300a687b7891c1a6d56b697b5b",
         "tests": ["toolz/tests"], "src": ["toolz"],
         "env": {"PYTEST_ADDOPTS": "--option-of-a-missing-plugin"}}]}))  # the suite cannot start
-    report = build(BuildConfig(out=out, repos=["toolz"], per_repo=5, pool_file=pool, gold_runs=1))
+    report = build(BuildConfig(out=out, repos=["toolz"], per_repo=5, pool_file=pool, gold_runs=1, base_runs=1))
     assert "does not run green offline" in report["repo_errors"]["pypi/toolz"]
     assert (out / "instances.jsonl").read_text() == before
 
@@ -99,5 +99,5 @@ def test_prune_finds_images_of_deleted_tasks_only(first_build):
 @pytest.mark.slow
 def test_full_build(tmp_path):
     """The whole pool: at least 300 validated instances from at least 10 repositories (about an hour on 2 cores)."""
-    report = build(BuildConfig(out=tmp_path, per_repo=25, workers=2, gold_runs=1))
+    report = build(BuildConfig(out=tmp_path, per_repo=25, workers=2, gold_runs=1, base_runs=1))
     assert report["total"] >= 300 and report["repositories"] >= 10, report

@@ -41,7 +41,7 @@ def task_file(tmp_path_factory):
 
 def test_local_git_task_gives_correct_rewards(task_file):
     [instance] = read_jsonl(task_file)
-    result = Validator(gold_runs=1).validate(instance)
+    result = Validator(gold_runs=1, base_runs=1).validate(instance)
     assert result.ok, result.reason
     assert result.rewards == {"no_patch": [0.0], "gold": [1.0]}
 
@@ -49,5 +49,5 @@ def test_local_git_task_gives_correct_rewards(task_file):
 def test_a_patch_that_does_not_apply_is_reported(task_file):
     [instance] = read_jsonl(task_file)
     instance.patch = instance.patch.replace("next(inposed)", "next(not_in_the_file)")
-    result = Validator(gold_runs=1).validate(instance)
+    result = Validator(gold_runs=1, base_runs=1).validate(instance)
     assert not result.ok and "does not apply" in result.reason, result.reason

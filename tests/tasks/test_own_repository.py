@@ -131,13 +131,13 @@ def test_build_and_validate_from_a_local_mirror(tmp_path):
                                               capture_output=True, text=True, timeout=900,
                                               env={**os.environ, **env})
     built = run("build", "--pool-file", str(tmp_path / "pool.json"), "--out", str(tmp_path / "out"),
-                "--per-repo", "1", "--gold-runs", "1", "--max-attempts", "6")
+                "--per-repo", "1", "--gold-runs", "1", "--base-runs", "1", "--max-attempts", "6")
     assert built.returncode == 0, built.stderr[-2000:]
     [row] = [json.loads(line) for line in (tmp_path / "out" / "instances.jsonl").read_text().splitlines()]
     assert (row["repo"], row["source"], row["environment_setup_commit"]) == \
         ("git/mytoolz", str(mirror), commit)
     assert row["metadata"]["split"] == "train" and "sdist_sha256" not in row["metadata"]
-    checked = run("validate", str(tmp_path / "out" / "instances.jsonl"), "--gold-runs", "1", "--no-progress",
-                  LIGHTSWE_CACHE=str(tmp_path / "fresh-cache"))
+    checked = run("validate", str(tmp_path / "out" / "instances.jsonl"), "--gold-runs", "1", "--base-runs", "1",
+                  "--no-progress", LIGHTSWE_CACHE=str(tmp_path / "fresh-cache"))
     assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
     assert json.loads(checked.stdout.splitlines()[0])["rewards"] == {"no_patch": [0.0], "gold": [1.0]}

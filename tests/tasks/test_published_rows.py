@@ -46,7 +46,7 @@ def spaced_test_patch(repo, fix, tests, tmp_path) -> str:
 
 def validate(path, *extra: str) -> list[dict]:
     done = subprocess.run([sys.executable, "-m", "lightswe", "tasks", "validate", str(path), "--gold-runs", "1",
-                           *extra], capture_output=True, text=True, timeout=1800)
+                           "--base-runs", "1", *extra], capture_output=True, text=True, timeout=1800)
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert lines, done.stderr[-3000:]
     return lines
@@ -87,7 +87,7 @@ def test_an_id_that_matches_nothing_counts_against_itself_only(toolz_row):
     row = dict(toolz_row, instance_id="pytoolz__toolz-unmatched",
                PASS_TO_PASS=json.dumps([*json.loads(toolz_row["PASS_TO_PASS"]), f"{TEST}::test_renamed_upstream"]))
     [task] = load_tasks_from(row)
-    result = Validator(gold_runs=1).validate(task)  # rejected, saying which id and why
+    result = Validator(gold_runs=1, base_runs=1).validate(task)  # rejected, saying which id and why
     assert not result.ok and result.rewards == {"no_patch": [0.0]}
     assert list(result.unmatched) == [f"{TEST}::test_renamed_upstream"], result
     assert "test_renamed_upstream" in result.reason and "no test of the run has this id" in result.reason
@@ -134,7 +134,7 @@ def test_tests_see_the_home_the_install_wrote_to(toolz_row, tmp_path):
                FAIL_TO_PASS=json.dumps([f"{TEST}::test_interpose_empty"]),
                PASS_TO_PASS=json.dumps([f"{TEST}::test_data_fetched_at_install_time"]))
     [task] = load_tasks_from(row)
-    result = Validator(gold_runs=1).validate(task)
+    result = Validator(gold_runs=1, base_runs=1).validate(task)
     assert result.ok, result.reason
 
 

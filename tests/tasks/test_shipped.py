@@ -78,7 +78,7 @@ def sample(pool) -> list:
 @pytest.mark.docker
 def test_a_sample_validates_again_in_the_environment(pool):
     """No patch 0.0 and gold patch 1.0 through lightswe/SWE-v0, images built from the pinned sdists if absent."""
-    validator = Validator(gold_runs=1)
+    validator = Validator(gold_runs=1, base_runs=1)
     for instance in sample(pool):
         result = validator.validate(instance)
         assert result.ok, (instance.instance_id, result.reason)
