@@ -133,7 +133,9 @@ def _storable(value, depth: int = 0):
 
 def _require_container(env, when: str) -> None:
     """Raise ``SandboxFailed`` when the episode's container was stopped, removed or frozen from outside (``docker
-    kill``/``rm -f``/``pause``, the host's OOM killer taking its init, the engine gone): the env would report a
+    kill``/``rm -f``/``pause``, the host's OOM killer taking its init, the engine gone; not when it stopped at
+    its own memory limit, ``OOMKilled``: the commands filled it, and ``SWEEnv.step`` restarts it with an
+    observation saying so, as it does when that limit kills the runner): the env would report a
     dead command runner as an observation (the same as a command that killed it) or restart the container from the
     base commit and go on, so the policy's edits would be lost and the rest scored. The agent user cannot stop or
     pause its own container (its init is root's), so this is never the policy's doing; a runner the policy killed
@@ -147,6 +149,8 @@ def _require_container(env, when: str) -> None:
     except Exception as err:  # noqa: BLE001 - docker.errors.NotFound (removed), or the engine does not answer
         raise SandboxFailed(f"SandboxError: the episode's container {str(cid)[:12]} is gone {when} "
                             f"({type(err).__name__}: {str(err)[:200]})") from None
+    if not state.get("Running") and state.get("OOMKilled") and not state.get("Paused"):
+        return  # its own memory limit: the commands' doing; the env restarts it and says so (SWEEnv.step)
     if state.get("Paused") or not state.get("Running"):
         what = "paused" if state.get("Paused") else f"stopped ({state.get('Status')}, exit code " \
                                                      f"{state.get('ExitCode')}, OOMKilled {state.get('OOMKilled')})"

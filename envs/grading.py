@@ -500,14 +500,9 @@ def _out_of_memory(grader: Sandbox, since: float) -> bool:
     contract and only the test run fills it: the code under test spread its memory over processes smaller than
     the harness's root runner (the agent's processes may lower their ``oom_score_adj`` to the runner's), the OOM
     killer took the runner or the container's init, and a failing change read as "the machine failed" (no
-    reward). A host-wide OOM raises no such event. Waits up to 2 s for the event to arrive."""
-    until = time.time() + 2.0
-    try:
-        events = grader.api.events(since=int(since) - 1, until=int(until) + 1, decode=True,
-                                   filters={"container": grader.container_id, "event": "oom"})
-        return any(event.get("timeNano", 0) >= (int(since) - 1) * 1_000_000_000 for event in events)
-    except Exception:  # noqa: BLE001 - the engine cannot say: the caller's machine-failure branch
-        return False
+    reward). A host-wide OOM raises no such event. Waits up to 2 s for the event to arrive
+    (:meth:`Sandbox.out_of_memory`)."""
+    return grader.out_of_memory(since)
 
 
 def _paused_during(grader: Sandbox, since: float) -> bool:

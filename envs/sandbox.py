@@ -321,6 +321,31 @@ class Sandbox:
         with _OPEN_LOCK:
             _OPEN.discard(self)
 
+    def out_of_memory(self, since: float, wait_s: float = 2.0) -> bool:
+        """True when the container reached its own memory limit since ``since`` (epoch seconds, this host's clock):
+        the engine reported an ``oom`` event for it (its cgroup's OOM killer ran), or it stopped with
+        ``OOMKilled``. The limit is the sandbox's contract and only the commands' processes fill it (the root
+        runner is ~12 MB), so this is what the commands did, never the machine: the OOM killer picks the largest
+        process of the lowest ``oom_score_adj``, and commands may lower theirs to the runner's 0 and hold memory
+        no process's RSS shows (socket buffers), so it takes the runner, the runner's restart, or the container's
+        init. A host-wide OOM raises no such event. Waits up to ``wait_s`` for the event to arrive; False when the
+        engine cannot say (the caller's machine-failure branch)."""
+        cid = self.container_id
+        if cid is None:
+            return False
+        until = time.time() + wait_s
+        try:
+            if self.api.inspect_container(cid)["State"].get("OOMKilled"):
+                return True
+        except Exception:  # noqa: BLE001, S110 - gone: the events may still say
+            pass
+        try:
+            events = self.api.events(since=int(since) - 1, until=int(until) + 1, decode=True,
+                                     filters={"container": cid, "event": "oom"})
+            return any(event.get("timeNano", 0) >= (int(since) - 1) * 1_000_000_000 for event in events)
+        except Exception:  # noqa: BLE001 - the engine cannot say
+            return False
+
     def claim(self) -> Sandbox:
         """The calling thread takes over this sandbox (e.g. from a pool's starter thread): its ``stop_scope``
         applies from now on. Returns the sandbox."""

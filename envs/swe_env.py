@@ -39,6 +39,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from importlib import resources
@@ -181,15 +182,24 @@ class SWEEnv(gym.Env[str, str]):
                 shown = ", ".join(f"{x.path} ({x.reason})" for x in result.left_out[:5])
                 text += f"\nNot graded ({len(result.left_out)}): {shown}"
             return self._observe(text), result.reward, True, False, info
+        began = time.time()
         try:
             output = run_tool(self.sandbox, call).output
         except ToolError as err:
             info["error"] = "tool"
             output = str(err)
         except SandboxError as err:  # the container died: start over from the base commit
+            # its own memory limit reached (the OOM killer took the runner, its restart or the container's init):
+            # the commands' doing, so an observation; else the machine's (info["error"]: the loop scores nothing)
+            own = self.sandbox.out_of_memory(began)
             self._start_sandbox(self.task, fresh=True)
-            info["error"] = "sandbox"
-            output = f"[the sandbox failed ({err}) and was restarted from the base commit; earlier edits are lost]"
+            if own:
+                output = (f"[the sandbox ran out of memory (its limit of {self.sandbox.config.mem_limit}): processes "
+                          f"you started held it and the command runner could not run ({err}); the sandbox was "
+                          "restarted from the base commit and earlier edits are lost]")
+            else:
+                info["error"] = "sandbox"
+                output = f"[the sandbox failed ({err}) and was restarted from the base commit; earlier edits are lost]"
         return self._observe(output), 0.0, False, False, info
 
     def render(self) -> str | None:

@@ -27,6 +27,7 @@ absolute paths in parameters map to their own test and fail on the base; a raw n
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import replace
 
@@ -285,3 +286,62 @@ def test_a_grading_container_paused_from_outside_is_no_reward(task):
     finally:
         done.set()
         env.close()
+
+
+HOLDER = '''
+import os, resource, socket, sys, time
+
+open("/proc/self/oom_score_adj", "w").write("0")  # down from the runner's 1000 to its 0: allowed
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+
+
+def fill(mib, keep=[]):  # socket buffers: charged to the sandbox's memory, in no process's RSS
+    held = 0
+    while held < mib * 2**20:
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 * 2**20)
+        a.setblocking(False)
+        try:
+            while True:
+                held += a.send(b"x" * 65536)
+        except OSError:
+            pass
+        os.set_inheritable(a.fileno(), True)
+        os.set_inheritable(b.fileno(), True)
+        keep.append((a, b))
+    os.execv("/bin/sleep", ["sleep", "1000000"])  # held by a 1.7 MB process: smaller than any runner
+
+
+for _ in range(140):
+    if os.fork() == 0:
+        fill(16)
+    time.sleep(0.3)
+'''
+
+
+@pytest.mark.docker
+def test_a_policy_that_fills_its_own_memory_gets_an_observation_not_no_score(task):
+    """Before: processes of the agent holding its sandbox's memory in socket buffers, each smaller than the root
+    runner (~12 MB), at the runner's oom_score_adj (0): the OOM killer took the runner, then its restart, the env
+    restarted the container and flagged a sandbox failure, and the loop scored nothing (reward None, which a
+    failing policy prefers to 0.0). Now: the engine's oom event says it was the sandbox's own limit, an
+    observation says so, and the episode goes on to its grade."""
+    from lightswe.agent.loop import AgentConfig, run_episode
+    from lightswe.agent.trajectory import EpisodeStatus
+
+    calls = [{"name": "create", "arguments": {"path": "/tmp/holder.py", "content": HOLDER}},
+             {"name": "bash", "arguments": {"command": "setsid python3 -S /tmp/holder.py >/dev/null 2>&1 & sleep 90"}},
+             *[{"name": "bash", "arguments": {"command": "echo still here"}}] * 3,
+             {"name": "bash", "arguments": {"command": FIX}}, {"name": "submit", "arguments": {}}]
+    texts = [f"<tool_calls>\n{json.dumps(call)}\n</tool_calls>" for call in calls]
+    env = SWEEnv([task], test_timeout=120)
+    try:
+        trajectory = run_episode(env, _TextPolicy(texts), _TOK, task_id=task.instance_id,
+                                 config=AgentConfig(max_steps=len(calls)))
+    finally:
+        env.close()
+    assert trajectory.status is EpisodeStatus.SUBMITTED and trajectory.error == "", trajectory.error
+    assert trajectory.reward == 1.0  # graded: the fix made after the restart
+    observations = [m.content for m in trajectory.messages if m.role == "tool"]
+    assert any("the sandbox ran out of memory" in o and "restarted from the base commit" in o
+               for o in observations), observations
