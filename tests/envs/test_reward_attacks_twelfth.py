@@ -18,7 +18,13 @@ Broke before the fix:
   argument and pickles whole;
 - **a tool call nested ~560 levels deep**: the env's JSON parser read it (and refused the argument as an
   observation), then the loop's recorder of the call recursed into ``RecursionError`` out of ``run_episode`` ->
-  what is recorded is cut at 32 levels.
+  what is recorded is cut at 32 levels;
+- **the grading container paused from outside** past the test timeout while the tests ran: the run "timed out"
+  and a correct fix was 0.0 -> a ``pause`` event of the engine during the run is ``GradingError``;
+- **the agent's own memory, to turn 0.0 into no score**: processes holding the sandbox's memory in socket
+  buffers, each smaller than the root runner at its ``oom_score_adj``, made the OOM killer take the runner and its
+  restart: the env flagged a sandbox failure and the loop scored nothing -> an ``oom`` event of the agent's
+  container is the commands' doing: an observation, and the episode goes on.
 
 Held (each checked below): published ids with spaces (whole or cut short), ``::`` or ``]`` inside the brackets,
 absolute paths in parameters map to their own test and fail on the base; a raw non-ASCII id (``test_p[é]``) was
