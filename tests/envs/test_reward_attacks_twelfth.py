@@ -351,3 +351,53 @@ def test_a_policy_that_fills_its_own_memory_gets_an_observation_not_no_score(tas
     observations = [m.content for m in trajectory.messages if m.role == "tool"]
     assert any("the sandbox ran out of memory" in o and "restarted from the base commit" in o
                for o in observations), observations
+
+
+_DISK_FULL = """
+import json, os, subprocess, sys
+from lightswe.envs.pool import PoolConfig
+from lightswe.envs.swe_env import SWEEnv
+from lightswe.envs.tool_calls import ToolCall
+from lightswe.tasks.instance import TaskInstance
+
+task = TaskInstance.from_dict(json.loads(sys.argv[1]))
+env = SWEEnv([task], test_timeout=120, pool_config=PoolConfig(idle=0))  # each grading container: a new volume
+filler = os.path.join(os.environ["LIGHTSWE_CACHE"], "filler")
+try:
+    env.reset(options={"task_id": task.instance_id})
+    env.step(ToolCall(name="bash", arguments={"command": sys.argv[2]}))
+    subprocess.run(["dd", "if=/dev/zero", "of=" + filler, "bs=1M"], capture_output=True)  # the host's disk, full
+    try:
+        _, reward, *_ = env.step(ToolCall(name="submit"))
+        print("reward", reward)
+    except Exception as err:
+        print("raised", type(err).__name__, str(err))
+finally:
+    os.remove(filler)
+    env.close()
+"""
+
+
+@pytest.mark.docker
+def test_the_hosts_disk_full_at_submit_is_no_reward(task, tmp_path):
+    """Held: the host's disk (here a 400 MiB tmpfs holding the volumes, ``LIGHTSWE_CACHE``) full when the episode
+    submits: the grading container's volume cannot be made, GradingError (no reward), never 0.0."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a tmpfs of its own for the volumes)")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "lightswe-test", str(cache)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        done = subprocess.run([sys.executable, "-c", _DISK_FULL, json.dumps(task.to_dict()), FIX],
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "LIGHTSWE_CACHE": str(cache)})
+    finally:
+        subprocess.run(["umount", "-l", str(cache)])
+    assert "raised GradingError" in done.stdout and "No space left on device" in done.stdout, \
+        done.stdout + done.stderr[-2000:]
