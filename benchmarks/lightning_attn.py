@@ -393,7 +393,8 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
     launch (pdl 1: all loads after the wait; pdl 2: the state loaded before it); BV 64 / 8 warps, pdl 1 capped at
     64 registers; the same launch with the tile as 32-row sub-tiles (DecodeConfig.rows; also plain) and as 16-row
     sub-tiles capped at 64 registers; and with o's products before the tile's stores (benchmark kernel _tile,
-    MODE 3).
+    MODE 3). Then the V-major state (decode.is_v_major, _decode_v_major_kernel: states of the same values stored
+    transposed): its default (V_MAJOR_DECODE_CONFIGS) and every V_MAJOR_DECODE_SWEEP launch with the default's pdl.
     References: torch's copy_ of the state bytes to another
     buffer and torch's in-place ``mul_`` of the state (the same bytes read and written in place). Timers (us per
     step): event = CUDA events around eager calls (host-bound at these sizes); alone = do_bench median with L2
@@ -428,7 +429,8 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
         cases = []
         for config in variants:
             step = (lambda q, k, v, s, o, config=config: lightning_attn_decode_triton(q, k, v, slope, s, config))
-            cases.append((f"{config}", step, "_decode_kernel", config, bound_us))
+            cases.append((f"{config}", step, "_decode_rows_kernel" if config.rows else "_decode_kernel", config,
+                          bound_us))
         # the V-major state (decode.is_v_major): its default, then every V_MAJOR_DECODE_SWEEP launch with pdl 1
         v_default = next(c for lo, c in reversed(V_MAJOR_DECODE_CONFIGS) if batch * heads >= lo)
         for config in dict.fromkeys([v_default, *(c for c in V_MAJOR_DECODE_SWEEP if c.pdl == v_default.pdl)]):
@@ -630,7 +632,7 @@ def decode_ablation(batch: int, heads: int, dim: int, slope, bandwidth: float, c
              ("the same, PDL 1", tiled(3, 1), "_tile", None)]
     for config in (dataclasses.replace(default, pdl=0), default, *candidates):
         step = lambda q, k, v, s, o, config=config: lightning_attn_decode_triton(q, k, v, slope, s, config)
-        cases.append((str(config), step, "_decode_kernel", config))
+        cases.append((str(config), step, "_decode_rows_kernel" if config.rows else "_decode_kernel", config))
     passes = math.ceil(launches / len(args))
     producer = lambda q, k, v, s, o: q.mul_(1)
     print(f"\n### B={batch} ablation: bound {bound_us:.1f} us (state bytes alone {2 * state_bytes / bandwidth * 1e6:.1f} us)"
