@@ -360,21 +360,23 @@ def _v_major_sweep_ids():
 
 
 @pytest.mark.parametrize("config", _v_major_sweep_ids(), ids=str)
-@pytest.mark.parametrize("batch, heads, dim", [(3, 5, 128), (8, 64, 128), (2, 3, 64)], ids=["B3H5", "B8H64", "D64"])
-def test_decode_v_major_state_gives_the_k_major_bits(config, batch, heads, dim):
+@pytest.mark.parametrize("batch, heads, dk, dv", [(3, 5, 128, 128), (8, 64, 128, 128), (2, 3, 64, 64), (2, 3, 16, 256),
+                                                  (2, 3, 256, 32)], ids=["B3H5", "B8H64", "D64", "K16V256", "K256V32"])
+def test_decode_v_major_state_gives_the_k_major_bits(config, batch, heads, dk, dv):
     """A V-major state (decode.is_v_major) through every V_MAJOR_DECODE_SWEEP launch: after three steps the state
     holds exactly the K-major default's bits (the same fp32 operations per element) and stays V-major, o is
-    within the reference's tolerance; odd tile counts (B=3, H=5) and D=64 (BV capped at V)."""
+    within the reference's tolerance; odd tile counts (B=3, H=5), D=64 (BV capped at V), K != V both ways."""
     from lightswe.kernels.lightning_attn.decode import is_v_major, lightning_attn_decode_triton
 
     gen = torch.Generator(device="cuda").manual_seed(batch * heads)
     slope = minimax_slopes(heads, layer=5, layers=80)
-    k_major = torch.randn(batch, heads, dim, dim, device="cuda", generator=gen)
+    k_major = torch.randn(batch, heads, dk, dv, device="cuda", generator=gen)
     v_major = k_major.transpose(-1, -2).contiguous().transpose(-1, -2)
     reference = k_major.clone()
     assert is_v_major(v_major)
     for _ in range(3):
-        q, k, v = (torch.randn(batch, heads, dim, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
+        q, k = (torch.randn(batch, heads, dk, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(2))
+        v = torch.randn(batch, heads, dv, device="cuda", generator=gen).to(torch.bfloat16)
         o = lightning_attn_decode_triton(q, k, v, slope, v_major, config)
         lightning_attn_decode_triton(q, k, v, slope, k_major)
         o_ref = lightning_attn_decode_naive(q, k, v, slope, reference)
