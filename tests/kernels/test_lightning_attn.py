@@ -386,20 +386,23 @@ def test_decode_v_major_state_gives_the_k_major_bits(config, batch, heads, dk, d
     assert rel_err(v_major, reference) <= 1e-6
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("batch", [1, 8, 64])
-def test_decode_api_takes_a_v_major_state(batch):
+def test_decode_api_takes_a_v_major_state(batch, dtype):
     """lightning_attn_decode on CUDA with a V-major state: the V-major kernel (default config by B * H) in place,
-    o and the state as the reference's; launch shapes it cannot take are refused in one line."""
+    o (in q's dtype) and the state as the reference's; launch shapes it cannot take are refused in one line."""
     from lightswe.kernels.lightning_attn.decode import DecodeConfig, lightning_attn_decode_triton
 
     gen = torch.Generator(device="cuda").manual_seed(batch)
     slope = minimax_slopes(64, layer=0, layers=80)
     state = torch.randn(batch, 64, DIM, DIM, device="cuda", generator=gen).transpose(-1, -2)
     reference = state.clone()
-    q, k, v = (torch.randn(batch, 64, DIM, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
+    q, k, v = (torch.randn(batch, 64, DIM, device="cuda", generator=gen).to(dtype) for _ in range(3))
     o = lightning_attn_decode(q, k, v, slope, state)
     o_ref = lightning_attn_decode_naive(q, k, v, slope, reference)
-    assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"] and rel_err(state, reference) <= 1e-6
+    assert o.dtype == dtype
+    assert rel_err(o, o_ref) <= TOL[torch.bfloat16 if dtype == torch.float16 else dtype]["o"]
+    assert rel_err(state, reference) <= 1e-6
     for config, out in ((DecodeConfig(64, 8, per_sm=2), None), (DecodeConfig(64, 8, pdl=2), None),
                         (DecodeConfig(64, 8), torch.empty_like(state))):
         with pytest.raises(ValueError, match="V-major state takes one program per tile"):
