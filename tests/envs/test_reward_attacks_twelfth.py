@@ -401,3 +401,26 @@ def test_the_hosts_disk_full_at_submit_is_no_reward(task, tmp_path):
         subprocess.run(["umount", "-l", str(cache)])
     assert "raised GradingError" in done.stdout and "No space left on device" in done.stdout, \
         done.stdout + done.stderr[-2000:]
+
+
+ODD_NAMES = r"""printf 'x = 1\n' > "toolz/a
+b.py"; printf 'y\n' > "$(printf 'toolz/bad\xff\xfe.py')"; touch "toolz/$(printf 'z%.0s' $(seq 250)).py" \
+  toolz/-rf.py "toolz/sp ace.py" 'toolz/back\slash.py' 'toolz/"quote".py' "toolz/tab	x.py" "toolz/cr$(printf '\r').py"
+ln -s /etc/passwd "toolz/link
+nl"; ln -s "$(printf '/tmp/\xff')" toolz/badlink; ln -s /testbed/toolz/itertoolz.py toolz/inside
+mkdir -p "toolz/d
+ir" && echo 1 > "toolz/d
+ir/f.txt"; printf 'import toolz\n' > "$(printf 'toolz/e\xcc\x81.py')"; printf 'import toolz\n' > "$(printf 'toolz/\xc3\xa9.py')"
+"""
+
+
+@pytest.mark.docker
+def test_odd_file_names_and_links_out_of_the_tree_keep_the_fix_graded(env):
+    """Held: names with a newline, CR, tab, quotes, a backslash, a leading dash, bytes that are not UTF-8, NFC and
+    NFD twins, 254 bytes; links to /etc/passwd, to a target that is not UTF-8 and inside the tree; a folder named
+    with a newline: graded as they are (nothing left out), the fix 1.0, never GradingError."""
+    from .conftest import episode
+
+    reward, info = episode(env, FIX, ODD_NAMES)
+    assert reward == 1.0 and not info["left_out"], info["reason"]
+    assert '"b/toolz/a\\nb.py"' in info["model_patch"] and "toolz/link\\nnl" in info["model_patch"]
