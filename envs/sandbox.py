@@ -214,6 +214,7 @@ class Sandbox:
         self._disk_path = ""  # where the runner watches free space ("" when no hard limit applies)
         # the runner's commands cannot change their CPU affinity (runner.lock_affinity); known from the first command
         self.affinity_locked = False
+        self.started_at = time.time()  # epoch seconds, this host's clock: before the container was created
         self._lock = threading.Lock()
         self.stop: threading.Event | None = getattr(_SCOPE, "stop", None)  # set: stopped (see stop_scope)
         self._start()
@@ -321,8 +322,9 @@ class Sandbox:
         with _OPEN_LOCK:
             _OPEN.discard(self)
 
-    def out_of_memory(self, since: float, wait_s: float = 2.0) -> bool:
-        """True when the container reached its own memory limit since ``since`` (epoch seconds, this host's clock):
+    def out_of_memory(self, since: float | None = None, wait_s: float = 2.0) -> bool:
+        """True when the container reached its own memory limit since ``since`` (epoch seconds, this host's clock;
+        default: since it was created, :attr:`started_at`):
         the engine reported an ``oom`` event for it (its cgroup's OOM killer ran), or it stopped with
         ``OOMKilled``. The limit is the sandbox's contract and only the commands' processes fill it (the root
         runner is ~12 MB), so this is what the commands did, never the machine: the OOM killer picks the largest
@@ -333,6 +335,7 @@ class Sandbox:
         cid = self.container_id
         if cid is None:
             return False
+        since = self.started_at if since is None else since
         until = time.time() + wait_s
         try:
             if self.api.inspect_container(cid)["State"].get("OOMKilled"):

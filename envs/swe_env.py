@@ -39,7 +39,6 @@ Example::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from importlib import resources
@@ -182,16 +181,17 @@ class SWEEnv(gym.Env[str, str]):
                 shown = ", ".join(f"{x.path} ({x.reason})" for x in result.left_out[:5])
                 text += f"\nNot graded ({len(result.left_out)}): {shown}"
             return self._observe(text), result.reward, True, False, info
-        began = time.time()
         try:
             output = run_tool(self.sandbox, call).output
         except ToolError as err:
             info["error"] = "tool"
             output = str(err)
         except SandboxError as err:  # the container died: start over from the base commit
-            # its own memory limit reached (the OOM killer took the runner, its restart or the container's init):
-            # the commands' doing, so an observation; else the machine's (info["error"]: the loop scores nothing)
-            own = self.sandbox.out_of_memory(began)
+            # its own memory limit reached in this episode (the OOM killer took the runner, its restart or the
+            # container's init; only the runner's death lets a later restart fail, e.g. on pids the agent's
+            # leftovers took): the commands' doing, so an observation; else the machine's (info["error"]: the
+            # loop scores nothing)
+            own = self.sandbox.out_of_memory()
             self._start_sandbox(self.task, fresh=True)
             if own:
                 output = (f"[the sandbox ran out of memory (its limit of {self.sandbox.config.mem_limit}): processes "

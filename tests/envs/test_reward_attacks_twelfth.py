@@ -318,7 +318,7 @@ def fill(mib, keep=[]):  # socket buffers: charged to the sandbox's memory, in n
     os.execv("/bin/sleep", ["sleep", "1000000"])  # held by a 1.7 MB process: smaller than any runner
 
 
-for _ in range(140):
+for _ in range(int(sys.argv[1])):  # 16 MiB each, past the sandbox's memory
     if os.fork() == 0:
         fill(16)
     time.sleep(0.3)
@@ -326,21 +326,23 @@ for _ in range(140):
 
 
 @pytest.mark.docker
+@pytest.mark.slow
 def test_a_policy_that_fills_its_own_memory_gets_an_observation_not_no_score(task):
     """Before: processes of the agent holding its sandbox's memory in socket buffers, each smaller than the root
-    runner (~12 MB), at the runner's oom_score_adj (0): the OOM killer took the runner, then its restart, the env
-    restarted the container and flagged a sandbox failure, and the loop scored nothing (reward None, which a
-    failing policy prefers to 0.0). Now: the engine's oom event says it was the sandbox's own limit, an
-    observation says so, and the episode goes on to its grade."""
+    runner (~12 MB), at the runner's oom_score_adj (0): the OOM killer took the runner, then its restart (runc's
+    init, the new runner: larger than the holders); the env restarted the container and flagged a sandbox failure,
+    and the loop scored nothing (reward None, which a failing policy prefers to 0.0). Now: the engine's oom event
+    in the episode says the runner died of the sandbox's own limit, an observation says so, and the episode goes
+    on to its grade. Slow: ~45 s, and it holds 2 GiB of the host's memory for that time."""
     from lightswe.agent.loop import AgentConfig, run_episode
     from lightswe.agent.trajectory import EpisodeStatus
 
     calls = [{"name": "create", "arguments": {"path": "/tmp/holder.py", "content": HOLDER}},
-             {"name": "bash", "arguments": {"command": "setsid python3 -S /tmp/holder.py >/dev/null 2>&1 & sleep 90"}},
+             {"name": "bash", "arguments": {"command": "setsid python3 -S /tmp/holder.py 140 >/dev/null 2>&1 & sleep 90"}},
              *[{"name": "bash", "arguments": {"command": "echo still here"}}] * 3,
              {"name": "bash", "arguments": {"command": FIX}}, {"name": "submit", "arguments": {}}]
     texts = [f"<tool_calls>\n{json.dumps(call)}\n</tool_calls>" for call in calls]
-    env = SWEEnv([task], test_timeout=120)
+    env = SWEEnv([task], test_timeout=120)  # 2,240 MiB held: past the sandbox's 2 GiB
     try:
         trajectory = run_episode(env, _TextPolicy(texts), _TOK, task_id=task.instance_id,
                                  config=AgentConfig(max_steps=len(calls)))
