@@ -193,8 +193,10 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
     agent left running takes no CPU from its grading or a neighbour's. A test run that timed out starved of CPU
     (:mod:`lightswe.envs.starvation`) is run once more in another fresh container.
 
-    Raises :class:`GradingError` when the machine fails (see module docstring; a test run starved twice
-    included) and :class:`~lightswe.errors.UserInputError` for an unknown ``hack_policy``.
+    Raises :class:`GradingError` when the machine fails (see module docstring; a test run starved twice, a
+    grading container paused from outside while the tests ran included) or the task cannot tell a fix from any
+    other change (no FAIL_TO_PASS test), and :class:`~lightswe.errors.UserInputError` for an unknown
+    ``hack_policy``.
     """
     if hack_policy not in HACK_POLICIES:
         raise UserInputError(f"hack_policy must be one of {HACK_POLICIES}, got {hack_policy!r}")
