@@ -195,6 +195,21 @@ def check_tokenizer(spec: str, path: str | None, *, option: str = "--tokenizer")
                              f"model was trained with ({own})")
 
 
+def preflight(policy: Policy, tokenizer: Tokenizer) -> None:
+    """The checks a built policy gets before its first episode, in the process that will run its episodes (the
+    rollout's own for threads, an actor's with ``--ray``: the node that talks to the server): a policy with a
+    ``check(tokenizer)`` method runs it (``OpenAIPolicy.check``: the server answers, serves the model asked for,
+    tokenizes as ``tokenizer`` does), so that a misconfigured policy fails in one line instead of as N
+    ``sandbox_error`` episodes. The one place both paths call.
+
+    Raises:
+        whatever the policy's ``check`` raises (UserInputError, InfrastructureError), naming the fix.
+    """
+    check = getattr(policy, "check", None)
+    if callable(check):
+        check(tokenizer)
+
+
 def make_policy(spec: str, *, tokenizer: Tokenizer, tasks: Sequence = ()) -> Policy:
     """The policy ``spec`` names (see the module docs), built in this process.
 
