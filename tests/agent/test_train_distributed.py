@@ -242,10 +242,11 @@ def test_the_process_group_is_torn_down_before_exit_on_every_path(tmp_path, how)
     finished; at once after an error) before the interpreter's teardown. Left to the interpreter, gloo's
     destructors aborted a rank ('terminate called without an active exception', exit -6: a failed job to torchrun
     and a scheduler) in 5 of 20 launches of a 2-rank job here; torn down, in 0 of 20 (and 0 of 14 runs of
-    ``torchrun -m lightswe train``). Three launches, each rank's exit checked."""
+    ``torchrun -m lightswe train``). Two launches, each rank's exit checked (the 20-launch counts are in the
+    README; a default test cannot afford them)."""
     script = tmp_path / "teardown.py"
     script.write_text(textwrap.dedent(TEARDOWN))
-    for _ in range(3):
+    for _ in range(2):
         proc = torchrun(str(script), how, timeout=120)
         assert proc.returncode == 0 and "terminate called" not in proc.stderr, proc.stderr[-3000:]
         assert proc.stdout.count("rank group left: False") == 2, proc.stdout
