@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 from lightswe.agent.policies.base import SamplingParams
 from lightswe.agent.policies.openai_server import OpenAIPolicy, ServerError, read_within, tls_context
-from lightswe.agent.policies.spec import make_policy
+from lightswe.agent.policies.spec import check_spec, make_policy
 from lightswe.errors import UserInputError
 
 from .test_model_server_faults import SLOW_LORIS, Server
@@ -77,6 +77,8 @@ def test_a_certificate_the_client_does_not_trust_is_refused_in_one_line_without_
     for bad in (tmp_path / "junk.pem", tmp_path / "missing.pem"):
         with pytest.raises(UserInputError, match=r"cannot be read as PEM CA certificates.*; fix:"):
             OpenAIPolicy(https.url, ca_file=str(bad))
+    with pytest.raises(UserInputError, match=r"ca_file .*missing\.pem is not a file; fix:"):  # the spec, up front
+        check_spec(f"openai:{https.url}?ca_file={tmp_path / 'missing.pem'}")
 
 
 @pytest.mark.parametrize("fault", ["hang", "trickle", *SLOW_LORIS])
