@@ -24,7 +24,8 @@ is defined in a file of the change (a stand-in for the task's test module) is an
 times out (the agent's code hangs) is the policy's failure: 0.0 with ``timed_out=True``, unless the host starved
 it of CPU (:mod:`lightswe.envs.starvation`: it waited for a CPU half the time and got under a quarter of its
 quota while the host had no idle CPU to give); so is a run failed by a test's own deadline (an alarm, an
-elapsed-time assertion, a subprocess timeout), unless the host starved it in every second of the run: then the
+elapsed-time assertion, a subprocess timeout), unless the host starved it with no second in which the code
+slept or the host had CPU to spare: then the
 tests run once more in another fresh container, and a second starved run is the machine's failure
 (``GradingError``); the grading container outweighs the agents' for the CPU (``cpu_shares`` per CPU of quota),
 gradings are admitted by CPU, in order (``starvation.admitted``: they never starve each
@@ -178,7 +179,7 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
     ``Sandbox.close``; a pool's background removal fits). It has run the agent's code: never reuse it.
     ``box`` stays frozen (the engine's ``pause``) from the snapshot of its tree until the grade is made: what the
     agent left running takes no CPU from its grading or a neighbour's. A test run that did not pass starved of
-    CPU (:mod:`lightswe.envs.starvation`: a timeout, or starved throughout) is run once more in another fresh
+    CPU (:mod:`lightswe.envs.starvation`: timed out, or failed with no second clearing the host) is run once more in another fresh
     container.
 
     Raises :class:`GradingError` when the machine fails (see module docstring; a test run starved twice
@@ -431,7 +432,7 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     reward = 1.0 if all_pass and consistent and not run.timed_out else 0.0
     starved = (starvation.starved_failure(series, grader.config.cpus, timed_out=run.timed_out)
                if reward == 0.0 and not borrowed else None)
-    if starved is not None:  # the host's doing, not the code's (starvation.py: a timeout, or starved throughout)
+    if starved is not None:  # the host's doing, not the code's (starvation.starved_failure)
         if not last_chance:
             raise _Starved(starved, tree)
         raise GradingError(f"the test run {'timed out' if run.timed_out else 'failed'} twice starved of CPU by the "

@@ -34,15 +34,20 @@ CPU to give). ``cpus`` past the host's CPU count is capped at it.
 timeout, pytest-timeout -- that a starved host makes fail while the run as a whole ends in time: a correct fix
 was 0.0. Judging every failing run by the whole-run rule (tenth pass, tried) drops too much: a fix that sleeps
 past a test's deadline (not runnable: no pressure) in a run whose other seconds were starved read "starved".
-So the counters are sampled every ``SAMPLE_S`` during the run (:func:`sampled`) and a failing run that did not
-time out is the host's only when it was starved **throughout**: in every window of ``WINDOW_S`` (1 s), not
-only overall (:func:`starved_failure`). The failing test's deadline lies somewhere in the run; a run starved in
-every second of it was starved there. A fix slow by itself stays 0.0: one that sleeps or blocks past its
-deadline leaves a window in which it wanted no CPU; a busy loop gets its quarter of a CPU wherever the host has
-it to give (any such window: 0.0). Only on a host that leaves the container under a quarter of its quota in
-every second of two runs (a rerun in a fresh container first, as for a timeout) is a failing run the machine's
-failure (no reward): there a busy loop cannot be told from a correct fix (both wanted the CPU all along and got
-too little), and a deterministic failure is dropped too; that host cannot judge and says so (``GradingError``:
+So the counters are sampled every ``SAMPLE_S`` during the run (:func:`sampled`), and a failing run that did
+not time out is the host's when it was starved over the whole run **and no second of it clears the host**
+(:func:`starved_failure`): no window of ``WINDOW_S`` (1 s) in which the container wanted the CPU (ran or waited
+for one) under half the time (its code slept or blocked) or the host had a quarter of its quota idle.
+Windows in which it got its quarter do not clear the host: on a loaded host the scheduler gives lucky seconds
+(0.26 and 0.38 s of CPU in one second of runs that otherwise got 0.07; 2 or 3 of 4 deadline tests failed), and
+the failing test's deadline lay in the other seconds. A fix slow by itself stays 0.0: one that sleeps or
+blocks past a deadline wanted no CPU for that time (a window that clears the host; the idle edges of the
+sampled span, the harness's own steps, are left out, and the code cannot move its sleep outside pytest's own
+work); a busy loop gets its quarter of a CPU whenever the host has it to give (not starved over the run: 0.0).
+Only a host that leaves the container under a quarter of its quota over two runs (a rerun in a fresh
+container first, as for a timeout) with no second clearing it makes a failing run the machine's failure (no
+reward): there a busy loop cannot be told from a correct fix (both wanted the CPU all along and got too
+little), and a deterministic failure is dropped too; that host cannot judge and says so (``GradingError``:
 "run fewer episodes at once"). A run that passed is 1.0 whatever the load.
 
 **Admission** (:func:`admitted`, around every test run where starvation is judged). Graders outweigh the
@@ -102,7 +107,7 @@ WAITED_AT_LEAST = 0.5  # of the run's wall time, waiting for a CPU
 GOT_AT_MOST = 0.25  # of the CPU quota over the run
 GRADINGS_PER_CPU = 2  # CPUs of grading quota admitted per host CPU (half of 1 / GOT_AT_MOST: module doc)
 GRADING_CPU_SHARES = 8192  # a grading container's CPU weight per CPU of its quota (agents' containers: 1024)
-WINDOW_S = 1.0  # a failing run is the host's only when starved in every window this long (module doc)
+WINDOW_S = 1.0  # a failing run is not the host's when one window this long clears it (module doc)
 SAMPLE_S = 0.1  # how often the counters are read during a test run
 SLOT_DIR = CACHE_DIR / "grading-slots"
 
@@ -237,14 +242,21 @@ class CpuSeries:
             found.append(share(first, self.samples[j], cpus))
         return found or [self.share(cpus)]
 
-    def served(self, cpus: float, window_s: float = WINDOW_S) -> CpuShare | None:
-        """The first window in which the container was not starved (it got a quarter of its quota, or did not
-        want the CPU half the window, or the host had CPU idle), or None when it was starved in every window
-        (``starved throughout``: module doc). Without a complete series: the whole run's share (None if none)."""
-        windows = self.windows(cpus, window_s)
-        if not windows:
-            return self.share(cpus)
-        return next((w for w in windows if not w.starved), None)
+    def cleared(self, cpus: float, window_s: float = WINDOW_S) -> CpuShare | None:
+        """The first window that clears the host of a failing run (module doc): the container wanted the CPU
+        (ran or waited for one) under half of it (its code slept or blocked), or the host
+        had a quarter of its quota idle; None when there is none. The idle stretches before the run's first
+        and after its last busy moment (the harness's own steps around the test command) are left out."""
+        busy = [i for i, (a, b) in enumerate(zip(self.samples, self.samples[1:]))
+                if (b.usage_s - a.usage_s) + (b.waiting_s - a.waiting_s) >= 0.1 * (b.at - a.at)]
+        if not self.complete or not busy:
+            return None
+        trimmed = CpuSeries(samples=self.samples[busy[0]:busy[-1] + 2], complete=True)
+        for window in trimmed.windows(cpus, window_s):
+            slept = window.waiting_s + window.cpu_s < WAITED_AT_LEAST * window.wall_s
+            if slept or (window.host_idle_s or 0.0) >= GOT_AT_MOST * window.cpus * window.wall_s:
+                return window
+        return None
 
 
 @contextlib.contextmanager
@@ -280,18 +292,19 @@ def sampled(folder: Path | None, every_s: float = SAMPLE_S):
 
 
 def starved_failure(series: CpuSeries, cpus: float, *, timed_out: bool) -> CpuShare | None:
-    """The evidence that the host, not the code, failed a test run that did not pass (module doc), or None.
+    """The evidence that the host, not the code, failed a test run that did not pass (module doc): the whole
+    run's share, or None.
 
     A run that hit the harness's timeout: starved over the whole run (its deadline is the whole run's). Any
     other failing run (a test's own deadline: ``signal.alarm``, an elapsed-time assertion, a subprocess or
-    future timeout, pytest-timeout): starved in every window of ``WINDOW_S`` (the failing test's own deadline
-    lies somewhere in the run); returns the whole run's share as the evidence."""
+    future timeout, pytest-timeout): starved over the whole run, and no window of ``WINDOW_S`` clears the host
+    (:meth:`CpuSeries.cleared`: the code slept, or the host had CPU to give)."""
     whole = series.share(cpus)
     if whole is None or not whole.starved:
         return None
     if timed_out:
         return whole
-    return whole if series.served(cpus) is None else None
+    return whole if series.cleared(cpus) is None else None
 
 
 EXEC_GRACE_S = 30.0  # a command returns at most this long after its timeout (Sandbox.exec's socket deadline)

@@ -152,10 +152,10 @@ def test_a_waiter_is_patient_by_the_holders_holds_not_its_own_timeout(tmp_path, 
         stuck.wait(timeout=30)
 
 
-def test_starved_throughout_and_the_windows_of_a_sampled_run():
+def test_the_windows_that_clear_the_host_of_a_failing_run():
     """The judgment of a failing run over real samples of this process's own cgroup, then over made series: a
-    failing run is the host's only when starved in every window of WINDOW_S; one window in which it wanted no
-    CPU (a sleep) or got its quarter clears the host."""
+    failing run starved overall is the host's unless one window of WINDOW_S clears it -- the code wanted no CPU
+    (a sleep) or the host had CPU idle; a lucky second with its CPU does not, nor do idle edges (the harness)."""
     folder = next((root / line.strip()[3:].lstrip("/") for line in Path("/proc/self/cgroup").read_text().splitlines()
                    if line.startswith("0::") for root in starvation.CGROUP_ROOTS
                    if (root / line.strip()[3:].lstrip("/") / "cpu.pressure").is_file()), None)
@@ -175,21 +175,25 @@ def test_starved_throughout_and_the_windows_of_a_sampled_run():
             samples.append(starvation.CpuSample(cpu, wait, i * 0.5, idle))
         return starvation.CpuSeries(samples=samples, complete=True)
 
-    starved = (0.02, 0.48, 0.0)
+    starved, asleep = (0.02, 0.48, 0.0), (0.0, 0.0, 0.0)
     assert starvation.starved_failure(made([starved] * 12), 1.0, timed_out=False) is not None
-    slept = made([starved] * 5 + [(0.0, 0.0, 0.0)] * 3 + [starved] * 4)  # 1.5 s asleep: starved overall
-    assert slept.share(1.0).starved and slept.served(1.0) is not None
+    slept = made([starved] * 5 + [asleep] * 3 + [starved] * 4)  # 1.5 s asleep: starved overall
+    assert slept.share(1.0).starved and slept.cleared(1.0) is not None
     assert starvation.starved_failure(slept, 1.0, timed_out=False) is None
     assert starvation.starved_failure(slept, 1.0, timed_out=True) is not None  # a timeout: the whole run's
-    served = made([starved] * 5 + [(0.45, 0.05, 0.0)] * 2 + [starved] * 5)  # a second with its CPU
-    assert starvation.starved_failure(served, 1.0, timed_out=False) is None
+    lucky = made([starved] * 5 + [(0.3, 0.2, 0.0)] * 2 + [starved] * 5)  # a second with its CPU
+    assert lucky.share(1.0).starved and starvation.starved_failure(lucky, 1.0, timed_out=False) is not None
+    spare = made([starved] * 5 + [(0.02, 0.48, 0.2)] * 2 + [starved] * 5)  # the host left CPU idle
+    assert spare.share(1.0).starved and starvation.starved_failure(spare, 1.0, timed_out=False) is None
+    edges = made([asleep] * 3 + [starved] * 12 + [asleep] * 3)  # the harness before and after the command
+    assert starvation.starved_failure(edges, 1.0, timed_out=False) is not None
     assert starvation.starved_failure(replace(made([starved] * 12), complete=False), 1.0, timed_out=False) is None
 
 
 # -------------------------------------------------------------------------- a failing run on a starved host
 
 MARKER = "test_deadlines"
-# the task's tests with deadlines of their own, each a kind; about 0.1 s of CPU each on an idle host
+# the task's tests with deadlines of their own, each a kind; about 0.2 s of CPU each on an idle host
 DEADLINES_PY = """import signal
 import subprocess
 import sys
@@ -198,7 +202,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from toolz import nth
 
-WORK = "sum(i * i for i in range(600000))"
+WORK = "sum(i * i for i in range(5000000))"
 
 
 def work():
@@ -302,7 +306,8 @@ def burner(shares: int = 262_144, loops: int = 2):
 def test_a_correct_fix_failed_by_its_own_deadlines_on_a_starved_host_is_never_zero(env, task):
     """Broke: the four tests' own deadlines (alarm, elapsed-time assertion, subprocess and future timeouts) failed
     under a neighbour at the engine's highest CPU weight while the run ended in time: 0.0 for a correct fix. Now:
-    starved in every second of the run, rerun in a fresh container, starved again -> GradingError (no reward).
+    starved with no second clearing the host, rerun in a fresh container, starved again -> GradingError (no
+    reward), or 1.0 when the rerun passes.
     On the same host without the burner the same fix is 1.0 (the deadlines are ten times the work)."""
     from lightswe.envs import grading
 
@@ -311,13 +316,23 @@ def test_a_correct_fix_failed_by_its_own_deadlines_on_a_starved_host_is_never_ze
     env.step(bash(FIX))
     idle = grading.grade(env.sandbox, deadlines, timeout=60)
     assert idle.reward == 1.0 and idle.reruns == 0, idle.reason
-    try:
-        with burner() as burned:
+    _never_zero(deadlines, env)
+
+
+def _never_zero(deadlines, env) -> None:
+    """Grade the fix in ``env`` on ``deadlines`` under the burner: GradingError (starved twice) or 1.0 after a
+    rerun (the first run starved, the second lucky enough), never 0.0."""
+    from lightswe.envs import grading
+
+    with burner() as burned:
+        try:
             graded = grading.grade(env.sandbox, deadlines, timeout=60)
-        pytest.fail(f"graded {graded.reward} under the burner: {graded.reason}")
-    except grading.GradingError as err:
-        print(err, burned)
-        assert err.stage == "tests" and "failed twice starved of CPU" in str(err), str(err)
+        except grading.GradingError as err:
+            print(err, burned)
+            assert err.stage == "tests" and "failed twice starved of CPU" in str(err), str(err)
+            return
+    print(graded.reason, burned)
+    assert graded.reward == 1.0 and graded.reruns == 1, graded.reason
 
 
 @pytest.mark.slow
@@ -325,13 +340,9 @@ def test_a_correct_fix_failed_by_its_own_deadlines_on_a_starved_host_is_never_ze
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_kind_of_deadline_alone(env, task, kind):
     """Each kind of the test above alone (one failing test in a run otherwise starved): never 0.0."""
-    from lightswe.envs import grading
-
     start(env)
     env.step(bash(FIX))
-    with pytest.raises(grading.GradingError, match="failed twice starved of CPU"), burner():
-        graded = grading.grade(env.sandbox, _deadline_task(task, [kind]), timeout=60)
-        pytest.fail(f"graded {graded.reward}: {graded.reason}")
+    _never_zero(_deadline_task(task, [kind]), env)
 
 
 @pytest.mark.docker
