@@ -278,27 +278,38 @@ def burner(shares: int = 262_144, loops: int = 2):
     hog = client.containers.run(
         "lightswe/base:bookworm", ["sh", "-c", " ".join(["while :; do :; done &"] * loops) + " wait"],
         detach=True, remove=True, network_mode="none", cpu_shares=shares, labels={"lightswe.test": "grade6-burner"})
-    client.api.pause(hog.id)
     stop, burned = threading.Event(), []
+
+    def switch(on: bool) -> None:
+        for attempt in range(20):  # the engine answers 500 now and then under load: the burner must follow
+            try:
+                (client.api.unpause if on else client.api.pause)(hog.id)
+                return
+            except docker.errors.APIError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.1)
 
     def watch() -> None:
         running, since = False, 0.0
         while not stop.is_set():
             now = _testing()
             if now != running:
-                (client.api.unpause if now else client.api.pause)(hog.id)
+                switch(now)
                 if not now:
                     burned.append(round(time.monotonic() - since, 1))
                 running, since = now, time.monotonic()
             time.sleep(0.02)
 
     thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
     try:
+        switch(False)
+        thread.start()
         yield burned
     finally:
         stop.set()
-        thread.join(timeout=30)
+        if thread.is_alive():
+            thread.join(timeout=30)
         client.api.remove_container(hog.id, force=True)
 
 
@@ -346,17 +357,37 @@ def test_each_kind_of_deadline_alone(env, task, kind):
 
 
 @pytest.mark.docker
-def test_a_fix_slow_by_itself_stays_zero_under_load(env, task):
-    """Thinking as the policy: load does not excuse a slow fix. One that sleeps past the deadlines (under the
-    same burner: its run starved overall, but not in the seconds it slept) and one that spins (under a neighbour
-    of a grading's weight: the host loaded, the grading still given its quarter) are 0.0, not rerun."""
+def test_a_fix_that_sleeps_past_the_deadlines_stays_zero_under_load(env, task):
+    """Thinking as the policy: load does not excuse a slow fix. One that sleeps past the deadlines under the same
+    burner: its run starved overall, but in the seconds it slept it wanted no CPU -> 0.0, not rerun."""
     from lightswe.envs import grading
 
-    deadlines = _deadline_task(task, KINDS)
-    for fix, load in ((SLEEPS, {}), (SPINS, {"shares": starvation.GRADING_CPU_SHARES, "loops": 1})):
-        start(env)
-        env.step(bash(fix))
-        with burner(**load):
-            graded = grading.grade(env.sandbox, deadlines, timeout=40)
-        print(graded.reason, graded.tests_cpu_s, graded.tests_cpu_wait_s)
-        assert graded.reward == 0.0 and graded.reruns == 0, graded.reason
+    start(env)
+    env.step(bash(SLEEPS))
+    with burner() as burned:
+        graded = grading.grade(env.sandbox, _deadline_task(task, KINDS), timeout=40)
+    print(graded.reason[:200], graded.tests_cpu_s, graded.tests_cpu_wait_s, graded.tests_s, burned)
+    assert graded.reward == 0.0 and graded.reruns == 0, graded.reason
+    assert graded.tests_cpu_wait_s > 0.5 * graded.tests_s, "the burner did not load the host"  # starved overall
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_a_fix_that_spins_past_the_deadlines_stays_zero_on_a_loaded_host(env, task):
+    """Thinking as the policy: a fix that spins 3 s of CPU per call under a neighbour of a grading's weight (the
+    host loaded, the grading still given its quarter of a CPU) is 0.0, not rerun. Where other users' load
+    leaves it under a quarter, a spin is told from a correct fix by nothing (both wanted the CPU and got too
+    little): skipped then, as the machine's failure it is."""
+    from lightswe.envs import grading
+
+    start(env)
+    env.step(bash(SPINS))
+    with burner(shares=starvation.GRADING_CPU_SHARES, loops=1):
+        try:
+            graded = grading.grade(env.sandbox, _deadline_task(task, KINDS), timeout=40)
+        except grading.GradingError as err:
+            pytest.skip(f"other users' load starved the grading twice: {err}")
+    print(graded.reason[:200], graded.tests_cpu_s, graded.tests_s)
+    if graded.reruns:
+        pytest.skip(f"other users' load starved the first run: {graded.reason[-300:]}")
+    assert graded.reward == 0.0 and graded.tests_cpu_s > 0.25 * graded.tests_s, graded.reason
