@@ -357,8 +357,8 @@ def admitted(cpus: float, hold_s: float, *, wait_s: float | None = None, slot_di
         seen, since = None, time.monotonic()
         while True:
             with _queue_locked(folder):
-                ahead = _live_tickets_ahead(queue, ticket)
-                if not ahead:
+                ahead = _oldest_live_ticket(queue, ticket)
+                if ahead is None:
                     held_fds = _take_slots(folder, total, need)
                     if held_fds:
                         _declare(folder, held_fds, hold_s, total)
@@ -368,19 +368,18 @@ def admitted(cpus: float, hold_s: float, *, wait_s: float | None = None, slot_di
                         break
                 serial, limit = _progress(folder, hold_s)
             now = time.monotonic()
-            if (tuple(ahead), serial) != seen:
-                seen, since = (tuple(ahead), serial), now
+            if (ahead, serial) != seen:  # a grading was admitted, or the one ahead left the queue
+                seen, since = (ahead, serial), now
             if now - since > limit:
                 raise AdmissionError(f"no grading slot of this host was taken or given back in {now - since:.0f} "
                                      f"s, longer than any holder declared it would hold one ({limit:.0f} s with "
-                                     f"the grace): a grading is stuck (the engine hung?); {len(ahead)} grading(s) "
-                                     "waited before this one; fix: check the engine (`docker ps`) and the "
-                                     "processes holding files of " + str(folder))
+                                     "the grace): a grading is stuck (the engine hung?); fix: check the engine "
+                                     "(`docker ps`) and the processes holding files of " + str(folder))
             if wait_s is not None and now - started >= wait_s:
                 raise AdmissionError(f"no grading slot came free in {wait_s:g} s: this host "
                                      f"({total // GRADINGS_PER_CPU} CPUs) runs {total} CPUs of grading quota at "
-                                     f"once, all were taken and {len(ahead)} grading(s) waited before this one; "
-                                     "fix: run fewer episodes at once on this host")
+                                     f"once, all were taken{' and older gradings waited' if ahead else ''}; fix: "
+                                     "run fewer episodes at once on this host")
             time.sleep(poll_s)
         yield
     finally:
@@ -390,7 +389,7 @@ def admitted(cpus: float, hold_s: float, *, wait_s: float | None = None, slot_di
             try:
                 with _queue_locked(folder):
                     ticket.unlink(missing_ok=True)
-            except OSError:
+            except AdmissionError:
                 pass  # the next waiter removes a ticket whose lock is free
             os.close(ticket_fd)
 
@@ -417,18 +416,17 @@ def _queue_locked(folder: Path):
         lock.__exit__(None, None, None)
 
 
-def _live_tickets_ahead(queue: Path, ticket: Path) -> list[str]:
-    """The tickets older than ``ticket`` whose waiter lives (under the queue lock); a dead waiter's ticket (its
-    lock free) is removed."""
-    ahead = []
+def _oldest_live_ticket(queue: Path, ticket: Path) -> str | None:
+    """The oldest ticket older than ``ticket`` whose waiter lives, or None (under the queue lock); the tickets of
+    dead waiters (their lock free) met before it are removed. One live ticket ahead is enough to wait, so a
+    poll costs a lock attempt or two, not one per waiter."""
     for name in sorted(n for n in os.listdir(queue) if n.isdigit() and n < ticket.name):
         fd = _try_lock(queue / name)
         if fd is None:
-            ahead.append(name)
-            continue
+            return name
         (queue / name).unlink(missing_ok=True)
         os.close(fd)
-    return ahead
+    return None
 
 
 def _take_slots(folder: Path, total: int, need: int) -> list[int]:
