@@ -156,12 +156,15 @@ def prefill_rows(table: Table, shape: str, q, k, v, slope, cu, fla_chunk) -> Non
 ROTATE_BYTES = 256e6  # decode: states rotated over at least this many bytes (> L2) so each comes from HBM
 
 
-def decode_sets(batch: int, heads: int, dim: int) -> list[list[torch.Tensor]]:
-    """Enough (q, k, v, state) sets (>= ROTATE_BYTES of states) that rotating over them reads each state from HBM."""
+def decode_sets(batch: int, heads: int, dim: int, v_major: bool = False) -> list[list[torch.Tensor]]:
+    """Enough (q, k, v, state) sets (>= ROTATE_BYTES of states) that rotating over them reads each state from HBM;
+    ``v_major``: each state a V-major view (decode.is_v_major) of a [B, H, V, K] tensor."""
     state_bytes = batch * heads * dim * dim * 4
     n_sets = max(2, math.ceil(ROTATE_BYTES / state_bytes))
+    state = ((lambda: torch.randn(batch, heads, dim, dim, device="cuda").transpose(-1, -2)) if v_major
+             else (lambda: torch.randn(batch, heads, dim, dim, device="cuda")))
     return [[F.silu(torch.randn(batch, heads, dim, device="cuda")).to(torch.bfloat16) for _ in range(3)]
-            + [torch.randn(batch, heads, dim, dim, device="cuda")] for _ in range(n_sets)]
+            + [state()] for _ in range(n_sets)]
 
 
 def rotating_times(step, sets, rep: int = 100) -> tuple[float, float]:
@@ -390,7 +393,8 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
     launch (pdl 1: all loads after the wait; pdl 2: the state loaded before it); BV 64 / 8 warps, pdl 1 capped at
     64 registers; the same launch with the tile as 32-row sub-tiles (DecodeConfig.rows; also plain) and as 16-row
     sub-tiles capped at 64 registers; and with o's products before the tile's stores (benchmark kernel _tile,
-    MODE 3).
+    MODE 3). Then the V-major state (decode.is_v_major, _decode_v_major_kernel: states of the same values stored
+    transposed): its default (V_MAJOR_DECODE_CONFIGS) and every V_MAJOR_DECODE_SWEEP launch with the default's pdl.
     References: torch's copy_ of the state bytes to another
     buffer and torch's in-place ``mul_`` of the state (the same bytes read and written in place). Timers (us per
     step): event = CUDA events around eager calls (host-bound at these sizes); alone = do_bench median with L2
@@ -400,13 +404,15 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
     CUPTI over one replay of that graph: the kernel's own duration (a dependent launch's includes its wait) and
     the first step's start to the last one's end per step. With ``chunk_form`` also the sampler's chunk-form step
     (default config, i = 32, bf16 copy; its bound: see chunk_form_rows)."""
-    from lightswe.kernels.lightning_attn.decode import DECODE_CONFIGS, DecodeConfig, lightning_attn_decode_triton
+    from lightswe.kernels.lightning_attn.decode import (DECODE_CONFIGS, V_MAJOR_DECODE_CONFIGS, V_MAJOR_DECODE_SWEEP,
+                                                         DecodeConfig, lightning_attn_decode_triton)
 
     print("\n| B | variant | event us (eager) | alone us (do_bench) | graph us | of bound | graph + producer us | "
           "producer alone us | kernel us (CUPTI) | span per launch us (CUPTI) | check |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for batch in batches:
         sets = decode_sets(batch, heads, dim)
+        v_sets = decode_sets(batch, heads, dim, v_major=True)
         outs = [torch.empty_like(s) for *_, s in sets]
         state_bytes = batch * heads * dim * dim * 4
         bound_us = (2 * state_bytes + 4 * batch * heads * dim * 2) / bandwidth * 1e6
@@ -423,7 +429,13 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
         cases = []
         for config in variants:
             step = (lambda q, k, v, s, o, config=config: lightning_attn_decode_triton(q, k, v, slope, s, config))
-            cases.append((f"{config}", step, "_decode_kernel", config, bound_us))
+            cases.append((f"{config}", step, "_decode_rows_kernel" if config.rows else "_decode_kernel", config,
+                          bound_us))
+        # the V-major state (decode.is_v_major): its default, then every V_MAJOR_DECODE_SWEEP launch with pdl 1
+        v_default = next(c for lo, c in reversed(V_MAJOR_DECODE_CONFIGS) if batch * heads >= lo)
+        for config in dict.fromkeys([v_default, *(c for c in V_MAJOR_DECODE_SWEEP if c.pdl == v_default.pdl)]):
+            step = (lambda q, k, v, s, o, config=config: lightning_attn_decode_triton(q, k, v, slope, s, config))
+            cases.append((f"V-major state: {config}", step, "_decode_v_major_kernel", config, bound_us))
         # BV 64 / 8 warps, pdl 1 with o's products before the tile's stores (the benchmark's _tile kernel, MODE 3)
         n_tiles = batch * heads * dim // 64
         reordered = (lambda q, k, v, s, o: _tile[(n_tiles,)](q, k, v, o, slope, s, s, H=heads, K=dim, V=dim, BV=64,
@@ -434,6 +446,7 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
         cases.append(("torch copy_ of the state bytes", lambda q, k, v, s, o: o.copy_(s), "", None, copy_bound))
         cases.append(("torch in-place mul_ of the state", lambda q, k, v, s, o: s.mul_(1.0), "", None, copy_bound))
         args = [[*st, o] for st, o in zip(sets, outs, strict=True)]
+        v_args = [[*st, o] for st, o in zip(v_sets, outs, strict=True)]
         if chunk_form:  # the sampler's step at i = 32 reading the bf16 copy (the "out" slot holds its buffers)
             from lightswe.kernels.lightning_attn import decode
 
@@ -455,10 +468,12 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
         passes = math.ceil(launches / len(args))  # graphs of >= ``launches`` steps
         _, producer_graph = graph_times(producer, args, rep=20, passes=passes)
         for name, step, kernel, check, bound in cases:
-            verdict = "" if check is None else decode_verdict(sets, slope, check)
+            v_major = kernel == "_decode_v_major_kernel"
+            verdict = "" if check is None else decode_verdict(v_sets if v_major else sets, slope, check)
             try:
-                event, alone = rotating_times(step, args, rep=30)
-                graph, with_producer, kern, span = decode_graph_times(step, producer, args, passes, kernel)
+                event, alone = rotating_times(step, v_args if v_major else args, rep=30)
+                graph, with_producer, kern, span = decode_graph_times(step, producer, v_args if v_major else args,
+                                                                      passes, kernel)
             except Exception as err:  # one variant failing (e.g. capture) must not lose the others' rows
                 print(f"| {batch} | {name} | FAILED: {type(err).__name__}: {err} |", flush=True)
                 continue
@@ -471,7 +486,7 @@ def decode_launch_study(batches: list[int], heads: int, dim: int, slope, bandwid
                                                                        f"{cf_bound:.1f} us" if chunk_form else ""),
               flush=True)
         args.clear()  # (cleared, not deleted: the chunk-form steps' closures name it)
-        del sets, outs, cases
+        del sets, v_sets, v_args, outs, cases
         if chunk_form:
             del cf_buffers
         torch.cuda.empty_cache()
@@ -617,7 +632,7 @@ def decode_ablation(batch: int, heads: int, dim: int, slope, bandwidth: float, c
              ("the same, PDL 1", tiled(3, 1), "_tile", None)]
     for config in (dataclasses.replace(default, pdl=0), default, *candidates):
         step = lambda q, k, v, s, o, config=config: lightning_attn_decode_triton(q, k, v, slope, s, config)
-        cases.append((str(config), step, "_decode_kernel", config))
+        cases.append((str(config), step, "_decode_rows_kernel" if config.rows else "_decode_kernel", config))
     passes = math.ceil(launches / len(args))
     producer = lambda q, k, v, s, o: q.mul_(1)
     print(f"\n### B={batch} ablation: bound {bound_us:.1f} us (state bytes alone {2 * state_bytes / bandwidth * 1e6:.1f} us)"

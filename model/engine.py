@@ -69,7 +69,8 @@ CHUNK = 64
 class StaticCache:
     """Preallocated decoding state for ``slots`` rows of up to ``max_seq_len`` tokens each.
 
-    states: [n_lightning_layers, slots, H, D, D] fp32; keys, values: [n_softmax_layers, slots, KVH, max_seq_len,
+    states: [n_lightning_layers, slots, H, D, D] fp32 (on CUDA without ``chunk`` stored V-major, each head's
+    matrix transposed in memory: the exact decode step's faster layout, ``decode.is_v_major``); keys, values: [n_softmax_layers, slots, KVH, max_seq_len,
     D] in the model's dtype; lengths: [slots] int32 (tokens cached per row). Addresses never change, so a
     captured CUDA graph stays valid.
     """
@@ -91,6 +92,8 @@ class StaticCache:
         dev = weight.device
         self.states = torch.zeros(len(self.lightning_layers), slots, c.num_attention_heads, c.head_dim, c.head_dim,
                                   device=dev, dtype=torch.float32)
+        if not chunk and dev.type == "cuda":  # the exact step's faster layout (decode.is_v_major), the same bits
+            self.states = self.states.transpose(-1, -2)
         kv_shape = (len(self.softmax_layers), slots, c.num_key_value_heads, max_seq_len, c.head_dim)
         self.keys = torch.zeros(kv_shape, device=dev, dtype=kv_dtype or weight.dtype)
         self.values = torch.zeros(kv_shape, device=dev, dtype=kv_dtype or weight.dtype)

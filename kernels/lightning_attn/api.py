@@ -137,16 +137,20 @@ def lightning_attn_decode(
     Args:
         q, k: [B, H, D]; v: [B, H, Dv] (one dtype among bf16, fp16, fp32).
         slope: [H], decay per step exp(-slope).
-        state: [B, H, D, Dv] fp32, contiguous; updated in place to lambda * state + k^T v.
+        state: [B, H, D, Dv] fp32, contiguous (K-major) or V-major (``decode.is_v_major``: each head's matrix
+            stored transposed, ``torch.zeros(B, H, Dv, D).transpose(-1, -2)``; on CUDA the faster layout: o's sum
+            over D stays inside warps); updated in place to lambda * state + k^T v, the same bits either way.
     Returns:
         o [B, H, Dv] = q state (after the update), in q's dtype.
+    Raises:
+        TypeError: a state not fp32, or laid out neither way (it is updated in place, so it cannot be copied).
     """
     _check_common(q, k, v, slope, rank=3)
     _check_state(state, (*q.shape, v.shape[-1]), "state")
-    if state.dtype != torch.float32 or not state.is_contiguous():
-        raise TypeError(f"expected a contiguous fp32 state (it is updated in place), got {state.dtype}, "
-                        f"contiguous={state.is_contiguous()}: allocate it with torch.zeros(..., "
-                        f"dtype=torch.float32)")
+    if state.dtype != torch.float32 or not (state.is_contiguous() or state.transpose(-1, -2).is_contiguous()):
+        raise TypeError(f"expected an fp32 state, contiguous or V-major (it is updated in place), got "
+                        f"{state.dtype} with strides {state.stride()}: allocate it with torch.zeros(B, H, D, Dv, "
+                        f"dtype=torch.float32) or torch.zeros(B, H, Dv, D, dtype=torch.float32).transpose(-1, -2)")
     if _use_triton(q, (q.shape[-1], v.shape[-1])):
         from lightswe.kernels.lightning_attn.decode import lightning_attn_decode_triton
 

@@ -2,7 +2,10 @@
 
 The step is bound by reading and writing the state ([B, H, K, V] fp32: 67 MB at B=8, H=64, 128x128), so
 the state is split across many programs: one per (sequence*head, BV columns), each streaming a
-[K, BV] slice once in and once out and reducing o = q S over K inside the program (no atomics).
+[K, BV] slice once in and once out and reducing o = q S over K inside the program (no atomics). A state stored
+V-major (``is_v_major``: each head's matrix transposed in memory, as the sampler engine keeps its exact-mode
+states on CUDA) runs _decode_v_major_kernel, whose tile rows of K lie inside one warp: o's sum needs no shared
+memory or barrier (87.7% of the bound at B=8 on an H200 against 84.0% for the K-major step; the same state bits).
 Importing this module needs Triton; api.py imports it only on CUDA.
 
 ``lightning_attn_decode_chunk_form`` is the decode step in the chunk kernel's form (chunk.py's forward),
@@ -224,6 +227,16 @@ class DecodeConfig:
 # warps, BV 32 / 4 warps and o's products before the tile's stores all measured slower (RESULTS.md).
 DECODE_CONFIGS = ((0, DecodeConfig(64, 8, pdl=1)),)
 
+# The exact step for a V-major state (is_v_major; _decode_v_major_kernel): (minimum B * H, config).
+# Ninth session, H200 (benchmark --decode-launch, 100 steps in a CUDA graph, H=64, D=128; RESULTS.md): BV 64 / 8
+# warps, pdl 1 (74 registers, no shared-memory reduction) 18.0 / 34.5 / 67.3 / 133.0 us at B = 8 / 16 / 32 / 64,
+# 87.7 / 91.8 / 94.0 / 95.1% of the bound, against the K-major default's 18.8 / 34.9 / 66.7 / 130.4 us (84.0 /
+# 90.6 / 94.8 / 97.0%) in the same call; BV 32 / 8 warps within 0.7 point of it at every B, the others below.
+V_MAJOR_DECODE_CONFIGS = ((0, DecodeConfig(64, 8, pdl=1)),)
+# The V-major launches the decode sweep and the GPU tests check (one program per tile; pdl 0 / 1).
+V_MAJOR_DECODE_SWEEP = tuple(DecodeConfig(bv, w, pdl=n) for bv, w in ((16, 2), (16, 4), (32, 4), (32, 8), (64, 4),
+                                                                      (64, 8), (128, 8), (128, 16)) for n in (0, 1))
+
 # Every config the benchmark's decode sweep measures (benchmarks/lightning_attn.py --decode-sweep) and the GPU
 # tests check against the reference.
 # The 2026-11-30 sweep (RESULTS.md appendix: BV 16-128 x 1-8 warps, streaming, persistent 2-4/SM) is cut to
@@ -260,6 +273,14 @@ CHUNK_FORM_SWEEP = (DecodeConfig(64, 4), DecodeConfig(64, 4, bk=32),
                     *(DecodeConfig(bv, w, bk=32, mma=True, full_chunk=True, per_program=n, stages=2)
                       for bv, w, n in ((64, 4, 4), (64, 8, 4), (64, 4, 8))),
                     DecodeConfig(64, 4, bk=32, mma=True, pdl=1))
+
+
+def is_v_major(state: torch.Tensor) -> bool:
+    """Whether a [B, H, K, V] state is stored V-major: each head's [K, V] matrix transposed in memory (K
+    contiguous), i.e. ``state.transpose(-1, -2)`` is contiguous and ``state`` is not. Allocate one with
+    ``torch.zeros(B, H, V, K).transpose(-1, -2)``; the exact step then reduces o = q S inside warps
+    (_decode_v_major_kernel)."""
+    return state.dim() >= 2 and not state.is_contiguous() and state.transpose(-1, -2).is_contiguous()
 
 
 def _decode_config(n_states: int, V: int) -> DecodeConfig:
@@ -420,6 +441,33 @@ if triton is not None:
         tl.store(o + i_bh * V + o_v, tl.sum(acc, axis=0).to(o.dtype.element_ty))
 
     @triton.jit
+    def _decode_v_major_kernel(q, k, v, o, slope, state, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                               BV: tl.constexpr, PDL: tl.constexpr):
+        """_decode_kernel's step for a V-major state (each [K, V] state stored transposed, K contiguous): grid
+        (V / BV * B * H,), one program per [BV, K] tile of S^T; S^T = lambda S^T + v k^T stored back (the same
+        fp32 operations as _decode_kernel: the same state bits), then o[cols] = S^T q summed along K. Every row of
+        the tile lies inside one warp (32 threads x 4 contiguous floats per 128-element row), so o's sum is in-thread
+        adds and warp shuffles: no shared memory and no barrier, where the K-major tile sums across warps.
+        PDL 1: every load after griddepcontrol.wait, the next launch released after it (DecodeConfig.pdl)."""
+        t = tl.program_id(0)
+        if PDL == 1:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        NV: tl.constexpr = V // BV
+        i_bh, i_v = t // NV, t % NV
+        o_k = tl.arange(0, K)
+        o_v = i_v * BV + tl.arange(0, BV)
+        p_s = state + i_bh.to(tl.int64) * K * V + o_v[:, None] * K + o_k[None, :]
+        b_s = tl.load(p_s)
+        decay = tl.exp(-tl.load(slope + i_bh % H).to(tl.float32))
+        b_q = tl.load(q + i_bh * K + o_k).to(tl.float32)
+        b_k = tl.load(k + i_bh * K + o_k).to(tl.float32)
+        b_v = tl.load(v + i_bh * V + o_v).to(tl.float32)
+        b_s = b_s * decay + b_k[None, :] * b_v[:, None]
+        tl.store(p_s, b_s)
+        tl.store(o + i_bh * V + o_v, tl.sum(b_s * b_q[None, :], axis=1).to(o.dtype.element_ty))
+
+    @triton.jit
     def _decode_persistent_kernel(q, k, v, o, slope, state, n_tiles, H: tl.constexpr, K: tl.constexpr,
                                   V: tl.constexpr, BV: tl.constexpr, STREAM: tl.constexpr):
         """Grid (P,): program p updates tiles p, p + P, ...; tile i+1's state load is issued before tile i's
@@ -509,6 +557,8 @@ if triton is not None:
         Raises UserInputError (a ValueError) for a ``state_out`` of another shape/dtype/layout or with a config that cannot use it."""
         B, H, K = q.shape
         V = v.shape[-1]
+        if is_v_major(state):
+            return _decode_v_major(q, k, v, slope, state, config, state_out)
         config = config or _decode_config(B * H, V)
         plain = not (config.bk or config.per_sm)
         if state_out is not None and (state_out.shape != state.shape or state_out.dtype != torch.float32
@@ -546,6 +596,25 @@ if triton is not None:
                                        V=V, BV=bv, STREAM=config.stream, PDL=pdl, OUT=state_out is not None,
                                        num_warps=config.warps, launch_pdl=pdl > 0,
                                        **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
+        return o
+
+    def _decode_v_major(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slope: torch.Tensor, state: torch.Tensor,
+                        config: DecodeConfig | None, state_out: torch.Tensor | None) -> torch.Tensor:
+        """lightning_attn_decode_triton for a V-major state (``is_v_major``): _decode_v_major_kernel, one program
+        per [BV, K] tile, config by B*H from V_MAJOR_DECODE_CONFIGS."""
+        B, H, K = q.shape
+        V = v.shape[-1]
+        config = config or next(c for lo, c in reversed(V_MAJOR_DECODE_CONFIGS) if B * H >= lo)
+        if state_out is not None or config.per_sm or config.bk or config.rows or config.stream or config.pdl > 1:
+            raise UserInputError(f"a V-major state takes one program per tile with pdl 0 or 1 and no state_out, "
+                                 f"got {config}{' and a state_out' if state_out is not None else ''}; pass a "
+                                 f"K-major (contiguous) state for the other launch shapes")
+        bv = min(config.bv, V)
+        pdl = config.pdl if config.pdl and q.is_cuda and _has_pdl(q.device.index or 0) else 0
+        o = torch.empty_like(v)
+        _decode_v_major_kernel[(B * H * triton.cdiv(V, bv),)](
+            q, k, v, o, slope, state, H=H, K=K, V=V, BV=bv, PDL=pdl, num_warps=config.warps, launch_pdl=pdl > 0,
+            **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
         return o
 
     @triton.jit

@@ -353,6 +353,62 @@ def test_decode_every_sweep_config(config, batch):
                                   heads=64 if batch == 8 else 5, layer=3, steps=2)
 
 
+def _v_major_sweep_ids():
+    from lightswe.kernels.lightning_attn.decode import V_MAJOR_DECODE_SWEEP
+
+    return V_MAJOR_DECODE_SWEEP
+
+
+@pytest.mark.parametrize("config", _v_major_sweep_ids(), ids=str)
+@pytest.mark.parametrize("batch, heads, dk, dv", [(3, 5, 128, 128), (8, 64, 128, 128), (2, 3, 64, 64), (2, 3, 16, 256),
+                                                  (2, 3, 256, 32)], ids=["B3H5", "B8H64", "D64", "K16V256", "K256V32"])
+def test_decode_v_major_state_gives_the_k_major_bits(config, batch, heads, dk, dv):
+    """A V-major state (decode.is_v_major) through every V_MAJOR_DECODE_SWEEP launch: after three steps the state
+    holds exactly the K-major default's bits (the same fp32 operations per element) and stays V-major, o is
+    within the reference's tolerance; odd tile counts (B=3, H=5), D=64 (BV capped at V), K != V both ways."""
+    from lightswe.kernels.lightning_attn.decode import is_v_major, lightning_attn_decode_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(batch * heads)
+    slope = minimax_slopes(heads, layer=5, layers=80)
+    k_major = torch.randn(batch, heads, dk, dv, device="cuda", generator=gen)
+    v_major = k_major.transpose(-1, -2).contiguous().transpose(-1, -2)
+    reference = k_major.clone()
+    assert is_v_major(v_major)
+    for _ in range(3):
+        q, k = (torch.randn(batch, heads, dk, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(2))
+        v = torch.randn(batch, heads, dv, device="cuda", generator=gen).to(torch.bfloat16)
+        o = lightning_attn_decode_triton(q, k, v, slope, v_major, config)
+        lightning_attn_decode_triton(q, k, v, slope, k_major)
+        o_ref = lightning_attn_decode_naive(q, k, v, slope, reference)
+        assert rel_err(o, o_ref) <= TOL[torch.bfloat16]["o"]
+    assert is_v_major(v_major)
+    assert torch.equal(v_major, k_major), f"{(v_major != k_major).float().mean().item():.2e} of the state differs"
+    assert rel_err(v_major, reference) <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("batch", [1, 8, 64])
+def test_decode_api_takes_a_v_major_state(batch, dtype):
+    """lightning_attn_decode on CUDA with a V-major state: the V-major kernel (default config by B * H) in place,
+    o (in q's dtype) and the state as the reference's; launch shapes it cannot take are refused in one line."""
+    from lightswe.kernels.lightning_attn.decode import DecodeConfig, lightning_attn_decode_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(batch)
+    slope = minimax_slopes(64, layer=0, layers=80)
+    state = torch.randn(batch, 64, DIM, DIM, device="cuda", generator=gen).transpose(-1, -2)
+    reference = state.clone()
+    q, k, v = (torch.randn(batch, 64, DIM, device="cuda", generator=gen).to(dtype) for _ in range(3))
+    o = lightning_attn_decode(q, k, v, slope, state)
+    o_ref = lightning_attn_decode_naive(q, k, v, slope, reference)
+    assert o.dtype == dtype
+    assert rel_err(o, o_ref) <= TOL[torch.bfloat16 if dtype == torch.float16 else dtype]["o"]
+    assert rel_err(state, reference) <= 1e-6
+    for config, out in ((DecodeConfig(64, 8, per_sm=2), None), (DecodeConfig(64, 8, pdl=2), None),
+                        (DecodeConfig(64, 8), torch.empty_like(state))):
+        with pytest.raises(ValueError, match="V-major state takes one program per tile"):
+            lightning_attn_decode_triton(q, k, v, slope, state, config, state_out=out)
+
+
 @pytest.mark.parametrize("pdl", [0, 1, 2], ids=lambda n: f"pdl{n}")
 @pytest.mark.parametrize("bv, warps", [(32, 2), (64, 8)], ids=["BV32", "BV64"])
 def test_decode_to_a_separate_state_out(bv, warps, pdl):
@@ -387,22 +443,25 @@ def test_programmatic_dependent_launch_is_on_where_the_driver_keeps_it_in_graphs
     assert decode._has_pdl(0) == expected
 
 
-@pytest.mark.parametrize("pdl", [1, 2], ids=lambda n: f"pdl{n}")
-def test_decode_programmatic_dependent_launch_chained_in_a_cuda_graph(pdl):
+@pytest.mark.parametrize("pdl, v_major", [(1, False), (2, False), (1, True)], ids=["pdl1", "pdl2", "pdl1-v-major"])
+def test_decode_programmatic_dependent_launch_chained_in_a_cuda_graph(pdl, v_major):
     """Programmatic dependent launches back to back, nothing between them, eagerly and replayed in a CUDA graph:
     pdl 1 on ONE state (each step must wait for the previous one's writes before loading), pdl 2 alternating
     two states (its state load before the wait is valid when the kernel just before writes another state: the
     step before that has completed, as each step releases the next only after its own wait). 6 steps, B=8,
-    H=64 (512 programs per step): o and the states equal the reference's after every replay."""
+    H=64 (512 programs per step): o and the states equal the reference's after every replay. v_major: the same
+    with a V-major state (_decode_v_major_kernel, its default launch)."""
     from lightswe.kernels.lightning_attn.decode import DecodeConfig, lightning_attn_decode_triton
 
     gen = torch.Generator(device="cuda").manual_seed(41)
     slope = minimax_slopes(64, layer=1, layers=80)
     steps, n_states = 6, (1 if pdl == 1 else 2)
     states = [torch.randn(8, 64, DIM, DIM, device="cuda", generator=gen) for _ in range(n_states)]
+    if v_major:
+        states = [s.transpose(-1, -2) for s in states]
     qkv = [[torch.randn(8, 64, DIM, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3)]
            for _ in range(steps)]
-    config = DecodeConfig(32, 2, pdl=pdl)
+    config = None if v_major else DecodeConfig(32, 2, pdl=pdl)
     outs = [None] * steps
 
     def run():

@@ -68,6 +68,22 @@ def test_cpu_decode_updates_state_in_place():
     torch.testing.assert_close(state, expected_state)
 
 
+def test_cpu_decode_takes_a_v_major_state():
+    """A V-major state (each head's matrix stored transposed) is updated in place through its strides: the same
+    state and o as the K-major state, and still V-major afterwards."""
+    from lightswe.kernels.lightning_attn.decode import is_v_major
+
+    q, k, v = (make(B, H, D, seed=i, dtype=torch.bfloat16) for i in range(3))
+    state = make(B, H, D, D, seed=5)
+    v_major = state.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert is_v_major(v_major) and not is_v_major(state) and torch.equal(v_major, state)
+    o = lightning_attn_decode(q, k, v, slopes(), state)
+    o_v = lightning_attn_decode(q, k, v, slopes(), v_major)
+    assert is_v_major(v_major) and not torch.equal(v_major, make(B, H, D, D, seed=5))
+    torch.testing.assert_close(v_major, state, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(o_v, o)
+
+
 def test_forcing_triton_without_cuda_says_why(monkeypatch):
     monkeypatch.setenv("LIGHTSWE_LIGHTNING_BACKEND", "triton")
     q, k, v = (make(B, T, H, 16, seed=i) for i in range(3))
@@ -126,7 +142,10 @@ def test_decode_state_errors():
     q = make(B, H, D)
     with pytest.raises(TypeError, match="fp32 state"):
         lightning_attn_decode(q, q, q, slopes(), make(B, H, D, D).half())
-    with pytest.raises(TypeError, match="contiguous"):
-        lightning_attn_decode(q, q, q, slopes(), make(B, H, D, D).transpose(-1, -2))
+    # heads and batch swapped; every other column; a V-major view with every other row
+    for strided in (make(H, B, D, D).transpose(0, 1), make(B, H, D, 2 * D)[..., ::2],
+                    make(B, H, 2 * D, D)[:, :, ::2].transpose(-1, -2)):
+        with pytest.raises(TypeError, match="contiguous or V-major"):
+            lightning_attn_decode(q, q, q, slopes(), strided)
     with pytest.raises(ValueError, match="state"):
         lightning_attn_decode(q, q, q, slopes(), make(B, H, D, D + 1))

@@ -21,7 +21,10 @@ def prompts(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
 
 def test_compiled_graph_replay_equals_eager_steps_and_the_plain_loop(tiny_config):
     """fp32, 12 prompts through 4 slots (rows join mid-run): the compiled step replayed in a CUDA graph gives the
-    eager step's tokens and log-probs, and the plain loop's."""
+    eager step's tokens and log-probs, and the plain loop's (the exact lightning step on the engine's V-major
+    states against the plain loop's K-major ones)."""
+    from lightswe.kernels.lightning_attn.decode import is_v_major
+
     model = random_model(tiny_config).to("cuda")
     with torch.no_grad():
         model.lm_head.weight.mul_(30)
@@ -30,6 +33,7 @@ def test_compiled_graph_replay_equals_eager_steps_and_the_plain_loop(tiny_config
     fast = SamplerEngine(model, max_slots=4, max_seq_len=512, compile=True)
     graphed = fast.generate(batch, sampling)
     assert fast.use_graphs and fast._step_fn and fast._graphs
+    assert is_v_major(fast.cache.states[0])
     eager = SamplerEngine(model, max_slots=4, max_seq_len=512, cuda_graphs=False, compile=False).generate(batch, sampling)
     loop = generate_loop(model, batch, sampling)
     for g, e, p in zip(graphed, eager, loop):
