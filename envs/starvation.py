@@ -1,4 +1,4 @@
-"""Whether a container got the CPU it was promised: a timed-out test run told apart from a starved one.
+"""Whether a container got the CPU it was promised: a failing test run told apart from a starved one.
 
 Why: a test run that hits its timeout is the policy's failure (its code hangs: 0.0), but on a shared host a
 correct fix's tests can time out only because neighbours took the CPU; that was 0.0 too, a machine's failure
@@ -32,8 +32,9 @@ CPU to give). ``cpus`` past the host's CPU count is capped at it.
 **Failing by a test's own deadline** (grade6): a correct fix's tests may carry deadlines of their own -- a
 ``signal.alarm``/``setitimer`` handler, an assertion on the elapsed time, a subprocess or future with a
 timeout, pytest-timeout -- that a starved host makes fail while the run as a whole ends in time: a correct fix
-was 0.0. Judging every failing run by the whole-run rule (tenth pass, tried) drops too much: a fix that sleeps
-past a test's deadline (not runnable: no pressure) in a run whose other seconds were starved read "starved".
+was 0.0. Judging every failing run by the whole-run rule (tenth pass, tried) drops too much: a deterministic
+failure on a loaded host (the tenth pass saw one), and a fix that sleeps past a test's deadline (not runnable:
+no pressure) in a run whose other seconds were starved (measured: starved overall).
 So the counters are sampled every ``SAMPLE_S`` during the run (:func:`sampled`), and a failing run that did
 not time out is the host's when it was starved over the whole run **and no second of it clears the host**
 (:func:`starved_failure`): no window of ``WINDOW_S`` (1 s) in which the container wanted the CPU (ran or waited
@@ -62,8 +63,7 @@ a quarter of a CPU each can have: every one "starved", its hang no reward instea
   threshold: other load must take more than half of what the gradings would get to push one under a quarter.
   Each grading container weighs ``GRADING_CPU_SHARES`` per CPU of its quota (:func:`grading_shares`): with one
   weight for all, a 2-CPU grading among 1-CPU ones got a 1-CPU share, under a quarter of its quota with the
-  slots full. The price: half the concurrent gradings of a host (tests are mostly waiting, so less than half
-  the throughput).
+  slots full. The price: half the gradings a host runs at once; the others wait their turn.
 - *In order*: a grading takes a ticket (a file in ``grading-slots/queue`` named by a number one past the
   highest, made and ``flock``-ed under the queue's lock); only the oldest live ticket may take slots, all it
   needs at once or none, so a late grading never overtakes an early one and one needing 2 CPUs is not passed
