@@ -25,11 +25,10 @@ times out (the agent's code hangs) is the policy's failure: 0.0 with ``timed_out
 it of CPU (:mod:`lightswe.envs.starvation`: it waited for a CPU half the time and got under a quarter of its
 quota while the host had no idle CPU to give); so is a run failed by a test's own deadline (an alarm, an
 elapsed-time assertion, a subprocess timeout), unless the host starved it with no second in which the code
-slept or the host had CPU to spare: then the
-tests run once more in another fresh container, and a second starved run is the machine's failure
-(``GradingError``); the grading container outweighs the agents' for the CPU (``cpu_shares`` per CPU of quota),
-gradings are admitted by CPU, in order (``starvation.admitted``: they never starve each
-other), and the agent's container stays frozen while its change is graded. A test run that fills the grading
+slept or the host had CPU to spare: then the tests run once more in another fresh container, and a second
+starved run is the machine's failure (``GradingError``); the grading container outweighs the agents' for the
+CPU (``cpu_shares`` per CPU of quota), gradings are admitted by CPU, in order (``starvation.admitted``: they
+never starve each other), and the agent's container stays frozen while its change is graded. A test run that fills the grading
 container's memory (the engine reports it out of memory) is the policy's failure too, whichever process the OOM
 killer took.
 A failure of the machine (the agent's or the grading container gone, the engine failing, an image that cannot
@@ -179,8 +178,8 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
     ``Sandbox.close``; a pool's background removal fits). It has run the agent's code: never reuse it.
     ``box`` stays frozen (the engine's ``pause``) from the snapshot of its tree until the grade is made: what the
     agent left running takes no CPU from its grading or a neighbour's. A test run that did not pass starved of
-    CPU (:mod:`lightswe.envs.starvation`: timed out, or failed with no second clearing the host) is run once more in another fresh
-    container.
+    CPU (:mod:`lightswe.envs.starvation`: timed out, or failed with no second clearing the host) is run once
+    more in another fresh container.
 
     Raises :class:`GradingError` when the machine fails (see module docstring; a test run starved twice
     included) and :class:`~lightswe.errors.UserInputError` for an unknown ``hack_policy``.
