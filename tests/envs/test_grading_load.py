@@ -334,8 +334,9 @@ def test_a_correct_fix_failed_by_its_own_deadlines_on_a_starved_host_is_never_ze
 
 
 def _never_zero(deadlines, env) -> None:
-    """Grade the fix in ``env`` on ``deadlines`` under the burner: GradingError (starved twice) or 1.0 after a
-    rerun (the first run starved, the second lucky enough), never 0.0."""
+    """Grade the fix in ``env`` on ``deadlines`` under the burner: GradingError (starved twice) or 1.0 (after a
+    rerun: the first run starved, the second lucky enough; or at once, where the scheduler gave this run enough
+    of a CPU for its deadlines: seen once in 8 runs of a single test), never 0.0."""
     from lightswe.envs import grading
 
     with burner() as burned:
@@ -345,8 +346,8 @@ def _never_zero(deadlines, env) -> None:
             print(err, burned)
             assert err.stage == "tests" and "failed twice starved of CPU" in str(err), str(err)
             return
-    print(graded.reason, burned)
-    assert graded.reward == 1.0 and graded.reruns == 1, graded.reason
+    print(graded.reason, graded.reruns, graded.tests_cpu_s, graded.tests_s, burned)
+    assert graded.reward == 1.0, graded.reason
 
 
 @pytest.mark.slow
