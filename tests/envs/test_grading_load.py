@@ -336,7 +336,7 @@ def test_a_correct_fix_failed_by_its_own_deadlines_on_a_starved_host_is_never_ze
 def _never_zero(deadlines, env) -> None:
     """Grade the fix in ``env`` on ``deadlines`` under the burner: GradingError (starved twice) or 1.0 (after a
     rerun: the first run starved, the second lucky enough; or at once, where the scheduler gave this run enough
-    of a CPU for its deadlines: seen once in 8 runs of a single test), never 0.0."""
+    of a CPU for its deadlines: seen with single-test runs on this shared host), never 0.0."""
     from lightswe.envs import grading
 
     with burner() as burned:
