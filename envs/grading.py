@@ -364,8 +364,8 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     tests_from = time.time()
     try:
         # gradings never starve each other (on this host: where starvation is judged, the engine is local)
-        slots = (starvation.admitted(grader.config.cpus, starvation.admission_hold(timeout)) if cgroup
-                 else contextlib.nullcontext())
+        slots = (starvation.admitted(grader.config.cpus, hold_s=starvation.admission_hold(timeout))
+                 if cgroup else contextlib.nullcontext())
         with slots:
             tests_from = time.time()
             with starvation.sampled(cgroup) as series:

@@ -324,17 +324,19 @@ def grading_shares(cpus: float) -> int:
 
 
 @contextlib.contextmanager
-def admitted(cpus: float, hold_s: float, *, wait_s: float | None = None, slot_dir: Path | None = None,
-             host_cpus: int | None = None, poll_s: float = 0.1):
+def admitted(cpus: float, wait_s: float | None = None, *, hold_s: float | None = None,
+             slot_dir: Path | None = None, host_cpus: int | None = None, poll_s: float = 0.1):
     """Hold ``ceil(cpus)`` of the host's ``GRADINGS_PER_CPU x host_cpus`` grading slots (default: this host's
     CPUs) while the block runs, all at once or none, in the order the gradings asked (a ticket: module doc).
 
-    ``hold_s``: the longest this grading holds them (:func:`admission_hold`), declared to the waiters. Raises
+    ``hold_s``: the longest this grading holds them (:func:`admission_hold` of its test timeout; default: that
+    of a 900-s timeout), declared to the waiters. ``wait_s``: a cap on the wait (default none: its turn). Raises
     :class:`AdmissionError` when no grading on the host took or gave back a slot for longer than the longest
     hold any holder declared plus ``EXEC_GRACE_S`` (a stuck host), or after ``wait_s`` seconds when given, or
     when the slot folder cannot be written."""
     folder = slot_dir or SLOT_DIR
     queue = folder / "queue"
+    hold_s = admission_hold(900.0) if hold_s is None else hold_s
     try:
         queue.mkdir(parents=True, exist_ok=True)
     except OSError as err:

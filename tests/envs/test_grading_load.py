@@ -37,7 +37,8 @@ def _holder(slot_dir: Path, cpus: int, hold_s: float, sleep_s: float, log: Path,
     """Another process asking for ``cpus`` slots of a 1-CPU host (declaring ``hold_s``), holding them
     ``sleep_s`` seconds; it appends "<name> <monotonic time>" to ``log`` once admitted."""
     code = ("import pathlib, sys, time; from lightswe.envs import starvation\n"
-            f"with starvation.admitted({cpus}, {hold_s}, slot_dir=pathlib.Path({str(slot_dir)!r}), host_cpus=1):\n"
+            f"with starvation.admitted({cpus}, hold_s={hold_s}, slot_dir=pathlib.Path({str(slot_dir)!r}),\n"
+            "                         host_cpus=1):\n"
             f"    open({str(log)!r}, 'a').write('{name} %f\\n' % time.monotonic())\n"
             f"    time.sleep({sleep_s})\n")
     return subprocess.Popen([sys.executable, "-c", code])
@@ -106,14 +107,14 @@ def test_a_dead_waiter_or_holder_keeps_nothing(tmp_path):
         head = _holder(tmp_path, 2, 60, 60, log, "head")
         _tickets(tmp_path, 1)
         with pytest.raises(starvation.AdmissionError, match="came free in 0.3 s"):
-            with starvation.admitted(1, 60, wait_s=0.3, slot_dir=tmp_path, host_cpus=1):
+            with starvation.admitted(1, hold_s=60, wait_s=0.3, slot_dir=tmp_path, host_cpus=1):
                 pytest.fail("admitted past a live holder")
         head.kill()
         head.wait(timeout=30)
         holder.kill()
         holder.wait(timeout=30)
         started = time.monotonic()
-        with starvation.admitted(2, 60, wait_s=5, slot_dir=tmp_path, host_cpus=1):
+        with starvation.admitted(2, hold_s=60, wait_s=5, slot_dir=tmp_path, host_cpus=1):
             assert time.monotonic() - started < 1.0
         assert not list((tmp_path / "queue").glob("[0-9]*"))  # the dead waiter's ticket is gone, ours too
     finally:
@@ -134,7 +135,7 @@ def test_a_waiter_is_patient_by_the_holders_holds_not_its_own_timeout(tmp_path, 
     try:
         _admitted(log, "long")
         started = time.monotonic()
-        with starvation.admitted(1, 0.2, slot_dir=tmp_path, host_cpus=1):  # its own bound: 0.2 + 0.5 s
+        with starvation.admitted(1, hold_s=0.2, slot_dir=tmp_path, host_cpus=1):  # its own bound: 0.2 + 0.5 s
             assert time.monotonic() - started > 1.0
     finally:
         long_one.kill()
@@ -144,7 +145,7 @@ def test_a_waiter_is_patient_by_the_holders_holds_not_its_own_timeout(tmp_path, 
         _admitted(log, "stuck")
         started = time.monotonic()
         with pytest.raises(starvation.AdmissionError, match="a grading is stuck"):
-            with starvation.admitted(1, 0.2, slot_dir=tmp_path, host_cpus=1):
+            with starvation.admitted(1, hold_s=0.2, slot_dir=tmp_path, host_cpus=1):
                 pytest.fail("admitted past a holder")
         assert 0.9 < time.monotonic() - started < 10
     finally:

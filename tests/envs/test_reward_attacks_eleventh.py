@@ -109,7 +109,8 @@ def test_a_grading_waits_longer_than_a_slot_is_held(tmp_path):
     def burst() -> subprocess.Popen:
         holder = subprocess.Popen(
             [sys.executable, "-c", "import pathlib, sys, time; from lightswe.envs import starvation; "
-             f"ctx = starvation.admitted({starvation.GRADINGS_PER_CPU}, {starvation.admission_hold(timeout)}, "
+             f"ctx = starvation.admitted({starvation.GRADINGS_PER_CPU}, "
+             f"hold_s={starvation.admission_hold(timeout)}, "
              f"slot_dir=pathlib.Path({str(tmp_path)!r}), host_cpus=1); "
              f"ctx.__enter__(); print('in', flush=True); time.sleep({2 * timeout + 0.4})"],
             stdout=subprocess.PIPE, text=True)
@@ -119,15 +120,15 @@ def test_a_grading_waits_longer_than_a_slot_is_held(tmp_path):
     holder = burst()
     try:
         with pytest.raises(starvation.AdmissionError):  # the old bound: the test timeout
-            with starvation.admitted(1, starvation.admission_hold(timeout), wait_s=timeout, slot_dir=tmp_path,
-                                     host_cpus=1):
+            with starvation.admitted(1, hold_s=starvation.admission_hold(timeout), wait_s=timeout,
+                                     slot_dir=tmp_path, host_cpus=1):
                 pytest.fail("admitted while every slot was held")
     finally:
         holder.wait(timeout=30)
     holder = burst()
     try:
         started = time.monotonic()
-        with starvation.admitted(1, starvation.admission_hold(timeout), slot_dir=tmp_path, host_cpus=1):
+        with starvation.admitted(1, hold_s=starvation.admission_hold(timeout), slot_dir=tmp_path, host_cpus=1):
             waited = time.monotonic() - started
         assert timeout < waited < 5.0
     finally:

@@ -152,20 +152,21 @@ def test_gradings_are_admitted_by_cpu_across_processes(tmp_path):
     total = starvation.GRADINGS_PER_CPU  # a 1-CPU host
     holder = subprocess.Popen(  # another process (a Ray worker, another run) holding one of a 1-CPU host's slots
         [sys.executable, "-c", "import sys, pathlib; from lightswe.envs import starvation; "
-         f"ctx = starvation.admitted(1, 5, slot_dir=pathlib.Path({str(tmp_path)!r}), host_cpus=1); ctx.__enter__(); "
+         f"ctx = starvation.admitted(1, hold_s=5, slot_dir=pathlib.Path({str(tmp_path)!r}), host_cpus=1); "
+         "ctx.__enter__(); "
          "print('in', flush=True); sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "in"
         with pytest.raises(starvation.AdmissionError, match="no grading slot came free in 0.5 s"):
-            with starvation.admitted(total, 5, wait_s=0.5, slot_dir=tmp_path, host_cpus=1):  # all: one is taken
+            with starvation.admitted(total, hold_s=5, wait_s=0.5, slot_dir=tmp_path, host_cpus=1):  # one is taken
                 pytest.fail("admitted past the host's grading quota")
-        with starvation.admitted(total - 1, 5, wait_s=0.5, slot_dir=tmp_path, host_cpus=1):  # given back
+        with starvation.admitted(total - 1, hold_s=5, wait_s=0.5, slot_dir=tmp_path, host_cpus=1):  # the rest
             with pytest.raises(starvation.AdmissionError):
-                with starvation.admitted(1, 5, wait_s=0.3, slot_dir=tmp_path, host_cpus=1):
+                with starvation.admitted(1, hold_s=5, wait_s=0.3, slot_dir=tmp_path, host_cpus=1):
                     pytest.fail("one grading CPU too many on a 1-CPU host")
     finally:
         holder.kill()  # SIGKILL: its slot comes back with the process
         holder.wait(timeout=30)
     started = time.monotonic()
-    with starvation.admitted(total, 5, wait_s=5, slot_dir=tmp_path, host_cpus=1):
+    with starvation.admitted(total, hold_s=5, wait_s=5, slot_dir=tmp_path, host_cpus=1):
         assert time.monotonic() - started < 1.0
