@@ -310,15 +310,29 @@ def check_resume(folder: Path, cfg, *, allow: tuple[str, ...] = (), free: frozen
 
 
 # ----------------------------------------------------------------------------------------- the parser
-def _expand(argv: list[str], shortcuts: dict[str, str]) -> list[str]:
-    """Shortcut spellings -> their dotted options (``--lr=1`` too); a bare ``--ray`` means ``--ray local``."""
+# Options that may be given without a value, and the value that then means (a bare ``--ray``: a local cluster).
+BARE_VALUES = {"--ray": "local"}
+
+
+def _fill_bare(argv: list[str]) -> list[str]:
+    """Each option of :data:`BARE_VALUES` given bare (no ``=``, no value after it) followed by its value, as
+    given: ``--ray --steps 2`` -> ``--ray local --steps 2``. The one place a bare option gets its value; every
+    later step (conflicts, shortcuts, tyro) sees it spelled out."""
     out: list[str] = []
     for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in BARE_VALUES and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append(BARE_VALUES[arg])
+    return out
+
+
+def _expand(argv: list[str], shortcuts: dict[str, str]) -> list[str]:
+    """Shortcut spellings -> their dotted options (``--lr=1`` too)."""
+    out: list[str] = []
+    for arg in argv:
         name, eq, value = arg.partition("=")
         target = shortcuts.get(name, name)
         out.append(f"{target}={value}" if eq else target)
-        if name == "--ray" and not eq and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
-            out.append("local")
     return out
 
 
@@ -395,8 +409,6 @@ def refuse_conflicts(argv: list[str], cls, shortcuts: dict[str, str]) -> None:
             value = " ".join(argv[i + 1:end])
         if name in lists:
             continue
-        if given == "--ray" and not value:  # a bare --ray means local (_expand)
-            value = "local"
         if name in seen and seen[name][1] != value:
             first, before = seen[name]
             raise UserInputError(f"{name} given twice with different values ({first} {before}, {given} {value}); "
@@ -475,6 +487,7 @@ def parse(cls: type[T], argv: list[str], *, prog: str, description: str = "",
         raise UserInputError(f"--config given {len(config_files)} times ({', '.join(config_files)}); fix: pass one "
                              "file (options after it override its values)")
     default = from_dict(cls, load_file(config_files[0])) if config_files else None
+    argv = _fill_bare(argv)
     refuse_conflicts(argv, cls, shortcuts)
     argv = _merge_repeats(_expand(argv, shortcuts), sequence_options(cls))
     epilog = ("--config FILE (TOML, YAML or JSON, e.g. an earlier run's config.json) sets defaults that the "

@@ -31,7 +31,8 @@ LATEST = "latest"
 
 class CheckpointError(InfrastructureError, OSError):
     """Writing a checkpoint failed (disk full, I/O error): one line naming the step, the cause and the fix; the
-    temporary directory is removed and the previous checkpoint stays the latest."""
+    temporary directory is removed and the previous checkpoint stays the latest. Also a checkpoint that cannot be
+    read back (a file damaged on disk after it was written whole), naming the file and the fix."""
 
 
 def _distributed() -> bool:
@@ -151,8 +152,8 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     if found is None:
         raise FileNotFoundError(f"no complete checkpoint under {path} (expected step-*/state.json); "
                                 f"fix: point at a checkpoint directory or a run's checkpoints/ folder")
-    model_sd = torch.load(found / "model.pt", map_location="cpu", weights_only=True)
-    optim_sd = torch.load(found / "optim.pt", map_location="cpu", weights_only=False) if optimizer else None
+    model_sd = _load(found, "model.pt", weights_only=True)
+    optim_sd = _load(found, "optim.pt", weights_only=False) if optimizer else None
     by_position = optim_sd is not None and any(isinstance(k, int) for k in optim_sd.get("state", {}))
     if by_position and not _distributed():  # written before the state was keyed by name, by one process
         model.load_state_dict(model_sd)
@@ -174,5 +175,24 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
                            options=StateDictOptions(full_state_dict=True))
     if restore_rng:
         own = found / f"rng-rank{dist.get_rank()}.pt" if _distributed() else found / "rng.pt"
-        set_rng_state(torch.load(own if own.exists() else found / "rng.pt", weights_only=False))
-    return json.loads((found / "state.json").read_text())
+        set_rng_state(_load(found, own.name if own.exists() else "rng.pt", weights_only=False))
+    try:
+        return json.loads((found / "state.json").read_text())
+    except ValueError as err:
+        raise _damaged(found, "state.json", err) from None
+
+
+def _load(found: Path, name: str, *, weights_only: bool) -> Any:
+    """``torch.load`` of a checkpoint's file; a file that does not load is a :class:`CheckpointError`."""
+    try:
+        return torch.load(found / name, map_location="cpu", weights_only=weights_only)
+    except Exception as err:  # noqa: BLE001 - torch.load raises pickle, zip and runtime errors for a damaged file
+        raise _damaged(found, name, err) from None
+
+
+def _damaged(found: Path, name: str, err: BaseException) -> CheckpointError:
+    before = [p for p in sorted(found.parent.glob("step-*")) if p.name < found.name and (p / "state.json").exists()]
+    fix = (f"move {found} aside to resume from {before[-1].name}" if before else
+           "restore the file, or start over in a new --out (no earlier checkpoint is kept)")
+    first = " ".join(str(err).split()).split(". ")[0][:200]  # torch's long advice (weights_only=False) left out
+    return CheckpointError(f"checkpoint {found} cannot be read ({name}: {type(err).__name__}: {first}); fix: {fix}")

@@ -174,7 +174,7 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
 
     out = Path(args.out)
     check_resume(out, args, allow=allow, free=FREE_ON_RESUME, command="rollout")
-    from lightswe.agent.policies.spec import check_tokenizer, make_policy, split_spec, tokenizer_path
+    from lightswe.agent.policies.spec import check_tokenizer, make_policy, preflight, tokenizer_path
     from lightswe.agent.rollout import LocalExecutor, RolloutConfig, default_env_factory, run_rollout
     from lightswe.model import load_tokenizer
     from lightswe.tasks.datasets import load_tasks
@@ -186,16 +186,9 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
     config = RolloutConfig(group_size=args.group_size, round=args.round, seed=args.seed, progress=args.progress)
     agent = _agent_config(args)
     tokenizer_spec = args.tokenizer or tokenizer_path(args.policy)  # an hf: checkpoint brings its tokenizer
-    kind, target, options = split_spec(args.policy)
     check_tokenizer(args.policy, tokenizer_spec)  # a local model's ids must mean the text they meant in training
-    if kind == "openai" and not args.ray:  # a server that is down fails here in one line, not as N sandbox_error
-        # episodes (with --ray the actors' nodes, not this one, must reach it)
-        from lightswe.agent.policies.openai_server import OpenAIPolicy
-
-        server = OpenAIPolicy(target, **options)
-        server.check_reachable()
-        server.check_model()  # a name it does not serve: vLLM's 404 for every request
-        server.check_tokenizer(load_tokenizer(tokenizer_spec))  # its token ids must mean the same text here
+    # a server that is down, serves another model or tokenizes otherwise fails in one line before any episode, not
+    # as N sandbox_error ones: spec.preflight, here for threads, on an actor with --ray (the node that talks to it)
     if args.ray:
         from lightswe.agent.ray_executor import RayExecutor
 
@@ -206,6 +199,7 @@ def _run(args: _RunArgs, allow: tuple[str, ...]):
     else:
         tokenizer = load_tokenizer(tokenizer_spec)
         policy = make_policy(args.policy, tokenizer=tokenizer, tasks=tasks)
+        preflight(policy, tokenizer)
         env_factory = default_env_factory(tasks, tool_format=args.tool_format, hack_policy=args.hack_policy)
         executor = LocalExecutor(policy, tokenizer, env_factory=env_factory, concurrency=args.concurrency, agent=agent)
     write_config(out, args, command="rollout")

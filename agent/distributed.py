@@ -6,11 +6,16 @@ gathered full weights after every update (the pattern of syncing a vLLM engine).
 groups (group advantages stay local); counts and metrics are summed across ranks. Without torchrun
 (``WORLD_SIZE`` unset or 1) every helper here is the identity, so one code path serves both.
 
+The process group is torn down by :meth:`DistContext.close` (the context manager's exit): a barrier, then
+``destroy_process_group``, while the interpreter is whole. Left to the interpreter's exit, gloo's destructors
+ran in any order and aborted a rank now and then ("terminate called without an active exception", exit -6), and a
+finished job read as failed to torchrun and to a cluster's scheduler.
+
 Example::
 
-    ctx = DistContext.from_env("cuda")       # rank 1 of 2 -> nccl, device cuda:<LOCAL_RANK>
-    mine, first = ctx.share(step_tasks)      # this rank's contiguous slice and its offset
-    totals = ctx.sum([resolved, graded])     # the same list on every rank afterwards
+    with DistContext.from_env("cuda") as ctx:    # rank 1 of 2 -> nccl, device cuda:<LOCAL_RANK>
+        mine, first = ctx.share(step_tasks)      # this rank's contiguous slice and its offset
+        totals = ctx.sum([resolved, graded])     # the same list on every rank afterwards
 """
 
 from __future__ import annotations
@@ -107,10 +112,31 @@ class DistContext:
             for tensor in module.state_dict().values():
                 dist.broadcast(tensor, src=0)
 
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
+    def close(self, *, ok: bool = True) -> None:
+        """Tear down the process group this context initialised (a no-op otherwise, and the second time).
+
+        ``ok``: every rank reached this call (the run finished): first a barrier, so that no rank closes its
+        connections while another still uses them, then ``destroy_process_group`` (see the module docs). After a
+        failure (``ok=False``) a rank cannot wait for the others (they may be inside another collective, or gone):
+        a gloo group is destroyed at once, so that the rank exits with its own error rather than an abort in
+        gloo's destructors (peers blocked on it see the connection close and fail too, instead of waiting out
+        ``TIMEOUT``); an nccl group is left to torchrun, which stops the other ranks when one fails.
+        """
+        if not (self.owns_group and dist.is_initialized()):
+            return
+        self.owns_group = False
+        try:
+            if ok:
+                dist.barrier()
+        finally:
+            if ok or dist.get_backend() == "gloo":
+                dist.destroy_process_group()
+
+    def __enter__(self) -> DistContext:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(ok=exc_type is None)
 
 
 @torch.no_grad()

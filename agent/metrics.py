@@ -5,7 +5,15 @@ TensorBoard tags are grouped by where a number comes from (:func:`tag_of`): ``ro
 counts of the step's episodes), ``eval/`` (held-out episodes), ``train/`` (the learner: loss, clip fraction,
 entropy, grad norm, lr), ``timing/`` (seconds); the run's settings go to the HParams tab. W&B (the ``wandb``
 extra) gets the same tags and the settings as its config; ``WANDB_MODE=offline`` keeps the run on disk under
-``out_dir/wandb`` (``wandb sync`` uploads it later); a resumed run continues the same W&B run.
+``out_dir/wandb`` (``wandb sync`` uploads it later).
+
+A run resumed from its checkpoint at step k logs each step once, as an uninterrupted run does: the rows and
+TensorBoard events of steps after k, written by the stopped attempt, are dropped (``purge_step``) and logged
+again. The W&B run (its id kept in ``out_dir/wandb_id``) is continued under the same id at the step after the
+last one its files hold (``lightswe.agent.wandb_files``; W&B steps only increase and a run cannot be rewound, so
+a step it holds keeps the stopped attempt's values); steps of metrics.jsonl it lost (a killed process loses what
+W&B had not flushed, up to 15 s) are logged to it from there first. A fresh start (no checkpoint) starts a new
+W&B run.
 
 Example::
 
@@ -79,7 +87,8 @@ class MetricsLog:
                  logger: LogConfig | None = None, purge_step: int | None = None) -> None:
         """``purge_step``: a resumed run's first step. Rows and TensorBoard events of that step and later, logged
         before the stop but after the checkpoint it resumes from, are dropped (the run logs them again), so a
-        resumed run's metrics hold each step once, as an uninterrupted run's do."""
+        resumed run's metrics hold each step once, as an uninterrupted run's do; W&B continues its run past the
+        last step it holds (module docs). ``purge_step=0``: a fresh start (a new W&B run); None: append."""
         logger = logger or LogConfig(tensorboard=tensorboard)
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -98,18 +107,16 @@ class MetricsLog:
                 self._tb = SummaryWriter(str(self.dir / "tb"), purge_step=purge_step)
                 if hparams:
                     self._write_hparams(hparams)
+        self._wandb_held = -1  # the last step the W&B run held when this attempt began
         if logger.wandb:
-            self._wandb = _start_wandb(self.dir, logger, hparams)
+            self._wandb, self._wandb_held = _start_wandb(self.dir, logger, hparams, fresh=purge_step == 0)
+            for row in _rows(self.path):  # steps of metrics.jsonl that W&B lost (kept rows: before purge_step)
+                if row["step"] > self._wandb_held:
+                    self._log_wandb(row["step"], {k: v for k, v in row.items() if k not in ("step", "time")})
 
     def _purge(self, step: int) -> None:
         """Keep the rows of steps before ``step`` (a torn last line goes too), rewritten atomically."""
-        keep = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] < step:
-                    keep.append(line + "\n")
-            except (ValueError, KeyError, TypeError):
-                continue
+        keep = [json.dumps(row) + "\n" for row in _rows(self.path) if row["step"] < step]
         with atomic_file(self.path) as handle:
             handle.writelines(keep)
 
@@ -125,13 +132,16 @@ class MetricsLog:
         clean = {k: (float(v) if v is not None and math.isfinite(float(v)) else None) for k, v in metrics.items()}
         self._file.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
         self._file.flush()
-        tagged = {tag_of(k): v for k, v in clean.items() if v is not None}
         if self._tb is not None:
-            for tag, v in tagged.items():
-                self._tb.add_scalar(tag, v, step)
+            for k, v in clean.items():
+                if v is not None:
+                    self._tb.add_scalar(tag_of(k), v, step)
             self._tb.flush()
-        if self._wandb is not None:
-            self._wandb.log(tagged, step=step)
+        self._log_wandb(step, clean)
+
+    def _log_wandb(self, step: int, metrics: dict) -> None:
+        if self._wandb is not None and step > self._wandb_held:  # never a step it holds: no rewind
+            self._wandb.log({tag_of(k): v for k, v in metrics.items() if v is not None}, step=step)
 
     def close(self) -> None:
         self._file.close()
@@ -141,18 +151,44 @@ class MetricsLog:
             self._wandb.finish()
 
 
-def _start_wandb(out: Path, logger: LogConfig, hparams: dict):
-    """A W&B run under ``out/wandb``; its id is kept in ``out/wandb_id`` so that a resumed run continues it."""
+def _start_wandb(out: Path, logger: LogConfig, hparams: dict, *, fresh: bool):
+    """(the W&B run under ``out/wandb``, the last step its files hold or -1). Its id is kept in ``out/wandb_id``
+    so that a resumed run continues it (``fresh``: a new run; the old one's steps were discarded)."""
     try:
         import wandb
     except ImportError as err:
         raise ImportError("--log.wandb needs the wandb package: pip install 'lightswe[wandb]' (or drop "
                           "--log.wandb)") from err
+    from lightswe.agent.wandb_files import held_steps
+
     id_file = out / "wandb_id"
-    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
-    id_file.write_text(run_id + "\n")
-    return wandb.init(project=logger.wandb_project, name=logger.wandb_name or out.resolve().name, id=run_id,
-                      resume="allow", dir=str(out), config=hparams)
+    run_id = id_file.read_text().strip() if id_file.is_file() and not fresh else ""
+    held = -1
+    if run_id:
+        try:
+            held = max(held_steps(out, run_id), default=-1)
+        except Exception as err:  # noqa: BLE001 - a format this reader does not know: W&B drops lower steps itself
+            print(f"warning: cannot read the steps of W&B run {run_id} under {out / 'wandb'} ({err!r}); the resumed "
+                  "run logs from the checkpoint's next step (W&B ignores steps it already holds, with a warning)")
+    run_id = run_id or uuid.uuid4().hex[:8]
+    with atomic_file(id_file) as handle:
+        handle.write(run_id + "\n")
+    run = wandb.init(project=logger.wandb_project, name=logger.wandb_name or out.resolve().name, id=run_id,
+                     resume="allow", dir=str(out), config=hparams)
+    return run, held
+
+
+def _rows(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl that parse and name their step (a torn last line, from a kill, does not)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+            int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        rows.append(row)
+    return rows
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -54,6 +54,12 @@ class EpisodeWorker:
         self.env = _Stoppable(default_env_factory(tasks, **env_kwargs)(), self.stop)
         self.agent = agent
 
+    def preflight(self) -> None:
+        """This actor's policy checked before any episode (``lightswe.agent.policies.spec.preflight``)."""
+        from lightswe.agent.policies.spec import preflight
+
+        preflight(self.policy, self.tokenizer)
+
     def run(self, job: EpisodeJob):
         from lightswe.envs.sandbox import stop_scope
 
@@ -108,6 +114,14 @@ class RayExecutor:
         self._idle: queue.Queue = queue.Queue()
         for actor in self.actors:
             self._idle.put(actor)
+        try:  # the policy checks a rollout in threads runs, on an actor: before any episode, in one line
+            ray.get(self.actors[0].preflight.remote())
+        except ray.exceptions.RayTaskError as err:  # the check's own error (UserInputError, ServerError), as is
+            self.shutdown()
+            raise err.cause from None
+        except BaseException:
+            self.shutdown()
+            raise
 
     def submit(self, job: EpisodeJob) -> Future:
         future: Future = Future()

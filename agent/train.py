@@ -94,10 +94,8 @@ def train(cfg: TrainConfig, *, allow_change: tuple[str, ...] = ()) -> dict[str, 
             load_tasks(spec)
     cfg.sampler.check(world)
     check_distributed(cfg, world)
-    ctx = DistContext.from_env(cfg.device)
-    summary = _train(dataclasses.replace(cfg, device=ctx.device), ctx)
-    ctx.close()
-    return summary
+    with DistContext.from_env(cfg.device) as ctx:  # the group torn down here, also on an error (DistContext.close)
+        return _train(dataclasses.replace(cfg, device=ctx.device), ctx)
 
 
 TRAIN_STREAM, EVAL_STREAM = 1, 2  # job_seed_base keys: a step's draws, the held-out evaluations

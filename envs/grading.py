@@ -23,10 +23,12 @@ Reward 1.0 iff every FAIL_TO_PASS and PASS_TO_PASS test passes and pytest exits 
 is defined in a file of the change (a stand-in for the task's test module) is an error. A test run that
 times out (the agent's code hangs) is the policy's failure: 0.0 with ``timed_out=True``, unless the host starved
 it of CPU (:mod:`lightswe.envs.starvation`: it waited for a CPU half the time and got under a quarter of its
-quota while the host had no idle CPU to give): then the tests run once more in another fresh container, and a
-second starved run is the machine's failure (``GradingError``); the grading container outweighs the agents'
-for the CPU (``cpu_shares``), gradings are admitted by CPU (``starvation.admitted``: they never starve each
-other), and the agent's container stays frozen while its change is graded. A test run that fills the grading
+quota while the host had no idle CPU to give); so is a run failed by a test's own deadline (an alarm, an
+elapsed-time assertion, a subprocess timeout), unless the host starved it with no second in which the code
+slept or the host had CPU to spare: then the tests run once more in another fresh container, and a second
+starved run is the machine's failure (``GradingError``); the grading container outweighs the agents' for the
+CPU (``cpu_shares`` per CPU of quota), gradings are admitted by CPU, in order (``starvation.admitted``: they
+never starve each other), and the agent's container stays frozen while its change is graded. A test run that fills the grading
 container's memory (the engine reports it out of memory) is the policy's failure too, whichever process the OOM
 killer took.
 A failure of the machine (the agent's or the grading container gone, the engine failing, an image that cannot
@@ -144,7 +146,7 @@ class Grade:
     # CPU the test run got and time it waited for one (s; None where the host's cgroup cannot say: starvation.py)
     tests_cpu_s: float | None = None
     tests_cpu_wait_s: float | None = None
-    reruns: int = 0  # 1: the first run timed out starved of CPU by the host and the tests ran again
+    reruns: int = 0  # 1: the first run did not pass, starved of CPU by the host, and the tests ran again
 
 
 def default_fresh(box: Sandbox) -> Callable[[], Sandbox]:
@@ -178,7 +180,7 @@ def _base_of(grader: Sandbox) -> dict[str, Entry]:
     return _BASES[key][1]
 
 
-GRADING_CPU_SHARES = 8192  # the grading container's CPU weight (agents' containers: the engine's 1024)
+GRADING_CPU_SHARES = starvation.GRADING_CPU_SHARES  # per CPU of quota (agents' containers: the engine's 1024)
 
 
 def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] | None = None,
@@ -190,8 +192,9 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
     :func:`default_fresh`, a new container); grading owns it and hands it to ``release`` when done (default
     ``Sandbox.close``; a pool's background removal fits). It has run the agent's code: never reuse it.
     ``box`` stays frozen (the engine's ``pause``) from the snapshot of its tree until the grade is made: what the
-    agent left running takes no CPU from its grading or a neighbour's. A test run that timed out starved of CPU
-    (:mod:`lightswe.envs.starvation`) is run once more in another fresh container.
+    agent left running takes no CPU from its grading or a neighbour's. A test run that did not pass starved of
+    CPU (:mod:`lightswe.envs.starvation`: timed out, or failed with no second clearing the host) is run once
+    more in another fresh container.
 
     Raises :class:`GradingError` when the machine fails (see module docstring; a test run starved twice, a
     grading container paused from outside while the tests ran included) or the task cannot tell a fix from any
@@ -215,14 +218,14 @@ def grade(box: Sandbox, instance: TaskInstance, *, fresh: Callable[[], Sandbox] 
             grade_ = _grade_once(box, instance, make, release, timeout=timeout, hack_policy=hack_policy,
                                  start=start, last_chance=True, tree=first.tree)
             grade_.reruns = 1
-            grade_.reason += f" (run twice: the first run timed out starved of CPU: {first.share})"
+            grade_.reason += f" (run twice: the first run did not pass, starved of CPU: {first.share})"
             return grade_
     finally:
         _thaw(box, paused)
 
 
 class _Starved(Exception):
-    """The test run timed out starved of CPU (:mod:`lightswe.envs.starvation`): run it again elsewhere."""
+    """The test run did not pass starved of CPU (:mod:`lightswe.envs.starvation`): run it again elsewhere."""
 
     def __init__(self, share: starvation.CpuShare, tree: dict[str, Entry]) -> None:
         super().__init__(str(share))
@@ -271,7 +274,8 @@ def _grade_once(box: Sandbox, instance: TaskInstance, make: Callable[[], Sandbox
             except TreeTooLarge as err:
                 return _too_large(instance, err, start)
         try:  # a grading run outweighs the agents' containers for the CPU (best effort: the engine may refuse)
-            grader.api.update_container(grader.container_id, cpu_shares=GRADING_CPU_SHARES)
+            grader.api.update_container(grader.container_id,
+                                        cpu_shares=starvation.grading_shares(grader.config.cpus))
         except Exception:  # noqa: BLE001, S110 - starvation is still measured and told apart below
             pass
         return _grade_in(grader, tree, base, facts, instance, timeout=timeout, hack_policy=hack_policy,
@@ -381,14 +385,14 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     tests_from = time.time()
     try:
         # gradings never starve each other (on this host: where starvation is judged, the engine is local)
-        slots = (starvation.admitted(grader.config.cpus, wait_s=starvation.admission_wait(timeout)) if cgroup
-                 else contextlib.nullcontext())
+        slots = (starvation.admitted(grader.config.cpus, hold_s=starvation.admission_hold(timeout))
+                 if cgroup else contextlib.nullcontext())
         with slots:
             tests_from = time.time()
-            before = starvation.sample(cgroup)
-            run, unresolved, whole_files = _run_task_tests(grader, instance, wanted, files, facts.plugins, timeout,
-                                                           junit, changed={c.path for c in kept if c.new is not None})
-            after = starvation.sample(cgroup)
+            with starvation.sampled(cgroup) as series:
+                run, unresolved, whole_files = _run_task_tests(grader, instance, wanted, files, facts.plugins,
+                                                               timeout, junit,
+                                                               changed={c.path for c in kept if c.new is not None})
     except starvation.AdmissionError as err:
         raise GradingError(str(err), stage="tests", known=known) from err
     except UserInputError as err:
@@ -403,15 +407,7 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
                            "(`docker pause`, a cgroup freezer): not the policy's doing (the agent cannot pause a "
                            "container), and a test run frozen past its timeout read as the policy's hang (0.0); "
                            "fix: do not pause lightswe's containers", stage="tests", known=known)
-    got = starvation.share(before, after, grader.config.cpus)
-    if run.timed_out and got is not None and got.starved:  # the host's doing, not the code's (starvation.py)
-        # only a timed-out run: a test failed by its own deadline (a subprocess or future with a timeout,
-        # pytest-timeout) on a starved host reads like any failing test, and dropping every failing run of a
-        # starved host drops the 0.0s the policy earned while keeping its 1.0s (README, tenth pass)
-        if not last_chance:
-            raise _Starved(got, tree)
-        raise GradingError(f"the test run timed out twice starved of CPU by the host ({got}): the machine is "
-                           "overloaded; fix: run fewer episodes at once on this host", stage="tests", known=known)
+    got = series.share(grader.config.cpus)
     if (run.runner_died or not _running(grader)) and _out_of_memory(grader, tests_from):
         return _out_of_memory_grade(grader, instance, wanted, known, suspected, tests_from, start, run)
     _require_alive(grader, "while the tests ran", known, settle_s=5.0 if run.runner_died else 0.0)
@@ -459,6 +455,14 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     if matched.unmatched and not all_pass:
         reason += f" [{len(matched.unmatched)} published id(s) matched no test; see info['unmatched']]"
     reward = 1.0 if all_pass and consistent and not run.timed_out else 0.0
+    starved = (starvation.starved_failure(series, grader.config.cpus, timed_out=run.timed_out)
+               if reward == 0.0 and not borrowed else None)
+    if starved is not None:  # the host's doing, not the code's (starvation.starved_failure)
+        if not last_chance:
+            raise _Starved(starved, tree)
+        raise GradingError(f"the test run {'timed out' if run.timed_out else 'failed'} twice starved of CPU by the "
+                           f"host ({starved}): the machine is overloaded; fix: run fewer episodes at once on this "
+                           "host", stage="tests", known=known)
     zeroed = bool(reward and suspected and hack_policy == "zero")
     if zeroed:
         reward, reason = 0.0, f"{reason}; reward zeroed: code that reacts to the test runner ({suspected[0]})"

@@ -19,13 +19,13 @@ sandbox the agent can still exhaust its own counters: that is its own episode's 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
 from collections.abc import Callable
 from pathlib import Path
 
 from lightswe.envs.engine import CACHE_DIR
+from lightswe.envs.locks import try_lock
 from lightswe.errors import InfrastructureError
 
 UID_RANGE = (1_200_000, 2_000_000)  # [first, last): 800,000 uids
@@ -75,25 +75,13 @@ class UidLease:
     @staticmethod
     def _lock(path: Path) -> int:
         """An fd holding an exclusive lock on ``path`` (created), or -1 when another holds it. The file is
-        unlinked at release; a lock taken on a file unlinked meanwhile is not the lease, so the inode is
-        checked after locking (the usual lock-file race)."""
+        unlinked at release; a lock taken on a file unlinked meanwhile is not the lease (:func:`try_lock`)."""
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = try_lock(path)
         except OSError as err:
-            raise UidError(f"cannot open the uid lease {path}: {err}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return -1
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:
-            os.close(fd)
-            return -1
-        return fd
+            raise UidError(f"cannot open the uid lease {path}: {err}; fix: make the folder writable or set "
+                           "LIGHTSWE_CACHE to a writable folder") from None
+        return -1 if fd is None else fd
 
     @staticmethod
     def _unlock(path: Path, fd: int) -> None:

@@ -46,14 +46,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightswe.errors import NonFiniteError, UserInputError
+from lightswe.errors import UserInputError
 from lightswe.kernels.decode_attn import decode_attention
 from lightswe.kernels.lightning_attn import lightning_attn_decode
 from lightswe.kernels.lightning_attn.api import _use_triton
 from lightswe.kernels.lightning_attn.decode import LOG2E, lightning_attn_decode_chunk_form
 from lightswe.model.config import LIGHTNING, SOFTMAX
-from lightswe.model.generation import (Generation, SamplingConfig, counter_noise, nonfinite_rows, row_seeds,
-                                       scale_logits)
+from lightswe.model.generation import (Generation, SamplingConfig, counter_noise, non_finite_rows_error,
+                                       nonfinite_rows, row_seeds, scale_logits)
 from lightswe.model.layers import LightningAttention, SoftmaxAttention, rotary
 from lightswe.model.model import fp32_head
 
@@ -329,11 +329,8 @@ class SamplerEngine:
             results.update(self.step())
         bad = [i for i, rid in enumerate(ids) if results[rid].finish_reason == "error"]
         if bad:
-            raise NonFiniteError(f"the sampler engine: the model's logits were not finite in {len(bad)} of {len(ids)} "
-                                 f"row(s) (first: prompt {bad[0]}, at token {len(results[ids[bad[0]]].token_ids)}), "
-                                 "so no token could be drawn from them; fix: check the weights (a diverged or "
-                                 "damaged checkpoint gives NaN; an overflow in bf16/fp16 gives inf: sample in "
-                                 "float32)")
+            raise non_finite_rows_error(len(bad), len(ids), f"first: prompt {bad[0]}, at token "
+                                        f"{len(results[ids[bad[0]]].token_ids)}", where="the sampler engine")
         return [results[i] for i in ids]
 
     # ------------------------------------------------------------------------------------------ step

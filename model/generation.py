@@ -125,20 +125,26 @@ def nonfinite_rows(logits: torch.Tensor) -> torch.Tensor:
     return ~logits.amax(-1).isfinite()  # amax propagates NaN; +inf anywhere, or -inf everywhere, is its value
 
 
-def non_finite_error(logits: torch.Tensor, bad: torch.Tensor, *, where: str = "the sampler"):
-    """The one message of a non-finite-logits failure: a ``lightswe.errors.NonFiniteError`` naming how many of the
-    rows were bad and, for the first, how many entries were NaN, +inf and finite (``logits`` [N, vocab], ``bad``
-    [N] bool from ``nonfinite_rows``)."""
+def non_finite_rows_error(bad: int, total: int, detail: str, *, where: str = "the sampler"):
+    """The one message of a non-finite-logits failure, for every sampler (``sample`` below, the ``SamplerEngine``,
+    the built-in model policy): a ``lightswe.errors.NonFiniteError`` naming ``where`` it happened, ``bad`` of
+    ``total`` rows, ``detail`` (which row, which token) and the fix."""
     from lightswe.errors import NonFiniteError
 
+    return NonFiniteError(
+        f"{where}: the model's logits are not finite in {bad} of {total} row(s) ({detail}), so no token can be drawn "
+        "from them (this episode is not scored); fix: check the weights (a diverged or damaged checkpoint gives NaN; "
+        "an overflow in bf16/fp16 gives inf: load or sample in float32)")
+
+
+def non_finite_error(logits: torch.Tensor, bad: torch.Tensor, *, where: str = "the sampler"):
+    """:func:`non_finite_rows_error` for ``logits`` [N, vocab] and ``bad`` [N] bool from ``nonfinite_rows``: the
+    detail names the first bad row's count of NaN, +inf and finite entries."""
     rows = torch.nonzero(bad).flatten().tolist()
     first = logits[rows[0]] if rows else logits.new_zeros(0)
     detail = (f"row {rows[0]}: {int(first.isnan().sum())} NaN, {int((first == torch.inf).sum())} +inf, "
               f"{int(first.isfinite().sum())} finite of {first.numel()}") if rows else "no row flagged"
-    return NonFiniteError(
-        f"{where}: the model's logits are not finite in {len(rows)} of {logits.shape[0]} row(s) ({detail}), so no "
-        "token can be drawn from them (this episode is not scored); fix: check the weights (a diverged or damaged "
-        "checkpoint gives NaN; an overflow in bf16/fp16 gives inf: load or sample in float32)")
+    return non_finite_rows_error(len(rows), logits.shape[0], detail, where=where)
 
 
 def scale_logits(logits: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:

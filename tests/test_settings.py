@@ -127,6 +127,25 @@ def test_a_single_valued_option_given_twice_with_different_values_is_refused(arg
         parse_train(argv)
 
 
+def test_a_bare_option_means_its_value_everywhere(tmp_path):
+    """A bare ``--ray`` is ``--ray local`` (settings.BARE_VALUES) for the conflict check and the parse alike, in
+    either command and spelling: one place gives it its value (before, the check had its own special case)."""
+    from lightswe.agent.cli import RolloutArgs
+    from lightswe.settings import parse
+
+    out = str(tmp_path / "run")
+    for argv in (["--ray", "--sampler.ray", "local"], ["--sampler.ray=local", "--ray", "--steps", "2"]):
+        assert parse_train(["--out", out, *argv])[0].sampler.ray == "local"
+    with pytest.raises(UserInputError, match=r"--sampler.ray given twice with different values \(--ray local, "
+                                             r"--sampler.ray 10.0.0.1:6379\)"):
+        parse_train(["--out", out, "--ray", "--sampler.ray", "10.0.0.1:6379"])
+    (tmp_path / "t.jsonl").write_text("")
+    base = ["--tasks", str(tmp_path / "t.jsonl"), "--policy", "scripted", "--out", out]
+    assert parse(RolloutArgs, [*base, "--ray"], prog="lightswe rollout")[0].ray == "local"
+    with pytest.raises(UserInputError, match="--ray given twice with different values"):
+        parse(RolloutArgs, [*base, "--ray", "--ray", "auto"], prog="lightswe rollout")
+
+
 def test_the_same_value_twice_and_list_options_pass(tmp_path):
     out = str(tmp_path / "run")
     cfg, _ = parse_train(["--out", out, "--lr", "1e-3", "--learner.lr=1e-3", "--progress", "--progress",

@@ -114,7 +114,7 @@ class ModelPolicy(BatchingPolicy):
     def _continuous_step(self, waiting: list[Request]) -> None:
         """Add the waiting requests to the engine (sized for them when idle), run one step, hand out results."""
         from lightswe.model import SamplingConfig
-        from lightswe.model.generation import engine_for
+        from lightswe.model.generation import engine_for, non_finite_rows_error
 
         engine = getattr(self.model, "_sampler_engine", None)
         need = max((len(r.prompt) + r.sampling.max_new_tokens for r in waiting), default=0)
@@ -144,11 +144,8 @@ class ModelPolicy(BatchingPolicy):
                 r = self._inflight.pop(rid)
                 try:
                     if generation.finish_reason == "error":  # the engine flagged non-finite logits in this row
-                        raise NonFiniteSample(
-                            f"the sampler engine: the model's logits were not finite at token "
-                            f"{len(generation.token_ids)} of this request, so no token could be drawn (the episode "
-                            "is not scored); fix: check the weights (a diverged or damaged checkpoint gives NaN; an "
-                            "overflow in bf16/fp16 gives inf: sample in float32)")
+                        raise NonFiniteSample(str(non_finite_rows_error(
+                            1, 1, f"this request, at token {len(generation.token_ids)}", where="the sampler engine")))
                     r.result = check_sample((generation.token_ids, generation.logprobs), r.sampling)
                 except SampleError as err:  # this request's sample only (a NaN log-prob): not its batch-mates'
                     r.error = err

@@ -34,6 +34,7 @@ import json
 import math
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -53,13 +54,17 @@ _TOKEN = re.compile(r"token_id:(\d+)")
 
 
 class Deadline:
-    """One request's total deadline, ``seconds`` from now: connect, send, status line, headers and body.
+    """One request's total deadline, ``seconds`` from now: connect, TLS handshake, send, status line, headers and
+    body.
 
-    A socket timeout bounds each read only, so a server that sends one byte per read (a slow-loris answer) would
-    hold the request forever; here a watchdog timer shuts down every socket the request opened when the deadline
-    passes (whatever phase it is in: urllib drops its connection's reference once the headers are in, the response
-    keeps reading the same socket), which ends the blocked read at once; ``expired`` then says why it ended.
-    Connect gets what is left of the deadline as its timeout. A context manager: the watchdog runs inside it.
+    A socket timeout bounds each read only, so a server that sends one byte per read (a slow-loris answer, or a
+    TLS handshake trickled a byte at a time) would hold the request forever; here a watchdog timer shuts down
+    every connection the request opened when the deadline passes, whatever phase it is in, which ends the blocked
+    read at once; ``expired`` then says why it ended. It watches a duplicate of each connection's descriptor,
+    taken as soon as the TCP connection exists: ``shutdown(2)`` acts on the connection, not the descriptor, so
+    this reaches the TLS socket that ``ssl`` wraps around it (wrapping detaches the plain socket, so a shutdown
+    through that object would fail) and the response that reads on after urllib drops its connection. Connect
+    gets what is left of the deadline as its timeout. A context manager: the watchdog runs inside it.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -73,13 +78,19 @@ class Deadline:
     def left(self) -> float:
         return max(self.at - time.monotonic(), 0.0)
 
+    def passed(self) -> bool:
+        """The deadline has passed: the watchdog fired, or a socket timeout set to what was left ran out first."""
+        return self.expired or time.monotonic() >= self.at
+
     def watch(self, sock: socket.socket) -> None:
-        """Shut ``sock`` down at the deadline (at once if it has passed)."""
+        """Shut ``sock``'s connection down at the deadline (at once if it has passed), also once ``ssl`` has wrapped
+        it: a duplicate of its descriptor is kept until the deadline's context ends."""
+        dup = sock.dup()
         with self._lock:
-            self._sockets.append(sock)
+            self._sockets.append(dup)
             if not self.expired:
                 return
-        _shutdown(sock)
+        _shutdown(dup)
 
     def _expire(self) -> None:
         with self._lock:
@@ -98,6 +109,10 @@ class Deadline:
 
     def __exit__(self, *exc) -> None:
         self._timer.cancel()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -109,11 +124,20 @@ def _shutdown(sock: socket.socket) -> None:
 
 class _DeadlineConnection:
     """Mixin for ``http.client.HTTPConnection`` / ``HTTPSConnection``: connect within what is left of the
-    :class:`Deadline`, then let its watchdog watch the socket."""
+    :class:`Deadline`; its watchdog watches the TCP connection from the moment it exists (before an HTTPS
+    connection's TLS handshake, which a server can trickle as well)."""
 
     def __init__(self, *args, deadline: Deadline, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._deadline = deadline
+        create = self._create_connection  # socket.create_connection: the TCP connect of connect()
+
+        def create_watched(*args, **kwargs) -> socket.socket:
+            sock = create(*args, **kwargs)
+            deadline.watch(sock)
+            return sock
+
+        self._create_connection = create_watched
 
     def connect(self) -> None:
         left = self._deadline.left()
@@ -121,7 +145,6 @@ class _DeadlineConnection:
             raise self._deadline.error()
         self.timeout = min(self.timeout, left) if isinstance(self.timeout, (int, float)) else left
         super().connect()
-        self._deadline.watch(self.sock)
 
 
 @functools.cache
@@ -130,10 +153,11 @@ def _deadline_class(base: type) -> type:
 
 
 class _DeadlineHandlerMixin:
-    """urllib's HTTP(S) handler whose connections keep a :class:`Deadline` (proxies etc. as urllib's own)."""
+    """urllib's HTTP(S) handler whose connections keep a :class:`Deadline` (proxies etc. as urllib's own);
+    ``kwargs`` go to urllib's handler (``context``: the HTTPS one's ``ssl.SSLContext``)."""
 
-    def __init__(self, deadline: Deadline) -> None:
-        super().__init__()
+    def __init__(self, deadline: Deadline, **kwargs) -> None:
+        super().__init__(**kwargs)
         self._deadline = deadline
 
     def do_open(self, http_class, req, **kwargs):
@@ -149,10 +173,12 @@ class _DeadlineHTTPSHandler(_DeadlineHandlerMixin, urllib.request.HTTPSHandler):
     pass
 
 
-def read_within(request: urllib.request.Request, timeout_s: float, *, per_read_s: float | None = None
-                ) -> bytes:
+def read_within(request: urllib.request.Request, timeout_s: float, *, per_read_s: float | None = None,
+                context: ssl.SSLContext | None = None) -> bytes:
     """The whole response body of ``request`` within ``timeout_s`` seconds in all (a :class:`Deadline`: connect,
-    headers and body); each read also within ``per_read_s`` (default ``timeout_s``).
+    TLS handshake, headers and body); each read also within ``per_read_s`` (default ``timeout_s``). ``context``:
+    how an ``https://`` server's certificate is checked (default: urllib's, the system's CAs; ``SSL_CERT_FILE``
+    is honoured), e.g. :func:`tls_context` with the CA of a self-signed server.
 
     Raises:
         urllib.error.HTTPError: a non-2xx answer, its body read within the same deadline (``err.read()``);
@@ -160,7 +186,8 @@ def read_within(request: urllib.request.Request, timeout_s: float, *, per_read_s
         connection failed or was cut (``http.client.IncompleteRead``: closed before Content-Length bytes came).
     """
     with Deadline(timeout_s) as deadline:
-        opener = urllib.request.build_opener(_DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline))
+        opener = urllib.request.build_opener(_DeadlineHTTPHandler(deadline),
+                                             _DeadlineHTTPSHandler(deadline, context=context))
         try:
             with opener.open(request, timeout=per_read_s or timeout_s) as response:
                 return _drain(response, deadline, check_length=True)
@@ -169,13 +196,37 @@ def read_within(request: urllib.request.Request, timeout_s: float, *, per_read_s
                 body = _drain(err, deadline, check_length=False) if err.fp is not None else b""
             except (OSError, http.client.HTTPException):
                 body = b""
-            if deadline.expired:
+            if deadline.passed():
                 raise deadline.error() from None
             raise urllib.error.HTTPError(err.url, err.code, err.reason, err.headers, io.BytesIO(body)) from None
         except (OSError, http.client.HTTPException):
-            if deadline.expired:
+            if deadline.passed():
                 raise deadline.error() from None
             raise
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
+    """The ``ssl.SSLContext`` that trusts the CA certificate(s) in the PEM file ``ca_file`` besides the system's
+    (the server's own certificate, when it is self-signed); None (urllib's default) without one.
+
+    Raises:
+        UserInputError: ``ca_file`` does not exist or holds no PEM certificate.
+    """
+    if not ca_file:
+        return None
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(cafile=ca_file)
+    except (OSError, ssl.SSLError) as err:
+        raise UserInputError(f"ca_file {ca_file!r}: cannot be read as PEM CA certificates ({err}); fix: the PEM file "
+                             "of the CA that signed the server's certificate (its own, if self-signed)") from None
+    return context
+
+
+def _untrusted(err: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate failure behind a urllib error (its ``reason``), else None."""
+    reason = getattr(err, "reason", err)
+    return reason if isinstance(reason, ssl.SSLCertVerificationError) else None
 
 
 def _drain(response, deadline: Deadline, *, check_length: bool) -> bytes:
@@ -206,18 +257,24 @@ class OpenAIPolicy:
     ``base_url``: the server (``/v1`` appended when missing); ``model``: the served model's name; ``api_key``: sent
     as a Bearer token when given; ``timeout_s``: seconds one request may take, the whole response included (a
     server trickling bytes is cut too); ``retries``: further attempts after a transient failure (module docstring).
+    ``ca_file``: for an ``https://`` server whose certificate the system does not trust (self-signed), the PEM
+    file of the CA that signed it (the certificate itself when self-signed; travels in the spec to Ray actors).
     ``generate`` returns (token ids, log-probs of the sampled tokens; ints and floats) and raises
     :class:`ServerError` (an ``InfrastructureError``: the episode is ``sandbox_error``) or
     :class:`~lightswe.agent.policies.base.ContextWindowExceeded`. As a spec:
-    ``openai:URL?model=NAME&timeout_s=600&retries=2``.
+    ``openai:URL?model=NAME&timeout_s=600&retries=2&ca_file=ca.pem``.
+
+    Raises:
+        UserInputError: ``ca_file`` cannot be read.
     """
 
     def __init__(self, base_url: str, *, model: str = "default", api_key: str | None = None,
-                 timeout_s: float = 600.0, retries: int = 2) -> None:
+                 timeout_s: float = 600.0, retries: int = 2, ca_file: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
         self.model, self.api_key, self.timeout_s, self.retries = model, api_key, timeout_s, retries
+        self.ca_file, self._tls = ca_file, tls_context(ca_file)
         self.name = f"openai:{self.base_url}#{model}"
         self._max_model_len: int | None = None
         self._asked_window = False
@@ -227,17 +284,20 @@ class OpenAIPolicy:
         error status included: only a connection that cannot be made or times out fails).
 
         Raises:
-            ServerError: naming the URL, what happened and the fix (an :class:`InfrastructureError`).
+            ServerError: naming the URL, what happened and the fix (an :class:`InfrastructureError`);
+            UserInputError: an ``https://`` server whose certificate this client does not trust (the fix: ``ca_file``).
         """
         request = urllib.request.Request(self.base_url + "/models")
         if self.api_key:
             request.add_header("Authorization", f"Bearer {self.api_key}")
         try:
-            read_within(request, timeout_s)
+            self._read(request, timeout_s)
             return
         except urllib.error.HTTPError:
             return  # it answered
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            if _untrusted(err):
+                raise self._untrusted_error(_untrusted(err)) from None
             reason = getattr(err, "reason", err)
             raise ServerError(f"no OpenAI-compatible server answers at {self.base_url} ({reason}); fix: start it "
                               "(e.g. python -m vllm.entrypoints.openai.api_server --model DIR --logprobs-mode "
@@ -254,7 +314,7 @@ class OpenAIPolicy:
         """
         request = urllib.request.Request(self.base_url + "/models", headers=self._headers())
         try:
-            cards = json.loads(read_within(request, min(self.timeout_s, timeout_s))).get("data")
+            cards = json.loads(self._read(request, min(self.timeout_s, timeout_s))).get("data")
             served = [card["id"] for card in cards if isinstance(card.get("id"), str)]
         except (OSError, http.client.HTTPException, ValueError, AttributeError, TypeError, KeyError):
             return  # no model list: the first request says so if it matters
@@ -278,7 +338,7 @@ class OpenAIPolicy:
         body = {"model": self.model, "prompt": probe, "add_special_tokens": False}
         request = urllib.request.Request(root + "/tokenize", data=json.dumps(body).encode(), headers=self._headers())
         try:
-            served = json.loads(read_within(request, min(self.timeout_s, timeout_s))).get("tokens")
+            served = json.loads(self._read(request, min(self.timeout_s, timeout_s))).get("tokens")
         except (OSError, http.client.HTTPException, ValueError, AttributeError):
             return  # no /tokenize (not vLLM) or no answer: generate() says so if it matters
         encode = getattr(tokenizer, "encode_ordinary", None) or tokenizer.encode
@@ -287,6 +347,19 @@ class OpenAIPolicy:
             raise UserInputError(f"the server at {root} tokenizes {probe!r} as {served[:12]}... but --tokenizer gives "
                                  f"{ours[:12]}...: its token ids would mean other text here; fix: pass the served "
                                  "model's tokenizer (--tokenizer PATH/tokenizer.json)")
+
+    def check(self, tokenizer) -> None:
+        """Every check before the first episode, in order: a server answers (:meth:`check_reachable`), it serves
+        ``model`` (:meth:`check_model`), its token ids mean the text they mean to ``tokenizer``
+        (:meth:`check_tokenizer`). Called by ``lightswe.agent.policies.spec.preflight``, wherever the policy runs.
+
+        Raises:
+            ServerError: no server answers; UserInputError: an untrusted certificate, a model it does not serve,
+                another tokenizer.
+        """
+        self.check_reachable()
+        self.check_model()
+        self.check_tokenizer(tokenizer)
 
     def request_body(self, token_ids: Sequence[int], sampling: SamplingParams) -> dict:
         body = {"model": self.model, "prompt": [int(t) for t in token_ids], "max_tokens": sampling.max_new_tokens,
@@ -304,7 +377,7 @@ class OpenAIPolicy:
             self._asked_window = True
             request = urllib.request.Request(self.base_url + "/models", headers=self._headers())
             try:
-                cards = json.loads(read_within(request, min(self.timeout_s, 30.0))).get("data") or []
+                cards = json.loads(self._read(request, min(self.timeout_s, 30.0))).get("data") or []
                 card = next((c for c in cards if c.get("id") == self.model), cards[0] if cards else {})
                 value = card.get("max_model_len")
                 self._max_model_len = value if isinstance(value, int) and value > 0 else None
@@ -318,10 +391,18 @@ class OpenAIPolicy:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    def _read(self, request: urllib.request.Request) -> bytes:
-        """The whole response body within ``timeout_s`` from the request: one deadline for connect, headers and
-        body (``read_within``), so a server trickling any part of its answer is cut too."""
-        return read_within(request, self.timeout_s)
+    def _read(self, request: urllib.request.Request, timeout_s: float | None = None) -> bytes:
+        """The whole response body within ``timeout_s`` (default the policy's) from the request: one deadline for
+        connect, TLS handshake, headers and body (``read_within``), so a server trickling any part of its answer is
+        cut too; an ``https://`` server's certificate checked against ``ca_file`` too."""
+        return read_within(request, timeout_s or self.timeout_s, context=self._tls)
+
+    def _untrusted_error(self, err: ssl.SSLCertVerificationError) -> UserInputError:
+        where = (f"--policy 'openai:{self.base_url}?ca_file=CA.pem'" if self.ca_file is None
+                 else f"ca_file={self.ca_file} must be the CA that signed it")
+        return UserInputError(f"the server at {self.base_url} presents a certificate this client does not trust "
+                              f"({err.verify_message or err}); fix: give the client the CA that signed it (the "
+                              f"certificate itself if self-signed): {where}")
 
     def _post(self, path: str, body: dict) -> dict:
         """POST JSON, retrying transient failures (see the module docstring); the parsed JSON object.
@@ -352,6 +433,8 @@ class OpenAIPolicy:
             except json.JSONDecodeError as err:
                 problem = f"the response is not JSON ({err})"
             except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+                if _untrusted(err):  # no retry helps: the same certificate comes back
+                    raise ServerError(str(self._untrusted_error(_untrusted(err)))) from None
                 problem = f"unreachable or cut off ({getattr(err, 'reason', None) or err!r})"
             if attempt == self.retries:
                 raise ServerError(f"{where}: {problem} after {self.retries + 1} attempt(s); fix: is the server "

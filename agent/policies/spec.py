@@ -6,7 +6,8 @@
     hf:/path/to/ckpt                       a transformers causal LM (Qwen2, Llama, ...) with its ChatML tokenizer;
                                            options ?device=cuda&max_batch=16 (``lightswe.model.hf``)
     openai:http://host:8000/v1             an OpenAI-compatible server; options ?model=NAME&api_key=KEY
-                                           (&timeout_s=600&retries=2: per request, see OpenAIPolicy)
+                                           (&timeout_s=600&retries=2: per request, see OpenAIPolicy;
+                                           &ca_file=ca.pem: the CA of an https:// server's certificate)
     vllm:MODEL | vllm:hf:/path/to/ckpt     vLLM in-process; options become vllm.LLM keyword arguments
 """
 
@@ -71,7 +72,8 @@ def spec_options(kind: str) -> list[str] | None:
 def check_spec(spec: str, *, option: str = "--policy") -> None:
     """Refuse a policy spec that cannot work, before any work and without importing torch: an unknown kind, a
     missing target, a ``model:`` target that is neither a preset nor a checkpoint directory, an ``hf:`` /
-    ``vllm:hf:`` directory without ``config.json``, an ``openai:`` target that is not an http(s) URL, an option
+    ``vllm:hf:`` directory without ``config.json``, an ``openai:`` target that is not an http(s) URL or a ``ca_file``
+    that is not a file, an option
     after ``?`` that the kind does not take (a misspelt ``devce=cuda``).
 
     Raises:
@@ -114,6 +116,9 @@ def check_spec(spec: str, *, option: str = "--policy") -> None:
             raise UserInputError(f"{option} {spec!r}: {problem}")
     if kind == "openai" and not target.startswith(("http://", "https://")):
         raise UserInputError(f"{option} {spec!r}: {target} is not an http(s) URL; fix: e.g. {_EXAMPLES['openai']}")
+    if kind == "openai" and "ca_file" in options and not Path(str(options["ca_file"])).is_file():
+        raise UserInputError(f"{option} {spec!r}: ca_file {options['ca_file']} is not a file; fix: the PEM file of the "
+                             "CA that signed the server's certificate (its own, if self-signed)")
     allowed = spec_options(kind)
     unknown = [k for k in options if allowed is not None and k not in allowed]
     if unknown:
@@ -193,6 +198,21 @@ def check_tokenizer(spec: str, path: str | None, *, option: str = "--tokenizer")
         raise UserInputError(f"{option} {name}: has {tokenizer.vocab_size} token ids but {kind}:{target} has a "
                              f"vocabulary of {vocab} (ids past it cannot be read or written); fix: the tokenizer the "
                              f"model was trained with ({own})")
+
+
+def preflight(policy: Policy, tokenizer: Tokenizer) -> None:
+    """The checks a built policy gets before its first episode, in the process that will run its episodes (the
+    rollout's own for threads, an actor's with ``--ray``: the node that talks to the server): a policy with a
+    ``check(tokenizer)`` method runs it (``OpenAIPolicy.check``: the server answers, serves the model asked for,
+    tokenizes as ``tokenizer`` does), so that a misconfigured policy fails in one line instead of as N
+    ``sandbox_error`` episodes. The one place both paths call.
+
+    Raises:
+        whatever the policy's ``check`` raises (UserInputError, InfrastructureError), naming the fix.
+    """
+    check = getattr(policy, "check", None)
+    if callable(check):
+        check(tokenizer)
 
 
 def make_policy(spec: str, *, tokenizer: Tokenizer, tasks: Sequence = ()) -> Policy:

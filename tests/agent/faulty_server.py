@@ -22,12 +22,18 @@ not JSON), ``empty`` (``choices: []``), ``nologprobs`` (``logprobs: null``), ``n
 ``--hide-max-model-len``; ``--max-model-len N`` sets it), ``notjsonobj``
 (``[1, 2]``). ``POST /tokenize`` answers with the byte tokenizer's ids (``--other-tokenizer``: shifted by one;
 ``--no-tokenize``: 404).
+
+``--tls CERT KEY`` serves HTTPS (PEM certificate chain and key, e.g. from ``trustme``), every fault as over HTTP,
+the TLS handshake run in the request's own thread. ``--trickle-handshake`` serves no HTTP at all: it accepts each
+connection and answers the client's TLS hello with a handshake record that never ends, one byte every 0.2 s (a
+slow-loris server at the TLS layer).
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -52,6 +58,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):  # --tls: the handshake here, not in the accepting thread
+            self.request.do_handshake()
+        super().setup()
 
     def do_GET(self) -> None:
         if self.path.rstrip("/").endswith("/models"):
@@ -180,13 +191,38 @@ class Handler(BaseHTTPRequestHandler):
         self._raw(code, json.dumps(payload).encode(), headers)
 
 
+def trickle_handshake(conn: socket.socket) -> None:
+    """Read the client's hello, then a TLS handshake record of 16 KiB, one byte every 0.2 s, until it hangs up."""
+    try:
+        conn.recv(65536)
+        conn.sendall(b"\x16\x03\x03\x40\x00")  # record header: handshake, TLS 1.2, 16384 bytes to come
+        while True:
+            time.sleep(0.2)
+            conn.sendall(b"\x02")
+    except OSError:  # the client hung up: what it should do
+        return
+    finally:
+        conn.close()
+
+
 def main() -> None:
     global MAX_MODEL_LEN
     if "--max-model-len" in sys.argv:
         MAX_MODEL_LEN = int(sys.argv[sys.argv.index("--max-model-len") + 1])
+    if "--trickle-handshake" in sys.argv:
+        listener = socket.create_server(("127.0.0.1", 0))
+        print(listener.getsockname()[1], flush=True)
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=trickle_handshake, args=(conn,), daemon=True).start()
     ThreadingHTTPServer.daemon_threads = True
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.handle_error = lambda request, address: None  # a client that gave up (timeouts) is expected
+    if "--tls" in sys.argv:
+        cert, key = sys.argv[sys.argv.index("--tls") + 1:sys.argv.index("--tls") + 3]
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
     print(httpd.server_address[1], flush=True)
     httpd.serve_forever()
 

@@ -75,3 +75,23 @@ def test_metrics_jsonl_tensorboard_and_png(tmp_path):
     assert any((tmp_path / "tb").iterdir())
     png = plot_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", ["model.pt", "optim.pt", "rng.pt", "state.json"])
+def test_a_checkpoint_damaged_on_disk_is_refused_in_one_line_naming_the_one_before(tmp_path, name):
+    """A file of the latest checkpoint damaged after it was written whole (garbage, or cut short): before, a raw
+    UnpicklingError / zip error traceback on every rank."""
+    from lightswe.agent.checkpointing import CheckpointError
+    from lightswe.errors import InfrastructureError
+
+    model, opt = _setup()
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step=step, model=model, optimizer=opt, keep=2)
+    path = tmp_path / "step-000002" / name
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # cut short
+    with pytest.raises(CheckpointError, match=rf"step-000002 cannot be read \({name}: .*fix: move .*step-000002 "
+                                              r"aside to resume from step-000001$") as info:
+        load_checkpoint(tmp_path, model=model, optimizer=opt)
+    assert isinstance(info.value, InfrastructureError) and "\n" not in str(info.value)
+    (tmp_path / "step-000002").rename(tmp_path / "aside")  # ("latest" still names it)
+    assert load_checkpoint(tmp_path, model=model, optimizer=opt)["step"] == 1  # the fix works

@@ -70,3 +70,54 @@ def test_curves_leave_out_flat_and_duplicate_panels(tmp_path):
     log.close()
     png = plot_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png", keys=keys)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+KILLED_ATTEMPT = """
+import os, signal, sys
+from lightswe.agent.metrics import LogConfig, MetricsLog
+log = MetricsLog(sys.argv[1], logger=LogConfig(tensorboard=True, wandb=True), purge_step=0)
+for step in (1, 2, 3):
+    log.write(step=step, metrics={"success_rate": step / 10, "loss": 1.0})
+os.kill(os.getpid(), signal.SIGKILL)  # W&B flushes its file every 15 s: what it had not written is lost
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="pip install 'lightswe[wandb]'")
+def test_a_resumed_log_holds_each_step_once_in_every_sink(tmp_path, monkeypatch):
+    """A process logging steps 1-3 is killed; the run resumes from its checkpoint at step 2 (purge_step=3) and logs
+    steps 3-4: metrics.jsonl and TensorBoard hold 1-4 once each (step 3 with the new values), the W&B run (same id)
+    holds each of 1-4 once over both attempts' offline files (the lost steps come from metrics.jsonl), and a fresh
+    start (purge_step=0) begins a new W&B run. The end-to-end run: test_train_resume_logs.py (slow)."""
+    import os
+    import subprocess
+    import sys
+
+    from lightswe.agent.wandb_files import history, run_files
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}  # its own W&B service, as a real run's
+    killed = subprocess.run([sys.executable, "-c", KILLED_ATTEMPT, str(tmp_path)], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run_id = (tmp_path / "wandb_id").read_text().strip()
+    log = MetricsLog(tmp_path, logger=LogConfig(wandb=True), purge_step=3)
+    for step in (3, 4):
+        log.write(step=step, metrics={"success_rate": step / 100, "loss": 2.0})
+    log.close()
+
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["success_rate"]) for r in rows] == [(1, 0.1), (2, 0.2), (3, 0.03), (4, 0.04)]
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [(e.step, round(e.value, 6)) for e in acc.Scalars("rollout/success_rate")] == \
+        [(1, 0.1), (2, 0.2), (3, 0.03), (4, 0.04)]
+    files = run_files(tmp_path, run_id)
+    steps = [[row["_step"] for row in history(f)] for f in files]
+    assert len(files) == 2 and sorted(steps[0] + steps[1]) == [1, 2, 3, 4], steps  # each once, none missing
+    values = {row["_step"]: row["rollout/success_rate"] for f in files for row in history(f)}
+    assert all(values[r["step"]] == pytest.approx(r["success_rate"]) for r in rows if r["step"] not in steps[0])
+
+    MetricsLog(tmp_path, logger=LogConfig(tensorboard=False, wandb=True), purge_step=0).close()  # a fresh start
+    assert (tmp_path / "wandb_id").read_text().strip() != run_id and read_metrics(tmp_path / "metrics.jsonl") == []

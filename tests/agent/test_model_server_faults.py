@@ -13,6 +13,7 @@ a long episode as the machine's failure (None), so the policy's overlong episode
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import threading
@@ -32,9 +33,9 @@ SAMPLING = SamplingParams(max_new_tokens=64, stop_token_ids=[2])
 class Server:
     """tests/agent/faulty_server.py as a process of its own."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, scheme: str = "http") -> None:
         self.proc = subprocess.Popen([sys.executable, str(SERVER), *args], stdout=subprocess.PIPE, text=True)
-        self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}/v1"
+        self.url = f"{scheme}://127.0.0.1:{int(self.proc.stdout.readline())}/v1"
 
     def policy(self, fault: str, **kwargs) -> OpenAIPolicy:
         return OpenAIPolicy(self.url, model=fault, **{"retries": 1, "timeout_s": 2.0, **kwargs})
@@ -312,3 +313,31 @@ def test_a_server_whose_token_ids_mean_other_text_is_refused_before_any_episode(
     err = capsys.readouterr().err
     assert code == 2 and "other text here" in err and "fix:" in err and len(err.strip().splitlines()) == 1
     assert not list((tmp_path / "r").glob("part-*"))  # no episode ran
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="pip install 'lightswe[ray]'")
+def test_ray_rollouts_run_the_same_server_checks_on_an_actor(tmp_path, capsys):
+    """``rollout --ray``: the server's checks (spec.preflight: model served, tokenizer) run on an actor, the process
+    that talks to the server, before any episode; before, --ray skipped them and a wrong model name became one
+    sandbox_error per episode (vLLM's 404 each time). Same one-line refusals as in threads, exit 2."""
+    import ray
+    from lightswe.cli import main
+
+    ok, other = Server(), Server("--other-tokenizer")
+    try:
+        cases = [(f"openai:{ok.url}?model=Qwen/Qwen2.5-0.5B", "serves 'default'"),  # not the served name
+                 (f"openai:{other.url}", "other text here")]  # ids that mean other text here
+        for ray_arg in (["--ray"], []):  # on a local Ray cluster's actor, and in threads: the same refusal
+            for spec, expected in cases:
+                out = tmp_path / f"r{len(ray_arg)}-{expected[:5]}"
+                code = main(["rollout", "--tasks", "demo", "--policy", spec, "--out", str(out), "--no-progress",
+                             "--concurrency", "1", *ray_arg])
+                err = capsys.readouterr().err
+                assert code == 2 and expected in err and "fix:" in err, err[-2000:]
+                ours = [line for line in err.splitlines() if "lightswe rollout:" in line]  # (and Ray's start-up log)
+                assert len(ours) == 1 and err.strip().splitlines()[-1] == ours[0], err[-2000:]
+                assert not out.exists()  # refused before the run folder was written
+    finally:
+        ok.close()
+        other.close()
+        ray.shutdown()

@@ -13,7 +13,7 @@ Broke before the fix:
   timeout, but one holds a slot up to twice that (pytest's files-whole rerun after exit 4, each run up to the
   exec grace past the timeout): a policy's burst of such submissions filling every slot made each grading that
   came right after wait past its bound, ``GradingError`` (no reward) for innocent episodes -> a grading waits
-  ``starvation.admission_wait(timeout)``, longer than any hold of the same timeout.
+  longer than any hold of the same timeout (grade6: its turn in a FIFO queue, bounded by the holders' holds).
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def test_grading_judges_starvation_only_in_a_locked_grading_container(env, task)
 def test_a_grading_waits_longer_than_a_slot_is_held(tmp_path):
     """Broke: every slot of a (1-CPU) host held by gradings that each keep it for two test runs of the same
     timeout (here 2 x 0.5 s plus a little, real flocks in another process): a grading that came right after
-    waited only its timeout and failed (no reward for an innocent episode). Now it waits ``admission_wait`` and
-    gets its slot when they end."""
+    waited only its timeout and failed (no reward for an innocent episode). Now (grade6) it waits its turn: no
+    bound of its own, only the holders' declared holds (``admission_hold``) while nothing moves."""
     import time
 
     from lightswe.envs import starvation
@@ -109,7 +109,9 @@ def test_a_grading_waits_longer_than_a_slot_is_held(tmp_path):
     def burst() -> subprocess.Popen:
         holder = subprocess.Popen(
             [sys.executable, "-c", "import pathlib, sys, time; from lightswe.envs import starvation; "
-             f"ctx = starvation.admitted(4, 5, slot_dir=pathlib.Path({str(tmp_path)!r}), host_cpus=1); "
+             f"ctx = starvation.admitted({starvation.GRADINGS_PER_CPU}, "
+             f"hold_s={starvation.admission_hold(timeout)}, "
+             f"slot_dir=pathlib.Path({str(tmp_path)!r}), host_cpus=1); "
              f"ctx.__enter__(); print('in', flush=True); time.sleep({2 * timeout + 0.4})"],
             stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline().strip() == "in"
@@ -118,14 +120,15 @@ def test_a_grading_waits_longer_than_a_slot_is_held(tmp_path):
     holder = burst()
     try:
         with pytest.raises(starvation.AdmissionError):  # the old bound: the test timeout
-            with starvation.admitted(1, timeout, slot_dir=tmp_path, host_cpus=1):
+            with starvation.admitted(1, hold_s=starvation.admission_hold(timeout), wait_s=timeout,
+                                     slot_dir=tmp_path, host_cpus=1):
                 pytest.fail("admitted while every slot was held")
     finally:
         holder.wait(timeout=30)
     holder = burst()
     try:
         started = time.monotonic()
-        with starvation.admitted(1, starvation.admission_wait(timeout), slot_dir=tmp_path, host_cpus=1):
+        with starvation.admitted(1, hold_s=starvation.admission_hold(timeout), slot_dir=tmp_path, host_cpus=1):
             waited = time.monotonic() - started
         assert timeout < waited < 5.0
     finally:

@@ -143,27 +143,30 @@ def test_a_uid_whose_in_use_check_fails_is_not_kept_leased(tmp_path):
 def test_gradings_are_admitted_by_cpu_across_processes(tmp_path):
     """Open before: nothing bounded how many gradings ran at once, so a policy whose episodes all submit
     spinning code could saturate the host until each grading got under a quarter of a CPU: every hang
-    "starved" (no reward instead of 0.0). Now a host runs at most 4 CPUs of grading quota per CPU: a slot is an
-    ``flock`` shared by every process of the host, all or nothing, given back when its holder dies."""
+    "starved" (no reward instead of 0.0). Now a host runs at most ``GRADINGS_PER_CPU`` CPUs of grading quota per
+    CPU (2 since grade6): a slot is an ``flock`` shared by every process of the host, all or nothing, given back
+    when its holder dies."""
     import subprocess
     import sys
 
-    holder = subprocess.Popen(  # another process (a Ray worker, another run) holding one of a 1-CPU host's 4 slots
+    total = starvation.GRADINGS_PER_CPU  # a 1-CPU host
+    holder = subprocess.Popen(  # another process (a Ray worker, another run) holding one of a 1-CPU host's slots
         [sys.executable, "-c", "import sys, pathlib; from lightswe.envs import starvation; "
-         f"ctx = starvation.admitted(1, 5, slot_dir=pathlib.Path({str(tmp_path)!r}), host_cpus=1); ctx.__enter__(); "
+         f"ctx = starvation.admitted(1, hold_s=5, slot_dir=pathlib.Path({str(tmp_path)!r}), host_cpus=1); "
+         "ctx.__enter__(); "
          "print('in', flush=True); sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "in"
         with pytest.raises(starvation.AdmissionError, match="no grading slot came free in 0.5 s"):
-            with starvation.admitted(4, 0.5, slot_dir=tmp_path, host_cpus=1):  # all 4: one is taken
+            with starvation.admitted(total, hold_s=5, wait_s=0.5, slot_dir=tmp_path, host_cpus=1):  # one is taken
                 pytest.fail("admitted past the host's grading quota")
-        with starvation.admitted(3, 0.5, slot_dir=tmp_path, host_cpus=1):  # the 3 it had taken were given back
+        with starvation.admitted(total - 1, hold_s=5, wait_s=0.5, slot_dir=tmp_path, host_cpus=1):  # the rest
             with pytest.raises(starvation.AdmissionError):
-                with starvation.admitted(1, 0.3, slot_dir=tmp_path, host_cpus=1):
-                    pytest.fail("a fifth grading CPU on a 1-CPU host")
+                with starvation.admitted(1, hold_s=5, wait_s=0.3, slot_dir=tmp_path, host_cpus=1):
+                    pytest.fail("one grading CPU too many on a 1-CPU host")
     finally:
         holder.kill()  # SIGKILL: its slot comes back with the process
         holder.wait(timeout=30)
     started = time.monotonic()
-    with starvation.admitted(4, 5, slot_dir=tmp_path, host_cpus=1):
+    with starvation.admitted(total, hold_s=5, wait_s=5, slot_dir=tmp_path, host_cpus=1):
         assert time.monotonic() - started < 1.0

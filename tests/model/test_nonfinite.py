@@ -162,3 +162,30 @@ def test_the_learner_refuses_an_update_from_non_finite_log_probs(tiny_config):
         assert learner.updates == 0
         for k, v in model.named_parameters():
             torch.testing.assert_close(v, before[k], rtol=0, atol=0, equal_nan=True, msg=k)
+
+
+def _shape(message: str) -> str:
+    """A non-finite message with its sampler ('where: ...'), counts and detail ('(...)' after 'row(s)') taken out."""
+    import re
+
+    return re.sub(r"\d+ of \d+ row\(s\) \([^)]*\)", "N of M row(s) (...)", message.split(": ", 1)[1])
+
+
+@pytest.mark.parametrize("continuous", [False, True], ids=["batched", "engine"])
+def test_every_sampler_says_it_in_the_one_message_with_one_fix(tiny_config, continuous):
+    """The plain loop, the engine and the policy over either: one message (``generation.non_finite_rows_error``),
+    its fix said once; before, the engine and the policy each carried a copy of the fix text, already drifting."""
+    model = _poison(random_model(tiny_config), "nan_token")
+    messages = []
+    with pytest.raises(NonFiniteError) as info:
+        generate_loop(model, [BAD], SETTINGS[0])
+    messages.append(str(info.value))
+    with pytest.raises(NonFiniteError) as info:
+        SamplerEngine(model, max_slots=2, max_seq_len=64).generate([GOOD, BAD], SETTINGS[0])
+    messages.append(str(info.value))
+    with pytest.raises(NonFiniteError) as info:
+        ModelPolicy(model, continuous=continuous).generate(BAD, SamplingParams(max_new_tokens=4, seed=5))
+    messages.append(str(info.value))
+    assert all(m.count("fix:") == 1 for m in messages), messages
+    assert len({_shape(m) for m in messages}) == 1, messages
+    assert messages[1].startswith("the sampler engine: ") and "(first: prompt 1, at token 1)" in messages[1]
