@@ -9,6 +9,9 @@
   ``<tool_calls>`` format by default, ``tool_format="hermes"`` for ``<tool_call>``) or a parsed
   :class:`~lightswe.envs.tool_calls.ToolCall`. Tools: bash, view, str_replace, create, search, submit. A
   malformed action gives an observation saying what is wrong and the expected form (reward 0, not terminated).
+  A container whose runner died and cannot restart is replaced by a fresh one from the base commit: an
+  observation when the engine reported it at its own memory limit in this episode (the commands' doing), else
+  ``info["error"] == "sandbox"`` (the machine's: the agent loop scores nothing).
 - ``submit`` grades out of the agent's reach (:mod:`lightswe.envs.grading`): the agent's change is read
   without running anything in its container, applied to a fresh container of the instance image
   (:meth:`SWEEnv.fresh_sandbox`), and the task's tests run there; reward 1.0 iff every FAIL_TO_PASS and
