@@ -84,7 +84,11 @@ def test_a_writer_that_failed_never_appends_after_its_torn_line(small_disk):
 
 
 WRITER = """
+import signal
 import sys
+# Python raises KeyboardInterrupt on SIGINT only where SIGINT was not ignored at start-up; a test run started in
+# the background by a non-interactive shell (nohup ... &) hands its children SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from lightswe.agent.trajectory import TrajectoryWriter
 sys.path.insert(0, {tests!r})
 from test_store_faults import _trajectory
