@@ -315,6 +315,7 @@ def test_a_server_whose_token_ids_mean_other_text_is_refused_before_any_episode(
     assert not list((tmp_path / "r").glob("part-*"))  # no episode ran
 
 
+@pytest.mark.slow  # (14 s: a local Ray cluster; the checks themselves run in the default suite on the threads path)
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="pip install 'lightswe[ray]'")
 def test_ray_rollouts_run_the_same_server_checks_on_an_actor(tmp_path, capsys):
     """``rollout --ray``: the server's checks (spec.preflight: model served, tokenizer) run on an actor, the process

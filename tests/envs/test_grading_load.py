@@ -314,6 +314,8 @@ def burner(shares: int = 262_144, loops: int = 2):
         client.api.remove_container(hog.id, force=True)
 
 
+@pytest.mark.slow  # (40 s: three gradings of ~15 s under a burner; the rule itself runs in the default suite on real
+# and made cgroup series, and the sleeping fix under the burner below)
 @pytest.mark.docker
 def test_a_correct_fix_failed_by_its_own_deadlines_on_a_starved_host_is_never_zero(env, task):
     """Broke: the four tests' own deadlines (alarm, elapsed-time assertion, subprocess and future timeouts) failed

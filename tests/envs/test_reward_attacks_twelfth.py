@@ -248,6 +248,7 @@ def test_slow():  # long enough for the test below to catch the run in the act
 '''
 
 
+@pytest.mark.slow  # (11 s: a container frozen past a 10-s test timeout)
 @pytest.mark.docker
 def test_a_grading_container_paused_from_outside_is_no_reward(task):
     """Before: the grading container paused (``docker pause``) past the test timeout while the tests ran, then
