@@ -25,8 +25,9 @@ times out (the agent's code hangs) is the policy's failure: 0.0 with ``timed_out
 it of CPU (:mod:`lightswe.envs.starvation`: it waited for a CPU half the time and got under a quarter of its
 quota while the host had no idle CPU to give); so is a run failed by a test's own deadline (an alarm, an
 elapsed-time assertion, a subprocess timeout), unless the host starved it with no second in which the code
-slept or the host had CPU to spare: then the tests run once more in another fresh container, and a second
-starved run is the machine's failure (``GradingError``); the grading container outweighs the agents' for the
+slept or the host had CPU to spare: then the tests run once more in another fresh container; a second starved
+timed-out run is the machine's failure (``GradingError``), a second failing one keeps its verdict (0.0: a
+deterministic failure fails starved or not); the grading container outweighs the agents' for the
 CPU (``cpu_shares`` per CPU of quota), gradings are admitted by CPU, in order (``starvation.admitted``: they
 never starve each other), and the agent's container stays frozen while its change is graded. A test run that fills the grading
 container's memory (the engine reports it out of memory) is the policy's failure too, whichever process the OOM
@@ -457,12 +458,16 @@ def _grade_in(grader: Sandbox, tree: dict[str, Entry], base: dict[str, Entry], f
     reward = 1.0 if all_pass and consistent and not run.timed_out else 0.0
     starved = (starvation.starved_failure(series, grader.config.cpus, timed_out=run.timed_out)
                if reward == 0.0 and not borrowed else None)
-    if starved is not None:  # the host's doing, not the code's (starvation.starved_failure)
+    if starved is not None:  # maybe the host's doing, not the code's (starvation.starved_failure): run it again
         if not last_chance:
             raise _Starved(starved, tree)
-        raise GradingError(f"the test run {'timed out' if run.timed_out else 'failed'} twice starved of CPU by the "
-                           f"host ({starved}): the machine is overloaded; fix: run fewer episodes at once on this "
-                           "host", stage="tests", known=known)
+        if run.timed_out:  # a hang starved twice: the harness's own deadline cannot be told from the host's
+            raise GradingError(f"the test run timed out twice starved of CPU by the host ({starved}): the machine is "
+                               "overloaded; fix: run fewer episodes at once on this host", stage="tests", known=known)
+        # a failing run starved twice keeps its verdict: a deterministic failure (an empty change) fails starved
+        # or not, and dropping it (reward None) on a loaded host paid a failing policy with no score, which the
+        # learner drops, instead of 0.0 (the main job on a 2-CPU host: 2 of 16 episodes of a step)
+        reason += f" (failed starved of CPU twice: {starved}; the verdict stands)"
     zeroed = bool(reward and suspected and hack_policy == "zero")
     if zeroed:
         reward, reason = 0.0, f"{reason}; reward zeroed: code that reacts to the test runner ({suspected[0]})"

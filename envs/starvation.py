@@ -17,7 +17,7 @@ quota. A hang is never starved: a sleeping or blocked process is not runnable (n
 gets its quota whenever the host has CPU to give (its own threads competing for its quota are throttled only
 after using it: usage at the quota). Only a host that gives the container under a quarter of a CPU while it
 wants one makes a starved run; grading then reruns the tests once in another fresh container, and a second
-starved run is the machine's failure (``GradingError``, no reward).
+starved timed-out run is the machine's failure (``GradingError``, no reward).
 
 Why the graded code cannot choose where it waits (tenth adversarial pass): the waiting is the container's,
 and the code it runs could choose the CPU it waits on. Pinned to CPU 0 (``os.sched_setaffinity(0, {0})``,
@@ -45,11 +45,15 @@ the failing test's deadline lay in the other seconds. A fix slow by itself stays
 blocks past a deadline wanted no CPU for that time (a window that clears the host; the idle edges of the
 sampled span, the harness's own steps, are left out, and the code cannot move its sleep outside pytest's own
 work); a busy loop gets its quarter of a CPU whenever the host has it to give (not starved over the run: 0.0).
-Only a host that leaves the container under a quarter of its quota over two runs (a rerun in a fresh
-container first, as for a timeout) with no second clearing it makes a failing run the machine's failure (no
-reward): there a busy loop cannot be told from a correct fix (both wanted the CPU all along and got too
-little), and a deterministic failure is dropped too; that host cannot judge and says so (``GradingError``:
-"run fewer episodes at once"). A run that passed is 1.0 whatever the load.
+Such a run is rerun once in a fresh container (as a timed-out one), and **the rerun's verdict stands**, starved
+or not: 1.0 where the rerun's deadlines held, 0.0 where it failed again. A failing run starved twice is NOT the
+machine's failure (unlike a timeout starved twice): grade6 first made it ``GradingError`` (no reward), and the
+lead's main-job check (`python -m lightswe train` on this 2-CPU host) then turned 2 of a step's 16 episodes that
+submitted no change at all into reward None: a deterministic failure on a loaded host fails starved or not, and
+dropping it pays a failing policy with no score, which the learner drops, instead of 0.0. Where a host starves
+every run, a correct fix failed by its own deadline can still be 0.0 (the rerun is its second chance); the
+rerun and its reason (``Grade.reruns``, "failed starved of CPU twice") show it. A run that passed is 1.0
+whatever the load.
 
 **Admission** (:func:`admitted`, around every test run where starvation is judged). Graders outweigh the
 agents' containers (``cpu_shares``), so what can starve a grading is other gradings and the host's own work.

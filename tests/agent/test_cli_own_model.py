@@ -159,6 +159,7 @@ def test_a_vllm_path_that_holds_no_checkpoint_is_refused_before_vllm_starts(tmp_
     assert "fix: vllm:DIR" in line
 
 
+@pytest.mark.slow  # (12 s: a real vLLM start; the one-line errors of the other backends run in the default suite)
 @pytest.mark.vllm
 @needs_vllm
 def test_a_vllm_model_name_it_cannot_resolve_is_one_line(tmp_path):

@@ -315,13 +315,13 @@ def burner(shares: int = 262_144, loops: int = 2):
 
 
 @pytest.mark.slow  # (40 s: three gradings of ~15 s under a burner; the rule itself runs in the default suite on real
-# and made cgroup series, and the sleeping fix under the burner below)
+# and made cgroup series, and the unchanged tree and the sleeping fix under the burner below)
 @pytest.mark.docker
-def test_a_correct_fix_failed_by_its_own_deadlines_on_a_starved_host_is_never_zero(env, task):
+def test_a_correct_fix_failed_by_its_own_deadlines_on_a_starved_host_is_run_again(env, task):
     """Broke: the four tests' own deadlines (alarm, elapsed-time assertion, subprocess and future timeouts) failed
-    under a neighbour at the engine's highest CPU weight while the run ended in time: 0.0 for a correct fix. Now:
-    starved with no second clearing the host, rerun in a fresh container, starved again -> GradingError (no
-    reward), or 1.0 when the rerun passes.
+    under a neighbour at the engine's highest CPU weight while the run ended in time: 0.0 for a correct fix, with
+    no second chance. Now: starved with no second clearing the host -> rerun in a fresh container, whose verdict
+    stands (1.0 where its deadlines held; 0.0 only after a rerun that also failed starved, said in the reason).
     On the same host without the burner the same fix is 1.0 (the deadlines are ten times the work)."""
     from lightswe.envs import grading
 
@@ -333,36 +333,50 @@ def test_a_correct_fix_failed_by_its_own_deadlines_on_a_starved_host_is_never_ze
     except grading.GradingError as err:  # other users' load starved even the control: the feature, not a fault
         pytest.skip(f"this host is too loaded for the control run: {err}")
     assert idle.reward == 1.0, idle.reason
-    _never_zero(deadlines, env)
+    _zero_only_after_a_starved_rerun(deadlines, env)
 
 
-def _never_zero(deadlines, env) -> None:
-    """Grade the fix in ``env`` on ``deadlines`` under the burner: GradingError (starved twice) or 1.0 (after a
-    rerun: the first run starved, the second lucky enough; or at once, where the scheduler gave this run enough
-    of a CPU for its deadlines: seen with single-test runs on this shared host), never 0.0."""
+def _zero_only_after_a_starved_rerun(deadlines, env) -> None:
+    """Grade the fix in ``env`` on ``deadlines`` under the burner: 1.0 (at once, or after a rerun), or 0.0 only
+    after a rerun that failed starved again (``reruns`` 1, the reason says so); never GradingError for a run
+    that ended in time."""
     from lightswe.envs import grading
 
     with burner() as burned:
-        try:
-            graded = grading.grade(env.sandbox, deadlines, timeout=60)
-        except grading.GradingError as err:
-            print(err, burned)
-            assert err.stage == "tests" and "failed twice starved of CPU" in str(err), str(err)
-            return
-    print(graded.reason, graded.reruns, graded.tests_cpu_s, graded.tests_s, burned)
-    assert graded.reward == 1.0, graded.reason
+        graded = grading.grade(env.sandbox, deadlines, timeout=60)
+    print(graded.reason[-300:], graded.reruns, graded.tests_cpu_s, graded.tests_s, burned)
+    if graded.reward == 0.0:
+        assert graded.reruns == 1 and "failed starved of CPU twice" in graded.reason, graded.reason
+    else:
+        assert graded.reward == 1.0, graded.reason
+
+
+@pytest.mark.docker
+def test_no_change_on_a_starved_host_is_zero_never_no_reward(env, task):
+    """Thinking as the policy (and what the main job met on this 2-CPU host, 2 of a step's 16 episodes): submit
+    nothing while the host is loaded. The deadline tests fail on the bug at once, starved or not: 0.0 (a rerun at
+    most), never GradingError (reward None, which the learner drops: a failure with no score)."""
+    from lightswe.envs import grading
+
+    start(env)
+    with burner() as burned:
+        graded = grading.grade(env.sandbox, _deadline_task(task, KINDS), timeout=40)
+    print(graded.reason[-300:], graded.reruns, graded.tests_cpu_s, graded.tests_s, burned)
+    assert graded.reward == 0.0 and graded.reruns in (0, 1), graded.reason
 
 
 @pytest.mark.slow
 @pytest.mark.docker
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_kind_of_deadline_alone(env, task, kind):
-    """Each kind of the test above alone (one failing test in a run otherwise starved): never 0.0."""
+    """Each kind of the test above alone (one failing test in a run otherwise starved): 0.0 only after a starved
+    rerun."""
     start(env)
     env.step(bash(FIX))
-    _never_zero(_deadline_task(task, [kind]), env)
+    _zero_only_after_a_starved_rerun(_deadline_task(task, [kind]), env)
 
 
+@pytest.mark.slow  # (20 s under the burner; the clearing rule it rests on runs in the default suite on made series)
 @pytest.mark.docker
 def test_a_fix_that_sleeps_past_the_deadlines_stays_zero_under_load(env, task):
     """Thinking as the policy: load does not excuse a slow fix. One that sleeps past the deadlines under the same
