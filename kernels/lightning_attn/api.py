@@ -145,9 +145,11 @@ def lightning_attn_decode(
     Raises:
         TypeError: a state not fp32, or laid out neither way (it is updated in place, so it cannot be copied).
     """
+    from lightswe.kernels.lightning_attn.decode import is_v_major  # (Triton-free; imported where decode is)
+
     _check_common(q, k, v, slope, rank=3)
     _check_state(state, (*q.shape, v.shape[-1]), "state")
-    if state.dtype != torch.float32 or not (state.is_contiguous() or state.transpose(-1, -2).is_contiguous()):
+    if state.dtype != torch.float32 or not (state.is_contiguous() or is_v_major(state)):
         raise TypeError(f"expected an fp32 state, contiguous or V-major (it is updated in place), got "
                         f"{state.dtype} with strides {state.stride()}: allocate it with torch.zeros(B, H, D, Dv, "
                         f"dtype=torch.float32) or torch.zeros(B, H, Dv, D, dtype=torch.float32).transpose(-1, -2)")
