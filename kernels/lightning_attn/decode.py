@@ -283,9 +283,10 @@ def is_v_major(state: torch.Tensor) -> bool:
     return state.dim() >= 2 and not state.is_contiguous() and state.transpose(-1, -2).is_contiguous()
 
 
-def _decode_config(n_states: int, V: int) -> DecodeConfig:
-    """The config of the last DECODE_CONFIGS row whose minimum B*H is <= n_states, BV capped at V."""
-    config = next(c for lo, c in reversed(DECODE_CONFIGS) if n_states >= lo)
+def _decode_config(n_states: int, V: int, table: tuple = DECODE_CONFIGS) -> DecodeConfig:
+    """The config of the last ``table`` row (DECODE_CONFIGS, V_MAJOR_DECODE_CONFIGS) whose minimum B*H is <=
+    n_states, BV capped at V."""
+    config = next(c for lo, c in reversed(table) if n_states >= lo)
     return dataclasses.replace(config, bv=min(config.bv, V))
 
 
@@ -604,7 +605,7 @@ if triton is not None:
         per [BV, K] tile, config by B*H from V_MAJOR_DECODE_CONFIGS."""
         B, H, K = q.shape
         V = v.shape[-1]
-        config = config or next(c for lo, c in reversed(V_MAJOR_DECODE_CONFIGS) if B * H >= lo)
+        config = config or _decode_config(B * H, V, V_MAJOR_DECODE_CONFIGS)
         if state_out is not None or config.per_sm or config.bk or config.rows or config.stream or config.pdl > 1:
             raise UserInputError(f"a V-major state takes one program per tile with pdl 0 or 1 and no state_out, "
                                  f"got {config}{' and a state_out' if state_out is not None else ''}; pass a "
